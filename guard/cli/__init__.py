@@ -1,0 +1,41 @@
+"""The ``guard`` command: one typer app, one module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from guard._errors import GuardError
+from guard.cli import _audit, _check, _policy, _sidecar, _token
+
+app = typer.Typer(
+    name="guard",
+    help="purpose-guard: decide, audit and manage purpose-based access to personal data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+for _module in (_check, _audit, _policy, _token, _sidecar):
+    _module.register(app)
+
+
+def main() -> None:
+    """Entry point: every GuardError becomes one readable line and exit 2."""
+    try:
+        app(standalone_mode=False)
+    except GuardError as exc:
+        typer.echo(f"guard: error: {exc}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("guard: aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise

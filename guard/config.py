@@ -1,0 +1,102 @@
+"""Configuration from ``guard.toml`` and ``GUARD_*`` environment variables.
+
+Every field has a default that runs out of the box: the shipped policy, an
+SQLite audit store in the working directory, development keys under ``.guard/``.
+Environment variables use ``__`` between section and field, e.g.
+``GUARD_AUDIT__STORE=postgresql://...``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class PolicySettings(BaseModel):
+    """Where the policy comes from."""
+
+    dir: Path | None = None
+    """Folder with model.conf and rules.csv; None means ./policies, then the shipped one."""
+    source: str = "files"
+    """``files`` (watch the folder) or a PostgreSQL URL to load pushed policies from."""
+    watch: bool = True
+
+
+class AuditSettings(BaseModel):
+    """Where decisions are recorded."""
+
+    store: str = "sqlite:///audit.db"
+    """``sqlite:///PATH`` or ``postgresql://...``."""
+    spool: Path | None = None
+    """Local spool file; when set, events the store cannot take are spooled, not denied."""
+    hmac_key: Path = Path(".guard/subject-hmac.key")
+    signing_key: Path = Path(".guard/audit-signing.key")
+    checkpoint_every: int = 1000
+    writer_id: str | None = None
+    otlp_endpoint: str | None = None
+
+
+class IdentitySettings(BaseModel):
+    """How callers prove who they are."""
+
+    jwks_file: Path | None = None
+    hs256_secret_file: Path | None = None
+    dev_key: Path = Path(".guard/dev-token.key")
+    audience: str = "purpose-guard"
+    issuer: str = "purpose-guard-dev"
+    leeway_seconds: int = 30
+    trusted_proxies: list[str] = Field(default_factory=list)
+    caller_header: str = "x-caller"
+    purpose_header: str = "x-purpose"
+
+
+class SidecarSettings(BaseModel):
+    """The stand-alone enforcement point."""
+
+    host: str = "127.0.0.1"
+    port: int = 8181
+    upstream: str | None = None
+    routes: Path | None = None
+    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz"])
+
+
+class Settings(BaseSettings):
+    """All settings; read with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GUARD_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("GUARD_CONFIG", "guard.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read guard.toml (or ``$GUARD_CONFIG``) and the environment, then apply overrides."""
+    return Settings(**overrides)  # type: ignore[arg-type]
