@@ -32,6 +32,7 @@ class Reason(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     AUDIT_UNAVAILABLE = "audit_unavailable"
     INTERNAL_ERROR = "internal_error"
+    DENIED_BY_MODEL = "denied_by_model"  # slow path: a model the compiler does not know
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import typer
 
 from guard._errors import GuardError
 from guard.cli import _audit, _check, _policy, _sidecar, _token
+from guard.cli._groups import audit_app, policy_app
 
 app = typer.Typer(
     name="guard",
@@ -18,6 +19,8 @@ app = typer.Typer(
 )
 for _module in (_check, _audit, _policy, _token, _sidecar):
     _module.register(app)
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:

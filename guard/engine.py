@@ -1,0 +1,210 @@
+"""Decisions: the ordered checks of POLICY-SPEC §3 over a compiled policy.
+
+``decide`` is the hot path: a few dictionary look-ups per category, whatever the
+size of the policy. ``explain`` runs the same checks and records each one.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from guard._types import Action, Decision, Reason, Request
+from guard.policy._compiled import AGGREGATED, Category, CompiledPolicy, Party, Purpose
+
+_casbin_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One check of ``explain``: what it looked at and what it concluded."""
+
+    check: str
+    looked_at: str
+    passed: bool
+    detail: str
+
+
+def decide(policy: CompiledPolicy, request: Request) -> Decision:
+    """Judge a request; allowed only if every category passes every check."""
+    return _judge(policy, request, None)
+
+
+def explain(policy: CompiledPolicy, request: Request) -> tuple[Decision, list[Step]]:
+    """Judge a request and say, check by check, why."""
+    steps: list[Step] = []
+    return _judge(policy, request, steps), steps
+
+
+def _result(
+    policy: CompiledPolicy,
+    request: Request,
+    reason: Reason,
+    *,
+    purpose: Purpose | None = None,
+    party: Party | None = None,
+    rule: tuple[str, ...] | None = None,
+) -> Decision:
+    allowed = reason is Reason.ALLOWED
+    return Decision(
+        allowed=allowed,
+        reason=reason,
+        categories=request.categories,
+        lawful_basis=purpose.bases if purpose is not None else (),
+        rule=rule if rule is not None else (f"check:{reason.value}",),
+        policy_version=policy.version,
+        caller=request.caller,
+        purpose=request.purpose,
+        action=request.action,
+        party_type=party.party_type if party is not None else None,
+        country=party.country if party is not None else None,
+    )
+
+
+def _judge(policy: CompiledPolicy, request: Request, steps: list[Step] | None) -> Decision:
+    if not request.categories:
+        if steps is not None:
+            steps.append(Step("malformed_request", "categories", False, "no category named"))
+        return _result(policy, request, Reason.MALFORMED_REQUEST)
+    if policy.enforcer is not None:
+        return _judge_with_casbin(policy, request, steps)
+
+    # 1. unknown_caller
+    party = policy.parties.get(request.caller)
+    if steps is not None:
+        steps.append(Step(
+            "unknown_caller", f"caller {request.caller!r}", party is not None,
+            f"{party.party_type or 'party'} in {party.country or 'no country'}"
+            if party else "not in the policy",
+        ))
+    if party is None:
+        return _result(policy, request, Reason.UNKNOWN_CALLER)
+
+    # 2. unknown_purpose
+    purpose = policy.purposes.get(request.purpose)
+    declarable = purpose is not None and purpose.declarable
+    if steps is not None:
+        steps.append(Step(
+            "unknown_purpose", f"purpose {request.purpose!r}", declarable,
+            "declarable, lawful basis: " + ", ".join(purpose.bases) if purpose and declarable
+            else "a grouping node, not declarable" if purpose else "not in the purpose tree",
+        ))
+    if purpose is None or not declarable:
+        return _result(policy, request, Reason.UNKNOWN_PURPOSE, party=party)
+
+    # 3. unknown_category
+    nodes: list[Category] = []
+    for key in request.categories:
+        node = policy.categories.get(key)
+        if node is None:
+            if steps is not None:
+                steps.append(Step("unknown_category", f"category {key!r}", False,
+                                  "not in the category tree"))
+            return _result(policy, request, Reason.UNKNOWN_CATEGORY, purpose=purpose, party=party)
+        nodes.append(node)
+    if steps is not None:
+        steps.append(Step("unknown_category", "categories " + ", ".join(request.categories),
+                          True, "all in the category tree"))
+
+    # 4. special_category
+    for node in nodes:
+        if node.special:
+            if steps is not None:
+                steps.append(Step("special_category", f"category {node.key!r}", False,
+                                  "special categories are never collected"))
+            return _result(policy, request, Reason.SPECIAL_CATEGORY, purpose=purpose, party=party)
+    if steps is not None:
+        steps.append(Step("special_category", "categories", True, "none is special"))
+
+    # 5. purpose_not_granted
+    grants = policy.grants.get((request.caller, purpose.key))
+    if steps is not None:
+        steps.append(Step(
+            "purpose_not_granted", f"grants of {request.caller} on {' < '.join(purpose.ancestors)}",
+            bool(grants), "granted" if grants else "no grant on this purpose or an ancestor",
+        ))
+    if not grants:
+        return _result(policy, request, Reason.PURPOSE_NOT_GRANTED, purpose=purpose, party=party)
+
+    # 6. category_not_in_purpose
+    for node in nodes:
+        if node.key != AGGREGATED and node.key not in purpose.ceiling:
+            if steps is not None:
+                steps.append(Step(
+                    "category_not_in_purpose", f"category {node.key!r}", False,
+                    f"outside {purpose.key}'s ceiling ({', '.join(purpose.ceiling_roots)})",
+                ))
+            return _result(policy, request, Reason.CATEGORY_NOT_IN_PURPOSE,
+                           purpose=purpose, party=party)
+    if steps is not None:
+        steps.append(Step("category_not_in_purpose", f"ceiling of {purpose.key}", True,
+                          ", ".join(purpose.ceiling_roots)))
+
+    # 7. category_not_granted (need-to-know, and the action)
+    action = request.action.value
+    rules: list[str] = []
+    for node in nodes:
+        if node.key == AGGREGATED:
+            found: tuple[str, ...] | None = (
+                ("builtin:aggregated",) if request.action is Action.READ else None
+            )
+        else:
+            found = next(
+                (grants[(a, action)] for a in node.ancestors if (a, action) in grants), None
+            )
+        if found is None:
+            if steps is not None:
+                steps.append(Step("category_not_granted", f"{action} {node.key!r}", False,
+                                  f"{request.caller} holds no {action} grant covering it"))
+            return _result(policy, request, Reason.CATEGORY_NOT_GRANTED,
+                           purpose=purpose, party=party)
+        rules.extend(found)
+    if steps is not None:
+        steps.append(Step("category_not_granted", f"{action} grants", True,
+                          "granted by " + ", ".join(dict.fromkeys(rules))))
+
+    # 8. transfer_not_safeguarded
+    personal = any(node.key != AGGREGATED for node in nodes)
+    if personal and not party.transfer_safe:
+        if steps is not None:
+            steps.append(Step("transfer_not_safeguarded", f"country {party.country}", False,
+                              "outside GB, not adequate, no transfer mechanism recorded"))
+        return _result(policy, request, Reason.TRANSFER_NOT_SAFEGUARDED,
+                       purpose=purpose, party=party)
+    if steps is not None:
+        how = ("GB" if party.country == "GB" else
+               ", ".join(party.mechanisms) or "adequacy") if personal else "not personal data"
+        steps.append(Step("transfer_not_safeguarded", f"country {party.country}", True, how))
+
+    # 9. consent_required
+    if purpose.consent_only:
+        if steps is not None:
+            steps.append(Step("consent_required", f"lawful basis of {purpose.key}", False,
+                              "consent is the only basis and no opt-in is recorded"))
+        return _result(policy, request, Reason.CONSENT_REQUIRED, purpose=purpose, party=party)
+    if steps is not None:
+        steps.append(Step("consent_required", f"lawful basis of {purpose.key}", True,
+                          ", ".join(purpose.bases)))
+
+    return _result(policy, request, Reason.ALLOWED, purpose=purpose, party=party,
+                   rule=tuple(dict.fromkeys(rules)))
+
+
+def _judge_with_casbin(
+    policy: CompiledPolicy, request: Request, steps: list[Step] | None
+) -> Decision:
+    """Slow path for a model the compiler does not recognise: ask casbin per category."""
+    purpose = policy.purposes.get(request.purpose)
+    party = policy.parties.get(request.caller)
+    with _casbin_lock:  # casbin's role managers mutate on look-up
+        for key in request.categories:
+            ok = bool(policy.enforcer.enforce(
+                request.caller, request.purpose, key, request.action.value
+            ))
+            if steps is not None:
+                steps.append(Step("casbin", f"category {key!r}", ok, "casbin Enforcer"))
+            if not ok:
+                return _result(policy, request, Reason.DENIED_BY_MODEL,
+                               purpose=purpose, party=party)
+    return _result(policy, request, Reason.ALLOWED, purpose=purpose, party=party,
+                   rule=("casbin:matcher",))

@@ -1,0 +1,111 @@
+"""Reading the casbin files: where they are, their rows with line and column, their digest."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from casbin.persist.adapter import _extract_tokens
+
+from guard._errors import PolicyError
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+MODEL_FILE = "model.conf"
+RULES_FILE = "rules.csv"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySource:
+    """The two texts a policy is made of, and where they came from."""
+
+    model_text: str
+    rules_text: str
+    model_origin: str
+    rules_origin: str
+
+    @property
+    def version(self) -> str:
+        """Digest of model and rules: the same texts always give the same version."""
+        digest = hashlib.sha256()
+        digest.update(self.model_text.encode())
+        digest.update(b"\0")
+        digest.update(self.rules_text.encode())
+        return "sha256:" + digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One policy line of rules.csv: its type, values, and where it stands."""
+
+    ptype: str
+    values: tuple[str, ...]
+    line: int
+    columns: tuple[int, ...]
+    origin: str
+
+    @property
+    def location(self) -> str:
+        """``rules.csv:57`` style reference, used as the decision's ``rule``."""
+        return f"{Path(self.origin).name}:{self.line}"
+
+    def column_of(self, index: int) -> int:
+        """1-based column of value ``index`` (0 is the first value after the type)."""
+        return self.columns[index + 1] if index + 1 < len(self.columns) else 1
+
+
+def resolve_policy_dir(explicit: Path | None = None) -> Path:
+    """The policy folder: ``explicit``, else ``./policies``, else the shipped copy."""
+    if explicit is not None:
+        if not explicit.is_dir():
+            raise PolicyError(f"policy folder not found: {explicit}")
+        return explicit
+    local = Path("policies")
+    if (local / MODEL_FILE).is_file() and (local / RULES_FILE).is_file():
+        return local
+    return SHIPPED_DIR
+
+
+def read_source(policy_dir: Path) -> PolicySource:
+    """Read model.conf and rules.csv from a folder."""
+    texts: list[str] = []
+    for name in (MODEL_FILE, RULES_FILE):
+        path = policy_dir / name
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PolicyError(f"{name} not found in {policy_dir}", path=str(path)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"cannot read {name}: {exc}", path=str(path)) from None
+    return PolicySource(
+        model_text=texts[0],
+        rules_text=texts[1],
+        model_origin=str(policy_dir / MODEL_FILE),
+        rules_origin=str(policy_dir / RULES_FILE),
+    )
+
+
+def _columns(raw: str, tokens: list[str]) -> tuple[int, ...]:
+    """1-based start column of each token in the raw line."""
+    columns: list[int] = []
+    offset = 0
+    for token in tokens:
+        found = raw.find(token, offset) if token else offset
+        found = offset if found < 0 else found
+        columns.append(found + 1)
+        offset = found + len(token)
+    return tuple(columns)
+
+
+def parse_rows(text: str, origin: str) -> list[Row]:
+    """Split rules text into rows exactly as casbin's file adapter does, keeping positions."""
+    rows: list[Row] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        tokens = _extract_tokens(stripped)
+        if not tokens:
+            continue
+        indent = len(raw) - len(raw.lstrip())
+        columns = tuple(c + indent for c in _columns(stripped, tokens))
+        rows.append(Row(tokens[0], tuple(tokens[1:]), number, columns, origin))
+    return rows
