@@ -24,21 +24,20 @@ app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:
-    """Entry point: every GuardError becomes one readable line and exit 2."""
+    """Entry point: every GuardError or usage mistake becomes one readable line and exit 2."""
     try:
         app(standalone_mode=False)
     except GuardError as exc:
-        typer.echo(f"guard: error: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("guard: aborted", err=True)
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors and the like
-        import click
+    except typer.TyperException as exc:  # typer's click: unknown option, missing argument...
+        _fail(exc.format_message())
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+
+def _fail(message: str) -> None:
+    typer.echo(f"guard: error: {message}", err=True)
+    sys.exit(2)

@@ -1,9 +1,174 @@
-"""Commands of this group (registered on the main app)."""
+"""``guard policy lint | test | diff | ropa``: policy as code for the platform team."""
 
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
 import typer
+from typer.core import TyperCommand
+
+from guard.cli._groups import policy_app
+from guard.policy._compiled import CompiledPolicy
+from guard.policy._diff import diff_policies, read_revision, render_markdown, render_text, to_json
+from guard.policy._findings import Finding, Severity
+from guard.policy._lint import check_readable, has_errors, lint_policy
+from guard.policy._load import SlowPathWarning, compile_source
+from guard.policy._ropa import build_ropa
+from guard.policy._ropa import render_csv as ropa_csv
+from guard.policy._ropa import render_markdown as ropa_markdown
+from guard.policy._source import PolicySource, read_source, resolve_policy_dir
+from guard.policy._tests import CASES_FILE, read_cases, run_cases, summary
+
+PolicyDirOpt = Annotated[
+    Path | None,
+    typer.Option("--policy-dir", help="Folder with model.conf and rules.csv "
+                 "[default: ./policies, else the shipped policy]."),
+]
+
+
+class _OneLineErrors(TyperCommand):
+    """Usage errors (unknown option, missing argument) as one line and exit 2."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except typer.TyperException as exc:  # typer's own click exceptions derive from it
+            format_message = getattr(exc, "format_message", None)
+            _usage(format_message() if callable(format_message) else str(exc))
+
+
+def _usage(message: str) -> NoReturn:
+    typer.echo(f"guard: error: {message}", err=True)
+    raise SystemExit(2)
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        _usage(f"{option} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
+def _compile(source: PolicySource) -> CompiledPolicy:
+    check_readable(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPathWarning)
+        return compile_source(source)
+
+
+def _gh_escape(text: str, *, prop: bool = False) -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+
+def _github(finding: Finding) -> str:
+    props = [f"file={_gh_escape(finding.path, prop=True)}"]
+    if finding.line is not None:
+        props.append(f"line={finding.line}")
+    if finding.column is not None:
+        props.append(f"col={finding.column}")
+    props.append(f"title={_gh_escape(finding.code, prop=True)}")
+    message = finding.message + (f" (hint: {finding.hint})" if finding.hint else "")
+    return f"::{finding.severity.value} {','.join(props)}::{_gh_escape(message)}"
+
+
+@policy_app.command("lint", cls=_OneLineErrors)
+def lint(
+    policy_dir: PolicyDirOpt = None,
+    output: Annotated[str, typer.Option("--format", metavar="text|json|github",
+                                        help="Output format.")] = "text",
+) -> None:
+    """Report every error and warning of the policy with file:line:col; exit 1 on an error."""
+    _choice(output, ("text", "json", "github"), "--format")
+    findings = lint_policy(resolve_policy_dir(policy_dir))
+    errors = sum(f.severity is Severity.ERROR for f in findings)
+    warned = len(findings) - errors
+    if output == "json":
+        typer.echo(json.dumps({
+            "errors": errors, "warnings": warned,
+            "findings": [{"severity": f.severity.value, "code": f.code, "message": f.message,
+                          "path": f.path, "line": f.line, "column": f.column, "hint": f.hint}
+                         for f in findings],
+        }, indent=2))
+    elif output == "github":
+        for finding in findings:
+            typer.echo(_github(finding))
+    else:
+        for finding in findings:
+            typer.echo(str(finding))
+        typer.echo(f"{errors} error(s), {warned} warning(s)")
+    raise SystemExit(1 if has_errors(findings) else 0)
+
+
+@policy_app.command("test", cls=_OneLineErrors)
+def run_tests(
+    policy_dir: PolicyDirOpt = None,
+    cases: Annotated[Path | None, typer.Option(
+        "--cases", metavar="FILE", help=f"Test cases [default: {CASES_FILE} in the policy folder].",
+    )] = None,
+) -> None:
+    """Decide every test case and compare with the expected decision and reason."""
+    folder = resolve_policy_dir(policy_dir)
+    policy = _compile(read_source(folder))
+    results = run_cases(policy, read_cases(cases if cases is not None else folder / CASES_FILE))
+    for result in results:
+        if not result.passed:
+            typer.echo(result.describe())
+    typer.echo(summary(results))
+    raise SystemExit(0 if all(r.passed for r in results) else 1)
+
+
+def _side(spec: str, path: str) -> CompiledPolicy:
+    folder = Path(spec)
+    if folder.is_dir():
+        return _compile(read_source(folder))
+    return _compile(read_revision(spec, path))
+
+
+@policy_app.command("diff", cls=_OneLineErrors)
+def diff(
+    old: Annotated[str, typer.Argument(metavar="OLD", help="Policy folder or git revision.")],
+    new: Annotated[str, typer.Argument(metavar="NEW", help="Policy folder or git revision.")],
+    output: Annotated[str, typer.Option("--format", metavar="text|markdown|json",
+                                        help="Output format.")] = "text",
+    path: Annotated[str, typer.Option(
+        "--path", help="Policy folder inside the repository, for revisions.")] = "policies",
+    exit_code: Annotated[bool, typer.Option(
+        "--exit-code", help="Exit 1 when the policies differ.")] = False,
+) -> None:
+    """The access delta from OLD to NEW: who gains or loses what, and the facts behind it."""
+    _choice(output, ("text", "markdown", "json"), "--format")
+    delta = diff_policies(_side(old, path), _side(new, path))
+    if output == "json":
+        typer.echo(json.dumps(to_json(delta, old, new), indent=2))
+    elif output == "markdown":
+        typer.echo(render_markdown(delta, old, new))
+    else:
+        typer.echo(render_text(delta, old, new))
+    raise SystemExit(1 if exit_code and not delta.empty else 0)
+
+
+@policy_app.command("ropa", cls=_OneLineErrors)
+def ropa(
+    policy_dir: PolicyDirOpt = None,
+    output: Annotated[str, typer.Option("--format", metavar="markdown|csv",
+                                        help="Output format.")] = "markdown",
+) -> None:
+    """The record of processing activities (GDPR Art. 30) generated from the policy."""
+    _choice(output, ("markdown", "csv"), "--format")
+    policy = _compile(read_source(resolve_policy_dir(policy_dir)))
+    activities = build_ropa(policy)
+    if output == "csv":
+        typer.echo(ropa_csv(activities), nl=False)
+    else:
+        typer.echo(ropa_markdown(activities, policy.version), nl=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the ``guard`` app."""
+    """The commands live on ``policy_app`` (mounted as ``guard policy``); nothing to add here."""
+    del app
+

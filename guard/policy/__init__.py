@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from guard.policy._compiled import Category, CompiledPolicy, Party, Purpose
 from guard.policy._findings import Finding, Severity
+from guard.policy._lint import has_errors, lint_policy, lint_source
 from guard.policy._load import (
     PolicyLoadError,
     SlowPathWarning,
@@ -28,6 +29,9 @@ __all__ = [
     "SlowPathWarning",
     "compile_policy",
     "compile_source",
+    "has_errors",
+    "lint_policy",
+    "lint_source",
     "load_policy",
     "read_source",
     "resolve_policy_dir",

@@ -12,7 +12,7 @@ from guard._errors import PolicyError
 from guard.policy._compile import compile_rows, is_recognised, parse_model
 from guard.policy._compiled import CompiledPolicy
 from guard.policy._findings import Finding, Severity
-from guard.policy._lint import lint_rows
+from guard.policy._lint import check_readable, lint_rows
 from guard.policy._source import PolicySource, Row, parse_rows, read_source, resolve_policy_dir
 
 
@@ -60,6 +60,7 @@ def compile_source(source: PolicySource) -> CompiledPolicy:
         PolicyError: casbin cannot read the model.
     """
     model = parse_model(source.model_text, source.model_origin)
+    check_readable(source)
     rows = parse_rows(source.rules_text, source.rules_origin)
     findings = lint_rows(source, rows, model)
     if any(f.severity is Severity.ERROR for f in findings):

@@ -43,11 +43,8 @@ class Row:
     line: int
     columns: tuple[int, ...]
     origin: str
-
-    @property
-    def location(self) -> str:
-        """``rules.csv:57`` style reference, used as the decision's ``rule``."""
-        return f"{Path(self.origin).name}:{self.line}"
+    location: str
+    """``rules.csv:57`` style reference, used as the decision's ``rule``."""
 
     def column_of(self, index: int) -> int:
         """1-based column of value ``index`` (0 is the first value after the type)."""
@@ -100,6 +97,7 @@ def _columns(raw: str, tokens: list[str]) -> tuple[int, ...]:
 def parse_rows(text: str, origin: str) -> list[Row]:
     """Split rules text into rows exactly as casbin's file adapter does, keeping positions."""
     rows: list[Row] = []
+    name = Path(origin).name
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
         tokens = _extract_tokens(stripped)
@@ -107,5 +105,7 @@ def parse_rows(text: str, origin: str) -> list[Row]:
             continue
         indent = len(raw) - len(raw.lstrip())
         columns = tuple(c + indent for c in _columns(stripped, tokens))
-        rows.append(Row(tokens[0], tuple(tokens[1:]), number, columns, origin))
+        rows.append(
+            Row(tokens[0], tuple(tokens[1:]), number, columns, origin, f"{name}:{number}")
+        )
     return rows
