@@ -1,5 +1,29 @@
-"""Enforcement points: the ASGI middleware and the sidecar."""
+"""Enforcement points: the ASGI middleware and the sidecar.
+
+``GuardMiddleware`` guards a Starlette or FastAPI app in-process; routes are
+declared with :func:`guarded` (or ``policies/routes.csv``) and callers prove who
+they are with JWT service tokens (:class:`Authenticator`).
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from middleware._enforce import Outcome, enforce
+from middleware.asgi import GuardMiddleware
+from middleware.identity import Authenticator, Caller, IdentityError
+from middleware.problem import PROBLEM_MEDIA_TYPE
+from middleware.routes import RouteMatch, RouteRule, RouteTable, guarded, public
+
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "Authenticator",
+    "Caller",
+    "GuardMiddleware",
+    "IdentityError",
+    "Outcome",
+    "RouteMatch",
+    "RouteRule",
+    "RouteTable",
+    "enforce",
+    "guarded",
+    "public",
+]

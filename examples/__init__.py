@@ -1,0 +1,1 @@
+"""Example services guarded by purpose-guard (``python -m examples.customers``)."""

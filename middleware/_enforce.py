@@ -1,0 +1,234 @@
+"""The one enforcement flow shared by the middleware and the sidecar.
+
+request -> route -> identity -> purpose -> engine + durable audit -> outcome.
+Anything that cannot be judged is a denial; nothing here knows about a
+particular web framework beyond the problem+json response it can render.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from opentelemetry import metrics, trace
+from starlette.responses import Response
+
+from guard._guard import Checked
+from guard._types import Decision, HttpContext, Reason, Request, denial
+from guard.audit._otel import decision_attributes
+from middleware.identity import Authenticator, Caller, IdentityError
+from middleware.problem import problem_response
+from middleware.routes import RouteRule, RouteTable, compile_template
+
+__all__ = ["GuardLike", "Outcome", "enforce", "route_label"]
+
+_log = logging.getLogger("guard.middleware")
+_PURPOSE_KEY = re.compile(r"^[a-z0-9_]+(?:\.[a-z0-9_]+)*$")
+_MAX_PURPOSE = 200
+_public_counter = metrics.get_meter("purpose_guard.middleware").create_counter(
+    "guard.http.public_requests", unit="{request}",
+    description="Requests to public routes (no decision, not audited)",
+)
+
+
+class GuardLike(Protocol):
+    """The part of :class:`guard._guard.Guard` the enforcement points use."""
+
+    async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked: ...
+
+    async def arecord_outcome(
+        self, decision_id: str, status: int, http: HttpContext | None = None
+    ) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a request was judged.
+
+    Args:
+        status: 200 (allowed or public), 401 or 403.
+        decision: The decision; None only for public routes.
+        decision_id: The audit event id of the decision, when it was recorded.
+        caller: The proven caller, when there is one.
+        route: The matched route template (``<undeclared>`` when none matched).
+    """
+
+    status: int
+    decision: Decision | None
+    decision_id: str | None
+    caller: Caller | None
+    route: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        """True when the request may proceed (allowed or public)."""
+        return self.status == 200
+
+    def problem(self) -> Response | None:
+        """The problem+json response for a 401/403, None when allowed."""
+        if self.status == 200 or self.decision is None:
+            return None
+        return problem_response(
+            self.status,
+            self.decision.reason,
+            self.decision.purpose,
+            self.decision.categories,
+            self.decision_id,
+        )
+
+
+def route_label(rule: RouteRule | None) -> str:
+    """The route as it is audited: the template, never the raw path (it may name a person)."""
+    return rule.template if rule is not None else "<undeclared>"
+
+
+async def enforce(
+    guard: GuardLike,
+    auth: Authenticator,
+    routes: RouteTable,
+    *,
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    peer: str | None,
+    purpose_header: str = "x-purpose",
+    declared: RouteRule | None = None,
+) -> Outcome:
+    """Judge one HTTP request and record the decision durably.
+
+    Args:
+        guard: The guard (policy + audit trail).
+        auth: Who is calling.
+        routes: Route -> categories, used unless ``declared`` is given.
+        method: The HTTP method.
+        path: The request path (without query string).
+        headers: Request headers with lower-case names.
+        peer: The client's IP address.
+        purpose_header: Lower-case header that declares the purpose.
+        declared: The route rule, when the caller of ``enforce`` resolved it.
+    """
+    if declared is not None:
+        rule: RouteRule | None = declared
+        params = _params(declared, path)
+    else:
+        found = routes.match(method, path)
+        rule, params = (found.rule, found.params) if found is not None else (None, {})
+    if rule is not None and rule.public:
+        _public_counter.add(1, {"http.route": rule.template, "http.request.method": method})
+        return Outcome(200, None, None, None, rule.template)
+
+    purpose = headers.get(purpose_header, "").strip()
+    categories = rule.categories if rule is not None else ()
+    http = HttpContext(method=method, route=route_label(rule))
+    try:
+        caller = auth.authenticate(headers, peer)
+    except IdentityError as exc:
+        request = Request(caller="", purpose=purpose, categories=categories)
+        return await _refuse(guard, 401, Reason.UNAUTHENTICATED, request, http,
+                             caller=None, detail=str(exc))
+
+    http.extra["via"] = caller.via
+    if rule is None:
+        request = Request(caller=caller.id, purpose=purpose, categories=())
+        return await _refuse(guard, 403, Reason.ROUTE_NOT_DECLARED, request, http, caller=caller)
+    subject = params.get(rule.subject) if rule.subject else None
+    request = Request(caller.id, purpose, rule.categories, rule.action, subject or None)
+    if purpose and (len(purpose) > _MAX_PURPOSE or not _PURPOSE_KEY.match(purpose)):
+        return await _refuse(guard, 403, Reason.MALFORMED_REQUEST, request, http,
+                             caller=caller, detail="purpose_header")
+    if purpose and not caller.may_declare(purpose):
+        return await _refuse(guard, 403, Reason.PURPOSE_NOT_GRANTED, request, http,
+                             caller=caller, detail="token_purposes")
+    try:
+        checked = await guard.acheck(request, http)
+    except Exception:
+        _log.exception("the guard could not judge %s %s", method, http.route)
+        decision = denial(Reason.INTERNAL_ERROR, request)
+        _annotate_span(decision, None)
+        return Outcome(403, decision, None, caller, http.route)
+    decision = checked.decision
+    # An event that could not be recorded has no id an auditor could find.
+    decision_id = checked.decision_id or None
+    if decision.reason is Reason.AUDIT_UNAVAILABLE:
+        decision_id = None
+    _annotate_span(decision, decision_id)
+    return Outcome(200 if decision.allowed else 403, decision, decision_id, caller, http.route)
+
+
+async def _refuse(
+    guard: GuardLike,
+    status: int,
+    reason: Reason,
+    request: Request,
+    http: HttpContext,
+    *,
+    caller: Caller | None,
+    detail: str | None = None,
+) -> Outcome:
+    """Record a denial raised before the engine and turn it into an outcome."""
+    decision = denial(reason, request, _policy_version(guard), detail=_detail_code(detail))
+    decision_id: str | None = None
+    try:
+        decision_id = await _record_denial(guard, request, decision, http)
+    except Exception:
+        _log.exception("could not record a %s denial", reason.value)
+    if detail and reason is Reason.UNAUTHENTICATED:
+        _log.info("unauthenticated %s %s: %s", http.method, http.route, detail)
+    _annotate_span(decision, decision_id)
+    return Outcome(status, decision, decision_id, caller, http.route)
+
+
+async def _record_denial(
+    guard: GuardLike, request: Request, decision: Decision, http: HttpContext
+) -> str:
+    """Durably record a denial made before the engine ran; returns its event id.
+
+    Uses ``Guard.arecord_denial(request, decision, http)`` when the guard has
+    one, else the guard's own audit pipeline and trail (the same event shape
+    ``acheck`` writes).
+    """
+    public: Any = getattr(guard, "arecord_denial", None)
+    if public is not None:
+        checked = await public(request, decision, http)
+        return str(checked.decision_id)
+    pipeline: Any = getattr(guard, "_pipeline", None)
+    trail: Any = getattr(guard, "trail", None)
+    if pipeline is None or trail is None:
+        raise TypeError(f"{type(guard).__name__} cannot record denials")
+    event = pipeline.decision(request, decision, http)
+    await trail.arecord(event)
+    return str(event.event_id)
+
+
+def _policy_version(guard: GuardLike) -> str:
+    holder: Any = getattr(guard, "holder", None)
+    try:
+        return str(holder.current.version)
+    except Exception:
+        return ""
+
+
+def _detail_code(detail: str | None) -> str | None:
+    """A short, stable tag for the audit rule column (not the free-text message)."""
+    if detail is None:
+        return None
+    return detail if detail.replace("_", "").isalnum() else None
+
+
+def _params(rule: RouteRule, path: str) -> dict[str, str]:
+    regex, _ = compile_template(rule.template)
+    found = regex.match(path)
+    return found.groupdict() if found is not None else {}
+
+
+def _annotate_span(decision: Decision, decision_id: str | None) -> None:
+    """Put the decision on the current (server) span, if one is recording."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attributes(decision_attributes(decision))
+    if decision_id:
+        span.set_attribute("guard.decision_id", decision_id)

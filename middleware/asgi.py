@@ -1,0 +1,201 @@
+"""``GuardMiddleware``: purpose and need-to-know enforced in-process, pure ASGI.
+
+Mount it on any Starlette or FastAPI app::
+
+    app.add_middleware(GuardMiddleware)
+
+Every HTTP request and WebSocket to a guarded route is judged before the app
+sees it; an allowed request's decision is durable in the audit trail before the
+handler runs, and the final response status is recorded when the app is done.
+Lifespan and other scope types pass straight through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from guard._guard import Guard
+from guard._types import Action, HttpContext, Reason, denial
+from guard.config import Settings, load_settings
+from middleware._enforce import GuardLike, Outcome, enforce
+from middleware.identity import Authenticator
+from middleware.problem import problem_response
+from middleware.routes import RouteRule, RouteTable, rules_from_app
+
+__all__ = ["GuardMiddleware"]
+
+_log = logging.getLogger("guard.middleware")
+_DECISION_HEADER = b"x-guard-decision-id"
+
+
+def _default_routes(settings: Settings) -> RouteTable:
+    """``routes.csv`` next to the policy (``[policy] dir`` or ./policies), if there is one."""
+    candidates = []
+    if settings.sidecar.routes is not None:
+        candidates.append(settings.sidecar.routes)
+    candidates.append((settings.policy.dir or Path("policies")) / "routes.csv")
+    for path in candidates:
+        if path.exists():
+            return RouteTable.from_csv(path)
+    return RouteTable(())
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware that judges every request before the app sees it.
+
+    Args:
+        app: The ASGI app to guard.
+        guard: The guard (policy + audit); built from ``settings`` when None.
+        settings: Settings; read from guard.toml and the environment when None.
+        routes: A route table or a routes.csv path; by default ``routes.csv``
+            beside the policy, if present. :func:`middleware.guarded`
+            declarations on the app's endpoints are added at first use.
+        authenticator: Who is calling; built from ``settings.identity`` when None.
+        public_paths: Paths that need no decision (any method); still counted.
+        purpose_header: The header that declares the purpose.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        guard: GuardLike | None = None,
+        settings: Settings | None = None,
+        routes: RouteTable | Path | None = None,
+        authenticator: Authenticator | None = None,
+        public_paths: Sequence[str] = ("/healthz", "/readyz"),
+        purpose_header: str | None = None,
+    ) -> None:
+        self.app = app
+        settings = settings if settings is not None else load_settings()
+        self._owned: Guard | None = None
+        if guard is None:
+            guard = self._owned = Guard.from_settings(settings)
+        self.guard: GuardLike = guard
+        self.auth = authenticator or Authenticator.from_settings(settings.identity)
+        if isinstance(routes, Path):
+            routes = RouteTable.from_csv(routes)
+        elif routes is None:
+            routes = _default_routes(settings)
+        public = [RouteRule("*", p, (), Action.READ, None, True) for p in public_paths]
+        self._base = routes.extended(public)
+        self._routes: RouteTable | None = None
+        self.purpose_header = (purpose_header or settings.identity.purpose_header).lower()
+        self._wanted = frozenset(
+            h.encode("latin-1")
+            for h in ("authorization", self.purpose_header, self.auth.caller_header)
+        )
+        self.public_requests: Counter[str] = Counter()
+        """Requests to public routes, by route template (they make no audit event)."""
+
+    @property
+    def routes(self) -> RouteTable:
+        """The route table in force (code declarations, routes.csv, public paths)."""
+        return self._routes if self._routes is not None else self._base
+
+    def _resolve(self, scope: Scope) -> RouteTable:
+        """Add the app's ``guarded()`` declarations to the table, once, at first use."""
+        declared = rules_from_app(scope.get("app"))
+        self._routes = self._base.extended(declared) if declared else self._base
+        return self._routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        routes = self._routes if self._routes is not None else self._resolve(scope)
+        path = _route_path(scope)
+        method = scope["method"] if kind == "http" else "GET"
+        headers: dict[str, str] = {}
+        wanted = self._wanted
+        for name, value in scope["headers"]:
+            if name in wanted:  # the first of repeated headers counts
+                headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        client = scope.get("client")
+        try:
+            outcome = await enforce(
+                self.guard, self.auth, routes,
+                method=method, path=path, headers=headers,
+                peer=client[0] if client else None,
+                purpose_header=self.purpose_header,
+            )
+        except Exception:  # fail closed: what cannot be judged is refused
+            _log.exception("the guard failed on %s %s", method, path)
+            outcome = Outcome(403, denial(Reason.INTERNAL_ERROR), None, None)
+        scope.setdefault("state", {})["guard"] = outcome
+        if outcome.decision is None:  # public route
+            self.public_requests[outcome.route or path] += 1
+            await self.app(scope, receive, send)
+            return
+        if not outcome.allowed:
+            if kind == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": "forbidden"})
+                return
+            response = outcome.problem() or problem_response(
+                403, Reason.INTERNAL_ERROR, None, (), None)
+            await response(scope, receive, send)
+            return
+        await self._run(scope, receive, send, outcome, method)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the lifespan through; close the guard this middleware opened, at the end."""
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if self._owned is not None:
+                self._owned.close()
+
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome, method: str
+    ) -> None:
+        """Call the app, then record the response status against the decision."""
+        decision_id = outcome.decision_id
+        status: list[int] = []
+        header = decision_id.encode() if decision_id else None
+
+        async def watch(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                status.append(message["status"])
+                if header is not None:
+                    message = {**message, "headers": [*message.get("headers", ()),
+                                                      (_DECISION_HEADER, header)]}
+            elif kind == "websocket.accept":
+                status.append(101)
+            elif kind == "websocket.close" and not status:
+                status.append(403)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if decision_id is not None:
+                http = HttpContext(method, outcome.route or "", status[0] if status else 500)
+                await self._record(decision_id, http)
+
+    async def _record(self, decision_id: str, http: HttpContext) -> None:
+        status = http.status or 500
+        try:
+            await self.guard.arecord_outcome(decision_id, status, http)
+        except Exception:
+            _log.exception("could not record status %s for decision %s", status, decision_id)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app routes on (``root_path`` removed), as Starlette computes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        rest = path[len(root):]
+        if not rest or rest.startswith("/"):
+            return rest or "/"
+    return path

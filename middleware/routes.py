@@ -1,0 +1,324 @@
+"""HTTP route -> data categories, action and data-subject parameter.
+
+Routes come from ``policies/routes.csv`` (any ASGI app, and the sidecar) or
+from :func:`guarded` declarations on FastAPI/Starlette endpoints. The
+categories always come from the route, never from the caller.
+
+``routes.csv`` has one route per line, ``#`` starts a comment::
+
+    # method, path template, categories, action, subject parameter
+    GET,  /customers/{customer_id},         identity contact, read,  customer_id
+    PUT,  /customers/{customer_id}/contact, contact,          write, customer_id
+    GET,  /healthz,                         public
+
+Categories are separated by spaces; ``public`` instead of categories marks a
+route that needs no decision. The method may be ``*`` (any method).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from guard._errors import PolicyError
+from guard._types import Action
+
+__all__ = [
+    "DECLARATION_ATTR",
+    "RouteMatch",
+    "RouteRule",
+    "RouteTable",
+    "compile_template",
+    "guarded",
+    "public",
+]
+
+DECLARATION_ATTR = "__guard_route__"
+"""Attribute :func:`guarded` sets on an endpoint; holds a :class:`Declaration`."""
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
+_KEY = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}")
+_CONVERTORS = {
+    "str": r"[^/]+",
+    "int": r"[0-9]+",
+    "float": r"[0-9]+(?:\.[0-9]+)?",
+    "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    "path": r".*",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """What one route touches.
+
+    Args:
+        method: Upper-case HTTP method, or ``*``.
+        template: Path template, e.g. ``/customers/{customer_id}``.
+        categories: The data categories the route reads or writes.
+        action: ``read`` or ``write``.
+        subject: The path parameter naming the data subject, if any.
+        public: True for a route that needs no decision (still counted).
+    """
+
+    method: str
+    template: str
+    categories: tuple[str, ...]
+    action: Action
+    subject: str | None
+    public: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """A rule and the path parameters it matched."""
+
+    rule: RouteRule
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """A route declaration made in code with :func:`guarded` or :func:`public`."""
+
+    categories: tuple[str, ...]
+    action: Action
+    subject: str | None
+    public: bool
+
+
+def guarded(
+    categories: Sequence[str],
+    action: Action | str = Action.READ,
+    subject: str | None = None,
+) -> Callable[[F], F]:
+    """Declare what an endpoint touches; the middleware reads it before the handler runs.
+
+    Use it under or over ``@app.get(...)``; the endpoint itself is unchanged::
+
+        @app.get("/customers/{customer_id}")
+        @guarded(categories=["identity", "contact"], action="read", subject="customer_id")
+        async def customer(customer_id: str) -> dict[str, str]: ...
+
+    Args:
+        categories: Data categories the endpoint reads or writes (at least one).
+        action: ``read`` or ``write``.
+        subject: Path parameter that names the data subject.
+    """
+    cats = tuple(categories)
+    if not cats or isinstance(categories, str):
+        raise PolicyError("guarded() needs a list of one or more categories")
+    for cat in cats:
+        if not _KEY.match(cat):
+            raise PolicyError(f"guarded(): {cat!r} is not a category key")
+    try:
+        act = Action(action)
+    except ValueError:
+        raise PolicyError(f"guarded(): action must be read or write, not {action!r}") from None
+    return _declare(Declaration(cats, act, subject, public=False))
+
+
+def public() -> Callable[[F], F]:
+    """Declare an endpoint that needs no decision (health checks); it is still counted."""
+    return _declare(Declaration((), Action.READ, None, public=True))
+
+
+def _declare(declaration: Declaration) -> Callable[[F], F]:
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, DECLARATION_ATTR, declaration)
+        return endpoint
+
+    return mark
+
+
+def compile_template(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    """A path template's regex and its parameter names; raises ValueError if malformed."""
+    if not template.startswith("/"):
+        raise ValueError("a path template starts with /")
+    pattern, names, pos = "^", [], 0
+    for found in _PARAM.finditer(template):
+        name, conv = found.group(1), found.group(2) or "str"
+        if conv not in _CONVERTORS:
+            raise ValueError(f"unknown parameter type {conv!r} in {found.group(0)}")
+        if name in names:
+            raise ValueError(f"parameter {name!r} appears twice")
+        names.append(name)
+        pattern += re.escape(template[pos : found.start()])
+        pattern += f"(?P<{name}>{_CONVERTORS[conv]})"
+        pos = found.end()
+    stripped = _PARAM.sub("", template)
+    if "{" in stripped or "}" in stripped:
+        raise ValueError("unbalanced { } in the path template")
+    pattern += re.escape(template[pos:]) + "$"
+    return re.compile(pattern), tuple(names)
+
+
+class RouteTable:
+    """Routes in priority order: literal paths first, then templates in file order."""
+
+    __slots__ = ("_literal", "_patterns", "rules")
+
+    def __init__(self, rules: Iterable[RouteRule]) -> None:
+        self.rules: tuple[RouteRule, ...] = tuple(rules)
+        self._literal: dict[tuple[str, str], RouteRule] = {}
+        self._patterns: list[tuple[str, re.Pattern[str], RouteRule]] = []
+        for rule in self.rules:
+            regex, names = compile_template(rule.template)
+            if not names:
+                self._literal.setdefault((rule.method, rule.template), rule)
+            else:
+                self._patterns.append((rule.method, regex, rule))
+
+    @classmethod
+    def from_csv(cls, path: Path) -> RouteTable:
+        """Read ``routes.csv``; raises PolicyError naming line and column of a bad row."""
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise PolicyError(f"cannot read routes: {exc.strerror}", path=str(path)) from exc
+        return cls(parse_routes(text, str(path)))
+
+    def extended(self, rules: Iterable[RouteRule]) -> RouteTable:
+        """A new table with ``rules`` ahead of this table's rules."""
+        return RouteTable([*rules, *self.rules])
+
+    def match(self, method: str, path: str) -> RouteMatch | None:
+        """The rule for a request, or None when no route is declared for it."""
+        method = method.upper()
+        methods = (method, "GET", "*") if method == "HEAD" else (method, "*")
+        for candidate in methods:
+            rule = self._literal.get((candidate, path))
+            if rule is not None:
+                return RouteMatch(rule, {})
+        for rule_method, regex, rule in self._patterns:
+            if rule_method in methods:
+                found = regex.match(path)
+                if found is not None:
+                    return RouteMatch(rule, found.groupdict())
+        return None
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+
+def parse_routes(text: str, origin: str = "routes.csv") -> list[RouteRule]:
+    """Parse routes.csv text into rules; raises PolicyError with line and column."""
+    rules: list[RouteRule] = []
+    seen: dict[tuple[str, str], int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            rules.append(_parse_row(line, lineno, origin, seen))
+    return rules
+
+
+def _parse_row(
+    line: str, lineno: int, origin: str, seen: dict[tuple[str, str], int]
+) -> RouteRule:
+    columns = _columns(line)
+
+    def fail(index: int, message: str, hint: str | None = None) -> NoReturn:
+        col = columns[index] if index < len(columns) else len(line) + 1
+        raise PolicyError(message, path=origin, line=lineno, column=col, hint=hint)
+
+    values = [f.strip() for f in next(csv.reader([line], skipinitialspace=True))]
+    if len(values) < 3:
+        fail(len(values), "expected: method, path template, categories[, action, subject]")
+    if len(values) > 5:
+        fail(5, "too many fields (at most 5: method, path, categories, action, subject)")
+    method, template, cats = values[0].upper(), values[1], values[2].split()
+    if method not in _METHODS:
+        fail(0, f"unknown HTTP method {values[0]!r}")
+    try:
+        _, names = compile_template(template)
+    except ValueError as exc:
+        fail(1, f"bad path template {template!r}: {exc}")
+    if not cats:
+        fail(2, "no categories", hint="list categories separated by spaces, or 'public'")
+    is_public = cats == ["public"]
+    action, subject = Action.READ, None
+    if is_public:
+        if any(values[3:]):
+            fail(3, "a public route takes no action or subject")
+    else:
+        for cat in cats:
+            if cat == "public" or not _KEY.match(cat):
+                fail(2, f"{cat!r} is not a category key", hint="e.g. contact.email")
+        if len(values) > 3 and values[3]:
+            try:
+                action = Action(values[3].lower())
+            except ValueError:
+                fail(3, f"action must be read or write, not {values[3]!r}")
+        if len(values) > 4 and values[4]:
+            subject = values[4]
+            if subject not in names:
+                fail(4, f"subject parameter {subject!r} is not in the path template",
+                     hint=f"parameters: {', '.join(names) or 'none'}")
+    key = (method, template)
+    if key in seen:
+        fail(0, f"{method} {template} is already declared on line {seen[key]}")
+    seen[key] = lineno
+    return RouteRule(method, template, () if is_public else tuple(cats), action, subject,
+                     is_public)
+
+
+def _columns(line: str) -> list[int]:
+    """1-based column where each comma-separated field's text starts."""
+    starts, pos, quoted = [], 0, False
+    field_start = 0
+    for pos, char in enumerate(line):
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            starts.append(field_start)
+            field_start = pos + 1
+    starts.append(field_start)
+    result = []
+    for start in starts:
+        offset = start
+        while offset < len(line) and line[offset] == " ":
+            offset += 1
+        result.append(offset + 1)
+    return result
+
+
+def rules_from_app(app: Any) -> list[RouteRule]:
+    """Rules from :func:`guarded`/:func:`public` declarations on a Starlette/FastAPI app.
+
+    Walks ``app.router.routes`` (into mounts) and turns each declared endpoint
+    into one rule per HTTP method of its route.
+    """
+    router = getattr(app, "router", None)
+    routes = getattr(router, "routes", None) or getattr(app, "routes", None) or []
+    return list(_walk(routes, ""))
+
+
+def _walk(routes: Iterable[Any], prefix: str) -> Iterable[RouteRule]:
+    for route in routes:
+        path = getattr(route, "path", None)
+        if not isinstance(path, str):
+            continue
+        children = getattr(route, "routes", None)
+        endpoint = getattr(route, "endpoint", None)
+        declaration = getattr(endpoint, DECLARATION_ATTR, None)
+        if isinstance(declaration, Declaration):
+            methods = sorted(getattr(route, "methods", None) or ["*"])
+            if not methods or "GET" in methods:
+                methods = [m for m in methods if m != "HEAD"]
+            names = _PARAM.findall(prefix + path)
+            if declaration.subject and declaration.subject not in {n for n, _ in names}:
+                raise PolicyError(
+                    f"guarded(): subject {declaration.subject!r} is not a parameter of "
+                    f"{prefix + path}"
+                )
+            for method in methods:
+                yield RouteRule(method.upper(), prefix + path, declaration.categories,
+                                declaration.action, declaration.subject, declaration.public)
+        elif children:
+            yield from _walk(children, prefix + path.rstrip("/"))

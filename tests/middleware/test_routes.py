@@ -1,0 +1,202 @@
+"""Routes: routes.csv parsing with precise errors, matching, code declarations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from guard._errors import PolicyError
+from guard._types import Action
+from middleware.routes import (
+    RouteRule,
+    RouteTable,
+    guarded,
+    parse_routes,
+    public,
+    rules_from_app,
+)
+
+SAMPLE = """\
+# method, path template, categories, action, subject
+GET,  /customers/{customer_id},          identity contact, read, customer_id
+PUT,  /customers/{customer_id}/contact,  contact,          write, customer_id
+GET,  /customers/stats,                  aggregated
+*,    /files/{rest:path},                technical
+GET,  /orders/{order_id:int},            transaction
+GET,  /healthz,                          public
+"""
+
+
+def table(text: str = SAMPLE) -> RouteTable:
+    return RouteTable(parse_routes(text))
+
+
+def test_parse_sample() -> None:
+    rules = parse_routes(SAMPLE)
+    assert rules[0] == RouteRule("GET", "/customers/{customer_id}", ("identity", "contact"),
+                                 Action.READ, "customer_id", False)
+    assert rules[1].action is Action.WRITE
+    assert rules[2].subject is None
+    assert rules[-1].public
+    assert rules[-1].categories == ()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "template", "params"),
+    [
+        ("GET", "/customers/c-1", "/customers/{customer_id}", {"customer_id": "c-1"}),
+        ("HEAD", "/customers/c-1", "/customers/{customer_id}", {"customer_id": "c-1"}),
+        ("get", "/customers/stats", "/customers/stats", {}),
+        ("PUT", "/customers/c-2/contact", "/customers/{customer_id}/contact",
+         {"customer_id": "c-2"}),
+        ("DELETE", "/files/a/b/c.txt", "/files/{rest:path}", {"rest": "a/b/c.txt"}),
+        ("GET", "/orders/42", "/orders/{order_id:int}", {"order_id": "42"}),
+        ("POST", "/healthz", None, None),
+        ("GET", "/healthz", "/healthz", {}),
+    ],
+)
+def test_match(method: str, path: str, template: str | None,
+               params: dict[str, str] | None) -> None:
+    found = table().match(method, path)
+    if template is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found.rule.template == template
+        assert found.params == params
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/customers/c-1"), ("GET", "/customers/c-1/other"), ("GET", "/orders/x1"),
+     ("GET", "/customers/"), ("GET", "/nothing"), ("GET", "/customers/a/contact")],
+)
+def test_no_match_means_undeclared(method: str, path: str) -> None:
+    assert table().match(method, path) is None
+
+
+def test_literal_wins_over_template_declared_earlier() -> None:
+    found = table().match("GET", "/customers/stats")
+    assert found is not None
+    assert found.rule.categories == ("aggregated",)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "needle"),
+    [
+        ("GET, /a\n", 1, 8, "expected"),
+        ("# c\n\nFETCH, /a, identity\n", 3, 1, "unknown HTTP method"),
+        ("GET, a/b, identity\n", 1, 6, "path template"),
+        ("GET, /a/{x, identity\n", 1, 6, "path template"),
+        ("GET, /a/{x:bogus}, identity\n", 1, 6, "unknown parameter type"),
+        ("GET, /a, Identity\n", 1, 10, "not a category key"),
+        ("GET, /a,  \n", 1, 11, "no categories"),
+        ("GET, /a, identity, peek\n", 1, 20, "read or write"),
+        ("GET, /a/{id}, identity, read, customer\n", 1, 31, "subject parameter"),
+        ("GET, /a, public, read\n", 1, 18, "public route"),
+        ("GET, /a, identity\nGET, /a, contact\n", 2, 1, "already declared on line 1"),
+        ("GET, /a, identity, read, , extra\n", 1, 28, "too many fields"),
+    ],
+)
+def test_bad_rows_name_line_and_column(text: str, line: int, column: int, needle: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_routes(text, "routes.csv")
+    assert info.value.line == line
+    assert info.value.column == column
+    assert needle in info.value.message
+    assert str(info.value).startswith(f"routes.csv:{line}:{column}: ")
+
+
+def test_from_csv_reads_the_shipped_routes(policy_dir: Path) -> None:
+    shipped = RouteTable.from_csv(policy_dir / "routes.csv")
+    assert len(shipped) > 5
+    found = shipped.match("GET", "/customers/c-0001")
+    assert found is not None
+    assert found.rule.subject == "customer_id"
+
+
+def test_from_csv_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read routes"):
+        RouteTable.from_csv(tmp_path / "nope.csv")
+
+
+def test_guarded_declarations_on_fastapi_either_order() -> None:
+    app = FastAPI()
+
+    @app.get("/customers/{customer_id}")
+    @guarded(categories=["identity"], subject="customer_id")
+    async def below(customer_id: str) -> dict[str, str]:
+        return {}
+
+    @guarded(categories=["contact"], action="write", subject="customer_id")
+    @app.put("/customers/{customer_id}/contact")
+    async def above(customer_id: str) -> dict[str, str]:
+        return {}
+
+    @app.get("/healthz")
+    @public()
+    async def health() -> dict[str, str]:
+        return {}
+
+    @app.get("/undeclared")
+    async def undeclared() -> dict[str, str]:
+        return {}
+
+    rules = {(r.method, r.template): r for r in rules_from_app(app)}
+    assert rules[("GET", "/customers/{customer_id}")].categories == ("identity",)
+    assert rules[("PUT", "/customers/{customer_id}/contact")].action is Action.WRITE
+    assert rules[("GET", "/healthz")].public
+    assert not any(t == "/undeclared" for _, t in rules)
+
+
+def test_guarded_declarations_inside_starlette_mounts() -> None:
+    @guarded(categories=["usage"])
+    async def usage(request: object) -> PlainTextResponse:
+        return PlainTextResponse("")
+
+    app = Starlette(routes=[Mount("/api/", routes=[Route("/usage/{day}", usage)])])
+    rules = rules_from_app(app)
+    assert [(r.method, r.template) for r in rules] == [("GET", "/api/usage/{day}")]
+
+
+def test_guarded_rejects_bad_declarations() -> None:
+    with pytest.raises(PolicyError):
+        guarded(categories=[])
+    with pytest.raises(PolicyError):
+        guarded(categories="identity")
+    with pytest.raises(PolicyError):
+        guarded(categories=["Identity!"])
+    with pytest.raises(PolicyError):
+        guarded(categories=["identity"], action="delete")
+    app = FastAPI()
+
+    @app.get("/a/{x}")
+    @guarded(categories=["identity"], subject="y")
+    async def handler(x: str) -> None:
+        return None
+
+    with pytest.raises(PolicyError, match="subject 'y'"):
+        rules_from_app(app)
+
+
+_segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.~%", min_size=1,
+                   max_size=12).filter(lambda s: s not in {".", ".."})
+
+
+@given(_segment, _segment)
+def test_params_round_trip(customer: str, tail: str) -> None:
+    t = table()
+    found = t.match("PUT", f"/customers/{customer}/contact")
+    assert found is not None
+    assert found.params == {"customer_id": customer}
+    found = t.match("GET", f"/files/{customer}/{tail}")
+    assert found is not None
+    assert found.params == {"rest": f"{customer}/{tail}"}
+    assert t.match("GET", f"/customers/{customer}/{tail}") is None
