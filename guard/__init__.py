@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from guard._errors import AuditUnavailableError, ConfigError, GuardError, PolicyError
+from guard._guard import Checked, Guard
 from guard._types import Action, Decision, HttpContext, Reason, Request, denial
 
 __all__ = [
     "Action",
     "AuditUnavailableError",
+    "Checked",
     "ConfigError",
     "Decision",
+    "Guard",
     "GuardError",
     "HttpContext",
     "PolicyError",

@@ -26,7 +26,7 @@ app.add_typer(audit_app, name="audit")
 def main() -> None:
     """Entry point: every GuardError or usage mistake becomes one readable line and exit 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # not standalone: click returns Exit codes
     except GuardError as exc:
         _fail(str(exc))
     except typer.Exit as exc:
@@ -36,6 +36,8 @@ def main() -> None:
         sys.exit(130)
     except typer.TyperException as exc:  # typer's click: unknown option, missing argument...
         _fail(exc.format_message())
+    else:
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str) -> None:

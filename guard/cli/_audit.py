@@ -1,9 +1,229 @@
-"""Commands of this group (registered on the main app)."""
+"""``guard audit query|report|stats|verify``: the auditor's commands."""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from guard._errors import ConfigError
+from guard._types import Reason
+from guard.audit import (
+    AuditQueryError,
+    Count,
+    EventFilter,
+    QueryRow,
+    Store,
+    load_hmac_key,
+    load_public_key,
+    open_store,
+    parse_when,
+    pseudonymise,
+    public_key_path,
+    query_events,
+    stats,
+    subject_report,
+    verify,
+)
+from guard.audit._report import render_json, render_markdown
+from guard.cli._groups import audit_app
+from guard.config import AuditSettings
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", help="sqlite:///PATH or postgresql://... (default: settings)"),
+]
+KeyOpt = Annotated[
+    Path | None, typer.Option("--hmac-key", help="Subject HMAC key file (default: settings)")
+]
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the ``guard`` app."""
+    """The audit commands live on ``audit_app`` (mounted as ``guard audit``); nothing to add."""
+
+
+def _settings() -> AuditSettings:
+    from pydantic import ValidationError
+
+    from guard.config import load_settings
+
+    try:
+        return load_settings().audit
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"bad setting {where}: {first['msg']}") from None
+
+
+def _open(store: str | None) -> Store:
+    return open_store(store or _settings().store, create=False)
+
+
+def _pseudonym(subject: str, key_path: Path | None) -> str:
+    if not subject.strip():
+        raise AuditQueryError("--subject must not be empty")
+    return pseudonymise(load_hmac_key(key_path or _settings().hmac_key), subject)
+
+
+def _reason(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return Reason(value).value
+    except ValueError:
+        known = ", ".join(r.value for r in Reason)
+        raise AuditQueryError(f"unknown --reason {value!r}; one of: {known}") from None
+
+
+@audit_app.command("query")
+def query_cmd(  # noqa: PLR0917 - one parameter per option
+    caller: Annotated[str | None, typer.Option(help="Only this caller, e.g. svc:crm")] = None,
+    purpose: Annotated[str | None, typer.Option(help="Purpose or any purpose under it")] = None,
+    category: Annotated[str | None, typer.Option(help="Category or any under it")] = None,
+    allowed: Annotated[
+        bool | None, typer.Option("--allowed/--denied", help="Only allowed or only denied")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Only this reason code")] = None,
+    subject: Annotated[
+        str | None, typer.Option(help="Raw data-subject id (pseudonymised before searching)")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="ISO date/time or a span: 7d, 12h")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO date/time or a span: 7d, 12h")] = None,
+    limit: Annotated[int, typer.Option(help="Most rows to show (newest first)")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header")] = False,
+    store: StoreOpt = None,
+    hmac_key: KeyOpt = None,
+) -> None:
+    """List decisions that match every filter, newest first."""
+    if as_json and as_csv:
+        raise AuditQueryError("choose one of --json and --csv")
+    where = EventFilter(
+        caller=caller,
+        purpose=purpose,
+        category=category,
+        allowed=allowed,
+        reason=_reason(reason),
+        subject=_pseudonym(subject, hmac_key) if subject is not None else None,
+        since=parse_when(since, option="--since") if since else None,
+        until=parse_when(until, option="--until") if until else None,
+    )
+    if limit < 1:
+        raise AuditQueryError(f"--limit must be at least 1, not {limit}")
+    rows = query_events(_open(store), where, limit=limit)
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps({**row.event.to_dict(),
+                                         "outcome_status": row.outcome_status}) + "\n")
+    elif as_csv:
+        _write_csv(rows)
+    else:
+        _print_table(rows)
+
+
+def _write_csv(rows: list[QueryRow]) -> None:
+    writer = csv.writer(sys.stdout)
+    writer.writerow([*_CSV_FIELDS, "outcome_status"])
+    for row in rows:
+        data = row.event.to_dict()
+        writer.writerow([";".join(v) if isinstance(v, list) else ("" if v is None else v)
+                         for v in (data[name] for name in _CSV_FIELDS)]
+                        + ["" if row.outcome_status is None else row.outcome_status])
+
+
+_CSV_FIELDS = ("event_id", "ts", "caller", "party_type", "country", "purpose", "categories",
+               "action", "allowed", "reason", "rule", "lawful_basis", "policy_version", "subject",
+               "http_method", "http_route", "http_status", "trace_id", "span_id", "latency_us",
+               "writer_id", "seq", "hash")
+
+
+def _console() -> Console:
+    """A console; when piped, wide enough that tables are not cut to 80 columns."""
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _print_table(rows: list[QueryRow]) -> None:
+    table = Table(title=f"{len(rows)} decision(s), newest first")
+    for column in ("time (UTC)", "caller", "purpose", "categories", "action", "result",
+                   "reason", "subject", "status"):
+        table.add_column(column)
+    for row in rows:
+        e = row.event
+        table.add_row(e.ts[:19].replace("T", " "), e.caller, e.purpose, ", ".join(e.categories),
+                      e.action, "allowed" if e.allowed else "denied", e.reason,
+                      (e.subject or "-")[:12],
+                      "-" if row.outcome_status is None else str(row.outcome_status))
+    _console().print(table)
+
+
+@audit_app.command("report")
+def report_cmd(
+    subject: Annotated[str, typer.Option(help="The person's raw id (never stored)")],
+    fmt: Annotated[str, typer.Option("--format", help="markdown or json")] = "markdown",
+    store: StoreOpt = None,
+    hmac_key: KeyOpt = None,
+) -> None:
+    """Right-of-access report: who received this person's data, what, why, on what basis, when."""
+    if fmt not in ("markdown", "json"):
+        raise AuditQueryError(f"--format must be markdown or json, not {fmt!r}")
+    pseudonym = _pseudonym(subject, hmac_key)
+    report = subject_report(_open(store), pseudonym)
+    sys.stdout.write(render_markdown(report) if fmt == "markdown" else render_json(report) + "\n")
+
+
+def _count_table(title: str, counts: tuple[Count, ...]) -> Table:
+    table = Table(title=title)
+    for column in ("key", "denied", "allowed", "total"):
+        table.add_column(column, justify="left" if column == "key" else "right")
+    for c in counts:
+        table.add_row(c.key, str(c.denied), str(c.allowed), str(c.total))
+    return table
+
+
+@audit_app.command("stats")
+def stats_cmd(
+    since: Annotated[str, typer.Option(help="ISO date/time or a span: 30d, 12h")] = "30d",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Decision counts by caller, purpose and reason; most denials first."""
+    result = stats(_open(store), EventFilter(since=parse_when(since, option="--since")))
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    console = _console()
+    console.print(f"{result.total} decision(s) since {result.since}: "
+                  f"{result.denied} denied, {result.allowed} allowed")
+    console.print(_count_table("by reason", result.by_reason))
+    console.print(_count_table("by caller", result.by_caller))
+    console.print(_count_table("by purpose", result.by_purpose))
+
+
+@audit_app.command("verify")
+def verify_cmd(
+    store: StoreOpt = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option("--public-key", help="Checkpoint public key (default: <signing_key>.pub)"),
+    ] = None,
+) -> None:
+    """Check every hash chain and signed checkpoint; exit 1 if anything was tampered with."""
+    key_path = public_key or public_key_path(_settings().signing_key)
+    report = verify(_open(store), load_public_key(key_path))
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+    for problem in report.problems:
+        typer.echo(str(problem))
+    summary = (f"{report.events} event(s) in {report.writers} chain(s), "
+               f"{report.checkpoints} signed checkpoint(s)")
+    if report.ok:
+        typer.echo(f"intact: {summary}")
+        return
+    typer.echo(f"TAMPERED: {len(report.problems)} chain(s) broken; {summary}")
+    sys.exit(1)

@@ -1,0 +1,87 @@
+"""A throw-away PostgreSQL server on loopback for benchmarks (same approach as the tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _bindir() -> Path | None:
+    for cand in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (cand / "initdb").exists() and (cand / "postgres").exists():
+            return cand
+    return None
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def pg_server() -> Iterator[str | None]:
+    """Yield the URL of a fresh server's ``postgres`` database, or None if not installed."""
+    bindir = _bindir()
+    if bindir is None:
+        yield None
+        return
+    base = Path(tempfile.mkdtemp(prefix="guard-bench-pg-"))
+    data = base / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(data, "postgres")
+    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                                 "--auth=trust", "--no-sync", "-E", "UTF8"]),
+                   check=True, capture_output=True)
+    port = _free_port()
+    server = subprocess.Popen(
+        _as_postgres([str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+                      "-h", "127.0.0.1", "-k", str(base), "-c", "fsync=on",
+                      "-c", "max_connections=200", "-c", "shared_buffers=256MB"]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+            break
+        except psycopg.OperationalError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_database(url: str, name: str) -> str:
+    """Create database ``name`` on the server of ``url`` (dropping an old one); return its URL."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + f"/{name}"

@@ -1,0 +1,224 @@
+"""Durable audit throughput (group commit vs one commit per event) and subject-report latency.
+
+For SQLite and PostgreSQL, with 1, 8 and 64 concurrent writer threads:
+  * group commit: each thread calls ``AuditTrail.record`` (returns once durable);
+    the writer thread links events into the hash chain and commits them together;
+  * baseline: the same store, one transaction (and fsync) per event.
+Events are built before the clock starts; both sides write identical rows.
+Then the right-of-access report for one data subject over 1,000,000 bulk-loaded events.
+
+Usage: python bench/audit.py [--quick] [--events N] [--report-events N] [--no-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from _pg import fresh_database, pg_server
+
+from guard.audit import (
+    AuditEvent,
+    AuditPipeline,
+    AuditTrail,
+    EventKind,
+    Store,
+    load_signing_key,
+    open_store,
+    pseudonymise,
+    subject_report,
+)
+from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT, chain_row
+
+KEY = b"b" * 32
+PIPELINE = AuditPipeline(KEY)
+
+
+def make_events(n: int) -> list[AuditEvent]:
+    return [PIPELINE.event(EventKind.DECISION, caller="svc:crm", party_type="internal",
+                           country="GB", purpose="relationship.management",
+                           categories=("contact.email", "identity.name"), action="read",
+                           allowed=True, reason="allowed", rule=("rules.csv:314",),
+                           lawful_basis=("contract", "legitimate_interest"),
+                           policy_version="sha256:5d79139ff05f0ad3", subject_id=f"c{i}",
+                           http_method="GET", http_route="/customers/{id}", latency_us=40)
+            for i in range(n)]
+
+
+def run_threads(writers: int, work: Callable[[int], None]) -> float:
+    """Run ``work(i)`` on ``writers`` threads at once; return the elapsed seconds."""
+    start = threading.Barrier(writers + 1)
+
+    def body(i: int) -> None:
+        start.wait()
+        work(i)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def group_commit(store: Store, key: Path, events: list[AuditEvent], writers: int) -> float:
+    trail = AuditTrail(store, load_signing_key(key))
+    share = [events[i::writers] for i in range(writers)]
+
+    def work(i: int) -> None:
+        for event in share[i]:
+            trail.record(event)
+
+    elapsed = run_threads(writers, work)
+    trail.close()
+    return len(events) / elapsed
+
+
+def one_commit_each(make_writer: Callable[[], Callable[[tuple[object, ...]], None]],
+                    events: list[AuditEvent], writers: int) -> float:
+    rows = [chain_row(e, f"baseline-{i % writers}", i // writers + 1, "0" * 64)
+            for i, e in enumerate(events)]
+    share = [rows[i::writers] for i in range(writers)]
+    sinks = [make_writer() for _ in range(writers)]
+
+    def work(i: int) -> None:
+        for row in share[i]:
+            sinks[i](row)
+
+    return len(rows) / run_threads(writers, work)
+
+
+def sqlite_commit_each(store: Store) -> Callable[[], Callable[[tuple[object, ...]], None]]:
+    return lambda: lambda row: store.write([row], [])
+
+
+def pg_commit_each(url: str) -> Callable[[], Callable[[tuple[object, ...]], None]]:
+    sql = INSERT_EVENT.replace("?", "%s")
+
+    def make() -> Callable[[tuple[object, ...]], None]:
+        conn = psycopg.connect(url, autocommit=True)
+        return lambda row: conn.execute(sql, row)  # type: ignore[arg-type]
+
+    return make
+
+
+def bulk_rows(n: int, subjects: int) -> tuple[list[tuple[object, ...]], str]:
+    """``n`` plausible decision rows over ``subjects`` people; the pseudonym of one of them."""
+    pseudonyms = [pseudonymise(KEY, f"subject-{i}") for i in range(subjects)]
+    callers = ["svc:crm", "svc:billing", "svc:marketing", "proc:mailer", "svc:support"]
+    purposes = ["relationship.management", "order.processing", "marketing.advertising",
+                "marketing.advertising", "rights.request"]
+    rows = []
+    for i in range(n):
+        c = i % 5
+        ts = f"2026-{1 + i * 10 // n:02d}-{1 + i % 28:02d}T{i % 24:02d}:00:00.{i % 999999:06d}Z"
+        rows.append((f"{i:032x}", "decision", ts, callers[c], "internal", "GB", purposes[c],
+                     '["contact.email"]', "read", int(i % 7 != 0),
+                     "allowed" if i % 7 else "category_not_granted", "[]", '["contract"]',
+                     "sha256:bench", pseudonyms[(i * 7919) % subjects], "GET", "/c/{id}", None,
+                     None, None, 40, None, None, "bulk", i + 1, "", ""))
+    return rows, pseudonyms[7]
+
+
+def load_sqlite(path: Path, rows: list[tuple[object, ...]]) -> None:
+    import sqlite3
+
+    open_store(f"sqlite:///{path}").close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN")
+    conn.executemany(INSERT_EVENT, rows)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def load_postgres(url: str, rows: list[tuple[object, ...]]) -> None:
+    store = open_store(url)
+    store.rows("SELECT 1")  # creates the schema
+    store.close()
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY audit_event ({EVENT_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+        conn.execute("ANALYZE audit_event")
+
+
+def time_report(store: Store, pseudonym: str, runs: int = 20) -> tuple[float, float, int]:
+    subject_report(store, pseudonym)  # warm the cache
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        report = subject_report(store, pseudonym)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.95) - 1], len(report.accesses)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
+    parser.add_argument("--events", type=int, default=None, help="events per throughput run")
+    parser.add_argument("--report-events", type=int, default=1_000_000)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    n = args.events or (4_000 if args.quick else 20_000)
+    tmp = Path(tempfile.mkdtemp(prefix="guard-bench-audit-"))
+    key = tmp / "sign.key"
+    load_signing_key(key, create=True)
+
+    with pg_server() as pg:
+        if pg is None and not args.no_postgres:
+            print("PostgreSQL not installed: SQLite only")
+        kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
+        print(f"durable events/s, {n} events per run (group commit vs one commit per event)")
+        print(f"{'store':<11} {'writers':>7} {'group':>9} {'baseline':>9} {'ratio':>6}")
+        for kind in kinds:
+            for writers in (1, 8, 64):
+                events = make_events(n)
+                if kind == "sqlite":
+                    group_store = open_store(f"sqlite:///{tmp / f'g{writers}.db'}")
+                    base_store = open_store(f"sqlite:///{tmp / f'b{writers}.db'}")
+                    base = one_commit_each(sqlite_commit_each(base_store), events, writers)
+                    base_store.close()
+                else:
+                    assert pg is not None
+                    group_store = open_store(fresh_database(pg, f"g{writers}"))
+                    base_url = fresh_database(pg, f"b{writers}")
+                    open_store(base_url).rows("SELECT 1")
+                    base = one_commit_each(pg_commit_each(base_url), events, writers)
+                group = group_commit(group_store, key, events, writers)
+                print(f"{kind:<11} {writers:>7} {group:>9,.0f} {base:>9,.0f} "
+                      f"{group / base:>5.1f}x", flush=True)
+
+        m = args.report_events
+        print(f"\nsubject report over {m:,} events (median / p95 of 20 runs)")
+        rows, pseudonym = bulk_rows(m, max(1, m // 10))
+        for kind in kinds:
+            t0 = time.perf_counter()
+            if kind == "sqlite":
+                path = tmp / "report.db"
+                load_sqlite(path, rows)
+                store = open_store(f"sqlite:///{path}", create=False)
+            else:
+                assert pg is not None
+                url = fresh_database(pg, "report")
+                load_postgres(url, rows)
+                store = open_store(url, create=False)
+            loaded = time.perf_counter() - t0
+            median, p95, count = time_report(store, pseudonym)
+            store.close()
+            print(f"{kind:<11} {median:7.2f} ms / {p95:7.2f} ms  ({count} accesses; "
+                  f"bulk load {loaded:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""``Guard``: the one entry point of enforcement points: decide, record durably, fail closed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+
+from guard._errors import AuditUnavailableError
+from guard._types import Decision, HttpContext, Reason, Request, denial
+from guard.audit import AuditEvent, AuditPipeline, AuditTrail, EventKind, load_hmac_key
+from guard.audit._otel import decision_attributes
+from guard.audit._otel import tracer as default_tracer
+
+if TYPE_CHECKING:
+    from guard.config import Settings
+    from guard.policy._holder import PolicyHolder, ReloadResult
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A decision and the id of its audit event (for the outcome that follows)."""
+
+    decision: Decision
+    decision_id: str
+
+
+class Guard:
+    """Decide with the policy in force and record every decision before data flows.
+
+    Args:
+        holder: The policy holder (``guard.policy.PolicyHolder``).
+        trail: The audit trail decisions are recorded in.
+        hmac_key: Key for data-subject pseudonyms.
+        tracer: OpenTelemetry tracer for the decision spans (default: the global one).
+    """
+
+    def __init__(
+        self,
+        holder: PolicyHolder,
+        trail: AuditTrail,
+        *,
+        hmac_key: bytes,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self.holder = holder
+        self.trail = trail
+        self._pipeline = AuditPipeline(hmac_key)
+        self._tracer = tracer or default_tracer
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Guard:
+        """Load the policy, open the audit trail, and record the policy in force.
+
+        Raises:
+            PolicyLoadError: the policy has errors; the guard must not start.
+        """
+        from guard.policy import load_policy
+        from guard.policy._holder import PolicyHolder
+
+        policy_dir = settings.policy.dir
+        holder = PolicyHolder(lambda: load_policy(policy_dir))
+        trail = AuditTrail.open(settings.audit)
+        try:
+            guard = cls(holder, trail,
+                        hmac_key=load_hmac_key(settings.audit.hmac_key, create=True))
+        except BaseException:
+            trail.close()
+            raise
+        guard.record_policy_event(EventKind.POLICY_LOADED, holder.current.version,
+                                  "policy in force at start")
+        holder.on_reload(guard._on_reload)
+        return guard
+
+    def _on_reload(self, result: ReloadResult) -> None:
+        if result.ok:
+            if result.changed:
+                self.record_policy_event(EventKind.POLICY_LOADED, result.version,
+                                         f"replaced {result.previous_version}")
+        else:
+            self.record_policy_event(EventKind.POLICY_REJECTED, result.previous_version,
+                                     result.error)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def _decide(self, request: Request, http: HttpContext | None) -> tuple[Decision, AuditEvent]:
+        start = time.perf_counter_ns()
+        try:
+            decision = self.holder.decide(request)
+        except Exception:  # fail closed
+            decision = denial(Reason.INTERNAL_ERROR, request, self._version())
+        latency_us = (time.perf_counter_ns() - start) // 1000
+        trace.get_current_span().set_attributes(decision_attributes(decision))
+        return decision, self._pipeline.decision(request, decision, http, latency_us)
+
+    def _version(self) -> str:
+        try:
+            return self.holder.current.version
+        except Exception:
+            return ""
+
+    def _unrecorded(self, request: Request, decision: Decision, span: trace.Span) -> Decision:
+        refused = denial(Reason.AUDIT_UNAVAILABLE, request, decision.policy_version)
+        span.set_attributes(decision_attributes(refused))
+        return refused
+
+    def check(self, request: Request, http: HttpContext | None = None) -> Checked:
+        """Decide and durably record; a decision that cannot be recorded is a denial.
+
+        Never raises for a request.
+        """
+        with self._tracer.start_as_current_span("guard.decision") as span:
+            try:
+                decision, event = self._decide(request, http)
+            except Exception:
+                return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
+            try:
+                self.trail.record(event)
+            except Exception:  # AuditUnavailableError or anything else: fail closed
+                return Checked(self._unrecorded(request, decision, span), event.event_id)
+            return Checked(decision, event.event_id)
+
+    async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
+        """Like :meth:`check`; awaits the durable write without blocking the loop."""
+        with self._tracer.start_as_current_span("guard.decision") as span:
+            try:
+                decision, event = self._decide(request, http)
+            except Exception:
+                return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
+            try:
+                await self.trail.arecord(event)
+            except Exception:
+                return Checked(self._unrecorded(request, decision, span), event.event_id)
+            return Checked(decision, event.event_id)
+
+    # -- outcomes and policy events ----------------------------------------------------------
+
+    def record_outcome(
+        self, decision_id: str, status: int, http: HttpContext | None = None
+    ) -> bool:
+        """Record the final HTTP status of an earlier decision; False if it could not be."""
+        try:
+            self.trail.record(self._pipeline.outcome(decision_id, status, http))
+        except AuditUnavailableError:
+            return False
+        return True
+
+    async def arecord_outcome(
+        self, decision_id: str, status: int, http: HttpContext | None = None
+    ) -> bool:
+        """Like :meth:`record_outcome` without blocking the loop."""
+        try:
+            await self.trail.arecord(self._pipeline.outcome(decision_id, status, http))
+        except AuditUnavailableError:
+            return False
+        return True
+
+    def record_policy_event(
+        self, kind: EventKind | str, version: str, detail: str | None = None
+    ) -> bool:
+        """Record that a policy was loaded or rejected; False if it could not be."""
+        try:
+            self.trail.record(self._pipeline.policy(EventKind(kind), version, detail))
+        except AuditUnavailableError:
+            return False
+        return True
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Is the guard able to decide and record? ``(ok, why)`` for health checks."""
+        return self.trail.ready()
+
+    def close(self) -> None:
+        """Flush and close the audit trail (writes the closing checkpoint)."""
+        self.trail.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -1,0 +1,64 @@
+"""The audit trail: every decision durably recorded, tamper-evident and queryable."""
+
+from __future__ import annotations
+
+from guard.audit._checkpoint import Checkpoint, CheckpointKind
+from guard.audit._event import GENESIS_HASH, AuditEvent, EventKind, canonical_json, compute_hash
+from guard.audit._ids import new_event_id
+from guard.audit._keys import (
+    load_hmac_key,
+    load_public_key,
+    load_signing_key,
+    pseudonymise,
+    public_key_path,
+)
+from guard.audit._pipeline import AuditPipeline, render_json
+from guard.audit._query import (
+    AuditQueryError,
+    Count,
+    EventFilter,
+    QueryRow,
+    Stats,
+    parse_when,
+    query_events,
+    stats,
+)
+from guard.audit._report import SubjectReport, subject_report
+from guard.audit._store import AuditStoreError, Store, open_store
+from guard.audit._trail import AuditTrail
+from guard.audit._verify import Problem, VerifyReport, verify
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditEvent",
+    "AuditPipeline",
+    "AuditQueryError",
+    "AuditStoreError",
+    "AuditTrail",
+    "Checkpoint",
+    "CheckpointKind",
+    "Count",
+    "EventFilter",
+    "EventKind",
+    "Problem",
+    "QueryRow",
+    "Stats",
+    "Store",
+    "SubjectReport",
+    "VerifyReport",
+    "canonical_json",
+    "compute_hash",
+    "load_hmac_key",
+    "load_public_key",
+    "load_signing_key",
+    "new_event_id",
+    "open_store",
+    "parse_when",
+    "pseudonymise",
+    "public_key_path",
+    "query_events",
+    "render_json",
+    "stats",
+    "subject_report",
+    "verify",
+]

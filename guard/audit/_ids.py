@@ -1,0 +1,34 @@
+"""Time-ordered event ids (UUID version 7, RFC 9562)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+
+_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+
+
+def new_event_id() -> str:
+    """A UUIDv7 string; ids made by one process sort in the order they were made.
+
+    The 48-bit millisecond timestamp is followed by a 12-bit counter (random start
+    each millisecond, so ids stay unique across processes) and 62 random bits. The
+    bits come from :mod:`random` (seeded from the OS, reseeded after ``fork``): ids
+    must be unique, not secret, and ``os.urandom`` per id is a measurable cost.
+    """
+    global _last_ms, _counter  # noqa: PLW0603 - process-wide monotonic state
+    now = time.time_ns() // 1_000_000
+    with _lock:
+        if now > _last_ms:
+            _last_ms, _counter = now, random.getrandbits(10)
+        else:
+            _counter += 1
+            if _counter > 0xFFF:
+                _last_ms, _counter = _last_ms + 1, 0
+        ms, counter = _last_ms, _counter
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | random.getrandbits(62)
+    return str(uuid.UUID(int=value))

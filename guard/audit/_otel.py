@@ -1,0 +1,64 @@
+"""OpenTelemetry: a span per decision, and optional OTLP export of audit events as logs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import trace
+
+from guard._types import Decision
+from guard.audit._event import AuditEvent
+from guard.audit._pipeline import render_json
+
+tracer = trace.get_tracer("purpose-guard")
+
+
+def decision_attributes(decision: Decision) -> dict[str, Any]:
+    """Span attributes describing a decision (no subject id, raw or pseudonymised)."""
+    return {
+        "guard.caller": decision.caller,
+        "guard.purpose": decision.purpose,
+        "guard.categories": list(decision.categories),
+        "guard.action": decision.action.value,
+        "guard.allowed": decision.allowed,
+        "guard.reason": decision.reason.value,
+        "guard.rule": list(decision.rule),
+        "guard.lawful_basis": list(decision.lawful_basis),
+        "guard.policy_version": decision.policy_version,
+    }
+
+
+class OtlpLogExporter:
+    """Send each durable audit event to an OTLP/HTTP logs endpoint (batched, best effort).
+
+    Args:
+        endpoint: The collector's logs URL, e.g. ``http://collector:4318/v1/logs``.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        from opentelemetry.sdk.resources import Resource
+
+        self._provider = LoggerProvider(resource=Resource.create({"service.name": "purpose-guard"}))
+        self._provider.add_log_record_processor(
+            BatchLogRecordProcessor(OTLPLogExporter(endpoint=endpoint, timeout=5))
+        )
+        self._logger = self._provider.get_logger("purpose-guard.audit")
+
+    def __call__(self, events: Sequence[AuditEvent]) -> None:
+        """Queue ``events`` for export."""
+        for event in events:
+            attributes = {
+                f"audit.{key}": value
+                for key, value in event.to_dict().items()
+                if value is not None and not isinstance(value, list)
+            }
+            self._logger.emit(body=render_json(event), attributes=attributes,
+                              event_name=f"audit.{event.kind.value}")
+
+    def close(self) -> None:
+        """Flush and stop the exporter."""
+        self._provider.shutdown()

@@ -1,0 +1,163 @@
+"""Building audit events through a structlog processor chain.
+
+Processors are plain structlog callables ``(logger, method_name, event_dict)``;
+each does one thing: stamp an id and time, add the OpenTelemetry trace ids,
+replace the raw subject id with its keyed pseudonym, and build the
+:class:`AuditEvent`. The trail's writer then links the event into its hash
+chain (:func:`link`) and renders it as canonical JSON (:func:`render_json`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+from guard._types import Decision, HttpContext, Request
+from guard.audit._event import AuditEvent, EventKind
+from guard.audit._ids import new_event_id
+from guard.audit._keys import pseudonymise
+
+EventDict = MutableMapping[str, Any]
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+"""Every ``ts`` has this fixed width, so timestamps sort as strings."""
+
+
+def utc_now() -> str:
+    """The current UTC time in :data:`TS_FORMAT`."""
+    return datetime.now(UTC).strftime(TS_FORMAT)
+
+
+def stamp(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
+    """Move structlog's ``event`` to ``kind``; add ``event_id`` and ``ts`` when absent."""
+    event_dict["kind"] = EventKind(event_dict.pop("event"))
+    if not event_dict.get("event_id"):
+        event_dict["event_id"] = new_event_id()
+    if not event_dict.get("ts"):
+        event_dict["ts"] = utc_now()
+    return event_dict
+
+
+class TraceContext:
+    """Add ``trace_id`` and ``span_id`` of the current OpenTelemetry span, if there is one."""
+
+    __slots__ = ()
+
+    def __call__(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            event_dict.setdefault("trace_id", format(ctx.trace_id, "032x"))
+            event_dict.setdefault("span_id", format(ctx.span_id, "016x"))
+        return event_dict
+
+
+class Pseudonymise:
+    """Replace ``subject_id`` (raw) with ``subject``, its keyed HMAC-SHA256 pseudonym.
+
+    Args:
+        key: The HMAC key; without it no one can link a pseudonym to a person.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __call__(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
+        raw = event_dict.pop("subject_id", None)
+        if raw is not None:
+            event_dict["subject"] = pseudonymise(self._key, raw)
+        return event_dict
+
+
+def build_event(_logger: object, _method: str, event_dict: EventDict) -> dict[str, Any]:
+    """Final processor: hand the finished :class:`AuditEvent` to the sink."""
+    return {"event": AuditEvent(**event_dict)}
+
+
+class _EventSink:
+    """The wrapped "logger": returns the event it is given."""
+
+    def info(self, event: AuditEvent) -> AuditEvent:
+        return event
+
+
+def link(event: AuditEvent, writer_id: str, seq: int, prev_hash: str) -> AuditEvent:
+    """Chain processor: place ``event`` after ``prev_hash`` in ``writer_id``'s chain."""
+    return event.linked(writer_id, seq, prev_hash)
+
+
+def render_json(event: AuditEvent) -> str:
+    """Render a linked event as one line of canonical JSON (``hash`` included)."""
+    return json.dumps(event.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+class AuditPipeline:
+    """Build decision, outcome and policy events; raw subject ids never leave here.
+
+    Args:
+        hmac_key: The key for subject pseudonyms.
+    """
+
+    def __init__(self, hmac_key: bytes) -> None:
+        self._log: Any = structlog.wrap_logger(
+            _EventSink(),
+            processors=[stamp, TraceContext(), Pseudonymise(hmac_key), build_event],
+            wrapper_class=structlog.BoundLogger,
+            context_class=dict,
+            cache_logger_on_first_use=True,
+        )
+
+    def event(self, kind: EventKind, **fields: Any) -> AuditEvent:
+        """Run the processors over ``fields`` and return the (unlinked) event."""
+        event: AuditEvent = self._log.info(kind.value, **fields)
+        return event
+
+    def decision(
+        self,
+        request: Request,
+        decision: Decision,
+        http: HttpContext | None = None,
+        latency_us: int | None = None,
+    ) -> AuditEvent:
+        """The event for one decision."""
+        return self.event(
+            EventKind.DECISION,
+            caller=decision.caller or request.caller,
+            party_type=decision.party_type,
+            country=decision.country,
+            purpose=decision.purpose or request.purpose,
+            categories=tuple(decision.categories or request.categories),
+            action=(decision.action or request.action).value,
+            allowed=decision.allowed,
+            reason=decision.reason.value,
+            rule=tuple(decision.rule),
+            lawful_basis=tuple(decision.lawful_basis),
+            policy_version=decision.policy_version,
+            subject_id=request.subject,
+            http_method=http.method if http else None,
+            http_route=http.route if http else None,
+            http_status=http.status if http else None,
+            latency_us=latency_us,
+        )
+
+    def outcome(self, decision_id: str, status: int, http: HttpContext | None) -> AuditEvent:
+        """The event for the final HTTP status of an earlier decision."""
+        return self.event(
+            EventKind.OUTCOME,
+            decision_ref=decision_id,
+            http_method=http.method if http else None,
+            http_route=http.route if http else None,
+            http_status=status,
+        )
+
+    def policy(self, kind: EventKind, version: str, detail: str | None) -> AuditEvent:
+        """The event for a policy that was loaded or rejected."""
+        if kind not in (EventKind.POLICY_LOADED, EventKind.POLICY_REJECTED):
+            raise ValueError(f"not a policy event kind: {kind}")
+        return self.event(kind, policy_version=version, detail=detail)

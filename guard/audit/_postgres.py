@@ -1,0 +1,208 @@
+"""The PostgreSQL audit store: psycopg 3 with a connection pool, shared by replicas."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from guard._errors import AuditUnavailableError
+from guard.audit._checkpoint import Checkpoint
+from guard.audit._event import FIELD_NAMES
+from guard.audit._schema import (
+    COLUMN_TYPES,
+    EVENT_COLUMNS,
+    INSERT_CHECKPOINT,
+    INSERT_EVENT,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_DDL,
+    Row,
+    checkpoint_row,
+)
+from guard.audit._store import AuditStoreError
+
+_MIGRATION_LOCK = 0x67756172  # advisory lock id: one replica migrates at a time
+
+
+def _pg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+_INSERT_EVENT = _pg(INSERT_EVENT)
+# All rows of a batch in one statement with one array per column: parsed and planned once.
+_INSERT_UNNEST = (
+    f"INSERT INTO audit_event ({EVENT_COLUMNS}) SELECT * FROM unnest("  # noqa: S608 - constants
+    + ", ".join(f"%s::{COLUMN_TYPES[name]}[]" for name in FIELD_NAMES)
+    + ") ON CONFLICT (event_id) DO NOTHING"
+)
+_INSERT_CHECKPOINT = _pg(INSERT_CHECKPOINT)
+
+
+class PostgresStore:
+    """An audit store in a PostgreSQL database (schema created on first write).
+
+    Args:
+        url: A libpq connection URL.
+        create: Create the schema when missing; readers pass False and get
+            :class:`AuditStoreError` when the database holds no audit schema.
+        timeout: Seconds to wait for a connection.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, create: bool = True, timeout: float = 5.0) -> None:
+        self.url = url
+        self._create = create
+        self._timeout = timeout
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._writer: psycopg.Connection[tuple[Any, ...]] | None = None  # one, for the writer
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=4,
+            open=False,
+            timeout=timeout,
+            reconnect_timeout=0,
+            kwargs={"connect_timeout": max(1, int(timeout))},
+        )
+        self._pool.open(wait=False)
+        if not create:
+            try:
+                self._ensure_schema()
+            except (psycopg.Error, PoolTimeout) as exc:
+                raise AuditStoreError(
+                    f"cannot read audit store {_safe(url)}: {_line(exc)}"
+                ) from exc
+
+    def _ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with (
+            self._schema_lock,
+            psycopg.connect(self.url, connect_timeout=max(1, int(self._timeout))) as conn,
+        ):
+            if self._schema_ready:
+                return
+            if not self._create:
+                row = conn.execute("SELECT to_regclass('schema_version')").fetchone()
+                if not row or row[0] is None:
+                    raise AuditStoreError(f"{_safe(self.url)} holds no audit store")
+                self._schema_ready = True
+                return
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                conn.execute(SCHEMA_VERSION_DDL)
+                row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+                current = int(row[0]) if row and row[0] is not None else 0
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
+                        (version, datetime.now(UTC).isoformat()),
+                    )
+            self._schema_ready = True
+
+    def _write_once(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        self._ensure_schema()
+        conn = self._writer
+        if conn is None or conn.closed:
+            conn = self._writer = psycopg.connect(
+                self.url, connect_timeout=max(1, int(self._timeout)), autocommit=True
+            )
+        columns = [list(column) for column in zip(*rows, strict=True)] if rows else []
+        try:
+            if checkpoints or not rows:
+                with conn.transaction():
+                    if rows:
+                        conn.execute(_INSERT_UNNEST, columns, prepare=True)
+                    conn.cursor().executemany(
+                        _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints]
+                    )
+            elif len(rows) == 1:  # one statement, one round trip: its own transaction
+                conn.execute(_INSERT_EVENT, rows[0], prepare=True)
+            else:
+                conn.execute(_INSERT_UNNEST, columns, prepare=True)
+        except psycopg.OperationalError:
+            conn.close()
+            raise
+
+    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        """Commit event rows and checkpoints in one transaction (retried once on a broken link).
+
+        Writes use one dedicated connection (the trail has one writer thread); reads use the pool.
+        """
+        try:
+            with self._write_lock:
+                try:
+                    self._write_once(rows, checkpoints)
+                except psycopg.OperationalError:
+                    self._write_once(rows, checkpoints)  # the connection may have gone stale
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise AuditUnavailableError(
+                f"audit store {_safe(self.url)} refused the write: {_line(exc)}"
+            ) from exc
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query."""
+        try:
+            self._ensure_schema()
+            with self._pool.connection() as conn:
+                return list(conn.execute(_pg(sql), tuple(params)).fetchall())
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise AuditStoreError(f"audit store {_safe(self.url)}: {_line(exc)}") from exc
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Yield rows through a server-side cursor."""
+        try:
+            self._ensure_schema()
+            with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(name="guard_audit_stream") as cur,
+            ):
+                cur.itersize = 5000
+                cur.execute(_pg(sql), tuple(params))
+                yield from cur
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise AuditStoreError(f"audit store {_safe(self.url)}: {_line(exc)}") from exc
+
+    def ping(self) -> None:
+        """Check a connection answers and the database accepts writes."""
+        try:
+            with self._pool.connection() as conn:
+                row = conn.execute("SHOW transaction_read_only").fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise AuditUnavailableError(
+                f"audit store {_safe(self.url)} is unreachable: {_line(exc)}"
+            ) from exc
+        if not row or row[0] != "off":
+            raise AuditUnavailableError(f"audit store {_safe(self.url)} is read-only")
+
+    def close(self) -> None:
+        """Close the write connection and the pool."""
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+        self._pool.close()
+
+
+def _line(exc: BaseException) -> str:
+    """An exception's message on one line (libpq's messages span several)."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
+def _safe(url: str) -> str:
+    """The URL without a password."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}@{host}"

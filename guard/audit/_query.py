@@ -1,0 +1,187 @@
+"""One query layer over both stores: filters, statistics and the subject's accesses."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from guard._errors import GuardError
+from guard.audit._event import FIELD_NAMES, AuditEvent
+from guard.audit._pipeline import TS_FORMAT
+from guard.audit._schema import row_event
+from guard.audit._store import Store
+
+
+class AuditQueryError(GuardError):
+    """A query argument the auditor got wrong (a bad date, an empty filter value...)."""
+
+
+_SPAN = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(text: str, *, option: str = "--since", now: datetime | None = None) -> str:
+    """An ISO date, an ISO date-time or a span back from now (``7d``, ``12h``) as a ``ts`` bound."""
+    value = text.strip()
+    now = now or datetime.now(UTC)
+    span = _SPAN.match(value)
+    if span:
+        moment = now - timedelta(**{_UNITS[span.group(2)]: int(span.group(1))})
+        return moment.strftime(TS_FORMAT)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise AuditQueryError(
+            f"bad {option} value {text!r}: use a date (2026-11-01), a date-time "
+            "(2026-11-01T09:30:00Z) or a span back from now (30m, 12h, 7d, 2w)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime(TS_FORMAT)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which decisions to select; every field narrows the result.
+
+    ``purpose`` and ``category`` are tree-aware: ``marketing`` matches
+    ``marketing`` and every ``marketing.*`` key. ``subject`` is a pseudonym.
+    ``since``/``until`` are ``ts`` bounds as returned by :func:`parse_when`.
+    """
+
+    caller: str | None = None
+    purpose: str | None = None
+    category: str | None = None
+    allowed: bool | None = None
+    reason: str | None = None
+    subject: str | None = None
+    since: str | None = None
+    until: str | None = None
+    kind: str = "decision"
+
+    def where(self, alias: str = "e") -> tuple[str, list[Any]]:
+        """The SQL condition (``?`` placeholders) and its parameters."""
+        a = alias
+        clauses = [f"{a}.kind = ?"]
+        params: list[Any] = [self.kind]
+        if self.caller is not None:
+            clauses.append(f"{a}.caller = ?")
+            params.append(self.caller)
+        if self.purpose is not None:
+            key = self.purpose.rstrip(".")
+            clauses.append(f"({a}.purpose = ? OR ({a}.purpose >= ? AND {a}.purpose < ?))")
+            params += [key, key + ".", key + "/"]  # '/' sorts right after '.'
+        if self.category is not None:
+            key = _like_escape(self.category.rstrip("."))
+            like = f"{a}.categories LIKE ? ESCAPE '\\'"
+            clauses.append(f"({like} OR {like})")
+            params += [f'%"{key}"%', f'%"{key}.%']
+        if self.allowed is not None:
+            clauses.append(f"{a}.allowed = ?")
+            params.append(int(self.allowed))
+        if self.reason is not None:
+            clauses.append(f"{a}.reason = ?")
+            params.append(self.reason)
+        if self.subject is not None:
+            clauses.append(f"{a}.subject = ?")
+            params.append(self.subject)
+        if self.since is not None:
+            clauses.append(f"{a}.ts >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append(f"{a}.ts < ?")
+            params.append(self.until)
+        return " AND ".join(clauses), params
+
+
+_E_COLUMNS = ", ".join(f"e.{name}" for name in FIELD_NAMES)
+_OUTCOME = ("(SELECT max(o.http_status) FROM audit_event o "
+            "WHERE o.decision_ref = e.event_id AND o.kind = 'outcome')")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRow:
+    """A decision and the final HTTP status recorded for it, if any."""
+
+    event: AuditEvent
+    outcome_status: int | None
+
+
+def query_events(store: Store, where: EventFilter, *, limit: int | None = 100) -> list[QueryRow]:
+    """Matching events, newest first."""
+    condition, params = where.where()
+    sql = (f"SELECT {_E_COLUMNS}, {_OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
+           "ORDER BY e.ts DESC, e.event_id DESC")
+    if limit is not None:
+        if limit < 1:
+            raise AuditQueryError(f"--limit must be at least 1, not {limit}")
+        sql += f" LIMIT {int(limit)}"
+    return [QueryRow(row_event(row[:-1]), row[-1]) for row in store.rows(sql, params)]
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Decisions for one key (a caller, a purpose or a reason)."""
+
+    key: str
+    total: int
+    allowed: int
+    denied: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts of decisions by caller, purpose and reason; each list has denials first."""
+
+    since: str | None
+    total: int
+    allowed: int
+    denied: int
+    by_caller: tuple[Count, ...]
+    by_purpose: tuple[Count, ...]
+    by_reason: tuple[Count, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping."""
+        def rows(counts: tuple[Count, ...]) -> list[dict[str, Any]]:
+            return [{"key": c.key, "total": c.total, "allowed": c.allowed, "denied": c.denied}
+                    for c in counts]
+        return {"since": self.since, "total": self.total, "allowed": self.allowed,
+                "denied": self.denied, "by_caller": rows(self.by_caller),
+                "by_purpose": rows(self.by_purpose), "by_reason": rows(self.by_reason)}
+
+
+def stats(store: Store, where: EventFilter) -> Stats:
+    """Decision counts grouped three ways, most denials first."""
+    condition, params = where.where()
+    sums = ("count(*), sum(CASE WHEN e.allowed = 1 THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN e.allowed = 0 THEN 1 ELSE 0 END)")
+
+    def grouped(column: str) -> tuple[Count, ...]:
+        sql = (f"SELECT e.{column}, {sums} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
+               f"GROUP BY e.{column}")
+        counts = [Count(str(r[0]), int(r[1]), int(r[2] or 0), int(r[3] or 0))
+                  for r in store.rows(sql, params)]
+        return tuple(sorted(counts, key=lambda c: (-c.denied, -c.total, c.key)))
+
+    row = store.rows(f"SELECT {sums} FROM audit_event e WHERE {condition}", params)[0]  # noqa: S608 - constant SQL
+    return Stats(where.since, int(row[0]), int(row[1] or 0), int(row[2] or 0),
+                 grouped("caller"), grouped("purpose"), grouped("reason"))
+
+
+def subject_accesses(store: Store, pseudonym: str) -> tuple[list[QueryRow], int]:
+    """Every allowed decision about one data subject (oldest first), and the denied count."""
+    condition, params = EventFilter(subject=pseudonym, allowed=True).where()
+    sql = (f"SELECT {_E_COLUMNS}, {_OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
+           "ORDER BY e.ts, e.event_id")
+    rows = [QueryRow(row_event(row[:-1]), row[-1]) for row in store.rows(sql, params)]
+    denied_where, denied_params = EventFilter(subject=pseudonym, allowed=False).where()
+    denied = store.rows(f"SELECT count(*) FROM audit_event e WHERE {denied_where}",  # noqa: S608 - constant SQL
+                        denied_params)[0][0]
+    return rows, int(denied)

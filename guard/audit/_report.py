@@ -1,0 +1,136 @@
+"""The right-of-access report (privacy notice §9): who received a person's data, and why."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from guard.audit._pipeline import utc_now
+from guard.audit._query import QueryRow, subject_accesses
+from guard.audit._store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One allowed access to the subject's data."""
+
+    when: str
+    recipient: str
+    party_type: str | None
+    country: str | None
+    purpose: str
+    categories: tuple[str, ...]
+    action: str
+    lawful_basis: tuple[str, ...]
+    outcome_status: int | None
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """Everything one recipient received, summarised."""
+
+    recipient: str
+    party_type: str | None
+    country: str | None
+    purposes: tuple[str, ...]
+    categories: tuple[str, ...]
+    lawful_basis: tuple[str, ...]
+    accesses: int
+    first: str
+    last: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectReport:
+    """A data subject's report; names the person only by pseudonym."""
+
+    subject: str
+    generated_at: str
+    recipients: tuple[Recipient, ...]
+    accesses: tuple[Access, ...]
+    denied_attempts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping."""
+        def plain(obj: Recipient | Access) -> dict[str, Any]:
+            return {k: list(v) if isinstance(v, tuple) else v
+                    for k, v in ((s, getattr(obj, s)) for s in obj.__slots__)}
+        return {"subject": self.subject, "generated_at": self.generated_at,
+                "recipients": [plain(r) for r in self.recipients],
+                "accesses": [plain(a) for a in self.accesses],
+                "denied_attempts": self.denied_attempts}
+
+
+def _access(row: QueryRow) -> Access:
+    e = row.event
+    return Access(e.ts, e.caller, e.party_type, e.country, e.purpose, e.categories, e.action,
+                  e.lawful_basis, row.outcome_status, e.event_id)
+
+
+def subject_report(store: Store, pseudonym: str) -> SubjectReport:
+    """Build the report for the subject whose pseudonym is ``pseudonym``."""
+    rows, denied = subject_accesses(store, pseudonym)
+    accesses = tuple(_access(r) for r in rows)
+    grouped: dict[str, list[Access]] = {}
+    for access in accesses:
+        grouped.setdefault(access.recipient, []).append(access)
+    recipients = tuple(
+        Recipient(
+            recipient=name,
+            party_type=items[-1].party_type,
+            country=items[-1].country,
+            purposes=tuple(sorted({a.purpose for a in items})),
+            categories=tuple(sorted({c for a in items for c in a.categories})),
+            lawful_basis=tuple(sorted({b for a in items for b in a.lawful_basis})),
+            accesses=len(items),
+            first=items[0].when,
+            last=items[-1].when,
+        )
+        for name, items in sorted(grouped.items())
+    )
+    return SubjectReport(pseudonym, utc_now(), recipients, accesses, denied)
+
+
+def render_json(report: SubjectReport) -> str:
+    """The report as indented JSON."""
+    return json.dumps(report.to_dict(), indent=2)
+
+
+def _cell(values: tuple[str, ...] | str | int | None) -> str:
+    if values is None:
+        return "-"
+    text = ", ".join(values) if isinstance(values, tuple) else str(values)
+    return text.replace("|", "\\|") or "-"
+
+
+def render_markdown(report: SubjectReport) -> str:
+    """The report as Markdown: a summary per recipient, then every access."""
+    out = [
+        "# Right-of-access report",
+        "",
+        f"- Data subject (pseudonym): `{report.subject}`",
+        f"- Generated: {report.generated_at}",
+        f"- Accesses: {len(report.accesses)} by {len(report.recipients)} recipient(s); "
+        f"{report.denied_attempts} refused request(s)",
+        "",
+        "## Recipients",
+        "",
+    ]
+    if not report.recipients:
+        out.append("No recipient has accessed this person's data.")
+    else:
+        out += ["| recipient | party | country | purposes | categories | lawful basis | "
+                "accesses | first | last |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {_cell(r.recipient)} | {_cell(r.party_type)} | {_cell(r.country)} | "
+                f"{_cell(r.purposes)} | {_cell(r.categories)} | {_cell(r.lawful_basis)} | "
+                f"{r.accesses} | {r.first} | {r.last} |" for r in report.recipients]
+        out += ["", "## Every access", "",
+                "| when | recipient | purpose | categories | action | lawful basis | status |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {a.when} | {_cell(a.recipient)} | {_cell(a.purpose)} | "
+                f"{_cell(a.categories)} | {_cell(a.action)} | {_cell(a.lawful_basis)} | "
+                f"{_cell(a.outcome_status)} |" for a in report.accesses]
+    return "\n".join(out) + "\n"

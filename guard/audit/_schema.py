@@ -1,0 +1,166 @@
+"""The one audit schema (SQLite and PostgreSQL), its migrations and row mapping."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from guard.audit._checkpoint import Checkpoint, CheckpointKind
+from guard.audit._event import FIELD_NAMES, TUPLE_FIELDS, AuditEvent, EventKind, dumps_canonical
+
+SCHEMA_VERSION = 1
+
+# Portable DDL: the same text runs on SQLite and PostgreSQL.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE IF NOT EXISTS audit_event (
+            event_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            party_type TEXT,
+            country TEXT,
+            purpose TEXT NOT NULL,
+            categories TEXT NOT NULL,
+            action TEXT NOT NULL,
+            allowed INTEGER,
+            reason TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            lawful_basis TEXT NOT NULL,
+            policy_version TEXT NOT NULL,
+            subject TEXT,
+            http_method TEXT,
+            http_route TEXT,
+            http_status INTEGER,
+            trace_id TEXT,
+            span_id TEXT,
+            latency_us BIGINT,
+            decision_ref TEXT,
+            detail TEXT,
+            writer_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            UNIQUE (writer_id, seq)
+        )""",
+        "CREATE INDEX IF NOT EXISTS audit_event_subject ON audit_event (subject, ts)",
+        "CREATE INDEX IF NOT EXISTS audit_event_ts ON audit_event (ts)",
+        # Partial: only outcome events carry decision_ref, so decisions cost no index entry.
+        "CREATE INDEX IF NOT EXISTS audit_event_decision_ref ON audit_event (decision_ref) "
+        "WHERE decision_ref IS NOT NULL",
+        """CREATE TABLE IF NOT EXISTS audit_checkpoint (
+            checkpoint_id TEXT PRIMARY KEY,
+            writer_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            signature TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS audit_checkpoint_writer ON audit_checkpoint (writer_id, seq)",
+    ),
+}
+
+SCHEMA_VERSION_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_version "
+    "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+)
+
+EVENT_COLUMNS = ", ".join(FIELD_NAMES)
+COLUMN_TYPES = dict.fromkeys(FIELD_NAMES, "text") | {
+    "allowed": "integer", "http_status": "integer", "latency_us": "bigint", "seq": "bigint",
+}
+"""SQL type of each event column (for typed bulk statements)."""
+INSERT_EVENT = (
+    f"INSERT INTO audit_event ({EVENT_COLUMNS}) VALUES ({', '.join('?' * len(FIELD_NAMES))}) "  # noqa: S608 - constant SQL
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+CHECKPOINT_COLUMNS = "checkpoint_id, writer_id, seq, hash, ts, kind, key_id, signature"
+INSERT_CHECKPOINT = (
+    f"INSERT INTO audit_checkpoint ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608 - constant SQL
+    "ON CONFLICT (checkpoint_id) DO NOTHING"
+)
+_TUPLE_INDEXES = frozenset(FIELD_NAMES.index(name) for name in TUPLE_FIELDS)
+_ALLOWED_INDEX = FIELD_NAMES.index("allowed")
+_KIND_INDEX = FIELD_NAMES.index("kind")
+
+
+Row = tuple[Any, ...]
+"""An event as column values in ``EVENT_COLUMNS`` order."""
+
+_list_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
+def _row(event: AuditEvent, writer_id: str, seq: int, prev_hash: str, hash_: str) -> Row:
+    return (
+        event.event_id,
+        event.kind.value,
+        event.ts,
+        event.caller,
+        event.party_type,
+        event.country,
+        event.purpose,
+        _list_json(list(event.categories)),
+        event.action,
+        None if event.allowed is None else int(event.allowed),
+        event.reason,
+        _list_json(list(event.rule)),
+        _list_json(list(event.lawful_basis)),
+        event.policy_version,
+        event.subject,
+        event.http_method,
+        event.http_route,
+        event.http_status,
+        event.trace_id,
+        event.span_id,
+        event.latency_us,
+        event.decision_ref,
+        event.detail,
+        writer_id,
+        seq,
+        prev_hash,
+        hash_,
+    )
+
+
+def event_row(event: AuditEvent) -> Row:
+    """The column values of one (already linked) event."""
+    return _row(event, event.writer_id, event.seq, event.prev_hash, event.hash)
+
+
+def chain_row(event: AuditEvent, writer_id: str, seq: int, prev_hash: str) -> Row:
+    """Link ``event`` into a chain and return its row; the hash is the row's last value.
+
+    Same result as ``event_row(event.linked(...))`` without building the linked event.
+    """
+    data = event.to_dict()
+    data["writer_id"], data["seq"], data["prev_hash"] = writer_id, seq, prev_hash
+    del data["hash"]
+    digest = hashlib.sha256(dumps_canonical(data).encode()).hexdigest()
+    return _row(event, writer_id, seq, prev_hash, digest)
+
+
+def row_event(row: Sequence[Any]) -> AuditEvent:
+    """Rebuild an event from a row selected with ``EVENT_COLUMNS``."""
+    values: list[Any] = list(row)
+    for index in _TUPLE_INDEXES:
+        values[index] = tuple(json.loads(values[index]))
+    if values[_ALLOWED_INDEX] is not None:
+        values[_ALLOWED_INDEX] = bool(values[_ALLOWED_INDEX])
+    values[_KIND_INDEX] = EventKind(values[_KIND_INDEX])
+    return AuditEvent(*values)
+
+
+def checkpoint_row(cp: Checkpoint) -> tuple[Any, ...]:
+    """The column values of one checkpoint."""
+    return (cp.checkpoint_id, cp.writer_id, cp.seq, cp.hash, cp.ts, cp.kind.value, cp.key_id,
+            cp.signature)
+
+
+def row_checkpoint(row: Sequence[Any]) -> Checkpoint:
+    """Rebuild a checkpoint from a row selected with ``CHECKPOINT_COLUMNS``."""
+    return Checkpoint(row[0], row[1], int(row[2]), row[3], row[4], CheckpointKind(row[5]),
+                      row[6], row[7])

@@ -1,0 +1,168 @@
+"""The SQLite audit store: WAL, synchronous=FULL, one write connection."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from guard._errors import AuditUnavailableError
+from guard.audit._checkpoint import Checkpoint
+from guard.audit._schema import (
+    INSERT_CHECKPOINT,
+    INSERT_EVENT,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_DDL,
+    Row,
+    checkpoint_row,
+)
+from guard.audit._store import AuditStoreError
+
+_ROWS_PER_STATEMENT = 1000  # 27 columns x 1000 stays under SQLite's 32766 variables
+_HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
+_ONE_ROW, _CONFLICT = _TAIL.split(" ON CONFLICT ", 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_many(count: int) -> str:
+    """One INSERT for ``count`` rows: one statement step, so the GIL is released once."""
+    return f"{_HEAD} VALUES {', '.join([_ONE_ROW] * count)} ON CONFLICT {_CONFLICT}"
+
+
+class SqliteStore:
+    """An audit store in one SQLite file, created on first use.
+
+    Args:
+        path: The database file.
+        create: Create the file and schema when missing; otherwise a missing file
+            raises :class:`AuditStoreError`.
+        timeout: Seconds to wait for another process's write lock.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, *, create: bool = True, timeout: float = 5.0) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._timeout = timeout
+        if not create and not path.is_file():
+            raise AuditStoreError(f"no audit store at {path} (pass --store or record a decision)")
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        try:
+            self._conn = self._connect()
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._read = self._connect()
+            if create:
+                self._migrate()
+            elif not self._has_schema():
+                raise AuditStoreError(f"{path} is not an audit store (no schema_version table)")
+        except sqlite3.Error as exc:
+            raise AuditStoreError(f"cannot open audit store {path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False,
+            cached_statements=256,
+        )
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def _has_schema(self) -> bool:
+        row = self._conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='schema_version'"
+        ).fetchone()
+        return bool(row and row[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(SCHEMA_VERSION_DDL)
+                row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+                current = int(row[0]) if row and row[0] is not None else 0
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                        (version, datetime.now(UTC).isoformat()),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        """Commit event rows and checkpoints in one transaction; return after the fsync."""
+        with self._lock:
+            conn = self._conn
+            try:
+                if not checkpoints and 0 < len(rows) <= _ROWS_PER_STATEMENT:
+                    # One statement is its own transaction: one call, one GIL hand-off.
+                    conn.execute(_insert_many(len(rows)), [v for row in rows for v in row])
+                    return
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                        chunk = rows[start:start + _ROWS_PER_STATEMENT]
+                        conn.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
+                    if checkpoints:
+                        conn.executemany(
+                            INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints]
+                        )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise AuditUnavailableError(
+                    f"audit store {self.path} refused the write: {exc}"
+                ) from exc
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query on the read connection."""
+        with self._read_lock:
+            try:
+                return list(self._read.execute(sql, tuple(params)).fetchall())
+            except sqlite3.Error as exc:
+                raise AuditStoreError(f"audit store {self.path}: {exc}") from exc
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Yield rows from a fresh connection (long reads do not block other readers)."""
+        conn = self._connect()
+        try:
+            cursor = conn.execute(sql, tuple(params))
+            while batch := cursor.fetchmany(5000):
+                yield from batch
+        except sqlite3.Error as exc:
+            raise AuditStoreError(f"audit store {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def ping(self) -> None:
+        """Take and release the write lock."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise AuditUnavailableError(
+                    f"audit store {self.path} is not writable: {exc}"
+                ) from exc
+
+    def close(self) -> None:
+        """Close both connections."""
+        with self._lock, self._read_lock:
+            self._conn.close()
+            self._read.close()

@@ -1,0 +1,71 @@
+"""What every audit store does, and opening one from a URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from guard._errors import ConfigError, GuardError
+from guard.audit._checkpoint import Checkpoint
+from guard.audit._schema import Row
+
+
+class AuditStoreError(GuardError):
+    """An audit store that does not exist or is not an audit store (for readers)."""
+
+
+class Store(Protocol):
+    """An audit store: durable, idempotent batch writes and plain SQL reads.
+
+    SQL passed to :meth:`rows` and :meth:`stream` uses ``?`` placeholders.
+    """
+
+    url: str
+    dialect: str
+
+    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        """Commit event rows and checkpoints in one durable transaction (existing ids are skipped).
+
+        Raises:
+            AuditUnavailableError: the store could not take them.
+        """
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query and return every row."""
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Run a read query and yield rows without holding them all in memory."""
+
+    def ping(self) -> None:
+        """Check the store can take writes; raise AuditUnavailableError if not."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///PATH`` URL (``sqlite:////abs/path`` for absolute paths)."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def open_store(url: str, *, create: bool = True, timeout: float = 5.0) -> Store:
+    """Open the store named by ``url``.
+
+    Args:
+        url: ``sqlite:///PATH`` or ``postgresql://...`` (``postgres://`` also accepted).
+        create: Create the SQLite file and the schema if missing; readers pass False
+            and get :class:`AuditStoreError` for a store that does not exist.
+        timeout: Seconds to wait for a lock or a connection before giving up.
+    """
+    if url.startswith("sqlite:///"):
+        from guard.audit._sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url), create=create, timeout=timeout)
+    if url.startswith(("postgresql://", "postgres://")):
+        from guard.audit._postgres import PostgresStore
+
+        return PostgresStore(url, create=create, timeout=timeout)
+    raise ConfigError(
+        f"audit store URL {url!r} is not sqlite:///PATH or postgresql://USER@HOST/DB"
+    )

@@ -1,0 +1,120 @@
+"""The audit trail: durable, chained, checkpointed recording of audit events."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from guard._errors import AuditUnavailableError
+from guard.audit._event import AuditEvent
+from guard.audit._keys import load_signing_key
+from guard.audit._otel import OtlpLogExporter
+from guard.audit._spool import Spool
+from guard.audit._store import Store, open_store
+from guard.audit._writer import Emitter, GroupCommitWriter
+
+if TYPE_CHECKING:
+    from guard.config import AuditSettings
+
+
+class AuditTrail:
+    """Record audit events durably; :meth:`record` returns only once the event is on disk.
+
+    Args:
+        store: The store to write to.
+        signing_key: Signs checkpoints.
+        writer_id: Prefix of this trail's chain id (default: the host name).
+        checkpoint_every: Sign a checkpoint every this many events.
+        checkpoint_interval: ... and after this many seconds with unsigned events.
+        spool: Spool file for events the store cannot take (None: fail closed).
+        otlp_endpoint: Also export every durable event as an OTLP log record.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        signing_key: Ed25519PrivateKey,
+        *,
+        writer_id: str | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
+        spool: Path | None = None,
+        otlp_endpoint: str | None = None,
+    ) -> None:
+        self.store = store
+        self._spool = Spool(spool) if spool is not None else None
+        self._otlp = OtlpLogExporter(otlp_endpoint) if otlp_endpoint else None
+        emitters: list[Emitter] = [self._otlp] if self._otlp else []
+        self._writer = GroupCommitWriter(
+            store,
+            writer_id=writer_id or socket.gethostname(),
+            signing_key=signing_key,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
+            spool=self._spool,
+            emitters=emitters,
+        )
+
+    @classmethod
+    def open(
+        cls, settings: AuditSettings, *, checkpoint_interval: float = 60.0, timeout: float = 5.0
+    ) -> AuditTrail:
+        """Open the store, load (or create) the signing key and start the writer."""
+        return cls(
+            open_store(settings.store, create=True, timeout=timeout),
+            load_signing_key(settings.signing_key, create=True),
+            writer_id=settings.writer_id,
+            checkpoint_every=settings.checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
+            spool=settings.spool,
+            otlp_endpoint=settings.otlp_endpoint,
+        )
+
+    @property
+    def writer_id(self) -> str:
+        """The id of the chain this trail is writing now."""
+        return self._writer.writer_id
+
+    def record(self, event: AuditEvent) -> None:
+        """Link ``event`` into the chain; return once it is durable.
+
+        Raises:
+            AuditUnavailableError: neither the store nor a spool could take it.
+        """
+        self._writer.submit(event)
+
+    async def arecord(self, event: AuditEvent) -> None:
+        """Like :meth:`record` without blocking the event loop."""
+        await self._writer.asubmit(event)
+
+    def ready(self) -> tuple[bool, str]:
+        """Can this trail make events durable right now? ``(ok, why)``."""
+        if not self._writer.alive:
+            return False, "audit writer stopped"
+        try:
+            self.store.ping()
+        except AuditUnavailableError as exc:
+            if self._spool is not None:
+                return True, f"audit store unavailable, spooling to {self._spool.path}"
+            return False, str(exc)
+        if self._spool is not None and self._spool.pending():
+            return True, "audit store back; replaying the spool"
+        return True, "audit store writable"
+
+    def close(self) -> None:
+        """Flush, write the closing checkpoint, and release the store."""
+        self._writer.close()
+        if self._otlp is not None:
+            self._otlp.close()
+        if self._spool is not None:
+            self._spool.close()
+        self.store.close()
+
+    def __enter__(self) -> AuditTrail:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -1,0 +1,88 @@
+"""Audit fixtures: keys, and a fresh store per test in SQLite and in PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from guard.audit import (
+    AuditEvent,
+    AuditPipeline,
+    AuditTrail,
+    EventKind,
+    load_signing_key,
+    open_store,
+)
+
+HMAC_KEY = b"k" * 32
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key files of one test."""
+
+    signing: Path
+    public: Path
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    signing = tmp_path / "keys" / "audit-signing.key"
+    load_signing_key(signing, create=True)
+    return Keys(signing, signing.with_name(signing.name + ".pub"))
+
+
+def _admin_url(url: str) -> str:
+    return url.rsplit("/", 1)[0] + "/postgres"
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test PostgreSQL server."""
+    name = f"audit_{secrets.token_hex(6)}"
+    with psycopg.connect(_admin_url(postgres_url), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(_admin_url(postgres_url), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty store, once per kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def make_trail(url: str, keys: Keys, **kwargs: Any) -> AuditTrail:
+    """A trail on ``url`` with the test's signing key."""
+    return AuditTrail(open_store(url), load_signing_key(keys.signing), **kwargs)
+
+
+PIPELINE = AuditPipeline(HMAC_KEY)
+
+
+def decision_event(**fields: Any) -> AuditEvent:
+    """A decision event with plausible defaults, overridable field by field."""
+    values: dict[str, Any] = {
+        "caller": "svc:crm",
+        "party_type": "internal",
+        "country": "GB",
+        "purpose": "relationship.management",
+        "categories": ("contact.email",),
+        "action": "read",
+        "allowed": True,
+        "reason": "allowed",
+        "rule": ("rules.csv:1",),
+        "lawful_basis": ("contract",),
+        "policy_version": "sha256:test",
+    }
+    values.update(fields)
+    return PIPELINE.event(EventKind.DECISION, **values)

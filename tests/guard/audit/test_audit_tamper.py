@@ -1,0 +1,143 @@
+"""Tampering with rows directly in the store: verify names the first bad event."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from guard.audit import (
+    AuditEvent,
+    VerifyReport,
+    load_public_key,
+    open_store,
+    verify,
+)
+from guard.audit._schema import EVENT_COLUMNS, event_row, row_event
+from tests.guard.audit.conftest import Keys, decision_event, make_trail
+
+
+def run_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
+    """Execute one statement directly, bypassing the guard."""
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        with conn:
+            conn.execute(statement, params)
+        conn.close()
+    else:
+        with psycopg.connect(url, autocommit=True) as pg:
+            pg.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+
+def insert_row(url: str, event: AuditEvent) -> None:
+    marks = ", ".join("?" * len(event_row(event)))
+    run_sql(url, f"INSERT INTO audit_event ({EVENT_COLUMNS}) VALUES ({marks})", event_row(event))
+
+
+def chain(url: str, keys: Keys, n: int = 20) -> list[AuditEvent]:
+    """Record ``n`` events (checkpoint every 5), close, and return them as stored."""
+    trail = make_trail(url, keys, checkpoint_every=5)
+    for i in range(n):
+        trail.record(decision_event(subject_id=f"subject-{i}"))
+    trail.close()
+    store = open_store(url, create=False)
+    rows = store.rows(f"SELECT {EVENT_COLUMNS} FROM audit_event ORDER BY seq")
+    store.close()
+    return [row_event(r) for r in rows]
+
+
+def check(url: str, keys: Keys) -> VerifyReport:
+    store = open_store(url, create=False)
+    try:
+        return verify(store, load_public_key(keys.public))
+    finally:
+        store.close()
+
+
+def edit(url: str, ev: list[AuditEvent]) -> str:
+    run_sql(url, "UPDATE audit_event SET caller = 'svc:evil' WHERE seq = 7")
+    return ev[6].event_id
+
+
+def edit_and_rehash(url: str, ev: list[AuditEvent]) -> str:
+    forged = dataclasses.replace(ev[6], caller="svc:evil").linked(
+        ev[6].writer_id, 7, ev[6].prev_hash)
+    run_sql(url, "UPDATE audit_event SET caller = ?, hash = ? WHERE seq = 7",
+            (forged.caller, forged.hash))
+    return ev[6].event_id
+
+
+def delete(url: str, ev: list[AuditEvent]) -> str:
+    run_sql(url, "DELETE FROM audit_event WHERE seq = 7")
+    return ev[7].event_id
+
+
+def insert(url: str, ev: list[AuditEvent]) -> str:
+    run_sql(url, "UPDATE audit_event SET seq = seq + 1000 WHERE seq >= 7")
+    run_sql(url, "UPDATE audit_event SET seq = seq - 999 WHERE seq >= 1000")
+    forged = decision_event(caller="svc:evil").linked(ev[0].writer_id, 7, ev[5].hash)
+    insert_row(url, forged)
+    return forged.event_id
+
+
+def reorder(url: str, ev: list[AuditEvent]) -> str:
+    run_sql(url, "UPDATE audit_event SET seq = -1 WHERE seq = 7")
+    run_sql(url, "UPDATE audit_event SET seq = 7 WHERE seq = 8")
+    run_sql(url, "UPDATE audit_event SET seq = 8 WHERE seq = -1")
+    return ev[7].event_id  # the event that moved up is the first out of place
+
+
+def truncate(url: str, ev: list[AuditEvent]) -> str:
+    run_sql(url, "DELETE FROM audit_event WHERE seq > 17")
+    return ev[16].event_id  # the last event left; 18..20 are gone
+
+
+def append_after_close(url: str, ev: list[AuditEvent]) -> str:
+    forged = decision_event(caller="svc:evil").linked(ev[0].writer_id, 21, ev[19].hash)
+    insert_row(url, forged)
+    return forged.event_id
+
+
+CASES: list[tuple[str, Callable[[str, list[AuditEvent]], str], str]] = [
+    ("edit", edit, "altered"),
+    ("edit_and_rehash", edit_and_rehash, "altered"),
+    ("delete", delete, "deleted"),
+    ("insert", insert, "inserted"),
+    ("reorder", reorder, "reordered"),
+    ("truncate", truncate, "truncated"),
+    ("append_after_close", append_after_close, "inserted"),
+]
+
+
+@pytest.mark.parametrize(("name", "tamper", "kind"), CASES, ids=[c[0] for c in CASES])
+def test_verify_names_the_first_bad_event(
+    store_url: str, keys: Keys, name: str, tamper: Callable[[str, list[AuditEvent]], str],
+    kind: str,
+) -> None:
+    events = chain(store_url, keys)
+    assert check(store_url, keys).ok
+    bad_id = tamper(store_url, events)
+    report = check(store_url, keys)
+    assert not report.ok
+    assert len(report.problems) == 1
+    problem = report.problems[0]
+    assert (problem.kind, problem.event_id) == (kind, bad_id), str(problem)
+
+
+def test_a_forged_checkpoint_signature_is_caught(store_url: str, keys: Keys) -> None:
+    chain(store_url, keys)
+    run_sql(store_url, "UPDATE audit_checkpoint SET signature = ? WHERE kind = 'close'",
+            ("00" * 64,))
+    report = check(store_url, keys)
+    assert [p.kind for p in report.problems] == ["bad_checkpoint"]
+
+
+def test_a_chain_without_its_opening_checkpoint_is_caught(store_url: str, keys: Keys) -> None:
+    events = chain(store_url, keys)
+    run_sql(store_url, "DELETE FROM audit_checkpoint")
+    report = check(store_url, keys)
+    assert [(p.kind, p.event_id) for p in report.problems] == [("inserted", events[0].event_id)]

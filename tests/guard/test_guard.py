@@ -1,0 +1,193 @@
+"""``Guard``: decide, record durably before answering, fail closed, trace every decision."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from guard import HttpContext, Reason, Request
+from guard._guard import Guard
+from guard.audit import (
+    AuditTrail,
+    EventFilter,
+    Store,
+    load_signing_key,
+    open_store,
+    pseudonymise,
+    query_events,
+)
+from guard.config import AuditSettings, PolicySettings, Settings
+from guard.policy import load_policy
+from guard.policy._holder import PolicyHolder
+
+KEY = b"s" * 32
+ALLOWED = Request("svc:crm", "relationship.management", ("contact",), subject="cust-7")
+DENIED = Request("svc:crm", "relationship.management", ("special.health",), subject="cust-7")
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "audit.db"
+
+
+def make_guard(db: Path, tmp_path: Path, spans: InMemorySpanExporter,
+               timeout: float = 5.0) -> Guard:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    trail = AuditTrail(open_store(f"sqlite:///{db}", timeout=timeout),
+                       load_signing_key(tmp_path / "sign.key"))
+    holder = PolicyHolder(lambda: load_policy(None))
+    return Guard(holder, trail, hmac_key=KEY, tracer=provider.get_tracer("test"))
+
+
+@pytest.fixture
+def guard(db: Path, tmp_path: Path, spans: InMemorySpanExporter) -> Iterator[Guard]:
+    g = make_guard(db, tmp_path, spans)
+    yield g
+    g.close()
+
+
+def reader(db: Path) -> Store:
+    return open_store(f"sqlite:///{db}", create=False)
+
+
+def test_check_records_the_decision_before_returning(guard: Guard, db: Path) -> None:
+    checked = guard.check(ALLOWED, HttpContext("GET", "/customers/{id}/email"))
+    assert checked.decision.allowed
+    store = reader(db)  # read while the guard is still open: the event is already durable
+    [row] = query_events(store, EventFilter())
+    store.close()
+    event = row.event
+    assert event.event_id == checked.decision_id
+    assert (event.caller, event.party_type, event.country, event.purpose) == (
+        "svc:crm", "internal", "GB", "relationship.management")
+    assert (event.allowed, event.reason, event.categories, event.action) == (
+        True, "allowed", ("contact",), "read")
+    assert event.lawful_basis == checked.decision.lawful_basis
+    assert event.rule == checked.decision.rule
+    assert event.policy_version == guard.holder.current.version
+    assert event.subject == pseudonymise(KEY, "cust-7")
+    assert (event.http_method, event.http_route) == ("GET", "/customers/{id}/email")
+    assert event.latency_us is not None
+    assert event.latency_us >= 0
+
+
+def test_denials_are_recorded_with_their_reason(guard: Guard, db: Path) -> None:
+    checked = guard.check(DENIED)
+    assert checked.decision.reason is Reason.SPECIAL_CATEGORY
+    store = reader(db)
+    [row] = query_events(store, EventFilter(allowed=False))
+    store.close()
+    assert row.event.reason == "special_category"
+
+
+def test_decision_span_nests_under_the_current_span(
+    guard: Guard, db: Path, spans: InMemorySpanExporter
+) -> None:
+    tracer = guard._tracer
+    with tracer.start_as_current_span("GET /customers") as http_span:
+        checked = guard.check(ALLOWED)
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    decision = finished["guard.decision"]
+    assert decision.parent is not None
+    assert decision.parent.span_id == http_span.get_span_context().span_id
+    assert decision.attributes is not None
+    assert decision.attributes["guard.allowed"] is True
+    assert decision.attributes["guard.reason"] == "allowed"
+    store = reader(db)
+    [row] = query_events(store, EventFilter())
+    store.close()
+    assert row.event.event_id == checked.decision_id
+    assert row.event.trace_id == format(http_span.get_span_context().trace_id, "032x")
+    assert row.event.span_id == format(decision.context.span_id, "016x")
+
+
+def test_a_decision_that_cannot_be_recorded_is_a_denial(
+    db: Path, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    guard = make_guard(db, tmp_path, spans, timeout=0.05)
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        checked = guard.check(ALLOWED)
+        assert not checked.decision.allowed
+        assert checked.decision.reason is Reason.AUDIT_UNAVAILABLE
+        achecked = asyncio.run(guard.acheck(ALLOWED))
+        assert achecked.decision.reason is Reason.AUDIT_UNAVAILABLE
+        ok, why = guard.ready()
+        assert not ok
+        assert "locked" in why
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert guard.check(ALLOWED).decision.allowed  # back: allowed again
+    assert guard.ready()[0]
+    guard.close()
+    with pytest.raises(Exception, match="closed"):
+        guard.trail.record(guard._pipeline.outcome("x", 200, None))
+    assert guard.check(ALLOWED).decision.reason is Reason.AUDIT_UNAVAILABLE
+
+
+def test_acheck_and_outcomes(guard: Guard, db: Path) -> None:
+    async def main() -> list[str]:
+        checks = await asyncio.gather(*(guard.acheck(ALLOWED) for _ in range(20)))
+        assert all(c.decision.allowed for c in checks)
+        ok = await guard.arecord_outcome(checks[0].decision_id, 204, HttpContext("GET", "/x"))
+        assert ok
+        return [c.decision_id for c in checks]
+
+    ids = asyncio.run(main())
+    assert guard.record_outcome(ids[1], 500)
+    store = reader(db)
+    rows = query_events(store, EventFilter(), limit=None)
+    outcomes = {r.event.decision_ref: r.event.http_status
+                for r in query_events(store, EventFilter(kind="outcome"), limit=None)}
+    store.close()
+    assert {r.event.event_id for r in rows} == set(ids)
+    assert outcomes == {ids[0]: 204, ids[1]: 500}
+    assert {r.event.event_id: r.outcome_status for r in rows}[ids[0]] == 204
+
+
+def test_from_settings_records_policy_loads_and_rejections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GUARD_CONFIG", str(tmp_path / "none.toml"))
+    policy = tmp_path / "policies"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "policies", policy)
+    settings = Settings(
+        policy=PolicySettings(dir=policy),
+        audit=AuditSettings(store=f"sqlite:///{tmp_path / 'a.db'}",
+                            hmac_key=tmp_path / "k" / "hmac.key",
+                            signing_key=tmp_path / "k" / "sign.key"),
+    )
+    guard = Guard.from_settings(settings)
+    assert (tmp_path / "k" / "hmac.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "k" / "sign.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "k" / "sign.key.pub").exists()
+    version = guard.holder.current.version
+    rules = policy / "rules.csv"
+    rules.write_text(rules.read_text() + "\np, svc:crm, relationship.management, special\n")
+    result = guard.holder.reload()
+    assert not result.ok
+    assert guard.check(ALLOWED).decision.allowed  # the last good policy stays
+    guard.close()
+    store = open_store(settings.audit.store, create=False)
+    loaded = query_events(store, EventFilter(kind="policy_loaded"))
+    rejected = query_events(store, EventFilter(kind="policy_rejected"))
+    store.close()
+    assert [r.event.policy_version for r in loaded] == [version]
+    assert [r.event.policy_version for r in rejected] == [version]
+    assert rejected[0].event.detail
