@@ -7,12 +7,21 @@ size of the policy. ``explain`` runs the same checks and records each one.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from guard._types import Action, Decision, Reason, Request
-from guard.policy._compiled import AGGREGATED, Category, CompiledPolicy, Party, Purpose
+from guard.policy._compiled import (
+    AGGREGATED,
+    Category,
+    CompiledPolicy,
+    GrantKey,
+    Party,
+    Purpose,
+)
 
 _casbin_lock = threading.Lock()
+_AGGREGATED_RULE = ("builtin:aggregated",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +78,16 @@ def _judge(policy: CompiledPolicy, request: Request, steps: list[Step] | None) -
     if policy.enforcer is not None:
         return _judge_with_casbin(policy, request, steps)
 
+    # One probe answers checks 1 and 5 for a granted request; others look further.
+    joined = policy.joined.get((request.caller, request.purpose))
+    if joined is not None:
+        party: Party | None = joined[0]
+        grants: Mapping[GrantKey, tuple[str, ...]] | None = joined[1]
+    else:
+        party = policy.parties.get(request.caller)
+        grants = None
+
     # 1. unknown_caller
-    party = policy.parties.get(request.caller)
     if steps is not None:
         steps.append(Step(
             "unknown_caller", f"caller {request.caller!r}", party is not None,
@@ -117,7 +134,8 @@ def _judge(policy: CompiledPolicy, request: Request, steps: list[Step] | None) -
         steps.append(Step("special_category", "categories", True, "none is special"))
 
     # 5. purpose_not_granted
-    grants = policy.grants.get((request.caller, purpose.key))
+    if grants is None:
+        grants = policy.grants.get((request.caller, purpose.key))
     if steps is not None:
         steps.append(Step(
             "purpose_not_granted", f"grants of {request.caller} on {' < '.join(purpose.ancestors)}",
@@ -143,15 +161,18 @@ def _judge(policy: CompiledPolicy, request: Request, steps: list[Step] | None) -
     # 7. category_not_granted (need-to-know, and the action)
     action = request.action.value
     rules: list[str] = []
+    personal = False  # aggregated is not personal data: no transfer check for it alone
     for node in nodes:
+        found: tuple[str, ...] | None = None
         if node.key == AGGREGATED:
-            found: tuple[str, ...] | None = (
-                ("builtin:aggregated",) if request.action is Action.READ else None
-            )
+            if request.action is Action.READ:
+                found = _AGGREGATED_RULE
         else:
-            found = next(
-                (grants[(a, action)] for a in node.ancestors if (a, action) in grants), None
-            )
+            personal = True
+            for ancestor in node.ancestors:  # the nearest granted node wins
+                found = grants.get((ancestor, action))
+                if found is not None:
+                    break
         if found is None:
             if steps is not None:
                 steps.append(Step("category_not_granted", f"{action} {node.key!r}", False,
@@ -164,7 +185,6 @@ def _judge(policy: CompiledPolicy, request: Request, steps: list[Step] | None) -
                           "granted by " + ", ".join(dict.fromkeys(rules))))
 
     # 8. transfer_not_safeguarded
-    personal = any(node.key != AGGREGATED for node in nodes)
     if personal and not party.transfer_safe:
         if steps is not None:
             steps.append(Step("transfer_not_safeguarded", f"country {party.country}", False,
@@ -187,7 +207,7 @@ def _judge(policy: CompiledPolicy, request: Request, steps: list[Step] | None) -
                           ", ".join(purpose.bases)))
 
     return _result(policy, request, Reason.ALLOWED, purpose=purpose, party=party,
-                   rule=tuple(dict.fromkeys(rules)))
+                   rule=found if len(nodes) == 1 else tuple(dict.fromkeys(rules)))
 
 
 def _judge_with_casbin(

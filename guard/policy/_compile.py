@@ -172,16 +172,27 @@ def compile_rows(
         safe = bool(_reach(caller, g5_edges) & safe_targets)
         parties[caller] = Party(caller, party_type.get(caller), country, mechanisms, safe)
 
-    callers_with_grants = {caller for caller, _ in raw_grants}
+    # Merge each caller's grants down the purpose tree, visiting only the purposes
+    # under something the caller holds (not every caller x every purpose).
+    under: dict[str, list[str]] = defaultdict(list)  # node -> itself and its descendants
+    for key, purpose in purposes.items():
+        for ancestor in purpose.ancestors:
+            under[ancestor].append(key)
+    held: dict[str, set[str]] = defaultdict(set)
+    for caller, granted in raw_grants:
+        held[caller].update(under.get(granted, ()))
     grants: dict[tuple[str, str], Mapping[GrantKey, tuple[str, ...]]] = {}
-    for caller in callers_with_grants:
-        for key, purpose in purposes.items():
+    joined: dict[tuple[str, str], tuple[Party, Mapping[GrantKey, tuple[str, ...]]]] = {}
+    for caller, keys in held.items():
+        party = parties[caller]
+        for key in keys:
             merged: dict[GrantKey, list[str]] = defaultdict(list)
-            for ancestor in purpose.ancestors:
+            for ancestor in purposes[key].ancestors:
                 for category, action, location in raw_grants.get((caller, ancestor), ()):
                     merged[(category, action)].append(location)
-            if merged:
-                grants[(caller, key)] = _freeze({k: tuple(v) for k, v in merged.items()})
+            table = {k: tuple(v) for k, v in merged.items()}
+            grants[(caller, key)] = MappingProxyType(table)
+            joined[(caller, key)] = (party, table)  # read-only: only the engine sees it
 
     return CompiledPolicy(
         source=source,
@@ -191,6 +202,7 @@ def compile_rows(
         purposes=_freeze(purposes),
         parties=_freeze(parties),
         grants=_freeze(grants),
+        joined=_freeze(joined),
         findings=findings,
         enforcer=enforcer,
     )

@@ -53,7 +53,7 @@ class Purpose:
     @property
     def consent_only(self) -> bool:
         """No lawful basis but consent: needs a data subject's recorded opt-in."""
-        return bool(self.bases) and set(self.bases) <= {"consent"}
+        return "consent" in self.bases and set(self.bases) <= {"consent"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,11 @@ class CompiledPolicy:
     parties: Mapping[str, Party]
     grants: Mapping[tuple[str, str], Mapping[GrantKey, tuple[str, ...]]]
     findings: tuple[Finding, ...] = ()  # lint warnings (errors never load)
+    joined: Mapping[tuple[str, str], tuple[Party, Mapping[GrantKey, tuple[str, ...]]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """``grants`` joined with ``parties``: ``(caller, purpose) -> (party, merged grants)``,
+    so that a granted request costs one probe of one large table (the hot path)."""
     enforcer: Any = field(default=None, compare=False)
     """casbin Enforcer for a model the compiler does not recognise (the slow path)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,18 +95,47 @@ def _columns(raw: str, tokens: list[str]) -> tuple[int, ...]:
     return tuple(columns)
 
 
+def _split_plain(stripped: str) -> tuple[list[str], list[int]] | None:
+    """Tokens and 0-based columns of a line without brackets and without empty values.
+
+    For such a line casbin's tokenizer is a plain split on commas; any other line
+    returns None and goes through casbin's own tokenizer.
+    """
+    if "(" in stripped or "[" in stripped or ")" in stripped or "]" in stripped:
+        return None
+    tokens: list[str] = []
+    columns: list[int] = []
+    offset = 0
+    for part in stripped.split(","):
+        token = part.strip()
+        if not token:
+            return None
+        tokens.append(token)
+        columns.append(offset + len(part) - len(part.lstrip()))
+        offset += len(part) + 1
+    return tokens, columns
+
+
 def parse_rows(text: str, origin: str) -> list[Row]:
     """Split rules text into rows exactly as casbin's file adapter does, keeping positions."""
     rows: list[Row] = []
     name = Path(origin).name
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
-        tokens = _extract_tokens(stripped)
-        if not tokens:
+        if not stripped or stripped[0] == "#":
             continue
         indent = len(raw) - len(raw.lstrip())
-        columns = tuple(c + indent for c in _columns(stripped, tokens))
+        plain = _split_plain(stripped)
+        if plain is not None:
+            tokens, offsets = plain
+            columns = tuple(c + indent + 1 for c in offsets)
+        else:
+            tokens = _extract_tokens(stripped)
+            if not tokens:
+                continue
+            columns = tuple(c + indent for c in _columns(stripped, tokens))
         rows.append(
-            Row(tokens[0], tuple(tokens[1:]), number, columns, origin, f"{name}:{number}")
+            Row(tokens[0], tuple(map(sys.intern, tokens[1:])), number, columns, origin,
+                f"{name}:{number}")
         )
     return rows

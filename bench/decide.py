@@ -1,0 +1,238 @@
+"""Decision cost of the compiled engine against casbin's Enforcer, by policy size.
+
+For generated policies of 100 .. 100,000 grants (the shipped vocabulary, ceilings and
+adequacy list, plus synthetic callers with ten grants each) it measures, in one run:
+
+- load+compile: ``load_policy(folder)`` = read, parse with pycasbin, lint, compile;
+- the engine: µs per ``decide`` (p50, p99, one timer per call) and decisions/s (a tight
+  loop, no per-call timer), over one-category requests near and far from the grants;
+- the baseline: ``casbin.Enforcer(model.conf, rules.csv).enforce`` on the same files
+  and requests (sampled at large sizes: it walks every grant line on every call),
+  checked to give the same answers.
+
+Usage: ``.venv/bin/python bench/decide.py [--sizes 100,1000,10000,100000]
+[--calls 10000] [--reps 5] [--casbin-calls 300] [--casbin-budget 12]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import casbin
+
+from guard._types import Action, Request
+from guard.engine import decide
+from guard.policy import load_policy
+
+SHIPPED = Path(__file__).resolve().parent.parent / "policies"
+# Declarable purposes none of which is an ancestor of another: grants on them never
+# overlap, so the generated policy lints clean (no redundant-grant warnings).
+PURPOSES = {
+    "customer.registration": ("identity", "contact"),
+    "order.processing.payments": ("identity", "contact", "financial", "transaction"),
+    "order.processing.debt_recovery": ("identity", "contact", "financial", "transaction"),
+    "relationship.management": ("identity", "contact", "profile", "marketing"),
+    "promotion.prize_draw": ("identity", "contact", "profile", "usage", "marketing"),
+    "business.administration": ("identity", "contact", "technical"),
+    "marketing.advertising": ("identity", "contact", "profile", "usage", "marketing",
+                              "technical"),
+    "marketing.recommendations": ("identity", "contact", "technical", "usage", "profile",
+                                  "marketing"),
+    "analytics.improvement": ("technical", "usage"),
+    "legal.compliance": ("identity", "contact", "financial", "transaction"),
+    "rights.request": ("identity", "contact", "financial", "transaction", "technical",
+                       "profile", "usage", "marketing"),
+}
+CHILDREN = {
+    "identity": ("name", "username", "date_of_birth"), "contact": ("email", "phone"),
+    "financial": ("bank_account", "payment_card"), "transaction": ("payments", "purchases"),
+    "technical": ("ip_address", "login", "device"), "profile": ("interests", "orders"),
+    "usage": ("website", "product"), "marketing": ("preferences",),
+}
+GRANTS_PER_CALLER = 10
+COUNTRIES = (("GB", ""), ("GB", ""), ("IE", ""), ("US", "idta"), ("IN", "uk_addendum"))
+
+
+def base_rules() -> str:
+    """The shipped vocabulary, ceilings, bases and adequacy list, without its callers."""
+    keep = []
+    for raw in (SHIPPED / "rules.csv").read_text().splitlines():
+        parts = [p.strip() for p in raw.split(",")]
+        if parts[0] == "p" or parts[0] == "g4":
+            continue
+        if parts[0] == "g5" and len(parts) == 3 and parts[2] != "adequate":
+            continue
+        keep.append(raw)
+    return "\n".join(keep) + "\n"
+
+
+def generate(grants: int, rng: random.Random) -> tuple[str, list[tuple[str, str, str, str]]]:
+    """rules.csv text with ``grants`` grant lines, and those grants."""
+    combos = [(p, c, a) for p, cats in PURPOSES.items() for c in cats for a in ("read", "write")]
+    lines = [base_rules()]
+    made: list[tuple[str, str, str, str]] = []
+    for i in range(grants // GRANTS_PER_CALLER):
+        caller = f"svc:bench-{i}"
+        country, mechanism = COUNTRIES[i % len(COUNTRIES)]
+        party = "internal" if country == "GB" else "processor"
+        lines.append(f"g4, {caller}, {party}\ng5, {caller}, {country}")
+        if mechanism:
+            lines.append(f"g5, {caller}, {mechanism}")
+        for purpose, cat, action in rng.sample(combos, GRANTS_PER_CALLER):
+            lines.append(f"p, {caller}, {purpose}, {cat}, {action}")
+            made.append((caller, purpose, cat, action))
+    return "\n".join(lines) + "\n", made
+
+
+def requests(made: list[tuple[str, str, str, str]], count: int,
+             rng: random.Random) -> list[Request]:
+    """One-category requests: half on a grant (child category), half anywhere."""
+    callers = sorted({m[0] for m in made})
+    out = []
+    for n in range(count):
+        if n % 2 == 0:
+            caller, purpose, cat, action = rng.choice(made)
+        else:
+            caller = rng.choice(callers)
+            purpose = rng.choice(list(PURPOSES))
+            cat = rng.choice(list(CHILDREN))
+            action = rng.choice(("read", "write"))
+        key = f"{cat}.{rng.choice(CHILDREN[cat])}" if rng.random() < 0.7 else cat
+        out.append(Request(caller, purpose, (key,), Action(action)))
+    return out
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(size: int, args: argparse.Namespace, rng: random.Random) -> dict[str, float]:
+    rules, made = generate(size, rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "model.conf").write_text((SHIPPED / "model.conf").read_text())
+        (folder / "rules.csv").write_text(rules)
+        gc.collect()
+        start = time.perf_counter()
+        policy = load_policy(folder)
+        load_s = time.perf_counter() - start
+        assert policy.compiled, "the generated policy must take the compiled path"
+        start = time.perf_counter()
+        enforcer = casbin.Enforcer(str(folder / "model.conf"), str(folder / "rules.csv"))
+        casbin_load_s = time.perf_counter() - start
+
+    reqs = requests(made, 2_000, rng)
+    for request in reqs[:200]:  # warm up
+        decide(policy, request)
+    timer = time.perf_counter_ns
+    p50s: list[float] = []
+    p99s: list[float] = []
+    for _ in range(args.reps):  # best of N: other processes share this machine
+        engine_ns: list[float] = []
+        for n in range(args.calls):
+            request = reqs[n % len(reqs)]
+            t0 = timer()
+            decide(policy, request)
+            engine_ns.append(timer() - t0)
+        p50s.append(percentile(engine_ns, 0.50) / 1000)
+        p99s.append(percentile(engine_ns, 0.99) / 1000)
+    loops = max(1, args.calls // len(reqs))
+    start = time.perf_counter()
+    for _ in range(loops):
+        for request in reqs:
+            decide(policy, request)
+    per_second = loops * len(reqs) / (time.perf_counter() - start)
+
+    casbin_ns: list[float] = []
+    mismatches = 0
+    deadline = time.perf_counter() + args.casbin_budget
+    for n in range(args.casbin_calls):
+        request = reqs[n % len(reqs)]
+        t0 = timer()
+        answer = enforcer.enforce(request.caller, request.purpose, request.categories[0],
+                                  request.action.value)
+        casbin_ns.append(timer() - t0)
+        mismatches += answer != decide(policy, request).allowed
+        if n >= 19 and time.perf_counter() > deadline:
+            break
+    allowed = sum(decide(policy, r).allowed for r in reqs) / len(reqs)
+    return {
+        "grants": size, "load_s": load_s, "casbin_load_s": casbin_load_s,
+        "p50": min(p50s), "p99": statistics.median(p99s),
+        "per_s": per_second,
+        "c_p50": statistics.median(casbin_ns) / 1000, "c_p99": percentile(casbin_ns, 0.99) / 1000,
+        "c_n": len(casbin_ns), "mismatches": mismatches, "allowed": allowed,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,10000,100000")
+    parser.add_argument("--calls", type=int, default=10_000,
+                        help="engine calls per repetition")
+    parser.add_argument("--reps", type=int, default=5,
+                        help="repetitions per size; p50 is the best, p99 the median")
+    parser.add_argument("--casbin-calls", type=int, default=300,
+                        help="Enforcer.enforce calls per size (at most)")
+    parser.add_argument("--casbin-budget", type=float, default=12.0,
+                        help="seconds of Enforcer.enforce per size (at least 20 calls)")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    rows = []
+    print(f"python {sys.version.split()[0]}, casbin Enforcer vs compiled engine; "
+          f"{args.reps} x {args.calls:,} engine calls per size (p50: best repetition, "
+          f"p99: median repetition)", flush=True)
+    header = ("| grants | load+compile s | casbin load s | engine p50 µs | engine p99 µs "
+              "| decisions/s | casbin p50 µs | casbin p99 µs | casbin calls | casbin/engine "
+              "(p50) | allowed | mismatches |")
+    print(header)
+    print("|" + " ---: |" * 12)
+    for size in (int(s) for s in args.sizes.split(",")):
+        row = measure(size, args, rng)
+        rows.append(row)
+        print(f"| {size:,} | {row['load_s']:.3f} | {row['casbin_load_s']:.3f} "
+              f"| {row['p50']:.2f} | {row['p99']:.2f} | {row['per_s']:,.0f} "
+              f"| {row['c_p50']:,.0f} | {row['c_p99']:,.0f} | {row['c_n']:.0f} "
+              f"| {row['c_p50'] / row['p50']:,.0f}x | {row['allowed']:.0%} "
+              f"| {row['mismatches']:.0f} |", flush=True)
+
+    by_size = {int(r["grants"]): r for r in rows}
+    print()
+    verdicts = []
+    if 10_000 in by_size:
+        r = by_size[10_000]
+        verdicts.append(("engine p50 at 10,000 grants <= 5 µs", f"{r['p50']:.2f} µs",
+                         r["p50"] <= 5))
+        ratio = r["c_p50"] / r["p50"]
+        verdicts.append(("faster than Enforcer.enforce at 10,000 grants >= 1,000x",
+                         f"{ratio:,.0f}x", ratio >= 1000))
+    if 100 in by_size and 100_000 in by_size:
+        growth = by_size[100_000]["p50"] / by_size[100]["p50"]
+        verdicts.append(("p50 growth 100 -> 100,000 grants <= 1.5x", f"{growth:.2f}x",
+                         growth <= 1.5))
+        c_growth = by_size[100_000]["c_p50"] / by_size[100]["c_p50"]
+        verdicts.append(("(Enforcer.enforce growth 100 -> 100,000, for reference)",
+                         f"{c_growth:,.0f}x", True))
+    if 100_000 in by_size:
+        r = by_size[100_000]
+        verdicts.append(("load+compile of 100,000 grants <= 3 s", f"{r['load_s']:.2f} s",
+                         r["load_s"] <= 3))
+    for text, value, ok in verdicts:
+        print(f"{'PASS' if ok else 'MISS'}  {text}: {value}")
+    if any(r["mismatches"] for r in rows):
+        print("MISMATCH: the engine and casbin disagreed on some requests")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
