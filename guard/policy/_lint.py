@@ -115,8 +115,10 @@ def lint_rows(source: PolicySource, rows: list[Row], model: Model) -> list[Findi
 
 def unbalanced_line(text: str) -> tuple[int, int] | None:
     """``(line, column)`` of the first bracket casbin's CSV reader cannot balance."""
+    if ")" not in text and "]" not in text:
+        return None
     for number, raw in enumerate(text.splitlines(), start=1):
-        if raw.lstrip().startswith("#"):
+        if (")" not in raw and "]" not in raw) or raw.lstrip().startswith("#"):
             continue
         depth = 0
         for column, char in enumerate(raw, start=1):
