@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from guard._errors import ConfigError
 
 
 class PolicySettings(BaseModel):
@@ -64,8 +67,17 @@ class SidecarSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8181
     upstream: str | None = None
+    """Proxy mode: the URL of the guarded service; None serves only the check and decision API."""
     routes: Path | None = None
-    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz"])
+    check_path: str = "/v1/check"
+    """nginx ``auth_request`` target; Envoy ext_authz appends the original path to it."""
+    decide_askers: list[str] = Field(default_factory=list)
+    """Callers that may ask ``/v1/decide`` about any caller; others only about themselves."""
+    upstream_timeout_seconds: float = Field(default=30.0, gt=0)
+    upstream_max_connections: int = Field(default=200, ge=1)
+    reload_debounce_ms: int = Field(default=50, ge=0)
+    workers: int = Field(default=1, ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
 
 class Settings(BaseSettings):
@@ -98,5 +110,18 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read guard.toml (or ``$GUARD_CONFIG``) and the environment, then apply overrides."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Read guard.toml (or ``$GUARD_CONFIG``) and the environment, then apply overrides.
+
+    Raises:
+        ConfigError: a value is missing or wrong; the message names the first one.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise ConfigError(
+            f"invalid setting {where}: {first['msg']} ({exc.error_count()} problem(s) in all)"
+        ) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed guard.toml
+        raise ConfigError(f"cannot read the configuration: {exc}") from None

@@ -1,0 +1,276 @@
+"""The sidecar as a Starlette app: health, check endpoint, decision API, reverse proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request as HttpRequest
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from guard._types import HttpContext, Reason
+from guard.config import Settings, load_settings
+from middleware._enforce import enforce
+from middleware.sidecar._check import (
+    CALLER_HEADER,
+    DECISION_HEADER,
+    PURPOSE_HEADER,
+    CheckEndpoint,
+)
+from middleware.sidecar._decide_api import decide_endpoint
+from middleware.sidecar._health import healthz, readyz
+from middleware.sidecar._openapi import openapi_document
+from middleware.sidecar._paths import judgeable_path
+from middleware.sidecar._problem import sidecar_problem
+from middleware.sidecar._proxy import Proxy, UpstreamError
+from middleware.sidecar._state import Sidecar, build_sidecar, peer_of
+
+_log = logging.getLogger("guard.sidecar")
+
+SETTINGS_ENV = "GUARD_SIDECAR_SETTINGS_JSON"
+"""Settings handed to uvicorn worker processes (``guard sidecar --workers N``)."""
+
+OWN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/v1/decide"})
+"""Served by the sidecar itself, never forwarded (besides the check path)."""
+
+
+class SidecarApp:
+    """The ASGI app: check requests and proxied requests go straight to their pure
+    ASGI endpoints (the hot paths); everything else, and the lifespan, to Starlette.
+
+    Args:
+        sidecar: The shared parts.
+        starlette: The Starlette app with the other routes and the lifespan.
+    """
+
+    __slots__ = ("_check", "_prefix", "_proxy", "sidecar", "starlette")
+
+    def __init__(self, sidecar: Sidecar, starlette: Starlette) -> None:
+        self.sidecar = sidecar
+        self.starlette = starlette
+        self._prefix = sidecar.settings.sidecar.check_path.rstrip("/")
+        self._check = CheckEndpoint(sidecar)
+        self._proxy = ProxyEndpoint(sidecar) if sidecar.settings.sidecar.upstream else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path == self._prefix or path.startswith(self._prefix + "/"):
+                await _fail_closed(self._check, scope, receive, send)
+                return
+            if self._proxy is not None and path not in OWN_PATHS:
+                await _fail_closed(self._proxy, scope, receive, send)
+                return
+        await self.starlette(scope, receive, send)
+
+
+async def _fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run ``app``; an error before the answer started becomes a 500 problem+json denial."""
+    started = False
+
+    async def tracked(message: Message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, receive, tracked)
+    except Exception:
+        _log.exception("the sidecar failed on %s %s", scope["method"], scope["path"])
+        if started:
+            raise
+        await sidecar_problem(
+            500, Reason.INTERNAL_ERROR.value, "The guard could not judge this request"
+        )(scope, receive, send)
+
+
+class ProxyEndpoint:
+    """Catch-all ASGI app: enforce routes.csv, then forward to the upstream."""
+
+    __slots__ = ("_sidecar",)
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self._sidecar = sidecar
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        sidecar = self._sidecar
+        raw = scope.get("raw_path") or scope["path"].encode()
+        path = judgeable_path(raw.decode("latin-1"))
+        if path is None:
+            await sidecar_problem(
+                400,
+                Reason.MALFORMED_REQUEST.value,
+                "Ambiguous request path",
+                "dot segments and encoded separators are refused",
+            )(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        outcome = await enforce(
+            sidecar.guard,
+            sidecar.auth,
+            sidecar.routes,
+            method=scope["method"],
+            path=path,
+            headers=headers,
+            peer=peer_of(scope),
+            purpose_header=sidecar.settings.identity.purpose_header,
+        )
+        denied = outcome.problem()
+        if denied is not None:
+            await denied(scope, receive, send)
+            return
+        add: dict[str, str] = {}
+        decision = outcome.decision
+        if decision is not None:
+            add[CALLER_HEADER] = decision.caller
+            add[PURPOSE_HEADER] = decision.purpose
+        if outcome.decision_id:
+            add[DECISION_HEADER] = outcome.decision_id
+        proxy = sidecar.proxy
+        assert proxy is not None  # set by the lifespan before any request
+        status = 502
+        try:
+            status = await proxy.forward(scope, receive, send, add=add)
+        except UpstreamError as exc:
+            _log.warning("upstream failed for %s %s: %s", scope["method"], path, exc)
+            await sidecar_problem(
+                502,
+                "upstream_unavailable",
+                "The guarded service could not be reached",
+                decision_id=outcome.decision_id,
+            )(scope, receive, send)
+        finally:
+            if outcome.decision_id:
+                route = outcome.route or "<undeclared>"
+                http = HttpContext(method=scope["method"], route=route, status=status)
+                try:
+                    await sidecar.guard.arecord_outcome(outcome.decision_id, status, http)
+                except Exception:
+                    _log.exception("could not record the outcome of %s", outcome.decision_id)
+
+
+def _routes(sidecar: Sidecar) -> list[BaseRoute]:
+    check = sidecar.settings.sidecar.check_path.rstrip("/")
+    document = openapi_document(check, version=_package_version())
+    body = json.dumps(document, separators=(",", ":")).encode()
+
+    async def openapi(_: HttpRequest) -> Response:
+        return Response(body, media_type="application/json")
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/decide", decide_endpoint, methods=["POST"]),
+    ]
+    return routes
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("purpose-guard")
+    except PackageNotFoundError:
+        return "0"
+
+
+def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = None) -> SidecarApp:
+    """Build the sidecar app; a bad setting or policy raises a GuardError here, not later.
+
+    Args:
+        settings: Settings to use; read from guard.toml and ``GUARD_*`` when None.
+        sidecar: Already-built parts (tests pass their own).
+    """
+    if sidecar is None:
+        sidecar = build_sidecar(settings if settings is not None else load_settings())
+    built: Sidecar = sidecar
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        conf = built.settings.sidecar
+        transport: httpx.AsyncHTTPTransport | None = None
+        if conf.upstream:
+            transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=conf.upstream_max_connections,
+                    max_keepalive_connections=conf.upstream_max_connections,
+                ),
+                trust_env=False,
+            )
+            built.proxy = Proxy(
+                transport,
+                conf.upstream,
+                timeout_seconds=conf.upstream_timeout_seconds,
+                strip=[built.settings.identity.caller_header],
+            )
+        tasks = await _start_watchers(built)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if transport is not None:
+                await transport.aclose()
+            await asyncio.to_thread(built.guard.close)
+
+    app = Starlette(routes=_routes(built), lifespan=lifespan)
+    app.state.sidecar = built
+    return SidecarApp(built, app)
+
+
+async def _start_watchers(sidecar: Sidecar) -> list[asyncio.Task[Any]]:
+    settings = sidecar.settings
+    if not settings.policy.watch:
+        return []
+    if sidecar.policy_dir is not None:
+        watcher = sidecar.reloader.watch_files(
+            sidecar.policy_dir, debounce_ms=settings.sidecar.reload_debounce_ms
+        )
+        return [asyncio.create_task(watcher, name="guard-policy-watcher")]
+    listening = asyncio.Event()
+    task = asyncio.create_task(
+        sidecar.reloader.watch_store(settings.policy.source, listening),
+        name="guard-policy-watcher",
+    )
+    try:
+        await asyncio.wait_for(listening.wait(), timeout=5)
+    except TimeoutError:
+        _log.warning("not yet listening for policy pushes; the watcher keeps retrying")
+    else:
+        # A push between the start-up load and LISTEN would otherwise go unseen.
+        await sidecar.reloader.reload("listening")
+    return [task]
+
+
+def configure_logging(level: str) -> None:
+    """Show the sidecar's own log lines (reloads, upstream failures) beside uvicorn's."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+    root = logging.getLogger("guard")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def app_from_env() -> ASGIApp:
+    """uvicorn factory for worker processes: settings from ``$GUARD_SIDECAR_SETTINGS_JSON``."""
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.model_validate_json(raw) if raw else load_settings()
+    configure_logging(settings.sidecar.log_level)
+    return create_app(settings)

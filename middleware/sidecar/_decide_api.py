@@ -1,0 +1,152 @@
+"""``POST /v1/decide``: ask for one decision or a batch, JSON in and out, every one audited."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request as HttpRequest
+from starlette.responses import Response
+
+from guard._types import Action, HttpContext, Reason, Request
+from middleware.identity import IdentityError
+from middleware.problem import problem_response
+from middleware.sidecar._problem import sidecar_problem
+from middleware.sidecar._state import Sidecar, peer_of
+
+MAX_BATCH = 1000
+MAX_BODY = 1 << 20
+_Key = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+
+class DecideRequest(BaseModel):
+    """One access request put to the guard."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    caller: _Key | None = Field(
+        default=None,
+        description="Caller to judge; defaults to the authenticated caller of this API.",
+    )
+    purpose: _Key = Field(description="Declared purpose, e.g. relationship.management.")
+    categories: list[_Key] = Field(min_length=1, max_length=100, description="Data categories.")
+    action: Action = Field(default=Action.READ, description="read or write.")
+    subject: str | None = Field(
+        default=None, max_length=200, description="Data subject id (pseudonymised in the audit)."
+    )
+
+
+class DecideBatch(BaseModel):
+    """Several access requests, judged independently, answered in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests: list[DecideRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class DecisionOut(BaseModel):
+    """A decision as the engine made it (POLICY-SPEC §3)."""
+
+    allowed: bool
+    reason: str
+    caller: str
+    purpose: str
+    categories: list[str]
+    action: str
+    lawful_basis: list[str]
+    rule: list[str]
+    policy_version: str
+    party_type: str | None
+    country: str | None
+
+
+class DecideResult(BaseModel):
+    """One decision and the id of its audit event."""
+
+    decision_id: str
+    decision: DecisionOut
+
+
+class DecideBatchResult(BaseModel):
+    """The decisions of a batch, in the order asked."""
+
+    results: list[DecideResult]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str
+    title: str
+    status: int
+    reason: str | None = None
+    detail: str | None = None
+    decision_id: str | None = None
+
+
+def _parse(body: bytes) -> DecideRequest | DecideBatch:
+    data: Any = json.loads(body)
+    if isinstance(data, dict) and "requests" in data:
+        return DecideBatch.model_validate(data)
+    return DecideRequest.model_validate(data)
+
+
+def _readable(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+async def decide_endpoint(request: HttpRequest) -> Response:
+    """Authenticate the asker, judge each request (audited), answer with the decisions."""
+    sidecar: Sidecar = request.app.state.sidecar
+    try:
+        asker = sidecar.auth.authenticate(request.headers, peer_of(request.scope))
+    except IdentityError:
+        return problem_response(401, Reason.UNAUTHENTICATED, None, (), None)
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return sidecar_problem(413, Reason.MALFORMED_REQUEST.value, "Request body too large")
+    try:
+        parsed = _parse(body)
+    except ValueError as exc:  # JSON errors and ValidationError alike
+        detail = _readable(exc) if isinstance(exc, ValidationError) else f"not JSON: {exc}"
+        return sidecar_problem(400, Reason.MALFORMED_REQUEST.value, "Malformed request", detail)
+    items = parsed.requests if isinstance(parsed, DecideBatch) else [parsed]
+    may_ask_others = asker.id in sidecar.settings.sidecar.decide_askers
+    for item in items:
+        if item.caller not in (None, asker.id) and not may_ask_others:
+            return sidecar_problem(
+                403,
+                "asker_not_permitted",
+                "Not permitted to ask about another caller",
+                f"{asker.id} may only ask about itself (sidecar.decide_askers)",
+            )
+    http = HttpContext(method="POST", route="/v1/decide", extra={"asker": asker.id})
+    checked = await asyncio.gather(
+        *(
+            sidecar.guard.acheck(
+                Request(
+                    caller=item.caller or asker.id,
+                    purpose=item.purpose,
+                    categories=tuple(item.categories),
+                    action=item.action,
+                    subject=item.subject,
+                ),
+                http,
+            )
+            for item in items
+        )
+    )
+    results: list[dict[str, object]] = [
+        {"decision_id": c.decision_id, "decision": c.decision.to_dict()} for c in checked
+    ]
+    out = {"results": results} if isinstance(parsed, DecideBatch) else results[0]
+    return Response(
+        json.dumps(out, separators=(",", ":")).encode(),
+        media_type="application/json",
+        headers={"cache-control": "no-store"},
+    )

@@ -1,0 +1,164 @@
+"""The OpenAPI 3.1 document of the sidecar's own endpoints, built from the API models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from middleware.sidecar._decide_api import (
+    DecideBatch,
+    DecideBatchResult,
+    DecideRequest,
+    DecideResult,
+    Problem,
+)
+
+_REF = "#/components/schemas/{model}"
+_MODELS: tuple[type[BaseModel], ...] = (
+    DecideRequest,
+    DecideBatch,
+    DecideResult,
+    DecideBatchResult,
+    Problem,
+)
+
+
+def _schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in _MODELS:
+        schema = model.model_json_schema(ref_template=_REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+
+
+def _check_operation(summary: str) -> dict[str, Any]:
+    headers = {
+        name: {"schema": {"type": "string"}, "description": text}
+        for name, text in (
+            ("x-guard-caller", "The proven caller."),
+            ("x-guard-purpose", "The declared purpose."),
+            ("x-guard-decision-id", "Id of the audited decision."),
+            ("x-guard-policy-version", "Version of the policy that decided."),
+        )
+    }
+    return {
+        "summary": summary,
+        "tags": ["check"],
+        "security": [{"bearer": []}],
+        "responses": {
+            "200": {"description": "Allowed (or a public route).", "headers": headers},
+            "400": _problem("No original request named, or an ambiguous path."),
+            "401": _problem("No valid caller identity."),
+            "403": _problem("Denied; the reason says which check refused."),
+        },
+    }
+
+
+def openapi_document(check_path: str, *, version: str) -> dict[str, Any]:
+    """The OpenAPI document; ``check_path`` is where the check endpoint is served."""
+    check = check_path.rstrip("/") or "/"
+    nginx_check = {
+        **_check_operation("Check for nginx auth_request"),
+        "parameters": [
+            {
+                "name": "X-Original-URI",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "X-Original-Method",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            },
+        ],
+    }
+    envoy_check = {
+        **_check_operation("Check for Envoy ext_authz (original path appended)"),
+        "parameters": [
+            {"name": "original_path", "in": "path", "required": True, "schema": {"type": "string"}},
+        ],
+    }
+    decide_body = {"oneOf": [_ref("DecideRequest"), _ref("DecideBatch")]}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "purpose-guard sidecar",
+            "version": version,
+            "description": "Purpose and need-to-know decisions, audited, for any service.",
+        },
+        "paths": {
+            "/v1/decide": {
+                "post": {
+                    "summary": "Decide one access request or a batch",
+                    "operationId": "decide",
+                    "tags": ["decide"],
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": decide_body}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The decisions (DecideResult for one request, "
+                            "DecideBatchResult for a batch).",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [_ref("DecideResult"), _ref("DecideBatchResult")]
+                                    }
+                                }
+                            },
+                        },
+                        "400": _problem(
+                            "Malformed JSON or a request that does not fit the schema."
+                        ),
+                        "401": _problem("No valid caller identity."),
+                        "403": _problem("The asker may not ask about another caller."),
+                        "413": _problem("Body too large."),
+                    },
+                }
+            },
+            check: {"get": {**nginx_check, "operationId": "check_nginx"}},
+            check + "/{original_path}": {"get": {**envoy_check, "operationId": "check_envoy"}},
+            "/healthz": {
+                "get": {
+                    "summary": "Alive, with the policy version in force",
+                    "operationId": "healthz",
+                    "tags": ["health"],
+                    "responses": {"200": {"description": "Alive."}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Ready: policy loaded and audit store writable",
+                    "operationId": "readyz",
+                    "tags": ["health"],
+                    "responses": {
+                        "200": {"description": "Ready."},
+                        "503": {"description": "The audit store does not take writes."},
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }

@@ -1,0 +1,184 @@
+"""Forward an allowed request to the upstream with httpx, streaming both bodies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+
+import httpx
+from starlette.types import Receive, Scope, Send
+
+# RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+GUARD_HEADER_PREFIX = "x-guard-"
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or failed before it answered."""
+
+
+def _dropped(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Header names this hop must not forward: hop-by-hop ones and those named in Connection."""
+    dropped = {name.encode() for name in HOP_BY_HOP}
+    for name, value in headers:
+        if name.lower() == b"connection":
+            dropped |= {tok.strip().lower() for tok in value.split(b",") if tok.strip()}
+    return dropped
+
+
+def request_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    strip: frozenset[bytes],
+    add: Mapping[str, str],
+    peer: str | None,
+) -> list[tuple[bytes, bytes]]:
+    """Headers for the upstream request.
+
+    Drops hop-by-hop headers, ``Host``, ``Expect``, any caller-supplied
+    ``x-guard-*`` header and the names in ``strip``; then adds
+    the guard's own headers and extends ``X-Forwarded-For``.
+    """
+    raw = list(raw)
+    # Host: httpx sets the upstream's. Expect: the server already answered
+    # ``100 Continue`` to the client; the body is sent upstream as it arrives.
+    dropped = _dropped(raw) | strip | {b"host", b"expect"}
+    out: list[tuple[bytes, bytes]] = []
+    forwarded_for = b""
+    host = b""
+    for name, value in raw:
+        low = name.lower()
+        if low == b"host":
+            host = value
+        if low == b"x-forwarded-for":
+            forwarded_for = value
+            continue
+        if low in dropped or low.startswith(GUARD_HEADER_PREFIX.encode()):
+            continue
+        out.append((low, value))
+    if peer:
+        forwarded_for = forwarded_for + b", " + peer.encode() if forwarded_for else peer.encode()
+    if forwarded_for:
+        out.append((b"x-forwarded-for", forwarded_for))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    out.extend((k.encode(), v.encode("latin-1")) for k, v in add.items())
+    return out
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers without hop-by-hop ones."""
+    raw = list(raw)
+    dropped = _dropped(raw)
+    return [(name.lower(), value) for name, value in raw if name.lower() not in dropped]
+
+
+class Proxy:
+    """Forwards requests to one upstream over a pooled httpx transport.
+
+    The transport is used without :class:`httpx.AsyncClient` on purpose: a
+    client keeps a cookie jar, and a proxy must never replay one caller's
+    cookies on another caller's request (it also saves the client's per-request
+    work: auth, redirects, cookies, URL merging).
+
+    Args:
+        transport: The shared transport (its connection pool is reused).
+        upstream: Base URL of the guarded service, e.g. ``http://127.0.0.1:9000``.
+        timeout_seconds: Connect, read, write and pool timeout for each request.
+        strip: Extra request header names (lower-case) never forwarded, e.g.
+            the trusted-proxy caller header.
+    """
+
+    __slots__ = ("_base", "_strip", "_timeout", "_transport")
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        upstream: str,
+        *,
+        timeout_seconds: float = 30.0,
+        strip: Iterable[str] = (),
+    ) -> None:
+        self._transport = transport
+        self._base = httpx.URL(upstream.rstrip("/"))
+        self._timeout = httpx.Timeout(timeout_seconds).as_dict()
+        self._strip = frozenset(name.lower().encode() for name in strip)
+
+    def _url(self, scope: Scope) -> httpx.URL:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = self._base.raw_path.rstrip(b"/") + raw_path.split(b"?", 1)[0]
+        query: bytes = scope["query_string"]
+        return self._base.copy_with(raw_path=path + (b"?" + query if query else b""))
+
+    async def forward(
+        self, scope: Scope, receive: Receive, send: Send, *, add: Mapping[str, str]
+    ) -> int:
+        """Send the request upstream and stream the answer back; return the status sent.
+
+        Raises:
+            UpstreamError: Nothing was sent to the client yet; answer with a 502.
+        """
+        client_addr = scope.get("client")
+        headers = request_headers(
+            scope["headers"],
+            strip=self._strip,
+            add=add,
+            peer=client_addr[0] if client_addr else None,
+        )
+        has_body = any(
+            name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"]
+        )
+        request = httpx.Request(
+            scope["method"],
+            self._url(scope),
+            headers=headers,
+            content=_body(receive) if has_body else None,
+            extensions={"timeout": self._timeout},
+        )
+        try:
+            response = await self._transport.handle_async_request(request)
+        except UpstreamError:
+            raise
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            ) from exc
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": response_headers(response.headers.raw),
+                }
+            )
+            async for chunk in response.aiter_raw():
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+        return response.status_code
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    """The client's request body, chunk by chunk as the server hands it over."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise UpstreamError("client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return

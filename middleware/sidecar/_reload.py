@@ -1,0 +1,122 @@
+"""Hot reload: watch the policy files or the PostgreSQL store, reload, record what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+import watchfiles
+
+from guard.policy._holder import PolicyHolder, ReloadResult
+from guard.policy._pgsource import watch_store
+
+_log = logging.getLogger("guard.sidecar.reload")
+
+POLICY_FILES = frozenset({"model.conf", "rules.csv"})
+
+PolicyEventSink = Callable[[str, str, str], object]
+"""``(kind, version, detail)``: writes a ``policy_loaded`` / ``policy_rejected`` audit event."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """The outcome of the last reload attempt, for ``/readyz``."""
+
+    at: float
+    trigger: str
+    ok: bool
+    version: str
+    error: str | None
+
+
+class Reloader:
+    """Reloads a :class:`PolicyHolder` off the event loop, one reload at a time.
+
+    Requests keep deciding on the policy in force while a reload compiles in a
+    worker thread; the holder swaps a single reference when the new policy is
+    good, so no request ever sees a half-loaded one. A bad policy is logged,
+    kept out, shown in ``/readyz`` and recorded as ``policy_rejected``.
+
+    Args:
+        holder: The policy holder decisions read from.
+        record: Writes the policy audit event (called in a worker thread); None
+            when the holder's own reload listener already records it.
+    """
+
+    __slots__ = ("_holder", "_lock", "_record", "last", "listening")
+
+    def __init__(self, holder: PolicyHolder, record: PolicyEventSink | None = None) -> None:
+        self._holder = holder
+        self._record = record
+        self._lock = asyncio.Lock()
+        self.last: ReloadStatus | None = None
+        self.listening: bool | None = None
+        """With a PostgreSQL source: whether pushes are being heard right now."""
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last reload was rejected, or None if it succeeded (or none ran)."""
+        return self.last.error if self.last is not None and not self.last.ok else None
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Reload now; ``trigger`` says why, for the log and ``/readyz``."""
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._reload_sync, trigger)
+
+    def _reload_sync(self, trigger: str) -> ReloadResult:
+        result = self._holder.reload()
+        self.last = ReloadStatus(time.time(), trigger, result.ok, result.version, result.error)
+        if not result.ok:
+            _log.error(
+                "policy reload rejected (%s); keeping %s: %s", trigger, result.version, result.error
+            )
+        elif result.changed:
+            _log.info(
+                "policy reloaded (%s): %s -> %s", trigger, result.previous_version, result.version
+            )
+        if self._record is None:
+            return result
+        try:
+            if not result.ok:
+                self._record("policy_rejected", result.version, f"{trigger}: {result.error}")
+            elif result.changed:
+                self._record(
+                    "policy_loaded", result.version, f"{trigger}; was {result.previous_version}"
+                )
+        except Exception:
+            _log.exception("could not record the policy event for %s", result.version)
+        return result
+
+    async def watch_files(self, policy_dir: Path, *, debounce_ms: int = 50) -> None:
+        """Reload when model.conf or rules.csv in ``policy_dir`` changes; runs until cancelled."""
+
+        def interesting(_change: watchfiles.Change, path: str) -> bool:
+            return Path(path).name in POLICY_FILES
+
+        async for changes in watchfiles.awatch(
+            policy_dir,
+            watch_filter=interesting,
+            debounce=debounce_ms,
+            step=20,
+            recursive=False,
+        ):
+            names = ", ".join(sorted({Path(p).name for _, p in changes}))
+            await self.reload(f"changed: {names}")
+
+    async def watch_store(self, url: str, ready: asyncio.Event | None = None) -> None:
+        """Reload on every push to the PostgreSQL policy store; runs until cancelled."""
+
+        async def pushed(version: str) -> None:
+            if version and version == self._holder.current.version:
+                return
+            await self.reload(f"pushed: {version}" if version else "store reconnected")
+
+        def state(listening: bool) -> None:
+            self.listening = listening
+
+        await watch_store(url, pushed, ready=ready, listening=state)

@@ -1,0 +1,104 @@
+"""What a running sidecar holds: settings, guard, identity, routes, reloader, proxy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from starlette.types import Scope
+
+from guard._errors import ConfigError
+from guard.config import Settings
+from guard.policy import CompiledPolicy, load_policy, resolve_policy_dir
+from guard.policy._holder import PolicyHolder
+from guard.policy._pgsource import is_postgres_url, load_store_policy
+from middleware.identity import Authenticator
+from middleware.routes import RouteTable
+from middleware.sidecar._reload import Reloader
+
+if TYPE_CHECKING:
+    from guard._guard import Guard
+    from middleware.sidecar._proxy import Proxy
+
+
+@dataclass(slots=True)
+class Sidecar:
+    """The parts every endpoint of one sidecar shares.
+
+    Args:
+        settings: The settings it was built from.
+        guard: Policy holder and audit trail: decides and records.
+        holder: The policy holder the guard decides with (reloads swap it).
+        auth: Who is calling.
+        routes: routes.csv: path -> categories.
+        reloader: Hot reload, with the last attempt's outcome.
+        policy_dir: The folder watched for changes (None with a PostgreSQL source).
+        proxy: The upstream forwarder, in proxy mode, once the app has started.
+    """
+
+    settings: Settings
+    guard: Guard
+    holder: PolicyHolder
+    auth: Authenticator
+    routes: RouteTable
+    reloader: Reloader
+    policy_dir: Path | None
+    proxy: Proxy | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+def peer_of(scope: Scope) -> str | None:
+    """The client's IP address as the server saw it."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def policy_loader(settings: Settings) -> tuple[Callable[[], CompiledPolicy], Path | None]:
+    """The loader for the configured policy source and the folder to watch, if any."""
+    source = settings.policy.source
+    if is_postgres_url(source):
+        return (lambda: load_store_policy(source)), None
+    if source != "files":
+        raise ConfigError(f"policy.source must be 'files' or a postgresql:// URL, not {source!r}")
+    folder = resolve_policy_dir(settings.policy.dir)
+    return (lambda: load_policy(folder)), folder
+
+
+def routes_path(settings: Settings) -> Path:
+    """routes.csv: ``sidecar.routes``, else beside the policy files."""
+    if settings.sidecar.routes is not None:
+        path = settings.sidecar.routes
+    else:
+        path = resolve_policy_dir(settings.policy.dir) / "routes.csv"
+    if not path.is_file():
+        raise ConfigError(
+            f"routes file not found: {path} (set sidecar.routes or GUARD_SIDECAR__ROUTES)"
+        )
+    return path
+
+
+def build_sidecar(settings: Settings) -> Sidecar:
+    """Load everything a sidecar needs; any bad setting or policy raises a GuardError now."""
+    from guard._guard import Guard
+    from guard.audit import AuditTrail, load_hmac_key
+
+    loader, folder = policy_loader(settings)
+    auth = Authenticator.from_settings(settings.identity)
+    routes = RouteTable.from_csv(routes_path(settings))
+    if folder is not None:
+        # The guard loads the folder itself and records every reload's outcome.
+        guard = Guard.from_settings(settings)
+        return Sidecar(settings, guard, guard.holder, auth, routes, Reloader(guard.holder), folder)
+    holder = PolicyHolder(loader)
+    trail = AuditTrail.open(settings.audit)
+    try:
+        guard = Guard(holder, trail, hmac_key=load_hmac_key(settings.audit.hmac_key, create=True))
+    except BaseException:
+        trail.close()
+        raise
+    guard.record_policy_event("policy_loaded", holder.current.version, "policy in force at start")
+    reloader = Reloader(holder, record=guard.record_policy_event)
+    return Sidecar(settings, guard, holder, auth, routes, reloader, None)
