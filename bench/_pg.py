@@ -1,4 +1,4 @@
-"""A throw-away PostgreSQL server on loopback for benchmarks (same approach as the tests)."""
+"""A throw-away PostgreSQL server on loopback, for the tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from pathlib import Path
 
 
 def _bindir() -> Path | None:
-    for cand in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+    candidates: list[Path] = []
+    if pg_config := shutil.which("pg_config"):
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(Path(out.stdout.strip()))
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    for cand in candidates:
         if (cand / "initdb").exists() and (cand / "postgres").exists():
             return cand
     return None
@@ -37,7 +42,8 @@ def pg_server() -> Iterator[str | None]:
     if bindir is None:
         yield None
         return
-    base = Path(tempfile.mkdtemp(prefix="guard-bench-pg-"))
+    # Not under a 0700 tmp tree of root's: the postgres user must reach it.
+    base = Path(tempfile.mkdtemp(prefix="guard-pg-"))
     data = base / "data"
     data.mkdir()
     if os.geteuid() == 0:
@@ -51,7 +57,7 @@ def pg_server() -> Iterator[str | None]:
         _as_postgres([str(bindir / "postgres"), "-D", str(data), "-p", str(port),
                       "-h", "127.0.0.1", "-k", str(base), "-c", "fsync=on",
                       "-c", "max_connections=200", "-c", "shared_buffers=256MB"]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=(base / "server.log").open("wb"),
     )
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     import psycopg
@@ -64,7 +70,8 @@ def pg_server() -> Iterator[str | None]:
         except psycopg.OperationalError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                raise
+                log = (base / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"PostgreSQL did not start: {log}") from None
             time.sleep(0.2)
     try:
         yield url
