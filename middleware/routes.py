@@ -26,6 +26,7 @@ from typing import Any, NoReturn, TypeVar
 
 from guard._errors import PolicyError
 from guard._types import Action
+from guard.policy._source import field_columns
 
 __all__ = [
     "DECLARATION_ATTR",
@@ -221,7 +222,7 @@ def parse_routes(text: str, origin: str = "routes.csv") -> list[RouteRule]:
 def _parse_row(
     line: str, lineno: int, origin: str, seen: dict[tuple[str, str], int]
 ) -> RouteRule:
-    columns = _columns(line)
+    columns = field_columns(line)
 
     def fail(index: int, message: str, hint: str | None = None) -> NoReturn:
         col = columns[index] if index < len(columns) else len(line) + 1
@@ -266,26 +267,6 @@ def _parse_row(
     seen[key] = lineno
     return RouteRule(method, template, () if is_public else tuple(cats), action, subject,
                      is_public)
-
-
-def _columns(line: str) -> list[int]:
-    """1-based column where each comma-separated field's text starts."""
-    starts, pos, quoted = [], 0, False
-    field_start = 0
-    for pos, char in enumerate(line):
-        if char == '"':
-            quoted = not quoted
-        elif char == "," and not quoted:
-            starts.append(field_start)
-            field_start = pos + 1
-    starts.append(field_start)
-    result = []
-    for start in starts:
-        offset = start
-        while offset < len(line) and line[offset] == " ":
-            offset += 1
-        result.append(offset + 1)
-    return result
 
 
 def rules_from_app(app: Any) -> list[RouteRule]:

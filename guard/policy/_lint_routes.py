@@ -8,19 +8,9 @@ from pathlib import Path
 from guard.policy._compiled import SPECIAL
 from guard.policy._findings import Finding, Severity
 from guard.policy._lint_base import Tree
+from guard.policy._source import field_starts
 
 ROUTES_FILE = "routes.csv"
-
-
-def _field_starts(line: str) -> list[int]:
-    """0-based offset of each comma-separated field (commas inside quotes kept)."""
-    starts, quoted = [0], False
-    for pos, char in enumerate(line):
-        if char == '"':
-            quoted = not quoted
-        elif char == "," and not quoted:
-            starts.append(pos + 1)
-    return starts
 
 
 def lint_routes(path: Path, categories: Tree) -> list[Finding]:
@@ -34,7 +24,7 @@ def lint_routes(path: Path, categories: Tree) -> list[Finding]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        starts = _field_starts(line)
+        starts = field_starts(line)
         if len(starts) < 3:
             continue  # malformed; the route loader reports it
         end = starts[3] - 1 if len(starts) > 3 else len(line)

@@ -139,3 +139,19 @@ def parse_rows(text: str, origin: str) -> list[Row]:
                 f"{name}:{number}")
         )
     return rows
+
+
+def field_starts(line: str) -> list[int]:
+    """0-based offset where each comma-separated field begins (commas inside quotes kept)."""
+    starts, quoted = [0], False
+    for pos, char in enumerate(line):
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            starts.append(pos + 1)
+    return starts
+
+
+def field_columns(line: str) -> list[int]:
+    """1-based column where each comma-separated field's text starts (after spaces)."""
+    return [s + len(line[s:]) - len(line[s:].lstrip()) + 1 for s in field_starts(line)]

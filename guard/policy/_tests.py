@@ -15,6 +15,7 @@ from guard._errors import PolicyError
 from guard._types import Action, Decision, Reason, Request
 from guard.engine import decide
 from guard.policy._compiled import CompiledPolicy
+from guard.policy._source import field_columns
 
 CASES_FILE = "tests.csv"
 _COLUMNS = ("caller", "purpose", "categories", "action", "expected", "reason", "note")
@@ -61,18 +62,8 @@ class CaseResult:
         return text + (f" -- {self.case.note}" if self.case.note else "")
 
 
-def _field_columns(line: str) -> list[int]:
-    starts, quoted = [0], False
-    for pos, char in enumerate(line):
-        if char == '"':
-            quoted = not quoted
-        elif char == "," and not quoted:
-            starts.append(pos + 1)
-    return [s + len(line[s:]) - len(line[s:].lstrip()) + 1 for s in starts]
-
-
 def _parse(values: list[str], line: str, number: int, path: str) -> Case:
-    columns = _field_columns(line)
+    columns = field_columns(line)
 
     def fail(index: int, message: str, hint: str) -> PolicyError:
         column = columns[index] if index < len(columns) else len(line) + 1
