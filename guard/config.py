@@ -121,7 +121,7 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         raise ConfigError(
-            f"invalid setting {where}: {first['msg']} ({exc.error_count()} problem(s) in all)"
+            f"invalid settings: {where}: {first['msg']} ({exc.error_count()} problem(s) in all)"
         ) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed guard.toml
         raise ConfigError(f"cannot read the configuration: {exc}") from None

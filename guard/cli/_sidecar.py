@@ -43,10 +43,7 @@ def _sidecar(
     from middleware.sidecar import create_app
     from middleware.sidecar._app import SETTINGS_ENV, configure_logging
 
-    try:
-        settings = load_settings()
-    except ValidationError as exc:
-        raise ConfigError(f"invalid settings: {_first_error(exc)}") from None
+    settings = load_settings()
     sidecar_overrides = {
         "host": host,
         "port": port,

@@ -31,7 +31,7 @@ from middleware.sidecar._decide_api import decide_endpoint
 from middleware.sidecar._health import healthz, readyz
 from middleware.sidecar._openapi import openapi_document
 from middleware.sidecar._paths import judgeable_path
-from middleware.sidecar._problem import sidecar_problem
+from middleware.sidecar._problem import ambiguous_path, sidecar_problem
 from middleware.sidecar._proxy import Proxy, UpstreamError
 from middleware.sidecar._state import Sidecar, build_sidecar, peer_of
 
@@ -109,12 +109,7 @@ class ProxyEndpoint:
         raw = scope.get("raw_path") or scope["path"].encode()
         path = judgeable_path(raw.decode("latin-1"))
         if path is None:
-            await sidecar_problem(
-                400,
-                Reason.MALFORMED_REQUEST.value,
-                "Ambiguous request path",
-                "dot segments and encoded separators are refused",
-            )(scope, receive, send)
+            await ambiguous_path()(scope, receive, send)
             return
         headers = Headers(scope=scope)
         outcome = await enforce(

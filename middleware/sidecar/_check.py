@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from guard._types import Reason
 from middleware._enforce import enforce
 from middleware.sidecar._paths import judgeable_path
-from middleware.sidecar._problem import sidecar_problem
+from middleware.sidecar._problem import ambiguous_path, sidecar_problem
 from middleware.sidecar._state import Sidecar, peer_of
 
 CALLER_HEADER = "x-guard-caller"
@@ -68,12 +68,7 @@ class CheckEndpoint:
         method, raw = target
         path = judgeable_path(raw)
         if path is None:
-            await sidecar_problem(
-                400,
-                Reason.MALFORMED_REQUEST.value,
-                "Ambiguous request path",
-                "dot segments and encoded separators are refused",
-            )(scope, receive, send)
+            await ambiguous_path()(scope, receive, send)
             return
         outcome = await enforce(
             sidecar.guard,

@@ -6,6 +6,7 @@ import json
 
 from starlette.responses import Response
 
+from guard._types import Reason
 from middleware.problem import PROBLEM_MEDIA_TYPE
 
 _TYPE_BASE = "urn:purpose-guard:problem:"
@@ -40,4 +41,14 @@ def sidecar_problem(
         status_code=status,
         headers=headers,
         media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def ambiguous_path() -> Response:
+    """400 for a path the guard could match differently from the upstream."""
+    return sidecar_problem(
+        400,
+        Reason.MALFORMED_REQUEST.value,
+        "Ambiguous request path",
+        "dot segments and encoded separators are refused",
     )
