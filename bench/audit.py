@@ -3,16 +3,21 @@
 For SQLite and PostgreSQL, with 1, 8 and 64 concurrent writer threads:
   * group commit: each thread calls ``AuditTrail.record`` (returns once durable);
     the writer thread links events into the hash chain and commits them together;
-  * baseline: the same store, one transaction (and fsync) per event.
-Events are built before the clock starts; both sides write identical rows.
+  * baseline: the same store, one transaction (and fsync) per event; each thread
+    links and hashes its events into its own chain, as any chained trail must.
+Events are built before the clock starts; both sides write the same rows. The
+two run alternately, ``--rounds`` times, on fresh stores; the medians are shown.
 Then the right-of-access report for one data subject over 1,000,000 bulk-loaded events.
 
-Usage: python bench/audit.py [--quick] [--events N] [--report-events N] [--no-postgres]
+Usage: python bench/audit.py [--quick] [--events N] [--rounds 3] [--report-events N]
+                              [--no-postgres]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import shutil
 import statistics
 import tempfile
 import threading
@@ -84,16 +89,18 @@ def group_commit(store: Store, key: Path, events: list[AuditEvent], writers: int
 
 def one_commit_each(make_writer: Callable[[], Callable[[tuple[object, ...]], None]],
                     events: list[AuditEvent], writers: int) -> float:
-    rows = [chain_row(e, f"baseline-{i % writers}", i // writers + 1, "0" * 64)
-            for i, e in enumerate(events)]
-    share = [rows[i::writers] for i in range(writers)]
+    """Each thread links its events into its own chain and commits them one at a time."""
+    share = [events[i::writers] for i in range(writers)]
     sinks = [make_writer() for _ in range(writers)]
 
     def work(i: int) -> None:
-        for row in share[i]:
+        prev = "0" * 64
+        for seq, event in enumerate(share[i], 1):
+            row = chain_row(event, f"baseline-{i}", seq, prev)
+            prev = row[-1]
             sinks[i](row)
 
-    return len(rows) / run_threads(writers, work)
+    return len(events) / run_threads(writers, work)
 
 
 def sqlite_commit_each(store: Store) -> Callable[[], Callable[[tuple[object, ...]], None]]:
@@ -168,6 +175,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
     parser.add_argument("--events", type=int, default=None, help="events per throughput run")
     parser.add_argument("--report-events", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating group/baseline rounds per configuration")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
     n = args.events or (4_000 if args.quick else 20_000)
@@ -175,50 +184,69 @@ def main() -> None:
     key = tmp / "sign.key"
     load_signing_key(key, create=True)
 
-    with pg_server() as pg:
-        if pg is None and not args.no_postgres:
-            print("PostgreSQL not installed: SQLite only")
-        kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
-        print(f"durable events/s, {n} events per run (group commit vs one commit per event)")
-        print(f"{'store':<11} {'writers':>7} {'group':>9} {'baseline':>9} {'ratio':>6}")
-        for kind in kinds:
-            for writers in (1, 8, 64):
-                events = make_events(n)
+    try:
+        with pg_server() as pg:
+            if pg is None and not args.no_postgres:
+                print("PostgreSQL not installed: SQLite only")
+            kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
+            print(f"durable events/s, {n} events per run, median of {args.rounds} rounds "
+                  "(group commit vs one commit per event, run alternately)")
+            print(f"{'store':<11} {'writers':>7} {'group':>9} {'baseline':>9} {'ratio':>6}")
+            for kind in kinds:
+                for writers in (1, 8, 64):
+                    groups, bases, ratios = [], [], []
+                    for rnd in range(args.rounds):
+                        events = make_events(n)
+                        tag = f"{writers}_{rnd}"
+                        if kind == "sqlite":
+                            group_store = open_store(f"sqlite:///{tmp / f'g{tag}.db'}")
+                            base_store = open_store(f"sqlite:///{tmp / f'b{tag}.db'}")
+                            run_base: Callable[[], float] = functools.partial(
+                                one_commit_each, sqlite_commit_each(base_store), events, writers)
+                        else:
+                            assert pg is not None
+                            group_store = open_store(fresh_database(pg, f"g{tag}"))
+                            base_url = fresh_database(pg, f"b{tag}")
+                            open_store(base_url).rows("SELECT 1")
+                            run_base = functools.partial(
+                                one_commit_each, pg_commit_each(base_url), events, writers)
+                        run_group = functools.partial(group_commit, group_store, key, events,
+                                                      writers)
+                        if rnd % 2:
+                            group, base = run_group(), run_base()
+                        else:
+                            base, group = run_base(), run_group()
+                        if kind == "sqlite":
+                            base_store.close()
+                        groups.append(group)
+                        bases.append(base)
+                        ratios.append(group / base)
+                    print(f"{kind:<11} {writers:>7} {statistics.median(groups):>9,.0f} "
+                          f"{statistics.median(bases):>9,.0f} {statistics.median(ratios):>5.1f}x"
+                          f"   (ratios {' '.join(f'{r:.1f}' for r in ratios)})", flush=True)
+
+            m = args.report_events
+            print(f"\nsubject report over {m:,} events (median / p95 of 20 runs)")
+            rows, pseudonym = bulk_rows(m, max(1, m // 10))
+            for kind in kinds:
+                t0 = time.perf_counter()
                 if kind == "sqlite":
-                    group_store = open_store(f"sqlite:///{tmp / f'g{writers}.db'}")
-                    base_store = open_store(f"sqlite:///{tmp / f'b{writers}.db'}")
-                    base = one_commit_each(sqlite_commit_each(base_store), events, writers)
-                    base_store.close()
+                    path = tmp / "report.db"
+                    load_sqlite(path, rows)
+                    store = open_store(f"sqlite:///{path}", create=False)
                 else:
                     assert pg is not None
-                    group_store = open_store(fresh_database(pg, f"g{writers}"))
-                    base_url = fresh_database(pg, f"b{writers}")
-                    open_store(base_url).rows("SELECT 1")
-                    base = one_commit_each(pg_commit_each(base_url), events, writers)
-                group = group_commit(group_store, key, events, writers)
-                print(f"{kind:<11} {writers:>7} {group:>9,.0f} {base:>9,.0f} "
-                      f"{group / base:>5.1f}x", flush=True)
+                    url = fresh_database(pg, "report")
+                    load_postgres(url, rows)
+                    store = open_store(url, create=False)
+                loaded = time.perf_counter() - t0
+                median, p95, count = time_report(store, pseudonym)
+                store.close()
+                print(f"{kind:<11} {median:7.2f} ms / {p95:7.2f} ms  ({count} accesses; "
+                      f"bulk load {loaded:.0f} s)", flush=True)
 
-        m = args.report_events
-        print(f"\nsubject report over {m:,} events (median / p95 of 20 runs)")
-        rows, pseudonym = bulk_rows(m, max(1, m // 10))
-        for kind in kinds:
-            t0 = time.perf_counter()
-            if kind == "sqlite":
-                path = tmp / "report.db"
-                load_sqlite(path, rows)
-                store = open_store(f"sqlite:///{path}", create=False)
-            else:
-                assert pg is not None
-                url = fresh_database(pg, "report")
-                load_postgres(url, rows)
-                store = open_store(url, create=False)
-            loaded = time.perf_counter() - t0
-            median, p95, count = time_report(store, pseudonym)
-            store.close()
-            print(f"{kind:<11} {median:7.2f} ms / {p95:7.2f} ms  ({count} accesses; "
-                  f"bulk load {loaded:.0f} s)", flush=True)
-
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

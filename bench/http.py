@@ -3,11 +3,13 @@
 Both apps run under uvicorn (one worker each, separate processes) on loopback;
 the load comes from a second process: ``wrk`` (Debian package) when installed,
 otherwise a bounded httpx loop. Every guarded request is a real decision with a
-durable SQLite audit event and an outcome event. Rounds alternate between the
-two apps so drift on a shared machine hits both alike.
+durable SQLite audit event before the handler, and an outcome event queued for
+the next group commit after it. Rounds alternate between the two apps so drift
+on a shared machine hits both alike.
 
 Two measurements per app and round:
-  * throughput: ``--connections`` concurrent connections for ``--duration`` seconds;
+  * throughput: ``--connections`` concurrent connections for ``--duration`` seconds,
+    and the server's CPU time (all threads, from ``/proc``) per request;
   * latency: one connection, back to back (service time without queueing), p50/p99.
 
 Usage: python bench/http.py [--duration 8] [--connections 32] [--rounds 2]
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from guard._guard import Checked, Guard
-from guard._types import HttpContext, Request
+from guard._types import Decision, HttpContext, Request
 
 if TYPE_CHECKING:
     from guard.config import Settings
@@ -85,10 +87,17 @@ class Run:
     errors: int
     p50_ms: float
     p99_ms: float
+    cpu_us: float = 0.0  # server CPU (all threads, user + system) per request
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -158,10 +167,15 @@ async def _httpx_run(url: str, token: str, connections: int, seconds: float) -> 
 
 
 def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
-         use_wrk: bool) -> Run:
+         use_wrk: bool, pid: int | None = None) -> Run:
+    before = cpu_seconds(pid) if pid else 0.0
     if use_wrk:
-        return wrk_run(url, token, connections, seconds, workdir)
-    return asyncio.run(_httpx_run(url, token, connections, seconds))
+        run = wrk_run(url, token, connections, seconds, workdir)
+    else:
+        run = asyncio.run(_httpx_run(url, token, connections, seconds))
+    if pid:
+        run.cpu_us = (cpu_seconds(pid) - before) / max(1, run.requests) * 1e6
+    return run
 
 
 def start(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -216,12 +230,18 @@ def breakdown(workdir: Path, token: str, n: int = 2000) -> list[tuple[str, float
                 await asyncio.gather(*(fn() for _ in range(32)))
             out.append((label, (time.perf_counter() - began) / (n // 32 * 32) * 1e6))
 
+        async def queued(decision_id: str) -> None:
+            guard.enqueue_outcome(decision_id, 200, http)
+
         async def both() -> None:
             await concurrent(lambda: guard.acheck(request, http),
                              "decision + durable audit event (32 concurrent)")
             checked = await guard.acheck(request, http)
             await concurrent(lambda: guard.arecord_outcome(checked.decision_id, 200, http),
                              "durable outcome event (32 concurrent)")
+            await concurrent(lambda: queued(checked.decision_id),
+                             "queued outcome event (the middleware's default)")
+            guard.trail.flush()
 
         asyncio.run(both())
         out += asgi_stack(settings, guard, token)
@@ -239,6 +259,13 @@ class _DecideOnly:
 
     async def arecord_outcome(self, *_: object) -> bool:
         return True
+
+    def enqueue_outcome(self, *_: object) -> bool:
+        return True
+
+    async def arecord_denial(self, request: Request, decision: Decision,
+                             http: HttpContext | None = None) -> Checked:
+        return Checked(decision, "bench")
 
 
 def asgi_stack(settings: Settings, guard: Guard, token: str, n: int = 1000
@@ -312,7 +339,8 @@ def main() -> None:
             for kind in order:
                 url = servers[kind][1]
                 results[kind]["tput"].append(
-                    load(url, token, args.connections, args.duration, workdir, use_wrk))
+                    load(url, token, args.connections, args.duration, workdir, use_wrk,
+                         pid=servers[kind][0].pid))
                 results[kind]["lat"].append(
                     load(url, token, 1, args.latency_duration, workdir, use_wrk))
     finally:
@@ -329,14 +357,15 @@ def main() -> None:
     steps = [] if args.no_breakdown else breakdown(workdir, token)
     shutil.rmtree(workdir, ignore_errors=True)
 
-    def summary(kind: str) -> tuple[float, float, float, float, float, int]:
+    def summary(kind: str) -> tuple[float, float, float, float, float, int, float]:
         tput, lat = results[kind]["tput"], results[kind]["lat"]
         return (statistics.median(r.rps for r in tput),
                 statistics.median(r.p50_ms for r in tput),
                 statistics.median(r.p99_ms for r in tput),
                 statistics.median(r.p50_ms for r in lat),
                 statistics.median(r.p99_ms for r in lat),
-                sum(r.errors for r in tput + lat))
+                sum(r.errors for r in tput + lat),
+                statistics.median(r.cpu_us for r in tput))
 
     plain, guarded = summary("plain"), summary("guarded")
     guarded_requests = sum(r.requests for r in results["guarded"]["tput"]
@@ -345,11 +374,14 @@ def main() -> None:
           f"{args.connections} connections x {args.duration:g}s for throughput, "
           f"1 connection x {args.latency_duration:g}s for latency (medians of rounds)")
     print(f"{'app':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'p50 ms c=1':>11} {'p99 ms c=1':>11} {'errors':>7}")
+          f"{'p50 ms c=1':>11} {'p99 ms c=1':>11} {'errors':>7} {'CPU us/req':>11}")
     for kind, row in (("plain", plain), ("guarded", guarded)):
         print(f"{kind:<9} {row[0]:>9.0f} {row[1]:>8.2f} {row[2]:>8.2f} "
-              f"{row[3]:>11.2f} {row[4]:>11.2f} {row[5]:>7}")
+              f"{row[3]:>11.2f} {row[4]:>11.2f} {row[5]:>7} {row[6]:>11.0f}")
     ratio = guarded[0] / plain[0]
+    print(f"server CPU per request (all threads): guarded/plain = {guarded[6] / plain[6]:.2f}; "
+          f"one dedicated core would serve {1e6 / guarded[6]:,.0f} guarded "
+          f"/ {1e6 / plain[6]:,.0f} plain req/s")
     added_p99 = guarded[4] - plain[4]
     print(f"throughput ratio guarded/plain: {ratio:.1%} (target >= 85%)")
     print(f"p50 added (c=1): {guarded[3] - plain[3]:.2f} ms; "

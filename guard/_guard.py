@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -85,15 +87,33 @@ class Guard:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def _decide(self, request: Request, http: HttpContext | None) -> tuple[Decision, AuditEvent]:
+    def _decide(
+        self, request: Request, http: HttpContext | None, span: trace.Span
+    ) -> tuple[Decision, AuditEvent]:
         start = time.perf_counter_ns()
         try:
             decision = self.holder.decide(request)
         except Exception:  # fail closed
             decision = denial(Reason.INTERNAL_ERROR, request, self._version())
         latency_us = (time.perf_counter_ns() - start) // 1000
-        trace.get_current_span().set_attributes(decision_attributes(decision))
+        if span.is_recording():
+            span.set_attributes(decision_attributes(decision))
         return decision, self._pipeline.decision(request, decision, http, latency_us)
+
+    @contextlib.contextmanager
+    def _decision_span(self) -> Iterator[trace.Span]:
+        """The ``guard.decision`` span, made current only when it records.
+
+        A span that does not record (no tracer provider) carries its parent's
+        context, so the audit event's trace ids are the same either way; not
+        attaching it saves a context switch on every request.
+        """
+        span = self._tracer.start_span("guard.decision")
+        if not span.is_recording():
+            yield span
+            return
+        with trace.use_span(span, end_on_exit=True):
+            yield span
 
     def _version(self) -> str:
         try:
@@ -103,7 +123,8 @@ class Guard:
 
     def _unrecorded(self, request: Request, decision: Decision, span: trace.Span) -> Decision:
         refused = denial(Reason.AUDIT_UNAVAILABLE, request, decision.policy_version)
-        span.set_attributes(decision_attributes(refused))
+        if span.is_recording():
+            span.set_attributes(decision_attributes(refused))
         return refused
 
     def check(self, request: Request, http: HttpContext | None = None) -> Checked:
@@ -111,9 +132,9 @@ class Guard:
 
         Never raises for a request.
         """
-        with self._tracer.start_as_current_span("guard.decision") as span:
+        with self._decision_span() as span:
             try:
-                decision, event = self._decide(request, http)
+                decision, event = self._decide(request, http, span)
             except Exception:
                 return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
             try:
@@ -124,9 +145,9 @@ class Guard:
 
     async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
         """Like :meth:`check`; awaits the durable write without blocking the loop."""
-        with self._tracer.start_as_current_span("guard.decision") as span:
+        with self._decision_span() as span:
             try:
-                decision, event = self._decide(request, http)
+                decision, event = self._decide(request, http, span)
             except Exception:
                 return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
             try:
@@ -134,6 +155,46 @@ class Guard:
             except Exception:
                 return Checked(self._unrecorded(request, decision, span), event.event_id)
             return Checked(decision, event.event_id)
+
+    def _denial_event(
+        self, request: Request, decision: Decision, http: HttpContext | None
+    ) -> AuditEvent:
+        if decision.allowed:
+            raise ValueError("record_denial takes denials only; decide with check()")
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(decision_attributes(decision))
+        return self._pipeline.decision(request, decision, http)
+
+    def record_denial(
+        self, request: Request, decision: Decision, http: HttpContext | None = None
+    ) -> Checked:
+        """Durably record a denial the enforcement point made before the engine ran.
+
+        For refusals such as an unauthenticated caller (401), an undeclared route or a
+        malformed purpose: the event has the same shape as one :meth:`check` writes.
+        If it cannot be recorded the denial stands and ``decision_id`` is ``""``.
+
+        Raises:
+            ValueError: ``decision`` allows the request.
+        """
+        event = self._denial_event(request, decision, http)
+        try:
+            self.trail.record(event)
+        except Exception:  # the request is refused either way; no id an auditor could find
+            return Checked(decision, "")
+        return Checked(decision, event.event_id)
+
+    async def arecord_denial(
+        self, request: Request, decision: Decision, http: HttpContext | None = None
+    ) -> Checked:
+        """Like :meth:`record_denial` without blocking the event loop."""
+        event = self._denial_event(request, decision, http)
+        try:
+            await self.trail.arecord(event)
+        except Exception:
+            return Checked(decision, "")
+        return Checked(decision, event.event_id)
 
     # -- outcomes and policy events ----------------------------------------------------------
 
@@ -153,6 +214,22 @@ class Guard:
         """Like :meth:`record_outcome` without blocking the loop."""
         try:
             await self.trail.arecord(self._pipeline.outcome(decision_id, status, http))
+        except AuditUnavailableError:
+            return False
+        return True
+
+    def enqueue_outcome(
+        self, decision_id: str, status: int, http: HttpContext | None = None
+    ) -> bool:
+        """Queue the outcome event for the next group commit without waiting for it.
+
+        For enforcement points on an event loop once the response is sent: the
+        outcome does not gate data flow. A crash before the commit can lose an
+        outcome, never a decision (decisions are durable before they are
+        returned). False if the trail is closed.
+        """
+        try:
+            self.trail.post(self._pipeline.outcome(decision_id, status, http))
         except AuditUnavailableError:
             return False
         return True

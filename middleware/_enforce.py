@@ -43,6 +43,14 @@ class GuardLike(Protocol):
         self, decision_id: str, status: int, http: HttpContext | None = None
     ) -> object: ...
 
+    def enqueue_outcome(
+        self, decision_id: str, status: int, http: HttpContext | None = None
+    ) -> object: ...
+
+    async def arecord_denial(
+        self, request: Request, decision: Decision, http: HttpContext | None = None
+    ) -> Checked: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -183,24 +191,10 @@ async def _refuse(
 
 async def _record_denial(
     guard: GuardLike, request: Request, decision: Decision, http: HttpContext
-) -> str:
-    """Durably record a denial made before the engine ran; returns its event id.
-
-    Uses ``Guard.arecord_denial(request, decision, http)`` when the guard has
-    one, else the guard's own audit pipeline and trail (the same event shape
-    ``acheck`` writes).
-    """
-    public: Any = getattr(guard, "arecord_denial", None)
-    if public is not None:
-        checked = await public(request, decision, http)
-        return str(checked.decision_id)
-    pipeline: Any = getattr(guard, "_pipeline", None)
-    trail: Any = getattr(guard, "trail", None)
-    if pipeline is None or trail is None:
-        raise TypeError(f"{type(guard).__name__} cannot record denials")
-    event = pipeline.decision(request, decision, http)
-    await trail.arecord(event)
-    return str(event.event_id)
+) -> str | None:
+    """Durably record a denial made before the engine ran; its event id, None if unrecorded."""
+    checked = await guard.arecord_denial(request, decision, http)
+    return checked.decision_id or None
 
 
 def _policy_version(guard: GuardLike) -> str:

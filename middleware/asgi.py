@@ -6,7 +6,9 @@ Mount it on any Starlette or FastAPI app::
 
 Every HTTP request and WebSocket to a guarded route is judged before the app
 sees it; an allowed request's decision is durable in the audit trail before the
-handler runs, and the final response status is recorded when the app is done.
+handler runs, and the final response status is queued for the audit trail's
+next group commit when the app is done (``await_outcome=True``: durable before
+the request completes).
 Lifespan and other scope types pass straight through.
 """
 
@@ -58,6 +60,9 @@ class GuardMiddleware:
         authenticator: Who is calling; built from ``settings.identity`` when None.
         public_paths: Paths that need no decision (any method); still counted.
         purpose_header: The header that declares the purpose.
+        await_outcome: Wait until the outcome event is durable before the request
+            completes. By default it is queued for the next group commit: a crash
+            in that window can lose an outcome, never a decision.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class GuardMiddleware:
         authenticator: Authenticator | None = None,
         public_paths: Sequence[str] = ("/healthz", "/readyz"),
         purpose_header: str | None = None,
+        await_outcome: bool = False,
     ) -> None:
         self.app = app
         settings = settings if settings is not None else load_settings()
@@ -90,6 +96,7 @@ class GuardMiddleware:
             h.encode("latin-1")
             for h in ("authorization", self.purpose_header, self.auth.caller_header)
         )
+        self.await_outcome = await_outcome
         self.public_requests: Counter[str] = Counter()
         """Requests to public routes, by route template (they make no audit event)."""
 
@@ -185,7 +192,10 @@ class GuardMiddleware:
     async def _record(self, decision_id: str, http: HttpContext) -> None:
         status = http.status or 500
         try:
-            await self.guard.arecord_outcome(decision_id, status, http)
+            if self.await_outcome:
+                await self.guard.arecord_outcome(decision_id, status, http)
+            elif not self.guard.enqueue_outcome(decision_id, status, http):
+                _log.error("could not queue status %s for decision %s", status, decision_id)
         except Exception:
             _log.exception("could not record status %s for decision %s", status, decision_id)
 

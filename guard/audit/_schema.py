@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
-from guard.audit._event import FIELD_NAMES, TUPLE_FIELDS, AuditEvent, EventKind, dumps_canonical
+from guard.audit._event import FIELD_NAMES, TUPLE_FIELDS, AuditEvent, EventKind
 
 SCHEMA_VERSION = 1
 
@@ -131,16 +132,28 @@ def event_row(event: AuditEvent) -> Row:
     return _row(event, event.writer_id, event.seq, event.prev_hash, event.hash)
 
 
+_HASHED = tuple(sorted(name for name in FIELD_NAMES if name != "hash"))
+_hashed_values = operator.attrgetter(*_HASHED)
+_HASHED_TUPLES = tuple(_HASHED.index(name) for name in TUPLE_FIELDS)
+_HASHED_KIND = _HASHED.index("kind")
+_HASHED_CHAIN = (_HASHED.index("writer_id"), _HASHED.index("seq"), _HASHED.index("prev_hash"))
+# Keys are passed already sorted, so this gives the same text as ``dumps_canonical``.
+_dumps_sorted = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
 def chain_row(event: AuditEvent, writer_id: str, seq: int, prev_hash: str) -> Row:
     """Link ``event`` into a chain and return its row; the hash is the row's last value.
 
     Same result as ``event_row(event.linked(...))`` without building the linked event.
     """
-    data = event.to_dict()
-    data["writer_id"], data["seq"], data["prev_hash"] = writer_id, seq, prev_hash
-    del data["hash"]
-    digest = hashlib.sha256(dumps_canonical(data).encode()).hexdigest()
-    return _row(event, writer_id, seq, prev_hash, digest)
+    values = list(_hashed_values(event))
+    for index in _HASHED_TUPLES:
+        values[index] = list(values[index])
+    values[_HASHED_KIND] = event.kind.value
+    w, s, p = _HASHED_CHAIN
+    values[w], values[s], values[p] = writer_id, seq, prev_hash
+    digest = hashlib.sha256(_dumps_sorted(dict(zip(_HASHED, values, strict=True))).encode())
+    return _row(event, writer_id, seq, prev_hash, digest.hexdigest())
 
 
 def row_event(row: Sequence[Any]) -> AuditEvent:

@@ -90,6 +90,26 @@ class AuditTrail:
         """Like :meth:`record` without blocking the event loop."""
         await self._writer.asubmit(event)
 
+    def post(self, event: AuditEvent) -> None:
+        """Queue ``event`` for the next group commit and return without waiting.
+
+        It is written in the same transaction as the events queued with it, shortly
+        after; a crash before that commit loses it. A write that fails is logged
+        (logger ``guard.audit``). Never blocks, so it is safe on an event loop.
+
+        Raises:
+            AuditUnavailableError: the trail is closed.
+        """
+        self._writer.post(event)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every event queued before the call is written (or has failed).
+
+        Raises:
+            AuditUnavailableError: not within ``timeout`` seconds.
+        """
+        self._writer.flush(timeout)
+
     def ready(self) -> tuple[bool, str]:
         """Can this trail make events durable right now? ``(ok, why)``."""
         if not self._writer.alive:

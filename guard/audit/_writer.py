@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
+import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,20 +23,23 @@ from guard.audit._spool import Spool
 from guard.audit._store import Store
 
 Emitter = Callable[[Sequence[AuditEvent]], None]
+_log = logging.getLogger("guard.audit")
 
 
 @dataclass(slots=True)
 class _Item:
-    """One queued event and how to tell its producer that it is durable."""
+    """One queued event and how to tell its producer that it is durable.
+
+    A waiting thread blocks on ``done`` (held until the event is settled); a
+    coroutine awaits ``future``; a posted event (no waiter) has neither.
+    """
 
     event: AuditEvent
     done: threading.Lock | None = None
     future: asyncio.Future[None] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     error: BaseException | None = None
-
-
-_STOP = object()
+    settled: bool = False
 
 
 def _settle(items: list[_Item]) -> None:
@@ -51,7 +55,17 @@ def _settle(items: list[_Item]) -> None:
 
 
 class GroupCommitWriter:
-    """The writer thread of one audit trail.
+    """Links queued events into one hash chain and commits them in shared transactions.
+
+    One thread at a time holds the *turn* and commits everything queued so far in
+    one transaction. A thread calling :meth:`submit` takes the turn itself when
+    no commit is in progress (no hand-off to another thread), else it waits; when
+    a commit ends with more queued, the turn goes to the writer thread, which
+    keeps committing batches while events keep arriving (coroutines, from
+    :meth:`asubmit`, always go through it: an event loop never commits). Posted
+    events (:meth:`post`) ride along with the next commit someone waits on, or
+    the writer thread commits them after ``post_delay``. The writer thread also
+    writes periodic checkpoints and replays the spool.
 
     Args:
         store: Where events go.
@@ -63,6 +77,8 @@ class GroupCommitWriter:
         emitters: Called with each durable batch (e.g. OTLP log export).
         max_batch: Most events in one transaction.
         retry_interval: Seconds between attempts to replay the spool.
+        post_delay: Seconds a posted event may wait for a commit that someone waits
+            on, before the writer thread commits it on its own.
     """
 
     def __init__(
@@ -77,6 +93,7 @@ class GroupCommitWriter:
         emitters: Sequence[Emitter] = (),
         max_batch: int = 2048,
         retry_interval: float = 1.0,
+        post_delay: float = 0.005,
     ) -> None:
         self.store = store
         self._base_id = writer_id
@@ -88,7 +105,18 @@ class GroupCommitWriter:
         self._emitters = tuple(emitters)
         self._max_batch = max_batch
         self._retry_interval = retry_interval
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._post_delay = post_delay
+        self._post_due = float("inf")  # when the oldest queued posted event must go
+        self._waited = 0  # queued events someone waits on (a thread or a coroutine)
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the writer thread waits on this one
+        self._flushed = threading.Condition(lock)  # flush() waits on this one
+        self._queued = 0  # events queued so far ...
+        self._settled = 0  # ... and settled (written or failed), in queue order
+        self._flushing = 0
+        self._pending: deque[_Item] = deque()
+        self._busy = False  # someone holds the turn
+        self._writer_turn = False  # ... and it was handed to the writer thread
         self._seq = 0
         self._prev = GENESIS_HASH
         self._opened = False
@@ -96,36 +124,94 @@ class GroupCommitWriter:
         self._last_checkpoint = time.monotonic()
         self._last_replay = 0.0
         self.last_error: str | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"audit-writer-{writer_id}",
                                         daemon=True)
-        self._closed = False
         self._thread.start()
 
     # -- producers ---------------------------------------------------------------------------
 
     def submit(self, event: AuditEvent, timeout: float = 30.0) -> None:
-        """Queue ``event`` and block until it is durable."""
+        """Queue ``event`` and block until it is durable (committing it here if no one is)."""
         item = _Item(event, done=threading.Lock())
-        assert item.done is not None
-        item.done.acquire()
-        self._put(item)
-        if not item.done.acquire(timeout=timeout):
+        done = item.done
+        assert done is not None
+        done.acquire()
+        with self._cond:
+            self._check_open()
+            self._pending.append(item)
+            self._queued += 1
+            self._waited += 1
+            lead = not self._busy
+            self._busy = True
+        if not lead and not done.acquire(timeout=timeout) and not item.settled:
+            # Still queued or being written: it may yet be committed; no one will hear.
             raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
+        if lead:
+            self._lead(item)
         if item.error is not None:
             raise item.error
+        if not item.settled:  # fail closed, whatever went wrong
+            raise AuditUnavailableError("audit writer lost track of an event")
 
     async def asubmit(self, event: AuditEvent) -> None:
         """Queue ``event``; the returned awaitable resolves when it is durable."""
         loop = asyncio.get_running_loop()
         item = _Item(event, future=loop.create_future(), loop=loop)
-        self._put(item)
+        self._enqueue(item)
         assert item.future is not None
         await item.future
 
-    def _put(self, item: _Item) -> None:
+    def post(self, event: AuditEvent) -> None:
+        """Queue ``event`` for the next commit and return at once.
+
+        It rides along with the next commit someone waits on, or is committed by
+        the writer thread within ``post_delay`` seconds. A failure to write it is
+        logged (logger ``guard.audit``): no one waits to hear it.
+        """
+        with self._cond:
+            self._check_open()
+            self._pending.append(_Item(event))
+            self._queued += 1
+            if self._post_due == float("inf"):
+                self._post_due = time.monotonic() + self._post_delay
+                if not self._busy:
+                    self._cond.notify()  # the writer thread sets its timer
+
+    def _enqueue(self, item: _Item) -> None:
+        """Queue an item a coroutine waits on; hand the turn to the writer thread if free."""
+        with self._cond:
+            self._check_open()
+            self._pending.append(item)
+            self._queued += 1
+            self._waited += 1
+            if not self._busy:
+                self._busy = self._writer_turn = True
+                self._cond.notify()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every event queued before the call is settled (written, or failed).
+
+        Raises:
+            AuditUnavailableError: they were not settled within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._queued
+            self._flushing += 1
+            try:
+                while self._settled < target:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._thread.is_alive():
+                        raise AuditUnavailableError(
+                            f"audit writer did not flush within {timeout:g} s")
+                    self._flushed.wait(remaining)
+            finally:
+                self._flushing -= 1
+
+    def _check_open(self) -> None:
         if self._closed or not self._thread.is_alive():
             raise AuditUnavailableError("the audit trail is closed")
-        self._queue.put(item)
 
     @property
     def alive(self) -> bool:
@@ -134,43 +220,97 @@ class GroupCommitWriter:
 
     def close(self, timeout: float = 30.0) -> None:
         """Commit what is queued, write the closing checkpoint and stop the thread."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify()
         self._thread.join(timeout)
+
+    # -- the turn ----------------------------------------------------------------------------
+
+    def _take(self) -> list[_Item]:
+        with self._cond:
+            pending = self._pending
+            batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
+            self._waited -= sum(1 for item in batch
+                                if item.done is not None or item.future is not None)
+            if not pending:
+                self._post_due = float("inf")
+            return batch
+
+    def _lead(self, own: _Item) -> None:
+        """Holding the turn: commit queued batches until ``own`` is settled, then pass it on."""
+        try:
+            while not own.settled:
+                batch = self._take()
+                if not batch:  # cannot happen: own is queued until settled
+                    break
+                self._replay_if_due()
+                self._commit(batch)
+        finally:
+            self._pass_turn()
+
+    def _pass_turn(self) -> None:
+        """Hand the turn to the writer thread if anything is queued, else free it."""
+        with self._cond:
+            if not self._pending:
+                self._busy = False
+                if self._closed:
+                    self._cond.notify()
+                return
+            if not self._waited and not self._closed:  # posted events only: they can wait
+                self._busy = False
+                self._cond.notify()
+                return
+            # More is queued: the writer thread commits it, and keeps committing while
+            # events keep arriving (no hop of the turn from thread to thread).
+            self._writer_turn = True
+            self._cond.notify()
 
     # -- the thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
+        tick = min(1.0, self._retry_interval)
+        while True:
+            with self._cond:
+                while not self._writer_turn:
+                    now = time.monotonic()
+                    if not self._busy and (self._closed or now >= self._post_due
+                                           or self._housekeeping_due()):
+                        self._busy = True  # take the free turn
+                        break
+                    self._cond.wait(min(tick, max(0.0, self._post_due - now)))
+                self._writer_turn = False
+                closing = self._closed
             try:
-                first = self._queue.get(timeout=min(1.0, self._retry_interval))
-            except queue.Empty:
-                first = None
-            batch: list[_Item] = []
-            if first is _STOP:
-                stopping = True
-            elif isinstance(first, _Item):
-                batch.append(first)
-                while len(batch) < self._max_batch:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stopping = True
-                        break
-                    assert isinstance(nxt, _Item)
-                    batch.append(nxt)
-            self._replay_if_due(force=stopping)
-            if batch:
-                self._commit(batch)
-            if stopping:
-                self._final_checkpoint()
-            elif self._unsigned and time.monotonic() - self._last_checkpoint >= self._interval:
-                self._checkpoint_only(CheckpointKind.PERIODIC)
+                batch = self._take()
+                self._replay_if_due(force=closing)
+                if batch:
+                    self._commit(batch)
+                if closing and not self._pending:
+                    self._final_checkpoint()
+                    with self._cond:
+                        self._busy = False
+                    return
+                if self._unsigned and self._checkpoint_due():
+                    self._checkpoint_only(CheckpointKind.PERIODIC)
+            except Exception as exc:  # keep the thread; the batch's producers heard why
+                self.last_error = str(exc)
+            finally:
+                if not (closing and not self._busy):
+                    self._pass_turn()
+
+    def _checkpoint_due(self) -> bool:
+        return time.monotonic() - self._last_checkpoint >= self._interval
+
+    def _housekeeping_due(self) -> bool:
+        """A periodic checkpoint or a spool replay is due (checked when the turn is free)."""
+        if self._unsigned and self._checkpoint_due():
+            return True
+        spool = self.spool
+        return (spool is not None and spool.pending()
+                and time.monotonic() - self._last_replay >= self._retry_interval)
 
     def _sign(self, kind: CheckpointKind, seq: int, hash_: str) -> Checkpoint:
         return sign_checkpoint(self._key, checkpoint_id=new_event_id(), writer_id=self.writer_id,
@@ -197,6 +337,9 @@ class GroupCommitWriter:
             self.last_error = str(error)
             for item in batch:
                 item.error = error
+                if item.done is None and item.future is None:
+                    _log.error("audit event %s (%s) was not recorded: %s",
+                               item.event.event_id, item.event.kind.value, error)
             self._notify(batch)
             self._rotate()
             return
@@ -262,10 +405,14 @@ class GroupCommitWriter:
             self._checkpoint_only(CheckpointKind.CLOSE)
         self._replay_if_due(force=True)
 
-    @staticmethod
-    def _notify(batch: list[_Item]) -> None:
+    def _notify(self, batch: list[_Item]) -> None:
+        with self._cond:
+            self._settled += len(batch)
+            if self._flushing:
+                self._flushed.notify_all()
         by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         for item in batch:
+            item.settled = True
             if item.done is not None:
                 item.done.release()
             elif item.loop is not None:

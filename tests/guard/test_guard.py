@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from guard import HttpContext, Reason, Request
 from guard._guard import Guard
+from guard._types import denial
 from guard.audit import (
     AuditTrail,
     EventFilter,
@@ -191,3 +193,81 @@ def test_from_settings_records_policy_loads_and_rejections(
     assert [r.event.policy_version for r in loaded] == [version]
     assert [r.event.policy_version for r in rejected] == [version]
     assert rejected[0].event.detail
+
+
+def test_record_denial_writes_the_refusal_the_enforcement_point_made(
+    guard: Guard, db: Path
+) -> None:
+    request = Request("", "relationship.management", ("contact",))
+    refusal = denial(Reason.UNAUTHENTICATED, request, guard.holder.current.version)
+    checked = guard.record_denial(request, refusal, HttpContext("GET", "/customers/{id}"))
+    achecked = asyncio.run(guard.arecord_denial(request, refusal, HttpContext("GET", "/x")))
+    assert checked.decision is refusal
+    assert achecked.decision is refusal
+    store = reader(db)  # durable before returning
+    rows = {r.event.event_id: r.event for r in query_events(store, EventFilter(), limit=None)}
+    store.close()
+    assert set(rows) == {checked.decision_id, achecked.decision_id}
+    event = rows[checked.decision_id]
+    assert (event.kind, event.allowed, event.reason) == ("decision", False, "unauthenticated")
+    assert (event.http_method, event.http_route) == ("GET", "/customers/{id}")
+    assert event.policy_version == guard.holder.current.version
+    with pytest.raises(ValueError, match="denials only"):
+        guard.record_denial(ALLOWED, guard.holder.decide(ALLOWED))
+
+
+def test_a_denial_that_cannot_be_recorded_stands_without_an_id(
+    db: Path, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    guard = make_guard(db, tmp_path, spans, timeout=0.05)
+    guard.check(ALLOWED)  # the store exists
+    refusal = denial(Reason.ROUTE_NOT_DECLARED, DENIED)
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        checked = asyncio.run(guard.arecord_denial(DENIED, refusal))
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    guard.close()
+    assert checked.decision is refusal
+    assert checked.decision_id == ""
+
+
+def test_enqueued_outcomes_are_written_by_a_later_commit(guard: Guard, db: Path) -> None:
+    checked = guard.check(ALLOWED)
+
+    async def main() -> bool:
+        return guard.enqueue_outcome(checked.decision_id, 201, HttpContext("POST", "/x"))
+
+    assert asyncio.run(main())  # returns on the loop without waiting for the commit
+    guard.trail.flush()
+    store = reader(db)
+    [outcome] = query_events(store, EventFilter(kind="outcome"))
+    [row] = query_events(store, EventFilter(kind="decision"))
+    store.close()
+    assert (outcome.event.decision_ref, outcome.event.http_status) == (checked.decision_id, 201)
+    assert row.outcome_status == 201
+    guard.close()
+    assert guard.enqueue_outcome(checked.decision_id, 200) is False  # closed: not queued
+
+
+def test_a_non_recording_decision_span_keeps_the_parent_trace_ids(
+    db: Path, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    trail = AuditTrail(open_store(f"sqlite:///{db}"), load_signing_key(tmp_path / "sign.key"))
+    guard = Guard(PolicyHolder(lambda: load_policy(None)), trail, hmac_key=KEY,
+                  tracer=trace.NoOpTracer())
+    with provider.get_tracer("server").start_as_current_span("GET /customers") as http_span:
+        checked = asyncio.run(guard.acheck(ALLOWED))
+    guard.close()
+    assert [s.name for s in spans.get_finished_spans()] == ["GET /customers"]
+    store = reader(db)
+    [row] = query_events(store, EventFilter())
+    store.close()
+    context = http_span.get_span_context()
+    assert row.event.event_id == checked.decision_id
+    assert row.event.trace_id == format(context.trace_id, "032x")
+    assert row.event.span_id == format(context.span_id, "016x")

@@ -21,6 +21,7 @@ from guard.audit import (
 )
 from guard.audit._schema import Row
 from guard.audit._store import Store
+from guard.audit._writer import GroupCommitWriter
 from tests.guard.audit.conftest import Keys, decision_event, make_trail
 
 
@@ -125,3 +126,156 @@ def test_record_after_close_is_refused(tmp_path: Path, keys: Keys) -> None:
     trail.close()
     with pytest.raises(AuditUnavailableError):
         trail.record(decision_event())
+
+
+class GatedStore(CountingStore):
+    """A real store whose writes wait for a gate, and which notes the writing threads."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.threads: list[str] = []
+
+    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        self.gate.wait(10)
+        super().write(rows, checkpoints)
+
+
+def _stored(url: str) -> list[tuple[str, int]]:
+    reader = open_store(url, create=False)
+    try:
+        return [(r[0], r[1]) for r in reader.rows(
+            "SELECT event_id, seq FROM audit_event ORDER BY seq")]
+    finally:
+        reader.close()
+
+
+def test_a_lone_writer_commits_on_its_own_thread(tmp_path: Path, keys: Keys) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = GatedStore(open_store(url))
+    writer = GroupCommitWriter(store, writer_id="w", signing_key=load_signing_key(keys.signing))
+    for _ in range(3):
+        writer.submit(decision_event())
+    writer.close()
+    me = threading.current_thread().name
+    assert store.threads[:3] == [me, me, me]  # no hand-off to the writer thread
+    assert store.threads[3:] == ["audit-writer-w"]  # the closing checkpoint
+    assert [seq for _, seq in _stored(url)] == [1, 2, 3]
+
+
+def test_a_waiter_that_gives_up_still_has_its_event_written(
+    tmp_path: Path, keys: Keys
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = GatedStore(open_store(url))
+    writer = GroupCommitWriter(store, writer_id="w", signing_key=load_signing_key(keys.signing))
+    store.gate.clear()
+    first, second = decision_event(), decision_event()
+    leader = threading.Thread(target=writer.submit, args=(first,))
+    leader.start()
+    assert store.entered.wait(10)  # the leader is inside the (held) commit
+    with pytest.raises(AuditUnavailableError, match="did not confirm"):
+        writer.submit(second, timeout=0.1)
+    store.gate.set()
+    leader.join(10)
+    writer.flush()
+    writer.close()
+    assert _stored(url) == [(first.event_id, 1), (second.event_id, 2)]
+    report_store = open_store(url, create=False)
+    report = verify(report_store, load_public_key(keys.public))
+    report_store.close()
+    assert report.ok, report.problems
+
+
+def test_posted_events_are_committed_in_order_and_flush_waits_for_them(
+    store_url: str, keys: Keys
+) -> None:
+    trail = make_trail(store_url, keys, checkpoint_every=50)
+    events = [decision_event(subject_id=str(i)) for i in range(120)]
+    for event in events:
+        trail.post(event)
+    trail.flush()
+    assert [e for e, _ in _stored(store_url)] == [e.event_id for e in events]
+    trail.close()
+    with pytest.raises(AuditUnavailableError):
+        trail.post(decision_event())
+    reader = open_store(store_url, create=False)
+    report = verify(reader, load_public_key(keys.public))
+    reader.close()
+    assert report.ok, report.problems
+    assert report.notes == ()
+
+
+def test_a_posted_event_that_cannot_be_written_is_logged(
+    tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    trail = AuditTrail(open_store(url, timeout=0.05), load_signing_key(keys.signing))
+    locker = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    lost = decision_event()
+    with caplog.at_level("ERROR", logger="guard.audit"):
+        trail.post(lost)
+        trail.flush()
+    locker.execute("ROLLBACK")
+    trail.close()
+    assert any(lost.event_id in r.getMessage() and "not recorded" in r.getMessage()
+               for r in caplog.records)
+    assert _stored(url) == []
+
+
+def test_threads_coroutines_and_posts_share_one_chain(store_url: str, keys: Keys) -> None:
+    store = CountingStore(open_store(store_url))
+    trail = AuditTrail(store, load_signing_key(keys.signing), checkpoint_every=64)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def threads(n: int) -> None:
+        for i in range(25):
+            event = decision_event(subject_id=f"t{n}-{i}")
+            trail.record(event) if i % 2 else trail.post(event)
+            with lock:
+                ids.append(event.event_id)
+
+    async def coroutines() -> None:
+        events = [decision_event(subject_id=f"a{i}") for i in range(100)]
+        await asyncio.gather(*(trail.arecord(e) for e in events))
+        with lock:
+            ids.extend(e.event_id for e in events)
+
+    workers = [threading.Thread(target=threads, args=(n,)) for n in range(6)]
+    for t in workers:
+        t.start()
+    asyncio.run(coroutines())
+    for t in workers:
+        t.join()
+    trail.close()
+    stored = _stored(store_url)
+    assert sorted(e for e, _ in stored) == sorted(ids)
+    assert [s for _, s in stored] == list(range(1, len(ids) + 1))
+    assert store.transactions < len(ids)
+    reader = open_store(store_url, create=False)
+    report = verify(reader, load_public_key(keys.public))
+    reader.close()
+    assert report.ok, report.problems
+    assert report.notes == ()
+
+
+def test_posted_events_ride_along_with_the_next_awaited_commit(
+    tmp_path: Path, keys: Keys
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = CountingStore(open_store(url))
+    writer = GroupCommitWriter(store, writer_id="w", signing_key=load_signing_key(keys.signing),
+                               post_delay=60.0)
+    posted, awaited = decision_event(), decision_event()
+    writer.post(posted)
+    assert store.transactions == 0  # waits for company (up to post_delay)
+    writer.submit(awaited)
+    assert store.transactions == 1
+    assert _stored(url) == [(posted.event_id, 1), (awaited.event_id, 2)]
+    writer.close()
