@@ -53,8 +53,12 @@ class Guard:
         self._tracer = tracer or default_tracer
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Guard:
-        """Load the policy, open the audit trail, and record the policy in force.
+    def from_settings(cls, settings: Settings, holder: PolicyHolder | None = None) -> Guard:
+        """Open the audit trail, record the policy in force, and record every reload.
+
+        Args:
+            settings: Where the policy and the audit store are.
+            holder: The policy holder to use; by default one loading ``settings.policy.dir``.
 
         Raises:
             PolicyLoadError: the policy has errors; the guard must not start.
@@ -62,8 +66,9 @@ class Guard:
         from guard.policy import load_policy
         from guard.policy._holder import PolicyHolder
 
-        policy_dir = settings.policy.dir
-        holder = PolicyHolder(lambda: load_policy(policy_dir))
+        if holder is None:
+            policy_dir = settings.policy.dir
+            holder = PolicyHolder(lambda: load_policy(policy_dir))
         trail = AuditTrail.open(settings.audit)
         try:
             guard = cls(holder, trail,

@@ -150,10 +150,8 @@ class ProxyEndpoint:
             if outcome.decision_id:
                 route = outcome.route or "<undeclared>"
                 http = HttpContext(method=scope["method"], route=route, status=status)
-                try:
-                    await sidecar.guard.arecord_outcome(outcome.decision_id, status, http)
-                except Exception:
-                    _log.exception("could not record the outcome of %s", outcome.decision_id)
+                # The outcome does not gate data flow: it rides the next group commit.
+                sidecar.guard.enqueue_outcome(outcome.decision_id, status, http)
 
 
 def _routes(sidecar: Sidecar) -> list[BaseRoute]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ _log = logging.getLogger("guard.sidecar.reload")
 
 POLICY_FILES = frozenset({"model.conf", "rules.csv"})
 
-PolicyEventSink = Callable[[str, str, str], object]
 """``(kind, version, detail)``: writes a ``policy_loaded`` / ``policy_rejected`` audit event."""
 
 
@@ -43,16 +41,14 @@ class Reloader:
     kept out, shown in ``/readyz`` and recorded as ``policy_rejected``.
 
     Args:
-        holder: The policy holder decisions read from.
-        record: Writes the policy audit event (called in a worker thread); None
-            when the holder's own reload listener already records it.
+        holder: The policy holder decisions read from (its reload listeners write
+            the ``policy_loaded`` / ``policy_rejected`` audit events).
     """
 
-    __slots__ = ("_holder", "_lock", "_record", "last", "listening")
+    __slots__ = ("_holder", "_lock", "last", "listening")
 
-    def __init__(self, holder: PolicyHolder, record: PolicyEventSink | None = None) -> None:
+    def __init__(self, holder: PolicyHolder) -> None:
         self._holder = holder
-        self._record = record
         self._lock = asyncio.Lock()
         self.last: ReloadStatus | None = None
         self.listening: bool | None = None
@@ -79,17 +75,6 @@ class Reloader:
             _log.info(
                 "policy reloaded (%s): %s -> %s", trigger, result.previous_version, result.version
             )
-        if self._record is None:
-            return result
-        try:
-            if not result.ok:
-                self._record("policy_rejected", result.version, f"{trigger}: {result.error}")
-            elif result.changed:
-                self._record(
-                    "policy_loaded", result.version, f"{trigger}; was {result.previous_version}"
-                )
-        except Exception:
-            _log.exception("could not record the policy event for %s", result.version)
         return result
 
     async def watch_files(self, policy_dir: Path, *, debounce_ms: int = 50) -> None:

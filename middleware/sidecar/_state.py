@@ -83,22 +83,10 @@ def routes_path(settings: Settings) -> Path:
 def build_sidecar(settings: Settings) -> Sidecar:
     """Load everything a sidecar needs; any bad setting or policy raises a GuardError now."""
     from guard._guard import Guard
-    from guard.audit import AuditTrail, load_hmac_key
 
     loader, folder = policy_loader(settings)
     auth = Authenticator.from_settings(settings.identity)
     routes = RouteTable.from_csv(routes_path(settings))
-    if folder is not None:
-        # The guard loads the folder itself and records every reload's outcome.
-        guard = Guard.from_settings(settings)
-        return Sidecar(settings, guard, guard.holder, auth, routes, Reloader(guard.holder), folder)
-    holder = PolicyHolder(loader)
-    trail = AuditTrail.open(settings.audit)
-    try:
-        guard = Guard(holder, trail, hmac_key=load_hmac_key(settings.audit.hmac_key, create=True))
-    except BaseException:
-        trail.close()
-        raise
-    guard.record_policy_event("policy_loaded", holder.current.version, "policy in force at start")
-    reloader = Reloader(holder, record=guard.record_policy_event)
-    return Sidecar(settings, guard, holder, auth, routes, reloader, None)
+    # The guard records the policy in force and every reload's outcome.
+    guard = Guard.from_settings(settings, holder=PolicyHolder(loader))
+    return Sidecar(settings, guard, guard.holder, auth, routes, Reloader(guard.holder), folder)
