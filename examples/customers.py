@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import shlex
 import shutil
 import sys
@@ -245,33 +246,39 @@ DEMOS: tuple[Demo, ...] = (
 )
 
 
+def token_variable(demo: Demo) -> str:
+    """The shell variable the printed requests use for this demo's token."""
+    name = "TOKEN_" + re.sub(r"[^A-Z0-9]+", "_", (demo.caller or "").upper())
+    return name + "_LIMITED" if demo.token_purposes else name
+
+
 def mint_tokens(settings: Settings, ttl_seconds: int = 12 * 3600) -> dict[Demo, str]:
-    """A development token for every demo that has a caller."""
+    """A development token for every demo that has a caller (one per caller and claim)."""
     from guard.cli._token import issue_token
 
-    tokens: dict[tuple[str, tuple[str, ...] | None], str] = {}
+    by_variable: dict[str, str] = {}
     out: dict[Demo, str] = {}
     for demo in DEMOS:
         if demo.caller is None:
             continue
-        key = (demo.caller, demo.token_purposes)
-        if key not in tokens:
+        name = token_variable(demo)
+        if name not in by_variable:
             purposes = list(demo.token_purposes) if demo.token_purposes else None
-            tokens[key] = issue_token(settings.identity, demo.caller, purposes, ttl_seconds)
-        out[demo] = tokens[key]
+            by_variable[name] = issue_token(settings.identity, demo.caller, purposes, ttl_seconds)
+        out[demo] = by_variable[name]
     return out
 
 
-def curl(demo: Demo, base: str, token: str | None) -> str:
-    """The ``curl`` command line for a demo."""
-    parts = ["curl", "-si", "-X", demo.method, f"{base}{demo.path}"]
-    if token:
-        parts += ["-H", f"Authorization: Bearer {token}"]
+def curl(demo: Demo, base: str) -> str:
+    """The ``curl`` command line for a demo; the token comes from its shell variable."""
+    parts = [shlex.join(["curl", "-si", "-X", demo.method, f"{base}{demo.path}"])]
+    if demo.caller is not None:
+        parts.append(f'-H "Authorization: Bearer ${token_variable(demo)}"')
     if demo.purpose:
-        parts += ["-H", f"X-Purpose: {demo.purpose}"]
+        parts.append(shlex.join(["-H", f"X-Purpose: {demo.purpose}"]))
     if demo.body:
-        parts += ["-H", "Content-Type: application/json", "-d", demo.body]
-    return shlex.join(parts)
+        parts.append(shlex.join(["-H", "Content-Type: application/json", "-d", demo.body]))
+    return " ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,9 +296,13 @@ def main(argv: list[str] | None = None) -> None:
     tokens = mint_tokens(settings)
     print(f"purpose-guard example: customers service on {base}")
     print(f"policy: {settings.policy.dir or 'shipped'}; audit store: {settings.audit.store}\n")
+    print("# development tokens (valid 12 hours); paste these first:")
+    for name, token in {token_variable(d): t for d, t in tokens.items()}.items():
+        print(f"export {name}={token}")
+    print()
     for demo in DEMOS:
         print(f"# {demo.title}  -> {demo.status}")
-        print(curl(demo, base, tokens.get(demo)) + "\n")
+        print(curl(demo, base) + "\n")
     cli = "guard" if shutil.which("guard") else str(Path(sys.executable).with_name("guard"))
     print("# every decision above, newest first (and only the denials, as JSON lines):")
     print(f"{cli} audit query --since 1h --limit 50")
