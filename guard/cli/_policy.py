@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
-from typer.core import TyperCommand
 
 from guard.cli._groups import policy_app
 from guard.policy._compiled import CompiledPolicy
 from guard.policy._diff import diff_policies, read_revision, render_markdown, render_text, to_json
 from guard.policy._findings import Finding, Severity
-from guard.policy._lint import check_readable, has_errors, lint_policy
+from guard.policy._lint import has_errors, lint_policy
 from guard.policy._load import SlowPathWarning, compile_source
 from guard.policy._ropa import build_ropa
 from guard.policy._ropa import render_csv as ropa_csv
@@ -29,19 +28,6 @@ PolicyDirOpt = Annotated[
 ]
 
 
-class _OneLineErrors(TyperCommand):
-    """Usage errors (unknown option, missing argument) as one line and exit 2."""
-
-    def make_context(
-        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
-    ) -> Any:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except typer.TyperException as exc:  # typer's own click exceptions derive from it
-            format_message = getattr(exc, "format_message", None)
-            _usage(format_message() if callable(format_message) else str(exc))
-
-
 def _usage(message: str) -> NoReturn:
     typer.echo(f"guard: error: {message}", err=True)
     raise SystemExit(2)
@@ -54,7 +40,6 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 
 def _compile(source: PolicySource) -> CompiledPolicy:
-    check_readable(source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SlowPathWarning)
         return compile_source(source)
@@ -76,7 +61,7 @@ def _github(finding: Finding) -> str:
     return f"::{finding.severity.value} {','.join(props)}::{_gh_escape(message)}"
 
 
-@policy_app.command("lint", cls=_OneLineErrors)
+@policy_app.command("lint")
 def lint(
     policy_dir: PolicyDirOpt = None,
     output: Annotated[str, typer.Option("--format", metavar="text|json|github",
@@ -104,7 +89,7 @@ def lint(
     raise SystemExit(1 if has_errors(findings) else 0)
 
 
-@policy_app.command("test", cls=_OneLineErrors)
+@policy_app.command("test")
 def run_tests(
     policy_dir: PolicyDirOpt = None,
     cases: Annotated[Path | None, typer.Option(
@@ -129,7 +114,7 @@ def _side(spec: str, path: str) -> CompiledPolicy:
     return _compile(read_revision(spec, path))
 
 
-@policy_app.command("diff", cls=_OneLineErrors)
+@policy_app.command("diff")
 def diff(
     old: Annotated[str, typer.Argument(metavar="OLD", help="Policy folder or git revision.")],
     new: Annotated[str, typer.Argument(metavar="NEW", help="Policy folder or git revision.")],
@@ -152,7 +137,7 @@ def diff(
     raise SystemExit(1 if exit_code and not delta.empty else 0)
 
 
-@policy_app.command("ropa", cls=_OneLineErrors)
+@policy_app.command("ropa")
 def ropa(
     policy_dir: PolicyDirOpt = None,
     output: Annotated[str, typer.Option("--format", metavar="markdown|csv",
