@@ -9,11 +9,8 @@ address is in a configured CIDR list.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import ipaddress
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from guard._errors import ConfigError, GuardError
+from guard._secrets import key_id, load_ed25519_key
 from guard.config import IdentitySettings
 
 __all__ = [
@@ -79,41 +76,12 @@ class VerificationKey:
 
 def dev_key_id(public_key: Ed25519PublicKey) -> str:
     """The ``kid`` of the development key: a short digest of its public bytes."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "dev-" + hashlib.sha256(raw).hexdigest()[:16]
+    return "dev-" + key_id(public_key)
 
 
 def load_or_create_dev_key(path: Path) -> Ed25519PrivateKey:
-    """Read the Ed25519 development key, creating it (mode 0600) on first use.
-
-    Creation is atomic: the key is written to a private temporary file and
-    linked into place, so two processes starting together agree on one key.
-    """
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the development key {path}: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"the development key {path} is not an Ed25519 private key")
-    return key
+    """Read the Ed25519 development key, creating it (mode 0600, atomically) on first use."""
+    return load_ed25519_key(path, "development key", create=True)
 
 
 def _jwks_keys(path: Path) -> list[VerificationKey]:

@@ -1,0 +1,68 @@
+"""Local key files: created once with mode 0600, atomically, and read back with one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from guard._errors import ConfigError
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` (mode 0600, parent 0700) holding ``data``; never overwrite.
+
+    The data is written to a private temporary file and linked into place, so a
+    reader never sees a half-written key and two processes starting together
+    agree on one.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_ed25519_key(path: Path, what: str, *, create: bool) -> Ed25519PrivateKey:
+    """Read an Ed25519 private key (PEM, PKCS#8); with ``create``, generate it on first use.
+
+    Args:
+        path: The key file.
+        what: How errors name the key, e.g. ``audit signing key``.
+        create: Generate the key when the file does not exist.
+    """
+    if create and not path.exists():
+        write_secret(
+            path,
+            Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+    try:
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{what} {path} is not a PEM private key") from exc
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ConfigError(f"{what} {path} is not an Ed25519 key")
+    return loaded
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A short fingerprint of a public key: the first 16 hex digits of its SHA-256."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
