@@ -44,7 +44,6 @@ class PostgresStore:
         timeout: Seconds to wait for a connection.
     """
 
-    dialect = "postgresql"
 
     def __init__(self, url: str, *, create: bool = True, timeout: float = 5.0) -> None:
         self.url = url

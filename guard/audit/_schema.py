@@ -71,10 +71,6 @@ SCHEMA_VERSION_DDL = (
 )
 
 EVENT_COLUMNS = ", ".join(FIELD_NAMES)
-COLUMN_TYPES = dict.fromkeys(FIELD_NAMES, "text") | {
-    "allowed": "integer", "http_status": "integer", "latency_us": "bigint", "seq": "bigint",
-}
-"""SQL type of each event column (for typed bulk statements)."""
 INSERT_EVENT = (
     f"INSERT INTO audit_event ({EVENT_COLUMNS}) VALUES ({', '.join('?' * len(FIELD_NAMES))}) "  # noqa: S608 - constant SQL
     "ON CONFLICT (event_id) DO NOTHING"

@@ -44,7 +44,6 @@ class SqliteStore:
         timeout: Seconds to wait for another process's write lock.
     """
 
-    dialect = "sqlite"
 
     def __init__(self, path: Path, *, create: bool = True, timeout: float = 5.0) -> None:
         self.path = path

@@ -22,7 +22,6 @@ class Store(Protocol):
     """
 
     url: str
-    dialect: str
 
     def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
         """Commit event rows and checkpoints in one durable transaction (existing ids are skipped).

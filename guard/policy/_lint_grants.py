@@ -8,8 +8,6 @@ from guard.policy._lint_parties import Parties
 from guard.policy._lint_trees import Purposes
 from guard.policy._source import Row
 
-Grant = tuple[str, str, str, str]  # caller, purpose, category, action
-
 
 def _in_scope(category: str, purpose: str, categories: Tree, purposes: Purposes) -> bool:
     """Whether a grant of ``category`` on ``purpose`` stays within the ceiling(s)."""

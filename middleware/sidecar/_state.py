@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +46,6 @@ class Sidecar:
     reloader: Reloader
     policy_dir: Path | None
     proxy: Proxy | None = None
-    started_at: float = field(default_factory=time.time)
 
 
 def peer_of(scope: Scope) -> str | None:

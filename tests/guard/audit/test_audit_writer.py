@@ -30,7 +30,7 @@ class CountingStore:
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
-        self.url, self.dialect = inner.url, inner.dialect
+        self.url = inner.url
         self.transactions = 0
 
     def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
