@@ -1,4 +1,4 @@
-"""A throw-away PostgreSQL server on loopback, for the tests and the benchmarks."""
+"""Loopback helpers for the tests and the benchmarks: a free port, a throw-away PostgreSQL."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -52,7 +53,7 @@ def pg_server() -> Iterator[str | None]:
     subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
                                  "--auth=trust", "--no-sync", "-E", "UTF8"]),
                    check=True, capture_output=True)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         _as_postgres([str(bindir / "postgres"), "-D", str(data), "-p", str(port),
                       "-h", "127.0.0.1", "-k", str(base), "-c", "fsync=on",

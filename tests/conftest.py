@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench._pg import fresh_database, pg_server
+from bench._pg import free_port, fresh_database, pg_server
+
+__all__ = ["free_port", "policy_dir", "postgres_url"]
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY_DIR = REPO / "policies"
@@ -19,13 +20,6 @@ POLICY_DIR = REPO / "policies"
 def policy_dir() -> Path:
     """The shipped policy folder (model.conf, rules.csv, routes.csv, tests.csv)."""
     return POLICY_DIR
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

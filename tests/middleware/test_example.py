@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tokenkit import free_port
 
+from bench._pg import free_port
 from examples.customers import DEMOS, create_app
 from middleware.routes import RouteTable, rules_from_app
 

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from bench._pg import free_port
 from guard.config import AuditSettings, IdentitySettings, Settings
 from middleware.identity import load_or_create_dev_key
 
@@ -111,20 +112,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 Mint = Callable[..., str]
-
-
-def free_port() -> int:
-    """``free_port()`` of tests/conftest.py (loaded by path: ``conftest`` here is ours)."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parent.parent / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_guard_root_conftest", root)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    port: int = module.free_port()
-    return port
 
 
 def guard_settings(base: Path, keys: Keys, **identity: Any) -> Settings:

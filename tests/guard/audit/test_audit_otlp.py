@@ -9,7 +9,7 @@ from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from tests.conftest import free_port
+from bench._pg import free_port
 from tests.guard.audit.conftest import Keys, decision_event, make_trail
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -18,25 +17,12 @@ import httpx
 import pytest
 import uvicorn
 
+from bench._pg import free_port
 from guard.config import AuditSettings, PolicySettings, Settings, SidecarSettings
 
 NGINX = os.environ.get("GUARD_NGINX", "/usr/sbin/nginx")
 REPO = Path(__file__).resolve().parents[3]
 
-
-def _shared_conftest() -> Any:
-    """tests/conftest.py as a module (conftest modules are not importable by name)."""
-    spec = importlib.util.spec_from_file_location(
-        "guard_tests_conftest", REPO / "tests/conftest.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-free_port: Callable[[], int] = _shared_conftest().free_port
 
 # Routes the tests guard; the shipped organisation (POLICY-SPEC §2) decides.
 ROUTES_CSV = """\

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sidecarkit import free_port
 
+from bench._pg import free_port
 from guard._errors import ConfigError
 from guard.policy import PolicyLoadError, load_policy
 from guard.policy._pgsource import (

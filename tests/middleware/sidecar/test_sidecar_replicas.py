@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from sidecarkit import free_port, policy_copy, poll, version_of, wait_for_port
+from sidecarkit import policy_copy, poll, version_of, wait_for_port
 
+from bench._pg import free_port
 from guard.policy._pgsource import load_latest, push_policy_dir
 
 pytestmark = pytest.mark.postgres
