@@ -16,6 +16,7 @@ GUARD = Path(sys.executable).with_name("guard")
     ("args", "env", "message"),
     [
         (["sidecar", "--workers", "0"], {}, "invalid settings: sidecar.workers"),
+        (["sidecar", "--upstream", "notaurl"], {}, "invalid settings: sidecar.upstream"),
         (["sidecar"], {"GUARD_SIDECAR__PORT": "abc"}, "invalid settings: sidecar.port"),
         (["sidecar", "--policy-source", "bogus"], {}, "policy.source must be 'files'"),
         (["sidecar", "--routes", "/nonexistent/routes.csv"], {}, "routes file not found"),
