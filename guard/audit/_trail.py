@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,16 @@ class AuditTrail:
             AuditUnavailableError: neither the store nor a spool could take it.
         """
         self._writer.submit(event)
+
+    def record_many(self, events: Sequence[AuditEvent]) -> list[BaseException | None]:
+        """Link ``events`` into the chain in order; return once all are settled.
+
+        Returns, per event, ``None`` (durable) or the error that kept it out.
+
+        Raises:
+            AuditUnavailableError: the trail is closed or its writer did not confirm.
+        """
+        return self._writer.submit_many(events)
 
     async def arecord(self, event: AuditEvent) -> None:
         """Like :meth:`record` without blocking the event loop."""

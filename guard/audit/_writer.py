@@ -31,7 +31,9 @@ class _Item:
     """One queued event and how to tell its producer that it is durable.
 
     A waiting thread blocks on ``done`` (held until the event is settled); a
-    coroutine awaits ``future``; a posted event (no waiter) has neither.
+    coroutine awaits ``future``; a posted event (no waiter) has neither. The
+    leading events of :meth:`GroupCommitWriter.submit_many` have neither but
+    are ``watched``: their producer reads ``error`` once the last one settles.
     """
 
     event: AuditEvent
@@ -40,6 +42,7 @@ class _Item:
     loop: asyncio.AbstractEventLoop | None = None
     error: BaseException | None = None
     settled: bool = False
+    watched: bool = False
 
 
 def _settle(items: list[_Item]) -> None:
@@ -153,6 +156,35 @@ class GroupCommitWriter:
             raise item.error
         if not item.settled:  # fail closed, whatever went wrong
             raise AuditUnavailableError("audit writer lost track of an event")
+
+    def submit_many(
+        self, events: Sequence[AuditEvent], timeout: float = 30.0
+    ) -> list[BaseException | None]:
+        """Queue ``events`` in order and block until all are settled.
+
+        Returns, per event, ``None`` (durable) or the error that kept it out.
+        The queue is committed in order, so once the last event is settled all
+        of them are.
+        """
+        if not events:
+            return []
+        items = [_Item(event, watched=True) for event in events]
+        last = items[-1]
+        done = last.done = threading.Lock()
+        done.acquire()
+        with self._cond:
+            self._check_open()
+            self._pending.extend(items)
+            self._queued += len(items)
+            self._waited += 1
+            lead = not self._busy
+            self._busy = True
+        if not lead and not done.acquire(timeout=timeout) and not last.settled:
+            raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
+        if lead:
+            self._lead(last)
+        lost = AuditUnavailableError("audit writer lost track of an event")
+        return [item.error if item.settled else lost for item in items]
 
     async def asubmit(self, event: AuditEvent) -> None:
         """Queue ``event``; the returned awaitable resolves when it is durable."""
@@ -337,7 +369,7 @@ class GroupCommitWriter:
             self.last_error = str(error)
             for item in batch:
                 item.error = error
-                if item.done is None and item.future is None:
+                if item.done is None and item.future is None and not item.watched:
                     _log.error("audit event %s (%s) was not recorded: %s",
                                item.event.event_id, item.event.kind.value, error)
             self._notify(batch)

@@ -279,3 +279,22 @@ def test_posted_events_ride_along_with_the_next_awaited_commit(
     assert store.transactions == 1
     assert _stored(url) == [(posted.event_id, 1), (awaited.event_id, 2)]
     writer.close()
+
+
+def test_record_many_commits_in_order_and_reports_each_event(
+    tmp_path: Path, keys: Keys
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = CountingStore(open_store(url, timeout=0.05))
+    trail = AuditTrail(store, load_signing_key(keys.signing))
+    events = [decision_event(subject_id=f"s{i}") for i in range(5)]
+    assert trail.record_many(events) == [None] * 5
+    assert store.transactions == 1  # one transaction for the five (its open checkpoint too)
+    assert trail.record_many([]) == []
+    locker = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    errors = trail.record_many([decision_event(), decision_event()])
+    assert all(isinstance(e, AuditUnavailableError) for e in errors)
+    locker.execute("ROLLBACK")
+    trail.close()
+    assert [event_id for event_id, _ in _stored(url)] == [e.event_id for e in events]
