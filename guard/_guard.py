@@ -6,15 +6,18 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
 from guard._errors import AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
-from guard.audit import AuditEvent, AuditPipeline, AuditTrail, EventKind, load_hmac_key
+from guard.audit import AuditPipeline, EventKind, load_hmac_key
 from guard.audit._otel import decision_attributes
 from guard.audit._otel import tracer as default_tracer
+from guard.audit._pipeline import decision_fields, outcome_fields, policy_fields
+from guard.audit._relay import RelayTrail
+from guard.audit._trail import Trail, open_trail
 
 if TYPE_CHECKING:
     from guard.config import Settings
@@ -42,7 +45,7 @@ class Guard:
     def __init__(
         self,
         holder: PolicyHolder,
-        trail: AuditTrail,
+        trail: Trail,
         *,
         hmac_key: bytes,
         tracer: trace.Tracer | None = None,
@@ -69,7 +72,7 @@ class Guard:
         if holder is None:
             policy_dir = settings.policy.dir
             holder = PolicyHolder(lambda: load_policy(policy_dir))
-        trail = AuditTrail.open(settings.audit)
+        trail = open_trail(settings.audit)
         try:
             guard = cls(holder, trail,
                         hmac_key=load_hmac_key(settings.audit.hmac_key, create=True))
@@ -94,7 +97,7 @@ class Guard:
 
     def _decide(
         self, request: Request, http: HttpContext | None, span: trace.Span
-    ) -> tuple[Decision, AuditEvent]:
+    ) -> tuple[Decision, dict[str, Any]]:
         start = time.perf_counter_ns()
         try:
             decision = self.holder.decide(request)
@@ -103,7 +106,7 @@ class Guard:
         latency_us = (time.perf_counter_ns() - start) // 1000
         if span.is_recording():
             span.set_attributes(decision_attributes(decision))
-        return decision, self._pipeline.decision(request, decision, http, latency_us)
+        return decision, decision_fields(request, decision, http, latency_us)
 
     @contextlib.contextmanager
     def _decision_span(self) -> Iterator[trace.Span]:
@@ -132,6 +135,34 @@ class Guard:
             span.set_attributes(decision_attributes(refused))
         return refused
 
+    # -- recording: built here for a trail in this process, by the relay for a relay ---------
+
+    def _record(self, kind: EventKind, fields: dict[str, Any]) -> str:
+        """Record the event ``fields`` describe; its id once durable."""
+        trail = self.trail
+        if isinstance(trail, RelayTrail):
+            return trail.record_fields(kind, fields)
+        event = self._pipeline.event(kind, **fields)
+        trail.record(event)
+        return event.event_id
+
+    async def _arecord(self, kind: EventKind, fields: dict[str, Any]) -> str:
+        trail = self.trail
+        if isinstance(trail, RelayTrail):
+            return await trail.arecord_fields(kind, fields)
+        event = self._pipeline.event(kind, **fields)
+        await trail.arecord(event)
+        return event.event_id
+
+    def _post(self, kind: EventKind, fields: dict[str, Any]) -> None:
+        trail = self.trail
+        if isinstance(trail, RelayTrail):
+            trail.post_fields(kind, fields)
+        else:
+            trail.post(self._pipeline.event(kind, **fields))
+
+    # -- decisions ---------------------------------------------------------------------------
+
     def check(self, request: Request, http: HttpContext | None = None) -> Checked:
         """Decide and durably record; a decision that cannot be recorded is a denial.
 
@@ -139,37 +170,35 @@ class Guard:
         """
         with self._decision_span() as span:
             try:
-                decision, event = self._decide(request, http, span)
+                decision, fields = self._decide(request, http, span)
             except Exception:
                 return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
             try:
-                self.trail.record(event)
+                return Checked(decision, self._record(EventKind.DECISION, fields))
             except Exception:  # AuditUnavailableError or anything else: fail closed
-                return Checked(self._unrecorded(request, decision, span), event.event_id)
-            return Checked(decision, event.event_id)
+                return Checked(self._unrecorded(request, decision, span), "")
 
     async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
         """Like :meth:`check`; awaits the durable write without blocking the loop."""
         with self._decision_span() as span:
             try:
-                decision, event = self._decide(request, http, span)
+                decision, fields = self._decide(request, http, span)
             except Exception:
                 return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
             try:
-                await self.trail.arecord(event)
+                return Checked(decision, await self._arecord(EventKind.DECISION, fields))
             except Exception:
-                return Checked(self._unrecorded(request, decision, span), event.event_id)
-            return Checked(decision, event.event_id)
+                return Checked(self._unrecorded(request, decision, span), "")
 
-    def _denial_event(
+    def _denial_fields(
         self, request: Request, decision: Decision, http: HttpContext | None
-    ) -> AuditEvent:
+    ) -> dict[str, Any]:
         if decision.allowed:
             raise ValueError("record_denial takes denials only; decide with check()")
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(decision_attributes(decision))
-        return self._pipeline.decision(request, decision, http)
+        return decision_fields(request, decision, http)
 
     def record_denial(
         self, request: Request, decision: Decision, http: HttpContext | None = None
@@ -183,23 +212,21 @@ class Guard:
         Raises:
             ValueError: ``decision`` allows the request.
         """
-        event = self._denial_event(request, decision, http)
+        fields = self._denial_fields(request, decision, http)
         try:
-            self.trail.record(event)
+            return Checked(decision, self._record(EventKind.DECISION, fields))
         except Exception:  # the request is refused either way; no id an auditor could find
             return Checked(decision, "")
-        return Checked(decision, event.event_id)
 
     async def arecord_denial(
         self, request: Request, decision: Decision, http: HttpContext | None = None
     ) -> Checked:
         """Like :meth:`record_denial` without blocking the event loop."""
-        event = self._denial_event(request, decision, http)
+        fields = self._denial_fields(request, decision, http)
         try:
-            await self.trail.arecord(event)
+            return Checked(decision, await self._arecord(EventKind.DECISION, fields))
         except Exception:
             return Checked(decision, "")
-        return Checked(decision, event.event_id)
 
     # -- outcomes and policy events ----------------------------------------------------------
 
@@ -208,7 +235,7 @@ class Guard:
     ) -> bool:
         """Record the final HTTP status of an earlier decision; False if it could not be."""
         try:
-            self.trail.record(self._pipeline.outcome(decision_id, status, http))
+            self._record(EventKind.OUTCOME, outcome_fields(decision_id, status, http))
         except AuditUnavailableError:
             return False
         return True
@@ -218,7 +245,7 @@ class Guard:
     ) -> bool:
         """Like :meth:`record_outcome` without blocking the loop."""
         try:
-            await self.trail.arecord(self._pipeline.outcome(decision_id, status, http))
+            await self._arecord(EventKind.OUTCOME, outcome_fields(decision_id, status, http))
         except AuditUnavailableError:
             return False
         return True
@@ -234,7 +261,7 @@ class Guard:
         returned). False if the trail is closed.
         """
         try:
-            self.trail.post(self._pipeline.outcome(decision_id, status, http))
+            self._post(EventKind.OUTCOME, outcome_fields(decision_id, status, http))
         except AuditUnavailableError:
             return False
         return True
@@ -243,8 +270,9 @@ class Guard:
         self, kind: EventKind | str, version: str, detail: str | None = None
     ) -> bool:
         """Record that a policy was loaded or rejected; False if it could not be."""
+        kind = EventKind(kind)
         try:
-            self.trail.record(self._pipeline.policy(EventKind(kind), version, detail))
+            self._record(kind, policy_fields(kind, version, detail))
         except AuditUnavailableError:
             return False
         return True

@@ -46,6 +46,9 @@ class AuditSettings(BaseModel):
     checkpoint_every: int = 1000
     writer_id: str | None = None
     otlp_endpoint: str | None = None
+    writer: Literal["thread", "process"] = "thread"
+    """Where events are hashed and written: a thread of this process, or a relay
+    process it starts (the service's interpreter then only hands events over)."""
 
 
 class IdentitySettings(BaseModel):

@@ -135,38 +135,72 @@ class AuditPipeline:
         latency_us: int | None = None,
     ) -> AuditEvent:
         """The event for one decision."""
-        return self.event(
-            EventKind.DECISION,
-            caller=decision.caller or request.caller,
-            party_type=decision.party_type,
-            country=decision.country,
-            purpose=decision.purpose or request.purpose,
-            categories=tuple(decision.categories or request.categories),
-            action=(decision.action or request.action).value,
-            allowed=decision.allowed,
-            reason=decision.reason.value,
-            rule=tuple(decision.rule),
-            lawful_basis=tuple(decision.lawful_basis),
-            policy_version=decision.policy_version,
-            subject_id=request.subject,
-            http_method=http.method if http else None,
-            http_route=http.route if http else None,
-            http_status=http.status if http else None,
-            latency_us=latency_us,
-        )
+        fields = decision_fields(request, decision, http, latency_us)
+        return self.event(EventKind.DECISION, **fields)
 
     def outcome(self, decision_id: str, status: int, http: HttpContext | None) -> AuditEvent:
         """The event for the final HTTP status of an earlier decision."""
-        return self.event(
-            EventKind.OUTCOME,
-            decision_ref=decision_id,
-            http_method=http.method if http else None,
-            http_route=http.route if http else None,
-            http_status=status,
-        )
+        return self.event(EventKind.OUTCOME, **outcome_fields(decision_id, status, http))
 
     def policy(self, kind: EventKind, version: str, detail: str | None) -> AuditEvent:
         """The event for a policy that was loaded or rejected."""
-        if kind not in (EventKind.POLICY_LOADED, EventKind.POLICY_REJECTED):
-            raise ValueError(f"not a policy event kind: {kind}")
-        return self.event(kind, policy_version=version, detail=detail)
+        return self.event(kind, **policy_fields(kind, version, detail))
+
+
+def decision_fields(
+    request: Request,
+    decision: Decision,
+    http: HttpContext | None = None,
+    latency_us: int | None = None,
+) -> dict[str, Any]:
+    """The fields of a decision event, before the processors (raw ``subject_id``)."""
+    return {
+        "caller": decision.caller or request.caller,
+        "party_type": decision.party_type,
+        "country": decision.country,
+        "purpose": decision.purpose or request.purpose,
+        "categories": tuple(decision.categories or request.categories),
+        "action": (decision.action or request.action).value,
+        "allowed": decision.allowed,
+        "reason": decision.reason.value,
+        "rule": tuple(decision.rule),
+        "lawful_basis": tuple(decision.lawful_basis),
+        "policy_version": decision.policy_version,
+        "subject_id": request.subject,
+        "http_method": http.method if http else None,
+        "http_route": http.route if http else None,
+        "http_status": http.status if http else None,
+        "latency_us": latency_us,
+    }
+
+
+def outcome_fields(decision_id: str, status: int, http: HttpContext | None) -> dict[str, Any]:
+    """The fields of the event for the final HTTP status of an earlier decision."""
+    return {
+        "decision_ref": decision_id,
+        "http_method": http.method if http else None,
+        "http_route": http.route if http else None,
+        "http_status": status,
+    }
+
+
+def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str, Any]:
+    """The fields of a policy event.
+
+    Raises:
+        ValueError: ``kind`` is not a policy event kind.
+    """
+    if kind not in (EventKind.POLICY_LOADED, EventKind.POLICY_REJECTED):
+        raise ValueError(f"not a policy event kind: {kind}")
+    return {"policy_version": version, "detail": detail}
+
+
+def trace_fields() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the current OpenTelemetry span (empty without one).
+
+    For events built elsewhere (the audit relay), where this span is not current.
+    """
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}

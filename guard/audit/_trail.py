@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -19,6 +19,31 @@ from guard.audit._writer import Emitter, GroupCommitWriter
 
 if TYPE_CHECKING:
     from guard.config import AuditSettings
+
+
+class Trail(Protocol):
+    """What the guard records through: :class:`AuditTrail` or a relay process's client."""
+
+    def record(self, event: AuditEvent) -> None: ...
+
+    async def arecord(self, event: AuditEvent) -> None: ...
+
+    def post(self, event: AuditEvent) -> None: ...
+
+    def flush(self, timeout: float = 30.0) -> None: ...
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    def close(self) -> None: ...
+
+
+def open_trail(settings: AuditSettings) -> Trail:
+    """The trail ``settings.writer`` asks for: in this process, or in a relay process."""
+    if settings.writer == "process":
+        from guard.audit._relay import RelayTrail
+
+        return RelayTrail(settings)
+    return AuditTrail.open(settings)
 
 
 class AuditTrail:

@@ -1,0 +1,416 @@
+"""An audit trail written by a child process: the service only hands events over.
+
+:class:`RelayTrail` has the recording interface of :class:`AuditTrail`, but the
+store, the hash chain, the checkpoints and the group commit live in a relay
+process (``guard/audit/_relay_server.py``) that it starts and owns. A call
+returns, as with the in-process trail, only once the relay acknowledged that
+the event is durable; when the relay cannot be reached the call fails and the
+guard refuses (``audit_unavailable``). The hashing, row building and writing
+then run on another core instead of sharing the service's interpreter lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+from guard._errors import AuditUnavailableError
+from guard.audit._event import AuditEvent, EventKind
+from guard.audit._pipeline import trace_fields, utc_now
+from guard.audit._relay_wire import (
+    BUILD,
+    BUILD_POST,
+    FLUSH,
+    POST,
+    READY,
+    RECORD,
+    WRITER,
+    FrameReader,
+    WireError,
+    event_to_wire,
+    frame,
+)
+
+if TYPE_CHECKING:
+    from guard.config import AuditSettings
+
+_log = logging.getLogger("guard.audit")
+_RESPAWN_INTERVAL = 1.0
+
+
+class _Connection(asyncio.Protocol):
+    """One event loop's connection to the relay; futures wait for their acknowledgement."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.outbox: list[bytes] = []  # frames to send at the end of this loop iteration
+        self.closed = False
+        self._scheduled = False
+        self._reader = FrameReader()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.send_outbox()
+
+    def send(self, data: bytes) -> None:
+        """Queue a frame; the frames of one loop iteration go out in one write."""
+        self.outbox.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.send_outbox)
+
+    def send_outbox(self) -> None:
+        self._scheduled = False
+        if self.transport is not None and self.outbox:
+            data = b"".join(self.outbox)
+            self.outbox.clear()
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            batches = self._reader.feed(data)
+        except WireError as exc:
+            self.fail(f"unreadable answer from the audit relay: {exc}")
+            return
+        waiting = self.waiting
+        for acks in batches:
+            for msg_id, error, answer in acks:
+                future = waiting.pop(msg_id, None)
+                if future is None or future.done():
+                    continue
+                if error is None:
+                    future.set_result(answer)
+                else:
+                    future.set_exception(AuditUnavailableError(error))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail("the audit relay closed the connection")
+
+    def fail(self, why: str) -> None:
+        """Fail every waiting future (fail closed) and stop using this connection."""
+        self.closed = True
+        waiting, self.waiting = self.waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(AuditUnavailableError(why))
+        if self.transport is not None:
+            self.transport.close()
+
+
+class RelayTrail:
+    """Record audit events through a relay process that this object starts and stops.
+
+    Args:
+        settings: The audit settings the relay opens its trail with.
+        start_timeout: Seconds to wait for the relay to report ``ready``.
+        ack_timeout: Seconds a blocking call waits for its acknowledgement.
+
+    Raises:
+        AuditUnavailableError: the relay did not start (the reason is in the message).
+    """
+
+    def __init__(
+        self, settings: AuditSettings, *, start_timeout: float = 30.0, ack_timeout: float = 30.0
+    ) -> None:
+        self._settings = settings
+        self._start_timeout = start_timeout
+        self._ack_timeout = ack_timeout
+        self._dir = tempfile.mkdtemp(prefix="guard-audit-relay-")
+        self.socket_path = os.path.join(self._dir, "relay.sock")
+        self._ids = itertools.count(1)
+        self._conns: dict[asyncio.AbstractEventLoop, _Connection] = {}
+        self._lock = threading.Lock()  # the blocking connection and the child process
+        self._sock: socket.socket | None = None
+        self._reader = FrameReader()
+        self._closed = False
+        self._spawned_at = 0.0
+        self._proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._spawn()
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+
+    # -- the relay process -------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        """Start the relay and wait for its ``ready`` line (caller holds no connection)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        self._spawned_at = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "guard.audit._relay_server", self.socket_path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write(self._settings.model_dump_json().encode() + b"\n")
+            proc.stdin.flush()
+            line = _read_line(proc.stdout, self._start_timeout)
+        except (OSError, TimeoutError) as exc:
+            _stop(proc, 5.0)
+            raise AuditUnavailableError(f"the audit relay did not start: {exc}") from None
+        if not line.startswith("ready"):
+            _stop(proc, 5.0)
+            why = line.removeprefix("error ").strip() or "it exited"
+            raise AuditUnavailableError(f"the audit relay did not start: {why}")
+        self._proc = proc
+
+    def _ensure_running(self) -> None:
+        """Restart a relay that died (at most once a second); the new one starts a new chain."""
+        proc = self._proc
+        if self._closed:
+            raise AuditUnavailableError("the trail is closed")
+        if proc is not None and proc.poll() is None:
+            return
+        if time.monotonic() - self._spawned_at < _RESPAWN_INTERVAL:
+            raise AuditUnavailableError("the audit relay is not running")
+        if proc is not None:
+            _log.error("the audit relay exited with %s; starting a new one", proc.returncode)
+            _stop(proc, 1.0)
+        self._proc = None
+        self._spawn()
+
+    @property
+    def pid(self) -> int | None:
+        """The relay process's id, while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    # -- blocking calls ----------------------------------------------------------------------
+
+    def _call(self, op: int, payload: Any = None) -> Any:
+        """Send one message on the blocking connection and wait for its acknowledgement."""
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._ensure_running()
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.settimeout(self._ack_timeout)
+                    sock.connect(self.socket_path)
+                    self._sock, self._reader = sock, FrameReader()
+                msg_id = next(self._ids)
+                self._sock.sendall(frame((msg_id, op, payload)))
+                while True:
+                    for acks in self._reader.feed(self._recv()):
+                        for ack_id, error, answer in acks:
+                            if ack_id == msg_id:
+                                if error is not None:
+                                    raise AuditUnavailableError(error)
+                                return answer
+            except (OSError, WireError) as exc:
+                self._drop_sock()
+                raise AuditUnavailableError(f"the audit relay did not answer: {exc}") from None
+
+    def _recv(self) -> bytes:
+        assert self._sock is not None
+        data = self._sock.recv(1 << 16)
+        if not data:
+            raise ConnectionResetError("the audit relay closed the connection")
+        return data
+
+    def _drop_sock(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    @property
+    def writer_id(self) -> str:
+        """The id of the chain the relay is writing now."""
+        return str(self._call(WRITER))
+
+    def record_fields(self, kind: EventKind, fields: dict[str, Any]) -> str:
+        """Have the relay build the event from ``fields`` and make it durable; its id.
+
+        ``fields`` are those of :class:`AuditPipeline` (``subject_id`` raw: the relay
+        pseudonymises it); the time and the current trace ids are added here.
+
+        Raises:
+            AuditUnavailableError: the relay could not record it, or could not be reached.
+        """
+        return str(self._call(BUILD, _payload(kind, fields)))
+
+    async def arecord_fields(self, kind: EventKind, fields: dict[str, Any]) -> str:
+        """Like :meth:`record_fields` without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        conn = self._connection(loop)
+        msg_id = next(self._ids)
+        future: asyncio.Future[Any] = loop.create_future()
+        conn.waiting[msg_id] = future
+        conn.send(frame((msg_id, BUILD, _payload(kind, fields))))
+        return str(await future)
+
+    def post_fields(self, kind: EventKind, fields: dict[str, Any]) -> None:
+        """Like :meth:`post`, for an event the relay builds from ``fields``."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.record_fields(kind, fields)
+            return
+        self._connection(loop).send(frame((next(self._ids), BUILD_POST, _payload(kind, fields))))
+
+    def record(self, event: AuditEvent) -> None:
+        """Return once the relay made ``event`` durable.
+
+        Raises:
+            AuditUnavailableError: the relay could not record it, or could not be reached.
+        """
+        self._call(RECORD, event_to_wire(event))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once every event handed over before the call is written (or has failed).
+
+        Raises:
+            AuditUnavailableError: the relay could not be reached.
+        """
+        self._send_outboxes(timeout)
+        self._call(FLUSH)
+
+    def _send_outboxes(self, timeout: float) -> None:
+        """Write the frames event loops still hold, so the relay reads them before a flush."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for loop, conn in list(self._conns.items()):
+            if not conn.outbox:
+                continue
+            if loop is running:
+                conn.send_outbox()
+                continue
+            sent = threading.Event()
+
+            def send(conn: _Connection = conn, sent: threading.Event = sent) -> None:
+                conn.send_outbox()
+                sent.set()
+
+            try:
+                loop.call_soon_threadsafe(send)
+            except RuntimeError:  # that loop is closed: nothing more will leave it
+                continue
+            sent.wait(timeout)
+
+    def ready(self) -> tuple[bool, str]:
+        """Can the relay make events durable right now? ``(ok, why)``."""
+        try:
+            ok, why = self._call(READY)
+        except AuditUnavailableError as exc:
+            return False, str(exc)
+        return bool(ok), f"{why} (audit relay pid {self.pid})"
+
+    # -- the event loop ----------------------------------------------------------------------
+
+    def _connection(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        conn = self._conns.get(loop)
+        if conn is not None and not conn.closed:
+            return conn
+        with self._lock:
+            self._ensure_running()
+        conn = self._conns[loop] = _Connection(loop)
+        task = loop.create_task(loop.create_unix_connection(lambda: conn, self.socket_path))
+        task.add_done_callback(lambda t: _connected(conn, t))
+        return conn
+
+    async def arecord(self, event: AuditEvent) -> None:
+        """Like :meth:`record` without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        conn = self._connection(loop)
+        msg_id = next(self._ids)
+        future: asyncio.Future[Any] = loop.create_future()
+        conn.waiting[msg_id] = future
+        conn.send(frame((msg_id, RECORD, event_to_wire(event))))
+        await future
+
+    def post(self, event: AuditEvent) -> None:
+        """Hand ``event`` to the relay without waiting for it to be written.
+
+        On an event loop it is sent at once and committed with the relay's next
+        batch; a failure is logged by the relay. Without a running loop this
+        waits, like :meth:`record`.
+
+        Raises:
+            AuditUnavailableError: the relay cannot be reached.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.record(event)
+            return
+        self._connection(loop).send(frame((next(self._ids), POST, event_to_wire(event))))
+
+    def close(self) -> None:
+        """Stop the relay: it commits what it holds, writes the closing checkpoint and exits."""
+        if self._closed:
+            return
+        self._closed = True
+        for loop, conn in list(self._conns.items()):
+            if conn.transport is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed already
+                    loop.call_soon_threadsafe(conn.transport.close)
+        self._conns.clear()
+        with self._lock:
+            self._drop_sock()
+            if self._proc is not None:
+                _stop(self._proc, 30.0)
+                if self._proc.returncode:
+                    _log.error("the audit relay exited with %s", self._proc.returncode)
+                self._proc = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RelayTrail:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _payload(kind: EventKind, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(kind, fields)`` with this moment's time and this context's trace ids."""
+    fields["ts"] = utc_now()
+    fields.update(trace_fields())
+    return kind.value, fields
+
+
+def _connected(conn: _Connection, task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        conn.fail("cannot reach the audit relay: cancelled")
+    elif task.exception() is not None:
+        conn.fail(f"cannot reach the audit relay: {task.exception()}")
+
+
+def _read_line(stream: IO[bytes], timeout: float) -> str:
+    """One line from a child's stdout, or TimeoutError."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    return stream.readline().decode(errors="replace")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Close the relay's life line and wait for it to exit (kill it after ``timeout``)."""
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
