@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from guard._errors import AuditUnavailableError
@@ -153,9 +154,13 @@ class RelayTrail:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         self._spawned_at = time.monotonic()
+        # The relay imports this very package, wherever the service found it.
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "guard.audit._relay_server", self.socket_path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, env=env,
         )
         assert proc.stdin is not None
         assert proc.stdout is not None
@@ -322,6 +327,8 @@ class RelayTrail:
             return conn
         with self._lock:
             self._ensure_running()
+        for old in [old for old in self._conns if old.is_closed()]:
+            del self._conns[old]
         conn = self._conns[loop] = _Connection(loop)
         task = loop.create_task(loop.create_unix_connection(lambda: conn, self.socket_path))
         task.add_done_callback(lambda t: _connected(conn, t))

@@ -58,8 +58,13 @@ MIX = [
 ]
 
 
-async def test_parallel_mixed_callers_one_event_each(keys: Keys, tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_parallel_mixed_callers_one_event_each(
+    keys: Keys, tmp_path: Path, writer: str
+) -> None:
     settings = guard_settings(tmp_path, keys)
+    settings = settings.model_copy(
+        update={"audit": settings.audit.model_copy(update={"writer": writer})})
     guard = Guard.from_settings(settings)
     from guard.cli._token import issue_token
 
