@@ -82,6 +82,15 @@ class _Connection(asyncio.Protocol):
             self.outbox.clear()
             self.transport.write(data)
 
+    def drain(self) -> bytes:
+        """Send the outbox now; what could not be sent (not connected yet) is returned."""
+        if self.transport is not None:
+            self.send_outbox()
+            return b""
+        data = b"".join(self.outbox)
+        self.outbox.clear()
+        return data
+
     def data_received(self, data: bytes) -> None:
         try:
             batches = self._reader.feed(data)
@@ -105,6 +114,9 @@ class _Connection(asyncio.Protocol):
     def fail(self, why: str) -> None:
         """Fail every waiting future (fail closed) and stop using this connection."""
         self.closed = True
+        if self.outbox:
+            _log.error("%d audit frame(s) were not sent: %s", len(self.outbox), why)
+            self.outbox.clear()
         waiting, self.waiting = self.waiting, {}
         for future in waiting.values():
             if not future.done():
@@ -204,14 +216,9 @@ class RelayTrail:
         """Send one message on the blocking connection and wait for its acknowledgement."""
         with self._lock:
             try:
-                if self._sock is None:
-                    self._ensure_running()
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    sock.settimeout(self._ack_timeout)
-                    sock.connect(self.socket_path)
-                    self._sock, self._reader = sock, FrameReader()
+                sock = self._connect_sock()
                 msg_id = next(self._ids)
-                self._sock.sendall(frame((msg_id, op, payload)))
+                sock.sendall(frame((msg_id, op, payload)))
                 while True:
                     for acks in self._reader.feed(self._recv()):
                         for ack_id, error, answer in acks:
@@ -222,6 +229,16 @@ class RelayTrail:
             except (OSError, WireError) as exc:
                 self._drop_sock()
                 raise AuditUnavailableError(f"the audit relay did not answer: {exc}") from None
+
+    def _connect_sock(self) -> socket.socket:
+        """The blocking connection (caller holds the lock)."""
+        if self._sock is None:
+            self._ensure_running()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self._ack_timeout)
+            sock.connect(self.socket_path)
+            self._sock, self._reader = sock, FrameReader()
+        return self._sock
 
     def _recv(self) -> bytes:
         assert self._sock is not None
@@ -288,7 +305,10 @@ class RelayTrail:
         self._call(FLUSH)
 
     def _send_outboxes(self, timeout: float) -> None:
-        """Write the frames event loops still hold, so the relay reads them before a flush."""
+        """Send the frames event loops still hold, so the relay reads them before a flush.
+
+        Frames of a loop whose connection is not made yet go over the blocking one.
+        """
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -297,19 +317,33 @@ class RelayTrail:
             if not conn.outbox:
                 continue
             if loop is running:
-                conn.send_outbox()
-                continue
-            sent = threading.Event()
+                left = conn.drain()
+            else:
+                drained: list[bytes] = []
+                sent = threading.Event()
 
-            def send(conn: _Connection = conn, sent: threading.Event = sent) -> None:
-                conn.send_outbox()
-                sent.set()
+                def drain(conn: _Connection = conn, drained: list[bytes] = drained,
+                           sent: threading.Event = sent) -> None:
+                    drained.append(conn.drain())
+                    sent.set()
 
+                try:
+                    loop.call_soon_threadsafe(drain)
+                except RuntimeError:  # that loop is closed: nothing more will leave it
+                    continue
+                sent.wait(timeout)
+                left = b"".join(drained)
+            if left:
+                self._send_raw(left)
+
+    def _send_raw(self, data: bytes) -> None:
+        """Send frames on the blocking connection; their acknowledgements are not awaited."""
+        with self._lock:
             try:
-                loop.call_soon_threadsafe(send)
-            except RuntimeError:  # that loop is closed: nothing more will leave it
-                continue
-            sent.wait(timeout)
+                self._connect_sock().sendall(data)
+            except OSError as exc:
+                self._drop_sock()
+                raise AuditUnavailableError(f"the audit relay did not answer: {exc}") from None
 
     def ready(self) -> tuple[bool, str]:
         """Can the relay make events durable right now? ``(ok, why)``."""
@@ -365,6 +399,10 @@ class RelayTrail:
         """Stop the relay: it commits what it holds, writes the closing checkpoint and exits."""
         if self._closed:
             return
+        try:
+            self._send_outboxes(5.0)  # events posted on a loop and not yet sent
+        except AuditUnavailableError as exc:
+            _log.error("audit events posted before closing were not sent: %s", exc)
         self._closed = True
         for loop, conn in list(self._conns.items()):
             if conn.transport is not None:

@@ -92,6 +92,19 @@ def test_events_of_every_kind_of_call_arrive_once_and_verify(tmp_path: Path) -> 
     _verify(tmp_path)  # one chain, checkpoints included, closed by the relay
 
 
+def test_closing_on_the_loop_keeps_the_events_just_posted(tmp_path: Path) -> None:
+    trail = RelayTrail(_settings(tmp_path))
+
+    async def post_then_close() -> None:  # as a lifespan shutdown does
+        for i in range(5):
+            trail.post_fields(EventKind.OUTCOME, outcome_fields(f"d-{i}", 200, None))
+        trail.close()
+
+    asyncio.run(post_then_close())
+    assert sorted(row[3] for row in _stored(tmp_path).values()) == [f"d-{i}" for i in range(5)]
+    _verify(tmp_path)
+
+
 def test_the_relay_pseudonymises_subjects_and_keeps_the_callers_trace(tmp_path: Path) -> None:
     settings = Settings(audit=_settings(tmp_path), policy=PolicySettings(dir=REPO / "policies"))
     tracer = TracerProvider().get_tracer("test")
