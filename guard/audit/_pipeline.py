@@ -110,9 +110,11 @@ class AuditPipeline:
         hmac_key: The key for subject pseudonyms.
     """
 
-    def __init__(self, hmac_key: bytes) -> None:
+    def __init__(self, hmac_key: bytes, *, trace_context: bool = True) -> None:
+        # Without trace_context the fields carry the trace ids themselves (the relay).
+        traced: tuple[Processor, ...] = (TraceContext(),) if trace_context else ()
         self.processors: tuple[Processor, ...] = (
-            stamp, TraceContext(), Pseudonymise(hmac_key), build_event)
+            stamp, *traced, Pseudonymise(hmac_key), build_event)
 
     def event(self, kind: EventKind, **fields: Any) -> AuditEvent:
         """Run the processors over ``fields`` and return the (unlinked) event.

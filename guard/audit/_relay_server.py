@@ -203,19 +203,27 @@ class RelayServer:
         self._running = True
 
     def serve(self) -> None:
-        """Hand what arrives to the committer, send what it acknowledged, until told to stop."""
-        while self._running:
+        """Hand what arrives to the committer, send what it acknowledged, until told to stop.
+
+        Once told, it goes on reading until no connection has anything left, so
+        frames sent before the life line closed are recorded too.
+        """
+        while True:
             work: list[Work] = []
-            for key, _ in self._selector.select(timeout=1.0):
+            busy = False
+            for key, _ in self._selector.select(timeout=1.0 if self._running else 0):
                 if key.data == _LISTENER:
+                    busy = True
                     self._accept()
                 elif key.data == _CONTROL:
                     if not os.read(self._control, 4096):
+                        self._selector.unregister(self._control)
                         self._running = False
                 elif key.data == _WAKE:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
                 else:
+                    busy = True
                     self._read(key.data, work)
             if work:
                 committer = self._committer
@@ -225,6 +233,8 @@ class RelayServer:
                 else:
                     committer.submit(work)
             self._send_acks()
+            if not self._running and not busy:
+                break
         self._committer.stop()
         self._send_acks()
         for key in list(self._selector.get_map().values()):
@@ -344,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         line += chunk
     try:
         settings = AuditSettings.model_validate_json(line)
-        pipeline = AuditPipeline(load_hmac_key(settings.hmac_key, create=True))
+        pipeline = AuditPipeline(load_hmac_key(settings.hmac_key, create=True),
+                                 trace_context=False)
         trail = AuditTrail.open(settings)
     except Exception as exc:  # told to the parent in one line; it refuses to start
         print(f"error {exc}".replace("\n", " "), flush=True)
