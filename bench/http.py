@@ -215,54 +215,59 @@ def start(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.1)
 
 
-def breakdown(workdir: Path, token: str, n: int = 2000) -> list[tuple[str, float]]:
-    """Microseconds per request of each step, measured in this process (no HTTP)."""
+def breakdown(workdir: Path, token: str, n: int = 2000) -> list[tuple[str, float, float]]:
+    """Per request: wall and this process's CPU microseconds of each step (no HTTP)."""
     from middleware.identity import Authenticator
     from middleware.routes import RouteTable
 
-    # Its own audit store, the same development key as the token.
-    settings = settings_for(workdir / "breakdown").model_copy(
-        update={"identity": settings_for(workdir).identity})
-    (workdir / "breakdown").mkdir()
     auth = Authenticator.from_settings(settings_for(workdir).identity)
     routes = RouteTable.from_csv(REPO / "policies" / "routes.csv")
     headers = {"authorization": f"Bearer {token}", "x-purpose": PURPOSE}
     request = Request(CALLER, PURPOSE, ("identity", "contact"), subject="c-0001")
     http = HttpContext("GET", "/customers/{customer_id}")
-    out: list[tuple[str, float]] = []
+    out: list[tuple[str, float, float]] = []
 
     def timed(label: str, fn: Callable[[], object], count: int = n) -> None:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         for _ in range(count):
             fn()
-        out.append((label, (time.perf_counter() - began) / count * 1e6))
+        out.append((label, (time.perf_counter() - began) / count * 1e6,
+                    (time.process_time() - cpu) / count * 1e6))
+
+    async def concurrent(fn: Callable[[], Awaitable[object]], label: str) -> None:
+        began, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n // 32):
+            await asyncio.gather(*(fn() for _ in range(32)))
+        count = n // 32 * 32
+        out.append((label, (time.perf_counter() - began) / count * 1e6,
+                    (time.process_time() - cpu) / count * 1e6))
 
     timed("identity (verified token, cached)", lambda: auth.authenticate(headers, "127.0.0.1"))
     timed("route match", lambda: routes.match("GET", "/customers/c-0042"))
-    with Guard.from_settings(settings) as guard:
-        timed("engine decision", lambda: guard.holder.decide(request))
+    for kind in ("guarded", "relay"):
+        # Its own audit store, the same development key as the token.
+        folder = workdir / f"breakdown-{kind}"
+        folder.mkdir()
+        settings = settings_for(folder, kind).model_copy(
+            update={"identity": settings_for(workdir).identity})
+        where = "relay" if kind == "relay" else "writer thread"
+        with Guard.from_settings(settings) as guard:
+            if kind == "guarded":
+                timed("engine decision", lambda: guard.holder.decide(request))
 
-        async def concurrent(fn: Callable[[], Awaitable[object]], label: str) -> None:
-            began = time.perf_counter()
-            for _ in range(n // 32):
-                await asyncio.gather(*(fn() for _ in range(32)))
-            out.append((label, (time.perf_counter() - began) / (n // 32 * 32) * 1e6))
+            async def queued(decision_id: str, guard: Guard = guard) -> None:
+                guard.enqueue_outcome(decision_id, 200, http)
 
-        async def queued(decision_id: str) -> None:
-            guard.enqueue_outcome(decision_id, 200, http)
+            async def steps(guard: Guard = guard, where: str = where) -> None:
+                await concurrent(lambda: guard.acheck(request, http),
+                                 f"decision + durable event, {where} (32 concurrent)")
+                checked = await guard.acheck(request, http)
+                await concurrent(lambda: queued(checked.decision_id),
+                                 f"queued outcome event, {where}")
+                guard.trail.flush()
 
-        async def both() -> None:
-            await concurrent(lambda: guard.acheck(request, http),
-                             "decision + durable audit event (32 concurrent)")
-            checked = await guard.acheck(request, http)
-            await concurrent(lambda: guard.arecord_outcome(checked.decision_id, 200, http),
-                             "durable outcome event (32 concurrent)")
-            await concurrent(lambda: queued(checked.decision_id),
-                             "queued outcome event (the middleware's default)")
-            guard.trail.flush()
-
-        asyncio.run(both())
-        out += asgi_stack(settings, guard, token)
+            asyncio.run(steps())
+            out += asgi_stack(settings, guard, token, where)
     return out
 
 
@@ -286,9 +291,9 @@ class _DecideOnly:
         return Checked(decision, "bench")
 
 
-def asgi_stack(settings: Settings, guard: Guard, token: str, n: int = 1000
-               ) -> list[tuple[str, float]]:
-    """Microseconds per request through the whole ASGI stack, in process, one at a time."""
+def asgi_stack(settings: Settings, guard: Guard, token: str, where: str, n: int = 1000
+               ) -> list[tuple[str, float, float]]:
+    """Per request through the whole ASGI stack, in process, one at a time: wall and CPU."""
     from examples.customers import create_app
 
     headers = [(b"host", b"svc"), (b"authorization", f"Bearer {token}".encode()),
@@ -301,25 +306,32 @@ def asgi_stack(settings: Settings, guard: Guard, token: str, n: int = 1000
         if message["type"] == "http.response.start" and message["status"] != 200:
             raise SystemExit(f"breakdown request answered {message['status']}")
 
-    async def run(app: Callable[..., Awaitable[None]], count: int) -> float:
-        began = time.perf_counter()
-        for i in range(count):
+    async def run(app: Callable[..., Awaitable[None]], count: int) -> tuple[float, float]:
+        async def one(i: int) -> None:
             path = f"/customers/c-{i % 100 + 1:04d}"
             await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                        "method": "GET", "scheme": "http", "path": path,
                        "raw_path": path.encode(), "root_path": "", "query_string": b"",
                        "headers": headers, "client": ("127.0.0.1", 1),
                        "server": ("svc", 80)}, receive, send)
-        return (time.perf_counter() - began) / count * 1e6
 
-    variants = [("ASGI request, plain app (sequential)", create_app(settings, enforce=False)),
-                ("ASGI request, guard without the audit write",
-                 create_app(settings, guard=_DecideOnly(guard))),
-                ("ASGI request, guard with durable audit", create_app(settings, guard=guard))]
+        began, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, count, 32):
+            await asyncio.gather(*(one(i) for i in range(start, start + 32)))
+        return ((time.perf_counter() - began) / count * 1e6,
+                (time.process_time() - cpu) / count * 1e6)
+
+    variants = []
+    if where == "writer thread":
+        variants += [("ASGI request, plain app", create_app(settings, enforce=False)),
+                     ("ASGI request, guard without the audit write",
+                      create_app(settings, guard=_DecideOnly(guard)))]
+    variants.append((f"ASGI request, guard, durable audit, {where}",
+                     create_app(settings, guard=guard)))
     out = []
     for label, app in variants:
-        asyncio.run(run(app, 100))
-        out.append((label, asyncio.run(run(app, n if "durable" not in label else n // 4))))
+        asyncio.run(run(app, 320))
+        out.append((f"{label} (32 concurrent)", *asyncio.run(run(app, n))))
     return out
 
 
@@ -410,9 +422,11 @@ def main() -> None:
         print(f"  audit: {recorded[kind][0]} durable allowed decisions and {recorded[kind][1]} "
               f"outcomes for {requests} requests (warm-up included in the store)")
     if steps:
-        print("in-process cost per request (microseconds):")
-        for label, micros in steps:
-            print(f"  {label:<48} {micros:>8.1f}")
+        print("in-process cost per request, microseconds (CPU: this process only, "
+              "not the relay's):")
+        print(f"  {'step':<66} {'wall':>8} {'CPU':>8}")
+        for label, wall, cpu in steps:
+            print(f"  {label:<66} {wall:>8.1f} {cpu:>8.1f}")
     if any(row[5] for row in rows.values()):
         print("WARNING: some requests failed; the figures are not valid")
 
