@@ -9,8 +9,12 @@ Events are built before the clock starts; both sides write the same rows. The
 two run alternately, ``--rounds`` times, on fresh stores; the medians are shown.
 Then the right-of-access report for one data subject over 1,000,000 bulk-loaded events.
 
+With ``--ceiling``, also the parts, each alone: a SQLite commit of 1/4/8/32 pre-linked
+rows on one thread, and the thread hand-off (N threads each waiting for its event, one
+thread "committing" by sleeping as long as a commit of 8 rows takes).
+
 Usage: python bench/audit.py [--quick] [--events N] [--rounds 3] [--report-events N]
-                              [--no-postgres]
+                              [--no-postgres] [--ceiling]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psycopg
@@ -39,7 +43,8 @@ from guard.audit import (
     pseudonymise,
     subject_report,
 )
-from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT, chain_row
+from guard.audit._checkpoint import Checkpoint
+from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT, Row, chain_row
 
 KEY = b"b" * 32
 PIPELINE = AuditPipeline(KEY)
@@ -74,8 +79,28 @@ def run_threads(writers: int, work: Callable[[int], None]) -> float:
     return time.perf_counter() - t0
 
 
+class CountingStore:
+    """The store, counting the transactions that carry events."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.commits = 0
+
+    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        self.inner.write(rows, checkpoints)
+        self.commits += bool(rows)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+GROUP_BATCH: list[float] = []  # events per commit of each group run
+
+
 def group_commit(store: Store, key: Path, events: list[AuditEvent], writers: int) -> float:
-    trail = AuditTrail(store, load_signing_key(key))
+    counted = CountingStore(store)
+    trail = AuditTrail(counted, load_signing_key(key))  # type: ignore[arg-type]
     share = [events[i::writers] for i in range(writers)]
 
     def work(i: int) -> None:
@@ -84,6 +109,7 @@ def group_commit(store: Store, key: Path, events: list[AuditEvent], writers: int
 
     elapsed = run_threads(writers, work)
     trail.close()
+    GROUP_BATCH.append(len(events) / max(1, counted.commits))
     return len(events) / elapsed
 
 
@@ -170,6 +196,78 @@ def time_report(store: Store, pseudonym: str, runs: int = 20) -> tuple[float, fl
     return statistics.median(times), times[int(len(times) * 0.95) - 1], len(report.accesses)
 
 
+def commit_floor(tmp: Path, batch: int, events: list[AuditEvent]) -> float:
+    """Seconds per commit of ``batch`` pre-linked rows, one thread, nothing else (median)."""
+    store = open_store(f"sqlite:///{tmp / f'floor{batch}.db'}")
+    prev, rows = "0" * 64, []
+    for seq, event in enumerate(events, 1):
+        rows.append(chain_row(event, "floor", seq, prev))
+        prev = rows[-1][-1]
+    times = []
+    for start in range(0, len(rows) - batch + 1, batch):
+        t0 = time.perf_counter()
+        store.write(rows[start:start + batch], [])
+        times.append(time.perf_counter() - t0)
+    store.close()
+    return statistics.median(times)
+
+
+def handoff_only(writers: int, n: int, commit_s: float) -> float:
+    """Events/s of the hand-off alone: ``writers`` threads each queue an event and sleep on
+    its lock; one thread takes all queued, "commits" by sleeping ``commit_s`` (the GIL is
+    free, as in an fsync) and wakes them. No store, no hashing."""
+    cond = threading.Condition()
+    queue: list[threading.Lock] = []
+    done = False
+
+    def committer() -> None:
+        while True:
+            with cond:
+                while not queue and not done:
+                    cond.wait()
+                if done and not queue:
+                    return
+                batch = queue[:]
+                queue.clear()
+            time.sleep(commit_s)
+            for lock in batch:
+                lock.release()
+
+    def work(_: int) -> None:
+        for _ in range(n // writers):
+            lock = threading.Lock()
+            lock.acquire()
+            with cond:
+                queue.append(lock)
+                cond.notify()
+            lock.acquire()
+
+    thread = threading.Thread(target=committer)
+    thread.start()
+    elapsed = run_threads(writers, work)
+    with cond:
+        done = True
+        cond.notify()
+    thread.join()
+    return n // writers * writers / elapsed
+
+
+def ceiling(tmp: Path, n: int) -> None:
+    """What this machine allows, measured in parts (printed, clearly not the benchmark)."""
+    print("\nceiling, in parts (SQLite; not the benchmark above)")
+    events = make_events(max(n, 3200))
+    floors = {}
+    for batch in (1, 4, 8, 32):
+        floor = floors[batch] = commit_floor(tmp, batch, events)
+        print(f"  one thread, commits of {batch:>2} pre-linked rows: {floor * 1e3:.3f} ms per "
+              f"commit (median) = {batch / floor:>7,.0f} events/s", flush=True)
+    floor8 = floors[8]
+    for writers in (8, 64):
+        rate = handoff_only(writers, n, floor8)
+        print(f"  hand-off alone, {writers:>2} threads, a commit = sleep {floor8 * 1e3:.2f} ms: "
+              f"{rate:>7,.0f} events/s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
@@ -178,6 +276,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating group/baseline rounds per configuration")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also measure the parts: SQLite commit alone, thread hand-off alone")
     args = parser.parse_args()
     n = args.events or (4_000 if args.quick else 20_000)
     tmp = Path(tempfile.mkdtemp(prefix="guard-bench-audit-"))
@@ -191,10 +291,12 @@ def main() -> None:
             kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
             print(f"durable events/s, {n} events per run, median of {args.rounds} rounds "
                   "(group commit vs one commit per event, run alternately)")
-            print(f"{'store':<11} {'writers':>7} {'group':>9} {'baseline':>9} {'ratio':>6}")
+            print(f"{'store':<11} {'writers':>7} {'group':>9} {'baseline':>9} {'ratio':>6}"
+                  "   (ratio of each round; group: median events per commit)")
             for kind in kinds:
                 for writers in (1, 8, 64):
                     groups, bases, ratios = [], [], []
+                    GROUP_BATCH.clear()
                     for rnd in range(args.rounds):
                         events = make_events(n)
                         tag = f"{writers}_{rnd}"
@@ -223,7 +325,8 @@ def main() -> None:
                         ratios.append(group / base)
                     print(f"{kind:<11} {writers:>7} {statistics.median(groups):>9,.0f} "
                           f"{statistics.median(bases):>9,.0f} {statistics.median(ratios):>5.1f}x"
-                          f"   (ratios {' '.join(f'{r:.1f}' for r in ratios)})", flush=True)
+                          f"   (ratios {' '.join(f'{r:.1f}' for r in ratios)}; "
+                          f"{statistics.median(GROUP_BATCH):.1f} events/commit)", flush=True)
 
             m = args.report_events
             print(f"\nsubject report over {m:,} events (median / p95 of 20 runs)")
@@ -245,6 +348,8 @@ def main() -> None:
                 print(f"{kind:<11} {median:7.2f} ms / {p95:7.2f} ms  ({count} accesses; "
                       f"bulk load {loaded:.0f} s)", flush=True)
 
+        if args.ceiling:
+            ceiling(tmp, n)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

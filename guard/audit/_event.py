@@ -80,10 +80,7 @@ class AuditEvent:
 
     def linked(self, writer_id: str, seq: int, prev_hash: str) -> AuditEvent:
         """This event placed in a chain, with its hash computed."""
-        data = self.to_dict()
-        data["writer_id"], data["seq"], data["prev_hash"] = writer_id, seq, prev_hash
-        del data["hash"]
-        digest = hashlib.sha256(dumps_canonical(data).encode()).hexdigest()
+        digest = chain_hash(writer_id, seq, prev_hash, content_digest(self))
         return replace(self, writer_id=writer_id, seq=seq, prev_hash=prev_hash, hash=digest)
 
 
@@ -91,16 +88,81 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AuditEvent))
 TUPLE_FIELDS: tuple[str, ...] = ("categories", "rule", "lawful_basis")
 
 
+CHAIN_FIELDS: tuple[str, ...] = ("writer_id", "seq", "prev_hash", "hash")
+"""The fields that place an event in its chain (the last four)."""
+
 dumps_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+_dumps_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
 def canonical_json(event: AuditEvent) -> bytes:
-    """The bytes the hash covers: every field but ``hash``, sorted keys, no spaces, ASCII."""
+    """Every field but ``hash`` as canonical JSON: sorted keys, no spaces, ASCII.
+
+    This is what a format-1 hash covered (see :func:`legacy_hash`).
+    """
     data = event.to_dict()
     del data["hash"]
     return dumps_canonical(data).encode()
 
 
+def content_row(event: AuditEvent) -> tuple[Any, ...]:
+    """The event's content as stored: every field but the chain fields, in field order.
+
+    Tuples are compact JSON arrays (text), ``allowed`` is 1, 0 or null, ``kind``
+    its value; the other fields are as they are.
+    """
+    return (
+        event.event_id,
+        event.kind.value,
+        event.ts,
+        event.caller,
+        event.party_type,
+        event.country,
+        event.purpose,
+        _dumps_compact(list(event.categories)),
+        event.action,
+        None if event.allowed is None else int(event.allowed),
+        event.reason,
+        _dumps_compact(list(event.rule)),
+        _dumps_compact(list(event.lawful_basis)),
+        event.policy_version,
+        event.subject,
+        event.http_method,
+        event.http_route,
+        event.http_status,
+        event.trace_id,
+        event.span_id,
+        event.latency_us,
+        event.decision_ref,
+        event.detail,
+    )
+
+
+def digest_content(content: tuple[Any, ...]) -> str:
+    """SHA-256 (hex) of a :func:`content_row` as a compact JSON array (ASCII escapes)."""
+    return hashlib.sha256(_dumps_compact(content).encode()).hexdigest()
+
+
+def content_digest(event: AuditEvent) -> str:
+    """The digest of the event's content: known before the event is linked."""
+    return digest_content(content_row(event))
+
+
+def chain_hash(writer_id: str, seq: int, prev_hash: str, digest: str) -> str:
+    """An event's hash: SHA-256 (hex) of ``["v2",writer_id,seq,prev_hash,content_digest]``.
+
+    The link is canonical JSON (an array, no spaces, ASCII), so no two different
+    (writer, position, predecessor, content) tuples give the same bytes.
+    """
+    return hashlib.sha256(_dumps_compact(["v2", writer_id, seq, prev_hash, digest]).encode()
+                          ).hexdigest()
+
+
 def compute_hash(event: AuditEvent) -> str:
-    """SHA-256 (hex) of the event's canonical JSON, which includes ``prev_hash``."""
+    """The hash the event's chain fields and content call for (format 2)."""
+    return chain_hash(event.writer_id, event.seq, event.prev_hash, content_digest(event))
+
+
+def legacy_hash(event: AuditEvent) -> str:
+    """Format 1 (events written before format 2): SHA-256 (hex) of :func:`canonical_json`."""
     return hashlib.sha256(canonical_json(event)).hexdigest()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
-from guard.audit._event import FIELD_NAMES, TUPLE_FIELDS, AuditEvent, EventKind
+from guard.audit._event import (
+    FIELD_NAMES,
+    TUPLE_FIELDS,
+    AuditEvent,
+    EventKind,
+    chain_hash,
+    content_row,
+    digest_content,
+)
 
 SCHEMA_VERSION = 1
 
@@ -88,53 +94,26 @@ _KIND_INDEX = FIELD_NAMES.index("kind")
 Row = tuple[Any, ...]
 """An event as column values in ``EVENT_COLUMNS`` order."""
 
-_list_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
-
-
-def _row(event: AuditEvent, writer_id: str, seq: int, prev_hash: str, hash_: str) -> Row:
-    return (
-        event.event_id,
-        event.kind.value,
-        event.ts,
-        event.caller,
-        event.party_type,
-        event.country,
-        event.purpose,
-        _list_json(list(event.categories)),
-        event.action,
-        None if event.allowed is None else int(event.allowed),
-        event.reason,
-        _list_json(list(event.rule)),
-        _list_json(list(event.lawful_basis)),
-        event.policy_version,
-        event.subject,
-        event.http_method,
-        event.http_route,
-        event.http_status,
-        event.trace_id,
-        event.span_id,
-        event.latency_us,
-        event.decision_ref,
-        event.detail,
-        writer_id,
-        seq,
-        prev_hash,
-        hash_,
-    )
 
 
 def event_row(event: AuditEvent) -> Row:
     """The column values of one (already linked) event."""
-    return _row(event, event.writer_id, event.seq, event.prev_hash, event.hash)
+    return (*content_row(event), event.writer_id, event.seq, event.prev_hash, event.hash)
 
 
-_HASHED = tuple(sorted(name for name in FIELD_NAMES if name != "hash"))
-_hashed_values = operator.attrgetter(*_HASHED)
-_HASHED_TUPLES = tuple(_HASHED.index(name) for name in TUPLE_FIELDS)
-_HASHED_KIND = _HASHED.index("kind")
-_HASHED_CHAIN = (_HASHED.index("writer_id"), _HASHED.index("seq"), _HASHED.index("prev_hash"))
-# Keys are passed already sorted, so this gives the same text as ``dumps_canonical``.
-_dumps_sorted = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+def prepare_row(event: AuditEvent) -> tuple[Row, str]:
+    """The event's content columns and their digest: all of its row but the link.
+
+    Producers call this on their own thread before queueing, so the committing
+    thread only links (:func:`link_row`).
+    """
+    head = content_row(event)
+    return head, digest_content(head)
+
+
+def link_row(head: Row, digest: str, writer_id: str, seq: int, prev_hash: str) -> Row:
+    """The full row of a prepared event placed in a chain; the hash is its last value."""
+    return (*head, writer_id, seq, prev_hash, chain_hash(writer_id, seq, prev_hash, digest))
 
 
 def chain_row(event: AuditEvent, writer_id: str, seq: int, prev_hash: str) -> Row:
@@ -142,14 +121,7 @@ def chain_row(event: AuditEvent, writer_id: str, seq: int, prev_hash: str) -> Ro
 
     Same result as ``event_row(event.linked(...))`` without building the linked event.
     """
-    values = list(_hashed_values(event))
-    for index in _HASHED_TUPLES:
-        values[index] = list(values[index])
-    values[_HASHED_KIND] = event.kind.value
-    w, s, p = _HASHED_CHAIN
-    values[w], values[s], values[p] = writer_id, seq, prev_hash
-    digest = hashlib.sha256(_dumps_sorted(dict(zip(_HASHED, values, strict=True))).encode())
-    return _row(event, writer_id, seq, prev_hash, digest.hexdigest())
+    return link_row(*prepare_row(event), writer_id, seq, prev_hash)
 
 
 def row_event(row: Sequence[Any]) -> AuditEvent:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
-from guard.audit._event import FIELD_NAMES, GENESIS_HASH, compute_hash
+from guard.audit._event import FIELD_NAMES, GENESIS_HASH, compute_hash, legacy_hash
 from guard.audit._schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,
@@ -150,13 +150,15 @@ _PREV, _HASH = FIELD_NAMES.index("prev_hash"), FIELD_NAMES.index("hash")
 def _light(raw: tuple[Any, ...]) -> tuple[str, _Row]:
     """A stored row's chain position, and whether it is exactly what the guard wrote.
 
-    A row is intact when its hash matches its content *and* re-encoding the event
+    A row is intact when its hash matches its content and chain fields (format 2,
+    or format 1 for events written before it) *and* re-encoding the event
     gives the stored values back (so ``allowed = 2`` or re-spaced JSON is caught).
     A row that cannot even be read is not intact.
     """
     try:
         event = row_event(raw)
-        ok = compute_hash(event) == event.hash and event_row(event) == tuple(raw)
+        ok = (event_row(event) == tuple(raw)
+              and event.hash in (compute_hash(event), legacy_hash(event)))
     except (ValueError, TypeError, KeyError, IndexError):
         ok = False
     try:

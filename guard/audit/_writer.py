@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -18,7 +19,7 @@ from guard.audit._checkpoint import Checkpoint, CheckpointKind, sign_checkpoint
 from guard.audit._event import GENESIS_HASH, AuditEvent
 from guard.audit._ids import new_event_id
 from guard.audit._pipeline import utc_now
-from guard.audit._schema import Row, chain_row, row_event
+from guard.audit._schema import Row, link_row, prepare_row, row_event
 from guard.audit._spool import Spool
 from guard.audit._store import Store
 
@@ -37,12 +38,37 @@ class _Item:
     """
 
     event: AuditEvent
+    head: Row  # the content columns and digest, made on the producer's thread
+    digest: str
     done: threading.Lock | None = None
     future: asyncio.Future[None] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     error: BaseException | None = None
     settled: bool = False
     watched: bool = False
+    wakes: deque[threading.Lock] | None = None  # the waiters of its batch still asleep
+
+
+def _item(event: AuditEvent, **state: Any) -> _Item:
+    """Queue entry for ``event``, its row prepared here, on the producer's thread."""
+    try:
+        head, digest = prepare_row(event)
+    except Exception as exc:  # only this event is unrecordable: fail its producer alone
+        raise AuditUnavailableError(f"audit event cannot be recorded: {exc}") from exc
+    return _Item(event, head, digest, **state)
+
+
+def _wake_next(wakes: deque[threading.Lock] | None) -> None:
+    """Wake the next waiting producer of a settled batch (each wakes the one after it)."""
+    if wakes:
+        with contextlib.suppress(IndexError):  # another thread took the last one
+            wakes.popleft().release()
+
+
+def _wake_all(wakes: deque[threading.Lock]) -> None:
+    """Wake every producer of a batch that the chain has not reached yet."""
+    while wakes:
+        _wake_next(wakes)
 
 
 def _settle(items: list[_Item]) -> None:
@@ -69,6 +95,10 @@ class GroupCommitWriter:
     events (:meth:`post`) ride along with the next commit someone waits on, or
     the writer thread commits them after ``post_delay``. The writer thread also
     writes periodic checkpoints and replays the spool.
+
+    Producers digest their events before queueing (:func:`prepare_row`) and wake
+    each other once their batch is settled, so the turn holder only links, binds
+    and commits.
 
     Args:
         store: Where events go.
@@ -118,6 +148,7 @@ class GroupCommitWriter:
         self._settled = 0  # ... and settled (written or failed), in queue order
         self._flushing = 0
         self._pending: deque[_Item] = deque()
+        self._asleep: deque[deque[threading.Lock]] = deque()  # batches still being woken
         self._busy = False  # someone holds the turn
         self._writer_turn = False  # ... and it was handed to the writer thread
         self._seq = 0
@@ -136,7 +167,7 @@ class GroupCommitWriter:
 
     def submit(self, event: AuditEvent, timeout: float = 30.0) -> None:
         """Queue ``event`` and block until it is durable (committing it here if no one is)."""
-        item = _Item(event, done=threading.Lock())
+        item = _item(event, done=threading.Lock())
         done = item.done
         assert done is not None
         done.acquire()
@@ -147,11 +178,14 @@ class GroupCommitWriter:
             self._waited += 1
             lead = not self._busy
             self._busy = True
-        if not lead and not done.acquire(timeout=timeout) and not item.settled:
-            # Still queued or being written: it may yet be committed; no one will hear.
-            raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
-        if lead:
-            self._lead(item)
+        try:
+            if not lead and not done.acquire(timeout=timeout) and not item.settled:
+                # Still queued or being written: it may yet be committed; no one will hear.
+                raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
+            if lead:
+                self._lead(item)
+        finally:
+            _wake_next(item.wakes)
         if item.error is not None:
             raise item.error
         if not item.settled:  # fail closed, whatever went wrong
@@ -168,7 +202,7 @@ class GroupCommitWriter:
         """
         if not events:
             return []
-        items = [_Item(event, watched=True) for event in events]
+        items = [_item(event, watched=True) for event in events]
         last = items[-1]
         done = last.done = threading.Lock()
         done.acquire()
@@ -179,17 +213,20 @@ class GroupCommitWriter:
             self._waited += 1
             lead = not self._busy
             self._busy = True
-        if not lead and not done.acquire(timeout=timeout) and not last.settled:
-            raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
-        if lead:
-            self._lead(last)
+        try:
+            if not lead and not done.acquire(timeout=timeout) and not last.settled:
+                raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
+            if lead:
+                self._lead(last)
+        finally:
+            _wake_next(last.wakes)
         lost = AuditUnavailableError("audit writer lost track of an event")
         return [item.error if item.settled else lost for item in items]
 
     async def asubmit(self, event: AuditEvent) -> None:
         """Queue ``event``; the returned awaitable resolves when it is durable."""
         loop = asyncio.get_running_loop()
-        item = _Item(event, future=loop.create_future(), loop=loop)
+        item = _item(event, future=loop.create_future(), loop=loop)
         self._enqueue(item)
         assert item.future is not None
         await item.future
@@ -201,9 +238,10 @@ class GroupCommitWriter:
         the writer thread within ``post_delay`` seconds. A failure to write it is
         logged (logger ``guard.audit``): no one waits to hear it.
         """
+        item = _item(event)
         with self._cond:
             self._check_open()
-            self._pending.append(_Item(event))
+            self._pending.append(item)
             self._queued += 1
             if self._post_due == float("inf"):
                 self._post_due = time.monotonic() + self._post_delay
@@ -312,6 +350,7 @@ class GroupCommitWriter:
                                            or self._housekeeping_due()):
                         self._busy = True  # take the free turn
                         break
+                    self._wake_stragglers()
                     self._cond.wait(min(tick, max(0.0, self._post_due - now)))
                 self._writer_turn = False
                 closing = self._closed
@@ -349,12 +388,12 @@ class GroupCommitWriter:
                                seq=seq, hash_=hash_, ts=utc_now(), kind=kind)
 
     def _commit(self, batch: list[_Item]) -> None:
-        seq, prev = self._seq, self._prev
+        seq, prev, writer_id = self._seq, self._prev, self.writer_id
         rows: list[Row] = []
         try:
             for item in batch:
                 seq += 1
-                row = chain_row(item.event, self.writer_id, seq, prev)
+                row = link_row(item.head, item.digest, writer_id, seq, prev)
                 prev = row[-1]
                 rows.append(row)
             checkpoints: list[Checkpoint] = []
@@ -437,18 +476,36 @@ class GroupCommitWriter:
             self._checkpoint_only(CheckpointKind.CLOSE)
         self._replay_if_due(force=True)
 
+    def _wake_stragglers(self) -> None:
+        """Wake the producers of earlier batches that their chain has not reached yet.
+
+        Each woken producer wakes the next one (:func:`_wake_next`), so the thread
+        that committed does not pay a wake-up per event; this catches a chain that
+        stalled (a producer that gave up waiting before its event was settled).
+        """
+        asleep = self._asleep
+        with contextlib.suppress(IndexError):  # the writer thread and a leader may both drain
+            while asleep:
+                _wake_all(asleep.popleft())
+
     def _notify(self, batch: list[_Item]) -> None:
         with self._cond:
             self._settled += len(batch)
             if self._flushing:
                 self._flushed.notify_all()
+        self._wake_stragglers()
+        wakes: deque[threading.Lock] = deque()
         by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         for item in batch:
             item.settled = True
             if item.done is not None:
-                item.done.release()
+                item.wakes = wakes
+                wakes.append(item.done)
             elif item.loop is not None:
                 by_loop.setdefault(item.loop, []).append(item)
+        if wakes:
+            self._asleep.append(wakes)
+            _wake_next(wakes)
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 loop.call_soon_threadsafe(_settle, items)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from guard import AuditUnavailableError
 from guard.audit import (
+    AuditEvent,
     AuditTrail,
     Checkpoint,
     load_public_key,
@@ -191,6 +194,40 @@ def test_a_waiter_that_gives_up_still_has_its_event_written(
     assert report.ok, report.problems
 
 
+def test_waiters_behind_one_that_gave_up_are_still_woken(tmp_path: Path, keys: Keys) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = GatedStore(open_store(url))
+    writer = GroupCommitWriter(store, writer_id="w", signing_key=load_signing_key(keys.signing))
+    store.gate.clear()
+    first, quitter = decision_event(), decision_event()
+    leader = threading.Thread(target=writer.submit, args=(first,))
+    leader.start()
+    assert store.entered.wait(10)
+    with pytest.raises(AuditUnavailableError, match="did not confirm"):
+        writer.submit(quitter, timeout=0.1)  # first in the next batch, so first to be woken
+    later = [decision_event() for _ in range(3)]
+    woken: list[str] = []
+
+    def wait_for(event: AuditEvent) -> None:
+        writer.submit(event)  # blocks up to 30 s unless someone wakes it
+        woken.append(event.event_id)
+
+    threads = [threading.Thread(target=wait_for, args=(event,)) for event in later]
+    for t in threads:
+        t.start()
+    while writer._queued < 5:  # all three are queued behind the quitter
+        time.sleep(0.001)
+    store.gate.set()
+    leader.join(10)
+    deadline = time.monotonic() + 10
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads)  # woken, not left to their 30 s timeout
+    writer.close()
+    assert sorted(woken) == sorted(e.event_id for e in later)
+    assert [seq for _, seq in _stored(url)] == [1, 2, 3, 4, 5]
+
+
 def test_posted_events_are_committed_in_order_and_flush_waits_for_them(
     store_url: str, keys: Keys
 ) -> None:
@@ -298,3 +335,17 @@ def test_record_many_commits_in_order_and_reports_each_event(
     locker.execute("ROLLBACK")
     trail.close()
     assert [event_id for event_id, _ in _stored(url)] == [e.event_id for e in events]
+
+
+def test_an_unrecordable_event_fails_its_producer_alone(tmp_path: Path, keys: Keys) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    trail = make_trail(url, keys)
+    bad = dataclasses.replace(decision_event(), categories=(object(),))  # type: ignore[arg-type]
+    with pytest.raises(AuditUnavailableError, match="cannot be recorded"):
+        trail.record(bad)
+    good = decision_event()
+    trail.record(good)
+    writer_id = trail.writer_id
+    trail.close()
+    assert _stored(url) == [(good.event_id, 1)]
+    assert writer_id == trail.writer_id  # the chain did not have to start over

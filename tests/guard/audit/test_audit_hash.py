@@ -1,0 +1,97 @@
+"""The chain hash: producers digest the content, the committer links it; old chains verify."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from guard.audit import (
+    AuditEvent,
+    load_signing_key,
+    open_store,
+)
+from guard.audit._checkpoint import CheckpointKind, sign_checkpoint
+from guard.audit._event import (
+    GENESIS_HASH,
+    chain_hash,
+    compute_hash,
+    content_digest,
+    legacy_hash,
+)
+from guard.audit._schema import chain_row, event_row, prepare_row
+from tests.guard.audit.conftest import Keys, decision_event
+from tests.guard.audit.test_audit_tamper import check, run_sql
+
+TEXT = st.text(max_size=12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(caller=TEXT, categories=st.lists(TEXT, max_size=3), allowed=st.sampled_from([True, False]),
+       writer=TEXT, seq=st.integers(1, 10**9))
+def test_a_prepared_row_links_to_the_hash_of_the_linked_event(
+    caller: str, categories: list[str], allowed: bool, writer: str, seq: int
+) -> None:
+    event = decision_event(caller=caller, categories=tuple(categories), allowed=allowed)
+    head, digest = prepare_row(event)
+    assert digest == content_digest(event)
+    linked = event.linked(writer, seq, "a" * 64)
+    assert chain_row(event, writer, seq, "a" * 64) == event_row(linked)
+    assert head == event_row(linked)[:-4]
+    assert compute_hash(linked) == linked.hash
+    assert linked.hash != legacy_hash(linked)
+
+
+def test_each_link_field_and_the_content_change_the_hash() -> None:
+    base = ("w/1", 7, "a" * 64, "b" * 64)
+    hashes = {chain_hash(*base)}
+    for i, other in enumerate(("w/2", 8, "c" * 64, "d" * 64)):
+        changed = list(base)
+        changed[i] = other
+        hashes.add(chain_hash(*changed))  # type: ignore[arg-type]
+    assert len(hashes) == 5
+    # The writer id and the sequence number cannot trade characters.
+    assert chain_hash("w1", 23, *base[2:]) != chain_hash("w12", 3, *base[2:])
+
+
+def _format_1_chain(url: str, keys: Keys, n: int) -> list[AuditEvent]:
+    """Write ``n`` events hashed as before format 2, with signed open and close checkpoints."""
+    key = load_signing_key(keys.signing)
+    writer, prev, events = "old-host/1", GENESIS_HASH, []
+    for seq in range(1, n + 1):
+        event = dataclasses.replace(decision_event(subject_id=f"s{seq}"), writer_id=writer,
+                                    seq=seq, prev_hash=prev)
+        event = dataclasses.replace(event, hash=legacy_hash(event))
+        prev = event.hash
+        events.append(event)
+    checkpoints = [
+        sign_checkpoint(key, checkpoint_id=f"cp-{kind.value}", writer_id=writer, seq=seq,
+                        hash_=hash_, ts="2026-01-01T00:00:00.000000Z", kind=kind)
+        for kind, seq, hash_ in ((CheckpointKind.OPEN, 0, GENESIS_HASH),
+                                 (CheckpointKind.CLOSE, n, prev))
+    ]
+    store = open_store(url)
+    store.write([event_row(e) for e in events], checkpoints)
+    store.close()
+    return events
+
+
+def test_a_chain_hashed_in_format_1_still_verifies_and_its_tampering_is_caught(
+    store_url: str, keys: Keys
+) -> None:
+    events = _format_1_chain(store_url, keys, 6)
+    assert check(store_url, keys).ok
+    run_sql(store_url, "UPDATE audit_event SET caller = 'svc:evil' WHERE event_id = ?",
+            (events[3].event_id,))
+    report = check(store_url, keys)
+    assert [(p.kind, p.event_id) for p in report.problems] == [("altered", events[3].event_id)]
+
+
+def test_a_row_rehashed_in_the_other_format_breaks_the_chain(store_url: str, keys: Keys) -> None:
+    events = _format_1_chain(store_url, keys, 4)
+    edited = dataclasses.replace(events[1], caller="svc:evil")
+    run_sql(store_url, "UPDATE audit_event SET caller = ?, hash = ? WHERE event_id = ?",
+            ("svc:evil", compute_hash(edited), edited.event_id))
+    report = check(store_url, keys)
+    assert [(p.kind, p.event_id) for p in report.problems] == [("altered", events[1].event_id)]
