@@ -11,9 +11,10 @@ One run starts, on loopback:
 
 Then, with ``wrk`` as the load generator (a separate process):
   1. latency, one connection back to back: GET straight to nginx, and the same
-     GET through the sidecar (a real decision, a durable decision event, the
-     forward, a durable outcome event); the difference of the p50s (and p99s)
-     is the sidecar's added latency. Rounds alternate to share machine drift.
+     GET through the sidecar (a real decision, a durable decision event before
+     the forward, the forward, an outcome event queued for the trail's next
+     group commit); the difference of the p50s (and p99s) is the sidecar's
+     added latency. Rounds alternate to share machine drift.
   2. throughput of the check endpoint (``/v1/check`` with ``X-Original-URI``,
      as nginx ``auth_request`` sends it): decisions per second on one worker,
      against ``/healthz`` of the same process (no decision, no audit) as the
@@ -209,11 +210,13 @@ def main() -> None:
         health_url = f"http://127.0.0.1:{sc_port}/healthz"
         # Warm up every path (connection pools, token cache, SQLite pages); all must pass.
         judged = 0  # requests the disk-backed sidecar decided (and must have audited)
+        forwarded = 0  # ... and of those, the ones it proxied (each one has an outcome event)
         for url, headers in ((proxy_url, guarded), (shm_url, guarded), (check_url, check_headers)):
             warm = wrk(url, headers, 4, 1, work)
             if warm.errors:
                 sys.exit(f"{url} answers errors: check the sidecar's log in {work}")
             judged += warm.requests if url != shm_url else 0
+            forwarded += warm.requests if url == proxy_url else 0
 
         direct, proxied, proxied_shm, checks, health = [], [], [], [], []
         cpu_us, proxy_cpu_us = [], []
@@ -221,6 +224,7 @@ def main() -> None:
             direct.append(wrk(direct_url, {}, 1, args.duration, work))
             proxied.append(wrk(proxy_url, guarded, 1, args.duration, work))
             judged += proxied[-1].requests
+            forwarded += proxied[-1].requests
             before = cpu_seconds(shm_sidecar.pid)
             run = wrk(shm_url, guarded, 1, args.duration, work)
             spent = cpu_seconds(shm_sidecar.pid) - before
@@ -277,7 +281,8 @@ def main() -> None:
     print(f"  baseline /healthz of the same worker: {health_rps:,.0f} req/s; "
           f"check / healthz = {check_rps / health_rps:.2f}")
     print(f"audit rows written (disk sidecar): {decisions:,} decisions, {outcomes:,} outcomes; "
-          f"requests it judged (wrk's counts): {judged:,}; non-2xx or timeouts: {errors}")
+          f"requests it judged (wrk's counts): {judged:,}, of which proxied: {forwarded:,}; "
+          f"non-2xx or timeouts: {errors}")
 
 
 if __name__ == "__main__":

@@ -30,10 +30,12 @@ from middleware.sidecar._check import (
 from middleware.sidecar._decide_api import decide_endpoint
 from middleware.sidecar._health import healthz, readyz
 from middleware.sidecar._openapi import openapi_document
+from middleware.sidecar._outcomes import PendingOutcomes
 from middleware.sidecar._paths import judgeable_path
 from middleware.sidecar._problem import ambiguous_path, sidecar_problem
 from middleware.sidecar._proxy import Proxy, UpstreamError
 from middleware.sidecar._state import Sidecar, build_sidecar, peer_of
+from middleware.sidecar._transport import UpstreamTransport
 
 _log = logging.getLogger("guard.sidecar")
 
@@ -97,10 +99,11 @@ async def _fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: Send)
 class ProxyEndpoint:
     """Catch-all ASGI app: enforce routes.csv, then forward to the upstream."""
 
-    __slots__ = ("_sidecar",)
+    __slots__ = ("_outcomes", "_sidecar")
 
     def __init__(self, sidecar: Sidecar) -> None:
         self._sidecar = sidecar
+        self._outcomes = sidecar.outcomes = PendingOutcomes(sidecar.guard)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,6 +114,8 @@ class ProxyEndpoint:
         if path is None:
             await ambiguous_path()(scope, receive, send)
             return
+        # Earlier outcomes go to the trail while this request waits for its decision.
+        self._outcomes.flush_soon()
         headers = Headers(scope=scope)
         outcome = await enforce(
             sidecar.guard,
@@ -150,8 +155,8 @@ class ProxyEndpoint:
             if outcome.decision_id:
                 route = outcome.route or "<undeclared>"
                 http = HttpContext(method=scope["method"], route=route, status=status)
-                # The outcome does not gate data flow: it rides the next group commit.
-                sidecar.guard.enqueue_outcome(outcome.decision_id, status, http)
+                # The outcome does not gate data flow: queued off this path (see PendingOutcomes).
+                self._outcomes.add(outcome.decision_id, status, http)
 
 
 def _routes(sidecar: Sidecar) -> list[BaseRoute]:
@@ -194,14 +199,10 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         conf = built.settings.sidecar
-        transport: httpx.AsyncHTTPTransport | None = None
+        transport: UpstreamTransport | None = None
         if conf.upstream:
-            transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
-                    max_connections=conf.upstream_max_connections,
-                    max_keepalive_connections=conf.upstream_max_connections,
-                ),
-                trust_env=False,
+            transport = UpstreamTransport(
+                httpx.URL(conf.upstream).scheme, max_connections=conf.upstream_max_connections
             )
             built.proxy = Proxy(
                 transport,
@@ -220,6 +221,8 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
                     await task
             if transport is not None:
                 await transport.aclose()
+            if built.outcomes is not None:
+                built.outcomes.flush()
             await asyncio.to_thread(built.guard.close)
 
     app = Starlette(routes=_routes(built), lifespan=lifespan)

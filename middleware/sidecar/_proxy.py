@@ -28,13 +28,16 @@ class UpstreamError(Exception):
     """The upstream could not be reached or failed before it answered."""
 
 
-def _dropped(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    """Header names this hop must not forward: hop-by-hop ones and those named in Connection."""
-    dropped = {name.encode() for name in HOP_BY_HOP}
-    for name, value in headers:
-        if name.lower() == b"connection":
-            dropped |= {tok.strip().lower() for tok in value.split(b",") if tok.strip()}
-    return dropped
+_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+# Host: httpx sets the upstream's. Expect: the server already answered
+# ``100 Continue`` to the client; the body is sent upstream as it arrives.
+_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"expect"}
+_GUARD_PREFIX = GUARD_HEADER_PREFIX.encode()
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    """Header names a ``Connection`` header declares hop-by-hop."""
+    return {tok.strip().lower() for tok in value.split(b",") if tok.strip()}
 
 
 def request_headers(
@@ -46,27 +49,27 @@ def request_headers(
 ) -> list[tuple[bytes, bytes]]:
     """Headers for the upstream request.
 
-    Drops hop-by-hop headers, ``Host``, ``Expect``, any caller-supplied
-    ``x-guard-*`` header and the names in ``strip``; then adds
-    the guard's own headers and extends ``X-Forwarded-For``.
+    Drops hop-by-hop headers (and those the ``Connection`` header names), ``Host``,
+    ``Expect``, any caller-supplied ``x-guard-*`` header and the names in ``strip``;
+    then adds the guard's own headers and extends ``X-Forwarded-For``.
     """
-    raw = list(raw)
-    # Host: httpx sets the upstream's. Expect: the server already answered
-    # ``100 Continue`` to the client; the body is sent upstream as it arrives.
-    dropped = _dropped(raw) | strip | {b"host", b"expect"}
     out: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()
     forwarded_for = b""
     host = b""
     for name, value in raw:
         low = name.lower()
-        if low == b"host":
-            host = value
-        if low == b"x-forwarded-for":
+        if low in _NOT_FORWARDED:
+            if low == b"host":
+                host = value
+            elif low == b"connection":
+                named |= _connection_tokens(value)
+        elif low == b"x-forwarded-for":
             forwarded_for = value
-            continue
-        if low in dropped or low.startswith(GUARD_HEADER_PREFIX.encode()):
-            continue
-        out.append((low, value))
+        elif low not in strip and not low.startswith(_GUARD_PREFIX):
+            out.append((low, value))
+    if named:
+        out = [(name, value) for name, value in out if name not in named]
     if peer:
         forwarded_for = forwarded_for + b", " + peer.encode() if forwarded_for else peer.encode()
     if forwarded_for:
@@ -79,9 +82,16 @@ def request_headers(
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers without hop-by-hop ones."""
-    raw = list(raw)
-    dropped = _dropped(raw)
-    return [(name.lower(), value) for name, value in raw if name.lower() not in dropped]
+    out: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()
+    for name, value in raw:
+        low = name.lower()
+        if low in _HOP_BY_HOP:
+            if low == b"connection":
+                named |= _connection_tokens(value)
+        else:
+            out.append((low, value))
+    return [(name, value) for name, value in out if name not in named] if named else out
 
 
 class Proxy:
@@ -100,7 +110,7 @@ class Proxy:
             the trusted-proxy caller header.
     """
 
-    __slots__ = ("_base", "_strip", "_timeout", "_transport")
+    __slots__ = ("_base", "_prefix", "_strip", "_timeout", "_transport")
 
     def __init__(
         self,
@@ -112,12 +122,13 @@ class Proxy:
     ) -> None:
         self._transport = transport
         self._base = httpx.URL(upstream.rstrip("/"))
+        self._prefix = self._base.raw_path.rstrip(b"/")
         self._timeout = httpx.Timeout(timeout_seconds).as_dict()
         self._strip = frozenset(name.lower().encode() for name in strip)
 
     def _url(self, scope: Scope) -> httpx.URL:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        path = self._base.raw_path.rstrip(b"/") + raw_path.split(b"?", 1)[0]
+        path = self._prefix + raw_path.split(b"?", 1)[0]
         query: bytes = scope["query_string"]
         return self._base.copy_with(raw_path=path + (b"?" + query if query else b""))
 
@@ -155,20 +166,43 @@ class Proxy:
                 f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             ) from exc
         try:
+            raw = response.headers.raw
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": response_headers(response.headers.raw),
+                    "headers": response_headers(raw),
                 }
             )
+            # With a Content-Length, the chunk that completes it is sent as the last one
+            # (one message fewer); otherwise an empty last message ends the body.
+            remaining = _content_length(raw)
+            done = False
             async for chunk in response.aiter_raw():
                 if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                        done = remaining == 0
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not done})
+            if not done:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
         return response.status_code
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The response's Content-Length when it frames the body (not chunked), else None."""
+    length: int | None = None
+    for name, value in headers:
+        low = name.lower()
+        if low == b"transfer-encoding":
+            return None
+        if low == b"content-length":
+            if not value.isdigit():
+                return None
+            length = int(value)
+    return length
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

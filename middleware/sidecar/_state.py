@@ -20,6 +20,7 @@ from middleware.sidecar._reload import Reloader
 
 if TYPE_CHECKING:
     from guard._guard import Guard
+    from middleware.sidecar._outcomes import PendingOutcomes
     from middleware.sidecar._proxy import Proxy
 
 
@@ -36,6 +37,7 @@ class Sidecar:
         reloader: Hot reload, with the last attempt's outcome.
         policy_dir: The folder watched for changes (None with a PostgreSQL source).
         proxy: The upstream forwarder, in proxy mode, once the app has started.
+        outcomes: Outcome events of proxied requests not yet handed to the trail.
     """
 
     settings: Settings
@@ -46,6 +48,7 @@ class Sidecar:
     reloader: Reloader
     policy_dir: Path | None
     proxy: Proxy | None = None
+    outcomes: PendingOutcomes | None = None
 
 
 def peer_of(scope: Scope) -> str | None:

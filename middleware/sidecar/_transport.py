@@ -1,0 +1,96 @@
+"""The httpx transport the sidecar forwards with: one pooled httpcore connection pool."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+import httpcore
+import httpx
+
+from middleware.sidecar._backend import AsyncioBackend
+
+
+def _httpx_error(exc: Exception) -> httpx.HTTPError:
+    """The httpx exception of the same name (httpcore's are a subset of httpx's)."""
+    for cls in type(exc).__mro__:
+        mapped = getattr(httpx, cls.__name__, None)
+        if isinstance(mapped, type) and issubclass(mapped, httpx.HTTPError):
+            return mapped(str(exc))
+    return httpx.TransportError(str(exc))
+
+
+_ERRORS = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
+           httpcore.UnsupportedProtocol, httpcore.ProxyError)
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body from the pool, with httpcore's errors turned into httpx's."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except _ERRORS as exc:
+            raise _httpx_error(exc) from exc
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class UpstreamTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 to one upstream over a pool of kept-alive connections.
+
+    Like :class:`httpx.AsyncHTTPTransport` without proxies or environment
+    settings; plain ``http://`` upstreams go through :class:`AsyncioBackend`,
+    ``https://`` ones through httpcore's default (anyio) backend for TLS.
+
+    Args:
+        scheme: The upstream's scheme, ``http`` or ``https``.
+        max_connections: Most connections open at once (all may be kept alive).
+        keepalive_expiry: Seconds an idle connection is kept.
+    """
+
+    def __init__(self, scheme: str, *, max_connections: int, keepalive_expiry: float = 5.0) -> None:
+        plain = scheme == "http"
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=None if plain else httpx.create_ssl_context(trust_env=False),
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
+            network_backend=AsyncioBackend() if plain else None,
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        stream = request.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+            ),
+            headers=request.headers.raw,
+            content=stream,
+            extensions=request.extensions,
+        )
+        try:
+            answer = await self._pool.handle_async_request(core)
+        except _ERRORS as exc:
+            raise _httpx_error(exc) from exc
+        assert isinstance(answer.stream, AsyncIterable)
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=_Body(answer.stream),
+            extensions=answer.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()

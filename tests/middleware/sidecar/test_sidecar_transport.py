@@ -1,0 +1,188 @@
+"""The sidecar's httpx transport and its asyncio network backend, against real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from middleware.sidecar._backend import HIGH_WATER, AsyncioBackend
+from middleware.sidecar._transport import UpstreamTransport
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP server on a free loopback port: its base URL and a list of accepted connections."""
+    accepted: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", accepted
+    finally:
+        server.close()
+
+
+async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer every request on the connection with ``OK`` (keep-alive)."""
+    while True:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+
+
+async def get(transport: UpstreamTransport, url: str, seconds: float = 5.0) -> bytes:
+    request = httpx.Request("GET", url, extensions={"timeout": httpx.Timeout(seconds).as_dict()})
+    response = await transport.handle_async_request(request)
+    try:
+        return b"".join([chunk async for chunk in response.aiter_raw()])
+    finally:
+        await response.aclose()
+
+
+async def test_requests_reuse_one_kept_alive_connection() -> None:
+    async with serve(answer_each) as (url, accepted):
+        transport = UpstreamTransport("http", max_connections=4)
+        try:
+            assert [await get(transport, url + "/a") for _ in range(5)] == [b"ok"] * 5
+        finally:
+            await transport.aclose()
+    assert len(accepted) == 1
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+    async def one_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()  # then close: the pooled connection is now dead
+
+    async with serve(one_answer) as (url, accepted):
+        transport = UpstreamTransport("http", max_connections=4)
+        try:
+            assert await get(transport, url) == b"ok"
+            await asyncio.sleep(0.05)  # let the FIN arrive
+            assert await get(transport, url) == b"ok"
+        finally:
+            await transport.aclose()
+    assert len(accepted) == 2
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])  # https: httpcore's own backend, for TLS
+async def test_refused_connection_is_an_httpx_connect_error(scheme: str) -> None:
+    async with serve(answer_each) as (url, _):
+        pass  # closed: nothing listens on that port any more
+    transport = UpstreamTransport(scheme, max_connections=1)
+    try:
+        with pytest.raises(httpx.ConnectError):
+            await get(transport, url.replace("http", scheme, 1))
+    finally:
+        await transport.aclose()
+
+
+async def test_silent_upstream_is_an_httpx_read_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers
+
+    async with serve(silent) as (url, _):
+        transport = UpstreamTransport("http", max_connections=1)
+        try:
+            with pytest.raises(httpx.ReadTimeout):
+                await get(transport, url, seconds=0.2)
+        finally:
+            await transport.aclose()
+
+
+async def test_body_cut_short_is_an_httpx_error_while_streaming() -> None:
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        await writer.drain()
+
+    async with serve(short) as (url, _):
+        transport = UpstreamTransport("http", max_connections=1)
+        try:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await get(transport, url)
+        finally:
+            await transport.aclose()
+
+
+async def test_upstream_that_stops_reading_the_body_is_a_write_timeout() -> None:
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    async def endless() -> AsyncIterator[bytes]:
+        chunk = b"x" * 65536
+        while True:
+            yield chunk
+
+    async with serve(never_reads) as (url, _):
+        transport = UpstreamTransport("http", max_connections=1)
+        request = httpx.Request(
+            "PUT", url, content=endless(), extensions={"timeout": httpx.Timeout(0.3).as_dict()}
+        )
+        try:
+            with pytest.raises(httpx.WriteTimeout):
+                await transport.handle_async_request(request)
+        finally:
+            await transport.aclose()
+
+
+async def test_reading_pauses_while_the_consumer_lags_and_nothing_is_lost() -> None:
+    size = 8 * 1024 * 1024
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(bytes(range(256)) * (size // 256))
+        await writer.drain()
+
+    async with serve(flood) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        stream = await AsyncioBackend().connect_tcp(host, int(port), timeout=5)
+        try:
+            first = await stream.read(65536, timeout=5)
+            await asyncio.sleep(0.2)  # the server keeps sending; the stream stops reading
+            buffered: int = stream._size  # type: ignore[attr-defined]
+            assert buffered <= HIGH_WATER + 256 * 1024  # one socket read past the mark at most
+            received = len(first)
+            data = [first]
+            while chunk := await stream.read(65536, timeout=5):
+                received += len(chunk)
+                data.append(chunk)
+        finally:
+            await stream.aclose()
+    assert received == size
+    assert b"".join(data) == bytes(range(256)) * (size // 256)
+
+
+async def test_idle_connection_reports_readable_only_after_the_server_spoke() -> None:
+    async def closes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(1)
+
+    async with serve(closes) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        stream = await AsyncioBackend().connect_tcp(host, int(port), timeout=5)
+        try:
+            assert stream.get_extra_info("is_readable") is False
+            assert stream.get_extra_info("server_addr") == (host, int(port))
+            await stream.write(b"!", timeout=5)
+            assert await stream.read(10, timeout=5) == b""  # the server closed
+            assert stream.get_extra_info("is_readable") is True
+        finally:
+            await stream.aclose()
