@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,3 +89,24 @@ def decision_event(**fields: Any) -> AuditEvent:
     }
     values.update(fields)
     return PIPELINE.event(EventKind.DECISION, **values)
+
+
+def acknowledged_until_killed(child: subprocess.Popen[bytes], count: int) -> list[str]:
+    """Read the event ids ``child`` prints, SIGKILL it after ``count``; every complete line.
+
+    Raises:
+        AssertionError: it printed fewer than ``count`` (its stderr's tail says why).
+    """
+    assert child.stdout is not None
+    acknowledged: list[str] = []
+    try:
+        for line in child.stdout:
+            acknowledged.append(line.decode().strip())
+            if len(acknowledged) >= count:
+                break
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        rest, err = child.communicate(timeout=30)
+    acknowledged += [line for line in rest.decode().split("\n")[:-1] if line]  # complete lines
+    assert len(acknowledged) >= count, err.decode()[-2000:]
+    return acknowledged

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from guard.audit import load_public_key, open_store, verify
-from tests.guard.audit.conftest import Keys
+from tests.guard.audit.conftest import Keys, acknowledged_until_killed
 
 CHILD = r"""
 import sys, threading
@@ -44,18 +42,7 @@ def test_sigkill_loses_no_acknowledged_event(store_url: str, keys: Keys, tmp_pat
         [sys.executable, "-c", CHILD, store_url, str(keys.signing)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
     )
-    assert child.stdout is not None
-    acknowledged: list[str] = []
-    try:
-        for line in child.stdout:
-            acknowledged.append(line.decode().strip())
-            if len(acknowledged) >= 400:
-                break
-    finally:
-        os.kill(child.pid, signal.SIGKILL)
-        rest, err = child.communicate(timeout=30)
-    acknowledged += [line for line in rest.decode().split("\n")[:-1] if line]  # complete lines
-    assert len(acknowledged) >= 400, err.decode()[-2000:]
+    acknowledged = acknowledged_until_killed(child, 400)
     store = open_store(store_url, create=False)
     stored = {row[0] for row in store.rows("SELECT event_id FROM audit_event")}
     report = verify(store, load_public_key(keys.public))

@@ -25,7 +25,7 @@ from guard.audit._pipeline import outcome_fields
 from guard.audit._relay import RelayTrail
 from guard.audit._relay_wire import RECORD, FrameReader, WireError, frame
 from guard.config import AuditSettings, PolicySettings, Settings
-from tests.guard.audit.conftest import decision_event
+from tests.guard.audit.conftest import acknowledged_until_killed, decision_event
 
 REPO = Path(__file__).resolve().parents[3]
 ALLOWED = Request("svc:crm", "relationship.management", ("identity", "contact"),
@@ -169,17 +169,7 @@ def test_the_relay_commits_and_exits_when_its_service_is_killed(tmp_path: Path) 
     )
     assert child.stdout is not None
     relay_pid = int(child.stdout.readline())
-    acknowledged: list[str] = []
-    try:
-        for line in child.stdout:
-            acknowledged.append(line.decode().strip())
-            if len(acknowledged) >= 300:
-                break
-    finally:
-        os.kill(child.pid, signal.SIGKILL)
-        rest, err = child.communicate(timeout=30)
-    acknowledged += [line for line in rest.decode().split("\n")[:-1] if line]
-    assert len(acknowledged) >= 300, err.decode()[-2000:]
+    acknowledged = acknowledged_until_killed(child, 300)
     deadline = time.monotonic() + 30
     while _alive(relay_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
