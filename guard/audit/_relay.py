@@ -54,7 +54,7 @@ _RESPAWN_INTERVAL = 1.0
 class _Connection(asyncio.Protocol):
     """One event loop's connection to the relay; futures wait for their acknowledgement."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, ack_timeout: float) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.waiting: dict[int, asyncio.Future[Any]] = {}
@@ -62,6 +62,30 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._scheduled = False
         self._reader = FrameReader()
+        self._ack_timeout = ack_timeout
+        self._watching = False
+        self._answered = False  # an acknowledgement arrived since the watchdog last looked
+
+    def wait_for(self, msg_id: int) -> asyncio.Future[Any]:
+        """A future for ``msg_id``'s acknowledgement; the watchdog fails it if none comes."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.waiting[msg_id] = future
+        if not self._watching:
+            self._watching = True
+            self._answered = False
+            self.loop.call_later(self._ack_timeout, self._watch)
+        return future
+
+    def _watch(self) -> None:
+        """Fail the waiting futures when the relay answered nothing for a whole period."""
+        if not self.waiting or self.closed:
+            self._watching = False
+        elif not self._answered:
+            self._watching = False
+            self.fail(f"the audit relay did not answer within {self._ack_timeout:g} s")
+        else:
+            self._answered = False
+            self.loop.call_later(self._ack_timeout, self._watch)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -98,6 +122,7 @@ class _Connection(asyncio.Protocol):
             self.fail(f"unreadable answer from the audit relay: {exc}")
             return
         waiting = self.waiting
+        self._answered = True
         for acks in batches:
             for msg_id, error, answer in acks:
                 future = waiting.pop(msg_id, None)
@@ -273,8 +298,7 @@ class RelayTrail:
         loop = asyncio.get_running_loop()
         conn = self._connection(loop)
         msg_id = next(self._ids)
-        future: asyncio.Future[Any] = loop.create_future()
-        conn.waiting[msg_id] = future
+        future = conn.wait_for(msg_id)
         conn.send(frame((msg_id, BUILD, _payload(kind, fields))))
         return str(await future)
 
@@ -363,7 +387,7 @@ class RelayTrail:
             self._ensure_running()
         for old in [old for old in self._conns if old.is_closed()]:
             del self._conns[old]
-        conn = self._conns[loop] = _Connection(loop)
+        conn = self._conns[loop] = _Connection(loop, self._ack_timeout)
         task = loop.create_task(loop.create_unix_connection(lambda: conn, self.socket_path))
         task.add_done_callback(lambda t: _connected(conn, t))
         return conn
@@ -373,8 +397,7 @@ class RelayTrail:
         loop = asyncio.get_running_loop()
         conn = self._connection(loop)
         msg_id = next(self._ids)
-        future: asyncio.Future[Any] = loop.create_future()
-        conn.waiting[msg_id] = future
+        future = conn.wait_for(msg_id)
         conn.send(frame((msg_id, RECORD, event_to_wire(event))))
         await future
 

@@ -155,6 +155,26 @@ def test_a_dead_relay_means_audit_unavailable_then_a_new_one_takes_over(
     _verify(tmp_path)  # the killed relay's chain ends without its closing checkpoint: a note
 
 
+def test_a_relay_that_stops_answering_fails_the_waiting_calls(tmp_path: Path) -> None:
+    trail = RelayTrail(_settings(tmp_path), ack_timeout=0.5)
+    pid = trail.pid
+    assert pid is not None
+
+    async def stalled() -> None:
+        await trail.arecord(decision_event())  # connected and answering
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await trail.arecord(decision_event())
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    try:
+        with pytest.raises(AuditUnavailableError, match=r"did not answer within 0\.5 s"):
+            asyncio.run(stalled())
+    finally:
+        trail.close()
+
+
 def test_a_relay_that_cannot_open_its_store_refuses_to_start(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
