@@ -150,6 +150,39 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class _Blocking:
+    """One thread's blocking connection to the relay (threads do not wait for each other)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+        self._reader = FrameReader()
+
+    def call(self, msg_id: int, op: int, payload: Any) -> Any:
+        """Send one message and wait for its acknowledgement; its answer.
+
+        Raises:
+            AuditUnavailableError: the relay refused it (the connection stays usable).
+            OSError, WireError: the connection failed (it must not be used again).
+        """
+        self.sock.sendall(frame((msg_id, op, payload)))
+        while True:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise ConnectionResetError("the audit relay closed the connection")
+            for acks in self._reader.feed(data):
+                for ack_id, error, answer in acks:
+                    if ack_id == msg_id:
+                        if error is not None:
+                            raise AuditUnavailableError(error)
+                        return answer
+
+
 class RelayTrail:
     """Record audit events through a relay process that this object starts and stops.
 
@@ -172,9 +205,9 @@ class RelayTrail:
         self.socket_path = os.path.join(self._dir, "relay.sock")
         self._ids = itertools.count(1)
         self._conns: dict[asyncio.AbstractEventLoop, _Connection] = {}
-        self._lock = threading.Lock()  # the blocking connection and the child process
-        self._sock: socket.socket | None = None
-        self._reader = FrameReader()
+        self._lock = threading.Lock()  # the child process and the set of blocking connections
+        self._local = threading.local()  # each thread's blocking connection
+        self._blocking: set[_Blocking] = set()
         self._closed = False
         self._spawned_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -238,44 +271,30 @@ class RelayTrail:
     # -- blocking calls ----------------------------------------------------------------------
 
     def _call(self, op: int, payload: Any = None) -> Any:
-        """Send one message on the blocking connection and wait for its acknowledgement."""
-        with self._lock:
-            try:
-                sock = self._connect_sock()
-                msg_id = next(self._ids)
-                sock.sendall(frame((msg_id, op, payload)))
-                while True:
-                    for acks in self._reader.feed(self._recv()):
-                        for ack_id, error, answer in acks:
-                            if ack_id == msg_id:
-                                if error is not None:
-                                    raise AuditUnavailableError(error)
-                                return answer
-            except (OSError, WireError) as exc:
-                self._drop_sock()
-                raise AuditUnavailableError(f"the audit relay did not answer: {exc}") from None
+        """Send one message on this thread's blocking connection; wait for its answer."""
+        try:
+            return self._thread_connection().call(next(self._ids), op, payload)
+        except (OSError, WireError) as exc:
+            self._drop_thread_connection()
+            raise AuditUnavailableError(f"the audit relay did not answer: {exc}") from None
 
-    def _connect_sock(self) -> socket.socket:
-        """The blocking connection (caller holds the lock)."""
-        if self._sock is None:
-            self._ensure_running()
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self._ack_timeout)
-            sock.connect(self.socket_path)
-            self._sock, self._reader = sock, FrameReader()
-        return self._sock
+    def _thread_connection(self) -> _Blocking:
+        conn: _Blocking | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._lock:
+                self._ensure_running()
+                conn = _Blocking(self.socket_path, self._ack_timeout)
+                self._blocking.add(conn)
+            self._local.conn = conn
+        return conn
 
-    def _recv(self) -> bytes:
-        assert self._sock is not None
-        data = self._sock.recv(1 << 16)
-        if not data:
-            raise ConnectionResetError("the audit relay closed the connection")
-        return data
-
-    def _drop_sock(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+    def _drop_thread_connection(self) -> None:
+        conn: _Blocking | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            with self._lock:
+                self._blocking.discard(conn)
+            conn.sock.close()
 
     @property
     def writer_id(self) -> str:
@@ -361,13 +380,12 @@ class RelayTrail:
                 self._send_raw(left)
 
     def _send_raw(self, data: bytes) -> None:
-        """Send frames on the blocking connection; their acknowledgements are not awaited."""
-        with self._lock:
-            try:
-                self._connect_sock().sendall(data)
-            except OSError as exc:
-                self._drop_sock()
-                raise AuditUnavailableError(f"the audit relay did not answer: {exc}") from None
+        """Send frames on this thread's blocking connection, not awaiting acknowledgements."""
+        try:
+            self._thread_connection().sock.sendall(data)
+        except OSError as exc:
+            self._drop_thread_connection()
+            raise AuditUnavailableError(f"the audit relay did not answer: {exc}") from None
 
     def ready(self) -> tuple[bool, str]:
         """Can the relay make events durable right now? ``(ok, why)``."""
@@ -433,7 +451,9 @@ class RelayTrail:
                     loop.call_soon_threadsafe(conn.transport.close)
         self._conns.clear()
         with self._lock:
-            self._drop_sock()
+            for blocking in self._blocking:
+                blocking.sock.close()
+            self._blocking.clear()
             if self._proc is not None:
                 _stop(self._proc, 30.0)
                 if self._proc.returncode:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from guard import AuditUnavailableError
 from guard._guard import Guard
 from guard._types import Action, Reason, Request
-from guard.audit import EventKind, load_hmac_key, load_public_key, open_store, pseudonymise, verify
+from guard.audit import (
+    AuditEvent,
+    EventKind,
+    load_hmac_key,
+    load_public_key,
+    open_store,
+    pseudonymise,
+    verify,
+)
 from guard.audit._pipeline import outcome_fields
 from guard.audit._relay import RelayTrail
 from guard.audit._relay_wire import RECORD, FrameReader, WireError, frame
@@ -90,6 +99,29 @@ def test_events_of_every_kind_of_call_arrive_once_and_verify(tmp_path: Path) -> 
     assert sorted(row[2] for row in stored.values() if row[0] == "outcome") == [
         200, *([201] * 40), 202]
     _verify(tmp_path)  # one chain, checkpoints included, closed by the relay
+
+
+def test_threads_record_side_by_side_each_on_its_own_connection(tmp_path: Path) -> None:
+    trail = RelayTrail(_settings(tmp_path))
+    events = [[decision_event(subject_id=f"s{n}-{i}") for i in range(20)] for n in range(16)]
+    errors: list[BaseException] = []
+
+    def work(mine: list[AuditEvent]) -> None:
+        try:
+            for event in mine:
+                trail.record(event)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(mine,)) for mine in events]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trail.close()
+    assert errors == []
+    assert set(_stored(tmp_path)) == {e.event_id for mine in events for e in mine}
+    _verify(tmp_path)
 
 
 def test_closing_on_the_loop_keeps_the_events_just_posted(tmp_path: Path) -> None:
