@@ -7,11 +7,12 @@ output. Its standard input stays open as a life line: when it closes (the parent
 closed the trail, or died) the relay commits what it holds, writes the closing
 checkpoint and exits.
 
-One thread serves every connection. Whatever arrived while the previous
-commit was being written goes into the next transaction: the group commit
-follows from the loop with no hand-off between threads, and the service whose
-requests are recorded spends none of its own CPU on building rows, hashing or
-writing them.
+One I/O thread reads every connection, builds the events and sends the
+acknowledgements; whatever arrived while the previous commit was being written
+goes into the next transaction. A committer thread writes a batch while the
+I/O thread reads the next one; when it is idle, the I/O thread commits itself
+(no hand-off at low load). The service whose requests are recorded spends none
+of its own CPU on building rows, hashing or writing them.
 """
 
 from __future__ import annotations
