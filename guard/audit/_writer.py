@@ -167,25 +167,8 @@ class GroupCommitWriter:
 
     def submit(self, event: AuditEvent, timeout: float = 30.0) -> None:
         """Queue ``event`` and block until it is durable (committing it here if no one is)."""
-        item = _item(event, done=threading.Lock())
-        done = item.done
-        assert done is not None
-        done.acquire()
-        with self._cond:
-            self._check_open()
-            self._pending.append(item)
-            self._queued += 1
-            self._waited += 1
-            lead = not self._busy
-            self._busy = True
-        try:
-            if not lead and not done.acquire(timeout=timeout) and not item.settled:
-                # Still queued or being written: it may yet be committed; no one will hear.
-                raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
-            if lead:
-                self._lead(item)
-        finally:
-            _wake_next(item.wakes)
+        item = _item(event)
+        self._queue_and_wait([item], timeout)
         if item.error is not None:
             raise item.error
         if not item.settled:  # fail closed, whatever went wrong
@@ -203,8 +186,14 @@ class GroupCommitWriter:
         if not events:
             return []
         items = [_item(event, watched=True) for event in events]
-        last = items[-1]
-        done = last.done = threading.Lock()
+        self._queue_and_wait(items, timeout)
+        lost = AuditUnavailableError("audit writer lost track of an event")
+        return [item.error if item.settled else lost for item in items]
+
+    def _queue_and_wait(self, items: list[_Item], timeout: float) -> None:
+        """Queue ``items``; block until the last is settled, committing here if no one is."""
+        own = items[-1]
+        done = own.done = threading.Lock()
         done.acquire()
         with self._cond:
             self._check_open()
@@ -214,14 +203,13 @@ class GroupCommitWriter:
             lead = not self._busy
             self._busy = True
         try:
-            if not lead and not done.acquire(timeout=timeout) and not last.settled:
+            if not lead and not done.acquire(timeout=timeout) and not own.settled:
+                # Still queued or being written: it may yet be committed; no one will hear.
                 raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
             if lead:
-                self._lead(last)
+                self._lead(own)
         finally:
-            _wake_next(last.wakes)
-        lost = AuditUnavailableError("audit writer lost track of an event")
-        return [item.error if item.settled else lost for item in items]
+            _wake_next(own.wakes)
 
     async def asubmit(self, event: AuditEvent) -> None:
         """Queue ``event``; the returned awaitable resolves when it is durable."""
