@@ -101,6 +101,21 @@ def test_events_of_every_kind_of_call_arrive_once_and_verify(tmp_path: Path) -> 
     _verify(tmp_path)  # one chain, checkpoints included, closed by the relay
 
 
+@pytest.mark.postgres
+def test_a_relay_writes_to_postgresql_too(tmp_path: Path, pg_url: str) -> None:
+    trail = RelayTrail(_settings(tmp_path, store=pg_url))
+    event_id = trail.record_fields(EventKind.OUTCOME, outcome_fields("d-pg", 200, None))
+    trail.close()
+    store = open_store(pg_url, create=False)
+    try:
+        rows = store.rows("SELECT event_id, decision_ref FROM audit_event WHERE kind = 'outcome'")
+        report = verify(store, load_public_key(tmp_path / "keys" / "audit-signing.key.pub"))
+    finally:
+        store.close()
+    assert [tuple(row) for row in rows] == [(event_id, "d-pg")]
+    assert report.ok, report.problems
+
+
 def test_threads_record_side_by_side_each_on_its_own_connection(tmp_path: Path) -> None:
     trail = RelayTrail(_settings(tmp_path))
     events = [[decision_event(subject_id=f"s{n}-{i}") for i in range(20)] for n in range(16)]
