@@ -12,12 +12,10 @@ from opentelemetry import trace
 
 from guard._errors import AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
-from guard.audit import AuditPipeline, EventKind, load_hmac_key
+from guard.audit import AuditPipeline, EventKind, RelayTrail, Trail, load_hmac_key, open_trail
 from guard.audit._otel import decision_attributes
 from guard.audit._otel import tracer as default_tracer
 from guard.audit._pipeline import decision_fields, outcome_fields, policy_fields
-from guard.audit._relay import RelayTrail
-from guard.audit._trail import Trail, open_trail
 
 if TYPE_CHECKING:
     from guard.config import Settings

@@ -23,9 +23,10 @@ from guard.audit._query import (
     query_events,
     stats,
 )
+from guard.audit._relay import RelayTrail
 from guard.audit._report import SubjectReport, subject_report
 from guard.audit._store import AuditStoreError, Store, open_store
-from guard.audit._trail import AuditTrail
+from guard.audit._trail import AuditTrail, Trail, open_trail
 from guard.audit._verify import Problem, VerifyReport, verify
 
 __all__ = [
@@ -42,9 +43,11 @@ __all__ = [
     "EventKind",
     "Problem",
     "QueryRow",
+    "RelayTrail",
     "Stats",
     "Store",
     "SubjectReport",
+    "Trail",
     "VerifyReport",
     "canonical_json",
     "compute_hash",
@@ -53,6 +56,7 @@ __all__ = [
     "load_signing_key",
     "new_event_id",
     "open_store",
+    "open_trail",
     "parse_when",
     "pseudonymise",
     "public_key_path",
