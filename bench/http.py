@@ -1,16 +1,20 @@
 """HTTP overhead of GuardMiddleware: the example service with and without the guard.
 
-Both apps run under uvicorn (one worker each, separate processes) on loopback;
-the load comes from a second process: ``wrk`` (Debian package) when installed,
-otherwise a bounded httpx loop. Every guarded request is a real decision with a
-durable SQLite audit event before the handler, and an outcome event queued for
-the next group commit after it. Rounds alternate between the two apps so drift
-on a shared machine hits both alike.
+Three apps run under uvicorn (one worker each, separate processes) on loopback:
+plain, guarded with the audit writer thread (``audit.writer = "thread"``) and
+guarded with the audit relay process (``audit.writer = "process"``). The load
+comes from another process: ``wrk`` (Debian package) when installed, otherwise
+a bounded httpx loop. Every guarded request is a real decision with a durable
+SQLite audit event before the handler, and an outcome event queued for the
+next group commit after it. Rounds rotate the order of the apps so drift on a
+shared machine hits all alike.
 
 Two measurements per app and round:
   * throughput: ``--connections`` concurrent connections for ``--duration`` seconds,
-    and the server's CPU time (all threads, from ``/proc``) per request;
+    and the server's CPU time (all threads, from ``/proc``) per request, and its
+    audit relay's;
   * latency: one connection, back to back (service time without queueing), p50/p99.
+Then, in this process, each step's wall and CPU time per request.
 
 Usage: python bench/http.py [--duration 8] [--connections 32] [--rounds 2]
 """
