@@ -314,21 +314,11 @@ class RelayTrail:
 
     async def arecord_fields(self, kind: EventKind, fields: dict[str, Any]) -> str:
         """Like :meth:`record_fields` without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        conn = self._connection(loop)
-        msg_id = next(self._ids)
-        future = conn.wait_for(msg_id)
-        conn.send(frame((msg_id, BUILD, _payload(kind, fields))))
-        return str(await future)
+        return str(await self._acall(BUILD, _payload(kind, fields)))
 
     def post_fields(self, kind: EventKind, fields: dict[str, Any]) -> None:
         """Like :meth:`post`, for an event the relay builds from ``fields``."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.record_fields(kind, fields)
-            return
-        self._connection(loop).send(frame((next(self._ids), BUILD_POST, _payload(kind, fields))))
+        self._hand_over(BUILD_POST, BUILD, _payload(kind, fields))
 
     def record(self, event: AuditEvent) -> None:
         """Return once the relay made ``event`` durable.
@@ -412,12 +402,7 @@ class RelayTrail:
 
     async def arecord(self, event: AuditEvent) -> None:
         """Like :meth:`record` without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        conn = self._connection(loop)
-        msg_id = next(self._ids)
-        future = conn.wait_for(msg_id)
-        conn.send(frame((msg_id, RECORD, event_to_wire(event))))
-        await future
+        await self._acall(RECORD, event_to_wire(event))
 
     def post(self, event: AuditEvent) -> None:
         """Hand ``event`` to the relay without waiting for it to be written.
@@ -429,12 +414,25 @@ class RelayTrail:
         Raises:
             AuditUnavailableError: the relay cannot be reached.
         """
+        self._hand_over(POST, RECORD, event_to_wire(event))
+
+    async def _acall(self, op: int, payload: Any) -> Any:
+        """Send one message on this loop's connection; await its acknowledged answer."""
+        conn = self._connection(asyncio.get_running_loop())
+        msg_id = next(self._ids)
+        future = conn.wait_for(msg_id)
+        conn.send(frame((msg_id, op, payload)))
+        return await future
+
+    def _hand_over(self, op: int, blocking_op: int, payload: Any) -> None:
+        """Send ``op`` on the running loop's connection, unanswered; without a loop, wait
+        for ``blocking_op``'s acknowledgement instead."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.record(event)
+            self._call(blocking_op, payload)
             return
-        self._connection(loop).send(frame((next(self._ids), POST, event_to_wire(event))))
+        self._connection(loop).send(frame((next(self._ids), op, payload)))
 
     def close(self) -> None:
         """Stop the relay: it commits what it holds, writes the closing checkpoint and exits."""
