@@ -59,10 +59,8 @@ class TraceContext:
     __slots__ = ()
 
     def __call__(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
-        ctx = trace.get_current_span().get_span_context()
-        if ctx.is_valid:
-            event_dict.setdefault("trace_id", format(ctx.trace_id, "032x"))
-            event_dict.setdefault("span_id", format(ctx.span_id, "016x"))
+        for name, value in trace_fields().items():
+            event_dict.setdefault(name, value)
         return event_dict
 
 
@@ -198,10 +196,7 @@ def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str
 
 
 def trace_fields() -> dict[str, str]:
-    """``trace_id`` and ``span_id`` of the current OpenTelemetry span (empty without one).
-
-    For events built elsewhere (the audit relay), where this span is not current.
-    """
+    """``trace_id`` and ``span_id`` of the current OpenTelemetry span (empty without one)."""
     ctx = trace.get_current_span().get_span_context()
     if not ctx.is_valid:
         return {}
