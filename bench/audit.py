@@ -1,8 +1,11 @@
 """Durable audit throughput (group commit vs one commit per event) and subject-report latency.
 
-For SQLite and PostgreSQL, with 1, 8 and 64 concurrent writer threads:
-  * group commit: each thread calls ``AuditTrail.record`` (returns once durable);
-    the writer thread links events into the hash chain and commits them together;
+For SQLite and PostgreSQL, with 1, 8 and 64 concurrent writers:
+  * group commit, threads: each writer is a thread calling ``AuditTrail.record``
+    (returns once durable); whoever holds the turn links the queued events into
+    the hash chain and commits them together;
+  * group commit, tasks: each writer is a coroutine in one event loop awaiting
+    ``AuditTrail.arecord`` (how the middleware and the sidecar record);
   * baseline: the same store, one transaction (and fsync) per event; each thread
     links and hashes its events into its own chain, as any chained trail must.
 Events are built before the clock starts; both sides write the same rows. The
@@ -20,6 +23,7 @@ Usage: python bench/audit.py [--quick] [--events N] [--rounds 3] [--report-event
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import shutil
 import statistics
@@ -110,6 +114,25 @@ def group_commit(store: Store, key: Path, events: list[AuditEvent], writers: int
     elapsed = run_threads(writers, work)
     trail.close()
     GROUP_BATCH.append(len(events) / max(1, counted.commits))
+    return len(events) / elapsed
+
+
+def group_commit_tasks(store: Store, key: Path, events: list[AuditEvent], writers: int) -> float:
+    """``writers`` coroutines in one event loop, each awaiting ``arecord`` for its events."""
+    trail = AuditTrail(store, load_signing_key(key))
+    share = [events[i::writers] for i in range(writers)]
+
+    async def work(i: int) -> None:
+        for event in share[i]:
+            await trail.arecord(event)
+
+    async def run() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(work(i) for i in range(writers)))
+        return time.perf_counter() - t0
+
+    elapsed = asyncio.run(run())
+    trail.close()
     return len(events) / elapsed
 
 
@@ -290,43 +313,49 @@ def main() -> None:
                 print("PostgreSQL not installed: SQLite only")
             kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
             print(f"durable events/s, {n} events per run, median of {args.rounds} rounds "
-                  "(group commit vs one commit per event, run alternately)")
-            print(f"{'store':<11} {'writers':>7} {'group':>9} {'baseline':>9} {'ratio':>6}"
-                  "   (ratio of each round; group: median events per commit)")
+                  "(group commit from threads and from tasks vs one commit per event; "
+                  "the order rotates each round)")
+            print(f"{'store':<11} {'writers':>7} {'threads':>9} {'tasks':>9} {'baseline':>9} "
+                  f"{'ratio':>6} {'ratio':>6}   (threads: median events per commit)")
             for kind in kinds:
                 for writers in (1, 8, 64):
-                    groups, bases, ratios = [], [], []
+                    rates: dict[str, list[float]] = {"threads": [], "tasks": [], "baseline": []}
                     GROUP_BATCH.clear()
                     for rnd in range(args.rounds):
                         events = make_events(n)
                         tag = f"{writers}_{rnd}"
                         if kind == "sqlite":
-                            group_store = open_store(f"sqlite:///{tmp / f'g{tag}.db'}")
+                            thread_store = open_store(f"sqlite:///{tmp / f'g{tag}.db'}")
+                            task_store = open_store(f"sqlite:///{tmp / f't{tag}.db'}")
                             base_store = open_store(f"sqlite:///{tmp / f'b{tag}.db'}")
                             run_base: Callable[[], float] = functools.partial(
                                 one_commit_each, sqlite_commit_each(base_store), events, writers)
                         else:
                             assert pg is not None
-                            group_store = open_store(fresh_database(pg, f"g{tag}"))
+                            thread_store = open_store(fresh_database(pg, f"g{tag}"))
+                            task_store = open_store(fresh_database(pg, f"t{tag}"))
                             base_url = fresh_database(pg, f"b{tag}")
                             open_store(base_url).rows("SELECT 1")
                             run_base = functools.partial(
                                 one_commit_each, pg_commit_each(base_url), events, writers)
-                        run_group = functools.partial(group_commit, group_store, key, events,
-                                                      writers)
-                        if rnd % 2:
-                            group, base = run_group(), run_base()
-                        else:
-                            base, group = run_base(), run_group()
+                        runs: dict[str, Callable[[], float]] = {
+                            "threads": functools.partial(group_commit, thread_store, key,
+                                                         events, writers),
+                            "tasks": functools.partial(group_commit_tasks, task_store, key,
+                                                       events, writers),
+                            "baseline": run_base,
+                        }
+                        names = list(runs)
+                        for name in names[rnd % 3:] + names[:rnd % 3]:
+                            rates[name].append(runs[name]())
                         if kind == "sqlite":
                             base_store.close()
-                        groups.append(group)
-                        bases.append(base)
-                        ratios.append(group / base)
-                    print(f"{kind:<11} {writers:>7} {statistics.median(groups):>9,.0f} "
-                          f"{statistics.median(bases):>9,.0f} {statistics.median(ratios):>5.1f}x"
-                          f"   (ratios {' '.join(f'{r:.1f}' for r in ratios)}; "
-                          f"{statistics.median(GROUP_BATCH):.1f} events/commit)", flush=True)
+                    median = {name: statistics.median(values) for name, values in rates.items()}
+                    print(f"{kind:<11} {writers:>7} {median['threads']:>9,.0f} "
+                          f"{median['tasks']:>9,.0f} {median['baseline']:>9,.0f} "
+                          f"{median['threads'] / median['baseline']:>5.1f}x "
+                          f"{median['tasks'] / median['baseline']:>5.1f}x"
+                          f"   ({statistics.median(GROUP_BATCH):.1f} events/commit)", flush=True)
 
             m = args.report_events
             print(f"\nsubject report over {m:,} events (median / p95 of 20 runs)")

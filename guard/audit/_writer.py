@@ -25,6 +25,9 @@ from guard.audit._store import Store
 
 Emitter = Callable[[Sequence[AuditEvent]], None]
 _log = logging.getLogger("guard.audit")
+# A queue longer than this is committed in two halves (see GroupCommitWriter._take); below
+# it, one commit's fixed cost (the fsync) outweighs the overlap that splitting gains.
+_SPLIT_ABOVE = 32
 
 
 @dataclass(slots=True)
@@ -86,15 +89,16 @@ def _settle(items: list[_Item]) -> None:
 class GroupCommitWriter:
     """Links queued events into one hash chain and commits them in shared transactions.
 
-    One thread at a time holds the *turn* and commits everything queued so far in
-    one transaction. A thread calling :meth:`submit` takes the turn itself when
-    no commit is in progress (no hand-off to another thread), else it waits; when
-    a commit ends with more queued, the turn goes to the writer thread, which
-    keeps committing batches while events keep arriving (coroutines, from
-    :meth:`asubmit`, always go through it: an event loop never commits). Posted
-    events (:meth:`post`) ride along with the next commit someone waits on, or
-    the writer thread commits them after ``post_delay``. The writer thread also
-    writes periodic checkpoints and replays the spool.
+    One thread at a time holds the *turn* and commits what is queued (half of a
+    long queue, see :meth:`_take`) in one transaction. A thread calling
+    :meth:`submit` takes the turn itself when no commit is in progress (no
+    hand-off to another thread), else it waits; when a commit ends with more
+    queued, the turn goes to the writer thread, which keeps committing batches
+    while events keep arriving (coroutines, from :meth:`asubmit`, always go
+    through it: an event loop never commits). Posted events (:meth:`post`) ride
+    along with the next commit someone waits on, or the writer thread commits
+    them after ``post_delay``. The writer thread also writes periodic
+    checkpoints and replays the spool.
 
     Producers digest their events before queueing (:func:`prepare_row`) and wake
     each other once their batch is settled, so the turn holder only links, binds
@@ -148,6 +152,7 @@ class GroupCommitWriter:
         self._settled = 0  # ... and settled (written or failed), in queue order
         self._flushing = 0
         self._pending: deque[_Item] = deque()
+        self._rest = 0  # events left queued by a split batch: the next batch (see _take)
         self._asleep: deque[deque[threading.Lock]] = deque()  # batches still being woken
         self._busy = False  # someone holds the turn
         self._writer_turn = False  # ... and it was handed to the writer thread
@@ -288,9 +293,23 @@ class GroupCommitWriter:
     # -- the turn ----------------------------------------------------------------------------
 
     def _take(self) -> list[_Item]:
+        """The next batch: the whole queue, or the first half of a long one.
+
+        When a queue longer than ``_SPLIT_ABOVE`` is split, the next batch is the
+        rest of it: the producers woken by the first commit queue their next
+        events while the second is on disk, and a long queue costs two commits.
+        """
         with self._cond:
             pending = self._pending
-            batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
+            if self._rest:
+                size, self._rest = self._rest, 0
+            else:
+                size = len(pending)
+                if size > _SPLIT_ABOVE:
+                    half = max(_SPLIT_ABOVE, (size + 1) // 2)
+                    size, self._rest = half, size - half
+            batch = [pending.popleft()
+                     for _ in range(min(size, len(pending), self._max_batch))]
             self._waited -= sum(1 for item in batch
                                 if item.done is not None or item.future is not None)
             if not pending:
