@@ -15,7 +15,9 @@ Then, with ``wrk`` as the load generator (a separate process):
      the forward, the forward, an outcome event queued for the trail's next
      group commit); the difference of the p50s (and p99s) is the sidecar's
      added latency. Rounds alternate to share machine drift.
-  2. throughput of the check endpoint (``/v1/check`` with ``X-Original-URI``,
+  2. the check endpoint at one connection against ``/healthz`` of the same
+     worker: what the decision and its durable event add without any forward;
+  3. throughput of the check endpoint (``/v1/check`` with ``X-Original-URI``,
      as nginx ``auth_request`` sends it): decisions per second on one worker,
      against ``/healthz`` of the same process (no decision, no audit) as the
      baseline; plus the sidecar process's CPU time per decision, which gives
@@ -219,6 +221,7 @@ def main() -> None:
             forwarded += warm.requests if url == proxy_url else 0
 
         direct, proxied, proxied_shm, checks, health = [], [], [], [], []
+        check_alone, health_alone = [], []  # one connection: the decision without a forward
         cpu_us, proxy_cpu_us = [], []
         for _ in range(args.rounds):
             direct.append(wrk(direct_url, {}, 1, args.duration, work))
@@ -236,6 +239,9 @@ def main() -> None:
             checks.append(run)
             judged += run.requests
             health.append(wrk(health_url, {}, args.connections, args.duration, work))
+            check_alone.append(wrk(check_url, check_headers, 1, args.duration, work))
+            judged += check_alone[-1].requests
+            health_alone.append(wrk(health_url, {}, 1, args.duration, work))
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -257,7 +263,7 @@ def main() -> None:
     s50, s99 = med(r.p50_ms for r in proxied_shm), med(r.p99_ms for r in proxied_shm)
     check_rps, health_rps = med(r.rps for r in checks), med(r.rps for r in health)
     per_decision_us = med(cpu_us)
-    errors = sum(r.errors for r in proxied + proxied_shm + checks)
+    errors = sum(r.errors for r in proxied + proxied_shm + checks + check_alone)
     print(f"load generator: wrk; {args.rounds} rounds of {args.duration:.0f} s; "
           f"throughput with {args.connections} connections; one sidecar worker; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -273,6 +279,9 @@ def main() -> None:
           f"(disk share of p50: {p50 - s50:.3f} ms)")
     print(f"  sidecar CPU per proxied request (tmpfs run): {med(proxy_cpu_us):.0f} us "
           f"(event loop and audit writer thread together)")
+    c50, h50 = med(r.p50_ms for r in check_alone), med(r.p50_ms for r in health_alone)
+    print(f"  without a forward, one connection: check p50 {c50:.3f} ms, /healthz p50 "
+          f"{h50:.3f} ms: the decision and its durable event alone add {c50 - h50:.3f} ms")
     print(f"check endpoint: {check_rps:,.0f} decisions/s "
           f"(target >= 3,000: {'met' if check_rps >= 3000 else 'NOT met'}); "
           f"p50 {med(r.p50_ms for r in checks):.2f} ms, p99 {med(r.p99_ms for r in checks):.2f} ms")
