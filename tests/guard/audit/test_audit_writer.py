@@ -194,6 +194,43 @@ def test_a_waiter_that_gives_up_still_has_its_event_written(
     assert report.ok, report.problems
 
 
+class BatchLog(GatedStore):
+    """A gated store that notes how many events each transaction carried."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.batches: list[int] = []
+
+    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        super().write(rows, checkpoints)
+        if rows:
+            self.batches.append(len(rows))
+
+
+@pytest.mark.parametrize(("queued", "batches"), [(20, [20]), (33, [32, 1]), (64, [32, 32]),
+                                                 (100, [50, 50])])
+def test_a_long_queue_is_committed_in_two_halves(
+    tmp_path: Path, keys: Keys, queued: int, batches: list[int]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = BatchLog(open_store(url))
+    writer = GroupCommitWriter(store, writer_id="w", signing_key=load_signing_key(keys.signing))
+    store.gate.clear()
+    first = decision_event()
+    leader = threading.Thread(target=writer.submit, args=(first,))
+    leader.start()
+    assert store.entered.wait(10)  # the leader holds the turn, inside its commit
+    events = [decision_event(subject_id=str(i)) for i in range(queued)]
+    for event in events:
+        writer.post(event)
+    store.gate.set()
+    leader.join(10)
+    writer.flush()
+    writer.close()
+    assert store.batches == [1, *batches]
+    assert [e for e, _ in _stored(url)] == [first.event_id, *(e.event_id for e in events)]
+
+
 def test_waiters_behind_one_that_gave_up_are_still_woken(tmp_path: Path, keys: Keys) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     store = GatedStore(open_store(url))
