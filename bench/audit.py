@@ -316,7 +316,7 @@ def main() -> None:
                   "(group commit from threads and from tasks vs one commit per event; "
                   "the order rotates each round)")
             print(f"{'store':<11} {'writers':>7} {'threads':>9} {'tasks':>9} {'baseline':>9} "
-                  f"{'ratio':>6} {'ratio':>6}   (threads: median events per commit)")
+                  f"{'thr/b':>6} {'task/b':>6}   (threads: median events per commit)")
             for kind in kinds:
                 for writers in (1, 8, 64):
                     rates: dict[str, list[float]] = {"threads": [], "tasks": [], "baseline": []}
