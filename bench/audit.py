@@ -8,8 +8,9 @@ For SQLite and PostgreSQL, with 1, 8 and 64 concurrent writers:
     ``AuditTrail.arecord`` (how the middleware and the sidecar record);
   * baseline: the same store, one transaction (and fsync) per event; each thread
     links and hashes its events into its own chain, as any chained trail must.
-Events are built before the clock starts; both sides write the same rows. The
-two run alternately, ``--rounds`` times, on fresh stores; the medians are shown.
+Events are built before the clock starts; all three write the same rows. They run
+in an order that rotates each round, ``--rounds`` times, on fresh stores; the
+medians are shown.
 Then the right-of-access report for one data subject over 1,000,000 bulk-loaded events.
 
 With ``--ceiling``, also the parts, each alone: a SQLite commit of 1/4/8/32 pre-linked
