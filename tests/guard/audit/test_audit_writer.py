@@ -29,16 +29,19 @@ from tests.guard.audit.conftest import Keys, decision_event, make_trail
 
 
 class CountingStore:
-    """A real store that counts its transactions."""
+    """A real store that counts its transactions and notes the events each carried."""
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.url = inner.url
         self.transactions = 0
+        self.batches: list[int] = []  # events per transaction that carried any
 
     def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
         self.inner.write(rows, checkpoints)
         self.transactions += 1
+        if rows:
+            self.batches.append(len(rows))
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -194,26 +197,13 @@ def test_a_waiter_that_gives_up_still_has_its_event_written(
     assert report.ok, report.problems
 
 
-class BatchLog(GatedStore):
-    """A gated store that notes how many events each transaction carried."""
-
-    def __init__(self, inner: Store) -> None:
-        super().__init__(inner)
-        self.batches: list[int] = []
-
-    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        super().write(rows, checkpoints)
-        if rows:
-            self.batches.append(len(rows))
-
-
 @pytest.mark.parametrize(("queued", "batches"), [(20, [20]), (33, [32, 1]), (64, [32, 32]),
                                                  (100, [50, 50])])
 def test_a_long_queue_is_committed_in_two_halves(
     tmp_path: Path, keys: Keys, queued: int, batches: list[int]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    store = BatchLog(open_store(url))
+    store = GatedStore(open_store(url))
     writer = GroupCommitWriter(store, writer_id="w", signing_key=load_signing_key(keys.signing))
     store.gate.clear()
     first = decision_event()
