@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shlex
 import shutil
@@ -24,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from guard._errors import GuardError
 from guard.config import Settings, load_settings
 from middleware import GuardMiddleware, RouteTable, guarded, public
+from middleware.identity import Authenticator
 
 __all__ = ["DEMOS", "Demo", "create_app", "customers", "main"]
 
@@ -146,7 +150,11 @@ def _routes(app: FastAPI, data: dict[str, dict[str, Any]]) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, *, guard: Any = None, enforce: bool = True
+    settings: Settings | None = None,
+    *,
+    guard: Any = None,
+    enforce: bool = True,
+    authenticator: Authenticator | None = None,
 ) -> FastAPI:
     """The example service.
 
@@ -156,13 +164,19 @@ def create_app(
         guard: A ready ``guard.Guard``; built from ``settings`` (and closed at
             shutdown) when None.
         enforce: False serves the same app without the guard (benchmark baseline).
+        authenticator: Who is calling; built from ``settings.identity`` when None.
     """
     settings = settings if settings is not None else load_settings()
     owned = None
-    if enforce and guard is None:
-        from guard._guard import Guard
+    auth: Authenticator | None = None
+    if enforce:
+        # The development key is trusted only in development mode, never because
+        # its file happens to exist.
+        auth = authenticator or Authenticator.from_settings(settings.identity)
+        if guard is None:
+            from guard._guard import Guard
 
-        guard = owned = Guard.from_settings(settings)
+            guard = owned = Guard.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -174,10 +188,21 @@ def create_app(
 
     app = FastAPI(title="customers (purpose-guard example)", lifespan=lifespan)
     _routes(app, customers())
+
+    @app.get("/readyz")
+    @public()
+    def readyz() -> JSONResponse:  # a plain def: the store check runs off the event loop
+        audit_ok, detail = guard.ready() if guard is not None else (True, "not enforced")
+        body = {"status": "ready" if audit_ok else "not_ready",
+                "audit": {"ok": audit_ok, "detail": detail},
+                "development_mode": auth.development if auth is not None else False}
+        return JSONResponse(body, status_code=200 if audit_ok else 503,
+                            headers={"cache-control": "no-store"})
+
     if enforce:
         # Routes come from the @guarded declarations above (routes.csv is for the sidecar).
         app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
-                           routes=RouteTable(()))
+                           routes=RouteTable(()), authenticator=auth)
     return app
 
 
@@ -290,15 +315,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--print-only", action="store_true",
                         help="print the requests and exit without serving")
     args = parser.parse_args(argv)
+    try:
+        _serve(args)
+    except GuardError as exc:  # a bad setting: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except BrokenPipeError:  # e.g. `--print-only | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
+
+def _serve(args: argparse.Namespace) -> None:
     settings = load_settings()
+    auth = Authenticator.from_settings(settings.identity)  # a bad identity setting stops here
     base = f"http://{args.host}:{args.port}"
-    tokens = mint_tokens(settings)
     print(f"purpose-guard example: customers service on {base}")
-    print(f"policy: {settings.policy.dir or 'shipped'}; audit store: {settings.audit.store}\n")
-    print("# development tokens (valid 12 hours); paste these first:")
-    for name, token in {token_variable(d): t for d, t in tokens.items()}.items():
-        print(f"export {name}={token}")
+    print(f"policy: {settings.policy.dir or 'shipped'}; audit store: {settings.audit.store}")
+    if auth.development:
+        tokens = mint_tokens(settings)
+        print(f"DEVELOPMENT MODE: tokens signed with {settings.identity.dev_key} are accepted; "
+              "configure identity.jwks_file or hs256_secret_file for production\n")
+        print("# development tokens (valid 12 hours); paste these first:")
+        for name, token in {token_variable(d): t for d, t in tokens.items()}.items():
+            print(f"export {name}={token}")
+    else:
+        print("identity provider configured: development tokens are refused\n")
+        print("# export these from your identity provider first:")
+        for name in dict.fromkeys(token_variable(d) for d in DEMOS if d.caller):
+            print(f"# export {name}=...")
     print()
     for demo in DEMOS:
         print(f"# {demo.title}  -> {demo.status}")
@@ -313,7 +356,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    # The guard never needs the client address; never let X-Forwarded-For rewrite it.
+    uvicorn.run(create_app(settings, authenticator=auth), host=args.host, port=args.port,
+                log_level="info", proxy_headers=False)
 
 
 if __name__ == "__main__":

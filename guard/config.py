@@ -56,11 +56,25 @@ class IdentitySettings(BaseModel):
 
     jwks_file: Path | None = None
     hs256_secret_file: Path | None = None
+    key_refresh_seconds: float = Field(default=60.0, gt=0)
+    """How often the JWKS and HS256 files are checked for changes (a removed key
+    stops working, cached tokens included, within this time)."""
+    development: bool | None = None
+    """Accept tokens signed with the local development key. None (the default):
+    only while no identity provider (JWKS, HS256 secret, proxy secret) is configured."""
     dev_key: Path = Path(".guard/dev-token.key")
     audience: str = "purpose-guard"
     issuer: str = "purpose-guard-dev"
     leeway_seconds: int = 30
+    token_cache_size: int = Field(default=4096, ge=1)
+    """Verified tokens remembered until their ``exp`` (least recently used dropped first)."""
+    max_token_bytes: int = Field(default=8192, ge=256, le=65536)
+    """A longer ``Authorization`` header is refused (``token_too_large``) unparsed."""
+    proxy_secret_file: Path | None = None
+    """Secrets (one per line, >= 32 bytes) a reverse proxy sends in
+    ``X-Guard-Proxy-Secret`` to assert the caller in ``caller_header``."""
     trusted_proxies: list[str] = Field(default_factory=list)
+    """Optional: addresses a proxy must also connect from (needs ``proxy_secret_file``)."""
     caller_header: str = "x-caller"
     purpose_header: str = "x-purpose"
 

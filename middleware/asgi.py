@@ -94,7 +94,7 @@ class GuardMiddleware:
         self.purpose_header = (purpose_header or settings.identity.purpose_header).lower()
         self._wanted = frozenset(
             h.encode("latin-1")
-            for h in ("authorization", self.purpose_header, self.auth.caller_header)
+            for h in (self.purpose_header, *self.auth.header_names)
         )
         self.await_outcome = await_outcome
         self.public_requests: Counter[str] = Counter()

@@ -1,17 +1,20 @@
-"""Who is calling: JWT service tokens and the trusted-proxy header.
+"""Who is calling: JWT service tokens and identities asserted by an authenticated proxy.
 
 Identity is proven, never declared: the caller id is the ``sub`` of a JWT whose
 signature, ``exp``, ``nbf``, ``aud`` and ``iss`` check out against keys the
-operator configured (a JWKS file, an HS256 secret file, and the local
-development key), or the value of a header set by a reverse proxy whose peer
-address is in a configured CIDR list.
+operator configured (a JWKS file, an HS256 secret file; the local development
+key only in development mode), or the value of a header set by a reverse proxy
+that proves itself with a configured proxy secret. A peer address is never
+enough: servers rewrite it from headers the client chooses.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
-import json
+import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +26,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from guard._errors import ConfigError, GuardError
 from guard._secrets import key_id, load_ed25519_key
 from guard.config import IdentitySettings
+from middleware._keys import ALGORITHMS, KeyFiles, VerificationKey
 
 __all__ = [
     "ALGORITHMS",
+    "MAX_CALLER_ID",
+    "PROXY_SECRET_HEADER",
     "Authenticator",
     "Caller",
     "IdentityError",
     "VerificationKey",
     "dev_key_id",
+    "development_mode",
     "load_or_create_dev_key",
+    "load_proxy_secrets",
 ]
 
-ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA", "HS256"})
-"""The only JWS algorithms a token may use; ``none`` and everything else are refused."""
+PROXY_SECRET_HEADER = "x-guard-proxy-secret"
+"""The header a trusted proxy proves itself with (never forwarded upstream by the sidecar)."""
 
+MAX_CALLER_ID = 256
+"""The longest caller id, from a token's ``sub`` or a proxy's caller header."""
+
+_MAX_PROXY_SECRET = 1024
 _CACHE_LIMIT = 4096
+_log = logging.getLogger("guard.identity")
 
 
 class IdentityError(GuardError):
@@ -65,15 +78,6 @@ class Caller:
         return any(purpose == p or purpose.startswith(p + ".") for p in self.purposes)
 
 
-@dataclass(frozen=True, slots=True)
-class VerificationKey:
-    """One key a token may be verified with, bound to exactly one algorithm."""
-
-    algorithm: str
-    key: Any
-    kid: str | None = None
-
-
 def dev_key_id(public_key: Ed25519PublicKey) -> str:
     """The ``kid`` of the development key: a short digest of its public bytes."""
     return "dev-" + key_id(public_key)
@@ -84,41 +88,38 @@ def load_or_create_dev_key(path: Path) -> Ed25519PrivateKey:
     return load_ed25519_key(path, "development key", create=True)
 
 
-def _jwks_keys(path: Path) -> list[VerificationKey]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the JWKS file {path}: {exc}") from exc
-    entries = data.get("keys") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ConfigError(f"the JWKS file {path} has no \"keys\" list")
-    keys: list[VerificationKey] = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
-            continue
-        try:
-            jwk = jwt.PyJWK(entry)
-        except jwt.PyJWTError as exc:
-            raise ConfigError(f"{path}: key #{index} is not usable: {exc}") from exc
-        algorithm = jwk.algorithm_name
-        if algorithm == "Ed25519":
-            algorithm = "EdDSA"
-        if algorithm not in ALGORITHMS - {"HS256"}:
-            raise ConfigError(
-                f"{path}: key #{index} uses {algorithm}; supported are RS256, ES256 and EdDSA"
-            )
-        keys.append(VerificationKey(algorithm, jwk.key, entry.get("kid")))
-    return keys
+def development_mode(settings: IdentitySettings) -> bool:
+    """True when development tokens are accepted.
+
+    ``identity.development`` decides when set; otherwise development mode is on
+    exactly when no identity provider is configured (no JWKS file, no HS256
+    secret, no proxy secret).
+    """
+    if settings.development is not None:
+        return settings.development
+    return (
+        settings.jwks_file is None
+        and settings.hs256_secret_file is None
+        and settings.proxy_secret_file is None
+    )
 
 
-def _hs256_key(path: Path) -> VerificationKey:
+def load_proxy_secrets(path: Path) -> list[bytes]:
+    """The proxy secrets in ``path``: one per line (two during a rotation), each >= 32 bytes."""
     try:
-        secret = path.read_bytes().strip()
+        lines = path.read_bytes().splitlines()
     except OSError as exc:
-        raise ConfigError(f"cannot read the HS256 secret {path}: {exc}") from exc
-    if len(secret) < 32:
-        raise ConfigError(f"the HS256 secret {path} is shorter than 32 bytes")
-    return VerificationKey("HS256", secret, None)
+        raise ConfigError(f"cannot read the proxy secret {path}: {exc.strerror}") from exc
+    secrets = [line.strip() for line in lines if line.strip()]
+    if not secrets:
+        raise ConfigError(f"the proxy secret file {path} is empty")
+    for number, secret in enumerate(secrets, 1):
+        where = f"the proxy secret file {path}: secret #{number}"
+        if len(secret) < 32 or len(secret) > _MAX_PROXY_SECRET:
+            raise ConfigError(f"{where} must be 32 to 1024 bytes long")
+        if not all(0x21 <= byte <= 0x7E for byte in secret):
+            raise ConfigError(f"{where} must be printable ASCII (it is sent as a header)")
+    return secrets
 
 
 def _networks(
@@ -133,24 +134,44 @@ def _networks(
     return tuple(nets)
 
 
+def _valid_caller_id(value: str) -> bool:
+    return (
+        0 < len(value) <= MAX_CALLER_ID
+        and value.isprintable()
+        and not any(ch.isspace() for ch in value)
+    )
+
+
 class Authenticator:
-    """Turns request headers and the peer address into a proven :class:`Caller`.
+    """Turns request headers (and the peer address) into a proven :class:`Caller`.
 
     Args:
         keys: The keys tokens may be signed with; each is bound to one algorithm.
+            A :class:`KeyFiles` is re-read when its files change.
         audience: The required ``aud``.
         issuer: The required ``iss``.
         leeway_seconds: Clock skew tolerated on ``exp`` and ``nbf``.
-        trusted_proxies: Addresses or CIDRs whose ``caller_header`` is believed.
-        caller_header: Lower-case header a trusted proxy sets to the caller id.
+        proxy_secrets: Secrets a reverse proxy proves itself with in
+            ``X-Guard-Proxy-Secret``; none means no proxy may assert a caller.
+        trusted_proxies: Addresses or CIDRs a proxy must also connect from (a
+            narrowing only: the secret is what authenticates the proxy).
+        caller_header: Lower-case header an authenticated proxy sets to the caller id.
+        development: Whether the development key is among ``keys`` (shown in /readyz).
+        max_token_bytes: Longest ``Authorization`` header that is parsed at all.
+        cache_size: Verified tokens remembered (least recently used are dropped).
     """
 
     __slots__ = (
         "_by_alg",
         "_by_kid",
         "_cache",
+        "_cache_size",
+        "_files",
+        "_max_authorization",
+        "_proxy_secrets",
         "audience",
         "caller_header",
+        "development",
         "issuer",
         "leeway",
         "proxies",
@@ -158,55 +179,102 @@ class Authenticator:
 
     def __init__(
         self,
-        keys: Iterable[VerificationKey],
+        keys: Iterable[VerificationKey] | KeyFiles,
         *,
         audience: str,
         issuer: str,
         leeway_seconds: int = 30,
+        proxy_secrets: Iterable[bytes] = (),
         trusted_proxies: Iterable[str] = (),
         caller_header: str = "x-caller",
+        development: bool = False,
+        max_token_bytes: int = 8192,
+        cache_size: int = _CACHE_LIMIT,
     ) -> None:
+        self._files = keys if isinstance(keys, KeyFiles) else None
         self._by_kid: dict[str, VerificationKey] = {}
         self._by_alg: dict[str, list[VerificationKey]] = {}
-        for key in keys:
-            if key.algorithm not in ALGORITHMS:
-                raise ConfigError(f"unsupported token algorithm {key.algorithm}")
-            if key.kid is not None:
-                if key.kid in self._by_kid:
-                    raise ConfigError(f"two verification keys share the kid {key.kid!r}")
-                self._by_kid[key.kid] = key
-            self._by_alg.setdefault(key.algorithm, []).append(key)
+        self._cache: OrderedDict[str, tuple[Caller, float, float]] = OrderedDict()
+        self._cache_size = max(1, cache_size)
+        self._set_keys(keys.keys if isinstance(keys, KeyFiles) else keys)
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway_seconds
         self.proxies = _networks(trusted_proxies)
+        self._proxy_secrets = tuple(proxy_secrets)
+        if self.proxies and not self._proxy_secrets:
+            raise ConfigError(
+                "identity.trusted_proxies needs identity.proxy_secret_file: a proxy is "
+                "authenticated by its secret, never by its address alone"
+            )
         self.caller_header = caller_header.lower()
-        self._cache: dict[str, tuple[Caller, float, float]] = {}
+        self.development = development
+        self._max_authorization = len("Bearer ") + max_token_bytes
 
     @classmethod
     def from_settings(cls, settings: IdentitySettings) -> Authenticator:
-        """Build from ``[identity]`` settings.
+        """Build from ``[identity]`` settings; logs a warning in development mode.
 
-        The development key is created on first use when no identity provider
-        is configured; with a JWKS file or an HS256 secret it is trusted only if
-        its file already exists.
+        Raises:
+            ConfigError: an unreadable key file, or nothing a caller could
+                authenticate with (development mode off and no provider).
         """
-        keys: list[VerificationKey] = []
-        if settings.jwks_file is not None:
-            keys += _jwks_keys(settings.jwks_file)
-        if settings.hs256_secret_file is not None:
-            keys.append(_hs256_key(settings.hs256_secret_file))
-        if not keys or settings.dev_key.exists():
+        development = development_mode(settings)
+        fixed: list[VerificationKey] = []
+        if development:
             public = load_or_create_dev_key(settings.dev_key).public_key()
-            keys.append(VerificationKey("EdDSA", public, dev_key_id(public)))
-        return cls(
-            keys,
+            fixed.append(VerificationKey("EdDSA", public, dev_key_id(public)))
+        files = KeyFiles(settings.jwks_file, settings.hs256_secret_file, fixed,
+                         refresh_seconds=settings.key_refresh_seconds)
+        secrets = (
+            load_proxy_secrets(settings.proxy_secret_file)
+            if settings.proxy_secret_file is not None
+            else []
+        )
+        if not files.keys and not secrets:
+            raise ConfigError(
+                "identity.development is false but no identity provider is configured: "
+                "set identity.jwks_file, identity.hs256_secret_file or identity.proxy_secret_file"
+            )
+        auth = cls(
+            files,
             audience=settings.audience,
             issuer=settings.issuer,
             leeway_seconds=settings.leeway_seconds,
+            proxy_secrets=secrets,
             trusted_proxies=settings.trusted_proxies,
             caller_header=settings.caller_header,
+            development=development,
+            max_token_bytes=settings.max_token_bytes,
+            cache_size=settings.token_cache_size,
         )
+        if development:
+            _log.warning(
+                "development mode: tokens signed with the local development key %s are "
+                "accepted; configure identity.jwks_file or hs256_secret_file for production",
+                settings.dev_key,
+            )
+        return auth
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        """The lower-case request headers :meth:`authenticate` reads."""
+        return ("authorization", self.caller_header, PROXY_SECRET_HEADER)
+
+    def _set_keys(self, keys: Iterable[VerificationKey]) -> None:
+        by_kid: dict[str, VerificationKey] = {}
+        by_alg: dict[str, list[VerificationKey]] = {}
+        for key in keys:
+            if key.algorithm not in ALGORITHMS:
+                raise ConfigError(f"unsupported token algorithm {key.algorithm}")
+            if key.kid is not None:
+                if key.kid in by_kid:
+                    raise ConfigError(f"two verification keys share the kid {key.kid!r}")
+                by_kid[key.kid] = key
+            by_alg.setdefault(key.algorithm, []).append(key)
+        self._by_kid, self._by_alg = by_kid, by_alg
+        # A token verified with a key that may be gone is verified again.
+        self._cache.clear()
 
     def authenticate(self, headers: Mapping[str, str], peer: str | None) -> Caller:
         """The proven caller of a request.
@@ -216,40 +284,81 @@ class Authenticator:
             peer: The client's IP address, if known.
 
         Raises:
-            IdentityError: No token, a token that fails any check, or a proxy
-                header from an address that is not a trusted proxy.
+            IdentityError: No token, a token that fails any check, or a caller
+                header without a valid proxy secret.
         """
-        proxied = headers.get(self.caller_header) if self.proxies else None
+        proxied = headers.get(self.caller_header) if self._proxy_secrets else None
         if proxied is not None:
-            if not self._trusted(peer):
-                raise IdentityError(f"{self.caller_header} header from an untrusted address")
-            caller_id = proxied.strip()
-            if not caller_id:
-                raise IdentityError(f"empty {self.caller_header} header")
-            return Caller(caller_id, None, "proxy")
+            return self._proxied(proxied, headers.get(PROXY_SECRET_HEADER), peer)
         authorization = headers.get("authorization")
         if not authorization:
             raise IdentityError("no bearer token")
+        if len(authorization) > self._max_authorization:
+            raise IdentityError("token_too_large")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise IdentityError("the Authorization header is not a bearer token")
         return self.verify(token.strip())
 
+    def _proxied(self, caller_id: str, secret: str | None, peer: str | None) -> Caller:
+        if len(caller_id) > MAX_CALLER_ID:
+            raise IdentityError("caller_header_too_large")
+        if not secret or len(secret) > _MAX_PROXY_SECRET or not self._proxy_known(secret):
+            raise IdentityError("proxy_not_authenticated")
+        if self.proxies and not self._trusted(peer):
+            raise IdentityError("proxy_address_not_trusted")
+        caller_id = caller_id.strip()
+        if not _valid_caller_id(caller_id):
+            raise IdentityError("caller_header_invalid")
+        return Caller(caller_id, None, "proxy")
+
+    def _proxy_known(self, secret: str) -> bool:
+        try:
+            given = secret.encode("ascii")
+        except UnicodeEncodeError:
+            return False
+        # Compare with every secret (no early exit) so timing says nothing about which.
+        found = False
+        for known in self._proxy_secrets:
+            found |= hmac.compare_digest(given, known)
+        return found
+
     def verify(self, token: str) -> Caller:
-        """Verify one JWT and return its caller; raises :class:`IdentityError`."""
-        hit = self._cache.get(token)
+        """Verify one JWT and return its caller; raises :class:`IdentityError`.
+
+        Verified tokens are cached by their text (least recently used dropped
+        first); an entry is never used past the token's ``exp`` or after the
+        key files changed.
+        """
+        if len(token) > self._max_authorization:
+            raise IdentityError("token_too_large")
+        if self._files is not None:
+            changed = self._files.poll()
+            if changed is not None:
+                self._set_keys(changed)
+        cache = self._cache
+        hit = cache.get(token)
+        now = time.time()
         if hit is None:
             hit = self._verify(token)
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[token] = hit
+            if now < hit[2] + self.leeway:
+                cache[token] = hit
+                if len(cache) > self._cache_size:
+                    cache.popitem(last=False)
+        else:
+            cache.move_to_end(token)
         caller, nbf, exp = hit
-        now = time.time()
         if now >= exp + self.leeway:
+            cache.pop(token, None)
             raise IdentityError("invalid token: the token has expired")
         if now < nbf - self.leeway:
             raise IdentityError("invalid token: the token is not yet valid (nbf)")
         return caller
+
+    @property
+    def cached(self) -> int:
+        """How many verified tokens are cached."""
+        return len(self._cache)
 
     def _trusted(self, peer: str | None) -> bool:
         if not peer:
@@ -267,7 +376,7 @@ class Authenticator:
             raise IdentityError(f"malformed token: {exc}") from exc
         algorithm = header.get("alg")
         if algorithm not in ALGORITHMS:
-            raise IdentityError(f"token algorithm {algorithm!r} is not accepted")
+            raise IdentityError("token algorithm is not accepted")
         kid = header.get("kid")
         if kid is not None:
             key = self._by_kid.get(kid) if isinstance(kid, str) else None
@@ -305,7 +414,7 @@ class Authenticator:
     @staticmethod
     def _caller(claims: Mapping[str, Any]) -> tuple[Caller, float, float]:
         sub = claims["sub"]
-        if not isinstance(sub, str) or not sub:
+        if not isinstance(sub, str) or not _valid_caller_id(sub):
             raise IdentityError("the token's sub is not a caller id")
         raw = claims.get("purposes")
         purposes: frozenset[str] | None

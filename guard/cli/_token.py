@@ -46,13 +46,22 @@ def issue_token(
         purposes: The ``purposes`` claim; None leaves it out (no limit).
         ttl_seconds: Lifetime of the token.
         now: Issue time (seconds since the epoch); defaults to now.
+
+    Raises:
+        ConfigError: an empty caller, or development mode is off (the token
+            would be refused).
     """
     import jwt
 
-    from middleware.identity import dev_key_id, load_or_create_dev_key
+    from middleware.identity import dev_key_id, development_mode, load_or_create_dev_key
 
     if not caller.strip():
         raise ConfigError("--caller must name a caller, e.g. svc:crm")
+    if not development_mode(identity):
+        raise ConfigError(
+            "development tokens are refused outside development mode (an identity provider "
+            "is configured); get a token from it, or set identity.development = true"
+        )
     key = load_or_create_dev_key(identity.dev_key)
     issued = int(time.time() if now is None else now)
     claims: dict[str, object] = {

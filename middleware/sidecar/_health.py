@@ -37,6 +37,7 @@ async def readyz(request: HttpRequest) -> Response:
         if last is None
         else {"at": last.at, "trigger": last.trigger, "ok": last.ok, "version": last.version},
         "last_reload_error": sidecar.reloader.last_error,
+        "development_mode": sidecar.auth.development,
     }
     if sidecar.policy_dir is None:
         body["policy_store_listening"] = bool(sidecar.reloader.listening)

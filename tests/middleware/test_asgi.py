@@ -37,7 +37,8 @@ PROBLEM_KEYS = {"type", "title", "status", "reason", "purpose", "categories", "d
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[dict[str, Any]]:
     base = tmp_path_factory.mktemp("asgi")
-    settings = guard_settings(base, keys, trusted_proxies=["10.0.0.0/8"])
+    settings = guard_settings(base, keys, trusted_proxies=["10.0.0.0/8"],
+                              proxy_secret_file=keys.proxy_file)
     guard = Guard.from_settings(settings)
     app = create_app(settings, guard=guard)
     yield {"app": app, "guard": guard, "settings": settings, "db": base / "audit.db",
@@ -235,11 +236,12 @@ async def test_spoofed_proxy_header_from_untrusted_address(client: httpx.AsyncCl
     assert response.json()["reason"] == "unauthenticated"
 
 
-async def test_proxy_header_from_trusted_address(env: dict[str, Any]) -> None:
+async def test_proxy_header_from_trusted_address(env: dict[str, Any], keys: Keys) -> None:
     transport = httpx.ASGITransport(app=env["app"], client=("10.9.8.7", 4444))
     async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
         response = await c.get("/customers/c-0001", headers={
-            "x-caller": "svc:support", "x-purpose": "rights.request"})
+            "x-caller": "svc:support", "x-purpose": "rights.request",
+            "x-guard-proxy-secret": keys.proxy_secret})
     assert response.status_code == 200
     row = decision_row(env["db"], response.headers["x-guard-decision-id"])
     assert row["caller"] == "svc:support"

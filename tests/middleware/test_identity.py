@@ -25,7 +25,8 @@ from middleware.identity import (
 
 @pytest.fixture(scope="module")
 def auth(keys: Keys) -> Authenticator:
-    return Authenticator.from_settings(keys.identity(trusted_proxies=["10.0.0.0/8", "::1"]))
+    return Authenticator.from_settings(keys.identity(trusted_proxies=["10.0.0.0/8", "::1"],
+                                                     proxy_secret_file=keys.proxy_file))
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -127,26 +128,83 @@ def test_missing_or_non_bearer_authorization(auth: Authenticator, value: str) ->
         auth.authenticate(headers, "127.0.0.1")
 
 
-def test_trusted_proxy_header_from_trusted_peer(auth: Authenticator) -> None:
-    assert auth.authenticate({"x-caller": "svc:web"}, "10.1.2.3") == Caller("svc:web", None,
-                                                                             "proxy")
-    assert auth.authenticate({"x-caller": "svc:web"}, "::1").via == "proxy"
+def proxied(keys: Keys, caller: str = "svc:web", secret: str | None = None) -> dict[str, str]:
+    return {"x-caller": caller, "x-guard-proxy-secret": secret or keys.proxy_secret}
+
+
+def test_proxy_with_its_secret_from_a_trusted_peer(auth: Authenticator, keys: Keys) -> None:
+    assert auth.authenticate(proxied(keys), "10.1.2.3") == Caller("svc:web", None, "proxy")
+    assert auth.authenticate(proxied(keys), "::1").via == "proxy"
 
 
 @pytest.mark.parametrize("peer", ["127.0.0.1", "11.0.0.1", "::2", None, "not-an-ip"])
-def test_spoofed_proxy_header_from_untrusted_peer(
+def test_proxy_secret_from_an_untrusted_peer(
     auth: Authenticator, keys: Keys, peer: str | None
 ) -> None:
-    # Even with an otherwise valid token: a spoofed identity header is an attack.
-    headers = {"x-caller": "svc:support", **bearer(keys.mint("rsa"))}
-    with pytest.raises(IdentityError, match="untrusted"):
+    # Even with an otherwise valid token: a misplaced identity header is an attack.
+    headers = {**proxied(keys, "svc:support"), **bearer(keys.mint("rsa"))}
+    with pytest.raises(IdentityError, match="proxy_address_not_trusted"):
         auth.authenticate(headers, peer)
+
+
+@pytest.mark.parametrize("secret", [None, "", "wrong" * 8, "proxy-" + "p" * 26 + "-secreT",
+                                    "\u00e9" * 40, "x" * 5000])
+def test_caller_header_without_the_proxy_secret_is_refused(
+    auth: Authenticator, keys: Keys, secret: str | None
+) -> None:
+    # From a trusted address and with a valid token: the address proves nothing.
+    headers = {"x-caller": "svc:support", **bearer(keys.mint("rsa"))}
+    if secret is not None:
+        headers["x-guard-proxy-secret"] = secret
+    with pytest.raises(IdentityError, match="proxy_not_authenticated"):
+        auth.authenticate(headers, "10.1.2.3")
+
+
+@pytest.mark.parametrize(("caller", "code"), [
+    ("", "caller_header_invalid"), ("svc:a b", "caller_header_invalid"),
+    ("svc:\x00", "caller_header_invalid"), ("s" * 257, "caller_header_too_large"),
+    ("s" * 4_000_000, "caller_header_too_large")])
+def test_bad_proxied_caller_ids_are_refused(
+    auth: Authenticator, keys: Keys, caller: str, code: str
+) -> None:
+    with pytest.raises(IdentityError, match=code):
+        auth.authenticate(proxied(keys, caller), "10.1.2.3")
+
+
+def test_trusted_proxies_without_a_secret_refuse_to_start(keys: Keys) -> None:
+    from guard._errors import ConfigError
+
+    with pytest.raises(ConfigError, match="proxy_secret_file"):
+        Authenticator.from_settings(keys.identity(trusted_proxies=["10.0.0.0/8"]))
+
+
+def test_any_peer_with_the_secret_when_no_address_is_listed(keys: Keys) -> None:
+    anywhere = Authenticator.from_settings(keys.identity(proxy_secret_file=keys.proxy_file))
+    assert anywhere.authenticate(proxied(keys), None).id == "svc:web"
+
+
+def test_proxy_secret_rotation_accepts_both(keys: Keys, tmp_path: Any) -> None:
+    rotated = tmp_path / "proxy.secret"
+    rotated.write_text(f"{'n' * 40}\n{keys.proxy_secret}\n")
+    auth = Authenticator.from_settings(keys.identity(proxy_secret_file=rotated))
+    assert auth.authenticate(proxied(keys, secret="n" * 40), None).id == "svc:web"
+    assert auth.authenticate(proxied(keys), None).id == "svc:web"
+
+
+@pytest.mark.parametrize("content", [b"", b"short\n", b"\xff" * 40])
+def test_bad_proxy_secret_files_are_config_errors(tmp_path: Any, content: bytes) -> None:
+    from guard._errors import ConfigError
+
+    path = tmp_path / "proxy.secret"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="proxy secret"):
+        Authenticator.from_settings(IdentitySettings(proxy_secret_file=path))
 
 
 def test_proxy_header_ignored_when_no_proxy_is_configured(keys: Keys) -> None:
     plain = Authenticator.from_settings(keys.identity())
     with pytest.raises(IdentityError, match="no bearer token"):
-        plain.authenticate({"x-caller": "svc:support"}, "10.0.0.1")
+        plain.authenticate(proxied(keys, "svc:support"), "10.0.0.1")
     caller = plain.authenticate({"x-caller": "svc:support", **bearer(keys.mint("rsa"))}, None)
     assert caller.id == "svc:crm"
 
@@ -159,15 +217,44 @@ def test_dev_key_created_private_and_stable(tmp_path: Any) -> None:
     assert dev_key_id(first.public_key()) == dev_key_id(second.public_key())
 
 
-def test_dev_key_not_trusted_beside_an_idp_unless_present(keys: Keys, tmp_path: Any) -> None:
+@pytest.mark.parametrize("provider", ["jwks", "hs256", "proxy"])
+def test_dev_tokens_refused_once_a_provider_is_configured(
+    keys: Keys, tmp_path: Any, provider: str
+) -> None:
+    dev = IdentitySettings(dev_key=keys.dev_key)
+    token = issue_token(dev, "svc:web", None, 60)
+    assert keys.dev_key.exists()  # the key file exists, and still it is not trusted
+    files = {"jwks": {"jwks_file": keys.jwks_file}, "hs256": {"hs256_secret_file": keys.hs_file},
+             "proxy": {"proxy_secret_file": keys.proxy_file}}[provider]
+    production = IdentitySettings(dev_key=keys.dev_key, **files)
+    auth = Authenticator.from_settings(production)
+    assert not auth.development
+    with pytest.raises(IdentityError):
+        auth.authenticate(bearer(token), None)
+    explicit = Authenticator.from_settings(production.model_copy(update={"development": True}))
+    assert explicit.development
+    assert explicit.authenticate(bearer(token), None).id == "svc:web"
+
+
+def test_development_mode_is_on_without_a_provider_and_says_so(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     missing = tmp_path / "absent.key"
-    auth = Authenticator.from_settings(keys.identity(dev_key=missing))
-    assert not missing.exists()
-    alone = Authenticator.from_settings(IdentitySettings(dev_key=missing))
+    with caplog.at_level("WARNING", logger="guard.identity"):
+        alone = Authenticator.from_settings(IdentitySettings(dev_key=missing))
+    assert alone.development
+    assert "development mode" in caplog.text
     token = issue_token(IdentitySettings(dev_key=missing), "svc:web", None, 60)
     assert alone.verify(token).id == "svc:web"
-    with pytest.raises(IdentityError, match="unknown key id"):
-        auth.verify(token)
+
+
+def test_development_off_without_a_provider_refuses_to_start(tmp_path: Any) -> None:
+    from guard._errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no identity provider"):
+        Authenticator.from_settings(IdentitySettings(dev_key=tmp_path / "k", development=False))
+    with pytest.raises(ConfigError, match="development mode"):
+        issue_token(IdentitySettings(dev_key=tmp_path / "k", development=False), "svc:x")
 
 
 def test_bad_key_files_are_config_errors(tmp_path: Any) -> None:
@@ -183,7 +270,8 @@ def test_bad_key_files_are_config_errors(tmp_path: Any) -> None:
         Authenticator.from_settings(IdentitySettings(hs256_secret_file=short,
                                                      dev_key=tmp_path / "d"))
     with pytest.raises(ConfigError, match="CIDR"):
-        Authenticator([], audience="a", issuer="i", trusted_proxies=["10.0.0.0/99"])
+        Authenticator([], audience="a", issuer="i", trusted_proxies=["10.0.0.0/99"],
+                      proxy_secrets=[b"s" * 32])
 
 
 @given(st.text(max_size=300))

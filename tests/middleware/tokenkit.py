@@ -58,11 +58,14 @@ class Keys:
     jwks_file: Path
     hs_file: Path
     dev_key: Path
+    proxy_secret: str
+    proxy_file: Path
 
     def identity(self, **overrides: Any) -> IdentitySettings:
+        # Development mode on, so tests may also use tokens from ``guard token issue``.
         values: dict[str, Any] = {"jwks_file": self.jwks_file, "hs256_secret_file": self.hs_file,
                                   "dev_key": self.dev_key, "audience": AUDIENCE,
-                                  "issuer": ISSUER}
+                                  "issuer": ISSUER, "development": True}
         values.update(overrides)
         return IdentitySettings(**values)
 
@@ -106,9 +109,13 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     hs_file = base / "hs256.secret"
     hs_file.write_bytes(secret)
     load_or_create_dev_key(base / "dev" / "dev-token.key")
+    proxy_secret = "proxy-" + "p" * 26 + "-secret"
+    proxy_file = base / "proxy.secret"
+    proxy_file.write_text(proxy_secret + "\n")
     return Keys(rsa_key, ec_key, ed_key,
                 rsa.generate_private_key(public_exponent=65537, key_size=2048),
-                secret, jwks_file, hs_file, base / "dev" / "dev-token.key")
+                secret, jwks_file, hs_file, base / "dev" / "dev-token.key",
+                proxy_secret, proxy_file)
 
 
 Mint = Callable[..., str]
