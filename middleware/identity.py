@@ -166,6 +166,7 @@ class Authenticator:
         "_by_kid",
         "_cache",
         "_cache_size",
+        "_dev_key",
         "_files",
         "_max_authorization",
         "_proxy_secrets",
@@ -209,11 +210,17 @@ class Authenticator:
             )
         self.caller_header = caller_header.lower()
         self.development = development
+        self._dev_key: Path | None = None
         self._max_authorization = len("Bearer ") + max_token_bytes
 
     @classmethod
-    def from_settings(cls, settings: IdentitySettings) -> Authenticator:
-        """Build from ``[identity]`` settings; logs a warning in development mode.
+    def from_settings(cls, settings: IdentitySettings, *, announce: bool = True) -> Authenticator:
+        """Build from ``[identity]`` settings.
+
+        Args:
+            settings: The ``[identity]`` section.
+            announce: Log the development-mode warning now (else call :meth:`announce`
+                when the service starts).
 
         Raises:
             ConfigError: an unreadable key file, or nothing a caller could
@@ -248,13 +255,19 @@ class Authenticator:
             max_token_bytes=settings.max_token_bytes,
             cache_size=settings.token_cache_size,
         )
-        if development:
+        auth._dev_key = settings.dev_key
+        if announce:
+            auth.announce()
+        return auth
+
+    def announce(self) -> None:
+        """Log a warning when development tokens are accepted (call it once, at start)."""
+        if self.development:
             _log.warning(
                 "development mode: tokens signed with the local development key %s are "
                 "accepted; configure identity.jwks_file or hs256_secret_file for production",
-                settings.dev_key,
+                self._dev_key,
             )
-        return auth
 
     @property
     def header_names(self) -> tuple[str, ...]:

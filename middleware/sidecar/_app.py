@@ -199,6 +199,7 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         conf = built.settings.sidecar
+        built.auth.announce()
         transport: UpstreamTransport | None = None
         if conf.upstream:
             transport = UpstreamTransport(

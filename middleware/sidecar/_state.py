@@ -86,7 +86,7 @@ def build_sidecar(settings: Settings) -> Sidecar:
     from guard._guard import Guard
 
     loader, folder = policy_loader(settings)
-    auth = Authenticator.from_settings(settings.identity)
+    auth = Authenticator.from_settings(settings.identity, announce=False)  # at start-up
     routes = RouteTable.from_csv(routes_path(settings))
     # The guard records the policy in force and every reload's outcome.
     guard = Guard.from_settings(settings, holder=PolicyHolder(loader))

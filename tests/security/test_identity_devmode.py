@@ -150,3 +150,26 @@ async def test_sidecar_readyz_says_development_mode(tmp_path: Path, keys: Keys) 
         finally:
             app.sidecar.guard.close()
         assert body["development_mode"] is expected, identity
+
+
+def test_guard_sidecar_announces_development_mode(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("guard")), "sidecar", "--port", str(port)],
+        cwd=tmp_path, env={**os.environ, "GUARD_CONFIG": str(tmp_path / "none.toml")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the sidecar did not start: {proc.communicate()}")
+                time.sleep(0.1)
+        assert ready.json()["development_mode"] is True
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert [line for line in err.splitlines() if "development mode" in line]
