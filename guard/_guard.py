@@ -12,7 +12,15 @@ from opentelemetry import trace
 
 from guard._errors import AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
-from guard.audit import AuditPipeline, EventKind, RelayTrail, Trail, load_hmac_key, open_trail
+from guard.audit import (
+    AuditPipeline,
+    AuditTrail,
+    EventKind,
+    RelayTrail,
+    Trail,
+    load_hmac_key,
+    open_trail,
+)
 from guard.audit._otel import decision_attributes
 from guard.audit._otel import tracer as default_tracer
 from guard.audit._pipeline import decision_fields, outcome_fields, policy_fields
@@ -20,6 +28,7 @@ from guard.audit._pipeline import decision_fields, outcome_fields, policy_fields
 if TYPE_CHECKING:
     from guard.config import Settings
     from guard.policy._holder import PolicyHolder, ReloadResult
+    from guard.rights import Change, Entry, Register
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +47,8 @@ class Guard:
         trail: The audit trail decisions are recorded in.
         hmac_key: Key for data-subject pseudonyms.
         tracer: OpenTelemetry tracer for the decision spans (default: the global one).
+        register: The subject register decisions naming a subject are judged against
+            (None: no subject has an entry).
     """
 
     def __init__(
@@ -47,9 +58,11 @@ class Guard:
         *,
         hmac_key: bytes,
         tracer: trace.Tracer | None = None,
+        register: Register | None = None,
     ) -> None:
         self.holder = holder
         self.trail = trail
+        self.register = register
         self._pipeline = AuditPipeline(hmac_key)
         self._tracer = tracer or default_tracer
 
@@ -70,11 +83,17 @@ class Guard:
         if holder is None:
             policy_dir = settings.policy.dir
             holder = PolicyHolder(lambda: load_policy(policy_dir))
+        from guard.rights import Register
+
         trail = open_trail(settings.audit)
+        register: Register | None = None
         try:
-            guard = cls(holder, trail,
-                        hmac_key=load_hmac_key(settings.audit.hmac_key, create=True))
+            hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)
+            register = Register.open(settings.audit.store, hmac_key, watch=True)
+            guard = cls(holder, trail, hmac_key=hmac_key, register=register)
         except BaseException:
+            if register is not None:
+                register.close()
             trail.close()
             raise
         guard.record_policy_event(EventKind.POLICY_LOADED, holder.current.version,
@@ -98,7 +117,7 @@ class Guard:
     ) -> tuple[Decision, dict[str, Any]]:
         start = time.perf_counter_ns()
         try:
-            decision = self.holder.decide(request)
+            decision = self.holder.decide(request, self.register)
         except Exception:  # fail closed
             decision = denial(Reason.INTERNAL_ERROR, request, self._version())
         latency_us = (time.perf_counter_ns() - start) // 1000
@@ -275,6 +294,54 @@ class Guard:
             return False
         return True
 
+    def record_decisions(
+        self,
+        pairs: list[tuple[Request, Decision]],
+        *,
+        detail: str | None = None,
+        http: HttpContext | None = None,
+    ) -> list[bool]:
+        """Durably record decisions made in bulk (``guard subject filter``); per pair, durable?
+
+        Args:
+            pairs: Requests and the decisions made for them.
+            detail: Text every event carries (e.g. ``batch:ID``).
+            http: The HTTP side, when an endpoint asked.
+        """
+        fields = []
+        for request, decision in pairs:
+            one = decision_fields(request, decision, http)
+            one["detail"] = detail
+            fields.append(one)
+        trail = self.trail
+        if isinstance(trail, AuditTrail):
+            events = [self._pipeline.event(EventKind.DECISION, **f) for f in fields]
+            try:
+                return [error is None for error in trail.record_many(events)]
+            except Exception:
+                return [False] * len(events)
+        done: list[bool] = []
+        for one in fields:
+            try:
+                self._record(EventKind.DECISION, one)
+            except Exception:
+                done.append(False)
+            else:
+                done.append(True)
+        return done
+
+    def record_subject_change(self, change: Change) -> Entry:
+        """Record a change to the subject register: audited first, then stored and in force.
+
+        Raises:
+            RegisterRefusedError: the change is refused; nothing was recorded.
+            AuditUnavailableError: the trail or the store could not take it.
+            RuntimeError: this guard has no register.
+        """
+        if self.register is None:
+            raise RuntimeError("this guard has no subject register")
+        return self.register.record(change, self.holder.current, self._record)
+
     # -- life cycle --------------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
@@ -282,7 +349,9 @@ class Guard:
         return self.trail.ready()
 
     def close(self) -> None:
-        """Flush and close the audit trail (writes the closing checkpoint)."""
+        """Flush and close the audit trail (writes the closing checkpoint) and the register."""
+        if self.register is not None:
+            self.register.close()
         self.trail.close()
 
     def __enter__(self) -> Guard:

@@ -25,6 +25,10 @@ class Reason(StrEnum):
     CATEGORY_NOT_GRANTED = "category_not_granted"
     TRANSFER_NOT_SAFEGUARDED = "transfer_not_safeguarded"
     CONSENT_REQUIRED = "consent_required"
+    RETENTION_EXPIRED = "retention_expired"
+    ERASURE_REQUESTED = "erasure_requested"
+    PROCESSING_RESTRICTED = "processing_restricted"
+    OBJECTION_RECORDED = "objection_recorded"
     ALLOWED = "allowed"
     # Raised outside the ordered checks; all are denials.
     MALFORMED_REQUEST = "malformed_request"

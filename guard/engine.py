@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Protocol
 
 from guard._types import Action, Decision, Reason, Request
 from guard.policy._compiled import (
@@ -19,6 +21,8 @@ from guard.policy._compiled import (
     Party,
     Purpose,
 )
+from guard.rights._entries import State
+from guard.rights._judge import register_checks
 
 _casbin_lock = threading.Lock()
 _AGGREGATED_RULE = ("builtin:aggregated",)
@@ -34,15 +38,46 @@ class Step:
     detail: str
 
 
-def decide(policy: CompiledPolicy, request: Request) -> Decision:
-    """Judge a request; allowed only if every category passes every check."""
-    return _judge(policy, request, None)
+class SubjectLookup(Protocol):
+    """The subject register as decisions see it (``guard.rights.Register``)."""
+
+    def lookup(self, subject: str) -> State | None:
+        """The subject's entries in force; None for a subject with no entry."""
 
 
-def explain(policy: CompiledPolicy, request: Request) -> tuple[Decision, list[Step]]:
-    """Judge a request and say, check by check, why."""
+def utc_today() -> date:
+    """Today's date in UTC: the day register entries are judged on."""
+    return datetime.now(UTC).date()
+
+
+def decide(
+    policy: CompiledPolicy,
+    request: Request,
+    register: SubjectLookup | None = None,
+    *,
+    today: date | None = None,
+) -> Decision:
+    """Judge a request; allowed only if every category passes every check.
+
+    Args:
+        policy: The compiled policy.
+        request: The request; one naming a subject is judged against ``register``.
+        register: The subject register (None: no subject has an entry).
+        today: The day to judge register entries on (default: today, UTC).
+    """
+    return _judge(policy, request, None, register, today)
+
+
+def explain(
+    policy: CompiledPolicy,
+    request: Request,
+    register: SubjectLookup | None = None,
+    *,
+    today: date | None = None,
+) -> tuple[Decision, list[Step]]:
+    """Judge a request and say, check by check, why (arguments as :func:`decide`)."""
     steps: list[Step] = []
-    return _judge(policy, request, steps), steps
+    return _judge(policy, request, steps, register, today), steps
 
 
 def _result(
@@ -70,13 +105,19 @@ def _result(
     )
 
 
-def _judge(policy: CompiledPolicy, request: Request, steps: list[Step] | None) -> Decision:
+def _judge(
+    policy: CompiledPolicy,
+    request: Request,
+    steps: list[Step] | None,
+    register: SubjectLookup | None = None,
+    today: date | None = None,
+) -> Decision:
     if not request.categories:
         if steps is not None:
             steps.append(Step("malformed_request", "categories", False, "no category named"))
         return _result(policy, request, Reason.MALFORMED_REQUEST)
     if policy.enforcer is not None:
-        return _judge_with_casbin(policy, request, steps)
+        return _judge_with_casbin(policy, request, steps, register, today)
 
     # One probe answers checks 1 and 5 for a granted request; others look further.
     joined = policy.joined.get((request.caller, request.purpose))
@@ -196,22 +237,60 @@ def _judge(policy: CompiledPolicy, request: Request, steps: list[Step] | None) -
                ", ".join(party.mechanisms) or "adequacy") if personal else "not personal data"
         steps.append(Step("transfer_not_safeguarded", f"country {party.country}", True, how))
 
-    # 9. consent_required
-    if purpose.consent_only:
-        if steps is not None:
-            steps.append(Step("consent_required", f"lawful basis of {purpose.key}", False,
-                              "consent is the only basis and no opt-in is recorded"))
-        return _result(policy, request, Reason.CONSENT_REQUIRED, purpose=purpose, party=party)
-    if steps is not None:
-        steps.append(Step("consent_required", f"lawful basis of {purpose.key}", True,
-                          ", ".join(purpose.bases)))
+    granted: tuple[str, ...] = (found if len(nodes) == 1 and found is not None
+                                else tuple(dict.fromkeys(rules)))
+    subject = request.subject
+    state = register.lookup(subject) if subject is not None and register is not None else None
 
+    # 9.-13. consent, then the subject register (POLICY-SPEC §3, §4)
+    if state is None and (subject is None or not purpose.consent_only):
+        if purpose.consent_only:  # no subject: no consent can be in force
+            if steps is not None:
+                steps.append(Step("consent_required", f"lawful basis of {purpose.key}", False,
+                                  "consent is the only basis and the request names no "
+                                  "data subject"))
+            return _result(policy, request, Reason.CONSENT_REQUIRED, purpose=purpose,
+                           party=party)
+        if steps is not None:
+            steps.append(Step("consent_required", f"lawful basis of {purpose.key}", True,
+                              ", ".join(purpose.bases)))
+            why = ("no subject named" if subject is None
+                   else "no register entry for the subject")
+            steps.extend(Step(check, "subject register", True, why) for check in _REGISTER)
+        return _result(policy, request, Reason.ALLOWED, purpose=purpose, party=party,
+                       rule=granted)
+
+    verdicts = register_checks(
+        state or (), purpose, personal=personal, today=today or utc_today(),
+        survival=policy.survival,
+    )
+    last = verdicts[-1]
+    if steps is not None:
+        steps.extend(
+            Step(v.reason.value, "register entry " + v.record.rule if v.record is not None
+                 else "subject register", v.passed, v.detail)
+            for v in verdicts
+        )
+    if not last.passed:
+        rule = (last.record.rule,) if last.record is not None else None
+        return _result(policy, request, last.reason, purpose=purpose, party=party, rule=rule)
+    consent = verdicts[0].record
+    if consent is not None:
+        granted = (*granted, consent.rule)
     return _result(policy, request, Reason.ALLOWED, purpose=purpose, party=party,
-                   rule=found if len(nodes) == 1 else tuple(dict.fromkeys(rules)))
+                   rule=granted)
+
+
+_REGISTER = tuple(r.value for r in (Reason.RETENTION_EXPIRED, Reason.ERASURE_REQUESTED,
+                                    Reason.PROCESSING_RESTRICTED, Reason.OBJECTION_RECORDED))
 
 
 def _judge_with_casbin(
-    policy: CompiledPolicy, request: Request, steps: list[Step] | None
+    policy: CompiledPolicy,
+    request: Request,
+    steps: list[Step] | None,
+    register: SubjectLookup | None,
+    today: date | None,
 ) -> Decision:
     """Slow path for a model the compiler does not recognise: ask casbin per category."""
     purpose = policy.purposes.get(request.purpose)
@@ -226,5 +305,22 @@ def _judge_with_casbin(
             if not ok:
                 return _result(policy, request, Reason.DENIED_BY_MODEL,
                                purpose=purpose, party=party)
+    subject = request.subject
+    state = register.lookup(subject) if subject is not None and register is not None else None
+    if state is not None:
+        if purpose is None:  # casbin allowed a purpose the tables do not know: fail closed
+            return _result(policy, request, Reason.DENIED_BY_MODEL, party=party)
+        verdicts = register_checks(
+            state, purpose, personal=any(c != AGGREGATED for c in request.categories),
+            today=today or utc_today(), survival=policy.survival,
+        )
+        if steps is not None:
+            steps.extend(Step(v.reason.value, "subject register", v.passed, v.detail)
+                         for v in verdicts)
+        last = verdicts[-1]
+        if not last.passed:
+            rule = (last.record.rule,) if last.record is not None else None
+            return _result(policy, request, last.reason, purpose=purpose, party=party,
+                           rule=rule)
     return _result(policy, request, Reason.ALLOWED, purpose=purpose, party=party,
                    rule=("casbin:matcher",))

@@ -19,6 +19,8 @@ class EventKind(StrEnum):
     OUTCOME = "outcome"
     POLICY_LOADED = "policy_loaded"
     POLICY_REJECTED = "policy_rejected"
+    SUBJECT_RIGHT = "subject_right"
+    """A change to the subject register (consent, objection, restriction, erasure, end)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 from guard.audit._pipeline import utc_now
 from guard.audit._query import QueryRow, subject_accesses
-from guard.audit._store import Store
+from guard.audit._store import AuditStoreError, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,20 @@ class Recipient:
 
 
 @dataclass(frozen=True, slots=True)
+class RightsEntry:
+    """One entry of the subject register (consent, objection, restriction, erasure, end)."""
+
+    seq: int
+    kind: str
+    purpose: str
+    effective: str
+    recorded_at: str
+    recorded_by: str
+    ref: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class SubjectReport:
     """A data subject's report; names the person only by pseudonym."""
 
@@ -51,16 +65,18 @@ class SubjectReport:
     recipients: tuple[Recipient, ...]
     accesses: tuple[Access, ...]
     denied_attempts: int
+    register: tuple[RightsEntry, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping."""
-        def plain(obj: Recipient | Access) -> dict[str, Any]:
+        def plain(obj: Recipient | Access | RightsEntry) -> dict[str, Any]:
             return {k: list(v) if isinstance(v, tuple) else v
                     for k, v in ((s, getattr(obj, s)) for s in obj.__slots__)}
         return {"subject": self.subject, "generated_at": self.generated_at,
                 "recipients": [plain(r) for r in self.recipients],
                 "accesses": [plain(a) for a in self.accesses],
-                "denied_attempts": self.denied_attempts}
+                "denied_attempts": self.denied_attempts,
+                "register": [plain(e) for e in self.register]}
 
 
 def _access(row: QueryRow) -> Access:
@@ -90,7 +106,19 @@ def subject_report(store: Store, pseudonym: str) -> SubjectReport:
         )
         for name, items in sorted(grouped.items())
     )
-    return SubjectReport(pseudonym, utc_now(), recipients, accesses, denied)
+    return SubjectReport(pseudonym, utc_now(), recipients, accesses, denied,
+                         _register(store, pseudonym))
+
+
+def _register(store: Store, pseudonym: str) -> tuple[RightsEntry, ...]:
+    """The subject's register history (none in a store older than the register)."""
+    try:
+        rows = store.rows(
+            "SELECT seq, kind, purpose, effective, recorded_at, recorded_by, ref, event_id "
+            "FROM subject_register WHERE subject = ? ORDER BY seq", (pseudonym,))
+    except AuditStoreError:
+        return ()
+    return tuple(RightsEntry(int(r[0]), *(str(v) for v in r[1:])) for r in rows)
 
 
 def render_json(report: SubjectReport) -> str:
@@ -133,4 +161,12 @@ def render_markdown(report: SubjectReport) -> str:
         out += [f"| {a.when} | {_cell(a.recipient)} | {_cell(a.purpose)} | "
                 f"{_cell(a.categories)} | {_cell(a.action)} | {_cell(a.lawful_basis)} | "
                 f"{_cell(a.outcome_status)} |" for a in report.accesses]
+    out += ["", "## Rights requests (subject register)", ""]
+    if not report.register:
+        out.append("No rights request is recorded for this person.")
+    else:
+        out += ["| # | effective | entry | purpose | recorded | by | reference |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {e.seq} | {e.effective} | {e.kind} | {_cell(e.purpose)} | {e.recorded_at} "
+                f"| {_cell(e.recorded_by)} | {_cell(e.ref)} |" for e in report.register]
     return "\n".join(out) + "\n"

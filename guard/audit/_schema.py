@@ -17,7 +17,7 @@ from guard.audit._event import (
     digest_content,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Portable DDL: the same text runs on SQLite and PostgreSQL.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -68,6 +68,23 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             signature TEXT NOT NULL
         )""",
         "CREATE INDEX IF NOT EXISTS audit_checkpoint_writer ON audit_checkpoint (writer_id, seq)",
+    ),
+    # The subject register (POLICY-SPEC §4): append-only, subjects as HMAC pseudonyms.
+    2: (
+        """CREATE TABLE IF NOT EXISTS subject_register (
+            subject TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            entry_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            effective TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            recorded_by TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            PRIMARY KEY (subject, seq)
+        )""",
+        "CREATE INDEX IF NOT EXISTS subject_register_recorded ON subject_register (recorded_at)",
     ),
 }
 

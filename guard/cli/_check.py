@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Annotated, NoReturn
+from typing import IO, TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
 from guard._types import Action, Decision, Reason, Request, denial
-from guard.engine import Step, decide, explain
+from guard.engine import Step, SubjectLookup, decide, explain
 from guard.policy import CompiledPolicy, SlowPathWarning, load_policy
+
+if TYPE_CHECKING:
+    from guard.rights import Register, State
 
 EXIT_ALLOWED = 0
 EXIT_DENIED = 1
@@ -31,7 +35,11 @@ CHECK_TITLES = {
     "category_not_in_purpose": "every category is within the purpose's ceiling",
     "category_not_granted": "the caller's grant covers every category and the action",
     "transfer_not_safeguarded": "data may go to the caller's country",
-    "consent_required": "the purpose has a lawful basis other than consent",
+    "consent_required": "the purpose has a basis other than consent, or the subject consented",
+    "retention_expired": "the subject's relationship is in force, or the purpose survives it",
+    "erasure_requested": "no erasure request of the subject is in force (or exempt purpose)",
+    "processing_restricted": "no restriction of the subject is in force (or exempt purpose)",
+    "objection_recorded": "no objection of the subject to the purpose is in force",
     "casbin": "casbin's matcher allows the category",
 }
 
@@ -55,6 +63,11 @@ PolicyDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", help="Audit store holding the subject register "
+                                 "(default: settings)."),
+]
 BatchOpt = Annotated[
     str | None,
     typer.Option(
@@ -85,6 +98,7 @@ def check(  # noqa: PLR0917 - typer maps each option to a parameter
     policy_dir: PolicyDirOpt = None,
     as_json: JsonOpt = False,
     batch: BatchOpt = None,
+    store: StoreOpt = None,
 ) -> None:
     """Decide one request: exit 0 allowed, 1 denied, 2 usage or policy error.
 
@@ -96,10 +110,14 @@ def check(  # noqa: PLR0917 - typer maps each option to a parameter
             _usage_error("--batch reads requests from FILE; drop --caller/--purpose/"
                          "--category/--subject")
         policy = _load(policy_dir)
-        _run_batch(policy, batch)
+        lazy = _LazyRegister(store)
+        try:
+            _run_batch(policy, batch, lazy)
+        finally:
+            lazy.close()
         raise SystemExit(0)
     request = _request(caller, purpose, category, action, subject)
-    decision = _decide(_load(policy_dir), request)
+    decision = _with_register(store, request, lambda reg: _decide(_load(policy_dir), request, reg))
     if as_json:
         typer.echo(json.dumps(decision.to_dict()))
     else:
@@ -115,14 +133,19 @@ def explain_command(  # noqa: PLR0917 - typer maps each option to a parameter
     subject: SubjectOpt = None,
     policy_dir: PolicyDirOpt = None,
     as_json: JsonOpt = False,
+    store: StoreOpt = None,
 ) -> None:
     """Show each check in order, what it looked at and its verdict, then the decision."""
     request = _request(caller, purpose, category, action, subject)
     policy = _load(policy_dir)
-    try:
-        decision, steps = explain(policy, request)
-    except Exception:  # fail closed, and no traceback
-        decision, steps = denial(Reason.INTERNAL_ERROR, request, policy.version), []
+
+    def run(register: SubjectLookup | None) -> tuple[Decision, list[Step]]:
+        try:
+            return explain(policy, request, register)
+        except Exception:  # fail closed, and no traceback
+            return denial(Reason.INTERNAL_ERROR, request, policy.version), []
+
+    decision, steps = _with_register(store, request, run)
     if as_json:
         typer.echo(json.dumps({
             "decision": decision.to_dict(),
@@ -168,12 +191,51 @@ def _request(
     return Request(caller, purpose, tuple(category), Action(action), subject or None)
 
 
-def _decide(policy: CompiledPolicy, request: Request) -> Decision:
+def _decide(
+    policy: CompiledPolicy, request: Request, register: SubjectLookup | None = None
+) -> Decision:
     """The engine's decision; an unexpected error is a denial (fail closed)."""
     try:
-        return decide(policy, request)
+        return decide(policy, request, register)
     except Exception:
         return denial(Reason.INTERNAL_ERROR, request, policy.version)
+
+
+T = TypeVar("T")
+
+
+def _with_register(
+    store: str | None, request: Request, run: Callable[[SubjectLookup | None], T]
+) -> T:
+    """Run ``run`` with the configured subject register if the request names a subject."""
+    if request.subject is None:
+        return run(None)
+    from guard.cli._subject import open_register
+
+    register = open_register(store)
+    try:
+        return run(register)
+    finally:
+        register.close()
+
+
+class _LazyRegister:
+    """The subject register, opened at the first batch line that names a subject."""
+
+    def __init__(self, store: str | None) -> None:
+        self._store = store
+        self._register: Register | None = None
+
+    def lookup(self, subject: str) -> State | None:
+        if self._register is None:
+            from guard.cli._subject import open_register
+
+            self._register = open_register(self._store)
+        return self._register.lookup(subject)
+
+    def close(self) -> None:
+        if self._register is not None:
+            self._register.close()
 
 
 def _load(policy_dir: Path | None) -> CompiledPolicy:
@@ -208,7 +270,9 @@ def _print_steps(steps: list[Step]) -> None:
 # ---------------------------------------------------------------------------- batch
 
 
-def _run_batch(policy: CompiledPolicy, batch: str) -> None:
+def _run_batch(
+    policy: CompiledPolicy, batch: str, register: SubjectLookup | None = None
+) -> None:
     """Judge each line of the batch input in order, streaming; never stop at a bad line."""
     if batch == "-":
         stream: IO[bytes] = sys.stdin.buffer
@@ -229,7 +293,7 @@ def _run_batch(policy: CompiledPolicy, batch: str) -> None:
         for number, raw in enumerate(stream, start=1):
             if not raw.strip():
                 continue
-            record = judge_line(policy, raw, number)
+            record = judge_line(policy, raw, number, register)
             out.write(json.dumps(record, separators=(",", ":")) + "\n")
             if flush:
                 out.flush()
@@ -242,14 +306,16 @@ def _run_batch(policy: CompiledPolicy, batch: str) -> None:
         sys.stderr.write(f"\rguard: judged {count:,} requests\n")
 
 
-def judge_line(policy: CompiledPolicy, raw: bytes, number: int) -> dict[str, object]:
+def judge_line(
+    policy: CompiledPolicy, raw: bytes, number: int, register: SubjectLookup | None = None
+) -> dict[str, object]:
     """One batch line -> its decision as a JSON-ready mapping with the line number."""
     request, problem = parse_batch_line(raw)
     if problem is not None:
         decision = denial(Reason.MALFORMED_REQUEST, request, policy.version, detail=problem)
     else:
         assert request is not None
-        decision = _decide(policy, request)
+        decision = _decide(policy, request, register)
     record = decision.to_dict()
     record["line"] = number
     if problem is not None:

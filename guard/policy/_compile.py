@@ -28,6 +28,7 @@ from guard.policy._compiled import (
 )
 from guard.policy._findings import Finding
 from guard.policy._source import MODEL_FILE, SHIPPED_DIR, PolicySource, Row
+from guard.policy._survival import SURVIVES_PREFIX, Survival
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -138,7 +139,12 @@ def compile_rows(
     for row in by_type["g2"]:
         pur_parent.setdefault(row.values[0], row.values[1])
     bases: dict[str, list[str]] = defaultdict(list)
+    survival: dict[str, Survival] = {}
     for row in by_type["g3"]:
+        if row.values[1].startswith(SURVIVES_PREFIX):
+            survival.setdefault(row.values[0], Survival(
+                row.values[0], row.values[1].removeprefix(SURVIVES_PREFIX), row.location))
+            continue
         if row.values[1] not in bases[row.values[0]]:
             bases[row.values[0]].append(row.values[1])
     pur_keys = set(pur_parent) | {p for p in pur_parent.values() if p != PURPOSE_ROOT}
@@ -204,5 +210,6 @@ def compile_rows(
         grants=_freeze(grants),
         joined=_freeze(joined),
         findings=findings,
+        survival=_freeze(survival),
         enforcer=enforcer,
     )

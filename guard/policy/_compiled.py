@@ -8,6 +8,7 @@ from typing import Any
 
 from guard.policy._findings import Finding
 from guard.policy._source import PolicySource, Row
+from guard.policy._survival import Survival
 
 CATEGORY_ROOT = "category"
 PURPOSE_ROOT = "purpose"
@@ -22,6 +23,11 @@ LAWFUL_BASES = frozenset(
      "public_task"}
 )
 PARTY_TYPES = frozenset({"internal", "group", "processor", "adviser", "authority"})
+DIRECT_MARKETING = "marketing"
+"""The grouping node under which an objection is absolute (POLICY-SPEC §4)."""
+OBJECTABLE_BASES = frozenset({"legitimate_interest", "public_task"})
+EXEMPT_PURPOSES = frozenset({"legal.compliance", "rights.request"})
+"""Purposes a restriction or an erasure request does not stop (POLICY-SPEC §4)."""
 
 GrantKey = tuple[str, str]  # (granted category node, action)
 
@@ -54,6 +60,23 @@ class Purpose:
     def consent_only(self) -> bool:
         """No lawful basis but consent: needs a data subject's recorded opt-in."""
         return "consent" in self.bases and set(self.bases) <= {"consent"}
+
+    @property
+    def direct_marketing(self) -> bool:
+        """Under the ``marketing`` grouping node: an objection to it is absolute."""
+        return self.ancestors[-1] == DIRECT_MARKETING
+
+    @property
+    def objectable(self) -> bool:
+        """A declarable purpose a data subject's objection stops (POLICY-SPEC §4)."""
+        return self.declarable and (
+            self.direct_marketing or set(self.bases) <= OBJECTABLE_BASES
+        )
+
+    @property
+    def exempt(self) -> bool:
+        """Not stopped by a restriction or an erasure request (POLICY-SPEC §4)."""
+        return any(a in EXEMPT_PURPOSES for a in self.ancestors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +112,8 @@ class CompiledPolicy:
     )
     """``grants`` joined with ``parties``: ``(caller, purpose) -> (party, merged grants)``,
     so that a granted request costs one probe of one large table (the hot path)."""
+    survival: Mapping[str, Survival] = field(default_factory=dict)
+    """``survives:`` rows: purpose or grouping node -> how long it outlives the relationship."""
     enforcer: Any = field(default=None, compare=False)
     """casbin Enforcer for a model the compiler does not recognise (the slow path)."""
 

@@ -223,6 +223,10 @@ def _tree_facts(facts: _Facts, old: CompiledPolicy, new: CompiledPolicy) -> None
                    after and " < ".join(after.ancestors))
         facts.note("ceiling", key, before and before.ceiling_roots, after and after.ceiling_roots)
         facts.note("lawful basis", key, before and before.bases, after and after.bases)
+    for key in sorted(set(old.survival) | set(new.survival)):
+        kept, changed = old.survival.get(key), new.survival.get(key)
+        facts.note("survival after the end", key, kept and kept.period,
+                   changed and changed.period)
 
 
 def _party_facts(facts: _Facts, old: CompiledPolicy, new: CompiledPolicy) -> None:

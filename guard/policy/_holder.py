@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from guard._types import Decision, Reason, Request, denial
-from guard.engine import decide
+from guard.engine import SubjectLookup, decide
 from guard.policy._compiled import CompiledPolicy
 
 
@@ -49,11 +49,11 @@ class PolicyHolder:
         """The policy in force."""
         return self._policy
 
-    def decide(self, request: Request) -> Decision:
-        """Decide against the policy in force; an internal error is a denial."""
+    def decide(self, request: Request, register: SubjectLookup | None = None) -> Decision:
+        """Decide against the policy in force (and ``register``); an internal error is a denial."""
         policy = self._policy
         try:
-            return decide(policy, request)
+            return decide(policy, request, register)
         except Exception:  # fail closed: never let an error become an allow
             return denial(Reason.INTERNAL_ERROR, request, policy.version)
 

@@ -23,6 +23,7 @@ from guard.policy._lint_base import Linter, Tree
 from guard.policy._lint_grants import lint_grants
 from guard.policy._lint_parties import lint_parties
 from guard.policy._lint_routes import ROUTES_FILE, lint_routes
+from guard.policy._lint_survival import lint_survival, survival_rows
 from guard.policy._lint_trees import (
     categories_tree,
     lint_bases,
@@ -96,9 +97,11 @@ def _lint(source: PolicySource, rows: list[Row], model: Model) -> tuple[list[Fin
         (ceiling_rows if row.values[1].startswith(CEILING_PREFIX) else tree_rows).append(row)
     categories = categories_tree(lint, tree_rows)
     purposes = purposes_tree(lint, sound["g2"])
-    lint_bases(lint, sound["g3"], purposes)
+    basis_rows, survives = survival_rows(sound["g3"])
+    lint_bases(lint, basis_rows, purposes)
     lint_ceilings(lint, ceiling_rows, categories, purposes)
     lint_groupings(lint, purposes)
+    lint_survival(lint, survives, purposes)
     parties = lint_parties(lint, sound["g4"], sound["g5"])
     lint_grants(lint, sound["p"], categories, purposes, parties)
     return _sorted(lint.findings), categories

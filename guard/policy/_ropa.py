@@ -21,6 +21,7 @@ from guard.policy._compiled import (
     Party,
     Purpose,
 )
+from guard.policy._survival import UNLIMITED, survival_of
 
 _DESCRIPTION = re.compile(r"^#\s*([a-z0-9_]+(?:\.[a-z0-9_]+)+)\s*:\s*(.+?)\s*$")
 _PARTY_ORDER = ("internal", "group", "processor", "adviser", "authority")
@@ -57,6 +58,8 @@ class Activity:
     lawful_bases: tuple[str, ...]
     categories: tuple[str, ...]
     recipients: tuple[Recipient, ...]
+    retention: str = "ends with the customer relationship"
+    """How long after the end of the relationship the purpose may still be used (§8)."""
 
     @property
     def consent_only(self) -> bool:
@@ -130,8 +133,19 @@ def build_ropa(policy: CompiledPolicy) -> list[Activity]:
         recipients.sort(key=lambda r: (_PARTY_ORDER.index(r.party_type)
                                        if r.party_type in PARTY_TYPES else 99, r.caller))
         activities.append(Activity(key, descriptions.get(key, ""), purpose.bases,
-                                   tuple(sorted(purpose.ceiling_roots)), tuple(recipients)))
+                                   tuple(sorted(purpose.ceiling_roots)), tuple(recipients),
+                                   retention_text(policy, key)))
     return activities
+
+
+def retention_text(policy: CompiledPolicy, key: str) -> str:
+    """The survival of a purpose after the end of the relationship, in words."""
+    kept = survival_of(policy.survival, policy.purposes[key].ancestors)
+    if kept is None:
+        return "ends with the customer relationship"
+    if kept.period == UNLIMITED:
+        return f"survives the end of the relationship without limit ({kept.location})"
+    return f"survives the end of the relationship by {kept.period} ({kept.location})"
 
 
 def render_markdown(activities: list[Activity], version: str) -> str:
@@ -145,7 +159,8 @@ def render_markdown(activities: list[Activity], version: str) -> str:
                   f"- **Lawful basis:** {', '.join(act.lawful_bases)}"
                   + (" (requests need the data subject's recorded opt-in)"
                      if act.consent_only else ""),
-                  f"- **Categories of personal data:** {', '.join(act.categories) or 'none'}"]
+                  f"- **Categories of personal data:** {', '.join(act.categories) or 'none'}",
+                  f"- **Retention:** {act.retention}"]
         if not act.recipients:
             lines += ["- **Recipients:** none", ""]
             continue
@@ -175,14 +190,15 @@ def render_csv(activities: list[Activity]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["purpose", "description", "lawful_bases", "categories", "recipient",
                      "party_type", "country", "recipient_categories", "actions",
-                     "transfer", "safeguard"])
+                     "transfer", "safeguard", "retention"])
     for act in activities:
         head = [act.purpose, act.description, ";".join(act.lawful_bases),
                 ";".join(act.categories)]
         if not act.recipients:
-            writer.writerow([*head, "", "", "", "", "", "", ""])
+            writer.writerow([*head, "", "", "", "", "", "", "", act.retention])
         for r in act.recipients:
             writer.writerow([*head, r.caller, r.party_type, r.country, ";".join(r.categories),
                              ";".join(r.actions), "yes" if r.transfer else "no",
-                             r.safeguard if r.safeguarded else "none (not safeguarded)"])
+                             r.safeguard if r.safeguarded else "none (not safeguarded)",
+                             act.retention])
     return out.getvalue()

@@ -205,7 +205,7 @@ def test_explain_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
     data = json.loads(out)
     assert data["decision"]["allowed"] is True
     assert [s["check"] for s in data["steps"]][:2] == ["unknown_caller", "unknown_purpose"]
-    assert len(data["steps"]) == 9
+    assert len(data["steps"]) == 13  # checks 1-9 and the four register checks
     assert all(s["passed"] and s["question"] for s in data["steps"])
 
 

@@ -4,12 +4,18 @@ hypothesis builds random policies for the shipped model.conf (random category an
 purpose trees, ceilings, lawful bases, parties, transfers, grants) and random requests,
 and compares ``decide(...).allowed`` with ``casbin.Enforcer(model, rules).enforce(...)``
 for every category of the request (a request is allowed iff all its categories are).
+
+The requests name no data subject, and ``decide`` is given a subject register full of
+entries: the register (checks 10-13) applies only to requests that name a subject.
+Check 9 (``consent_required``) needs no oracle change: casbin's matcher accepts only
+the non-consent bases, so it too refuses a purpose whose only basis is consent.
 """
 
 from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import casbin
@@ -20,6 +26,16 @@ from hypothesis import strategies as st
 from guard._types import Action, Request
 from guard.engine import decide
 from guard.policy import PolicySource, compile_source
+from guard.rights import EntryKind, Record, Register
+
+# Entries for a subject no request names: they must change nothing here.
+REGISTER = Register(b"d" * 32)
+REGISTER.apply(REGISTER.pseudonym("s-1"), [
+    Record(kind, purpose, date(2020, 1, 1)) for kind, purpose in (
+        (EntryKind.RESTRICTION, ""), (EntryKind.ERASURE_REQUESTED, ""),
+        (EntryKind.END_OF_RELATIONSHIP, ""), (EntryKind.OBJECTION, "g0"),
+        (EntryKind.CONSENT_GRANTED, "g0"))
+])
 
 MODEL = Path(__file__).resolve().parents[2] / "policies" / "model.conf"
 MECHANISMS = ("idta", "uk_addendum")
@@ -208,7 +224,8 @@ def test_engine_agrees_with_casbin_enforcer(case: tuple[Generated, list[Request]
             enforcer.enforce(request.caller, request.purpose, cat, request.action.value)
             for cat in request.categories
         )
-        decision = decide(policy, request)
+        assert request.subject is None
+        decision = decide(policy, request, REGISTER)
         assert decision.allowed == expected, (request, decision.reason, gen.rules)
 
 

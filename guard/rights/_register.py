@@ -1,0 +1,231 @@
+"""The subject register: entries in the audit store, their state in memory, kept in step."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import psycopg
+
+from guard.audit._event import EventKind
+from guard.audit._pipeline import utc_now
+from guard.policy._compiled import CompiledPolicy
+from guard.rights._entries import Entry, Record, State, fold
+from guard.rights._index import SubjectIndex, split_digest
+from guard.rights._store import CHANNEL, RegisterStore
+from guard.rights._validate import Change, validate
+
+_log = logging.getLogger("guard.rights")
+
+RecordEvent = Callable[[EventKind, dict[str, Any]], str]
+"""Records an audit event from its fields (raw ``subject_id``); returns its id once durable."""
+
+POLL_SECONDS = 0.25
+"""SQLite: how often a running guard looks for entries other processes recorded."""
+
+
+def _state(entries: list[Entry]) -> State:
+    state: State = ()
+    for entry in entries:
+        state = fold(state, entry.record)
+    return state
+
+
+class Register:
+    """What each data subject asked for, judged by every decision naming the subject.
+
+    Args:
+        hmac_key: The audit trail's subject key: the register knows subjects only
+            by this keyed pseudonym.
+        store: Where entries live (None: in memory only, for tests and benchmarks).
+    """
+
+    def __init__(self, hmac_key: bytes, store: RegisterStore | None = None) -> None:
+        self._key = hmac_key
+        self.store = store
+        self.index = SubjectIndex()
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._last_rowid = 0
+        self.listening: bool | None = None
+        """PostgreSQL: whether changes of other replicas are heard right now."""
+
+    @classmethod
+    def open(cls, url: str, hmac_key: bytes, *, watch: bool = False) -> Register:
+        """Open the register in the audit store at ``url`` and load it.
+
+        Args:
+            url: The audit store URL.
+            hmac_key: The subject HMAC key.
+            watch: Follow changes other processes or replicas record (a running guard).
+        """
+        register = cls(hmac_key, RegisterStore(url))
+        try:
+            register.reload()
+            if watch:
+                register.watch()
+        except BaseException:
+            register.close()
+            raise
+        return register
+
+    # -- decisions (hot path) ----------------------------------------------------------------
+
+    def lookup(self, subject: str) -> State | None:
+        """The subject's entries in force; None when the subject has no entry."""
+        digest = hmac.digest(self._key, subject.encode(), "sha256")
+        hi = int.from_bytes(digest[:8], "big")
+        index = self.index
+        if not index.maybe(hi):
+            return None
+        return index.get(hi, int.from_bytes(digest[8:16], "big"))
+
+    def pseudonym(self, subject: str) -> str:
+        """The subject's keyed pseudonym, as the audit trail and the store know it."""
+        return hmac.digest(self._key, subject.encode(), "sha256").hex()
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def record(self, change: Change, policy: CompiledPolicy, record_event: RecordEvent) -> Entry:
+        """Check ``change``, record its audit event, append the entry and apply it.
+
+        Raises:
+            RegisterRefusedError: the change is refused; nothing was recorded.
+            AuditUnavailableError: the audit trail or the store could not take it.
+        """
+        pseudonym = self.pseudonym(change.subject)
+        current = self.lookup(change.subject) or ()
+        validate(policy, current, change)
+        now = utc_now()
+        effective = change.effective or datetime.now(UTC).date()
+        entry = Entry(pseudonym, 0, uuid.uuid4().hex, change.kind, change.purpose, effective,
+                      now, change.who, change.ref, "")
+        record = entry.record
+        detail = {"entry": change.kind.value, "entry_id": entry.entry_id,
+                  "effective": effective.isoformat(), "ref": change.ref or None}
+        event_id = record_event(EventKind.SUBJECT_RIGHT, {
+            "caller": change.who,
+            "purpose": change.purpose,
+            "reason": change.kind.value,
+            "rule": (record.rule,),
+            "policy_version": policy.version,
+            "subject_id": change.subject,
+            "detail": json.dumps(detail, sort_keys=True, separators=(",", ":")),
+        })
+        entry = Entry(pseudonym, 0, entry.entry_id, entry.kind, entry.purpose, effective, now,
+                      change.who, change.ref, event_id)
+        if self.store is None:
+            stored = entry
+            self._put(pseudonym, fold(current, record))
+        else:
+            stored = self.store.append(entry)
+            self.refresh(pseudonym)
+        return stored
+
+    def apply(self, pseudonym: str, records: list[Record]) -> None:
+        """Put a subject's state built from ``records`` (in memory only: tests, benchmarks)."""
+        state: State = ()
+        for record in records:
+            state = fold(state, record)
+        self._put(pseudonym, state)
+
+    def _put(self, pseudonym: str, state: State) -> None:
+        hi, lo = split_digest(bytes.fromhex(pseudonym))
+        self.index.put(hi, lo, state)
+
+    # -- reading and following the store -----------------------------------------------------
+
+    def history(self, subject: str) -> list[Entry]:
+        """Every entry of a subject (raw id), oldest first."""
+        return self.history_of(self.pseudonym(subject))
+
+    def history_of(self, pseudonym: str) -> list[Entry]:
+        """Every entry of a subject known by pseudonym, oldest first."""
+        return self.store.history(pseudonym) if self.store is not None else []
+
+    def state_of(self, pseudonym: str) -> State:
+        """The entries in force of a subject known by pseudonym."""
+        hi, lo = split_digest(bytes.fromhex(pseudonym))
+        return self.index.get(hi, lo) or ()
+
+    def refresh(self, pseudonym: str) -> None:
+        """Read one subject's entries again from the store."""
+        if self.store is None:
+            return
+        with self._refresh_lock:
+            self._put(pseudonym, _state(self.store.history(pseudonym)))
+
+    def reload(self) -> None:
+        """Read every entry again and rebuild the index."""
+        if self.store is None:
+            return
+        with self._refresh_lock:
+            self._last_rowid = 0 if self.store.postgres else self.store.last_rowid()
+            self.index.load(self._grouped(self.store.every_entry()))
+
+    @staticmethod
+    def _grouped(entries: Iterator[Entry]) -> Iterator[tuple[int, int, State]]:
+        subject, state = "", cast(State, ())
+        for entry in entries:
+            if entry.subject != subject:
+                if subject:
+                    yield (*split_digest(bytes.fromhex(subject)), state)
+                subject, state = entry.subject, ()
+            state = fold(state, entry.record)
+        if subject:
+            yield (*split_digest(bytes.fromhex(subject)), state)
+
+    def watch(self) -> None:
+        """Follow other processes' changes: LISTEN on PostgreSQL, poll SQLite."""
+        if self.store is None or self._watcher is not None:
+            return
+        target = self._listen if self.store.postgres else self._poll
+        self._watcher = threading.Thread(target=target, name="guard-register-watcher",
+                                         daemon=True)
+        self._watcher.start()
+
+    def _poll(self) -> None:
+        assert self.store is not None
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                with self._refresh_lock:
+                    last, subjects = self.store.changed_since(self._last_rowid)
+                    for pseudonym in subjects:
+                        self._put(pseudonym, _state(self.store.history(pseudonym)))
+                    self._last_rowid = last
+            except Exception:  # keep following; decisions use the last state read
+                _log.exception("cannot read the subject register")
+
+    def _listen(self) -> None:
+        assert self.store is not None
+        first = True
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.store.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening = True
+                    self.reload()  # changes before LISTEN (or while disconnected)
+                    first = False
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self.refresh(note.payload)
+            except Exception as exc:
+                self.listening = False
+                if first:
+                    _log.warning("cannot listen for register changes: %s", exc)
+                self._stop.wait(1.0)
+
+    def close(self) -> None:
+        """Stop following changes and release the store."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        if self.store is not None:
+            self.store.close()
