@@ -108,6 +108,32 @@ class SidecarSettings(BaseModel):
         return value
 
 
+class ConsoleSettings(BaseModel):
+    """The auditor's web console (``guard console``, or mounted in the sidecar)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8282, ge=1, le=65535)
+    auditors: list[str] = Field(default_factory=list)
+    """Caller ids (a token's ``sub``) that may sign in; empty means nobody may."""
+    purpose: str = "rights.request"
+    """Purpose declared when an auditor opens a subject's report (the policy decides)."""
+    categories: list[str] = Field(default_factory=lambda: ["identity"], min_length=1)
+    """Categories declared for that request."""
+    grant_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    """How long an allowed subject lookup may be viewed and exported."""
+    page_size: int = Field(default=50, ge=1, le=500)
+    mount_in_sidecar: bool = False
+    """Serve the console from the sidecar under ``mount_path``."""
+    mount_path: str = "/console"
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path_is_a_sub_path(cls, value: str) -> str:
+        if not value.startswith("/") or value.rstrip("/") == "":
+            raise ValueError(f"must be a path below /, e.g. /console, not {value!r}")
+        return value.rstrip("/")
+
+
 class Settings(BaseSettings):
     """All settings; read with :func:`load_settings`."""
 
@@ -119,6 +145,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guard._types import HttpContext, Reason
@@ -55,7 +55,7 @@ class SidecarApp:
         starlette: The Starlette app with the other routes and the lifespan.
     """
 
-    __slots__ = ("_check", "_prefix", "_proxy", "sidecar", "starlette")
+    __slots__ = ("_check", "_console", "_prefix", "_proxy", "sidecar", "starlette")
 
     def __init__(self, sidecar: Sidecar, starlette: Starlette) -> None:
         self.sidecar = sidecar
@@ -63,6 +63,8 @@ class SidecarApp:
         self._prefix = sidecar.settings.sidecar.check_path.rstrip("/")
         self._check = CheckEndpoint(sidecar)
         self._proxy = ProxyEndpoint(sidecar) if sidecar.settings.sidecar.upstream else None
+        console = sidecar.settings.console
+        self._console = console.mount_path.rstrip("/") if console.mount_in_sidecar else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -70,7 +72,8 @@ class SidecarApp:
             if path == self._prefix or path.startswith(self._prefix + "/"):
                 await _fail_closed(self._check, scope, receive, send)
                 return
-            if self._proxy is not None and path not in OWN_PATHS:
+            if self._proxy is not None and path not in OWN_PATHS and not (
+                    self._console and (path + "/").startswith(self._console + "/")):
                 await _fail_closed(self._proxy, scope, receive, send)
                 return
         await self.starlette(scope, receive, send)
@@ -226,7 +229,13 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
                 built.outcomes.flush()
             await asyncio.to_thread(built.guard.close)
 
-    app = Starlette(routes=_routes(built), lifespan=lifespan)
+    routes = _routes(built)
+    if built.settings.console.mount_in_sidecar:  # the auditor's console (docs/console.md)
+        from middleware.console import create_console
+
+        routes.append(Mount(built.settings.console.mount_path,
+                            app=create_console(built.settings, guard=built.guard)))
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.sidecar = built
     return SidecarApp(built, app)
 

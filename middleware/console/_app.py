@@ -1,0 +1,194 @@
+"""The console as a Starlette app: routes, sign-in, security headers, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from guard import Guard
+from guard._errors import GuardError
+from guard.audit import load_hmac_key
+from guard.config import Settings, load_settings
+from middleware.console import _views
+from middleware.console._auth import COOKIE, Gate
+from middleware.console._pages import render
+from middleware.console._state import Console
+from middleware.identity import Authenticator, IdentityError
+
+_log = logging.getLogger("guard.console")
+_STATIC = Path(__file__).with_name("static")
+_MAX_FORM = 16 * 1024
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+Handler = Callable[[Request, Console, str], Awaitable[Response]]
+
+
+class SecurityHeaders:
+    """Adds CSP, no-sniff, no-referrer and no-store to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [(b"content-security-policy", CSP.encode()),
+                            (b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"no-referrer"),
+                            (b"x-frame-options", b"DENY")]
+                if not scope["path"].startswith("/static/"):
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def base_path(request: Request) -> str:
+    """Where the console is mounted (``""`` at the root, ``/console`` in the sidecar)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+async def form(request: Request) -> dict[str, str]:
+    """A small URL-encoded form body (first value of each field)."""
+    body = await request.body()
+    if len(body) > _MAX_FORM:
+        return {}
+    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {k: v[0] for k, v in parsed.items()}
+
+
+def _protected(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        console: Console = request.app.state.console
+        auditor = console.gate.request_auditor(request)
+        if auditor is None:
+            if request.headers.get("accept", "").startswith("text/event-stream"):
+                return Response("sign in first", status_code=401)
+            return RedirectResponse(f"{base_path(request)}/signin", status_code=303)
+        try:
+            return await handler(request, console, auditor)
+        except GuardError as exc:
+            return render(request, "error.html", {"auditor": auditor, "message": str(exc)},
+                          status_code=400)
+    return endpoint
+
+
+async def signin_page(request: Request) -> Response:
+    """The sign-in form."""
+    return render(request, "signin.html", {"auditor": None, "error": None})
+
+
+async def signin(request: Request) -> Response:
+    """Verify the pasted token; on success keep it in an HttpOnly cookie."""
+    console: Console = request.app.state.console
+    token = (await form(request)).get("token", "").strip()
+    try:
+        auditor = console.gate.auditor(token) if token else None
+    except IdentityError as exc:
+        _log.info("console sign-in refused: %s", exc)
+        auditor = None
+    if auditor is None:
+        return render(request, "signin.html",
+                      {"auditor": None,
+                       "error": "That token is not valid for an auditor of this console."},
+                      status_code=401)
+    _log.info("console sign-in: %s", auditor)
+    response = RedirectResponse(f"{base_path(request)}/decisions", status_code=303)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path=f"{base_path(request)}/")
+    return response
+
+
+async def signout(request: Request) -> Response:
+    """Forget the cookie."""
+    response = RedirectResponse(f"{base_path(request)}/signin", status_code=303)
+    response.delete_cookie(COOKIE, path=f"{base_path(request)}/")
+    return response
+
+
+async def home(request: Request) -> Response:
+    """The decisions table is the start page."""
+    return RedirectResponse(f"{base_path(request)}/decisions", status_code=303)
+
+
+def _routes() -> list[BaseRoute]:
+    p = _protected
+    return [
+        Route("/", home),
+        Route("/signin", signin_page, methods=["GET"]),
+        Route("/signin", signin, methods=["POST"]),
+        Route("/signout", signout, methods=["POST"]),
+        Route("/decisions", p(_views.decisions)),
+        Route("/decisions/tail", p(_views.tail)),
+        Route("/events/{event_id}", p(_views.event)),
+        Route("/subject", p(_views.subject_form), methods=["GET"]),
+        Route("/subject", p(_views.subject_lookup), methods=["POST"]),
+        Route("/subject/{pseudonym}", p(_views.subject_page)),
+        Route("/subject/{pseudonym}/report.{fmt}", p(_views.subject_export)),
+        Route("/overview", p(_views.overview)),
+        Route("/overview/data.json", p(_views.overview_data)),
+        Route("/integrity", p(_views.integrity), methods=["GET"]),
+        Route("/integrity", p(_views.integrity_check), methods=["POST"]),
+        Route("/policies", p(_views.policies)),
+        Mount("/static", StaticFiles(directory=_STATIC), name="static"),
+    ]
+
+
+def build_console(settings: Settings, guard: Guard | None = None) -> Console:
+    """The console's shared parts; a bad setting raises a GuardError here."""
+    gate = Gate(Authenticator.from_settings(settings.identity), settings.console.auditors)
+    hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)
+    return Console(settings, guard, gate, hmac_key, owns_guard=guard is None)
+
+
+def create_console(settings: Settings | None = None, *, guard: Guard | None = None) -> Starlette:
+    """Build the console app.
+
+    Args:
+        settings: Settings to use; read from guard.toml and ``GUARD_*`` when None.
+        guard: A running guard to record look-ups with (the sidecar passes its own);
+            when None the console opens one at start-up and closes it at shutdown.
+            A mounted console gets no lifespan, so its host must pass ``guard``.
+    """
+    console = build_console(settings if settings is not None else load_settings(), guard)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if console.guard is None:
+            console.guard = await run_in_threadpool(Guard.from_settings, console.settings)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(console.close)
+
+    app = Starlette(routes=_routes(), middleware=[Middleware(SecurityHeaders)],
+                    lifespan=lifespan)
+    app.state.console = console
+    return app
+
+
+def console_state(app: Any) -> Console:
+    """The :class:`Console` of an app made by :func:`create_console` (for tests and hosts)."""
+    state: Console = app.state.console
+    return state

@@ -1,0 +1,194 @@
+"""The console's read queries: filtered decisions paged by keyset, one event, the live tail."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from guard.audit import AuditEvent, AuditQueryError, EventFilter, Store, parse_when
+from guard.audit._event import FIELD_NAMES
+from guard.audit._schema import row_event
+
+E_COLUMNS = ", ".join(f"e.{name}" for name in FIELD_NAMES)
+OUTCOME = ("(SELECT max(o.http_status) FROM audit_event o "
+           "WHERE o.decision_ref = e.event_id AND o.kind = 'outcome')")
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """The decision table's filters, as typed by the auditor (all optional).
+
+    Args:
+        since: Start of the time range: a date, a date-time or a span back (``7d``).
+        until: End of the time range (exclusive), same forms.
+        caller: Exact caller id.
+        party_type: ``internal``, ``processor``...
+        country: ISO 3166 alpha-2 code.
+        purpose: A purpose key; its sub-purposes match too.
+        category: A category key; its sub-categories match too.
+        reason: A reason code.
+        outcome: ``allowed``, ``denied`` or empty for both.
+        route: An HTTP route template, e.g. ``/customers/{customer_id}``.
+        policy_version: A policy version digest.
+    """
+
+    since: str = ""
+    until: str = ""
+    caller: str = ""
+    party_type: str = ""
+    country: str = ""
+    purpose: str = ""
+    category: str = ""
+    reason: str = ""
+    outcome: str = ""
+    route: str = ""
+    policy_version: str = ""
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str]) -> Filters:
+        """Read the filters from query parameters; unknown parameters are ignored."""
+        return cls(**{f.name: params.get(f.name, "").strip()[:200] for f in fields(cls)})
+
+    def items(self) -> list[tuple[str, str]]:
+        """The non-empty filters as (name, value) pairs, for links."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name)]
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL condition over alias ``e`` (``?`` placeholders) and its parameters.
+
+        Raises:
+            AuditQueryError: a bad date or outcome value.
+        """
+        if self.outcome not in ("", "allowed", "denied"):
+            raise AuditQueryError(f"outcome must be allowed or denied, not {self.outcome!r}")
+        base = EventFilter(
+            caller=self.caller or None,
+            purpose=self.purpose or None,
+            category=self.category or None,
+            allowed=None if not self.outcome else self.outcome == "allowed",
+            reason=self.reason or None,
+            since=parse_when(self.since, option="from") if self.since else None,
+            until=parse_when(self.until, option="to") if self.until else None,
+        )
+        condition, params = base.where()
+        for column, value in (("party_type", self.party_type), ("country", self.country),
+                              ("http_route", self.route),
+                              ("policy_version", self.policy_version)):
+            if value:
+                condition += f" AND e.{column} = ?"
+                params.append(value.upper() if column == "country" else value)
+        return condition, params
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A decision and the final HTTP status recorded for it."""
+
+    event: AuditEvent
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of decisions, newest first, and the cursor of the next (older) page."""
+
+    rows: tuple[Row, ...]
+    next_cursor: str | None
+
+
+def encode_cursor(event: AuditEvent) -> str:
+    """An opaque cursor after ``event``: its ``ts`` and id, URL-safe."""
+    return base64.urlsafe_b64encode(f"{event.ts}|{event.event_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """The (ts, event_id) a cursor names.
+
+    Raises:
+        AuditQueryError: not a cursor this console made.
+    """
+    try:
+        ts, sep, event_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        ts, sep, event_id = "", "", ""
+    if not sep or not ts or not event_id:
+        raise AuditQueryError("the page cursor is not valid; start again from the first page")
+    return ts, event_id
+
+
+def _rows(store: Store, sql: str, params: list[Any]) -> list[Row]:
+    return [Row(row_event(r[:-1]), r[-1]) for r in store.rows(sql, params)]
+
+
+def decisions_page(store: Store, filters: Filters, *, cursor: str | None, size: int) -> Page:
+    """One page of matching decisions, newest first, after ``cursor``.
+
+    Keyset paging on ``(ts, event_id)``: each page costs the same however deep it is.
+    """
+    condition, params = filters.where()
+    if cursor:
+        ts, event_id = decode_cursor(cursor)
+        # ts <= ? lets the planner walk the ts index from the cursor down.
+        condition += " AND e.ts <= ? AND (e.ts < ? OR e.event_id < ?)"
+        params += [ts, ts, event_id]
+    sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
+           f"ORDER BY e.ts DESC, e.event_id DESC LIMIT {int(size) + 1}")
+    rows = _rows(store, sql, params)
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(tuple(rows), encode_cursor(rows[-1].event) if more and rows else None)
+
+
+def newer_than(store: Store, filters: Filters, ts: str, *, limit: int = 200) -> list[Row]:
+    """Matching decisions with ``ts`` at or after ``ts``, oldest first (for the live tail)."""
+    condition, params = filters.where()
+    sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e "  # noqa: S608 - constant SQL
+           f"WHERE {condition} AND e.ts >= ? ORDER BY e.ts, e.event_id LIMIT {int(limit)}")
+    return _rows(store, sql, [*params, ts])
+
+
+def latest_ts(store: Store) -> str:
+    """The newest ``ts`` in the store, or an empty string."""
+    row = store.rows("SELECT max(ts) FROM audit_event")
+    return str(row[0][0]) if row and row[0][0] else ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    """One event with its outcomes (for a decision) or its decision (for an outcome)."""
+
+    event: AuditEvent
+    related: tuple[AuditEvent, ...]
+
+
+def event_detail(store: Store, event_id: str) -> EventDetail | None:
+    """The event ``event_id`` and the events linked to it, or None."""
+    found = store.rows(f"SELECT {E_COLUMNS} FROM audit_event e WHERE e.event_id = ?",  # noqa: S608 - constant SQL
+                       [event_id])
+    if not found:
+        return None
+    event = row_event(found[0])
+    if event.decision_ref:
+        related = store.rows(f"SELECT {E_COLUMNS} FROM audit_event e WHERE e.event_id = ?",  # noqa: S608 - constant SQL
+                             [event.decision_ref])
+    else:
+        related = store.rows(
+            f"SELECT {E_COLUMNS} FROM audit_event e WHERE e.decision_ref = ? "  # noqa: S608 - constant SQL
+            "ORDER BY e.ts", [event_id])
+    return EventDetail(event, tuple(row_event(r) for r in related))
+
+
+def subject_events(store: Store, pseudonym: str) -> list[Row]:
+    """Every decision about one data subject, allowed or refused, oldest first."""
+    condition, params = EventFilter(subject=pseudonym).where()
+    sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
+           "ORDER BY e.ts, e.event_id")
+    return _rows(store, sql, params)
+
+
+def without_subject(event: AuditEvent) -> AuditEvent:
+    """The event with its subject pseudonym removed (for the decision table)."""
+    return replace(event, subject=None) if event.subject else event

@@ -1,0 +1,75 @@
+"""The integrity view: ``guard.audit.verify`` per writer chain, with when it was checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from guard.audit import Store, load_public_key, public_key_path, verify
+from guard.audit._pipeline import utc_now
+
+
+@dataclass(frozen=True, slots=True)
+class ChainState:
+    """One writer's chain: its size, its newest signed checkpoint, and its first problem."""
+
+    writer_id: str
+    events: int
+    last_seq: int
+    checkpoint_kind: str | None
+    checkpoint_seq: int | None
+    checkpoint_ts: str | None
+    problem: str | None
+    problem_kind: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Integrity:
+    """The result of one verification run."""
+
+    checked_at: str
+    ok: bool
+    events: int
+    checkpoints: int
+    chains: tuple[ChainState, ...]
+    notes: tuple[str, ...]
+    error: str | None = None
+
+
+def _attr(obj: Any, name: str, default: Any = None) -> Any:
+    """Read a report attribute tolerantly (the verify report may grow or rename fields)."""
+    return getattr(obj, name, default)
+
+
+def check(store: Store, signing_key: Path) -> Integrity:
+    """Verify every chain against the public key next to ``signing_key``."""
+    checked_at = utc_now()
+    try:
+        public = load_public_key(public_key_path(signing_key))
+    except Exception as exc:  # any failure to load the key is shown
+        return Integrity(checked_at, False, 0, 0, (), (), f"cannot load the public key: {exc}")
+    report = verify(store, public)
+    problems: dict[str, Any] = {}
+    for problem in _attr(report, "problems", ()) or ():
+        problems.setdefault(str(_attr(problem, "writer_id", "")), problem)
+    sizes = {str(w): (int(n), int(s or 0)) for w, n, s in store.rows(
+        "SELECT writer_id, count(*), max(seq) FROM audit_event GROUP BY writer_id")}
+    latest: dict[str, tuple[str, int, str]] = {}
+    for writer, seq, kind, ts in store.rows(
+            "SELECT writer_id, seq, kind, ts FROM audit_checkpoint ORDER BY writer_id, seq, ts"):
+        latest[str(writer)] = (str(kind), int(seq), str(ts))
+    chains = []
+    for writer in sorted(set(sizes) | set(latest) | set(problems)):
+        events, last_seq = sizes.get(writer, (0, 0))
+        cp = latest.get(writer)
+        problem = problems.get(writer)
+        chains.append(ChainState(
+            writer, events, last_seq,
+            cp[0] if cp else None, cp[1] if cp else None, cp[2] if cp else None,
+            str(problem) if problem is not None else None,
+            str(_attr(problem, "kind", "problem")) if problem is not None else None))
+    ok = bool(_attr(report, "ok", not problems))
+    return Integrity(checked_at, ok, int(_attr(report, "events", 0)),
+                     int(_attr(report, "checkpoints", 0)), tuple(chains),
+                     tuple(str(n) for n in (_attr(report, "notes", ()) or ())))

@@ -1,0 +1,127 @@
+"""Subject access: look a person up by pseudonym, record the look-up, build the reply.
+
+The raw subject id arrives in a POST body and goes no further than
+:meth:`guard.Guard.acheck` (whose pipeline turns it into the keyed pseudonym);
+it is never logged, stored or put in a URL. The look-up is a real decision by
+the policy: the auditor asks for the configured purpose (``rights.request``)
+about that subject, and the trail records who looked at whom. An allowed
+look-up is a *grant*: its decision id, with the pseudonym, opens the report and
+its exports for ``console.grant_minutes``; each view or export is recorded as
+an ``outcome`` of that decision, naming the route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from guard import Guard
+from guard._types import HttpContext, Request
+from guard.audit import Store, SubjectReport, pseudonymise, subject_report
+from guard.audit._pipeline import TS_FORMAT
+from guard.config import ConsoleSettings
+from guard.policy._compiled import ADEQUATE, CompiledPolicy
+from middleware.console._data import Row, subject_events
+
+HOME_COUNTRY = "GB"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The decision on an auditor's subject look-up."""
+
+    allowed: bool
+    reason: str
+    decision_id: str
+    pseudonym: str
+
+
+async def lookup(guard: Guard, hmac_key: bytes, conf: ConsoleSettings, auditor: str,
+                 raw_subject: str) -> Lookup:
+    """Ask the policy whether ``auditor`` may see this subject's accesses, and record it.
+
+    Args:
+        guard: Decides and records (fail closed: an unrecordable look-up is refused).
+        hmac_key: The subject HMAC key of the trail.
+        conf: The console settings (purpose and categories declared).
+        auditor: The signed-in auditor's caller id.
+        raw_subject: The subject id as typed; used only here.
+    """
+    request = Request(auditor, conf.purpose, tuple(conf.categories), subject=raw_subject)
+    checked = await guard.acheck(request, HttpContext(method="POST", route="/subject"))
+    decision = checked.decision
+    return Lookup(decision.allowed and bool(checked.decision_id), decision.reason,
+                  checked.decision_id, pseudonymise(hmac_key, raw_subject))
+
+
+def grant_valid(store: Store, decision_id: str, auditor: str, pseudonym: str,
+                minutes: int, *, now: datetime | None = None) -> bool:
+    """True if ``decision_id`` is a recent allowed look-up of ``pseudonym`` by ``auditor``."""
+    rows = store.rows(
+        "SELECT caller, subject, allowed, ts FROM audit_event "
+        "WHERE event_id = ? AND kind = 'decision'", [decision_id])
+    if not rows:
+        return False
+    caller, subject, allowed, ts = rows[0]
+    oldest = ((now or datetime.now(UTC)) - timedelta(minutes=minutes)).strftime(TS_FORMAT)
+    return caller == auditor and subject == pseudonym and allowed == 1 and str(ts) >= oldest
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A recipient outside the home country and what makes the transfer lawful."""
+
+    recipient: str
+    country: str
+    safeguard: str
+    accesses: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectView:
+    """Everything the console shows and exports about one data subject."""
+
+    report: SubjectReport
+    decisions: tuple[Row, ...]
+    transfers: tuple[Transfer, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reply as a JSON-ready mapping (notice §9)."""
+        data = self.report.to_dict()
+        data["transfers_abroad"] = [
+            {"recipient": t.recipient, "country": t.country, "safeguard": t.safeguard,
+             "accesses": t.accesses} for t in self.transfers]
+        data["decisions"] = [
+            {"when": r.event.ts, "caller": r.event.caller, "party_type": r.event.party_type,
+             "country": r.event.country, "purpose": r.event.purpose,
+             "lawful_basis": list(r.event.lawful_basis),
+             "categories": list(r.event.categories), "action": r.event.action,
+             "allowed": r.event.allowed, "reason": r.event.reason,
+             "status": r.status, "event_id": r.event.event_id}
+            for r in self.decisions]
+        return data
+
+
+def safeguard(policy: CompiledPolicy | None, caller: str) -> str:
+    """What the policy says makes transfers to ``caller`` lawful (``adequate``, ``idta``...)."""
+    party = policy.parties.get(caller) if policy is not None else None
+    if party is None:
+        return "unknown"
+    if party.mechanisms:
+        return ", ".join(sorted(party.mechanisms))
+    return ADEQUATE if party.transfer_safe else "none"
+
+
+def subject_view(store: Store, pseudonym: str, policy: CompiledPolicy | None) -> SubjectView:
+    """Build the subject's reply from the store (``policy`` names transfer safeguards)."""
+    report = subject_report(store, pseudonym)
+    decisions = tuple(subject_events(store, pseudonym))
+    counts: dict[tuple[str, str], int] = {}
+    for access in report.accesses:
+        if access.country and access.country != HOME_COUNTRY:
+            key = (access.recipient, access.country)
+            counts[key] = counts.get(key, 0) + 1
+    transfers = tuple(Transfer(name, country, safeguard(policy, name), n)
+                      for (name, country), n in sorted(counts.items()))
+    return SubjectView(report, decisions, transfers)
