@@ -19,7 +19,7 @@ from datetime import date
 from guard.rights._entries import EntryKind, Record, State
 
 _BITMAP_BITS = 25
-_SHIFT = 64 - _BITMAP_BITS
+BITMAP_SHIFT = _SHIFT = 64 - _BITMAP_BITS
 _RECORD = struct.Struct("<BHI")  # kind, purpose id, day ordinal
 _KINDS = tuple(EntryKind)
 _KIND_CODE = {kind: code for code, kind in enumerate(_KINDS)}
@@ -35,7 +35,6 @@ class SubjectIndex:
     """Sorted keys, packed states and a bitmap; look-ups are safe beside updates."""
 
     __slots__ = (
-        "_bitmap",
         "_blob",
         "_garbage",
         "_hi",
@@ -44,10 +43,11 @@ class SubjectIndex:
         "_offsets",
         "_purpose_ids",
         "_purposes",
+        "bitmap",
     )
 
     def __init__(self) -> None:
-        self._bitmap = bytearray(1 << (_BITMAP_BITS - 3))
+        self.bitmap = bytearray(1 << (_BITMAP_BITS - 3))
         self._hi = array("Q")
         self._lo = array("Q")
         self._offsets = array("I")
@@ -63,12 +63,12 @@ class SubjectIndex:
     def maybe(self, hi: int) -> bool:
         """False when no subject with these first 64 bits has an entry (no lock taken)."""
         bit = hi >> _SHIFT
-        return bool(self._bitmap[bit >> 3] & (1 << (bit & 7)))
+        return bool(self.bitmap[bit >> 3] & (1 << (bit & 7)))
 
     def get(self, hi: int, lo: int) -> State | None:
         """The state stored for the key, or None."""
         bit = hi >> _SHIFT
-        if not self._bitmap[bit >> 3] & (1 << (bit & 7)):
+        if not self.bitmap[bit >> 3] & (1 << (bit & 7)):
             return None
         with self._lock:
             pos = self._find(hi, lo)
@@ -132,7 +132,7 @@ class SubjectIndex:
                 self._lo.insert(pos, lo)
                 self._offsets.insert(pos, offset)
                 bit = hi >> _SHIFT
-                self._bitmap[bit >> 3] |= 1 << (bit & 7)
+                self.bitmap[bit >> 3] |= 1 << (bit & 7)
             if self._garbage > 1 << 20 and self._garbage > len(self._blob) // 2:
                 self._compact()
 
@@ -143,13 +143,13 @@ class SubjectIndex:
         fresh._hi = array("Q", (r[0] for r in rows))
         fresh._lo = array("Q", (r[1] for r in rows))
         fresh._offsets = array("I", (fresh._encode(r[2]) for r in rows))
-        bitmap = fresh._bitmap
+        bitmap = fresh.bitmap
         for hi in fresh._hi:
             bit = hi >> _SHIFT
             bitmap[bit >> 3] |= 1 << (bit & 7)
         with self._lock:
             self._hi, self._lo, self._offsets = fresh._hi, fresh._lo, fresh._offsets
-            self._blob, self._bitmap, self._garbage = fresh._blob, fresh._bitmap, 0
+            self._blob, self.bitmap, self._garbage = fresh._blob, fresh.bitmap, 0
             self._purposes, self._purpose_ids = fresh._purposes, fresh._purpose_ids
 
     def _compact(self) -> None:
@@ -166,4 +166,4 @@ class SubjectIndex:
         return (self._hi.buffer_info()[1] * self._hi.itemsize
                 + self._lo.buffer_info()[1] * self._lo.itemsize
                 + self._offsets.buffer_info()[1] * self._offsets.itemsize
-                + len(self._blob) + len(self._bitmap))
+                + len(self._blob) + len(self.bitmap))

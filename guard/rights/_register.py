@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -17,7 +18,7 @@ from guard.audit._event import EventKind
 from guard.audit._pipeline import utc_now
 from guard.policy._compiled import CompiledPolicy
 from guard.rights._entries import Entry, Record, State, fold
-from guard.rights._index import SubjectIndex, split_digest
+from guard.rights._index import BITMAP_SHIFT, SubjectIndex, split_digest
 from guard.rights._store import CHANNEL, RegisterStore
 from guard.rights._validate import Change, validate
 
@@ -28,6 +29,18 @@ RecordEvent = Callable[[EventKind, dict[str, Any]], str]
 
 POLL_SECONDS = 0.25
 """SQLite: how often a running guard looks for entries other processes recorded."""
+
+
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after the inner and outer HMAC pads of ``key`` (RFC 2104)."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in key)),
+            hashlib.sha256(bytes(b ^ 0x5C for b in key)))
+
+
+_BLOCK = 64  # SHA-256's block size
 
 
 def _state(entries: list[Entry]) -> State:
@@ -48,6 +61,7 @@ class Register:
 
     def __init__(self, hmac_key: bytes, store: RegisterStore | None = None) -> None:
         self._key = hmac_key
+        self._inner, self._outer = _hmac_pads(hmac_key)
         self.store = store
         self.index = SubjectIndex()
         self._refresh_lock = threading.Lock()
@@ -80,10 +94,16 @@ class Register:
 
     def lookup(self, subject: str) -> State | None:
         """The subject's entries in force; None when the subject has no entry."""
-        digest = hmac.digest(self._key, subject.encode(), "sha256")
+        # HMAC-SHA256 from precomputed pads: a third of hmac.digest's cost per call.
+        inner = self._inner.copy()
+        inner.update(subject.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        digest = outer.digest()
         hi = int.from_bytes(digest[:8], "big")
         index = self.index
-        if not index.maybe(hi):
+        bit = hi >> BITMAP_SHIFT  # the index's bitmap, read inline: the common miss
+        if not index.bitmap[bit >> 3] & (1 << (bit & 7)):
             return None
         return index.get(hi, int.from_bytes(digest[8:16], "big"))
 

@@ -35,6 +35,8 @@ from middleware.sidecar._paths import judgeable_path
 from middleware.sidecar._problem import ambiguous_path, sidecar_problem
 from middleware.sidecar._proxy import Proxy, UpstreamError
 from middleware.sidecar._state import Sidecar, build_sidecar, peer_of
+from middleware.sidecar._subjects_api import PATHS as SUBJECT_PATHS
+from middleware.sidecar._subjects_api import routes as subject_routes
 from middleware.sidecar._transport import UpstreamTransport
 
 _log = logging.getLogger("guard.sidecar")
@@ -42,7 +44,7 @@ _log = logging.getLogger("guard.sidecar")
 SETTINGS_ENV = "GUARD_SIDECAR_SETTINGS_JSON"
 """Settings handed to uvicorn worker processes (``guard sidecar --workers N``)."""
 
-OWN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/v1/decide"})
+OWN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/v1/decide", *SUBJECT_PATHS})
 """Served by the sidecar itself, never forwarded (besides the check path)."""
 
 
@@ -175,6 +177,7 @@ def _routes(sidecar: Sidecar) -> list[BaseRoute]:
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/decide", decide_endpoint, methods=["POST"]),
+        *subject_routes(),  # the subject register API
     ]
     return routes
 

@@ -13,6 +13,8 @@ from middleware.sidecar._decide_api import (
     DecideResult,
     Problem,
 )
+from middleware.sidecar._subjects_api import MODELS as SUBJECT_MODELS
+from middleware.sidecar._subjects_api import openapi_paths as subject_paths
 
 _REF = "#/components/schemas/{model}"
 _MODELS: tuple[type[BaseModel], ...] = (
@@ -21,6 +23,7 @@ _MODELS: tuple[type[BaseModel], ...] = (
     DecideResult,
     DecideBatchResult,
     Problem,
+    *SUBJECT_MODELS,
 )
 
 
@@ -133,6 +136,7 @@ def openapi_document(check_path: str, *, version: str) -> dict[str, Any]:
                     },
                 }
             },
+            **subject_paths(_problem),
             check: {"get": {**nginx_check, "operationId": "check_nginx"}},
             check + "/{original_path}": {"get": {**envoy_check, "operationId": "check_envoy"}},
             "/healthz": {
