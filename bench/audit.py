@@ -43,6 +43,7 @@ from guard.audit import (
     AuditTrail,
     EventKind,
     Store,
+    derive_chain_key,
     load_signing_key,
     open_store,
     pseudonymise,
@@ -53,6 +54,7 @@ from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT, Row, chain_row
 
 KEY = b"b" * 32
 PIPELINE = AuditPipeline(KEY)
+CHAIN_KEY = derive_chain_key(KEY)  # trails are keyed, as AuditTrail.open makes them
 
 
 def make_events(n: int) -> list[AuditEvent]:
@@ -105,7 +107,8 @@ GROUP_BATCH: list[float] = []  # events per commit of each group run
 
 def group_commit(store: Store, key: Path, events: list[AuditEvent], writers: int) -> float:
     counted = CountingStore(store)
-    trail = AuditTrail(counted, load_signing_key(key))  # type: ignore[arg-type]
+    trail = AuditTrail(counted, load_signing_key(key),  # type: ignore[arg-type]
+                       chain_key=CHAIN_KEY)
     share = [events[i::writers] for i in range(writers)]
 
     def work(i: int) -> None:
@@ -120,7 +123,7 @@ def group_commit(store: Store, key: Path, events: list[AuditEvent], writers: int
 
 def group_commit_tasks(store: Store, key: Path, events: list[AuditEvent], writers: int) -> float:
     """``writers`` coroutines in one event loop, each awaiting ``arecord`` for its events."""
-    trail = AuditTrail(store, load_signing_key(key))
+    trail = AuditTrail(store, load_signing_key(key), chain_key=CHAIN_KEY)
     share = [events[i::writers] for i in range(writers)]
 
     async def work(i: int) -> None:

@@ -43,7 +43,12 @@ class AuditSettings(BaseModel):
     """Local spool file; when set, events the store cannot take are spooled, not denied."""
     hmac_key: Path = Path(".guard/subject-hmac.key")
     signing_key: Path = Path(".guard/audit-signing.key")
-    checkpoint_every: int = 1000
+    checkpoint_every: int = Field(default=1000, ge=1)
+    """Sign a checkpoint at least every this many events of a chain."""
+    checkpoint_seconds: float = Field(default=60.0, gt=0)
+    """... and within this many seconds of a chain's first unsigned event."""
+    witness: Path | None = None
+    """Append-only file (on another volume) that also receives every signed checkpoint."""
     writer_id: str | None = None
     otlp_endpoint: str | None = None
     writer: Literal["thread", "process"] = "thread"

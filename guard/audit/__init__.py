@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from guard.audit._checkpoint import Checkpoint, CheckpointKind
+from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
 from guard.audit._event import GENESIS_HASH, AuditEvent, EventKind, canonical_json, compute_hash
 from guard.audit._ids import new_event_id
 from guard.audit._keys import (
+    derive_chain_key,
     load_hmac_key,
     load_public_key,
     load_signing_key,
@@ -28,6 +29,7 @@ from guard.audit._report import SubjectReport, subject_report
 from guard.audit._store import AuditStoreError, Store, open_store
 from guard.audit._trail import AuditTrail, Trail, open_trail
 from guard.audit._verify import Problem, VerifyReport, verify
+from guard.audit._witness import Witness, WitnessRead, read_witness
 
 __all__ = [
     "GENESIS_HASH",
@@ -47,10 +49,14 @@ __all__ = [
     "Stats",
     "Store",
     "SubjectReport",
+    "Terms",
     "Trail",
     "VerifyReport",
+    "Witness",
+    "WitnessRead",
     "canonical_json",
     "compute_hash",
+    "derive_chain_key",
     "load_hmac_key",
     "load_public_key",
     "load_signing_key",
@@ -61,6 +67,7 @@ __all__ = [
     "pseudonymise",
     "public_key_path",
     "query_events",
+    "read_witness",
     "render_json",
     "stats",
     "subject_report",

@@ -20,7 +20,40 @@ class CheckpointKind(StrEnum):
     PERIODIC = "periodic"
     """Every N events or on the timer."""
     CLOSE = "close"
-    """The writer closed; no event of this writer may follow."""
+    """The writer closed (or, after losing its store, abandoned the chain and closed it
+    once the store came back); no event of this writer may follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What a chain's writer promises, signed into every checkpoint of the chain.
+
+    ``chain`` is the hash format (3: content keyed with the chain key; 2: plain
+    SHA-256); ``every`` and ``seconds`` bound each unsigned stretch: a writer signs
+    a checkpoint at most ``every`` events, and at most ``seconds`` seconds after
+    the first event it has not signed yet.
+    """
+
+    chain: int
+    every: int
+    seconds: float
+
+    def to_json(self) -> str:
+        """Canonical JSON (the stored and signed form)."""
+        return json.dumps({"chain": self.chain, "every": self.every, "seconds": self.seconds},
+                          sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Terms:
+        """Parse :meth:`to_json` output.
+
+        Raises:
+            ValueError: not a terms object.
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict) or set(data) != {"chain", "every", "seconds"}:
+            raise ValueError(f"not checkpoint terms: {text!r}")
+        return cls(int(data["chain"]), int(data["every"]), float(data["seconds"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +68,13 @@ class Checkpoint:
     kind: CheckpointKind
     key_id: str
     signature: str
+    terms: str | None = None
+    """:meth:`Terms.to_json` of the chain's terms; None for checkpoints made before terms."""
 
     def payload(self) -> bytes:
         """The bytes that are signed."""
-        return signed_payload(self.writer_id, self.seq, self.hash, self.ts, self.kind)
+        return signed_payload(self.writer_id, self.seq, self.hash, self.ts, self.kind,
+                              terms=self.terms)
 
     def valid(self, public: Ed25519PublicKey) -> bool:
         """True when the signature verifies with ``public``."""
@@ -49,9 +85,15 @@ class Checkpoint:
         return True
 
 
-def signed_payload(writer_id: str, seq: int, hash_: str, ts: str, kind: CheckpointKind) -> bytes:
-    """Canonical JSON of the checkpoint's signed fields."""
-    data = {"hash": hash_, "kind": kind.value, "seq": seq, "ts": ts, "writer_id": writer_id}
+def signed_payload(
+    writer_id: str, seq: int, hash_: str, ts: str, kind: CheckpointKind, *,
+    terms: str | None = None,
+) -> bytes:
+    """Canonical JSON of the checkpoint's signed fields (``terms`` as its text, when set)."""
+    data: dict[str, object] = {"hash": hash_, "kind": kind.value, "seq": seq, "ts": ts,
+                               "writer_id": writer_id}
+    if terms is not None:
+        data["terms"] = terms
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -64,9 +106,11 @@ def sign_checkpoint(
     hash_: str,
     ts: str,
     kind: CheckpointKind,
+    terms: Terms | None = None,
 ) -> Checkpoint:
-    """Sign the head of a chain."""
-    signature = key.sign(signed_payload(writer_id, seq, hash_, ts, kind)).hex()
+    """Sign the head of a chain (and the chain's terms, when given)."""
+    text = terms.to_json() if terms is not None else None
+    signature = key.sign(signed_payload(writer_id, seq, hash_, ts, kind, terms=text)).hex()
     return Checkpoint(
         checkpoint_id=checkpoint_id,
         writer_id=writer_id,
@@ -76,4 +120,5 @@ def sign_checkpoint(
         kind=kind,
         key_id=key_id(key.public_key()),
         signature=signature,
+        terms=text,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
@@ -80,9 +81,11 @@ class AuditEvent:
             values["allowed"] = bool(values["allowed"])
         return cls(**values)
 
-    def linked(self, writer_id: str, seq: int, prev_hash: str) -> AuditEvent:
-        """This event placed in a chain, with its hash computed."""
-        digest = chain_hash(writer_id, seq, prev_hash, content_digest(self))
+    def linked(self, writer_id: str, seq: int, prev_hash: str, key: ChainKey | None = None
+               ) -> AuditEvent:
+        """This event placed in a chain, with its hash computed (keyed by ``key`` if given)."""
+        digest = chain_hash(writer_id, seq, prev_hash, content_digest(self, key),
+                            keyed=key is not None)
         return replace(self, writer_id=writer_id, seq=seq, prev_hash=prev_hash, hash=digest)
 
 
@@ -140,29 +143,61 @@ def content_row(event: AuditEvent) -> tuple[Any, ...]:
     )
 
 
-def digest_content(content: tuple[Any, ...]) -> str:
-    """SHA-256 (hex) of a :func:`content_row` as a compact JSON array (ASCII escapes)."""
-    return hashlib.sha256(_dumps_compact(content).encode()).hexdigest()
+class ChainKey:
+    """The secret that keys a format-3 chain: an HMAC-SHA256 key over each event's content.
+
+    The store never holds it, so whoever can write to the store but lacks the key
+    cannot re-hash an edited event, nor re-link a chain after deleting events.
+
+    Args:
+        key: The key bytes (see :func:`guard.audit.derive_chain_key`).
+    """
+
+    __slots__ = ("_base",)
+
+    def __init__(self, key: bytes) -> None:
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+
+    def digest(self, data: bytes) -> str:
+        """HMAC-SHA256 (hex) of ``data`` under this key."""
+        mac = self._base.copy()
+        mac.update(data)
+        return mac.hexdigest()
 
 
-def content_digest(event: AuditEvent) -> str:
+def digest_content(content: tuple[Any, ...], key: ChainKey | None = None) -> str:
+    """The digest of a :func:`content_row` as a compact JSON array (ASCII escapes).
+
+    HMAC-SHA256 under ``key`` (format 3), or plain SHA-256 without one (format 2).
+    """
+    data = _dumps_compact(content).encode()
+    if key is not None:
+        return key.digest(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_digest(event: AuditEvent, key: ChainKey | None = None) -> str:
     """The digest of the event's content: known before the event is linked."""
-    return digest_content(content_row(event))
+    return digest_content(content_row(event), key)
 
 
-def chain_hash(writer_id: str, seq: int, prev_hash: str, digest: str) -> str:
-    """An event's hash: SHA-256 (hex) of ``["v2",writer_id,seq,prev_hash,content_digest]``.
+def chain_hash(writer_id: str, seq: int, prev_hash: str, digest: str, *, keyed: bool = False
+               ) -> str:
+    """An event's hash: SHA-256 (hex) of ``[tag,writer_id,seq,prev_hash,content_digest]``.
 
+    ``tag`` is ``"v3"`` for a keyed chain (``digest`` is an HMAC), ``"v2"`` otherwise.
     The link is canonical JSON (an array, no spaces, ASCII), so no two different
     (writer, position, predecessor, content) tuples give the same bytes.
     """
-    return hashlib.sha256(_dumps_compact(["v2", writer_id, seq, prev_hash, digest]).encode()
+    tag = "v3" if keyed else "v2"
+    return hashlib.sha256(_dumps_compact([tag, writer_id, seq, prev_hash, digest]).encode()
                           ).hexdigest()
 
 
-def compute_hash(event: AuditEvent) -> str:
-    """The hash the event's chain fields and content call for (format 2)."""
-    return chain_hash(event.writer_id, event.seq, event.prev_hash, content_digest(event))
+def compute_hash(event: AuditEvent, key: ChainKey | None = None) -> str:
+    """The hash the event's chain fields and content call for (format 3 with ``key``, else 2)."""
+    return chain_hash(event.writer_id, event.seq, event.prev_hash, content_digest(event, key),
+                      keyed=key is not None)
 
 
 def legacy_hash(event: AuditEvent) -> str:

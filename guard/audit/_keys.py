@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from guard._errors import ConfigError
 from guard._secrets import key_id, load_ed25519_key, write_secret
 
-__all__ = ["key_id", "load_hmac_key", "load_public_key", "load_signing_key", "pseudonymise",
-           "public_key_path"]
+__all__ = ["derive_chain_key", "key_id", "load_hmac_key", "load_public_key", "load_signing_key",
+           "pseudonymise", "public_key_path"]
 
 
 def load_hmac_key(path: Path, *, create: bool = False) -> bytes:
@@ -38,6 +38,19 @@ def load_hmac_key(path: Path, *, create: bool = False) -> bytes:
 def pseudonymise(key: bytes, subject_id: str) -> str:
     """The keyed pseudonym of a data-subject id: HMAC-SHA256, hex."""
     return hmac.new(key, subject_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+_CHAIN_KEY_LABEL = b"purpose-guard audit chain key v1"
+
+
+def derive_chain_key(hmac_key: bytes) -> bytes:
+    """The key of format-3 audit chains, derived from the subject HMAC key.
+
+    HMAC-SHA256 of a fixed label under the HMAC key: whoever holds ``audit.hmac_key``
+    (the guard, and auditors who can pseudonymise subjects) can link and check
+    chains; the store itself never holds it.
+    """
+    return hmac.new(hmac_key, _CHAIN_KEY_LABEL, hashlib.sha256).digest()
 
 
 def public_key_path(signing_key: Path) -> Path:

@@ -11,13 +11,14 @@ from guard.audit._event import (
     FIELD_NAMES,
     TUPLE_FIELDS,
     AuditEvent,
+    ChainKey,
     EventKind,
     chain_hash,
     content_row,
     digest_content,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Portable DDL: the same text runs on SQLite and PostgreSQL.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -86,6 +87,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX IF NOT EXISTS subject_register_recorded ON subject_register (recorded_at)",
     ),
+    # The chain's signed terms (hash format, checkpoint bounds); null on older checkpoints.
+    3: ("ALTER TABLE audit_checkpoint ADD COLUMN terms TEXT",),
 }
 
 SCHEMA_VERSION_DDL = (
@@ -98,9 +101,9 @@ INSERT_EVENT = (
     f"INSERT INTO audit_event ({EVENT_COLUMNS}) VALUES ({', '.join('?' * len(FIELD_NAMES))}) "  # noqa: S608 - constant SQL
     "ON CONFLICT (event_id) DO NOTHING"
 )
-CHECKPOINT_COLUMNS = "checkpoint_id, writer_id, seq, hash, ts, kind, key_id, signature"
+CHECKPOINT_COLUMNS = "checkpoint_id, writer_id, seq, hash, ts, kind, key_id, signature, terms"
 INSERT_CHECKPOINT = (
-    f"INSERT INTO audit_checkpoint ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608 - constant SQL
+    f"INSERT INTO audit_checkpoint ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608 - constant SQL
     "ON CONFLICT (checkpoint_id) DO NOTHING"
 )
 _TUPLE_INDEXES = frozenset(FIELD_NAMES.index(name) for name in TUPLE_FIELDS)
@@ -118,27 +121,30 @@ def event_row(event: AuditEvent) -> Row:
     return (*content_row(event), event.writer_id, event.seq, event.prev_hash, event.hash)
 
 
-def prepare_row(event: AuditEvent) -> tuple[Row, str]:
-    """The event's content columns and their digest: all of its row but the link.
+def prepare_row(event: AuditEvent, key: ChainKey | None = None) -> tuple[Row, str]:
+    """The event's content columns and their digest (keyed by ``key``): its row but the link.
 
     Producers call this on their own thread before queueing, so the committing
     thread only links (:func:`link_row`).
     """
     head = content_row(event)
-    return head, digest_content(head)
+    return head, digest_content(head, key)
 
 
-def link_row(head: Row, digest: str, writer_id: str, seq: int, prev_hash: str) -> Row:
+def link_row(head: Row, digest: str, writer_id: str, seq: int, prev_hash: str, *,
+             keyed: bool = False) -> Row:
     """The full row of a prepared event placed in a chain; the hash is its last value."""
-    return (*head, writer_id, seq, prev_hash, chain_hash(writer_id, seq, prev_hash, digest))
+    return (*head, writer_id, seq, prev_hash,
+            chain_hash(writer_id, seq, prev_hash, digest, keyed=keyed))
 
 
-def chain_row(event: AuditEvent, writer_id: str, seq: int, prev_hash: str) -> Row:
+def chain_row(event: AuditEvent, writer_id: str, seq: int, prev_hash: str,
+              key: ChainKey | None = None) -> Row:
     """Link ``event`` into a chain and return its row; the hash is the row's last value.
 
     Same result as ``event_row(event.linked(...))`` without building the linked event.
     """
-    return link_row(*prepare_row(event), writer_id, seq, prev_hash)
+    return link_row(*prepare_row(event, key), writer_id, seq, prev_hash, keyed=key is not None)
 
 
 def row_event(row: Sequence[Any]) -> AuditEvent:
@@ -155,10 +161,10 @@ def row_event(row: Sequence[Any]) -> AuditEvent:
 def checkpoint_row(cp: Checkpoint) -> tuple[Any, ...]:
     """The column values of one checkpoint."""
     return (cp.checkpoint_id, cp.writer_id, cp.seq, cp.hash, cp.ts, cp.kind.value, cp.key_id,
-            cp.signature)
+            cp.signature, cp.terms)
 
 
 def row_checkpoint(row: Sequence[Any]) -> Checkpoint:
     """Rebuild a checkpoint from a row selected with ``CHECKPOINT_COLUMNS``."""
     return Checkpoint(row[0], row[1], int(row[2]), row[3], row[4], CheckpointKind(row[5]),
-                      row[6], row[7])
+                      row[6], row[7], row[8])

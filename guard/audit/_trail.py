@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard._errors import AuditUnavailableError
-from guard.audit._event import AuditEvent
-from guard.audit._keys import load_signing_key
+from guard.audit._event import AuditEvent, ChainKey
+from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
 from guard.audit._otel import OtlpLogExporter
 from guard.audit._spool import Spool
 from guard.audit._store import Store, open_store
+from guard.audit._witness import Witness
 from guard.audit._writer import Emitter, GroupCommitWriter
 
 if TYPE_CHECKING:
@@ -54,7 +55,10 @@ class AuditTrail:
         signing_key: Signs checkpoints.
         writer_id: Prefix of this trail's chain id (default: the host name).
         checkpoint_every: Sign a checkpoint every this many events.
-        checkpoint_interval: ... and after this many seconds with unsigned events.
+        checkpoint_interval: ... and within this many seconds of the first unsigned event.
+        chain_key: Keys the chain (format 3, see :func:`guard.audit.derive_chain_key`);
+            None writes format 2, which a store writer can re-hash.
+        witness: Append-only file that also receives every checkpoint.
         spool: Spool file for events the store cannot take (None: fail closed).
         otlp_endpoint: Also export every durable event as an OTLP log record.
     """
@@ -67,6 +71,8 @@ class AuditTrail:
         writer_id: str | None = None,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
+        chain_key: bytes | None = None,
+        witness: Path | None = None,
         spool: Path | None = None,
         otlp_endpoint: str | None = None,
     ) -> None:
@@ -80,21 +86,31 @@ class AuditTrail:
             signing_key=signing_key,
             checkpoint_every=checkpoint_every,
             checkpoint_interval=checkpoint_interval,
+            chain_key=ChainKey(chain_key) if chain_key is not None else None,
+            witness=Witness(witness) if witness is not None else None,
             spool=self._spool,
             emitters=emitters,
         )
 
     @classmethod
     def open(
-        cls, settings: AuditSettings, *, checkpoint_interval: float = 60.0, timeout: float = 5.0
+        cls, settings: AuditSettings, *, checkpoint_interval: float | None = None,
+        timeout: float = 5.0,
     ) -> AuditTrail:
-        """Open the store, load (or create) the signing key and start the writer."""
+        """Open the store, load (or create) the keys and start the writer.
+
+        The chain is keyed (format 3) with the key derived from ``audit.hmac_key``.
+        """
+        chain_key = derive_chain_key(load_hmac_key(settings.hmac_key, create=True))
         return cls(
             open_store(settings.store, create=True, timeout=timeout),
             load_signing_key(settings.signing_key, create=True),
             writer_id=settings.writer_id,
             checkpoint_every=settings.checkpoint_every,
-            checkpoint_interval=checkpoint_interval,
+            checkpoint_interval=(settings.checkpoint_seconds if checkpoint_interval is None
+                                 else checkpoint_interval),
+            chain_key=chain_key,
+            witness=settings.witness,
             spool=settings.spool,
             otlp_endpoint=settings.otlp_endpoint,
         )

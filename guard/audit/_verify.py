@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from guard.audit._checkpoint import Checkpoint, CheckpointKind
-from guard.audit._event import FIELD_NAMES, GENESIS_HASH, compute_hash, legacy_hash
+from guard._errors import ConfigError
+from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
+from guard.audit._event import (
+    FIELD_NAMES,
+    GENESIS_HASH,
+    ChainKey,
+    chain_hash,
+    compute_hash,
+    content_digest,
+    legacy_hash,
+)
 from guard.audit._schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,
@@ -17,16 +28,17 @@ from guard.audit._schema import (
     row_checkpoint,
     row_event,
 )
-from guard.audit._store import Store
+from guard.audit._store import AuditStoreError, Store
+from guard.audit._witness import WitnessRead
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
     """The first thing wrong in one writer's chain.
 
-    ``kind`` is ``altered``, ``deleted``, ``inserted``, ``reordered``, ``truncated``
-    or ``bad_checkpoint``; ``event_id`` names the first bad event (or, for a
-    truncated tail or deletion, the event right before or after the gap).
+    ``kind`` is ``altered``, ``deleted``, ``inserted``, ``reordered``, ``truncated``,
+    ``unsigned`` or ``bad_checkpoint``; ``event_id`` names the first bad event (or,
+    for a truncated tail or deletion, the event right before or after the gap).
     """
 
     kind: str
@@ -64,6 +76,7 @@ class _Row(NamedTuple):
     prev: str
     hash: str
     ok: bool
+    ts: str
 
 
 def _check_chain(writer: str, rows: list[_Row]) -> Problem | None:
@@ -81,7 +94,8 @@ def _check_chain(writer: str, rows: list[_Row]) -> Problem | None:
         if r.seq < exp_seq:
             return problem("inserted", r, f"a second event claims seq {r.seq}")
         if r.prev == exp_prev:
-            return problem("altered", r, "its hash does not match its content")
+            return problem("altered", r, "its hash does not match its content (edited, or "
+                                         "made by someone without the chain key)")
         if r.prev == GENESIS_HASH:
             return problem("inserted", r, "a second chain start inside the chain")
         pred = by_hash.get(r.prev)
@@ -100,16 +114,25 @@ def _check_chain(writer: str, rows: list[_Row]) -> Problem | None:
     return None
 
 
-def _check_checkpoints(
-    writer: str, rows: list[_Row], cps: list[Checkpoint], public: Ed25519PublicKey
-) -> tuple[Problem | None, str | None]:
-    """Problems the signed checkpoints reveal in an otherwise linked chain, and a note."""
+
+
+def _signed(
+    writer: str, cps: list[Checkpoint], public: Ed25519PublicKey
+) -> tuple[list[Checkpoint], Problem | None]:
+    """The chain's checkpoints in seq order, or the first with a bad signature."""
     valid: list[Checkpoint] = []
     for cp in sorted(cps, key=lambda c: (c.seq, c.kind != CheckpointKind.CLOSE)):
         if not cp.valid(public):
-            return Problem("bad_checkpoint", writer, cp.seq, None,
-                           f"checkpoint {cp.checkpoint_id} has an invalid signature"), None
+            return [], Problem("bad_checkpoint", writer, cp.seq, None,
+                               f"checkpoint {cp.checkpoint_id} has an invalid signature")
         valid.append(cp)
+    return valid, None
+
+
+def _check_checkpoints(
+    writer: str, rows: list[_Row], valid: list[Checkpoint]
+) -> tuple[Problem | None, str | None]:
+    """Problems the signed checkpoints reveal in an otherwise linked chain, and a note."""
     first = rows[0] if rows else None
     if not any(cp.kind is CheckpointKind.OPEN for cp in valid):
         return Problem("inserted", writer, first.seq if first else None,
@@ -141,57 +164,210 @@ def _check_checkpoints(
     return None, note
 
 
+def _epoch(ts: str) -> float | None:
+    try:
+        return datetime.fromisoformat(ts).timestamp()
+    except ValueError:
+        return None
+
+
+def stretch_bound(terms: Terms) -> float:
+    """Seconds an unsigned stretch's events may span: ``2 x seconds + 5``.
+
+    The writer signs within ``seconds`` of a stretch's first event; the rest allows
+    for events that waited in the queue and for small clock steps.
+    """
+    return 2 * terms.seconds + 5.0
+
+
+def _check_stretches(
+    writer: str, rows: list[_Row], valid: list[Checkpoint], terms: Terms
+) -> Problem | None:
+    """The first unsigned stretch longer than the chain's signed terms allow, or None.
+
+    A stretch is the events after one signed checkpoint up to the next (or to the
+    end of the chain): at most ``terms.every`` events, spanning at most
+    :func:`stretch_bound` seconds by their timestamps.
+    """
+    marks = sorted({cp.seq for cp in valid} | {0})
+    last_seq = rows[-1].seq if rows else 0
+    if marks[-1] < last_seq:
+        marks.append(last_seq)
+    bound = stretch_bound(terms)
+    for start, end in itertools.pairwise(marks):
+        if end - start > terms.every:
+            row = rows[start + terms.every]
+            return Problem("unsigned", writer, row.seq, row.event_id,
+                           f"{end - start} events after the checkpoint at seq {start} are "
+                           f"not signed; the writer signs at least every {terms.every}")
+        stamps = [(_epoch(r.ts), r) for r in rows[start:end]]
+        lowest = min((t for t, _ in stamps if t is not None), default=None)
+        for t, r in stamps:
+            if t is None or lowest is None or t - lowest > bound:
+                return Problem("unsigned", writer, r.seq, r.event_id,
+                               f"the unsigned stretch after seq {start} spans more than "
+                               f"{bound:g} s; the writer signs within {terms.seconds:g} s")
+    return None
+
+
+def _terms(valid: list[Checkpoint]) -> Terms | None:
+    """The chain's signed terms (from its checkpoints), or None for a chain made before them."""
+    for cp in valid:
+        if cp.terms is not None:
+            try:
+                return Terms.from_json(cp.terms)
+            except ValueError:
+                return None
+    return None
+
+
 _EVENTS_SQL = f"SELECT {EVENT_COLUMNS} FROM audit_event ORDER BY writer_id, seq, event_id"  # noqa: S608
 _CHECKPOINTS_SQL = f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint"  # noqa: S608
+_OLD_CHECKPOINTS_SQL = _CHECKPOINTS_SQL.replace(", terms FROM", " FROM")
+
+
+def _checkpoint_rows(store: Store) -> list[tuple[Any, ...]]:
+    """Every checkpoint row; a store no writer has migrated yet has no ``terms`` column."""
+    try:
+        return list(store.stream(_CHECKPOINTS_SQL))
+    except AuditStoreError:
+        return [(*raw, None) for raw in store.stream(_OLD_CHECKPOINTS_SQL)]
 _SEQ, _WRITER = FIELD_NAMES.index("seq"), FIELD_NAMES.index("writer_id")
 _PREV, _HASH = FIELD_NAMES.index("prev_hash"), FIELD_NAMES.index("hash")
+_TS = FIELD_NAMES.index("ts")
 
 
-def _light(raw: tuple[Any, ...]) -> tuple[str, _Row]:
+def _light(raw: tuple[Any, ...], key: ChainKey | None, *, keyed: bool) -> tuple[str, _Row]:
     """A stored row's chain position, and whether it is exactly what the guard wrote.
 
-    A row is intact when its hash matches its content and chain fields (format 2,
-    or format 1 for events written before it) *and* re-encoding the event
-    gives the stored values back (so ``allowed = 2`` or re-spaced JSON is caught).
+    A row is intact when its hash matches its content and chain fields *and*
+    re-encoding the event gives the stored values back (so ``allowed = 2`` or
+    re-spaced JSON is caught). In a ``keyed`` chain (its signed terms say format 3)
+    only format 3 under ``key`` is accepted; in another chain also format 2, or
+    format 1 (events written before format 2). Format 3 needs the key, so
+    accepting it anywhere lets no one without the key forge a row.
     A row that cannot even be read is not intact.
     """
     try:
         event = row_event(raw)
-        ok = (event_row(event) == tuple(raw)
-              and event.hash in (compute_hash(event), legacy_hash(event)))
+        if event_row(event) != tuple(raw):
+            ok = False
+        else:
+            ok = key is not None and event.hash == chain_hash(
+                event.writer_id, event.seq, event.prev_hash, content_digest(event, key),
+                keyed=True)
+            if not ok and not keyed:
+                ok = event.hash in (compute_hash(event), legacy_hash(event))
     except (ValueError, TypeError, KeyError, IndexError):
         ok = False
     try:
         seq = int(raw[_SEQ])
     except (ValueError, TypeError):
         seq = -1
-    return str(raw[_WRITER]), _Row(seq, str(raw[0]), str(raw[_PREV]), str(raw[_HASH]), ok)
+    return str(raw[_WRITER]), _Row(seq, str(raw[0]), str(raw[_PREV]), str(raw[_HASH]), ok,
+                                   str(raw[_TS]))
 
 
-def verify(store: Store, public: Ed25519PublicKey) -> VerifyReport:
-    """Check every chain and checkpoint in ``store`` against ``public``."""
+def verify(
+    store: Store,
+    public: Ed25519PublicKey,
+    *,
+    chain_key: bytes | None = None,
+    witness: WitnessRead | None = None,
+) -> VerifyReport:
+    """Check every chain and checkpoint in ``store`` against ``public``.
+
+    Args:
+        store: The audit store.
+        public: The checkpoint public key.
+        chain_key: The chain key (:func:`guard.audit.derive_chain_key`); needed when
+            the store holds keyed (format 3) chains.
+        witness: Checkpoints read from the witness file: each must verify, be in the
+            store, and cover events the store still holds.
+
+    Raises:
+        ConfigError: the store holds keyed chains and no ``chain_key`` was given.
+    """
+    checkpoints: dict[str, list[Checkpoint]] = defaultdict(list)
+    stored_ids: set[str] = set()
+    for raw in _checkpoint_rows(store):
+        cp = row_checkpoint(raw)
+        checkpoints[cp.writer_id].append(cp)
+        stored_ids.add(cp.checkpoint_id)
+    cp_total = len(stored_ids)
+    problems: dict[str, Problem] = {}
+    witnessed: dict[str, list[Checkpoint]] = defaultdict(list)
+    if witness is not None:
+        _merge_witness(witness, public, checkpoints=checkpoints, stored_ids=stored_ids,
+                       witnessed=witnessed, problems=problems)
+    signed: dict[str, list[Checkpoint]] = {}
+    for writer, cps in checkpoints.items():
+        valid, bad = _signed(writer, cps, public)
+        if bad is not None:
+            problems.setdefault(writer, bad)
+        signed[writer] = valid
+    terms = {writer: _terms(valid) for writer, valid in signed.items()}
+    keyed = {writer for writer, t in terms.items() if t is not None and t.chain == 3}
+    if keyed and chain_key is None:
+        raise ConfigError("the audit store holds keyed chains: verify needs the chain key "
+                          "(pass --hmac-key, or set audit.hmac_key)")
+    key = ChainKey(chain_key) if chain_key is not None else None
     chains: dict[str, list[_Row]] = defaultdict(list)
     total = 0
     for raw in store.stream(_EVENTS_SQL):
-        writer, row = _light(raw)
+        writer = str(raw[_WRITER])
+        _, row = _light(raw, key, keyed=writer in keyed)
         chains[writer].append(row)
         total += 1
-    checkpoints: dict[str, list[Checkpoint]] = defaultdict(list)
-    cp_total = 0
-    for raw in store.stream(_CHECKPOINTS_SQL):
-        cp = row_checkpoint(raw)
-        checkpoints[cp.writer_id].append(cp)
-        cp_total += 1
-    problems: list[Problem] = []
     notes: list[str] = []
     for writer in sorted(set(chains) | set(checkpoints)):
+        if writer in problems:
+            continue
         rows = chains.get(writer, [])
+        valid = signed.get(writer, [])
         found = _check_chain(writer, rows)
         if found is None:
-            found, note = _check_checkpoints(writer, rows, checkpoints.get(writer, []), public)
+            found, note = _check_checkpoints(writer, rows, valid)
             if note:
                 notes.append(note)
+        chain_terms = terms.get(writer)
+        if found is None and chain_terms is not None:
+            found = _check_stretches(writer, rows, valid, chain_terms)
+        if found is None and witnessed.get(writer):
+            cp = witnessed[writer][0]
+            found = Problem("deleted", writer, cp.seq, None,
+                            f"checkpoint {cp.checkpoint_id} ({cp.kind.value}, seq {cp.seq}) is "
+                            "in the witness but was deleted from the store")
         if found is not None:
-            problems.append(found)
-    return VerifyReport(total, len(set(chains) | set(checkpoints)), cp_total, tuple(problems),
+            problems[writer] = found
+    ordered = tuple(problems[w] for w in sorted(problems))
+    return VerifyReport(total, len(set(chains) | set(checkpoints)), cp_total, ordered,
                         tuple(notes))
+
+
+def _merge_witness(
+    witness: WitnessRead,
+    public: Ed25519PublicKey,
+    *,
+    checkpoints: dict[str, list[Checkpoint]],
+    stored_ids: set[str],
+    witnessed: dict[str, list[Checkpoint]],
+    problems: dict[str, Problem],
+) -> None:
+    """Add the witness's checkpoints to the store's; note those the store lacks."""
+    if witness.bad_lines:
+        lines = ", ".join(str(n) for n in witness.bad_lines[:5])
+        problems.setdefault("(witness)", Problem(
+            "bad_checkpoint", "(witness)", None, None,
+            f"witness line(s) {lines} are not checkpoints"))
+    for cp in dict.fromkeys(witness.checkpoints):  # each distinct line once, in order
+        if not cp.valid(public):
+            problems.setdefault(cp.writer_id, Problem(
+                "bad_checkpoint", cp.writer_id, cp.seq, None,
+                f"witness checkpoint {cp.checkpoint_id} has an invalid signature"))
+            continue
+        if cp.checkpoint_id in stored_ids:
+            continue
+        checkpoints[cp.writer_id].append(cp)
+        witnessed[cp.writer_id].append(cp)
+

@@ -10,18 +10,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard._errors import AuditUnavailableError
-from guard.audit._checkpoint import Checkpoint, CheckpointKind, sign_checkpoint
-from guard.audit._event import GENESIS_HASH, AuditEvent
+from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
+from guard.audit._event import GENESIS_HASH, AuditEvent, ChainKey
 from guard.audit._ids import new_event_id
 from guard.audit._pipeline import utc_now
 from guard.audit._schema import Row, link_row, prepare_row, row_event
 from guard.audit._spool import Spool
 from guard.audit._store import Store
+from guard.audit._witness import Witness
 
 Emitter = Callable[[Sequence[AuditEvent]], None]
 _log = logging.getLogger("guard.audit")
@@ -52,13 +54,32 @@ class _Item:
     wakes: deque[threading.Lock] | None = None  # the waiters of its batch still asleep
 
 
-def _item(event: AuditEvent, **state: Any) -> _Item:
+def _item(event: AuditEvent, key: ChainKey | None, **state: Any) -> _Item:
     """Queue entry for ``event``, its row prepared here, on the producer's thread."""
     try:
-        head, digest = prepare_row(event)
+        head, digest = prepare_row(event, key)
     except Exception as exc:  # only this event is unrecordable: fail its producer alone
         raise AuditUnavailableError(f"audit event cannot be recorded: {exc}") from exc
     return _Item(event, head, digest, **state)
+
+
+def _epoch(ts: str) -> float:
+    """An event's timestamp in seconds since the epoch (now, if it cannot be read)."""
+    try:
+        return datetime.fromisoformat(ts).timestamp()
+    except ValueError:
+        return time.time()
+
+
+@dataclass(slots=True)
+class _Orphan:
+    """A chain abandoned on a failed write: its committed head and the failed batch's links."""
+
+    writer_id: str
+    opened: bool
+    seq: int
+    prev: str
+    tried: dict[int, str]
 
 
 def _wake_next(wakes: deque[threading.Lock] | None) -> None:
@@ -108,8 +129,11 @@ class GroupCommitWriter:
         store: Where events go.
         writer_id: Prefix of this writer's chain ids (a chain is ``<writer_id>/<uuid7>``).
         signing_key: Signs checkpoints.
-        checkpoint_every: Write a signed checkpoint after this many events.
-        checkpoint_interval: ... or after this many seconds with unsigned events.
+        checkpoint_every: Sign a checkpoint at least every this many events (at the exact
+            event, even inside a batch).
+        checkpoint_interval: ... and within this many seconds of the first unsigned event.
+        chain_key: Keys each event's content digest (chain format 3); None: format 2.
+        witness: Where every checkpoint committed to the store is also appended.
         spool: Where events go when the store cannot take them (None: fail).
         emitters: Called with each durable batch (e.g. OTLP log export).
         max_batch: Most events in one transaction.
@@ -126,6 +150,8 @@ class GroupCommitWriter:
         signing_key: Ed25519PrivateKey,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
+        chain_key: ChainKey | None = None,
+        witness: Witness | None = None,
         spool: Spool | None = None,
         emitters: Sequence[Emitter] = (),
         max_batch: int = 2048,
@@ -139,6 +165,12 @@ class GroupCommitWriter:
         self._key = signing_key
         self._every = max(1, checkpoint_every)
         self._interval = checkpoint_interval
+        self._chain_key = chain_key
+        self._terms = Terms(3 if chain_key is not None else 2, self._every, checkpoint_interval)
+        self._witness = witness
+        self._unwitnessed: list[Checkpoint] = []  # committed, not yet in the witness
+        self._orphans: list[_Orphan] = []  # chains abandoned on a failed write, to close
+        self._last_orphan_try = 0.0
         self._emitters = tuple(emitters)
         self._max_batch = max_batch
         self._retry_interval = retry_interval
@@ -160,7 +192,7 @@ class GroupCommitWriter:
         self._prev = GENESIS_HASH
         self._opened = False
         self._unsigned = 0
-        self._last_checkpoint = time.monotonic()
+        self._unsigned_since = 0.0  # the time (epoch s) of the first unsigned event
         self._last_replay = 0.0
         self.last_error: str | None = None
         self._closed = False
@@ -172,7 +204,7 @@ class GroupCommitWriter:
 
     def submit(self, event: AuditEvent, timeout: float = 30.0) -> None:
         """Queue ``event`` and block until it is durable (committing it here if no one is)."""
-        item = _item(event)
+        item = _item(event, self._chain_key)
         self._queue_and_wait([item], timeout)
         if item.error is not None:
             raise item.error
@@ -190,7 +222,7 @@ class GroupCommitWriter:
         """
         if not events:
             return []
-        items = [_item(event, watched=True) for event in events]
+        items = [_item(event, self._chain_key, watched=True) for event in events]
         self._queue_and_wait(items, timeout)
         lost = AuditUnavailableError("audit writer lost track of an event")
         return [item.error if item.settled else lost for item in items]
@@ -219,7 +251,7 @@ class GroupCommitWriter:
     async def asubmit(self, event: AuditEvent) -> None:
         """Queue ``event``; the returned awaitable resolves when it is durable."""
         loop = asyncio.get_running_loop()
-        item = _item(event, future=loop.create_future(), loop=loop)
+        item = _item(event, self._chain_key, future=loop.create_future(), loop=loop)
         self._enqueue(item)
         assert item.future is not None
         await item.future
@@ -231,7 +263,7 @@ class GroupCommitWriter:
         the writer thread within ``post_delay`` seconds. A failure to write it is
         logged (logger ``guard.audit``): no one waits to hear it.
         """
-        item = _item(event)
+        item = _item(event, self._chain_key)
         with self._cond:
             self._check_open()
             self._pending.append(item)
@@ -373,6 +405,8 @@ class GroupCommitWriter:
                     return
                 if self._unsigned and self._checkpoint_due():
                     self._checkpoint_only(CheckpointKind.PERIODIC)
+                if self._orphans and self._orphans_due():
+                    self._close_orphans()
             except Exception as exc:  # keep the thread; the batch's producers heard why
                 self.last_error = str(exc)
             finally:
@@ -380,35 +414,47 @@ class GroupCommitWriter:
                     self._pass_turn()
 
     def _checkpoint_due(self) -> bool:
-        return time.monotonic() - self._last_checkpoint >= self._interval
+        """The first unsigned event was made ``checkpoint_interval`` seconds ago (or more)."""
+        return time.time() - self._unsigned_since >= self._interval
 
     def _housekeeping_due(self) -> bool:
-        """A periodic checkpoint or a spool replay is due (checked when the turn is free)."""
+        """A checkpoint, a spool replay or closing an abandoned chain is due (turn free)."""
         if self._unsigned and self._checkpoint_due():
+            return True
+        if self._orphans and self._orphans_due():
             return True
         spool = self.spool
         return (spool is not None and spool.pending()
                 and time.monotonic() - self._last_replay >= self._retry_interval)
 
-    def _sign(self, kind: CheckpointKind, seq: int, hash_: str) -> Checkpoint:
-        return sign_checkpoint(self._key, checkpoint_id=new_event_id(), writer_id=self.writer_id,
-                               seq=seq, hash_=hash_, ts=utc_now(), kind=kind)
+    def _sign(self, kind: CheckpointKind, seq: int, hash_: str,
+              writer_id: str | None = None) -> Checkpoint:
+        return sign_checkpoint(self._key, checkpoint_id=new_event_id(),
+                               writer_id=writer_id or self.writer_id, seq=seq, hash_=hash_,
+                               ts=utc_now(), kind=kind, terms=self._terms)
 
     def _commit(self, batch: list[_Item]) -> None:
         seq, prev, writer_id = self._seq, self._prev, self.writer_id
+        keyed = self._chain_key is not None
         rows: list[Row] = []
         try:
-            for item in batch:
-                seq += 1
-                row = link_row(item.head, item.digest, writer_id, seq, prev)
-                prev = row[-1]
-                rows.append(row)
             checkpoints: list[Checkpoint] = []
             if not self._opened:
                 checkpoints.append(self._sign(CheckpointKind.OPEN, 0, GENESIS_HASH))
-            if self._unsigned + len(batch) >= self._every:
+            unsigned, every = self._unsigned, self._every
+            if unsigned and self._checkpoint_due():  # the stretch ends before this batch
                 checkpoints.append(self._sign(CheckpointKind.PERIODIC, seq, prev))
-            self._persist(rows, checkpoints)
+                unsigned = 0
+            for item in batch:
+                seq += 1
+                row = link_row(item.head, item.digest, writer_id, seq, prev, keyed=keyed)
+                prev = row[-1]
+                rows.append(row)
+                unsigned += 1
+                if unsigned >= every:  # signed at the exact event: no stretch exceeds `every`
+                    checkpoints.append(self._sign(CheckpointKind.PERIODIC, seq, prev))
+                    unsigned = 0
+            stored = self._persist(rows, checkpoints)
         except BaseException as exc:  # the chain does not advance; every producer hears why
             error = exc if isinstance(exc, AuditUnavailableError) else AuditUnavailableError(
                 f"audit write failed: {exc}")
@@ -419,31 +465,94 @@ class GroupCommitWriter:
                     _log.error("audit event %s (%s) was not recorded: %s",
                                item.event.event_id, item.event.kind.value, error)
             self._notify(batch)
-            self._rotate()
+            self._rotate([(int(r[-3]), str(r[-1])) for r in rows])
             return
         self.last_error = None
         self._seq, self._prev, self._opened = seq, prev, True
-        if checkpoints and checkpoints[-1].kind is CheckpointKind.PERIODIC:
-            self._unsigned, self._last_checkpoint = 0, time.monotonic()
-        else:
-            self._unsigned += len(batch)
+        if unsigned and (not self._unsigned or any(
+                cp.kind is CheckpointKind.PERIODIC for cp in checkpoints)):
+            # A new unsigned stretch starts: its clock runs from its first event's time.
+            self._unsigned_since = _epoch(batch[len(batch) - unsigned].event.ts)
+        self._unsigned = unsigned
         self._notify(batch)
+        if stored:
+            self._witnessed(checkpoints)
+            if self._orphans:
+                self._close_orphans()
         if self._emitters:
             linked = [row_event(row) for row in rows]
             for emit in self._emitters:
                 with contextlib.suppress(Exception):  # best effort; the store is the record
                     emit(linked)
 
-    def _rotate(self) -> None:
-        """Start a new chain after a failed write (the store may hold part of it or none)."""
+    def _rotate(self, tried: list[tuple[int, str]]) -> None:
+        """Start a new chain after a failed write (the store may hold part of it or none).
+
+        The abandoned chain is closed with a signed checkpoint once the store takes
+        writes again (:meth:`_close_orphans`), so it is not left unsigned for good.
+        """
+        self._orphans.append(_Orphan(self.writer_id, self._opened, self._seq, self._prev,
+                                     dict(tried)))
         self.writer_id = f"{self._base_id}/{new_event_id()}"
         self._seq, self._prev, self._opened, self._unsigned = 0, GENESIS_HASH, False, 0
 
-    def _persist(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        """Durably write to the store, or to the spool when the store is down or behind."""
+    def _orphans_due(self) -> bool:
+        return time.monotonic() - self._last_orphan_try >= self._retry_interval
+
+    def _close_orphans(self) -> None:
+        """Close the chains abandoned on failed writes at the head the store holds.
+
+        The store's newest event of the chain is signed only when it is one this
+        writer linked: the last committed event, or the last event of the failed
+        batch (whose commit may have reached the store before the link broke).
+        """
+        self._last_orphan_try = time.monotonic()
+        while self._orphans:
+            orphan = self._orphans[0]
+            try:
+                found = self.store.rows(
+                    "SELECT seq, hash FROM audit_event WHERE writer_id = ? "
+                    "ORDER BY seq DESC LIMIT 1", (orphan.writer_id,))
+                seq, hash_ = orphan.seq, orphan.prev
+                if found:
+                    top, top_hash = int(found[0][0]), str(found[0][1])
+                    if orphan.tried.get(top) == top_hash:
+                        seq, hash_ = top, top_hash
+                elif not orphan.opened:
+                    self._orphans.pop(0)  # nothing of it reached the store
+                    continue
+                checkpoint = self._sign(CheckpointKind.CLOSE, seq, hash_, orphan.writer_id)
+                self.store.write([], [checkpoint])
+            except Exception as exc:  # the store is still down: try again later
+                self.last_error = str(exc)
+                return
+            self._orphans.pop(0)
+            self._witnessed([checkpoint])
+
+    def _witnessed(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Append checkpoints committed to the store to the witness (kept for a retry if not)."""
+        witness = self._witness
+        if witness is None or not (checkpoints or self._unwitnessed):
+            return
+        pending = [*self._unwitnessed, *checkpoints]
+        try:
+            witness.append(pending)
+        except OSError as exc:
+            if not self._unwitnessed:
+                _log.error("audit witness %s refused checkpoints (kept for a retry): %s",
+                           witness.path, exc)
+            self._unwitnessed = pending[-10_000:]
+            return
+        self._unwitnessed = []
+
+    def _persist(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> bool:
+        """Durably write to the store, or to the spool when the store is down or behind.
+
+        Returns True when the store took them, False when the spool did.
+        """
         if self.spool is not None and self.spool.pending():
             self.spool.append(rows, checkpoints)
-            return
+            return False
         try:
             self.store.write(rows, checkpoints)
         except AuditUnavailableError:
@@ -451,6 +560,8 @@ class GroupCommitWriter:
                 raise
             self.spool.append(rows, checkpoints)
             self._last_replay = time.monotonic()
+            return False
+        return True
 
     def _replay_if_due(self, *, force: bool = False) -> None:
         spool = self.spool
@@ -468,20 +579,30 @@ class GroupCommitWriter:
             spool.clear()
         except Exception as exc:  # keep the spool; try again later
             self.last_error = str(exc)
+            return
+        self._witnessed(checkpoints)
 
     def _checkpoint_only(self, kind: CheckpointKind) -> bool:
         try:
-            self._persist([], [self._sign(kind, self._seq, self._prev)])
+            checkpoint = self._sign(kind, self._seq, self._prev)
+            stored = self._persist([], [checkpoint])
         except Exception as exc:  # a missed checkpoint is retried on the next tick
             self.last_error = str(exc)
             return False
-        self._unsigned, self._last_checkpoint = 0, time.monotonic()
+        self._unsigned = 0
+        if stored:
+            self._witnessed([checkpoint])
         return True
 
     def _final_checkpoint(self) -> None:
         if self._opened:
             self._checkpoint_only(CheckpointKind.CLOSE)
         self._replay_if_due(force=True)
+        if self._orphans:
+            self._close_orphans()
+        if self._witness is not None:
+            with contextlib.suppress(OSError):
+                self._witness.close()
 
     def _wake_stragglers(self) -> None:
         """Wake the producers of earlier batches that their chain has not reached yet.

@@ -20,6 +20,7 @@ from guard.audit import (
     EventFilter,
     QueryRow,
     Store,
+    derive_chain_key,
     load_hmac_key,
     load_public_key,
     open_store,
@@ -27,6 +28,7 @@ from guard.audit import (
     pseudonymise,
     public_key_path,
     query_events,
+    read_witness,
     stats,
     subject_report,
     verify,
@@ -69,6 +71,15 @@ def _pseudonym(subject: str, key_path: Path | None) -> str:
     if not subject.strip():
         raise AuditQueryError("--subject must not be empty")
     return pseudonymise(load_hmac_key(key_path or _settings().hmac_key), subject)
+
+
+def _chain_key(path: Path | None) -> bytes | None:
+    """The chain key from ``--hmac-key``, else from ``audit.hmac_key`` if that file exists."""
+    if path is None:
+        path = _settings().hmac_key
+        if not path.exists():
+            return None
+    return derive_chain_key(load_hmac_key(path))
 
 
 def _reason(value: str | None) -> str | None:
@@ -212,10 +223,20 @@ def verify_cmd(
         Path | None,
         typer.Option("--public-key", help="Checkpoint public key (default: <signing_key>.pub)"),
     ] = None,
+    hmac_key: Annotated[
+        Path | None,
+        typer.Option("--hmac-key", help="Subject HMAC key, from which the chain key is derived "
+                                        "(default: settings)"),
+    ] = None,
+    witness: Annotated[
+        Path | None,
+        typer.Option("--witness", help="Witness file of signed checkpoints to check against"),
+    ] = None,
 ) -> None:
     """Check every hash chain and signed checkpoint; exit 1 if anything was tampered with."""
     key_path = public_key or public_key_path(_settings().signing_key)
-    report = verify(_open(store), load_public_key(key_path))
+    report = verify(_open(store), load_public_key(key_path), chain_key=_chain_key(hmac_key),
+                    witness=read_witness(witness) if witness is not None else None)
     for note in report.notes:
         typer.echo(f"note: {note}")
     for problem in report.problems:

@@ -19,11 +19,13 @@ from guard.audit import (
     AuditPipeline,
     AuditTrail,
     EventKind,
+    derive_chain_key,
     load_signing_key,
     open_store,
 )
 
 HMAC_KEY = b"k" * 32
+CHAIN_KEY = derive_chain_key(HMAC_KEY)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def make_trail(url: str, keys: Keys, **kwargs: Any) -> AuditTrail:
-    """A trail on ``url`` with the test's signing key."""
+    """A trail on ``url`` with the test's signing key, keyed with :data:`CHAIN_KEY`."""
+    kwargs.setdefault("chain_key", CHAIN_KEY)
     return AuditTrail(open_store(url), load_signing_key(keys.signing), **kwargs)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit import load_hmac_key, load_signing_key
+from guard.audit import derive_chain_key, load_hmac_key, load_signing_key
 from guard.cli import main
 from tests.guard.audit.conftest import Keys, decision_event, make_trail
 
@@ -43,7 +43,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from guard.audit import AuditPipeline, EventKind
 
     pipeline = AuditPipeline(key)
-    trail = make_trail("sqlite:///audit.db", keys)
+    trail = make_trail("sqlite:///audit.db", keys, chain_key=derive_chain_key(key))
     trail.record(decision_event(caller="svc:crm", subject_id="x"))
     trail.record(pipeline.event(EventKind.DECISION, caller="svc:billing",
                                 purpose="order.processing", categories=("financial",),

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from guard.audit import load_public_key, open_store, verify
-from tests.guard.audit.conftest import Keys, acknowledged_until_killed
+from tests.guard.audit.conftest import CHAIN_KEY, Keys, acknowledged_until_killed
 
 CHILD = r"""
 import sys, threading
@@ -45,7 +45,7 @@ def test_sigkill_loses_no_acknowledged_event(store_url: str, keys: Keys, tmp_pat
     acknowledged = acknowledged_until_killed(child, 400)
     store = open_store(store_url, create=False)
     stored = {row[0] for row in store.rows("SELECT event_id FROM audit_event")}
-    report = verify(store, load_public_key(keys.public))
+    report = verify(store, load_public_key(keys.public), chain_key=CHAIN_KEY)
     store.close()
     missing = [i for i in acknowledged if i not in stored]
     assert missing == []

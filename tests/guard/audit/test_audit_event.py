@@ -18,8 +18,9 @@ from guard.audit import (
     pseudonymise,
     query_events,
 )
+from guard.audit._event import ChainKey
 from guard.audit._schema import EVENT_COLUMNS, row_event
-from tests.guard.audit.conftest import HMAC_KEY, PIPELINE, Keys, make_trail
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, PIPELINE, Keys, make_trail
 
 
 def test_every_field_round_trips_through_the_store(store_url: str, keys: Keys) -> None:
@@ -56,7 +57,7 @@ def test_every_field_round_trips_through_the_store(store_url: str, keys: Keys) -
     expected = dataclasses.replace(event, writer_id=writer, seq=1, prev_hash="0" * 64,
                                    hash=stored.hash)
     assert stored == expected
-    assert stored.hash == compute_hash(stored)
+    assert stored.hash == compute_hash(stored, ChainKey(CHAIN_KEY))
     assert stored.subject == pseudonymise(HMAC_KEY, "customer-42")
     assert "customer-42" not in repr(rows)
     found = query_events(store, EventFilter(subject=stored.subject))

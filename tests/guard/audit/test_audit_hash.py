@@ -21,8 +21,8 @@ from guard.audit._event import (
     legacy_hash,
 )
 from guard.audit._schema import chain_row, event_row, prepare_row
-from tests.guard.audit.conftest import Keys, decision_event
-from tests.guard.audit.test_audit_tamper import check, run_sql
+from tests.guard.audit.conftest import Keys, decision_event, make_trail
+from tests.guard.audit.test_audit_tamper import check, insert_row, run_sql
 
 TEXT = st.text(max_size=12)
 
@@ -95,3 +95,48 @@ def test_a_row_rehashed_in_the_other_format_breaks_the_chain(store_url: str, key
             ("svc:evil", compute_hash(edited), edited.event_id))
     report = check(store_url, keys)
     assert [(p.kind, p.event_id) for p in report.problems] == [("altered", events[1].event_id)]
+
+
+def test_a_store_of_schema_1_verifies_before_and_after_a_writer_migrates_it(
+    store_url: str, keys: Keys
+) -> None:
+    from guard.audit._schema import MIGRATIONS
+
+    for statement in (*MIGRATIONS[1], "CREATE TABLE schema_version "
+                      "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+                      "INSERT INTO schema_version VALUES (1, '2026-01-01')"):
+        run_sql(store_url, statement)
+    events = _format_1_chain_rows(store_url, keys, 3)
+    assert check(store_url, keys).ok  # read before any writer added the terms column
+    trail = make_trail(store_url, keys, checkpoint_every=2)
+    for i in range(3):
+        trail.record(decision_event(subject_id=f"new-{i}"))
+    trail.close()
+    report = check(store_url, keys)
+    assert report.ok, report.problems
+    assert report.writers == 2
+    run_sql(store_url, "UPDATE audit_event SET caller = 'svc:evil' WHERE event_id = ?",
+            (events[0].event_id,))
+    assert [p.event_id for p in check(store_url, keys).problems] == [events[0].event_id]
+
+
+def _format_1_chain_rows(url: str, keys: Keys, n: int) -> list[AuditEvent]:
+    """A format-1 chain written with schema-1 SQL (no ``terms`` column)."""
+    key = load_signing_key(keys.signing)
+    writer, prev, events = "old-host/2", GENESIS_HASH, []
+    for seq in range(1, n + 1):
+        event = dataclasses.replace(decision_event(subject_id=f"o{seq}"), writer_id=writer,
+                                    seq=seq, prev_hash=prev)
+        event = dataclasses.replace(event, hash=legacy_hash(event))
+        prev = event.hash
+        events.append(event)
+        insert_row(url, event)
+    for kind, seq, hash_ in ((CheckpointKind.OPEN, 0, GENESIS_HASH),
+                             (CheckpointKind.CLOSE, n, prev)):
+        cp = sign_checkpoint(key, checkpoint_id=f"old-{kind.value}", writer_id=writer, seq=seq,
+                             hash_=hash_, ts="2026-01-01T00:00:00.000000Z", kind=kind)
+        run_sql(url, "INSERT INTO audit_checkpoint (checkpoint_id, writer_id, seq, hash, ts, "
+                     "kind, key_id, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (cp.checkpoint_id, cp.writer_id, cp.seq, cp.hash, cp.ts, cp.kind.value,
+                 cp.key_id, cp.signature))
+    return events

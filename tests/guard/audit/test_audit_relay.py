@@ -24,6 +24,7 @@ from guard._types import Action, Reason, Request
 from guard.audit import (
     AuditEvent,
     EventKind,
+    derive_chain_key,
     load_hmac_key,
     load_public_key,
     open_store,
@@ -63,10 +64,15 @@ def _stored(tmp_path: Path) -> dict[str, tuple[object, ...]]:
     return {row[0]: tuple(row[1:]) for row in rows}
 
 
+def _chain_key(tmp_path: Path) -> bytes:
+    return derive_chain_key(load_hmac_key(tmp_path / "keys" / "subject-hmac.key"))
+
+
 def _verify(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'audit.db'}", create=False)
     try:
-        report = verify(store, load_public_key(tmp_path / "keys" / "audit-signing.key.pub"))
+        report = verify(store, load_public_key(tmp_path / "keys" / "audit-signing.key.pub"),
+                        chain_key=_chain_key(tmp_path))
     finally:
         store.close()
     assert report.ok, report.problems
@@ -109,7 +115,8 @@ def test_a_relay_writes_to_postgresql_too(tmp_path: Path, pg_url: str) -> None:
     store = open_store(pg_url, create=False)
     try:
         rows = store.rows("SELECT event_id, decision_ref FROM audit_event WHERE kind = 'outcome'")
-        report = verify(store, load_public_key(tmp_path / "keys" / "audit-signing.key.pub"))
+        report = verify(store, load_public_key(tmp_path / "keys" / "audit-signing.key.pub"),
+                        chain_key=_chain_key(tmp_path))
     finally:
         store.close()
     assert [tuple(row) for row in rows] == [(event_id, "d-pg")]

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from guard.audit import AuditTrail, load_public_key, load_signing_key, open_store, verify
-from tests.guard.audit.conftest import Keys, decision_event
+from tests.guard.audit.conftest import CHAIN_KEY, Keys, decision_event
 
 
 def _wait_until_replayed(spool: Path, seconds: float = 20) -> None:
@@ -23,7 +23,7 @@ def _wait_until_replayed(spool: Path, seconds: float = 20) -> None:
 def _counts(url: str, keys: Keys) -> tuple[dict[str, int], bool]:
     store = open_store(url, create=False)
     counts = dict(store.rows("SELECT event_id, count(*) FROM audit_event GROUP BY event_id"))
-    report = verify(store, load_public_key(keys.public))
+    report = verify(store, load_public_key(keys.public), chain_key=CHAIN_KEY)
     store.close()
     assert report.ok, report.problems
     return {str(k): int(v) for k, v in counts.items()}, report.ok

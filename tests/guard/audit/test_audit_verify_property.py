@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from guard.audit import load_public_key, open_store, verify
 from guard.audit._event import FIELD_NAMES
-from tests.guard.audit.conftest import Keys, decision_event, make_trail
+from tests.guard.audit.conftest import CHAIN_KEY, Keys, decision_event, make_trail
 
 N = 12
 EDITABLE = [f for f in FIELD_NAMES if f not in ("event_id", "seq", "writer_id", "hash")]
@@ -55,7 +55,7 @@ def test_any_edit_is_named(recorded: tuple[Path, Keys, list[str]], tmp_path: Pat
             "WHERE seq = ?", (seq,))
     conn.close()
     store = open_store(f"sqlite:///{copy}", create=False)
-    report = verify(store, load_public_key(keys.public))
+    report = verify(store, load_public_key(keys.public), chain_key=CHAIN_KEY)
     store.close()
     copy.unlink()
     assert len(report.problems) == 1

@@ -1,0 +1,103 @@
+"""The checkpoint witness: an append-only file of signed checkpoints outside the audit store.
+
+Every checkpoint a writer commits to the store is also appended here, one JSON
+line each, and fsynced. Put it on another volume or host (an NFS or object-store
+mount, a file only the guard's user may append to, with ``chattr +a``): whoever
+can rewrite the store cannot then also delete the checkpoints that cover the
+newest events. ``guard audit verify --witness PATH`` checks the store against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from guard._errors import ConfigError
+from guard.audit._checkpoint import Checkpoint, CheckpointKind
+
+
+class Witness:
+    """Appends signed checkpoints to a file (created on first use, never rewritten).
+
+    Args:
+        path: The witness file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            created = not path.exists()
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            if created:
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the audit witness {path}: {exc.strerror}") from exc
+
+    def append(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Append ``checkpoints`` in one write and fsync.
+
+        Raises:
+            OSError: the file refused the write.
+        """
+        if not checkpoints:
+            return
+        data = "".join(json.dumps(asdict(cp), separators=(",", ":"), sort_keys=True) + "\n"
+                       for cp in checkpoints).encode()
+        os.write(self._fd, data)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the file."""
+        os.close(self._fd)
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessRead:
+    """What a witness file holds: its checkpoints, and lines that are not checkpoints."""
+
+    checkpoints: tuple[Checkpoint, ...]
+    bad_lines: tuple[int, ...]
+
+
+def read_witness(path: Path) -> WitnessRead:
+    """Every checkpoint in the witness file ``path`` (a torn last line is skipped).
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
+    checkpoints: list[Checkpoint] = []
+    bad: list[int] = []
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the audit witness {path}: {exc.strerror}") from exc
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                break  # torn by a crash while appending: never covered anything
+            try:
+                data = json.loads(raw)
+                data["kind"] = CheckpointKind(data["kind"])
+                cp = Checkpoint(**data)
+            except (ValueError, TypeError, KeyError):
+                bad.append(number)
+                continue
+            texts = (cp.checkpoint_id, cp.writer_id, cp.hash, cp.ts, cp.key_id, cp.signature)
+            if (type(cp.seq) is not int or not all(isinstance(t, str) for t in texts)
+                    or not isinstance(cp.terms, str | None)):
+                bad.append(number)
+                continue
+            checkpoints.append(cp)
+    return WitnessRead(tuple(checkpoints), tuple(bad))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

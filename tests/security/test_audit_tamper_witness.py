@@ -1,0 +1,108 @@
+"""Deleting the newest events together with their checkpoints: the witness file catches it.
+
+Inside the store that deletion leaves a chain that looks like a writer stopped
+early; the checkpoints the writer also appended to the witness (outside the
+store) still cover the deleted events.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from guard.audit import RelayTrail
+from guard.config import AuditSettings
+from tests.guard.audit.conftest import pg_url, store_url
+from tests.security.audit_tamper_kit import (
+    HMAC_KEY,
+    AuditKeys,
+    check,
+    cli_verify,
+    event,
+    make_keys,
+    record,
+    sql,
+)
+
+__all__ = ["pg_url", "store_url"]
+SUBJECTS = [f"subject-{i}" for i in range(20)]
+
+
+@pytest.fixture
+def audit_keys(tmp_path: Path) -> AuditKeys:
+    return make_keys(tmp_path)
+
+
+def test_deleting_the_newest_events_and_their_checkpoints_is_caught_with_the_witness(
+    store_url: str, audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    witness = tmp_path / "witness" / "checkpoints.jsonl"
+    events = record(store_url, audit_keys, SUBJECTS, checkpoint_every=5, witness=witness)
+    assert check(store_url, audit_keys, witness).ok
+    sql(store_url, "DELETE FROM audit_event WHERE seq > 10")
+    sql(store_url, "DELETE FROM audit_checkpoint WHERE seq > 10")
+
+    # Within the store alone this looks like a writer that stopped after seq 10.
+    assert check(store_url, audit_keys).ok
+    report = check(store_url, audit_keys, witness)
+    assert [(p.kind, p.event_id) for p in report.problems] == [("truncated", events[9].event_id)]
+    done = cli_verify(store_url, audit_keys, tmp_path, "--witness", str(witness))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "truncated" in done.stdout
+
+
+def test_deleting_a_whole_chain_is_caught_with_the_witness(
+    store_url: str, audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    witness = tmp_path / "witness.jsonl"
+    record(store_url, audit_keys, SUBJECTS[:3], checkpoint_every=5, witness=witness)
+    sql(store_url, "DELETE FROM audit_event")
+    sql(store_url, "DELETE FROM audit_checkpoint")
+    assert check(store_url, audit_keys).ok  # an empty store proves nothing by itself
+    report = check(store_url, audit_keys, witness)
+    assert [p.kind for p in report.problems] == ["truncated"]
+
+
+def test_a_deleted_checkpoint_the_witness_holds_is_reported(
+    store_url: str, audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    witness = tmp_path / "witness.jsonl"
+    record(store_url, audit_keys, SUBJECTS, checkpoint_every=50, witness=witness)
+    sql(store_url, "DELETE FROM audit_checkpoint WHERE kind = 'close'")
+    report = check(store_url, audit_keys, witness)
+    assert [p.kind for p in report.problems] == ["deleted"]
+    assert "witness" in report.problems[0].message
+
+
+def test_a_forged_witness_line_is_refused(audit_keys: AuditKeys, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    witness = tmp_path / "witness.jsonl"
+    record(url, audit_keys, SUBJECTS[:3], witness=witness)
+    lines = witness.read_text().splitlines()
+    forged = json.loads(lines[-1])
+    forged["seq"] = 99
+    witness.write_text("\n".join([*lines, json.dumps(forged)]) + "\n")
+    report = check(url, audit_keys, witness)
+    assert [p.kind for p in report.problems] == ["bad_checkpoint"]
+
+
+def test_the_relay_process_signs_checkpoints_and_feeds_the_witness(
+    audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    witness = tmp_path / "witness.jsonl"
+    settings = AuditSettings(store=url, hmac_key=audit_keys.hmac, signing_key=audit_keys.signing,
+                             writer="process", checkpoint_every=5, witness=witness)
+    trail = RelayTrail(settings)
+    for i in range(12):
+        trail.record(event(f"relay-{i}"))
+    trail.close()
+    kinds = [(json.loads(line)["kind"], json.loads(line)["seq"])
+             for line in witness.read_text().splitlines()]
+    assert kinds == [("open", 0), ("periodic", 5), ("periodic", 10), ("close", 12)]
+    assert HMAC_KEY.hex() in audit_keys.hmac.read_text()
+    report = check(url, audit_keys, witness)
+    assert report.ok, report.problems
+    assert report.notes == ()
