@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from guard.audit import Store, load_public_key, public_key_path, verify
+from guard.audit import Store, derive_chain_key, load_public_key, public_key_path, verify
 from guard.audit._pipeline import utc_now
 
 
@@ -42,14 +42,18 @@ def _attr(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def check(store: Store, signing_key: Path) -> Integrity:
-    """Verify every chain against the public key next to ``signing_key``."""
+def check(store: Store, signing_key: Path, hmac_key: bytes | None = None) -> Integrity:
+    """Verify every chain against the public key next to ``signing_key``.
+
+    ``hmac_key`` (the subject HMAC key) gives the chain key that keyed chains need.
+    """
     checked_at = utc_now()
     try:
         public = load_public_key(public_key_path(signing_key))
     except Exception as exc:  # any failure to load the key is shown
         return Integrity(checked_at, False, 0, 0, (), (), f"cannot load the public key: {exc}")
-    report = verify(store, public)
+    chain_key = derive_chain_key(hmac_key) if hmac_key is not None else None
+    report = verify(store, public, chain_key=chain_key)
     problems: dict[str, Any] = {}
     for problem in _attr(report, "problems", ()) or ():
         problems.setdefault(str(_attr(problem, "writer_id", "")), problem)

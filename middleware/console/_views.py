@@ -262,7 +262,7 @@ async def integrity_check(request: Request, console: Console, auditor: str) -> R
 
 async def _verify(console: Console) -> _integrity.Integrity:
     result = await run_in_threadpool(_integrity.check, console.store(),
-                                     console.settings.audit.signing_key)
+                                     console.settings.audit.signing_key, console.hmac_key)
     console.last_check = result
     return result
 
