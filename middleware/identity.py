@@ -10,6 +10,7 @@ enough: servers rewrite it from headers the client chooses.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -352,14 +353,17 @@ class Authenticator:
         cache = self._cache
         hit = cache.get(token)
         now = time.time()
+        # KeyError is ignored below: another thread may have evicted the same entry.
         if hit is None:
             hit = self._verify(token)
             if now < hit[2] + self.leeway:
                 cache[token] = hit
                 if len(cache) > self._cache_size:
-                    cache.popitem(last=False)
+                    with contextlib.suppress(KeyError):
+                        cache.popitem(last=False)
         else:
-            cache.move_to_end(token)
+            with contextlib.suppress(KeyError):
+                cache.move_to_end(token)
         caller, nbf, exp = hit
         if now >= exp + self.leeway:
             cache.pop(token, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,18 @@ def test_parse_ttl_rejects(text: str) -> None:
 
     with pytest.raises(ConfigError):
         parse_ttl(text)
+
+
+def test_issue_refuses_outside_development_mode(tmp_path: Path) -> None:
+    secret = tmp_path / "hs256"
+    secret.write_bytes(b"k" * 40)
+    done = subprocess.run(
+        [GUARD, "token", "issue", "--caller", "svc:crm"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=60, check=False,
+        env={**os.environ, "GUARD_IDENTITY__HS256_SECRET_FILE": str(secret)})
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "development mode" in lines[0]
+    assert not (tmp_path / ".guard").exists()
