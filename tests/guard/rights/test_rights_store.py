@@ -100,3 +100,19 @@ def test_a_running_register_follows_changes_made_elsewhere(store_url: str) -> No
     finally:
         running.close()
         other.close()
+
+
+def test_an_entry_the_audit_cannot_record_is_not_stored(store_url: str) -> None:
+    from guard._errors import AuditUnavailableError
+
+    def broken(*_: object) -> str:
+        raise AuditUnavailableError("audit store down")
+
+    register = Register.open(store_url, KEY)
+    try:
+        with pytest.raises(AuditUnavailableError):
+            register.record(change(K.RESTRICTION), POLICY, broken)
+        assert register.history(SUBJECT) == []
+        assert register.lookup(SUBJECT) is None
+    finally:
+        register.close()
