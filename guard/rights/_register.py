@@ -242,6 +242,14 @@ class Register:
                     _log.warning("cannot listen for register changes: %s", exc)
                 self._stop.wait(1.0)
 
+    def status(self) -> dict[str, object]:
+        """For health checks: subjects with entries, and whether other changes are followed."""
+        watcher = self._watcher
+        following: bool | None = None
+        if watcher is not None:
+            following = watcher.is_alive() and (self.listening is not False)
+        return {"subjects": len(self.index), "following": following}
+
     def close(self) -> None:
         """Stop following changes and release the store."""
         self._stop.set()

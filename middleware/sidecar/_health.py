@@ -41,6 +41,8 @@ async def readyz(request: HttpRequest) -> Response:
     }
     if sidecar.policy_dir is None:
         body["policy_store_listening"] = bool(sidecar.reloader.listening)
+    if sidecar.guard.register is not None:  # subjects with entries; following other writers
+        body["subject_register"] = sidecar.guard.register.status()
     return JSONResponse(
         body, status_code=200 if audit_ok else 503, headers={"cache-control": "no-store"}
     )

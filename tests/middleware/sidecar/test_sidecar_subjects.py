@@ -161,6 +161,13 @@ def test_filter_returns_usable_subjects_in_order_each_audited(
         [("svc:crm", 1, "/v1/filter")] * 2
 
 
+def test_readiness_shows_the_register(served: ServerThread, keys: Any) -> None:
+    assert _entry(served, keys, subject="h-1", kind="restriction").status_code == 201
+    register = httpx.get(f"{served.url}/readyz").json()["subject_register"]
+    assert register["subjects"] >= 1
+    assert register["following"] is True
+
+
 def test_openapi_documents_the_register_api(served: ServerThread) -> None:
     document = httpx.get(f"{served.url}/openapi.json").json()
     OpenAPI.model_validate(document)
