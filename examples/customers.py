@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from guard._errors import GuardError
 from guard.config import Settings, load_settings
+from guard.policy import resolve_policy_dir
 from middleware import GuardMiddleware, RouteTable, guarded, public
 from middleware.identity import Authenticator
 
@@ -320,8 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     except GuardError as exc:  # a bad setting: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except BrokenPipeError:  # e.g. `--print-only | head`: the reader has what it wanted
+    except BrokenPipeError:  # e.g. `--print-only | head`: one line, as the guard command says it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("error: output closed before everything was written (broken pipe)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -329,7 +333,8 @@ def _serve(args: argparse.Namespace) -> None:
     auth = Authenticator.from_settings(settings.identity)  # a bad identity setting stops here
     base = f"http://{args.host}:{args.port}"
     print(f"purpose-guard example: customers service on {base}")
-    print(f"policy: {settings.policy.dir or 'shipped'}; audit store: {settings.audit.store}")
+    print(f"policy: {resolve_policy_dir(settings.policy.dir)}; "
+          f"audit store: {settings.audit.store}")
     if auth.development:
         tokens = mint_tokens(settings)
         print(f"DEVELOPMENT MODE: tokens signed with {settings.identity.dev_key} are accepted; "
@@ -352,6 +357,7 @@ def _serve(args: argparse.Namespace) -> None:
     print(f"{cli} audit query --since 1h --denied --json\n")
     print("# every access to customer c-0001 (searched by pseudonym):")
     print(f"{cli} audit query --subject c-0001\n")
+    sys.stdout.flush()  # a closed pipe shows here, not at exit
     if args.print_only:
         return
     import uvicorn

@@ -8,9 +8,14 @@ Environment variables use ``__`` between section and field, e.g.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import tomllib
+import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -88,7 +93,7 @@ class SidecarSettings(BaseModel):
     """The stand-alone enforcement point."""
 
     host: str = "127.0.0.1"
-    port: int = 8181
+    port: int = Field(default=8181, ge=0, le=65535)
     upstream: str | None = None
     """Proxy mode: the URL of the guarded service; None serves only the check and decision API."""
     routes: Path | None = None
@@ -161,7 +166,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = Path(os.environ.get("GUARD_CONFIG", "guard.toml"))
+        toml_file = config_file()
         return (
             init_settings,
             env_settings,
@@ -175,6 +180,7 @@ def load_settings(**overrides: object) -> Settings:
     Raises:
         ConfigError: a value is missing or wrong; the message names the first one.
     """
+    check_sources()
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -185,3 +191,138 @@ def load_settings(**overrides: object) -> Settings:
         ) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed guard.toml
         raise ConfigError(f"cannot read the configuration: {exc}") from None
+
+
+# ------------------------------------------------------------ unknown keys and files
+
+CONFIG_ENV = "GUARD_CONFIG"
+ENV_PREFIX = "GUARD_"
+OTHER_VARIABLES = frozenset({
+    CONFIG_ENV,
+    "GUARD_SIDECAR_SETTINGS_JSON",  # the sidecar hands its settings to its workers
+    "GUARD_REQUIRE_POSTGRES", "GUARD_REQUIRE_NGINX", "GUARD_NGINX",  # tests and benchmarks
+})
+"""``GUARD_*`` variables that are not settings and are read by name elsewhere."""
+
+
+def config_file() -> Path:
+    """The configuration file: ``$GUARD_CONFIG``, else ``guard.toml`` (optional)."""
+    return Path(os.environ.get(CONFIG_ENV, "guard.toml"))
+
+
+def check_sources(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a missing ``$GUARD_CONFIG`` file and any key no settings model defines.
+
+    The known keys come from the fields of :class:`Settings` and its section models,
+    so a new field is accepted as soon as it is declared.
+
+    Args:
+        environ: The environment to check; ``os.environ`` when None.
+
+    Raises:
+        ConfigError: one line naming the file or the key.
+    """
+    env = os.environ if environ is None else environ
+    path = Path(env.get(CONFIG_ENV, "guard.toml"))
+    if CONFIG_ENV in env and (not path.exists() or path.is_dir()):
+        raise ConfigError(f"{CONFIG_ENV} names {path}, which is not a file"
+                          f" (use {os.devnull} for no configuration file)")
+    if path.exists() and not path.is_dir():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read the configuration {path}: {exc}") from None
+        for keys in _unknown_keys(Settings, data, ()):
+            raise ConfigError(f"{path}: unknown setting {'.'.join(keys)}{_suggest(keys)}")
+    for name, value in env.items():
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in OTHER_VARIABLES:
+            continue
+        keys = tuple(upper[len(ENV_PREFIX):].lower().split("__"))
+        bad = _unknown_path(Settings, keys, value)
+        if bad == keys:
+            raise ConfigError(f"unknown setting in the environment: {name}"
+                              f"{_suggest(bad, env=True)}")
+        if bad is not None:
+            raise ConfigError(f"unknown setting in the environment: {name} "
+                              f"(no setting {'.'.join(bad)})")
+
+
+def _section(model: type[BaseModel], key: str) -> tuple[bool, type[BaseModel] | None]:
+    """Whether ``model`` has the field ``key``, and its model type if it is a section."""
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias, info.validation_alias):
+            return True, _model_in(info.annotation)
+    return False, None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel class inside an annotation (``X``, ``X | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _takes_mapping(model: type[BaseModel], key: str) -> bool:
+    info = next((i for n, i in model.model_fields.items() if key in (n, i.alias)), None)
+    return info is not None and get_origin(info.annotation) in (dict, Mapping)
+
+
+def _unknown_keys(
+    model: type[BaseModel], data: Mapping[str, Any], prefix: tuple[str, ...]
+) -> Iterable[tuple[str, ...]]:
+    """Every key path of ``data`` that ``model`` does not define."""
+    for key, value in data.items():
+        known, section = _section(model, key)
+        if not known:
+            yield (*prefix, key)
+        elif section is not None and isinstance(value, Mapping):
+            yield from _unknown_keys(section, value, (*prefix, key))
+
+
+def _unknown_path(
+    model: type[BaseModel], keys: tuple[str, ...], value: str
+) -> tuple[str, ...] | None:
+    """The first part of a ``GUARD_A__B`` key path that no model defines, or None."""
+    for depth, key in enumerate(keys):
+        known, section = _section(model, key)
+        if not known:
+            return keys[: depth + 1]
+        if section is None:
+            rest = keys[depth + 1:]
+            return keys[: depth + 2] if rest and not _takes_mapping(model, key) else None
+        model = section
+    try:  # a whole section given as JSON
+        data = json.loads(value)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        for bad in _unknown_keys(model, data, keys):
+            return bad
+    return None
+
+
+def _all_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = []
+    for name, info in model.model_fields.items():
+        section = _model_in(info.annotation)
+        paths.extend(_all_paths(section, (*prefix, name)) if section else [(*prefix, name)])
+    return paths
+
+
+def _suggest(keys: tuple[str, ...], *, env: bool = False) -> str:
+    """`` (did you mean ...?)`` for a near miss of a known key, else empty."""
+    paths = _all_paths(Settings)
+    if env:
+        names = {ENV_PREFIX + "__".join(p).upper(): p for p in paths}
+        typed = ENV_PREFIX + "_".join(keys).upper()
+        near = difflib.get_close_matches(typed, list(names), n=1, cutoff=0.8)
+        return f" (did you mean {near[0]}?)" if near else ""
+    near = difflib.get_close_matches(".".join(keys), [".".join(p) for p in paths], n=1,
+                                     cutoff=0.75)
+    return f" (did you mean {near[0]}?)" if near else ""

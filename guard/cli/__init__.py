@@ -7,7 +7,7 @@ import sys
 import typer
 
 from guard._errors import GuardError
-from guard.cli import _audit, _check, _console, _policy, _sidecar, _subject, _token
+from guard.cli import _audit, _check, _console, _policy, _sidecar, _subject, _token, _where
 from guard.cli._groups import audit_app, policy_app
 
 app = typer.Typer(
@@ -23,6 +23,16 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 
 
+@app.callback()
+def _start(ctx: typer.Context) -> None:
+    """Refuse bad configuration before any command runs (help still works)."""
+    if "--help" in sys.argv[1:]:
+        return
+    _where.settings()
+    if ctx.invoked_subcommand not in ("sidecar", "console"):  # services log them
+        _where.quiet_driver_logs()
+
+
 def main() -> None:
     """Entry point: every GuardError or usage mistake becomes one readable line and exit 2."""
     try:
@@ -36,8 +46,24 @@ def main() -> None:
         sys.exit(130)
     except typer.TyperException as exc:  # typer's click: unknown option, missing argument...
         _fail(exc.format_message())
+    except BrokenPipeError:  # e.g. `guard ... | head`: the reader left early
+        _closed_pipe()
+    except SystemExit:
+        # typer met EPIPE: it wraps stdout in (its copy of) click's PacifyFlushWrapper, exit 1
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _closed_pipe()
+        raise
     else:
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _closed_pipe() -> None:
+    """Stop quietly writing to a closed pipe (no second error at exit), say so, exit 2."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    _fail("output closed before everything was written (broken pipe)")
 
 
 def _fail(message: str) -> None:

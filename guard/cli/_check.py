@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Annotated, NoReturn, TypeVar
 import typer
 
 from guard._types import Action, Decision, Reason, Request, denial
+from guard.cli._where import policy_folder, say_policy
 from guard.engine import Step, SubjectLookup, decide, explain
 from guard.policy import CompiledPolicy, SlowPathWarning, load_policy
 
@@ -59,7 +60,8 @@ PolicyDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--policy-dir",
-        help="Folder with model.conf and rules.csv [default: ./policies, else shipped].",
+        help="Folder with model.conf and rules.csv [default: [policy] dir, else ./policies, "
+        "else the shipped copy].",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")]
@@ -109,19 +111,23 @@ def check(  # noqa: PLR0917 - typer maps each option to a parameter
         if caller or purpose or category or subject:
             _usage_error("--batch reads requests from FILE; drop --caller/--purpose/"
                          "--category/--subject")
-        policy = _load(policy_dir)
+        folder = policy_folder(policy_dir)
+        policy = _load(folder)
         lazy = _LazyRegister(store)
         try:
             _run_batch(policy, batch, lazy)
         finally:
             lazy.close()
+        say_policy(folder, policy_dir)
         raise SystemExit(0)
     request = _request(caller, purpose, category, action, subject)
-    decision = _with_register(store, request, lambda reg: _decide(_load(policy_dir), request, reg))
+    folder = policy_folder(policy_dir)
+    decision = _with_register(store, request, lambda reg: _decide(_load(folder), request, reg))
     if as_json:
         typer.echo(json.dumps(decision.to_dict()))
     else:
         typer.echo(summary(decision))
+    say_policy(folder, policy_dir)
     raise SystemExit(EXIT_ALLOWED if decision.allowed else EXIT_DENIED)
 
 
@@ -137,7 +143,8 @@ def explain_command(  # noqa: PLR0917 - typer maps each option to a parameter
 ) -> None:
     """Show each check in order, what it looked at and its verdict, then the decision."""
     request = _request(caller, purpose, category, action, subject)
-    policy = _load(policy_dir)
+    folder = policy_folder(policy_dir)
+    policy = _load(folder)
 
     def run(register: SubjectLookup | None) -> tuple[Decision, list[Step]]:
         try:
@@ -158,6 +165,7 @@ def explain_command(  # noqa: PLR0917 - typer maps each option to a parameter
     else:
         _print_steps(steps)
         typer.echo(summary(decision))
+    say_policy(folder, policy_dir)
     raise SystemExit(EXIT_ALLOWED if decision.allowed else EXIT_DENIED)
 
 
@@ -238,11 +246,11 @@ class _LazyRegister:
             self._register.close()
 
 
-def _load(policy_dir: Path | None) -> CompiledPolicy:
+def _load(folder: Path) -> CompiledPolicy:
     """Load once; lint warnings and the slow-path notice become one stderr line each."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SlowPathWarning)
-        policy = load_policy(policy_dir)
+        policy = load_policy(folder)
     for warning in caught:
         typer.echo(f"guard: warning: {warning.message}", err=True)
     return policy

@@ -10,6 +10,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from guard.cli._groups import policy_app
+from guard.cli._where import policy_folder, routes_file, say_policy
 from guard.policy._compiled import CompiledPolicy
 from guard.policy._diff import diff_policies, read_revision, render_markdown, render_text, to_json
 from guard.policy._findings import Finding, Severity
@@ -18,13 +19,13 @@ from guard.policy._load import SlowPathWarning, compile_source
 from guard.policy._ropa import build_ropa
 from guard.policy._ropa import render_csv as ropa_csv
 from guard.policy._ropa import render_markdown as ropa_markdown
-from guard.policy._source import PolicySource, read_source, resolve_policy_dir
+from guard.policy._source import PolicySource, read_source
 from guard.policy._tests import CASES_FILE, read_cases, run_cases, summary
 
 PolicyDirOpt = Annotated[
     Path | None,
     typer.Option("--policy-dir", help="Folder with model.conf and rules.csv "
-                 "[default: ./policies, else the shipped policy]."),
+                 "[default: [policy] dir, else ./policies, else the shipped policy]."),
 ]
 
 
@@ -69,7 +70,8 @@ def lint(
 ) -> None:
     """Report every error and warning of the policy with file:line:col; exit 1 on an error."""
     _choice(output, ("text", "json", "github"), "--format")
-    findings = lint_policy(resolve_policy_dir(policy_dir))
+    folder = policy_folder(policy_dir)
+    findings = lint_policy(folder, routes_file(folder))
     errors = sum(f.severity is Severity.ERROR for f in findings)
     warned = len(findings) - errors
     if output == "json":
@@ -86,6 +88,7 @@ def lint(
         for finding in findings:
             typer.echo(str(finding))
         typer.echo(f"{errors} error(s), {warned} warning(s)")
+    say_policy(folder, policy_dir)
     raise SystemExit(1 if has_errors(findings) else 0)
 
 
@@ -97,13 +100,14 @@ def run_tests(
     )] = None,
 ) -> None:
     """Decide every test case and compare with the expected decision and reason."""
-    folder = resolve_policy_dir(policy_dir)
+    folder = policy_folder(policy_dir)
     policy = _compile(read_source(folder))
     results = run_cases(policy, read_cases(cases if cases is not None else folder / CASES_FILE))
     for result in results:
         if not result.passed:
             typer.echo(result.describe())
     typer.echo(summary(results))
+    say_policy(folder, policy_dir)
     raise SystemExit(0 if all(r.passed for r in results) else 1)
 
 
@@ -117,7 +121,9 @@ def _side(spec: str, path: str) -> CompiledPolicy:
 @policy_app.command("diff")
 def diff(
     old: Annotated[str, typer.Argument(metavar="OLD", help="Policy folder or git revision.")],
-    new: Annotated[str, typer.Argument(metavar="NEW", help="Policy folder or git revision.")],
+    new: Annotated[str | None, typer.Argument(
+        metavar="[NEW]", help="Policy folder or git revision [default: the policy folder as it "
+        "is now, uncommitted edits included].", show_default=False)] = None,
     output: Annotated[str, typer.Option("--format", metavar="text|markdown|json",
                                         help="Output format.")] = "text",
     path: Annotated[str, typer.Option(
@@ -125,15 +131,23 @@ def diff(
     exit_code: Annotated[bool, typer.Option(
         "--exit-code", help="Exit 1 when the policies differ.")] = False,
 ) -> None:
-    """The access delta from OLD to NEW: who gains or loses what, and the facts behind it."""
+    """The access delta from OLD to NEW: who gains or loses what, and the facts behind it.
+
+    Without NEW, OLD is compared with the policy folder as it is now (uncommitted edits
+    included): ``guard policy diff main``.
+    """
     _choice(output, ("text", "markdown", "json"), "--format")
-    delta = diff_policies(_side(old, path), _side(new, path))
+    working = policy_folder(None) if new is None else None
+    new_name = str(working) if working is not None else str(new)
+    delta = diff_policies(_side(old, path), _side(new_name, path))
     if output == "json":
-        typer.echo(json.dumps(to_json(delta, old, new), indent=2))
+        typer.echo(json.dumps(to_json(delta, old, new_name), indent=2))
     elif output == "markdown":
-        typer.echo(render_markdown(delta, old, new))
+        typer.echo(render_markdown(delta, old, new_name))
     else:
-        typer.echo(render_text(delta, old, new))
+        typer.echo(render_text(delta, old, new_name))
+    if working is not None:
+        say_policy(working, None)
     raise SystemExit(1 if exit_code and not delta.empty else 0)
 
 
@@ -145,12 +159,14 @@ def ropa(
 ) -> None:
     """The record of processing activities (GDPR Art. 30) generated from the policy."""
     _choice(output, ("markdown", "csv"), "--format")
-    policy = _compile(read_source(resolve_policy_dir(policy_dir)))
+    folder = policy_folder(policy_dir)
+    policy = _compile(read_source(folder))
     activities = build_ropa(policy)
     if output == "csv":
         typer.echo(ropa_csv(activities), nl=False)
     else:
         typer.echo(ropa_markdown(activities, policy.version), nl=False)
+    say_policy(folder, policy_dir)
 
 
 def register(app: typer.Typer) -> None:

@@ -39,6 +39,7 @@ def _sidecar(
     """
     import uvicorn
 
+    from guard.cli._where import describe
     from guard.config import PolicySettings, SidecarSettings, load_settings
     from middleware.sidecar import create_app
     from middleware.sidecar._app import SETTINGS_ENV, configure_logging
@@ -61,7 +62,8 @@ def _sidecar(
     typer.echo(
         f"guard sidecar on http://{conf.host}:{conf.port} "
         f"({'proxy to ' + conf.upstream if conf.upstream else 'check and decide'}; "
-        f"policy {app.sidecar.holder.current.version})",
+        f"policy {app.sidecar.holder.current.version} from "
+        f"{describe(app.sidecar.policy_dir) if app.sidecar.policy_dir else 'PostgreSQL'})",
         err=True,
     )
     common = {
@@ -119,7 +121,9 @@ def _push(
 
     if not is_postgres_url(store):
         raise ConfigError(f"--store must be a postgresql:// URL, not {store!r}")
-    stored = push_policy_dir(store, policy_dir)
+    from guard.cli._where import policy_folder
+
+    stored = push_policy_dir(store, policy_folder(policy_dir))
     typer.echo(f"pushed {stored.version} (#{stored.id}) from {stored.origin}")
 
 

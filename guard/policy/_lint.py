@@ -5,7 +5,8 @@ decide as casbin's Enforcer would with model.conf (known keys, one parent, no
 cycle, depth within casbin's role hierarchy, the built-in categories, one
 party type and one country per caller...) plus what POLICY-SPEC forbids.
 Warnings load: redundant grants, grants no one can use, purposes no one is
-granted, transfers without safeguard, routes naming unknown categories.
+granted, transfers without safeguard, routes naming unknown categories. Every
+error that makes a routes file refuse to load is a lint error too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from guard.policy._findings import Finding, Severity
 from guard.policy._lint_base import Linter, Tree
 from guard.policy._lint_grants import lint_grants
 from guard.policy._lint_parties import lint_parties
-from guard.policy._lint_routes import ROUTES_FILE, lint_routes
+from guard.policy._lint_routes import ROUTES_FILE, lint_routes, missing_routes
 from guard.policy._lint_survival import lint_survival, survival_rows
 from guard.policy._lint_trees import (
     categories_tree,
@@ -166,13 +167,21 @@ def lint_source(source: PolicySource, routes: Path | None = None) -> list[Findin
     return _sorted(findings)
 
 
-def lint_policy(policy_dir: Path) -> list[Finding]:
-    """Every finding of a policy folder: model.conf, rules.csv and routes.csv if present.
+def lint_policy(policy_dir: Path, routes: Path | None = None) -> list[Finding]:
+    """Every finding of a policy folder: model.conf, rules.csv and its routes file.
+
+    Args:
+        policy_dir: The folder with model.conf and rules.csv.
+        routes: The routes file the sidecar would read; by default routes.csv in the
+            folder, linted when present. A routes file named here must exist.
 
     Raises:
         PolicyError: the folder or one of its files cannot be read.
     """
-    return lint_source(read_source(policy_dir), policy_dir / ROUTES_FILE)
+    source = read_source(policy_dir)
+    if routes is not None and routes != policy_dir / ROUTES_FILE and not routes.is_file():
+        return _sorted([*lint_source(source), missing_routes(routes)])
+    return lint_source(source, routes if routes is not None else policy_dir / ROUTES_FILE)
 
 
 def has_errors(findings: list[Finding]) -> bool:

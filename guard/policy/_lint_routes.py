@@ -1,32 +1,77 @@
-"""Lint of ``routes.csv``: every category a route names must be in the category tree."""
+"""Lint of ``routes.csv``: every row the route loader refuses, and unknown categories.
+
+Errors are exactly the rows :class:`middleware.routes.RouteTable` refuses to load
+(the sidecar would not start): lint asks the loader itself, so a new check there
+is a lint error at once. Warnings are categories the policy does not know.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from guard._errors import PolicyError
 from guard.policy._compiled import SPECIAL
 from guard.policy._findings import Finding, Severity
 from guard.policy._lint_base import Tree
 from guard.policy._source import field_starts
 
 ROUTES_FILE = "routes.csv"
+MAX_ROUTE_ERRORS = 200
+"""Stop looking for more refused rows after this many (each search re-reads the file)."""
 
 
 def lint_routes(path: Path, categories: Tree) -> list[Finding]:
-    """Warnings for route categories that are unknown or special; never raises on odd lines."""
+    """Errors for every row the route loader refuses; warnings for unknown categories."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return [Finding(Severity.WARNING, "routes-unreadable", f"cannot read routes: {exc}",
+        return [Finding(Severity.ERROR, "routes-unreadable", f"cannot read routes: {exc}",
                         str(path), hint="fix or remove the file")]
+    return [*route_errors(text, str(path)), *_category_warnings(text, str(path), categories)]
+
+
+def missing_routes(path: Path) -> Finding:
+    """The error for a configured routes file that is not there (the sidecar needs it)."""
+    return Finding(Severity.ERROR, "routes-missing", "routes file not found", str(path),
+                   hint="create it or fix sidecar.routes / GUARD_SIDECAR__ROUTES")
+
+
+def route_errors(text: str, origin: str) -> list[Finding]:
+    """Every error the route loader raises for ``text``, one per refused row.
+
+    The loader stops at its first error; the row it names is blanked (line numbers
+    kept) and the text read again, until it loads.
+    """
+    from middleware.routes import RouteTable, parse_routes
+
+    lines = text.splitlines()
+    findings: list[Finding] = []
+    while len(findings) < MAX_ROUTE_ERRORS:
+        try:
+            RouteTable(parse_routes("\n".join(lines), origin))
+            break
+        except (PolicyError, ValueError) as exc:
+            error = exc if isinstance(exc, PolicyError) else PolicyError(str(exc), path=origin)
+            findings.append(Finding(Severity.ERROR, "route-refused", error.message, origin,
+                                    error.line, error.column, error.hint or
+                                    "the sidecar refuses to start with this file"))
+            line = error.line
+            if line is None or not 1 <= line <= len(lines) or not lines[line - 1].strip():
+                break  # nothing left to blank: the error is not about one row
+            lines[line - 1] = ""
+    return findings
+
+
+def _category_warnings(text: str, origin: str, categories: Tree) -> list[Finding]:
+    """Warnings for route categories that are unknown or special; never raises on odd lines."""
     findings: list[Finding] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         starts = field_starts(line)
         if len(starts) < 3:
-            continue  # malformed; the route loader reports it
+            continue  # malformed: an error above
         end = starts[3] - 1 if len(starts) > 3 else len(line)
         raw = line[starts[2]:end]
         for found in re.finditer(r"[^\s;|\"]+", raw):
@@ -38,14 +83,14 @@ def lint_routes(path: Path, categories: Tree) -> list[Finding]:
                 findings.append(Finding(
                     Severity.WARNING, "route-unknown-category",
                     f"route names category {key!r}, which is not in the category tree",
-                    str(path), number, column,
+                    origin, number, column,
                     "every request on this route is denied (unknown_category); fix the key",
                 ))
             elif SPECIAL in categories.ancestors(key):
                 findings.append(Finding(
                     Severity.WARNING, "route-special-category",
                     f"route names special category {key!r}, which is never collected",
-                    str(path), number, column,
+                    origin, number, column,
                     "every request on this route is denied (special_category)",
                 ))
     return findings

@@ -57,7 +57,7 @@ def test_allowed_exits_0_with_one_line(
     code, out, err = run(monkeypatch, capsys, "check", *CRM, "--category", "contact.email",
                          "--category", "identity", "--action", "write")
     assert code == 0
-    assert err == ""
+    assert err == "guard: policy policies\n"  # which policy, on stderr
     assert out.count("\n") == 1
     assert out.startswith("ALLOWED svc:crm write contact.email, identity")
     assert "reason allowed" in out
@@ -266,7 +266,7 @@ def test_batch_file(
     code, out, err = run(monkeypatch, capsys, "check", "--batch",
                          str(tmp_path / "requests.jsonl"))
     assert code == 0
-    assert err == ""
+    assert err == "guard: policy policies\n"
     check_batch_output(out, version)
 
 
@@ -286,7 +286,7 @@ def test_large_batch_keeps_order_and_no_progress_off_a_terminal(
     (tmp_path / "big.jsonl").write_bytes((allowed + denied) * 6_000)
     code, out, err = run(monkeypatch, capsys, "check", "--batch", str(tmp_path / "big.jsonl"))
     assert code == 0
-    assert err == ""  # progress only on a terminal
+    assert err == "guard: policy policies\n"  # progress only on a terminal
     records = out.splitlines()
     assert len(records) == 12_000
     for number in (1, 2, 11_999, 12_000):

@@ -35,7 +35,7 @@ def test_routes_csv_declares_the_example_exactly() -> None:
 @pytest.fixture
 def example(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GUARD_CONFIG": str(tmp_path / "none.toml")}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GUARD_CONFIG": os.devnull}
     proc = subprocess.Popen(
         [sys.executable, "-m", "examples.customers", "--port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory with default settings: audit.db and .guard/ keys here."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("GUARD_CONFIG", str(tmp_path / "guard.toml"))
+    monkeypatch.setenv("GUARD_CONFIG", os.devnull)
     keys = Keys(tmp_path / ".guard" / "audit-signing.key",
                 tmp_path / ".guard" / "audit-signing.key.pub")
     load_signing_key(keys.signing, create=True)
@@ -133,7 +134,7 @@ def test_mistakes_are_one_line_and_exit_2(
 def test_missing_store_from_a_real_process(tmp_path: Path) -> None:
     done = subprocess.run([*GUARD, "audit", "query"], cwd=tmp_path, capture_output=True,
                           text=True, env={"PATH": "/usr/bin:/bin",
-                                          "GUARD_CONFIG": str(tmp_path / "none.toml")},
+                                          "GUARD_CONFIG": os.devnull},
                           check=False)
     assert done.returncode == 2
     assert done.stderr.strip() == ("guard: error: no audit store at audit.db "

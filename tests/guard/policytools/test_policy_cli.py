@@ -179,7 +179,8 @@ def test_diff_revisions(runs: dict[str, Run], tmp: Path) -> None:
 
 def test_diff_bad_input(runs: dict[str, Run]) -> None:
     _one_line_error(runs["diff-no-repo"], "not inside a git repository")
-    _one_line_error(runs["diff-missing-arg"], "Missing argument 'NEW'")
+    _one_line_error(runs["diff-missing-arg"],  # NEW defaults to the working policy folder
+                    "'main' is neither a policy folder nor a git revision")
     _one_line_error(runs["diff-missing-file"], "rules.csv not found in")
     _one_line_error(runs["ropa-bad-format"], "--format must be one of markdown, csv")
 

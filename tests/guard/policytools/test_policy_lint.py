@@ -303,9 +303,11 @@ def test_routes_naming_unknown_or_special_categories(tmp_path: Path) -> None:
     found = [(f.code, f.line, f.column, f.severity) for f in lint_policy(folder)
              if f.path.endswith("routes.csv")]
     assert found == [
+        ("route-refused", 4, routes[3].index("identity") + 1, Severity.ERROR),  # not a key
         ("route-unknown-category", 4, routes[3].index("loyalty") + 1, Severity.WARNING),
         ("route-unknown-category", 4, routes[3].index("contact.mail") + 1, Severity.WARNING),
         ("route-special-category", 5, routes[4].index("special") + 1, Severity.WARNING),
+        ("route-refused", 6, len(routes[5]) + 1, Severity.ERROR),  # too few fields
     ]
 
 

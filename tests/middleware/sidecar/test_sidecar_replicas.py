@@ -37,7 +37,7 @@ def _start(tmp: Path, store: str, routes: Path) -> tuple[subprocess.Popen[bytes]
     port = free_port()
     env = {
         **os.environ,
-        "GUARD_CONFIG": str(tmp / "absent.toml"),
+        "GUARD_CONFIG": os.devnull,
         "GUARD_POLICY__SOURCE": store,
         "GUARD_AUDIT__STORE": f"sqlite:///{tmp / 'audit.db'}",
         "GUARD_AUDIT__HMAC_KEY": str(tmp / "hmac.key"),

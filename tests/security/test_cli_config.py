@@ -1,0 +1,188 @@
+"""Bad configuration stops every command at start, in one line naming the key.
+
+A typo in guard.toml or in a ``GUARD_*`` variable used to be ignored silently: the
+guard then ran with a default the operator meant to change (an SQLite audit store
+instead of PostgreSQL, no trusted proxies...). The known keys come from the
+settings models, so a field added to a model is accepted without touching the check.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from guard._errors import ConfigError
+from guard.cli import main
+from guard.config import Settings, _model_in, check_sources, load_settings
+
+COMMANDS = [
+    ["check", "--caller", "svc:crm", "--purpose", "relationship.management",
+     "--category", "contact"],
+    ["explain", "--caller", "svc:crm", "--purpose", "relationship.management",
+     "--category", "contact"],
+    ["policy", "lint"],
+    ["policy", "test"],
+    ["policy", "ropa"],
+    ["audit", "query"],
+    ["audit", "verify"],
+    ["token", "issue", "--caller", "svc:crm"],
+    ["sidecar"],
+]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No GUARD_* variable from outside; work in an empty folder."""
+    for name in list(os.environ):
+        if name.upper().startswith("GUARD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        args: list[str]) -> tuple[int, str, str]:
+    """``guard ARGS`` in-process as its console script runs it."""
+    monkeypatch.setattr(sys, "argv", ["guard", *args])
+    code: object = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert isinstance(code, int), (code, err)
+    return code, out, err
+
+
+def refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+            args: list[str], *names: str) -> None:
+    code, out, err = run(monkeypatch, capsys, args)
+    assert code == 2, (args, out, err)
+    assert out == ""
+    assert err.count("\n") == 1, err
+    assert err.startswith("guard: error: ")
+    for name in names:
+        assert name in err, err
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
+def test_unknown_key_in_guard_toml_stops_every_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    args: list[str],
+) -> None:
+    (tmp_path / "guard.toml").write_text('[audit]\nstroe = "postgresql://db/audit"\n')
+    refused(monkeypatch, capsys, args, "guard.toml", "audit.stroe", "did you mean audit.store")
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
+def test_unknown_environment_variable_stops_every_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str],
+) -> None:
+    monkeypatch.setenv("GUARD_POLICY_DIR", "/srv/policies")  # one _ where __ was meant
+    refused(monkeypatch, capsys, args, "GUARD_POLICY_DIR", "did you mean GUARD_POLICY__DIR")
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
+def test_missing_config_file_stops_every_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    args: list[str],
+) -> None:
+    monkeypatch.setenv("GUARD_CONFIG", str(tmp_path / "gaurd.toml"))
+    refused(monkeypatch, capsys, args, "GUARD_CONFIG", "gaurd.toml")
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [("bogus = 1\n", "bogus"),
+     ("[identity]\ntrusted_proxy = []\n", "identity.trusted_proxy"),
+     ("[sidecar]\nupstream = 'http://x'\n[sidecar.extra]\na = 1\n", "sidecar.extra"),
+     ("[polcy]\ndir = 'p'\n", "polcy")],
+)
+def test_unknown_keys_at_any_depth_of_the_file(tmp_path: Path, toml: str, key: str) -> None:
+    (tmp_path / "guard.toml").write_text(toml)
+    with pytest.raises(ConfigError, match=f"unknown setting {key}"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("GUARD_AUDIT__STOER", "sqlite:///a.db"),
+     ("GUARD_BOGUS", "1"),
+     ("guard_identity__trusted_proxie", "[]"),
+     ("GUARD_AUDIT__STORE__PATH", "x"),
+     ("GUARD_AUDIT", '{"store": "sqlite:///a.db", "spol": "x"}')],
+)
+def test_unknown_environment_keys(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"unknown setting in the environment: {name}"):
+        load_settings()
+
+
+def test_a_broken_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "guard.toml").write_text("[audit\nstore = 1\n")
+    with pytest.raises(ConfigError, match=r"cannot read the configuration guard\.toml"):
+        load_settings()
+
+
+def _fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for name, info in model.model_fields.items():
+        section = _model_in(info.annotation)
+        found.extend(_fields(section, (*prefix, name)) if section else [(*prefix, name)])
+    return found
+
+
+def test_every_declared_field_is_accepted_by_name(tmp_path: Path) -> None:
+    """Generic: whatever fields the models declare (new ones included) pass the check."""
+    fields = _fields(Settings)
+    assert ("audit", "store") in fields
+    environ = {"GUARD_" + "__".join(path).upper(): "x" for path in fields}
+    environ |= {"GUARD_CONFIG": str(tmp_path / "guard.toml")}
+    sections: dict[str, list[str]] = {}
+    for path in fields:
+        sections.setdefault(".".join(path[:-1]), []).append(path[-1])
+    (tmp_path / "guard.toml").write_text("".join(
+        (f"[{section}]\n" if section else "") + "".join(f"{key} = 1\n" for key in keys)
+        for section, keys in sorted(sections.items())))
+    check_sources(environ)  # no ConfigError: values are for pydantic to judge
+
+
+def test_other_guard_variables_and_dev_null_are_accepted(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GUARD_CONFIG", os.devnull)
+    monkeypatch.setenv("GUARD_SIDECAR_SETTINGS_JSON", "{}")
+    monkeypatch.setenv("GUARD_AUDIT__STORE", "sqlite:///x.db")
+    assert load_settings().audit.store == "sqlite:///x.db"
+
+
+def test_help_still_works_with_bad_configuration(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GUARD_BOGUS", "1")
+    code, out, _ = run(monkeypatch, capsys, ["check", "--help"])
+    assert code == 0
+    assert "--caller" in out
+
+
+def test_the_middleware_refuses_bad_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.applications import Starlette
+
+    from middleware import GuardMiddleware
+
+    monkeypatch.setenv("GUARD_AUDIT__STOER", "sqlite:///a.db")
+    with pytest.raises(ConfigError, match="GUARD_AUDIT__STOER"):
+        GuardMiddleware(Starlette())
+
+
+def test_the_sidecar_refuses_bad_configuration(tmp_path: Path) -> None:
+    from middleware.sidecar import create_app
+
+    (tmp_path / "guard.toml").write_text("[sidecar]\nupstream_timout_seconds = 5\n")
+    with pytest.raises(ConfigError, match=r"sidecar\.upstream_timout_seconds"):
+        create_app()
