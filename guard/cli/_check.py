@@ -246,8 +246,12 @@ class _LazyRegister:
             self._register.close()
 
 
-def _load(folder: Path) -> CompiledPolicy:
-    """Load once; lint warnings and the slow-path notice become one stderr line each."""
+def _load(folder: Path | None) -> CompiledPolicy:
+    """Load once; lint warnings and the slow-path notice become one stderr line each.
+
+    Args:
+        folder: The policy folder, as :func:`guard.cli._where.policy_folder` resolves it.
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SlowPathWarning)
         policy = load_policy(folder)

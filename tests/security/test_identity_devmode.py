@@ -40,7 +40,7 @@ class Example:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "examples.customers", "--port", str(self.port)],
             cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO),
-                          "GUARD_CONFIG": str(cwd / "none.toml"), **env},
+                          "GUARD_CONFIG": os.devnull, **env},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while True:
@@ -156,7 +156,7 @@ def test_guard_sidecar_announces_development_mode(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("guard")), "sidecar", "--port", str(port)],
-        cwd=tmp_path, env={**os.environ, "GUARD_CONFIG": str(tmp_path / "none.toml")},
+        cwd=tmp_path, env={**os.environ, "GUARD_CONFIG": os.devnull},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30

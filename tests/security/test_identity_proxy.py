@@ -120,7 +120,7 @@ def test_the_secret_from_outside_the_listed_addresses_gets_401(
 
 
 def test_trusted_proxies_alone_refuse_to_start(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GUARD_CONFIG": str(tmp_path / "none.toml"),
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GUARD_CONFIG": os.devnull,
            "GUARD_IDENTITY__TRUSTED_PROXIES": '["10.0.0.0/8"]'}
     for command in ([sys.executable, "-m", "examples.customers", "--print-only"],
                     [str(Path(sys.executable).with_name("guard")), "sidecar", "--port",
