@@ -3,7 +3,9 @@
 Every field has a default that runs out of the box: the shipped policy, an
 SQLite audit store in the working directory, development keys under ``.guard/``.
 Environment variables use ``__`` between section and field, e.g.
-``GUARD_AUDIT__STORE=postgresql://...``.
+``GUARD_AUDIT__STORE=postgresql://...``. :func:`load_settings` refuses a key
+that no settings model defines, in the file or the environment, and a
+``GUARD_CONFIG`` that names no file (:func:`check_sources`).
 """
 
 from __future__ import annotations
