@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -139,7 +140,7 @@ def test_guard_console_without_auditors_is_a_one_line_error(tmp_path: Path) -> N
     done = subprocess.run(
         [str(Path(sys.executable).with_name("guard")), "console", "--port", "1"],
         check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "GUARD_CONFIG": str(tmp_path / "none.toml")})
+        env={"PATH": "/usr/bin:/bin", "GUARD_CONFIG": os.devnull})
     assert done.returncode == 2
     assert done.stderr.strip() == ("guard: error: no auditor may sign in: set console.auditors "
                                    "or pass --auditor")
