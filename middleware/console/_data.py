@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from guard.audit import AuditEvent, AuditQueryError, EventFilter, Store, parse_when
@@ -15,6 +15,10 @@ from guard.audit._schema import row_event
 E_COLUMNS = ", ".join(f"e.{name}" for name in FIELD_NAMES)
 OUTCOME = ("(SELECT max(o.http_status) FROM audit_event o "
            "WHERE o.decision_ref = e.event_id AND o.kind = 'outcome')")
+
+
+LAST_TS = "9999-12-31T23:59:59.999999Z"
+"""After every ``ts`` the guard writes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +133,15 @@ def decisions_page(store: Store, filters: Filters, *, cursor: str | None, size: 
     Keyset paging on ``(ts, event_id)``: each page costs the same however deep it is.
     """
     condition, params = filters.where()
+    # A ts bound on every page lets the planner walk the ts index down from it and
+    # stop after one page (without one, SQLite sorts the whole table).
     if cursor:
         ts, event_id = decode_cursor(cursor)
-        # ts <= ? lets the planner walk the ts index from the cursor down.
         condition += " AND e.ts <= ? AND (e.ts < ? OR e.event_id < ?)"
         params += [ts, ts, event_id]
+    else:
+        condition += " AND e.ts <= ?"
+        params.append(LAST_TS)
     sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
            f"ORDER BY e.ts DESC, e.event_id DESC LIMIT {int(size) + 1}")
     rows = _rows(store, sql, params)
@@ -188,7 +196,3 @@ def subject_events(store: Store, pseudonym: str) -> list[Row]:
            "ORDER BY e.ts, e.event_id")
     return _rows(store, sql, params)
 
-
-def without_subject(event: AuditEvent) -> AuditEvent:
-    """The event with its subject pseudonym removed (for the decision table)."""
-    return replace(event, subject=None) if event.subject else event

@@ -89,6 +89,17 @@ def to_pdf(view: SubjectView) -> bytes:
             table.row(["Recipient", "Country", "Safeguard", "Accesses"])
             for t in view.transfers:
                 table.row([_latin(v) for v in (t.recipient, t.country, t.safeguard, t.accesses)])
+    section("Rights requests (subject register)")
+    if not view.register:
+        pdf.cell(0, 5, "No rights request is recorded for this person.",
+                 new_x="LMARGIN", new_y="NEXT")
+    else:
+        with pdf.table(headings_style=heading, col_widths=(10, 35, 40, 50, 45, 40, 45),
+                       text_align="LEFT") as table:
+            table.row(["#", "Effective", "Entry", "Purpose", "Recorded", "By", "Reference"])
+            for e in view.register:
+                table.row([_latin(getattr(e, name, "") or "-") for name in (
+                    "seq", "effective", "kind", "purpose", "recorded_at", "recorded_by", "ref")])
     section("Every decision about this person")
     if not view.decisions:
         pdf.cell(0, 5, "None.", new_x="LMARGIN", new_y="NEXT")

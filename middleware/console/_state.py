@@ -30,6 +30,7 @@ class Console:
     hmac_key: bytes
     owns_guard: bool = False
     last_check: Integrity | None = None
+    checking_since: str | None = None
     _store: Store | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -39,6 +40,29 @@ class Console:
             if self._store is None:
                 self._store = open_store(self.settings.audit.store, create=False)
             return self._store
+
+    def start_check(self) -> None:
+        """Verify the trail in a background thread (one at a time); the result lands in
+        ``last_check``. At millions of events a check takes minutes, so no page waits."""
+        from guard.audit._pipeline import utc_now
+        from middleware.console._integrity import check
+
+        with self._lock:
+            if self.checking_since is not None:
+                return
+            self.checking_since = utc_now()
+
+        def run() -> None:
+            try:
+                self.last_check = check(self.store(), self.settings.audit.signing_key,
+                                        self.hmac_key)
+            except Exception as exc:  # shown on the page; the check itself must not crash
+                self.last_check = Integrity(utc_now(), False, 0, 0, (), (),
+                                            f"the check failed: {exc}")
+            finally:
+                self.checking_since = None
+
+        threading.Thread(target=run, name="guard-console-verify", daemon=True).start()
 
     def live_guard(self) -> Guard:
         """The guard; raises RuntimeError before start-up."""

@@ -86,6 +86,11 @@ class SubjectView:
     decisions: tuple[Row, ...]
     transfers: tuple[Transfer, ...]
 
+    @property
+    def register(self) -> tuple[Any, ...]:
+        """The subject register's history (consents, objections...), if the store has one."""
+        return tuple(getattr(self.report, "register", ()) or ())
+
     def to_dict(self) -> dict[str, Any]:
         """The reply as a JSON-ready mapping (notice §9)."""
         data = self.report.to_dict()

@@ -17,7 +17,7 @@ from guard._types import HttpContext, Reason
 from guard.audit import AuditQueryError, parse_when
 from guard.policy._compiled import CompiledPolicy
 from guard.policy._diff import PolicyDiff
-from middleware.console import _export, _integrity, _overview, _policies
+from middleware.console import _export, _overview, _policies
 from middleware.console._data import (
     Filters,
     Row,
@@ -247,24 +247,17 @@ async def overview_data(request: Request, console: Console, auditor: str) -> Res
 
 
 async def integrity(request: Request, console: Console, auditor: str) -> Response:
-    """The last verification of every chain (verified now if never checked)."""
-    result = console.last_check
-    if result is None:
-        result = await _verify(console)
-    return render(request, "integrity.html", {"auditor": auditor, "result": result})
+    """The last verification of every chain; the first visit starts one."""
+    if console.last_check is None:
+        console.start_check()
+    return render(request, "integrity.html", {"auditor": auditor, "result": console.last_check,
+                                              "running": console.checking_since})
 
 
 async def integrity_check(request: Request, console: Console, auditor: str) -> Response:
-    """Verify again, then show the result."""
-    await _verify(console)
+    """Start a new verification, then show the page (it refreshes until the result is in)."""
+    console.start_check()
     return RedirectResponse(f"{_base(request)}/integrity", status_code=303)
-
-
-async def _verify(console: Console) -> _integrity.Integrity:
-    result = await run_in_threadpool(_integrity.check, console.store(),
-                                     console.settings.audit.signing_key, console.hmac_key)
-    console.last_check = result
-    return result
 
 
 async def policies(request: Request, console: Console, auditor: str) -> Response:

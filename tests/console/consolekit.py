@@ -78,10 +78,17 @@ def example_service(settings: Settings) -> Iterator[httpx.Client]:
 
 
 def fill(client: httpx.Client, settings: Settings) -> None:
-    """Allowed and denied decisions about several subjects, at home and abroad."""
+    """Allowed and denied decisions about several subjects, at home and abroad, and an
+    objection in the subject register."""
+    from guard import Guard
+    from guard.rights import Change, EntryKind
+
     for subject in (SUBJECT, "c-0007", "c-0100"):
         for caller, purpose, path in TRAFFIC:
             send(client, settings, caller, purpose, path, subject)
+    with Guard.from_settings(settings) as guard:
+        guard.record_subject_change(Change(SUBJECT, EntryKind.OBJECTION, "marketing",
+                                           ref="ticket-17", who="test:dpo"))
 
 
 class UvicornThread:

@@ -103,6 +103,9 @@ def test_subject_report_and_its_exports(page: Any, world: World) -> None:
     transfers = {(r[0], r[1], r[2]) for r in rows_of(page, "#transfers")}
     assert ("grp:exalens-in", "IN", "idta") in transfers
     assert ("grp:exalens-nl", "NL", "adequate") in transfers
+    register = rows_of(page, "#register")
+    assert [(r[2], r[3], r[5], r[6]) for r in register] == [
+        ("objection", "marketing", "test:dpo", "ticket-17")]
     decisions = rows_of(page, "#subject-decisions")
     assert any(r[1] == "grp:exalens-us" and r[7] == "refused" for r in decisions)
     assert any(r[1] == AUDITOR and r[4] == "rights.request" for r in decisions)
@@ -113,7 +116,8 @@ def test_subject_report_and_its_exports(page: Any, world: World) -> None:
     text = "\n".join(p.extract_text() for p in PdfReader(pdf_download.value.path()).pages)
     assert "Right-of-access report" in text
     assert pseudonym in text.replace("\n", "")
-    for expected in ("svc:crm", "grp:exalens-in", "idta", "Transfers outside the UK"):
+    for expected in ("svc:crm", "grp:exalens-in", "idta", "Transfers outside the UK",
+                     "Rights requests", "objection", "ticket-17"):
         assert expected in text
     assert SUBJECT not in text
 
@@ -208,7 +212,7 @@ def test_the_raw_subject_id_is_in_no_url_log_or_row(world: World) -> None:
     assert any("/subject/" in line for line in world.logs.lines)
     assert not [line for line in world.logs.lines if SUBJECT in line]
     with sqlite3.connect(world.db) as conn:
-        for table in ("audit_event", "audit_checkpoint"):
+        for table in ("audit_event", "audit_checkpoint", "subject_register"):
             for row in conn.execute(f"SELECT * FROM {table}"):
                 assert not [v for v in row if SUBJECT in str(v)], row
 
@@ -216,13 +220,13 @@ def test_the_raw_subject_id_is_in_no_url_log_or_row(world: World) -> None:
 def test_integrity_turns_red_after_a_tampered_row(page: Any, world: World) -> None:
     page.goto(world.url + "/integrity")
     page.click("text=Check again")
-    assert "allowed" in (page.get_attribute("#integrity-summary", "class") or "")
+    page.wait_for_selector("#integrity-summary.allowed")
+    page.wait_for_selector("#integrity-running", state="detached")
     shot(page, world, "integrity")
     with sqlite3.connect(world.db) as conn:
         conn.execute("UPDATE audit_event SET purpose = 'marketing' WHERE event_id = "
                      "(SELECT min(event_id) FROM audit_event WHERE kind = 'decision')")
     page.click("text=Check again")
-    page.wait_for_load_state()
-    assert "denied" in (page.get_attribute("#integrity-summary", "class") or "")
+    page.wait_for_selector("#integrity-summary.denied")
     assert "altered" in page.inner_text("#chains")
     shot(page, world, "integrity-tampered")

@@ -105,6 +105,10 @@
       .catch((err) => { status.textContent = "Cannot load the charts: " + err; });
   }
 
+  if (document.getElementById("integrity-running")) {
+    window.setTimeout(() => { window.location.replace(window.location.pathname); }, 1000);
+  }
+
   const charts = document.getElementById("charts");
   if (charts) {
     if (window.Chart) { drawCharts(charts); } else { window.addEventListener("load", () => drawCharts(charts)); }
