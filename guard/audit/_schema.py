@@ -18,7 +18,7 @@ from guard.audit._event import (
     digest_content,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Portable DDL: the same text runs on SQLite and PostgreSQL.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -89,6 +89,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # The chain's signed terms (hash format, checkpoint bounds); null on older checkpoints.
     3: ("ALTER TABLE audit_checkpoint ADD COLUMN terms TEXT",),
+    # Policy events are rare among millions of decisions: the console's policy history.
+    4: (
+        "CREATE INDEX IF NOT EXISTS audit_event_policy ON audit_event (ts) "
+        "WHERE kind IN ('policy_loaded', 'policy_rejected')",
+    ),
 }
 
 SCHEMA_VERSION_DDL = (

@@ -1,7 +1,9 @@
-"""The overview's chart data: grouped counts, computed in the store."""
+"""The overview's chart data: one grouped scan of the period, folded into every chart."""
 
 from __future__ import annotations
 
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guard.audit import Store
@@ -9,71 +11,63 @@ from guard.policy._compiled import CompiledPolicy
 from middleware.console._subject import HOME_COUNTRY, safeguard
 
 TOP = 10
+NOT_HTTP = "(not HTTP)"
 
 
-def _grouped(store: Store, select: str, since: str, *, extra: str = "", tail: str = "",
-             params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    sql = (f"SELECT {select} FROM audit_event e WHERE e.kind = 'decision' "  # noqa: S608 - constant SQL
-           f"AND e.ts >= ? {extra} {tail}")
-    return store.rows(sql, [since, *params])
-
-
-def overview_data(store: Store, since: str, policy: CompiledPolicy | None) -> dict[str, Any]:
+def overview_data(store: Store, since: str, policy: CompiledPolicy | None, *,
+                  now: datetime | None = None) -> dict[str, Any]:
     """Every chart's series for decisions at or after ``since`` (a ``ts`` bound).
 
-    Time buckets are hours when ``since`` is within two days of the newest event,
-    days otherwise.
+    Time buckets are hours for a period of up to two days, days beyond. The store
+    groups the period's decisions once, by every dimension a chart needs.
     """
-    span = store.rows("SELECT min(ts), max(ts) FROM audit_event e "
-                      "WHERE e.kind = 'decision' AND e.ts >= ?", [since])
-    first, last = span[0] if span else (None, None)
-    width = 13 if first and last and str(last)[:10] <= _two_days_after(str(first)) else 10
-    bucket = f"substr(e.ts, 1, {width})"
-    over_time = _grouped(store, f"{bucket}, e.reason, count(*)", since,
-                         tail=f"GROUP BY {bucket}, e.reason ORDER BY 1")
-    buckets = sorted({str(r[0]) for r in over_time})
-    reasons = sorted({str(r[1]) for r in over_time}, key=lambda r: (r != "allowed", r))
-    series = {reason: [0] * len(buckets) for reason in reasons}
-    index = {b: i for i, b in enumerate(buckets)}
-    for b, reason, n in over_time:
-        series[str(reason)][index[str(b)]] = int(n)
-    denied_sum = "sum(CASE WHEN e.allowed = 0 THEN 1 ELSE 0 END)"
-    callers = _grouped(store, f"e.caller, count(*), {denied_sum}", since,
-                       tail=f"GROUP BY e.caller ORDER BY 2 DESC, 1 LIMIT {TOP}")
-    purposes = _grouped(store, f"e.purpose, count(*), {denied_sum}", since,
-                        tail=f"GROUP BY e.purpose ORDER BY 2 DESC, 1 LIMIT {TOP}")
-    transfers = _grouped(store, "e.country, e.caller, count(*)", since,
-                         extra="AND e.allowed = 1 AND e.country IS NOT NULL AND e.country <> ?",
-                         tail="GROUP BY e.country, e.caller", params=(HOME_COUNTRY,))
-    routes = _grouped(store, "coalesce(e.http_route, '(not HTTP)'), count(*)", since,
-                      extra="AND e.allowed = 0",
-                      tail=f"GROUP BY coalesce(e.http_route, '(not HTTP)') "
-                           f"ORDER BY 2 DESC, 1 LIMIT {TOP}")
+    now = now or datetime.now(UTC)
+    start = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    width = 13 if now - start <= timedelta(days=2) else 10
+    grouped = store.rows(
+        f"SELECT substr(e.ts, 1, {width}), e.reason, e.caller, e.purpose, e.country, "  # noqa: S608 - constant SQL
+        "e.http_route, e.allowed, count(*) FROM audit_event e "
+        "WHERE e.kind = 'decision' AND e.ts >= ? "
+        "GROUP BY 1, e.reason, e.caller, e.purpose, e.country, e.http_route, e.allowed",
+        [since])
+    over_time: Counter[tuple[str, str]] = Counter()
+    callers: Counter[str] = Counter()
+    callers_denied: Counter[str] = Counter()
+    purposes: Counter[str] = Counter()
+    purposes_denied: Counter[str] = Counter()
+    transfers: Counter[tuple[str, str]] = Counter()
+    routes: Counter[str] = Counter()
+    for bucket, reason, caller, purpose, country, route, allowed, n in grouped:
+        count = int(n)
+        over_time[(str(bucket), str(reason))] += count
+        callers[str(caller)] += count
+        purposes[str(purpose)] += count
+        if allowed == 1:
+            if country and country != HOME_COUNTRY:
+                transfers[(str(country), safeguard(policy, str(caller)))] += count
+        else:
+            callers_denied[str(caller)] += count
+            purposes_denied[str(purpose)] += count
+            routes[str(route) if route else NOT_HTTP] += count
+    buckets = sorted({b for b, _ in over_time})
+    reasons = sorted({r for _, r in over_time}, key=lambda r: (r != "allowed", r))
+    countries = sorted({c for c, _ in transfers})
     return {
         "since": since,
-        "over_time": {"labels": buckets, "series": series},
-        "callers": [{"key": r[0], "total": int(r[1]), "denied": int(r[2] or 0)} for r in callers],
-        "purposes": [{"key": r[0], "total": int(r[1]), "denied": int(r[2] or 0)}
-                     for r in purposes],
-        "transfers": _transfers(transfers, policy),
-        "denied_routes": [{"key": r[0], "denied": int(r[1])} for r in routes],
+        "over_time": {"labels": buckets,
+                      "series": {r: [over_time[(b, r)] for b in buckets] for r in reasons}},
+        "callers": _top(callers, callers_denied),
+        "purposes": _top(purposes, purposes_denied),
+        "transfers": {"countries": countries,
+                      "series": {s: [transfers[(c, s)] for c in countries]
+                                 for s in sorted({s for _, s in transfers})}},
+        "denied_routes": [{"key": k, "denied": n} for k, n in _most(routes)],
     }
 
 
-def _two_days_after(ts: str) -> str:
-    from datetime import date, timedelta
-
-    return (date.fromisoformat(ts[:10]) + timedelta(days=2)).isoformat()
+def _most(counts: Counter[str]) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]
 
 
-def _transfers(rows: list[tuple[Any, ...]], policy: CompiledPolicy | None) -> dict[str, Any]:
-    """Allowed decisions for recipients abroad: countries x safeguards."""
-    counts: dict[tuple[str, str], int] = {}
-    for country, caller, n in rows:
-        key = (str(country), safeguard(policy, str(caller)))
-        counts[key] = counts.get(key, 0) + int(n)
-    countries = sorted({c for c, _ in counts})
-    safeguards = sorted({s for _, s in counts})
-    return {"countries": countries,
-            "series": {s: [counts.get((c, s), 0) for c in countries] for s in safeguards}}
-
+def _top(totals: Counter[str], denied: Counter[str]) -> list[dict[str, Any]]:
+    return [{"key": k, "total": n, "denied": denied[k]} for k, n in _most(totals)]

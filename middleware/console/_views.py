@@ -224,7 +224,7 @@ async def subject_export(request: Request, console: Console, auditor: str) -> Re
 # -- overview, integrity, policies -----------------------------------------------------------
 
 def _since(request: Request) -> tuple[str, str]:
-    text = request.query_params.get("since", "").strip() or "7d"
+    text = request.query_params.get("since", "").strip() or "24h"
     return text, parse_when(text, option="since")
 
 

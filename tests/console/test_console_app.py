@@ -144,3 +144,41 @@ def test_guard_console_without_auditors_is_a_one_line_error(tmp_path: Path) -> N
     assert done.returncode == 2
     assert done.stderr.strip() == ("guard: error: no auditor may sign in: set console.auditors "
                                    "or pass --auditor")
+
+
+@pytest.mark.postgres
+def test_the_console_reads_a_postgres_store_and_diffs_stored_policies(
+        postgres_url: str, tmp_path: Path) -> None:
+    from guard.policy._pgsource import push_policy_dir
+
+    shipped = Path(__file__).resolve().parents[2] / "policies"
+    changed = tmp_path / "policy"
+    changed.mkdir()
+    for name in ("model.conf", "routes.csv", "tests.csv"):
+        (changed / name).write_text((shipped / name).read_text())
+    rules = (shipped / "rules.csv").read_text()
+    line = "p, svc:crm, promotion.prize_draw, usage, read\n"
+    assert line in rules
+    (changed / "rules.csv").write_text(rules.replace(line, ""))
+    old = push_policy_dir(postgres_url, shipped).version
+    new = push_policy_dir(postgres_url, changed).version
+
+    settings = console_settings(tmp_path)
+    settings = settings.model_copy(update={
+        "audit": settings.audit.model_copy(update={"store": postgres_url}),
+        "policy": settings.policy.model_copy(update={"source": postgres_url})})
+    with example_service(settings) as example:
+        fill(example, settings)
+    with UvicornThread(create_console(settings)) as server, \
+            signed_in(settings, server.url, AUDITOR) as client:
+        page = client.get("/decisions?caller=grp:exalens-us&outcome=denied")
+        assert page.status_code == 200
+        assert page.text.count("grp:exalens-us</td>") == 3
+        location = client.post("/subject", data={"subject": SUBJECT}).headers["location"]
+        report = client.get(location.replace("?", "/report.json?")).json()
+        assert {r["recipient"] for r in report["recipients"]} >= {"svc:crm", AUDITOR}
+        assert [e["kind"] for e in report["register"]] == ["objection"]
+        diff = client.get(f"/policies?old={old}&new={new}").text
+        assert "loses read promotion.prize_draw / usage" in diff
+        missing = client.get(f"/policies?old={old}&new=sha256:nowhere").text
+        assert "is not available" in missing
