@@ -134,3 +134,5 @@ class HttpContext:
     route: str
     status: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    aborted: bool = False
+    """The response was cut short after its status was sent (an outcome's ``detail``)."""

@@ -174,14 +174,25 @@ def decision_fields(
     }
 
 
+OUTCOME_ABORTED = "aborted"
+"""``detail`` of an outcome whose response was cut short after its status was sent."""
+
+
 def outcome_fields(decision_id: str, status: int, http: HttpContext | None) -> dict[str, Any]:
-    """The fields of the event for the final HTTP status of an earlier decision."""
-    return {
+    """The fields of the event for the final HTTP status of an earlier decision.
+
+    ``http.aborted`` (the response broke off mid-body) sets ``detail`` to ``aborted``;
+    ``http_status`` stays the status the client was sent.
+    """
+    fields: dict[str, Any] = {
         "decision_ref": decision_id,
         "http_method": http.method if http else None,
         "http_route": http.route if http else None,
         "http_status": status,
     }
+    if http is not None and http.aborted:
+        fields["detail"] = OUTCOME_ABORTED
+    return fields
 
 
 def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str, Any]:

@@ -7,12 +7,12 @@ import contextlib
 import json
 import logging
 import os
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -28,12 +28,14 @@ from middleware.sidecar._check import (
     CheckEndpoint,
 )
 from middleware.sidecar._decide_api import decide_endpoint
+from middleware.sidecar._headers import judged_headers
 from middleware.sidecar._health import healthz, readyz
 from middleware.sidecar._openapi import openapi_document
 from middleware.sidecar._outcomes import PendingOutcomes
 from middleware.sidecar._paths import judgeable_path
-from middleware.sidecar._problem import ambiguous_path, sidecar_problem
-from middleware.sidecar._proxy import Proxy, UpstreamError
+from middleware.sidecar._problem import AMBIGUOUS_TARGET, sidecar_problem
+from middleware.sidecar._proxy import Proxy, UpstreamAbortedError, UpstreamError
+from middleware.sidecar._refuse import refuse_target
 from middleware.sidecar._state import Sidecar, build_sidecar, peer_of
 from middleware.sidecar._subjects_api import PATHS as SUBJECT_PATHS
 from middleware.sidecar._subjects_api import routes as subject_routes
@@ -92,8 +94,16 @@ async def _fail_closed(app: ASGIApp, scope: Scope, receive: Receive, send: Send)
 
     try:
         await app(scope, receive, tracked)
-    except Exception:
-        _log.exception("the sidecar failed on %s %s", scope["method"], scope["path"])
+    except UpstreamAbortedError:
+        raise  # logged and recorded; the server drops the connection
+    except Exception as exc:
+        # Never the path: it may name a person. The traceback without the message, too.
+        _log.error(
+            "the sidecar failed on a %s request: %s\n%s",
+            scope["method"],
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+        )
         if started:
             raise
         await sidecar_problem(
@@ -114,14 +124,19 @@ class ProxyEndpoint:
         if scope["type"] != "http":
             return
         sidecar = self._sidecar
-        raw = scope.get("raw_path") or scope["path"].encode()
-        path = judgeable_path(raw.decode("latin-1"))
+        purpose_header = sidecar.settings.identity.purpose_header
+        headers = judged_headers(scope, purpose_header)
+        raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        path = judgeable_path(raw + ("?" + query.decode("latin-1") if query else ""))
         if path is None:
-            await ambiguous_path()(scope, receive, send)
+            refused = await refuse_target(
+                sidecar, scope, headers, method=scope["method"], detail=AMBIGUOUS_TARGET
+            )
+            await refused(scope, receive, send)
             return
         # Earlier outcomes go to the trail while this request waits for its decision.
         self._outcomes.flush_soon()
-        headers = Headers(scope=scope)
         outcome = await enforce(
             sidecar.guard,
             sidecar.auth,
@@ -130,7 +145,7 @@ class ProxyEndpoint:
             path=path,
             headers=headers,
             peer=peer_of(scope),
-            purpose_header=sidecar.settings.identity.purpose_header,
+            purpose_header=purpose_header,
         )
         denied = outcome.problem()
         if denied is not None:
@@ -141,15 +156,22 @@ class ProxyEndpoint:
         if decision is not None:
             add[CALLER_HEADER] = decision.caller
             add[PURPOSE_HEADER] = decision.purpose
+            # The purpose header reaches the upstream only as judged (client copies are dropped).
+            add[purpose_header.lower()] = decision.purpose
         if outcome.decision_id:
             add[DECISION_HEADER] = outcome.decision_id
         proxy = sidecar.proxy
         assert proxy is not None  # set by the lifespan before any request
-        status = 502
+        route = outcome.route or "<undeclared>"
+        status, aborted = 502, False
         try:
             status = await proxy.forward(scope, receive, send, add=add)
+        except UpstreamAbortedError as exc:
+            status, aborted = exc.status, True
+            _log.warning("upstream aborted its answer to %s %s: %s", scope["method"], route, exc)
+            raise
         except UpstreamError as exc:
-            _log.warning("upstream failed for %s %s: %s", scope["method"], path, exc)
+            _log.warning("upstream failed for %s %s: %s", scope["method"], route, exc)
             await sidecar_problem(
                 502,
                 "upstream_unavailable",
@@ -158,8 +180,7 @@ class ProxyEndpoint:
             )(scope, receive, send)
         finally:
             if outcome.decision_id:
-                route = outcome.route or "<undeclared>"
-                http = HttpContext(method=scope["method"], route=route, status=status)
+                http = HttpContext(scope["method"], route, status, aborted=aborted)
                 # The outcome does not gate data flow: queued off this path (see PendingOutcomes).
                 self._outcomes.add(outcome.decision_id, status, http)
 
@@ -207,6 +228,7 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
         conf = built.settings.sidecar
         built.auth.announce()
         transport: UpstreamTransport | None = None
+        identity = built.settings.identity
         if conf.upstream:
             transport = UpstreamTransport(
                 httpx.URL(conf.upstream).scheme, max_connections=conf.upstream_max_connections
@@ -215,7 +237,7 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
                 transport,
                 conf.upstream,
                 timeout_seconds=conf.upstream_timeout_seconds,
-                strip=[built.settings.identity.caller_header],
+                strip=[identity.caller_header, identity.purpose_header],
             )
         tasks = await _start_watchers(built)
         try:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from guard._types import Reason
 from middleware._enforce import enforce
-from middleware.sidecar._paths import judgeable_path
-from middleware.sidecar._problem import ambiguous_path, sidecar_problem
+from middleware.sidecar._headers import judged_headers
+from middleware.sidecar._paths import CHECK_METHODS, judgeable_method, judgeable_path
+from middleware.sidecar._problem import AMBIGUOUS_TARGET
+from middleware.sidecar._refuse import refuse_target
 from middleware.sidecar._state import Sidecar, peer_of
 
 CALLER_HEADER = "x-guard-caller"
@@ -25,18 +26,28 @@ VERSION_HEADER = "x-guard-policy-version"
 
 
 def _target(scope: Scope, headers: Headers, prefix: str) -> tuple[str, str] | None:
-    """(method, raw target) of the original request, or None when the check names none."""
+    """(method, raw target) of the original request, or None when the check names none.
+
+    nginx's ``X-Original-URI`` is ``$request_uri``: the target exactly as the
+    client sent it and as nginx forwards it, fragment and all; it is judged as
+    given (see :func:`judgeable_path`), never cut at ``#`` or ``?`` first.
+    """
     path: str = scope["path"]
     if len(path) > len(prefix) + 1:
         # Envoy: the original path follows the prefix; its own method is the original.
         raw = (scope.get("raw_path") or path.encode()).decode("latin-1")
+        if not raw.startswith(prefix + "/"):
+            return scope["method"], ""  # the prefix itself was percent-encoded: refused
         query = scope.get("query_string", b"")
         target = raw[len(prefix) :] + ("?" + query.decode("latin-1") if query else "")
         return scope["method"], target
-    uri = headers.get("x-original-uri")
-    if not uri:
+    uris = headers.getlist("x-original-uri")
+    if not uris:
         return None
-    return headers.get("x-original-method", scope["method"]).upper(), uri
+    if len(uris) > 1:
+        return scope["method"], ""  # two targets: neither can be the one forwarded
+    methods = headers.getlist("x-original-method")
+    return (methods[0] if len(methods) == 1 else "" if methods else scope["method"]), uris[0]
 
 
 class CheckEndpoint:
@@ -55,20 +66,38 @@ class CheckEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sidecar = self._sidecar
-        headers = Headers(scope=scope)
+        headers = judged_headers(scope, self._purpose_header)
+        if scope["method"] not in CHECK_METHODS:
+            refused = await refuse_target(
+                sidecar,
+                scope,
+                headers,
+                method=None,
+                detail="check requests use " + ", ".join(CHECK_METHODS),
+                status=405,
+            )
+            refused.headers["allow"] = ", ".join(CHECK_METHODS)
+            await refused(scope, receive, send)
+            return
         target = _target(scope, headers, self._prefix)
         if target is None:
-            await sidecar_problem(
-                400,
-                Reason.MALFORMED_REQUEST.value,
-                "Malformed check request",
-                "send X-Original-URI (nginx) or append the original path to the check path (Envoy)",
-            )(scope, receive, send)
+            refused = await refuse_target(
+                sidecar,
+                scope,
+                headers,
+                method=None,
+                detail="send X-Original-URI (nginx) or append the original path to the check "
+                "path (Envoy)",
+            )
+            await refused(scope, receive, send)
             return
-        method, raw = target
+        raw_method, raw = target
+        method = judgeable_method(raw_method)
         path = judgeable_path(raw)
-        if path is None:
-            await ambiguous_path()(scope, receive, send)
+        if method is None or path is None:
+            detail = AMBIGUOUS_TARGET if method else "X-Original-Method: an upper-case token"
+            refused = await refuse_target(sidecar, scope, headers, method=method, detail=detail)
+            await refused(scope, receive, send)
             return
         outcome = await enforce(
             sidecar.guard,

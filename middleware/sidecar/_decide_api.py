@@ -7,6 +7,7 @@ import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 
@@ -18,6 +19,7 @@ from middleware.sidecar._state import Sidecar, peer_of
 
 MAX_BATCH = 1000
 MAX_BODY = 1 << 20
+"""The largest decide body read (1 MiB: a full batch of 1,000 requests fits several times)."""
 _Key = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
 
@@ -93,6 +95,41 @@ def _parse(body: bytes) -> DecideRequest | DecideBatch:
     return DecideRequest.model_validate(data)
 
 
+async def read_limited(request: HttpRequest, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before anything is
+    read; a chunked body, or one whose length was not declared, is read chunk by
+    chunk and dropped the moment it passes the limit, so a client can never make
+    the sidecar hold more than ``limit`` bytes plus one chunk.
+
+    Args:
+        request: The request whose body to read.
+        limit: The most bytes accepted.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _too_large() -> Response:
+    """413 problem+json; the connection is closed rather than drained of the rest."""
+    response = sidecar_problem(
+        413,
+        Reason.MALFORMED_REQUEST.value,
+        "Request body too large",
+        f"the body may be at most {MAX_BODY} bytes",
+    )
+    response.headers["connection"] = "close"
+    return response
+
+
 def _readable(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "body"
@@ -107,9 +144,12 @@ async def decide_endpoint(request: HttpRequest) -> Response:
         asker = sidecar.auth.authenticate(request.headers, peer_of(request.scope))
     except IdentityError:
         return problem_response(401, Reason.UNAUTHENTICATED, None, (), None)
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        return sidecar_problem(413, Reason.MALFORMED_REQUEST.value, "Request body too large")
+    try:
+        body = await read_limited(request, MAX_BODY)
+    except ClientDisconnect:
+        return sidecar_problem(400, Reason.MALFORMED_REQUEST.value, "The body was cut short")
+    if body is None:
+        return _too_large()
     try:
         parsed = _parse(body)
     except ValueError as exc:  # JSON errors and ValidationError alike

@@ -13,6 +13,13 @@ from middleware.sidecar._decide_api import (
     DecideResult,
     Problem,
 )
+from middleware.sidecar._paths import (
+    CHECK_METHODS,
+    MAX_TARGET,
+    METHOD_PATTERN,
+    SEGMENT_PATTERN,
+    TARGET_PATTERN,
+)
 from middleware.sidecar._subjects_api import MODELS as SUBJECT_MODELS
 from middleware.sidecar._subjects_api import openapi_paths as subject_paths
 
@@ -60,10 +67,14 @@ def _check_operation(summary: str) -> dict[str, Any]:
     return {
         "summary": summary,
         "tags": ["check"],
-        "security": [{"bearer": []}],
+        # A public route is judged without a token; every other route needs one.
+        "security": [{"bearer": []}, {}],
         "responses": {
             "200": {"description": "Allowed (or a public route).", "headers": headers},
-            "400": _problem("No original request named, or an ambiguous path."),
+            "400": _problem(
+                "No original request named, or a target or method refused "
+                "(an audited malformed_request)."
+            ),
             "401": _problem("No valid caller identity."),
             "403": _problem("Denied; the reason says which check refused."),
         },
@@ -80,20 +91,40 @@ def openapi_document(check_path: str, *, version: str) -> dict[str, Any]:
                 "name": "X-Original-URI",
                 "in": "header",
                 "required": True,
-                "schema": {"type": "string"},
+                "description": "The original request target as sent (nginx: $request_uri). "
+                "Origin-form only; a target outside this pattern is refused with 400.",
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_TARGET,
+                    "pattern": TARGET_PATTERN,
+                },
             },
             {
                 "name": "X-Original-Method",
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string"},
+                "description": "The original method (default: the check request's own).",
+                "schema": {"type": "string", "pattern": METHOD_PATTERN},
             },
         ],
     }
     envoy_check = {
         **_check_operation("Check for Envoy ext_authz (original path appended)"),
         "parameters": [
-            {"name": "original_path", "in": "path", "required": True, "schema": {"type": "string"}},
+            {
+                "name": "original_path",
+                "in": "path",
+                "required": True,
+                "description": "The original path after the check path (one segment here; "
+                "Envoy appends the whole path, judged like X-Original-URI).",
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_TARGET - 1,  # after the "/" that joins it to the check path
+                    "pattern": SEGMENT_PATTERN,
+                },
+            },
         ],
     }
     decide_body = {"oneOf": [_ref("DecideRequest"), _ref("DecideBatch")]}
@@ -137,8 +168,15 @@ def openapi_document(check_path: str, *, version: str) -> dict[str, Any]:
                 }
             },
             **subject_paths(_problem),
-            check: {"get": {**nginx_check, "operationId": "check_nginx"}},
-            check + "/{original_path}": {"get": {**envoy_check, "operationId": "check_envoy"}},
+            # The check request carries the original method (Envoy; nginx with the original's).
+            check: {
+                method.lower(): {**nginx_check, "operationId": f"check_nginx_{method.lower()}"}
+                for method in CHECK_METHODS
+            },
+            check + "/{original_path}": {
+                method.lower(): {**envoy_check, "operationId": f"check_envoy_{method.lower()}"}
+                for method in CHECK_METHODS
+            },
             "/healthz": {
                 "get": {
                     "summary": "Alive, with the policy version in force",

@@ -1,31 +1,80 @@
-"""Request targets the sidecar can judge the same way the upstream will route them."""
+"""Request targets the sidecar judges exactly as the upstream will route them, or refuses.
+
+A target is accepted only in RFC 9112 origin-form (``/path?query``) spelled so
+that every common server derives the same path from it: no fragment, no dot
+segment, no empty segment, no ``;`` path parameter, no raw character in the
+path outside RFC 3986's ``pchar``, and no percent-encoding of a byte that could
+change the route (``/``, ``\\``, ``.``, ``%``, ``;``, ``?``, ``#``, control
+characters) or that is not UTF-8. The query may hold any visible ASCII but
+``#``. What is left decodes to one path, the one the guard matches.
+:data:`TARGET_PATTERN` is that rule as one regular expression; the OpenAPI
+document publishes the same pattern.
+"""
 
 from __future__ import annotations
 
 import re
 from urllib.parse import unquote
 
-# Encoded separators and dot segments make the path the guard matches differ
-# from the one the upstream routes (``/public/..%2fcustomers/1``); refuse them.
-_ENCODED_SEPARATOR = re.compile(r"%(2f|5c|2e)", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+MAX_TARGET = 4096
+"""The longest request target judged (twice what browsers and CDNs reliably carry)."""
+
+_HEX = "[0-9A-Fa-f]"
+_CONT = f"%[89ABab]{_HEX}"  # a UTF-8 continuation byte, 80-BF
+# Percent-encoded printable ASCII except % # . / ; ? \ (20-7E without 23 25 2E 2F 3B 3F 5C).
+_ASCII = (
+    f"%(?:2[0-246-9A-Da-d]|3[0-9AaC-Ec-e]|4{_HEX}|5[0-9ABabD-Fd-f]|6{_HEX}|7[0-9A-Ea-e])"
+)
+# Percent-encoded UTF-8 sequences of two to four bytes (RFC 3629: no overlongs, no surrogates).
+_UTF8 = (
+    f"%[Cc][2-9A-Fa-f]{_CONT}|%[Dd]{_HEX}{_CONT}"
+    f"|%[Ee]0%[ABab]{_HEX}{_CONT}|%[Ee][1-9A-Ca-c]{_CONT}{_CONT}"
+    f"|%[Ee][Dd]%[89]{_HEX}{_CONT}|%[Ee][EFef]{_CONT}{_CONT}"
+    f"|%[Ff]0%[9ABab]{_HEX}{_CONT}{_CONT}|%[Ff][1-3]{_CONT}{_CONT}{_CONT}"
+    f"|%[Ff]4%8{_HEX}{_CONT}{_CONT}"
+)
+_NODOT = f"(?:[A-Za-z0-9\\-_~!$&'()*+,=:@]|{_ASCII}|{_UTF8})"
+_ANY = f"(?:[.]|{_NODOT})"
+# A segment is not empty and not "." or "..": dots alone only three or more.
+_SEGMENT = f"(?:[.]{{0,2}}{_NODOT}{_ANY}*|[.]{{3,}}{_ANY}*)"
+# The query does not move a route: any visible ASCII but "#" (what clients send raw: [] {} |).
+_QUERY = "[!-\"$-~]"
+
+TARGET_PATTERN = f"^(?:/|(?:/{_SEGMENT})+/?)(?:[?]{_QUERY}*)?$"
+"""An origin-form request target the guard judges exactly as the upstream routes it."""
+
+_TARGET = re.compile(TARGET_PATTERN)
+
+SEGMENT_PATTERN = "^(?:[.]{0,2}[A-Za-z0-9_~-][A-Za-z0-9._~-]*|[.]{3,}[A-Za-z0-9._~-]*)$"
+"""One path segment of unreserved characters, never ``.`` or ``..``: what the OpenAPI
+document promises for Envoy's appended path, a parameter that cannot carry ``/``."""
+
+CHECK_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+"""The methods a check request may use (Envoy sends the original's); others get 405."""
+
+METHOD_PATTERN = "^[A-Z]{1,20}$"
+"""A request method as nginx and the sidecar's own server accept it: upper-case letters."""
+
+_METHOD = re.compile(METHOD_PATTERN)
 
 
 def judgeable_path(raw: str) -> str | None:
     """The decoded path of a request target (query dropped), or None if it is ambiguous.
 
-    Ambiguous: not absolute, an encoded ``/``, ``\\`` or ``.``, a control character,
-    or a ``.``/``..`` segment.
+    Args:
+        raw: The target as sent on the request line, e.g. ``/customers/42?x=1``.
     """
-    path = raw.split("?", 1)[0].split("#", 1)[0]
-    if not path.startswith("/") or _ENCODED_SEPARATOR.search(path):
+    if len(raw) > MAX_TARGET or not _TARGET.fullmatch(raw):
         return None
-    try:
-        decoded = unquote(path, errors="strict") if "%" in path else path
-    except UnicodeDecodeError:
-        return None
-    if _CONTROL.search(decoded):
-        return None
-    if any(seg in (".", "..") for seg in decoded.split("/")):
-        return None
-    return decoded
+    path = raw.split("?", 1)[0]
+    # The pattern admits only well-formed UTF-8 escapes of characters that cannot move a route.
+    return unquote(path, errors="strict") if "%" in path else path
+
+
+def judgeable_method(raw: str) -> str | None:
+    """The method as given when it is a plain upper-case token, else None.
+
+    Args:
+        raw: The method, e.g. ``GET`` from ``X-Original-Method``.
+    """
+    return raw if _METHOD.fullmatch(raw) else None

@@ -6,10 +6,15 @@ import json
 
 from starlette.responses import Response
 
-from guard._types import Reason
 from middleware.problem import PROBLEM_MEDIA_TYPE
 
 _TYPE_BASE = "urn:purpose-guard:problem:"
+
+AMBIGUOUS_TARGET = (
+    "origin-form targets only: no fragment, dot or empty segment, ';' parameter, space, "
+    "control or raw non-ASCII character, nor an encoded / \\ . % ; ? # or control character"
+)
+"""What a refused request target may not contain (docs/sidecar.md says the same)."""
 
 
 def sidecar_problem(
@@ -41,14 +46,4 @@ def sidecar_problem(
         status_code=status,
         headers=headers,
         media_type=PROBLEM_MEDIA_TYPE,
-    )
-
-
-def ambiguous_path() -> Response:
-    """400 for a path the guard could match differently from the upstream."""
-    return sidecar_problem(
-        400,
-        Reason.MALFORMED_REQUEST.value,
-        "Ambiguous request path",
-        "dot segments and encoded separators are refused",
     )

@@ -23,21 +23,113 @@ HOP_BY_HOP = frozenset(
 )
 GUARD_HEADER_PREFIX = "x-guard-"
 
+# Headers a common server, framework or auth proxy reads as who is calling, from
+# where, for what purpose, or which route and method were meant. A client's
+# copies never reach the upstream; the sidecar sets its own. Names are compared
+# lower-case with ``_`` read as ``-`` (a WSGI server maps both to one variable).
+IDENTITY_HEADERS = frozenset(
+    {
+        # caller and purpose
+        "x-caller",
+        "x-purpose",
+        "x-user",
+        "x-user-id",
+        "x-userid",
+        "x-username",
+        "x-email",
+        "x-auth-user",
+        "x-authenticated-user",
+        "x-authenticated-userid",
+        "x-authenticated-scope",
+        "x-remote-user",
+        "remote-user",
+        "x-proxy-user",
+        "x-webauth-user",
+        "x-client-id",
+        "x-consumer-id",
+        "x-consumer-custom-id",
+        "x-consumer-username",
+        "x-consumer-groups",
+        "x-credential-identifier",
+        "x-anonymous-consumer",
+        "x-userinfo",
+        "x-jwt-payload",
+        "x-jwt-assertion",
+        "x-client-cert",
+        "x-client-dn",
+        "x-client-verify",
+        "ssl-client-cert",
+        "x-ms-client-principal",
+        "x-ms-client-principal-id",
+        "x-ms-client-principal-name",
+        "x-ms-client-principal-idp",
+        "x-goog-iap-jwt-assertion",
+        "cf-access-jwt-assertion",
+        "cf-access-authenticated-user-email",
+        # where from (the sidecar sets x-forwarded-for, -host and -proto itself)
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-original-forwarded-for",
+        # which route and method (a rewrite or override the guard did not judge)
+        "x-original-uri",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-method",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    }
+)
+IDENTITY_PREFIXES = (
+    GUARD_HEADER_PREFIX,
+    "x-forwarded-",
+    "x-auth-request-",
+    "x-ssl-client-",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+)
+
 
 class UpstreamError(Exception):
     """The upstream could not be reached or failed before it answered."""
+
+
+class UpstreamAbortedError(Exception):
+    """The upstream failed after its answer started; the client's response is cut short.
+
+    Args:
+        status: The status already sent to the client.
+        cause: What failed, e.g. ``RemoteProtocolError``.
+    """
+
+    def __init__(self, status: int, cause: str) -> None:
+        super().__init__(f"{cause} after status {status}")
+        self.status = status
+        self.cause = cause
 
 
 _HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 # Host: httpx sets the upstream's. Expect: the server already answered
 # ``100 Continue`` to the client; the body is sent upstream as it arrives.
 _NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"expect"}
-_GUARD_PREFIX = GUARD_HEADER_PREFIX.encode()
+_IDENTITY = frozenset(name.encode() for name in IDENTITY_HEADERS)
+_IDENTITY_PREFIXES = tuple(prefix.encode() for prefix in IDENTITY_PREFIXES)
+
+
+def fold(name: bytes) -> bytes:
+    """A header name as servers may read it: lower-case, ``_`` read as ``-``."""
+    low = name.lower()
+    return low.replace(b"_", b"-") if b"_" in low else low
 
 
 def _connection_tokens(value: bytes) -> set[bytes]:
-    """Header names a ``Connection`` header declares hop-by-hop."""
-    return {tok.strip().lower() for tok in value.split(b",") if tok.strip()}
+    """Header names a ``Connection`` header declares hop-by-hop (folded)."""
+    return {fold(tok.strip()) for tok in value.split(b",") if tok.strip()}
 
 
 def request_headers(
@@ -46,36 +138,44 @@ def request_headers(
     strip: frozenset[bytes],
     add: Mapping[str, str],
     peer: str | None,
+    scheme: str = "http",
 ) -> list[tuple[bytes, bytes]]:
     """Headers for the upstream request.
 
     Drops hop-by-hop headers (and those the ``Connection`` header names), ``Host``,
-    ``Expect``, any caller-supplied ``x-guard-*`` header and the names in ``strip``;
-    then adds the guard's own headers and extends ``X-Forwarded-For``.
+    ``Expect``, every identity, address and rewrite header a client could forge
+    (:data:`IDENTITY_HEADERS`, :data:`IDENTITY_PREFIXES` and the names in
+    ``strip``, in any case and with ``_`` for ``-``); then sets
+    ``X-Forwarded-For`` (the peer), ``X-Forwarded-Host`` and ``X-Forwarded-Proto``
+    and adds the guard's own headers.
+
+    Args:
+        raw: The client's request headers.
+        strip: Further folded names never forwarded (the configured caller and
+            purpose headers).
+        add: The guard's headers: the proven caller, the judged purpose, the decision id.
+        peer: The client's address as the sidecar's server saw it.
+        scheme: The scheme the client used to reach the sidecar.
     """
     out: list[tuple[bytes, bytes]] = []
     named: set[bytes] = set()
-    forwarded_for = b""
     host = b""
     for name, value in raw:
-        low = name.lower()
+        low = fold(name)
         if low in _NOT_FORWARDED:
             if low == b"host":
                 host = value
             elif low == b"connection":
                 named |= _connection_tokens(value)
-        elif low == b"x-forwarded-for":
-            forwarded_for = value
-        elif low not in strip and not low.startswith(_GUARD_PREFIX):
-            out.append((low, value))
+        elif not (low in _IDENTITY or low in strip or low.startswith(_IDENTITY_PREFIXES)):
+            out.append((name.lower(), value))
     if named:
-        out = [(name, value) for name, value in out if name not in named]
+        out = [(name, value) for name, value in out if fold(name) not in named]
     if peer:
-        forwarded_for = forwarded_for + b", " + peer.encode() if forwarded_for else peer.encode()
-    if forwarded_for:
-        out.append((b"x-forwarded-for", forwarded_for))
+        out.append((b"x-forwarded-for", peer.encode()))
     if host:
         out.append((b"x-forwarded-host", host))
+    out.append((b"x-forwarded-proto", scheme.encode()))
     out.extend((k.encode(), v.encode("latin-1")) for k, v in add.items())
     return out
 
@@ -106,8 +206,9 @@ class Proxy:
         transport: The shared transport (its connection pool is reused).
         upstream: Base URL of the guarded service, e.g. ``http://127.0.0.1:9000``.
         timeout_seconds: Connect, read, write and pool timeout for each request.
-        strip: Extra request header names (lower-case) never forwarded, e.g.
-            the trusted-proxy caller header.
+        strip: Further request header names never forwarded besides
+            :data:`IDENTITY_HEADERS`, e.g. the configured caller and purpose headers
+            (compared lower-case with ``_`` read as ``-``).
     """
 
     __slots__ = ("_base", "_prefix", "_strip", "_timeout", "_transport")
@@ -124,7 +225,7 @@ class Proxy:
         self._base = httpx.URL(upstream.rstrip("/"))
         self._prefix = self._base.raw_path.rstrip(b"/")
         self._timeout = httpx.Timeout(timeout_seconds).as_dict()
-        self._strip = frozenset(name.lower().encode() for name in strip)
+        self._strip = frozenset(fold(name.encode()) for name in strip)
 
     def _url(self, scope: Scope) -> httpx.URL:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -139,6 +240,8 @@ class Proxy:
 
         Raises:
             UpstreamError: Nothing was sent to the client yet; answer with a 502.
+            UpstreamAbortedError: The upstream failed mid-body; the client's answer is cut
+                short (re-raise it so the server drops the connection).
         """
         client_addr = scope.get("client")
         headers = request_headers(
@@ -146,6 +249,7 @@ class Proxy:
             strip=self._strip,
             add=add,
             peer=client_addr[0] if client_addr else None,
+            scheme=scope.get("scheme", "http"),
         )
         has_body = any(
             name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"]
@@ -178,12 +282,17 @@ class Proxy:
             # (one message fewer); otherwise an empty last message ends the body.
             remaining = _content_length(raw)
             done = False
-            async for chunk in response.aiter_raw():
-                if chunk:
-                    if remaining is not None:
-                        remaining -= len(chunk)
-                        done = remaining == 0
-                    await send({"type": "http.response.body", "body": chunk, "more_body": not done})
+            try:
+                async for chunk in response.aiter_raw():
+                    if chunk:
+                        if remaining is not None:
+                            remaining -= len(chunk)
+                            done = remaining == 0
+                        await send(
+                            {"type": "http.response.body", "body": chunk, "more_body": not done}
+                        )
+            except httpx.HTTPError as exc:
+                raise UpstreamAbortedError(response.status_code, type(exc).__name__) from exc
             if not done:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:

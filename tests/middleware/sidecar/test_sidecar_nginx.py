@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.nginx
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 ECHO = (
     'return 200 "caller=$http_x_guard_caller purpose=$http_x_guard_purpose '
-    'decision=$http_x_guard_decision_id xcaller=$http_x_caller cookie=$http_cookie\\n";'
+    'decision=$http_x_guard_decision_id xcaller=$http_x_caller cookie=$http_cookie '
+    'uri=$request_uri\\n";'
 )
 
 
@@ -126,6 +128,58 @@ def test_nginx_auth_request_denies_and_every_denial_is_audited(
     assert len(rows) == before + 1
     assert rows[-1]["allowed"] == 0
     assert rows[-1]["http_route"] == "/customers/{customer_id}"
+
+
+def _raw_get(url: str, target: str, headers: dict[str, str]) -> tuple[int, str]:
+    """GET ``target`` exactly as written on the request line (no client normalises it)."""
+    host, port = url.removeprefix("http://").split(":")
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/public/x#/../../customers/c-0001",  # nginx forwards the fragment; the guard saw /public/x
+        "/public/x?#/../../customers/c-0001",
+        "/public/x/%2e%2e/%2e%2e/customers/c-0001",
+        "/public/x;/../../customers/c-0001",
+        "//customers/c-0001",
+    ],
+)
+def test_nginx_check_refuses_what_it_cannot_judge_as_nginx_forwards_it(
+    auth_request: tuple[str, Path], keys: Any, target: str
+) -> None:
+    url, db = auth_request
+    before = len(audit_rows(db, "http_route = '<refused>'"))
+    status, body = _raw_get(url, target, _auth(keys, "svc:crm", "relationship.management"))
+    assert status != 200
+    assert "caller=" not in body  # the upstream was never reached
+    refused = audit_rows(db, "http_route = '<refused>'")
+    if status == 400 and "nginx" in body:  # nginx itself refused the request line
+        return
+    assert len(refused) == before + 1  # the refusal is an audit event, with the caller
+    assert (refused[-1]["reason"], refused[-1]["caller"]) == ("malformed_request", "svc:crm")
+
+
+def test_nginx_forwards_exactly_the_target_the_guard_judged(
+    auth_request: tuple[str, Path], keys: Any
+) -> None:
+    url, db = auth_request
+    target = "/customers/c%2D0001?fields=all"
+    status, body = _raw_get(url, target, _auth(keys, "svc:crm", "relationship.management"))
+    assert status == 200
+    fields = dict(part.split("=", 1) for part in body.split())
+    assert fields["uri"] == target
+    row = audit_rows(db, "event_id = ?", (fields["decision"],))[0]
+    assert row["http_route"] == "/customers/{customer_id}"
 
 
 @pytest.fixture(scope="module")

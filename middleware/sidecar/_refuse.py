@@ -1,0 +1,61 @@
+"""Request targets the guard refuses to judge: a 400 problem+json that is an audit event too."""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import Scope
+
+from guard._types import HttpContext, Reason, Request, denial
+from middleware.identity import IdentityError
+from middleware.sidecar._problem import sidecar_problem
+from middleware.sidecar._state import Sidecar, peer_of
+
+REFUSED_ROUTE = "<refused>"
+"""The audited route of a refused target (never the raw target: it may name a person)."""
+_MAX_PURPOSE = 200
+
+
+async def refuse_target(
+    sidecar: Sidecar,
+    scope: Scope,
+    headers: Headers,
+    *,
+    method: str | None,
+    detail: str,
+    status: int = 400,
+) -> Response:
+    """Record a ``malformed_request`` denial for a target the guard cannot judge.
+
+    The event names the caller when the request proves one, the purpose as
+    declared (cut to 200 characters), the method when it is a plain token and
+    the route ``<refused>``; the answer is a problem+json with its id.
+
+    Args:
+        sidecar: The sidecar's shared parts.
+        scope: The ASGI scope of the refused request.
+        headers: Its headers as the guard judges them.
+        method: The original method, or None when it is itself malformed.
+        detail: What was wrong, for the client.
+        status: 400, or 405 for a check request with a method no proxy sends.
+    """
+    try:
+        caller = sidecar.auth.authenticate(headers, peer_of(scope)).id
+    except IdentityError:
+        caller = ""
+    purpose = headers.get(sidecar.settings.identity.purpose_header, "")[:_MAX_PURPOSE]
+    request = Request(caller=caller, purpose=purpose, categories=())
+    try:
+        version = sidecar.holder.current.version
+    except Exception:
+        version = ""
+    decision = denial(Reason.MALFORMED_REQUEST, request, version, detail="request_target")
+    http = HttpContext(method=method or "-", route=REFUSED_ROUTE, status=status)
+    checked = await sidecar.guard.arecord_denial(request, decision, http)
+    return sidecar_problem(
+        status,
+        Reason.MALFORMED_REQUEST.value,
+        "Request target refused",
+        detail,
+        decision_id=checked.decision_id or None,
+    )

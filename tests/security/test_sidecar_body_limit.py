@@ -1,0 +1,152 @@
+"""``POST /v1/decide`` never holds more than its body limit, however the body is framed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sidecarkit import ServerThread, policy_copy, serve_sidecar, sidecar_settings
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> Iterator[ServerThread]:
+    """The sidecar under uvicorn in a thread of this process (the process whose RSS is read)."""
+    tmp = tmp_path_factory.mktemp("bodylimit")
+    policy = policy_copy(tmp / "policy", POLICIES)
+    with serve_sidecar(sidecar_settings(tmp, policy, keys.identity())) as server:
+        yield server
+
+
+def _rss() -> int:
+    """This process's resident set size in bytes (/proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+class _PeakRss:
+    """Samples this process's RSS every few milliseconds; ``peak`` is the largest seen."""
+
+    def __init__(self) -> None:
+        self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __enter__(self) -> _PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+
+def _post(port: int, head: bytes, body: Iterator[bytes]) -> tuple[int, dict[str, Any]]:
+    """Send ``head`` and then ``body`` on a raw socket while reading the answer.
+
+    The answer is read by this thread as it arrives, while another thread keeps
+    sending: a server that answers early and closes must be heard, not reset.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    sock.sendall(head)
+
+    def send_body() -> None:
+        try:
+            for chunk in body:
+                sock.sendall(chunk)
+        except OSError:  # the server answered and closed: stop sending
+            return
+
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    received = b""
+    try:
+        while b"\r\n\r\n" not in received or not _complete(received):
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    finally:
+        sock.close()
+        sender.join(timeout=15)
+    status_line, _, rest = received.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+def _complete(received: bytes) -> bool:
+    head, _, payload = received.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(payload) >= int(value)
+    return False
+
+
+def _chunked(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    """``total`` bytes of JSON-looking filler in HTTP/1.1 chunked framing (one buffer reused)."""
+    frame = b"%x\r\n" % size + b" " * size + b"\r\n"
+    for _ in range(total // size):
+        yield frame
+    yield b"0\r\n\r\n"
+
+
+def test_a_chunked_body_past_the_limit_is_413_and_memory_stays_flat(
+    served: ServerThread, keys: Any
+) -> None:
+    token = keys.mint("hs", sub="svc:crm")
+    head = (
+        b"POST /v1/decide HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with _PeakRss() as rss:
+        before = rss.peak
+        status, problem = _post(served.port, head, _chunked(128 * MB))
+    assert status == 413
+    assert problem["reason"] == "malformed_request"
+    # Reading the whole body first held all 128 MB (and a joined copy) in this process.
+    assert rss.peak - before < 40 * MB, f"RSS grew by {(rss.peak - before) // MB} MB"
+
+
+def test_a_declared_length_past_the_limit_is_refused_before_the_body_is_read(
+    served: ServerThread, keys: Any
+) -> None:
+    token = keys.mint("hs", sub="svc:crm")
+    head = (
+        b"POST /v1/decide HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 400000000\r\n\r\n"
+    )
+    # The client sends only a little of what it declared: the answer must not wait for the rest.
+    status, problem = _post(served.port, head, iter([b"{" * 1024]))
+    assert status == 413
+    assert problem["reason"] == "malformed_request"
+
+
+def test_a_body_within_the_limit_is_still_judged(served: ServerThread, keys: Any) -> None:
+    token = keys.mint("hs", sub="svc:crm")
+    body = json.dumps(
+        {"purpose": "relationship.management", "categories": ["contact.email"]}
+    ).encode()
+    padded = body + b" " * (MB - len(body) - 1)
+    head = (
+        b"POST /v1/decide HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    frames = iter([b"%x\r\n" % len(padded) + padded + b"\r\n", b"0\r\n\r\n"])
+    status, answer = _post(served.port, head, frames)
+    assert status == 200
+    assert answer["decision"]["allowed"] is True
