@@ -1,9 +1,10 @@
 """The sidecar's decision API and check endpoint fuzzed from its own OpenAPI document.
 
 schemathesis generates requests from the document the sidecar serves (valid
-and invalid ones) for the decision API and the check endpoint, sends them to a real sidecar under uvicorn on loopback, and
-checks every answer: no server error, a documented status, a documented
-content type, a body that matches its schema.
+and invalid ones) for the decision API and the check endpoint, sends them to
+a real sidecar under uvicorn on loopback, and checks every answer: no server
+error, a documented status, a documented content type, a body that matches
+its schema.
 """
 
 from __future__ import annotations
