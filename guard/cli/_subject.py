@@ -268,7 +268,7 @@ def filter_cmd(  # noqa: PLR0917 - one parameter per option
         assert isinstance(guard, Guard)
         out = sys.stdout
         for subject in filter_subjects(guard, template, (s for s in subjects if s.strip()),
-                                       batch_id=batch_id):
+                                       batch_id=batch_id, asker=_who()):
             out.write(subject + "\n")
         out.flush()
     typer.echo(f"guard: batch {batch_id}", err=True)

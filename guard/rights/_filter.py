@@ -21,18 +21,21 @@ def filter_subjects(
     subjects: Iterable[str],
     *,
     batch_id: str,
+    asker: str,
     http: HttpContext | None = None,
 ) -> Iterator[str]:
     """Yield, in input order, the subjects ``template`` may be used for.
 
     Each yielded subject's decision is durable in the audit trail (detail
-    ``batch:ID``) before it is yielded; one that cannot be recorded is withheld.
+    ``batch:ID asker:WHO``) before it is yielded; one that cannot be recorded is
+    withheld.
 
     Args:
         guard: The guard (its policy and register decide, its trail records).
         template: The request, without subject.
         subjects: Raw subject ids.
         batch_id: Shared by every event of this run.
+        asker: Who asked for the filtering (the CLI user, the API caller).
         http: The HTTP side, when the sidecar asked.
     """
     it = iter(subjects)
@@ -46,7 +49,8 @@ def filter_subjects(
                 decision = denial(Reason.INTERNAL_ERROR, request)
             if decision.allowed:
                 allowed.append((request, decision))
-        durable = guard.record_decisions(allowed, detail=f"batch:{batch_id}", http=http)
+        durable = guard.record_decisions(allowed, detail=f"batch:{batch_id} asker:{asker}",
+                                         http=http)
         for (request, _), ok in zip(allowed, durable, strict=True):
             if ok:
                 assert request.subject is not None

@@ -199,7 +199,7 @@ async def filter_endpoint(request: HttpRequest) -> Response:
 
     def run() -> list[str]:
         return list(filter_subjects(sidecar.guard, template, filter_in.subjects,
-                                    batch_id=batch_id, http=http))
+                                    batch_id=batch_id, asker=asker, http=http))
 
     allowed = await asyncio.to_thread(run)
     return _json({"batch_id": batch_id, "allowed": allowed})
@@ -255,6 +255,8 @@ def openapi_paths(problem: Any) -> dict[str, Any]:
             "operationId": "filter_subjects", "tags": ["subjects"],
             "security": [{"bearer": []}], "requestBody": _body("FilterIn"),
             "responses": {"200": _ok("Allowed subjects, in the order asked; each an audited "
-                                     "decision with detail batch:ID.", "FilterOut"), **common},
+                                     "decision with detail 'batch:ID asker:CALLER'.",
+                                     "FilterOut"),
+                          **common},
         }},
     }

@@ -171,7 +171,8 @@ def test_filter_prints_usable_subjects_in_order_each_audited_with_one_batch(
     batch = err.strip().rsplit(" ", 1)[-1]
     decisions = events(store, "decision")
     assert len(decisions) == 3
-    assert {d[2] for d in decisions} == {f"batch:{batch}"}
+    ((detail,),) = {(d[2],) for d in decisions}
+    assert str(detail).startswith(f"batch:{batch} asker:cli:")
     assert all(d[0] == "allowed" for d in decisions)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from rightskit import GRANTED, KEY, SUBJECT, Events
 
@@ -21,6 +21,8 @@ from guard.rights import Change, EntryKind, Register, RegisterRefusedError
 K = EntryKind
 POLICY = load_policy(None)
 NODES = sorted(POLICY.purposes)  # every purpose and grouping node
+BITING = ["marketing", "marketing.third_party", "marketing.advertising", "order",
+          "order.processing.debt_recovery", "analytics", "analytics.improvement"]
 EXEMPT = {"legal.compliance", "rights.request"}
 SURVIVES = {"legal.compliance": 6, "order.processing.debt_recovery": 6, "rights.request": None}
 
@@ -88,9 +90,11 @@ days = st.dates(min_value=date(2015, 1, 1), max_value=date(2035, 12, 31))
 @st.composite
 def steps(draw: st.DrawFn) -> Step:
     kind = draw(st.sampled_from(list(EntryKind)))
-    purpose = draw(st.sampled_from(NODES)) if kind.names_purpose else ""
+    # Mostly nodes where consents and objections bite, so overrides get accepted too.
+    purpose = draw(st.one_of(st.sampled_from(BITING), st.sampled_from(NODES))) \
+        if kind.names_purpose else ""
     on = draw(days) if kind is K.END_OF_RELATIONSHIP else None
-    ref = draw(st.sampled_from(["", "T-1"]))
+    ref = draw(st.sampled_from(["", "T-1", "T-2"]))
     return Step(kind, purpose, on, ref)
 
 
@@ -113,6 +117,8 @@ def test_decisions_equal_the_reference(changes: list[Step], todays: list[date]) 
     for step in changes:
         if accepted(register, POLICY, step):
             kept.append(step)
+    event("an override accepted" if any(s.kind is K.OBJECTION_OVERRIDDEN for s in kept)
+          else "no override accepted")
     for today in todays:
         for purpose in GRANTED:
             for aggregated in (False, True):

@@ -342,3 +342,19 @@ def test_every_change_is_an_audit_event_naming_the_entry(
     assert fields["rule"] == (f"register:objection:marketing:{utc_today()}",)
     assert entry.event_id == "event-1"
     assert entry.subject == register.pseudonym(SUBJECT) != SUBJECT
+
+
+def test_check_9_without_a_subject_agrees_with_casbin(policy: CompiledPolicy) -> None:
+    """The differential test needs no oracle change for check 9: casbin's matcher
+    accepts only the non-consent bases, so it too refuses a consent-only purpose."""
+    from pathlib import Path
+
+    import casbin
+
+    shipped = Path(__file__).resolve().parents[3] / "policies"
+    enforcer = casbin.Enforcer(str(shipped / "model.conf"), str(shipped / "rules.csv"))
+    assert not enforcer.enforce("svc:marketing", "marketing.third_party", "contact.email",
+                                "read")
+    assert enforcer.enforce("svc:marketing", "marketing.advertising", "contact.email", "read")
+    assert ask(policy, None, "marketing.third_party", subject=None).reason is \
+        Reason.CONSENT_REQUIRED

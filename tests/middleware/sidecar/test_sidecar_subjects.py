@@ -156,7 +156,7 @@ def test_filter_returns_usable_subjects_in_order_each_audited(
     assert resp.status_code == 200
     out = resp.json()
     assert out["allowed"] == ["f-3", "f-1"]
-    rows = audit_rows(served.db, "detail = ?", (f"batch:{out['batch_id']}",))  # type: ignore[attr-defined]
+    rows = audit_rows(served.db, "detail = ?", (f"batch:{out['batch_id']} asker:svc:support",))  # type: ignore[attr-defined]
     assert [(r["caller"], r["allowed"], r["http_route"]) for r in rows] == \
         [("svc:crm", 1, "/v1/filter")] * 2
 
