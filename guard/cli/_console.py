@@ -34,7 +34,9 @@ def _console(
     import uvicorn
     from pydantic import ValidationError
 
+    from guard.cli._where import policy_folder
     from guard.config import load_settings
+    from guard.policy import load_policy
     from middleware.console import create_console
     from middleware.sidecar._app import configure_logging
 
@@ -55,6 +57,7 @@ def _console(
     if not conf.auditors:
         raise ConfigError("no auditor may sign in: set console.auditors or pass --auditor")
     settings = settings.model_copy(update={"console": conf, "audit": audit, "policy": policy})
+    load_policy(policy_folder(policy_dir))  # a missing or broken policy: one line, not at startup
     app = create_console(settings)  # fails here, in one line, on a bad setting
     configure_logging(settings.sidecar.log_level)
     typer.echo(f"guard console on http://{conf.host}:{conf.port} "

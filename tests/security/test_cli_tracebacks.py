@@ -73,6 +73,7 @@ MISTAKES = [
     (["audit", "report", "--subject", "a", "--format", "pdf"], "--format must be"),
     (["token", "issue", "--caller", "x", "--ttl", "99999999999999999999d"], "--ttl"),
     (["policy", "nope"], "No such command"),
+    (["console", "--auditor", "svc:x", "--policy-dir", "/nope"], "policy folder not found"),
 ]
 
 
@@ -127,3 +128,20 @@ def test_a_closed_pipe_is_one_line(tmp_path: Path, command: list[str]) -> None:
     assert "broken pipe" in errors[0]
     if command[0] == str(GUARD):
         assert err.count("\n") == 1, err  # the example also says it is in development mode
+
+
+def test_console_with_a_broken_policy_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Refused before serving, not as a traceback from the server's startup."""
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    for name in ("model.conf", "rules.csv"):
+        (folder / name).write_text((REPO / "policies" / name).read_text())
+    with (folder / "rules.csv").open("a") as rules:
+        rules.write("p, svc:crm\n")
+    code, _, err = run(monkeypatch, capsys, "console", "--auditor", "svc:x",
+                       "--policy-dir", str(folder), "--port", str(closed_port()))
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"guard: error: {folder / 'rules.csv'}:")
