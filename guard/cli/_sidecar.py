@@ -58,6 +58,7 @@ def _sidecar(
     )
     settings = settings.model_copy(update={"sidecar": conf, "policy": policy})
     configure_logging(conf.log_level)
+    _can_listen(conf.host, conf.port)
     app = create_app(settings)  # fails here, in one line, on a bad setting or policy
     typer.echo(
         f"guard sidecar on http://{conf.host}:{conf.port} "
@@ -85,6 +86,20 @@ def _sidecar(
         workers=conf.workers,
         **common,  # type: ignore[arg-type]
     )
+
+
+def _can_listen(host: str, port: int) -> None:
+    """Refuse, in one line, an address the server could not listen on (in use, unknown host)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 M = TypeVar("M", bound=BaseModel)

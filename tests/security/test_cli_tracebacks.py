@@ -145,3 +145,15 @@ def test_console_with_a_broken_policy_is_one_line(
     assert code == 2
     assert err.count("\n") == 1, err
     assert err.startswith(f"guard: error: {folder / 'rules.csv'}:")
+
+
+def test_sidecar_on_a_port_in_use_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(monkeypatch, capsys, "sidecar", "--port", str(port))
+    assert code == 2
+    assert err == f"guard: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
