@@ -21,6 +21,7 @@ from guard.audit import (
     load_hmac_key,
     open_trail,
 )
+from guard.audit._jtrail import JournalTrail
 from guard.audit._otel import decision_attributes
 from guard.audit._otel import tracer as default_tracer
 from guard.audit._pipeline import decision_fields, outcome_fields, policy_fields
@@ -157,7 +158,7 @@ class Guard:
     def _record(self, kind: EventKind, fields: dict[str, Any]) -> str:
         """Record the event ``fields`` describe; its id once durable."""
         trail = self.trail
-        if isinstance(trail, RelayTrail):
+        if isinstance(trail, RelayTrail | JournalTrail):
             return trail.record_fields(kind, fields)
         event = self._pipeline.event(kind, **fields)
         trail.record(event)
@@ -165,7 +166,7 @@ class Guard:
 
     async def _arecord(self, kind: EventKind, fields: dict[str, Any]) -> str:
         trail = self.trail
-        if isinstance(trail, RelayTrail):
+        if isinstance(trail, RelayTrail | JournalTrail):
             return await trail.arecord_fields(kind, fields)
         event = self._pipeline.event(kind, **fields)
         await trail.arecord(event)
@@ -173,7 +174,7 @@ class Guard:
 
     def _post(self, kind: EventKind, fields: dict[str, Any]) -> None:
         trail = self.trail
-        if isinstance(trail, RelayTrail):
+        if isinstance(trail, RelayTrail | JournalTrail):
             trail.post_fields(kind, fields)
         else:
             trail.post(self._pipeline.event(kind, **fields))
@@ -314,6 +315,9 @@ class Guard:
             one["detail"] = detail
             fields.append(one)
         trail = self.trail
+        if isinstance(trail, JournalTrail):
+            return [event_id is not None
+                    for event_id in trail.record_many_fields(EventKind.DECISION, fields)]
         if isinstance(trail, AuditTrail):
             events = [self._pipeline.event(EventKind.DECISION, **f) for f in fields]
             try:

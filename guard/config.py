@@ -58,9 +58,16 @@ class AuditSettings(BaseModel):
     """Append-only file (on another volume) that also receives every signed checkpoint."""
     writer_id: str | None = None
     otlp_endpoint: str | None = None
-    writer: Literal["thread", "process"] = "thread"
+    writer: Literal["thread", "process", "journal"] = "thread"
     """Where events are hashed and written: a thread of this process, or a relay
-    process it starts (the service's interpreter then only hands events over)."""
+    process it starts (the service's interpreter then only hands events over), or
+    ``journal``: appended to the journal by one writer thread and indexed into the
+    store behind it."""
+    journal: Path | None = None
+    """The journal folder (``audit.writer = "journal"``), one lane per process under it;
+    None: ``<file>.journal`` beside an SQLite store, ``.guard/audit-journal`` otherwise."""
+    journal_segment_mb: int = Field(default=64, ge=1)
+    """A journal segment is closed and the next one started at this size (MiB)."""
 
 
 class IdentitySettings(BaseModel):

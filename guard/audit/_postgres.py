@@ -13,9 +13,12 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._schema import (
+    EVENT_COLUMNS,
     INSERT_CHECKPOINT,
     INSERT_EVENT,
+    JOURNAL_OFFSET_DDL,
     MIGRATIONS,
+    SAVE_OFFSET,
     SCHEMA_VERSION,
     SCHEMA_VERSION_DDL,
     Row,
@@ -32,6 +35,12 @@ def _pg(sql: str) -> str:
 
 _INSERT_EVENT = _pg(INSERT_EVENT)
 _INSERT_CHECKPOINT = _pg(INSERT_CHECKPOINT)
+_SAVE_OFFSET = _pg(SAVE_OFFSET)
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS audit_event_stage "
+          "(LIKE audit_event INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+_COPY_STAGE = f"COPY audit_event_stage ({EVENT_COLUMNS}) FROM STDIN"
+_FROM_STAGE = (f"INSERT INTO audit_event ({EVENT_COLUMNS}) "  # noqa: S608 - constant SQL
+               f"SELECT {EVENT_COLUMNS} FROM audit_event_stage ON CONFLICT (event_id) DO NOTHING")
 
 
 class PostgresStore:
@@ -138,6 +147,61 @@ class PostgresStore:
         except (psycopg.Error, PoolTimeout) as exc:
             raise AuditUnavailableError(
                 f"audit store {_safe(self.url)} refused the write: {_line(exc)}"
+            ) from exc
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        self._ensure_schema()
+        conn = self._writer
+        if conn is None or conn.closed:
+            conn = self._writer = psycopg.connect(
+                self.url, connect_timeout=max(1, int(self._timeout)), autocommit=True
+            )
+        return conn
+
+    def indexed_offset(self, journal: str) -> int:
+        """How far the index has read ``journal`` (0: not at all)."""
+        try:
+            with self._write_lock:
+                conn = self._connection()
+                conn.execute(JOURNAL_OFFSET_DDL)
+                row = conn.execute(
+                    "SELECT next_offset FROM audit_journal_offset WHERE journal = %s", (journal,)
+                ).fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise AuditUnavailableError(
+                f"audit store {_safe(self.url)}: {_line(exc)}") from exc
+        return int(row[0]) if row else 0
+
+    def index(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint], journal: str,
+              next_offset: int) -> None:
+        """Add journal records to the index and save the offset, in one transaction.
+
+        Rows are copied (``COPY``) into a temporary table and inserted from it, skipping
+        event ids already present; ``synchronous_commit`` is off for it, since the
+        journal is the durable record and a lost index transaction is read again.
+        """
+        try:
+            with self._write_lock:
+                conn = self._connection()
+                try:
+                    with conn.transaction():
+                        conn.execute("SET LOCAL synchronous_commit = off")
+                        if rows:
+                            conn.execute(_STAGE)
+                            with conn.cursor().copy(_COPY_STAGE) as copy:
+                                for row in rows:
+                                    copy.write_row(row)
+                            conn.execute(_FROM_STAGE)
+                        if checkpoints:
+                            conn.cursor().executemany(
+                                _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
+                        conn.execute(_SAVE_OFFSET, (journal, next_offset))
+                except psycopg.OperationalError:
+                    conn.close()
+                    raise
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise AuditUnavailableError(
+                f"audit store {_safe(self.url)} refused the index write: {_line(exc)}"
             ) from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

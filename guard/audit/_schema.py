@@ -96,6 +96,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 
+JOURNAL_OFFSET_DDL = (
+    "CREATE TABLE IF NOT EXISTS audit_journal_offset "
+    "(journal TEXT PRIMARY KEY, next_offset BIGINT NOT NULL)"
+)
+"""How far the index has read each journal; written in the transaction of the rows it covers."""
+SAVE_OFFSET = (
+    "INSERT INTO audit_journal_offset (journal, next_offset) VALUES (?, ?) "
+    "ON CONFLICT (journal) DO UPDATE SET next_offset = excluded.next_offset"
+)
+
 SCHEMA_VERSION_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version "
     "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"

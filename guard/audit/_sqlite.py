@@ -15,7 +15,9 @@ from guard.audit._checkpoint import Checkpoint
 from guard.audit._schema import (
     INSERT_CHECKPOINT,
     INSERT_EVENT,
+    JOURNAL_OFFSET_DDL,
     MIGRATIONS,
+    SAVE_OFFSET,
     SCHEMA_VERSION,
     SCHEMA_VERSION_DDL,
     Row,
@@ -54,6 +56,7 @@ class SqliteStore:
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._indexing = False
         self._read_lock = threading.Lock()
         try:
             self._conn = self._connect()
@@ -127,6 +130,52 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise AuditUnavailableError(
                     f"audit store {self.path} refused the write: {exc}"
+                ) from exc
+
+    def indexed_offset(self, journal: str) -> int:
+        """How far the index has read ``journal`` (0: not at all)."""
+        with self._lock:
+            try:
+                self._conn.execute(JOURNAL_OFFSET_DDL)
+                row = self._conn.execute(
+                    "SELECT next_offset FROM audit_journal_offset WHERE journal = ?", (journal,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise AuditUnavailableError(f"audit store {self.path}: {exc}") from exc
+        return int(row[0]) if row else 0
+
+    def index(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint], journal: str,
+              next_offset: int) -> None:
+        """Add journal records to the index and save the offset, in one transaction.
+
+        The journal is the durable record, so the index commits without waiting
+        for the disk (``synchronous=NORMAL``): a crash loses whole transactions,
+        offset included, and they are read from the journal again.
+        """
+        with self._lock:
+            conn = self._conn
+            try:
+                if not self._indexing:
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    self._indexing = True
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                        chunk = rows[start:start + _ROWS_PER_STATEMENT]
+                        conn.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
+                    if checkpoints:
+                        conn.executemany(
+                            INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints]
+                        )
+                    conn.execute(SAVE_OFFSET, (journal, next_offset))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise AuditUnavailableError(
+                    f"audit store {self.path} refused the index write: {exc}"
                 ) from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

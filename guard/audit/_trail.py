@@ -44,6 +44,10 @@ def open_trail(settings: AuditSettings) -> Trail:
         from guard.audit._relay import RelayTrail
 
         return RelayTrail(settings)
+    if settings.writer == "journal":
+        from guard.audit._jtrail import JournalTrail
+
+        return JournalTrail.open(settings)
     return AuditTrail.open(settings)
 
 

@@ -1,0 +1,293 @@
+"""The audit journal: append-only segment files of checksummed frames, one fdatasync per batch.
+
+A journal is a folder of segments named by the offset (record number) of their
+first record (``00000000000000000000.seg``). Each record is one frame::
+
+    length (4 bytes, little endian) | CRC32C of the payload (4 bytes) | payload
+
+:meth:`Journal.append` writes a whole batch with one ``write`` and one
+``fdatasync``; a segment past the size bound is closed and the next one opened
+before the batch. Opening a journal scans the newest segment forward and
+truncates it at the first frame that is incomplete or fails its checksum (a
+torn write was never acknowledged). The segments are the truth; the query
+index is built from them (:mod:`guard.audit._indexer`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from crc32c import crc32c
+
+from guard._errors import AuditUnavailableError, ConfigError
+
+_HEADER = struct.Struct("<II")
+MAX_FRAME = 16 << 20
+"""A length field above this is damage, not a record."""
+SUFFIX = ".seg"
+
+
+def segment_name(first: int) -> str:
+    """The file name of the segment whose first record has offset ``first``."""
+    return f"{first:020d}{SUFFIX}"
+
+
+def segments(folder: Path) -> list[tuple[int, Path]]:
+    """The segments of a journal folder as ``(first offset, path)``, oldest first."""
+    found = []
+    for path in folder.glob(f"*{SUFFIX}"):
+        stem = path.name.removesuffix(SUFFIX)
+        if stem.isdigit() and len(stem) == 20:
+            found.append((int(stem), path))
+    return sorted(found)
+
+
+def frame(payload: bytes) -> bytes:
+    """One record as it is stored: header and payload."""
+    return _HEADER.pack(len(payload), crc32c(payload)) + payload
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """A frame that is incomplete or fails its checksum: where, and why."""
+
+    path: Path
+    position: int
+    offset: int
+    why: str
+
+
+def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
+    """Every good record of a segment up to the first bad frame.
+
+    Returns the payloads, the byte length they take, and the damage that ended the
+    scan (None when the segment ends cleanly).
+    """
+    data = path.read_bytes()
+    payloads: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < _HEADER.size:
+            return payloads, pos, Damage(path, pos, first + len(payloads), "incomplete header")
+        length, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        if length > MAX_FRAME or start + length > end:
+            return payloads, pos, Damage(path, pos, first + len(payloads), "incomplete frame")
+        payload = data[start:start + length]
+        if crc32c(payload) != crc:
+            return payloads, pos, Damage(path, pos, first + len(payloads), "checksum mismatch")
+        payloads.append(payload)
+        pos = start + length
+    return payloads, pos, None
+
+
+class JournalBusyError(ConfigError):
+    """Another process holds the journal folder."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """The writing end of a journal folder; one process holds it at a time (file lock).
+
+    Args:
+        folder: The journal folder (created, mode 0700, when missing).
+        segment_bytes: Start a new segment once the current one is this large.
+    """
+
+    def __init__(self, folder: Path, *, segment_bytes: int = 64 << 20) -> None:
+        self.folder = folder
+        self._segment_bytes = max(1, segment_bytes)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._lock = os.open(folder / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the audit journal {folder}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._lock)
+            raise JournalBusyError(f"audit journal {folder} is in use by another process") from exc
+        self.journal_id = self._identity()
+        found = segments(folder)
+        if not found:
+            self._create(0)
+            found = segments(folder)
+        first, path = found[-1]
+        payloads, good, damage = scan(path, first)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        if damage is not None:  # a torn tail: never acknowledged, never believed
+            os.ftruncate(self._fd, good)
+            os.fsync(self._fd)
+        self._size = good
+        self._broken = False
+        self.next_offset = first + len(payloads)
+        """The offset the next record gets; everything below it is durable."""
+        self.recovered = damage
+        """The torn tail cut off when the journal was opened, if any."""
+
+    def _identity(self) -> str:
+        """This journal's id (a file in the folder), the key of the index's offset."""
+        path = self.folder / "ID"
+        if not path.exists():
+            tmp = self.folder / "ID.tmp"
+            tmp.write_text(str(uuid.uuid4()) + "\n")
+            os.replace(tmp, path)
+            _fsync_dir(self.folder)
+        return path.read_text().strip()
+
+    def _create(self, first: int) -> int:
+        path = self.folder / segment_name(first)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        _fsync_dir(self.folder)
+        return fd
+
+    def append(self, payloads: Sequence[bytes]) -> int:
+        """Append records with one write and one fdatasync; return the first one's offset.
+
+        A segment at its size bound is closed and the next one started first.
+
+        Raises:
+            AuditUnavailableError: the disk refused; nothing of the batch is kept.
+        """
+        try:
+            if self._broken:
+                os.ftruncate(self._fd, self._size)
+                self._broken = False
+            if self._size >= self._segment_bytes:
+                fd = self._create(self.next_offset)
+                os.close(self._fd)
+                self._fd, self._size = fd, 0
+            data = b"".join([frame(p) for p in payloads])
+            view, written = memoryview(data), 0
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            try:  # cut the failed batch off, so the next batch follows the last good one
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._broken = True
+            raise AuditUnavailableError(
+                f"audit journal {self.folder} refused the write: {exc}") from exc
+        first = self.next_offset
+        self._size += len(data)
+        self.next_offset = first + len(payloads)
+        return first
+
+    def close(self) -> None:
+        """Close the segment and release the lock."""
+        os.close(self._fd)
+        os.close(self._lock)
+
+
+class JournalReader:
+    """Reads a journal's records in order from an offset (by another thread or process).
+
+    Args:
+        folder: The journal folder.
+        offset: The first record to read.
+    """
+
+    def __init__(self, folder: Path, offset: int) -> None:
+        self.folder = folder
+        self.offset = offset
+        self._file: BinaryIO | None = None
+        self._first = 0
+        self._open_at(offset)
+
+    def _open_at(self, offset: int) -> None:
+        chosen = None
+        for first, path in segments(self.folder):
+            if first <= offset:
+                chosen = (first, path)
+        if chosen is None:
+            raise ConfigError(f"audit journal {self.folder} has no segment holding {offset}")
+        first, path = chosen
+        handle = path.open("rb")
+        skip = offset - first
+        while skip:
+            header = handle.read(_HEADER.size)
+            if len(header) < _HEADER.size:
+                raise ConfigError(f"audit journal {self.folder} ends before offset {offset}")
+            handle.seek(_HEADER.unpack(header)[0], os.SEEK_CUR)
+            skip -= 1
+        if self._file is not None:
+            self._file.close()
+        self._file, self._first = handle, first
+
+    def read(self, end: int, limit: int) -> list[bytes]:
+        """The records from the current offset up to ``end`` (exclusive), at most ``limit``.
+
+        Only call with ``end`` at most the writer's durable end: those frames are whole.
+
+        Raises:
+            AuditUnavailableError: a frame fails its checksum.
+        """
+        out: list[bytes] = []
+        handle = self._file
+        assert handle is not None
+        while self.offset < end and len(out) < limit:
+            header = handle.read(_HEADER.size)
+            if not header:  # this segment is done: the next starts at our offset
+                self._open_at(self.offset)
+                handle = self._file
+                assert handle is not None
+                continue
+            length, crc = _HEADER.unpack(header)
+            payload = handle.read(length)
+            if len(payload) != length or crc32c(payload) != crc:
+                raise AuditUnavailableError(
+                    f"audit journal {self.folder}: bad frame at offset {self.offset}")
+            out.append(payload)
+            self.offset += 1
+        return out
+
+    def close(self) -> None:
+        """Close the open segment."""
+        if self._file is not None:
+            self._file.close()
+
+
+def read_journal(folder: Path) -> Iterator[tuple[int, bytes] | Damage]:
+    """Every record of a journal as ``(offset, payload)``; a bad frame yields its Damage.
+
+    A segment's scan stops at its first bad frame; the next segment is read from
+    its own first offset.
+    """
+    for first, path in segments(folder):
+        payloads, _good, damage = scan(path, first)
+        for index, payload in enumerate(payloads):
+            yield first + index, payload
+        if damage is not None:
+            yield damage
+
+
+def open_lane(parent: Path, *, segment_bytes: int = 64 << 20, lanes: int = 256) -> Journal:
+    """The first journal under ``parent`` (``lane-0``, ``lane-1``, ...) no other process holds.
+
+    Each process writing to one store through the same settings gets its own lane;
+    a lane left by a process that stopped is taken (and its tail indexed) by the next.
+
+    Raises:
+        ConfigError: every lane is held, or the folder cannot be used.
+    """
+    for number in range(lanes):
+        try:
+            return Journal(parent / f"lane-{number}", segment_bytes=segment_bytes)
+        except JournalBusyError:
+            continue
+    raise ConfigError(f"all {lanes} audit journal lanes under {parent} are in use")

@@ -1,0 +1,205 @@
+"""``JournalTrail``: durable in the journal at the speed of the disk, queryable shortly after.
+
+An event is durable once its batch is appended to the journal and synced
+(:mod:`guard.audit._jwriter`); the indexer then adds it to the query store
+(:mod:`guard.audit._indexer`). Producers hand over ``(kind, fields)``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from guard.audit._checkpoint import Checkpoint
+from guard.audit._event import AuditEvent, ChainKey, EventKind
+from guard.audit._fields import event_fields
+from guard.audit._indexer import Indexer
+from guard.audit._journal import open_lane
+from guard.audit._jwriter import Committed, JournalWriter
+from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
+from guard.audit._otel import OtlpLogExporter
+from guard.audit._pipeline import trace_fields
+from guard.audit._schema import Row, row_event
+from guard.audit._store import Store, open_store, sqlite_path
+from guard.audit._witness import Witness
+
+if TYPE_CHECKING:
+    from guard.config import AuditSettings
+
+
+def journal_folder(settings: AuditSettings) -> Path:
+    """The journal folder the settings name (default: beside an SQLite store)."""
+    if settings.journal is not None:
+        return settings.journal
+    if settings.store.startswith("sqlite:///"):
+        db = sqlite_path(settings.store)
+        return db.with_name(db.name + ".journal")
+    return Path(".guard/audit-journal")
+
+
+def _traced(fields: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``fields`` with the current span's trace ids, when there is a span."""
+    ids = trace_fields()
+    return {**ids, **fields} if ids else fields
+
+
+class JournalTrail:
+    """Record audit events in a journal; :meth:`record_fields` returns once it is synced.
+
+    Args:
+        store: The query store the journal is indexed into.
+        signing_key: Signs checkpoints.
+        hmac_key: Key of subject pseudonyms; the chain key is derived from it.
+        journal: The journal folder (one lane per process under it).
+        writer_id: Prefix of this trail's chain id (default: the host name).
+        checkpoint_every: Sign a checkpoint every this many events.
+        checkpoint_interval: ... and within this many seconds of the first unsigned event.
+        keyed: Key the chain (format 3); False writes format 2.
+        witness: Append-only file that also receives every checkpoint.
+        otlp_endpoint: Also export every durable event as an OTLP log record.
+        segment_bytes: Start a new journal segment at this size.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        signing_key: Ed25519PrivateKey,
+        *,
+        hmac_key: bytes,
+        journal: Path,
+        writer_id: str | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
+        keyed: bool = True,
+        witness: Path | None = None,
+        otlp_endpoint: str | None = None,
+        segment_bytes: int = 64 << 20,
+    ) -> None:
+        self.store = store
+        self.journal = open_lane(journal, segment_bytes=segment_bytes)
+        try:
+            self.indexer = Indexer(self.journal, store)  # type: ignore[arg-type]
+        except BaseException:
+            self.journal.close()
+            raise
+        self._otlp = OtlpLogExporter(otlp_endpoint) if otlp_endpoint else None
+        listeners: list[Committed] = [self.indexer.wake]
+        if self._otlp is not None:
+            listeners.append(self._export)
+        self.writer = JournalWriter(
+            self.journal,
+            hmac_key=hmac_key,
+            signing_key=signing_key,
+            writer_id=writer_id or socket.gethostname(),
+            chain_key=ChainKey(derive_chain_key(hmac_key)) if keyed else None,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
+            witness=Witness(witness) if witness is not None else None,
+            committed=listeners,
+        )
+
+    @classmethod
+    def open(cls, settings: AuditSettings, *, timeout: float = 5.0) -> JournalTrail:
+        """Open the store and the journal, load (or create) the keys, start the threads."""
+        return cls(
+            open_store(settings.store, create=True, timeout=timeout),
+            load_signing_key(settings.signing_key, create=True),
+            hmac_key=load_hmac_key(settings.hmac_key, create=True),
+            journal=journal_folder(settings),
+            writer_id=settings.writer_id,
+            checkpoint_every=settings.checkpoint_every,
+            checkpoint_interval=settings.checkpoint_seconds,
+            witness=settings.witness,
+            otlp_endpoint=settings.otlp_endpoint,
+            segment_bytes=settings.journal_segment_mb << 20,
+        )
+
+    def _export(self, rows: Sequence[Row], _checkpoints: Sequence[Checkpoint]) -> None:
+        if self._otlp is not None and rows:
+            self._otlp([row_event(row) for row in rows])
+
+    @property
+    def writer_id(self) -> str:
+        """The id of the chain this trail writes."""
+        return self.writer.writer_id
+
+    # -- fields (the guard's path) -----------------------------------------------------------
+
+    def record_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
+        """Record an event from its fields (raw ``subject_id``); its id once durable.
+
+        Raises:
+            AuditUnavailableError: the journal could not take it.
+        """
+        return self.writer.submit(kind, _traced(fields))
+
+    async def arecord_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
+        """Like :meth:`record_fields` without blocking the event loop."""
+        return await self.writer.asubmit(kind, _traced(fields))
+
+    def post_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> None:
+        """Queue an event for the next batch and return (a failure is logged)."""
+        self.writer.post(kind, _traced(fields))
+
+    def record_many_fields(self, kind: EventKind, many: Sequence[Mapping[str, Any]]
+                           ) -> list[str | None]:
+        """Record events in order in as few batches as fit; per event its id or None."""
+        return self.writer.results(kind, [_traced(f) for f in many])
+
+    # -- built events (the Trail protocol) ---------------------------------------------------
+
+    def record(self, event: AuditEvent) -> None:
+        """Record a built event; return once it is durable."""
+        self.writer.submit(event.kind, event_fields(event))
+
+    async def arecord(self, event: AuditEvent) -> None:
+        """Like :meth:`record` without blocking the event loop."""
+        await self.writer.asubmit(event.kind, event_fields(event))
+
+    def post(self, event: AuditEvent) -> None:
+        """Queue a built event and return."""
+        self.writer.post(event.kind, event_fields(event))
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once everything queued before the call is durable and in the store.
+
+        Raises:
+            AuditUnavailableError: not within ``timeout`` seconds.
+        """
+        from guard._errors import AuditUnavailableError
+
+        self.writer.flush(timeout)
+        if not self.indexer.wait(self.journal.next_offset, timeout):
+            raise AuditUnavailableError(
+                f"audit index did not catch up within {timeout:g} s: {self.indexer.last_error}")
+
+    def ready(self) -> tuple[bool, str]:
+        """Can this trail make events durable right now? ``(ok, why)``."""
+        if not self.writer.alive:
+            return False, "audit writer stopped"
+        if self.writer.last_error is not None:
+            return False, self.writer.last_error
+        if self.indexer.last_error is not None:
+            return True, f"audit journal writable; index behind: {self.indexer.last_error}"
+        return True, "audit journal writable"
+
+    def close(self) -> None:
+        """Write the closing checkpoint, index the journal's end, release everything."""
+        self.writer.close()
+        self.indexer.close()
+        if self._otlp is not None:
+            self._otlp.close()
+        self.journal.close()
+        self.store.close()
+
+    def __enter__(self) -> JournalTrail:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

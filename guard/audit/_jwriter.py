@@ -1,0 +1,377 @@
+"""The journal writer: one thread builds, links and appends each batch with one fdatasync.
+
+Producers queue ``(kind, fields)`` and wait: a thread on its batch's event (one
+wake-up call releases every thread of a batch), a coroutine on a future (one
+``call_soon_threadsafe`` per batch and event loop resolves them all). The
+writer takes everything queued, builds the rows, links them into the hash
+chain, signs the checkpoints that fall due, appends it all to the journal with
+one ``fdatasync`` and then releases the producers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from guard._errors import AuditUnavailableError
+from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
+from guard.audit._event import GENESIS_HASH, ChainKey, EventKind
+from guard.audit._fields import Linker, checkpoint_record, content
+from guard.audit._ids import new_event_id
+from guard.audit._journal import Journal
+from guard.audit._pipeline import utc_now
+from guard.audit._schema import Row
+from guard.audit._witness import Witness
+
+_log = logging.getLogger("guard.audit")
+
+Committed = Callable[[Sequence[Row], Sequence[Checkpoint]], None]
+"""Told of each durable batch (the indexer's wake-up, OTLP export)."""
+
+
+class _Batch:
+    """The threads waiting on one batch: one event releases them all."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Item:
+    """One queued event: its fields, and where its producer hears the result."""
+
+    __slots__ = ("fields", "future", "kind", "loop", "posted", "result")
+
+    def __init__(self, kind: EventKind, fields: Mapping[str, Any],
+                 future: asyncio.Future[str] | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None, *, posted: bool = False) -> None:
+        self.kind = kind
+        self.posted = posted
+        self.fields = fields
+        self.future = future
+        self.loop = loop
+        self.result: str | BaseException | None = None  # the event id, or why not
+
+
+def _settle(items: list[_Item]) -> None:
+    """Resolve the futures of ``items`` (runs on their event loop)."""
+    for item in items:
+        future, result = item.future, item.result
+        if future is None or future.done():
+            continue
+        if isinstance(result, str):
+            future.set_result(result)
+        else:
+            future.set_exception(result or AuditUnavailableError("audit event lost"))
+
+
+def _epoch(ts: str) -> float:
+    try:
+        return datetime.fromisoformat(ts).timestamp()
+    except ValueError:
+        return time.time()
+
+
+class JournalWriter:
+    """The one thread that writes a journal; producers call :meth:`submit` and friends.
+
+    Args:
+        journal: The journal appended to.
+        hmac_key: Key of the subject pseudonyms (raw ``subject_id`` fields).
+        signing_key: Signs checkpoints.
+        writer_id: Prefix of this writer's chain id.
+        chain_key: Keys the chain (format 3); None writes format 2.
+        checkpoint_every: Sign a checkpoint at least every this many events.
+        checkpoint_interval: ... and within this many seconds of the first unsigned event.
+        witness: Also receives every checkpoint once it is durable.
+        committed: Called with every durable batch (on the writer thread).
+        max_batch: Most events in one append.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        hmac_key: bytes,
+        signing_key: Ed25519PrivateKey,
+        writer_id: str,
+        chain_key: ChainKey | None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
+        witness: Witness | None = None,
+        committed: Sequence[Committed] = (),
+        max_batch: int = 8192,
+    ) -> None:
+        self.journal = journal
+        self._hmac = hmac_key
+        self._key = signing_key
+        self.writer_id = f"{writer_id}/{new_event_id()}"
+        self._linker = Linker(self.writer_id, chain_key)
+        self._terms = Terms(3 if chain_key is not None else 2, max(1, checkpoint_every),
+                            checkpoint_interval)
+        self._every = max(1, checkpoint_every)
+        self._interval = checkpoint_interval
+        self._witness = witness
+        self._unwitnessed: list[Checkpoint] = []
+        self._committed = tuple(committed)
+        self._max_batch = max_batch
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Item] = []
+        self._batch = _Batch()
+        self._idle = False
+        self._closed = False
+        self._seq, self._prev, self._opened = 0, GENESIS_HASH, False
+        self._unsigned, self._unsigned_since = 0, 0.0
+        self.last_error: str | None = None
+        self.last_ok = 0.0
+        """``time.monotonic()`` of the last durable append."""
+        self._thread = threading.Thread(target=self._run, name="audit-journal-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- producers ---------------------------------------------------------------------------
+
+    def _put(self, items: Sequence[_Item]) -> _Batch:
+        with self._cond:
+            if self._closed or not self._thread.is_alive():
+                raise AuditUnavailableError("the audit trail is closed")
+            self._queue.extend(items)
+            if self._idle:
+                self._idle = False
+                self._cond.notify()
+            return self._batch
+
+    def submit(self, kind: EventKind, fields: Mapping[str, Any], timeout: float = 30.0) -> str:
+        """Queue one event and block until it is durable; its id.
+
+        Raises:
+            AuditUnavailableError: it is not durable (journal refused, or no answer in time).
+        """
+        return self.submit_many(kind, [fields], timeout)[0]
+
+    def submit_many(self, kind: EventKind, many: Sequence[Mapping[str, Any]],
+                    timeout: float = 30.0) -> list[str]:
+        """Queue events in order and block until they are durable; their ids.
+
+        Raises:
+            AuditUnavailableError: one of them is not durable.
+        """
+        items = [_Item(kind, f) for f in many]
+        if not items:
+            return []
+        batch = self._put(items)
+        if not batch.done.wait(timeout):
+            raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
+        ids = []
+        for item in items:
+            if not isinstance(item.result, str):
+                raise item.result or AuditUnavailableError("audit event lost")
+            ids.append(item.result)
+        return ids
+
+    def results(self, kind: EventKind, many: Sequence[Mapping[str, Any]],
+                timeout: float = 30.0) -> list[str | None]:
+        """Like :meth:`submit_many`, but per event its id or None (not durable)."""
+        items = [_Item(kind, f) for f in many]
+        if not items:
+            return []
+        try:
+            batch = self._put(items)
+        except AuditUnavailableError:
+            return [None] * len(items)
+        batch.done.wait(timeout)
+        return [item.result if isinstance(item.result, str) else None for item in items]
+
+    async def asubmit(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
+        """Queue one event; resolves with its id once it is durable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        self._put((_Item(kind, fields, future, loop),))
+        return await future
+
+    def post(self, kind: EventKind, fields: Mapping[str, Any]) -> None:
+        """Queue one event and return; a failure to write it is logged."""
+        self._put((_Item(kind, fields, posted=True),))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once everything queued before the call is appended (or has failed)."""
+        with self._cond:
+            if not self._queue:
+                return
+            batch = self._batch
+            if self._idle:
+                self._idle = False
+                self._cond.notify()
+        if not batch.done.wait(timeout):
+            raise AuditUnavailableError(f"audit writer did not flush within {timeout:g} s")
+
+    @property
+    def alive(self) -> bool:
+        """True while the writer thread runs."""
+        return self._thread.is_alive()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Append what is queued, sign the closing checkpoint and stop the thread."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    if self._unsigned and self._checkpoint_due():
+                        break
+                    self._idle = True
+                    self._cond.wait(min(1.0, self._interval))
+                self._idle = False
+                items = self._queue[:self._max_batch]
+                del self._queue[:self._max_batch]
+                batch = self._batch
+                if not self._queue:
+                    self._batch = _Batch()
+                closing = self._closed and not self._queue
+            try:
+                if items:
+                    self._commit(items)
+                elif self._unsigned and self._checkpoint_due():
+                    self._append([], [self._sign(CheckpointKind.PERIODIC, self._seq,
+                                                 self._prev)])
+                    self._unsigned = 0
+            except Exception as exc:  # keep the thread; producers heard why
+                self.last_error = str(exc)
+            if batch is not self._batch or closing:
+                batch.done.set()
+            self._release(items)
+            if closing:
+                self._close_chain()
+                return
+
+    def _checkpoint_due(self) -> bool:
+        return time.time() - self._unsigned_since >= self._interval
+
+    def _sign(self, kind: CheckpointKind, seq: int, hash_: str) -> Checkpoint:
+        return sign_checkpoint(self._key, checkpoint_id=new_event_id(), writer_id=self.writer_id,
+                               seq=seq, hash_=hash_, ts=utc_now(), kind=kind, terms=self._terms)
+
+    def _commit(self, items: list[_Item]) -> None:
+        """Build, link and append one batch; set each item's result."""
+        now = utc_now()
+        seq, prev, writer_id = self._seq, self._prev, self.writer_id
+        link = self._linker.link
+        records: list[bytes] = []
+        rows: list[Row] = []
+        checkpoints: list[Checkpoint] = []
+        built: list[_Item] = []
+
+        def sign(kind: CheckpointKind, at: int, hash_: str) -> None:
+            checkpoints.append(cp := self._sign(kind, at, hash_))
+            records.append(checkpoint_record(cp))
+
+        if not self._opened:
+            sign(CheckpointKind.OPEN, 0, GENESIS_HASH)
+        unsigned = self._unsigned
+        if unsigned and self._checkpoint_due():  # the stretch ends before this batch
+            sign(CheckpointKind.PERIODIC, seq, prev)
+            unsigned = 0
+        started: str | None = None  # the time of the first event of a stretch begun here
+        for item in items:
+            try:
+                head = content(item.kind, item.fields, self._hmac, now)
+            except Exception as exc:  # only this event is unrecordable
+                item.result = AuditUnavailableError(f"audit event cannot be recorded: {exc}")
+                continue
+            seq += 1
+            hash_, record = link(head, seq, prev)
+            records.append(record)
+            rows.append((*head, writer_id, seq, prev, hash_))
+            prev = hash_
+            built.append(item)
+            if not unsigned:
+                started = head[2]
+            unsigned += 1
+            if unsigned >= self._every:  # at the exact event: no stretch exceeds `every`
+                sign(CheckpointKind.PERIODIC, seq, prev)
+                unsigned, started = 0, None
+        try:
+            self._append(rows, checkpoints, records)
+        except AuditUnavailableError as exc:
+            for item in built:
+                item.result = exc
+            return
+        for item, row in zip(built, rows, strict=True):
+            item.result = row[0]
+        self._seq, self._prev, self._opened = seq, prev, True
+        if started is not None:
+            self._unsigned_since = _epoch(started)
+        self._unsigned = unsigned
+
+    def _append(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
+                records: Sequence[bytes] | None = None) -> None:
+        """Append records (with one fdatasync), then tell the witness and the listeners."""
+        if records is None:
+            records = [checkpoint_record(cp) for cp in checkpoints]
+        try:
+            self.journal.append(records)
+        except AuditUnavailableError as exc:
+            self.last_error = str(exc)
+            raise
+        self.last_error = None
+        self.last_ok = time.monotonic()
+        self._witnessed(checkpoints)
+        for listener in self._committed:
+            try:
+                listener(rows, checkpoints)
+            except Exception as exc:  # best effort; the journal is the record
+                _log.debug("audit batch listener failed: %s", exc)
+
+    def _release(self, items: list[_Item]) -> None:
+        """Tell coroutines (one call per event loop) and log posted events that failed."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        for item in items:
+            if item.loop is not None:
+                by_loop.setdefault(item.loop, []).append(item)
+            elif item.posted and not isinstance(item.result, str):
+                _log.error("audit %s event was not recorded: %s", item.kind.value, item.result)
+        for loop, waiting in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(_settle, waiting)
+
+    def _witnessed(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Append durable checkpoints to the witness (kept for a retry if it refuses)."""
+        witness = self._witness
+        if witness is None or not (checkpoints or self._unwitnessed):
+            return
+        pending = [*self._unwitnessed, *checkpoints]
+        try:
+            witness.append(pending)
+        except OSError as exc:
+            if not self._unwitnessed:
+                _log.error("audit witness %s refused checkpoints (kept for a retry): %s",
+                           witness.path, exc)
+            self._unwitnessed = pending[-10_000:]
+            return
+        self._unwitnessed = []
+
+    def _close_chain(self) -> None:
+        """Sign the closing checkpoint of the chain (if it has events) and close the witness."""
+        if self._opened:
+            with contextlib.suppress(AuditUnavailableError):
+                self._append([], [self._sign(CheckpointKind.CLOSE, self._seq, self._prev)])
+        if self._witness is not None:
+            with contextlib.suppress(OSError):
+                self._witness.close()
