@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
 import shutil
 import statistics
 import tempfile
@@ -295,6 +296,119 @@ def ceiling(tmp: Path, n: int) -> None:
               f"{rate:>7,.0f} events/s", flush=True)
 
 
+# -- the journal (audit.writer = "journal") --------------------------------------------------
+
+JOURNAL_FIELDS = {"caller": "svc:crm", "party_type": "internal", "country": "GB",
+                  "purpose": "relationship.management",
+                  "categories": ("contact.email", "identity.name"), "action": "read",
+                  "allowed": True, "reason": "allowed", "rule": ("rules.csv:314",),
+                  "lawful_basis": ("contract", "legitimate_interest"),
+                  "policy_version": "sha256:5d79139ff05f0ad3", "http_method": "GET",
+                  "http_route": "/customers/{id}", "latency_us": 40}
+
+
+def fdatasync_floor(folder: Path, count: int = 2000) -> tuple[float, float]:
+    """The disk's own cost: append 300 bytes and fdatasync, p50 and p99 in ms."""
+    path = folder / "floor.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(count):
+            t0 = time.perf_counter()
+            os.write(fd, b"x" * 300)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return times[len(times) // 2] * 1e3, times[int(len(times) * 0.99)] * 1e3
+
+
+def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode: str
+                ) -> tuple[float, float, float, float]:
+    """Durable events/s of ``n`` events from ``producers`` threads or tasks into the journal.
+
+    Returns events/s and the index lag (durable -> in the store) p50, p99, max in ms.
+    """
+    from guard.audit._jtrail import JournalTrail
+
+    trail = JournalTrail(open_store(url), load_signing_key(key), hmac_key=KEY, journal=folder)
+    durable: list[tuple[float, int]] = []  # (when, journal end) after each append
+    trail.writer._committed += (lambda _r, _c: durable.append(
+        (time.perf_counter(), trail.journal.next_offset)),)
+    indexed: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            indexed.append((time.perf_counter(), trail.indexer.offset))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    per = n // producers
+    fields = [{**JOURNAL_FIELDS, "subject_id": f"c{i}"} for i in range(per)]
+    t0 = time.perf_counter()
+    if mode == "threads":
+        def work(_i: int) -> None:
+            for f in fields:
+                trail.record_fields(EventKind.DECISION, f)
+        elapsed = run_threads(producers, work)
+    else:
+        async def one() -> None:
+            for f in fields:
+                await trail.arecord_fields(EventKind.DECISION, f)
+
+        async def every() -> None:
+            await asyncio.gather(*(one() for _ in range(producers)))
+
+        asyncio.run(every())
+        elapsed = time.perf_counter() - t0
+    trail.flush(120)
+    stop.set()
+    sampler.join()
+    trail.close()
+    lags = []
+    j = 0
+    for when, end in durable:  # when did the index first reach this end?
+        while j < len(indexed) and indexed[j][1] < end:
+            j += 1
+        if j < len(indexed):
+            lags.append(max(0.0, indexed[j][0] - when))
+    lags.sort()
+    if not lags:
+        lags = [0.0]
+    return (per * producers / elapsed, lags[len(lags) // 2] * 1e3,
+            lags[int(len(lags) * 0.99)] * 1e3, lags[-1] * 1e3)
+
+
+def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int,
+                  rounds: int) -> None:
+    """The journal's durable events/s with 64 producers, index lag, and the disk's floor."""
+    p50, p99 = fdatasync_floor(tmp)
+    print(f"disk floor in {tmp}: append 300 B + fdatasync p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    print(f"journal (audit.writer = \"journal\"): durable events/s, {n} events per run, "
+          f"median of {rounds}; index lag = durable -> in the store (ms)")
+    print(f"{'store':<11} {'producers':>9} {'mode':>8} {'events/s':>10} "
+          f"{'lag p50':>8} {'lag p99':>8} {'lag max':>8}")
+    for kind in kinds:
+        for mode in ("threads", "tasks"):
+            results = []
+            for rnd in range(rounds):
+                tag = f"j{kind}{mode}{rnd}"
+                if kind == "sqlite":
+                    url = f"sqlite:///{tmp / (tag + '.db')}"
+                else:
+                    assert pg is not None
+                    url = fresh_database(pg, tag)
+                results.append(journal_run(url, key, tmp / tag, n, 64, mode))
+            rate = statistics.median(r[0] for r in results)
+            lag = [statistics.median(r[i] for r in results) for i in (1, 2, 3)]
+            print(f"{kind:<11} {64:>9} {mode:>8} {rate:>10,.0f} {lag[0]:>8.1f} {lag[1]:>8.1f} "
+                  f"{lag[2]:>8.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
@@ -303,6 +417,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating group/baseline rounds per configuration")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--journal-only", action="store_true",
+                        help="only the journal runs (audit.writer = \"journal\") and the report")
     parser.add_argument("--ceiling", action="store_true",
                         help="also measure the parts: SQLite commit alone, thread hand-off alone")
     args = parser.parse_args()
@@ -316,12 +432,15 @@ def main() -> None:
             if pg is None and not args.no_postgres:
                 print("PostgreSQL not installed: SQLite only")
             kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
-            print(f"durable events/s, {n} events per run, median of {args.rounds} rounds "
+            journal_bench(tmp, key, kinds, pg, max(n, 64_000), args.rounds)
+            old = [] if args.journal_only else kinds
+            print("\nthe group-commit writer (audit.writer = \"thread\"): "
+                  f"durable events/s, {n} events per run, median of {args.rounds} rounds "
                   "(group commit from threads and from tasks vs one commit per event; "
                   "the order rotates each round)")
             print(f"{'store':<11} {'writers':>7} {'threads':>9} {'tasks':>9} {'baseline':>9} "
                   f"{'thr/b':>6} {'task/b':>6}   (threads: median events per commit)")
-            for kind in kinds:
+            for kind in old:
                 for writers in (1, 8, 64):
                     rates: dict[str, list[float]] = {"threads": [], "tasks": [], "baseline": []}
                     GROUP_BATCH.clear()

@@ -241,19 +241,50 @@ def verify_cmd(
         Path | None,
         typer.Option("--witness", help="Witness file of signed checkpoints to check against"),
     ] = None,
+    journal: Annotated[
+        Path | None,
+        typer.Option("--journal", help="Audit journal folder to check, and the store against "
+                                       "it (default: the configured one, if it exists)"),
+    ] = None,
 ) -> None:
     """Check every hash chain and signed checkpoint; exit 1 if anything was tampered with."""
-    key_path = public_key or public_key_path(_settings().signing_key)
-    report = verify(_open(store), load_public_key(key_path), chain_key=_chain_key(hmac_key),
+    from guard.audit._jtrail import journal_folder
+    from guard.audit._jverify import lanes, verify_journal
+
+    settings = _settings()
+    key_path = public_key or public_key_path(settings.signing_key)
+    opened = _open(store)
+    public = load_public_key(key_path)
+    chain_key = _chain_key(hmac_key)
+    report = verify(opened, public, chain_key=chain_key,
                     witness=read_witness(witness) if witness is not None else None)
+    folder = journal if journal is not None else journal_folder(settings)
+    if journal is not None and not lanes(folder):
+        typer.echo(f"error: no audit journal at {folder}", err=True)
+        sys.exit(2)
+    checked = verify_journal(opened, folder, public, chain_key=chain_key) if lanes(
+        folder) else None
     for note in report.notes:
         typer.echo(f"note: {note}")
+    label = "index: " if checked is not None else ""
     for problem in report.problems:
-        typer.echo(str(problem))
+        typer.echo(f"{label}{problem}")
+    broken = len(report.problems)
+    if checked is not None:
+        for line in checked.damage:
+            typer.echo(f"journal: damaged frame: {line}")
+        for problem in checked.journal.problems:
+            typer.echo(f"journal: {problem}")
+        for problem in checked.index:
+            typer.echo(f"index disagrees with the journal: {problem}")
+        broken += len(checked.journal.problems) + len(checked.index) + len(checked.damage)
     summary = (f"{report.events} event(s) in {report.writers} chain(s), "
                f"{report.checkpoints} signed checkpoint(s)")
-    if report.ok:
+    if checked is not None:
+        summary += (f"; journal {folder}: {checked.journal.events} event(s) in "
+                    f"{checked.lanes} lane(s)")
+    if not broken:
         typer.echo(f"intact: {summary}")
         return
-    typer.echo(f"TAMPERED: {len(report.problems)} chain(s) broken; {summary}")
+    typer.echo(f"TAMPERED: {broken} problem(s); {summary}")
     sys.exit(1)

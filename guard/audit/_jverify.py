@@ -1,0 +1,140 @@
+"""Verify a journal, and the index built from it: which one disagrees, and where.
+
+The journal's chains are checked exactly as a store's are (its records are
+loaded into a scratch SQLite store and :func:`guard.audit.verify` runs on it).
+Then every journal event the index has read (below its saved offset) must be in
+the index with the same columns, and the index must hold no other event of the
+journal's chains.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from guard.audit._checkpoint import Checkpoint
+from guard.audit._fields import decode
+from guard.audit._journal import Damage, read_journal
+from guard.audit._schema import EVENT_COLUMNS, Row
+from guard.audit._sqlite import SqliteStore
+from guard.audit._store import AuditStoreError, Store
+from guard.audit._verify import Problem, VerifyReport, verify
+
+
+@dataclass(frozen=True, slots=True)
+class JournalReport:
+    """What the journal check found: the journal's own chains, then the index against it."""
+
+    journal: VerifyReport
+    index: tuple[Problem, ...]
+    damage: tuple[str, ...]
+    lanes: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the journal is intact and the index agrees with it."""
+        return self.journal.ok and not self.index and not self.damage
+
+
+def lanes(folder: Path) -> list[Path]:
+    """The journals under ``folder`` (``lane-N``), or ``folder`` itself when it is one."""
+    if (folder / "ID").is_file():
+        return [folder]
+    return sorted(p for p in folder.glob("lane-*") if (p / "ID").is_file())
+
+
+def _offset(store: Store, journal_id: str) -> int:
+    try:
+        found = store.rows(
+            "SELECT next_offset FROM audit_journal_offset WHERE journal = ?", (journal_id,))
+    except AuditStoreError:
+        return 0
+    return int(found[0][0]) if found else 0
+
+
+def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | None, Checkpoint | None]]:
+    records = list(read_journal(lane))
+    for number, record in enumerate(records):
+        if isinstance(record, Damage):
+            last = number == len(records) - 1 and record.why == "incomplete frame"
+            if not last:  # an incomplete last frame is a write in progress
+                damage.append(f"{record.path.name} at byte {record.position} (offset "
+                              f"{record.offset}): {record.why}")
+            continue
+        offset, payload = record
+        try:
+            row, checkpoint = decode(payload)
+        except ValueError:
+            damage.append(f"{lane.name} offset {offset}: not an audit record")
+            continue
+        yield offset, row, checkpoint
+
+
+def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
+                   chain_key: bytes | None = None) -> JournalReport:
+    """Check the journal(s) under ``folder`` and the index ``store`` built from them.
+
+    Args:
+        store: The index (the audit store).
+        folder: The journal folder (``audit.journal``) or one lane of it.
+        public: The checkpoint public key.
+        chain_key: The chain key, for keyed (format 3) chains.
+    """
+    damage: list[str] = []
+    disagree: list[Problem] = []
+    found = lanes(folder)
+    with tempfile.TemporaryDirectory(prefix="guard-verify-") as tmp:
+        copy = SqliteStore(Path(tmp) / "journal.db")
+        try:
+            for lane in found:
+                indexed = _offset(store, (lane / "ID").read_text().strip())
+                rows: list[Row] = []
+                checkpoints: list[Checkpoint] = []
+                read: dict[str, dict[str, Row]] = {}
+                for offset, row, checkpoint in _records(lane, damage):
+                    if row is not None:
+                        rows.append(row)
+                        if offset < indexed:
+                            read.setdefault(str(row[-4]), {})[str(row[0])] = row
+                    elif checkpoint is not None:
+                        checkpoints.append(checkpoint)
+                    if len(rows) >= 5000:
+                        copy.write(rows, ())
+                        rows = []
+                copy.write(rows, checkpoints)
+                disagree += _compare(store, read)
+            report = verify(copy, public, chain_key=chain_key)
+        finally:
+            copy.close()
+    return JournalReport(report, tuple(disagree), tuple(damage), len(found))
+
+
+def _compare(store: Store, read: dict[str, dict[str, Row]]) -> list[Problem]:
+    """The first disagreement of each chain between the journal (``read``) and the index."""
+    problems = []
+    for writer, journal_rows in read.items():
+        indexed = {str(r[0]): tuple(r) for r in store.stream(
+            f"SELECT {EVENT_COLUMNS} FROM audit_event WHERE writer_id = ? ORDER BY seq",  # noqa: S608
+            (writer,))}
+        for event_id, row in sorted(journal_rows.items(), key=lambda kv: int(kv[1][-3])):
+            held = indexed.pop(event_id, None)
+            if held is None:
+                problems.append(Problem("deleted", writer, int(row[-3]), event_id,
+                                        "the journal holds this event; the index does not"))
+                break
+            if held != row:
+                problems.append(Problem("altered", writer, int(row[-3]), event_id,
+                                        "the index differs from the journal"))
+                break
+        else:
+            extra = [r for r in indexed.values() if int(r[-3]) <= max(
+                int(j[-3]) for j in journal_rows.values())]
+            if extra:
+                first = min(extra, key=lambda r: int(r[-3]))
+                problems.append(Problem("inserted", writer, int(first[-3]), str(first[0]),
+                                        "the index holds an event the journal does not"))
+    return problems
