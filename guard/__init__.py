@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from guard._errors import AuditUnavailableError, ConfigError, GuardError, PolicyError
-from guard._guard import Checked, Guard
+from guard._guard import Checked, Guard, Pending
 from guard._types import Action, Decision, HttpContext, Reason, Request, denial
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Guard",
     "GuardError",
     "HttpContext",
+    "Pending",
     "PolicyError",
     "Reason",
     "Request",

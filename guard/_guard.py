@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,32 @@ if TYPE_CHECKING:
     from guard.config import Settings
     from guard.policy._holder import PolicyHolder, ReloadResult
     from guard.rights import Change, Entry, Register
+
+
+class Pending:
+    """A decision whose audit event is being made durable (see :meth:`Guard.adecide`).
+
+    ``decision`` is known at once; :meth:`durable` returns the :class:`Checked` once
+    the event is durable, or an ``audit_unavailable`` denial if it cannot be.
+    """
+
+    __slots__ = ("_request", "_write", "decision")
+
+    def __init__(self, decision: Decision, request: Request,
+                 write: Awaitable[str] | None) -> None:
+        self.decision = decision
+        self._request = request
+        self._write = write
+
+    async def durable(self) -> Checked:
+        """The decision and its event id once durable; a denial if it cannot be recorded."""
+        if self._write is None:
+            return Checked(self.decision, "")
+        try:
+            return Checked(self.decision, await self._write)
+        except Exception:  # fail closed
+            return Checked(denial(Reason.AUDIT_UNAVAILABLE, self._request,
+                                  self.decision.policy_version), "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +234,30 @@ class Guard:
                 return Checked(decision, await self._arecord(EventKind.DECISION, fields))
             except Exception:
                 return Checked(self._unrecorded(request, decision, span), "")
+
+    def adecide(self, request: Request, http: HttpContext | None = None) -> Pending:
+        """Decide now and start the durable write; ``await pending.durable()`` for the result.
+
+        Call on an event loop. Lets an enforcement point run work that releases no
+        data (a read handler's body) while the commit is in flight; no data may
+        leave before :meth:`Pending.durable` returned an allowing decision.
+        """
+        with self._decision_span() as span:
+            try:
+                decision, fields = self._decide(request, http, span)
+            except Exception:
+                return Pending(denial(Reason.INTERNAL_ERROR, request, self._version()),
+                               request, None)
+            trail = self.trail
+            write: Awaitable[str]
+            try:
+                if isinstance(trail, JournalTrail):
+                    write = trail.start_fields(EventKind.DECISION, fields)
+                else:
+                    write = asyncio.ensure_future(self._arecord(EventKind.DECISION, fields))
+            except Exception:
+                return Pending(self._unrecorded(request, decision, span), request, None)
+            return Pending(decision, request, write)
 
     def _denial_fields(
         self, request: Request, decision: Decision, http: HttpContext | None

@@ -7,6 +7,7 @@ An event is durable once its batch is appended to the journal and synced
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -140,6 +141,10 @@ class JournalTrail:
     async def arecord_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
         """Like :meth:`record_fields` without blocking the event loop."""
         return await self.writer.asubmit(kind, _traced(fields))
+
+    def start_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> asyncio.Future[str]:
+        """Queue an event now; the future resolves with its id once it is durable."""
+        return self.writer.start(kind, _traced(fields))
 
     def post_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> None:
         """Queue an event for the next batch and return (a failure is logged)."""

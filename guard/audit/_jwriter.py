@@ -191,12 +191,16 @@ class JournalWriter:
         batch.done.wait(timeout)
         return [item.result if isinstance(item.result, str) else None for item in items]
 
-    async def asubmit(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
-        """Queue one event; resolves with its id once it is durable."""
+    def start(self, kind: EventKind, fields: Mapping[str, Any]) -> asyncio.Future[str]:
+        """Queue one event now (on an event loop); the future resolves with its id once durable."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
         self._put((_Item(kind, fields, future, loop),))
-        return await future
+        return future
+
+    async def asubmit(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
+        """Queue one event; resolves with its id once it is durable."""
+        return await self.start(kind, fields)
 
     def post(self, kind: EventKind, fields: Mapping[str, Any]) -> None:
         """Queue one event and return; a failure to write it is logged."""
