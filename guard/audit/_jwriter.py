@@ -127,6 +127,7 @@ class JournalWriter:
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Item] = []
         self._batch = _Batch()
+        self._inflight: _Batch | None = None  # the batch being written
         self._idle = False
         self._closed = False
         self._seq, self._prev, self._opened = 0, GENESIS_HASH, False
@@ -209,12 +210,15 @@ class JournalWriter:
     def flush(self, timeout: float = 30.0) -> None:
         """Return once everything queued before the call is appended (or has failed)."""
         with self._cond:
-            if not self._queue:
+            if self._queue:
+                batch = self._batch
+                if self._idle:
+                    self._idle = False
+                    self._cond.notify()
+            elif self._inflight is not None:
+                batch = self._inflight
+            else:
                 return
-            batch = self._batch
-            if self._idle:
-                self._idle = False
-                self._cond.notify()
         if not batch.done.wait(timeout):
             raise AuditUnavailableError(f"audit writer did not flush within {timeout:g} s")
 
@@ -245,7 +249,7 @@ class JournalWriter:
                 self._idle = False
                 items = self._queue[:self._max_batch]
                 del self._queue[:self._max_batch]
-                batch = self._batch
+                batch = self._inflight = self._batch
                 if not self._queue:
                     self._batch = _Batch()
                 closing = self._closed and not self._queue
@@ -260,6 +264,7 @@ class JournalWriter:
                 self.last_error = str(exc)
             if batch is not self._batch or closing:
                 batch.done.set()
+                self._inflight = None
             self._release(items)
             if closing:
                 self._close_chain()
