@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sqlite3
 from pathlib import Path
@@ -61,3 +62,28 @@ def test_any_edit_is_named(recorded: tuple[Path, Keys, list[str]], tmp_path: Pat
     assert len(report.problems) == 1
     problem = report.problems[0]
     assert problem.event_id == ids[seq - 1], str(problem)
+
+
+@settings(max_examples=15, deadline=None)
+@given(every=st.integers(1, 6), batches=st.lists(st.integers(1, 9), min_size=1, max_size=5))
+def test_what_the_writer_writes_keeps_its_signed_bound(every: int, batches: list[int]) -> None:
+    """Checkpoints at the exact event, batch sizes notwithstanding: no stretch exceeds ``every``."""
+    import tempfile
+
+    from guard.audit import load_signing_key
+
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = Keys(Path(tmp) / "sign.key", Path(tmp) / "sign.key.pub")
+        load_signing_key(keys.signing, create=True)
+        url = f"sqlite:///{tmp}/audit.db"
+        trail = make_trail(url, keys, checkpoint_every=every)
+        for size in batches:
+            trail.record_many([decision_event(subject_id=f"b{i}") for i in range(size)])
+        trail.close()
+        store = open_store(url, create=False)
+        report = verify(store, load_public_key(keys.public), chain_key=CHAIN_KEY)
+        seqs = sorted(int(r[0]) for r in store.rows("SELECT seq FROM audit_checkpoint"))
+        store.close()
+    assert report.ok, report.problems
+    assert report.notes == ()
+    assert all(b - a <= every for a, b in itertools.pairwise(seqs))
