@@ -68,6 +68,11 @@ class AuditSettings(BaseModel):
     None: ``<file>.journal`` beside an SQLite store, ``.guard/audit-journal`` otherwise."""
     journal_segment_mb: int = Field(default=64, ge=1)
     """A journal segment is closed and the next one started at this size (MiB)."""
+    reserve_mb: int = Field(default=64, ge=0)
+    """Free space (MB) to keep on the filesystem of an SQLite store and of the spool;
+    below it events are refused (requests denied ``audit_unavailable``); 0: no reserve."""
+    readiness_probe_seconds: float = Field(default=30.0, gt=0)
+    """Readiness writes a ``heartbeat`` event when no event was written for this long."""
 
 
 class IdentitySettings(BaseModel):

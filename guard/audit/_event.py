@@ -22,6 +22,8 @@ class EventKind(StrEnum):
     POLICY_REJECTED = "policy_rejected"
     SUBJECT_RIGHT = "subject_right"
     """A change to the subject register (consent, objection, restriction, erasure, end)."""
+    HEARTBEAT = "heartbeat"
+    """A readiness probe: proves the trail still makes events durable (when idle)."""
 
 
 @dataclass(frozen=True, slots=True)

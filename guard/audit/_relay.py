@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from guard._errors import AuditUnavailableError
 from guard.audit._event import AuditEvent, EventKind
+from guard.audit._health import FailureLog, StoreRefusedError
 from guard.audit._pipeline import trace_fields, utc_now
 from guard.audit._relay_wire import (
     BUILD,
@@ -54,8 +55,11 @@ _RESPAWN_INTERVAL = 1.0
 class _Connection(asyncio.Protocol):
     """One event loop's connection to the relay; futures wait for their acknowledgement."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ack_timeout: float) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, ack_timeout: float, failures: FailureLog
+    ) -> None:
         self.loop = loop
+        self._failures = failures
         self.transport: asyncio.Transport | None = None
         self.waiting: dict[int, asyncio.Future[Any]] = {}
         self.outbox: list[bytes] = []  # frames to send at the end of this loop iteration
@@ -90,6 +94,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._failures.succeeded()
         self.send_outbox()
 
     def send(self, data: bytes) -> None:
@@ -131,13 +136,15 @@ class _Connection(asyncio.Protocol):
                 if error is None:
                     future.set_result(answer)
                 else:
-                    future.set_exception(AuditUnavailableError(error))
+                    future.set_exception(StoreRefusedError(error))  # the relay logged it
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail("the audit relay closed the connection")
 
     def fail(self, why: str) -> None:
         """Fail every waiting future (fail closed) and stop using this connection."""
+        if not self.closed:
+            self._failures.failed(why)
         self.closed = True
         if self.outbox:
             _log.error("%d audit frame(s) were not sent: %s", len(self.outbox), why)
@@ -179,7 +186,7 @@ class _Blocking:
                 for ack_id, error, answer in acks:
                     if ack_id == msg_id:
                         if error is not None:
-                            raise AuditUnavailableError(error)
+                            raise StoreRefusedError(error)  # the relay logged it
                         return answer
 
 
@@ -209,6 +216,7 @@ class RelayTrail:
         self._local = threading.local()  # each thread's blocking connection
         self._blocking: set[_Blocking] = set()
         self._closed = False
+        self._failures = FailureLog("audit relay")
         self._spawned_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         try:
@@ -273,10 +281,19 @@ class RelayTrail:
     def _call(self, op: int, payload: Any = None) -> Any:
         """Send one message on this thread's blocking connection; wait for its answer."""
         try:
-            return self._thread_connection().call(next(self._ids), op, payload)
+            answer = self._thread_connection().call(next(self._ids), op, payload)
         except (OSError, WireError) as exc:
             self._drop_thread_connection()
-            raise AuditUnavailableError(f"the audit relay did not answer: {exc}") from None
+            why = f"the audit relay did not answer: {exc}"
+            self._failures.failed(why)
+            raise AuditUnavailableError(why) from None
+        except StoreRefusedError:
+            raise
+        except AuditUnavailableError as exc:  # the relay is not running and cannot be started
+            self._failures.failed(str(exc))
+            raise
+        self._failures.succeeded()
+        return answer
 
     def _thread_connection(self) -> _Blocking:
         conn: _Blocking | None = getattr(self._local, "conn", None)
@@ -395,7 +412,7 @@ class RelayTrail:
             self._ensure_running()
         for old in [old for old in self._conns if old.is_closed()]:
             del self._conns[old]
-        conn = self._conns[loop] = _Connection(loop, self._ack_timeout)
+        conn = self._conns[loop] = _Connection(loop, self._ack_timeout, self._failures)
         task = loop.create_task(loop.create_unix_connection(lambda: conn, self.socket_path))
         task.add_done_callback(lambda t: _connected(conn, t))
         return conn
@@ -418,7 +435,11 @@ class RelayTrail:
 
     async def _acall(self, op: int, payload: Any) -> Any:
         """Send one message on this loop's connection; await its acknowledged answer."""
-        conn = self._connection(asyncio.get_running_loop())
+        try:
+            conn = self._connection(asyncio.get_running_loop())
+        except AuditUnavailableError as exc:
+            self._failures.failed(str(exc))
+            raise
         msg_id = next(self._ids)
         future = conn.wait_for(msg_id)
         conn.send(frame((msg_id, op, payload)))

@@ -33,13 +33,17 @@ class PolicyHolder:
         loader: Builds a CompiledPolicy (e.g. ``lambda: load_policy(path)``). Called
             once now — a failure here is raised, the guard must not start — and
             again on every reload.
+        initial: The policy to start with instead of calling ``loader`` now (a
+            replica that walked back past stored policies that do not load).
     """
 
     __slots__ = ("_listeners", "_loader", "_lock", "_policy", "last_error")
 
-    def __init__(self, loader: Callable[[], CompiledPolicy]) -> None:
+    def __init__(
+        self, loader: Callable[[], CompiledPolicy], *, initial: CompiledPolicy | None = None
+    ) -> None:
         self._loader = loader
-        self._policy = loader()
+        self._policy = initial if initial is not None else loader()
         self._lock = threading.Lock()
         self._listeners: list[Callable[[ReloadResult], None]] = []
         self.last_error: str | None = None

@@ -5,13 +5,15 @@ channel. ``guard policy push`` inserts a row (model text, rules text, version)
 and sends ``NOTIFY guard_policy, '<version>'`` in the same transaction, so a
 listener is only woken for a row it can read. Each replica LISTENs and reloads
 when told; after a lost connection it reloads once anyway, since a push may
-have happened while it was not listening.
+have happened while it was not listening. A replica starts on the newest stored
+policy that loads (:func:`load_newest_good`), as a running one keeps it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from guard._errors import ConfigError, PolicyError
+from guard._errors import ConfigError, GuardError, PolicyError
 from guard.policy._compiled import CompiledPolicy
 from guard.policy._load import compile_policy, compile_source
 from guard.policy._source import read_source, resolve_policy_dir
@@ -40,6 +42,14 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 """
 
 _log = logging.getLogger("guard.policy.pgsource")
+_WATCHER_PARAMS: dict[str, str | int] = {
+    "application_name": "guard-policy-watcher",
+    # TCP keepalives: a link that dropped silently is noticed within about a minute.
+    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+}
+"""Connection parameters of the watcher (its ``application_name`` shows in pg_stat_activity)."""
+REPEAT_LOG_SECONDS = 60.0
+"""While the watcher cannot reconnect, it says so at most this often."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,24 +130,38 @@ def load_latest(url: str) -> StoredPolicy:
         ConfigError: The store cannot be reached or holds no policy yet.
     """
     with _connect(url, autocommit=True) as conn:
-        try:
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT id, version, model_text, rules_text, origin, pushed_at "
-                    "FROM {} ORDER BY id DESC LIMIT 1"
-                ).format(sql.Identifier(TABLE))
-            ).fetchone()
-        except psycopg.errors.UndefinedTable:
-            row = None
-        except psycopg.Error as exc:
-            raise ConfigError(
-                f"cannot read the policy store {_redact(url)}: {_first_line(exc)}"
-            ) from exc
+        row = _select_one(conn, url, "ORDER BY id DESC LIMIT 1", ())
     if row is None:
+        raise _empty(url)
+    return row
+
+
+def _empty(url: str) -> ConfigError:
+    return ConfigError(
+        f"the policy store {_redact(url)} holds no policy yet "
+        "(push one with: guard policy push --store URL)"
+    )
+
+
+def _select_one(
+    conn: psycopg.Connection[tuple[object, ...]], url: str, tail: str, params: tuple[object, ...]
+) -> StoredPolicy | None:
+    """The first stored policy ``SELECT ... FROM guard_policy <tail>`` finds, if any."""
+    try:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT id, version, model_text, rules_text, origin, pushed_at FROM {} "
+            ).format(sql.Identifier(TABLE)) + sql.SQL(tail),
+            params,
+        ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    except psycopg.Error as exc:
         raise ConfigError(
-            f"the policy store {_redact(url)} holds no policy yet "
-            "(push one with: guard policy push --store URL)"
-        )
+            f"cannot read the policy store {_redact(url)}: {_first_line(exc)}"
+        ) from exc
+    if row is None:
+        return None
     row_id, version, model_text, rules_text, origin, pushed_at = row
     return StoredPolicy(
         int(str(row_id)),
@@ -175,7 +199,11 @@ def load_store_policy(url: str) -> CompiledPolicy:
         ConfigError: The store cannot be reached or is empty.
         PolicyError: The stored texts no longer compile to the version pushed.
     """
-    stored = load_latest(url)
+    return _compile(url, load_latest(url))
+
+
+def _compile(url: str, stored: StoredPolicy) -> CompiledPolicy:
+    """Compile a stored policy; it must compile to the version it was pushed with."""
     policy = compile_policy(stored.model_text, stored.rules_text, f"{_redact(url)}#{stored.id}")
     if policy.version != stored.version:
         raise PolicyError(
@@ -185,32 +213,107 @@ def load_store_policy(url: str) -> CompiledPolicy:
     return policy
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedPolicy:
+    """A stored policy newer than the one started on, and why it did not load.
+
+    Args:
+        id: Its row id.
+        version: The version it was pushed with.
+        error: Why it does not load.
+    """
+
+    id: int
+    version: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartPolicy:
+    """The policy a replica starts on, and the newer stored ones it had to skip.
+
+    Args:
+        policy: The newest stored policy that loads.
+        id: Its row id.
+        skipped: The newer rows that do not load, newest first.
+    """
+
+    policy: CompiledPolicy
+    id: int
+    skipped: tuple[SkippedPolicy, ...]
+
+
+def load_newest_good(url: str) -> StartPolicy:
+    """The newest stored policy that loads, walking back past the ones that do not.
+
+    A row written around ``guard policy push``, or a lint rule that changed since a
+    policy was pushed, must not keep a replica from starting: it starts on the
+    newest good policy, as a running replica keeps it, and says which it skipped.
+
+    Raises:
+        ConfigError: The store cannot be reached, is empty, or no stored policy loads.
+    """
+    skipped: list[SkippedPolicy] = []
+    with _connect(url, autocommit=True) as conn:
+        stored = _select_one(conn, url, "ORDER BY id DESC LIMIT 1", ())
+        if stored is None:
+            raise _empty(url)
+        while stored is not None:
+            try:
+                policy = _compile(url, stored)
+            except GuardError as exc:
+                skipped.append(SkippedPolicy(stored.id, stored.version, str(exc)))
+                stored = _select_one(conn, url, "WHERE id < %s ORDER BY id DESC LIMIT 1",
+                                     (stored.id,))
+                continue
+            return StartPolicy(policy, stored.id, tuple(skipped))
+    newest = skipped[0]
+    raise ConfigError(
+        f"no policy stored in {_redact(url)} loads ({len(skipped)} tried); the newest, "
+        f"#{newest.id}: {newest.error}"
+    )
+
+
 async def watch_store(
     url: str,
     on_push: Callable[[str], Awaitable[None]],
     *,
     ready: asyncio.Event | None = None,
-    listening: Callable[[bool], None] | None = None,
+    listening: Callable[[bool, str | None], None] | None = None,
     retry_seconds: float = 1.0,
 ) -> None:
     """LISTEN for pushes and await ``on_push(version)`` for each; runs until cancelled.
+
+    A lost connection is logged once, with its cause; while reconnecting fails,
+    a line at most every minute; the reconnection once.
 
     Args:
         url: PostgreSQL connection URL.
         on_push: Called with the pushed version (or ``""`` after a reconnect,
             when pushes may have been missed).
         ready: Set once the first LISTEN is in place.
-        listening: Told True when a LISTEN is in place, False when the connection is lost.
+        listening: Told ``(True, None)`` when a LISTEN is in place, ``(False, cause)``
+            when the connection is lost or cannot be made.
         retry_seconds: Pause before reconnecting after a lost connection.
     """
     first = True
+    lost_at: float | None = None  # time.monotonic() of the loss, while disconnected
+    attempts = 0
+    logged_at = 0.0
     while True:
         try:
-            aconn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=5)
+            aconn = await psycopg.AsyncConnection.connect(
+                psycopg.conninfo.make_conninfo(url, **_WATCHER_PARAMS),
+                autocommit=True, connect_timeout=5)
             async with aconn:
                 await aconn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                if lost_at is not None:
+                    _log.warning(
+                        "policy store watcher reconnected to %s after %.1f s (%d attempt(s)); "
+                        "reloading once", _redact(url), time.monotonic() - lost_at, attempts)
+                lost_at, attempts = None, 0
                 if listening is not None:
-                    listening(True)
+                    listening(True, None)
                 if ready is not None:
                     ready.set()
                 if not first:
@@ -218,12 +321,23 @@ async def watch_store(
                 first = False
                 async for note in aconn.notifies():
                     await on_push(note.payload)
+            cause = "the connection closed"
         except psycopg.Error as exc:
-            _log.warning(
-                "policy store watcher lost %s: %s; retrying", _redact(url), _first_line(exc)
-            )
-            first = False
-            await asyncio.sleep(retry_seconds)
+            cause = _first_line(exc)
+        first = False
+        attempts += 1
+        now = time.monotonic()
+        if listening is not None:
+            listening(False, cause)
+        if lost_at is None:
+            lost_at = logged_at = now
+            _log.warning("policy store watcher lost %s: %s; not hearing pushes, retrying "
+                         "every %g s", _redact(url), cause, retry_seconds)
+        elif now - logged_at >= REPEAT_LOG_SECONDS:
+            logged_at = now
+            _log.warning("policy store watcher still cannot reach %s after %.0f s "
+                         "(%d attempt(s)): %s", _redact(url), now - lost_at, attempts, cause)
+        await asyncio.sleep(retry_seconds)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import anyio.to_thread
 import watchfiles
 
 from guard.policy._holder import PolicyHolder, ReloadResult
-from guard.policy._pgsource import watch_store
+from guard.policy._pgsource import SkippedPolicy, StartPolicy, watch_store
 
 _log = logging.getLogger("guard.sidecar.reload")
 
@@ -32,6 +32,28 @@ class ReloadStatus:
     error: str | None
 
 
+@dataclass(slots=True)
+class StoreConnection:
+    """The PostgreSQL watcher's connection as ``/readyz`` shows it (wall-clock times)."""
+
+    connected_at: float | None = None
+    """When the current (or the last) LISTEN was put in place."""
+    lost_at: float | None = None
+    """When the connection was lost; None while connected."""
+    error: str | None = None
+    """Why it was lost (or cannot be made); None while connected."""
+
+    def update(self, listening: bool, cause: str | None) -> None:
+        """Note a LISTEN in place (``listening``) or a lost connection and its cause."""
+        now = time.time()
+        if listening:
+            self.connected_at, self.lost_at, self.error = now, None, None
+        else:
+            if self.lost_at is None:
+                self.lost_at = now
+            self.error = cause
+
+
 class Reloader:
     """Reloads a :class:`PolicyHolder` off the event loop, one reload at a time.
 
@@ -45,7 +67,7 @@ class Reloader:
             the ``policy_loaded`` / ``policy_rejected`` audit events).
     """
 
-    __slots__ = ("_holder", "_lock", "last", "listening")
+    __slots__ = ("_holder", "_lock", "last", "listening", "skipped_at_start", "store")
 
     def __init__(self, holder: PolicyHolder) -> None:
         self._holder = holder
@@ -53,6 +75,10 @@ class Reloader:
         self.last: ReloadStatus | None = None
         self.listening: bool | None = None
         """With a PostgreSQL source: whether pushes are being heard right now."""
+        self.store = StoreConnection()
+        """With a PostgreSQL source: the watcher's connection, for ``/readyz``."""
+        self.skipped_at_start: tuple[SkippedPolicy, ...] = ()
+        """With a PostgreSQL source: newer stored policies that did not load at start."""
 
     @property
     def last_error(self) -> str | None:
@@ -64,9 +90,28 @@ class Reloader:
         async with self._lock:
             return await anyio.to_thread.run_sync(self._reload_sync, trigger)
 
+    def started_on(self, start: StartPolicy) -> None:
+        """Record the stored policy start-up chose, and why it skipped newer ones (if it did)."""
+        self.skipped_at_start = start.skipped
+        if not start.skipped:
+            return
+        newest = start.skipped[0]
+        why = (
+            f"newest stored policy #{newest.id} ({newest.version}) does not load: "
+            f"{newest.error}; started on #{start.id} ({start.policy.version})"
+        )
+        if len(start.skipped) > 1:
+            why += f", skipping {len(start.skipped)} newer row(s)"
+        self.last = ReloadStatus(time.time(), "start", False, start.policy.version, why)
+        _log.error("policy store: %s", why)
+
     def _reload_sync(self, trigger: str) -> ReloadResult:
+        earlier = self.last_error
         result = self._holder.reload()
         self.last = ReloadStatus(time.time(), trigger, result.ok, result.version, result.error)
+        if result.ok and not result.changed and earlier is not None:
+            _log.info("policy reload (%s): %s in force, the earlier rejection is cleared",
+                      trigger, result.version)
         if not result.ok:
             _log.error(
                 "policy reload rejected (%s); keeping %s: %s", trigger, result.version, result.error
@@ -97,11 +142,14 @@ class Reloader:
         """Reload on every push to the PostgreSQL policy store; runs until cancelled."""
 
         async def pushed(version: str) -> None:
-            if version and version == self._holder.current.version:
+            # The version in force, pushed again, needs no reload unless a rejected
+            # reload left an error to clear (the store's newest row is good again).
+            if version and version == self._holder.current.version and self.last_error is None:
                 return
             await self.reload(f"pushed: {version}" if version else "store reconnected")
 
-        def state(listening: bool) -> None:
+        def state(listening: bool, cause: str | None) -> None:
             self.listening = listening
+            self.store.update(listening, cause)
 
         await watch_store(url, pushed, ready=ready, listening=state)

@@ -10,16 +10,23 @@ from typing import TYPE_CHECKING
 from starlette.types import Scope
 
 from guard._errors import ConfigError
+from guard.audit import EventKind
 from guard.config import Settings
 from guard.policy import CompiledPolicy, load_policy, resolve_policy_dir
 from guard.policy._holder import PolicyHolder
-from guard.policy._pgsource import is_postgres_url, load_store_policy
+from guard.policy._pgsource import (
+    StartPolicy,
+    is_postgres_url,
+    load_newest_good,
+    load_store_policy,
+)
 from middleware.identity import Authenticator
 from middleware.routes import RouteTable
 from middleware.sidecar._reload import Reloader
 
 if TYPE_CHECKING:
     from guard._guard import Guard
+    from middleware.sidecar._health import Readiness
     from middleware.sidecar._outcomes import PendingOutcomes
     from middleware.sidecar._proxy import Proxy
 
@@ -38,6 +45,7 @@ class Sidecar:
         policy_dir: The folder watched for changes (None with a PostgreSQL source).
         proxy: The upstream forwarder, in proxy mode, once the app has started.
         outcomes: Outcome events of proxied requests not yet handed to the trail.
+        readiness: The audit trail's readiness, probed off the event loop (made by ``/readyz``).
     """
 
     settings: Settings
@@ -49,6 +57,7 @@ class Sidecar:
     policy_dir: Path | None
     proxy: Proxy | None = None
     outcomes: PendingOutcomes | None = None
+    readiness: Readiness | None = None
 
 
 def peer_of(scope: Scope) -> str | None:
@@ -88,6 +97,18 @@ def build_sidecar(settings: Settings) -> Sidecar:
     loader, folder = policy_loader(settings)
     auth = Authenticator.from_settings(settings.identity, announce=False)  # at start-up
     routes = RouteTable.from_csv(routes_path(settings))
+    start: StartPolicy | None = None
+    if folder is None:  # a PostgreSQL store: start on its newest policy that loads
+        start = load_newest_good(settings.policy.source)
+    holder = PolicyHolder(loader, initial=start.policy if start is not None else None)
     # The guard records the policy in force and every reload's outcome.
-    guard = Guard.from_settings(settings, holder=PolicyHolder(loader))
-    return Sidecar(settings, guard, guard.holder, auth, routes, Reloader(guard.holder), folder)
+    guard = Guard.from_settings(settings, holder=holder)
+    reloader = Reloader(guard.holder)
+    if start is not None:
+        reloader.started_on(start)
+        for skipped in start.skipped:
+            guard.record_policy_event(
+                EventKind.POLICY_REJECTED, start.policy.version,
+                f"stored policy #{skipped.id} ({skipped.version}) skipped at start: "
+                f"{skipped.error}; started on #{start.id}")
+    return Sidecar(settings, guard, guard.holder, auth, routes, reloader, folder)

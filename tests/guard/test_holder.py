@@ -162,3 +162,14 @@ def test_decisions_during_reloads_always_come_from_a_whole_policy(folder: Path) 
         for thread in threads:
             thread.join()
     assert not errors
+
+
+def test_a_holder_can_start_on_a_policy_it_was_given(folder: Path) -> None:
+    """A replica that walked back to an older stored policy starts on it, not on the loader's."""
+    given = load_policy(folder)
+    append(folder, "p, svc:crm, relationship.management, contact, read\n")  # a broken newest
+    holder = PolicyHolder(lambda: load_policy(folder), initial=given)
+    assert holder.current is given
+    result = holder.reload()
+    assert not result.ok
+    assert holder.current is given

@@ -10,11 +10,12 @@ import psycopg
 import pytest
 
 from bench._pg import free_port
-from guard._errors import ConfigError
+from guard._errors import ConfigError, PolicyError
 from guard.policy import PolicyLoadError, load_policy
 from guard.policy._pgsource import (
     CHANNEL,
     load_latest,
+    load_newest_good,
     load_store_policy,
     push_policy_dir,
     watch_store,
@@ -107,3 +108,81 @@ def test_watcher_hears_a_push(store: str, policy_dir: Path) -> None:
 
 def test_notification_channel_is_the_documented_one() -> None:
     assert CHANNEL == "guard_policy"
+
+
+def _store_row(url: str, version: str, rules_text: str, policy_dir: Path) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "INSERT INTO guard_policy (version, model_text, rules_text, origin) "
+            "VALUES (%s, %s, %s, 'by hand') RETURNING id",
+            (version, (policy_dir / "model.conf").read_text(), rules_text),
+        ).fetchone()
+        conn.commit()
+    assert row is not None
+    return int(row[0])
+
+
+def test_start_walks_back_to_the_newest_policy_that_loads(store: str, policy_dir: Path) -> None:
+    good = push_policy_dir(store, policy_dir)
+    rules = (policy_dir / "rules.csv").read_text()
+    stale = _store_row(store, "sha256:stale", rules, policy_dir)
+    broken = _store_row(store, "sha256:broken", rules + "p, svc:crm, x\n", policy_dir)
+    start = load_newest_good(store)
+    assert (start.id, start.policy.version) == (good.id, good.version)
+    assert [(s.id, s.version) for s in start.skipped] == [
+        (broken, "sha256:broken"), (stale, "sha256:stale")]
+    with pytest.raises(PolicyError):  # a reload still reads the newest, and refuses it
+        load_store_policy(store)
+
+
+def test_start_with_nothing_that_loads_is_a_clear_error(store: str, policy_dir: Path) -> None:
+    push_policy_dir(store, policy_dir)
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("UPDATE guard_policy SET version = 'sha256:stale'")
+    with pytest.raises(ConfigError, match=r"no policy stored in .* loads \(1 tried\)"):
+        load_newest_good(store)
+
+
+def test_start_on_an_empty_store_is_a_clear_error(store: str) -> None:
+    with pytest.raises(ConfigError, match="holds no policy yet"):
+        load_newest_good(store)
+
+
+def test_watcher_reports_a_lost_connection_and_the_reconnection(
+    store: str, policy_dir: Path, postgres_url: str
+) -> None:
+    async def scenario() -> list[tuple[bool, str | None]]:
+        states: list[tuple[bool, str | None]] = []
+        changed = asyncio.Event()
+
+        async def on_push(_version: str) -> None:
+            return None
+
+        def state(on: bool, why: str | None) -> None:
+            states.append((on, why))
+            changed.set()
+
+        async def until(count: int) -> None:
+            while len(states) < count:
+                changed.clear()
+                await changed.wait()
+
+        task = asyncio.create_task(
+            watch_store(store, on_push, listening=state, retry_seconds=0.05))
+        try:
+            await until(1)
+            name = store.rsplit("/", 1)[1]
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND application_name = 'guard-policy-watcher'", (name,))
+            await until(3)
+        finally:
+            task.cancel()
+        return states
+
+    states = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert states[0] == (True, None)
+    assert states[1][0] is False
+    assert states[1][1]
+    assert states[2] == (True, None)

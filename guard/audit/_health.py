@@ -1,0 +1,238 @@
+"""Audit health: failures logged with their cause (rate-limited) and a free-space reserve.
+
+:class:`FailureLog` tells the operator when an audit component starts failing,
+how often it keeps failing (at most once per interval, with a count) and when
+it works again. :class:`DiskReserve` refuses writes while the filesystem of the
+audit store or spool has less free space than the configured reserve, so that
+callers who fill the disk are refused before the disk is full.
+:class:`GuardedStore` and :class:`GuardedSpool` put both around the store and
+the spool the trail's writer uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from guard._errors import AuditUnavailableError
+from guard.audit._checkpoint import Checkpoint
+from guard.audit._schema import Row
+from guard.audit._spool import Spool
+from guard.audit._store import Store
+
+_log = logging.getLogger("guard.audit")
+
+LOG_INTERVAL = 60.0
+"""Seconds between two log lines about the same continuing failure."""
+
+
+class StoreRefusedError(AuditUnavailableError):
+    """The audit store or spool refused a write; the cause is already logged."""
+
+
+class FailureLog:
+    """Logs the failures of one audit component, rate-limited, and its recovery.
+
+    The first failure is logged at once with its cause; while the failures go on,
+    one line at most every ``interval`` seconds gives their count and the latest
+    cause; the first success afterwards is logged once.
+
+    Args:
+        what: The component, as the log lines name it (``"audit store write"``).
+        interval: Seconds between two lines about the same run of failures.
+        logger: Where the lines go.
+    """
+
+    def __init__(
+        self, what: str, *, interval: float = LOG_INTERVAL, logger: logging.Logger = _log
+    ) -> None:
+        self.what = what
+        self._interval = interval
+        self._logger = logger
+        self._lock = threading.Lock()
+        self.failing_since: float | None = None
+        """``time.monotonic()`` of the first failure of the current run, None while working."""
+        self.cause: str | None = None
+        """The latest failure's cause, None while working."""
+        self.ok_at: float | None = None
+        """``time.monotonic()`` of the latest success."""
+        self._count = 0  # failures in the current run
+        self._unlogged = 0  # ... since the last line
+        self._logged_at = 0.0
+
+    @property
+    def failing(self) -> bool:
+        """True from a failure until the next success."""
+        return self.failing_since is not None
+
+    def failed(self, cause: str) -> None:
+        """Count one failure; log it if it is the first, or if the interval has passed."""
+        now = time.monotonic()
+        with self._lock:
+            self.cause = cause
+            self._count += 1
+            self._unlogged += 1
+            if self.failing_since is None:
+                self.failing_since = self._logged_at = now
+                self._unlogged = 0
+                self._logger.error("%s failed: %s", self.what, cause)
+            elif now - self._logged_at >= self._interval:
+                self._logger.error(
+                    "%s still failing: %d more failure(s) in the last %.0f s, %d since %.0f s "
+                    "ago; latest: %s", self.what, self._unlogged, now - self._logged_at,
+                    self._count, now - self.failing_since, cause)
+                self._logged_at, self._unlogged = now, 0
+
+    def succeeded(self) -> None:
+        """Note a success; log the recovery if it ends a run of failures."""
+        now = time.monotonic()
+        with self._lock:
+            self.ok_at = now
+            if self.failing_since is None:
+                return
+            self._logger.warning(
+                "%s works again after %d failure(s) over %.1f s", self.what, self._count,
+                now - self.failing_since)
+            self.failing_since = self.cause = None
+            self._count = self._unlogged = 0
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
+
+
+class DiskReserve:
+    """Free space that audit writes must leave on one filesystem.
+
+    Free space is read with ``statvfs`` at most once every ``every`` seconds (not
+    per event); a change between "below the reserve" and "enough" is logged once.
+
+    Args:
+        path: A file or folder on the filesystem to watch (the folder is used).
+        reserve_bytes: The space to keep free; 0 turns the check off.
+        every: Seconds a free-space reading is reused.
+    """
+
+    def __init__(self, path: Path, reserve_bytes: int, *, every: float = 0.25) -> None:
+        self.folder = path.parent if not path.is_dir() else path
+        self.reserve_bytes = reserve_bytes
+        self._every = every
+        self._lock = threading.Lock()
+        self._read_at = float("-inf")
+        self._shortfall: str | None = None
+
+    def shortfall(self) -> str | None:
+        """Why writes must stop now (too little free space), or None when there is enough."""
+        if self.reserve_bytes <= 0:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            if now - self._read_at < self._every:
+                return self._shortfall
+            self._read_at = now
+            before = self._shortfall
+            try:
+                stat = os.statvfs(self.folder)
+            except OSError as exc:  # fail closed: space that cannot be measured is not there
+                why: str | None = f"cannot read the free space of {self.folder}: {exc}"
+            else:
+                free = stat.f_bavail * stat.f_frsize
+                why = (
+                    f"the audit filesystem of {self.folder} has {_mb(free)} free, below the "
+                    f"reserve of {_mb(self.reserve_bytes)} (audit.reserve_mb)"
+                    if free < self.reserve_bytes else None
+                )
+            self._shortfall = why
+            if why is not None and before is None:
+                _log.error("%s: refusing audit writes, so requests are denied, until space "
+                           "is freed", why)
+            elif why is None and before is not None:
+                _log.warning("the audit filesystem of %s has room again (reserve %s): "
+                             "accepting audit writes", self.folder, _mb(self.reserve_bytes))
+            return why
+
+
+class GuardedStore:
+    """A store whose event writes respect a free-space reserve and whose failures are logged.
+
+    Writes of checkpoints alone pass below the reserve (they are small, and they
+    close chains); writes with events are refused with
+    :class:`StoreRefusedError`.
+
+    Args:
+        store: The store written to.
+        failures: Where write failures and recoveries are told.
+        reserve: The reserve of the store's filesystem (None: not checked, e.g. PostgreSQL).
+    """
+
+    def __init__(self, store: Store, failures: FailureLog, reserve: DiskReserve | None) -> None:
+        self._store = store
+        self.url = store.url
+        self._failures = failures
+        self._reserve = reserve
+
+    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        """Write through to the store; tell the failure log how it went."""
+        if rows and self._reserve is not None:
+            why = self._reserve.shortfall()
+            if why is not None:
+                self._failures.failed(why)
+                raise StoreRefusedError(why)
+        try:
+            self._store.write(rows, checkpoints)
+        except AuditUnavailableError as exc:
+            self._failures.failed(str(exc))
+            raise StoreRefusedError(str(exc)) from exc
+        if rows:
+            self._failures.succeeded()
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read from the store."""
+        return self._store.rows(sql, params)
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Stream from the store."""
+        return self._store.stream(sql, params)
+
+    def ping(self) -> None:
+        """Ping the store."""
+        self._store.ping()
+
+    def close(self) -> None:
+        """Close the store."""
+        self._store.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class GuardedSpool(Spool):
+    """A spool whose appends respect a free-space reserve and whose failures are logged.
+
+    Args:
+        path: The spool file.
+        reserve_bytes: Free space to keep on its filesystem (0: not checked).
+    """
+
+    def __init__(self, path: Path, reserve_bytes: int) -> None:
+        super().__init__(path)
+        self.failures = FailureLog(f"audit spool write to {path}")
+        self._reserve = DiskReserve(path, reserve_bytes)
+
+    def append(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        """Append, unless the reserve is reached; tell the failure log how it went."""
+        why = self._reserve.shortfall() if rows else None
+        if why is not None:
+            self.failures.failed(why)
+            raise StoreRefusedError(why)
+        try:
+            super().append(rows, checkpoints)
+        except AuditUnavailableError as exc:
+            self.failures.failed(str(exc))
+            raise StoreRefusedError(str(exc)) from exc
+        self.failures.succeeded()

@@ -1,0 +1,85 @@
+"""Callers cannot fill the audit disk: below a free-space reserve the guard stops, says so, resumes.
+
+The audit store lives on a real 8 MB tmpfs mounted for the test; a filler file
+takes the free space below the 4 MB reserve, as a flood of requests would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opskit import SidecarProcess
+from sidecarkit import poll
+
+RESERVE_MB = 4
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MB tmpfs mounted for this test only (skipped where mounting is not allowed)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _free(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A filler file that leaves ``leave`` bytes free."""
+    filler = disk / "filler"
+    with filler.open("wb") as handle:
+        handle.write(b"\0" * max(0, _free(disk) - leave))
+    return filler
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_below_the_reserve_requests_are_refused_readyz_says_so_and_it_resumes(
+    tmp_path: Path, small_disk: Path, keys: Any, writer: str
+) -> None:
+    env = {
+        "GUARD_IDENTITY__HS256_SECRET_FILE": str(keys.hs_file),
+        "GUARD_AUDIT__WRITER": writer,
+        "GUARD_AUDIT__STORE": f"sqlite:///{small_disk / 'audit.db'}",
+        "GUARD_AUDIT__RESERVE_MB": str(RESERVE_MB),
+    }
+    sidecar = SidecarProcess(tmp_path / "sidecar", env, keys.mint("hs", sub="svc:crm"))
+    try:
+        assert sidecar.decide()["allowed"] is True
+        assert sidecar.wait_ready(True)["audit"]["ok"] is True
+
+        filler = _fill(small_disk, leave=2_000_000)
+        denied = [sidecar.decide() for _ in range(20)]
+        assert {(d["allowed"], d["reason"]) for d in denied} == {(False, "audit_unavailable")}
+        body = sidecar.wait_ready(False)
+        assert "below the reserve of 4.0 MB" in body["audit"]["detail"]
+        assert _free(small_disk) > 1_000_000  # refused before the filesystem is full
+        log = sidecar.log_text()
+        # Said once, when the state changed, not once per refused request.
+        assert log.count("refusing audit writes") == 1, log
+
+        filler.unlink()
+        poll(lambda: sidecar.decide()["allowed"], timeout=10, step=0.1)
+        assert sidecar.wait_ready(True)["audit"]["ok"] is True
+        log = sidecar.log_text()
+        assert log.count("has room again") == 1, log
+        assert log.count("refusing audit writes") == 1, log
+    finally:
+        sidecar.stop()
