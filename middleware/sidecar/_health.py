@@ -70,8 +70,8 @@ class Readiness:
         if answer is not None and time.monotonic() - answer[0] < self._fresh:
             return answer[1], answer[2]
         running = self._running
-        if running is None or running.done():
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if running is None or running.done() or running.get_loop() is not loop:
             running = self._running = loop.run_in_executor(None, self._run)
             self._started = time.monotonic()
         try:
