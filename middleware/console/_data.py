@@ -6,10 +6,12 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guard.audit import AuditEvent, AuditQueryError, EventFilter, Store, parse_when
 from guard.audit._event import FIELD_NAMES
+from guard.audit._pipeline import TS_FORMAT
 from guard.audit._schema import row_event
 
 E_COLUMNS = ", ".join(f"e.{name}" for name in FIELD_NAMES)
@@ -156,6 +158,58 @@ def newer_than(store: Store, filters: Filters, ts: str, *, limit: int = 200) -> 
     sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e "  # noqa: S608 - constant SQL
            f"WHERE {condition} AND e.ts >= ? ORDER BY e.ts, e.event_id LIMIT {int(limit)}")
     return _rows(store, sql, [*params, ts])
+
+
+class Tail:
+    """Follows new matching decisions for the live tail.
+
+    A decision's ``ts`` is stamped before it is committed, so with several writers
+    one can land with a ``ts`` a little older than decisions already shown. The
+    tail therefore re-reads a short window behind the newest ``ts`` it has seen and
+    remembers which events it already sent. More than ``limit`` decisions inside
+    the window (hundreds a second) are skipped: a person cannot read them anyway.
+
+    Args:
+        store: The audit store.
+        filters: The table's filters.
+        lookback: Seconds re-read behind the newest ``ts`` seen.
+        limit: Most rows read per poll.
+    """
+
+    def __init__(self, store: Store, filters: Filters, *, lookback: float = 5.0,
+                 limit: int = 1000) -> None:
+        self._store = store
+        self._filters = filters
+        self._lookback = timedelta(seconds=lookback)
+        self._limit = limit
+        self._seen: dict[str, str] = {}
+        self._newest = ""
+
+    def _behind(self) -> str:
+        newest = datetime.strptime(self._newest, TS_FORMAT).replace(tzinfo=UTC)
+        return (newest - self._lookback).strftime(TS_FORMAT)
+
+    def start(self) -> None:
+        """Take everything already stored as seen."""
+        self._newest = latest_ts(self._store) or datetime.now(UTC).strftime(TS_FORMAT)
+        self._read()
+
+    def poll(self) -> list[Row]:
+        """Matching decisions stored since the last poll (or start), oldest first."""
+        return self._read()
+
+    def _read(self) -> list[Row]:
+        bound = self._behind()
+        rows = newer_than(self._store, self._filters, bound, limit=self._limit)
+        if len(rows) == self._limit:  # a flood: move on from the newest read
+            self._newest = rows[-1].event.ts
+        fresh = [r for r in rows if r.event.event_id not in self._seen]
+        for row in rows:
+            self._seen[row.event.event_id] = row.event.ts
+            self._newest = max(self._newest, row.event.ts)
+        bound = self._behind()
+        self._seen = {k: ts for k, ts in self._seen.items() if ts >= bound}
+        return fresh
 
 
 def latest_ts(store: Store) -> str:

@@ -21,10 +21,9 @@ from middleware.console import _export, _overview, _policies
 from middleware.console._data import (
     Filters,
     Row,
+    Tail,
     decisions_page,
     event_detail,
-    latest_ts,
-    newer_than,
 )
 from middleware.console._pages import render
 from middleware.console._state import Console
@@ -86,27 +85,16 @@ async def tail(request: Request, console: Console, auditor: str) -> Response:
         filters.where()
     except AuditQueryError as exc:
         return Response(str(exc), status_code=400)
-    store = console.store()
-    start = await run_in_threadpool(latest_ts, store)
+    follow = Tail(console.store(), filters)
+    await run_in_threadpool(follow.start)
 
     async def events() -> AsyncIterator[str]:
-        since = start
-        seen: set[str] = set()
         yield "retry: 2000\n\n"
         loop = asyncio.get_running_loop()
         ends = loop.time() + TAIL_MAX_SECONDS
         while loop.time() < ends and not await request.is_disconnected():
-            rows = await run_in_threadpool(newer_than, store, filters, since)
-            fresh = [r for r in rows if r.event.event_id not in seen]
-            for row in fresh:
-                seen.add(row.event.event_id)
+            for row in await run_in_threadpool(follow.poll):
                 yield f"event: decision\ndata: {json.dumps(row_json(row))}\n\n"
-            if rows:
-                newest = rows[-1].event.ts
-                if newest != since:
-                    # Keep only the ids at the new bound: older ones cannot match again.
-                    seen = {r.event.event_id for r in rows if r.event.ts == newest}
-                    since = newest
             yield ": keep-alive\n\n"
             await asyncio.sleep(TAIL_POLL_SECONDS)
 
@@ -149,6 +137,11 @@ async def subject_lookup(request: Request, console: Console, auditor: str) -> Re
                        "purpose": conf.purpose}, status_code=400)
     found = await lookup(console.live_guard(), console.hmac_key, conf, auditor, raw)
     del raw
+    if found.reason == Reason.AUDIT_UNAVAILABLE.value:
+        return render(request, "subject_form.html", {
+            "auditor": auditor, "purpose": conf.purpose,
+            "error": "The audit trail cannot record this look-up right now, so it is "
+                     "refused (audit_unavailable)."}, status_code=503)
     if not found.allowed:
         return render(request, "subject_form.html", {
             "auditor": auditor, "purpose": conf.purpose,

@@ -25,7 +25,7 @@ from consolekit import (
 from guard.audit import AuditEvent, EventKind, open_store, open_trail
 from guard.config import Settings
 from middleware.console import create_console
-from middleware.console._data import Filters, decisions_page
+from middleware.console._data import Filters, Tail, decisions_page
 
 OTHER = "svc:crm"
 """An auditor the console lets in but the shipped policy never grants rights.request."""
@@ -91,6 +91,22 @@ def test_a_look_up_the_policy_refuses_is_recorded_and_shows_nothing(
     assert refused == 1
 
 
+def test_a_look_up_the_trail_cannot_record_is_refused(served: tuple[Settings, str]) -> None:
+    settings, url = served
+    db = Path(settings.audit.store.removeprefix("sqlite:///"))
+    with signed_in(settings, url, AUDITOR) as client:
+        blocker = sqlite3.connect(db, isolation_level=None)
+        try:
+            blocker.execute("BEGIN EXCLUSIVE")  # the trail's write waits, then gives up
+            answer = client.post("/subject", data={"subject": SUBJECT}, timeout=30)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    assert answer.status_code == 503
+    assert "audit_unavailable" in answer.text
+    assert "Recipients" not in answer.text
+
+
 def test_a_grant_opens_the_report_only_for_its_auditor(served: tuple[Settings, str]) -> None:
     settings, url = served
     with signed_in(settings, url, AUDITOR) as client:
@@ -134,6 +150,38 @@ def test_keyset_pages_list_every_decision_once_newest_first(tmp_path: Path) -> N
         assert not any(r.event.allowed for r in only.rows)
     finally:
         store.close()
+
+
+def _decision(n: int, ts: str, caller: str = "svc:crm") -> AuditEvent:
+    return AuditEvent(event_id=f"01900000-0000-7000-8000-{n:012d}", kind=EventKind.DECISION,
+                      ts=ts, caller=caller, purpose="p", categories=("c",), action="read",
+                      allowed=True, reason="allowed", policy_version="v")
+
+
+def test_the_live_tail_shows_a_decision_committed_after_a_newer_one(tmp_path: Path) -> None:
+    settings = console_settings(tmp_path)
+    store_url = settings.audit.store
+    with open_trail(settings.audit) as trail:
+        trail.record(_decision(1, "2026-11-01T10:00:00.000000Z"))
+        store = open_store(store_url, create=False)
+        try:
+            follow = Tail(store, Filters())
+            follow.start()
+            assert follow.poll() == []
+            trail.record(_decision(2, "2026-11-01T10:00:02.000000Z"))
+            assert [r.event.event_id[-1] for r in follow.poll()] == ["2"]
+            # Stamped before decision 2, committed after it (another writer was slower).
+            trail.record(_decision(3, "2026-11-01T10:00:01.500000Z"))
+            trail.record(_decision(4, "2026-11-01T10:00:03.000000Z", caller="svc:other"))
+            assert [r.event.event_id[-1] for r in follow.poll()] == ["3", "4"]
+            assert follow.poll() == []
+            only = Tail(store, Filters(caller="svc:crm"))
+            only.start()
+            trail.record(_decision(5, "2026-11-01T10:00:02.500000Z", caller="svc:other"))
+            trail.record(_decision(6, "2026-11-01T10:00:02.700000Z"))
+            assert [r.event.event_id[-1] for r in only.poll()] == ["6"]
+        finally:
+            store.close()
 
 
 def test_guard_console_without_auditors_is_a_one_line_error(tmp_path: Path) -> None:
