@@ -149,6 +149,15 @@ class ConsoleSettings(BaseModel):
     mount_in_sidecar: bool = False
     """Serve the console from the sidecar under ``mount_path``."""
     mount_path: str = "/console"
+    session_minutes: int = Field(default=480, ge=1, le=7 * 24 * 60)
+    """How long an OIDC sign-in lasts (a restart of the console ends every session)."""
+    oidc_issuer: str | None = None
+    """OpenID Connect provider (its issuer URL); None: sign-in with service tokens only."""
+    oidc_client_id: str = "purpose-guard-console"
+    oidc_client_secret_file: Path | None = None
+    """The client secret, for a confidential client; None for a public client (PKCE)."""
+    oidc_auditor_claim: str = "sub"
+    """The ID-token claim compared with ``auditors`` (``sub``, ``email``...)."""
 
     @field_validator("mount_path")
     @classmethod

@@ -19,11 +19,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guard import Guard
-from guard._errors import GuardError
+from guard._errors import ConfigError, GuardError
 from guard.audit import load_hmac_key
 from guard.config import Settings, load_settings
 from middleware.console import _views
-from middleware.console._auth import COOKIE, Gate
+from middleware.console._auth import COOKIE, SESSION_COOKIE, Gate, Sessions
+from middleware.console._oidc import OidcSignIn
 from middleware.console._pages import render
 from middleware.console._state import Console
 from middleware.identity import Authenticator, IdentityError
@@ -95,8 +96,26 @@ def _protected(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def signin_page(request: Request) -> Response:
-    """The sign-in form."""
-    return render(request, "signin.html", {"auditor": None, "error": None})
+    """The sign-in form (and the single sign-on button when OIDC is configured)."""
+    console: Console = request.app.state.console
+    return render(request, "signin.html", {"auditor": None, "error": None,
+                                           "oidc": console.oidc is not None})
+
+
+async def oidc_login(request: Request) -> Response:
+    """Start an OIDC sign-in."""
+    console: Console = request.app.state.console
+    if console.oidc is None:
+        return Response("OIDC sign-in is not configured", status_code=404)
+    return await console.oidc.login(request)
+
+
+async def oidc_callback(request: Request) -> Response:
+    """Finish an OIDC sign-in."""
+    console: Console = request.app.state.console
+    if console.oidc is None:
+        return Response("OIDC sign-in is not configured", status_code=404)
+    return await console.oidc.callback(request)
 
 
 async def signin(request: Request) -> Response:
@@ -110,7 +129,7 @@ async def signin(request: Request) -> Response:
         auditor = None
     if auditor is None:
         return render(request, "signin.html",
-                      {"auditor": None,
+                      {"auditor": None, "oidc": console.oidc is not None,
                        "error": "That token is not valid for an auditor of this console."},
                       status_code=401)
     _log.info("console sign-in: %s", auditor)
@@ -124,6 +143,7 @@ async def signout(request: Request) -> Response:
     """Forget the cookie."""
     response = RedirectResponse(f"{base_path(request)}/signin", status_code=303)
     response.delete_cookie(COOKIE, path=f"{base_path(request)}/")
+    response.delete_cookie(SESSION_COOKIE, path=f"{base_path(request)}/")
     return response
 
 
@@ -139,6 +159,8 @@ def _routes() -> list[BaseRoute]:
         Route("/signin", signin_page, methods=["GET"]),
         Route("/signin", signin, methods=["POST"]),
         Route("/signout", signout, methods=["POST"]),
+        Route("/oidc/login", oidc_login),
+        Route("/oidc/callback", oidc_callback),
         Route("/decisions", p(_views.decisions)),
         Route("/decisions/tail", p(_views.tail)),
         Route("/events/{event_id}", p(_views.event)),
@@ -157,9 +179,22 @@ def _routes() -> list[BaseRoute]:
 
 def build_console(settings: Settings, guard: Guard | None = None) -> Console:
     """The console's shared parts; a bad setting raises a GuardError here."""
-    gate = Gate(Authenticator.from_settings(settings.identity), settings.console.auditors)
+    conf = settings.console
+    sessions = Sessions(conf.auditors, conf.session_minutes)
+    gate = Gate(Authenticator.from_settings(settings.identity), conf.auditors, sessions)
     hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)
-    return Console(settings, guard, gate, hmac_key, owns_guard=guard is None)
+    oidc = None
+    if conf.oidc_issuer:
+        secret = None
+        if conf.oidc_client_secret_file is not None:
+            try:
+                secret = conf.oidc_client_secret_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read console.oidc_client_secret_file "
+                                  f"{conf.oidc_client_secret_file}: {exc.strerror}") from exc
+        oidc = OidcSignIn(conf.oidc_issuer, conf.oidc_client_id, secret,
+                          conf.oidc_auditor_claim, sessions)
+    return Console(settings, guard, gate, hmac_key, owns_guard=guard is None, oidc=oidc)
 
 
 def create_console(settings: Settings | None = None, *, guard: Guard | None = None) -> Starlette:

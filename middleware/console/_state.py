@@ -10,6 +10,7 @@ from guard.audit import Store, open_store
 from guard.config import Settings
 from middleware.console._auth import Gate
 from middleware.console._integrity import Integrity
+from middleware.console._oidc import OidcSignIn
 
 
 @dataclass(slots=True)
@@ -22,6 +23,7 @@ class Console:
         gate: Verifies auditors' tokens.
         hmac_key: The trail's subject HMAC key.
         owns_guard: Close the guard when the console stops.
+        oidc: The OIDC sign-in, when a provider is configured.
     """
 
     settings: Settings
@@ -29,6 +31,7 @@ class Console:
     gate: Gate
     hmac_key: bytes
     owns_guard: bool = False
+    oidc: OidcSignIn | None = None
     last_check: Integrity | None = None
     checking_since: str | None = None
     _store: Store | None = None

@@ -31,6 +31,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 def console_settings(base: Path, **console: Any) -> Settings:
     """Settings for one console and the example service beside it, all under ``base``."""
+    console.setdefault("auditors", [AUDITOR])
     return Settings(
         policy=PolicySettings(dir=REPO / "policies", watch=False),
         audit=AuditSettings(store=f"sqlite:///{base / 'audit.db'}",
@@ -38,7 +39,7 @@ def console_settings(base: Path, **console: Any) -> Settings:
                             signing_key=base / "audit-signing.key",
                             checkpoint_every=10),
         identity=IdentitySettings(dev_key=base / "dev-token.key"),
-        console=ConsoleSettings(auditors=[AUDITOR], **console),
+        console=ConsoleSettings(**console),
     )
 
 
