@@ -17,17 +17,25 @@ from opentelemetry import metrics, trace
 from starlette.responses import Response
 
 from guard._guard import Checked
-from guard._types import Decision, HttpContext, Reason, Request, denial
+from guard._types import Action, Decision, HttpContext, Reason, Request, denial
 from guard.audit._otel import decision_attributes
+from middleware._bounds import (
+    MAX_CALLER,
+    MAX_METHOD,
+    MAX_PURPOSE,
+    cut,
+    method_ok,
+    subject_ok,
+)
+from middleware._router import Resolved
 from middleware.identity import Authenticator, Caller, IdentityError
 from middleware.problem import problem_response
-from middleware.routes import RouteRule, RouteTable, compile_template
+from middleware.routes import RouteRule, RouteTable
 
 __all__ = ["GuardLike", "Outcome", "enforce", "route_label"]
 
 _log = logging.getLogger("guard.middleware")
 _PURPOSE_KEY = re.compile(r"^[a-z0-9_]+(?:\.[a-z0-9_]+)*$")
-_MAX_PURPOSE = 200
 _public_counter = metrics.get_meter("purpose_guard.middleware").create_counter(
     "guard.http.public_requests", unit="{request}",
     description="Requests to public routes (no decision, not audited)",
@@ -62,6 +70,7 @@ class Outcome:
         decision_id: The audit event id of the decision, when it was recorded.
         caller: The proven caller, when there is one.
         route: The matched route template (``<undeclared>`` when none matched).
+        endpoint: The endpoint judged, when the app's router was asked (middleware).
     """
 
     status: int
@@ -69,6 +78,7 @@ class Outcome:
     decision_id: str | None
     caller: Caller | None
     route: str | None = None
+    endpoint: object | None = None
 
     @property
     def allowed(self) -> bool:
@@ -96,74 +106,102 @@ def route_label(rule: RouteRule | None) -> str:
 async def enforce(
     guard: GuardLike,
     auth: Authenticator,
-    routes: RouteTable,
+    routes: RouteTable | None,
     *,
     method: str,
     path: str,
     headers: Mapping[str, str],
     peer: str | None,
     purpose_header: str = "x-purpose",
-    declared: RouteRule | None = None,
+    resolved: Resolved | None = None,
 ) -> Outcome:
     """Judge one HTTP request and record the decision durably.
+
+    The route and the subject are found first, then every request-derived value
+    is checked against its bound (a malformed request is refused whoever sends
+    it, and stored cut), then the caller is authenticated.
 
     Args:
         guard: The guard (policy + audit trail).
         auth: Who is calling.
-        routes: Route -> categories, used unless ``declared`` is given.
+        routes: routes.csv: the first row matching ``method`` and ``path`` (file
+            order) declares the route; unused when ``resolved`` is given.
         method: The HTTP method.
-        path: The request path (without query string).
+        path: The request path (without query string), decoded.
         headers: Request headers with lower-case names.
         peer: The client's IP address.
         purpose_header: Lower-case header that declares the purpose.
-        declared: The route rule, when the caller of ``enforce`` resolved it.
+        resolved: The endpoint and declaration, when the caller resolved them
+            through the app's router.
     """
-    if declared is not None:
-        rule: RouteRule | None = declared
-        params = _params(declared, path)
+    endpoint: object | None = None
+    subject: str | None = None
+    if resolved is not None:
+        rule, endpoint, subject = resolved.rule, resolved.endpoint, resolved.subject
     else:
-        found = routes.match(method, path)
-        rule, params = (found.rule, found.params) if found is not None else (None, {})
+        found = routes.match(method, path) if routes is not None else None
+        rule = found.rule if found is not None else None
+        if found is not None and rule is not None and rule.subject is not None:
+            subject = found.params.get(rule.subject)
     if rule is not None and rule.public:
         _public_counter.add(1, {"http.route": rule.template, "http.request.method": method})
-        return Outcome(200, None, None, None, rule.template)
+        return Outcome(200, None, None, None, rule.template, endpoint)
 
     purpose = headers.get(purpose_header, "").strip()
+    problem: str | None = None
+    if not method_ok(method):
+        problem, method = "method", cut(method, MAX_METHOD)
+    if len(purpose) > MAX_PURPOSE:
+        problem, purpose = problem or "purpose_length", cut(purpose, MAX_PURPOSE)
+    elif purpose and not _PURPOSE_KEY.match(purpose):
+        problem = problem or "purpose_header"
+    if subject is not None and rule is not None and rule.subject is not None and not subject_ok(
+        subject, rule.template, rule.subject
+    ):
+        problem, subject = problem or "subject", None
     categories = rule.categories if rule is not None else ()
+    action = rule.action if rule is not None else Action.READ
     http = HttpContext(method=method, route=route_label(rule))
     try:
         caller = auth.authenticate(headers, peer)
     except IdentityError as exc:
-        request = Request(caller="", purpose=purpose, categories=categories)
+        request = Request("", purpose, categories, action, subject or None)
+        if problem is not None:
+            return await _refuse(guard, 403, Reason.MALFORMED_REQUEST, request, http,
+                                 caller=None, detail=problem, endpoint=endpoint)
         return await _refuse(guard, 401, Reason.UNAUTHENTICATED, request, http,
-                             caller=None, detail=str(exc))
-
+                             caller=None, detail=str(exc), endpoint=endpoint)
     http.extra["via"] = caller.via
-    if rule is None:
-        request = Request(caller=caller.id, purpose=purpose, categories=())
-        return await _refuse(guard, 403, Reason.ROUTE_NOT_DECLARED, request, http, caller=caller)
-    subject = params.get(rule.subject) if rule.subject else None
-    request = Request(caller.id, purpose, rule.categories, rule.action, subject or None)
-    if purpose and (len(purpose) > _MAX_PURPOSE or not _PURPOSE_KEY.match(purpose)):
+    caller_id = caller.id
+    if len(caller_id) > MAX_CALLER:
+        problem, caller_id = problem or "caller_length", cut(caller_id, MAX_CALLER)
+    if problem is not None:
+        request = Request(caller_id, purpose, categories, action, subject or None)
         return await _refuse(guard, 403, Reason.MALFORMED_REQUEST, request, http,
-                             caller=caller, detail="purpose_header")
+                             caller=caller, detail=problem, endpoint=endpoint)
+    if rule is None:
+        request = Request(caller_id, purpose, ())
+        return await _refuse(guard, 403, Reason.ROUTE_NOT_DECLARED, request, http,
+                             caller=caller, endpoint=endpoint)
+    request = Request(caller_id, purpose, rule.categories, rule.action, subject or None)
     if purpose and not caller.may_declare(purpose):
         return await _refuse(guard, 403, Reason.PURPOSE_NOT_GRANTED, request, http,
-                             caller=caller, detail="token_purposes")
+                             caller=caller, detail="token_purposes", endpoint=endpoint)
     try:
         checked = await guard.acheck(request, http)
     except Exception:
         _log.exception("the guard could not judge %s %s", method, http.route)
         decision = denial(Reason.INTERNAL_ERROR, request)
         _annotate_span(decision, None)
-        return Outcome(403, decision, None, caller, http.route)
+        return Outcome(403, decision, None, caller, http.route, endpoint)
     decision = checked.decision
     # An event that could not be recorded has no id an auditor could find.
     decision_id = checked.decision_id or None
     if decision.reason is Reason.AUDIT_UNAVAILABLE:
         decision_id = None
     _annotate_span(decision, decision_id)
-    return Outcome(200 if decision.allowed else 403, decision, decision_id, caller, http.route)
+    return Outcome(200 if decision.allowed else 403, decision, decision_id, caller, http.route,
+                   endpoint)
 
 
 async def _refuse(
@@ -175,6 +213,7 @@ async def _refuse(
     *,
     caller: Caller | None,
     detail: str | None = None,
+    endpoint: object | None = None,
 ) -> Outcome:
     """Record a denial raised before the engine and turn it into an outcome."""
     decision = denial(reason, request, _policy_version(guard), detail=_detail_code(detail))
@@ -186,7 +225,7 @@ async def _refuse(
     if detail and reason is Reason.UNAUTHENTICATED:
         _log.info("unauthenticated %s %s: %s", http.method, http.route, detail)
     _annotate_span(decision, decision_id)
-    return Outcome(status, decision, decision_id, caller, http.route)
+    return Outcome(status, decision, decision_id, caller, http.route, endpoint)
 
 
 async def _record_denial(
@@ -210,12 +249,6 @@ def _detail_code(detail: str | None) -> str | None:
     if detail is None:
         return None
     return detail if detail.replace("_", "").isalnum() else None
-
-
-def _params(rule: RouteRule, path: str) -> dict[str, str]:
-    regex, _ = compile_template(rule.template)
-    found = regex.match(path)
-    return found.groupdict() if found is not None else {}
 
 
 def _annotate_span(decision: Decision, decision_id: str | None) -> None:

@@ -9,7 +9,9 @@ sees it; an allowed request's decision is durable in the audit trail before the
 handler runs, and the final response status is queued for the audit trail's
 next group commit when the app is done (``await_outcome=True``: durable before
 the request completes).
-Lifespan and other scope types pass straight through.
+The route judged is the endpoint the app's own router will call (see
+``middleware._router``); an app without a Starlette router is matched against
+routes.csv. Lifespan and other scope types pass straight through.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from guard._guard import Guard
 from guard._types import Action, HttpContext, Reason, denial
 from guard.config import Settings, load_settings
-from middleware._enforce import GuardLike, Outcome, enforce
+from middleware._bounds import method_ok
+from middleware._enforce import GuardLike, Outcome, enforce, route_label
+from middleware._router import AppRoutes, Resolved, find_router
 from middleware.identity import Authenticator
 from middleware.problem import problem_response
-from middleware.routes import RouteRule, RouteTable, rules_from_app
+from middleware.routes import RouteRule, RouteTable
 
 __all__ = ["GuardMiddleware"]
 
@@ -55,10 +59,11 @@ class GuardMiddleware:
         guard: The guard (policy + audit); built from ``settings`` when None.
         settings: Settings; read from guard.toml and the environment when None.
         routes: A route table or a routes.csv path; by default ``routes.csv``
-            beside the policy, if present. :func:`middleware.guarded`
-            declarations on the app's endpoints are added at first use.
+            beside the policy, if present. With a Starlette/FastAPI app its rows
+            declare the endpoints with the same method and template;
+            :func:`middleware.guarded` declarations on endpoints come first.
         authenticator: Who is calling; built from ``settings.identity`` when None.
-        public_paths: Paths that need no decision (any method); still counted.
+        public_paths: Route templates that need no decision (any method); still counted.
         purpose_header: The header that declares the purpose.
         await_outcome: Wait until the outcome event is durable before the request
             completes. By default it is queued for the next group commit: a crash
@@ -88,9 +93,12 @@ class GuardMiddleware:
             routes = RouteTable.from_csv(routes)
         elif routes is None:
             routes = _default_routes(settings)
+        self._table = routes
+        self._public_paths = tuple(public_paths)
         public = [RouteRule("*", p, (), Action.READ, None, True) for p in public_paths]
         self._base = routes.extended(public)
-        self._routes: RouteTable | None = None
+        self._app_routes: AppRoutes | None = None
+        self._resolved = False
         self.purpose_header = (purpose_header or settings.identity.purpose_header).lower()
         self._wanted = frozenset(
             h.encode("latin-1")
@@ -102,14 +110,22 @@ class GuardMiddleware:
 
     @property
     def routes(self) -> RouteTable:
-        """The route table in force (code declarations, routes.csv, public paths)."""
-        return self._routes if self._routes is not None else self._base
+        """routes.csv and the public paths, as matched for an app without a Starlette router."""
+        return self._base
 
-    def _resolve(self, scope: Scope) -> RouteTable:
-        """Add the app's ``guarded()`` declarations to the table, once, at first use."""
-        declared = rules_from_app(scope.get("app"))
-        self._routes = self._base.extended(declared) if declared else self._base
-        return self._routes
+    def resolve(self, scope: Scope) -> Resolved | None:
+        """The endpoint the app will call for ``scope`` and its declaration.
+
+        None when the app has no Starlette router (routes.csv is matched instead).
+        The walk of the app's routes and declarations is made once, at first use.
+        """
+        if not self._resolved:
+            router = find_router(self.app)
+            if router is not None:
+                self._app_routes = AppRoutes(router, self._table, self._public_paths)
+            self._resolved = True
+        app_routes = self._app_routes
+        return app_routes.resolve(scope) if app_routes is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -119,8 +135,6 @@ class GuardMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        routes = self._routes if self._routes is not None else self._resolve(scope)
-        path = _route_path(scope)
         method = scope["method"] if kind == "http" else "GET"
         headers: dict[str, str] = {}
         wanted = self._wanted
@@ -128,19 +142,24 @@ class GuardMiddleware:
             if name in wanted:  # the first of repeated headers counts
                 headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         client = scope.get("client")
+        resolved: Resolved | None = None
         try:
+            resolved = self.resolve(scope)
             outcome = await enforce(
-                self.guard, self.auth, routes,
-                method=method, path=path, headers=headers,
+                self.guard, self.auth, self._base,
+                method=method, path=_route_path(scope), headers=headers,
                 peer=client[0] if client else None,
-                purpose_header=self.purpose_header,
+                purpose_header=self.purpose_header, resolved=resolved,
             )
         except Exception:  # fail closed: what cannot be judged is refused
-            _log.exception("the guard failed on %s %s", method, path)
+            # Never the raw path: it may name a person. The template, or nothing.
+            route = "<unresolved>" if resolved is None else route_label(resolved.rule)
+            _log.exception("the guard failed on %s %s", method if method_ok(method) else "?",
+                           route)
             outcome = Outcome(403, denial(Reason.INTERNAL_ERROR), None, None)
         scope.setdefault("state", {})["guard"] = outcome
         if outcome.decision is None:  # public route
-            self.public_requests[outcome.route or path] += 1
+            self.public_requests[outcome.route or "<undeclared>"] += 1
             await self.app(scope, receive, send)
             return
         if not outcome.allowed:
@@ -164,9 +183,14 @@ class GuardMiddleware:
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, outcome: Outcome, method: str
     ) -> None:
-        """Call the app, then record the response status against the decision."""
+        """Call the app, then record the response status against the decision.
+
+        A response that started but never finished (the app raised or returned
+        mid-body, or the client went away) is recorded with its status and as aborted.
+        """
         decision_id = outcome.decision_id
         status: list[int] = []
+        finished: list[bool] = []
         header = decision_id.encode() if decision_id else None
 
         async def watch(message: Message) -> None:
@@ -176,6 +200,15 @@ class GuardMiddleware:
                 if header is not None:
                     message = {**message, "headers": [*message.get("headers", ()),
                                                       (_DECISION_HEADER, header)]}
+            elif kind == "http.response.body":
+                await send(message)
+                if not message.get("more_body", False):
+                    finished.append(True)
+                return
+            elif kind == "http.response.pathsend":
+                await send(message)
+                finished.append(True)
+                return
             elif kind == "websocket.accept":
                 status.append(101)
             elif kind == "websocket.close" and not status:
@@ -186,7 +219,9 @@ class GuardMiddleware:
             await self.app(scope, receive, watch)
         finally:
             if decision_id is not None:
-                http = HttpContext(method, outcome.route or "", status[0] if status else 500)
+                aborted = bool(status) and not finished and scope["type"] == "http"
+                http = HttpContext(method, outcome.route or "", status[0] if status else 500,
+                                   aborted=aborted)
                 await self._record(decision_id, http)
 
     async def _record(self, decision_id: str, http: HttpContext) -> None:

@@ -13,6 +13,11 @@ categories always come from the route, never from the caller.
 
 Categories are separated by spaces; ``public`` instead of categories marks a
 route that needs no decision. The method may be ``*`` (any method).
+
+Rows are tried in file order and the first row whose method and path match
+wins, as Starlette tries its routes in registration order; a row that an
+earlier row matches whenever it would match is refused, since it can never be
+used. Path parameters match as Starlette's convertors match.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+
+from starlette.convertors import CONVERTOR_TYPES
+from starlette.routing import compile_path
 
 from guard._errors import PolicyError
 from guard._types import Action
@@ -44,13 +52,7 @@ DECLARATION_ATTR = "__guard_route__"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
 _KEY = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}")
-_CONVERTORS = {
-    "str": r"[^/]+",
-    "int": r"[0-9]+",
-    "float": r"[0-9]+(?:\.[0-9]+)?",
-    "uuid": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
-    "path": r".*",
-}
+_CONVERTORS = ("str", "int", "float", "uuid", "path")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -139,10 +141,10 @@ def _declare(declaration: Declaration) -> Callable[[F], F]:
 
 
 def compile_template(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
-    """A path template's regex and its parameter names; raises ValueError if malformed."""
+    """A path template's regex (Starlette's) and its parameter names; ValueError if malformed."""
     if not template.startswith("/"):
         raise ValueError("a path template starts with /")
-    pattern, names, pos = "^", [], 0
+    names: list[str] = []
     for found in _PARAM.finditer(template):
         name, conv = found.group(1), found.group(2) or "str"
         if conv not in _CONVERTORS:
@@ -150,31 +152,29 @@ def compile_template(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
         if name in names:
             raise ValueError(f"parameter {name!r} appears twice")
         names.append(name)
-        pattern += re.escape(template[pos : found.start()])
-        pattern += f"(?P<{name}>{_CONVERTORS[conv]})"
-        pos = found.end()
     stripped = _PARAM.sub("", template)
     if "{" in stripped or "}" in stripped:
         raise ValueError("unbalanced { } in the path template")
-    pattern += re.escape(template[pos:]) + "$"
-    return re.compile(pattern), tuple(names)
+    regex, _, _ = compile_path(template)
+    return regex, tuple(names)
+
+
+def path_parameters(template: str) -> frozenset[str]:
+    """The names of a template's ``{name:path}`` parameters (they may span segments)."""
+    return frozenset(m.group(1) for m in _PARAM.finditer(template) if m.group(2) == "path")
 
 
 class RouteTable:
-    """Routes in priority order: literal paths first, then templates in file order."""
+    """Routes in file order: the first rule whose method and path match a request wins."""
 
-    __slots__ = ("_literal", "_patterns", "rules")
+    __slots__ = ("_entries", "rules")
 
     def __init__(self, rules: Iterable[RouteRule]) -> None:
         self.rules: tuple[RouteRule, ...] = tuple(rules)
-        self._literal: dict[tuple[str, str], RouteRule] = {}
-        self._patterns: list[tuple[str, re.Pattern[str], RouteRule]] = []
-        for rule in self.rules:
-            regex, names = compile_template(rule.template)
-            if not names:
-                self._literal.setdefault((rule.method, rule.template), rule)
-            else:
-                self._patterns.append((rule.method, regex, rule))
+        self._entries: tuple[tuple[frozenset[str] | None, Any, RouteRule], ...] = tuple(
+            (_accepted_methods(rule.method), compile_template(rule.template)[0].match, rule)
+            for rule in self.rules
+        )
 
     @classmethod
     def from_csv(cls, path: Path) -> RouteTable:
@@ -190,16 +190,11 @@ class RouteTable:
         return RouteTable([*rules, *self.rules])
 
     def match(self, method: str, path: str) -> RouteMatch | None:
-        """The rule for a request, or None when no route is declared for it."""
+        """The first rule (in file order) for a request, or None when no rule matches it."""
         method = method.upper()
-        methods = (method, "GET", "*") if method == "HEAD" else (method, "*")
-        for candidate in methods:
-            rule = self._literal.get((candidate, path))
-            if rule is not None:
-                return RouteMatch(rule, {})
-        for rule_method, regex, rule in self._patterns:
-            if rule_method in methods:
-                found = regex.match(path)
+        for methods, match, rule in self._entries:
+            if methods is None or method in methods:
+                found = match(path)
                 if found is not None:
                     return RouteMatch(rule, found.groupdict())
         return None
@@ -212,11 +207,85 @@ def parse_routes(text: str, origin: str = "routes.csv") -> list[RouteRule]:
     """Parse routes.csv text into rules; raises PolicyError with line and column."""
     rules: list[RouteRule] = []
     seen: dict[tuple[str, str], int] = {}
+    lines: list[int] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
-            rules.append(_parse_row(line, lineno, origin, seen))
+            rule = _parse_row(line, lineno, origin, seen)
+            for earlier, at in zip(rules, lines, strict=True):
+                if shadows(earlier, rule):
+                    column = field_columns(line)[1]
+                    raise PolicyError(
+                        f"{rule.method} {rule.template} can never match: line {at} "
+                        f"({earlier.method} {earlier.template}) matches every request it would",
+                        path=origin, line=lineno, column=column,
+                        hint="rows are tried in file order; put the more specific row first")
+            rules.append(rule)
+            lines.append(lineno)
     return rules
+
+
+def _accepted_methods(method: str) -> frozenset[str] | None:
+    """The request methods a rule's method takes (None: any); GET takes HEAD too."""
+    if method == "*":
+        return None
+    return frozenset({"GET", "HEAD"}) if method == "GET" else frozenset({method})
+
+
+def shadows(earlier: RouteRule, later: RouteRule) -> bool:
+    """True when ``earlier`` matches every request ``later`` would match (it can never win).
+
+    Sound, not complete: it says True only when it is certain.
+    """
+    methods = _accepted_methods(earlier.method)
+    if methods is not None and (later.method == "*" or later.method not in methods):
+        return False
+    return _template_covers(earlier.template, later.template)
+
+
+def _shape(segment: str) -> str:
+    """A segment with parameter names dropped: ``{id}`` and ``{x:str}`` both read ``{:str}``."""
+    return _PARAM.sub(lambda m: "{:" + (m.group(2) or "str") + "}", segment)
+
+
+def _template_covers(a: str, b: str) -> bool:
+    """True when every path template ``b`` matches is matched by template ``a``."""
+    sa, sb = a.split("/"), b.split("/")
+    shape_a, shape_b = [_shape(s) for s in sa], [_shape(s) for s in sb]
+    if shape_a == shape_b:
+        return True
+    wide_a = [i for i, s in enumerate(shape_a) if "{:path}" in s]
+    wide_b = [i for i, s in enumerate(shape_b) if "{:path}" in s]
+    if wide_a:
+        # Only a whole last segment {x:path} is understood: it takes any rest of the path.
+        last = len(sa) - 1
+        if wide_a != [last] or shape_a[last] != "{:path}" or len(sb) < len(sa):
+            return False
+        if any(i < last for i in wide_b):
+            return False
+        return all(_segment_covers(sa[i], sb[i]) for i in range(last))
+    if wide_b or len(sa) != len(sb):
+        return False
+    return all(_segment_covers(x, y) for x, y in zip(sa, sb, strict=True))
+
+
+def _segment_covers(a: str, b: str) -> bool:
+    """True when every text segment ``b`` matches is matched by segment ``a`` (no ``/``)."""
+    if _shape(a) == _shape(b):
+        return True
+    whole = _PARAM.fullmatch(a)
+    if whole is None:  # a literal, or literal text around a parameter: only equal shapes
+        return False
+    conv = whole.group(2) or "str"
+    if conv == "str":
+        return b != ""
+    if _PARAM.search(b) is None:
+        return re.fullmatch(CONVERTOR_TYPES[conv].regex, b) is not None
+    other = _PARAM.fullmatch(b)
+    if other is None:
+        return False
+    conv_b = other.group(2) or "str"
+    return conv_b == conv or (conv == "float" and conv_b == "int")
 
 
 def _parse_row(

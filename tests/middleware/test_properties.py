@@ -77,23 +77,23 @@ def test_http_answer_matches_the_engine_and_is_audited(
         row = audit_rows(env["db"], "event_id = ?", (body["decision_id"],))[0]
         assert row["reason"] == reason.value
         assert row["allowed"] == 0
-        if response.status_code == 401:
-            assert caller is None
-            assert reason is Reason.UNAUTHENTICATED
-            return
     else:
         decision_id = response.headers["x-guard-decision-id"]
         row = audit_rows(env["db"], "event_id = ?", (decision_id,))[0]
         assert row["allowed"] == 1
         reason = Reason.ALLOWED
-    assert caller is not None
+    purpose = purpose.strip()  # header values are trimmed
+    if not _PURPOSE.fullmatch(purpose or "ok"):  # refused whoever sends it
+        assert reason is Reason.MALFORMED_REQUEST
+        assert row["caller"] == (caller or "")
+        return
+    if caller is None:
+        assert response.status_code == 401
+        assert reason is Reason.UNAUTHENTICATED
+        return
     match = ROUTES.match(method, path)
     if match is None:
         assert reason is Reason.ROUTE_NOT_DECLARED
-        return
-    purpose = purpose.strip()  # header values are trimmed
-    if not _PURPOSE.fullmatch(purpose or "ok"):
-        assert reason is Reason.MALFORMED_REQUEST
         return
     subject = match.params.get(match.rule.subject or "")
     expected = decide(env["guard"].holder.current,

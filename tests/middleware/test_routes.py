@@ -25,9 +25,9 @@ from middleware.routes import (
 
 SAMPLE = """\
 # method, path template, categories, action, subject
+GET,  /customers/stats,                  aggregated
 GET,  /customers/{customer_id},          identity contact, read, customer_id
 PUT,  /customers/{customer_id}/contact,  contact,          write, customer_id
-GET,  /customers/stats,                  aggregated
 *,    /files/{rest:path},                technical
 GET,  /orders/{order_id:int},            transaction
 GET,  /healthz,                          public
@@ -40,10 +40,10 @@ def table(text: str = SAMPLE) -> RouteTable:
 
 def test_parse_sample() -> None:
     rules = parse_routes(SAMPLE)
-    assert rules[0] == RouteRule("GET", "/customers/{customer_id}", ("identity", "contact"),
+    assert rules[1] == RouteRule("GET", "/customers/{customer_id}", ("identity", "contact"),
                                  Action.READ, "customer_id", False)
-    assert rules[1].action is Action.WRITE
-    assert rules[2].subject is None
+    assert rules[2].action is Action.WRITE
+    assert rules[0].subject is None
     assert rules[-1].public
     assert rules[-1].categories == ()
 
@@ -82,10 +82,75 @@ def test_no_match_means_undeclared(method: str, path: str) -> None:
     assert table().match(method, path) is None
 
 
-def test_literal_wins_over_template_declared_earlier() -> None:
+def test_first_row_in_file_order_wins() -> None:
     found = table().match("GET", "/customers/stats")
     assert found is not None
     assert found.rule.categories == ("aggregated",)
+    later = table("GET, /a/{x}, identity\nPOST, /a/me, public\n")
+    found = later.match("GET", "/a/me")
+    assert found is not None
+    assert found.rule.template == "/a/{x}"
+    found = later.match("POST", "/a/me")
+    assert found is not None
+    assert found.rule.public
+
+
+def test_head_takes_the_first_get_or_head_row() -> None:
+    t = table("HEAD, /a/{x}, public\nGET, /a/{x}, identity\n")
+    found = t.match("HEAD", "/a/1")
+    assert found is not None
+    assert found.rule.public
+    found = t.match("GET", "/a/1")
+    assert found is not None
+    assert found.rule.categories == ("identity",)
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later"),
+    [
+        ("GET, /a/{x}", "GET, /a/me"),
+        ("GET, /a/{x}", "GET, /a/{y:int}"),
+        ("GET, /a/{x}", "HEAD, /a/{y}"),
+        ("*, /a/{x}", "PUT, /a/b"),
+        ("GET, /a/{x:float}", "GET, /a/{y:int}"),
+        ("GET, /a/{x:int}", "GET, /a/007"),
+        ("GET, /a/{x:uuid}", "GET, /a/123e4567-e89b-12d3-a456-426614174000"),
+        ("GET, /files/{rest:path}", "GET, /files/{a}/{b}"),
+        ("GET, /files/{rest:path}", "GET, /files/"),
+        ("GET, /files/{rest:path}", "GET, /files/x/{more:path}"),
+        ("GET, /{a}/{b}", "GET, /x/{c:int}"),
+        ("GET, /a/{x}.json", "GET, /a/{y}.json"),
+    ],
+)
+def test_a_row_that_can_never_match_is_refused(earlier: str, later: str) -> None:
+    text = f"# routes\n{earlier}, identity\n{later}, contact\n"
+    with pytest.raises(PolicyError) as info:
+        parse_routes(text, "routes.csv")
+    assert info.value.line == 3
+    assert info.value.column == later.index(",") + 3
+    assert "can never match: line 2" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later"),
+    [
+        ("GET, /a/me", "GET, /a/{x}"),
+        ("GET, /a/{x}", "POST, /a/me"),
+        ("GET, /a/{x}", "*, /a/me"),
+        ("HEAD, /a/{x}", "GET, /a/{x}"),
+        ("GET, /a/{x:int}", "GET, /a/{y}"),
+        ("GET, /a/{x:int}", "GET, /a/{y:float}"),
+        ("GET, /a/{x}", "GET, /a/"),
+        ("GET, /a/{x}", "GET, /a/{x}/b"),
+        ("GET, /files/{rest:path}", "GET, /files"),
+        ("GET, /files/{rest:path}", "GET, /filesx/{a}"),
+        ("GET, /a/{x}.json", "GET, /a/{y}"),
+        ("GET, /a/{x}", "GET, /a/{rest:path}"),
+        ("GET, /a/{x:uuid}", "GET, /a/not-a-uuid"),
+    ],
+)
+def test_a_row_an_earlier_row_does_not_cover_is_kept(earlier: str, later: str) -> None:
+    assert len(parse_routes(f"{earlier}, identity\n{later}, contact\n")) == 2
 
 
 @pytest.mark.parametrize(
