@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from middleware.identity import MAX_CALLER_ID
 from middleware.routes import path_parameters
 
 __all__ = [
@@ -25,8 +26,8 @@ __all__ = [
 
 MAX_PURPOSE = 200
 """Characters of a declared purpose (a purpose key is far shorter)."""
-MAX_CALLER = 200
-"""Characters of a caller id (a token's ``sub`` or a trusted proxy's caller header)."""
+MAX_CALLER = MAX_CALLER_ID
+"""Characters of a caller id (a token's ``sub``; the identity check bounds the proxy header)."""
 MAX_METHOD = 32
 """Characters of an HTTP method."""
 MAX_SUBJECT = 128

@@ -27,19 +27,20 @@ from guard.audit import (
     query_events,
     subject_report,
 )
-from middleware import Authenticator, GuardMiddleware, RouteTable, guarded
+from middleware import Authenticator, Caller, GuardMiddleware, RouteTable, guarded
 
 pytestmark = pytest.mark.anyio
 HUGE = 4 * 1024 * 1024
 # The documented bounds (docs/security.md, "Bounded input and the audit disk").
-MAX_PURPOSE, MAX_CALLER, MAX_METHOD, CUT_MARK = 200, 200, 32, "…"
+MAX_PURPOSE, MAX_CALLER, MAX_METHOD, CUT_MARK = 200, 256, 32, "…"
 ROUTES_CSV = Path(__file__).resolve().parents[2] / "policies" / "routes.csv"
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[dict[str, Any]]:
     base = tmp_path_factory.mktemp("bounds")
-    config = guard_settings(base, keys, trusted_proxies=["10.0.0.0/8"])
+    config = guard_settings(base, keys, trusted_proxies=["10.0.0.0/8"],
+                            proxy_secret_file=keys.proxy_file)
     guard = Guard.from_settings(config)
     yield {"app": create_app(config, guard=guard), "guard": guard, "settings": config,
            "db": base / "audit.db", "hmac": load_hmac_key(base / "subject-hmac.key")}
@@ -89,19 +90,48 @@ async def test_an_oversized_purpose_with_a_token_records_the_caller(
     assert len(row["purpose"]) == MAX_PURPOSE
 
 
-async def test_an_oversized_caller_header_from_a_trusted_proxy_is_refused_and_cut(
+async def test_an_oversized_caller_id_from_any_authenticator_is_refused_and_cut(
     env: dict[str, Any],
+) -> None:
+    class Plugged(Authenticator):
+        """A site's own identity check that lets a long caller id through."""
+
+        def authenticate(self, headers: Any, peer: str | None) -> Caller:
+            return Caller("svc:" + "x" * HUGE, None, "jwt")
+
+    app = Starlette(routes=[Route("/customers/{customer_id}", _never)])
+    app.add_middleware(GuardMiddleware, guard=env["guard"], settings=env["settings"],
+                       routes=RouteTable.from_csv(ROUTES_CSV),
+                       authenticator=Plugged([], audience="a", issuer="i"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://svc") as c:
+        response = await c.get("/customers/c-0001",
+                               headers={"x-purpose": "relationship.management"})
+    assert response.status_code == 403
+    assert len(response.content) < 2048
+    row = _row(env, response.json()["decision_id"])
+    assert (row["reason"], row["rule"]) == ("malformed_request",
+                                            ("check:malformed_request:caller_length",))
+    assert len(row["caller"]) == MAX_CALLER
+    assert row["caller"].endswith(CUT_MARK)
+
+
+async def _never(request: Request) -> PlainTextResponse:
+    raise AssertionError("the handler must not run")
+
+
+async def test_an_oversized_caller_header_from_a_trusted_proxy_stores_nothing_of_it(
+    env: dict[str, Any], keys: Keys,
 ) -> None:
     transport = httpx.ASGITransport(app=env["app"], client=("10.1.2.3", 4444))
     async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
         response = await c.get("/customers/c-0001", headers={
-            "x-caller": "svc:" + "x" * HUGE, "x-purpose": "relationship.management"})
-    assert response.status_code == 403
+            "x-caller": "svc:" + "x" * HUGE, "x-purpose": "relationship.management",
+            "x-guard-proxy-secret": keys.proxy_secret})
+    assert response.status_code == 401
     assert len(response.content) < 2048
     row = _row(env, response.json()["decision_id"])
-    assert row["reason"] == "malformed_request"
-    assert len(row["caller"]) == MAX_CALLER
-    assert row["caller"].endswith(CUT_MARK)
+    assert row["caller"] == ""
 
 
 async def test_an_oversized_method_is_refused_and_stored_cut(
