@@ -243,6 +243,17 @@ def show_cmd(
         typer.echo(f"  {row['purpose']:<32} {verdict}")
 
 
+def _stdin_ids() -> Iterator[str]:
+    """Subject ids from standard input, one a line; a line that is not UTF-8 is left out."""
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            typer.echo(f"guard: warning: line {number} is not UTF-8; left out", err=True)
+            continue
+        yield line.rstrip("\r\n")
+
+
 @subject_app.command("filter")
 def filter_cmd(  # noqa: PLR0917 - one parameter per option
     caller: Annotated[str, typer.Option("--caller", help="Caller id, e.g. svc:marketing.")],
@@ -263,7 +274,7 @@ def filter_cmd(  # noqa: PLR0917 - one parameter per option
         raise RegisterRefusedError(f"--action must be read or write, not {action!r}")
     template = Request(caller, purpose, tuple(category), Action(action))
     batch_id = uuid.uuid4().hex
-    subjects = (line.rstrip("\r\n") for line in sys.stdin)
+    subjects = _stdin_ids()
     with _guard(store, policy_dir) as guard:
         assert isinstance(guard, Guard)
         out = sys.stdout

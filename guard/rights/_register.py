@@ -17,7 +17,7 @@ import psycopg
 from guard.audit._event import EventKind
 from guard.audit._pipeline import utc_now
 from guard.policy._compiled import CompiledPolicy
-from guard.rights._entries import Entry, Record, State, fold
+from guard.rights._entries import Entry, Record, RegisterRefusedError, State, fold
 from guard.rights._index import BITMAP_SHIFT, SubjectIndex, split_digest
 from guard.rights._store import CHANNEL, RegisterStore
 from guard.rights._validate import Change, validate
@@ -108,8 +108,16 @@ class Register:
         return index.get(hi, int.from_bytes(digest[8:16], "big"))
 
     def pseudonym(self, subject: str) -> str:
-        """The subject's keyed pseudonym, as the audit trail and the store know it."""
-        return hmac.digest(self._key, subject.encode(), "sha256").hex()
+        """The subject's keyed pseudonym, as the audit trail and the store know it.
+
+        Raises:
+            RegisterRefusedError: the id is not text UTF-8 can encode.
+        """
+        try:
+            raw = subject.encode()
+        except UnicodeEncodeError:
+            raise RegisterRefusedError("the subject id is not valid UTF-8 text") from None
+        return hmac.digest(self._key, raw, "sha256").hex()
 
     # -- changes -----------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ PATHS = frozenset({ENTRIES_PATH, LOOKUP_PATH, FILTER_PATH})
 MAX_BODY = 1 << 20
 MAX_FILTER = 10_000
 _Key = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-_Subject = Annotated[str, Field(min_length=1, max_length=200)]
+_Subject = Annotated[str, Field(min_length=1, max_length=200)]  # pydantic refuses surrogates
 
 
 class EntryIn(BaseModel):

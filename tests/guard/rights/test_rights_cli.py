@@ -203,3 +203,23 @@ def test_audit_report_and_query_show_the_register(
     code, out, _ = run(monkeypatch, capsys, "audit", "report", "--subject", SUBJECT)
     assert "## Rights requests (subject register)" in out
     assert "| objection | marketing |" in out
+
+
+def test_ids_that_are_not_utf8_are_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    bad = b"cust-\xff".decode("utf-8", "surrogateescape")  # how Python hands over such argv
+    for args in (["subject", "restrict", bad], ["subject", "show", bad]):
+        code, out, err = run(monkeypatch, capsys, *args)
+        assert (code, out) == (2, "")
+        assert err == "guard: error: the subject id is not valid UTF-8 text\n"
+    monkeypatch.setattr(sys, "argv", ["guard", "subject", "filter", "--caller", "svc:crm",
+                                      "--purpose", "relationship.management", "--category",
+                                      "identity"])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\n\xff\nb\n")))
+    with pytest.raises(SystemExit) as done:
+        main()
+    out, err = capsys.readouterr()
+    assert done.value.code == 0
+    assert out.splitlines() == ["a", "b"]
+    assert "line 2 is not UTF-8; left out" in err

@@ -218,3 +218,15 @@ def test_an_entry_on_one_replica_is_enforced_by_the_other(
         # Reported, not asserted (no timing asserts): the target is within 1 s.
         print(f"entry enforced on the other replica {(time.monotonic() - recorded) * 1000:.0f}"
               " ms after it was recorded")
+
+
+@pytest.mark.parametrize("path", ["/v1/subjects/entries", "/v1/subjects/lookup"])
+def test_a_subject_that_is_not_utf8_is_a_400(served: ServerThread, keys: Any, path: str
+                                             ) -> None:
+    body = b'{"subject": "\\ud800", "kind": "restriction"}' if path.endswith("entries") \
+        else b'{"subject": "\\ud800"}'
+    resp = httpx.post(served.url + path, content=body,
+                      headers={**_auth(keys, "svc:support"), "content-type": "application/json"})
+    assert resp.status_code == 400
+    assert resp.json()["reason"] == "malformed_request"
+    assert resp.json()["detail"].startswith("subject: ")
