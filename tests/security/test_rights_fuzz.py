@@ -30,7 +30,7 @@ SCHEMA = schemathesis.openapi.from_dict(openapi_document("/v1/check", version="0
     tag_regex="^subjects$"
 )
 ASKER = "svc:support"  # holds read and write on rights.request
-_SECRET = secrets.token_bytes(32)
+_SECRET = secrets.token_hex(32).encode()  # no whitespace for the key file reader to strip
 _TOKEN = jwt.encode(claims(sub=ASKER, exp=int(time.time()) + 86400), _SECRET, "HS256")
 
 
