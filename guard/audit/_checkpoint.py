@@ -19,6 +19,9 @@ class CheckpointKind(StrEnum):
     """A writer's chain starts (seq 0, the genesis hash)."""
     PERIODIC = "periodic"
     """Every N events or on the timer."""
+    COUNTERSIGN = "countersign"
+    """Another writer with the same keys signed the verified, stale unsigned tail of a chain
+    whose own writer stopped without closing it (see ``guard.audit._countersign``)."""
     CLOSE = "close"
     """The writer closed (or, after losing its store, abandoned the chain and closed it
     once the store came back); no event of this writer may follow."""

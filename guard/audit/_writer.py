@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
+from guard.audit._countersign import countersign_stale
 from guard.audit._event import GENESIS_HASH, AuditEvent, ChainKey
 from guard.audit._ids import new_event_id
 from guard.audit._pipeline import utc_now
@@ -171,6 +172,7 @@ class GroupCommitWriter:
         self._unwitnessed: list[Checkpoint] = []  # committed, not yet in the witness
         self._orphans: list[_Orphan] = []  # chains abandoned on a failed write, to close
         self._last_orphan_try = 0.0
+        self._last_sweep = 0.0  # the last look for stopped writers' tails to countersign
         self._emitters = tuple(emitters)
         self._max_batch = max_batch
         self._retry_interval = retry_interval
@@ -407,6 +409,8 @@ class GroupCommitWriter:
                     self._checkpoint_only(CheckpointKind.PERIODIC)
                 if self._orphans and self._orphans_due():
                     self._close_orphans()
+                if self._sweep_due():
+                    self._countersign()
             except Exception as exc:  # keep the thread; the batch's producers heard why
                 self.last_error = str(exc)
             finally:
@@ -421,17 +425,38 @@ class GroupCommitWriter:
         """A checkpoint, a spool replay or closing an abandoned chain is due (turn free)."""
         if self._unsigned and self._checkpoint_due():
             return True
-        if self._orphans and self._orphans_due():
+        if (self._orphans and self._orphans_due()) or self._sweep_due():
             return True
         spool = self.spool
         return (spool is not None and spool.pending()
                 and time.monotonic() - self._last_replay >= self._retry_interval)
 
     def _sign(self, kind: CheckpointKind, seq: int, hash_: str,
-              writer_id: str | None = None) -> Checkpoint:
+              writer_id: str | None = None, terms: Terms | None = None) -> Checkpoint:
         return sign_checkpoint(self._key, checkpoint_id=new_event_id(),
                                writer_id=writer_id or self.writer_id, seq=seq, hash_=hash_,
-                               ts=utc_now(), kind=kind, terms=self._terms)
+                               ts=utc_now(), kind=kind, terms=terms or self._terms)
+
+    def _sweep_due(self) -> bool:
+        """Time to look for stopped writers' unsigned tails (keyed trails, every interval)."""
+        return (self._chain_key is not None
+                and time.monotonic() - self._last_sweep >= max(1.0, self._interval))
+
+    def _countersign(self) -> None:
+        """Countersign the stale unsigned tails of chains whose writers stopped."""
+        self._last_sweep = time.monotonic()
+        key = self._chain_key
+        if key is None:
+            return
+        try:
+            written = countersign_stale(
+                self.store, self._key.public_key(), key, self.writer_id,
+                lambda writer, seq, hash_, terms: self._sign(
+                    CheckpointKind.COUNTERSIGN, seq, hash_, writer, terms))
+        except Exception as exc:  # the store is down or odd: try again next interval
+            _log.debug("countersigning stopped writers' chains failed: %s", exc)
+            return
+        self._witnessed(written)
 
     def _commit(self, batch: list[_Item]) -> None:
         seq, prev, writer_id = self._seq, self._prev, self.writer_id

@@ -1,0 +1,106 @@
+"""Countersigning: a writer signs the unsigned tail of a chain whose own writer stopped.
+
+A writer that is killed leaves the events after its last checkpoint unsigned. A
+running writer signs within ``terms.seconds`` of its first unsigned event, so a
+tail older than that (plus a margin) belongs to a writer that stopped or stalls.
+The next writer holding the same keys checks that tail with the chain key
+(contiguous, linked to the last signed checkpoint, every keyed hash right) and
+signs its head as a ``countersign`` checkpoint. It does not close the chain: a
+writer that only stalled may go on. A tail that does not verify is left
+unsigned and logged; ``guard audit verify`` names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from guard.audit._checkpoint import Checkpoint, Terms
+from guard.audit._event import FIELD_NAMES, ChainKey, chain_hash, content_digest
+from guard.audit._schema import (
+    CHECKPOINT_COLUMNS,
+    EVENT_COLUMNS,
+    event_row,
+    row_checkpoint,
+    row_event,
+)
+from guard.audit._store import Store
+
+_log = logging.getLogger("guard.audit")
+MARGIN = 2.0
+"""Seconds past ``terms.seconds`` before a tail counts as its writer's no longer."""
+
+Signer = Callable[[str, int, str, Terms], Checkpoint]
+"""Sign a ``countersign`` checkpoint: (writer_id, seq, hash, the chain's terms)."""
+
+_OPEN_CHAINS = ("SELECT writer_id FROM audit_checkpoint GROUP BY writer_id "
+                "HAVING max(CASE WHEN kind = 'close' THEN 1 ELSE 0 END) = 0")
+_CHECKPOINTS = f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint WHERE writer_id = ?"  # noqa: S608
+_TAIL = (f"SELECT {EVENT_COLUMNS} FROM audit_event WHERE writer_id = ? AND seq > ? "  # noqa: S608
+         "ORDER BY seq")
+_TS = FIELD_NAMES.index("ts")
+
+
+def countersign_stale(
+    store: Store, public: Ed25519PublicKey, key: ChainKey, own: str, sign: Signer
+) -> list[Checkpoint]:
+    """Countersign every stale, verified unsigned tail of another keyed chain in ``store``.
+
+    Args:
+        store: The audit store.
+        public: The checkpoint public key (only signed checkpoints are trusted).
+        key: The chain key.
+        own: This writer's chain id (never countersigned here).
+        sign: Makes the checkpoint.
+
+    Returns:
+        The checkpoints written.
+    """
+    written: list[Checkpoint] = []
+    for (writer,) in store.rows(_OPEN_CHAINS):
+        if writer == own:
+            continue
+        cp = _countersign_chain(store, public, key, str(writer), sign)
+        if cp is not None:
+            store.write([], [cp])
+            written.append(cp)
+    return written
+
+
+def _countersign_chain(
+    store: Store, public: Ed25519PublicKey, key: ChainKey, writer: str, sign: Signer
+) -> Checkpoint | None:
+    valid = [cp for cp in (row_checkpoint(r) for r in store.rows(_CHECKPOINTS, (writer,)))
+             if cp.valid(public)]
+    terms = next((Terms.from_json(cp.terms) for cp in valid if cp.terms is not None), None)
+    if not valid or terms is None or terms.chain != 3:
+        return None
+    head = max(valid, key=lambda cp: cp.seq)
+    tail = store.rows(_TAIL, (writer, head.seq))
+    if not tail or len(tail) > terms.every:
+        return None
+    if time.time() - _epoch(str(tail[0][_TS])) < terms.seconds + MARGIN:
+        return None  # its writer may still sign it
+    seq, prev = head.seq, head.hash
+    for raw in tail:
+        event = row_event(raw)
+        if (event_row(event) != tuple(raw) or event.seq != seq + 1 or event.prev_hash != prev
+                or event.hash != chain_hash(writer, event.seq, prev, content_digest(event, key),
+                                            keyed=True)):
+            _log.warning("the unsigned tail of audit chain %s does not verify at seq %s; "
+                         "not countersigned", writer, seq + 1)
+            return None
+        seq, prev = event.seq, event.hash
+    return sign(writer, seq, prev, terms)
+
+
+def _epoch(ts: str) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(ts).timestamp()
+    except ValueError:
+        return time.time()  # unreadable: not stale yet; verify names it

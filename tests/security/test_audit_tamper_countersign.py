@@ -1,0 +1,119 @@
+"""A writer killed mid-chain: the next writer countersigns its verified unsigned tail.
+
+A killed writer leaves the events after its last checkpoint unsigned. The next
+writer with the same keys checks that tail with the chain key once it is older
+than the chain's signed bound, and signs its head; a tail that was tampered
+with is not countersigned.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from guard.audit import load_signing_key, new_event_id, open_store
+from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
+from guard.audit._countersign import MARGIN, countersign_stale
+from guard.audit._event import ChainKey
+from guard.audit._pipeline import utc_now
+from tests.guard.audit.conftest import acknowledged_until_killed, pg_url, store_url
+from tests.security.audit_tamper_kit import CHAIN_KEY, AuditKeys, check, make_keys, sql, trail
+
+__all__ = ["pg_url", "store_url"]
+INTERVAL = 0.3
+CHILD = r"""
+import sys
+from pathlib import Path
+from guard.audit import AuditPipeline, AuditTrail, EventKind, derive_chain_key, load_signing_key
+from guard.audit import open_store
+
+url, key = sys.argv[1], Path(sys.argv[2])
+trail = AuditTrail(open_store(url), load_signing_key(key), checkpoint_every=1000,
+                   checkpoint_interval=float(sys.argv[3]), chain_key=derive_chain_key(b"h" * 32))
+pipeline = AuditPipeline(b"h" * 32)
+i = 0
+while True:
+    event = pipeline.event(EventKind.DECISION, caller="svc:a", purpose="p", categories=("c",),
+                           allowed=True, reason="allowed", subject_id=f"s-{i}")
+    trail.record(event)
+    sys.stdout.write(event.event_id + "\n")
+    sys.stdout.flush()
+    i += 1
+"""
+
+
+@pytest.fixture
+def audit_keys(tmp_path: Path) -> AuditKeys:
+    return make_keys(tmp_path)
+
+
+def _killed_writer(url: str, keys: AuditKeys, tmp_path: Path) -> str:
+    """Run a keyed writer in a child, SIGKILL it mid-stream; its chain id."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, url, str(keys.signing), str(INTERVAL)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    acknowledged_until_killed(child, 40)
+    store = open_store(url, create=False)
+    try:
+        return str(store.rows("SELECT writer_id FROM audit_event LIMIT 1")[0][0])
+    finally:
+        store.close()
+
+
+def _tail(url: str, writer: str) -> list[int]:
+    store = open_store(url, create=False)
+    try:
+        signed = store.rows("SELECT max(seq) FROM audit_checkpoint WHERE writer_id = ?",
+                            (writer,))[0][0]
+        return [int(r[0]) for r in store.rows(
+            "SELECT seq FROM audit_event WHERE writer_id = ? AND seq > ? ORDER BY seq",
+            (writer, signed))]
+    finally:
+        store.close()
+
+
+def test_the_next_writer_countersigns_a_killed_writers_tail(
+    store_url: str, audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    dead = _killed_writer(store_url, audit_keys, tmp_path)
+    if not _tail(store_url, dead):  # killed right after a checkpoint: add an unsigned tail
+        pytest.skip("the child was killed right after a checkpoint")
+    assert any(dead in note for note in check(store_url, audit_keys).notes)
+    nxt = trail(store_url, audit_keys, checkpoint_interval=INTERVAL)
+    deadline = time.monotonic() + 60
+    while _tail(store_url, dead) and time.monotonic() < deadline:
+        time.sleep(0.2)  # it countersigns once the tail is older than the chain's bound
+    nxt.close()
+    report = check(store_url, audit_keys)
+    assert report.ok, report.problems
+    assert report.notes == ()
+
+
+def test_a_tampered_tail_is_not_countersigned(
+    store_url: str, audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    dead = _killed_writer(store_url, audit_keys, tmp_path)
+    tail = _tail(store_url, dead)
+    if not tail:
+        pytest.skip("the child was killed right after a checkpoint")
+    sql(store_url, "UPDATE audit_event SET caller = 'svc:evil' WHERE writer_id = ? AND seq = ?",
+        (dead, tail[-1]))
+    time.sleep(INTERVAL + MARGIN + 0.2)  # the tail is now older than the chain's bound
+    key = load_signing_key(audit_keys.signing)
+
+    def sign(writer: str, seq: int, hash_: str, terms: Terms) -> Checkpoint:
+        return sign_checkpoint(key, checkpoint_id=new_event_id(), writer_id=writer, seq=seq,
+                               hash_=hash_, ts=utc_now(), kind=CheckpointKind.COUNTERSIGN,
+                               terms=terms)
+
+    store = open_store(store_url)
+    try:
+        written = countersign_stale(store, key.public_key(), ChainKey(CHAIN_KEY), "next", sign)
+    finally:
+        store.close()
+    assert written == []
+    report = check(store_url, audit_keys)
+    assert [(p.kind, p.seq) for p in report.problems] == [("altered", tail[-1])]
