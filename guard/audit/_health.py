@@ -236,3 +236,35 @@ class GuardedSpool(Spool):
             self.failures.failed(str(exc))
             raise StoreRefusedError(str(exc)) from exc
         self.failures.succeeded()
+
+
+class GuardedJournal:
+    """A journal whose appends respect a free-space reserve and whose failures are logged.
+
+    Args:
+        journal: The journal appended to (``guard.audit._journal.Journal``).
+        failures: Where append failures and recoveries are told.
+        reserve: The reserve of the journal's filesystem.
+    """
+
+    def __init__(self, journal: Any, failures: FailureLog, reserve: DiskReserve) -> None:
+        self._journal = journal
+        self._failures = failures
+        self._reserve = reserve
+
+    def append(self, payloads: Sequence[bytes]) -> int:
+        """Append through to the journal; tell the failure log how it went."""
+        why = self._reserve.shortfall()
+        if why is not None:
+            self._failures.failed(why)
+            raise StoreRefusedError(why)
+        try:
+            offset: int = self._journal.append(payloads)
+        except AuditUnavailableError as exc:
+            self._failures.failed(str(exc))
+            raise StoreRefusedError(str(exc)) from exc
+        self._failures.succeeded()
+        return offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._journal, name)

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import AuditEvent, ChainKey, EventKind
 from guard.audit._fields import event_fields
+from guard.audit._health import DiskReserve, FailureLog, GuardedJournal
 from guard.audit._indexer import Indexer
 from guard.audit._journal import open_lane
 from guard.audit._jwriter import Committed, JournalWriter
@@ -63,6 +67,10 @@ class JournalTrail:
         witness: Append-only file that also receives every checkpoint.
         otlp_endpoint: Also export every durable event as an OTLP log record.
         segment_bytes: Start a new journal segment at this size.
+        reserve_bytes: Free space to keep on the journal's filesystem; below it events
+            are refused (0: no reserve).
+        probe_interval: :meth:`ready` records a ``heartbeat`` event when nothing was
+            appended for this many seconds.
     """
 
     def __init__(
@@ -79,6 +87,8 @@ class JournalTrail:
         witness: Path | None = None,
         otlp_endpoint: str | None = None,
         segment_bytes: int = 64 << 20,
+        reserve_bytes: int = 0,
+        probe_interval: float = 30.0,
     ) -> None:
         self.store = store
         self.journal = open_lane(journal, segment_bytes=segment_bytes)
@@ -102,6 +112,13 @@ class JournalTrail:
             witness=Witness(witness) if witness is not None else None,
             committed=listeners,
         )
+        self._failures = FailureLog(f"audit journal write to {self.journal.folder}")
+        self._reserve = DiskReserve(self.journal.folder, reserve_bytes)
+        self.writer.journal = GuardedJournal(  # type: ignore[assignment]
+            self.journal, self._failures, self._reserve)
+        self._probe_interval = probe_interval
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, bool, str] | None = None
 
     @classmethod
     def open(cls, settings: AuditSettings, *, timeout: float = 5.0) -> JournalTrail:
@@ -117,6 +134,8 @@ class JournalTrail:
             witness=settings.witness,
             otlp_endpoint=settings.otlp_endpoint,
             segment_bytes=settings.journal_segment_mb << 20,
+            reserve_bytes=settings.reserve_mb * 1_000_000,
+            probe_interval=settings.readiness_probe_seconds,
         )
 
     def _export(self, rows: Sequence[Row], _checkpoints: Sequence[Checkpoint]) -> None:
@@ -185,11 +204,31 @@ class JournalTrail:
                 f"audit index did not catch up within {timeout:g} s: {self.indexer.last_error}")
 
     def ready(self) -> tuple[bool, str]:
-        """Can this trail make events durable right now? ``(ok, why)``."""
+        """Can this trail make events durable right now? ``(ok, why)``.
+
+        Proven by a real append: the last one succeeded less than ``probe_interval``
+        seconds ago, or a ``heartbeat`` event is recorded now (a failing journal at
+        most once a second). Blocks while it probes: call it off an event loop.
+        """
         if not self.writer.alive:
             return False, "audit writer stopped"
-        if self.writer.last_error is not None:
-            return False, self.writer.last_error
+        failures = self._failures
+        ok_at = failures.ok_at
+        if (self._reserve.shortfall() is not None or failures.failing or ok_at is None
+                or time.monotonic() - ok_at >= self._probe_interval):
+            with self._probe_lock:
+                probed = self._probed
+                if probed is None or time.monotonic() - probed[0] >= 1.0:
+                    try:
+                        self.writer.submit(EventKind.HEARTBEAT, {"detail": "readiness probe"},
+                                           timeout=10.0)
+                    except AuditUnavailableError as exc:
+                        probed = (time.monotonic(), False, str(exc))
+                    else:
+                        probed = (time.monotonic(), True, "")
+                    self._probed = probed
+            if not probed[1]:
+                return False, probed[2]
         if self.indexer.last_error is not None:
             return True, f"audit journal writable; index behind: {self.indexer.last_error}"
         return True, "audit journal writable"

@@ -174,3 +174,27 @@ def test_reserve_reads_free_space_at_most_once_per_period(tmp_path: Path) -> Non
     reserve.reserve_bytes = 1  # the cached reading stands until the period is over
     assert reserve.shortfall() == first
     assert DiskReserve(tmp_path / "audit.db", 0).shortfall() is None  # 0: no reserve
+
+
+def test_journal_that_becomes_immutable_is_not_ready_and_says_why(
+    tmp_path: Path, keys: Any, token: str, immutable: list[Path]
+) -> None:
+    """``audit.writer = "journal"``: the same proof of a real append, on a real immutable file."""
+    env = _env(keys, "journal", GUARD_AUDIT__READINESS_PROBE_SECONDS="0.2")
+    sidecar = SidecarProcess(tmp_path, env, token)
+    try:
+        assert sidecar.decide()["allowed"] is True
+        assert sidecar.wait_ready(True)["audit"]["ok"] is True
+        segments = sorted((tmp_path / "audit.db.journal").rglob("*.seg"))
+        assert segments, list((tmp_path / "audit.db.journal").rglob("*"))
+        for segment in segments:
+            subprocess.run(["chattr", "+i", str(segment)], check=True)
+            immutable.append(segment)
+        body = sidecar.wait_ready(False)  # no request needed: a heartbeat is refused
+        assert "Operation not permitted" in body["audit"]["detail"]
+        assert sidecar.decide()["reason"] == "audit_unavailable"
+        failed = [line for line in sidecar.log_text().splitlines()
+                  if "audit journal write to" in line and "failed:" in line]
+        assert len(failed) == 1, sidecar.log_text()
+    finally:
+        sidecar.stop()
