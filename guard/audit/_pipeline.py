@@ -181,8 +181,8 @@ OUTCOME_ABORTED = "aborted"
 def outcome_fields(decision_id: str, status: int, http: HttpContext | None) -> dict[str, Any]:
     """The fields of the event for the final HTTP status of an earlier decision.
 
-    ``http.aborted`` (the response broke off mid-body) sets ``detail`` to ``aborted``;
-    ``http_status`` stays the status the client was sent.
+    ``http.aborted`` (the response broke off mid-body), or ``http.extra["aborted"]``,
+    sets ``detail`` to ``aborted``; ``http_status`` stays the status the client was sent.
     """
     fields: dict[str, Any] = {
         "decision_ref": decision_id,
@@ -190,7 +190,7 @@ def outcome_fields(decision_id: str, status: int, http: HttpContext | None) -> d
         "http_route": http.route if http else None,
         "http_status": status,
     }
-    if http is not None and http.aborted:
+    if http is not None and (http.aborted or http.extra.get("aborted")):
         fields["detail"] = OUTCOME_ABORTED
     return fields
 

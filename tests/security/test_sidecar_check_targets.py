@@ -35,13 +35,15 @@ def app(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> Iterator[tuple[S
         sidecar.guard.close()
 
 
-def _check(app: SidecarApp, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any]]:
+def _check(
+    app: SidecarApp, headers: list[tuple[bytes, bytes]], method: str = "GET"
+) -> tuple[int, dict[str, Any]]:
     """One check request straight into the ASGI app; (status, JSON body or {})."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "path": "/v1/check",
         "raw_path": b"/v1/check",
@@ -130,3 +132,36 @@ def test_a_check_without_a_target_is_an_audit_event_too(app: tuple[SidecarApp, P
     assert [(r["reason"], r["caller"], r["http_status"]) for r in rows] == [
         ("malformed_request", "", 400)
     ]
+
+
+@pytest.mark.parametrize(
+    "purposes",
+    [
+        [(b"x-purpose", b"relationship.management"), (b"x-purpose", b"marketing.third_party")],
+        [(b"x-purpose", b"relationship.management"), (b"x_purpose", b"marketing.third_party")],
+        [(b"x-purpose", b"relationship.management,marketing.third_party")],
+    ],
+    ids=["repeated", "underscore-twin", "comma-joined"],
+)
+def test_a_check_with_two_purposes_is_refused_as_malformed(
+    app: tuple[SidecarApp, Path], keys: Any, purposes: list[tuple[bytes, bytes]]
+) -> None:
+    """nginx passes the client's headers to the check as they came: two purposes stay two."""
+    sidecar_app, db = app
+    token = keys.mint("hs", sub="svc:crm").encode()
+    status, problem = _check(
+        sidecar_app,
+        [(b"x-original-uri", b"/customers/c-0001"), (b"authorization", b"Bearer " + token),
+         *purposes],
+    )
+    assert (status, problem["reason"]) == (403, "malformed_request")
+    rows = audit_rows(db, "event_id = ?", (problem["decision_id"],))
+    assert [(r["allowed"], r["reason"]) for r in rows] == [(0, "malformed_request")]
+
+
+def test_a_check_request_with_a_method_no_proxy_sends_is_405(
+    app: tuple[SidecarApp, Path],
+) -> None:
+    sidecar_app, _ = app
+    status, problem = _check(sidecar_app, [(b"x-original-uri", b"/public/x")], method="QUERY")
+    assert (status, problem["reason"]) == (405, "malformed_request")

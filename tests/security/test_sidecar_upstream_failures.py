@@ -173,3 +173,40 @@ def test_no_log_line_names_the_subject(
     assert "upstream failed for GET /files/{name}" in text  # the capture sees the sidecar's log
     assert "upstream aborted its answer to GET /customers/{customer_id}" in text
     assert SUBJECT not in text
+
+
+class _BrokenRoutes:
+    """A route table whose error message names the path, as an unexpected error might."""
+
+    def match(self, method: str, path: str) -> None:
+        raise RuntimeError(f"no table for {method} {path}")
+
+
+def test_an_internal_error_is_logged_without_the_path_or_its_message(
+    tmp_path: Path, keys: Any, logs: _Lines
+) -> None:
+    import asyncio
+
+    from middleware.sidecar import build_sidecar, create_app
+
+    policy = policy_copy(tmp_path / "policy", POLICIES)
+    settings = sidecar_settings(tmp_path, policy, keys.identity(), upstream="http://127.0.0.1:9")
+    sidecar = build_sidecar(settings)
+    sidecar.routes = _BrokenRoutes()  # type: ignore[assignment]
+    app = create_app(sidecar=sidecar)
+
+    async def ask() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sidecar") as client:
+            return await client.get(f"/customers/{SUBJECT}", headers=_auth(keys))
+
+    logs._client_thread = -1  # the app runs on this thread here: keep every line
+    try:
+        resp = asyncio.run(ask())
+    finally:
+        sidecar.guard.close()
+    assert resp.status_code == 500
+    # httpx's own "HTTP Request:" line is the test client's (the sidecar uses no httpx client).
+    text = "\n".join(line for line in logs.lines if not line.startswith("INFO httpx:"))
+    assert "the sidecar failed on a GET request: RuntimeError" in text
+    assert SUBJECT not in text
