@@ -324,3 +324,192 @@ def _judge_with_casbin(
                            rule=rule)
     return _result(policy, request, Reason.ALLOWED, purpose=purpose, party=party,
                    rule=("casbin:matcher",))
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryDecision:
+    """A request judged category by category (need-to-know per field).
+
+    Args:
+        decision: The summary: allowed when a personal category is released (or,
+            for a request naming no personal category, when any is released);
+            otherwise the reason of the first withheld category. Its rule lists
+            the rules that released the released categories.
+        released: The categories that passed every check, in request order.
+        withheld: ``(category, reason)`` for every other category, in request order.
+    """
+
+    decision: Decision
+    released: tuple[str, ...]
+    withheld: tuple[tuple[str, Reason], ...]
+
+    def detail(self) -> str:
+        """Released and withheld categories as compact JSON (the audit event's ``detail``)."""
+        withheld = ",".join(f'"{c}":"{r.value}"' for c, r in self.withheld)
+        released = ",".join(f'"{c}"' for c in self.released)
+        return f'{{"released":[{released}],"withheld":{{{withheld}}}}}'
+
+
+def decide_categories(
+    policy: CompiledPolicy,
+    request: Request,
+    register: SubjectLookup | None = None,
+    *,
+    today: date | None = None,
+) -> CategoryDecision:
+    """Judge each category of a request on its own, in one pass over the compiled tables.
+
+    A category is released exactly when :func:`decide` would allow the same
+    request naming that category alone, and withheld with the reason it would give.
+
+    Args:
+        policy: The compiled policy.
+        request: The request (its categories are judged one by one).
+        register: The subject register (None: no subject has an entry).
+        today: The day to judge register entries on (default: today, UTC).
+    """
+    cats = tuple(dict.fromkeys(request.categories))
+    if not cats or policy.enforcer is not None:
+        return _each_by_decide(policy, request, cats, register, today)
+    joined = policy.joined.get((request.caller, request.purpose))
+    if joined is not None:
+        party: Party | None = joined[0]
+        grants: Mapping[GrantKey, tuple[str, ...]] | None = joined[1]
+    else:
+        party = policy.parties.get(request.caller)
+        grants = None
+    if party is None:
+        return _summary(policy, request, cats, {},
+                        dict.fromkeys(cats, (Reason.UNKNOWN_CALLER, None)), purpose=None,
+                        party=None)
+    purpose = policy.purposes.get(request.purpose)
+    if purpose is None or not purpose.declarable:
+        return _summary(policy, request, cats, {},
+                        dict.fromkeys(cats, (Reason.UNKNOWN_PURPOSE, None)), purpose=None,
+                        party=party)
+    if grants is None:
+        grants = policy.grants.get((request.caller, purpose.key))
+    action = request.action.value
+    subject = request.subject
+    state = register.lookup(subject) if subject is not None and register is not None else None
+    register_verdict: dict[bool, tuple[Reason, tuple[str, ...] | None, str | None]] = {}
+    released: dict[str, tuple[str, ...]] = {}
+    withheld: dict[str, tuple[Reason, tuple[str, ...] | None]] = {}
+    for key in cats:
+        node = policy.categories.get(key)
+        reason: Reason | None = None
+        found: tuple[str, ...] | None = None
+        personal = key != AGGREGATED
+        if node is None:
+            reason = Reason.UNKNOWN_CATEGORY
+        elif node.special:
+            reason = Reason.SPECIAL_CATEGORY
+        elif not grants:
+            reason = Reason.PURPOSE_NOT_GRANTED
+        elif personal and key not in purpose.ceiling:
+            reason = Reason.CATEGORY_NOT_IN_PURPOSE
+        else:
+            if not personal:
+                found = _AGGREGATED_RULE if request.action is Action.READ else None
+            else:
+                for ancestor in node.ancestors:
+                    found = grants.get((ancestor, action))
+                    if found is not None:
+                        break
+            if found is None:
+                reason = Reason.CATEGORY_NOT_GRANTED
+            elif personal and not party.transfer_safe:
+                reason = Reason.TRANSFER_NOT_SAFEGUARDED
+        if reason is not None:
+            withheld[key] = (reason, None)
+            continue
+        assert found is not None
+        verdict = register_verdict.get(personal)
+        if verdict is None:
+            verdict = register_verdict[personal] = _register_verdict(
+                policy, purpose, state, subject=subject, personal=personal, today=today)
+        if verdict[0] is not Reason.ALLOWED:
+            withheld[key] = (verdict[0], verdict[1])
+        else:
+            released[key] = found if verdict[2] is None else (*found, verdict[2])
+    return _summary(policy, request, cats, released, withheld, purpose=purpose, party=party)
+
+
+def _register_verdict(
+    policy: CompiledPolicy,
+    purpose: Purpose,
+    state: State | None,
+    *,
+    subject: str | None,
+    personal: bool,
+    today: date | None,
+) -> tuple[Reason, tuple[str, ...] | None, str | None]:
+    """Checks 9-13 for categories that are (or are not) personal data.
+
+    Returns (reason, refusing rule, consent rule to add to a release).
+    """
+    if state is None and (subject is None or not purpose.consent_only):
+        if purpose.consent_only:
+            return Reason.CONSENT_REQUIRED, None, None
+        return Reason.ALLOWED, None, None
+    verdicts = register_checks(state or (), purpose, personal=personal,
+                               today=today or utc_today(), survival=policy.survival)
+    last = verdicts[-1]
+    if not last.passed:
+        return last.reason, (last.record.rule,) if last.record is not None else None, None
+    consent = verdicts[0].record
+    return Reason.ALLOWED, None, consent.rule if consent is not None else None
+
+
+def _summary(
+    policy: CompiledPolicy,
+    request: Request,
+    cats: tuple[str, ...],
+    released: Mapping[str, tuple[str, ...]],
+    withheld: Mapping[str, tuple[Reason, tuple[str, ...] | None]],
+    *,
+    purpose: Purpose | None,
+    party: Party | None,
+) -> CategoryDecision:
+    """The summary decision of a per-category judgement."""
+    personal = [c for c in cats if c != AGGREGATED]
+    if any(c in released for c in personal) or (not personal and released):
+        rules = tuple(dict.fromkeys(r for c in cats if c in released for r in released[c]))
+        decision = _result(policy, request, Reason.ALLOWED, purpose=purpose, party=party,
+                           rule=rules)
+    else:
+        first = next((c for c in cats if c != AGGREGATED and c in withheld),
+                     next(iter(withheld), None))
+        reason, rule = withheld[first] if first is not None else (Reason.MALFORMED_REQUEST,
+                                                                   None)
+        decision = _result(policy, request, reason, purpose=purpose, party=party, rule=rule)
+    return CategoryDecision(
+        decision,
+        tuple(c for c in cats if c in released),
+        tuple((c, withheld[c][0]) for c in cats if c in withheld),
+    )
+
+
+def _each_by_decide(
+    policy: CompiledPolicy,
+    request: Request,
+    cats: tuple[str, ...],
+    register: SubjectLookup | None,
+    today: date | None,
+) -> CategoryDecision:
+    """Per-category judgement by one :func:`decide` per category (casbin's slow path)."""
+    if not cats:
+        decision = _result(policy, request, Reason.MALFORMED_REQUEST)
+        return CategoryDecision(decision, (), ())
+    released: dict[str, tuple[str, ...]] = {}
+    withheld: dict[str, tuple[Reason, tuple[str, ...] | None]] = {}
+    for key in cats:
+        one = _judge(policy, Request(request.caller, request.purpose, (key,), request.action,
+                                     request.subject), None, register, today)
+        if one.allowed:
+            released[key] = one.rule
+        else:
+            withheld[key] = (one.reason, one.rule)
+    return _summary(policy, request, cats, released, withheld,
+                    purpose=policy.purposes.get(request.purpose),
+                    party=policy.parties.get(request.caller))
