@@ -10,7 +10,8 @@ records it) followed by the report page of a subject with about 20 accesses.
 The bulk rows are not chained, so the integrity check reports them as altered;
 its time is still that of reading and checking every event.
 
-Usage: python bench/console.py [--events 1000000] [--repeat 5] [--postgres] [--keep DIR]
+Usage: python bench/console.py [--events 1000000] [--repeat 5] [--postgres] [--no-sqlite]
+                               [--no-verify] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def load_postgres(url: str, n: int, key: bytes, start: datetime) -> None:
     """Create the schema, COPY ``n`` rows in, ANALYZE."""
     import psycopg
 
-    open_store(url).close()
+    store = open_store(url)
+    store.rows("SELECT 1")  # creates the schema (PostgreSQL stores make it on first use)
+    store.close()
     with psycopg.connect(url) as conn:
         with conn.cursor() as cur, cur.copy(
                 f"COPY audit_event ({', '.join(FIELD_NAMES)}) FROM STDIN") as copy:
@@ -120,7 +123,8 @@ def timed(client: httpx.Client, method: str, url: str, **kw: object) -> tuple[fl
     return (time.perf_counter() - t0) * 1000, answer.status_code
 
 
-def measure(settings: Settings, repeat: int, newest: str) -> list[tuple[str, float, float, int]]:
+def measure(settings: Settings, repeat: int, newest: str,
+            verify: bool = True) -> list[tuple[str, float, float, int]]:
     """(page, first ms, median ms of the repeats, status) for every page."""
     out: list[tuple[str, float, float, int]] = []
     with UvicornThread(create_console(settings)) as server, httpx.Client(
@@ -168,6 +172,8 @@ def measure(settings: Settings, repeat: int, newest: str) -> list[tuple[str, flo
         out.append(("subject report PDF", first,
                     statistics.median([timed(client, "GET", report.replace("?", "/report.pdf?"))[0]
                                        for _ in range(repeat)]), status))
+        if not verify:
+            return out
         first, status = timed(client, "GET", "/integrity")  # starts a verification
         out.append(("integrity page (starts a verification)", first, float("nan"), status))
         t0 = time.perf_counter()
@@ -191,6 +197,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--postgres", action="store_true", help="also on PostgreSQL")
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite run")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the integrity check (minutes per million events)")
     parser.add_argument("--keep", type=Path, help="folder to keep (and reuse) the SQLite store in")
     args = parser.parse_args()
     n = args.events
@@ -202,11 +211,13 @@ def main() -> None:
         start = datetime.now(UTC) - timedelta(days=30)
         newest = (start + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         db = base / "audit.db"
-        t0 = time.perf_counter()
-        if not db.exists():
-            load_sqlite(db, n, key, start)
-        loaded = time.perf_counter() - t0
-        report("SQLite", n, loaded, measure(settings, args.repeat, newest))
+        if not args.no_sqlite:
+            t0 = time.perf_counter()
+            if not db.exists():
+                load_sqlite(db, n, key, start)
+            loaded = time.perf_counter() - t0
+            report("SQLite", n, loaded,
+                   measure(settings, args.repeat, newest, not args.no_verify))
         if args.postgres:
             from bench._pg import fresh_database, pg_server
 
@@ -220,7 +231,8 @@ def main() -> None:
                 loaded = time.perf_counter() - t0
                 pg_settings = settings.model_copy(update={"audit": settings.audit.model_copy(
                     update={"store": url})})
-                report("PostgreSQL", n, loaded, measure(pg_settings, args.repeat, newest))
+                report("PostgreSQL", n, loaded,
+                       measure(pg_settings, args.repeat, newest, not args.no_verify))
 
 
 if __name__ == "__main__":
