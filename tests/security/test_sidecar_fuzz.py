@@ -31,7 +31,7 @@ SCHEMA = schemathesis.openapi.from_dict(openapi_document("/v1/check", version="0
 )
 ASKER = "svc:support"
 # The asker's token is made when cases are generated (at collection), before any fixture runs.
-_SECRET = secrets.token_bytes(32)
+_SECRET = secrets.token_hex(32).encode()  # no whitespace for the key file reader to strip
 _TOKEN = jwt.encode(claims(sub=ASKER, exp=int(time.time()) + 86400), _SECRET, "HS256")
 
 
