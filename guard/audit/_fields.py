@@ -8,6 +8,7 @@ format is defined on) and links it into the chain.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,17 +47,41 @@ def event_fields(event: AuditEvent) -> dict[str, Any]:
     return data
 
 
-def content(kind: EventKind, f: Mapping[str, Any], hmac_key: bytes, now: str) -> Row:
+class Pseudonyms:
+    """Subject pseudonyms (HMAC-SHA256, hex, as :func:`guard.audit.pseudonymise`), keyed once.
+
+    Args:
+        key: The subject HMAC key.
+    """
+
+    __slots__ = ("_base",)
+
+    def __init__(self, key: bytes) -> None:
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+
+    def __call__(self, subject_id: str) -> str:
+        mac = self._base.copy()
+        mac.update(subject_id.encode("utf-8"))
+        return mac.hexdigest()
+
+
+def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes, now: str,
+            event_id: str | None = None) -> Row:
     """The content columns of an event from its fields (``guard.audit._event.content_row``).
 
     A raw ``subject_id`` is replaced by its pseudonym; ``event_id`` and ``ts`` are
-    made here unless the fields carry them.
+    made here (or ``event_id`` given) unless the fields carry them.
     """
     raw = f.get("subject_id")
-    subject = pseudonymise(hmac_key, raw) if raw is not None else f.get("subject")
+    if raw is None:
+        subject = f.get("subject")
+    elif isinstance(pseudonym, Pseudonyms):
+        subject = pseudonym(raw)
+    else:
+        subject = pseudonymise(pseudonym, raw)
     allowed = f.get("allowed")
     return (
-        f.get("event_id") or new_event_id(),
+        f.get("event_id") or event_id or new_event_id(),
         kind.value,
         f.get("ts") or now,
         f.get("caller", ""),

@@ -32,3 +32,25 @@ def new_event_id() -> str:
     value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | random.getrandbits(62)
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_event_ids(count: int) -> list[str]:
+    """``count`` UUIDv7 strings in order, made under one lock (the journal writer's batch)."""
+    global _last_ms, _counter  # noqa: PLW0603 - process-wide monotonic state
+    now = time.time_ns() // 1_000_000
+    stamps: list[tuple[int, int]] = []
+    with _lock:
+        for _ in range(count):
+            if now > _last_ms:
+                _last_ms, _counter = now, random.getrandbits(10)
+            else:
+                _counter += 1
+                if _counter > 0xFFF:
+                    _last_ms, _counter = _last_ms + 1, 0
+            stamps.append((_last_ms, _counter))
+    bits = random.getrandbits
+    out = []
+    for ms, counter in stamps:
+        h = f"{(ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | bits(62):032x}"
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
 from guard.audit._event import GENESIS_HASH, ChainKey, EventKind
-from guard.audit._fields import Linker, checkpoint_record, content
-from guard.audit._ids import new_event_id
+from guard.audit._fields import Linker, Pseudonyms, checkpoint_record, content
+from guard.audit._ids import new_event_id, new_event_ids
 from guard.audit._journal import Journal
 from guard.audit._pipeline import utc_now
 from guard.audit._schema import Row
@@ -112,7 +112,7 @@ class JournalWriter:
         max_batch: int = 8192,
     ) -> None:
         self.journal = journal
-        self._hmac = hmac_key
+        self._pseudonyms = Pseudonyms(hmac_key)
         self._key = signing_key
         self.writer_id = f"{writer_id}/{new_event_id()}"
         self._linker = Linker(self.writer_id, chain_key)
@@ -298,9 +298,9 @@ class JournalWriter:
             sign(CheckpointKind.PERIODIC, seq, prev)
             unsigned = 0
         started: str | None = None  # the time of the first event of a stretch begun here
-        for item in items:
+        for item, event_id in zip(items, new_event_ids(len(items)), strict=True):
             try:
-                head = content(item.kind, item.fields, self._hmac, now)
+                head = content(item.kind, item.fields, self._pseudonyms, now, event_id)
             except Exception as exc:  # only this event is unrecordable
                 item.result = AuditUnavailableError(f"audit event cannot be recorded: {exc}")
                 continue

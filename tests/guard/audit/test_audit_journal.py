@@ -301,3 +301,15 @@ def test_adecide_decides_at_once_and_durable_waits_for_the_journal(
     os.close(good)
     guard.close()
     assert count(url, f"SELECT count(*) FROM audit_event WHERE event_id = '{decision_id}'") == 1
+
+
+def test_batch_ids_are_uuid7_in_order_and_unique() -> None:
+    import uuid
+
+    from guard.audit import new_event_id
+    from guard.audit._ids import new_event_ids
+
+    ids = [new_event_id(), *new_event_ids(5000), new_event_id()]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert {uuid.UUID(i).version for i in ids} == {7}
