@@ -1,9 +1,8 @@
 """HTTP overhead of GuardMiddleware: the example service with and without the guard.
 
-Four apps run under uvicorn (one worker each, separate processes) on loopback:
-plain, guarded with the audit writer thread (``audit.writer = "thread"``),
-guarded with the audit relay process (``audit.writer = "process"``) and guarded
-with the audit journal (``audit.writer = "journal"``). The load
+Three apps run under uvicorn (one worker each, separate processes) on loopback:
+plain, guarded with the group-commit audit writer thread (``audit.writer =
+"thread"``) and guarded with the audit journal (``audit.writer = "journal"``). The load
 comes from another process: ``wrk`` (Debian package) when installed, otherwise
 a bounded httpx loop. Every guarded request is a real decision with a durable
 SQLite audit event before the handler, and an outcome event queued for the
@@ -13,7 +12,7 @@ shared machine hits all alike.
 Two measurements per app and round:
   * throughput: ``--connections`` concurrent connections for ``--duration`` seconds,
     and the server's CPU time (all threads, from ``/proc``) per request, and its
-    audit relay's;
+    child processes';
   * latency: one connection, back to back (service time without queueing), p50/p99.
 Then, in this process, each step's wall and CPU time per request.
 
@@ -55,11 +54,11 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 PURPOSE = "relationship.management"
 CALLER = "svc:crm"
-KINDS = ("plain", "guarded", "relay", "journal")
+KINDS = ("plain", "guarded", "journal")
 GUARDED = KINDS[1:]
 LABELS = {"plain": "plain", "guarded": "guarded, audit writer thread",
-          "relay": "guarded, audit relay process", "journal": "guarded, audit journal"}
-WRITERS = {"relay": "process", "journal": "journal"}
+          "journal": "guarded, audit journal"}
+WRITERS = {"journal": "journal"}
 
 
 def free_port() -> int:
@@ -100,7 +99,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     cpu_us: float = 0.0  # server CPU (all threads, user + system) per request
-    relay_cpu_us: float = 0.0  # ... and its audit relay's, when it has one
+    child_cpu_us: float = 0.0  # ... and its child processes', if any
 
     @property
     def rps(self) -> float:
@@ -114,7 +113,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (the audit relay of a ``relay`` server)."""
+    """The child processes of ``pid`` (counted with the server's CPU)."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(c) for c in (task / "children").read_text().split()]
@@ -198,7 +197,7 @@ def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
         run = asyncio.run(_httpx_run(url, token, connections, seconds))
     if pid:
         run.cpu_us = (cpu_seconds(pid) - before) / max(1, run.requests) * 1e6
-        run.relay_cpu_us = (sum(cpu_seconds(k) for k in kids) - kids_before
+        run.child_cpu_us = (sum(cpu_seconds(k) for k in kids) - kids_before
                             ) / max(1, run.requests) * 1e6
     return run
 
@@ -257,7 +256,7 @@ def breakdown(workdir: Path, token: str, n: int = 2000) -> list[tuple[str, float
         folder.mkdir()
         settings = settings_for(folder, kind).model_copy(
             update={"identity": settings_for(workdir).identity})
-        where = {"relay": "relay", "journal": "journal"}.get(kind, "writer thread")
+        where = "journal" if kind == "journal" else "writer thread"
         with Guard.from_settings(settings) as guard:
             if kind == "guarded":
                 timed("engine decision", lambda: guard.holder.decide(request))
@@ -428,7 +427,7 @@ def main() -> None:
                 statistics.median(r.p99_ms for r in lat),
                 sum(r.errors for r in tput + lat),
                 statistics.median(r.cpu_us for r in tput),
-                statistics.median(r.relay_cpu_us for r in tput))
+                statistics.median(r.child_cpu_us for r in tput))
 
     rows = {kind: summary(kind) for kind in KINDS}
     plain = rows["plain"]
@@ -436,7 +435,7 @@ def main() -> None:
           f"{args.connections} connections x {args.duration:g}s for throughput, "
           f"1 connection x {args.latency_duration:g}s for latency (medians of rounds)")
     print(f"{'app':<30} {'req/s':>8} {'of plain':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'p50 c=1':>8} {'p99 c=1':>8} {'errors':>7} {'CPU us/req':>11} {'relay CPU':>10}")
+          f"{'p50 c=1':>8} {'p99 c=1':>8} {'errors':>7} {'CPU us/req':>11} {'child CPU':>10}")
     for kind in KINDS:
         row = rows[kind]
         print(f"{LABELS[kind]:<30} {row[0]:>8.0f} {row[0] / plain[0]:>9.1%} {row[1]:>7.2f} "
@@ -456,7 +455,7 @@ def main() -> None:
               f"outcomes for {requests} requests (warm-up included in the store)")
     if steps:
         print("in-process cost per request, microseconds (CPU: this process only, "
-              "not the relay's):")
+              "not the server's):")
         print(f"  {'step':<66} {'wall':>8} {'CPU':>8}")
         for label, wall, cpu in steps:
             print(f"  {label:<66} {wall:>8.1f} {cpu:>8.1f}")

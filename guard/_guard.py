@@ -17,7 +17,6 @@ from guard.audit import (
     AuditPipeline,
     AuditTrail,
     EventKind,
-    RelayTrail,
     Trail,
     load_hmac_key,
     open_trail,
@@ -180,12 +179,12 @@ class Guard:
             span.set_attributes(decision_attributes(refused))
         return refused
 
-    # -- recording: built here for a trail in this process, by the relay for a relay ---------
+    # -- recording: fields to the journal's writer, built events to the group-commit writer ----
 
     def _record(self, kind: EventKind, fields: dict[str, Any]) -> str:
         """Record the event ``fields`` describe; its id once durable."""
         trail = self.trail
-        if isinstance(trail, RelayTrail | JournalTrail):
+        if isinstance(trail, JournalTrail):
             return trail.record_fields(kind, fields)
         event = self._pipeline.event(kind, **fields)
         trail.record(event)
@@ -193,7 +192,7 @@ class Guard:
 
     async def _arecord(self, kind: EventKind, fields: dict[str, Any]) -> str:
         trail = self.trail
-        if isinstance(trail, RelayTrail | JournalTrail):
+        if isinstance(trail, JournalTrail):
             return await trail.arecord_fields(kind, fields)
         event = self._pipeline.event(kind, **fields)
         await trail.arecord(event)
@@ -201,7 +200,7 @@ class Guard:
 
     def _post(self, kind: EventKind, fields: dict[str, Any]) -> None:
         trail = self.trail
-        if isinstance(trail, RelayTrail | JournalTrail):
+        if isinstance(trail, JournalTrail):
             trail.post_fields(kind, fields)
         else:
             trail.post(self._pipeline.event(kind, **fields))

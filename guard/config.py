@@ -58,11 +58,10 @@ class AuditSettings(BaseModel):
     """Append-only file (on another volume) that also receives every signed checkpoint."""
     writer_id: str | None = None
     otlp_endpoint: str | None = None
-    writer: Literal["thread", "process", "journal"] = "thread"
-    """Where events are hashed and written: a thread of this process, or a relay
-    process it starts (the service's interpreter then only hands events over), or
-    ``journal``: appended to the journal by one writer thread and indexed into the
-    store behind it."""
+    writer: Literal["thread", "journal"] = "thread"
+    """How events are made durable: ``thread``, committed to the store by a group-commit
+    writer thread; ``journal``, appended to the journal by one writer thread (one
+    fdatasync per batch) and indexed into the store behind it."""
     journal: Path | None = None
     """The journal folder (``audit.writer = "journal"``), one lane per process under it;
     None: ``<file>.journal`` beside an SQLite store, ``.guard/audit-journal`` otherwise."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
 from guard.audit._event import GENESIS_HASH, AuditEvent, EventKind, canonical_json, compute_hash
 from guard.audit._ids import new_event_id
+from guard.audit._jtrail import JournalTrail
 from guard.audit._keys import (
     derive_chain_key,
     load_hmac_key,
@@ -24,7 +25,6 @@ from guard.audit._query import (
     query_events,
     stats,
 )
-from guard.audit._relay import RelayTrail
 from guard.audit._report import SubjectReport, subject_report
 from guard.audit._store import AuditStoreError, Store, open_store
 from guard.audit._trail import AuditTrail, Trail, open_trail
@@ -43,9 +43,9 @@ __all__ = [
     "Count",
     "EventFilter",
     "EventKind",
+    "JournalTrail",
     "Problem",
     "QueryRow",
-    "RelayTrail",
     "Stats",
     "Store",
     "SubjectReport",

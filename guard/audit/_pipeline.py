@@ -109,7 +109,7 @@ class AuditPipeline:
     """
 
     def __init__(self, hmac_key: bytes, *, trace_context: bool = True) -> None:
-        # Without trace_context the fields carry the trace ids themselves (the relay).
+        # Without trace_context the fields carry the trace ids themselves.
         traced: tuple[Processor, ...] = (TraceContext(),) if trace_context else ()
         self.processors: tuple[Processor, ...] = (
             stamp, *traced, Pseudonymise(hmac_key), build_event)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 class Trail(Protocol):
-    """What the guard records through: :class:`AuditTrail` or a relay process's client."""
+    """What the guard records through: :class:`AuditTrail` or :class:`JournalTrail`."""
 
     def record(self, event: AuditEvent) -> None: ...
 
@@ -43,11 +43,7 @@ class Trail(Protocol):
 
 
 def open_trail(settings: AuditSettings) -> Trail:
-    """The trail ``settings.writer`` asks for: in this process, or in a relay process."""
-    if settings.writer == "process":
-        from guard.audit._relay import RelayTrail
-
-        return RelayTrail(settings)
+    """The trail ``settings.writer`` asks for: the group-commit writer, or the journal."""
     if settings.writer == "journal":
         from guard.audit._jtrail import JournalTrail
 

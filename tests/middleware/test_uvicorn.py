@@ -58,7 +58,7 @@ MIX = [
 ]
 
 
-@pytest.mark.parametrize("writer", ["thread", "process", "journal"])
+@pytest.mark.parametrize("writer", ["thread", "journal"])
 async def test_parallel_mixed_callers_one_event_each(
     keys: Keys, tmp_path: Path, writer: str
 ) -> None:

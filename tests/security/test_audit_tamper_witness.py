@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit import RelayTrail
+from guard.audit import JournalTrail
 from guard.config import AuditSettings
 from tests.guard.audit.conftest import pg_url, store_url
 from tests.security.audit_tamper_kit import (
@@ -88,16 +88,16 @@ def test_a_forged_witness_line_is_refused(audit_keys: AuditKeys, tmp_path: Path)
     assert [p.kind for p in report.problems] == ["bad_checkpoint"]
 
 
-def test_the_relay_process_signs_checkpoints_and_feeds_the_witness(
+def test_the_journal_writer_signs_checkpoints_and_feeds_the_witness(
     audit_keys: AuditKeys, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     witness = tmp_path / "witness.jsonl"
     settings = AuditSettings(store=url, hmac_key=audit_keys.hmac, signing_key=audit_keys.signing,
-                             writer="process", checkpoint_every=5, witness=witness)
-    trail = RelayTrail(settings)
+                             writer="journal", checkpoint_every=5, witness=witness)
+    trail = JournalTrail.open(settings)
     for i in range(12):
-        trail.record(event(f"relay-{i}"))
+        trail.record(event(f"journal-{i}"))
     trail.close()
     kinds = [(json.loads(line)["kind"], json.loads(line)["seq"])
              for line in witness.read_text().splitlines()]
