@@ -18,6 +18,7 @@ from typing import Protocol
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._fields import decode
+from guard.audit._health import FailureLog
 from guard.audit._journal import Journal, JournalReader
 from guard.audit._schema import Row
 
@@ -56,6 +57,7 @@ class Indexer:
         self._cond = threading.Condition()
         self._pending: tuple[list[Row], list[Checkpoint], int] | None = None
         self._closed = False
+        self._failures = FailureLog(f"audit index of {journal.folder}")
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-indexer", daemon=True)
         self._thread.start()
@@ -101,10 +103,8 @@ class Indexer:
             try:
                 self._step()
             except Exception as exc:  # the store refused: keep the batch, try again
-                if self.last_error is None:
-                    _log.error("audit index %s is behind the journal: %s",
-                               self.journal.folder, exc)
                 self.last_error = str(exc)
+                self._failures.failed(str(exc))
                 with self._cond:
                     self._cond.wait(self._retry)
 
@@ -126,7 +126,7 @@ class Indexer:
         except AuditUnavailableError:
             raise
         if self.last_error is not None:
-            _log.warning("audit index %s caught up with the journal again", self.journal.folder)
+            self._failures.succeeded()
             self.last_error = None
         with self._cond:
             self._pending = None

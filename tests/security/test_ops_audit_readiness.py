@@ -2,8 +2,9 @@
 
 Reproduces the review's finding (a read-only audit store: ``/readyz`` 200, every
 request denied ``audit_unavailable``, nothing logged) with a real immutable
-SQLite file (``chattr +i``) and a real PostgreSQL role that loses INSERT, for
-both audit writer modes (a thread, or a relay process).
+SQLite file (``chattr +i``) and a real PostgreSQL role that loses INSERT, with
+the group-commit writer (with the journal a refusing store only delays the index:
+``tests/guard/audit/test_audit_journal.py`` covers its readiness).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from opskit import SidecarProcess, chattr_unsupported
 from guard.audit import AuditTrail, EventKind, load_signing_key, open_store
 from guard.audit._health import DiskReserve, FailureLog
 
-WRITERS = ["thread", "process"]
+WRITERS = ["thread"]
 
 
 @pytest.fixture

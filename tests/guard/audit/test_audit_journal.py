@@ -313,3 +313,53 @@ def test_batch_ids_are_uuid7_in_order_and_unique() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert {uuid.UUID(i).version for i in ids} == {7}
+
+
+def test_an_idle_journal_proves_readiness_with_one_heartbeat(keys: Keys, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    trail = make(url, keys, tmp_path / "j", probe_interval=3600)
+    for _ in range(100):
+        assert trail.ready() == (True, "audit journal writable")
+    trail.close()
+    assert count(url, "SELECT count(*) FROM audit_event WHERE kind = 'heartbeat'") == 1
+
+
+def test_a_journal_below_its_reserve_refuses_events_and_is_not_ready(
+    keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="guard.audit")
+    trail = make(f"sqlite:///{tmp_path / 'audit.db'}", keys, tmp_path / "j",
+                 reserve_bytes=1 << 62)  # more than any disk has free
+    for _ in range(5):
+        with pytest.raises(AuditUnavailableError, match="below the reserve"):
+            trail.record_fields(EventKind.DECISION, FIELDS)
+    ok, why = trail.ready()
+    assert not ok
+    assert "below the reserve" in why
+    trail.close()
+    failed = [r for r in caplog.records if "failed: " in r.getMessage()]
+    assert len(failed) == 1  # the cause once, not once per event
+
+
+def test_a_journal_disk_that_refuses_is_not_ready_until_it_takes_writes_again(
+    keys: Keys, tmp_path: Path
+) -> None:
+    trail = make(f"sqlite:///{tmp_path / 'audit.db'}", keys, tmp_path / "j", probe_interval=0.01)
+    assert trail.ready()[0]
+    full = os.open("/dev/full", os.O_WRONLY)
+    good = os.dup(trail.journal._fd)
+    os.dup2(full, trail.journal._fd)
+    import time
+
+    time.sleep(1.1)  # past the probe interval and the re-probe pause
+    ok, why = trail.ready()
+    assert not ok
+    assert "No space left" in why
+    os.dup2(good, trail.journal._fd)
+    os.close(full)
+    os.close(good)
+    time.sleep(1.1)
+    assert trail.ready() == (True, "audit journal writable")
+    trail.close()
