@@ -51,7 +51,7 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-@pytest.mark.parametrize("writer", ["thread", "process", "journal"])
+@pytest.mark.parametrize("writer", ["thread", "journal"])
 def test_below_the_reserve_requests_are_refused_readyz_says_so_and_it_resumes(
     tmp_path: Path, small_disk: Path, keys: Any, writer: str
 ) -> None:

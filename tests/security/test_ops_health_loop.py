@@ -41,7 +41,7 @@ def _readyz(url: str) -> httpx.Response:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("writer", ["thread", "process"])
+@pytest.mark.parametrize("writer", ["thread"])
 def test_healthz_answers_while_readyz_waits_on_a_hung_then_stopped_database(
     tmp_path: Path, keys: Any, writer: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
