@@ -22,7 +22,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from guard._errors import GuardError
 from guard.config import Settings, load_settings
 from guard.policy import resolve_policy_dir
-from middleware import GuardMiddleware, RouteTable, guarded, public
+from middleware import Category, GuardMiddleware, RouteTable, guarded, public
 from middleware.identity import Authenticator
 
 __all__ = ["DEMOS", "Demo", "create_app", "customers", "main"]
@@ -68,6 +68,30 @@ class ContactUpdate(BaseModel):
     delivery_address: str | None = None
 
 
+class ContactDetails(BaseModel):
+    """A customer's contact details, one category per field."""
+
+    email: Annotated[str, Category("contact.email")]
+    phone: Annotated[str, Category("contact.phone")]
+    billing_address: Annotated[str, Category("contact.billing_address")]
+    delivery_address: Annotated[str, Category("contact.delivery_address")]
+
+
+class CustomerRecord(BaseModel):
+    """``GET /customers/{id}/record``: each caller gets the fields it may see (minimised)."""
+
+    customer_id: str
+    name: Annotated[str, Category("identity.name")]
+    date_of_birth: Annotated[str, Category("identity.date_of_birth")]
+    contact: ContactDetails
+    payment_card: Annotated[str | None, Category("financial.payment_card", mask=None)]
+    interests: Annotated[list[str], Category("profile.interests")]
+    communication_preferences: Annotated[
+        list[str], Category("marketing.communication_preferences")]
+    pages_visited: Annotated[list[str], Category("usage.website")]
+    device: Annotated[str, Category("technical.device")]
+
+
 def _routes(app: FastAPI, data: dict[str, dict[str, Any]]) -> None:
     def record(customer_id: str) -> dict[str, Any]:
         found = data.get(customer_id)
@@ -102,6 +126,20 @@ def _routes(app: FastAPI, data: dict[str, dict[str, Any]]) -> None:
         rec = record(customer_id)
         return {"customer_id": customer_id, "identity": rec["identity"],
                 "contact": rec["contact"]}
+
+    @app.get("/customers/{customer_id}/record", response_model=CustomerRecord)
+    @guarded(subject=SUBJECT, mode="minimise")  # categories: from CustomerRecord's fields
+    async def full_record(customer_id: str) -> dict[str, Any]:
+        rec = record(customer_id)
+        return {"customer_id": customer_id, "name": rec["identity"]["name"],
+                "date_of_birth": rec["identity"]["date_of_birth"],
+                "contact": {**rec["contact"],
+                            "billing_address": rec["contact"]["delivery_address"]},
+                "payment_card": rec["financial"]["payment_card"],
+                "interests": rec["profile"]["interests"],
+                "communication_preferences": rec["marketing"]["communication_preferences"],
+                "pages_visited": ["/garden", "/bikes"][:1 + len(customer_id) % 2],
+                "device": rec["technical"]["device"]}
 
     @app.get("/customers/{customer_id}/contact")
     @guarded(categories=["contact"], subject=SUBJECT)
@@ -231,6 +269,13 @@ class Demo:
 DEMOS: tuple[Demo, ...] = (
     Demo("allowed: CRM reads a customer for relationship management", "GET",
          "/customers/c-0001", "svc:crm", "relationship.management", "allowed"),
+    Demo("minimised: CRM gets identity, contact, profile and marketing fields; no card, "
+         "pages or device", "GET", "/customers/c-0001/record", "svc:crm", "relationship.management",
+         "allowed"),
+    Demo("minimised: marketing also gets the pages visited (usage); no card or device",
+         "GET", "/customers/c-0001/record", "svc:marketing", "marketing.advertising", "allowed"),
+    Demo("minimised: the payment processor gets name, billing address and card only", "GET",
+         "/customers/c-0001/record", "proc:payments", "order.processing.payments", "allowed"),
     Demo("allowed: CRM updates contact details (write)", "PUT", "/customers/c-0001/contact",
          "svc:crm", "relationship.management", "allowed", body='{"phone": "+44 20 7946 0000"}'),
     Demo("allowed: analytics reads aggregated stats", "GET", "/customers/stats",

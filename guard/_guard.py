@@ -25,6 +25,7 @@ from guard.audit._jtrail import JournalTrail
 from guard.audit._otel import decision_attributes
 from guard.audit._otel import tracer as default_tracer
 from guard.audit._pipeline import decision_fields, outcome_fields, policy_fields
+from guard.engine import CategoryDecision, decide_categories
 
 if TYPE_CHECKING:
     from guard.config import Settings
@@ -64,6 +65,8 @@ class Checked:
 
     decision: Decision
     decision_id: str
+    categories: CategoryDecision | None = None
+    """The per-category judgement, for a request judged with :meth:`Guard.acheck_categories`."""
 
 
 class Guard:
@@ -231,6 +234,38 @@ class Guard:
                 return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
             try:
                 return Checked(decision, await self._arecord(EventKind.DECISION, fields))
+            except Exception:
+                return Checked(self._unrecorded(request, decision, span), "")
+
+    async def acheck_categories(
+        self, request: Request, http: HttpContext | None = None
+    ) -> Checked:
+        """Decide category by category and durably record it (a minimising route).
+
+        The decision allows when a personal category is released; its audit event's
+        ``detail`` lists the categories released and withheld, with the reason for each
+        (``{"released":[...],"withheld":{"financial":"category_not_in_purpose"}}``).
+        ``Checked.categories`` carries the judgement. Never raises for a request.
+        """
+        with self._decision_span() as span:
+            try:
+                start = time.perf_counter_ns()
+                try:
+                    judged = decide_categories(self.holder.current, request, self.register)
+                except Exception:  # fail closed: nothing is released
+                    judged = CategoryDecision(
+                        denial(Reason.INTERNAL_ERROR, request, self._version()), (),
+                        tuple((c, Reason.INTERNAL_ERROR) for c in request.categories))
+                latency_us = (time.perf_counter_ns() - start) // 1000
+                decision = judged.decision
+                if span.is_recording():
+                    span.set_attributes(decision_attributes(decision))
+                fields = decision_fields(request, decision, http, latency_us)
+                fields["detail"] = judged.detail()
+            except Exception:
+                return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
+            try:
+                return Checked(decision, await self._arecord(EventKind.DECISION, fields), judged)
             except Exception:
                 return Checked(self._unrecorded(request, decision, span), "")
 

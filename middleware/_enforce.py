@@ -28,6 +28,7 @@ from middleware._bounds import (
     subject_ok,
 )
 from middleware._router import Resolved
+from middleware.fields import FieldPlan
 from middleware.identity import Authenticator, Caller, IdentityError
 from middleware.problem import problem_response
 from middleware.routes import RouteRule, RouteTable
@@ -71,6 +72,8 @@ class Outcome:
         caller: The proven caller, when there is one.
         route: The matched route template (``<undeclared>`` when none matched).
         endpoint: The endpoint judged, when the app's router was asked (middleware).
+        released: A minimising route's released categories (None: not minimised).
+        fields: A minimising route's field plan, applied to its response body.
     """
 
     status: int
@@ -79,6 +82,8 @@ class Outcome:
     caller: Caller | None
     route: str | None = None
     endpoint: object | None = None
+    released: frozenset[str] | None = None
+    fields: FieldPlan | None = None
 
     @property
     def allowed(self) -> bool:
@@ -187,8 +192,14 @@ async def enforce(
     if purpose and not caller.may_declare(purpose):
         return await _refuse(guard, 403, Reason.PURPOSE_NOT_GRANTED, request, http,
                              caller=caller, detail="token_purposes", endpoint=endpoint)
+    # A guard without per-category decisions judges a minimising route whole (deny mode).
+    per_category: Any = getattr(guard, "acheck_categories", None)
+    minimise = rule.mode == "minimise" and rule.fields is not None and per_category is not None
     try:
-        checked = await guard.acheck(request, http)
+        if minimise:
+            checked = await per_category(request, http)
+        else:
+            checked = await guard.acheck(request, http)
     except Exception:
         _log.exception("the guard could not judge %s %s", method, http.route)
         decision = denial(Reason.INTERNAL_ERROR, request)
@@ -200,6 +211,10 @@ async def enforce(
     if decision.reason is Reason.AUDIT_UNAVAILABLE:
         decision_id = None
     _annotate_span(decision, decision_id)
+    judged = getattr(checked, "categories", None) if minimise else None
+    if judged is not None and decision.allowed:
+        return Outcome(200, decision, decision_id, caller, http.route,
+                       endpoint, frozenset(judged.released), rule.fields)
     return Outcome(200 if decision.allowed else 403, decision, decision_id, caller, http.route,
                    endpoint)
 

@@ -24,6 +24,7 @@ from starlette.types import Scope
 
 from guard._errors import PolicyError
 from guard._types import Action
+from middleware.fields import route_fields
 from middleware.routes import DECLARATION_ATTR, Declaration, RouteRule, RouteTable
 
 __all__ = ["AppRoutes", "Resolved", "find_router"]
@@ -185,10 +186,12 @@ class AppRoutes:
                 raise PolicyError(f"guarded(): subject {declaration.subject!r} is not a "
                                   f"parameter of {template}")
             methods = getattr(route, "methods", None) or ["*"]
+            cats, plan = (declaration.categories, None) if declaration.public else route_fields(
+                declaration.categories, declaration.mode, route, template)
             for method in methods:
                 rules[method.upper()] = RouteRule(
-                    method.upper(), template, declaration.categories, declaration.action,
-                    declaration.subject, declaration.public)
+                    method.upper(), template, cats, declaration.action,
+                    declaration.subject, declaration.public, declaration.mode, plan)
         return _Leaf(route, endpoint, template, rules)
 
 

@@ -23,11 +23,13 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from guard._errors import PolicyError
 from guard._guard import Guard
 from guard._types import Action, HttpContext, Reason, denial
 from guard.config import Settings, load_settings
 from middleware._bounds import method_ok
 from middleware._enforce import GuardLike, Outcome, enforce, route_label
+from middleware._minimise import DEFAULT_MAX_BODY, Minimiser
 from middleware._router import AppRoutes, Resolved, find_router
 from middleware.identity import Authenticator
 from middleware.problem import problem_response
@@ -68,6 +70,8 @@ class GuardMiddleware:
         await_outcome: Wait until the outcome event is durable before the request
             completes. By default it is queued for the next group commit: a crash
             in that window can lose an outcome, never a decision.
+        max_minimised_body: The largest response body of a ``minimise`` route, in
+            bytes (it is buffered and filtered); a larger one is refused.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class GuardMiddleware:
         public_paths: Sequence[str] = ("/healthz", "/readyz"),
         purpose_header: str | None = None,
         await_outcome: bool = False,
+        max_minimised_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.app = app
         settings = settings if settings is not None else load_settings()
@@ -105,6 +110,7 @@ class GuardMiddleware:
             for h in (self.purpose_header, *self.auth.header_names)
         )
         self.await_outcome = await_outcome
+        self.max_minimised_body = max_minimised_body
         self.public_requests: Counter[str] = Counter()
         """Requests to public routes, by route template (they make no audit event)."""
 
@@ -120,12 +126,16 @@ class GuardMiddleware:
         The walk of the app's routes and declarations is made once, at first use.
         """
         if not self._resolved:
-            router = find_router(self.app)
-            if router is not None:
-                self._app_routes = AppRoutes(router, self._table, self._public_paths)
-            self._resolved = True
+            self._walk_app()
         app_routes = self._app_routes
         return app_routes.resolve(scope) if app_routes is not None else None
+
+    def _walk_app(self) -> None:
+        """Read the app's routes and declarations (raises PolicyError for a bad one)."""
+        router = find_router(self.app)
+        if router is not None:
+            self._app_routes = AppRoutes(router, self._table, self._public_paths)
+        self._resolved = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -173,9 +183,30 @@ class GuardMiddleware:
         await self._run(scope, receive, send, outcome, method)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the lifespan through; close the guard this middleware opened, at the end."""
+        """Pass the lifespan through; close the guard this middleware opened, at the end.
+
+        Once the app has started, its ``guarded()`` declarations are resolved, so a
+        declaration that disagrees with its response model stops the start-up.
+        """
+
+        failed: list[PolicyError] = []
+
+        async def started(message: Message) -> None:
+            if failed:  # the framework's own report of the failure: already sent
+                return
+            if message["type"] == "lifespan.startup.complete" and not self._resolved:
+                try:
+                    self._walk_app()
+                except PolicyError as exc:
+                    failed.append(exc)
+                    _log.error("route declarations: %s", exc)
+                    await send({"type": "lifespan.startup.failed",
+                                "message": f"route declarations: {exc}"})
+                    raise
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, started)
         finally:
             if self._owned is not None:
                 self._owned.close()
@@ -215,8 +246,13 @@ class GuardMiddleware:
                 status.append(403)
             await send(message)
 
+        inner: Send = watch
+        if outcome.fields is not None and outcome.released is not None and "method" in scope:
+            inner = Minimiser(watch, scope, receive, outcome.fields, outcome.released,
+                              limit=self.max_minimised_body, decision_id=decision_id,
+                              purpose=outcome.decision.purpose if outcome.decision else None)
         try:
-            await self.app(scope, receive, watch)
+            await self.app(scope, receive, inner)
         finally:
             if decision_id is not None:
                 aborted = bool(status) and not finished and scope["type"] == "http"

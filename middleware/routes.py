@@ -35,6 +35,7 @@ from starlette.routing import compile_path
 from guard._errors import PolicyError
 from guard._types import Action
 from guard.policy._source import field_columns
+from middleware.fields import FieldPlan, route_fields
 
 __all__ = [
     "DECLARATION_ATTR",
@@ -68,6 +69,9 @@ class RouteRule:
         action: ``read`` or ``write``.
         subject: The path parameter naming the data subject, if any.
         public: True for a route that needs no decision (still counted).
+        mode: ``deny`` (every category must be allowed) or ``minimise`` (the
+            response keeps the fields of the categories allowed).
+        fields: Which response fields carry which category (a minimise route).
     """
 
     method: str
@@ -76,6 +80,8 @@ class RouteRule:
     action: Action
     subject: str | None
     public: bool
+    mode: str = "deny"
+    fields: FieldPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +100,17 @@ class Declaration:
     action: Action
     subject: str | None
     public: bool
+    mode: str = "deny"
+
+
+MODES = ("deny", "minimise")
 
 
 def guarded(
-    categories: Sequence[str],
+    categories: Sequence[str] | None = None,
     action: Action | str = Action.READ,
     subject: str | None = None,
+    mode: str = "deny",
 ) -> Callable[[F], F]:
     """Declare what an endpoint touches; the middleware reads it before the handler runs.
 
@@ -110,12 +121,17 @@ def guarded(
         async def customer(customer_id: str) -> dict[str, str]: ...
 
     Args:
-        categories: Data categories the endpoint reads or writes (at least one).
+        categories: Data categories the endpoint reads or writes (at least one);
+            None: those its ``response_model``'s fields carry (``middleware.Category``).
         action: ``read`` or ``write``.
         subject: Path parameter that names the data subject.
+        mode: ``deny`` (every category must be allowed) or ``minimise`` (decided per
+            category; fields of a withheld category are removed from the response).
     """
-    cats = tuple(categories)
-    if not cats or isinstance(categories, str):
+    if mode not in MODES:
+        raise PolicyError(f"guarded(): mode must be deny or minimise, not {mode!r}")
+    cats = () if categories is None else tuple(categories)
+    if categories is not None and (not cats or isinstance(categories, str)):
         raise PolicyError("guarded() needs a list of one or more categories")
     for cat in cats:
         if not _KEY.match(cat):
@@ -124,7 +140,7 @@ def guarded(
         act = Action(action)
     except ValueError:
         raise PolicyError(f"guarded(): action must be read or write, not {action!r}") from None
-    return _declare(Declaration(cats, act, subject, public=False))
+    return _declare(Declaration(cats, act, subject, public=False, mode=mode))
 
 
 def public() -> Callable[[F], F]:
@@ -367,8 +383,11 @@ def _walk(routes: Iterable[Any], prefix: str) -> Iterable[RouteRule]:
                     f"guarded(): subject {declaration.subject!r} is not a parameter of "
                     f"{prefix + path}"
                 )
+            cats, plan = (declaration.categories, None) if declaration.public else route_fields(
+                declaration.categories, declaration.mode, route, prefix + path)
             for method in methods:
-                yield RouteRule(method.upper(), prefix + path, declaration.categories,
-                                declaration.action, declaration.subject, declaration.public)
+                yield RouteRule(method.upper(), prefix + path, cats,
+                                declaration.action, declaration.subject, declaration.public,
+                                declaration.mode, plan)
         elif children:
             yield from _walk(children, prefix + path.rstrip("/"))

@@ -1,0 +1,331 @@
+"""Data categories declared on response models, and responses minimised to what is released.
+
+A field of a Pydantic model or a dataclass names its data category with
+:class:`Category` in ``Annotated``::
+
+    class Contact(BaseModel):
+        email: Annotated[str, Category("contact.email")]
+        phone: Annotated[str, Category("contact.phone", mask="withheld")]
+
+    class Customer(BaseModel):
+        customer_id: str                      # no category: not personal data, always sent
+        contact: Contact                      # nested models and lists are followed
+        cards: Annotated[list[Card], Category("financial.payment_card")]
+
+:func:`plan_for` turns a model into a :class:`FieldPlan`: the categories its
+fields carry and, for a JSON body of that model, which keys to remove or mask
+when a category is withheld (:meth:`FieldPlan.minimise`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union, get_args, get_origin
+
+from guard._errors import PolicyError
+
+__all__ = ["REMOVE", "Category", "FieldPlan", "FieldRule", "categories_of", "plan_for"]
+
+_KEY = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+
+
+class _Remove:
+    """The default treatment of a withheld field: the key is left out."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "REMOVE"
+
+
+REMOVE: Any = _Remove()
+"""``Category(..., mask=REMOVE)`` (the default): a withheld field's key is removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    """The data category of a response field (use in ``Annotated``).
+
+    Args:
+        key: A category key of the policy, e.g. ``contact.email``.
+        mask: What a withheld field becomes: :data:`REMOVE` (the default: the key
+            is left out) or a JSON value that replaces its value (``"***"``, ``None``).
+    """
+
+    key: str
+    mask: Any = REMOVE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not _KEY.match(self.key):
+            raise PolicyError(f"Category(): {self.key!r} is not a category key "
+                              "(hint: e.g. contact.email)")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """One JSON key of an object: its category (if any) and the plan of its value."""
+
+    name: str
+    category: Category | None
+    inner: FieldPlan | None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPlan:
+    """Which keys of a JSON object (and of the objects inside it) carry which category.
+
+    A plan applies to an object, or to each item of a list of objects.
+    """
+
+    rules: tuple[FieldRule, ...]
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Every category the plan names, in field order, once each."""
+        found: dict[str, None] = {}
+        self._collect(found)
+        return tuple(found)
+
+    def _collect(self, found: dict[str, None]) -> None:
+        for rule in self.rules:
+            if rule.category is not None:
+                found.setdefault(rule.category.key, None)
+            if rule.inner is not None:
+                rule.inner._collect(found)
+
+    def paths(self) -> dict[str, str]:
+        """``{JSON path: category}`` for every categorised field (``a.b``, ``items[].c``)."""
+        out: dict[str, str] = {}
+        self._paths("", out)
+        return out
+
+    def _paths(self, prefix: str, out: dict[str, str]) -> None:
+        for rule in self.rules:
+            path = f"{prefix}{rule.name}"
+            if rule.category is not None:
+                out[path] = rule.category.key
+            if rule.inner is not None:
+                rule.inner._paths(path + ".", out)
+
+    def minimise(self, body: Any, released: frozenset[str] | set[str]) -> Any:
+        """``body`` with every field of a category not in ``released`` removed or masked.
+
+        Objects are copied where they change; ``body`` itself is never modified.
+        Lists are followed item by item; values the plan does not describe pass.
+
+        Args:
+            body: A decoded JSON value (dicts, lists, scalars).
+            released: The categories the caller may receive.
+        """
+        if isinstance(body, list):
+            return [self.minimise(item, released) for item in body]
+        if not isinstance(body, dict):
+            return body
+        out: dict[str, Any] | None = None
+        for rule in self.rules:
+            name = rule.name
+            if name not in body:
+                continue
+            category = rule.category
+            if category is not None and category.key not in released:
+                if out is None:
+                    out = dict(body)
+                if category.mask is REMOVE:
+                    del out[name]
+                else:
+                    out[name] = category.mask
+                continue
+            inner = rule.inner
+            if inner is not None:
+                value = body[name]
+                new = inner.minimise(value, released)
+                if new is not value:
+                    if out is None:
+                        out = dict(body)
+                    out[name] = new
+        return body if out is None else out
+
+    @classmethod
+    def from_paths(cls, paths: Mapping[str, Category | str]) -> FieldPlan:
+        """A plan from ``{JSON path: category}``: ``contact.email``, ``cards[].number``.
+
+        A path's segments are object keys; ``[]`` after a key means "each item of
+        the list there" (it may be left out: lists are followed anyway).
+
+        Raises:
+            PolicyError: A path is malformed, or names a field under a categorised one.
+        """
+        tree: dict[str, Any] = {}
+        for path, category in paths.items():
+            cat = category if isinstance(category, Category) else Category(category)
+            parts = [p.removesuffix("[]") for p in path.split(".")]
+            if not all(parts) or any("[" in p or "]" in p for p in parts):
+                raise PolicyError(f"field path {path!r} is malformed "
+                                  "(hint: keys separated by dots, e.g. cards[].number)")
+            node = tree
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise PolicyError(f"field path {path!r} is under a categorised field")
+            if parts[-1] in node:
+                raise PolicyError(f"field path {path!r} is given twice or has fields under it")
+            node[parts[-1]] = cat
+        return _plan_from_tree(tree)
+
+
+def _plan_from_tree(tree: Mapping[str, Any]) -> FieldPlan:
+    rules = []
+    for name, value in tree.items():
+        if isinstance(value, Category):
+            rules.append(FieldRule(name, value, None))
+        else:
+            rules.append(FieldRule(name, None, _plan_from_tree(value)))
+    return FieldPlan(tuple(rules))
+
+
+def plan_for(model: Any) -> FieldPlan | None:
+    """The field plan of a response model (Pydantic model, dataclass, or a list of them).
+
+    Returns None when no field of the model carries a :class:`Category`.
+
+    Args:
+        model: The type FastAPI serialises, e.g. ``Customer`` or ``list[Customer]``.
+    """
+    plan = _plan(model, {})
+    return plan if plan is not None and plan.rules else None
+
+
+def categories_of(model: Any) -> tuple[str, ...]:
+    """The categories the fields of ``model`` carry (empty when none does)."""
+    plan = plan_for(model)
+    return plan.categories if plan is not None else ()
+
+
+def _plan(tp: Any, seen: dict[Any, FieldPlan | None]) -> FieldPlan | None:
+    """The plan of a type (following Annotated, Optional/Union, lists, dict values)."""
+    tp = _strip(tp)[0]
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return _merge([_plan(arg, seen) for arg in get_args(tp) if arg is not type(None)])
+    if origin is not None:
+        args = get_args(tp)
+        if origin in (list, tuple, set, frozenset) or _is_sequence(origin):
+            return _merge([_plan(arg, seen) for arg in args if arg is not Ellipsis])
+        if origin is dict or _is_mapping(origin):
+            return None  # free-form keys: a categorised dict field is handled whole
+        return None
+    if not isinstance(tp, type):
+        return None
+    if tp in seen:
+        return seen[tp]
+    seen[tp] = None  # a self-referencing model: the inner reference is not followed
+    rules = [rule for rule in _fields(tp, seen) if rule.category is not None
+             or rule.inner is not None]
+    plan = FieldPlan(tuple(rules)) if rules else None
+    seen[tp] = plan
+    return plan
+
+
+def _fields(tp: type, seen: dict[Any, FieldPlan | None]) -> Iterable[FieldRule]:
+    model_fields = getattr(tp, "model_fields", None)
+    if isinstance(model_fields, dict):  # Pydantic v2
+        for name, info in model_fields.items():
+            category = _category(info.metadata)
+            alias = info.serialization_alias or info.alias or name
+            annotation = info.annotation
+            inner_cat = _strip(annotation)[1]
+            yield FieldRule(alias, category or inner_cat, _plan(annotation, seen))
+        return
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp, include_extras=True)
+        for f in dataclasses.fields(tp):
+            annotation = hints.get(f.name, f.type)
+            _, category = _strip(annotation)
+            yield FieldRule(f.name, category, _plan(annotation, seen))
+
+
+def _strip(tp: Any) -> tuple[Any, Category | None]:
+    """``Annotated[T, ...]`` -> ``(T, its Category)``; other types as they are."""
+    category: Category | None = None
+    while get_origin(tp) is typing.Annotated:
+        args = get_args(tp)
+        category = category or _category(args[1:])
+        tp = args[0]
+    return tp, category
+
+
+def _category(metadata: Sequence[Any]) -> Category | None:
+    found = [m for m in metadata if isinstance(m, Category)]
+    if len(found) > 1:
+        raise PolicyError(f"a field carries {len(found)} categories "
+                          f"({', '.join(c.key for c in found)}); give it one")
+    return found[0] if found else None
+
+
+def _merge(plans: list[FieldPlan | None]) -> FieldPlan | None:
+    """One plan for a value that may be any of several types (a union, a tuple)."""
+    rules: dict[str, FieldRule] = {}
+    for plan in plans:
+        if plan is None:
+            continue
+        for rule in plan.rules:
+            old = rules.get(rule.name)
+            if old is None:
+                rules[rule.name] = rule
+            elif old != rule:
+                category = old.category or rule.category
+                inner = _merge([old.inner, rule.inner])
+                if (old.category and rule.category and old.category != rule.category):
+                    raise PolicyError(f"field {rule.name!r} has two categories in a union "
+                                      f"({old.category.key}, {rule.category.key})")
+                rules[rule.name] = FieldRule(rule.name, category, inner)
+    return FieldPlan(tuple(rules.values())) if rules else None
+
+
+def _is_sequence(origin: Any) -> bool:
+    return isinstance(origin, type) and issubclass(origin, Sequence) and not issubclass(
+        origin, (str, bytes))
+
+
+def _is_mapping(origin: Any) -> bool:
+    return isinstance(origin, type) and issubclass(origin, Mapping)
+
+
+def route_fields(
+    declared: tuple[str, ...], mode: str, route: Any, template: str
+) -> tuple[tuple[str, ...], FieldPlan | None]:
+    """A guarded route's categories and field plan, from its declaration and response model.
+
+    Args:
+        declared: The categories given to ``guarded()`` (empty: from the model).
+        mode: ``deny`` or ``minimise``.
+        route: The framework's route (FastAPI's ``APIRoute`` has ``response_model``).
+        template: The route's path template, for messages.
+
+    Raises:
+        PolicyError: The declared categories disagree with the model's, neither
+            names any, or a minimise route's model carries none.
+    """
+    model = getattr(route, "response_model", None)
+    plan = plan_for(model) if model is not None else None
+    where = f"{template} ({getattr(getattr(route, 'endpoint', None), '__name__', 'route')})"
+    if plan is None:
+        if mode == "minimise":
+            raise PolicyError(f"guarded(mode='minimise') on {where}: the response model has "
+                              "no field with a Category (hint: Annotated[str, "
+                              "Category('contact.email')])")
+        if not declared:
+            raise PolicyError(f"guarded() on {where} names no categories and its response "
+                              "model carries none (hint: categories=[...] or Category fields)")
+        return declared, None
+    derived = plan.categories
+    if declared and set(declared) != set(derived):
+        raise PolicyError(f"guarded() on {where}: categories {', '.join(declared)} disagree "
+                          f"with the response model's {', '.join(derived)} (hint: leave "
+                          "categories out to use the model's)")
+    return (declared or derived), plan
