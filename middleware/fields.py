@@ -20,6 +20,7 @@ when a category is withheld (:meth:`FieldPlan.minimise`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import types
 import typing
@@ -64,6 +65,19 @@ class Category:
         if not isinstance(self.key, str) or not _KEY.match(self.key):
             raise PolicyError(f"Category(): {self.key!r} is not a category key "
                               "(hint: e.g. contact.email)")
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """The field's JSON schema (and OpenAPI) names its category and what withholding does."""
+        schema: dict[str, Any] = dict(handler(core_schema))
+        how = ("left out" if self.mask is REMOVE
+               else f"replaced by {json.dumps(self.mask)}")
+        note = (f"Data category {self.key}: {how} when the caller may not receive it "
+                "(a route in minimise mode).")
+        schema["x-data-category"] = self.key
+        schema["x-withheld"] = "removed" if self.mask is REMOVE else "masked"
+        schema["description"] = (f"{schema['description']} {note}" if schema.get("description")
+                                 else note)
+        return schema
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,3 +190,17 @@ def test_a_body_that_cannot_be_filtered_is_refused(
     assert got.json()["reason"] == "internal_error"
     assert b"name" not in got.content.replace(b'"name"', b"")
     assert got.headers.get_list("x-guard-decision-id") == [got.json()["decision_id"]]
+
+
+def test_openapi_names_each_fields_category_and_how_it_is_withheld() -> None:
+    schemas = create_app(enforce=False).openapi()["components"]["schemas"]
+    record = schemas["CustomerRecord"]["properties"]
+    assert record["payment_card"]["x-data-category"] == "financial.payment_card"
+    assert record["payment_card"]["x-withheld"] == "masked"
+    assert "replaced by null" in record["payment_card"]["description"]
+    assert "customer_id" in record
+    assert "x-data-category" not in record["customer_id"]
+    email = schemas["ContactDetails"]["properties"]["email"]
+    assert email["x-data-category"] == "contact.email"
+    assert email["x-withheld"] == "removed"
+    assert "left out" in email["description"]
