@@ -59,6 +59,10 @@ class Pending:
                                   self.decision.policy_version), "")
 
 
+_CATEGORY_CACHE = 4096
+"""Per-category judgements remembered by :meth:`Guard.acheck_categories` (then cleared)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Checked:
     """A decision and the id of its audit event (for the outcome that follows)."""
@@ -93,6 +97,7 @@ class Guard:
         self.holder = holder
         self.trail = trail
         self.register = register
+        self._category_cache: dict[tuple[object, ...], tuple[CategoryDecision, str]] = {}
         self._pipeline = AuditPipeline(hmac_key)
         self._tracer = tracer or default_tracer
 
@@ -251,23 +256,49 @@ class Guard:
             try:
                 start = time.perf_counter_ns()
                 try:
-                    judged = decide_categories(self.holder.current, request, self.register)
+                    judged, detail = self._judge_categories(request)
                 except Exception:  # fail closed: nothing is released
                     judged = CategoryDecision(
                         denial(Reason.INTERNAL_ERROR, request, self._version()), (),
                         tuple((c, Reason.INTERNAL_ERROR) for c in request.categories))
+                    detail = judged.detail()
                 latency_us = (time.perf_counter_ns() - start) // 1000
                 decision = judged.decision
                 if span.is_recording():
                     span.set_attributes(decision_attributes(decision))
                 fields = decision_fields(request, decision, http, latency_us)
-                fields["detail"] = judged.detail()
+                fields["detail"] = detail
             except Exception:
                 return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
             try:
                 return Checked(decision, await self._arecord(EventKind.DECISION, fields), judged)
             except Exception:
                 return Checked(self._unrecorded(request, decision, span), "")
+
+    def _judge_categories(self, request: Request) -> tuple[CategoryDecision, str]:
+        """``decide_categories`` and its audit detail, remembered while the register is silent.
+
+        Without a register entry for the subject the judgement depends only on the
+        policy (its version) and the request's caller, purpose, action, categories and
+        whether it names a subject, so repeated requests reuse it.
+        """
+        policy = self.holder.current
+        register = self.register
+        subject = request.subject
+        if subject is not None and register is not None and register.lookup(subject) is not None:
+            judged = decide_categories(policy, request, register)
+            return judged, judged.detail()
+        key = (policy.version, request.caller, request.purpose, request.action,
+               request.categories, subject is None)
+        cache = self._category_cache
+        hit = cache.get(key)
+        if hit is None:
+            judged = decide_categories(policy, request, None)
+            hit = (judged, judged.detail())
+            if len(cache) >= _CATEGORY_CACHE:
+                cache.clear()
+            cache[key] = hit
+        return hit
 
     def adecide(self, request: Request, http: HttpContext | None = None) -> Pending:
         """Decide now and start the durable write; ``await pending.durable()`` for the result.

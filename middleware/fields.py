@@ -33,6 +33,7 @@ from guard._errors import PolicyError
 __all__ = ["REMOVE", "Category", "FieldPlan", "FieldRule", "categories_of", "plan_for"]
 
 _KEY = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+_MAX_STEPS = 256
 
 
 class _Remove:
@@ -97,6 +98,9 @@ class FieldPlan:
     """
 
     rules: tuple[FieldRule, ...]
+    _steps: dict[frozenset[str], tuple[tuple[str, Any, FieldPlan | None], ...]] = (
+        dataclasses.field(default_factory=dict, compare=False, repr=False))
+    """Per released set: ``(key, REMOVE | mask | KEEP, inner plan)`` for the keys to touch."""
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -140,29 +144,48 @@ class FieldPlan:
             return [self.minimise(item, released) for item in body]
         if not isinstance(body, dict):
             return body
+        if not isinstance(released, frozenset):
+            released = frozenset(released)
+        steps = self._steps.get(released)
+        if steps is None:
+            steps = self._plan_steps(released)
         out: dict[str, Any] | None = None
-        for rule in self.rules:
-            name = rule.name
+        for name, action, inner in steps:
             if name not in body:
                 continue
-            category = rule.category
-            if category is not None and category.key not in released:
-                if out is None:
-                    out = dict(body)
-                if category.mask is REMOVE:
-                    del out[name]
-                else:
-                    out[name] = category.mask
-                continue
-            inner = rule.inner
             if inner is not None:
                 value = body[name]
                 new = inner.minimise(value, released)
-                if new is not value:
-                    if out is None:
-                        out = dict(body)
-                    out[name] = new
+                if new is value:
+                    continue
+            elif action is REMOVE:
+                if out is None:
+                    out = dict(body)
+                del out[name]
+                continue
+            else:
+                new = action
+            if out is None:
+                out = dict(body)
+            out[name] = new
         return body if out is None else out
+
+    def _plan_steps(
+        self, released: frozenset[str]
+    ) -> tuple[tuple[str, Any, FieldPlan | None], ...]:
+        """The keys to remove, mask or descend into for one released set (remembered)."""
+        steps: list[tuple[str, Any, FieldPlan | None]] = []
+        for rule in self.rules:
+            category = rule.category
+            if category is not None and category.key not in released:
+                steps.append((rule.name, category.mask, None))
+            elif rule.inner is not None:
+                steps.append((rule.name, None, rule.inner))
+        frozen = tuple(steps)
+        if len(self._steps) >= _MAX_STEPS:  # released sets are few per route; stay bounded
+            self._steps.clear()
+        self._steps[released] = frozen
+        return frozen
 
     @classmethod
     def from_paths(cls, paths: Mapping[str, Category | str]) -> FieldPlan:
