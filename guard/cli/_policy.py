@@ -67,11 +67,17 @@ def lint(
     policy_dir: PolicyDirOpt = None,
     output: Annotated[str, typer.Option("--format", metavar="text|json|github",
                                         help="Output format.")] = "text",
+    app_spec: Annotated[str | None, typer.Option(
+        "--app", metavar="MODULE:APP",
+        help="Also check the Category fields of this app's guarded response models.",
+    )] = None,
 ) -> None:
     """Report every error and warning of the policy with file:line:col; exit 1 on an error."""
     _choice(output, ("text", "json", "github"), "--format")
     folder = policy_folder(policy_dir)
     findings = lint_policy(folder, routes_file(folder))
+    if app_spec is not None:
+        findings = [*findings, *_app_findings(folder, app_spec)]
     errors = sum(f.severity is Severity.ERROR for f in findings)
     warned = len(findings) - errors
     if output == "json":
@@ -90,6 +96,21 @@ def lint(
         typer.echo(f"{errors} error(s), {warned} warning(s)")
     say_policy(folder, policy_dir)
     raise SystemExit(1 if has_errors(findings) else 0)
+
+
+def _app_findings(folder: Path, spec: str) -> list[Finding]:
+    """``--app``: the app's Category fields against the policy's categories."""
+    from guard.cli._lint_app import AppImportError, lint_app, load_app
+
+    try:
+        app = load_app(spec)
+    except AppImportError as exc:
+        _usage(str(exc))
+    try:
+        known = _compile(read_source(folder)).categories
+    except Exception:  # the policy's own errors are reported by the lint above
+        return []
+    return lint_app(app, spec, known)
 
 
 @policy_app.command("test")
