@@ -119,6 +119,7 @@ async def enforce(
     peer: str | None,
     purpose_header: str = "x-purpose",
     resolved: Resolved | None = None,
+    filters: bool = True,
 ) -> Outcome:
     """Judge one HTTP request and record the decision durably.
 
@@ -138,6 +139,8 @@ async def enforce(
         purpose_header: Lower-case header that declares the purpose.
         resolved: The endpoint and declaration, when the caller resolved them
             through the app's router.
+        filters: The caller filters the response body of a ``minimise`` route;
+            False (a check endpoint, a WebSocket): such a route is judged whole.
     """
     endpoint: object | None = None
     subject: str | None = None
@@ -194,7 +197,8 @@ async def enforce(
                              caller=caller, detail="token_purposes", endpoint=endpoint)
     # A guard without per-category decisions judges a minimising route whole (deny mode).
     per_category: Any = getattr(guard, "acheck_categories", None)
-    minimise = rule.mode == "minimise" and rule.fields is not None and per_category is not None
+    minimise = (filters and rule.mode == "minimise" and rule.fields is not None
+                and per_category is not None)
     try:
         if minimise:
             checked = await per_category(request, http)

@@ -75,7 +75,7 @@ class Minimiser:
     """
 
     __slots__ = ("_chunks", "_decision_id", "_limit", "_over", "_plan", "_purpose",
-                 "_receive", "_released", "_scope", "_send", "_size", "_start")
+                 "_receive", "_released", "_scope", "_send", "_size", "_start", "refused")
 
     def __init__(self, send: Send, scope: Scope, receive: Receive, plan: FieldPlan,
                  released: frozenset[str], *, limit: int, decision_id: str | None,
@@ -92,6 +92,8 @@ class Minimiser:
         self._chunks: list[bytes] = []
         self._size = 0
         self._over = False
+        self.refused = False
+        """True once the body was refused (403 sent in its place)."""
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
@@ -140,6 +142,7 @@ class Minimiser:
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _refuse(self, why: str) -> None:
+        self.refused = True
         _log.error("minimising route %s refused: %s", self._scope.get("path"), why)
         response = problem_response(403, Reason.INTERNAL_ERROR, self._purpose, (),
                                     self._decision_id)

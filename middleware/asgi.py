@@ -160,6 +160,7 @@ class GuardMiddleware:
                 method=method, path=_route_path(scope), headers=headers,
                 peer=client[0] if client else None,
                 purpose_header=self.purpose_header, resolved=resolved,
+                filters=kind == "http",  # a WebSocket's messages are never filtered
             )
         except Exception:  # fail closed: what cannot be judged is refused
             # Never the raw path: it may name a person. The template, or nothing.

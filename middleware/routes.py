@@ -315,10 +315,21 @@ def _parse_row(
 
     values = [f.strip() for f in next(csv.reader([line], skipinitialspace=True))]
     if len(values) < 3:
-        fail(len(values), "expected: method, path template, categories[, action, subject]")
-    if len(values) > 5:
-        fail(5, "too many fields (at most 5: method, path, categories, action, subject)")
+        fail(len(values), "expected: method, path template, categories[, action, subject, mode]")
+    if len(values) > 6:
+        fail(6, "too many fields (at most 6: method, path, categories, action, subject, mode)")
     method, template, cats = values[0].upper(), values[1], values[2].split()
+    mode, plan = "deny", None
+    if len(values) > 5 and values[5]:
+        mode = values[5].lower()
+        if mode not in MODES:
+            fail(5, f"mode must be deny or minimise, not {values[5]!r}")
+    if any("=" in c for c in cats):
+        plan, cats = _field_paths(cats, lambda message, hint=None: fail(2, message, hint))
+    if mode == "minimise" and plan is None:
+        fail(2, "a minimise route maps JSON field paths to categories",
+             hint="e.g. name=identity.name contact.email=contact.email cards[].number="
+                  "financial.payment_card")
     if method not in _METHODS:
         fail(0, f"unknown HTTP method {values[0]!r}")
     try:
@@ -351,7 +362,25 @@ def _parse_row(
         fail(0, f"{method} {template} is already declared on line {seen[key]}")
     seen[key] = lineno
     return RouteRule(method, template, () if is_public else tuple(cats), action, subject,
-                     is_public)
+                     is_public, mode, plan)
+
+
+def _field_paths(
+    tokens: list[str], fail: Callable[..., NoReturn]
+) -> tuple[FieldPlan, list[str]]:
+    """``path=category`` tokens: the field plan and its categories in order."""
+    mapping: dict[str, str] = {}
+    for token in tokens:
+        path, sep, category = token.partition("=")
+        if not sep or not path or not _KEY.match(category):
+            fail(f"{token!r} is not a field path and a category",
+                 hint="path=category, e.g. contact.email=contact.email")
+        mapping[path] = category
+    try:
+        plan = FieldPlan.from_paths(mapping)
+    except PolicyError as exc:
+        fail(exc.message if hasattr(exc, "message") else str(exc))
+    return plan, list(dict.fromkeys(mapping.values()))
 
 
 def rules_from_app(app: Any) -> list[RouteRule]:

@@ -79,6 +79,9 @@ def _category_warnings(text: str, origin: str, categories: Tree) -> list[Finding
             if key == "public":
                 continue
             column = starts[2] + found.start() + 1
+            if "=" in key:  # a field path and its category (a minimise route)
+                column += key.index("=") + 1
+                key = key.split("=", 1)[1]
             if key not in categories:
                 findings.append(Finding(
                     Severity.WARNING, "route-unknown-category",

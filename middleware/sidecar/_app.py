@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from guard._types import HttpContext, Reason
 from guard.config import Settings, load_settings
 from middleware._enforce import enforce
+from middleware._minimise import DEFAULT_MAX_BODY, Minimiser
 from middleware.sidecar._check import (
     CALLER_HEADER,
     DECISION_HEADER,
@@ -164,8 +165,17 @@ class ProxyEndpoint:
         assert proxy is not None  # set by the lifespan before any request
         route = outcome.route or "<undeclared>"
         status, aborted = 502, False
+        out: Send = send
+        minimiser: Minimiser | None = None
+        if outcome.fields is not None and outcome.released is not None:
+            out = minimiser = Minimiser(
+                send, scope, receive, outcome.fields, outcome.released,
+                limit=DEFAULT_MAX_BODY, decision_id=outcome.decision_id,
+                purpose=decision.purpose if decision is not None else None)
         try:
-            status = await proxy.forward(scope, receive, send, add=add)
+            status = await proxy.forward(scope, receive, out, add=add)
+            if minimiser is not None and minimiser.refused:
+                status = 403
         except UpstreamAbortedError as exc:
             status, aborted = exc.status, True
             _log.warning("upstream aborted its answer to %s %s: %s", scope["method"], route, exc)

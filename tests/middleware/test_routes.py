@@ -167,7 +167,10 @@ def test_a_row_an_earlier_row_does_not_cover_is_kept(earlier: str, later: str) -
         ("GET, /a/{id}, identity, read, customer\n", 1, 31, "subject parameter"),
         ("GET, /a, public, read\n", 1, 18, "public route"),
         ("GET, /a, identity\nGET, /a, contact\n", 2, 1, "already declared on line 1"),
-        ("GET, /a, identity, read, , extra\n", 1, 28, "too many fields"),
+        ("GET, /a, identity, read, , deny, extra\n", 1, 34, "too many fields"),
+        ("GET, /a, identity, read, , extra\n", 1, 28, "mode must be deny or minimise"),
+        ("GET, /a, identity, read, , minimise\n", 1, 10, "maps JSON field paths"),
+        ("GET, /a, a.b=identity a.b.c=contact, read\n", 1, 10, "under a categorised field"),
     ],
 )
 def test_bad_rows_name_line_and_column(text: str, line: int, column: int, needle: str) -> None:
