@@ -126,6 +126,8 @@ class RegisterStore:
             conn = self._pg = psycopg.connect(self.url, connect_timeout=max(1, int(self._timeout)))
         try:
             with conn.transaction():
+                # Writers of one subject take turns, so the next seq is never contended.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (values[0],))
                 row = conn.execute(_INSERT.replace("?", "%s"), values).fetchone()
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, values[0]))
         except psycopg.OperationalError:
