@@ -85,6 +85,10 @@ class Guard:
             (None: no subject has an entry).
     """
 
+    durable_within: float = 30.0
+    """Seconds a request waits for its audit event to become durable (as the
+    synchronous path does); past that it is refused ``audit_unavailable``."""
+
     def __init__(
         self,
         holder: PolicyHolder,
@@ -199,12 +203,19 @@ class Guard:
         return event.event_id
 
     async def _arecord(self, kind: EventKind, fields: dict[str, Any]) -> str:
+        """Record an event; its id once durable.
+
+        Raises:
+            TimeoutError: not durable within :attr:`durable_within` seconds (a hung
+                store): the caller refuses the request rather than wait for good.
+        """
         trail = self.trail
-        if isinstance(trail, JournalTrail):
-            return await trail.arecord_fields(kind, fields)
-        event = self._pipeline.event(kind, **fields)
-        await trail.arecord(event)
-        return event.event_id
+        async with asyncio.timeout(self.durable_within):
+            if isinstance(trail, JournalTrail):
+                return await trail.arecord_fields(kind, fields)
+            event = self._pipeline.event(kind, **fields)
+            await trail.arecord(event)
+            return event.event_id
 
     def _post(self, kind: EventKind, fields: dict[str, Any]) -> None:
         trail = self.trail
@@ -380,7 +391,7 @@ class Guard:
         """Like :meth:`record_outcome` without blocking the loop."""
         try:
             await self._arecord(EventKind.OUTCOME, outcome_fields(decision_id, status, http))
-        except AuditUnavailableError:
+        except (AuditUnavailableError, TimeoutError):
             return False
         return True
 
