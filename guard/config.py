@@ -222,7 +222,9 @@ ENV_PREFIX = "GUARD_"
 OTHER_VARIABLES = frozenset({
     CONFIG_ENV,
     "GUARD_SIDECAR_SETTINGS_JSON",  # the sidecar hands its settings to its workers
-    "GUARD_REQUIRE_POSTGRES", "GUARD_REQUIRE_NGINX", "GUARD_NGINX",  # tests and benchmarks
+    # tests and benchmarks
+    "GUARD_REQUIRE_POSTGRES", "GUARD_REQUIRE_NGINX", "GUARD_REQUIRE_CHROMIUM", "GUARD_NGINX",
+    "GUARD_CONSOLE_SCREENSHOTS",
 })
 """``GUARD_*`` variables that are not settings and are read by name elsewhere."""
 

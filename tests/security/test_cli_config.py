@@ -190,3 +190,21 @@ def test_the_sidecar_refuses_bad_configuration(tmp_path: Path) -> None:
     (tmp_path / "guard.toml").write_text("[sidecar]\nupstream_timout_seconds = 5\n")
     with pytest.raises(ConfigError, match=r"sidecar\.upstream_timout_seconds"):
         create_app()
+
+
+def test_the_variables_ci_and_the_tests_set_are_accepted() -> None:
+    """Every ``GUARD_*`` name .ci/run, scripts/ and the tests read passes the check."""
+    import re
+
+    from guard.config import check_sources
+
+    repo = Path(__file__).resolve().parents[2]
+    texts = [(repo / ".ci" / "run").read_text()]
+    texts += [p.read_text() for p in (repo / "scripts").iterdir() if p.is_file()]
+    texts += [p.read_text() for p in (repo / "tests").rglob("*.py")
+              if "os.environ" in p.read_text()]
+    names = {n for text in texts for n in re.findall(r"\bGUARD_REQUIRE_[A-Z]+\b|"
+                                                       r"\bGUARD_[A-Z]+_SCREENSHOTS\b|"
+                                                       r"\bGUARD_NGINX\b", text)}
+    assert {"GUARD_REQUIRE_POSTGRES", "GUARD_REQUIRE_CHROMIUM"} <= names
+    check_sources(dict.fromkeys(names, "1"))
