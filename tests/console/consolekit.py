@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bench._pg import free_port
 from guard.cli._token import issue_token
 from guard.config import AuditSettings, ConsoleSettings, IdentitySettings, PolicySettings, Settings
+from tests.middleware.tokenkit import UvicornThread as _UvicornThread
 
 REPO = Path(__file__).resolve().parents[2]
 AUDITOR = "svc:support"
@@ -92,31 +90,11 @@ def fill(client: httpx.Client, settings: Settings) -> None:
                                            ref="ticket-17", who="test:dpo"))
 
 
-class UvicornThread:
-    """A real uvicorn server on loopback, in a thread, for the length of a ``with``."""
+class UvicornThread(_UvicornThread):
+    """A real uvicorn server on loopback, in a thread (info logs, a short graceful shutdown)."""
 
     def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="info",
-                                lifespan="on", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> UvicornThread:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
+        super().__init__(app, log_level="info", timeout_graceful_shutdown=2)
 
 
 def need_chromium() -> None:

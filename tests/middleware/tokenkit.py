@@ -148,13 +148,13 @@ def audit_rows(db: Path, where: str = "1=1", params: tuple[Any, ...] = ()) -> li
 class UvicornThread:
     """A real uvicorn server on loopback, in a thread, for the length of a ``with``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
         import uvicorn
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                **{"log_level": "warning", "lifespan": "on", **options})
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

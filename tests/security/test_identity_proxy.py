@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tokenkit import Keys, audit_rows, guard_settings
+from tokenkit import Keys, UvicornThread, audit_rows, guard_settings
 
 from bench._pg import free_port
 from examples.customers import create_app
@@ -32,51 +30,29 @@ SPOOF = {"x-forwarded-for": "10.9.9.9", "x-caller": "svc:billing",
          "x-purpose": "order.processing"}
 
 
-class Uvicorn:
-    """The example service under a real uvicorn on loopback, proxy headers as configured."""
+def uvicorn_server(app: Any, forwarded_allow_ips: str | None) -> UvicornThread:
+    """The example service under a real uvicorn on loopback, proxy headers as configured.
 
-    def __init__(self, app: Any, forwarded_allow_ips: str | None) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        options: dict[str, Any] = {}
-        if forwarded_allow_ips is not None:
-            options["forwarded_allow_ips"] = forwarded_allow_ips
-        # proxy_headers is uvicorn's default (True): the peer is rewritten from the header.
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", **options)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Uvicorn:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
+    ``proxy_headers`` is uvicorn's default (True): the peer is rewritten from the header.
+    """
+    options = {} if forwarded_allow_ips is None else {"forwarded_allow_ips": forwarded_allow_ips}
+    return UvicornThread(app, **options)
 
 
 @pytest.fixture(params=[None, "*"], ids=["default-forwarded-ips", "forwarded-ips-star"])
 def served(request: pytest.FixtureRequest, keys: Keys,
-           tmp_path: Path) -> Iterator[tuple[Uvicorn, Path]]:
+           tmp_path: Path) -> Iterator[tuple[UvicornThread, Path]]:
     settings = guard_settings(tmp_path, keys, trusted_proxies=["10.0.0.0/8"],
                               proxy_secret_file=keys.proxy_file, development=None)
     guard = Guard.from_settings(settings)
     try:
-        with Uvicorn(create_app(settings, guard=guard), request.param) as server:
+        with uvicorn_server(create_app(settings, guard=guard), request.param) as server:
             yield server, tmp_path / "audit.db"
     finally:
         guard.close()
 
 
-def test_forwarded_for_and_caller_header_get_401(served: tuple[Uvicorn, Path]) -> None:
+def test_forwarded_for_and_caller_header_get_401(served: tuple[UvicornThread, Path]) -> None:
     server, db = served
     response = httpx.get(server.url + PAYMENT, headers=SPOOF)
     assert response.status_code == 401, response.text
@@ -89,7 +65,7 @@ def test_forwarded_for_and_caller_header_get_401(served: tuple[Uvicorn, Path]) -
 
 
 @pytest.mark.parametrize("secret", ["", "guess" * 8, "proxy-" + "p" * 26 + "-secreT"])
-def test_a_wrong_proxy_secret_gets_401(served: tuple[Uvicorn, Path], secret: str) -> None:
+def test_a_wrong_proxy_secret_gets_401(served: tuple[UvicornThread, Path], secret: str) -> None:
     server, _ = served
     response = httpx.get(server.url + PAYMENT,
                          headers={**SPOOF, "x-guard-proxy-secret": secret})
@@ -98,7 +74,7 @@ def test_a_wrong_proxy_secret_gets_401(served: tuple[Uvicorn, Path], secret: str
 
 
 def test_the_proxy_with_its_secret_asserts_the_caller(
-    served: tuple[Uvicorn, Path], keys: Keys
+    served: tuple[UvicornThread, Path], keys: Keys
 ) -> None:
     server, db = served
     response = httpx.get(server.url + PAYMENT,
@@ -109,7 +85,7 @@ def test_the_proxy_with_its_secret_asserts_the_caller(
 
 
 def test_the_secret_from_outside_the_listed_addresses_gets_401(
-    served: tuple[Uvicorn, Path], keys: Keys
+    served: tuple[UvicornThread, Path], keys: Keys
 ) -> None:
     server, _ = served
     # Without X-Forwarded-For the peer is 127.0.0.1, outside 10.0.0.0/8.
