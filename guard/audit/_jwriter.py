@@ -121,7 +121,6 @@ class JournalWriter:
         self._every = max(1, checkpoint_every)
         self._interval = checkpoint_interval
         self._witness = witness
-        self._unwitnessed: list[Checkpoint] = []
         self._committed = tuple(committed)
         self._max_batch = max_batch
         self._cond = threading.Condition(threading.Lock())
@@ -361,20 +360,9 @@ class JournalWriter:
                 loop.call_soon_threadsafe(_settle, waiting)
 
     def _witnessed(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Append durable checkpoints to the witness (kept for a retry if it refuses)."""
-        witness = self._witness
-        if witness is None or not (checkpoints or self._unwitnessed):
-            return
-        pending = [*self._unwitnessed, *checkpoints]
-        try:
-            witness.append(pending)
-        except OSError as exc:
-            if not self._unwitnessed:
-                _log.error("audit witness %s refused checkpoints (kept for a retry): %s",
-                           witness.path, exc)
-            self._unwitnessed = pending[-10_000:]
-            return
-        self._unwitnessed = []
+        """Publish checkpoints durable in the audit to the witness, if there is one."""
+        if self._witness is not None:
+            self._witness.publish(checkpoints)
 
     def _close_chain(self) -> None:
         """Sign the closing checkpoint of the chain (if it has events) and close the witness."""

@@ -10,6 +10,7 @@ newest events. ``guard audit verify --witness PATH`` checks the store against it
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +19,8 @@ from pathlib import Path
 from guard._errors import ConfigError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
 
+_log = logging.getLogger("guard.audit")
+_KEEP_FOR_RETRY = 10_000
 
 class Witness:
     """Appends signed checkpoints to a file (created on first use, never rewritten).
@@ -28,6 +31,7 @@ class Witness:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._pending: list[Checkpoint] = []  # committed, refused by the file so far
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             created = not path.exists()
@@ -49,6 +53,25 @@ class Witness:
                        for cp in checkpoints).encode()
         os.write(self._fd, data)
         os.fsync(self._fd)
+
+    def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Append checkpoints durable in the audit; a refusal is logged and kept for a retry.
+
+        The newest checkpoints refused so far are appended first next time (at most
+        the last 10,000), so a witness that comes back catches up in order.
+        """
+        if not (checkpoints or self._pending):
+            return
+        pending = [*self._pending, *checkpoints]
+        try:
+            self.append(pending)
+        except OSError as exc:
+            if not self._pending:
+                _log.error("audit witness %s refused checkpoints (kept for a retry): %s",
+                           self.path, exc)
+            self._pending = pending[-_KEEP_FOR_RETRY:]
+            return
+        self._pending = []
 
     def close(self) -> None:
         """Close the file."""

@@ -169,7 +169,6 @@ class GroupCommitWriter:
         self._chain_key = chain_key
         self._terms = Terms(3 if chain_key is not None else 2, self._every, checkpoint_interval)
         self._witness = witness
-        self._unwitnessed: list[Checkpoint] = []  # committed, not yet in the witness
         self._orphans: list[_Orphan] = []  # chains abandoned on a failed write, to close
         self._last_orphan_try = 0.0
         self._last_sweep = 0.0  # the last look for stopped writers' tails to countersign
@@ -555,20 +554,9 @@ class GroupCommitWriter:
             self._witnessed([checkpoint])
 
     def _witnessed(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Append checkpoints committed to the store to the witness (kept for a retry if not)."""
-        witness = self._witness
-        if witness is None or not (checkpoints or self._unwitnessed):
-            return
-        pending = [*self._unwitnessed, *checkpoints]
-        try:
-            witness.append(pending)
-        except OSError as exc:
-            if not self._unwitnessed:
-                _log.error("audit witness %s refused checkpoints (kept for a retry): %s",
-                           witness.path, exc)
-            self._unwitnessed = pending[-10_000:]
-            return
-        self._unwitnessed = []
+        """Publish checkpoints durable in the audit to the witness, if there is one."""
+        if self._witness is not None:
+            self._witness.publish(checkpoints)
 
     def _persist(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> bool:
         """Durably write to the store, or to the spool when the store is down or behind.

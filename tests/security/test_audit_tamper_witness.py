@@ -106,3 +106,34 @@ def test_the_journal_writer_signs_checkpoints_and_feeds_the_witness(
     report = check(url, audit_keys, witness)
     assert report.ok, report.problems
     assert report.notes == ()
+
+
+def test_a_refused_witness_catches_up_in_order(tmp_path: Path) -> None:
+    """Checkpoints the witness refused (a full disk) are appended first once it accepts."""
+    import logging
+    import os
+
+    from guard.audit._checkpoint import Checkpoint, CheckpointKind
+    from guard.audit._witness import Witness, read_witness
+
+    def checkpoint(seq: int) -> Checkpoint:
+        return Checkpoint(f"cp-{seq}", "w-1", seq, "00" * 32, "2026-11-29T00:00:00.000000Z",
+                          CheckpointKind.PERIODIC, "k", "sig")
+
+    witness = Witness(Path("/dev/full"))  # every write: ENOSPC
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("guard.audit").addHandler(handler)
+    try:
+        witness.publish([checkpoint(1)])
+        witness.publish([checkpoint(2)])
+    finally:
+        logging.getLogger("guard.audit").removeHandler(handler)
+    assert len(records) == 1  # the first refusal is logged, the rest kept quietly
+    os.close(witness._fd)
+    path = tmp_path / "witness.jsonl"
+    witness._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    witness.publish([checkpoint(3)])
+    witness.close()
+    assert [cp.seq for cp in read_witness(path).checkpoints] == [1, 2, 3]
