@@ -105,6 +105,17 @@ def _result(
     )
 
 
+def _party_and_grants(
+    policy: CompiledPolicy, request: Request,
+) -> tuple[Party | None, Mapping[GrantKey, tuple[str, ...]] | None]:
+    """The caller, and its grants when one probe finds both (checks 1 and 5 of a granted
+    request); otherwise the caller alone, and None: the caller's grants are looked up later."""
+    joined = policy.joined.get((request.caller, request.purpose))
+    if joined is not None:
+        return joined
+    return policy.parties.get(request.caller), None
+
+
 def _judge(
     policy: CompiledPolicy,
     request: Request,
@@ -119,14 +130,7 @@ def _judge(
     if policy.enforcer is not None:
         return _judge_with_casbin(policy, request, steps, register, today)
 
-    # One probe answers checks 1 and 5 for a granted request; others look further.
-    joined = policy.joined.get((request.caller, request.purpose))
-    if joined is not None:
-        party: Party | None = joined[0]
-        grants: Mapping[GrantKey, tuple[str, ...]] | None = joined[1]
-    else:
-        party = policy.parties.get(request.caller)
-        grants = None
+    party, grants = _party_and_grants(policy, request)
 
     # 1. unknown_caller
     if steps is not None:
@@ -371,13 +375,7 @@ def decide_categories(
     cats = tuple(dict.fromkeys(request.categories))
     if not cats or policy.enforcer is not None:
         return _each_by_decide(policy, request, cats, register, today)
-    joined = policy.joined.get((request.caller, request.purpose))
-    if joined is not None:
-        party: Party | None = joined[0]
-        grants: Mapping[GrantKey, tuple[str, ...]] | None = joined[1]
-    else:
-        party = policy.parties.get(request.caller)
-        grants = None
+    party, grants = _party_and_grants(policy, request)
     if party is None:
         return _summary(policy, request, cats, {},
                         dict.fromkeys(cats, (Reason.UNKNOWN_CALLER, None)), purpose=None,
