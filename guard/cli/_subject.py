@@ -14,7 +14,6 @@ from typing import Annotated
 
 import typer
 
-from guard._errors import ConfigError
 from guard._types import Action, Request
 from guard.config import AuditSettings, Settings
 from guard.engine import utc_today
@@ -190,11 +189,7 @@ def open_register(store: str | None) -> Register:
     if url.startswith("sqlite:///") and not sqlite_path(url).is_file():
         key_path = settings.audit.hmac_key
         return Register(load_hmac_key(key_path) if key_path.is_file() else b"\0" * 32)
-    try:
-        key = load_hmac_key(settings.audit.hmac_key)
-    except ConfigError:
-        raise
-    return Register.open(url, key)
+    return Register.open(url, load_hmac_key(settings.audit.hmac_key))
 
 
 @subject_app.command("show")
