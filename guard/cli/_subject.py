@@ -68,10 +68,11 @@ def _guard(store: str | None, policy_dir: Path | None) -> Iterator[object]:
     from guard._guard import Guard
     from guard.audit import load_hmac_key, open_trail
     from guard.cli._check import _load
+    from guard.cli._where import policy_folder
     from guard.policy._holder import PolicyHolder
 
     settings = _settings(store)
-    policy = _load(policy_dir if policy_dir is not None else settings.policy.dir)
+    policy = _load(policy_folder(policy_dir))
     hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)
     register_ = Register.open(settings.audit.store, hmac_key)
     try:
@@ -201,8 +202,9 @@ def show_cmd(
 ) -> None:
     """The subject's entries and, per declarable purpose, whether it may be used now."""
     from guard.cli._check import _load
+    from guard.cli._where import policy_folder
 
-    policy = _load(policy_dir if policy_dir is not None else _settings(store).policy.dir)
+    policy = _load(policy_folder(policy_dir))
     reg = open_register(store)
     try:
         entries = reg.history(subject)
