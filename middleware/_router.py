@@ -22,10 +22,14 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Host, Match, Mount, Router
 from starlette.types import Scope
 
-from guard._errors import PolicyError
 from guard._types import Action
-from middleware.fields import route_fields
-from middleware.routes import DECLARATION_ATTR, Declaration, RouteRule, RouteTable
+from middleware.routes import (
+    DECLARATION_ATTR,
+    Declaration,
+    RouteRule,
+    RouteTable,
+    declared_rules,
+)
 
 __all__ = ["AppRoutes", "Resolved", "find_router"]
 
@@ -181,17 +185,9 @@ class AppRoutes:
         rules.update(self._csv.get(_same(template), {}))
         declaration = getattr(endpoint, DECLARATION_ATTR, None)
         if isinstance(declaration, Declaration):
-            names = set(re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)", template))
-            if declaration.subject and declaration.subject not in names:
-                raise PolicyError(f"guarded(): subject {declaration.subject!r} is not a "
-                                  f"parameter of {template}")
             methods = getattr(route, "methods", None) or ["*"]
-            cats, plan = (declaration.categories, None) if declaration.public else route_fields(
-                declaration.categories, declaration.mode, route, template)
-            for method in methods:
-                rules[method.upper()] = RouteRule(
-                    method.upper(), template, cats, declaration.action,
-                    declaration.subject, declaration.public, declaration.mode, plan)
+            for rule in declared_rules(declaration, route, template, methods):
+                rules[rule.method] = rule
         return _Leaf(route, endpoint, template, rules)
 
 

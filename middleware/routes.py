@@ -43,6 +43,7 @@ __all__ = [
     "RouteRule",
     "RouteTable",
     "compile_template",
+    "declared_rules",
     "guarded",
     "public",
 ]
@@ -53,6 +54,7 @@ DECLARATION_ATTR = "__guard_route__"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
 _KEY = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}")
+_PARAM_NAME = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)")
 _CONVERTORS = ("str", "int", "float", "uuid", "path")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -383,6 +385,24 @@ def _field_paths(
     return plan, list(dict.fromkeys(mapping.values()))
 
 
+def declared_rules(
+    declaration: Declaration, route: object, template: str, methods: Iterable[str]
+) -> list[RouteRule]:
+    """The rules a :func:`guarded`/:func:`public` declaration on ``route`` makes, one per method.
+
+    Raises:
+        PolicyError: The declared subject is not a parameter of ``template``, or
+            the response model disagrees with the declared categories.
+    """
+    if declaration.subject and declaration.subject not in _PARAM_NAME.findall(template):
+        raise PolicyError(f"guarded(): subject {declaration.subject!r} is not a "
+                          f"parameter of {template}")
+    cats, plan = (declaration.categories, None) if declaration.public else route_fields(
+        declaration.categories, declaration.mode, route, template)
+    return [RouteRule(method.upper(), template, cats, declaration.action, declaration.subject,
+                      declaration.public, declaration.mode, plan) for method in methods]
+
+
 def rules_from_app(app: Any) -> list[RouteRule]:
     """Rules from :func:`guarded`/:func:`public` declarations on a Starlette/FastAPI app.
 
@@ -406,17 +426,6 @@ def _walk(routes: Iterable[Any], prefix: str) -> Iterable[RouteRule]:
             methods = sorted(getattr(route, "methods", None) or ["*"])
             if not methods or "GET" in methods:
                 methods = [m for m in methods if m != "HEAD"]
-            names = _PARAM.findall(prefix + path)
-            if declaration.subject and declaration.subject not in {n for n, _ in names}:
-                raise PolicyError(
-                    f"guarded(): subject {declaration.subject!r} is not a parameter of "
-                    f"{prefix + path}"
-                )
-            cats, plan = (declaration.categories, None) if declaration.public else route_fields(
-                declaration.categories, declaration.mode, route, prefix + path)
-            for method in methods:
-                yield RouteRule(method.upper(), prefix + path, cats,
-                                declaration.action, declaration.subject, declaration.public,
-                                declaration.mode, plan)
+            yield from declared_rules(declaration, route, prefix + path, methods)
         elif children:
             yield from _walk(children, prefix + path.rstrip("/"))
