@@ -7,13 +7,14 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from guard._types import HttpContext, Reason, Request, denial
+from middleware._bounds import MAX_PURPOSE
+from middleware._enforce import _policy_version
 from middleware.identity import IdentityError
 from middleware.sidecar._problem import sidecar_problem
 from middleware.sidecar._state import Sidecar, peer_of
 
 REFUSED_ROUTE = "<refused>"
 """The audited route of a refused target (never the raw target: it may name a person)."""
-_MAX_PURPOSE = 200
 
 
 async def refuse_target(
@@ -43,12 +44,9 @@ async def refuse_target(
         caller = sidecar.auth.authenticate(headers, peer_of(scope)).id
     except IdentityError:
         caller = ""
-    purpose = headers.get(sidecar.settings.identity.purpose_header, "")[:_MAX_PURPOSE]
+    purpose = headers.get(sidecar.settings.identity.purpose_header, "")[:MAX_PURPOSE]
     request = Request(caller=caller, purpose=purpose, categories=())
-    try:
-        version = sidecar.holder.current.version
-    except Exception:
-        version = ""
+    version = _policy_version(sidecar.guard)
     decision = denial(Reason.MALFORMED_REQUEST, request, version, detail="request_target")
     http = HttpContext(method=method or "-", route=REFUSED_ROUTE, status=status)
     checked = await sidecar.guard.arecord_denial(request, decision, http)
