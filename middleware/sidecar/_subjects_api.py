@@ -19,6 +19,7 @@ from datetime import date
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -30,6 +31,7 @@ from guard.rights import Change, EntryKind, RegisterRefusedError
 from guard.rights._filter import filter_subjects
 from middleware.identity import IdentityError
 from middleware.problem import problem_response
+from middleware.sidecar._decide_api import _Key, read_limited
 from middleware.sidecar._problem import sidecar_problem
 from middleware.sidecar._state import Sidecar, peer_of
 
@@ -40,7 +42,6 @@ FILTER_PATH = "/v1/filter"
 PATHS = frozenset({ENTRIES_PATH, LOOKUP_PATH, FILTER_PATH})
 MAX_BODY = 1 << 20
 MAX_FILTER = 10_000
-_Key = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 _Subject = Annotated[str, Field(min_length=1, max_length=200)]  # pydantic refuses surrogates
 
 
@@ -137,8 +138,11 @@ async def _admitted(
     if not holds(sidecar.holder.current, asker.id, RIGHTS_PURPOSE, action):
         return sidecar_problem(403, "rights_request_not_granted", "Not permitted",
                                f"{asker.id} holds no {action.value} grant on {RIGHTS_PURPOSE}")
-    body = await request.body()
-    if len(body) > MAX_BODY:
+    try:
+        body = await read_limited(request, MAX_BODY)
+    except ClientDisconnect:
+        return sidecar_problem(400, Reason.MALFORMED_REQUEST.value, "The body was cut short")
+    if body is None:
         return sidecar_problem(413, Reason.MALFORMED_REQUEST.value, "Request body too large")
     try:
         parsed = model.model_validate(json.loads(body))
