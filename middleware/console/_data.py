@@ -10,14 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guard.audit import AuditEvent, AuditQueryError, EventFilter, Store, parse_when
-from guard.audit._event import FIELD_NAMES
 from guard.audit._pipeline import TS_FORMAT
+from guard.audit._query import _E_COLUMNS as E_COLUMNS
+from guard.audit._query import _OUTCOME as OUTCOME
 from guard.audit._schema import row_event
-
-E_COLUMNS = ", ".join(f"e.{name}" for name in FIELD_NAMES)
-OUTCOME = ("(SELECT max(o.http_status) FROM audit_event o "
-           "WHERE o.decision_ref = e.event_id AND o.kind = 'outcome')")
-
 
 LAST_TS = "9999-12-31T23:59:59.999999Z"
 """After every ``ts`` the guard writes."""
