@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import os
 import shutil
 import statistics
 import tempfile
@@ -36,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import psycopg
-from _pg import fresh_database, pg_server
+from _pg import fdatasync_floor, fresh_database, pg_server
 
 from guard.audit import (
     AuditEvent,
@@ -309,24 +308,6 @@ JOURNAL_FIELDS = {"caller": "svc:crm", "party_type": "internal", "country": "GB"
                   "lawful_basis": ("contract", "legitimate_interest"),
                   "policy_version": "sha256:5d79139ff05f0ad3", "http_method": "GET",
                   "http_route": "/customers/{id}", "latency_us": 40}
-
-
-def fdatasync_floor(folder: Path, count: int = 2000) -> tuple[float, float]:
-    """The disk's own cost: append 300 bytes and fdatasync, p50 and p99 in ms."""
-    path = folder / "floor.bin"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    times = []
-    try:
-        for _ in range(count):
-            t0 = time.perf_counter()
-            os.write(fd, b"x" * 300)
-            os.fdatasync(fd)
-            times.append(time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-        path.unlink()
-    times.sort()
-    return times[len(times) // 2] * 1e3, times[int(len(times) * 0.99)] * 1e3
 
 
 def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode: str

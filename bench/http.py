@@ -341,24 +341,6 @@ def asgi_stack(settings: Settings, guard: Guard, token: str, where: str, n: int 
     return out
 
 
-def fdatasync_floor(folder: Path, count: int = 2000) -> tuple[float, float]:
-    """The disk's own cost: append 300 bytes and fdatasync, p50 and p99 in ms."""
-    path = folder / "floor.bin"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    times = []
-    try:
-        for _ in range(count):
-            t0 = time.perf_counter()
-            os.write(fd, b"x" * 300)
-            os.fdatasync(fd)
-            times.append(time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-        path.unlink()
-    times.sort()
-    return times[len(times) // 2] * 1e3, times[int(len(times) * 0.99)] * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per throughput run")
@@ -380,6 +362,7 @@ def main() -> None:
     use_wrk = not args.no_wrk and shutil.which("wrk") is not None
     workdir = Path(tempfile.mkdtemp(prefix="guard-bench-http-"))
     sys.path.insert(0, str(REPO))
+    from bench._pg import fdatasync_floor
     from guard.cli._token import issue_token
 
     token = issue_token(settings_for(workdir).identity, CALLER, None, 3600)
