@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from bench._pg import free_port, fresh_database, pg_server
 
-__all__ = ["free_port", "policy_dir", "postgres_url"]
+__all__ = ["free_port", "pg_url", "policy_dir", "postgres_url", "store_url"]
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY_DIR = REPO / "policies"
@@ -36,3 +38,26 @@ def postgres_url() -> Iterator[str]:
                 pytest.fail(message)
             pytest.skip(message)
         yield fresh_database(url, "guard_test")
+
+
+def _admin_url(url: str) -> str:
+    return url.rsplit("/", 1)[0] + "/postgres"
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test PostgreSQL server."""
+    name = f"store_{secrets.token_hex(6)}"
+    with psycopg.connect(_admin_url(postgres_url), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(_admin_url(postgres_url), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty audit store, once per kind (SQLite, PostgreSQL)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    return str(request.getfixturevalue("pg_url"))

@@ -1,17 +1,14 @@
-"""Audit fixtures: keys, and a fresh store per test in SQLite and in PostgreSQL."""
+"""Audit fixtures: keys and trails (the store URLs come from the shared ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from guard.audit import (
@@ -41,29 +38,6 @@ def keys(tmp_path: Path) -> Keys:
     signing = tmp_path / "keys" / "audit-signing.key"
     load_signing_key(signing, create=True)
     return Keys(signing, signing.with_name(signing.name + ".pub"))
-
-
-def _admin_url(url: str) -> str:
-    return url.rsplit("/", 1)[0] + "/postgres"
-
-
-@pytest.fixture
-def pg_url(postgres_url: str) -> Iterator[str]:
-    """A fresh, empty database on the test PostgreSQL server."""
-    name = f"audit_{secrets.token_hex(6)}"
-    with psycopg.connect(_admin_url(postgres_url), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(_admin_url(postgres_url), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL of an empty store, once per kind."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'audit.db'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def make_trail(url: str, keys: Keys, **kwargs: Any) -> AuditTrail:
