@@ -9,15 +9,14 @@ settings models, so a field added to a model is accepted without touching the ch
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
 from guard._errors import ConfigError
-from guard.cli import main
 from guard.config import Settings, load_settings
+from tests.security.clikit import clean_guard_env, run  # noqa: F401 (autouse)
 
 COMMANDS = [
     ["check", "--caller", "svc:crm", "--purpose", "relationship.management",
@@ -34,32 +33,9 @@ COMMANDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No GUARD_* variable from outside; work in an empty folder."""
-    for name in list(os.environ):
-        if name.upper().startswith("GUARD_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        args: list[str]) -> tuple[int, str, str]:
-    """``guard ARGS`` in-process as its console script runs it."""
-    monkeypatch.setattr(sys, "argv", ["guard", *args])
-    code: object = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert isinstance(code, int), (code, err)
-    return code, out, err
-
-
 def refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
             args: list[str], *names: str) -> None:
-    code, out, err = run(monkeypatch, capsys, args)
+    code, out, err = run(monkeypatch, capsys, *args)
     assert code == 2, (args, out, err)
     assert out == ""
     assert err.count("\n") == 1, err
@@ -169,7 +145,7 @@ def test_help_still_works_with_bad_configuration(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("GUARD_BOGUS", "1")
-    code, out, _ = run(monkeypatch, capsys, ["check", "--help"])
+    code, out, _ = run(monkeypatch, capsys, "check", "--help")
     assert code == 0
     assert "--caller" in out
 

@@ -7,44 +7,21 @@ was shown a policy that was not the one in force.
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from guard._errors import PolicyError
-from guard.cli import main
 from guard.config import load_settings
 from guard.policy import resolve_policy_dir
 from guard.policy._source import SHIPPED_DIR
+from tests.security.clikit import clean_guard_env, run  # noqa: F401 (autouse)
 
 REPO = Path(__file__).resolve().parents[2]
 CRM = ["--caller", "svc:crm", "--purpose", "relationship.management", "--category",
        "contact.email"]
 CRM_GRANT = "p, svc:crm, relationship.management, contact, read"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("GUARD_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["guard", *args])
-    code: object = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert isinstance(code, int), (code, err)
-    return code, out, err
 
 
 def policy_copy(folder: Path, *, drop: str | None = None, add: str | None = None) -> Path:

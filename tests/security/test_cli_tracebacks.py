@@ -15,31 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from guard.cli import main
+from tests.security.clikit import clean_guard_env, run  # noqa: F401 (autouse)
 
 REPO = Path(__file__).resolve().parents[2]
 GUARD = Path(sys.executable).parent / "guard"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("GUARD_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["guard", *args])
-    code: object = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert isinstance(code, int), (code, err)
-    return code, out, err
 
 
 def closed_port() -> int:

@@ -1,0 +1,37 @@
+"""The command line run in-process, in an empty folder with no ``GUARD_*`` variable from outside.
+
+A test module that imports :func:`clean_guard_env` runs each of its tests that way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from guard.cli import main
+
+
+@pytest.fixture(autouse=True)
+def clean_guard_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No GUARD_* variable from outside; work in an empty folder."""
+    for name in list(os.environ):
+        if name.upper().startswith("GUARD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        *args: str) -> tuple[int, str, str]:
+    """``guard ARGS`` in-process as its console script runs it: exit code, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["guard", *args])
+    code: object = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert isinstance(code, int), (code, err)
+    return code, out, err
