@@ -36,6 +36,16 @@ def _insert_many(count: int) -> str:
     return f"{_HEAD} VALUES {', '.join([_ONE_ROW] * count)} ON CONFLICT {_CONFLICT}"
 
 
+def _insert(conn: sqlite3.Connection, rows: Sequence[Row],
+            checkpoints: Sequence[Checkpoint]) -> None:
+    """Insert event rows (in statements of at most ``_ROWS_PER_STATEMENT``) and checkpoints."""
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start:start + _ROWS_PER_STATEMENT]
+        conn.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
+    if checkpoints:
+        conn.executemany(INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
+
+
 class SqliteStore:
     """An audit store in one SQLite file, created on first use.
 
@@ -115,13 +125,7 @@ class SqliteStore:
                     return
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                        chunk = rows[start:start + _ROWS_PER_STATEMENT]
-                        conn.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
-                    if checkpoints:
-                        conn.executemany(
-                            INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints]
-                        )
+                    _insert(conn, rows, checkpoints)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -160,13 +164,7 @@ class SqliteStore:
                     self._indexing = True
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                        chunk = rows[start:start + _ROWS_PER_STATEMENT]
-                        conn.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
-                    if checkpoints:
-                        conn.executemany(
-                            INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints]
-                        )
+                    _insert(conn, rows, checkpoints)
                     conn.execute(SAVE_OFFSET, (journal, next_offset))
                     conn.execute("COMMIT")
                 except BaseException:
