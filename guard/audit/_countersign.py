@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guard.audit._checkpoint import Checkpoint, Terms
 from guard.audit._event import FIELD_NAMES, ChainKey, chain_hash, content_digest
+from guard.audit._pipeline import ts_epoch
 from guard.audit._schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,
@@ -82,7 +83,7 @@ def _countersign_chain(
     tail = store.rows(_TAIL, (writer, head.seq))
     if not tail or len(tail) > terms.every:
         return None
-    if time.time() - _epoch(str(tail[0][_TS])) < terms.seconds + MARGIN:
+    if time.time() - ts_epoch(str(tail[0][_TS])) < terms.seconds + MARGIN:
         return None  # its writer may still sign it
     seq, prev = head.seq, head.hash
     for raw in tail:
@@ -95,12 +96,3 @@ def _countersign_chain(
             return None
         seq, prev = event.seq, event.hash
     return sign(writer, seq, prev, terms)
-
-
-def _epoch(ts: str) -> float:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(ts).timestamp()
-    except ValueError:
-        return time.time()  # unreadable: not stale yet; verify names it

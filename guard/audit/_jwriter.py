@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,7 +26,7 @@ from guard.audit._event import GENESIS_HASH, ChainKey, EventKind
 from guard.audit._fields import Linker, Pseudonyms, checkpoint_record, content
 from guard.audit._ids import new_event_id, new_event_ids
 from guard.audit._journal import Journal
-from guard.audit._pipeline import utc_now
+from guard.audit._pipeline import ts_epoch, utc_now
 from guard.audit._schema import Row
 from guard.audit._witness import Witness
 
@@ -72,13 +71,6 @@ def _settle(items: list[_Item]) -> None:
             future.set_result(result)
         else:
             future.set_exception(result or AuditUnavailableError("audit event lost"))
-
-
-def _epoch(ts: str) -> float:
-    try:
-        return datetime.fromisoformat(ts).timestamp()
-    except ValueError:
-        return time.time()
 
 
 class JournalWriter:
@@ -325,7 +317,7 @@ class JournalWriter:
             item.result = row[0]
         self._seq, self._prev, self._opened = seq, prev, True
         if started is not None:
-            self._unsigned_since = _epoch(started)
+            self._unsigned_since = ts_epoch(started)
         self._unsigned = unsigned
 
     def _append(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, MutableMapping
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -39,6 +40,14 @@ def utc_now() -> str:
     if cached[0] != sec:
         cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
     return f"{cached[1]}.{frac:06d}Z"
+
+
+def ts_epoch(ts: str) -> float:
+    """An event's timestamp in seconds since the epoch (now, if it cannot be read)."""
+    try:
+        return datetime.fromisoformat(ts).timestamp()
+    except ValueError:
+        return time.time()
 
 
 def stamp(_logger: object, _method: str, event_dict: EventDict) -> EventDict:

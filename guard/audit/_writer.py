@@ -10,7 +10,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,7 +19,7 @@ from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_chec
 from guard.audit._countersign import countersign_stale
 from guard.audit._event import GENESIS_HASH, AuditEvent, ChainKey
 from guard.audit._ids import new_event_id
-from guard.audit._pipeline import utc_now
+from guard.audit._pipeline import ts_epoch, utc_now
 from guard.audit._schema import Row, link_row, prepare_row, row_event
 from guard.audit._spool import Spool
 from guard.audit._store import Store
@@ -62,14 +61,6 @@ def _item(event: AuditEvent, key: ChainKey | None, **state: Any) -> _Item:
     except Exception as exc:  # only this event is unrecordable: fail its producer alone
         raise AuditUnavailableError(f"audit event cannot be recorded: {exc}") from exc
     return _Item(event, head, digest, **state)
-
-
-def _epoch(ts: str) -> float:
-    """An event's timestamp in seconds since the epoch (now, if it cannot be read)."""
-    try:
-        return datetime.fromisoformat(ts).timestamp()
-    except ValueError:
-        return time.time()
 
 
 @dataclass(slots=True)
@@ -496,7 +487,7 @@ class GroupCommitWriter:
         if unsigned and (not self._unsigned or any(
                 cp.kind is CheckpointKind.PERIODIC for cp in checkpoints)):
             # A new unsigned stretch starts: its clock runs from its first event's time.
-            self._unsigned_since = _epoch(batch[len(batch) - unsigned].event.ts)
+            self._unsigned_since = ts_epoch(batch[len(batch) - unsigned].event.ts)
         self._unsigned = unsigned
         self._notify(batch)
         if stored:
