@@ -196,8 +196,6 @@ class JournalTrail:
         Raises:
             AuditUnavailableError: not within ``timeout`` seconds.
         """
-        from guard._errors import AuditUnavailableError
-
         self.writer.flush(timeout)
         if not self.indexer.wait(self.journal.next_offset, timeout):
             raise AuditUnavailableError(
