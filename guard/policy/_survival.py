@@ -34,7 +34,11 @@ class Survival:
     location: str
 
     def until(self, end: date) -> date | None:
-        """The first day the purpose may no longer be used; None without limit."""
+        """The first day the purpose may no longer be used; None without limit.
+
+        A period that ends after the calendar's last day (``9999y``) has no limit
+        a date can name: None, as for ``unlimited``.
+        """
         if self.period == UNLIMITED:
             return None
         match = _PERIOD_RE.match(self.period)
@@ -42,10 +46,12 @@ class Survival:
             return end
         count, unit = int(match.group(1)), match.group(2)
         if unit == "d":
-            return end + timedelta(days=count)
+            return end + timedelta(days=count) if (date.max - end).days >= count else None
         months = count * 12 if unit == "y" else count
         year, month = divmod(end.month - 1 + months, 12)
         year += end.year
+        if year > date.max.year:
+            return None
         day = min(end.day, calendar.monthrange(year, month + 1)[1])
         return date(year, month + 1, day)
 

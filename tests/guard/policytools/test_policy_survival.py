@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import casbin
@@ -74,3 +75,15 @@ def test_diff_shows_a_changed_survival(tmp_path: Path) -> None:
              for f in diff_policies(load_policy(SHIPPED), load_policy(folder)).facts}
     assert ("survival after the end", "legal.compliance", "6y", "7y") in facts
     assert ("survival after the end", "rights.request", "unlimited", "-") in facts
+
+
+@pytest.mark.parametrize(("period", "until"), [
+    ("6y", date(2032, 2, 28)), ("18m", date(2027, 8, 28)), ("90d", date(2026, 5, 29)),
+    ("9999y", None), ("9999m", date(2859, 5, 28)), ("unlimited", None),
+])
+def test_a_period_past_the_calendar_has_no_end(period: str, until: date | None) -> None:
+    """``9999y`` passes lint; it must end nowhere, not raise in the middle of a decision."""
+    from guard.policy._survival import Survival
+
+    assert Survival("legal.compliance", period, "rules.csv:1").until(date(2026, 2, 28)) == until
+    assert Survival("p", "9999d", "x").until(date.max) is None
