@@ -8,7 +8,6 @@ than the bound into the audit trail or the problem body.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 from middleware.identity import MAX_CALLER_ID
 from middleware.routes import path_parameters
@@ -68,13 +67,8 @@ def subject_ok(value: str, template: str, name: str) -> bool:
         template: The route template the value was matched by.
         name: The subject parameter's name.
     """
-    if name in _path_parameters(template):
+    if name in path_parameters(template):
         if _SUBJECT_PATH.fullmatch(value) is None:
             return False
         return all(seg not in ("", ".", "..") for seg in value.split("/"))
     return _SUBJECT.fullmatch(value) is not None and value not in (".", "..")
-
-
-@lru_cache(maxsize=1024)
-def _path_parameters(template: str) -> frozenset[str]:
-    return path_parameters(template)

@@ -26,6 +26,7 @@ import csv
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -177,6 +178,7 @@ def compile_template(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
     return regex, tuple(names)
 
 
+@lru_cache(maxsize=1024)  # asked per request (subject_ok) for a handful of templates
 def path_parameters(template: str) -> frozenset[str]:
     """The names of a template's ``{name:path}`` parameters (they may span segments)."""
     return frozenset(m.group(1) for m in _PARAM.finditer(template) if m.group(2) == "path")
