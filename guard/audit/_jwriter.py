@@ -108,9 +108,8 @@ class JournalWriter:
         self._key = signing_key
         self.writer_id = f"{writer_id}/{new_event_id()}"
         self._linker = Linker(self.writer_id, chain_key)
-        self._terms = Terms(3 if chain_key is not None else 2, max(1, checkpoint_every),
-                            checkpoint_interval)
         self._every = max(1, checkpoint_every)
+        self._terms = Terms(3 if chain_key is not None else 2, self._every, checkpoint_interval)
         self._interval = checkpoint_interval
         self._witness = witness
         self._committed = tuple(committed)
