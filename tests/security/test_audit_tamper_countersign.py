@@ -20,10 +20,9 @@ from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_chec
 from guard.audit._countersign import MARGIN, countersign_stale
 from guard.audit._event import ChainKey
 from guard.audit._pipeline import utc_now
-from tests.guard.audit.conftest import acknowledged_until_killed, pg_url, store_url
+from tests.guard.audit.conftest import acknowledged_until_killed
 from tests.security.audit_tamper_kit import CHAIN_KEY, AuditKeys, check, make_keys, sql, trail
 
-__all__ = ["pg_url", "store_url"]
 INTERVAL = 0.3
 CHILD = r"""
 import sys

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from guard.audit import GENESIS_HASH
-from tests.guard.audit.conftest import pg_url, store_url
 from tests.security.audit_tamper_kit import (
     AuditKeys,
     check,
@@ -26,7 +25,6 @@ from tests.security.audit_tamper_kit import (
     sql,
 )
 
-__all__ = ["pg_url", "store_url"]
 SUBJECTS = [("alice" if i % 4 == 1 else f"subject-{i}") for i in range(24)]
 FORMATS = ["v2", "v3"]
 

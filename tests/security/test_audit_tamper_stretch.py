@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.guard.audit.conftest import pg_url, store_url
 from tests.security.audit_tamper_kit import (
     AuditKeys,
     check,
@@ -25,8 +24,6 @@ from tests.security.audit_tamper_kit import (
     stored_events,
     trail,
 )
-
-__all__ = ["pg_url", "store_url"]
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 
 from guard.audit import JournalTrail
 from guard.config import AuditSettings
-from tests.guard.audit.conftest import pg_url, store_url
 from tests.security.audit_tamper_kit import (
     HMAC_KEY,
     AuditKeys,
@@ -26,7 +25,6 @@ from tests.security.audit_tamper_kit import (
     sql,
 )
 
-__all__ = ["pg_url", "store_url"]
 SUBJECTS = [f"subject-{i}" for i in range(20)]
 
 
