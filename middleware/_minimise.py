@@ -72,15 +72,18 @@ class Minimiser:
         limit: The largest body accepted, in bytes.
         decision_id: The decision's audit id (named in a refusal).
         purpose: The declared purpose (named in a refusal).
+        route: The route template (logged with a refusal; never the raw path).
     """
 
     __slots__ = ("_chunks", "_decision_id", "_limit", "_over", "_plan", "_purpose",
-                 "_receive", "_released", "_scope", "_send", "_size", "_start", "refused")
+                 "_receive", "_released", "_route", "_scope", "_send", "_size", "_start",
+                 "refused")
 
     def __init__(self, send: Send, scope: Scope, receive: Receive, plan: FieldPlan,
                  released: frozenset[str], *, limit: int, decision_id: str | None,
-                 purpose: str | None) -> None:
+                 purpose: str | None, route: str) -> None:
         self._send = send
+        self._route = route
         self._scope = scope
         self._receive = receive
         self._plan = plan
@@ -143,7 +146,7 @@ class Minimiser:
 
     async def _refuse(self, why: str) -> None:
         self.refused = True
-        _log.error("minimising route %s refused: %s", self._scope.get("path"), why)
+        _log.error("minimising route %s refused: %s", self._route, why)
         response = problem_response(403, Reason.INTERNAL_ERROR, self._purpose, (),
                                     self._decision_id)
         del response.headers["x-guard-decision-id"]  # the middleware adds it to every response

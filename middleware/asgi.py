@@ -251,7 +251,8 @@ class GuardMiddleware:
         if outcome.fields is not None and outcome.released is not None and "method" in scope:
             inner = Minimiser(watch, scope, receive, outcome.fields, outcome.released,
                               limit=self.max_minimised_body, decision_id=decision_id,
-                              purpose=outcome.decision.purpose if outcome.decision else None)
+                              purpose=outcome.decision.purpose if outcome.decision else None,
+                              route=outcome.route or "<undeclared>")
         try:
             await self.app(scope, receive, inner)
         finally:

@@ -171,7 +171,7 @@ class ProxyEndpoint:
             out = minimiser = Minimiser(
                 send, scope, receive, outcome.fields, outcome.released,
                 limit=DEFAULT_MAX_BODY, decision_id=outcome.decision_id,
-                purpose=decision.purpose if decision is not None else None)
+                purpose=decision.purpose if decision is not None else None, route=route)
         try:
             status = await proxy.forward(scope, receive, out, add=add)
             if minimiser is not None and minimiser.refused:

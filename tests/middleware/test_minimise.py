@@ -171,22 +171,24 @@ def test_agreeing_declaration_and_derived_categories(env: dict[str, Any]) -> Non
     (Response(b"{not json", media_type="application/json"), "bad JSON"),
 ])
 def test_a_body_that_cannot_be_filtered_is_refused(
-    env: dict[str, Any], response: Response, why: str
+    env: dict[str, Any], response: Response, why: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = FastAPI()
 
-    @app.get("/thing", response_model=Person)
+    @app.get("/things/{thing_id}", response_model=Person)
     @guarded(mode="minimise")
-    async def thing() -> Response:
+    async def thing(thing_id: str) -> Response:
         return response
 
     app.add_middleware(GuardMiddleware, guard=env["guard"], settings=env["settings"],
                        routes=RouteTable(()), max_minimised_body=256)
     token = env["keys"].mint(sub="svc:crm")
     with TestClient(app) as client:
-        got = client.get("/thing", headers={"authorization": f"Bearer {token}",
-                                             "x-purpose": "relationship.management"})
+        got = client.get("/things/c-0042", headers={"authorization": f"Bearer {token}",
+                                                     "x-purpose": "relationship.management"})
     assert got.status_code == 403, why
+    assert "/things/{thing_id}" in caplog.text
+    assert "c-0042" not in caplog.text  # the log names the template, never the raw path
     assert got.json()["reason"] == "internal_error"
     assert b"name" not in got.content.replace(b'"name"', b"")
     assert got.headers.get_list("x-guard-decision-id") == [got.json()["decision_id"]]
