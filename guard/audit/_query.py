@@ -28,7 +28,11 @@ def parse_when(text: str, *, option: str = "--since", now: datetime | None = Non
     now = now or datetime.now(UTC)
     span = _SPAN.match(value)
     if span:
-        moment = now - timedelta(**{_UNITS[span.group(2)]: int(span.group(1))})
+        try:
+            moment = now - timedelta(**{_UNITS[span.group(2)]: int(span.group(1))})
+        except OverflowError:
+            raise AuditQueryError(
+                f"bad {option} value {text!r}: outside the years 1 to 9999") from None
         return moment.strftime(TS_FORMAT)
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -39,7 +43,11 @@ def parse_when(text: str, *, option: str = "--since", now: datetime | None = Non
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime(TS_FORMAT)
+    try:
+        return moment.astimezone(UTC).strftime(TS_FORMAT)
+    except OverflowError:
+        raise AuditQueryError(
+            f"bad {option} value {text!r}: outside the years 1 to 9999") from None
 
 
 def _like_escape(text: str) -> str:

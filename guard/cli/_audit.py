@@ -74,14 +74,6 @@ def _chain_key(path: Path | None) -> bytes | None:
     return derive_chain_key(load_hmac_key(path))
 
 
-def _when(text: str, option: str) -> str:
-    """``parse_when``, with a span reaching outside the calendar as a usage error."""
-    try:
-        return parse_when(text, option=option)
-    except OverflowError:
-        raise AuditQueryError(f"bad {option} value {text!r}: outside the years 1 to 9999") from None
-
-
 def _reason(value: str | None) -> str | None:
     if value is None:
         return None
@@ -122,8 +114,8 @@ def query_cmd(  # noqa: PLR0917 - one parameter per option
         allowed=allowed,
         reason=_reason(reason),
         subject=_pseudonym(subject, hmac_key) if subject is not None else None,
-        since=_when(since, "--since") if since else None,
-        until=_when(until, "--until") if until else None,
+        since=parse_when(since, option="--since") if since else None,
+        until=parse_when(until, option="--until") if until else None,
     )
     if limit < 1:
         raise AuditQueryError(f"--limit must be at least 1, not {limit}")
@@ -204,7 +196,7 @@ def stats_cmd(
     store: StoreOpt = None,
 ) -> None:
     """Decision counts by caller, purpose and reason; most denials first."""
-    where = EventFilter(since=_when(since, "--since"))
+    where = EventFilter(since=parse_when(since, option="--since"))
     result = stats(_open(store), where)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")

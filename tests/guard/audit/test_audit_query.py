@@ -151,3 +151,11 @@ def test_policy_events_are_not_decisions(store_url: str, keys: Keys) -> None:
     [row] = query_events(reader, EventFilter(kind="policy_rejected"))
     reader.close()
     assert (row.event.policy_version, row.event.detail) == ("v1", "bad rule")
+
+
+@pytest.mark.parametrize("text", ["1000000d", "99999999w", "9999-12-31T23:00:00-05:00",
+                                  "0001-01-01T01:00:00+05:00"])
+def test_a_moment_outside_the_calendar_is_a_query_error(text: str) -> None:
+    """Every caller (the CLI, the console's filters) gets one readable line, not a crash."""
+    with pytest.raises(AuditQueryError, match="outside the years 1 to 9999"):
+        parse_when(text, option="since", now=NOW)
