@@ -58,7 +58,7 @@ class AuditSettings(BaseModel):
     """Append-only file (on another volume) that also receives every signed checkpoint."""
     writer_id: str | None = None
     otlp_endpoint: str | None = None
-    writer: Literal["thread", "journal"] = "thread"
+    writer: Literal["thread", "journal"] = "journal"
     """How events are made durable: ``thread``, committed to the store by a group-commit
     writer thread; ``journal``, appended to the journal by one writer thread (one
     fdatasync per batch) and indexed into the store behind it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
 from guard.audit._event import GENESIS_HASH, AuditEvent, EventKind, canonical_json, compute_hash
 from guard.audit._ids import new_event_id
-from guard.audit._jtrail import JournalTrail
+from guard.audit._jtrail import JournalTrail, wait_indexed
 from guard.audit._keys import (
     derive_chain_key,
     load_hmac_key,
@@ -72,4 +72,5 @@ __all__ = [
     "stats",
     "subject_report",
     "verify",
+    "wait_indexed",
 ]

@@ -8,12 +8,14 @@ An event is durable once its batch is appended to the journal and synced
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -23,7 +25,8 @@ from guard.audit._event import AuditEvent, ChainKey, EventKind
 from guard.audit._fields import event_fields
 from guard.audit._health import DiskReserve, FailureLog, GuardedJournal
 from guard.audit._indexer import Indexer
-from guard.audit._journal import open_lane
+from guard.audit._journal import open_lane, scan, segments
+from guard.audit._jverify import indexed_offset, lanes
 from guard.audit._jwriter import Committed, JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
 from guard.audit._otel import OtlpLogExporter
@@ -37,13 +40,59 @@ if TYPE_CHECKING:
 
 
 def journal_folder(settings: AuditSettings) -> Path:
-    """The journal folder the settings name (default: beside an SQLite store)."""
+    """The journal folder the settings name.
+
+    Default: ``<file>.journal`` beside an SQLite store; for PostgreSQL
+    ``.guard/audit-journal/<host>_<port>_<database>``, so that two stores never
+    share a journal.
+    """
     if settings.journal is not None:
         return settings.journal
     if settings.store.startswith("sqlite:///"):
         db = sqlite_path(settings.store)
         return db.with_name(db.name + ".journal")
-    return Path(".guard/audit-journal")
+    url = urlsplit(settings.store)
+    where = f"{url.hostname or 'localhost'}_{url.port or 5432}_{url.path.strip('/')}"
+    return Path(".guard/audit-journal") / re.sub(r"[^A-Za-z0-9._-]", "_", where)
+
+
+def journal_end(lane: Path) -> int:
+    """The offset after the last whole record of a journal (one lane), read from its files."""
+    found = segments(lane)
+    if not found:
+        return 0
+    first, path = found[-1]
+    return first + len(scan(path, first)[0])
+
+
+def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
+    """Return once the store indexes every event durable in the journal when called.
+
+    For any process that reads the store after events were recorded (a script, a
+    test, another replica); the recording process can call :meth:`JournalTrail.flush`.
+    A lane is indexed by the trail that holds it: a lane left by a stopped process
+    waits for the next trail to open it.
+
+    Args:
+        settings: Where the store and the journal are.
+        timeout: Seconds to wait.
+
+    Raises:
+        AuditUnavailableError: the index did not catch up within ``timeout`` seconds.
+        AuditStoreError: there is no store.
+    """
+    targets = {(lane / "ID").read_text().strip(): journal_end(lane)
+               for lane in lanes(journal_folder(settings))}
+    deadline = time.monotonic() + timeout
+    store = open_store(settings.store, create=False, timeout=timeout)
+    try:
+        while any(indexed_offset(store, key) < end for key, end in targets.items()):
+            if time.monotonic() >= deadline:
+                raise AuditUnavailableError(
+                    f"the audit index did not catch up with the journal within {timeout:g} s")
+            time.sleep(0.01)
+    finally:
+        store.close()
 
 
 def _traced(fields: Mapping[str, Any]) -> Mapping[str, Any]:

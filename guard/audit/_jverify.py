@@ -47,7 +47,8 @@ def lanes(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("lane-*") if (p / "ID").is_file())
 
 
-def _offset(store: Store, journal_id: str) -> int:
+def indexed_offset(store: Store, journal_id: str) -> int:
+    """How far the index has read the journal ``journal_id`` (0: not at all), read-only."""
     try:
         found = store.rows(
             "SELECT next_offset FROM audit_journal_offset WHERE journal = ?", (journal_id,))
@@ -91,7 +92,7 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
         copy = SqliteStore(Path(tmp) / "journal.db")
         try:
             for lane in found:
-                indexed = _offset(store, (lane / "ID").read_text().strip())
+                indexed = indexed_offset(store, (lane / "ID").read_text().strip())
                 rows: list[Row] = []
                 checkpoints: list[Checkpoint] = []
                 read: dict[str, dict[str, Row]] = {}

@@ -12,11 +12,14 @@ an ``outcome`` of that decision, naming the route.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guard import Guard
+from guard._errors import AuditUnavailableError
 from guard._types import HttpContext, Request
 from guard.audit import Store, SubjectReport, pseudonymise, subject_report
 from guard.audit._pipeline import TS_FORMAT
@@ -51,6 +54,9 @@ async def lookup(guard: Guard, hmac_key: bytes, conf: ConsoleSettings, auditor: 
     request = Request(auditor, conf.purpose, tuple(conf.categories), subject=raw_subject)
     checked = await guard.acheck(request, HttpContext(method="POST", route="/subject"))
     decision = checked.decision
+    if decision.allowed and checked.decision_id:  # the grant is read back from the index
+        with contextlib.suppress(AuditUnavailableError):
+            await asyncio.to_thread(guard.trail.flush)
     return Lookup(decision.allowed and bool(checked.decision_id), decision.reason,
                   checked.decision_id, pseudonymise(hmac_key, raw_subject))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from consolekit import (
     token,
 )
 
-from guard.audit import AuditEvent, EventKind, open_store, open_trail
+from guard.audit import AuditEvent, EventKind, open_store, open_trail, wait_indexed
 from guard.config import Settings
 from middleware.console import create_console
 from middleware.console._data import Filters, Tail, decisions_page
@@ -83,6 +84,7 @@ def test_a_look_up_the_policy_refuses_is_recorded_and_shows_nothing(
     assert answer.status_code == 403
     assert "purpose_not_granted" in answer.text
     assert "Recipients" not in answer.text
+    wait_indexed(settings.audit)
     db = Path(settings.audit.store.removeprefix("sqlite:///"))
     with sqlite3.connect(db) as conn:
         refused = conn.execute(
@@ -94,14 +96,16 @@ def test_a_look_up_the_policy_refuses_is_recorded_and_shows_nothing(
 def test_a_look_up_the_trail_cannot_record_is_refused(served: tuple[Settings, str]) -> None:
     settings, url = served
     db = Path(settings.audit.store.removeprefix("sqlite:///"))
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("chattr +i (root, e2fsprogs) makes the journal refuse writes")
+    segments = sorted(db.with_name(db.name + ".journal").rglob("*.seg"))
+    assert segments
     with signed_in(settings, url, AUDITOR) as client:
-        blocker = sqlite3.connect(db, isolation_level=None)
-        try:
-            blocker.execute("BEGIN EXCLUSIVE")  # the trail's write waits, then gives up
+        try:  # the journal refuses the append (EPERM), as a failing disk would
+            subprocess.run(["chattr", "+i", *map(str, segments)], check=True)
             answer = client.post("/subject", data={"subject": SUBJECT}, timeout=30)
         finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
+            subprocess.run(["chattr", "-i", *map(str, segments)], check=True)
     assert answer.status_code == 503
     assert "audit_unavailable" in answer.text
     assert "Recipients" not in answer.text
@@ -163,22 +167,26 @@ def test_the_live_tail_shows_a_decision_committed_after_a_newer_one(tmp_path: Pa
     store_url = settings.audit.store
     with open_trail(settings.audit) as trail:
         trail.record(_decision(1, "2026-11-01T10:00:00.000000Z"))
+        trail.flush()  # indexed: the store holds it
         store = open_store(store_url, create=False)
         try:
             follow = Tail(store, Filters())
             follow.start()
             assert follow.poll() == []
             trail.record(_decision(2, "2026-11-01T10:00:02.000000Z"))
+            trail.flush()
             assert [r.event.event_id[-1] for r in follow.poll()] == ["2"]
             # Stamped before decision 2, committed after it (another writer was slower).
             trail.record(_decision(3, "2026-11-01T10:00:01.500000Z"))
             trail.record(_decision(4, "2026-11-01T10:00:03.000000Z", caller="svc:other"))
+            trail.flush()
             assert [r.event.event_id[-1] for r in follow.poll()] == ["3", "4"]
             assert follow.poll() == []
             only = Tail(store, Filters(caller="svc:crm"))
             only.start()
             trail.record(_decision(5, "2026-11-01T10:00:02.500000Z", caller="svc:other"))
             trail.record(_decision(6, "2026-11-01T10:00:02.700000Z"))
+            trail.flush()
             assert [r.event.event_id[-1] for r in only.poll()] == ["6"]
         finally:
             store.close()
@@ -213,7 +221,8 @@ def test_the_console_reads_a_postgres_store_and_diffs_stored_policies(
 
     settings = console_settings(tmp_path)
     settings = settings.model_copy(update={
-        "audit": settings.audit.model_copy(update={"store": postgres_url}),
+        "audit": settings.audit.model_copy(update={"store": postgres_url,
+                                                   "journal": tmp_path / "journal"}),
         "policy": settings.policy.model_copy(update={"source": postgres_url})})
     with example_service(settings) as example:
         fill(example, settings)

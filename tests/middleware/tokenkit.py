@@ -132,8 +132,12 @@ def guard_settings(base: Path, keys: Keys, **identity: Any) -> Settings:
 
 
 def audit_rows(db: Path, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Rows of the real SQLite audit store, as dicts."""
+    """Rows of the real SQLite audit store, as dicts (once it indexes the journal's end)."""
     import sqlite3
+
+    from guard.audit import wait_indexed
+
+    wait_indexed(AuditSettings(store=f"sqlite:///{db}"))
 
     with contextlib.closing(sqlite3.connect(db)) as conn:
         conn.row_factory = sqlite3.Row

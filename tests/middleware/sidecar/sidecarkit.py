@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from bench._pg import free_port
+from guard.audit import wait_indexed
 from guard.config import AuditSettings, PolicySettings, Settings, SidecarSettings
 
 NGINX = os.environ.get("GUARD_NGINX", "/usr/sbin/nginx")
@@ -174,7 +175,8 @@ def need_nginx() -> None:
 
 
 def audit_rows(db: Path, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    """Audit events from the sidecar's SQLite store, oldest first."""
+    """Audit events from the sidecar's SQLite store, oldest first (once it indexes the journal)."""
+    wait_indexed(AuditSettings(store=f"sqlite:///{db}"))
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
         rows = conn.execute(
