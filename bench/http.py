@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from guard._guard import Checked, Guard
+from guard._guard import Checked, Guard, Ruling
 from guard._types import Decision, HttpContext, Request
 
 if TYPE_CHECKING:
@@ -286,7 +286,14 @@ class _DecideOnly:
     async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
         return Checked(self.holder.decide(request), "bench")
 
-    async def arecord_outcome(self, *_: object) -> bool:
+    def decide(self, request: Request, http: HttpContext | None = None, *,
+               per_category: bool = False) -> Ruling:
+        return Ruling(self.holder.decide(request), request, None, {})
+
+    async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
+        return Checked(ruling.decision, "bench")
+
+    def post(self, *_: object) -> bool:
         return True
 
     def enqueue_outcome(self, *_: object) -> bool:

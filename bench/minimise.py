@@ -39,7 +39,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI
 from pydantic import BaseModel, create_model
 
-from guard._guard import Checked, Guard
+from guard._guard import Checked, Guard, Ruling
 from guard._types import Decision, HttpContext, Request
 from guard.config import Settings
 from guard.engine import decide
@@ -72,14 +72,19 @@ class _Guard:
         self._category_cache: dict[Any, Any] = {}
 
     async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
-        return Checked(decide(POLICY, request), "bench")
+        return await self.acommit(self.decide(request, http))
 
-    async def acheck_categories(self, request: Request, http: HttpContext | None = None
-                                ) -> Checked:
-        judged, _detail = Guard._judge_categories(self, request)  # type: ignore[arg-type]
-        return Checked(judged.decision, "bench", judged)
+    def decide(self, request: Request, http: HttpContext | None = None, *,
+               per_category: bool = False) -> Ruling:
+        if per_category:
+            judged, _detail = Guard._judge_categories(self, request)  # type: ignore[arg-type]
+            return Ruling(judged.decision, request, judged, {})
+        return Ruling(decide(POLICY, request), request, None, {})
 
-    async def arecord_outcome(self, *_: object) -> bool:
+    async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
+        return Checked(ruling.decision, "bench", ruling.categories)
+
+    def post(self, *_: object) -> bool:
         return True
 
     def enqueue_outcome(self, *_: object) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from guard._errors import AuditUnavailableError, ConfigError, GuardError, PolicyError
-from guard._guard import Checked, Guard, Pending
+from guard._guard import Checked, Guard, Ruling
 from guard._types import Action, Decision, HttpContext, Reason, Request, denial
 
 __all__ = [
@@ -15,9 +15,9 @@ __all__ = [
     "Guard",
     "GuardError",
     "HttpContext",
-    "Pending",
     "PolicyError",
     "Reason",
     "Request",
+    "Ruling",
     "denial",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from guard.audit import (
 from guard.audit._jtrail import JournalTrail
 from guard.audit._otel import decision_attributes
 from guard.audit._otel import tracer as default_tracer
-from guard.audit._pipeline import decision_fields, outcome_fields, policy_fields
+from guard.audit._pipeline import decision_fields, outcome_fields, policy_fields, trace_fields
 from guard.engine import CategoryDecision, decide_categories
 
 if TYPE_CHECKING:
@@ -33,34 +33,8 @@ if TYPE_CHECKING:
     from guard.rights import Change, Entry, Register
 
 
-class Pending:
-    """A decision whose audit event is being made durable (see :meth:`Guard.adecide`).
-
-    ``decision`` is known at once; :meth:`durable` returns the :class:`Checked` once
-    the event is durable, or an ``audit_unavailable`` denial if it cannot be.
-    """
-
-    __slots__ = ("_request", "_write", "decision")
-
-    def __init__(self, decision: Decision, request: Request,
-                 write: Awaitable[str] | None) -> None:
-        self.decision = decision
-        self._request = request
-        self._write = write
-
-    async def durable(self) -> Checked:
-        """The decision and its event id once durable; a denial if it cannot be recorded."""
-        if self._write is None:
-            return Checked(self.decision, "")
-        try:
-            return Checked(self.decision, await self._write)
-        except Exception:  # fail closed
-            return Checked(denial(Reason.AUDIT_UNAVAILABLE, self._request,
-                                  self.decision.policy_version), "")
-
-
 _CATEGORY_CACHE = 4096
-"""Per-category judgements remembered by :meth:`Guard.acheck_categories` (then cleared)."""
+"""Per-category judgements remembered by :meth:`Guard.decide` (``per_category``; then cleared)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +44,27 @@ class Checked:
     decision: Decision
     decision_id: str
     categories: CategoryDecision | None = None
-    """The per-category judgement, for a request judged with :meth:`Guard.acheck_categories`."""
+    """The per-category judgement, for a request decided with ``per_category=True``."""
+
+
+@dataclass(slots=True)
+class Ruling:
+    """A decision made by :meth:`Guard.decide` and not yet recorded.
+
+    Record it once, with the HTTP status it is answered with when that is known:
+    :meth:`Guard.acommit` (durable on return) or :meth:`Guard.post` (queued).
+
+    Args:
+        decision: The decision.
+        request: The request decided.
+        categories: The per-category judgement (``per_category=True``).
+        fields: The audit event's fields; None when the decision cannot be recorded.
+    """
+
+    decision: Decision
+    request: Request
+    categories: CategoryDecision | None = None
+    fields: dict[str, Any] | None = None
 
 
 class Guard:
@@ -185,8 +179,9 @@ class Guard:
         except Exception:
             return ""
 
-    def _unrecorded(self, request: Request, decision: Decision, span: trace.Span) -> Decision:
+    def _unrecorded(self, request: Request, decision: Decision) -> Decision:
         refused = denial(Reason.AUDIT_UNAVAILABLE, request, decision.policy_version)
+        span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(decision_attributes(refused))
         return refused
@@ -226,65 +221,120 @@ class Guard:
 
     # -- decisions ---------------------------------------------------------------------------
 
+    def decide(
+        self, request: Request, http: HttpContext | None = None, *, per_category: bool = False
+    ) -> Ruling:
+        """Decide now; record the decision later with :meth:`acommit` (or :meth:`post`).
+
+        Lets an enforcement point record one event per request with the status it
+        answers with: no data may leave before :meth:`acommit` returned an allowing
+        decision. Never raises for a request.
+
+        Args:
+            request: The request to decide.
+            http: The HTTP side (method, route template, ...).
+            per_category: Judge category by category (a minimising route): the
+                decision allows when a personal category is released, and the event's
+                ``detail`` lists the categories released and withheld with the reason
+                for each (``{"released":[...],"withheld":{"financial":"..."}}``).
+        """
+        with self._decision_span() as span:
+            try:
+                judged: CategoryDecision | None = None
+                if per_category:
+                    decision, fields, judged = self._decide_per_category(request, http, span)
+                else:
+                    decision, fields = self._decide(request, http, span)
+                ids = trace_fields()  # the decision's span, whenever it is recorded
+                if ids:
+                    fields.update(ids)
+            except Exception:  # fail closed, unrecorded: no id an auditor could find
+                return Ruling(denial(Reason.INTERNAL_ERROR, request, self._version()), request)
+            return Ruling(decision, request, judged, fields)
+
+    def _decide_per_category(
+        self, request: Request, http: HttpContext | None, span: trace.Span
+    ) -> tuple[Decision, dict[str, Any], CategoryDecision]:
+        start = time.perf_counter_ns()
+        try:
+            judged, detail = self._judge_categories(request)
+        except Exception:  # fail closed: nothing is released
+            judged = CategoryDecision(
+                denial(Reason.INTERNAL_ERROR, request, self._version()), (),
+                tuple((c, Reason.INTERNAL_ERROR) for c in request.categories))
+            detail = judged.detail()
+        latency_us = (time.perf_counter_ns() - start) // 1000
+        decision = judged.decision
+        if span.is_recording():
+            span.set_attributes(decision_attributes(decision))
+        fields = decision_fields(request, decision, http, latency_us)
+        fields["detail"] = detail
+        return decision, fields, judged
+
+    async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
+        """Durably record a decision :meth:`decide` made; commit each ruling once.
+
+        Args:
+            ruling: The decision and its event.
+            status: The HTTP status the request is answered with (the event's
+                ``http_status``); None when it is not known yet (a ``write`` decision,
+                recorded before its handler runs).
+
+        Returns:
+            The decision and its event id; a decision that cannot be made durable
+            within :attr:`durable_within` is an ``audit_unavailable`` denial with no id.
+            Never raises for a request.
+        """
+        fields = ruling.fields
+        if fields is None:
+            return Checked(ruling.decision, "", ruling.categories)
+        if status is not None:
+            fields["http_status"] = status
+        try:
+            event_id = await self._arecord(EventKind.DECISION, fields)
+        except Exception:  # AuditUnavailableError, TimeoutError or anything else: fail closed
+            return Checked(self._unrecorded(ruling.request, ruling.decision), "")
+        return Checked(ruling.decision, event_id, ruling.categories)
+
+    def commit(self, ruling: Ruling, status: int | None = None) -> Checked:
+        """Like :meth:`acommit`, blocking until the event is durable (off an event loop)."""
+        fields = ruling.fields
+        if fields is None:
+            return Checked(ruling.decision, "", ruling.categories)
+        if status is not None:
+            fields["http_status"] = status
+        try:
+            event_id = self._record(EventKind.DECISION, fields)
+        except Exception:  # fail closed
+            return Checked(self._unrecorded(ruling.request, ruling.decision), "")
+        return Checked(ruling.decision, event_id, ruling.categories)
+
+    def post(self, ruling: Ruling, status: int) -> bool:
+        """Queue a decision that released no data for the next commit, without waiting.
+
+        For a request that ended before its response started (the handler raised):
+        nothing left, so nothing waits for the record. False if it could not be queued.
+        """
+        fields = ruling.fields
+        if fields is None:
+            return False
+        fields["http_status"] = status
+        try:
+            self._post(EventKind.DECISION, fields)
+        except Exception:
+            return False
+        return True
+
     def check(self, request: Request, http: HttpContext | None = None) -> Checked:
         """Decide and durably record; a decision that cannot be recorded is a denial.
 
         Never raises for a request.
         """
-        with self._decision_span() as span:
-            try:
-                decision, fields = self._decide(request, http, span)
-            except Exception:
-                return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
-            try:
-                return Checked(decision, self._record(EventKind.DECISION, fields))
-            except Exception:  # AuditUnavailableError or anything else: fail closed
-                return Checked(self._unrecorded(request, decision, span), "")
+        return self.commit(self.decide(request, http))
 
     async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
         """Like :meth:`check`; awaits the durable write without blocking the loop."""
-        with self._decision_span() as span:
-            try:
-                decision, fields = self._decide(request, http, span)
-            except Exception:
-                return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
-            try:
-                return Checked(decision, await self._arecord(EventKind.DECISION, fields))
-            except Exception:
-                return Checked(self._unrecorded(request, decision, span), "")
-
-    async def acheck_categories(
-        self, request: Request, http: HttpContext | None = None
-    ) -> Checked:
-        """Decide category by category and durably record it (a minimising route).
-
-        The decision allows when a personal category is released; its audit event's
-        ``detail`` lists the categories released and withheld, with the reason for each
-        (``{"released":[...],"withheld":{"financial":"category_not_in_purpose"}}``).
-        ``Checked.categories`` carries the judgement. Never raises for a request.
-        """
-        with self._decision_span() as span:
-            try:
-                start = time.perf_counter_ns()
-                try:
-                    judged, detail = self._judge_categories(request)
-                except Exception:  # fail closed: nothing is released
-                    judged = CategoryDecision(
-                        denial(Reason.INTERNAL_ERROR, request, self._version()), (),
-                        tuple((c, Reason.INTERNAL_ERROR) for c in request.categories))
-                    detail = judged.detail()
-                latency_us = (time.perf_counter_ns() - start) // 1000
-                decision = judged.decision
-                if span.is_recording():
-                    span.set_attributes(decision_attributes(decision))
-                fields = decision_fields(request, decision, http, latency_us)
-                fields["detail"] = detail
-            except Exception:
-                return Checked(denial(Reason.INTERNAL_ERROR, request, self._version()), "")
-            try:
-                return Checked(decision, await self._arecord(EventKind.DECISION, fields), judged)
-            except Exception:
-                return Checked(self._unrecorded(request, decision, span), "")
+        return await self.acommit(self.decide(request, http))
 
     def _judge_categories(self, request: Request) -> tuple[CategoryDecision, str]:
         """``decide_categories`` and its audit detail, remembered while the register is silent.
@@ -310,30 +360,6 @@ class Guard:
                 cache.clear()
             cache[key] = hit
         return hit
-
-    def adecide(self, request: Request, http: HttpContext | None = None) -> Pending:
-        """Decide now and start the durable write; ``await pending.durable()`` for the result.
-
-        Call on an event loop. Lets an enforcement point run work that releases no
-        data (a read handler's body) while the commit is in flight; no data may
-        leave before :meth:`Pending.durable` returned an allowing decision.
-        """
-        with self._decision_span() as span:
-            try:
-                decision, fields = self._decide(request, http, span)
-            except Exception:
-                return Pending(denial(Reason.INTERNAL_ERROR, request, self._version()),
-                               request, None)
-            trail = self.trail
-            write: Awaitable[str]
-            try:
-                if isinstance(trail, JournalTrail):
-                    write = trail.start_fields(EventKind.DECISION, fields)
-                else:
-                    write = asyncio.ensure_future(self._arecord(EventKind.DECISION, fields))
-            except Exception:
-                return Pending(self._unrecorded(request, decision, span), request, None)
-            return Pending(decision, request, write)
 
     def _denial_fields(
         self, request: Request, decision: Decision, http: HttpContext | None

@@ -1,6 +1,10 @@
 """The one enforcement flow shared by the middleware and the sidecar.
 
 request -> route -> identity -> purpose -> engine + durable audit -> outcome.
+A denial is recorded with the status it is answered with (one event); an
+allowed ``write`` is durable before this returns; an allowed ``read`` is too,
+unless the caller defers it (``defer_reads``) to record it with the response's
+status before the response starts.
 Anything that cannot be judged is a denial; nothing here knows about a
 particular web framework beyond the problem+json response it can render.
 """
@@ -16,7 +20,7 @@ from typing import Any, Protocol
 from opentelemetry import metrics, trace
 from starlette.responses import Response
 
-from guard._guard import Checked
+from guard._guard import Checked, Ruling
 from guard._types import Action, Decision, HttpContext, Reason, Request, denial
 from guard.audit._otel import decision_attributes
 from middleware._bounds import (
@@ -48,9 +52,13 @@ class GuardLike(Protocol):
 
     async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked: ...
 
-    async def arecord_outcome(
-        self, decision_id: str, status: int, http: HttpContext | None = None
-    ) -> object: ...
+    def decide(
+        self, request: Request, http: HttpContext | None = None, *, per_category: bool = False
+    ) -> Ruling: ...
+
+    async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked: ...
+
+    def post(self, ruling: Ruling, status: int) -> object: ...
 
     def enqueue_outcome(
         self, decision_id: str, status: int, http: HttpContext | None = None
@@ -74,6 +82,9 @@ class Outcome:
         endpoint: The endpoint judged, when the app's router was asked (middleware).
         released: A minimising route's released categories (None: not minimised).
         fields: A minimising route's field plan, applied to its response body.
+        pending: An allowed read whose decision is not recorded yet (``defer_reads``):
+            the caller records it with :meth:`Guard.acommit` and the response's status
+            before any of the response leaves.
     """
 
     status: int
@@ -84,6 +95,7 @@ class Outcome:
     endpoint: object | None = None
     released: frozenset[str] | None = None
     fields: FieldPlan | None = None
+    pending: Ruling | None = None
 
     @property
     def allowed(self) -> bool:
@@ -120,6 +132,7 @@ async def enforce(
     purpose_header: str = "x-purpose",
     resolved: Resolved | None = None,
     filters: bool = True,
+    defer_reads: bool = False,
 ) -> Outcome:
     """Judge one HTTP request and record the decision durably.
 
@@ -141,6 +154,9 @@ async def enforce(
             through the app's router.
         filters: The caller filters the response body of a ``minimise`` route;
             False (a check endpoint, a WebSocket): such a route is judged whole.
+        defer_reads: An allowed ``read`` is returned unrecorded (``Outcome.pending``,
+            no ``decision_id``): the caller records it, with the status it answers
+            with, before any data leaves.
     """
     endpoint: object | None = None
     subject: str | None = None
@@ -195,15 +211,17 @@ async def enforce(
     if purpose and not caller.may_declare(purpose):
         return await _refuse(guard, 403, Reason.PURPOSE_NOT_GRANTED, request, http,
                              caller=caller, detail="token_purposes", endpoint=endpoint)
-    # A guard without per-category decisions judges a minimising route whole (deny mode).
-    per_category: Any = getattr(guard, "acheck_categories", None)
-    minimise = (filters and rule.mode == "minimise" and rule.fields is not None
-                and per_category is not None)
+    minimise = filters and rule.mode == "minimise" and rule.fields is not None
     try:
-        if minimise:
-            checked = await per_category(request, http)
-        else:
-            checked = await guard.acheck(request, http)
+        ruling = guard.decide(request, http, per_category=minimise)
+        decision = ruling.decision
+        if decision.allowed and defer_reads and request.action is Action.READ:
+            _annotate_span(decision, None)
+            judged = ruling.categories
+            return Outcome(200, decision, None, caller, http.route, endpoint,
+                           frozenset(judged.released) if judged is not None else None,
+                           rule.fields if judged is not None else None, pending=ruling)
+        checked = await guard.acommit(ruling, None if decision.allowed else 403)
     except Exception:
         _log.exception("the guard could not judge %s %s", method, http.route)
         decision = denial(Reason.INTERNAL_ERROR, request)
@@ -215,7 +233,7 @@ async def enforce(
     if decision.reason is Reason.AUDIT_UNAVAILABLE:
         decision_id = None
     _annotate_span(decision, decision_id)
-    judged = getattr(checked, "categories", None) if minimise else None
+    judged = checked.categories
     if judged is not None and decision.allowed:
         return Outcome(200, decision, decision_id, caller, http.route,
                        endpoint, frozenset(judged.released), rule.fields)
@@ -234,8 +252,9 @@ async def _refuse(
     detail: str | None = None,
     endpoint: object | None = None,
 ) -> Outcome:
-    """Record a denial raised before the engine and turn it into an outcome."""
+    """Record a denial raised before the engine, with its status, and turn it into an outcome."""
     decision = denial(reason, request, _policy_version(guard), detail=_detail_code(detail))
+    http = HttpContext(http.method, http.route, status, http.extra)
     decision_id: str | None = None
     try:
         decision_id = await _record_denial(guard, request, decision, http)

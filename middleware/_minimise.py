@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.types import Message, Receive, Scope, Send
@@ -73,16 +74,21 @@ class Minimiser:
         decision_id: The decision's audit id (named in a refusal).
         purpose: The declared purpose (named in a refusal).
         route: The route template (logged with a refusal; never the raw path).
+        opened: Makes the decision durable with the status about to be sent and
+            returns its id (a read recorded when its response starts); a refusal
+            names that id.
     """
 
-    __slots__ = ("_chunks", "_decision_id", "_limit", "_over", "_plan", "_purpose",
+    __slots__ = ("_chunks", "_decision_id", "_limit", "_opened", "_over", "_plan", "_purpose",
                  "_receive", "_released", "_route", "_scope", "_send", "_size", "_start",
                  "refused")
 
     def __init__(self, send: Send, scope: Scope, receive: Receive, plan: FieldPlan,
                  released: frozenset[str], *, limit: int, decision_id: str | None,
-                 purpose: str | None, route: str) -> None:
+                 purpose: str | None, route: str,
+                 opened: Callable[[int], Awaitable[str | None]] | None = None) -> None:
         self._send = send
+        self._opened = opened
         self._route = route
         self._scope = scope
         self._receive = receive
@@ -147,8 +153,11 @@ class Minimiser:
     async def _refuse(self, why: str) -> None:
         self.refused = True
         _log.error("minimising route %s refused: %s", self._route, why)
-        response = problem_response(403, Reason.INTERNAL_ERROR, self._purpose, (),
-                                    self._decision_id)
-        del response.headers["x-guard-decision-id"]  # the middleware adds it to every response
+        decision_id = self._decision_id
+        if self._opened is not None:
+            decision_id = await self._opened(403)
+        response = problem_response(403, Reason.INTERNAL_ERROR, self._purpose, (), decision_id)
+        if decision_id:  # the middleware adds it to every response
+            del response.headers["x-guard-decision-id"]
         await response(self._scope, self._receive, self._send)
 

@@ -5,10 +5,12 @@ Mount it on any Starlette or FastAPI app::
     app.add_middleware(GuardMiddleware)
 
 Every HTTP request and WebSocket to a guarded route is judged before the app
-sees it; an allowed request's decision is durable in the audit trail before the
-handler runs, and the final response status is queued for the audit trail's
-next group commit when the app is done (``await_outcome=True``: durable before
-the request completes).
+sees it, and nothing of a response leaves before its decision is durable in the
+audit trail. An allowed ``read`` is one event: the decision with the response's
+status, made durable when the app starts its response and before that start is
+passed on (a 403 ``audit_unavailable`` replaces the response if it cannot be).
+An allowed ``write`` is durable before the handler runs, and its final status
+is queued as an ``outcome`` event when the app is done.
 The route judged is the endpoint the app's own router will call (see
 ``middleware._router``); an app without a Starlette router is matched against
 routes.csv. Lifespan and other scope types pass straight through.
@@ -21,11 +23,13 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guard._errors import PolicyError
 from guard._guard import Guard
 from guard._types import Action, HttpContext, Reason, denial
+from guard.audit._otel import decision_attributes
 from guard.config import Settings, load_settings
 from middleware._bounds import method_ok
 from middleware._enforce import GuardLike, Outcome, enforce, route_label
@@ -67,9 +71,6 @@ class GuardMiddleware:
         authenticator: Who is calling; built from ``settings.identity`` when None.
         public_paths: Route templates that need no decision (any method); still counted.
         purpose_header: The header that declares the purpose.
-        await_outcome: Wait until the outcome event is durable before the request
-            completes. By default it is queued for the next group commit: a crash
-            in that window can lose an outcome, never a decision.
         max_minimised_body: The largest response body of a ``minimise`` route, in
             bytes (it is buffered and filtered); a larger one is refused.
     """
@@ -84,7 +85,6 @@ class GuardMiddleware:
         authenticator: Authenticator | None = None,
         public_paths: Sequence[str] = ("/healthz", "/readyz"),
         purpose_header: str | None = None,
-        await_outcome: bool = False,
         max_minimised_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.app = app
@@ -109,7 +109,6 @@ class GuardMiddleware:
             h.encode("latin-1")
             for h in (self.purpose_header, *self.auth.header_names)
         )
-        self.await_outcome = await_outcome
         self.max_minimised_body = max_minimised_body
         self.public_requests: Counter[str] = Counter()
         """Requests to public routes, by route template (they make no audit event)."""
@@ -161,6 +160,7 @@ class GuardMiddleware:
                 peer=client[0] if client else None,
                 purpose_header=self.purpose_header, resolved=resolved,
                 filters=kind == "http",  # a WebSocket's messages are never filtered
+                defer_reads=True,  # recorded with the status, before the response starts
             )
         except Exception:  # fail closed: what cannot be judged is refused
             # Never the raw path: it may name a person. The template, or nothing.
@@ -215,59 +215,145 @@ class GuardMiddleware:
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, outcome: Outcome, method: str
     ) -> None:
-        """Call the app, then record the response status against the decision.
+        """Call the app; record the decision (a read) or the outcome (a write) with its status.
 
-        A response that started but never finished (the app raised or returned
-        mid-body, or the client went away) is recorded with its status and as aborted.
+        The first message of the response (``http.response.start``, ``websocket.accept``)
+        is held until the read's decision is durable. A response that started but
+        never finished (the app raised or returned mid-body, or the client went
+        away) adds an ``outcome`` event with ``detail`` = ``aborted``.
         """
-        decision_id = outcome.decision_id
-        status: list[int] = []
-        finished: list[bool] = []
-        header = decision_id.encode() if decision_id else None
-
-        async def watch(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                status.append(message["status"])
-                if header is not None:
-                    message = {**message, "headers": [*message.get("headers", ()),
-                                                      (_DECISION_HEADER, header)]}
-            elif kind == "http.response.body":
-                await send(message)
-                if not message.get("more_body", False):
-                    finished.append(True)
-                return
-            elif kind == "http.response.pathsend":
-                await send(message)
-                finished.append(True)
-                return
-            elif kind == "websocket.accept":
-                status.append(101)
-            elif kind == "websocket.close" and not status:
-                status.append(403)
-            await send(message)
-
-        inner: Send = watch
+        record = _Record(self.guard, outcome, method)
+        inner: Send = record.send(send, scope, receive)
         if outcome.fields is not None and outcome.released is not None and "method" in scope:
-            inner = Minimiser(watch, scope, receive, outcome.fields, outcome.released,
-                              limit=self.max_minimised_body, decision_id=decision_id,
+            inner = Minimiser(inner, scope, receive, outcome.fields, outcome.released,
+                              limit=self.max_minimised_body, decision_id=outcome.decision_id,
                               purpose=outcome.decision.purpose if outcome.decision else None,
-                              route=outcome.route or "<undeclared>")
+                              route=outcome.route or "<undeclared>", opened=record.open)
         try:
             await self.app(scope, receive, inner)
         finally:
-            if decision_id is not None:
-                aborted = bool(status) and not finished and scope["type"] == "http"
-                http = HttpContext(method, outcome.route or "", status[0] if status else 500,
-                                   aborted=aborted)
-                await self._record(decision_id, http)
+            await record.close(scope["type"] == "http")
 
-    async def _record(self, decision_id: str, http: HttpContext) -> None:
-        status = http.status or 500
+
+class _Record:
+    """The audit record of one allowed request: its decision, then (if needed) its outcome.
+
+    Args:
+        guard: The guard.
+        outcome: How the request was judged (``pending``: a read still to record).
+        method: The request method (for the outcome event).
+    """
+
+    __slots__ = ("_guard", "_method", "_outcome", "_pending", "_read", "_refused", "_span",
+                 "decision_id", "failed", "finished", "status")
+
+    def __init__(self, guard: GuardLike, outcome: Outcome, method: str) -> None:
+        self._guard = guard
+        self._outcome = outcome
+        self._method = method
+        self._pending = outcome.pending
+        self._read = outcome.pending is not None
+        self._span = trace.get_current_span()
+        self.decision_id = outcome.decision_id
+        self.status: int | None = None
+        """The status the response started with."""
+        self.failed = False
+        """The read's decision could not be made durable: nothing of the app's may leave."""
+        self.finished = False
+        self._refused = False
+
+    async def open(self, status: int) -> str | None:
+        """Make the decision durable with ``status`` (once); its id, None if it cannot be."""
+        if self.status is None:
+            self.status = status
+        ruling = self._pending
+        if ruling is None:
+            return self.decision_id
+        self._pending = None
+        checked = await self._guard.acommit(ruling, status)
+        if checked.decision.allowed and checked.decision_id:
+            self.decision_id = checked.decision_id
+            if self._span.is_recording():
+                self._span.set_attribute("guard.decision_id", checked.decision_id)
+        else:
+            self.failed = True
+            if self._span.is_recording():
+                self._span.set_attributes(decision_attributes(checked.decision))
+            _log.error("a decision for %s could not be made durable: the response is refused",
+                       self._outcome.route or "<undeclared>")
+        return self.decision_id
+
+    def send(self, send: Send, scope: Scope, receive: Receive) -> Send:
+        """The ``send`` the app is given: holds the response's first message until durable."""
+
+        async def watch(message: Message) -> None:
+            if self._refused:  # replaced by a refusal: nothing of the app's leaves
+                return
+            kind = message["type"]
+            if kind == "http.response.start":
+                decision_id = await self.open(message["status"])
+                if self.failed:
+                    self._refused = True
+                    await self._refuse(scope, receive, send)
+                    return
+                if decision_id:
+                    message = {**message, "headers": [*message.get("headers", ()),
+                                                      (_DECISION_HEADER, decision_id.encode())]}
+            elif kind == "http.response.body":
+                await send(message)
+                if not message.get("more_body", False):
+                    self.finished = True
+                return
+            elif kind == "http.response.pathsend":
+                await send(message)
+                self.finished = True
+                return
+            elif self.status is None and kind.startswith("websocket."):
+                # accepted: 101; refused by the app: its denial response's status, or 403
+                status = 101 if kind == "websocket.accept" else int(message.get("status", 403))
+                await self.open(status)
+                if self.failed:
+                    self._refused = True
+                    await send({"type": "websocket.close", "code": 1008, "reason": "forbidden"})
+                    return
+            await send(message)
+
+        return watch
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send a 403 ``audit_unavailable`` in place of the app's response."""
+        decision = self._outcome.decision
+        response = problem_response(403, Reason.AUDIT_UNAVAILABLE,
+                                    decision.purpose if decision else None,
+                                    decision.categories if decision else (), None)
+        await response(scope, receive, send)
+
+    async def close(self, http: bool) -> None:
+        """The app is done: record what is not recorded yet.
+
+        Args:
+            http: An HTTP response (one that can break off mid-body), not a WebSocket.
+        """
+        guard = self._guard
+        ruling = self._pending
+        if ruling is not None:  # no response started (the app failed): nothing left
+            self._pending = None
+            try:
+                await guard.acommit(ruling, 500)
+            except BaseException:  # cancelled meanwhile: queue it rather than lose it
+                guard.post(ruling, 500)
+                raise
+            return
+        decision_id = self.decision_id
+        if self.failed or decision_id is None:
+            return
+        aborted = http and self.status is not None and not self.finished
+        if self._read and not aborted:  # the decision carries the status sent
+            return
+        status = self.status if self.status is not None else 500
+        outcome = HttpContext(self._method, self._outcome.route or "", status, aborted=aborted)
         try:
-            if self.await_outcome:
-                await self.guard.arecord_outcome(decision_id, status, http)
-            elif not self.guard.enqueue_outcome(decision_id, status, http):
+            if not guard.enqueue_outcome(decision_id, status, outcome):
                 _log.error("could not queue status %s for decision %s", status, decision_id)
         except Exception:
             _log.exception("could not record status %s for decision %s", status, decision_id)

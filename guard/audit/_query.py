@@ -109,13 +109,20 @@ class EventFilter:
 
 
 _E_COLUMNS = ", ".join(f"e.{name}" for name in FIELD_NAMES)
-_OUTCOME = ("(SELECT max(o.http_status) FROM audit_event o "
-            "WHERE o.decision_ref = e.event_id AND o.kind = 'outcome')")
+_OUTCOME = ("COALESCE((SELECT max(o.http_status) FROM audit_event o "
+            "WHERE o.decision_ref = e.event_id AND o.kind = 'outcome'), e.http_status)")
+"""A decision's final HTTP status: its ``outcome`` event's (a write: recorded before its
+handler ran), else the decision's own ``http_status`` (a read or a denial: one event,
+recorded with the status it was answered with)."""
 
 
 @dataclass(frozen=True, slots=True)
 class QueryRow:
-    """A decision and the final HTTP status recorded for it, if any."""
+    """A decision and the final HTTP status recorded for it, if any.
+
+    ``outcome_status`` is the status of the decision's ``outcome`` event, or, without
+    one, the decision's own ``http_status``.
+    """
 
     event: AuditEvent
     outcome_status: int | None

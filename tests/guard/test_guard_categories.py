@@ -1,4 +1,4 @@
-"""Guard.acheck_categories: recorded with released/withheld, and a register entry always counts."""
+"""Guard.decide(per_category=True): released/withheld recorded; a register entry always counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from guard import Reason, Request
-from guard._guard import Guard
+from guard._guard import Checked, Guard
 from guard.audit import AuditTrail, EventFilter, load_signing_key, open_store, query_events
 from guard.policy import load_policy
 from guard.policy._holder import PolicyHolder
@@ -18,6 +18,11 @@ KEY = b"k" * 32
 CATS = ("identity.name", "contact.email", "financial.payment_card")
 
 
+def judged(guard: Guard, request: Request) -> Checked:
+    """Decide category by category and record it durably."""
+    return asyncio.run(guard.acommit(guard.decide(request, per_category=True)))
+
+
 def test_a_register_entry_is_never_hidden_by_a_remembered_judgement(tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
     register = Register(KEY)
@@ -25,17 +30,16 @@ def test_a_register_entry_is_never_hidden_by_a_remembered_judgement(tmp_path: Pa
     guard = Guard(PolicyHolder(lambda: load_policy(None)), trail, hmac_key=KEY,
                   register=register)
     request = Request("svc:crm", "relationship.management", CATS, subject="c-1")
-    first = asyncio.run(guard.acheck_categories(request))
+    first = judged(guard, request)
     assert first.categories is not None
     assert first.categories.released == ("identity.name", "contact.email")
     register.apply(register.pseudonym("c-1"),
                    [Record(EntryKind.RESTRICTION, "", date(2020, 1, 1))])
-    second = asyncio.run(guard.acheck_categories(request))
+    second = judged(guard, request)
     assert second.categories is not None
     assert second.categories.released == ()
     assert second.decision.reason is Reason.PROCESSING_RESTRICTED
-    other = asyncio.run(guard.acheck_categories(
-        Request("svc:crm", "relationship.management", CATS, subject="c-2")))
+    other = judged(guard, Request("svc:crm", "relationship.management", CATS, subject="c-2"))
     assert other.decision.allowed
     guard.close()
     store = open_store(f"sqlite:///{db}")

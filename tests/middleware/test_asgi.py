@@ -21,7 +21,6 @@ from guard._guard import Guard
 from guard.audit import (
     EventFilter,
     load_hmac_key,
-    load_signing_key,
     open_store,
     pseudonymise,
     query_events,
@@ -80,13 +79,18 @@ async def test_every_demo_request(client: httpx.AsyncClient, env: dict[str, Any]
     if demo.reason == "public":
         assert "x-guard-decision-id" not in response.headers
         return
+    env["guard"].trail.flush()  # a write's outcome is queued for the next commit
     if demo.reason == "allowed":
         decision_id = response.headers["x-guard-decision-id"]
         row = decision_row(env["db"], decision_id)
         assert row["allowed"] == 1
-        env["guard"].trail.flush()  # the outcome is queued for the next group commit
         outcomes = audit_rows(env["db"], "kind = 'outcome' AND decision_ref = ?", (decision_id,))
-        assert [o["http_status"] for o in outcomes] == [demo.status]
+        if row["action"] == "read":  # one event: the decision with the status sent
+            assert row["http_status"] == demo.status
+            assert outcomes == []
+        else:  # durable before the handler ran; the status follows as an outcome
+            assert row["http_status"] is None
+            assert [o["http_status"] for o in outcomes] == [demo.status]
     else:
         assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
         body = response.json()
@@ -104,7 +108,7 @@ async def test_every_demo_request(client: httpx.AsyncClient, env: dict[str, Any]
         text = response.text
         assert "rules.csv" not in text
         assert "lawful" not in text
-        env["guard"].trail.flush()
+        assert row["http_status"] == demo.status  # one event, with the status sent
         assert not audit_rows(env["db"], "kind = 'outcome' AND decision_ref = ?", (decision_id,))
     assert row["kind"] == "decision"
     assert row["reason"] == demo.reason
@@ -142,11 +146,11 @@ async def test_response_status_is_recorded(client: httpx.AsyncClient,
     response = await client.get("/customers/c-9999", headers=_headers(demo, env["tokens"][demo]))
     assert response.status_code == 404
     decision_id = response.headers["x-guard-decision-id"]
-    assert decision_row(env["db"], decision_id)["allowed"] == 1
     env["guard"].trail.flush()
-    outcomes = audit_rows(env["db"], "decision_ref = ?", (decision_id,))
-    assert [(o["kind"], o["http_status"], o["http_route"]) for o in outcomes] == [
-        ("outcome", 404, "/customers/{customer_id}")]
+    row = decision_row(env["db"], decision_id)
+    assert (row["allowed"], row["http_status"], row["http_route"]) == (
+        1, 404, "/customers/{customer_id}")
+    assert audit_rows(env["db"], "decision_ref = ?", (decision_id,)) == []
 
 
 async def test_public_route_is_counted_not_audited(client: httpx.AsyncClient,
@@ -346,9 +350,9 @@ async def test_websocket_and_lifespan(env: dict[str, Any], keys: Keys) -> None:
     assert sorted(r["reason"] for r in rows) == ["allowed", "purpose_not_granted",
                                                  "unauthenticated"]
     allowed = next(r for r in rows if r["allowed"])
+    assert allowed["http_status"] == 101  # a read: recorded as the socket is accepted
     env["guard"].trail.flush()
-    outcome = audit_rows(env["db"], "decision_ref = ?", (allowed["event_id"],))
-    assert [o["http_status"] for o in outcome] == [101]
+    assert audit_rows(env["db"], "decision_ref = ?", (allowed["event_id"],)) == []
 
 
 def test_problem_body_is_exactly_rfc9457_shaped(env: dict[str, Any]) -> None:
@@ -415,49 +419,3 @@ async def test_a_failing_guard_component_fails_closed(env: dict[str, Any]) -> No
     assert response.status_code == 403
     assert response.json()["reason"] == "internal_error"
     assert ran == []
-
-
-@pytest.mark.parametrize("await_outcome", [True, False])
-async def test_outcome_is_durable_on_completion_only_when_awaited(
-    keys: Keys, tmp_path: Path, await_outcome: bool
-) -> None:
-    from guard.audit import AuditTrail
-
-    class HeldTrail(AuditTrail):
-        """The real trail, except that queued (not awaited) events wait for ``release``."""
-
-        held: list[Any]
-
-        def post(self, event: Any) -> None:
-            self.held.append(event)
-
-        def release(self) -> None:
-            for event in self.held:
-                super().post(event)
-
-    async def handler(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("data", status_code=203)
-
-    settings = guard_settings(tmp_path, keys)
-    guard = Guard.from_settings(settings)
-    guard.trail.close()
-    guard.trail = trail = HeldTrail(open_store(settings.audit.store),
-                                    load_signing_key(settings.audit.signing_key))
-    trail.held = []
-    app = Starlette(routes=[Route("/customers/{customer_id}", handler)])
-    app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
-                       routes=RouteTable.from_csv(ROUTES_CSV), await_outcome=await_outcome)
-    headers = {"authorization": f"Bearer {keys.mint('rsa', sub='svc:crm')}",
-               "x-purpose": "relationship.management"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://svc") as c:
-        response = await c.get("/customers/c-0001", headers=headers)
-    assert response.status_code == 203
-    decision_id = response.headers["x-guard-decision-id"]
-    assert decision_row(tmp_path / "audit.db", decision_id)["allowed"] == 1  # always durable
-    outcomes = audit_rows(tmp_path / "audit.db", "decision_ref = ?", (decision_id,))
-    assert [o["http_status"] for o in outcomes] == ([203] if await_outcome else [])
-    trail.release()
-    guard.close()
-    outcomes = audit_rows(tmp_path / "audit.db", "decision_ref = ?", (decision_id,))
-    assert [o["http_status"] for o in outcomes] == [203]

@@ -266,43 +266,6 @@ def test_a_journal_that_cannot_be_written_denies(keys: Keys, tmp_path: Path) -> 
     guard.close()
 
 
-def test_adecide_decides_at_once_and_durable_waits_for_the_journal(
-    keys: Keys, tmp_path: Path
-) -> None:
-    from guard import Reason, Request
-    from guard._guard import Guard
-    from guard.policy import load_policy
-    from guard.policy._holder import PolicyHolder
-
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    trail = make(url, keys, tmp_path / "j")
-    guard = Guard(PolicyHolder(lambda: load_policy(None)), trail, hmac_key=HMAC_KEY)
-    request = Request("svc:crm", "relationship.management", ("contact",), subject="cust-7")
-
-    async def decide() -> tuple[bool, str]:
-        pending = guard.adecide(request)
-        allowed = pending.decision.allowed  # known before the commit
-        checked = await pending.durable()
-        return allowed, checked.decision_id
-
-    allowed, decision_id = asyncio.run(decide())
-    assert allowed
-    assert decision_id
-    full = os.open("/dev/full", os.O_WRONLY)
-    good = os.dup(trail.journal._fd)
-    os.dup2(full, trail.journal._fd)
-
-    async def refused() -> Reason:
-        return (await guard.adecide(request).durable()).decision.reason
-
-    assert asyncio.run(refused()) is Reason.AUDIT_UNAVAILABLE
-    os.dup2(good, trail.journal._fd)
-    os.close(full)
-    os.close(good)
-    guard.close()
-    assert count(url, f"SELECT count(*) FROM audit_event WHERE event_id = '{decision_id}'") == 1
-
-
 def test_batch_ids_are_uuid7_in_order_and_unique() -> None:
     import uuid
 
