@@ -25,6 +25,7 @@ from guard.audit._schema import (
     checkpoint_row,
 )
 from guard.audit._store import AuditStoreError
+from guard.audit._summary import UPSERT_HOURS, inserted, summary_params
 
 _MIGRATION_LOCK = 0x67756172  # advisory lock id: one replica migrates at a time
 
@@ -33,14 +34,22 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-_INSERT_EVENT = _pg(INSERT_EVENT)
+_INSERT_EVENT = _pg(INSERT_EVENT) + " RETURNING event_id"
+_UPSERT_HOURS = _pg(UPSERT_HOURS)
 _INSERT_CHECKPOINT = _pg(INSERT_CHECKPOINT)
 _SAVE_OFFSET = _pg(SAVE_OFFSET)
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS audit_event_stage "
           "(LIKE audit_event INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
 _COPY_STAGE = f"COPY audit_event_stage ({EVENT_COLUMNS}) FROM STDIN"
 _FROM_STAGE = (f"INSERT INTO audit_event ({EVENT_COLUMNS}) "  # noqa: S608 - constant SQL
-               f"SELECT {EVENT_COLUMNS} FROM audit_event_stage ON CONFLICT (event_id) DO NOTHING")
+               f"SELECT {EVENT_COLUMNS} FROM audit_event_stage ON CONFLICT (event_id) DO NOTHING "
+               "RETURNING event_id")
+
+
+def _add_hours(conn: psycopg.Connection[Any], rows: Sequence[Row], ids: list[str]) -> None:
+    """Add the decisions inserted to the hourly summary, in the open transaction."""
+    if hours := summary_params(inserted(rows, ids)):
+        conn.cursor().executemany(_UPSERT_HOURS, hours)
 
 
 class PostgresStore:
@@ -117,18 +126,21 @@ class PostgresStore:
                 self.url, connect_timeout=max(1, int(self._timeout)), autocommit=True
             )
         try:
-            if len(rows) == 1 and not checkpoints:  # one statement, one round trip
-                conn.execute(_INSERT_EVENT, rows[0], prepare=True)
-            else:
-                # psycopg pipelines executemany: one round trip for the batch, and
-                # about half the client CPU of one statement with an array per column.
-                with conn.transaction():
-                    cur = conn.cursor()
-                    if rows:
-                        cur.executemany(_INSERT_EVENT, rows)
-                    if checkpoints:
-                        cur.executemany(_INSERT_CHECKPOINT,
-                                        [checkpoint_row(c) for c in checkpoints])
+            # psycopg pipelines executemany: one round trip for the batch, and
+            # about half the client CPU of one statement with an array per column.
+            with conn.transaction():
+                cur = conn.cursor()
+                if rows:
+                    cur.executemany(_INSERT_EVENT, rows, returning=True)
+                    ids: list[str] = []
+                    while True:
+                        ids += [i for (i,) in cur.fetchall()]
+                        if not cur.nextset():
+                            break
+                    _add_hours(conn, rows, ids)
+                if checkpoints:
+                    cur.executemany(_INSERT_CHECKPOINT,
+                                    [checkpoint_row(c) for c in checkpoints])
         except psycopg.OperationalError:
             conn.close()
             raise
@@ -191,7 +203,8 @@ class PostgresStore:
                             with conn.cursor().copy(_COPY_STAGE) as copy:
                                 for row in rows:
                                     copy.write_row(row)
-                            conn.execute(_FROM_STAGE)
+                            ids = [i for (i,) in conn.execute(_FROM_STAGE).fetchall()]
+                            _add_hours(conn, rows, ids)
                         if checkpoints:
                             conn.cursor().executemany(
                                 _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])

@@ -17,8 +17,9 @@ from guard.audit._event import (
     content_row,
     digest_content,
 )
+from guard.audit._summary import MIGRATION as SUMMARY_MIGRATION
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Portable DDL: the same text runs on SQLite and PostgreSQL.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -94,6 +95,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS audit_event_policy ON audit_event (ts) "
         "WHERE kind IN ('policy_loaded', 'policy_rejected')",
     ),
+    # Decisions counted per hour for the console's charts, back-filled from the events.
+    5: SUMMARY_MIGRATION,
 }
 
 JOURNAL_OFFSET_DDL = (
