@@ -40,22 +40,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def pg_server() -> Iterator[str | None]:
-    """Yield the URL of a fresh server's ``postgres`` database, or None if not installed."""
+def pg_server(keep: Path | None = None) -> Iterator[str | None]:
+    """Yield the URL of a fresh server's ``postgres`` database, or None if not installed.
+
+    Args:
+        keep: A folder to keep the server's data in and reuse on the next call
+            (None: a throw-away folder, removed after).
+    """
     bindir = _bindir()
     if bindir is None:
         yield None
         return
     # Not under a 0700 tmp tree of root's: the postgres user must reach it.
-    base = Path(tempfile.mkdtemp(prefix="guard-pg-"))
+    base = keep or Path(tempfile.mkdtemp(prefix="guard-pg-"))
     data = base / "data"
-    data.mkdir()
+    reuse = (data / "PG_VERSION").exists()
+    data.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
         shutil.chown(data, "postgres")
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                                 "--auth=trust", "--no-sync", "-E", "UTF8"]),
-                   check=True, capture_output=True)
+    if not reuse:
+        subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                                     "--auth=trust", "--no-sync", "-E", "UTF8"]),
+                       check=True, capture_output=True)
     port = free_port()
     server = subprocess.Popen(
         _as_postgres([str(bindir / "postgres"), "-D", str(data), "-p", str(port),
@@ -85,7 +92,8 @@ def pg_server() -> Iterator[str | None]:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
-        shutil.rmtree(base, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def fresh_database(url: str, name: str) -> str:

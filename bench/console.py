@@ -25,6 +25,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import contextlib
+import os
 import sqlite3
 import statistics
 import tempfile
@@ -41,7 +42,7 @@ from consolekit import AUDITOR, UvicornThread, console_settings, token
 
 from guard.audit import load_hmac_key, open_store, pseudonymise
 from guard.audit._event import FIELD_NAMES
-from guard.audit._schema import INSERT_EVENT
+from guard.audit._schema import INSERT_EVENT, MIGRATIONS
 from guard.config import Settings
 from middleware.console import create_console
 
@@ -63,58 +64,132 @@ RARE = "svc:team5"
 
 
 def rows(n: int, key: bytes, start: datetime) -> Iterator[tuple[object, ...]]:
-    """``n`` decision rows, oldest first, over 30 days from ``start``."""
+    """``n`` decision rows, oldest first, over 30 days from ``start``.
+
+    Fast enough for tens of millions: pseudonyms are computed once per subject and
+    the timestamp's text once per second.
+    """
     subjects = max(1, n // 20)
-    step = timedelta(days=30) / n
+    pseudonyms = [pseudonymise(key, f"c-{s}") for s in range(subjects)]
+    first_us = int(start.timestamp() * 1_000_000)
+    span_us = 30 * 86_400 * 1_000_000
+    second, prefix = -1, ""
+    fixed: dict[str, object] = {
+        "kind": "decision", "categories": '["identity","contact"]', "action": "read",
+        "lawful_basis": '["contract"]', "policy_version": "sha256:bench", "http_method": "GET",
+        "latency_us": 40, "writer_id": "bench", "prev_hash": "", "hash": ""}
+    varying = ("event_id", "ts", "caller", "party_type", "country", "purpose", "allowed",
+               "reason", "rule", "subject", "http_route", "seq")
+    # Each row is the fixed values with the varying ones put in place by position.
+    template = [fixed.get(name) for name in FIELD_NAMES]
+    slots = [FIELD_NAMES.index(name) for name in varying]
     for i in range(n):
         caller, party, country, purpose, route = (
             CALLERS[15] if i % 1000 == 0 else CALLERS[i % 15])
         allowed = i % 7 != 0
-        ts = (start + step * i).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        values = {
-            "event_id": f"{i:08x}-0000-7000-8000-{i:012x}", "kind": "decision",
-            "ts": ts, "caller": caller, "party_type": party, "country": country,
-            "purpose": purpose, "categories": '["identity","contact"]', "action": "read",
-            "allowed": int(allowed), "reason": "allowed" if allowed else "category_not_granted",
-            "rule": '["rules.csv:313"]' if allowed else '["check:category_not_granted"]',
-            "lawful_basis": '["contract"]', "policy_version": "sha256:bench",
-            "subject": pseudonymise(key, f"c-{(i * 7919) % subjects}"), "http_method": "GET",
-            "http_route": route, "latency_us": 40, "writer_id": "bench", "seq": i + 1,
-            "prev_hash": "", "hash": ""}
-        yield tuple(values.get(name) for name in FIELD_NAMES)
+        micros = first_us + span_us * i // n
+        if micros // 1_000_000 != second:
+            second = micros // 1_000_000
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        row = template.copy()
+        for slot, value in zip(slots, (
+                f"{i:08x}-0000-7000-8000-{i:012x}", f"{prefix}.{micros % 1_000_000:06d}Z",
+                caller, party, country, purpose, int(allowed),
+                "allowed" if allowed else "category_not_granted",
+                '["rules.csv:313"]' if allowed else '["check:category_not_granted"]',
+                pseudonyms[(i * 7919) % subjects], route, i + 1), strict=True):
+            row[slot] = value
+        yield tuple(row)
+
+
+class Progress:
+    """Prints how far a bulk load is, every ``every`` rows, on one line."""
+
+    def __init__(self, what: str, n: int, every: int = 250_000) -> None:
+        self.what, self.n, self.every = what, n, every
+        self.t0 = time.perf_counter()
+
+    def tick(self, done: int) -> None:
+        """Report ``done`` rows if it is a multiple of ``every`` (or the end)."""
+        if done % self.every == 0 or done == self.n:
+            took = time.perf_counter() - self.t0
+            print(f"\r{self.what}: {done:,}/{self.n:,} rows, {took:.0f} s "
+                  f"({done / max(took, 1e-9):,.0f} rows/s)", end="", file=sys.stderr,
+                  flush=True)
+            if done == self.n:
+                print(file=sys.stderr)
+
+    def step(self, what: str) -> None:
+        """Report a step after the rows (an index build...)."""
+        print(f"{self.what}: {what} at {time.perf_counter() - self.t0:.0f} s",
+              file=sys.stderr, flush=True)
+
+
+def _secondary_indexes() -> list[tuple[str, str]]:
+    """(name, CREATE statement) of every secondary index the migrations create."""
+    found = []
+    for statements in MIGRATIONS.values():
+        for sql in statements:
+            if sql.startswith("CREATE INDEX IF NOT EXISTS audit_event"):
+                found.append((sql.split()[5], sql))
+    return found
 
 
 def load_sqlite(path: Path, n: int, key: bytes, start: datetime) -> None:
-    """Create the store (schema and indexes) and insert ``n`` rows in one transaction."""
+    """Create the store, bulk-insert ``n`` rows without the secondary indexes, build them."""
     open_store(f"sqlite:///{path}").close()
     conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-1000000")
+    progress = Progress("SQLite bulk load", n)
+    indexes = _secondary_indexes()
     conn.execute("BEGIN")
+    for name, _ in indexes:
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
     batch: list[tuple[object, ...]] = []
-    for row in rows(n, key, start):
+    for done, row in enumerate(rows(n, key, start), 1):
         batch.append(row)
         if len(batch) == 50_000:
             conn.executemany(INSERT_EVENT, batch)
             batch.clear()
+        progress.tick(done)
     conn.executemany(INSERT_EVENT, batch)
+    for name, sql in indexes:
+        conn.execute(sql)
+        progress.step(f"index {name} built")
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
+    conn.execute("PRAGMA journal_mode=WAL")
     conn.close()
+    progress.step("analysed")
 
 
 def load_postgres(url: str, n: int, key: bytes, start: datetime) -> None:
-    """Create the schema, COPY ``n`` rows in, ANALYZE."""
+    """Create the schema, COPY ``n`` rows in without the secondary indexes, build them."""
     import psycopg
 
     store = open_store(url)
     store.rows("SELECT 1")  # creates the schema (PostgreSQL stores make it on first use)
     store.close()
+    progress = Progress("PostgreSQL bulk load", n)
+    indexes = _secondary_indexes()
     with psycopg.connect(url) as conn:
+        conn.execute("SET synchronous_commit = off")
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        for name, _ in indexes:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
         with conn.cursor() as cur, cur.copy(
                 f"COPY audit_event ({', '.join(FIELD_NAMES)}) FROM STDIN") as copy:
-            for row in rows(n, key, start):
+            for done, row in enumerate(rows(n, key, start), 1):
                 copy.write_row(row)
+                progress.tick(done)
+        for name, sql in indexes:
+            conn.execute(sql)
+            progress.step(f"index {name} built")
+        conn.commit()
         conn.execute("ANALYZE audit_event")
+    progress.step("analysed")
 
 
 def timed(client: httpx.Client, method: str, url: str, **kw: object) -> tuple[float, int]:
@@ -184,12 +259,29 @@ def measure(settings: Settings, repeat: int, newest: str,
     return out
 
 
-def report(kind: str, n: int, loaded: float, results: list[tuple[str, float, float, int]]) -> None:
-    print(f"\n{kind}: {n:,} events (bulk load {loaded:.0f} s)")
+def report(kind: str, n: int, loaded: float, migrated: float, size: int,
+           results: list[tuple[str, float, float, int]]) -> None:
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"\n{kind}: {n:,} events, store {size / 2**30:.2f} GiB (bulk load {loaded:.0f} s, "
+          f"schema migration on open {migrated:.1f} s); "
+          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {load}")
     print(f"{'page':<48} {'first':>10} {'median':>10}  status")
     for name, first, median, status in results:
         med = "-" if median != median else f"{median:8.1f} ms"  # NaN: measured once
         print(f"{name:<48} {first:8.1f} ms {med:>10}  {status}")
+
+
+def migrate(url: str) -> tuple[float, str]:
+    """Open the store as the guard does (running any pending migration): seconds, newest ts."""
+    t0 = time.perf_counter()
+    store = open_store(url)
+    try:
+        store.rows("SELECT 1")
+        took = time.perf_counter() - t0
+        newest = store.rows("SELECT max(ts) FROM audit_event")[0][0]
+    finally:
+        store.close()
+    return took, str(newest)
 
 
 def main() -> None:
@@ -200,7 +292,11 @@ def main() -> None:
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite run")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the integrity check (minutes per million events)")
-    parser.add_argument("--keep", type=Path, help="folder to keep (and reuse) the SQLite store in")
+    parser.add_argument("--keep", type=Path,
+                        help="folder to keep (and reuse) the stores in: the SQLite file and, "
+                             "with --postgres, the PostgreSQL server's data")
+    parser.add_argument("--load-only", action="store_true",
+                        help="load the stores (into --keep) and stop")
     args = parser.parse_args()
     n = args.events
     with contextlib.ExitStack() as stack:
@@ -209,30 +305,46 @@ def main() -> None:
         settings = console_settings(base)
         key = load_hmac_key(settings.audit.hmac_key, create=True)
         start = datetime.now(UTC) - timedelta(days=30)
-        newest = (start + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         db = base / "audit.db"
         if not args.no_sqlite:
             t0 = time.perf_counter()
             if not db.exists():
                 load_sqlite(db, n, key, start)
             loaded = time.perf_counter() - t0
-            report("SQLite", n, loaded,
-                   measure(settings, args.repeat, newest, not args.no_verify))
+            migrated, newest = migrate(settings.audit.store)
+            size = sum(p.stat().st_size for p in base.glob("audit.db*"))
+            if not args.load_only:
+                report("SQLite", n, loaded, migrated, size,
+                       measure(settings, args.repeat, newest, not args.no_verify))
         if args.postgres:
             from bench._pg import fresh_database, pg_server
 
-            with pg_server() as pg:
+            pg_keep = base / "postgres" if args.keep else None
+            with pg_server(keep=pg_keep) as pg:
                 if pg is None:
                     print("PostgreSQL server binaries not found; skipped")
                     return
-                url = fresh_database(pg, "console")
+                marker = base / "postgres-loaded"
                 t0 = time.perf_counter()
-                load_postgres(url, n, key, start)
+                if pg_keep is not None and marker.exists():
+                    url = pg.rsplit("/", 1)[0] + "/console"
+                else:
+                    url = fresh_database(pg, "console")
+                    load_postgres(url, n, key, start)
+                    if pg_keep is not None:
+                        marker.write_text(f"{n}\n")
                 loaded = time.perf_counter() - t0
-                pg_settings = settings.model_copy(update={"audit": settings.audit.model_copy(
-                    update={"store": url})})
-                report("PostgreSQL", n, loaded,
-                       measure(pg_settings, args.repeat, newest, not args.no_verify))
+                migrated, newest = migrate(url)
+                import psycopg
+
+                with psycopg.connect(url) as conn:
+                    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+                    size = int(row[0]) if row else 0
+                if not args.load_only:
+                    pg_settings = settings.model_copy(update={
+                        "audit": settings.audit.model_copy(update={"store": url})})
+                    report("PostgreSQL", n, loaded, migrated, size,
+                           measure(pg_settings, args.repeat, newest, not args.no_verify))
 
 
 if __name__ == "__main__":
