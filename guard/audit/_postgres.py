@@ -25,7 +25,7 @@ from guard.audit._schema import (
     checkpoint_row,
 )
 from guard.audit._store import AuditStoreError
-from guard.audit._summary import UPSERT_HOURS, inserted, summary_params
+from guard.audit._summary import RETURNING_KEY, UPSERT_HOURS, summary_params
 
 _MIGRATION_LOCK = 0x67756172  # advisory lock id: one replica migrates at a time
 
@@ -34,7 +34,7 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-_INSERT_EVENT = _pg(INSERT_EVENT) + " RETURNING event_id"
+_INSERT_EVENT = f"{_pg(INSERT_EVENT)} {RETURNING_KEY}"
 _UPSERT_HOURS = _pg(UPSERT_HOURS)
 _INSERT_CHECKPOINT = _pg(INSERT_CHECKPOINT)
 _SAVE_OFFSET = _pg(SAVE_OFFSET)
@@ -43,12 +43,12 @@ _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS audit_event_stage "
 _COPY_STAGE = f"COPY audit_event_stage ({EVENT_COLUMNS}) FROM STDIN"
 _FROM_STAGE = (f"INSERT INTO audit_event ({EVENT_COLUMNS}) "  # noqa: S608 - constant SQL
                f"SELECT {EVENT_COLUMNS} FROM audit_event_stage ON CONFLICT (event_id) DO NOTHING "
-               "RETURNING event_id")
+               f"{RETURNING_KEY}")
 
 
-def _add_hours(conn: psycopg.Connection[Any], rows: Sequence[Row], ids: list[str]) -> None:
-    """Add the decisions inserted to the hourly summary, in the open transaction."""
-    if hours := summary_params(inserted(rows, ids)):
+def _add_hours(conn: psycopg.Connection[Any], stored: list[tuple[Any, ...]]) -> None:
+    """Add the decisions inserted (their keys, as returned) to the hourly summary."""
+    if hours := summary_params(stored):
         conn.cursor().executemany(_UPSERT_HOURS, hours)
 
 
@@ -132,12 +132,12 @@ class PostgresStore:
                 cur = conn.cursor()
                 if rows:
                     cur.executemany(_INSERT_EVENT, rows, returning=True)
-                    ids: list[str] = []
+                    stored: list[tuple[Any, ...]] = []
                     while True:
-                        ids += [i for (i,) in cur.fetchall()]
+                        stored += cur.fetchall()
                         if not cur.nextset():
                             break
-                    _add_hours(conn, rows, ids)
+                    _add_hours(conn, stored)
                 if checkpoints:
                     cur.executemany(_INSERT_CHECKPOINT,
                                     [checkpoint_row(c) for c in checkpoints])
@@ -203,8 +203,7 @@ class PostgresStore:
                             with conn.cursor().copy(_COPY_STAGE) as copy:
                                 for row in rows:
                                     copy.write_row(row)
-                            ids = [i for (i,) in conn.execute(_FROM_STAGE).fetchall()]
-                            _add_hours(conn, rows, ids)
+                            _add_hours(conn, conn.execute(_FROM_STAGE).fetchall())
                         if checkpoints:
                             conn.cursor().executemany(
                                 _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])

@@ -24,7 +24,7 @@ from guard.audit._schema import (
     checkpoint_row,
 )
 from guard.audit._store import AuditStoreError
-from guard.audit._summary import UPSERT_HOURS, inserted, summary_params
+from guard.audit._summary import RETURNING_KEY, UPSERT_HOURS, summary_params
 
 _ROWS_PER_STATEMENT = 1000  # 27 columns x 1000 stays under SQLite's 32766 variables
 _HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
@@ -35,19 +35,18 @@ _ONE_ROW, _CONFLICT = _TAIL.split(" ON CONFLICT ", 1)
 def _insert_many(count: int) -> str:
     """One INSERT for ``count`` rows: one statement step, so the GIL is released once."""
     return (f"{_HEAD} VALUES {', '.join([_ONE_ROW] * count)} ON CONFLICT {_CONFLICT} "
-            "RETURNING event_id")
+            f"{RETURNING_KEY}")
 
 
 def _insert(conn: sqlite3.Connection, rows: Sequence[Row],
             checkpoints: Sequence[Checkpoint]) -> None:
     """Insert event rows (in statements of at most ``_ROWS_PER_STATEMENT``) and checkpoints,
     and add the decisions inserted to the hourly summary (in the caller's transaction)."""
-    ids: list[str] = []
+    stored: list[tuple[Any, ...]] = []
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         chunk = rows[start:start + _ROWS_PER_STATEMENT]
-        cursor = conn.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
-        ids += [i for (i,) in cursor]
-    if hours := summary_params(inserted(rows, ids)):
+        stored += conn.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
+    if hours := summary_params(stored):
         conn.executemany(UPSERT_HOURS, hours)
     if checkpoints:
         conn.executemany(INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])

@@ -3,10 +3,11 @@
 The console's overview groups decisions by hour, reason, caller, purpose,
 country, route and outcome. At millions of events that scan costs seconds, so
 the store keeps the same counts in ``audit_hour``, added to in the transaction
-that inserts the events (:func:`summary_params` aggregates one batch in Python,
-:data:`UPSERT_HOURS` adds it): the summary is exact whenever the events are.
-Only events actually inserted count: a row whose ``event_id`` is already
-stored (``ON CONFLICT DO NOTHING``) is left out (:func:`inserted`).
+that inserts the events: the insert returns the summary key of each row it
+stored (:data:`RETURNING_KEY`; a row whose ``event_id`` is already stored,
+skipped by ``ON CONFLICT DO NOTHING``, returns nothing), :func:`summary_params`
+counts them in Python and :data:`UPSERT_HOURS` adds the counts. The summary is
+therefore exact whenever the events are.
 
 Columns that may be null in ``audit_event`` are stored as ``''`` (country,
 route) and ``-1`` (allowed), so the primary key can hold them;
@@ -16,10 +17,8 @@ route) and ``-1`` (allowed), so the primary key can hold them;
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
-
-from guard.audit._event import FIELD_NAMES
 
 KEY_COLUMNS = ("hour", "reason", "caller", "purpose", "country", "http_route", "allowed")
 """The summary's key, in order: ``hour`` is the ``ts`` cut to the hour (``2026-11-29T20``)."""
@@ -60,47 +59,22 @@ UPSERT_HOURS = (
 )
 """Add one batch's counts (parameters from :func:`summary_params`)."""
 
-_ID, _KIND, _TS = (FIELD_NAMES.index(n) for n in ("event_id", "kind", "ts"))
-_REASON, _CALLER, _PURPOSE = (FIELD_NAMES.index(n) for n in ("reason", "caller", "purpose"))
-_COUNTRY, _ROUTE, _ALLOWED = (FIELD_NAMES.index(n) for n in ("country", "http_route", "allowed"))
+RETURNING_KEY = (
+    "RETURNING CASE WHEN kind = 'decision' THEN substr(ts, 1, 13) END, reason, caller, "
+    "purpose, coalesce(country, ''), coalesce(http_route, ''), coalesce(allowed, -1)"
+)
+"""Appended to ``INSERT ... ON CONFLICT (event_id) DO NOTHING``: the summary key of each row
+stored (a row already stored returns nothing; an event that is not a decision, no hour)."""
 
 
-def summary_params(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    """The :data:`UPSERT_HOURS` parameters for the decisions among ``rows``.
+def summary_params(returned: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """The :data:`UPSERT_HOURS` parameters for one batch: its decisions counted by key.
 
     Sorted by key, so concurrent writers (PostgreSQL replicas) lock summary rows
     in one order and cannot deadlock.
 
     Args:
-        rows: Event rows in ``FIELD_NAMES`` order (as inserted).
+        returned: The rows an insert ending in :data:`RETURNING_KEY` gave back.
     """
-    counts: Counter[tuple[Any, ...]] = Counter()
-    for row in rows:
-        if row[_KIND] != "decision":
-            continue
-        allowed = row[_ALLOWED]
-        counts[(str(row[_TS])[:13], row[_REASON], row[_CALLER], row[_PURPOSE],
-                row[_COUNTRY] or "", row[_ROUTE] or "",
-                -1 if allowed is None else int(allowed))] += 1
-    return [(*key, n) for key, n in sorted(counts.items())]
-
-
-def inserted(rows: Sequence[Sequence[Any]], ids: Collection[str]) -> Sequence[Sequence[Any]]:
-    """The rows an insert stored, from the event ids its ``RETURNING event_id`` gave back.
-
-    All of them unless some were stored already; of two rows with one id in a
-    batch, the first (the one an in-order insert keeps).
-
-    Args:
-        rows: The rows offered to ``INSERT ... ON CONFLICT (event_id) DO NOTHING``.
-        ids: The event ids it returned.
-    """
-    if len(ids) == len(rows):  # then every id is distinct and was inserted
-        return rows
-    fresh = set(ids)
-    kept = []
-    for row in rows:
-        if row[_ID] in fresh:
-            fresh.discard(row[_ID])
-            kept.append(row)
-    return kept
+    counts = Counter(tuple(row) for row in returned)
+    return sorted((*key, n) for key, n in counts.items() if key[0] is not None)
