@@ -2,7 +2,9 @@
 
 Bulk-loads ``--events`` plausible decisions (spread over 30 days, 16 callers,
 ``events / 20`` data subjects, one in seven denied) into a fresh SQLite store
-(and, with ``--postgres``, a throw-away PostgreSQL server), starts the console on
+(and, with ``--postgres``, a throw-away PostgreSQL server), without the secondary
+indexes (built after) and with the progress shown, fills the hourly summary the
+charts read, starts the console on
 real uvicorn on loopback, and times each page over HTTP with an auditor's
 bearer token: the first response after start, then the median of ``--repeat``
 more. The subject report is a POST look-up (the policy decides, the trail
@@ -10,8 +12,11 @@ records it) followed by the report page of a subject with about 20 accesses.
 The bulk rows are not chained, so the integrity check reports them as altered;
 its time is still that of reading and checking every event.
 
+With ``--keep DIR`` the stores stay in DIR (the SQLite file and the PostgreSQL
+server's data) and later runs reuse them; ``--load-only`` stops after loading.
+
 Usage: python bench/console.py [--events 1000000] [--repeat 5] [--postgres] [--no-sqlite]
-                               [--no-verify] [--keep DIR]
+                               [--no-verify] [--keep DIR] [--load-only]
 """
 
 from __future__ import annotations
