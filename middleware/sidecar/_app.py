@@ -250,6 +250,7 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
                 strip=[identity.caller_header, identity.purpose_header],
             )
         tasks = await _start_watchers(built)
+        name_threads()
         try:
             yield
         finally:
@@ -273,6 +274,20 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.sidecar = built
     return SidecarApp(built, app)
+
+
+def name_threads() -> None:
+    """Give the process's threads their Python names in the OS (``top -H``, ``/proc``)."""
+    import ctypes
+    import threading
+
+    try:
+        setname = ctypes.CDLL(None).pthread_setname_np
+    except (OSError, AttributeError):
+        return
+    for thread in threading.enumerate():
+        if thread.ident is not None and thread is not threading.main_thread():
+            setname(ctypes.c_ulong(thread.ident), thread.name.encode()[:15])
 
 
 async def _start_watchers(sidecar: Sidecar) -> list[asyncio.Task[Any]]:

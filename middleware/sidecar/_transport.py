@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import Any, NamedTuple
 
 import httpcore
 import httpx
@@ -44,6 +45,14 @@ class _Body(httpx.AsyncByteStream):
             await close()
 
 
+class Answer(NamedTuple):
+    """The upstream's answer: status, raw headers, and its body still to read."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: _Body
+
+
 class UpstreamTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 to one upstream over a pool of kept-alive connections.
 
@@ -66,6 +75,32 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=keepalive_expiry,
             network_backend=AsyncioBackend() if plain else None,
         )
+
+    async def send(
+        self,
+        method: bytes,
+        url: httpcore.URL,
+        headers: Sequence[tuple[bytes, bytes]],
+        content: AsyncIterable[bytes] | None,
+        extensions: dict[str, Any],
+    ) -> Answer:
+        """Send one request as given (no header is added) and return the answer's start.
+
+        The proxy's path: no ``httpx.Request`` or ``httpx.Response`` is built.
+
+        Raises:
+            httpx.HTTPError: the request failed (httpcore's error as httpx's); reading
+                the body raises them too.
+        """
+        core = httpcore.Request(method=method, url=url, headers=headers,
+                                content=content if content is not None else b"",
+                                extensions=extensions)
+        try:
+            answer = await self._pool.handle_async_request(core)
+        except _ERRORS as exc:
+            raise _httpx_error(exc) from exc
+        assert isinstance(answer.stream, AsyncIterable)
+        return Answer(answer.status, answer.headers, _Body(answer.stream))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
