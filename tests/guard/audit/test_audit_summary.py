@@ -8,7 +8,9 @@ from it must equal the chart data read from the raw events, for random windows.
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -184,3 +186,44 @@ def test_a_store_without_the_summary_is_charted_from_raw_events(tmp_path: Path) 
     finally:
         reader.close()
     assert sum(sum(v) for v in data["over_time"]["series"].values()) == 12
+
+
+BATCHES = 30
+
+
+def test_concurrent_writers_keep_the_summary_exact(store_url: str) -> None:
+    """Two stores (two replicas) indexing decisions of the same hours at once: exact, and
+    no deadlock (each batch adds to the summary rows in one order, the key's)."""
+    stores = [open_store(store_url) for _ in range(2)]
+    for store in stores:
+        store.indexed_offset("journal-t")  # type: ignore[attr-defined]
+    errors: list[BaseException] = []
+
+    def replica(number: int) -> None:
+        rng = random.Random(number)
+        try:
+            for batch in range(BATCHES):
+                rows = [_row(number * 100_000 + batch * 1000 + i, "decision",
+                             BASE + timedelta(minutes=rng.randrange(360)),
+                             rng.choice(("allowed", "no_rule")),
+                             rng.choice(("svc:a", "svc:b", "svc:c", "svc:d")),
+                             "p", rng.choice((None, "US")), "/a", rng.choice((0, 1)), 200)
+                        for i in range(100)]
+                stores[number].index(rows, [], f"journal-{number}",  # type: ignore[attr-defined]
+                                     batch + 1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replica, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    try:
+        assert not errors
+        summary = stores[0].rows(SUMMARY_SQL)
+        assert summary == stores[0].rows(RAW_SQL)
+        assert sum(int(r[-1]) for r in summary) == 2 * BATCHES * 100
+    finally:
+        for store in stores:
+            store.close()
