@@ -8,6 +8,14 @@ method) match otherwise, as ``starlette.routing.Router`` does, and goes on into
 comes from ``@guarded``/``@public`` on it, else from the routes.csv row with
 its method and full template, else from the public paths. Matching works on a
 copy of the scope; the request's own scope is never changed.
+
+``matches`` is asked only of the routes that could match the path (:class:`_Index`):
+a route whose template Starlette compiled as written is filed under its literal
+first segment, and, when no parameter can span a ``/``, its segment count and
+literal last segment; every other route (a ``Host``, an included router, a
+route class of the app's own) is asked for every path. The candidates keep
+the router's order, so the first FULL match and the first PARTIAL one are the
+router's own.
 """
 
 from __future__ import annotations
@@ -18,8 +26,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from starlette._utils import get_route_path  # what Route.matches itself calls
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Host, Match, Mount, Router
+from starlette.convertors import (
+    FloatConvertor,
+    IntegerConvertor,
+    StringConvertor,
+    UUIDConvertor,
+)
+from starlette.routing import (
+    BaseRoute,
+    Host,
+    Match,
+    Mount,
+    Route,
+    Router,
+    WebSocketRoute,
+    compile_path,
+)
 from starlette.types import Scope
 
 from guard._types import Action
@@ -36,6 +60,19 @@ __all__ = ["AppRoutes", "Resolved", "find_router"]
 _log = logging.getLogger("guard.middleware")
 _MAX_DEPTH = 32
 _STR_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):str\}")
+_SLASH_FREE = (StringConvertor, IntegerConvertor, FloatConvertor, UUIDConvertor)
+"""Convertors whose values never hold a ``/``: a template made of them has a fixed segment count."""
+_OWN_MATCHES: tuple[type, ...] = ()
+"""Route classes whose ``matches`` is Starlette's unless the scope names an effective route."""
+try:  # FastAPI's routes add the route to the child scope, and read an included router's context
+    from fastapi.routing import APIRoute, APIWebSocketRoute
+
+    _OWN_MATCHES = (APIRoute, APIWebSocketRoute)
+except ImportError:  # pragma: no cover - FastAPI is optional for a Starlette app
+    pass
+_EFFECTIVE_CONTEXT = "effective_route_context"  # FastAPI: scope["fastapi"][...]
+_ANY = object()  # a request segment no indexed route names
+_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +141,7 @@ class AppRoutes:
         public: Templates that need no decision, any method.
     """
 
-    __slots__ = ("_csv", "_leaves", "_public", "_router")
+    __slots__ = ("_csv", "_indexes", "_leaves", "_public", "_router")
 
     def __init__(self, router: Router, table: RouteTable, public: Iterable[str]) -> None:
         self._router = router
@@ -113,6 +150,7 @@ class AppRoutes:
             self._csv.setdefault(_same(rule.template), {}).setdefault(rule.method, rule)
         self._public = frozenset(_same(p) for p in public)
         self._leaves: dict[tuple[int, str], _Leaf] = {}
+        self._indexes: dict[int, _Index] = {}
         self._walk(router.routes, "")
 
     def _walk(self, routes: Sequence[BaseRoute], prefix: str, depth: int = 0) -> None:
@@ -136,7 +174,7 @@ class AppRoutes:
         routes: Sequence[BaseRoute] = self._router.routes
         prefix = ""
         for _ in range(_MAX_DEPTH):
-            route, child = _pick(routes, work)
+            route, child = _pick(self._candidates(routes, work), work)
             if route is None:
                 return NOWHERE
             work.update(child)
@@ -162,6 +200,18 @@ class AppRoutes:
                     subject = str(params[rule.subject])
             return Resolved(leaf.endpoint, rule, subject)
         return NOWHERE
+
+    def _candidates(self, routes: Sequence[BaseRoute], work: Scope) -> Sequence[BaseRoute]:
+        """The routes of one router that could match ``work``'s path, in the router's order."""
+        nested = work.get("fastapi")
+        if isinstance(nested, dict) and nested.get(_EFFECTIVE_CONTEXT) is not None:
+            return routes  # an included router's context decides what FastAPI's routes match
+        index = self._indexes.get(id(routes))
+        if index is None or tuple(routes) != index.routes:  # built once; again if changed
+            if len(self._indexes) >= _CACHE:
+                self._indexes.clear()
+            index = self._indexes[id(routes)] = _Index(routes)
+        return index.candidates(get_route_path(work))
 
     def _leaf(self, route: object, context: Any, prefix: str, endpoint: object) -> _Leaf:
         """The cached endpoint record for ``route`` under ``prefix``."""
@@ -189,6 +239,90 @@ class AppRoutes:
             for rule in declared_rules(declaration, route, template, methods):
                 rules[rule.method] = rule
         return _Leaf(route, endpoint, template, rules)
+
+
+IndexKey = tuple[str | None, int | None, str | None]
+"""What a route's path must have to match: first segment, segment count, last segment
+(None: any)."""
+
+
+def index_key(route: BaseRoute) -> IndexKey | None:
+    """The segments a path needs for ``route`` to match it; None when that cannot be known.
+
+    Only a ``Route``, ``WebSocketRoute`` or ``Mount`` (or a subclass that keeps its
+    ``matches``, or FastAPI's routes) whose compiled pattern is exactly what its
+    template compiles to is indexed: its literal first segment, and, when every
+    parameter is one of Starlette's ``/``-free convertors (``str``, ``int``,
+    ``float``, ``uuid``), its segment count and literal last segment.
+    """
+    cls = type(route)
+    base = next((b for b in (Route, WebSocketRoute, Mount) if isinstance(route, b)), None)
+    if base is None or (cls.matches is not base.matches and not issubclass(cls, _OWN_MATCHES)):
+        return None
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None
+    template = path + "/{path:path}" if base is Mount else path
+    if not template.startswith("/"):
+        return None
+    try:
+        regex, _format, convertors = compile_path(template)
+    except Exception:  # not a template Starlette compiles: ask it for every path
+        return None
+    own = getattr(route, "param_convertors", None)
+    compiled = getattr(route, "path_regex", None)
+    if (compiled is None or regex.pattern != compiled.pattern
+            or not isinstance(own, dict)
+            or {k: type(v) for k, v in own.items()} != {k: type(v) for k, v in convertors.items()}):
+        return None
+    segments = template[1:].split("/")
+    first = segments[0] if "{" not in segments[0] else None
+    if base is Mount or not all(type(c) in _SLASH_FREE for c in convertors.values()):
+        return first, None, None
+    last = segments[-1] if "{" not in segments[-1] else None
+    return first, len(segments), last
+
+
+class _Index:
+    """A router's routes filed by the segments a path needs; candidates in the router's order.
+
+    Args:
+        routes: The router's routes, in its order.
+    """
+
+    __slots__ = ("_cache", "_counts", "_firsts", "_keys", "_lasts", "routes")
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self.routes = tuple(routes)
+        self._keys = tuple(index_key(r) for r in self.routes)
+        known = [k for k in self._keys if k is not None]
+        self._firsts = frozenset(k[0] for k in known if k[0] is not None)
+        self._counts = frozenset(k[1] for k in known if k[1] is not None)
+        self._lasts = frozenset(k[2] for k in known if k[2] is not None)
+        self._cache: dict[tuple[object, object, object], tuple[BaseRoute, ...]] = {}
+
+    def candidates(self, path: str) -> Sequence[BaseRoute]:
+        """The routes that could match ``path`` (the route path, root path removed), in order."""
+        if not path.startswith("/"):
+            return self.routes
+        segments = path[1:].split("/")
+        first, last, count = segments[0], segments[-1], len(segments)
+        # Keyed by what routes name, never by the request's own values (bounded, and no ids).
+        key = (first if first in self._firsts else _ANY,
+               count if count in self._counts else -1,
+               last if last in self._lasts else _ANY)
+        found = self._cache.get(key)
+        if found is None:
+            want_first, want_count, want_last = key
+            found = tuple(
+                route for route, k in zip(self.routes, self._keys, strict=True)
+                if k is None or ((k[0] is None or k[0] == want_first)
+                                 and (k[1] is None or k[1] == want_count)
+                                 and (k[2] is None or k[2] == want_last)))
+            if len(self._cache) >= _CACHE:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
 
 
 def _pick(routes: Sequence[BaseRoute], scope: Scope) -> tuple[BaseRoute | None, Scope]:
