@@ -1,20 +1,22 @@
 """HTTP overhead of GuardMiddleware: the example service with and without the guard.
 
 Three apps run under uvicorn (one worker each, separate processes) on loopback:
-plain, guarded with the group-commit audit writer thread (``audit.writer =
-"thread"``) and guarded with the audit journal (``audit.writer = "journal"``). The load
-comes from another process: ``wrk`` (Debian package) when installed, otherwise
-a bounded httpx loop. Every guarded request is a real decision with a durable
-SQLite audit event before the handler, and an outcome event queued for the
-next group commit after it. Rounds rotate the order of the apps so drift on a
-shared machine hits all alike.
+plain; ``noop``, the plain app behind a pass-through pure-Python ASGI middleware
+with a ``send`` wrapper (the floor any Python middleware costs); and guarded,
+with the audit journal (``audit.writer = "journal"``). The load comes from
+another process: ``wrk`` (Debian package) when installed, otherwise a bounded
+httpx loop. Every guarded request is a real read decision, recorded once with
+its status and durable in the journal before the response starts. Rounds
+rotate the order of the apps so drift on a shared machine hits all alike.
 
 Two measurements per app and round:
   * throughput: ``--connections`` concurrent connections for ``--duration`` seconds,
-    and the server's CPU time (all threads, from ``/proc``) per request, and its
-    child processes';
+    and the server's CPU time per request from ``/proc``: all threads, and per
+    thread (the event loop, the journal writer, the indexer, any other);
   * latency: one connection, back to back (service time without queueing), p50/p99.
 Then, in this process, each step's wall and CPU time per request.
+Printed beside them: the UTC time, the load average, and the disk's floor
+(append 300 B + fdatasync in the audit folder).
 
 Usage: python bench/http.py [--duration 8] [--connections 32] [--rounds 2]
 """
@@ -30,9 +32,11 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -54,11 +58,11 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 PURPOSE = "relationship.management"
 CALLER = "svc:crm"
-KINDS = ("plain", "guarded", "journal")
-GUARDED = KINDS[1:]
-LABELS = {"plain": "plain", "guarded": "guarded, audit writer thread",
-          "journal": "guarded, audit journal"}
-WRITERS = {"journal": "journal"}
+KINDS = ("plain", "noop", "guarded")
+GUARDED = ("guarded",)
+LABELS = {"plain": "plain", "noop": "no-op Python middleware",
+          "guarded": "guarded, audit journal"}
+THREADS = ("loop", "writer", "indexer", "other")
 
 
 def free_port() -> int:
@@ -70,24 +74,57 @@ def free_port() -> int:
 def settings_for(workdir: Path, kind: str = "guarded") -> Settings:
     from guard.config import AuditSettings, IdentitySettings, Settings
 
-    writer = WRITERS.get(kind, "thread")
     return Settings(
         audit=AuditSettings(store=f"sqlite:///{workdir / f'audit-{kind}.db'}",
                             hmac_key=workdir / "subject-hmac.key",
                             signing_key=workdir / "audit-signing.key", writer_id="bench",
-                            writer=writer),
+                            writer="journal"),
         identity=IdentitySettings(dev_key=workdir / "dev-token.key"),
     )
 
 
-def serve(kind: str, port: int, workdir: Path) -> None:
-    """Child process: serve the example app (guarded or plain) until terminated."""
+class Noop:
+    """A pass-through pure-Python ASGI middleware with a ``send`` wrapper: the floor."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, object], receive: Callable[..., Awaitable[object]],
+                       send: Callable[..., Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def wrapped(message: dict[str, object]) -> None:
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None) -> None:
+    """Child process: serve the example app until terminated.
+
+    On SIGUSR1 it writes its threads (native id -> name) to ``threads-KIND.json``.
+    ``gc_threshold`` sets the cyclic collector's first generation threshold.
+    """
+    import gc
+    import threading
+
     import uvicorn
 
     sys.path.insert(0, str(REPO))
     from examples.customers import create_app
 
-    app = create_app(settings_for(workdir, kind), enforce=(kind != "plain"))
+    def threads(*_: object) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        (workdir / f"threads-{kind}.json").write_text(json.dumps(names))
+
+    signal.signal(signal.SIGUSR1, threads)
+    if gc_threshold:
+        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
+    app = create_app(settings_for(workdir, kind), enforce=(kind == "guarded"))
+    if kind == "noop":
+        app.add_middleware(Noop)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -100,6 +137,7 @@ class Run:
     p99_ms: float
     cpu_us: float = 0.0  # server CPU (all threads, user + system) per request
     child_cpu_us: float = 0.0  # ... and its child processes', if any
+    threads_us: dict[str, float] | None = None  # ... per thread (loop, writer, indexer, other)
 
     @property
     def rps(self) -> float:
@@ -110,6 +148,35 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux ``/proc``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of each thread of a process (``/proc/PID/task``)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def thread_roles(pid: int, workdir: Path, kind: str) -> dict[int, str]:
+    """Each server thread's role: the event loop (the main thread), writer, indexer, other."""
+    path = workdir / f"threads-{kind}.json"
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    names = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+    roles = {}
+    for tid in thread_cpu(pid):
+        name = names.get(tid, "")
+        roles[tid] = ("loop" if tid == pid else "writer" if "writer" in name
+                      else "indexer" if "index" in name else "other")
+    return roles
 
 
 def children(pid: int) -> list[int]:
@@ -187,9 +254,10 @@ async def _httpx_run(url: str, token: str, connections: int, seconds: float) -> 
 
 
 def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
-         use_wrk: bool, pid: int | None = None) -> Run:
+         use_wrk: bool, pid: int | None = None, roles: dict[int, str] | None = None) -> Run:
     kids = children(pid) if pid else []
     before = cpu_seconds(pid) if pid else 0.0
+    threads_before = thread_cpu(pid) if pid else {}
     kids_before = sum(cpu_seconds(k) for k in kids)
     if use_wrk:
         run = wrk_run(url, token, connections, seconds, workdir)
@@ -199,13 +267,21 @@ def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
         run.cpu_us = (cpu_seconds(pid) - before) / max(1, run.requests) * 1e6
         run.child_cpu_us = (sum(cpu_seconds(k) for k in kids) - kids_before
                             ) / max(1, run.requests) * 1e6
+        per = dict.fromkeys(THREADS, 0.0)
+        for tid, seconds_now in thread_cpu(pid).items():
+            role = (roles or {}).get(tid, "other")
+            per[role] += (seconds_now - threads_before.get(tid, 0.0)) / max(1, run.requests) * 1e6
+        run.threads_us = per
     return run
 
 
-def start(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(kind: str, workdir: Path, gc_threshold: int | None = None
+          ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
+    gc_args = ["--gc-threshold", str(gc_threshold)] if gc_threshold else []
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--port", str(port), "--dir", str(workdir)],
+        [sys.executable, __file__, "--serve", kind, "--port", str(port), "--dir", str(workdir),
+         *gc_args],
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     url = f"http://127.0.0.1:{port}"
@@ -221,7 +297,7 @@ def start(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.1)
 
 
-def breakdown(workdir: Path, token: str, n: int = 2000) -> list[tuple[str, float, float]]:
+def breakdown(workdir: Path, token: str, n: int = 2000) -> list[tuple[str, float, float, float]]:
     """Per request: wall and this process's CPU microseconds of each step (no HTTP)."""
     from middleware.identity import Authenticator
     from middleware.routes import RouteTable
@@ -231,49 +307,44 @@ def breakdown(workdir: Path, token: str, n: int = 2000) -> list[tuple[str, float
     headers = {"authorization": f"Bearer {token}", "x-purpose": PURPOSE}
     request = Request(CALLER, PURPOSE, ("identity", "contact"), subject="c-0001")
     http = HttpContext("GET", "/customers/{customer_id}")
-    out: list[tuple[str, float, float]] = []
+    out: list[tuple[str, float, float, float]] = []
 
     def timed(label: str, fn: Callable[[], object], count: int = n) -> None:
-        began, cpu = time.perf_counter(), time.process_time()
+        began, loop, cpu = time.perf_counter(), time.thread_time(), time.process_time()
         for _ in range(count):
             fn()
         out.append((label, (time.perf_counter() - began) / count * 1e6,
+                    (time.thread_time() - loop) / count * 1e6,
                     (time.process_time() - cpu) / count * 1e6))
 
     async def concurrent(fn: Callable[[], Awaitable[object]], label: str) -> None:
-        began, cpu = time.perf_counter(), time.process_time()
+        began, loop, cpu = time.perf_counter(), time.thread_time(), time.process_time()
         for _ in range(n // 32):
             await asyncio.gather(*(fn() for _ in range(32)))
         count = n // 32 * 32
         out.append((label, (time.perf_counter() - began) / count * 1e6,
+                    (time.thread_time() - loop) / count * 1e6,
                     (time.process_time() - cpu) / count * 1e6))
 
     timed("identity (verified token, cached)", lambda: auth.authenticate(headers, "127.0.0.1"))
     timed("route match", lambda: routes.match("GET", "/customers/c-0042"))
-    for kind in GUARDED:
-        # Its own audit store, the same development key as the token.
-        folder = workdir / f"breakdown-{kind}"
-        folder.mkdir()
-        settings = settings_for(folder, kind).model_copy(
-            update={"identity": settings_for(workdir).identity})
-        where = "journal" if kind == "journal" else "writer thread"
-        with Guard.from_settings(settings) as guard:
-            if kind == "guarded":
-                timed("engine decision", lambda: guard.holder.decide(request))
+    # Its own audit store, the same development key as the token.
+    folder = workdir / "breakdown"
+    folder.mkdir()
+    settings = settings_for(folder).model_copy(
+        update={"identity": settings_for(workdir).identity})
+    with Guard.from_settings(settings) as guard:
+        timed("engine decision", lambda: guard.holder.decide(request))
+        timed("Guard.decide (decision + event fields, nothing recorded)",
+              lambda: guard.decide(request, http))
 
-            async def queued(decision_id: str, guard: Guard = guard) -> None:
-                guard.enqueue_outcome(decision_id, 200, http)
+        async def steps(guard: Guard = guard) -> None:
+            await concurrent(lambda: guard.acommit(guard.decide(request, http), 200),
+                             "decide + acommit, durable in the journal (32 concurrent)")
+            guard.trail.flush()
 
-            async def steps(guard: Guard = guard, where: str = where) -> None:
-                await concurrent(lambda: guard.acheck(request, http),
-                                 f"decision + durable event, {where} (32 concurrent)")
-                checked = await guard.acheck(request, http)
-                await concurrent(lambda: queued(checked.decision_id),
-                                 f"queued outcome event, {where}")
-                guard.trail.flush()
-
-            asyncio.run(steps())
-            out += asgi_stack(settings, guard, token, where)
+        asyncio.run(steps())
+        out += asgi_stack(settings, guard, token)
     return out
 
 
@@ -304,8 +375,8 @@ class _DecideOnly:
         return Checked(decision, "bench")
 
 
-def asgi_stack(settings: Settings, guard: Guard, token: str, where: str, n: int = 1000
-               ) -> list[tuple[str, float, float]]:
+def asgi_stack(settings: Settings, guard: Guard, token: str, n: int = 1000
+               ) -> list[tuple[str, float, float, float]]:
     """Per request through the whole ASGI stack, in process, one at a time: wall and CPU."""
     from examples.customers import create_app
 
@@ -319,7 +390,7 @@ def asgi_stack(settings: Settings, guard: Guard, token: str, where: str, n: int 
         if message["type"] == "http.response.start" and message["status"] != 200:
             raise SystemExit(f"breakdown request answered {message['status']}")
 
-    async def run(app: Callable[..., Awaitable[None]], count: int) -> tuple[float, float]:
+    async def run(app: Callable[..., Awaitable[None]], count: int) -> tuple[float, float, float]:
         async def one(i: int) -> None:
             path = f"/customers/c-{i % 100 + 1:04d}"
             await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
@@ -328,19 +399,20 @@ def asgi_stack(settings: Settings, guard: Guard, token: str, where: str, n: int 
                        "headers": headers, "client": ("127.0.0.1", 1),
                        "server": ("svc", 80)}, receive, send)
 
-        began, cpu = time.perf_counter(), time.process_time()
+        began, loop, cpu = time.perf_counter(), time.thread_time(), time.process_time()
         for start in range(0, count, 32):
             await asyncio.gather(*(one(i) for i in range(start, start + 32)))
         return ((time.perf_counter() - began) / count * 1e6,
+                (time.thread_time() - loop) / count * 1e6,
                 (time.process_time() - cpu) / count * 1e6)
 
-    variants = []
-    if where == "writer thread":
-        variants += [("ASGI request, plain app", create_app(settings, enforce=False)),
-                     ("ASGI request, guard without the audit write",
-                      create_app(settings, guard=_DecideOnly(guard)))]
-    variants.append((f"ASGI request, guard, durable audit, {where}",
-                     create_app(settings, guard=guard)))
+    noop = create_app(settings, enforce=False)
+    noop.add_middleware(Noop)
+    variants = [("ASGI request, plain app", create_app(settings, enforce=False)),
+                ("ASGI request, no-op Python middleware", noop),
+                ("ASGI request, guard without the audit write",
+                 create_app(settings, guard=_DecideOnly(guard))),
+                ("ASGI request, guard, durable in the journal", create_app(settings, guard=guard))]
     out = []
     for label, app in variants:
         asyncio.run(run(app, 320))
@@ -358,12 +430,16 @@ def main() -> None:
     parser.add_argument("--no-wrk", action="store_true", help="use the httpx load loop")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the in-process cost breakdown")
+    parser.add_argument("--gc-threshold", type=int, default=None,
+                        help="the servers' gc.set_threshold first value (default: Python's 700)")
+    parser.add_argument("--breakdown-only", action="store_true",
+                        help="only the in-process cost breakdown (no servers)")
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.dir)
+        serve(args.serve, args.port, args.dir, args.gc_threshold)
         return
 
     use_wrk = not args.no_wrk and shutil.which("wrk") is not None
@@ -372,32 +448,42 @@ def main() -> None:
     from bench._pg import fdatasync_floor
     from guard.cli._token import issue_token
 
+    began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()
     token = issue_token(settings_for(workdir).identity, CALLER, None, 3600)
-    servers = {kind: start(kind, workdir) for kind in KINDS}
+    if args.breakdown_only:
+        _print_steps(breakdown(workdir, token))
+        print(f"{began}; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    servers = {kind: start(kind, workdir, args.gc_threshold) for kind in KINDS}
     results: dict[str, dict[str, list[Run]]] = {k: {"tput": [], "lat": []} for k in servers}
     try:
-        for _, url in servers.values():  # warm up all
+        for _, url in servers.values():  # warm up all (the guard opens at its first request)
             load(url, token, 4, 1.0, workdir, use_wrk)
+        roles = {kind: thread_roles(proc.pid, workdir, kind) for kind, (proc, _) in
+                 servers.items()}
         for round_no in range(args.rounds):
             turn = round_no % len(KINDS)
             order = list(KINDS[turn:] + KINDS[:turn])
             for kind in order:
-                url = servers[kind][1]
+                proc, url = servers[kind]
                 results[kind]["tput"].append(
                     load(url, token, args.connections, args.duration, workdir, use_wrk,
-                         pid=servers[kind][0].pid))
+                         pid=proc.pid, roles=roles[kind]))
                 results[kind]["lat"].append(
                     load(url, token, 1, args.latency_duration, workdir, use_wrk))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
+    load_after = os.getloadavg()
 
     from guard.audit._jtrail import JournalTrail
 
-    JournalTrail.open(settings_for(workdir, "journal").audit).close()  # the index caught up
     recorded = {}
     for kind in GUARDED:
+        JournalTrail.open(settings_for(workdir, kind).audit).close()  # the index caught up
         with sqlite3.connect(workdir / f"audit-{kind}.db") as conn:
             recorded[kind] = (
                 conn.execute("SELECT count(*) FROM audit_event "
@@ -408,49 +494,72 @@ def main() -> None:
     floor = fdatasync_floor(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
 
-    def summary(kind: str) -> tuple[float, float, float, float, float, int, float, float]:
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    def summary(kind: str) -> dict[str, float]:
         tput, lat = results[kind]["tput"], results[kind]["lat"]
-        return (statistics.median(r.rps for r in tput),
-                statistics.median(r.p50_ms for r in tput),
-                statistics.median(r.p99_ms for r in tput),
-                statistics.median(r.p50_ms for r in lat),
-                statistics.median(r.p99_ms for r in lat),
-                sum(r.errors for r in tput + lat),
-                statistics.median(r.cpu_us for r in tput),
-                statistics.median(r.child_cpu_us for r in tput))
+        row = {"rps": med([r.rps for r in tput]), "p50": med([r.p50_ms for r in tput]),
+               "p99": med([r.p99_ms for r in tput]), "p50_1": med([r.p50_ms for r in lat]),
+               "p99_1": med([r.p99_ms for r in lat]),
+               "errors": float(sum(r.errors for r in tput + lat)),
+               "cpu": med([r.cpu_us + r.child_cpu_us for r in tput])}
+        for role in THREADS:
+            row[role] = med([(r.threads_us or {}).get(role, 0.0) for r in tput])
+        return row
 
     rows = {kind: summary(kind) for kind in KINDS}
     plain = rows["plain"]
+    print(f"{began}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
+          f"({os.cpu_count()} cores)")
+    print(f"servers: uvicorn, 1 worker each; gc threshold "
+          f"{args.gc_threshold or 'Python default (700)'}")
     print(f"load generator: {'wrk' if use_wrk else 'httpx'}; {args.rounds} rounds; "
           f"{args.connections} connections x {args.duration:g}s for throughput, "
           f"1 connection x {args.latency_duration:g}s for latency (medians of rounds)")
-    print(f"{'app':<30} {'req/s':>8} {'of plain':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'p50 c=1':>8} {'p99 c=1':>8} {'errors':>7} {'CPU us/req':>11} {'child CPU':>10}")
+    print(f"{'app':<26} {'req/s':>7} {'of plain':>8} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'p50 c=1':>8} {'p99 c=1':>8} {'errors':>6} {'CPU us/req':>10}  "
+          + " ".join(f"{role:>7}" for role in THREADS))
     for kind in KINDS:
         row = rows[kind]
-        print(f"{LABELS[kind]:<30} {row[0]:>8.0f} {row[0] / plain[0]:>9.1%} {row[1]:>7.2f} "
-              f"{row[2]:>7.2f} {row[3]:>8.2f} {row[4]:>8.2f} {row[5]:>7} {row[6]:>11.0f} "
-              f"{row[7]:>10.0f}")
+        print(f"{LABELS[kind]:<26} {row['rps']:>7.0f} {row['rps'] / plain['rps']:>8.1%} "
+              f"{row['p50']:>7.2f} {row['p99']:>7.2f} {row['p50_1']:>8.2f} {row['p99_1']:>8.2f} "
+              f"{row['errors']:>6.0f} {row['cpu']:>10.0f}  "
+              + " ".join(f"{row[role]:>7.0f}" for role in THREADS))
+    print("  (CPU per request from /proc: all threads and child processes; then per thread:"
+          " the event loop, the audit journal writer, the indexer, any other)")
     print(f"disk floor (audit folder): append 300 B + fdatasync p50 {floor[0]:.3f} ms, "
           f"p99 {floor[1]:.3f} ms")
+    noop = rows["noop"]
+    print(f"no-op middleware floor: {noop['rps'] / plain['rps']:.1%} of plain; "
+          f"{noop['cpu'] - plain['cpu']:.0f} us CPU/request; "
+          f"p50 added (c=1) {noop['p50_1'] - plain['p50_1']:.2f} ms")
     for kind in GUARDED:
         row = rows[kind]
-        print(f"{LABELS[kind]}: throughput {row[0] / plain[0]:.1%} of plain (target >= 85%); "
-              f"p50 added (c=1) {row[3] - plain[3]:.2f} ms; "
-              f"p99 added (c=1) {row[4] - plain[4]:.2f} ms; "
-              f"guard CPU {row[6] + row[7] - plain[6]:.0f} us/request (guarded minus plain); "
-              f"p99 added (c={args.connections}) {row[2] - plain[2]:.2f} ms")
+        print(f"{LABELS[kind]}: throughput {row['rps'] / plain['rps']:.1%} of plain "
+              f"(target >= 85%); guard CPU {row['cpu'] - plain['cpu']:.0f} us/request "
+              f"(guarded minus plain; target <= 30): loop {row['loop'] - plain['loop']:.0f}, "
+              f"writer {row['writer']:.0f}, indexer {row['indexer']:.0f}, "
+              f"other {row['other'] - plain['other']:.0f}; "
+              f"p50 added (c=1) {row['p50_1'] - plain['p50_1']:.2f} ms "
+              f"(target <= {floor[0] + 0.15:.2f}); "
+              f"p99 added (c=1) {row['p99_1'] - plain['p99_1']:.2f} ms "
+              f"(target <= {floor[1] + 0.5:.2f})")
         requests = sum(r.requests for r in results[kind]["tput"] + results[kind]["lat"])
         print(f"  audit: {recorded[kind][0]} durable allowed decisions and {recorded[kind][1]} "
-              f"outcomes for {requests} requests (warm-up included in the store)")
+              f"outcome events for {requests} requests (warm-up included in the store)")
     if steps:
-        print("in-process cost per request, microseconds (CPU: this process only, "
-              "not the server's):")
-        print(f"  {'step':<66} {'wall':>8} {'CPU':>8}")
-        for label, wall, cpu in steps:
-            print(f"  {label:<66} {wall:>8.1f} {cpu:>8.1f}")
-    if any(row[5] for row in rows.values()):
+        _print_steps(steps)
+    if any(row["errors"] for row in rows.values()):
         print("WARNING: some requests failed; the figures are not valid")
+
+
+def _print_steps(steps: list[tuple[str, float, float, float]]) -> None:
+    print("in-process cost per request, microseconds (this process, not the server: "
+          "wall, CPU of the calling thread (the event loop), CPU of all threads)")
+    print(f"  {'step':<66} {'wall':>8} {'loop':>8} {'all':>8}")
+    for label, wall, loop, cpu in steps:
+        print(f"  {label:<66} {wall:>8.1f} {loop:>8.1f} {cpu:>8.1f}")
 
 
 if __name__ == "__main__":

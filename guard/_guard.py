@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,50 @@ if TYPE_CHECKING:
     from guard.config import Settings
     from guard.policy._holder import PolicyHolder, ReloadResult
     from guard.rights import Change, Entry, Register
+
+
+class Deadlines:
+    """Fail the futures of one event loop that are not done by their deadline.
+
+    One timer for all of them, instead of a timer per request: it runs while
+    futures are watched, at a tenth of the bound (at most once a second), so a
+    future fails at most that much after its deadline.
+
+    Args:
+        loop: The event loop the futures belong to.
+    """
+
+    __slots__ = ("_loop", "_pending", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: deque[tuple[float, float, asyncio.Future[str]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def on(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """True when this watches ``loop``'s futures (and that loop still runs)."""
+        return loop is self._loop and not loop.is_closed()
+
+    def watch(self, future: asyncio.Future[str], within: float) -> None:
+        """Fail ``future`` with TimeoutError if it is not done within ``within`` seconds."""
+        tick = min(1.0, max(0.01, within / 10))
+        self._pending.append((self._loop.time() + within, tick, future))
+        if self._timer is None:
+            self._timer = self._loop.call_later(tick, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        pending = self._pending
+        now = self._loop.time()
+        while pending:
+            deadline, _tick, future = pending[0]
+            if not future.done():
+                if deadline > now:
+                    break
+                future.set_exception(TimeoutError("audit event not durable in time"))
+            pending.popleft()
+        if pending:  # the oldest still waits
+            self._timer = self._loop.call_later(pending[0][1], self._check)
 
 
 _CATEGORY_CACHE = 4096
@@ -98,6 +141,7 @@ class Guard:
         self._category_cache: dict[tuple[object, ...], tuple[CategoryDecision, str]] = {}
         self._pipeline = AuditPipeline(hmac_key)
         self._tracer = tracer or default_tracer
+        self._deadlines: Deadlines | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, holder: PolicyHolder | None = None) -> Guard:
@@ -158,21 +202,6 @@ class Guard:
             span.set_attributes(decision_attributes(decision))
         return decision, decision_fields(request, decision, http, latency_us)
 
-    @contextlib.contextmanager
-    def _decision_span(self) -> Iterator[trace.Span]:
-        """The ``guard.decision`` span, made current only when it records.
-
-        A span that does not record (no tracer provider) carries its parent's
-        context, so the audit event's trace ids are the same either way; not
-        attaching it saves a context switch on every request.
-        """
-        span = self._tracer.start_span("guard.decision")
-        if not span.is_recording():
-            yield span
-            return
-        with trace.use_span(span, end_on_exit=True):
-            yield span
-
     def _version(self) -> str:
         try:
             return self.holder.current.version
@@ -205,9 +234,14 @@ class Guard:
                 store): the caller refuses the request rather than wait for good.
         """
         trail = self.trail
+        if isinstance(trail, JournalTrail):
+            future = trail.start_fields(kind, fields)
+            deadlines = self._deadlines
+            if deadlines is None or not deadlines.on(future.get_loop()):
+                deadlines = self._deadlines = Deadlines(future.get_loop())
+            deadlines.watch(future, self.durable_within)
+            return await future
         async with asyncio.timeout(self.durable_within):
-            if isinstance(trail, JournalTrail):
-                return await trail.arecord_fields(kind, fields)
             event = self._pipeline.event(kind, **fields)
             await trail.arecord(event)
             return event.event_id
@@ -238,19 +272,26 @@ class Guard:
                 ``detail`` lists the categories released and withheld with the reason
                 for each (``{"released":[...],"withheld":{"financial":"..."}}``).
         """
-        with self._decision_span() as span:
-            try:
-                judged: CategoryDecision | None = None
-                if per_category:
-                    decision, fields, judged = self._decide_per_category(request, http, span)
-                else:
-                    decision, fields = self._decide(request, http, span)
-                ids = trace_fields()  # the decision's span, whenever it is recorded
-                if ids:
-                    fields.update(ids)
-            except Exception:  # fail closed, unrecorded: no id an auditor could find
-                return Ruling(denial(Reason.INTERNAL_ERROR, request, self._version()), request)
-            return Ruling(decision, request, judged, fields)
+        span = self._tracer.start_span("guard.decision")
+        if not span.is_recording():  # its parent's context: the same trace ids, no switch
+            return self._ruling(request, http, per_category, span)
+        with trace.use_span(span, end_on_exit=True):
+            return self._ruling(request, http, per_category, span)
+
+    def _ruling(self, request: Request, http: HttpContext | None, per_category: bool,
+                span: trace.Span) -> Ruling:
+        try:
+            judged: CategoryDecision | None = None
+            if per_category:
+                decision, fields, judged = self._decide_per_category(request, http, span)
+            else:
+                decision, fields = self._decide(request, http, span)
+            ids = trace_fields()  # the decision's span, whenever it is recorded
+            if ids:
+                fields.update(ids)
+        except Exception:  # fail closed, unrecorded: no id an auditor could find
+            return Ruling(denial(Reason.INTERNAL_ERROR, request, self._version()), request)
+        return Ruling(decision, request, judged, fields)
 
     def _decide_per_category(
         self, request: Request, http: HttpContext | None, span: trace.Span
