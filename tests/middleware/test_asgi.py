@@ -25,6 +25,8 @@ from guard.audit import (
     pseudonymise,
     query_events,
 )
+from guard.audit._jtrail import wait_indexed
+from guard.config import AuditSettings
 from middleware import GuardMiddleware, RouteTable
 from middleware.problem import PROBLEM_MEDIA_TYPE
 
@@ -64,6 +66,7 @@ def _headers(demo: Demo, token: str | None) -> dict[str, str]:
 
 
 def decision_row(db: Path, decision_id: str) -> dict[str, Any]:
+    wait_indexed(AuditSettings(store=f"sqlite:///{db}"))  # the journal is indexed behind
     rows = audit_rows(db, "event_id = ?", (decision_id,))
     assert len(rows) == 1
     return rows[0]
@@ -129,6 +132,7 @@ async def test_audit_query_layer_lists_denials(client: httpx.AsyncClient,
     demo = next(d for d in DEMOS if d.reason == "category_not_in_purpose")
     response = await client.get(demo.path, headers=_headers(demo, env["tokens"][demo]))
     decision_id = response.json()["decision_id"]
+    env["guard"].trail.flush()
     store = open_store(env["settings"].audit.store, create=False)
     try:
         rows = query_events(store, EventFilter(caller="svc:crm", reason=demo.reason), limit=None)
@@ -155,9 +159,11 @@ async def test_response_status_is_recorded(client: httpx.AsyncClient,
 
 async def test_public_route_is_counted_not_audited(client: httpx.AsyncClient,
                                                    env: dict[str, Any]) -> None:
+    env["guard"].trail.flush()
     before = len(audit_rows(env["db"]))
     for _ in range(3):
         assert (await client.get("/healthz")).status_code == 200
+    env["guard"].trail.flush()
     assert len(audit_rows(env["db"])) == before
     middleware = _guard_middleware(env["app"])
     assert middleware.public_requests["/healthz"] >= 3
@@ -345,6 +351,7 @@ async def test_websocket_and_lifespan(env: dict[str, Any], keys: Keys) -> None:
         sent = await _drive(app, _ws_scope(path, headers), [{"type": "websocket.connect"}])
         assert sent == [{"type": "websocket.close", "code": 1008, "reason": "forbidden"}]
 
+    env["guard"].trail.flush()
     rows = audit_rows(env["db"], "http_route = ? AND kind = 'decision'",
                       ("/customers/{customer_id}/feed",))
     assert sorted(r["reason"] for r in rows) == ["allowed", "purpose_not_granted",
@@ -386,6 +393,7 @@ async def test_middleware_builds_and_closes_its_own_guard(keys: Keys, tmp_path: 
         ok = await c.get("/hello/c-0009", headers=headers)
         assert ok.status_code == 200
         assert ok.json() == {"caller": "svc:crm", "purpose": "relationship.management"}
+        wait_indexed(settings.audit)
         assert len(audit_rows(tmp_path / "audit.db", "kind = 'decision'")) == 1
         # Shutting the app down closes the guard the middleware opened ...
         await _drive(app, {"type": "lifespan", "asgi": {"version": "3.0"}},
