@@ -20,8 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guard._types import HttpContext, Reason
 from guard.config import Settings, load_settings
-from middleware._enforce import enforce
+from middleware._enforce import Outcome, enforce
 from middleware._minimise import DEFAULT_MAX_BODY, Minimiser
+from middleware.problem import problem_response
 from middleware.sidecar._check import (
     CALLER_HEADER,
     DECISION_HEADER,
@@ -31,6 +32,7 @@ from middleware.sidecar._check import (
 from middleware.sidecar._decide_api import decide_endpoint
 from middleware.sidecar._headers import judged_headers
 from middleware.sidecar._health import healthz, readyz
+from middleware.sidecar._held import AuditUnavailableError, Held
 from middleware.sidecar._openapi import openapi_document
 from middleware.sidecar._outcomes import PendingOutcomes
 from middleware.sidecar._paths import judgeable_path
@@ -147,11 +149,13 @@ class ProxyEndpoint:
             headers=headers,
             peer=peer_of(scope),
             purpose_header=purpose_header,
+            defer_reads=True,  # a read is recorded with its status, before its answer starts
         )
         denied = outcome.problem()
         if denied is not None:
             await denied(scope, receive, send)
             return
+        held = Held(sidecar.guard, outcome)
         add: dict[str, str] = {}
         decision = outcome.decision
         if decision is not None:
@@ -159,40 +163,63 @@ class ProxyEndpoint:
             add[PURPOSE_HEADER] = decision.purpose
             # The purpose header reaches the upstream only as judged (client copies are dropped).
             add[purpose_header.lower()] = decision.purpose
-        if outcome.decision_id:
-            add[DECISION_HEADER] = outcome.decision_id
+        if held.decision_id:
+            add[DECISION_HEADER] = held.decision_id
         proxy = sidecar.proxy
         assert proxy is not None  # set by the lifespan before any request
         route = outcome.route or "<undeclared>"
-        status, aborted = 502, False
-        out: Send = send
+        read = held.pending
+        out: Send = held.send(send) if read else send
         minimiser: Minimiser | None = None
         if outcome.fields is not None and outcome.released is not None:
             out = minimiser = Minimiser(
-                send, scope, receive, outcome.fields, outcome.released,
-                limit=DEFAULT_MAX_BODY, decision_id=outcome.decision_id,
-                purpose=decision.purpose if decision is not None else None, route=route)
+                out, scope, receive, outcome.fields, outcome.released,
+                limit=DEFAULT_MAX_BODY, decision_id=held.decision_id,
+                purpose=decision.purpose if decision is not None else None, route=route,
+                opened=held.open if read else None)
+        status, aborted = 502, False
         try:
             status = await proxy.forward(scope, receive, out, add=add)
             if minimiser is not None and minimiser.refused:
                 status = 403
+        except AuditUnavailableError:
+            status = 403
+            await _unrecorded(outcome, route)(scope, receive, send)
         except UpstreamAbortedError as exc:
             status, aborted = exc.status, True
             _log.warning("upstream aborted its answer to %s %s: %s", scope["method"], route, exc)
             raise
         except UpstreamError as exc:
             _log.warning("upstream failed for %s %s: %s", scope["method"], route, exc)
-            await sidecar_problem(
-                502,
-                "upstream_unavailable",
-                "The guarded service could not be reached",
-                decision_id=outcome.decision_id,
-            )(scope, receive, send)
+            try:
+                await held.open(502)
+            except AuditUnavailableError:
+                status = 403
+                await _unrecorded(outcome, route)(scope, receive, send)
+            else:
+                await sidecar_problem(
+                    502,
+                    "upstream_unavailable",
+                    "The guarded service could not be reached",
+                    decision_id=held.decision_id,
+                )(scope, receive, send)
         finally:
-            if outcome.decision_id:
+            held.abandon(500)  # an error before any answer started: recorded, nothing left
+            decision_id = held.decision_id
+            # A read's status is in its decision; a write's, and a cut-short answer, follow it.
+            if decision_id and (aborted or not read):
                 http = HttpContext(scope["method"], route, status, aborted=aborted)
                 # The outcome does not gate data flow: queued off this path (see PendingOutcomes).
-                self._outcomes.add(outcome.decision_id, status, http)
+                self._outcomes.add(decision_id, status, http)
+
+
+def _unrecorded(outcome: Outcome, route: str) -> Response:
+    """The 403 ``audit_unavailable`` that replaces an answer whose decision is not durable."""
+    _log.error("a decision for %s could not be made durable: the answer is refused", route)
+    decision = outcome.decision
+    return problem_response(403, Reason.AUDIT_UNAVAILABLE,
+                            decision.purpose if decision is not None else None,
+                            decision.categories if decision is not None else (), None)
 
 
 def _routes(sidecar: Sidecar) -> list[BaseRoute]:

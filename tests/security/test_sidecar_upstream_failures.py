@@ -148,14 +148,16 @@ def test_a_body_cut_short_is_recorded_as_aborted(
     )
 
 
-def test_a_complete_failure_is_a_502_outcome_not_aborted(
+def test_a_complete_failure_is_a_502_decision_not_aborted(
     proxied: tuple[ServerThread, Path], keys: Any
 ) -> None:
     sidecar, db = proxied
     resp = httpx.get(f"{sidecar.url}/files/x", headers=_auth(keys))
     assert resp.status_code == 502
-    outcome = poll(lambda: audit_rows(db, "decision_ref = ?", (resp.json()["decision_id"],)))[0]
-    assert (outcome["http_status"], outcome["detail"]) == (502, None)
+    decision_id = resp.json()["decision_id"]
+    rows = audit_rows(db, "event_id = ? OR decision_ref = ?", (decision_id, decision_id))
+    assert [(r["kind"], r["http_status"], r["detail"]) for r in rows] == [
+        ("decision", 502, None)]
 
 
 def test_no_log_line_names_the_subject(

@@ -93,9 +93,9 @@ def test_the_sidecar_filters_the_upstreams_json(tmp_path: Path, keys: Any) -> No
     assert json.loads(row["detail"])["withheld"] == {
         "financial.payment_card": "category_not_in_purpose",
         "technical.device": "category_not_in_purpose"}
-    outcomes = audit_rows(tmp_path / "audit.db", "kind = 'outcome' AND http_route = ?",
-                          ("/customers/{customer_id}/text",))
-    assert [o["http_status"] for o in outcomes] == [403]
+    # A read is one record: the decision with the status the client was answered with.
+    rows = audit_rows(tmp_path / "audit.db", "http_route = ?", ("/customers/{customer_id}/text",))
+    assert [(r["kind"], r["allowed"], r["http_status"]) for r in rows] == [("decision", 1, 403)]
 
 
 def test_lint_checks_the_category_of_each_field_path(tmp_path: Path) -> None:

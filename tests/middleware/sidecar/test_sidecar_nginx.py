@@ -257,18 +257,20 @@ def test_proxy_streams_a_large_upload_and_download(
                 got += len(chunk)
     assert got == size
     assert digest.hexdigest() == expected.hexdigest()
-    # The outcome is written once the last byte is sent, just after the client has it.
-    outcomes = poll(
+    # The write: its decision durable before the upload, its status queued after it as an
+    # outcome. The read: one record, the decision with its status, durable before the download.
+    rows = poll(
         lambda: (
-            [
-                r["http_status"]
-                for r in audit_rows(db, "kind = 'outcome' AND http_route = ?", ("/files/{name}",))
-            ]
-            if len(audit_rows(db, "kind = 'outcome'")) >= 2
+            rows
+            if len(rows := audit_rows(db, "http_route = ?", ("/files/{name}",))) >= 3
             else None
         )
     )
-    assert sorted(outcomes) in ([200, 201], [200, 204])
+    put_status = rows[1]["http_status"] if rows[1]["kind"] == "outcome" else rows[2]["http_status"]
+    assert put_status in (201, 204)
+    assert sorted((r["kind"], r["action"], r["http_status"]) for r in rows) == sorted(
+        [("decision", "write", None), ("outcome", "", put_status), ("decision", "read", 200)]
+    )
 
 
 def test_proxy_replaces_identity_headers_with_the_verified_ones(
@@ -287,10 +289,11 @@ def test_proxy_replaces_identity_headers_with_the_verified_ones(
     assert fields["caller"] == "svc:crm"
     assert fields["purpose"] == "relationship.management"
     assert fields["xcaller"] == ""
+    # The upstream was told the decision's id before it was durable; the id is the record's.
     decision = audit_rows(db, "event_id = ?", (fields["decision"],))
-    outcome = poll(lambda: audit_rows(db, "decision_ref = ?", (fields["decision"],)))
-    assert decision[0]["allowed"] == 1
-    assert [(r["kind"], r["http_status"]) for r in outcome] == [("outcome", 200)]
+    assert [(r["kind"], r["allowed"], r["http_status"]) for r in decision] == [
+        ("decision", 1, 200)]
+    assert audit_rows(db, "decision_ref = ?", (fields["decision"],)) == []
 
 
 def test_proxy_never_replays_one_callers_cookies_for_another(
@@ -323,7 +326,9 @@ def test_proxy_denial_never_reaches_the_upstream(
     assert not (files_upstream[1] / "denied.bin").exists()
 
 
-def test_unreachable_upstream_is_a_502_recorded_as_the_outcome(tmp_path: Path, keys: Any) -> None:
+def test_unreachable_upstream_is_a_502_recorded_with_the_decision(
+    tmp_path: Path, keys: Any
+) -> None:
     policy = policy_copy(tmp_path / "policy", POLICIES)
     settings = sidecar_settings(
         tmp_path, policy, keys.identity(), upstream=f"http://127.0.0.1:{free_port()}"
@@ -336,5 +341,6 @@ def test_unreachable_upstream_is_a_502_recorded_as_the_outcome(tmp_path: Path, k
     problem = resp.json()
     assert resp.headers["content-type"] == "application/problem+json"
     assert problem["reason"] == "upstream_unavailable"
-    outcome = audit_rows(tmp_path / "audit.db", "decision_ref = ?", (problem["decision_id"],))
-    assert [(r["kind"], r["http_status"]) for r in outcome] == [("outcome", 502)]
+    rows = audit_rows(tmp_path / "audit.db", "event_id = ? OR decision_ref = ?",
+                      (problem["decision_id"], problem["decision_id"]))
+    assert [(r["kind"], r["allowed"], r["http_status"]) for r in rows] == [("decision", 1, 502)]
