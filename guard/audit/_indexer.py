@@ -1,7 +1,11 @@
 """The indexer: builds the query store from the journal, behind it, with a persisted offset.
 
 A thread reads the records the journal writer made durable and adds them to the
-store in one transaction per read, together with the offset after them. A crash
+store in one transaction per read, together with the offset after them. It
+indexes on a short timer (``interval``) or once ``batch`` records wait, not per
+journal append: an index transaction per few thousand events costs a fraction
+of one per append, and an event is still queryable within ``interval`` plus
+one transaction. A crash
 between two transactions reads the records after the saved offset again, so the
 store never holds an event twice; at start the indexer catches up from the
 saved offset (the journal's tail written before a crash). A store that refuses
@@ -15,9 +19,8 @@ import threading
 import time
 from typing import Protocol
 
-from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
-from guard.audit._fields import decode
+from guard.audit._fields import decode_many
 from guard.audit._health import FailureLog
 from guard.audit._journal import Journal, JournalReader
 from guard.audit._schema import Row
@@ -40,22 +43,26 @@ class Indexer:
     Args:
         journal: The journal followed (its ``next_offset`` is the durable end).
         store: The query store.
-        batch: Most records in one index transaction.
+        batch: Most records in one index transaction; this many waiting are indexed at once.
+        interval: Seconds a durable record waits at most before an index transaction starts.
         retry: Seconds between attempts while the store refuses.
     """
 
-    def __init__(self, journal: Journal, store: IndexStore, *, batch: int = 20_000,
-                 retry: float = 1.0) -> None:
+    def __init__(self, journal: Journal, store: IndexStore, *, batch: int = 50_000,
+                 interval: float = 0.2, retry: float = 1.0) -> None:
         self.journal = journal
         self.store = store
         self._key = journal.journal_id
         self._batch = batch
+        self._interval = interval
         self._retry = retry
         self.offset = store.indexed_offset(self._key)
         """Records below this offset are in the store."""
         self._reader = JournalReader(journal.folder, self.offset)
         self._cond = threading.Condition()
         self._pending: tuple[list[Row], list[Checkpoint], int] | None = None
+        self._wanted = 0  # a waiter wants the index at least this far: index now
+        self._due = 0.0  # monotonic time of the next timed transaction (now: catch up first)
         self._closed = False
         self._failures = FailureLog(f"audit index of {journal.folder}")
         self.last_error: str | None = None
@@ -63,9 +70,13 @@ class Indexer:
         self._thread.start()
 
     def wake(self, *_batch: object) -> None:
-        """Tell the indexer that the journal grew (the writer calls this per batch)."""
-        with self._cond:
-            self._cond.notify()
+        """Tell the indexer that the journal grew (the writer calls this per append).
+
+        Only a full ``batch`` starts a transaction early; otherwise the timer does.
+        """
+        if self.journal.next_offset - self._reader.offset >= self._batch:
+            with self._cond:
+                self._cond.notify()
 
     def lag(self) -> int:
         """Records durable in the journal and not yet in the store."""
@@ -75,6 +86,7 @@ class Indexer:
         """Block until every record below ``offset`` is in the store; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            self._wanted = max(self._wanted, offset)
             while self.offset < offset:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._thread.is_alive():
@@ -92,12 +104,22 @@ class Indexer:
         self._thread.join(timeout)
         self._reader.close()
 
+    def _ready(self) -> float:
+        """0 when a transaction should start now, else how long to sleep (under the lock)."""
+        if self._pending is not None:
+            return 0.0
+        waiting = self.journal.next_offset - self._reader.offset
+        if waiting <= 0:
+            return self._interval
+        if waiting >= self._batch or self._reader.offset < self._wanted:
+            return 0.0
+        return max(0.0, self._due - time.monotonic())
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while (not self._closed and self._pending is None
-                       and self._reader.offset >= self.journal.next_offset):
-                    self._cond.wait(0.5)
+                while not self._closed and (sleep := self._ready()) > 0:
+                    self._cond.wait(sleep)
                 if self._closed:
                     return
             try:
@@ -110,21 +132,17 @@ class Indexer:
 
     def _step(self) -> None:
         if self._pending is None:
-            payloads = self._reader.read(self.journal.next_offset, self._batch)
-            rows: list[Row] = []
-            checkpoints: list[Checkpoint] = []
-            for payload in payloads:
-                row, checkpoint = decode(payload)
-                if row is not None:
-                    rows.append(row)
-                elif checkpoint is not None:
-                    checkpoints.append(checkpoint)
+            self._due = time.monotonic() + self._interval
+            try:
+                rows, checkpoints = decode_many(
+                    self._reader.read(self.journal.next_offset, self._batch))
+            except Exception:  # read them again next time: never skip a record
+                self._reader.close()
+                self._reader = JournalReader(self.journal.folder, self.offset)
+                raise
             self._pending = (rows, checkpoints, self._reader.offset)
         rows, checkpoints, end = self._pending
-        try:
-            self.store.index(rows, checkpoints, self._key, end)
-        except AuditUnavailableError:
-            raise
+        self.store.index(rows, checkpoints, self._key, end)
         if self.last_error is not None:
             self._failures.succeeded()
             self.last_error = None

@@ -197,14 +197,19 @@ class Journal:
 class JournalReader:
     """Reads a journal's records in order from an offset (by another thread or process).
 
+    Frames are read in large blocks; bytes past the last whole frame asked for are
+    read again next time (they may belong to a batch still being written).
+
     Args:
         folder: The journal folder.
         offset: The first record to read.
+        block: Bytes read at once.
     """
 
-    def __init__(self, folder: Path, offset: int) -> None:
+    def __init__(self, folder: Path, offset: int, *, block: int = 1 << 20) -> None:
         self.folder = folder
         self.offset = offset
+        self._block = block
         self._file: BinaryIO | None = None
         self._first = 0
         self._open_at(offset)
@@ -217,7 +222,7 @@ class JournalReader:
         if chosen is None:
             raise ConfigError(f"audit journal {self.folder} has no segment holding {offset}")
         first, path = chosen
-        handle = path.open("rb")
+        handle = path.open("rb", buffering=0)
         skip = offset - first
         while skip:
             header = handle.read(_HEADER.size)
@@ -233,27 +238,51 @@ class JournalReader:
         """The records from the current offset up to ``end`` (exclusive), at most ``limit``.
 
         Only call with ``end`` at most the writer's durable end: those frames are whole.
+        A bad frame ends the records returned; the next call raises on it.
 
         Raises:
-            AuditUnavailableError: a frame fails its checksum.
+            AuditUnavailableError: the first frame is bad (fails its checksum, or the
+                segment ends before it does).
         """
         out: list[bytes] = []
+        want = min(end - self.offset, limit)
         handle = self._file
         assert handle is not None
-        while self.offset < end and len(out) < limit:
-            header = handle.read(_HEADER.size)
-            if not header:  # this segment is done: the next starts at our offset
-                self._open_at(self.offset)
-                handle = self._file
-                assert handle is not None
+        data, pos = b"", 0
+        start = handle.tell()
+        while len(out) < want:
+            if len(data) - pos < _HEADER.size:
+                more = handle.read(self._block)
+                if not more and pos == len(data):  # this segment is done: the next one
+                    self._open_at(self.offset + len(out))
+                    handle = self._file
+                    assert handle is not None
+                    data, pos, start = b"", 0, 0
+                    continue
+                if not more:
+                    break
+                data, start, pos = data[pos:] + more, start + pos, 0
                 continue
-            length, crc = _HEADER.unpack(header)
-            payload = handle.read(length)
-            if len(payload) != length or crc32c(payload) != crc:
-                raise AuditUnavailableError(
-                    f"audit journal {self.folder}: bad frame at offset {self.offset}")
+            length, crc = _HEADER.unpack_from(data, pos)
+            if length > MAX_FRAME:
+                break
+            stop = pos + _HEADER.size + length
+            if stop > len(data):
+                more = handle.read(max(self._block, stop - len(data)))
+                if not more:
+                    break
+                data, start, pos = data[pos:] + more, start + pos, 0
+                continue
+            payload = data[pos + _HEADER.size:stop]
+            if crc32c(payload) != crc:
+                break
             out.append(payload)
-            self.offset += 1
+            pos = stop
+        if len(out) < want and not out:
+            raise AuditUnavailableError(
+                f"audit journal {self.folder}: bad frame at offset {self.offset}")
+        handle.seek(start + pos)  # the next read starts after the last frame returned
+        self.offset += len(out)
         return out
 
     def close(self) -> None:

@@ -1,0 +1,211 @@
+"""The indexer: batches on a timer or a full batch, reads the journal in blocks, never skips."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guard._errors import AuditUnavailableError
+from guard.audit import EventKind, load_signing_key, pseudonymise
+from guard.audit._checkpoint import Checkpoint
+from guard.audit._event import GENESIS_HASH, ChainKey
+from guard.audit._fields import (
+    Linker,
+    Pseudonyms,
+    _listed,
+    compact,
+    content,
+    decode,
+    decode_many,
+)
+from guard.audit._indexer import Indexer
+from guard.audit._journal import Journal, JournalReader, frame, segments
+from guard.audit._jwriter import JournalWriter
+from guard.audit._schema import Row
+from guard.audit._sqlite import SqliteStore
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys
+
+FIELDS: dict[str, Any] = {
+    "caller": "svc:crm", "purpose": "relationship.management",
+    "categories": ("contact.email",), "action": "read", "allowed": True,
+    "reason": "allowed", "rule": ("rules.csv:1",), "lawful_basis": ("contract",),
+    "policy_version": "sha256:test", "subject_id": "cust-1",
+}
+
+
+class Counting(SqliteStore):
+    """An SQLite store that counts its index transactions."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.transactions: list[int] = []
+
+    def index(self, rows: Any, checkpoints: Any, journal: str, next_offset: int) -> None:
+        super().index(rows, checkpoints, journal, next_offset)
+        self.transactions.append(len(rows) + len(checkpoints))
+
+
+def writer(journal: Journal, keys: Keys, indexer: Indexer) -> JournalWriter:
+    return JournalWriter(journal, hmac_key=HMAC_KEY, signing_key=load_signing_key(keys.signing),
+                         writer_id="test", chain_key=ChainKey(CHAIN_KEY),
+                         committed=[indexer.wake])
+
+
+def test_appends_wait_for_the_timer_and_are_indexed_in_one_transaction(
+    keys: Keys, tmp_path: Path
+) -> None:
+    store = Counting(tmp_path / "audit.db")
+    journal = Journal(tmp_path / "j")
+    indexer = Indexer(journal, store, interval=3600)  # the timer never fires here
+    trail = writer(journal, keys, indexer)
+    for _ in range(5):
+        trail.submit_many(EventKind.DECISION, [FIELDS] * 3)  # five appends
+    assert journal.next_offset == 16  # the chain's opening checkpoint and 15 events
+    assert indexer.offset == 0  # not one transaction per append
+    assert store.transactions == []
+    assert indexer.wait(journal.next_offset, timeout=30)  # a waiter does not wait for the timer
+    assert store.transactions == [16]
+    trail.close()
+    indexer.close()
+    journal.close()
+    assert store.rows("SELECT count(*) FROM audit_event") == [(15,)]
+    store.close()
+
+
+def test_a_full_batch_is_indexed_without_waiting_for_the_timer(keys: Keys, tmp_path: Path) -> None:
+    store = Counting(tmp_path / "audit.db")
+    journal = Journal(tmp_path / "j")
+    indexer = Indexer(journal, store, batch=10, interval=3600)
+    trail = writer(journal, keys, indexer)
+    trail.submit_many(EventKind.DECISION, [FIELDS] * 25)
+    deadline = time.monotonic() + 30
+    while indexer.offset < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert indexer.offset >= 20
+    assert all(size <= 10 for size in store.transactions)
+    trail.close()
+    indexer.close()
+    journal.close()
+    store.close()
+
+
+def test_a_record_that_does_not_decode_stops_the_index_and_is_never_skipped(
+    tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "audit.db")
+    journal = Journal(tmp_path / "j")
+    journal.append([b"not an audit record"])
+    indexer = Indexer(journal, store, interval=0.01, retry=0.01)
+    assert indexer.wait(journal.next_offset, timeout=0.5) is False
+    head = content(EventKind.DECISION, FIELDS, HMAC_KEY, "2026-01-01T00:00:00.000000Z")
+    journal.append([Linker("w", None).link(head, 1, GENESIS_HASH)[1]])  # a good one after it
+    assert indexer.wait(journal.next_offset, timeout=0.5) is False
+    assert indexer.offset == 0
+    assert indexer.last_error is not None
+    indexer.close(timeout=0.1)
+    journal.close()
+    assert store.indexed_offset(journal.journal_id) == 0
+    store.close()
+
+
+# -- reading the journal in blocks -----------------------------------------------------------
+
+
+def test_the_reader_reads_frames_across_blocks_and_segments(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", segment_bytes=300)
+    payloads = [bytes([65 + n % 26]) * (1 + n * 7 % 90) for n in range(60)]
+    for start in range(0, 60, 4):
+        journal.append(payloads[start:start + 4])
+    assert len(segments(tmp_path / "j")) > 3
+    reader = JournalReader(tmp_path / "j", 3, block=16)  # smaller than most frames
+    got = reader.read(40, 10) + reader.read(40, 100) + reader.read(60, 100)
+    assert got == payloads[3:]
+    assert reader.read(60, 100) == []
+    reader.close()
+    journal.close()
+
+
+def test_bytes_past_the_durable_end_are_read_again(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.append([b"one", b"two"])
+    [(_, path)] = segments(tmp_path / "j")
+    size = path.stat().st_size
+    with path.open("ab") as handle:  # a batch being written, not yet durable
+        handle.write(frame(b"torn") + frame(b"tail"))
+    reader = JournalReader(tmp_path / "j", 0)
+    assert reader.read(2, 100) == [b"one", b"two"]
+    with path.open("r+b") as handle:  # the batch failed: cut off, and another written
+        handle.truncate(size)
+        handle.seek(size)
+        handle.write(frame(b"three"))
+    assert reader.read(3, 100) == [b"three"]
+    reader.close()
+    journal.close()
+
+
+def test_a_bad_frame_ends_a_read_and_the_next_read_raises(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.append([b"alpha", b"bravo", b"charlie"])
+    journal.close()
+    [(_, path)] = segments(tmp_path / "j")
+    data = bytearray(path.read_bytes())
+    data[8 + 5 + 8] ^= 0x01  # the first byte of "bravo"
+    path.write_bytes(bytes(data))
+    reader = JournalReader(tmp_path / "j", 0)
+    assert reader.read(3, 10) == [b"alpha"]
+    with pytest.raises(AuditUnavailableError, match="bad frame at offset 1"):
+        reader.read(3, 10)
+    assert reader.offset == 1
+    reader.close()
+
+
+# -- the writer's field helpers ----------------------------------------------------------------
+
+
+@given(st.binary(min_size=1, max_size=200), st.text(max_size=40))
+def test_pseudonyms_equal_pseudonymise(key: bytes, subject: str) -> None:
+    assert Pseudonyms(key)(subject) == pseudonymise(key, subject)
+
+
+_ITEMS = st.one_of(st.text(max_size=12), st.integers(), st.booleans())
+
+
+@given(st.lists(_ITEMS, max_size=4), st.booleans())
+def test_list_fields_are_the_compact_json_of_their_items(items: list[Any], as_tuple: bool) -> None:
+    value = tuple(items) if as_tuple else items
+    expected = compact(list(value)).decode()
+    assert _listed(value) == expected
+    assert _listed(value) == expected  # again: from the cache, when cached
+
+
+def test_a_cached_text_tuple_is_not_given_to_an_equal_tuple_of_other_types() -> None:
+    assert _listed(("1",)) == '["1"]'
+    assert _listed((1,)) == "[1]"
+    assert _listed((True,)) == "[true]"
+    assert _listed((1,)) == "[1]"
+
+
+def test_decode_many_equals_decode_one_by_one(keys: Keys) -> None:
+    from guard.audit._checkpoint import CheckpointKind, Terms, sign_checkpoint
+    from guard.audit._fields import checkpoint_record
+
+    row: Row = ("id", "decision", "2026-01-01T00:00:00.000000Z", "é\u2028", None, 1, 2.5)
+    cp = sign_checkpoint(load_signing_key(keys.signing), checkpoint_id="c", writer_id="w",
+                         seq=1, hash_="h", ts="2026-01-01T00:00:00.000000Z",
+                         kind=CheckpointKind.OPEN, terms=Terms(3, 1000, 60.0))
+    payloads = [compact(row), checkpoint_record(cp), orjson.dumps(list(row))]
+    rows, checkpoints = decode_many(payloads)
+    one = [decode(p) for p in payloads]
+    assert rows == [r for r, _ in one if r is not None]
+    assert checkpoints == [c for _, c in one if c is not None]
+    assert all(isinstance(c, Checkpoint) for c in checkpoints)
+    with pytest.raises(ValueError, match="not an audit journal record"):
+        decode_many([compact(row), b'{"other": 1}'])
+    with pytest.raises(ValueError):
+        decode_many([compact(row), b"[1],[2"])  # not one value per record
