@@ -35,22 +35,29 @@ def new_event_id() -> str:
 
 
 def new_event_ids(count: int) -> list[str]:
-    """``count`` UUIDv7 strings in order, made under one lock (the journal writer's batch)."""
-    global _last_ms, _counter  # noqa: PLW0603 - process-wide monotonic state
+    """``count`` UUIDv7 strings in order, made under one lock (the journal writer's batch).
+
+    Ids of one millisecond share their first 13 characters, made once.
+    """
+    global _last_ms, _counter
     now = time.time_ns() // 1_000_000
-    stamps: list[tuple[int, int]] = []
-    with _lock:
-        for _ in range(count):
-            if now > _last_ms:
-                _last_ms, _counter = now, random.getrandbits(10)
-            else:
-                _counter += 1
-                if _counter > 0xFFF:
-                    _last_ms, _counter = _last_ms + 1, 0
-            stamps.append((_last_ms, _counter))
     bits = random.getrandbits
-    out = []
-    for ms, counter in stamps:
-        h = f"{(ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | bits(62):032x}"
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    out: list[str] = []
+    add = out.append
+    with _lock:
+        ms, counter = _last_ms, _counter
+        if now > ms:
+            ms, counter = now, bits(10) - 1
+        prefix = ""
+        prefix_ms = -1
+        for _ in range(count):
+            counter += 1
+            if counter > 0xFFF:
+                ms, counter = ms + 1, 0
+            if ms != prefix_ms:
+                h = f"{ms:012x}"
+                prefix, prefix_ms = f"{h[:8]}-{h[8:]}-7", ms
+            low = bits(62)
+            add(f"{prefix}{counter:03x}-{0x8000 | low >> 48:04x}-{low & 0xFFFFFFFFFFFF:012x}")
+        _last_ms, _counter = ms, counter
     return out
