@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 from _pg import fdatasync_floor, fresh_database, pg_server
@@ -310,11 +311,31 @@ JOURNAL_FIELDS = {"caller": "svc:crm", "party_type": "internal", "country": "GB"
                   "http_route": "/customers/{id}", "latency_us": 40}
 
 
+def thread_cpu_us(thread: threading.Thread) -> float:
+    """CPU time a thread of this process has used so far, in µs (Linux schedstat)."""
+    with open(f"/proc/self/task/{thread.native_id}/schedstat") as stat:
+        return int(stat.read().split()[0]) / 1e3
+
+
+class JournalResult(NamedTuple):
+    """One journal run: durable events/s, index lag (ms) and CPU per event (µs) by thread."""
+
+    rate: float
+    lag_p50: float
+    lag_p99: float
+    lag_max: float
+    writer_us: float
+    indexer_us: float
+    producers_us: float
+
+
 def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode: str
-                ) -> tuple[float, float, float, float]:
+                ) -> JournalResult:
     """Durable events/s of ``n`` events from ``producers`` threads or tasks into the journal.
 
-    Returns events/s and the index lag (durable -> in the store) p50, p99, max in ms.
+    Also the index lag (durable -> in the store) and the CPU per event of the writer
+    thread, the indexer thread and the producers (the calling thread for tasks; all
+    producer threads for threads).
     """
     from guard.audit._jtrail import JournalTrail
 
@@ -334,12 +355,19 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     sampler.start()
     per = n // producers
     fields = [{**JOURNAL_FIELDS, "subject_id": f"c{i}"} for i in range(per)]
+    writer0 = thread_cpu_us(trail.writer._thread)
+    indexer0 = thread_cpu_us(trail.indexer._thread)
     t0 = time.perf_counter()
     if mode == "threads":
+        spent: list[float] = []
+
         def work(_i: int) -> None:
+            c0 = time.thread_time()
             for f in fields:
                 trail.record_fields(EventKind.DECISION, f)
+            spent.append(time.thread_time() - c0)
         elapsed = run_threads(producers, work)
+        producers_s = sum(spent)
     else:
         async def one() -> None:
             for f in fields:
@@ -348,9 +376,13 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
         async def every() -> None:
             await asyncio.gather(*(one() for _ in range(producers)))
 
+        c0 = time.thread_time()
         asyncio.run(every())
+        producers_s = time.thread_time() - c0
         elapsed = time.perf_counter() - t0
+    writer_us = thread_cpu_us(trail.writer._thread) - writer0
     trail.flush(120)
+    indexer_us = thread_cpu_us(trail.indexer._thread) - indexer0
     stop.set()
     sampler.join()
     trail.close()
@@ -364,22 +396,87 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     lags.sort()
     if not lags:
         lags = [0.0]
-    return (per * producers / elapsed, lags[len(lags) // 2] * 1e3,
-            lags[int(len(lags) * 0.99)] * 1e3, lags[-1] * 1e3)
+    events = per * producers
+    return JournalResult(events / elapsed, lags[len(lags) // 2] * 1e3,
+                         lags[int(len(lags) * 0.99)] * 1e3, lags[-1] * 1e3,
+                         writer_us / events, indexer_us / events, producers_s * 1e6 / events)
+
+
+def journal_alone_run(key: Path, folder: Path, n: int, producers: int) -> tuple[float, float]:
+    """Durable events/s of tasks into a journal with no indexer in the process (as with an
+    index follower in another process); also the writer thread's CPU µs per event."""
+    from guard.audit._event import ChainKey
+    from guard.audit._journal import open_lane
+    from guard.audit._jwriter import JournalWriter
+
+    journal = open_lane(folder)
+    writer = JournalWriter(journal, hmac_key=KEY, signing_key=load_signing_key(key),
+                           writer_id="bench", chain_key=ChainKey(CHAIN_KEY))
+    per = n // producers
+    fields = [{**JOURNAL_FIELDS, "subject_id": f"c{i}"} for i in range(per)]
+
+    async def one() -> None:
+        for f in fields:
+            await writer.asubmit(EventKind.DECISION, f)
+
+    async def every() -> None:
+        await asyncio.gather(*(one() for _ in range(producers)))
+
+    cpu0 = thread_cpu_us(writer._thread)
+    t0 = time.perf_counter()
+    asyncio.run(every())
+    elapsed = time.perf_counter() - t0
+    cpu = thread_cpu_us(writer._thread) - cpu0
+    writer.close()
+    journal.close()
+    return per * producers / elapsed, cpu / (per * producers)
+
+
+def index_run(url: str, folder: Path) -> tuple[float, float]:
+    """Index a whole written journal (lane-0 under ``folder``) into a fresh store, alone.
+
+    Returns events/s and the indexer thread's CPU µs per record.
+    """
+    from guard.audit._indexer import Indexer
+    from guard.audit._journal import Journal
+
+    journal = Journal(folder / "lane-0")
+    store = open_store(url)
+    try:
+        t0 = time.perf_counter()
+        indexer = Indexer(journal, store)  # type: ignore[arg-type]
+        cpu0 = thread_cpu_us(indexer._thread)
+        if not indexer.wait(journal.next_offset, 300):
+            raise RuntimeError(f"index did not catch up: {indexer.last_error}")
+        elapsed = time.perf_counter() - t0
+        cpu = thread_cpu_us(indexer._thread) - cpu0
+        indexer.close()
+    finally:
+        journal.close()
+        store.close()
+    return journal.next_offset / elapsed, cpu / journal.next_offset
 
 
 def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int,
                   rounds: int) -> None:
-    """The journal's durable events/s with 64 producers, index lag, and the disk's floor."""
+    """The journal's durable events/s with 64 producers, index lag and rate, the disk's floor."""
     p50, p99 = fdatasync_floor(tmp)
     print(f"disk floor in {tmp}: append 300 B + fdatasync p50 {p50:.3f} ms, p99 {p99:.3f} ms; "
           f"64 producers that each wait for their event share at most one sync per batch: "
           f"ceiling 64 / p50 = {64 / p50 * 1e3:,.0f} events/s")
     print(f"journal (audit.writer = \"journal\"): durable events/s, {n} events per run, "
-          f"median of {rounds}; index lag = durable -> in the store (ms)")
+          f"median of {rounds}; index lag = durable -> in the store (ms); CPU µs per event "
+          "of the writer thread, the indexer thread and the producers")
     print(f"{'store':<11} {'producers':>9} {'mode':>8} {'events/s':>10} "
-          f"{'lag p50':>8} {'lag p99':>8} {'lag max':>8}")
+          f"{'lag p50':>8} {'lag p99':>8} {'lag max':>8} {'writer':>7} {'indexer':>7} "
+          f"{'produce':>7}")
+    alone = [journal_alone_run(key, tmp / f"alone{rnd}", n, 64) for rnd in range(rounds)]
+    print(f"{'(none)':<11} {64:>9} {'tasks':>8} "
+          f"{statistics.median(a[0] for a in alone):>10,.0f} {'':>8} {'':>8} {'':>8} "
+          f"{statistics.median(a[1] for a in alone):>7.1f}   (journal alone: no indexer in "
+          "this process)", flush=True)
     for kind in kinds:
+        folders: list[Path] = []
         for mode in ("threads", "tasks"):
             results = []
             for rnd in range(rounds):
@@ -390,10 +487,19 @@ def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int
                     assert pg is not None
                     url = fresh_database(pg, tag)
                 results.append(journal_run(url, key, tmp / tag, n, 64, mode))
-            rate = statistics.median(r[0] for r in results)
-            lag = [statistics.median(r[i] for r in results) for i in (1, 2, 3)]
-            print(f"{kind:<11} {64:>9} {mode:>8} {rate:>10,.0f} {lag[0]:>8.1f} {lag[1]:>8.1f} "
-                  f"{lag[2]:>8.1f}", flush=True)
+                folders.append(tmp / tag)
+            med = [statistics.median(r[i] for r in results) for i in range(7)]
+            print(f"{kind:<11} {64:>9} {mode:>8} {med[0]:>10,.0f} {med[1]:>8.1f} {med[2]:>8.1f} "
+                  f"{med[3]:>8.1f} {med[4]:>7.1f} {med[5]:>7.1f} {med[6]:>7.1f}", flush=True)
+        caught = []
+        for number, folder in enumerate(folders[:rounds]):
+            tag = f"i{kind}{number}"
+            url = (f"sqlite:///{tmp / (tag + '.db')}" if kind == "sqlite"
+                   else fresh_database(pg or "", tag))
+            caught.append(index_run(url, folder))
+        print(f"{kind:<11} index alone (a written journal into a fresh store): "
+              f"{statistics.median(a[0] for a in caught):,.0f} events/s, indexer CPU "
+              f"{statistics.median(a[1] for a in caught):.1f} µs per record", flush=True)
 
 
 def main() -> None:
