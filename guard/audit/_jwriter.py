@@ -37,12 +37,31 @@ Committed = Callable[[Sequence[Row], Sequence[Checkpoint]], None]
 
 
 class _Batch:
-    """The threads waiting on one batch: one event releases them all."""
+    """The threads waiting on one batch: a lock the writer holds until the batch is done.
 
-    __slots__ = ("done",)
+    Each waiting thread takes the lock and hands it straight on, so the writer
+    releases once per batch instead of waking every waiter itself.
+    """
+
+    __slots__ = ("_done", "_lock")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._done = False
+
+    def set(self) -> None:
+        """The batch is done (the writer thread calls this once; again does nothing)."""
+        if not self._done:
+            self._done = True
+            self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the batch is done; False after ``timeout`` seconds."""
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._lock.release()
+        return True
 
 
 class _Item:
@@ -160,7 +179,7 @@ class JournalWriter:
         if not items:
             return []
         batch = self._put(items)
-        if not batch.done.wait(timeout):
+        if not batch.wait(timeout):
             raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
         ids = []
         for item in items:
@@ -179,7 +198,7 @@ class JournalWriter:
             batch = self._put(items)
         except AuditUnavailableError:
             return [None] * len(items)
-        batch.done.wait(timeout)
+        batch.wait(timeout)
         return [item.result if isinstance(item.result, str) else None for item in items]
 
     def start(self, kind: EventKind, fields: Mapping[str, Any]) -> asyncio.Future[str]:
@@ -209,7 +228,7 @@ class JournalWriter:
                 batch = self._inflight
             else:
                 return
-        if not batch.done.wait(timeout):
+        if not batch.wait(timeout):
             raise AuditUnavailableError(f"audit writer did not flush within {timeout:g} s")
 
     @property
@@ -253,7 +272,7 @@ class JournalWriter:
             except Exception as exc:  # keep the thread; producers heard why
                 self.last_error = str(exc)
             if batch is not self._batch or closing:
-                batch.done.set()
+                batch.set()
                 self._inflight = None
             self._release(items)
             if closing:
