@@ -17,7 +17,7 @@ import pytest
 from consolekit import AUDITOR, SUBJECT, World, send, token
 from pypdf import PdfReader
 
-from guard.audit import load_hmac_key, pseudonymise
+from guard.audit import load_hmac_key, pseudonymise, wait_indexed
 
 pytestmark = pytest.mark.chromium
 
@@ -131,6 +131,7 @@ def test_subject_report_and_its_exports(page: Any, world: World) -> None:
 
 def test_the_look_up_and_every_view_are_in_the_trail(world: World) -> None:
     pseudonym = pseudonymise(load_hmac_key(world.settings.audit.hmac_key), SUBJECT)
+    wait_indexed(world.settings.audit)  # the views just made are durable; the index follows
     with sqlite3.connect(world.db) as conn:
         lookups = conn.execute(
             "SELECT event_id, allowed FROM audit_event WHERE kind = 'decision' AND caller = ? "
