@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,49 @@ def test_decode_many_equals_decode_one_by_one(keys: Keys) -> None:
         decode_many([compact(row), b'{"other": 1}'])
     with pytest.raises(ValueError):
         decode_many([compact(row), b"[1],[2"])  # not one value per record
+
+
+# -- threads waiting on their batch ------------------------------------------------------------
+
+
+class HeldJournal:
+    """A journal whose appends wait until the test lets them go."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.go = threading.Event()
+
+    def append(self, payloads: Any) -> int:
+        self.go.wait(30)
+        return self.journal.append(payloads)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.journal, name)
+
+
+def test_threads_hear_their_batch_and_a_timed_out_waiter_leaves_the_others_waiting(
+    keys: Keys, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "j")
+    held = HeldJournal(journal)
+    trail = JournalWriter(held, hmac_key=HMAC_KEY,  # type: ignore[arg-type]
+                          signing_key=load_signing_key(keys.signing), writer_id="test",
+                          chain_key=ChainKey(CHAIN_KEY))
+    with pytest.raises(AuditUnavailableError, match="did not confirm"):
+        trail.submit(EventKind.DECISION, FIELDS, timeout=0.05)  # its batch is held
+    ids: list[str] = []
+
+    def one() -> None:
+        ids.extend(trail.submit(EventKind.DECISION, FIELDS) for _ in range(20))
+
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    held.go.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(ids) == 320
+    assert len(set(ids)) == 320
+    trail.flush()
+    trail.close()
+    journal.close()
