@@ -50,8 +50,8 @@ class Indexer:
         retry: Seconds between attempts while the store refuses.
     """
 
-    def __init__(self, journal: Journal, store: IndexStore, *, batch: int = 50_000,
-                 interval: float = 0.2, retry: float = 1.0) -> None:
+    def __init__(self, journal: Journal, store: IndexStore, *, batch: int = 20_000,
+                 interval: float = 0.1, retry: float = 1.0) -> None:
         self.journal = journal
         self.store = store
         self._key = journal.journal_id
