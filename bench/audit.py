@@ -1,37 +1,27 @@
-"""Durable audit throughput (group commit vs one commit per event) and subject-report latency.
+"""Durable audit throughput into the journal, the index lag behind it, and subject-report latency.
 
-For SQLite and PostgreSQL, with 1, 8 and 64 concurrent writers:
-  * group commit, threads: each writer is a thread calling ``AuditTrail.record``
-    (returns once durable); whoever holds the turn links the queued events into
-    the hash chain and commits them together;
-  * group commit, tasks: each writer is a coroutine in one event loop awaiting
-    ``AuditTrail.arecord`` (how the middleware and the sidecar record);
-  * baseline: the same store, one transaction (and fsync) per event; each thread
-    links and hashes its events into its own chain, as any chained trail must.
-Events are built before the clock starts; all three write the same rows. They run
-in an order that rotates each round, ``--rounds`` times, on fresh stores; the
-medians are shown.
-Then the right-of-access report for one data subject over 1,000,000 bulk-loaded events.
-
-With ``--ceiling``, also the parts, each alone: a SQLite commit of 1/4/8/32 pre-linked
-rows on one thread, and the thread hand-off (N threads each waiting for its event, one
-thread "committing" by sleeping as long as a commit of 8 rows takes).
+For SQLite and PostgreSQL: 64 producers (threads calling ``record_fields``, or
+coroutines awaiting ``arecord_fields``) record into the journal; each run prints
+durable events/s, the index lag (durable -> in the store) and the CPU per event
+of the writer, the indexer and the producers, median of ``--rounds`` runs,
+beside the disk's floor (append + fdatasync) measured in the same run, and the
+journal alone (no indexer in the process). Then the right-of-access report for one data subject over
+``--report-events`` bulk-loaded events.
 
 Usage: python bench/audit.py [--quick] [--events N] [--rounds 3] [--report-events N]
-                              [--no-postgres] [--ceiling]
+                              [--no-postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import shutil
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,9 +29,6 @@ import psycopg
 from _pg import fdatasync_floor, fresh_database, pg_server
 
 from guard.audit import (
-    AuditEvent,
-    AuditPipeline,
-    AuditTrail,
     EventKind,
     Store,
     derive_chain_key,
@@ -50,23 +37,10 @@ from guard.audit import (
     pseudonymise,
     subject_report,
 )
-from guard.audit._checkpoint import Checkpoint
-from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT, Row, chain_row
+from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT
 
 KEY = b"b" * 32
-PIPELINE = AuditPipeline(KEY)
-CHAIN_KEY = derive_chain_key(KEY)  # trails are keyed, as AuditTrail.open makes them
-
-
-def make_events(n: int) -> list[AuditEvent]:
-    return [PIPELINE.event(EventKind.DECISION, caller="svc:crm", party_type="internal",
-                           country="GB", purpose="relationship.management",
-                           categories=("contact.email", "identity.name"), action="read",
-                           allowed=True, reason="allowed", rule=("rules.csv:314",),
-                           lawful_basis=("contract", "legitimate_interest"),
-                           policy_version="sha256:5d79139ff05f0ad3", subject_id=f"c{i}",
-                           http_method="GET", http_route="/customers/{id}", latency_us=40)
-            for i in range(n)]
+CHAIN_KEY = derive_chain_key(KEY)  # trails are keyed, as JournalTrail.open makes them
 
 
 def run_threads(writers: int, work: Callable[[int], None]) -> float:
@@ -85,90 +59,6 @@ def run_threads(writers: int, work: Callable[[int], None]) -> float:
     for t in threads:
         t.join()
     return time.perf_counter() - t0
-
-
-class CountingStore:
-    """The store, counting the transactions that carry events."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.url = inner.url
-        self.commits = 0
-
-    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        self.inner.write(rows, checkpoints)
-        self.commits += bool(rows)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-
-GROUP_BATCH: list[float] = []  # events per commit of each group run
-
-
-def group_commit(store: Store, key: Path, events: list[AuditEvent], writers: int) -> float:
-    counted = CountingStore(store)
-    trail = AuditTrail(counted, load_signing_key(key),  # type: ignore[arg-type]
-                       chain_key=CHAIN_KEY)
-    share = [events[i::writers] for i in range(writers)]
-
-    def work(i: int) -> None:
-        for event in share[i]:
-            trail.record(event)
-
-    elapsed = run_threads(writers, work)
-    trail.close()
-    GROUP_BATCH.append(len(events) / max(1, counted.commits))
-    return len(events) / elapsed
-
-
-def group_commit_tasks(store: Store, key: Path, events: list[AuditEvent], writers: int) -> float:
-    """``writers`` coroutines in one event loop, each awaiting ``arecord`` for its events."""
-    trail = AuditTrail(store, load_signing_key(key), chain_key=CHAIN_KEY)
-    share = [events[i::writers] for i in range(writers)]
-
-    async def work(i: int) -> None:
-        for event in share[i]:
-            await trail.arecord(event)
-
-    async def run() -> float:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(work(i) for i in range(writers)))
-        return time.perf_counter() - t0
-
-    elapsed = asyncio.run(run())
-    trail.close()
-    return len(events) / elapsed
-
-
-def one_commit_each(make_writer: Callable[[], Callable[[tuple[object, ...]], None]],
-                    events: list[AuditEvent], writers: int) -> float:
-    """Each thread links its events into its own chain and commits them one at a time."""
-    share = [events[i::writers] for i in range(writers)]
-    sinks = [make_writer() for _ in range(writers)]
-
-    def work(i: int) -> None:
-        prev = "0" * 64
-        for seq, event in enumerate(share[i], 1):
-            row = chain_row(event, f"baseline-{i}", seq, prev)
-            prev = row[-1]
-            sinks[i](row)
-
-    return len(events) / run_threads(writers, work)
-
-
-def sqlite_commit_each(store: Store) -> Callable[[], Callable[[tuple[object, ...]], None]]:
-    return lambda: lambda row: store.write([row], [])
-
-
-def pg_commit_each(url: str) -> Callable[[], Callable[[tuple[object, ...]], None]]:
-    sql = INSERT_EVENT.replace("?", "%s")
-
-    def make() -> Callable[[tuple[object, ...]], None]:
-        conn = psycopg.connect(url, autocommit=True)
-        return lambda row: conn.execute(sql, row)  # type: ignore[arg-type]
-
-    return make
 
 
 def bulk_rows(n: int, subjects: int) -> tuple[Iterator[tuple[object, ...]], str]:
@@ -228,79 +118,7 @@ def time_report(store: Store, pseudonym: str, runs: int = 20) -> tuple[float, fl
     return statistics.median(times), times[int(len(times) * 0.95) - 1], len(report.accesses)
 
 
-def commit_floor(tmp: Path, batch: int, events: list[AuditEvent]) -> float:
-    """Seconds per commit of ``batch`` pre-linked rows, one thread, nothing else (median)."""
-    store = open_store(f"sqlite:///{tmp / f'floor{batch}.db'}")
-    prev, rows = "0" * 64, []
-    for seq, event in enumerate(events, 1):
-        rows.append(chain_row(event, "floor", seq, prev))
-        prev = rows[-1][-1]
-    times = []
-    for start in range(0, len(rows) - batch + 1, batch):
-        t0 = time.perf_counter()
-        store.write(rows[start:start + batch], [])
-        times.append(time.perf_counter() - t0)
-    store.close()
-    return statistics.median(times)
-
-
-def handoff_only(writers: int, n: int, commit_s: float) -> float:
-    """Events/s of the hand-off alone: ``writers`` threads each queue an event and sleep on
-    its lock; one thread takes all queued, "commits" by sleeping ``commit_s`` (the GIL is
-    free, as in an fsync) and wakes them. No store, no hashing."""
-    cond = threading.Condition()
-    queue: list[threading.Lock] = []
-    done = False
-
-    def committer() -> None:
-        while True:
-            with cond:
-                while not queue and not done:
-                    cond.wait()
-                if done and not queue:
-                    return
-                batch = queue[:]
-                queue.clear()
-            time.sleep(commit_s)
-            for lock in batch:
-                lock.release()
-
-    def work(_: int) -> None:
-        for _ in range(n // writers):
-            lock = threading.Lock()
-            lock.acquire()
-            with cond:
-                queue.append(lock)
-                cond.notify()
-            lock.acquire()
-
-    thread = threading.Thread(target=committer)
-    thread.start()
-    elapsed = run_threads(writers, work)
-    with cond:
-        done = True
-        cond.notify()
-    thread.join()
-    return n // writers * writers / elapsed
-
-
-def ceiling(tmp: Path, n: int) -> None:
-    """What this machine allows, measured in parts (printed, clearly not the benchmark)."""
-    print("\nceiling, in parts (SQLite; not the benchmark above)")
-    events = make_events(max(n, 3200))
-    floors = {}
-    for batch in (1, 4, 8, 32):
-        floor = floors[batch] = commit_floor(tmp, batch, events)
-        print(f"  one thread, commits of {batch:>2} pre-linked rows: {floor * 1e3:.3f} ms per "
-              f"commit (median) = {batch / floor:>7,.0f} events/s", flush=True)
-    floor8 = floors[8]
-    for writers in (8, 64):
-        rate = handoff_only(writers, n, floor8)
-        print(f"  hand-off alone, {writers:>2} threads, a commit = sleep {floor8 * 1e3:.2f} ms: "
-              f"{rate:>7,.0f} events/s", flush=True)
-
-
-# -- the journal (audit.writer = "journal") --------------------------------------------------
+# -- the journal ------------------------------------------------------------------------------
 
 JOURNAL_FIELDS = {"caller": "svc:crm", "party_type": "internal", "country": "GB",
                   "purpose": "relationship.management",
@@ -464,7 +282,7 @@ def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int
     print(f"disk floor in {tmp}: append 300 B + fdatasync p50 {p50:.3f} ms, p99 {p99:.3f} ms; "
           f"64 producers that each wait for their event share at most one sync per batch: "
           f"ceiling 64 / p50 = {64 / p50 * 1e3:,.0f} events/s")
-    print(f"journal (audit.writer = \"journal\"): durable events/s, {n} events per run, "
+    print(f"journal: durable events/s, {n} events per run, "
           f"median of {rounds}; index lag = durable -> in the store (ms); CPU µs per event "
           "of the writer thread, the indexer thread and the producers")
     print(f"{'store':<11} {'producers':>9} {'mode':>8} {'events/s':>10} "
@@ -508,12 +326,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=None, help="events per throughput run")
     parser.add_argument("--report-events", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3,
-                        help="alternating group/baseline rounds per configuration")
+                        help="runs per configuration (the median is shown)")
     parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--journal-only", action="store_true",
-                        help="only the journal runs (audit.writer = \"journal\") and the report")
-    parser.add_argument("--ceiling", action="store_true",
-                        help="also measure the parts: SQLite commit alone, thread hand-off alone")
     args = parser.parse_args()
     n = args.events or (4_000 if args.quick else 20_000)
     tmp = Path(tempfile.mkdtemp(prefix="guard-bench-audit-"))
@@ -526,52 +340,6 @@ def main() -> None:
                 print("PostgreSQL not installed: SQLite only")
             kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
             journal_bench(tmp, key, kinds, pg, max(n, 64_000), args.rounds)
-            old = [] if args.journal_only else kinds
-            print("\nthe group-commit writer (audit.writer = \"thread\"): "
-                  f"durable events/s, {n} events per run, median of {args.rounds} rounds "
-                  "(group commit from threads and from tasks vs one commit per event; "
-                  "the order rotates each round)")
-            print(f"{'store':<11} {'writers':>7} {'threads':>9} {'tasks':>9} {'baseline':>9} "
-                  f"{'thr/b':>6} {'task/b':>6}   (threads: median events per commit)")
-            for kind in old:
-                for writers in (1, 8, 64):
-                    rates: dict[str, list[float]] = {"threads": [], "tasks": [], "baseline": []}
-                    GROUP_BATCH.clear()
-                    for rnd in range(args.rounds):
-                        events = make_events(n)
-                        tag = f"{writers}_{rnd}"
-                        if kind == "sqlite":
-                            thread_store = open_store(f"sqlite:///{tmp / f'g{tag}.db'}")
-                            task_store = open_store(f"sqlite:///{tmp / f't{tag}.db'}")
-                            base_store = open_store(f"sqlite:///{tmp / f'b{tag}.db'}")
-                            run_base: Callable[[], float] = functools.partial(
-                                one_commit_each, sqlite_commit_each(base_store), events, writers)
-                        else:
-                            assert pg is not None
-                            thread_store = open_store(fresh_database(pg, f"g{tag}"))
-                            task_store = open_store(fresh_database(pg, f"t{tag}"))
-                            base_url = fresh_database(pg, f"b{tag}")
-                            open_store(base_url).rows("SELECT 1")
-                            run_base = functools.partial(
-                                one_commit_each, pg_commit_each(base_url), events, writers)
-                        runs: dict[str, Callable[[], float]] = {
-                            "threads": functools.partial(group_commit, thread_store, key,
-                                                         events, writers),
-                            "tasks": functools.partial(group_commit_tasks, task_store, key,
-                                                       events, writers),
-                            "baseline": run_base,
-                        }
-                        names = list(runs)
-                        for name in names[rnd % 3:] + names[:rnd % 3]:
-                            rates[name].append(runs[name]())
-                        if kind == "sqlite":
-                            base_store.close()
-                    median = {name: statistics.median(values) for name, values in rates.items()}
-                    print(f"{kind:<11} {writers:>7} {median['threads']:>9,.0f} "
-                          f"{median['tasks']:>9,.0f} {median['baseline']:>9,.0f} "
-                          f"{median['threads'] / median['baseline']:>5.1f}x "
-                          f"{median['tasks'] / median['baseline']:>5.1f}x"
-                          f"   ({statistics.median(GROUP_BATCH):.1f} events/commit)", flush=True)
 
             m = args.report_events
             print(f"\nsubject report over {m:,} events (median / p95 of 20 runs)")
@@ -593,8 +361,6 @@ def main() -> None:
                 print(f"{kind:<11} {median:7.2f} ms / {p95:7.2f} ms  ({count} accesses; "
                       f"bulk load {loaded:.0f} s)", flush=True)
 
-        if args.ceiling:
-            ceiling(tmp, n)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -3,7 +3,7 @@
 Three apps run under uvicorn (one worker each, separate processes) on loopback:
 plain; ``noop``, the plain app behind a pass-through pure-Python ASGI middleware
 with a ``send`` wrapper (the floor any Python middleware costs); and guarded,
-with the audit journal (``audit.writer = "journal"``). The load comes from
+with the audit journal. The load comes from
 another process: ``wrk`` (Debian package) when installed, otherwise a bounded
 httpx loop. Every guarded request is a real read decision, recorded once with
 its status and durable in the journal before the response starts. Rounds
@@ -77,8 +77,7 @@ def settings_for(workdir: Path, kind: str = "guarded") -> Settings:
     return Settings(
         audit=AuditSettings(store=f"sqlite:///{workdir / f'audit-{kind}.db'}",
                             hmac_key=workdir / "subject-hmac.key",
-                            signing_key=workdir / "audit-signing.key", writer_id="bench",
-                            writer="journal"),
+                            signing_key=workdir / "audit-signing.key", writer_id="bench"),
         identity=IdentitySettings(dev_key=workdir / "dev-token.key"),
     )
 

@@ -12,18 +12,10 @@ from opentelemetry import trace
 
 from guard._errors import AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
-from guard.audit import (
-    AuditPipeline,
-    AuditTrail,
-    EventKind,
-    Trail,
-    load_hmac_key,
-    open_trail,
-)
-from guard.audit._jtrail import JournalTrail
-from guard.audit._otel import decision_attributes
+from guard.audit import EventKind, JournalTrail, load_hmac_key, open_trail
+from guard.audit._event import decision_fields, outcome_fields, policy_fields
+from guard.audit._otel import decision_attributes, trace_fields
 from guard.audit._otel import tracer as default_tracer
-from guard.audit._pipeline import decision_fields, outcome_fields, policy_fields, trace_fields
 from guard.engine import CategoryDecision, decide_categories
 
 if TYPE_CHECKING:
@@ -129,7 +121,7 @@ class Guard:
     def __init__(
         self,
         holder: PolicyHolder,
-        trail: Trail,
+        trail: JournalTrail,
         *,
         hmac_key: bytes,
         tracer: trace.Tracer | None = None,
@@ -139,7 +131,6 @@ class Guard:
         self.trail = trail
         self.register = register
         self._category_cache: dict[tuple[object, ...], tuple[CategoryDecision, str]] = {}
-        self._pipeline = AuditPipeline(hmac_key)
         self._tracer = tracer or default_tracer
         self._deadlines: Deadlines | None = None
 
@@ -215,16 +206,11 @@ class Guard:
             span.set_attributes(decision_attributes(refused))
         return refused
 
-    # -- recording: fields to the journal's writer, built events to the group-commit writer ----
+    # -- recording: fields to the journal's writer ---------------------------------------------
 
     def _record(self, kind: EventKind, fields: dict[str, Any]) -> str:
         """Record the event ``fields`` describe; its id once durable."""
-        trail = self.trail
-        if isinstance(trail, JournalTrail):
-            return trail.record_fields(kind, fields)
-        event = self._pipeline.event(kind, **fields)
-        trail.record(event)
-        return event.event_id
+        return self.trail.record_fields(kind, fields)
 
     async def _arecord(self, kind: EventKind, fields: dict[str, Any]) -> str:
         """Record an event; its id once durable.
@@ -233,25 +219,15 @@ class Guard:
             TimeoutError: not durable within :attr:`durable_within` seconds (a hung
                 store): the caller refuses the request rather than wait for good.
         """
-        trail = self.trail
-        if isinstance(trail, JournalTrail):
-            future = trail.start_fields(kind, fields)
-            deadlines = self._deadlines
-            if deadlines is None or not deadlines.on(future.get_loop()):
-                deadlines = self._deadlines = Deadlines(future.get_loop())
-            deadlines.watch(future, self.durable_within)
-            return await future
-        async with asyncio.timeout(self.durable_within):
-            event = self._pipeline.event(kind, **fields)
-            await trail.arecord(event)
-            return event.event_id
+        future = self.trail.start_fields(kind, fields)
+        deadlines = self._deadlines
+        if deadlines is None or not deadlines.on(future.get_loop()):
+            deadlines = self._deadlines = Deadlines(future.get_loop())
+        deadlines.watch(future, self.durable_within)
+        return await future
 
     def _post(self, kind: EventKind, fields: dict[str, Any]) -> None:
-        trail = self.trail
-        if isinstance(trail, JournalTrail):
-            trail.post_fields(kind, fields)
-        else:
-            trail.post(self._pipeline.event(kind, **fields))
+        self.trail.post_fields(kind, fields)
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -508,25 +484,8 @@ class Guard:
             one = decision_fields(request, decision, http)
             one["detail"] = detail
             fields.append(one)
-        trail = self.trail
-        if isinstance(trail, JournalTrail):
-            return [event_id is not None
-                    for event_id in trail.record_many_fields(EventKind.DECISION, fields)]
-        if isinstance(trail, AuditTrail):
-            events = [self._pipeline.event(EventKind.DECISION, **f) for f in fields]
-            try:
-                return [error is None for error in trail.record_many(events)]
-            except Exception:
-                return [False] * len(events)
-        done: list[bool] = []
-        for one in fields:
-            try:
-                self._record(EventKind.DECISION, one)
-            except Exception:
-                done.append(False)
-            else:
-                done.append(True)
-        return done
+        return [event_id is not None
+                for event_id in self.trail.record_many_fields(EventKind.DECISION, fields)]
 
     def record_subject_change(self, change: Change) -> Entry:
         """Record a change to the subject register: audited first, then stored and in force.

@@ -45,9 +45,7 @@ class AuditSettings(BaseModel):
     """Where decisions are recorded."""
 
     store: str = "sqlite:///audit.db"
-    """``sqlite:///PATH`` or ``postgresql://...``."""
-    spool: Path | None = None
-    """Local spool file; when set, events the store cannot take are spooled, not denied."""
+    """``sqlite:///PATH`` or ``postgresql://...``: the index built from the journal."""
     hmac_key: Path = Path(".guard/subject-hmac.key")
     signing_key: Path = Path(".guard/audit-signing.key")
     checkpoint_every: int = Field(default=1000, ge=1)
@@ -58,18 +56,15 @@ class AuditSettings(BaseModel):
     """Append-only file (on another volume) that also receives every signed checkpoint."""
     writer_id: str | None = None
     otlp_endpoint: str | None = None
-    writer: Literal["thread", "journal"] = "journal"
-    """How events are made durable: ``thread``, committed to the store by a group-commit
-    writer thread; ``journal``, appended to the journal by one writer thread (one
-    fdatasync per batch) and indexed into the store behind it."""
     journal: Path | None = None
-    """The journal folder (``audit.writer = "journal"``), one lane per process under it;
-    None: ``<file>.journal`` beside an SQLite store, ``.guard/audit-journal`` otherwise."""
+    """The journal folder, where events are durable (one lane per process under it); None:
+    ``<file>.journal`` beside an SQLite store, ``.guard/audit-journal/<host>_<port>_<db>``
+    for PostgreSQL."""
     journal_segment_mb: int = Field(default=64, ge=1)
     """A journal segment is closed and the next one started at this size (MiB)."""
     reserve_mb: int = Field(default=64, ge=0)
-    """Free space (MB) to keep on the filesystem of an SQLite store and of the spool;
-    below it events are refused (requests denied ``audit_unavailable``); 0: no reserve."""
+    """Free space (MB) to keep on the journal's filesystem; below it events are refused
+    (requests denied ``audit_unavailable``); 0: no reserve."""
     readiness_probe_seconds: float = Field(default=30.0, gt=0)
     """Readiness writes a ``heartbeat`` event when no event was written for this long."""
 
@@ -228,6 +223,14 @@ OTHER_VARIABLES = frozenset({
 })
 """``GUARD_*`` variables that are not settings and are read by name elsewhere."""
 
+REMOVED: dict[tuple[str, ...], str] = {
+    ("audit", "writer"): "every event is appended to the audit journal and the store is "
+                         "indexed from it (docs/audit.md); delete the setting",
+    ("audit", "spool"): "the audit journal keeps every event the store cannot take yet "
+                        "(docs/audit.md); delete the setting",
+}
+"""Settings that no longer exist, and what to do instead (refused with this line)."""
+
 
 def config_file() -> Path:
     """The configuration file: ``$GUARD_CONFIG``, else ``guard.toml`` (optional)."""
@@ -257,6 +260,9 @@ def check_sources(environ: Mapping[str, str] | None = None) -> None:
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read the configuration {path}: {exc}") from None
         for keys in _unknown_keys(Settings, data, ()):
+            if keys in REMOVED:
+                raise ConfigError(f"{path}: setting {'.'.join(keys)} was removed: "
+                                  f"{REMOVED[keys]}")
             raise ConfigError(f"{path}: unknown setting {'.'.join(keys)}{_suggest(keys)}")
     for name, value in env.items():
         upper = name.upper()
@@ -264,6 +270,8 @@ def check_sources(environ: Mapping[str, str] | None = None) -> None:
             continue
         keys = tuple(upper[len(ENV_PREFIX):].lower().split("__"))
         bad = _unknown_path(Settings, keys, value)
+        if bad in REMOVED:
+            raise ConfigError(f"{name}: setting {'.'.join(bad)} was removed: {REMOVED[bad]}")
         if bad == keys:
             raise ConfigError(f"unknown setting in the environment: {name}"
                               f"{_suggest(bad, env=True)}")

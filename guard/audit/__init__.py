@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
-from guard.audit._event import GENESIS_HASH, AuditEvent, EventKind, canonical_json, compute_hash
+from guard.audit._event import (
+    GENESIS_HASH,
+    AuditEvent,
+    EventKind,
+    canonical_json,
+    compute_hash,
+    render_json,
+)
 from guard.audit._ids import new_event_id
-from guard.audit._jtrail import JournalTrail, wait_indexed
+from guard.audit._jtrail import JournalTrail, open_trail, wait_indexed
 from guard.audit._keys import (
     derive_chain_key,
     load_hmac_key,
@@ -14,7 +21,6 @@ from guard.audit._keys import (
     pseudonymise,
     public_key_path,
 )
-from guard.audit._pipeline import AuditPipeline, render_json
 from guard.audit._query import (
     AuditQueryError,
     Count,
@@ -27,17 +33,14 @@ from guard.audit._query import (
 )
 from guard.audit._report import SubjectReport, subject_report
 from guard.audit._store import AuditStoreError, Store, open_store
-from guard.audit._trail import AuditTrail, Trail, open_trail
 from guard.audit._verify import Problem, VerifyReport, verify
 from guard.audit._witness import Witness, WitnessRead, read_witness
 
 __all__ = [
     "GENESIS_HASH",
     "AuditEvent",
-    "AuditPipeline",
     "AuditQueryError",
     "AuditStoreError",
-    "AuditTrail",
     "Checkpoint",
     "CheckpointKind",
     "Count",
@@ -50,7 +53,6 @@ __all__ = [
     "Store",
     "SubjectReport",
     "Terms",
-    "Trail",
     "VerifyReport",
     "Witness",
     "WitnessRead",

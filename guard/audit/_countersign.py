@@ -19,8 +19,7 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guard.audit._checkpoint import Checkpoint, Terms
-from guard.audit._event import FIELD_NAMES, ChainKey, chain_hash, content_digest
-from guard.audit._pipeline import ts_epoch
+from guard.audit._event import FIELD_NAMES, ChainKey, chain_hash, content_digest, ts_epoch
 from guard.audit._schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,

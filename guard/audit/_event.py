@@ -5,12 +5,42 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
+from guard._types import Decision, HttpContext, Request
+
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of the first event of every writer's chain."""
+
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+"""Every ``ts`` has this fixed width, so timestamps sort as strings."""
+
+_second: tuple[int, str] = (-1, "")  # (epoch second, its formatted prefix), shared by threads
+
+
+def utc_now() -> str:
+    """The current UTC time in :data:`TS_FORMAT` (the date part is formatted once a second)."""
+    global _second  # noqa: PLW0603 - a one-entry cache; a tuple swap is atomic
+    sec, frac = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{frac:06d}Z"
+
+
+def ts_epoch(ts: str) -> float:
+    """An event's timestamp in seconds since the epoch (now, if it cannot be read)."""
+    try:
+        return datetime.fromisoformat(ts).timestamp()
+    except ValueError:
+        return time.time()
 
 
 class EventKind(StrEnum):
@@ -91,12 +121,74 @@ class AuditEvent:
         return replace(self, writer_id=writer_id, seq=seq, prev_hash=prev_hash, hash=digest)
 
 
+def render_json(event: AuditEvent) -> str:
+    """An event as one line of JSON with sorted keys (``hash`` included), e.g. for a log shipper."""
+    return orjson.dumps(event.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def decision_fields(
+    request: Request,
+    decision: Decision,
+    http: HttpContext | None = None,
+    latency_us: int | None = None,
+) -> dict[str, Any]:
+    """The fields of a decision event (with the raw ``subject_id``, pseudonymised by the writer)."""
+    return {
+        "caller": decision.caller or request.caller,
+        "party_type": decision.party_type,
+        "country": decision.country,
+        "purpose": decision.purpose or request.purpose,
+        "categories": tuple(decision.categories or request.categories),
+        "action": (decision.action or request.action).value,
+        "allowed": decision.allowed,
+        "reason": decision.reason.value,
+        "rule": tuple(decision.rule),
+        "lawful_basis": tuple(decision.lawful_basis),
+        "policy_version": decision.policy_version,
+        "subject_id": request.subject,
+        "http_method": http.method if http else None,
+        "http_route": http.route if http else None,
+        "http_status": http.status if http else None,
+        "latency_us": latency_us,
+    }
+
+
+OUTCOME_ABORTED = "aborted"
+"""``detail`` of an outcome whose response was cut short after its status was sent."""
+
+
+def outcome_fields(decision_id: str, status: int, http: HttpContext | None) -> dict[str, Any]:
+    """The fields of the event for the final HTTP status of an earlier decision.
+
+    ``http.aborted`` (the response broke off mid-body), or ``http.extra["aborted"]``,
+    sets ``detail`` to ``aborted``; ``http_status`` stays the status the client was sent.
+    """
+    fields: dict[str, Any] = {
+        "decision_ref": decision_id,
+        "http_method": http.method if http else None,
+        "http_route": http.route if http else None,
+        "http_status": status,
+    }
+    if http is not None and (http.aborted or http.extra.get("aborted")):
+        fields["detail"] = OUTCOME_ABORTED
+    return fields
+
+
+def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str, Any]:
+    """The fields of a policy event.
+
+    Raises:
+        ValueError: ``kind`` is not a policy event kind.
+    """
+    if kind not in (EventKind.POLICY_LOADED, EventKind.POLICY_REJECTED):
+        raise ValueError(f"not a policy event kind: {kind}")
+    return {"policy_version": version, "detail": detail}
+
+
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AuditEvent))
 TUPLE_FIELDS: tuple[str, ...] = ("categories", "rule", "lawful_basis")
 
 
-CHAIN_FIELDS: tuple[str, ...] = ("writer_id", "seq", "prev_hash", "hash")
-"""The fields that place an event in its chain (the last four)."""
 
 dumps_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 _dumps_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode

@@ -3,10 +3,9 @@
 :class:`FailureLog` tells the operator when an audit component starts failing,
 how often it keeps failing (at most once per interval, with a count) and when
 it works again. :class:`DiskReserve` refuses writes while the filesystem of the
-audit store or spool has less free space than the configured reserve, so that
+audit journal has less free space than the configured reserve, so that
 callers who fill the disk are refused before the disk is full.
-:class:`GuardedStore` and :class:`GuardedSpool` put both around the store and
-the spool the trail's writer uses.
+:class:`GuardedJournal` puts both around the journal the trail's writer appends to.
 """
 
 from __future__ import annotations
@@ -15,15 +14,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from guard._errors import AuditUnavailableError
-from guard.audit._checkpoint import Checkpoint
-from guard.audit._schema import Row
-from guard.audit._spool import Spool
-from guard.audit._store import Store
 
 _log = logging.getLogger("guard.audit")
 
@@ -32,7 +27,7 @@ LOG_INTERVAL = 60.0
 
 
 class StoreRefusedError(AuditUnavailableError):
-    """The audit store or spool refused a write; the cause is already logged."""
+    """The audit journal refused a write; the cause is already logged."""
 
 
 class FailureLog:
@@ -155,87 +150,6 @@ class DiskReserve:
                 _log.warning("the audit filesystem of %s has room again (reserve %s): "
                              "accepting audit writes", self.folder, _mb(self.reserve_bytes))
             return why
-
-
-class GuardedStore:
-    """A store whose event writes respect a free-space reserve and whose failures are logged.
-
-    Writes of checkpoints alone pass below the reserve (they are small, and they
-    close chains); writes with events are refused with
-    :class:`StoreRefusedError`.
-
-    Args:
-        store: The store written to.
-        failures: Where write failures and recoveries are told.
-        reserve: The reserve of the store's filesystem (None: not checked, e.g. PostgreSQL).
-    """
-
-    def __init__(self, store: Store, failures: FailureLog, reserve: DiskReserve | None) -> None:
-        self._store = store
-        self.url = store.url
-        self._failures = failures
-        self._reserve = reserve
-
-    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        """Write through to the store; tell the failure log how it went."""
-        if rows and self._reserve is not None:
-            why = self._reserve.shortfall()
-            if why is not None:
-                self._failures.failed(why)
-                raise StoreRefusedError(why)
-        try:
-            self._store.write(rows, checkpoints)
-        except AuditUnavailableError as exc:
-            self._failures.failed(str(exc))
-            raise StoreRefusedError(str(exc)) from exc
-        if rows:
-            self._failures.succeeded()
-
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Read from the store."""
-        return self._store.rows(sql, params)
-
-    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        """Stream from the store."""
-        return self._store.stream(sql, params)
-
-    def ping(self) -> None:
-        """Ping the store."""
-        self._store.ping()
-
-    def close(self) -> None:
-        """Close the store."""
-        self._store.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
-class GuardedSpool(Spool):
-    """A spool whose appends respect a free-space reserve and whose failures are logged.
-
-    Args:
-        path: The spool file.
-        reserve_bytes: Free space to keep on its filesystem (0: not checked).
-    """
-
-    def __init__(self, path: Path, reserve_bytes: int) -> None:
-        super().__init__(path)
-        self.failures = FailureLog(f"audit spool write to {path}")
-        self._reserve = DiskReserve(path, reserve_bytes)
-
-    def append(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        """Append, unless the reserve is reached; tell the failure log how it went."""
-        why = self._reserve.shortfall() if rows else None
-        if why is not None:
-            self.failures.failed(why)
-            raise StoreRefusedError(why)
-        try:
-            super().append(rows, checkpoints)
-        except AuditUnavailableError as exc:
-            self.failures.failed(str(exc))
-            raise StoreRefusedError(str(exc)) from exc
-        self.failures.succeeded()
 
 
 class GuardedJournal:

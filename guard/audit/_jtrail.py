@@ -2,12 +2,15 @@
 
 An event is durable once its batch is appended to the journal and synced
 (:mod:`guard.audit._jwriter`); the indexer then adds it to the query store
-(:mod:`guard.audit._indexer`). Producers hand over ``(kind, fields)``.
+(:mod:`guard.audit._indexer`). Producers hand over ``(kind, fields)``. A third
+thread countersigns the stale tails of chains whose writers stopped
+(:mod:`guard.audit._countersign`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import threading
@@ -20,23 +23,26 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard._errors import AuditUnavailableError
-from guard.audit._checkpoint import Checkpoint
-from guard.audit._event import AuditEvent, ChainKey, EventKind
+from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
+from guard.audit._countersign import countersign_stale
+from guard.audit._event import AuditEvent, ChainKey, EventKind, utc_now
 from guard.audit._fields import event_fields
 from guard.audit._health import DiskReserve, FailureLog, GuardedJournal
+from guard.audit._ids import new_event_id
 from guard.audit._indexer import Indexer
 from guard.audit._journal import open_lane, scan, segments
 from guard.audit._jverify import indexed_offset, lanes
 from guard.audit._jwriter import Committed, JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
-from guard.audit._otel import OtlpLogExporter
-from guard.audit._pipeline import trace_fields
+from guard.audit._otel import OtlpLogExporter, trace_fields
 from guard.audit._schema import Row, row_event
 from guard.audit._store import Store, open_store, sqlite_path
 from guard.audit._witness import Witness
 
 if TYPE_CHECKING:
     from guard.config import AuditSettings
+
+_log = logging.getLogger("guard.audit")
 
 
 def journal_folder(settings: AuditSettings) -> Path:
@@ -54,6 +60,11 @@ def journal_folder(settings: AuditSettings) -> Path:
     url = urlsplit(settings.store)
     where = f"{url.hostname or 'localhost'}_{url.port or 5432}_{url.path.strip('/')}"
     return Path(".guard/audit-journal") / re.sub(r"[^A-Za-z0-9._-]", "_", where)
+
+
+def open_trail(settings: AuditSettings) -> JournalTrail:
+    """The audit trail the settings describe (:meth:`JournalTrail.open`)."""
+    return JournalTrail.open(settings)
 
 
 def journal_end(lane: Path) -> int:
@@ -150,12 +161,13 @@ class JournalTrail:
         listeners: list[Committed] = [self.indexer.wake]
         if self._otlp is not None:
             listeners.append(self._export)
+        self._chain_key = ChainKey(derive_chain_key(hmac_key)) if keyed else None
         self.writer = JournalWriter(
             self.journal,
             hmac_key=hmac_key,
             signing_key=signing_key,
             writer_id=writer_id or socket.gethostname(),
-            chain_key=ChainKey(derive_chain_key(hmac_key)) if keyed else None,
+            chain_key=self._chain_key,
             checkpoint_every=checkpoint_every,
             checkpoint_interval=checkpoint_interval,
             witness=Witness(witness) if witness is not None else None,
@@ -168,6 +180,13 @@ class JournalTrail:
         self._probe_interval = probe_interval
         self._probe_lock = threading.Lock()
         self._probed: tuple[float, bool, str] | None = None
+        self._signing = signing_key
+        self._sweep_witness = Witness(witness) if witness is not None else None
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, args=(max(1.0, checkpoint_interval),),
+                                         name="audit-countersign", daemon=True)
+        if keyed:
+            self._sweeper.start()
 
     @classmethod
     def open(cls, settings: AuditSettings, *, timeout: float = 5.0) -> JournalTrail:
@@ -190,6 +209,25 @@ class JournalTrail:
     def _export(self, rows: Sequence[Row], _checkpoints: Sequence[Checkpoint]) -> None:
         if self._otlp is not None and rows:
             self._otlp([row_event(row) for row in rows])
+
+    def _sweep(self, every: float) -> None:
+        """Every ``every`` seconds, countersign the stale tails of stopped writers' chains."""
+        key = self._chain_key
+        assert key is not None
+        while not self._stop.wait(every):
+            try:
+                written = countersign_stale(self.store, self._signing.public_key(), key,
+                                            self.writer_id, self._countersign)
+            except Exception as exc:  # the store is down or odd: try again next time
+                _log.debug("countersigning stopped writers' chains failed: %s", exc)
+                continue
+            if written and self._sweep_witness is not None:
+                self._sweep_witness.publish(written)
+
+    def _countersign(self, writer: str, seq: int, hash_: str, terms: Terms) -> Checkpoint:
+        return sign_checkpoint(self._signing, checkpoint_id=new_event_id(), writer_id=writer,
+                               seq=seq, hash_=hash_, ts=utc_now(),
+                               kind=CheckpointKind.COUNTERSIGN, terms=terms)
 
     @property
     def writer_id(self) -> str:
@@ -223,19 +261,9 @@ class JournalTrail:
         """Record events in order in as few batches as fit; per event its id or None."""
         return self.writer.results(kind, [_traced(f) for f in many])
 
-    # -- built events (the Trail protocol) ---------------------------------------------------
-
     def record(self, event: AuditEvent) -> None:
-        """Record a built event; return once it is durable."""
+        """Record a built event (its id, time and pseudonym kept); return once it is durable."""
         self.writer.submit(event.kind, event_fields(event))
-
-    async def arecord(self, event: AuditEvent) -> None:
-        """Like :meth:`record` without blocking the event loop."""
-        await self.writer.asubmit(event.kind, event_fields(event))
-
-    def post(self, event: AuditEvent) -> None:
-        """Queue a built event and return."""
-        self.writer.post(event.kind, event_fields(event))
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -281,7 +309,14 @@ class JournalTrail:
         return True, "audit journal writable"
 
     def close(self) -> None:
-        """Write the closing checkpoint, index the journal's end, release everything."""
+        """Write the closing checkpoint, index the journal's end, release everything (once)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._sweeper.is_alive():
+            self._sweeper.join()
+        if self._sweep_witness is not None:
+            self._sweep_witness.close()
         self.writer.close()
         self.indexer.close()
         if self._otlp is not None:

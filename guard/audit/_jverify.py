@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._fields import decode
 from guard.audit._journal import Damage, read_journal
-from guard.audit._schema import EVENT_COLUMNS, Row
+from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, Row, row_checkpoint
 from guard.audit._sqlite import SqliteStore
 from guard.audit._store import AuditStoreError, Store
 from guard.audit._verify import Problem, VerifyReport, verify
@@ -96,7 +96,9 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
                 rows: list[Row] = []
                 checkpoints: list[Checkpoint] = []
                 read: dict[str, dict[str, Row]] = {}
+                end = 0
                 for offset, row, checkpoint in _records(lane, damage):
+                    end = offset + 1
                     if row is not None:
                         rows.append(row)
                         if offset < indexed:
@@ -108,10 +110,30 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
                         rows = []
                 copy.write(rows, checkpoints)
                 disagree += _compare(store, read)
+                if indexed > end:
+                    damage.append(f"{lane.name}: the index has read {indexed} record(s), the "
+                                  f"journal holds {end} (records were cut off its end)")
+            copy.write([], _countersigned(store, copy, public))
             report = verify(copy, public, chain_key=chain_key)
         finally:
             copy.close()
     return JournalReport(report, tuple(disagree), tuple(damage), len(found))
+
+
+def _countersigned(store: Store, copy: Store, public: Ed25519PublicKey) -> list[Checkpoint]:
+    """The index's valid countersign checkpoints of the journal's chains.
+
+    The next trail signs the tail of a stopped writer's chain in the index; the
+    signature counts for the journal's copy of that chain too.
+    """
+    chains = {str(r[0]) for r in copy.rows("SELECT DISTINCT writer_id FROM audit_event")}
+    try:
+        found = [row_checkpoint(r) for r in store.rows(
+            f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint "  # noqa: S608 - constant SQL
+            "WHERE kind = 'countersign'")]
+    except AuditStoreError:
+        return []
+    return [cp for cp in found if cp.writer_id in chains and cp.valid(public)]
 
 
 def _compare(store: Store, read: dict[str, dict[str, Row]]) -> list[Problem]:

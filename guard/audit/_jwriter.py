@@ -22,11 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
-from guard.audit._event import GENESIS_HASH, ChainKey, EventKind
+from guard.audit._event import GENESIS_HASH, ChainKey, EventKind, ts_epoch, utc_now
 from guard.audit._fields import Linker, Pseudonyms, checkpoint_record, content
 from guard.audit._ids import new_event_id, new_event_ids
 from guard.audit._journal import Journal
-from guard.audit._pipeline import ts_epoch, utc_now
 from guard.audit._schema import Row
 from guard.audit._witness import Witness
 

@@ -8,8 +8,7 @@ from typing import Any
 from opentelemetry import trace
 
 from guard._types import Decision
-from guard.audit._event import AuditEvent
-from guard.audit._pipeline import render_json
+from guard.audit._event import AuditEvent, render_json
 
 tracer = trace.get_tracer("purpose-guard")
 
@@ -27,6 +26,14 @@ def decision_attributes(decision: Decision) -> dict[str, Any]:
         "guard.lawful_basis": list(decision.lawful_basis),
         "guard.policy_version": decision.policy_version,
     }
+
+
+def trace_fields() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the current OpenTelemetry span (empty without one)."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
 
 
 class OtlpLogExporter:

@@ -119,12 +119,7 @@ class PostgresStore:
             self._schema_ready = True
 
     def _write_once(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        self._ensure_schema()
-        conn = self._writer
-        if conn is None or conn.closed:
-            conn = self._writer = psycopg.connect(
-                self.url, connect_timeout=max(1, int(self._timeout)), autocommit=True
-            )
+        conn = self._connection()
         try:
             # psycopg pipelines executemany: one round trip for the batch, and
             # about half the client CPU of one statement with an array per column.
@@ -162,6 +157,7 @@ class PostgresStore:
             ) from exc
 
     def _connection(self) -> psycopg.Connection[Any]:
+        """The one write connection (the indexer's), connected on first use."""
         self._ensure_schema()
         conn = self._writer
         if conn is None or conn.closed:
@@ -239,18 +235,6 @@ class PostgresStore:
                 yield from cur
         except (psycopg.Error, PoolTimeout) as exc:
             raise AuditStoreError(f"audit store {_safe(self.url)}: {_line(exc)}") from exc
-
-    def ping(self) -> None:
-        """Check a connection answers and the database accepts writes."""
-        try:
-            with self._pool.connection() as conn:
-                row = conn.execute("SHOW transaction_read_only").fetchone()
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise AuditUnavailableError(
-                f"audit store {_safe(self.url)} is unreachable: {_line(exc)}"
-            ) from exc
-        if not row or row[0] != "off":
-            raise AuditUnavailableError(f"audit store {_safe(self.url)} is read-only")
 
     def close(self) -> None:
         """Close the write connection and the pool."""

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guard._errors import GuardError
-from guard.audit._event import FIELD_NAMES, AuditEvent
-from guard.audit._pipeline import TS_FORMAT
+from guard.audit._event import FIELD_NAMES, TS_FORMAT, AuditEvent
 from guard.audit._schema import row_event
 from guard.audit._store import Store
 

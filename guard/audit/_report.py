@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from guard.audit._pipeline import utc_now
+from guard.audit._event import utc_now
 from guard.audit._query import QueryRow, subject_accesses
 from guard.audit._store import AuditStoreError, Store
 

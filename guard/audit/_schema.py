@@ -11,11 +11,8 @@ from guard.audit._event import (
     FIELD_NAMES,
     TUPLE_FIELDS,
     AuditEvent,
-    ChainKey,
     EventKind,
-    chain_hash,
     content_row,
-    digest_content,
 )
 from guard.audit._summary import MIGRATION as SUMMARY_MIGRATION
 
@@ -133,36 +130,9 @@ Row = tuple[Any, ...]
 """An event as column values in ``EVENT_COLUMNS`` order."""
 
 
-
 def event_row(event: AuditEvent) -> Row:
     """The column values of one (already linked) event."""
     return (*content_row(event), event.writer_id, event.seq, event.prev_hash, event.hash)
-
-
-def prepare_row(event: AuditEvent, key: ChainKey | None = None) -> tuple[Row, str]:
-    """The event's content columns and their digest (keyed by ``key``): its row but the link.
-
-    Producers call this on their own thread before queueing, so the committing
-    thread only links (:func:`link_row`).
-    """
-    head = content_row(event)
-    return head, digest_content(head, key)
-
-
-def link_row(head: Row, digest: str, writer_id: str, seq: int, prev_hash: str, *,
-             keyed: bool = False) -> Row:
-    """The full row of a prepared event placed in a chain; the hash is its last value."""
-    return (*head, writer_id, seq, prev_hash,
-            chain_hash(writer_id, seq, prev_hash, digest, keyed=keyed))
-
-
-def chain_row(event: AuditEvent, writer_id: str, seq: int, prev_hash: str,
-              key: ChainKey | None = None) -> Row:
-    """Link ``event`` into a chain and return its row; the hash is the row's last value.
-
-    Same result as ``event_row(event.linked(...))`` without building the linked event.
-    """
-    return link_row(*prepare_row(event, key), writer_id, seq, prev_hash, keyed=key is not None)
 
 
 def row_event(row: Sequence[Any]) -> AuditEvent:

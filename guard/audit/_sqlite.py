@@ -203,17 +203,6 @@ class SqliteStore:
         finally:
             conn.close()
 
-    def ping(self) -> None:
-        """Take and release the write lock."""
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                raise AuditUnavailableError(
-                    f"audit store {self.path} is not writable: {exc}"
-                ) from exc
-
     def close(self) -> None:
         """Close both connections."""
         with self._lock, self._read_lock:

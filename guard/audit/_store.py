@@ -36,9 +36,6 @@ class Store(Protocol):
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         """Run a read query and yield rows without holding them all in memory."""
 
-    def ping(self) -> None:
-        """Check the store can take writes; raise AuditUnavailableError if not."""
-
     def close(self) -> None:
         """Release connections."""
 

@@ -256,7 +256,7 @@ def verify_cmd(
     broken = len(report.problems)
     if checked is not None:
         for line in checked.damage:
-            typer.echo(f"journal: damaged frame: {line}")
+            typer.echo(f"journal: damaged: {line}")
         for problem in checked.journal.problems:
             typer.echo(f"journal: {problem}")
         for problem in checked.index:

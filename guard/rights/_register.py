@@ -14,8 +14,7 @@ from typing import Any, cast
 
 import psycopg
 
-from guard.audit._event import EventKind
-from guard.audit._pipeline import utc_now
+from guard.audit._event import EventKind, utc_now
 from guard.policy._compiled import CompiledPolicy
 from guard.rights._entries import Entry, Record, RegisterRefusedError, State, fold
 from guard.rights._index import BITMAP_SHIFT, SubjectIndex, split_digest

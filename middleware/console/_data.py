@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guard.audit import AuditEvent, AuditQueryError, EventFilter, Store, parse_when
-from guard.audit._pipeline import TS_FORMAT
+from guard.audit._event import TS_FORMAT
 from guard.audit._query import _E_COLUMNS as E_COLUMNS
 from guard.audit._query import _OUTCOME as OUTCOME
 from guard.audit._schema import row_event

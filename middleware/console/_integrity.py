@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from guard.audit import Store, derive_chain_key, load_public_key, public_key_path, verify
-from guard.audit._pipeline import utc_now
+from guard.audit._event import utc_now
 
 
 @dataclass(frozen=True, slots=True)

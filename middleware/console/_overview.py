@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guard.audit import Store
-from guard.audit._pipeline import TS_FORMAT
+from guard.audit._event import TS_FORMAT
 from guard.audit._summary import RAW_DIMENSIONS
 from guard.policy._compiled import CompiledPolicy
 from middleware.console._subject import HOME_COUNTRY, safeguard

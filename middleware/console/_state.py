@@ -47,7 +47,7 @@ class Console:
     def start_check(self) -> None:
         """Verify the trail in a background thread (one at a time); the result lands in
         ``last_check``. At millions of events a check takes minutes, so no page waits."""
-        from guard.audit._pipeline import utc_now
+        from guard.audit._event import utc_now
         from middleware.console._integrity import check
 
         with self._lock:

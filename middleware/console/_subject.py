@@ -22,7 +22,7 @@ from guard import Guard
 from guard._errors import AuditUnavailableError
 from guard._types import HttpContext, Request
 from guard.audit import Store, SubjectReport, pseudonymise, subject_report
-from guard.audit._pipeline import TS_FORMAT
+from guard.audit._event import TS_FORMAT
 from guard.config import ConsoleSettings
 from guard.policy._compiled import ADEQUATE, CompiledPolicy
 from middleware.console._data import Row, subject_events

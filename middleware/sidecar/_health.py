@@ -95,7 +95,7 @@ async def healthz(request: HttpRequest) -> Response:
 async def readyz(request: HttpRequest) -> Response:
     """Ready: 200 when a policy is in force and the audit store takes writes, else 503.
 
-    The audit store's state is proven by a real write (see ``AuditTrail.ready``),
+    The audit trail's state is proven by a real append (see ``JournalTrail.ready``),
     off the event loop. A rejected reload does not make the sidecar unready (the
     last good policy still decides), but its reason is shown until a later reload
     succeeds; nor does a lost connection to a PostgreSQL policy store

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +19,15 @@ from guard import HttpContext, Reason, Request
 from guard._guard import Guard
 from guard._types import denial
 from guard.audit import (
-    AuditTrail,
     EventFilter,
+    EventKind,
+    JournalTrail,
     Store,
     load_signing_key,
     open_store,
     pseudonymise,
     query_events,
+    wait_indexed,
 )
 from guard.config import AuditSettings, PolicySettings, Settings
 from guard.policy import load_policy
@@ -45,12 +48,30 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "audit.db"
 
 
-def make_guard(db: Path, tmp_path: Path, spans: InMemorySpanExporter,
-               timeout: float = 5.0) -> Guard:
+def journal_trail(db: Path, tmp_path: Path) -> JournalTrail:
+    """A trail on the SQLite store ``db``, its journal beside it (as the settings make it)."""
+    return JournalTrail(open_store(f"sqlite:///{db}"), load_signing_key(tmp_path / "sign.key"),
+                        hmac_key=KEY, journal=db.with_name(db.name + ".journal"))
+
+
+@contextlib.contextmanager
+def journal_refuses(trail: JournalTrail) -> Iterator[None]:
+    """The journal's disk is full (its file is /dev/full) for the length of the ``with``."""
+    full = os.open("/dev/full", os.O_WRONLY)
+    good = os.dup(trail.journal._fd)
+    os.dup2(full, trail.journal._fd)
+    try:
+        yield
+    finally:
+        os.dup2(good, trail.journal._fd)
+        os.close(full)
+        os.close(good)
+
+
+def make_guard(db: Path, tmp_path: Path, spans: InMemorySpanExporter) -> Guard:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
-    trail = AuditTrail(open_store(f"sqlite:///{db}", timeout=timeout),
-                       load_signing_key(tmp_path / "sign.key"))
+    trail = journal_trail(db, tmp_path)
     holder = PolicyHolder(lambda: load_policy(None))
     return Guard(holder, trail, hmac_key=KEY, tracer=provider.get_tracer("test"))
 
@@ -63,13 +84,15 @@ def guard(db: Path, tmp_path: Path, spans: InMemorySpanExporter) -> Iterator[Gua
 
 
 def reader(db: Path) -> Store:
+    """The store, once it indexes every event the journal holds."""
+    wait_indexed(AuditSettings(store=f"sqlite:///{db}"))
     return open_store(f"sqlite:///{db}", create=False)
 
 
 def test_check_records_the_decision_before_returning(guard: Guard, db: Path) -> None:
     checked = guard.check(ALLOWED, HttpContext("GET", "/customers/{id}/email"))
     assert checked.decision.allowed
-    store = reader(db)  # read while the guard is still open: the event is already durable
+    store = reader(db)  # read while the guard is still open: durable, then indexed
     [row] = query_events(store, EventFilter())
     store.close()
     event = row.event
@@ -120,10 +143,8 @@ def test_decision_span_nests_under_the_current_span(
 def test_a_decision_that_cannot_be_recorded_is_a_denial(
     db: Path, tmp_path: Path, spans: InMemorySpanExporter
 ) -> None:
-    guard = make_guard(db, tmp_path, spans, timeout=0.05)
-    locker = sqlite3.connect(db, isolation_level=None)
-    locker.execute("BEGIN IMMEDIATE")
-    try:
+    guard = make_guard(db, tmp_path, spans)
+    with journal_refuses(guard.trail):
         checked = guard.check(ALLOWED)
         assert not checked.decision.allowed
         assert checked.decision.reason is Reason.AUDIT_UNAVAILABLE
@@ -131,15 +152,12 @@ def test_a_decision_that_cannot_be_recorded_is_a_denial(
         assert achecked.decision.reason is Reason.AUDIT_UNAVAILABLE
         ok, why = guard.ready()
         assert not ok
-        assert "locked" in why
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
+        assert "refused the write" in why
     assert guard.check(ALLOWED).decision.allowed  # back: allowed again
     assert guard.ready()[0]
     guard.close()
     with pytest.raises(Exception, match="closed"):
-        guard.trail.record(guard._pipeline.outcome("x", 200, None))
+        guard.trail.record_fields(EventKind.OUTCOME, {"decision_ref": "x", "http_status": 200})
     assert guard.check(ALLOWED).decision.reason is Reason.AUDIT_UNAVAILABLE
 
 
@@ -219,16 +237,10 @@ def test_record_denial_writes_the_refusal_the_enforcement_point_made(
 def test_a_denial_that_cannot_be_recorded_stands_without_an_id(
     db: Path, tmp_path: Path, spans: InMemorySpanExporter
 ) -> None:
-    guard = make_guard(db, tmp_path, spans, timeout=0.05)
-    guard.check(ALLOWED)  # the store exists
+    guard = make_guard(db, tmp_path, spans)
     refusal = denial(Reason.ROUTE_NOT_DECLARED, DENIED)
-    locker = sqlite3.connect(db, isolation_level=None)
-    locker.execute("BEGIN IMMEDIATE")
-    try:
+    with journal_refuses(guard.trail):
         checked = asyncio.run(guard.arecord_denial(DENIED, refusal))
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
     guard.close()
     assert checked.decision is refusal
     assert checked.decision_id == ""
@@ -257,7 +269,7 @@ def test_a_non_recording_decision_span_keeps_the_parent_trace_ids(
 ) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
-    trail = AuditTrail(open_store(f"sqlite:///{db}"), load_signing_key(tmp_path / "sign.key"))
+    trail = journal_trail(db, tmp_path)
     guard = Guard(PolicyHolder(lambda: load_policy(None)), trail, hmac_key=KEY,
                   tracer=trace.NoOpTracer())
     with provider.get_tracer("server").start_as_current_span("GET /customers") as http_span:

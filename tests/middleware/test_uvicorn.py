@@ -57,13 +57,8 @@ MIX = [
 ]
 
 
-@pytest.mark.parametrize("writer", ["thread", "journal"])
-async def test_parallel_mixed_callers_one_event_each(
-    keys: Keys, tmp_path: Path, writer: str
-) -> None:
+async def test_parallel_mixed_callers_one_event_each(keys: Keys, tmp_path: Path) -> None:
     settings = guard_settings(tmp_path, keys)
-    settings = settings.model_copy(
-        update={"audit": settings.audit.model_copy(update={"writer": writer})})
     guard = Guard.from_settings(settings)
     from guard.cli._token import issue_token
 

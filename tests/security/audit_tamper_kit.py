@@ -26,24 +26,23 @@ import pytest
 from bench._pg import _as_postgres, _bindir, free_port
 from guard.audit import (
     AuditEvent,
-    AuditPipeline,
-    AuditTrail,
     EventKind,
+    JournalTrail,
     VerifyReport,
     derive_chain_key,
     load_public_key,
     load_signing_key,
+    new_event_id,
     open_store,
     pseudonymise,
     read_witness,
     verify,
 )
-from guard.audit._event import GENESIS_HASH, ChainKey, chain_hash, content_digest
+from guard.audit._event import GENESIS_HASH, ChainKey, chain_hash, content_digest, utc_now
 from guard.audit._schema import EVENT_COLUMNS, row_event
 
 HMAC_KEY = b"h" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)
-PIPELINE = AuditPipeline(HMAC_KEY)
 GUARD = [sys.executable, "-c", "from guard.cli import main; main()"]
 
 
@@ -65,20 +64,24 @@ def make_keys(base: Path) -> AuditKeys:
     return AuditKeys(signing, signing.with_name(signing.name + ".pub"), hmac_file)
 
 
-def trail(url: str, keys: AuditKeys, **kwargs: Any) -> AuditTrail:
-    """A keyed trail, as ``AuditTrail.open`` makes one from settings."""
-    kwargs.setdefault("chain_key", CHAIN_KEY)
-    return AuditTrail(open_store(url, timeout=kwargs.pop("timeout", 5.0)),
-                      load_signing_key(keys.signing), **kwargs)
+def trail(url: str, keys: AuditKeys, **kwargs: Any) -> JournalTrail:
+    """A keyed trail, as ``JournalTrail.open`` makes one from settings.
+
+    Its journal is ``journal`` in the key folder (``guard audit verify`` run with the
+    default settings checks the store alone).
+    """
+    kwargs.setdefault("journal", keys.signing.parent / "journal")
+    return JournalTrail(open_store(url, timeout=kwargs.pop("timeout", 5.0)),
+                        load_signing_key(keys.signing), hmac_key=HMAC_KEY, **kwargs)
 
 
 def event(subject: str, **fields: Any) -> AuditEvent:
     """A decision about ``subject`` (raw id; stored as its pseudonym)."""
     values: dict[str, Any] = {"caller": "svc:crm", "purpose": "relationship.management",
                               "categories": ("contact.email",), "action": "read",
-                              "allowed": True, "reason": "allowed", "subject_id": subject}
+                              "allowed": True, "reason": "allowed", "subject": pseudonym(subject)}
     values.update(fields)
-    return PIPELINE.event(EventKind.DECISION, **values)
+    return AuditEvent(new_event_id(), EventKind.DECISION, utc_now(), **values)
 
 
 def pseudonym(subject: str) -> str:
@@ -94,6 +97,8 @@ def record(url: str, keys: AuditKeys, subjects: list[str], *, close: bool = True
         t.record(event(subject))
     if close:
         t.close()
+    else:
+        t.flush()  # durable and indexed
     return stored_events(url)
 
 

@@ -1,9 +1,9 @@
 """A writer killed mid-chain: the next writer countersigns its verified unsigned tail.
 
 A killed writer leaves the events after its last checkpoint unsigned. The next
-writer with the same keys checks that tail with the chain key once it is older
-than the chain's signed bound, and signs its head; a tail that was tampered
-with is not countersigned.
+trail on the same journal indexes that tail, checks it with the chain key once
+it is older than the chain's signed bound, and signs its head; a tail that was
+tampered with is not countersigned.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit import load_signing_key, new_event_id, open_store
+from guard.audit import load_public_key, load_signing_key, new_event_id, open_store
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
 from guard.audit._countersign import MARGIN, countersign_stale
-from guard.audit._event import ChainKey
-from guard.audit._pipeline import utc_now
+from guard.audit._event import ChainKey, utc_now
+from guard.audit._jverify import verify_journal
 from tests.guard.audit.conftest import acknowledged_until_killed
 from tests.security.audit_tamper_kit import CHAIN_KEY, AuditKeys, check, make_keys, sql, trail
 
@@ -27,19 +27,18 @@ INTERVAL = 0.3
 CHILD = r"""
 import sys
 from pathlib import Path
-from guard.audit import AuditPipeline, AuditTrail, EventKind, derive_chain_key, load_signing_key
-from guard.audit import open_store
+from guard.audit import EventKind, JournalTrail, load_signing_key, open_store
 
-url, key = sys.argv[1], Path(sys.argv[2])
-trail = AuditTrail(open_store(url), load_signing_key(key), checkpoint_every=1000,
-                   checkpoint_interval=float(sys.argv[3]), chain_key=derive_chain_key(b"h" * 32))
-pipeline = AuditPipeline(b"h" * 32)
+url, key, journal = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[4])
+trail = JournalTrail(open_store(url), load_signing_key(key), hmac_key=b"h" * 32,
+                     journal=journal, checkpoint_every=1000,
+                     checkpoint_interval=float(sys.argv[3]))
 i = 0
 while True:
-    event = pipeline.event(EventKind.DECISION, caller="svc:a", purpose="p", categories=("c",),
-                           allowed=True, reason="allowed", subject_id=f"s-{i}")
-    trail.record(event)
-    sys.stdout.write(event.event_id + "\n")
+    event_id = trail.record_fields(EventKind.DECISION, {
+        "caller": "svc:a", "purpose": "p", "categories": ("c",), "allowed": True,
+        "reason": "allowed", "subject_id": f"s-{i}"})
+    sys.stdout.write(event_id + "\n")
     sys.stdout.flush()
     i += 1
 """
@@ -51,10 +50,15 @@ def audit_keys(tmp_path: Path) -> AuditKeys:
 
 
 def _killed_writer(url: str, keys: AuditKeys, tmp_path: Path) -> str:
-    """Run a keyed writer in a child, SIGKILL it mid-stream; its chain id."""
-    child = subprocess.Popen([sys.executable, "-c", CHILD, url, str(keys.signing), str(INTERVAL)],
+    """Run a keyed writer in a child, SIGKILL it mid-stream; its chain id, once indexed."""
+    journal = keys.signing.parent / "journal"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, url, str(keys.signing), str(INTERVAL),
+                              str(journal)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     acknowledged_until_killed(child, 40)
+    catch_up = trail(url, keys, checkpoint_interval=3600.0)  # indexes the lane's tail
+    catch_up.flush()
+    catch_up.close()
     store = open_store(url, create=False)
     try:
         return str(store.rows("SELECT writer_id FROM audit_event LIMIT 1")[0][0])
@@ -89,6 +93,14 @@ def test_the_next_writer_countersigns_a_killed_writers_tail(
     report = check(store_url, audit_keys)
     assert report.ok, report.problems
     assert report.notes == ()
+    store = open_store(store_url, create=False)
+    try:  # the countersignature in the index covers the journal's copy of the chain too
+        journal = verify_journal(store, audit_keys.signing.parent / "journal",
+                                 load_public_key(audit_keys.public), chain_key=CHAIN_KEY)
+    finally:
+        store.close()
+    assert journal.ok, (journal.journal.problems, journal.index, journal.damage)
+    assert not any(dead in note for note in journal.journal.notes), journal.journal.notes
 
 
 def test_a_tampered_tail_is_not_countersigned(

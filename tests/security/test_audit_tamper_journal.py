@@ -114,3 +114,22 @@ def test_a_damaged_frame_is_reported(tmp_path: Path) -> None:
     report = check(url, folder, keys)
     assert report.damage
     assert not report.ok
+
+
+def test_records_cut_off_the_journals_end_are_reported(tmp_path: Path) -> None:
+    """Whole frames removed from the end: every checksum holds, the index has read past it."""
+    url, folder, keys, _ = recorded(tmp_path)
+    [(_, path)] = segments(folder / "lane-0")
+    data = path.read_bytes()
+    ends, pos = [], 0
+    while pos < len(data):
+        pos += 8 + struct.unpack_from("<II", data, pos)[0]
+        ends.append(pos)
+    path.write_bytes(data[:ends[-4]])  # the last three records are gone
+    report = check(url, folder, keys)
+    assert [line for line in report.damage if "cut off its end" in line] == [
+        f"lane-0: the index has read {len(ends)} record(s), the journal holds "
+        f"{len(ends) - 3} (records were cut off its end)"]
+    done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
+    assert done.returncode == 1
+    assert "journal: damaged: lane-0: the index has read" in done.stdout

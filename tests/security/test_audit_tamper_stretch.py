@@ -67,6 +67,7 @@ def test_a_running_writers_unsigned_tail_within_the_bound_is_a_note(
     t = trail(store_url, audit_keys, checkpoint_every=1000, checkpoint_interval=3600.0)
     for i in range(3):
         t.record(event(f"s-{i}"))
+    t.flush()  # indexed
     report = check(store_url, audit_keys)
     t.close()
     assert report.ok, report.problems

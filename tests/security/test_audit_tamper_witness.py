@@ -92,7 +92,7 @@ def test_the_journal_writer_signs_checkpoints_and_feeds_the_witness(
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     witness = tmp_path / "witness.jsonl"
     settings = AuditSettings(store=url, hmac_key=audit_keys.hmac, signing_key=audit_keys.signing,
-                             writer="journal", checkpoint_every=5, witness=witness)
+                             checkpoint_every=5, witness=witness)
     trail = JournalTrail.open(settings)
     for i in range(12):
         trail.record(event(f"journal-{i}"))

@@ -184,3 +184,27 @@ def test_the_variables_ci_and_the_tests_set_are_accepted() -> None:
                                                        r"\bGUARD_NGINX\b", text)}
     assert {"GUARD_REQUIRE_POSTGRES", "GUARD_REQUIRE_CHROMIUM"} <= names
     check_sources(dict.fromkeys(names, "1"))
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
+def test_the_removed_thread_writer_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    args: list[str],
+) -> None:
+    """An old ``audit.writer = "thread"`` must not run the journal silently in its place."""
+    (tmp_path / "guard.toml").write_text('[audit]\nwriter = "thread"\n')
+    refused(monkeypatch, capsys, args, "guard.toml", "audit.writer was removed", "journal")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "key"),
+    [("GUARD_AUDIT__WRITER", "thread", "audit.writer"),
+     ("GUARD_AUDIT__SPOOL", "/var/lib/guard/audit.spool", "audit.spool"),
+     ("GUARD_AUDIT", '{"spool": "audit.spool"}', "audit.spool")],
+)
+def test_removed_settings_in_the_environment_are_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str,
+    key: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    refused(monkeypatch, capsys, ["audit", "query"], name, f"{key} was removed")

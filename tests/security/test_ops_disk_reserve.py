@@ -1,8 +1,8 @@
 """Callers cannot fill the audit disk: below a free-space reserve the guard stops, says so, resumes.
 
-The audit store (and, with ``audit.writer = "journal"``, the journal beside it)
-lives on a real 8 MB tmpfs mounted for the test; a filler file takes the free
-space below the 4 MB reserve, as a flood of requests would.
+The audit journal (beside its SQLite store) lives on a real 8 MB tmpfs mounted
+for the test; a filler file takes the free space below the 4 MB reserve, as a
+flood of requests would.
 """
 
 from __future__ import annotations
@@ -51,13 +51,11 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-@pytest.mark.parametrize("writer", ["thread", "journal"])
 def test_below_the_reserve_requests_are_refused_readyz_says_so_and_it_resumes(
-    tmp_path: Path, small_disk: Path, keys: Any, writer: str
+    tmp_path: Path, small_disk: Path, keys: Any
 ) -> None:
     env = {
         "GUARD_IDENTITY__HS256_SECRET_FILE": str(keys.hs_file),
-        "GUARD_AUDIT__WRITER": writer,
         "GUARD_AUDIT__STORE": f"sqlite:///{small_disk / 'audit.db'}",
         "GUARD_AUDIT__RESERVE_MB": str(RESERVE_MB),
     }

@@ -13,13 +13,15 @@ import pytest
 
 from guard.audit import (
     AuditEvent,
-    AuditPipeline,
-    AuditTrail,
     EventKind,
+    JournalTrail,
     derive_chain_key,
     load_signing_key,
+    new_event_id,
     open_store,
+    pseudonymise,
 )
+from guard.audit._event import utc_now
 
 HMAC_KEY = b"k" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)
@@ -40,13 +42,24 @@ def keys(tmp_path: Path) -> Keys:
     return Keys(signing, signing.with_name(signing.name + ".pub"))
 
 
-def make_trail(url: str, keys: Keys, **kwargs: Any) -> AuditTrail:
-    """A trail on ``url`` with the test's signing key, keyed with :data:`CHAIN_KEY`."""
-    kwargs.setdefault("chain_key", CHAIN_KEY)
-    return AuditTrail(open_store(url), load_signing_key(keys.signing), **kwargs)
+def make_trail(url: str, keys: Keys, **kwargs: Any) -> JournalTrail:
+    """A trail on ``url`` with the test's keys, keyed with :data:`CHAIN_KEY`.
+
+    Its journal is ``journal`` in the test's key folder, unless ``journal=`` names one.
+    """
+    kwargs.setdefault("journal", keys.signing.parent / "journal")
+    kwargs.setdefault("hmac_key", HMAC_KEY)
+    return JournalTrail(open_store(url), load_signing_key(keys.signing), **kwargs)
 
 
-PIPELINE = AuditPipeline(HMAC_KEY)
+def make_event(kind: EventKind, **fields: Any) -> AuditEvent:
+    """An event of ``kind``; a raw ``subject_id`` becomes its pseudonym under :data:`HMAC_KEY`."""
+    raw = fields.pop("subject_id", None)
+    if raw is not None:
+        fields["subject"] = pseudonymise(HMAC_KEY, raw)
+    fields.setdefault("event_id", new_event_id())
+    fields.setdefault("ts", utc_now())
+    return AuditEvent(kind=kind, **fields)
 
 
 def decision_event(**fields: Any) -> AuditEvent:
@@ -65,7 +78,7 @@ def decision_event(**fields: Any) -> AuditEvent:
         "policy_version": "sha256:test",
     }
     values.update(fields)
-    return PIPELINE.event(EventKind.DECISION, **values)
+    return make_event(EventKind.DECISION, **values)
 
 
 def acknowledged_until_killed(child: subprocess.Popen[bytes], count: int) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit import derive_chain_key, load_hmac_key, load_signing_key
+from guard.audit import load_hmac_key, load_signing_key
 from guard.cli import main
 from tests.guard.audit.conftest import Keys, decision_event, make_trail
 
@@ -41,19 +41,19 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                 tmp_path / ".guard" / "audit-signing.key.pub")
     load_signing_key(keys.signing, create=True)
     key = load_hmac_key(tmp_path / ".guard" / "subject-hmac.key", create=True)
-    from guard.audit import AuditPipeline, EventKind
+    from guard.audit import EventKind
 
-    pipeline = AuditPipeline(key)
-    trail = make_trail("sqlite:///audit.db", keys, chain_key=derive_chain_key(key))
+    trail = make_trail("sqlite:///audit.db", keys, hmac_key=key,
+                       journal=tmp_path / "audit.db.journal")
     trail.record(decision_event(caller="svc:crm", subject_id="x"))
-    trail.record(pipeline.event(EventKind.DECISION, caller="svc:billing",
-                                purpose="order.processing", categories=("financial",),
-                                action="read", allowed=True, reason="allowed",
-                                lawful_basis=("contract",), subject_id="alice"))
-    trail.record(pipeline.event(EventKind.DECISION, caller="grp:exalens-us",
-                                purpose="business.administration", categories=("identity",),
-                                action="read", allowed=False,
-                                reason="transfer_not_safeguarded", subject_id="alice"))
+    trail.record_fields(EventKind.DECISION, {
+        "caller": "svc:billing", "purpose": "order.processing", "categories": ("financial",),
+        "action": "read", "allowed": True, "reason": "allowed", "lawful_basis": ("contract",),
+        "subject_id": "alice"})
+    trail.record_fields(EventKind.DECISION, {
+        "caller": "grp:exalens-us", "purpose": "business.administration",
+        "categories": ("identity",), "action": "read", "allowed": False,
+        "reason": "transfer_not_safeguarded", "subject_id": "alice"})
     trail.close()
     return tmp_path
 

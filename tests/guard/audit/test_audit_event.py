@@ -20,11 +20,11 @@ from guard.audit import (
 )
 from guard.audit._event import ChainKey
 from guard.audit._schema import EVENT_COLUMNS, row_event
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, PIPELINE, Keys, make_trail
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, make_event, make_trail
 
 
 def test_every_field_round_trips_through_the_store(store_url: str, keys: Keys) -> None:
-    event = PIPELINE.event(
+    event = make_event(
         EventKind.DECISION,
         caller="proc:mailer",
         party_type="processor",
@@ -83,9 +83,9 @@ _text = st.text(max_size=20)
 def test_dict_round_trip_keeps_the_hash(caller: str, purpose: str, categories: list[str],
                                         allowed: bool | None, status: int | None,
                                         subject: str | None) -> None:
-    event = PIPELINE.event(EventKind.DECISION, caller=caller, purpose=purpose,
-                           categories=tuple(categories), allowed=allowed, http_status=status,
-                           subject_id=subject).linked("w", 3, "f" * 64)
+    event = make_event(EventKind.DECISION, caller=caller, purpose=purpose,
+                       categories=tuple(categories), allowed=allowed, http_status=status,
+                       subject_id=subject).linked("w", 3, "f" * 64)
     again = AuditEvent.from_dict(event.to_dict())
     assert again == event
     assert compute_hash(again) == event.hash
@@ -94,6 +94,6 @@ def test_dict_round_trip_keeps_the_hash(caller: str, purpose: str, categories: l
 @given(field=st.sampled_from(["caller", "purpose", "reason", "ts", "writer_id", "prev_hash"]),
        value=st.text(min_size=1, max_size=10))
 def test_changing_any_field_changes_the_hash(field: str, value: str) -> None:
-    event = PIPELINE.event(EventKind.DECISION, caller="svc:a").linked("w", 1, "0" * 64)
+    event = make_event(EventKind.DECISION, caller="svc:a").linked("w", 1, "0" * 64)
     changed = dataclasses.replace(event, **{field: getattr(event, field) + value})
     assert compute_hash(changed) != event.hash

@@ -17,10 +17,11 @@ from guard.audit._event import (
     GENESIS_HASH,
     chain_hash,
     compute_hash,
-    content_digest,
+    content_row,
     legacy_hash,
 )
-from guard.audit._schema import chain_row, event_row, prepare_row
+from guard.audit._fields import Linker, decode
+from guard.audit._schema import event_row
 from tests.guard.audit.conftest import Keys, decision_event, make_trail
 from tests.guard.audit.test_audit_tamper import check, insert_row, run_sql
 
@@ -30,16 +31,14 @@ TEXT = st.text(max_size=12)
 @settings(max_examples=40, deadline=None)
 @given(caller=TEXT, categories=st.lists(TEXT, max_size=3), allowed=st.sampled_from([True, False]),
        writer=TEXT, seq=st.integers(1, 10**9))
-def test_a_prepared_row_links_to_the_hash_of_the_linked_event(
+def test_the_journal_writers_link_is_the_hash_of_the_linked_event(
     caller: str, categories: list[str], allowed: bool, writer: str, seq: int
 ) -> None:
     event = decision_event(caller=caller, categories=tuple(categories), allowed=allowed)
-    head, digest = prepare_row(event)
-    assert digest == content_digest(event)
     linked = event.linked(writer, seq, "a" * 64)
-    assert chain_row(event, writer, seq, "a" * 64) == event_row(linked)
-    assert head == event_row(linked)[:-4]
-    assert compute_hash(linked) == linked.hash
+    hash_, record = Linker(writer, None).link(content_row(event), seq, "a" * 64)
+    assert hash_ == linked.hash == compute_hash(linked)
+    assert decode(record) == (event_row(linked), None)
     assert linked.hash != legacy_hash(linked)
 
 

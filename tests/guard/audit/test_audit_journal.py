@@ -220,7 +220,7 @@ def test_the_guard_records_through_the_journal(keys: Keys, tmp_path: Path) -> No
     from guard.config import AuditSettings, Settings
 
     settings = Settings(audit=AuditSettings(
-        store=f"sqlite:///{tmp_path / 'audit.db'}", writer="journal",
+        store=f"sqlite:///{tmp_path / 'audit.db'}",
         hmac_key=tmp_path / "hmac.key", signing_key=keys.signing))
     guard = Guard.from_settings(settings)
     request = Request("svc:crm", "relationship.management", ("contact",), subject="cust-7")

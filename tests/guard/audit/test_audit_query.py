@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import pytest
 
 from guard.audit import (
-    AuditPipeline,
     AuditQueryError,
     EventFilter,
     EventKind,
@@ -20,8 +19,9 @@ from guard.audit import (
     stats,
     subject_report,
 )
+from guard.audit._event import outcome_fields, policy_fields
 from guard.audit._report import render_json, render_markdown
-from tests.guard.audit.conftest import HMAC_KEY, Keys, decision_event, make_trail
+from tests.guard.audit.conftest import HMAC_KEY, Keys, decision_event, make_event, make_trail
 
 ALICE = pseudonymise(HMAC_KEY, "alice")
 D = "2026-11-{:02d}T10:00:00.000000Z"
@@ -48,8 +48,9 @@ def store(store_url: str, keys: Keys) -> Store:
             subject_id=subject, ts=D.format(day),
             lawful_basis=("legitimate_interest",) if allowed else (),
         ))
+    trail.flush()
     billing = query_by(trail.store, caller="svc:billing")[0]
-    trail.record(AuditPipeline(HMAC_KEY).outcome(billing, 200, None))
+    trail.record(make_event(EventKind.OUTCOME, **outcome_fields(billing, 200, None)))
     trail.close()
     reader = open_store(store_url, create=False)
     yield reader
@@ -144,7 +145,8 @@ def test_parse_when_rejects_nonsense(text: str) -> None:
 
 def test_policy_events_are_not_decisions(store_url: str, keys: Keys) -> None:
     trail = make_trail(store_url, keys)
-    trail.record(AuditPipeline(HMAC_KEY).policy(EventKind.POLICY_REJECTED, "v1", "bad rule"))
+    trail.record(make_event(EventKind.POLICY_REJECTED,
+                            **policy_fields(EventKind.POLICY_REJECTED, "v1", "bad rule")))
     trail.close()
     reader = open_store(store_url, create=False)
     assert query_events(reader, EventFilter()) == []

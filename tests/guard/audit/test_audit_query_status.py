@@ -29,8 +29,8 @@ from guard.audit import (
     query_events,
     subject_report,
 )
+from guard.audit._event import outcome_fields
 from guard.audit._jtrail import JournalTrail
-from guard.audit._pipeline import AuditPipeline
 from guard.audit._report import render_json, render_markdown
 from middleware.console._data import Filters, decisions_page, subject_events
 
@@ -50,17 +50,15 @@ def _fill(url: str, folder: Path) -> None:
     key = load_hmac_key(folder / ".guard" / "subject-hmac.key", create=True)
     signing = load_signing_key(folder / ".guard" / "audit-signing.key", create=True)
     trail = JournalTrail(open_store(url), signing, hmac_key=key, journal=folder / "journal")
-    pipeline = AuditPipeline(key)
     for day, (caller, (status, outcome)) in enumerate(SHAPES.items(), start=1):
-        event = pipeline.event(
-            EventKind.DECISION, caller=caller, purpose="relationship.management",
-            categories=("contact",), action="read" if status else "write", allowed=True,
-            reason="allowed", lawful_basis=("contract",), subject_id="alice",
-            http_method="GET", http_route="/customers/{customer_id}", http_status=status,
-            ts=D.format(day))
-        trail.record(event)
+        event_id = trail.record_fields(EventKind.DECISION, {
+            "caller": caller, "purpose": "relationship.management", "categories": ("contact",),
+            "action": "read" if status else "write", "allowed": True, "reason": "allowed",
+            "lawful_basis": ("contract",), "subject_id": "alice", "http_method": "GET",
+            "http_route": "/customers/{customer_id}", "http_status": status,
+            "ts": D.format(day)})
         if outcome is not None:
-            trail.record(pipeline.outcome(event.event_id, outcome, None))
+            trail.record_fields(EventKind.OUTCOME, outcome_fields(event_id, outcome, None))
     trail.close()
 
 
