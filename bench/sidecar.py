@@ -33,7 +33,7 @@ cProfile (the event loop's thread), drives proxy and check requests at one
 connection and prints where the event loop's time went.
 
 Usage: python bench/sidecar.py [--duration 5] [--rounds 2] [--connections 32]
-       [--audit-dir DIR] [--writer journal] [--profile]
+       [--audit-dir DIR] [--profile]
 """
 
 from __future__ import annotations
@@ -115,10 +115,10 @@ def start_nginx(work: Path, port: int, proxy_port: int) -> subprocess.Popen[byte
     return proc
 
 
-def sidecar_env(work: Path, audit_dir: Path, dev_key: Path, writer: str | None) -> dict[str, str]:
+def sidecar_env(work: Path, audit_dir: Path, dev_key: Path) -> dict[str, str]:
     work.mkdir(parents=True, exist_ok=True)
     (work / "routes.csv").write_text(ROUTES)
-    env = {
+    return {
         **os.environ,
         "GUARD_CONFIG": os.devnull,
         "GUARD_POLICY__DIR": str(REPO / "policies"),
@@ -131,9 +131,6 @@ def sidecar_env(work: Path, audit_dir: Path, dev_key: Path, writer: str | None) 
         "GUARD_SIDECAR__ROUTES": str(work / "routes.csv"),
         "GUARD_SIDECAR__LOG_LEVEL": "warning",
     }
-    if writer:
-        env["GUARD_AUDIT__WRITER"] = writer
-    return env
 
 
 def start_sidecar(work: Path, port: int, upstream: str, env: dict[str, str]
@@ -277,7 +274,7 @@ def profile(args: argparse.Namespace) -> None:
     up, nproxy, port = free_port(), free_port(), free_port()
     nginx = start_nginx(work, up, nproxy)
     token = dev_token(work)
-    os.environ.update(sidecar_env(work / "disk", audit, work / "dev.key", args.writer))
+    os.environ.update(sidecar_env(work / "disk", audit, work / "dev.key"))
     os.environ["GUARD_SIDECAR__UPSTREAM"] = f"http://127.0.0.1:{up}"
     app = create_app(load_settings())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **UVICORN))
@@ -324,8 +321,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--audit-dir", type=Path, default=None,
                         help="folder of the disk-backed audit store (default: a temp folder)")
-    parser.add_argument("--writer", default=None,
-                        help="audit.writer for both sidecars (default: the setting's default)")
     parser.add_argument("--profile", choices=("proxy", "check", "both"), default=None,
                         help="profile the disk sidecar's event loop instead of measuring")
     parser.add_argument("--serve-passthrough", nargs=2, metavar=("PORT", "UPSTREAM"),
@@ -355,12 +350,10 @@ def main() -> None:
         procs.append(start_passthrough(work, pass_port, upstream))
         token = dev_token(work)
         sidecar = start_sidecar(work / "disk", sc_port, upstream,
-                                sidecar_env(work / "disk", disk_audit, work / "dev.key",
-                                            args.writer))
+                                sidecar_env(work / "disk", disk_audit, work / "dev.key"))
         procs.append(sidecar)
         shm_sidecar = start_sidecar(work / "shm", shm_port, upstream,
-                                    sidecar_env(work / "shm", shm, work / "dev.key",
-                                                args.writer))
+                                    sidecar_env(work / "shm", shm, work / "dev.key"))
         procs.append(shm_sidecar)
         guarded = {"Authorization": f"Bearer {token}", "X-Purpose": PURPOSE}
         check = {**guarded, "X-Original-URI": "/customers/c-1", "X-Original-Method": "GET"}
@@ -428,8 +421,7 @@ def main() -> None:
     errors = sum(r.errors for rs in runs.values() for r in rs) + sum(r.errors for r in checks)
     print(f"{started}; load average {load_before:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} CPUs; "
-          f"wrk, one connection, {args.rounds} rounds of {args.duration:.0f} s; "
-          f"audit.writer = {args.writer or 'default'}")
+          f"wrk, one connection, {args.rounds} rounds of {args.duration:.0f} s")
     print(f"disk floor in the audit folder (append 300 B + fdatasync): p50 / p99 "
           f"{floor_before[0]:.3f} / {floor_before[1]:.3f} ms before the rounds, "
           f"{floor_after[0]:.3f} / {floor_after[1]:.3f} ms after")
