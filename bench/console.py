@@ -15,8 +15,17 @@ its time is still that of reading and checking every event.
 With ``--keep DIR`` the stores stay in DIR (the SQLite file and the PostgreSQL
 server's data) and later runs reuse them; ``--load-only`` stops after loading.
 
+``--pdf 100,1000,5000`` is a separate, small mode (no large store): for each
+count, a fresh SQLite store holding that many decisions about one long-standing
+customer (three years, eight kinds of access, one in seven refused), the
+console on uvicorn, and the reply's CSV export (the floor: the same grant check,
+store read and audit record) and PDF export timed over HTTP, then the store read
+and the PDF layout timed in the process. ``--pdf-distinct 100,500`` adds the
+worst case: every decision unlike any other, so each is a line of its own.
+
 Usage: python bench/console.py [--events 1000000] [--repeat 5] [--postgres] [--no-sqlite]
                                [--no-verify] [--keep DIR] [--load-only]
+       python bench/console.py --pdf 100,1000,5000 [--pdf-distinct 100,500] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "console"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "middleware"))
 
 from consolekit import AUDITOR, console_settings, token
+from subjectkit import subject_decisions, write_decisions
 from tokenkit import UvicornThread
 
 from guard.audit import load_hmac_key, open_store, pseudonymise
@@ -300,6 +310,81 @@ def migrate(url: str) -> tuple[float, str]:
     return took, str(newest)
 
 
+def pdf_case(n: int, distinct: bool, repeat: int) -> str:
+    """One line of the PDF mode's table: ``n`` decisions about one subject."""
+    import io
+
+    from pypdf import PdfReader
+
+    from middleware.console._export import to_pdf
+    from middleware.console._pdf import group_decisions
+    from middleware.console._subject import subject_view
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = console_settings(Path(tmp))
+        key = load_hmac_key(settings.audit.hmac_key, create=True)
+        raw = f"c-pdf-{n}"
+        pseudonym = pseudonymise(key, raw)
+        store = open_store(settings.audit.store)
+        try:
+            write_decisions(store, subject_decisions(pseudonym, n, distinct=distinct))
+        finally:
+            store.close()
+        with UvicornThread(create_console(settings), log_level="warning",
+                           timeout_graceful_shutdown=2) as server, httpx.Client(
+                base_url=server.url, timeout=600,
+                headers={"authorization": f"Bearer {token(settings, AUDITOR)}"}) as client:
+            report = client.post("/subject", data={"subject": raw}).headers["location"]
+            timings = {}
+            for fmt in ("csv", "pdf"):
+                url = report.replace("?", f"/report.{fmt}?")
+                first, status = timed(client, "GET", url)
+                assert status == 200, (fmt, status)
+                timings[fmt] = (first, statistics.median(
+                    timed(client, "GET", url)[0] for _ in range(repeat)))
+            body = client.get(report.replace("?", "/report.pdf?")).content
+        store = open_store(settings.audit.store)
+        try:
+            reads, layouts = [], []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                view = subject_view(store, pseudonym, None)
+                t1 = time.perf_counter()
+                to_pdf(view)
+                reads.append((t1 - t0) * 1000)
+                layouts.append((time.perf_counter() - t1) * 1000)
+        finally:
+            store.close()
+    lines = len(group_decisions(view.decisions))
+    pages = len(PdfReader(io.BytesIO(body)).pages)
+    (csv_first, csv_median), (pdf_first, pdf_median) = timings["csv"], timings["pdf"]
+    return (f"{len(view.decisions):>9,} {'all' if distinct else 'few':>8} {lines:>6,} "
+            f"{pages:>5} {len(body) / 1024:>6.0f} "
+            f"{csv_first:>7.1f} /{csv_median:>7.1f} {pdf_first:>7.1f} /{pdf_median:>7.1f} "
+            f"{statistics.median(reads):>8.1f} {statistics.median(layouts):>8.1f}")
+
+
+def pdf_mode(counts: list[int], distinct: list[int], repeat: int) -> None:
+    """The reply's PDF by number of decisions about the subject (no large store needed)."""
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"reply PDF by decisions; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+          f"load average {load}; first / median of {repeat}, ms")
+    print(f"{'decisions':>9} {'distinct':>8} {'lines':>6} {'pages':>5} {'KiB':>6} "
+          f"{'CSV (floor)':>17} {'PDF':>17} {'read':>8} {'layout':>8}")
+    for n, alone in [(n, False) for n in counts] + [(n, True) for n in distinct]:
+        print(pdf_case(n, alone, repeat), flush=True)
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"done {datetime.now(UTC):%H:%M} UTC, load average {load}")
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of counts: {text!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -313,7 +398,14 @@ def main() -> None:
                              "with --postgres, the PostgreSQL server's data")
     parser.add_argument("--load-only", action="store_true",
                         help="load the stores (into --keep) and stop")
+    parser.add_argument("--pdf", type=_counts, metavar="N,N,...",
+                        help="only time the reply's PDF for subjects with these many decisions")
+    parser.add_argument("--pdf-distinct", type=_counts, default=[], metavar="N,N,...",
+                        help="with --pdf: also subjects whose decisions all differ")
     args = parser.parse_args()
+    if args.pdf is not None:
+        pdf_mode(args.pdf, args.pdf_distinct, args.repeat)
+        return
     n = args.events
     with contextlib.ExitStack() as stack:
         base = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
