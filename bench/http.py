@@ -116,7 +116,9 @@ def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None) 
 
     def threads(*_: object) -> None:
         names = {t.native_id: t.name for t in threading.enumerate()}
-        (workdir / f"threads-{kind}.json").write_text(json.dumps(names))
+        part = workdir / f"threads-{kind}.part"
+        part.write_text(json.dumps(names))
+        part.rename(workdir / f"threads-{kind}.json")  # whole, or not there
 
     signal.signal(signal.SIGUSR1, threads)
     if gc_threshold:
