@@ -157,11 +157,11 @@ class Linker:
         body = compact(head)
         key = self._key
         digest = key.digest(body) if key is not None else hashlib.sha256(body).hexdigest()
-        link = b'%s%d,"%s","%s"]' % (self._prefix, seq, prev.encode(), digest.encode())
-        hash_ = hashlib.sha256(link).hexdigest()
-        record = b'%s,%s,%d,"%s","%s"]' % (body[:-1], self._wid, seq, prev.encode(),
-                                           hash_.encode())
-        return hash_, record
+        before = prev.encode()
+        hash_ = hashlib.sha256(b'%s%d,"%s","%s"]' % (self._prefix, seq, before,
+                                                     digest.encode())).hexdigest()
+        return hash_, b'%s,%s,%d,"%s","%s"]' % (body[:-1], self._wid, seq, before,
+                                                 hash_.encode())
 
 
 def checkpoint_record(cp: Checkpoint) -> bytes:

@@ -143,7 +143,8 @@ class JournalWriter:
         self.last_error: str | None = None
         self.last_ok = 0.0
         """``time.monotonic()`` of the last durable append."""
-        self._thread = threading.Thread(target=self._run, name="audit-journal-writer",
+        self._stopped = False  # the thread ended (read per event: cheaper than is_alive())
+        self._thread = threading.Thread(target=self._main, name="audit-journal-writer",
                                         daemon=True)
         self._thread.start()
 
@@ -151,7 +152,7 @@ class JournalWriter:
 
     def _put(self, items: Sequence[_Item]) -> _Batch:
         with self._cond:
-            if self._closed or not self._thread.is_alive():
+            if self._closed or self._stopped:
                 raise AuditUnavailableError("the audit trail is closed")
             self._queue.extend(items)
             if self._idle:
@@ -233,7 +234,7 @@ class JournalWriter:
     @property
     def alive(self) -> bool:
         """True while the writer thread runs."""
-        return self._thread.is_alive()
+        return not self._stopped
 
     def close(self, timeout: float = 30.0) -> None:
         """Append what is queued, sign the closing checkpoint and stop the thread."""
@@ -245,6 +246,12 @@ class JournalWriter:
         self._thread.join(timeout)
 
     # -- the thread --------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._stopped = True
 
     def _run(self) -> None:
         while True:
@@ -306,22 +313,24 @@ class JournalWriter:
             sign(CheckpointKind.PERIODIC, seq, prev)
             unsigned = 0
         started: str | None = None  # the time of the first event of a stretch begun here
+        pseudonyms, every = self._pseudonyms, self._every
+        add_record, add_row, add_built = records.append, rows.append, built.append
         for item, event_id in zip(items, new_event_ids(len(items)), strict=True):
             try:
-                head = content(item.kind, item.fields, self._pseudonyms, now, event_id)
+                head = content(item.kind, item.fields, pseudonyms, now, event_id)
             except Exception as exc:  # only this event is unrecordable
                 item.result = AuditUnavailableError(f"audit event cannot be recorded: {exc}")
                 continue
             seq += 1
             hash_, record = link(head, seq, prev)
-            records.append(record)
-            rows.append((*head, writer_id, seq, prev, hash_))
+            add_record(record)
+            add_row((*head, writer_id, seq, prev, hash_))
             prev = hash_
-            built.append(item)
+            add_built(item)
             if not unsigned:
                 started = head[2]
             unsigned += 1
-            if unsigned >= self._every:  # at the exact event: no stretch exceeds `every`
+            if unsigned >= every:  # at the exact event: no stretch exceeds `every`
                 sign(CheckpointKind.PERIODIC, seq, prev)
                 unsigned, started = 0, None
         try:

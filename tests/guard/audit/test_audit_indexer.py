@@ -256,3 +256,22 @@ def test_threads_hear_their_batch_and_a_timed_out_waiter_leaves_the_others_waiti
     trail.flush()
     trail.close()
     journal.close()
+
+
+class Broken(JournalWriter):
+    """A writer whose thread fails at once (a bug escaping the loop)."""
+
+    def _run(self) -> None:
+        raise RuntimeError("bug")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_whose_thread_died_refuses_events_at_once(keys: Keys, tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    trail = Broken(journal, hmac_key=HMAC_KEY, signing_key=load_signing_key(keys.signing),
+                   writer_id="test", chain_key=ChainKey(CHAIN_KEY))
+    trail._thread.join(30)
+    assert trail.alive is False
+    with pytest.raises(AuditUnavailableError, match="closed"):
+        trail.submit(EventKind.DECISION, FIELDS, timeout=30)
+    journal.close()
