@@ -17,8 +17,10 @@ FALLBACK_SECONDS = 0.001
 class PendingOutcomes:
     """Outcome events waiting to be handed to :meth:`Guard.enqueue_outcome`.
 
-    An outcome does not gate data flow (its decision was durable before the
-    request was forwarded), but building and queueing it is work on the event
+    Outcomes are the final status of a proxied ``write`` (a read's status is in
+    its own decision event) and the ``aborted`` mark of an answer cut short.
+    An outcome does not gate data flow (its decision was durable before any of
+    the answer left), but building and queueing it is work on the event
     loop. Done right after a response, it delays the next request on the same
     loop; done by :meth:`flush_soon` from that next request, it runs while the
     request waits for its own durable decision event, when the loop is idle.
