@@ -314,7 +314,7 @@ class JournalTrail:
             return
         self._stop.set()
         if self._sweeper.is_alive():
-            self._sweeper.join()
+            self._sweeper.join(30.0)  # bounded: a sweep stuck on a hung store is left behind
         if self._sweep_witness is not None:
             self._sweep_witness.close()
         self.writer.close()
