@@ -306,8 +306,11 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
 def name_threads() -> None:
     """Give the process's threads their Python names in the OS (``top -H``, ``/proc``)."""
     import ctypes
+    import sys
     import threading
 
+    if not sys.platform.startswith("linux"):  # elsewhere it names only the calling thread
+        return
     try:
         setname = ctypes.CDLL(None).pthread_setname_np
     except (OSError, AttributeError):
