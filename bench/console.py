@@ -403,6 +403,8 @@ def main() -> None:
     parser.add_argument("--pdf-distinct", type=_counts, default=[], metavar="N,N,...",
                         help="with --pdf: also subjects whose decisions all differ")
     args = parser.parse_args()
+    if args.pdf_distinct and args.pdf is None:
+        parser.error("--pdf-distinct needs --pdf")
     if args.pdf is not None:
         pdf_mode(args.pdf, args.pdf_distinct, args.repeat)
         return
