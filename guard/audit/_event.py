@@ -101,18 +101,6 @@ class AuditEvent:
         out["lawful_basis"] = list(self.lawful_basis)
         return out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AuditEvent:
-        """Rebuild an event from :meth:`to_dict` output (or a stored row)."""
-        values: dict[str, Any] = {name: data[name] for name in FIELD_NAMES if name in data}
-        for name in TUPLE_FIELDS:
-            if name in values:
-                values[name] = tuple(values[name] or ())
-        values["kind"] = EventKind(values["kind"])
-        if values.get("allowed") is not None:
-            values["allowed"] = bool(values["allowed"])
-        return cls(**values)
-
     def linked(self, writer_id: str, seq: int, prev_hash: str, key: ChainKey | None = None
                ) -> AuditEvent:
         """This event placed in a chain, with its hash computed (keyed by ``key`` if given)."""
@@ -187,8 +175,6 @@ def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AuditEvent))
 TUPLE_FIELDS: tuple[str, ...] = ("categories", "rule", "lawful_basis")
-
-
 
 dumps_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 _dumps_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode

@@ -15,7 +15,6 @@ from guard.audit._checkpoint import Checkpoint
 from guard.audit._schema import (
     EVENT_COLUMNS,
     INSERT_CHECKPOINT,
-    INSERT_EVENT,
     JOURNAL_OFFSET_DDL,
     MIGRATIONS,
     SAVE_OFFSET,
@@ -34,7 +33,6 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-_INSERT_EVENT = f"{_pg(INSERT_EVENT)} {RETURNING_KEY}"
 _UPSERT_HOURS = _pg(UPSERT_HOURS)
 _INSERT_CHECKPOINT = _pg(INSERT_CHECKPOINT)
 _SAVE_OFFSET = _pg(SAVE_OFFSET)
@@ -62,7 +60,6 @@ class PostgresStore:
         timeout: Seconds to wait for a connection.
     """
 
-
     def __init__(self, url: str, *, create: bool = True, timeout: float = 5.0) -> None:
         self.url = url
         self._create = create
@@ -70,7 +67,7 @@ class PostgresStore:
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._writer: psycopg.Connection[tuple[Any, ...]] | None = None  # one, for the writer
+        self._writer: psycopg.Connection[tuple[Any, ...]] | None = None  # writes only
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -118,46 +115,48 @@ class PostgresStore:
                     )
             self._schema_ready = True
 
-    def _write_once(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+    def _store(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
+               offset: tuple[str, int] | None = None) -> None:
+        """Insert rows and checkpoints (and save a journal offset) in one transaction.
+
+        Rows are copied (``COPY``) into a temporary table and inserted from it,
+        skipping event ids already present.
+        """
         conn = self._connection()
         try:
-            # psycopg pipelines executemany: one round trip for the batch, and
-            # about half the client CPU of one statement with an array per column.
             with conn.transaction():
-                cur = conn.cursor()
+                if offset is not None:
+                    conn.execute("SET LOCAL synchronous_commit = off")
                 if rows:
-                    cur.executemany(_INSERT_EVENT, rows, returning=True)
-                    stored: list[tuple[Any, ...]] = []
-                    while True:
-                        stored += cur.fetchall()
-                        if not cur.nextset():
-                            break
-                    _add_hours(conn, stored)
+                    conn.execute(_STAGE)
+                    with conn.cursor().copy(_COPY_STAGE) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                    _add_hours(conn, conn.execute(_FROM_STAGE).fetchall())
                 if checkpoints:
-                    cur.executemany(_INSERT_CHECKPOINT,
-                                    [checkpoint_row(c) for c in checkpoints])
+                    conn.cursor().executemany(
+                        _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
+                if offset is not None:
+                    conn.execute(_SAVE_OFFSET, offset)
         except psycopg.OperationalError:
             conn.close()
             raise
 
     def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        """Commit event rows and checkpoints in one transaction (retried once on a broken link).
-
-        Writes use one dedicated connection (the trail has one writer thread); reads use the pool.
-        """
+        """Commit event rows and checkpoints in one transaction (retried once on a broken link)."""
         try:
             with self._write_lock:
                 try:
-                    self._write_once(rows, checkpoints)
+                    self._store(rows, checkpoints)
                 except psycopg.OperationalError:
-                    self._write_once(rows, checkpoints)  # the connection may have gone stale
+                    self._store(rows, checkpoints)  # the connection may have gone stale
         except (psycopg.Error, PoolTimeout) as exc:
             raise AuditUnavailableError(
                 f"audit store {_safe(self.url)} refused the write: {_line(exc)}"
             ) from exc
 
     def _connection(self) -> psycopg.Connection[Any]:
-        """The one write connection (the indexer's), connected on first use."""
+        """The one write connection, connected on first use."""
         self._ensure_schema()
         conn = self._writer
         if conn is None or conn.closed:
@@ -184,29 +183,12 @@ class PostgresStore:
               next_offset: int) -> None:
         """Add journal records to the index and save the offset, in one transaction.
 
-        Rows are copied (``COPY``) into a temporary table and inserted from it, skipping
-        event ids already present; ``synchronous_commit`` is off for it, since the
-        journal is the durable record and a lost index transaction is read again.
+        ``synchronous_commit`` is off for it, since the journal is the durable
+        record and a lost index transaction is read again.
         """
         try:
             with self._write_lock:
-                conn = self._connection()
-                try:
-                    with conn.transaction():
-                        conn.execute("SET LOCAL synchronous_commit = off")
-                        if rows:
-                            conn.execute(_STAGE)
-                            with conn.cursor().copy(_COPY_STAGE) as copy:
-                                for row in rows:
-                                    copy.write_row(row)
-                            _add_hours(conn, conn.execute(_FROM_STAGE).fetchall())
-                        if checkpoints:
-                            conn.cursor().executemany(
-                                _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
-                        conn.execute(_SAVE_OFFSET, (journal, next_offset))
-                except psycopg.OperationalError:
-                    conn.close()
-                    raise
+                self._store(rows, checkpoints, (journal, next_offset))
         except (psycopg.Error, PoolTimeout) as exc:
             raise AuditUnavailableError(
                 f"audit store {_safe(self.url)} refused the index write: {_line(exc)}"

@@ -62,7 +62,6 @@ class SqliteStore:
         timeout: Seconds to wait for another process's write lock.
     """
 
-
     def __init__(self, path: Path, *, create: bool = True, timeout: float = 5.0) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
@@ -120,19 +119,26 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
                 raise
 
+    def _commit(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
+                offset: tuple[str, int] | None = None) -> None:
+        """Insert rows and checkpoints (and save a journal offset) in one transaction."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _insert(conn, rows, checkpoints)
+            if offset is not None:
+                conn.execute(SAVE_OFFSET, offset)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
     def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
         """Commit event rows and checkpoints in one transaction; return after the fsync."""
         with self._lock:
-            conn = self._conn
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    _insert(conn, rows, checkpoints)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                self._commit(rows, checkpoints)
             except sqlite3.Error as exc:
                 raise AuditUnavailableError(
                     f"audit store {self.path} refused the write: {exc}"
@@ -169,15 +175,7 @@ class SqliteStore:
                     conn.execute("PRAGMA cache_size=-32768")
                     conn.execute("PRAGMA wal_autocheckpoint=8192")
                     self._indexing = True
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    _insert(conn, rows, checkpoints)
-                    conn.execute(SAVE_OFFSET, (journal, next_offset))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                self._commit(rows, checkpoints, (journal, next_offset))
             except sqlite3.Error as exc:
                 raise AuditUnavailableError(
                     f"audit store {self.path} refused the index write: {exc}"

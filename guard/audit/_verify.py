@@ -114,8 +114,6 @@ def _check_chain(writer: str, rows: list[_Row]) -> Problem | None:
     return None
 
 
-
-
 def _signed(
     writer: str, cps: list[Checkpoint], public: Ed25519PublicKey
 ) -> tuple[list[Checkpoint], Problem | None]:
@@ -232,12 +230,14 @@ def _checkpoint_rows(store: Store) -> list[tuple[Any, ...]]:
         return list(store.stream(_CHECKPOINTS_SQL))
     except AuditStoreError:
         return [(*raw, None) for raw in store.stream(_OLD_CHECKPOINTS_SQL)]
+
+
 _SEQ, _WRITER = FIELD_NAMES.index("seq"), FIELD_NAMES.index("writer_id")
 _PREV, _HASH = FIELD_NAMES.index("prev_hash"), FIELD_NAMES.index("hash")
 _TS = FIELD_NAMES.index("ts")
 
 
-def _light(raw: tuple[Any, ...], key: ChainKey | None, *, keyed: bool) -> tuple[str, _Row]:
+def _light(raw: tuple[Any, ...], key: ChainKey | None, *, keyed: bool) -> _Row:
     """A stored row's chain position, and whether it is exactly what the guard wrote.
 
     A row is intact when its hash matches its content and chain fields *and*
@@ -264,8 +264,7 @@ def _light(raw: tuple[Any, ...], key: ChainKey | None, *, keyed: bool) -> tuple[
         seq = int(raw[_SEQ])
     except (ValueError, TypeError):
         seq = -1
-    return str(raw[_WRITER]), _Row(seq, str(raw[0]), str(raw[_PREV]), str(raw[_HASH]), ok,
-                                   str(raw[_TS]))
+    return _Row(seq, str(raw[0]), str(raw[_PREV]), str(raw[_HASH]), ok, str(raw[_TS]))
 
 
 def verify(
@@ -316,8 +315,7 @@ def verify(
     total = 0
     for raw in store.stream(_EVENTS_SQL):
         writer = str(raw[_WRITER])
-        _, row = _light(raw, key, keyed=writer in keyed)
-        chains[writer].append(row)
+        chains[writer].append(_light(raw, key, keyed=writer in keyed))
         total += 1
     notes: list[str] = []
     for writer in sorted(set(chains) | set(checkpoints)):
