@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from guard.audit import (
-    AuditEvent,
     EventFilter,
     EventKind,
     compute_hash,
