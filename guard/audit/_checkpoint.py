@@ -23,8 +23,7 @@ class CheckpointKind(StrEnum):
     """Another writer with the same keys signed the verified, stale unsigned tail of a chain
     whose own writer stopped without closing it (see ``guard.audit._countersign``)."""
     CLOSE = "close"
-    """The writer closed (or, after losing its store, abandoned the chain and closed it
-    once the store came back); no event of this writer may follow."""
+    """The writer closed; no event of this writer may follow."""
 
 
 @dataclass(frozen=True, slots=True)

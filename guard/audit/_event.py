@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -100,13 +100,6 @@ class AuditEvent:
         out["rule"] = list(self.rule)
         out["lawful_basis"] = list(self.lawful_basis)
         return out
-
-    def linked(self, writer_id: str, seq: int, prev_hash: str, key: ChainKey | None = None
-               ) -> AuditEvent:
-        """This event placed in a chain, with its hash computed (keyed by ``key`` if given)."""
-        digest = chain_hash(writer_id, seq, prev_hash, content_digest(self, key),
-                            keyed=key is not None)
-        return replace(self, writer_id=writer_id, seq=seq, prev_hash=prev_hash, hash=digest)
 
 
 def render_json(event: AuditEvent) -> str:

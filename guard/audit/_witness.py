@@ -1,10 +1,11 @@
 """The checkpoint witness: an append-only file of signed checkpoints outside the audit store.
 
-Every checkpoint a writer commits to the store is also appended here, one JSON
-line each, and fsynced. Put it on another volume or host (an NFS or object-store
-mount, a file only the guard's user may append to, with ``chattr +a``): whoever
-can rewrite the store cannot then also delete the checkpoints that cover the
-newest events. ``guard audit verify --witness PATH`` checks the store against it.
+Every checkpoint the journal writer commits (and every countersign the trail
+writes to the store) is also appended here, one JSON line each, and fsynced.
+Put it on another volume or host (an NFS or object-store mount, a file only the
+guard's user may append to, with ``chattr +a``): whoever can rewrite the store
+cannot then also delete the checkpoints that cover the newest events.
+``guard audit verify --witness PATH`` checks the store against it.
 """
 
 from __future__ import annotations

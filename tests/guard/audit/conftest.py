@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from guard.audit import (
     AuditEvent,
     EventKind,
     JournalTrail,
+    compute_hash,
     derive_chain_key,
     load_signing_key,
     new_event_id,
@@ -60,6 +61,12 @@ def make_event(kind: EventKind, **fields: Any) -> AuditEvent:
     fields.setdefault("event_id", new_event_id())
     fields.setdefault("ts", utc_now())
     return AuditEvent(kind=kind, **fields)
+
+
+def linked(event: AuditEvent, writer_id: str, seq: int, prev_hash: str) -> AuditEvent:
+    """``event`` placed in an unkeyed (format 2) chain, with its hash computed."""
+    placed = replace(event, writer_id=writer_id, seq=seq, prev_hash=prev_hash)
+    return replace(placed, hash=compute_hash(placed))
 
 
 def decision_event(**fields: Any) -> AuditEvent:

@@ -19,7 +19,14 @@ from guard.audit import (
 )
 from guard.audit._event import ChainKey
 from guard.audit._schema import EVENT_COLUMNS, row_event
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, make_event, make_trail
+from tests.guard.audit.conftest import (
+    CHAIN_KEY,
+    HMAC_KEY,
+    Keys,
+    linked,
+    make_event,
+    make_trail,
+)
 
 
 def test_every_field_round_trips_through_the_store(store_url: str, keys: Keys) -> None:
@@ -77,6 +84,6 @@ _text = st.text(max_size=20)
 @given(field=st.sampled_from(["caller", "purpose", "reason", "ts", "writer_id", "prev_hash"]),
        value=st.text(min_size=1, max_size=10))
 def test_changing_any_field_changes_the_hash(field: str, value: str) -> None:
-    event = make_event(EventKind.DECISION, caller="svc:a").linked("w", 1, "0" * 64)
+    event = linked(make_event(EventKind.DECISION, caller="svc:a"), "w", 1, "0" * 64)
     changed = dataclasses.replace(event, **{field: getattr(event, field) + value})
     assert compute_hash(changed) != event.hash

@@ -22,7 +22,7 @@ from guard.audit._event import (
 )
 from guard.audit._fields import Linker, decode
 from guard.audit._schema import event_row
-from tests.guard.audit.conftest import Keys, decision_event, make_trail
+from tests.guard.audit.conftest import Keys, decision_event, linked, make_trail
 from tests.guard.audit.test_audit_tamper import check, insert_row, run_sql
 
 TEXT = st.text(max_size=12)
@@ -35,11 +35,11 @@ def test_the_journal_writers_link_is_the_hash_of_the_linked_event(
     caller: str, categories: list[str], allowed: bool, writer: str, seq: int
 ) -> None:
     event = decision_event(caller=caller, categories=tuple(categories), allowed=allowed)
-    linked = event.linked(writer, seq, "a" * 64)
+    placed = linked(event, writer, seq, "a" * 64)
     hash_, record = Linker(writer, None).link(content_row(event), seq, "a" * 64)
-    assert hash_ == linked.hash == compute_hash(linked)
-    assert decode(record) == (event_row(linked), None)
-    assert linked.hash != legacy_hash(linked)
+    assert hash_ == placed.hash == compute_hash(placed)
+    assert decode(record) == (event_row(placed), None)
+    assert placed.hash != legacy_hash(placed)
 
 
 def test_each_link_field_and_the_content_change_the_hash() -> None:

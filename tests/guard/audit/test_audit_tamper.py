@@ -18,7 +18,13 @@ from guard.audit import (
     verify,
 )
 from guard.audit._schema import EVENT_COLUMNS, event_row, row_event
-from tests.guard.audit.conftest import CHAIN_KEY, Keys, decision_event, make_trail
+from tests.guard.audit.conftest import (
+    CHAIN_KEY,
+    Keys,
+    decision_event,
+    linked,
+    make_trail,
+)
 
 
 def run_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
@@ -64,8 +70,8 @@ def edit(url: str, ev: list[AuditEvent]) -> str:
 
 
 def edit_and_rehash(url: str, ev: list[AuditEvent]) -> str:
-    forged = dataclasses.replace(ev[6], caller="svc:evil").linked(
-        ev[6].writer_id, 7, ev[6].prev_hash)
+    forged = linked(dataclasses.replace(ev[6], caller="svc:evil"),
+                    ev[6].writer_id, 7, ev[6].prev_hash)
     run_sql(url, "UPDATE audit_event SET caller = ?, hash = ? WHERE seq = 7",
             (forged.caller, forged.hash))
     return ev[6].event_id
@@ -79,7 +85,7 @@ def delete(url: str, ev: list[AuditEvent]) -> str:
 def insert(url: str, ev: list[AuditEvent]) -> str:
     run_sql(url, "UPDATE audit_event SET seq = seq + 1000 WHERE seq >= 7")
     run_sql(url, "UPDATE audit_event SET seq = seq - 999 WHERE seq >= 1000")
-    forged = decision_event(caller="svc:evil").linked(ev[0].writer_id, 7, ev[5].hash)
+    forged = linked(decision_event(caller="svc:evil"), ev[0].writer_id, 7, ev[5].hash)
     insert_row(url, forged)
     return forged.event_id
 
@@ -97,7 +103,7 @@ def truncate(url: str, ev: list[AuditEvent]) -> str:
 
 
 def append_after_close(url: str, ev: list[AuditEvent]) -> str:
-    forged = decision_event(caller="svc:evil").linked(ev[0].writer_id, 21, ev[19].hash)
+    forged = linked(decision_event(caller="svc:evil"), ev[0].writer_id, 21, ev[19].hash)
     insert_row(url, forged)
     return forged.event_id
 
