@@ -19,7 +19,7 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guard.audit._checkpoint import Checkpoint, Terms
-from guard.audit._event import FIELD_NAMES, ChainKey, chain_hash, content_digest, ts_epoch
+from guard.audit._event import FIELD_NAMES, ChainKey, compute_hash, ts_epoch
 from guard.audit._schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,
@@ -88,8 +88,7 @@ def _countersign_chain(
     for raw in tail:
         event = row_event(raw)
         if (event_row(event) != tuple(raw) or event.seq != seq + 1 or event.prev_hash != prev
-                or event.hash != chain_hash(writer, event.seq, prev, content_digest(event, key),
-                                            keyed=True)):
+                or event.hash != compute_hash(event, key)):
             _log.warning("the unsigned tail of audit chain %s does not verify at seq %s; "
                          "not countersigned", writer, seq + 1)
             return None

@@ -238,20 +238,13 @@ class ChainKey:
         return mac.hexdigest()
 
 
-def digest_content(content: tuple[Any, ...], key: ChainKey | None = None) -> str:
-    """The digest of a :func:`content_row` as a compact JSON array (ASCII escapes).
+def content_digest(event: AuditEvent, key: ChainKey | None = None) -> str:
+    """The digest of the event's :func:`content_row` as a compact JSON array (ASCII escapes).
 
     HMAC-SHA256 under ``key`` (format 3), or plain SHA-256 without one (format 2).
     """
-    data = _dumps_compact(content).encode()
-    if key is not None:
-        return key.digest(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def content_digest(event: AuditEvent, key: ChainKey | None = None) -> str:
-    """The digest of the event's content: known before the event is linked."""
-    return digest_content(content_row(event), key)
+    data = _dumps_compact(content_row(event)).encode()
+    return key.digest(data) if key is not None else hashlib.sha256(data).hexdigest()
 
 
 def chain_hash(writer_id: str, seq: int, prev_hash: str, digest: str, *, keyed: bool = False

@@ -16,9 +16,7 @@ from guard.audit._event import (
     FIELD_NAMES,
     GENESIS_HASH,
     ChainKey,
-    chain_hash,
     compute_hash,
-    content_digest,
     legacy_hash,
 )
 from guard.audit._schema import (
@@ -253,9 +251,7 @@ def _light(raw: tuple[Any, ...], key: ChainKey | None, *, keyed: bool) -> _Row:
         if event_row(event) != tuple(raw):
             ok = False
         else:
-            ok = key is not None and event.hash == chain_hash(
-                event.writer_id, event.seq, event.prev_hash, content_digest(event, key),
-                keyed=True)
+            ok = key is not None and event.hash == compute_hash(event, key)
             if not ok and not keyed:
                 ok = event.hash in (compute_hash(event), legacy_hash(event))
     except (ValueError, TypeError, KeyError, IndexError):
