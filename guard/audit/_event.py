@@ -169,7 +169,7 @@ def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AuditEvent))
 TUPLE_FIELDS: tuple[str, ...] = ("categories", "rule", "lawful_basis")
 
-dumps_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+_dumps_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 _dumps_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
@@ -180,7 +180,7 @@ def canonical_json(event: AuditEvent) -> bytes:
     """
     data = event.to_dict()
     del data["hash"]
-    return dumps_canonical(data).encode()
+    return _dumps_canonical(data).encode()
 
 
 def content_row(event: AuditEvent) -> tuple[Any, ...]:

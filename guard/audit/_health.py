@@ -26,10 +26,6 @@ LOG_INTERVAL = 60.0
 """Seconds between two log lines about the same continuing failure."""
 
 
-class StoreRefusedError(AuditUnavailableError):
-    """The audit journal refused a write; the cause is already logged."""
-
-
 class FailureLog:
     """Logs the failures of one audit component, rate-limited, and its recovery.
 
@@ -52,8 +48,6 @@ class FailureLog:
         self._lock = threading.Lock()
         self.failing_since: float | None = None
         """``time.monotonic()`` of the first failure of the current run, None while working."""
-        self.cause: str | None = None
-        """The latest failure's cause, None while working."""
         self.ok_at: float | None = None
         """``time.monotonic()`` of the latest success."""
         self._count = 0  # failures in the current run
@@ -69,7 +63,6 @@ class FailureLog:
         """Count one failure; log it if it is the first, or if the interval has passed."""
         now = time.monotonic()
         with self._lock:
-            self.cause = cause
             self._count += 1
             self._unlogged += 1
             if self.failing_since is None:
@@ -93,7 +86,7 @@ class FailureLog:
             self._logger.warning(
                 "%s works again after %d failure(s) over %.1f s", self.what, self._count,
                 now - self.failing_since)
-            self.failing_since = self.cause = None
+            self.failing_since = None
             self._count = self._unlogged = 0
 
 
@@ -171,12 +164,12 @@ class GuardedJournal:
         why = self._reserve.shortfall()
         if why is not None:
             self._failures.failed(why)
-            raise StoreRefusedError(why)
+            raise AuditUnavailableError(why)
         try:
             offset: int = self._journal.append(payloads)
         except AuditUnavailableError as exc:
             self._failures.failed(str(exc))
-            raise StoreRefusedError(str(exc)) from exc
+            raise
         self._failures.succeeded()
         return offset
 
