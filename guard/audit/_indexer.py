@@ -80,10 +80,6 @@ class Indexer:
             with self._cond:
                 self._cond.notify()
 
-    def lag(self) -> int:
-        """Records durable in the journal and not yet in the store."""
-        return self.journal.next_offset - self.offset
-
     def wait(self, offset: int, timeout: float = 30.0) -> bool:
         """Block until every record below ``offset`` is in the store; False on timeout."""
         deadline = time.monotonic() + timeout

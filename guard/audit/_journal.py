@@ -136,8 +136,6 @@ class Journal:
         self._broken = False
         self.next_offset = first + len(payloads)
         """The offset the next record gets; everything below it is durable."""
-        self.recovered = damage
-        """The torn tail cut off when the journal was opened, if any."""
 
     def _identity(self) -> str:
         """This journal's id (a file in the folder), the key of the index's offset."""
@@ -211,7 +209,6 @@ class JournalReader:
         self.offset = offset
         self._block = block
         self._file: BinaryIO | None = None
-        self._first = 0
         self._open_at(offset)
 
     def _open_at(self, offset: int) -> None:
@@ -232,7 +229,7 @@ class JournalReader:
             skip -= 1
         if self._file is not None:
             self._file.close()
-        self._file, self._first = handle, first
+        self._file = handle
 
     def read(self, end: int, limit: int) -> list[bytes]:
         """The records from the current offset up to ``end`` (exclusive), at most ``limit``.

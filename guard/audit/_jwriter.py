@@ -141,8 +141,6 @@ class JournalWriter:
         self._seq, self._prev, self._opened = 0, GENESIS_HASH, False
         self._unsigned, self._unsigned_since = 0, 0.0
         self.last_error: str | None = None
-        self.last_ok = 0.0
-        """``time.monotonic()`` of the last durable append."""
         self._stopped = False  # the thread ended (read per event: cheaper than is_alive())
         self._thread = threading.Thread(target=self._main, name="audit-journal-writer",
                                         daemon=True)
@@ -357,7 +355,6 @@ class JournalWriter:
             self.last_error = str(exc)
             raise
         self.last_error = None
-        self.last_ok = time.monotonic()
         self._witnessed(checkpoints)
         for listener in self._committed:
             try:
