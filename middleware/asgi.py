@@ -244,8 +244,8 @@ class _Record:
         method: The request method (for the outcome event).
     """
 
-    __slots__ = ("_guard", "_method", "_outcome", "_pending", "_read", "_refused", "_span",
-                 "decision_id", "failed", "finished", "status")
+    __slots__ = ("_early", "_guard", "_method", "_outcome", "_pending", "_read", "_refused",
+                 "_span", "decision_id", "failed", "finished", "status")
 
     def __init__(self, guard: GuardLike, outcome: Outcome, method: str) -> None:
         self._guard = guard
@@ -261,6 +261,8 @@ class _Record:
         """The read's decision could not be made durable: nothing of the app's may leave."""
         self.finished = False
         self._refused = False
+        self._early: list[Message] = []
+        """Messages sent before the response's start (extensions): held like the start."""
 
     async def open(self, status: int) -> str | None:
         """Make the decision durable with ``status`` (once); its id, None if it cannot be."""
@@ -299,6 +301,9 @@ class _Record:
                 if decision_id:
                     message = {**message, "headers": [*message.get("headers", ()),
                                                       (_DECISION_HEADER, decision_id.encode())]}
+                early, self._early = self._early, []
+                for held in early:
+                    await send(held)
             elif kind == "http.response.body":
                 await send(message)
                 if not message.get("more_body", False):
@@ -307,6 +312,11 @@ class _Record:
             elif kind == "http.response.pathsend":
                 await send(message)
                 self.finished = True
+                return
+            elif self._pending is not None and kind.startswith("http."):
+                # before the start (an extension such as early hints): nothing leaves
+                # before the read's decision is durable, so it waits for the start
+                self._early.append(message)
                 return
             elif self.status is None and kind.startswith("websocket."):
                 # accepted: 101; refused by the app: its denial response's status, or 403

@@ -61,6 +61,15 @@ class HeldJournal:
         return getattr(self.inner, name)
 
 
+class HintedResponse(PlainTextResponse):
+    """A response that sends an early hint (an ASGI extension message) before its start."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.early_hint",
+                    "links": [b"</customers/c-0001/photo>; rel=preload"]})
+        await super().__call__(scope, receive, send)
+
+
 class Service:
     """A guarded Starlette app on a journal guard whose commits the test holds."""
 
@@ -83,6 +92,11 @@ class Service:
             return PlainTextResponse(b"updated")
 
         @guarded(categories=["contact"], action="read", subject="customer_id")
+        async def hinted(request: Request) -> PlainTextResponse:
+            self.handler_ran.set()
+            return HintedResponse(SECRET)
+
+        @guarded(categories=["contact"], action="read", subject="customer_id")
         async def broken(request: Request) -> PlainTextResponse:
             raise RuntimeError("the database went away")
 
@@ -90,6 +104,7 @@ class Service:
             Route("/customers/{customer_id}", read),
             Route("/customers/{customer_id}/contact", write, methods=["PUT"]),
             Route("/customers/{customer_id}/broken", broken),
+            Route("/customers/{customer_id}/hinted", hinted),
         ])
         self.app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
                                 routes=RouteTable(()))
@@ -217,3 +232,22 @@ async def test_a_read_that_raises_before_responding_is_recorded_with_500(
     service.guard.trail.flush()
     rows = audit_rows(tmp_path / "audit.db", "http_route = ?", ("/customers/{customer_id}/broken",))
     assert [(r["kind"], r["allowed"], r["http_status"]) for r in rows] == [("decision", 1, 500)]
+
+
+async def test_a_message_before_the_start_waits_for_the_decision_too(
+    service: Service, keys: Keys
+) -> None:
+    sent: list[dict[str, Any]] = []
+    request = asyncio.create_task(
+        service.call("GET", "/customers/c-0001/hinted", keys.mint("rsa", sub="svc:crm"), sent))
+    await asyncio.wait_for(service.handler_ran.wait(), 30)  # the app answers ...
+    await _entered(service.journal)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert sent == []  # ... and not even its early hint leaves before the decision is durable
+    service.journal.release.set()
+    await request
+    hint, start, *body = sent
+    assert hint["type"] == "http.response.early_hint"
+    assert (start["status"], start["durable"]) == (200, True)
+    assert b"".join(m.get("body", b"") for m in body) == SECRET
