@@ -302,11 +302,9 @@ class Guard:
             within :attr:`durable_within` is an ``audit_unavailable`` denial with no id.
             Never raises for a request.
         """
-        fields = ruling.fields
+        fields = _with_status(ruling, status)
         if fields is None:
             return Checked(ruling.decision, "", ruling.categories)
-        if status is not None:
-            fields["http_status"] = status
         try:
             event_id = await self._arecord(EventKind.DECISION, fields)
         except Exception:  # AuditUnavailableError, TimeoutError or anything else: fail closed
@@ -315,11 +313,9 @@ class Guard:
 
     def commit(self, ruling: Ruling, status: int | None = None) -> Checked:
         """Like :meth:`acommit`, blocking until the event is durable (off an event loop)."""
-        fields = ruling.fields
+        fields = _with_status(ruling, status)
         if fields is None:
             return Checked(ruling.decision, "", ruling.categories)
-        if status is not None:
-            fields["http_status"] = status
         try:
             event_id = self._record(EventKind.DECISION, fields)
         except Exception:  # fail closed
@@ -332,10 +328,9 @@ class Guard:
         For a request that ended before its response started (the handler raised):
         nothing left, so nothing waits for the record. False if it could not be queued.
         """
-        fields = ruling.fields
+        fields = _with_status(ruling, status)
         if fields is None:
             return False
-        fields["http_status"] = status
         try:
             self._post(EventKind.DECISION, fields)
         except Exception:
@@ -516,3 +511,11 @@ class Guard:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _with_status(ruling: Ruling, status: int | None) -> dict[str, Any] | None:
+    """The ruling's event fields with the HTTP status answered (if known); None: unrecordable."""
+    fields = ruling.fields
+    if fields is not None and status is not None:
+        fields["http_status"] = status
+    return fields

@@ -92,7 +92,8 @@ class JournalBusyError(ConfigError):
     """Another process holds the journal folder."""
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a created or renamed file) durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -144,13 +145,13 @@ class Journal:
             tmp = self.folder / "ID.tmp"
             tmp.write_text(str(uuid.uuid4()) + "\n")
             os.replace(tmp, path)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         return path.read_text().strip()
 
     def _create(self, first: int) -> int:
         path = self.folder / segment_name(first)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         return fd
 
     def append(self, payloads: Sequence[bytes]) -> int:

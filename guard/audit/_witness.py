@@ -19,6 +19,7 @@ from pathlib import Path
 
 from guard._errors import ConfigError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
+from guard.audit._journal import fsync_dir
 
 _log = logging.getLogger("guard.audit")
 _KEEP_FOR_RETRY = 10_000
@@ -38,7 +39,7 @@ class Witness:
             created = not path.exists()
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             if created:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
         except OSError as exc:
             raise ConfigError(f"cannot open the audit witness {path}: {exc.strerror}") from exc
 
@@ -117,11 +118,3 @@ def read_witness(path: Path) -> WitnessRead:
                 continue
             checkpoints.append(cp)
     return WitnessRead(tuple(checkpoints), tuple(bad))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
