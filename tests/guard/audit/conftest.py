@@ -23,6 +23,7 @@ from guard.audit import (
     pseudonymise,
 )
 from guard.audit._event import utc_now
+from guard.audit._journal import Journal, segments
 
 HMAC_KEY = b"k" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)
@@ -107,3 +108,14 @@ def acknowledged_until_killed(child: subprocess.Popen[bytes], count: int) -> lis
     acknowledged += [line for line in rest.decode().split("\n")[:-1] if line]  # complete lines
     assert len(acknowledged) >= count, err.decode()[-2000:]
     return acknowledged
+
+
+def journal_with_a_bad_second_record(folder: Path) -> None:
+    """A journal of ``alpha``, ``bravo``, ``charlie`` whose ``bravo`` has one bit flipped."""
+    journal = Journal(folder)
+    journal.append([b"alpha", b"bravo", b"charlie"])
+    journal.close()
+    [(_, path)] = segments(folder)
+    data = bytearray(path.read_bytes())
+    data[8 + 5 + 8] ^= 0x01  # the first byte of "bravo"
+    path.write_bytes(bytes(data))

@@ -30,7 +30,7 @@ from guard.audit._journal import Journal, JournalReader, frame, segments
 from guard.audit._jwriter import JournalWriter
 from guard.audit._schema import Row
 from guard.audit._sqlite import SqliteStore
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, journal_with_a_bad_second_record
 
 FIELDS: dict[str, Any] = {
     "caller": "svc:crm", "purpose": "relationship.management",
@@ -151,13 +151,7 @@ def test_bytes_past_the_durable_end_are_read_again(tmp_path: Path) -> None:
 
 
 def test_a_bad_frame_ends_a_read_and_the_next_read_raises(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j")
-    journal.append([b"alpha", b"bravo", b"charlie"])
-    journal.close()
-    [(_, path)] = segments(tmp_path / "j")
-    data = bytearray(path.read_bytes())
-    data[8 + 5 + 8] ^= 0x01  # the first byte of "bravo"
-    path.write_bytes(bytes(data))
+    journal_with_a_bad_second_record(tmp_path / "j")
     reader = JournalReader(tmp_path / "j", 0)
     assert reader.read(3, 10) == [b"alpha"]
     with pytest.raises(AuditUnavailableError, match="bad frame at offset 1"):

@@ -18,7 +18,13 @@ from guard.audit._event import content_row
 from guard.audit._fields import compact
 from guard.audit._journal import Journal, JournalReader, read_journal, segments
 from guard.audit._jtrail import JournalTrail
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, decision_event
+from tests.guard.audit.conftest import (
+    CHAIN_KEY,
+    HMAC_KEY,
+    Keys,
+    decision_event,
+    journal_with_a_bad_second_record,
+)
 
 FIELDS: dict[str, Any] = {
     "caller": "svc:crm", "purpose": "relationship.management",
@@ -62,13 +68,7 @@ def test_a_torn_tail_is_cut_off_and_the_journal_goes_on(tmp_path: Path) -> None:
 
 
 def test_a_bad_checksum_ends_the_scan_and_is_reported(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j")
-    journal.append([b"alpha", b"bravo", b"charlie"])
-    journal.close()
-    [(_, path)] = segments(tmp_path / "j")
-    data = bytearray(path.read_bytes())
-    data[8 + 5 + 8] ^= 0x01  # the first byte of "bravo"
-    path.write_bytes(bytes(data))
+    journal_with_a_bad_second_record(tmp_path / "j")
     records = list(read_journal(tmp_path / "j"))
     assert records[0] == (0, b"alpha")
     damage = records[1]
