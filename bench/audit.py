@@ -223,7 +223,7 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
 def journal_alone_run(key: Path, folder: Path, n: int, producers: int) -> tuple[float, float]:
     """Durable events/s of tasks into a journal with no indexer in the process (as with an
     index follower in another process); also the writer thread's CPU µs per event."""
-    from guard.audit._event import ChainKey
+    from guard.audit._fields import ChainKey
     from guard.audit._journal import open_lane
     from guard.audit._jwriter import JournalWriter
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from cryptography.exceptions import InvalidSignature
@@ -74,9 +74,12 @@ class Checkpoint:
     """:meth:`Terms.to_json` of the chain's terms; None for checkpoints made before terms."""
 
     def payload(self) -> bytes:
-        """The bytes that are signed."""
-        return signed_payload(self.writer_id, self.seq, self.hash, self.ts, self.kind,
-                              terms=self.terms)
+        """The bytes that are signed: canonical JSON of the signed fields (``terms`` when set)."""
+        data: dict[str, object] = {"hash": self.hash, "kind": self.kind.value, "seq": self.seq,
+                                   "ts": self.ts, "writer_id": self.writer_id}
+        if self.terms is not None:
+            data["terms"] = self.terms
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     def valid(self, public: Ed25519PublicKey) -> bool:
         """True when the signature verifies with ``public``."""
@@ -87,40 +90,11 @@ class Checkpoint:
         return True
 
 
-def signed_payload(
-    writer_id: str, seq: int, hash_: str, ts: str, kind: CheckpointKind, *,
-    terms: str | None = None,
-) -> bytes:
-    """Canonical JSON of the checkpoint's signed fields (``terms`` as its text, when set)."""
-    data: dict[str, object] = {"hash": hash_, "kind": kind.value, "seq": seq, "ts": ts,
-                               "writer_id": writer_id}
-    if terms is not None:
-        data["terms"] = terms
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
-
 def sign_checkpoint(
-    key: Ed25519PrivateKey,
-    *,
-    checkpoint_id: str,
-    writer_id: str,
-    seq: int,
-    hash_: str,
-    ts: str,
-    kind: CheckpointKind,
-    terms: Terms | None = None,
+    key: Ed25519PrivateKey, *, checkpoint_id: str, writer_id: str, seq: int, hash_: str, ts: str,
+    kind: CheckpointKind, terms: Terms | None = None,
 ) -> Checkpoint:
     """Sign the head of a chain (and the chain's terms, when given)."""
-    text = terms.to_json() if terms is not None else None
-    signature = key.sign(signed_payload(writer_id, seq, hash_, ts, kind, terms=text)).hex()
-    return Checkpoint(
-        checkpoint_id=checkpoint_id,
-        writer_id=writer_id,
-        seq=seq,
-        hash=hash_,
-        ts=ts,
-        kind=kind,
-        key_id=key_id(key.public_key()),
-        signature=signature,
-        terms=text,
-    )
+    cp = Checkpoint(checkpoint_id, writer_id, seq, hash_, ts, kind, key_id(key.public_key()), "",
+                    terms.to_json() if terms is not None else None)
+    return replace(cp, signature=key.sign(cp.payload()).hex())

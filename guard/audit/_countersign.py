@@ -19,15 +19,11 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guard.audit._checkpoint import Checkpoint, Terms
-from guard.audit._event import FIELD_NAMES, ChainKey, compute_hash, ts_epoch
-from guard.audit._schema import (
-    CHECKPOINT_COLUMNS,
-    EVENT_COLUMNS,
-    event_row,
-    row_checkpoint,
-    row_event,
-)
+from guard.audit._event import FIELD_NAMES, ts_epoch
+from guard.audit._fields import ChainKey
+from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, row_checkpoint
 from guard.audit._store import Store
+from guard.audit._verify import light
 
 _log = logging.getLogger("guard.audit")
 MARGIN = 2.0
@@ -86,11 +82,10 @@ def _countersign_chain(
         return None  # its writer may still sign it
     seq, prev = head.seq, head.hash
     for raw in tail:
-        event = row_event(raw)
-        if (event_row(event) != tuple(raw) or event.seq != seq + 1 or event.prev_hash != prev
-                or event.hash != compute_hash(event, key)):
+        row = light(raw, key, keyed=True)
+        if not row.ok or row.seq != seq + 1 or row.prev != prev:
             _log.warning("the unsigned tail of audit chain %s does not verify at seq %s; "
                          "not countersigned", writer, seq + 1)
             return None
-        seq, prev = event.seq, event.hash
+        seq, prev = row.seq, row.hash
     return sign(writer, seq, prev, terms)

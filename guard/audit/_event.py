@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import time
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-
-import orjson
 
 from guard._types import Decision, HttpContext, Request
 
@@ -102,11 +97,6 @@ class AuditEvent:
         return out
 
 
-def render_json(event: AuditEvent) -> str:
-    """An event as one line of JSON with sorted keys (``hash`` included), e.g. for a log shipper."""
-    return orjson.dumps(event.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
-
-
 def decision_fields(
     request: Request,
     decision: Decision,
@@ -167,105 +157,3 @@ def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AuditEvent))
-TUPLE_FIELDS: tuple[str, ...] = ("categories", "rule", "lawful_basis")
-
-_dumps_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
-_dumps_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
-
-
-def canonical_json(event: AuditEvent) -> bytes:
-    """Every field but ``hash`` as canonical JSON: sorted keys, no spaces, ASCII.
-
-    This is what a format-1 hash covered (see :func:`legacy_hash`).
-    """
-    data = event.to_dict()
-    del data["hash"]
-    return _dumps_canonical(data).encode()
-
-
-def content_row(event: AuditEvent) -> tuple[Any, ...]:
-    """The event's content as stored: every field but the chain fields, in field order.
-
-    Tuples are compact JSON arrays (text), ``allowed`` is 1, 0 or null, ``kind``
-    its value; the other fields are as they are.
-    """
-    return (
-        event.event_id,
-        event.kind.value,
-        event.ts,
-        event.caller,
-        event.party_type,
-        event.country,
-        event.purpose,
-        _dumps_compact(list(event.categories)),
-        event.action,
-        None if event.allowed is None else int(event.allowed),
-        event.reason,
-        _dumps_compact(list(event.rule)),
-        _dumps_compact(list(event.lawful_basis)),
-        event.policy_version,
-        event.subject,
-        event.http_method,
-        event.http_route,
-        event.http_status,
-        event.trace_id,
-        event.span_id,
-        event.latency_us,
-        event.decision_ref,
-        event.detail,
-    )
-
-
-class ChainKey:
-    """The secret that keys a format-3 chain: an HMAC-SHA256 key over each event's content.
-
-    The store never holds it, so whoever can write to the store but lacks the key
-    cannot re-hash an edited event, nor re-link a chain after deleting events.
-
-    Args:
-        key: The key bytes (see :func:`guard.audit.derive_chain_key`).
-    """
-
-    __slots__ = ("_base",)
-
-    def __init__(self, key: bytes) -> None:
-        self._base = hmac.new(key, digestmod=hashlib.sha256)
-
-    def digest(self, data: bytes) -> str:
-        """HMAC-SHA256 (hex) of ``data`` under this key."""
-        mac = self._base.copy()
-        mac.update(data)
-        return mac.hexdigest()
-
-
-def content_digest(event: AuditEvent, key: ChainKey | None = None) -> str:
-    """The digest of the event's :func:`content_row` as a compact JSON array (ASCII escapes).
-
-    HMAC-SHA256 under ``key`` (format 3), or plain SHA-256 without one (format 2).
-    """
-    data = _dumps_compact(content_row(event)).encode()
-    return key.digest(data) if key is not None else hashlib.sha256(data).hexdigest()
-
-
-def chain_hash(writer_id: str, seq: int, prev_hash: str, digest: str, *, keyed: bool = False
-               ) -> str:
-    """An event's hash: SHA-256 (hex) of ``[tag,writer_id,seq,prev_hash,content_digest]``.
-
-    ``tag`` is ``"v3"`` for a keyed chain (``digest`` is an HMAC), ``"v2"`` otherwise.
-    The link is canonical JSON (an array, no spaces, ASCII), so no two different
-    (writer, position, predecessor, content) tuples give the same bytes.
-    """
-    tag = "v3" if keyed else "v2"
-    return hashlib.sha256(_dumps_compact([tag, writer_id, seq, prev_hash, digest]).encode()
-                          ).hexdigest()
-
-
-def compute_hash(event: AuditEvent, key: ChainKey | None = None) -> str:
-    """The hash the event's chain fields and content call for (format 3 with ``key``, else 2)."""
-    return chain_hash(event.writer_id, event.seq, event.prev_hash, content_digest(event, key),
-                      keyed=key is not None)
-
-
-def legacy_hash(event: AuditEvent) -> str:
-    """Format 1 (events written before format 2): SHA-256 (hex) of :func:`canonical_json`."""
-    return hashlib.sha256(canonical_json(event)).hexdigest()

@@ -1,8 +1,10 @@
-"""Fields to journal records: rows, their chain hashes and their bytes, built by the writer.
+"""An audit record's one definition: its row, its chain hash, its journal bytes and its JSON.
 
 Producers hand over ``(kind, fields)``; the journal writer builds each row here
-once, serialises it once (orjson, checked to give exactly the bytes the chain
-format is defined on) and links it into the chain.
+once (:func:`content`), serialises and links it once (:class:`Linker`: orjson,
+checked to give exactly the bytes the chain format is defined on). Verify and
+countersigning rebuild the same row and hash from a stored event
+(:func:`event_row`, :func:`compute_hash`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from typing import Any
 import orjson
 
 from guard.audit._checkpoint import Checkpoint
-from guard.audit._event import AuditEvent, ChainKey, EventKind
-from guard.audit._ids import new_event_id
+from guard.audit._event import FIELD_NAMES, AuditEvent, EventKind
 from guard.audit._keys import pseudonymise
 from guard.audit._schema import Row, checkpoint_row, row_checkpoint
 
@@ -46,36 +47,64 @@ def event_fields(event: AuditEvent) -> dict[str, Any]:
     return data
 
 
-class Pseudonyms:
-    """Subject pseudonyms (HMAC-SHA256, hex, as :func:`guard.audit.pseudonymise`), keyed once.
+class ChainKey:
+    """HMAC-SHA256 under one key (the chain key of format 3), its pads hashed once.
 
-    The key's inner and outer hash states (RFC 2104) are made once; each pseudonym
-    copies them, which costs a fraction of copying an :mod:`hmac` object.
+    The key's inner and outer hash states (RFC 2104) are made once; each digest
+    copies them, which costs a fraction of copying an :mod:`hmac` object. The
+    store never holds the chain key, so whoever can write to the store but lacks
+    it cannot re-hash an edited event, nor re-link a chain after deleting events.
 
     Args:
-        key: The subject HMAC key.
+        key: The key bytes (see :func:`guard.audit.derive_chain_key`).
     """
 
     __slots__ = ("_inner", "_outer")
 
     def __init__(self, key: bytes) -> None:
-        if len(key) > _BLOCK:
+        if len(key) > 64:  # SHA-256's block size
             key = hashlib.sha256(key).digest()
-        key = key.ljust(_BLOCK, b"\0")
+        key = key.ljust(64, b"\0")
         self._inner = hashlib.sha256(key.translate(_IPAD))
         self._outer = hashlib.sha256(key.translate(_OPAD))
 
-    def __call__(self, subject_id: str) -> str:
+    def digest(self, data: bytes) -> str:
+        """HMAC-SHA256 (hex) of ``data`` under this key."""
         inner = self._inner.copy()
-        inner.update(subject_id.encode("utf-8"))
+        inner.update(data)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.hexdigest()
 
 
-_BLOCK = 64  # SHA-256's block size
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class Pseudonyms(ChainKey):
+    """Subject pseudonyms, as :func:`guard.audit.pseudonymise` makes them; the latest 4,096 kept.
+
+    Args:
+        key: The subject HMAC key.
+    """
+
+    __slots__ = ("_known",)
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(key)
+        self._known: dict[str, str] = {}
+
+    def __call__(self, subject_id: str) -> str:
+        known = self._known
+        try:
+            return known[subject_id]
+        except KeyError:
+            if len(known) >= 4096:
+                known.clear()
+            value = known[subject_id] = self.digest(subject_id.encode("utf-8"))
+            return value
+
+
 _LISTED: dict[Any, str] = {}
 _LISTED_MAX = 4096
 
@@ -95,11 +124,12 @@ def _listed(value: Any) -> str:
 
 
 def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes, now: str,
-            event_id: str | None = None) -> Row:
-    """The content columns of an event from its fields (``guard.audit._event.content_row``).
+            event_id: str) -> Row:
+    """The content columns of an event: every field but the chain fields, in field order.
 
-    A raw ``subject_id`` is replaced by its pseudonym; ``event_id`` and ``ts`` are
-    made here (or ``event_id`` given) unless the fields carry them.
+    Lists are compact JSON arrays (text), ``allowed`` is 1, 0 or null, ``kind`` its
+    value. A raw ``subject_id`` is replaced by its pseudonym; ``event_id`` and
+    ``now`` (``ts``) are used unless the fields carry their own.
     """
     get = f.get
     raw = get("subject_id")
@@ -111,7 +141,7 @@ def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes
         subject = pseudonymise(pseudonym, raw)
     allowed = get("allowed")
     return (
-        get("event_id") or event_id or new_event_id(),
+        get("event_id") or event_id,
         kind.value,
         get("ts") or now,
         get("caller", ""),
@@ -135,6 +165,74 @@ def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes
         get("decision_ref"),
         get("detail"),
     )
+
+
+def content_row(event: AuditEvent) -> Row:
+    """A built event's content columns (:func:`content`)."""
+    return content(event.kind, event.to_dict(), b"", event.ts, event.event_id)
+
+
+def event_row(event: AuditEvent) -> Row:
+    """The column values of one (already linked) event."""
+    return (*content_row(event), event.writer_id, event.seq, event.prev_hash, event.hash)
+
+
+def row_event(row: Sequence[Any]) -> AuditEvent:
+    """Rebuild an event from a row selected with ``EVENT_COLUMNS``."""
+    values: list[Any] = list(row)
+    for index in _LIST_INDEXES:
+        values[index] = tuple(json.loads(values[index]))
+    if values[_ALLOWED] is not None:
+        values[_ALLOWED] = bool(values[_ALLOWED])
+    values[1] = EventKind(values[1])
+    return AuditEvent(*values)
+
+
+_LIST_INDEXES = tuple(FIELD_NAMES.index(name) for name in ("categories", "rule", "lawful_basis"))
+_ALLOWED = FIELD_NAMES.index("allowed")
+
+
+def content_digest(event: AuditEvent, key: ChainKey | None = None) -> str:
+    """The digest of the event's content row as compact JSON (:func:`compact`).
+
+    HMAC-SHA256 under ``key`` (format 3), or plain SHA-256 without one (format 2).
+    """
+    data = compact(content_row(event))
+    return key.digest(data) if key is not None else hashlib.sha256(data).hexdigest()
+
+
+def chain_hash(writer_id: str, seq: int, prev_hash: str, digest: str, *, keyed: bool = False
+               ) -> str:
+    """An event's hash: SHA-256 (hex) of ``[tag,writer_id,seq,prev_hash,content_digest]``.
+
+    ``tag`` is ``"v3"`` for a keyed chain (``digest`` is an HMAC), ``"v2"`` otherwise.
+    The link is compact JSON, so no two different (writer, position, predecessor,
+    content) tuples give the same bytes.
+    """
+    tag = "v3" if keyed else "v2"
+    return hashlib.sha256(_slow([tag, writer_id, seq, prev_hash, digest]).encode()).hexdigest()
+
+
+def compute_hash(event: AuditEvent, key: ChainKey | None = None) -> str:
+    """The hash the event's chain fields and content call for (format 3 with ``key``, else 2)."""
+    return chain_hash(event.writer_id, event.seq, event.prev_hash, content_digest(event, key),
+                      keyed=key is not None)
+
+
+def legacy_hash(event: AuditEvent) -> str:
+    """Format 1 (events written before format 2): SHA-256 (hex) of every field but ``hash``
+    as canonical JSON (sorted keys, no spaces, ASCII)."""
+    data = event.to_dict()
+    del data["hash"]
+    return hashlib.sha256(_canonical(data).encode()).hexdigest()
+
+
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+
+
+def render_json(event: AuditEvent) -> str:
+    """An event as one line of JSON with sorted keys (``hash`` included), e.g. for a log shipper."""
+    return orjson.dumps(event.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
 
 
 class Linker:
@@ -169,48 +267,45 @@ def checkpoint_record(cp: Checkpoint) -> bytes:
     return b'{"checkpoint":' + orjson.dumps(list(checkpoint_row(cp))) + b"}"
 
 
+def _record(value: Any) -> Row | Checkpoint:
+    if type(value) is list:
+        return tuple(value)
+    if type(value) is dict and type(value.get("checkpoint")) is list:
+        return row_checkpoint(value["checkpoint"])
+    raise ValueError("not an audit journal record")
+
+
 def decode(payload: bytes) -> tuple[Row | None, Checkpoint | None]:
     """A journal record back to an event row or a checkpoint.
 
     Raises:
         ValueError: not a journal record.
     """
-    value = orjson.loads(payload)
-    if isinstance(value, list):
-        return tuple(value), None
-    if isinstance(value, dict) and isinstance(value.get("checkpoint"), list):
-        return None, row_checkpoint(value["checkpoint"])
-    raise ValueError("not an audit journal record")
+    got = _record(orjson.loads(payload))
+    return (None, got) if isinstance(got, Checkpoint) else (got, None)
 
 
 def decode_many(payloads: Sequence[bytes]) -> tuple[list[Row], list[Checkpoint]]:
     """Journal records back to event rows and checkpoints, parsed as one JSON array.
 
-    Falls back to :func:`decode` record by record when the array does not parse
-    into exactly one value per record (which then names the bad one).
+    Parses record by record when the array does not parse into exactly one value
+    per record (so the bad record raises).
 
     Raises:
         ValueError: a record is not a journal record.
     """
-    rows: list[Row] = []
-    checkpoints: list[Checkpoint] = []
     try:
         values = orjson.loads(b"[" + b",".join(payloads) + b"]")
     except orjson.JSONDecodeError:
         values = None
     if values is None or len(values) != len(payloads):
-        for payload in payloads:
-            row, checkpoint = decode(payload)
-            if row is not None:
-                rows.append(row)
-            elif checkpoint is not None:
-                checkpoints.append(checkpoint)
-        return rows, checkpoints
+        values = [orjson.loads(payload) for payload in payloads]
+    rows: list[Row] = []
+    checkpoints: list[Checkpoint] = []
     for value in values:
-        if type(value) is list:
-            rows.append(tuple(value))
-        elif type(value) is dict and type(value.get("checkpoint")) is list:
-            checkpoints.append(row_checkpoint(value["checkpoint"]))
+        got = _record(value)
+        if isinstance(got, Checkpoint):
+            checkpoints.append(got)
         else:
-            raise ValueError("not an audit journal record")
+            rows.append(got)
     return rows, checkpoints

@@ -12,32 +12,19 @@ _counter = 0
 
 
 def new_event_id() -> str:
-    """A UUIDv7 string; ids made by one process sort in the order they were made.
-
-    The 48-bit millisecond timestamp is followed by a 12-bit counter (random start
-    each millisecond, so ids stay unique across processes) and 62 random bits. The
-    bits come from :mod:`random` (seeded from the OS, reseeded after ``fork``): ids
-    must be unique, not secret, and ``os.urandom`` per id is a measurable cost.
-    """
-    global _last_ms, _counter  # noqa: PLW0603 - process-wide monotonic state
-    now = time.time_ns() // 1_000_000
-    with _lock:
-        if now > _last_ms:
-            _last_ms, _counter = now, random.getrandbits(10)
-        else:
-            _counter += 1
-            if _counter > 0xFFF:
-                _last_ms, _counter = _last_ms + 1, 0
-        ms, counter = _last_ms, _counter
-    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | random.getrandbits(62)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A UUIDv7 string (:func:`new_event_ids`)."""
+    return new_event_ids(1)[0]
 
 
 def new_event_ids(count: int) -> list[str]:
     """``count`` UUIDv7 strings in order, made under one lock (the journal writer's batch).
 
-    Ids of one millisecond share their first 13 characters, made once.
+    Ids made by one process sort in the order they were made. The 48-bit
+    millisecond timestamp is followed by a 12-bit counter (random start each
+    millisecond, so ids stay unique across processes) and 62 random bits. The bits
+    come from :mod:`random` (seeded from the OS, reseeded after ``fork``): ids must
+    be unique, not secret, and ``os.urandom`` per id is a measurable cost. Ids of
+    one millisecond share their first 13 characters, made once.
     """
     global _last_ms, _counter
     now = time.time_ns() // 1_000_000

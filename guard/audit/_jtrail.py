@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
 from guard.audit._countersign import countersign_stale
-from guard.audit._event import AuditEvent, ChainKey, EventKind, utc_now
-from guard.audit._fields import event_fields
+from guard.audit._event import AuditEvent, EventKind, utc_now
+from guard.audit._fields import ChainKey, event_fields, row_event
 from guard.audit._health import DiskReserve, FailureLog, GuardedJournal
 from guard.audit._ids import new_event_id
 from guard.audit._indexer import Indexer
@@ -35,7 +35,7 @@ from guard.audit._jverify import indexed_offset, lanes
 from guard.audit._jwriter import Committed, JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
 from guard.audit._otel import OtlpLogExporter, trace_fields
-from guard.audit._schema import Row, row_event
+from guard.audit._schema import Row
 from guard.audit._store import Store, open_store, sqlite_path
 from guard.audit._witness import Witness
 

@@ -1,11 +1,12 @@
 """The journal writer: one thread builds, links and appends each batch with one fdatasync.
 
-Producers queue ``(kind, fields)`` and wait: a thread on its batch's event (one
-wake-up call releases every thread of a batch), a coroutine on a future (one
-``call_soon_threadsafe`` per batch and event loop resolves them all). The
-writer takes everything queued, builds the rows, links them into the hash
-chain, signs the checkpoints that fall due, appends it all to the journal with
-one ``fdatasync`` and then releases the producers.
+Producers queue ``(kind, fields)`` and wait: a thread on its batch (one release
+per batch), a coroutine on a future (one ``call_soon_threadsafe`` per batch and
+event loop resolves them all). A coroutine's event is queued without a lock and
+wakes the writer only when it is idle. The writer takes everything queued,
+builds the rows, links them into the hash chain, signs the checkpoints that
+fall due, appends it all to the journal with one ``fdatasync`` and then
+releases the producers. If the thread ends, every waiter fails at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
-from guard.audit._event import GENESIS_HASH, ChainKey, EventKind, ts_epoch, utc_now
-from guard.audit._fields import Linker, Pseudonyms, checkpoint_record, content
+from guard.audit._event import GENESIS_HASH, EventKind, ts_epoch, utc_now
+from guard.audit._fields import ChainKey, Linker, Pseudonyms, checkpoint_record, content
 from guard.audit._ids import new_event_id, new_event_ids
 from guard.audit._journal import Journal
 from guard.audit._schema import Row
@@ -50,7 +52,7 @@ class _Batch:
         self._done = False
 
     def set(self) -> None:
-        """The batch is done (the writer thread calls this once; again does nothing)."""
+        """The batch is done (again does nothing)."""
         if not self._done:
             self._done = True
             self._lock.release()
@@ -64,19 +66,14 @@ class _Batch:
 
 
 class _Item:
-    """One queued event: its fields, and where its producer hears the result."""
+    """One queued event, and where its producer hears the result (its id, or why not)."""
 
-    __slots__ = ("fields", "future", "kind", "loop", "posted", "result")
+    __slots__ = ("fields", "future", "kind", "posted", "result")
 
     def __init__(self, kind: EventKind, fields: Mapping[str, Any],
-                 future: asyncio.Future[str] | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None, *, posted: bool = False) -> None:
-        self.kind = kind
-        self.posted = posted
-        self.fields = fields
-        self.future = future
-        self.loop = loop
-        self.result: str | BaseException | None = None  # the event id, or why not
+                 future: asyncio.Future[str] | None = None, posted: bool = False) -> None:
+        self.kind, self.fields, self.future, self.posted = kind, fields, future, posted
+        self.result: str | BaseException | None = None
 
 
 def _settle(items: list[_Item]) -> None:
@@ -132,11 +129,12 @@ class JournalWriter:
         self._witness = witness
         self._committed = tuple(committed)
         self._max_batch = max_batch
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: list[_Item] = []
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: deque[_Item] = deque()  # appended without the lock by coroutines
         self._batch = _Batch()
-        self._inflight: _Batch | None = None  # the batch being written
-        self._idle = False
+        self._inflight: tuple[_Batch, list[_Item]] | None = None  # the batch being written
+        self._idle = False  # the writer waits for work (set before it looks at the queue)
         self._closed = False
         self._seq, self._prev, self._opened = 0, GENESIS_HASH, False
         self._unsigned, self._unsigned_since = 0, 0.0
@@ -149,12 +147,11 @@ class JournalWriter:
     # -- producers ---------------------------------------------------------------------------
 
     def _put(self, items: Sequence[_Item]) -> _Batch:
-        with self._cond:
+        with self._lock:
             if self._closed or self._stopped:
                 raise AuditUnavailableError("the audit trail is closed")
             self._queue.extend(items)
             if self._idle:
-                self._idle = False
                 self._cond.notify()
             return self._batch
 
@@ -174,36 +171,33 @@ class JournalWriter:
             AuditUnavailableError: one of them is not durable.
         """
         items = [_Item(kind, f) for f in many]
-        if not items:
-            return []
-        batch = self._put(items)
-        if not batch.wait(timeout):
+        if items and not self._put(items).wait(timeout):
             raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
-        ids = []
         for item in items:
             if not isinstance(item.result, str):
                 raise item.result or AuditUnavailableError("audit event lost")
-            ids.append(item.result)
-        return ids
+        return [str(item.result) for item in items]
 
     def results(self, kind: EventKind, many: Sequence[Mapping[str, Any]],
                 timeout: float = 30.0) -> list[str | None]:
         """Like :meth:`submit_many`, but per event its id or None (not durable)."""
         items = [_Item(kind, f) for f in many]
-        if not items:
-            return []
-        try:
-            batch = self._put(items)
-        except AuditUnavailableError:
-            return [None] * len(items)
-        batch.wait(timeout)
+        with contextlib.suppress(AuditUnavailableError):
+            if items:
+                self._put(items).wait(timeout)
         return [item.result if isinstance(item.result, str) else None for item in items]
 
     def start(self, kind: EventKind, fields: Mapping[str, Any]) -> asyncio.Future[str]:
         """Queue one event now (on an event loop); the future resolves with its id once durable."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
-        self._put((_Item(kind, fields, future, loop),))
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self._closed or self._stopped:
+            raise AuditUnavailableError("the audit trail is closed")
+        self._queue.append(_Item(kind, fields, future))  # no lock: a deque append is atomic
+        if self._idle:  # read after the append: a writer not idle yet will see the item
+            with self._lock:
+                self._cond.notify()
+        if self._stopped:  # the thread ended meanwhile and may have missed the item
+            raise AuditUnavailableError("the audit trail is closed")
         return future
 
     async def asubmit(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
@@ -212,18 +206,17 @@ class JournalWriter:
 
     def post(self, kind: EventKind, fields: Mapping[str, Any]) -> None:
         """Queue one event and return; a failure to write it is logged."""
-        self._put((_Item(kind, fields, posted=True),))
+        self._put((_Item(kind, fields, None, True),))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once everything queued before the call is appended (or has failed)."""
-        with self._cond:
+        with self._lock:
             if self._queue:
                 batch = self._batch
                 if self._idle:
-                    self._idle = False
                     self._cond.notify()
             elif self._inflight is not None:
-                batch = self._inflight
+                batch = self._inflight[0]
             else:
                 return
         if not batch.wait(timeout):
@@ -236,7 +229,7 @@ class JournalWriter:
 
     def close(self, timeout: float = 30.0) -> None:
         """Append what is queued, sign the closing checkpoint and stop the thread."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
@@ -248,24 +241,38 @@ class JournalWriter:
     def _main(self) -> None:
         try:
             self._run()
-        finally:
-            self._stopped = True
+        finally:  # fail every waiter at once: nothing takes their events any more
+            with self._lock:
+                self._stopped = True
+                items = list(self._queue)
+                self._queue.clear()
+                batches = [self._batch]
+                if self._inflight is not None:
+                    batches.append(self._inflight[0])
+                    items += self._inflight[1]
+            for item in items:
+                if not isinstance(item.result, str):
+                    item.result = AuditUnavailableError("the audit writer stopped")
+            for batch in batches:
+                batch.set()
+            self._release(items)
 
     def _run(self) -> None:
+        queue = self._queue
         while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    if self._unsigned and self._checkpoint_due():
+            with self._lock:
+                while True:
+                    self._idle = True  # before looking: a producer that appends now notifies
+                    if queue or self._closed or (self._unsigned and self._checkpoint_due()):
                         break
-                    self._idle = True
                     self._cond.wait(min(1.0, self._interval))
                 self._idle = False
-                items = self._queue[:self._max_batch]
-                del self._queue[:self._max_batch]
-                batch = self._inflight = self._batch
-                if not self._queue:
+                items = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
+                batch = self._batch
+                self._inflight = (batch, items)
+                if not queue:
                     self._batch = _Batch()
-                closing = self._closed and not self._queue
+                closing = self._closed and not queue
             try:
                 if items:
                     self._commit(items)
@@ -277,7 +284,7 @@ class JournalWriter:
                 self.last_error = str(exc)
             if batch is not self._batch or closing:
                 batch.set()
-                self._inflight = None
+            self._inflight = None
             self._release(items)
             if closing:
                 self._close_chain()
@@ -355,7 +362,8 @@ class JournalWriter:
             self.last_error = str(exc)
             raise
         self.last_error = None
-        self._witnessed(checkpoints)
+        if self._witness is not None:
+            self._witness.publish(checkpoints)
         for listener in self._committed:
             try:
                 listener(rows, checkpoints)
@@ -366,18 +374,13 @@ class JournalWriter:
         """Tell coroutines (one call per event loop) and log posted events that failed."""
         by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         for item in items:
-            if item.loop is not None:
-                by_loop.setdefault(item.loop, []).append(item)
+            if item.future is not None:
+                by_loop.setdefault(item.future.get_loop(), []).append(item)
             elif item.posted and not isinstance(item.result, str):
                 _log.error("audit %s event was not recorded: %s", item.kind.value, item.result)
         for loop, waiting in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 loop.call_soon_threadsafe(_settle, waiting)
-
-    def _witnessed(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Publish checkpoints durable in the audit to the witness, if there is one."""
-        if self._witness is not None:
-            self._witness.publish(checkpoints)
 
     def _close_chain(self) -> None:
         """Sign the closing checkpoint of the chain (if it has events) and close the witness."""

@@ -8,7 +8,8 @@ from typing import Any
 from opentelemetry import trace
 
 from guard._types import Decision
-from guard.audit._event import AuditEvent, render_json
+from guard.audit._event import AuditEvent
+from guard.audit._fields import render_json
 
 tracer = trace.get_tracer("purpose-guard")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from guard._errors import GuardError
 from guard.audit._event import FIELD_NAMES, TS_FORMAT, AuditEvent
-from guard.audit._schema import row_event
+from guard.audit._fields import row_event
 from guard.audit._store import Store
 
 
@@ -24,29 +24,24 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 def parse_when(text: str, *, option: str = "--since", now: datetime | None = None) -> str:
     """An ISO date, an ISO date-time or a span back from now (``7d``, ``12h``) as a ``ts`` bound."""
     value = text.strip()
-    now = now or datetime.now(UTC)
     span = _SPAN.match(value)
-    if span:
-        try:
-            moment = now - timedelta(**{_UNITS[span.group(2)]: int(span.group(1))})
-        except OverflowError:
-            raise AuditQueryError(
-                f"bad {option} value {text!r}: outside the years 1 to 9999") from None
-        return moment.strftime(TS_FORMAT)
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if span:
+            moment = (now or datetime.now(UTC)) - timedelta(
+                **{_UNITS[span.group(2)]: int(span.group(1))})
+        else:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).strftime(TS_FORMAT)
+    except OverflowError:
+        raise AuditQueryError(
+            f"bad {option} value {text!r}: outside the years 1 to 9999") from None
     except ValueError:
         raise AuditQueryError(
             f"bad {option} value {text!r}: use a date (2026-11-01), a date-time "
             "(2026-11-01T09:30:00Z) or a span back from now (30m, 12h, 7d, 2w)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC).strftime(TS_FORMAT)
-    except OverflowError:
-        raise AuditQueryError(
-            f"bad {option} value {text!r}: outside the years 1 to 9999") from None
 
 
 def _like_escape(text: str) -> str:

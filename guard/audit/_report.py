@@ -69,14 +69,17 @@ class SubjectReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping."""
-        def plain(obj: Recipient | Access | RightsEntry) -> dict[str, Any]:
-            return {k: list(v) if isinstance(v, tuple) else v
-                    for k, v in ((s, getattr(obj, s)) for s in obj.__slots__)}
-        return {"subject": self.subject, "generated_at": self.generated_at,
-                "recipients": [plain(r) for r in self.recipients],
-                "accesses": [plain(a) for a in self.accesses],
-                "denied_attempts": self.denied_attempts,
-                "register": [plain(e) for e in self.register]}
+        out: dict[str, Any] = _plain(self)
+        return out
+
+
+def _plain(obj: Any) -> Any:
+    """A report part as JSON-ready values (tuples of parts or strings become lists)."""
+    if isinstance(obj, tuple):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "__slots__"):
+        return {name: _plain(getattr(obj, name)) for name in obj.__slots__}
+    return obj
 
 
 def _access(row: QueryRow) -> Access:

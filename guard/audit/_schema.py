@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
-from guard.audit._event import (
-    FIELD_NAMES,
-    TUPLE_FIELDS,
-    AuditEvent,
-    EventKind,
-    content_row,
-)
+from guard.audit._event import FIELD_NAMES
 from guard.audit._summary import MIGRATION as SUMMARY_MIGRATION
 
 SCHEMA_VERSION = 5
@@ -121,29 +114,10 @@ INSERT_CHECKPOINT = (
     f"INSERT INTO audit_checkpoint ({CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608 - constant SQL
     "ON CONFLICT (checkpoint_id) DO NOTHING"
 )
-_TUPLE_INDEXES = frozenset(FIELD_NAMES.index(name) for name in TUPLE_FIELDS)
-_ALLOWED_INDEX = FIELD_NAMES.index("allowed")
-_KIND_INDEX = FIELD_NAMES.index("kind")
 
 
 Row = tuple[Any, ...]
 """An event as column values in ``EVENT_COLUMNS`` order."""
-
-
-def event_row(event: AuditEvent) -> Row:
-    """The column values of one (already linked) event."""
-    return (*content_row(event), event.writer_id, event.seq, event.prev_hash, event.hash)
-
-
-def row_event(row: Sequence[Any]) -> AuditEvent:
-    """Rebuild an event from a row selected with ``EVENT_COLUMNS``."""
-    values: list[Any] = list(row)
-    for index in _TUPLE_INDEXES:
-        values[index] = tuple(json.loads(values[index]))
-    if values[_ALLOWED_INDEX] is not None:
-        values[_ALLOWED_INDEX] = bool(values[_ALLOWED_INDEX])
-    values[_KIND_INDEX] = EventKind(values[_KIND_INDEX])
-    return AuditEvent(*values)
 
 
 def checkpoint_row(cp: Checkpoint) -> tuple[Any, ...]:

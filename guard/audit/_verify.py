@@ -12,20 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guard._errors import ConfigError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
-from guard.audit._event import (
-    FIELD_NAMES,
-    GENESIS_HASH,
-    ChainKey,
-    compute_hash,
-    legacy_hash,
-)
-from guard.audit._schema import (
-    CHECKPOINT_COLUMNS,
-    EVENT_COLUMNS,
-    event_row,
-    row_checkpoint,
-    row_event,
-)
+from guard.audit._event import FIELD_NAMES, GENESIS_HASH
+from guard.audit._fields import ChainKey, compute_hash, event_row, legacy_hash, row_event
+from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, row_checkpoint
 from guard.audit._store import AuditStoreError, Store
 from guard.audit._witness import WitnessRead
 
@@ -112,19 +101,6 @@ def _check_chain(writer: str, rows: list[_Row]) -> Problem | None:
     return None
 
 
-def _signed(
-    writer: str, cps: list[Checkpoint], public: Ed25519PublicKey
-) -> tuple[list[Checkpoint], Problem | None]:
-    """The chain's checkpoints in seq order, or the first with a bad signature."""
-    valid: list[Checkpoint] = []
-    for cp in sorted(cps, key=lambda c: (c.seq, c.kind != CheckpointKind.CLOSE)):
-        if not cp.valid(public):
-            return [], Problem("bad_checkpoint", writer, cp.seq, None,
-                               f"checkpoint {cp.checkpoint_id} has an invalid signature")
-        valid.append(cp)
-    return valid, None
-
-
 def _check_checkpoints(
     writer: str, rows: list[_Row], valid: list[Checkpoint]
 ) -> tuple[Problem | None, str | None]:
@@ -167,15 +143,6 @@ def _epoch(ts: str) -> float | None:
         return None
 
 
-def stretch_bound(terms: Terms) -> float:
-    """Seconds an unsigned stretch's events may span: ``2 x seconds + 5``.
-
-    The writer signs within ``seconds`` of a stretch's first event; the rest allows
-    for events that waited in the queue and for small clock steps.
-    """
-    return 2 * terms.seconds + 5.0
-
-
 def _check_stretches(
     writer: str, rows: list[_Row], valid: list[Checkpoint], terms: Terms
 ) -> Problem | None:
@@ -183,13 +150,15 @@ def _check_stretches(
 
     A stretch is the events after one signed checkpoint up to the next (or to the
     end of the chain): at most ``terms.every`` events, spanning at most
-    :func:`stretch_bound` seconds by their timestamps.
+    ``2 x terms.seconds + 5`` seconds by their timestamps (the writer signs within
+    ``seconds`` of a stretch's first event; the rest allows for events that waited
+    in the queue and for small clock steps).
     """
     marks = sorted({cp.seq for cp in valid} | {0})
     last_seq = rows[-1].seq if rows else 0
     if marks[-1] < last_seq:
         marks.append(last_seq)
-    bound = stretch_bound(terms)
+    bound = 2 * terms.seconds + 5.0
     for start, end in itertools.pairwise(marks):
         if end - start > terms.every:
             row = rows[start + terms.every]
@@ -208,13 +177,11 @@ def _check_stretches(
 
 def _terms(valid: list[Checkpoint]) -> Terms | None:
     """The chain's signed terms (from its checkpoints), or None for a chain made before them."""
-    for cp in valid:
-        if cp.terms is not None:
-            try:
-                return Terms.from_json(cp.terms)
-            except ValueError:
-                return None
-    return None
+    text = next((cp.terms for cp in valid if cp.terms is not None), None)
+    try:
+        return Terms.from_json(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 _EVENTS_SQL = f"SELECT {EVENT_COLUMNS} FROM audit_event ORDER BY writer_id, seq, event_id"  # noqa: S608
@@ -235,7 +202,7 @@ _PREV, _HASH = FIELD_NAMES.index("prev_hash"), FIELD_NAMES.index("hash")
 _TS = FIELD_NAMES.index("ts")
 
 
-def _light(raw: tuple[Any, ...], key: ChainKey | None, *, keyed: bool) -> _Row:
+def light(raw: tuple[Any, ...], key: ChainKey | None, *, keyed: bool) -> _Row:
     """A stored row's chain position, and whether it is exactly what the guard wrote.
 
     A row is intact when its hash matches its content and chain fields *and*
@@ -297,10 +264,13 @@ def verify(
                        witnessed=witnessed, problems=problems)
     signed: dict[str, list[Checkpoint]] = {}
     for writer, cps in checkpoints.items():
-        valid, bad = _signed(writer, cps, public)
+        cps.sort(key=lambda c: (c.seq, c.kind != CheckpointKind.CLOSE))
+        bad = next((cp for cp in cps if not cp.valid(public)), None)
         if bad is not None:
-            problems.setdefault(writer, bad)
-        signed[writer] = valid
+            problems.setdefault(writer, Problem(
+                "bad_checkpoint", writer, bad.seq, None,
+                f"checkpoint {bad.checkpoint_id} has an invalid signature"))
+        signed[writer] = cps if bad is None else []
     terms = {writer: _terms(valid) for writer, valid in signed.items()}
     keyed = {writer for writer, t in terms.items() if t is not None and t.chain == 3}
     if keyed and chain_key is None:
@@ -311,7 +281,7 @@ def verify(
     total = 0
     for raw in store.stream(_EVENTS_SQL):
         writer = str(raw[_WRITER])
-        chains[writer].append(_light(raw, key, keyed=writer in keyed))
+        chains[writer].append(light(raw, key, keyed=writer in keyed))
         total += 1
     notes: list[str] = []
     for writer in sorted(set(chains) | set(checkpoints)):

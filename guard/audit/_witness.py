@@ -24,6 +24,7 @@ from guard.audit._journal import fsync_dir
 _log = logging.getLogger("guard.audit")
 _KEEP_FOR_RETRY = 10_000
 
+
 class Witness:
     """Appends signed checkpoints to a file (created on first use, never rewritten).
 
@@ -43,30 +44,20 @@ class Witness:
         except OSError as exc:
             raise ConfigError(f"cannot open the audit witness {path}: {exc.strerror}") from exc
 
-    def append(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Append ``checkpoints`` in one write and fsync.
-
-        Raises:
-            OSError: the file refused the write.
-        """
-        if not checkpoints:
-            return
-        data = "".join(json.dumps(asdict(cp), separators=(",", ":"), sort_keys=True) + "\n"
-                       for cp in checkpoints).encode()
-        os.write(self._fd, data)
-        os.fsync(self._fd)
-
     def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Append checkpoints durable in the audit; a refusal is logged and kept for a retry.
+        """Append checkpoints durable in the audit in one write and fsync.
 
-        The newest checkpoints refused so far are appended first next time (at most
-        the last 10,000), so a witness that comes back catches up in order.
+        A refusal is logged and the checkpoints kept: the newest refused so far (at
+        most 10,000) are appended first next time, so a witness that comes back
+        catches up in order.
         """
-        if not (checkpoints or self._pending):
-            return
         pending = [*self._pending, *checkpoints]
+        if not pending:
+            return
         try:
-            self.append(pending)
+            os.write(self._fd, "".join(json.dumps(asdict(cp), separators=(",", ":"), sort_keys=True)
+                                       + "\n" for cp in pending).encode())
+            os.fsync(self._fd)
         except OSError as exc:
             if not self._pending:
                 _log.error("audit witness %s refused checkpoints (kept for a retry): %s",

@@ -11,9 +11,9 @@ from typing import Any
 
 from guard.audit import AuditEvent, AuditQueryError, EventFilter, Store, parse_when
 from guard.audit._event import TS_FORMAT
+from guard.audit._fields import row_event
 from guard.audit._query import _E_COLUMNS as E_COLUMNS
 from guard.audit._query import _OUTCOME as OUTCOME
-from guard.audit._schema import row_event
 
 LAST_TS = "9999-12-31T23:59:59.999999Z"
 """After every ``ts`` the guard writes."""

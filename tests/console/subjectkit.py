@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from guard.audit import AuditEvent, EventKind
-from guard.audit._schema import event_row
+from guard.audit._fields import event_row
 from guard.audit._store import Store
 
 ACCESSES: tuple[tuple[str, str, str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (

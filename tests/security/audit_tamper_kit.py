@@ -38,8 +38,9 @@ from guard.audit import (
     read_witness,
     verify,
 )
-from guard.audit._event import GENESIS_HASH, ChainKey, chain_hash, content_digest, utc_now
-from guard.audit._schema import EVENT_COLUMNS, row_event
+from guard.audit._event import GENESIS_HASH, utc_now
+from guard.audit._fields import ChainKey, chain_hash, content_digest, row_event
+from guard.audit._schema import EVENT_COLUMNS
 
 HMAC_KEY = b"h" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)

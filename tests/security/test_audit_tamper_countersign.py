@@ -18,7 +18,8 @@ import pytest
 from guard.audit import load_public_key, load_signing_key, new_event_id, open_store
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
 from guard.audit._countersign import MARGIN, countersign_stale
-from guard.audit._event import ChainKey, utc_now
+from guard.audit._event import utc_now
+from guard.audit._fields import ChainKey
 from guard.audit._jverify import verify_journal
 from tests.guard.audit.conftest import acknowledged_until_killed
 from tests.security.audit_tamper_kit import CHAIN_KEY, AuditKeys, check, make_keys, sql, trail

@@ -17,8 +17,8 @@ from guard.audit import (
     pseudonymise,
     query_events,
 )
-from guard.audit._event import ChainKey
-from guard.audit._schema import EVENT_COLUMNS, row_event
+from guard.audit._fields import ChainKey, row_event
+from guard.audit._schema import EVENT_COLUMNS
 from tests.guard.audit.conftest import (
     CHAIN_KEY,
     HMAC_KEY,

@@ -13,15 +13,16 @@ from guard.audit import (
     open_store,
 )
 from guard.audit._checkpoint import CheckpointKind, sign_checkpoint
-from guard.audit._event import (
-    GENESIS_HASH,
+from guard.audit._event import GENESIS_HASH
+from guard.audit._fields import (
+    Linker,
     chain_hash,
     compute_hash,
     content_row,
+    decode,
+    event_row,
     legacy_hash,
 )
-from guard.audit._fields import Linker, decode
-from guard.audit._schema import event_row
 from tests.guard.audit.conftest import Keys, decision_event, linked, make_trail
 from tests.guard.audit.test_audit_tamper import check, insert_row, run_sql
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from guard._errors import AuditUnavailableError
 from guard.audit import EventKind, load_signing_key, pseudonymise
 from guard.audit._checkpoint import Checkpoint
-from guard.audit._event import GENESIS_HASH, ChainKey
+from guard.audit._event import GENESIS_HASH
 from guard.audit._fields import (
+    ChainKey,
     Linker,
     Pseudonyms,
     _listed,
@@ -104,7 +105,7 @@ def test_a_record_that_does_not_decode_stops_the_index_and_is_never_skipped(
     journal.append([b"not an audit record"])
     indexer = Indexer(journal, store, interval=0.01, retry=0.01)
     assert indexer.wait(journal.next_offset, timeout=0.5) is False
-    head = content(EventKind.DECISION, FIELDS, HMAC_KEY, "2026-01-01T00:00:00.000000Z")
+    head = content(EventKind.DECISION, FIELDS, HMAC_KEY, "2026-01-01T00:00:00.000000Z", "e-1")
     journal.append([Linker("w", None).link(head, 1, GENESIS_HASH)[1]])  # a good one after it
     assert indexer.wait(journal.next_offset, timeout=0.5) is False
     assert indexer.offset == 0

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from guard._errors import AuditUnavailableError, ConfigError
 from guard.audit import EventKind, load_public_key, load_signing_key, open_store, verify
-from guard.audit._event import content_row
-from guard.audit._fields import compact
+from guard.audit._fields import compact, content_row
 from guard.audit._journal import Journal, JournalReader, read_journal, segments
 from guard.audit._jtrail import JournalTrail
 from tests.guard.audit.conftest import (
@@ -137,7 +136,13 @@ def test_the_writer_builds_the_row_a_built_event_has(
     from guard.audit._fields import content, event_fields
 
     event = decision_event(caller=caller, detail=detail, categories=tuple(categories))
-    assert content(event.kind, event_fields(event), HMAC_KEY, "unused") == content_row(event)
+    listed = [json.dumps(list(getattr(event, name)), separators=(",", ":"))
+              for name in ("categories", "rule", "lawful_basis")]
+    expected = (event.event_id, "decision", event.ts, caller, "internal", "GB",
+                "relationship.management", listed[0], "read", 1, "allowed", listed[1], listed[2],
+                "sha256:test", event.subject, None, None, None, None, None, None, None, detail)
+    assert content(event.kind, event_fields(event), HMAC_KEY, "unused", "unused") == expected
+    assert content_row(event) == expected
 
 
 # -- the journal trail ----------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from guard.audit import (
     open_store,
     verify,
 )
-from guard.audit._schema import EVENT_COLUMNS, event_row, row_event
+from guard.audit._fields import event_row, row_event
+from guard.audit._schema import EVENT_COLUMNS
 from tests.guard.audit.conftest import (
     CHAIN_KEY,
     Keys,

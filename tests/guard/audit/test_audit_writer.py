@@ -1,0 +1,142 @@
+"""The journal writer's hand-over: coroutines queue without the lock; no waiter is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guard._errors import AuditUnavailableError
+from guard.audit import EventKind, load_public_key, load_signing_key, open_store, pseudonymise
+from guard.audit._fields import ChainKey, Pseudonyms
+from guard.audit._journal import Journal
+from guard.audit._jverify import verify_journal
+from guard.audit._jwriter import JournalWriter, _Item
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys
+
+FIELDS: dict[str, Any] = {"caller": "svc:crm", "purpose": "billing", "action": "read",
+                          "allowed": True, "reason": "allowed", "subject_id": "customer-1"}
+
+
+class Die(BaseException):
+    """Escapes the writer loop's ``except Exception``: its thread ends."""
+
+
+class Dying(JournalWriter):
+    """A writer whose first batch waits for ``gate`` and then kills its thread."""
+
+    gate = threading.Event()
+    taken = threading.Event()
+
+    def _commit(self, items: list[_Item]) -> None:
+        self.taken.set()
+        self.gate.wait(30)
+        raise Die
+
+
+def writer(keys: Keys, journal: Any, cls: type[JournalWriter] = JournalWriter) -> JournalWriter:
+    return cls(journal, hmac_key=HMAC_KEY, signing_key=load_signing_key(keys.signing),
+               writer_id="test", chain_key=ChainKey(CHAIN_KEY))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_whose_thread_dies_fails_every_waiter_at_once(keys: Keys, tmp_path: Path
+                                                               ) -> None:
+    journal = Journal(tmp_path / "j")
+    asyncio.run(dies(writer(keys, journal, Dying)))
+    journal.close()
+
+
+async def dies(w: JournalWriter) -> None:
+    errors: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            w.submit(EventKind.DECISION, FIELDS, timeout=10)
+        except AuditUnavailableError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=submit)
+    first.start()
+    assert Dying.taken.wait(30)  # the first event is in flight
+    queued = w.start(EventKind.DECISION, FIELDS)  # a coroutine's, queued behind it
+    second = threading.Thread(target=submit)
+    second.start()
+    for _ in range(30_000):  # until both waiters are queued
+        if len(w._queue) >= 2:
+            break
+        await asyncio.sleep(0.001)
+    Dying.gate.set()
+    with pytest.raises(AuditUnavailableError, match="writer stopped"):
+        await asyncio.wait_for(queued, 10)
+    for thread in (first, second):
+        thread.join(30)
+    assert [str(e) for e in errors] == ["the audit writer stopped"] * 2
+    with pytest.raises(AuditUnavailableError, match="closed"):
+        w.start(EventKind.DECISION, FIELDS)
+
+
+def test_coroutines_that_queue_while_the_writer_works_or_waits_are_all_durable(
+    keys: Keys, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "j")
+    w = writer(keys, journal)
+
+    async def one(n: int) -> list[str]:
+        ids = []
+        for i in range(60):
+            if (n + i) % 7 == 0:  # let the writer go idle now and then
+                await asyncio.sleep(0.002)
+            ids.append(await asyncio.wait_for(w.start(EventKind.DECISION, FIELDS), 30))
+        return ids
+
+    async def every() -> list[list[str]]:
+        return await asyncio.gather(*(one(n) for n in range(32)))
+
+    got = [i for ids in asyncio.run(every()) for i in ids]
+    assert len(set(got)) == 32 * 60
+    w.close()
+    journal.close()
+    store = open_store(f"sqlite:///{tmp_path / 'index.db'}")
+    try:
+        report = verify_journal(store, tmp_path / "j", load_public_key(keys.public),
+                                chain_key=CHAIN_KEY)
+    finally:
+        store.close()
+    assert report.journal.ok, report.journal.problems
+    assert report.journal.events == 32 * 60
+
+
+def test_a_coroutine_that_queues_while_the_writer_closes_is_answered(keys: Keys, tmp_path: Path
+                                                                      ) -> None:
+    journal = Journal(tmp_path / "j")
+    asyncio.run(closes(writer(keys, journal)))
+    journal.close()
+
+
+async def closes(w: JournalWriter) -> None:
+    futures: list[asyncio.Future[str]] = []
+    closer = threading.Thread(target=w.close)
+    for i in range(2000):
+        if i == 200:
+            closer.start()
+        try:
+            futures.append(w.start(EventKind.DECISION, FIELDS))
+        except AuditUnavailableError:
+            break
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+    closer.join(30)
+    for future in futures:  # each is durable or failed; none is left waiting
+        with contextlib.suppress(AuditUnavailableError):
+            await asyncio.wait_for(future, 10)
+
+
+def test_pseudonyms_stay_right_past_the_bound_of_those_kept() -> None:
+    pseudonyms = Pseudonyms(HMAC_KEY)
+    subjects = [f"customer-{n}" for n in range(5000)] * 2
+    assert [pseudonyms(s) for s in subjects] == [pseudonymise(HMAC_KEY, s) for s in subjects]
