@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from guard._errors import AuditUnavailableError
 from guard.audit import EventKind, load_public_key, load_signing_key, open_store, pseudonymise
@@ -140,3 +144,8 @@ def test_pseudonyms_stay_right_past_the_bound_of_those_kept() -> None:
     pseudonyms = Pseudonyms(HMAC_KEY)
     subjects = [f"customer-{n}" for n in range(5000)] * 2
     assert [pseudonyms(s) for s in subjects] == [pseudonymise(HMAC_KEY, s) for s in subjects]
+
+
+@given(key=st.binary(min_size=1, max_size=130), data=st.binary(max_size=300))
+def test_the_chain_key_is_hmac_sha256(key: bytes, data: bytes) -> None:
+    assert ChainKey(key).digest(data) == hmac.new(key, data, hashlib.sha256).hexdigest()
