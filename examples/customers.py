@@ -32,6 +32,7 @@ from guard._errors import GuardError
 from guard.config import Settings, load_settings
 from guard.policy import resolve_policy_dir
 from middleware import Category, GuardMiddleware, RouteTable, guarded, public
+from middleware.fields import withheld_optional
 from middleware.identity import Authenticator
 
 __all__ = ["DEMOS", "Demo", "create_app", "customers", "main"]
@@ -238,6 +239,7 @@ def create_app(
         return JSONResponse(body, status_code=200 if audit_ok else 503,
                             headers={"cache-control": "no-store"})
 
+    withheld_optional(app.openapi())  # a field that may be left out is not required
     if enforce:
         # Routes come from the @guarded declarations above (routes.csv is for the sidecar).
         app.add_middleware(GuardMiddleware, guard=guard, settings=settings,

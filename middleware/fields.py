@@ -26,12 +26,14 @@ import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union, get_args, get_origin
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 from guard._errors import PolicyError
 
-__all__ = ["REMOVE", "Category", "FieldPlan", "FieldRule", "categories_of", "plan_for"]
+__all__ = ["REMOVE", "Category", "FieldPlan", "FieldRule", "categories_of", "plan_for",
+           "withheld_optional"]
 
+_T = TypeVar("_T")
 _KEY = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 _MAX_STEPS = 256
 
@@ -366,3 +368,41 @@ def route_fields(
                           f"with the response model's {', '.join(derived)} (hint: leave "
                           "categories out to use the model's)")
     return (declared or derived), plan
+
+
+def withheld_optional(schema: _T) -> _T:
+    """Drop every removable field from the ``required`` lists of a JSON schema or OpenAPI document.
+
+    A field whose category may be withheld with :data:`REMOVE` is absent from a
+    minimised response, so no schema may promise it. Walks the whole document
+    (components, ``$defs``, nested objects) and changes it in place; FastAPI
+    keeps the document it built, so ``withheld_optional(app.openapi())`` once at
+    start-up fixes what ``/openapi.json`` serves.
+
+    Args:
+        schema: A decoded JSON schema or OpenAPI document.
+
+    Returns:
+        ``schema`` itself.
+    """
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        properties = node.get("properties")
+        required = node.get("required")
+        if isinstance(properties, dict) and isinstance(required, list):
+            kept = [name for name in required if not (
+                isinstance(properties.get(name), dict)
+                and properties[name].get("x-withheld") == "removed")]
+            if len(kept) != len(required):
+                if kept:
+                    node["required"] = kept
+                else:
+                    del node["required"]
+        stack.extend(node.values())
+    return schema

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from middleware.fields import withheld_optional
 from middleware.sidecar._decide_api import (
     DecideBatch,
     DecideBatchResult,
@@ -34,13 +35,14 @@ _MODELS: tuple[type[BaseModel], ...] = (
 )
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(models: tuple[type[BaseModel], ...] = _MODELS) -> dict[str, Any]:
+    """The components' schemas of ``models``; a field that may be removed is never required."""
     schemas: dict[str, Any] = {}
-    for model in _MODELS:
+    for model in models:
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    return schemas
+    return withheld_optional(schemas)
 
 
 def _ref(name: str) -> dict[str, str]:
