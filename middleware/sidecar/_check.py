@@ -23,6 +23,8 @@ CALLER_HEADER = "x-guard-caller"
 PURPOSE_HEADER = "x-guard-purpose"
 DECISION_HEADER = "x-guard-decision-id"
 VERSION_HEADER = "x-guard-policy-version"
+_CALLER, _PURPOSE, _VERSION, _DECISION = (
+    name.encode() for name in (CALLER_HEADER, PURPOSE_HEADER, VERSION_HEADER, DECISION_HEADER))
 
 
 def _target(scope: Scope, headers: Headers, prefix: str) -> tuple[str, str] | None:
@@ -41,13 +43,20 @@ def _target(scope: Scope, headers: Headers, prefix: str) -> tuple[str, str] | No
         query = scope.get("query_string", b"")
         target = raw[len(prefix) :] + ("?" + query.decode("latin-1") if query else "")
         return scope["method"], target
-    uris = headers.getlist("x-original-uri")
+    uris: list[bytes] = []
+    methods: list[bytes] = []
+    for key, value in headers.raw:  # one pass for both (lower-case names, as ASGI gives them)
+        if key == b"x-original-uri":
+            uris.append(value)
+        elif key == b"x-original-method":
+            methods.append(value)
     if not uris:
         return None
     if len(uris) > 1:
         return scope["method"], ""  # two targets: neither can be the one forwarded
-    methods = headers.getlist("x-original-method")
-    return (methods[0] if len(methods) == 1 else "" if methods else scope["method"]), uris[0]
+    method = methods[0].decode("latin-1") if len(methods) == 1 else "" if methods else (
+        scope["method"])
+    return method, uris[0].decode("latin-1")
 
 
 class CheckEndpoint:
@@ -118,11 +127,11 @@ class CheckEndpoint:
         decision = outcome.decision
         if decision is not None:
             out += [
-                (CALLER_HEADER.encode(), decision.caller.encode("latin-1")),
-                (PURPOSE_HEADER.encode(), decision.purpose.encode("latin-1")),
-                (VERSION_HEADER.encode(), decision.policy_version.encode("latin-1")),
+                (_CALLER, decision.caller.encode("latin-1")),
+                (_PURPOSE, decision.purpose.encode("latin-1")),
+                (_VERSION, decision.policy_version.encode("latin-1")),
             ]
         if outcome.decision_id:
-            out.append((DECISION_HEADER.encode(), outcome.decision_id.encode("latin-1")))
+            out.append((_DECISION, outcome.decision_id.encode("latin-1")))
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": b""})

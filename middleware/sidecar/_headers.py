@@ -24,8 +24,9 @@ def judged_headers(scope: Scope, purpose_header: str) -> Headers:
     """
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     name = fold(purpose_header.encode())
-    values = [value for key, value in raw if fold(key) == name]
-    if len(values) <= 1 and all(key.lower() == name for key, _ in raw if fold(key) == name):
+    size = len(name)  # folding keeps the length: only names of this length can match
+    lines = [(key, value) for key, value in raw if len(key) == size and fold(key) == name]
+    if not lines or (len(lines) == 1 and lines[0][0].lower() == name):
         return Headers(scope=scope)
-    kept = [(key.lower(), value) for key, value in raw if fold(key) != name]
-    return Headers(raw=[*kept, (name, b", ".join(values))])
+    kept = [(key.lower(), value) for key, value in raw if len(key) != size or fold(key) != name]
+    return Headers(raw=[*kept, (name, b", ".join(value for _, value in lines))])
