@@ -58,6 +58,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from bench._pg import fdatasync_floor
 
@@ -144,25 +145,79 @@ def start_sidecar(work: Path, port: int, upstream: str, env: dict[str, str]
     return proc
 
 
-def start_passthrough(work: Path, port: int, upstream: str) -> subprocess.Popen[bytes]:
-    log = work / "passthrough.log"
+FORWARDERS = ("httpcore", "httptools", "aiohttp")
+"""The pass-through's forwarders compared: httpcore's pool (``UpstreamTransport``), the
+httptools client (``H1Transport``), aiohttp's client (C parser; only when installed)."""
+
+
+def start_passthrough(work: Path, port: int, upstream: str, forwarder: str
+                      ) -> subprocess.Popen[bytes]:
+    log = work / f"passthrough-{forwarder}.log"
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-passthrough", str(port), upstream],
+        [sys.executable, __file__, "--serve-passthrough", str(port), upstream, forwarder],
         cwd=work, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )
     wait_for(port, proc, log)
     return proc
 
 
-def serve_passthrough(port: int, upstream: str) -> None:
-    """uvicorn with the sidecar's forwarder and nothing else (no route, identity or audit)."""
+class AiohttpTransport:
+    """aiohttp's client behind the sidecar's transport interface (for the comparison only)."""
+
+    def __init__(self) -> None:
+        self._session: Any = None
+
+    async def send(self, method: bytes, url: Any, headers: list[tuple[bytes, bytes]],
+                   content: Any, extensions: dict[str, Any]) -> Any:
+        import aiohttp
+        import httpx
+        from multidict import CIMultiDict
+
+        from middleware.sidecar._transport import Answer
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=200), cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept",
+                                                          "Accept-Encoding"))
+        seconds = extensions["timeout"]["read"]
+        target = f"http://{url.host.decode()}:{url.port}{url.target.decode('latin-1')}"
+        try:
+            answer = await self._session.request(
+                method.decode(), target, allow_redirects=False, data=content,
+                headers=CIMultiDict((k.decode("latin-1"), v.decode("latin-1"))
+                                    for k, v in headers),
+                timeout=aiohttp.ClientTimeout(sock_read=seconds, sock_connect=seconds))
+        except aiohttp.ClientError as exc:
+            raise httpx.TransportError(str(exc)) from exc
+
+        class Body:
+            async def __aiter__(self) -> Any:
+                async for chunk in answer.content.iter_any():
+                    yield chunk
+
+            async def aclose(self) -> None:
+                answer.release()
+
+        return Answer(answer.status, list(answer.raw_headers), Body())  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def serve_passthrough(port: int, upstream: str, forwarder: str) -> None:
+    """uvicorn with one forwarder and nothing else (no route, identity or audit)."""
     import uvicorn
     from starlette.types import Receive, Scope, Send
 
+    from middleware.sidecar._h1 import H1Transport
     from middleware.sidecar._proxy import Proxy
     from middleware.sidecar._transport import UpstreamTransport
 
-    transport = UpstreamTransport("http", max_connections=200)
+    transport: Any = (UpstreamTransport("http", max_connections=200) if forwarder == "httpcore"
+                      else H1Transport(max_connections=200) if forwarder == "httptools"
+                      else AiohttpTransport())
     proxy = Proxy(transport, upstream)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -175,6 +230,21 @@ def serve_passthrough(port: int, upstream: str) -> None:
         await proxy.forward(scope, receive, send, add={})
 
     uvicorn.run(app, host="127.0.0.1", port=port, **UVICORN)  # type: ignore[arg-type]
+
+
+SIDECAR_FORWARDER = "httpcore"
+"""The forwarder ``guard sidecar`` uses for an ``http://`` upstream."""
+
+
+def _passthrough(forwarder: str) -> str:
+    mark = ", the sidecar's" if forwarder == SIDECAR_FORWARDER else ""
+    return f"pass-through {forwarder}{mark} (floor)"
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -323,11 +393,11 @@ def main() -> None:
                         help="folder of the disk-backed audit store (default: a temp folder)")
     parser.add_argument("--profile", choices=("proxy", "check", "both"), default=None,
                         help="profile the disk sidecar's event loop instead of measuring")
-    parser.add_argument("--serve-passthrough", nargs=2, metavar=("PORT", "UPSTREAM"),
+    parser.add_argument("--serve-passthrough", nargs=3, metavar=("PORT", "UPSTREAM", "FORWARDER"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_passthrough:
-        serve_passthrough(int(args.serve_passthrough[0]), args.serve_passthrough[1])
+        serve_passthrough(int(args.serve_passthrough[0]), *args.serve_passthrough[1:])
         return
     for tool in (NGINX, "wrk"):
         if shutil.which(tool) is None:
@@ -342,12 +412,15 @@ def main() -> None:
     shm = Path(tempfile.mkdtemp(prefix="guard-bench-sidecar-", dir="/dev/shm"))
     disk_audit = args.audit_dir or work / "audit"
     disk_audit.mkdir(parents=True, exist_ok=True)
-    up_port, nproxy_port, pass_port = free_port(), free_port(), free_port()
+    up_port, nproxy_port = free_port(), free_port()
+    forwarders = [name for name in FORWARDERS if name != "aiohttp" or _has("aiohttp")]
+    pass_ports = {name: free_port() for name in forwarders}
     sc_port, shm_port = free_port(), free_port()
     procs = [start_nginx(work, up_port, nproxy_port)]
     try:
         upstream = f"http://127.0.0.1:{up_port}"
-        procs.append(start_passthrough(work, pass_port, upstream))
+        for name, pass_port in pass_ports.items():
+            procs.append(start_passthrough(work, pass_port, upstream, name))
         token = dev_token(work)
         sidecar = start_sidecar(work / "disk", sc_port, upstream,
                                 sidecar_env(work / "disk", disk_audit, work / "dev.key"))
@@ -363,7 +436,8 @@ def main() -> None:
             Target("nginx direct (the upstream)", f"{upstream}{path}", {}),
             Target("nginx proxy_pass (floor: proxy hop)",
                    f"http://127.0.0.1:{nproxy_port}{path}", {}),
-            Target("pass-through, no guard (floor)", f"http://127.0.0.1:{pass_port}{path}", {}),
+            *(Target(_passthrough(name), f"http://127.0.0.1:{pass_port}{path}", {})
+              for name, pass_port in pass_ports.items()),
             Target("sidecar proxy, audit on disk", f"{sc}{path}", guarded, sidecar.pid, True),
             Target("sidecar proxy, audit on tmpfs", f"{sh}{path}", guarded, shm_sidecar.pid),
             Target("/healthz, disk sidecar (floor)", f"{sc}/healthz", {}),
@@ -427,24 +501,24 @@ def main() -> None:
           f"{floor_after[0]:.3f} / {floor_after[1]:.3f} ms after")
     base = {
         "nginx proxy_pass (floor: proxy hop)": "nginx direct (the upstream)",
-        "pass-through, no guard (floor)": "nginx direct (the upstream)",
+        **{_passthrough(name): "nginx direct (the upstream)" for name in forwarders},
         "sidecar proxy, audit on disk": "nginx direct (the upstream)",
         "sidecar proxy, audit on tmpfs": "nginx direct (the upstream)",
         "check endpoint, audit on disk": "/healthz, disk sidecar (floor)",
         "check endpoint, audit on tmpfs": "/healthz, tmpfs sidecar (floor)",
     }
-    print(f"{'one connection':40}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}"
+    print(f"{'one connection':46}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}"
           f"  over")
     for target in targets:
         label = target.label
-        line = f"{label:40}{p50[label]:>9.3f}{p99[label]:>9.3f}"
+        line = f"{label:46}{p50[label]:>9.3f}{p99[label]:>9.3f}"
         if label in base:
             ref = base[label]
             line += f"{p50[label] - p50[ref]:>11.3f}{p99[label] - p99[ref]:>11.3f}  {ref}"
         print(line)
     proxy_added = p50["sidecar proxy, audit on disk"] - p50["nginx direct (the upstream)"]
     check_added = p50["check endpoint, audit on disk"] - p50["/healthz, disk sidecar (floor)"]
-    hop = p50["pass-through, no guard (floor)"] - p50["nginx direct (the upstream)"]
+    hop = p50[_passthrough(SIDECAR_FORWARDER)] - p50["nginx direct (the upstream)"]
     print(f"targets, audit on disk: check endpoint added p50 {check_added:.3f} ms (<= 0.35: "
           f"{'met' if check_added <= 0.35 else 'NOT met'}); proxy added p50 {proxy_added:.3f} ms "
           f"(<= 1: {'met' if proxy_added <= 1.0 else 'NOT met'}); of which the Python proxy "

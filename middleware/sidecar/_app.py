@@ -42,7 +42,7 @@ from middleware.sidecar._refuse import refuse_target
 from middleware.sidecar._state import Sidecar, build_sidecar, peer_of
 from middleware.sidecar._subjects_api import PATHS as SUBJECT_PATHS
 from middleware.sidecar._subjects_api import routes as subject_routes
-from middleware.sidecar._transport import UpstreamTransport
+from middleware.sidecar._transport import Forwarder, upstream_transport
 
 _log = logging.getLogger("guard.sidecar")
 
@@ -264,10 +264,10 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         conf = built.settings.sidecar
         built.auth.announce()
-        transport: UpstreamTransport | None = None
+        transport: Forwarder | None = None
         identity = built.settings.identity
         if conf.upstream:
-            transport = UpstreamTransport(
+            transport = upstream_transport(
                 httpx.URL(conf.upstream).scheme, max_connections=conf.upstream_max_connections
             )
             built.proxy = Proxy(
@@ -360,3 +360,4 @@ def app_from_env() -> ASGIApp:
     settings = Settings.model_validate_json(raw) if raw else load_settings()
     configure_logging(settings.sidecar.log_level)
     return create_app(settings)
+

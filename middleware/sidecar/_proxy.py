@@ -1,4 +1,4 @@
-"""Forward an allowed request to the upstream with httpx, streaming both bodies."""
+"""Forward an allowed request to the upstream, streaming both bodies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import httpcore
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from middleware.sidecar._transport import UpstreamTransport
+from middleware.sidecar._transport import Forwarder
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -200,12 +200,11 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
 class Proxy:
     """Forwards requests to one upstream over a pooled transport.
 
-    The transport's pool is used without :class:`httpx.AsyncClient` on purpose: a
-    client keeps a cookie jar, and a proxy must never replay one caller's
-    cookies on another caller's request. Requests go to the pool as httpcore
-    requests, without building an ``httpx.Request``, ``httpx.URL`` or
-    ``httpx.Response`` (their parsing and validation was a measurable share of a
-    forward): the proxy sets ``Host`` and the body's framing itself, as httpx would.
+    No client with a cookie jar is involved on purpose: a proxy must never replay
+    one caller's cookies on another caller's request. The request goes to the
+    transport's pool as it is (no ``httpx.Request``, ``httpx.URL`` or
+    ``httpx.Response`` is built): the proxy sets ``Host`` and the body's framing
+    itself, as httpx would.
 
     Args:
         transport: The shared transport (its connection pool is reused).
@@ -220,7 +219,7 @@ class Proxy:
 
     def __init__(
         self,
-        transport: UpstreamTransport,
+        transport: Forwarder,
         upstream: str,
         *,
         timeout_seconds: float = 30.0,

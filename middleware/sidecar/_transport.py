@@ -1,4 +1,4 @@
-"""The httpx transport the sidecar forwards with: one pooled httpcore connection pool."""
+"""The transports the sidecar forwards with: httptools for ``http://``, httpcore for TLS."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import httpcore
 import httpx
 
-from middleware.sidecar._backend import AsyncioBackend
+from middleware.sidecar._h1 import H1Transport
 
 
 def _httpx_error(exc: Exception) -> httpx.HTTPError:
@@ -54,11 +54,12 @@ class Answer(NamedTuple):
 
 
 class UpstreamTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 to one upstream over a pool of kept-alive connections.
+    """HTTP/1.1 to one upstream over httpcore's pool of kept-alive connections.
 
     Like :class:`httpx.AsyncHTTPTransport` without proxies or environment
-    settings; plain ``http://`` upstreams go through :class:`AsyncioBackend`,
-    ``https://`` ones through httpcore's default (anyio) backend for TLS.
+    settings. The sidecar uses it for ``https://`` upstreams (TLS); a plain
+    ``http://`` one goes through :class:`middleware.sidecar._h1.H1Transport`
+    (see :func:`upstream_transport`).
 
     Args:
         scheme: The upstream's scheme, ``http`` or ``https``.
@@ -67,13 +68,11 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, scheme: str, *, max_connections: int, keepalive_expiry: float = 5.0) -> None:
-        plain = scheme == "http"
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=None if plain else httpx.create_ssl_context(trust_env=False),
+            ssl_context=None if scheme == "http" else httpx.create_ssl_context(trust_env=False),
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             keepalive_expiry=keepalive_expiry,
-            network_backend=AsyncioBackend() if plain else None,
         )
 
     async def send(
@@ -129,3 +128,19 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+
+Forwarder = UpstreamTransport | H1Transport
+"""What :class:`middleware.sidecar._proxy.Proxy` sends with (the same ``send`` and ``aclose``)."""
+
+
+def upstream_transport(scheme: str, *, max_connections: int) -> Forwarder:
+    """The transport for an upstream: httptools over asyncio for ``http``, httpcore for ``https``.
+
+    Args:
+        scheme: The upstream's scheme.
+        max_connections: Most connections open at once (all may be kept alive).
+    """
+    if scheme == "http":
+        return H1Transport(max_connections=max_connections)
+    return UpstreamTransport(scheme, max_connections=max_connections)

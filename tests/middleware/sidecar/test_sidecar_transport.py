@@ -1,4 +1,4 @@
-"""The sidecar's httpx transport and its asyncio network backend, against real loopback servers."""
+"""The sidecar's httpcore transport (``https://`` upstreams), against real loopback servers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from middleware.sidecar._backend import HIGH_WATER, AsyncioBackend
 from middleware.sidecar._transport import UpstreamTransport
 
 pytestmark = pytest.mark.anyio
@@ -84,7 +83,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
     assert len(accepted) == 2
 
 
-@pytest.mark.parametrize("scheme", ["http", "https"])  # https: httpcore's own backend, for TLS
+@pytest.mark.parametrize("scheme", ["http", "https"])
 async def test_refused_connection_is_an_httpx_connect_error(scheme: str) -> None:
     async with serve(answer_each) as (url, _):
         pass  # closed: nothing listens on that port any more
@@ -143,46 +142,3 @@ async def test_upstream_that_stops_reading_the_body_is_a_write_timeout() -> None
                 await transport.handle_async_request(request)
         finally:
             await transport.aclose()
-
-
-async def test_reading_pauses_while_the_consumer_lags_and_nothing_is_lost() -> None:
-    size = 8 * 1024 * 1024
-
-    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(bytes(range(256)) * (size // 256))
-        await writer.drain()
-
-    async with serve(flood) as (url, _):
-        host, port = url.removeprefix("http://").split(":")
-        stream = await AsyncioBackend().connect_tcp(host, int(port), timeout=5)
-        try:
-            first = await stream.read(65536, timeout=5)
-            await asyncio.sleep(0.2)  # the server keeps sending; the stream stops reading
-            buffered: int = stream._size  # type: ignore[attr-defined]
-            assert buffered <= HIGH_WATER + 256 * 1024  # one socket read past the mark at most
-            received = len(first)
-            data = [first]
-            while chunk := await stream.read(65536, timeout=5):
-                received += len(chunk)
-                data.append(chunk)
-        finally:
-            await stream.aclose()
-    assert received == size
-    assert b"".join(data) == bytes(range(256)) * (size // 256)
-
-
-async def test_idle_connection_reports_readable_only_after_the_server_spoke() -> None:
-    async def closes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readexactly(1)
-
-    async with serve(closes) as (url, _):
-        host, port = url.removeprefix("http://").split(":")
-        stream = await AsyncioBackend().connect_tcp(host, int(port), timeout=5)
-        try:
-            assert stream.get_extra_info("is_readable") is False
-            assert stream.get_extra_info("server_addr") == (host, int(port))
-            await stream.write(b"!", timeout=5)
-            assert await stream.read(10, timeout=5) == b""  # the server closed
-            assert stream.get_extra_info("is_readable") is True
-        finally:
-            await stream.aclose()
