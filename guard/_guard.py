@@ -21,6 +21,7 @@ from guard.engine import CategoryDecision, decide_categories
 if TYPE_CHECKING:
     from guard.config import Settings
     from guard.policy._holder import PolicyHolder, ReloadResult
+    from guard.policy._pgsource import StartPolicy
     from guard.rights import Change, Entry, Register
 
 
@@ -140,17 +141,20 @@ class Guard:
 
         Args:
             settings: Where the policy and the audit store are.
-            holder: The policy holder to use; by default one loading ``settings.policy.dir``.
+            holder: The policy holder to use; by default one loading ``policy.source``:
+                the files of ``policy.dir``, or the newest stored policy that loads
+                from a PostgreSQL store (the newer ones it skipped are recorded as
+                ``policy_rejected`` events).
 
         Raises:
             PolicyLoadError: the policy has errors; the guard must not start.
+            ConfigError: an unknown ``policy.source``, or a store with no policy that loads.
         """
-        from guard.policy import load_policy
-        from guard.policy._holder import PolicyHolder
+        from guard.policy._holder import holder_for
 
+        start: StartPolicy | None = None
         if holder is None:
-            policy_dir = settings.policy.dir
-            holder = PolicyHolder(lambda: load_policy(policy_dir))
+            holder, start = holder_for(settings.policy)
         from guard.rights import Register
 
         trail = open_trail(settings.audit)
@@ -166,6 +170,12 @@ class Guard:
             raise
         guard.record_policy_event(EventKind.POLICY_LOADED, holder.current.version,
                                   "policy in force at start")
+        if start is not None:
+            for skipped in start.skipped:
+                guard.record_policy_event(
+                    EventKind.POLICY_REJECTED, holder.current.version,
+                    f"stored policy #{skipped.id} ({skipped.version}) skipped at start: "
+                    f"{skipped.error}; started on #{start.id}")
         holder.on_reload(guard._on_reload)
         return guard
 

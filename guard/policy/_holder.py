@@ -5,10 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from guard._errors import ConfigError
 from guard._types import Decision, Reason, Request, denial
 from guard.engine import SubjectLookup, decide
 from guard.policy._compiled import CompiledPolicy
+
+if TYPE_CHECKING:
+    from guard.config import PolicySettings
+    from guard.policy._pgsource import StartPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +87,33 @@ class PolicyHolder:
         for listener in self._listeners:
             listener(result)
         return result
+
+
+def holder_for(settings: PolicySettings) -> tuple[PolicyHolder, StartPolicy | None]:
+    """A holder loading the configured ``policy.source``, and where a store start began.
+
+    ``files`` loads ``policy.dir`` (else ./policies, else the shipped copy); a
+    PostgreSQL URL starts on the newest stored policy that loads (the
+    :class:`~guard.policy._pgsource.StartPolicy` says which newer ones it skipped)
+    and reloads the newest one; the policy files are not read.
+
+    Args:
+        settings: The ``[policy]`` section.
+
+    Raises:
+        ConfigError: another source, or a store that cannot be reached or holds no
+            policy that loads.
+        PolicyLoadError: the policy files have errors.
+    """
+    source = settings.source
+    if source == "files":
+        from guard.policy._load import load_policy
+
+        folder = settings.dir
+        return PolicyHolder(lambda: load_policy(folder)), None
+    from guard.policy._pgsource import is_postgres_url, load_newest_good, load_store_policy
+
+    if not is_postgres_url(source):
+        raise ConfigError(f"policy.source must be 'files' or a postgresql:// URL, not {source!r}")
+    start = load_newest_good(source)
+    return PolicyHolder(lambda: load_store_policy(source), initial=start.policy), start
