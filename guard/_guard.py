@@ -16,10 +16,11 @@ from guard.audit import EventKind, JournalTrail, load_hmac_key, open_trail
 from guard.audit._event import decision_fields, outcome_fields, policy_fields
 from guard.audit._otel import decision_attributes, trace_fields
 from guard.audit._otel import tracer as default_tracer
-from guard.engine import CategoryDecision, decide_categories
+from guard.engine import CategoryDecision, decide, decide_categories
 
 if TYPE_CHECKING:
     from guard.config import Settings
+    from guard.policy._compiled import CompiledPolicy
     from guard.policy._holder import PolicyHolder, ReloadResult
     from guard.policy._pgsource import StartPolicy
     from guard.rights import Change, Entry, Register
@@ -71,6 +72,13 @@ class Deadlines:
 
 _CATEGORY_CACHE = 4096
 """Per-category judgements remembered by :meth:`Guard.decide` (``per_category``; then cleared)."""
+_DECISION_CACHE = 4096
+"""Decisions (and their event's fields) remembered per policy by :meth:`Guard.decide`; then
+cleared."""
+
+
+_Decided = tuple[Decision, dict[str, Any]]
+"""A remembered decision and its event's fields (copied for each event)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +140,8 @@ class Guard:
         self.trail = trail
         self.register = register
         self._category_cache: dict[tuple[object, ...], tuple[CategoryDecision, str]] = {}
+        self._decisions: tuple[CompiledPolicy | None, dict[tuple[object, ...], _Decided]] = (
+            None, {})
         self._tracer = tracer or default_tracer
         self._deadlines: Deadlines | None = None
 
@@ -194,14 +204,57 @@ class Guard:
         self, request: Request, http: HttpContext | None, span: trace.Span
     ) -> tuple[Decision, dict[str, Any]]:
         start = time.perf_counter_ns()
+        remembered: dict[str, Any] | None = None
         try:
-            decision = self.holder.decide(request, self.register)
+            decision, remembered = self._decided(request, http)
         except Exception:  # fail closed
             decision = denial(Reason.INTERNAL_ERROR, request, self._version())
         latency_us = (time.perf_counter_ns() - start) // 1000
         if span.is_recording():
             span.set_attributes(decision_attributes(decision))
-        return decision, decision_fields(request, decision, http, latency_us)
+        if remembered is None:
+            return decision, decision_fields(request, decision, http, latency_us)
+        fields = remembered.copy()  # the event's own: the status and trace ids are added
+        fields["subject_id"] = request.subject
+        fields["latency_us"] = latency_us
+        return decision, fields
+
+    def _decided(
+        self, request: Request, http: HttpContext | None
+    ) -> tuple[Decision, dict[str, Any] | None]:
+        """The decision, and its event's fields when it was remembered (else None).
+
+        A request whose subject has a register entry is decided every time. Without
+        one the decision depends only on the policy and the request's caller,
+        purpose, categories, action and whether it names a subject (never on the
+        subject itself, nor on the day), so it is remembered per policy: a reload
+        puts another policy in force, whose decisions start afresh. The register is
+        asked on every request, so a new entry applies at once.
+        """
+        holder = self.holder
+        policy = holder.current
+        subject = request.subject
+        register = self.register
+        if subject is not None and register is not None and register.lookup(subject) is not None:
+            return holder.decide(request, register), None
+        generation = self._decisions
+        if generation[0] is not policy:  # one tuple: a racing reader keeps its own pair
+            generation = self._decisions = (policy, {})
+        cache = generation[1]
+        key = (request.caller, request.purpose, request.categories, request.action,
+               subject is None, http.method if http else None, http.route if http else None,
+               http.status if http else None)
+        try:
+            hit = cache.get(key)
+        except TypeError:  # a value that cannot be a key (a list of categories): not kept
+            return holder.decide(request, register), None
+        if hit is None:
+            decision = decide(policy, request, None)  # no register entry: as decide() says
+            hit = (decision, decision_fields(request, decision, http))
+            if len(cache) >= _DECISION_CACHE:
+                cache.clear()
+            cache[key] = hit
+        return hit
 
     def _version(self) -> str:
         try:

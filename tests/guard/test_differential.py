@@ -14,6 +14,7 @@ the non-consent bases, so it too refuses a purpose whose only basis is consent.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -23,9 +24,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guard._guard import Guard
 from guard._types import Action, Request
+from guard.audit import JournalTrail, load_signing_key, open_store
 from guard.engine import decide
-from guard.policy import PolicySource, compile_source
+from guard.policy import PolicySource, compile_source, load_policy
+from guard.policy._holder import PolicyHolder
 from guard.rights import EntryKind, Record, Register
 
 # Entries for a subject no request names: they must change nothing here.
@@ -275,3 +279,45 @@ def test_engine_agrees_on_aggregated(extra: str, request_: Request, allowed: boo
                                 request_.action.value)
     assert expected == allowed
     assert decide(policy, request_).allowed == allowed
+
+
+@pytest.fixture(scope="module")
+def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
+    """One guard for every generated policy: each example reloads its own into it."""
+    tmp = tmp_path_factory.mktemp("differential")
+    trail = JournalTrail(open_store(f"sqlite:///{tmp / 'audit.db'}"),
+                         load_signing_key(tmp / "sign.key"), hmac_key=b"d" * 32,
+                         journal=tmp / "audit.db.journal")
+    g = Guard(PolicyHolder(lambda: load_policy(MODEL.parent)), trail, hmac_key=b"d" * 32,
+              register=REGISTER)
+    yield g
+    g.close()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(cases())
+def test_guard_decide_agrees_with_casbin_enforcer(
+    guard: Guard, case: tuple[Generated, list[Request]]
+) -> None:
+    """Guard.decide, which remembers decisions per policy, against casbin, across reloads.
+
+    The generated policies reuse the same names (``proc:c0``, ``g0.p0``, ``c0``), so a
+    decision remembered from an earlier example's policy would show here.
+    """
+    gen, requests = case
+    policy = compile_source(PolicySource(MODEL.read_text(), gen.rules, str(MODEL), "rules.csv"))
+    assert guard.holder.reload(lambda: policy).ok
+    with tempfile.TemporaryDirectory() as tmp:
+        rules_path = Path(tmp) / "rules.csv"
+        rules_path.write_text(gen.rules)
+        enforcer = casbin.Enforcer(str(MODEL), str(rules_path))
+    for request in [*requests, *requests]:  # the second time, remembered
+        expected = all(
+            enforcer.enforce(request.caller, request.purpose, cat, request.action.value)
+            for cat in request.categories
+        )
+        decision = guard.decide(request).decision
+        assert decision.allowed == expected, (request, decision.reason, gen.rules)
+        assert decision.policy_version == policy.version
