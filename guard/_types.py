@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -133,6 +134,6 @@ class HttpContext:
     method: str
     route: str
     status: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str] = field(default_factory=dict)
     aborted: bool = False
     """The response was cut short after its status was sent (an outcome's ``detail``)."""

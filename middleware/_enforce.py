@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from opentelemetry import metrics, trace
@@ -41,6 +42,10 @@ __all__ = ["GuardLike", "Outcome", "enforce", "route_label"]
 
 _log = logging.getLogger("guard.middleware")
 _PURPOSE_KEY = re.compile(r"^[a-z0-9_]+(?:\.[a-z0-9_]+)*$")
+_NO_EXTRA: Mapping[str, str] = MappingProxyType({})
+_CONTEXTS = 1024
+_contexts: dict[tuple[str, str], HttpContext] = {}
+"""HTTP contexts by (method, route template): the same for every request of a route."""
 _public_counter = metrics.get_meter("purpose_guard.middleware").create_counter(
     "guard.http.public_requests", unit="{request}",
     description="Requests to public routes (no decision, not audited)",
@@ -185,7 +190,7 @@ async def enforce(
         problem, subject = problem or "subject", None
     categories = rule.categories if rule is not None else ()
     action = rule.action if rule is not None else Action.READ
-    http = HttpContext(method=method, route=route_label(rule))
+    http = _http_context(method, route_label(rule))
     try:
         caller = auth.authenticate(headers, peer)
     except IdentityError as exc:
@@ -195,7 +200,6 @@ async def enforce(
                                  caller=None, detail=problem, endpoint=endpoint)
         return await _refuse(guard, 401, Reason.UNAUTHENTICATED, request, http,
                              caller=None, detail=str(exc), endpoint=endpoint)
-    http.extra["via"] = caller.via
     caller_id = caller.id
     if len(caller_id) > MAX_CALLER:
         problem, caller_id = problem or "caller_length", cut(caller_id, MAX_CALLER)
@@ -239,6 +243,18 @@ async def enforce(
                        endpoint, frozenset(judged.released), rule.fields)
     return Outcome(200 if decision.allowed else 403, decision, decision_id, caller, http.route,
                    endpoint)
+
+
+def _http_context(method: str, route: str) -> HttpContext:
+    """The (immutable, shared) HTTP side of a decision for ``method`` on ``route``."""
+    key = (method, route)
+    http = _contexts.get(key)
+    if http is None:
+        http = HttpContext(method, route, None, _NO_EXTRA)
+        if len(_contexts) >= _CONTEXTS:
+            _contexts.clear()
+        _contexts[key] = http
+    return http
 
 
 async def _refuse(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from opentelemetry import trace
@@ -145,11 +145,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope["method"] if kind == "http" else "GET"
-        headers: dict[str, str] = {}
-        wanted = self._wanted
-        for name, value in scope["headers"]:
-            if name in wanted:  # the first of repeated headers counts
-                headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        headers = wanted_headers(scope["headers"], self._wanted)
         client = scope.get("client")
         resolved: Resolved | None = None
         try:
@@ -367,6 +363,21 @@ class _Record:
                 _log.error("could not queue status %s for decision %s", status, decision_id)
         except Exception:
             _log.exception("could not record status %s for decision %s", status, decision_id)
+
+
+def wanted_headers(raw: Iterable[tuple[bytes, bytes]], wanted: frozenset[bytes]
+                   ) -> dict[str, str]:
+    """The request headers named in ``wanted`` (lower-case), decoded; the first of repeats counts.
+
+    Args:
+        raw: The ASGI scope's ``headers``.
+        wanted: The lower-case header names to keep, as bytes.
+    """
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        if name in wanted and (key := name.decode("latin-1")) not in headers:
+            headers[key] = value.decode("latin-1")
+    return headers
 
 
 def _route_path(scope: Scope) -> str:

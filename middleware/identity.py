@@ -362,8 +362,10 @@ class Authenticator:
                     with contextlib.suppress(KeyError):
                         cache.popitem(last=False)
         else:
-            with contextlib.suppress(KeyError):
+            try:  # noqa: SIM105 - not a context manager on every request
                 cache.move_to_end(token)
+            except KeyError:
+                pass
         caller, nbf, exp = hit
         if now >= exp + self.leeway:
             cache.pop(token, None)

@@ -1,0 +1,376 @@
+"""The guard's Python on the request path before the handler runs, piece by piece.
+
+In one process, on the example service (``examples/customers.py``) with the shipped
+policy, ``GET /customers/{customer_id}`` as ``svc:crm`` for
+``relationship.management`` (a cached development token, 100 customer ids in turn):
+
+- each piece on its own: the header collection, route resolution, identity,
+  the engine decision, the event's fields (``decision_fields``, ``trace_fields``),
+  ``Guard.decide``, ``enforce()``;
+- ``GuardMiddleware`` whole, around an app that only answers 200 (its
+  ``http.response.start`` held and released as for any read), against the same
+  app alone and behind a no-op pure-Python middleware with a ``send`` wrapper
+  (the floor any Python middleware costs), in the same run;
+- the whole example app, plain and guarded.
+
+The audit commit is stubbed out in this script only (``_NoWrite``: the decision
+and its event's fields are made as in production, nothing is written), so what
+is measured is the Python before the handler, not the journal. Coroutines are
+driven to completion without an event loop (none of them waits).
+
+Two measures per piece: µs per call (the best of ``--repeat`` loops of
+``--iterations`` calls, the cyclic collector on) and, with ``--callgrind``,
+instructions per call counted by ``valgrind --tool=callgrind`` (the same loop
+run ``--calls`` times between two markers, the empty loop subtracted; repeatable
+on a loaded machine). The UTC time and the load average are printed.
+
+Usage: ``.venv/bin/python bench/path.py [--iterations 20000] [--repeat 5]
+[--callgrind] [--calls 2000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+# As a script, this folder must not shadow the stdlib (bench/http.py is ``http``).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from guard._guard import Checked, Guard, Ruling  # noqa: E402
+from guard._types import Decision, HttpContext, Request  # noqa: E402
+from middleware.asgi import wanted_headers  # noqa: E402
+
+PURPOSE = "relationship.management"
+CALLER = "svc:crm"
+TEMPLATE = "/customers/{customer_id}"
+MARKER = "os_getppid"
+"""The C function the callgrind run dumps its counters before (``os.getppid()``)."""
+
+Message = dict[str, Any]
+
+
+class _NoWrite:
+    """The real guard's decisions and event fields, with the audit commit stubbed out.
+
+    For this measurement only: ``acommit`` returns at once with an id, nothing is written.
+    """
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.holder = guard.holder
+
+    async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
+        return await self.acommit(self.decide(request, http))
+
+    def decide(self, request: Request, http: HttpContext | None = None, *,
+               per_category: bool = False) -> Ruling:
+        return self.guard.decide(request, http, per_category=per_category)
+
+    async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
+        return Checked(ruling.decision, "bench-event-id", ruling.categories)
+
+    def post(self, *_: object) -> bool:
+        return True
+
+    def enqueue_outcome(self, *_: object) -> bool:
+        return True
+
+    async def arecord_denial(self, request: Request, decision: Decision,
+                             http: HttpContext | None = None) -> Checked:
+        return Checked(decision, "bench-event-id")
+
+
+def drive(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine that never waits to its end, without an event loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the measured coroutine waited: it needs an event loop")
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message: Message) -> None:
+    if message["type"] == "http.response.start" and message["status"] != 200:
+        raise SystemExit(f"the measured request was answered {message['status']}")
+
+
+async def ok_app(scope: Message, receive: Callable[[], Awaitable[Message]],
+                 send: Callable[[Message], Awaitable[None]]) -> None:
+    """The smallest handler: a 200 with a two-byte body."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+class Noop:
+    """A pass-through pure-Python ASGI middleware with a ``send`` wrapper: the floor."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def wrapped(message: Message) -> None:
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+def scopes(token: str) -> list[Message]:
+    """One ASGI scope per customer id (c-0001 .. c-0100), as uvicorn builds them."""
+    headers = [(b"host", b"svc"), (b"user-agent", b"bench"), (b"accept", b"*/*"),
+               (b"authorization", f"Bearer {token}".encode()),
+               (b"x-purpose", PURPOSE.encode())]
+    out = []
+    for n in range(1, 101):
+        path = f"/customers/c-{n:04d}"
+        out.append({"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+                    "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
+                    "raw_path": path.encode(), "root_path": "", "query_string": b"",
+                    "headers": headers, "client": ("127.0.0.1", 40000),
+                    "server": ("127.0.0.1", 8000), "state": {}})
+    return out
+
+
+def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Callable[[], None]]:
+    """The measured calls (label, call) and a function that closes what they opened."""
+    from examples.customers import create_app
+    from guard.audit._event import decision_fields
+    from guard.audit._otel import trace_fields
+    from guard.cli._token import issue_token
+    from guard.config import AuditSettings, IdentitySettings, Settings
+    from middleware import GuardMiddleware
+    from middleware._enforce import enforce
+    from middleware.identity import Authenticator
+
+    settings = Settings(
+        audit=AuditSettings(store=f"sqlite:///{workdir / 'audit.db'}",
+                            hmac_key=workdir / "subject-hmac.key",
+                            signing_key=workdir / "audit-signing.key", writer_id="bench"),
+        identity=IdentitySettings(dev_key=workdir / "dev-token.key"),
+    )
+    token = issue_token(settings.identity, CALLER, None, 3600)
+    auth = Authenticator.from_settings(settings.identity, announce=False)
+    guard = Guard.from_settings(settings)
+    stub = _NoWrite(guard)
+    guarded = create_app(settings, guard=stub, authenticator=auth)
+    plain = create_app(settings, enforce=False)
+    stack = guarded.build_middleware_stack()
+    guarded.middleware_stack = stack
+    mw: Any = stack
+    while not isinstance(mw, GuardMiddleware):
+        mw = mw.app
+    all_scopes = scopes(token)
+    mw.resolve(all_scopes[0])  # walks the example app's routes once
+    mw_ok: Any = GuardMiddleware.__new__(GuardMiddleware)
+    mw_ok.__dict__.update(mw.__dict__)
+    mw_ok.app = ok_app  # the example's routes and declarations, a handler that only answers
+    noop = Noop(ok_app)
+    wanted = mw._wanted
+
+    headers = _collect(all_scopes[0]["headers"], wanted)
+    resolved = mw.resolve(all_scopes[0])
+    if resolved is None or resolved.rule is None or resolved.rule.template != TEMPLATE:
+        raise SystemExit(f"the example app did not resolve {TEMPLATE}: {resolved}")
+    request = Request(CALLER, PURPOSE, resolved.rule.categories, resolved.rule.action,
+                      "c-0001")
+    http = HttpContext("GET", TEMPLATE)
+    decision = guard.holder.decide(request, guard.register)
+    if not decision.allowed:
+        raise SystemExit(f"the measured request is not allowed: {decision.reason}")
+    turn = [0]
+
+    def scope() -> Message:
+        i = turn[0] = (turn[0] + 1) % 100
+        s = all_scopes[i]
+        s["state"] = {}
+        return s
+
+    def whole(app: Any) -> Callable[[], object]:
+        return lambda: drive(app(scope(), _receive, _send))
+
+    def enforce_one() -> object:
+        s = scope()
+        hdrs = _collect(s["headers"], wanted)
+        res = mw.resolve(s)
+        return drive(enforce(stub, auth, mw.routes, method="GET", path=s["path"],
+                             headers=hdrs, peer="127.0.0.1", purpose_header="x-purpose",
+                             resolved=res, defer_reads=True))
+
+    register = guard.register
+    measured: list[tuple[str, Callable[[], object]]] = [
+        ("empty loop (subtracted)", lambda: None),
+        ("header collection", lambda: _collect(scope()["headers"], wanted)),
+        ("route resolution (AppRoutes.resolve)", lambda: mw.resolve(scope())),
+        ("identity (cached token)", lambda: auth.authenticate(headers, "127.0.0.1")),
+        ("engine decision (holder.decide)", lambda: guard.holder.decide(request, register)),
+        ("decision_fields", lambda: decision_fields(request, decision, http, 3)),
+        ("trace_fields", trace_fields),
+        ("Guard.decide (decision + fields)", lambda: guard.decide(request, http)),
+        ("enforce() with headers + resolution", enforce_one),
+        ("bare app (200, no middleware)", whole(ok_app)),
+        ("no-op middleware + bare app", whole(noop)),
+        ("GuardMiddleware + bare app", whole(mw_ok)),
+        ("example app, plain", whole(plain)),
+        ("example app, guarded (commit stubbed)", whole(stack)),
+    ]
+    for label, call in measured:  # each answers, and its caches are warm
+        for _ in range(300):
+            call()
+        del label
+
+    return measured, guard.close
+
+
+def _collect(raw: Any, wanted: frozenset[bytes]) -> dict[str, str]:
+    """The header collection ``GuardMiddleware.__call__`` does."""
+    return wanted_headers(raw, wanted)
+
+
+def timed(measured: list[tuple[str, Callable[[], object]]], iterations: int, repeat: int
+          ) -> dict[str, float]:
+    """µs per call: the best of ``repeat`` loops of ``iterations`` calls (collector on)."""
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        for label, call in measured:
+            gc.collect()
+            began = time.perf_counter()
+            for _ in range(iterations):
+                call()
+            took = (time.perf_counter() - began) / iterations * 1e6
+            best[label] = min(best.get(label, took), took)
+    return best
+
+
+def counted(measured: list[tuple[str, Callable[[], object]]], calls: int) -> None:
+    """Under callgrind: each piece's loop between two ``os.getppid()`` markers."""
+    for _label, call in measured:
+        gc.collect()
+        os.getppid()  # dumps what ran since the last marker (the collection)
+        for _ in range(calls):
+            call()
+        os.getppid()  # dumps the loop
+
+
+def callgrind(calls: int, workdir: Path) -> list[int]:
+    """Run this script's ``counted`` under callgrind; instructions of each piece's loop."""
+    out = workdir / "callgrind.out"
+    command = ["valgrind", "--tool=callgrind", f"--dump-before={MARKER}",
+               f"--callgrind-out-file={out}", sys.executable, __file__,
+               "--inner", "--calls", str(calls), "--dir", str(workdir)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"callgrind failed:\n{done.stderr[-3000:]}")
+    totals = []
+    parts = sorted(workdir.glob("callgrind.out.*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    for part in parts:
+        text = part.read_text()
+        found = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+        totals.append(int(found.group(1)) if found else 0)
+    # dump 1: start-up to the first marker; then, per piece, its loop and a collection
+    return totals[1::2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--callgrind", action="store_true",
+                        help="also count instructions per call with valgrind's callgrind")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per piece under callgrind")
+    parser.add_argument("--no-timing", action="store_true", help="callgrind counts only")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        measured, close = pieces(args.dir)
+        try:
+            counted(measured, args.calls)
+        finally:
+            close()
+        return
+
+    began = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    load = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="guard-bench-path-"))
+    try:
+        labels: list[str] = []
+        micro: dict[str, float] = {}
+        if not args.no_timing:
+            measured, close = pieces(workdir / "timing")
+            labels = [label for label, _ in measured]
+            try:
+                micro = timed(measured, args.iterations, args.repeat)
+            finally:
+                close()
+        irs: list[int] = []
+        if args.callgrind:
+            if shutil.which("valgrind") is None:
+                raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+            cg = workdir / "callgrind"
+            cg.mkdir()
+            irs = callgrind(args.calls, cg)
+            if not labels:
+                measured, close = pieces(workdir / "labels")
+                labels = [label for label, _ in measured]
+                close()
+        _report(labels, micro, irs, args, began, load)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _report(labels: list[str], micro: dict[str, float], irs: list[int],
+            args: argparse.Namespace, began: str, load: tuple[float, float, float]) -> None:
+    empty_us = micro.get(labels[0], 0.0)
+    empty_ir = irs[0] / args.calls if irs else 0.0
+    us = {k: v - empty_us for k, v in micro.items()}
+    ir = {label: irs[i] / args.calls - empty_ir for i, label in enumerate(labels)
+          if i < len(irs)}
+    print(f"{began}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after")
+    print(f"{'piece':45} {'µs/call':>9} {'instr/call':>11}")
+    for label in labels[1:]:
+        shown_us = f"{us[label]:9.2f}" if label in us else f"{'-':>9}"
+        shown_ir = f"{ir[label]:11,.0f}" if label in ir else f"{'-':>11}"
+        print(f"{label:45} {shown_us} {shown_ir}")
+    bare, noop, guard = ("bare app (200, no middleware)", "no-op middleware + bare app",
+                         "GuardMiddleware + bare app")
+    plain, guarded = "example app, plain", "example app, guarded (commit stubbed)"
+    for name, table, unit in (("µs", us, "µs"), ("instr", ir, "instructions")):
+        if bare in table:
+            print(f"guard before the handler ({name}): {table[guard] - table[bare]:,.2f} {unit}"
+                  f" over the bare app; floor (no-op middleware) "
+                  f"{table[noop] - table[bare]:,.2f}; example app guarded - plain "
+                  f"{table[guarded] - table[plain]:,.2f}")
+    if micro:
+        print(f"timing: best of {args.repeat} x {args.iterations} calls, collector on")
+    if irs:
+        print(f"callgrind: {args.calls} calls per piece, the empty loop "
+              f"({empty_ir:,.0f} instr/call) subtracted")
+
+
+if __name__ == "__main__":
+    main()
