@@ -84,13 +84,22 @@ def build(events: int, batch: int) -> float:
     return (time.thread_time() - c0) * 1e6 / (events // batch * batch)
 
 
-def loop(events: int, producers: int) -> tuple[float, float, float]:
-    """Event-loop thread and writer thread CPU µs per event, and loop wake-ups per event."""
+def loop(events: int, producers: int) -> tuple[float, float, float, float]:
+    """CPU µs per event of the event loop's and the writer's thread; wake-ups per event of
+    the loop (``call_soon_threadsafe``) and of the writer (``notify``)."""
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
         journal = open_lane(Path(tmp))
         w = writer(journal)
         per = events // producers
-        wakeups = 0
+        wakeups = notified = 0
+        notify = w._cond.notify
+
+        def counted_notify(n: int = 1) -> None:
+            nonlocal notified
+            notified += 1
+            notify(n)
+
+        w._cond.notify = counted_notify  # type: ignore[method-assign]
 
         async def one() -> None:
             for _ in range(per):
@@ -117,7 +126,7 @@ def loop(events: int, producers: int) -> tuple[float, float, float]:
         w.close()
         journal.close()
     total = per * producers
-    return loop_us / total, writer_us / total, wakeups / total
+    return loop_us / total, writer_us / total, wakeups / total, notified / total
 
 
 def main() -> None:
@@ -138,7 +147,8 @@ def main() -> None:
         print(f"loop: {args.producers} producers: event loop "
               f"{statistics.median(g[0] for g in got):.2f} µs/event, writer "
               f"{statistics.median(g[1] for g in got):.2f} µs/event, loop wake-ups "
-              f"{statistics.median(g[2] for g in got):.3f}/event (median of {args.rounds})")
+              f"{statistics.median(g[2] for g in got):.3f}/event, writer wake-ups "
+              f"{statistics.median(g[3] for g in got):.3f}/event (median of {args.rounds})")
 
 
 if __name__ == "__main__":

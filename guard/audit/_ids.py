@@ -28,23 +28,27 @@ def new_event_ids(count: int) -> list[str]:
     """
     global _last_ms, _counter
     now = time.time_ns() // 1_000_000
-    bits = random.getrandbits
+    random_hex = f"{random.getrandbits(64 * count):0{16 * count}x}"  # 16 digits an id
     out: list[str] = []
     add = out.append
     with _lock:
         ms, counter = _last_ms, _counter
         if now > ms:
-            ms, counter = now, bits(10) - 1
+            ms, counter = now, random.getrandbits(10) - 1
         prefix = ""
         prefix_ms = -1
-        for _ in range(count):
+        for at in range(0, 16 * count, 16):
             counter += 1
             if counter > 0xFFF:
                 ms, counter = ms + 1, 0
             if ms != prefix_ms:
                 h = f"{ms:012x}"
                 prefix, prefix_ms = f"{h[:8]}-{h[8:]}-7", ms
-            low = bits(62)
-            add(f"{prefix}{counter:03x}-{0x8000 | low >> 48:04x}-{low & 0xFFFFFFFFFFFF:012x}")
+            r = random_hex[at:at + 16]  # the variant digit keeps 2 of its 4 bits: 62 random
+            add(f"{prefix}{_HEX3[counter]}-{_VARIANT[r[0]]}{r[1:4]}-{r[4:]}")
         _last_ms, _counter = ms, counter
     return out
+
+
+_HEX3 = [f"{n:03x}" for n in range(4096)]
+_VARIANT = {f"{n:x}": f"{8 | n & 3:x}" for n in range(16)}  # RFC 9562 variant: 10xx

@@ -152,6 +152,7 @@ class JournalWriter:
                 raise AuditUnavailableError("the audit trail is closed")
             self._queue.extend(items)
             if self._idle:
+                self._idle = False
                 self._cond.notify()
             return self._batch
 
@@ -195,7 +196,9 @@ class JournalWriter:
         self._queue.append(_Item(kind, fields, future))  # no lock: a deque append is atomic
         if self._idle:  # read after the append: a writer not idle yet will see the item
             with self._lock:
-                self._cond.notify()
+                if self._idle:  # the first of a burst wakes it; the others see it busy
+                    self._idle = False
+                    self._cond.notify()
         if self._stopped:  # the thread ended meanwhile and may have missed the item
             raise AuditUnavailableError("the audit trail is closed")
         return future
@@ -214,6 +217,7 @@ class JournalWriter:
             if self._queue:
                 batch = self._batch
                 if self._idle:
+                    self._idle = False
                     self._cond.notify()
             elif self._inflight is not None:
                 batch = self._inflight[0]

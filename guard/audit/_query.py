@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -157,13 +157,8 @@ class Stats:
     by_reason: tuple[Count, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping."""
-        def rows(counts: tuple[Count, ...]) -> list[dict[str, Any]]:
-            return [{"key": c.key, "total": c.total, "allowed": c.allowed, "denied": c.denied}
-                    for c in counts]
-        return {"since": self.since, "total": self.total, "allowed": self.allowed,
-                "denied": self.denied, "by_caller": rows(self.by_caller),
-                "by_purpose": rows(self.by_purpose), "by_reason": rows(self.by_reason)}
+        """A JSON-ready mapping (the counts as mappings)."""
+        return asdict(self)
 
 
 def stats(store: Store, where: EventFilter) -> Stats:

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from guard._errors import AuditUnavailableError
 from guard.audit import EventKind, load_public_key, load_signing_key, open_store, pseudonymise
 from guard.audit._fields import ChainKey, Pseudonyms
+from guard.audit._ids import new_event_ids
 from guard.audit._journal import Journal
 from guard.audit._jverify import verify_journal
 from guard.audit._jwriter import JournalWriter, _Item
@@ -149,3 +151,57 @@ def test_pseudonyms_stay_right_past_the_bound_of_those_kept() -> None:
 @given(key=st.binary(min_size=1, max_size=130), data=st.binary(max_size=300))
 def test_the_chain_key_is_hmac_sha256(key: bytes, data: bytes) -> None:
     assert ChainKey(key).digest(data) == hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def test_batch_ids_are_rfc_9562_version_7_with_62_random_bits() -> None:
+    ids = new_event_ids(4000)
+    assert {(uuid.UUID(i).version, uuid.UUID(i).variant) for i in ids} == {(7, uuid.RFC_4122)}
+    assert {i[19] for i in ids} == set("89ab")  # the variant digit's two random bits
+    assert len({i[20:] for i in ids}) == len(ids)
+
+
+class Held:
+    """A journal whose appends wait until the test lets them go."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal, self.go, self.waiting = journal, threading.Event(), threading.Event()
+
+    def append(self, payloads: Any) -> int:
+        self.waiting.set()
+        self.go.wait(30)
+        return self.journal.append(payloads)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.journal, name)
+
+
+def test_a_burst_of_events_wakes_an_idle_writer_once_and_a_busy_one_never(
+    keys: Keys, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "j")
+    held = Held(journal)
+    w = writer(keys, held)
+    notified: list[int] = []
+    notify = w._cond.notify
+    w._cond.notify = lambda n=1: (notified.append(n), notify(n))[1]  # type: ignore[method-assign]
+
+    async def burst() -> list[asyncio.Future[str]]:
+        return [w.start(EventKind.DECISION, FIELDS) for _ in range(50)]
+
+    async def run() -> None:
+        for _ in range(30_000):  # until the writer waits for work
+            if w._idle:
+                break
+            await asyncio.sleep(0.001)
+        first = await burst()  # the writer is idle: one wake-up
+        assert held.waiting.wait(30)
+        woken = len(notified)
+        second = await burst()  # the writer is busy appending: none
+        assert len(notified) == woken == 1
+        held.go.set()
+        ids = await asyncio.wait_for(asyncio.gather(*first, *second), 30)
+        assert len(set(ids)) == 100
+
+    asyncio.run(run())
+    w.close()
+    journal.close()
