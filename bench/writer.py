@@ -6,7 +6,8 @@ journal that keeps nothing (no disk): CPU µs per event, median of ``--rounds``.
 ``loop``: ``--producers`` coroutines on one event loop each commit events one
 after the other (``JournalWriter.start``, as ``Guard.acommit`` does) into a real
 journal: CPU µs per event of the event loop's thread and of the writer thread,
-and the event loop's wake-ups per event.
+and the wake-ups per event of the event loop and of the writer (``--null-journal``:
+no disk, for instruction counts of the hand-over).
 
 Usage: python bench/writer.py [--events N] [--rounds 3] [--batch 64] [--producers 32]
        [--only build|loop]
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _pg import fdatasync_floor
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard.audit import EventKind, derive_chain_key
@@ -84,11 +86,11 @@ def build(events: int, batch: int) -> float:
     return (time.thread_time() - c0) * 1e6 / (events // batch * batch)
 
 
-def loop(events: int, producers: int) -> tuple[float, float, float, float]:
+def loop(events: int, producers: int, null: bool = False) -> tuple[float, float, float, float]:
     """CPU µs per event of the event loop's and the writer's thread; wake-ups per event of
     the loop (``call_soon_threadsafe``) and of the writer (``notify``)."""
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
-        journal = open_lane(Path(tmp))
+        journal = NullJournal() if null else open_lane(Path(tmp))
         w = writer(journal)
         per = events // producers
         wakeups = notified = 0
@@ -124,7 +126,8 @@ def loop(events: int, producers: int) -> tuple[float, float, float, float]:
         loop_us = asyncio.run(main())
         writer_us = thread_cpu_us(w._thread) - w0
         w.close()
-        journal.close()
+        if not null:
+            journal.close()  # type: ignore[union-attr]
     total = per * producers
     return loop_us / total, writer_us / total, wakeups / total, notified / total
 
@@ -137,13 +140,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--producers", type=int, default=32)
     parser.add_argument("--only", choices=("build", "loop"))
+    parser.add_argument("--null-journal", action="store_true",
+                        help="loop: a journal that keeps nothing (no disk: CPU only)")
     args = parser.parse_args()
     if args.only in (None, "build"):
         runs = [build(args.events, args.batch) for _ in range(args.rounds)]
         print(f"build: writer CPU {statistics.median(runs):.2f} µs/event "
               f"(batches of {args.batch}, median of {args.rounds})")
     if args.only in (None, "loop"):
-        got = [loop(args.events, args.producers) for _ in range(args.rounds)]
+        if not args.null_journal:
+            with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
+                p50, p99 = fdatasync_floor(Path(tmp))
+            print(f"floor: append 300 B + fdatasync p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+        got = [loop(args.events, args.producers, args.null_journal) for _ in range(args.rounds)]
         print(f"loop: {args.producers} producers: event loop "
               f"{statistics.median(g[0] for g in got):.2f} µs/event, writer "
               f"{statistics.median(g[1] for g in got):.2f} µs/event, loop wake-ups "

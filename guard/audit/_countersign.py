@@ -78,7 +78,8 @@ def _countersign_chain(
     tail = store.rows(_TAIL, (writer, head.seq))
     if not tail or len(tail) > terms.every:
         return None
-    if time.time() - ts_epoch(str(tail[0][_TS])) < terms.seconds + MARGIN:
+    first = ts_epoch(str(tail[0][_TS]))
+    if first is None or time.time() - first < terms.seconds + MARGIN:
         return None  # its writer may still sign it
     seq, prev = head.seq, head.hash
     for raw in tail:

@@ -30,12 +30,12 @@ def utc_now() -> str:
     return f"{cached[1]}.{frac:06d}Z"
 
 
-def ts_epoch(ts: str) -> float:
-    """An event's timestamp in seconds since the epoch (now, if it cannot be read)."""
+def ts_epoch(ts: str) -> float | None:
+    """An event's timestamp in seconds since the epoch (None if it cannot be read)."""
     try:
         return datetime.fromisoformat(ts).timestamp()
     except ValueError:
-        return time.time()
+        return None
 
 
 class EventKind(StrEnum):

@@ -248,8 +248,7 @@ class JournalWriter:
         finally:  # fail every waiter at once: nothing takes their events any more
             with self._lock:
                 self._stopped = True
-                items = list(self._queue)
-                self._queue.clear()
+                items = [self._queue.popleft() for _ in range(len(self._queue))]
                 batches = [self._batch]
                 if self._inflight is not None:
                     batches.append(self._inflight[0])
@@ -352,7 +351,7 @@ class JournalWriter:
             item.result = row[0]
         self._seq, self._prev, self._opened = seq, prev, True
         if started is not None:
-            self._unsigned_since = ts_epoch(started)
+            self._unsigned_since = ts_epoch(started) or time.time()
         self._unsigned = unsigned
 
     def _append(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],

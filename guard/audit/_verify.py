@@ -5,14 +5,13 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guard._errors import ConfigError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
-from guard.audit._event import FIELD_NAMES, GENESIS_HASH
+from guard.audit._event import FIELD_NAMES, GENESIS_HASH, ts_epoch
 from guard.audit._fields import ChainKey, compute_hash, event_row, legacy_hash, row_event
 from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, row_checkpoint
 from guard.audit._store import AuditStoreError, Store
@@ -136,13 +135,6 @@ def _check_checkpoints(
     return None, note
 
 
-def _epoch(ts: str) -> float | None:
-    try:
-        return datetime.fromisoformat(ts).timestamp()
-    except ValueError:
-        return None
-
-
 def _check_stretches(
     writer: str, rows: list[_Row], valid: list[Checkpoint], terms: Terms
 ) -> Problem | None:
@@ -165,7 +157,7 @@ def _check_stretches(
             return Problem("unsigned", writer, row.seq, row.event_id,
                            f"{end - start} events after the checkpoint at seq {start} are "
                            f"not signed; the writer signs at least every {terms.every}")
-        stamps = [(_epoch(r.ts), r) for r in rows[start:end]]
+        stamps = [(ts_epoch(r.ts), r) for r in rows[start:end]]
         lowest = min((t for t, _ in stamps if t is not None), default=None)
         for t, r in stamps:
             if t is None or lowest is None or t - lowest > bound:
