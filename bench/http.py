@@ -61,7 +61,7 @@ CALLER = "svc:crm"
 KINDS = ("plain", "noop", "guarded")
 GUARDED = ("guarded",)
 LABELS = {"plain": "plain", "noop": "no-op Python middleware",
-          "guarded": "guarded, audit journal"}
+          "guarded": "guarded, audit journal", "baseline": "guarded, --baseline tree"}
 THREADS = ("loop", "writer", "indexer", "other")
 
 
@@ -100,10 +100,12 @@ class Noop:
         await self.app(scope, receive, wrapped)
 
 
-def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None) -> None:
-    """Child process: serve the example app until terminated.
+def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None,
+          tree: Path = REPO) -> None:
+    """Child process: serve the example app (from ``tree``) until terminated.
 
-    On SIGUSR1 it writes its threads (native id -> name) to ``threads-KIND.json``.
+    On SIGUSR1 it writes its threads (native id -> name) to ``threads-KIND.json``;
+    on SIGUSR2 it calls ``gc.freeze()`` (sent after the warm-up with ``--gc-freeze``).
     ``gc_threshold`` sets the cyclic collector's first generation threshold.
     """
     import gc
@@ -111,7 +113,7 @@ def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None) 
 
     import uvicorn
 
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(tree))
     from examples.customers import create_app
 
     def threads(*_: object) -> None:
@@ -121,9 +123,10 @@ def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None) 
         part.rename(workdir / f"threads-{kind}.json")  # whole, or not there
 
     signal.signal(signal.SIGUSR1, threads)
+    signal.signal(signal.SIGUSR2, lambda *_: gc.freeze())
     if gc_threshold:
         gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
-    app = create_app(settings_for(workdir, kind), enforce=(kind == "guarded"))
+    app = create_app(settings_for(workdir, kind), enforce=kind in ("guarded", "baseline"))
     if kind == "noop":
         app.add_middleware(Noop)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -276,14 +279,14 @@ def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
     return run
 
 
-def start(kind: str, workdir: Path, gc_threshold: int | None = None
+def start(kind: str, workdir: Path, gc_threshold: int | None = None, tree: Path = REPO
           ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     gc_args = ["--gc-threshold", str(gc_threshold)] if gc_threshold else []
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--port", str(port), "--dir", str(workdir),
-         *gc_args],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+         "--tree", str(tree), *gc_args],
+        env={**os.environ, "PYTHONPATH": str(tree)},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -365,6 +368,11 @@ class _DecideOnly:
     async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
         return Checked(ruling.decision, "bench")
 
+    def begin_commit(self, ruling: Ruling, status: int | None = None) -> asyncio.Future[str]:
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        done.set_result("bench")
+        return done
+
     def post(self, *_: object) -> bool:
         return True
 
@@ -433,14 +441,19 @@ def main() -> None:
                         help="skip the in-process cost breakdown")
     parser.add_argument("--gc-threshold", type=int, default=None,
                         help="the servers' gc.set_threshold first value (default: Python's 700)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="the servers call gc.freeze() after the warm-up")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="TREE",
+                        help="also serve the guarded app from another checkout (A/B in one run)")
     parser.add_argument("--breakdown-only", action="store_true",
                         help="only the in-process cost breakdown (no servers)")
-    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=(*KINDS, "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--tree", type=Path, default=REPO, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.dir, args.gc_threshold)
+        serve(args.serve, args.port, args.dir, args.gc_threshold, args.tree)
         return
 
     use_wrk = not args.no_wrk and shutil.which("wrk") is not None
@@ -457,16 +470,24 @@ def main() -> None:
         print(f"{began}; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
         shutil.rmtree(workdir, ignore_errors=True)
         return
-    servers = {kind: start(kind, workdir, args.gc_threshold) for kind in KINDS}
+    kinds, guarded = KINDS, GUARDED
+    if args.baseline is not None:
+        kinds, guarded = (*KINDS, "baseline"), (*GUARDED, "baseline")
+    trees = {"baseline": args.baseline.resolve()} if args.baseline is not None else {}
+    servers = {kind: start(kind, workdir, args.gc_threshold, trees.get(kind, REPO))
+               for kind in kinds}
     results: dict[str, dict[str, list[Run]]] = {k: {"tput": [], "lat": []} for k in servers}
     try:
         for _, url in servers.values():  # warm up all (the guard opens at its first request)
             load(url, token, 4, 1.0, workdir, use_wrk)
+        if args.gc_freeze:
+            for proc, _ in servers.values():
+                os.kill(proc.pid, signal.SIGUSR2)
         roles = {kind: thread_roles(proc.pid, workdir, kind) for kind, (proc, _) in
                  servers.items()}
         for round_no in range(args.rounds):
-            turn = round_no % len(KINDS)
-            order = list(KINDS[turn:] + KINDS[:turn])
+            turn = round_no % len(kinds)
+            order = list(kinds[turn:] + kinds[:turn])
             for kind in order:
                 proc, url = servers[kind]
                 results[kind]["tput"].append(
@@ -483,7 +504,7 @@ def main() -> None:
     from guard.audit._jtrail import JournalTrail
 
     recorded = {}
-    for kind in GUARDED:
+    for kind in guarded:
         JournalTrail.open(settings_for(workdir, kind).audit).close()  # the index caught up
         with sqlite3.connect(workdir / f"audit-{kind}.db") as conn:
             recorded[kind] = (
@@ -509,19 +530,22 @@ def main() -> None:
             row[role] = med([(r.threads_us or {}).get(role, 0.0) for r in tput])
         return row
 
-    rows = {kind: summary(kind) for kind in KINDS}
+    rows = {kind: summary(kind) for kind in kinds}
     plain = rows["plain"]
     print(f"{began}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
           f"({os.cpu_count()} cores)")
     print(f"servers: uvicorn, 1 worker each; gc threshold "
-          f"{args.gc_threshold or 'Python default (700)'}")
+          f"{args.gc_threshold or 'Python default (700)'}"
+          f"{'; gc.freeze() after the warm-up' if args.gc_freeze else ''}")
+    if args.baseline is not None:
+        print(f"baseline tree: {trees['baseline']}")
     print(f"load generator: {'wrk' if use_wrk else 'httpx'}; {args.rounds} rounds; "
           f"{args.connections} connections x {args.duration:g}s for throughput, "
           f"1 connection x {args.latency_duration:g}s for latency (medians of rounds)")
     print(f"{'app':<26} {'req/s':>7} {'of plain':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'p50 c=1':>8} {'p99 c=1':>8} {'errors':>6} {'CPU us/req':>10}  "
           + " ".join(f"{role:>7}" for role in THREADS))
-    for kind in KINDS:
+    for kind in kinds:
         row = rows[kind]
         print(f"{LABELS[kind]:<26} {row['rps']:>7.0f} {row['rps'] / plain['rps']:>8.1%} "
               f"{row['p50']:>7.2f} {row['p99']:>7.2f} {row['p50_1']:>8.2f} {row['p99_1']:>8.2f} "
@@ -535,7 +559,7 @@ def main() -> None:
     print(f"no-op middleware floor: {noop['rps'] / plain['rps']:.1%} of plain; "
           f"{noop['cpu'] - plain['cpu']:.0f} us CPU/request; "
           f"p50 added (c=1) {noop['p50_1'] - plain['p50_1']:.2f} ms")
-    for kind in GUARDED:
+    for kind in guarded:
         row = rows[kind]
         print(f"{LABELS[kind]}: throughput {row['rps'] / plain['rps']:.1%} of plain "
               f"(target >= 85%); guard CPU {row['cpu'] - plain['cpu']:.0f} us/request "

@@ -84,6 +84,11 @@ class _Guard:
     async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
         return Checked(ruling.decision, "bench", ruling.categories)
 
+    def begin_commit(self, ruling: Ruling, status: int | None = None) -> asyncio.Future[str]:
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        done.set_result("bench")
+        return done
+
     def post(self, *_: object) -> bool:
         return True
 

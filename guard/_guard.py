@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from guard.audit._event import decision_fields, outcome_fields, policy_fields
 from guard.audit._otel import decision_attributes, trace_fields
 from guard.audit._otel import tracer as default_tracer
 from guard.engine import CategoryDecision, decide, decide_categories
+
+_log = logging.getLogger("guard")
 
 if TYPE_CHECKING:
     from guard.config import Settings
@@ -69,6 +72,10 @@ class Deadlines:
         if pending:  # the oldest still waits
             self._timer = self._loop.call_later(pending[0][1], self._check)
 
+
+LATE_REFUSAL = "audit_unavailable"
+"""``detail`` of the ``outcome`` event (status 403) that follows a decision the journal
+wrote after its request had been refused for want of it (:meth:`Guard.begin_commit`)."""
 
 _CATEGORY_CACHE = 4096
 """Per-category judgements remembered by :meth:`Guard.decide` (``per_category``; then cleared)."""
@@ -283,11 +290,15 @@ class Guard:
                 store): the caller refuses the request rather than wait for good.
         """
         future = self.trail.start_fields(kind, fields)
+        self._watch(future)
+        return await future
+
+    def _watch(self, future: asyncio.Future[str]) -> None:
+        """Fail ``future`` with TimeoutError unless it is done within :attr:`durable_within`."""
         deadlines = self._deadlines
         if deadlines is None or not deadlines.on(future.get_loop()):
             deadlines = self._deadlines = Deadlines(future.get_loop())
         deadlines.watch(future, self.durable_within)
-        return await future
 
     def _post(self, kind: EventKind, fields: dict[str, Any]) -> None:
         self.trail.post_fields(kind, fields)
@@ -365,14 +376,60 @@ class Guard:
             within :attr:`durable_within` is an ``audit_unavailable`` denial with no id.
             Never raises for a request.
         """
-        fields = _with_status(ruling, status)
-        if fields is None:
+        if ruling.fields is None:
             return Checked(ruling.decision, "", ruling.categories)
         try:
-            event_id = await self._arecord(EventKind.DECISION, fields)
+            event_id = await self.begin_commit(ruling, status)
         except Exception:  # AuditUnavailableError, TimeoutError or anything else: fail closed
             return Checked(self._unrecorded(ruling.request, ruling.decision), "")
         return Checked(ruling.decision, event_id, ruling.categories)
+
+    def begin_commit(self, ruling: Ruling, status: int | None = None) -> asyncio.Future[str]:
+        """Queue a decision :meth:`decide` made, with ``status``, and return at once.
+
+        For an enforcement point on an event loop that lets the app finish while the
+        event is committed: no data may leave before the future resolved with an id.
+        Commit each ruling once (this, :meth:`acommit`, :meth:`commit` or :meth:`post`).
+
+        Args:
+            ruling: The decision and its event.
+            status: The HTTP status the request is answered with (``http_status``).
+
+        Returns:
+            A future of the loop that resolves with the event's id once it is durable,
+            or fails: AuditUnavailableError (not recordable, the journal refused it) or
+            TimeoutError (not durable within :attr:`durable_within`; the request is
+            refused ``audit_unavailable``). An event the journal writes after that
+            deadline is followed by an ``outcome`` event with status 403 and
+            ``detail`` = ``audit_unavailable``, so the trail tells what the client got.
+        """
+        verdict: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        fields = _with_status(ruling, status)
+        if fields is None:
+            verdict.set_exception(AuditUnavailableError("the decision cannot be recorded"))
+            return verdict
+        try:
+            written = self.trail.start_fields(EventKind.DECISION, fields)
+        except Exception as exc:  # a closed trail, a full disk: refused now
+            verdict.set_exception(exc)
+            return verdict
+        written.add_done_callback(_Verdict(self, fields, verdict).written)
+        self._watch(verdict)
+        return verdict
+
+    def _late_refusal(self, decision_id: str, fields: dict[str, Any]) -> None:
+        """Queue the 403 that answered a decision its journal wrote after the deadline."""
+        outcome = outcome_fields(decision_id, 403, HttpContext(
+            fields.get("http_method") or "", fields.get("http_route") or ""))
+        outcome["detail"] = LATE_REFUSAL
+        try:
+            self._post(EventKind.OUTCOME, outcome)
+        except Exception:
+            _log.exception("could not queue the refusal of decision %s, durable after its "
+                           "deadline", decision_id)
+            return
+        _log.error("decision %s became durable after its deadline; its refusal (403) is "
+                   "recorded as its outcome", decision_id)
 
     def commit(self, ruling: Ruling, status: int | None = None) -> Checked:
         """Like :meth:`acommit`, blocking until the event is durable (off an event loop)."""
@@ -574,6 +631,40 @@ class Guard:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+class _Verdict:
+    """Passes a decision's journal result to the future its request waits on, in time.
+
+    Args:
+        guard: The guard (records the refusal of an event written too late).
+        fields: The decision's event fields.
+        verdict: The future the request waits on (failed by the guard's deadline).
+    """
+
+    __slots__ = ("_fields", "_guard", "_verdict")
+
+    def __init__(self, guard: Guard, fields: dict[str, Any], verdict: asyncio.Future[str]
+                 ) -> None:
+        self._guard = guard
+        self._fields = fields
+        self._verdict = verdict
+
+    def written(self, future: asyncio.Future[str]) -> None:
+        """The journal's answer (the event's id, or why not), on the event loop."""
+        verdict = self._verdict
+        if future.cancelled():
+            if not verdict.done():
+                verdict.set_exception(AuditUnavailableError("audit event lost"))
+            return
+        exc = future.exception()
+        if not verdict.done():
+            if exc is None:
+                verdict.set_result(future.result())
+            else:
+                verdict.set_exception(exc)
+        elif exc is None and not verdict.cancelled():  # refused at the deadline, written since
+            self._guard._late_refusal(future.result(), self._fields)
 
 
 def _with_status(ruling: Ruling, status: int | None) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ particular web framework beyond the problem+json response it can render.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -62,6 +63,8 @@ class GuardLike(Protocol):
     ) -> Ruling: ...
 
     async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked: ...
+
+    def begin_commit(self, ruling: Ruling, status: int | None = None) -> asyncio.Future[str]: ...
 
     def post(self, ruling: Ruling, status: int) -> object: ...
 

@@ -23,17 +23,16 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guard._errors import PolicyError
 from guard._guard import Guard
-from guard._types import Action, HttpContext, Reason, denial
-from guard.audit._otel import decision_attributes
+from guard._types import Action, Reason, denial
 from guard.config import Settings, load_settings
 from middleware._bounds import method_ok
 from middleware._enforce import GuardLike, Outcome, enforce, route_label
 from middleware._minimise import DEFAULT_MAX_BODY, Minimiser
+from middleware._record import Record
 from middleware._router import AppRoutes, Resolved, find_router
 from middleware.identity import Authenticator
 from middleware.problem import problem_response
@@ -42,7 +41,6 @@ from middleware.routes import RouteRule, RouteTable
 __all__ = ["GuardMiddleware"]
 
 _log = logging.getLogger("guard.middleware")
-_DECISION_HEADER = b"x-guard-decision-id"
 
 
 def _default_routes(settings: Settings) -> RouteTable:
@@ -213,13 +211,15 @@ class GuardMiddleware:
     ) -> None:
         """Call the app; record the decision (a read) or the outcome (a write) with its status.
 
-        The first message of the response (``http.response.start``, ``websocket.accept``)
-        is held until the read's decision is durable. A response that started but
-        never finished (the app raised or returned mid-body, or the client went
-        away) adds an ``outcome`` event with ``detail`` = ``aborted``.
+        A read's response (from ``http.response.start``; a WebSocket's accept) is held
+        until its decision is durable (``middleware._record``); a whole small body is
+        held with it and sent once the app has returned, or as soon as the decision is
+        durable if the app is still running. A response that started but never
+        finished (the app raised or returned mid-body, or the client went away) adds
+        an ``outcome`` event with ``detail`` = ``aborted``.
         """
-        record = _Record(self.guard, outcome, method)
-        inner: Send = record.send(send, scope, receive)
+        record = Record(self.guard, outcome, method, scope=scope, receive=receive, send=send)
+        inner: Send = record.send()
         if outcome.fields is not None and outcome.released is not None and "method" in scope:
             inner = Minimiser(inner, scope, receive, outcome.fields, outcome.released,
                               limit=self.max_minimised_body, decision_id=outcome.decision_id,
@@ -229,140 +229,6 @@ class GuardMiddleware:
             await self.app(scope, receive, inner)
         finally:
             await record.close(scope["type"] == "http")
-
-
-class _Record:
-    """The audit record of one allowed request: its decision, then (if needed) its outcome.
-
-    Args:
-        guard: The guard.
-        outcome: How the request was judged (``pending``: a read still to record).
-        method: The request method (for the outcome event).
-    """
-
-    __slots__ = ("_early", "_guard", "_method", "_outcome", "_pending", "_read", "_refused",
-                 "_span", "decision_id", "failed", "finished", "status")
-
-    def __init__(self, guard: GuardLike, outcome: Outcome, method: str) -> None:
-        self._guard = guard
-        self._outcome = outcome
-        self._method = method
-        self._pending = outcome.pending
-        self._read = outcome.pending is not None
-        self._span = trace.get_current_span()
-        self.decision_id = outcome.decision_id
-        self.status: int | None = None
-        """The status the response started with."""
-        self.failed = False
-        """The read's decision could not be made durable: nothing of the app's may leave."""
-        self.finished = False
-        self._refused = False
-        self._early: list[Message] = []
-        """Messages sent before the response's start (extensions): held like the start."""
-
-    async def open(self, status: int) -> str | None:
-        """Make the decision durable with ``status`` (once); its id, None if it cannot be."""
-        if self.status is None:
-            self.status = status
-        ruling = self._pending
-        if ruling is None:
-            return self.decision_id
-        self._pending = None
-        checked = await self._guard.acommit(ruling, status)
-        if checked.decision.allowed and checked.decision_id:
-            self.decision_id = checked.decision_id
-            if self._span.is_recording():
-                self._span.set_attribute("guard.decision_id", checked.decision_id)
-        else:
-            self.failed = True
-            if self._span.is_recording():
-                self._span.set_attributes(decision_attributes(checked.decision))
-            _log.error("a decision for %s could not be made durable: the response is refused",
-                       self._outcome.route or "<undeclared>")
-        return self.decision_id
-
-    def send(self, send: Send, scope: Scope, receive: Receive) -> Send:
-        """The ``send`` the app is given: holds the response's first message until durable."""
-
-        async def watch(message: Message) -> None:
-            if self._refused:  # replaced by a refusal: nothing of the app's leaves
-                return
-            kind = message["type"]
-            if kind == "http.response.start":
-                decision_id = await self.open(message["status"])
-                if self.failed:
-                    self._refused = True
-                    await self._refuse(scope, receive, send)
-                    return
-                if decision_id:
-                    message = {**message, "headers": [*message.get("headers", ()),
-                                                      (_DECISION_HEADER, decision_id.encode())]}
-                early, self._early = self._early, []
-                for held in early:
-                    await send(held)
-            elif kind == "http.response.body":
-                await send(message)
-                if not message.get("more_body", False):
-                    self.finished = True
-                return
-            elif kind == "http.response.pathsend":
-                await send(message)
-                self.finished = True
-                return
-            elif self._pending is not None and kind.startswith("http."):
-                # before the start (an extension such as early hints): nothing leaves
-                # before the read's decision is durable, so it waits for the start
-                self._early.append(message)
-                return
-            elif self.status is None and kind.startswith("websocket."):
-                # accepted: 101; refused by the app: its denial response's status, or 403
-                status = 101 if kind == "websocket.accept" else int(message.get("status", 403))
-                await self.open(status)
-                if self.failed:
-                    self._refused = True
-                    await send({"type": "websocket.close", "code": 1008, "reason": "forbidden"})
-                    return
-            await send(message)
-
-        return watch
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send a 403 ``audit_unavailable`` in place of the app's response."""
-        decision = self._outcome.decision
-        response = problem_response(403, Reason.AUDIT_UNAVAILABLE,
-                                    decision.purpose if decision else None,
-                                    decision.categories if decision else (), None)
-        await response(scope, receive, send)
-
-    async def close(self, http: bool) -> None:
-        """The app is done: record what is not recorded yet.
-
-        Args:
-            http: An HTTP response (one that can break off mid-body), not a WebSocket.
-        """
-        guard = self._guard
-        ruling = self._pending
-        if ruling is not None:  # no response started (the app failed): nothing left
-            self._pending = None
-            try:
-                await guard.acommit(ruling, 500)
-            except BaseException:  # cancelled meanwhile: queue it rather than lose it
-                guard.post(ruling, 500)
-                raise
-            return
-        decision_id = self.decision_id
-        if self.failed or decision_id is None:
-            return
-        aborted = http and self.status is not None and not self.finished
-        if self._read and not aborted:  # the decision carries the status sent
-            return
-        status = self.status if self.status is not None else 500
-        outcome = HttpContext(self._method, self._outcome.route or "", status, aborted=aborted)
-        try:
-            if not guard.enqueue_outcome(decision_id, status, outcome):
-                _log.error("could not queue status %s for decision %s", status, decision_id)
-        except Exception:
-            _log.exception("could not record status %s for decision %s", status, decision_id)
 
 
 def wanted_headers(raw: Iterable[tuple[bytes, bytes]], wanted: frozenset[bytes]

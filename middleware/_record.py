@@ -1,0 +1,291 @@
+"""The audit record of one allowed request, and the hold on a read's response.
+
+A read's decision is committed with its status when the app starts its response:
+the commit is queued at once and the start is held. A body that comes whole (one
+``http.response.body`` without ``more_body``, at most :data:`HELD_BODY` bytes) is
+held too, and the app's call goes on; the response leaves once the decision is
+durable: when the app has returned (its frames and objects are gone by then), or,
+if the app is still running (a background task after its response), as soon as the
+commit is durable. A streamed or larger body, a file (``http.response.pathsend``)
+or any other message waits for the decision where it is sent, then flows. A
+decision that cannot be made durable replaces the whole response with a 403
+``audit_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from opentelemetry import trace
+from starlette.types import Message, Receive, Scope, Send
+
+from guard._types import HttpContext, Reason, denial
+from guard.audit._otel import decision_attributes
+from middleware._enforce import GuardLike, Outcome
+from middleware.problem import problem_response
+
+__all__ = ["HELD_BODY", "Record"]
+
+_log = logging.getLogger("guard.middleware")
+_DECISION_HEADER = b"x-guard-decision-id"
+HELD_BODY = 64 * 1024
+"""The largest whole response body held while its read's decision is committed (bytes)."""
+
+
+class Record:
+    """The audit record of one allowed request: its decision, then (if needed) its outcome.
+
+    Args:
+        guard: The guard.
+        outcome: How the request was judged (``pending``: a read still to record).
+        method: The request method (for the outcome event).
+        scope: The request's scope.
+        receive: The request's ``receive``.
+        send: The server's ``send``.
+    """
+
+    __slots__ = ("_body", "_early", "_flusher", "_guard", "_judged", "_method", "_outcome",
+                 "_pending", "_read", "_receive", "_refused", "_returned", "_scope", "_send",
+                 "_sent", "_span", "_start", "_verdict", "decision_id", "failed", "finished",
+                 "status")
+
+    def __init__(self, guard: GuardLike, outcome: Outcome, method: str, *, scope: Scope,
+                 receive: Receive, send: Send) -> None:
+        self._guard = guard
+        self._outcome = outcome
+        self._method = method
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self._pending = outcome.pending
+        self._read = outcome.pending is not None
+        self._verdict: asyncio.Future[str] | None = None
+        self._judged = False
+        self._span = trace.get_current_span()
+        self.decision_id = outcome.decision_id
+        self.status: int | None = None
+        """The status the response started with."""
+        self.failed = False
+        """The read's decision could not be made durable: nothing of the app's may leave."""
+        self.finished = False
+        """The response's last message went to the client."""
+        self._refused = False
+        self._sent = False
+        """The response's start went to the client (the app's, or the refusal's)."""
+        self._early: list[Message] = []
+        """Messages sent before the response's start (extensions): held like the start."""
+        self._start: Message | None = None
+        """A read's start, held until its decision is durable."""
+        self._body: Message | None = None
+        """A read's whole body, held with its start."""
+        self._flusher: asyncio.Task[None] | None = None
+        self._returned = False
+
+    # -- the decision ------------------------------------------------------------------------
+
+    def _begin(self, status: int) -> asyncio.Future[str] | None:
+        """Queue the read's decision with ``status`` (once); the future of its id."""
+        if self.status is None:
+            self.status = status
+        ruling = self._pending
+        if ruling is not None:
+            self._pending = None
+            self._verdict = self._guard.begin_commit(ruling, status)
+        return self._verdict
+
+    def _judge(self) -> None:
+        """Take the commit's result (it is done): the decision's id, or the refusal."""
+        verdict = self._verdict
+        if self._judged or verdict is None:
+            return
+        self._judged = True
+        if not verdict.cancelled() and verdict.exception() is None:
+            decision_id = verdict.result()
+            self.decision_id = decision_id
+            if self._span.is_recording():
+                self._span.set_attribute("guard.decision_id", decision_id)
+            return
+        self.failed = True
+        ruling = self._outcome.pending
+        if self._span.is_recording() and ruling is not None:
+            self._span.set_attributes(decision_attributes(denial(
+                Reason.AUDIT_UNAVAILABLE, ruling.request, ruling.decision.policy_version)))
+        _log.error("a decision for %s could not be made durable: the response is refused",
+                   self._outcome.route or "<undeclared>")
+
+    async def open(self, status: int) -> str | None:
+        """Make the decision durable with ``status`` (once); its id, None if it cannot be."""
+        verdict = self._begin(status)
+        if verdict is not None:
+            if not verdict.done():
+                with contextlib.suppress(Exception):  # judged below
+                    await verdict
+            self._judge()
+        return self.decision_id
+
+    # -- the response ------------------------------------------------------------------------
+
+    def send(self) -> Send:
+        """The ``send`` the app is given: holds a read's response until its decision is durable."""
+        send = self._send
+
+        async def watch(message: Message) -> None:
+            if self._refused:  # replaced by a refusal: nothing of the app's leaves
+                return
+            kind = message["type"]
+            if self._start is not None:  # a read's start, held
+                if self._body is None:
+                    if (kind == "http.response.body" and not message.get("more_body", False)
+                            and len(message.get("body", b"")) <= HELD_BODY):
+                        self._body = message  # whole: it leaves once the decision is durable
+                        verdict = self._verdict
+                        if verdict is None or verdict.done():
+                            await self._release()
+                        else:
+                            verdict.add_done_callback(self._durable)
+                        return
+                    await self._release()  # streamed, large, a file: wait here, then flow
+                else:  # after the whole body (not a valid ASGI order): the server judges
+                    await self._released()
+                if self._refused:
+                    return
+            elif kind == "http.response.start":
+                verdict = self._begin(message["status"])
+                if verdict is not None and not self._judged:
+                    self._start = message
+                    return
+                if self.failed:  # judged already (a minimising route's refusal)
+                    self._refused = True
+                    await self._refuse()
+                    return
+                message = self._stamped(message)
+                early, self._early = self._early, []
+                for held in early:
+                    await send(held)
+                self._sent = True
+            elif self._pending is not None and kind.startswith("http."):
+                # before the start (an extension such as early hints): nothing leaves
+                # before the read's decision is durable, so it waits for the start
+                self._early.append(message)
+                return
+            elif self.status is None and kind.startswith("websocket."):
+                # accepted: 101; refused by the app: its denial response's status, or 403
+                status = 101 if kind == "websocket.accept" else int(message.get("status", 403))
+                await self.open(status)
+                if self.failed:
+                    self._refused = True
+                    await send({"type": "websocket.close", "code": 1008, "reason": "forbidden"})
+                    return
+            await send(message)
+            if kind == "http.response.pathsend" or (
+                    kind == "http.response.body" and not message.get("more_body", False)):
+                self.finished = True
+
+        return watch
+
+    def _stamped(self, start: Message) -> Message:
+        """``start`` with the decision's id as a header (when it has one)."""
+        decision_id = self.decision_id
+        if not decision_id:
+            return start
+        return {**start, "headers": [*start.get("headers", ()),
+                                     (_DECISION_HEADER, decision_id.encode())]}
+
+    def _durable(self, _verdict: asyncio.Future[str]) -> None:
+        """The commit is done while the app still runs (a background task): answer now."""
+        if not self._returned and self._flusher is None and self._start is not None:
+            self._flusher = asyncio.ensure_future(self._release())
+
+    async def _released(self) -> None:
+        """Return once the held response went out (sent here, or by the task sending it)."""
+        flusher = self._flusher
+        if flusher is not None:
+            await flusher
+        elif self._start is not None:
+            await self._release()
+
+    async def _release(self) -> None:
+        """Wait for the decision; send the held start, messages and body, or the refusal."""
+        start = self._start
+        if start is None:
+            return
+        await self.open(self.status if self.status is not None else 500)
+        if self._start is None:  # sent meanwhile (by the task answering early)
+            return
+        self._start = None
+        if self.failed:
+            self._refused = True
+            await self._refuse()
+            return
+        send = self._send
+        early, self._early = self._early, []
+        for held in early:
+            await send(held)
+        await send(self._stamped(start))
+        self._sent = True
+        body, self._body = self._body, None
+        if body is not None:
+            await send(body)
+            self.finished = True
+
+    async def _refuse(self) -> None:
+        """Send a 403 ``audit_unavailable`` in place of the app's response."""
+        decision = self._outcome.decision
+        response = problem_response(403, Reason.AUDIT_UNAVAILABLE,
+                                    decision.purpose if decision else None,
+                                    decision.categories if decision else (), None)
+        self._sent = True
+        await response(self._scope, self._receive, self._send)
+        self.finished = True
+
+    # -- the end -----------------------------------------------------------------------------
+
+    async def close(self, http: bool) -> None:
+        """The app is done: send a held response; record what is not recorded yet.
+
+        Args:
+            http: An HTTP response (one that can break off mid-body), not a WebSocket.
+        """
+        self._returned = True
+        guard = self._guard
+        ruling = self._pending
+        if ruling is not None:  # no response started (the app failed): nothing left
+            self._pending = None
+            try:
+                await guard.acommit(ruling, 500)
+            except BaseException:  # cancelled meanwhile: queue it rather than lose it
+                guard.post(ruling, 500)
+                raise
+            return
+        if self._flusher is not None or (self._start is not None and self._body is not None):
+            try:
+                await self._released()  # a whole response: out once durable
+            except BaseException:
+                if self._flusher is not None:
+                    self._flusher.cancel()
+                raise
+        elif self._start is not None:  # the app ended before its body: nothing of it left
+            self._start = None  # the server answers 500 (as to an app that failed at once)
+            await self.open(500)
+            self._record_outcome(500, aborted=False)
+            return
+        if self.failed or self.decision_id is None:
+            return
+        aborted = http and self.status is not None and not self.finished
+        if self._read and not aborted:  # the decision carries the status sent
+            return
+        self._record_outcome(self.status if self.status is not None else 500, aborted=aborted)
+
+    def _record_outcome(self, status: int, *, aborted: bool) -> None:
+        """Queue the outcome event of the decision (its final status, or a cut-off answer)."""
+        decision_id = self.decision_id
+        if self.failed or decision_id is None:
+            return
+        outcome = HttpContext(self._method, self._outcome.route or "", status, aborted=aborted)
+        try:
+            if not self._guard.enqueue_outcome(decision_id, status, outcome):
+                _log.error("could not queue status %s for decision %s", status, decision_id)
+        except Exception:
+            _log.exception("could not record status %s for decision %s", status, decision_id)
