@@ -21,11 +21,16 @@ customer (three years, eight kinds of access, one in seven refused), the
 console on uvicorn, and the reply's CSV export (the floor: the same grant check,
 store read and audit record) and PDF export timed over HTTP, then the store read
 and the PDF layout timed in the process. ``--pdf-distinct 100,500`` adds the
-worst case: every decision unlike any other, so each is a line of its own.
+worst case: every decision unlike any other, so each is a line of its own. The store
+read is timed both ways in the same run: "two reads" is the audit report's read of the
+allowed decisions and a second read of every decision (each with its outcome), as the
+console read before; "read" is the console's one read. With ``--postgres`` every case
+runs again on a throw-away PostgreSQL server.
 
 Usage: python bench/console.py [--events 1000000] [--repeat 5] [--postgres] [--no-sqlite]
                                [--no-verify] [--keep DIR] [--load-only]
        python bench/console.py --pdf 100,1000,5000 [--pdf-distinct 100,500] [--repeat 5]
+                               [--postgres]
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from consolekit import AUDITOR, console_settings, token
 from subjectkit import subject_decisions, write_decisions
 from tokenkit import UvicornThread
 
+from bench._pg import fresh_database, pg_server
 from guard.audit import load_hmac_key, open_store, pseudonymise
 from guard.audit._event import FIELD_NAMES
 from guard.audit._schema import INSERT_EVENT, MIGRATIONS
@@ -310,18 +316,26 @@ def migrate(url: str) -> tuple[float, str]:
     return took, str(newest)
 
 
-def pdf_case(n: int, distinct: bool, repeat: int) -> str:
-    """One line of the PDF mode's table: ``n`` decisions about one subject."""
+def pdf_case(n: int, distinct: bool, repeat: int, pg: str | None = None) -> str:
+    """One line of the PDF mode's table: ``n`` decisions about one subject.
+
+    With ``pg`` (a PostgreSQL server's URL) the store is a fresh database there.
+    """
     import io
 
     from pypdf import PdfReader
 
+    from guard.audit import EventFilter, query_events, subject_report
     from middleware.console._export import to_pdf
     from middleware.console._pdf import group_decisions
     from middleware.console._subject import subject_view
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = console_settings(Path(tmp))
+        if pg is not None:
+            url = fresh_database(pg, f"pdf_{n}_{int(distinct)}")
+            settings = settings.model_copy(update={
+                "audit": settings.audit.model_copy(update={"store": url})})
         key = load_hmac_key(settings.audit.hmac_key, create=True)
         raw = f"c-pdf-{n}"
         pseudonym = pseudonymise(key, raw)
@@ -345,34 +359,49 @@ def pdf_case(n: int, distinct: bool, repeat: int) -> str:
             body = client.get(report.replace("?", "/report.pdf?")).content
         store = open_store(settings.audit.store)
         try:
-            reads, layouts = [], []
+            twice, reads, layouts = [], [], []
             for _ in range(repeat):
-                t0 = time.perf_counter()
-                view = subject_view(store, pseudonym, None)
+                t0 = time.perf_counter()  # before: the report's read, then every decision's
+                subject_report(store, pseudonym)
+                query_events(store, EventFilter(subject=pseudonym), limit=None)
                 t1 = time.perf_counter()
+                view = subject_view(store, pseudonym, None)
+                t2 = time.perf_counter()
                 to_pdf(view)
-                reads.append((t1 - t0) * 1000)
-                layouts.append((time.perf_counter() - t1) * 1000)
+                twice.append((t1 - t0) * 1000)
+                reads.append((t2 - t1) * 1000)
+                layouts.append((time.perf_counter() - t2) * 1000)
         finally:
             store.close()
     lines = len(group_decisions(view.decisions))
     pages = len(PdfReader(io.BytesIO(body)).pages)
     (csv_first, csv_median), (pdf_first, pdf_median) = timings["csv"], timings["pdf"]
-    return (f"{len(view.decisions):>9,} {'all' if distinct else 'few':>8} {lines:>6,} "
-            f"{pages:>5} {len(body) / 1024:>6.0f} "
+    return (f"{'PostgreSQL' if pg else 'SQLite':<10} {len(view.decisions):>9,} "
+            f"{'all' if distinct else 'few':>8} {lines:>6,} {pages:>5} {len(body) / 1024:>6.0f} "
             f"{csv_first:>7.1f} /{csv_median:>7.1f} {pdf_first:>7.1f} /{pdf_median:>7.1f} "
-            f"{statistics.median(reads):>8.1f} {statistics.median(layouts):>8.1f}")
+            f"{statistics.median(twice):>10.1f} {statistics.median(reads):>8.1f} "
+            f"{statistics.median(layouts):>8.1f}")
 
 
-def pdf_mode(counts: list[int], distinct: list[int], repeat: int) -> None:
+def pdf_mode(counts: list[int], distinct: list[int], repeat: int, postgres: bool) -> None:
     """The reply's PDF by number of decisions about the subject (no large store needed)."""
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"reply PDF by decisions; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-          f"load average {load}; first / median of {repeat}, ms")
-    print(f"{'decisions':>9} {'distinct':>8} {'lines':>6} {'pages':>5} {'KiB':>6} "
-          f"{'CSV (floor)':>17} {'PDF':>17} {'read':>8} {'layout':>8}")
-    for n, alone in [(n, False) for n in counts] + [(n, True) for n in distinct]:
+          f"load average {load}; first / median of {repeat}, ms; 'two reads' is the "
+          "report's and the decisions' reads, 'read' the console's one")
+    print(f"{'store':<10} {'decisions':>9} {'distinct':>8} {'lines':>6} {'pages':>5} "
+          f"{'KiB':>6} {'CSV (floor)':>17} {'PDF':>17} {'two reads':>10} {'read':>8} "
+          f"{'layout':>8}")
+    cases = [(n, False) for n in counts] + [(n, True) for n in distinct]
+    for n, alone in cases:
         print(pdf_case(n, alone, repeat), flush=True)
+    if postgres:
+        with pg_server() as pg:
+            if pg is None:
+                print("PostgreSQL server binaries not found; skipped")
+            else:
+                for n, alone in cases:
+                    print(pdf_case(n, alone, repeat, pg), flush=True)
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"done {datetime.now(UTC):%H:%M} UTC, load average {load}")
 
@@ -389,7 +418,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--postgres", action="store_true", help="also on PostgreSQL")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also on PostgreSQL (with --pdf too)")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite run")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the integrity check (minutes per million events)")
@@ -406,7 +436,7 @@ def main() -> None:
     if args.pdf_distinct and args.pdf is None:
         parser.error("--pdf-distinct needs --pdf")
     if args.pdf is not None:
-        pdf_mode(args.pdf, args.pdf_distinct, args.repeat)
+        pdf_mode(args.pdf, args.pdf_distinct, args.repeat, args.postgres)
         return
     n = args.events
     with contextlib.ExitStack() as stack:
@@ -427,8 +457,6 @@ def main() -> None:
                 report("SQLite", n, loaded, migrated, size,
                        measure(settings, args.repeat, newest, not args.no_verify))
         if args.postgres:
-            from bench._pg import fresh_database, pg_server
-
             pg_keep = base / "postgres" if args.keep else None
             with pg_server(keep=pg_keep) as pg:
                 if pg is None:

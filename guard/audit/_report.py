@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,19 @@ def _access(row: QueryRow) -> Access:
 def subject_report(store: Store, pseudonym: str) -> SubjectReport:
     """Build the report for the subject whose pseudonym is ``pseudonym``."""
     rows, denied = subject_accesses(store, pseudonym)
+    return report_of(pseudonym, rows, denied, _register(store, pseudonym))
+
+
+def report_of(pseudonym: str, rows: Iterable[QueryRow], denied: int,
+              register: tuple[RightsEntry, ...]) -> SubjectReport:
+    """The report from decisions already read (for a reader that reads them once).
+
+    Args:
+        pseudonym: The subject's pseudonym.
+        rows: The subject's allowed decisions, oldest first, with their final status.
+        denied: How many of the subject's decisions were refused.
+        register: The subject's register history.
+    """
     accesses = tuple(_access(r) for r in rows)
     grouped: dict[str, list[Access]] = {}
     for access in accesses:
@@ -109,8 +123,7 @@ def subject_report(store: Store, pseudonym: str) -> SubjectReport:
         )
         for name, items in sorted(grouped.items())
     )
-    return SubjectReport(pseudonym, utc_now(), recipients, accesses, denied,
-                         _register(store, pseudonym))
+    return SubjectReport(pseudonym, utc_now(), recipients, accesses, denied, register)
 
 
 def _register(store: Store, pseudonym: str) -> tuple[RightsEntry, ...]:

@@ -21,8 +21,9 @@ from typing import Any
 from guard import Guard
 from guard._errors import AuditUnavailableError
 from guard._types import HttpContext, Request
-from guard.audit import Store, SubjectReport, pseudonymise, subject_report
+from guard.audit import QueryRow, Store, SubjectReport, pseudonymise
 from guard.audit._event import TS_FORMAT
+from guard.audit._report import _register, report_of
 from guard.config import ConsoleSettings
 from guard.policy._compiled import ADEQUATE, CompiledPolicy
 from middleware.console._data import Row, subject_events
@@ -125,9 +126,15 @@ def safeguard(policy: CompiledPolicy | None, caller: str) -> str:
 
 
 def subject_view(store: Store, pseudonym: str, policy: CompiledPolicy | None) -> SubjectView:
-    """Build the subject's reply from the store (``policy`` names transfer safeguards)."""
-    report = subject_report(store, pseudonym)
+    """Build the subject's reply from the store (``policy`` names transfer safeguards).
+
+    The subject's decisions are read once, with their final status; the §9 summary
+    is built from the allowed ones.
+    """
     decisions = tuple(subject_events(store, pseudonym))
+    report = report_of(
+        pseudonym, [QueryRow(r.event, r.status) for r in decisions if r.event.allowed is True],
+        sum(1 for r in decisions if r.event.allowed is False), _register(store, pseudonym))
     counts: dict[tuple[str, str], int] = {}
     for access in report.accesses:
         if access.country and access.country != HOME_COUNTRY:
