@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -67,6 +67,19 @@ class AuditSettings(BaseModel):
     (requests denied ``audit_unavailable``); 0: no reserve."""
     readiness_probe_seconds: float = Field(default=30.0, gt=0)
     """Readiness writes a ``heartbeat`` event when no event was written for this long."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_removed_keys(cls, data: Any) -> Any:
+        """Refuse a removed key given in Python, as the file and the environment do.
+
+        Raises:
+            ConfigError: one line naming the key and what to do instead.
+        """
+        for key in data if isinstance(data, Mapping) else ():
+            if ("audit", key) in REMOVED:
+                raise ConfigError(f"setting audit.{key} was removed: {REMOVED['audit', key]}")
+        return data
 
 
 class IdentitySettings(BaseModel):

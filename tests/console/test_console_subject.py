@@ -73,5 +73,8 @@ def test_the_reply_agrees_with_the_audit_layers_report_and_query(filled: Store) 
     assert [(r.event, r.status) for r in view.decisions] == [
         (q.event, q.outcome_status) for q in queried]
     statuses = [r.status for r in view.decisions]
-    assert statuses[0] == 502 and statuses[5] == 204 and statuses[3] == 499  # the outcome's
-    assert statuses[1] == 200 and statuses[10] == 403  # the decision's own
+    assert statuses[0] == 502
+    assert statuses[5] == 204
+    assert statuses[3] == 499
+    assert statuses[1] == 200
+    assert statuses[10] == 403
