@@ -115,6 +115,61 @@ class SubjectView:
         return data
 
 
+GROUPED_BY = ("recipient, country, purpose, action, categories, lawful basis, outcome "
+              "(with its reason) and final HTTP status")
+"""The columns whose values are the same in every decision of a group."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionGroup:
+    """Decisions about the subject that agree in every column the reply shows.
+
+    ``count`` decisions, the oldest at ``first`` and the newest at ``last``.
+    """
+
+    recipient: str
+    country: str | None
+    purpose: str
+    action: str
+    categories: tuple[str, ...]
+    lawful_basis: tuple[str, ...]
+    allowed: bool
+    reason: str
+    status: int | None
+    count: int
+    first: str
+    last: str
+
+    @property
+    def outcome(self) -> str:
+        """``allowed``, or ``allowed``/``refused`` and the reason when it says more."""
+        word = "allowed" if self.allowed else "refused"
+        return word if self.reason == word else f"{word}: {self.reason}"
+
+
+_Key = tuple[str, str | None, str, str, tuple[str, ...], tuple[str, ...], bool, str, int | None]
+
+
+def group_decisions(rows: tuple[Row, ...] | list[Row]) -> list[DecisionGroup]:
+    """Group ``rows`` by every column the reply shows, ordered by each group's first decision.
+
+    Args:
+        rows: The subject's decisions (any order).
+    """
+    groups: dict[_Key, tuple[int, str, str]] = {}
+    for row in rows:
+        e = row.event
+        key: _Key = (e.caller, e.country, e.purpose, e.action, e.categories, e.lawful_basis,
+               bool(e.allowed), e.reason, row.status)
+        seen = groups.get(key)
+        groups[key] = (1, e.ts, e.ts) if seen is None else (
+            seen[0] + 1, min(seen[1], e.ts), max(seen[2], e.ts))
+    out = [DecisionGroup(*key, count, first, last)
+           for key, (count, first, last) in groups.items()]
+    out.sort(key=lambda g: (g.first, g.last, g.recipient, g.purpose, not g.allowed, g.reason))
+    return out
+
+
 def safeguard(policy: CompiledPolicy | None, caller: str) -> str:
     """What the policy says makes transfers to ``caller`` lawful (``adequate``, ``idta``...)."""
     party = policy.parties.get(caller) if policy is not None else None

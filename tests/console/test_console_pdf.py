@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from consolekit import AUDITOR, UvicornThread, console_settings, token
+from fpdf import FPDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader
@@ -20,7 +21,7 @@ from guard.audit import AuditEvent, EventKind, load_hmac_key, open_store, pseudo
 from guard.rights import Change, EntryKind
 from middleware.console import create_console
 from middleware.console._data import Row, subject_events
-from middleware.console._pdf import group_decisions
+from middleware.console._pdf import _wrap, group_decisions
 
 CUSTOMER = "c-long-standing"
 """The raw id of a customer with many decisions; it must not appear in the PDF."""
@@ -191,3 +192,22 @@ def test_grouping_keeps_every_decision_once_with_its_true_first_and_last(rows: l
                  and r.event.allowed == key[6]]
         assert (group.count, group.first, group.last) == (members[key], min(times), max(times))
     assert [g.first for g in groups] == sorted(g.first for g in groups)
+
+
+LATIN_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(LATIN_TEXT, st.floats(8, 120), st.sampled_from([6.0, 7.5, 8.0, 12.0]))
+def test_a_cells_text_is_broken_into_lines_that_fit_and_lose_nothing(
+        text: str, width: float, size: float) -> None:
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", size=size)
+    lines = _wrap(text, width, pdf)
+    assert "".join("".join(line.split()) for line in lines) == "".join(text.split())
+    for line in lines:  # measured by fpdf2 itself; a lone character may be wider
+        assert len(line) <= 1 or pdf.get_string_width(line) <= width + 1e-6, line
+    words = text.split()
+    if words and all(pdf.get_string_width(w) <= width for w in words):
+        assert " ".join(lines).split() == words  # breaks only at spaces when words fit
