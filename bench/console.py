@@ -18,8 +18,9 @@ server's data) and later runs reuse them; ``--load-only`` stops after loading.
 ``--pdf 100,1000,5000`` is a separate, small mode (no large store): for each
 count, a fresh SQLite store holding that many decisions about one long-standing
 customer (three years, eight kinds of access, one in seven refused), the
-console on uvicorn, and the reply's CSV export (the floor: the same grant check,
-store read and audit record) and PDF export timed over HTTP, then the store read
+console on uvicorn, and the report page, the reply's CSV export (the floor: the
+same grant check, store read and audit record) and PDF export timed over HTTP, then
+the store read
 and the PDF layout timed in the process. ``--pdf-distinct 100,500`` adds the
 worst case: every decision unlike any other, so each is a line of its own. The store
 read is timed both ways in the same run: "two reads" is the audit report's read of the
@@ -350,8 +351,8 @@ def pdf_case(n: int, distinct: bool, repeat: int, pg: str | None = None) -> str:
                 headers={"authorization": f"Bearer {token(settings, AUDITOR)}"}) as client:
             report = client.post("/subject", data={"subject": raw}).headers["location"]
             timings = {}
-            for fmt in ("csv", "pdf"):
-                url = report.replace("?", f"/report.{fmt}?")
+            for fmt in ("page", "csv", "pdf"):
+                url = report if fmt == "page" else report.replace("?", f"/report.{fmt}?")
                 first, status = timed(client, "GET", url)
                 assert status == 200, (fmt, status)
                 timings[fmt] = (first, statistics.median(
@@ -376,8 +377,10 @@ def pdf_case(n: int, distinct: bool, repeat: int, pg: str | None = None) -> str:
     lines = len(group_decisions(view.decisions))
     pages = len(PdfReader(io.BytesIO(body)).pages)
     (csv_first, csv_median), (pdf_first, pdf_median) = timings["csv"], timings["pdf"]
+    page_first, page_median = timings["page"]
     return (f"{'PostgreSQL' if pg else 'SQLite':<10} {len(view.decisions):>9,} "
             f"{'all' if distinct else 'few':>8} {lines:>6,} {pages:>5} {len(body) / 1024:>6.0f} "
+            f"{page_first:>7.1f} /{page_median:>7.1f} "
             f"{csv_first:>7.1f} /{csv_median:>7.1f} {pdf_first:>7.1f} /{pdf_median:>7.1f} "
             f"{statistics.median(twice):>10.1f} {statistics.median(reads):>8.1f} "
             f"{statistics.median(layouts):>8.1f}")
@@ -390,8 +393,8 @@ def pdf_mode(counts: list[int], distinct: list[int], repeat: int, postgres: bool
           f"load average {load}; first / median of {repeat}, ms; 'two reads' is the "
           "report's and the decisions' reads, 'read' the console's one")
     print(f"{'store':<10} {'decisions':>9} {'distinct':>8} {'lines':>6} {'pages':>5} "
-          f"{'KiB':>6} {'CSV (floor)':>17} {'PDF':>17} {'two reads':>10} {'read':>8} "
-          f"{'layout':>8}")
+          f"{'KiB':>6} {'report page':>17} {'CSV (floor)':>17} {'PDF':>17} "
+          f"{'two reads':>10} {'read':>8} {'layout':>8}")
     cases = [(n, False) for n in counts] + [(n, True) for n in distinct]
     for n, alone in cases:
         print(pdf_case(n, alone, repeat), flush=True)

@@ -27,7 +27,13 @@ from middleware.console._data import (
 )
 from middleware.console._pages import render
 from middleware.console._state import Console
-from middleware.console._subject import grant_valid, lookup, subject_view
+from middleware.console._subject import (
+    GROUPED_BY,
+    grant_valid,
+    group_decisions,
+    lookup,
+    subject_view,
+)
 
 PARTY_TYPES = ("internal", "group", "processor", "adviser", "authority")
 _PSEUDONYM = re.compile(r"^[0-9a-f]{64}$")
@@ -183,11 +189,25 @@ async def subject_page(request: Request, console: Console, auditor: str) -> Resp
         return granted
     pseudonym, grant = granted
     view = await run_in_threadpool(subject_view, console.store(), pseudonym, _policy(console))
+    size = console.settings.console.page_size
+    pages = max(1, -(-len(view.decisions) // size))
+    number = _page_number(request.query_params.get("page", ""), pages)
+    shown = view.decisions[(number - 1) * size:number * size]
+    refused = sum(1 for r in view.decisions if not r.event.allowed)
     return render(request, "subject.html", {
         "auditor": auditor, "view": view, "report": view.report,
-        "rows": [row_json(r) for r in view.decisions],
-        "lawful": {r.event.event_id: ", ".join(r.event.lawful_basis) for r in view.decisions},
+        "kinds": group_decisions(view.decisions), "grouped_by": GROUPED_BY,
+        "total": len(view.decisions), "refused": refused,
+        "rows": [row_json(r) for r in shown],
+        "lawful": {r.event.event_id: ", ".join(r.event.lawful_basis) for r in shown},
+        "page": number, "pages": pages, "first_shown": (number - 1) * size + 1,
         "grant": urlencode({"grant": grant}), "pseudonym": pseudonym})
+
+
+def _page_number(text: str, pages: int) -> int:
+    """The page asked for (``?page=N``), within 1..``pages``; 1 when absent or not a number."""
+    number = int(text) if text.isdigit() and len(text) < 10 else 1
+    return min(max(number, 1), pages)
 
 
 async def subject_export(request: Request, console: Console, auditor: str) -> Response:

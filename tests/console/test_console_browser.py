@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consolekit import AUDITOR, SUBJECT, World, send, token
+from consolekit import AUDITOR, SUBJECT, TRAFFIC, World, send, token
 from pypdf import PdfReader
 
 from guard.audit import load_hmac_key, pseudonymise, wait_indexed
@@ -127,6 +127,66 @@ def test_subject_report_and_its_exports(page: Any, world: World) -> None:
     assert {r["recipient"] for r in rows} >= {"svc:crm", "grp:exalens-us", AUDITOR}
     assert any(r["recipient"] == "grp:exalens-us" and r["allowed"] == "no" for r in rows)
     assert all(SUBJECT not in value for r in rows for value in r.values())
+
+
+MANY = "c-0500"
+"""A subject with more decisions than a page holds."""
+
+
+def test_many_decisions_show_as_kinds_and_every_decision_is_reachable_page_by_page(
+        page: Any, world: World) -> None:
+    for _ in range(14):  # 14 x 8 requests: three pages of 50
+        for caller, purpose, path in TRAFFIC:
+            send(world.example, world.settings, caller, purpose, path, MANY)
+    wait_indexed(world.settings.audit)
+    page.goto(world.url + "/subject")
+    page.fill("#subject", MANY)
+    page.click("text=Show accesses")
+    page.wait_for_url(re.compile(r".*/subject/[0-9a-f]{64}\?grant=[0-9a-f-]{36}$"))
+    pseudonym = pseudonymise(load_hmac_key(world.settings.audit.hmac_key), MANY)
+    with sqlite3.connect(world.db) as conn:
+        stored = conn.execute("SELECT event_id, caller, allowed FROM audit_event WHERE "
+                              "kind = 'decision' AND subject = ?", (pseudonym,)).fetchall()
+    assert len(stored) == 14 * len(TRAFFIC) + 1  # and the auditor's look-up
+    assert page.inner_text("#decision-summary").startswith(
+        f"{len(stored)} decision(s): {sum(a for _, _, a in stored)} allowed, "
+        f"{sum(1 - a for _, _, a in stored)} refused.")
+    # One line per kind, each with its number: together, every decision once.
+    kinds = rows_of(page, "#subject-kinds")
+    assert len(kinds) <= len(TRAFFIC) + 1
+    assert sum(int(k[0]) for k in kinds) == len(stored)
+    for caller in {c for _, c, _ in stored}:
+        for allowed in (0, 1):
+            mine = [k for k in kinds if k[3] == caller and k[9].startswith(
+                "allowed" if allowed else "refused")]
+            assert sum(int(k[0]) for k in mine) == sum(
+                1 for _, c, a in stored if c == caller and a == allowed), (caller, allowed)
+    assert any(k[3] == "grp:exalens-us" and k[9].startswith("refused: ") for k in kinds)
+    shot(page, world, "subject-kinds")
+    # Each decision on its own, a page at a time, oldest first: every one reachable.
+    size = world.settings.console.page_size
+    seen: list[str] = []
+    pages = 1
+    while True:
+        rows = page.eval_on_selector_all(
+            "#subject-decisions tbody tr a",
+            "links => links.map(a => a.getAttribute('href').split('/events/')[1])")
+        assert 0 < len(rows) <= size
+        seen += rows
+        if page.query_selector("#decisions-next") is None:
+            break
+        page.click("#decisions-next")
+        pages += 1
+        page.wait_for_url(f"**page={pages}")
+        assert page.inner_text("#decisions-page") == str(pages)
+    assert pages == -(-len(stored) // size)
+    assert sorted(seen) == sorted(event_id for event_id, _, _ in stored)
+    page.click("#decisions-prev")
+    page.wait_for_url(f"**page={pages - 1}")
+    page.add_script_tag(path=str(ASSETS / "axe.min.js"))
+    violations = page.evaluate("""async () => (await axe.run()).violations
+        .filter(v => v.impact === 'serious' || v.impact === 'critical').map(v => v.id)""")
+    assert not violations
 
 
 def test_the_look_up_and_every_view_are_in_the_trail(world: World) -> None:

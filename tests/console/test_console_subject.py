@@ -18,6 +18,7 @@ from guard.audit import (
     subject_report,
 )
 from middleware.console._subject import subject_view
+from middleware.console._views import _page_number
 
 PSEUDONYM = "5" * 64
 OTHER = "6" * 64
@@ -78,3 +79,11 @@ def test_the_reply_agrees_with_the_audit_layers_report_and_query(filled: Store) 
     assert statuses[3] == 499
     assert statuses[1] == 200
     assert statuses[10] == 403
+
+
+@pytest.mark.parametrize(("text", "pages", "number"), [
+    ("", 3, 1), ("2", 3, 2), ("3", 3, 3), ("9", 3, 3), ("0", 3, 1), ("-1", 3, 1),
+    ("two", 3, 1), ("1" * 40, 3, 1), ("1", 1, 1)])
+def test_the_report_page_asked_for_is_kept_within_the_pages(
+        text: str, pages: int, number: int) -> None:
+    assert _page_number(text, pages) == number
