@@ -4,9 +4,11 @@ One run starts, on loopback, each in its own process:
   * nginx returning a small body (the upstream), and a second nginx server that
     proxies to it (``proxy_pass``, keep-alive): the floor of a proxy hop that
     is not Python;
-  * a pass-through proxy: uvicorn with the sidecar's own forwarder
-    (``middleware.sidecar._proxy.Proxy`` on ``UpstreamTransport``) and no guard:
-    the floor of a Python proxy hop (uvicorn + httpx/httpcore);
+  * pass-through proxies: uvicorn with the sidecar's ``Proxy`` and no guard, one
+    per forwarder, side by side: httpcore's pool (``UpstreamTransport``, what
+    an ``https://`` upstream uses), the httptools client (``H1Transport``, what
+    an ``http://`` upstream uses: the floor of a Python proxy hop) and
+    aiohttp's client (when aiohttp is installed; not a dependency);
   * ``guard sidecar`` (one uvicorn worker) in proxy mode in front of the same
     nginx, its audit trail on the working disk (``--audit-dir``, default a
     temporary folder);
@@ -14,7 +16,7 @@ One run starts, on loopback, each in its own process:
     a commit's sync costs next to nothing.
 
 Then, with ``wrk`` (a separate process) at one connection, back to back, in
-rounds that alternate the targets: nginx direct, nginx proxy, the pass-through,
+rounds that alternate the targets: nginx direct, nginx proxy, the pass-throughs,
 each sidecar's proxy mode (a real decision, a durable audit record, the
 forward), each sidecar's check endpoint (``/v1/check`` with ``X-Original-URI``,
 as nginx ``auth_request`` sends it: the decision durable before the answer) and
@@ -30,10 +32,15 @@ mode p50 added over nginx direct <= 1 ms.
 
 ``--profile`` instead runs the disk sidecar in this script's process under
 cProfile (the event loop's thread), drives proxy and check requests at one
-connection and prints where the event loop's time went.
+connection and prints where the event loop's time went. ``--in-process N``
+sends N check requests straight into the sidecar's ASGI app (no server, audit
+on tmpfs unless ``--audit-dir``): the event loop's CPU and latency per check;
+with ``--profile check``, where each check's time went; under
+``valgrind --tool=callgrind --separate-threads=yes`` two such runs (N=100 and
+N=600) give the instructions per check of each thread.
 
 Usage: python bench/sidecar.py [--duration 5] [--rounds 2] [--connections 32]
-       [--audit-dir DIR] [--profile]
+       [--audit-dir DIR] [--profile proxy|check|both] [--in-process N]
 """
 
 from __future__ import annotations
@@ -232,7 +239,7 @@ def serve_passthrough(port: int, upstream: str, forwarder: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, **UVICORN)  # type: ignore[arg-type]
 
 
-SIDECAR_FORWARDER = "httpcore"
+SIDECAR_FORWARDER = "httptools"
 """The forwarder ``guard sidecar`` uses for an ``http://`` upstream."""
 
 
@@ -384,6 +391,112 @@ def profile(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+BREAKDOWN = {
+    "request headers (purpose lines, target)": ("_headers.py:judged_headers", "_check.py:_target",
+                                                "_paths.py:judgeable_path"),
+    "identity (authenticate)": ("identity.py:authenticate",),
+    "route match": ("routes.py:match",),
+    "decision (Guard.decide)": ("_guard.py:decide",),
+    "hand-over to the journal writer (acommit)": ("_guard.py:acommit",),
+    "  of it, waking the writer (Condition.notify)": ("threading.py:notify",),
+    "writer wakes the loop (self-pipe read)": ("_read_from_self",),
+    "futures settled (per batch)": ("_jwriter.py:_settle",),
+    "whole check, wait for durability included": ("_app.py:__call__",),
+}
+"""Where a check's event-loop time goes: label -> functions (file:name) summed, inclusive."""
+
+
+def in_process(args: argparse.Namespace) -> None:
+    """``--in-process N`` check requests straight into the sidecar's ASGI app, one at a time.
+
+    No server and no socket: the event loop's CPU per check (``time.thread_time``),
+    the latency per call, the collector's runs; under callgrind
+    (``--separate-threads=yes``) the difference of two counts (e.g. N=100 and
+    600) is the instructions per check of each thread. With ``--profile check``
+    the calls run under cProfile and :data:`BREAKDOWN` is printed.
+    """
+    import asyncio
+    import gc
+
+    from guard.config import load_settings
+    from middleware.sidecar import create_app
+
+    work = Path(tempfile.mkdtemp(prefix="guard-bench-sidecar-"))
+    audit = args.audit_dir or Path(tempfile.mkdtemp(prefix="guard-bench-sidecar-",
+                                                    dir="/dev/shm"))
+    token = dev_token(work)
+    os.environ.update(sidecar_env(work / "s", audit, work / "dev.key"))
+    app = create_app(load_settings())
+    headers = [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode()),
+               (b"x-purpose", PURPOSE.encode()), (b"x-original-uri", b"/customers/c-1"),
+               (b"x-original-method", b"GET")]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": "/v1/check", "raw_path": b"/v1/check",
+             "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8181)}
+    statuses: set[int] = set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.add(message["status"])
+
+    async def run() -> tuple[list[float], float, int]:
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await inbox.put({"type": "lifespan.startup"})
+        life = asyncio.create_task(app({"type": "lifespan"}, inbox.get, outbox.put))
+        await outbox.get()
+        for _ in range(300):  # warm: token cache, pools, the writer's first batches
+            await app(dict(scope), receive, send)
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        runs = sum(s["collections"] for s in gc.get_stats())
+        latency, cpu = [], time.thread_time()
+        for _ in range(args.in_process):
+            start = time.perf_counter()
+            await app(dict(scope), receive, send)
+            latency.append(time.perf_counter() - start)
+        cpu = time.thread_time() - cpu
+        runs = sum(s["collections"] for s in gc.get_stats()) - runs
+        if profiler is not None:
+            profiler.disable()
+            _breakdown(profiler, args.in_process)
+        await inbox.put({"type": "lifespan.shutdown"})
+        await life
+        return latency, cpu, runs
+
+    latency, cpu, runs = asyncio.run(run())
+    if statuses != {200}:
+        sys.exit(f"the checks were answered {sorted(statuses)}")
+    latency.sort()
+    count = len(latency)
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
+          f"{os.getloadavg()[0]:.1f}; {count:,} checks in process, audit in {audit}: event loop "
+          f"CPU {cpu / count * 1e6:.1f} µs per check, latency p50 {latency[count // 2] * 1e6:.1f}"
+          f" µs, p99 {latency[int(count * 0.99)] * 1e6:.1f} µs; collector runs {runs}")
+    shutil.rmtree(work, ignore_errors=True)
+    if args.audit_dir is None:
+        shutil.rmtree(audit, ignore_errors=True)
+
+
+def _breakdown(profiler: Any, count: int) -> None:
+    import pstats
+
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    print(f"where a check's event-loop time went (cProfile, inclusive, µs per check of {count:,})")
+    for label, names in BREAKDOWN.items():
+        total = sum(entry[3] for (file, _, fn), entry in stats.items()
+                    if any((file + ":" + fn).endswith(name) for name in names))
+        print(f"  {label:50}{total / count * 1e6:9.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
@@ -393,11 +506,16 @@ def main() -> None:
                         help="folder of the disk-backed audit store (default: a temp folder)")
     parser.add_argument("--profile", choices=("proxy", "check", "both"), default=None,
                         help="profile the disk sidecar's event loop instead of measuring")
+    parser.add_argument("--in-process", type=int, default=0, metavar="N",
+                        help="N check requests straight into the ASGI app (no server)")
     parser.add_argument("--serve-passthrough", nargs=3, metavar=("PORT", "UPSTREAM", "FORWARDER"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_passthrough:
         serve_passthrough(int(args.serve_passthrough[0]), *args.serve_passthrough[1:])
+        return
+    if args.in_process:
+        in_process(args)
         return
     for tool in (NGINX, "wrk"):
         if shutil.which(tool) is None:
