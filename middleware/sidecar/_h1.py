@@ -28,6 +28,9 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 """... and read again once fewer than this many do."""
 
+MAX_HEAD = 64 * 1024
+"""The most bytes received before an answer's headers are complete (interim answers included)."""
+
 _NAMES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
@@ -51,6 +54,7 @@ class _Conn(asyncio.Protocol):
     def _reset(self, *, head: bool) -> None:
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
         self.started = False  # the answer's status line and headers are in
         self.complete = False
         self.reusable = False
@@ -114,6 +118,10 @@ class _Conn(asyncio.Protocol):
             return
         try:
             parser.feed_data(data)
+            if not self.started:
+                self._head_size += len(data)
+                if self._head_size > MAX_HEAD:
+                    raise httptools.HttpParserError("the headers are too large")
         except httptools.HttpParserError as exc:
             self.error = httpx.RemoteProtocolError(f"malformed answer: {exc}")
             self._parser = None

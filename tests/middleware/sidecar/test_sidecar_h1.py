@@ -363,3 +363,16 @@ def test_an_answer_parses_the_same_however_the_socket_splits_it(
     assert (conn.status, conn.complete, conn.reusable, conn.error) == (201, True, True, None)
     assert conn.headers[0] == (b"X-A", b"1")
     assert conn.take() == body
+
+
+async def test_endless_headers_are_refused_not_buffered() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Long: ")
+        for _ in range(100):
+            writer.write(b"a" * 4096)
+            await writer.drain()
+
+    async with serve(endless) as (port, _):
+        with pytest.raises(httpx.RemoteProtocolError, match="too large"):
+            await send(H1Transport(max_connections=1), port)
