@@ -262,7 +262,7 @@ def index_run(url: str, folder: Path) -> tuple[float, float]:
     store = open_store(url)
     try:
         t0 = time.perf_counter()
-        indexer = Indexer(journal, store)  # type: ignore[arg-type]
+        indexer = Indexer(journal.folder, store)
         cpu0 = thread_cpu_us(indexer._thread)
         if not indexer.wait(journal.next_offset, 300):
             raise RuntimeError(f"index did not catch up: {indexer.last_error}")

@@ -67,6 +67,9 @@ class AuditSettings(BaseModel):
     (requests denied ``audit_unavailable``); 0: no reserve."""
     readiness_probe_seconds: float = Field(default=30.0, gt=0)
     """Readiness writes a ``heartbeat`` event when no event was written for this long."""
+    index: Literal["inline", "external"] = "inline"
+    """``inline``: each process indexes its journal lane into the store on a thread;
+    ``external``: ``guard audit index`` (one process per journal folder) does it."""
 
     @model_validator(mode="before")
     @classmethod

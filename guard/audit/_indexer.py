@@ -1,15 +1,18 @@
 """The indexer: builds the query store from the journal, behind it, with a persisted offset.
 
-A thread reads the records the journal writer made durable and adds them to the
-store in one transaction per read, together with the offset after them. It
+A thread reads the records below the journal's published durable end and adds
+them to the store in one transaction per read, together with the offset after
+them. It runs in the writing process (``audit.index = "inline"``) or in
+``guard audit index`` (:mod:`guard.audit._follow`), which follows every lane. It
 indexes on a short timer (``interval``) or once ``batch`` records wait, not per
 journal append: an index transaction per few thousand events costs a fraction
 of one per append, and an event is still queryable within ``interval`` plus
 one transaction. A crash
 between two transactions reads the records after the saved offset again, so the
 store never holds an event twice; at start the indexer catches up from the
-saved offset (the journal's tail written before a crash). A store that refuses
-is retried; the producers never wait for the index.
+saved offset (the journal's tail written before a crash), which it reads on its
+own thread: a store that refuses, at start or later, is retried; neither the
+producers nor the trail's start wait for the index.
 """
 
 from __future__ import annotations
@@ -17,56 +20,48 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Protocol
+from pathlib import Path
 
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._fields import decode_many
 from guard.audit._health import FailureLog
-from guard.audit._journal import Journal, JournalReader
+from guard.audit._journal import JournalReader, durable_end
 from guard.audit._schema import Row
+from guard.audit._store import Store
 
 _log = logging.getLogger("guard.audit")
 _CHUNK = 1000
 """Records read and decoded at a time within one index transaction."""
 
 
-class IndexStore(Protocol):
-    """A store the indexer can write: rows, checkpoints and the offset in one transaction."""
-
-    def indexed_offset(self, journal: str) -> int: ...
-
-    def index(self, rows: list[Row], checkpoints: list[Checkpoint], journal: str,
-              next_offset: int) -> None: ...
-
-
 class Indexer:
-    """Follows a journal into a store on its own thread.
+    """Follows a journal (one lane) into a store on its own thread.
 
     Args:
-        journal: The journal followed (its ``next_offset`` is the durable end).
+        lane: The journal folder followed (up to its published durable end).
         store: The query store.
         batch: Most records in one index transaction; this many waiting are indexed at once.
         interval: Seconds a durable record waits at most before an index transaction starts.
         retry: Seconds between attempts while the store refuses.
     """
 
-    def __init__(self, journal: Journal, store: IndexStore, *, batch: int = 20_000,
+    def __init__(self, lane: Path, store: Store, *, batch: int = 20_000,
                  interval: float = 0.1, retry: float = 1.0) -> None:
-        self.journal = journal
+        self.lane = lane
         self.store = store
-        self._key = journal.journal_id
+        self._key = (lane / "ID").read_text().strip()
         self._batch = batch
         self._interval = interval
         self._retry = retry
-        self.offset = store.indexed_offset(self._key)
-        """Records below this offset are in the store."""
-        self._reader = JournalReader(journal.folder, self.offset)
+        self.offset = 0
+        """Records below this offset are in the store (once the saved offset is read)."""
+        self._reader: JournalReader | None = None  # made once the saved offset is read
         self._cond = threading.Condition()
         self._pending: tuple[list[Row], list[Checkpoint], int] | None = None
         self._wanted = 0  # a waiter wants the index at least this far: index now
         self._due = 0.0  # monotonic time of the next timed transaction (now: catch up first)
         self._closed = False
-        self._failures = FailureLog(f"audit index of {journal.folder}")
+        self._failures = FailureLog(f"audit index of {lane}")
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-indexer", daemon=True)
         self._thread.start()
@@ -76,7 +71,8 @@ class Indexer:
 
         Only a full ``batch`` starts a transaction early; otherwise the timer does.
         """
-        if self.journal.next_offset - self._reader.offset >= self._batch:
+        reader = self._reader
+        if reader is not None and reader.end() - reader.offset >= self._batch:
             with self._cond:
                 self._cond.notify()
 
@@ -85,7 +81,7 @@ class Indexer:
         deadline = time.monotonic() + timeout
         with self._cond:
             self._wanted = max(self._wanted, offset)
-            while self.offset < offset:
+            while self._reader is None or self.offset < offset:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._thread.is_alive():
                     return False
@@ -93,20 +89,22 @@ class Indexer:
                 self._cond.wait(min(remaining, 0.05))
         return True
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Index what is durable (within ``timeout``), then stop."""
-        self.wait(self.journal.next_offset, timeout)
+    def close(self, timeout: float = 30.0, *, catch_up: bool = True) -> None:
+        """Index what is durable (within ``timeout``; unless not ``catch_up``), then stop."""
+        if catch_up:
+            self.wait(durable_end(self.lane), timeout)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout)
-        self._reader.close()
+        if self._reader is not None and not self._thread.is_alive():
+            self._reader.close()
 
     def _ready(self) -> float:
         """0 when a transaction should start now, else how long to sleep (under the lock)."""
-        if self._pending is not None:
+        if self._pending is not None or self._reader is None:
             return 0.0
-        waiting = self.journal.next_offset - self._reader.offset
+        waiting = self._reader.end() - self._reader.offset
         if waiting <= 0:
             return self._interval
         if waiting >= self._batch or self._reader.offset < self._wanted:
@@ -137,9 +135,11 @@ class Indexer:
         """
         rows: list[Row] = []
         checkpoints: list[Checkpoint] = []
-        end, left = self.journal.next_offset, self._batch
-        while left > 0 and self._reader.offset < end:
-            records = self._reader.read(end, min(left, _CHUNK))
+        reader = self._reader
+        assert reader is not None
+        end, left = reader.end(), self._batch
+        while left > 0 and reader.offset < end:
+            records = reader.read(end, min(left, _CHUNK))
             chunk_rows, chunk_checkpoints = decode_many(records)
             rows += chunk_rows
             checkpoints += chunk_checkpoints
@@ -148,21 +148,28 @@ class Indexer:
         return rows, checkpoints
 
     def _step(self) -> None:
-        if self._pending is None:
-            self._due = time.monotonic() + self._interval
-            try:
-                rows, checkpoints = self._read()
-            except Exception:  # read them again next time: never skip a record
-                self._reader.close()
-                self._reader = JournalReader(self.journal.folder, self.offset)
-                raise
-            self._pending = (rows, checkpoints, self._reader.offset)
-        rows, checkpoints, end = self._pending
-        self.store.index(rows, checkpoints, self._key, end)
+        if self._reader is None:  # first: how far the store is (it may be down for now)
+            offset = self.store.indexed_offset(self._key)
+            reader = JournalReader(self.lane, offset)
+            with self._cond:
+                self._reader, self.offset = reader, offset
+                self._cond.notify_all()
+        else:
+            if self._pending is None:
+                self._due = time.monotonic() + self._interval
+                try:
+                    rows, checkpoints = self._read()
+                except Exception:  # read them again, from the saved offset: never skip one
+                    self._reader.close()
+                    self._reader = None
+                    raise
+                self._pending = (rows, checkpoints, self._reader.offset)
+            rows, checkpoints, end = self._pending
+            self.store.index(rows, checkpoints, self._key, end)
+            with self._cond:
+                self._pending = None
+                self.offset = end
+                self._cond.notify_all()
         if self.last_error is not None:
             self._failures.succeeded()
             self.last_error = None
-        with self._cond:
-            self._pending = None
-            self.offset = end
-            self._cond.notify_all()

@@ -7,15 +7,21 @@ first record (``00000000000000000000.seg``). Each record is one frame::
 
 :meth:`Journal.append` writes a whole batch with one ``write`` and one
 ``fdatasync``; a segment past the size bound is closed and the next one opened
-before the batch. Opening a journal scans the newest segment forward and
-truncates it at the first frame that is incomplete or fails its checksum (a
-torn write was never acknowledged). The segments are the truth; the query
-index is built from them (:mod:`guard.audit._indexer`).
+before the batch. After each ``fdatasync`` the journal publishes its durable
+end (the offset after the last synced record) in the lane's ``END`` file,
+updated in place through a shared mapping and never synced itself: a reader in
+any process indexes no record past it, so bytes written but not yet synced are
+never indexed. Opening a journal scans the newest segment forward, truncates
+it at the first frame that is incomplete or fails its checksum (a torn write
+was never acknowledged), syncs what is left and publishes that end again. The
+segments are the truth; the query index is built from them
+(:mod:`guard.audit._indexer`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import struct
 import uuid
@@ -29,6 +35,9 @@ from crc32c import crc32c
 from guard._errors import AuditUnavailableError, ConfigError
 
 _HEADER = struct.Struct("<II")
+_END = struct.Struct("<QQ")  # the durable end and its complement: a torn read never matches
+_MASK = (1 << 64) - 1
+END = "END"
 MAX_FRAME = 16 << 20
 """A length field above this is damage, not a record."""
 SUFFIX = ".seg"
@@ -88,6 +97,29 @@ def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
     return payloads, pos, None
 
 
+def _read_end(fd: int, folder: Path) -> int:
+    for _ in range(100):  # a read torn by the writer's update: read again
+        data = os.pread(fd, _END.size, 0)
+        if len(data) < _END.size:
+            return 0
+        end, check = _END.unpack(data)
+        if end ^ check == _MASK:
+            return int(end)
+    raise AuditUnavailableError(f"audit journal {folder}: {END} does not hold a valid end")
+
+
+def durable_end(folder: Path) -> int:
+    """The durable end a journal (one lane) published: no reader goes past it (0: none yet)."""
+    try:
+        fd = os.open(folder / END, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        return _read_end(fd, folder)
+    finally:
+        os.close(fd)
+
+
 class JournalBusyError(ConfigError):
     """Another process holds the journal folder."""
 
@@ -132,11 +164,22 @@ class Journal:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         if damage is not None:  # a torn tail: never acknowledged, never believed
             os.ftruncate(self._fd, good)
-            os.fsync(self._fd)
+        os.fsync(self._fd)  # whole frames a stopped writer had not synced yet are kept
         self._size = good
         self._broken = False
         self.next_offset = first + len(payloads)
         """The offset the next record gets; everything below it is durable."""
+        end = os.open(folder / END, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(end, _END.size)
+            self._end = mmap.mmap(end, _END.size)
+        finally:
+            os.close(end)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Publish ``next_offset`` as the durable end (a store into the shared mapping)."""
+        self._end[:] = _END.pack(self.next_offset, self.next_offset ^ _MASK)
 
     def _identity(self) -> str:
         """This journal's id (a file in the folder), the key of the index's offset."""
@@ -185,10 +228,12 @@ class Journal:
         first = self.next_offset
         self._size += len(data)
         self.next_offset = first + len(payloads)
+        self._publish()
         return first
 
     def close(self) -> None:
-        """Close the segment and release the lock."""
+        """Close the segment and the mapping and release the lock."""
+        self._end.close()
         os.close(self._fd)
         os.close(self._lock)
 
@@ -210,11 +255,23 @@ class JournalReader:
         self.offset = offset
         self._block = block
         self._file: BinaryIO | None = None
+        self._end: int | None = None
         self._open_at(offset)
+
+    def end(self) -> int:
+        """The journal's published durable end (:func:`durable_end`), from a file kept open."""
+        if self._end is None:
+            try:
+                self._end = os.open(self.folder / END, os.O_RDONLY)
+            except FileNotFoundError:
+                return 0
+        return _read_end(self._end, self.folder)
 
     def _open_at(self, offset: int) -> None:
         chosen = None
-        for first, path in segments(self.folder):
+        if (self.folder / segment_name(offset)).is_file():  # the next one: no folder listing
+            chosen = (offset, self.folder / segment_name(offset))
+        for first, path in segments(self.folder) if chosen is None else ():
             if first <= offset:
                 chosen = (first, path)
         if chosen is None:
@@ -235,7 +292,8 @@ class JournalReader:
     def read(self, end: int, limit: int) -> list[bytes]:
         """The records from the current offset up to ``end`` (exclusive), at most ``limit``.
 
-        Only call with ``end`` at most the writer's durable end: those frames are whole.
+        Only call with ``end`` at most the published :func:`durable_end`: those frames
+        are whole and synced.
         A bad frame ends the records returned; the next call raises on it.
 
         Raises:
@@ -284,9 +342,12 @@ class JournalReader:
         return out
 
     def close(self) -> None:
-        """Close the open segment."""
+        """Close the open segment and the end file."""
         if self._file is not None:
             self._file.close()
+        if self._end is not None:
+            os.close(self._end)
+            self._end = None
 
 
 def read_journal(folder: Path) -> Iterator[tuple[int, bytes] | Damage]:

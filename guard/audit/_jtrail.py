@@ -30,7 +30,7 @@ from guard.audit._fields import ChainKey, event_fields, row_event
 from guard.audit._health import DiskReserve, FailureLog, GuardedJournal
 from guard.audit._ids import new_event_id
 from guard.audit._indexer import Indexer
-from guard.audit._journal import open_lane, scan, segments
+from guard.audit._journal import durable_end, open_lane
 from guard.audit._jverify import indexed_offset, lanes
 from guard.audit._jwriter import Committed, JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
@@ -67,13 +67,14 @@ def open_trail(settings: AuditSettings) -> JournalTrail:
     return JournalTrail.open(settings)
 
 
-def journal_end(lane: Path) -> int:
-    """The offset after the last whole record of a journal (one lane), read from its files."""
-    found = segments(lane)
-    if not found:
-        return 0
-    first, path = found[-1]
-    return first + len(scan(path, first)[0])
+def _wait_store(store: Store, targets: Mapping[str, int], timeout: float) -> None:
+    """Return once the store has indexed each journal (by id) up to its target offset."""
+    deadline = time.monotonic() + timeout
+    while any(indexed_offset(store, key) < end for key, end in targets.items()):
+        if time.monotonic() >= deadline:
+            raise AuditUnavailableError(
+                f"the audit index did not catch up with the journal within {timeout:g} s")
+        time.sleep(0.01)
 
 
 def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
@@ -81,8 +82,9 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
 
     For any process that reads the store after events were recorded (a script, a
     test, another replica); the recording process can call :meth:`JournalTrail.flush`.
-    A lane is indexed by the trail that holds it: a lane left by a stopped process
-    waits for the next trail to open it.
+    A lane is indexed by the trail that holds it (``audit.index = "inline"``; a lane
+    left by a stopped process waits for the next trail to open it) or by
+    ``guard audit index`` (``"external"``; every lane).
 
     Args:
         settings: Where the store and the journal are.
@@ -92,16 +94,11 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
         AuditUnavailableError: the index did not catch up within ``timeout`` seconds.
         AuditStoreError: there is no store.
     """
-    targets = {(lane / "ID").read_text().strip(): journal_end(lane)
+    targets = {(lane / "ID").read_text().strip(): durable_end(lane)
                for lane in lanes(journal_folder(settings))}
-    deadline = time.monotonic() + timeout
     store = open_store(settings.store, create=False, timeout=timeout)
     try:
-        while any(indexed_offset(store, key) < end for key, end in targets.items()):
-            if time.monotonic() >= deadline:
-                raise AuditUnavailableError(
-                    f"the audit index did not catch up with the journal within {timeout:g} s")
-            time.sleep(0.01)
+        _wait_store(store, targets, timeout)
     finally:
         store.close()
 
@@ -131,6 +128,8 @@ class JournalTrail:
             are refused (0: no reserve).
         probe_interval: :meth:`ready` records a ``heartbeat`` event when nothing was
             appended for this many seconds.
+        index: Index the journal into the store on a thread here; False leaves it to
+            ``guard audit index`` (:meth:`flush` then waits for the store's offset).
     """
 
     def __init__(
@@ -149,16 +148,13 @@ class JournalTrail:
         segment_bytes: int = 64 << 20,
         reserve_bytes: int = 0,
         probe_interval: float = 30.0,
+        index: bool = True,
     ) -> None:
         self.store = store
         self.journal = open_lane(journal, segment_bytes=segment_bytes)
-        try:
-            self.indexer = Indexer(self.journal, store)  # type: ignore[arg-type]
-        except BaseException:
-            self.journal.close()
-            raise
+        self.indexer = Indexer(self.journal.folder, store) if index else None
         self._otlp = OtlpLogExporter(otlp_endpoint) if otlp_endpoint else None
-        listeners: list[Committed] = [self.indexer.wake]
+        listeners: list[Committed] = [self.indexer.wake] if self.indexer is not None else []
         if self._otlp is not None:
             listeners.append(self._export)
         self._chain_key = ChainKey(derive_chain_key(hmac_key)) if keyed else None
@@ -204,6 +200,7 @@ class JournalTrail:
             segment_bytes=settings.journal_segment_mb << 20,
             reserve_bytes=settings.reserve_mb * 1_000_000,
             probe_interval=settings.readiness_probe_seconds,
+            index=settings.index == "inline",
         )
 
     def _export(self, rows: Sequence[Row], _checkpoints: Sequence[Checkpoint]) -> None:
@@ -274,7 +271,9 @@ class JournalTrail:
             AuditUnavailableError: not within ``timeout`` seconds.
         """
         self.writer.flush(timeout)
-        if not self.indexer.wait(self.journal.next_offset, timeout):
+        if self.indexer is None:  # guard audit index follows the journal
+            _wait_store(self.store, {self.journal.journal_id: self.journal.next_offset}, timeout)
+        elif not self.indexer.wait(self.journal.next_offset, timeout):
             raise AuditUnavailableError(
                 f"audit index did not catch up within {timeout:g} s: {self.indexer.last_error}")
 
@@ -304,7 +303,7 @@ class JournalTrail:
                     self._probed = probed
             if not probed[1]:
                 return False, probed[2]
-        if self.indexer.last_error is not None:
+        if self.indexer is not None and self.indexer.last_error is not None:
             return True, f"audit journal writable; index behind: {self.indexer.last_error}"
         return True, "audit journal writable"
 
@@ -318,7 +317,8 @@ class JournalTrail:
         if self._sweep_witness is not None:
             self._sweep_witness.close()
         self.writer.close()
-        self.indexer.close()
+        if self.indexer is not None:
+            self.indexer.close()
         if self._otlp is not None:
             self._otlp.close()
         self.journal.close()

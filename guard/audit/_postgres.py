@@ -82,9 +82,13 @@ class PostgresStore:
             try:
                 self._ensure_schema()
             except (psycopg.Error, PoolTimeout) as exc:
+                self._pool.close()
                 raise AuditStoreError(
                     f"cannot read audit store {_safe(url)}: {_line(exc)}"
                 ) from exc
+            except AuditStoreError:
+                self._pool.close()
+                raise
 
     def _ensure_schema(self) -> None:
         if self._schema_ready:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from guard._errors import GuardError
-from guard.cli import _audit, _check, _console, _policy, _sidecar, _subject, _token, _where
+from guard.cli import _audit, _check, _console, _index, _policy, _sidecar, _subject, _token, _where
 from guard.cli._groups import audit_app, policy_app
 
 app = typer.Typer(
@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for _module in (_check, _audit, _policy, _token, _sidecar, _subject, _console):
+for _module in (_check, _audit, _index, _policy, _token, _sidecar, _subject, _console):
     _module.register(app)
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")

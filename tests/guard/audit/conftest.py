@@ -104,7 +104,10 @@ def acknowledged_until_killed(child: subprocess.Popen[bytes], count: int) -> lis
                 break
     finally:
         os.kill(child.pid, signal.SIGKILL)
-        rest, err = child.communicate(timeout=30)
+        child.wait(timeout=30)
+        rest = child.stdout.read()  # through its buffer: it may hold the start of a line
+        assert child.stderr is not None
+        err = child.stderr.read()
     acknowledged += [line for line in rest.decode().split("\n")[:-1] if line]  # complete lines
     assert len(acknowledged) >= count, err.decode()[-2000:]
     return acknowledged

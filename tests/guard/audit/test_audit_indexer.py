@@ -64,7 +64,7 @@ def test_appends_wait_for_the_timer_and_are_indexed_in_one_transaction(
 ) -> None:
     store = Counting(tmp_path / "audit.db")
     journal = Journal(tmp_path / "j")
-    indexer = Indexer(journal, store, interval=3600)  # the timer never fires here
+    indexer = Indexer(journal.folder, store, interval=3600)  # the timer never fires here
     trail = writer(journal, keys, indexer)
     for _ in range(5):
         trail.submit_many(EventKind.DECISION, [FIELDS] * 3)  # five appends
@@ -83,7 +83,7 @@ def test_appends_wait_for_the_timer_and_are_indexed_in_one_transaction(
 def test_a_full_batch_is_indexed_without_waiting_for_the_timer(keys: Keys, tmp_path: Path) -> None:
     store = Counting(tmp_path / "audit.db")
     journal = Journal(tmp_path / "j")
-    indexer = Indexer(journal, store, batch=10, interval=3600)
+    indexer = Indexer(journal.folder, store, batch=10, interval=3600)
     trail = writer(journal, keys, indexer)
     trail.submit_many(EventKind.DECISION, [FIELDS] * 25)
     deadline = time.monotonic() + 30
@@ -103,7 +103,7 @@ def test_a_record_that_does_not_decode_stops_the_index_and_is_never_skipped(
     store = SqliteStore(tmp_path / "audit.db")
     journal = Journal(tmp_path / "j")
     journal.append([b"not an audit record"])
-    indexer = Indexer(journal, store, interval=0.01, retry=0.01)
+    indexer = Indexer(journal.folder, store, interval=0.01, retry=0.01)
     assert indexer.wait(journal.next_offset, timeout=0.5) is False
     head = content(EventKind.DECISION, FIELDS, HMAC_KEY, "2026-01-01T00:00:00.000000Z", "e-1")
     journal.append([Linker("w", None).link(head, 1, GENESIS_HASH)[1]])  # a good one after it

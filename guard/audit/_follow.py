@@ -1,0 +1,85 @@
+"""``guard audit index``: every lane of a journal folder indexed from a process of its own.
+
+With ``audit.index = "external"`` the writing processes only append to the
+journal; one follower per journal folder (a file lock, ``INDEXER``) runs an
+:class:`~guard.audit._indexer.Indexer` per lane, lanes of stopped processes
+included. A lane no process holds is opened once first, as a writer would:
+its torn tail is cut and its synced end published again (after a power loss
+the published end may be older than the synced records).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from guard._errors import AuditUnavailableError, ConfigError
+from guard.audit._indexer import Indexer
+from guard.audit._journal import Journal, JournalBusyError, durable_end
+from guard.audit._jverify import lanes
+from guard.audit._store import Store
+
+
+class Follower:
+    """Indexes every lane of a journal folder into a store; one per folder at a time.
+
+    Args:
+        folder: The journal folder (its ``lane-N`` journals), or one lane.
+        store: The query store.
+        interval: Seconds a durable record waits at most before it is indexed.
+
+    Raises:
+        ConfigError: another follower holds the folder, or it cannot be used.
+    """
+
+    def __init__(self, folder: Path, store: Store, *, interval: float = 0.1) -> None:
+        self.folder = folder
+        self.store = store
+        self._interval = interval
+        self.indexers: dict[Path, Indexer] = {}
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._lock = os.open(folder / "INDEXER", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the audit journal {folder}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise ConfigError(f"another `guard audit index` is already indexing {folder}") from None
+
+    def discover(self) -> None:
+        """Start indexing the lanes not indexed yet (a lane no process holds is recovered)."""
+        for lane in lanes(self.folder):
+            if lane not in self.indexers:
+                with contextlib.suppress(JournalBusyError):
+                    Journal(lane).close()
+                self.indexers[lane] = Indexer(lane, self.store, interval=self._interval)
+
+    def behind(self) -> int:
+        """Records durable in the journal and not yet in the store."""
+        return sum(max(0, durable_end(lane) - ix.offset) for lane, ix in self.indexers.items())
+
+    def errors(self) -> list[str]:
+        """Why lanes are behind, when the store refuses."""
+        return [ix.last_error for ix in self.indexers.values() if ix.last_error is not None]
+
+    def catch_up(self, timeout: float) -> None:
+        """Return once every lane is indexed up to its durable end as of the call.
+
+        Raises:
+            AuditUnavailableError: a lane did not get there within ``timeout`` seconds.
+        """
+        for lane, indexer in self.indexers.items():
+            if not indexer.wait(durable_end(lane), timeout):
+                raise AuditUnavailableError(
+                    f"the audit index of {lane} did not catch up within {timeout:g} s: "
+                    f"{indexer.last_error or 'no progress'}")
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop after the index transactions under way (``timeout`` each), release the folder."""
+        for indexer in self.indexers.values():
+            indexer.close(timeout, catch_up=False)
+        os.close(self._lock)
