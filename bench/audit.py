@@ -5,7 +5,9 @@ coroutines awaiting ``arecord_fields``) record into the journal; each run prints
 durable events/s, the index lag (durable -> in the store) and the CPU per event
 of the writer, the indexer and the producers, median of ``--rounds`` runs,
 beside the disk's floor (append + fdatasync) measured in the same run, and the
-journal alone (no indexer in the process). Then the right-of-access report for one data subject over
+journal alone (no indexer in the process), and ``external``: 64 tasks whose
+journal ``guard audit index`` indexes from another process (its CPU is that
+process's). Then the right-of-access report for one data subject over
 ``--report-events`` bulk-loaded events.
 
 Usage: python bench/audit.py [--quick] [--events N] [--rounds 3] [--report-events N]
@@ -16,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -129,6 +134,12 @@ JOURNAL_FIELDS = {"caller": "svc:crm", "party_type": "internal", "country": "GB"
                   "http_route": "/customers/{id}", "latency_us": 40}
 
 
+def process_cpu_us(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in µs (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") * 1e6
+
+
 def thread_cpu_us(thread: threading.Thread) -> float:
     """CPU time a thread of this process has used so far, in µs (Linux schedstat)."""
     with open(f"/proc/self/task/{thread.native_id}/schedstat") as stat:
@@ -156,25 +167,46 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     producer threads for threads).
     """
     from guard.audit._jtrail import JournalTrail
+    from guard.audit._jverify import indexed_offset
 
-    trail = JournalTrail(open_store(url), load_signing_key(key), hmac_key=KEY, journal=folder)
+    external = mode == "external"  # tasks, indexed by `guard audit index` in another process
+    trail = JournalTrail(open_store(url), load_signing_key(key), hmac_key=KEY, journal=folder,
+                         index=not external)
+    follower = subprocess.Popen(
+        [sys.executable, "-c", "from guard.cli import main; main()", "audit", "index",
+         "--store", url, "--journal", str(folder), "--every", "1"],
+        env={**os.environ, "GUARD_CONFIG": os.devnull}, stdout=subprocess.PIPE,
+    ) if external else None
+    if follower is not None and follower.stdout is not None:
+        follower.stdout.readline()  # it runs
     durable: list[tuple[float, int]] = []  # (when, journal end) after each append
     trail.writer._committed += (lambda _r, _c: durable.append(
         (time.perf_counter(), trail.journal.next_offset)),)
     indexed: list[tuple[float, int]] = []
     stop = threading.Event()
+    key_id = trail.journal.journal_id
 
     def sample() -> None:
         while not stop.is_set():
-            indexed.append((time.perf_counter(), trail.indexer.offset))
+            if trail.indexer is not None:
+                indexed.append((time.perf_counter(), trail.indexer.offset))
+            else:  # from the store, as another process sees it (every 5 ms: the GIL is shared)
+                indexed.append((time.perf_counter(), indexed_offset(trail.store, key_id)))
+                time.sleep(0.003)
             time.sleep(0.002)
+
+    def indexer_us() -> float:
+        if follower is not None:
+            return process_cpu_us(follower.pid)
+        assert trail.indexer is not None
+        return thread_cpu_us(trail.indexer._thread)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     per = n // producers
     fields = [{**JOURNAL_FIELDS, "subject_id": f"c{i}"} for i in range(per)]
     writer0 = thread_cpu_us(trail.writer._thread)
-    indexer0 = thread_cpu_us(trail.indexer._thread)
+    indexer0 = indexer_us()
     t0 = time.perf_counter()
     if mode == "threads":
         spent: list[float] = []
@@ -200,10 +232,13 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
         elapsed = time.perf_counter() - t0
     writer_us = thread_cpu_us(trail.writer._thread) - writer0
     trail.flush(120)
-    indexer_us = thread_cpu_us(trail.indexer._thread) - indexer0
+    indexer_spent = indexer_us() - indexer0
     stop.set()
     sampler.join()
     trail.close()
+    if follower is not None:
+        follower.terminate()
+        follower.wait(60)
     lags = []
     j = 0
     for when, end in durable:  # when did the index first reach this end?
@@ -217,7 +252,7 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     events = per * producers
     return JournalResult(events / elapsed, lags[len(lags) // 2] * 1e3,
                          lags[int(len(lags) * 0.99)] * 1e3, lags[-1] * 1e3,
-                         writer_us / events, indexer_us / events, producers_s * 1e6 / events)
+                         writer_us / events, indexer_spent / events, producers_s * 1e6 / events)
 
 
 def journal_alone_run(key: Path, folder: Path, n: int, producers: int) -> tuple[float, float]:
@@ -295,7 +330,7 @@ def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int
           "this process)", flush=True)
     for kind in kinds:
         folders: list[Path] = []
-        for mode in ("threads", "tasks"):
+        for mode in ("threads", "tasks", "external"):
             results = []
             for rnd in range(rounds):
                 tag = f"j{kind}{mode}{rnd}"

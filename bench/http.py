@@ -100,9 +100,23 @@ class Noop:
         await self.app(scope, receive, wrapped)
 
 
+def external_indexer(settings: Settings) -> subprocess.Popen[bytes]:
+    """``guard audit index`` for the settings' journal, as a child of this server process
+    (so its CPU is counted with the server's)."""
+    from guard.audit._jtrail import journal_folder
+
+    return subprocess.Popen(
+        [sys.executable, "-c", "from guard.cli import main; main()", "audit", "index",
+         "--store", settings.audit.store, "--journal", str(journal_folder(settings.audit)),
+         "--every", "1"],
+        env={**os.environ, "GUARD_CONFIG": os.devnull}, stdout=subprocess.DEVNULL)
+
+
 def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None,
-          tree: Path = REPO) -> None:
+          tree: Path = REPO, external_index: bool = False) -> None:
     """Child process: serve the example app (from ``tree``) until terminated.
+
+    ``external_index``: the guarded app's journal is indexed by a child ``guard audit index``.
 
     On SIGUSR1 it writes its threads (native id -> name) to ``threads-KIND.json``;
     on SIGUSR2 it calls ``gc.freeze()`` (sent after the warm-up with ``--gc-freeze``).
@@ -126,10 +140,19 @@ def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None,
     signal.signal(signal.SIGUSR2, lambda *_: gc.freeze())
     if gc_threshold:
         gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
-    app = create_app(settings_for(workdir, kind), enforce=kind in ("guarded", "baseline"))
+    settings, indexer = settings_for(workdir, kind), None
+    if external_index and kind == "guarded":
+        settings.audit.index = "external"
+        indexer = external_indexer(settings)
+    app = create_app(settings, enforce=kind in ("guarded", "baseline"))
     if kind == "noop":
         app.add_middleware(Noop)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    finally:
+        if indexer is not None:
+            indexer.terminate()
+            indexer.wait(30)
 
 
 @dataclass
@@ -275,14 +298,16 @@ def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
         for tid, seconds_now in thread_cpu(pid).items():
             role = (roles or {}).get(tid, "other")
             per[role] += (seconds_now - threads_before.get(tid, 0.0)) / max(1, run.requests) * 1e6
+        per["indexer"] += run.child_cpu_us  # the only child: `guard audit index`, if any
         run.threads_us = per
     return run
 
 
-def start(kind: str, workdir: Path, gc_threshold: int | None = None, tree: Path = REPO
-          ) -> tuple[subprocess.Popen[bytes], str]:
+def start(kind: str, workdir: Path, gc_threshold: int | None = None, tree: Path = REPO,
+          external_index: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     gc_args = ["--gc-threshold", str(gc_threshold)] if gc_threshold else []
+    gc_args += ["--external-index"] if external_index else []
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--port", str(port), "--dir", str(workdir),
          "--tree", str(tree), *gc_args],
@@ -447,13 +472,16 @@ def main() -> None:
                         help="also serve the guarded app from another checkout (A/B in one run)")
     parser.add_argument("--breakdown-only", action="store_true",
                         help="only the in-process cost breakdown (no servers)")
+    parser.add_argument("--external-index", action="store_true",
+                        help="the guarded server's audit journal is indexed by a child "
+                             "`guard audit index` process (its CPU counted as the indexer's)")
     parser.add_argument("--serve", choices=(*KINDS, "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, default=REPO, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.dir, args.gc_threshold, args.tree)
+        serve(args.serve, args.port, args.dir, args.gc_threshold, args.tree, args.external_index)
         return
 
     use_wrk = not args.no_wrk and shutil.which("wrk") is not None
@@ -474,8 +502,8 @@ def main() -> None:
     if args.baseline is not None:
         kinds, guarded = (*KINDS, "baseline"), (*GUARDED, "baseline")
     trees = {"baseline": args.baseline.resolve()} if args.baseline is not None else {}
-    servers = {kind: start(kind, workdir, args.gc_threshold, trees.get(kind, REPO))
-               for kind in kinds}
+    servers = {kind: start(kind, workdir, args.gc_threshold, trees.get(kind, REPO),
+                           args.external_index) for kind in kinds}
     results: dict[str, dict[str, list[Run]]] = {k: {"tput": [], "lat": []} for k in servers}
     try:
         for _, url in servers.values():  # warm up all (the guard opens at its first request)
@@ -536,7 +564,8 @@ def main() -> None:
           f"({os.cpu_count()} cores)")
     print(f"servers: uvicorn, 1 worker each; gc threshold "
           f"{args.gc_threshold or 'Python default (700)'}"
-          f"{'; gc.freeze() after the warm-up' if args.gc_freeze else ''}")
+          f"{'; gc.freeze() after the warm-up' if args.gc_freeze else ''}"
+          f"{'; guarded: index in a child `guard audit index`' if args.external_index else ''}")
     if args.baseline is not None:
         print(f"baseline tree: {trees['baseline']}")
     print(f"load generator: {'wrk' if use_wrk else 'httpx'}; {args.rounds} rounds; "

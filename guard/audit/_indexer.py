@@ -59,7 +59,7 @@ class Indexer:
         self._cond = threading.Condition()
         self._pending: tuple[list[Row], list[Checkpoint], int] | None = None
         self._wanted = 0  # a waiter wants the index at least this far: index now
-        self._due = 0.0  # monotonic time of the next timed transaction (now: catch up first)
+        self._due = 0.0  # monotonic time of the next timed transaction
         self._closed = False
         self._failures = FailureLog(f"audit index of {lane}")
         self.last_error: str | None = None
@@ -153,6 +153,7 @@ class Indexer:
             reader = JournalReader(self.lane, offset)
             with self._cond:
                 self._reader, self.offset = reader, offset
+                self._due = time.monotonic() + self._interval  # a crash's tail: on the timer
                 self._cond.notify_all()
         else:
             if self._pending is None:

@@ -194,27 +194,35 @@ def test_sigkill_of_the_indexer_and_of_the_writer_loses_nothing_and_doubles_noth
     lines: list[bytes] = []
     drain = threading.Thread(target=lambda: lines.extend(writer.stdout or ()), daemon=True)
     drain.start()
-    for round_ in range(3):  # the indexer is killed twice while the writer rotates every batch
-        with (tmp_path / f"index-{round_}.err").open("wb") as err:
-            indexer = subprocess.Popen(index, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                       stderr=err)
-        assert indexer.stdout is not None
-        indexer.stdout.readline()  # it runs
-        wanted, deadline = _indexed(store_url) + 100, time.monotonic() + 60
-        while _indexed(store_url) < wanted and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert _indexed(store_url) >= wanted, (tmp_path / f"index-{round_}.err").read_text()
-        if round_ < 2:
-            os.kill(indexer.pid, signal.SIGKILL)  # most likely within an index transaction
-            indexer.wait(30)
-    os.kill(writer.pid, signal.SIGKILL)  # the writer too, mid-rotation
-    writer.wait(30)
-    drain.join(30)
-    acknowledged = [line.decode().strip() for line in lines if line.endswith(b"\n")]
-    assert len(acknowledged) >= 300
-    indexer.send_signal(signal.SIGTERM)
-    indexer.communicate(timeout=60)
-    assert indexer.returncode == 0, (tmp_path / "index-2.err").read_text()
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for round_ in range(3):  # the indexer is killed twice while the writer rotates
+            with (tmp_path / f"index-{round_}.err").open("wb") as err:
+                started.append(subprocess.Popen(index, env=env, cwd=tmp_path,
+                                                stdout=subprocess.PIPE, stderr=err))
+            indexer = started[-1]
+            assert indexer.stdout is not None
+            indexer.stdout.readline()  # it runs
+            wanted, deadline = _indexed(store_url) + 100, time.monotonic() + 60
+            while _indexed(store_url) < wanted and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _indexed(store_url) >= wanted, (tmp_path / f"index-{round_}.err").read_text()
+            if round_ < 2:
+                os.kill(indexer.pid, signal.SIGKILL)  # most likely within an index transaction
+                indexer.wait(30)
+        os.kill(writer.pid, signal.SIGKILL)  # the writer too, mid-rotation
+        writer.wait(30)
+        drain.join(30)
+        acknowledged = [line.decode().strip() for line in lines if line.endswith(b"\n")]
+        assert len(acknowledged) >= 300
+        indexer.send_signal(signal.SIGTERM)
+        indexer.communicate(timeout=60)
+        assert indexer.returncode == 0, (tmp_path / "index-2.err").read_text()
+    finally:
+        for process in [writer, *started]:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
     done = subprocess.run([*index, "--once"], env=env, cwd=tmp_path, capture_output=True,
                           text=True, check=False)  # the stopped writer's lane, recovered
     assert done.returncode == 0, done.stderr
