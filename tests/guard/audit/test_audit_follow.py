@@ -19,6 +19,7 @@ from guard.audit import (
     EventKind,
     load_public_key,
     load_signing_key,
+    new_event_id,
     open_store,
     verify,
 )
@@ -40,7 +41,8 @@ def records(count: int) -> list[bytes]:
     out, prev = [], GENESIS_HASH
     linker = Linker("w", None)
     for seq in range(1, count + 1):
-        head = content(EventKind.DECISION, FIELDS, HMAC_KEY, "2026-01-01T00:00:00.000000Z")
+        head = content(EventKind.DECISION, FIELDS, HMAC_KEY, "2026-01-01T00:00:00.000000Z",
+                       new_event_id())
         prev, record = linker.link(head, seq, prev)
         out.append(record)
     return out
