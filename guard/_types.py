@@ -3,8 +3,54 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+
+def quick_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen slots dataclass an ``__init__`` that sets each slot through its descriptor.
+
+    A frozen dataclass's own ``__init__`` sets every field with
+    ``object.__setattr__``; calling each slot's descriptor does the same in about
+    half the instructions, which counts for the few objects built on every
+    request. The parameters and defaults are the dataclass's; instances stay
+    frozen, equal, hashable and picklable as before.
+
+    Args:
+        cls: A ``@dataclass(frozen=True, slots=True)`` class whose fields all take
+            plain defaults (no ``default_factory``, keyword-only field or
+            ``__post_init__``).
+
+    Raises:
+        TypeError: ``cls`` is not such a class.
+    """
+    params = getattr(cls, "__dataclass_params__", None)
+    if (params is None or not params.frozen or "__slots__" not in cls.__dict__
+            or hasattr(cls, "__post_init__")):
+        raise TypeError(f"{cls.__name__} is not a frozen slots dataclass without __post_init__")
+    env: dict[str, object] = {}
+    signature: list[str] = []
+    body: list[str] = []
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.default_factory is not MISSING or f.kw_only or not f.init:
+            raise TypeError(f"{cls.__name__}.{f.name}: only plain fields and defaults")
+        env[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.default is MISSING:
+            signature.append(f.name)
+        else:
+            env[f"_default_{f.name}"] = f.default
+            signature.append(f"{f.name}=_default_{f.name}")
+        body.append(f"    _set_{f.name}(self, {f.name})")
+    # Field names are the class's own identifiers: the text is built as dataclasses builds it.
+    exec(f"def __init__(self, {', '.join(signature)}):\n" + "\n".join(body), env)  # noqa: S102
+    init = env["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
+    init.__module__ = cls.__module__
+    setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses a method assignment
+    return cls
 
 
 class Action(StrEnum):
@@ -40,6 +86,7 @@ class Reason(StrEnum):
     DENIED_BY_MODEL = "denied_by_model"  # slow path: a model the compiler does not know
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Request:
     """One access request: who, for which declared purpose, which data, which action.
@@ -59,6 +106,7 @@ class Request:
     subject: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The guard's answer to a request, with everything an auditor needs to know why.

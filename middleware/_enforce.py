@@ -23,7 +23,7 @@ from opentelemetry import metrics, trace
 from starlette.responses import Response
 
 from guard._guard import Checked, Ruling
-from guard._types import Action, Decision, HttpContext, Reason, Request, denial
+from guard._types import Action, Decision, HttpContext, Reason, Request, denial, quick_init
 from guard.audit._otel import decision_attributes
 from middleware._bounds import (
     MAX_CALLER,
@@ -43,6 +43,10 @@ __all__ = ["GuardLike", "Outcome", "enforce", "route_label"]
 
 _log = logging.getLogger("guard.middleware")
 _PURPOSE_KEY = re.compile(r"^[a-z0-9_]+(?:\.[a-z0-9_]+)*$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods every bound accepts (:func:`method_ok` is asked of any other)."""
+_purposes: set[str] = set()
+"""Purpose keys seen well-formed (at most ``_CONTEXTS``; then forgotten)."""
 _NO_EXTRA: Mapping[str, str] = MappingProxyType({})
 _CONTEXTS = 1024
 _contexts: dict[tuple[str, str], HttpContext] = {}
@@ -77,6 +81,7 @@ class GuardLike(Protocol):
     ) -> Checked: ...
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How a request was judged.
@@ -181,11 +186,11 @@ async def enforce(
 
     purpose = headers.get(purpose_header, "").strip()
     problem: str | None = None
-    if not method_ok(method):
+    if method not in _METHODS and not method_ok(method):
         problem, method = "method", cut(method, MAX_METHOD)
     if len(purpose) > MAX_PURPOSE:
         problem, purpose = problem or "purpose_length", cut(purpose, MAX_PURPOSE)
-    elif purpose and not _PURPOSE_KEY.match(purpose):
+    elif purpose and purpose not in _purposes and not _purpose_key(purpose):
         problem = problem or "purpose_header"
     if subject is not None and rule is not None and rule.subject is not None and not subject_ok(
         subject, rule.template, rule.subject
@@ -246,6 +251,16 @@ async def enforce(
                        endpoint, frozenset(judged.released), rule.fields)
     return Outcome(200 if decision.allowed else 403, decision, decision_id, caller, http.route,
                    endpoint)
+
+
+def _purpose_key(purpose: str) -> bool:
+    """Whether ``purpose`` is a well-formed purpose key (remembered when it is)."""
+    if _PURPOSE_KEY.match(purpose) is None:
+        return False
+    if len(_purposes) >= _CONTEXTS:
+        _purposes.clear()
+    _purposes.add(purpose)
+    return True
 
 
 def _http_context(method: str, route: str) -> HttpContext:

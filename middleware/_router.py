@@ -46,7 +46,7 @@ from starlette.routing import (
 )
 from starlette.types import Scope
 
-from guard._types import Action
+from guard._types import Action, quick_init
 from middleware.routes import (
     DECLARATION_ATTR,
     Declaration,
@@ -75,6 +75,7 @@ _ANY = object()  # a request segment no indexed route names
 _CACHE = 4096
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Resolved:
     """The endpoint the app will call and what it declares.
