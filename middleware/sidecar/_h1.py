@@ -32,6 +32,7 @@ MAX_HEAD = 64 * 1024
 """The most bytes received before an answer's headers are complete (interim answers included)."""
 
 _NAMES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
@@ -314,12 +315,15 @@ class H1Transport:
         head = _request_head(method, url.target, headers)
         chunked = content is not None and any(
             name.lower() == b"transfer-encoding" for name, _ in headers)
+        declared = _declared_length(headers)
+        if chunked and declared is not None:  # two framings: the upstream may read either
+            raise httpx.LocalProtocolError("a body with both Content-Length and chunked framing")
         conn = await self._acquire(url.host.decode("ascii"), url.port or 80, timeout)
         try:
             conn.begin(method == b"HEAD")
             conn.write(head)
             if content is not None:
-                await self._send_body(conn, content, chunked, timeout.get("write"))
+                await self._send_body(conn, content, chunked, timeout.get("write"), declared)
             read = timeout.get("read")
             while not conn.started:
                 if conn.error is not None:
@@ -332,12 +336,27 @@ class H1Transport:
 
     @staticmethod
     async def _send_body(conn: _Conn, content: AsyncIterable[bytes], chunked: bool,
-                         timeout: float | None) -> None:  # noqa: ASYNC109
+                         timeout: float | None,  # noqa: ASYNC109
+                         declared: int | None = None) -> None:
+        """Write the body; with ``declared`` (its Content-Length) never a byte more or fewer.
+
+        Raises:
+            httpx.LocalProtocolError: the body does not match its Content-Length (what
+                passed it would reach the upstream as the start of another request).
+        """
+        left = declared
         try:
             async for chunk in content:
                 if chunk:
+                    if left is not None:
+                        left -= len(chunk)
+                        if left < 0:
+                            raise httpx.LocalProtocolError("the body is longer than its "
+                                                           "Content-Length")
                     conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                     await conn.drain(timeout)
+            if left:
+                raise httpx.LocalProtocolError("the body is shorter than its Content-Length")
             if chunked:
                 conn.write(b"0\r\n\r\n")
         except httpx.WriteError:
@@ -412,6 +431,21 @@ async def _connect(host: str, port: int, timeout: float | None) -> _Conn:  # noq
     return conn
 
 
+def _declared_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
+    """The request's Content-Length (None: none); one that is not a single number is refused.
+
+    Raises:
+        httpx.LocalProtocolError: several lengths, or one that is not digits.
+    """
+    lengths = {value.strip() for name, value in headers if name.lower() == b"content-length"}
+    if not lengths:
+        return None
+    length = lengths.pop()
+    if lengths or not length.isdigit():
+        raise httpx.LocalProtocolError("a Content-Length no HTTP/1.1 request may carry")
+    return int(length)
+
+
 def _request_head(method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
     """The request line and header block; a name, value or target that could split it is refused.
 
@@ -420,8 +454,11 @@ def _request_head(method: bytes, target: bytes, headers: Sequence[tuple[bytes, b
     """
     names = b"\n".join(name for name, _ in headers)
     values = b"".join(value for _, value in headers)
-    if (not _NAMES.fullmatch(names) and headers) or _BAD_VALUE.search(values) or (
-            _BAD_TARGET.search(target) or not _NAMES.fullmatch(method)):
+    # one "\n" per join: a name holding "\n" would otherwise pass as two names
+    split = bool(headers) and (not _NAMES.fullmatch(names)
+                               or names.count(b"\n") != len(headers) - 1)
+    if split or _BAD_VALUE.search(values) or (
+            _BAD_TARGET.search(target) or not _TOKEN.fullmatch(method)):
         raise httpx.LocalProtocolError("a header, method or target no HTTP/1.1 request may carry")
     lines = [b"%b %b HTTP/1.1" % (method, target)]
     lines.extend(b"%b: %b" % pair for pair in headers)
