@@ -193,13 +193,18 @@ class JournalWriter:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         if self._closed or self._stopped:
             raise AuditUnavailableError("the audit trail is closed")
-        self._queue.append(_Item(kind, fields, future))  # no lock: a deque append is atomic
+        item = _Item(kind, fields, future)
+        self._queue.append(item)  # no lock: a deque append is atomic
         if self._idle:  # read after the append: a writer not idle yet will see the item
             with self._lock:
                 if self._idle:  # the first of a burst wakes it; the others see it busy
                     self._idle = False
                     self._cond.notify()
-        if self._stopped:  # the thread ended meanwhile and may have missed the item
+        if self._stopped:  # the thread ended meanwhile: it took the item (written or failed,
+            with self._lock:  # the future says which) or missed it (its last act holds the lock)
+                if item not in self._queue:
+                    return future
+                self._queue.remove(item)
             raise AuditUnavailableError("the audit trail is closed")
         return future
 
