@@ -381,6 +381,10 @@ class H1Transport:
             try:
                 await _wait(asyncio.get_running_loop(), waiter, timeouts.get("pool"),
                             httpx.PoolTimeout)
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._next()  # woken, then cancelled: the free slot goes to the next one
+                raise
             finally:
                 if waiter in self._queue:
                     self._queue.remove(waiter)

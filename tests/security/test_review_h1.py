@@ -191,3 +191,45 @@ def test_a_head_is_refused_or_read_back_exactly_as_given(
     assert parser.get_method() == method
     assert parsed.url == b"/a"
     assert parsed.headers == [(name, value.strip(b" \t")) for name, value in headers]
+
+
+@pytest.mark.anyio
+async def test_a_waiter_cancelled_as_it_is_woken_passes_the_connection_on() -> None:
+    """The pool's one free connection is handed to the next waiter, not lost with a cancelled one.
+
+    Two requests wait for the only connection; the first is woken by the release
+    and cancelled before it runs (its client went away). The second must get the
+    connection, not wait out its pool timeout with the connection idle.
+    """
+    import httpcore
+
+    upstream = RecordingUpstream()
+    transport = H1Transport(max_connections=1)
+    url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=upstream.port, target=b"/a")
+
+    async def get(pool_seconds: float) -> bytes:
+        timeouts = httpx.Timeout(10, pool=pool_seconds).as_dict()
+        answer = await transport.send(b"GET", url, [(b"host", b"u")], None, {"timeout": timeouts})
+        try:
+            return b"".join([chunk async for chunk in answer.body])
+        finally:
+            await answer.body.aclose()
+
+    try:
+        held = await transport.send(b"GET", url, [(b"host", b"u")], None,
+                                    {"timeout": httpx.Timeout(10).as_dict()})
+        first = asyncio.ensure_future(get(10))
+        second = asyncio.ensure_future(get(2))
+        for _ in range(1000):  # until both wait for the connection
+            if len(transport._queue) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [chunk async for chunk in held.body] == []
+        await held.body.aclose()  # the connection is free: the first waiter is woken ...
+        first.cancel()  # ... and cancelled before it runs
+        assert await second == b""  # the second gets the connection, not a PoolTimeout
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await transport.aclose()
+    finally:
+        upstream.close()
