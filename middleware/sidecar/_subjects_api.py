@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from datetime import date
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
@@ -43,6 +44,14 @@ PATHS = frozenset({ENTRIES_PATH, LOOKUP_PATH, FILTER_PATH})
 MAX_BODY = 1 << 20
 MAX_FILTER = 10_000
 _Subject = Annotated[str, Field(min_length=1, max_length=200)]  # pydantic refuses surrogates
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_date(value: object) -> object:
+    """A date only as the document gives it (``YYYY-MM-DD``), never a number or date-time."""
+    if not (isinstance(value, str) and _ISO_DATE.fullmatch(value)):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    return value
 
 
 class EntryIn(BaseModel):
@@ -54,7 +63,7 @@ class EntryIn(BaseModel):
     kind: EntryKind = Field(description="What to record.")
     purpose: _Key | None = Field(
         default=None, description="Purpose or grouping node (consents and objections).")
-    effective: date | None = Field(
+    effective: Annotated[date, BeforeValidator(_iso_date)] | None = Field(
         default=None, description="The end date (end_of_relationship only).")
     ref: str = Field(default="", max_length=500,
                      description="A ticket, or the legal reason (required to override an "
