@@ -173,6 +173,7 @@ class _Parsed:
 @settings(max_examples=400, deadline=None)
 @example(method=b"GET", headers=[(b"x-a\nx-b", b"1")])  # a name that is two names
 @example(method=b"GET\nX", headers=[])
+@example(method=b"GET", headers=[(b"!", b"! ")])  # a trailing blank is kept, as sent
 @given(method=st.sampled_from([b"GET", b"PUT", b"GET\nX", b"G T", b""]),
        headers=st.lists(st.tuples(_NAME, _VALUE), max_size=4))
 def test_a_head_is_refused_or_read_back_exactly_as_given(
@@ -190,7 +191,8 @@ def test_a_head_is_refused_or_read_back_exactly_as_given(
     assert parsed.complete == 1
     assert parser.get_method() == method
     assert parsed.url == b"/a"
-    assert parsed.headers == [(name, value.strip(b" \t")) for name, value in headers]
+    # httptools (as uvicorn) drops a value's leading blanks and keeps its trailing ones
+    assert parsed.headers == [(name, value.lstrip(b" \t")) for name, value in headers]
 
 
 @pytest.mark.anyio
