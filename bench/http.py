@@ -498,7 +498,8 @@ def main() -> None:
         print(f"{began}; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
         shutil.rmtree(workdir, ignore_errors=True)
         return
-    kinds, guarded = KINDS, GUARDED
+    kinds: tuple[str, ...] = KINDS
+    guarded: tuple[str, ...] = GUARDED
     if args.baseline is not None:
         kinds, guarded = (*KINDS, "baseline"), (*GUARDED, "baseline")
     trees = {"baseline": args.baseline.resolve()} if args.baseline is not None else {}

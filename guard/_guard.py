@@ -6,14 +6,16 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
 from guard._errors import AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
-from guard.audit import EventKind, JournalTrail, load_hmac_key, open_trail
+from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id, open_trail
 from guard.audit._event import decision_fields, outcome_fields, policy_fields
 from guard.audit._otel import decision_attributes, trace_fields
 from guard.audit._otel import tracer as default_tracer
@@ -44,17 +46,25 @@ class Deadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pending: deque[tuple[float, float, asyncio.Future[str]]] = deque()
+        self._pending: deque[tuple[float, float, asyncio.Future[str],
+                                   Callable[[], object] | None]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
     def on(self, loop: asyncio.AbstractEventLoop) -> bool:
         """True when this watches ``loop``'s futures (and that loop still runs)."""
         return loop is self._loop and not loop.is_closed()
 
-    def watch(self, future: asyncio.Future[str], within: float) -> None:
-        """Fail ``future`` with TimeoutError if it is not done within ``within`` seconds."""
+    def watch(self, future: asyncio.Future[str], within: float,
+              expired: Callable[[], object] | None = None) -> None:
+        """Fail ``future`` with TimeoutError if it is not done within ``within`` seconds.
+
+        Args:
+            future: The future.
+            within: Seconds.
+            expired: Called when it failed so (after ``future`` failed).
+        """
         tick = min(1.0, max(0.01, within / 10))
-        self._pending.append((self._loop.time() + within, tick, future))
+        self._pending.append((self._loop.time() + within, tick, future, expired))
         if self._timer is None:
             self._timer = self._loop.call_later(tick, self._check)
 
@@ -63,11 +73,13 @@ class Deadlines:
         pending = self._pending
         now = self._loop.time()
         while pending:
-            deadline, _tick, future = pending[0]
+            deadline, _tick, future, expired = pending[0]
             if not future.done():
                 if deadline > now:
                     break
                 future.set_exception(TimeoutError("audit event not durable in time"))
+                if expired is not None:
+                    expired()
             pending.popleft()
         if pending:  # the oldest still waits
             self._timer = self._loop.call_later(pending[0][1], self._check)
@@ -293,12 +305,13 @@ class Guard:
         self._watch(future)
         return await future
 
-    def _watch(self, future: asyncio.Future[str]) -> None:
+    def _watch(self, future: asyncio.Future[str],
+               expired: Callable[[], object] | None = None) -> None:
         """Fail ``future`` with TimeoutError unless it is done within :attr:`durable_within`."""
         deadlines = self._deadlines
         if deadlines is None or not deadlines.on(future.get_loop()):
             deadlines = self._deadlines = Deadlines(future.get_loop())
-        deadlines.watch(future, self.durable_within)
+        deadlines.watch(future, self.durable_within, expired)
 
     def _post(self, kind: EventKind, fields: dict[str, Any]) -> None:
         self.trail.post_fields(kind, fields)
@@ -399,26 +412,33 @@ class Guard:
             A future of the loop that resolves with the event's id once it is durable,
             or fails: AuditUnavailableError (not recordable, the journal refused it) or
             TimeoutError (not durable within :attr:`durable_within`; the request is
-            refused ``audit_unavailable``). An event the journal writes after that
-            deadline is followed by an ``outcome`` event with status 403 and
-            ``detail`` = ``audit_unavailable``, so the trail tells what the client got.
+            refused ``audit_unavailable``). On that timeout an ``outcome`` event with
+            status 403 and ``detail`` = ``audit_unavailable`` is queued behind the
+            decision, so should the journal write the decision after all, the trail
+            says what the client got. The event's id is made here (or taken from
+            ``ruling.fields["event_id"]``) so that the refusal can name it.
         """
-        verdict: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         fields = _with_status(ruling, status)
-        if fields is None:
-            verdict.set_exception(AuditUnavailableError("the decision cannot be recorded"))
-            return verdict
         try:
-            written = self.trail.start_fields(EventKind.DECISION, fields)
+            if fields is None:
+                raise AuditUnavailableError("the decision cannot be recorded")
+            # Its id now: should the deadline refuse the request, the refusal names it.
+            event_id = fields.get("event_id") or new_event_id()
+            fields["event_id"] = event_id
+            future = self.trail.start_fields(EventKind.DECISION, fields)
         except Exception as exc:  # a closed trail, a full disk: refused now
-            verdict.set_exception(exc)
-            return verdict
-        written.add_done_callback(_Verdict(self, fields, verdict).written)
-        self._watch(verdict)
-        return verdict
+            refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            refused.set_exception(exc)
+            return refused
+        self._watch(future, partial(self._late_refusal, event_id, fields))
+        return future
 
     def _late_refusal(self, decision_id: str, fields: dict[str, Any]) -> None:
-        """Queue the 403 that answered a decision its journal wrote after the deadline."""
+        """Queue the 403 that answers a decision not durable by its deadline.
+
+        Queued behind the decision: if the journal writes the decision after all,
+        this outcome follows it, so the trail says the client was refused.
+        """
         outcome = outcome_fields(decision_id, 403, HttpContext(
             fields.get("http_method") or "", fields.get("http_route") or ""))
         outcome["detail"] = LATE_REFUSAL
@@ -428,8 +448,8 @@ class Guard:
             _log.exception("could not queue the refusal of decision %s, durable after its "
                            "deadline", decision_id)
             return
-        _log.error("decision %s became durable after its deadline; its refusal (403) is "
-                   "recorded as its outcome", decision_id)
+        _log.error("decision %s was not durable by its deadline: refused, and the refusal "
+                   "(403) is queued as its outcome", decision_id)
 
     def commit(self, ruling: Ruling, status: int | None = None) -> Checked:
         """Like :meth:`acommit`, blocking until the event is durable (off an event loop)."""
@@ -631,40 +651,6 @@ class Guard:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-class _Verdict:
-    """Passes a decision's journal result to the future its request waits on, in time.
-
-    Args:
-        guard: The guard (records the refusal of an event written too late).
-        fields: The decision's event fields.
-        verdict: The future the request waits on (failed by the guard's deadline).
-    """
-
-    __slots__ = ("_fields", "_guard", "_verdict")
-
-    def __init__(self, guard: Guard, fields: dict[str, Any], verdict: asyncio.Future[str]
-                 ) -> None:
-        self._guard = guard
-        self._fields = fields
-        self._verdict = verdict
-
-    def written(self, future: asyncio.Future[str]) -> None:
-        """The journal's answer (the event's id, or why not), on the event loop."""
-        verdict = self._verdict
-        if future.cancelled():
-            if not verdict.done():
-                verdict.set_exception(AuditUnavailableError("audit event lost"))
-            return
-        exc = future.exception()
-        if not verdict.done():
-            if exc is None:
-                verdict.set_result(future.result())
-            else:
-                verdict.set_exception(exc)
-        elif exc is None and not verdict.cancelled():  # refused at the deadline, written since
-            self._guard._late_refusal(future.result(), self._fields)
 
 
 def _with_status(ruling: Ruling, status: int | None) -> dict[str, Any] | None:

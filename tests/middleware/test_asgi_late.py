@@ -1,9 +1,10 @@
 """A decision the journal writes after its request was refused for want of it.
 
 The request is refused 403 ``audit_unavailable`` once its commit is past
-``Guard.durable_within``; if the journal then writes the decision after all, the
-trail must not say the client was answered 200: the refusal follows it as an
-``outcome`` event (status 403, ``detail`` = ``audit_unavailable``).
+``Guard.durable_within``; the refusal is queued behind the decision as an
+``outcome`` event (status 403, ``detail`` = ``audit_unavailable``), so if the
+journal then writes the decision after all, the trail does not say the client
+was answered 200.
 """
 
 from __future__ import annotations

@@ -1,0 +1,71 @@
+"""The cyclic collector: the middleware leaves it alone; ``tune_collector`` is the opt-in."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+from tokenkit import Keys, guard_settings
+
+from guard._guard import Guard
+from middleware import GuardMiddleware, RouteTable, guarded
+from middleware.collector import tune_collector
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """Restore the collector's thresholds and unfreeze after the test."""
+    before = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
+
+
+def test_the_middleware_does_not_change_the_collector(
+    keys: Keys, tmp_path: Path, collector: None
+) -> None:
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+
+    @guarded(categories=["contact"], action="read", subject="customer_id")
+    async def read(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    settings = guard_settings(tmp_path, keys)
+    app = Starlette(routes=[Route("/customers/{customer_id}", read)])
+    with Guard.from_settings(settings) as guard:
+        app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
+                           routes=RouteTable(()))
+        with TestClient(app) as client:
+            response = client.get("/customers/c-0001", headers={
+                "authorization": f"Bearer {keys.mint('rsa', sub='svc:crm')}",
+                "x-purpose": "relationship.management"})
+    assert response.status_code == 200
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
+
+
+def test_tune_collector_raises_the_threshold_and_freezes(collector: None) -> None:
+    before = gc.get_threshold()
+    assert tune_collector() == before
+    assert gc.get_threshold() == (20_000, before[1], before[2])
+    assert gc.get_freeze_count() > 0
+
+
+def test_tune_collector_can_leave_the_heap_unfrozen(collector: None) -> None:
+    gc.unfreeze()
+    tune_collector(threshold=5_000, freeze=False)
+    assert gc.get_threshold()[0] == 5_000
+    assert gc.get_freeze_count() == 0
+
+
+def test_tune_collector_refuses_to_switch_the_collector_off(collector: None) -> None:
+    before = gc.get_threshold()
+    with pytest.raises(ValueError, match="at least 1"):
+        tune_collector(threshold=0)
+    assert gc.get_threshold() == before
