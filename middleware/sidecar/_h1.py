@@ -123,8 +123,10 @@ class _Conn(asyncio.Protocol):
                 self._head_size += len(data)
                 if self._head_size > MAX_HEAD:
                     raise httptools.HttpParserError("the headers are too large")
-        except httptools.HttpParserError as exc:
-            self.error = httpx.RemoteProtocolError(f"malformed answer: {exc}")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self.error = httpx.RemoteProtocolError(  # a 101 was never asked for
+                "an answer switching protocols" if isinstance(exc, httptools.HttpParserUpgrade)
+                else f"malformed answer: {exc}")
             self._parser = None
             self.close()
         if self.size > HIGH_WATER and not self._reading_paused and self.transport is not None:

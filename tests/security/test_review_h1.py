@@ -235,3 +235,31 @@ async def test_a_waiter_cancelled_as_it_is_woken_passes_the_connection_on() -> N
         await transport.aclose()
     finally:
         upstream.close()
+
+
+@pytest.mark.anyio
+async def test_an_upgrade_answer_is_a_protocol_error_not_a_crashed_protocol(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ``101`` the sidecar never asked for fails the request cleanly (no asyncio fatal error)."""
+    import httpcore
+
+    async def upgrading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
+                     b"Connection: upgrade\r\n\r\nraw bytes of another protocol")
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(upgrading, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = H1Transport(max_connections=1)
+    url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=port, target=b"/a")
+    try:
+        with caplog.at_level("ERROR", logger="asyncio"), pytest.raises(httpx.RemoteProtocolError):
+            await transport.send(b"GET", url, [(b"host", b"u")], None,
+                                 {"timeout": httpx.Timeout(5).as_dict()})
+        assert not [r for r in caplog.records if r.name == "asyncio"]
+    finally:
+        await transport.aclose()
+        server.close()
