@@ -265,6 +265,9 @@ class Record:
             except BaseException:
                 if self._flusher is not None:
                     self._flusher.cancel()
+                if self._start is None and not self.finished:  # handed over, not all sent
+                    self._record_outcome(self.status if self.status is not None else 500,
+                                         aborted=True)
                 raise
         elif self._start is not None:  # the app ended before its body: nothing of it left
             self._start = None  # the server answers 500 (as to an app that failed at once)

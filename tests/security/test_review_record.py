@@ -1,0 +1,62 @@
+"""Review of the held read response: the trail tells the status the client actually got.
+
+A read's whole small response is held until its decision is durable and sent
+when the app returns. When the server fails to send it (uvicorn refuses a
+header value holding a line break and drops the connection), the decision says
+200 and the client got nothing: an outcome event must say the answer was cut
+short (``aborted``), as it does for a response that breaks off mid-body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+from tokenkit import Keys, UvicornThread, audit_rows, guard_settings
+
+from guard._guard import Guard
+from middleware import GuardMiddleware, RouteTable, guarded
+
+READ = {"categories": ["contact"], "action": "read", "subject": "customer_id"}
+
+
+class _Unsendable:
+    """A raw ASGI endpoint whose whole response carries a header uvicorn will not send."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"x-note", b"one\r\nset-cookie: two")]})
+        await send({"type": "http.response.body", "body": b"the customer's phone number"})
+
+
+@pytest.fixture
+def server(keys: Keys, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    settings = guard_settings(tmp_path, keys)
+    guard = Guard.from_settings(settings)
+    app = Starlette(routes=[Route("/customers/{customer_id}", guarded(**READ)(_Unsendable()))])
+    app.add_middleware(GuardMiddleware, guard=guard, settings=settings, routes=RouteTable(()))
+    try:
+        with UvicornThread(app) as running:
+            yield running.url, tmp_path / "audit.db"
+    finally:
+        guard.close()
+
+
+def test_a_held_response_the_server_cannot_send_is_recorded_as_aborted(
+    server: tuple[str, Path], keys: Keys
+) -> None:
+    url, db = server
+    with pytest.raises(httpx.RemoteProtocolError):  # the server dropped the connection
+        httpx.get(url + "/customers/c-0001", timeout=10, headers={
+            "authorization": f"Bearer {keys.mint('hs', sub='svc:crm')}",
+            "x-purpose": "relationship.management"})
+    decision = audit_rows(db, "kind = 'decision'")[-1]
+    assert (decision["allowed"], decision["http_status"]) == (1, 200)
+    outcomes = audit_rows(db, "decision_ref = ?", (decision["event_id"],))
+    assert [(o["kind"], o["http_status"], o["detail"]) for o in outcomes] == [
+        ("outcome", 200, "aborted")]
