@@ -24,7 +24,7 @@ from guard.audit._schema import (
     checkpoint_row,
 )
 from guard.audit._store import AuditStoreError
-from guard.audit._summary import RETURNING_KEY, UPSERT_HOURS, summary_params
+from guard.audit._summary import add_hours
 
 _MIGRATION_LOCK = 0x67756172  # advisory lock id: one replica migrates at a time
 
@@ -33,21 +33,16 @@ def _pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-_UPSERT_HOURS = _pg(UPSERT_HOURS)
 _INSERT_CHECKPOINT = _pg(INSERT_CHECKPOINT)
 _SAVE_OFFSET = _pg(SAVE_OFFSET)
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS audit_event_stage "
           "(LIKE audit_event INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
 _COPY_STAGE = f"COPY audit_event_stage ({EVENT_COLUMNS}) FROM STDIN"
-_FROM_STAGE = (f"INSERT INTO audit_event ({EVENT_COLUMNS}) "  # noqa: S608 - constant SQL
+_FROM_STAGE = (f"WITH e AS (INSERT INTO audit_event ({EVENT_COLUMNS}) "  # noqa: S608
                f"SELECT {EVENT_COLUMNS} FROM audit_event_stage ON CONFLICT (event_id) DO NOTHING "
-               f"{RETURNING_KEY}")
-
-
-def _add_hours(conn: psycopg.Connection[Any], stored: list[tuple[Any, ...]]) -> None:
-    """Add the decisions inserted (their keys, as returned) to the hourly summary."""
-    if hours := summary_params(stored):
-        conn.cursor().executemany(_UPSERT_HOURS, hours)
+               "RETURNING kind, ts, reason, caller, purpose, country, http_route, allowed) "
+               + add_hours("e"))
+"""Insert the staged rows, and add the decisions inserted (those returned) to the summary."""
 
 
 class PostgresStore:
@@ -136,7 +131,7 @@ class PostgresStore:
                     with conn.cursor().copy(_COPY_STAGE) as copy:
                         for row in rows:
                             copy.write_row(row)
-                    _add_hours(conn, conn.execute(_FROM_STAGE).fetchall())
+                    conn.execute(_FROM_STAGE)
                 if checkpoints:
                     conn.cursor().executemany(
                         _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +25,34 @@ from guard.audit._schema import (
     checkpoint_row,
 )
 from guard.audit._store import AuditStoreError
-from guard.audit._summary import RETURNING_KEY, UPSERT_HOURS, summary_params
+from guard.audit._summary import add_hours
 
 _ROWS_PER_STATEMENT = 1000  # 27 columns x 1000 stays under SQLite's 32766 variables
 _HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
 _ONE_ROW, _CONFLICT = _TAIL.split(" ON CONFLICT ", 1)
+_ADD_HOURS = add_hours("audit_event e", "e.rowid > ? AND ")
 
 
 @functools.lru_cache(maxsize=64)
 def _insert_many(count: int) -> str:
     """One INSERT for ``count`` rows: one statement step, so the GIL is released once."""
-    return (f"{_HEAD} VALUES {', '.join([_ONE_ROW] * count)} ON CONFLICT {_CONFLICT} "
-            f"{RETURNING_KEY}")
+    return f"{_HEAD} VALUES {', '.join([_ONE_ROW] * count)} ON CONFLICT {_CONFLICT}"
 
 
 def _insert(conn: sqlite3.Connection, rows: Sequence[Row],
             checkpoints: Sequence[Checkpoint]) -> None:
     """Insert event rows (in statements of at most ``_ROWS_PER_STATEMENT``) and checkpoints,
-    and add the decisions inserted to the hourly summary (in the caller's transaction)."""
-    stored: list[tuple[Any, ...]] = []
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start:start + _ROWS_PER_STATEMENT]
-        stored += conn.execute(_insert_many(len(chunk)), [v for row in chunk for v in row])
-    if hours := summary_params(stored):
-        conn.executemany(UPSERT_HOURS, hours)
+    and add the decisions inserted to the hourly summary (in the caller's transaction).
+
+    The rows inserted are those after the table's largest ``rowid`` before: a row
+    already stored (``ON CONFLICT DO NOTHING``) gets none.
+    """
+    if rows:
+        before = conn.execute("SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0]
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start:start + _ROWS_PER_STATEMENT]
+            conn.execute(_insert_many(len(chunk)), list(chain.from_iterable(chunk)))
+        conn.execute(_ADD_HOURS, (before,))
     if checkpoints:
         conn.executemany(INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
 

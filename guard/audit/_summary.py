@@ -3,11 +3,11 @@
 The console's overview groups decisions by hour, reason, caller, purpose,
 country, route and outcome. At millions of events that scan costs seconds, so
 the store keeps the same counts in ``audit_hour``, added to in the transaction
-that inserts the events: the insert returns the summary key of each row it
-stored (:data:`RETURNING_KEY`; a row whose ``event_id`` is already stored,
-skipped by ``ON CONFLICT DO NOTHING``, returns nothing), :func:`summary_params`
-counts them in Python and :data:`UPSERT_HOURS` adds the counts. The summary is
-therefore exact whenever the events are.
+that inserts the events by one statement (:func:`add_hours`) that counts the
+rows that insert stored, and only those (a row whose ``event_id`` is already
+stored is skipped by ``ON CONFLICT DO NOTHING``): SQLite's rows after the
+table's largest ``rowid`` before the insert, PostgreSQL's rows returned by the
+insert. The summary is therefore exact whenever the events are.
 
 Columns that may be null in ``audit_event`` are stored as ``''`` (country,
 route) and ``-1`` (allowed), so the primary key can hold them;
@@ -15,10 +15,6 @@ route) and ``-1`` (allowed), so the primary key can hold them;
 """
 
 from __future__ import annotations
-
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Any
 
 KEY_COLUMNS = ("hour", "reason", "caller", "purpose", "country", "http_route", "allowed")
 """The summary's key, in order: ``hour`` is the ``ts`` cut to the hour (``2026-11-29T20``)."""
@@ -51,30 +47,23 @@ BACKFILL = (
 MIGRATION = (HOUR_DDL, BACKFILL)
 """The schema migration that adds the summary."""
 
-UPSERT_HOURS = (
+_ADD = (
     f"INSERT INTO audit_hour ({', '.join(KEY_COLUMNS)}, decisions) "  # noqa: S608 - constant SQL
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "SELECT {RAW_KEY}, count(*) FROM {source} WHERE {where}e.kind = 'decision' "
+    "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
     f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) "
     "DO UPDATE SET decisions = audit_hour.decisions + excluded.decisions"
 )
-"""Add one batch's counts (parameters from :func:`summary_params`)."""
-
-RETURNING_KEY = (
-    "RETURNING CASE WHEN kind = 'decision' THEN substr(ts, 1, 13) END, reason, caller, "
-    "purpose, coalesce(country, ''), coalesce(http_route, ''), coalesce(allowed, -1)"
-)
-"""Appended to ``INSERT ... ON CONFLICT (event_id) DO NOTHING``: the summary key of each row
-stored (a row already stored returns nothing; an event that is not a decision, no hour)."""
 
 
-def summary_params(returned: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
-    """The :data:`UPSERT_HOURS` parameters for one batch: its decisions counted by key.
+def add_hours(source: str, where: str = "") -> str:
+    """One statement adding the decisions among the rows ``source`` names to the summary.
 
-    Sorted by key, so concurrent writers (PostgreSQL replicas) lock summary rows
-    in one order and cannot deadlock.
+    In key order, so concurrent writers (PostgreSQL replicas) lock summary rows in
+    one order and cannot deadlock.
 
     Args:
-        returned: The rows an insert ending in :data:`RETURNING_KEY` gave back.
+        source: Event rows aliased ``e``: the rows just inserted.
+        where: A condition (ending in `` AND ``) choosing them among ``source``.
     """
-    counts = Counter(tuple(row) for row in returned)
-    return sorted((*key, n) for key, n in counts.items() if key[0] is not None)
+    return _ADD.format(RAW_KEY=RAW_KEY, source=source, where=where)
