@@ -58,13 +58,12 @@ class Follower:
                     Journal(lane).close()
                 self.indexers[lane] = Indexer(lane, self.store, interval=self._interval)
 
-    def behind(self) -> int:
-        """Records durable in the journal and not yet in the store."""
-        return sum(max(0, durable_end(lane) - ix.offset) for lane, ix in self.indexers.items())
-
-    def errors(self) -> list[str]:
-        """Why lanes are behind, when the store refuses."""
-        return [ix.last_error for ix in self.indexers.values() if ix.last_error is not None]
+    def progress(self) -> str:
+        """Lanes, records durable and not yet in the store, and why, if the store refuses."""
+        behind = sum(max(0, durable_end(lane) - ix.offset) for lane, ix in self.indexers.items())
+        errors = [ix.last_error for ix in self.indexers.values() if ix.last_error is not None]
+        return (f"{len(self.indexers)} lane(s), {behind} record(s) behind"
+                + (f"; the store refuses: {errors[0]}" if errors else ""))
 
     def catch_up(self, timeout: float) -> None:
         """Return once every lane is indexed up to its durable end as of the call.

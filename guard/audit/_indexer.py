@@ -4,10 +4,10 @@ A thread reads the records below the journal's published durable end and adds
 them to the store in one transaction per read, together with the offset after
 them. It runs in the writing process (``audit.index = "inline"``) or in
 ``guard audit index`` (:mod:`guard.audit._follow`), which follows every lane. It
-indexes on a short timer (``interval``) or once ``batch`` records wait, not per
-journal append: an index transaction per few thousand events costs a fraction
-of one per append, and an event is still queryable within ``interval`` plus
-one transaction. A crash
+indexes on a short timer (``interval``; a backlog at once, ``batch`` records a
+transaction), not per journal append, which costs the writer nothing: an index
+transaction per few thousand events costs a fraction of one per append, and an
+event is still queryable within ``interval`` plus one transaction. A crash
 between two transactions reads the records after the saved offset again, so the
 store never holds an event twice; at start the indexer catches up from the
 saved offset (the journal's tail written before a crash), which it reads on its
@@ -40,12 +40,12 @@ class Indexer:
     Args:
         lane: The journal folder followed (up to its published durable end).
         store: The query store.
-        batch: Most records in one index transaction; this many waiting are indexed at once.
+        batch: Most records in one index transaction (a longer backlog: one after another).
         interval: Seconds a durable record waits at most before an index transaction starts.
         retry: Seconds between attempts while the store refuses.
     """
 
-    def __init__(self, lane: Path, store: Store, *, batch: int = 20_000,
+    def __init__(self, lane: Path, store: Store, *, batch: int = 5_000,
                  interval: float = 0.1, retry: float = 1.0) -> None:
         self.lane = lane
         self.store = store
@@ -65,16 +65,6 @@ class Indexer:
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-indexer", daemon=True)
         self._thread.start()
-
-    def wake(self, *_batch: object) -> None:
-        """Tell the indexer that the journal grew (the writer calls this per append).
-
-        Only a full ``batch`` starts a transaction early; otherwise the timer does.
-        """
-        reader = self._reader
-        if reader is not None and reader.end() - reader.offset >= self._batch:
-            with self._cond:
-                self._cond.notify()
 
     def wait(self, offset: int, timeout: float = 30.0) -> bool:
         """Block until every record below ``offset`` is in the store; False on timeout."""
@@ -104,7 +94,7 @@ class Indexer:
         """0 when a transaction should start now, else how long to sleep (under the lock)."""
         if self._pending is not None or self._reader is None:
             return 0.0
-        waiting = self._reader.end() - self._reader.offset
+        waiting = durable_end(self.lane) - self._reader.offset
         if waiting <= 0:
             return self._interval
         if waiting >= self._batch or self._reader.offset < self._wanted:
@@ -137,7 +127,7 @@ class Indexer:
         checkpoints: list[Checkpoint] = []
         reader = self._reader
         assert reader is not None
-        end, left = reader.end(), self._batch
+        end, left = durable_end(self.lane), self._batch
         while left > 0 and reader.offset < end:
             records = reader.read(end, min(left, _CHUNK))
             chunk_rows, chunk_checkpoints = decode_many(records)

@@ -97,17 +97,6 @@ def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
     return payloads, pos, None
 
 
-def _read_end(fd: int, folder: Path) -> int:
-    for _ in range(100):  # a read torn by the writer's update: read again
-        data = os.pread(fd, _END.size, 0)
-        if len(data) < _END.size:
-            return 0
-        end, check = _END.unpack(data)
-        if end ^ check == _MASK:
-            return int(end)
-    raise AuditUnavailableError(f"audit journal {folder}: {END} does not hold a valid end")
-
-
 def durable_end(folder: Path) -> int:
     """The durable end a journal (one lane) published: no reader goes past it (0: none yet)."""
     try:
@@ -115,9 +104,16 @@ def durable_end(folder: Path) -> int:
     except FileNotFoundError:
         return 0
     try:
-        return _read_end(fd, folder)
+        for _ in range(100):  # a read torn by the writer's update: read again
+            data = os.pread(fd, _END.size, 0)
+            if len(data) < _END.size:
+                return 0
+            end, check = _END.unpack(data)
+            if end ^ check == _MASK:
+                return int(end)
     finally:
         os.close(fd)
+    raise AuditUnavailableError(f"audit journal {folder}: {END} does not hold a valid end")
 
 
 class JournalBusyError(ConfigError):
@@ -255,17 +251,7 @@ class JournalReader:
         self.offset = offset
         self._block = block
         self._file: BinaryIO | None = None
-        self._end: int | None = None
         self._open_at(offset)
-
-    def end(self) -> int:
-        """The journal's published durable end (:func:`durable_end`), from a file kept open."""
-        if self._end is None:
-            try:
-                self._end = os.open(self.folder / END, os.O_RDONLY)
-            except FileNotFoundError:
-                return 0
-        return _read_end(self._end, self.folder)
 
     def _open_at(self, offset: int) -> None:
         chosen = None
@@ -342,12 +328,9 @@ class JournalReader:
         return out
 
     def close(self) -> None:
-        """Close the open segment and the end file."""
+        """Close the open segment."""
         if self._file is not None:
             self._file.close()
-        if self._end is not None:
-            os.close(self._end)
-            self._end = None
 
 
 def read_journal(folder: Path) -> Iterator[tuple[int, bytes] | Damage]:

@@ -154,7 +154,7 @@ class JournalTrail:
         self.journal = open_lane(journal, segment_bytes=segment_bytes)
         self.indexer = Indexer(self.journal.folder, store) if index else None
         self._otlp = OtlpLogExporter(otlp_endpoint) if otlp_endpoint else None
-        listeners: list[Committed] = [self.indexer.wake] if self.indexer is not None else []
+        listeners: list[Committed] = []
         if self._otlp is not None:
             listeners.append(self._export)
         self._chain_key = ChainKey(derive_chain_key(hmac_key)) if keyed else None

@@ -31,19 +31,11 @@ class Store(Protocol):
         """
 
     def indexed_offset(self, journal: str) -> int:
-        """How far the index has read the journal ``journal`` (0: not at all).
-
-        Raises:
-            AuditUnavailableError: the store could not answer.
-        """
+        """How far the index has read the journal ``journal`` (0: not at all)."""
 
     def index(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint], journal: str,
               next_offset: int) -> None:
-        """Add journal records and save the offset after them, in one transaction.
-
-        Raises:
-            AuditUnavailableError: the store could not take them.
-        """
+        """Add journal records and save the offset after them, in one transaction."""
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return every row."""

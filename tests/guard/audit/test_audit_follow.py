@@ -64,6 +64,7 @@ def test_records_written_but_not_published_are_not_indexed(tmp_path: Path) -> No
     follower.catch_up(30)
     assert store.rows("SELECT count(*) FROM audit_event") == [(2,)]
     assert store.indexed_offset(journal.journal_id) == 2
+    assert follower.progress() == "1 lane(s), 0 record(s) behind"
     follower.close()
     journal.close()
     store.close()
@@ -254,3 +255,13 @@ def _indexed(url: str) -> int:
         return 0
     finally:
         store.close()
+
+
+def test_a_bad_interval_is_refused_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "GUARD_CONFIG": os.devnull}
+    done = subprocess.run(
+        [*GUARD, "audit", "index", "--once", "--interval", "0", "--journal", str(tmp_path / "j"),
+         "--store", f"sqlite:///{tmp_path / 'audit.db'}"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert done.returncode == 2
+    assert done.stderr == "guard: error: --interval and --every must be more than 0 seconds\n"

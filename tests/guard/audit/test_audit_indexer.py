@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +52,9 @@ class Counting(SqliteStore):
         self.transactions.append(len(rows) + len(checkpoints))
 
 
-def writer(journal: Journal, keys: Keys, indexer: Indexer) -> JournalWriter:
+def writer(journal: Journal, keys: Keys) -> JournalWriter:
     return JournalWriter(journal, hmac_key=HMAC_KEY, signing_key=load_signing_key(keys.signing),
-                         writer_id="test", chain_key=ChainKey(CHAIN_KEY),
-                         committed=[indexer.wake])
+                         writer_id="test", chain_key=ChainKey(CHAIN_KEY))
 
 
 def test_appends_wait_for_the_timer_and_are_indexed_in_one_transaction(
@@ -65,7 +63,7 @@ def test_appends_wait_for_the_timer_and_are_indexed_in_one_transaction(
     store = Counting(tmp_path / "audit.db")
     journal = Journal(tmp_path / "j")
     indexer = Indexer(journal.folder, store, interval=3600)  # the timer never fires here
-    trail = writer(journal, keys, indexer)
+    trail = writer(journal, keys)
     for _ in range(5):
         trail.submit_many(EventKind.DECISION, [FIELDS] * 3)  # five appends
     assert journal.next_offset == 16  # the chain's opening checkpoint and 15 events
@@ -80,17 +78,17 @@ def test_appends_wait_for_the_timer_and_are_indexed_in_one_transaction(
     store.close()
 
 
-def test_a_full_batch_is_indexed_without_waiting_for_the_timer(keys: Keys, tmp_path: Path) -> None:
+def test_a_backlog_is_indexed_in_transactions_of_at_most_batch_records(
+    keys: Keys, tmp_path: Path
+) -> None:
     store = Counting(tmp_path / "audit.db")
     journal = Journal(tmp_path / "j")
-    indexer = Indexer(journal.folder, store, batch=10, interval=3600)
-    trail = writer(journal, keys, indexer)
+    indexer = Indexer(journal.folder, store, batch=10, interval=0.05)
+    trail = writer(journal, keys)
     trail.submit_many(EventKind.DECISION, [FIELDS] * 25)
-    deadline = time.monotonic() + 30
-    while indexer.offset < 20 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert indexer.offset >= 20
+    assert indexer.wait(journal.next_offset, timeout=30)
     assert all(size <= 10 for size in store.transactions)
+    assert sum(store.transactions) == journal.next_offset == 26
     trail.close()
     indexer.close()
     journal.close()
