@@ -32,6 +32,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -147,12 +148,9 @@ def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None,
     app = create_app(settings, enforce=kind in ("guarded", "baseline"))
     if kind == "noop":
         app.add_middleware(Noop)
-    try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    finally:
-        if indexer is not None:
-            indexer.terminate()
-            indexer.wait(30)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    if indexer is not None:  # the bench also stops it: uvicorn may end by the signal itself
+        indexer.terminate()
 
 
 @dataclass
@@ -526,8 +524,12 @@ def main() -> None:
                     load(url, token, 1, args.latency_duration, workdir, use_wrk))
     finally:
         for proc, _ in servers.values():
+            kids = children(proc.pid)  # `guard audit index` with --external-index
             proc.terminate()
             proc.wait(timeout=30)
+            for kid in kids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(kid, signal.SIGTERM)
     load_after = os.getloadavg()
 
     from guard.audit._jtrail import JournalTrail
