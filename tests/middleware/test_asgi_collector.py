@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from starlette.testclient import TestClient
 from tokenkit import Keys, guard_settings
 
 from guard._guard import Guard
@@ -42,10 +43,15 @@ def test_the_middleware_does_not_change_the_collector(
     with Guard.from_settings(settings) as guard:
         app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
                            routes=RouteTable(()))
-        with TestClient(app) as client:
-            response = client.get("/customers/c-0001", headers={
-                "authorization": f"Bearer {keys.mint('rsa', sub='svc:crm')}",
-                "x-purpose": "relationship.management"})
+
+        async def get() -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://guarded") as client:
+                return await client.get("/customers/c-0001", headers={
+                    "authorization": f"Bearer {keys.mint('rsa', sub='svc:crm')}",
+                    "x-purpose": "relationship.management"})
+
+        response = asyncio.run(get())
     assert response.status_code == 200
     assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
 
