@@ -10,6 +10,7 @@ with the categories present in the body.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import Iterator
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, create_model
-from starlette.testclient import TestClient
 from tokenkit import Keys, audit_rows, guard_settings
 
 from guard._guard import Guard
@@ -169,6 +170,13 @@ def env(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[dict[s
     guard.close()
 
 
+async def get(app: FastAPI, headers: dict[str, str]) -> httpx.Response:
+    """``GET /r`` from ``app`` in process (httpx's ASGI transport)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://guarded") as client:
+        return await client.get("/r", headers=headers)
+
+
 @settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(specs=fields(), who=st.sampled_from(CALLERS))
@@ -187,8 +195,8 @@ def test_minimised_responses(env: dict[str, Any], specs: list[Spec],
     app.add_middleware(GuardMiddleware, guard=env["guard"], settings=env["settings"],
                        routes=RouteTable(()))
     caller, purpose = who
-    got = TestClient(app).get("/r", headers={"authorization": f"Bearer {env['tokens'][caller]}",
-                                             "x-purpose": purpose})
+    got = asyncio.run(get(app, {"authorization": f"Bearer {env['tokens'][caller]}",
+                                "x-purpose": purpose}))
     decision_id = got.headers.get("x-guard-decision-id") or got.json()["decision_id"]
     (row,) = audit_rows(Path(env["db"]), "event_id = ?", (decision_id,))
     audited = json.loads(row["detail"])
