@@ -27,8 +27,9 @@ from guard.audit._event import GENESIS_HASH
 from guard.audit._fields import Linker, content
 from guard.audit._follow import Follower
 from guard.audit._journal import Journal, durable_end, frame, read_journal, segments
-from guard.audit._jtrail import JournalTrail
+from guard.audit._jtrail import JournalTrail, journal_folder, wait_indexed
 from guard.audit._sqlite import SqliteStore
+from guard.config import AuditSettings
 from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys
 
 FIELDS = {"caller": "svc:crm", "purpose": "p", "categories": ("c",), "allowed": True,
@@ -127,6 +128,23 @@ def test_an_external_trail_indexes_nothing_and_flush_waits_for_the_indexer(
     assert verify(store, load_public_key(keys.public), chain_key=CHAIN_KEY).ok
     assert store.rows("SELECT kind FROM audit_checkpoint ORDER BY seq, kind")[-1] == ("close",)
     store.close()
+
+
+def test_wait_indexed_waits_for_the_external_indexer(keys: Keys, tmp_path: Path) -> None:
+    settings = AuditSettings(store=f"sqlite:///{tmp_path / 'audit.db'}", index="external",
+                             signing_key=keys.signing, hmac_key=tmp_path / "hmac.key")
+    trail = JournalTrail.open(settings)
+    for _ in range(5):
+        trail.record_fields(EventKind.DECISION, FIELDS)
+    with pytest.raises(AuditUnavailableError, match="did not catch up"):
+        wait_indexed(settings, timeout=0.2)  # nobody indexes
+    follower = Follower(journal_folder(settings), open_store(settings.store), interval=0.01)
+    follower.discover()
+    wait_indexed(settings)
+    assert trail.store.rows("SELECT count(*) FROM audit_event") == [(5,)]
+    follower.close()
+    follower.store.close()
+    trail.close()
 
 
 @pytest.mark.postgres
