@@ -4,47 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from upstreamkit import OK, Handler, answer_each, serve
 
 from middleware.sidecar._transport import UpstreamTransport
 
 pytestmark = pytest.mark.anyio
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
 
 @contextlib.asynccontextmanager
-async def serve(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
-    """A TCP server on a free loopback port: its base URL and a list of accepted connections."""
-    accepted: list[int] = []
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(1)
-        try:
-            await handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+async def serve_url(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """:func:`upstreamkit.serve` with the upstream's base URL in place of its port."""
+    async with serve(handler) as (port, accepted):
         yield f"http://127.0.0.1:{port}", accepted
-    finally:
-        server.close()
-
-
-async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answer every request on the connection with ``OK`` (keep-alive)."""
-    while True:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(OK)
-        await writer.drain()
 
 
 async def get(transport: UpstreamTransport, url: str, seconds: float = 5.0) -> bytes:
@@ -57,7 +32,7 @@ async def get(transport: UpstreamTransport, url: str, seconds: float = 5.0) -> b
 
 
 async def test_requests_reuse_one_kept_alive_connection() -> None:
-    async with serve(answer_each) as (url, accepted):
+    async with serve_url(answer_each) as (url, accepted):
         transport = UpstreamTransport("http", max_connections=4)
         try:
             assert [await get(transport, url + "/a") for _ in range(5)] == [b"ok"] * 5
@@ -72,7 +47,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
         writer.write(OK)
         await writer.drain()  # then close: the pooled connection is now dead
 
-    async with serve(one_answer) as (url, accepted):
+    async with serve_url(one_answer) as (url, accepted):
         transport = UpstreamTransport("http", max_connections=4)
         try:
             assert await get(transport, url) == b"ok"
@@ -85,7 +60,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
 async def test_refused_connection_is_an_httpx_connect_error(scheme: str) -> None:
-    async with serve(answer_each) as (url, _):
+    async with serve_url(answer_each) as (url, _):
         pass  # closed: nothing listens on that port any more
     transport = UpstreamTransport(scheme, max_connections=1)
     try:
@@ -99,7 +74,7 @@ async def test_silent_upstream_is_an_httpx_read_timeout() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # never answers
 
-    async with serve(silent) as (url, _):
+    async with serve_url(silent) as (url, _):
         transport = UpstreamTransport("http", max_connections=1)
         try:
             with pytest.raises(httpx.ReadTimeout):
@@ -114,7 +89,7 @@ async def test_body_cut_short_is_an_httpx_error_while_streaming() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
         await writer.drain()
 
-    async with serve(short) as (url, _):
+    async with serve_url(short) as (url, _):
         transport = UpstreamTransport("http", max_connections=1)
         try:
             with pytest.raises(httpx.RemoteProtocolError):
@@ -132,7 +107,7 @@ async def test_upstream_that_stops_reading_the_body_is_a_write_timeout() -> None
         while True:
             yield chunk
 
-    async with serve(never_reads) as (url, _):
+    async with serve_url(never_reads) as (url, _):
         transport = UpstreamTransport("http", max_connections=1)
         request = httpx.Request(
             "PUT", url, content=endless(), extensions={"timeout": httpx.Timeout(0.3).as_dict()}
