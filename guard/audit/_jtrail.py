@@ -104,7 +104,13 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
 
 
 def _traced(fields: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``fields`` with the current span's trace ids, when there is a span."""
+    """``fields`` with the current span's trace ids, when there is a span.
+
+    Fields that carry their own (the guard stamps a decision's at decide time) are
+    taken as they are: the ids would not replace them, so they are not looked up.
+    """
+    if "trace_id" in fields:
+        return fields
     ids = trace_fields()
     return {**ids, **fields} if ids else fields
 
