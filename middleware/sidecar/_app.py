@@ -37,7 +37,12 @@ from middleware.sidecar._openapi import openapi_document
 from middleware.sidecar._outcomes import PendingOutcomes
 from middleware.sidecar._paths import judgeable_path
 from middleware.sidecar._problem import AMBIGUOUS_TARGET, sidecar_problem
-from middleware.sidecar._proxy import Proxy, UpstreamAbortedError, UpstreamError
+from middleware.sidecar._proxy import (
+    ClientGoneError,
+    Proxy,
+    UpstreamAbortedError,
+    UpstreamError,
+)
 from middleware.sidecar._refuse import refuse_target
 from middleware.sidecar._state import Sidecar, build_sidecar, peer_of
 from middleware.sidecar._subjects_api import PATHS as SUBJECT_PATHS
@@ -185,6 +190,9 @@ class ProxyEndpoint:
         except AuditUnavailableError:
             status = 403
             await _unrecorded(outcome, route)(scope, receive, send)
+        except ClientGoneError as exc:  # nobody to answer; the upstream's answer is dropped
+            status, aborted = exc.status, True
+            _log.info("the client left during the answer to %s %s", scope["method"], route)
         except UpstreamAbortedError as exc:
             status, aborted = exc.status, True
             _log.warning("upstream aborted its answer to %s %s: %s", scope["method"], route, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 import httpcore
@@ -114,6 +115,18 @@ class UpstreamAbortedError(Exception):
         super().__init__(f"{cause} after status {status}")
         self.status = status
         self.cause = cause
+
+
+class ClientGoneError(Exception):
+    """The client went away while its answer streamed; the upstream's answer was dropped.
+
+    Args:
+        status: The status already sent to the client.
+    """
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the client left after status {status}")
+        self.status = status
 
 
 _HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
@@ -293,8 +306,14 @@ class Proxy:
             # (one message fewer); otherwise an empty last message ends the body.
             remaining = _content_length(raw)
             done = False
+            # A body that streams on past its first part is read only while the client is
+            # there: a server's ``send`` may return quietly once it left (uvicorn's does).
+            parts = 0
+            gone: asyncio.Future[None] | None = None
             try:
                 async for chunk in response.body:
+                    if gone is not None and gone.done():
+                        raise ClientGoneError(status)
                     if chunk:
                         if remaining is not None:
                             remaining -= len(chunk)
@@ -302,8 +321,14 @@ class Proxy:
                         await send(
                             {"type": "http.response.body", "body": chunk, "more_body": not done}
                         )
+                        parts += 1
+                        if gone is None and parts > 1 and not done:
+                            gone = asyncio.ensure_future(_disconnected(receive))
             except httpx.HTTPError as exc:
                 raise UpstreamAbortedError(status, type(exc).__name__) from exc
+            finally:
+                if gone is not None:
+                    gone.cancel()
             if not done:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -323,6 +348,15 @@ def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
                 return None
             length = int(value)
     return length
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client is gone (or its server cannot tell any more)."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # noqa: S110 - a server that cannot receive: treated as gone
+        pass
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

@@ -1,0 +1,116 @@
+"""Review of the newest fast paths: the sidecar's forwarder against clients that go away.
+
+The sidecar runs under real uvicorn on loopback; the upstream is a raw TCP
+server that streams its answer for as long as someone reads it. uvicorn's
+``send`` returns quietly once the client is gone, so a forwarder that only
+sends never learns it: it would keep the upstream's connection (one of
+``upstream_max_connections``) and read the stream into the void for as long
+as the upstream streams, and the trail would say the answer was whole.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sidecarkit import ServerThread, audit_rows, policy_copy, poll, sidecar_settings
+
+from bench._pg import free_port
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+class StreamingUpstream:
+    """Answers each request with a chunked body that never ends; notes when a reader leaves."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = 0
+        self.ended = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._stream, args=(conn,), daemon=True).start()
+
+    def _stream(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                head += data
+            with self._lock:
+                self.open += 1
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                chunk = b"x" * 1024
+                while True:
+                    conn.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    threading.Event().wait(0.005)
+            except OSError:
+                pass
+            finally:
+                with self._lock:
+                    self.ended += 1
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def streaming(tmp_path: Path, keys: Any) -> Iterator[tuple[ServerThread, StreamingUpstream]]:
+    from middleware.sidecar import create_app
+
+    upstream = StreamingUpstream()
+    policy = policy_copy(tmp_path / "policy", POLICIES)
+    settings_ = sidecar_settings(tmp_path, policy, keys.identity(),
+                                 upstream=f"http://127.0.0.1:{upstream.port}",
+                                 upstream_max_connections=2)
+    try:
+        with ServerThread(create_app(settings_), free_port()) as server:
+            yield server, upstream
+    finally:
+        upstream.close()
+
+
+def _read_and_leave(port: int, token: str) -> bytes:
+    """Ask for a customer's record, read the answer's start and some body, hang up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET /customers/c-0001 HTTP/1.1\r\nHost: sidecar\r\n"
+                     b"Authorization: Bearer " + token.encode() + b"\r\n"
+                     b"X-Purpose: relationship.management\r\n\r\n")
+        answer = b""
+        while len(answer) < 8192 and (data := conn.recv(65536)):
+            answer += data
+    return answer
+
+
+def test_a_client_that_leaves_frees_the_upstream_and_is_recorded_as_aborted(
+    streaming: tuple[ServerThread, StreamingUpstream], keys: Any, tmp_path: Path
+) -> None:
+    """Clients that hang up mid-stream must not keep the upstream's connections busy."""
+    server, upstream = streaming
+    token = keys.mint("hs", sub="svc:crm")
+    for _ in range(2):  # as many as the pool holds
+        answer = _read_and_leave(server.port, token)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    # The forwarder lets go of each stream once its client is gone.
+    poll(lambda: upstream.ended == upstream.open == 2, timeout=20)
+    decisions = audit_rows(tmp_path / "audit.db", "kind = 'decision'")
+    assert [(d["allowed"], d["http_status"]) for d in decisions] == [(1, 200), (1, 200)]
+    for decision in decisions:
+        outcomes = poll(lambda d=decision: audit_rows(
+            tmp_path / "audit.db", "decision_ref = ?", (d["event_id"],)))
+        assert [(o["http_status"], o["detail"]) for o in outcomes] == [(200, "aborted")]
