@@ -1,0 +1,93 @@
+"""Review of the newest fast paths: a journal that hangs never stalls the event loop.
+
+Decisions are appended to the journal off the event loop, so a disk that hangs
+holds only the requests that wait for it (refused ``audit_unavailable`` within
+``Guard.durable_within``), never ``/healthz`` or the deadline that refuses them.
+The test makes the appends fast first (a quick disk: any path that commits on
+the loop's own thread when the disk has proven fast would be taken), then makes
+the journal's next write hang in the kernel (its file swapped for a full pipe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opskit import POLICIES
+from sidecarkit import ServerThread, policy_copy
+
+from bench._pg import free_port
+from guard._guard import Guard
+from guard.config import AuditSettings, PolicySettings, Settings, SidecarSettings
+from middleware.sidecar import create_app
+from middleware.sidecar._state import build_sidecar
+
+CHECK = {"X-Purpose": "relationship.management", "X-Original-URI": "/customers/c-0001",
+         "X-Original-Method": "GET"}
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is full: a write to its write end blocks in the kernel."""
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETFL, os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"x" * 65536)
+    fcntl.fcntl(write, fcntl.F_SETFL, 0)
+    return read, write
+
+
+def test_a_hung_journal_after_fast_appends_leaves_the_event_loop_free(
+    tmp_path: Path, keys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Guard, "durable_within", 1.0)
+    policy = policy_copy(tmp_path / "policy", POLICIES)
+    settings = Settings(
+        policy=PolicySettings(dir=policy, watch=False),
+        audit=AuditSettings(store=f"sqlite:///{tmp_path / 'audit.db'}",
+                            hmac_key=tmp_path / "hmac.key", signing_key=tmp_path / "signing.key"),
+        identity=keys.identity(),
+        sidecar=SidecarSettings(routes=policy / "routes.csv"),
+    )
+    sidecar = build_sidecar(settings)
+    writer = sidecar.guard.trail.writer
+    if hasattr(writer, "inline_within"):  # a disk as fast as any: every append counts as fast
+        writer.inline_within = 60.0
+    segment = sidecar.guard.trail.journal._fd
+    headers = {"Authorization": f"Bearer {keys.mint('hs', sub='svc:crm')}", **CHECK}
+    with ServerThread(create_app(sidecar=sidecar), free_port()) as server, \
+            ThreadPoolExecutor(2) as pool:
+        url = server.url
+        for _ in range(24):  # one at a time: each event alone, each append quick
+            assert httpx.get(url + "/v1/check", headers=headers, timeout=30).status_code == 200
+        read, write = _full_pipe()
+        good = os.dup(segment)
+        os.dup2(write, segment)  # the journal's next append hangs
+        try:
+            hung = pool.submit(httpx.get, url + "/v1/check", headers=headers, timeout=60)
+            alive = pool.submit(httpx.get, url + "/healthz", timeout=60)
+            # The loop is free: /healthz answers, and the deadline refuses the hung check.
+            # (Bounded waits, so a stalled loop fails the test instead of hanging it.)
+            with contextlib.suppress(Exception):
+                alive.result(timeout=20)
+            with contextlib.suppress(Exception):
+                hung.result(timeout=20)
+            answered = alive.done() and hung.done()
+        finally:
+            os.dup2(good, segment)
+            os.close(read)  # the hung append fails (EPIPE): that batch was never acknowledged
+            os.close(write)
+            os.close(good)
+        assert answered, "the event loop stalled behind the journal's hung write"
+        assert alive.result().status_code == 200
+        refused = hung.result()
+        assert refused.status_code == 403
+        assert refused.json()["reason"] == "audit_unavailable"
+        # Writable again: decisions are durable and allowed once more.
+        assert httpx.get(url + "/v1/check", headers=headers, timeout=30).status_code == 200
