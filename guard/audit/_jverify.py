@@ -1,28 +1,30 @@
 """Verify a journal, and the index built from it: which one disagrees, and where.
 
-The journal's chains are checked exactly as a store's are (its records are
-loaded into a scratch SQLite store and :func:`guard.audit.verify` runs on it).
-Then every journal event the index has read (below its saved offset) must be in
-the index with the same columns, and the index must hold no other event of the
-journal's chains.
+The journal's chains are checked exactly as a store's are: its records go
+through :func:`guard.audit._verify.verify_chains`, in the order a store holds
+them. Then every journal event the index has read (below its saved offset) must
+be in the index with the same columns, and the index must hold no other event
+of the journal's chains.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guard.audit._checkpoint import Checkpoint
+from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode
 from guard.audit._journal import Damage, read_journal
 from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, Row, row_checkpoint
-from guard.audit._sqlite import SqliteStore
 from guard.audit._store import AuditStoreError, Store
-from guard.audit._verify import Problem, VerifyReport, verify
+from guard.audit._verify import Problem, VerifyReport, verify_chains
+
+_SEQ, _WRITER = FIELD_NAMES.index("seq"), FIELD_NAMES.index("writer_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,9 @@ def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | None, C
         offset, payload = record
         try:
             row, checkpoint = decode(payload)
-        except ValueError:
+        except (ValueError, TypeError, IndexError):  # not JSON, or a checkpoint's columns
+            row, checkpoint = (), None
+        if row is not None and len(row) != len(FIELD_NAMES):
             damage.append(f"{lane.name} offset {offset}: not an audit record")
             continue
         yield offset, row, checkpoint
@@ -79,6 +83,9 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
                    chain_key: bytes | None = None) -> JournalReport:
     """Check the journal(s) under ``folder`` and the index ``store`` built from them.
 
+    An event or checkpoint id that recurs in the journal counts once (its first
+    record), as in a store.
+
     Args:
         store: The index (the audit store).
         folder: The journal folder (``audit.journal``) or one lane of it.
@@ -87,53 +94,54 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
     """
     damage: list[str] = []
     disagree: list[Problem] = []
+    events: dict[str, Row] = {}
+    checkpoints: dict[str, Checkpoint] = {}
     found = lanes(folder)
-    with tempfile.TemporaryDirectory(prefix="guard-verify-") as tmp:
-        copy = SqliteStore(Path(tmp) / "journal.db")
-        try:
-            for lane in found:
-                indexed = indexed_offset(store, (lane / "ID").read_text().strip())
-                rows: list[Row] = []
-                checkpoints: list[Checkpoint] = []
-                read: dict[str, dict[str, Row]] = {}
-                end = 0
-                for offset, row, checkpoint in _records(lane, damage):
-                    end = offset + 1
-                    if row is not None:
-                        rows.append(row)
-                        if offset < indexed:
-                            read.setdefault(str(row[-4]), {})[str(row[0])] = row
-                    elif checkpoint is not None:
-                        checkpoints.append(checkpoint)
-                    if len(rows) >= 5000:
-                        copy.write(rows, ())
-                        rows = []
-                copy.write(rows, checkpoints)
-                disagree += _compare(store, read)
-                if indexed > end:
-                    damage.append(f"{lane.name}: the index has read {indexed} record(s), the "
-                                  f"journal holds {end} (records were cut off its end)")
-            copy.write([], _countersigned(store, copy, public))
-            report = verify(copy, public, chain_key=chain_key)
-        finally:
-            copy.close()
+    for lane in found:
+        indexed = indexed_offset(store, (lane / "ID").read_text().strip())
+        read: dict[str, dict[str, Row]] = {}
+        end = 0
+        for offset, row, checkpoint in _records(lane, damage):
+            end = offset + 1
+            if row is not None:
+                events.setdefault(str(row[0]), row)
+                if offset < indexed:
+                    read.setdefault(str(row[_WRITER]), {})[str(row[0])] = row
+            elif checkpoint is not None:
+                checkpoints.setdefault(checkpoint.checkpoint_id, checkpoint)
+        disagree += _compare(store, read)
+        if indexed > end:
+            damage.append(f"{lane.name}: the index has read {indexed} record(s), the "
+                          f"journal holds {end} (records were cut off its end)")
+    chains = {str(row[_WRITER]) for row in events.values()}
+    for cp in _countersigned(store, public):
+        if cp.writer_id in chains:
+            checkpoints.setdefault(cp.checkpoint_id, cp)
+    report = verify_chains(sorted(events.values(), key=_stored_order), checkpoints.values(),
+                           public, chain_key=chain_key)
     return JournalReport(report, tuple(disagree), tuple(damage), len(found))
 
 
-def _countersigned(store: Store, copy: Store, public: Ed25519PublicKey) -> list[Checkpoint]:
-    """The index's valid countersign checkpoints of the journal's chains.
+def _stored_order(row: Sequence[Any]) -> tuple[str, bool, int | str, str]:
+    """A row's place in a store's ``ORDER BY writer_id, seq, event_id`` (numbers before text)."""
+    seq = row[_SEQ]
+    number = type(seq) is int
+    return str(row[_WRITER]), not number, seq if number else str(seq), str(row[0])
+
+
+def _countersigned(store: Store, public: Ed25519PublicKey) -> list[Checkpoint]:
+    """The index's valid countersign checkpoints.
 
     The next trail signs the tail of a stopped writer's chain in the index; the
     signature counts for the journal's copy of that chain too.
     """
-    chains = {str(r[0]) for r in copy.rows("SELECT DISTINCT writer_id FROM audit_event")}
     try:
         found = [row_checkpoint(r) for r in store.rows(
             f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint "  # noqa: S608 - constant SQL
             "WHERE kind = 'countersign'")]
     except AuditStoreError:
         return []
-    return [cp for cp in found if cp.writer_id in chains and cp.valid(public)]
+    return [cp for cp in found if cp.valid(public)]
 
 
 def _compare(store: Store, read: dict[str, dict[str, Row]]) -> list[Problem]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -194,7 +195,7 @@ _PREV, _HASH = FIELD_NAMES.index("prev_hash"), FIELD_NAMES.index("hash")
 _TS = FIELD_NAMES.index("ts")
 
 
-def light(raw: tuple[Any, ...], key: ChainKey | None, *, keyed: bool) -> _Row:
+def light(raw: Sequence[Any], key: ChainKey | None, *, keyed: bool) -> _Row:
     """A stored row's chain position, and whether it is exactly what the guard wrote.
 
     A row is intact when its hash matches its content and chain fields *and*
@@ -242,20 +243,42 @@ def verify(
     Raises:
         ConfigError: the store holds keyed chains and no ``chain_key`` was given.
     """
-    checkpoints: dict[str, list[Checkpoint]] = defaultdict(list)
+    checkpoints = [row_checkpoint(raw) for raw in _checkpoint_rows(store)]
+    return verify_chains(store.stream(_EVENTS_SQL), checkpoints, public, chain_key=chain_key,
+                         witness=witness)
+
+
+def verify_chains(
+    events: Iterable[Sequence[Any]],
+    checkpoints: Iterable[Checkpoint],
+    public: Ed25519PublicKey,
+    *,
+    chain_key: bytes | None = None,
+    witness: WitnessRead | None = None,
+) -> VerifyReport:
+    """:func:`verify` of event rows and checkpoints read from anywhere (a store, a journal).
+
+    Args:
+        events: Event rows (``EVENT_COLUMNS``), each chain's in a store's order (by
+            ``seq``, then ``event_id``).
+        checkpoints: The checkpoints, each id once.
+        public: The checkpoint public key.
+        chain_key: The chain key, for keyed (format 3) chains.
+        witness: Checkpoints read from the witness file.
+    """
+    by_writer: dict[str, list[Checkpoint]] = defaultdict(list)
     stored_ids: set[str] = set()
-    for raw in _checkpoint_rows(store):
-        cp = row_checkpoint(raw)
-        checkpoints[cp.writer_id].append(cp)
+    for cp in checkpoints:
+        by_writer[cp.writer_id].append(cp)
         stored_ids.add(cp.checkpoint_id)
     cp_total = len(stored_ids)
     problems: dict[str, Problem] = {}
     witnessed: dict[str, list[Checkpoint]] = defaultdict(list)
     if witness is not None:
-        _merge_witness(witness, public, checkpoints=checkpoints, stored_ids=stored_ids,
+        _merge_witness(witness, public, checkpoints=by_writer, stored_ids=stored_ids,
                        witnessed=witnessed, problems=problems)
     signed: dict[str, list[Checkpoint]] = {}
-    for writer, cps in checkpoints.items():
+    for writer, cps in by_writer.items():
         cps.sort(key=lambda c: (c.seq, c.kind != CheckpointKind.CLOSE))
         bad = next((cp for cp in cps if not cp.valid(public)), None)
         if bad is not None:
@@ -271,12 +294,12 @@ def verify(
     key = ChainKey(chain_key) if chain_key is not None else None
     chains: dict[str, list[_Row]] = defaultdict(list)
     total = 0
-    for raw in store.stream(_EVENTS_SQL):
+    for raw in events:
         writer = str(raw[_WRITER])
         chains[writer].append(light(raw, key, keyed=writer in keyed))
         total += 1
     notes: list[str] = []
-    for writer in sorted(set(chains) | set(checkpoints)):
+    for writer in sorted(set(chains) | set(by_writer)):
         if writer in problems:
             continue
         rows = chains.get(writer, [])
@@ -297,7 +320,7 @@ def verify(
         if found is not None:
             problems[writer] = found
     ordered = tuple(problems[w] for w in sorted(problems))
-    return VerifyReport(total, len(set(chains) | set(checkpoints)), cp_total, ordered,
+    return VerifyReport(total, len(set(chains) | set(by_writer)), cp_total, ordered,
                         tuple(notes))
 
 

@@ -8,6 +8,7 @@ signing key nor the chain key.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from crc32c import crc32c
@@ -133,3 +134,46 @@ def test_records_cut_off_the_journals_end_are_reported(tmp_path: Path) -> None:
     done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
     assert done.returncode == 1
     assert "journal: damaged: lane-0: the index has read" in done.stdout
+
+
+def add_frame(folder: Path, event_id: str, payload_of: Callable[[bytes], bytes]) -> None:
+    """Append a forged frame (correct checksum) made from the record of ``event_id``.
+
+    Args:
+        folder: The journal folder.
+        event_id: The record copied.
+        payload_of: Makes the forged payload from the copied one.
+    """
+    [(_, path)] = segments(folder / "lane-0")
+    data = path.read_bytes()
+    pos = 0
+    while pos < len(data):
+        length = struct.unpack_from("<II", data, pos)[0]
+        payload = data[pos + 8:pos + 8 + length]
+        if event_id.encode() in payload:
+            forged = payload_of(payload)
+            path.write_bytes(data + struct.pack("<II", len(forged), crc32c(forged)) + forged)
+            return
+        pos += 8 + length
+    raise AssertionError("record not found")
+
+
+def test_a_forged_record_of_the_wrong_shape_is_damage_not_an_error(tmp_path: Path) -> None:
+    url, folder, keys, ids = recorded(tmp_path)
+    add_frame(folder, ids[2], lambda payload: payload[:payload.index(b",")] + b"]")
+    report = check(url, folder, keys)
+    assert [line for line in report.damage if "not an audit record" in line] == [
+        "lane-0 offset 14: not an audit record"]  # after 14 real records
+    assert report.journal.ok
+
+
+def test_a_forged_second_record_at_a_seq_is_an_insertion_not_an_error(tmp_path: Path) -> None:
+    url, folder, keys, ids = recorded(tmp_path)
+    other = ids[6][:-1] + "z"  # sorts after the real one
+    add_frame(folder, ids[6], lambda payload: payload.replace(ids[6].encode(), other.encode()))
+    report = check(url, folder, keys)
+    [problem] = report.journal.problems
+    assert (problem.kind, problem.event_id, problem.seq) == ("inserted", other, 7)
+    done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
+    assert done.returncode == 1
+    assert f"journal: inserted: event {other}" in done.stdout
