@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
 from guard.audit._event import GENESIS_HASH, AuditEvent, EventKind
 from guard.audit._fields import compute_hash, render_json
 from guard.audit._ids import new_event_id
@@ -28,14 +27,13 @@ from guard.audit._query import (
 from guard.audit._report import SubjectReport, subject_report
 from guard.audit._store import AuditStoreError, Store, open_store
 from guard.audit._verify import Problem, VerifyReport, verify
-from guard.audit._witness import Witness, WitnessRead, read_witness
+from guard.audit._witness import read_witness
 
 __all__ = [
-    "GENESIS_HASH", "AuditEvent", "AuditQueryError", "AuditStoreError", "Checkpoint",
-    "CheckpointKind", "Count", "EventFilter", "EventKind", "JournalTrail", "Problem", "QueryRow",
-    "Stats", "Store", "SubjectReport", "Terms", "VerifyReport", "Witness", "WitnessRead",
-    "compute_hash", "derive_chain_key", "load_hmac_key", "load_public_key", "load_signing_key",
-    "new_event_id", "open_store", "open_trail", "parse_when", "pseudonymise", "public_key_path",
-    "query_events", "read_witness", "render_json", "stats", "subject_report", "verify",
-    "wait_indexed",
+    "GENESIS_HASH", "AuditEvent", "AuditQueryError", "AuditStoreError", "Count", "EventFilter",
+    "EventKind", "JournalTrail", "Problem", "QueryRow", "Stats", "Store", "SubjectReport",
+    "VerifyReport", "compute_hash", "derive_chain_key", "load_hmac_key", "load_public_key",
+    "load_signing_key", "new_event_id", "open_store", "open_trail", "parse_when", "pseudonymise",
+    "public_key_path", "query_events", "read_witness", "render_json", "stats", "subject_report",
+    "verify", "wait_indexed",
 ]

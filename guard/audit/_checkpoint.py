@@ -9,7 +9,7 @@ from enum import StrEnum
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from guard.audit._keys import key_id
+from guard._secrets import key_id
 
 
 class CheckpointKind(StrEnum):

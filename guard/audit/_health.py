@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from guard._errors import AuditUnavailableError
+from guard.audit._journal import Journal
 
 _log = logging.getLogger("guard.audit")
 
@@ -149,12 +149,12 @@ class GuardedJournal:
     """A journal whose appends respect a free-space reserve and whose failures are logged.
 
     Args:
-        journal: The journal appended to (``guard.audit._journal.Journal``).
+        journal: The journal appended to.
         failures: Where append failures and recoveries are told.
         reserve: The reserve of the journal's filesystem.
     """
 
-    def __init__(self, journal: Any, failures: FailureLog, reserve: DiskReserve) -> None:
+    def __init__(self, journal: Journal, failures: FailureLog, reserve: DiskReserve) -> None:
         self._journal = journal
         self._failures = failures
         self._reserve = reserve
@@ -166,12 +166,9 @@ class GuardedJournal:
             self._failures.failed(why)
             raise AuditUnavailableError(why)
         try:
-            offset: int = self._journal.append(payloads)
+            offset = self._journal.append(payloads)
         except AuditUnavailableError as exc:
             self._failures.failed(str(exc))
             raise
         self._failures.succeeded()
         return offset
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._journal, name)

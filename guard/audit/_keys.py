@@ -11,10 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from guard._errors import ConfigError
-from guard._secrets import key_id, load_ed25519_key, write_secret
-
-__all__ = ["derive_chain_key", "key_id", "load_hmac_key", "load_public_key", "load_signing_key",
-           "pseudonymise", "public_key_path"]
+from guard._secrets import load_ed25519_key, write_secret
 
 
 def load_hmac_key(path: Path, *, create: bool = False) -> bytes:

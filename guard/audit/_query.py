@@ -72,9 +72,13 @@ class EventFilter:
         a = alias
         clauses = [f"{a}.kind = ?"]
         params: list[Any] = [self.kind]
-        if self.caller is not None:
-            clauses.append(f"{a}.caller = ?")
-            params.append(self.caller)
+        allowed = None if self.allowed is None else int(self.allowed)
+        for column, op, value in (("caller", "=", self.caller), ("allowed", "=", allowed),
+                                  ("reason", "=", self.reason), ("subject", "=", self.subject),
+                                  ("ts", ">=", self.since), ("ts", "<", self.until)):
+            if value is not None:
+                clauses.append(f"{a}.{column} {op} ?")
+                params.append(value)
         if self.purpose is not None:
             key = self.purpose.rstrip(".")
             clauses.append(f"({a}.purpose = ? OR ({a}.purpose >= ? AND {a}.purpose < ?))")
@@ -84,27 +88,12 @@ class EventFilter:
             like = f"{a}.categories LIKE ? ESCAPE '\\'"
             clauses.append(f"({like} OR {like})")
             params += [f'%"{key}"%', f'%"{key}.%']
-        if self.allowed is not None:
-            clauses.append(f"{a}.allowed = ?")
-            params.append(int(self.allowed))
-        if self.reason is not None:
-            clauses.append(f"{a}.reason = ?")
-            params.append(self.reason)
-        if self.subject is not None:
-            clauses.append(f"{a}.subject = ?")
-            params.append(self.subject)
-        if self.since is not None:
-            clauses.append(f"{a}.ts >= ?")
-            params.append(self.since)
-        if self.until is not None:
-            clauses.append(f"{a}.ts < ?")
-            params.append(self.until)
         return " AND ".join(clauses), params
 
 
-_E_COLUMNS = ", ".join(f"e.{name}" for name in FIELD_NAMES)
-_OUTCOME = ("COALESCE((SELECT max(o.http_status) FROM audit_event o "
-            "WHERE o.decision_ref = e.event_id AND o.kind = 'outcome'), e.http_status)")
+E_COLUMNS = ", ".join(f"e.{name}" for name in FIELD_NAMES)
+OUTCOME = ("COALESCE((SELECT max(o.http_status) FROM audit_event o "
+           "WHERE o.decision_ref = e.event_id AND o.kind = 'outcome'), e.http_status)")
 """A decision's final HTTP status: its ``outcome`` event's (a write: recorded before its
 handler ran), else the decision's own ``http_status`` (a read or a denial: one event,
 recorded with the status it was answered with)."""
@@ -125,7 +114,7 @@ class QueryRow:
 def query_events(store: Store, where: EventFilter, *, limit: int | None = 100) -> list[QueryRow]:
     """Matching events, newest first."""
     condition, params = where.where()
-    sql = (f"SELECT {_E_COLUMNS}, {_OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
+    sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
            "ORDER BY e.ts DESC, e.event_id DESC")
     if limit is not None:
         if limit < 1:
@@ -182,7 +171,7 @@ def stats(store: Store, where: EventFilter) -> Stats:
 def subject_accesses(store: Store, pseudonym: str) -> tuple[list[QueryRow], int]:
     """Every allowed decision about one data subject (oldest first), and the denied count."""
     condition, params = EventFilter(subject=pseudonym, allowed=True).where()
-    sql = (f"SELECT {_E_COLUMNS}, {_OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
+    sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
            "ORDER BY e.ts, e.event_id")
     rows = [QueryRow(row_event(row[:-1]), row[-1]) for row in store.rows(sql, params)]
     denied_where, denied_params = EventFilter(subject=pseudonym, allowed=False).where()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from guard.audit._event import utc_now
@@ -69,18 +69,8 @@ class SubjectReport:
     register: tuple[RightsEntry, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping."""
-        out: dict[str, Any] = _plain(self)
-        return out
-
-
-def _plain(obj: Any) -> Any:
-    """A report part as JSON-ready values (tuples of parts or strings become lists)."""
-    if isinstance(obj, tuple):
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "__slots__"):
-        return {name: _plain(getattr(obj, name)) for name in obj.__slots__}
-    return obj
+        """A JSON-ready mapping (its parts as mappings)."""
+        return asdict(self)
 
 
 def _access(row: QueryRow) -> Access:
@@ -92,7 +82,7 @@ def _access(row: QueryRow) -> Access:
 def subject_report(store: Store, pseudonym: str) -> SubjectReport:
     """Build the report for the subject whose pseudonym is ``pseudonym``."""
     rows, denied = subject_accesses(store, pseudonym)
-    return report_of(pseudonym, rows, denied, _register(store, pseudonym))
+    return report_of(pseudonym, rows, denied, register_of(store, pseudonym))
 
 
 def report_of(pseudonym: str, rows: Iterable[QueryRow], denied: int,
@@ -126,7 +116,7 @@ def report_of(pseudonym: str, rows: Iterable[QueryRow], denied: int,
     return SubjectReport(pseudonym, utc_now(), recipients, accesses, denied, register)
 
 
-def _register(store: Store, pseudonym: str) -> tuple[RightsEntry, ...]:
+def register_of(store: Store, pseudonym: str) -> tuple[RightsEntry, ...]:
     """The subject's register history (none in a store older than the register)."""
     try:
         rows = store.rows(

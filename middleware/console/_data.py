@@ -13,8 +13,7 @@ from typing import Any
 from guard.audit import AuditEvent, AuditQueryError, EventFilter, EventKind, Store, parse_when
 from guard.audit._event import FIELD_NAMES, TS_FORMAT
 from guard.audit._fields import row_event
-from guard.audit._query import _E_COLUMNS as E_COLUMNS
-from guard.audit._query import _OUTCOME as OUTCOME
+from guard.audit._query import E_COLUMNS, OUTCOME
 
 _LIST_COLUMNS = tuple(FIELD_NAMES.index(name) for name in ("categories", "rule", "lawful_basis"))
 _ALLOWED = FIELD_NAMES.index("allowed")

@@ -23,7 +23,7 @@ from guard._errors import AuditUnavailableError
 from guard._types import HttpContext, Request
 from guard.audit import QueryRow, Store, SubjectReport, pseudonymise
 from guard.audit._event import TS_FORMAT
-from guard.audit._report import _register, report_of
+from guard.audit._report import register_of, report_of
 from guard.config import ConsoleSettings
 from guard.policy._compiled import ADEQUATE, CompiledPolicy
 from middleware.console._data import Row, subject_events
@@ -189,7 +189,7 @@ def subject_view(store: Store, pseudonym: str, policy: CompiledPolicy | None) ->
     decisions = tuple(subject_events(store, pseudonym))
     report = report_of(
         pseudonym, [QueryRow(r.event, r.status) for r in decisions if r.event.allowed is True],
-        sum(1 for r in decisions if r.event.allowed is False), _register(store, pseudonym))
+        sum(1 for r in decisions if r.event.allowed is False), register_of(store, pseudonym))
     counts: dict[tuple[str, str], int] = {}
     for access in report.accesses:
         if access.country and access.country != HOME_COUNTRY:
