@@ -23,7 +23,7 @@ from guard.audit._event import FIELD_NAMES, ts_epoch
 from guard.audit._fields import ChainKey
 from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, row_checkpoint
 from guard.audit._store import Store
-from guard.audit._verify import light
+from guard.audit._verify import chain_terms, check_chain, light
 
 _log = logging.getLogger("guard.audit")
 MARGIN = 2.0
@@ -71,7 +71,7 @@ def _countersign_chain(
 ) -> Checkpoint | None:
     valid = [cp for cp in (row_checkpoint(r) for r in store.rows(_CHECKPOINTS, (writer,)))
              if cp.valid(public)]
-    terms = next((Terms.from_json(cp.terms) for cp in valid if cp.terms is not None), None)
+    terms = chain_terms(valid)
     if not valid or terms is None or terms.chain != 3:
         return None
     head = max(valid, key=lambda cp: cp.seq)
@@ -81,12 +81,10 @@ def _countersign_chain(
     first = ts_epoch(str(tail[0][_TS]))
     if first is None or time.time() - first < terms.seconds + MARGIN:
         return None  # its writer may still sign it
-    seq, prev = head.seq, head.hash
-    for raw in tail:
-        row = light(raw, key, keyed=True)
-        if not row.ok or row.seq != seq + 1 or row.prev != prev:
-            _log.warning("the unsigned tail of audit chain %s does not verify at seq %s; "
-                         "not countersigned", writer, seq + 1)
-            return None
-        seq, prev = row.seq, row.hash
-    return sign(writer, seq, prev, terms)
+    rows = [light(raw, key, keyed=True) for raw in tail]
+    problem = check_chain(writer, rows, head.seq + 1, head.hash)
+    if problem is not None:
+        _log.warning("the unsigned tail of audit chain %s does not verify at seq %s; "
+                     "not countersigned", writer, problem.seq)
+        return None
+    return sign(writer, rows[-1].seq, rows[-1].hash, terms)

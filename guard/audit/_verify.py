@@ -66,10 +66,11 @@ class _Row(NamedTuple):
     ts: str
 
 
-def _check_chain(writer: str, rows: list[_Row]) -> Problem | None:
-    """The first break in a chain (rows sorted by seq), or None."""
+def check_chain(writer: str, rows: list[_Row], seq: int = 1, prev: str = GENESIS_HASH
+                ) -> Problem | None:
+    """The first break in a chain (rows sorted by seq) that starts at ``seq`` after ``prev``."""
     by_hash = {r.hash: i for i, r in enumerate(rows)}
-    exp_seq, exp_prev = 1, GENESIS_HASH
+    exp_seq, exp_prev = seq, prev
     for i, r in enumerate(rows):
         if r.seq == exp_seq and r.ok and r.prev == exp_prev:
             exp_seq, exp_prev = exp_seq + 1, r.hash
@@ -86,6 +87,8 @@ def _check_chain(writer: str, rows: list[_Row]) -> Problem | None:
         if r.prev == GENESIS_HASH:
             return problem("inserted", r, "a second chain start inside the chain")
         pred = by_hash.get(r.prev)
+        if pred == i:
+            return problem("altered", r, "it names itself as its predecessor")
         if pred is None and r.ok and r.seq == exp_seq and i > 0:
             return problem("altered", rows[i - 1],
                            f"it was changed and re-hashed; {r.event_id} no longer links to it")
@@ -168,7 +171,7 @@ def _check_stretches(
     return None
 
 
-def _terms(valid: list[Checkpoint]) -> Terms | None:
+def chain_terms(valid: list[Checkpoint]) -> Terms | None:
     """The chain's signed terms (from its checkpoints), or None for a chain made before them."""
     text = next((cp.terms for cp in valid if cp.terms is not None), None)
     try:
@@ -286,7 +289,7 @@ def verify_chains(
                 "bad_checkpoint", writer, bad.seq, None,
                 f"checkpoint {bad.checkpoint_id} has an invalid signature"))
         signed[writer] = cps if bad is None else []
-    terms = {writer: _terms(valid) for writer, valid in signed.items()}
+    terms = {writer: chain_terms(valid) for writer, valid in signed.items()}
     keyed = {writer for writer, t in terms.items() if t is not None and t.chain == 3}
     if keyed and chain_key is None:
         raise ConfigError("the audit store holds keyed chains: verify needs the chain key "
@@ -304,14 +307,14 @@ def verify_chains(
             continue
         rows = chains.get(writer, [])
         valid = signed.get(writer, [])
-        found = _check_chain(writer, rows)
+        found = check_chain(writer, rows)
         if found is None:
             found, note = _check_checkpoints(writer, rows, valid)
             if note:
                 notes.append(note)
-        chain_terms = terms.get(writer)
-        if found is None and chain_terms is not None:
-            found = _check_stretches(writer, rows, valid, chain_terms)
+        bounds = terms.get(writer)
+        if found is None and bounds is not None:
+            found = _check_stretches(writer, rows, valid, bounds)
         if found is None and witnessed.get(writer):
             cp = witnessed[writer][0]
             found = Problem("deleted", writer, cp.seq, None,

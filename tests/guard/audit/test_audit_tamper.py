@@ -149,3 +149,12 @@ def test_a_chain_without_its_opening_checkpoint_is_caught(store_url: str, keys: 
     run_sql(store_url, "DELETE FROM audit_checkpoint")
     report = check(store_url, keys)
     assert [(p.kind, p.event_id) for p in report.problems] == [("inserted", events[0].event_id)]
+
+
+def test_a_row_that_claims_to_follow_itself_is_altered_not_a_crash(
+    store_url: str, keys: Keys
+) -> None:
+    ev = chain(store_url, keys, 6)
+    run_sql(store_url, "UPDATE audit_event SET prev_hash = hash WHERE seq = 6")
+    report = check(store_url, keys)
+    assert [(p.kind, p.event_id) for p in report.problems] == [("altered", ev[5].event_id)]
