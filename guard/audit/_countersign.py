@@ -72,7 +72,7 @@ def _countersign_chain(
     valid = [cp for cp in (row_checkpoint(r) for r in store.rows(_CHECKPOINTS, (writer,)))
              if cp.valid(public)]
     terms = chain_terms(valid)
-    if not valid or terms is None or terms.chain != 3:
+    if terms is None or terms.chain != 3:
         return None
     head = max(valid, key=lambda cp: cp.seq)
     tail = store.rows(_TAIL, (writer, head.seq))

@@ -36,15 +36,11 @@ class FailureLog:
     Args:
         what: The component, as the log lines name it (``"audit store write"``).
         interval: Seconds between two lines about the same run of failures.
-        logger: Where the lines go.
     """
 
-    def __init__(
-        self, what: str, *, interval: float = LOG_INTERVAL, logger: logging.Logger = _log
-    ) -> None:
+    def __init__(self, what: str, *, interval: float = LOG_INTERVAL) -> None:
         self.what = what
         self._interval = interval
-        self._logger = logger
         self._lock = threading.Lock()
         self.failing_since: float | None = None
         """``time.monotonic()`` of the first failure of the current run, None while working."""
@@ -68,9 +64,9 @@ class FailureLog:
             if self.failing_since is None:
                 self.failing_since = self._logged_at = now
                 self._unlogged = 0
-                self._logger.error("%s failed: %s", self.what, cause)
+                _log.error("%s failed: %s", self.what, cause)
             elif now - self._logged_at >= self._interval:
-                self._logger.error(
+                _log.error(
                     "%s still failing: %d more failure(s) in the last %.0f s, %d since %.0f s "
                     "ago; latest: %s", self.what, self._unlogged, now - self._logged_at,
                     self._count, now - self.failing_since, cause)
@@ -83,7 +79,7 @@ class FailureLog:
             self.ok_at = now
             if self.failing_since is None:
                 return
-            self._logger.warning(
+            _log.warning(
                 "%s works again after %d failure(s) over %.1f s", self.what, self._count,
                 now - self.failing_since)
             self.failing_since = None

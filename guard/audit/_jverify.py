@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import decode
+from guard.audit._fields import decode_many
 from guard.audit._journal import Damage, read_journal
 from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, Row, row_checkpoint
 from guard.audit._store import AuditStoreError, Store
@@ -59,7 +59,7 @@ def indexed_offset(store: Store, journal_id: str) -> int:
     return int(found[0][0]) if found else 0
 
 
-def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | None, Checkpoint | None]]:
+def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | Checkpoint]]:
     records = list(read_journal(lane))
     for number, record in enumerate(records):
         if isinstance(record, Damage):
@@ -70,13 +70,13 @@ def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | None, C
             continue
         offset, payload = record
         try:
-            row, checkpoint = decode(payload)
+            rows, checkpoints = decode_many([payload])
         except (ValueError, TypeError, IndexError):  # not JSON, or a checkpoint's columns
-            row, checkpoint = (), None
-        if row is not None and len(row) != len(FIELD_NAMES):
+            rows, checkpoints = [()], []
+        if checkpoints or len(rows[0]) == len(FIELD_NAMES):
+            yield offset, (checkpoints or rows)[0]
+        else:
             damage.append(f"{lane.name} offset {offset}: not an audit record")
-            continue
-        yield offset, row, checkpoint
 
 
 def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
@@ -101,14 +101,14 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
         indexed = indexed_offset(store, (lane / "ID").read_text().strip())
         read: dict[str, dict[str, Row]] = {}
         end = 0
-        for offset, row, checkpoint in _records(lane, damage):
+        for offset, record in _records(lane, damage):
             end = offset + 1
-            if row is not None:
-                events.setdefault(str(row[0]), row)
-                if offset < indexed:
-                    read.setdefault(str(row[_WRITER]), {})[str(row[0])] = row
-            elif checkpoint is not None:
-                checkpoints.setdefault(checkpoint.checkpoint_id, checkpoint)
+            if isinstance(record, Checkpoint):
+                checkpoints.setdefault(record.checkpoint_id, record)
+                continue
+            events.setdefault(str(record[0]), record)
+            if offset < indexed:
+                read.setdefault(str(record[_WRITER]), {})[str(record[0])] = record
         disagree += _compare(store, read)
         if indexed > end:
             damage.append(f"{lane.name}: the index has read {indexed} record(s), the "
