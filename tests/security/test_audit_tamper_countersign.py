@@ -11,15 +11,18 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from guard.audit import load_public_key, load_signing_key, new_event_id, open_store
+from guard.audit import EventKind, load_public_key, load_signing_key, new_event_id, open_store
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
 from guard.audit._countersign import MARGIN, countersign_stale
-from guard.audit._event import utc_now
-from guard.audit._fields import ChainKey
+from guard.audit._event import GENESIS_HASH, utc_now
+from guard.audit._fields import ChainKey, Linker, content
 from guard.audit._jverify import verify_journal
 from tests.guard.audit.conftest import acknowledged_until_killed
 from tests.security.audit_tamper_kit import CHAIN_KEY, AuditKeys, check, make_keys, sql, trail
@@ -129,3 +132,38 @@ def test_a_tampered_tail_is_not_countersigned(
     assert written == []
     report = check(store_url, audit_keys)
     assert [(p.kind, p.seq) for p in report.problems] == [("altered", tail[-1])]
+
+
+def _stale_chain(store: Any, key: Ed25519PrivateKey, writer: str, terms: str) -> None:
+    """Three keyed events of ``writer`` from long ago after an open checkpoint with ``terms``."""
+    ts, prev, rows = "2026-01-01T00:00:00.000000Z", GENESIS_HASH, []
+    linker = Linker(writer, ChainKey(CHAIN_KEY))
+    for seq in (1, 2, 3):
+        head = content(EventKind.DECISION, {"caller": "svc:a", "allowed": True}, b"", ts,
+                       new_event_id())
+        hash_, _record = linker.link(head, seq, prev)
+        rows.append((*head, writer, seq, prev, hash_))
+        prev = hash_
+    unsigned = Checkpoint(new_event_id(), writer, 0, GENESIS_HASH, ts, CheckpointKind.OPEN,
+                          "test", "", terms)
+    store.write(rows, [replace(unsigned, signature=key.sign(unsigned.payload()).hex())])
+
+
+def test_a_chain_whose_signed_terms_cannot_be_read_does_not_stop_the_others(
+    store_url: str, audit_keys: AuditKeys
+) -> None:
+    key = load_signing_key(audit_keys.signing)
+
+    def sign(writer: str, seq: int, hash_: str, terms: Terms) -> Checkpoint:
+        return sign_checkpoint(key, checkpoint_id=new_event_id(), writer_id=writer, seq=seq,
+                               hash_=hash_, ts=utc_now(), kind=CheckpointKind.COUNTERSIGN,
+                               terms=terms)
+
+    store = open_store(store_url)
+    try:
+        _stale_chain(store, key, "odd/1", "{not terms")
+        _stale_chain(store, key, "good/1", Terms(3, 1000, 0.3).to_json())
+        written = countersign_stale(store, key.public_key(), ChainKey(CHAIN_KEY), "next", sign)
+    finally:
+        store.close()
+    assert [(cp.writer_id, cp.seq) for cp in written] == [("good/1", 3)]
