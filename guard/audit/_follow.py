@@ -28,13 +28,13 @@ class Follower:
     Args:
         folder: The journal folder (its ``lane-N`` journals), or one lane.
         store: The query store.
-        interval: Seconds a durable record waits at most before it is indexed.
+        interval: Seconds from durable to in the store that each lane's indexer aims at.
 
     Raises:
         ConfigError: another follower holds the folder, or it cannot be used.
     """
 
-    def __init__(self, folder: Path, store: Store, *, interval: float = 0.1) -> None:
+    def __init__(self, folder: Path, store: Store, *, interval: float = 0.3) -> None:
         self.folder = folder
         self.store = store
         self._interval = interval

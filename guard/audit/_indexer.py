@@ -4,15 +4,17 @@ A thread reads the records below the journal's published durable end and adds
 them to the store in one transaction per read, together with the offset after
 them. It runs in the writing process (``audit.index = "inline"``) or in
 ``guard audit index`` (:mod:`guard.audit._follow`), which follows every lane. It
-indexes on a short timer (``interval``; a backlog at once, ``batch`` records a
-transaction), not per journal append, which costs the writer nothing: an index
-transaction per few thousand events costs a fraction of one per append, and an
-event is still queryable within ``interval`` plus one transaction. A crash
-between two transactions reads the records after the saved offset again, so the
-store never holds an event twice; at start the indexer catches up from the
-saved offset (the journal's tail written before a crash), which it reads on its
-own thread: a store that refuses, at start or later, is retried; neither the
-producers nor the trail's start wait for the index.
+indexes on its own pace (:class:`Pace`), not per journal append, which costs the
+writer nothing: a transaction starts at once when ``batch`` records wait, else
+once the oldest waiting record has waited ``interval`` less the time the last
+transactions took, so an event is queryable about ``interval`` after it is
+durable and a low rate still gets transactions of ``interval`` worth of events
+(an index transaction per few thousand events costs a fraction of one per few
+hundred). A crash between two transactions reads the records after the saved
+offset again, so the store never holds an event twice; at start the indexer
+catches up from the saved offset (the journal's tail written before a crash),
+which it reads on its own thread: a store that refuses, at start or later, is
+retried; neither the producers nor the trail's start wait for the index.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from guard.audit._checkpoint import Checkpoint
@@ -34,6 +37,60 @@ _CHUNK = 1000
 """Records read and decoded at a time within one index transaction."""
 
 
+class Pace:
+    """When the next index transaction starts; the caller passes the clock (seconds).
+
+    None of the records waiting was durable before :attr:`since`: the last time
+    the indexer saw none waiting, or read up to the durable end. A transaction
+    starts at once when ``batch`` records wait, else once ``since`` is
+    ``interval`` less the longest of the last transactions' durations ago, so a
+    record is in the store at most about ``interval`` after it is durable while
+    transactions take no longer than those.
+
+    Args:
+        interval: Seconds from durable to in the store that the pace aims at.
+        batch: Records waiting that start a transaction at once.
+        now: The clock's time at the start (records already waiting wait from it).
+    """
+
+    def __init__(self, interval: float, batch: int, now: float) -> None:
+        self.interval = interval
+        self.batch = batch
+        self.poll = min(0.1, interval / 4)
+        """Seconds between looks at the durable end while a transaction is not due."""
+        self.since = now
+        self._took: deque[float] = deque(maxlen=8)
+
+    @property
+    def took(self) -> float:
+        """Seconds the longest of the last 8 transactions took (read to commit)."""
+        return max(self._took, default=0.0)
+
+    def done(self, seconds: float) -> None:
+        """A transaction took ``seconds`` from its read to its commit."""
+        self._took.append(seconds)
+
+    def wait(self, now: float, waiting: int) -> float:
+        """0 when a transaction should start now, else seconds until the next look."""
+        if waiting <= 0:
+            self.since = now
+            return self.poll
+        if waiting >= self.batch:
+            return 0.0
+        left = self.since + max(0.0, self.interval - self.took) - now
+        return 0.0 if left <= 0 else min(left, self.poll)
+
+    def read(self, now: float, drained: bool) -> None:
+        """A transaction read at ``now`` (taken before the durable end it read up to).
+
+        Args:
+            now: When the read looked at the durable end.
+            drained: It read everything durable then (else the older records left wait on).
+        """
+        if drained:
+            self.since = now
+
+
 class Indexer:
     """Follows a journal (one lane) into a store on its own thread.
 
@@ -41,17 +98,17 @@ class Indexer:
         lane: The journal folder followed (up to its published durable end).
         store: The query store.
         batch: Most records in one index transaction (a longer backlog: one after another).
-        interval: Seconds a durable record waits at most before an index transaction starts.
+        interval: Seconds from durable to in the store that the pace aims at (:class:`Pace`).
         retry: Seconds between attempts while the store refuses.
     """
 
     def __init__(self, lane: Path, store: Store, *, batch: int = 5_000,
-                 interval: float = 0.1, retry: float = 1.0) -> None:
+                 interval: float = 0.3, retry: float = 1.0) -> None:
         self.lane = lane
         self.store = store
         self._key = (lane / "ID").read_text().strip()
         self._batch = batch
-        self._interval = interval
+        self._pace = Pace(interval, batch, time.monotonic())
         self._retry = retry
         self.offset = 0
         """Records below this offset are in the store (once the saved offset is read)."""
@@ -59,8 +116,8 @@ class Indexer:
         self._cond = threading.Condition()
         self._pending: tuple[list[Row], list[Checkpoint], int] | None = None
         self._wanted = 0  # a waiter wants the index at least this far: index now
-        self._due = 0.0  # monotonic time of the next timed transaction
         self._closed = False
+        self._started = 0.0  # monotonic time the pending transaction's read started
         self._failures = FailureLog(f"audit index of {lane}")
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-indexer", daemon=True)
@@ -94,12 +151,10 @@ class Indexer:
         """0 when a transaction should start now, else how long to sleep (under the lock)."""
         if self._pending is not None or self._reader is None:
             return 0.0
-        waiting = durable_end(self.lane) - self._reader.offset
-        if waiting <= 0:
-            return self._interval
-        if waiting >= self._batch or self._reader.offset < self._wanted:
+        if self._reader.offset < self._wanted:
             return 0.0
-        return max(0.0, self._due - time.monotonic())
+        now = time.monotonic()
+        return self._pace.wait(now, durable_end(self.lane) - self._reader.offset)
 
     def _run(self) -> None:
         while True:
@@ -127,7 +182,9 @@ class Indexer:
         checkpoints: list[Checkpoint] = []
         reader = self._reader
         assert reader is not None
+        now = time.monotonic()
         end, left = durable_end(self.lane), self._batch
+        self._pace.read(now, end - reader.offset <= left)
         while left > 0 and reader.offset < end:
             records = reader.read(end, min(left, _CHUNK))
             chunk_rows, chunk_checkpoints = decode_many(records)
@@ -143,11 +200,11 @@ class Indexer:
             reader = JournalReader(self.lane, offset)
             with self._cond:
                 self._reader, self.offset = reader, offset
-                self._due = time.monotonic() + self._interval  # a crash's tail: on the timer
+                self._pace.since = time.monotonic()  # a crash's tail waits from now
                 self._cond.notify_all()
         else:
             if self._pending is None:
-                self._due = time.monotonic() + self._interval
+                self._started = time.monotonic()
                 try:
                     rows, checkpoints = self._read()
                 except Exception:  # read them again, from the saved offset: never skip one
@@ -157,6 +214,7 @@ class Indexer:
                 self._pending = (rows, checkpoints, self._reader.offset)
             rows, checkpoints, end = self._pending
             self.store.index(rows, checkpoints, self._key, end)
+            self._pace.done(time.monotonic() - self._started)
             with self._cond:
                 self._pending = None
                 self.offset = end

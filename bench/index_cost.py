@@ -1,0 +1,341 @@
+"""Where an index transaction's CPU goes, per record, by transaction size (SQLite, PostgreSQL).
+
+Writes a journal of ``--events`` decision records (64 a batch, as 64 producers
+would), then indexes it on this one thread into fresh stores in transactions of
+each ``--sizes`` records (300: 3,000 events/s on a 0.1 s timer; 5,000: a
+backlog), timing each step with the thread's CPU clock: read + decode
+(``decode_many``), the event INSERT (with its B-trees), the hourly summary,
+the offset row, and the commit. Variants run interleaved, ``--rounds`` times each:
+
+- ``python``: the store's own ``index`` (the Python rows);
+- ``sql``: the rows built in the store from the records' JSON (``json_each`` /
+  ``jsonb_array_elements``); the decode only finds checkpoints;
+- ``no-ts`` / ``no-subject``: SQLite without the ``ts`` / ``(subject, ts)`` index
+  (what each B-tree costs; not a proposal);
+- ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs).
+
+Usage: python bench/index_cost.py [--events 60000] [--sizes 300,1500,5000] [--rounds 3]
+                                  [--no-postgres] [--variants python,sql,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _pg import fdatasync_floor, fresh_database, pg_server
+
+from guard.audit import EventKind, load_signing_key, open_store
+from guard.audit._event import FIELD_NAMES
+from guard.audit._fields import ChainKey, decode_many
+from guard.audit._journal import Journal, JournalReader
+from guard.audit._jwriter import JournalWriter
+from guard.audit._schema import INSERT_EVENT
+from guard.audit._store import Store
+
+KEY = b"b" * 32
+FIELDS = {"caller": "svc:crm", "party_type": "internal", "country": "GB",
+          "purpose": "relationship.management",
+          "categories": ("contact.email", "identity.name"), "action": "read",
+          "allowed": True, "reason": "allowed", "rule": ("rules.csv:314",),
+          "lawful_basis": ("contract", "legitimate_interest"),
+          "policy_version": "sha256:5d79139ff05f0ad3", "http_method": "GET",
+          "http_route": "/customers/{id}", "http_status": 200, "latency_us": 40}
+
+
+def write_journal(folder: Path, key: Path, n: int, subjects: int) -> list[bytes]:
+    """A journal of about ``n`` decision records (batches of 64); its records."""
+    journal = Journal(folder)
+    writer = JournalWriter(journal, hmac_key=KEY, signing_key=load_signing_key(key),
+                           writer_id="bench", chain_key=ChainKey(KEY))
+    for start in range(0, n, 64):
+        writer.submit_many(EventKind.DECISION,
+                           [{**FIELDS, "subject_id": f"c{(start + i) * 7919 % subjects}",
+                             "allowed": (start + i) % 7 != 0} for i in range(64)])
+    writer.close()
+    end = journal.next_offset
+    journal.close()
+    reader = JournalReader(folder, 0)
+    records = reader.read(end, end)
+    reader.close()
+    return records
+
+
+Steps = dict[str, float]
+
+_HEAD = INSERT_EVENT.split(" VALUES ", 1)[0]
+SQLITE_FROM_JSON = (
+    f"{_HEAD} SELECT {', '.join(f'value ->> {i}' for i in range(len(FIELD_NAMES)))} "
+    "FROM json_each(?) WHERE true ON CONFLICT (event_id) DO NOTHING"
+)
+"""The ``sql`` variant on SQLite: the rows built by SQLite from the records' JSON array."""
+
+
+def split_records(records: list[bytes]) -> tuple[bytes, list[Any]]:
+    """Event records as one JSON array, and the checkpoints decoded."""
+    others = [r for r in records if r[:1] != b"["]
+    array = b"[" + b",".join(r for r in records if r[:1] == b"[") + b"]"
+    return array, (decode_many(others)[1] if others else [])
+
+
+def timed(steps: Steps, name: str, call: Callable[[], Any]) -> Any:
+    """Run ``call``, adding its thread CPU time (µs) to ``steps[name]``."""
+    t0 = time.thread_time_ns()
+    out = call()
+    steps[name] += (time.thread_time_ns() - t0) / 1e3
+    return out
+
+
+class SqliteProbe:
+    """The SQLite index transaction, step by step (the statements ``SqliteStore`` runs)."""
+
+    def __init__(self, path: Path, variant: str) -> None:
+        from guard.audit import _sqlite
+
+        self._sqlite = _sqlite
+        store = open_store(f"sqlite:///{path}")
+        store.indexed_offset("bench")  # the offset table
+        store.index([], [], "bench", 0)  # its indexing pragmas
+        self.store = store
+        self.conn: sqlite3.Connection = store._conn  # type: ignore[attr-defined]
+        if variant == "no-ts":
+            self.conn.execute("DROP INDEX audit_event_ts")
+        if variant == "no-subject":
+            self.conn.execute("DROP INDEX audit_event_subject")
+        if variant == "sync-off":
+            self.conn.execute("PRAGMA synchronous=OFF")
+        self.variant = variant
+
+    def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
+        s = self._sqlite
+        conn = self.conn
+        if self.variant == "sql":
+            _rows, checkpoints = timed(steps, "decode", lambda: split_records(records))
+        else:
+            rows, checkpoints = timed(steps, "decode", lambda: decode_many(records))
+        timed(steps, "begin", lambda: conn.execute("BEGIN IMMEDIATE"))
+        before = timed(steps, "begin", lambda: conn.execute(
+            "SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0])
+        if self.variant == "sql":
+            timed(steps, "insert", lambda: conn.execute(SQLITE_FROM_JSON, (_rows.decode(),)))
+        else:
+            for start in range(0, len(rows), 1000):
+                chunk = rows[start:start + 1000]
+                timed(steps, "insert", lambda c=chunk: conn.execute(
+                    s._insert_many(len(c)), [v for r in c for v in r]))
+        timed(steps, "summary", lambda: conn.execute(s._ADD_HOURS, (before,)))
+        if checkpoints:
+            timed(steps, "checkpoints", lambda: conn.executemany(
+                s.INSERT_CHECKPOINT, [s.checkpoint_row(c) for c in checkpoints]))
+        timed(steps, "offset", lambda: conn.execute(s.SAVE_OFFSET, ("bench", offset)))
+        timed(steps, "commit", lambda: conn.execute("COMMIT"))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class StoreProbe:
+    """A store's whole ``index`` call (PostgreSQL: its client CPU), after the decode."""
+
+    def __init__(self, store: Store, variant: str) -> None:
+        store.indexed_offset("bench")
+        self.store = store
+        conn = store._connection()  # type: ignore[attr-defined]
+        self.backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        self.variant = variant
+
+    def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
+        if self.variant == "sql":
+            from guard.audit._postgres import split_records
+
+            raw, checkpoints = timed(steps, "decode", lambda: split_records(records))
+            timed(steps, "store", lambda: self.store.index_json(  # type: ignore[attr-defined]
+                raw, checkpoints, "bench", offset))
+        else:
+            rows, checkpoints = timed(steps, "decode", lambda: decode_many(records))
+            timed(steps, "store", lambda: self.store.index(rows, checkpoints, "bench", offset))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def process_cpu_us(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in µs (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") * 1e6
+
+
+def run(probe: SqliteProbe | StoreProbe, records: list[bytes], size: int) -> Steps:
+    steps: Steps = defaultdict(float)
+    backend = getattr(probe, "backend", None)
+    server0 = process_cpu_us(backend) if backend else 0.0
+    t0 = time.thread_time_ns()
+    for start in range(0, len(records), size):
+        probe.index(records[start:start + size], start + size, steps)
+    steps["total"] = (time.thread_time_ns() - t0) / 1e3
+    if backend:
+        steps["server"] = process_cpu_us(backend) - server0
+    probe.close()
+    return {k: v / len(records) for k, v in steps.items()}
+
+
+def thread_cpu_us(thread: threading.Thread) -> float:
+    """CPU time a thread of this process has used so far, in µs (Linux schedstat)."""
+    with open(f"/proc/self/task/{thread.native_id}/schedstat") as stat:
+        return int(stat.read().split()[0]) / 1e3
+
+
+def trickle(url: str, key: Path, folder: Path, rate: int, seconds: float, subjects: int,
+            interval: float | None = None) -> tuple[float, float, float, float, float]:
+    """The in-process indexer (its defaults) behind a journal written at ``rate`` events/s.
+
+    Batches of 30 events every ``30 / rate`` s for ``seconds``. Returns the indexer
+    thread's CPU µs per record, (PostgreSQL: the server backend's, else 0), index lag
+    p50 / p99 / max ms (durable -> indexed, sampled every 2 ms).
+    """
+    from guard.audit._indexer import Indexer
+
+    journal = Journal(folder)
+    store = open_store(url)
+    writer = JournalWriter(journal, hmac_key=KEY, signing_key=load_signing_key(key),
+                           writer_id="bench", chain_key=ChainKey(KEY))
+    writer.flush()
+    indexer = (Indexer(journal.folder, store) if interval is None
+               else Indexer(journal.folder, store, interval=interval))
+    if not indexer.wait(journal.next_offset, 60):
+        raise RuntimeError(f"index did not start: {indexer.last_error}")
+    backend = None
+    if url.startswith("postgresql"):
+        backend = int(store._connection().execute(  # type: ignore[attr-defined]
+            "SELECT pg_backend_pid()").fetchone()[0])
+    durable: list[tuple[float, int]] = []
+    indexed: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            indexed.append((time.perf_counter(), indexer.offset))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    cpu0 = thread_cpu_us(indexer._thread)
+    server0 = process_cpu_us(backend) if backend else 0.0
+    first = journal.next_offset
+    step, count = 30 / rate, 0
+    t0 = time.perf_counter()
+    due = t0
+    while due - t0 < seconds:
+        writer.submit_many(EventKind.DECISION,
+                           [{**FIELDS, "subject_id": f"c{(count + i) * 7919 % subjects}"}
+                            for i in range(30)])
+        count += 30
+        durable.append((time.perf_counter(), journal.next_offset))
+        due += step
+        time.sleep(max(0.0, due - time.perf_counter()))
+    writer.flush()
+    if not indexer.wait(journal.next_offset, 60):
+        raise RuntimeError(f"index did not catch up: {indexer.last_error}")
+    records = journal.next_offset - first
+    cpu = thread_cpu_us(indexer._thread) - cpu0
+    server = process_cpu_us(backend) - server0 if backend else 0.0
+    stop.set()
+    sampler.join()
+    indexer.close()
+    writer.close()
+    journal.close()
+    store.close()
+    lags, j = [], 0
+    for when, end in durable:
+        while j < len(indexed) and indexed[j][1] < end:
+            j += 1
+        if j < len(indexed):
+            lags.append(max(0.0, indexed[j][0] - when))
+    lags.sort()
+    return (cpu / records, server / records, lags[len(lags) // 2] * 1e3,
+            lags[int(len(lags) * 0.99)] * 1e3, lags[-1] * 1e3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--sizes", default="300,1500,5000")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default="python,sql,no-ts,no-subject,sync-off")
+    parser.add_argument("--subjects", type=int, default=5000,
+                        help="distinct data subjects among the records")
+    parser.add_argument("--trickle", type=int, default=0,
+                        help="instead: the indexer behind a journal written at this rate")
+    parser.add_argument("--interval", type=float, default=None,
+                        help="with --trickle: the indexer's interval (default: its own)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="with --trickle")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    variants = args.variants.split(",")
+    tmp = Path(tempfile.mkdtemp(prefix="guard-bench-index-"))
+    key = tmp / "sign.key"
+    load_signing_key(key, create=True)
+    try:
+        p50, p99 = fdatasync_floor(tmp)
+        print(f"disk floor: append 300 B + fdatasync p50 {p50:.3f} ms, p99 {p99:.3f} ms; "
+              f"load average {Path('/proc/loadavg').read_text().split()[:3]}")
+        if args.trickle:
+            with pg_server() as pg:
+                kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
+                print(f"indexer behind {args.trickle} events/s for {args.seconds:g} s: "
+                      "indexer thread CPU µs per record (server backend's), index lag ms")
+                for rnd in range(args.rounds):
+                    for kind in kinds:
+                        url = (f"sqlite:///{tmp / f't{rnd}.db'}" if kind == "sqlite"
+                               else fresh_database(pg or "", f"t{rnd}"))
+                        got = trickle(url, key, tmp / f"t{kind}{rnd}", args.trickle,
+                                      args.seconds, args.subjects, args.interval)
+                        print(f"{kind:<10} interval {args.interval} indexer {got[0]:.2f} µs "
+                              f"(server {got[1]:.2f}), "
+                              f"lag p50 {got[2]:.0f} / p99 {got[3]:.0f} / max {got[4]:.0f} ms",
+                              flush=True)
+            return
+        records = write_journal(tmp / "j", key, args.events, args.subjects)
+        print(f"{len(records)} records; CPU µs per record (thread CPU), median of {args.rounds}")
+        with pg_server() as pg:
+            kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
+            results: dict[tuple[str, str, int], list[Steps]] = defaultdict(list)
+            number = 0
+            for _ in range(args.rounds):
+                for kind in kinds:
+                    for size in sizes:
+                        for variant in variants:
+                            if kind == "postgresql" and variant not in ("python", "sql"):
+                                continue
+                            number += 1
+                            probe: SqliteProbe | StoreProbe
+                            if kind == "sqlite":
+                                probe = SqliteProbe(tmp / f"s{number}.db", variant)
+                            else:
+                                assert pg is not None
+                                probe = StoreProbe(open_store(fresh_database(pg, f"p{number}")),
+                                                   variant)
+                            results[kind, variant, size].append(run(probe, records, size))
+            for (kind, variant, size), got in results.items():
+                names = sorted({n for g in got for n in g},
+                               key=lambda n: (n in ("total", "server"), n))
+                parts = ", ".join(f"{n} {statistics.median(g.get(n, 0.0) for g in got):.2f}"
+                                  for n in names)
+                print(f"{kind:<10} {variant:<10} {size:>6}: {parts}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
