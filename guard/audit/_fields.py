@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from binascii import hexlify
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from guard.audit._keys import pseudonymise
 from guard.audit._schema import Row, checkpoint_row, row_checkpoint
 
 _slow = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+_dumps = orjson.dumps
+_sha256 = hashlib.sha256
 
 
 def compact(value: Sequence[Any]) -> bytes:
@@ -31,8 +34,8 @@ def compact(value: Sequence[Any]) -> bytes:
     DEL unescaped, so those go to the standard encoder).
     """
     try:
-        out = orjson.dumps(value)
-    except TypeError:
+        out = _dumps(value)
+    except TypeError:  # an int past 64 bits, a lone surrogate
         return _slow(value).encode()
     if out.isascii() and b"\x7f" not in out:
         return out
@@ -123,6 +126,9 @@ def _listed(value: Any) -> str:
     return text
 
 
+_KIND: dict[EventKind, str] = {kind: kind.value for kind in EventKind}
+
+
 def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes, now: str,
             event_id: str) -> Row:
     """The content columns of an event: every field but the chain fields, in field order.
@@ -140,20 +146,25 @@ def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes
     else:
         subject = pseudonymise(pseudonym, raw)
     allowed = get("allowed")
+    categories, rule, basis = get("categories", ()), get("rule", ()), get("lawful_basis", ())
+    try:  # tuples of strings seen before: their text is kept
+        categories, rule, basis = _LISTED[categories], _LISTED[rule], _LISTED[basis]
+    except (KeyError, TypeError):
+        categories, rule, basis = _listed(categories), _listed(rule), _listed(basis)
     return (
         get("event_id") or event_id,
-        kind.value,
+        _KIND[kind],
         get("ts") or now,
         get("caller", ""),
         get("party_type"),
         get("country"),
         get("purpose", ""),
-        _listed(get("categories", ())),
+        categories,
         get("action", ""),
         None if allowed is None else int(allowed),
         get("reason", ""),
-        _listed(get("rule", ())),
-        _listed(get("lawful_basis", ())),
+        rule,
+        basis,
         get("policy_version", ""),
         subject,
         get("http_method"),
@@ -238,6 +249,9 @@ def render_json(event: AuditEvent) -> str:
 class Linker:
     """Places content rows in one chain: each row's hash and its journal record.
 
+    The bytes are those :func:`compact` and :func:`chain_hash` define (a property
+    test holds them equal to the standard library's JSON for any field values).
+
     Args:
         writer_id: The chain.
         key: The chain key (format 3); None writes format 2.
@@ -251,15 +265,30 @@ class Linker:
         self._wid = compact([writer_id])[1:-1]
 
     def link(self, head: Row, seq: int, prev: str) -> tuple[str, bytes]:
-        """The hash of ``head`` at ``seq`` after ``prev``, and the row's journal record."""
-        body = compact(head)
+        """The hash of ``head`` at ``seq`` after ``prev``, and the row's journal record.
+
+        Raises:
+            ValueError: a value the journal could not give back as it was (an int
+                past 64 bits, a lone surrogate, an object JSON has no form for).
+        """
+        try:
+            body = _dumps(head)
+        except TypeError as exc:
+            raise ValueError(f"not recordable in the journal: {exc}") from None
+        if not body.isascii() or b"\x7f" in body:
+            body = _slow(head).encode()
         key = self._key
-        digest = key.digest(body) if key is not None else hashlib.sha256(body).hexdigest()
+        if key is not None:  # ChainKey.digest, without its call
+            inner = key._inner.copy()
+            inner.update(body)
+            outer = key._outer.copy()
+            outer.update(inner.digest())
+            digest = hexlify(outer.digest())
+        else:
+            digest = hexlify(_sha256(body).digest())
         before = prev.encode()
-        hash_ = hashlib.sha256(b'%s%d,"%s","%s"]' % (self._prefix, seq, before,
-                                                     digest.encode())).hexdigest()
-        return hash_, b'%s,%s,%d,"%s","%s"]' % (body[:-1], self._wid, seq, before,
-                                                 hash_.encode())
+        hash_ = hexlify(_sha256(b'%s%d,"%s","%s"]' % (self._prefix, seq, before, digest)).digest())
+        return hash_.decode(), b'%s,%s,%d,"%s","%s"]' % (body[:-1], self._wid, seq, before, hash_)
 
 
 def checkpoint_record(cp: Checkpoint) -> bytes:

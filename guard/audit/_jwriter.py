@@ -331,11 +331,11 @@ class JournalWriter:
         for item, event_id in zip(items, new_event_ids(len(items)), strict=True):
             try:
                 head = content(item.kind, item.fields, pseudonyms, now, event_id)
+                hash_, record = link(head, seq + 1, prev)
             except Exception as exc:  # only this event is unrecordable
                 item.result = AuditUnavailableError(f"audit event cannot be recorded: {exc}")
                 continue
             seq += 1
-            hash_, record = link(head, seq, prev)
             add_record(record)
             add_row((*head, writer_id, seq, prev, hash_))
             prev = hash_
