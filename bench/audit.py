@@ -11,7 +11,10 @@ process's). Then the right-of-access report for one data subject over
 ``--report-events`` bulk-loaded events.
 
 Usage: python bench/audit.py [--quick] [--events N] [--rounds 3] [--report-events N]
-                              [--no-postgres]
+                              [--no-postgres] [--alone]
+
+``--alone`` runs only the journal alone (the floor, then 64 tasks into a journal with
+no store), for comparing writer changes (run it with ``PYTHONPATH`` at each tree).
 """
 
 from __future__ import annotations
@@ -310,13 +313,27 @@ def index_run(url: str, folder: Path) -> tuple[float, float]:
     return journal.next_offset / elapsed, cpu / journal.next_offset
 
 
-def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int,
-                  rounds: int) -> None:
-    """The journal's durable events/s with 64 producers, index lag and rate, the disk's floor."""
+def print_floor(tmp: Path) -> None:
+    """The disk's fdatasync p50 / p99 in ``tmp`` and the ceiling it sets for 64 producers."""
     p50, p99 = fdatasync_floor(tmp)
     print(f"disk floor in {tmp}: append 300 B + fdatasync p50 {p50:.3f} ms, p99 {p99:.3f} ms; "
           f"64 producers that each wait for their event share at most one sync per batch: "
           f"ceiling 64 / p50 = {64 / p50 * 1e3:,.0f} events/s")
+
+
+def alone_bench(tmp: Path, key: Path, n: int, rounds: int) -> None:
+    """The journal alone: durable events/s of 64 tasks and the writer's CPU per event."""
+    print_floor(tmp)
+    got = [journal_alone_run(key, tmp / f"alone{rnd}", n, 64) for rnd in range(rounds)]
+    print(f"journal alone, 64 tasks, {n} events a run: "
+          + ", ".join(f"{rate:,.0f}/s ({cpu:.2f} µs writer)" for rate, cpu in got)
+          + f"; median {statistics.median(g[0] for g in got):,.0f}/s", flush=True)
+
+
+def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int,
+                  rounds: int) -> None:
+    """The journal's durable events/s with 64 producers, index lag and rate, the disk's floor."""
+    print_floor(tmp)
     print(f"journal: durable events/s, {n} events per run, "
           f"median of {rounds}; index lag = durable -> in the store (ms); CPU µs per event "
           "of the writer thread, the indexer thread and the producers")
@@ -363,6 +380,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs per configuration (the median is shown)")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--alone", action="store_true",
+                        help="only the journal alone (64 tasks, no store)")
     args = parser.parse_args()
     n = args.events or (4_000 if args.quick else 20_000)
     tmp = Path(tempfile.mkdtemp(prefix="guard-bench-audit-"))
@@ -370,6 +389,9 @@ def main() -> None:
     load_signing_key(key, create=True)
 
     try:
+        if args.alone:
+            alone_bench(tmp, key, max(n, 64_000), args.rounds)
+            return
         with pg_server() as pg:
             if pg is None and not args.no_postgres:
                 print("PostgreSQL not installed: SQLite only")

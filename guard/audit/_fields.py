@@ -91,14 +91,15 @@ class Pseudonyms(ChainKey):
         key: The subject HMAC key.
     """
 
-    __slots__ = ("_known",)
+    __slots__ = ("known",)
 
     def __init__(self, key: bytes) -> None:
         super().__init__(key)
-        self._known: dict[str, str] = {}
+        self.known: dict[str, str] = {}
+        """Raw subject id -> pseudonym, the latest made."""
 
     def __call__(self, subject_id: str) -> str:
-        known = self._known
+        known = self.known
         try:
             return known[subject_id]
         except KeyError:
@@ -142,7 +143,7 @@ def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes
     if raw is None:
         subject = get("subject")
     elif isinstance(pseudonym, Pseudonyms):
-        subject = pseudonym(raw)
+        subject = pseudonym.known.get(raw) or pseudonym(raw)
     else:
         subject = pseudonymise(pseudonym, raw)
     allowed = get("allowed")

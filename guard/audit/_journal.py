@@ -153,7 +153,7 @@ class Journal:
         self.journal_id = self._identity()
         found = segments(folder)
         if not found:
-            self._create(0)
+            os.close(self._create(0))
             found = segments(folder)
         first, path = found[-1]
         payloads, good, damage = scan(path, first)
