@@ -19,6 +19,7 @@ Printed beside them: the UTC time, the load average, and the disk's floor
 (append 300 B + fdatasync in the audit folder).
 
 Usage: python bench/http.py [--duration 8] [--connections 32] [--rounds 2]
+       [--latency-only] [--trace-slow] [--variant LABEL=OPTIONS ...] (see --help)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -64,6 +66,12 @@ GUARDED = ("guarded",)
 LABELS = {"plain": "plain", "noop": "no-op Python middleware",
           "guarded": "guarded, audit journal", "baseline": "guarded, --baseline tree"}
 THREADS = ("loop", "writer", "indexer", "other")
+LATENCY_BEGIN = signal.SIGRTMIN
+"""Sent to a server (``--trace-slow``, ``--index-pause``) before a latency run."""
+LATENCY_END = signal.SIGRTMIN + 1
+"""... and after it (with ``--trace-slow`` it then writes ``trace-LABEL.json``)."""
+WRK = ["wrk"]
+"""The load generator's command (``--pin-wrk`` puts ``taskset`` before it)."""
 
 
 def free_port() -> int:
@@ -113,15 +121,82 @@ def external_indexer(settings: Settings) -> subprocess.Popen[bytes]:
         env={**os.environ, "GUARD_CONFIG": os.devnull}, stdout=subprocess.DEVNULL)
 
 
-def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None,
-          tree: Path = REPO, external_index: bool = False) -> None:
+def server_options() -> argparse.ArgumentParser:
+    """The options of one server (the bench's own, and each ``--variant``'s)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--gc-threshold", type=int, default=None,
+                        help="the servers' gc.set_threshold first value (default: Python's 700)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="the servers call gc.freeze() after the warm-up")
+    parser.add_argument("--external-index", action="store_true",
+                        help="the guarded server's audit journal is indexed by a child "
+                             "`guard audit index` process (its CPU counted as the indexer's)")
+    parser.add_argument("--switch-interval", type=float, default=None, metavar="SECONDS",
+                        help="the servers' sys.setswitchinterval (default: Python's 0.005)")
+    parser.add_argument("--index-nice", type=int, default=None, metavar="N",
+                        help="the guarded server's indexer (thread, or `guard audit index`) "
+                             "at this nice value")
+    parser.add_argument("--index-idle", action="store_true",
+                        help="the guarded server's indexer (thread, or `guard audit index`) "
+                             "under SCHED_IDLE")
+    parser.add_argument("--index-pause", action="store_true",
+                        help="the guarded server's indexer (thread, or `guard audit index`) "
+                             "does nothing during each latency run (the index catches up after)")
+    parser.add_argument("--trace-slow", action="store_true",
+                        help="trace each latency run's requests, collections, lock waits, "
+                             "syncs and index transactions; print the slowest 1 %% "
+                             "(bench/http_trace.py; needs gcc)")
+    return parser
+
+
+def _to_args(opts: argparse.Namespace) -> list[str]:
+    """The command-line form of :func:`server_options`' values."""
+    out: list[str] = []
+    for action in server_options()._actions:
+        value = getattr(opts, action.dest, None)
+        if value is None or value is False:
+            continue
+        out += [action.option_strings[0]] + ([] if value is True else [str(value)])
+    return out
+
+
+def _deprioritise(opts: argparse.Namespace, tid: int) -> None:
+    """The indexer's thread or process at ``--index-nice`` / ``--index-idle``."""
+    if opts.index_idle:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    if opts.index_nice is not None:
+        os.setpriority(os.PRIO_PROCESS, tid, opts.index_nice)
+
+
+def _pause_index(process: subprocess.Popen[bytes] | None, pause: bool) -> None:
+    """Stop (or resume) ``guard audit index``, or this process's indexer threads, for a while."""
+    if process is not None:
+        os.kill(process.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+        return
+    import gc
+
+    from guard.audit._indexer import Indexer
+
+    for indexer in [o for o in gc.get_objects() if isinstance(o, Indexer)]:
+        with indexer._cond:
+            if pause:
+                indexer._saved = (indexer._interval, indexer._batch)  # type: ignore[attr-defined]
+                indexer._interval, indexer._batch = 3600.0, 1 << 40
+            else:
+                indexer._interval, indexer._batch = indexer._saved  # type: ignore[attr-defined]
+                indexer._due = 0.0
+                indexer._cond.notify_all()
+
+
+def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
+          tree: Path = REPO, label: str | None = None) -> None:
     """Child process: serve the example app (from ``tree``) until terminated.
 
-    ``external_index``: the guarded app's journal is indexed by a child ``guard audit index``.
+    ``opts``: :func:`server_options` (``external_index``: the guarded app's journal is
+    indexed by a child ``guard audit index``). ``label`` names its files (a variant's).
 
-    On SIGUSR1 it writes its threads (native id -> name) to ``threads-KIND.json``;
+    On SIGUSR1 it writes its threads (native id -> name) to ``threads-LABEL.json``;
     on SIGUSR2 it calls ``gc.freeze()`` (sent after the warm-up with ``--gc-freeze``).
-    ``gc_threshold`` sets the cyclic collector's first generation threshold.
     """
     import gc
     import threading
@@ -131,24 +206,49 @@ def serve(kind: str, port: int, workdir: Path, gc_threshold: int | None = None,
     sys.path.insert(0, str(tree))
     from examples.customers import create_app
 
+    label = label or kind
+
     def threads(*_: object) -> None:
         names = {t.native_id: t.name for t in threading.enumerate()}
-        part = workdir / f"threads-{kind}.part"
+        part = workdir / f"threads-{label}.part"
         part.write_text(json.dumps(names))
-        part.rename(workdir / f"threads-{kind}.json")  # whole, or not there
+        part.rename(workdir / f"threads-{label}.json")  # whole, or not there
+        if opts.index_nice is not None or opts.index_idle:
+            for t in threading.enumerate():
+                if "index" in t.name and t.native_id is not None:
+                    _deprioritise(opts, t.native_id)
 
     signal.signal(signal.SIGUSR1, threads)
     signal.signal(signal.SIGUSR2, lambda *_: gc.freeze())
-    if gc_threshold:
-        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
-    settings, indexer = settings_for(workdir, kind), None
-    if external_index and kind == "guarded":
+    if opts.gc_threshold:
+        gc.set_threshold(opts.gc_threshold, *gc.get_threshold()[1:])
+    if opts.switch_interval:
+        sys.setswitchinterval(opts.switch_interval)
+    wrap, begin, end = None, [], []
+    if opts.trace_slow:
+        from bench.http_trace import install
+
+        wrap, trace_on, trace_off = install(
+            kind if kind in ("plain", "noop") else "guarded", workdir, label)
+        begin.append(trace_on)
+        end.insert(0, trace_off)
+    settings, indexer = settings_for(workdir, label), None
+    if opts.external_index and kind != "plain" and kind != "noop":
         settings.audit.index = "external"
         indexer = external_indexer(settings)
+        if opts.index_nice is not None or opts.index_idle:
+            _deprioritise(opts, indexer.pid)
+    if opts.index_pause and kind != "plain" and kind != "noop":
+        begin.append(lambda: _pause_index(indexer, True))
+        end.append(lambda: _pause_index(indexer, False))
+    signal.signal(LATENCY_BEGIN, lambda *_: [step() for step in begin])
+    signal.signal(LATENCY_END, lambda *_: [step() for step in end])
     app = create_app(settings, enforce=kind in ("guarded", "baseline"))
     if kind == "noop":
         app.add_middleware(Noop)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    served: Callable[..., Awaitable[None]] = app if wrap is None else wrap(app)
+    uvicorn.run(served, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                lifespan="on")
     if indexer is not None:  # the bench also stops it: uvicorn may end by the signal itself
         indexer.terminate()
 
@@ -233,7 +333,7 @@ def wrk_run(url: str, token: str, connections: int, seconds: float, script_dir: 
         "end\n"
     )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+        [*WRK, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
          "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout
@@ -301,15 +401,13 @@ def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
     return run
 
 
-def start(kind: str, workdir: Path, gc_threshold: int | None = None, tree: Path = REPO,
-          external_index: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+def start(kind: str, workdir: Path, opts: argparse.Namespace, tree: Path = REPO,
+          label: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    gc_args = ["--gc-threshold", str(gc_threshold)] if gc_threshold else []
-    gc_args += ["--external-index"] if external_index else []
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--port", str(port), "--dir", str(workdir),
-         "--tree", str(tree), *gc_args],
-        env={**os.environ, "PYTHONPATH": str(tree)},
+         "--tree", str(tree), "--label", label or kind, *_to_args(opts)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(tree), str(REPO)]))},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -320,8 +418,28 @@ def start(kind: str, workdir: Path, gc_threshold: int | None = None, tree: Path 
         except httpx.TransportError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise SystemExit(f"the {kind} server did not start") from None
+                raise SystemExit(f"the {label or kind} server did not start") from None
             time.sleep(0.1)
+
+
+def bracketed(pid: int, workdir: Path, label: str, round_no: int, opts: argparse.Namespace,
+              run: Callable[[], Run]) -> Run:
+    """``run`` between the server's LATENCY_BEGIN and LATENCY_END (``--trace-slow``,
+    ``--index-pause``); keeps ``trace-LABEL-N.json``."""
+    if not (opts.trace_slow or opts.index_pause):
+        return run()
+    path = workdir / f"trace-{label}.json"
+    path.unlink(missing_ok=True)
+    os.kill(pid, LATENCY_BEGIN)
+    time.sleep(0.2)  # the server handled it (and a paused indexer finished its transaction)
+    result = run()
+    os.kill(pid, LATENCY_END)
+    deadline = time.monotonic() + 10
+    while opts.trace_slow and not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if path.exists():
+        path.rename(workdir / f"trace-{label}-{round_no}.json")
+    return result
 
 
 def breakdown(workdir: Path, token: str, n: int = 2000) -> list[tuple[str, float, float, float]]:
@@ -453,7 +571,8 @@ def asgi_stack(settings: Settings, guard: Guard, token: str, n: int = 1000
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     parents=[server_options()])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per throughput run")
     parser.add_argument("--latency-duration", type=float, default=4.0,
                         help="seconds per single-connection latency run")
@@ -462,27 +581,30 @@ def main() -> None:
     parser.add_argument("--no-wrk", action="store_true", help="use the httpx load loop")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the in-process cost breakdown")
-    parser.add_argument("--gc-threshold", type=int, default=None,
-                        help="the servers' gc.set_threshold first value (default: Python's 700)")
-    parser.add_argument("--gc-freeze", action="store_true",
-                        help="the servers call gc.freeze() after the warm-up")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the single-connection latency runs (no throughput runs)")
+    parser.add_argument("--pin-wrk", default=None, metavar="CPUS",
+                        help="run wrk under `taskset -c CPUS`")
     parser.add_argument("--baseline", type=Path, default=None, metavar="TREE",
                         help="also serve the guarded app from another checkout (A/B in one run)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=OPTIONS",
+                        help="also serve the guarded app with these server options added "
+                             "(e.g. 'si=--switch-interval 0.0005'; A/B in one run; repeatable)")
     parser.add_argument("--breakdown-only", action="store_true",
                         help="only the in-process cost breakdown (no servers)")
-    parser.add_argument("--external-index", action="store_true",
-                        help="the guarded server's audit journal is indexed by a child "
-                             "`guard audit index` process (its CPU counted as the indexer's)")
     parser.add_argument("--serve", choices=(*KINDS, "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, default=REPO, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--label", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.dir, args.gc_threshold, args.tree, args.external_index)
+        serve(args.serve, args.port, args.dir, args, args.tree, args.label)
         return
 
     use_wrk = not args.no_wrk and shutil.which("wrk") is not None
+    if args.pin_wrk:
+        WRK[:0] = ["taskset", "-c", args.pin_wrk]
     workdir = Path(tempfile.mkdtemp(prefix="guard-bench-http-"))
     sys.path.insert(0, str(REPO))
     from bench._pg import fdatasync_floor
@@ -496,19 +618,29 @@ def main() -> None:
         print(f"{began}; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
         shutil.rmtree(workdir, ignore_errors=True)
         return
-    kinds: tuple[str, ...] = KINDS
-    guarded: tuple[str, ...] = GUARDED
+    base = server_options().parse_args(_to_args(args))
+    # label -> (kind, tree, options)
+    plan: dict[str, tuple[str, Path, argparse.Namespace]] = {
+        kind: (kind, REPO, base) for kind in KINDS}
     if args.baseline is not None:
-        kinds, guarded = (*KINDS, "baseline"), (*GUARDED, "baseline")
-    trees = {"baseline": args.baseline.resolve()} if args.baseline is not None else {}
-    servers = {kind: start(kind, workdir, args.gc_threshold, trees.get(kind, REPO),
-                           args.external_index) for kind in kinds}
+        plan["baseline"] = ("baseline", args.baseline.resolve(), base)
+    for variant in args.variant:
+        label, _, extra = variant.partition("=")
+        if not label or label in plan or not re.fullmatch(r"[\w.-]+", label):
+            parser.error(f"--variant {variant!r}: give LABEL=OPTIONS with a new word as LABEL")
+        plan[label] = ("guarded", REPO, server_options().parse_args(
+            [*_to_args(base), *shlex.split(extra)]))
+        LABELS[label] = f"guarded, {extra}"
+    kinds = tuple(plan)
+    guarded = tuple(label for label, (kind, _, _) in plan.items() if kind not in KINDS[:2])
+    servers = {label: start(kind, workdir, opts, tree, label)
+               for label, (kind, tree, opts) in plan.items()}
     results: dict[str, dict[str, list[Run]]] = {k: {"tput": [], "lat": []} for k in servers}
     try:
         for _, url in servers.values():  # warm up all (the guard opens at its first request)
             load(url, token, 4, 1.0, workdir, use_wrk)
-        if args.gc_freeze:
-            for proc, _ in servers.values():
+        for label, (proc, _) in servers.items():
+            if plan[label][2].gc_freeze:
                 os.kill(proc.pid, signal.SIGUSR2)
         roles = {kind: thread_roles(proc.pid, workdir, kind) for kind, (proc, _) in
                  servers.items()}
@@ -517,11 +649,16 @@ def main() -> None:
             order = list(kinds[turn:] + kinds[:turn])
             for kind in order:
                 proc, url = servers[kind]
-                results[kind]["tput"].append(
-                    load(url, token, args.connections, args.duration, workdir, use_wrk,
-                         pid=proc.pid, roles=roles[kind]))
+                if not args.latency_only:
+                    results[kind]["tput"].append(
+                        load(url, token, args.connections, args.duration, workdir, use_wrk,
+                             pid=proc.pid, roles=roles[kind]))
+
+                def latency(url: str = url) -> Run:
+                    return load(url, token, 1, args.latency_duration, workdir, use_wrk)
+
                 results[kind]["lat"].append(
-                    load(url, token, 1, args.latency_duration, workdir, use_wrk))
+                    bracketed(proc.pid, workdir, kind, round_no, plan[kind][2], latency))
     finally:
         for proc, _ in servers.values():
             kids = children(proc.pid)  # `guard audit index` with --external-index
@@ -545,10 +682,18 @@ def main() -> None:
                              ).fetchone()[0])
     steps = [] if args.no_breakdown else breakdown(workdir, token)
     floor = fdatasync_floor(workdir)
+    if any(opts.trace_slow for _, _, opts in plan.values()):
+        from bench.http_trace import report
+
+        for label in kinds:
+            for round_no in range(args.rounds):
+                path = workdir / f"trace-{label}-{round_no}.json"
+                if path.exists():
+                    report(path, f"{label}, round {round_no + 1}")
     shutil.rmtree(workdir, ignore_errors=True)
 
     def med(values: list[float]) -> float:
-        return statistics.median(values)
+        return statistics.median(values) if values else 0.0
 
     def summary(kind: str) -> dict[str, float]:
         tput, lat = results[kind]["tput"], results[kind]["lat"]
@@ -568,32 +713,38 @@ def main() -> None:
     print(f"servers: uvicorn, 1 worker each; gc threshold "
           f"{args.gc_threshold or 'Python default (700)'}"
           f"{'; gc.freeze() after the warm-up' if args.gc_freeze else ''}"
-          f"{'; guarded: index in a child `guard audit index`' if args.external_index else ''}")
+          f"{'; guarded: index in a child `guard audit index`' if args.external_index else ''}"
+          f"{f'; switch interval {args.switch_interval:g} s' if args.switch_interval else ''}")
     if args.baseline is not None:
-        print(f"baseline tree: {trees['baseline']}")
-    print(f"load generator: {'wrk' if use_wrk else 'httpx'}; {args.rounds} rounds; "
-          f"{args.connections} connections x {args.duration:g}s for throughput, "
-          f"1 connection x {args.latency_duration:g}s for latency (medians of rounds)")
-    print(f"{'app':<26} {'req/s':>7} {'of plain':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        print(f"baseline tree: {plan['baseline'][1]}")
+    print(f"load generator: {' '.join(WRK) if use_wrk else 'httpx'}; {args.rounds} rounds; "
+          + ("" if args.latency_only else
+             f"{args.connections} connections x {args.duration:g}s for throughput, ")
+          + f"1 connection x {args.latency_duration:g}s for latency (medians of rounds)")
+    width = max(26, *(len(LABELS[kind]) for kind in kinds))
+    print(f"{'app':<{width}} {'req/s':>7} {'of plain':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'p50 c=1':>8} {'p99 c=1':>8} {'errors':>6} {'CPU us/req':>10}  "
           + " ".join(f"{role:>7}" for role in THREADS))
     for kind in kinds:
         row = rows[kind]
-        print(f"{LABELS[kind]:<26} {row['rps']:>7.0f} {row['rps'] / plain['rps']:>8.1%} "
+        print(f"{LABELS[kind]:<{width}} {row['rps']:>7.0f} "
+              f"{row['rps'] / (plain['rps'] or 1):>8.1%} "
               f"{row['p50']:>7.2f} {row['p99']:>7.2f} {row['p50_1']:>8.2f} {row['p99_1']:>8.2f} "
               f"{row['errors']:>6.0f} {row['cpu']:>10.0f}  "
               + " ".join(f"{row[role]:>7.0f}" for role in THREADS))
     print("  (CPU per request from /proc: all threads and child processes; then per thread:"
           " the event loop, the audit journal writer, the indexer, any other)")
+    print("p99 at one connection per round (ms): " + "; ".join(
+        f"{kind} " + " ".join(f"{r.p99_ms:.2f}" for r in results[kind]["lat"]) for kind in kinds))
     print(f"disk floor (audit folder): append 300 B + fdatasync p50 {floor[0]:.3f} ms, "
           f"p99 {floor[1]:.3f} ms")
     noop = rows["noop"]
-    print(f"no-op middleware floor: {noop['rps'] / plain['rps']:.1%} of plain; "
+    print(f"no-op middleware floor: {noop['rps'] / (plain['rps'] or 1):.1%} of plain; "
           f"{noop['cpu'] - plain['cpu']:.0f} us CPU/request; "
           f"p50 added (c=1) {noop['p50_1'] - plain['p50_1']:.2f} ms")
     for kind in guarded:
         row = rows[kind]
-        print(f"{LABELS[kind]}: throughput {row['rps'] / plain['rps']:.1%} of plain "
+        print(f"{LABELS[kind]}: throughput {row['rps'] / (plain['rps'] or 1):.1%} of plain "
               f"(target >= 85%); guard CPU {row['cpu'] - plain['cpu']:.0f} us/request "
               f"(guarded minus plain; target <= 30): loop {row['loop'] - plain['loop']:.0f}, "
               f"writer {row['writer']:.0f}, indexer {row['indexer']:.0f}, "
