@@ -64,7 +64,14 @@ class Deadlines:
             expired: Called when it failed so (after ``future`` failed).
         """
         tick = min(1.0, max(0.01, within / 10))
-        self._pending.append((self._loop.time() + within, tick, future, expired))
+        pending = self._pending
+        # Forget the futures done since (the oldest first): kept until the next tick, a
+        # second's worth of requests (each future, callback and event fields) would live
+        # long enough for the cyclic collector to promote them into its oldest generation,
+        # whose full collections, with the interpreter lock held, stall every request.
+        while pending and pending[0][2].done():
+            pending.popleft()
+        pending.append((self._loop.time() + within, tick, future, expired))
         if self._timer is None:
             self._timer = self._loop.call_later(tick, self._check)
 
