@@ -85,11 +85,12 @@ class Recorder:
         # wait so far, ns (/proc/PID/task/TID/schedstat)
         self.sched: list[tuple[int, ...]] = []
         self._sched_fds: list[int] = []
-        self.collections: list[tuple[int, float, float]] = []
+        self.collections: list[tuple[int, float, float, str, int]] = []  # + thread, collected
         self.loop_waits: list[tuple[float, float]] = []  # (kernel returned, Python resumed)
         self.syncs: list[tuple[float, float, float]] = []  # (began, synced, Python resumed)
         self.handovers: list[float] = []  # writer calls call_soon_threadsafe
         self.settles: list[float] = []  # the loop settles a batch's futures
+        self.promoted: list[tuple[str, int, list[tuple[str, int]]]] = []  # gen1: to gen2
         self.reads: list[tuple[float, float, int]] = []  # indexer decode
         self.indexes: list[tuple[float, float, int]] = []  # indexer store transaction
         self._gc_began = 0.0
@@ -101,9 +102,20 @@ class Recorder:
 
     def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
+            if self.on and info["generation"] == 1:  # what this collection promotes to gen2
+                import collections
+                import threading
+
+                young = gc.get_objects(0) + gc.get_objects(1)
+                top = collections.Counter(type(o).__qualname__ for o in young).most_common(6)
+                self.promoted.append((threading.current_thread().name, len(young), top))
+                del young
             self._gc_began = time.perf_counter()
         elif self.on:
-            self.collections.append((info["generation"], self._gc_began, time.perf_counter()))
+            import threading
+
+            self.collections.append((info["generation"], self._gc_began, time.perf_counter(),
+                                     threading.current_thread().name, info["collected"]))
 
     def dump(self, path: Path) -> None:
         data = {name: value for name, value in vars(self).items()
@@ -258,7 +270,8 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
                        t_in, nxt[0], deltas))
     cycles.sort()
     slow = cycles[-max(1, int(len(cycles) * share)):]
-    gcs = [(g, s, e) for g, s, e in data["collections"]]
+    gcs = [(g, s, e) for g, s, e, _, _ in data["collections"]]
+    full = [(round((e - s) * 1e3, 1), who) for g, s, e, who, _ in data["collections"] if g == 2]
     waits = [(k, p) for k, p in data["loop_waits"]]
     syncs = data["syncs"]
     settle_delay = []
@@ -286,8 +299,15 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
     print(f"trace {label}: {n} cycles, p50 {ms(cycles[n // 2][0])} ms, "
           f"p99 {ms(cycles[int(n * 0.99)][0])} ms; gc collections gen0/1/2: "
           + "/".join(str(sum(1 for g, _, _ in gcs if g == k)) for k in range(3))
-          + f", gen2 durations ms {sorted(round((e - s) * 1e3, 2) for g, s, e in gcs if g == 2)}")
+          + f", gen2 (ms, thread) {full}")
     all_d = [describe(c[4], c[5]) for c in cycles]
+    if data["promoted"]:
+        by: dict[str, int] = {}
+        for who, count, _ in data["promoted"]:
+            by[who] = by.get(who, 0) + count
+        biggest = max(data["promoted"], key=lambda p: p[1])
+        print(f"  young objects promoted to gen2 by the {len(data['promoted'])} gen1 "
+              f"collections: {sum(by.values())} (by thread {by}); largest {biggest}")
     print(f"  loop lock wait after epoll: p50 {ms(statistics.median([p - k for k, p in waits]))}"
           f" p99 {ms(sorted(p - k for k, p in waits)[int(len(waits) * 0.99)])} "
           f"max {ms(max(p - k for k, p in waits))} ms ({len(waits)} wake-ups)")
