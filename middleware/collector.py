@@ -19,10 +19,12 @@ def tune_collector(*, threshold: int = 20_000, freeze: bool = True) -> tuple[int
     """Raise the collector's first threshold and freeze what start-up built.
 
     ``gc.freeze()`` moves every object alive now (modules, the app, the policy) out
-    of the collector's walks; a first threshold of 20,000 instead of 700 allocations
-    lets the objects of requests in flight die young instead of being walked and
-    promoted. Call it once, when the service has started (e.g. in its lifespan's
-    start-up), never from a library.
+    of the collector's walks, so a full collection, which holds the interpreter lock
+    while it walks and makes every request in flight wait, walks only what came
+    after start-up; a first threshold of 20,000 instead of 700 allocations lets the
+    objects of requests in flight die young instead of being walked and promoted.
+    Call it once, when the service has started (e.g. in its lifespan's start-up),
+    never from a library.
 
     Args:
         threshold: The first generation's threshold (Python's default is 700).
