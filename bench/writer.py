@@ -8,9 +8,19 @@ after the other (``JournalWriter.start``, as ``Guard.acommit`` does) into a real
 journal: CPU µs per event of the event loop's thread and of the writer thread,
 and the wake-ups per event of the event loop and of the writer (``--null-journal``:
 no disk, for instruction counts of the hand-over).
+``lone``: one coroutine commits one event at a time with a pause between them (the
+writer asleep each time, as at one connection), and the time of a lone commit is
+split: (a) the event loop's ``start`` to the writer thread's wake-up, the
+writer's build, (b) the append with its ``fdatasync``, the writer's tail, (c) its
+``call_soon_threadsafe`` to the task's resumption. Beside it, what the same
+commit costs with no hand-over at all (the writer's ``_commit`` called on the
+event loop's thread while the writer thread sleeps: a measurement only, the
+writer never does this, since a disk that hangs would stall the loop), and the
+``fdatasync`` floor of the same folder, back to back and after the same pause,
+all in one run.
 
 Usage: python bench/writer.py [--events N] [--rounds 3] [--batch 64] [--producers 32]
-       [--only build|loop]
+       [--only build|loop|lone] [--lone-events 2000] [--gap-ms 0.5]
 (under callgrind: valgrind --tool=callgrind python bench/writer.py --only build)
 """
 
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import threading
@@ -31,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard.audit import EventKind, derive_chain_key
 from guard.audit._journal import open_lane
-from guard.audit._jwriter import JournalWriter
+from guard.audit._jwriter import JournalWriter, _Item
 
 KEY = b"b" * 32
 FIELDS: dict[str, Any] = {
@@ -77,8 +88,6 @@ def build(events: int, batch: int) -> float:
     """The writer's CPU µs per event, batches of ``batch`` built on this thread."""
     w = writer(NullJournal())
     w.close()
-    from guard.audit._jwriter import _Item
-
     w._opened = True
     c0 = time.thread_time()
     for _ in range(events // batch):
@@ -132,6 +141,134 @@ def loop(events: int, producers: int, null: bool = False) -> tuple[float, float,
     return loop_us / total, writer_us / total, wakeups / total, notified / total
 
 
+class TimedJournal:
+    """A journal whose appends note when they began and ended (``perf_counter_ns``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.began = self.ended = 0
+
+    def append(self, payloads: Sequence[bytes]) -> int:
+        """Append through to the inner journal."""
+        self.began = time.perf_counter_ns()
+        try:
+            offset: int = self.inner.append(payloads)
+        finally:
+            self.ended = time.perf_counter_ns()
+        return offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+PARTS = ("a wake writer", "build", "b append+fdatasync", "writer tail", "c wake loop+resume",
+         "total (thread)", "total (inline)")
+
+
+def lone(events: int, gap: float, inline: bool) -> dict[str, list[float]]:
+    """Commit ``events`` lone events (a pause of ``gap`` s between them); per part, the µs.
+
+    ``inline``: call the writer's ``_commit`` on the event loop's thread (no hand-over;
+    nothing else writes meanwhile); otherwise ``start`` hands each event to the thread.
+    """
+    parts: dict[str, list[float]] = {name: [] for name in PARTS}
+    with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
+        journal = open_lane(Path(tmp))
+        w = writer(journal)
+        timed = TimedJournal(journal)
+        w.journal = timed  # type: ignore[assignment]
+        marks = {"commit": 0, "handed": 0}
+        commit = w._commit
+
+        def timed_commit(items: Any) -> Any:
+            marks["commit"] = time.perf_counter_ns()
+            return commit(items)
+
+        w._commit = timed_commit  # type: ignore[method-assign]
+
+        async def main() -> None:
+            aloop = asyncio.get_running_loop()
+            original = aloop.call_soon_threadsafe
+
+            def handed(*args: Any, **kwargs: Any) -> Any:
+                marks["handed"] = time.perf_counter_ns()
+                return original(*args, **kwargs)
+
+            aloop.call_soon_threadsafe = handed  # type: ignore[method-assign]
+            await w.start(EventKind.DECISION, FIELDS)  # the chain's opening checkpoint
+            for _ in range(events):
+                await asyncio.sleep(gap)
+                marks["commit"] = marks["handed"] = 0
+                t0 = time.perf_counter_ns()
+                if inline:
+                    w._commit([_Item(EventKind.DECISION, FIELDS)])
+                else:
+                    await w.start(EventKind.DECISION, FIELDS)
+                t1 = time.perf_counter_ns()
+                parts["build"].append((timed.began - marks["commit"]) / 1e3)
+                parts["b append+fdatasync"].append((timed.ended - timed.began) / 1e3)
+                if marks["handed"]:  # through the writer thread
+                    parts["total (thread)"].append((t1 - t0) / 1e3)
+                    parts["a wake writer"].append((marks["commit"] - t0) / 1e3)
+                    parts["writer tail"].append((marks["handed"] - timed.ended) / 1e3)
+                    parts["c wake loop+resume"].append((t1 - marks["handed"]) / 1e3)
+                else:  # on the event loop's thread
+                    parts["total (inline)"].append((t1 - t0) / 1e3)
+
+        asyncio.run(main())
+        w.close()
+        journal.close()
+    return parts
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+def paused_floor(folder: Path, count: int, gap: float) -> list[float]:
+    """Append 300 B + fdatasync with a pause of ``gap`` s before each, in µs."""
+    path = folder / "paused.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(count):
+            time.sleep(gap)
+            t0 = time.perf_counter_ns()
+            os.write(fd, b"x" * 300)
+            os.fdatasync(fd)
+            times.append((time.perf_counter_ns() - t0) / 1e3)
+    finally:
+        os.close(fd)
+    return times
+
+
+def run_lone(events: int, rounds: int, gap: float) -> None:
+    """Print the parts of a lone commit, thread and inline, and the floors (one run)."""
+    got: dict[bool, dict[str, list[float]]] = {False: {n: [] for n in PARTS},
+                                                True: {n: [] for n in PARTS}}
+    floors, paused = [], []
+    for _ in range(rounds):  # alternated, so that both see the same load
+        for inline in (False, True):
+            for name, values in lone(events, gap, inline).items():
+                got[inline][name] += values
+        with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
+            floors.append(fdatasync_floor(Path(tmp), events))
+            paused += paused_floor(Path(tmp), events, gap)
+    p50 = statistics.median(f[0] for f in floors)
+    p99 = statistics.median(f[1] for f in floors)
+    print(f"floor: append 300 B + fdatasync back to back p50 {p50 * 1e3:.0f} µs, p99 "
+          f"{p99 * 1e3:.0f} µs; after a {gap * 1e3:g} ms pause p50 {_pct(paused, 0.5):.0f} µs, "
+          f"p99 {_pct(paused, 0.99):.0f} µs (same folder, {rounds} rounds)")
+    for inline, parts in got.items():
+        print("lone commit, " + ("no hand-over (_commit on the event loop's thread, "
+                                 "measurement only):" if inline else "through the writer thread:"))
+        for name, values in parts.items():
+            if values:
+                print(f"  {name:<20} p50 {_pct(values, 0.5):7.1f} µs  p99 {_pct(values, 0.99):8.1f}"
+                      f" µs  (n={len(values)})")
+
+
 def main() -> None:
     """Run the benches and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -139,7 +276,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--producers", type=int, default=32)
-    parser.add_argument("--only", choices=("build", "loop"))
+    parser.add_argument("--only", choices=("build", "loop", "lone"))
+    parser.add_argument("--lone-events", type=int, default=2000)
+    parser.add_argument("--gap-ms", type=float, default=0.5,
+                        help="lone: pause between two commits (the writer falls asleep)")
     parser.add_argument("--null-journal", action="store_true",
                         help="loop: a journal that keeps nothing (no disk: CPU only)")
     args = parser.parse_args()
@@ -147,6 +287,8 @@ def main() -> None:
         runs = [build(args.events, args.batch) for _ in range(args.rounds)]
         print(f"build: writer CPU {statistics.median(runs):.2f} µs/event "
               f"(batches of {args.batch}, median of {args.rounds})")
+    if args.only in (None, "lone"):
+        run_lone(args.lone_events, args.rounds, args.gap_ms / 1e3)
     if args.only in (None, "loop"):
         if not args.null_journal:
             with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:

@@ -5,8 +5,9 @@ per batch), a coroutine on a future (one ``call_soon_threadsafe`` per batch and
 event loop resolves them all). A coroutine's event is queued without a lock and
 wakes the writer only when it is idle. The writer takes everything queued,
 builds the rows, links them into the hash chain, signs the checkpoints that
-fall due, appends it all to the journal with one ``fdatasync`` and then
-releases the producers. If the thread ends, every waiter fails at once.
+fall due, appends it all to the journal with one ``fdatasync``, releases the
+producers and only then hands the batch to the witness and the listeners. If
+the thread ends, every waiter fails at once.
 """
 
 from __future__ import annotations
@@ -281,19 +282,22 @@ class JournalWriter:
                 if not queue:
                     self._batch = _Batch()
                 closing = self._closed and not queue
+            durable: tuple[Sequence[Row], Sequence[Checkpoint]] | None = None
             try:
                 if items:
-                    self._commit(items)
+                    durable = self._commit(items)
                 elif self._unsigned and self._checkpoint_due():
-                    self._append([], [self._sign(CheckpointKind.PERIODIC, self._seq,
-                                                 self._prev)])
-                    self._unsigned = 0
+                    checkpoints = [self._sign(CheckpointKind.PERIODIC, self._seq, self._prev)]
+                    self._append(checkpoints)
+                    durable, self._unsigned = ((), checkpoints), 0
             except Exception as exc:  # keep the thread; producers heard why
                 self.last_error = str(exc)
             if batch is not self._batch or closing:
                 batch.set()
             self._inflight = None
             self._release(items)
+            if durable is not None:  # after the producers: they wait for the journal only
+                self._tell(*durable)
             if closing:
                 self._close_chain()
                 return
@@ -305,8 +309,13 @@ class JournalWriter:
         return sign_checkpoint(self._key, checkpoint_id=new_event_id(), writer_id=self.writer_id,
                                seq=seq, hash_=hash_, ts=utc_now(), kind=kind, terms=self._terms)
 
-    def _commit(self, items: list[_Item]) -> None:
-        """Build, link and append one batch; set each item's result."""
+    def _commit(self, items: list[_Item]) -> tuple[Sequence[Row], Sequence[Checkpoint]] | None:
+        """Build, link and append one batch; set each item's result.
+
+        Returns:
+            The durable rows and checkpoints, for :meth:`_tell`; None when the journal
+            refused the batch.
+        """
         now = utc_now()
         seq, prev, writer_id = self._seq, self._prev, self.writer_id
         link = self._linker.link
@@ -347,21 +356,22 @@ class JournalWriter:
                 sign(CheckpointKind.PERIODIC, seq, prev)
                 unsigned, started = 0, None
         try:
-            self._append(rows, checkpoints, records)
+            self._append(checkpoints, records)
         except AuditUnavailableError as exc:
             for item in built:
                 item.result = exc
-            return
+            return None
         for item, row in zip(built, rows, strict=True):
             item.result = row[0]
         self._seq, self._prev, self._opened = seq, prev, True
         if started is not None:
             self._unsigned_since = ts_epoch(started) or time.time()
         self._unsigned = unsigned
+        return rows, checkpoints
 
-    def _append(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
+    def _append(self, checkpoints: Sequence[Checkpoint],
                 records: Sequence[bytes] | None = None) -> None:
-        """Append records (with one fdatasync), then tell the witness and the listeners."""
+        """Append records (with one fdatasync); by default, those of ``checkpoints``."""
         if records is None:
             records = [checkpoint_record(cp) for cp in checkpoints]
         try:
@@ -370,8 +380,14 @@ class JournalWriter:
             self.last_error = str(exc)
             raise
         self.last_error = None
+
+    def _tell(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
+        """Hand a durable batch to the witness and the listeners (their failures are logged)."""
         if self._witness is not None:
-            self._witness.publish(checkpoints)
+            try:
+                self._witness.publish(checkpoints)
+            except Exception as exc:  # the journal holds the checkpoints; keep the thread
+                _log.error("audit witness failed: %s", exc)
         for listener in self._committed:
             try:
                 listener(rows, checkpoints)
@@ -393,8 +409,10 @@ class JournalWriter:
     def _close_chain(self) -> None:
         """Sign the closing checkpoint of the chain (if it has events) and close the witness."""
         if self._opened:
+            checkpoints = [self._sign(CheckpointKind.CLOSE, self._seq, self._prev)]
             with contextlib.suppress(AuditUnavailableError):
-                self._append([], [self._sign(CheckpointKind.CLOSE, self._seq, self._prev)])
+                self._append(checkpoints)
+                self._tell((), checkpoints)
         if self._witness is not None:
             with contextlib.suppress(OSError):
                 self._witness.close()
