@@ -22,7 +22,7 @@ from guard.audit._fields import decode_many
 from guard.audit._journal import Damage, read_journal
 from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, Row, row_checkpoint
 from guard.audit._store import AuditStoreError, Store
-from guard.audit._verify import Problem, VerifyReport, verify_chains
+from guard.audit._verify import Problem, VerifyReport, seq_of, verify_chains
 
 _SEQ, _WRITER = FIELD_NAMES.index("seq"), FIELD_NAMES.index("writer_id")
 
@@ -151,21 +151,21 @@ def _compare(store: Store, read: dict[str, dict[str, Row]]) -> list[Problem]:
         indexed = {str(r[0]): tuple(r) for r in store.stream(
             f"SELECT {EVENT_COLUMNS} FROM audit_event WHERE writer_id = ? ORDER BY seq",  # noqa: S608
             (writer,))}
-        for event_id, row in sorted(journal_rows.items(), key=lambda kv: int(kv[1][-3])):
+        for event_id, row in sorted(journal_rows.items(), key=lambda kv: seq_of(kv[1])):
             held = indexed.pop(event_id, None)
             if held is None:
-                problems.append(Problem("deleted", writer, int(row[-3]), event_id,
+                problems.append(Problem("deleted", writer, seq_of(row), event_id,
                                         "the journal holds this event; the index does not"))
                 break
             if held != row:
-                problems.append(Problem("altered", writer, int(row[-3]), event_id,
+                problems.append(Problem("altered", writer, seq_of(row), event_id,
                                         "the index differs from the journal"))
                 break
         else:
-            extra = [r for r in indexed.values() if int(r[-3]) <= max(
-                int(j[-3]) for j in journal_rows.values())]
+            last = max(seq_of(row) for row in journal_rows.values())
+            extra = [r for r in indexed.values() if seq_of(r) <= last]
             if extra:
-                first = min(extra, key=lambda r: int(r[-3]))
-                problems.append(Problem("inserted", writer, int(first[-3]), str(first[0]),
+                first = min(extra, key=seq_of)
+                problems.append(Problem("inserted", writer, seq_of(first), str(first[0]),
                                         "the index holds an event the journal does not"))
     return problems

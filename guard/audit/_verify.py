@@ -219,11 +219,15 @@ def light(raw: Sequence[Any], key: ChainKey | None, *, keyed: bool) -> _Row:
                 ok = event.hash in (compute_hash(event), legacy_hash(event))
     except (ValueError, TypeError, KeyError, IndexError):
         ok = False
+    return _Row(seq_of(raw), str(raw[0]), str(raw[_PREV]), str(raw[_HASH]), ok, str(raw[_TS]))
+
+
+def seq_of(raw: Sequence[Any]) -> int:
+    """A row's ``seq`` as a number; -1 when it is not one."""
     try:
-        seq = int(raw[_SEQ])
+        return int(raw[_SEQ])
     except (ValueError, TypeError):
-        seq = -1
-    return _Row(seq, str(raw[0]), str(raw[_PREV]), str(raw[_HASH]), ok, str(raw[_TS]))
+        return -1
 
 
 def verify(

@@ -11,6 +11,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 from crc32c import crc32c
 
 from guard.audit import load_hmac_key, load_public_key, load_signing_key, open_store
@@ -177,3 +178,24 @@ def test_a_forged_second_record_at_a_seq_is_an_insertion_not_an_error(tmp_path: 
     done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
     assert done.returncode == 1
     assert f"journal: inserted: event {other}" in done.stdout
+
+
+def test_a_forged_record_whose_seq_is_not_a_number_is_reported_not_an_error(
+    tmp_path: Path,
+) -> None:
+    url, folder, keys, ids = recorded(tmp_path)
+    [(_, path)] = segments(folder / "lane-0")
+    data, out, pos = path.read_bytes(), b"", 0
+    while pos < len(data):  # rewrite the frame of ids[6] with its seq as text
+        length = struct.unpack_from("<II", data, pos)[0]
+        payload = data[pos + 8:pos + 8 + length]
+        if ids[6].encode() in payload:
+            row = orjson.loads(payload)
+            row[-3] = "seven"
+            payload = orjson.dumps(row)
+        out += struct.pack("<II", len(payload), crc32c(payload)) + payload
+        pos += 8 + length
+    path.write_bytes(out)
+    report = check(url, folder, keys)
+    assert not report.journal.ok
+    assert [(p.kind, p.event_id) for p in report.index] == [("altered", ids[6])]
