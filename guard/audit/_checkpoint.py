@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 
 from cryptography.exceptions import InvalidSignature
@@ -42,8 +42,7 @@ class Terms:
 
     def to_json(self) -> str:
         """Canonical JSON (the stored and signed form)."""
-        return json.dumps({"chain": self.chain, "every": self.every, "seconds": self.seconds},
-                          sort_keys=True, separators=(",", ":"))
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Terms:

@@ -263,15 +263,10 @@ def verify_chains(
     chain_key: bytes | None = None,
     witness: WitnessRead | None = None,
 ) -> VerifyReport:
-    """:func:`verify` of event rows and checkpoints read from anywhere (a store, a journal).
+    """:func:`verify` of rows and checkpoints read from anywhere: a store, a journal.
 
-    Args:
-        events: Event rows (``EVENT_COLUMNS``), each chain's in a store's order (by
-            ``seq``, then ``event_id``).
-        checkpoints: The checkpoints, each id once.
-        public: The checkpoint public key.
-        chain_key: The chain key, for keyed (format 3) chains.
-        witness: Checkpoints read from the witness file.
+    ``events`` are rows of ``EVENT_COLUMNS``, each chain's in a store's order (by
+    ``seq``, then ``event_id``); ``checkpoints`` name each id once.
     """
     by_writer: dict[str, list[Checkpoint]] = defaultdict(list)
     stored_ids: set[str] = set()
