@@ -15,7 +15,6 @@ decision that cannot be made durable replaces the whole response with a 403
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from opentelemetry import trace
@@ -36,6 +35,12 @@ HELD_BODY = 64 * 1024
 
 class Record:
     """The audit record of one allowed request: its decision, then (if needed) its outcome.
+
+    The record is the ``send`` the app is given (it holds a read's response until
+    its decision is durable): one object per request, no closure, and while the
+    response waits for its decision no frame beyond :meth:`close`'s and
+    :meth:`_release`'s (fewer objects alive per request in flight, for the cyclic
+    collector to walk).
 
     Args:
         guard: The guard.
@@ -74,7 +79,7 @@ class Record:
         self._refused = False
         self._sent = False
         """The response's start went to the client (the app's, or the refusal's)."""
-        self._early: list[Message] = []
+        self._early: list[Message] | None = None
         """Messages sent before the response's start (extensions): held like the start."""
         self._start: Message | None = None
         """A read's start, held until its decision is durable."""
@@ -115,75 +120,85 @@ class Record:
         _log.error("a decision for %s could not be made durable: the response is refused",
                    self._outcome.route or "<undeclared>")
 
+    def _awaited(self, status: int) -> asyncio.Future[str] | None:
+        """Queue the decision with ``status`` (once); its future if it is still to be awaited.
+
+        None when it is judged already (then :meth:`_judge` has taken its result).
+        """
+        verdict = self._begin(status)
+        if verdict is None or verdict.done():
+            self._judge()
+            return None
+        return verdict
+
     async def open(self, status: int) -> str | None:
         """Make the decision durable with ``status`` (once); its id, None if it cannot be."""
-        verdict = self._begin(status)
+        verdict = self._awaited(status)
         if verdict is not None:
-            if not verdict.done():
-                with contextlib.suppress(Exception):  # judged below
-                    await verdict
+            try:  # noqa: SIM105 - no suppress() object alive across the wait
+                await verdict
+            except Exception:  # noqa: S110 - judged below
+                pass
             self._judge()
         return self.decision_id
 
     # -- the response ------------------------------------------------------------------------
 
-    def send(self) -> Send:
+    async def __call__(self, message: Message) -> None:
         """The ``send`` the app is given: holds a read's response until its decision is durable."""
         send = self._send
-
-        async def watch(message: Message) -> None:
-            if self._refused:  # replaced by a refusal: nothing of the app's leaves
+        if self._refused:  # replaced by a refusal: nothing of the app's leaves
+            return
+        kind = message["type"]
+        if self._start is not None:  # a read's start, held
+            if self._body is None:
+                if (kind == "http.response.body" and not message.get("more_body", False)
+                        and len(message.get("body", b"")) <= HELD_BODY):
+                    self._body = message  # whole: it leaves once the decision is durable
+                    verdict = self._verdict
+                    if verdict is None or verdict.done():
+                        await self._release()
+                    else:
+                        verdict.add_done_callback(self._durable)
+                    return
+                await self._release()  # streamed, large, a file: wait here, then flow
+            else:  # after the whole body (not a valid ASGI order): the server judges
+                await self._released()
+            if self._refused:
                 return
-            kind = message["type"]
-            if self._start is not None:  # a read's start, held
-                if self._body is None:
-                    if (kind == "http.response.body" and not message.get("more_body", False)
-                            and len(message.get("body", b"")) <= HELD_BODY):
-                        self._body = message  # whole: it leaves once the decision is durable
-                        verdict = self._verdict
-                        if verdict is None or verdict.done():
-                            await self._release()
-                        else:
-                            verdict.add_done_callback(self._durable)
-                        return
-                    await self._release()  # streamed, large, a file: wait here, then flow
-                else:  # after the whole body (not a valid ASGI order): the server judges
-                    await self._released()
-                if self._refused:
-                    return
-            elif kind == "http.response.start":
-                verdict = self._begin(message["status"])
-                if verdict is not None and not self._judged:
-                    self._start = message
-                    return
-                if self.failed:  # judged already (a minimising route's refusal)
-                    self._refused = True
-                    await self._refuse()
-                    return
-                message = self._stamped(message)
-                early, self._early = self._early, []
-                for held in early:
-                    await send(held)
-                self._sent = True
-            elif self._pending is not None and kind.startswith("http."):
-                # before the start (an extension such as early hints): nothing leaves
-                # before the read's decision is durable, so it waits for the start
-                self._early.append(message)
+        elif kind == "http.response.start":
+            verdict = self._begin(message["status"])
+            if verdict is not None and not self._judged:
+                self._start = message
                 return
-            elif self.status is None and kind.startswith("websocket."):
-                # accepted: 101; refused by the app: its denial response's status, or 403
-                status = 101 if kind == "websocket.accept" else int(message.get("status", 403))
-                await self.open(status)
-                if self.failed:
-                    self._refused = True
-                    await send({"type": "websocket.close", "code": 1008, "reason": "forbidden"})
-                    return
-            await send(message)
-            if kind == "http.response.pathsend" or (
-                    kind == "http.response.body" and not message.get("more_body", False)):
-                self.finished = True
-
-        return watch
+            if self.failed:  # judged already (a minimising route's refusal)
+                self._refused = True
+                await self._refuse()
+                return
+            message = self._stamped(message)
+            early, self._early = self._early, None
+            for held in early or ():
+                await send(held)
+            self._sent = True
+        elif self._pending is not None and kind.startswith("http."):
+            # before the start (an extension such as early hints): nothing leaves
+            # before the read's decision is durable, so it waits for the start
+            if self._early is None:
+                self._early = []
+            self._early.append(message)
+            return
+        elif self.status is None and kind.startswith("websocket."):
+            # accepted: 101; refused by the app: its denial response's status, or 403
+            status = 101 if kind == "websocket.accept" else int(message.get("status", 403))
+            await self.open(status)
+            if self.failed:
+                self._refused = True
+                await send({"type": "websocket.close", "code": 1008, "reason": "forbidden"})
+                return
+        await send(message)
+        if kind == "http.response.pathsend" or (
+                kind == "http.response.body" and not message.get("more_body", False)):
+            self.finished = True
 
     def _stamped(self, start: Message) -> Message:
         """``start`` with the decision's id as a header (when it has one)."""
@@ -211,7 +226,13 @@ class Record:
         start = self._start
         if start is None:
             return
-        await self.open(self.status if self.status is not None else 500)
+        verdict = self._awaited(self.status if self.status is not None else 500)
+        if verdict is not None:  # awaited here, not in open(): one frame less while it waits
+            try:  # noqa: SIM105 - no suppress() object alive across the wait
+                await verdict
+            except Exception:  # noqa: S110 - judged below
+                pass
+            self._judge()
         if self._start is None:  # sent meanwhile (by the task answering early)
             return
         self._start = None
@@ -220,8 +241,8 @@ class Record:
             await self._refuse()
             return
         send = self._send
-        early, self._early = self._early, []
-        for held in early:
+        early, self._early = self._early, None
+        for held in early or ():
             await send(held)
         await send(self._stamped(start))
         self._sent = True
@@ -260,8 +281,11 @@ class Record:
                 raise
             return
         if self._flusher is not None or (self._start is not None and self._body is not None):
-            try:
-                await self._released()  # a whole response: out once durable
+            try:  # a whole response: out once durable (sent here, or by the early answer)
+                if self._flusher is not None:
+                    await self._flusher
+                else:
+                    await self._release()
             except BaseException:
                 if self._flusher is not None:
                     self._flusher.cancel()

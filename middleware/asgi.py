@@ -143,25 +143,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope["method"] if kind == "http" else "GET"
-        headers = wanted_headers(scope["headers"], self._wanted)
-        client = scope.get("client")
-        resolved: Resolved | None = None
-        try:
-            resolved = self.resolve(scope)
-            outcome = await enforce(
-                self.guard, self.auth, self._base,
-                method=method, path=_route_path(scope), headers=headers,
-                peer=client[0] if client else None,
-                purpose_header=self.purpose_header, resolved=resolved,
-                filters=kind == "http",  # a WebSocket's messages are never filtered
-                defer_reads=True,  # recorded with the status, before the response starts
-            )
-        except Exception:  # fail closed: what cannot be judged is refused
-            # Never the raw path: it may name a person. The template, or nothing.
-            route = "<unresolved>" if resolved is None else route_label(resolved.rule)
-            _log.exception("the guard failed on %s %s", method if method_ok(method) else "?",
-                           route)
-            outcome = Outcome(403, denial(Reason.INTERNAL_ERROR), None, None)
+        outcome = await self._judge(scope, kind, method)
         scope.setdefault("state", {})["guard"] = outcome
         if outcome.decision is None:  # public route
             self.public_requests[outcome.route or "<undeclared>"] += 1
@@ -175,7 +157,48 @@ class GuardMiddleware:
                 403, Reason.INTERNAL_ERROR, None, (), None)
             await response(scope, receive, send)
             return
-        await self._run(scope, receive, send, outcome, method)
+        # The app's call, inline (not a coroutine of its own): while a read's response
+        # waits for its decision, the fewer frames and objects alive per request, the
+        # less the cyclic collector walks.
+        record = Record(self.guard, outcome, method, scope=scope, receive=receive, send=send)
+        inner: Send = record
+        if outcome.fields is not None and outcome.released is not None and "method" in scope:
+            inner = Minimiser(inner, scope, receive, outcome.fields, outcome.released,
+                              limit=self.max_minimised_body, decision_id=outcome.decision_id,
+                              purpose=outcome.decision.purpose if outcome.decision else None,
+                              route=outcome.route or "<undeclared>", opened=record.open)
+        try:
+            await self.app(scope, receive, inner)
+        finally:
+            await record.close(kind == "http")
+
+    async def _judge(self, scope: Scope, kind: str, method: str) -> Outcome:
+        """How the request is judged (a denial when it cannot be: fail closed).
+
+        Args:
+            scope: The request's scope.
+            kind: ``http`` or ``websocket``.
+            method: The request method (``GET`` for a WebSocket).
+        """
+        headers = wanted_headers(scope["headers"], self._wanted)
+        client = scope.get("client")
+        resolved: Resolved | None = None
+        try:
+            resolved = self.resolve(scope)
+            return await enforce(
+                self.guard, self.auth, self._base,
+                method=method, path=_route_path(scope), headers=headers,
+                peer=client[0] if client else None,
+                purpose_header=self.purpose_header, resolved=resolved,
+                filters=kind == "http",  # a WebSocket's messages are never filtered
+                defer_reads=True,  # recorded with the status, before the response starts
+            )
+        except Exception:  # fail closed: what cannot be judged is refused
+            # Never the raw path: it may name a person. The template, or nothing.
+            route = "<unresolved>" if resolved is None else route_label(resolved.rule)
+            _log.exception("the guard failed on %s %s", method if method_ok(method) else "?",
+                           route)
+            return Outcome(403, denial(Reason.INTERNAL_ERROR), None, None)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the lifespan through; close the guard this middleware opened, at the end.
@@ -205,30 +228,6 @@ class GuardMiddleware:
         finally:
             if self._owned is not None:
                 self._owned.close()
-
-    async def _run(
-        self, scope: Scope, receive: Receive, send: Send, outcome: Outcome, method: str
-    ) -> None:
-        """Call the app; record the decision (a read) or the outcome (a write) with its status.
-
-        A read's response (from ``http.response.start``; a WebSocket's accept) is held
-        until its decision is durable (``middleware._record``); a whole small body is
-        held with it and sent once the app has returned, or as soon as the decision is
-        durable if the app is still running. A response that started but never
-        finished (the app raised or returned mid-body, or the client went away) adds
-        an ``outcome`` event with ``detail`` = ``aborted``.
-        """
-        record = Record(self.guard, outcome, method, scope=scope, receive=receive, send=send)
-        inner: Send = record.send()
-        if outcome.fields is not None and outcome.released is not None and "method" in scope:
-            inner = Minimiser(inner, scope, receive, outcome.fields, outcome.released,
-                              limit=self.max_minimised_body, decision_id=outcome.decision_id,
-                              purpose=outcome.decision.purpose if outcome.decision else None,
-                              route=outcome.route or "<undeclared>", opened=record.open)
-        try:
-            await self.app(scope, receive, inner)
-        finally:
-            await record.close(scope["type"] == "http")
 
 
 def wanted_headers(raw: Iterable[tuple[bytes, bytes]], wanted: frozenset[bytes]
