@@ -32,6 +32,7 @@ Usage: ``.venv/bin/python bench/path.py [--iterations 20000] [--repeat 5]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import os
 import re
@@ -83,6 +84,7 @@ class _NoWrite:
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.holder = guard.holder
+        self._loop = asyncio.new_event_loop()  # its futures only hold a result; it never runs
 
     async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
         return await self.acommit(self.decide(request, http))
@@ -93,6 +95,12 @@ class _NoWrite:
 
     async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
         return Checked(ruling.decision, "bench-event-id", ruling.categories)
+
+    def begin_commit(self, ruling: Ruling, status: int | None = None) -> asyncio.Future[str]:
+        """A commit already durable: the middleware's held start is released at once."""
+        done: asyncio.Future[str] = self._loop.create_future()
+        done.set_result("bench-event-id")
+        return done
 
     def post(self, *_: object) -> bool:
         return True
