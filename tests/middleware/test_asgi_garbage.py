@@ -1,0 +1,204 @@
+"""What a guarded request leaves for the cyclic collector: no cycles, nothing kept once done.
+
+The collector runs when the objects allocated outnumber those freed by its
+threshold, and each run walks the young objects alive: a request that leaves a
+reference cycle, or whose objects outlive it, makes it run more often and walk
+more. These tests call the real middleware on a real journal guard (over httpx's
+ASGITransport, or straight through ASGI with the commit held open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from holdkit import Service, entered, service
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from tokenkit import Keys, guard_settings
+
+import guard
+import middleware
+from guard._guard import Guard
+from middleware import GuardMiddleware, RouteTable, guarded
+
+__all__ = ["service"]
+
+OURS = (str(Path(middleware.__file__).parent), str(Path(guard.__file__).parent / "_guard.py"))
+"""The enforcement's own code (its frames and functions are recognised by file)."""
+BURST = 32
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """The cyclic collector off for the test (what is unreachable stays until collected)."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+def _app(guard: Guard | None, settings: Any) -> Starlette:
+    """A read, a write and a public route; behind the guard when ``guard`` is given."""
+
+    @guarded(categories=["contact"], action="read", subject="customer_id")
+    async def read(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("phone")
+
+    @guarded(categories=["contact"], action="write", subject="customer_id")
+    async def write(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("updated")
+
+    async def health(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[
+        Route("/customers/{customer_id}", read),
+        Route("/customers/{customer_id}/contact", write, methods=["PUT"]),
+        Route("/healthz", health),
+    ])
+    if guard is not None:
+        app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
+                           routes=RouteTable(()))
+    return app
+
+
+async def _call(app: Starlette, method: str, path: str, headers: dict[str, str]) -> int:
+    """One request straight through ASGI (no client of its own to leave garbage); its status."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 5000),
+             "server": ("svc", 80),
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    inbox = [{"type": "http.disconnect"}, {"type": "http.request", "body": b""}]
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return inbox.pop() if len(inbox) > 1 else inbox[0]
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]
+
+
+async def _requests(app: Starlette, keys: Keys, rounds: int) -> list[int]:
+    """Allowed reads and writes, refusals (no token, a purpose not granted), 404s, public."""
+    token = keys.mint("rsa", sub="svc:crm")
+    good = {"authorization": f"Bearer {token}", "x-purpose": "relationship.management"}
+    statuses: list[int] = []
+    for n in range(rounds):
+        path = f"/customers/c-{n % 7:04d}"
+        statuses += await asyncio.gather(
+            _call(app, "GET", path, good),
+            _call(app, "PUT", path + "/contact", good),
+            _call(app, "GET", path, {}),
+            _call(app, "GET", path, {**good, "x-purpose": "marketing.campaigns"}),
+            _call(app, "GET", "/nowhere", good),
+            _call(app, "GET", "/healthz", {}),
+        )
+    return statuses
+
+
+async def _garbage(app: Starlette, keys: Keys) -> tuple[list[int], int]:
+    """Statuses of 120 requests, and the unreachable objects they left (collector off)."""
+    await _requests(app, keys, 2)  # first use: the app's routes walked, caches filled
+    gc.collect()
+    statuses = await _requests(app, keys, 20)
+    return statuses, gc.collect()
+
+
+def test_guarded_requests_leave_no_more_cyclic_garbage_than_the_plain_app(
+    keys: Keys, tmp_path: Path, no_collector: None
+) -> None:
+    settings = guard_settings(tmp_path, keys)
+    with Guard.from_settings(settings) as journal_guard:
+        garbage = {}
+        for name, behind in (("plain", None), ("guarded", journal_guard)):
+            statuses, garbage[name] = asyncio.run(_garbage(_app(behind, settings), keys))
+            # every way of answering was taken (the guard refuses an undeclared route)
+            assert ({200, 401, 403} if behind else {200, 404}) <= set(statuses)
+    assert garbage["guarded"] <= garbage["plain"], garbage
+
+
+def _ours(code: types.CodeType | None) -> bool:
+    return code is not None and code.co_filename.startswith(OURS)
+
+
+@pytest.mark.anyio
+async def test_a_read_waiting_for_its_decision_keeps_few_objects_of_the_guard_alive(
+    service: Service, keys: Keys, no_collector: None
+) -> None:
+    token = keys.mint("rsa", sub="svc:crm")
+    sent: list[list[dict[str, Any]]] = [[] for _ in range(BURST)]
+    calls = [asyncio.ensure_future(service.call("GET", f"/customers/c-{n:04d}", token, sent[n]))
+             for n in range(BURST)]
+    try:
+        await entered(service.journal)  # the commits are held: every read waits
+        for _ in range(200):  # until every handler has returned and its response waits
+            await asyncio.sleep(0)
+            young = gc.get_objects(generation=0)
+            frames = [o.cr_code.co_qualname for o in young
+                      if isinstance(o, types.CoroutineType) and _ours(o.cr_code)]
+            if frames.count("Record._release") == BURST:
+                break
+        else:
+            pytest.fail(f"the reads never all waited for their decisions: {frames}")
+        assert not any(s for s in sent), "a response left before its decision was durable"
+        closures = [o for o in young if isinstance(o, types.FunctionType) and _ours(o.__code__)]
+        partials = [o for o in young if isinstance(o, functools.partial)
+                    and _ours(getattr(getattr(o.func, "__func__", o.func), "__code__", None))]
+    finally:
+        service.journal.release.set()
+        await asyncio.gather(*calls)
+    # The middleware's call, the record's close and its release: nothing more per request.
+    assert len(frames) <= 3 * BURST, sorted(set(frames))
+    assert not closures, closures[:3]
+    assert not partials, partials[:3]
+    assert all(s[0]["status"] == 200 and s[0]["durable"] for s in sent)
+
+
+def _finished_futures() -> int:
+    """Futures alive that resolved with an event's id (a finished request's commit)."""
+    return sum(1 for o in gc.get_objects()
+               if type(o) is asyncio.Future and o.done() and not o.cancelled()
+               and o.exception() is None and isinstance(o.result(), str))
+
+
+def test_finished_reads_leave_nothing_of_theirs_with_the_guard(
+    keys: Keys, tmp_path: Path
+) -> None:
+    settings = guard_settings(tmp_path, keys)
+    token = keys.mint("rsa", sub="svc:crm")
+    good = {"authorization": f"Bearer {token}", "x-purpose": "relationship.management"}
+    gc.collect()
+    before = _finished_futures()  # what earlier tests in this process left
+    with Guard.from_settings(settings) as journal_guard:
+        app = _app(journal_guard, settings)
+
+        async def main() -> list[int]:
+            kept = []
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://svc") as client:
+                for _ in range(3):
+                    burst = await asyncio.gather(*(
+                        client.get(f"/customers/c-{n:04d}", headers=good) for n in range(BURST)))
+                    assert {r.status_code for r in burst} == {200}
+                    assert (await client.get("/customers/c-0001", headers=good)).status_code == 200
+                    kept.append(_finished_futures() - before)
+            return kept
+
+        kept = asyncio.run(main())
+    # At most the last request's own commit, not one per request served before it.
+    assert max(kept) <= 1, kept
