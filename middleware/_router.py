@@ -16,6 +16,18 @@ literal last segment; every other route (a ``Host``, an included router, a
 route class of the app's own) is asked for every path. The candidates keep
 the router's order, so the first FULL match and the first PARTIAL one are the
 router's own.
+
+The answer itself is remembered (:data:`ANSWERS` of them, at most, for paths of
+at most :data:`CACHED_PATH` characters) when it can only depend on what the
+key holds: the scope's type, method, ``root_path`` and ``path``. That is when
+the request's scope carries nothing else a route reads (no ``path_params``, no
+FastAPI state), the answer is a route of the app's own router (not inside a
+``Mount``, a ``Host`` or an included router), and every route of that router
+matches by Starlette's or FastAPI's own ``matches`` with Starlette's own
+convertors (no ``Host``, no route class or convertor of the app's own, which
+could read anything). A remembered answer is given only while that router's
+``routes`` is the same list holding the same routes; a change to it (a route
+added, removed or replaced at run time) makes every answer be found afresh.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from starlette.applications import Starlette
 from starlette.convertors import (
     FloatConvertor,
     IntegerConvertor,
+    PathConvertor,
     StringConvertor,
     UUIDConvertor,
 )
@@ -73,6 +86,14 @@ except ImportError:  # pragma: no cover - FastAPI is optional for a Starlette ap
 _EFFECTIVE_CONTEXT = "effective_route_context"  # FastAPI: scope["fastapi"][...]
 _ANY = object()  # a request segment no indexed route names
 _CACHE = 4096
+_OWN_CONVERTORS = (*_SLASH_FREE, PathConvertor)
+"""Starlette's own convertors (an app's own may convert with side effects, or read state)."""
+ANSWERS = 4096
+"""Answers remembered per app (then forgotten all at once: bounded whatever the paths)."""
+CACHED_PATH = 256
+"""The longest path (characters) whose answer is remembered."""
+_SCOPE_READS = ("path_params", "fastapi")
+"""Scope keys a route's ``matches`` reads besides the key's: a scope with one is not looked up."""
 
 
 @quick_init
@@ -142,7 +163,7 @@ class AppRoutes:
         public: Templates that need no decision, any method.
     """
 
-    __slots__ = ("_csv", "_indexes", "_leaves", "_public", "_router")
+    __slots__ = ("_answers", "_csv", "_indexes", "_leaves", "_public", "_router")
 
     def __init__(self, router: Router, table: RouteTable, public: Iterable[str]) -> None:
         self._router = router
@@ -152,6 +173,9 @@ class AppRoutes:
         self._public = frozenset(_same(p) for p in public)
         self._leaves: dict[tuple[int, str], _Leaf] = {}
         self._indexes: dict[int, _Index] = {}
+        self._answers: dict[tuple[object, ...], tuple[Resolved, list[BaseRoute], _Index]] = {}
+        """Answers by (type, method, root_path, path), with the routes list and index they
+        were found in (valid while that list holds what the index holds)."""
         self._walk(router.routes, "")
 
     def _walk(self, routes: Sequence[BaseRoute], prefix: str, depth: int = 0) -> None:
@@ -166,13 +190,34 @@ class AppRoutes:
                 self._leaf(route, None, prefix, None)
 
     def resolve(self, scope: Scope) -> Resolved:
-        """The endpoint the app will call for ``scope``, and its declaration; scope is unchanged."""
+        """The endpoint the app will call for ``scope``, and its declaration; scope is unchanged.
+
+        A remembered answer when one holds for the scope (see the module's docstring).
+        """
+        key = _answer_key(scope)
+        if key is None:
+            return self._resolve(scope, None)
+        hit = self._answers.get(key)
+        if hit is not None:
+            resolved, routes, index = hit
+            if self._router.routes is routes and tuple(routes) == index.routes:
+                return resolved
+        return self._resolve(scope, key)
+
+    def _resolve(self, scope: Scope, key: tuple[object, ...] | None) -> Resolved:
+        """Resolve ``scope`` through the app's routes; remember the answer under ``key`` if it may.
+
+        Args:
+            scope: The request's scope (unchanged).
+            key: The answer's key (:func:`_answer_key`), None when it is not to be remembered.
+        """
         method: str = scope["method"] if scope["type"] == "http" else "GET"
         work = dict(scope)
         nested = work.get("fastapi")
         if isinstance(nested, dict):
             work["fastapi"] = dict(nested)
         routes: Sequence[BaseRoute] = self._router.routes
+        root = routes
         prefix = ""
         for _ in range(_MAX_DEPTH):
             route, child = _pick(self._candidates(routes, work), work)
@@ -199,8 +244,23 @@ class AppRoutes:
                 params = work.get("path_params") or {}
                 if rule.subject in params:
                     subject = str(params[rule.subject])
-            return Resolved(leaf.endpoint, rule, subject)
+            resolved = Resolved(leaf.endpoint, rule, subject)
+            if key is not None and routes is root and isinstance(root, list):
+                self._remember(key, resolved, root, route)
+            return resolved
         return NOWHERE
+
+    def _remember(self, key: tuple[object, ...], resolved: Resolved, routes: list[BaseRoute],
+                  route: BaseRoute) -> None:
+        """Keep ``resolved`` for ``key`` when the app's router alone found it by path and method."""
+        index = self._indexes.get(id(routes))
+        if (index is None or not index.by_path or isinstance(route, Mount)
+                or _included(route) is not None or tuple(routes) != index.routes):
+            return
+        answers = self._answers
+        if len(answers) >= ANSWERS:
+            answers.clear()
+        answers[key] = (resolved, routes, index)
 
     def _candidates(self, routes: Sequence[BaseRoute], work: Scope) -> Sequence[BaseRoute]:
         """The routes of one router that could match ``work``'s path, in the router's order."""
@@ -291,10 +351,12 @@ class _Index:
         routes: The router's routes, in its order.
     """
 
-    __slots__ = ("_cache", "_counts", "_firsts", "_keys", "_lasts", "routes")
+    __slots__ = ("_cache", "_counts", "_firsts", "_keys", "_lasts", "by_path", "routes")
 
     def __init__(self, routes: Sequence[BaseRoute]) -> None:
         self.routes = tuple(routes)
+        self.by_path = all(_by_path(r) for r in self.routes)
+        """Every route matches on the scope's type, path, root_path and method alone."""
         self._keys = tuple(index_key(r) for r in self.routes)
         known = [k for k in self._keys if k is not None]
         self._firsts = frozenset(k[0] for k in known if k[0] is not None)
@@ -324,6 +386,34 @@ class _Index:
                 self._cache.clear()
             self._cache[key] = found
         return found
+
+
+def _by_path(route: BaseRoute) -> bool:
+    """Whether ``route`` matches on the scope's type, path, root_path and method alone.
+
+    A ``Route``, ``WebSocketRoute`` or ``Mount`` with Starlette's own ``matches`` (or
+    FastAPI's routes, which read nothing else when the scope has no FastAPI state), whose
+    convertors are Starlette's own.
+    """
+    cls = type(route)
+    base = next((b for b in (Route, WebSocketRoute, Mount) if isinstance(route, b)), None)
+    if base is None or (cls.matches is not base.matches and not issubclass(cls, _OWN_MATCHES)):
+        return False
+    convertors = getattr(route, "param_convertors", None)
+    return isinstance(convertors, dict) and all(
+        type(c) in _OWN_CONVERTORS for c in convertors.values())
+
+
+def _answer_key(scope: Scope) -> tuple[object, ...] | None:
+    """What an answer is remembered by: (type, method, root_path, path); None: not remembered.
+
+    None for a scope that carries something else a route's ``matches`` reads, or a long path.
+    """
+    path = scope["path"]
+    if len(path) > CACHED_PATH or any(k in scope for k in _SCOPE_READS):
+        return None
+    kind = scope["type"]
+    return (kind, scope["method"] if kind == "http" else None, scope.get("root_path", ""), path)
 
 
 def _pick(routes: Sequence[BaseRoute], scope: Scope) -> tuple[BaseRoute | None, Scope]:
