@@ -223,8 +223,9 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
     turn = [0]
 
     def scope() -> Message:
+        """A fresh copy, as a server makes per request (the app writes its own keys in)."""
         i = turn[0] = (turn[0] + 1) % 100
-        s = all_scopes[i]
+        s = dict(all_scopes[i])
         s["state"] = {}
         return s
 
