@@ -43,6 +43,7 @@ def _sidecar(
     from guard.config import PolicySettings, SidecarSettings, load_settings
     from middleware.sidecar import create_app
     from middleware.sidecar._app import SETTINGS_ENV, configure_logging
+    from middleware.sidecar._server import HTTP_PROTOCOL
 
     settings = load_settings()
     sidecar_overrides = {
@@ -74,6 +75,7 @@ def _sidecar(
         "access_log": False,
         "proxy_headers": False,
         "server_header": False,
+        "http": HTTP_PROTOCOL,  # a client that leaves is told to every request it made
     }
     if conf.workers == 1:
         uvicorn.run(app, **common)  # type: ignore[arg-type]

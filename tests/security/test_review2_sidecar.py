@@ -10,14 +10,20 @@ as the upstream streams, and the trail would say the answer was whole.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sidecarkit import ServerThread, audit_rows, policy_copy, poll, sidecar_settings
+from tokenkit import AUDIENCE, ISSUER
 
 from bench._pg import free_port
 
@@ -114,3 +120,53 @@ def test_a_client_that_leaves_frees_the_upstream_and_is_recorded_as_aborted(
         outcomes = poll(lambda d=decision: audit_rows(
             tmp_path / "audit.db", "decision_ref = ?", (d["event_id"],)))
         assert [(o["http_status"], o["detail"]) for o in outcomes] == [(200, "aborted")]
+
+
+def test_a_client_that_pipelines_behind_a_stream_and_leaves_frees_the_upstream(
+    tmp_path: Path, keys: Any
+) -> None:
+    """``guard sidecar`` itself: the stream's request hears that its client left."""
+    upstream = StreamingUpstream()
+    policy = policy_copy(tmp_path / "policy", POLICIES)
+    port = free_port()
+    env = {**os.environ, "GUARD_CONFIG": os.devnull,
+           "GUARD_POLICY__DIR": str(policy), "GUARD_POLICY__WATCH": "false",
+           "GUARD_SIDECAR__ROUTES": str(policy / "routes.csv"),
+           "GUARD_SIDECAR__UPSTREAM": f"http://127.0.0.1:{upstream.port}",
+           "GUARD_AUDIT__STORE": f"sqlite:///{tmp_path / 'audit.db'}",
+           "GUARD_AUDIT__HMAC_KEY": str(tmp_path / "hmac.key"),
+           "GUARD_AUDIT__SIGNING_KEY": str(tmp_path / "signing.key"),
+           "GUARD_IDENTITY__HS256_SECRET_FILE": str(keys.hs_file),
+           "GUARD_IDENTITY__AUDIENCE": AUDIENCE, "GUARD_IDENTITY__ISSUER": ISSUER}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("guard")), "sidecar", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the sidecar did not start: {proc.communicate()}")
+                time.sleep(0.1)
+        token = keys.mint("hs", sub="svc:crm")
+        request = (b"GET /customers/c-0001 HTTP/1.1\r\nHost: sidecar\r\n"
+                   b"Authorization: Bearer " + token.encode() + b"\r\n"
+                   b"X-Purpose: relationship.management\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(request + request)  # the second waits behind the stream
+            answer = b""
+            while len(answer) < 8192 and (data := conn.recv(65536)):
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        poll(lambda: upstream.ended == upstream.open == 1, timeout=20)
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:  # still streaming (the bug): stop it for good
+            proc.kill()
+            proc.communicate()
+        upstream.close()
