@@ -45,5 +45,9 @@ class AuditUnavailableError(GuardError):
     """The audit store could not durably take an event."""
 
 
+class AuditTimeoutError(AuditUnavailableError):
+    """An event was not durable in the time allowed; the journal may still write it."""
+
+
 class ConfigError(GuardError):
     """A configuration value that is missing or wrong."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
-from guard._errors import AuditUnavailableError
+from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
 from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id, open_trail
 from guard.audit._event import decision_fields, outcome_fields, policy_fields
@@ -463,8 +463,12 @@ class Guard:
         fields = _with_status(ruling, status)
         if fields is None:
             return Checked(ruling.decision, "", ruling.categories)
+        fields["event_id"] = event_id = fields.get("event_id") or new_event_id()
         try:
-            event_id = self._record(EventKind.DECISION, fields)
+            self.trail.record_fields(EventKind.DECISION, fields, self.durable_within)
+        except AuditTimeoutError:  # refused for want of time: the journal may write it yet
+            self._late_refusal(event_id, fields)
+            return Checked(self._unrecorded(ruling.request, ruling.decision), "")
         except Exception:  # fail closed
             return Checked(self._unrecorded(ruling.request, ruling.decision), "")
         return Checked(ruling.decision, event_id, ruling.categories)

@@ -239,13 +239,15 @@ class JournalTrail:
 
     # -- fields (the guard's path) -----------------------------------------------------------
 
-    def record_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
+    def record_fields(self, kind: EventKind, fields: Mapping[str, Any],
+                      timeout: float = 30.0) -> str:
         """Record an event from its fields (raw ``subject_id``); its id once durable.
 
         Raises:
-            AuditUnavailableError: the journal could not take it.
+            AuditUnavailableError: the journal could not take it (AuditTimeoutError: not
+                within ``timeout`` seconds; it may still be written).
         """
-        return self.writer.submit(kind, _traced(fields))
+        return self.writer.submit(kind, _traced(fields), timeout)
 
     async def arecord_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
         """Like :meth:`record_fields` without blocking the event loop."""

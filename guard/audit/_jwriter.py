@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from guard._errors import AuditUnavailableError
+from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
 from guard.audit._event import GENESIS_HASH, EventKind, ts_epoch, utc_now
 from guard.audit._fields import ChainKey, Linker, Pseudonyms, checkpoint_record, content
@@ -174,7 +174,7 @@ class JournalWriter:
         """
         items = [_Item(kind, f) for f in many]
         if items and not self._put(items).wait(timeout):
-            raise AuditUnavailableError(f"audit writer did not confirm within {timeout:g} s")
+            raise AuditTimeoutError(f"audit writer did not confirm within {timeout:g} s")
         for item in items:
             if not isinstance(item.result, str):
                 raise item.result or AuditUnavailableError("audit event lost")
