@@ -3,9 +3,9 @@
 A decision that is not durable by ``Guard.durable_within`` is refused
 ``audit_unavailable``; should the journal write it after all, the trail must
 say what the caller got: a 403 ``outcome`` with ``detail`` = ``audit_unavailable``
-follows it. The batch is made slow for real: the journal takes it at once, and
-the witness file (a full pipe here, as a hung network mount) holds the batch's
-release until the caller's deadline has passed.
+follows it. The journal is made slow for real: the witness file (a full pipe
+here, as a hung network mount) holds the writer's thread in the batch before
+the caller's, so the caller's event is written only after its deadline passed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import pytest
 
 from guard import Reason, Request
 from guard._guard import Guard
-from guard.audit import JournalTrail
+from guard.audit import EventKind, JournalTrail
+from guard.audit._journal import durable_end
 from guard.config import AuditSettings
 from guard.policy import load_policy
 from guard.policy._holder import PolicyHolder
@@ -65,12 +67,18 @@ def test_a_decision_durable_after_its_deadline_is_followed_by_its_refusal(
         assert check(guard).decision.allowed
         witness = trail.writer._witness
         assert witness is not None
+        while not trail.writer._idle:  # its batch handed to the witness too: nothing in hand
+            time.sleep(0.01)
         read, write = _full_pipe()
         good = os.dup(witness._fd)
         os.dup2(write, witness._fd)  # the next batch's witness write hangs, after its append
         answers: list[Any] = []
         caller = threading.Thread(target=lambda: answers.append(check(guard)))
         try:
+            before = durable_end(trail.journal.folder)
+            trail.post_fields(EventKind.HEARTBEAT, {"detail": "the batch before"})
+            while durable_end(trail.journal.folder) == before:  # appended: its witness hangs
+                time.sleep(0.01)
             caller.start()
             caller.join(timeout=60)
         finally:
