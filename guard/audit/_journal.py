@@ -116,6 +116,14 @@ def durable_end(folder: Path) -> int:
     raise AuditUnavailableError(f"audit journal {folder}: {END} does not hold a valid end")
 
 
+def _published(folder: Path) -> int:
+    """The durable end the folder's END file holds (0: none, or unreadable)."""
+    try:
+        return durable_end(folder)
+    except AuditUnavailableError:
+        return 0
+
+
 class JournalBusyError(ConfigError):
     """Another process holds the journal folder."""
 
@@ -157,6 +165,12 @@ class Journal:
             found = segments(folder)
         first, path = found[-1]
         payloads, good, damage = scan(path, first)
+        if damage is not None and first + len(payloads) < _published(folder):
+            os.close(self._lock)  # acknowledged records are damaged: keep them for inspection
+            raise AuditUnavailableError(
+                f"audit journal {folder}: record {first + len(payloads)} of {path.name} is "
+                f"damaged below the durable end {_published(folder)}; nothing was cut off "
+                "(move the lane aside to inspect it, then start again)")
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         if damage is not None:  # a torn tail: never acknowledged, never believed
             os.ftruncate(self._fd, good)

@@ -1,4 +1,4 @@
-"""Review of the newest fast paths: a journal that hangs never stalls the event loop.
+"""Review of the newest fast paths: a journal that hangs or is damaged never costs the trail.
 
 Decisions are appended to the journal off the event loop, so a disk that hangs
 holds only the requests that wait for it (refused ``audit_unavailable`` within
@@ -6,6 +6,9 @@ holds only the requests that wait for it (refused ``audit_unavailable`` within
 The test makes the appends fast first (a quick disk: any path that commits on
 the loop's own thread when the disk has proven fast would be taken), then makes
 the journal's next write hang in the kernel (its file swapped for a full pipe).
+A record damaged below the journal's published durable end (acknowledged, so
+never a torn write) stops the journal from opening instead of being cut off
+with every record after it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from opskit import POLICIES
 from sidecarkit import ServerThread, policy_copy
 
 from bench._pg import free_port
+from guard._errors import AuditUnavailableError
 from guard._guard import Guard
+from guard.audit._journal import Journal, durable_end, frame, segments
 from guard.config import AuditSettings, PolicySettings, Settings, SidecarSettings
 from middleware.sidecar import create_app
 from middleware.sidecar._state import build_sidecar
@@ -91,3 +96,40 @@ def test_a_hung_journal_after_fast_appends_leaves_the_event_loop_free(
         assert refused.json()["reason"] == "audit_unavailable"
         # Writable again: decisions are durable and allowed once more.
         assert httpx.get(url + "/v1/check", headers=headers, timeout=30).status_code == 200
+
+
+def test_a_damaged_record_below_the_durable_end_is_never_cut_off(tmp_path: Path) -> None:
+    """One flipped byte in an acknowledged record must not delete every record after it."""
+    lane = tmp_path / "lane-0"
+    journal = Journal(lane)
+    records = [b'{"n":%d}' % i for i in range(10)]
+    for record in records:
+        journal.append([record])
+    journal.close()
+    [(_, segment)] = segments(lane)
+    damaged = bytearray(segment.read_bytes())
+    damaged[sum(len(frame(r)) for r in records[:3]) + 10] ^= 0x01  # in record 3's payload
+    segment.write_bytes(bytes(damaged))
+    with pytest.raises(AuditUnavailableError, match="damaged below the durable end 10"):
+        Journal(lane)
+    assert segment.read_bytes() == bytes(damaged)  # nothing cut off
+    assert durable_end(lane) == 10
+    Journal(lane.parent / "lane-1").close()  # the folder's lock was let go: other lanes open
+
+
+def test_a_torn_tail_past_the_durable_end_is_still_cut_off(tmp_path: Path) -> None:
+    """What a writer never acknowledged (a frame cut short past the durable end) is dropped."""
+    lane = tmp_path / "lane-0"
+    journal = Journal(lane)
+    journal.append([b'{"n":1}'])
+    journal.close()
+    [(_, segment)] = segments(lane)
+    whole = segment.read_bytes()
+    with segment.open("ab") as tail:
+        tail.write(frame(b'{"n":2}')[:-3])
+    reopened = Journal(lane)
+    try:
+        assert reopened.next_offset == durable_end(lane) == 1
+        assert segment.read_bytes() == whole
+    finally:
+        reopened.close()
