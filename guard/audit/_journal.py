@@ -13,7 +13,9 @@ updated in place through a shared mapping and never synced itself: a reader in
 any process indexes no record past it, so bytes written but not yet synced are
 never indexed. Opening a journal scans the newest segment forward, truncates
 it at the first frame that is incomplete or fails its checksum (a torn write
-was never acknowledged), syncs what is left and publishes that end again. The
+was never acknowledged), syncs what is left and publishes that end again; a bad
+frame below the published end was acknowledged, so the journal refuses to open
+instead of cutting it off. The
 segments are the truth; the query index is built from them
 (:mod:`guard.audit._indexer`).
 """
