@@ -1,18 +1,17 @@
 """Verify a journal, and the index built from it: which one disagrees, and where.
 
 The journal's chains are checked exactly as a store's are: its records go
-through :func:`guard.audit._verify.verify_chains`, in the order a store holds
-them. Then every journal event the index has read (below its saved offset) must
-be in the index with the same columns, and the index must hold no other event
-of the journal's chains.
+through :func:`guard.audit._verify.verify_chains`, each chain's by ``seq``.
+Then every journal event the index has read (below its saved offset) must be
+in the index with the same columns, and the index must hold no other event of
+the journal's chains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -24,7 +23,7 @@ from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, Row, row_chec
 from guard.audit._store import AuditStoreError, Store
 from guard.audit._verify import Problem, VerifyReport, seq_of, verify_chains
 
-_SEQ, _WRITER = FIELD_NAMES.index("seq"), FIELD_NAMES.index("writer_id")
+_WRITER = FIELD_NAMES.index("writer_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,16 +116,9 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
     for cp in _countersigned(store, public):
         if cp.writer_id in chains:
             checkpoints.setdefault(cp.checkpoint_id, cp)
-    report = verify_chains(sorted(events.values(), key=_stored_order), checkpoints.values(),
-                           public, chain_key=chain_key)
+    ordered = sorted(events.values(), key=lambda r: (str(r[_WRITER]), seq_of(r), str(r[0])))
+    report = verify_chains(ordered, checkpoints.values(), public, chain_key=chain_key)
     return JournalReport(report, tuple(disagree), tuple(damage), len(found))
-
-
-def _stored_order(row: Sequence[Any]) -> tuple[str, bool, int | str, str]:
-    """A row's place in a store's ``ORDER BY writer_id, seq, event_id`` (numbers before text)."""
-    seq = row[_SEQ]
-    number = type(seq) is int
-    return str(row[_WRITER]), not number, seq if number else str(seq), str(row[0])
 
 
 def _countersigned(store: Store, public: Ed25519PublicKey) -> list[Checkpoint]:

@@ -265,8 +265,8 @@ def verify_chains(
 ) -> VerifyReport:
     """:func:`verify` of rows and checkpoints read from anywhere: a store, a journal.
 
-    ``events`` are rows of ``EVENT_COLUMNS``, each chain's in a store's order (by
-    ``seq``, then ``event_id``); ``checkpoints`` name each id once.
+    ``events`` are rows of ``EVENT_COLUMNS``, each chain's ordered by ``seq``, then
+    ``event_id``; ``checkpoints`` name each id once.
     """
     by_writer: dict[str, list[Checkpoint]] = defaultdict(list)
     stored_ids: set[str] = set()
