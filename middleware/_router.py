@@ -92,8 +92,6 @@ ANSWERS = 4096
 """Answers remembered per app (then forgotten all at once: bounded whatever the paths)."""
 CACHED_PATH = 256
 """The longest path (characters) whose answer is remembered."""
-_SCOPE_READS = ("path_params", "fastapi")
-"""Scope keys a route's ``matches`` reads besides the key's: a scope with one is not looked up."""
 
 
 @quick_init
@@ -407,10 +405,11 @@ def _by_path(route: BaseRoute) -> bool:
 def _answer_key(scope: Scope) -> tuple[object, ...] | None:
     """What an answer is remembered by: (type, method, root_path, path); None: not remembered.
 
-    None for a scope that carries something else a route's ``matches`` reads, or a long path.
+    None for a scope that carries something else a route's ``matches`` reads (``path_params``,
+    FastAPI's state), or a long path.
     """
     path = scope["path"]
-    if len(path) > CACHED_PATH or any(k in scope for k in _SCOPE_READS):
+    if len(path) > CACHED_PATH or "path_params" in scope or "fastapi" in scope:
         return None
     kind = scope["type"]
     return (kind, scope["method"] if kind == "http" else None, scope.get("root_path", ""), path)
