@@ -25,16 +25,13 @@ import time
 from collections import deque
 from pathlib import Path
 
-from guard.audit._checkpoint import Checkpoint
-from guard.audit._fields import decode_many
 from guard.audit._health import FailureLog
 from guard.audit._journal import JournalReader, durable_end
-from guard.audit._schema import Row
 from guard.audit._store import Store
 
 _log = logging.getLogger("guard.audit")
 _CHUNK = 1000
-"""Records read and decoded at a time within one index transaction."""
+"""Records read at a time within one index transaction."""
 
 
 class Pace:
@@ -114,7 +111,7 @@ class Indexer:
         """Records below this offset are in the store (once the saved offset is read)."""
         self._reader: JournalReader | None = None  # made once the saved offset is read
         self._cond = threading.Condition()
-        self._pending: tuple[list[Row], list[Checkpoint], int] | None = None
+        self._pending: tuple[list[bytes], int] | None = None  # records read, the offset after
         self._wanted = 0  # a waiter wants the index at least this far: index now
         self._closed = False
         self._started = 0.0  # monotonic time the pending transaction's read started
@@ -171,28 +168,24 @@ class Indexer:
                 with self._cond:
                     self._cond.wait(self._retry)
 
-    def _read(self) -> tuple[list[Row], list[Checkpoint]]:
-        """Read and decode up to ``batch`` durable records, a chunk at a time.
+    def _read(self) -> list[bytes]:
+        """Read up to ``batch`` durable records, a chunk at a time (the store decodes them).
 
-        Between chunks the thread gives up the interpreter lock: the writer's
-        ``fdatasync`` returns wanting it, and would otherwise wait for the
-        interpreter's switch interval (5 ms) behind a long decode.
+        Between chunks the thread gives up the interpreter lock, as the store does
+        between the chunks it decodes: the writer's ``fdatasync`` returns wanting it.
         """
-        rows: list[Row] = []
-        checkpoints: list[Checkpoint] = []
+        records: list[bytes] = []
         reader = self._reader
         assert reader is not None
         now = time.monotonic()
         end, left = durable_end(self.lane), self._batch
         self._pace.read(now, end - reader.offset <= left)
         while left > 0 and reader.offset < end:
-            records = reader.read(end, min(left, _CHUNK))
-            chunk_rows, chunk_checkpoints = decode_many(records)
-            rows += chunk_rows
-            checkpoints += chunk_checkpoints
-            left -= len(records)
+            chunk = reader.read(end, min(left, _CHUNK))
+            records += chunk
+            left -= len(chunk)
             time.sleep(0)
-        return rows, checkpoints
+        return records
 
     def _step(self) -> None:
         if self._reader is None:  # first: how far the store is (it may be down for now)
@@ -206,14 +199,14 @@ class Indexer:
             if self._pending is None:
                 self._started = time.monotonic()
                 try:
-                    rows, checkpoints = self._read()
+                    records = self._read()
                 except Exception:  # read them again, from the saved offset: never skip one
                     self._reader.close()
                     self._reader = None
                     raise
-                self._pending = (rows, checkpoints, self._reader.offset)
-            rows, checkpoints, end = self._pending
-            self.store.index(rows, checkpoints, self._key, end)
+                self._pending = (records, self._reader.offset)
+            records, end = self._pending
+            self.store.index_records(records, self._key, end)  # a bad record: retried, kept
             self._pace.done(time.monotonic() - self._started)
             with self._cond:
                 self._pending = None

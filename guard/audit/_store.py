@@ -37,6 +37,13 @@ class Store(Protocol):
               next_offset: int) -> None:
         """Add journal records and save the offset after them, in one transaction."""
 
+    def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
+        """Add journal records (their bytes, in order) and save the offset, in one transaction.
+
+        Raises:
+            ValueError: a record is not a journal record (nothing is added).
+        """
+
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return every row."""
 
