@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -60,8 +61,12 @@ checkpoints = st.lists(st.tuples(text, text, st.integers(0, INT64), text, text,
 
 
 def records_of(picked: list[Row], marks: list[tuple[Any, ...]], again: int) -> list[bytes]:
-    """The journal records: every row, ``again`` of them a second time, checkpoints between."""
-    out = [compact(list(row)) for row in picked] + [compact(list(r)) for r in picked[:again]]
+    """The journal records: every row, ``again`` of them a second time, checkpoints between.
+
+    Every other row as orjson writes it (text as UTF-8), the others with ASCII escapes.
+    """
+    out = [(orjson.dumps if number % 2 else compact)(list(row))
+           for number, row in enumerate([*picked, *picked[:again]])]
     for number, mark in enumerate(marks):
         out.insert(min(len(out), number * 5), checkpoint_record(row_checkpoint(mark)))
     return out
