@@ -173,18 +173,19 @@ def _pause_index(process: subprocess.Popen[bytes] | None, pause: bool) -> None:
     if process is not None:
         os.kill(process.pid, signal.SIGSTOP if pause else signal.SIGCONT)
         return
-    import gc
+    import threading
 
     from guard.audit._indexer import Indexer
 
-    for indexer in [o for o in gc.get_objects() if isinstance(o, Indexer)]:
-        with indexer._cond:
+    # by their threads (gc.get_objects() does not see what gc.freeze() froze)
+    targets = [getattr(getattr(t, "_target", None), "__self__", None)
+               for t in threading.enumerate()]
+    for indexer in [o for o in targets if isinstance(o, Indexer)]:
+        with indexer._cond:  # its thread asks _ready() how long to sleep before a transaction
             if pause:
-                indexer._saved = (indexer._interval, indexer._batch)  # type: ignore[attr-defined]
-                indexer._interval, indexer._batch = 3600.0, 1 << 40
+                indexer._ready = lambda: 3600.0  # type: ignore[method-assign]
             else:
-                indexer._interval, indexer._batch = indexer._saved  # type: ignore[attr-defined]
-                indexer._due = 0.0
+                del indexer._ready
                 indexer._cond.notify_all()
 
 
