@@ -207,23 +207,28 @@ def install(kind: str, workdir: Path, label: str
         def read(self: Any) -> Any:
             t0 = time.perf_counter()
             out = base_read(self)
-            if rec.on:
-                rec.reads.append((t0, time.perf_counter(), len(out[0])))
+            if rec.on:  # a list of records, or (rows, checkpoints)
+                count = len(out) if isinstance(out, list) else len(out[0])
+                rec.reads.append((t0, time.perf_counter(), count))
             return out
 
         _indexer.Indexer._read = read  # type: ignore[method-assign]
         from guard.audit import _sqlite
 
-        base_index = _sqlite.SqliteStore.index
+        for name in ("index", "index_records"):  # rows, or the records' bytes
+            base_index = getattr(_sqlite.SqliteStore, name, None)
+            if base_index is None:
+                continue
 
-        def index(self: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            out = base_index(self, rows, *args, **kwargs)
-            if rec.on:
-                rec.indexes.append((t0, time.perf_counter(), len(rows)))
-            return out
+            def index(self: Any, rows: Any, *args: Any, _base: Any = base_index,
+                      **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                out = _base(self, rows, *args, **kwargs)
+                if rec.on:
+                    rec.indexes.append((t0, time.perf_counter(), len(rows)))
+                return out
 
-        _sqlite.SqliteStore.index = index  # type: ignore[method-assign]
+            setattr(_sqlite.SqliteStore, name, index)
 
     def wrap(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
         async def traced(scope: dict[str, Any], receive: Any, send: Any) -> None:
