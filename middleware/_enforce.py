@@ -4,7 +4,9 @@ request -> route -> identity -> purpose -> engine + durable audit -> outcome.
 A denial is recorded with the status it is answered with (one event); an
 allowed ``write`` is durable before this returns; an allowed ``read`` is too,
 unless the caller defers it (``defer_reads``) to record it with the response's
-status before the response starts.
+status before the response starts. Only a read asked with a safe method (GET,
+HEAD, OPTIONS, TRACE) is deferred: a route that declares ``read`` for DELETE or
+POST still has its decision durable before its handler runs.
 Anything that cannot be judged is a denial; nothing here knows about a
 particular web framework beyond the problem+json response it can render.
 """
@@ -44,6 +46,8 @@ __all__ = ["GuardLike", "Outcome", "enforce", "route_label"]
 _log = logging.getLogger("guard.middleware")
 _PURPOSE_KEY = re.compile(r"^[a-z0-9_]+(?:\.[a-z0-9_]+)*$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+"""Methods whose handler the caller may run before a read's decision is durable (RFC 9110 9.2.1)."""
 """Methods every bound accepts (:func:`method_ok` is asked of any other)."""
 _purposes: set[str] = set()
 """Purpose keys seen well-formed (at most ``_CONTEXTS``; then forgotten)."""
@@ -167,9 +171,10 @@ async def enforce(
             through the app's router.
         filters: The caller filters the response body of a ``minimise`` route;
             False (a check endpoint, a WebSocket): such a route is judged whole.
-        defer_reads: An allowed ``read`` is returned unrecorded (``Outcome.pending``,
-            no ``decision_id``): the caller records it, with the status it answers
-            with, before any data leaves.
+        defer_reads: An allowed ``read`` asked with a safe method is returned
+            unrecorded (``Outcome.pending``, no ``decision_id``): the caller records
+            it, with the status it answers with, before any data leaves. Any other
+            method's read is durable before this returns, whatever the route declares.
     """
     endpoint: object | None = None
     subject: str | None = None
@@ -227,7 +232,8 @@ async def enforce(
     try:
         ruling = guard.decide(request, http, per_category=minimise)
         decision = ruling.decision
-        if decision.allowed and defer_reads and request.action is Action.READ:
+        if (decision.allowed and defer_reads and request.action is Action.READ
+                and method in _SAFE):
             _annotate_span(decision, None)
             judged = ruling.categories
             return Outcome(200, decision, None, caller, http.route, endpoint,

@@ -113,6 +113,12 @@ class Service:
             self.handler_ran.set()
             return PlainTextResponse(b"updated")
 
+        @guarded(**READ)  # a route that declares read for an unsafe method
+        async def forget(request: Request) -> PlainTextResponse:
+            self.ran.append("forget")
+            self.handler_ran.set()
+            return PlainTextResponse(SECRET)
+
         @guarded(**READ)
         async def hinted(request: Request) -> PlainTextResponse:
             self.handler_ran.set()
@@ -165,6 +171,7 @@ class Service:
         self.app = Starlette(routes=[
             Route("/customers/{customer_id}", read),
             Route("/customers/{customer_id}/contact", write, methods=["PUT"]),
+            Route("/customers/{customer_id}/forget", forget, methods=["DELETE", "POST"]),
             Route("/customers/{customer_id}/broken", broken),
             Route("/customers/{customer_id}/hinted", hinted),
             Route("/customers/{customer_id}/background", background),

@@ -66,6 +66,38 @@ async def test_a_write_does_not_start_before_its_decision_is_durable(
     assert [(o["kind"], o["http_status"]) for o in outcomes] == [("outcome", 200)]
 
 
+@pytest.mark.parametrize("method", ["DELETE", "POST"])
+async def test_a_read_asked_with_an_unsafe_method_does_not_start_before_it_is_durable(
+    service: Service, keys: Keys, method: str
+) -> None:
+    # The route declares read, but its handler may change state: it runs only once
+    # its decision is durable, like a write's.
+    sent: list[dict[str, Any]] = []
+    request = asyncio.create_task(service.call(
+        method, "/customers/c-0001/forget", keys.mint("rsa", sub="svc:crm"), sent))
+    await entered(service.journal)
+    await settle()
+    assert service.ran == []
+    assert sent == []
+    service.journal.release.set()
+    await request
+    assert service.ran == ["forget"]
+    assert (sent[0]["status"], sent[0]["durable"]) == (200, True)
+
+
+@pytest.mark.parametrize("method", ["DELETE", "POST"])
+async def test_a_read_asked_with_an_unsafe_method_whose_record_fails_never_runs(
+    service: Service, keys: Keys, method: str
+) -> None:
+    service.journal.fail = True
+    service.journal.release.set()
+    sent: list[dict[str, Any]] = []
+    await service.call(method, "/customers/c-0001/forget", keys.mint("rsa", sub="svc:crm"), sent)
+    assert service.ran == []  # nothing the trail does not show has happened
+    assert sent[0]["status"] == 403
+    assert b'"reason":"audit_unavailable"' in b"".join(m.get("body", b"") for m in sent[1:])
+
+
 async def test_a_read_whose_record_fails_is_replaced_by_audit_unavailable(
     service: Service, keys: Keys
 ) -> None:
