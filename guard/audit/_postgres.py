@@ -221,13 +221,7 @@ class PostgresStore:
         ``synchronous_commit`` is off for it, since the journal is the durable
         record and a lost index transaction is read again.
         """
-        try:
-            with self._write_lock:
-                self._store(rows, checkpoints, (journal, next_offset))
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise AuditUnavailableError(
-                f"audit store {_safe(self.url)} refused the index write: {_line(exc)}"
-            ) from exc
+        self._index(rows, checkpoints, journal, next_offset)
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Add journal records and save the offset, in one transaction (``synchronous_commit``
@@ -241,9 +235,14 @@ class PostgresStore:
             ValueError: a record is not a journal record.
         """
         array, checkpoints = _split(records)
+        self._index(array, checkpoints, journal, next_offset)
+
+    def _index(self, rows: Sequence[Row] | str, checkpoints: Sequence[Checkpoint], journal: str,
+               next_offset: int) -> None:
+        """Store rows (or the server-built array) and the offset in one transaction."""
         try:
             with self._write_lock:
-                self._store(array, checkpoints, (journal, next_offset))
+                self._store(rows, checkpoints, (journal, next_offset))
         except (psycopg.Error, PoolTimeout) as exc:
             raise AuditUnavailableError(
                 f"audit store {_safe(self.url)} refused the index write: {_line(exc)}"
