@@ -7,8 +7,6 @@ makes it refuse (``/dev/full``).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import threading
 import time
@@ -18,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from opskit import POLICIES
+from opskit import POLICIES, full_pipe
 from sidecarkit import ServerThread, policy_copy, poll
 from starlette.types import Receive, Scope, Send
 
@@ -45,17 +43,6 @@ def _readyz(url: str) -> httpx.Response:
     return httpx.get(url + "/readyz", timeout=120)
 
 
-def _full_pipe() -> tuple[int, int]:
-    """A pipe whose buffer is full: a write to its write end blocks in the kernel."""
-    read, write = os.pipe()
-    fcntl.fcntl(write, fcntl.F_SETFL, os.O_NONBLOCK)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write, b"x" * 65536)
-    fcntl.fcntl(write, fcntl.F_SETFL, 0)
-    return read, write
-
-
 def test_healthz_answers_while_readyz_waits_on_a_hung_then_refusing_journal(
     tmp_path: Path, keys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,7 +64,7 @@ def test_healthz_answers_while_readyz_waits_on_a_hung_then_refusing_journal(
         url = server.url
         assert _readyz(url).status_code == 200
         pending: list[Future[httpx.Response]] = []
-        read, write = _full_pipe()
+        read, write = full_pipe()
         good = os.dup(segment)
         os.dup2(write, segment)  # the journal's next append hangs
         try:

@@ -11,8 +11,6 @@ the caller's, so the caller's event is written only after its deadline passed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import os
 import sqlite3
 import threading
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opskit import full_pipe
 
 from guard import Reason, Request
 from guard._guard import Guard
@@ -32,17 +31,6 @@ from guard.policy import load_policy
 from guard.policy._holder import PolicyHolder
 
 REQUEST = Request("svc:crm", "relationship.management", ("contact",), subject="c-0001")
-
-
-def _full_pipe() -> tuple[int, int]:
-    """A pipe whose buffer is full: a write to its write end blocks in the kernel."""
-    read, write = os.pipe()
-    fcntl.fcntl(write, fcntl.F_SETFL, os.O_NONBLOCK)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write, b"x" * 65536)
-    fcntl.fcntl(write, fcntl.F_SETFL, 0)
-    return read, write
 
 
 def _sync(guard: Guard) -> Any:
@@ -69,7 +57,7 @@ def test_a_decision_durable_after_its_deadline_is_followed_by_its_refusal(
         assert witness is not None
         while not trail.writer._idle:  # its batch handed to the witness too: nothing in hand
             time.sleep(0.01)
-        read, write = _full_pipe()
+        read, write = full_pipe()
         good = os.dup(witness._fd)
         os.dup2(write, witness._fd)  # the next batch's witness write hangs, after its append
         answers: list[Any] = []

@@ -14,7 +14,6 @@ with every record after it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from opskit import POLICIES
+from opskit import POLICIES, full_pipe
 from sidecarkit import ServerThread, policy_copy
 
 from bench._pg import free_port
@@ -35,17 +34,6 @@ from middleware.sidecar._state import build_sidecar
 
 CHECK = {"X-Purpose": "relationship.management", "X-Original-URI": "/customers/c-0001",
          "X-Original-Method": "GET"}
-
-
-def _full_pipe() -> tuple[int, int]:
-    """A pipe whose buffer is full: a write to its write end blocks in the kernel."""
-    read, write = os.pipe()
-    fcntl.fcntl(write, fcntl.F_SETFL, os.O_NONBLOCK)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write, b"x" * 65536)
-    fcntl.fcntl(write, fcntl.F_SETFL, 0)
-    return read, write
 
 
 def test_a_hung_journal_after_fast_appends_leaves_the_event_loop_free(
@@ -71,7 +59,7 @@ def test_a_hung_journal_after_fast_appends_leaves_the_event_loop_free(
         url = server.url
         for _ in range(24):  # one at a time: each event alone, each append quick
             assert httpx.get(url + "/v1/check", headers=headers, timeout=30).status_code == 200
-        read, write = _full_pipe()
+        read, write = full_pipe()
         good = os.dup(segment)
         os.dup2(write, segment)  # the journal's next append hangs
         try:

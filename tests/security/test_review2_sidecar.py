@@ -24,55 +24,39 @@ import httpx
 import pytest
 from sidecarkit import ServerThread, audit_rows, policy_copy, poll, sidecar_settings
 from tokenkit import AUDIENCE, ISSUER
+from upstreamkit import ThreadedUpstream, read_head
 
 from bench._pg import free_port
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
-class StreamingUpstream:
+class StreamingUpstream(ThreadedUpstream):
     """Answers each request with a chunked body that never ends; notes when a reader leaves."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        super().__init__()
         self.open = 0
         self.ended = 0
         self._lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._stream, args=(conn,), daemon=True).start()
-
-    def _stream(self, conn: socket.socket) -> None:
-        with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                head += data
+    def handle(self, conn: socket.socket) -> None:
+        if read_head(conn) is None:
+            return
+        with self._lock:
+            self.open += 1
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"x" * 1024
+            while True:
+                conn.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                threading.Event().wait(0.005)
+        except OSError:
+            pass
+        finally:
             with self._lock:
-                self.open += 1
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                chunk = b"x" * 1024
-                while True:
-                    conn.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                    threading.Event().wait(0.005)
-            except OSError:
-                pass
-            finally:
-                with self._lock:
-                    self.ended += 1
-
-    def close(self) -> None:
-        self.listener.close()
+                self.ended += 1
 
 
 @pytest.fixture

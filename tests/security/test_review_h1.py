@@ -20,6 +20,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sidecarkit import ServerThread, policy_copy, sidecar_settings
+from upstreamkit import ThreadedUpstream
 
 from bench._pg import free_port
 from middleware.sidecar._h1 import H1Transport, _request_head
@@ -28,43 +29,30 @@ POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SMUGGLED = b"GET /customers/c-0042 HTTP/1.1\r\nHost: upstream\r\n\r\n"
 
 
-class RecordingUpstream:
+class RecordingUpstream(ThreadedUpstream):
     """Answers every header block it reads with an empty 200 and keeps all it received."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        super().__init__()
         self.received = bytearray()
         self._lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.start()
 
-    def _serve(self) -> None:
+    def handle(self, conn: socket.socket) -> None:
+        seen = b""
         while True:
             try:
-                conn, _ = self.listener.accept()
+                data = conn.recv(65536)
             except OSError:
                 return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            seen = b""
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                with self._lock:
-                    self.received += data
-                seen += data
-                while b"\r\n\r\n" in seen:
-                    _, seen = seen.split(b"\r\n\r\n", 1)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-
-    def close(self) -> None:
-        self.listener.close()
+            if not data:
+                return
+            with self._lock:
+                self.received += data
+            seen += data
+            while b"\r\n\r\n" in seen:
+                _, seen = seen.split(b"\r\n\r\n", 1)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
 
 class H11Server(ServerThread):

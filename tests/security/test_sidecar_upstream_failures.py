@@ -16,52 +16,36 @@ from typing import Any
 import httpx
 import pytest
 from sidecarkit import ServerThread, audit_rows, policy_copy, poll, serve_sidecar, sidecar_settings
+from upstreamkit import ThreadedUpstream, read_head
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SUBJECT = "c-0042"
 
 
-class DyingUpstream:
+class DyingUpstream(ThreadedUpstream):
     """Answers ``/customers/*`` with 200, 1,000 of 100,000 promised bytes, then closes;
     ``/echo/*`` the same in chunked framing; anything else closes before answering."""
 
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                head += data
-            path = head.split(b" ", 2)[1]
-            if path.startswith(b"/customers/"):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
-            elif path.startswith(b"/echo/"):
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n"
-                    + b"y" * 1000
-                    + b"\r\n"
-                )
+    def handle(self, conn: socket.socket) -> None:
+        head = read_head(conn)
+        if head is None:
+            return
+        path = head.split(b" ", 2)[1]
+        if path.startswith(b"/customers/"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        elif path.startswith(b"/echo/"):
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n"
+                + b"y" * 1000
+                + b"\r\n"
+            )
 
     def __enter__(self) -> DyingUpstream:
-        self.thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.listener.close()
+        self.close()
 
 
 class _Lines(logging.Handler):
