@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 
@@ -32,6 +33,19 @@ from guard.audit._store import Store
 _log = logging.getLogger("guard.audit")
 _CHUNK = 1000
 """Records read at a time within one index transaction."""
+_LIVE: weakref.WeakValueDictionary[Path, Indexer] = weakref.WeakValueDictionary()
+"""The indexers of this process, by their lane's resolved path (see :func:`hurry`)."""
+
+
+def hurry(lane: Path, offset: int) -> None:
+    """Ask this process's indexer of ``lane``, if any, to index below ``offset`` now.
+
+    A reader that waits for the store (:func:`guard.audit.wait_indexed`) need not
+    wait for the indexer's pace when the indexer runs in its own process.
+    """
+    indexer = _LIVE.get(lane.resolve())
+    if indexer is not None:
+        indexer.want(offset)
 
 
 class Pace:
@@ -119,6 +133,13 @@ class Indexer:
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-indexer", daemon=True)
         self._thread.start()
+        _LIVE[lane.resolve()] = self
+
+    def want(self, offset: int) -> None:
+        """Start a transaction now if records below ``offset`` are not in the store yet."""
+        with self._cond:
+            self._wanted = max(self._wanted, offset)
+            self._cond.notify()
 
     def wait(self, offset: int, timeout: float = 30.0) -> bool:
         """Block until every record below ``offset`` is in the store; False on timeout."""

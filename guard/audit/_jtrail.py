@@ -29,7 +29,7 @@ from guard.audit._event import AuditEvent, EventKind, utc_now
 from guard.audit._fields import ChainKey, event_fields, row_event
 from guard.audit._health import DiskReserve, FailureLog, GuardedJournal
 from guard.audit._ids import new_event_id
-from guard.audit._indexer import Indexer
+from guard.audit._indexer import Indexer, hurry
 from guard.audit._journal import durable_end, open_lane
 from guard.audit._jverify import indexed_offset, lanes
 from guard.audit._jwriter import Committed, JournalWriter
@@ -84,7 +84,8 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
     test, another replica); the recording process can call :meth:`JournalTrail.flush`.
     A lane is indexed by the trail that holds it (``audit.index = "inline"``; a lane
     left by a stopped process waits for the next trail to open it) or by
-    ``guard audit index`` (``"external"``; every lane).
+    ``guard audit index`` (``"external"``; every lane). An indexer of this process
+    is asked to index at once, not at its pace (:func:`guard.audit._indexer.hurry`).
 
     Args:
         settings: Where the store and the journal are.
@@ -94,8 +95,10 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
         AuditUnavailableError: the index did not catch up within ``timeout`` seconds.
         AuditStoreError: there is no store.
     """
-    targets = {(lane / "ID").read_text().strip(): durable_end(lane)
-               for lane in lanes(journal_folder(settings))}
+    targets: dict[str, int] = {}
+    for lane in lanes(journal_folder(settings)):
+        targets[(lane / "ID").read_text().strip()] = end = durable_end(lane)
+        hurry(lane, end)  # an indexer of this process indexes now, not at its pace
     store = open_store(settings.store, create=False, timeout=timeout)
     try:
         _wait_store(store, targets, timeout)
