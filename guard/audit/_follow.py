@@ -11,13 +11,12 @@ the published end may be older than the synced records).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
 
-from guard._errors import AuditUnavailableError, ConfigError
+from guard._errors import AuditUnavailableError
 from guard.audit._indexer import Indexer
-from guard.audit._journal import Journal, JournalBusyError, durable_end
+from guard.audit._journal import Journal, JournalBusyError, durable_end, lock_folder
 from guard.audit._jverify import lanes
 from guard.audit._store import Store
 
@@ -39,16 +38,8 @@ class Follower:
         self.store = store
         self._interval = interval
         self.indexers: dict[Path, Indexer] = {}
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._lock = os.open(folder / "INDEXER", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"cannot open the audit journal {folder}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)
-            raise ConfigError(f"another `guard audit index` is already indexing {folder}") from None
+        self._lock = lock_folder(folder, "INDEXER",
+                                 f"another `guard audit index` is already indexing {folder}")
 
     def discover(self) -> None:
         """Start indexing the lanes not indexed yet (a lane no process holds is recovered)."""

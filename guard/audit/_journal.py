@@ -130,6 +130,29 @@ class JournalBusyError(ConfigError):
     """Another process holds the journal folder."""
 
 
+def lock_folder(folder: Path, name: str, busy: str) -> int:
+    """Create ``folder`` (mode 0700) and lock its file ``name`` for this process alone.
+
+    Returns:
+        The lock file's descriptor (closing it releases the lock).
+
+    Raises:
+        ConfigError: the folder cannot be made or opened.
+        JournalBusyError: another process holds the lock (``busy`` is its message).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the audit journal {folder}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalBusyError(busy) from None
+    return fd
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a folder's entries (a created or renamed file) durable."""
     fd = os.open(folder, os.O_RDONLY)
@@ -150,16 +173,8 @@ class Journal:
     def __init__(self, folder: Path, *, segment_bytes: int = 64 << 20) -> None:
         self.folder = folder
         self._segment_bytes = max(1, segment_bytes)
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._lock = os.open(folder / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"cannot open the audit journal {folder}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(self._lock)
-            raise JournalBusyError(f"audit journal {folder} is in use by another process") from exc
+        self._lock = lock_folder(folder, "LOCK",
+                                 f"audit journal {folder} is in use by another process")
         self.journal_id = self._identity()
         found = segments(folder)
         if not found:
