@@ -28,6 +28,8 @@ from pathlib import Path
 # bench/http.py would shadow the stdlib ``http`` for a script run from this folder.
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
+if str(Path(__file__).resolve().parent.parent) not in sys.path:  # the repository's bench
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
@@ -39,8 +41,9 @@ from typing import Annotated, Any
 from fastapi import FastAPI
 from pydantic import BaseModel, create_model
 
-from guard._guard import Checked, Guard, Ruling
-from guard._types import Decision, HttpContext, Request
+from bench._stub import NoAudit
+from guard._guard import Guard, Ruling
+from guard._types import HttpContext, Request
 from guard.config import Settings
 from guard.engine import decide
 from guard.policy import load_policy
@@ -62,7 +65,7 @@ class _Holder:
     current = POLICY
 
 
-class _Guard:
+class _Guard(NoAudit):
     """The guard's decisions (``Guard``'s own code), without the audit write."""
 
     holder = _Holder()
@@ -71,33 +74,12 @@ class _Guard:
     def __init__(self) -> None:
         self._category_cache: dict[Any, Any] = {}
 
-    async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
-        return await self.acommit(self.decide(request, http))
-
     def decide(self, request: Request, http: HttpContext | None = None, *,
                per_category: bool = False) -> Ruling:
         if per_category:
             judged, _detail = Guard._judge_categories(self, request)  # type: ignore[arg-type]
             return Ruling(judged.decision, request, judged, {})
         return Ruling(decide(POLICY, request), request, None, {})
-
-    async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
-        return Checked(ruling.decision, "bench", ruling.categories)
-
-    def begin_commit(self, ruling: Ruling, status: int | None = None) -> asyncio.Future[str]:
-        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        done.set_result("bench")
-        return done
-
-    def post(self, *_: object) -> bool:
-        return True
-
-    def enqueue_outcome(self, *_: object) -> bool:
-        return True
-
-    async def arecord_denial(self, request: Request, decision: Decision,
-                             http: HttpContext | None = None) -> Checked:
-        return Checked(decision, "bench")
 
 
 class _Auth:

@@ -32,7 +32,6 @@ Usage: ``.venv/bin/python bench/path.py [--iterations 20000] [--repeat 5]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import re
@@ -52,8 +51,9 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from guard._guard import Checked, Guard, Ruling  # noqa: E402
-from guard._types import Decision, HttpContext, Request  # noqa: E402
+from bench._stub import NoAudit  # noqa: E402
+from guard._guard import Guard, Ruling  # noqa: E402
+from guard._types import HttpContext, Request  # noqa: E402
 
 try:
     from middleware.asgi import wanted_headers
@@ -75,42 +75,19 @@ MARKER = "os_getppid"
 Message = dict[str, Any]
 
 
-class _NoWrite:
+class _NoWrite(NoAudit):
     """The real guard's decisions and event fields, with the audit commit stubbed out.
 
-    For this measurement only: ``acommit`` returns at once with an id, nothing is written.
+    For this measurement only: every commit answers at once with an id, nothing is written.
     """
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.holder = guard.holder
-        self._loop = asyncio.new_event_loop()  # its futures only hold a result; it never runs
-
-    async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:
-        return await self.acommit(self.decide(request, http))
 
     def decide(self, request: Request, http: HttpContext | None = None, *,
                per_category: bool = False) -> Ruling:
         return self.guard.decide(request, http, per_category=per_category)
-
-    async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
-        return Checked(ruling.decision, "bench-event-id", ruling.categories)
-
-    def begin_commit(self, ruling: Ruling, status: int | None = None) -> asyncio.Future[str]:
-        """A commit already durable: the middleware's held start is released at once."""
-        done: asyncio.Future[str] = self._loop.create_future()
-        done.set_result("bench-event-id")
-        return done
-
-    def post(self, *_: object) -> bool:
-        return True
-
-    def enqueue_outcome(self, *_: object) -> bool:
-        return True
-
-    async def arecord_denial(self, request: Request, decision: Decision,
-                             http: HttpContext | None = None) -> Checked:
-        return Checked(decision, "bench-event-id")
 
 
 def drive(coro: Coroutine[Any, Any, Any]) -> Any:
