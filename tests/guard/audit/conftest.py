@@ -17,13 +17,15 @@ from guard.audit import (
     JournalTrail,
     compute_hash,
     derive_chain_key,
+    load_public_key,
     load_signing_key,
     new_event_id,
     open_store,
     pseudonymise,
+    verify,
 )
 from guard.audit._event import utc_now
-from guard.audit._journal import Journal, segments
+from guard.audit._journal import Journal, read_journal, segments
 
 HMAC_KEY = b"k" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)
@@ -111,6 +113,20 @@ def acknowledged_until_killed(child: subprocess.Popen[bytes], count: int) -> lis
     acknowledged += [line for line in rest.decode().split("\n")[:-1] if line]  # complete lines
     assert len(acknowledged) >= count, err.decode()[-2000:]
     return acknowledged
+
+
+def assert_lost_none_doubled_none(lane: Path, store_url: str, acknowledged: list[str],
+                                  keys: Keys) -> None:
+    """Every acknowledged event is in the store, every journal event once, and verify is ok."""
+    journal_ids = [record[1][2:38].decode() for record in read_journal(lane)
+                   if isinstance(record, tuple) and record[1].startswith(b"[")]
+    store = open_store(store_url, create=False)
+    stored = [row[0] for row in store.rows("SELECT event_id FROM audit_event")]
+    report = verify(store, load_public_key(keys.public), chain_key=CHAIN_KEY)
+    store.close()
+    assert [i for i in acknowledged if i not in set(stored)] == []
+    assert sorted(stored) == sorted(journal_ids)  # every journal event, each once
+    assert report.ok, report.problems
 
 
 def journal_with_a_bad_second_record(folder: Path) -> None:

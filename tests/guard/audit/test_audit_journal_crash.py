@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit import load_public_key, load_signing_key, open_store, verify
-from guard.audit._journal import read_journal
+from guard.audit import load_signing_key, open_store
 from guard.audit._jtrail import JournalTrail
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, acknowledged_until_killed
+from tests.guard.audit.conftest import (
+    HMAC_KEY,
+    Keys,
+    acknowledged_until_killed,
+    assert_lost_none_doubled_none,
+)
 
 CHILD = r"""
 import asyncio, sys, threading
@@ -75,12 +79,4 @@ def test_sigkill_loses_no_acknowledged_event_and_indexes_each_once(
                          hmac_key=HMAC_KEY, journal=folder)  # recovery: cut, then catch up
     trail.flush()
     trail.close()
-    journal_ids = [record[1][2:38].decode() for record in read_journal(folder / "lane-0")
-                   if isinstance(record, tuple) and record[1].startswith(b"[")]
-    store = open_store(store_url, create=False)
-    stored = [row[0] for row in store.rows("SELECT event_id FROM audit_event")]
-    report = verify(store, load_public_key(keys.public), chain_key=CHAIN_KEY)
-    store.close()
-    assert [i for i in acknowledged if i not in set(stored)] == []
-    assert sorted(stored) == sorted(journal_ids)  # every journal event, each once
-    assert report.ok, report.problems
+    assert_lost_none_doubled_none(folder / "lane-0", store_url, acknowledged, keys)
