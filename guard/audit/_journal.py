@@ -182,11 +182,12 @@ class Journal:
             found = segments(folder)
         first, path = found[-1]
         payloads, good, damage = scan(path, first)
-        if damage is not None and first + len(payloads) < _published(folder):
-            os.close(self._lock)  # acknowledged records are damaged: keep them for inspection
+        if first + len(payloads) < _published(folder):  # damaged, cut off or gone
+            os.close(self._lock)  # acknowledged records are missing: keep them for inspection
+            what = "damaged" if damage is not None else "missing"
             raise AuditUnavailableError(
                 f"audit journal {folder}: record {first + len(payloads)} of {path.name} is "
-                f"damaged below the durable end {_published(folder)}; nothing was cut off "
+                f"{what} below the durable end {_published(folder)}; nothing was cut off "
                 "(move the lane aside to inspect it, then start again)")
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         if damage is not None:  # a torn tail: never acknowledged, never believed
