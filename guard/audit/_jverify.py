@@ -4,7 +4,9 @@ The journal's chains are checked exactly as a store's are: its records go
 through :func:`guard.audit._verify.verify_chains`, each chain's by ``seq``.
 Then every journal event the index has read (below its saved offset) must be
 in the index with the same columns, and the index must hold no other event of
-the journal's chains.
+the journal's chains. A lane's records are numbered from 0 without a gap and
+reach the durable end it published: a gap, or an end below it, is damage
+(acknowledged records were removed).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
-from guard.audit._journal import Damage, read_journal
+from guard.audit._journal import Damage, durable_end, read_journal
 from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, Row, row_checkpoint
 from guard.audit._store import AuditStoreError, Store
 from guard.audit._verify import Problem, VerifyReport, seq_of, verify_chains
@@ -59,15 +62,25 @@ def indexed_offset(store: Store, journal_id: str) -> int:
 
 
 def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | Checkpoint]]:
+    try:  # before reading: every record below it must be there
+        published = durable_end(lane)
+    except AuditUnavailableError as exc:
+        damage.append(str(exc))
+        published = 0
     records = list(read_journal(lane))
+    expected: int | None = 0  # a lane is numbered from 0 without a gap
     for number, record in enumerate(records):
         if isinstance(record, Damage):
+            expected = None
             last = number == len(records) - 1 and record.why == "incomplete frame"
             if not last:  # an incomplete last frame is a write in progress
                 damage.append(f"{record.path.name} at byte {record.position} (offset "
                               f"{record.offset}): {record.why}")
             continue
         offset, payload = record
+        if expected is not None and offset != expected:
+            damage.append(f"{lane.name}: records {expected} to {offset - 1} are missing")
+        expected = offset + 1
         try:
             rows, checkpoints = decode_many([payload])
         except (ValueError, TypeError, IndexError):  # not JSON, or a checkpoint's columns
@@ -76,6 +89,9 @@ def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | Checkpo
             yield offset, (checkpoints or rows)[0]
         else:
             damage.append(f"{lane.name} offset {offset}: not an audit record")
+    if expected is not None and expected < published:
+        damage.append(f"{lane.name}: its records end at {expected}, below its durable end "
+                      f"{published} (records were cut off)")
 
 
 def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
