@@ -8,6 +8,12 @@ that reopened such a lane would number its next records from where the cut
 left off, and the index, which had read up to the old end, would skip every
 new record below it: acknowledged events never queryable. The journal refuses
 to open instead (the guard does not start on it: fail closed).
+
+``guard audit verify --journal`` says a journal is damaged when acknowledged
+records are missing from it: a lane's records are numbered from 0 without a
+gap (an older segment cut short, or the oldest segment removed, leaves one),
+and reach the durable end the lane published (its newest records cut off
+before the index read them).
 """
 
 from __future__ import annotations
@@ -22,15 +28,16 @@ from guard._errors import AuditUnavailableError
 from guard.audit import JournalTrail, load_hmac_key, load_signing_key, open_store
 from guard.audit._event import EventKind
 from guard.audit._journal import Journal, durable_end, segments
-from tests.security.audit_tamper_kit import AuditKeys, make_keys
+from tests.security.audit_tamper_kit import AuditKeys, cli_verify, make_keys
 
 FIELDS = {"caller": "svc:crm", "purpose": "relationship.management", "categories": ("contact",),
           "action": "read", "allowed": True, "reason": "allowed", "subject_id": "cust-1"}
 
 
-def _trail(url: str, keys: AuditKeys, folder: Path) -> JournalTrail:
-    return JournalTrail(open_store(url), load_signing_key(keys.signing),
-                        hmac_key=load_hmac_key(keys.hmac), journal=folder, checkpoint_every=4)
+def _trail(url: str, keys: AuditKeys, folder: Path, **kwargs: object) -> JournalTrail:
+    return JournalTrail(open_store(url), load_signing_key(keys.signing),  # type: ignore[arg-type]
+                        hmac_key=load_hmac_key(keys.hmac), journal=folder, checkpoint_every=4,
+                        **kwargs)
 
 
 def _frame_starts(data: bytes) -> list[int]:
@@ -95,3 +102,63 @@ def test_no_event_acknowledged_after_a_cut_tail_is_missing_from_the_index(
     with sqlite3.connect(tmp_path / "audit.db") as db:
         indexed = {row[0] for row in db.execute("SELECT event_id FROM audit_event")}
     assert [i for i in acknowledged if i not in indexed] == []
+
+
+def _two_chains(tmp_path: Path) -> tuple[str, AuditKeys, Path]:
+    """Two writers one after the other on one lane: the first chain whole in segment 0."""
+    keys = make_keys(tmp_path)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    folder = tmp_path / "journal"
+    for segment_bytes in (1 << 20, 1):  # the second writer starts a segment per batch
+        with _trail(url, keys, folder, segment_bytes=segment_bytes) as trail:
+            for _ in range(10):
+                trail.record_fields(EventKind.DECISION, FIELDS)
+    return url, keys, folder
+
+
+def _tampered(url: str, keys: AuditKeys, tmp_path: Path, folder: Path, words: str) -> None:
+    done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "TAMPERED" in done.stdout
+    assert words in done.stdout, done.stdout
+
+
+def test_verify_names_records_cut_off_an_older_segment(tmp_path: Path) -> None:
+    """The first chain's last records (its closing checkpoint too) cut off segment 0."""
+    url, keys, folder = _two_chains(tmp_path)
+    oldest = segments(folder / "lane-0")[0][1]
+    data = oldest.read_bytes()
+    oldest.write_bytes(data[:_frame_starts(data)[-4]])
+    _tampered(url, keys, tmp_path, folder, "records 10 to 13 are missing")
+
+
+def test_verify_names_a_removed_oldest_segment(tmp_path: Path) -> None:
+    """The whole first chain removed from the journal with its segment."""
+    url, keys, folder = _two_chains(tmp_path)
+    segments(folder / "lane-0")[0][1].unlink()
+    _tampered(url, keys, tmp_path, folder, "records 0 to 13 are missing")
+
+
+def test_verify_names_records_cut_off_below_the_durable_end(tmp_path: Path) -> None:
+    """The newest records cut off before any index read them (the store holds none)."""
+    keys = make_keys(tmp_path)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    folder = tmp_path / "journal"
+    with _trail(url, keys, folder, index=False) as trail:
+        for _ in range(10):
+            trail.record_fields(EventKind.DECISION, FIELDS)
+        trail.writer.flush(30.0)
+    [(_, segment)] = segments(folder / "lane-0")
+    data = segment.read_bytes()
+    segment.write_bytes(data[:_frame_starts(data)[-4]])
+    _tampered(url, keys, tmp_path, folder, "below its durable end 14")
+
+
+def test_verify_names_an_end_file_that_holds_no_end(tmp_path: Path) -> None:
+    """A rewritten END is named in one line (no traceback), as damage."""
+    url, keys, folder = _two_chains(tmp_path)
+    (folder / "lane-0" / "END").write_bytes(b"\xff" * 16)
+    done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "does not hold a valid end" in done.stdout
