@@ -1,7 +1,7 @@
 """Durable audit throughput into the journal, the index lag behind it, and subject-report latency.
 
 For SQLite and PostgreSQL: 64 producers (threads calling ``record_fields``, or
-coroutines awaiting ``arecord_fields``) record into the journal; each run prints
+coroutines awaiting ``start_fields``) record into the journal; each run prints
 durable events/s, the index lag (durable -> in the store) and the CPU per event
 of the writer, the indexer and the producers, median of ``--rounds`` runs,
 beside the disk's floor (append + fdatasync) measured in the same run, and the
@@ -224,7 +224,7 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     else:
         async def one() -> None:
             for f in fields:
-                await trail.arecord_fields(EventKind.DECISION, f)
+                await trail.start_fields(EventKind.DECISION, f)
 
         async def every() -> None:
             await asyncio.gather(*(one() for _ in range(producers)))
@@ -273,7 +273,7 @@ def journal_alone_run(key: Path, folder: Path, n: int, producers: int) -> tuple[
 
     async def one() -> None:
         for f in fields:
-            await writer.asubmit(EventKind.DECISION, f)
+            await writer.start(EventKind.DECISION, f)
 
     async def every() -> None:
         await asyncio.gather(*(one() for _ in range(producers)))

@@ -15,7 +15,7 @@ from opentelemetry import trace
 
 from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
-from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id, open_trail
+from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id
 from guard.audit._event import decision_fields, outcome_fields, policy_fields
 from guard.audit._otel import decision_attributes, trace_fields
 from guard.audit._otel import tracer as default_tracer
@@ -193,7 +193,7 @@ class Guard:
             holder, start = holder_for(settings.policy)
         from guard.rights import Register
 
-        trail = open_trail(settings.audit)
+        trail = JournalTrail.open(settings.audit)
         register: Register | None = None
         try:
             hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)

@@ -5,22 +5,23 @@ running writer signs within ``terms.seconds`` of its first unsigned event, so a
 tail older than that (plus a margin) belongs to a writer that stopped or stalls.
 The next writer holding the same keys checks that tail with the chain key
 (contiguous, linked to the last signed checkpoint, every keyed hash right) and
-signs its head as a ``countersign`` checkpoint. It does not close the chain: a
-writer that only stalled may go on. A tail that does not verify is left
-unsigned and logged; ``guard audit verify`` names it.
+signs its head as a ``countersign`` checkpoint, which it appends to its own
+journal (:meth:`guard.audit._jwriter.JournalWriter.countersign`). It does not
+close the chain: a writer that only stalled may go on. A tail that does not
+verify is left unsigned and logged; ``guard audit verify`` names it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from guard.audit._checkpoint import Checkpoint, Terms
-from guard.audit._event import FIELD_NAMES, ts_epoch
+from guard.audit._checkpoint import Checkpoint, CheckpointKind, sign_checkpoint
+from guard.audit._event import FIELD_NAMES, ts_epoch, utc_now
 from guard.audit._fields import ChainKey
+from guard.audit._ids import new_event_id
 from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, row_checkpoint
 from guard.audit._store import Store
 from guard.audit._verify import chain_terms, check_chain, light
@@ -28,9 +29,6 @@ from guard.audit._verify import chain_terms, check_chain, light
 _log = logging.getLogger("guard.audit")
 MARGIN = 2.0
 """Seconds past ``terms.seconds`` before a tail counts as its writer's no longer."""
-
-Signer = Callable[[str, int, str, Terms], Checkpoint]
-"""Sign a ``countersign`` checkpoint: (writer_id, seq, hash, the chain's terms)."""
 
 _OPEN_CHAINS = ("SELECT writer_id FROM audit_checkpoint GROUP BY writer_id "
                 "HAVING max(CASE WHEN kind = 'close' THEN 1 ELSE 0 END) = 0")
@@ -41,34 +39,28 @@ _TS = FIELD_NAMES.index("ts")
 
 
 def countersign_stale(
-    store: Store, public: Ed25519PublicKey, key: ChainKey, own: str, sign: Signer
+    store: Store, signing: Ed25519PrivateKey, key: ChainKey, own: str
 ) -> list[Checkpoint]:
     """Countersign every stale, verified unsigned tail of another keyed chain in ``store``.
 
     Args:
         store: The audit store.
-        public: The checkpoint public key (only signed checkpoints are trusted).
+        signing: The checkpoint key (only checkpoints its public half verifies are trusted).
         key: The chain key.
         own: This writer's chain id (never countersigned here).
-        sign: Makes the checkpoint.
 
     Returns:
-        The checkpoints written.
+        The ``countersign`` checkpoints, for the caller to append.
     """
-    written: list[Checkpoint] = []
-    for (writer,) in store.rows(_OPEN_CHAINS):
-        if writer == own:
-            continue
-        cp = _countersign_chain(store, public, key, str(writer), sign)
-        if cp is not None:
-            store.write([], [cp])
-            written.append(cp)
-    return written
+    signed = [_countersign_chain(store, signing, key, str(writer))
+              for (writer,) in store.rows(_OPEN_CHAINS) if writer != own]
+    return [cp for cp in signed if cp is not None]
 
 
 def _countersign_chain(
-    store: Store, public: Ed25519PublicKey, key: ChainKey, writer: str, sign: Signer
+    store: Store, signing: Ed25519PrivateKey, key: ChainKey, writer: str
 ) -> Checkpoint | None:
+    public = signing.public_key()
     valid = [cp for cp in (row_checkpoint(r) for r in store.rows(_CHECKPOINTS, (writer,)))
              if cp.valid(public)]
     terms = chain_terms(valid)
@@ -87,4 +79,6 @@ def _countersign_chain(
         _log.warning("the unsigned tail of audit chain %s does not verify at seq %s; "
                      "not countersigned", writer, problem.seq)
         return None
-    return sign(writer, rows[-1].seq, rows[-1].hash, terms)
+    return sign_checkpoint(signing, checkpoint_id=new_event_id(), writer_id=writer,
+                           seq=rows[-1].seq, hash_=rows[-1].hash, ts=utc_now(),
+                           kind=CheckpointKind.COUNTERSIGN, terms=terms)

@@ -23,12 +23,11 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard._errors import AuditUnavailableError
-from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
+from guard.audit._checkpoint import Checkpoint
 from guard.audit._countersign import countersign_stale
-from guard.audit._event import AuditEvent, EventKind, utc_now
-from guard.audit._fields import ChainKey, event_fields, row_event
+from guard.audit._event import EventKind
+from guard.audit._fields import ChainKey, row_event
 from guard.audit._health import DiskReserve, FailureLog, GuardedJournal
-from guard.audit._ids import new_event_id
 from guard.audit._indexer import Indexer, hurry
 from guard.audit._journal import durable_end, open_lane
 from guard.audit._jverify import indexed_offset, lanes
@@ -60,11 +59,6 @@ def journal_folder(settings: AuditSettings) -> Path:
     url = urlsplit(settings.store)
     where = f"{url.hostname or 'localhost'}_{url.port or 5432}_{url.path.strip('/')}"
     return Path(".guard/audit-journal") / re.sub(r"[^A-Za-z0-9._-]", "_", where)
-
-
-def open_trail(settings: AuditSettings) -> JournalTrail:
-    """The audit trail the settings describe (:meth:`JournalTrail.open`)."""
-    return JournalTrail.open(settings)
 
 
 def _wait_store(store: Store, targets: Mapping[str, int], timeout: float) -> None:
@@ -129,7 +123,6 @@ class JournalTrail:
         writer_id: Prefix of this trail's chain id (default: the host name).
         checkpoint_every: Sign a checkpoint every this many events.
         checkpoint_interval: ... and within this many seconds of the first unsigned event.
-        keyed: Key the chain (format 3); False writes format 2.
         witness: Append-only file that also receives every checkpoint.
         otlp_endpoint: Also export every durable event as an OTLP log record.
         segment_bytes: Start a new journal segment at this size.
@@ -151,7 +144,6 @@ class JournalTrail:
         writer_id: str | None = None,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
-        keyed: bool = True,
         witness: Path | None = None,
         otlp_endpoint: str | None = None,
         segment_bytes: int = 64 << 20,
@@ -166,7 +158,7 @@ class JournalTrail:
         listeners: list[Committed] = []
         if self._otlp is not None:
             listeners.append(self._export)
-        self._chain_key = ChainKey(derive_chain_key(hmac_key)) if keyed else None
+        self._chain_key = ChainKey(derive_chain_key(hmac_key))
         self.writer = JournalWriter(
             self.journal,
             hmac_key=hmac_key,
@@ -186,12 +178,10 @@ class JournalTrail:
         self._probe_lock = threading.Lock()
         self._probed: tuple[float, bool, str] | None = None
         self._signing = signing_key
-        self._sweep_witness = Witness(witness) if witness is not None else None
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, args=(max(1.0, checkpoint_interval),),
                                          name="audit-countersign", daemon=True)
-        if keyed:
-            self._sweeper.start()
+        self._sweeper.start()
 
     @classmethod
     def open(cls, settings: AuditSettings, *, timeout: float = 5.0) -> JournalTrail:
@@ -217,23 +207,19 @@ class JournalTrail:
             self._otlp([row_event(row) for row in rows])
 
     def _sweep(self, every: float) -> None:
-        """Every ``every`` seconds, countersign the stale tails of stopped writers' chains."""
-        key = self._chain_key
-        assert key is not None
+        """Every ``every`` seconds, countersign the stale tails of stopped writers' chains.
+
+        The countersigns go through the writer into this trail's journal, so they
+        reach the index and the witness like every other checkpoint.
+        """
         while not self._stop.wait(every):
             try:
-                written = countersign_stale(self.store, self._signing.public_key(), key,
-                                            self.writer_id, self._countersign)
-            except Exception as exc:  # the store is down or odd: try again next time
+                signed = countersign_stale(self.store, self._signing, self._chain_key,
+                                           self.writer_id)
+                if signed:
+                    self.writer.countersign(signed)
+            except Exception as exc:  # the store or the journal is down or odd: next time
                 _log.debug("countersigning stopped writers' chains failed: %s", exc)
-                continue
-            if written and self._sweep_witness is not None:
-                self._sweep_witness.publish(written)
-
-    def _countersign(self, writer: str, seq: int, hash_: str, terms: Terms) -> Checkpoint:
-        return sign_checkpoint(self._signing, checkpoint_id=new_event_id(), writer_id=writer,
-                               seq=seq, hash_=hash_, ts=utc_now(),
-                               kind=CheckpointKind.COUNTERSIGN, terms=terms)
 
     @property
     def writer_id(self) -> str:
@@ -252,10 +238,6 @@ class JournalTrail:
         """
         return self.writer.submit(kind, _traced(fields), timeout)
 
-    async def arecord_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
-        """Like :meth:`record_fields` without blocking the event loop."""
-        return await self.writer.asubmit(kind, _traced(fields))
-
     def start_fields(self, kind: EventKind, fields: Mapping[str, Any]) -> asyncio.Future[str]:
         """Queue an event now; the future resolves with its id once it is durable."""
         return self.writer.start(kind, _traced(fields))
@@ -268,10 +250,6 @@ class JournalTrail:
                            ) -> list[str | None]:
         """Record events in order in as few batches as fit; per event its id or None."""
         return self.writer.results(kind, [_traced(f) for f in many])
-
-    def record(self, event: AuditEvent) -> None:
-        """Record a built event (its id, time and pseudonym kept); return once it is durable."""
-        self.writer.submit(event.kind, event_fields(event))
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -325,8 +303,6 @@ class JournalTrail:
         self._stop.set()
         if self._sweeper.is_alive():
             self._sweeper.join(30.0)  # bounded: a sweep stuck on a hung store is left behind
-        if self._sweep_witness is not None:
-            self._sweep_witness.close()
         self.writer.close()
         if self.indexer is not None:
             self.indexer.close()

@@ -22,7 +22,7 @@ from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._journal import Damage, durable_end, read_journal
-from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, Row, row_checkpoint
+from guard.audit._schema import EVENT_COLUMNS, Row
 from guard.audit._store import AuditStoreError, Store
 from guard.audit._verify import Problem, VerifyReport, seq_of, verify_chains
 
@@ -128,28 +128,9 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
         if indexed > end:
             damage.append(f"{lane.name}: the index has read {indexed} record(s), the "
                           f"journal holds {end} (records were cut off its end)")
-    chains = {str(row[_WRITER]) for row in events.values()}
-    for cp in _countersigned(store, public):
-        if cp.writer_id in chains:
-            checkpoints.setdefault(cp.checkpoint_id, cp)
     ordered = sorted(events.values(), key=lambda r: (str(r[_WRITER]), seq_of(r), str(r[0])))
     report = verify_chains(ordered, checkpoints.values(), public, chain_key=chain_key)
     return JournalReport(report, tuple(disagree), tuple(damage), len(found))
-
-
-def _countersigned(store: Store, public: Ed25519PublicKey) -> list[Checkpoint]:
-    """The index's valid countersign checkpoints.
-
-    The next trail signs the tail of a stopped writer's chain in the index; the
-    signature counts for the journal's copy of that chain too.
-    """
-    try:
-        found = [row_checkpoint(r) for r in store.rows(
-            f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint "  # noqa: S608 - constant SQL
-            "WHERE kind = 'countersign'")]
-    except AuditStoreError:
-        return []
-    return [cp for cp in found if cp.valid(public)]
 
 
 def _compare(store: Store, read: dict[str, dict[str, Row]]) -> list[Problem]:

@@ -133,6 +133,7 @@ class JournalWriter:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: deque[_Item] = deque()  # appended without the lock by coroutines
+        self._countersigns: deque[Checkpoint] = deque()  # other chains', for the next batch
         self._batch = _Batch()
         self._inflight: tuple[_Batch, list[_Item]] | None = None  # the batch being written
         self._idle = False  # the writer waits for work (set before it looks at the queue)
@@ -212,6 +213,17 @@ class JournalWriter:
     async def asubmit(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
         """Queue one event; resolves with its id once it is durable."""
         return await self.start(kind, fields)
+
+    def countersign(self, checkpoints: Sequence[Checkpoint], timeout: float = 30.0) -> None:
+        """Append checkpoints signed for other chains with a ``heartbeat`` event, once durable.
+
+        They reach the index and the witness like the writer's own checkpoints.
+
+        Raises:
+            AuditUnavailableError: the batch was not durable.
+        """
+        self._countersigns.extend(checkpoints)
+        self.submit(EventKind.HEARTBEAT, {"detail": "countersign"}, timeout)
 
     def post(self, kind: EventKind, fields: Mapping[str, Any]) -> None:
         """Queue one event and return; a failure to write it is logged."""
@@ -319,9 +331,11 @@ class JournalWriter:
         now = utc_now()
         seq, prev, writer_id = self._seq, self._prev, self.writer_id
         link = self._linker.link
-        records: list[bytes] = []
         rows: list[Row] = []
         checkpoints: list[Checkpoint] = []
+        while self._countersigns:  # popped one by one: countersign() appends without the lock
+            checkpoints.append(self._countersigns.popleft())
+        records = [checkpoint_record(cp) for cp in checkpoints]
         built: list[_Item] = []
 
         def sign(kind: CheckpointKind, at: int, hash_: str) -> None:

@@ -145,8 +145,8 @@ class PostgresStore:
             self._schema_ready = True
 
     def _store(self, rows: Sequence[Row] | str, checkpoints: Sequence[Checkpoint],
-               offset: tuple[str, int] | None = None) -> None:
-        """Insert rows and checkpoints (and save a journal offset) in one transaction.
+               offset: tuple[str, int]) -> None:
+        """Insert rows and checkpoints and save the journal offset in one transaction.
 
         Rows are copied (``COPY``) into a temporary table and inserted from it,
         skipping event ids already present; rows given as a JSON array of event
@@ -155,8 +155,7 @@ class PostgresStore:
         conn = self._connection()
         try:
             with conn.transaction():
-                if offset is not None:
-                    conn.execute("SET LOCAL synchronous_commit = off")
+                conn.execute("SET LOCAL synchronous_commit = off")
                 if isinstance(rows, str):
                     got = conn.execute(_FROM_JSON, (rows,)).fetchone()
                     if got is None or got[0]:
@@ -171,24 +170,10 @@ class PostgresStore:
                 if checkpoints:
                     conn.cursor().executemany(
                         _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
-                if offset is not None:
-                    conn.execute(_SAVE_OFFSET, offset)
+                conn.execute(_SAVE_OFFSET, offset)
         except psycopg.OperationalError:
             conn.close()
             raise
-
-    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        """Commit event rows and checkpoints in one transaction (retried once on a broken link)."""
-        try:
-            with self._write_lock:
-                try:
-                    self._store(rows, checkpoints)
-                except psycopg.OperationalError:
-                    self._store(rows, checkpoints)  # the connection may have gone stale
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise AuditUnavailableError(
-                f"audit store {_safe(self.url)} refused the write: {_line(exc)}"
-            ) from exc
 
     def _connection(self) -> psycopg.Connection[Any]:
         """The one write connection, connected on first use."""

@@ -129,29 +129,18 @@ class SqliteStore:
                 raise
 
     def _commit(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
-                offset: tuple[str, int] | None = None) -> None:
-        """Insert rows and checkpoints (and save a journal offset) in one transaction."""
+                offset: tuple[str, int]) -> None:
+        """Insert rows and checkpoints and save the journal offset in one transaction."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             _insert(conn, rows, checkpoints)
-            if offset is not None:
-                conn.execute(SAVE_OFFSET, offset)
+            conn.execute(SAVE_OFFSET, offset)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        """Commit event rows and checkpoints in one transaction; return after the fsync."""
-        with self._lock:
-            try:
-                self._commit(rows, checkpoints)
-            except sqlite3.Error as exc:
-                raise AuditUnavailableError(
-                    f"audit store {self.path} refused the write: {exc}"
-                ) from exc
 
     def indexed_offset(self, journal: str) -> int:
         """How far the index has read ``journal`` (0: not at all)."""

@@ -16,19 +16,12 @@ class AuditStoreError(GuardError):
 
 
 class Store(Protocol):
-    """An audit store: durable, idempotent batch writes and plain SQL reads.
+    """An audit store: the index of the journal (idempotent batches) and plain SQL reads.
 
     SQL passed to :meth:`rows` and :meth:`stream` uses ``?`` placeholders.
     """
 
     url: str
-
-    def write(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
-        """Commit event rows and checkpoints in one durable transaction (existing ids are skipped).
-
-        Raises:
-            AuditUnavailableError: the store could not take them.
-        """
 
     def indexed_offset(self, journal: str) -> int:
         """How far the index has read the journal ``journal`` (0: not at all)."""

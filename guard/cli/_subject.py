@@ -66,7 +66,7 @@ def _who() -> str:
 def _guard(store: str | None, policy_dir: Path | None) -> Iterator[object]:
     """A guard on the configured audit store and policy, without policy events."""
     from guard._guard import Guard
-    from guard.audit import load_hmac_key, open_trail
+    from guard.audit import JournalTrail, load_hmac_key
     from guard.cli._check import _load
     from guard.cli._where import policy_folder
     from guard.policy._holder import PolicyHolder
@@ -76,7 +76,7 @@ def _guard(store: str | None, policy_dir: Path | None) -> Iterator[object]:
     hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)
     register_ = Register.open(settings.audit.store, hmac_key)
     try:
-        trail = open_trail(settings.audit)
+        trail = JournalTrail.open(settings.audit)
     except BaseException:
         register_.close()
         raise

@@ -23,10 +23,11 @@ from consolekit import (
     token,
 )
 
-from guard.audit import AuditEvent, EventKind, open_store, open_trail, wait_indexed
+from guard.audit import AuditEvent, EventKind, JournalTrail, open_store, wait_indexed
 from guard.config import Settings
 from middleware.console import create_console
 from middleware.console._data import Filters, Tail, decisions_page
+from tests.guard.audit.conftest import record
 
 OTHER = "svc:crm"
 """An auditor the console lets in but the shipped policy never grants rights.request."""
@@ -129,9 +130,9 @@ def test_keyset_pages_list_every_decision_once_newest_first(tmp_path: Path) -> N
     settings = console_settings(tmp_path)
     # Many decisions share a timestamp: the event id must break the tie.
     stamps = [f"2026-11-0{1 + n % 3}T10:00:00.00000{n % 2}Z" for n in range(47)]
-    with open_trail(settings.audit) as trail:
+    with JournalTrail.open(settings.audit) as trail:
         for n, ts in enumerate(stamps):
-            trail.record(AuditEvent(event_id=f"01900000-0000-7000-8000-{n:012d}",
+            record(trail, AuditEvent(event_id=f"01900000-0000-7000-8000-{n:012d}",
                                     kind=EventKind.DECISION, ts=ts, caller=f"svc:{n % 4}",
                                     purpose="p", categories=("c",), action="read",
                                     allowed=n % 2 == 0, reason="allowed", policy_version="v"))
@@ -165,27 +166,27 @@ def _decision(n: int, ts: str, caller: str = "svc:crm") -> AuditEvent:
 def test_the_live_tail_shows_a_decision_committed_after_a_newer_one(tmp_path: Path) -> None:
     settings = console_settings(tmp_path)
     store_url = settings.audit.store
-    with open_trail(settings.audit) as trail:
-        trail.record(_decision(1, "2026-11-01T10:00:00.000000Z"))
+    with JournalTrail.open(settings.audit) as trail:
+        record(trail, _decision(1, "2026-11-01T10:00:00.000000Z"))
         trail.flush()  # indexed: the store holds it
         store = open_store(store_url, create=False)
         try:
             follow = Tail(store, Filters())
             follow.start()
             assert follow.poll() == []
-            trail.record(_decision(2, "2026-11-01T10:00:02.000000Z"))
+            record(trail, _decision(2, "2026-11-01T10:00:02.000000Z"))
             trail.flush()
             assert [r.event.event_id[-1] for r in follow.poll()] == ["2"]
             # Stamped before decision 2, committed after it (another writer was slower).
-            trail.record(_decision(3, "2026-11-01T10:00:01.500000Z"))
-            trail.record(_decision(4, "2026-11-01T10:00:03.000000Z", caller="svc:other"))
+            record(trail, _decision(3, "2026-11-01T10:00:01.500000Z"))
+            record(trail, _decision(4, "2026-11-01T10:00:03.000000Z", caller="svc:other"))
             trail.flush()
             assert [r.event.event_id[-1] for r in follow.poll()] == ["3", "4"]
             assert follow.poll() == []
             only = Tail(store, Filters(caller="svc:crm"))
             only.start()
-            trail.record(_decision(5, "2026-11-01T10:00:02.500000Z", caller="svc:other"))
-            trail.record(_decision(6, "2026-11-01T10:00:02.700000Z"))
+            record(trail, _decision(5, "2026-11-01T10:00:02.500000Z", caller="svc:other"))
+            record(trail, _decision(6, "2026-11-01T10:00:02.700000Z"))
             trail.flush()
             assert [r.event.event_id[-1] for r in only.poll()] == ["6"]
         finally:

@@ -41,6 +41,7 @@ from guard.audit import (
 from guard.audit._event import GENESIS_HASH, utc_now
 from guard.audit._fields import ChainKey, chain_hash, content_digest, row_event
 from guard.audit._schema import EVENT_COLUMNS
+from tests.guard.audit.conftest import record as record_event
 
 HMAC_KEY = b"h" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)
@@ -95,7 +96,7 @@ def record(url: str, keys: AuditKeys, subjects: list[str], *, close: bool = True
     """Record one decision per subject, close the trail, return the events as stored."""
     t = trail(url, keys, **kwargs)
     for subject in subjects:
-        t.record(event(subject))
+        record_event(t, event(subject))
     if close:
         t.close()
     else:

@@ -18,13 +18,20 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from guard.audit import EventKind, load_public_key, load_signing_key, new_event_id, open_store
-from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
+from guard.audit import (
+    EventKind,
+    load_public_key,
+    load_signing_key,
+    new_event_id,
+    open_store,
+    read_witness,
+)
+from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
 from guard.audit._countersign import MARGIN, countersign_stale
-from guard.audit._event import GENESIS_HASH, utc_now
+from guard.audit._event import GENESIS_HASH
 from guard.audit._fields import ChainKey, Linker, content
 from guard.audit._jverify import verify_journal
-from tests.guard.audit.conftest import acknowledged_until_killed
+from tests.guard.audit.conftest import acknowledged_until_killed, seed
 from tests.security.audit_tamper_kit import CHAIN_KEY, AuditKeys, check, make_keys, sql, trail
 
 INTERVAL = 0.3
@@ -89,16 +96,19 @@ def test_the_next_writer_countersigns_a_killed_writers_tail(
     if not _tail(store_url, dead):  # killed right after a checkpoint: add an unsigned tail
         pytest.skip("the child was killed right after a checkpoint")
     assert any(dead in note for note in check(store_url, audit_keys).notes)
-    nxt = trail(store_url, audit_keys, checkpoint_interval=INTERVAL)
+    witness = tmp_path / "witness.jsonl"
+    nxt = trail(store_url, audit_keys, checkpoint_interval=INTERVAL, witness=witness)
     deadline = time.monotonic() + 60
     while _tail(store_url, dead) and time.monotonic() < deadline:
         time.sleep(0.2)  # it countersigns once the tail is older than the chain's bound
     nxt.close()
-    report = check(store_url, audit_keys)
+    report = check(store_url, audit_keys, witness)
     assert report.ok, report.problems
     assert report.notes == ()
+    assert any(cp.kind is CheckpointKind.COUNTERSIGN and cp.writer_id == dead
+               for cp in read_witness(witness).checkpoints)  # the witness has it too
     store = open_store(store_url, create=False)
-    try:  # the countersignature in the index covers the journal's copy of the chain too
+    try:  # the countersign in the next trail's journal covers the dead chain's copy there
         journal = verify_journal(store, audit_keys.signing.parent / "journal",
                                  load_public_key(audit_keys.public), chain_key=CHAIN_KEY)
     finally:
@@ -118,15 +128,9 @@ def test_a_tampered_tail_is_not_countersigned(
         (dead, tail[-1]))
     time.sleep(INTERVAL + MARGIN + 0.2)  # the tail is now older than the chain's bound
     key = load_signing_key(audit_keys.signing)
-
-    def sign(writer: str, seq: int, hash_: str, terms: Terms) -> Checkpoint:
-        return sign_checkpoint(key, checkpoint_id=new_event_id(), writer_id=writer, seq=seq,
-                               hash_=hash_, ts=utc_now(), kind=CheckpointKind.COUNTERSIGN,
-                               terms=terms)
-
     store = open_store(store_url)
     try:
-        written = countersign_stale(store, key.public_key(), ChainKey(CHAIN_KEY), "next", sign)
+        written = countersign_stale(store, key, ChainKey(CHAIN_KEY), "next")
     finally:
         store.close()
     assert written == []
@@ -146,24 +150,18 @@ def _stale_chain(store: Any, key: Ed25519PrivateKey, writer: str, terms: str) ->
         prev = hash_
     unsigned = Checkpoint(new_event_id(), writer, 0, GENESIS_HASH, ts, CheckpointKind.OPEN,
                           "test", "", terms)
-    store.write(rows, [replace(unsigned, signature=key.sign(unsigned.payload()).hex())])
+    seed(store, rows, [replace(unsigned, signature=key.sign(unsigned.payload()).hex())])
 
 
 def test_a_chain_whose_signed_terms_cannot_be_read_does_not_stop_the_others(
     store_url: str, audit_keys: AuditKeys
 ) -> None:
     key = load_signing_key(audit_keys.signing)
-
-    def sign(writer: str, seq: int, hash_: str, terms: Terms) -> Checkpoint:
-        return sign_checkpoint(key, checkpoint_id=new_event_id(), writer_id=writer, seq=seq,
-                               hash_=hash_, ts=utc_now(), kind=CheckpointKind.COUNTERSIGN,
-                               terms=terms)
-
     store = open_store(store_url)
     try:
         _stale_chain(store, key, "odd/1", "{not terms")
         _stale_chain(store, key, "good/1", Terms(3, 1000, 0.3).to_json())
-        written = countersign_stale(store, key.public_key(), ChainKey(CHAIN_KEY), "next", sign)
+        written = countersign_stale(store, key, ChainKey(CHAIN_KEY), "next")
     finally:
         store.close()
     assert [(cp.writer_id, cp.seq) for cp in written] == [("good/1", 3)]

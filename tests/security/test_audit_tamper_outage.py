@@ -19,6 +19,7 @@ from tests.security.audit_tamper_kit import (
     event,
     make_keys,
     private_postgres,
+    record_event,
     trail,
 )
 
@@ -37,7 +38,7 @@ def test_an_outage_of_the_store_delays_the_index_and_loses_nothing(
         t = trail(pg.url, audit_keys, timeout=1.0, checkpoint_every=1000,
                   checkpoint_interval=3600.0)
         for i in range(30):
-            t.record(event(f"before-{i}"))
+            record_event(t, event(f"before-{i}"))
         writer = t.writer_id
         pg.stop()
         during = [t.record_fields(EventKind.DECISION, {"subject_id": f"during-{i}"})

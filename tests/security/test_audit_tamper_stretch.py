@@ -20,6 +20,7 @@ from tests.security.audit_tamper_kit import (
     event,
     make_keys,
     record,
+    record_event,
     sql,
     stored_events,
     trail,
@@ -49,9 +50,9 @@ def test_a_deleted_timed_checkpoint_leaves_a_stretch_over_the_time_bound(
 ) -> None:
     t = trail(store_url, audit_keys, checkpoint_every=1000, checkpoint_interval=1.0)
     old = (datetime.now(UTC) - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    t.record(dataclasses.replace(event("early"), ts=old))  # made 30 s ago
+    record_event(t, dataclasses.replace(event("early"), ts=old))  # made 30 s ago
     for i in range(4):
-        t.record(event(f"now-{i}"))  # the first one finds the stretch due: signed before it
+        record_event(t, event(f"now-{i}"))  # the first one finds the stretch due: signed before it
     t.close()
     events = stored_events(store_url)
     assert check(store_url, audit_keys).ok
@@ -66,7 +67,7 @@ def test_a_running_writers_unsigned_tail_within_the_bound_is_a_note(
 ) -> None:
     t = trail(store_url, audit_keys, checkpoint_every=1000, checkpoint_interval=3600.0)
     for i in range(3):
-        t.record(event(f"s-{i}"))
+        record_event(t, event(f"s-{i}"))
     t.flush()  # indexed
     report = check(store_url, audit_keys)
     t.close()

@@ -22,6 +22,7 @@ from tests.security.audit_tamper_kit import (
     event,
     make_keys,
     record,
+    record_event,
     sql,
 )
 
@@ -95,7 +96,7 @@ def test_the_journal_writer_signs_checkpoints_and_feeds_the_witness(
                              checkpoint_every=5, witness=witness)
     trail = JournalTrail.open(settings)
     for i in range(12):
-        trail.record(event(f"journal-{i}"))
+        record_event(trail, event(f"journal-{i}"))
     trail.close()
     kinds = [(json.loads(line)["kind"], json.loads(line)["seq"])
              for line in witness.read_text().splitlines()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from guard.audit import (
     AuditEvent,
     EventKind,
     JournalTrail,
+    Store,
     compute_hash,
     derive_chain_key,
     load_public_key,
@@ -24,8 +26,10 @@ from guard.audit import (
     pseudonymise,
     verify,
 )
+from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import utc_now
 from guard.audit._journal import Journal, read_journal, segments
+from guard.audit._schema import Row
 
 HMAC_KEY = b"k" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)
@@ -64,6 +68,21 @@ def make_event(kind: EventKind, **fields: Any) -> AuditEvent:
     fields.setdefault("event_id", new_event_id())
     fields.setdefault("ts", utc_now())
     return AuditEvent(kind=kind, **fields)
+
+
+def record(trail: JournalTrail, event: AuditEvent) -> str:
+    """Record a built event (its id, time and pseudonym kept); its id once durable."""
+    fields = event.to_dict()
+    for name in ("writer_id", "seq", "prev_hash", "hash"):
+        del fields[name]
+    return trail.record_fields(event.kind, fields)
+
+
+def seed(store: Store, rows: Sequence[Row], checkpoints: Sequence[Checkpoint] = ()) -> None:
+    """Add event rows and checkpoints to ``store`` as the indexer adds a journal's records."""
+    journal = f"seed-{new_event_id()}"
+    store.indexed_offset(journal)  # makes the offset table
+    store.index(rows, checkpoints, journal, len(rows) + len(checkpoints))
 
 
 def linked(event: AuditEvent, writer_id: str, seq: int, prev_hash: str) -> AuditEvent:

@@ -15,7 +15,7 @@ import pytest
 
 from guard.audit import load_hmac_key, load_signing_key
 from guard.cli import main
-from tests.guard.audit.conftest import Keys, decision_event, make_trail
+from tests.guard.audit.conftest import Keys, decision_event, make_trail, record
 
 GUARD = [sys.executable, "-c", "from guard.cli import main; main()"]
 
@@ -45,7 +45,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     trail = make_trail("sqlite:///audit.db", keys, hmac_key=key,
                        journal=tmp_path / "audit.db.journal")
-    trail.record(decision_event(caller="svc:crm", subject_id="x"))
+    record(trail, decision_event(caller="svc:crm", subject_id="x"))
     trail.record_fields(EventKind.DECISION, {
         "caller": "svc:billing", "purpose": "order.processing", "categories": ("financial",),
         "action": "read", "allowed": True, "reason": "allowed", "lawful_basis": ("contract",),

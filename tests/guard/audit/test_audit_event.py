@@ -26,6 +26,7 @@ from tests.guard.audit.conftest import (
     linked,
     make_event,
     make_trail,
+    record,
 )
 
 
@@ -53,7 +54,7 @@ def test_every_field_round_trips_through_the_store(store_url: str, keys: Keys) -
         detail="é ünïcode ✓",
     )
     trail = make_trail(store_url, keys)
-    trail.record(event)
+    record(trail, event)
     writer = trail.writer_id
     trail.close()
     store = open_store(store_url, create=False)

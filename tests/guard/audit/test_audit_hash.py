@@ -23,7 +23,7 @@ from guard.audit._fields import (
     event_row,
     legacy_hash,
 )
-from tests.guard.audit.conftest import Keys, decision_event, linked, make_trail
+from tests.guard.audit.conftest import Keys, decision_event, linked, make_trail, record, seed
 from tests.guard.audit.test_audit_tamper import check, insert_row, run_sql
 
 TEXT = st.text(max_size=12)
@@ -72,7 +72,7 @@ def _format_1_chain(url: str, keys: Keys, n: int) -> list[AuditEvent]:
                                  (CheckpointKind.CLOSE, n, prev))
     ]
     store = open_store(url)
-    store.write([event_row(e) for e in events], checkpoints)
+    seed(store, [event_row(e) for e in events], checkpoints)
     store.close()
     return events
 
@@ -110,7 +110,7 @@ def test_a_store_of_schema_1_verifies_before_and_after_a_writer_migrates_it(
     assert check(store_url, keys).ok  # read before any writer added the terms column
     trail = make_trail(store_url, keys, checkpoint_every=2)
     for i in range(3):
-        trail.record(decision_event(subject_id=f"new-{i}"))
+        record(trail, decision_event(subject_id=f"new-{i}"))
     trail.close()
     report = check(store_url, keys)
     assert report.ok, report.problems

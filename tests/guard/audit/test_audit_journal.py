@@ -23,6 +23,7 @@ from tests.guard.audit.conftest import (
     Keys,
     decision_event,
     journal_with_a_bad_second_record,
+    record,
 )
 
 FIELDS: dict[str, Any] = {
@@ -155,12 +156,12 @@ def test_events_are_durable_in_the_journal_and_indexed_behind_it(
     first = trail.record_fields(EventKind.DECISION, FIELDS)
 
     async def many() -> list[str]:
-        return await asyncio.gather(*[trail.arecord_fields(EventKind.DECISION, FIELDS)
+        return await asyncio.gather(*[trail.start_fields(EventKind.DECISION, FIELDS)
                                       for _ in range(200)])
 
     ids = asyncio.run(many())
     trail.post_fields(EventKind.OUTCOME, {"decision_ref": first, "http_status": 200})
-    trail.record(decision_event(caller="svc:built"))
+    record(trail, decision_event(caller="svc:built"))
     assert trail.record_many_fields(EventKind.DECISION, [FIELDS] * 30) != [None] * 30
     trail.flush()
     journal_events = sum(1 for record in read_journal(trail.journal.folder)

@@ -52,7 +52,7 @@ def work(n):
 async def one(n):
     i = 0
     while True:
-        say(await trail.arecord_fields(EventKind.DECISION, fields(n, i)))
+        say(await trail.start_fields(EventKind.DECISION, fields(n, i)))
         i += 1
 
 async def loop():

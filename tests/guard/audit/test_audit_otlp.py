@@ -10,7 +10,7 @@ from pathlib import Path
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from bench._pg import free_port
-from tests.guard.audit.conftest import Keys, decision_event, make_trail
+from tests.guard.audit.conftest import Keys, decision_event, make_trail, record
 
 
 def test_events_reach_an_otlp_collector(tmp_path: Path, keys: Keys) -> None:
@@ -36,7 +36,7 @@ def test_events_reach_an_otlp_collector(tmp_path: Path, keys: Keys) -> None:
         trail = make_trail(f"sqlite:///{tmp_path / 'a.db'}", keys, otlp_endpoint=endpoint)
         events = [decision_event(subject_id="alice") for _ in range(3)]
         for event in events:
-            trail.record(event)
+            record(trail, event)
         trail.close()  # flushes the exporter
     finally:
         server.shutdown()

@@ -21,7 +21,14 @@ from guard.audit import (
 )
 from guard.audit._event import outcome_fields, policy_fields
 from guard.audit._report import render_json, render_markdown
-from tests.guard.audit.conftest import HMAC_KEY, Keys, decision_event, make_event, make_trail
+from tests.guard.audit.conftest import (
+    HMAC_KEY,
+    Keys,
+    decision_event,
+    make_event,
+    make_trail,
+    record,
+)
 
 ALICE = pseudonymise(HMAC_KEY, "alice")
 D = "2026-11-{:02d}T10:00:00.000000Z"
@@ -43,14 +50,14 @@ def store(store_url: str, keys: Keys) -> Store:
          None, 6),
     ]
     for caller, purpose, cats, allowed, reason, subject, day in rows:
-        trail.record(decision_event(
+        record(trail, decision_event(
             caller=caller, purpose=purpose, categories=cats, allowed=allowed, reason=reason,
             subject_id=subject, ts=D.format(day),
             lawful_basis=("legitimate_interest",) if allowed else (),
         ))
     trail.flush()
     billing = query_by(trail.store, caller="svc:billing")[0]
-    trail.record(make_event(EventKind.OUTCOME, **outcome_fields(billing, 200, None)))
+    record(trail, make_event(EventKind.OUTCOME, **outcome_fields(billing, 200, None)))
     trail.close()
     reader = open_store(store_url, create=False)
     yield reader
@@ -145,7 +152,7 @@ def test_parse_when_rejects_nonsense(text: str) -> None:
 
 def test_policy_events_are_not_decisions(store_url: str, keys: Keys) -> None:
     trail = make_trail(store_url, keys)
-    trail.record(make_event(EventKind.POLICY_REJECTED,
+    record(trail, make_event(EventKind.POLICY_REJECTED,
                             **policy_fields(EventKind.POLICY_REJECTED, "v1", "bad rule")))
     trail.close()
     reader = open_store(store_url, create=False)

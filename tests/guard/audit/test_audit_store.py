@@ -10,7 +10,7 @@ import pytest
 
 from guard.audit import AuditStoreError, open_store
 from guard.audit._schema import SCHEMA_VERSION
-from tests.guard.audit.conftest import Keys, decision_event, make_trail
+from tests.guard.audit.conftest import Keys, decision_event, make_trail, record
 
 
 def test_schema_is_migrated_once(store_url: str) -> None:
@@ -43,7 +43,7 @@ def test_sqlite_store_is_wal_and_fully_synchronous(tmp_path: Path) -> None:
 
 def test_a_checkpoint_is_signed_on_the_timer(store_url: str, keys: Keys) -> None:
     trail = make_trail(store_url, keys, checkpoint_interval=0.2)
-    trail.record(decision_event())
+    record(trail, decision_event())
     trail.flush()  # the index made the schema (the trail's start does not wait for the store)
     reader = open_store(store_url, create=False)
     kinds: list[str] = []

@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 
 from guard.audit import Store, open_store
 from guard.audit._event import FIELD_NAMES, TS_FORMAT
+from guard.audit._fields import compact
 from guard.audit._summary import KEY_COLUMNS, RAW_KEY
 from middleware.console._overview import overview_data
-from tests.guard.audit.conftest import Keys, decision_event, make_trail
+from tests.guard.audit.conftest import Keys, decision_event, make_trail, record, seed
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 KINDS = ("decision", "decision", "decision", "outcome", "policy_loaded")
@@ -53,7 +54,7 @@ events = st.lists(st.tuples(
     st.sampled_from(("svc:a", "svc:b", "grp:c")), st.sampled_from(("p", "p.q")),
     st.sampled_from((None, "GB", "US", "IN")), st.sampled_from((None, "/a", "/b/{id}")),
     st.sampled_from((0, 1, None)), st.sampled_from((None, 200, 403))), max_size=60)
-# How the rows go in: batch sizes, which path each batch takes, and ids sent twice.
+# How the rows go in: batch sizes, rows or records per batch, and ids sent twice.
 plans = st.tuples(st.lists(st.integers(1, 25), min_size=1, max_size=8),
                   st.lists(st.booleans(), min_size=8, max_size=8),
                   st.lists(st.integers(0, 59), max_size=6))
@@ -85,11 +86,11 @@ def _load(store: Store, picked: list[tuple[Any, ...]],
         batch = rows[start:start + size]
         # Re-send rows already stored, and repeat one inside the batch.
         batch += [rows[i] for i in again if i < start] + batch[:1]
+        offset += len(batch)
         if via_index[turn % len(via_index)]:
-            offset += len(batch)
-            store.index(batch, [], "journal-t", offset)  # type: ignore[attr-defined]
-        else:
-            store.write(batch, [])
+            store.index(batch, [], "journal-t", offset)
+        else:  # as the indexer hands over journal records
+            store.index_records([compact(row) for row in batch], "journal-t", offset)
         start += size
         turn += 1
 
@@ -126,7 +127,7 @@ def test_summary_and_charts_equal_the_raw_events(
 def test_the_trail_keeps_the_summary(store_url: str, keys: Keys) -> None:
     trail = make_trail(store_url, keys)
     for n in range(30):
-        trail.record(decision_event(allowed=n % 3 != 0, caller=f"svc:{n % 4}"))
+        record(trail, decision_event(allowed=n % 3 != 0, caller=f"svc:{n % 4}"))
     trail.close()
     reader = open_store(store_url, create=False)
     try:
@@ -142,7 +143,7 @@ def test_the_migration_fills_the_summary_from_stored_events(store_url: str) -> N
     store.rows("SELECT 1")
     rows = [_row(i, KINDS[i % 5], BASE + timedelta(minutes=7 * i), "allowed", "svc:a", "p",
                  "US" if i % 2 else None, "/a", i % 2, None) for i in range(50)]
-    store.write(rows, [])
+    seed(store, rows)
     store.close()
     # The store as it was before the summary: no table, schema version 4.
     older = ("DROP TABLE audit_hour", "DELETE FROM schema_version WHERE version >= 5")
@@ -167,8 +168,8 @@ def test_the_migration_fills_the_summary_from_stored_events(store_url: str) -> N
 def test_a_store_without_the_summary_is_charted_from_raw_events(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = open_store(url)
-    store.write([_row(i, "decision", BASE + timedelta(minutes=20 * i), "allowed", "svc:a", "p",
-                      "US", "/a", 1, None) for i in range(12)], [])
+    seed(store, [_row(i, "decision", BASE + timedelta(minutes=20 * i), "allowed", "svc:a", "p",
+                      "US", "/a", 1, None) for i in range(12)])
     store.close()
     with sqlite3.connect(tmp_path / "old.db") as conn:
         conn.execute("DROP TABLE audit_hour")

@@ -19,13 +19,7 @@ from guard.audit import (
 )
 from guard.audit._fields import event_row, row_event
 from guard.audit._schema import EVENT_COLUMNS
-from tests.guard.audit.conftest import (
-    CHAIN_KEY,
-    Keys,
-    decision_event,
-    linked,
-    make_trail,
-)
+from tests.guard.audit.conftest import CHAIN_KEY, Keys, decision_event, linked, make_trail, record
 
 
 def run_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
@@ -49,7 +43,7 @@ def chain(url: str, keys: Keys, n: int = 20) -> list[AuditEvent]:
     """Record ``n`` events (checkpoint every 5), close, and return them as stored."""
     trail = make_trail(url, keys, checkpoint_every=5)
     for i in range(n):
-        trail.record(decision_event(subject_id=f"subject-{i}"))
+        record(trail, decision_event(subject_id=f"subject-{i}"))
     trail.close()
     store = open_store(url, create=False)
     rows = store.rows(f"SELECT {EVENT_COLUMNS} FROM audit_event ORDER BY seq")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from guard.audit import EventKind, load_public_key, open_store, verify
 from guard.audit._event import FIELD_NAMES
-from tests.guard.audit.conftest import CHAIN_KEY, Keys, decision_event, make_trail
+from tests.guard.audit.conftest import CHAIN_KEY, Keys, decision_event, make_trail, record
 
 N = 12
 EDITABLE = [f for f in FIELD_NAMES if f not in ("event_id", "seq", "writer_id", "hash")]
@@ -30,7 +30,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keys, list
     db = base / "audit.db"
     trail = make_trail(f"sqlite:///{db}", keys, checkpoint_every=4)
     for i in range(N):
-        trail.record(decision_event(subject_id=f"p{i}", http_status=200 + i, latency_us=i))
+        record(trail, decision_event(subject_id=f"p{i}", http_status=200 + i, latency_us=i))
     trail.close()
     conn = sqlite3.connect(db)
     ids = [r[0] for r in conn.execute("SELECT event_id FROM audit_event ORDER BY seq")]
