@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from guard.audit._event import GENESIS_HASH, AuditEvent, EventKind
-from guard.audit._fields import compute_hash, render_json
 from guard.audit._ids import new_event_id
 from guard.audit._jtrail import JournalTrail, wait_indexed
 from guard.audit._keys import (
@@ -32,8 +31,8 @@ from guard.audit._witness import read_witness
 __all__ = [
     "GENESIS_HASH", "AuditEvent", "AuditQueryError", "AuditStoreError", "Count", "EventFilter",
     "EventKind", "JournalTrail", "Problem", "QueryRow", "Stats", "Store", "SubjectReport",
-    "VerifyReport", "compute_hash", "derive_chain_key", "load_hmac_key", "load_public_key",
+    "VerifyReport", "derive_chain_key", "load_hmac_key", "load_public_key",
     "load_signing_key", "new_event_id", "open_store", "parse_when", "pseudonymise",
-    "public_key_path", "query_events", "read_witness", "render_json", "stats", "subject_report",
+    "public_key_path", "query_events", "read_witness", "stats", "subject_report",
     "verify", "wait_indexed",
 ]

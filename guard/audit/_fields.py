@@ -3,8 +3,7 @@
 Producers hand over ``(kind, fields)``; the journal writer builds each row here
 once (:func:`content`), serialises and links it once (:class:`Linker`: orjson,
 checked to give exactly the bytes the chain format is defined on). Verify and
-countersigning rebuild the same row and hash from a stored event
-(:func:`event_row`, :func:`compute_hash`).
+countersigning link the stored row again with the same :class:`Linker`.
 """
 
 from __future__ import annotations
@@ -40,14 +39,6 @@ def compact(value: Sequence[Any]) -> bytes:
     if out.isascii() and b"\x7f" not in out:
         return out
     return _slow(value).encode()
-
-
-def event_fields(event: AuditEvent) -> dict[str, Any]:
-    """The fields of a built :class:`AuditEvent` (its id, time and pseudonym kept)."""
-    data = event.to_dict()
-    for name in ("writer_id", "seq", "prev_hash", "hash"):
-        del data[name]
-    return data
 
 
 class ChainKey:
@@ -179,16 +170,6 @@ def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes
     )
 
 
-def content_row(event: AuditEvent) -> Row:
-    """A built event's content columns (:func:`content`)."""
-    return content(event.kind, event.to_dict(), b"", event.ts, event.event_id)
-
-
-def event_row(event: AuditEvent) -> Row:
-    """The column values of one (already linked) event."""
-    return (*content_row(event), event.writer_id, event.seq, event.prev_hash, event.hash)
-
-
 def row_event(row: Sequence[Any]) -> AuditEvent:
     """Rebuild an event from a row selected with ``EVENT_COLUMNS``."""
     values: list[Any] = list(row)
@@ -204,44 +185,6 @@ _LIST_INDEXES = tuple(FIELD_NAMES.index(name) for name in ("categories", "rule",
 _ALLOWED = FIELD_NAMES.index("allowed")
 
 
-def content_digest(event: AuditEvent, key: ChainKey | None = None) -> str:
-    """The digest of the event's content row as compact JSON (:func:`compact`).
-
-    HMAC-SHA256 under ``key`` (format 3), or plain SHA-256 without one (format 2).
-    """
-    data = compact(content_row(event))
-    return key.digest(data) if key is not None else hashlib.sha256(data).hexdigest()
-
-
-def chain_hash(writer_id: str, seq: int, prev_hash: str, digest: str, *, keyed: bool = False
-               ) -> str:
-    """An event's hash: SHA-256 (hex) of ``[tag,writer_id,seq,prev_hash,content_digest]``.
-
-    ``tag`` is ``"v3"`` for a keyed chain (``digest`` is an HMAC), ``"v2"`` otherwise.
-    The link is compact JSON, so no two different (writer, position, predecessor,
-    content) tuples give the same bytes.
-    """
-    tag = "v3" if keyed else "v2"
-    return hashlib.sha256(_slow([tag, writer_id, seq, prev_hash, digest]).encode()).hexdigest()
-
-
-def compute_hash(event: AuditEvent, key: ChainKey | None = None) -> str:
-    """The hash the event's chain fields and content call for (format 3 with ``key``, else 2)."""
-    return chain_hash(event.writer_id, event.seq, event.prev_hash, content_digest(event, key),
-                      keyed=key is not None)
-
-
-def legacy_hash(event: AuditEvent) -> str:
-    """Format 1 (events written before format 2): SHA-256 (hex) of every field but ``hash``
-    as canonical JSON (sorted keys, no spaces, ASCII)."""
-    data = event.to_dict()
-    del data["hash"]
-    return hashlib.sha256(_canonical(data).encode()).hexdigest()
-
-
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
-
-
 def render_json(event: AuditEvent) -> str:
     """An event as one line of JSON with sorted keys (``hash`` included), e.g. for a log shipper."""
     return orjson.dumps(event.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
@@ -250,8 +193,8 @@ def render_json(event: AuditEvent) -> str:
 class Linker:
     """Places content rows in one chain: each row's hash and its journal record.
 
-    The bytes are those :func:`compact` and :func:`chain_hash` define (a property
-    test holds them equal to the standard library's JSON for any field values).
+    The bytes are those the chain format defines (docs/audit.md; a property test
+    holds them equal to the standard library's JSON for any field values).
 
     Args:
         writer_id: The chain.
@@ -303,16 +246,6 @@ def _record(value: Any) -> Row | Checkpoint:
     if type(value) is dict and type(value.get("checkpoint")) is list:
         return row_checkpoint(value["checkpoint"])
     raise ValueError("not an audit journal record")
-
-
-def decode(payload: bytes) -> tuple[Row | None, Checkpoint | None]:
-    """A journal record back to an event row or a checkpoint.
-
-    Raises:
-        ValueError: not a journal record.
-    """
-    got = _record(orjson.loads(payload))
-    return (None, got) if isinstance(got, Checkpoint) else (got, None)
 
 
 def decode_many(payloads: Sequence[bytes]) -> tuple[list[Row], list[Checkpoint]]:

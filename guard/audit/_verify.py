@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from guard._errors import ConfigError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
 from guard.audit._event import FIELD_NAMES, GENESIS_HASH, ts_epoch
-from guard.audit._fields import ChainKey, compute_hash, event_row, legacy_hash, row_event
+from guard.audit._fields import ChainKey, Linker, content, row_event
 from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, row_checkpoint
 from guard.audit._store import AuditStoreError, Store
 from guard.audit._witness import WitnessRead
@@ -201,25 +203,35 @@ _TS = FIELD_NAMES.index("ts")
 def light(raw: Sequence[Any], key: ChainKey | None, *, keyed: bool) -> _Row:
     """A stored row's chain position, and whether it is exactly what the guard wrote.
 
-    A row is intact when its hash matches its content and chain fields *and*
-    re-encoding the event gives the stored values back (so ``allowed = 2`` or
-    re-spaced JSON is caught). In a ``keyed`` chain (its signed terms say format 3)
-    only format 3 under ``key`` is accepted; in another chain also format 2, or
-    format 1 (events written before format 2). Format 3 needs the key, so
-    accepting it anywhere lets no one without the key forge a row.
-    A row that cannot even be read is not intact.
+    Formats 3 and 2 hash the stored columns themselves, as the journal writer
+    linked them (:class:`guard.audit._fields.Linker`), so any changed value
+    (``allowed = 2``, re-spaced JSON) breaks the hash. In a ``keyed`` chain (its
+    signed terms say format 3) only format 3 under ``key`` is accepted; in
+    another chain also format 2, or format 1 (events written before format 2).
+    Format 3 needs the key, so accepting it anywhere lets no one without the key
+    forge a row. A row that cannot even be read is not intact.
     """
+    writer, seq, prev, hash_ = (raw[i] for i in (_WRITER, _SEQ, _PREV, _HASH))
+    keys = ([key] if key is not None else []) + ([] if keyed else [None])
     try:
-        event = row_event(raw)
-        if event_row(event) != tuple(raw):
-            ok = False
-        else:
-            ok = key is not None and event.hash == compute_hash(event, key)
-            if not ok and not keyed:
-                ok = event.hash in (compute_hash(event), legacy_hash(event))
-    except (ValueError, TypeError, KeyError, IndexError):
+        head = tuple(raw[:_WRITER])
+        ok = type(seq) is int and (
+            any(Linker(writer, k).link(head, seq, prev)[0] == hash_ for k in keys)
+            or (not keyed and _format_1(raw)))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         ok = False
-    return _Row(seq_of(raw), str(raw[0]), str(raw[_PREV]), str(raw[_HASH]), ok, str(raw[_TS]))
+    return _Row(seq_of(raw), str(raw[0]), str(prev), str(hash_), ok, str(raw[_TS]))
+
+
+def _format_1(raw: Sequence[Any]) -> bool:
+    """Is ``raw`` a format-1 event exactly as stored? Its hash is SHA-256 of the canonical
+    JSON of every field but ``hash`` (sorted keys, tuples as arrays, booleans)."""
+    event = row_event(raw)
+    data = event.to_dict()
+    del data["hash"]
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return (hashlib.sha256(text.encode()).hexdigest() == event.hash
+            and content(event.kind, data, b"", event.ts, event.event_id) == tuple(raw[:_WRITER]))
 
 
 def seq_of(raw: Sequence[Any]) -> int:

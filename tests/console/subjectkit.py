@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from guard.audit import AuditEvent, EventKind
-from guard.audit._fields import event_row
 from guard.audit._store import Store
-from tests.guard.audit.conftest import seed
+from tests.guard.audit.conftest import row_of, seed
 
 ACCESSES: tuple[tuple[str, str, str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
     # caller, party type, country, purpose, action, categories, lawful basis
@@ -68,4 +67,4 @@ def subject_decisions(pseudonym: str, n: int, *, distinct: bool = False) -> list
 def write_decisions(store: Store, events: list[AuditEvent]) -> None:
     """Commit ``events`` to ``store`` (numbered but unchained, as a bulk load would)."""
     for at in range(0, len(events), 5_000):
-        seed(store, [event_row(e) for e in events[at:at + 5_000]])
+        seed(store, [row_of(e) for e in events[at:at + 5_000]])

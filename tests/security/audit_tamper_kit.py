@@ -39,8 +39,9 @@ from guard.audit import (
     verify,
 )
 from guard.audit._event import GENESIS_HASH, utc_now
-from guard.audit._fields import ChainKey, chain_hash, content_digest, row_event
+from guard.audit._fields import ChainKey, row_event
 from guard.audit._schema import EVENT_COLUMNS
+from tests.guard.audit.conftest import linked
 from tests.guard.audit.conftest import record as record_event
 
 HMAC_KEY = b"h" * 32
@@ -133,11 +134,8 @@ def forge_hash(event: AuditEvent, fmt: str) -> str:
     ``fmt`` is ``"v2"`` (the unkeyed format older chains use) or ``"v3"`` (the keyed
     format, under a key the attacker guessed).
     """
-    if fmt == "v2":
-        return chain_hash(event.writer_id, event.seq, event.prev_hash, content_digest(event))
-    guessed = ChainKey(b"guessed" * 4)
-    return chain_hash(event.writer_id, event.seq, event.prev_hash,
-                      content_digest(event, guessed), keyed=True)
+    guessed = ChainKey(b"guessed" * 4) if fmt == "v3" else None
+    return linked(event, event.writer_id, event.seq, event.prev_hash, guessed).hash
 
 
 def rechain(url: str, events: list[AuditEvent], fmt: str, *, start: int = 1,

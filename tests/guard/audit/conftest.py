@@ -17,7 +17,6 @@ from guard.audit import (
     EventKind,
     JournalTrail,
     Store,
-    compute_hash,
     derive_chain_key,
     load_public_key,
     load_signing_key,
@@ -28,6 +27,7 @@ from guard.audit import (
 )
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import utc_now
+from guard.audit._fields import ChainKey, Linker, content
 from guard.audit._journal import Journal, read_journal, segments
 from guard.audit._schema import Row
 
@@ -85,10 +85,17 @@ def seed(store: Store, rows: Sequence[Row], checkpoints: Sequence[Checkpoint] = 
     store.index(rows, checkpoints, journal, len(rows) + len(checkpoints))
 
 
-def linked(event: AuditEvent, writer_id: str, seq: int, prev_hash: str) -> AuditEvent:
-    """``event`` placed in an unkeyed (format 2) chain, with its hash computed."""
-    placed = replace(event, writer_id=writer_id, seq=seq, prev_hash=prev_hash)
-    return replace(placed, hash=compute_hash(placed))
+def row_of(event: AuditEvent) -> Row:
+    """The stored row of ``event``: its content columns as the writer builds them, its chain."""
+    return (*content(event.kind, event.to_dict(), b"", event.ts, event.event_id),
+            event.writer_id, event.seq, event.prev_hash, event.hash)
+
+
+def linked(event: AuditEvent, writer_id: str, seq: int, prev_hash: str,
+           key: ChainKey | None = None) -> AuditEvent:
+    """``event`` placed in a chain, hashed as the writer links it (format 2 without ``key``)."""
+    hash_, _record = Linker(writer_id, key).link(row_of(event)[:-4], seq, prev_hash)
+    return replace(event, writer_id=writer_id, seq=seq, prev_hash=prev_hash, hash=hash_)
 
 
 def decision_event(**fields: Any) -> AuditEvent:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from guard.audit import EventKind
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import ChainKey, Linker, Pseudonyms, content, decode
+from guard.audit._fields import ChainKey, Linker, Pseudonyms, content, decode_many
 from guard.audit._journal import open_lane, read_journal
 from guard.audit._jwriter import JournalWriter
 from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY
@@ -100,9 +100,7 @@ def test_a_linked_record_is_byte_for_byte_the_standard_librarys(
         return
     hash_, record = linker.link(head, seq, prev)
     assert (hash_, record) == reference(head, writer, seq, prev, key)
-    row, checkpoint = decode(record)
-    assert checkpoint is None
-    assert row == (*head, writer, seq, prev, hash_)
+    assert decode_many([record]) == ([(*head, writer, seq, prev, hash_)], [])
 
 
 def test_an_event_the_journal_could_not_give_back_is_refused_alone(tmp_path: Path) -> None:
@@ -120,7 +118,7 @@ def test_an_event_the_journal_could_not_give_back_is_refused_alone(tmp_path: Pat
     assert got[1] is None  # a lone surrogate
     assert got[2] is None  # an int past 64 bits
     assert got[3] is not None
-    rows = [decode(record)[0] for _, record in read_journal(journal.folder)]  # type: ignore[misc]
-    events = [row for row in rows if row is not None]
+    events, _checkpoints = decode_many(
+        [record for _, record in read_journal(journal.folder)])  # type: ignore[misc]
     assert [(row[0], row[3]) for row in events] == [(got[0], "a"), (got[3], "é\x7f")]
     assert events[1][-3:-1] == (2, events[0][-1])  # the chain goes on past the refused ones

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,19 +16,29 @@ from guard.audit import (
 )
 from guard.audit._checkpoint import CheckpointKind, sign_checkpoint
 from guard.audit._event import GENESIS_HASH
-from guard.audit._fields import (
-    Linker,
-    chain_hash,
-    compute_hash,
-    content_row,
-    decode,
-    event_row,
-    legacy_hash,
+from guard.audit._fields import Linker, decode_many
+from tests.guard.audit.conftest import (
+    Keys,
+    decision_event,
+    linked,
+    make_trail,
+    record,
+    row_of,
+    seed,
 )
-from tests.guard.audit.conftest import Keys, decision_event, linked, make_trail, record, seed
+from tests.guard.audit.test_audit_encoding import reference
 from tests.guard.audit.test_audit_tamper import check, insert_row, run_sql
 
 TEXT = st.text(max_size=12)
+
+
+def legacy_hash(event: AuditEvent) -> str:
+    """Format 1 (events written before format 2): SHA-256 (hex) of every field but ``hash``
+    as canonical JSON (sorted keys, no spaces, ASCII)."""
+    data = event.to_dict()
+    del data["hash"]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=True).encode()).hexdigest()
 
 
 @settings(max_examples=40, deadline=None)
@@ -37,22 +49,29 @@ def test_the_journal_writers_link_is_the_hash_of_the_linked_event(
 ) -> None:
     event = decision_event(caller=caller, categories=tuple(categories), allowed=allowed)
     placed = linked(event, writer, seq, "a" * 64)
-    hash_, record = Linker(writer, None).link(content_row(event), seq, "a" * 64)
-    assert hash_ == placed.hash == compute_hash(placed)
-    assert decode(record) == (event_row(placed), None)
+    hash_, record = Linker(writer, None).link(row_of(event)[:-4], seq, "a" * 64)
+    assert (hash_, record) == reference(row_of(event)[:-4], writer, seq, "a" * 64, None)
+    assert hash_ == placed.hash
+    assert decode_many([record]) == ([row_of(placed)], [])
     assert placed.hash != legacy_hash(placed)
 
 
 def test_each_link_field_and_the_content_change_the_hash() -> None:
-    base = ("w/1", 7, "a" * 64, "b" * 64)
-    hashes = {chain_hash(*base)}
-    for i, other in enumerate(("w/2", 8, "c" * 64, "d" * 64)):
+    head = row_of(decision_event())[:-4]
+    other_head = row_of(decision_event(caller="svc:other"))[:-4]
+
+    def hash_of(writer: str, seq: int, prev: str, content: tuple[object, ...]) -> str:
+        return Linker(writer, None).link(content, seq, prev)[0]
+
+    base = ("w/1", 7, "a" * 64, head)
+    hashes = {hash_of(*base)}
+    for i, other in enumerate(("w/2", 8, "c" * 64, other_head)):
         changed = list(base)
         changed[i] = other
-        hashes.add(chain_hash(*changed))  # type: ignore[arg-type]
+        hashes.add(hash_of(*changed))  # type: ignore[arg-type]
     assert len(hashes) == 5
     # The writer id and the sequence number cannot trade characters.
-    assert chain_hash("w1", 23, *base[2:]) != chain_hash("w12", 3, *base[2:])
+    assert hash_of("w1", 23, "a" * 64, head) != hash_of("w12", 3, "a" * 64, head)
 
 
 def _format_1_chain(url: str, keys: Keys, n: int) -> list[AuditEvent]:
@@ -72,7 +91,7 @@ def _format_1_chain(url: str, keys: Keys, n: int) -> list[AuditEvent]:
                                  (CheckpointKind.CLOSE, n, prev))
     ]
     store = open_store(url)
-    seed(store, [event_row(e) for e in events], checkpoints)
+    seed(store, [row_of(e) for e in events], checkpoints)
     store.close()
     return events
 
@@ -92,7 +111,8 @@ def test_a_row_rehashed_in_the_other_format_breaks_the_chain(store_url: str, key
     events = _format_1_chain(store_url, keys, 4)
     edited = dataclasses.replace(events[1], caller="svc:evil")
     run_sql(store_url, "UPDATE audit_event SET caller = ?, hash = ? WHERE event_id = ?",
-            ("svc:evil", compute_hash(edited), edited.event_id))
+            ("svc:evil", linked(edited, edited.writer_id, edited.seq, edited.prev_hash).hash,
+             edited.event_id))
     report = check(store_url, keys)
     assert [(p.kind, p.event_id) for p in report.problems] == [("altered", events[1].event_id)]
 

@@ -22,7 +22,6 @@ from guard.audit._fields import (
     _listed,
     compact,
     content,
-    decode,
     decode_many,
 )
 from guard.audit._indexer import Indexer
@@ -195,9 +194,9 @@ def test_decode_many_equals_decode_one_by_one(keys: Keys) -> None:
                          kind=CheckpointKind.OPEN, terms=Terms(3, 1000, 60.0))
     payloads = [compact(row), checkpoint_record(cp), orjson.dumps(list(row))]
     rows, checkpoints = decode_many(payloads)
-    one = [decode(p) for p in payloads]
-    assert rows == [r for r, _ in one if r is not None]
-    assert checkpoints == [c for _, c in one if c is not None]
+    one = [decode_many([p]) for p in payloads]
+    assert rows == [r for got, _ in one for r in got]
+    assert checkpoints == [c for _, got in one for c in got]
     assert all(isinstance(c, Checkpoint) for c in checkpoints)
     with pytest.raises(ValueError, match="not an audit journal record"):
         decode_many([compact(row), b'{"other": 1}'])

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from guard._errors import AuditUnavailableError, ConfigError
 from guard.audit import EventKind, load_public_key, load_signing_key, open_store, verify
-from guard.audit._fields import compact, content_row
+from guard.audit._fields import compact
 from guard.audit._journal import Journal, JournalReader, read_journal, segments
 from guard.audit._jtrail import JournalTrail
 from tests.guard.audit.conftest import (
@@ -24,6 +24,7 @@ from tests.guard.audit.conftest import (
     decision_event,
     journal_with_a_bad_second_record,
     record,
+    row_of,
 )
 
 FIELDS: dict[str, Any] = {
@@ -134,7 +135,7 @@ def test_compact_is_the_canonical_encoding(values: list[Any]) -> None:
 def test_the_writer_builds_the_row_a_built_event_has(
     caller: str, detail: str | None, categories: list[str]
 ) -> None:
-    from guard.audit._fields import content, event_fields
+    from guard.audit._fields import content
 
     event = decision_event(caller=caller, detail=detail, categories=tuple(categories))
     listed = [json.dumps(list(getattr(event, name)), separators=(",", ":"))
@@ -142,8 +143,8 @@ def test_the_writer_builds_the_row_a_built_event_has(
     expected = (event.event_id, "decision", event.ts, caller, "internal", "GB",
                 "relationship.management", listed[0], "read", 1, "allowed", listed[1], listed[2],
                 "sha256:test", event.subject, None, None, None, None, None, None, None, detail)
-    assert content(event.kind, event_fields(event), HMAC_KEY, "unused", "unused") == expected
-    assert content_row(event) == expected
+    assert content(event.kind, event.to_dict(), HMAC_KEY, "unused", "unused") == expected
+    assert row_of(event)[:-4] == expected
 
 
 # -- the journal trail ----------------------------------------------------------------------------

@@ -17,9 +17,17 @@ from guard.audit import (
     open_store,
     verify,
 )
-from guard.audit._fields import event_row, row_event
+from guard.audit._fields import row_event
 from guard.audit._schema import EVENT_COLUMNS
-from tests.guard.audit.conftest import CHAIN_KEY, Keys, decision_event, linked, make_trail, record
+from tests.guard.audit.conftest import (
+    CHAIN_KEY,
+    Keys,
+    decision_event,
+    linked,
+    make_trail,
+    record,
+    row_of,
+)
 
 
 def run_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
@@ -35,8 +43,8 @@ def run_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
 
 
 def insert_row(url: str, event: AuditEvent) -> None:
-    marks = ", ".join("?" * len(event_row(event)))
-    run_sql(url, f"INSERT INTO audit_event ({EVENT_COLUMNS}) VALUES ({marks})", event_row(event))
+    marks = ", ".join("?" * len(row_of(event)))
+    run_sql(url, f"INSERT INTO audit_event ({EVENT_COLUMNS}) VALUES ({marks})", row_of(event))
 
 
 def chain(url: str, keys: Keys, n: int = 20) -> list[AuditEvent]:
@@ -150,5 +158,21 @@ def test_a_row_that_claims_to_follow_itself_is_altered_not_a_crash(
 ) -> None:
     ev = chain(store_url, keys, 6)
     run_sql(store_url, "UPDATE audit_event SET prev_hash = hash WHERE seq = 6")
+    report = check(store_url, keys)
+    assert [(p.kind, p.event_id) for p in report.problems] == [("altered", ev[5].event_id)]
+
+
+@pytest.mark.parametrize("assignment", [
+    "allowed = 2",  # still true
+    "categories = '[ \"contact.email\"]'",  # the same list, re-spaced
+    "seq = 6.5",  # still seq 6 as a whole number (SQLite keeps the real)
+])
+def test_a_value_stored_in_another_form_than_the_guard_wrote_is_altered(
+    store_url: str, keys: Keys, assignment: str
+) -> None:
+    if assignment.startswith("seq") and not store_url.startswith("sqlite:///"):
+        pytest.skip("PostgreSQL rounds a real into a bigint column")
+    ev = chain(store_url, keys, 10)
+    run_sql(store_url, f"UPDATE audit_event SET {assignment} WHERE seq = 6")
     report = check(store_url, keys)
     assert [(p.kind, p.event_id) for p in report.problems] == [("altered", ev[5].event_id)]
