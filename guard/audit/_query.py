@@ -111,11 +111,13 @@ class QueryRow:
     outcome_status: int | None
 
 
-def query_events(store: Store, where: EventFilter, *, limit: int | None = 100) -> list[QueryRow]:
-    """Matching events, newest first."""
+def query_events(store: Store, where: EventFilter, *, limit: int | None = 100,
+                 oldest_first: bool = False) -> list[QueryRow]:
+    """Matching events, newest first (or oldest first)."""
     condition, params = where.where()
+    order = "" if oldest_first else " DESC"
     sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
-           "ORDER BY e.ts DESC, e.event_id DESC")
+           f"ORDER BY e.ts{order}, e.event_id{order}")
     if limit is not None:
         if limit < 1:
             raise AuditQueryError(f"--limit must be at least 1, not {limit}")
@@ -166,15 +168,3 @@ def stats(store: Store, where: EventFilter) -> Stats:
     row = store.rows(f"SELECT {sums} FROM audit_event e WHERE {condition}", params)[0]  # noqa: S608 - constant SQL
     return Stats(where.since, int(row[0]), int(row[1] or 0), int(row[2] or 0),
                  grouped("caller"), grouped("purpose"), grouped("reason"))
-
-
-def subject_accesses(store: Store, pseudonym: str) -> tuple[list[QueryRow], int]:
-    """Every allowed decision about one data subject (oldest first), and the denied count."""
-    condition, params = EventFilter(subject=pseudonym, allowed=True).where()
-    sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
-           "ORDER BY e.ts, e.event_id")
-    rows = [QueryRow(row_event(row[:-1]), row[-1]) for row in store.rows(sql, params)]
-    denied_where, denied_params = EventFilter(subject=pseudonym, allowed=False).where()
-    denied = store.rows(f"SELECT count(*) FROM audit_event e WHERE {denied_where}",  # noqa: S608 - constant SQL
-                        denied_params)[0][0]
-    return rows, int(denied)

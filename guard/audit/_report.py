@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from guard.audit._event import utc_now
-from guard.audit._query import QueryRow, subject_accesses
+from guard.audit._query import EventFilter, QueryRow, query_events
 from guard.audit._store import AuditStoreError, Store
 
 
@@ -81,8 +81,11 @@ def _access(row: QueryRow) -> Access:
 
 def subject_report(store: Store, pseudonym: str) -> SubjectReport:
     """Build the report for the subject whose pseudonym is ``pseudonym``."""
-    rows, denied = subject_accesses(store, pseudonym)
-    return report_of(pseudonym, rows, denied, register_of(store, pseudonym))
+    rows = query_events(store, EventFilter(subject=pseudonym, allowed=True), limit=None,
+                        oldest_first=True)
+    condition, params = EventFilter(subject=pseudonym, allowed=False).where()
+    denied = store.rows(f"SELECT count(*) FROM audit_event e WHERE {condition}", params)[0][0]  # noqa: S608 - constant SQL
+    return report_of(pseudonym, rows, int(denied), register_of(store, pseudonym))
 
 
 def report_of(pseudonym: str, rows: Iterable[QueryRow], denied: int,
