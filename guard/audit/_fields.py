@@ -190,6 +190,33 @@ def render_json(event: AuditEvent) -> str:
     return orjson.dumps(event.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
 
 
+_STRICT = orjson.OPT_STRICT_INTEGER
+_INT64 = range(-(2**63), 2**63)
+
+
+def _outside_int64(value: Any) -> bool:
+    """Does ``value`` (or a list in it) hold an int that SQLite's and PostgreSQL's
+    64-bit integers cannot?"""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value not in _INT64
+    return isinstance(value, list | tuple) and any(_outside_int64(v) for v in value)
+
+
+def _wide(head: Row) -> bytes:
+    """``head`` as compact JSON when an int in it passes 53 bits (the fast path's limit).
+
+    Raises:
+        ValueError: an int outside the signed 64-bit range, or a value orjson refuses.
+    """
+    if any(_outside_int64(value) for value in head):
+        raise ValueError("not recordable in the journal: an integer outside the signed "
+                         "64-bit range no store can hold")
+    try:
+        return _dumps(head)
+    except TypeError as exc:
+        raise ValueError(f"not recordable in the journal: {exc}") from None
+
+
 class Linker:
     """Places content rows in one chain: each row's hash and its journal record.
 
@@ -212,13 +239,14 @@ class Linker:
         """The hash of ``head`` at ``seq`` after ``prev``, and the row's journal record.
 
         Raises:
-            ValueError: a value the journal could not give back as it was (an int
-                past 64 bits, a lone surrogate, an object JSON has no form for).
+            ValueError: a value the journal could not give back as it was, or no store
+                could hold (an int outside the signed 64-bit range, a lone surrogate,
+                an object JSON has no form for).
         """
         try:
-            body = _dumps(head)
-        except TypeError as exc:
-            raise ValueError(f"not recordable in the journal: {exc}") from None
+            body = _dumps(head, option=_STRICT)  # ints past 53 bits raise: checked below
+        except TypeError:
+            body = _wide(head)
         if not body.isascii() or b"\x7f" in body:
             body = _slow(head).encode()
         key = self._key

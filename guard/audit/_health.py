@@ -4,8 +4,8 @@
 how often it keeps failing (at most once per interval, with a count) and when
 it works again. :class:`DiskReserve` refuses writes while the filesystem of the
 audit journal has less free space than the configured reserve, so that
-callers who fill the disk are refused before the disk is full.
-:class:`GuardedJournal` puts both around the journal the trail's writer appends to.
+callers who fill the disk are refused before the disk is full. The journal
+writer (:mod:`guard.audit._jwriter`) checks both around each append.
 """
 
 from __future__ import annotations
@@ -14,11 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
-
-from guard._errors import AuditUnavailableError
-from guard.audit._journal import Journal
 
 _log = logging.getLogger("guard.audit")
 
@@ -139,32 +135,3 @@ class DiskReserve:
                 _log.warning("the audit filesystem of %s has room again (reserve %s): "
                              "accepting audit writes", self.folder, _mb(self.reserve_bytes))
             return why
-
-
-class GuardedJournal:
-    """A journal whose appends respect a free-space reserve and whose failures are logged.
-
-    Args:
-        journal: The journal appended to.
-        failures: Where append failures and recoveries are told.
-        reserve: The reserve of the journal's filesystem.
-    """
-
-    def __init__(self, journal: Journal, failures: FailureLog, reserve: DiskReserve) -> None:
-        self._journal = journal
-        self._failures = failures
-        self._reserve = reserve
-
-    def append(self, payloads: Sequence[bytes]) -> int:
-        """Append through to the journal; tell the failure log how it went."""
-        why = self._reserve.shortfall()
-        if why is not None:
-            self._failures.failed(why)
-            raise AuditUnavailableError(why)
-        try:
-            offset = self._journal.append(payloads)
-        except AuditUnavailableError as exc:
-            self._failures.failed(str(exc))
-            raise
-        self._failures.succeeded()
-        return offset

@@ -27,7 +27,7 @@ from guard.audit._checkpoint import Checkpoint
 from guard.audit._countersign import countersign_stale
 from guard.audit._event import EventKind
 from guard.audit._fields import ChainKey, row_event
-from guard.audit._health import DiskReserve, FailureLog, GuardedJournal
+from guard.audit._health import DiskReserve, FailureLog
 from guard.audit._indexer import Indexer, hurry
 from guard.audit._journal import durable_end, open_lane
 from guard.audit._jverify import indexed_offset, lanes
@@ -159,6 +159,8 @@ class JournalTrail:
         if self._otlp is not None:
             listeners.append(self._export)
         self._chain_key = ChainKey(derive_chain_key(hmac_key))
+        self._failures = FailureLog(f"audit journal write to {self.journal.folder}")
+        self._reserve = DiskReserve(self.journal.folder, reserve_bytes)
         self.writer = JournalWriter(
             self.journal,
             hmac_key=hmac_key,
@@ -169,11 +171,9 @@ class JournalTrail:
             checkpoint_interval=checkpoint_interval,
             witness=Witness(witness) if witness is not None else None,
             committed=listeners,
+            reserve=self._reserve,
+            failures=self._failures,
         )
-        self._failures = FailureLog(f"audit journal write to {self.journal.folder}")
-        self._reserve = DiskReserve(self.journal.folder, reserve_bytes)
-        self.writer.journal = GuardedJournal(  # type: ignore[assignment]
-            self.journal, self._failures, self._reserve)
         self._probe_interval = probe_interval
         self._probe_lock = threading.Lock()
         self._probed: tuple[float, bool, str] | None = None

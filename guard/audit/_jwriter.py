@@ -6,8 +6,9 @@ event loop resolves them all). A coroutine's event is queued without a lock and
 wakes the writer only when it is idle. The writer takes everything queued,
 builds the rows, links them into the hash chain, signs the checkpoints that
 fall due, appends it all to the journal with one ``fdatasync``, releases the
-producers and only then hands the batch to the witness and the listeners. If
-the thread ends, every waiter fails at once.
+producers and only then hands the batch to the listeners and its checkpoints
+to the witness's own thread (a witness that hangs holds no commit). If the
+thread ends, every waiter fails at once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms, sign_checkpoint
 from guard.audit._event import GENESIS_HASH, EventKind, ts_epoch, utc_now
 from guard.audit._fields import ChainKey, Linker, Pseudonyms, checkpoint_record, content
+from guard.audit._health import DiskReserve, FailureLog
 from guard.audit._ids import new_event_id, new_event_ids
 from guard.audit._journal import Journal
 from guard.audit._schema import Row
@@ -36,6 +38,9 @@ _log = logging.getLogger("guard.audit")
 
 Committed = Callable[[Sequence[Row], Sequence[Checkpoint]], None]
 """Told of each durable batch (the indexer's wake-up, OTLP export)."""
+
+WITNESS_BACKLOG = 10_000
+"""Most checkpoints waiting for a slow witness; older ones are dropped (and logged)."""
 
 
 class _Batch:
@@ -89,6 +94,67 @@ def _settle(items: list[_Item]) -> None:
             future.set_exception(result or AuditUnavailableError("audit event lost"))
 
 
+class _WitnessRelay:
+    """Appends durable checkpoints to the witness on a thread of its own.
+
+    At most :data:`WITNESS_BACKLOG` checkpoints wait for a witness that is slow or
+    hangs; the oldest beyond that are dropped, and said so once per backlog.
+
+    Args:
+        witness: The witness file.
+    """
+
+    def __init__(self, witness: Witness) -> None:
+        self.witness = witness
+        self._pending: deque[Checkpoint] = deque()
+        self._cond = threading.Condition()
+        self._closing = self._dropping = False
+        self._thread = threading.Thread(target=self._run, name="audit-witness", daemon=True)
+        self._thread.start()
+
+    def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Queue checkpoints for the witness and return."""
+        with self._cond:
+            self._pending.extend(checkpoints)
+            over = len(self._pending) - WITNESS_BACKLOG
+            if over > 0:
+                for _ in range(over):
+                    self._pending.popleft()
+                if not self._dropping:
+                    self._dropping = True
+                    _log.error("audit witness %s is behind by %d checkpoints: the oldest are "
+                               "dropped from it (the journal holds them all)",
+                               self.witness.path, WITNESS_BACKLOG)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    break
+                taken = list(self._pending)
+                self._pending.clear()
+                self._dropping = False
+            try:
+                self.witness.publish(taken)
+            except Exception as exc:  # the journal holds the checkpoints; keep the thread
+                _log.error("audit witness failed: %s", exc)
+        with contextlib.suppress(OSError):
+            self.witness.close()
+
+    def close(self, timeout: float) -> None:
+        """Append what waits and close the witness, waiting at most ``timeout`` seconds."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            _log.error("audit witness %s did not take the last checkpoints within %g s; "
+                       "left behind", self.witness.path, timeout)
+
+
 class JournalWriter:
     """The one thread that writes a journal; producers call :meth:`submit` and friends.
 
@@ -100,9 +166,11 @@ class JournalWriter:
         chain_key: Keys the chain (format 3); None writes format 2.
         checkpoint_every: Sign a checkpoint at least every this many events.
         checkpoint_interval: ... and within this many seconds of the first unsigned event.
-        witness: Also receives every checkpoint once it is durable.
+        witness: Also receives every checkpoint once it is durable (on its own thread).
         committed: Called with every durable batch (on the writer thread).
         max_batch: Most events in one append.
+        reserve: Free space the journal's filesystem keeps; below it appends are refused.
+        failures: Told of every append that failed and of the next one that worked.
     """
 
     def __init__(
@@ -118,6 +186,8 @@ class JournalWriter:
         witness: Witness | None = None,
         committed: Sequence[Committed] = (),
         max_batch: int = 8192,
+        reserve: DiskReserve | None = None,
+        failures: FailureLog | None = None,
     ) -> None:
         self.journal = journal
         self._pseudonyms = Pseudonyms(hmac_key)
@@ -127,7 +197,9 @@ class JournalWriter:
         self._every = max(1, checkpoint_every)
         self._terms = Terms(3 if chain_key is not None else 2, self._every, checkpoint_interval)
         self._interval = checkpoint_interval
-        self._witness = witness
+        self._witness = _WitnessRelay(witness) if witness is not None else None
+        self._reserve = reserve
+        self._failures = failures
         self._committed = tuple(committed)
         self._max_batch = max_batch
         self._lock = threading.Lock()
@@ -385,23 +457,30 @@ class JournalWriter:
 
     def _append(self, checkpoints: Sequence[Checkpoint],
                 records: Sequence[bytes] | None = None) -> None:
-        """Append records (with one fdatasync); by default, those of ``checkpoints``."""
+        """Append records (with one fdatasync); by default, those of ``checkpoints``.
+
+        Refused while the free-space reserve is short; the failure log hears how it went.
+        """
         if records is None:
             records = [checkpoint_record(cp) for cp in checkpoints]
         try:
+            why = self._reserve.shortfall() if self._reserve is not None else None
+            if why is not None:
+                raise AuditUnavailableError(why)
             self.journal.append(records)
         except AuditUnavailableError as exc:
             self.last_error = str(exc)
+            if self._failures is not None:
+                self._failures.failed(str(exc))
             raise
         self.last_error = None
+        if self._failures is not None:
+            self._failures.succeeded()
 
     def _tell(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
         """Hand a durable batch to the witness and the listeners (their failures are logged)."""
-        if self._witness is not None:
-            try:
-                self._witness.publish(checkpoints)
-            except Exception as exc:  # the journal holds the checkpoints; keep the thread
-                _log.error("audit witness failed: %s", exc)
+        if self._witness is not None and checkpoints:
+            self._witness.publish(checkpoints)  # queued for its thread: a hung witness waits
         for listener in self._committed:
             try:
                 listener(rows, checkpoints)
@@ -428,5 +507,4 @@ class JournalWriter:
                 self._append(checkpoints)
                 self._tell((), checkpoints)
         if self._witness is not None:
-            with contextlib.suppress(OSError):
-                self._witness.close()
+            self._witness.close(5.0)

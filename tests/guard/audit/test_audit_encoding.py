@@ -35,6 +35,7 @@ OTHER_FIELDS = tuple(name for name in FIELD_NAMES
 TEXT = st.text(st.characters(codec=None), max_size=12)
 SCALAR = (st.none() | st.booleans() | TEXT
           | st.integers(-(2**70), 2**70)  # past 64 bits too (orjson refuses those)
+          | st.sampled_from([2**53, 2**63 - 1, 2**63, 2**64 - 1, -(2**63), -(2**63) - 1])
           | st.sampled_from(["\x7f", "\x00", "\u2028", "é", "日本", "\U0001f600", "],[", '"\\']))
 VALUE = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
 ITEMS = st.lists(TEXT | st.sampled_from(["\x7f", "contact.email"]), max_size=3)
@@ -57,14 +58,15 @@ def ref_json(value: Any) -> bytes:
 
 
 def journal_keeps(value: Any) -> bool:
-    """Would the journal give ``value`` back as it was? (No int past 64 bits, no lone
-    surrogate: orjson, which reads the journal, refuses or changes those.)"""
+    """Would the journal give ``value`` back as it was, and could a store hold it? (No int
+    outside the signed 64-bit range of SQLite and PostgreSQL, no lone surrogate: orjson,
+    which reads the journal, refuses or changes those.)"""
     if isinstance(value, list):
         return all(journal_keeps(v) for v in value)
     if isinstance(value, str):
         return not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
     if isinstance(value, int):
-        return -(2**63) <= value < 2**64
+        return -(2**63) <= value < 2**63
     return True
 
 
@@ -110,6 +112,8 @@ def test_an_event_the_journal_could_not_give_back_is_refused_alone(tmp_path: Pat
     try:
         got = writer.results(EventKind.DECISION, [
             {"caller": "a"}, {"caller": "\ud800"}, {"latency_us": 2**64}, {"caller": "é\x7f"},
+            {"latency_us": 2**63}, {"http_status": -(2**63) - 1}, {"detail": [1, [2**64 - 1]]},
+            {"latency_us": 2**63 - 1},
         ])
     finally:
         writer.close()
@@ -118,7 +122,11 @@ def test_an_event_the_journal_could_not_give_back_is_refused_alone(tmp_path: Pat
     assert got[1] is None  # a lone surrogate
     assert got[2] is None  # an int past 64 bits
     assert got[3] is not None
+    assert got[4:7] == [None, None, None]  # fit orjson's 64 bits, but no store's signed 64
+    assert got[7] is not None
     events, _checkpoints = decode_many(
         [record for _, record in read_journal(journal.folder)])  # type: ignore[misc]
-    assert [(row[0], row[3]) for row in events] == [(got[0], "a"), (got[3], "é\x7f")]
+    assert [(row[0], row[3]) for row in events] == [(got[0], "a"), (got[3], "é\x7f"),
+                                                    (got[7], "")]
+    assert events[2][20] == 2**63 - 1
     assert events[1][-3:-1] == (2, events[0][-1])  # the chain goes on past the refused ones

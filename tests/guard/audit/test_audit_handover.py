@@ -1,9 +1,13 @@
 """The journal writer releases a batch's producers once it is durable, before the witness and
-the listeners (OTLP export) see it: a slow listener never delays a decision."""
+the listeners (OTLP export) see it: a slow listener never delays a decision, and a witness
+that hangs delays none (it is written on its own thread)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,3 +64,42 @@ def test_a_coroutine_and_a_thread_are_answered_while_the_listener_still_runs(
         journal.close()
     assert listener.rows[0][0] == event_id  # then it saw the batch
     assert witness.read_text().count("\n") >= 3  # open, each event's checkpoint, close
+
+
+def test_a_witness_that_hangs_holds_no_commit(keys: Keys, tmp_path: Path) -> None:
+    """The witness is a FIFO whose buffer is full: its write blocks in the kernel."""
+    fifo = tmp_path / "witness.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(filler, b"x" * 65536)
+    os.close(filler)
+    journal = Journal(tmp_path / "j")
+    w = JournalWriter(journal, hmac_key=HMAC_KEY, signing_key=load_signing_key(keys.signing),
+                      writer_id="test", chain_key=ChainKey(CHAIN_KEY), witness=Witness(fifo),
+                      checkpoint_every=1)  # a checkpoint in every batch
+    drained = bytearray()
+
+    def drain() -> None:
+        os.set_blocking(reader, True)
+        while chunk := os.read(reader, 1 << 16):  # until the witness is closed
+            drained.extend(chunk)
+
+    drainer = threading.Thread(target=drain)
+    try:
+        ids = [w.submit(EventKind.DECISION, FIELDS, timeout=10) for _ in range(3)]
+        assert len(set(ids)) == 3  # each durable and answered while the witness hangs
+    finally:
+        drainer.start()  # the witness takes what waited, then the closing checkpoint
+        w.close()
+        journal.close()
+        drainer.join(30)
+        os.close(reader)
+    lines = bytes(drained).lstrip(b"x").decode().splitlines()
+    got = [(cp["kind"], cp["seq"]) for cp in map(json.loads, lines)]
+    # A FIFO refuses fsync, so the witness sends what it holds again each time: in order,
+    # each checkpoint at least once.
+    assert list(dict.fromkeys(got)) == [
+        ("open", 0), ("periodic", 1), ("periodic", 2), ("periodic", 3), ("close", 3)]
