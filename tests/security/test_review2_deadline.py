@@ -3,9 +3,10 @@
 A decision that is not durable by ``Guard.durable_within`` is refused
 ``audit_unavailable``; should the journal write it after all, the trail must
 say what the caller got: a 403 ``outcome`` with ``detail`` = ``audit_unavailable``
-follows it. The journal is made slow for real: the witness file (a full pipe
-here, as a hung network mount) holds the writer's thread in the batch before
-the caller's, so the caller's event is written only after its deadline passed.
+follows it. The journal is made slow for real: its segment (swapped for a full
+pipe, as a hung disk) holds the writer's thread in the batch before the
+caller's, which then fails (the pipe closes), so the caller's event is written
+only after its deadline passed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from opskit import full_pipe
 from guard import Reason, Request
 from guard._guard import Guard
 from guard.audit import EventKind, JournalTrail
-from guard.audit._journal import durable_end
 from guard.config import AuditSettings
 from guard.policy import load_policy
 from guard.policy._holder import PolicyHolder
@@ -48,34 +48,29 @@ def test_a_decision_durable_after_its_deadline_is_followed_by_its_refusal(
     monkeypatch.setattr(Guard, "durable_within", 1.0)
     trail = JournalTrail.open(AuditSettings(
         store=f"sqlite:///{tmp_path / 'audit.db'}", hmac_key=tmp_path / "hmac.key",
-        signing_key=tmp_path / "signing.key", witness=tmp_path / "witness.jsonl",
-        checkpoint_every=1))  # every batch ends with a checkpoint for the witness
+        signing_key=tmp_path / "signing.key"))
     guard = Guard(PolicyHolder(lambda: load_policy(None)), trail, hmac_key=b"h" * 32)
     try:
         assert check(guard).decision.allowed
-        witness = trail.writer._witness
-        assert witness is not None
-        while not trail.writer._idle:  # its batch handed to the witness too: nothing in hand
+        writer, segment = trail.writer, trail.journal._fd
+        while not writer._idle:  # its batch is done: nothing in hand
             time.sleep(0.01)
         read, write = full_pipe()
-        good = os.dup(witness._fd)
-        os.dup2(write, witness._fd)  # the next batch's witness write hangs, after its append
+        good = os.dup(segment)
+        os.dup2(write, segment)  # the next batch's append hangs in the kernel
         answers: list[Any] = []
         caller = threading.Thread(target=lambda: answers.append(check(guard)))
         try:
-            before = durable_end(trail.journal.folder)
             trail.post_fields(EventKind.HEARTBEAT, {"detail": "the batch before"})
-            while durable_end(trail.journal.folder) == before:  # appended: its witness hangs
+            while writer._queue or writer._idle:  # taken: the writer is in its append
                 time.sleep(0.01)
             caller.start()
             caller.join(timeout=60)
         finally:
-            os.dup2(good, witness._fd)
+            os.dup2(good, segment)
             os.close(good)
             os.close(write)
-            while os.read(read, 65536):  # the hung write goes through; then the pipe ends
-                pass
-            os.close(read)
+            os.close(read)  # the hung append fails (EPIPE): that batch was never acknowledged
             caller.join()
         [refused] = answers
         assert refused.decision.reason is Reason.AUDIT_UNAVAILABLE
