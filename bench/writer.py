@@ -162,7 +162,7 @@ class TimedJournal:
 
 
 PARTS = ("a wake writer", "build", "b append+fdatasync", "writer tail", "c wake loop+resume",
-         "total (thread)", "total (inline)")
+         "total (thread)", "total (inline)", "writer CPU/commit")
 
 
 def lone(events: int, gap: float, inline: bool) -> dict[str, list[float]]:
@@ -196,6 +196,7 @@ def lone(events: int, gap: float, inline: bool) -> dict[str, list[float]]:
 
             aloop.call_soon_threadsafe = handed  # type: ignore[method-assign]
             await w.start(EventKind.DECISION, FIELDS)  # the chain's opening checkpoint
+            cpu0 = thread_cpu_us(w._thread)
             for _ in range(events):
                 await asyncio.sleep(gap)
                 marks["commit"] = marks["handed"] = 0
@@ -214,6 +215,8 @@ def lone(events: int, gap: float, inline: bool) -> dict[str, list[float]]:
                     parts["c wake loop+resume"].append((t1 - marks["handed"]) / 1e3)
                 else:  # on the event loop's thread
                     parts["total (inline)"].append((t1 - t0) / 1e3)
+            if not inline:  # the writer thread's CPU (kernel time included) per commit
+                parts["writer CPU/commit"].append((thread_cpu_us(w._thread) - cpu0) / events)
 
         asyncio.run(main())
         w.close()
