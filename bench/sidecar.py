@@ -5,10 +5,9 @@ One run starts, on loopback, each in its own process:
     proxies to it (``proxy_pass``, keep-alive): the floor of a proxy hop that
     is not Python;
   * pass-through proxies: uvicorn with the sidecar's ``Proxy`` and no guard, one
-    per forwarder, side by side: httpcore's pool (``UpstreamTransport``, what
-    an ``https://`` upstream uses), the httptools client (``H1Transport``, what
-    an ``http://`` upstream uses: the floor of a Python proxy hop) and
-    aiohttp's client (when aiohttp is installed; not a dependency);
+    per forwarder, side by side: the httptools client (``H1Transport``, what
+    the sidecar uses: the floor of a Python proxy hop) and aiohttp's client
+    (when aiohttp is installed; not a dependency);
   * ``guard sidecar`` (one uvicorn worker) in proxy mode in front of the same
     nginx, its audit trail on the working disk (``--audit-dir``, default a
     temporary folder);
@@ -65,6 +64,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from bench._pg import fdatasync_floor
@@ -152,9 +152,9 @@ def start_sidecar(work: Path, port: int, upstream: str, env: dict[str, str]
     return proc
 
 
-FORWARDERS = ("httpcore", "httptools", "aiohttp")
-"""The pass-through's forwarders compared: httpcore's pool (``UpstreamTransport``), the
-httptools client (``H1Transport``), aiohttp's client (C parser; only when installed)."""
+FORWARDERS = ("httptools", "aiohttp")
+"""The pass-through's forwarders compared: the httptools client (``H1Transport``) and
+aiohttp's client (C parser; only when installed)."""
 
 
 def start_passthrough(work: Path, port: int, upstream: str, forwarder: str
@@ -180,8 +180,6 @@ class AiohttpTransport:
         import httpx
         from multidict import CIMultiDict
 
-        from middleware.sidecar._transport import Answer
-
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=200), cookie_jar=aiohttp.DummyCookieJar(),
@@ -206,7 +204,8 @@ class AiohttpTransport:
             async def aclose(self) -> None:
                 answer.release()
 
-        return Answer(answer.status, list(answer.raw_headers), Body())  # type: ignore[arg-type]
+        return SimpleNamespace(status=answer.status, headers=list(answer.raw_headers),
+                               body=Body())
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -220,10 +219,7 @@ def serve_passthrough(port: int, upstream: str, forwarder: str) -> None:
 
     from middleware.sidecar._h1 import H1Transport
     from middleware.sidecar._proxy import Proxy
-    from middleware.sidecar._transport import UpstreamTransport
-
-    transport: Any = (UpstreamTransport("http", max_connections=200) if forwarder == "httpcore"
-                      else H1Transport(max_connections=200) if forwarder == "httptools"
+    transport: Any = (H1Transport(max_connections=200) if forwarder == "httptools"
                       else AiohttpTransport())
     proxy = Proxy(transport, upstream)
 

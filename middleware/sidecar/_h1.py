@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
+import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import Any, cast
@@ -44,7 +46,8 @@ class _Conn(asyncio.Protocol):
         self._loop = loop
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
-        self.broken = False  # closed, or spoke while idle: never reused
+        self.broken = False  # closed, or spoke out of turn: never reused
+        self._fd = -1
         self._parser: httptools.HttpResponseParser | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
@@ -64,17 +67,30 @@ class _Conn(asyncio.Protocol):
         self.size = 0
         self._head = head
         self._until_eof = False
+        self.unsent = False  # the request is not yet all written (see :meth:`begin`)
 
     # -- the proxy's side ---------------------------------------------------------------------
 
-    def begin(self, head: bool) -> None:
-        """Expect the answer to a new request (``head``: it has no body)."""
+    def begin(self, head: bool, body: bool = False) -> None:
+        """Expect the answer to a new request (``head``: it has no body; ``body``: one
+        follows the request's head, and :attr:`unsent` stays true until it is written)."""
         self._reset(head=head)
+        self.unsent = body
         self._parser = httptools.HttpResponseParser(self)
+
+    def stale(self) -> bool:
+        """True when the idle connection cannot take a request: broken, or its socket has
+        something to read (bytes the upstream sent out of turn, or its end) that the event
+        loop has not delivered yet."""
+        if self.broken or self._fd < 0:
+            return True
+        poll = select.poll()
+        poll.register(self._fd, select.POLLIN)
+        return bool(poll.poll(0))
 
     def write(self, data: bytes) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing() or self.broken:
+        if transport is None or transport.is_closing():
             raise httpx.WriteError("the connection is closed")
         transport.write(data)
 
@@ -111,6 +127,8 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -181,6 +199,8 @@ class _Conn(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.complete:
             self.headers.append((name, value))
+        else:  # a header past the answer: out of step
+            self.broken = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -192,6 +212,8 @@ class _Conn(asyncio.Protocol):
             self.headers = []
             return
         self.status, self.started = status, True
+        if self.unsent:  # answered before the request was all sent: the upstream may read
+            self.broken = True  # the rest as a request of its own; the connection ends here
         if self._head:  # no body follows, whatever the headers say
             self.complete, self.reusable = True, parser.should_keep_alive()
             self._parser = None
@@ -208,6 +230,8 @@ class _Conn(asyncio.Protocol):
         if not self.complete:
             self.chunks.append(body)
             self.size += len(body)
+        else:  # a body past the answer (a HEAD answer's): out of step
+            self.broken = True
 
     def on_message_complete(self) -> None:
         parser = self._parser
@@ -282,17 +306,22 @@ class H1Answer:
 
 
 class H1Transport:
-    """HTTP/1.1 to one plain-TCP upstream over a pool of kept-alive connections.
+    """HTTP/1.1 to one upstream (plain TCP, or TLS) over a pool of kept-alive connections.
 
-    The same :meth:`send` as :class:`middleware.sidecar._transport.UpstreamTransport`
-    (which the sidecar keeps for ``https://`` upstreams).
+    A connection is reused only when nothing about it is in doubt: its answer was
+    read to the end, the answer did not start before the request was all sent,
+    no byte came past the answer, and its socket has nothing waiting to be read
+    when it is picked again.
 
     Args:
         max_connections: Most connections open at once (all may be kept alive).
         keepalive_expiry: Seconds an idle connection is kept.
+        ssl_context: TLS for an ``https://`` upstream (None: plain TCP).
     """
 
-    def __init__(self, *, max_connections: int, keepalive_expiry: float = 5.0) -> None:
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 5.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._tls = ssl_context
         self._max = max_connections
         self._expiry = keepalive_expiry
         self._idle: list[_Conn] = []
@@ -322,7 +351,7 @@ class H1Transport:
             raise httpx.LocalProtocolError("a body with both Content-Length and chunked framing")
         conn = await self._acquire(url.host.decode("ascii"), url.port or 80, timeout)
         try:
-            conn.begin(method == b"HEAD")
+            conn.begin(method == b"HEAD", content is not None)
             conn.write(head)
             if content is not None:
                 await self._send_body(conn, content, chunked, timeout.get("write"), declared)
@@ -361,6 +390,7 @@ class H1Transport:
                 raise httpx.LocalProtocolError("the body is shorter than its Content-Length")
             if chunked:
                 conn.write(b"0\r\n\r\n")
+            conn.unsent = False
         except httpx.WriteError:
             if conn.error is None and not conn.started:
                 raise
@@ -373,7 +403,7 @@ class H1Transport:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.broken and now - conn.idle_since < self._expiry:
+            if now - conn.idle_since < self._expiry and not conn.stale():
                 return conn
             self._open -= 1
             conn.close()
@@ -394,7 +424,7 @@ class H1Transport:
                 return await self._acquire(host, port, timeouts)
         self._open += 1
         try:
-            return await _connect(host, port, timeouts.get("connect"))
+            return await _connect(host, port, timeouts.get("connect"), self._tls)
         except BaseException:
             self._open -= 1
             self._next()
@@ -425,11 +455,14 @@ class H1Transport:
         self._idle.clear()
 
 
-async def _connect(host: str, port: int, timeout: float | None) -> _Conn:  # noqa: ASYNC109
+async def _connect(host: str, port: int, timeout: float | None,  # noqa: ASYNC109
+                   tls: ssl.SSLContext | None) -> _Conn:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            _, conn = await loop.create_connection(lambda: _Conn(loop), host, port)
+            _, conn = await loop.create_connection(
+                lambda: _Conn(loop), host, port, ssl=tls,
+                server_hostname=host if tls is not None else None)
     except TimeoutError as exc:
         raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
     except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 
 import httpcore
@@ -13,8 +14,7 @@ from hypothesis import strategies as st
 from upstreamkit import OK, answer_each, serve
 
 from middleware.sidecar._h1 import HIGH_WATER, H1Answer, H1Transport, _Conn
-from middleware.sidecar._transport import H1Transport as Chosen
-from middleware.sidecar._transport import UpstreamTransport, upstream_transport
+from middleware.sidecar._transport import upstream_transport
 
 pytestmark = pytest.mark.anyio
 
@@ -49,9 +49,31 @@ async def read(answer: H1Answer) -> bytes:
         await answer.body.aclose()
 
 
-def test_an_http_upstream_gets_the_httptools_transport_and_https_keeps_httpcore() -> None:
-    assert isinstance(upstream_transport("http", max_connections=1), Chosen)
-    assert isinstance(upstream_transport("https", max_connections=1), UpstreamTransport)
+async def test_both_schemes_get_the_httptools_transport_with_tls_for_https() -> None:
+    plain = upstream_transport("http", max_connections=1)
+    tls = upstream_transport("https", max_connections=1)
+    assert isinstance(plain, H1Transport)
+    assert isinstance(tls, H1Transport)
+    assert plain._tls is None
+    assert tls._tls is not None
+    assert tls._tls.verify_mode == ssl.CERT_REQUIRED
+    assert tls._tls.check_hostname
+
+
+async def test_an_https_upstream_that_is_not_trusted_is_an_httpx_connect_error() -> None:
+    """A plain-TCP server (no certificate at all) behind an ``https://`` URL: refused."""
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK)  # an answer where the TLS handshake should be
+        await writer.drain()
+        await reader.read()
+
+    async with serve(plain) as (port, _):
+        transport = upstream_transport("https", max_connections=1)
+        url = httpcore.URL(scheme=b"https", host=b"127.0.0.1", port=port, target=b"/a")
+        with pytest.raises(httpx.ConnectError):
+            await transport.send(b"GET", url, [(b"host", b"up")], None, _timeouts(5))
+        await transport.aclose()
 
 
 async def test_requests_reuse_one_kept_alive_connection() -> None:
