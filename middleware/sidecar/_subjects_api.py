@@ -32,7 +32,7 @@ from guard.rights import Change, EntryKind, RegisterRefusedError
 from guard.rights._filter import filter_subjects
 from middleware.identity import IdentityError
 from middleware.problem import problem_response
-from middleware.sidecar._decide_api import _Key, read_limited
+from middleware.sidecar._decide_api import SubjectId, _Key, read_limited
 from middleware.sidecar._problem import sidecar_problem
 from middleware.sidecar._state import Sidecar, peer_of
 
@@ -43,7 +43,7 @@ FILTER_PATH = "/v1/filter"
 PATHS = frozenset({ENTRIES_PATH, LOOKUP_PATH, FILTER_PATH})
 MAX_BODY = 1 << 20
 MAX_FILTER = 10_000
-_Subject = Annotated[str, Field(min_length=1, max_length=200)]  # pydantic refuses surrogates
+_Subject = SubjectId  # the rule for a subject in a path (pydantic refuses surrogates too)
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
