@@ -30,6 +30,7 @@ from middleware.sidecar._check import (
     CheckEndpoint,
 )
 from middleware.sidecar._decide_api import decide_endpoint
+from middleware.sidecar._framing import AMBIGUOUS_FRAMING, framing_ok
 from middleware.sidecar._headers import judged_headers
 from middleware.sidecar._health import healthz, readyz
 from middleware.sidecar._held import AuditUnavailableError, Held
@@ -134,6 +135,12 @@ class ProxyEndpoint:
         sidecar = self._sidecar
         purpose_header = sidecar.settings.identity.purpose_header
         headers = judged_headers(scope, purpose_header)
+        if not framing_ok(scope["headers"]):  # a body the upstream could read another way
+            refused = await refuse_target(sidecar, scope, headers, method=scope["method"],
+                                          detail=AMBIGUOUS_FRAMING, what="framing")
+            refused.headers["connection"] = "close"
+            await refused(scope, receive, send)
+            return
         raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         query: bytes = scope.get("query_string", b"")
         path = judgeable_path(raw + ("?" + query.decode("latin-1") if query else ""))

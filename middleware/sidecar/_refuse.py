@@ -10,9 +10,12 @@ from guard._types import HttpContext, Reason, Request, denial
 from middleware._bounds import MAX_PURPOSE
 from middleware._enforce import _policy_version
 from middleware.identity import IdentityError
+from middleware.sidecar._framing import AMBIGUOUS_FRAMING
 from middleware.sidecar._problem import sidecar_problem
 from middleware.sidecar._state import Sidecar, peer_of
 
+UNPARSED = AMBIGUOUS_FRAMING + ", no obs-fold, no blank before a colon"
+"""What the server's parser refuses besides malformed lines (told to the client)."""
 REFUSED_ROUTE = "<refused>"
 """The audited route of a refused target (never the raw target: it may name a person)."""
 
@@ -25,6 +28,7 @@ async def refuse_target(
     method: str | None,
     detail: str,
     status: int = 400,
+    what: str = "target",
 ) -> Response:
     """Record a ``malformed_request`` denial for a target the guard cannot judge.
 
@@ -39,6 +43,8 @@ async def refuse_target(
         method: The original method, or None when it is itself malformed.
         detail: What was wrong, for the client.
         status: 400, or 405 for a check request with a method no proxy sends.
+        what: What was refused: ``target`` (the event's detail ``request_target``)
+            or ``framing`` (``request_framing``: the body could be read two ways).
     """
     try:
         caller = sidecar.auth.authenticate(headers, peer_of(scope)).id
@@ -47,13 +53,34 @@ async def refuse_target(
     purpose = headers.get(sidecar.settings.identity.purpose_header, "")[:MAX_PURPOSE]
     request = Request(caller=caller, purpose=purpose, categories=())
     version = _policy_version(sidecar.guard)
-    decision = denial(Reason.MALFORMED_REQUEST, request, version, detail="request_target")
+    decision = denial(Reason.MALFORMED_REQUEST, request, version, detail="request_" + what)
     http = HttpContext(method=method or "-", route=REFUSED_ROUTE, status=status)
     checked = await sidecar.guard.arecord_denial(request, decision, http)
     return sidecar_problem(
         status,
         Reason.MALFORMED_REQUEST.value,
-        "Request target refused",
+        f"Request {what} refused",
         detail,
         decision_id=checked.decision_id or None,
     )
+
+
+async def refuse_unparsed(sidecar: Sidecar) -> Response:
+    """Record a ``malformed_request`` denial for bytes that are no HTTP/1.1 request.
+
+    The server's parser refused them (two framings, a coding other than
+    ``chunked``, an obs-fold, a space before a colon...): nothing of the request
+    is known or believed, so the event names no caller or purpose, the method
+    ``-`` and the route ``<refused>``, with ``detail`` ``request_syntax``.
+
+    Args:
+        sidecar: The sidecar's shared parts.
+    """
+    request = Request(caller="", purpose="", categories=())
+    decision = denial(Reason.MALFORMED_REQUEST, request, _policy_version(sidecar.guard),
+                      detail="request_syntax")
+    http = HttpContext(method="-", route=REFUSED_ROUTE, status=400)
+    checked = await sidecar.guard.arecord_denial(request, decision, http)
+    return sidecar_problem(400, Reason.MALFORMED_REQUEST.value, "Request refused",
+                           "not a well-formed HTTP/1.1 request; " + UNPARSED,
+                           decision_id=checked.decision_id or None)

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP/1.1 protocol for ``guard sidecar``: every request of a connection hears it close.
+"""uvicorn's HTTP/1.1 protocol for ``guard sidecar``: every request of a connection hears it
+close, and bytes that are no HTTP/1.1 request get a recorded problem+json 400.
 
 uvicorn tells only the newest request of a connection that the client went
 away. A client that pipelines a second request behind one whose answer still
@@ -6,10 +7,19 @@ streams, then hangs up, leaves the first one sending into the void, and the
 proxy reading its upstream's stream for as long as it lasts (one of
 ``upstream_max_connections`` held, for good if the stream never ends). Here
 each request a connection replaced while it was still answering is told too.
+
+uvicorn answers what its parser refuses (both ``Content-Length`` and
+``Transfer-Encoding``, a coding other than ``chunked``, an obs-fold...) with a
+plain-text 400 of its own, before any app sees the request. Here that refusal
+is what the guard answers for any request it cannot judge: a ``malformed_request``
+denial recorded in the audit trail and a problem+json 400 with its id, the
+connection closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -17,13 +27,18 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 HTTP_PROTOCOL = "middleware.sidecar._server:SidecarHttpProtocol"
 """The ``http`` option ``guard sidecar`` gives uvicorn (an import string, for its workers too)."""
 
+_log = logging.getLogger("guard.sidecar")
+
 
 class SidecarHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; a lost connection is told to every request still answering."""
+    """uvicorn's httptools protocol; a lost connection is told to every request still answering,
+    and a request the parser refuses is a recorded problem+json 400."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._replaced: list[RequestResponseCycle] = []
+        self._refusal: asyncio.Task[None] | None = None
+        self._answered: asyncio.Event | None = None  # set as an answer ends (or the connection)
 
     def on_headers_complete(self) -> None:
         earlier = self.cycle
@@ -39,3 +54,58 @@ class SidecarHttpProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         self._replaced = []
         super().connection_lost(exc)
+        if self._answered is not None:
+            self._answered.set()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._answered is not None:
+            self._answered.set()
+
+    def send_400_response(self, msg: str) -> None:
+        """Refuse what the parser could not read: recorded, then answered (see the module)."""
+        sidecar = _sidecar_of(self.app)
+        if sidecar is None:  # not the sidecar's app: uvicorn's own answer
+            super().send_400_response(msg)
+            return
+        if self._refusal is not None:
+            return
+        self.transport.pause_reading()
+        self._refusal = self.loop.create_task(self._refuse(sidecar))
+
+    async def _refuse(self, sidecar: Any) -> None:
+        from middleware.sidecar._refuse import refuse_unparsed
+
+        try:
+            response = await refuse_unparsed(sidecar)
+            head = [b"HTTP/1.1 400 Bad Request"]
+            head += [b"%s: %s" % pair for pair in self.server_state.default_headers]
+            head += [b"%s: %s" % pair for pair in response.raw_headers]
+            head.append(b"connection: close")
+            wire = b"\r\n".join(head) + b"\r\n\r\n" + bytes(response.body)
+        except Exception as exc:  # recorded or not, the request is refused
+            _log.error("a request the parser refused could not be recorded: %s",
+                       type(exc).__name__)
+            wire = b""
+        # The requests read before these bytes are answered first, never cut into.
+        while (self.cycle is not None and not self.cycle.response_complete
+               and not self.transport.is_closing()):
+            self._answered = asyncio.Event()
+            await self._answered.wait()
+        if not self.transport.is_closing():
+            if wire:
+                self.transport.write(wire)
+            self.transport.close()
+
+
+def _sidecar_of(app: Any) -> Any:
+    """The :class:`Sidecar` behind uvicorn's app (under its wrappers), or None."""
+    from middleware.sidecar._app import SidecarApp
+
+    for _ in range(8):
+        if isinstance(app, SidecarApp):
+            return app.sidecar
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None

@@ -1,0 +1,304 @@
+"""Review of request framing through the sidecar: one body, framed one way, judged once.
+
+A request whose body could be framed two ways (``Content-Length`` beside
+``Transfer-Encoding``, a coding other than one ``chunked``, two lengths) is
+refused, never forwarded: a 400 problem+json ``malformed_request`` recorded as a
+denial on the route ``<refused>``, the connection closed. That holds under the
+HTTP/1.1 server ``guard sidecar`` runs (uvicorn's httptools protocol, which
+refuses such a request before the app sees it) and under a lenient one (uvicorn's
+h11 server, which reads a chunked body even when a length comes too). The upstream
+is a raw TCP server that parses what it receives with httptools, as uvicorn would:
+it must only ever see the one request the sidecar judged, with one framing and the
+body the client sent.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httptools
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from sidecarkit import ServerThread, audit_rows, policy_copy, sidecar_settings
+from upstreamkit import ThreadedUpstream
+
+from bench._pg import free_port
+from middleware.sidecar._server import HTTP_PROTOCOL
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+SMUGGLED = b"GET /customers/c-0042 HTTP/1.1\r\nHost: upstream\r\n\r\n"
+CHUNKED = b"%x\r\n%b\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)
+
+
+class _Message:
+    """One request as an httptools server reads it."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+
+class ParsingUpstream(ThreadedUpstream):
+    """Parses each connection with httptools (as uvicorn would) and answers each request 200."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[_Message] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self.start()
+
+    def handle(self, conn: socket.socket) -> None:
+        upstream = self
+        current: list[_Message] = []
+
+        class Callbacks:
+            def on_message_begin(self) -> None:
+                current.append(_Message())
+
+            def on_url(self, url: bytes) -> None:
+                current[-1].url += url
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                current[-1].headers.append((name.lower(), value))
+
+            def on_body(self, body: bytes) -> None:
+                current[-1].body += body
+
+            def on_message_complete(self) -> None:
+                with upstream._lock:
+                    upstream.messages.append(current[-1])
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+        parser = httptools.HttpRequestParser(Callbacks())
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                with self._lock:
+                    self.errors.append(str(exc))
+                return
+
+
+class H11Server(ServerThread):
+    """The sidecar under uvicorn's h11 server."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        super().__init__(app, port)
+        self.server.config.http = "h11"
+
+
+class GuardServer(ServerThread):
+    """The sidecar under the HTTP protocol ``guard sidecar`` gives uvicorn."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        super().__init__(app, port)
+        self.server.config.http = HTTP_PROTOCOL
+
+
+class Served(NamedTuple):
+    """A sidecar under one server, its upstream, its audit store and a token that may write."""
+
+    server: ServerThread
+    upstream: ParsingUpstream
+    db: Path
+    token: str
+    kind: str  # "guard": the protocol guard sidecar runs; "h11": a lenient server
+
+
+@pytest.fixture(scope="module", params=["guard", "h11"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, keys: Any
+           ) -> Iterator[Served]:
+    from middleware.sidecar import create_app
+
+    tmp = tmp_path_factory.mktemp(f"framing-{request.param}")
+    upstream = ParsingUpstream()
+    policy = policy_copy(tmp / "policy", POLICIES)
+    settings_ = sidecar_settings(tmp, policy, keys.identity(),
+                                 upstream=f"http://127.0.0.1:{upstream.port}")
+    kind = GuardServer if request.param == "guard" else H11Server
+    try:
+        with kind(create_app(settings_), free_port()) as server:
+            yield Served(server, upstream, tmp / "audit.db", keys.mint("hs", sub="svc:crm"),
+                         request.param)
+    finally:
+        upstream.close()
+
+
+class _Answer:
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
+        self.done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+def _ask(port: int, request: bytes) -> tuple[int, _Answer]:
+    """Send ``request``; the first answer (its status and parts)."""
+    answer = _Answer()
+    parser = httptools.HttpResponseParser(answer)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        while not answer.done:
+            data = conn.recv(65536)
+            if not data:
+                break
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError:
+                break  # what follows the first answer (a second one, for the bytes after it)
+    return parser.get_status_code(), answer
+
+
+def _request(token: str, framing: bytes, body: bytes) -> bytes:
+    return (b"PUT /files/a HTTP/1.1\r\nHost: sidecar\r\nAuthorization: Bearer " + token.encode()
+            + b"\r\nX-Purpose: relationship.management\r\n" + framing + b"\r\n" + body)
+
+
+def _check_upstream(upstream: ParsingUpstream) -> None:
+    """Every request the upstream read is one judged: one framing, the client's body (or none)."""
+    assert upstream.errors == []
+    for message in upstream.messages:
+        assert message.url == b"/files/a"
+        framing = [name for name, _ in message.headers
+                   if name in (b"content-length", b"transfer-encoding")]
+        assert len(framing) == 1, message.headers
+        # the body as sent: decoded from its chunks, or the bytes a length named (none where
+        # the server saw no framing header: what follows the head is then the next
+        # "request", which the server refuses)
+        assert message.body == SMUGGLED or any(sent.startswith(message.body)
+                                               for sent in (SMUGGLED, CHUNKED))
+
+
+def _refused(status: int, answer: _Answer) -> bool:
+    """True for the sidecar's refusal: 400 problem+json ``malformed_request``."""
+    import json
+
+    if status != 400:
+        return False
+    assert answer.headers.get(b"content-type") == b"application/problem+json", answer.body
+    assert json.loads(answer.body)["reason"] == "malformed_request"
+    return True
+
+
+# Header spellings an HTTP/1.1 server may read as a framing header, and values around them.
+_TE_NAME = st.sampled_from([b"Transfer-Encoding", b"transfer-encoding", b"TRANSFER-ENCODING",
+                            b"TrAnSfEr-EnCoDiNg", b"Transfer_Encoding", b"Transfer-Encoding "])
+_TE_VALUE = st.sampled_from([b"chunked", b"CHUNKED", b"Chunked", b" chunked", b"chunked ",
+                             b"\tchunked", b"chunked, identity", b"identity, chunked",
+                             b"chunked,chunked", b"gzip, chunked", b"xchunked", b"chunked;x=1",
+                             b"identity", b""])
+_CL_NAME = st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH",
+                            b"Content_Length", b"Content-Length "])
+_CL_VALUE = st.sampled_from([b"0", b"<n>", b"<n>, <n>", b"0, <n>", b"+0", b"0, 0", b" 0", b"00",
+                             b"-1", b"0x0"])  # <n>: the length of the body sent
+_LINE = st.one_of(
+    st.tuples(st.just("te"), _TE_NAME, _TE_VALUE),
+    st.tuples(st.just("cl"), _CL_NAME, _CL_VALUE),
+    st.tuples(st.just("fold"), _TE_NAME, _TE_VALUE),  # obs-fold: the value on a second line
+)
+
+
+def _framing(lines: list[tuple[str, bytes, bytes]]) -> bytes:
+    out = b""
+    for kind, name, value in lines:
+        out += (name + b":\r\n " + value if kind == "fold" else name + b": " + value) + b"\r\n"
+    return out
+
+
+def _ambiguous(lines: list[tuple[str, bytes, bytes]]) -> bool:
+    """Both framings named (by any name a server reads as one), two codings, or two lengths
+    that differ (identical ones, on two lines or comma-joined, may be read as one, RFC 9110
+    §8.6: h11 does, and forwards one)."""
+    kinds = [kind for kind, name, _ in lines if b"_" not in name]
+    te = sum(kind in ("te", "fold") for kind in kinds)
+    lengths = {part.strip() for kind, name, value in lines if kind == "cl" and b"_" not in name
+               for part in value.split(b",")}
+    return (te > 0 and "cl" in kinds) or te > 1 or len(lengths) > 1
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(lines=[("te", b"Transfer-Encoding", b"chunked"), ("cl", b"Content-Length", b"0")])
+@example(lines=[("cl", b"Content-Length", b"0"), ("te", b"Transfer-Encoding", b"chunked")])
+@example(lines=[("te", b"Transfer-Encoding", b"identity"),
+                ("te", b"Transfer-Encoding", b"chunked")])
+@example(lines=[("te", b"Transfer-Encoding", b"chunked, identity")])
+@example(lines=[("fold", b"Transfer-Encoding", b"chunked"), ("cl", b"Content-Length", b"0")])
+@example(lines=[("cl", b"Content-Length", b"0"), ("cl", b"Content-Length", b"<n>")])
+@given(lines=st.lists(_LINE, min_size=1, max_size=3))
+def test_no_framing_spelling_reaches_the_upstream_framed_another_way(
+    served: Served, lines: list[tuple[str, bytes, bytes]]
+) -> None:
+    """Forwarded with one framing and the body sent, or refused (problem+json under guard's
+    server; h11 refuses some spellings itself, in plain text, before the app)."""
+    body = CHUNKED if any(kind in ("te", "fold") for kind, _, _ in lines) else SMUGGLED
+    framing = _framing(lines).replace(b"<n>", b"%d" % len(body))
+    status, answer = _ask(served.server.port, _request(served.token, framing, body))
+    assert status in (200, 400), answer.body  # forwarded, or refused as malformed
+    if status == 400 and (served.kind == "guard"
+                          or answer.headers.get(b"content-type") != b"text/plain; charset=utf-8"):
+        assert _refused(status, answer)
+    if _ambiguous(lines):
+        assert status == 400, lines
+    _check_upstream(served.upstream)
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n" % len(CHUNKED),
+    b"Transfer-Encoding: chunked\r\nContent-Length: 0\r\n",
+    b"transfer-encoding: CHUNKED\r\ncontent-length: 0\r\n",
+    b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+])
+def test_two_framings_are_a_recorded_400_problem_and_nothing_is_forwarded(
+    served: Served, framing: bytes
+) -> None:
+    server, upstream, db, token, kind = served
+    seen = len(upstream.messages)
+    before = len(audit_rows(db, "kind = 'decision'"))
+    status, answer = _ask(server.port, _request(token, framing, CHUNKED))
+    if kind == "h11" and framing.count(b"Transfer-Encoding") > 1:
+        assert status == 400  # h11 refuses two codings itself, before the app sees them
+        assert len(upstream.messages) == seen
+        return
+    assert _refused(status, answer), (status, answer.body)
+    assert answer.headers.get(b"connection") == b"close"
+    problem_id = answer.headers.get(b"x-guard-decision-id")
+    assert problem_id
+    rows = audit_rows(db, "kind = 'decision'")[before:]
+    assert [(r["event_id"], r["allowed"], r["reason"], r["http_route"], r["http_status"])
+            for r in rows] == [(problem_id.decode(), 0, "malformed_request", "<refused>", 400)]
+    assert len(upstream.messages) == seen
+    _check_upstream(upstream)
+
+
+def test_one_framing_is_forwarded_as_sent(served: Served) -> None:
+    server, upstream, _, token, _ = served
+    for framing, body in ((b"Transfer-Encoding: chunked\r\n", CHUNKED),
+                          (b"Content-Length: %d\r\n" % len(SMUGGLED), SMUGGLED)):
+        seen = len(upstream.messages)
+        status, _ = _ask(server.port, _request(token, framing, body))
+        assert status == 200
+        assert len(upstream.messages) == seen + 1
+    _check_upstream(upstream)
+
