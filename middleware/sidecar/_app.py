@@ -139,6 +139,7 @@ class ProxyEndpoint:
             refused = await refuse_target(sidecar, scope, headers, method=scope["method"],
                                           detail=AMBIGUOUS_FRAMING, what="framing")
             refused.headers["connection"] = "close"
+            await _drain(receive, DRAINED)  # a close with unread bytes could reset the answer
             await refused(scope, receive, send)
             return
         raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
@@ -226,6 +227,19 @@ class ProxyEndpoint:
                 http = HttpContext(scope["method"], route, status, aborted=aborted)
                 # The outcome does not gate data flow: queued off this path (see PendingOutcomes).
                 self._outcomes.add(decision_id, status, http)
+
+
+DRAINED = 64 * 1024
+"""The most bytes of a refused request's body read (and dropped) before it is answered."""
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    """Read and drop the request's body, up to ``limit`` bytes (the connection then closes)."""
+    while limit > 0:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        limit -= len(message.get("body", b""))
 
 
 def _unrecorded(outcome: Outcome, route: str) -> Response:

@@ -29,6 +29,9 @@ HTTP_PROTOCOL = "middleware.sidecar._server:SidecarHttpProtocol"
 
 _log = logging.getLogger("guard.sidecar")
 
+LINGER_SECONDS = 1.0
+"""How long a refused connection's remaining bytes are read and dropped before it closes."""
+
 
 class SidecarHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; a lost connection is told to every request still answering,
@@ -62,6 +65,11 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         if self._answered is not None:
             self._answered.set()
 
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is None:
+            super().data_received(data)
+        # else: what follows bytes already refused is read and dropped until the close
+
     def send_400_response(self, msg: str) -> None:
         """Refuse what the parser could not read: recorded, then answered (see the module)."""
         sidecar = _sidecar_of(self.app)
@@ -87,15 +95,30 @@ class SidecarHttpProtocol(HttpToolsProtocol):
             _log.error("a request the parser refused could not be recorded: %s",
                        type(exc).__name__)
             wire = b""
-        # The requests read before these bytes are answered first, never cut into.
-        while (self.cycle is not None and not self.cycle.response_complete
-               and not self.transport.is_closing()):
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body:
+            # The refused bytes were to be this request's body: it ends here, unanswered
+            # (as if its client left; a proxied one is recorded as such).
+            cycle.disconnected = True
+            cycle.message_event.set()
+        # The requests read whole before these bytes are answered first, never cut into.
+        while ((cycle := self.cycle) is not None and not cycle.response_complete
+               and not cycle.disconnected and not self.transport.is_closing()):
             self._answered = asyncio.Event()
             await self._answered.wait()
-        if not self.transport.is_closing():
-            if wire:
-                self.transport.write(wire)
-            self.transport.close()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not wire:
+            transport.close()
+            return
+        transport.write(wire)
+        # A close with unread bytes in the socket resets the connection, and the client may
+        # lose the answer: the rest of what it sent is read (and dropped) for a moment first.
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, transport.close)
 
 
 def _sidecar_of(app: Any) -> Any:

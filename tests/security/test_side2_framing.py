@@ -302,3 +302,33 @@ def test_one_framing_is_forwarded_as_sent(served: Served) -> None:
         assert len(upstream.messages) == seen + 1
     _check_upstream(upstream)
 
+
+
+def test_bytes_the_parser_refuses_are_answered_after_the_requests_before_them(
+    served: Served,
+) -> None:
+    """A whole request, then bytes no server can read: its answer first, then the refusal."""
+    if served.kind != "guard":
+        return  # the recorded refusal of unparsable bytes is the guard server's
+    first = _request(served.token, b"Content-Length: %d\r\n" % len(SMUGGLED), SMUGGLED)
+    with socket.create_connection(("127.0.0.1", served.server.port), timeout=10) as conn:
+        conn.sendall(first + b"NOT HTTP\r\n\r\n")
+        received = b""
+        while data := conn.recv(65536):
+            received += data
+    answers: list[_Answer] = []
+    statuses: list[int] = []
+    rest = received
+    while rest:
+        answer = _Answer()
+        parser = httptools.HttpResponseParser(answer)
+        head, _, body = rest.partition(b"\r\n\r\n")
+        parser.feed_data(head + b"\r\n\r\n")
+        length = int(answer.headers.get(b"content-length", b"0"))
+        parser.feed_data(body[:length])
+        rest = body[length:]
+        statuses.append(parser.get_status_code())
+        answers.append(answer)
+    assert statuses == [200, 400]
+    assert _refused(400, answers[1])
+    _check_upstream(served.upstream)
