@@ -14,18 +14,43 @@ adequacy list, plus synthetic callers with ten grants each) it measures, in one 
 
 Usage: ``.venv/bin/python bench/decide.py [--sizes 100,1000,10000,100000]
 [--calls 10000] [--reps 5] [--casbin-calls 300] [--casbin-budget 12]``
+
+With ``--guard``, instead: the guard's own Python per allowed read on the event loop
+(``Guard.decide``, ``Guard.begin_commit`` and the resolve side: the writer's release
+of the batch, ``call_soon_threadsafe``, the future's result and the awaiting task's
+wake-up), on the shipped policy with a subject register, ``GET /customers/{id}`` as
+``svc:crm`` for ``relationship.management`` (identity, contact). The journal writer
+is replaced by a stand-in on the same thread that takes each queued event as the
+writer does and releases it with the writer's own ``_release`` (nothing is built or
+written), so every instruction counted is the event loop's. Subjects are 100 ids in
+turn, or a new id for every call (``--fresh-subjects``). Per piece: instructions per
+call under ``valgrind --tool=callgrind`` (``--callgrind``: repeatable on a loaded
+machine) or µs per call (best of ``--reps`` loops of ``--calls``), the empty loop
+subtracted. ``--tree DIR`` measures another checkout's guard with the same script
+(an A/B in one run)::
+
+    .venv/bin/python bench/decide.py --guard --callgrind --calls 1000 [--tree DIR]
+    .venv/bin/python bench/decide.py --guard --calls 20000 --reps 7 [--tree DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import os
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from pathlib import Path
+from typing import Any
 
 import casbin
 
@@ -220,8 +245,179 @@ def measure(size: int, args: argparse.Namespace, rng: random.Random) -> dict[str
     }
 
 
+GUARD_PIECES = ("Register.lookup (subject's entries)", "Guard.decide",
+                "decide + begin_commit (future resolved in place)",
+                "decide + begin_commit + resolve (a loop turn)")
+
+
+def guard_pieces(tree: Path, fresh: bool) -> tuple[list[Any], Any]:
+    """The measured coroutines (the empty one first) and the guard, from ``tree``'s code."""
+    sys.path.insert(0, str(tree.resolve()))
+    for name in [m for m in sys.modules if m == "guard" or m.startswith("guard.")]:
+        del sys.modules[name]
+    from guard._guard import Guard
+    from guard._types import Action as TreeAction
+    from guard._types import HttpContext
+    from guard._types import Request as TreeRequest
+    from guard.audit._jtrail import JournalTrail
+    from guard.audit._jwriter import JournalWriter
+    from guard.policy import load_policy as tree_load_policy
+    from guard.policy._holder import PolicyHolder
+    from guard.rights import Register
+
+    key = b"k" * 32
+    policy = tree_load_policy(tree / "policies")
+    # The writer's producer side as it is, its thread replaced by ``drain`` below.
+    writer = JournalWriter.__new__(JournalWriter)
+    writer._queue = deque()
+    writer._closed = writer._stopped = writer._idle = False
+    writer._lock = threading.Lock()
+    writer._cond = threading.Condition(writer._lock)
+    trail = JournalTrail.__new__(JournalTrail)
+    trail.writer = writer
+    register = Register(key)
+    register.apply(register.pseudonym("someone-else"), [])
+    guard = Guard(PolicyHolder(lambda: policy), trail, hmac_key=key, register=register)
+    http = HttpContext("GET", "/customers/{customer_id}")
+    count = 400_000 if fresh else 100
+    requests = [TreeRequest("svc:crm", "relationship.management", ("identity", "contact"),
+                            TreeAction.READ, f"c-{n:06d}") for n in range(count)]
+    if not guard.decide(requests[0], http).decision.allowed:
+        raise SystemExit("the measured request is not allowed")
+    queue = writer._queue
+    turn = [0]
+
+    def next_request() -> Any:
+        i = turn[0] = (turn[0] + 1) % count
+        return requests[i]
+
+    def drain() -> None:
+        """What the writer does for the producers once a batch is durable."""
+        items = [queue.popleft() for _ in range(len(queue))]
+        for item in items:
+            item.result = item.fields.get("event_id") or "id"
+        writer._release(items)
+
+    async def empty() -> None:
+        next_request()
+
+    async def lookup() -> None:
+        register.lookup(next_request().subject)
+
+    async def decided() -> None:
+        guard.decide(next_request(), http)
+
+    async def begun() -> None:
+        future = guard.begin_commit(guard.decide(next_request(), http), 200)
+        queue.popleft()
+        future.set_result("id")
+
+    async def committed() -> None:
+        future = guard.begin_commit(guard.decide(next_request(), http), 200)
+        drain()
+        await future
+
+    return [empty, lookup, decided, begun, committed], guard
+
+
+async def _loop_of(piece: Any, calls: int) -> None:
+    for _ in range(calls):
+        await piece()
+
+
+def guard_counted(tree: Path, calls: int, fresh: bool) -> None:
+    """Under callgrind: each piece's loop between two ``os.getppid()`` markers."""
+    pieces, _guard = guard_pieces(tree, fresh)
+
+    async def run() -> None:
+        for piece in pieces:
+            await _loop_of(piece, 300)
+        gc.collect()
+        gc.freeze()
+        for piece in pieces:
+            gc.collect()
+            os.getppid()  # dumps what ran since the last marker
+            await _loop_of(piece, calls)
+            os.getppid()  # dumps the loop
+
+    asyncio.run(run())
+
+
+def guard_timed(tree: Path, calls: int, reps: int, fresh: bool) -> list[float]:
+    """µs per call of each piece, the best of ``reps`` loops, the empty loop subtracted."""
+    pieces, _guard = guard_pieces(tree, fresh)
+    best = [float("inf")] * len(pieces)
+
+    async def run() -> None:
+        for piece in pieces:
+            await _loop_of(piece, 300)
+        gc.collect()
+        gc.freeze()
+        for _ in range(reps):
+            for n, piece in enumerate(pieces):
+                gc.collect()
+                began = time.perf_counter()
+                await _loop_of(piece, calls)
+                best[n] = min(best[n], (time.perf_counter() - began) / calls * 1e6)
+
+    asyncio.run(run())
+    return [b - best[0] for b in best[1:]]
+
+
+def guard_callgrind(tree: Path, calls: int, fresh: bool) -> list[float]:
+    """Instructions per call of each piece (the empty loop subtracted), under callgrind."""
+    with tempfile.TemporaryDirectory(prefix="guard-bench-decide-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        command = ["valgrind", "--tool=callgrind", "--dump-before=os_getppid",
+                   f"--callgrind-out-file={out}", sys.executable, __file__, "--guard",
+                   "--inner", "--calls", str(calls), "--tree", str(tree)]
+        if fresh:
+            command.append("--fresh-subjects")
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"callgrind failed:\n{done.stderr[-3000:]}")
+        totals = []
+        for part in sorted(Path(tmp).glob("callgrind.out.*"),
+                           key=lambda p: int(p.name.rsplit(".", 1)[1])):
+            found = re.search(r"^(?:summary|totals):\s+(\d+)", part.read_text(), re.M)
+            totals.append(int(found.group(1)) if found else 0)
+    loops = [t / calls for t in totals[1::2]]  # dump 1: start-up; then a loop, a collection
+    return [n - loops[0] for n in loops[1:]]
+
+
+def guard_main(args: argparse.Namespace) -> int:
+    """``--guard``: the guard's Python per allowed read (see the module's docstring)."""
+    if args.inner:
+        guard_counted(args.tree, args.calls, args.fresh_subjects)
+        return 0
+    began = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    load = os.getloadavg()
+    if args.callgrind:
+        if shutil.which("valgrind") is None:
+            raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+        values, unit = guard_callgrind(args.tree, args.calls, args.fresh_subjects), "instr"
+    else:
+        values, unit = guard_timed(args.tree, args.calls, args.reps, args.fresh_subjects), "µs"
+    print(f"{began}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after; tree {args.tree.resolve()}; "
+          f"{'a new subject each call' if args.fresh_subjects else '100 subjects in turn'}")
+    for label, value in zip(GUARD_PIECES, values, strict=True):
+        shown = f"{value:12,.0f}" if unit == "instr" else f"{value:12.2f}"
+        print(f"{label:50} {shown} {unit}/call")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--guard", action="store_true",
+                        help="the guard's Python per allowed read instead (see above)")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="--guard: instructions per call under valgrind's callgrind")
+    parser.add_argument("--fresh-subjects", action="store_true",
+                        help="--guard: a new subject id every call (not 100 in turn)")
+    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent,
+                        help="--guard: the checkout whose guard is measured")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="100,1000,10000,100000")
     parser.add_argument("--calls", type=int, default=10_000,
                         help="engine calls per repetition")
@@ -233,6 +429,8 @@ def main() -> int:
                         help="seconds of Enforcer.enforce per size (at least 20 calls)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    if args.guard:
+        return guard_main(args)
     rng = random.Random(args.seed)
     rows = []
     print(f"python {sys.version.split()[0]}, casbin Enforcer vs compiled engine; "

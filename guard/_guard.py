@@ -8,16 +8,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 
 from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
 from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id
 from guard.audit._event import decision_fields, outcome_fields, policy_fields
-from guard.audit._otel import decision_attributes, trace_fields
+from guard.audit._otel import decision_attributes, makes_no_span, span_ids
 from guard.audit._otel import tracer as default_tracer
 from guard.engine import CategoryDecision, decide, decide_categories
 
@@ -36,60 +36,62 @@ class Deadlines:
 
     One timer for all of them, instead of a timer per request: it runs while
     futures are watched, at a tenth of the bound (at most once a second), so a
-    future fails at most that much after its deadline.
+    future fails at most that much after its deadline. Nothing is made per future
+    but its entry: what to do when one fails is one callable for all of them.
 
     Args:
         loop: The event loop the futures belong to.
+        expired: Called with a failed future's ``context`` (when it is not None),
+            after the future failed.
     """
 
-    __slots__ = ("_loop", "_pending", "_timer")
+    __slots__ = ("_expired", "_pending", "_tick", "_timer", "_within", "loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._pending: deque[tuple[float, float, asyncio.Future[str],
-                                   Callable[[], object] | None]] = deque()
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 expired: Callable[[Any], object] | None = None) -> None:
+        self.loop = loop
+        self._expired = expired
+        self._pending: deque[tuple[float, asyncio.Future[str], Any]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._within = -1.0
+        self._tick = 1.0
 
-    def on(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """True when this watches ``loop``'s futures (and that loop still runs)."""
-        return loop is self._loop and not loop.is_closed()
-
-    def watch(self, future: asyncio.Future[str], within: float,
-              expired: Callable[[], object] | None = None) -> None:
+    def watch(self, future: asyncio.Future[str], within: float, context: Any = None) -> None:
         """Fail ``future`` with TimeoutError if it is not done within ``within`` seconds.
 
         Args:
             future: The future.
             within: Seconds.
-            expired: Called when it failed so (after ``future`` failed).
+            context: Handed to ``expired`` when it failed so (None: nothing is called).
         """
-        tick = min(1.0, max(0.01, within / 10))
+        if within != self._within:
+            self._within, self._tick = within, min(1.0, max(0.01, within / 10))
         pending = self._pending
         # Forget the futures done since (the oldest first): kept until the next tick, a
-        # second's worth of requests (each future, callback and event fields) would live
-        # long enough for the cyclic collector to promote them into its oldest generation,
+        # second's worth of requests (each future and its event fields) would live long
+        # enough for the cyclic collector to promote them into its oldest generation,
         # whose full collections, with the interpreter lock held, stall every request.
-        while pending and pending[0][2].done():
+        while pending and pending[0][1].done():
             pending.popleft()
-        pending.append((self._loop.time() + within, tick, future, expired))
+        pending.append((self.loop.time() + within, future, context))
         if self._timer is None:
-            self._timer = self._loop.call_later(tick, self._check)
+            self._timer = self.loop.call_later(self._tick, self._check)
 
     def _check(self) -> None:
         self._timer = None
         pending = self._pending
-        now = self._loop.time()
+        now = self.loop.time()
         while pending:
-            deadline, _tick, future, expired = pending[0]
+            deadline, future, context = pending[0]
             if not future.done():
                 if deadline > now:
                     break
                 future.set_exception(TimeoutError("audit event not durable in time"))
-                if expired is not None:
-                    expired()
+                if context is not None and self._expired is not None:
+                    self._expired(context)
             pending.popleft()
         if pending:  # the oldest still waits
-            self._timer = self._loop.call_later(pending[0][1], self._check)
+            self._timer = self.loop.call_later(self._tick, self._check)
 
 
 LATE_REFUSAL = "audit_unavailable"
@@ -227,7 +229,7 @@ class Guard:
     # -- decisions ---------------------------------------------------------------------------
 
     def _decide(
-        self, request: Request, http: HttpContext | None, span: trace.Span
+        self, request: Request, http: HttpContext | None, span: trace.Span | None
     ) -> tuple[Decision, dict[str, Any]]:
         start = time.perf_counter_ns()
         remembered: dict[str, Any] | None = None
@@ -236,11 +238,11 @@ class Guard:
         except Exception:  # fail closed
             decision = denial(Reason.INTERNAL_ERROR, request, self._version())
         latency_us = (time.perf_counter_ns() - start) // 1000
-        if span.is_recording():
+        if span is not None:
             span.set_attributes(decision_attributes(decision))
         if remembered is None:
             return decision, decision_fields(request, decision, http, latency_us)
-        fields = remembered.copy()  # the event's own: the status and trace ids are added
+        fields = remembered.copy()  # the event's own: its subject, timing, ids and status
         fields["subject_id"] = request.subject
         fields["latency_us"] = latency_us
         return decision, fields
@@ -312,13 +314,20 @@ class Guard:
         self._watch(future)
         return await future
 
-    def _watch(self, future: asyncio.Future[str],
-               expired: Callable[[], object] | None = None) -> None:
-        """Fail ``future`` with TimeoutError unless it is done within :attr:`durable_within`."""
+    def _watch(self, future: asyncio.Future[str], decision: dict[str, Any] | None = None
+               ) -> None:
+        """Fail ``future`` with TimeoutError unless it is done within :attr:`durable_within`.
+
+        Args:
+            future: The commit's future.
+            decision: The fields of the decision it commits: a refusal for want of time
+                queues the decision's 403 outcome (:meth:`_late_refusal`).
+        """
         deadlines = self._deadlines
-        if deadlines is None or not deadlines.on(future.get_loop()):
-            deadlines = self._deadlines = Deadlines(future.get_loop())
-        deadlines.watch(future, self.durable_within, expired)
+        loop = future.get_loop()
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = Deadlines(loop, self._late_refusal)
+        deadlines.watch(future, self.durable_within, decision)
 
     def _post(self, kind: EventKind, fields: dict[str, Any]) -> None:
         self.trail.post_fields(kind, fields)
@@ -342,29 +351,41 @@ class Guard:
                 ``detail`` lists the categories released and withheld with the reason
                 for each (``{"released":[...],"withheld":{"financial":"..."}}``).
         """
-        span = self._tracer.start_span("guard.decision")
+        tracer = self._tracer
+        if makes_no_span(tracer):  # the current span is read once, for its ids
+            return self._ruling(request, http, per_category, None,
+                                trace.get_current_span().get_span_context())
+        span = tracer.start_span("guard.decision")
         if not span.is_recording():  # its parent's context: the same trace ids, no switch
-            return self._ruling(request, http, per_category, span)
+            return self._ruling(request, http, per_category, None,
+                                trace.get_current_span().get_span_context())
         with trace.use_span(span, end_on_exit=True):
-            return self._ruling(request, http, per_category, span)
+            return self._ruling(request, http, per_category, span, span.get_span_context())
 
     def _ruling(self, request: Request, http: HttpContext | None, per_category: bool,
-                span: trace.Span) -> Ruling:
+                span: trace.Span | None, traced: SpanContext) -> Ruling:
+        """Decide; the event's fields carry the ids of ``traced`` (None for an invalid one).
+
+        Args:
+            request: The request.
+            http: Its HTTP side.
+            per_category: Judge category by category.
+            span: The decision's span when it records (its attributes are set).
+            traced: The span context whose ids the event carries.
+        """
         try:
             judged: CategoryDecision | None = None
             if per_category:
                 decision, fields, judged = self._decide_per_category(request, http, span)
             else:
                 decision, fields = self._decide(request, http, span)
-            ids = trace_fields()  # the decision's span, whenever it is recorded
-            if ids:
-                fields.update(ids)
+            fields["trace_id"], fields["span_id"] = span_ids(traced)
         except Exception:  # fail closed, unrecorded: no id an auditor could find
             return Ruling(denial(Reason.INTERNAL_ERROR, request, self._version()), request)
         return Ruling(decision, request, judged, fields)
 
     def _decide_per_category(
-        self, request: Request, http: HttpContext | None, span: trace.Span
+        self, request: Request, http: HttpContext | None, span: trace.Span | None
     ) -> tuple[Decision, dict[str, Any], CategoryDecision]:
         start = time.perf_counter_ns()
         try:
@@ -376,7 +397,7 @@ class Guard:
             detail = judged.detail()
         latency_us = (time.perf_counter_ns() - start) // 1000
         decision = judged.decision
-        if span.is_recording():
+        if span is not None:
             span.set_attributes(decision_attributes(decision))
         fields = decision_fields(request, decision, http, latency_us)
         fields["detail"] = detail
@@ -430,22 +451,26 @@ class Guard:
             if fields is None:
                 raise AuditUnavailableError("the decision cannot be recorded")
             # Its id now: should the deadline refuse the request, the refusal names it.
-            event_id = fields.get("event_id") or new_event_id()
-            fields["event_id"] = event_id
+            if not fields.get("event_id"):
+                fields["event_id"] = new_event_id()
             future = self.trail.start_fields(EventKind.DECISION, fields)
         except Exception as exc:  # a closed trail, a full disk: refused now
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             refused.set_exception(exc)
             return refused
-        self._watch(future, partial(self._late_refusal, event_id, fields))
+        self._watch(future, fields)
         return future
 
-    def _late_refusal(self, decision_id: str, fields: dict[str, Any]) -> None:
+    def _late_refusal(self, fields: dict[str, Any]) -> None:
         """Queue the 403 that answers a decision not durable by its deadline.
 
         Queued behind the decision: if the journal writes the decision after all,
         this outcome follows it, so the trail says the client was refused.
+
+        Args:
+            fields: The decision's fields (with its ``event_id``).
         """
+        decision_id = fields["event_id"]
         outcome = outcome_fields(decision_id, 403, HttpContext(
             fields.get("http_method") or "", fields.get("http_route") or ""))
         outcome["detail"] = LATE_REFUSAL
@@ -467,7 +492,7 @@ class Guard:
         try:
             self.trail.record_fields(EventKind.DECISION, fields, self.durable_within)
         except AuditTimeoutError:  # refused for want of time: the journal may write it yet
-            self._late_refusal(event_id, fields)
+            self._late_refusal(fields)
             return Checked(self._unrecorded(ruling.request, ruling.decision), "")
         except Exception:  # fail closed
             return Checked(self._unrecorded(ruling.request, ruling.decision), "")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.trace import NoOpTracer, ProxyTracer, SpanContext
 
 from guard._types import Decision
 from guard.audit._event import AuditEvent
@@ -35,6 +36,41 @@ def trace_fields() -> dict[str, str]:
     if not ctx.is_valid:
         return {}
     return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+
+
+_NO_IDS: tuple[None, None] = (None, None)
+
+
+def span_ids(ctx: SpanContext) -> tuple[str | None, str | None]:
+    """``(trace_id, span_id)`` of a span context as an audit event stores them; Nones if invalid.
+
+    Args:
+        ctx: The span context.
+    """
+    if not ctx.is_valid:
+        return _NO_IDS
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def makes_no_span(tracer: trace.Tracer) -> bool:
+    """True when ``tracer.start_span`` would make no span of its own.
+
+    That is the API's no-op tracer, or the global proxy tracer while no tracer
+    provider is set (the default without the OpenTelemetry SDK): its "span" is the
+    current span, or a non-recording one with the current span's ids, so a caller
+    can read the current span once instead of starting one and reading it again.
+    Set once, the global provider stays (the API refuses to replace it).
+
+    Args:
+        tracer: The tracer decisions are traced with.
+    """
+    kind = type(tracer)
+    if kind is NoOpTracer:
+        return True
+    # ProxyTracer's own test for its delegate (opentelemetry-api, pinned): no real
+    # tracer made yet and no global provider to make one from.
+    return (kind is ProxyTracer and tracer._real_tracer is None  # type: ignore[attr-defined]
+            and trace._TRACER_PROVIDER is None)
 
 
 class OtlpLogExporter:

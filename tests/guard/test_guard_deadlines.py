@@ -25,7 +25,7 @@ def test_a_done_future_is_forgotten_when_the_next_is_watched() -> None:
         for future in futures:  # no await in between: the watch's timer cannot run
             deadlines.watch(future, 30.0, None)
             future.set_result("id")
-        assert [entry[2] for entry in deadlines._pending] == [futures[-1]]
+        assert [entry[1] for entry in deadlines._pending] == [futures[-1]]
 
     asyncio.run(run())
 
@@ -33,17 +33,20 @@ def test_a_done_future_is_forgotten_when_the_next_is_watched() -> None:
 def test_a_future_not_done_is_still_watched_and_fails_at_its_deadline() -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        deadlines = Deadlines(loop)
         expired: list[str] = []
+        deadlines = Deadlines(loop, expired.append)
         slow = loop.create_future()
-        deadlines.watch(slow, 0.05, lambda: expired.append("slow"))
+        deadlines.watch(slow, 0.05, "slow")
         for _ in range(5):  # done futures behind it wait their turn; the slow one stays
             done = loop.create_future()
-            deadlines.watch(done, 0.05, lambda: expired.append("done"))
+            deadlines.watch(done, 0.05, "done")
             done.set_result("id")
-        assert deadlines._pending[0][2] is slow
-        with pytest.raises(TimeoutError, match="audit event not durable in time"):
-            await asyncio.wait_for(asyncio.shield(slow), 30)
+        bare = loop.create_future()
+        deadlines.watch(bare, 0.05)  # no context: it fails, nothing is called for it
+        assert deadlines._pending[0][1] is slow
+        for future in (slow, bare):
+            with pytest.raises(TimeoutError, match="audit event not durable in time"):
+                await asyncio.wait_for(asyncio.shield(future), 30)
         assert expired == ["slow"]
 
     asyncio.run(run())

@@ -1,0 +1,107 @@
+"""The register remembers subjects' digests, never their entries: a change applies at once.
+
+``Register.lookup`` keeps the keyed digest of the latest subjects it was asked
+about (it never changes), and asks the index every time. Compared, for random
+sequences of look-ups, register changes and reloads, with the digest computed
+afresh; and through ``Guard.decide`` with the engine asked afresh (same decision,
+reason, basis and rule).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from guard._guard import Guard
+from guard._types import Request
+from guard.audit import JournalTrail, load_signing_key, open_store
+from guard.engine import decide
+from guard.policy import load_policy
+from guard.policy._holder import PolicyHolder
+from guard.rights import EntryKind, Record, Register
+from guard.rights import _register as register_module
+from guard.rights._entries import State
+from guard.rights._index import split_digest
+
+KEY = b"r" * 32
+POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies")
+SUBJECTS = [f"cust-{n}" for n in range(6)] + ["", "ünï", "x" * 300]
+KINDS = {
+    "restrict": [Record(EntryKind.RESTRICTION, "", date(2020, 1, 1))],
+    "object": [Record(EntryKind.OBJECTION, "relationship.management", date(2020, 1, 1))],
+    "erase": [Record(EntryKind.ERASURE_REQUESTED, "", date(2020, 1, 1))],
+    "consent": [Record(EntryKind.CONSENT_GRANTED, "relationship.management",
+                       date(2020, 1, 1))],
+    "none": [],
+}
+steps = st.lists(st.one_of(
+    st.tuples(st.just("lookup"), st.sampled_from(SUBJECTS)),
+    st.tuples(st.just("apply"), st.sampled_from(SUBJECTS), st.sampled_from(sorted(KINDS))),
+    st.tuples(st.just("reload")),
+), min_size=1, max_size=40)
+
+
+def _afresh(register: Register, subject: str) -> State | None:
+    """The subject's entries, its digest computed now (no memo)."""
+    hi, lo = split_digest(hmac.digest(KEY, subject.encode(), "sha256"))
+    return register.index.get(hi, lo)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps, st.sampled_from([2, 3, 4096]))
+def test_a_look_up_is_the_one_made_afresh(ops: list[tuple[str, ...]], bound: int) -> None:
+    register = Register(KEY)
+    original = register_module.DIGESTS
+    register_module.DIGESTS = bound  # small bounds: the memo is forgotten and refilled
+    try:
+        for op in ops:
+            if op[0] == "apply":
+                register.apply(register.pseudonym(op[1]), KINDS[op[2]])
+            elif op[0] == "reload":
+                register.index.load([])  # every entry gone, as a reload of an empty store
+            for subject in SUBJECTS:
+                assert register.lookup(subject) == _afresh(register, subject), (op, subject)
+            assert len(register._digests) <= bound
+    finally:
+        register_module.DIGESTS = original
+
+
+@pytest.fixture(scope="module")
+def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
+    tmp = tmp_path_factory.mktemp("register-memo")
+    trail = JournalTrail(open_store(f"sqlite:///{tmp / 'audit.db'}"),
+                         load_signing_key(tmp / "sign.key"), hmac_key=KEY,
+                         journal=tmp / "audit.db.journal")
+    with Guard(PolicyHolder(lambda: POLICY), trail, hmac_key=KEY,
+               register=Register(KEY)) as made:
+        yield made
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(SUBJECTS), st.sampled_from(sorted(KINDS))),
+                min_size=1, max_size=12))
+def test_a_subject_rights_change_applies_to_the_next_decision(
+    guard: Guard, changes: list[tuple[str, str]]
+) -> None:
+    register = guard.register
+    assert register is not None
+    for subject, kind in changes:
+        request = Request("svc:crm", "relationship.management", ("contact",),
+                          subject=subject)
+        guard.decide(request)  # remembered: the subject's digest, the decision without it
+        register.apply(register.pseudonym(subject), KINDS[kind])
+        for asked in SUBJECTS:
+            one = Request("svc:crm", "relationship.management", ("contact",), subject=asked)
+            ruling = guard.decide(one)
+            fresh = decide(guard.holder.current, one, register)
+            assert (ruling.decision.allowed, ruling.decision.reason,
+                    ruling.decision.lawful_basis, ruling.decision.rule) == (
+                fresh.allowed, fresh.reason, fresh.lawful_basis, fresh.rule), (subject, kind)
+            assert ruling.decision == fresh
