@@ -27,7 +27,8 @@ turn, or a new id for every call (``--fresh-subjects``). Per piece: instructions
 call under ``valgrind --tool=callgrind`` (``--callgrind``: repeatable on a loaded
 machine) or µs per call (best of ``--reps`` loops of ``--calls``), the empty loop
 subtracted. ``--tree DIR`` measures another checkout's guard with the same script
-(an A/B in one run)::
+(an A/B in one run). The floor is the same hand-over with no guard at all: the
+writer's ``start`` and release and the loop's turn for an empty event::
 
     .venv/bin/python bench/decide.py --guard --callgrind --calls 1000 [--tree DIR]
     .venv/bin/python bench/decide.py --guard --calls 20000 --reps 7 [--tree DIR]
@@ -245,7 +246,8 @@ def measure(size: int, args: argparse.Namespace, rng: random.Random) -> dict[str
     }
 
 
-GUARD_PIECES = ("Register.lookup (subject's entries)", "Guard.decide",
+GUARD_PIECES = ("floor: a future resolved through the writer's release (no guard)",
+                "Register.lookup (subject's entries)", "Guard.decide",
                 "decide + begin_commit (future resolved in place)",
                 "decide + begin_commit + resolve (a loop turn)")
 
@@ -259,6 +261,7 @@ def guard_pieces(tree: Path, fresh: bool) -> tuple[list[Any], Any]:
     from guard._types import Action as TreeAction
     from guard._types import HttpContext
     from guard._types import Request as TreeRequest
+    from guard.audit._event import EventKind
     from guard.audit._jtrail import JournalTrail
     from guard.audit._jwriter import JournalWriter
     from guard.policy import load_policy as tree_load_policy
@@ -301,6 +304,12 @@ def guard_pieces(tree: Path, fresh: bool) -> tuple[list[Any], Any]:
     async def empty() -> None:
         next_request()
 
+    async def floor() -> None:
+        next_request()
+        future = writer.start(EventKind.DECISION, {})
+        drain()
+        await future
+
     async def lookup() -> None:
         register.lookup(next_request().subject)
 
@@ -317,7 +326,7 @@ def guard_pieces(tree: Path, fresh: bool) -> tuple[list[Any], Any]:
         drain()
         await future
 
-    return [empty, lookup, decided, begun, committed], guard
+    return [empty, floor, lookup, decided, begun, committed], guard
 
 
 async def _loop_of(piece: Any, calls: int) -> None:
