@@ -7,11 +7,13 @@ of the writer, the indexer and the producers, median of ``--rounds`` runs,
 beside the disk's floor (append + fdatasync) measured in the same run, and the
 journal alone (no indexer in the process), and ``external``: 64 tasks whose
 journal ``guard audit index`` indexes from another process (its CPU is that
-process's). Then the right-of-access report for one data subject over
-``--report-events`` bulk-loaded events.
+process's), and ``child``: 64 tasks whose trail starts its indexer as a child
+process (``audit.index = "auto"`` at SQLite; its CPU is the child's). Then the
+right-of-access report for one data subject over ``--report-events`` bulk-loaded
+events.
 
 Usage: python bench/audit.py [--quick] [--events N] [--rounds 3] [--report-events N]
-                              [--no-postgres] [--alone]
+                              [--no-postgres] [--alone] [--modes threads,tasks,external,child]
 
 ``--alone`` runs only the journal alone (the floor, then 64 tasks into a journal with
 no store), for comparing writer changes (run it with ``PYTHONPATH`` at each tree).
@@ -173,8 +175,11 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     from guard.audit._jverify import indexed_offset
 
     external = mode == "external"  # tasks, indexed by `guard audit index` in another process
+    index: bool | str = "process" if mode == "child" else not external  # child: audit.index auto
     trail = JournalTrail(open_store(url), load_signing_key(key), hmac_key=KEY, journal=folder,
-                         index=not external)
+                         index=index)
+    if trail.child is not None:
+        trail.flush()  # the child runs
     follower = subprocess.Popen(
         [sys.executable, "-c", "from guard.cli import main; main()", "audit", "index",
          "--store", url, "--journal", str(folder), "--every", "1"],
@@ -199,8 +204,8 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
             time.sleep(0.002)
 
     def indexer_us() -> float:
-        if follower is not None:
-            return process_cpu_us(follower.pid)
+        if follower is not None or trail.child is not None:
+            return process_cpu_us(follower.pid if follower is not None else trail.child.pid)
         assert trail.indexer is not None
         return thread_cpu_us(trail.indexer._thread)
 
@@ -331,7 +336,7 @@ def alone_bench(tmp: Path, key: Path, n: int, rounds: int) -> None:
 
 
 def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int,
-                  rounds: int) -> None:
+                  rounds: int, modes: list[str]) -> None:
     """The journal's durable events/s with 64 producers, index lag and rate, the disk's floor."""
     print_floor(tmp)
     print(f"journal: durable events/s, {n} events per run, "
@@ -347,7 +352,7 @@ def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int
           "this process)", flush=True)
     for kind in kinds:
         folders: list[Path] = []
-        for mode in ("threads", "tasks", "external"):
+        for mode in modes:
             results = []
             for rnd in range(rounds):
                 tag = f"j{kind}{mode}{rnd}"
@@ -380,6 +385,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs per configuration (the median is shown)")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--modes", default="threads,tasks,external,child",
+                        help="producers and indexer: threads, tasks (index thread here), "
+                             "external (`guard audit index` beside), child (audit.index auto "
+                             "at SQLite: the trail's child process)")
     parser.add_argument("--alone", action="store_true",
                         help="only the journal alone (64 tasks, no store)")
     args = parser.parse_args()
@@ -396,7 +405,8 @@ def main() -> None:
             if pg is None and not args.no_postgres:
                 print("PostgreSQL not installed: SQLite only")
             kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
-            journal_bench(tmp, key, kinds, pg, max(n, 64_000), args.rounds)
+            journal_bench(tmp, key, kinds, pg, max(n, 64_000), args.rounds,
+                          args.modes.split(","))
 
             m = args.report_events
             print(f"\nsubject report over {m:,} events (median / p95 of 20 runs)")

@@ -131,6 +131,9 @@ def server_options() -> argparse.ArgumentParser:
     parser.add_argument("--external-index", action="store_true",
                         help="the guarded server's audit journal is indexed by a child "
                              "`guard audit index` process (its CPU counted as the indexer's)")
+    parser.add_argument("--inline-index", action="store_true",
+                        help="the guarded server indexes on a thread of its own interpreter "
+                             "(audit.index = \"inline\"; default \"auto\": a child process)")
     parser.add_argument("--switch-interval", type=float, default=None, metavar="SECONDS",
                         help="the servers' sys.setswitchinterval (default: Python's 0.005)")
     parser.add_argument("--index-nice", type=int, default=None, metavar="N",
@@ -239,6 +242,8 @@ def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
         indexer = external_indexer(settings)
         if opts.index_nice is not None or opts.index_idle:
             _deprioritise(opts, indexer.pid)
+    if opts.inline_index:
+        settings.audit.index = "inline"
     if opts.index_pause and kind != "plain" and kind != "noop":
         begin.append(lambda: _pause_index(indexer, True))
         end.append(lambda: _pause_index(indexer, False))

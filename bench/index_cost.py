@@ -13,7 +13,14 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   ``json_each`` (here only), PostgreSQL ``index_records`` (``jsonb_array_elements``);
 - ``no-ts`` / ``no-subject``: SQLite without the ``ts`` / ``(subject, ts)`` index
   (what each B-tree costs; not a proposal);
-- ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs).
+- ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs);
+- ``page-1024`` / ``page-8192``: SQLite stores made with that page size (4,096 is
+  SQLite's default), ``cache-256m``: the index connection's page cache at 256 MiB
+  (32 MiB is the store's), ``mmap``: ``mmap_size`` 1 GiB.
+
+``--prefill N`` first loads N decision rows (over N / 10 subjects) into every
+SQLite store (a copy of one loaded file per page size), so the B-trees are those
+of a large store rather than a fresh one.
 
 Usage: python bench/index_cost.py [--events 60000] [--sizes 300,1500,5000] [--rounds 3]
                                   [--no-postgres] [--variants python,sql,...]
@@ -100,10 +107,14 @@ def timed(steps: Steps, name: str, call: Callable[[], Any]) -> Any:
 class SqliteProbe:
     """The SQLite index transaction, step by step (the statements ``SqliteStore`` runs)."""
 
-    def __init__(self, path: Path, variant: str) -> None:
+    def __init__(self, path: Path, variant: str, template: Path | None = None) -> None:
         from guard.audit import _sqlite
 
         self._sqlite = _sqlite
+        if template is not None:
+            shutil.copyfile(template, path)
+        elif variant.startswith("page-"):
+            make_page_size(path, int(variant.removeprefix("page-")))
         store = open_store(f"sqlite:///{path}")
         store.indexed_offset("bench")  # the offset table
         store.index([], [], "bench", 0)  # its indexing pragmas
@@ -115,6 +126,10 @@ class SqliteProbe:
             self.conn.execute("DROP INDEX audit_event_subject")
         if variant == "sync-off":
             self.conn.execute("PRAGMA synchronous=OFF")
+        if variant == "cache-256m":
+            self.conn.execute("PRAGMA cache_size=-262144")
+        if variant == "mmap":
+            self.conn.execute("PRAGMA mmap_size=1073741824")
         self.variant = variant
 
     def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
@@ -143,6 +158,30 @@ class SqliteProbe:
 
     def close(self) -> None:
         self.store.close()
+
+
+def make_page_size(path: Path, size: int) -> None:
+    """An empty SQLite file whose pages will be ``size`` bytes."""
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA page_size={size}")
+    conn.execute("CREATE TABLE bench_page_size (x)")
+    conn.execute("DROP TABLE bench_page_size")
+    conn.close()
+
+
+def prefilled(tmp: Path, variant: str, rows: int, made: dict[int, Path]) -> Path:
+    """A store file holding ``rows`` bulk-loaded decisions, at the variant's page size."""
+    from audit import bulk_rows, load_sqlite
+
+    size = int(variant.removeprefix("page-")) if variant.startswith("page-") else 4096
+    if size not in made:
+        path = tmp / f"prefill-{size}.db"
+        make_page_size(path, size)
+        load_sqlite(path, bulk_rows(rows, max(1, rows // 10))[0])
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        made[size] = path
+    return made[size]
 
 
 class StoreProbe:
@@ -277,6 +316,8 @@ def main() -> None:
                         help="with --trickle: the indexer's interval (default: its own)")
     parser.add_argument("--seconds", type=float, default=6.0, help="with --trickle")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--prefill", type=int, default=0,
+                        help="decision rows loaded into each SQLite store first")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = args.variants.split(",")
@@ -308,6 +349,7 @@ def main() -> None:
         with pg_server() as pg:
             kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
             results: dict[tuple[str, str, int], list[Steps]] = defaultdict(list)
+            made: dict[int, Path] = {}
             number = 0
             for _ in range(args.rounds):
                 for kind in kinds:
@@ -318,7 +360,9 @@ def main() -> None:
                             number += 1
                             probe: SqliteProbe | StoreProbe
                             if kind == "sqlite":
-                                probe = SqliteProbe(tmp / f"s{number}.db", variant)
+                                template = (prefilled(tmp, variant, args.prefill, made)
+                                            if args.prefill else None)
+                                probe = SqliteProbe(tmp / f"s{number}.db", variant, template)
                             else:
                                 assert pg is not None
                                 probe = StoreProbe(open_store(fresh_database(pg, f"p{number}")),

@@ -67,9 +67,11 @@ class AuditSettings(BaseModel):
     (requests denied ``audit_unavailable``); 0: no reserve."""
     readiness_probe_seconds: float = Field(default=30.0, gt=0)
     """Readiness writes a ``heartbeat`` event when no event was written for this long."""
-    index: Literal["inline", "external"] = "inline"
+    index: Literal["auto", "inline", "external"] = "auto"
     """``inline``: each process indexes its journal lane into the store on a thread;
-    ``external``: ``guard audit index`` (one process per journal folder) does it."""
+    ``external``: ``guard audit index`` (one process per journal folder) does it;
+    ``auto``: at SQLite, each process starts and supervises a child that does what
+    ``guard audit index`` does (one at a time indexes); at PostgreSQL, ``inline``."""
 
     @model_validator(mode="before")
     @classmethod

@@ -11,14 +11,23 @@ the published end may be older than the synced records).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import IO
 
 from guard._errors import AuditUnavailableError
-from guard.audit._indexer import Indexer
+from guard.audit._indexer import Indexer, register
 from guard.audit._journal import Journal, JournalBusyError, durable_end, lock_folder
 from guard.audit._jverify import lanes
-from guard.audit._store import Store
+from guard.audit._store import AuditStoreError, Store, open_store, sqlite_path
+
+_log = logging.getLogger("guard.audit")
 
 
 class Follower:
@@ -73,3 +82,178 @@ class Follower:
         for indexer in self.indexers.values():
             indexer.close(timeout, catch_up=False)
         os.close(self._lock)
+
+
+# -- audit.index = "auto" at SQLite: the follower as a child process of the service ---------------
+
+_CHILD = "import sys; from guard.audit._follow import main; sys.exit(main(sys.argv[1:]))"
+_STATUS_EVERY = 0.2
+"""Seconds between the child's looks at its indexers' errors (reported on change only)."""
+
+
+def index_mode(setting: str, store_url: str) -> bool | str:
+    """The trail's ``index`` argument for the ``audit.index`` setting.
+
+    ``auto`` is a child process at SQLite (its B-trees are most of the index's CPU,
+    kept off the service's interpreter lock) and a thread at PostgreSQL (which builds
+    the rows in its server).
+    """
+    if setting == "auto":
+        return "process" if store_url.startswith("sqlite:///") else True
+    return setting == "inline"
+
+
+class ChildIndexer:
+    """Runs this module (:func:`main`, the follower of ``guard audit index``) as a child.
+
+    The child indexes every lane of ``folder``; it is restarted when it dies and
+    stopped by :meth:`close`, and it stops by itself when this process dies (its
+    standard input, a pipe from here, ends). A line to that pipe asks it to index
+    what is durable now (:meth:`want`); it answers with its status lines
+    (``ok``, ``waiting`` for another indexer's ``INDEXER`` lock, ``error: ...``).
+
+    Args:
+        folder: The journal folder (its ``lane-N`` journals).
+        store_url: The store's URL (``sqlite:///PATH``).
+        restart: Seconds before a child that died is started again (doubled, up to
+            30 s, while children die before they report that they run).
+    """
+
+    def __init__(self, folder: Path, store_url: str, *, restart: float = 1.0) -> None:
+        self.folder = folder.resolve()
+        self._url = "sqlite:///" + str(sqlite_path(store_url).resolve()) \
+            if store_url.startswith("sqlite:///") else store_url
+        self._restart = restart
+        self.last_error: str | None = None
+        """The child's indexers' latest error, None while they work."""
+        self.restarts = 0
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._delay = restart / 2  # the first quick death waits ``restart``
+        self._proc = self._spawn()
+        self._thread = threading.Thread(target=self._supervise, name="audit-index-child",
+                                        daemon=True)
+        self._thread.start()
+        register(self.folder, self)
+
+    @property
+    def pid(self) -> int:
+        """The running child's process id."""
+        return self._proc.pid
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        import guard
+
+        root = str(Path(guard.__file__).resolve().parent.parent)
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+        return subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(self.folder), self._url],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+
+    def _supervise(self) -> None:
+        """Read the child's status lines; start a new child when one dies (not closing)."""
+        while True:
+            proc, ran = self._proc, False
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                text = line.decode(errors="replace").strip()
+                self.last_error = text.removeprefix("error: ") \
+                    if text.startswith("error: ") else None
+                ran = True
+            code = proc.wait()
+            delay = self._restart if ran else min(30.0, self._delay * 2)
+            if self._closing.wait(0 if code == 0 else delay):
+                return
+            _log.warning("audit index process %d exited with %d; starting it again",
+                         proc.pid, code)
+            with self._lock:
+                if self._closing.is_set():
+                    return
+                self._proc = self._spawn()
+                self.restarts += 1
+                self._delay = delay
+
+    def want(self, _offset: int = 0) -> None:
+        """Ask the child to index every lane up to its durable end now (not at its pace)."""
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            stdin = self._proc.stdin
+            assert stdin is not None
+            stdin.write(b"want\n")
+            stdin.flush()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the child (after its transaction under way; killed after ``timeout``)."""
+        with self._lock:
+            self._closing.set()
+            proc = self._proc
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._thread.join(timeout)
+
+
+def _serve(folder: Path, url: str, out: IO[str]) -> None:
+    """The child's work: follow ``folder`` into the store until standard input ends."""
+    stop, wanted = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        for _line in sys.stdin.buffer:
+            wanted.set()
+        stop.set()
+
+    threading.Thread(target=listen, name="parent", daemon=True).start()
+    said = ""
+
+    def say(status: str) -> None:
+        nonlocal said
+        if status != said:
+            out.write(status + "\n")
+            out.flush()
+            said = status
+
+    follower, store = None, None
+    while follower is None:  # another indexer of the folder may hold it: take over after it
+        try:
+            store = store or open_store(url, create=True)
+            follower = Follower(folder, store)
+        except (JournalBusyError, AuditStoreError) as exc:
+            say("waiting" if isinstance(exc, JournalBusyError) else f"error: {exc}")
+            if stop.wait(_STATUS_EVERY * 5):
+                if store is not None:
+                    store.close()
+                return
+    try:
+        looked = 0.0
+        while not stop.is_set():
+            if wanted.is_set() or time.monotonic() - looked >= 1.0:
+                follower.discover()
+                looked = time.monotonic()
+            if wanted.is_set():
+                wanted.clear()
+                for lane, indexer in follower.indexers.items():
+                    indexer.want(durable_end(lane))
+            errors = [i.last_error for i in follower.indexers.values() if i.last_error]
+            say(f"error: {errors[0]}" if errors else "ok")
+            wanted.wait(_STATUS_EVERY)
+    finally:
+        follower.close()
+        follower.store.close()
+
+
+def main(argv: list[str]) -> int:
+    """The child of :class:`ChildIndexer`; ``argv``: the journal folder and the store's URL."""
+    folder, url = argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us
+    try:
+        _serve(Path(folder), url, sys.stdout)
+    except Exception as exc:  # one readable line; the service starts another child
+        _log.error("audit index process stopped: %s", exc)
+        return 1
+    return 0

@@ -25,6 +25,7 @@ import time
 import weakref
 from collections import deque
 from pathlib import Path
+from typing import Protocol
 
 from guard.audit._health import FailureLog
 from guard.audit._journal import JournalReader, durable_end
@@ -33,19 +34,36 @@ from guard.audit._store import Store
 _log = logging.getLogger("guard.audit")
 _CHUNK = 1000
 """Records read at a time within one index transaction."""
-_LIVE: weakref.WeakValueDictionary[Path, Indexer] = weakref.WeakValueDictionary()
-"""The indexers of this process, by their lane's resolved path (see :func:`hurry`)."""
+
+
+class Hurried(Protocol):
+    """An indexer that can be asked to index below an offset now."""
+
+    def want(self, offset: int) -> None:
+        """Start a transaction now if records below ``offset`` are not in the store yet."""
+
+
+_LIVE: weakref.WeakValueDictionary[Path, Hurried] = weakref.WeakValueDictionary()
+"""This process's indexers by their lane's resolved path, and child indexers by their
+journal folder's (see :func:`hurry`)."""
+
+
+def register(path: Path, indexer: Hurried) -> None:
+    """Let :func:`hurry` find ``indexer`` by ``path`` (a lane, or a folder of lanes)."""
+    _LIVE[path.resolve()] = indexer
 
 
 def hurry(lane: Path, offset: int) -> None:
-    """Ask this process's indexer of ``lane``, if any, to index below ``offset`` now.
+    """Ask this process's indexer of ``lane`` (or of its folder), if any, to index now.
 
     A reader that waits for the store (:func:`guard.audit.wait_indexed`) need not
-    wait for the indexer's pace when the indexer runs in its own process.
+    wait for the indexer's pace when the indexer runs in (or from) its own process.
     """
-    indexer = _LIVE.get(lane.resolve())
-    if indexer is not None:
-        indexer.want(offset)
+    lane = lane.resolve()
+    for path in (lane, lane.parent):
+        indexer = _LIVE.get(path)
+        if indexer is not None:
+            indexer.want(offset)
 
 
 class Pace:
@@ -133,7 +151,7 @@ class Indexer:
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="audit-indexer", daemon=True)
         self._thread.start()
-        _LIVE[lane.resolve()] = self
+        register(lane, self)
 
     def want(self, offset: int) -> None:
         """Start a transaction now if records below ``offset`` are not in the store yet."""

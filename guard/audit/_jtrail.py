@@ -10,6 +10,7 @@ thread countersigns the stale tails of chains whose writers stopped
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -27,6 +28,7 @@ from guard.audit._checkpoint import Checkpoint
 from guard.audit._countersign import countersign_stale
 from guard.audit._event import EventKind
 from guard.audit._fields import ChainKey, row_event
+from guard.audit._follow import ChildIndexer, index_mode
 from guard.audit._health import DiskReserve, FailureLog
 from guard.audit._indexer import Indexer, hurry
 from guard.audit._journal import durable_end, open_lane
@@ -130,7 +132,8 @@ class JournalTrail:
             are refused (0: no reserve).
         probe_interval: :meth:`ready` records a ``heartbeat`` event when nothing was
             appended for this many seconds.
-        index: Index the journal into the store on a thread here; False leaves it to
+        index: Index the journal into the store on a thread here; ``"process"``: in a
+            child process (:class:`~guard.audit._follow.ChildIndexer`); False leaves it to
             ``guard audit index`` (:meth:`flush` then waits for the store's offset).
     """
 
@@ -149,11 +152,13 @@ class JournalTrail:
         segment_bytes: int = 64 << 20,
         reserve_bytes: int = 0,
         probe_interval: float = 30.0,
-        index: bool = True,
+        index: bool | str = True,
     ) -> None:
         self.store = store
         self.journal = open_lane(journal, segment_bytes=segment_bytes)
-        self.indexer = Indexer(self.journal.folder, store) if index else None
+        self.indexer = Indexer(self.journal.folder, store) if index is True else None
+        self.child = ChildIndexer(self.journal.folder.parent, store.url) \
+            if index == "process" else None
         self._otlp = OtlpLogExporter(otlp_endpoint) if otlp_endpoint else None
         listeners: list[Committed] = []
         if self._otlp is not None:
@@ -199,7 +204,7 @@ class JournalTrail:
             segment_bytes=settings.journal_segment_mb << 20,
             reserve_bytes=settings.reserve_mb * 1_000_000,
             probe_interval=settings.readiness_probe_seconds,
-            index=settings.index == "inline",
+            index=index_mode(settings.index, settings.store),
         )
 
     def _export(self, rows: Sequence[Row], _checkpoints: Sequence[Checkpoint]) -> None:
@@ -260,7 +265,9 @@ class JournalTrail:
             AuditUnavailableError: not within ``timeout`` seconds.
         """
         self.writer.flush(timeout)
-        if self.indexer is None:  # guard audit index follows the journal
+        if self.indexer is None:  # guard audit index, or a child of ours, follows the journal
+            if self.child is not None:
+                self.child.want()
             _wait_store(self.store, {self.journal.journal_id: self.journal.next_offset}, timeout)
         elif not self.indexer.wait(self.journal.next_offset, timeout):
             raise AuditUnavailableError(
@@ -292,8 +299,9 @@ class JournalTrail:
                     self._probed = probed
             if not probed[1]:
                 return False, probed[2]
-        if self.indexer is not None and self.indexer.last_error is not None:
-            return True, f"audit journal writable; index behind: {self.indexer.last_error}"
+        indexer = self.indexer if self.indexer is not None else self.child
+        if indexer is not None and indexer.last_error is not None:
+            return True, f"audit journal writable; index behind: {indexer.last_error}"
         return True, "audit journal writable"
 
     def close(self) -> None:
@@ -306,6 +314,11 @@ class JournalTrail:
         self.writer.close()
         if self.indexer is not None:
             self.indexer.close()
+        if self.child is not None:  # the closing checkpoint indexed, then the child stopped
+            self.child.want()
+            with contextlib.suppress(AuditUnavailableError):
+                _wait_store(self.store, {self.journal.journal_id: self.journal.next_offset}, 30.0)
+            self.child.close()
         if self._otlp is not None:
             self._otlp.close()
         self.journal.close()

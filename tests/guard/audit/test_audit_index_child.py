@@ -1,0 +1,204 @@
+"""``audit.index = "auto"``: at SQLite the index is built by a child process of the service.
+
+The child runs the follower of ``guard audit index``; the trail starts it,
+starts it again when it dies, stops it on close, and it stops by itself when
+the service dies. Killing it while it indexes loses nothing and doubles
+nothing; two services on one journal folder share one indexing child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from guard.audit import EventKind, JournalTrail, open_store, wait_indexed
+from guard.audit._fields import decode_many
+from guard.audit._follow import index_mode
+from guard.audit._journal import read_journal
+from guard.audit._schema import EVENT_COLUMNS
+from guard.config import AuditSettings
+from tests.guard.audit.conftest import Keys, assert_lost_none_doubled_none, make_trail
+
+FIELDS = {"caller": "svc:crm", "purpose": "p", "categories": ("c",), "allowed": True,
+          "reason": "allowed", "subject_id": "cust-1"}
+
+
+def gone(pid: int) -> bool:
+    """The process ended (a zombie left for its parent to reap counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in {"Z", "X"}
+
+
+def until(check: Any, timeout: float = 30.0) -> None:
+    """Poll ``check()`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.02)
+
+
+def sqlite_settings(tmp_path: Path, keys: Keys, **kwargs: Any) -> AuditSettings:
+    return AuditSettings(store=f"sqlite:///{tmp_path / 'audit.db'}", signing_key=keys.signing,
+                         hmac_key=tmp_path / "hmac.key", **kwargs)
+
+
+def test_auto_is_a_child_process_at_sqlite_and_a_thread_at_postgresql() -> None:
+    assert AuditSettings().index == "auto"
+    assert index_mode("auto", "sqlite:///audit.db") == "process"
+    assert index_mode("auto", "postgresql://u@h/db") is True
+    assert index_mode("inline", "sqlite:///audit.db") is True
+    assert index_mode("external", "sqlite:///audit.db") is False
+
+
+def test_the_child_indexes_flush_waits_for_it_and_close_stops_it(
+    keys: Keys, tmp_path: Path
+) -> None:
+    config = sqlite_settings(tmp_path, keys)
+    trail = JournalTrail.open(config)
+    assert trail.indexer is None
+    assert trail.child is not None
+    pid = trail.child.pid
+    assert pid != os.getpid()
+    for _ in range(30):
+        trail.record_fields(EventKind.DECISION, FIELDS)
+    trail.flush()
+    assert trail.store.rows("SELECT count(*) FROM audit_event") == [(30,)]
+    trail.record_fields(EventKind.DECISION, FIELDS)
+    wait_indexed(config)  # another reader of this process asks the child too
+    assert trail.store.rows("SELECT count(*) FROM audit_event") == [(31,)]
+    assert trail.ready() == (True, "audit journal writable")
+    trail.close()
+    assert gone(pid)
+    store = open_store(config.store, create=False)  # the closing checkpoint was indexed
+    assert store.rows("SELECT kind FROM audit_checkpoint ORDER BY seq, kind")[-1] == ("close",)
+    store.close()
+
+
+def test_sigkill_of_the_child_while_it_indexes_loses_nothing_and_doubles_nothing(
+    store_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    trail = make_trail(store_url, keys, index="process", checkpoint_every=50)
+    child = trail.child
+    assert child is not None
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def produce(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            acknowledged.append(trail.record_fields(
+                EventKind.DECISION, {**FIELDS, "subject_id": f"{n}-{i}"}))
+            i += 1
+
+    producers = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+    for producer in producers:
+        producer.start()
+    try:
+        for kills in range(1, 4):  # three times, each once the new child has indexed something
+            pid, indexed = child.pid, len(acknowledged)
+            until(lambda indexed=indexed: len(acknowledged) > indexed + 200)
+            os.kill(pid, signal.SIGKILL)
+            until(lambda pid=pid: child.pid != pid)
+            assert child.restarts == kills
+    finally:
+        stop.set()
+        for producer in producers:
+            producer.join()
+    trail.flush()  # the last child catches up
+    trail.close()
+    assert_lost_none_doubled_none(trail.journal.folder, store_url, acknowledged, keys)
+
+
+SERVICE = r"""
+import sys, time
+from pathlib import Path
+from guard.audit import EventKind, load_signing_key, open_store
+from guard.audit._jtrail import JournalTrail
+
+trail = JournalTrail(open_store(sys.argv[1]), load_signing_key(Path(sys.argv[2])),
+                     hmac_key=b"k" * 32, journal=Path(sys.argv[3]), index="process")
+trail.record_fields(EventKind.DECISION, {"caller": "c", "purpose": "p", "categories": ("c",),
+                                         "allowed": True, "reason": "allowed"})
+print(trail.child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_child_stops_when_the_service_is_killed(keys: Keys, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    service = subprocess.Popen(
+        [sys.executable, "-c", SERVICE, url, str(keys.signing), str(tmp_path / "journal")],
+        stdout=subprocess.PIPE, cwd=tmp_path)
+    assert service.stdout is not None
+    pid = int(service.stdout.readline())
+    assert not gone(pid)
+    service.kill()
+    service.wait(30)
+    until(lambda: gone(pid))  # its pipe from the service ended
+    trail = make_trail(url, keys, journal=tmp_path / "journal", index="process")
+    trail.flush()  # the next service's child indexes the killed one's lane too
+    store = trail.store
+    assert store.rows("SELECT count(*) FROM audit_event WHERE kind = 'decision'") == [(1,)]
+    trail.close()
+
+
+def test_two_services_share_one_indexing_child_and_the_second_takes_over(
+    keys: Keys, tmp_path: Path
+) -> None:
+    config = sqlite_settings(tmp_path, keys)
+    first, second = JournalTrail.open(config), JournalTrail.open(config)
+    assert first.journal.folder != second.journal.folder  # a lane each
+    for trail in (first, second):
+        trail.record_fields(EventKind.DECISION, FIELDS)
+    first.flush()
+    second.flush()  # indexed by the one child that holds the folder
+    first.close()  # its child stops: the other takes the folder over
+    second.record_fields(EventKind.DECISION, FIELDS)
+    second.flush()
+    assert second.store.rows("SELECT count(*) FROM audit_event WHERE kind = 'decision'") == [(3,)]
+    second.close()
+
+
+word = st.text(min_size=1, max_size=10)
+decisions = st.lists(st.fixed_dictionaries({
+    "caller": word, "purpose": word, "categories": st.lists(word, max_size=3).map(tuple),
+    "allowed": st.booleans(), "reason": word, "subject_id": st.none() | word,
+    "http_route": st.none() | word, "http_status": st.none() | st.integers(100, 599),
+}), min_size=1, max_size=20)
+
+
+def test_the_childs_rows_are_the_journals_records(keys: Keys, tmp_path: Path) -> None:
+    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+
+    @settings(max_examples=25, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(decisions)
+    def check(many: list[dict[str, Any]]) -> None:
+        ids = trail.record_many_fields(EventKind.DECISION, many)
+        trail.flush()
+        records = [r[1] for r in read_journal(trail.journal.folder) if isinstance(r, tuple)]
+        rows, _checkpoints = decode_many(records)
+        stored = trail.store.rows(f"SELECT {EVENT_COLUMNS} FROM audit_event")
+        assert sorted(map(tuple, stored)) == sorted(map(tuple, rows))
+        picked = ("caller", "purpose", "reason", "http_route", "http_status")
+        got = dict(trail.store.rows(
+            f"SELECT event_id, json_array({', '.join(picked)}) FROM audit_event"))
+        assert [orjson.loads(got[i]) for i in ids] == [[f.get(n) for n in picked] for f in many]
+
+    try:
+        check()
+    finally:
+        trail.close()
