@@ -258,7 +258,8 @@ def main(argv: list[str]) -> int:
     """The child of :class:`ChildIndexer`; ``argv``: the journal folder and the store's URL."""
     folder, url = argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us
+    for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the service's whole group (Ctrl-C,
+        signal.signal(sig, signal.SIG_IGN)      # systemd): the service stops us after its end
     try:
         _serve(Path(folder), url, sys.stdout)
     except Exception as exc:  # one readable line; the service starts another child

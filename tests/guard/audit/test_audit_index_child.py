@@ -204,3 +204,23 @@ def test_the_childs_rows_are_the_journals_records(keys: Keys, tmp_path: Path) ->
         check()
     finally:
         trail.close()
+
+
+def test_a_sigterm_to_the_services_group_leaves_the_child_to_the_service(
+    keys: Keys, tmp_path: Path
+) -> None:
+    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+    child = trail.child
+    assert child is not None
+    trail.record_fields(EventKind.DECISION, FIELDS)
+    trail.flush()  # it runs
+    pid = child.pid
+    os.kill(pid, signal.SIGTERM)  # as systemd or a shell signals the whole group
+    trail.record_fields(EventKind.DECISION, FIELDS)
+    trail.close()  # ... and the service then stops it, after its closing checkpoint is indexed
+    assert (child.pid, child.restarts) == (pid, 0)
+    assert gone(pid)
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}", create=False)
+    assert store.rows("SELECT count(*) FROM audit_event") == [(2,)]
+    assert store.rows("SELECT kind FROM audit_checkpoint ORDER BY seq, kind")[-1] == ("close",)
+    store.close()
