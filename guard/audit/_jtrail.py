@@ -309,8 +309,7 @@ class JournalTrail:
         if self._stop.is_set():
             return
         self._stop.set()
-        if self._sweeper.is_alive():
-            self._sweeper.join(30.0)  # bounded: a sweep stuck on a hung store is left behind
+        self._sweeper.join(30.0)  # bounded: a sweep stuck on a hung store is left behind
         self.writer.close()
         if self.indexer is not None:
             self.indexer.close()

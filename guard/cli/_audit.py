@@ -243,11 +243,11 @@ def verify_cmd(
     report = verify(opened, public, chain_key=chain_key,
                     witness=read_witness(witness) if witness is not None else None)
     folder = journal if journal is not None else journal_folder(settings)
-    if journal is not None and not lanes(folder):
+    found = lanes(folder)
+    if journal is not None and not found:
         typer.echo(f"error: no audit journal at {folder}", err=True)
         sys.exit(2)
-    checked = verify_journal(opened, folder, public, chain_key=chain_key) if lanes(
-        folder) else None
+    checked = verify_journal(opened, folder, public, chain_key=chain_key) if found else None
     for note in report.notes:
         typer.echo(f"note: {note}")
     label = "index: " if checked is not None else ""
