@@ -45,10 +45,7 @@ IDENTITY_HEADERS = frozenset(
         "x-authenticated-user",
         "x-authenticated-userid",
         "x-authenticated-scope",
-        "x-remote-user",
-        "remote-user",
         "x-proxy-user",
-        "x-webauth-user",
         "x-client-id",
         "x-consumer-id",
         "x-consumer-custom-id",
@@ -60,6 +57,7 @@ IDENTITY_HEADERS = frozenset(
         "x-jwt-payload",
         "x-jwt-assertion",
         "x-client-cert",
+        "x-arr-clientcert",
         "x-client-dn",
         "x-client-verify",
         "ssl-client-cert",
@@ -68,8 +66,6 @@ IDENTITY_HEADERS = frozenset(
         "x-ms-client-principal-name",
         "x-ms-client-principal-idp",
         "x-goog-iap-jwt-assertion",
-        "cf-access-jwt-assertion",
-        "cf-access-authenticated-user-email",
         # where from (the sidecar sets x-forwarded-for, -host and -proto itself)
         "forwarded",
         "x-real-ip",
@@ -78,12 +74,8 @@ IDENTITY_HEADERS = frozenset(
         "true-client-ip",
         "cf-connecting-ip",
         "fastly-client-ip",
-        "x-original-forwarded-for",
         # which route and method (a rewrite or override the guard did not judge)
-        "x-original-uri",
-        "x-original-url",
         "x-rewrite-url",
-        "x-original-method",
         "x-http-method-override",
         "x-http-method",
         "x-method-override",
@@ -92,10 +84,20 @@ IDENTITY_HEADERS = frozenset(
 IDENTITY_PREFIXES = (
     GUARD_HEADER_PREFIX,
     "x-forwarded-",
+    "x-original-",  # a rewrite's original host, scheme, address, target or method
     "x-auth-request-",
     "x-ssl-client-",
     "x-amzn-oidc-",
+    "x-amzn-mtls-",  # AWS ALB mutual TLS
     "x-goog-authenticated-user-",
+    "cf-access-",  # Cloudflare Access (its service tokens among them)
+    "x-remote-",  # Kubernetes' authenticating proxy: -user, -group, -extra-*
+    "remote-",  # Authelia: remote-user, -groups, -email, -name
+    "x-pomerium-",
+    "x-authentik-",
+    "x-webauth-",  # Grafana's auth proxy
+    "x-vouch-",
+    "x-envoy-",  # Envoy's trusted address and internal flags, original path
 )
 
 

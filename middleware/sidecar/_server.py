@@ -8,6 +8,11 @@ proxy reading its upstream's stream for as long as it lasts (one of
 ``upstream_max_connections`` held, for good if the stream never ends). Here
 each request a connection replaced while it was still answering is told too.
 
+uvicorn's proxy headers (on by default when uvicorn is run by hand) would make a
+client's ``X-Forwarded-For`` and ``X-Forwarded-Proto`` the peer and scheme the
+sidecar believes and forwards: this protocol leaves them out, so the peer is
+always the connection's.
+
 uvicorn answers what its parser refuses (both ``Content-Length`` and
 ``Transfer-Encoding``, a coding other than ``chunked``, an obs-fold...) with a
 plain-text 400 of its own, before any app sees the request. Here that refusal
@@ -39,6 +44,7 @@ class SidecarHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.app = _without_proxy_headers(self.app)
         self._replaced: list[RequestResponseCycle] = []
         self._refusal: asyncio.Task[None] | None = None
         self._answered: asyncio.Event | None = None  # set as an answer ends (or the connection)
@@ -119,6 +125,21 @@ class SidecarHttpProtocol(HttpToolsProtocol):
             transport.write_eof()
         transport.resume_reading()
         self.loop.call_later(LINGER_SECONDS, transport.close)
+
+
+def _without_proxy_headers(app: Any) -> Any:
+    """``app`` without uvicorn's proxy-headers layer: the peer and scheme are the connection's.
+
+    uvicorn (by default for loopback peers, for everyone with ``--forwarded-allow-ips
+    '*'``) takes the client's address and scheme from ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto``; the sidecar would then believe a client's claim and pass
+    it upstream as its own ``X-Forwarded-For`` and ``X-Forwarded-Proto``.
+    """
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    if isinstance(app, ProxyHeadersMiddleware):
+        return app.app
+    return app
 
 
 def _sidecar_of(app: Any) -> Any:

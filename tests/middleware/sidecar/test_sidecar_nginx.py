@@ -66,9 +66,18 @@ def auth_request(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> Iterato
             auth_request_set $guard_caller $upstream_http_x_guard_caller;
             auth_request_set $guard_purpose $upstream_http_x_guard_purpose;
             auth_request_set $guard_decision $upstream_http_x_guard_decision_id;
+            auth_request_set $guard_version $upstream_http_x_guard_policy_version;
             proxy_set_header X-Guard-Caller $guard_caller;
             proxy_set_header X-Guard-Purpose $guard_purpose;
             proxy_set_header X-Guard-Decision-Id $guard_decision;
+            proxy_set_header X-Guard-Policy-Version $guard_version;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header Forwarded "";
+            proxy_set_header X-Caller "";
+            proxy_set_header X-Guard-Proxy-Secret "";
             proxy_pass http://127.0.0.1:{upstream};
         }}
     }}""",
