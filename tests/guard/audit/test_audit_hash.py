@@ -17,15 +17,8 @@ from guard.audit import (
 from guard.audit._checkpoint import CheckpointKind, sign_checkpoint
 from guard.audit._event import GENESIS_HASH
 from guard.audit._fields import Linker, decode_many
-from tests.guard.audit.conftest import (
-    Keys,
-    decision_event,
-    linked,
-    make_trail,
-    record,
-    row_of,
-    seed,
-)
+from tests.guard.audit import conftest as kit
+from tests.guard.audit.conftest import Keys, decision_event, linked, make_trail, record
 from tests.guard.audit.test_audit_encoding import reference
 from tests.guard.audit.test_audit_tamper import check, insert_row, run_sql
 
@@ -49,16 +42,16 @@ def test_the_journal_writers_link_is_the_hash_of_the_linked_event(
 ) -> None:
     event = decision_event(caller=caller, categories=tuple(categories), allowed=allowed)
     placed = linked(event, writer, seq, "a" * 64)
-    hash_, record = Linker(writer, None).link(row_of(event)[:-4], seq, "a" * 64)
-    assert (hash_, record) == reference(row_of(event)[:-4], writer, seq, "a" * 64, None)
+    hash_, record = Linker(writer, None).link(kit.row_of(event)[:-4], seq, "a" * 64)
+    assert (hash_, record) == reference(kit.row_of(event)[:-4], writer, seq, "a" * 64, None)
     assert hash_ == placed.hash
-    assert decode_many([record]) == ([row_of(placed)], [])
+    assert decode_many([record]) == ([kit.row_of(placed)], [])
     assert placed.hash != legacy_hash(placed)
 
 
 def test_each_link_field_and_the_content_change_the_hash() -> None:
-    head = row_of(decision_event())[:-4]
-    other_head = row_of(decision_event(caller="svc:other"))[:-4]
+    head = kit.row_of(decision_event())[:-4]
+    other_head = kit.row_of(decision_event(caller="svc:other"))[:-4]
 
     def hash_of(writer: str, seq: int, prev: str, content: tuple[object, ...]) -> str:
         return Linker(writer, None).link(content, seq, prev)[0]
@@ -91,7 +84,7 @@ def _format_1_chain(url: str, keys: Keys, n: int) -> list[AuditEvent]:
                                  (CheckpointKind.CLOSE, n, prev))
     ]
     store = open_store(url)
-    seed(store, [row_of(e) for e in events], checkpoints)
+    kit.seed(store, [kit.row_of(e) for e in events], checkpoints)
     store.close()
     return events
 
