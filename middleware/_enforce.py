@@ -41,14 +41,26 @@ from middleware.identity import Authenticator, Caller, IdentityError
 from middleware.problem import problem_response
 from middleware.routes import RouteRule, RouteTable
 
-__all__ = ["GuardLike", "Outcome", "enforce", "route_label"]
+__all__ = [
+    "SAFE_METHODS",
+    "GuardLike",
+    "Outcome",
+    "deferred",
+    "enforce",
+    "http_context",
+    "recorded",
+    "route_label",
+    "settled",
+    "unjudged",
+]
 
 _log = logging.getLogger("guard.middleware")
 _PURPOSE_KEY = re.compile(r"^[a-z0-9_]+(?:\.[a-z0-9_]+)*$")
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-"""Methods whose handler the caller may run before a read's decision is durable (RFC 9110 9.2.1)."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """Methods every bound accepts (:func:`method_ok` is asked of any other)."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+"""Methods whose handler the caller may run before a read's decision is durable (RFC 9110 9.2.1)."""
+_SAFE = SAFE_METHODS
 _purposes: set[str] = set()
 """Purpose keys seen well-formed (at most ``_CONTEXTS``; then forgotten)."""
 _NO_EXTRA: Mapping[str, str] = MappingProxyType({})
@@ -101,7 +113,8 @@ class Outcome:
         fields: A minimising route's field plan, applied to its response body.
         pending: An allowed read whose decision is not recorded yet (``defer_reads``):
             the caller records it with :meth:`Guard.acommit` and the response's status
-            before any of the response leaves.
+            before any of the response leaves. ``GuardMiddleware`` keeps it for itself:
+            the outcome it puts in the request's state has none.
     """
 
     status: int
@@ -191,7 +204,7 @@ async def enforce(
 
     purpose = headers.get(purpose_header, "").strip()
     problem: str | None = None
-    if method not in _METHODS and not method_ok(method):
+    if method not in METHODS and not method_ok(method):
         problem, method = "method", cut(method, MAX_METHOD)
     if len(purpose) > MAX_PURPOSE:
         problem, purpose = problem or "purpose_length", cut(purpose, MAX_PURPOSE)
@@ -203,7 +216,7 @@ async def enforce(
         problem, subject = problem or "subject", None
     categories = rule.categories if rule is not None else ()
     action = rule.action if rule is not None else Action.READ
-    http = _http_context(method, route_label(rule))
+    http = http_context(method, route_label(rule))
     try:
         caller = auth.authenticate(headers, peer)
     except IdentityError as exc:
@@ -231,20 +244,70 @@ async def enforce(
     minimise = filters and rule.mode == "minimise" and rule.fields is not None
     try:
         ruling = guard.decide(request, http, per_category=minimise)
-        decision = ruling.decision
-        if (decision.allowed and defer_reads and request.action is Action.READ
+        if (ruling.decision.allowed and defer_reads and request.action is Action.READ
                 and method in _SAFE):
-            _annotate_span(decision, None)
-            judged = ruling.categories
-            return Outcome(200, decision, None, caller, http.route, endpoint,
-                           frozenset(judged.released) if judged is not None else None,
-                           rule.fields if judged is not None else None, pending=ruling)
-        checked = await guard.acommit(ruling, None if decision.allowed else 403)
+            return deferred(ruling, http, caller, endpoint, rule.fields, trace.get_current_span())
+        checked = await guard.acommit(ruling, None if ruling.decision.allowed else 403)
     except Exception:
-        _log.exception("the guard could not judge %s %s", method, http.route)
-        decision = denial(Reason.INTERNAL_ERROR, request)
-        _annotate_span(decision, None)
-        return Outcome(403, decision, None, caller, http.route, endpoint)
+        return unjudged(request, http, caller, endpoint)
+    return recorded(checked, http, caller, endpoint, rule.fields)
+
+
+def deferred(  # noqa: PLR0917 - positional: once per request
+        ruling: Ruling, http: HttpContext, caller: Caller, endpoint: object | None,
+        fields: FieldPlan | None, span: trace.Span) -> Outcome:
+    """The outcome of an allowed read left for the caller to record (``Outcome.pending``).
+
+    Args:
+        ruling: The allowing ruling, not recorded yet.
+        http: The HTTP side of the decision.
+        caller: The proven caller.
+        endpoint: The endpoint judged, if known.
+        fields: The route's field plan (applied when the ruling was per category).
+        span: The current span (the decision is put on it when it records).
+    """
+    decision = ruling.decision
+    if span.is_recording():
+        span.set_attributes(decision_attributes(decision))
+    judged = ruling.categories
+    if judged is None:
+        return Outcome(200, decision, None, caller, http.route, endpoint, None, None, ruling)
+    return Outcome(200, decision, None, caller, http.route, endpoint,
+                   frozenset(judged.released), fields, ruling)
+
+
+async def settled(  # noqa: PLR0917 - positional: once per request
+        guard: GuardLike, ruling: Ruling, http: HttpContext, caller: Caller,
+        endpoint: object | None, fields: FieldPlan | None) -> Outcome:
+    """Record ``ruling`` now (a write, a denial, a read not deferred); its outcome.
+
+    Args:
+        guard: The guard.
+        ruling: The ruling :meth:`Guard.decide` made.
+        http: The HTTP side of the decision.
+        caller: The proven caller.
+        endpoint: The endpoint judged, if known.
+        fields: The route's field plan (applied when the ruling was per category).
+    """
+    try:
+        checked = await guard.acommit(ruling, None if ruling.decision.allowed else 403)
+    except Exception:
+        return unjudged(ruling.request, http, caller, endpoint)
+    return recorded(checked, http, caller, endpoint, fields)
+
+
+def unjudged(request: Request, http: HttpContext, caller: Caller | None,
+             endpoint: object | None) -> Outcome:
+    """The outcome when the guard failed on ``request``: an unrecorded ``internal_error`` denial."""
+    _log.exception("the guard could not judge %s %s", http.method, http.route)
+    decision = denial(Reason.INTERNAL_ERROR, request)
+    _annotate_span(decision, None)
+    return Outcome(403, decision, None, caller, http.route, endpoint)
+
+
+def recorded(checked: Checked, http: HttpContext, caller: Caller, endpoint: object | None,
+             fields: FieldPlan | None) -> Outcome:
+    """The outcome of a decision recorded (or refused for want of a record)."""
     decision = checked.decision
     # An event that could not be recorded has no id an auditor could find.
     decision_id = checked.decision_id or None
@@ -254,7 +317,7 @@ async def enforce(
     judged = checked.categories
     if judged is not None and decision.allowed:
         return Outcome(200, decision, decision_id, caller, http.route,
-                       endpoint, frozenset(judged.released), rule.fields)
+                       endpoint, frozenset(judged.released), fields)
     return Outcome(200 if decision.allowed else 403, decision, decision_id, caller, http.route,
                    endpoint)
 
@@ -269,7 +332,7 @@ def _purpose_key(purpose: str) -> bool:
     return True
 
 
-def _http_context(method: str, route: str) -> HttpContext:
+def http_context(method: str, route: str) -> HttpContext:
     """The (immutable, shared) HTTP side of a decision for ``method`` on ``route``."""
     key = (method, route)
     http = _contexts.get(key)

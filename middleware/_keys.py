@@ -94,7 +94,7 @@ class KeyFiles:
         clock: Monotonic seconds (tests may pass their own).
     """
 
-    __slots__ = ("_clock", "_fixed", "_next", "_paths", "_stamps", "keys", "refresh")
+    __slots__ = ("_fixed", "_paths", "_stamps", "clock", "keys", "next_poll", "refresh")
 
     def __init__(
         self,
@@ -107,11 +107,13 @@ class KeyFiles:
     ) -> None:
         self._paths = (jwks_file, hs256_secret_file)
         self._fixed = list(fixed)
-        self._clock = clock
+        self.clock = clock
+        """The monotonic clock the interval is measured on."""
         self.refresh = refresh_seconds
         self._stamps = tuple(_stamp(p) if p else None for p in self._paths)
         self.keys = self._read()
-        self._next = clock() + refresh_seconds
+        self.next_poll = clock() + refresh_seconds
+        """When :meth:`poll` next looks at the files (on :attr:`clock`)."""
 
     def _read(self) -> list[VerificationKey]:
         jwks_file, hs_file = self._paths
@@ -124,10 +126,10 @@ class KeyFiles:
 
     def poll(self) -> list[VerificationKey] | None:
         """New keys when a file changed since the last look (at most once per interval)."""
-        now = self._clock()
-        if now < self._next:
+        now = self.clock()
+        if now < self.next_poll:
             return None
-        self._next = now + self.refresh
+        self.next_poll = now + self.refresh
         stamps = tuple(_stamp(p) if p else None for p in self._paths)
         if stamps == self._stamps:
             return None

@@ -20,6 +20,7 @@ import logging
 from opentelemetry import trace
 from starlette.types import Message, Receive, Scope, Send
 
+from guard._guard import Ruling
 from guard._types import HttpContext, Reason, denial
 from guard.audit._otel import decision_attributes
 from middleware._enforce import GuardLike, Outcome
@@ -44,31 +45,36 @@ class Record:
 
     Args:
         guard: The guard.
-        outcome: How the request was judged (``pending``: a read still to record).
+        outcome: How the request was judged.
+        ruling: An allowed read's ruling, still to record with its response's status.
         method: The request method (for the outcome event).
         scope: The request's scope.
         receive: The request's ``receive``.
         send: The server's ``send``.
+        span: The current (server) span: the decision's id is put on it.
     """
 
     __slots__ = ("_body", "_early", "_flusher", "_guard", "_judged", "_method", "_outcome",
-                 "_pending", "_read", "_receive", "_refused", "_returned", "_scope", "_send",
-                 "_sent", "_span", "_start", "_verdict", "decision_id", "failed", "finished",
-                 "status")
+                 "_pending", "_read", "_receive", "_refused", "_returned", "_ruling", "_scope",
+                 "_send", "_sent", "_span", "_start", "_verdict", "decision_id", "failed",
+                 "finished", "settled", "status")
 
-    def __init__(self, guard: GuardLike, outcome: Outcome, method: str, *, scope: Scope,
-                 receive: Receive, send: Send) -> None:
+    def __init__(  # noqa: PLR0917 - positional: once per request
+            self, guard: GuardLike, outcome: Outcome, ruling: Ruling | None, method: str,
+            scope: Scope,
+            receive: Receive, send: Send, span: trace.Span) -> None:
         self._guard = guard
         self._outcome = outcome
         self._method = method
         self._scope = scope
         self._receive = receive
         self._send = send
-        self._pending = outcome.pending
-        self._read = outcome.pending is not None
+        self._pending = ruling
+        self._ruling = ruling
+        self._read = ruling is not None
         self._verdict: asyncio.Future[str] | None = None
         self._judged = False
-        self._span = trace.get_current_span()
+        self._span = span
         self.decision_id = outcome.decision_id
         self.status: int | None = None
         """The status the response started with."""
@@ -87,6 +93,9 @@ class Record:
         """A read's whole body, held with its start."""
         self._flusher: asyncio.Task[None] | None = None
         self._returned = False
+        self.settled = False
+        """A read's whole response went out with its decision durable: :meth:`close` has
+        nothing left to do."""
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -106,14 +115,17 @@ class Record:
         if self._judged or verdict is None:
             return
         self._judged = True
-        if not verdict.cancelled() and verdict.exception() is None:
+        try:
             decision_id = verdict.result()
+        except BaseException:  # noqa: S110 - failed or cancelled: refused below
+            pass
+        else:
             self.decision_id = decision_id
             if self._span.is_recording():
                 self._span.set_attribute("guard.decision_id", decision_id)
             return
         self.failed = True
-        ruling = self._outcome.pending
+        ruling = self._ruling
         if self._span.is_recording() and ruling is not None:
             self._span.set_attributes(decision_attributes(denial(
                 Reason.AUDIT_UNAVAILABLE, ruling.request, ruling.decision.policy_version)))
@@ -167,6 +179,13 @@ class Record:
             if self._refused:
                 return
         elif kind == "http.response.start":
+            ruling = self._pending
+            if ruling is not None:  # a read: its decision is queued now, the start held
+                self._pending = None
+                status = self.status = message["status"]
+                self._verdict = self._guard.begin_commit(ruling, status)
+                self._start = message
+                return
             verdict = self._begin(message["status"])
             if verdict is not None and not self._judged:
                 self._start = message
@@ -226,12 +245,16 @@ class Record:
         start = self._start
         if start is None:
             return
-        verdict = self._awaited(self.status if self.status is not None else 500)
-        if verdict is not None:  # awaited here, not in open(): one frame less while it waits
+        verdict = self._verdict
+        if verdict is None:  # not queued yet (not a held read's start): queue it now
+            verdict = self._awaited(self.status if self.status is not None else 500)
+        if verdict is not None and not verdict.done():
+            # awaited here, not in open(): one frame less while it waits
             try:  # noqa: SIM105 - no suppress() object alive across the wait
                 await verdict
             except Exception:  # noqa: S110 - judged below
                 pass
+        if not self._judged:
             self._judge()
         if self._start is None:  # sent meanwhile (by the task answering early)
             return
@@ -241,15 +264,23 @@ class Record:
             await self._refuse()
             return
         send = self._send
-        early, self._early = self._early, None
-        for held in early or ():
-            await send(held)
-        await send(self._stamped(start))
+        early = self._early
+        if early is not None:
+            self._early = None
+            for held in early:
+                await send(held)
+        decision_id = self.decision_id
+        if decision_id:
+            start = {**start, "headers": [*start.get("headers", ()),
+                                          (_DECISION_HEADER, decision_id.encode())]}
+        await send(start)
         self._sent = True
-        body, self._body = self._body, None
+        body = self._body
         if body is not None:
+            self._body = None
             await send(body)
             self.finished = True
+            self.settled = self._read and self._flusher is None and self._pending is None
 
     async def _refuse(self) -> None:
         """Send a 403 ``audit_unavailable`` in place of the app's response."""

@@ -68,7 +68,7 @@ from middleware.routes import (
     declared_rules,
 )
 
-__all__ = ["AppRoutes", "Resolved", "find_router"]
+__all__ = ["Answer", "AppRoutes", "Resolved", "find_router"]
 
 _log = logging.getLogger("guard.middleware")
 _MAX_DEPTH = 32
@@ -113,6 +113,26 @@ class Resolved:
 
 
 NOWHERE = Resolved(None, None)
+
+
+class Answer:
+    """A remembered answer: the endpoint and declaration, and where they were found.
+
+    Args:
+        resolved: The answer.
+        routes: The router's routes list it was found in.
+        index: That list's index when it was found (the answer holds while the list
+            holds what the index holds).
+    """
+
+    __slots__ = ("index", "plan", "resolved", "routes")
+
+    def __init__(self, resolved: Resolved, routes: list[BaseRoute], index: _Index) -> None:
+        self.resolved = resolved
+        self.routes = routes
+        self.index = index
+        self.plan: Any = None
+        """What an enforcement point computed once from the answer (its own, or None)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +191,7 @@ class AppRoutes:
         self._public = frozenset(_same(p) for p in public)
         self._leaves: dict[tuple[int, str], _Leaf] = {}
         self._indexes: dict[int, _Index] = {}
-        self._answers: dict[tuple[object, ...], tuple[Resolved, list[BaseRoute], _Index]] = {}
+        self._answers: dict[tuple[object, ...], Answer] = {}
         """Answers by (type, method, root_path, path), with the routes list and index they
         were found in (valid while that list holds what the index holds)."""
         self._walk(router.routes, "")
@@ -195,12 +215,22 @@ class AppRoutes:
         key = _answer_key(scope)
         if key is None:
             return self._resolve(scope, None)
+        hit = self.remembered(key)
+        return hit.resolved if hit is not None else self._resolve(scope, key)
+
+    def remembered(self, key: tuple[object, ...]) -> Answer | None:
+        """The answer remembered under ``key`` while it holds; None otherwise.
+
+        Args:
+            key: ``(type, method, root_path, path)`` of a scope that carries nothing
+                else a route reads (no ``path_params``, no FastAPI state).
+        """
         hit = self._answers.get(key)
         if hit is not None:
-            resolved, routes, index = hit
-            if self._router.routes is routes and tuple(routes) == index.routes:
-                return resolved
-        return self._resolve(scope, key)
+            routes = hit.routes
+            if self._router.routes is routes and tuple(routes) == hit.index.routes:
+                return hit
+        return None
 
     def _resolve(self, scope: Scope, key: tuple[object, ...] | None) -> Resolved:
         """Resolve ``scope`` through the app's routes; remember the answer under ``key`` if it may.
@@ -258,7 +288,7 @@ class AppRoutes:
         answers = self._answers
         if len(answers) >= ANSWERS:
             answers.clear()
-        answers[key] = (resolved, routes, index)
+        answers[key] = Answer(resolved, routes, index)
 
     def _candidates(self, routes: Sequence[BaseRoute], work: Scope) -> Sequence[BaseRoute]:
         """The routes of one router that could match ``work``'s path, in the router's order."""

@@ -18,20 +18,23 @@ routes.csv. Lifespan and other scope types pass straight through.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guard._errors import PolicyError
-from guard._guard import Guard
+from guard._guard import Guard, Ruling
 from guard._types import Action, Reason, denial
 from guard.config import Settings, load_settings
 from middleware._bounds import method_ok
 from middleware._enforce import GuardLike, Outcome, enforce, route_label
 from middleware._minimise import DEFAULT_MAX_BODY, Minimiser
+from middleware._plan import Planner
 from middleware._record import Record
 from middleware._router import AppRoutes, Resolved, find_router
 from middleware.identity import Authenticator
@@ -108,6 +111,7 @@ class GuardMiddleware:
             for h in (self.purpose_header, *self.auth.header_names)
         )
         self.max_minimised_body = max_minimised_body
+        self._planner = Planner(self.auth, guard, self.purpose_header)
         self.public_requests: Counter[str] = Counter()
         """Requests to public routes, by route template (they make no audit event)."""
 
@@ -132,24 +136,40 @@ class GuardMiddleware:
         router = find_router(self.app)
         if router is not None:
             self._app_routes = AppRoutes(router, self._table, self._public_paths)
+        self._planner.routes = self._app_routes
         self._resolved = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan":
+        span = trace.get_current_span()
+        ruling: Ruling | None
+        if kind == "http":
+            method = scope["method"]
+            judged = self._planner.judge(scope, method, span)
+            if judged is None:
+                outcome, ruling = await self._judge(scope, kind, method)
+            elif isinstance(judged, tuple):
+                outcome, ruling = judged
+            else:
+                outcome, ruling = await judged, None
+        elif kind == "websocket":
+            method = "GET"
+            outcome, ruling = await self._judge(scope, kind, method)
+        elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        if kind not in ("http", "websocket"):
+        else:
             await self.app(scope, receive, send)
             return
-        method = scope["method"] if kind == "http" else "GET"
-        outcome = await self._judge(scope, kind, method)
-        scope.setdefault("state", {})["guard"] = outcome
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["guard"] = outcome
         if outcome.decision is None:  # public route
             self.public_requests[outcome.route or "<undeclared>"] += 1
             await self.app(scope, receive, send)
             return
-        if not outcome.allowed:
+        if outcome.status != 200:
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008, "reason": "forbidden"})
                 return
@@ -160,7 +180,7 @@ class GuardMiddleware:
         # The app's call, inline (not a coroutine of its own): while a read's response
         # waits for its decision, the fewer frames and objects alive per request, the
         # less the cyclic collector walks.
-        record = Record(self.guard, outcome, method, scope=scope, receive=receive, send=send)
+        record = Record(self.guard, outcome, ruling, method, scope, receive, send, span)
         inner: Send = record
         if outcome.fields is not None and outcome.released is not None and "method" in scope:
             inner = Minimiser(inner, scope, receive, outcome.fields, outcome.released,
@@ -170,10 +190,15 @@ class GuardMiddleware:
         try:
             await self.app(scope, receive, inner)
         finally:
-            await record.close(kind == "http")
+            if not record.settled:
+                await record.close(kind == "http")
 
-    async def _judge(self, scope: Scope, kind: str, method: str) -> Outcome:
-        """How the request is judged (a denial when it cannot be: fail closed).
+    async def _judge(self, scope: Scope, kind: str, method: str
+                     ) -> tuple[Outcome, Ruling | None]:
+        """How the request is judged (a denial when it cannot be: fail closed), by ``enforce()``.
+
+        The outcome, and the ruling of an allowed read left to record with its response's
+        status (taken out of the outcome: the app that reads the outcome cannot record it).
 
         Args:
             scope: The request's scope.
@@ -185,7 +210,7 @@ class GuardMiddleware:
         resolved: Resolved | None = None
         try:
             resolved = self.resolve(scope)
-            return await enforce(
+            outcome = await enforce(
                 self.guard, self.auth, self._base,
                 method=method, path=_route_path(scope), headers=headers,
                 peer=client[0] if client else None,
@@ -193,12 +218,20 @@ class GuardMiddleware:
                 filters=kind == "http",  # a WebSocket's messages are never filtered
                 defer_reads=True,  # recorded with the status, before the response starts
             )
+            caller = outcome.caller
+            authorization = headers.get("authorization")
+            if caller is not None and authorization is not None:  # known_caller's next time
+                self.auth.remember(authorization.encode("latin-1"), caller)
+            ruling = outcome.pending
+            if ruling is not None:
+                outcome = dataclasses.replace(outcome, pending=None)
+            return outcome, ruling
         except Exception:  # fail closed: what cannot be judged is refused
             # Never the raw path: it may name a person. The template, or nothing.
             route = "<unresolved>" if resolved is None else route_label(resolved.rule)
             _log.exception("the guard failed on %s %s", method if method_ok(method) else "?",
                            route)
-            return Outcome(403, denial(Reason.INTERNAL_ERROR), None, None)
+            return Outcome(403, denial(Reason.INTERNAL_ERROR), None, None), None
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the lifespan through; close the guard this middleware opened, at the end.

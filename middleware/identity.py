@@ -171,11 +171,13 @@ class Authenticator:
         "_files",
         "_max_authorization",
         "_proxy_secrets",
+        "_raw",
         "audience",
         "caller_header",
         "development",
         "issuer",
         "leeway",
+        "proxied_by",
         "proxies",
     )
 
@@ -197,6 +199,8 @@ class Authenticator:
         self._by_kid: dict[str, VerificationKey] = {}
         self._by_alg: dict[str, list[VerificationKey]] = {}
         self._cache: OrderedDict[str, tuple[Caller, float, float]] = OrderedDict()
+        self._raw: dict[bytes, tuple[Caller, float, float]] = {}
+        """Verified ``Authorization`` values as they came (bytes), for :meth:`known_caller`."""
         self._cache_size = max(1, cache_size)
         self._set_keys(keys.keys if isinstance(keys, KeyFiles) else keys)
         self.audience = audience
@@ -210,6 +214,9 @@ class Authenticator:
                 "authenticated by its secret, never by its address alone"
             )
         self.caller_header = caller_header.lower()
+        self.proxied_by: bytes | None = (
+            self.caller_header.encode("latin-1") if self._proxy_secrets else None)
+        """The caller header as bytes when a proxy may assert a caller (else None)."""
         self.development = development
         self._dev_key: Path | None = None
         self._max_authorization = len("Bearer ") + max_token_bytes
@@ -289,6 +296,7 @@ class Authenticator:
         self._by_kid, self._by_alg = by_kid, by_alg
         # A token verified with a key that may be gone is verified again.
         self._cache.clear()
+        self._raw.clear()
 
     def authenticate(self, headers: Mapping[str, str], peer: str | None) -> Caller:
         """The proven caller of a request.
@@ -313,6 +321,70 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token.strip():
             raise IdentityError("the Authorization header is not a bearer token")
         return self.verify(token.strip())
+
+    def known_caller(self, headers: Mapping[bytes, bytes]) -> Caller | None:
+        """The caller of a request whose ``Authorization`` value was verified before.
+
+        What :meth:`authenticate` would answer, from the raw headers, when the value is
+        one :meth:`remember` kept and its token is valid now; None in every other case
+        (not remembered, expired or not yet valid, the key files due to be looked at, a
+        caller header a proxy may assert): then :meth:`authenticate` decides.
+
+        Args:
+            headers: The request's headers by lower-case name as bytes (the first of
+                repeats), values as they came.
+        """
+        authorization = headers.get(b"authorization")
+        if authorization is None:
+            return None
+        raw = self._raw
+        hit = raw.get(authorization)
+        if hit is None:
+            return None
+        proxied = self.proxied_by
+        if proxied is not None and proxied in headers:
+            return None
+        files = self._files
+        if files is not None and files.clock() >= files.next_poll:
+            return None
+        now = time.time()
+        caller, nbf, exp = hit
+        leeway = self.leeway
+        if now >= exp + leeway:
+            raw.pop(authorization, None)
+            return None
+        if now < nbf - leeway:
+            return None
+        return caller
+
+    def remember(self, authorization: bytes, caller: Caller) -> None:
+        """Keep a raw ``Authorization`` value that :meth:`authenticate` just proved ``caller`` with.
+
+        Kept only when it is the value of a bearer token verified into the cache as
+        this very caller (so :meth:`known_caller` answers exactly what
+        :meth:`authenticate` answered); bounded like the token cache, the oldest kept
+        dropped first (a dropped value is kept again at its next request).
+
+        Args:
+            authorization: The request's first ``Authorization`` value, as it came.
+            caller: The caller :meth:`authenticate` returned for it.
+        """
+        if caller.via != "jwt" or len(authorization) > self._max_authorization:
+            return
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        hit = self._cache.get(token.strip())
+        if scheme.lower() != "bearer" or hit is None or hit[0] is not caller:
+            return
+        raw = self._raw
+        raw[authorization] = hit
+        if len(raw) > self._cache_size:
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del raw[next(iter(raw))]
+
+    @property
+    def remembered(self) -> int:
+        """How many raw ``Authorization`` values :meth:`known_caller` can answer."""
+        return len(self._raw)
 
     def _proxied(self, caller_id: str, secret: str | None, peer: str | None) -> Caller:
         if len(caller_id) > MAX_CALLER_ID:

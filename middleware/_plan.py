@@ -1,0 +1,227 @@
+"""What a remembered route answer fixes for every request that gets it, computed once.
+
+A route answer (``middleware._router.Answer``) is remembered per (type, method,
+root_path, path); everything :func:`middleware._enforce.enforce` derives from it
+alone is the same for every request with that key: the rule, whether the route is
+public, the method's and the subject's bounds, the categories, action and HTTP
+context of the decision, whether an allowed read may be deferred and whether the
+response is minimised. :class:`Plan` holds that, so a request only adds what is its
+own: its caller and its purpose.
+
+:meth:`Planner.judge` judges a request with a plan when nothing of the request itself needs
+the interpreted path's checks: the caller's ``Authorization`` value was verified
+before and is valid now (``Authenticator.known_caller``), the purpose is absent or a
+well-formed key of at most :data:`~middleware._bounds.MAX_PURPOSE` characters, and
+the caller's token lets it declare that purpose. Anything else (a malformed value, a
+missing or new token, a proxy's caller header, an undeclared route) is left to
+``enforce()``, which judges and records it; the answer of :meth:`Planner.judge` is
+the answer ``enforce()`` gives for the same request (tests/middleware/test_plan.py holds
+it to that for random requests).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from opentelemetry import trace
+from starlette.types import Scope
+
+from guard._guard import Ruling
+from guard._types import Action, Decision, HttpContext, Request
+from guard.audit._otel import decision_attributes
+from middleware._bounds import MAX_PURPOSE, method_ok, subject_ok
+from middleware._enforce import (
+    METHODS,
+    SAFE_METHODS,
+    GuardLike,
+    Outcome,
+    _public_counter,
+    http_context,
+    settled,
+    unjudged,
+)
+from middleware._router import AppRoutes, Resolved
+from middleware.fields import FieldPlan
+from middleware.identity import Authenticator, Caller
+
+__all__ = ["PURPOSES", "REQUESTS", "Judged", "Plan", "Planner"]
+
+Judged = tuple[Outcome, Ruling | None] | Coroutine[Any, Any, Outcome]
+"""What :meth:`Planner.judge` answers: an outcome and the ruling left to record, or a
+coroutine for the outcome of a ruling being recorded now."""
+
+_PURPOSE_KEY = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
+PURPOSES = 1024
+"""Raw purpose values remembered as well-formed (then forgotten all at once)."""
+REQUESTS = 4096
+"""Requests remembered by (plan, caller, purpose) (then forgotten all at once)."""
+
+
+class Plan:
+    """What every request with one remembered route answer shares.
+
+    Args:
+        resolved: The route answer.
+        method: The request method of its key.
+    """
+
+    __slots__ = ("action", "categories", "defer", "endpoint", "fields", "http", "minimise",
+                 "public", "public_attributes", "quick", "route", "subject")
+
+    def __init__(self, resolved: Resolved, method: str) -> None:
+        rule = resolved.rule
+        self.endpoint = resolved.endpoint
+        self.route = rule.template if rule is not None else "<undeclared>"
+        self.public: tuple[Outcome, None] | None = None
+        """The outcome of every request to a public route (None: not public)."""
+        self.public_attributes: Mapping[str, str] = {"http.route": self.route,
+                                                     "http.request.method": method}
+        subject = resolved.subject
+        if rule is not None and rule.public:
+            self.public = Outcome(200, None, None, None, rule.template, resolved.endpoint), None
+        self.categories: tuple[str, ...] = rule.categories if rule is not None else ()
+        self.action = rule.action if rule is not None else Action.READ
+        self.fields: FieldPlan | None = rule.fields if rule is not None else None
+        self.minimise = (rule is not None and rule.mode == "minimise"
+                         and rule.fields is not None)
+        self.defer = self.action is Action.READ and method in SAFE_METHODS
+        self.http: HttpContext = http_context(method, self.route)
+        subject_fits = (subject is None or rule is None or rule.subject is None
+                        or subject_ok(subject, rule.template, rule.subject))
+        self.subject: str | None = subject or None
+        self.quick = (rule is not None and not rule.public and subject_fits
+                      and (method in METHODS or method_ok(method)))
+        """Nothing of the route stands in the way of :func:`quick`."""
+
+
+class _Seen:
+    """What one caller's requests for one purpose on one route share: the request, the
+    last decision and its outcome (a read's, with no ruling in it)."""
+
+    __slots__ = ("caller", "decision", "outcome", "request")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.caller: Caller | None = None
+        self.decision: Decision | None = None
+        self.outcome: Outcome | None = None
+
+
+class Planner:
+    """Judges requests with their remembered route's plan (see the module's docstring).
+
+    Args:
+        auth: Who is calling.
+        guard: The guard.
+        purpose_header: The lower-case header that declares the purpose.
+    """
+
+    __slots__ = ("auth", "guard", "purpose_header", "purposes", "routes", "seen")
+
+    def __init__(self, auth: Authenticator, guard: GuardLike, purpose_header: str) -> None:
+        self.auth = auth
+        self.guard = guard
+        self.purpose_header = purpose_header.encode("latin-1")
+        self.routes: AppRoutes | None = None
+        """The app's routes, once walked (None: every request takes the interpreted path)."""
+        self.purposes: dict[bytes, str] = {}
+        """Raw purpose values found well-formed, and the purpose each declares."""
+        self.seen: dict[tuple[Plan, str, str], _Seen] = {}
+        """By (plan, caller id, purpose): the request, and the last decision's outcome."""
+
+    def judge(self, scope: Scope, method: str, span: trace.Span) -> Judged | None:
+        """Judge an HTTP request with its route's plan; None when it needs ``enforce()``.
+
+        Nothing is decided when None is returned. Otherwise: the outcome and, for an
+        allowed read left for the caller to record, its ruling (the outcome then has
+        no ``pending``: the ruling is the caller's alone to record); or a coroutine to
+        await for the outcome when the ruling is being recorded now (a denial, a
+        write, a read asked with a method that is not safe).
+
+        Args:
+            scope: The request's scope (``type`` is ``http``).
+            method: Its method.
+            span: The current span.
+        """
+        routes = self.routes
+        if routes is None or "path_params" in scope or "fastapi" in scope:
+            return None
+        answer = routes.remembered(("http", method, scope.get("root_path", ""), scope["path"]))
+        if answer is None:
+            return None
+        plan: Plan | None = answer.plan
+        if plan is None:
+            plan = answer.plan = Plan(answer.resolved, method)
+        if plan.public is not None:
+            _public_counter.add(1, plan.public_attributes)
+            return plan.public
+        raw = scope["headers"]
+        if not plan.quick or type(raw) is not list:
+            return None
+        try:
+            headers: dict[bytes, bytes] = dict(reversed(raw))  # the first of repeats
+        except (TypeError, ValueError):  # not name/value pairs: enforce() refuses them
+            return None
+        caller = self.auth.known_caller(headers)
+        if caller is None:
+            return None
+        value = headers.get(self.purpose_header)
+        purpose = ""
+        if value is not None:
+            known = self.purposes.get(value)
+            if known is None:
+                known = self._purpose(value)
+                if known is None:
+                    return None
+            purpose = known
+        if purpose and caller.purposes is not None and not caller.may_declare(purpose):
+            return None
+        seen = self.seen.get((plan, caller.id, purpose))
+        if seen is None:
+            seen = self._seen(plan, caller.id, purpose)
+        request = seen.request
+        http = plan.http
+        guard = self.guard
+        try:
+            ruling = guard.decide(request, http, per_category=plan.minimise)
+            decision = ruling.decision
+            if decision.allowed and plan.defer:
+                if span.is_recording():
+                    span.set_attributes(decision_attributes(decision))
+                judged = ruling.categories
+                if judged is not None:  # minimised: what it releases is this ruling's
+                    return Outcome(200, decision, None, caller, plan.route, plan.endpoint,
+                                   frozenset(judged.released), plan.fields), ruling
+                outcome = seen.outcome
+                if outcome is None or seen.decision is not decision or seen.caller is not caller:
+                    outcome = seen.outcome = Outcome(200, decision, None, caller, plan.route,
+                                                     plan.endpoint)
+                    seen.decision, seen.caller = decision, caller
+                return outcome, ruling
+        except Exception:
+            return unjudged(request, http, caller, plan.endpoint), None
+        return settled(guard, ruling, http, caller, plan.endpoint, plan.fields)
+
+    def _purpose(self, value: bytes) -> str | None:
+        """The purpose a raw header value declares when it is well-formed (then remembered)."""
+        if type(value) is not bytes:
+            return None
+        purpose = value.decode("latin-1").strip()
+        if len(purpose) > MAX_PURPOSE or (purpose and _PURPOSE_KEY.fullmatch(purpose) is None):
+            return None
+        known = self.purposes
+        if len(known) >= PURPOSES:
+            known.clear()
+        known[value] = purpose
+        return purpose
+
+    def _seen(self, plan: Plan, caller: str, purpose: str) -> _Seen:
+        """A new entry for ``caller``'s requests for ``purpose`` on ``plan``'s route."""
+        seen = self.seen
+        if len(seen) >= REQUESTS:
+            seen.clear()
+        entry = seen[plan, caller, purpose] = _Seen(
+            Request(caller, purpose, plan.categories, plan.action, plan.subject))
+        return entry
