@@ -35,26 +35,27 @@ class _Unsendable:
 
 
 @pytest.fixture
-def server(keys: Keys, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def server(keys: Keys, tmp_path: Path) -> Iterator[tuple[str, Path, Guard]]:
     settings = guard_settings(tmp_path, keys)
     guard = Guard.from_settings(settings)
     app = Starlette(routes=[Route("/customers/{customer_id}", guarded(**READ)(_Unsendable()))])
     app.add_middleware(GuardMiddleware, guard=guard, settings=settings, routes=RouteTable(()))
     try:
         with UvicornThread(app) as running:
-            yield running.url, tmp_path / "audit.db"
+            yield running.url, tmp_path / "audit.db", guard
     finally:
         guard.close()
 
 
 def test_a_held_response_the_server_cannot_send_is_recorded_as_aborted(
-    server: tuple[str, Path], keys: Keys
+    server: tuple[str, Path, Guard], keys: Keys
 ) -> None:
-    url, db = server
+    url, db, guard = server
     with pytest.raises(httpx.RemoteProtocolError):  # the server dropped the connection
         httpx.get(url + "/customers/c-0001", timeout=10, headers={
             "authorization": f"Bearer {keys.mint('hs', sub='svc:crm')}",
             "x-purpose": "relationship.management"})
+    guard.trail.flush()  # the outcome is queued as the connection drops: durable, then read
     decision = audit_rows(db, "kind = 'decision'")[-1]
     assert (decision["allowed"], decision["http_status"]) == (1, 200)
     outcomes = audit_rows(db, "decision_ref = ?", (decision["event_id"],))
