@@ -397,8 +397,9 @@ class JournalWriter:
         """Build, link and append one batch; set each item's result.
 
         Returns:
-            The durable rows and checkpoints, for :meth:`_tell`; None when the journal
-            refused the batch.
+            The durable rows (their content columns only, when no listener wants the
+            rows) and checkpoints, for :meth:`_tell`; None when the journal refused the
+            batch.
         """
         now = utc_now()
         seq, prev, writer_id = self._seq, self._prev, self.writer_id
@@ -421,7 +422,7 @@ class JournalWriter:
             sign(CheckpointKind.PERIODIC, seq, prev)
             unsigned = 0
         started: str | None = None  # the time of the first event of a stretch begun here
-        pseudonyms, every = self._pseudonyms, self._every
+        pseudonyms, every, whole = self._pseudonyms, self._every, bool(self._committed)
         add_record, add_row, add_built = records.append, rows.append, built.append
         for item, event_id in zip(items, new_event_ids(len(items)), strict=True):
             try:
@@ -432,7 +433,7 @@ class JournalWriter:
                 continue
             seq += 1
             add_record(record)
-            add_row((*head, writer_id, seq, prev, hash_))
+            add_row((*head, writer_id, seq, prev, hash_) if whole else head)
             prev = hash_
             add_built(item)
             if not unsigned:

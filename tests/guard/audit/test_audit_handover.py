@@ -14,6 +14,7 @@ from pathlib import Path
 
 from guard.audit import EventKind, load_signing_key
 from guard.audit._checkpoint import Checkpoint
+from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import ChainKey
 from guard.audit._journal import Journal, read_journal
 from guard.audit._jwriter import JournalWriter
@@ -63,6 +64,7 @@ def test_a_coroutine_and_a_thread_are_answered_while_the_listener_still_runs(
         w.close()
         journal.close()
     assert listener.rows[0][0] == event_id  # then it saw the batch
+    assert len(listener.rows[0]) == len(FIELD_NAMES)  # whole rows, chain columns included
     assert witness.read_text().count("\n") >= 3  # open, each event's checkpoint, close
 
 
