@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sidecarkit import poll
 from starlette.applications import Starlette
 from starlette.routing import Route
 from tokenkit import Keys, UvicornThread, audit_rows, guard_settings
@@ -58,6 +59,8 @@ def test_a_held_response_the_server_cannot_send_is_recorded_as_aborted(
     guard.trail.flush()  # the outcome is queued as the connection drops: durable, then read
     decision = audit_rows(db, "kind = 'decision'")[-1]
     assert (decision["allowed"], decision["http_status"]) == (1, 200)
-    outcomes = audit_rows(db, "decision_ref = ?", (decision["event_id"],))
+    # the server records the outcome after it dropped the connection, so it may
+    # reach the trail a moment after the client saw the drop
+    outcomes = poll(lambda: audit_rows(db, "decision_ref = ?", (decision["event_id"],)))
     assert [(o["kind"], o["http_status"], o["detail"]) for o in outcomes] == [
         ("outcome", 200, "aborted")]
