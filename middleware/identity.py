@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -517,7 +518,8 @@ class Authenticator:
             purposes = frozenset(raw)
         else:
             raise IdentityError("the token's purposes claim is not a list of purpose keys")
-        exp, nbf = claims["exp"], claims.get("nbf", float("-inf"))
-        if not isinstance(exp, int | float) or not isinstance(nbf, int | float):
+        exp, nbf = claims["exp"], claims.get("nbf", 0)
+        if (not isinstance(exp, int | float) or not isinstance(nbf, int | float)
+                or not math.isfinite(exp) or not math.isfinite(nbf)):  # NaN passes every check
             raise IdentityError("the token's exp or nbf is not a number")
         return Caller(sub, purposes, "jwt"), float(nbf), float(exp)
