@@ -11,6 +11,7 @@ from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 
+from guard._guard import Checked
 from guard._types import Action, HttpContext, Reason, Request
 from middleware._bounds import MAX_SUBJECT
 from middleware.identity import IdentityError
@@ -147,6 +148,14 @@ def _readable(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
+async def _check(sidecar: Sidecar, request: Request, http: HttpContext, asker: str) -> Checked:
+    """Decide and record ``request``; asked about another caller, the event names the asker."""
+    ruling = sidecar.guard.decide(request, http)
+    if request.caller != asker and ruling.fields is not None:
+        ruling.fields["detail"] = f"asker:{asker}"
+    return await sidecar.guard.acommit(ruling)
+
+
 async def decide_endpoint(request: HttpRequest) -> Response:
     """Authenticate the asker, judge each request (audited), answer with the decisions."""
     sidecar: Sidecar = request.app.state.sidecar
@@ -178,7 +187,8 @@ async def decide_endpoint(request: HttpRequest) -> Response:
     http = HttpContext(method="POST", route="/v1/decide", extra={"asker": asker.id})
     checked = await asyncio.gather(
         *(
-            sidecar.guard.acheck(
+            _check(
+                sidecar,
                 Request(
                     caller=item.caller or asker.id,
                     purpose=item.purpose,
@@ -187,6 +197,7 @@ async def decide_endpoint(request: HttpRequest) -> Response:
                     subject=item.subject,
                 ),
                 http,
+                asker.id,
             )
             for item in items
         )
