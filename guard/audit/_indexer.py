@@ -229,6 +229,10 @@ class Indexer:
     def _step(self) -> None:
         if self._reader is None:  # first: how far the store is (it may be down for now)
             offset = self.store.indexed_offset(self._key)
+            if offset > durable_end(self.lane):  # a lane cut or restored: never skip a record
+                _log.error("the index has read %d records of %s, which holds fewer: it is "
+                           "read again from its start", offset, self.lane)
+                offset = 0  # the store keeps each event once
             reader = JournalReader(self.lane, offset)
             with self._cond:
                 self._reader, self.offset = reader, offset
