@@ -18,6 +18,7 @@ before the index read them).
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import struct
 from pathlib import Path
@@ -162,3 +163,34 @@ def test_verify_names_an_end_file_that_holds_no_end(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert "does not hold a valid end" in done.stdout
+
+
+def test_a_lane_restored_from_an_older_copy_loses_no_new_event_from_the_index(
+    tmp_path: Path,
+) -> None:
+    """The index has read further than the lane now holds (a restore, or another lane's ID).
+
+    The lane is whole (its END agrees), so it opens; the index's saved offset is
+    past its end, and the indexer used to wait for the journal to grow past it and
+    read on from there: every event acknowledged in between never reached the index.
+    It reads the lane again from its start instead (the store keeps each event once).
+    """
+    keys = make_keys(tmp_path)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    folder = tmp_path / "journal"
+    lane = folder / "lane-0"
+    with _trail(url, keys, folder) as trail:
+        for _ in range(10):
+            trail.record_fields(EventKind.DECISION, FIELDS)
+    copy = tmp_path / "lane-0.copy"
+    shutil.copytree(lane, copy)
+    with _trail(url, keys, folder) as trail:
+        for _ in range(10):
+            trail.record_fields(EventKind.DECISION, FIELDS)
+    shutil.rmtree(lane)
+    shutil.copytree(copy, lane)  # the older copy, END and all
+    with _trail(url, keys, folder) as trail:
+        acknowledged = [trail.record_fields(EventKind.DECISION, FIELDS) for _ in range(10)]
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        indexed = {row[0] for row in db.execute("SELECT event_id FROM audit_event")}
+    assert [i for i in acknowledged if i not in indexed] == []
