@@ -4,9 +4,9 @@ The journal's chains are checked exactly as a store's are: its records go
 through :func:`guard.audit._verify.verify_chains`, each chain's by ``seq``.
 Then every journal event the index has read (below its saved offset) must be
 in the index with the same columns, and the index must hold no other event of
-the journal's chains. A lane's records are numbered from 0 without a gap and
-reach the durable end it published: a gap, or an end below it, is damage
-(acknowledged records were removed).
+the journal's chains. A lane's records are numbered without a gap and reach
+the durable end it published: a gap, or an end below it, is damage
+(acknowledged records were removed; only the oldest segments may be archived).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | Checkpo
         damage.append(str(exc))
         published = 0
     records = list(read_journal(lane))
-    expected: int | None = 0  # a lane is numbered from 0 without a gap
+    expected: int | None = None  # numbered without a gap (the oldest may be archived)
     for number, record in enumerate(records):
         if isinstance(record, Damage):
             expected = None
@@ -76,6 +76,9 @@ def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | Checkpo
             if not last:  # an incomplete last frame is a write in progress
                 damage.append(f"{record.path.name} at byte {record.position} (offset "
                               f"{record.offset}): {record.why}")
+            elif record.offset < published:  # ... unless it was acknowledged
+                damage.append(f"{lane.name}: record {record.offset} is cut short below its "
+                              f"durable end {published}")
             continue
         offset, payload = record
         if expected is not None and offset != expected:
@@ -89,7 +92,9 @@ def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | Checkpo
             yield offset, (checkpoints or rows)[0]
         else:
             damage.append(f"{lane.name} offset {offset}: not an audit record")
-    if expected is not None and expected < published:
+    if not records:
+        expected = 0
+    if expected is not None and expected < published:  # after a bad frame: named above
         damage.append(f"{lane.name}: its records end at {expected}, below its durable end "
                       f"{published} (records were cut off)")
 
