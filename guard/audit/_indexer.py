@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from guard.audit._health import FailureLog
-from guard.audit._journal import JournalReader, durable_end
+from guard.audit._journal import JournalReader, durable_end, segments
 from guard.audit._store import Store
 
 _log = logging.getLogger("guard.audit")
@@ -232,7 +232,8 @@ class Indexer:
             if offset > durable_end(self.lane):  # a lane cut or restored: never skip a record
                 _log.error("the index has read %d records of %s, which holds fewer: it is "
                            "read again from its start", offset, self.lane)
-                offset = 0  # the store keeps each event once
+                found = segments(self.lane)  # the store keeps each event once
+                offset = found[0][0] if found else 0
             reader = JournalReader(self.lane, offset)
             with self._cond:
                 self._reader, self.offset = reader, offset
