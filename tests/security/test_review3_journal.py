@@ -10,10 +10,10 @@ new record below it: acknowledged events never queryable. The journal refuses
 to open instead (the guard does not start on it: fail closed).
 
 ``guard audit verify --journal`` says a journal is damaged when acknowledged
-records are missing from it: a lane's records are numbered from 0 without a
-gap (an older segment cut short, or the oldest segment removed, leaves one),
-and reach the durable end the lane published (its newest records cut off
-before the index read them).
+records are missing from it: a lane's records are numbered without a gap (an
+older segment cut short, or a middle one removed, leaves one; only the oldest
+segments may be archived), and reach the durable end the lane published (its
+newest records cut off before the index read them).
 """
 
 from __future__ import annotations
@@ -105,16 +105,19 @@ def test_no_event_acknowledged_after_a_cut_tail_is_missing_from_the_index(
     assert [i for i in acknowledged if i not in indexed] == []
 
 
-def _two_chains(tmp_path: Path) -> tuple[str, AuditKeys, Path]:
-    """Two writers one after the other on one lane: the first chain whole in segment 0."""
+def _chains(tmp_path: Path, count: int) -> tuple[str, AuditKeys, Path, list[list[Path]]]:
+    """Writers one after the other on one lane, a segment per batch; each chain's segments."""
     keys = make_keys(tmp_path)
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     folder = tmp_path / "journal"
-    for segment_bytes in (1 << 20, 1):  # the second writer starts a segment per batch
-        with _trail(url, keys, folder, segment_bytes=segment_bytes) as trail:
+    made: list[list[Path]] = []
+    for _ in range(count):
+        before = {path for _, path in segments(folder / "lane-0")} if made else set()
+        with _trail(url, keys, folder, segment_bytes=1) as trail:
             for _ in range(10):
                 trail.record_fields(EventKind.DECISION, FIELDS)
-    return url, keys, folder
+        made.append([path for _, path in segments(folder / "lane-0") if path not in before])
+    return url, keys, folder, made
 
 
 def _tampered(url: str, keys: AuditKeys, tmp_path: Path, folder: Path, words: str) -> None:
@@ -125,19 +128,30 @@ def _tampered(url: str, keys: AuditKeys, tmp_path: Path, folder: Path, words: st
 
 
 def test_verify_names_records_cut_off_an_older_segment(tmp_path: Path) -> None:
-    """The first chain's last records (its closing checkpoint too) cut off segment 0."""
-    url, keys, folder = _two_chains(tmp_path)
-    oldest = segments(folder / "lane-0")[0][1]
-    data = oldest.read_bytes()
-    oldest.write_bytes(data[:_frame_starts(data)[-4]])
-    _tampered(url, keys, tmp_path, folder, "records 10 to 13 are missing")
+    """The first chain's last records (its closing checkpoint too) cut off its last segment."""
+    url, keys, folder, made = _chains(tmp_path, 2)
+    last = made[0][-1]
+    data = last.read_bytes()
+    last.write_bytes(data[:_frame_starts(data)[-1]])
+    _tampered(url, keys, tmp_path, folder, "are missing")
 
 
-def test_verify_names_a_removed_oldest_segment(tmp_path: Path) -> None:
-    """The whole first chain removed from the journal with its segment."""
-    url, keys, folder = _two_chains(tmp_path)
-    segments(folder / "lane-0")[0][1].unlink()
-    _tampered(url, keys, tmp_path, folder, "records 0 to 13 are missing")
+def test_verify_names_a_whole_chain_removed_with_its_segments(tmp_path: Path) -> None:
+    """The middle one of three chains removed from the journal (the index still holds it)."""
+    url, keys, folder, made = _chains(tmp_path, 3)
+    for path in made[1]:
+        path.unlink()
+    _tampered(url, keys, tmp_path, folder, "are missing")
+
+
+def test_archived_oldest_segments_are_not_damage(tmp_path: Path) -> None:
+    """The oldest segments moved away (archived with the store's backups) is no gap."""
+    url, keys, folder, made = _chains(tmp_path, 2)
+    for path in made[0]:
+        path.unlink()
+    done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "intact" in done.stdout
 
 
 def test_verify_names_records_cut_off_below_the_durable_end(tmp_path: Path) -> None:
@@ -157,7 +171,7 @@ def test_verify_names_records_cut_off_below_the_durable_end(tmp_path: Path) -> N
 
 def test_verify_names_an_end_file_that_holds_no_end(tmp_path: Path) -> None:
     """A rewritten END is named in one line (no traceback), as damage."""
-    url, keys, folder = _two_chains(tmp_path)
+    url, keys, folder, _ = _chains(tmp_path, 1)
     (folder / "lane-0" / "END").write_bytes(b"\xff" * 16)
     done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
     assert done.returncode == 1, done.stdout + done.stderr
