@@ -231,8 +231,12 @@ class Journal:
         A segment at its size bound is closed and the next one started first.
 
         Raises:
-            AuditUnavailableError: the disk refused; nothing of the batch is kept.
+            AuditUnavailableError: the disk refused, or a record is over :data:`MAX_FRAME`
+                (its readers would take it for damage); nothing of the batch is kept.
         """
+        if any(len(p) > MAX_FRAME for p in payloads):
+            raise AuditUnavailableError(
+                f"audit journal {self.folder}: a record is over {MAX_FRAME} bytes")
         try:
             if self._broken:
                 os.ftruncate(self._fd, self._size)
