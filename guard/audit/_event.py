@@ -145,6 +145,10 @@ def outcome_fields(decision_id: str, status: int, http: HttpContext | None) -> d
     return fields
 
 
+MAX_POLICY_DETAIL = 4096
+"""The longest ``detail`` of a policy event (characters; a longer one is cut, ending in …)."""
+
+
 def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str, Any]:
     """The fields of a policy event.
 
@@ -153,6 +157,8 @@ def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str
     """
     if kind not in (EventKind.POLICY_LOADED, EventKind.POLICY_REJECTED):
         raise ValueError(f"not a policy event kind: {kind}")
+    if detail is not None and len(detail) > MAX_POLICY_DETAIL:  # an error may echo a whole value
+        detail = detail[:MAX_POLICY_DETAIL - 1] + "…"
     return {"policy_version": version, "detail": detail}
 
 
