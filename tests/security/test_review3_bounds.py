@@ -1,0 +1,104 @@
+"""Third review: no audit record is too large for the journal's readers.
+
+The journal's readers take a frame whose length is over ``MAX_FRAME`` (16 MiB)
+for damage, but nothing bounded what was written: a policy whose error names a
+huge value (``unknown policy type 'xxxx…'`` with 20 MB of it, from a policy
+file or a row of the PostgreSQL policy store) was recorded whole as a
+``policy_rejected`` event. That record was acknowledged, then the index stopped
+at it for good (no later event ever queryable), and the next start refused the
+journal (a bad frame below its durable end): one bad policy row took every
+replica's trail down. A policy event's ``detail`` is now cut to a bound, and the
+journal refuses a record its readers would not read instead of writing it
+(the batch fails closed, the chain goes on after the last good one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from opskit import POLICIES
+from sidecarkit import policy_copy
+
+from guard._errors import AuditUnavailableError
+from guard._guard import Guard
+from guard._types import Request
+from guard.audit import open_store
+from guard.audit._event import EventKind
+from guard.audit._journal import MAX_FRAME, Journal, durable_end, scan, segments
+from guard.config import AuditSettings, PolicySettings, Settings
+from tests.security.audit_tamper_kit import cli_verify, make_keys, trail
+
+FIELDS = {"caller": "svc:crm", "purpose": "relationship.management", "categories": ("contact",),
+          "action": "read", "allowed": True, "reason": "allowed", "subject_id": "cust-1"}
+
+
+def test_a_policy_error_naming_a_huge_value_leaves_the_journal_readable(tmp_path: Path) -> None:
+    policy = policy_copy(tmp_path / "policy", POLICIES)
+    settings = Settings(
+        policy=PolicySettings(dir=policy, watch=False),
+        audit=AuditSettings(store=f"sqlite:///{tmp_path / 'audit.db'}",
+                            hmac_key=tmp_path / "hmac.key", signing_key=tmp_path / "signing.key"),
+    )
+    guard = Guard.from_settings(settings)
+    lane = guard.trail.journal.folder
+    try:
+        rules = policy / "rules.csv"
+        rules.write_text(rules.read_text() + "x" * (20 << 20) + "\n")
+        result = guard.holder.reload()
+        assert not result.ok
+        assert result.error is not None
+        assert len(result.error) > MAX_FRAME  # the error itself
+        after = guard.check(Request("svc:crm", "relationship.management", ("contact.email",)))
+        assert after.decision.allowed
+        assert after.decision_id
+        guard.trail.flush()  # every event in the index, the one after the rejection too
+        [(detail,)] = guard.trail.store.rows(
+            "SELECT detail FROM audit_event WHERE kind = 'policy_rejected'")
+    finally:
+        guard.close()
+    assert detail.startswith(f"{rules}:")  # the rejection is recorded, cut to its bound
+    assert len(detail) == 4096  # audit._event.MAX_POLICY_DETAIL
+    [(first, segment)] = segments(lane)
+    _payloads, _good, damage = scan(segment, first)
+    assert damage is None
+    Journal(lane).close()  # opens again
+
+
+def test_the_journal_refuses_a_record_its_readers_would_not_read(tmp_path: Path) -> None:
+    lane = tmp_path / "lane-0"
+    journal = Journal(lane)
+    try:
+        journal.append([b'{"n":1}'])
+        with pytest.raises(AuditUnavailableError):
+            journal.append([b'{"n":2}', b"x" * (MAX_FRAME + 1)])
+        journal.append([b'{"n":3}'])  # the refused batch left nothing behind
+    finally:
+        journal.close()
+    [(first, segment)] = segments(lane)
+    payloads, _good, damage = scan(segment, first)
+    assert (payloads, damage) == ([b'{"n":1}', b'{"n":3}'], None)
+    assert durable_end(lane) == 2
+    Journal(lane).close()
+
+
+def test_a_record_too_large_is_refused_and_the_chain_goes_on(tmp_path: Path) -> None:
+    """Through the writer: the oversized event is refused, the next is durable, verify intact."""
+    keys = make_keys(tmp_path)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    folder = tmp_path / "journal"
+    with trail(url, keys, journal=folder, checkpoint_every=4) as audit:
+        audit.record_fields(EventKind.DECISION, FIELDS)
+        with pytest.raises(AuditUnavailableError):
+            audit.record_fields(EventKind.POLICY_REJECTED,
+                                {"policy_version": "v", "detail": "x" * (MAX_FRAME + 1)})
+        after = [audit.record_fields(EventKind.DECISION, FIELDS) for _ in range(5)]
+        audit.flush()
+    done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "intact: 6 event(s)" in done.stdout
+    store = open_store(url, create=False)
+    try:
+        assert all(store.rows("SELECT 1 FROM audit_event WHERE event_id = ?", (i,)) for i in after)
+    finally:
+        store.close()
