@@ -18,12 +18,15 @@ import orjson
 
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES, AuditEvent, EventKind
+from guard.audit._journal import MAX_FRAME
 from guard.audit._keys import pseudonymise
 from guard.audit._schema import Row, checkpoint_row, row_checkpoint
 
 _slow = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 _dumps = orjson.dumps
 _sha256 = hashlib.sha256
+_MAX_BODY = MAX_FRAME - 1024
+"""An event's content at most: its record (with the chain's fields) fits a frame."""
 
 
 def compact(value: Sequence[Any]) -> bytes:
@@ -241,7 +244,8 @@ class Linker:
         Raises:
             ValueError: a value the journal could not give back as it was, or no store
                 could hold (an int outside the signed 64-bit range, a lone surrogate,
-                an object JSON has no form for).
+                an object JSON has no form for), or a record over the journal's frame
+                bound.
         """
         try:
             body = _dumps(head, option=_STRICT)  # ints past 53 bits raise: checked below
@@ -249,6 +253,8 @@ class Linker:
             body = _wide(head)
         if not body.isascii() or b"\x7f" in body:
             body = _slow(head).encode()
+        if len(body) > _MAX_BODY:  # its readers would take the frame for damage
+            raise ValueError(f"not recordable in the journal: over {MAX_FRAME} bytes")
         key = self._key
         if key is not None:  # ChainKey.digest, without its call
             inner = key._inner.copy()
