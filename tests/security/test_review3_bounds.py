@@ -102,3 +102,15 @@ def test_a_record_too_large_is_refused_and_the_chain_goes_on(tmp_path: Path) -> 
         assert all(store.rows("SELECT 1 FROM audit_event WHERE event_id = ?", (i,)) for i in after)
     finally:
         store.close()
+
+
+def test_only_the_record_too_large_is_refused_from_its_batch(tmp_path: Path) -> None:
+    """The events around it in one batch are written (the request that made it alone fails)."""
+    keys = make_keys(tmp_path)
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    huge = {"policy_version": "v", "detail": "x" * (MAX_FRAME + 1)}
+    with trail(url, keys, journal=tmp_path / "journal") as audit:
+        ids = audit.record_many_fields(EventKind.DECISION, [FIELDS, huge, FIELDS])
+    assert ids[1] is None
+    assert ids[0] is not None
+    assert ids[2] is not None
