@@ -18,6 +18,9 @@ from guard.policy._findings import Finding, Severity
 from guard.policy._lint import check_readable, lint_rows
 from guard.policy._source import PolicySource, Row, parse_rows, read_source, resolve_policy_dir
 
+_MAX_MESSAGE = 500
+"""The longest first finding a load error names (characters; ``guard policy lint`` has all)."""
+
 
 class PolicyLoadError(PolicyError):
     """The policy has lint errors (or cannot be read); it was not loaded."""
@@ -29,8 +32,11 @@ class PolicyLoadError(PolicyError):
         more = ""
         if len(errors) > 1:
             more = f" (and {len(errors) - 1} more error(s); run `guard policy lint`)"
+        message = first.message  # it may echo a whole value of the file: cut
+        if len(message) > _MAX_MESSAGE:
+            message = message[:_MAX_MESSAGE - 1] + "…"
         super().__init__(
-            f"{first.message} [{first.code}]{more}",
+            f"{message} [{first.code}]{more}",
             path=first.path,
             line=first.line,
             column=first.column,
