@@ -22,6 +22,13 @@ _MAX_MESSAGE = 500
 """The longest first finding a load error names (characters; ``guard policy lint`` has all)."""
 
 
+def _cut(text: str | None) -> str | None:
+    """``text`` in at most :data:`_MAX_MESSAGE` characters (ending in … when cut)."""
+    if text is None or len(text) <= _MAX_MESSAGE:
+        return text
+    return text[:_MAX_MESSAGE - 1] + "…"
+
+
 class PolicyLoadError(PolicyError):
     """The policy has lint errors (or cannot be read); it was not loaded."""
 
@@ -32,15 +39,13 @@ class PolicyLoadError(PolicyError):
         more = ""
         if len(errors) > 1:
             more = f" (and {len(errors) - 1} more error(s); run `guard policy lint`)"
-        message = first.message  # it may echo a whole value of the file: cut
-        if len(message) > _MAX_MESSAGE:
-            message = message[:_MAX_MESSAGE - 1] + "…"
+        message, hint = (_cut(t) for t in (first.message, first.hint))  # may echo a value
         super().__init__(
             f"{message} [{first.code}]{more}",
             path=first.path,
             line=first.line,
             column=first.column,
-            hint=first.hint,
+            hint=hint,
         )
 
 
