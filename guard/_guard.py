@@ -17,6 +17,7 @@ from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
 from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id
 from guard.audit._event import decision_fields, outcome_fields, policy_fields
+from guard.audit._fields import IdFields
 from guard.audit._otel import decision_attributes, makes_no_span, span_ids
 from guard.audit._otel import tracer as default_tracer
 from guard.engine import CategoryDecision, decide, decide_categories
@@ -241,8 +242,8 @@ class Guard:
         if span is not None:
             span.set_attributes(decision_attributes(decision))
         if remembered is None:
-            return decision, decision_fields(request, decision, http, latency_us)
-        fields = remembered.copy()  # the event's own: its subject, timing, ids and status
+            return decision, IdFields(decision_fields(request, decision, http, latency_us))
+        fields = IdFields(remembered)  # the event's own: its subject, timing, ids and status
         fields["subject_id"] = request.subject
         fields["latency_us"] = latency_us
         return decision, fields
@@ -399,7 +400,7 @@ class Guard:
         decision = judged.decision
         if span is not None:
             span.set_attributes(decision_attributes(decision))
-        fields = decision_fields(request, decision, http, latency_us)
+        fields = IdFields(decision_fields(request, decision, http, latency_us))
         fields["detail"] = detail
         return decision, fields, judged
 
@@ -443,16 +444,15 @@ class Guard:
             refused ``audit_unavailable``). On that timeout an ``outcome`` event with
             status 403 and ``detail`` = ``audit_unavailable`` is queued behind the
             decision, so should the journal write the decision after all, the trail
-            says what the client got. The event's id is made here (or taken from
-            ``ruling.fields["event_id"]``) so that the refusal can name it.
+            says what the client got. The refusal names the id the event is written
+            with (``ruling.fields["event_id"]``: set by the journal's writer when it
+            builds the event, or by the refusal if the writer has not taken it yet).
         """
         fields = _with_status(ruling, status)
         try:
             if fields is None:
                 raise AuditUnavailableError("the decision cannot be recorded")
-            # Its id now: should the deadline refuse the request, the refusal names it.
-            if not fields.get("event_id"):
-                fields["event_id"] = new_event_id()
+            fields = _handed(fields)
             future = self.trail.start_fields(EventKind.DECISION, fields)
         except Exception as exc:  # a closed trail, a full disk: refused now
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -468,9 +468,14 @@ class Guard:
         this outcome follows it, so the trail says the client was refused.
 
         Args:
-            fields: The decision's fields (with its ``event_id``).
+            fields: The decision's fields, handed to the journal's writer as they are.
         """
-        decision_id = fields["event_id"]
+        # The writer sets the id it writes the decision with when it builds the event;
+        # not built yet, this one is set first and the writer takes it (both setdefault).
+        decision_id = fields.get("event_id") or fields.setdefault("event_id", new_event_id())
+        if not decision_id:  # an explicit None: the writer used an id of its own
+            _log.error("the refusal of a decision not durable by its deadline cannot name it")
+            return
         outcome = outcome_fields(decision_id, 403, HttpContext(
             fields.get("http_method") or "", fields.get("http_route") or ""))
         outcome["detail"] = LATE_REFUSAL
@@ -488,9 +493,9 @@ class Guard:
         fields = _with_status(ruling, status)
         if fields is None:
             return Checked(ruling.decision, "", ruling.categories)
-        fields["event_id"] = event_id = fields.get("event_id") or new_event_id()
         try:
-            self.trail.record_fields(EventKind.DECISION, fields, self.durable_within)
+            fields = _handed(fields)
+            event_id = self.trail.record_fields(EventKind.DECISION, fields, self.durable_within)
         except AuditTimeoutError:  # refused for want of time: the journal may write it yet
             self._late_refusal(fields)
             return Checked(self._unrecorded(ruling.request, ruling.decision), "")
@@ -687,6 +692,23 @@ class Guard:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _handed(fields: dict[str, Any]) -> dict[str, Any]:
+    """A decision's fields as the journal's writer takes them: :class:`IdFields` with trace ids.
+
+    :meth:`Guard.decide` makes them so; a ruling made otherwise is given them here
+    (the current span's ids), so that the trail hands these very fields to the
+    writer (it copies fields without ids) and a refusal for want of time can read
+    the id the writer set in them.
+    """
+    if type(fields) is IdFields and "trace_id" in fields:
+        return fields
+    handed = IdFields(fields)
+    if "trace_id" not in handed:
+        handed["trace_id"], handed["span_id"] = span_ids(
+            trace.get_current_span().get_span_context())
+    return handed
 
 
 def _with_status(ruling: Ruling, status: int | None) -> dict[str, Any] | None:

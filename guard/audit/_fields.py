@@ -124,15 +124,31 @@ def _listed(value: Any) -> str:
 _KIND: dict[EventKind, str] = {kind: kind.value for kind in EventKind}
 
 
+class IdFields(dict[str, Any]):
+    """The fields of an event whose producer reads its id back from them.
+
+    The writer sets the id it writes the event with (``setdefault``) when it builds
+    the event; a producer that sets one the same way meanwhile gets the one the
+    event is written with, whichever of them was first (the guard's refusal for
+    want of time names its decision so, with no id made before it is needed).
+    """
+
+    __slots__ = ()
+
+
 def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes, now: str,
             event_id: str) -> Row:
     """The content columns of an event: every field but the chain fields, in field order.
 
     Lists are compact JSON arrays (text), ``allowed`` is 1, 0 or null, ``kind`` its
     value. A raw ``subject_id`` is replaced by its pseudonym; ``event_id`` and
-    ``now`` (``ts``) are used unless the fields carry their own.
+    ``now`` (``ts``) are used unless the fields carry their own; :class:`IdFields`
+    without an id get this one.
     """
     get = f.get
+    own = get("event_id")
+    if not own and type(f) is IdFields:
+        own = f.setdefault("event_id", event_id)
     raw = get("subject_id")
     if raw is None:
         subject = get("subject")
@@ -147,7 +163,7 @@ def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes
     except (KeyError, TypeError):
         categories, rule, basis = _listed(categories), _listed(rule), _listed(basis)
     return (
-        get("event_id") or event_id,
+        own or event_id,
         _KIND[kind],
         get("ts") or now,
         get("caller", ""),
