@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanContext
 from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
 from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id
-from guard.audit._event import decision_fields, outcome_fields, policy_fields
+from guard.audit._event import OUTCOME_ABORTED, decision_fields, outcome_fields, policy_fields
 from guard.audit._fields import IdFields
 from guard.audit._otel import decision_attributes, makes_no_span, span_ids
 from guard.audit._otel import tracer as default_tracer
@@ -138,6 +138,8 @@ class Ruling:
     request: Request
     categories: CategoryDecision | None = None
     fields: dict[str, Any] | None = None
+    queued: bool = False
+    """Handed to the journal's writer (by a commit or :meth:`Guard.post`): never again."""
 
 
 class Guard:
@@ -422,9 +424,50 @@ class Guard:
             return Checked(ruling.decision, "", ruling.categories)
         try:
             event_id = await self.begin_commit(ruling, status)
+        except asyncio.CancelledError:  # the decision stays queued: say nothing was answered
+            self.abandon(ruling)
+            raise
         except Exception:  # AuditUnavailableError, TimeoutError or anything else: fail closed
             return Checked(self._unrecorded(ruling.request, ruling.decision), "")
         return Checked(ruling.decision, event_id, ruling.categories)
+
+    def abandon(self, ruling: Ruling) -> bool:
+        """Say that nothing was answered from a committed decision whose commit was not awaited.
+
+        For an enforcement point whose wait for the commit ended (its task was
+        cancelled) before the decision was durable: the decision stays queued and
+        may be written with the status it was committed with, so an ``outcome``
+        with ``detail`` = ``aborted`` and that status is queued behind it, naming
+        it (as a refusal for want of time does). Nothing is queued for a decision
+        not handed to the writer, or committed with no status (a write before its
+        handler: its outcome follows the handler). False if nothing was queued.
+        """
+        fields = ruling.fields
+        if not ruling.queued or fields is None or fields.get("http_status") is None:
+            return False
+        outcome = self._answer(fields, fields["http_status"])
+        if outcome is None:
+            return False
+        outcome["detail"] = OUTCOME_ABORTED
+        try:
+            self._post(EventKind.OUTCOME, outcome)
+        except Exception:
+            _log.exception("could not queue the outcome of an abandoned commit")
+            return False
+        return True
+
+    def _answer(self, fields: dict[str, Any], status: int) -> dict[str, Any] | None:
+        """The outcome fields answering a queued decision with ``status`` (None: no id to name).
+
+        The decision's id is the one the writer set in its fields when it built the
+        event, or, not built yet, one set here first that the writer then takes.
+        """
+        decision_id = fields.get("event_id") or fields.setdefault("event_id", new_event_id())
+        if not decision_id:  # an explicit None: the writer used an id of its own
+            _log.error("an outcome of a queued decision cannot name it")
+            return None
+        return outcome_fields(decision_id, status, HttpContext(
+            fields.get("http_method") or "", fields.get("http_route") or ""))
 
     def begin_commit(self, ruling: Ruling, status: int | None = None) -> asyncio.Future[str]:
         """Queue a decision :meth:`decide` made, with ``status``, and return at once.
@@ -448,12 +491,15 @@ class Guard:
             with (``ruling.fields["event_id"]``: set by the journal's writer when it
             builds the event, or by the refusal if the writer has not taken it yet).
         """
-        fields = _with_status(ruling, status)
         try:
+            if ruling.queued:  # a second commit would write the decision twice
+                raise AuditUnavailableError("the decision is committed already")
+            fields = _with_status(ruling, status)
             if fields is None:
                 raise AuditUnavailableError("the decision cannot be recorded")
-            fields = _handed(fields)
+            fields = ruling.fields = _handed(fields)
             future = self.trail.start_fields(EventKind.DECISION, fields)
+            ruling.queued = True
         except Exception as exc:  # a closed trail, a full disk: refused now
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             refused.set_exception(exc)
@@ -470,14 +516,10 @@ class Guard:
         Args:
             fields: The decision's fields, handed to the journal's writer as they are.
         """
-        # The writer sets the id it writes the decision with when it builds the event;
-        # not built yet, this one is set first and the writer takes it (both setdefault).
-        decision_id = fields.get("event_id") or fields.setdefault("event_id", new_event_id())
-        if not decision_id:  # an explicit None: the writer used an id of its own
-            _log.error("the refusal of a decision not durable by its deadline cannot name it")
+        outcome = self._answer(fields, 403)
+        if outcome is None:
             return
-        outcome = outcome_fields(decision_id, 403, HttpContext(
-            fields.get("http_method") or "", fields.get("http_route") or ""))
+        decision_id = outcome["decision_ref"]
         outcome["detail"] = LATE_REFUSAL
         try:
             self._post(EventKind.OUTCOME, outcome)
@@ -490,13 +532,17 @@ class Guard:
 
     def commit(self, ruling: Ruling, status: int | None = None) -> Checked:
         """Like :meth:`acommit`, blocking until the event is durable (off an event loop)."""
+        if ruling.queued:  # a second commit would write the decision twice
+            return Checked(self._unrecorded(ruling.request, ruling.decision), "")
         fields = _with_status(ruling, status)
         if fields is None:
             return Checked(ruling.decision, "", ruling.categories)
         try:
-            fields = _handed(fields)
+            fields = ruling.fields = _handed(fields)
             event_id = self.trail.record_fields(EventKind.DECISION, fields, self.durable_within)
+            ruling.queued = True
         except AuditTimeoutError:  # refused for want of time: the journal may write it yet
+            ruling.queued = True
             self._late_refusal(fields)
             return Checked(self._unrecorded(ruling.request, ruling.decision), "")
         except Exception:  # fail closed
@@ -507,8 +553,12 @@ class Guard:
         """Queue a decision that released no data for the next commit, without waiting.
 
         For a request that ended before its response started (the handler raised):
-        nothing left, so nothing waits for the record. False if it could not be queued.
+        nothing left, so nothing waits for the record. False if it could not be queued;
+        True, and nothing more is queued, for a ruling already handed to the writer (a
+        commit that was cancelled: the decision stays queued).
         """
+        if ruling.queued:
+            return True
         fields = _with_status(ruling, status)
         if fields is None:
             return False
@@ -516,6 +566,7 @@ class Guard:
             self._post(EventKind.DECISION, fields)
         except Exception:
             return False
+        ruling.queued = True
         return True
 
     def check(self, request: Request, http: HttpContext | None = None) -> Checked:
