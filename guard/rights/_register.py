@@ -64,8 +64,9 @@ class Register:
     def __init__(self, hmac_key: bytes, store: RegisterStore | None = None) -> None:
         self._key = hmac_key
         self._inner, self._outer = _hmac_pads(hmac_key)
-        self._digests: dict[str, tuple[int, int]] = {}
-        """Raw subject id -> its digest's two index keys, the latest DIGESTS looked up."""
+        self._digests: dict[str, tuple[int, bytes]] = {}
+        """Raw subject id -> its digest's first index key and the digest, the latest
+        DIGESTS looked up."""
         self.store = store
         self.index = SubjectIndex()
         self._refresh_lock = threading.Lock()
@@ -104,23 +105,23 @@ class Register:
         latest :data:`DIGESTS` subjects.
         """
         digests = self._digests
-        split = digests.get(subject)
-        if split is None:
+        known = digests.get(subject)
+        if known is None:
             # HMAC-SHA256 from precomputed pads: a third of hmac.digest's cost per call.
             inner = self._inner.copy()
             inner.update(subject.encode())
             outer = self._outer.copy()
             outer.update(inner.digest())
-            split = split_digest(outer.digest())
+            digest = outer.digest()
             if len(digests) >= DIGESTS:
                 digests.clear()
-            digests[subject] = split
-        hi = split[0]
+            known = digests[subject] = (int.from_bytes(digest[:8], "big"), digest)
+        hi = known[0]
         index = self.index
         bit = hi >> BITMAP_SHIFT  # the index's bitmap, read inline: the common miss
         if not index.bitmap[bit >> 3] & (1 << (bit & 7)):
             return None
-        return index.get(hi, split[1])
+        return index.get(hi, int.from_bytes(known[1][8:16], "big"))
 
     def pseudonym(self, subject: str) -> str:
         """The subject's keyed pseudonym, as the audit trail and the store know it.
