@@ -10,9 +10,11 @@ cannot then also delete the checkpoints that cover the newest events.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ class Witness:
             path.parent.mkdir(parents=True, exist_ok=True)
             created = not path.exists()
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
             if created:
                 fsync_dir(path.parent)
         except OSError as exc:
@@ -49,15 +52,21 @@ class Witness:
 
         A refusal is logged and the checkpoints kept: the newest refused so far (at
         most 10,000) are appended first next time, so a witness that comes back
-        catches up in order.
+        catches up in order. A pipe, FIFO or device that cannot be synced (EINVAL,
+        EROFS) has what was written: those are published.
+
+        Args:
+            checkpoints: The checkpoints, oldest first.
         """
         pending = [*self._pending, *checkpoints]
         if not pending:
             return
+        data = "".join(json.dumps(asdict(cp), separators=(",", ":"), sort_keys=True) + "\n"
+                       for cp in pending).encode()
         try:
-            os.write(self._fd, "".join(json.dumps(asdict(cp), separators=(",", ":"), sort_keys=True)
-                                       + "\n" for cp in pending).encode())
-            os.fsync(self._fd)
+            while data:
+                data = data[os.write(self._fd, data):]
+            self._sync()
         except OSError as exc:
             if not self._pending:
                 _log.error("audit witness %s refused checkpoints (kept for a retry): %s",
@@ -65,6 +74,13 @@ class Witness:
             self._pending = pending[-_KEEP_FOR_RETRY:]
             return
         self._pending = []
+
+    def _sync(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            if self._regular or exc.errno not in (errno.EINVAL, errno.EROFS):
+                raise
 
     def close(self) -> None:
         """Close the file."""

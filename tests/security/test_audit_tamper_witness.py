@@ -136,3 +136,35 @@ def test_a_refused_witness_catches_up_in_order(tmp_path: Path) -> None:
     witness.publish([checkpoint(3)])
     witness.close()
     assert [cp.seq for cp in read_witness(path).checkpoints] == [1, 2, 3]
+
+
+def test_a_witness_on_a_fifo_publishes_each_checkpoint_exactly_once(tmp_path: Path) -> None:
+    """A FIFO cannot be fsynced (EINVAL): what was written to it counts as published."""
+    import os
+    import threading
+
+    from guard.audit._checkpoint import Checkpoint, CheckpointKind
+    from guard.audit._witness import Witness
+
+    def checkpoint(seq: int) -> Checkpoint:
+        return Checkpoint(f"cp-{seq}", "w-1", seq, "00" * 32, "2026-11-29T00:00:00.000000Z",
+                          CheckpointKind.PERIODIC, "k", "sig")
+
+    fifo = tmp_path / "collector.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+
+    def collect() -> None:
+        with fifo.open("rb") as handle:
+            received.extend(handle)
+
+    reader = threading.Thread(target=collect)
+    reader.start()
+    witness = Witness(fifo)
+    for seq in range(1, 6):
+        witness.publish([checkpoint(seq)])
+    witness.close()
+    reader.join(10)
+    assert not reader.is_alive()
+    assert [json.loads(line)["seq"] for line in received] == [1, 2, 3, 4, 5]
+    assert witness._pending == []
