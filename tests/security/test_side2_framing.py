@@ -285,7 +285,9 @@ def test_two_framings_are_a_recorded_400_problem_and_nothing_is_forwarded(
     assert answer.headers.get(b"connection") == b"close"
     problem_id = answer.headers.get(b"x-guard-decision-id")
     assert problem_id
-    rows = audit_rows(db, "kind = 'decision'")[before:]
+    # a request smuggled behind an earlier test's may be judged (401, no token) meanwhile
+    rows = [r for r in audit_rows(db, "kind = 'decision'")[before:]
+            if r["http_route"] != "/customers/{customer_id}"]
     assert [(r["event_id"], r["allowed"], r["reason"], r["http_route"], r["http_status"])
             for r in rows] == [(problem_id.decode(), 0, "malformed_request", "<refused>", 400)]
     assert len(upstream.messages) == seen
