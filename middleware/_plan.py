@@ -26,6 +26,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN
 from starlette.types import Scope
 
 from guard._guard import Ruling
@@ -148,8 +149,13 @@ class Planner:
         routes = self.routes
         if routes is None or "path_params" in scope or "fastapi" in scope:
             return None
-        answer = routes.remembered(("http", method, scope.get("root_path", ""), scope["path"]))
+        # routes.remembered(key), inline: the answer while the router's routes are the list
+        # it was found in, holding the same routes
+        answer = routes._answers.get(("http", method, scope.get("root_path", ""), scope["path"]))
         if answer is None:
+            return None
+        held = answer.routes
+        if routes._router.routes is not held or held != answer.held:
             return None
         plan: Plan | None = answer.plan
         if plan is None:
@@ -188,7 +194,7 @@ class Planner:
             ruling = guard.decide(request, http, per_category=plan.minimise)
             decision = ruling.decision
             if decision.allowed and plan.defer:
-                if span.is_recording():
+                if span is not INVALID_SPAN and span.is_recording():  # no call without a span
                     span.set_attributes(decision_attributes(decision))
                 judged = ruling.categories
                 if judged is not None:  # minimised: what it releases is this ruling's

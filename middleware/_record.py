@@ -18,6 +18,7 @@ import asyncio
 import logging
 
 from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN
 from starlette.types import Message, Receive, Scope, Send
 
 from guard._guard import Ruling
@@ -55,14 +56,13 @@ class Record:
     """
 
     __slots__ = ("_body", "_early", "_flusher", "_guard", "_judged", "_method", "_outcome",
-                 "_pending", "_read", "_receive", "_refused", "_returned", "_ruling", "_scope",
-                 "_send", "_sent", "_span", "_start", "_verdict", "decision_id", "failed",
+                 "_pending", "_receive", "_refused", "_returned", "_ruling", "_scope",
+                 "_send", "_span", "_start", "_verdict", "decision_id", "failed",
                  "finished", "settled", "status")
 
     def __init__(  # noqa: PLR0917 - positional: once per request
             self, guard: GuardLike, outcome: Outcome, ruling: Ruling | None, method: str,
-            scope: Scope,
-            receive: Receive, send: Send, span: trace.Span) -> None:
+            scope: Scope, receive: Receive, send: Send, span: trace.Span) -> None:
         self._guard = guard
         self._outcome = outcome
         self._method = method
@@ -71,7 +71,6 @@ class Record:
         self._send = send
         self._pending = ruling
         self._ruling = ruling
-        self._read = ruling is not None
         self._verdict: asyncio.Future[str] | None = None
         self._judged = False
         self._span = span
@@ -83,8 +82,6 @@ class Record:
         self.finished = False
         """The response's last message went to the client."""
         self._refused = False
-        self._sent = False
-        """The response's start went to the client (the app's, or the refusal's)."""
         self._early: list[Message] | None = None
         """Messages sent before the response's start (extensions): held like the start."""
         self._start: Message | None = None
@@ -198,7 +195,6 @@ class Record:
             early, self._early = self._early, None
             for held in early or ():
                 await send(held)
-            self._sent = True
         elif self._pending is not None and kind.startswith("http."):
             # before the start (an extension such as early hints): nothing leaves
             # before the read's decision is durable, so it waits for the start
@@ -254,8 +250,17 @@ class Record:
                 await verdict
             except Exception:  # noqa: S110 - judged below
                 pass
-        if not self._judged:
-            self._judge()
+        if not self._judged and verdict is not None:
+            try:
+                decision_id = verdict.result()
+            except BaseException:  # failed or cancelled: refused (judged there)
+                self._judge()
+            else:  # durable: its id (what _judge does, inline)
+                self._judged = True
+                self.decision_id = decision_id
+                span = self._span
+                if span is not INVALID_SPAN and span.is_recording():  # no call without a span
+                    span.set_attribute("guard.decision_id", decision_id)
         if self._start is None:  # sent meanwhile (by the task answering early)
             return
         self._start = None
@@ -269,18 +274,19 @@ class Record:
             self._early = None
             for held in early:
                 await send(held)
-        decision_id = self.decision_id
-        if decision_id:
-            start = {**start, "headers": [*start.get("headers", ()),
-                                          (_DECISION_HEADER, decision_id.encode())]}
+        stamped = self.decision_id
+        if stamped:
+            headers = start.get("headers", ())
+            start = {**start}  # the app's own message is left as it was
+            start["headers"] = [*headers, (_DECISION_HEADER, stamped.encode())]
         await send(start)
-        self._sent = True
         body = self._body
         if body is not None:
             self._body = None
             await send(body)
             self.finished = True
-            self.settled = self._read and self._flusher is None and self._pending is None
+            self.settled = (self._ruling is not None and self._flusher is None
+                            and self._pending is None)
 
     async def _refuse(self) -> None:
         """Send a 403 ``audit_unavailable`` in place of the app's response."""
@@ -288,7 +294,6 @@ class Record:
         response = problem_response(403, Reason.AUDIT_UNAVAILABLE,
                                     decision.purpose if decision else None,
                                     decision.categories if decision else (), None)
-        self._sent = True
         await response(self._scope, self._receive, self._send)
         self.finished = True
 
@@ -332,7 +337,7 @@ class Record:
         if self.failed or self.decision_id is None:
             return
         aborted = http and self.status is not None and not self.finished
-        if self._read and not aborted:  # the decision carries the status sent
+        if self._ruling is not None and not aborted:  # the decision carries the status sent
             return
         self._record_outcome(self.status if self.status is not None else 500, aborted=aborted)
 

@@ -122,15 +122,17 @@ class Answer:
         resolved: The answer.
         routes: The router's routes list it was found in.
         index: That list's index when it was found (the answer holds while the list
-            holds what the index holds).
+            holds what the index held).
     """
 
-    __slots__ = ("index", "plan", "resolved", "routes")
+    __slots__ = ("held", "plan", "resolved", "routes")
 
     def __init__(self, resolved: Resolved, routes: list[BaseRoute], index: _Index) -> None:
         self.resolved = resolved
         self.routes = routes
-        self.index = index
+        self.held = list(index.routes)
+        """What ``routes`` held when the answer was found (the answer holds while it still
+        does)."""
         self.plan: Any = None
         """What an enforcement point computed once from the answer (its own, or None)."""
 
@@ -192,8 +194,9 @@ class AppRoutes:
         self._leaves: dict[tuple[int, str], _Leaf] = {}
         self._indexes: dict[int, _Index] = {}
         self._answers: dict[tuple[object, ...], Answer] = {}
-        """Answers by (type, method, root_path, path), with the routes list and index they
-        were found in (valid while that list holds what the index holds)."""
+        """Answers by (type, method, root_path, path), with the routes list they were found
+        in and what it held then (an answer holds while ``router.routes`` is that list
+        and it holds the same: :meth:`remembered`)."""
         self._walk(router.routes, "")
 
     def _walk(self, routes: Sequence[BaseRoute], prefix: str, depth: int = 0) -> None:
@@ -228,7 +231,7 @@ class AppRoutes:
         hit = self._answers.get(key)
         if hit is not None:
             routes = hit.routes
-            if self._router.routes is routes and tuple(routes) == hit.index.routes:
+            if self._router.routes is routes and routes == hit.held:
                 return hit
         return None
 

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from opentelemetry import trace
+from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guard._errors import PolicyError
@@ -37,6 +37,7 @@ from middleware._minimise import DEFAULT_MAX_BODY, Minimiser
 from middleware._plan import Planner
 from middleware._record import Record
 from middleware._router import AppRoutes, Resolved, find_router
+from middleware._span import CONTEXT, INVALID_SPAN, SPAN_KEY, current_span
 from middleware.identity import Authenticator
 from middleware.problem import problem_response
 from middleware.routes import RouteRule, RouteTable
@@ -141,7 +142,13 @@ class GuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        span = trace.get_current_span()
+        context = CONTEXT  # trace.get_current_span(), in one look-up (middleware._span)
+        if context is not None:
+            span = context.get().get(SPAN_KEY)
+            if span is None or not isinstance(span, Span):
+                span = INVALID_SPAN
+        else:
+            span = current_span()
         ruling: Ruling | None
         if kind == "http":
             method = scope["method"]

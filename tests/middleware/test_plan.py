@@ -259,3 +259,47 @@ def test_a_path_not_remembered_is_interpreted(world: dict[str, Any], tmp_path: P
         return [await _compare(world, "GET", path, headers, "127.0.0.1") for _ in range(2)]
 
     assert asyncio.run(run()) == ["interpreted", "interpreted"]
+
+
+@pytest.mark.parametrize("how", ["insert", "replace", "reassign"])
+def test_a_route_changed_at_run_time_is_judged_by_its_new_declaration(
+    world: dict[str, Any], how: str
+) -> None:
+    """A remembered answer (and its plan) holds only while the app's routes are unchanged."""
+    from starlette.routing import Route
+
+    mw: GuardMiddleware = world["mw"]
+    router = mw._app_routes._router if mw._app_routes is not None else None
+    assert router is not None
+    token = world["tokens"]["crm"]
+    headers = [(b"authorization", f"Bearer {token}".encode()),
+               (b"x-purpose", b"relationship.management")]
+
+    @guarded(categories=["financial"], subject="who")
+    async def takeover(who: str) -> dict[str, str]:
+        return {}
+
+    before = list(router.routes)
+    original = router.routes
+    first = next(i for i, r in enumerate(before)
+                 if getattr(r, "path", "") == "/customers/{customer_id}")
+
+    async def run() -> list[str]:
+        return [await _compare(world, "GET", "/customers/c-0045", headers, "127.0.0.1")
+                for _ in range(2)]
+
+    try:
+        assert asyncio.run(run())[-1] == "planned allowed"
+        fresh = Route("/customers/{who}", takeover, methods=["GET"])
+        if how == "insert":
+            router.routes.insert(0, fresh)
+        elif how == "replace":
+            router.routes[first] = fresh
+        else:
+            router.routes = [fresh, *before]
+        # the old answer no longer holds: judged afresh, then planned by the new route
+        assert asyncio.run(run()) == ["interpreted", "planned category_not_in_purpose"]
+    finally:
+        original[:] = before
+        router.routes = original
+    assert asyncio.run(run()) == ["interpreted", "planned allowed"]
