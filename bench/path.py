@@ -6,7 +6,9 @@ policy, ``GET /customers/{customer_id}`` as ``svc:crm`` for
 
 - each piece on its own: the header collection, route resolution, identity,
   the engine decision, the event's fields (``decision_fields``, ``trace_fields``),
-  ``Guard.decide``, ``enforce()``;
+  ``Guard.decide``, ``enforce()`` (the interpreted path, a request's first), the
+  middleware's planned judgement (``Planner.judge``, ``Guard.decide`` included: a
+  request whose route and token were seen before);
 - ``GuardMiddleware`` whole, around an app that only answers 200 (its
   ``http.response.start`` held and released as for any read), against the same
   app alone and behind a no-op pure-Python middleware with a ``send`` wrapper
@@ -159,6 +161,8 @@ def scopes(token: str) -> list[Message]:
 
 def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Callable[[], None]]:
     """The measured calls (label, call) and a function that closes what they opened."""
+    from opentelemetry.trace import INVALID_SPAN
+
     from examples.customers import create_app
     from guard.audit._event import decision_fields
     from guard.audit._otel import trace_fields
@@ -231,6 +235,13 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
         loop.close()
         guard.close()
 
+    planner = getattr(mw, "_planner", None)  # a version that plans: its judgement alone
+
+    def planned() -> object:
+        if planner is None:
+            return None
+        return planner.judge(scope(), "GET", INVALID_SPAN)
+
     register = guard.register
     measured: list[tuple[str, Callable[[], object]]] = [
         ("empty loop (subtracted)", lambda: None),
@@ -242,6 +253,7 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
         ("trace_fields", trace_fields),
         ("Guard.decide (decision + fields)", lambda: guard.decide(request, http)),
         ("enforce() with headers + resolution", enforce_one),
+        ("planned judgement (Planner.judge)", planned),
         ("bare app (200, no middleware)", whole(ok_app)),
         ("no-op middleware + bare app", whole(noop)),
         ("GuardMiddleware + bare app", whole(mw_ok)),
@@ -381,6 +393,9 @@ def _report(labels: list[str], micro: dict[str, float], irs: list[int],
                   f" over the bare app; floor (no-op middleware) "
                   f"{table[noop] - table[bare]:,.2f}; example app guarded - plain "
                   f"{table[guarded] - table[plain]:,.2f}")
+            decide = table["Guard.decide (decision + fields)"]
+            print(f"  of which the middleware and enforce() ({name}, the guard before the "
+                  f"handler - Guard.decide): {table[guard] - table[bare] - decide:,.2f} {unit}")
     if micro:
         print(f"timing: best of {args.repeat} x {args.iterations} calls, collector on "
               "(start-up frozen)")
