@@ -94,7 +94,7 @@ class Plan:
         self.subject: str | None = subject or None
         self.quick = (rule is not None and not rule.public and subject_fits
                       and (method in METHODS or method_ok(method)))
-        """Nothing of the route stands in the way of :func:`quick`."""
+        """Nothing of the route stands in the way of :meth:`Planner.judge`."""
 
 
 class _Seen:

@@ -152,7 +152,10 @@ class GuardMiddleware:
         ruling: Ruling | None
         if kind == "http":
             method = scope["method"]
-            judged = self._planner.judge(scope, method, span)
+            try:
+                judged = self._planner.judge(scope, method, span)
+            except Exception:  # nothing decided: the interpreted path judges (fails closed)
+                judged = None
             if judged is None:
                 outcome, ruling = await self._judge(scope, kind, method)
             elif isinstance(judged, tuple):

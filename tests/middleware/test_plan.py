@@ -303,3 +303,28 @@ def test_a_route_changed_at_run_time_is_judged_by_its_new_declaration(
         original[:] = before
         router.routes = original
     assert asyncio.run(run()) == ["interpreted", "planned allowed"]
+
+
+def test_a_planner_that_fails_leaves_the_request_to_enforce(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is decided by a planner that raises: enforce() judges (and refuses) the request."""
+    mw: GuardMiddleware = world["mw"]
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("the planner failed")
+
+    monkeypatch.setattr(type(mw._planner), "judge", broken)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = _scope("GET", "/customers/c-0046", [(b"x-purpose", b"relationship.management")],
+                   "127.0.0.1")
+    asyncio.run(mw(scope, receive, send))
+    assert sent[0]["status"] == 401  # no token: refused by enforce(), not a crash
+    assert scope["state"]["guard"].decision.reason.value == "unauthenticated"
