@@ -182,7 +182,11 @@ class ChildIndexer:
                 self._delay = delay
 
     def want(self, _offset: int = 0) -> None:
-        """Ask the child to index every lane up to its durable end now (not at its pace)."""
+        """Ask the child to index every lane up to its durable end now (not at its pace).
+
+        Args:
+            _offset: Unused (every lane is indexed up to its end); as :func:`hurry` passes.
+        """
         with self._lock, contextlib.suppress(OSError, ValueError):
             stdin = self._proc.stdin
             assert stdin is not None
@@ -190,7 +194,11 @@ class ChildIndexer:
             stdin.flush()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the child (after its transaction under way; killed after ``timeout``)."""
+        """Stop the child after its transaction under way.
+
+        Args:
+            timeout: Seconds to wait for it to end before it is killed.
+        """
         with self._lock:
             self._closing.set()
             proc = self._proc
@@ -206,7 +214,13 @@ class ChildIndexer:
 
 
 def _serve(folder: Path, url: str, out: IO[str]) -> None:
-    """The child's work: follow ``folder`` into the store until standard input ends."""
+    """The child's work: follow ``folder`` into the store until standard input ends.
+
+    Args:
+        folder: The journal folder.
+        url: The store's URL.
+        out: Where the status lines go (the pipe to the service).
+    """
     stop, wanted = threading.Event(), threading.Event()
 
     def listen() -> None:

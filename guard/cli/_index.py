@@ -37,7 +37,8 @@ def index_cmd(  # noqa: PLR0917 - one parameter per option
 ) -> None:
     """Index every lane of the journal into the store until stopped (SIGTERM, Ctrl-C).
 
-    For ``audit.index = "external"``; one such process per journal folder.
+    For ``audit.index = "external"``; one such process per journal folder (``auto``,
+    the default at SQLite, runs the same follower as a child of each service).
     """
     from guard.audit import open_store
     from guard.audit._follow import Follower
