@@ -22,9 +22,9 @@ from guard.audit._checkpoint import Checkpoint, CheckpointKind, sign_checkpoint
 from guard.audit._event import FIELD_NAMES, ts_epoch, utc_now
 from guard.audit._fields import ChainKey
 from guard.audit._ids import new_event_id
-from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, row_checkpoint
+from guard.audit._schema import EVENT_COLUMNS
 from guard.audit._store import Store
-from guard.audit._verify import chain_terms, check_chain, light
+from guard.audit._verify import chain_terms, check_chain, light, stored_checkpoints
 
 _log = logging.getLogger("guard.audit")
 MARGIN = 2.0
@@ -32,7 +32,6 @@ MARGIN = 2.0
 
 _OPEN_CHAINS = ("SELECT writer_id FROM audit_checkpoint GROUP BY writer_id "
                 "HAVING max(CASE WHEN kind = 'close' THEN 1 ELSE 0 END) = 0")
-_CHECKPOINTS = f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint WHERE writer_id = ?"  # noqa: S608
 _TAIL = (f"SELECT {EVENT_COLUMNS} FROM audit_event WHERE writer_id = ? AND seq > ? "  # noqa: S608
          "ORDER BY seq")
 _TS = FIELD_NAMES.index("ts")
@@ -61,8 +60,7 @@ def _countersign_chain(
     store: Store, signing: Ed25519PrivateKey, key: ChainKey, writer: str
 ) -> Checkpoint | None:
     public = signing.public_key()
-    valid = [cp for cp in (row_checkpoint(r) for r in store.rows(_CHECKPOINTS, (writer,)))
-             if cp.valid(public)]
+    valid = [cp for cp in stored_checkpoints(store, writer) if cp.valid(public)]
     terms = chain_terms(valid)
     if terms is None or terms.chain != 3:
         return None

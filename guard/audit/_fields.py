@@ -244,7 +244,7 @@ class Linker:
 
     Args:
         writer_id: The chain.
-        key: The chain key (format 3); None writes format 2.
+        key: The chain key (format 3); None links format 2 (older chains, read by verify).
     """
 
     def __init__(self, writer_id: str, key: ChainKey | None) -> None:

@@ -97,8 +97,10 @@ def _settle(items: list[_Item]) -> None:
 class _WitnessRelay:
     """Appends durable checkpoints to the witness on a thread of its own.
 
-    At most :data:`WITNESS_BACKLOG` checkpoints wait for a witness that is slow or
-    hangs; the oldest beyond that are dropped, and said so once per backlog.
+    At most :data:`WITNESS_BACKLOG` checkpoints wait for a witness that is slow,
+    hangs or refuses them; the oldest beyond that are dropped, and said so once per
+    backlog. Refused checkpoints are appended first with the next ones, so a
+    witness that comes back catches up in order.
 
     Args:
         witness: The witness file.
@@ -128,19 +130,25 @@ class _WitnessRelay:
             self._cond.notify()
 
     def _run(self) -> None:
+        refused: list[Checkpoint] = []
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
                 if not self._pending:
                     break
-                taken = list(self._pending)
+                taken = [*refused, *self._pending][-WITNESS_BACKLOG:]
                 self._pending.clear()
                 self._dropping = False
             try:
                 self.witness.publish(taken)
             except Exception as exc:  # the journal holds the checkpoints; keep the thread
-                _log.error("audit witness failed: %s", exc)
+                if not refused:
+                    _log.error("audit witness %s refused checkpoints (kept for a retry): %s",
+                               self.witness.path, exc)
+                refused = taken
+            else:
+                refused = []
         with contextlib.suppress(OSError):
             self.witness.close()
 
@@ -163,7 +171,7 @@ class JournalWriter:
         hmac_key: Key of the subject pseudonyms (raw ``subject_id`` fields).
         signing_key: Signs checkpoints.
         writer_id: Prefix of this writer's chain id.
-        chain_key: Keys the chain (format 3); None writes format 2.
+        chain_key: Keys the chain (format 3).
         checkpoint_every: Sign a checkpoint at least every this many events.
         checkpoint_interval: ... and within this many seconds of the first unsigned event.
         witness: Also receives every checkpoint once it is durable (on its own thread).
@@ -180,7 +188,7 @@ class JournalWriter:
         hmac_key: bytes,
         signing_key: Ed25519PrivateKey,
         writer_id: str,
-        chain_key: ChainKey | None,
+        chain_key: ChainKey,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 60.0,
         witness: Witness | None = None,
@@ -195,7 +203,7 @@ class JournalWriter:
         self.writer_id = f"{writer_id}/{new_event_id()}"
         self._linker = Linker(self.writer_id, chain_key)
         self._every = max(1, checkpoint_every)
-        self._terms = Terms(3 if chain_key is not None else 2, self._every, checkpoint_interval)
+        self._terms = Terms(3, self._every, checkpoint_interval)
         self._interval = checkpoint_interval
         self._witness = _WitnessRelay(witness) if witness is not None else None
         self._reserve = reserve
@@ -281,10 +289,6 @@ class JournalWriter:
                 self._queue.remove(item)
             raise AuditUnavailableError("the audit trail is closed")
         return future
-
-    async def asubmit(self, kind: EventKind, fields: Mapping[str, Any]) -> str:
-        """Queue one event; resolves with its id once it is durable."""
-        return await self.start(kind, fields)
 
     def countersign(self, checkpoints: Sequence[Checkpoint], timeout: float = 30.0) -> None:
         """Append checkpoints signed for other chains with a ``heartbeat`` event, once durable.

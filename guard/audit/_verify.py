@@ -187,12 +187,15 @@ _CHECKPOINTS_SQL = f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint"  # noqa:
 _OLD_CHECKPOINTS_SQL = _CHECKPOINTS_SQL.replace(", terms FROM", " FROM")
 
 
-def _checkpoint_rows(store: Store) -> list[tuple[Any, ...]]:
-    """Every checkpoint row; a store no writer has migrated yet has no ``terms`` column."""
+def stored_checkpoints(store: Store, writer: str | None = None) -> list[Checkpoint]:
+    """The store's checkpoints, or one chain's (a store no writer has migrated yet has
+    no ``terms`` column)."""
+    where, params = (" WHERE writer_id = ?", (writer,)) if writer is not None else ("", ())
     try:
-        return list(store.stream(_CHECKPOINTS_SQL))
+        rows = list(store.stream(_CHECKPOINTS_SQL + where, params))
     except AuditStoreError:
-        return [(*raw, None) for raw in store.stream(_OLD_CHECKPOINTS_SQL)]
+        rows = [(*raw, None) for raw in store.stream(_OLD_CHECKPOINTS_SQL + where, params)]
+    return [row_checkpoint(raw) for raw in rows]
 
 
 _SEQ, _WRITER = FIELD_NAMES.index("seq"), FIELD_NAMES.index("writer_id")
@@ -262,9 +265,8 @@ def verify(
     Raises:
         ConfigError: the store holds keyed chains and no ``chain_key`` was given.
     """
-    checkpoints = [row_checkpoint(raw) for raw in _checkpoint_rows(store)]
-    return verify_chains(store.stream(_EVENTS_SQL), checkpoints, public, chain_key=chain_key,
-                         witness=witness)
+    return verify_chains(store.stream(_EVENTS_SQL), stored_checkpoints(store), public,
+                         chain_key=chain_key, witness=witness)
 
 
 def verify_chains(

@@ -1,7 +1,8 @@
 """The checkpoint witness: an append-only file of signed checkpoints outside the audit store.
 
-Every checkpoint the journal writer commits (and every countersign the trail
-writes to the store) is also appended here, one JSON line each, and fsynced.
+Every checkpoint the journal writer commits (countersigns included) is also
+appended here, one JSON line each, and fsynced (a pipe or FIFO to a remote
+collector cannot be: written is published).
 Put it on another volume or host (an NFS or object-store mount, a file only the
 guard's user may append to, with ``chattr +a``): whoever can rewrite the store
 cannot then also delete the checkpoints that cover the newest events.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import stat
 from collections.abc import Sequence
@@ -22,9 +22,6 @@ from pathlib import Path
 from guard._errors import ConfigError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
 from guard.audit._journal import fsync_dir
-
-_log = logging.getLogger("guard.audit")
-_KEEP_FOR_RETRY = 10_000
 
 
 class Witness:
@@ -36,7 +33,6 @@ class Witness:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._pending: list[Checkpoint] = []  # committed, refused by the file so far
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             created = not path.exists()
@@ -48,34 +44,21 @@ class Witness:
             raise ConfigError(f"cannot open the audit witness {path}: {exc.strerror}") from exc
 
     def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Append checkpoints durable in the audit in one write and fsync.
+        """Append checkpoints in one write and fsync them.
 
-        A refusal is logged and the checkpoints kept: the newest refused so far (at
-        most 10,000) are appended first next time, so a witness that comes back
-        catches up in order. A pipe, FIFO or device that cannot be synced (EINVAL,
-        EROFS) has what was written: those are published.
+        A pipe, FIFO or device that cannot be synced (EINVAL, EROFS) has them once
+        they are written.
 
         Args:
             checkpoints: The checkpoints, oldest first.
-        """
-        pending = [*self._pending, *checkpoints]
-        if not pending:
-            return
-        data = "".join(json.dumps(asdict(cp), separators=(",", ":"), sort_keys=True) + "\n"
-                       for cp in pending).encode()
-        try:
-            while data:
-                data = data[os.write(self._fd, data):]
-            self._sync()
-        except OSError as exc:
-            if not self._pending:
-                _log.error("audit witness %s refused checkpoints (kept for a retry): %s",
-                           self.path, exc)
-            self._pending = pending[-_KEEP_FOR_RETRY:]
-            return
-        self._pending = []
 
-    def _sync(self) -> None:
+        Raises:
+            OSError: the file refused them (the caller keeps them for a retry).
+        """
+        data = "".join(json.dumps(asdict(cp), separators=(",", ":"), sort_keys=True) + "\n"
+                       for cp in checkpoints).encode()
+        while data:
+            data = data[os.write(self._fd, data):]
         try:
             os.fsync(self._fd)
         except OSError as exc:

@@ -111,8 +111,10 @@ def test_a_refused_witness_catches_up_in_order(tmp_path: Path) -> None:
     """Checkpoints the witness refused (a full disk) are appended first once it accepts."""
     import logging
     import os
+    import threading
 
     from guard.audit._checkpoint import Checkpoint, CheckpointKind
+    from guard.audit._jwriter import _WitnessRelay
     from guard.audit._witness import Witness, read_witness
 
     def checkpoint(seq: int) -> Checkpoint:
@@ -121,20 +123,24 @@ def test_a_refused_witness_catches_up_in_order(tmp_path: Path) -> None:
 
     witness = Witness(Path("/dev/full"))  # every write: ENOSPC
     records: list[logging.LogRecord] = []
+    refused = threading.Event()
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = lambda record: (records.append(record), refused.set())  # type: ignore[method-assign]
     logging.getLogger("guard.audit").addHandler(handler)
+    relay = _WitnessRelay(witness)
+    path = tmp_path / "witness.jsonl"
     try:
-        witness.publish([checkpoint(1)])
-        witness.publish([checkpoint(2)])
+        relay.publish([checkpoint(1)])
+        assert refused.wait(10)
+        relay.publish([checkpoint(2)])
+        accepting = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(accepting, witness._fd)  # the disk has room again
+        os.close(accepting)
+        relay.publish([checkpoint(3)])
+        relay.close(10)
     finally:
         logging.getLogger("guard.audit").removeHandler(handler)
     assert len(records) == 1  # the first refusal is logged, the rest kept quietly
-    os.close(witness._fd)
-    path = tmp_path / "witness.jsonl"
-    witness._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    witness.publish([checkpoint(3)])
-    witness.close()
     assert [cp.seq for cp in read_witness(path).checkpoints] == [1, 2, 3]
 
 
@@ -167,4 +173,3 @@ def test_a_witness_on_a_fifo_publishes_each_checkpoint_exactly_once(tmp_path: Pa
     reader.join(10)
     assert not reader.is_alive()
     assert [json.loads(line)["seq"] for line in received] == [1, 2, 3, 4, 5]
-    assert witness._pending == []

@@ -101,7 +101,6 @@ def test_a_witness_that_hangs_holds_no_commit(keys: Keys, tmp_path: Path) -> Non
         os.close(reader)
     lines = bytes(drained).lstrip(b"x").decode().splitlines()
     got = [(cp["kind"], cp["seq"]) for cp in map(json.loads, lines)]
-    # A FIFO refuses fsync, so the witness sends what it holds again each time: in order,
-    # each checkpoint at least once.
-    assert list(dict.fromkeys(got)) == [
+    # A FIFO cannot be fsynced: what was written to it is published, each checkpoint once.
+    assert got == [
         ("open", 0), ("periodic", 1), ("periodic", 2), ("periodic", 3), ("close", 3)]
