@@ -67,9 +67,9 @@ def write_journal(folder: Path, key: Path, n: int, subjects: int) -> list[bytes]
     writer = JournalWriter(journal, hmac_key=KEY, signing_key=load_signing_key(key),
                            writer_id="bench", chain_key=ChainKey(KEY))
     for start in range(0, n, 64):
-        writer.submit_many(EventKind.DECISION,
-                           [{**FIELDS, "subject_id": f"c{(start + i) * 7919 % subjects}",
-                             "allowed": (start + i) % 7 != 0} for i in range(64)])
+        writer.results(EventKind.DECISION,
+                       [{**FIELDS, "subject_id": f"c{(start + i) * 7919 % subjects}",
+                         "allowed": (start + i) % 7 != 0} for i in range(64)])
     writer.close()
     end = journal.next_offset
     journal.close()
@@ -272,9 +272,9 @@ def trickle(url: str, key: Path, folder: Path, rate: int, seconds: float, subjec
     t0 = time.perf_counter()
     due = t0
     while due - t0 < seconds:
-        writer.submit_many(EventKind.DECISION,
-                           [{**FIELDS, "subject_id": f"c{(count + i) * 7919 % subjects}"}
-                            for i in range(30)])
+        writer.results(EventKind.DECISION,
+                       [{**FIELDS, "subject_id": f"c{(count + i) * 7919 % subjects}"}
+                        for i in range(30)])
         count += 30
         durable.append((time.perf_counter(), journal.next_offset))
         due += step

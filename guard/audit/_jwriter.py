@@ -244,26 +244,16 @@ class JournalWriter:
         Raises:
             AuditUnavailableError: it is not durable (journal refused, or no answer in time).
         """
-        return self.submit_many(kind, [fields], timeout)[0]
-
-    def submit_many(self, kind: EventKind, many: Sequence[Mapping[str, Any]],
-                    timeout: float = 30.0) -> list[str]:
-        """Queue events in order and block until they are durable; their ids.
-
-        Raises:
-            AuditUnavailableError: one of them is not durable.
-        """
-        items = [_Item(kind, f) for f in many]
-        if items and not self._put(items).wait(timeout):
+        item = _Item(kind, fields)
+        if not self._put((item,)).wait(timeout):
             raise AuditTimeoutError(f"audit writer did not confirm within {timeout:g} s")
-        for item in items:
-            if not isinstance(item.result, str):
-                raise item.result or AuditUnavailableError("audit event lost")
-        return [str(item.result) for item in items]
+        if not isinstance(item.result, str):
+            raise item.result or AuditUnavailableError("audit event lost")
+        return item.result
 
     def results(self, kind: EventKind, many: Sequence[Mapping[str, Any]],
                 timeout: float = 30.0) -> list[str | None]:
-        """Like :meth:`submit_many`, but per event its id or None (not durable)."""
+        """Queue events in order and block until they are durable; per event its id or None."""
         items = [_Item(kind, f) for f in many]
         with contextlib.suppress(AuditUnavailableError):
             if items:

@@ -37,16 +37,6 @@ RAW_DIMENSIONS = ("e.reason, e.caller, e.purpose, coalesce(e.country, ''), "
 RAW_KEY = f"substr(e.ts, 1, 13), {RAW_DIMENSIONS}"
 """The whole summary key computed from raw events (alias ``e``)."""
 
-BACKFILL = (
-    f"INSERT INTO audit_hour ({', '.join(KEY_COLUMNS)}, decisions) "  # noqa: S608 - constant SQL
-    f"SELECT {RAW_KEY}, count(*) FROM audit_event e WHERE e.kind = 'decision' "
-    "GROUP BY 1, 2, 3, 4, 5, 6, 7"
-)
-"""Fill an empty summary from the events already stored (the migration runs it once)."""
-
-MIGRATION = (HOUR_DDL, BACKFILL)
-"""The schema migration that adds the summary."""
-
 _ADD = (
     f"INSERT INTO audit_hour ({', '.join(KEY_COLUMNS)}, decisions) "  # noqa: S608 - constant SQL
     "SELECT {RAW_KEY}, count(*) FROM {source} WHERE {where}e.kind = 'decision' "
@@ -67,3 +57,9 @@ def add_hours(source: str, where: str = "") -> str:
         where: A condition (ending in `` AND ``) choosing them among ``source``.
     """
     return _ADD.format(RAW_KEY=RAW_KEY, source=source, where=where)
+
+
+BACKFILL = add_hours("audit_event e")
+"""Fill an empty summary from the events already stored (the migration runs it once)."""
+MIGRATION = (HOUR_DDL, BACKFILL)
+"""The schema migration that adds the summary."""

@@ -64,7 +64,7 @@ def test_appends_wait_for_the_timer_and_are_indexed_in_one_transaction(
     indexer = Indexer(journal.folder, store, interval=3600)  # the timer never fires here
     trail = writer(journal, keys)
     for _ in range(5):
-        trail.submit_many(EventKind.DECISION, [FIELDS] * 3)  # five appends
+        trail.results(EventKind.DECISION, [FIELDS] * 3)  # five appends
     assert journal.next_offset == 16  # the chain's opening checkpoint and 15 events
     assert indexer.offset == 0  # not one transaction per append
     assert store.transactions == []
@@ -84,7 +84,7 @@ def test_a_backlog_is_indexed_in_transactions_of_at_most_batch_records(
     journal = Journal(tmp_path / "j")
     indexer = Indexer(journal.folder, store, batch=10, interval=0.05)
     trail = writer(journal, keys)
-    trail.submit_many(EventKind.DECISION, [FIELDS] * 25)
+    trail.results(EventKind.DECISION, [FIELDS] * 25)
     assert indexer.wait(journal.next_offset, timeout=30)
     assert all(size <= 10 for size in store.transactions)
     assert sum(store.transactions) == journal.next_offset == 26
@@ -277,7 +277,7 @@ def test_wait_indexed_hurries_an_indexer_of_its_own_process(keys: Keys, tmp_path
     journal = Journal(tmp_path / "audit.db.journal" / "lane-0")
     indexer = Indexer(journal.folder, store, interval=3600)  # its pace would wait an hour
     trail = writer(journal, keys)
-    trail.submit_many(EventKind.DECISION, [FIELDS] * 3)
+    trail.results(EventKind.DECISION, [FIELDS] * 3)
     # A reader of the store in the same process (a test, a script) waits for the events only.
     wait_indexed(AuditSettings(store=f"sqlite:///{tmp_path / 'audit.db'}"), timeout=10)
     assert store.rows("SELECT count(*) FROM audit_event") == [(3,)]
