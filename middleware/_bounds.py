@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from guard._subject_rule import MAX_SUBJECT, SUBJECT_CHARS, subject_id_ok
 from middleware.identity import MAX_CALLER_ID
 from middleware.routes import path_parameters
 
@@ -29,18 +30,12 @@ MAX_CALLER = MAX_CALLER_ID
 """Characters of a caller id (a token's ``sub``; the identity check bounds the proxy header)."""
 MAX_METHOD = 32
 """Characters of an HTTP method."""
-MAX_SUBJECT = 128
-"""Characters of a data-subject id taken from the path."""
 CUT_MARK = "…"
 """Ends a value that was cut to its bound."""
 
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1," + str(MAX_METHOD) + "}")
-# RFC 3986 unreserved characters plus ":" and "@": a path segment's characters
-# without percent-encoding and without the sub-delimiters ("!$&'()*+,;="), which
-# servers and frameworks read as parameter separators (";", ","), and without
-# whitespace, control characters or anything outside ASCII.
-_SUBJECT = re.compile(r"[A-Za-z0-9._~:@-]{1," + str(MAX_SUBJECT) + "}")
-_SUBJECT_PATH = re.compile(r"[A-Za-z0-9._~:@/-]{1," + str(MAX_SUBJECT) + "}")
+# The subject rule is guard._subject_rule's; a {name:path} parameter adds "/".
+_SUBJECT_PATH = re.compile(f"[/{SUBJECT_CHARS}]{{1,{MAX_SUBJECT}}}")
 
 
 def cut(value: str, bound: int) -> str:
@@ -71,4 +66,4 @@ def subject_ok(value: str, template: str, name: str) -> bool:
         if _SUBJECT_PATH.fullmatch(value) is None:
             return False
         return all(seg not in ("", ".", "..") for seg in value.split("/"))
-    return _SUBJECT.fullmatch(value) is not None and value not in (".", "..")
+    return subject_id_ok(value)

@@ -26,7 +26,8 @@ subject_app = typer.Typer(
 )
 
 SubjectArg = Annotated[str, typer.Argument(help="The data subject's id (stored only as its "
-                                                "keyed pseudonym).")]
+                                                "keyed pseudonym): 1 to 128 characters from "
+                                                "A-Z a-z 0-9 - . _ ~ : @, not '.' or '..'.")]
 StoreOpt = Annotated[
     str | None,
     typer.Option("--store", help="sqlite:///PATH or postgresql://... (default: settings)"),

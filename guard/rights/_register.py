@@ -145,8 +145,9 @@ class Register:
             AuditUnavailableError: the audit trail or the store could not take it.
         """
         pseudonym = self.pseudonym(change.subject)
-        current = self.lookup(change.subject) or ()
-        validate(policy, current, change)
+        looked = self.lookup(change.subject)
+        current = looked or ()
+        validate(policy, current, change, known=looked is not None)
         now = utc_now()
         effective = change.effective or datetime.now(UTC).date()
         entry = Entry(pseudonym, 0, uuid.uuid4().hex, change.kind, change.purpose, effective,

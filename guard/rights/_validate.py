@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
+from guard._subject_rule import subject_id_ok, subject_rule_error
 from guard.policy._compiled import DIRECT_MARKETING, CompiledPolicy
 from guard.rights._entries import EntryKind, RegisterRefusedError, State
 
@@ -31,16 +32,37 @@ class Change:
     who: str = ""
 
 
+NARROWING = frozenset({
+    EntryKind.CONSENT_WITHDRAWN, EntryKind.OBJECTION, EntryKind.RESTRICTION,
+    EntryKind.ERASURE_REQUESTED, EntryKind.END_OF_RELATIONSHIP,
+})
+"""The kinds that only ever narrow what may be done with a subject's data."""
+
+
 def objectable_under(policy: CompiledPolicy, node: str) -> list[str]:
     """The declarable purposes at or under ``node`` that an objection stops."""
     return sorted(key for key, p in policy.purposes.items()
                   if node in p.ancestors and p.objectable)
 
 
-def validate(policy: CompiledPolicy, state: State, change: Change) -> None:
-    """Raise :class:`RegisterRefusedError` (one line, with the reason) for a change to refuse."""
+def validate(policy: CompiledPolicy, state: State, change: Change, *, known: bool = False) -> None:
+    """Raise :class:`RegisterRefusedError` (one line, with the reason) for a change to refuse.
+
+    A subject id must follow the subject rule (``guard._subject_rule``). A subject
+    the register already has entries for under an id outside the rule (recorded
+    before the rule) may still be given an entry that only narrows (a withdrawal,
+    objection, restriction, erasure request or end of relationship).
+
+    Args:
+        policy: The policy in force.
+        state: The subject's entries in force.
+        change: The change asked for.
+        known: The register has entries for this subject.
+    """
     if not change.subject.strip():
         raise RegisterRefusedError("the subject id is empty")
+    if not subject_id_ok(change.subject) and not (known and change.kind in NARROWING):
+        raise RegisterRefusedError(subject_rule_error(change.subject))
     kind, purpose = change.kind, change.purpose
     if kind.names_purpose:
         node = policy.purposes.get(purpose)

@@ -12,8 +12,8 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 
 from guard._guard import Checked
+from guard._subject_rule import MAX_SUBJECT, SUBJECT_PATTERN
 from guard._types import Action, HttpContext, Reason, Request
-from middleware._bounds import MAX_SUBJECT
 from middleware.identity import IdentityError
 from middleware.problem import problem_response
 from middleware.sidecar._problem import sidecar_problem
@@ -23,9 +23,6 @@ MAX_BATCH = 1000
 MAX_BODY = 1 << 20
 """The largest decide body read (1 MiB: a full batch of 1,000 requests fits several times)."""
 _Key = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-SUBJECT_PATTERN = r"^(?:[A-Za-z0-9._~:@-]*[A-Za-z0-9_~:@-][A-Za-z0-9._~:@-]*|\.{3,})$"
-"""A subject id as a path parameter may hold one (``middleware._bounds.subject_ok``):
-characters from ``A-Z a-z 0-9 - . _ ~ : @``, not ``.`` or ``..``."""
 SubjectId = Annotated[str, Field(min_length=1, max_length=MAX_SUBJECT, pattern=SUBJECT_PATTERN)]
 """A data subject's id in a request body: the rule for a subject in a path, 1 to 128
 characters (no control character, blank, separator or anything a log line or another
