@@ -6,12 +6,14 @@ itself to the service with the proxy secret. docs/sidecar.md ("Callers
 authenticated by nginx"): the same, asking the sidecar's check endpoint. A
 client cannot choose its identity through nginx (its own ``X-Caller`` and
 ``X-Guard-Proxy-Secret`` are replaced) nor around it (no secret, no identity).
+Both nginx configurations are read from the pages themselves (one source of truth).
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,26 +102,36 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(ca_path, server, clients)
 
 
-NGINX_SERVER = """
-map $ssl_client_s_dn $cert_caller {{
-    ~(^|,)CN=(?<cn>[a-z0-9.-]+)(,|$)  svc:$cn;
-    default                           "";
-}}
+REPO = Path(__file__).resolve().parents[2]
 
-server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate         {server_cert};
-    ssl_certificate_key     {server_key};
-    ssl_client_certificate  {ca};
-    ssl_verify_client       on;
 
-    location / {{
-        proxy_set_header X-Caller             $cert_caller;
-        proxy_set_header X-Guard-Proxy-Secret "{secret}";
-        proxy_pass {upstream};
-    }}
-}}
-"""
+def _documented(page: str, heading: str, **values: str) -> str:
+    """The first nginx block under ``heading`` in ``docs/<page>``, made to run here.
+
+    Args:
+        page: The page's file name under docs/.
+        heading: The heading the block follows.
+        values: ``port``, ``server_cert``, ``server_key``, ``ca``, ``secret`` and the
+            ``upstream`` (and ``sidecar``) URLs to put in place of the page's examples.
+    """
+    text = (REPO / "docs" / page).read_text()
+    found = re.search(r"```nginx\n(.*?)```", text.split(heading, 1)[1], re.S)
+    assert found is not None, heading
+    block = found.group(1)
+    swaps = {"listen 443 ssl;": f"listen 127.0.0.1:{values['port']} ssl;",
+             "/etc/nginx/tls/server.pem": values["server_cert"],
+             "/etc/nginx/tls/server.key": values["server_key"],
+             "/etc/nginx/tls/callers-ca.pem": values["ca"],
+             "contents of /etc/guard/proxy-secret": values["secret"]}
+    if "sidecar" in values:
+        swaps["http://127.0.0.1:8181"] = values["sidecar"]
+        swaps["http://127.0.0.1:9000"] = values["upstream"]
+    else:
+        swaps["http://127.0.0.1:8000"] = values["upstream"]
+    for example, value in swaps.items():
+        assert example in block, f"docs/{page}: {example!r} not in the block"
+        block = block.replace(example, value)
+    return block
 
 
 @dataclass(frozen=True)
@@ -138,8 +150,9 @@ def front(pki: Pki, keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Ite
     port = free_port()
     try:
         with UvicornThread(create_app(settings, guard=guard)) as service:
-            nginx = Nginx(base / "nginx", NGINX_SERVER.format(
-                port=port, server_cert=pki.server[0], server_key=pki.server[1], ca=pki.ca,
+            nginx = Nginx(base / "nginx", _documented(
+                "middleware.md", "### Trusted proxies", port=str(port),
+                server_cert=str(pki.server[0]), server_key=str(pki.server[1]), ca=str(pki.ca),
                 secret=keys.proxy_secret, upstream=service.url))
             nginx.start(port)
             try:
@@ -204,47 +217,11 @@ def test_around_nginx_the_caller_header_gets_401(front: Front) -> None:
     assert response.json()["reason"] == "unauthenticated"
 
 
-SIDECAR_SERVER = """
-map $ssl_client_s_dn $cert_caller {{
-    ~(^|,)CN=(?<cn>[a-z0-9.-]+)(,|$)  svc:$cn;
-    default                           "";
-}}
-
+UPSTREAM = """
 server {{
     listen 127.0.0.1:{upstream_port};
-    location / {{ return 200 "caller=$http_x_guard_caller xcaller=$http_x_caller\\n"; }}
-}}
-
-server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate         {server_cert};
-    ssl_certificate_key     {server_key};
-    ssl_client_certificate  {ca};
-    ssl_verify_client       on;
-
-    location = /_guard {{
-        internal;
-        proxy_pass http://127.0.0.1:{sidecar_port}/v1/check;
-        proxy_pass_request_body off;
-        proxy_set_header Content-Length "";
-        proxy_set_header X-Original-URI $request_uri;
-        proxy_set_header X-Original-Method $request_method;
-        proxy_set_header X-Caller $cert_caller;
-        proxy_set_header X-Guard-Proxy-Secret "{secret}";
-    }}
-
-    location / {{
-        auth_request /_guard;
-        auth_request_set $guard_caller   $upstream_http_x_guard_caller;
-        auth_request_set $guard_purpose  $upstream_http_x_guard_purpose;
-        auth_request_set $guard_decision $upstream_http_x_guard_decision_id;
-        proxy_set_header X-Guard-Caller      $guard_caller;
-        proxy_set_header X-Guard-Purpose     $guard_purpose;
-        proxy_set_header X-Guard-Decision-Id $guard_decision;
-        proxy_set_header X-Caller            "";
-        proxy_set_header X-Guard-Proxy-Secret "";
-        proxy_pass http://127.0.0.1:{upstream_port};
-    }}
+    location / {{ return 200 "caller=$http_x_guard_caller xcaller=$http_x_caller \
+secret=$http_x_guard_proxy_secret xff=$http_x_forwarded_for fwd=$http_forwarded\n"; }}
 }}
 """
 
@@ -258,10 +235,12 @@ def checked(pki: Pki, keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> I
                                 issuer="purpose-guard-dev")
     port, upstream_port = free_port(), free_port()
     with serve_sidecar(sidecar_settings(base, policy, identity)) as sidecar:
-        nginx = Nginx(base / "nginx", SIDECAR_SERVER.format(
-            port=port, upstream_port=upstream_port, sidecar_port=sidecar.port,
-            server_cert=pki.server[0], server_key=pki.server[1], ca=pki.ca,
-            secret=keys.proxy_secret))
+        nginx = Nginx(base / "nginx", _documented(
+            "sidecar.md", "## Callers authenticated by nginx", port=str(port),
+            server_cert=str(pki.server[0]), server_key=str(pki.server[1]), ca=str(pki.ca),
+            secret=keys.proxy_secret, sidecar=f"http://127.0.0.1:{sidecar.port}",
+            upstream=f"http://127.0.0.1:{upstream_port}",
+        ) + UPSTREAM.format(upstream_port=upstream_port))
         nginx.start(port, upstream_port)
         try:
             yield f"https://127.0.0.1:{port}"
@@ -272,14 +251,16 @@ def checked(pki: Pki, keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> I
 def test_the_sidecar_check_believes_the_certificate_caller(
     checked: str, pki: Pki, keys: Keys
 ) -> None:
-    spoof = {"x-caller": "svc:support", "x-guard-proxy-secret": "guess" * 8}
+    spoof = {"x-caller": "svc:support", "x-guard-proxy-secret": "guess" * 8,
+             "x-forwarded-for": "10.9.9.9", "forwarded": "for=10.9.9.9"}
     with _client(pki, "billing") as client:
         allowed = client.get(checked + "/customers/c-0001", headers={**spoof, **PURPOSE})
         refused = client.get(checked + "/customers/c-0001",
                              headers={**spoof, "x-purpose": "rights.request"})
     assert allowed.status_code == 200, allowed.text
-    # The upstream sees the verified caller, and neither the client's header nor the secret.
-    assert allowed.text.strip() == "caller=svc:billing xcaller="
+    # The upstream sees the verified caller, neither the client's header nor the secret,
+    # and the address nginx saw, not the client's claim.
+    assert allowed.text.strip() == "caller=svc:billing xcaller= secret= xff=127.0.0.1 fwd="
     assert refused.status_code == 403
 
 
