@@ -18,7 +18,9 @@ uvicorn answers what its parser refuses (both ``Content-Length`` and
 plain-text 400 of its own, before any app sees the request. Here that refusal
 is what the guard answers for any request it cannot judge: a ``malformed_request``
 denial recorded in the audit trail and a problem+json 400 with its id, the
-connection closed.
+connection closed. Bytes refused in the body of a request whose head the app
+refuses for its framing (``Transfer-Encoding: xchunked``) are that refusal's:
+the app's ``request_framing`` event and answer are the only ones.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from middleware.sidecar._framing import framing_ok
 
 HTTP_PROTOCOL = "middleware.sidecar._server:SidecarHttpProtocol"
 """The ``http`` option ``guard sidecar`` gives uvicorn (an import string, for its workers too)."""
@@ -48,6 +52,8 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         self._replaced: list[RequestResponseCycle] = []
         self._refusal: asyncio.Task[None] | None = None
         self._answered: asyncio.Event | None = None  # set as an answer ends (or the connection)
+        self._dropping = False  # what the client sends is read and dropped until the close
+        self._in_body: RequestResponseCycle | None = None  # the request whose body is read
 
     def on_headers_complete(self) -> None:
         earlier = self.cycle
@@ -55,6 +61,11 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         if earlier is not None and earlier is not self.cycle and not earlier.response_complete:
             self._replaced = [c for c in self._replaced if not c.response_complete]
             self._replaced.append(earlier)
+        self._in_body = self.cycle if self.cycle is not earlier else None
+
+    def on_message_complete(self) -> None:
+        self._in_body = None
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         for cycle in self._replaced:
@@ -72,7 +83,7 @@ class SidecarHttpProtocol(HttpToolsProtocol):
             self._answered.set()
 
     def data_received(self, data: bytes) -> None:
-        if self._refusal is None:
+        if not self._dropping:
             super().data_received(data)
         # else: what follows bytes already refused is read and dropped until the close
 
@@ -82,7 +93,15 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         if sidecar is None:  # not the sidecar's app: uvicorn's own answer
             super().send_400_response(msg)
             return
-        if self._refusal is not None:
+        if self._dropping:
+            return
+        self._dropping = True
+        cycle = self._in_body
+        if cycle is not None and not framing_ok(cycle.scope["headers"]):
+            # The app refuses this request for its framing and records that: its answer is
+            # the refusal. Its body ends here (the app reads none of it).
+            cycle.more_body = False
+            cycle.message_event.set()
             return
         self.transport.pause_reading()
         self._refusal = self.loop.create_task(self._refuse(sidecar))
