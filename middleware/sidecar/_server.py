@@ -141,7 +141,11 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         # A close with unread bytes in the socket resets the connection, and the client may
         # lose the answer: the rest of what it sent is read (and dropped) for a moment first.
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the client already left (reset): nothing more to say or read
+                transport.close()
+                return
         transport.resume_reading()
         self.loop.call_later(LINGER_SECONDS, transport.close)
 

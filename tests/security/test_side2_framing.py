@@ -28,7 +28,7 @@ from sidecarkit import ServerThread, audit_rows, policy_copy, sidecar_settings
 from upstreamkit import ThreadedUpstream
 
 from bench._pg import free_port
-from middleware.sidecar._server import HTTP_PROTOCOL
+from middleware.sidecar._server import HTTP_PROTOCOL, SidecarHttpProtocol
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SMUGGLED = b"GET /customers/c-0042 HTTP/1.1\r\nHost: upstream\r\n\r\n"
@@ -153,21 +153,39 @@ class _Answer:
         self.done = True
 
 
+class _FirstAnswerRead(Exception):
+    """Stops the parser at the end of the first answer (a second may be in the same bytes)."""
+
+
+class _FirstAnswer(_Answer):
+    def on_message_complete(self) -> None:
+        self.done = True
+        raise _FirstAnswerRead
+
+
+def _first_answer(chunks: Iterator[bytes]) -> tuple[int, _Answer]:
+    """The first answer in ``chunks`` (its status and parts), never one after it.
+
+    A pipelined request's answer can arrive in the same read as the one before it: the
+    parser is stopped where the first ends, so its status is the first answer's.
+    """
+    answer = _FirstAnswer()
+    parser = httptools.HttpResponseParser(answer)
+    for data in chunks:
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError:
+            break  # the first answer's end, or bytes no answer begins with
+        if answer.done:
+            break
+    return parser.get_status_code(), answer
+
+
 def _ask(port: int, request: bytes) -> tuple[int, _Answer]:
     """Send ``request``; the first answer (its status and parts)."""
-    answer = _Answer()
-    parser = httptools.HttpResponseParser(answer)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(request)
-        while not answer.done:
-            data = conn.recv(65536)
-            if not data:
-                break
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError:
-                break  # what follows the first answer (a second one, for the bytes after it)
-    return parser.get_status_code(), answer
+        return _first_answer(iter(lambda: conn.recv(65536), b""))
 
 
 def _request(token: str, framing: bytes, body: bytes) -> bytes:
@@ -334,3 +352,100 @@ def test_bytes_the_parser_refuses_are_answered_after_the_requests_before_them(
     assert statuses == [200, 400]
     assert _refused(400, answers[1])
     _check_upstream(served.upstream)
+
+
+def _answers(received: bytes) -> list[tuple[int, _Answer]]:
+    """Every answer in ``received``, in order (each with a Content-Length)."""
+    out: list[tuple[int, _Answer]] = []
+    rest = received
+    while rest:
+        answer = _Answer()
+        parser = httptools.HttpResponseParser(answer)
+        head, _, body = rest.partition(b"\r\n\r\n")
+        parser.feed_data(head + b"\r\n\r\n")
+        length = int(answer.headers.get(b"content-length", b"0"))
+        parser.feed_data(body[:length])
+        rest = body[length:]
+        out.append((parser.get_status_code(), answer))
+    return out
+
+
+def test_the_first_answer_is_never_one_read_in_the_same_bytes_after_it() -> None:
+    """Two answers in one read: the reader's first is the first (not the second's status)."""
+    first = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    second = (b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/problem+json\r\n"
+              b"content-length: 2\r\n\r\n{}")
+    status, answer = _first_answer(iter([first + second]))
+    assert (status, answer.body, answer.done) == (200, b"", True)
+
+
+def test_a_pipelined_request_is_answered_after_the_one_before_it(served: Served) -> None:
+    """A PUT whose body the server reads as none, the smuggled GET behind it: answers in order.
+
+    One request's answer must never be taken for another's: the PUT's 200 (forwarded)
+    comes first, then the GET's 401 (no token), on both servers.
+    """
+    request = _request(served.token, b"Content-Length: 0\r\n", SMUGGLED)
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", served.server.port), timeout=10) as conn:
+            conn.sendall(request)
+            received = b""
+            while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+                data = conn.recv(65536)
+                if not data:
+                    break
+                received += data
+        answers = _answers(received)
+        assert [status for status, _ in answers] == [200, 401], received
+        assert b"x-guard-decision-id" in answers[1][1].headers
+    _check_upstream(served.upstream)
+
+
+def test_a_refusal_to_a_client_that_left_raises_nothing_into_the_loop(served: Served) -> None:
+    """Bytes the parser refuses, then the client gone: recorded, and no task exception left.
+
+    The refusal is written after its audit commit, to a socket the client closed (it may be
+    reset by then): nothing reaches the loop's exception handler ("Task exception was
+    never retrieved").
+    """
+    import gc
+
+    if served.kind != "guard":
+        return  # the recorded refusal of unparsable bytes is the guard server's
+    loop = served.server.server.servers[0].get_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    done = threading.Event()
+
+    def install(handler: Any) -> None:
+        loop.set_exception_handler(handler)
+        done.set()
+
+    loop.call_soon_threadsafe(install, lambda _loop, context: reported.append(context))
+    assert done.wait(10)
+    try:
+        refused = "kind = 'decision' AND reason = 'malformed_request'"
+        before = len(audit_rows(served.db, refused))
+        tries = 60
+        whole = _request(served.token, b"Content-Length: %d\r\n" % len(SMUGGLED), SMUGGLED)
+        for _ in range(tries):  # the first answer read, the connection closed, then the refusal
+            assert _ask(served.server.port, whole + b"NOT HTTP\r\n\r\n")[0] == 200
+        deadline = threading.Event()
+        for _ in range(200):
+            if len(audit_rows(served.db, refused)) >= before + tries:
+                break
+            deadline.wait(0.05)
+        assert len(audit_rows(served.db, refused)) == before + tries
+        for _ in range(200):  # every refusal's task ended
+            tasks = [p._refusal for p in gc.get_objects()
+                     if isinstance(p, SidecarHttpProtocol) and p._refusal is not None]
+            if all(task.done() for task in tasks):
+                break
+            deadline.wait(0.05)
+        failed = [repr(task.exception()) for task in tasks if task.done() and task.exception()]
+        gc.collect()
+        assert failed + [str(c.get("exception") or c.get("message")) for c in reported] == []
+    finally:
+        done.clear()
+        loop.call_soon_threadsafe(install, previous)
+        done.wait(10)
