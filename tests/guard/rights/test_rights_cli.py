@@ -32,16 +32,6 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *ar
     return code, out, err
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy_dir: Path) -> str:
-    monkeypatch.chdir(policy_dir.parent)
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    monkeypatch.setenv("GUARD_AUDIT__STORE", url)
-    monkeypatch.setenv("GUARD_AUDIT__HMAC_KEY", str(tmp_path / "hmac.key"))
-    monkeypatch.setenv("GUARD_AUDIT__SIGNING_KEY", str(tmp_path / "signing.key"))
-    return url
-
-
 def entries(url: str) -> list[tuple[str, str]]:
     reader = open_store(url, create=False)
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,16 +14,6 @@ from tests.guard.rights.test_rights_cli import entries, events, run
 BAD = ["cust 42", "cust\n42", "cust\x1b[2J", "ünïcode", ".", "..", "a/b", "a;b", "a,b",
        "x" * 129, "a\u2028b", "a%2Fb"]
 GOOD = ["cust-0042", "...", "a:b@c~d_e.f", "x" * 128]
-
-
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy_dir: Path) -> str:
-    monkeypatch.chdir(policy_dir.parent)
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    monkeypatch.setenv("GUARD_AUDIT__STORE", url)
-    monkeypatch.setenv("GUARD_AUDIT__HMAC_KEY", str(tmp_path / "hmac.key"))
-    monkeypatch.setenv("GUARD_AUDIT__SIGNING_KEY", str(tmp_path / "signing.key"))
-    return url
 
 
 @pytest.mark.parametrize("subject", BAD)
