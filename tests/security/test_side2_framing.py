@@ -92,22 +92,6 @@ class ParsingUpstream(ThreadedUpstream):
                 return
 
 
-class H11Server(ServerThread):
-    """The sidecar under uvicorn's h11 server."""
-
-    def __init__(self, app: Any, port: int) -> None:
-        super().__init__(app, port)
-        self.server.config.http = "h11"
-
-
-class GuardServer(ServerThread):
-    """The sidecar under the HTTP protocol ``guard sidecar`` gives uvicorn."""
-
-    def __init__(self, app: Any, port: int) -> None:
-        super().__init__(app, port)
-        self.server.config.http = HTTP_PROTOCOL
-
-
 class Served(NamedTuple):
     """A sidecar under one server, its upstream, its audit store and a token that may write."""
 
@@ -128,9 +112,9 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     policy = policy_copy(tmp / "policy", POLICIES)
     settings_ = sidecar_settings(tmp, policy, keys.identity(),
                                  upstream=f"http://127.0.0.1:{upstream.port}")
-    kind = GuardServer if request.param == "guard" else H11Server
+    http = HTTP_PROTOCOL if request.param == "guard" else "h11"  # guard sidecar's, or h11
     try:
-        with kind(create_app(settings_), free_port()) as server:
+        with ServerThread(create_app(settings_), free_port(), http=http) as server:
             yield Served(server, upstream, tmp / "audit.db", keys.mint("hs", sub="svc:crm"),
                          request.param)
     finally:

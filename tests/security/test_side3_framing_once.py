@@ -36,12 +36,6 @@ class _Upstream(ThreadedUpstream):
         self.connections += 1
 
 
-class _Server(ServerThread):
-    def __init__(self, app: Any, port: int) -> None:
-        super().__init__(app, port)
-        self.server.config.http = HTTP_PROTOCOL
-
-
 class Served(NamedTuple):
     port: int
     upstream: _Upstream
@@ -60,7 +54,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> Iterator[Serv
     settings = sidecar_settings(tmp, policy, keys.identity(),
                                 upstream=f"http://127.0.0.1:{upstream.port}")
     try:
-        with _Server(create_app(settings), free_port()) as server:
+        with ServerThread(create_app(settings), free_port(), http=HTTP_PROTOCOL) as server:
             yield Served(server.port, upstream, tmp / "audit.db", keys.mint("hs", sub="svc:crm"))
     finally:
         upstream.close()

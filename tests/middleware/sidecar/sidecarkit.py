@@ -91,13 +91,20 @@ def sidecar_settings(
 
 
 class ServerThread:
-    """An ASGI app served by real uvicorn on loopback, in a thread."""
+    """An ASGI app served by real uvicorn on loopback, in a thread.
 
-    def __init__(self, app: Any, port: int) -> None:
+    Args:
+        app: The ASGI app.
+        port: The loopback port.
+        http: uvicorn's HTTP protocol (``"h11"``, or a class such as the sidecar's own).
+    """
+
+    def __init__(self, app: Any, port: int, *, http: Any = "auto") -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on",
+            http=http,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
