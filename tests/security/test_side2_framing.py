@@ -320,21 +320,9 @@ def test_bytes_the_parser_refuses_are_answered_after_the_requests_before_them(
         received = b""
         while data := conn.recv(65536):
             received += data
-    answers: list[_Answer] = []
-    statuses: list[int] = []
-    rest = received
-    while rest:
-        answer = _Answer()
-        parser = httptools.HttpResponseParser(answer)
-        head, _, body = rest.partition(b"\r\n\r\n")
-        parser.feed_data(head + b"\r\n\r\n")
-        length = int(answer.headers.get(b"content-length", b"0"))
-        parser.feed_data(body[:length])
-        rest = body[length:]
-        statuses.append(parser.get_status_code())
-        answers.append(answer)
-    assert statuses == [200, 400]
-    assert _refused(400, answers[1])
+    answers = _answers(received)
+    assert [status for status, _ in answers] == [200, 400]
+    assert _refused(400, answers[1][1])
     _check_upstream(served.upstream)
 
 
