@@ -8,6 +8,7 @@ enforcement point reads, such as ``holder``); every commit is durable at once.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from guard._guard import Checked, Ruling
 from guard._types import Decision, HttpContext, Request
@@ -23,7 +24,7 @@ class NoAudit:
     """A guard's recording methods, each answering at once as if durable."""
 
     def decide(self, request: Request, http: HttpContext | None = None, *,
-               per_category: bool = False) -> Ruling:
+               per_category: bool = False, current: Any = None) -> Ruling:
         raise NotImplementedError
 
     async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked:

@@ -48,7 +48,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -509,7 +509,7 @@ class _DecideOnly:
         return Checked(self.holder.decide(request), "bench")
 
     def decide(self, request: Request, http: HttpContext | None = None, *,
-               per_category: bool = False) -> Ruling:
+               per_category: bool = False, current: Any = None) -> Ruling:
         return Ruling(self.holder.decide(request), request, None, {})
 
     async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:

@@ -75,7 +75,7 @@ class _Guard(NoAudit):
         self._category_cache: dict[Any, Any] = {}
 
     def decide(self, request: Request, http: HttpContext | None = None, *,
-               per_category: bool = False) -> Ruling:
+               per_category: bool = False, current: Any = None) -> Ruling:
         if per_category:
             judged, _detail = Guard._judge_categories(self, request)  # type: ignore[arg-type]
             return Ruling(judged.decision, request, judged, {})

@@ -94,8 +94,8 @@ class _NoWrite(NoAudit):
         self.decide = guard.decide  # type: ignore[method-assign]
 
     def decide(self, request: Request, http: HttpContext | None = None, *,
-               per_category: bool = False) -> Ruling:
-        return self.guard.decide(request, http, per_category=per_category)
+               per_category: bool = False, current: Any = None) -> Ruling:
+        return self.guard.decide(request, http, per_category=per_category, current=current)
 
 
 def drive(coro: Coroutine[Any, Any, Any]) -> Any:

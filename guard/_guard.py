@@ -338,7 +338,8 @@ class Guard:
     # -- decisions ---------------------------------------------------------------------------
 
     def decide(
-        self, request: Request, http: HttpContext | None = None, *, per_category: bool = False
+        self, request: Request, http: HttpContext | None = None, *, per_category: bool = False,
+        current: trace.Span | None = None,
     ) -> Ruling:
         """Decide now; record the decision later with :meth:`acommit` (or :meth:`post`).
 
@@ -353,15 +354,17 @@ class Guard:
                 decision allows when a personal category is released, and the event's
                 ``detail`` lists the categories released and withheld with the reason
                 for each (``{"released":[...],"withheld":{"financial":"..."}}``).
+            current: The current span, when the caller has read it already (it is
+                not looked up again).
         """
         tracer = self._tracer
         if makes_no_span(tracer):  # the current span is read once, for its ids
-            return self._ruling(request, http, per_category, None,
-                                trace.get_current_span().get_span_context())
+            current = current if current is not None else trace.get_current_span()
+            return self._ruling(request, http, per_category, None, current.get_span_context())
         span = tracer.start_span("guard.decision")
         if not span.is_recording():  # its parent's context: the same trace ids, no switch
-            return self._ruling(request, http, per_category, None,
-                                trace.get_current_span().get_span_context())
+            current = current if current is not None else trace.get_current_span()
+            return self._ruling(request, http, per_category, None, current.get_span_context())
         with trace.use_span(span, end_on_exit=True):
             return self._ruling(request, http, per_category, span, span.get_span_context())
 

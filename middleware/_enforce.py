@@ -79,7 +79,8 @@ class GuardLike(Protocol):
     async def acheck(self, request: Request, http: HttpContext | None = None) -> Checked: ...
 
     def decide(
-        self, request: Request, http: HttpContext | None = None, *, per_category: bool = False
+        self, request: Request, http: HttpContext | None = None, *, per_category: bool = False,
+        current: trace.Span | None = None,
     ) -> Ruling: ...
 
     async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked: ...

@@ -191,7 +191,7 @@ class Planner:
         http = plan.http
         guard = self.guard
         try:
-            ruling = guard.decide(request, http, per_category=plan.minimise)
+            ruling = guard.decide(request, http, per_category=plan.minimise, current=span)
             decision = ruling.decision
             if decision.allowed and plan.defer:
                 if span is not INVALID_SPAN and span.is_recording():  # no call without a span

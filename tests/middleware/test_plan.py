@@ -42,9 +42,9 @@ class Recording:
         self.calls: list[tuple[object, ...]] = []
 
     def decide(self, request: Request, http: HttpContext | None = None, *,
-               per_category: bool = False) -> Ruling:
+               per_category: bool = False, current: Any = None) -> Ruling:
         self.calls.append(("decide", request, http, per_category))
-        return self.guard.decide(request, http, per_category=per_category)
+        return self.guard.decide(request, http, per_category=per_category, current=current)
 
     async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
         self.calls.append(("acommit", ruling.request, ruling.decision, status))
@@ -328,3 +328,38 @@ def test_a_planner_that_fails_leaves_the_request_to_enforce(
     asyncio.run(mw(scope, receive, send))
     assert sent[0]["status"] == 401  # no token: refused by enforce(), not a crash
     assert scope["state"]["guard"].decision.reason.value == "unauthenticated"
+
+
+def test_a_planned_read_hands_the_span_it_read_to_decide(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The middleware reads the current span once; decide takes it instead of asking again."""
+    from opentelemetry import trace
+
+    token = world["tokens"]["crm"]
+    headers = [(b"authorization", f"Bearer {token}".encode()),
+               (b"x-purpose", b"relationship.management")]
+    mw: GuardMiddleware = world["mw"]
+    span = trace.NonRecordingSpan(trace.SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+        trace_flags=trace.TraceFlags(1)))
+    asked: list[int] = []
+
+    def counted(context: object = None) -> trace.Span:
+        asked.append(1)
+        return INVALID_SPAN
+
+    async def run() -> object:
+        await _compare(world, "GET", "/customers/c-0044", headers, "127.0.0.1")  # remembered
+        monkeypatch.setattr(trace, "get_current_span", counted)
+        return mw._planner.judge(_scope("GET", "/customers/c-0044", headers, "127.0.0.1"),
+                                 "GET", span)
+
+    judged = asyncio.run(run())
+    assert isinstance(judged, tuple)
+    _outcome, ruling = judged
+    assert ruling is not None
+    assert ruling.fields is not None
+    assert (ruling.fields["trace_id"], ruling.fields["span_id"]) == (
+        "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert asked == []
