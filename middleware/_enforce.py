@@ -55,7 +55,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("guard.middleware")
-_PURPOSE_KEY = re.compile(r"^[a-z0-9_]+(?:\.[a-z0-9_]+)*$")
+PURPOSE_KEY = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
+"""A well-formed purpose key (matched whole: ``fullmatch``)."""
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """Methods every bound accepts (:func:`method_ok` is asked of any other)."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -325,7 +326,7 @@ def recorded(checked: Checked, http: HttpContext, caller: Caller, endpoint: obje
 
 def _purpose_key(purpose: str) -> bool:
     """Whether ``purpose`` is a well-formed purpose key (remembered when it is)."""
-    if _PURPOSE_KEY.match(purpose) is None:
+    if PURPOSE_KEY.fullmatch(purpose) is None:
         return False
     if len(_purposes) >= _CONTEXTS:
         _purposes.clear()

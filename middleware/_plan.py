@@ -21,7 +21,6 @@ it to that for random requests).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
@@ -35,6 +34,7 @@ from guard.audit._otel import decision_attributes
 from middleware._bounds import MAX_PURPOSE, method_ok, subject_ok
 from middleware._enforce import (
     METHODS,
+    PURPOSE_KEY,
     SAFE_METHODS,
     GuardLike,
     Outcome,
@@ -53,7 +53,6 @@ Judged = tuple[Outcome, Ruling | None] | Coroutine[Any, Any, Outcome]
 """What :meth:`Planner.judge` answers: an outcome and the ruling left to record, or a
 coroutine for the outcome of a ruling being recorded now."""
 
-_PURPOSE_KEY = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
 PURPOSES = 1024
 """Raw purpose values remembered as well-formed (then forgotten all at once)."""
 REQUESTS = 4096
@@ -215,7 +214,7 @@ class Planner:
         if type(value) is not bytes:
             return None
         purpose = value.decode("latin-1").strip()
-        if len(purpose) > MAX_PURPOSE or (purpose and _PURPOSE_KEY.fullmatch(purpose) is None):
+        if len(purpose) > MAX_PURPOSE or (purpose and PURPOSE_KEY.fullmatch(purpose) is None):
             return None
         known = self.purposes
         if len(known) >= PURPOSES:

@@ -363,3 +363,13 @@ def test_a_planned_read_hands_the_span_it_read_to_decide(
     assert (ruling.fields["trace_id"], ruling.fields["span_id"]) == (
         "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
     assert asked == []
+
+
+def test_a_purpose_is_well_formed_only_as_a_whole() -> None:
+    """The interpreted path and the plan read one purpose rule, matched whole (a trailing
+    line break is not part of a key)."""
+    from middleware._enforce import _purpose_key
+
+    assert _purpose_key("relationship.management")
+    for bad in ("relationship.management\n", "relationship..management", "Relationship", ""):
+        assert not _purpose_key(bad), bad
