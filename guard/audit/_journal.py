@@ -75,6 +75,29 @@ class Damage:
     why: str
 
 
+def _frames(data: bytes, want: int) -> tuple[list[bytes], int, str | None]:
+    """The first whole, good frames of ``data`` (at most ``want``).
+
+    Returns their payloads, the bytes they take, and why the parse stopped short
+    (``incomplete header``, ``incomplete frame``, ``checksum mismatch``; None: it did not).
+    """
+    payloads: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end and len(payloads) < want:
+        if end - pos < _HEADER.size:
+            return payloads, pos, "incomplete header"
+        length, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        if length > MAX_FRAME or start + length > end:
+            return payloads, pos, "incomplete frame"
+        payload = data[start:start + length]
+        if crc32c(payload) != crc:
+            return payloads, pos, "checksum mismatch"
+        payloads.append(payload)
+        pos = start + length
+    return payloads, pos, None
+
+
 def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
     """Every good record of a segment up to the first bad frame.
 
@@ -82,21 +105,8 @@ def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
     scan (None when the segment ends cleanly).
     """
     data = path.read_bytes()
-    payloads: list[bytes] = []
-    pos, end = 0, len(data)
-    while pos < end:
-        if end - pos < _HEADER.size:
-            return payloads, pos, Damage(path, pos, first + len(payloads), "incomplete header")
-        length, crc = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        if length > MAX_FRAME or start + length > end:
-            return payloads, pos, Damage(path, pos, first + len(payloads), "incomplete frame")
-        payload = data[start:start + length]
-        if crc32c(payload) != crc:
-            return payloads, pos, Damage(path, pos, first + len(payloads), "checksum mismatch")
-        payloads.append(payload)
-        pos = start + length
-    return payloads, pos, None
+    payloads, good, why = _frames(data, len(data))
+    return payloads, good, Damage(path, good, first + len(payloads), why) if why else None
 
 
 def durable_end(folder: Path) -> int:
@@ -116,14 +126,6 @@ def durable_end(folder: Path) -> int:
     finally:
         os.close(fd)
     raise AuditUnavailableError(f"audit journal {folder}: {END} does not hold a valid end")
-
-
-def _published(folder: Path) -> int:
-    """The durable end the folder's END file holds (0: none, or unreadable)."""
-    try:
-        return durable_end(folder)
-    except AuditUnavailableError:
-        return 0
 
 
 class JournalBusyError(ConfigError):
@@ -182,12 +184,16 @@ class Journal:
             found = segments(folder)
         first, path = found[-1]
         payloads, good, damage = scan(path, first)
-        if first + len(payloads) < _published(folder):  # damaged, cut off or gone
+        try:
+            published = durable_end(folder)
+        except AuditUnavailableError:  # an END no writer completed: none
+            published = 0
+        if first + len(payloads) < published:  # damaged, cut off or gone
             os.close(self._lock)  # acknowledged records are missing: keep them for inspection
             what = "damaged" if damage is not None else "missing"
             raise AuditUnavailableError(
                 f"audit journal {folder}: record {first + len(payloads)} of {path.name} is "
-                f"{what} below the durable end {_published(folder)}; nothing was cut off "
+                f"{what} below the durable end {published}; nothing was cut off "
                 "(move the lane aside to inspect it, then start again)")
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         if damage is not None:  # a torn tail: never acknowledged, never believed
@@ -325,42 +331,25 @@ class JournalReader:
         """
         out: list[bytes] = []
         want = min(end - self.offset, limit)
-        handle = self._file
-        assert handle is not None
-        data, pos = b"", 0
-        start = handle.tell()
+        size = self._block
         while len(out) < want:
-            if len(data) - pos < _HEADER.size:
-                more = handle.read(self._block)
-                if not more and pos == len(data):  # this segment is done: the next one
-                    self._open_at(self.offset + len(out))
-                    handle = self._file
-                    assert handle is not None
-                    data, pos, start = b"", 0, 0
-                    continue
-                if not more:
-                    break
-                data, start, pos = data[pos:] + more, start + pos, 0
+            handle = self._file
+            assert handle is not None
+            start = handle.tell()
+            data = handle.read(size)
+            if not data:  # this segment is done: the next one
+                self._open_at(self.offset + len(out))
                 continue
-            length, crc = _HEADER.unpack_from(data, pos)
-            if length > MAX_FRAME:
-                break
-            stop = pos + _HEADER.size + length
-            if stop > len(data):
-                more = handle.read(max(self._block, stop - len(data)))
-                if not more:
-                    break
-                data, start, pos = data[pos:] + more, start + pos, 0
-                continue
-            payload = data[pos + _HEADER.size:stop]
-            if crc32c(payload) != crc:
-                break
-            out.append(payload)
-            pos = stop
+            got, used, why = _frames(data, want - len(out))
+            out += got
+            handle.seek(start + used)  # the next read starts after the last frame returned
+            if why is not None and (why == "checksum mismatch" or len(data) < size
+                                    or size > MAX_FRAME):
+                break  # a bad frame, or the segment ends inside one
+            size = self._block if got else size * 2  # a frame longer than the block
         if len(out) < want and not out:
             raise AuditUnavailableError(
                 f"audit journal {self.folder}: bad frame at offset {self.offset}")
-        handle.seek(start + pos)  # the next read starts after the last frame returned
         self.offset += len(out)
         return out
 

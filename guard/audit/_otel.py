@@ -30,26 +30,17 @@ def decision_attributes(decision: Decision) -> dict[str, Any]:
     }
 
 
+def span_ids(ctx: SpanContext) -> tuple[str | None, str | None]:
+    """``(trace_id, span_id)`` of a span context as an audit event stores them; Nones if invalid."""
+    if not ctx.is_valid:
+        return None, None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
 def trace_fields() -> dict[str, str]:
     """``trace_id`` and ``span_id`` of the current OpenTelemetry span (empty without one)."""
-    ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
-        return {}
-    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
-
-
-_NO_IDS: tuple[None, None] = (None, None)
-
-
-def span_ids(ctx: SpanContext) -> tuple[str | None, str | None]:
-    """``(trace_id, span_id)`` of a span context as an audit event stores them; Nones if invalid.
-
-    Args:
-        ctx: The span context.
-    """
-    if not ctx.is_valid:
-        return _NO_IDS
-    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+    trace_id, span_id = span_ids(trace.get_current_span().get_span_context())
+    return {"trace_id": trace_id, "span_id": span_id} if trace_id and span_id else {}
 
 
 def makes_no_span(tracer: trace.Tracer) -> bool:

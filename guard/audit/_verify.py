@@ -7,7 +7,7 @@ import itertools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -51,7 +51,7 @@ class VerifyReport:
     writers: int
     checkpoints: int
     problems: tuple[Problem, ...] = ()
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -289,10 +289,19 @@ def verify_chains(
         stored_ids.add(cp.checkpoint_id)
     cp_total = len(stored_ids)
     problems: dict[str, Problem] = {}
-    witnessed: dict[str, list[Checkpoint]] = defaultdict(list)
-    if witness is not None:
-        _merge_witness(witness, public, checkpoints=by_writer, stored_ids=stored_ids,
-                       witnessed=witnessed, problems=problems)
+    witnessed: dict[str, list[Checkpoint]] = defaultdict(list)  # only in the witness
+    if witness is not None and witness.bad_lines:
+        lines = ", ".join(str(n) for n in witness.bad_lines[:5])
+        problems["(witness)"] = Problem("bad_checkpoint", "(witness)", None, None,
+                                        f"witness line(s) {lines} are not checkpoints")
+    for cp in dict.fromkeys(witness.checkpoints if witness is not None else ()):  # once each
+        if not cp.valid(public):
+            problems.setdefault(cp.writer_id, Problem(
+                "bad_checkpoint", cp.writer_id, cp.seq, None,
+                f"witness checkpoint {cp.checkpoint_id} has an invalid signature"))
+        elif cp.checkpoint_id not in stored_ids:
+            by_writer[cp.writer_id].append(cp)
+            witnessed[cp.writer_id].append(cp)
     signed: dict[str, list[Checkpoint]] = {}
     for writer, cps in by_writer.items():
         cps.sort(key=lambda c: (c.seq, c.kind != CheckpointKind.CLOSE))
@@ -338,31 +347,4 @@ def verify_chains(
     ordered = tuple(problems[w] for w in sorted(problems))
     return VerifyReport(total, len(set(chains) | set(by_writer)), cp_total, ordered,
                         tuple(notes))
-
-
-def _merge_witness(
-    witness: WitnessRead,
-    public: Ed25519PublicKey,
-    *,
-    checkpoints: dict[str, list[Checkpoint]],
-    stored_ids: set[str],
-    witnessed: dict[str, list[Checkpoint]],
-    problems: dict[str, Problem],
-) -> None:
-    """Add the witness's checkpoints to the store's; note those the store lacks."""
-    if witness.bad_lines:
-        lines = ", ".join(str(n) for n in witness.bad_lines[:5])
-        problems.setdefault("(witness)", Problem(
-            "bad_checkpoint", "(witness)", None, None,
-            f"witness line(s) {lines} are not checkpoints"))
-    for cp in dict.fromkeys(witness.checkpoints):  # each distinct line once, in order
-        if not cp.valid(public):
-            problems.setdefault(cp.writer_id, Problem(
-                "bad_checkpoint", cp.writer_id, cp.seq, None,
-                f"witness checkpoint {cp.checkpoint_id} has an invalid signature"))
-            continue
-        if cp.checkpoint_id in stored_ids:
-            continue
-        checkpoints[cp.writer_id].append(cp)
-        witnessed[cp.writer_id].append(cp)
 
