@@ -23,8 +23,7 @@ from typing import IO
 
 from guard._errors import AuditUnavailableError
 from guard.audit._indexer import Indexer, register
-from guard.audit._journal import Journal, JournalBusyError, durable_end, lock_folder
-from guard.audit._jverify import lanes
+from guard.audit._journal import Journal, JournalBusyError, durable_end, lanes, lock_folder
 from guard.audit._store import AuditStoreError, Store, open_store, sqlite_path
 
 _log = logging.getLogger("guard.audit")
@@ -86,16 +85,6 @@ class Follower:
 
 # -- audit.index = "auto" at SQLite: the follower as a child process of the service ---------------
 
-_CHILD = """
-import sys, types
-for name in ("guard", "guard.audit"):  # only the indexer's modules: a third of the start's CPU
-    package = types.ModuleType(name)
-    package.__path__ = [sys.argv[1] + "/" + name.replace(".", "/")]
-    sys.modules[name] = package
-from guard.audit._follow import main
-sys.exit(main(sys.argv[2:]))
-"""
-"""The child's program: ``ROOT FOLDER STORE_URL`` (ROOT: the folder holding ``guard``)."""
 _STATUS_EVERY = 0.2
 """Seconds between the child's looks at its indexers' errors (reported on change only)."""
 
@@ -151,11 +140,8 @@ class ChildIndexer:
         return self._proc.pid
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        import guard
-
-        root = str(Path(guard.__file__).resolve().parent.parent)
         return subprocess.Popen(
-            [sys.executable, "-c", _CHILD, root, str(self.folder), self._url],
+            [sys.executable, "-m", "guard.audit._follow", str(self.folder), self._url],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
 
     def _supervise(self) -> None:
@@ -280,3 +266,7 @@ def main(argv: list[str]) -> int:
         _log.error("audit index process stopped: %s", exc)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

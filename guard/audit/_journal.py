@@ -373,6 +373,13 @@ def read_journal(folder: Path) -> Iterator[tuple[int, bytes] | Damage]:
             yield damage
 
 
+def lanes(folder: Path) -> list[Path]:
+    """The journals under ``folder`` (``lane-N``), or ``folder`` itself when it is one."""
+    if (folder / "ID").is_file():
+        return [folder]
+    return sorted(p for p in folder.glob("lane-*") if (p / "ID").is_file())
+
+
 def open_lane(parent: Path, *, segment_bytes: int = 64 << 20, lanes: int = 256) -> Journal:
     """The first journal under ``parent`` (``lane-0``, ``lane-1``, ...) no other process holds.
 

@@ -31,8 +31,8 @@ from guard.audit._fields import ChainKey, row_event
 from guard.audit._follow import ChildIndexer, index_mode
 from guard.audit._health import DiskReserve, FailureLog
 from guard.audit._indexer import Indexer, hurry
-from guard.audit._journal import durable_end, open_lane
-from guard.audit._jverify import indexed_offset, lanes
+from guard.audit._journal import durable_end, lanes, open_lane
+from guard.audit._jverify import indexed_offset
 from guard.audit._jwriter import Committed, JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
 from guard.audit._otel import OtlpLogExporter, trace_fields

@@ -21,7 +21,7 @@ from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
-from guard.audit._journal import Damage, durable_end, read_journal
+from guard.audit._journal import Damage, durable_end, lanes, read_journal
 from guard.audit._schema import EVENT_COLUMNS, Row
 from guard.audit._store import AuditStoreError, Store
 from guard.audit._verify import Problem, VerifyReport, seq_of, verify_chains
@@ -42,13 +42,6 @@ class JournalReport:
     def ok(self) -> bool:
         """True when the journal is intact and the index agrees with it."""
         return self.journal.ok and not self.index and not self.damage
-
-
-def lanes(folder: Path) -> list[Path]:
-    """The journals under ``folder`` (``lane-N``), or ``folder`` itself when it is one."""
-    if (folder / "ID").is_file():
-        return [folder]
-    return sorted(p for p in folder.glob("lane-*") if (p / "ID").is_file())
 
 
 def indexed_offset(store: Store, journal_id: str) -> int:

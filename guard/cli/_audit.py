@@ -232,8 +232,9 @@ def verify_cmd(
     ] = None,
 ) -> None:
     """Check every hash chain and signed checkpoint; exit 1 if anything was tampered with."""
+    from guard.audit._journal import lanes
     from guard.audit._jtrail import journal_folder
-    from guard.audit._jverify import lanes, verify_journal
+    from guard.audit._jverify import verify_journal
 
     settings = _settings()
     key_path = public_key or public_key_path(settings.signing_key)
