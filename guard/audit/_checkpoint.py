@@ -30,7 +30,7 @@ class CheckpointKind(StrEnum):
 class Terms:
     """What a chain's writer promises, signed into every checkpoint of the chain.
 
-    ``chain`` is the hash format (3: content keyed with the chain key; 2: plain
+    ``chain`` is the hash format (4 and 3: keyed with the chain key; 2: plain
     SHA-256); ``every`` and ``seconds`` bound each unsigned stretch: a writer signs
     a checkpoint at most ``every`` events, and at most ``seconds`` seconds after
     the first event it has not signed yet.

@@ -62,7 +62,7 @@ def _countersign_chain(
     public = signing.public_key()
     valid = [cp for cp in stored_checkpoints(store, writer) if cp.valid(public)]
     terms = chain_terms(valid)
-    if terms is None or terms.chain != 3:
+    if terms is None or terms.chain not in (3, 4):
         return None
     head = max(valid, key=lambda cp: cp.seq)
     tail = store.rows(_TAIL, (writer, head.seq))
@@ -71,7 +71,7 @@ def _countersign_chain(
     first = ts_epoch(str(tail[0][_TS]))
     if first is None or time.time() - first < terms.seconds + MARGIN:
         return None  # its writer may still sign it
-    rows = [light(raw, key, keyed=True) for raw in tail]
+    rows = [light(raw, key, chain=terms.chain) for raw in tail]
     problem = check_chain(writer, rows, head.seq + 1, head.hash)
     if problem is not None:
         _log.warning("the unsigned tail of audit chain %s does not verify at seq %s; "

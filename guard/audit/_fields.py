@@ -241,18 +241,27 @@ class Linker:
 
     The bytes are those the chain format defines (docs/audit.md; a property test
     holds them equal to the standard library's JSON for any field values).
+    Format 4 (the writer's) is one HMAC under the chain key over ``v4`` and the
+    record up to its hash; format 3 (a keyed content digest inside a SHA-256
+    link) and format 2 (unkeyed) are linked for verify.
 
     Args:
         writer_id: The chain.
-        key: The chain key (format 3); None links format 2 (older chains, read by verify).
+        key: The chain key; None links format 2 (older chains, read by verify).
+        chain: The keyed format, 4 or 3.
     """
 
-    def __init__(self, writer_id: str, key: ChainKey | None) -> None:
+    def __init__(self, writer_id: str, key: ChainKey | None, chain: int = 3) -> None:
         self.writer_id = writer_id
         self._key = key
-        tag = "v3" if key is not None else "v2"
-        self._prefix = compact([tag, writer_id])[:-1] + b","
+        self._v4 = key is not None and chain == 4
+        self._prefix = compact(["v3" if key is not None else "v2", writer_id])[:-1] + b","
         self._wid = compact([writer_id])[1:-1]
+        if key is not None:
+            self._inner = key._inner.copy()
+            if self._v4:
+                self._inner.update(b"v4")
+            self._outer = key._outer
 
     def link(self, head: Row, seq: int, prev: str) -> tuple[str, bytes]:
         """The hash of ``head`` at ``seq`` after ``prev``, and the row's journal record.
@@ -271,16 +280,23 @@ class Linker:
             body = _slow(head).encode()
         if len(body) > _MAX_BODY:  # its readers would take the frame for damage
             raise ValueError(f"not recordable in the journal: over {MAX_FRAME} bytes")
-        key = self._key
-        if key is not None:  # ChainKey.digest, without its call
-            inner = key._inner.copy()
+        before = prev.encode()
+        if self._v4:  # HMAC(chain key, "v4" + the record up to its hash), pads hashed once
+            unhashed = b'%s,%s,%d,"%s"' % (body[:-1], self._wid, seq, before)
+            inner = self._inner.copy()
+            inner.update(unhashed)
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            digest = hexlify(outer.digest())
+            return digest.decode(), b'%s,"%s"]' % (unhashed, digest)
+        if self._key is not None:
+            inner = self._inner.copy()
             inner.update(body)
-            outer = key._outer.copy()
+            outer = self._outer.copy()
             outer.update(inner.digest())
             digest = hexlify(outer.digest())
         else:
             digest = hexlify(_sha256(body).digest())
-        before = prev.encode()
         hash_ = hexlify(_sha256(b'%s%d,"%s","%s"]' % (self._prefix, seq, before, digest)).digest())
         return hash_.decode(), b'%s,%s,%d,"%s","%s"]' % (body[:-1], self._wid, seq, before, hash_)
 

@@ -171,7 +171,7 @@ class JournalWriter:
         hmac_key: Key of the subject pseudonyms (raw ``subject_id`` fields).
         signing_key: Signs checkpoints.
         writer_id: Prefix of this writer's chain id.
-        chain_key: Keys the chain (format 3).
+        chain_key: Keys the chain (format 4).
         checkpoint_every: Sign a checkpoint at least every this many events.
         checkpoint_interval: ... and within this many seconds of the first unsigned event.
         witness: Also receives every checkpoint once it is durable (on its own thread).
@@ -201,9 +201,9 @@ class JournalWriter:
         self._pseudonyms = Pseudonyms(hmac_key)
         self._key = signing_key
         self.writer_id = f"{writer_id}/{new_event_id()}"
-        self._linker = Linker(self.writer_id, chain_key)
+        self._linker = Linker(self.writer_id, chain_key, 4)
         self._every = max(1, checkpoint_every)
-        self._terms = Terms(3, self._every, checkpoint_interval)
+        self._terms = Terms(4, self._every, checkpoint_interval)
         self._interval = checkpoint_interval
         self._witness = _WitnessRelay(witness) if witness is not None else None
         self._reserve = reserve

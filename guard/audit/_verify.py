@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -203,27 +204,37 @@ _PREV, _HASH = FIELD_NAMES.index("prev_hash"), FIELD_NAMES.index("hash")
 _TS = FIELD_NAMES.index("ts")
 
 
-def light(raw: Sequence[Any], key: ChainKey | None, *, keyed: bool) -> _Row:
+def light(raw: Sequence[Any], key: ChainKey | None, *, chain: int | None) -> _Row:
     """A stored row's chain position, and whether it is exactly what the guard wrote.
 
-    Formats 3 and 2 hash the stored columns themselves, as the journal writer
+    Formats 4, 3 and 2 hash the stored columns themselves, as the journal writer
     linked them (:class:`guard.audit._fields.Linker`), so any changed value
-    (``allowed = 2``, re-spaced JSON) breaks the hash. In a ``keyed`` chain (its
-    signed terms say format 3) only format 3 under ``key`` is accepted; in
-    another chain also format 2, or format 1 (events written before format 2).
-    Format 3 needs the key, so accepting it anywhere lets no one without the key
-    forge a row. A row that cannot even be read is not intact.
+    (``allowed = 2``, re-spaced JSON) breaks the hash. In a keyed chain (its
+    signed terms say ``chain`` 4 or 3) only that format under ``key`` is
+    accepted; in another chain also format 2, or 1 (events written before format 2).
+    Formats 4 and 3 need the key, so accepting them anywhere lets no one without
+    the key forge a row. A row that cannot even be read is not intact.
     """
     writer, seq, prev, hash_ = (raw[i] for i in (_WRITER, _SEQ, _PREV, _HASH))
-    keys = ([key] if key is not None else []) + ([] if keyed else [None])
+    keyed = chain in (3, 4)
+    linkers: list[tuple[ChainKey | None, int]] = [] if key is None else [
+        (key, c) for c in ((chain or 4,) if keyed else (4, 3))]
+    if not keyed:
+        linkers.append((None, 2))
     try:
         head = tuple(raw[:_WRITER])
         ok = type(seq) is int and (
-            any(Linker(writer, k).link(head, seq, prev)[0] == hash_ for k in keys)
+            any(_linker(writer, k, c).link(head, seq, prev)[0] == hash_ for k, c in linkers)
             or (not keyed and _format_1(raw)))
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         ok = False
     return _Row(seq_of(raw), str(raw[0]), str(prev), str(hash_), ok, str(raw[_TS]))
+
+
+@functools.lru_cache(maxsize=256)
+def _linker(writer: str, key: ChainKey | None, chain: int) -> Linker:
+    """The linker of a chain, made once for its rows."""
+    return Linker(writer, key, chain)
 
 
 def _format_1(raw: Sequence[Any]) -> bool:
@@ -258,7 +269,7 @@ def verify(
         store: The audit store.
         public: The checkpoint public key.
         chain_key: The chain key (:func:`guard.audit.derive_chain_key`); needed when
-            the store holds keyed (format 3) chains.
+            the store holds keyed (format 3 or 4) chains.
         witness: Checkpoints read from the witness file: each must verify, be in the
             store, and cover events the store still holds.
 
@@ -312,7 +323,7 @@ def verify_chains(
                 f"checkpoint {bad.checkpoint_id} has an invalid signature"))
         signed[writer] = cps if bad is None else []
     terms = {writer: chain_terms(valid) for writer, valid in signed.items()}
-    keyed = {writer for writer, t in terms.items() if t is not None and t.chain == 3}
+    keyed = {writer: t.chain for writer, t in terms.items() if t is not None and t.chain in (3, 4)}
     if keyed and chain_key is None:
         raise ConfigError("the audit store holds keyed chains: verify needs the chain key "
                           "(pass --hmac-key, or set audit.hmac_key)")
@@ -321,7 +332,7 @@ def verify_chains(
     total = 0
     for raw in events:
         writer = str(raw[_WRITER])
-        chains[writer].append(light(raw, key, keyed=writer in keyed))
+        chains[writer].append(light(raw, key, chain=keyed.get(writer)))
         total += 1
     notes: list[str] = []
     for writer in sorted(set(chains) | set(by_writer)):

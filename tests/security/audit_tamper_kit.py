@@ -131,11 +131,12 @@ def sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
 def forge_hash(event: AuditEvent, fmt: str) -> str:
     """The hash an attacker without the chain key computes for ``event`` as it now stands.
 
-    ``fmt`` is ``"v2"`` (the unkeyed format older chains use) or ``"v3"`` (the keyed
-    format, under a key the attacker guessed).
+    ``fmt`` is ``"v2"`` (the unkeyed format older chains use), ``"v3"`` or ``"v4"`` (the
+    keyed formats, under a key the attacker guessed).
     """
-    guessed = ChainKey(b"guessed" * 4) if fmt == "v3" else None
-    return linked(event, event.writer_id, event.seq, event.prev_hash, guessed).hash
+    guessed = ChainKey(b"guessed" * 4) if fmt in ("v3", "v4") else None
+    return linked(event, event.writer_id, event.seq, event.prev_hash, guessed,
+                  4 if fmt == "v4" else 3).hash
 
 
 def rechain(url: str, events: list[AuditEvent], fmt: str, *, start: int = 1,

@@ -92,9 +92,9 @@ def row_of(event: AuditEvent) -> Row:
 
 
 def linked(event: AuditEvent, writer_id: str, seq: int, prev_hash: str,
-           key: ChainKey | None = None) -> AuditEvent:
-    """``event`` placed in a chain, hashed as the writer links it (format 2 without ``key``)."""
-    hash_, _record = Linker(writer_id, key).link(row_of(event)[:-4], seq, prev_hash)
+           key: ChainKey | None = None, chain: int = 3) -> AuditEvent:
+    """``event`` placed in a chain, hashed in format ``chain`` (format 2 without ``key``)."""
+    hash_, _record = Linker(writer_id, key, chain).link(row_of(event)[:-4], seq, prev_hash)
     return replace(event, writer_id=writer_id, seq=seq, prev_hash=prev_hash, hash=hash_)
 
 
