@@ -17,8 +17,8 @@ Usage: ``.venv/bin/python bench/decide.py [--sizes 100,1000,10000,100000]
 
 With ``--guard``, instead: the guard's own Python per allowed read on the event loop
 (``Guard.decide``, ``Guard.begin_commit`` and the resolve side: the writer's release
-of the batch, ``call_soon_threadsafe``, the future's result and the awaiting task's
-wake-up), on the shipped policy with a subject register, ``GET /customers/{id}`` as
+of the batch, the loop's wake-up by its eventfd, the future's result and the awaiting
+task's wake-up), on the shipped policy with a subject register, ``GET /customers/{id}`` as
 ``svc:crm`` for ``relationship.management`` (identity, contact). The journal writer
 is replaced by a stand-in on the same thread that takes each queued event as the
 writer does and releases it with the writer's own ``_release`` (nothing is built or
@@ -270,9 +270,10 @@ def guard_pieces(tree: Path, fresh: bool) -> tuple[list[Any], Any]:
 
     key = b"k" * 32
     policy = tree_load_policy(tree / "policies")
-    # The writer's producer side as it is, its thread replaced by ``drain`` below.
+    # The writer's producer side as it is, its thread replaced by ``drain`` below (the
+    # attributes of every tree measured: `_cond` before the eventfd hand-over).
     writer = JournalWriter.__new__(JournalWriter)
-    writer._queue = deque()
+    writer._queue, writer._wakers = deque(), {}
     writer._closed = writer._stopped = writer._idle = False
     writer._lock = threading.Lock()
     writer._cond = threading.Condition(writer._lock)

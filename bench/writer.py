@@ -6,16 +6,14 @@ journal that keeps nothing (no disk): CPU µs per event, median of ``--rounds``.
 ``loop``: ``--producers`` coroutines on one event loop each commit events one
 after the other (``JournalWriter.start``, as ``Guard.acommit`` does) into a real
 journal: CPU µs per event of the event loop's thread and of the writer thread,
-and the wake-ups per event of the event loop and of the writer (``--null-journal``:
-no disk, for instruction counts of the hand-over).
+and the wake-ups per event of the event loop (the writer's eventfd writes) and of
+the writer (rings) (``--null-journal``: no disk, for instruction counts of the
+hand-over).
 ``lone``: one coroutine commits one event at a time with a pause between them (the
 writer asleep each time, as at one connection), and the time of a lone commit is
 split: (a) the event loop's ``start`` to the writer thread's wake-up, the
 writer's build, (b) the append with its ``fdatasync``, the writer's tail, (c) its
-``call_soon_threadsafe`` to the task's resumption. Beside it, what the same
-commit costs with no hand-over at all (the writer's ``_commit`` called on the
-event loop's thread while the writer thread sleeps: a measurement only, the
-writer never does this, since a disk that hangs would stall the loop), and the
+release (the loop's eventfd written) to the task's resumption; beside it the
 ``fdatasync`` floor of the same folder, back to back and after the same pause,
 all in one run.
 
@@ -97,36 +95,31 @@ def build(events: int, batch: int) -> float:
 
 def loop(events: int, producers: int, null: bool = False) -> tuple[float, float, float, float]:
     """CPU µs per event of the event loop's and the writer's thread; wake-ups per event of
-    the loop (``call_soon_threadsafe``) and of the writer (``notify``)."""
+    the loop (eventfd writes) and of the writer (rings)."""
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
         journal = NullJournal() if null else open_lane(Path(tmp))
         w = writer(journal)
         per = events // producers
         wakeups = notified = 0
-        notify = w._cond.notify
+        ring, release = w._ring, w._release
 
-        def counted_notify(n: int = 1) -> None:
+        def counted_ring() -> None:
             nonlocal notified
             notified += 1
-            notify(n)
+            ring()
 
-        w._cond.notify = counted_notify  # type: ignore[method-assign]
+        def counted_release(items: list[_Item]) -> None:
+            nonlocal wakeups
+            wakeups += len({item.waker for item in items if item.waker is not None})
+            release(items)
+
+        w._ring, w._release = counted_ring, counted_release  # type: ignore[method-assign]
 
         async def one() -> None:
             for _ in range(per):
                 await w.start(EventKind.DECISION, FIELDS)
 
         async def main() -> float:
-            nonlocal wakeups
-            aloop = asyncio.get_running_loop()
-            original = aloop.call_soon_threadsafe
-
-            def counted(*args: Any, **kwargs: Any) -> Any:
-                nonlocal wakeups
-                wakeups += 1
-                return original(*args, **kwargs)
-
-            aloop.call_soon_threadsafe = counted  # type: ignore[method-assign]
             c0 = time.thread_time()
             await asyncio.gather(*(one() for _ in range(producers)))
             return (time.thread_time() - c0) * 1e6
@@ -162,15 +155,11 @@ class TimedJournal:
 
 
 PARTS = ("a wake writer", "build", "b append+fdatasync", "writer tail", "c wake loop+resume",
-         "total (thread)", "total (inline)", "writer CPU/commit")
+         "total", "writer CPU/commit")
 
 
-def lone(events: int, gap: float, inline: bool) -> dict[str, list[float]]:
-    """Commit ``events`` lone events (a pause of ``gap`` s between them); per part, the µs.
-
-    ``inline``: call the writer's ``_commit`` on the event loop's thread (no hand-over;
-    nothing else writes meanwhile); otherwise ``start`` hands each event to the thread.
-    """
+def lone(events: int, gap: float) -> dict[str, list[float]]:
+    """Commit ``events`` lone events (a pause of ``gap`` s between them); per part, the µs."""
     parts: dict[str, list[float]] = {name: [] for name in PARTS}
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
         journal = open_lane(Path(tmp))
@@ -184,39 +173,31 @@ def lone(events: int, gap: float, inline: bool) -> dict[str, list[float]]:
             marks["commit"] = time.perf_counter_ns()
             return commit(items)
 
-        w._commit = timed_commit  # type: ignore[method-assign]
+        release = w._release
+
+        def handed(items: list[_Item]) -> None:
+            marks["handed"] = time.perf_counter_ns()
+            release(items)
+
+        w._commit, w._release = timed_commit, handed  # type: ignore[method-assign]
 
         async def main() -> None:
-            aloop = asyncio.get_running_loop()
-            original = aloop.call_soon_threadsafe
-
-            def handed(*args: Any, **kwargs: Any) -> Any:
-                marks["handed"] = time.perf_counter_ns()
-                return original(*args, **kwargs)
-
-            aloop.call_soon_threadsafe = handed  # type: ignore[method-assign]
             await w.start(EventKind.DECISION, FIELDS)  # the chain's opening checkpoint
             cpu0 = thread_cpu_us(w._thread)
             for _ in range(events):
                 await asyncio.sleep(gap)
                 marks["commit"] = marks["handed"] = 0
                 t0 = time.perf_counter_ns()
-                if inline:
-                    w._commit([_Item(EventKind.DECISION, FIELDS)])
-                else:
-                    await w.start(EventKind.DECISION, FIELDS)
+                await w.start(EventKind.DECISION, FIELDS)
                 t1 = time.perf_counter_ns()
                 parts["build"].append((timed.began - marks["commit"]) / 1e3)
                 parts["b append+fdatasync"].append((timed.ended - timed.began) / 1e3)
-                if marks["handed"]:  # through the writer thread
-                    parts["total (thread)"].append((t1 - t0) / 1e3)
-                    parts["a wake writer"].append((marks["commit"] - t0) / 1e3)
-                    parts["writer tail"].append((marks["handed"] - timed.ended) / 1e3)
-                    parts["c wake loop+resume"].append((t1 - marks["handed"]) / 1e3)
-                else:  # on the event loop's thread
-                    parts["total (inline)"].append((t1 - t0) / 1e3)
-            if not inline:  # the writer thread's CPU (kernel time included) per commit
-                parts["writer CPU/commit"].append((thread_cpu_us(w._thread) - cpu0) / events)
+                parts["total"].append((t1 - t0) / 1e3)
+                parts["a wake writer"].append((marks["commit"] - t0) / 1e3)
+                parts["writer tail"].append((marks["handed"] - timed.ended) / 1e3)
+                parts["c wake loop+resume"].append((t1 - marks["handed"]) / 1e3)
+            # the writer thread's CPU (kernel time included) per commit
+            parts["writer CPU/commit"].append((thread_cpu_us(w._thread) - cpu0) / events)
 
         asyncio.run(main())
         w.close()
@@ -247,14 +228,12 @@ def paused_floor(folder: Path, count: int, gap: float) -> list[float]:
 
 
 def run_lone(events: int, rounds: int, gap: float) -> None:
-    """Print the parts of a lone commit, thread and inline, and the floors (one run)."""
-    got: dict[bool, dict[str, list[float]]] = {False: {n: [] for n in PARTS},
-                                                True: {n: [] for n in PARTS}}
+    """Print the parts of a lone commit and the floors (one run)."""
+    got: dict[str, list[float]] = {n: [] for n in PARTS}
     floors, paused = [], []
     for _ in range(rounds):  # alternated, so that both see the same load
-        for inline in (False, True):
-            for name, values in lone(events, gap, inline).items():
-                got[inline][name] += values
+        for name, values in lone(events, gap).items():
+            got[name] += values
         with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
             floors.append(fdatasync_floor(Path(tmp), events))
             paused += paused_floor(Path(tmp), events, gap)
@@ -263,13 +242,10 @@ def run_lone(events: int, rounds: int, gap: float) -> None:
     print(f"floor: append 300 B + fdatasync back to back p50 {p50 * 1e3:.0f} µs, p99 "
           f"{p99 * 1e3:.0f} µs; after a {gap * 1e3:g} ms pause p50 {_pct(paused, 0.5):.0f} µs, "
           f"p99 {_pct(paused, 0.99):.0f} µs (same folder, {rounds} rounds)")
-    for inline, parts in got.items():
-        print("lone commit, " + ("no hand-over (_commit on the event loop's thread, "
-                                 "measurement only):" if inline else "through the writer thread:"))
-        for name, values in parts.items():
-            if values:
-                print(f"  {name:<20} p50 {_pct(values, 0.5):7.1f} µs  p99 {_pct(values, 0.99):8.1f}"
-                      f" µs  (n={len(values)})")
+    print("lone commit, through the writer thread:")
+    for name, values in got.items():
+        print(f"  {name:<20} p50 {_pct(values, 0.5):7.1f} µs  p99 {_pct(values, 0.99):8.1f}"
+              f" µs  (n={len(values)})")
 
 
 def main() -> None:

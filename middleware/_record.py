@@ -91,8 +91,7 @@ class Record:
         self._flusher: asyncio.Task[None] | None = None
         self._returned = False
         self.settled = False
-        """A read's whole response went out with its decision durable: :meth:`close` has
-        nothing left to do."""
+        """A read's whole response went out, its decision durable: :meth:`close` is done."""
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -320,7 +319,8 @@ class Record:
             try:  # a whole response: out once durable (sent here, or by the early answer)
                 if self._flusher is not None:
                     await self._flusher
-                else:
+                else:  # answered here: no early answer (its callback would run for nothing)
+                    self._verdict.remove_done_callback(self._durable)  # type: ignore[union-attr]
                     await self._release()
             except BaseException:
                 if self._flusher is not None:

@@ -1,14 +1,14 @@
 """The journal writer: one thread builds, links and appends each batch with one fdatasync.
 
 Producers queue ``(kind, fields)`` and wait: a thread on its batch (one release
-per batch), a coroutine on a future (one ``call_soon_threadsafe`` per batch and
-event loop resolves them all). A coroutine's event is queued without a lock and
-wakes the writer only when it is idle. The writer takes everything queued,
-builds the rows, links them into the hash chain, signs the checkpoints that
-fall due, appends it all to the journal with one ``fdatasync``, releases the
-producers and only then hands the batch to the listeners and its checkpoints
-to the witness's own thread (a witness that hangs holds no commit). If the
-thread ends, every waiter fails at once.
+per batch), a coroutine on a future its loop resolves when the writer writes the
+loop's eventfd (:class:`_Waker`, once per batch). An event is queued without a
+lock and wakes the writer (a lock released) only when it is idle. The writer
+takes everything queued, builds the rows, links them into the hash chain, signs
+the checkpoints that fall due, appends it all to the journal with one
+``fdatasync``, releases the producers and only then hands the batch to the
+listeners and its checkpoints to the witness's own thread (a witness that hangs
+holds no commit). If the thread ends, every waiter fails at once.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from weakref import finalize
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -71,27 +73,48 @@ class _Batch:
         return True
 
 
+class _Waker:
+    """The items done for one event loop, and the eventfd (one of its readers) that wakes it.
+
+    Writing it never blocks (a closed loop just never reads); it is closed with the
+    waker, once no item names it, so its number is never another file's while written.
+    """
+
+    __slots__ = ("__weakref__", "done", "fd")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        finalize(self, os.close, self.fd).atexit = False
+        self.done: deque[_Item] = deque()
+        loop.add_reader(self.fd, self.settle)
+
+    def settle(self) -> None:
+        """Resolve the futures of the items done (on the loop, when the eventfd is readable)."""
+        with contextlib.suppress(BlockingIOError):  # read on an earlier turn already
+            os.eventfd_read(self.fd)
+        done = self.done
+        while done:
+            item = done.popleft()
+            future, result = item.future, item.result
+            if future is None or future.done():  # failed meanwhile (its deadline)
+                continue
+            if isinstance(result, str):
+                future.set_result(result)
+            else:
+                future.set_exception(result or AuditUnavailableError("audit event lost"))
+
+
 class _Item:
     """One queued event, and where its producer hears the result (its id, or why not)."""
 
-    __slots__ = ("fields", "future", "kind", "posted", "result")
+    __slots__ = ("fields", "future", "kind", "posted", "result", "waker")
 
     def __init__(self, kind: EventKind, fields: Mapping[str, Any],
-                 future: asyncio.Future[str] | None = None, posted: bool = False) -> None:
-        self.kind, self.fields, self.future, self.posted = kind, fields, future, posted
+                 future: asyncio.Future[str] | None = None, waker: _Waker | None = None,
+                 posted: bool = False) -> None:
+        self.kind, self.fields, self.future, self.waker = kind, fields, future, waker
+        self.posted = posted
         self.result: str | BaseException | None = None
-
-
-def _settle(items: list[_Item]) -> None:
-    """Resolve the futures of ``items`` (runs on their event loop)."""
-    for item in items:
-        future, result = item.future, item.result
-        if future is None or future.done():
-            continue
-        if isinstance(result, str):
-            future.set_result(result)
-        else:
-            future.set_exception(result or AuditUnavailableError("audit event lost"))
 
 
 class _WitnessRelay:
@@ -211,8 +234,10 @@ class JournalWriter:
         self._committed = tuple(committed)
         self._max_batch = max_batch
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._bell = threading.Lock()  # held, and released to wake the writer (see _ring)
+        self._bell.acquire()
         self._queue: deque[_Item] = deque()  # appended without the lock by coroutines
+        self._wakers: dict[asyncio.AbstractEventLoop, _Waker] = {}
         self._countersigns: deque[Checkpoint] = deque()  # other chains', for the next batch
         self._batch = _Batch()
         self._inflight: tuple[_Batch, list[_Item]] | None = None  # the batch being written
@@ -228,15 +253,21 @@ class JournalWriter:
 
     # -- producers ---------------------------------------------------------------------------
 
+    def _ring(self) -> None:
+        """Wake the writer if it waits for work (a second ring before it wakes does nothing)."""
+        self._idle = False
+        with contextlib.suppress(RuntimeError):  # rung already
+            self._bell.release()
+
     def _put(self, items: Sequence[_Item]) -> _Batch:
         with self._lock:
             if self._closed or self._stopped:
                 raise AuditUnavailableError("the audit trail is closed")
             self._queue.extend(items)
-            if self._idle:
-                self._idle = False
-                self._cond.notify()
-            return self._batch
+            batch = self._batch
+        if self._idle:
+            self._ring()
+        return batch
 
     def submit(self, kind: EventKind, fields: Mapping[str, Any], timeout: float = 30.0) -> str:
         """Queue one event and block until it is durable; its id.
@@ -262,16 +293,15 @@ class JournalWriter:
 
     def start(self, kind: EventKind, fields: Mapping[str, Any]) -> asyncio.Future[str]:
         """Queue one event now (on an event loop); the future resolves with its id once durable."""
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         if self._closed or self._stopped:
             raise AuditUnavailableError("the audit trail is closed")
-        item = _Item(kind, fields, future)
+        loop = asyncio.get_running_loop()
+        waker = self._wakers.get(loop) or self._waker(loop)
+        future: asyncio.Future[str] = loop.create_future()
+        item = _Item(kind, fields, future, waker)
         self._queue.append(item)  # no lock: a deque append is atomic
         if self._idle:  # read after the append: a writer not idle yet will see the item
-            with self._lock:
-                if self._idle:  # the first of a burst wakes it; the others see it busy
-                    self._idle = False
-                    self._cond.notify()
+            self._ring()  # the first of a burst wakes it; the others see it busy
         if self._stopped:  # the thread ended meanwhile: it took the item (written or failed,
             with self._lock:  # the future says which) or missed it (its last act holds the lock)
                 if item not in self._queue:
@@ -279,6 +309,13 @@ class JournalWriter:
                 self._queue.remove(item)
             raise AuditUnavailableError("the audit trail is closed")
         return future
+
+    def _waker(self, loop: asyncio.AbstractEventLoop) -> _Waker:
+        """The waker of ``loop`` made (once per loop; those of closed loops are forgotten)."""
+        for closed in [known for known in self._wakers if known.is_closed()]:
+            del self._wakers[closed]
+        waker = self._wakers[loop] = _Waker(loop)
+        return waker
 
     def countersign(self, checkpoints: Sequence[Checkpoint], timeout: float = 30.0) -> None:
         """Append checkpoints signed for other chains with a ``heartbeat`` event, once durable.
@@ -293,20 +330,19 @@ class JournalWriter:
 
     def post(self, kind: EventKind, fields: Mapping[str, Any]) -> None:
         """Queue one event and return; a failure to write it is logged."""
-        self._put((_Item(kind, fields, None, True),))
+        self._put((_Item(kind, fields, posted=True),))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once everything queued before the call is appended (or has failed)."""
         with self._lock:
             if self._queue:
                 batch = self._batch
-                if self._idle:
-                    self._idle = False
-                    self._cond.notify()
             elif self._inflight is not None:
                 batch = self._inflight[0]
             else:
                 return
+        if self._idle:
+            self._ring()
         if not batch.wait(timeout):
             raise AuditUnavailableError(f"audit writer did not flush within {timeout:g} s")
 
@@ -321,7 +357,7 @@ class JournalWriter:
             if self._closed:
                 return
             self._closed = True
-            self._cond.notify()
+        self._ring()
         self._thread.join(timeout)
 
     # -- the thread --------------------------------------------------------------------------
@@ -343,17 +379,18 @@ class JournalWriter:
             for batch in batches:
                 batch.set()
             self._release(items)
+            self._wakers.clear()  # their loops' eventfds close with the loops
 
     def _run(self) -> None:
         queue = self._queue
         while True:
+            while True:
+                self._idle = True  # before looking: a producer that appends now rings
+                if queue or self._closed or (self._unsigned and self._checkpoint_due()):
+                    break
+                self._bell.acquire(timeout=min(1.0, self._interval))
+            self._idle = False
             with self._lock:
-                while True:
-                    self._idle = True  # before looking: a producer that appends now notifies
-                    if queue or self._closed or (self._unsigned and self._checkpoint_due()):
-                        break
-                    self._cond.wait(min(1.0, self._interval))
-                self._idle = False
                 items = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
                 batch = self._batch
                 self._inflight = (batch, items)
@@ -483,16 +520,18 @@ class JournalWriter:
                 _log.debug("audit batch listener failed: %s", exc)
 
     def _release(self, items: list[_Item]) -> None:
-        """Tell coroutines (one call per event loop) and log posted events that failed."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        """Hand coroutines their results (one eventfd write per event loop); log posted failures."""
+        woken: list[_Waker] = []
         for item in items:
-            if item.future is not None:
-                by_loop.setdefault(item.future.get_loop(), []).append(item)
+            waker = item.waker
+            if waker is not None:
+                waker.done.append(item)
+                if waker not in woken:
+                    woken.append(waker)
             elif item.posted and not isinstance(item.result, str):
                 _log.error("audit %s event was not recorded: %s", item.kind.value, item.result)
-        for loop, waiting in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-                loop.call_soon_threadsafe(_settle, waiting)
+        for waker in woken:  # never blocks: a loop that is closed reads nothing, and no harm
+            os.eventfd_write(waker.fd, 1)
 
     def _close_chain(self) -> None:
         """Sign the closing checkpoint of the chain (if it has events) and close the witness."""
