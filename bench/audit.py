@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,9 +48,11 @@ from guard.audit import (
     pseudonymise,
     subject_report,
 )
+from guard.audit._event import TS_FORMAT
 from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT
 
 KEY = b"b" * 32
+START = datetime(2025, 1, 1, tzinfo=UTC)
 CHAIN_KEY = derive_chain_key(KEY)  # trails are keyed, as JournalTrail.open makes them
 
 
@@ -71,9 +74,10 @@ def run_threads(writers: int, work: Callable[[int], None]) -> float:
     return time.perf_counter() - t0
 
 
-def bulk_rows(n: int, subjects: int) -> tuple[Iterator[tuple[object, ...]], str]:
+def bulk_rows(n: int, subjects: int, hours: int = 0) -> tuple[Iterator[tuple[object, ...]], str]:
     """``n`` plausible decision rows over ``subjects`` people (made as they are read, so
-    10,000,000 fit in memory); the pseudonym of one of them."""
+    10,000,000 fit in memory); the pseudonym of one of them. ``hours``: the rows spread
+    evenly over that many hours from 2025-01-01 (else over 1,680 hours of 2026)."""
     pseudonyms = [pseudonymise(KEY, f"subject-{i}") for i in range(subjects)]
     callers = ["svc:crm", "svc:billing", "svc:marketing", "proc:mailer", "svc:support"]
     purposes = ["relationship.management", "order.processing", "marketing.advertising",
@@ -83,7 +87,8 @@ def bulk_rows(n: int, subjects: int) -> tuple[Iterator[tuple[object, ...]], str]
         for i in range(n):
             c = i % 5
             ts = (f"2026-{1 + i * 10 // n:02d}-{1 + i % 28:02d}T{i % 24:02d}:00:00."
-                  f"{i % 999999:06d}Z")
+                  f"{i % 999999:06d}Z") if not hours else (
+                START + timedelta(seconds=i * hours * 3600 / n)).strftime(TS_FORMAT)
             yield (f"{i:032x}", "decision", ts, callers[c], "internal", "GB", purposes[c],
                    '["contact.email"]', "read", int(i % 7 != 0),
                    "allowed" if i % 7 else "category_not_granted", "[]", '["contract"]',
@@ -382,6 +387,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
     parser.add_argument("--events", type=int, default=None, help="events per throughput run")
     parser.add_argument("--report-events", type=int, default=1_000_000)
+    parser.add_argument("--report-only", action="store_true",
+                        help="only the subject report (no journal runs)")
+    parser.add_argument("--report-hours", type=int, default=0,
+                        help="the report's events spread over this many hours (0: 1,680)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs per configuration (the median is shown)")
     parser.add_argument("--no-postgres", action="store_true")
@@ -405,13 +414,14 @@ def main() -> None:
             if pg is None and not args.no_postgres:
                 print("PostgreSQL not installed: SQLite only")
             kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
-            journal_bench(tmp, key, kinds, pg, max(n, 64_000), args.rounds,
-                          args.modes.split(","))
+            if not args.report_only:
+                journal_bench(tmp, key, kinds, pg, max(n, 64_000), args.rounds,
+                              args.modes.split(","))
 
             m = args.report_events
             print(f"\nsubject report over {m:,} events (median / p95 of 20 runs)")
             for kind in kinds:
-                rows, pseudonym = bulk_rows(m, max(1, m // 10))
+                rows, pseudonym = bulk_rows(m, max(1, m // 10), args.report_hours)
                 t0 = time.perf_counter()
                 if kind == "sqlite":
                     path = tmp / "report.db"

@@ -11,8 +11,13 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   (PostgreSQL: ``COPY`` into a temporary table, then ``INSERT ... SELECT``);
 - ``sql``: the rows built in the store from the records' JSON: SQLite
   ``json_each`` (here only), PostgreSQL ``index_records`` (``jsonb_array_elements``);
-- ``no-ts`` / ``no-subject``: SQLite without the ``ts`` / ``(subject, ts)`` index
-  (what each B-tree costs; not a proposal);
+- ``no-ts`` / ``no-subject`` / ``no-decision-ref`` / ``no-policy``: SQLite without that
+  index of ``audit_event`` (what each B-tree costs; not a proposal), ``no-summary``:
+  without the ``audit_hour`` upsert; ``old-subject``: the ``(subject, ts)`` index of
+  schema 5 rebuilt in place of the store's subject index (the same run; PostgreSQL too,
+  as ``no-subject``, both through ``index_records``); ``short-subject``: the hour-first
+  index on the pseudonym's first 12 characters; ``sorted``: each transaction's rows
+  inserted in the subject index's order;
 - ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs);
 - ``page-1024`` / ``page-8192``: SQLite stores made with that page size (4,096 is
   SQLite's default), ``cache-256m``: the index connection's page cache at 256 MiB
@@ -20,7 +25,8 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
 
 ``--prefill N`` first loads N decision rows (over N / 10 subjects) into every
 SQLite store (a copy of one loaded file per page size), so the B-trees are those
-of a large store rather than a fresh one.
+of a large store rather than a fresh one; dated in past months, or with ``--prefill-now``
+in the hour the records are indexed in (the hour-first subject index's worst case).
 
 Usage: python bench/index_cost.py [--events 60000] [--sizes 300,1500,5000] [--rounds 3]
                                   [--no-postgres] [--variants python,sql,...]
@@ -89,6 +95,13 @@ SQLITE_FROM_JSON = (
 """The ``sql`` variant on SQLite: the rows built by SQLite from the records' JSON array."""
 
 
+_TS, _SUBJECT = FIELD_NAMES.index("ts"), FIELD_NAMES.index("subject")
+
+
+def _subject_key(row: tuple[Any, ...]) -> tuple[str, str]:
+    return (row[_TS][:13], row[_SUBJECT] or "")
+
+
 def split_records(records: list[bytes]) -> tuple[bytes, list[Any]]:
     """Event records as one JSON array, and the checkpoints decoded."""
     others = [r for r in records if r[:1] != b"["]
@@ -120,10 +133,18 @@ class SqliteProbe:
         store.index([], [], "bench", 0)  # its indexing pragmas
         self.store = store
         self.conn: sqlite3.Connection = store._conn  # type: ignore[attr-defined]
-        if variant == "no-ts":
-            self.conn.execute("DROP INDEX audit_event_ts")
-        if variant == "no-subject":
-            self.conn.execute("DROP INDEX audit_event_subject")
+        dropped = {"no-ts": "audit_event_ts", "no-decision-ref": "audit_event_decision_ref",
+                   "no-policy": "audit_event_policy"}.get(variant)
+        if variant in ("no-subject", "old-subject", "short-subject"):
+            for name in ("audit_event_subject", "audit_event_hour_subject"):
+                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+        if variant == "old-subject":
+            self.conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts)")
+        if variant == "short-subject":
+            self.conn.execute("CREATE INDEX audit_event_hour_subject ON audit_event "
+                              "(substr(ts, 1, 13), substr(subject, 1, 12))")
+        if dropped:
+            self.conn.execute(f"DROP INDEX {dropped}")
         if variant == "sync-off":
             self.conn.execute("PRAGMA synchronous=OFF")
         if variant == "cache-256m":
@@ -139,6 +160,8 @@ class SqliteProbe:
             _rows, checkpoints = timed(steps, "decode", lambda: split_records(records))
         else:
             rows, checkpoints = timed(steps, "decode", lambda: decode_many(records))
+        if self.variant == "sorted":  # by the subject index's key: its entries in order
+            rows = timed(steps, "decode", lambda: sorted(rows, key=_subject_key))
         timed(steps, "begin", lambda: conn.execute("BEGIN IMMEDIATE"))
         before = timed(steps, "begin", lambda: conn.execute(
             "SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0])
@@ -149,7 +172,8 @@ class SqliteProbe:
                 chunk = rows[start:start + 1000]
                 timed(steps, "insert", lambda c=chunk: conn.execute(
                     s._insert_many(len(c)), [v for r in c for v in r]))
-        timed(steps, "summary", lambda: conn.execute(s._ADD_HOURS, (before,)))
+        if self.variant != "no-summary":
+            timed(steps, "summary", lambda: conn.execute(s._ADD_HOURS, (before,)))
         if checkpoints:
             timed(steps, "checkpoints", lambda: conn.executemany(
                 s.INSERT_CHECKPOINT, [s.checkpoint_row(c) for c in checkpoints]))
@@ -169,15 +193,20 @@ def make_page_size(path: Path, size: int) -> None:
     conn.close()
 
 
-def prefilled(tmp: Path, variant: str, rows: int, made: dict[int, Path]) -> Path:
-    """A store file holding ``rows`` bulk-loaded decisions, at the variant's page size."""
+def prefilled(tmp: Path, variant: str, rows: int, made: dict[int, Path], now: bool) -> Path:
+    """A store file holding ``rows`` bulk-loaded decisions, at the variant's page size
+    (``now``: dated in this hour)."""
     from audit import bulk_rows, load_sqlite
 
     size = int(variant.removeprefix("page-")) if variant.startswith("page-") else 4096
     if size not in made:
         path = tmp / f"prefill-{size}.db"
         make_page_size(path, size)
-        load_sqlite(path, bulk_rows(rows, max(1, rows // 10))[0])
+        loaded = bulk_rows(rows, max(1, rows // 10))[0]
+        if now:
+            hour = time.strftime("%Y-%m-%dT%H", time.gmtime())
+            loaded = ((*r[:2], f"{hour}{str(r[2])[13:]}", *r[3:]) for r in loaded)
+        load_sqlite(path, loaded)
         with sqlite3.connect(path) as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         made[size] = path
@@ -192,10 +221,14 @@ class StoreProbe:
         self.store = store
         conn = store._connection()  # type: ignore[attr-defined]
         self.backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        if variant in ("old-subject", "no-subject"):
+            conn.execute("DROP INDEX IF EXISTS audit_event_hour_subject")
+        if variant == "old-subject":
+            conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts)")
         self.variant = variant
 
     def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
-        if self.variant == "sql":  # the store builds the rows (its split is counted as store)
+        if self.variant != "python":  # the store builds the rows (its split is counted as store)
             timed(steps, "store", lambda: self.store.index_records(records, "bench", offset))
         else:
             rows, checkpoints = timed(steps, "decode", lambda: decode_many(records))
@@ -318,6 +351,8 @@ def main() -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--prefill", type=int, default=0,
                         help="decision rows loaded into each SQLite store first")
+    parser.add_argument("--prefill-now", action="store_true",
+                        help="the prefilled rows dated in this hour (else in past months)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = args.variants.split(",")
@@ -355,12 +390,14 @@ def main() -> None:
                 for kind in kinds:
                     for size in sizes:
                         for variant in variants:
-                            if kind == "postgresql" and variant not in ("python", "sql"):
+                            if kind == "postgresql" and variant not in (
+                                    "python", "sql", "old-subject", "no-subject"):
                                 continue
                             number += 1
                             probe: SqliteProbe | StoreProbe
                             if kind == "sqlite":
-                                template = (prefilled(tmp, variant, args.prefill, made)
+                                template = (prefilled(tmp, variant, args.prefill, made,
+                                                      args.prefill_now)
                                             if args.prefill else None)
                                 probe = SqliteProbe(tmp / f"s{number}.db", variant, template)
                             else:

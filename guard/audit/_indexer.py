@@ -3,18 +3,12 @@
 A thread reads the records below the journal's published durable end and adds
 them to the store in one transaction per read, together with the offset after
 them. It runs in the writing process (``audit.index = "inline"``) or in
-``guard audit index`` (:mod:`guard.audit._follow`), which follows every lane. It
-indexes on its own pace (:class:`Pace`), not per journal append, which costs the
-writer nothing: a transaction starts at once when ``batch`` records wait, else
-once the oldest waiting record has waited ``interval`` less the time the last
-transactions took, so an event is queryable about ``interval`` after it is
-durable and a low rate still gets transactions of ``interval`` worth of events
-(an index transaction per few thousand events costs a fraction of one per few
-hundred). A crash between two transactions reads the records after the saved
-offset again, so the store never holds an event twice; at start the indexer
-catches up from the saved offset (the journal's tail written before a crash),
-which it reads on its own thread: a store that refuses, at start or later, is
-retried; neither the producers nor the trail's start wait for the index.
+``guard audit index`` (:mod:`guard.audit._follow`), which follows every lane, at
+its own pace (:class:`Pace`), which costs the writer nothing. A crash between
+two transactions reads the records after the saved offset again, so the store
+never holds an event twice; at start the indexer catches up from the saved
+offset on its own thread: a store that refuses, at start or later, is retried;
+neither the producers nor the trail's start wait for the index.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -13,17 +12,17 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import decode_many
+from guard.audit._fields import compact, decode_many
 from guard.audit._schema import (
     EVENT_COLUMNS,
+    INDEXED_OFFSET,
     INSERT_CHECKPOINT,
     JOURNAL_OFFSET_DDL,
-    MIGRATIONS,
     SAVE_OFFSET,
     SCHEMA_VERSION,
-    SCHEMA_VERSION_DDL,
     Row,
     checkpoint_row,
+    migrate,
 )
 from guard.audit._store import AuditStoreError
 from guard.audit._summary import add_hours
@@ -37,15 +36,6 @@ def _pg(sql: str) -> str:
 
 _INSERT_CHECKPOINT = _pg(INSERT_CHECKPOINT)
 _SAVE_OFFSET = _pg(SAVE_OFFSET)
-_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS audit_event_stage "
-          "(LIKE audit_event INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-_COPY_STAGE = f"COPY audit_event_stage ({EVENT_COLUMNS}) FROM STDIN"
-_FROM_STAGE = (f"WITH e AS (INSERT INTO audit_event ({EVENT_COLUMNS}) "  # noqa: S608
-               f"SELECT {EVENT_COLUMNS} FROM audit_event_stage ON CONFLICT (event_id) DO NOTHING "
-               "RETURNING kind, ts, reason, caller, purpose, country, http_route, allowed) "
-               + add_hours("e"))
-"""Insert the staged rows, and add the decisions inserted (those returned) to the summary."""
-
 _INTEGERS = {"allowed": "integer", "http_status": "integer", "latency_us": "bigint",
              "seq": "bigint"}
 _COLUMNS_FROM_JSON = ", ".join(
@@ -63,16 +53,9 @@ _FROM_JSON = (
 decisions inserted to the summary; count the records that are not one value per column."""
 
 
-def _split(records: Sequence[bytes]) -> tuple[str, list[Checkpoint]]:
-    """Event records (JSON arrays) as one JSON array, and the other records decoded.
-
-    Raises:
-        ValueError: a record that is not an array is not a checkpoint record.
-    """
-    events = [r for r in records if r[:1] == b"["]
-    others = [r for r in records if r[:1] != b"["]
-    checkpoints = decode_many(others)[1] if others else []
-    return (b"[" + b",".join(events) + b"]").decode(), checkpoints
+def _array(records: Sequence[bytes]) -> str:
+    """Event records (JSON arrays) as one JSON array."""
+    return (b"[" + b",".join(records) + b"]").decode()
 
 
 class PostgresStore:
@@ -93,29 +76,22 @@ class PostgresStore:
         self._schema_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._writer: psycopg.Connection[tuple[Any, ...]] | None = None  # writes only
-        self._pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=4,
-            open=False,
-            timeout=timeout,
-            reconnect_timeout=0,
-            kwargs={"connect_timeout": max(1, int(timeout))},
-        )
+        self._pool = ConnectionPool(url, min_size=1, max_size=4, open=False, timeout=timeout,
+                                    reconnect_timeout=0,
+                                    kwargs={"connect_timeout": max(1, int(timeout))})
         self._pool.open(wait=False)
         if not create:
             try:
                 self._ensure_schema()
-            except (psycopg.Error, PoolTimeout) as exc:
+            except (psycopg.Error, PoolTimeout, AuditStoreError) as exc:
                 self._pool.close()
-                raise AuditStoreError(
-                    f"cannot read audit store {_safe(url)}: {_line(exc)}"
-                ) from exc
-            except AuditStoreError:
-                self._pool.close()
-                raise
+                if isinstance(exc, AuditStoreError):
+                    raise
+                raise AuditStoreError(f"cannot read audit store {_safe(url)}: {_line(exc)}"
+                                      ) from exc
 
     def _ensure_schema(self) -> None:
+        """Check the store holds the audit schema (a reader) or create it; migrate it."""
         if self._schema_ready:
             return
         with (
@@ -124,56 +100,17 @@ class PostgresStore:
         ):
             if self._schema_ready:
                 return
-            if not self._create:
-                row = conn.execute("SELECT to_regclass('schema_version')").fetchone()
-                if not row or row[0] is None:
+            if conn.execute("SELECT to_regclass('schema_version')").fetchone() == (None,):
+                if not self._create:
                     raise AuditStoreError(f"{_safe(self.url)} holds no audit store")
+            elif conn.execute("SELECT max(version) FROM schema_version"
+                              ).fetchone() == (SCHEMA_VERSION,):
                 self._schema_ready = True
                 return
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                conn.execute(SCHEMA_VERSION_DDL)
-                row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-                current = int(row[0]) if row and row[0] is not None else 0
-                for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[version]:
-                        conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
-                        (version, datetime.now(UTC).isoformat()),
-                    )
+                migrate(conn.execute, "%s")
             self._schema_ready = True
-
-    def _store(self, rows: Sequence[Row] | str, checkpoints: Sequence[Checkpoint],
-               offset: tuple[str, int]) -> None:
-        """Insert rows and checkpoints and save the journal offset in one transaction.
-
-        Rows are copied (``COPY``) into a temporary table and inserted from it,
-        skipping event ids already present; rows given as a JSON array of event
-        records (text) are built by the server from it.
-        """
-        conn = self._connection()
-        try:
-            with conn.transaction():
-                conn.execute("SET LOCAL synchronous_commit = off")
-                if isinstance(rows, str):
-                    got = conn.execute(_FROM_JSON, (rows,)).fetchone()
-                    if got is None or got[0]:
-                        raise ValueError(f"{got[0] if got else '?'} audit journal record(s) "
-                                         f"are not {len(FIELD_NAMES)} columns")
-                elif rows:
-                    conn.execute(_STAGE)
-                    with conn.cursor().copy(_COPY_STAGE) as copy:
-                        for row in rows:
-                            copy.write_row(row)
-                    conn.execute(_FROM_STAGE)
-                if checkpoints:
-                    conn.cursor().executemany(
-                        _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
-                conn.execute(_SAVE_OFFSET, offset)
-        except psycopg.OperationalError:
-            conn.close()
-            raise
 
     def _connection(self) -> psycopg.Connection[Any]:
         """The one write connection, connected on first use."""
@@ -191,9 +128,7 @@ class PostgresStore:
             with self._write_lock:
                 conn = self._connection()
                 conn.execute(JOURNAL_OFFSET_DDL)
-                row = conn.execute(
-                    "SELECT next_offset FROM audit_journal_offset WHERE journal = %s", (journal,)
-                ).fetchone()
+                row = conn.execute(_pg(INDEXED_OFFSET), (journal,)).fetchone()
         except (psycopg.Error, PoolTimeout) as exc:
             raise AuditUnavailableError(
                 f"audit store {_safe(self.url)}: {_line(exc)}") from exc
@@ -206,11 +141,10 @@ class PostgresStore:
         ``synchronous_commit`` is off for it, since the journal is the durable
         record and a lost index transaction is read again.
         """
-        self._index(rows, checkpoints, journal, next_offset)
+        self._index(_array([compact(row) for row in rows]), checkpoints, journal, next_offset)
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
-        """Add journal records and save the offset, in one transaction (``synchronous_commit``
-        off, as :meth:`index`).
+        """Add journal records and save the offset, in one transaction (as :meth:`index`).
 
         The server builds the event rows from the records' JSON (``jsonb``), so
         the client only joins the records' bytes: its CPU per record is a fraction
@@ -219,15 +153,32 @@ class PostgresStore:
         Raises:
             ValueError: a record is not a journal record.
         """
-        array, checkpoints = _split(records)
-        self._index(array, checkpoints, journal, next_offset)
+        others = [r for r in records if r[:1] != b"["]
+        checkpoints = decode_many(others)[1] if others else []
+        self._index(_array([r for r in records if r[:1] == b"["]), checkpoints, journal,
+                    next_offset)
 
-    def _index(self, rows: Sequence[Row] | str, checkpoints: Sequence[Checkpoint], journal: str,
+    def _index(self, array: str, checkpoints: Sequence[Checkpoint], journal: str,
                next_offset: int) -> None:
-        """Store rows (or the server-built array) and the offset in one transaction."""
+        """Insert event rows (a JSON array of event records, built into rows by the server)
+        and checkpoints, and save the journal offset, in one transaction."""
         try:
             with self._write_lock:
-                self._store(rows, checkpoints, (journal, next_offset))
+                conn = self._connection()
+                try:
+                    with conn.transaction():
+                        conn.execute("SET LOCAL synchronous_commit = off")
+                        got = conn.execute(_FROM_JSON, (array,)).fetchone()
+                        if got is None or got[0]:
+                            raise ValueError(f"{got[0] if got else '?'} audit journal record(s) "
+                                             f"are not {len(FIELD_NAMES)} columns")
+                        if checkpoints:
+                            conn.cursor().executemany(
+                                _INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
+                        conn.execute(_SAVE_OFFSET, (journal, next_offset))
+                except psycopg.OperationalError:
+                    conn.close()
+                    raise
         except (psycopg.Error, PoolTimeout) as exc:
             raise AuditUnavailableError(
                 f"audit store {_safe(self.url)} refused the index write: {_line(exc)}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
@@ -94,15 +95,30 @@ JOURNAL_OFFSET_DDL = (
     "(journal TEXT PRIMARY KEY, next_offset BIGINT NOT NULL)"
 )
 """How far the index has read each journal; written in the transaction of the rows it covers."""
+INDEXED_OFFSET = "SELECT next_offset FROM audit_journal_offset WHERE journal = ?"
 SAVE_OFFSET = (
     "INSERT INTO audit_journal_offset (journal, next_offset) VALUES (?, ?) "
     "ON CONFLICT (journal) DO UPDATE SET next_offset = excluded.next_offset"
 )
 
-SCHEMA_VERSION_DDL = (
-    "CREATE TABLE IF NOT EXISTS schema_version "
-    "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-)
+
+def migrate(execute: Callable[..., Any], mark: str = "?") -> None:
+    """Bring a store's schema to :data:`SCHEMA_VERSION`, in the caller's transaction.
+
+    Args:
+        execute: The connection's ``execute(sql, params=())``, returning a cursor.
+        mark: The driver's parameter placeholder.
+    """
+    execute("CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+    row = execute("SELECT max(version) FROM schema_version").fetchone()
+    current = int(row[0]) if row and row[0] is not None else 0
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[version]:
+            execute(statement)
+        execute(f"INSERT INTO schema_version (version, applied_at) VALUES ({mark}, {mark})",  # noqa: S608
+                (version, datetime.now(UTC).isoformat()))
+
 
 EVENT_COLUMNS = ", ".join(FIELD_NAMES)
 INSERT_EVENT = (

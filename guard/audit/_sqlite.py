@@ -6,8 +6,7 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -16,22 +15,20 @@ from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._fields import decode_many
 from guard.audit._schema import (
+    INDEXED_OFFSET,
     INSERT_CHECKPOINT,
     INSERT_EVENT,
     JOURNAL_OFFSET_DDL,
-    MIGRATIONS,
     SAVE_OFFSET,
     SCHEMA_VERSION,
-    SCHEMA_VERSION_DDL,
     Row,
     checkpoint_row,
+    migrate,
 )
 from guard.audit._store import AuditStoreError
 from guard.audit._summary import add_hours
 
 _ROWS_PER_STATEMENT = 1000  # 27 columns x 1000 stays under SQLite's 32766 variables
-_DECODE_CHUNK = 1000
-"""Records decoded at a time by :meth:`SqliteStore.index_records`."""
 _HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
 _ONE_ROW, _CONFLICT = _TAIL.split(" ON CONFLICT ", 1)
 _ADD_HOURS = add_hours("audit_event e", "e.rowid > ? AND ")
@@ -43,10 +40,11 @@ def _insert_many(count: int) -> str:
     return f"{_HEAD} VALUES {', '.join([_ONE_ROW] * count)} ON CONFLICT {_CONFLICT}"
 
 
-def _insert(conn: sqlite3.Connection, rows: Sequence[Row],
-            checkpoints: Sequence[Checkpoint]) -> None:
+def _insert(conn: sqlite3.Connection, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
+            offset: tuple[str, int]) -> None:
     """Insert event rows (in statements of at most ``_ROWS_PER_STATEMENT``) and checkpoints,
-    and add the decisions inserted to the hourly summary (in the caller's transaction).
+    add the decisions inserted to the hourly summary and save the journal offset (in the
+    caller's transaction).
 
     The rows inserted are those after the table's largest ``rowid`` before: a row
     already stored (``ON CONFLICT DO NOTHING``) gets none.
@@ -59,10 +57,11 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[Row],
         conn.execute(_ADD_HOURS, (before,))
     if checkpoints:
         conn.executemany(INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
+    conn.execute(SAVE_OFFSET, offset)
 
 
 class SqliteStore:
-    """An audit store in one SQLite file, created on first use.
+    """An audit store in one SQLite file, created on first use; opening migrates its schema.
 
     Args:
         path: The database file.
@@ -85,12 +84,16 @@ class SqliteStore:
         try:
             self._conn = self._connect()
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
             self._read = self._connect()
-            if create:
-                self._migrate()
-            elif not self._has_schema():
+            version = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
+            if version:
+                version = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            elif not create:
                 raise AuditStoreError(f"{path} is not an audit store (no schema_version table)")
+            if not version or (version[0] or 0) < SCHEMA_VERSION:
+                with self._lock:
+                    self._transaction(lambda conn: migrate(conn.execute))
         except sqlite3.Error as exc:
             raise AuditStoreError(f"cannot open audit store {path}: {exc}") from exc
 
@@ -102,40 +105,12 @@ class SqliteStore:
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
-    def _has_schema(self) -> bool:
-        row = self._conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='schema_version'"
-        ).fetchone()
-        return bool(row and row[0])
-
-    def _migrate(self) -> None:
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(SCHEMA_VERSION_DDL)
-                row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-                current = int(row[0]) if row and row[0] is not None else 0
-                for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[version]:
-                        conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                        (version, datetime.now(UTC).isoformat()),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-    def _commit(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
-                offset: tuple[str, int]) -> None:
-        """Insert rows and checkpoints and save the journal offset in one transaction."""
+    def _transaction(self, body: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``body`` on the write connection in one write transaction (lock held)."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            _insert(conn, rows, checkpoints)
-            conn.execute(SAVE_OFFSET, offset)
+            body(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -147,9 +122,7 @@ class SqliteStore:
         with self._lock:
             try:
                 self._conn.execute(JOURNAL_OFFSET_DDL)
-                row = self._conn.execute(
-                    "SELECT next_offset FROM audit_journal_offset WHERE journal = ?", (journal,)
-                ).fetchone()
+                row = self._conn.execute(INDEXED_OFFSET, (journal,)).fetchone()
             except sqlite3.Error as exc:
                 raise AuditUnavailableError(f"audit store {self.path}: {exc}") from exc
         return int(row[0]) if row else 0
@@ -173,7 +146,8 @@ class SqliteStore:
                     conn.execute("PRAGMA cache_size=-32768")
                     conn.execute("PRAGMA wal_autocheckpoint=8192")
                     self._indexing = True
-                self._commit(rows, checkpoints, (journal, next_offset))
+                self._transaction(lambda conn: _insert(conn, rows, checkpoints,
+                                                       (journal, next_offset)))
             except sqlite3.Error as exc:
                 raise AuditUnavailableError(
                     f"audit store {self.path} refused the index write: {exc}"
@@ -182,8 +156,8 @@ class SqliteStore:
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Decode journal records and :meth:`index` them.
 
-        Between chunks of records the thread gives up the interpreter lock: the
-        journal writer's ``fdatasync`` returns wanting it, and would otherwise
+        Between chunks of 1,000 records the thread gives up the interpreter lock:
+        the journal writer's ``fdatasync`` returns wanting it, and would otherwise
         wait for the interpreter's switch interval (5 ms) behind a long decode.
         (Building the rows in SQLite from the records' JSON, ``json_each``, costs
         twice the CPU of decoding them here: ``bench/index_cost.py``.)
@@ -193,10 +167,10 @@ class SqliteStore:
         """
         rows: list[Row] = []
         checkpoints: list[Checkpoint] = []
-        for start in range(0, len(records), _DECODE_CHUNK):
+        for start in range(0, len(records), 1000):
             if start:
                 time.sleep(0)
-            chunk_rows, chunk_checkpoints = decode_many(records[start:start + _DECODE_CHUNK])
+            chunk_rows, chunk_checkpoints = decode_many(records[start:start + 1000])
             rows += chunk_rows
             checkpoints += chunk_checkpoints
         self.index(rows, checkpoints, journal, next_offset)
