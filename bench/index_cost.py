@@ -15,8 +15,9 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   index of ``audit_event`` (what each B-tree costs; not a proposal), ``no-summary``:
   without the ``audit_hour`` upsert; ``old-subject``: the ``(subject, ts)`` index of
   schema 5 rebuilt in place of the store's subject index (the same run; PostgreSQL too,
-  as ``no-subject``, both through ``index_records``); ``short-subject``: the hour-first
-  index on the pseudonym's first 12 characters; ``sorted``: each transaction's rows
+  as ``no-subject``, both through ``index_records``); ``hour-first``: the subject index
+  keyed by the event's hour first, ``(substr(ts, 1, 13), subject)``; ``short-subject``:
+  that index on the pseudonym's first 12 characters; ``sorted``: each transaction's rows
   inserted in the subject index's order;
 - ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs);
 - ``page-1024`` / ``page-8192``: SQLite stores made with that page size (4,096 is
@@ -135,11 +136,14 @@ class SqliteProbe:
         self.conn: sqlite3.Connection = store._conn  # type: ignore[attr-defined]
         dropped = {"no-ts": "audit_event_ts", "no-decision-ref": "audit_event_decision_ref",
                    "no-policy": "audit_event_policy"}.get(variant)
-        if variant in ("no-subject", "old-subject", "short-subject"):
+        if variant in ("no-subject", "old-subject", "short-subject", "hour-first"):
             for name in ("audit_event_subject", "audit_event_hour_subject"):
                 self.conn.execute(f"DROP INDEX IF EXISTS {name}")
         if variant == "old-subject":
             self.conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts)")
+        if variant == "hour-first":
+            self.conn.execute("CREATE INDEX audit_event_hour_subject ON audit_event "
+                              "(substr(ts, 1, 13), subject)")
         if variant == "short-subject":
             self.conn.execute("CREATE INDEX audit_event_hour_subject ON audit_event "
                               "(substr(ts, 1, 13), substr(subject, 1, 12))")

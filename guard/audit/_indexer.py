@@ -179,12 +179,10 @@ class Indexer:
 
     def _ready(self) -> float:
         """0 when a transaction should start now, else how long to sleep (under the lock)."""
-        if self._pending is not None or self._reader is None:
+        reader = self._reader
+        if self._pending is not None or reader is None or reader.offset < self._wanted:
             return 0.0
-        if self._reader.offset < self._wanted:
-            return 0.0
-        now = time.monotonic()
-        return self._pace.wait(now, durable_end(self.lane) - self._reader.offset)
+        return self._pace.wait(time.monotonic(), durable_end(self.lane) - reader.offset)
 
     def _run(self) -> None:
         while True:
