@@ -226,7 +226,8 @@ class StoreProbe:
         conn = store._connection()  # type: ignore[attr-defined]
         self.backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
         if variant in ("old-subject", "no-subject"):
-            conn.execute("DROP INDEX IF EXISTS audit_event_hour_subject")
+            for name in ("audit_event_subject", "audit_event_hour_subject"):
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
         if variant == "old-subject":
             conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts)")
         self.variant = variant
