@@ -14,6 +14,10 @@ events.
 
 Usage: python bench/audit.py [--quick] [--events N] [--rounds 3] [--report-events N]
                               [--no-postgres] [--alone] [--modes threads,tasks,external,child]
+                              [--report-only] [--report-hours H]
+
+``--report-only`` runs only the subject report; ``--report-hours`` spreads its events
+evenly over that many hours (a year: 8760), where by default they fall in 1,680 hours.
 
 ``--alone`` runs only the journal alone (the floor, then 64 tasks into a journal with
 no store), for comparing writer changes (run it with ``PYTHONPATH`` at each tree).
