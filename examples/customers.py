@@ -235,7 +235,8 @@ def create_app(
         audit_ok, detail = guard.ready() if guard is not None else (True, "not enforced")
         body = {"status": "ready" if audit_ok else "not_ready",
                 "audit": {"ok": audit_ok, "detail": detail},
-                "development_mode": auth.development if auth is not None else False}
+                "development_mode": auth.development if auth is not None else False,
+                "key_files_error": auth.key_files_error if auth is not None else None}
         return JSONResponse(body, status_code=200 if audit_ok else 503,
                             headers={"cache-control": "no-store"})
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,16 +31,22 @@ class VerificationKey:
     kid: str | None = None
 
 
-def jwks_keys(path: Path) -> list[VerificationKey]:
-    """The signing keys of a JWKS file; raises ConfigError naming the file and the key."""
+def jwks_keys(path: Path, data: bytes | None = None) -> list[VerificationKey]:
+    """The signing keys of a JWKS file; raises ConfigError naming the file and the key.
+
+    Args:
+        path: The JWKS file.
+        data: Its content, when already read (else it is read now).
+    """
     try:
-        data = json.loads(path.read_text())
+        parsed = json.loads(path.read_bytes() if data is None else data)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the JWKS file {path}: {exc}") from exc
-    entries = data.get("keys") if isinstance(data, dict) else None
+    entries = parsed.get("keys") if isinstance(parsed, dict) else None
     if not isinstance(entries, list):
         raise ConfigError(f"the JWKS file {path} has no \"keys\" list")
     keys: list[VerificationKey] = []
+    kids: set[str] = set()
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
             continue
@@ -56,14 +61,24 @@ def jwks_keys(path: Path) -> list[VerificationKey]:
             raise ConfigError(
                 f"{path}: key #{index} uses {algorithm}; supported are RS256, ES256 and EdDSA"
             )
-        keys.append(VerificationKey(algorithm, jwk.key, entry.get("kid")))
+        kid = entry.get("kid")
+        if kid is not None and (not isinstance(kid, str) or kid in kids):
+            raise ConfigError(f"{path}: key #{index}'s kid {kid!r} is not a string or repeated")
+        if kid is not None:
+            kids.add(kid)
+        keys.append(VerificationKey(algorithm, jwk.key, kid))
     return keys
 
 
-def hs256_key(path: Path) -> VerificationKey:
-    """The shared HS256 secret (at least 32 bytes); raises ConfigError."""
+def hs256_key(path: Path, data: bytes | None = None) -> VerificationKey:
+    """The shared HS256 secret (at least 32 bytes); raises ConfigError.
+
+    Args:
+        path: The secret file.
+        data: Its content, when already read (else it is read now).
+    """
     try:
-        secret = path.read_bytes().strip()
+        secret = (path.read_bytes() if data is None else data).strip()
     except OSError as exc:
         raise ConfigError(f"cannot read the HS256 secret {path}: {exc}") from exc
     if len(secret) < 32:
@@ -71,30 +86,77 @@ def hs256_key(path: Path) -> VerificationKey:
     return VerificationKey("HS256", secret, None)
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_mtime_ns, info.st_size, info.st_ino)
+_Parse = Callable[[Path, bytes], list[VerificationKey]]
+
+
+def _hs256_keys(path: Path, data: bytes) -> list[VerificationKey]:
+    return [hs256_key(path, data)]
+
+
+class _KeyFile:
+    """One key file: the content its keys in force were read from, and why not the newest."""
+
+    __slots__ = ("content", "keys", "name", "parse", "path", "problem")
+
+    def __init__(self, path: Path, name: str, parse: _Parse) -> None:
+        self.path, self.name, self.parse = path, name, parse
+        try:  # at start a configured file must be there
+            self.content: bytes | None = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the {name} {path}: {exc.strerror}") from exc
+        self.keys = parse(path, self.content)
+        self.problem: str | None = None
+
+    def look(self) -> bool:
+        """Read the file again; True when the keys in force from it changed.
+
+        A file that is gone takes its keys with it (fail closed); one that cannot be
+        read or parsed keeps the keys last read from it, and :attr:`problem` says why.
+        """
+        try:
+            data: bytes | None = self.path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            data = None
+        except OSError as exc:
+            self.problem = (f"cannot read the {self.name} {self.path}: {exc.strerror}; "
+                            "keeping the keys last read from it")
+            return False
+        if data is None:
+            self.problem = (f"the {self.name} {self.path} is gone: "
+                            "no token signed with its keys verifies")
+            changed, self.keys, self.content = self.content is not None, [], None
+            return changed
+        if data == self.content:
+            self.problem = None
+            return False
+        try:
+            keys = self.parse(self.path, data)
+        except GuardError as exc:
+            self.problem = f"{exc}; keeping the keys last read from it"
+            return False
+        self.keys, self.content, self.problem = keys, data, None
+        return True
 
 
 class KeyFiles:
-    """The JWKS file and HS256 secret, re-read when they change (checked every interval).
+    """The JWKS file and HS256 secret, read again every interval.
 
-    A key removed from a file stops verifying tokens within ``refresh_seconds``.
-    A file that becomes unreadable or invalid is logged and the keys last read
-    from it stay in force until it is fixed.
+    A key removed from a file, or a file deleted, stops verifying tokens within
+    ``refresh_seconds`` (fail closed). A file that becomes unreadable or invalid is
+    logged and the keys last read from it stay in force until it is fixed;
+    :attr:`error` says why meanwhile. A file is compared by its content, not its
+    modification stamp, so a same-size rewrite in place within one timestamp tick
+    counts too.
 
     Args:
         jwks_file: The JWKS file, if any.
         hs256_secret_file: The HS256 secret file, if any.
         fixed: Keys that never change (the development key).
-        refresh_seconds: How often the files' modification stamps are looked at.
+        refresh_seconds: How often the files are read again.
         clock: Monotonic seconds (tests may pass their own).
     """
 
-    __slots__ = ("_fixed", "_paths", "_stamps", "clock", "keys", "next_poll", "refresh")
+    __slots__ = ("_files", "_fixed", "clock", "error", "keys", "next_poll", "refresh")
 
     def __init__(
         self,
@@ -105,40 +167,40 @@ class KeyFiles:
         refresh_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._paths = (jwks_file, hs256_secret_file)
+        self._files: list[_KeyFile] = []
+        if jwks_file is not None:
+            self._files.append(_KeyFile(jwks_file, "JWKS file", jwks_keys))
+        if hs256_secret_file is not None:
+            self._files.append(_KeyFile(hs256_secret_file, "HS256 secret", _hs256_keys))
         self._fixed = list(fixed)
         self.clock = clock
         """The monotonic clock the interval is measured on."""
         self.refresh = refresh_seconds
-        self._stamps = tuple(_stamp(p) if p else None for p in self._paths)
-        self.keys = self._read()
+        self.error: str | None = None
+        """Why the keys in force differ from what the files say now (None: they agree)."""
+        self.keys = self._keys()
         self.next_poll = clock() + refresh_seconds
-        """When :meth:`poll` next looks at the files (on :attr:`clock`)."""
+        """When :meth:`poll` next reads the files (on :attr:`clock`)."""
 
-    def _read(self) -> list[VerificationKey]:
-        jwks_file, hs_file = self._paths
-        keys: list[VerificationKey] = []
-        if jwks_file is not None:
-            keys += jwks_keys(jwks_file)
-        if hs_file is not None:
-            keys.append(hs256_key(hs_file))
+    def _keys(self) -> list[VerificationKey]:
+        keys = [key for file in self._files for key in file.keys]
         return keys + self._fixed
 
     def poll(self) -> list[VerificationKey] | None:
-        """New keys when a file changed since the last look (at most once per interval)."""
+        """The keys in force when a file changed since the last look (at most once per interval)."""
         now = self.clock()
         if now < self.next_poll:
             return None
         self.next_poll = now + self.refresh
-        stamps = tuple(_stamp(p) if p else None for p in self._paths)
-        if stamps == self._stamps:
+        changed = False
+        for file in self._files:
+            changed |= file.look()
+        error = "; ".join(f.problem for f in self._files if f.problem) or None
+        if error is not None and error != self.error:
+            _log.error("a key file cannot be read as it is now: %s", error)
+        self.error = error
+        if not changed:
             return None
-        try:
-            keys = self._read()
-        except GuardError as exc:
-            _log.error("key files changed but cannot be read; keeping the previous keys: %s", exc)
-            return None
-        self._stamps = stamps
-        _log.info("verification keys re-read: %d key(s)", len(keys))
-        self.keys = keys
-        return keys
+        self.keys = self._keys()
+        _log.info("verification keys re-read: %d key(s)", len(self.keys))
+        return self.keys

@@ -299,6 +299,25 @@ class Authenticator:
         self._cache.clear()
         self._raw.clear()
 
+    def _look(self) -> None:
+        """Put the key files' keys in force when they changed (at most once per interval)."""
+        files = self._files
+        changed = files.poll() if files is not None else None
+        if files is None or changed is None:
+            return
+        try:
+            self._set_keys(changed)
+        except ConfigError as exc:  # keys the files hold together but not apart: none verify
+            files.error = f"{exc}; no token verifies until the key files are fixed"
+            _log.error("%s", files.error)
+            self._set_keys([])
+
+    @property
+    def key_files_error(self) -> str | None:
+        """Why the keys in force differ from the key files now, or None (looks when due)."""
+        self._look()
+        return self._files.error if self._files is not None else None
+
     def authenticate(self, headers: Mapping[str, str], peer: str | None) -> Caller:
         """The proven caller of a request.
 
@@ -420,9 +439,7 @@ class Authenticator:
         if len(token) > self._max_authorization:
             raise IdentityError("token_too_large")
         if self._files is not None:
-            changed = self._files.poll()
-            if changed is not None:
-                self._set_keys(changed)
+            self._look()
         cache = self._cache
         hit = cache.get(token)
         now = time.time()

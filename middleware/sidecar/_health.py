@@ -98,7 +98,9 @@ async def readyz(request: HttpRequest) -> Response:
     The audit trail's state is proven by a real append (see ``JournalTrail.ready``),
     off the event loop. A rejected reload does not make the sidecar unready (the
     last good policy still decides), but its reason is shown until a later reload
-    succeeds; nor does a lost connection to a PostgreSQL policy store
+    succeeds; nor does a key file that is unreadable or invalid (its last good
+    keys verify; ``key_files_error`` says why, or that a deleted file's keys no
+    longer verify); nor does a lost connection to a PostgreSQL policy store
     (``policy_store`` says since when, and why, while the watcher reconnects).
     """
     sidecar: Sidecar = request.app.state.sidecar
@@ -117,6 +119,7 @@ async def readyz(request: HttpRequest) -> Response:
         else {"at": last.at, "trigger": last.trigger, "ok": last.ok, "version": last.version},
         "last_reload_error": sidecar.reloader.last_error,
         "development_mode": sidecar.auth.development,
+        "key_files_error": sidecar.auth.key_files_error,
     }
     if sidecar.policy_dir is None:
         store = sidecar.reloader.store
