@@ -609,14 +609,18 @@ class Guard:
         return hit
 
     def _denial_fields(
-        self, request: Request, decision: Decision, http: HttpContext | None
+        self, request: Request, decision: Decision, http: HttpContext | None,
+        detail: str | None = None,
     ) -> dict[str, Any]:
         if decision.allowed:
             raise ValueError("record_denial takes denials only; decide with check()")
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(decision_attributes(decision))
-        return decision_fields(request, decision, http)
+        fields = decision_fields(request, decision, http)
+        if detail is not None:
+            fields["detail"] = detail
+        return fields
 
     def record_denial(
         self, request: Request, decision: Decision, http: HttpContext | None = None
@@ -637,10 +641,15 @@ class Guard:
             return Checked(decision, "")
 
     async def arecord_denial(
-        self, request: Request, decision: Decision, http: HttpContext | None = None
+        self, request: Request, decision: Decision, http: HttpContext | None = None,
+        *, detail: str | None = None,
     ) -> Checked:
-        """Like :meth:`record_denial` without blocking the event loop."""
-        fields = self._denial_fields(request, decision, http)
+        """Like :meth:`record_denial` without blocking the event loop.
+
+        ``detail`` is the event's ``detail`` (e.g. ``peer:<address>``: who asserted a
+        refused caller header).
+        """
+        fields = self._denial_fields(request, decision, http, detail)
         try:
             return Checked(decision, await self._arecord(EventKind.DECISION, fields))
         except Exception:

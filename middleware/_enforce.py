@@ -95,7 +95,8 @@ class GuardLike(Protocol):
     ) -> object: ...
 
     async def arecord_denial(
-        self, request: Request, decision: Decision, http: HttpContext | None = None
+        self, request: Request, decision: Decision, http: HttpContext | None = None,
+        *, detail: str | None = None,
     ) -> Checked: ...
 
 
@@ -223,11 +224,13 @@ async def enforce(
         caller = auth.authenticate(headers, peer)
     except IdentityError as exc:
         request = Request("", purpose, categories, action, subject or None)
+        # A caller header refused: the event names the peer that asserted it.
+        by = None if exc.asserted_by is None else "peer:" + exc.asserted_by
         if problem is not None:
             return await _refuse(guard, 403, Reason.MALFORMED_REQUEST, request, http,
-                                 caller=None, detail=problem, endpoint=endpoint)
+                                 caller=None, detail=problem, endpoint=endpoint, by=by)
         return await _refuse(guard, 401, Reason.UNAUTHENTICATED, request, http,
-                             caller=None, detail=str(exc), endpoint=endpoint)
+                             caller=None, detail=str(exc), endpoint=endpoint, by=by)
     caller_id = caller.id
     if len(caller_id) > MAX_CALLER:
         problem, caller_id = problem or "caller_length", cut(caller_id, MAX_CALLER)
@@ -356,26 +359,35 @@ async def _refuse(
     caller: Caller | None,
     detail: str | None = None,
     endpoint: object | None = None,
+    by: str | None = None,
 ) -> Outcome:
-    """Record a denial raised before the engine, with its status, and turn it into an outcome."""
+    """Record a denial raised before the engine, with its status, and turn it into an outcome.
+
+    ``by`` (``peer:<address>``) is the event's ``detail``: who asserted a refused caller header.
+    """
     decision = denial(reason, request, _policy_version(guard), detail=_detail_code(detail))
     http = HttpContext(http.method, http.route, status, http.extra)
     decision_id: str | None = None
     try:
-        decision_id = await _record_denial(guard, request, decision, http)
+        decision_id = await _record_denial(guard, request, decision, http, by)
     except Exception:
         _log.exception("could not record a %s denial", reason.value)
     if detail and reason is Reason.UNAUTHENTICATED:
-        _log.info("unauthenticated %s %s: %s", http.method, http.route, detail)
+        _log.info("unauthenticated %s %s: %s%s", http.method, http.route, detail,
+                  "" if by is None else " (" + by + ")")
     _annotate_span(decision, decision_id)
     return Outcome(status, decision, decision_id, caller, http.route, endpoint)
 
 
 async def _record_denial(
-    guard: GuardLike, request: Request, decision: Decision, http: HttpContext
+    guard: GuardLike, request: Request, decision: Decision, http: HttpContext,
+    by: str | None = None,
 ) -> str | None:
     """Durably record a denial made before the engine ran; its event id, None if unrecorded."""
-    checked = await guard.arecord_denial(request, decision, http)
+    if by is None:
+        checked = await guard.arecord_denial(request, decision, http)
+    else:
+        checked = await guard.arecord_denial(request, decision, http, detail=by)
     return checked.decision_id or None
 
 

@@ -51,12 +51,23 @@ MAX_CALLER_ID = 256
 """The longest caller id, from a token's ``sub`` or a proxy's caller header."""
 
 _MAX_PROXY_SECRET = 1024
+_MAX_PEER = 64
 _CACHE_LIMIT = 4096
 _log = logging.getLogger("guard.identity")
 
 
 class IdentityError(GuardError):
-    """No valid caller identity on the request (answered with 401)."""
+    """No valid caller identity on the request (answered with 401).
+
+    Args:
+        message: Why (a detail code such as ``proxy_not_authenticated``, or a sentence).
+        asserted_by: When a caller header a proxy may assert was refused: the peer
+            address that sent it (``-`` when unknown), for the audit event.
+    """
+
+    def __init__(self, message: str, *, asserted_by: str | None = None) -> None:
+        super().__init__(message)
+        self.asserted_by = asserted_by
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,15 +418,16 @@ class Authenticator:
         return len(self._raw)
 
     def _proxied(self, caller_id: str, secret: str | None, peer: str | None) -> Caller:
+        by = (peer or "-")[:_MAX_PEER]  # who asserted it, for the audit event
         if len(caller_id) > MAX_CALLER_ID:
-            raise IdentityError("caller_header_too_large")
+            raise IdentityError("caller_header_too_large", asserted_by=by)
         if not secret or len(secret) > _MAX_PROXY_SECRET or not self._proxy_known(secret):
-            raise IdentityError("proxy_not_authenticated")
+            raise IdentityError("proxy_not_authenticated", asserted_by=by)
         if self.proxies and not self._trusted(peer):
-            raise IdentityError("proxy_address_not_trusted")
+            raise IdentityError("proxy_address_not_trusted", asserted_by=by)
         caller_id = caller_id.strip()
         if not _valid_caller_id(caller_id):
-            raise IdentityError("caller_header_invalid")
+            raise IdentityError("caller_header_invalid", asserted_by=by)
         return Caller(caller_id, None, "proxy")
 
     def _proxy_known(self, secret: str) -> bool:
