@@ -67,8 +67,9 @@ def _who() -> str:
 def _guard(store: str | None, policy_dir: Path | None) -> Iterator[object]:
     """A guard on the configured audit store and policy, without policy events."""
     from guard._guard import Guard
-    from guard.audit import JournalTrail, load_hmac_key
+    from guard.audit import load_hmac_key
     from guard.cli._check import _load
+    from guard.cli._trail import command_trail
     from guard.cli._where import policy_folder
     from guard.policy._holder import PolicyHolder
 
@@ -76,14 +77,15 @@ def _guard(store: str | None, policy_dir: Path | None) -> Iterator[object]:
     policy = _load(policy_folder(policy_dir))
     hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)
     register_ = Register.open(settings.audit.store, hmac_key)
-    try:
-        trail = JournalTrail.open(settings.audit)
-    except BaseException:
-        register_.close()
-        raise
-    with Guard(PolicyHolder(lambda: policy), trail, hmac_key=hmac_key,
-               register=register_) as guard:
-        yield guard
+    with contextlib.ExitStack() as stack:
+        try:  # no index process: the command indexes its own events at its end
+            trail = stack.enter_context(command_trail(settings.audit))
+        except BaseException:
+            register_.close()
+            raise
+        with Guard(PolicyHolder(lambda: policy), trail, hmac_key=hmac_key,
+                   register=register_) as guard:
+            yield guard
 
 
 def _record(change: Change, store: str | None, policy_dir: Path | None) -> None:
