@@ -105,15 +105,22 @@ class DiskReserve:
         self._lock = threading.Lock()
         self._read_at = float("-inf")
         self._shortfall: str | None = None
+        self._free = 0  # the last reading, less the bytes admitted since
 
-    def shortfall(self) -> str | None:
-        """Why writes must stop now (too little free space), or None when there is enough."""
+    def shortfall(self, size: int = 0) -> str | None:
+        """Why writes must stop now (too little free space), or None when there is enough.
+
+        Args:
+            size: Bytes about to be written: refused when they would take the free space
+                below the reserve; once admitted they count against the reading until
+                the next one (so batches between two readings cannot pass it together).
+        """
         if self.reserve_bytes <= 0:
             return None
         now = time.monotonic()
         with self._lock:
             if now - self._read_at < self._every:
-                return self._shortfall
+                return self._admit(self._shortfall, size)
             self._read_at = now
             before = self._shortfall
             try:
@@ -121,7 +128,7 @@ class DiskReserve:
             except OSError as exc:  # fail closed: space that cannot be measured is not there
                 why: str | None = f"cannot read the free space of {self.folder}: {exc}"
             else:
-                free = stat.f_bavail * stat.f_frsize
+                free = self._free = stat.f_bavail * stat.f_frsize
                 why = (
                     f"the audit filesystem of {self.folder} has {_mb(free)} free, below the "
                     f"reserve of {_mb(self.reserve_bytes)} (audit.reserve_mb)"
@@ -134,4 +141,15 @@ class DiskReserve:
             elif why is None and before is not None:
                 _log.warning("the audit filesystem of %s has room again (reserve %s): "
                              "accepting audit writes", self.folder, _mb(self.reserve_bytes))
+            return self._admit(why, size)
+
+    def _admit(self, why: str | None, size: int) -> str | None:
+        """``why``, or why ``size`` more bytes would pass the reserve (else they are counted)."""
+        if why is not None or not size:
             return why
+        if self._free - size < self.reserve_bytes:
+            return (f"the audit filesystem of {self.folder} has {_mb(self._free)} free: "
+                    f"{_mb(size)} more would pass the reserve of {_mb(self.reserve_bytes)} "
+                    "(audit.reserve_mb)")
+        self._free -= size
+        return None

@@ -496,7 +496,9 @@ class JournalWriter:
         if records is None:
             records = [checkpoint_record(cp) for cp in checkpoints]
         try:
-            why = self._reserve.shortfall() if self._reserve is not None else None
+            # The batch's bytes (each record framed with an 8-byte header) must fit above it.
+            why = self._reserve.shortfall(sum(map(len, records)) + 8 * len(records)) \
+                if self._reserve is not None else None
             if why is not None:
                 raise AuditUnavailableError(why)
             self.journal.append(records)
