@@ -25,6 +25,9 @@ from guard.audit._health import FailureLog
 from guard.audit._journal import JournalReader, durable_end, segments
 from guard.audit._store import Store
 
+SHORTENED = "#shortened"
+"""The store's offset row (lane id + this) for how far the index had read a lane found shorter."""
+
 _log = logging.getLogger("guard.audit")
 _CHUNK = 1000
 """Records read at a time within one index transaction."""
@@ -224,6 +227,8 @@ class Indexer:
             if offset > durable_end(self.lane):  # a lane cut or restored: never skip a record
                 _log.error("the index has read %d records of %s, which holds fewer: it is "
                            "read again from its start", offset, self.lane)
+                # Kept for `guard audit verify --journal`: the journal lost records.
+                self.store.index([], [], self._key + SHORTENED, offset)
                 found = segments(self.lane)  # the store keeps each event once
                 offset = found[0][0] if found else 0
             reader = JournalReader(self.lane, offset)

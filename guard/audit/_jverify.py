@@ -6,7 +6,9 @@ Then every journal event the index has read (below its saved offset) must be
 in the index with the same columns, and the index must hold no other event of
 the journal's chains. A lane's records are numbered without a gap and reach
 the durable end it published: a gap, or an end below it, is damage
-(acknowledged records were removed; only the oldest segments may be archived).
+(acknowledged records were removed; only the oldest segments may be archived),
+as is a lane the indexer once found holding fewer records than it had read
+(its note in the store: a lane replaced by an older copy, re-read since).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
+from guard.audit._indexer import SHORTENED
 from guard.audit._journal import Damage, durable_end, lanes, read_journal
 from guard.audit._schema import EVENT_COLUMNS, Row
 from guard.audit._store import AuditStoreError, Store
@@ -111,7 +114,14 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
     checkpoints: dict[str, Checkpoint] = {}
     found = lanes(folder)
     for lane in found:
-        indexed = indexed_offset(store, (lane / "ID").read_text().strip())
+        key = (lane / "ID").read_text().strip()
+        indexed = indexed_offset(store, key)
+        shortened = indexed_offset(store, key + SHORTENED)
+        if shortened:
+            damage.append(f"{lane.name}: the index had read {shortened} record(s) of it when "
+                          "it was found holding fewer (replaced by an older copy, or cut) and "
+                          "read again from its start: the journal lacks what was written "
+                          "after the copy (the index and the witness keep it)")
         read: dict[str, dict[str, Row]] = {}
         end = 0
         for offset, record in _records(lane, damage):
