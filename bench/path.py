@@ -28,10 +28,14 @@ Two measures per piece: µs per call (the best of ``--repeat`` loops of
 its walks with ``gc.freeze()``) and, with ``--callgrind``,
 instructions per call counted by ``valgrind --tool=callgrind`` (the same loop
 run ``--calls`` times between two markers, the empty loop subtracted; repeatable
-on a loaded machine). The UTC time and the load average are printed.
+on a loaded machine), with the allocations that count towards the cyclic
+collector's first threshold (calls of the interpreter's ``_PyObject_GC_Link``)
+and the collections in the loop. The UTC time and the load average are printed.
+``--tree DIR`` measures another checkout's guard, middleware and example with
+this script (an A/B with one script).
 
 Usage: ``.venv/bin/python bench/path.py [--iterations 20000] [--repeat 5]
-[--callgrind] [--calls 2000]``
+[--callgrind] [--calls 2000] [--no-timing] [--tree DIR]``
 """
 
 from __future__ import annotations
@@ -48,14 +52,27 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 # As a script, this folder must not shadow the stdlib (bench/http.py is ``http``).
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+
+
+def _tree() -> Path:
+    """The checkout measured: ``--tree DIR`` (read before anything is imported), else this one."""
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        if arg == "--tree" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if arg.startswith("--tree="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return REPO
+
+
+TREE = _tree()
+sys.path.insert(0, str(TREE))
 
 from bench._stub import NoAudit  # noqa: E402
 from guard._guard import Guard, Ruling  # noqa: E402
@@ -77,6 +94,13 @@ CALLER = "svc:crm"
 TEMPLATE = "/customers/{customer_id}"
 MARKER = "os_getppid"
 """The C function the callgrind run dumps its counters before (``os.getppid()``)."""
+GC_LINK = "_PyObject_GC_Link"
+"""The interpreter's C function that counts one allocation towards the collector's first
+threshold (a container not taken from a free list); its calls are the allocations counted."""
+GC_DEL = "PyObject_GC_Del"
+"""... and the one that frees such an object (a call takes one off the count)."""
+GC_COLLECT = "gc_collect_main"
+"""The collector's collection (its calls: collections)."""
 
 Message = dict[str, Any]
 
@@ -303,23 +327,54 @@ def counted(measured: list[tuple[str, Callable[[], object]]], calls: int) -> Non
         os.getppid()  # dumps the loop
 
 
-def callgrind(calls: int, workdir: Path) -> list[int]:
-    """Run this script's ``counted`` under callgrind; instructions of each piece's loop."""
+class Counts(NamedTuple):
+    """What callgrind counted in one piece's loop."""
+
+    instructions: int
+    links: int
+    """Allocations that count towards the collector's first threshold (:data:`GC_LINK`)."""
+    frees: int
+    """Frees of such objects (:data:`GC_DEL`)."""
+    collections: int
+
+
+def callgrind(calls: int, workdir: Path) -> list[Counts]:
+    """Run this script's ``counted`` under callgrind; what each piece's loop cost."""
     out = workdir / "callgrind.out"
     command = ["valgrind", "--tool=callgrind", f"--dump-before={MARKER}",
-               f"--callgrind-out-file={out}", sys.executable, __file__,
-               "--inner", "--calls", str(calls), "--dir", str(workdir)]
+               "--compress-strings=no", f"--callgrind-out-file={out}", sys.executable, __file__,
+               "--inner", "--calls", str(calls), "--dir", str(workdir), "--tree", str(TREE)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"callgrind failed:\n{done.stderr[-3000:]}")
-    totals = []
+    counts = []
     parts = sorted(workdir.glob("callgrind.out.*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
     for part in parts:
         text = part.read_text()
         found = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
-        totals.append(int(found.group(1)) if found else 0)
+        called = _calls(text, (GC_LINK, GC_DEL, GC_COLLECT))
+        counts.append(Counts(int(found.group(1)) if found else 0, called[GC_LINK],
+                             called[GC_DEL], called[GC_COLLECT]))
     # dump 1: start-up to the first marker; then, per piece, its loop and a collection
-    return totals[1::2]
+    return counts[1::2]
+
+
+def _calls(text: str, names: tuple[str, ...]) -> dict[str, int]:
+    """Calls of the C functions ``names`` in one callgrind dump (its ``cfn=``/``calls=`` lines).
+
+    The dump is written with ``--compress-strings=no``: every line names its function.
+    """
+    called = dict.fromkeys(names, 0)
+    target: str | None = None
+    for line in text.splitlines():
+        if line.startswith("cfn="):
+            target = line[4:]
+        elif line.startswith("calls=") and target in called:
+            called[target] += int(line[6:].split()[0])
+            target = None
+        elif line.startswith("fn="):
+            target = None
+    return called
 
 
 def main() -> None:
@@ -330,6 +385,9 @@ def main() -> None:
                         help="also count instructions per call with valgrind's callgrind")
     parser.add_argument("--calls", type=int, default=2000, help="calls per piece under callgrind")
     parser.add_argument("--no-timing", action="store_true", help="callgrind counts only")
+    parser.add_argument("--tree", type=Path, default=REPO,
+                        help="the checkout whose guard, middleware and example are measured "
+                             "(default: this one; this script either way)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -354,7 +412,7 @@ def main() -> None:
                 micro = timed(measured, args.iterations, args.repeat)
             finally:
                 close()
-        irs: list[int] = []
+        irs: list[Counts] = []
         if args.callgrind:
             if shutil.which("valgrind") is None:
                 raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
@@ -370,24 +428,31 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _report(labels: list[str], micro: dict[str, float], irs: list[int],
+def _report(labels: list[str], micro: dict[str, float], irs: list[Counts],
             args: argparse.Namespace, began: str, load: tuple[float, float, float]) -> None:
+    calls = args.calls
     empty_us = micro.get(labels[0], 0.0)
-    empty_ir = irs[0] / args.calls if irs else 0.0
+    empty = irs[0] if irs else Counts(0, 0, 0, 0)
     us = {k: v - empty_us for k, v in micro.items()}
-    ir = {label: irs[i] / args.calls - empty_ir for i, label in enumerate(labels)
-          if i < len(irs)}
-    print(f"{began}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} before, "
+    ir = {label: (irs[i].instructions - empty.instructions) / calls
+          for i, label in enumerate(labels) if i < len(irs)}
+    links = {label: (irs[i].links - empty.links) / calls
+             for i, label in enumerate(labels) if i < len(irs)}
+    print(f"{TREE}: {began}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after")
-    print(f"{'piece':45} {'µs/call':>9} {'instr/call':>11}")
-    for label in labels[1:]:
+    print(f"{'piece':45} {'µs/call':>9} {'instr/call':>11} {'gc allocs':>9} "
+          f"{'collections':>11}")
+    for i, label in enumerate(labels[1:], 1):
         shown_us = f"{us[label]:9.2f}" if label in us else f"{'-':>9}"
         shown_ir = f"{ir[label]:11,.0f}" if label in ir else f"{'-':>11}"
-        print(f"{label:45} {shown_us} {shown_ir}")
+        shown_links = f"{links[label]:9.1f}" if label in links else f"{'-':>9}"
+        shown_gc = f"{irs[i].collections:11d}" if i < len(irs) else f"{'-':>11}"
+        print(f"{label:45} {shown_us} {shown_ir} {shown_links} {shown_gc}")
     bare, noop, guard = ("bare app (200, no middleware)", "no-op middleware + bare app",
                          "GuardMiddleware + bare app")
     plain, guarded = "example app, plain", "example app, guarded (commit stubbed)"
-    for name, table, unit in (("µs", us, "µs"), ("instr", ir, "instructions")):
+    for name, table, unit in (("µs", us, "µs"), ("instr", ir, "instructions"),
+                              ("gc allocs", links, "allocations")):
         if bare in table:
             print(f"guard before the handler ({name}): {table[guard] - table[bare]:,.2f} {unit}"
                   f" over the bare app; floor (no-op middleware) "
@@ -400,8 +465,10 @@ def _report(labels: list[str], micro: dict[str, float], irs: list[int],
         print(f"timing: best of {args.repeat} x {args.iterations} calls, collector on "
               "(start-up frozen)")
     if irs:
-        print(f"callgrind: {args.calls} calls per piece, the empty loop "
-              f"({empty_ir:,.0f} instr/call) subtracted")
+        print(f"callgrind: {calls} calls per piece, the empty loop "
+              f"({empty.instructions / calls:,.0f} instr/call) subtracted; gc allocs: "
+              f"calls of {GC_LINK} per call (objects counted towards the collector's first "
+              f"threshold); collections: of gen 0-2 in the piece's {calls} calls")
 
 
 if __name__ == "__main__":
