@@ -17,14 +17,21 @@ missing or new token, a proxy's caller header, an undeclared route) is left to
 ``enforce()``, which judges and records it; the answer of :meth:`Planner.judge` is
 the answer ``enforce()`` gives for the same request (tests/middleware/test_plan.py holds
 it to that for random requests).
+
+A fault of the planner itself (an exception out of :meth:`Planner.judge`, which then
+decided nothing) leaves the request to ``enforce()`` too (fail-safe), and is counted
+(:attr:`Planner.faults`, the OpenTelemetry counter ``guard.http.planner_faults``) and
+logged at debug level with the exception's type and where it was raised
+(:meth:`Planner.fault`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN
 from starlette.types import Scope
 
@@ -48,6 +55,12 @@ from middleware.fields import FieldPlan
 from middleware.identity import Authenticator, Caller
 
 __all__ = ["PURPOSES", "REQUESTS", "Judged", "Plan", "Planner"]
+
+_log = logging.getLogger("guard.middleware")
+_fault_counter = metrics.get_meter("purpose_guard.middleware").create_counter(
+    "guard.http.planner_faults", unit="{request}",
+    description="Requests the planned path failed on (judged by the interpreted path instead)",
+)
 
 Judged = tuple[Outcome, Ruling | None] | Coroutine[Any, Any, Outcome]
 """What :meth:`Planner.judge` answers: an outcome and the ruling left to record, or a
@@ -118,7 +131,7 @@ class Planner:
         purpose_header: The lower-case header that declares the purpose.
     """
 
-    __slots__ = ("auth", "guard", "purpose_header", "purposes", "routes", "seen")
+    __slots__ = ("auth", "faults", "guard", "purpose_header", "purposes", "routes", "seen")
 
     def __init__(self, auth: Authenticator, guard: GuardLike, purpose_header: str) -> None:
         self.auth = auth
@@ -130,6 +143,29 @@ class Planner:
         """Raw purpose values found well-formed, and the purpose each declares."""
         self.seen: dict[tuple[Plan, str, str], _Seen] = {}
         """By (plan, caller id, purpose): the request, and the last decision's outcome."""
+        self.faults = 0
+        """Requests :meth:`judge` failed on (:meth:`fault`): each was judged by ``enforce()``."""
+
+    def fault(self, exc: BaseException) -> None:
+        """Count a request :meth:`judge` raised ``exc`` for (it decided nothing), and log it.
+
+        The request is then judged by ``enforce()``, as any the plan does not take. The
+        debug line names the exception's type and where it was raised, never its message
+        (it may hold the request's values).
+
+        Args:
+            exc: What :meth:`judge` raised.
+        """
+        self.faults += 1
+        _fault_counter.add(1)
+        if _log.isEnabledFor(logging.DEBUG):
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = (f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None
+                     else "?")
+            _log.debug("the planned path failed (%s at %s): the request is judged step by "
+                       "step", type(exc).__name__, where)
 
     def judge(self, scope: Scope, method: str, span: trace.Span) -> Judged | None:
         """Judge an HTTP request with its route's plan; None when it needs ``enforce()``.

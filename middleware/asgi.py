@@ -117,6 +117,11 @@ class GuardMiddleware:
         """Requests to public routes, by route template (they make no audit event)."""
 
     @property
+    def planner_faults(self) -> int:
+        """Requests the planned path failed on; each was judged by ``enforce()`` instead."""
+        return self._planner.faults
+
+    @property
     def routes(self) -> RouteTable:
         """routes.csv and the public paths, as matched for an app without a Starlette router."""
         return self._base
@@ -152,9 +157,11 @@ class GuardMiddleware:
         ruling: Ruling | None
         if kind == "http":
             method = scope["method"]
+            planner = self._planner
             try:
-                judged = self._planner.judge(scope, method, span)
-            except Exception:  # nothing decided: the interpreted path judges (fails closed)
+                judged = planner.judge(scope, method, span)
+            except Exception as exc:  # nothing decided: the interpreted path judges (counted)
+                planner.fault(exc)
                 judged = None
             if judged is None:
                 outcome, ruling = await self._judge(scope, kind, method)
