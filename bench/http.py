@@ -70,6 +70,9 @@ LATENCY_BEGIN = signal.SIGRTMIN
 """Sent to a server (``--trace-slow``, ``--index-pause``) before a latency run."""
 LATENCY_END = signal.SIGRTMIN + 1
 """... and after it (with ``--trace-slow`` it then writes ``trace-LABEL.json``)."""
+GC_REPORT = signal.SIGRTMIN + 2
+"""Sent to a server before and after each run: it writes its collector's counts
+(``gc-LABEL.json``: collections per generation so far, each full collection's ms)."""
 WRK = ["wrk"]
 """The load generator's command (``--pin-wrk`` puts ``taskset`` before it)."""
 
@@ -224,6 +227,24 @@ def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
 
     signal.signal(signal.SIGUSR1, threads)
     signal.signal(signal.SIGUSR2, lambda *_: gc.freeze())
+    full: list[float] = []
+    began = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                began[0] = time.perf_counter()
+            else:
+                full.append((time.perf_counter() - began[0]) * 1e3)
+
+    def collected(*_: object) -> None:
+        part = workdir / f"gc-{label}.part"
+        part.write_text(json.dumps({"collections": [g["collections"] for g in gc.get_stats()],
+                                    "full_ms": full}))
+        part.rename(workdir / f"gc-{label}.json")
+
+    gc.callbacks.append(timed)
+    signal.signal(GC_REPORT, collected)
     if opts.gc_threshold:
         gc.set_threshold(opts.gc_threshold, *gc.get_threshold()[1:])
     if opts.switch_interval:
@@ -269,6 +290,8 @@ class Run:
     cpu_us: float = 0.0  # server CPU (all threads, user + system) per request
     child_cpu_us: float = 0.0  # ... and its child processes', if any
     threads_us: dict[str, float] | None = None  # ... per thread (loop, writer, indexer, other)
+    collections: tuple[int, int, int] = (0, 0, 0)  # the server's, by generation, in the run
+    full_ms: tuple[float, ...] = ()  # each full (gen 2) collection's duration in the run
 
     @property
     def rps(self) -> float:
@@ -384,8 +407,24 @@ async def _httpx_run(url: str, token: str, connections: int, seconds: float) -> 
                latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))])
 
 
+def collector_counts(pid: int, workdir: Path, label: str) -> tuple[list[int], list[float]]:
+    """A server's collections so far, by generation, and each full collection's ms."""
+    path = workdir / f"gc-{label}.json"
+    path.unlink(missing_ok=True)
+    os.kill(pid, GC_REPORT)
+    deadline = time.monotonic() + 10
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not path.exists():
+        return [0, 0, 0], []
+    data = json.loads(path.read_text())
+    return list(data["collections"]), list(data["full_ms"])
+
+
 def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
-         use_wrk: bool, pid: int | None = None, roles: dict[int, str] | None = None) -> Run:
+         use_wrk: bool, pid: int | None = None, roles: dict[int, str] | None = None,
+         label: str | None = None) -> Run:
+    gc_before = collector_counts(pid, workdir, label) if pid and label else None
     kids = children(pid) if pid else []
     before = cpu_seconds(pid) if pid else 0.0
     threads_before = thread_cpu(pid) if pid else {}
@@ -404,6 +443,11 @@ def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
             per[role] += (seconds_now - threads_before.get(tid, 0.0)) / max(1, run.requests) * 1e6
         per["indexer"] += run.child_cpu_us  # the only child: `guard audit index`, if any
         run.threads_us = per
+    if gc_before is not None and pid and label:
+        counts, full = collector_counts(pid, workdir, label)
+        done = [after - before for after, before in zip(counts, gc_before[0], strict=True)]
+        run.collections = (done[0], done[1], done[2])
+        run.full_ms = tuple(full[len(gc_before[1]):])
     return run
 
 
@@ -658,10 +702,11 @@ def main() -> None:
                 if not args.latency_only:
                     results[kind]["tput"].append(
                         load(url, token, args.connections, args.duration, workdir, use_wrk,
-                             pid=proc.pid, roles=roles[kind]))
+                             pid=proc.pid, roles=roles[kind], label=kind))
 
-                def latency(url: str = url) -> Run:
-                    return load(url, token, 1, args.latency_duration, workdir, use_wrk)
+                def latency(url: str = url, pid: int = proc.pid, label: str = kind) -> Run:
+                    return load(url, token, 1, args.latency_duration, workdir, use_wrk,
+                                pid=pid, label=label)
 
                 results[kind]["lat"].append(
                     bracketed(proc.pid, workdir, kind, round_no, plan[kind][2], latency))
@@ -744,6 +789,13 @@ def main() -> None:
         f"{kind} " + " ".join(f"{r.p99_ms:.2f}" for r in results[kind]["lat"]) for kind in kinds))
     print(f"disk floor (audit folder): append 300 B + fdatasync p50 {floor[0]:.3f} ms, "
           f"p99 {floor[1]:.3f} ms")
+    print("cyclic collector in the servers (sums over the rounds): collections per 10,000 "
+          "requests gen0/gen1/gen2 and each full collection's ms, at throughput and in the "
+          "latency runs (c=1)")
+    for kind in kinds:
+        tput, lat = results[kind]["tput"], results[kind]["lat"]
+        print(f"  {LABELS[kind]:<{width}} {_per_10k(tput):>16}; full ms "
+              f"{_fulls(tput):<24} c=1: {_per_10k(lat):>16}; full ms {_fulls(lat)}")
     noop = rows["noop"]
     print(f"no-op middleware floor: {noop['rps'] / (plain['rps'] or 1):.1%} of plain; "
           f"{noop['cpu'] - plain['cpu']:.0f} us CPU/request; "
@@ -766,6 +818,18 @@ def main() -> None:
         _print_steps(steps)
     if any(row["errors"] for row in rows.values()):
         print("WARNING: some requests failed; the figures are not valid")
+
+
+def _per_10k(runs: list[Run]) -> str:
+    """Collections per 10,000 requests of ``runs``, by generation (``gen0/gen1/gen2``)."""
+    requests = sum(r.requests for r in runs) or 1
+    return "/".join(f"{sum(r.collections[g] for r in runs) / requests * 1e4:.1f}"
+                    for g in range(3))
+
+
+def _fulls(runs: list[Run]) -> str:
+    """The full collections' durations in ``runs`` (ms), or ``none``."""
+    return ", ".join(f"{ms:.1f}" for r in runs for ms in r.full_ms) or "none"
 
 
 def _print_steps(steps: list[tuple[str, float, float, float]]) -> None:

@@ -12,8 +12,12 @@ of the counts::
         .venv/bin/python bench/http_loop.py --requests 960
     valgrind ... bench/http_loop.py --requests 2880    # then callgrind_annotate cg.PID-01
 
+Each request gets header names and values of its own (new bytes objects, as a
+server parses them), so what hashing them costs is counted. ``--plain`` calls the
+example service without the guard (the floor of the same run).
+
 Usage: python bench/http_loop.py [--requests 6400] [--gc-threshold N] [--gc-freeze]
-       [--tree DIR]   (another checkout's guard and example, for an A/B run)
+       [--plain] [--tree DIR]   (another checkout's guard and example, for an A/B run)
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--gc-threshold", type=int, default=None,
                         help="gc.set_threshold first value after the warm-up (default 700)")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the warm-up")
+    parser.add_argument("--plain", action="store_true", help="the example service unguarded")
     parser.add_argument("--tree", type=Path, default=HERE,
                         help="the checkout whose guard and example run (default: this one)")
     args = parser.parse_args()
@@ -62,7 +67,7 @@ def main() -> None:
     token = issue_token(settings.identity, "svc:crm", None, 3600)
     headers = [(b"host", b"svc"), (b"authorization", f"Bearer {token}".encode()),
                (b"x-purpose", b"relationship.management"), (b"user-agent", b"bench")]
-    spent = {"seconds": 0.0, "collections": 0.0, "began": 0.0}
+    spent = {"seconds": 0.0, "collections": 0.0, "full": 0.0, "began": 0.0}
 
     def timed(phase: str, _info: dict[str, Any]) -> None:
         if phase == "start":
@@ -70,6 +75,7 @@ def main() -> None:
         else:
             spent["seconds"] += time.perf_counter() - spent["began"]
             spent["collections"] += 1
+            spent["full"] += _info["generation"] == 2
 
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -81,17 +87,19 @@ def main() -> None:
     async def run(app: Callable[..., Awaitable[None]], count: int) -> None:
         async def one(i: int) -> None:
             path = f"/customers/c-{i % 100 + 1:04d}"
+            own = [(name[:1] + name[1:], value[:1] + value[1:]) for name, value in headers]
             await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                        "method": "GET", "scheme": "http", "path": path,
                        "raw_path": path.encode(), "root_path": "", "query_string": b"",
-                       "headers": headers, "client": ("127.0.0.1", 1),
+                       "headers": own, "client": ("127.0.0.1", 1),
                        "server": ("svc", 80)}, receive, send)
 
         for start in range(0, count, CONCURRENT):
             await asyncio.gather(*(one(i) for i in range(start, start + CONCURRENT)))
 
     with Guard.from_settings(settings) as guard:
-        app = create_app(settings, guard=guard)
+        app = create_app(settings, enforce=False) if args.plain else create_app(
+            settings, guard=guard)
 
         async def measure() -> tuple[float, float]:
             await run(app, 640)  # warm-up: caches, the first batches
@@ -108,11 +116,13 @@ def main() -> None:
         wall, loop = asyncio.run(measure())
     shutil.rmtree(work, ignore_errors=True)
     n = args.requests
-    print(f"{args.tree.resolve()}: gc threshold {gc.get_threshold()[0]}"
+    print(f"{args.tree.resolve()}{' (plain)' if args.plain else ''}: "
+          f"gc threshold {gc.get_threshold()[0]}"
           f"{', frozen' if args.gc_freeze else ''}; {n} requests, {CONCURRENT} at a time: "
           f"wall {wall / n * 1e6:.1f} us, event loop CPU {loop / n * 1e6:.1f} us, "
           f"collector {spent['seconds'] / n * 1e6:.1f} us per request "
-          f"({spent['collections']:.0f} collections)")
+          f"({spent['collections']:.0f} collections, {spent['collections'] / n * 1e4:.0f} "
+          f"per 10,000 requests; {spent['full']:.0f} full)")
 
 
 if __name__ == "__main__":
