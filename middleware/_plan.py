@@ -202,7 +202,9 @@ class Planner:
         if not plan.quick or type(raw) is not list:
             return None
         try:
-            headers: dict[bytes, bytes] = dict(reversed(raw))  # the first of repeats
+            headers: dict[bytes, bytes] = dict(raw)
+            if len(headers) != len(raw):  # a name repeated: the first of repeats counts
+                headers = dict(reversed(raw))
         except (TypeError, ValueError):  # not name/value pairs: enforce() refuses them
             return None
         caller = self.auth.known_caller(headers)
