@@ -15,8 +15,9 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   index of ``audit_event`` (what each B-tree costs; not a proposal), ``no-summary``:
   without the ``audit_hour`` upsert; ``old-subject``: the ``(subject, ts)`` index of
   schema 5 rebuilt in place of the store's subject index (the same run; PostgreSQL too,
-  as ``no-subject``, both through ``index_records``); ``hour-first``: the subject index
-  keyed by the event's hour first, ``(substr(ts, 1, 13), subject)``; ``short-subject``:
+  as ``no-subject`` and ``hour-first``, through ``index_records``); ``hour-first``: the
+  subject index keyed by the event's hour first, ``(substr(ts, 1, 13), subject)``;
+  ``short-subject``:
   that index on the pseudonym's first 12 characters; ``sorted``: each transaction's rows
   inserted in the subject index's order;
 - ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs);
@@ -25,7 +26,8 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   (32 MiB is the store's), ``mmap``: ``mmap_size`` 1 GiB.
 
 ``--prefill N`` first loads N decision rows (over N / 10 subjects) into every
-SQLite store (a copy of one loaded file per page size), so the B-trees are those
+store (SQLite: a copy of one loaded file per page size; PostgreSQL: a copy of one
+loaded database), so the B-trees are those
 of a large store rather than a fresh one; dated in past months, or with ``--prefill-now``
 in the hour the records are indexed in (the hour-first subject index's worst case).
 
@@ -217,6 +219,26 @@ def prefilled(tmp: Path, variant: str, rows: int, made: dict[int, Path], now: bo
     return made[size]
 
 
+def pg_database(pg: str, name: str, rows: int, now: bool) -> str:
+    """A fresh database ``name``, a copy of one holding ``rows`` bulk-loaded decisions
+    (made on first use, as :func:`prefilled`)."""
+    import psycopg
+    from audit import bulk_rows, load_postgres
+
+    if not rows:
+        return fresh_database(pg, name)
+    with psycopg.connect(pg, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'prefill'").fetchone():
+            loaded = bulk_rows(rows, max(1, rows // 10))[0]
+            if now:
+                hour = time.strftime("%Y-%m-%dT%H", time.gmtime())
+                loaded = ((*r[:2], f"{hour}{str(r[2])[13:]}", *r[3:]) for r in loaded)
+            load_postgres(fresh_database(pg, "prefill"), loaded)
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE prefill")
+    return pg.rsplit("/", 1)[0] + f"/{name}"
+
+
 class StoreProbe:
     """A store's whole ``index`` call (PostgreSQL: its client CPU), after the decode."""
 
@@ -225,11 +247,14 @@ class StoreProbe:
         self.store = store
         conn = store._connection()  # type: ignore[attr-defined]
         self.backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
-        if variant in ("old-subject", "no-subject"):
+        if variant in ("old-subject", "no-subject", "hour-first"):
             for name in ("audit_event_subject", "audit_event_hour_subject"):
                 conn.execute(f"DROP INDEX IF EXISTS {name}")
         if variant == "old-subject":
             conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts)")
+        if variant == "hour-first":
+            conn.execute("CREATE INDEX audit_event_hour_subject ON audit_event "
+                         "(substr(ts, 1, 13), subject)")
         self.variant = variant
 
     def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
@@ -354,8 +379,9 @@ def main() -> None:
                         help="with --trickle: the indexer's interval (default: its own)")
     parser.add_argument("--seconds", type=float, default=6.0, help="with --trickle")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     parser.add_argument("--prefill", type=int, default=0,
-                        help="decision rows loaded into each SQLite store first")
+                        help="decision rows loaded into each store first")
     parser.add_argument("--prefill-now", action="store_true",
                         help="the prefilled rows dated in this hour (else in past months)")
     args = parser.parse_args()
@@ -387,7 +413,8 @@ def main() -> None:
         records = write_journal(tmp / "j", key, args.events, args.subjects)
         print(f"{len(records)} records; CPU µs per record (thread CPU), median of {args.rounds}")
         with pg_server() as pg:
-            kinds = ["sqlite"] + ([] if args.no_postgres or pg is None else ["postgresql"])
+            kinds = ([] if args.no_sqlite else ["sqlite"]) + (
+                [] if args.no_postgres or pg is None else ["postgresql"])
             results: dict[tuple[str, str, int], list[Steps]] = defaultdict(list)
             made: dict[int, Path] = {}
             number = 0
@@ -396,7 +423,7 @@ def main() -> None:
                     for size in sizes:
                         for variant in variants:
                             if kind == "postgresql" and variant not in (
-                                    "python", "sql", "old-subject", "no-subject"):
+                                    "python", "sql", "old-subject", "no-subject", "hour-first"):
                                 continue
                             number += 1
                             probe: SqliteProbe | StoreProbe
@@ -407,8 +434,8 @@ def main() -> None:
                                 probe = SqliteProbe(tmp / f"s{number}.db", variant, template)
                             else:
                                 assert pg is not None
-                                probe = StoreProbe(open_store(fresh_database(pg, f"p{number}")),
-                                                   variant)
+                                probe = StoreProbe(open_store(pg_database(
+                                    pg, f"p{number}", args.prefill, args.prefill_now)), variant)
                             results[kind, variant, size].append(run(probe, records, size))
             for (kind, variant, size), got in results.items():
                 names = sorted({n for g in got for n in g},
