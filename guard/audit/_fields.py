@@ -45,12 +45,10 @@ def compact(value: Sequence[Any]) -> bytes:
 
 
 class ChainKey:
-    """HMAC-SHA256 under one key (the chain key of format 3), its pads hashed once.
+    """HMAC-SHA256 under one key (the chain key, or the subject key), its pads hashed once.
 
     The key's inner and outer hash states (RFC 2104) are made once; each digest
-    copies them, which costs a fraction of copying an :mod:`hmac` object. The
-    store never holds the chain key, so whoever can write to the store but lacks
-    it cannot re-hash an edited event, nor re-link a chain after deleting events.
+    copies them, which costs a fraction of copying an :mod:`hmac` object.
 
     Args:
         key: The key bytes (see :func:`guard.audit.derive_chain_key`).
@@ -94,17 +92,14 @@ class Pseudonyms(ChainKey):
 
     def __call__(self, subject_id: str) -> str:
         known = self.known
-        try:
-            return known[subject_id]
-        except KeyError:
+        if (value := known.get(subject_id)) is None:
             if len(known) >= 4096:
                 known.clear()
             value = known[subject_id] = self.digest(subject_id.encode("utf-8"))
-            return value
+        return value
 
 
 _LISTED: dict[Any, str] = {}
-_LISTED_MAX = 4096
 
 
 def _listed(value: Any) -> str:
@@ -115,7 +110,7 @@ def _listed(value: Any) -> str:
         pass
     text = compact(list(value)).decode()
     if type(value) is tuple and all(type(v) is str for v in value):
-        if len(_LISTED) >= _LISTED_MAX:
+        if len(_LISTED) >= 4096:
             _LISTED.clear()
         _LISTED[value] = text
     return text
@@ -239,29 +234,22 @@ def _wide(head: Row) -> bytes:
 class Linker:
     """Places content rows in one chain: each row's hash and its journal record.
 
-    The bytes are those the chain format defines (docs/audit.md; a property test
-    holds them equal to the standard library's JSON for any field values).
-    Format 4 (the writer's) is one HMAC under the chain key over ``v4`` and the
-    record up to its hash; format 3 (a keyed content digest inside a SHA-256
-    link) and format 2 (unkeyed) are linked for verify.
+    The bytes are those the chain format defines (docs/audit.md; property tests hold
+    them equal to the standard library's JSON and ``hmac`` for any field values).
 
     Args:
         writer_id: The chain.
         key: The chain key; None links format 2 (older chains, read by verify).
-        chain: The keyed format, 4 or 3.
+        chain: The keyed format: 4 (one HMAC over the record), or 3 (read by verify).
     """
 
     def __init__(self, writer_id: str, key: ChainKey | None, chain: int = 3) -> None:
-        self.writer_id = writer_id
-        self._key = key
-        self._v4 = key is not None and chain == 4
+        self.writer_id, self._key, self._v4 = writer_id, key, key is not None and chain == 4
         self._prefix = compact(["v3" if key is not None else "v2", writer_id])[:-1] + b","
         self._wid = compact([writer_id])[1:-1]
-        if key is not None:
-            self._inner = key._inner.copy()
-            if self._v4:
-                self._inner.update(b"v4")
-            self._outer = key._outer
+        if key is not None and self._v4:
+            self._inner, self._outer = key._inner.copy(), key._outer
+            self._inner.update(b"v4")
 
     def link(self, head: Row, seq: int, prev: str) -> tuple[str, bytes]:
         """The hash of ``head`` at ``seq`` after ``prev``, and the row's journal record.
@@ -289,16 +277,10 @@ class Linker:
             outer.update(inner.digest())
             digest = hexlify(outer.digest())
             return digest.decode(), b'%s,"%s"]' % (unhashed, digest)
-        if self._key is not None:
-            inner = self._inner.copy()
-            inner.update(body)
-            outer = self._outer.copy()
-            outer.update(inner.digest())
-            digest = hexlify(outer.digest())
-        else:
-            digest = hexlify(_sha256(body).digest())
-        hash_ = hexlify(_sha256(b'%s%d,"%s","%s"]' % (self._prefix, seq, before, digest)).digest())
-        return hash_.decode(), b'%s,%s,%d,"%s","%s"]' % (body[:-1], self._wid, seq, before, hash_)
+        key = self._key  # formats 3 and 2: a content digest inside a SHA-256 link
+        digest = (key.digest(body) if key is not None else _sha256(body).hexdigest()).encode()
+        hash_ = _sha256(b'%s%d,"%s","%s"]' % (self._prefix, seq, before, digest)).hexdigest()
+        return hash_, b'%s,%s,%d,"%s","%s"]' % (body[:-1], self._wid, seq, before, hash_.encode())
 
 
 def checkpoint_record(cp: Checkpoint) -> bytes:

@@ -41,7 +41,7 @@ _CHAIN_KEY_LABEL = b"purpose-guard audit chain key v1"
 
 
 def derive_chain_key(hmac_key: bytes) -> bytes:
-    """The key of format-3 audit chains, derived from the subject HMAC key.
+    """The key of keyed (format 3 and 4) audit chains, derived from the subject HMAC key.
 
     HMAC-SHA256 of a fixed label under the HMAC key: whoever holds ``audit.hmac_key``
     (the guard, and auditors who can pseudonymise subjects) can link and check

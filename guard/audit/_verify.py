@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -199,9 +198,8 @@ def stored_checkpoints(store: Store, writer: str | None = None) -> list[Checkpoi
     return [row_checkpoint(raw) for raw in rows]
 
 
-_SEQ, _WRITER = FIELD_NAMES.index("seq"), FIELD_NAMES.index("writer_id")
-_PREV, _HASH = FIELD_NAMES.index("prev_hash"), FIELD_NAMES.index("hash")
-_TS = FIELD_NAMES.index("ts")
+_SEQ, _WRITER, _PREV, _HASH, _TS = (FIELD_NAMES.index(name) for name in (
+    "seq", "writer_id", "prev_hash", "hash", "ts"))
 
 
 def light(raw: Sequence[Any], key: ChainKey | None, *, chain: int | None) -> _Row:
@@ -217,24 +215,16 @@ def light(raw: Sequence[Any], key: ChainKey | None, *, chain: int | None) -> _Ro
     """
     writer, seq, prev, hash_ = (raw[i] for i in (_WRITER, _SEQ, _PREV, _HASH))
     keyed = chain in (3, 4)
-    linkers: list[tuple[ChainKey | None, int]] = [] if key is None else [
-        (key, c) for c in ((chain or 4,) if keyed else (4, 3))]
-    if not keyed:
-        linkers.append((None, 2))
+    formats = ((chain or 4,) if keyed else (4, 3)) if key is not None else ()
+    linkers = [(key, c) for c in formats] + ([] if keyed else [(None, 2)])
     try:
         head = tuple(raw[:_WRITER])
         ok = type(seq) is int and (
-            any(_linker(writer, k, c).link(head, seq, prev)[0] == hash_ for k, c in linkers)
+            any(Linker(writer, k, c).link(head, seq, prev)[0] == hash_ for k, c in linkers)
             or (not keyed and _format_1(raw)))
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         ok = False
     return _Row(seq_of(raw), str(raw[0]), str(prev), str(hash_), ok, str(raw[_TS]))
-
-
-@functools.lru_cache(maxsize=256)
-def _linker(writer: str, key: ChainKey | None, chain: int) -> Linker:
-    """The linker of a chain, made once for its rows."""
-    return Linker(writer, key, chain)
 
 
 def _format_1(raw: Sequence[Any]) -> bool:
