@@ -1,8 +1,14 @@
 """A minimising route's response: buffered (bounded), filtered to the released fields, sent.
 
 Anything that cannot be filtered is refused, never passed: a body over the bound,
-a body that is not JSON, or a compressed one gets a 403 problem+json
-(``internal_error``) in place of the handler's response.
+a body that is not JSON, a compressed one or a part of one (``206``, ``Content-Range``)
+gets a 403 problem+json (``internal_error``) in place of the handler's response.
+
+Nothing of the answer may depend on a withheld value: the request reaches the app (or
+upstream) without the headers that ask for a part of the body or make the answer
+depend on a validator of the whole body (:data:`UNFILTERABLE_REQUEST`), and the answer
+leaves without the validators and digests of the body before it was minimised
+(:data:`WHOLE_BODY`), nor, when no body comes (``HEAD``), a length other than 0.
 """
 
 from __future__ import annotations
@@ -23,6 +29,15 @@ __all__ = ["DEFAULT_MAX_BODY", "Minimiser", "minimise_json"]
 _log = logging.getLogger("guard.middleware")
 DEFAULT_MAX_BODY = 1024 * 1024
 """The largest response body a minimising route may send (bytes)."""
+
+
+UNFILTERABLE_REQUEST = frozenset({b"range", b"if-range", b"if-none-match", b"if-match",
+                                  b"if-modified-since", b"if-unmodified-since"})
+"""Request headers that would make the answer a part of the body, or a 304/412 decided on a
+validator of the whole body (an oracle for a withheld value): never passed on."""
+WHOLE_BODY = frozenset({b"etag", b"content-md5", b"digest", b"content-digest", b"repr-digest",
+                        b"content-range"})
+"""Answer headers that describe the body before it was minimised: never sent."""
 
 
 class BodyError(ValueError):
@@ -88,6 +103,10 @@ class Minimiser:
                  purpose: str | None, route: str,
                  opened: Callable[[int], Awaitable[str | None]] | None = None) -> None:
         self._send = send
+        headers = scope.get("headers")
+        if headers:  # before the app or the upstream reads them
+            scope["headers"] = [(name, value) for name, value in headers
+                                if name.lower() not in UNFILTERABLE_REQUEST]
         self._opened = opened
         self._route = route
         self._scope = scope
@@ -136,6 +155,11 @@ class Minimiser:
             return
         body = b"".join(self._chunks)
         headers: list[tuple[bytes, bytes]] = list(start.get("headers", ()))
+        if start.get("status") == 206 or any(n.lower() == b"content-range" for n, _ in headers):
+            await self._refuse("the response is a part of a body")
+            return
+        headers = [(n, v) for n, v in headers if n.lower() not in WHOLE_BODY
+                   and (body or n.lower() != b"content-length" or v.strip() == b"0")]
         if body:
             if not _is_json(headers):
                 await self._refuse("the response is not uncompressed JSON")
