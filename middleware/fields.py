@@ -256,18 +256,41 @@ def _plan(tp: Any, seen: dict[Any, FieldPlan | None]) -> FieldPlan | None:
         if origin in (list, tuple, set, frozenset) or _is_sequence(origin):
             return _merge([_plan(arg, seen) for arg in args if arg is not Ellipsis])
         if origin is dict or _is_mapping(origin):
-            return None  # free-form keys: a categorised dict field is handled whole
+            # free-form keys: a categorised dict field is handled whole, but categorised
+            # fields inside its values could be neither judged nor removed
+            inner = _plan(args[-1], seen) if args else None
+            if inner is not None:
+                raise PolicyError(f"the values of {tp} carry categories "
+                                  f"({', '.join(inner.categories)}) under free-form keys, "
+                                  "which cannot be minimised (hint: a list of models, or a "
+                                  "Category on the dict field with none inside its values)")
         return None
     if not isinstance(tp, type):
         return None
     if tp in seen:
         return seen[tp]
     seen[tp] = None  # a self-referencing model: the inner reference is not followed
+    if getattr(tp, "__pydantic_root_model__", False):  # serialised bare: its root's plan
+        plan = _root_plan(tp, seen)
+        seen[tp] = plan
+        return plan
     rules = [rule for rule in _fields(tp, seen) if rule.category is not None
              or rule.inner is not None]
     plan = FieldPlan(tuple(rules)) if rules else None
     seen[tp] = plan
     return plan
+
+
+def _root_plan(tp: type, seen: dict[Any, FieldPlan | None]) -> FieldPlan | None:
+    """The plan of a Pydantic ``RootModel``: its root's, which is what it serialises."""
+    info = getattr(tp, "model_fields", {}).get("root")
+    if info is None:
+        return None
+    if _category(info.metadata) or _value_category(info.annotation):
+        raise PolicyError(f"{tp.__name__}: the root model's value carries a category, so "
+                          "the whole answer is one field (hint: a model with the value "
+                          "as a categorised field)")
+    return _plan(info.annotation, seen)
 
 
 def _fields(tp: type, seen: dict[Any, FieldPlan | None]) -> Iterable[FieldRule]:
@@ -277,15 +300,51 @@ def _fields(tp: type, seen: dict[Any, FieldPlan | None]) -> Iterable[FieldRule]:
             category = _category(info.metadata)
             alias = info.serialization_alias or info.alias or name
             annotation = info.annotation
-            inner_cat = _strip(annotation)[1]
-            yield FieldRule(alias, category or inner_cat, _plan(annotation, seen))
+            inner_cat = _value_category(annotation)
+            yield FieldRule(alias, category or inner_cat, _named(tp, name, annotation, seen))
+        computed = getattr(tp, "model_computed_fields", None)
+        for name, info in (computed.items() if isinstance(computed, dict) else ()):
+            returned = getattr(info, "return_type", None)  # serialised like a field
+            yield FieldRule(getattr(info, "alias", None) or name, _value_category(returned),
+                            _named(tp, name, returned, seen))
         return
     if dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp, include_extras=True)
         for f in dataclasses.fields(tp):
             annotation = hints.get(f.name, f.type)
-            _, category = _strip(annotation)
-            yield FieldRule(f.name, category, _plan(annotation, seen))
+            yield FieldRule(f.name, _value_category(annotation),
+                            _named(tp, f.name, annotation, seen))
+
+
+def _named(tp: type, name: str, annotation: Any, seen: dict[Any, FieldPlan | None]
+           ) -> FieldPlan | None:
+    """The plan of field ``name`` of ``tp``; a refusal names the field."""
+    try:
+        return _plan(annotation, seen)
+    except PolicyError as exc:
+        raise PolicyError(f"{tp.__name__}.{name}: {exc}") from None
+
+
+def _value_category(tp: Any) -> Category | None:
+    """The category of a field's value: its own, or the one a union's member, a list's
+    items or a dict's values carry (the field is then withheld whole)."""
+    tp, category = _strip(tp)
+    if category is not None:
+        return category
+    origin = get_origin(tp)
+    if origin is None:
+        return None
+    args = [a for a in get_args(tp) if a is not type(None) and a is not Ellipsis]
+    if origin is dict or _is_mapping(origin):
+        args = args[-1:]
+    elif not (origin in (Union, types.UnionType, list, tuple, set, frozenset)
+              or _is_sequence(origin)):
+        return None
+    found = {c.key: c for c in map(_value_category, args) if c is not None}
+    if len(found) > 1:
+        raise PolicyError(f"a field of type {tp} holds values of {len(found)} categories "
+                          f"({', '.join(found)}); give it one")
+    return next(iter(found.values()), None)
 
 
 def _strip(tp: Any) -> tuple[Any, Category | None]:
