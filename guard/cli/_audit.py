@@ -11,7 +11,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from guard._cells import csv_cell
 from guard._types import Reason
 from guard.audit import (
     AuditQueryError,
@@ -135,9 +137,9 @@ def _write_csv(rows: list[QueryRow]) -> None:
     writer.writerow([*_CSV_FIELDS, "outcome_status"])
     for row in rows:
         data = row.event.to_dict()
-        writer.writerow([";".join(v) if isinstance(v, list) else ("" if v is None else v)
+        writer.writerow([csv_cell(";".join(v) if isinstance(v, list) else v)
                          for v in (data[name] for name in _CSV_FIELDS)]
-                        + ["" if row.outcome_status is None else row.outcome_status])
+                        + [csv_cell(row.outcome_status)])
 
 
 _CSV_FIELDS = ("event_id", "ts", "caller", "party_type", "country", "purpose", "categories",
@@ -158,10 +160,10 @@ def _print_table(rows: list[QueryRow]) -> None:
         table.add_column(column)
     for row in rows:
         e = row.event
-        table.add_row(e.ts[:19].replace("T", " "), e.caller, e.purpose, ", ".join(e.categories),
-                      e.action, "allowed" if e.allowed else "denied", e.reason,
-                      (e.subject or "-")[:12],
-                      "-" if row.outcome_status is None else str(row.outcome_status))
+        table.add_row(*map(Text, (  # text as written: a client's purpose is no markup
+            e.ts[:19].replace("T", " "), e.caller, e.purpose, ", ".join(e.categories),
+            e.action, "allowed" if e.allowed else "denied", e.reason, (e.subject or "-")[:12],
+            "-" if row.outcome_status is None else str(row.outcome_status))))
     _console().print(table)
 
 
@@ -185,7 +187,7 @@ def _count_table(title: str, counts: tuple[Count, ...]) -> Table:
     for column in ("key", "denied", "allowed", "total"):
         table.add_column(column, justify="left" if column == "key" else "right")
     for c in counts:
-        table.add_row(c.key, str(c.denied), str(c.allowed), str(c.total))
+        table.add_row(Text(c.key), str(c.denied), str(c.allowed), str(c.total))
     return table
 
 

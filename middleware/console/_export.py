@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+from guard._cells import csv_cell
 from middleware.console._pdf import to_pdf
 from middleware.console._subject import SubjectView
 
@@ -16,16 +17,17 @@ CSV_COLUMNS = ("when", "recipient", "party_type", "country", "purpose", "lawful_
 
 
 def to_csv(view: SubjectView) -> str:
-    """Every decision about the subject, one a row, oldest first."""
+    """Every decision about the subject, one a row, oldest first; each cell read as text."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in view.decisions:
         e = row.event
-        writer.writerow([e.ts, e.caller, e.party_type or "", e.country or "", e.purpose,
-                         " ".join(e.lawful_basis), " ".join(e.categories), e.action,
-                         "yes" if e.allowed else "no", e.reason,
-                         "" if row.status is None else row.status, e.event_id])
+        writer.writerow([csv_cell(v) for v in (
+            e.ts, e.caller, e.party_type or "", e.country or "", e.purpose,
+            " ".join(e.lawful_basis), " ".join(e.categories), e.action,
+            "yes" if e.allowed else "no", e.reason,
+            "" if row.status is None else row.status, e.event_id)])
     return out.getvalue()
 
 
