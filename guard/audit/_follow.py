@@ -140,8 +140,8 @@ class ChildIndexer:
         return self._proc.pid
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "guard.audit._follow", str(self.folder), self._url],
+        return subprocess.Popen(  # -P: the working folder is not on its module path
+            [sys.executable, "-P", "-m", "guard.audit._follow", str(self.folder), self._url],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
 
     def _supervise(self) -> None:
