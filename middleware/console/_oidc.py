@@ -5,7 +5,7 @@ and PKCE verifier (kept in a signed, short-lived cookie); ``/oidc/callback``
 checks the ``state``, exchanges the code at the token endpoint, verifies the ID
 token (signature by the provider's JWKS, ``iss``, ``aud``, ``exp``, ``nonce``)
 and signs the auditor in with a console session if the configured claim names
-one of ``console.auditors``.
+one of ``console.auditors`` (``email`` only with ``email_verified`` true).
 """
 
 from __future__ import annotations
@@ -125,6 +125,11 @@ class OidcSignIn:
         if not secrets.compare_digest(str(claims.get("nonce", "")), str(flow["nonce"])):
             return _refused(request, "The identity provider's answer did not verify.", 401)
         auditor = claims.get(self.claim)
+        if self.claim == "email" and claims.get("email_verified") is not True:
+            # an address on an account proves nothing until the provider verified it
+            _log.info("console OIDC sign-in refused: %s is not a verified address", auditor)
+            return _refused(request, "The identity provider has not verified your e-mail "
+                            "address, so it cannot name an auditor.", 403)
         if not isinstance(auditor, str) or not self._sessions.is_auditor(auditor):
             _log.info("console OIDC sign-in refused: %s is not an auditor", auditor)
             return _refused(request, "You are signed in at the identity provider, but you are "

@@ -67,6 +67,9 @@ class Provider:
             claims = {"iss": self.url, "aud": CLIENT, "sub": f"user-{self.user}",
                       "email": self.user, "iat": now, "exp": now + 300,
                       "nonce": "other" if self.wrong_nonce else grant["nonce"]}
+            verified = getattr(self, "verified", True)  # a subclass may say otherwise
+            if verified is not None:
+                claims["email_verified"] = verified
             return JSONResponse({"id_token": jwt.encode(claims, self.key, algorithm="RS256",
                                                         headers={"kid": "k1"}),
                                  "token_type": "Bearer"})
