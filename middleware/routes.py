@@ -35,7 +35,7 @@ from starlette.routing import compile_path
 
 from guard._errors import PolicyError
 from guard._types import Action
-from guard.policy._source import field_columns
+from guard.policy._source import field_columns, refuse_hidden_break
 from middleware.fields import FieldPlan, route_fields
 
 __all__ = [
@@ -200,9 +200,12 @@ class RouteTable:
     def from_csv(cls, path: Path) -> RouteTable:
         """Read ``routes.csv``; raises PolicyError naming line and column of a bad row."""
         try:
-            text = path.read_text()
+            text = path.read_bytes().decode("utf-8")  # as written: a lone \r stays one
         except OSError as exc:
             raise PolicyError(f"cannot read routes: {exc.strerror}", path=str(path)) from exc
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"cannot read routes: not UTF-8 ({exc.reason})",
+                              path=str(path)) from None
         return cls(parse_routes(text, str(path)))
 
     def extended(self, rules: Iterable[RouteRule]) -> RouteTable:
@@ -228,7 +231,8 @@ def parse_routes(text: str, origin: str = "routes.csv") -> list[RouteRule]:
     rules: list[RouteRule] = []
     seen: dict[tuple[str, str], int] = {}
     lines: list[int] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    refuse_hidden_break(text, origin)  # a row no reviewer would see is never read
+    for lineno, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             rule = _parse_row(line, lineno, origin, seen)

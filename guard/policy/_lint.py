@@ -32,7 +32,7 @@ from guard.policy._lint_trees import (
     lint_groupings,
     purposes_tree,
 )
-from guard.policy._source import PolicySource, Row, parse_rows, read_source
+from guard.policy._source import PolicySource, Row, parse_rows, read_source, refuse_hidden_break
 
 _ENCODING = {"p": 4, "g": 2, "g2": 2, "g3": 2, "g4": 2, "g5": 2}
 _TYPES_HINT = "use one of the types defined in model.conf (p, g, g2, g3, g4, g5)"
@@ -121,7 +121,7 @@ def unbalanced_line(text: str) -> tuple[int, int] | None:
     """``(line, column)`` of the first bracket casbin's CSV reader cannot balance."""
     if ")" not in text and "]" not in text:
         return None
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         if (")" not in raw and "]" not in raw) or raw.lstrip().startswith("#"):
             continue
         depth = 0
@@ -136,7 +136,9 @@ def unbalanced_line(text: str) -> tuple[int, int] | None:
 
 
 def check_readable(source: PolicySource) -> None:
-    """Raise a PolicyError for rules text casbin's CSV reader would crash on."""
+    """Raise a PolicyError for rules text casbin's CSV reader would crash on, or that a
+    reviewer reads otherwise (a line break only some readers see)."""
+    refuse_hidden_break(source.rules_text, source.rules_origin)
     bad = unbalanced_line(source.rules_text)
     if bad is not None:
         raise PolicyError("unbalanced closing bracket: casbin cannot read this line",
@@ -153,11 +155,16 @@ def lint_source(source: PolicySource, routes: Path | None = None) -> list[Findin
                         hint="compare it with the shipped model.conf")]
     findings: list[Finding] = []
     text = source.rules_text
+    try:
+        refuse_hidden_break(text, source.rules_origin)
+    except PolicyError as exc:
+        findings.append(Finding(Severity.ERROR, "hidden-line-break", exc.message,
+                                source.rules_origin, exc.line, exc.column, exc.hint))
     while (bad := unbalanced_line(text)) is not None:
         findings.append(Finding(Severity.ERROR, "malformed-line", "unbalanced closing "
                                 "bracket: casbin cannot read this line", source.rules_origin,
                                 bad[0], bad[1], "remove the bracket; keys contain no brackets"))
-        lines = text.splitlines()
+        lines = text.split("\n")
         lines[bad[0] - 1] = ""
         text = "\n".join(lines)
     found, categories = _lint(source, parse_rows(text, source.rules_origin), model)

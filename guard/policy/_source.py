@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,10 @@ from pathlib import Path
 from casbin.persist.adapter import _extract_tokens
 
 from guard._errors import PolicyError
+
+_HIDDEN_BREAK = re.compile("\r(?!\n)|[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+"""What ends a line for Python's ``str.splitlines`` but not for git, review pages or
+casbin's file adapter (a lone carriage return, and the other line and paragraph breaks)."""
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 MODEL_FILE = "model.conf"
@@ -70,7 +75,10 @@ def read_source(policy_dir: Path) -> PolicySource:
     for name in (MODEL_FILE, RULES_FILE):
         path = policy_dir / name
         try:
-            texts.append(path.read_text(encoding="utf-8"))
+            text = path.read_bytes().decode("utf-8").replace("\r\n", "\n")
+            # rules.csv as casbin reads it: a lone \r is no line break (and is refused
+            # when the rows are read: refuse_hidden_break); model.conf as read_text does
+            texts.append(text if name == RULES_FILE else text.replace("\r", "\n"))
         except FileNotFoundError:
             raise PolicyError(f"{name} not found in {policy_dir}", path=str(path)) from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -116,11 +124,40 @@ def _split_plain(stripped: str) -> tuple[list[str], list[int]] | None:
     return tokens, columns
 
 
+def hidden_break(text: str) -> tuple[int, int] | None:
+    """``(line, column)`` (1-based) of the first character that ends a line for some
+    readers only (:data:`_HIDDEN_BREAK`); None when lines end at ``\n`` alone."""
+    found = _HIDDEN_BREAK.search(text)
+    if found is None:
+        return None
+    at = found.start()
+    return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+
+
+def refuse_hidden_break(text: str, origin: str) -> None:
+    """Raise a PolicyError where ``text`` has a line break only some readers see.
+
+    A row after one would be read by the guard but not by a reviewer (git shows one
+    line), so the file is refused.
+    """
+    bad = hidden_break(text)
+    if bad is not None:
+        char = text.split("\n")[bad[0] - 1][bad[1] - 1]
+        raise PolicyError(f"U+{ord(char):04X} ends a line for some readers only: git and "
+                          "review pages show one line where the guard would read two",
+                          path=origin, line=bad[0], column=bad[1],
+                          hint="remove it; lines end with a line feed")
+
+
 def parse_rows(text: str, origin: str) -> list[Row]:
-    """Split rules text into rows exactly as casbin's file adapter does, keeping positions."""
+    """Split rules text into rows exactly as casbin's file adapter does, keeping positions.
+
+    Lines end at ``\n`` alone, as casbin and git read them (a text with another line
+    break is refused before: :func:`refuse_hidden_break`).
+    """
     rows: list[Row] = []
     name = Path(origin).name
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         stripped = raw.strip()
         if not stripped or stripped[0] == "#":
             continue

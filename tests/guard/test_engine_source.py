@@ -25,7 +25,7 @@ LINE = st.one_of(
 @given(st.lists(LINE, max_size=5))
 def test_tokens_and_columns_match_casbin(lines: list[str]) -> None:
     text = "\n".join(lines)
-    raw_lines = text.splitlines()
+    raw_lines = text.split("\n")  # casbin's file adapter reads lines with readline()
     try:
         expected = [
             (number, tokens) for number, raw in enumerate(raw_lines, start=1)
