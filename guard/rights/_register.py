@@ -32,6 +32,14 @@ DIGESTS = 4096
 POLL_SECONDS = 0.25
 """SQLite: how often a running guard looks for entries other processes recorded."""
 
+LISTEN_PARAMS: dict[str, str | int] = {
+    "application_name": "guard-register-watcher",
+    # TCP keepalives: a link a middlebox dropped silently is noticed within about a minute,
+    # and the register is read again; without them the replica would wait for ever.
+    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+}
+"""PostgreSQL: connection parameters of the connection that listens for changes."""
+
 
 def _hmac_pads(key: bytes) -> tuple[Any, Any]:
     """SHA-256 states after the inner and outer HMAC pads of ``key`` (RFC 2104)."""
@@ -253,7 +261,8 @@ class Register:
         first = True
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.store.url, autocommit=True, connect_timeout=5) as conn:
+                url = psycopg.conninfo.make_conninfo(self.store.url, **LISTEN_PARAMS)
+                with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.listening = True
                     self.reload()  # changes before LISTEN (or while disconnected)
