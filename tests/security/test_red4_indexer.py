@@ -2,8 +2,8 @@
 
 At SQLite the audit trail indexes its journal in a child process
 (``audit.index = "auto"``, ``guard.audit._follow.ChildIndexer``), started as
-``python -c PROGRAM``. Python puts the working folder first on the module path of
-such a program, so a local user who may write to the folder the service was
+``python -m guard.audit._follow``. Python puts the working folder first on the module
+path of such a program, so a local user who may write to the folder the service was
 started from (``/tmp``, a shared deployment folder) could have the child, which
 holds the audit store, import a module of theirs under a standard library name.
 """
