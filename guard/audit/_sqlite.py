@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -78,6 +80,8 @@ class SqliteStore:
             raise AuditStoreError(f"no audit store at {path} (pass --store or record a decision)")
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # the owner's alone, as the journal;
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # WAL too
         self._lock = threading.Lock()
         self._indexing = False
         self._read_lock = threading.Lock()
