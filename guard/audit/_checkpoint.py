@@ -15,25 +15,19 @@ from guard._secrets import key_id
 class CheckpointKind(StrEnum):
     """Why a checkpoint was written."""
 
-    OPEN = "open"
-    """A writer's chain starts (seq 0, the genesis hash)."""
-    PERIODIC = "periodic"
-    """Every N events or on the timer."""
-    COUNTERSIGN = "countersign"
-    """Another writer with the same keys signed the verified, stale unsigned tail of a chain
-    whose own writer stopped without closing it (see ``guard.audit._countersign``)."""
-    CLOSE = "close"
-    """The writer closed; no event of this writer may follow."""
+    OPEN = "open"  # a chain starts (seq 0, the genesis hash)
+    PERIODIC = "periodic"  # every N events or on the timer
+    COUNTERSIGN = "countersign"  # another writer signed a stopped chain's tail (_countersign)
+    CLOSE = "close"  # the writer closed; no event of its chain may follow
 
 
 @dataclass(frozen=True, slots=True)
 class Terms:
     """What a chain's writer promises, signed into every checkpoint of the chain.
 
-    ``chain`` is the hash format (4 and 3: keyed with the chain key; 2: plain
-    SHA-256); ``every`` and ``seconds`` bound each unsigned stretch: a writer signs
-    a checkpoint at most ``every`` events, and at most ``seconds`` seconds after
-    the first event it has not signed yet.
+    ``chain``: the hash format (4 and 3: keyed with the chain key; 2: plain SHA-256).
+    The writer signs at most ``every`` events and ``seconds`` seconds after the first
+    event it has not signed yet.
     """
 
     chain: int
@@ -46,11 +40,7 @@ class Terms:
 
     @classmethod
     def from_json(cls, text: str) -> Terms:
-        """Parse :meth:`to_json` output.
-
-        Raises:
-            ValueError: not a terms object.
-        """
+        """Parse :meth:`to_json` output (ValueError: not a terms object)."""
         data = json.loads(text)
         if not isinstance(data, dict) or set(data) != {"chain", "every", "seconds"}:
             raise ValueError(f"not checkpoint terms: {text!r}")

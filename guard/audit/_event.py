@@ -10,12 +10,8 @@ from typing import Any
 
 from guard._types import Decision, HttpContext, Request
 
-GENESIS_HASH = "0" * 64
-"""``prev_hash`` of the first event of every writer's chain."""
-
-
-TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-"""Every ``ts`` has this fixed width, so timestamps sort as strings."""
+GENESIS_HASH = "0" * 64  # ``prev_hash`` of the first event of every chain
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width, so timestamps sort as strings
 
 _second: tuple[int, str] = (-1, "")  # (epoch second, its formatted prefix), shared by threads
 
@@ -45,19 +41,13 @@ class EventKind(StrEnum):
     OUTCOME = "outcome"
     POLICY_LOADED = "policy_loaded"
     POLICY_REJECTED = "policy_rejected"
-    SUBJECT_RIGHT = "subject_right"
-    """A change to the subject register (consent, objection, restriction, erasure, end)."""
-    HEARTBEAT = "heartbeat"
-    """A readiness probe: proves the trail still makes events durable (when idle)."""
+    SUBJECT_RIGHT = "subject_right"  # a change to the subject register
+    HEARTBEAT = "heartbeat"  # a readiness probe: the trail still makes events durable
 
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """One audit record; ``docs/audit.md`` documents every field.
-
-    The chain fields (``writer_id``, ``seq``, ``prev_hash``, ``hash``) are empty
-    until the trail's writer links the event into its chain.
-    """
+    """One audit record as stored (``docs/audit.md`` documents every field)."""
 
     event_id: str
     kind: EventKind
@@ -124,8 +114,7 @@ def decision_fields(
     }
 
 
-OUTCOME_ABORTED = "aborted"
-"""``detail`` of an outcome whose response was cut short after its status was sent."""
+OUTCOME_ABORTED = "aborted"  # ``detail`` of an outcome whose response broke off mid-body
 
 
 def outcome_fields(decision_id: str, status: int, http: HttpContext | None) -> dict[str, Any]:
@@ -145,16 +134,11 @@ def outcome_fields(decision_id: str, status: int, http: HttpContext | None) -> d
     return fields
 
 
-MAX_POLICY_DETAIL = 4096
-"""The longest ``detail`` of a policy event (characters; a longer one is cut, ending in …)."""
+MAX_POLICY_DETAIL = 4096  # characters of a policy event's ``detail``; a longer one is cut
 
 
 def policy_fields(kind: EventKind, version: str, detail: str | None) -> dict[str, Any]:
-    """The fields of a policy event.
-
-    Raises:
-        ValueError: ``kind`` is not a policy event kind.
-    """
+    """The fields of a policy event (ValueError: ``kind`` is not a policy event kind)."""
     if kind not in (EventKind.POLICY_LOADED, EventKind.POLICY_REJECTED):
         raise ValueError(f"not a policy event kind: {kind}")
     if detail is not None and len(detail) > MAX_POLICY_DETAIL:  # an error may echo a whole value

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
 
 from guard._errors import AuditUnavailableError
 from guard.audit._indexer import Indexer, register
@@ -60,9 +59,13 @@ class Follower:
     def progress(self) -> str:
         """Lanes, records durable and not yet in the store, and why, if the store refuses."""
         behind = sum(max(0, durable_end(lane) - ix.offset) for lane, ix in self.indexers.items())
-        errors = [ix.last_error for ix in self.indexers.values() if ix.last_error is not None]
         return (f"{len(self.indexers)} lane(s), {behind} record(s) behind"
-                + (f"; the store refuses: {errors[0]}" if errors else ""))
+                + (f"; the store refuses: {self.error}" if self.error else ""))
+
+    @property
+    def error(self) -> str | None:
+        """The first of its indexers' latest errors; None while they all work."""
+        return next((ix.last_error for ix in self.indexers.values() if ix.last_error), None)
 
     def catch_up(self, timeout: float) -> None:
         """Return once every lane is indexed up to its durable end as of the call.
@@ -85,8 +88,7 @@ class Follower:
 
 # -- audit.index = "auto" at SQLite: the follower as a child process of the service ---------------
 
-_STATUS_EVERY = 0.2
-"""Seconds between the child's looks at its indexers' errors (reported on change only)."""
+_STATUS_EVERY = 0.2  # seconds between the child's looks at its indexers' errors
 
 
 def index_mode(setting: str, store_url: str) -> bool | str:
@@ -122,8 +124,7 @@ class ChildIndexer:
         self._url = "sqlite:///" + str(sqlite_path(store_url).resolve()) \
             if store_url.startswith("sqlite:///") else store_url
         self._restart = restart
-        self.last_error: str | None = None
-        """The child's indexers' latest error, None while they work."""
+        self.last_error: str | None = None  # the child's indexers' latest; None while they work
         self.restarts = 0
         self._closing = threading.Event()
         self._lock = threading.Lock()
@@ -168,11 +169,8 @@ class ChildIndexer:
                 self._delay = delay
 
     def want(self, _offset: int = 0) -> None:
-        """Ask the child to index every lane up to its durable end now (not at its pace).
-
-        Args:
-            _offset: Unused (every lane is indexed up to its end); as :func:`hurry` passes.
-        """
+        """Ask the child to index every lane up to its durable end now, not at its pace
+        (``_offset``, as :func:`hurry` passes it, is unused)."""
         with self._lock, contextlib.suppress(OSError, ValueError):
             stdin = self._proc.stdin
             assert stdin is not None
@@ -180,11 +178,7 @@ class ChildIndexer:
             stdin.flush()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the child after its transaction under way.
-
-        Args:
-            timeout: Seconds to wait for it to end before it is killed.
-        """
+        """Stop the child after its transaction under way (killed after ``timeout`` seconds)."""
         with self._lock:
             self._closing.set()
             proc = self._proc
@@ -199,14 +193,13 @@ class ChildIndexer:
         self._thread.join(timeout)
 
 
-def _serve(folder: Path, url: str, out: IO[str]) -> None:
-    """The child's work: follow ``folder`` into the store until standard input ends.
-
-    Args:
-        folder: The journal folder.
-        url: The store's URL.
-        out: Where the status lines go (the pipe to the service).
-    """
+def main(argv: list[str]) -> int:
+    """The child of :class:`ChildIndexer`: follow the journal folder ``argv[0]`` into the store
+    ``argv[1]`` until standard input ends; status lines (on change) on standard output."""
+    folder, url = Path(argv[0]), argv[1]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the service's whole group (Ctrl-C,
+        signal.signal(sig, signal.SIG_IGN)      # systemd): the service stops us after its end
     stop, wanted = threading.Event(), threading.Event()
 
     def listen() -> None:
@@ -216,27 +209,24 @@ def _serve(folder: Path, url: str, out: IO[str]) -> None:
         wanted.set()
 
     threading.Thread(target=listen, name="parent", daemon=True).start()
-    said = ""
+    said = [""]
 
     def say(status: str) -> None:
-        nonlocal said
-        if status != said:
-            out.write(status + "\n")
-            out.flush()
-            said = status
+        if status != said[0]:
+            sys.stdout.write(status + "\n")
+            sys.stdout.flush()
+            said[0] = status
 
     follower, store = None, None
-    while follower is None:  # another indexer of the folder may hold it: take over after it
-        try:
-            store = store or open_store(url, create=True)
-            follower = Follower(folder, store)
-        except (JournalBusyError, AuditStoreError) as exc:
-            say("waiting" if isinstance(exc, JournalBusyError) else f"error: {exc}")
-            if stop.wait(_STATUS_EVERY * 5):
-                if store is not None:
-                    store.close()
-                return
     try:
+        while follower is None:  # another indexer of the folder may hold it: take over after it
+            try:
+                store = store or open_store(url, create=True)
+                follower = Follower(folder, store)
+            except (JournalBusyError, AuditStoreError) as exc:
+                say("waiting" if isinstance(exc, JournalBusyError) else f"error: {exc}")
+                if stop.wait(_STATUS_EVERY * 5):
+                    return 0
         looked = 0.0
         while not stop.is_set():
             if wanted.is_set() or time.monotonic() - looked >= 1.0:
@@ -246,25 +236,16 @@ def _serve(folder: Path, url: str, out: IO[str]) -> None:
                 wanted.clear()
                 for lane, indexer in follower.indexers.items():
                     indexer.want(durable_end(lane))
-            errors = [i.last_error for i in follower.indexers.values() if i.last_error]
-            say(f"error: {errors[0]}" if errors else "ok")
+            say("ok" if follower.error is None else f"error: {follower.error}")
             wanted.wait(_STATUS_EVERY)
-    finally:
-        follower.close()
-        follower.store.close()
-
-
-def main(argv: list[str]) -> int:
-    """The child of :class:`ChildIndexer`; ``argv``: the journal folder and the store's URL."""
-    folder, url = argv
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the service's whole group (Ctrl-C,
-        signal.signal(sig, signal.SIG_IGN)      # systemd): the service stops us after its end
-    try:
-        _serve(Path(folder), url, sys.stdout)
     except Exception as exc:  # one readable line; the service starts another child
         _log.error("audit index process stopped: %s", exc)
         return 1
+    finally:
+        if follower is not None:
+            follower.close()
+        if store is not None:
+            store.close()
     return 0
 
 

@@ -1,12 +1,5 @@
-"""Audit health: failures logged with their cause (rate-limited) and a free-space reserve.
-
-:class:`FailureLog` tells the operator when an audit component starts failing,
-how often it keeps failing (at most once per interval, with a count) and when
-it works again. :class:`DiskReserve` refuses writes while the filesystem of the
-audit journal has less free space than the configured reserve, so that
-callers who fill the disk are refused before the disk is full. The journal
-writer (:mod:`guard.audit._jwriter`) checks both around each append.
-"""
+"""Audit health: failures logged with their cause (rate-limited), and a free-space reserve
+that refuses writes before callers fill the journal's disk."""
 
 from __future__ import annotations
 
@@ -23,11 +16,8 @@ LOG_INTERVAL = 60.0
 
 
 class FailureLog:
-    """Logs the failures of one audit component, rate-limited, and its recovery.
-
-    The first failure is logged at once with its cause; while the failures go on,
-    one line at most every ``interval`` seconds gives their count and the latest
-    cause; the first success afterwards is logged once.
+    """Logs one audit component's failures: the first at once, then at most one line per
+    ``interval`` with their count and the latest cause, then the recovery once.
 
     Args:
         what: The component, as the log lines name it (``"audit store write"``).
@@ -38,10 +28,8 @@ class FailureLog:
         self.what = what
         self._interval = interval
         self._lock = threading.Lock()
-        self.failing_since: float | None = None
-        """``time.monotonic()`` of the first failure of the current run, None while working."""
-        self.ok_at: float | None = None
-        """``time.monotonic()`` of the latest success."""
+        self.failing_since: float | None = None  # monotonic; None while working
+        self.ok_at: float | None = None  # monotonic, of the latest success
         self._count = 0  # failures in the current run
         self._unlogged = 0  # ... since the last line
         self._logged_at = 0.0
@@ -87,10 +75,8 @@ def _mb(size: int) -> str:
 
 
 class DiskReserve:
-    """Free space that audit writes must leave on one filesystem.
-
-    Free space is read with ``statvfs`` at most once every ``every`` seconds (not
-    per event); a change between "below the reserve" and "enough" is logged once.
+    """Free space audit writes must leave on one filesystem (``statvfs`` read at most every
+    ``every`` seconds, not per event; each change of state logged once).
 
     Args:
         path: A file or folder on the filesystem to watch (the folder is used).

@@ -15,9 +15,8 @@ never indexed. Opening a journal scans the newest segment forward, truncates
 it at the first frame that is incomplete or fails its checksum (a torn write
 was never acknowledged), syncs what is left and publishes that end again; a bad
 frame below the published end was acknowledged, so the journal refuses to open
-instead of cutting it off. The
-segments are the truth; the query index is built from them
-(:mod:`guard.audit._indexer`).
+instead of cutting it off. The segments are the truth; the query index is built
+from them (:mod:`guard.audit._indexer`).
 """
 
 from __future__ import annotations
@@ -40,8 +39,7 @@ _HEADER = struct.Struct("<II")
 _END = struct.Struct("<QQ")  # the durable end and its complement: a torn read never matches
 _MASK = (1 << 64) - 1
 END = "END"
-MAX_FRAME = 16 << 20
-"""A length field above this is damage, not a record."""
+MAX_FRAME = 16 << 20  # a length field above this is damage, not a record
 SUFFIX = ".seg"
 
 
@@ -99,11 +97,8 @@ def _frames(data: bytes, want: int) -> tuple[list[bytes], int, str | None]:
 
 
 def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
-    """Every good record of a segment up to the first bad frame.
-
-    Returns the payloads, the byte length they take, and the damage that ended the
-    scan (None when the segment ends cleanly).
-    """
+    """A segment's good records up to its first bad frame: the payloads, the bytes they
+    take, and the damage that ended the scan (None when the segment ends cleanly)."""
     data = path.read_bytes()
     payloads, good, why = _frames(data, len(data))
     return payloads, good, Damage(path, good, first + len(payloads), why) if why else None
@@ -135,12 +130,9 @@ class JournalBusyError(ConfigError):
 def lock_folder(folder: Path, name: str, busy: str) -> int:
     """Create ``folder`` (mode 0700) and lock its file ``name`` for this process alone.
 
-    Returns:
-        The lock file's descriptor (closing it releases the lock).
-
-    Raises:
-        ConfigError: the folder cannot be made or opened.
-        JournalBusyError: another process holds the lock (``busy`` is its message).
+    Returns the lock file's descriptor (closing it releases the lock). Raises
+    ConfigError when the folder cannot be made or opened, JournalBusyError (message
+    ``busy``) when another process holds the lock.
     """
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -201,8 +193,7 @@ class Journal:
         os.fsync(self._fd)  # whole frames a stopped writer had not synced yet are kept
         self._size = good
         self._broken = False
-        self.next_offset = first + len(payloads)
-        """The offset the next record gets; everything below it is durable."""
+        self.next_offset = first + len(payloads)  # the next record's; all below is durable
         end = os.open(folder / END, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.ftruncate(end, _END.size)
@@ -235,10 +226,8 @@ class Journal:
         """Append records with one write and one fdatasync; return the first one's offset.
 
         A segment at its size bound is closed and the next one started first.
-
-        Raises:
-            AuditUnavailableError: the disk refused, or a record is over :data:`MAX_FRAME`
-                (its readers would take it for damage); nothing of the batch is kept.
+        AuditUnavailableError: the disk refused, or a record is over :data:`MAX_FRAME`
+        (its readers would take it for damage); nothing of the batch is kept.
         """
         if any(len(p) > MAX_FRAME for p in payloads):
             raise AuditUnavailableError(
@@ -321,13 +310,9 @@ class JournalReader:
     def read(self, end: int, limit: int) -> list[bytes]:
         """The records from the current offset up to ``end`` (exclusive), at most ``limit``.
 
-        Only call with ``end`` at most the published :func:`durable_end`: those frames
-        are whole and synced.
-        A bad frame ends the records returned; the next call raises on it.
-
-        Raises:
-            AuditUnavailableError: the first frame is bad (fails its checksum, or the
-                segment ends before it does).
+        ``end`` must be at most the published :func:`durable_end` (those frames are whole
+        and synced). A bad frame ends the records returned; the next call raises
+        AuditUnavailableError on it.
         """
         out: list[bytes] = []
         want = min(end - self.offset, limit)
@@ -383,11 +368,9 @@ def lanes(folder: Path) -> list[Path]:
 def open_lane(parent: Path, *, segment_bytes: int = 64 << 20, lanes: int = 256) -> Journal:
     """The first journal under ``parent`` (``lane-0``, ``lane-1``, ...) no other process holds.
 
-    Each process writing to one store through the same settings gets its own lane;
-    a lane left by a process that stopped is taken (and its tail indexed) by the next.
-
-    Raises:
-        ConfigError: every lane is held, or the folder cannot be used.
+    Each process writing to one store gets its own lane; a lane left by a process
+    that stopped is taken (and its tail indexed) by the next. ConfigError: every lane
+    is held, or the folder cannot be used.
     """
     for number in range(lanes):
         try:

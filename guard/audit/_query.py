@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,10 +44,6 @@ def parse_when(text: str, *, option: str = "--since", now: datetime | None = Non
         ) from None
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     """Which decisions to select; every field narrows the result.
@@ -84,7 +80,8 @@ class EventFilter:
             clauses.append(f"({a}.purpose = ? OR ({a}.purpose >= ? AND {a}.purpose < ?))")
             params += [key, key + ".", key + "/"]  # '/' sorts right after '.'
         if self.category is not None:
-            key = _like_escape(self.category.rstrip("."))
+            key = self.category.rstrip(".").replace("\\", "\\\\").replace("%", "\\%") \
+                .replace("_", "\\_")  # LIKE's wildcards, literally
             like = f"{a}.categories LIKE ? ESCAPE '\\'"
             clauses.append(f"({like} OR {like})")
             params += [f'%"{key}"%', f'%"{key}.%']
@@ -101,11 +98,7 @@ recorded with the status it was answered with)."""
 
 @dataclass(frozen=True, slots=True)
 class QueryRow:
-    """A decision and the final HTTP status recorded for it, if any.
-
-    ``outcome_status`` is the status of the decision's ``outcome`` event, or, without
-    one, the decision's own ``http_status``.
-    """
+    """A decision and its final HTTP status (:data:`OUTCOME`), if any."""
 
     event: AuditEvent
     outcome_status: int | None
@@ -146,10 +139,6 @@ class Stats:
     by_caller: tuple[Count, ...]
     by_purpose: tuple[Count, ...]
     by_reason: tuple[Count, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping (the counts as mappings)."""
-        return asdict(self)
 
 
 def stats(store: Store, where: EventFilter) -> Stats:

@@ -16,10 +16,7 @@ class AuditStoreError(GuardError):
 
 
 class Store(Protocol):
-    """An audit store: the index of the journal (idempotent batches) and plain SQL reads.
-
-    SQL passed to :meth:`rows` and :meth:`stream` uses ``?`` placeholders.
-    """
+    """An audit store: the journal's index (idempotent batches) and SQL reads (``?`` params)."""
 
     url: str
 
@@ -31,11 +28,8 @@ class Store(Protocol):
         """Add journal records and save the offset after them, in one transaction."""
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
-        """Add journal records (their bytes, in order) and save the offset, in one transaction.
-
-        Raises:
-            ValueError: a record is not a journal record (nothing is added).
-        """
+        """Add journal records (their bytes, in order) and save the offset, in one transaction
+        (ValueError: a record is not a journal record; nothing is added)."""
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return every row."""

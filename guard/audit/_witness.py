@@ -1,13 +1,6 @@
-"""The checkpoint witness: an append-only file of signed checkpoints outside the audit store.
-
-Every checkpoint the journal writer commits (countersigns included) is also
-appended here, one JSON line each, and fsynced (a pipe or FIFO to a remote
-collector cannot be: written is published).
-Put it on another volume or host (an NFS or object-store mount, a file only the
-guard's user may append to, with ``chattr +a``): whoever can rewrite the store
-cannot then also delete the checkpoints that cover the newest events.
-``guard audit verify --witness PATH`` checks the store against it.
-"""
+"""The checkpoint witness: every committed checkpoint, one JSON line each, fsynced, in a
+file outside the store's reach (another volume or host, ``chattr +a``), so that whoever
+can rewrite the store cannot also delete the checkpoints covering the newest events."""
 
 from __future__ import annotations
 
@@ -25,11 +18,7 @@ from guard.audit._journal import fsync_dir
 
 
 class Witness:
-    """Appends signed checkpoints to a file (created on first use, never rewritten).
-
-    Args:
-        path: The witness file.
-    """
+    """Appends signed checkpoints to the file ``path`` (created on first use, never rewritten)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -44,16 +33,10 @@ class Witness:
             raise ConfigError(f"cannot open the audit witness {path}: {exc.strerror}") from exc
 
     def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Append checkpoints in one write and fsync them.
+        """Append checkpoints (oldest first) in one write and fsync them.
 
         A pipe, FIFO or device that cannot be synced (EINVAL, EROFS) has them once
-        they are written.
-
-        Args:
-            checkpoints: The checkpoints, oldest first.
-
-        Raises:
-            OSError: the file refused them (the caller keeps them for a retry).
+        written. OSError: the file refused them (the caller keeps them for a retry).
         """
         data = "".join(json.dumps(asdict(cp), separators=(",", ":"), sort_keys=True) + "\n"
                        for cp in checkpoints).encode()
@@ -72,18 +55,15 @@ class Witness:
 
 @dataclass(frozen=True, slots=True)
 class WitnessRead:
-    """What a witness file holds: its checkpoints, and lines that are not checkpoints."""
+    """A witness file's checkpoints, and the numbers of its lines that are not checkpoints."""
 
     checkpoints: tuple[Checkpoint, ...]
     bad_lines: tuple[int, ...]
 
 
 def read_witness(path: Path) -> WitnessRead:
-    """Every checkpoint in the witness file ``path`` (a torn last line is skipped).
-
-    Raises:
-        ConfigError: the file cannot be read.
-    """
+    """Every checkpoint in the witness file ``path`` (a torn last line is skipped; ConfigError:
+    the file cannot be read)."""
     checkpoints: list[Checkpoint] = []
     bad: list[int] = []
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -119,7 +120,7 @@ def query_cmd(  # noqa: PLR0917 - one parameter per option
         since=parse_when(since, option="--since") if since else None,
         until=parse_when(until, option="--until") if until else None,
     )
-    if limit < 1:
+    if limit < 1:  # a mistake in the command, said before the store is looked for
         raise AuditQueryError(f"--limit must be at least 1, not {limit}")
     rows = query_events(_open(store), where, limit=limit)
     if as_json:
@@ -201,7 +202,7 @@ def stats_cmd(
     where = EventFilter(since=parse_when(since, option="--since"))
     result = stats(_open(store), where)
     if as_json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(asdict(result), indent=2) + "\n")
         return
     console = _console()
     console.print(f"{result.total} decision(s) since {result.since}: "
