@@ -63,27 +63,25 @@ class EventFilter:
     until: str | None = None
     kind: str = "decision"
 
-    def where(self, alias: str = "e") -> tuple[str, list[Any]]:
-        """The SQL condition (``?`` placeholders) and its parameters."""
-        a = alias
-        clauses = [f"{a}.kind = ?"]
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL condition on ``audit_event e`` (``?`` placeholders) and its parameters."""
+        clauses = ["e.kind = ?"]
         params: list[Any] = [self.kind]
         allowed = None if self.allowed is None else int(self.allowed)
         for column, op, value in (("caller", "=", self.caller), ("allowed", "=", allowed),
                                   ("reason", "=", self.reason), ("subject", "=", self.subject),
                                   ("ts", ">=", self.since), ("ts", "<", self.until)):
             if value is not None:
-                clauses.append(f"{a}.{column} {op} ?")
+                clauses.append(f"e.{column} {op} ?")
                 params.append(value)
         if self.purpose is not None:
             key = self.purpose.rstrip(".")
-            clauses.append(f"({a}.purpose = ? OR ({a}.purpose >= ? AND {a}.purpose < ?))")
+            clauses.append("(e.purpose = ? OR (e.purpose >= ? AND e.purpose < ?))")
             params += [key, key + ".", key + "/"]  # '/' sorts right after '.'
         if self.category is not None:
             key = self.category.rstrip(".").replace("\\", "\\\\").replace("%", "\\%") \
                 .replace("_", "\\_")  # LIKE's wildcards, literally
-            like = f"{a}.categories LIKE ? ESCAPE '\\'"
-            clauses.append(f"({like} OR {like})")
+            clauses.append("(e.categories LIKE ? ESCAPE '\\' OR e.categories LIKE ? ESCAPE '\\')")
             params += [f'%"{key}"%', f'%"{key}.%']
         return " AND ".join(clauses), params
 
