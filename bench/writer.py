@@ -16,9 +16,13 @@ writer's build, (b) the append with its ``fdatasync``, the writer's tail, (c) it
 release (the loop's eventfd written) to the task's resumption; beside it the
 ``fdatasync`` floor of the same folder, back to back and after the same pause,
 all in one run.
+``handover``: ``--lone-events`` lone commits (the same pause) into a journal that
+keeps nothing, nothing timed: for instructions per thread under callgrind
+(``--separate-threads=yes``, two lengths, the difference); ``--pause-only``
+counts the loop's pauses alone, to subtract.
 
 Usage: python bench/writer.py [--events N] [--rounds 3] [--batch 64] [--producers 32]
-       [--only build|loop|lone] [--lone-events 2000] [--gap-ms 0.5]
+       [--only build|loop|lone|handover] [--lone-events 2000] [--gap-ms 0.5]
 (under callgrind: valgrind --tool=callgrind python bench/writer.py --only build)
 """
 
@@ -205,6 +209,21 @@ def lone(events: int, gap: float) -> dict[str, list[float]]:
     return parts
 
 
+def handover(events: int, gap: float, pause_only: bool) -> None:
+    """``events`` lone commits (a pause of ``gap`` s before each) into a journal of nothing."""
+    w = writer(NullJournal())
+
+    async def main() -> None:
+        await w.start(EventKind.DECISION, FIELDS)  # the chain's opening checkpoint
+        for _ in range(events):
+            await asyncio.sleep(gap)
+            if not pause_only:
+                await w.start(EventKind.DECISION, FIELDS)
+
+    asyncio.run(main())
+    w.close()
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
@@ -255,13 +274,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--producers", type=int, default=32)
-    parser.add_argument("--only", choices=("build", "loop", "lone"))
+    parser.add_argument("--only", choices=("build", "loop", "lone", "handover"))
+    parser.add_argument("--pause-only", action="store_true", help="handover: pauses alone")
     parser.add_argument("--lone-events", type=int, default=2000)
     parser.add_argument("--gap-ms", type=float, default=0.5,
                         help="lone: pause between two commits (the writer falls asleep)")
     parser.add_argument("--null-journal", action="store_true",
                         help="loop: a journal that keeps nothing (no disk: CPU only)")
     args = parser.parse_args()
+    if args.only == "handover":
+        handover(args.lone_events, args.gap_ms / 1e3, args.pause_only)
     if args.only in (None, "build"):
         runs = [build(args.events, args.batch) for _ in range(args.rounds)]
         print(f"build: writer CPU {statistics.median(runs):.2f} µs/event "

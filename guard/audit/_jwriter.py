@@ -1,9 +1,10 @@
 """The journal writer: one thread builds, links and appends each batch with one fdatasync.
 
-Producers queue ``(kind, fields)`` and wait: a thread on its batch (one release
-per batch), a coroutine on a future its loop resolves when the writer writes the
-loop's eventfd (:class:`_Waker`, once per batch). An event is queued without a
-lock and wakes the writer (a lock released) only when it is idle. The writer
+Producers queue ``(kind, fields)`` and wait, each on a waker the writer wakes
+once per batch: a thread on a lock (:class:`_Waiting`), a coroutine on a future
+its loop resolves when the writer writes the loop's eventfd (:class:`_Waker`).
+An event is queued without a lock and wakes the writer (a lock released) only
+when it is idle. The writer
 takes everything queued, builds the rows, links them into the hash chain, signs
 the checkpoints that fall due, appends it all to the journal with one
 ``fdatasync``, releases the producers and only then hands the batch to the
@@ -45,31 +46,27 @@ WITNESS_BACKLOG = 10_000
 """Most checkpoints waiting for a slow witness; older ones are dropped (and logged)."""
 
 
-class _Batch:
-    """The threads waiting on one batch: a lock the writer holds until the batch is done.
+class _Waiting:
+    """A thread waiting for its events: a lock the writer releases with each batch of them."""
 
-    Each waiting thread takes the lock and hands it straight on, so the writer
-    releases once per batch instead of waking every waiter itself.
-    """
-
-    __slots__ = ("_done", "_lock")
+    __slots__ = ("_lock",)
+    done = None  # (a loop's waker keeps its items done)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
-        self._done = False
 
-    def set(self) -> None:
-        """The batch is done (again does nothing)."""
-        if not self._done:
-            self._done = True
+    def wake(self) -> None:
+        """A batch holding some of the events is done."""
+        with contextlib.suppress(RuntimeError):  # woken already
             self._lock.release()
 
-    def wait(self, timeout: float) -> bool:
-        """Block until the batch is done; False after ``timeout`` seconds."""
-        if not self._lock.acquire(timeout=timeout):
-            return False
-        self._lock.release()
+    def wait(self, last: _Item, timeout: float) -> bool:
+        """Block until ``last`` (queued last) is done; False after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while last.result is None:
+            if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
         return True
 
 
@@ -87,6 +84,10 @@ class _Waker:
         finalize(self, os.close, self.fd).atexit = False
         self.done: deque[_Item] = deque()
         loop.add_reader(self.fd, self.settle)
+
+    def wake(self) -> None:
+        """Items are done (never blocks: a loop that is closed just never reads)."""
+        os.eventfd_write(self.fd, 1)
 
     def settle(self) -> None:
         """Resolve the futures of the items done (on the loop, when the eventfd is readable)."""
@@ -107,14 +108,13 @@ class _Waker:
 class _Item:
     """One queued event, and where its producer hears the result (its id, or why not)."""
 
-    __slots__ = ("fields", "future", "kind", "posted", "result", "waker")
+    __slots__ = ("fields", "future", "kind", "result", "waker")
 
     def __init__(self, kind: EventKind, fields: Mapping[str, Any],
-                 future: asyncio.Future[str] | None = None, waker: _Waker | None = None,
-                 posted: bool = False) -> None:
+                 future: asyncio.Future[str] | None = None,
+                 waker: _Waker | _Waiting | None = None) -> None:
         self.kind, self.fields, self.future, self.waker = kind, fields, future, waker
-        self.posted = posted
-        self.result: str | BaseException | None = None
+        self.result: str | BaseException | None = None  # None: not done; no waker: posted
 
 
 class _WitnessRelay:
@@ -239,8 +239,7 @@ class JournalWriter:
         self._queue: deque[_Item] = deque()  # appended without the lock by coroutines
         self._wakers: dict[asyncio.AbstractEventLoop, _Waker] = {}
         self._countersigns: deque[Checkpoint] = deque()  # other chains', for the next batch
-        self._batch = _Batch()
-        self._inflight: tuple[_Batch, list[_Item]] | None = None  # the batch being written
+        self._inflight: list[_Item] | None = None  # the batch being written
         self._idle = False  # the writer waits for work (set before it looks at the queue)
         self._closed = False
         self._seq, self._prev, self._opened = 0, GENESIS_HASH, False
@@ -259,15 +258,13 @@ class JournalWriter:
         with contextlib.suppress(RuntimeError):  # rung already
             self._bell.release()
 
-    def _put(self, items: Sequence[_Item]) -> _Batch:
+    def _put(self, items: Sequence[_Item]) -> None:
         with self._lock:
             if self._closed or self._stopped:
                 raise AuditUnavailableError("the audit trail is closed")
             self._queue.extend(items)
-            batch = self._batch
         if self._idle:
             self._ring()
-        return batch
 
     def submit(self, kind: EventKind, fields: Mapping[str, Any], timeout: float = 30.0) -> str:
         """Queue one event and block until it is durable; its id.
@@ -275,8 +272,10 @@ class JournalWriter:
         Raises:
             AuditUnavailableError: it is not durable (journal refused, or no answer in time).
         """
-        item = _Item(kind, fields)
-        if not self._put((item,)).wait(timeout):
+        waiting = _Waiting()
+        item = _Item(kind, fields, None, waiting)
+        self._put((item,))
+        if not waiting.wait(item, timeout):
             raise AuditTimeoutError(f"audit writer did not confirm within {timeout:g} s")
         if not isinstance(item.result, str):
             raise item.result or AuditUnavailableError("audit event lost")
@@ -285,10 +284,12 @@ class JournalWriter:
     def results(self, kind: EventKind, many: Sequence[Mapping[str, Any]],
                 timeout: float = 30.0) -> list[str | None]:
         """Queue events in order and block until they are durable; per event its id or None."""
-        items = [_Item(kind, f) for f in many]
+        waiting = _Waiting()
+        items = [_Item(kind, f, None, waiting) for f in many]
         with contextlib.suppress(AuditUnavailableError):
             if items:
-                self._put(items).wait(timeout)
+                self._put(items)
+                waiting.wait(items[-1], timeout)
         return [item.result if isinstance(item.result, str) else None for item in items]
 
     def start(self, kind: EventKind, fields: Mapping[str, Any]) -> asyncio.Future[str]:
@@ -330,21 +331,20 @@ class JournalWriter:
 
     def post(self, kind: EventKind, fields: Mapping[str, Any]) -> None:
         """Queue one event and return; a failure to write it is logged."""
-        self._put((_Item(kind, fields, posted=True),))
+        self._put((_Item(kind, fields),))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once everything queued before the call is appended (or has failed)."""
         with self._lock:
-            if self._queue:
-                batch = self._batch
-            elif self._inflight is not None:
-                batch = self._inflight[0]
-            else:
-                return
+            last = self._queue[-1] if self._queue else self._inflight[-1] if self._inflight \
+                else None
         if self._idle:
             self._ring()
-        if not batch.wait(timeout):
-            raise AuditUnavailableError(f"audit writer did not flush within {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        while last is not None and last.result is None:
+            if time.monotonic() >= deadline:
+                raise AuditUnavailableError(f"audit writer did not flush within {timeout:g} s")
+            time.sleep(0.001)
 
     @property
     def alive(self) -> bool:
@@ -368,16 +368,11 @@ class JournalWriter:
         finally:  # fail every waiter at once: nothing takes their events any more
             with self._lock:
                 self._stopped = True
-                items = [self._queue.popleft() for _ in range(len(self._queue))]
-                batches = [self._batch]
-                if self._inflight is not None:
-                    batches.append(self._inflight[0])
-                    items += self._inflight[1]
+                items = [*(self._inflight or ()), *self._queue]
+                self._queue.clear()
             for item in items:
                 if not isinstance(item.result, str):
                     item.result = AuditUnavailableError("the audit writer stopped")
-            for batch in batches:
-                batch.set()
             self._release(items)
             self._wakers.clear()  # their loops' eventfds close with the loops
 
@@ -391,11 +386,8 @@ class JournalWriter:
                 self._bell.acquire(timeout=min(1.0, self._interval))
             self._idle = False
             with self._lock:
-                items = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
-                batch = self._batch
-                self._inflight = (batch, items)
-                if not queue:
-                    self._batch = _Batch()
+                items = self._inflight = [queue.popleft()
+                                          for _ in range(min(len(queue), self._max_batch))]
                 closing = self._closed and not queue
             durable: tuple[Sequence[Row], Sequence[Checkpoint]] | None = None
             try:
@@ -407,8 +399,6 @@ class JournalWriter:
                     durable, self._unsigned = ((), checkpoints), 0
             except Exception as exc:  # keep the thread; producers heard why
                 self.last_error = str(exc)
-            if batch is not self._batch or closing:
-                batch.set()
             self._inflight = None
             self._release(items)
             if durable is not None:  # after the producers: they wait for the journal only
@@ -522,18 +512,23 @@ class JournalWriter:
                 _log.debug("audit batch listener failed: %s", exc)
 
     def _release(self, items: list[_Item]) -> None:
-        """Hand coroutines their results (one eventfd write per event loop); log posted failures."""
-        woken: list[_Waker] = []
+        """Wake each waker of ``items`` once (a loop keeps its items); log posted failures."""
+        woken: list[_Waker | _Waiting] = []
         for item in items:
+            if item.result is None:  # the batch failed before it was built
+                item.result = AuditUnavailableError("audit event lost")
             waker = item.waker
-            if waker is not None:
+            if waker is None:  # posted
+                if not isinstance(item.result, str):
+                    _log.error("audit %s event was not recorded: %s", item.kind.value,
+                               item.result)
+                continue
+            if waker.done is not None:
                 waker.done.append(item)
-                if waker not in woken:
-                    woken.append(waker)
-            elif item.posted and not isinstance(item.result, str):
-                _log.error("audit %s event was not recorded: %s", item.kind.value, item.result)
-        for waker in woken:  # never blocks: a loop that is closed reads nothing, and no harm
-            os.eventfd_write(waker.fd, 1)
+            if waker not in woken:
+                woken.append(waker)
+        for waker in woken:
+            waker.wake()
 
     def _close_chain(self) -> None:
         """Sign the closing checkpoint of the chain (if it has events) and close the witness."""
