@@ -187,20 +187,20 @@ def install(kind: str, workdir: Path, label: str
         from guard.audit import _indexer, _jwriter
 
         base_release = _jwriter.JournalWriter._release
-        base_settle = _jwriter._settle
+        base_settle = _jwriter._Waker.settle
 
         def release(self: Any, items: list[Any]) -> None:
             if rec.on and items:
                 rec.handovers.append(time.perf_counter())
             base_release(self, items)
 
-        def settle(items: list[Any]) -> None:
+        def settle(self: Any) -> None:  # the loop resolves a batch's futures
             if rec.on:
                 rec.settles.append(time.perf_counter())
-            base_settle(items)
+            base_settle(self)
 
         _jwriter.JournalWriter._release = release  # type: ignore[method-assign]
-        _jwriter._settle = settle
+        _jwriter._Waker.settle = settle  # type: ignore[method-assign]
 
         base_read = _indexer.Indexer._read
 
