@@ -225,3 +225,17 @@ def full_pipe() -> tuple[int, int]:
             os.write(write, b"x" * 65536)
     fcntl.fcntl(write, fcntl.F_SETFL, 0)
     return read, write
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free for an unprivileged writer on ``path``'s filesystem."""
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def fill_disk(disk: Path, leave: int) -> Path:
+    """A filler file on ``disk`` that leaves ``leave`` bytes free."""
+    filler = disk / "filler"
+    with filler.open("wb") as handle:
+        handle.write(b"\0" * max(0, free_bytes(disk) - leave))
+    return filler

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +24,8 @@ import pytest
 from guard.audit import JournalTrail
 from guard.audit._follow import ChildIndexer
 from guard.audit._journal import JournalBusyError, lock_folder
-from guard.cli import main
 from guard.config import AuditSettings
+from tests.security.clikit import run
 
 SUBJECT = "cust-0042"
 
@@ -57,13 +56,7 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    monkeypatch.setattr(sys, "argv", ["guard", *args])
-    code: object = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
+    code, out, err = run(monkeypatch, capsys, *args)
     assert (code, err) == (0, ""), (code, err)
     return out
 

@@ -11,16 +11,12 @@ tmpfs mounted for the test; a filler file leaves 500 kB above the 4 MB reserve.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
+from opskit import fill_disk, free_bytes
 from sidecarkit import policy_copy, serve_sidecar, sidecar_settings
 
 from guard.audit._health import DiskReserve
@@ -29,36 +25,9 @@ POLICIES = Path(__file__).resolve().parents[2] / "policies"
 RESERVE_MB = 4
 RESERVE = RESERVE_MB * 1_000_000
 PAGES = 16 << 10
+"""Slack for the filesystem's page rounding of the files the journal writes."""
 READ_EVERY = 0.3
 """Longer than the reserve's reading is reused (0.25 s)."""
-"""Slack for the filesystem's page rounding of the files the journal writes."""
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MB tmpfs mounted for this test only (skipped where mounting is not allowed)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _free(path: Path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
-
-
-def _fill(disk: Path, leave: int) -> None:
-    with (disk / "filler").open("wb") as handle:
-        handle.write(b"\0" * max(0, _free(disk) - leave))
 
 
 def _batch(requests: int) -> dict[str, Any]:
@@ -81,7 +50,7 @@ def test_a_decide_body_cannot_carry_the_journal_past_the_reserve(
         one = httpx.post(server.url + "/v1/decide", headers=bearer, timeout=30,
                          json={"purpose": "relationship.management", "categories": ["contact"]})
         assert one.json()["decision_id"]
-        _fill(small_disk, leave=RESERVE + 500_000)
+        fill_disk(small_disk, leave=RESERVE + 500_000)
         time.sleep(READ_EVERY)  # the next batch reads the free space anew
         answer = httpx.post(server.url + "/v1/decide", headers=bearer, timeout=60,
                             json=_batch(50))
@@ -90,7 +59,7 @@ def test_a_decide_body_cannot_carry_the_journal_past_the_reserve(
         refused = [r for r in results if not r["decision_id"]]
         assert refused, "a megabyte of events fitted into 500 kB"
         assert {r["decision"]["reason"] for r in refused} == {"audit_unavailable"}
-        assert _free(small_disk) >= RESERVE - PAGES
+        assert free_bytes(small_disk) >= RESERVE - PAGES
         # A small event still goes in once there is room for it.
         (small_disk / "filler").unlink()
         time.sleep(READ_EVERY)
@@ -102,7 +71,7 @@ def test_a_decide_body_cannot_carry_the_journal_past_the_reserve(
 def test_batches_within_one_reading_count_together(small_disk: Path) -> None:
     """Free space is read at most every interval: the bytes admitted meanwhile are counted."""
     reserve = DiskReserve(small_disk, RESERVE, every=3600.0)  # one reading for the whole test
-    room = _free(small_disk) - RESERVE
+    room = free_bytes(small_disk) - RESERVE
     assert reserve.shortfall(room // 2) is None
     assert reserve.shortfall(room // 2) is None
     why = reserve.shortfall(room // 2)

@@ -7,48 +7,13 @@ flood of requests would.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from opskit import SidecarProcess
+from opskit import SidecarProcess, fill_disk, free_bytes
 from sidecarkit import poll
 
 RESERVE_MB = 4
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MB tmpfs mounted for this test only (skipped where mounting is not allowed)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _free(path: Path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
-
-
-def _fill(disk: Path, leave: int) -> Path:
-    """A filler file that leaves ``leave`` bytes free."""
-    filler = disk / "filler"
-    with filler.open("wb") as handle:
-        handle.write(b"\0" * max(0, _free(disk) - leave))
-    return filler
 
 
 def test_below_the_reserve_requests_are_refused_readyz_says_so_and_it_resumes(
@@ -64,14 +29,14 @@ def test_below_the_reserve_requests_are_refused_readyz_says_so_and_it_resumes(
         assert sidecar.decide()["allowed"] is True
         assert sidecar.wait_ready(True)["audit"]["ok"] is True
 
-        filler = _fill(small_disk, leave=2_000_000)
+        filler = fill_disk(small_disk, leave=2_000_000)
         # Free space is read at most every 250 ms, not per event: refused from then on.
         poll(lambda: sidecar.decide()["reason"] == "audit_unavailable", timeout=10, step=0.05)
         denied = [sidecar.decide() for _ in range(20)]
         assert {(d["allowed"], d["reason"]) for d in denied} == {(False, "audit_unavailable")}
         body = sidecar.wait_ready(False)
         assert "below the reserve of 4.0 MB" in body["audit"]["detail"]
-        assert _free(small_disk) > 1_000_000  # refused before the filesystem is full
+        assert free_bytes(small_disk) > 1_000_000  # refused before the filesystem is full
         log = sidecar.log_text()
         # Said once, when the state changed, not once per refused request.
         assert log.count("refusing audit writes") == 1, log
