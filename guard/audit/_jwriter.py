@@ -312,10 +312,15 @@ class JournalWriter:
         return future
 
     def _waker(self, loop: asyncio.AbstractEventLoop) -> _Waker:
-        """The waker of ``loop`` made (once per loop; those of closed loops are forgotten)."""
-        for closed in [known for known in self._wakers if known.is_closed()]:
-            del self._wakers[closed]
-        waker = self._wakers[loop] = _Waker(loop)
+        """The waker of ``loop`` made (once per loop; those of closed loops are forgotten).
+
+        Under the lock: loops on other threads may make theirs at the same time.
+        """
+        with self._lock:
+            wakers = self._wakers
+            for closed in [known for known in wakers if known.is_closed()]:
+                del wakers[closed]
+            waker = wakers[loop] = _Waker(loop)
         return waker
 
     def countersign(self, checkpoints: Sequence[Checkpoint], timeout: float = 30.0) -> None:
@@ -374,7 +379,8 @@ class JournalWriter:
                 if not isinstance(item.result, str):
                     item.result = AuditUnavailableError("the audit writer stopped")
             self._release(items)
-            self._wakers.clear()  # their loops' eventfds close with the loops
+            with self._lock:
+                self._wakers.clear()  # their loops' eventfds close with the loops
 
     def _run(self) -> None:
         queue = self._queue

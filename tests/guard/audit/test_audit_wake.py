@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -206,3 +207,40 @@ def test_the_eventfds_of_finished_loops_are_closed(keys: Keys, tmp_path: Path) -
     gc.collect()
     assert _eventfds() <= before
     journal.close()
+
+
+def test_loops_on_many_threads_making_their_wakers_at_once_are_all_answered(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """Each new loop's waker is made, and closed loops' forgotten, while other threads do too."""
+    journal = Journal(tmp_path / "j")
+    w = writer(keys, journal)
+    errors: list[BaseException] = []
+    answered: list[str] = []
+    go = threading.Barrier(8)
+
+    async def commit() -> None:
+        answered.append(await asyncio.wait_for(w.start(EventKind.DECISION, FIELDS), 30))
+
+    def loops() -> None:
+        go.wait()
+        for _ in range(25):  # a fresh loop each time: each makes its waker
+            try:
+                asyncio.run(commit())
+            except BaseException as exc:  # any failure is the finding
+                errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch inside the writer's bookkeeping
+    try:
+        threads = [threading.Thread(target=loops) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        sys.setswitchinterval(interval)
+    w.close()
+    journal.close()
+    assert errors == []
+    assert len(answered) == len(set(answered)) == 8 * 25
