@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["FORMULA_STARTS", "csv_cell"]
+__all__ = ["csv_cell"]
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """What makes a spreadsheet read a cell as a formula (OWASP: CSV injection)."""
 
 
@@ -15,4 +15,4 @@ def csv_cell(value: object) -> str:
         value: The value (an audit field may hold what a client wrote: a refused purpose).
     """
     text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
