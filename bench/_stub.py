@@ -50,5 +50,6 @@ class NoAudit:
         return True
 
     async def arecord_denial(self, request: Request, decision: Decision,
-                             http: HttpContext | None = None) -> Checked:
+                             http: HttpContext | None = None, *,
+                             detail: str | None = None) -> Checked:
         return Checked(decision, EVENT_ID)

@@ -571,7 +571,8 @@ class _DecideOnly:
         return True
 
     async def arecord_denial(self, request: Request, decision: Decision,
-                             http: HttpContext | None = None) -> Checked:
+                             http: HttpContext | None = None, *,
+                             detail: str | None = None) -> Checked:
         return Checked(decision, "bench")
 
 

@@ -384,10 +384,7 @@ async def _record_denial(
     by: str | None = None,
 ) -> str | None:
     """Durably record a denial made before the engine ran; its event id, None if unrecorded."""
-    if by is None:
-        checked = await guard.arecord_denial(request, decision, http)
-    else:
-        checked = await guard.arecord_denial(request, decision, http, detail=by)
+    checked = await guard.arecord_denial(request, decision, http, detail=by)
     return checked.decision_id or None
 
 

@@ -51,7 +51,8 @@ class Recording:
         return Checked(ruling.decision, "event-1", ruling.categories)
 
     async def arecord_denial(self, request: Request, decision: Decision,
-                             http: HttpContext | None = None) -> Checked:
+                             http: HttpContext | None = None, *,
+                             detail: str | None = None) -> Checked:
         self.calls.append(("denial", request, decision, http))
         return Checked(decision, "event-2")
 
