@@ -227,15 +227,21 @@ def _plan_from_tree(tree: Mapping[str, Any]) -> FieldPlan:
     return FieldPlan(tuple(rules))
 
 
-def plan_for(model: Any) -> FieldPlan | None:
+def plan_for(model: Any, *, by_alias: bool = True) -> FieldPlan | None:
     """The field plan of a response model (Pydantic model, dataclass, or a list of them).
+
+    Each field is named by the key Pydantic serialises it under: its serialisation
+    alias (set on the field or by an alias generator, on a model or a dataclass)
+    with ``by_alias``, its Python name without.
 
     Returns None when no field of the model carries a :class:`Category`.
 
     Args:
         model: The type FastAPI serialises, e.g. ``Customer`` or ``list[Customer]``.
+        by_alias: Whether the answer is serialised by alias (FastAPI's
+            ``response_model_by_alias``, true by default).
     """
-    plan = _plan(model, {})
+    plan = _plan(model, {}, by_alias)
     return plan if plan is not None and plan.rules else None
 
 
@@ -245,20 +251,21 @@ def categories_of(model: Any) -> tuple[str, ...]:
     return plan.categories if plan is not None else ()
 
 
-def _plan(tp: Any, seen: dict[Any, FieldPlan | None]) -> FieldPlan | None:
+def _plan(tp: Any, seen: dict[Any, FieldPlan | None], by_alias: bool) -> FieldPlan | None:
     """The plan of a type (following Annotated, Optional/Union, lists, dict values)."""
     tp = _strip(tp)[0]
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        return _merge([_plan(arg, seen) for arg in get_args(tp) if arg is not type(None)])
+        return _merge([_plan(arg, seen, by_alias) for arg in get_args(tp)
+                       if arg is not type(None)])
     if origin is not None:
         args = get_args(tp)
         if origin in (list, tuple, set, frozenset) or _is_sequence(origin):
-            return _merge([_plan(arg, seen) for arg in args if arg is not Ellipsis])
+            return _merge([_plan(arg, seen, by_alias) for arg in args if arg is not Ellipsis])
         if origin is dict or _is_mapping(origin):
             # free-form keys: a categorised dict field is handled whole, but categorised
             # fields inside its values could be neither judged nor removed
-            inner = _plan(args[-1], seen) if args else None
+            inner = _plan(args[-1], seen, by_alias) if args else None
             if inner is not None:
                 raise PolicyError(f"the values of {tp} carry categories "
                                   f"({', '.join(inner.categories)}) under free-form keys, "
@@ -271,17 +278,18 @@ def _plan(tp: Any, seen: dict[Any, FieldPlan | None]) -> FieldPlan | None:
         return seen[tp]
     seen[tp] = None  # a self-referencing model: the inner reference is not followed
     if getattr(tp, "__pydantic_root_model__", False):  # serialised bare: its root's plan
-        plan = _root_plan(tp, seen)
+        plan = _root_plan(tp, seen, by_alias)
         seen[tp] = plan
         return plan
-    rules = [rule for rule in _fields(tp, seen) if rule.category is not None
+    rules = [rule for rule in _fields(tp, seen, by_alias) if rule.category is not None
              or rule.inner is not None]
     plan = FieldPlan(tuple(rules)) if rules else None
     seen[tp] = plan
     return plan
 
 
-def _root_plan(tp: type, seen: dict[Any, FieldPlan | None]) -> FieldPlan | None:
+def _root_plan(tp: type, seen: dict[Any, FieldPlan | None], by_alias: bool
+               ) -> FieldPlan | None:
     """The plan of a Pydantic ``RootModel``: its root's, which is what it serialises."""
     info = getattr(tp, "model_fields", {}).get("root")
     if info is None:
@@ -290,37 +298,85 @@ def _root_plan(tp: type, seen: dict[Any, FieldPlan | None]) -> FieldPlan | None:
         raise PolicyError(f"{tp.__name__}: the root model's value carries a category, so "
                           "the whole answer is one field (hint: a model with the value "
                           "as a categorised field)")
-    return _plan(info.annotation, seen)
+    return _plan(info.annotation, seen, by_alias)
 
 
-def _fields(tp: type, seen: dict[Any, FieldPlan | None]) -> Iterable[FieldRule]:
-    model_fields = getattr(tp, "model_fields", None)
-    if isinstance(model_fields, dict):  # Pydantic v2
-        for name, info in model_fields.items():
+def _fields(tp: type, seen: dict[Any, FieldPlan | None], by_alias: bool
+            ) -> Iterable[FieldRule]:
+    """The fields of a Pydantic model or a dataclass, each by the key it is sent under."""
+    pydantic_fields = getattr(tp, "__pydantic_fields__", None)  # models and Pydantic dataclasses
+    is_dataclass = dataclasses.is_dataclass(tp)
+    if not isinstance(pydantic_fields, dict) and not is_dataclass:
+        return
+    wire = _wire_names(tp) if by_alias else {}
+    if isinstance(pydantic_fields, dict):
+        for name, info in pydantic_fields.items():
             category = _category(info.metadata)
-            alias = info.serialization_alias or info.alias or name
             annotation = info.annotation
             inner_cat = _value_category(annotation)
-            yield FieldRule(alias, category or inner_cat, _named(tp, name, annotation, seen))
-        computed = getattr(tp, "model_computed_fields", None)
-        for name, info in (computed.items() if isinstance(computed, dict) else ()):
-            returned = getattr(info, "return_type", None)  # serialised like a field
-            yield FieldRule(getattr(info, "alias", None) or name, _value_category(returned),
-                            _named(tp, name, returned, seen))
-        return
-    if dataclasses.is_dataclass(tp):
+            yield FieldRule(wire.get(name) or name, category or inner_cat,
+                            _named(tp, name, annotation, seen, by_alias))
+    else:
         hints = typing.get_type_hints(tp, include_extras=True)
         for f in dataclasses.fields(tp):
             annotation = hints.get(f.name, f.type)
-            yield FieldRule(f.name, _value_category(annotation),
-                            _named(tp, f.name, annotation, seen))
+            yield FieldRule(wire.get(f.name, f.name), _value_category(annotation),
+                            _named(tp, f.name, annotation, seen, by_alias))
+    decorators = getattr(tp, "__pydantic_decorators__", None)
+    computed = getattr(decorators, "computed_fields", None)
+    for name, decorator in (computed.items() if isinstance(computed, dict) else ()):
+        returned = getattr(decorator.info, "return_type", None)  # serialised like a field
+        yield FieldRule(wire.get(name) or name, _value_category(returned),
+                        _named(tp, name, returned, seen, by_alias))
 
 
-def _named(tp: type, name: str, annotation: Any, seen: dict[Any, FieldPlan | None]
-           ) -> FieldPlan | None:
+def _wire_names(tp: type) -> dict[str, str]:
+    """``{Python name: key}`` of the fields and computed fields Pydantic serialises by alias.
+
+    Read from the type's own core schema, the serialiser's own description, so every
+    way of setting an alias (``alias``, ``serialization_alias``, an alias generator,
+    ``__pydantic_config__`` on a standard dataclass) is counted.
+
+    Raises:
+        PolicyError: Pydantic cannot describe how ``tp`` is serialised.
+    """
+    from pydantic import PydanticUserError, TypeAdapter
+
+    try:
+        schema: Any = TypeAdapter(tp).core_schema
+    except (PydanticUserError, TypeError, ValueError) as exc:
+        raise PolicyError(f"{tp.__name__}: cannot tell the keys it is serialised under "
+                          f"({type(exc).__name__})") from None
+    stack: list[Any] = [schema]
+    while stack:  # the type's own node, wherever its definitions put it
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if node.get("cls") is tp and node.get("type") in ("model", "dataclass"):
+                break
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+    else:
+        raise PolicyError(f"{tp.__name__}: cannot tell the keys it is serialised under")
+    while isinstance(node, dict) and node.get("type") not in ("model-fields", "dataclass-args"):
+        node = node.get("schema")
+    if not isinstance(node, dict):
+        raise PolicyError(f"{tp.__name__}: cannot tell the keys it is serialised under")
+    fields = node.get("fields", {})
+    pairs = fields.items() if isinstance(fields, dict) else ((f["name"], f) for f in fields)
+    wire: dict[str, str] = {str(name): str(field.get("serialization_alias") or name)
+                            for name, field in pairs}
+    for computed in node.get("computed_fields") or ():
+        name = str(computed["property_name"])
+        wire[name] = str(computed.get("alias") or name)
+    return wire
+
+
+def _named(tp: type, name: str, annotation: Any, seen: dict[Any, FieldPlan | None],
+           by_alias: bool) -> FieldPlan | None:
     """The plan of field ``name`` of ``tp``; a refusal names the field."""
     try:
-        return _plan(annotation, seen)
+        return _plan(annotation, seen, by_alias)
     except PolicyError as exc:
         raise PolicyError(f"{tp.__name__}.{name}: {exc}") from None
 
@@ -410,7 +466,8 @@ def route_fields(
             names any, or a minimise route's model carries none.
     """
     model = getattr(route, "response_model", None)
-    plan = plan_for(model) if model is not None else None
+    by_alias = getattr(route, "response_model_by_alias", True) is not False
+    plan = plan_for(model, by_alias=by_alias) if model is not None else None
     where = f"{template} ({getattr(getattr(route, 'endpoint', None), '__name__', 'route')})"
     if plan is None:
         if mode == "minimise":
