@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from guard.audit._health import FailureLog
-from guard.audit._journal import JournalReader, durable_end, segments
+from guard.audit._journal import JournalReader, durable_end, journal_id, segments
 from guard.audit._store import Store
 
 SHORTENED = "#shortened"
@@ -132,7 +132,7 @@ class Indexer:
                  interval: float = 0.3, retry: float = 1.0) -> None:
         self.lane = lane
         self.store = store
-        self._key = (lane / "ID").read_text().strip()
+        self._key = journal_id(lane)
         self._batch = batch
         self._pace = Pace(interval, batch, time.monotonic())
         self._retry = retry

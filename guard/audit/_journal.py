@@ -21,9 +21,11 @@ from them (:mod:`guard.audit._indexer`).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
+import stat
 import struct
 import uuid
 from collections.abc import Iterator, Sequence
@@ -41,6 +43,30 @@ _MASK = (1 << 64) - 1
 END = "END"
 MAX_FRAME = 16 << 20  # a length field above this is damage, not a record
 SUFFIX = ".seg"
+
+
+def open_own(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` of a journal file that is never a symbolic link (ConfigError if it is).
+
+    Whoever can write the audit folder but not the keys must not make the guard
+    write, truncate or read another file with the guard's rights.
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    raise ConfigError(f"audit journal {path.parent}: {path.name} is a symbolic link; the guard "
+                      "follows none in its journal (remove it)")
+
+
+def journal_id(folder: Path) -> str:
+    """A lane's id (its ``ID`` file, never read through a link): the key of its index offset."""
+    fd = open_own(folder / "ID", os.O_RDONLY)
+    try:
+        return os.read(fd, 256).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
 
 
 def segment_name(first: int) -> str:
@@ -107,9 +133,11 @@ def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
 def durable_end(folder: Path) -> int:
     """The durable end a journal (one lane) published: no reader goes past it (0: none yet)."""
     try:
-        fd = os.open(folder / END, os.O_RDONLY)
+        fd = open_own(folder / END, os.O_RDONLY)
     except FileNotFoundError:
         return 0
+    except ConfigError as exc:
+        raise AuditUnavailableError(str(exc)) from None
     try:
         for _ in range(100):  # a read torn by the writer's update: read again
             data = os.pread(fd, _END.size, 0)
@@ -136,7 +164,7 @@ def lock_folder(folder: Path, name: str, busy: str) -> int:
     """
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_own(folder / name, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise ConfigError(f"cannot open the audit journal {folder}: {exc.strerror}") from exc
     try:
@@ -167,6 +195,9 @@ class Journal:
     def __init__(self, folder: Path, *, segment_bytes: int = 64 << 20) -> None:
         self.folder = folder
         self._segment_bytes = max(1, segment_bytes)
+        if folder.is_symlink() or (folder.exists() and not stat.S_ISDIR(os.lstat(folder).st_mode)):
+            raise ConfigError(f"audit journal {folder} is a symbolic link, not a folder; the "
+                              "guard follows none in its journal (remove it)")
         self._lock = lock_folder(folder, "LOCK",
                                  f"audit journal {folder} is in use by another process")
         self.journal_id = self._identity()
@@ -187,14 +218,14 @@ class Journal:
                 f"audit journal {folder}: record {first + len(payloads)} of {path.name} is "
                 f"{what} below the durable end {published}; nothing was cut off "
                 "(move the lane aside to inspect it, then start again)")
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._fd = open_own(path, os.O_WRONLY | os.O_APPEND)
         if damage is not None:  # a torn tail: never acknowledged, never believed
             os.ftruncate(self._fd, good)
         os.fsync(self._fd)  # whole frames a stopped writer had not synced yet are kept
         self._size = good
         self._broken = False
         self.next_offset = first + len(payloads)  # the next record's; all below is durable
-        end = os.open(folder / END, os.O_RDWR | os.O_CREAT, 0o600)
+        end = open_own(folder / END, os.O_RDWR | os.O_CREAT)
         try:
             os.ftruncate(end, _END.size)
             self._end = mmap.mmap(end, _END.size)
@@ -209,16 +240,20 @@ class Journal:
     def _identity(self) -> str:
         """This journal's id (a file in the folder), the key of the index's offset."""
         path = self.folder / "ID"
-        if not path.exists():
+        if not os.path.lexists(path):
             tmp = self.folder / "ID.tmp"
-            tmp.write_text(str(uuid.uuid4()) + "\n")
+            fd = open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                os.write(fd, (str(uuid.uuid4()) + "\n").encode())
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
             fsync_dir(self.folder)
-        return path.read_text().strip()
+        return journal_id(self.folder)
 
     def _create(self, first: int) -> int:
         path = self.folder / segment_name(first)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fd = open_own(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
         fsync_dir(self.folder)
         return fd
 

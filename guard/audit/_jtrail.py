@@ -31,7 +31,7 @@ from guard.audit._fields import ChainKey, row_event
 from guard.audit._follow import ChildIndexer, index_mode
 from guard.audit._health import DiskReserve, FailureLog
 from guard.audit._indexer import Indexer, hurry
-from guard.audit._journal import durable_end, lanes, open_lane
+from guard.audit._journal import durable_end, journal_id, lanes, open_lane
 from guard.audit._jverify import indexed_offset
 from guard.audit._jwriter import Committed, JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
@@ -93,7 +93,7 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
     """
     targets: dict[str, int] = {}
     for lane in lanes(journal_folder(settings)):
-        targets[(lane / "ID").read_text().strip()] = end = durable_end(lane)
+        targets[journal_id(lane)] = end = durable_end(lane)
         hurry(lane, end)  # an indexer of this process indexes now, not at its pace
     store = open_store(settings.store, create=False, timeout=timeout)
     try:

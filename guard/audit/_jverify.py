@@ -24,7 +24,7 @@ from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._indexer import SHORTENED
-from guard.audit._journal import Damage, durable_end, lanes, read_journal
+from guard.audit._journal import Damage, durable_end, journal_id, lanes, read_journal
 from guard.audit._schema import EVENT_COLUMNS, Row
 from guard.audit._store import AuditStoreError, Store
 from guard.audit._verify import Problem, VerifyReport, seq_of, verify_chains
@@ -114,7 +114,7 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
     checkpoints: dict[str, Checkpoint] = {}
     found = lanes(folder)
     for lane in found:
-        key = (lane / "ID").read_text().strip()
+        key = journal_id(lane)
         indexed = indexed_offset(store, key)
         shortened = indexed_offset(store, key + SHORTENED)
         if shortened:
