@@ -17,7 +17,7 @@ from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
 from guard.audit._event import FIELD_NAMES, GENESIS_HASH, ts_epoch
 from guard.audit._fields import ChainKey, Linker, content, row_event
 from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, row_checkpoint
-from guard.audit._store import AuditStoreError, Store
+from guard.audit._store import Store
 from guard.audit._witness import WitnessRead
 
 
@@ -184,18 +184,12 @@ def chain_terms(valid: list[Checkpoint]) -> Terms | None:
 
 _EVENTS_SQL = f"SELECT {EVENT_COLUMNS} FROM audit_event ORDER BY writer_id, seq, event_id"  # noqa: S608
 _CHECKPOINTS_SQL = f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint"  # noqa: S608
-_OLD_CHECKPOINTS_SQL = _CHECKPOINTS_SQL.replace(", terms FROM", " FROM")
 
 
 def stored_checkpoints(store: Store, writer: str | None = None) -> list[Checkpoint]:
-    """The store's checkpoints, or one chain's (a store no writer has migrated yet has
-    no ``terms`` column)."""
+    """The store's checkpoints, or one chain's."""
     where, params = (" WHERE writer_id = ?", (writer,)) if writer is not None else ("", ())
-    try:
-        rows = list(store.stream(_CHECKPOINTS_SQL + where, params))
-    except AuditStoreError:
-        rows = [(*raw, None) for raw in store.stream(_OLD_CHECKPOINTS_SQL + where, params)]
-    return [row_checkpoint(raw) for raw in rows]
+    return [row_checkpoint(raw) for raw in store.stream(_CHECKPOINTS_SQL + where, params)]
 
 
 _SEQ, _WRITER, _PREV, _HASH, _TS = (FIELD_NAMES.index(name) for name in (

@@ -120,7 +120,12 @@ def test_a_store_of_schema_1_verifies_before_and_after_a_writer_migrates_it(
                       "INSERT INTO schema_version VALUES (1, '2026-01-01')"):
         run_sql(store_url, statement)
     events = _format_1_chain_rows(store_url, keys, 3)
-    assert check(store_url, keys).ok  # read before any writer added the terms column
+    assert check(store_url, keys).ok  # its reader migrated it: checkpoints have terms now
+    reader = open_store(store_url, create=False)
+    try:
+        assert reader.rows("SELECT count(*), count(terms) FROM audit_checkpoint") == [(2, 0)]
+    finally:
+        reader.close()
     trail = make_trail(store_url, keys, checkpoint_every=2)
     for i in range(3):
         record(trail, decision_event(subject_id=f"new-{i}"))
