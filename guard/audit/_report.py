@@ -9,7 +9,7 @@ from typing import Any
 
 from guard.audit._event import utc_now
 from guard.audit._query import EventFilter, QueryRow, query_events
-from guard.audit._store import AuditStoreError, Store
+from guard.audit._store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +120,10 @@ def report_of(pseudonym: str, rows: Iterable[QueryRow], denied: int,
 
 
 def register_of(store: Store, pseudonym: str) -> tuple[RightsEntry, ...]:
-    """The subject's register history (none in a store older than the register)."""
-    try:
-        rows = store.rows(
-            "SELECT seq, kind, purpose, effective, recorded_at, recorded_by, ref, event_id "
-            "FROM subject_register WHERE subject = ? ORDER BY seq", (pseudonym,))
-    except AuditStoreError:
-        return ()
+    """The subject's register history."""
+    rows = store.rows(
+        "SELECT seq, kind, purpose, effective, recorded_at, recorded_by, ref, event_id "
+        "FROM subject_register WHERE subject = ? ORDER BY seq", (pseudonym,))
     return tuple(RightsEntry(int(r[0]), *(str(v) for v in r[1:])) for r in rows)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from guard.audit import (
     AuditQueryError,
+    AuditStoreError,
     EventFilter,
     EventKind,
     Store,
@@ -118,6 +119,15 @@ def test_subject_report_lists_every_recipient(store: Store) -> None:
     assert "| svc:billing | internal | GB | order.processing |" in markdown
     assert "alice" not in markdown
     assert json.loads(render_json(report))["denied_attempts"] == 1
+
+
+def test_a_report_whose_register_cannot_be_read_is_an_error(store_url: str, store: Store) -> None:
+    """A report never says "no rights request" for a register it could not read."""
+    from tests.guard.audit.test_audit_tamper import run_sql
+
+    run_sql(store_url, "ALTER TABLE subject_register RENAME TO subject_register_gone")
+    with pytest.raises(AuditStoreError, match="subject_register"):
+        subject_report(store, ALICE)
 
 
 def test_stats_put_denials_first(store: Store) -> None:
