@@ -199,11 +199,6 @@ _LIST_INDEXES = tuple(FIELD_NAMES.index(name) for name in ("categories", "rule",
 _ALLOWED = FIELD_NAMES.index("allowed")
 
 
-def render_json(event: AuditEvent) -> str:
-    """An event as one line of JSON with sorted keys (``hash`` included), e.g. for a log shipper."""
-    return orjson.dumps(event.to_dict(), option=orjson.OPT_SORT_KEYS).decode()
-
-
 _STRICT = orjson.OPT_STRICT_INTEGER
 _INT64 = range(-(2**63), 2**63)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracer, ProxyTracer, SpanContext
 
 from guard._types import Decision
 from guard.audit._event import AuditEvent
-from guard.audit._fields import render_json
 
 tracer = trace.get_tracer("purpose-guard")
 
@@ -86,13 +86,14 @@ class OtlpLogExporter:
     def __call__(self, events: Sequence[AuditEvent]) -> None:
         """Queue ``events`` for export."""
         for event in events:
+            data = event.to_dict()  # the body: one JSON line, keys sorted (hash included)
             attributes = {
                 f"audit.{key}": value
-                for key, value in event.to_dict().items()
+                for key, value in data.items()
                 if value is not None and not isinstance(value, list)
             }
-            self._logger.emit(body=render_json(event), attributes=attributes,
-                              event_name=f"audit.{event.kind.value}")
+            self._logger.emit(body=orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode(),
+                              attributes=attributes, event_name=f"audit.{event.kind.value}")
 
     def close(self) -> None:
         """Flush and stop the exporter."""
