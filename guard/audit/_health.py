@@ -28,6 +28,7 @@ class FailureLog:
         self.what = what
         self._interval = interval
         self._lock = threading.Lock()
+        self.cause: str | None = None  # the latest failure's; None while working
         self.failing_since: float | None = None  # monotonic; None while working
         self.ok_at: float | None = None  # monotonic, of the latest success
         self._count = 0  # failures in the current run
@@ -43,6 +44,7 @@ class FailureLog:
         """Count one failure; log it if it is the first, or if the interval has passed."""
         now = time.monotonic()
         with self._lock:
+            self.cause = cause
             self._count += 1
             self._unlogged += 1
             if self.failing_since is None:
@@ -66,7 +68,7 @@ class FailureLog:
             _log.warning(
                 "%s works again after %d failure(s) over %.1f s", self.what, self._count,
                 now - self.failing_since)
-            self.failing_since = None
+            self.failing_since = self.cause = None
             self._count = self._unlogged = 0
 
 

@@ -148,7 +148,9 @@ def test_failures_are_logged_first_then_at_most_once_per_interval_with_a_count(
     every.failed("first")
     every.failed("second")
     every.failed("third")
+    assert (every.failing, every.cause) == (True, "third")  # readiness says why, from here
     every.succeeded()
+    assert (every.failing, every.cause) == (False, None)
     every.succeeded()
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "audit store write failed: first"
