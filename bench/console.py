@@ -66,7 +66,7 @@ from tokenkit import UvicornThread
 from bench._pg import fresh_database, pg_server
 from guard.audit import load_hmac_key, open_store, pseudonymise
 from guard.audit._event import FIELD_NAMES
-from guard.audit._schema import INSERT_EVENT, MIGRATIONS
+from guard.audit._schema import INSERT_EVENT
 from guard.audit._summary import BACKFILL
 from guard.config import Settings
 from middleware.console import create_console
@@ -150,14 +150,11 @@ class Progress:
               file=sys.stderr, flush=True)
 
 
-def _secondary_indexes() -> list[tuple[str, str]]:
-    """(name, CREATE statement) of every secondary index the migrations create."""
-    found = []
-    for statements in MIGRATIONS.values():
-        for sql in statements:
-            if sql.startswith("CREATE INDEX IF NOT EXISTS audit_event"):
-                found.append((sql.split()[5], sql))
-    return found
+# (name, CREATE statement) of every index on audit_event but its keys', as the store holds it.
+SQLITE_INDEXES = ("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                  "AND tbl_name = 'audit_event' AND sql IS NOT NULL")
+POSTGRES_INDEXES = ("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'audit_event' "
+                    "AND indexname NOT IN (SELECT conname FROM pg_constraint)")
 
 
 def load_sqlite(path: Path, n: int, key: bytes, start: datetime) -> None:
@@ -168,7 +165,7 @@ def load_sqlite(path: Path, n: int, key: bytes, start: datetime) -> None:
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-1000000")
     progress = Progress("SQLite bulk load", n)
-    indexes = _secondary_indexes()
+    indexes = conn.execute(SQLITE_INDEXES).fetchall()
     conn.execute("BEGIN")
     for name, _ in indexes:
         conn.execute(f"DROP INDEX IF EXISTS {name}")
@@ -201,8 +198,8 @@ def load_postgres(url: str, n: int, key: bytes, start: datetime) -> None:
     store.rows("SELECT 1")  # creates the schema (PostgreSQL stores make it on first use)
     store.close()
     progress = Progress("PostgreSQL bulk load", n)
-    indexes = _secondary_indexes()
     with psycopg.connect(url) as conn:
+        indexes = conn.execute(POSTGRES_INDEXES).fetchall()
         conn.execute("SET synchronous_commit = off")
         conn.execute("SET maintenance_work_mem = '1GB'")
         for name, _ in indexes:
