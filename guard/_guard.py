@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import INVALID_SPAN
 
 from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard._types import Decision, HttpContext, Reason, Request, denial
 from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id
 from guard.audit._event import OUTCOME_ABORTED, decision_fields, outcome_fields, policy_fields
 from guard.audit._fields import IdFields
+from guard.audit._jtrail import traced_start
 from guard.audit._otel import decision_attributes, makes_no_span, span_ids
 from guard.audit._otel import tracer as default_tracer
 from guard.engine import CategoryDecision, decide, decide_categories
@@ -175,6 +176,7 @@ class Guard:
             None, {})
         self._tracer = tracer or default_tracer
         self._deadlines: Deadlines | None = None
+        self._start = traced_start(trail)
 
     @classmethod
     def from_settings(cls, settings: Settings, holder: PolicyHolder | None = None) -> Guard:
@@ -244,7 +246,8 @@ class Guard:
         if span is not None:
             span.set_attributes(decision_attributes(decision))
         if remembered is None:
-            return decision, IdFields(decision_fields(request, decision, http, latency_us))
+            return decision, IdFields(_untraced(decision_fields(request, decision, http,
+                                                                latency_us)))
         fields = IdFields(remembered)  # the event's own: its subject, timing, ids and status
         fields["subject_id"] = request.subject
         fields["latency_us"] = latency_us
@@ -281,7 +284,7 @@ class Guard:
             return holder.decide(request, register), None
         if hit is None:
             decision = decide(policy, request, None)  # no register entry: as decide() says
-            hit = (decision, decision_fields(request, decision, http))
+            hit = (decision, _untraced(decision_fields(request, decision, http)))
             if len(cache) >= _DECISION_CACHE:
                 cache.clear()
             cache[key] = hit
@@ -360,16 +363,16 @@ class Guard:
         tracer = self._tracer
         if makes_no_span(tracer):  # the current span is read once, for its ids
             current = current if current is not None else trace.get_current_span()
-            return self._ruling(request, http, per_category, None, current.get_span_context())
+            return self._ruling(request, http, per_category, None, current)
         span = tracer.start_span("guard.decision")
         if not span.is_recording():  # its parent's context: the same trace ids, no switch
             current = current if current is not None else trace.get_current_span()
-            return self._ruling(request, http, per_category, None, current.get_span_context())
+            return self._ruling(request, http, per_category, None, current)
         with trace.use_span(span, end_on_exit=True):
-            return self._ruling(request, http, per_category, span, span.get_span_context())
+            return self._ruling(request, http, per_category, span, span)
 
     def _ruling(self, request: Request, http: HttpContext | None, per_category: bool,
-                span: trace.Span | None, traced: SpanContext) -> Ruling:
+                span: trace.Span | None, traced: trace.Span) -> Ruling:
         """Decide; the event's fields carry the ids of ``traced`` (None for an invalid one).
 
         Args:
@@ -377,7 +380,7 @@ class Guard:
             http: Its HTTP side.
             per_category: Judge category by category.
             span: The decision's span when it records (its attributes are set).
-            traced: The span context whose ids the event carries.
+            traced: The span whose ids the event carries.
         """
         try:
             judged: CategoryDecision | None = None
@@ -385,7 +388,10 @@ class Guard:
                 decision, fields, judged = self._decide_per_category(request, http, span)
             else:
                 decision, fields = self._decide(request, http, span)
-            fields["trace_id"], fields["span_id"] = span_ids(traced)
+            # The fields hold no trace ids (None, None); the API's invalid span has none
+            # either, so a request without a span reads nothing more here.
+            if traced is not INVALID_SPAN:
+                fields["trace_id"], fields["span_id"] = span_ids(traced.get_span_context())
         except Exception:  # fail closed, unrecorded: no id an auditor could find
             return Ruling(denial(Reason.INTERNAL_ERROR, request, self._version()), request)
         return Ruling(decision, request, judged, fields)
@@ -405,7 +411,7 @@ class Guard:
         decision = judged.decision
         if span is not None:
             span.set_attributes(decision_attributes(decision))
-        fields = IdFields(decision_fields(request, decision, http, latency_us))
+        fields = IdFields(_untraced(decision_fields(request, decision, http, latency_us)))
         fields["detail"] = detail
         return decision, fields, judged
 
@@ -497,11 +503,14 @@ class Guard:
         try:
             if ruling.queued:  # a second commit would write the decision twice
                 raise AuditUnavailableError("the decision is committed already")
-            fields = _with_status(ruling, status)
+            fields = ruling.fields  # _with_status and _handed, inline: once per read
             if fields is None:
                 raise AuditUnavailableError("the decision cannot be recorded")
-            fields = ruling.fields = _handed(fields)
-            future = self.trail.start_fields(EventKind.DECISION, fields)
+            if status is not None:
+                fields["http_status"] = status
+            if type(fields) is not IdFields or "trace_id" not in fields:  # not made by decide()
+                fields = ruling.fields = _handed(fields)
+            future = self._start(EventKind.DECISION, fields)  # the fields carry their trace ids
             ruling.queued = True
         except Exception as exc:  # a closed trail, a full disk: refused now
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -755,6 +764,15 @@ class Guard:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _untraced(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with no trace ids yet (:meth:`Guard.decide` sets them when there is a span).
+
+    The same dict, not a copy: a plain ``dict`` is what :class:`IdFields` copies fastest.
+    """
+    fields["trace_id"] = fields["span_id"] = None
+    return fields
 
 
 def _handed(fields: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN
@@ -39,33 +41,30 @@ class Record:
     """The audit record of one allowed request: its decision, then (if needed) its outcome.
 
     The record is the ``send`` the app is given (it holds a read's response until
-    its decision is durable): one object per request, no closure, and while the
-    response waits for its decision no frame beyond :meth:`close`'s and
-    :meth:`_release`'s (fewer objects alive per request in flight, for the cyclic
-    collector to walk).
+    its decision is durable): one object per request, no closure, and while a whole
+    response waits for its decision no frame of its own but :meth:`_release`'s (fewer
+    objects alive per request in flight, for the cyclic collector to walk).
 
     Args:
         guard: The guard.
         outcome: How the request was judged.
         ruling: An allowed read's ruling, still to record with its response's status.
-        method: The request method (for the outcome event).
         scope: The request's scope.
         receive: The request's ``receive``.
         send: The server's ``send``.
         span: The current (server) span: the decision's id is put on it.
     """
 
-    __slots__ = ("_body", "_early", "_flusher", "_guard", "_judged", "_method", "_outcome",
+    __slots__ = ("_body", "_early", "_flusher", "_guard", "_judged", "_outcome",
                  "_pending", "_receive", "_refused", "_returned", "_ruling", "_scope",
                  "_send", "_span", "_start", "_verdict", "decision_id", "failed",
                  "finished", "settled", "status")
 
     def __init__(  # noqa: PLR0917 - positional: once per request
-            self, guard: GuardLike, outcome: Outcome, ruling: Ruling | None, method: str,
+            self, guard: GuardLike, outcome: Outcome, ruling: Ruling | None,
             scope: Scope, receive: Receive, send: Send, span: trace.Span) -> None:
         self._guard = guard
         self._outcome = outcome
-        self._method = method
         self._scope = scope
         self._receive = receive
         self._send = send
@@ -235,8 +234,13 @@ class Record:
         elif self._start is not None:
             await self._release()
 
-    async def _release(self) -> None:
-        """Wait for the decision; send the held start, messages and body, or the refusal."""
+    async def _release(self, closing: bool = False) -> None:
+        """Wait for the decision; send the held start, messages and body, or the refusal.
+
+        Args:
+            closing: Called by :meth:`close` (the app is done): a response handed over and
+                not all sent (the client went away) gets its ``aborted`` outcome here.
+        """
         start = self._start
         if start is None:
             return
@@ -263,29 +267,35 @@ class Record:
         if self._start is None:  # sent meanwhile (by the task answering early)
             return
         self._start = None
-        if self.failed:
-            self._refused = True
-            await self._refuse()
-            return
-        send = self._send
-        early = self._early
-        if early is not None:
-            self._early = None
-            for held in early:
-                await send(held)
-        stamped = self.decision_id
-        if stamped:
-            headers = start.get("headers", ())
-            start = {**start}  # the app's own message is left as it was
-            start["headers"] = [*headers, (_DECISION_HEADER, stamped.encode())]
-        await send(start)
-        body = self._body
-        if body is not None:
-            self._body = None
-            await send(body)
-            self.finished = True
-            self.settled = (self._ruling is not None and self._flusher is None
-                            and self._pending is None)
+        try:
+            if self.failed:
+                self._refused = True
+                await self._refuse()
+                return
+            send = self._send
+            early = self._early
+            if early is not None:
+                self._early = None
+                for held in early:
+                    await send(held)
+            stamped = self.decision_id
+            if stamped:
+                headers = start.get("headers", ())
+                start = {**start}  # the app's own message is left as it was
+                start["headers"] = [*headers, (_DECISION_HEADER, stamped.encode())]
+            await send(start)
+            body = self._body
+            if body is not None:
+                self._body = None
+                await send(body)
+                self.finished = True
+                self.settled = (self._ruling is not None and self._flusher is None
+                                and self._pending is None)
+        except BaseException:
+            if closing and not self.finished:  # handed over, not all sent
+                self._record_outcome(self.status if self.status is not None else 500,
+                                     aborted=True)
+            raise
 
     async def _refuse(self) -> None:
         """Send a 403 ``audit_unavailable`` in place of the app's response."""
@@ -298,13 +308,30 @@ class Record:
 
     # -- the end -----------------------------------------------------------------------------
 
-    async def close(self, http: bool) -> None:
-        """The app is done: send a held response; record what is not recorded yet.
+    def close(self, http: bool) -> Coroutine[Any, Any, None]:
+        """The app is done: what to await to send a held response and record what is not yet.
+
+        A whole response held (a read's usual answer) is sent by :meth:`_release` itself,
+        so while it waits for its decision its frame is the only one of the record's
+        alive (fewer objects for the cyclic collector to walk); anything else is
+        :meth:`_close`'s.
 
         Args:
             http: An HTTP response (one that can break off mid-body), not a WebSocket.
         """
         self._returned = True
+        if self._flusher is None and self._start is not None and self._body is not None:
+            # answered here: no early answer (its callback would run for nothing)
+            self._verdict.remove_done_callback(self._durable)  # type: ignore[union-attr]
+            return self._release(closing=True)
+        return self._close(http)
+
+    async def _close(self, http: bool) -> None:
+        """What :meth:`close` leaves: a read that never started, an early answer, the outcome.
+
+        Args:
+            http: An HTTP response (one that can break off mid-body), not a WebSocket.
+        """
         guard = self._guard
         ruling = self._pending
         if ruling is not None:  # no response started (the app failed): nothing left
@@ -315,16 +342,11 @@ class Record:
                 guard.post(ruling, 500)
                 raise
             return
-        if self._flusher is not None or (self._start is not None and self._body is not None):
-            try:  # a whole response: out once durable (sent here, or by the early answer)
-                if self._flusher is not None:
-                    await self._flusher
-                else:  # answered here: no early answer (its callback would run for nothing)
-                    self._verdict.remove_done_callback(self._durable)  # type: ignore[union-attr]
-                    await self._release()
+        if self._flusher is not None:
+            try:  # a whole response, out once durable: sent by the early answer
+                await self._flusher
             except BaseException:
-                if self._flusher is not None:
-                    self._flusher.cancel()
+                self._flusher.cancel()
                 if self._start is None and not self.finished:  # handed over, not all sent
                     self._record_outcome(self.status if self.status is not None else 500,
                                          aborted=True)
@@ -346,7 +368,8 @@ class Record:
         decision_id = self.decision_id
         if self.failed or decision_id is None:
             return
-        outcome = HttpContext(self._method, self._outcome.route or "", status, aborted=aborted)
+        method = self._scope.get("method", "GET")  # a WebSocket's handshake is a GET
+        outcome = HttpContext(method, self._outcome.route or "", status, aborted=aborted)
         try:
             if not self._guard.enqueue_outcome(decision_id, status, outcome):
                 _log.error("could not queue status %s for decision %s", status, decision_id)

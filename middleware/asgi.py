@@ -197,7 +197,7 @@ class GuardMiddleware:
         # The app's call, inline (not a coroutine of its own): while a read's response
         # waits for its decision, the fewer frames and objects alive per request, the
         # less the cyclic collector walks.
-        record = Record(self.guard, outcome, ruling, method, scope, receive, send, span)
+        record = Record(self.guard, outcome, ruling, scope, receive, send, span)
         inner: Send = record
         if outcome.fields is not None and outcome.released is not None and "method" in scope:
             inner = Minimiser(inner, scope, receive, outcome.fields, outcome.released,
