@@ -16,13 +16,19 @@ writer's build, (b) the append with its ``fdatasync``, the writer's tail, (c) it
 release (the loop's eventfd written) to the task's resumption; beside it the
 ``fdatasync`` floor of the same folder, back to back and after the same pause,
 all in one run.
+``sync``: one batch of ``--batch`` 300-byte records written and ``fdatasync``-ed at a
+time, three ways in one run (rounds alternated): appended at the end (the file
+grows), written over zeros written and synced before (no size change), written into
+a ``posix_fallocate``d region (unwritten extents), and through ``Journal.append``
+(this tree's; ``--baseline TREE``: also that checkout's, loaded in the same process);
+CPU (user+sys of the thread) and latency per batch.
 ``handover``: ``--lone-events`` lone commits (the same pause) into a journal that
 keeps nothing, nothing timed: for instructions per thread under callgrind
 (``--separate-threads=yes``, two lengths, the difference); ``--pause-only``
 counts the loop's pauses alone, to subtract.
 
 Usage: python bench/writer.py [--events N] [--rounds 3] [--batch 64] [--producers 32]
-       [--only build|loop|lone|handover] [--lone-events 2000] [--gap-ms 0.5]
+       [--only build|loop|lone|sync|handover] [--lone-events 2000] [--gap-ms 0.5]
 (under callgrind: valgrind --tool=callgrind python bench/writer.py --only build)
 """
 
@@ -30,8 +36,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
+import resource
+import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -43,10 +53,11 @@ from _pg import fdatasync_floor
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard.audit import EventKind, derive_chain_key
-from guard.audit._journal import open_lane
+from guard.audit._journal import Journal, open_lane
 from guard.audit._jwriter import JournalWriter, _Item
 
 KEY = b"b" * 32
+JOURNALS: dict[str, Any] = {}  # sync: the Journal classes compared (this tree's, --baseline's)
 FIELDS: dict[str, Any] = {
     "caller": "svc:crm", "party_type": "internal", "country": "GB",
     "purpose": "relationship.management", "categories": ("contact.email",), "action": "read",
@@ -267,6 +278,82 @@ def run_lone(events: int, rounds: int, gap: float) -> None:
               f" µs  (n={len(values)})")
 
 
+def _journal_class(tree: Path | None) -> Any:
+    """``Journal`` of this tree, or of the checkout ``tree`` (loaded beside this one's)."""
+    if tree is None:
+        return Journal
+    spec = importlib.util.spec_from_file_location(
+        "base_journal", tree / "guard" / "audit" / "_journal.py")
+    assert spec is not None and spec.loader is not None
+    module = sys.modules["base_journal"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Journal
+
+
+def _journal_round(folder: Path, journal_class: Any, batches: int,
+                   batch: int) -> tuple[list[float], float]:
+    """``batches`` appends of ``batch`` records through a journal; latencies and CPU, in µs."""
+    journal = journal_class(folder / f"lane-{journal_class.__module__}")
+    records = [b"[" + b"x" * 298 + b"]"] * batch
+    times = []
+    r0 = resource.getrusage(resource.RUSAGE_THREAD)
+    for _ in range(batches):
+        t0 = time.perf_counter_ns()
+        journal.append(records)
+        times.append((time.perf_counter_ns() - t0) / 1e3)
+    r1 = resource.getrusage(resource.RUSAGE_THREAD)
+    journal.close()
+    shutil.rmtree(journal.folder)
+    return times, (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) * 1e6 / batches
+
+
+def _sync_round(folder: Path, how: str, batches: int, batch: int) -> tuple[list[float], float]:
+    """``batches`` writes of ``batch`` records + fdatasync ``how``; latencies and CPU, in µs."""
+    if how.startswith("Journal"):
+        return _journal_round(folder, JOURNALS[how], batches, batch)
+    path = folder / f"{how}.bin"
+    data = b"x" * 300 * batch
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if how == "zeroed":
+            os.write(fd, bytes(len(data) * batches))
+            os.fsync(fd)
+        elif how == "fallocate":
+            os.posix_fallocate(fd, 0, len(data) * batches)
+            os.fsync(fd)
+        times = []
+        r0 = resource.getrusage(resource.RUSAGE_THREAD)
+        for number in range(batches):
+            t0 = time.perf_counter_ns()
+            os.pwrite(fd, data, number * len(data))
+            os.fdatasync(fd)
+            times.append((time.perf_counter_ns() - t0) / 1e3)
+        r1 = resource.getrusage(resource.RUSAGE_THREAD)
+    finally:
+        os.close(fd)
+        path.unlink()
+    cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) * 1e6 / batches
+    return times, cpu
+
+
+def run_sync(batches: int, batch: int, rounds: int) -> None:
+    """Print the latency and CPU of a batch's write + fdatasync, three ways (one run)."""
+    ways = ("append", "zeroed", "fallocate", *JOURNALS)
+    times: dict[str, list[float]] = {how: [] for how in ways}
+    cpus: dict[str, list[float]] = {how: [] for how in ways}
+    with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
+        for _ in range(rounds):
+            for how in ways:
+                got, cpu = _sync_round(Path(tmp), how, batches, batch)
+                times[how] += got
+                cpus[how].append(cpu)
+    print(f"sync: {batches} batches of {batch} x 300 B, {rounds} rounds alternated")
+    for how in ways:
+        print(f"  {how:<16} write+fdatasync p50 {_pct(times[how], 0.5):7.1f} µs  p99 "
+              f"{_pct(times[how], 0.99):7.1f} µs  CPU {statistics.median(cpus[how]):6.1f} "
+              f"µs/batch (median; rounds {', '.join(f'{c:.1f}' for c in cpus[how])})")
+
+
 def main() -> None:
     """Run the benches and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -274,20 +361,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--producers", type=int, default=32)
-    parser.add_argument("--only", choices=("build", "loop", "lone", "handover"))
+    parser.add_argument("--only", choices=("build", "loop", "lone", "sync", "handover"))
     parser.add_argument("--pause-only", action="store_true", help="handover: pauses alone")
     parser.add_argument("--lone-events", type=int, default=2000)
     parser.add_argument("--gap-ms", type=float, default=0.5,
                         help="lone: pause between two commits (the writer falls asleep)")
     parser.add_argument("--null-journal", action="store_true",
                         help="loop: a journal that keeps nothing (no disk: CPU only)")
+    parser.add_argument("--baseline", type=Path, metavar="TREE",
+                        help="sync: also append through the Journal of this checkout")
     args = parser.parse_args()
+    JOURNALS["Journal"] = _journal_class(None)
+    if args.baseline is not None:
+        JOURNALS["Journal@baseline"] = _journal_class(args.baseline)
     if args.only == "handover":
         handover(args.lone_events, args.gap_ms / 1e3, args.pause_only)
     if args.only in (None, "build"):
         runs = [build(args.events, args.batch) for _ in range(args.rounds)]
         print(f"build: writer CPU {statistics.median(runs):.2f} µs/event "
               f"(batches of {args.batch}, median of {args.rounds})")
+    if args.only in (None, "sync"):
+        for size in sorted({1, args.batch}):
+            run_sync(args.lone_events, size, args.rounds)
     if args.only in (None, "lone"):
         run_lone(args.lone_events, args.rounds, args.gap_ms / 1e3)
     if args.only in (None, "loop"):

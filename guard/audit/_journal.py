@@ -3,16 +3,21 @@
 A journal is a folder of segments named by the offset (record number) of their
 first record (``00000000000000000000.seg``). Each record is one frame::
 
-    length (4 bytes, little endian) | CRC32C of the payload (4 bytes) | payload
+    length (4 bytes, little endian, never 0) | CRC32C of the payload (4 bytes) | payload
 
 :meth:`Journal.append` writes a whole batch with one ``write`` and one
-``fdatasync``; a segment past the size bound is closed and the next one opened
-before the batch. After each ``fdatasync`` the journal publishes its durable
-end (the offset after the last synced record) in the lane's ``END`` file,
-updated in place through a shared mapping and never synced itself: a reader in
-any process indexes no record past it, so bytes written but not yet synced are
-never indexed. Opening a journal scans the newest segment forward, truncates
-it at the first frame that is incomplete or fails its checksum (a torn write
+``fdatasync``. The segment is grown ahead of its records: a batch that passes
+the zeros written so far writes :data:`GROW` more zeros behind itself in the
+same write, so the next batches overwrite zeros already on disk and their
+``fdatasync`` carries no change of the file's size. Zeros where a frame should
+start end the segment's records (a length of 0 is never a frame); a segment is
+cut to its records when the next one is started and when the journal closes.
+After each ``fdatasync`` the journal publishes its durable end (the offset
+after the last synced record) in the lane's ``END`` file, updated in place
+through a shared mapping and never synced itself: a reader in any process
+indexes no record past it, so bytes written but not yet synced are never
+indexed. Opening a journal scans the newest segment forward, cuts it at the
+first frame that is not whole and good, with the zeros behind it (a torn write
 was never acknowledged), syncs what is left and publishes that end again; a bad
 frame below the published end was acknowledged, so the journal refuses to open
 instead of cutting it off. The segments are the truth; the query index is built
@@ -21,6 +26,7 @@ from them (:mod:`guard.audit._indexer`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -42,6 +48,8 @@ _END = struct.Struct("<QQ")  # the durable end and its complement: a torn read n
 _MASK = (1 << 64) - 1
 END = "END"
 MAX_FRAME = 16 << 20  # a length field above this is damage, not a record
+GROW = 1 << 20  # zeros written ahead of the records when a batch passes them
+_ZEROS = bytes(GROW)
 SUFFIX = ".seg"
 
 
@@ -103,23 +111,33 @@ def _frames(data: bytes, want: int) -> tuple[list[bytes], int, str | None]:
     """The first whole, good frames of ``data`` (at most ``want``).
 
     Returns their payloads, the bytes they take, and why the parse stopped short
-    (``incomplete header``, ``incomplete frame``, ``checksum mismatch``; None: it did not).
+    (:func:`_stop`; None: it did not, or only zeros follow).
     """
     payloads: list[bytes] = []
     pos, end = 0, len(data)
     while pos < end and len(payloads) < want:
-        if end - pos < _HEADER.size:
-            return payloads, pos, "incomplete header"
-        length, crc = _HEADER.unpack_from(data, pos)
+        length, crc = _HEADER.unpack_from(data, pos) if end - pos >= _HEADER.size else (0, 0)
         start = pos + _HEADER.size
-        if length > MAX_FRAME or start + length > end:
-            return payloads, pos, "incomplete frame"
         payload = data[start:start + length]
-        if crc32c(payload) != crc:
-            return payloads, pos, "checksum mismatch"
+        if not length or length > MAX_FRAME or start + length > end or crc32c(payload) != crc:
+            return payloads, pos, _stop(data, pos, length)
         payloads.append(payload)
         pos = start + length
     return payloads, pos, None
+
+
+def _stop(data: bytes, pos: int, length: int) -> str | None:
+    """Why no good frame starts at ``pos``: None when only zeros follow (the grown tail);
+    ``incomplete header`` or ``incomplete frame`` when the bytes written end inside it (a
+    write cut short); else ``checksum mismatch`` (or ``zero length``: zeros, then bytes)."""
+    written = pos + len(data[pos:].rstrip(b"\0"))
+    if written == pos:
+        return None
+    if written - pos < _HEADER.size:
+        return "incomplete header"
+    if length > MAX_FRAME or pos + _HEADER.size + length > written:
+        return "incomplete frame"
+    return "checksum mismatch" if length else "zero length"
 
 
 def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
@@ -218,11 +236,10 @@ class Journal:
                 f"audit journal {folder}: record {first + len(payloads)} of {path.name} is "
                 f"{what} below the durable end {published}; nothing was cut off "
                 "(move the lane aside to inspect it, then start again)")
-        self._fd = open_own(path, os.O_WRONLY | os.O_APPEND)
-        if damage is not None:  # a torn tail: never acknowledged, never believed
-            os.ftruncate(self._fd, good)
+        self._fd = open_own(path, os.O_WRONLY)
+        self._size = good  # the records' bytes (the file's, with the zeros ahead: _grown)
+        self._cut()  # a torn tail (never acknowledged) and the zeros go
         os.fsync(self._fd)  # whole frames a stopped writer had not synced yet are kept
-        self._size = good
         self._broken = False
         self.next_offset = first + len(payloads)  # the next record's; all below is durable
         end = open_own(folder / END, os.O_RDWR | os.O_CREAT)
@@ -253,37 +270,42 @@ class Journal:
 
     def _create(self, first: int) -> int:
         path = self.folder / segment_name(first)
-        fd = open_own(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        fd = open_own(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         fsync_dir(self.folder)
         return fd
 
     def append(self, payloads: Sequence[bytes]) -> int:
         """Append records with one write and one fdatasync; return the first one's offset.
 
-        A segment at its size bound is closed and the next one started first.
-        AuditUnavailableError: the disk refused, or a record is over :data:`MAX_FRAME`
-        (its readers would take it for damage); nothing of the batch is kept.
+        A segment at its size bound is cut to its records and the next one started first.
+        AuditUnavailableError: the disk refused, or a record is empty or over
+        :data:`MAX_FRAME` (its readers would take it for the end or damage); nothing of
+        the batch is kept.
         """
-        if any(len(p) > MAX_FRAME for p in payloads):
+        if any(not p or len(p) > MAX_FRAME for p in payloads):
             raise AuditUnavailableError(
-                f"audit journal {self.folder}: a record is over {MAX_FRAME} bytes")
+                f"audit journal {self.folder}: a record is empty or over {MAX_FRAME} bytes")
         try:
             if self._broken:
-                os.ftruncate(self._fd, self._size)
+                self._cut()
                 self._broken = False
             if self._size >= self._segment_bytes:
                 fd = self._create(self.next_offset)
+                self._cut()
                 os.close(self._fd)
-                self._fd, self._size = fd, 0
+                self._fd, self._size, self._grown = fd, 0, 0
             pack = _HEADER.pack  # frame() of each, without its call
             data = b"".join([pack(len(p), crc32c(p)) + p for p in payloads])
             view, written = memoryview(data), 0
             while written < len(data):
                 written += os.write(self._fd, view[written:])
+            end = self._size + written
+            if end > self._grown:  # past the zeros: more of them, synced with the batch
+                self._grown = end + os.pwrite(self._fd, _ZEROS, end)
             os.fdatasync(self._fd)
         except OSError as exc:
             try:  # cut the failed batch off, so the next batch follows the last good one
-                os.ftruncate(self._fd, self._size)
+                self._cut()
             except OSError:
                 self._broken = True
             raise AuditUnavailableError(
@@ -294,8 +316,16 @@ class Journal:
         self._publish()
         return first
 
+    def _cut(self) -> None:
+        """Cut the segment to its records (the zeros ahead go; the next batch grows it)."""
+        os.ftruncate(self._fd, self._size)
+        os.lseek(self._fd, self._size, os.SEEK_SET)
+        self._grown = self._size
+
     def close(self) -> None:
-        """Close the segment and the mapping and release the lock."""
+        """Cut the segment to its records; close it and the mapping and release the lock."""
+        with contextlib.suppress(OSError):
+            self._cut()
         self._end.close()
         os.close(self._fd)
         os.close(self._lock)
@@ -334,9 +364,11 @@ class JournalReader:
         skip = offset - first
         while skip:
             header = handle.read(_HEADER.size)
-            if len(header) < _HEADER.size:
+            length = _HEADER.unpack(header)[0] if len(header) == _HEADER.size else 0
+            if not length:  # its end, or its zeros
+                handle.close()
                 raise ConfigError(f"audit journal {self.folder} ends before offset {offset}")
-            handle.seek(_HEADER.unpack(header)[0], os.SEEK_CUR)
+            handle.seek(length, os.SEEK_CUR)
             skip -= 1
         if self._file is not None:
             self._file.close()
@@ -363,7 +395,10 @@ class JournalReader:
             got, used, why = _frames(data, want - len(out))
             out += got
             handle.seek(start + used)  # the next read starts after the last frame returned
-            if why is not None and (why == "checksum mismatch" or len(data) < size
+            if len(out) < want and why is None and used < len(data):  # zeros: its end
+                self._open_at(self.offset + len(out))
+                continue
+            if why is not None and (not why.startswith("incomplete") or len(data) < size
                                     or size > MAX_FRAME):
                 break  # a bad frame, or the segment ends inside one
             size = self._block if got else size * 2  # a frame longer than the block

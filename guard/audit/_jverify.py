@@ -68,7 +68,7 @@ def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | Checkpo
     for number, record in enumerate(records):
         if isinstance(record, Damage):
             expected = None
-            last = number == len(records) - 1 and record.why == "incomplete frame"
+            last = number == len(records) - 1 and record.why.startswith("incomplete")
             if not last:  # an incomplete last frame is a write in progress
                 damage.append(f"{record.path.name} at byte {record.position} (offset "
                               f"{record.offset}): {record.why}")

@@ -134,8 +134,9 @@ def test_bytes_past_the_durable_end_are_read_again(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j")
     journal.append([b"one", b"two"])
     [(_, path)] = segments(tmp_path / "j")
-    size = path.stat().st_size
-    with path.open("ab") as handle:  # a batch being written, not yet durable
+    size = len(frame(b"one") + frame(b"two"))  # the zeros ahead of the records follow
+    with path.open("r+b") as handle:  # a batch being written, not yet durable
+        handle.seek(size)
         handle.write(frame(b"torn") + frame(b"tail"))
     reader = JournalReader(tmp_path / "j", 0)
     assert reader.read(2, 100) == [b"one", b"two"]

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit import load_signing_key, open_store
+from guard.audit import load_public_key, load_signing_key, open_store
 from guard.audit._jtrail import JournalTrail
+from guard.audit._jverify import verify_journal
 from tests.guard.audit.conftest import (
+    CHAIN_KEY,
     HMAC_KEY,
     Keys,
     acknowledged_until_killed,
@@ -80,3 +82,7 @@ def test_sigkill_loses_no_acknowledged_event_and_indexes_each_once(
     trail.flush()
     trail.close()
     assert_lost_none_doubled_none(folder / "lane-0", store_url, acknowledged, keys)
+    store = open_store(store_url, create=False)  # the journal too: whole, and the index agrees
+    report = verify_journal(store, folder, load_public_key(keys.public), chain_key=CHAIN_KEY)
+    store.close()
+    assert report.ok, (report.damage, report.index, report.journal.problems)
