@@ -284,7 +284,8 @@ def _journal_class(tree: Path | None) -> Any:
         return Journal
     spec = importlib.util.spec_from_file_location(
         "base_journal", tree / "guard" / "audit" / "_journal.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = sys.modules["base_journal"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.Journal

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guard._errors import AuditUnavailableError, ConfigError
+from guard._errors import AuditUnavailableError
 from guard.audit._journal import GROW, Journal, JournalReader, frame, read_journal, segments
 
 
@@ -64,7 +64,7 @@ def test_zeros_end_every_segment_for_the_scan_and_the_reader(tmp_path: Path) -> 
     for _, path in segments(lane):
         with path.open("ab") as handle:
             handle.write(bytes(5000))
-    assert [r for r in read_journal(lane)] == list(enumerate(payloads))
+    assert list(read_journal(lane)) == list(enumerate(payloads))
     reader = JournalReader(lane, 1, block=16)
     assert reader.read(12, 100) == payloads[1:]
     reader.close()
@@ -91,7 +91,7 @@ def test_zeros_between_records_are_damage_not_an_end(tmp_path: Path) -> None:
     assert (damage.offset, damage.why) == (1, "zero length")
     reader = JournalReader(lane, 0)
     assert reader.read(3, 10) == [b"alpha"]
-    with pytest.raises((AuditUnavailableError, ConfigError)):
+    with pytest.raises(AuditUnavailableError, match="bad frame at offset 1"):
         reader.read(3, 10)
     reader.close()
     with pytest.raises(AuditUnavailableError, match="below the durable end 3"):
@@ -109,7 +109,8 @@ def test_a_torn_record_followed_by_zeros_is_cut_and_the_journal_goes_on(tmp_path
         handle.seek(size)
         handle.write(frame(b"three") + frame(b"torn record")[:12])
     [*_, last] = read_journal(lane)
-    assert not isinstance(last, tuple) and last.why == "incomplete frame"
+    assert not isinstance(last, tuple)
+    assert last.why == "incomplete frame"
     journal = Journal(lane)
     assert journal.next_offset == 3  # the whole frame kept, the torn one cut with the zeros
     assert path.stat().st_size == size + len(frame(b"three"))
