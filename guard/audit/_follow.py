@@ -35,15 +35,20 @@ class Follower:
         folder: The journal folder (its ``lane-N`` journals), or one lane.
         store: The query store.
         interval: Seconds from durable to in the store that each lane's indexer aims at.
+        idle: Index under ``SCHED_IDLE`` while no record waits longer than this many
+            seconds (:meth:`relieve` hands a lane that waits longer to a thread of
+            normal policy); None: the threads' policy is left as it is.
 
     Raises:
         ConfigError: another follower holds the folder, or it cannot be used.
     """
 
-    def __init__(self, folder: Path, store: Store, *, interval: float = 0.3) -> None:
+    def __init__(self, folder: Path, store: Store, *, interval: float = 0.3,
+                 idle: float | None = None) -> None:
         self.folder = folder
         self.store = store
         self._interval = interval
+        self._idle = idle
         self.indexers: dict[Path, Indexer] = {}
         self._lock = lock_folder(folder, "INDEXER",
                                  f"another `guard audit index` is already indexing {folder}")
@@ -54,7 +59,13 @@ class Follower:
             if lane not in self.indexers:
                 with contextlib.suppress(JournalBusyError):
                     Journal(lane).close()
-                self.indexers[lane] = Indexer(lane, self.store, interval=self._interval)
+                self.indexers[lane] = Indexer(lane, self.store, interval=self._interval,
+                                              idle=self._idle)
+
+    def relieve(self) -> None:
+        """Hand each lane whose idle indexer fell behind to a thread of the caller's policy."""
+        for indexer in self.indexers.values():
+            indexer.relieve()
 
     def progress(self) -> str:
         """Lanes, records durable and not yet in the store, and why, if the store refuses."""
@@ -88,7 +99,10 @@ class Follower:
 
 # -- audit.index = "auto" at SQLite: the follower as a child process of the service ---------------
 
-_STATUS_EVERY = 0.2  # seconds between the child's looks at its indexers' errors
+_STATUS_EVERY = 0.2  # seconds between the child's looks at its indexers' errors and lag
+_IDLE_LAG = 0.5
+"""Seconds a record may wait for the child's index under ``SCHED_IDLE`` before a thread of
+normal policy takes over (the index's lag target is 1 s)."""
 
 
 def index_mode(setting: str, store_url: str) -> bool | str:
@@ -111,6 +125,9 @@ class ChildIndexer:
     standard input, a pipe from here, ends). A line to that pipe asks it to index
     what is durable now (:meth:`want`); it answers with its status lines
     (``ok``, ``waiting`` for another indexer's ``INDEXER`` lock, ``error: ...``).
+    Once caught up, its indexers run under ``SCHED_IDLE``: the service's threads,
+    woken by a sync or a request, take the CPU from them at once; a lane that
+    waits longer than ``_IDLE_LAG`` seconds goes to a thread of normal policy.
 
     Args:
         folder: The journal folder (its ``lane-N`` journals).
@@ -222,7 +239,7 @@ def main(argv: list[str]) -> int:
         while follower is None:  # another indexer of the folder may hold it: take over after it
             try:
                 store = store or open_store(url, create=True)
-                follower = Follower(folder, store)
+                follower = Follower(folder, store, idle=_IDLE_LAG)
             except (JournalBusyError, AuditStoreError) as exc:
                 say("waiting" if isinstance(exc, JournalBusyError) else f"error: {exc}")
                 if stop.wait(_STATUS_EVERY * 5):
@@ -236,6 +253,7 @@ def main(argv: list[str]) -> int:
                 wanted.clear()
                 for lane, indexer in follower.indexers.items():
                     indexer.want(durable_end(lane))
+            follower.relieve()  # from this thread, of normal policy: see Indexer.relieve
             say("ok" if follower.error is None else f"error: {follower.error}")
             wanted.wait(_STATUS_EVERY)
     except Exception as exc:  # one readable line; the service starts another child

@@ -14,6 +14,7 @@ neither the producers nor the trail's start wait for the index.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -31,6 +32,11 @@ SHORTENED = "#shortened"
 _log = logging.getLogger("guard.audit")
 _CHUNK = 1000
 """Records read at a time within one index transaction."""
+_IDLE_BATCH = 500
+"""Most records in one transaction under ``SCHED_IDLE`` (a starved one holds up its relief)."""
+_NORMAL_FOR = 10.0
+"""Seconds a thread that relieved an idle one stays at normal policy (a saturated machine
+would starve the next idle thread at once)."""
 
 
 class Hurried(Protocol):
@@ -126,10 +132,14 @@ class Indexer:
         batch: Most records in one index transaction (a longer backlog: one after another).
         interval: Seconds from durable to in the store that the pace aims at (:class:`Pace`).
         retry: Seconds between attempts while the store refuses.
+        idle: Once the index keeps up, index under ``SCHED_IDLE`` (only CPU time no other
+            thread of the machine wants), in transactions of at most ``_IDLE_BATCH`` records,
+            while no record waits longer than this many seconds (:meth:`relieve`).
+            None: the thread's policy is left as it is.
     """
 
     def __init__(self, lane: Path, store: Store, *, batch: int = 5_000,
-                 interval: float = 0.3, retry: float = 1.0) -> None:
+                 interval: float = 0.3, retry: float = 1.0, idle: float | None = None) -> None:
         self.lane = lane
         self.store = store
         self._key = journal_id(lane)
@@ -146,9 +156,65 @@ class Indexer:
         self._started = 0.0  # monotonic time the pending transaction's read started
         self._failures = FailureLog(f"audit index of {lane}")
         self.last_error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="audit-indexer", daemon=True)
-        self._thread.start()
+        self._idle = idle
+        self.idle = False
+        """The thread indexing now runs under ``SCHED_IDLE``."""
+        self.relieved = 0
+        """How many times a thread of normal policy took over (:meth:`relieve`)."""
+        self._normal_until = 0.0  # monotonic time before which a relieving thread stays normal
+        self._steps = threading.Lock()  # one thread indexes at a time (see relieve)
+        self._thread = self._start()
         register(lane, self)
+
+    def _start(self) -> threading.Thread:
+        """Start a thread indexing from now on (it inherits the calling thread's policy)."""
+        self._thread = thread = threading.Thread(target=self._run, name="audit-indexer",
+                                                 daemon=True)
+        thread.start()
+        return thread
+
+    def relieve(self, now: float | None = None) -> bool:
+        """Hand the index to a new thread of the caller's policy if the idle one fell behind.
+
+        A thread under ``SCHED_IDLE`` runs only when no other thread of the machine
+        wants its CPU, so a saturated machine can starve it. An unprivileged thread
+        cannot leave ``SCHED_IDLE`` (Linux asks for ``CAP_SYS_NICE`` or a
+        ``RLIMIT_NICE`` that allows nice 0) and the threads it starts inherit it, so a
+        thread of normal policy calls this now and then: when a record has waited
+        longer than ``idle`` seconds, a new thread started from the caller takes over
+        after the idle thread's transaction under way (at most ``_IDLE_BATCH``
+        records) and goes idle again once it has caught up and ``_NORMAL_FOR``
+        seconds have passed.
+
+        Returns:
+            True if a new thread took over.
+        """
+        if self._idle is None:
+            return False
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            if (not self.idle or self._closed or self._reader is None
+                    or now - self._pace.since <= self._idle
+                    or durable_end(self.lane) <= self.offset):
+                return False
+            self.idle = False
+            self.relieved += 1
+            self._normal_until = now + _NORMAL_FOR
+            self._start()
+            self._cond.notify_all()  # the idle thread, if it sleeps, ends
+        _log.info("audit index of %s: %.1f s behind under SCHED_IDLE; indexing at normal "
+                  "priority until it catches up", self.lane, now - self._pace.since)
+        return True
+
+    def _go_idle(self) -> None:
+        """Put this thread under ``SCHED_IDLE`` (under the lock; once it keeps up)."""
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError) as exc:  # not Linux: its own policy stays
+            _log.warning("audit index of %s: SCHED_IDLE refused (%s)", self.lane, exc)
+            self._idle = None
+        else:
+            self.idle = True
 
     def want(self, offset: int) -> None:
         """Start a transaction now if records below ``offset`` are not in the store yet."""
@@ -177,8 +243,10 @@ class Indexer:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout)
-        if self._reader is not None and not self._thread.is_alive():
+        if (self._reader is not None and not self._thread.is_alive()
+                and self._steps.acquire(timeout=timeout)):  # a relieved thread's step ended
             self._reader.close()
+            self._steps.release()
 
     def _ready(self) -> float:
         """0 when a transaction should start now, else how long to sleep (under the lock)."""
@@ -188,14 +256,19 @@ class Indexer:
         return self._pace.wait(time.monotonic(), durable_end(self.lane) - reader.offset)
 
     def _run(self) -> None:
+        me = threading.current_thread()
         while True:
             with self._cond:
-                while not self._closed and (sleep := self._ready()) > 0:
+                while not self._closed and self._thread is me and (sleep := self._ready()) > 0:
+                    if (self._idle is not None and not self.idle  # keeps up: spare CPU only
+                            and time.monotonic() >= self._normal_until):
+                        self._go_idle()
                     self._cond.wait(sleep)
-                if self._closed:
+                if self._closed or self._thread is not me:  # closed, or relieved
                     return
             try:
-                self._step()
+                with self._steps:
+                    self._step()
             except Exception as exc:  # the store refused: keep the batch, try again
                 self.last_error = str(exc)
                 self._failures.failed(str(exc))
@@ -212,7 +285,7 @@ class Indexer:
         reader = self._reader
         assert reader is not None
         now = time.monotonic()
-        end, left = durable_end(self.lane), self._batch
+        end, left = durable_end(self.lane), _IDLE_BATCH if self.idle else self._batch
         self._pace.read(now, end - reader.offset <= left)
         while left > 0 and reader.offset < end:
             chunk = reader.read(end, min(left, _CHUNK))

@@ -8,6 +8,7 @@ nothing; two services on one journal folder share one indexing child.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -224,3 +225,66 @@ def test_a_sigterm_to_the_services_group_leaves_the_child_to_the_service(
     assert store.rows("SELECT count(*) FROM audit_event") == [(2,)]
     assert store.rows("SELECT kind FROM audit_checkpoint ORDER BY seq, kind")[-1] == ("close",)
     store.close()
+
+
+def policies(pid: int) -> dict[int, int]:
+    """Each thread of process ``pid``: its scheduling policy (``/proc/PID/task/TID/stat``)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = int(fields[38])  # field 41, counted from field 3 (state)
+    return out
+
+
+def test_the_childs_indexer_runs_under_sched_idle_and_its_main_thread_does_not(
+    keys: Keys, tmp_path: Path
+) -> None:
+    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+    child = trail.child
+    assert child is not None
+    try:
+        trail.record_fields(EventKind.DECISION, FIELDS)
+        trail.flush()  # caught up: the indexer's thread goes idle
+        until(lambda: os.SCHED_IDLE in policies(child.pid).values())
+        seen = policies(child.pid)
+        assert seen[child.pid] == os.SCHED_OTHER  # the thread that relieves a starved lane
+        assert os.sched_getscheduler(child.pid) == os.SCHED_OTHER
+        assert list(seen.values()).count(os.SCHED_IDLE) == 1  # the lane's indexer alone
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the service's own: untouched
+    finally:
+        trail.close()
+
+
+HOG = "import os; os.sched_setaffinity(0, {int(os.environ['CPU'])})\nwhile True: pass"
+
+
+def test_an_idle_index_starved_by_a_busy_cpu_is_relieved_and_catches_up(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """A normal-policy process that never sleeps, on the child's one CPU, leaves an idle
+    thread next to no CPU time: the child's main thread hands the lane to a new thread."""
+    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+    child = trail.child
+    assert child is not None
+    cpu = min(os.sched_getaffinity(0))
+    hog = None
+    try:
+        trail.record_fields(EventKind.DECISION, FIELDS)
+        trail.flush()
+        until(lambda: os.SCHED_IDLE in policies(child.pid).values())
+        for tid in policies(child.pid):  # threads started later inherit their creator's CPU
+            os.sched_setaffinity(tid, {cpu})
+        hog = subprocess.Popen([sys.executable, "-c", HOG], env={**os.environ, "CPU": str(cpu)})
+        many = [{**FIELDS, "subject_id": f"s{i}"} for i in range(5000)]
+        for start in range(0, len(many), 1000):
+            trail.record_many_fields(EventKind.DECISION, many[start:start + 1000])
+        # An idle thread beside the hog took about 60 s for these; relieved, about 1 s.
+        trail.flush(timeout=30)
+        assert trail.store.rows(
+            "SELECT count(*) FROM audit_event WHERE kind = 'decision'") == [(5001,)]
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+        trail.close()
