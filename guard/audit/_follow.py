@@ -210,6 +210,14 @@ class ChildIndexer:
         self._thread.join(timeout)
 
 
+def _say(status: str, said: str) -> str:
+    """Write ``status`` as a line to standard output unless it is ``said``; return it."""
+    if status != said:
+        sys.stdout.write(status + "\n")
+        sys.stdout.flush()
+    return status
+
+
 def main(argv: list[str]) -> int:
     """The child of :class:`ChildIndexer`: follow the journal folder ``argv[0]`` into the store
     ``argv[1]`` until standard input ends; status lines (on change) on standard output."""
@@ -226,22 +234,15 @@ def main(argv: list[str]) -> int:
         wanted.set()
 
     threading.Thread(target=listen, name="parent", daemon=True).start()
-    said = [""]
-
-    def say(status: str) -> None:
-        if status != said[0]:
-            sys.stdout.write(status + "\n")
-            sys.stdout.flush()
-            said[0] = status
-
-    follower, store = None, None
+    follower, store, said = None, None, ""
     try:
         while follower is None:  # another indexer of the folder may hold it: take over after it
             try:
                 store = store or open_store(url, create=True)
                 follower = Follower(folder, store, idle=_IDLE_LAG)
             except (JournalBusyError, AuditStoreError) as exc:
-                say("waiting" if isinstance(exc, JournalBusyError) else f"error: {exc}")
+                said = _say("waiting" if isinstance(exc, JournalBusyError) else f"error: {exc}",
+                            said)
                 if stop.wait(_STATUS_EVERY * 5):
                     return 0
         looked = 0.0
@@ -254,7 +255,7 @@ def main(argv: list[str]) -> int:
                 for lane, indexer in follower.indexers.items():
                     indexer.want(durable_end(lane))
             follower.relieve()  # from this thread, of normal policy: see Indexer.relieve
-            say("ok" if follower.error is None else f"error: {follower.error}")
+            said = _say("ok" if follower.error is None else f"error: {follower.error}", said)
             wanted.wait(_STATUS_EVERY)
     except Exception as exc:  # one readable line; the service starts another child
         _log.error("audit index process stopped: %s", exc)
