@@ -297,7 +297,6 @@ def verify_chains(
         elif cp.checkpoint_id not in stored_ids:
             by_writer[cp.writer_id].append(cp)
             witnessed[cp.writer_id].append(cp)
-    signed: dict[str, list[Checkpoint]] = {}
     for writer, cps in by_writer.items():
         cps.sort(key=lambda c: (c.seq, c.kind != CheckpointKind.CLOSE))
         bad = next((cp for cp in cps if not cp.valid(public)), None)
@@ -305,25 +304,23 @@ def verify_chains(
             problems.setdefault(writer, Problem(
                 "bad_checkpoint", writer, bad.seq, None,
                 f"checkpoint {bad.checkpoint_id} has an invalid signature"))
-        signed[writer] = cps if bad is None else []
-    terms = {writer: chain_terms(valid) for writer, valid in signed.items()}
+            cps.clear()  # none of the chain's checkpoints is trusted
+    terms = {writer: chain_terms(valid) for writer, valid in by_writer.items()}
     keyed = {writer: t.chain for writer, t in terms.items() if t is not None and t.chain in (3, 4)}
     if keyed and chain_key is None:
         raise ConfigError("the audit store holds keyed chains: verify needs the chain key "
                           "(pass --hmac-key, or set audit.hmac_key)")
     key = ChainKey(chain_key) if chain_key is not None else None
     chains: dict[str, list[_Row]] = defaultdict(list)
-    total = 0
     for raw in events:
         writer = str(raw[_WRITER])
         chains[writer].append(light(raw, key, chain=keyed.get(writer)))
-        total += 1
     notes: list[str] = []
     for writer in sorted(set(chains) | set(by_writer)):
         if writer in problems:
             continue
         rows = chains.get(writer, [])
-        valid = signed.get(writer, [])
+        valid = by_writer.get(writer, [])
         found = check_chain(writer, rows)
         if found is None:
             found, note = _check_checkpoints(writer, rows, valid)
@@ -340,6 +337,6 @@ def verify_chains(
         if found is not None:
             problems[writer] = found
     ordered = tuple(problems[w] for w in sorted(problems))
-    return VerifyReport(total, len(set(chains) | set(by_writer)), cp_total, ordered,
-                        tuple(notes))
+    return VerifyReport(sum(map(len, chains.values())), len(set(chains) | set(by_writer)),
+                        cp_total, ordered, tuple(notes))
 
