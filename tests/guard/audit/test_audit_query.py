@@ -130,6 +130,21 @@ def test_a_report_whose_register_cannot_be_read_is_an_error(store_url: str, stor
         subject_report(store, ALICE)
 
 
+def test_markdown_of_a_report_without_accesses_lists_the_register() -> None:
+    from guard.audit._report import RightsEntry, SubjectReport
+
+    entry = RightsEntry(1, "objection", "marketing", "2026-11-01", "2026-11-01T09:00:00Z",
+                        "cli:a|b", "", "e-1")
+    text = render_markdown(SubjectReport(ALICE, "2026-11-30T10:00:00Z", (), (), 2, (entry,)))
+    assert "- Accesses: 0 by 0 recipient(s); 2 refused request(s)\n" in text
+    assert "## Recipients\n\nNo recipient has accessed this person's data.\n" in text
+    assert "## Every access" not in text
+    assert text.endswith(
+        "| # | effective | entry | purpose | recorded | by | reference |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n"
+        "| 1 | 2026-11-01 | objection | marketing | 2026-11-01T09:00:00Z | cli:a\\|b | - |\n")
+
+
 def test_stats_put_denials_first(store: Store) -> None:
     result = stats(store, EventFilter(since=D.format(1)))
     assert (result.total, result.allowed, result.denied) == (6, 4, 2)
