@@ -173,3 +173,36 @@ def test_a_witness_on_a_fifo_publishes_each_checkpoint_exactly_once(tmp_path: Pa
     reader.join(10)
     assert not reader.is_alive()
     assert [json.loads(line)["seq"] for line in received] == [1, 2, 3, 4, 5]
+
+
+def test_witness_lines_that_are_not_checkpoints_are_named_and_a_torn_last_line_skipped(
+    tmp_path: Path,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from guard.audit._checkpoint import CheckpointKind, sign_checkpoint
+    from guard.audit._verify import verify_chains
+    from guard.audit._witness import Witness, read_witness
+
+    key = Ed25519PrivateKey.generate()
+    good = sign_checkpoint(key, checkpoint_id="cp-1", writer_id="w-1", seq=0, hash_="0" * 64,
+                           ts="2026-11-30T00:00:00.000000Z", kind=CheckpointKind.OPEN)
+    path = tmp_path / "witness.jsonl"
+    witness = Witness(path)
+    witness.publish([good])
+    witness.close()
+    fields = json.loads(path.read_text())
+    with path.open("a") as handle:
+        handle.write("not json\n")  # line 2
+        handle.write(json.dumps({**fields, "seq": "0"}) + "\n")  # 3: a field's type
+        handle.write(json.dumps({k: v for k, v in fields.items() if k != "kind"}) + "\n")  # 4
+        handle.write(json.dumps({**fields, "kind": "sideways"}) + "\n")  # 5
+        handle.write(json.dumps([1, 2]) + "\n")  # 6: not an object
+        handle.write(json.dumps({**fields, "terms": 7}) + "\n")  # 7
+        handle.write(json.dumps(fields)[:20])  # torn while appending: never covered anything
+    read = read_witness(path)
+    assert read.checkpoints == (good,)
+    assert read.bad_lines == (2, 3, 4, 5, 6, 7)
+    report = verify_chains([], [good], key.public_key(), witness=read)
+    assert [str(p) for p in report.problems] == [
+        "bad_checkpoint: writer (witness): witness line(s) 2, 3, 4, 5, 6 are not checkpoints"]
