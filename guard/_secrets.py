@@ -3,14 +3,47 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from guard._errors import ConfigError
+
+KEY_FILE_LIMIT = 1 << 20
+"""The most bytes a key file may hold (a JWKS of hundreds of keys is far below it)."""
+
+
+def read_key_file(path: Path, limit: int = KEY_FILE_LIMIT) -> bytes:
+    """The bytes of a key file: a regular file of at most ``limit`` bytes.
+
+    A pipe, a device (``/dev/zero``), a folder or an oversized file raises OSError
+    at once, naming why: a key file is read on the request path when it changes,
+    so reading one must neither block nor fill memory.
+
+    Args:
+        path: The file (a symbolic link to a regular file is fine).
+        limit: The most bytes it may hold.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        data = os.read(fd, limit + 1)  # at most the bound, even if it grows meanwhile
+        while len(data) <= limit and (more := os.read(fd, limit + 1 - len(data))):
+            data += more
+        if len(data) > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        return data
+    finally:
+        os.close(fd)
 
 
 def write_secret(path: Path, data: bytes) -> None:
@@ -52,7 +85,7 @@ def load_ed25519_key(path: Path, what: str, *, create: bool) -> Ed25519PrivateKe
             ),
         )
     try:
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(read_key_file(path), password=None)
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from exc
     except ValueError as exc:

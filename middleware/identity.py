@@ -26,7 +26,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from guard._errors import ConfigError, GuardError
-from guard._secrets import key_id, load_ed25519_key
+from guard._secrets import key_id, load_ed25519_key, read_key_file
 from guard.config import IdentitySettings
 from middleware._keys import ALGORITHMS, KeyFiles, VerificationKey
 
@@ -120,7 +120,7 @@ def development_mode(settings: IdentitySettings) -> bool:
 def load_proxy_secrets(path: Path) -> list[bytes]:
     """The proxy secrets in ``path``: one per line (two during a rotation), each >= 32 bytes."""
     try:
-        lines = path.read_bytes().splitlines()
+        lines = read_key_file(path).splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read the proxy secret {path}: {exc.strerror}") from exc
     secrets = [line.strip() for line in lines if line.strip()]

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from guard._errors import ConfigError
-from guard._secrets import load_ed25519_key, write_secret
+from guard._secrets import load_ed25519_key, read_key_file, write_secret
 
 
 def load_hmac_key(path: Path, *, create: bool = False) -> bytes:
@@ -19,7 +19,7 @@ def load_hmac_key(path: Path, *, create: bool = False) -> bytes:
     if create and not path.exists():
         write_secret(path, secrets.token_hex(32).encode() + b"\n")
     try:
-        raw = path.read_bytes()
+        raw = read_key_file(path)
     except OSError as exc:
         raise ConfigError(f"cannot read the subject HMAC key {path}: {exc.strerror}") from exc
     text = raw.strip()
@@ -71,7 +71,7 @@ def load_signing_key(path: Path, *, create: bool = True) -> Ed25519PrivateKey:
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """An Ed25519 public key (PEM) for verifying checkpoints."""
     try:
-        loaded = serialization.load_pem_public_key(path.read_bytes())
+        loaded = serialization.load_pem_public_key(read_key_file(path))
     except OSError as exc:
         raise ConfigError(f"cannot read the audit public key {path}: {exc.strerror}") from exc
     except ValueError as exc:
