@@ -79,7 +79,7 @@ def test_a_key_file_that_is_not_a_small_regular_file_is_refused_at_once(
     else:
         with path.open("wb") as handle:  # sparse: no disk used
             handle.truncate(KEY_FILE_LIMIT + 1)
-    with pytest.raises(OSError, match="not a regular file|larger than"):
+    with pytest.raises(OSError, match=r"not a regular file|larger than"):
         read_key_file(path)
     for load in (load_hmac_key, load_proxy_secrets):
         with pytest.raises(ConfigError):
