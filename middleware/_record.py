@@ -56,7 +56,7 @@ class Record:
     """
 
     __slots__ = ("_body", "_early", "_flusher", "_guard", "_judged", "_outcome",
-                 "_pending", "_receive", "_refused", "_returned", "_ruling", "_scope",
+                 "_pending", "_read", "_receive", "_refused", "_returned", "_scope",
                  "_send", "_span", "_start", "_verdict", "decision_id", "failed",
                  "finished", "settled", "status")
 
@@ -69,7 +69,9 @@ class Record:
         self._receive = receive
         self._send = send
         self._pending = ruling
-        self._ruling = ruling
+        self._read = ruling.request if ruling is not None else None
+        """An allowed read's request (its decision is recorded with the response's status);
+        the ruling itself is not kept once queued (one object fewer per read waiting)."""
         self._verdict: asyncio.Future[str] | None = None
         self._judged = False
         self._span = span
@@ -120,10 +122,10 @@ class Record:
                 self._span.set_attribute("guard.decision_id", decision_id)
             return
         self.failed = True
-        ruling = self._ruling
-        if self._span.is_recording() and ruling is not None:
+        read, decision = self._read, self._outcome.decision
+        if self._span.is_recording() and read is not None:
             self._span.set_attributes(decision_attributes(denial(
-                Reason.AUDIT_UNAVAILABLE, ruling.request, ruling.decision.policy_version)))
+                Reason.AUDIT_UNAVAILABLE, read, decision.policy_version if decision else "")))
         _log.error("a decision for %s could not be made durable: the response is refused",
                    self._outcome.route or "<undeclared>")
 
@@ -289,7 +291,7 @@ class Record:
                 self._body = None
                 await send(body)
                 self.finished = True
-                self.settled = (self._ruling is not None and self._flusher is None
+                self.settled = (self._read is not None and self._flusher is None
                                 and self._pending is None)
         except BaseException:
             if closing and not self.finished:  # handed over, not all sent
@@ -359,7 +361,7 @@ class Record:
         if self.failed or self.decision_id is None:
             return
         aborted = http and self.status is not None and not self.finished
-        if self._ruling is not None and not aborted:  # the decision carries the status sent
+        if self._read is not None and not aborted:  # the decision carries the status sent
             return
         self._record_outcome(self.status if self.status is not None else 500, aborted=aborted)
 

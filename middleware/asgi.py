@@ -169,6 +169,7 @@ class GuardMiddleware:
                 outcome, ruling = judged
             else:
                 outcome, ruling = await judged, None
+            del judged  # not kept alive while the app runs and a read waits for its decision
         elif kind == "websocket":
             method = "GET"
             outcome, ruling = await self._judge(scope, kind, method)
@@ -198,6 +199,7 @@ class GuardMiddleware:
         # waits for its decision, the fewer frames and objects alive per request, the
         # less the cyclic collector walks.
         record = Record(self.guard, outcome, ruling, scope, receive, send, span)
+        del ruling  # the record's alone: freed once its decision is queued
         inner: Send = record
         if outcome.fields is not None and outcome.released is not None and "method" in scope:
             inner = Minimiser(inner, scope, receive, outcome.fields, outcome.released,
