@@ -22,13 +22,16 @@ grows), written over zeros written and synced before (no size change), written i
 a ``posix_fallocate``d region (unwritten extents), and through ``Journal.append``
 (this tree's; ``--baseline TREE``: also that checkout's, loaded in the same process);
 CPU (user+sys of the thread) and latency per batch.
+``turns``: ``--producers`` tasks on one loop each commit, work ``--work-us`` with a
+syscall, and pause 0-2 ms, as requests arriving apart: the writer's CPU per event
+and its events per batch.
 ``handover``: ``--lone-events`` lone commits (the same pause) into a journal that
 keeps nothing, nothing timed: for instructions per thread under callgrind
 (``--separate-threads=yes``, two lengths, the difference); ``--pause-only``
 counts the loop's pauses alone, to subtract.
 
 Usage: python bench/writer.py [--events N] [--rounds 3] [--batch 64] [--producers 32]
-       [--only build|loop|lone|sync|handover] [--lone-events 2000] [--gap-ms 0.5]
+       [--only build|loop|lone|sync|turns|handover] [--lone-events 2000] [--gap-ms 0.5]
 (under callgrind: valgrind --tool=callgrind python bench/writer.py --only build)
 """
 
@@ -38,6 +41,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -355,6 +359,46 @@ def run_sync(batches: int, batch: int, rounds: int) -> None:
               f"µs/batch (median; rounds {', '.join(f'{c:.1f}' for c in cpus[how])})")
 
 
+def turns(events: int, producers: int, work_us: float) -> tuple[float, float, float]:
+    """``producers`` tasks on one loop, each committing, then working ``work_us`` µs with a
+    syscall (a response's send), then pausing 0-2 ms (the next request's arrival), into a
+    real journal; writer CPU µs per event, events per batch, wall µs per event."""
+    batches = 0
+    with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
+        journal = open_lane(Path(tmp))
+        w = writer(journal)
+        commit = w._commit
+
+        def counted(items: Any) -> Any:
+            nonlocal batches
+            batches += 1
+            return commit(items)
+
+        w._commit = counted  # type: ignore[method-assign]
+        per = events // producers
+        null = os.open(os.devnull, os.O_WRONLY)
+
+        async def one() -> None:
+            for _ in range(per):
+                await w.start(EventKind.DECISION, FIELDS)
+                end = time.perf_counter() + work_us / 1e6
+                while time.perf_counter() < end:
+                    pass
+                os.write(null, b"x")
+                await asyncio.sleep(random.random() * 0.002)
+
+        async def run() -> None:
+            await asyncio.gather(*(one() for _ in range(producers)))
+
+        w0, t0 = thread_cpu_us(w._thread), time.perf_counter()
+        asyncio.run(run())
+        wall, writer_us = time.perf_counter() - t0, thread_cpu_us(w._thread) - w0
+        w.close()
+        journal.close()
+        os.close(null)
+    total = per * producers
+    return writer_us / total, total / max(1, batches), wall * 1e6 / total
+
 def main() -> None:
     """Run the benches and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -362,13 +406,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--producers", type=int, default=32)
-    parser.add_argument("--only", choices=("build", "loop", "lone", "sync", "handover"))
+    parser.add_argument("--only", choices=("build", "loop", "lone", "sync", "turns", "handover"))
     parser.add_argument("--pause-only", action="store_true", help="handover: pauses alone")
     parser.add_argument("--lone-events", type=int, default=2000)
     parser.add_argument("--gap-ms", type=float, default=0.5,
                         help="lone: pause between two commits (the writer falls asleep)")
     parser.add_argument("--null-journal", action="store_true",
                         help="loop: a journal that keeps nothing (no disk: CPU only)")
+    parser.add_argument("--work-us", type=float, default=40.0,
+                        help="turns: each producer's work per commit (as a request's)")
     parser.add_argument("--baseline", type=Path, metavar="TREE",
                         help="sync: also append through the Journal of this checkout")
     args = parser.parse_args()
@@ -384,6 +430,13 @@ def main() -> None:
     if args.only in (None, "sync"):
         for size in sorted({1, args.batch}):
             run_sync(args.lone_events, size, args.rounds)
+    if args.only in (None, "turns"):
+        runs = [turns(args.events // 4, args.producers, args.work_us) for _ in range(args.rounds)]
+        print(f"turns: {args.producers} producers, {args.work_us:g} µs work each: writer "
+              f"{statistics.median(r[0] for r in runs):.2f} µs/event, "
+              f"{statistics.median(r[1] for r in runs):.1f} events/batch, "
+              f"{statistics.median(r[2] for r in runs):.1f} µs/event wall "
+              f"(median of {args.rounds})")
     if args.only in (None, "lone"):
         run_lone(args.lone_events, args.rounds, args.gap_ms / 1e3)
     if args.only in (None, "loop"):
