@@ -255,23 +255,24 @@ class Linker:
                 an object JSON has no form for), or a record over the journal's frame
                 bound.
         """
+        v4 = self._v4  # format 4 dumps the record up to its hash at once (no second format)
+        row = (*head, self.writer_id, seq, prev) if v4 else head
         try:
-            body = _dumps(head, option=_STRICT)  # ints past 53 bits raise: checked below
+            body = _dumps(row, option=_STRICT)  # ints past 53 bits raise: checked below
         except TypeError:
-            body = _wide(head)
+            body = _wide(row)
         if not body.isascii() or b"\x7f" in body:
-            body = _slow(head).encode()
+            body = _slow(row).encode()
         if len(body) > _MAX_BODY:  # its readers would take the frame for damage
             raise ValueError(f"not recordable in the journal: over {MAX_FRAME} bytes")
-        before = prev.encode()
-        if self._v4:  # HMAC(chain key, "v4" + the record up to its hash), pads hashed once
-            unhashed = b'%s,%s,%d,"%s"' % (body[:-1], self._wid, seq, before)
+        if v4:  # HMAC(chain key, "v4" + the record up to its hash), pads hashed once
             inner = self._inner.copy()
-            inner.update(unhashed)
+            inner.update(unhashed := body[:-1])
             outer = self._outer.copy()
             outer.update(inner.digest())
             digest = hexlify(outer.digest())
-            return digest.decode(), b'%s,"%s"]' % (unhashed, digest)
+            return digest.decode(), b"".join((unhashed, b',"', digest, b'"]'))
+        before = prev.encode()
         key = self._key  # formats 3 and 2: a content digest inside a SHA-256 link
         digest = (key.digest(body) if key is not None else _sha256(body).hexdigest()).encode()
         hash_ = _sha256(b'%s%d,"%s","%s"]' % (self._prefix, seq, before, digest)).hexdigest()
