@@ -9,6 +9,7 @@ import time
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_prefix = (-1, "")  # the last millisecond's first 13 characters
 
 
 def new_event_id() -> str:
@@ -26,17 +27,16 @@ def new_event_ids(count: int) -> list[str]:
     be unique, not secret, and ``os.urandom`` per id is a measurable cost. Ids of
     one millisecond share their first 13 characters, made once.
     """
-    global _last_ms, _counter
+    global _last_ms, _counter, _prefix
     now = time.time_ns() // 1_000_000
-    random_hex = f"{random.getrandbits(64 * count):0{16 * count}x}"  # 16 digits an id
+    random_hex = random.getrandbits(64 * count).to_bytes(8 * count).hex()  # 16 digits an id
     out: list[str] = []
     add = out.append
     with _lock:
         ms, counter = _last_ms, _counter
         if now > ms:
             ms, counter = now, random.getrandbits(10) - 1
-        prefix = ""
-        prefix_ms = -1
+        prefix_ms, prefix = _prefix
         for at in range(0, 16 * count, 16):
             counter += 1
             if counter > 0xFFF:
@@ -46,7 +46,7 @@ def new_event_ids(count: int) -> list[str]:
                 prefix, prefix_ms = f"{h[:8]}-{h[8:]}-7", ms
             r = random_hex[at:at + 16]  # the variant digit keeps 2 of its 4 bits: 62 random
             add(f"{prefix}{_HEX3[counter]}-{_VARIANT[r[0]]}{r[1:4]}-{r[4:]}")
-        _last_ms, _counter = ms, counter
+        _last_ms, _counter, _prefix = ms, counter, (prefix_ms, prefix)
     return out
 
 
