@@ -127,11 +127,12 @@ def _frames(data: bytes, want: int) -> tuple[list[bytes], int, str | None]:
 
 
 def _stop(data: bytes, pos: int, length: int) -> str | None:
-    """Why no good frame starts at ``pos``: None when only zeros follow (the grown tail);
-    ``incomplete header`` or ``incomplete frame`` when the bytes written end inside it (a
-    write cut short); else ``checksum mismatch`` (or ``zero length``: zeros, then bytes)."""
+    """Why no good frame starts at ``pos``: None when only zeros follow, a header's worth at
+    least (the grown tail); ``incomplete header`` or ``incomplete frame`` when the bytes
+    written end inside it (a write cut short, or a read); else ``checksum mismatch`` (or
+    ``zero length``: zeros, then bytes)."""
     written = pos + len(data[pos:].rstrip(b"\0"))
-    if written == pos:
+    if written == pos and len(data) - pos >= _HEADER.size:
         return None
     if written - pos < _HEADER.size:
         return "incomplete header"
