@@ -192,7 +192,8 @@ class ProxyEndpoint:
                 opened=held.open if read else None)
         status, aborted = 502, False
         try:
-            status = await proxy.forward(scope, receive, out, add=add)
+            status = await proxy.forward(scope, receive, out, add=add,
+                                         private=decision is not None)
             if minimiser is not None and minimiser.refused:
                 status = 403
         except AuditUnavailableError:

@@ -212,6 +212,39 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     return [(name, value) for name, value in out if name not in named] if named else out
 
 
+# Headers by which an answer asks a shared cache (nginx's ``proxy_cache``, a CDN) to keep
+# it for the next caller, ahead of Cache-Control (RFC 9213; nginx's own, Akamai's, Fastly's).
+_SHARED_CACHE_HEADERS = frozenset({b"cdn-cache-control", b"surrogate-control",
+                                   b"x-accel-expires", b"edge-control"})
+_SHARED_DIRECTIVES = frozenset({b"public", b"s-maxage", b"proxy-revalidate", b"private"})
+
+
+def private_answer(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An answer judged for one caller and purpose, as no shared cache may keep it.
+
+    A shared cache that served it again would answer the next caller without a
+    decision or an audit event. ``Cache-Control`` says ``private`` (``public``,
+    ``s-maxage`` and ``proxy-revalidate`` removed; the other directives kept) and the
+    headers that speak to shared caches ahead of it are dropped.
+
+    Args:
+        headers: The answer's headers, lower-case names.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    kept: list[bytes] = []
+    for name, value in headers:
+        if name == b"cache-control":
+            for part in value.split(b","):
+                directive = part.strip()
+                key = directive.split(b"=", 1)[0].strip().lower()
+                if directive and key not in _SHARED_DIRECTIVES:
+                    kept.append(directive)
+        elif name not in _SHARED_CACHE_HEADERS and not name.endswith(b"-cdn-cache-control"):
+            out.append((name, value))
+    out.append((b"cache-control", b", ".join([b"private", *kept])))
+    return out
+
+
 class Proxy:
     """Forwards requests to one upstream over a pooled transport.
 
@@ -258,9 +291,13 @@ class Proxy:
                             target=path + b"?" + query if query else path)
 
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, *, add: Mapping[str, str]
+        self, scope: Scope, receive: Receive, send: Send, *, add: Mapping[str, str],
+        private: bool = False,
     ) -> int:
         """Send the request upstream and stream the answer back; return the status sent.
+
+        ``private``: the request was judged for its caller (not a public route), so no
+        shared cache may keep the answer (:func:`private_answer`).
 
         Raises:
             UpstreamError: Nothing was sent to the client yet; answer with a 502.
@@ -301,9 +338,9 @@ class Proxy:
         try:
             raw = response.headers
             status = response.status
-            await send(
-                {"type": "http.response.start", "status": status, "headers": response_headers(raw)}
-            )
+            answer = response_headers(raw)
+            await send({"type": "http.response.start", "status": status,
+                        "headers": private_answer(answer) if private else answer})
             # With a Content-Length, the chunk that completes it is sent as the last one
             # (one message fewer); otherwise an empty last message ends the body.
             remaining = _content_length(raw)
