@@ -70,8 +70,8 @@ class AuditSettings(BaseModel):
     index: Literal["auto", "inline", "external"] = "auto"
     """``inline``: each process indexes its journal lane into the store on a thread;
     ``external``: ``guard audit index`` (one process per journal folder) does it;
-    ``auto``: at SQLite, each process starts and supervises a child that does what
-    ``guard audit index`` does (one at a time indexes); at PostgreSQL, ``inline``."""
+    ``auto``: each process starts and supervises a child that does what
+    ``guard audit index`` does (one at a time indexes)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -56,10 +56,10 @@ def sqlite_settings(tmp_path: Path, keys: Keys, **kwargs: Any) -> AuditSettings:
                          hmac_key=tmp_path / "hmac.key", **kwargs)
 
 
-def test_auto_is_a_child_process_at_sqlite_and_a_thread_at_postgresql() -> None:
+def test_auto_is_a_child_process_at_sqlite_and_at_postgresql() -> None:
     assert AuditSettings().index == "auto"
     assert index_mode("auto", "sqlite:///audit.db") == "process"
-    assert index_mode("auto", "postgresql://u@h/db") is True
+    assert index_mode("auto", "postgresql://u@h/db") == "process"
     assert index_mode("inline", "sqlite:///audit.db") is True
     assert index_mode("external", "sqlite:///audit.db") is False
 
@@ -86,6 +86,23 @@ def test_the_child_indexes_flush_waits_for_it_and_close_stops_it(
     store = open_store(config.store, create=False)  # the closing checkpoint was indexed
     assert store.rows("SELECT kind FROM audit_checkpoint ORDER BY seq, kind")[-1] == ("close",)
     store.close()
+
+
+def test_at_postgresql_too_the_child_indexes_and_the_service_runs_no_index_thread(
+    pg_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    config = AuditSettings(store=pg_url, signing_key=keys.signing,
+                           hmac_key=tmp_path / "hmac.key", journal=tmp_path / "journal")
+    trail = JournalTrail.open(config)
+    try:
+        assert trail.indexer is None
+        assert trail.child is not None
+        assert trail.child.pid != os.getpid()
+        trail.record_fields(EventKind.DECISION, FIELDS)
+        trail.flush()
+        assert trail.store.rows("SELECT count(*) FROM audit_event") == [(1,)]
+    finally:
+        trail.close()
 
 
 def test_sigkill_of_the_child_while_it_indexes_loses_nothing_and_doubles_nothing(
