@@ -23,7 +23,8 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
 - ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs);
 - ``page-1024`` / ``page-8192``: SQLite stores made with that page size (4,096 is
   SQLite's default), ``cache-256m``: the index connection's page cache at 256 MiB
-  (32 MiB is the store's), ``mmap``: ``mmap_size`` 1 GiB.
+  (32 MiB is the store's), ``mmap``: ``mmap_size`` 1 GiB; ``ckpt-N``: the WAL folded into
+  the file every N pages (the store's 8,192; 0: never, what the checkpoints cost).
 
 ``--prefill N`` first loads N decision rows (over N / 10 subjects) into every
 store (SQLite: a copy of one loaded file per page size; PostgreSQL: a copy of one
@@ -157,6 +158,8 @@ class SqliteProbe:
             self.conn.execute("PRAGMA cache_size=-262144")
         if variant == "mmap":
             self.conn.execute("PRAGMA mmap_size=1073741824")
+        if variant.startswith("ckpt-"):  # the WAL folded into the file every N pages (0: never)
+            self.conn.execute(f"PRAGMA wal_autocheckpoint={int(variant.removeprefix('ckpt-'))}")
         self.variant = variant
 
     def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
