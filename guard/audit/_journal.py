@@ -305,7 +305,8 @@ class Journal:
                 written += os.write(self._fd, view[written:])
             end = self._size + written
             if end > self._grown:  # past the zeros: more of them, synced with the batch
-                self._grown = end + os.pwrite(self._fd, _ZEROS, end)
+                with contextlib.suppress(OSError):  # no room for them: the batch alone
+                    self._grown = end + os.pwrite(self._fd, _ZEROS, end)
             os.fdatasync(self._fd)
         except OSError as exc:
             try:  # cut the failed batch off, so the next batch follows the last good one
