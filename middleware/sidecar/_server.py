@@ -41,6 +41,10 @@ _log = logging.getLogger("guard.sidecar")
 LINGER_SECONDS = 1.0
 """How long a refused connection's remaining bytes are read and dropped before it closes."""
 
+HEAD_LIMIT = 64 << 10
+"""The most bytes a request's head may take past the read that began it: httptools sets no
+bound, so a client sending one endless header line grew the connection's memory without end."""
+
 
 class SidecarHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; a lost connection is told to every request still answering,
@@ -54,8 +58,17 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         self._answered: asyncio.Event | None = None  # set as an answer ends (or the connection)
         self._dropping = False  # what the client sends is read and dropped until the close
         self._in_body: RequestResponseCycle | None = None  # the request whose body is read
+        self._head: int | None = None  # bytes read into the head under way (None: no head)
+
+    def on_message_begin(self) -> None:
+        self._head = 0
+        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        self._head = None
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > HEAD_LIMIT:  # the parser's error: refused below as bytes it cannot read
+            raise ValueError("the request head is too large")
         earlier = self.cycle
         super().on_headers_complete()
         if earlier is not None and earlier is not self.cycle and not earlier.response_complete:
@@ -83,9 +96,14 @@ class SidecarHttpProtocol(HttpToolsProtocol):
             self._answered.set()
 
     def data_received(self, data: bytes) -> None:
-        if not self._dropping:
-            super().data_received(data)
-        # else: what follows bytes already refused is read and dropped until the close
+        if self._dropping:
+            return  # what follows bytes already refused is read and dropped until the close
+        head = self._head
+        super().data_received(data)
+        if head is not None and self._head is not None:  # a head still growing: bounded
+            self._head += len(data)
+            if self._head > HEAD_LIMIT and not self._dropping:
+                self.send_400_response("the request head is too large")
 
     def send_400_response(self, msg: str) -> None:
         """Refuse what the parser could not read: recorded, then answered (see the module)."""
