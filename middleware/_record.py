@@ -27,6 +27,7 @@ from guard._guard import Ruling
 from guard._types import HttpContext, Reason, denial
 from guard.audit._otel import decision_attributes
 from middleware._enforce import GuardLike, Outcome
+from middleware._private import private_answer
 from middleware.problem import problem_response
 
 __all__ = ["HELD_BODY", "Record"]
@@ -216,12 +217,15 @@ class Record:
             self.finished = True
 
     def _stamped(self, start: Message) -> Message:
-        """``start`` with the decision's id as a header (when it has one)."""
+        """``start`` as no shared cache may keep it, with the decision's id (when it has one).
+
+        The app's own message is left as it was (:func:`private_answer`).
+        """
+        headers = private_answer(start.get("headers", ()))
         decision_id = self.decision_id
-        if not decision_id:
-            return start
-        return {**start, "headers": [*start.get("headers", ()),
-                                     (_DECISION_HEADER, decision_id.encode())]}
+        if decision_id:
+            headers.append((_DECISION_HEADER, decision_id.encode()))
+        return {**start, "headers": headers}
 
     def _durable(self, _verdict: asyncio.Future[str]) -> None:
         """The commit is done while the app still runs (a background task): answer now."""
@@ -280,12 +284,7 @@ class Record:
                 self._early = None
                 for held in early:
                     await send(held)
-            stamped = self.decision_id
-            if stamped:
-                headers = start.get("headers", ())
-                start = {**start}  # the app's own message is left as it was
-                start["headers"] = [*headers, (_DECISION_HEADER, stamped.encode())]
-            await send(start)
+            await send(self._stamped(start))
             body = self._body
             if body is not None:
                 self._body = None

@@ -9,6 +9,7 @@ import httpcore
 import httpx
 from starlette.types import Receive, Scope, Send
 
+from middleware._private import private_answer
 from middleware.sidecar._transport import Forwarder
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
@@ -210,39 +211,6 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
         else:
             out.append((low, value))
     return [(name, value) for name, value in out if name not in named] if named else out
-
-
-# Headers by which an answer asks a shared cache (nginx's ``proxy_cache``, a CDN) to keep
-# it for the next caller, ahead of Cache-Control (RFC 9213; nginx's own, Akamai's, Fastly's).
-_SHARED_CACHE_HEADERS = frozenset({b"cdn-cache-control", b"surrogate-control",
-                                   b"x-accel-expires", b"edge-control"})
-_SHARED_DIRECTIVES = frozenset({b"public", b"s-maxage", b"proxy-revalidate", b"private"})
-
-
-def private_answer(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """An answer judged for one caller and purpose, as no shared cache may keep it.
-
-    A shared cache that served it again would answer the next caller without a
-    decision or an audit event. ``Cache-Control`` says ``private`` (``public``,
-    ``s-maxage`` and ``proxy-revalidate`` removed; the other directives kept) and the
-    headers that speak to shared caches ahead of it are dropped.
-
-    Args:
-        headers: The answer's headers, lower-case names.
-    """
-    out: list[tuple[bytes, bytes]] = []
-    kept: list[bytes] = []
-    for name, value in headers:
-        if name == b"cache-control":
-            for part in value.split(b","):
-                directive = part.strip()
-                key = directive.split(b"=", 1)[0].strip().lower()
-                if directive and key not in _SHARED_DIRECTIVES:
-                    kept.append(directive)
-        elif name not in _SHARED_CACHE_HEADERS and not name.endswith(b"-cdn-cache-control"):
-            out.append((name, value))
-    out.append((b"cache-control", b", ".join([b"private", *kept])))
-    return out
 
 
 class Proxy:

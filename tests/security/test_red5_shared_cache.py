@@ -22,7 +22,7 @@ import pytest
 from sidecarkit import Nginx, need_nginx, policy_copy, serve_sidecar, sidecar_settings
 
 from bench._pg import free_port
-from middleware.sidecar._proxy import private_answer
+from middleware._private import private_answer
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 PURPOSE = "relationship.management"  # svc:crm may read contact under it

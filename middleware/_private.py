@@ -1,0 +1,46 @@
+"""A judged answer, as no shared cache may keep it (``Cache-Control: private``).
+
+A shared cache (nginx's ``proxy_cache``, a CDN) in front of a guarded service that
+kept an answer would serve it to the next caller without a decision or an audit
+event. The ASGI middleware and the sidecar both send every answer they judged
+through :func:`private_answer`; an answer on a public route passes as it came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["private_answer"]
+
+# Headers by which an answer asks a shared cache (nginx's ``proxy_cache``, a CDN) to keep
+# it for the next caller, ahead of Cache-Control (RFC 9213; nginx's own, Akamai's, Fastly's).
+_SHARED_CACHE_HEADERS = frozenset({b"cdn-cache-control", b"surrogate-control",
+                                   b"x-accel-expires", b"edge-control"})
+_SHARED_DIRECTIVES = frozenset({b"public", b"s-maxage", b"proxy-revalidate", b"private"})
+
+
+def private_answer(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An answer judged for one caller and purpose, as no shared cache may keep it.
+
+    ``Cache-Control`` says ``private`` (``public``, ``s-maxage`` and
+    ``proxy-revalidate`` removed; the other directives, ``no-store`` among them,
+    kept) and the headers that speak to shared caches ahead of it are dropped.
+    Header names are compared without regard to case and kept as they came.
+
+    Args:
+        headers: The answer's headers.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    kept: list[bytes] = []
+    for name, value in headers:
+        low = name.lower()
+        if low == b"cache-control":
+            for part in value.split(b","):
+                directive = part.strip()
+                key = directive.split(b"=", 1)[0].strip().lower()
+                if directive and key not in _SHARED_DIRECTIVES:
+                    kept.append(directive)
+        elif low not in _SHARED_CACHE_HEADERS and not low.endswith(b"-cdn-cache-control"):
+            out.append((name, value))
+    out.append((b"cache-control", b", ".join([b"private", *kept])))
+    return out
