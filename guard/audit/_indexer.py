@@ -34,9 +34,6 @@ _CHUNK = 1000
 """Records read at a time within one index transaction."""
 _IDLE_BATCH = 500
 """Most records in one transaction under ``SCHED_IDLE`` (a starved one holds up its relief)."""
-_NORMAL_FOR = 10.0
-"""Seconds a thread that relieved an idle one stays at normal policy (a saturated machine
-would starve the next idle thread at once)."""
 
 
 class Hurried(Protocol):
@@ -161,7 +158,6 @@ class Indexer:
         """The thread indexing now runs under ``SCHED_IDLE``."""
         self.relieved = 0
         """How many times a thread of normal policy took over (:meth:`relieve`)."""
-        self._normal_until = 0.0  # monotonic time before which a relieving thread stays normal
         self._steps = threading.Lock()  # one thread indexes at a time (see relieve)
         self._thread = self._start()
         register(lane, self)
@@ -183,8 +179,9 @@ class Indexer:
         thread of normal policy calls this now and then: when a record has waited
         longer than ``idle`` seconds, a new thread started from the caller takes over
         after the idle thread's transaction under way (at most ``_IDLE_BATCH``
-        records) and goes idle again once it has caught up and ``_NORMAL_FOR``
-        seconds have passed.
+        records) and goes idle again as soon as it has caught up, so a burst's
+        relief never outlasts its backlog (on a saturated machine the next relief
+        follows, each one ``idle`` seconds behind at most).
 
         Returns:
             True if a new thread took over.
@@ -199,11 +196,11 @@ class Indexer:
                 return False
             self.idle = False
             self.relieved += 1
-            self._normal_until = now + _NORMAL_FOR
             self._start()
             self._cond.notify_all()  # the idle thread, if it sleeps, ends
-        _log.info("audit index of %s: %.1f s behind under SCHED_IDLE; indexing at normal "
-                  "priority until it catches up", self.lane, now - self._pace.since)
+        _log.log(logging.INFO if self.relieved == 1 else logging.DEBUG,  # once, not per burst
+                 "audit index of %s: %.1f s behind under SCHED_IDLE; indexing at normal "
+                 "priority until it catches up", self.lane, now - self._pace.since)
         return True
 
     def _go_idle(self) -> None:
@@ -260,8 +257,7 @@ class Indexer:
         while True:
             with self._cond:
                 while not self._closed and self._thread is me and (sleep := self._ready()) > 0:
-                    if (self._idle is not None and not self.idle  # keeps up: spare CPU only
-                            and time.monotonic() >= self._normal_until):
+                    if self._idle is not None and not self.idle:  # keeps up: spare CPU only
                         self._go_idle()
                     self._cond.wait(sleep)
                 if self._closed or self._thread is not me:  # closed, or relieved
