@@ -16,7 +16,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -112,20 +112,6 @@ def _traced(fields: Mapping[str, Any]) -> Mapping[str, Any]:
         return fields
     ids = trace_fields()
     return {**ids, **fields} if ids else fields
-
-
-def traced_start(trail: JournalTrail
-                 ) -> Callable[[EventKind, Mapping[str, Any]], asyncio.Future[str]]:
-    """What :meth:`JournalTrail.start_fields` calls for fields that carry their trace ids.
-
-    For a producer whose fields always hold ``trace_id`` (the guard's decisions):
-    ``_traced`` hands those over as they are, so the writer's ``start`` is called
-    directly, one call a request instead of three.
-
-    Args:
-        trail: The trail.
-    """
-    return trail.writer.start
 
 
 class JournalTrail:
