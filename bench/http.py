@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -73,6 +74,13 @@ LATENCY_END = signal.SIGRTMIN + 1
 GC_REPORT = signal.SIGRTMIN + 2
 """Sent to a server before and after each run: it writes its collector's counts
 (``gc-LABEL.json``: collections per generation so far, each full collection's ms)."""
+FLOORS = (("noindex", "--no-index"), ("tmpfs", "--no-index --journal-tmpfs"),
+          ("nosink", "--audit-sink none"))
+"""``--floors``: the guarded app without its index; then also with its journal on tmpfs (no
+fdatasync cost); then with no audit at all (the decision and the middleware alone)."""
+LABELS.update({"noindex": "guarded, no index (floor)",
+               "tmpfs": "guarded, no index, tmpfs journal (floor)",
+               "nosink": "guarded, no audit sink (floor only)"})
 WRK = ["wrk"]
 """The load generator's command (``--pin-wrk`` puts ``taskset`` before it)."""
 
@@ -92,6 +100,36 @@ def settings_for(workdir: Path, kind: str = "guarded") -> Settings:
                             signing_key=workdir / "audit-signing.key", writer_id="bench"),
         identity=IdentitySettings(dev_key=workdir / "dev-token.key"),
     )
+
+
+def tmpfs_folder(workdir: Path) -> Path:
+    """Where ``--journal-tmpfs`` servers keep their journals (removed at the end)."""
+    return Path("/dev/shm") / workdir.name
+
+
+def server_settings(workdir: Path, label: str, kind: str, opts: argparse.Namespace) -> Settings:
+    """The settings a server of ``kind`` serves with, its options applied (``--no-index``,
+    ``--journal-tmpfs``); the same after the run, for the count of recorded events."""
+    settings = settings_for(workdir, label)
+    if kind in ("plain", "noop"):
+        return settings
+    if opts.journal_tmpfs:
+        settings.audit.journal = tmpfs_folder(workdir) / label
+    if opts.no_index:
+        settings.audit.index = "external"  # and no `guard audit index`: nothing follows it
+    return settings
+
+
+def _resolved(ruling: Ruling, status: int | None = None) -> asyncio.Future[str]:
+    """``Guard.begin_commit`` of ``--audit-sink none``: nothing recorded, resolved at once.
+
+    A floor for the bench only, never a mode of the guard: it shows what the
+    decision and the middleware cost without the audit's hand-over, writer and index.
+    """
+    ruling.queued = True
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    done.set_result("unrecorded")
+    return done
 
 
 class Noop:
@@ -148,6 +186,17 @@ def server_options() -> argparse.ArgumentParser:
     parser.add_argument("--index-pause", action="store_true",
                         help="the guarded server's indexer (thread, or `guard audit index`) "
                              "does nothing during each latency run (the index catches up after)")
+    parser.add_argument("--no-index", action="store_true",
+                        help="floor: nothing indexes the guarded server's journal during the "
+                             "run (audit.index = \"external\" and no `guard audit index`; "
+                             "indexed after the run, for the count)")
+    parser.add_argument("--journal-tmpfs", action="store_true",
+                        help="floor: the guarded server's journal on tmpfs (/dev/shm), where "
+                             "fdatasync costs next to nothing (never for a service: not durable)")
+    parser.add_argument("--audit-sink", choices=("journal", "none"), default="journal",
+                        help="floor, bench only, not a supported mode: 'none' decides and holds "
+                             "as usual but hands no decision to the journal (each commit is "
+                             "resolved at once): the decision and the middleware alone")
     parser.add_argument("--trace-slow", action="store_true",
                         help="trace each latency run's requests, collections, lock waits, "
                              "syncs and index transactions; print the slowest 1 %% "
@@ -160,7 +209,7 @@ def _to_args(opts: argparse.Namespace) -> list[str]:
     out: list[str] = []
     for action in server_options()._actions:
         value = getattr(opts, action.dest, None)
-        if value is None or value is False:
+        if value is None or value is False or value == action.default:
             continue
         out += [action.option_strings[0]] + ([] if value is True else [str(value)])
     return out
@@ -257,8 +306,8 @@ def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
             kind if kind in ("plain", "noop") else "guarded", workdir, label)
         begin.append(trace_on)
         end.insert(0, trace_off)
-    settings, indexer = settings_for(workdir, label), None
-    if opts.external_index and kind != "plain" and kind != "noop":
+    settings, indexer = server_settings(workdir, label, kind, opts), None
+    if opts.external_index and kind != "plain" and kind != "noop" and not opts.no_index:
         settings.audit.index = "external"
         indexer = external_indexer(settings)
         if opts.index_nice is not None or opts.index_idle:
@@ -270,7 +319,11 @@ def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
         end.append(lambda: _pause_index(indexer, False))
     signal.signal(LATENCY_BEGIN, lambda *_: [step() for step in begin])
     signal.signal(LATENCY_END, lambda *_: [step() for step in end])
-    app = create_app(settings, enforce=kind in ("guarded", "baseline"))
+    guard: Guard | None = None
+    if opts.audit_sink == "none" and kind in ("guarded", "baseline"):
+        guard = Guard.from_settings(settings)  # the real guard, its commits not recorded
+        guard.begin_commit = _resolved  # type: ignore[method-assign]
+    app = create_app(settings, guard=guard, enforce=kind in ("guarded", "baseline"))
     if kind == "noop":
         app.add_middleware(Noop)
     served: Callable[..., Awaitable[None]] = app if wrap is None else wrap(app)
@@ -290,6 +343,8 @@ class Run:
     cpu_us: float = 0.0  # server CPU (all threads, user + system) per request
     child_cpu_us: float = 0.0  # ... and its child processes', if any
     threads_us: dict[str, float] | None = None  # ... per thread (loop, writer, indexer, other)
+    threads_sys_us: dict[str, float] | None = None  # ... of which in the kernel (system time)
+    load_cpu_us: float = 0.0  # the load generator's CPU (wrk, user + system) per request
     collections: tuple[int, int, int] = (0, 0, 0)  # the server's, by generation, in the run
     full_ms: tuple[float, ...] = ()  # each full (gen 2) collection's duration in the run
 
@@ -304,15 +359,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """User + system CPU seconds of each thread of a process (``/proc/PID/task``)."""
-    out: dict[int, float] = {}
+def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """User and system CPU seconds of each thread of a process (``/proc/PID/task``)."""
+    out: dict[int, tuple[float, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
             continue
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[int(task.name)] = (int(fields[11]) / tick, int(fields[12]) / tick)
     return out
 
 
@@ -361,6 +417,7 @@ def wrk_run(url: str, token: str, connections: int, seconds: float, script_dir: 
         '  return wrk.format("GET", string.format("/customers/c-%04d", n))\n'
         "end\n"
     )
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [*WRK, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
          "-s", str(script), url],
@@ -378,7 +435,11 @@ def wrk_run(url: str, token: str, connections: int, seconds: float, script_dir: 
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     assert p50, out
     assert p99, out
-    return Run(int(total.group(1)), secs, errors, _ms(p50.group(1)), _ms(p99.group(1)))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's alone: the one child reaped
+    requests = int(total.group(1))
+    wrk_cpu = (after.ru_utime - used.ru_utime) + (after.ru_stime - used.ru_stime)
+    return Run(requests, secs, errors, _ms(p50.group(1)), _ms(p99.group(1)),
+               load_cpu_us=wrk_cpu / max(1, requests) * 1e6)
 
 
 async def _httpx_run(url: str, token: str, connections: int, seconds: float) -> Run:
@@ -437,12 +498,14 @@ def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
         run.cpu_us = (cpu_seconds(pid) - before) / max(1, run.requests) * 1e6
         run.child_cpu_us = (sum(cpu_seconds(k) for k in kids) - kids_before
                             ) / max(1, run.requests) * 1e6
-        per = dict.fromkeys(THREADS, 0.0)
-        for tid, seconds_now in thread_cpu(pid).items():
+        per, kernel = dict.fromkeys(THREADS, 0.0), dict.fromkeys(THREADS, 0.0)
+        for tid, (user, system) in thread_cpu(pid).items():
             role = (roles or {}).get(tid, "other")
-            per[role] += (seconds_now - threads_before.get(tid, 0.0)) / max(1, run.requests) * 1e6
+            user_before, system_before = threads_before.get(tid, (0.0, 0.0))
+            per[role] += (user + system - user_before - system_before) / max(1, run.requests) * 1e6
+            kernel[role] += (system - system_before) / max(1, run.requests) * 1e6
         per["indexer"] += run.child_cpu_us  # the only child: `guard audit index`, if any
-        run.threads_us = per
+        run.threads_us, run.threads_sys_us = per, kernel
     if gc_before is not None and pid and label:
         counts, full = collector_counts(pid, workdir, label)
         done = [after - before for after, before in zip(counts, gc_before[0], strict=True)]
@@ -641,6 +704,10 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=OPTIONS",
                         help="also serve the guarded app with these server options added "
                              "(e.g. 'si=--switch-interval 0.0005'; A/B in one run; repeatable)")
+    parser.add_argument("--floors", action="store_true",
+                        help="also serve the guarded app with the audit's cost taken away piece "
+                             "by piece, in the same run: " + "; ".join(
+                                 f"{label}: {options}" for label, options in FLOORS))
     parser.add_argument("--breakdown-only", action="store_true",
                         help="only the in-process cost breakdown (no servers)")
     parser.add_argument("--serve", choices=(*KINDS, "baseline"), help=argparse.SUPPRESS)
@@ -675,13 +742,14 @@ def main() -> None:
         kind: (kind, REPO, base) for kind in KINDS}
     if args.baseline is not None:
         plan["baseline"] = ("baseline", args.baseline.resolve(), base)
-    for variant in args.variant:
+    floors = [f"{label}={options}" for label, options in FLOORS] if args.floors else []
+    for variant in [*floors, *args.variant]:
         label, _, extra = variant.partition("=")
         if not label or label in plan or not re.fullmatch(r"[\w.-]+", label):
             parser.error(f"--variant {variant!r}: give LABEL=OPTIONS with a new word as LABEL")
         plan[label] = ("guarded", REPO, server_options().parse_args(
             [*_to_args(base), *shlex.split(extra)]))
-        LABELS[label] = f"guarded, {extra}"
+        LABELS.setdefault(label, f"guarded, {extra}")
     kinds = tuple(plan)
     guarded = tuple(label for label, (kind, _, _) in plan.items() if kind not in KINDS[:2])
     servers = {label: start(kind, workdir, opts, tree, label)
@@ -725,7 +793,9 @@ def main() -> None:
 
     recorded = {}
     for kind in guarded:
-        JournalTrail.open(settings_for(workdir, kind).audit).close()  # the index caught up
+        audit = server_settings(workdir, kind, plan[kind][0], plan[kind][2]).audit
+        audit.index = "auto"  # a --no-index journal is indexed now
+        JournalTrail.open(audit).close()  # the index caught up
         with sqlite3.connect(workdir / f"audit-{kind}.db") as conn:
             recorded[kind] = (
                 conn.execute("SELECT count(*) FROM audit_event "
@@ -743,6 +813,7 @@ def main() -> None:
                 if path.exists():
                     report(path, f"{label}, round {round_no + 1}")
     shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(tmpfs_folder(workdir), ignore_errors=True)
 
     def med(values: list[float]) -> float:
         return statistics.median(values) if values else 0.0
@@ -756,6 +827,8 @@ def main() -> None:
                "cpu": med([r.cpu_us + r.child_cpu_us for r in tput])}
         for role in THREADS:
             row[role] = med([(r.threads_us or {}).get(role, 0.0) for r in tput])
+            row[f"{role}_sys"] = med([(r.threads_sys_us or {}).get(role, 0.0) for r in tput])
+        row["wrk"] = med([r.load_cpu_us for r in tput])
         return row
 
     rows = {kind: summary(kind) for kind in kinds}
@@ -797,6 +870,32 @@ def main() -> None:
         tput, lat = results[kind]["tput"], results[kind]["lat"]
         print(f"  {LABELS[kind]:<{width}} {_per_10k(tput):>16}; full ms "
               f"{_fulls(tput):<24} c=1: {_per_10k(lat):>16}; full ms {_fulls(lat)}")
+    if not args.latency_only:
+        cores = os.cpu_count() or 1
+        print(f"where the {cores} cores went at {args.connections} connections (us per request, "
+              "medians; sys: of it in the kernel): the event loop and how busy it was, the "
+              "writer, the indexer, the load generator, and all of it as a share of the cores")
+        print(f"  {'app':<{width}} {'req/s':>7} {'loop':>5} {'busy':>5} {'sys':>4} "
+              f"{'writer':>6} {'sys':>4} {'index':>5} {'other':>5} {'load':>5} {'cores':>6}")
+        for kind in kinds:
+            row = rows[kind]
+            print(f"  {LABELS[kind]:<{width}} {row['rps']:>7.0f} {row['loop']:>5.0f} "
+                  f"{row['rps'] * row['loop'] / 1e6:>5.0%} {row['loop_sys']:>4.0f} "
+                  f"{row['writer']:>6.0f} {row['writer_sys']:>4.0f} {row['indexer']:>5.0f} "
+                  f"{row['other']:>5.0f} {row['wrk']:>5.0f} "
+                  f"{row['rps'] * (row['cpu'] + row['wrk']) / (cores * 1e6):>6.0%}")
+    if args.floors:
+        ratio = {kind: rows[kind]["rps"] / (plain["rps"] or 1) for kind in kinds}
+        steps_up = [("guarded", "noindex", "the index"),
+                    ("noindex", "tmpfs", "the journal's fdatasync"),
+                    ("tmpfs", "nosink", "the rest of the audit (hand-over, writer, wake-up)"),
+                    ("nosink", "plain", "the decision and the middleware")]
+        print("floors, of plain in this run: " + "; ".join(
+            f"{LABELS[kind]} {ratio[kind]:.1%}" for kind in
+            ("guarded", "noindex", "tmpfs", "nosink", "noop")))
+        print("  what each piece takes (points of plain): " + "; ".join(
+            f"{what} {(ratio[upper] - ratio[lower]) * 100:+.1f}"
+            for lower, upper, what in steps_up))
     noop = rows["noop"]
     print(f"no-op middleware floor: {noop['rps'] / (plain['rps'] or 1):.1%} of plain; "
           f"{noop['cpu'] - plain['cpu']:.0f} us CPU/request; "
@@ -813,6 +912,9 @@ def main() -> None:
               f"p99 added (c=1) {row['p99_1'] - plain['p99_1']:.2f} ms "
               f"(target <= {floor[1] + 0.5:.2f})")
         requests = sum(r.requests for r in results[kind]["tput"] + results[kind]["lat"])
+        if plan[kind][2].audit_sink == "none":
+            print("  audit: none recorded (--audit-sink none: a floor, not a mode of the guard)")
+            continue
         print(f"  audit: {recorded[kind][0]} durable allowed decisions and {recorded[kind][1]} "
               f"outcome events for {requests} requests (warm-up included in the store)")
     if steps:
