@@ -389,6 +389,16 @@ def thread_roles(pid: int, workdir: Path, kind: str) -> dict[int, str]:
     return roles
 
 
+def peak_rss(pid: int) -> tuple[float, float]:
+    """A server's resident memory now and at its peak (MiB; ``/proc/PID/status``)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return (0.0, 0.0)
+    found = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M))
+    return (int(found.get("VmRSS", 0)) / 1024, int(found.get("VmHWM", 0)) / 1024)
+
+
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (counted with the server's CPU)."""
     found: list[int] = []
@@ -780,6 +790,7 @@ def main() -> None:
                 results[kind]["lat"].append(
                     bracketed(proc.pid, workdir, kind, round_no, plan[kind][2], latency))
     finally:
+        memory = {label: peak_rss(proc.pid) for label, (proc, _) in servers.items()}
         for proc, _ in servers.values():
             kids = children(proc.pid)  # `guard audit index` with --external-index
             proc.terminate()
@@ -896,6 +907,8 @@ def main() -> None:
         print("  what each piece takes (points of plain): " + "; ".join(
             f"{what} {(ratio[upper] - ratio[lower]) * 100:+.1f}"
             for lower, upper, what in steps_up))
+    print("servers' resident memory at the end, MiB (peak): " + "; ".join(
+        f"{kind} {memory[kind][0]:.0f} ({memory[kind][1]:.0f})" for kind in kinds))
     noop = rows["noop"]
     print(f"no-op middleware floor: {noop['rps'] / (plain['rps'] or 1):.1%} of plain; "
           f"{noop['cpu'] - plain['cpu']:.0f} us CPU/request; "
