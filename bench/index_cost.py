@@ -7,10 +7,10 @@ backlog), timing each step with the thread's CPU clock: read + decode
 (``decode_many``), the event INSERT (with its B-trees), the hourly summary,
 the offset row, and the commit. Variants run interleaved, ``--rounds`` times each:
 
-- ``python``: rows decoded in Python (``decode_many``) and the store's ``index``
-  (PostgreSQL: ``COPY`` into a temporary table, then ``INSERT ... SELECT``);
+- ``python``: SQLite's rows decoded in Python (``decode_many``), as its ``index_records``;
 - ``sql``: the rows built in the store from the records' JSON: SQLite
-  ``json_each`` (here only), PostgreSQL ``index_records`` (``jsonb_array_elements``);
+  ``json_each`` (here only), PostgreSQL ``index_records`` (``jsonb_array_elements``,
+  PostgreSQL's only path);
 - ``no-ts`` / ``no-subject`` / ``no-decision-ref`` / ``no-policy``: SQLite without that
   index of ``audit_event`` (what each B-tree costs; not a proposal), ``no-summary``:
   without the ``audit_hour`` upsert; ``old-subject``: the ``(subject, ts)`` index of
@@ -20,6 +20,11 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   ``short-subject``:
   that index on the pseudonym's first 12 characters; ``sorted``: each transaction's rows
   inserted in the subject index's order;
+- ``no-writer-seq`` / ``no-event-id``: SQLite's ``audit_event`` rebuilt without its
+  ``UNIQUE (writer_id, seq)`` index, or without the ``event_id`` primary key (the
+  insert's conflict target then ``(writer_id, seq)``): what each of those B-trees costs;
+  ``partial-subject``: the subject index ``WHERE subject IS NOT NULL`` (with
+  ``--subjectless``, that share of the records has no subject);
 - ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs);
 - ``page-1024`` / ``page-8192``: SQLite stores made with that page size (4,096 is
   SQLite's default), ``cache-256m``: the index connection's page cache at 256 MiB
@@ -71,15 +76,20 @@ FIELDS = {"caller": "svc:crm", "party_type": "internal", "country": "GB",
           "http_route": "/customers/{id}", "http_status": 200, "latency_us": 40}
 
 
-def write_journal(folder: Path, key: Path, n: int, subjects: int) -> list[bytes]:
-    """A journal of about ``n`` decision records (batches of 64); its records."""
+def write_journal(folder: Path, key: Path, n: int, subjects: int,
+                  subjectless: float = 0.0) -> list[bytes]:
+    """A journal of about ``n`` decision records (batches of 64); its records
+    (``subjectless``: that share of them without a subject)."""
     journal = Journal(folder)
     writer = JournalWriter(journal, hmac_key=KEY, signing_key=load_signing_key(key),
                            writer_id="bench", chain_key=ChainKey(KEY))
+    every = round(1 / subjectless) if subjectless else 0
     for start in range(0, n, 64):
         writer.results(EventKind.DECISION,
-                       [{**FIELDS, "subject_id": f"c{(start + i) * 7919 % subjects}",
-                         "allowed": (start + i) % 7 != 0} for i in range(64)])
+                       [{**FIELDS, "allowed": (start + i) % 7 != 0,
+                         **({} if every and (start + i) % every == 0
+                            else {"subject_id": f"c{(start + i) * 7919 % subjects}"})}
+                        for i in range(64)])
     writer.close()
     end = journal.next_offset
     journal.close()
@@ -133,10 +143,30 @@ class SqliteProbe:
         elif variant.startswith("page-"):
             make_page_size(path, int(variant.removeprefix("page-")))
         store = open_store(f"sqlite:///{path}")
-        store.indexed_offset("bench")  # the offset table
-        store.index([], [], "bench", 0)  # its indexing pragmas
+        store.indexed_offset("bench")  # the offset table (made by schema 6's migration)
+        store.index_records([], "bench", 0)  # its indexing pragmas
         self.store = store
         self.conn: sqlite3.Connection = store._conn  # type: ignore[attr-defined]
+        self.insert = _sqlite._insert_many
+        if variant in REBUILT:
+            rebuild(self.conn, variant)
+            if variant == "no-event-id":
+                self.insert = lambda n: _sqlite._insert_many(n).replace(
+                    "ON CONFLICT (event_id)", "ON CONFLICT (writer_id, seq)")
+        if variant in ("fts-subject", "fts-trigger"):  # the subject's events through FTS5
+            self.conn.execute("DROP INDEX audit_event_subject")
+            self.conn.execute("CREATE VIRTUAL TABLE audit_subject USING fts5(s, content='', "
+                              "detail=none, columnsize=0)")
+            self.conn.execute("INSERT INTO audit_subject (rowid, s) SELECT rowid, "
+                              "'s' || hex(subject) FROM audit_event WHERE subject IS NOT NULL")
+        if variant == "fts-trigger":
+            self.conn.execute("CREATE TRIGGER audit_subject_add AFTER INSERT ON audit_event "
+                              "WHEN new.subject IS NOT NULL BEGIN INSERT INTO audit_subject "
+                              "(rowid, s) VALUES (new.rowid, 's' || hex(new.subject)); END")
+        if variant == "partial-subject":
+            self.conn.execute("DROP INDEX audit_event_subject")
+            self.conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts) "
+                              "WHERE subject IS NOT NULL")
         dropped = {"no-ts": "audit_event_ts", "no-decision-ref": "audit_event_decision_ref",
                    "no-policy": "audit_event_policy"}.get(variant)
         if variant in ("no-subject", "old-subject", "short-subject", "hour-first"):
@@ -180,9 +210,13 @@ class SqliteProbe:
             for start in range(0, len(rows), 1000):
                 chunk = rows[start:start + 1000]
                 timed(steps, "insert", lambda c=chunk: conn.execute(
-                    s._insert_many(len(c)), [v for r in c for v in r]))
+                    self.insert(len(c)), [v for r in c for v in r]))
         if self.variant != "no-summary":
             timed(steps, "summary", lambda: conn.execute(s._ADD_HOURS, (before,)))
+        if self.variant == "fts-subject":
+            timed(steps, "fts", lambda: conn.execute(
+                "INSERT INTO audit_subject (rowid, s) SELECT rowid, 's' || hex(subject) "
+                "FROM audit_event WHERE rowid > ? AND subject IS NOT NULL", (before,)))
         if checkpoints:
             timed(steps, "checkpoints", lambda: conn.executemany(
                 s.INSERT_CHECKPOINT, [s.checkpoint_row(c) for c in checkpoints]))
@@ -191,6 +225,31 @@ class SqliteProbe:
 
     def close(self) -> None:
         self.store.close()
+
+
+REBUILT = ("no-writer-seq", "no-event-id")
+
+
+def rebuild(conn: sqlite3.Connection, variant: str) -> None:
+    """``audit_event`` made again without its ``(writer_id, seq)`` or ``event_id`` B-tree,
+    its rows and other indexes kept."""
+    table, = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'audit_event'").fetchone()
+    indexes = [sql for (sql,) in conn.execute(
+        "SELECT sql FROM sqlite_master WHERE tbl_name = 'audit_event' AND type = 'index' "
+        "AND sql IS NOT NULL")]
+    if variant == "no-writer-seq":
+        table = table.replace(",\n            UNIQUE (writer_id, seq)", "")
+    else:
+        table = table.replace("event_id TEXT PRIMARY KEY", "event_id TEXT NOT NULL")
+    assert "UNIQUE" not in table or variant == "no-event-id", table
+    conn.execute("BEGIN")
+    conn.execute("ALTER TABLE audit_event RENAME TO audit_event_old")
+    conn.execute(table)
+    conn.execute("INSERT INTO audit_event SELECT * FROM audit_event_old")
+    conn.execute("DROP TABLE audit_event_old")
+    for sql in indexes:
+        conn.execute(sql)
+    conn.execute("COMMIT")
 
 
 def make_page_size(path: Path, size: int) -> None:
@@ -261,11 +320,7 @@ class StoreProbe:
         self.variant = variant
 
     def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
-        if self.variant != "python":  # the store builds the rows (its split is counted as store)
-            timed(steps, "store", lambda: self.store.index_records(records, "bench", offset))
-        else:
-            rows, checkpoints = timed(steps, "decode", lambda: decode_many(records))
-            timed(steps, "store", lambda: self.store.index(rows, checkpoints, "bench", offset))
+        timed(steps, "store", lambda: self.store.index_records(records, "bench", offset))
 
     def close(self) -> None:
         self.store.close()
@@ -376,6 +431,8 @@ def main() -> None:
     parser.add_argument("--variants", default="python,sql,no-ts,no-subject,sync-off")
     parser.add_argument("--subjects", type=int, default=5000,
                         help="distinct data subjects among the records")
+    parser.add_argument("--subjectless", type=float, default=0.0,
+                        help="the share of the records without a subject (as outcome events)")
     parser.add_argument("--trickle", type=int, default=0,
                         help="instead: the indexer behind a journal written at this rate")
     parser.add_argument("--interval", type=float, default=None,
@@ -413,7 +470,7 @@ def main() -> None:
                               f"lag p50 {got[2]:.0f} / p99 {got[3]:.0f} / max {got[4]:.0f} ms",
                               flush=True)
             return
-        records = write_journal(tmp / "j", key, args.events, args.subjects)
+        records = write_journal(tmp / "j", key, args.events, args.subjects, args.subjectless)
         print(f"{len(records)} records; CPU µs per record (thread CPU), median of {args.rounds}")
         with pg_server() as pg:
             kinds = ([] if args.no_sqlite else ["sqlite"]) + (
@@ -426,7 +483,7 @@ def main() -> None:
                     for size in sizes:
                         for variant in variants:
                             if kind == "postgresql" and variant not in (
-                                    "python", "sql", "old-subject", "no-subject", "hour-first"):
+                                    "sql", "old-subject", "no-subject", "hour-first"):
                                 continue
                             number += 1
                             probe: SqliteProbe | StoreProbe

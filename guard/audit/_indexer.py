@@ -297,7 +297,7 @@ class Indexer:
                 _log.error("the index has read %d records of %s, which holds fewer: it is "
                            "read again from its start", offset, self.lane)
                 # Kept for `guard audit verify --journal`: the journal lost records.
-                self.store.index([], [], self._key + SHORTENED, offset)
+                self.store.index_records([], self._key + SHORTENED, offset)
                 found = segments(self.lane)  # the store keeps each event once
                 offset = found[0][0] if found else 0
             reader = JournalReader(self.lane, offset)

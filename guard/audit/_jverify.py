@@ -26,7 +26,7 @@ from guard.audit._fields import decode_many
 from guard.audit._indexer import SHORTENED
 from guard.audit._journal import Damage, durable_end, journal_id, lanes, read_journal
 from guard.audit._schema import EVENT_COLUMNS, Row
-from guard.audit._store import AuditStoreError, Store
+from guard.audit._store import Store
 from guard.audit._verify import Problem, VerifyReport, seq_of, verify_chains
 
 _WRITER = FIELD_NAMES.index("writer_id")
@@ -49,11 +49,8 @@ class JournalReport:
 
 def indexed_offset(store: Store, journal_id: str) -> int:
     """How far the index has read the journal ``journal_id`` (0: not at all), read-only."""
-    try:
-        found = store.rows(
-            "SELECT next_offset FROM audit_journal_offset WHERE journal = ?", (journal_id,))
-    except AuditStoreError:
-        return 0
+    found = store.rows(
+        "SELECT next_offset FROM audit_journal_offset WHERE journal = ?", (journal_id,))
     return int(found[0][0]) if found else 0
 
 

@@ -12,15 +12,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import compact, decode_many
+from guard.audit._fields import decode_many
 from guard.audit._schema import (
     EVENT_COLUMNS,
     INDEXED_OFFSET,
     INSERT_CHECKPOINT,
-    JOURNAL_OFFSET_DDL,
     SAVE_OFFSET,
     SCHEMA_VERSION,
-    Row,
     checkpoint_row,
     migrate,
 )
@@ -127,28 +125,20 @@ class PostgresStore:
         try:
             with self._write_lock:
                 conn = self._connection()
-                conn.execute(JOURNAL_OFFSET_DDL)
                 row = conn.execute(_pg(INDEXED_OFFSET), (journal,)).fetchone()
         except (psycopg.Error, PoolTimeout) as exc:
             raise AuditUnavailableError(
                 f"audit store {_safe(self.url)}: {_line(exc)}") from exc
         return int(row[0]) if row else 0
 
-    def index(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint], journal: str,
-              next_offset: int) -> None:
-        """Add journal records to the index and save the offset, in one transaction.
-
-        ``synchronous_commit`` is off for it, since the journal is the durable
-        record and a lost index transaction is read again.
-        """
-        self._index(_array([compact(row) for row in rows]), checkpoints, journal, next_offset)
-
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
-        """Add journal records and save the offset, in one transaction (as :meth:`index`).
+        """Add journal records and save the offset, in one transaction.
 
         The server builds the event rows from the records' JSON (``jsonb``), so
         the client only joins the records' bytes: its CPU per record is a fraction
         of decoding and copying the rows (``bench/index_cost.py``).
+        ``synchronous_commit`` is off for it, since the journal is the durable
+        record and a lost index transaction is read again.
 
         Raises:
             ValueError: a record is not a journal record.

@@ -10,6 +10,7 @@ from typing import Any
 from guard._errors import GuardError
 from guard.audit._event import FIELD_NAMES, TS_FORMAT, AuditEvent
 from guard.audit._fields import row_event
+from guard.audit._schema import SUBJECT_MATCH
 from guard.audit._store import Store
 
 
@@ -63,17 +64,28 @@ class EventFilter:
     until: str | None = None
     kind: str = "decision"
 
-    def where(self) -> tuple[str, list[Any]]:
-        """The SQL condition on ``audit_event e`` (``?`` placeholders) and its parameters."""
+    def where(self, store: Store | None = None) -> tuple[str, list[Any]]:
+        """The SQL condition on ``audit_event e`` (``?`` placeholders) and its parameters.
+
+        Args:
+            store: The store it runs on, which says how a subject's events are found
+                (SQLite: through its subject index ``audit_subject``); None: the
+                plain ``e.subject = ?``, which SQLite answers by a scan.
+        """
         clauses = ["e.kind = ?"]
         params: list[Any] = [self.kind]
         allowed = None if self.allowed is None else int(self.allowed)
         for column, op, value in (("caller", "=", self.caller), ("allowed", "=", allowed),
-                                  ("reason", "=", self.reason), ("subject", "=", self.subject),
+                                  ("reason", "=", self.reason),
                                   ("ts", ">=", self.since), ("ts", "<", self.until)):
             if value is not None:
                 clauses.append(f"e.{column} {op} ?")
                 params.append(value)
+        if self.subject is not None:
+            sqlite = store is not None and store.url.startswith("sqlite:")
+            match = SUBJECT_MATCH["sqlite" if sqlite else "postgresql"]
+            clauses.append(match)
+            params += [self.subject] * match.count("?")
         if self.purpose is not None:
             key = self.purpose.rstrip(".")
             clauses.append("(e.purpose = ? OR (e.purpose >= ? AND e.purpose < ?))")
@@ -105,7 +117,7 @@ class QueryRow:
 def query_events(store: Store, where: EventFilter, *, limit: int | None = 100,
                  oldest_first: bool = False) -> list[QueryRow]:
     """Matching events, newest first (or oldest first)."""
-    condition, params = where.where()
+    condition, params = where.where(store)
     order = "" if oldest_first else " DESC"
     sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
            f"ORDER BY e.ts{order}, e.event_id{order}")
@@ -141,7 +153,7 @@ class Stats:
 
 def stats(store: Store, where: EventFilter) -> Stats:
     """Decision counts grouped three ways, most denials first."""
-    condition, params = where.where()
+    condition, params = where.where(store)
     sums = ("count(*), sum(CASE WHEN e.allowed = 1 THEN 1 ELSE 0 END), "
             "sum(CASE WHEN e.allowed = 0 THEN 1 ELSE 0 END)")
 

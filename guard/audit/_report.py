@@ -83,7 +83,7 @@ def subject_report(store: Store, pseudonym: str) -> SubjectReport:
     """Build the report for the subject whose pseudonym is ``pseudonym``."""
     rows = query_events(store, EventFilter(subject=pseudonym, allowed=True), limit=None,
                         oldest_first=True)
-    condition, params = EventFilter(subject=pseudonym, allowed=False).where()
+    condition, params = EventFilter(subject=pseudonym, allowed=False).where(store)
     denied = store.rows(f"SELECT count(*) FROM audit_event e WHERE {condition}", params)[0][0]  # noqa: S608 - constant SQL
     return report_of(pseudonym, rows, int(denied), register_of(store, pseudonym))
 

@@ -10,9 +10,9 @@ from guard.audit._checkpoint import Checkpoint, CheckpointKind
 from guard.audit._event import FIELD_NAMES
 from guard.audit._summary import MIGRATION as SUMMARY_MIGRATION
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
-# Portable DDL: the same text runs on SQLite and PostgreSQL.
+# Portable DDL: the same text runs on SQLite and PostgreSQL (then SQLITE_MIGRATIONS' on SQLite).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE IF NOT EXISTS audit_event (
@@ -77,7 +77,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             event_id TEXT NOT NULL,
             PRIMARY KEY (subject, seq)
         )""",
-        "CREATE INDEX IF NOT EXISTS subject_register_recorded ON subject_register (recorded_at)",
     ),
     # The chain's signed terms (hash format, checkpoint bounds); null on older checkpoints.
     3: ("ALTER TABLE audit_checkpoint ADD COLUMN terms TEXT",),
@@ -88,13 +87,54 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Decisions counted per hour for the console's charts, back-filled from the events.
     5: SUMMARY_MIGRATION,
+    # How far the index has read each journal, written in the transaction of the rows it
+    # covers (made by the store's first offset read before); an index nothing read.
+    6: (
+        "CREATE TABLE IF NOT EXISTS audit_journal_offset "
+        "(journal TEXT PRIMARY KEY, next_offset BIGINT NOT NULL)",
+        "DROP INDEX IF EXISTS subject_register_recorded",
+    ),
 }
 
-JOURNAL_OFFSET_DDL = (
-    "CREATE TABLE IF NOT EXISTS audit_journal_offset "
-    "(journal TEXT PRIMARY KEY, next_offset BIGINT NOT NULL)"
-)
-"""How far the index has read each journal; written in the transaction of the rows it covers."""
+# The subject's one token in audit_subject (SQLite): 's' and its UTF-8 bytes in hex (so an
+# empty subject still has one).
+_SUBJECT_TRIGGERS = {
+    "add": "AFTER INSERT ON audit_event WHEN new.subject IS NOT NULL BEGIN "
+           "INSERT INTO audit_subject (rowid, token) VALUES "
+           "(new.rowid, 's' || hex(new.subject)); END",
+    "remove": "AFTER DELETE ON audit_event WHEN old.subject IS NOT NULL BEGIN "
+              "INSERT INTO audit_subject (audit_subject, rowid, token) VALUES "
+              "('delete', old.rowid, 's' || hex(old.subject)); END",
+    "change": "AFTER UPDATE OF subject ON audit_event BEGIN "
+              "INSERT INTO audit_subject (audit_subject, rowid, token) SELECT 'delete', "
+              "old.rowid, 's' || hex(old.subject) WHERE old.subject IS NOT NULL; "
+              "INSERT INTO audit_subject (rowid, token) SELECT new.rowid, "
+              "'s' || hex(new.subject) WHERE new.subject IS NOT NULL; END",
+}
+SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # The subject's events found through a full-text index of one token per event, in
+    # place of the (subject, ts) B-tree: FTS5 writes each transaction's entries as one
+    # sorted segment and merges segments later, where a B-tree keyed by a random
+    # pseudonym puts each new entry on a page of its own (docs/performance.md). Kept
+    # by triggers, so every insert, delete or change of audit_event keeps it exact.
+    6: (
+        "DROP TABLE IF EXISTS audit_subject",  # a migration run again fills it anew
+        "CREATE VIRTUAL TABLE audit_subject USING fts5"
+        "(token, content='', detail=none, columnsize=0)",
+        "INSERT INTO audit_subject (rowid, token) SELECT rowid, 's' || hex(subject) "
+        "FROM audit_event WHERE subject IS NOT NULL",
+        *(f"CREATE TRIGGER IF NOT EXISTS audit_subject_{name} {body}"
+          for name, body in _SUBJECT_TRIGGERS.items()),
+        "DROP INDEX IF EXISTS audit_event_subject",
+    ),
+}
+SUBJECT_MATCH = {
+    "sqlite": "e.subject = ? AND e.rowid IN (SELECT rowid FROM audit_subject "
+              "WHERE audit_subject MATCH 's' || hex(?))",
+    "postgresql": "e.subject = ?",
+}
+"""The condition choosing one subject's events of ``audit_event e``, by store kind: each
+``?`` is the subject."""
 INDEXED_OFFSET = "SELECT next_offset FROM audit_journal_offset WHERE journal = ?"
 SAVE_OFFSET = (
     "INSERT INTO audit_journal_offset (journal, next_offset) VALUES (?, ?) "
@@ -107,14 +147,16 @@ def migrate(execute: Callable[..., Any], mark: str = "?") -> None:
 
     Args:
         execute: The connection's ``execute(sql, params=())``, returning a cursor.
-        mark: The driver's parameter placeholder.
+        mark: The driver's parameter placeholder: ``?`` is SQLite's (which also runs
+            :data:`SQLITE_MIGRATIONS`), ``%s`` PostgreSQL's.
     """
     execute("CREATE TABLE IF NOT EXISTS schema_version "
             "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
     row = execute("SELECT max(version) FROM schema_version").fetchone()
     current = int(row[0]) if row and row[0] is not None else 0
     for version in range(current + 1, SCHEMA_VERSION + 1):
-        for statement in MIGRATIONS[version]:
+        for statement in (*MIGRATIONS[version],
+                          *(SQLITE_MIGRATIONS.get(version, ()) if mark == "?" else ())):
             execute(statement)
         execute(f"INSERT INTO schema_version (version, applied_at) VALUES ({mark}, {mark})",  # noqa: S608
                 (version, datetime.now(UTC).isoformat()))

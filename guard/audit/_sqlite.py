@@ -20,7 +20,6 @@ from guard.audit._schema import (
     INDEXED_OFFSET,
     INSERT_CHECKPOINT,
     INSERT_EVENT,
-    JOURNAL_OFFSET_DDL,
     SAVE_OFFSET,
     SCHEMA_VERSION,
     Row,
@@ -125,21 +124,36 @@ class SqliteStore:
         """How far the index has read ``journal`` (0: not at all)."""
         with self._lock:
             try:
-                self._conn.execute(JOURNAL_OFFSET_DDL)
                 row = self._conn.execute(INDEXED_OFFSET, (journal,)).fetchone()
             except sqlite3.Error as exc:
                 raise AuditUnavailableError(f"audit store {self.path}: {exc}") from exc
         return int(row[0]) if row else 0
 
-    def index(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint], journal: str,
-              next_offset: int) -> None:
-        """Add journal records to the index and save the offset, in one transaction.
+    def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
+        """Add journal records (decoded here) and save the offset, in one transaction.
+
+        Between chunks of 1,000 records the thread gives up the interpreter lock:
+        the journal writer's ``fdatasync`` returns wanting it, and would otherwise
+        wait for the interpreter's switch interval (5 ms) behind a long decode.
+        (Building the rows in SQLite from the records' JSON, ``json_each``, costs
+        twice the CPU of decoding them here: ``bench/index_cost.py``.)
 
         The journal is the durable record, so the index commits without waiting
         for the disk (``synchronous=NORMAL``, a larger cache and WAL): a crash
         loses whole transactions, offset included, and they are read from the
         journal again.
+
+        Raises:
+            ValueError: a record is not a journal record (nothing is added).
         """
+        rows: list[Row] = []
+        checkpoints: list[Checkpoint] = []
+        for start in range(0, len(records), 1000):
+            if start:
+                time.sleep(0)
+            chunk_rows, chunk_checkpoints = decode_many(records[start:start + 1000])
+            rows += chunk_rows
+            checkpoints += chunk_checkpoints
         with self._lock:
             conn = self._conn
             try:
@@ -156,28 +170,6 @@ class SqliteStore:
                 raise AuditUnavailableError(
                     f"audit store {self.path} refused the index write: {exc}"
                 ) from exc
-
-    def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
-        """Decode journal records and :meth:`index` them.
-
-        Between chunks of 1,000 records the thread gives up the interpreter lock:
-        the journal writer's ``fdatasync`` returns wanting it, and would otherwise
-        wait for the interpreter's switch interval (5 ms) behind a long decode.
-        (Building the rows in SQLite from the records' JSON, ``json_each``, costs
-        twice the CPU of decoding them here: ``bench/index_cost.py``.)
-
-        Raises:
-            ValueError: a record is not a journal record.
-        """
-        rows: list[Row] = []
-        checkpoints: list[Checkpoint] = []
-        for start in range(0, len(records), 1000):
-            if start:
-                time.sleep(0)
-            chunk_rows, chunk_checkpoints = decode_many(records[start:start + 1000])
-            rows += chunk_rows
-            checkpoints += chunk_checkpoints
-        self.index(rows, checkpoints, journal, next_offset)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query on the read connection."""

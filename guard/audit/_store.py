@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from guard._errors import ConfigError, GuardError
-from guard.audit._checkpoint import Checkpoint
-from guard.audit._schema import Row
 
 
 class AuditStoreError(GuardError):
@@ -22,10 +20,6 @@ class Store(Protocol):
 
     def indexed_offset(self, journal: str) -> int:
         """How far the index has read the journal ``journal`` (0: not at all)."""
-
-    def index(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint], journal: str,
-              next_offset: int) -> None:
-        """Add journal records and save the offset after them, in one transaction."""
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Add journal records (their bytes, in order) and save the offset, in one transaction

@@ -263,7 +263,7 @@ def event_detail(store: Store, event_id: str) -> EventDetail | None:
 
 def subject_events(store: Store, pseudonym: str) -> list[Row]:
     """Every decision about one data subject, allowed or refused, oldest first."""
-    condition, params = EventFilter(subject=pseudonym).where()
+    condition, params = EventFilter(subject=pseudonym).where(store)
     sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
            "ORDER BY e.ts, e.event_id")
     return _rows(store, sql, params)

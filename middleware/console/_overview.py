@@ -2,8 +2,8 @@
 
 Whole hours come from the store's hourly summary (``audit_hour``, kept in the
 transaction that inserts the events, so exact); only the part of the first
-hour inside the period is read from the raw events. A store whose schema
-predates the summary is read raw.
+hour inside the period is read from the raw events. Every reader opens a store
+at the current schema (opening migrates it), so the summary is always there.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from guard.policy._compiled import CompiledPolicy
 from middleware.console._subject import HOME_COUNTRY, safeguard
 
 TOP = 10
-SUMMARY_VERSION = 5
-"""The schema version that added ``audit_hour``."""
 NOT_HTTP = "(not HTTP)"
 
 
@@ -35,7 +33,7 @@ def overview_data(store: Store, since: str, policy: CompiledPolicy | None, *,
         since: The period's start, a ``ts`` bound (``parse_when``).
         policy: Names the transfer safeguards (None: ``unknown``).
         now: The moment the period is measured to (for the bucket width).
-        summary: Read whole hours from the hourly summary when the store has one.
+        summary: Read whole hours from the hourly summary (else every event).
     """
     now = now or datetime.now(UTC)
     start = datetime.fromisoformat(since.replace("Z", "+00:00"))
@@ -76,12 +74,6 @@ def overview_data(store: Store, since: str, policy: CompiledPolicy | None, *,
     }
 
 
-def has_summary(store: Store) -> bool:
-    """True when the store's schema includes the hourly summary (migration 5)."""
-    row = store.rows("SELECT max(version) FROM schema_version")
-    return bool(row and row[0][0] is not None and int(row[0][0]) >= SUMMARY_VERSION)
-
-
 def grouped(store: Store, since: str, width: int, *,
             summary: bool = True) -> list[tuple[Any, ...]]:
     """Decision counts at or after ``since`` by (``ts`` cut to ``width`` characters, reason,
@@ -91,12 +83,12 @@ def grouped(store: Store, since: str, width: int, *,
         store: The audit store.
         since: The period's start, a ``ts`` bound.
         width: 13 for hours, 10 for days.
-        summary: Read whole hours from the summary (when the store has one).
+        summary: Read whole hours from the summary.
     """
     by = " GROUP BY 1, 2, 3, 4, 5, 6, 7"
     raw = (f"SELECT substr(e.ts, 1, {int(width)}), {RAW_DIMENSIONS}, count(*) "  # noqa: S608 - constant SQL
            f"FROM audit_event e WHERE e.kind = 'decision' AND e.ts >= ?")
-    if not (summary and has_summary(store)):
+    if not summary:
         return store.rows(raw + by, [since])
     start = datetime.fromisoformat(since.replace("Z", "+00:00"))
     hour = start.replace(minute=0, second=0, microsecond=0)

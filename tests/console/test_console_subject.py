@@ -29,6 +29,7 @@ class Counting:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.url = store.url
         self.event_reads = 0
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -27,7 +27,7 @@ from guard.audit import (
 )
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import utc_now
-from guard.audit._fields import ChainKey, Linker, content
+from guard.audit._fields import ChainKey, Linker, checkpoint_record, compact, content
 from guard.audit._journal import Journal, read_journal, segments
 from guard.audit._schema import Row
 
@@ -80,9 +80,8 @@ def record(trail: JournalTrail, event: AuditEvent) -> str:
 
 def seed(store: Store, rows: Sequence[Row], checkpoints: Sequence[Checkpoint] = ()) -> None:
     """Add event rows and checkpoints to ``store`` as the indexer adds a journal's records."""
-    journal = f"seed-{new_event_id()}"
-    store.indexed_offset(journal)  # makes the offset table
-    store.index(rows, checkpoints, journal, len(rows) + len(checkpoints))
+    records = [compact(row) for row in rows] + [checkpoint_record(c) for c in checkpoints]
+    store.index_records(records, f"seed-{new_event_id()}", len(records))
 
 
 def row_of(event: AuditEvent) -> Row:

@@ -46,9 +46,9 @@ class Counting(SqliteStore):
         super().__init__(path)
         self.transactions: list[int] = []
 
-    def index(self, rows: Any, checkpoints: Any, journal: str, next_offset: int) -> None:
-        super().index(rows, checkpoints, journal, next_offset)
-        self.transactions.append(len(rows) + len(checkpoints))
+    def index_records(self, records: Any, journal: str, next_offset: int) -> None:
+        super().index_records(records, journal, next_offset)
+        self.transactions.append(len(records))
 
 
 def writer(journal: Journal, keys: Keys) -> JournalWriter:

@@ -188,7 +188,7 @@ def test_an_index_that_lost_its_last_transactions_replays_without_duplicates(
     trail.close()
     events = count(store_url)
     store = open_store(store_url)
-    store.index([], [], journal_id, 10)  # as if everything after offset 10 was never indexed
+    store.index_records([], journal_id, 10)  # as if everything after offset 10 was never indexed
     store.close()
     trail = make(store_url, keys, tmp_path / "j")
     trail.flush()

@@ -54,9 +54,8 @@ events = st.lists(st.tuples(
     st.sampled_from(("svc:a", "svc:b", "grp:c")), st.sampled_from(("p", "p.q")),
     st.sampled_from((None, "GB", "US", "IN")), st.sampled_from((None, "/a", "/b/{id}")),
     st.sampled_from((0, 1, None)), st.sampled_from((None, 200, 403))), max_size=60)
-# How the rows go in: batch sizes, rows or records per batch, and ids sent twice.
+# How the rows go in: batch sizes, and ids sent twice.
 plans = st.tuples(st.lists(st.integers(1, 25), min_size=1, max_size=8),
-                  st.lists(st.booleans(), min_size=8, max_size=8),
                   st.lists(st.integers(0, 59), max_size=6))
 windows = st.tuples(st.integers(-3600 * 1_000_000, 4 * 24 * 3600 * 1_000_000),
                     st.sampled_from((0, 1, 60)), st.sampled_from((1, 3)))
@@ -75,10 +74,10 @@ def _wipe(url: str) -> None:
 
 
 def _load(store: Store, picked: list[tuple[Any, ...]],
-          plan: tuple[list[int], list[bool], list[int]]) -> None:
+          plan: tuple[list[int], list[int]]) -> None:
     rows = [_row(i, kind, BASE + timedelta(microseconds=us), *rest)
             for i, (us, kind, *rest) in enumerate(picked)]
-    sizes, via_index, again = plan
+    sizes, again = plan
     offset = start = 0
     turn = 0
     while start < len(rows):
@@ -86,11 +85,8 @@ def _load(store: Store, picked: list[tuple[Any, ...]],
         batch = rows[start:start + size]
         # Re-send rows already stored, and repeat one inside the batch.
         batch += [rows[i] for i in again if i < start] + batch[:1]
-        offset += len(batch)
-        if via_index[turn % len(via_index)]:
-            store.index(batch, [], "journal-t", offset)
-        else:  # as the indexer hands over journal records
-            store.index_records([compact(row) for row in batch], "journal-t", offset)
+        offset += len(batch)  # as the indexer hands over journal records
+        store.index_records([compact(row) for row in batch], "journal-t", offset)
         start += size
         turn += 1
 
@@ -98,7 +94,7 @@ def _load(store: Store, picked: list[tuple[Any, ...]],
 @pytest.fixture
 def store(store_url: str) -> Any:
     opened = open_store(store_url)
-    opened.indexed_offset("journal-t")  # type: ignore[attr-defined]  # makes the offset table
+    opened.rows("SELECT 1")  # PostgreSQL: makes the schema
     yield opened
     opened.close()
 
@@ -108,7 +104,7 @@ def store(store_url: str) -> Any:
 @given(picked=events, plan=plans, window=windows)
 def test_summary_and_charts_equal_the_raw_events(
         store: Store, store_url: str, picked: list[tuple[Any, ...]],
-        plan: tuple[list[int], list[bool], list[int]], window: tuple[int, int, int]) -> None:
+        plan: tuple[list[int], list[int]], window: tuple[int, int, int]) -> None:
     _wipe(store_url)
     _load(store, picked, plan)
     assert store.rows(SUMMARY_SQL) == store.rows(RAW_SQL)
@@ -190,8 +186,6 @@ def test_concurrent_writers_keep_the_summary_exact(store_url: str) -> None:
     """Two stores (two replicas) indexing decisions of the same hours at once: exact, and
     no deadlock (each batch adds to the summary rows in one order, the key's)."""
     stores = [open_store(store_url) for _ in range(2)]
-    for store in stores:
-        store.indexed_offset("journal-t")  # type: ignore[attr-defined]
     errors: list[BaseException] = []
 
     def replica(number: int) -> None:
@@ -204,8 +198,8 @@ def test_concurrent_writers_keep_the_summary_exact(store_url: str) -> None:
                              rng.choice(("svc:a", "svc:b", "svc:c", "svc:d")),
                              "p", rng.choice((None, "US")), "/a", rng.choice((0, 1)), 200)
                         for i in range(100)]
-                stores[number].index(rows, [], f"journal-{number}",  # type: ignore[attr-defined]
-                                     batch + 1)
+                stores[number].index_records([compact(row) for row in rows],
+                                             f"journal-{number}", batch + 1)
         except BaseException as exc:
             errors.append(exc)
 
