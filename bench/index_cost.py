@@ -12,10 +12,12 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   ``json_each`` (here only), PostgreSQL ``index_records`` (``jsonb_array_elements``,
   PostgreSQL's only path);
 - ``no-ts`` / ``no-subject`` / ``no-decision-ref`` / ``no-policy``: SQLite without that
-  index of ``audit_event`` (what each B-tree costs; not a proposal), ``no-summary``:
+  index of ``audit_event`` (what each B-tree costs; not a proposal; ``no-subject``: without
+  SQLite's FTS5 subject index of schema 6, or PostgreSQL's B-tree), ``no-summary``:
   without the ``audit_hour`` upsert; ``old-subject``: the ``(subject, ts)`` index of
-  schema 5 rebuilt in place of the store's subject index (the same run; PostgreSQL too,
-  as ``no-subject`` and ``hour-first``, through ``index_records``); ``hour-first``: the
+  schema 5 (SQLite's until schema 6, PostgreSQL's still) rebuilt in place of the store's
+  subject index (the same run; PostgreSQL too, as ``no-subject`` and ``hour-first``,
+  through ``index_records``); ``hour-first``: the
   subject index keyed by the event's hour first, ``(substr(ts, 1, 13), subject)``;
   ``short-subject``:
   that index on the pseudonym's first 12 characters; ``sorted``: each transaction's rows
@@ -23,7 +25,7 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
 - ``no-writer-seq`` / ``no-event-id``: SQLite's ``audit_event`` rebuilt without its
   ``UNIQUE (writer_id, seq)`` index, or without the ``event_id`` primary key (the
   insert's conflict target then ``(writer_id, seq)``): what each of those B-trees costs;
-  ``partial-subject``: the subject index ``WHERE subject IS NOT NULL`` (with
+  ``partial-subject``: schema 5's subject index ``WHERE subject IS NOT NULL`` (with
   ``--subjectless``, that share of the records has no subject);
 - ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs);
 - ``page-1024`` / ``page-8192``: SQLite stores made with that page size (4,096 is
@@ -153,27 +155,14 @@ class SqliteProbe:
             if variant == "no-event-id":
                 self.insert = lambda n: _sqlite._insert_many(n).replace(
                     "ON CONFLICT (event_id)", "ON CONFLICT (writer_id, seq)")
-        if variant in ("fts-subject", "fts-trigger"):  # the subject's events through FTS5
-            self.conn.execute("DROP INDEX audit_event_subject")
-            self.conn.execute("CREATE VIRTUAL TABLE audit_subject USING fts5(s, content='', "
-                              "detail=none, columnsize=0)")
-            self.conn.execute("INSERT INTO audit_subject (rowid, s) SELECT rowid, "
-                              "'s' || hex(subject) FROM audit_event WHERE subject IS NOT NULL")
-        if variant == "fts-trigger":
-            self.conn.execute("CREATE TRIGGER audit_subject_add AFTER INSERT ON audit_event "
-                              "WHEN new.subject IS NOT NULL BEGIN INSERT INTO audit_subject "
-                              "(rowid, s) VALUES (new.rowid, 's' || hex(new.subject)); END")
-        if variant == "partial-subject":
-            self.conn.execute("DROP INDEX audit_event_subject")
-            self.conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts) "
-                              "WHERE subject IS NOT NULL")
         dropped = {"no-ts": "audit_event_ts", "no-decision-ref": "audit_event_decision_ref",
                    "no-policy": "audit_event_policy"}.get(variant)
-        if variant in ("no-subject", "old-subject", "short-subject", "hour-first"):
-            for name in ("audit_event_subject", "audit_event_hour_subject"):
-                self.conn.execute(f"DROP INDEX IF EXISTS {name}")
-        if variant == "old-subject":
-            self.conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts)")
+        if variant in ("no-subject", "old-subject", "short-subject", "hour-first",
+                       "partial-subject"):
+            drop_subject_index(self.conn)
+        if variant in ("old-subject", "partial-subject"):
+            self.conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts)"
+                              + (" WHERE subject IS NOT NULL" if variant != "old-subject" else ""))
         if variant == "hour-first":
             self.conn.execute("CREATE INDEX audit_event_hour_subject ON audit_event "
                               "(substr(ts, 1, 13), subject)")
@@ -213,10 +202,6 @@ class SqliteProbe:
                     self.insert(len(c)), [v for r in c for v in r]))
         if self.variant != "no-summary":
             timed(steps, "summary", lambda: conn.execute(s._ADD_HOURS, (before,)))
-        if self.variant == "fts-subject":
-            timed(steps, "fts", lambda: conn.execute(
-                "INSERT INTO audit_subject (rowid, s) SELECT rowid, 's' || hex(subject) "
-                "FROM audit_event WHERE rowid > ? AND subject IS NOT NULL", (before,)))
         if checkpoints:
             timed(steps, "checkpoints", lambda: conn.executemany(
                 s.INSERT_CHECKPOINT, [s.checkpoint_row(c) for c in checkpoints]))
@@ -228,6 +213,16 @@ class SqliteProbe:
 
 
 REBUILT = ("no-writer-seq", "no-event-id")
+
+
+def drop_subject_index(conn: sqlite3.Connection) -> None:
+    """Drop SQLite's subject index: schema 6's ``audit_subject`` and its triggers (or the
+    B-tree of schema 5 or of a variant)."""
+    for name in ("add", "remove", "change"):
+        conn.execute(f"DROP TRIGGER IF EXISTS audit_subject_{name}")
+    conn.execute("DROP TABLE IF EXISTS audit_subject")
+    for name in ("audit_event_subject", "audit_event_hour_subject"):
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
 
 
 def rebuild(conn: sqlite3.Connection, variant: str) -> None:

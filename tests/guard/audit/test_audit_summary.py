@@ -161,7 +161,8 @@ def test_the_migration_fills_the_summary_from_stored_events(store_url: str) -> N
         reopened.close()
 
 
-def test_a_store_without_the_summary_is_charted_from_raw_events(tmp_path: Path) -> None:
+def test_a_store_from_before_the_summary_is_migrated_by_its_reader_and_charted(
+        tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = open_store(url)
     seed(store, [_row(i, "decision", BASE + timedelta(minutes=20 * i), "allowed", "svc:a", "p",
