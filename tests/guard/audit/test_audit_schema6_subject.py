@@ -1,4 +1,4 @@
-"""SQLite's subject index (``audit_subject``, FTS5 kept by triggers) finds exactly a subject's events.
+"""SQLite's subject index (``audit_subject``, FTS5 kept by triggers): exactly a subject's events.
 
 Random histories of a store (batches indexed, some sent again, rows deleted or
 their subject changed as a tamperer would, subjects of any text: empty, long,
