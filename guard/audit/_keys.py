@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from pathlib import Path
 
@@ -13,9 +14,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from guard._errors import ConfigError
 from guard._secrets import load_ed25519_key, read_key_file, write_secret
 
+_HMAC_KEY_TEXT = re.compile(rb"[0-9a-fA-F]{64}")
+"""The subject HMAC key as the guard writes it: 32 bytes as 64 hex digits."""
+
 
 def load_hmac_key(path: Path, *, create: bool = False) -> bytes:
-    """Read the HMAC key (64 hex characters); with ``create``, generate it on first use."""
+    """Read the HMAC key (64 hex digits, blanks around them allowed); with ``create``,
+    generate it on first use.
+
+    Anything else (a key cut short, text or bytes in its place, more after it) is
+    refused: read as some other key, it would silently pseudonymise every subject
+    anew, so the register's entries (erasures, objections) would match nobody.
+
+    Args:
+        path: The key file.
+        create: Generate the key when the file does not exist.
+    """
     if create and not path.exists():
         write_secret(path, secrets.token_hex(32).encode() + b"\n")
     try:
@@ -23,13 +37,10 @@ def load_hmac_key(path: Path, *, create: bool = False) -> bytes:
     except OSError as exc:
         raise ConfigError(f"cannot read the subject HMAC key {path}: {exc.strerror}") from exc
     text = raw.strip()
-    try:
-        key = bytes.fromhex(text.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        key = raw
-    if len(key) < 16:
-        raise ConfigError(f"subject HMAC key {path} is shorter than 16 bytes")
-    return key
+    if _HMAC_KEY_TEXT.fullmatch(text) is None:
+        raise ConfigError(f"subject HMAC key {path} is not 64 hex digits (32 bytes, as the "
+                          f"guard writes it): it holds {len(raw)} bytes of something else")
+    return bytes.fromhex(text.decode("ascii"))
 
 
 def pseudonymise(key: bytes, subject_id: str) -> str:

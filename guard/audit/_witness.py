@@ -24,12 +24,18 @@ class Witness:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            created = not path.exists()
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            created = not os.path.lexists(path)
+            # O_NOFOLLOW: a link planted in the witness's folder never makes the guard
+            # append to a file it names (a key, the journal), as for the journal's files
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                               | os.O_CLOEXEC, 0o644)
             self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
             if created:
                 fsync_dir(path.parent)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ConfigError(f"audit witness {path} is a symbolic link; the guard follows "
+                                  "none (name the file itself in audit.witness)") from exc
             raise ConfigError(f"cannot open the audit witness {path}: {exc.strerror}") from exc
 
     def publish(self, checkpoints: Sequence[Checkpoint]) -> None:
