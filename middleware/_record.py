@@ -211,6 +211,8 @@ class Record:
                 self._refused = True
                 await send({"type": "websocket.close", "code": 1008, "reason": "forbidden"})
                 return
+            if kind == "websocket.http.response.start":  # an HTTP answer: as every judged one
+                message = self._stamped(message)
         await send(message)
         if kind == "http.response.pathsend" or (
                 kind == "http.response.body" and not message.get("more_body", False)):

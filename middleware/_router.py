@@ -145,11 +145,14 @@ class _Leaf:
     endpoint: object | None
     template: str
     rules: Mapping[str, RouteRule]
+    heads: bool = True
+    """The route takes ``HEAD`` (Starlette's ``GET`` routes do, FastAPI's do not): only then
+    is a ``HEAD`` judged by the ``GET`` declaration."""
 
     def rule_for(self, method: str) -> RouteRule | None:
         rules = self.rules
         rule = rules.get(method)
-        if rule is None and method == "HEAD":
+        if rule is None and method == "HEAD" and self.heads:
             rule = rules.get("GET")
         return rule if rule is not None else rules.get("*")
 
@@ -330,7 +333,8 @@ class AppRoutes:
             methods = getattr(route, "methods", None) or ["*"]
             for rule in declared_rules(declaration, route, template, methods):
                 rules[rule.method] = rule
-        return _Leaf(route, endpoint, template, rules)
+        methods = getattr(route, "methods", None)  # None: every method (a class, a mount)
+        return _Leaf(route, endpoint, template, rules, methods is None or "HEAD" in methods)
 
 
 IndexKey = tuple[str | None, int | None, str | None]

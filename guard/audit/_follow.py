@@ -159,8 +159,12 @@ class ChildIndexer:
         return self._proc.pid
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        flags = sys.flags  # the service's isolation (-I, -E, -s) is the child's too
+        isolation = [f for f, on in (("-I", flags.isolated), ("-E", flags.ignore_environment),
+                                     ("-s", flags.no_user_site)) if on]
         return subprocess.Popen(  # -P: the working folder is not on its module path
-            [sys.executable, "-P", "-m", "guard.audit._follow", str(self.folder), self._url],
+            [sys.executable, *isolation, "-P", "-m", "guard.audit._follow", str(self.folder),
+             self._url],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
 
     def _supervise(self) -> None:

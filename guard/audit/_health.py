@@ -84,11 +84,15 @@ class DiskReserve:
         path: A file or folder on the filesystem to watch (the folder is used).
         reserve_bytes: The space to keep free; 0 turns the check off.
         every: Seconds a free-space reading is reused.
+        ahead: Bytes the writer may take besides those it counts (the zeros a journal
+            grows ahead of its records): kept free on top of the reserve.
     """
 
-    def __init__(self, path: Path, reserve_bytes: int, *, every: float = 0.25) -> None:
+    def __init__(self, path: Path, reserve_bytes: int, *, every: float = 0.25,
+                 ahead: int = 0) -> None:
         self.folder = path.parent if not path.is_dir() else path
         self.reserve_bytes = reserve_bytes
+        self._ahead = ahead if reserve_bytes > 0 else 0
         self._every = every
         self._lock = threading.Lock()
         self._read_at = float("-inf")
@@ -119,8 +123,8 @@ class DiskReserve:
                 free = self._free = stat.f_bavail * stat.f_frsize
                 why = (
                     f"the audit filesystem of {self.folder} has {_mb(free)} free, below the "
-                    f"reserve of {_mb(self.reserve_bytes)} (audit.reserve_mb)"
-                    if free < self.reserve_bytes else None
+                    f"reserve of {_mb(self.reserve_bytes)} (audit.reserve_mb){self._plus()}"
+                    if free < self.reserve_bytes + self._ahead else None
                 )
             self._shortfall = why
             if why is not None and before is None:
@@ -135,9 +139,13 @@ class DiskReserve:
         """``why``, or why ``size`` more bytes would pass the reserve (else they are counted)."""
         if why is not None or not size:
             return why
-        if self._free - size < self.reserve_bytes:
+        if self._free - size < self.reserve_bytes + self._ahead:
             return (f"the audit filesystem of {self.folder} has {_mb(self._free)} free: "
                     f"{_mb(size)} more would pass the reserve of {_mb(self.reserve_bytes)} "
-                    "(audit.reserve_mb)")
+                    f"(audit.reserve_mb){self._plus()}")
         self._free -= size
         return None
+
+    def _plus(self) -> str:
+        """What the reserve keeps on top of ``audit.reserve_mb``, for the messages."""
+        return f" and the {_mb(self._ahead)} the journal grows ahead" if self._ahead else ""

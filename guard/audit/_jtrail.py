@@ -31,7 +31,7 @@ from guard.audit._fields import ChainKey, row_event
 from guard.audit._follow import ChildIndexer, index_mode
 from guard.audit._health import DiskReserve, FailureLog
 from guard.audit._indexer import Indexer, hurry
-from guard.audit._journal import durable_end, journal_id, lanes, open_lane
+from guard.audit._journal import GROW, durable_end, journal_id, lanes, open_lane
 from guard.audit._jverify import indexed_offset
 from guard.audit._jwriter import Committed, JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
@@ -165,7 +165,7 @@ class JournalTrail:
             listeners.append(self._export)
         self._chain_key = ChainKey(derive_chain_key(hmac_key))
         self._failures = FailureLog(f"audit journal write to {self.journal.folder}")
-        self._reserve = DiskReserve(self.journal.folder, reserve_bytes)
+        self._reserve = DiskReserve(self.journal.folder, reserve_bytes, ahead=GROW)
         self.writer = JournalWriter(
             self.journal,
             hmac_key=hmac_key,

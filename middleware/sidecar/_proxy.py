@@ -67,6 +67,8 @@ IDENTITY_HEADERS = frozenset(
         "x-ms-client-principal-name",
         "x-ms-client-principal-idp",
         "x-goog-iap-jwt-assertion",
+        "gap-auth",  # oauth2-proxy's user
+        "teleport-jwt-assertion",
         # where from (the sidecar sets x-forwarded-for, -host and -proto itself)
         "forwarded",
         "x-real-ip",
@@ -99,6 +101,13 @@ IDENTITY_PREFIXES = (
     "x-webauth-",  # Grafana's auth proxy
     "x-vouch-",
     "x-envoy-",  # Envoy's trusted address and internal flags, original path
+    "ssl-client-",  # ingress-nginx's client certificate (-verify, -subject-dn); Apache's
+    "x-consumer-",  # Kong
+    "x-authenticated-",  # Kong: -userid, -scope, -groups
+    "x-ms-token-",  # Azure App Service authentication's tokens
+    "x-appengine-user-",
+    "tailscale-user-",
+    "impersonate-",  # Kubernetes: act as another user, group or extra
 )
 
 
