@@ -25,6 +25,7 @@ and what overlapped them, against the same counts over all cycles.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import gc
 import itertools
@@ -33,6 +34,7 @@ import os
 import selectors
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -85,9 +87,14 @@ class Recorder:
         # wait so far, ns (/proc/PID/task/TID/schedstat)
         self.sched: list[tuple[int, ...]] = []
         self._sched_fds: list[int] = []
+        self._child_fds: list[int] = []  # the index child's threads (summed as "child")
+        self.sched_names: list[str] = []  # what each pair of ``sched`` values is
         self.collections: list[tuple[int, float, float, str, int]] = []  # + thread, collected
         self.loop_waits: list[tuple[float, float]] = []  # (kernel returned, Python resumed)
         self.syncs: list[tuple[float, float, float]] = []  # (began, synced, Python resumed)
+        # per sync, the writer thread's CPU and run-queue wait during it, s (its schedstat):
+        # the rest of the sync's time it slept, waiting for the disk
+        self.sync_split: list[tuple[float, float]] = []
         self.handovers: list[float] = []  # writer calls call_soon_threadsafe
         self.settles: list[float] = []  # the loop settles a batch's futures
         self.promoted: list[tuple[str, int, list[tuple[str, int]]]] = []  # gen1: to gen2
@@ -144,12 +151,22 @@ def install(kind: str, workdir: Path, label: str
         import threading
 
         rec.clear()
-        for fd in rec._sched_fds:
+        for fd in rec._sched_fds + rec._child_fds:
             os.close(fd)
         by_name = {t.name: t.native_id for t in threading.enumerate()}
         tids = [os.getpid(), by_name.get("audit-journal-writer"), by_name.get("audit-indexer")]
-        rec._sched_fds = [os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
-                          for tid in tids if tid is not None]
+        paths = [f"/proc/self/task/{tid}/schedstat" for tid in tids if tid is not None]
+        # the index child's threads (audit.index = "auto"; `guard audit index`), summed
+        rec._child_fds = []
+        for task in Path("/proc/self/task").iterdir():
+            for child in (task / "children").read_text().split():
+                for ctask in Path(f"/proc/{child}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        rec._child_fds.append(os.open(ctask / "schedstat", os.O_RDONLY))
+        rec._sched_fds = [os.open(p, os.O_RDONLY) for p in paths]
+        rec.sched_names = [name for name, tid in zip(
+            ("loop", "writer", "indexer"), tids, strict=True) if tid is not None]
+        rec.sched_names += ["child"] if rec._child_fds else []
         rec.on = True
 
     def dump() -> None:
@@ -175,11 +192,22 @@ def install(kind: str, workdir: Path, label: str
     # fdatasync: its own time and the lock wait after it (the journal writer's only sync).
     began, synced = ctypes.c_double(), ctypes.c_double()
 
+    mine = threading.local()  # each syncing thread's own schedstat, opened once
+
     def fdatasync(fd: int) -> None:
+        if not rec.on:
+            if helper.timed_fdatasync(fd, ctypes.byref(began), ctypes.byref(synced)) != 0:
+                raise OSError(ctypes.get_errno(), "fdatasync failed")
+            return
+        if not hasattr(mine, "stat"):
+            mine.stat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        before = os.pread(mine.stat, 100, 0).split()[:2]
         if helper.timed_fdatasync(fd, ctypes.byref(began), ctypes.byref(synced)) != 0:
             raise OSError(ctypes.get_errno(), "fdatasync failed")
-        if rec.on:
-            rec.syncs.append((began.value, synced.value, time.perf_counter()))
+        after = os.pread(mine.stat, 100, 0).split()[:2]
+        rec.syncs.append((began.value, synced.value, time.perf_counter()))
+        rec.sync_split.append(((int(after[0]) - int(before[0])) * 1e-9,
+                               (int(after[1]) - int(before[1])) * 1e-9))
 
     os.fdatasync = fdatasync  # the bench server only
 
@@ -239,6 +267,13 @@ def install(kind: str, workdir: Path, label: str
             stats: list[int] = []
             for fd in rec._sched_fds:
                 stats += [int(v) for v in os.pread(fd, 100, 0).split()[:2]]
+            if rec._child_fds:
+                cpu = wait = 0
+                for fd in rec._child_fds:
+                    with contextlib.suppress(OSError):  # a thread that ended
+                        c, w = os.pread(fd, 100, 0).split()[:2]
+                        cpu, wait = cpu + int(c), wait + int(w)
+                stats += [cpu, wait]
             rec.sched.append(tuple(stats))
             t_start = 0.0
 
@@ -279,6 +314,10 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
     full = [(round((e - s) * 1e3, 1), who) for g, s, e, who, _ in data["collections"] if g == 2]
     waits = [(k, p) for k, p in data["loop_waits"]]
     syncs = data["syncs"]
+    split = data.get("sync_split") or [(0.0, 0.0)] * len(syncs)
+    # per sync: (wall, its run-queue wait, the rest slept: the disk)
+    parts = [(e - b, q, max(0.0, e - b - c - q)) for (b, e, _), (c, q) in zip(syncs, split,
+                                                                              strict=True)]
     settle_delay = []
     settles = sorted(data["settles"])
     for h in data["handovers"]:
@@ -291,7 +330,10 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
         g = [(gen, e - s) for gen, s, e in gcs if s < b and e > a]
         w = [p - k for k, p in waits if a <= p <= b]
         sy = [(sy_e - sy_b, r - sy_e) for sy_b, sy_e, r in syncs if a <= r <= b]
-        return {"gc2": sum(d for gen, d in g if gen == 2),
+        sp = [p for (_, _, r), p in zip(syncs, parts, strict=True) if a <= r <= b]
+        return {"sync_rq": max((p[1] for p in sp), default=0.0),
+                "sync_disk": max((p[2] for p in sp), default=0.0),
+                "gc2": sum(d for gen, d in g if gen == 2),
                 "gc01": sum(d for gen, d in g if gen < 2),
                 "gil_loop": max(w, default=0.0), "sync": max((s for s, _ in sy), default=0.0),
                 "gil_writer": max((r for _, r in sy), default=0.0),
@@ -322,6 +364,13 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
         print(f"  fdatasync (C side) p50 {ms(ss[len(ss) // 2])} p99 {ms(ss[int(len(ss) * .99)])}"
               f" max {ms(ss[-1])} ms; writer's lock wait after it p50 {ms(gw[len(gw) // 2])} "
               f"p99 {ms(gw[int(len(gw) * .99)])} max {ms(gw[-1])} ms ({len(ss)} syncs)")
+        if data.get("sync_split"):
+            rq = sorted(p[1] for p in parts)
+            disk = sorted(p[2] for p in parts)
+            print(f"  fdatasync split (writer's schedstat): run-queue wait p50 "
+                  f"{ms(rq[len(rq) // 2])} p99 {ms(rq[int(len(rq) * .99)])} max {ms(rq[-1])}"
+                  f" ms; asleep (the disk) p50 {ms(disk[len(disk) // 2])} p99 "
+                  f"{ms(disk[int(len(disk) * .99)])} max {ms(disk[-1])} ms")
     if settle_delay:
         sd = sorted(settle_delay)
         print(f"  hand-over writer -> loop settles: p50 {ms(sd[len(sd) // 2])} "
@@ -331,7 +380,7 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
         rd = sorted(e - s for s, e, _ in data["reads"])
         print(f"  indexer: {len(dur)} transactions, p50 {ms(dur[len(dur) // 2])} "
               f"max {ms(dur[-1])} ms; reads p50 {ms(rd[len(rd) // 2])} max {ms(rd[-1])} ms")
-    keys = ("gc2", "gc01", "gil_loop", "sync", "gil_writer", "index")
+    keys = ("gc2", "gc01", "gil_loop", "sync", "sync_rq", "sync_disk", "gil_writer", "index")
     threshold = 0.001
 
     def rate(ds: list[dict[str, float]], key: str) -> str:
@@ -343,7 +392,8 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
     print(f"  slowest {len(slow)} cycles, ms: cycle = app (call -> response start) + send + "
           "gap (-> next call); overlapping: gen2 / gen0-1 collections, the loop's longest lock "
           "wait, the longest fdatasync and the writer's lock wait after it, indexer busy")
-    threads = ("loop", "writer", "indexer")[:len(cycles[0][6]) // 2]
+    threads = tuple(data.get("sched_names") or ("loop", "writer", "indexer"))[
+        :len(cycles[0][6]) // 2]
     print("  per thread, CPU and run-queue wait (preempted or not yet scheduled) per cycle, ms,"
           " slowest / all: " + ", ".join(
               f"{name} CPU {ms(statistics.mean(c[6][2 * k] for c in slow))} / "
@@ -351,11 +401,13 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
               f"{ms(statistics.mean(c[6][2 * k + 1] for c in slow))} / "
               f"{ms(statistics.mean(c[6][2 * k + 1] for c in cycles))}"
               for k, name in enumerate(threads)))
-    print("    cycle    app   send    gap |   gc2  gc0-1  gil_loop  sync  gil_wr  index |"
+    print("    cycle    app   send    gap |   gc2  gc0-1  gil_loop  sync (rq  disk)  gil_wr"
+          "  index |"
           + "".join(f" {name[:6]:>6} cpu/wait" for name in threads))
     for c in slow[::-1][:30]:
         d = describe(c[4], c[5])
         print(f"   {ms(c[0])} {ms(c[1])} {ms(c[2])} {ms(c[3])} | {ms(d['gc2'])} {ms(d['gc01'])}"
-              f"  {ms(d['gil_loop'])}  {ms(d['sync'])} {ms(d['gil_writer'])} {ms(d['index'])} |"
+              f"  {ms(d['gil_loop'])}  {ms(d['sync'])} ({ms(d['sync_rq'])} {ms(d['sync_disk'])})"
+              f" {ms(d['gil_writer'])} {ms(d['index'])} |"
               + "".join(f"  {ms(c[6][2 * k])}/{ms(c[6][2 * k + 1])}"
                         for k in range(len(threads))))

@@ -62,10 +62,16 @@ class Follower:
                 self.indexers[lane] = Indexer(lane, self.store, interval=self._interval,
                                               idle=self._idle)
 
-    def relieve(self) -> None:
-        """Hand each lane whose idle indexer fell behind to a thread of the caller's policy."""
+    def relieve(self) -> float:
+        """Hand each lane whose idle indexer fell behind to a thread of the caller's policy.
+
+        Returns:
+            The monotonic time before which no lane can need it (inf: none ever).
+        """
         for indexer in self.indexers.values():
             indexer.relieve()
+        now = time.monotonic()
+        return min((ix.relief_due(now) for ix in self.indexers.values()), default=float("inf"))
 
     def progress(self) -> str:
         """Lanes, records durable and not yet in the store, and why, if the store refuses."""
@@ -99,7 +105,10 @@ class Follower:
 
 # -- audit.index = "auto": the follower as a child process of the service -------------------------
 
-_STATUS_EVERY = 0.1  # seconds between the child's looks at its indexers' errors and lag
+_STATUS_EVERY = 0.1
+"""Fewest seconds between two looks of the child's main thread (normal policy) at its
+indexers' lag and errors; it sleeps until a lane could need relief (:meth:`Follower.relieve`)
+or a new lane could appear (every second): about 3 wake-ups a second, not 10."""
 _IDLE_LAG = 0.4
 """Seconds a record may wait for the child's index under ``SCHED_IDLE`` before a thread of
 normal policy takes over (the pace's interval is 0.3 s, the index's lag target 1 s)."""
@@ -215,6 +224,12 @@ class ChildIndexer:
         self._thread.join(timeout)
 
 
+def _next_look(now: float, due: float, looked: float) -> float:
+    """Seconds the child's main thread sleeps: until a lane may need relief (``due``) or the
+    folder's next look for lanes (a second after ``looked``), at least ``_STATUS_EVERY``."""
+    return max(_STATUS_EVERY, min(due, looked + 1.0) - now)
+
+
 def _say(status: str, said: str) -> str:
     """Write ``status`` as a line to standard output unless it is ``said``; return it."""
     if status != said:
@@ -259,9 +274,9 @@ def main(argv: list[str]) -> int:
                 wanted.clear()
                 for lane, indexer in follower.indexers.items():
                     indexer.want(durable_end(lane))
-            follower.relieve()  # from this thread, of normal policy: see Indexer.relieve
+            due = follower.relieve()  # from this thread, of normal policy: Indexer.relieve
             said = _say("ok" if follower.error is None else f"error: {follower.error}", said)
-            wanted.wait(_STATUS_EVERY)
+            wanted.wait(_next_look(time.monotonic(), due, looked))
     except Exception as exc:  # one readable line; the service starts another child
         _log.error("audit index process stopped: %s", exc)
         return 1

@@ -203,6 +203,16 @@ class Indexer:
                  "priority until it catches up", self.lane, now - self._pace.since)
         return True
 
+    def relief_due(self, now: float) -> float:
+        """The monotonic time before which :meth:`relieve` hands over nothing (inf: never).
+
+        With nothing waiting, a record durable from ``now`` on may wait ``idle`` seconds.
+        """
+        if self._idle is None:
+            return float("inf")
+        due = self._pace.since + self._idle
+        return due if due > now or durable_end(self.lane) > self.offset else now + self._idle
+
     def _go_idle(self) -> None:
         """Put this thread under ``SCHED_IDLE`` (under the lock; once it keeps up)."""
         try:

@@ -1,0 +1,89 @@
+"""The index child's main thread (normal policy) wakes only when a lane could need relief.
+
+Every wake-up of a thread of normal policy may take a CPU from the service's
+event loop or journal writer; the child's main thread looked at its lanes every
+0.1 s. It now sleeps until the earliest moment a lane's idle indexer could be
+behind by ``_IDLE_LAG`` (or the folder's next look for lanes, each second).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pytest import approx
+
+from guard.audit import EventKind, load_signing_key
+from guard.audit._fields import ChainKey
+from guard.audit._follow import _IDLE_LAG, _STATUS_EVERY, _next_look
+from guard.audit._indexer import Indexer
+from guard.audit._journal import Journal
+from guard.audit._jwriter import JournalWriter
+from guard.audit._sqlite import SqliteStore
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, make_trail
+from tests.guard.audit.test_audit_index_child import FIELDS, policies, until
+
+
+def test_the_main_thread_sleeps_until_relief_could_be_due_or_the_next_look_for_lanes() -> None:
+    now = 1000.0
+    assert _next_look(now, due=now + 0.4, looked=now) == approx(0.4)  # a lane: relief's time
+    assert _next_look(now, due=float("inf"), looked=now - 0.25) == approx(0.75)  # lanes: 1/s
+    assert _next_look(now, due=now - 5.0, looked=now) == _STATUS_EVERY  # due: soon, not a spin
+    assert _next_look(now, due=now + 0.01, looked=now) == _STATUS_EVERY
+
+
+def writer(journal: Journal, keys: Keys) -> JournalWriter:
+    return JournalWriter(journal, hmac_key=HMAC_KEY, signing_key=load_signing_key(keys.signing),
+                         writer_id="test", chain_key=ChainKey(CHAIN_KEY))
+
+
+def test_relief_is_due_idle_seconds_after_the_oldest_wait_or_after_now_when_none_waits(
+    keys: Keys, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path / "audit.db")
+    journal = Journal(tmp_path / "j")
+    indexer = Indexer(journal.folder, store, interval=3600, idle=_IDLE_LAG)  # no timer here
+    w = writer(journal, keys)
+    try:
+        w.results(EventKind.DECISION, [FIELDS])
+        assert indexer.wait(journal.next_offset, timeout=30)  # caught up: nothing waits
+        now = time.monotonic()
+        indexer._pace.since = now - 10.0  # as a starved idle thread leaves it
+        assert indexer.relief_due(now) == approx(now + _IDLE_LAG)  # a record from now may wait
+        w.results(EventKind.DECISION, [FIELDS])  # one waits (the pace's timer: an hour)
+        assert indexer.relief_due(now) == approx(now - 10.0 + _IDLE_LAG)  # overdue: look now
+        assert Indexer(journal.folder, store, interval=3600).relief_due(now) == float("inf")
+    finally:
+        w.close()
+        indexer.close()
+        journal.close()
+        store.close()
+
+
+def wakeups(pid: int, tid: int) -> int:
+    """The voluntary context switches of one thread so far (``/proc``): its wake-ups."""
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_childs_main_thread_wakes_a_few_times_a_second_not_ten(
+    keys: Keys, tmp_path: Path
+) -> None:
+    import os
+
+    trail: Any = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+    child = trail.child
+    assert child is not None
+    try:
+        trail.record_fields(EventKind.DECISION, FIELDS)
+        trail.flush()  # caught up: the lane's indexer goes idle
+        until(lambda: os.SCHED_IDLE in policies(child.pid).values())
+        before = wakeups(child.pid, child.pid)
+        time.sleep(3.0)
+        woke = wakeups(child.pid, child.pid) - before
+        # every 0.1 s: 30; until relief could be due (0.4 s after the idle thread's last
+        # look) or the next look for lanes: about 8
+        assert woke <= 15, woke
+    finally:
+        trail.close()
