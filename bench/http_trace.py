@@ -13,7 +13,12 @@ the guard itself). Between two signals from the bench it records, with
   runs in a small C helper that notes when the kernel returned, so the time
   until Python runs again is the wait for the lock;
 * the journal writer's ``fdatasync``: its own duration (C side) and the wait for
-  the lock after it;
+  the lock after it, and the writer thread's CPU and run-queue wait during it
+  (its ``/proc/thread-self/schedstat`` before and after): the rest of the sync's
+  time it slept, waiting for the disk;
+* per request, the CPU and run-queue wait of the loop, the writer, an in-process
+  indexer and the index child's threads (``/proc/.../schedstat``), and the SQLite
+  store file's size (it grows while a checkpoint copies the index's WAL into it);
 * the journal writer's hand-over to the loop (``call_soon_threadsafe``) and
   when the loop settles the futures;
 * the indexer's reads (decode) and store transactions.
@@ -89,6 +94,10 @@ class Recorder:
         self._sched_fds: list[int] = []
         self._child_fds: list[int] = []  # the index child's threads (summed as "child")
         self.sched_names: list[str] = []  # what each pair of ``sched`` values is
+        # at each request's call: the SQLite store file's size (it grows while a checkpoint
+        # of the index's WAL copies pages into it)
+        self.store_size: list[int] = []
+        self._store_fd = -1
         self.collections: list[tuple[int, float, float, str, int]] = []  # + thread, collected
         self.loop_waits: list[tuple[float, float]] = []  # (kernel returned, Python resumed)
         self.syncs: list[tuple[float, float, float]] = []  # (began, synced, Python resumed)
@@ -167,6 +176,8 @@ def install(kind: str, workdir: Path, label: str
         rec.sched_names = [name for name, tid in zip(
             ("loop", "writer", "indexer"), tids, strict=True) if tid is not None]
         rec.sched_names += ["child"] if rec._child_fds else []
+        if rec._store_fd < 0 and (workdir / f"audit-{label}.db").exists():
+            rec._store_fd = os.open(workdir / f"audit-{label}.db", os.O_RDONLY)
         rec.on = True
 
     def dump() -> None:
@@ -275,6 +286,8 @@ def install(kind: str, workdir: Path, label: str
                         cpu, wait = cpu + int(c), wait + int(w)
                 stats += [cpu, wait]
             rec.sched.append(tuple(stats))
+            if rec._store_fd >= 0:
+                rec.store_size.append(os.fstat(rec._store_fd).st_size)
             t_start = 0.0
 
             async def timed_send(message: dict[str, Any]) -> None:
@@ -308,6 +321,11 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
         deltas = tuple((b - a) * 1e-9 for a, b in zip(sched[i], sched[i + 1], strict=True))
         cycles.append((nxt[0] - t_in, t_start - t_in, t_done - t_start, nxt[0] - t_done,
                        t_in, nxt[0], deltas))
+    grew = data.get("store_size") or []
+    if len(grew) == len(reqs):  # cycles in which the store file grew: a WAL checkpoint's copy
+        checkpointing = {reqs[i][0] for i in range(len(reqs) - 1) if grew[i + 1] != grew[i]}
+    else:
+        checkpointing = set()
     cycles.sort()
     slow = cycles[-max(1, int(len(cycles) * share)):]
     gcs = [(g, s, e) for g, s, e, _, _ in data["collections"]]
@@ -331,7 +349,8 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
         w = [p - k for k, p in waits if a <= p <= b]
         sy = [(sy_e - sy_b, r - sy_e) for sy_b, sy_e, r in syncs if a <= r <= b]
         sp = [p for (_, _, r), p in zip(syncs, parts, strict=True) if a <= r <= b]
-        return {"sync_rq": max((p[1] for p in sp), default=0.0),
+        return {"ckpt": 1.0 if a in checkpointing else 0.0,
+                "sync_rq": max((p[1] for p in sp), default=0.0),
                 "sync_disk": max((p[2] for p in sp), default=0.0),
                 "gc2": sum(d for gen, d in g if gen == 2),
                 "gc01": sum(d for gen, d in g if gen < 2),
@@ -380,14 +399,16 @@ def report(path: Path, label: str, share: float = 0.01) -> None:
         rd = sorted(e - s for s, e, _ in data["reads"])
         print(f"  indexer: {len(dur)} transactions, p50 {ms(dur[len(dur) // 2])} "
               f"max {ms(dur[-1])} ms; reads p50 {ms(rd[len(rd) // 2])} max {ms(rd[-1])} ms")
-    keys = ("gc2", "gc01", "gil_loop", "sync", "sync_rq", "sync_disk", "gil_writer", "index")
+    keys = ("gc2", "gc01", "gil_loop", "sync", "sync_rq", "sync_disk", "gil_writer", "index",
+            "ckpt")
     threshold = 0.001
 
     def rate(ds: list[dict[str, float]], key: str) -> str:
         return f"{sum(1 for d in ds if d[key] > threshold) / len(ds):5.1%}"
 
     slow_d = [describe(c[4], c[5]) for c in slow]
-    print(f"  share of cycles with > 1 ms of each (slowest {len(slow)} / all): "
+    print(f"  share of cycles with > 1 ms of each (ckpt: the store file grew) (slowest "
+          f"{len(slow)} / all): "
           + ", ".join(f"{k} {rate(slow_d, k)} / {rate(all_d, k)}" for k in keys))
     print(f"  slowest {len(slow)} cycles, ms: cycle = app (call -> response start) + send + "
           "gap (-> next call); overlapping: gen2 / gen0-1 collections, the loop's longest lock "

@@ -11,7 +11,15 @@ alternate, so every mode sees the same machine):
 * ``shm``: the same child with its store on ``/dev/shm`` (the same CPU, no disk
   writes): what ``disk`` costs beyond ``shm`` is the index's disk I/O;
 * further ``LABEL=PRAGMA;PRAGMA`` modes (``--pragmas``): ``disk`` with these
-  pragmas run on the child's store connection first (a variant of the index's I/O).
+  pragmas run on the child's store connection after its first transaction (a
+  variant of the index's I/O).
+
+``--prefill N`` first commits N events into each indexed journal (the store's WAL
+then nears its checkpoint); the syncs during the children's checkpoints are
+printed apart. ``--checkpoint-mib N`` instead times journal-like syncs while
+another process fills an SQLite WAL of N MiB without syncing it and checkpoints
+it, ``--rounds`` times. The run ends with the wake-up floor: a thread blocked on
+an eventfd, woken after a pause.
 
 Each journal ``fdatasync`` is split with the writer thread's own
 ``/proc/thread-self/schedstat`` read before and after it: its CPU, its wait in
@@ -22,6 +30,7 @@ p99.9), and the disk's writes and flushes during the rounds (``/sys/block``).
 
 Usage: python bench/index_io.py [--seconds 4] [--rounds 3] [--gap-ms 0.3]
        [--modes none,disk,shm] [--pragmas "wal1k=PRAGMA wal_autocheckpoint=1000"]
+       [--prefill 26000] [--checkpoint-mib 32]
 """
 
 from __future__ import annotations
@@ -160,6 +169,97 @@ async def commit_for(mode: Mode, seconds: float, gap: float) -> None:
         mode.events += 1
 
 
+def wakeup_floor(count: int, gap: float) -> list[float]:
+    """A thread blocked on an eventfd, woken by this one after a pause of ``gap`` s: from the
+    write to the woken thread running, s (the hand-over a commit makes twice)."""
+    import threading
+
+    fd, woke, done = os.eventfd(0), [], threading.Event()
+    sent = [0.0]
+
+    def wait() -> None:
+        for _ in range(count):
+            os.eventfd_read(fd)
+            woke.append(time.perf_counter() - sent[0])
+        done.set()
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    for _ in range(count):
+        time.sleep(gap)
+        sent[0] = time.perf_counter()
+        os.eventfd_write(fd, 1)
+        while len(woke) < _ + 1 and not done.is_set():
+            time.sleep(0)
+    thread.join()
+    os.close(fd)
+    return woke
+
+
+_CHECKPOINT = """
+import os, sqlite3, sys, time
+path, mib, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+conn = sqlite3.connect(path, isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("PRAGMA synchronous=NORMAL")
+conn.execute("PRAGMA wal_autocheckpoint=0")
+conn.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, s TEXT, v BLOB)")
+conn.execute("CREATE INDEX IF NOT EXISTS t_s ON t (s)")
+fills = 0  # transactions that filled the WAL the first time (it is reused, not grown, after)
+for _ in range(repeats):
+    done = 0
+    while (os.path.getsize(path + "-wal") < mib << 20) if not fills else done < fills:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t (s, v) VALUES (?, ?)",
+                         [(os.urandom(8).hex(), os.urandom(300)) for _ in range(500)])
+        conn.execute("COMMIT")
+        done += 1
+    fills = fills or done
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    print(t0, time.perf_counter(), flush=True)
+    time.sleep(1.0)
+"""
+
+
+def checkpoint_ab(root: Path, mib: int, repeats: int, gap: float) -> None:
+    """Lone syncs of a journal-like file (written over zeros synced before) while another
+    process fills an SQLite WAL to ``mib`` MiB without syncing and checkpoints it (as the
+    index's store does at ``wal_autocheckpoint``): the syncs during the checkpoints and away."""
+    import subprocess
+
+    path = root / "zeros.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, bytes(64 << 20))
+    os.fsync(fd)
+    proc = subprocess.Popen([sys.executable, "-c", _CHECKPOINT, str(root / "ckpt.db"), str(mib),
+                             str(repeats)], stdout=subprocess.PIPE, text=True)
+    syncs: list[tuple[float, float, float, float]] = []
+    offset = 0
+    while proc.poll() is None:
+        time.sleep(gap)
+        os.pwrite(fd, b"x" * 300, offset)
+        offset = (offset + 300) % (60 << 20)
+        SYNCS.clear()
+        timed_fdatasync(fd)
+        syncs += SYNCS
+    os.close(fd)
+    assert proc.stdout is not None
+    spans = [tuple(map(float, line.split())) for line in proc.stdout.read().splitlines()]
+    for name, group in (
+            ("during a checkpoint", [s for s in syncs if any(a <= s[3] <= b for a, b in spans)]),
+            ("away from them", [s for s in syncs
+                                if not any(a - 0.5 <= s[3] <= b + 0.5 for a, b in spans)])):
+        wall = [s[0] for s in group]
+        blocked = [max(0.0, w - c - q) for w, c, q, _ in group]
+        print(f"  syncs {name}: {len(group)}; sync {pct(wall, .5):.3f} / {pct(wall, .99):.3f} "
+              f"/ max {max(wall, default=0) * 1e3:.3f} ms; blocked {pct(blocked, .5):.3f} / "
+              f"{pct(blocked, .99):.3f} / max {max(blocked, default=0) * 1e3:.3f} ms")
+    print(f"  checkpoints of {mib} MiB: " + ", ".join(f"{(b - a) * 1e3:.0f}" for a, b in spans)
+          + " ms")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e3 if ordered else 0.0
@@ -176,10 +276,22 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=0, metavar="N",
                         help="first commit N events into each indexed journal (the store's WAL "
                              "then nears its checkpoint: about 27,000 for the default's 32 MiB)")
+    parser.add_argument("--checkpoint-mib", type=int, default=0, metavar="MIB",
+                        help="instead: lone syncs while another process checkpoints an SQLite "
+                             "WAL of MIB MiB, --rounds times")
     parser.add_argument("--dir", type=Path, default=None, help="the journal's parent folder "
                         "(default: the system's temporary folder; on the disk measured)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-index-io-", dir=args.dir))
+    if args.checkpoint_mib:
+        try:
+            print(f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; load average "
+                  f"{os.getloadavg()[0]:.2f}")
+            checkpoint_ab(root, args.checkpoint_mib, args.rounds, args.gap_ms / 1e3)
+            print(f"load average after {os.getloadavg()[0]:.2f}")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     shm = Path(tempfile.mkdtemp(prefix="bench-index-io-", dir="/dev/shm"))
     os.fdatasync = timed_fdatasync
     modes: list[Mode] = []
@@ -242,20 +354,29 @@ def main() -> None:
                   + (f"; store {m.db.stat().st_size >> 20} MiB, WAL "
                      f"{Path(str(m.db) + '-wal').stat().st_size >> 20} MiB"
                      if m.db is not None and Path(str(m.db) + "-wal").exists() else ""))
+        ckpts = []  # every child's transactions that grew its file: they held a checkpoint
+        for m in modes:
             if m.log is not None and m.log.exists():
-                spans = [tuple(map(float, line.split())) for line in m.log.read_text().split("\n")
-                         if line]
-                ckpts = [(a, b) for a, b, before, after in spans if after != before]
-                inside = [s for s in m.syncs if any(a <= s[3] <= b for a, b in ckpts)]
-                if ckpts:
-                    wall_in = [s[0] for s in inside]
-                    blocked_in = [max(0.0, w - c - q) for w, c, q, _ in inside]
-                    print(f"{'':>10}{len(ckpts)} transactions with a checkpoint (the file grew), "
-                          f"{statistics.median(b - a for a, b in ckpts) * 1e3:.1f} ms median, "
-                          f"{max(b - a for a, b in ckpts) * 1e3:.1f} max; the {len(inside)} "
-                          f"syncs during them: sync p50 {pct(wall_in, .5):.3f} max "
-                          f"{max(wall_in, default=0) * 1e3:.3f}, blocked p50 "
-                          f"{pct(blocked_in, .5):.3f} max {max(blocked_in, default=0) * 1e3:.3f}")
+                for line in m.log.read_text().splitlines():
+                    a, b, before, after = map(float, line.split())
+                    if after != before:
+                        ckpts.append((a, b))
+        if ckpts:
+            every = [s for m in modes for s in m.syncs]
+            inside = [s for s in every if any(a <= s[3] <= b for a, b in ckpts)]
+            outside = [s for s in every if not any(a - 1 <= s[3] <= b + 1 for a, b in ckpts)]
+            for name, group in (("during a checkpoint", inside), ("1 s or more away", outside)):
+                wall = [s[0] for s in group]
+                blocked = [max(0.0, w - c - q) for w, c, q, _ in group]
+                print(f"  syncs {name} (any mode): {len(group)}; sync {pct(wall, .5):.3f} / "
+                      f"{pct(wall, .99):.3f} / max {max(wall, default=0) * 1e3:.3f}; blocked "
+                      f"{pct(blocked, .5):.3f} / {pct(blocked, .99):.3f} / max "
+                      f"{max(blocked, default=0) * 1e3:.3f}")
+            print(f"  {len(ckpts)} index transactions held a checkpoint: "
+                  + ", ".join(f"{(b - a) * 1e3:.0f}" for a, b in ckpts) + " ms")
+        woke = wakeup_floor(3000, args.gap_ms / 1e3 or 0.0003)
+        print(f"floor, a thread woken by an eventfd after a pause: {pct(woke, .5):.3f} / "
+              f"{pct(woke, .99):.3f} / {pct(woke, .999):.3f} ms (3,000 wake-ups)")
         print("mean commit latency per mode (ms): " + ", ".join(
             f"{m.label} {statistics.mean(m.latency) * 1e3:.3f}" for m in modes))
     finally:

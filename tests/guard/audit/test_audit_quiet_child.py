@@ -8,11 +8,12 @@ behind by ``_IDLE_LAG`` (or the folder's next look for lanes, each second).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from pytest import approx
+import pytest
 
 from guard.audit import EventKind, load_signing_key
 from guard.audit._fields import ChainKey
@@ -27,8 +28,8 @@ from tests.guard.audit.test_audit_index_child import FIELDS, policies, until
 
 def test_the_main_thread_sleeps_until_relief_could_be_due_or_the_next_look_for_lanes() -> None:
     now = 1000.0
-    assert _next_look(now, due=now + 0.4, looked=now) == approx(0.4)  # a lane: relief's time
-    assert _next_look(now, due=float("inf"), looked=now - 0.25) == approx(0.75)  # lanes: 1/s
+    assert _next_look(now, due=now + 0.4, looked=now) == pytest.approx(0.4)  # a lane: relief's time
+    assert _next_look(now, due=float("inf"), looked=now - 0.25) == pytest.approx(0.75)  # lanes: 1/s
     assert _next_look(now, due=now - 5.0, looked=now) == _STATUS_EVERY  # due: soon, not a spin
     assert _next_look(now, due=now + 0.01, looked=now) == _STATUS_EVERY
 
@@ -50,9 +51,10 @@ def test_relief_is_due_idle_seconds_after_the_oldest_wait_or_after_now_when_none
         assert indexer.wait(journal.next_offset, timeout=30)  # caught up: nothing waits
         now = time.monotonic()
         indexer._pace.since = now - 10.0  # as a starved idle thread leaves it
-        assert indexer.relief_due(now) == approx(now + _IDLE_LAG)  # a record from now may wait
+        # nothing waits: a record durable from now on may wait _IDLE_LAG seconds
+        assert indexer.relief_due(now) == pytest.approx(now + _IDLE_LAG)
         w.results(EventKind.DECISION, [FIELDS])  # one waits (the pace's timer: an hour)
-        assert indexer.relief_due(now) == approx(now - 10.0 + _IDLE_LAG)  # overdue: look now
+        assert indexer.relief_due(now) == pytest.approx(now - 10.0 + _IDLE_LAG)  # overdue: now
         assert Indexer(journal.folder, store, interval=3600).relief_due(now) == float("inf")
     finally:
         w.close()
@@ -70,7 +72,7 @@ def wakeups(pid: int, tid: int) -> int:
 def test_an_idle_childs_main_thread_wakes_a_few_times_a_second_not_ten(
     keys: Keys, tmp_path: Path
 ) -> None:
-    import os
+
 
     trail: Any = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
     child = trail.child
