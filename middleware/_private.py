@@ -17,6 +17,7 @@ __all__ = ["private_answer"]
 _SHARED_CACHE_HEADERS = frozenset({b"cdn-cache-control", b"surrogate-control",
                                    b"x-accel-expires", b"edge-control"})
 _SHARED_DIRECTIVES = frozenset({b"public", b"s-maxage", b"proxy-revalidate", b"private"})
+_PRIVATE = (b"cache-control", b"private")
 
 
 def private_answer(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -31,10 +32,12 @@ def private_answer(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, 
         headers: The answer's headers.
     """
     out: list[tuple[bytes, bytes]] = []
-    kept: list[bytes] = []
+    kept: list[bytes] | None = None
     for name, value in headers:
-        low = name.lower()
+        low = name if name.islower() else name.lower()  # a framework's names are lower-case
         if low == b"cache-control":
+            if kept is None:
+                kept = []
             for part in value.split(b","):
                 directive = part.strip()
                 key = directive.split(b"=", 1)[0].strip().lower()
@@ -42,5 +45,5 @@ def private_answer(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, 
                     kept.append(directive)
         elif low not in _SHARED_CACHE_HEADERS and not low.endswith(b"-cdn-cache-control"):
             out.append((name, value))
-    out.append((b"cache-control", b", ".join([b"private", *kept])))
+    out.append(_PRIVATE if not kept else (b"cache-control", b", ".join([b"private", *kept])))
     return out
