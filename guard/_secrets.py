@@ -18,7 +18,37 @@ KEY_FILE_LIMIT = 1 << 20
 """The most bytes a key file may hold (a JWKS of hundreds of keys is far below it)."""
 
 
-def read_key_file(path: Path, limit: int = KEY_FILE_LIMIT) -> bytes:
+def own_only(info: os.stat_result, folder: os.stat_result | None = None) -> None:
+    """Refuse (OSError) a key another local user may have written or put in place.
+
+    A key file must be writable by its owner alone, and lie in a folder of this user's
+    or root's: one that others may write too (``/tmp``) holds only keys of this user's
+    or root's. With ``info`` alone, ``info`` is a folder to make a key in, which must be
+    this user's or root's and written by nobody else.
+
+    Args:
+        info: The key file's ``stat`` (or the folder's, when ``folder`` is None).
+        folder: The ``stat`` of the key file's folder.
+    """
+    mine = (os.geteuid(), 0)
+    where = folder if folder is not None else info
+    if where.st_uid not in mine:
+        raise OSError(errno.EPERM, f"its folder is owned by uid {where.st_uid}, not by this "
+                                   "user or root: another user may have put it there")
+    if folder is None:
+        if info.st_mode & 0o022:
+            raise OSError(errno.EPERM, "its folder is writable by others (mode "
+                                       f"{stat.S_IMODE(info.st_mode):o}; chmod go-w)")
+        return
+    if info.st_mode & 0o022:
+        raise OSError(errno.EPERM, "it is writable by others (mode "
+                                   f"{stat.S_IMODE(info.st_mode):o}; chmod go-w)")
+    if folder.st_mode & 0o022 and info.st_uid not in mine:
+        raise OSError(errno.EPERM, f"it is owned by uid {info.st_uid} in a folder others "
+                                   "may write: another user may have put it there")
+
+
+def read_key_file(path: Path, limit: int = KEY_FILE_LIMIT, *, private: bool = False) -> bytes:
     """The bytes of a key file: a regular file of at most ``limit`` bytes.
 
     A pipe, a device (``/dev/zero``), a folder or an oversized file raises OSError
@@ -28,12 +58,17 @@ def read_key_file(path: Path, limit: int = KEY_FILE_LIMIT) -> bytes:
     Args:
         path: The file (a symbolic link to a regular file is fine).
         limit: The most bytes it may hold.
+        private: A key the guard may have made itself (the audit keys, the development
+            key): one another local user may have written or put in place is refused
+            (:func:`own_only`).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
+        if private:
+            own_only(info, os.stat(path.parent))
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes")
         data = os.read(fd, limit + 1)  # at most the bound, even if it grows meanwhile
@@ -54,6 +89,10 @@ def write_secret(path: Path, data: bytes) -> None:
     agree on one.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:  # never a key of its own in a folder someone else made or may write
+        own_only(os.stat(path.parent))
+    except OSError as exc:
+        raise ConfigError(f"will not create the key {path}: {exc.strerror}") from exc
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -85,7 +124,8 @@ def load_ed25519_key(path: Path, what: str, *, create: bool) -> Ed25519PrivateKe
             ),
         )
     try:
-        loaded = serialization.load_pem_private_key(read_key_file(path), password=None)
+        loaded = serialization.load_pem_private_key(read_key_file(path, private=True),
+                                                    password=None)
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from exc
     except ValueError as exc:

@@ -33,7 +33,7 @@ def load_hmac_key(path: Path, *, create: bool = False) -> bytes:
     if create and not path.exists():
         write_secret(path, secrets.token_hex(32).encode() + b"\n")
     try:
-        raw = read_key_file(path)
+        raw = read_key_file(path, private=True)
     except OSError as exc:
         raise ConfigError(f"cannot read the subject HMAC key {path}: {exc.strerror}") from exc
     text = raw.strip()

@@ -111,3 +111,73 @@ def test_the_key_the_guard_writes_is_read_back(tmp_path: Path) -> None:
     key.write_text("  " + GOOD.upper() + "\r\n")  # blanks and case as an editor leaves them
     assert load_hmac_key(key) == bytes.fromhex(GOOD)
     started(settings)
+
+
+NOBODY = 65534
+
+
+def planted(path: Path, data: bytes, *, owner: int = NOBODY, mode: int = 0o600) -> None:
+    """``data`` at ``path`` as another local user would leave it."""
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    os.chown(path, owner, owner)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making files of another user needs root")
+def test_an_audit_key_another_user_planted_is_refused(tmp_path: Path) -> None:
+    """A shared working folder: someone made ``keys/`` (the default is ``.guard/``) and put
+    their own subject HMAC key in it before the service's first start; or put it in a
+    folder anyone may write (``/tmp``), where the configuration names it."""
+    settings = settings_for(tmp_path)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    os.chown(keys, NOBODY, NOBODY)
+    planted(keys / "subject-hmac.key", (GOOD + "\n").encode())
+    with pytest.raises(GuardError, match="folder is owned by uid 65534"):
+        started(settings)
+    os.chown(keys, 0, 0)
+    os.chmod(keys, 0o1777)  # as /tmp: anyone may add a file of theirs
+    signing = tmp_path / "signing"
+    started(settings_for(signing))  # a signing key of root's own, made elsewhere
+    os.rename(signing / "keys" / "audit-signing.key", keys / "audit-signing.key")
+    with pytest.raises(GuardError, match="owned by uid 65534 in a folder others may write"):
+        started(settings)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making files of another user needs root")
+def test_a_key_another_user_owns_in_a_folder_of_roots_is_read(tmp_path: Path) -> None:
+    """Only root or this user could have put it there (a secrets agent's file, mode 0640)."""
+    settings = settings_for(tmp_path)
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    planted(keys / "subject-hmac.key", (GOOD + "\n").encode(), mode=0o640)
+    started(settings)
+    assert load_hmac_key(keys / "subject-hmac.key") == bytes.fromhex(GOOD)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making files of another user needs root")
+def test_no_key_is_made_in_a_folder_another_user_made(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    os.chmod(keys, 0o1777)
+    with pytest.raises(GuardError, match="writable by others"):
+        started(settings)
+    assert list(keys.iterdir()) == []
+    os.chmod(keys, 0o700)
+    os.chown(keys, NOBODY, NOBODY)
+    with pytest.raises(GuardError, match="owned by uid 65534"):
+        started(settings)
+    assert list(keys.iterdir()) == []
+
+
+def test_a_key_others_may_write_is_refused(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    started(settings)
+    for name in ("subject-hmac.key", "audit-signing.key"):
+        key = tmp_path / "keys" / name
+        os.chmod(key, 0o620)
+        with pytest.raises(GuardError, match="writable by others"):
+            started(settings)
+        os.chmod(key, 0o600)
+    started(settings)  # the guard's own keys, as it made them
