@@ -317,7 +317,7 @@ def index_run(url: str, folder: Path) -> tuple[float, float]:
         indexer = Indexer(journal.folder, store)
         cpu0 = thread_cpu_us(indexer._thread)
         if not indexer.wait(journal.next_offset, 300):
-            raise RuntimeError(f"index did not catch up: {indexer.last_error}")
+            raise RuntimeError(f"index did not catch up: {indexer.failures.cause}")
         elapsed = time.perf_counter() - t0
         cpu = thread_cpu_us(indexer._thread) - cpu0
         indexer.close()

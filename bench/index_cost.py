@@ -365,7 +365,7 @@ def trickle(url: str, key: Path, folder: Path, rate: int, seconds: float, subjec
     indexer = (Indexer(journal.folder, store) if interval is None
                else Indexer(journal.folder, store, interval=interval))
     if not indexer.wait(journal.next_offset, 60):
-        raise RuntimeError(f"index did not start: {indexer.last_error}")
+        raise RuntimeError(f"index did not start: {indexer.failures.cause}")
     backend = None
     if url.startswith("postgresql"):
         backend = int(store._connection().execute(  # type: ignore[attr-defined]
@@ -397,7 +397,7 @@ def trickle(url: str, key: Path, folder: Path, rate: int, seconds: float, subjec
         time.sleep(max(0.0, due - time.perf_counter()))
     writer.flush()
     if not indexer.wait(journal.next_offset, 60):
-        raise RuntimeError(f"index did not catch up: {indexer.last_error}")
+        raise RuntimeError(f"index did not catch up: {indexer.failures.cause}")
     records = journal.next_offset - first
     cpu = thread_cpu_us(indexer._thread) - cpu0
     server = process_cpu_us(backend) - server0 if backend else 0.0

@@ -82,7 +82,8 @@ class Follower:
     @property
     def error(self) -> str | None:
         """The first of its indexers' latest errors; None while they all work."""
-        return next((ix.last_error for ix in self.indexers.values() if ix.last_error), None)
+        return next((ix.failures.cause for ix in self.indexers.values() if ix.failures.cause),
+                    None)
 
     def catch_up(self, timeout: float) -> None:
         """Return once every lane is indexed up to its durable end as of the call.
@@ -94,7 +95,7 @@ class Follower:
             if not indexer.wait(durable_end(lane), timeout):
                 raise AuditUnavailableError(
                     f"the audit index of {lane} did not catch up within {timeout:g} s: "
-                    f"{indexer.last_error or 'no progress'}")
+                    f"{indexer.failures.cause or 'no progress'}")
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop after the index transactions under way (``timeout`` each), release the folder."""

@@ -151,8 +151,8 @@ class Indexer:
         self._wanted = 0  # a waiter wants the index at least this far: index now
         self._closed = False
         self._started = 0.0  # monotonic time the pending transaction's read started
-        self._failures = FailureLog(f"audit index of {lane}")
-        self.last_error: str | None = None
+        self.failures = FailureLog(f"audit index of {lane}")
+        """The store's refusals (the latest's cause while it refuses)."""
         self._idle = idle
         self.idle = False
         """The thread indexing now runs under ``SCHED_IDLE``."""
@@ -276,8 +276,7 @@ class Indexer:
                 with self._steps:
                     self._step()
             except Exception as exc:  # the store refused: keep the batch, try again
-                self.last_error = str(exc)
-                self._failures.failed(str(exc))
+                self.failures.failed(str(exc))
                 with self._cond:
                     self._cond.wait(self._retry)
 
@@ -332,6 +331,5 @@ class Indexer:
                 self._pending = None
                 self.offset = end
                 self._cond.notify_all()
-        if self.last_error is not None:
-            self._failures.succeeded()
-            self.last_error = None
+        if self.failures.failing:
+            self.failures.succeeded()

@@ -92,11 +92,6 @@ def segments(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def frame(payload: bytes) -> bytes:
-    """One record as it is stored: header and payload."""
-    return _HEADER.pack(len(payload), crc32c(payload)) + payload
-
-
 @dataclass(frozen=True, slots=True)
 class Damage:
     """A frame that is incomplete or fails its checksum: where, and why."""
@@ -296,7 +291,7 @@ class Journal:
                 self._cut()
                 os.close(self._fd)
                 self._fd, self._size, self._grown = fd, 0, 0
-            parts: list[bytes] = [b""] * (2 * len(payloads))  # frame() of each, in one join
+            parts: list[bytes] = [b""] * (2 * len(payloads))  # header, payload, ...: one join
             parts[::2] = map(_HEADER.pack, lengths, map(crc32c, payloads))
             parts[1::2] = payloads
             data = b"".join(parts)

@@ -29,9 +29,8 @@ from guard.audit._countersign import countersign_stale
 from guard.audit._event import EventKind
 from guard.audit._fields import ChainKey, row_event
 from guard.audit._follow import ChildIndexer, index_mode
-from guard.audit._health import DiskReserve, FailureLog
 from guard.audit._indexer import Indexer, hurry
-from guard.audit._journal import GROW, durable_end, journal_id, lanes, open_lane
+from guard.audit._journal import durable_end, journal_id, lanes, open_lane
 from guard.audit._jverify import indexed_offset
 from guard.audit._jwriter import Committed, JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
@@ -63,7 +62,7 @@ def journal_folder(settings: AuditSettings) -> Path:
     return Path(".guard/audit-journal") / re.sub(r"[^A-Za-z0-9._-]", "_", where)
 
 
-def _wait_store(store: Store, targets: Mapping[str, int], timeout: float) -> None:
+def wait_store(store: Store, targets: Mapping[str, int], timeout: float) -> None:
     """Return once the store has indexed each journal (by id) up to its target offset."""
     deadline = time.monotonic() + timeout
     while any(indexed_offset(store, key) < end for key, end in targets.items()):
@@ -97,7 +96,7 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
         hurry(lane, end)  # an indexer of this process indexes now, not at its pace
     store = open_store(settings.store, create=False, timeout=timeout)
     try:
-        _wait_store(store, targets, timeout)
+        wait_store(store, targets, timeout)
     finally:
         store.close()
 
@@ -164,8 +163,6 @@ class JournalTrail:
         if self._otlp is not None:
             listeners.append(self._export)
         self._chain_key = ChainKey(derive_chain_key(hmac_key))
-        self._failures = FailureLog(f"audit journal write to {self.journal.folder}")
-        self._reserve = DiskReserve(self.journal.folder, reserve_bytes, ahead=GROW)
         self.writer = JournalWriter(
             self.journal,
             hmac_key=hmac_key,
@@ -176,8 +173,7 @@ class JournalTrail:
             checkpoint_interval=checkpoint_interval,
             witness=Witness(witness) if witness is not None else None,
             committed=listeners,
-            reserve=self._reserve,
-            failures=self._failures,
+            reserve_bytes=reserve_bytes,
         )
         self._probe_interval = probe_interval
         self._probe_lock = threading.Lock()
@@ -268,10 +264,10 @@ class JournalTrail:
         if self.indexer is None:  # guard audit index, or a child of ours, follows the journal
             if self.child is not None:
                 self.child.want()
-            _wait_store(self.store, {self.journal.journal_id: self.journal.next_offset}, timeout)
+            wait_store(self.store, {self.journal.journal_id: self.journal.next_offset}, timeout)
         elif not self.indexer.wait(self.journal.next_offset, timeout):
             raise AuditUnavailableError(
-                f"audit index did not catch up within {timeout:g} s: {self.indexer.last_error}")
+                f"audit index did not catch up within {timeout:g} s: {self.indexer.failures.cause}")
 
     def ready(self) -> tuple[bool, str]:
         """Can this trail make events durable right now? ``(ok, why)``.
@@ -282,9 +278,9 @@ class JournalTrail:
         """
         if not self.writer.alive:
             return False, "audit writer stopped"
-        failures = self._failures
+        failures = self.writer.failures
         ok_at = failures.ok_at
-        if (self._reserve.shortfall() is not None or failures.failing or ok_at is None
+        if (self.writer.reserve.shortfall() is not None or failures.failing or ok_at is None
                 or time.monotonic() - ok_at >= self._probe_interval):
             with self._probe_lock:
                 probed = self._probed
@@ -299,9 +295,10 @@ class JournalTrail:
                     self._probed = probed
             if not probed[1]:
                 return False, probed[2]
-        indexer = self.indexer if self.indexer is not None else self.child
-        if indexer is not None and indexer.last_error is not None:
-            return True, f"audit journal writable; index behind: {indexer.last_error}"
+        behind = self.indexer.failures.cause if self.indexer is not None \
+            else self.child.last_error if self.child is not None else None
+        if behind is not None:
+            return True, f"audit journal writable; index behind: {behind}"
         return True, "audit journal writable"
 
     def close(self) -> None:
@@ -316,7 +313,7 @@ class JournalTrail:
         if self.child is not None:  # the closing checkpoint indexed, then the child stopped
             self.child.want()
             with contextlib.suppress(AuditUnavailableError):
-                _wait_store(self.store, {self.journal.journal_id: self.journal.next_offset}, 30.0)
+                wait_store(self.store, {self.journal.journal_id: self.journal.next_offset}, 30.0)
             self.child.close()
         if self._otlp is not None:
             self._otlp.close()

@@ -33,7 +33,7 @@ from guard.audit._event import GENESIS_HASH, EventKind, ts_epoch, utc_now
 from guard.audit._fields import ChainKey, Linker, Pseudonyms, checkpoint_record, content
 from guard.audit._health import DiskReserve, FailureLog
 from guard.audit._ids import new_event_id, new_event_ids
-from guard.audit._journal import Journal
+from guard.audit._journal import GROW, Journal
 from guard.audit._schema import Row
 from guard.audit._witness import Witness
 
@@ -200,8 +200,8 @@ class JournalWriter:
         witness: Also receives every checkpoint once it is durable (on its own thread).
         committed: Called with every durable batch (on the writer thread).
         max_batch: Most events in one append.
-        reserve: Free space the journal's filesystem keeps; below it appends are refused.
-        failures: Told of every append that failed and of the next one that worked.
+        reserve_bytes: Free space to keep on the journal's filesystem; below it appends are
+            refused (0: no reserve).
     """
 
     def __init__(
@@ -217,8 +217,7 @@ class JournalWriter:
         witness: Witness | None = None,
         committed: Sequence[Committed] = (),
         max_batch: int = 8192,
-        reserve: DiskReserve | None = None,
-        failures: FailureLog | None = None,
+        reserve_bytes: int = 0,
     ) -> None:
         self.journal = journal
         self._pseudonyms = Pseudonyms(hmac_key)
@@ -229,8 +228,9 @@ class JournalWriter:
         self._terms = Terms(4, self._every, checkpoint_interval)
         self._interval = checkpoint_interval
         self._witness = _WitnessRelay(witness) if witness is not None else None
-        self._reserve = reserve
-        self._failures = failures
+        self.reserve = DiskReserve(journal.folder, reserve_bytes, ahead=GROW)
+        self.failures = FailureLog(f"audit journal write to {journal.folder}")
+        """Every append that failed (its cause), and the latest that worked."""
         self._committed = tuple(committed)
         self._max_batch = max_batch
         self._lock = threading.Lock()
@@ -244,7 +244,6 @@ class JournalWriter:
         self._closed = False
         self._seq, self._prev, self._opened = 0, GENESIS_HASH, False
         self._unsigned, self._unsigned_since = 0, 0.0
-        self.last_error: str | None = None
         self._stopped = False  # the thread ended (read per event: cheaper than is_alive())
         self._thread = threading.Thread(target=self._main, name="audit-journal-writer",
                                         daemon=True)
@@ -403,8 +402,8 @@ class JournalWriter:
                     checkpoints = [self._sign(CheckpointKind.PERIODIC, self._seq, self._prev)]
                     self._append(checkpoints)
                     durable, self._unsigned = ((), checkpoints), 0
-            except Exception as exc:  # keep the thread; producers heard why
-                self.last_error = str(exc)
+            except Exception as exc:  # keep the thread; producers heard why (the failure
+                _log.debug("audit journal batch failed: %s", exc)  # log has an append's)
             self._inflight = None
             self._release(items)
             if durable is not None:  # after the producers: they wait for the journal only
@@ -493,19 +492,14 @@ class JournalWriter:
             records = [checkpoint_record(cp) for cp in checkpoints]
         try:
             # The batch's bytes (each record framed with an 8-byte header) must fit above it.
-            why = self._reserve.shortfall(sum(map(len, records)) + 8 * len(records)) \
-                if self._reserve is not None else None
+            why = self.reserve.shortfall(sum(map(len, records)) + 8 * len(records))
             if why is not None:
                 raise AuditUnavailableError(why)
             self.journal.append(records)
         except AuditUnavailableError as exc:
-            self.last_error = str(exc)
-            if self._failures is not None:
-                self._failures.failed(str(exc))
+            self.failures.failed(str(exc))
             raise
-        self.last_error = None
-        if self._failures is not None:
-            self._failures.succeeded()
+        self.failures.succeeded()
 
     def _tell(self, rows: Sequence[Row], checkpoints: Sequence[Checkpoint]) -> None:
         """Hand a durable batch to the witness and the listeners (their failures are logged)."""

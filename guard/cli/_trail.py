@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from guard.audit import JournalTrail
 from guard.audit._follow import index_mode
 from guard.audit._indexer import Indexer
 from guard.audit._journal import JournalBusyError, durable_end, lock_folder
+from guard.audit._jtrail import wait_store
 from guard.audit._store import open_store
 from guard.config import AuditSettings
 
@@ -75,12 +75,7 @@ def index_lane(store_url: str, lane: Path, key: str, timeout: float = INDEX_TIME
         try:
             lock = lock_folder(lane.parent, "INDEXER", "")
         except JournalBusyError:  # a service's indexer follows the folder: it reads this lane
-            deadline = time.monotonic() + timeout
-            while store.indexed_offset(key) < end:
-                if time.monotonic() > deadline:
-                    raise AuditUnavailableError(
-                        f"the audit index did not read {lane} within {timeout:g} s") from None
-                time.sleep(0.02)
+            wait_store(store, {key: end}, timeout)
             return True
         try:
             indexer = Indexer(lane, store)
@@ -88,7 +83,7 @@ def index_lane(store_url: str, lane: Path, key: str, timeout: float = INDEX_TIME
             if indexer.offset < end:
                 raise AuditUnavailableError(
                     f"the audit index did not read {lane} within {timeout:g} s: "
-                    f"{indexer.last_error or 'no progress'}")
+                    f"{indexer.failures.cause or 'no progress'}")
         finally:
             os.close(lock)
         return True

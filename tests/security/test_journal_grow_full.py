@@ -13,7 +13,8 @@ from pathlib import Path
 
 from opskit import fill_disk, free_bytes
 
-from guard.audit._journal import Journal, frame, read_journal, segments
+from guard.audit._journal import Journal, read_journal, segments
+from tests.guard.audit.conftest import frame
 
 
 def test_a_batch_with_no_room_left_for_the_zeros_ahead_is_still_durable(

@@ -27,10 +27,11 @@ from sidecarkit import ServerThread, policy_copy
 from bench._pg import free_port
 from guard._errors import AuditUnavailableError
 from guard._guard import Guard
-from guard.audit._journal import Journal, durable_end, frame, segments
+from guard.audit._journal import Journal, durable_end, segments
 from guard.config import AuditSettings, PolicySettings, Settings, SidecarSettings
 from middleware.sidecar import create_app
 from middleware.sidecar._state import build_sidecar
+from tests.guard.audit.conftest import frame
 
 CHECK = {"X-Purpose": "relationship.management", "X-Original-URI": "/customers/c-0001",
          "X-Original-Method": "GET"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from crc32c import crc32c
 
 from guard.audit import (
     AuditEvent,
@@ -48,6 +50,11 @@ def keys(tmp_path: Path) -> Keys:
     signing = tmp_path / "keys" / "audit-signing.key"
     load_signing_key(signing, create=True)
     return Keys(signing, signing.with_name(signing.name + ".pub"))
+
+
+def frame(payload: bytes) -> bytes:
+    """One journal record as the writer stores it: length and CRC32C (little endian), payload."""
+    return struct.pack("<II", len(payload), crc32c(payload)) + payload
 
 
 def make_trail(url: str, keys: Keys, **kwargs: Any) -> JournalTrail:

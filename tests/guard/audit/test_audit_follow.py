@@ -26,11 +26,17 @@ from guard.audit import (
 from guard.audit._event import GENESIS_HASH
 from guard.audit._fields import Linker, content
 from guard.audit._follow import Follower
-from guard.audit._journal import Journal, durable_end, frame, segments
+from guard.audit._journal import Journal, durable_end, segments
 from guard.audit._jtrail import JournalTrail, journal_folder, wait_indexed
 from guard.audit._sqlite import SqliteStore
 from guard.config import AuditSettings
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, assert_lost_none_doubled_none
+from tests.guard.audit.conftest import (
+    CHAIN_KEY,
+    HMAC_KEY,
+    Keys,
+    assert_lost_none_doubled_none,
+    frame,
+)
 
 FIELDS = {"caller": "svc:crm", "purpose": "p", "categories": ("c",), "allowed": True,
           "reason": "allowed", "subject_id": "cust-1"}

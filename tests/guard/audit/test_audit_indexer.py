@@ -25,11 +25,17 @@ from guard.audit._fields import (
     decode_many,
 )
 from guard.audit._indexer import Indexer
-from guard.audit._journal import Journal, JournalReader, frame, segments
+from guard.audit._journal import Journal, JournalReader, segments
 from guard.audit._jwriter import JournalWriter
 from guard.audit._schema import Row
 from guard.audit._sqlite import SqliteStore
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, journal_with_a_bad_second_record
+from tests.guard.audit.conftest import (
+    CHAIN_KEY,
+    HMAC_KEY,
+    Keys,
+    frame,
+    journal_with_a_bad_second_record,
+)
 
 FIELDS: dict[str, Any] = {
     "caller": "svc:crm", "purpose": "relationship.management",
@@ -106,7 +112,7 @@ def test_a_record_that_does_not_decode_stops_the_index_and_is_never_skipped(
     journal.append([Linker("w", None).link(head, 1, GENESIS_HASH)[1]])  # a good one after it
     assert indexer.wait(journal.next_offset, timeout=0.5) is False
     assert indexer.offset == 0
-    assert indexer.last_error is not None
+    assert indexer.failures.cause is not None
     indexer.close(timeout=0.1)
     journal.close()
     assert store.indexed_offset(journal.journal_id) == 0

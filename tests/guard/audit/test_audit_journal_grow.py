@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guard._errors import AuditUnavailableError
-from guard.audit._journal import GROW, Journal, JournalReader, frame, read_journal, segments
+from guard.audit._journal import GROW, Journal, JournalReader, read_journal, segments
+from tests.guard.audit.conftest import frame
 
 
 def abandon(journal: Journal) -> None:
