@@ -180,13 +180,21 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     thread, the indexer thread and the producers (the calling thread for tasks; all
     producer threads for threads).
     """
+    from guard.audit._indexer import Indexer
     from guard.audit._jtrail import JournalTrail
     from guard.audit._jverify import indexed_offset
+    from guard.config import AuditSettings
 
     external = mode == "external"  # tasks, indexed by `guard audit index` in another process
-    index: bool | str = "process" if mode == "child" else not external  # child: audit.index auto
-    trail = JournalTrail(open_store(url), load_signing_key(key), hmac_key=KEY, journal=folder,
-                         index=index)
+    hmac = key.with_name("subject-hmac.key")
+    if not hmac.exists():
+        hmac.write_text(KEY.hex() + "\n")
+    trail = JournalTrail(AuditSettings(  # child: audit.index auto; else external
+        store=url, signing_key=key, hmac_key=hmac, journal=folder,
+        index="auto" if mode == "child" else "external"))
+    # threads, tasks: the lane's indexer on a thread of this process (what `guard audit index`
+    # runs for each lane)
+    indexer = Indexer(trail.journal.folder, trail.store) if mode in ("threads", "tasks") else None
     if trail.child is not None:
         trail.flush()  # the child runs
     follower = subprocess.Popen(
@@ -205,8 +213,8 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
 
     def sample() -> None:
         while not stop.is_set():
-            if trail.indexer is not None:
-                indexed.append((time.perf_counter(), trail.indexer.offset))
+            if indexer is not None:
+                indexed.append((time.perf_counter(), indexer.offset))
             else:  # from the store, as another process sees it (every 5 ms: the GIL is shared)
                 indexed.append((time.perf_counter(), indexed_offset(trail.store, key_id)))
                 time.sleep(0.003)
@@ -215,8 +223,8 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     def indexer_us() -> float:
         if follower is not None or trail.child is not None:
             return process_cpu_us(follower.pid if follower is not None else trail.child.pid)
-        assert trail.indexer is not None
-        return thread_cpu_us(trail.indexer._thread)
+        assert indexer is not None
+        return thread_cpu_us(indexer._thread)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -252,6 +260,9 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     indexer_spent = indexer_us() - indexer0
     stop.set()
     sampler.join()
+    trail.writer.close()  # its closing checkpoint indexed before the store closes
+    if indexer is not None:
+        indexer.close()
     trail.close()
     if follower is not None:
         follower.terminate()

@@ -172,9 +172,6 @@ def server_options() -> argparse.ArgumentParser:
     parser.add_argument("--external-index", action="store_true",
                         help="the guarded server's audit journal is indexed by a child "
                              "`guard audit index` process (its CPU counted as the indexer's)")
-    parser.add_argument("--inline-index", action="store_true",
-                        help="the guarded server indexes on a thread of its own interpreter "
-                             "(audit.index = \"inline\"; default \"auto\": a child process)")
     parser.add_argument("--switch-interval", type=float, default=None, metavar="SECONDS",
                         help="the servers' sys.setswitchinterval (default: Python's 0.005)")
     parser.add_argument("--index-nice", type=int, default=None, metavar="N",
@@ -312,8 +309,6 @@ def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
         indexer = external_indexer(settings)
         if opts.index_nice is not None or opts.index_idle:
             _deprioritise(opts, indexer.pid)
-    if opts.inline_index:
-        settings.audit.index = "inline"
     if opts.index_pause and kind != "plain" and kind != "noop":
         begin.append(lambda: _pause_index(indexer, True))
         end.append(lambda: _pause_index(indexer, False))
@@ -806,7 +801,7 @@ def main() -> None:
     for kind in guarded:
         audit = server_settings(workdir, kind, plan[kind][0], plan[kind][2]).audit
         audit.index = "auto"  # a --no-index journal is indexed now
-        JournalTrail.open(audit).close()  # the index caught up
+        JournalTrail(audit).close()  # the index caught up
         with sqlite3.connect(workdir / f"audit-{kind}.db") as conn:
             recorded[kind] = (
                 conn.execute("SELECT count(*) FROM audit_event "

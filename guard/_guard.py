@@ -204,7 +204,7 @@ class Guard:
             holder, start = holder_for(settings.policy)
         from guard.rights import Register
 
-        trail = JournalTrail.open(settings.audit)
+        trail = JournalTrail(settings.audit)
         register: Register | None = None
         try:
             hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)

@@ -67,11 +67,18 @@ class AuditSettings(BaseModel):
     (requests denied ``audit_unavailable``); 0: no reserve."""
     readiness_probe_seconds: float = Field(default=30.0, gt=0)
     """Readiness writes a ``heartbeat`` event when no event was written for this long."""
-    index: Literal["auto", "inline", "external"] = "auto"
-    """``inline``: each process indexes its journal lane into the store on a thread;
-    ``external``: ``guard audit index`` (one process per journal folder) does it;
-    ``auto``: each process starts and supervises a child that does what
-    ``guard audit index`` does (one at a time indexes)."""
+    index: Literal["auto", "external"] = "auto"
+    """``auto``: each process starts and supervises a child that does what
+    ``guard audit index`` does (one at a time indexes); ``external``: ``guard audit
+    index`` (one process per journal folder), run beside the service, does it."""
+
+    @field_validator("index", mode="before")
+    @classmethod
+    def _no_inline_index(cls, value: Any) -> Any:
+        if value == "inline":
+            raise ValueError('"inline" (an index thread in each process) was removed: use "auto" '
+                             '(a child process of the service) or "external" (guard audit index)')
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -115,19 +115,6 @@ _IDLE_LAG = 0.4
 normal policy takes over (the pace's interval is 0.3 s, the index's lag target 1 s)."""
 
 
-def index_mode(setting: str, _store_url: str = "") -> bool | str:
-    """The trail's ``index`` argument for the ``audit.index`` setting (any store).
-
-    ``auto`` is a child process: at SQLite its B-trees are most of the index's CPU,
-    kept off the service's interpreter lock; at PostgreSQL, which builds the rows in
-    its server, 64 producers made 17-119 % more events durable a second than with the
-    index on a thread of the service (docs/performance.md).
-    """
-    if setting == "auto":
-        return "process"
-    return setting == "inline"
-
-
 class ChildIndexer:
     """Runs this module (:func:`main`, the follower of ``guard audit index``) as a child.
 

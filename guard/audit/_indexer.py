@@ -2,13 +2,14 @@
 
 A thread reads the records below the journal's published durable end and adds
 them to the store in one transaction per read, together with the offset after
-them. It runs in the writing process (``audit.index = "inline"``) or in
-``guard audit index`` (:mod:`guard.audit._follow`), which follows every lane, at
-its own pace (:class:`Pace`), which costs the writer nothing. A crash between
-two transactions reads the records after the saved offset again, so the store
-never holds an event twice; at start the indexer catches up from the saved
-offset on its own thread: a store that refuses, at start or later, is retried;
-neither the producers nor the trail's start wait for the index.
+them. It runs in ``guard audit index`` or the service's child process
+(:mod:`guard.audit._follow`), which follows every lane, and in a short command
+at its end (:mod:`guard.cli._trail`), at its own pace (:class:`Pace`), which
+costs the writer nothing. A crash between two transactions reads the records
+after the saved offset again, so the store never holds an event twice; at start
+the indexer catches up from the saved offset on its own thread: a store that
+refuses, at start or later, is retried; neither the producers nor the trail's
+start wait for the index.
 """
 
 from __future__ import annotations

@@ -21,18 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._countersign import countersign_stale
 from guard.audit._event import EventKind
 from guard.audit._fields import ChainKey, row_event
-from guard.audit._follow import ChildIndexer, index_mode
-from guard.audit._indexer import Indexer, hurry
+from guard.audit._follow import ChildIndexer
+from guard.audit._indexer import hurry
 from guard.audit._journal import durable_end, journal_id, lanes, open_lane
 from guard.audit._jverify import indexed_offset
-from guard.audit._jwriter import Committed, JournalWriter
+from guard.audit._jwriter import JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
 from guard.audit._otel import OtlpLogExporter, trace_fields
 from guard.audit._schema import Row
@@ -77,10 +75,9 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
 
     For any process that reads the store after events were recorded (a script, a
     test, another replica); the recording process can call :meth:`JournalTrail.flush`.
-    A lane is indexed by the trail that holds it (``audit.index = "inline"``; a lane
-    left by a stopped process waits for the next trail to open it) or by
-    ``guard audit index`` (``"external"``; every lane). An indexer of this process
-    is asked to index at once, not at its pace (:func:`guard.audit._indexer.hurry`).
+    Every lane is indexed by one follower of the folder: a service's child process
+    (``audit.index = "auto"``) or ``guard audit index`` (``"external"``). One of this
+    process is asked to index at once, not at its pace (:func:`guard.audit._indexer.hurry`).
 
     Args:
         settings: Where the store and the journal are.
@@ -117,91 +114,45 @@ class JournalTrail:
     """Record audit events in a journal; :meth:`record_fields` returns once it is synced.
 
     Args:
-        store: The query store the journal is indexed into.
-        signing_key: Signs checkpoints.
-        hmac_key: Key of subject pseudonyms; the chain key is derived from it.
-        journal: The journal folder (one lane per process under it).
-        writer_id: Prefix of this trail's chain id (default: the host name).
-        checkpoint_every: Sign a checkpoint every this many events.
-        checkpoint_interval: ... and within this many seconds of the first unsigned event.
-        witness: Append-only file that also receives every checkpoint.
-        otlp_endpoint: Also export every durable event as an OTLP log record.
-        segment_bytes: Start a new journal segment at this size.
-        reserve_bytes: Free space to keep on the journal's filesystem; below it events
-            are refused (0: no reserve).
-        probe_interval: :meth:`ready` records a ``heartbeat`` event when nothing was
-            appended for this many seconds.
-        index: Index the journal into the store on a thread here; ``"process"``: in a
-            child process (:class:`~guard.audit._follow.ChildIndexer`); False leaves it to
-            ``guard audit index`` (:meth:`flush` then waits for the store's offset).
+        settings: The ``[audit]`` settings: the store the journal is indexed into, the
+            keys (loaded, or created on first use), the journal folder (one lane per
+            process under it), checkpoints, witness, OTLP export, segment size,
+            free-space reserve, readiness probe, and who indexes: ``auto`` starts a child
+            process (:class:`~guard.audit._follow.ChildIndexer`), ``external`` leaves it to
+            ``guard audit index`` (:meth:`flush` waits for the store's offset either way).
+        timeout: Seconds to wait for the store.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        signing_key: Ed25519PrivateKey,
-        *,
-        hmac_key: bytes,
-        journal: Path,
-        writer_id: str | None = None,
-        checkpoint_every: int = 1000,
-        checkpoint_interval: float = 60.0,
-        witness: Path | None = None,
-        otlp_endpoint: str | None = None,
-        segment_bytes: int = 64 << 20,
-        reserve_bytes: int = 0,
-        probe_interval: float = 30.0,
-        index: bool | str = True,
-    ) -> None:
-        self.store = store
-        self.journal = open_lane(journal, segment_bytes=segment_bytes)
-        self.indexer = Indexer(self.journal.folder, store) if index is True else None
-        self.child = ChildIndexer(self.journal.folder.parent, store.url) \
-            if index == "process" else None
-        self._otlp = OtlpLogExporter(otlp_endpoint) if otlp_endpoint else None
-        listeners: list[Committed] = []
-        if self._otlp is not None:
-            listeners.append(self._export)
+    def __init__(self, settings: AuditSettings, *, timeout: float = 5.0) -> None:
+        self.store = open_store(settings.store, create=True, timeout=timeout)
+        self._signing = load_signing_key(settings.signing_key, create=True)
+        hmac_key = load_hmac_key(settings.hmac_key, create=True)
+        self.journal = open_lane(journal_folder(settings),
+                                 segment_bytes=settings.journal_segment_mb << 20)
+        self.child = ChildIndexer(self.journal.folder.parent, self.store.url) \
+            if settings.index == "auto" else None
+        self._otlp = OtlpLogExporter(settings.otlp_endpoint) if settings.otlp_endpoint else None
         self._chain_key = ChainKey(derive_chain_key(hmac_key))
         self.writer = JournalWriter(
             self.journal,
             hmac_key=hmac_key,
-            signing_key=signing_key,
-            writer_id=writer_id or socket.gethostname(),
+            signing_key=self._signing,
+            writer_id=settings.writer_id or socket.gethostname(),
             chain_key=self._chain_key,
-            checkpoint_every=checkpoint_every,
-            checkpoint_interval=checkpoint_interval,
-            witness=Witness(witness) if witness is not None else None,
-            committed=listeners,
-            reserve_bytes=reserve_bytes,
-        )
-        self._probe_interval = probe_interval
-        self._probe_lock = threading.Lock()
-        self._probed: tuple[float, bool, str] | None = None
-        self._signing = signing_key
-        self._stop = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep, args=(max(1.0, checkpoint_interval),),
-                                         name="audit-countersign", daemon=True)
-        self._sweeper.start()
-
-    @classmethod
-    def open(cls, settings: AuditSettings, *, timeout: float = 5.0) -> JournalTrail:
-        """Open the store and the journal, load (or create) the keys, start the threads."""
-        return cls(
-            open_store(settings.store, create=True, timeout=timeout),
-            load_signing_key(settings.signing_key, create=True),
-            hmac_key=load_hmac_key(settings.hmac_key, create=True),
-            journal=journal_folder(settings),
-            writer_id=settings.writer_id,
             checkpoint_every=settings.checkpoint_every,
             checkpoint_interval=settings.checkpoint_seconds,
-            witness=settings.witness,
-            otlp_endpoint=settings.otlp_endpoint,
-            segment_bytes=settings.journal_segment_mb << 20,
+            witness=Witness(settings.witness) if settings.witness is not None else None,
+            committed=[self._export] if self._otlp is not None else (),
             reserve_bytes=settings.reserve_mb * 1_000_000,
-            probe_interval=settings.readiness_probe_seconds,
-            index=index_mode(settings.index, settings.store),
         )
+        self._probe_interval = settings.readiness_probe_seconds
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, bool, str] | None = None
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep,
+                                         args=(max(1.0, settings.checkpoint_seconds),),
+                                         name="audit-countersign", daemon=True)
+        self._sweeper.start()
 
     def _export(self, rows: Sequence[Row], _checkpoints: Sequence[Checkpoint]) -> None:
         if self._otlp is not None and rows:
@@ -261,13 +212,9 @@ class JournalTrail:
             AuditUnavailableError: not within ``timeout`` seconds.
         """
         self.writer.flush(timeout)
-        if self.indexer is None:  # guard audit index, or a child of ours, follows the journal
-            if self.child is not None:
-                self.child.want()
-            wait_store(self.store, {self.journal.journal_id: self.journal.next_offset}, timeout)
-        elif not self.indexer.wait(self.journal.next_offset, timeout):
-            raise AuditUnavailableError(
-                f"audit index did not catch up within {timeout:g} s: {self.indexer.failures.cause}")
+        end = self.journal.next_offset
+        hurry(self.journal.folder, end)  # our child (or an indexer of this process): now
+        wait_store(self.store, {self.journal.journal_id: end}, timeout)
 
     def ready(self) -> tuple[bool, str]:
         """Can this trail make events durable right now? ``(ok, why)``.
@@ -295,10 +242,8 @@ class JournalTrail:
                     self._probed = probed
             if not probed[1]:
                 return False, probed[2]
-        behind = self.indexer.failures.cause if self.indexer is not None \
-            else self.child.last_error if self.child is not None else None
-        if behind is not None:
-            return True, f"audit journal writable; index behind: {behind}"
+        if self.child is not None and self.child.last_error is not None:
+            return True, f"audit journal writable; index behind: {self.child.last_error}"
         return True, "audit journal writable"
 
     def close(self) -> None:
@@ -308,8 +253,6 @@ class JournalTrail:
         self._stop.set()
         self._sweeper.join(30.0)  # bounded: a sweep stuck on a hung store is left behind
         self.writer.close()
-        if self.indexer is not None:
-            self.indexer.close()
         if self.child is not None:  # the closing checkpoint indexed, then the child stopped
             self.child.want()
             with contextlib.suppress(AuditUnavailableError):

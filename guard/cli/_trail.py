@@ -1,6 +1,6 @@
 """The audit trail of a short command: no index process; its events indexed before it returns.
 
-A service's trail at SQLite (``audit.index = "auto"``) starts a child process that
+A service's trail (``audit.index = "auto"``) starts a child process that
 follows the journal into the store; for a command that records a few events and
 exits, starting that child costs more than everything else it does. A command's
 trail starts none: at its end the command indexes its own lane in-process, or,
@@ -20,7 +20,6 @@ from pathlib import Path
 
 from guard._errors import AuditUnavailableError, GuardError
 from guard.audit import JournalTrail
-from guard.audit._follow import index_mode
 from guard.audit._indexer import Indexer
 from guard.audit._journal import JournalBusyError, durable_end, lock_folder
 from guard.audit._jtrail import wait_store
@@ -38,12 +37,11 @@ def command_trail(settings: AuditSettings) -> Iterator[JournalTrail]:
     """A trail for one command; its events are in the store once the ``with`` ends.
 
     Args:
-        settings: The ``[audit]`` settings (``index = "auto"`` at SQLite starts no child
-            process here; every other mode is used as set).
+        settings: The ``[audit]`` settings (``index = "auto"`` starts no child process
+            here: the command indexes its lane at its end).
     """
-    child = index_mode(settings.index, settings.store) == "process"
-    trail = JournalTrail.open(settings.model_copy(update={"index": "external"})
-                              if child else settings)
+    child = settings.index == "auto"
+    trail = JournalTrail(settings.model_copy(update={"index": "external"}))
     lane, key = trail.journal.folder, trail.journal.journal_id
     try:
         yield trail

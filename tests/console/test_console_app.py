@@ -130,7 +130,7 @@ def test_keyset_pages_list_every_decision_once_newest_first(tmp_path: Path) -> N
     settings = console_settings(tmp_path)
     # Many decisions share a timestamp: the event id must break the tie.
     stamps = [f"2026-11-0{1 + n % 3}T10:00:00.00000{n % 2}Z" for n in range(47)]
-    with JournalTrail.open(settings.audit) as trail:
+    with JournalTrail(settings.audit) as trail:
         for n, ts in enumerate(stamps):
             record(trail, AuditEvent(event_id=f"01900000-0000-7000-8000-{n:012d}",
                                     kind=EventKind.DECISION, ts=ts, caller=f"svc:{n % 4}",
@@ -166,7 +166,7 @@ def _decision(n: int, ts: str, caller: str = "svc:crm") -> AuditEvent:
 def test_the_live_tail_shows_a_decision_committed_after_a_newer_one(tmp_path: Path) -> None:
     settings = console_settings(tmp_path)
     store_url = settings.audit.store
-    with JournalTrail.open(settings.audit) as trail:
+    with JournalTrail(settings.audit) as trail:
         record(trail, _decision(1, "2026-11-01T10:00:00.000000Z"))
         trail.flush()  # indexed: the store holds it
         store = open_store(store_url, create=False)

@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 
 from guard._guard import Guard
 from guard._types import Action, Request
-from guard.audit import JournalTrail, load_signing_key, open_store
 from guard.engine import decide
 from guard.policy import PolicySource, compile_source, load_policy
 from guard.policy._holder import PolicyHolder
 from guard.rights import EntryKind, Record, Register
+from tests.guard.audit.conftest import keys_at, make_trail
 
 # Entries for a subject no request names: they must change nothing here.
 REGISTER = Register(b"d" * 32)
@@ -285,9 +285,8 @@ def test_engine_agrees_on_aggregated(extra: str, request_: Request, allowed: boo
 def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     """One guard for every generated policy: each example reloads its own into it."""
     tmp = tmp_path_factory.mktemp("differential")
-    trail = JournalTrail(open_store(f"sqlite:///{tmp / 'audit.db'}"),
-                         load_signing_key(tmp / "sign.key"), hmac_key=b"d" * 32,
-                         journal=tmp / "audit.db.journal")
+    trail = make_trail(f"sqlite:///{tmp / 'audit.db'}", keys_at(tmp / "sign.key"),
+                       hmac_key=b"d" * 32, journal=tmp / "audit.db.journal")
     g = Guard(PolicyHolder(lambda: load_policy(MODEL.parent)), trail, hmac_key=b"d" * 32,
               register=REGISTER)
     yield g

@@ -23,7 +23,6 @@ from guard.audit import (
     EventKind,
     JournalTrail,
     Store,
-    load_signing_key,
     open_store,
     pseudonymise,
     query_events,
@@ -32,6 +31,7 @@ from guard.audit import (
 from guard.config import AuditSettings, PolicySettings, Settings
 from guard.policy import load_policy
 from guard.policy._holder import PolicyHolder
+from tests.guard.audit.conftest import keys_at, make_trail
 
 KEY = b"s" * 32
 ALLOWED = Request("svc:crm", "relationship.management", ("contact",), subject="cust-7")
@@ -50,8 +50,8 @@ def db(tmp_path: Path) -> Path:
 
 def journal_trail(db: Path, tmp_path: Path) -> JournalTrail:
     """A trail on the SQLite store ``db``, its journal beside it (as the settings make it)."""
-    return JournalTrail(open_store(f"sqlite:///{db}"), load_signing_key(tmp_path / "sign.key"),
-                        hmac_key=KEY, journal=db.with_name(db.name + ".journal"))
+    return make_trail(f"sqlite:///{db}", keys_at(tmp_path / "sign.key"), hmac_key=KEY,
+                      journal=db.with_name(db.name + ".journal"))
 
 
 @contextlib.contextmanager

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from guard import Reason, Request
 from guard._guard import Checked, Guard
-from guard.audit import EventFilter, JournalTrail, load_signing_key, open_store, query_events
+from guard.audit import EventFilter, open_store, query_events
 from guard.policy import load_policy
 from guard.policy._holder import PolicyHolder
 from guard.rights import EntryKind, Record, Register
+from tests.guard.audit.conftest import keys_at, make_trail
 
 KEY = b"k" * 32
 CATS = ("identity.name", "contact.email", "financial.payment_card")
@@ -26,8 +27,8 @@ def judged(guard: Guard, request: Request) -> Checked:
 def test_a_register_entry_is_never_hidden_by_a_remembered_judgement(tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
     register = Register(KEY)
-    trail = JournalTrail(open_store(f"sqlite:///{db}"), load_signing_key(tmp_path / "s.key"),
-                         hmac_key=KEY, journal=tmp_path / "journal")
+    trail = make_trail(f"sqlite:///{db}", keys_at(tmp_path / "s.key"), hmac_key=KEY,
+                       journal=tmp_path / "journal")
     guard = Guard(PolicyHolder(lambda: load_policy(None)), trail, hmac_key=KEY,
                   register=register)
     request = Request("svc:crm", "relationship.management", CATS, subject="c-1")

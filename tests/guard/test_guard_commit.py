@@ -8,19 +8,19 @@ from pathlib import Path
 
 from guard import Reason, Request
 from guard._guard import Guard
-from guard.audit import load_signing_key, open_store
+from guard.audit import open_store
 from guard.audit._jtrail import JournalTrail
 from guard.policy import load_policy
 from guard.policy._holder import PolicyHolder
+from tests.guard.audit.conftest import keys_at, make_trail
 
 KEY = b"k" * 32
 ALLOWED = Request("svc:crm", "relationship.management", ("contact",), subject="cust-7")
 
 
 def _guard(tmp_path: Path) -> Guard:
-    trail = JournalTrail(open_store(f"sqlite:///{tmp_path / 'audit.db'}"),
-                         load_signing_key(tmp_path / "sign.key", create=True), hmac_key=KEY,
-                         journal=tmp_path / "journal")
+    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys_at(tmp_path / "sign.key"),
+                       hmac_key=KEY, journal=tmp_path / "journal")
     return Guard(PolicyHolder(lambda: load_policy(None)), trail, hmac_key=KEY)
 
 

@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 
 from guard._guard import Guard
 from guard._types import Action, HttpContext, Reason, Request
-from guard.audit import JournalTrail, load_signing_key, open_store
 from guard.audit._event import decision_fields
 from guard.engine import decide
 from guard.policy import CompiledPolicy, load_policy
 from guard.policy._holder import PolicyHolder
 from guard.rights import EntryKind, Record, Register
+from tests.guard.audit.conftest import keys_at, make_trail
 
 KEY = b"c" * 32
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
@@ -62,9 +62,8 @@ def _register() -> Register:
 @pytest.fixture(scope="module")
 def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     tmp = tmp_path_factory.mktemp("decide-cache")
-    trail = JournalTrail(open_store(f"sqlite:///{tmp / 'audit.db'}"),
-                         load_signing_key(tmp / "sign.key"), hmac_key=KEY,
-                         journal=tmp / "audit.db.journal")
+    trail = make_trail(f"sqlite:///{tmp / 'audit.db'}", keys_at(tmp / "sign.key"),
+                       hmac_key=KEY, journal=tmp / "audit.db.journal")
     g = Guard(PolicyHolder(lambda: POLICY), trail, hmac_key=KEY, register=_register())
     yield g
     g.close()
@@ -163,9 +162,8 @@ def test_a_register_entry_applies_to_the_next_request(guard: Guard) -> None:
 def test_a_reload_applies_to_the_next_request(tmp_path: Path) -> None:
     folder = tmp_path / "policies"
     shutil.copytree(SHIPPED, folder)
-    trail = JournalTrail(open_store(f"sqlite:///{tmp_path / 'audit.db'}"),
-                         load_signing_key(tmp_path / "sign.key"), hmac_key=KEY,
-                         journal=tmp_path / "audit.db.journal")
+    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys_at(tmp_path / "sign.key"),
+                       hmac_key=KEY, journal=tmp_path / "audit.db.journal")
     holder = PolicyHolder(lambda: load_policy(folder))
     with Guard(holder, trail, hmac_key=KEY, register=_register()) as guard:
         before = guard.decide(ALLOWED).decision

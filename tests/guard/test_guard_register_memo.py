@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from guard._guard import Guard
 from guard._types import Request
-from guard.audit import JournalTrail, load_signing_key, open_store
 from guard.engine import decide
 from guard.policy import load_policy
 from guard.policy._holder import PolicyHolder
@@ -28,6 +27,7 @@ from guard.rights import EntryKind, Record, Register
 from guard.rights import _register as register_module
 from guard.rights._entries import State
 from guard.rights._index import split_digest
+from tests.guard.audit.conftest import keys_at, make_trail
 
 KEY = b"r" * 32
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies")
@@ -75,9 +75,8 @@ def test_a_look_up_is_the_one_made_afresh(ops: list[tuple[str, ...]], bound: int
 @pytest.fixture(scope="module")
 def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     tmp = tmp_path_factory.mktemp("register-memo")
-    trail = JournalTrail(open_store(f"sqlite:///{tmp / 'audit.db'}"),
-                         load_signing_key(tmp / "sign.key"), hmac_key=KEY,
-                         journal=tmp / "audit.db.journal")
+    trail = make_trail(f"sqlite:///{tmp / 'audit.db'}", keys_at(tmp / "sign.key"),
+                       hmac_key=KEY, journal=tmp / "audit.db.journal")
     with Guard(PolicyHolder(lambda: POLICY), trail, hmac_key=KEY,
                register=Register(KEY)) as made:
         yield made

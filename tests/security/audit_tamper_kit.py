@@ -41,7 +41,8 @@ from guard.audit import (
 from guard.audit._event import GENESIS_HASH, utc_now
 from guard.audit._fields import ChainKey, row_event
 from guard.audit._schema import EVENT_COLUMNS
-from tests.guard.audit.conftest import linked
+from guard.config import AuditSettings
+from tests.guard.audit.conftest import IndexedTrail, linked
 from tests.guard.audit.conftest import record as record_event
 
 HMAC_KEY = b"h" * 32
@@ -67,15 +68,18 @@ def make_keys(base: Path) -> AuditKeys:
     return AuditKeys(signing, signing.with_name(signing.name + ".pub"), hmac_file)
 
 
-def trail(url: str, keys: AuditKeys, **kwargs: Any) -> JournalTrail:
-    """A keyed trail, as ``JournalTrail.open`` makes one from settings.
+def trail(url: str, keys: AuditKeys, *, timeout: float = 5.0, indexed: bool = True,
+          **fields: Any) -> JournalTrail:
+    """A keyed trail on ``url``, its lane indexed in this process unless not ``indexed``.
 
-    Its journal is ``journal`` in the key folder (``guard audit verify`` run with the
-    default settings checks the store alone).
+    ``fields`` are ``[audit]`` settings, taken as given (``journal_segment_mb=0``: a new
+    segment at every batch); its journal is ``journal`` in the key folder (``guard audit
+    verify`` run with the default settings checks the store alone) and its index
+    ``external`` (:class:`~tests.guard.audit.conftest.IndexedTrail` follows it).
     """
-    kwargs.setdefault("journal", keys.signing.parent / "journal")
-    return JournalTrail(open_store(url, timeout=kwargs.pop("timeout", 5.0)),
-                        load_signing_key(keys.signing), hmac_key=HMAC_KEY, **kwargs)
+    settings = AuditSettings(store=url, signing_key=keys.signing, hmac_key=keys.hmac).model_copy(
+        update={"journal": keys.signing.parent / "journal", "index": "external", **fields})
+    return IndexedTrail(settings, timeout=timeout) if indexed else JournalTrail(settings)
 
 
 def event(subject: str, **fields: Any) -> AuditEvent:

@@ -38,12 +38,15 @@ INTERVAL = 0.3
 CHILD = r"""
 import sys
 from pathlib import Path
-from guard.audit import EventKind, JournalTrail, load_signing_key, open_store
+from guard.audit import EventKind, JournalTrail
+from guard.audit._indexer import Indexer
+from guard.config import AuditSettings
 
 url, key, journal = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[4])
-trail = JournalTrail(open_store(url), load_signing_key(key), hmac_key=b"h" * 32,
-                     journal=journal, checkpoint_every=1000,
-                     checkpoint_interval=float(sys.argv[3]))
+trail = JournalTrail(AuditSettings(store=url, signing_key=key, hmac_key=Path(sys.argv[5]),
+                                   journal=journal, checkpoint_every=1000,
+                                   checkpoint_seconds=float(sys.argv[3]), index="external"))
+indexer = Indexer(trail.journal.folder, trail.store)  # behind the journal, in this process
 i = 0
 while True:
     event_id = trail.record_fields(EventKind.DECISION, {
@@ -64,10 +67,10 @@ def _killed_writer(url: str, keys: AuditKeys, tmp_path: Path) -> str:
     """Run a keyed writer in a child, SIGKILL it mid-stream; its chain id, once indexed."""
     journal = keys.signing.parent / "journal"
     child = subprocess.Popen([sys.executable, "-c", CHILD, url, str(keys.signing), str(INTERVAL),
-                              str(journal)],
+                              str(journal), str(keys.hmac)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     acknowledged_until_killed(child, 40)
-    catch_up = trail(url, keys, checkpoint_interval=3600.0)  # indexes the lane's tail
+    catch_up = trail(url, keys, checkpoint_seconds=3600.0)  # indexes the lane's tail
     catch_up.flush()
     catch_up.close()
     store = open_store(url, create=False)
@@ -97,7 +100,7 @@ def test_the_next_writer_countersigns_a_killed_writers_tail(
         pytest.skip("the child was killed right after a checkpoint")
     assert any(dead in note for note in check(store_url, audit_keys).notes)
     witness = tmp_path / "witness.jsonl"
-    nxt = trail(store_url, audit_keys, checkpoint_interval=INTERVAL, witness=witness)
+    nxt = trail(store_url, audit_keys, checkpoint_seconds=INTERVAL, witness=witness)
     deadline = time.monotonic() + 60
     while _tail(store_url, dead) and time.monotonic() < deadline:
         time.sleep(0.2)  # it countersigns once the tail is older than the chain's bound

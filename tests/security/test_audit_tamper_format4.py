@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guard.audit import EventKind, load_hmac_key, load_signing_key, open_store
+from guard.audit import EventKind, open_store
 from guard.audit._checkpoint import Terms
 from guard.audit._fields import ChainKey, Linker, Pseudonyms, content
 from guard.audit._jtrail import JournalTrail
@@ -32,6 +32,7 @@ from tests.security.audit_tamper_kit import (
     record,
     sql,
 )
+from tests.security.audit_tamper_kit import trail as kit_trail
 from tests.security.test_audit_tamper_journal import FIELDS as JOURNAL_FIELDS
 from tests.security.test_audit_tamper_journal import check as check_journal
 from tests.security.test_audit_tamper_journal import rewrite_frame
@@ -166,8 +167,7 @@ def open_row(url: str, event_id: str) -> tuple[Any, ...]:
 
 def journal_trail(url: str, folder: Path, keys: AuditKeys, chain: int) -> JournalTrail:
     """A trail on ``folder``; ``chain`` 3 writes as writers before format 4 did."""
-    trail = JournalTrail(open_store(url), load_signing_key(keys.signing),
-                         hmac_key=load_hmac_key(keys.hmac), journal=folder, checkpoint_every=4)
+    trail = kit_trail(url, keys, journal=folder, checkpoint_every=4)
     if chain == 3:  # before its first event: the opening checkpoint names the format
         writer = trail.writer
         writer._linker = Linker(writer.writer_id, ChainKey(CHAIN_KEY), 3)

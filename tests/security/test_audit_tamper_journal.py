@@ -14,13 +14,13 @@ from pathlib import Path
 import orjson
 from crc32c import crc32c
 
-from guard.audit import load_hmac_key, load_public_key, load_signing_key, open_store
+from guard.audit import load_hmac_key, load_public_key, open_store
 from guard.audit._event import EventKind
 from guard.audit._journal import segments
-from guard.audit._jtrail import JournalTrail
 from guard.audit._jverify import JournalReport, verify_journal
 from guard.audit._keys import derive_chain_key
 from tests.security.audit_tamper_kit import AuditKeys, cli_verify, make_keys, sql
+from tests.security.audit_tamper_kit import trail as kit_trail
 
 FIELDS = {"caller": "svc:crm", "purpose": "relationship.management", "categories": ("contact",),
           "action": "read", "allowed": True, "reason": "allowed", "subject_id": "cust-1"}
@@ -30,8 +30,7 @@ def recorded(tmp_path: Path) -> tuple[str, Path, AuditKeys, list[str]]:
     keys = make_keys(tmp_path)
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     folder = tmp_path / "journal"
-    trail = JournalTrail(open_store(url), load_signing_key(keys.signing),
-                         hmac_key=load_hmac_key(keys.hmac), journal=folder, checkpoint_every=4)
+    trail = kit_trail(url, keys, journal=folder, checkpoint_every=4)
     ids = [trail.record_fields(EventKind.DECISION, FIELDS) for _ in range(10)]
     trail.close()
     return url, folder, keys, ids

@@ -36,7 +36,7 @@ def test_an_outage_of_the_store_delays_the_index_and_loses_nothing(
 ) -> None:
     with private_postgres() as pg:
         t = trail(pg.url, audit_keys, timeout=1.0, checkpoint_every=1000,
-                  checkpoint_interval=3600.0)
+                  checkpoint_seconds=3600.0)
         for i in range(30):
             record_event(t, event(f"before-{i}"))
         writer = t.writer_id

@@ -48,7 +48,7 @@ def test_deleted_periodic_checkpoints_leave_a_stretch_over_the_event_bound(
 def test_a_deleted_timed_checkpoint_leaves_a_stretch_over_the_time_bound(
     store_url: str, audit_keys: AuditKeys
 ) -> None:
-    t = trail(store_url, audit_keys, checkpoint_every=1000, checkpoint_interval=1.0)
+    t = trail(store_url, audit_keys, checkpoint_every=1000, checkpoint_seconds=1.0)
     old = (datetime.now(UTC) - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     record_event(t, dataclasses.replace(event("early"), ts=old))  # made 30 s ago
     for i in range(4):
@@ -65,7 +65,7 @@ def test_a_deleted_timed_checkpoint_leaves_a_stretch_over_the_time_bound(
 def test_a_running_writers_unsigned_tail_within_the_bound_is_a_note(
     store_url: str, audit_keys: AuditKeys
 ) -> None:
-    t = trail(store_url, audit_keys, checkpoint_every=1000, checkpoint_interval=3600.0)
+    t = trail(store_url, audit_keys, checkpoint_every=1000, checkpoint_seconds=3600.0)
     for i in range(3):
         record_event(t, event(f"s-{i}"))
     t.flush()  # indexed

@@ -94,7 +94,7 @@ def test_the_journal_writer_signs_checkpoints_and_feeds_the_witness(
     witness = tmp_path / "witness.jsonl"
     settings = AuditSettings(store=url, hmac_key=audit_keys.hmac, signing_key=audit_keys.signing,
                              checkpoint_every=5, witness=witness)
-    trail = JournalTrail.open(settings)
+    trail = JournalTrail(settings)
     for i in range(12):
         record_event(trail, event(f"journal-{i}"))
     trail.close()

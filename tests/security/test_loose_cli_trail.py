@@ -99,7 +99,7 @@ def test_beside_a_service_indexing_the_folder_the_command_waits_for_it(
     spawned: list[int], tmp_path: Path,
 ) -> None:
     """A service's child holds the journal folder: the command's lane is indexed by it."""
-    service = JournalTrail.open(AuditSettings(
+    service = JournalTrail(AuditSettings(
         store=f"sqlite:///{store}", hmac_key=tmp_path / "hmac.key",
         signing_key=tmp_path / "signing.key"))
     try:

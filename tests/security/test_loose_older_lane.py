@@ -14,17 +14,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from guard.audit import JournalTrail, load_hmac_key, load_signing_key, open_store
+from guard.audit import JournalTrail
 from guard.audit._event import EventKind
 from tests.security.audit_tamper_kit import AuditKeys, cli_verify, make_keys
+from tests.security.audit_tamper_kit import trail as kit_trail
 
 FIELDS = {"caller": "svc:crm", "purpose": "relationship.management", "categories": ("contact",),
           "action": "read", "allowed": True, "reason": "allowed", "subject_id": "cust-1"}
 
 
 def _trail(url: str, keys: AuditKeys, folder: Path) -> JournalTrail:
-    return JournalTrail(open_store(url), load_signing_key(keys.signing),
-                        hmac_key=load_hmac_key(keys.hmac), journal=folder, checkpoint_every=4)
+    return kit_trail(url, keys, journal=folder, checkpoint_every=4)
 
 
 def _write(url: str, keys: AuditKeys, folder: Path, events: int = 10) -> None:

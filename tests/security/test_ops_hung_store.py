@@ -68,7 +68,7 @@ def test_a_hung_journal_refuses_within_the_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Guard, "durable_within", 1.0)
-    trail = JournalTrail.open(AuditSettings(
+    trail = JournalTrail(AuditSettings(
         store=f"sqlite:///{tmp_path / 'audit.db'}", hmac_key=tmp_path / "hmac.key",
         signing_key=tmp_path / "signing.key"))
     guard = Guard(PolicyHolder(lambda: load_policy(None)), trail, hmac_key=b"h" * 32)

@@ -42,7 +42,7 @@ def test_the_child_indexer_imports_nothing_from_the_working_folder(
                              hmac_key=tmp_path / "subject-hmac.key",
                              signing_key=tmp_path / "audit-signing.key", writer_id="red4")
     assert settings.index == "auto"
-    with JournalTrail.open(settings) as trail:
+    with JournalTrail(settings) as trail:
         assert trail.child is not None  # the child process indexes
         event_id = record(trail, AuditEvent(event_id=new_event_id(), kind=EventKind.HEARTBEAT,
                                             ts="2026-11-30T07:00:00.000000Z"))

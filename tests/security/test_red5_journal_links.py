@@ -33,7 +33,7 @@ def settings_for(base: Path) -> Settings:
         audit=AuditSettings(store=f"sqlite:///{base / 'audit' / 'audit.db'}",
                             hmac_key=base / "keys" / "subject-hmac.key",
                             signing_key=base / "keys" / "audit-signing.key",
-                            writer_id="red5", index="inline"))
+                            writer_id="red5"))
 
 
 def started(settings: Settings) -> None:

@@ -46,7 +46,7 @@ def test_a_decision_durable_after_its_deadline_is_followed_by_its_refusal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check: Callable[[Guard], Any]
 ) -> None:
     monkeypatch.setattr(Guard, "durable_within", 1.0)
-    trail = JournalTrail.open(AuditSettings(
+    trail = JournalTrail(AuditSettings(
         store=f"sqlite:///{tmp_path / 'audit.db'}", hmac_key=tmp_path / "hmac.key",
         signing_key=tmp_path / "signing.key"))
     guard = Guard(PolicyHolder(lambda: load_policy(None)), trail, hmac_key=b"h" * 32)

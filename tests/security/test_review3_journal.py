@@ -26,19 +26,18 @@ from pathlib import Path
 import pytest
 
 from guard._errors import AuditUnavailableError
-from guard.audit import JournalTrail, load_hmac_key, load_signing_key, open_store
+from guard.audit import JournalTrail
 from guard.audit._event import EventKind
 from guard.audit._journal import Journal, durable_end, segments
 from tests.security.audit_tamper_kit import AuditKeys, cli_verify, make_keys
+from tests.security.audit_tamper_kit import trail as kit_trail
 
 FIELDS = {"caller": "svc:crm", "purpose": "relationship.management", "categories": ("contact",),
           "action": "read", "allowed": True, "reason": "allowed", "subject_id": "cust-1"}
 
 
 def _trail(url: str, keys: AuditKeys, folder: Path, **kwargs: object) -> JournalTrail:
-    return JournalTrail(open_store(url), load_signing_key(keys.signing),  # type: ignore[arg-type]
-                        hmac_key=load_hmac_key(keys.hmac), journal=folder, checkpoint_every=4,
-                        **kwargs)
+    return kit_trail(url, keys, journal=folder, checkpoint_every=4, **kwargs)
 
 
 def _frame_starts(data: bytes) -> list[int]:
@@ -113,7 +112,7 @@ def _chains(tmp_path: Path, count: int) -> tuple[str, AuditKeys, Path, list[list
     made: list[list[Path]] = []
     for _ in range(count):
         before = {path for _, path in segments(folder / "lane-0")} if made else set()
-        with _trail(url, keys, folder, segment_bytes=1) as trail:
+        with _trail(url, keys, folder, journal_segment_mb=0) as trail:
             for _ in range(10):
                 trail.record_fields(EventKind.DECISION, FIELDS)
         made.append([path for _, path in segments(folder / "lane-0") if path not in before])
@@ -159,7 +158,7 @@ def test_verify_names_records_cut_off_below_the_durable_end(tmp_path: Path) -> N
     keys = make_keys(tmp_path)
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     folder = tmp_path / "journal"
-    with _trail(url, keys, folder, index=False) as trail:
+    with _trail(url, keys, folder, indexed=False) as trail:
         for _ in range(10):
             trail.record_fields(EventKind.DECISION, FIELDS)
         trail.writer.flush(30.0)

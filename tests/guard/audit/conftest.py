@@ -30,8 +30,10 @@ from guard.audit import (
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import utc_now
 from guard.audit._fields import ChainKey, Linker, checkpoint_record, compact, content
+from guard.audit._indexer import Indexer
 from guard.audit._journal import Journal, read_journal, segments
 from guard.audit._schema import Row
+from guard.config import AuditSettings
 
 HMAC_KEY = b"k" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)
@@ -43,6 +45,11 @@ class Keys:
 
     signing: Path
     public: Path
+
+
+def keys_at(signing: Path) -> Keys:
+    """The key files of the signing key ``signing`` (made by the first trail that loads it)."""
+    return Keys(signing, signing.with_name(signing.name + ".pub"))
 
 
 @pytest.fixture
@@ -57,14 +64,48 @@ def frame(payload: bytes) -> bytes:
     return struct.pack("<II", len(payload), crc32c(payload)) + payload
 
 
-def make_trail(url: str, keys: Keys, **kwargs: Any) -> JournalTrail:
-    """A trail on ``url`` with the test's keys, keyed with :data:`CHAIN_KEY`.
+def trail_settings(url: str, keys: Keys, *, hmac_key: bytes = HMAC_KEY,
+                   **fields: Any) -> AuditSettings:
+    """The ``[audit]`` settings of a trail on ``url`` with the test's signing key.
 
-    Its journal is ``journal`` in the test's key folder, unless ``journal=`` names one.
+    The subject key is ``hmac_key`` (written beside the signing key; by default
+    :data:`HMAC_KEY`, whose chain key is :data:`CHAIN_KEY`), the journal ``journal``
+    in the key folder and the index ``external``, unless ``fields`` say otherwise.
+    ``journal_segment_mb=0`` starts a new segment at every batch (the setting's bound,
+    1, is not checked here).
     """
-    kwargs.setdefault("journal", keys.signing.parent / "journal")
-    kwargs.setdefault("hmac_key", HMAC_KEY)
-    return JournalTrail(open_store(url), load_signing_key(keys.signing), **kwargs)
+    hmac_file = keys.signing.parent / f"subject-hmac-{hmac_key.hex()[:8]}.key"
+    if not hmac_file.exists():
+        hmac_file.parent.mkdir(parents=True, exist_ok=True)
+        hmac_file.write_text(hmac_key.hex() + "\n")
+    segment = fields.pop("journal_segment_mb", None)
+    fields = {"journal": keys.signing.parent / "journal", "index": "external", **fields}
+    settings = AuditSettings(store=url, signing_key=keys.signing, hmac_key=hmac_file, **fields)
+    return settings if segment is None else settings.model_copy(
+        update={"journal_segment_mb": segment})
+
+
+class IndexedTrail(JournalTrail):
+    """A trail whose lane an :class:`Indexer` on a thread of this process follows.
+
+    What ``guard audit index`` runs for each lane, without a process per trail: the
+    test records and reads in one process, and :meth:`flush` hurries the indexer.
+    """
+
+    def __init__(self, settings: AuditSettings, *, timeout: float = 5.0) -> None:
+        super().__init__(settings.model_copy(update={"index": "external"}), timeout=timeout)
+        self.indexer = Indexer(self.journal.folder, self.store)
+
+    def close(self) -> None:
+        """Close the chain, index the journal's end, then close the trail."""
+        self.writer.close()
+        self.indexer.close()
+        super().close()
+
+
+def make_trail(url: str, keys: Keys, *, timeout: float = 5.0, **fields: Any) -> IndexedTrail:
+    """A trail of :func:`trail_settings`, indexed in this process (:class:`IndexedTrail`)."""
+    return IndexedTrail(trail_settings(url, keys, **fields), timeout=timeout)
 
 
 def make_event(kind: EventKind, **fields: Any) -> AuditEvent:

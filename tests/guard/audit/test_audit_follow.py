@@ -18,7 +18,6 @@ from guard.audit import (
     AuditStoreError,
     EventKind,
     load_public_key,
-    load_signing_key,
     new_event_id,
     open_store,
     verify,
@@ -36,6 +35,7 @@ from tests.guard.audit.conftest import (
     Keys,
     assert_lost_none_doubled_none,
     frame,
+    trail_settings,
 )
 
 FIELDS = {"caller": "svc:crm", "purpose": "p", "categories": ("c",), "allowed": True,
@@ -114,9 +114,7 @@ def test_an_external_trail_indexes_nothing_and_flush_waits_for_the_indexer(
     store_url: str, keys: Keys, tmp_path: Path
 ) -> None:
     folder = tmp_path / "journal"
-    trail = JournalTrail(open_store(store_url), load_signing_key(keys.signing),
-                         hmac_key=HMAC_KEY, journal=folder, index=False)
-    assert trail.indexer is None
+    trail = JournalTrail(trail_settings(store_url, keys, journal=folder))
     for _ in range(20):
         trail.record_fields(EventKind.DECISION, FIELDS)
     with pytest.raises(AuditUnavailableError, match="did not catch up"):
@@ -139,7 +137,7 @@ def test_an_external_trail_indexes_nothing_and_flush_waits_for_the_indexer(
 def test_wait_indexed_waits_for_the_external_indexer(keys: Keys, tmp_path: Path) -> None:
     settings = AuditSettings(store=f"sqlite:///{tmp_path / 'audit.db'}", index="external",
                              signing_key=keys.signing, hmac_key=tmp_path / "hmac.key")
-    trail = JournalTrail.open(settings)
+    trail = JournalTrail(settings)
     for _ in range(5):
         trail.record_fields(EventKind.DECISION, FIELDS)
     with pytest.raises(AuditUnavailableError, match="did not catch up"):
@@ -160,8 +158,8 @@ def test_the_trail_starts_while_the_store_is_down_and_indexes_once_it_is_up(
     admin = postgres_url.rsplit("/", 1)[0] + "/postgres"
     name = f"late_{os.getpid()}_{time.monotonic_ns()}"
     url = postgres_url.rsplit("/", 1)[0] + f"/{name}"  # a database that does not exist yet
-    trail = JournalTrail(open_store(url, timeout=1), load_signing_key(keys.signing),
-                         hmac_key=HMAC_KEY, journal=tmp_path / "journal")
+    trail = JournalTrail(trail_settings(url, keys, journal=tmp_path / "journal", index="auto"),
+                         timeout=1)  # its child process indexes once the store is up
     ids = [trail.record_fields(EventKind.DECISION, FIELDS) for _ in range(3)]  # durable
     deadline = time.monotonic() + 30
     while "index behind" not in (why := trail.ready())[1] and time.monotonic() < deadline:
@@ -172,6 +170,9 @@ def test_the_trail_starts_while_the_store_is_down_and_indexes_once_it_is_up(
         conn.execute(f"CREATE DATABASE {name}")
     try:
         trail.flush()
+        deadline = time.monotonic() + 30  # the child's next status line says it works again
+        while trail.ready() != (True, "audit journal writable") and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert trail.ready() == (True, "audit journal writable")
         stored = {r[0] for r in trail.store.rows("SELECT event_id FROM audit_event")}
         trail.close()
@@ -184,12 +185,13 @@ def test_the_trail_starts_while_the_store_is_down_and_indexes_once_it_is_up(
 WRITER = r"""
 import sys, threading
 from pathlib import Path
-from guard.audit import EventKind, load_signing_key, open_store
-from guard.audit._jtrail import JournalTrail
+from guard.audit import EventKind, JournalTrail
+from guard.config import AuditSettings
 
-url, key, folder = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-trail = JournalTrail(open_store(url), load_signing_key(key), hmac_key=b"k" * 32, journal=folder,
-                     checkpoint_every=50, segment_bytes=1, index=False)
+url, key, hmac, folder = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+trail = JournalTrail(AuditSettings(  # a new segment at every batch
+    store=url, signing_key=key, hmac_key=hmac, journal=folder, checkpoint_every=50,
+    index="external").model_copy(update={"journal_segment_mb": 0}))
 out = threading.Lock()
 
 def work(n):
@@ -215,9 +217,10 @@ def test_sigkill_of_the_indexer_and_of_the_writer_loses_nothing_and_doubles_noth
     folder = tmp_path / "journal"
     env = {**os.environ, "GUARD_CONFIG": os.devnull}
     index = [*GUARD, "audit", "index", "--journal", str(folder), "--store", store_url]
+    hmac = trail_settings(store_url, keys).hmac_key
     writer = subprocess.Popen([sys.executable, "-c", WRITER, store_url, str(keys.signing),
-                               str(folder)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              cwd=tmp_path)
+                               str(hmac), str(folder)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, cwd=tmp_path)
     lines: list[bytes] = []
     drain = threading.Thread(target=lambda: lines.extend(writer.stdout or ()), daemon=True)
     drain.start()

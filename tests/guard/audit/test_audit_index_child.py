@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from guard.audit import EventKind, JournalTrail, open_store, wait_indexed
 from guard.audit._fields import decode_many
-from guard.audit._follow import index_mode
 from guard.audit._journal import read_journal
 from guard.audit._schema import EVENT_COLUMNS
 from guard.config import AuditSettings
-from tests.guard.audit.conftest import Keys, assert_lost_none_doubled_none, make_trail
+from tests.guard.audit.conftest import Keys, assert_lost_none_doubled_none, trail_settings
 
 FIELDS = {"caller": "svc:crm", "purpose": "p", "categories": ("c",), "allowed": True,
           "reason": "allowed", "subject_id": "cust-1"}
@@ -56,20 +57,36 @@ def sqlite_settings(tmp_path: Path, keys: Keys, **kwargs: Any) -> AuditSettings:
                          hmac_key=tmp_path / "hmac.key", **kwargs)
 
 
-def test_auto_is_a_child_process_at_sqlite_and_at_postgresql() -> None:
+def test_auto_is_the_default_and_inline_is_refused_in_one_line_naming_what_to_use(
+    tmp_path: Path,
+) -> None:
     assert AuditSettings().index == "auto"
-    assert index_mode("auto", "sqlite:///audit.db") == "process"
-    assert index_mode("auto", "postgresql://u@h/db") == "process"
-    assert index_mode("inline", "sqlite:///audit.db") is True
-    assert index_mode("external", "sqlite:///audit.db") is False
+    with pytest.raises(ValidationError, match=r'"inline" .* was removed: use "auto"'):
+        AuditSettings(index="inline")  # type: ignore[arg-type]
+    config = tmp_path / "guard.toml"
+    config.write_text('[audit]\nindex = "inline"\n')
+    refused = subprocess.run(
+        [sys.executable, "-c", "from guard.cli import main; main()", "audit", "index", "--once"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+        env={**os.environ, "GUARD_CONFIG": str(config)})
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1
+    assert '"inline" (an index thread in each process) was removed' in refused.stderr
+    assert '"external" (guard audit index)' in refused.stderr
+
+
+def started_no_index_thread(before: set[threading.Thread]) -> bool:
+    """No thread started since ``before`` indexes (the child does)."""
+    return "audit-indexer" not in {t.name for t in set(threading.enumerate()) - before}
 
 
 def test_the_child_indexes_flush_waits_for_it_and_close_stops_it(
     keys: Keys, tmp_path: Path
 ) -> None:
     config = sqlite_settings(tmp_path, keys)
-    trail = JournalTrail.open(config)
-    assert trail.indexer is None
+    before = set(threading.enumerate())
+    trail = JournalTrail(config)
+    assert started_no_index_thread(before)
     assert trail.child is not None
     pid = trail.child.pid
     assert pid != os.getpid()
@@ -93,9 +110,10 @@ def test_at_postgresql_too_the_child_indexes_and_the_service_runs_no_index_threa
 ) -> None:
     config = AuditSettings(store=pg_url, signing_key=keys.signing,
                            hmac_key=tmp_path / "hmac.key", journal=tmp_path / "journal")
-    trail = JournalTrail.open(config)
+    before = set(threading.enumerate())
+    trail = JournalTrail(config)
     try:
-        assert trail.indexer is None
+        assert started_no_index_thread(before)
         assert trail.child is not None
         assert trail.child.pid != os.getpid()
         trail.record_fields(EventKind.DECISION, FIELDS)
@@ -108,7 +126,7 @@ def test_at_postgresql_too_the_child_indexes_and_the_service_runs_no_index_threa
 def test_sigkill_of_the_child_while_it_indexes_loses_nothing_and_doubles_nothing(
     store_url: str, keys: Keys, tmp_path: Path
 ) -> None:
-    trail = make_trail(store_url, keys, index="process", checkpoint_every=50)
+    trail = JournalTrail(trail_settings(store_url, keys, index="auto", checkpoint_every=50))
     child = trail.child
     assert child is not None
     acknowledged: list[str] = []
@@ -143,11 +161,12 @@ def test_sigkill_of_the_child_while_it_indexes_loses_nothing_and_doubles_nothing
 SERVICE = r"""
 import sys, time
 from pathlib import Path
-from guard.audit import EventKind, load_signing_key, open_store
-from guard.audit._jtrail import JournalTrail
+from guard.audit import EventKind, JournalTrail
+from guard.config import AuditSettings
+from pydantic import ValidationError
 
-trail = JournalTrail(open_store(sys.argv[1]), load_signing_key(Path(sys.argv[2])),
-                     hmac_key=b"k" * 32, journal=Path(sys.argv[3]), index="process")
+trail = JournalTrail(AuditSettings(store=sys.argv[1], signing_key=Path(sys.argv[2]),
+                                   hmac_key=Path(sys.argv[3]), journal=Path(sys.argv[4])))
 trail.record_fields(EventKind.DECISION, {"caller": "c", "purpose": "p", "categories": ("c",),
                                          "allowed": True, "reason": "allowed"})
 print(trail.child.pid, flush=True)
@@ -158,7 +177,8 @@ time.sleep(600)
 def test_the_child_stops_when_the_service_is_killed(keys: Keys, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     service = subprocess.Popen(
-        [sys.executable, "-c", SERVICE, url, str(keys.signing), str(tmp_path / "journal")],
+        [sys.executable, "-c", SERVICE, url, str(keys.signing), str(tmp_path / "hmac.key"),
+         str(tmp_path / "journal")],
         stdout=subprocess.PIPE, cwd=tmp_path)
     assert service.stdout is not None
     pid = int(service.stdout.readline())
@@ -169,7 +189,7 @@ def test_the_child_stops_when_the_service_is_killed(keys: Keys, tmp_path: Path) 
     service.kill()
     service.wait(30)
     until(lambda: gone(pid))  # its pipe from the service ended
-    trail = make_trail(url, keys, journal=tmp_path / "journal", index="process")
+    trail = JournalTrail(trail_settings(url, keys, journal=tmp_path / "journal", index="auto"))
     trail.flush()  # the next service's child indexes the killed one's lane too
     assert trail.store.rows("SELECT count(*) FROM audit_event WHERE kind = 'decision'") == [(1,)]
     trail.close()
@@ -179,7 +199,7 @@ def test_two_services_share_one_indexing_child_and_the_second_takes_over(
     keys: Keys, tmp_path: Path
 ) -> None:
     config = sqlite_settings(tmp_path, keys)
-    first, second = JournalTrail.open(config), JournalTrail.open(config)
+    first, second = JournalTrail(config), JournalTrail(config)
     assert first.journal.folder != second.journal.folder  # a lane each
     for trail in (first, second):
         trail.record_fields(EventKind.DECISION, FIELDS)
@@ -201,7 +221,7 @@ decisions = st.lists(st.fixed_dictionaries({
 
 
 def test_the_childs_rows_are_the_journals_records(keys: Keys, tmp_path: Path) -> None:
-    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+    trail = JournalTrail(trail_settings(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="auto"))
 
     @settings(max_examples=25, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -227,7 +247,7 @@ def test_the_childs_rows_are_the_journals_records(keys: Keys, tmp_path: Path) ->
 def test_a_sigterm_to_the_services_group_leaves_the_child_to_the_service(
     keys: Keys, tmp_path: Path
 ) -> None:
-    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+    trail = JournalTrail(trail_settings(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="auto"))
     child = trail.child
     assert child is not None
     trail.record_fields(EventKind.DECISION, FIELDS)
@@ -257,7 +277,7 @@ def policies(pid: int) -> dict[int, int]:
 def test_the_childs_indexer_runs_under_sched_idle_and_its_main_thread_does_not(
     keys: Keys, tmp_path: Path
 ) -> None:
-    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+    trail = JournalTrail(trail_settings(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="auto"))
     child = trail.child
     assert child is not None
     try:
@@ -281,7 +301,7 @@ def test_an_idle_index_starved_by_a_busy_cpu_is_relieved_and_catches_up(
 ) -> None:
     """A normal-policy process that never sleeps, on the child's one CPU, leaves an idle
     thread next to no CPU time: the child's main thread hands the lane to a new thread."""
-    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+    trail = JournalTrail(trail_settings(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="auto"))
     child = trail.child
     assert child is not None
     cpu = min(os.sched_getaffinity(0))

@@ -13,16 +13,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from guard._errors import AuditUnavailableError, ConfigError
-from guard.audit import EventKind, load_public_key, load_signing_key, open_store, verify
+from guard.audit import EventKind, load_public_key, open_store, verify
 from guard.audit._fields import compact
 from guard.audit._journal import Journal, JournalReader, read_journal, segments
-from guard.audit._jtrail import JournalTrail
 from tests.guard.audit.conftest import (
     CHAIN_KEY,
     HMAC_KEY,
+    IndexedTrail,
     Keys,
     decision_event,
     journal_with_a_bad_second_record,
+    make_trail,
     record,
     row_of,
 )
@@ -35,9 +36,8 @@ FIELDS: dict[str, Any] = {
 }
 
 
-def make(url: str, keys: Keys, folder: Path, **kwargs: Any) -> JournalTrail:
-    return JournalTrail(open_store(url), load_signing_key(keys.signing), hmac_key=HMAC_KEY,
-                        journal=folder, **kwargs)
+def make(url: str, keys: Keys, folder: Path, **fields: Any) -> IndexedTrail:
+    return make_trail(url, keys, journal=folder, **fields)
 
 
 def count(url: str, sql: str = "SELECT count(*) FROM audit_event") -> int:
@@ -286,7 +286,7 @@ def test_batch_ids_are_uuid7_in_order_and_unique() -> None:
 
 def test_an_idle_journal_proves_readiness_with_one_heartbeat(keys: Keys, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    trail = make(url, keys, tmp_path / "j", probe_interval=3600)
+    trail = make(url, keys, tmp_path / "j", readiness_probe_seconds=3600)
     for _ in range(100):
         assert trail.ready() == (True, "audit journal writable")
     trail.close()
@@ -300,7 +300,7 @@ def test_a_journal_below_its_reserve_refuses_events_and_is_not_ready(
 
     caplog.set_level(logging.ERROR, logger="guard.audit")
     trail = make(f"sqlite:///{tmp_path / 'audit.db'}", keys, tmp_path / "j",
-                 reserve_bytes=1 << 62)  # more than any disk has free
+                 reserve_mb=10**12)  # more than any disk has free
     for _ in range(5):
         with pytest.raises(AuditUnavailableError, match="below the reserve"):
             trail.record_fields(EventKind.DECISION, FIELDS)
@@ -315,7 +315,8 @@ def test_a_journal_below_its_reserve_refuses_events_and_is_not_ready(
 def test_a_journal_disk_that_refuses_is_not_ready_until_it_takes_writes_again(
     keys: Keys, tmp_path: Path
 ) -> None:
-    trail = make(f"sqlite:///{tmp_path / 'audit.db'}", keys, tmp_path / "j", probe_interval=0.01)
+    trail = make(f"sqlite:///{tmp_path / 'audit.db'}", keys, tmp_path / "j",
+                 readiness_probe_seconds=0.01)
     assert trail.ready()[0]
     full = os.open("/dev/full", os.O_WRONLY)
     good = os.dup(trail.journal._fd)

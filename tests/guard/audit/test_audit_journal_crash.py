@@ -1,8 +1,8 @@
 """SIGKILL while recording through the journal: nothing acknowledged is lost, nothing doubled.
 
-The child rotates segments at every batch (``segment_bytes=1``), so the kill lands
-around a rotation, and its index runs behind the journal, so it also lands while
-indexing. The test then opens the journal again: the torn tail is cut, the index
+The child rotates segments at every batch (``journal_segment_mb=0``), so the kill
+lands around a rotation, and an indexer of its own follows the journal, so it also
+lands while indexing. The test then opens the journal again: the torn tail is cut, the index
 catches up from its saved offset, and the store holds each journal event once.
 """
 
@@ -14,26 +14,29 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit import load_public_key, load_signing_key, open_store
-from guard.audit._jtrail import JournalTrail
+from guard.audit import load_public_key, open_store
 from guard.audit._jverify import verify_journal
 from tests.guard.audit.conftest import (
     CHAIN_KEY,
-    HMAC_KEY,
     Keys,
     acknowledged_until_killed,
     assert_lost_none_doubled_none,
+    make_trail,
+    trail_settings,
 )
 
 CHILD = r"""
 import asyncio, sys, threading
 from pathlib import Path
-from guard.audit import EventKind, load_signing_key, open_store
-from guard.audit._jtrail import JournalTrail
+from guard.audit import EventKind, JournalTrail
+from guard.audit._indexer import Indexer
+from guard.config import AuditSettings
 
-url, key, folder, segment = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-trail = JournalTrail(open_store(url), load_signing_key(key), hmac_key=b"k" * 32,
-                     journal=folder, checkpoint_every=50, segment_bytes=segment)
+url, key, hmac, folder = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+trail = JournalTrail(AuditSettings(
+    store=url, signing_key=key, hmac_key=hmac, journal=folder, checkpoint_every=50,
+    index="external").model_copy(update={"journal_segment_mb": int(sys.argv[5])}))
+indexer = Indexer(trail.journal.folder, trail.store)  # behind the journal, in this process
 out = threading.Lock()
 
 def say(event_id):
@@ -66,19 +69,20 @@ asyncio.run(loop())
 """
 
 
-@pytest.mark.parametrize("segment", [1, 1 << 20], ids=["rotate-every-batch", "one-mib"])
+@pytest.mark.parametrize("segment_mb", [0, 1], ids=["rotate-every-batch", "one-mib"])
 def test_sigkill_loses_no_acknowledged_event_and_indexes_each_once(
-    store_url: str, keys: Keys, tmp_path: Path, segment: int
+    store_url: str, keys: Keys, tmp_path: Path, segment_mb: int
 ) -> None:
     folder = tmp_path / "journal"
+    hmac = trail_settings(store_url, keys).hmac_key
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, store_url, str(keys.signing), str(folder), str(segment)],
+        [sys.executable, "-c", CHILD, store_url, str(keys.signing), str(hmac), str(folder),
+         str(segment_mb)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
     )
     acknowledged = acknowledged_until_killed(child, 600)
 
-    trail = JournalTrail(open_store(store_url), load_signing_key(keys.signing),
-                         hmac_key=HMAC_KEY, journal=folder)  # recovery: cut, then catch up
+    trail = make_trail(store_url, keys, journal=folder)  # recovery: cut, then catch up
     trail.flush()
     trail.close()
     assert_lost_none_doubled_none(folder / "lane-0", store_url, acknowledged, keys)

@@ -23,16 +23,15 @@ from guard.audit import (
     EventKind,
     Store,
     load_hmac_key,
-    load_signing_key,
     open_store,
     pseudonymise,
     query_events,
     subject_report,
 )
 from guard.audit._event import outcome_fields
-from guard.audit._jtrail import JournalTrail
 from guard.audit._report import render_json, render_markdown
 from middleware.console._data import Filters, decisions_page, subject_events
+from tests.guard.audit.conftest import keys_at, make_trail
 
 D = "2026-11-{:02d}T10:00:00.000000Z"
 # caller -> (the decision's own http_status, the outcome event's status or None)
@@ -48,8 +47,8 @@ EXPECTED = {"svc:read": 203, "svc:write": 201, "svc:aborted": 200, "svc:lost": N
 def _fill(url: str, folder: Path) -> None:
     """Record the four shapes about subject ``alice`` through a journal trail."""
     key = load_hmac_key(folder / ".guard" / "subject-hmac.key", create=True)
-    signing = load_signing_key(folder / ".guard" / "audit-signing.key", create=True)
-    trail = JournalTrail(open_store(url), signing, hmac_key=key, journal=folder / "journal")
+    trail = make_trail(url, keys_at(folder / ".guard" / "audit-signing.key"), hmac_key=key,
+                       journal=folder / "journal")
     for day, (caller, (status, outcome)) in enumerate(SHAPES.items(), start=1):
         event_id = trail.record_fields(EventKind.DECISION, {
             "caller": caller, "purpose": "relationship.management", "categories": ("contact",),

@@ -42,7 +42,7 @@ def test_sqlite_store_is_wal_and_fully_synchronous(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_is_signed_on_the_timer(store_url: str, keys: Keys) -> None:
-    trail = make_trail(store_url, keys, checkpoint_interval=0.2)
+    trail = make_trail(store_url, keys, checkpoint_seconds=0.2)
     record(trail, decision_event())
     trail.flush()  # the index made the schema (the trail's start does not wait for the store)
     reader = open_store(store_url, create=False)
