@@ -57,7 +57,7 @@ from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT
 
 KEY = b"b" * 32
 START = datetime(2025, 1, 1, tzinfo=UTC)
-CHAIN_KEY = derive_chain_key(KEY)  # trails are keyed, as JournalTrail.open makes them
+CHAIN_KEY = derive_chain_key(KEY)  # trails are keyed, as JournalTrail makes them
 
 
 def run_threads(writers: int, work: Callable[[int], None]) -> float:
