@@ -31,7 +31,7 @@ settings = AuditSettings(store=f"sqlite:///{base / 'audit.db'}",
                          signing_key=base / "audit-signing.key", writer_id="red6")
 assert settings.index == "auto"
 assert "planted" not in sys.modules  # the service itself ignores PYTHONPATH
-with JournalTrail.open(settings) as trail:
+with JournalTrail(settings) as trail:
     assert trail.child is not None
     fields = AuditEvent(event_id=new_event_id(), kind=EventKind.HEARTBEAT,
                         ts="2026-11-30T13:00:00.000000Z").to_dict()

@@ -36,7 +36,7 @@ def settings_for(base: Path, witness: Path | None = None) -> Settings:
         audit=AuditSettings(store=f"sqlite:///{base / 'audit' / 'audit.db'}",
                             hmac_key=base / "keys" / "subject-hmac.key",
                             signing_key=base / "keys" / "audit-signing.key",
-                            writer_id="red6", index="inline", witness=witness,
+                            writer_id="red6", witness=witness,
                             checkpoint_every=1))
 
 

@@ -33,7 +33,7 @@ def settings_for(base: Path, disk: Path) -> Settings:
         audit=AuditSettings(store=f"sqlite:///{base / 'audit.db'}", journal=disk / "journal",
                             hmac_key=base / "keys" / "subject-hmac.key",
                             signing_key=base / "keys" / "audit-signing.key",
-                            writer_id="red6", index="inline", reserve_mb=RESERVE_MB))
+                            writer_id="red6", reserve_mb=RESERVE_MB))
 
 
 def test_the_zeros_grown_ahead_never_take_the_disk_below_the_reserve(
