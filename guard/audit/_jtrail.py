@@ -34,7 +34,7 @@ from guard.audit._jwriter import JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
 from guard.audit._otel import OtlpLogExporter, trace_fields
 from guard.audit._schema import Row
-from guard.audit._store import Store, open_store, sqlite_path
+from guard.audit._store import AuditStoreError, Store, open_store, sqlite_path
 from guard.audit._witness import Witness
 
 if TYPE_CHECKING:
@@ -61,12 +61,20 @@ def journal_folder(settings: AuditSettings) -> Path:
 
 
 def wait_store(store: Store, targets: Mapping[str, int], timeout: float) -> None:
-    """Return once the store has indexed each journal (by id) up to its target offset."""
-    deadline = time.monotonic() + timeout
-    while any(indexed_offset(store, key) < end for key, end in targets.items()):
+    """Return once the store has indexed each journal (by id) up to its target offset.
+
+    A store that refuses meanwhile (down, restarting) is asked again until ``timeout``.
+    """
+    deadline, why = time.monotonic() + timeout, ""
+    while True:
+        try:
+            if all(indexed_offset(store, key) >= end for key, end in targets.items()):
+                return
+        except AuditStoreError as exc:
+            why = f": {exc}"
         if time.monotonic() >= deadline:
             raise AuditUnavailableError(
-                f"the audit index did not catch up with the journal within {timeout:g} s")
+                f"the audit index did not catch up with the journal within {timeout:g} s{why}")
         time.sleep(0.01)
 
 
