@@ -11,18 +11,17 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from guard.audit import EventKind, load_signing_key
+from guard.audit import EventKind, JournalTrail, load_signing_key
 from guard.audit._fields import ChainKey
 from guard.audit._follow import _IDLE_LAG, _STATUS_EVERY, _next_look
 from guard.audit._indexer import Indexer
 from guard.audit._journal import Journal
 from guard.audit._jwriter import JournalWriter
 from guard.audit._sqlite import SqliteStore
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, make_trail
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, trail_settings
 from tests.guard.audit.test_audit_index_child import FIELDS, policies, until
 
 
@@ -74,7 +73,7 @@ def test_an_idle_childs_main_thread_wakes_a_few_times_a_second_not_ten(
 ) -> None:
 
 
-    trail: Any = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="process")
+    trail = JournalTrail(trail_settings(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="auto"))
     child = trail.child
     assert child is not None
     try:
