@@ -49,6 +49,10 @@ _WATCHER_PARAMS: dict[str, str | int] = {
 }
 """Connection parameters of the watcher (its ``application_name`` shows in pg_stat_activity)."""
 REPEAT_LOG_SECONDS = 60.0
+MAX_POLICY_TEXT = 16 << 20
+"""The most characters a stored policy's model or rules may hold (the shipped rules: about
+20,000). A longer row is read only that far and refused, so a row written around ``guard
+policy push`` cannot make every replica read and compile up to PostgreSQL's 1 GB."""
 """While the watcher cannot reconnect, it says so at most this often."""
 
 
@@ -98,7 +102,14 @@ def push_policy(
         rules_text: The casbin rules text.
         version: The version digest of model and rules.
         origin: Where the policy came from, for the record.
+
+    Raises:
+        PolicyError: The model or the rules are longer than :data:`MAX_POLICY_TEXT`
+            (no replica would load them).
     """
+    if max(len(model_text), len(rules_text)) > MAX_POLICY_TEXT:
+        raise PolicyError(f"the policy is longer than {MAX_POLICY_TEXT} characters; "
+                          "no replica would load it", path=origin)
     with _connect(url) as conn:
         try:
             conn.execute(_SCHEMA)
@@ -150,8 +161,9 @@ def _select_one(
     try:
         row = conn.execute(
             sql.SQL(
-                "SELECT id, version, model_text, rules_text, origin, pushed_at FROM {} "
-            ).format(sql.Identifier(TABLE)) + sql.SQL(tail),
+                "SELECT id, version, left(model_text, {n}), left(rules_text, {n}), origin, "
+                "pushed_at FROM {} "
+            ).format(sql.Identifier(TABLE), n=sql.Literal(MAX_POLICY_TEXT + 1)) + sql.SQL(tail),
             params,
         ).fetchone()
     except psycopg.errors.UndefinedTable:
@@ -204,6 +216,9 @@ def load_store_policy(url: str) -> CompiledPolicy:
 
 def _compile(url: str, stored: StoredPolicy) -> CompiledPolicy:
     """Compile a stored policy; it must compile to the version it was pushed with."""
+    if max(len(stored.model_text), len(stored.rules_text)) > MAX_POLICY_TEXT:
+        raise PolicyError(f"pushed policy #{stored.id} is longer than {MAX_POLICY_TEXT} "
+                          "characters", hint="push a policy of a sensible size")
     policy = compile_policy(stored.model_text, stored.rules_text, f"{_redact(url)}#{stored.id}")
     if policy.version != stored.version:
         raise PolicyError(
