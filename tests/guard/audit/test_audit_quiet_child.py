@@ -71,8 +71,6 @@ def wakeups(pid: int, tid: int) -> int:
 def test_an_idle_childs_main_thread_wakes_a_few_times_a_second_not_ten(
     keys: Keys, tmp_path: Path
 ) -> None:
-
-
     trail = JournalTrail(trail_settings(f"sqlite:///{tmp_path / 'audit.db'}", keys, index="auto"))
     child = trail.child
     assert child is not None
