@@ -18,10 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from guard._errors import AuditUnavailableError
-from guard.audit._indexer import Indexer, register
+from guard.audit._indexer import Indexer
 from guard.audit._journal import Journal, JournalBusyError, durable_end, lanes, lock_folder
 from guard.audit._store import AuditStoreError, Store, open_store, sqlite_path
 
@@ -148,7 +149,7 @@ class ChildIndexer:
         self._thread = threading.Thread(target=self._supervise, name="audit-index-child",
                                         daemon=True)
         self._thread.start()
-        register(self.folder, self)
+        _CHILDREN[self.folder] = self
 
     @property
     def pid(self) -> int:
@@ -187,9 +188,8 @@ class ChildIndexer:
                 self.restarts += 1
                 self._delay = delay
 
-    def want(self, _offset: int = 0) -> None:
-        """Ask the child to index every lane up to its durable end now, not at its pace
-        (``_offset``, as :func:`hurry` passes it, is unused)."""
+    def want(self) -> None:
+        """Ask the child to index every lane up to its durable end now, not at its pace."""
         with self._lock, contextlib.suppress(OSError, ValueError):
             stdin = self._proc.stdin
             assert stdin is not None
@@ -216,6 +216,21 @@ def _next_look(now: float, due: float, looked: float) -> float:
     """Seconds the child's main thread sleeps: until a lane may need relief (``due``) or the
     folder's next look for lanes (a second after ``looked``), at least ``_STATUS_EVERY``."""
     return max(_STATUS_EVERY, min(due, looked + 1.0) - now)
+
+
+_CHILDREN: weakref.WeakValueDictionary[Path, ChildIndexer] = weakref.WeakValueDictionary()
+"""This process's child indexers by their journal folder (resolved)."""
+
+
+def hurry(folder: Path) -> None:
+    """Ask this process's child indexer of the journal ``folder``, if any, to index now.
+
+    A reader that waits for the store (:func:`guard.audit.wait_indexed`) need not wait
+    for the child's pace when the child was started by its own process.
+    """
+    child = _CHILDREN.get(folder.resolve())
+    if child is not None:
+        child.want()
 
 
 def _say(status: str, said: str) -> str:

@@ -18,10 +18,8 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from pathlib import Path
-from typing import Protocol
 
 from guard.audit._health import FailureLog
 from guard.audit._journal import JournalReader, durable_end, journal_id, segments
@@ -35,36 +33,6 @@ _CHUNK = 1000
 """Records read at a time within one index transaction."""
 _IDLE_BATCH = 500
 """Most records in one transaction under ``SCHED_IDLE`` (a starved one holds up its relief)."""
-
-
-class Hurried(Protocol):
-    """An indexer that can be asked to index below an offset now."""
-
-    def want(self, offset: int) -> None:
-        """Start a transaction now if records below ``offset`` are not in the store yet."""
-
-
-_LIVE: weakref.WeakValueDictionary[Path, Hurried] = weakref.WeakValueDictionary()
-"""This process's indexers by their lane's resolved path, and child indexers by their
-journal folder's (see :func:`hurry`)."""
-
-
-def register(path: Path, indexer: Hurried) -> None:
-    """Let :func:`hurry` find ``indexer`` by ``path`` (a lane, or a folder of lanes)."""
-    _LIVE[path.resolve()] = indexer
-
-
-def hurry(lane: Path, offset: int) -> None:
-    """Ask this process's indexer of ``lane`` (or of its folder), if any, to index now.
-
-    A reader that waits for the store (:func:`guard.audit.wait_indexed`) need not
-    wait for the indexer's pace when the indexer runs in (or from) its own process.
-    """
-    lane = lane.resolve()
-    for path in (lane, lane.parent):
-        indexer = _LIVE.get(path)
-        if indexer is not None:
-            indexer.want(offset)
 
 
 class Pace:
@@ -161,7 +129,6 @@ class Indexer:
         """How many times a thread of normal policy took over (:meth:`relieve`)."""
         self._steps = threading.Lock()  # one thread indexes at a time (see relieve)
         self._thread = self._start()
-        register(lane, self)
 
     def _start(self) -> threading.Thread:
         """Start a thread indexing from now on (it inherits the calling thread's policy)."""

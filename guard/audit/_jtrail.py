@@ -26,8 +26,7 @@ from guard.audit._checkpoint import Checkpoint
 from guard.audit._countersign import countersign_stale
 from guard.audit._event import EventKind
 from guard.audit._fields import ChainKey, row_event
-from guard.audit._follow import ChildIndexer
-from guard.audit._indexer import hurry
+from guard.audit._follow import ChildIndexer, hurry
 from guard.audit._journal import durable_end, journal_id, lanes, open_lane
 from guard.audit._jverify import indexed_offset
 from guard.audit._jwriter import JournalWriter
@@ -84,8 +83,8 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
     For any process that reads the store after events were recorded (a script, a
     test, another replica); the recording process can call :meth:`JournalTrail.flush`.
     Every lane is indexed by one follower of the folder: a service's child process
-    (``audit.index = "auto"``) or ``guard audit index`` (``"external"``). One of this
-    process is asked to index at once, not at its pace (:func:`guard.audit._indexer.hurry`).
+    (``audit.index = "auto"``) or ``guard audit index`` (``"external"``). A child of this
+    process is asked to index at once, not at its pace (:func:`guard.audit._follow.hurry`).
 
     Args:
         settings: Where the store and the journal are.
@@ -95,10 +94,9 @@ def wait_indexed(settings: AuditSettings, timeout: float = 30.0) -> None:
         AuditUnavailableError: the index did not catch up within ``timeout`` seconds.
         AuditStoreError: there is no store.
     """
-    targets: dict[str, int] = {}
-    for lane in lanes(journal_folder(settings)):
-        targets[journal_id(lane)] = end = durable_end(lane)
-        hurry(lane, end)  # an indexer of this process indexes now, not at its pace
+    folder = journal_folder(settings)
+    targets = {journal_id(lane): durable_end(lane) for lane in lanes(folder)}
+    hurry(folder)
     store = open_store(settings.store, create=False, timeout=timeout)
     try:
         wait_store(store, targets, timeout)
@@ -221,7 +219,8 @@ class JournalTrail:
         """
         self.writer.flush(timeout)
         end = self.journal.next_offset
-        hurry(self.journal.folder, end)  # our child (or an indexer of this process): now
+        if self.child is not None:
+            self.child.want()  # now, not at its pace
         wait_store(self.store, {self.journal.journal_id: end}, timeout)
 
     def ready(self) -> tuple[bool, str]:

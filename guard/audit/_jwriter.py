@@ -40,7 +40,7 @@ from guard.audit._witness import Witness
 _log = logging.getLogger("guard.audit")
 
 Committed = Callable[[Sequence[Row], Sequence[Checkpoint]], None]
-"""Told of each durable batch (the indexer's wake-up, OTLP export)."""
+"""Told of each durable batch (OTLP export)."""
 
 WITNESS_BACKLOG = 10_000
 """Most checkpoints waiting for a slow witness; older ones are dropped (and logged)."""

@@ -96,6 +96,12 @@ class IndexedTrail(JournalTrail):
         super().__init__(settings.model_copy(update={"index": "external"}), timeout=timeout)
         self.indexer = Indexer(self.journal.folder, self.store)
 
+    def flush(self, timeout: float = 30.0) -> None:
+        """Return once everything queued before the call is in the store (indexed now)."""
+        self.writer.flush(timeout)
+        self.indexer.want(self.journal.next_offset)
+        super().flush(timeout)
+
     def close(self) -> None:
         """Close the chain, index the journal's end, then close the trail."""
         self.writer.close()
