@@ -261,9 +261,8 @@ class JournalTrail:
         self._sweeper.join(30.0)  # bounded: a sweep stuck on a hung store is left behind
         self.writer.close()
         if self.child is not None:  # the closing checkpoint indexed, then the child stopped
-            self.child.want()
             with contextlib.suppress(AuditUnavailableError):
-                wait_store(self.store, {self.journal.journal_id: self.journal.next_offset}, 30.0)
+                self.flush(30.0)
             self.child.close()
         if self._otlp is not None:
             self._otlp.close()
