@@ -274,21 +274,3 @@ def test_a_writer_whose_thread_died_refuses_events_at_once(keys: Keys, tmp_path:
     with pytest.raises(AuditUnavailableError, match="closed"):
         trail.submit(EventKind.DECISION, FIELDS, timeout=30)
     journal.close()
-
-
-def test_wait_indexed_hurries_an_indexer_of_its_own_process(keys: Keys, tmp_path: Path) -> None:
-    from guard.audit import wait_indexed
-    from guard.config import AuditSettings
-
-    store = SqliteStore(tmp_path / "audit.db")
-    journal = Journal(tmp_path / "audit.db.journal" / "lane-0")
-    indexer = Indexer(journal.folder, store, interval=3600)  # its pace would wait an hour
-    trail = writer(journal, keys)
-    trail.results(EventKind.DECISION, [FIELDS] * 3)
-    # A reader of the store in the same process (a test, a script) waits for the events only.
-    wait_indexed(AuditSettings(store=f"sqlite:///{tmp_path / 'audit.db'}"), timeout=10)
-    assert store.rows("SELECT count(*) FROM audit_event") == [(3,)]
-    trail.close()
-    indexer.close()
-    journal.close()
-    store.close()
