@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ from guard.audit._event import FIELD_NAMES
 from guard.audit._summary import MIGRATION as SUMMARY_MIGRATION
 
 SCHEMA_VERSION = 6
+_log = logging.getLogger("guard.audit")
 
 # Portable DDL: the same text runs on SQLite and PostgreSQL (then SQLITE_MIGRATIONS' on SQLite).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -154,6 +156,10 @@ def migrate(execute: Callable[..., Any], mark: str = "?") -> None:
             "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
     row = execute("SELECT max(version) FROM schema_version").fetchone()
     current = int(row[0]) if row and row[0] is not None else 0
+    if 0 < current < SCHEMA_VERSION:  # a store in use: the upgrade may read every event
+        _log.warning("upgrading the audit store's schema from version %d to %d: a migration "
+                     "may read every stored event once; writers wait until it ends",
+                     current, SCHEMA_VERSION)
     for version in range(current + 1, SCHEMA_VERSION + 1):
         for statement in (*MIGRATIONS[version],
                           *(SQLITE_MIGRATIONS.get(version, ()) if mark == "?" else ())):

@@ -12,6 +12,7 @@ still holds one has no index to use).
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import sqlite3
@@ -174,11 +175,16 @@ def _names(url: str, kind: str) -> set[str]:
 
 
 def test_a_version_5_store_with_data_is_upgraded_and_answers_as_before(
-        stores: tuple[str, str]) -> None:
+        stores: tuple[str, str], caplog: pytest.LogCaptureFixture) -> None:
     url, _ = stores
     events = EVENTS
     assert "subject_register_recorded" in _names(url, "index")
-    store = open_store(url, create=False)
+    with caplog.at_level(logging.WARNING, logger="guard.audit"):
+        store = open_store(url, create=False)
+    # An upgrade that may read every event says so before it starts.
+    assert [r.getMessage() for r in caplog.records if "upgrading" in r.getMessage()] == [
+        f"upgrading the audit store's schema from version 5 to {SCHEMA_VERSION}: a migration "
+        "may read every stored event once; writers wait until it ends"]
     try:
         assert store.rows("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
         assert indexed_offset(store, "lane-1") == 42  # the offset table and its row kept
