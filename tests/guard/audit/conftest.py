@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import struct
 import subprocess
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from crc32c import crc32c
 
@@ -217,3 +219,23 @@ def journal_with_a_bad_second_record(folder: Path) -> None:
     data = bytearray(path.read_bytes())
     data[8 + 5 + 8] ^= 0x01  # the first byte of "bravo"
     path.write_bytes(bytes(data))
+
+
+def run_statements(url: str, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    """Run ``(sql, params)`` pairs in one transaction on a SQLite or PostgreSQL store, the
+    plain driver way (``?`` marks; a driver error: ValueError)."""
+    try:
+        if url.startswith("sqlite:///"):
+            conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+            try:
+                with conn:
+                    for sql, params in statements:
+                        conn.execute(sql, params)
+            finally:
+                conn.close()
+        else:
+            with psycopg.connect(url) as pg:
+                for sql, params in statements:
+                    pg.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+    except (sqlite3.Error, psycopg.Error) as exc:
+        raise ValueError(str(exc)) from exc

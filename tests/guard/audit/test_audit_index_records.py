@@ -37,6 +37,7 @@ from guard.audit._schema import (
     row_checkpoint,
 )
 from guard.audit._summary import BACKFILL, KEY_COLUMNS
+from tests.guard.audit.conftest import run_statements
 
 TABLES = ("audit_event", "audit_hour", "audit_checkpoint", "audit_journal_offset")
 READS = (f"SELECT {EVENT_COLUMNS} FROM audit_event ORDER BY event_id",
@@ -117,21 +118,7 @@ def reference(url: str, records: list[bytes], offset: int) -> None:
     statements = [(INSERT_EVENT, row) for row in rows] + [
         (INSERT_CHECKPOINT, checkpoint_row(mark)) for mark in marks] + [
         (BACKFILL, ()), (SAVE_OFFSET, ("journal-t", offset))]
-    try:
-        if url.startswith("sqlite:///"):
-            conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-            try:
-                with conn:
-                    for sql, params in statements:
-                        conn.execute(sql, params)
-            finally:
-                conn.close()
-        else:
-            with psycopg.connect(url) as pg:
-                for sql, params in statements:
-                    pg.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
-    except (sqlite3.Error, psycopg.Error) as exc:
-        raise ValueError(str(exc)) from exc
+    run_statements(url, statements)
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ from middleware.console._data import (
 from middleware.console._overview import overview_data
 from middleware.console._policies import history
 from middleware.console._subject import grant_valid
-from tests.guard.audit.conftest import Keys, make_event, row_of
+from tests.guard.audit.conftest import Keys, make_event, row_of, run_statements
 
 BASE = datetime(2026, 3, 1, 9, tzinfo=UTC)
 SUBJECT = "s" * 64
@@ -97,21 +97,6 @@ def _events() -> list[AuditEvent]:
 EVENTS = _events()
 
 
-def _run(url: str, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-    if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        try:
-            with conn:
-                for sql, params in statements:
-                    conn.execute(sql, params)
-        finally:
-            conn.close()
-    else:
-        with psycopg.connect(url) as pg:
-            for sql, params in statements:
-                pg.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
-
-
 def make_v5(url: str) -> list[AuditEvent]:
     """A store as schema 5 left it, holding events; the events."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -138,7 +123,7 @@ def make_v5(url: str) -> list[AuditEvent]:
     statements.append(("INSERT INTO subject_register VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (SUBJECT, 1, "r-1", "consent", "p", stamp, stamp, "dpo", "ref",
                         events[1].event_id)))
-    _run(url, statements)
+    run_statements(url, statements)
     return events
 
 
