@@ -515,10 +515,7 @@ class Guard:
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             refused.set_exception(exc)
             return refused
-        deadlines = self._deadlines  # _watch, inline: once per read
-        if deadlines is None or deadlines.loop is not future.get_loop():
-            deadlines = self._deadlines = Deadlines(future.get_loop(), self._late_refusal)
-        deadlines.watch(future, self.durable_within, fields)
+        self._watch(future, fields)
         return future
 
     def _late_refusal(self, fields: dict[str, Any]) -> None:

@@ -49,11 +49,11 @@ _WATCHER_PARAMS: dict[str, str | int] = {
 }
 """Connection parameters of the watcher (its ``application_name`` shows in pg_stat_activity)."""
 REPEAT_LOG_SECONDS = 60.0
+"""While the watcher cannot reconnect, it says so at most this often."""
 MAX_POLICY_TEXT = 16 << 20
 """The most characters a stored policy's model or rules may hold (the shipped rules: about
 20,000). A longer row is read only that far and refused, so a row written around ``guard
 policy push`` cannot make every replica read and compile up to PostgreSQL's 1 GB."""
-"""While the watcher cannot reconnect, it says so at most this often."""
 
 
 @dataclass(frozen=True, slots=True)
