@@ -402,8 +402,10 @@ class JournalWriter:
                     checkpoints = [self._sign(CheckpointKind.PERIODIC, self._seq, self._prev)]
                     self._append(checkpoints)
                     durable, self._unsigned = ((), checkpoints), 0
-            except Exception as exc:  # keep the thread; producers heard why (the failure
-                _log.debug("audit journal batch failed: %s", exc)  # log has an append's)
+            except AuditUnavailableError:  # the failure log has it; producers hear why
+                pass
+            except Exception:  # keep the thread; its producers fail closed (_release)
+                _log.exception("audit journal batch of %d event(s) failed", len(items))
             self._inflight = None
             self._release(items)
             if durable is not None:  # after the producers: they wait for the journal only
