@@ -64,13 +64,12 @@ class EventFilter:
     until: str | None = None
     kind: str = "decision"
 
-    def where(self, store: Store | None = None) -> tuple[str, list[Any]]:
+    def where(self, store: Store) -> tuple[str, list[Any]]:
         """The SQL condition on ``audit_event e`` (``?`` placeholders) and its parameters.
 
         Args:
             store: The store it runs on, which says how a subject's events are found
-                (SQLite: through its subject index ``audit_subject``); None: the
-                plain ``e.subject = ?``, which SQLite answers by a scan.
+                (SQLite: through its subject index ``audit_subject``).
         """
         clauses = ["e.kind = ?"]
         params: list[Any] = [self.kind]
@@ -82,8 +81,7 @@ class EventFilter:
                 clauses.append(f"e.{column} {op} ?")
                 params.append(value)
         if self.subject is not None:
-            sqlite = store is not None and store.url.startswith("sqlite:")
-            match = SUBJECT_MATCH["sqlite" if sqlite else "postgresql"]
+            match = SUBJECT_MATCH["sqlite" if store.url.startswith("sqlite:") else "postgresql"]
             clauses.append(match)
             params += [self.subject] * match.count("?")
         if self.purpose is not None:

@@ -61,8 +61,11 @@ class Filters:
         """The non-empty filters as (name, value) pairs, for links."""
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name)]
 
-    def where(self) -> tuple[str, list[Any]]:
+    def where(self, store: Store) -> tuple[str, list[Any]]:
         """The SQL condition over alias ``e`` (``?`` placeholders) and its parameters.
+
+        Args:
+            store: The store it runs on (:meth:`EventFilter.where`).
 
         Raises:
             AuditQueryError: a bad date or outcome value.
@@ -78,7 +81,7 @@ class Filters:
             since=parse_when(self.since, option="from") if self.since else None,
             until=parse_when(self.until, option="to") if self.until else None,
         )
-        condition, params = base.where()
+        condition, params = base.where(store)
         for column, value in (("party_type", self.party_type), ("country", self.country),
                               ("http_route", self.route),
                               ("policy_version", self.policy_version)):
@@ -152,7 +155,7 @@ def decisions_page(store: Store, filters: Filters, *, cursor: str | None, size: 
 
     Keyset paging on ``(ts, event_id)``: each page costs the same however deep it is.
     """
-    condition, params = filters.where()
+    condition, params = filters.where(store)
     # A ts bound on every page lets the planner walk the ts index down from it and
     # stop after one page (without one, SQLite sorts the whole table).
     if cursor:
@@ -172,7 +175,7 @@ def decisions_page(store: Store, filters: Filters, *, cursor: str | None, size: 
 
 def newer_than(store: Store, filters: Filters, ts: str, *, limit: int = 200) -> list[Row]:
     """Matching decisions with ``ts`` at or after ``ts``, oldest first (for the live tail)."""
-    condition, params = filters.where()
+    condition, params = filters.where(store)
     sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e "  # noqa: S608 - constant SQL
            f"WHERE {condition} AND e.ts >= ? ORDER BY e.ts, e.event_id LIMIT {int(limit)}")
     return _rows(store, sql, [*params, ts])

@@ -87,11 +87,12 @@ async def decisions(request: Request, console: Console, auditor: str) -> Respons
 async def tail(request: Request, console: Console, auditor: str) -> Response:
     """Server-sent events: each new matching decision as a JSON ``decision`` event."""
     filters = Filters.from_query(request.query_params)
+    store = console.store()
     try:
-        filters.where()
+        filters.where(store)
     except AuditQueryError as exc:
         return Response(str(exc), status_code=400)
-    follow = Tail(console.store(), filters)
+    follow = Tail(store, filters)
     await run_in_threadpool(follow.start)
 
     async def events() -> AsyncIterator[str]:

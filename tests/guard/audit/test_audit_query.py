@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -193,3 +195,45 @@ def test_a_moment_outside_the_calendar_is_a_query_error(text: str) -> None:
     """Every caller (the CLI, the console's filters) gets one readable line, not a crash."""
     with pytest.raises(AuditQueryError, match="outside the years 1 to 9999"):
         parse_when(text, option="since", now=NOW)
+
+
+class _Recorded:
+    """A real store that keeps every query it is asked (SQL and parameters)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.url = store, store.url
+        self.queries: list[tuple[str, list[object]]] = []
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        self.queries.append((sql, list(params)))
+        return self.store.rows(sql, params)
+
+    def stream(self, sql: str, params: Sequence[object] = ()) -> Iterator[tuple[object, ...]]:
+        self.queries.append((sql, list(params)))
+        return self.store.stream(sql, params)
+
+
+def test_every_subject_query_on_sqlite_uses_the_subject_index(store: Store) -> None:
+    """The CLI's query and stats, the report and the console find a subject's events through
+    SQLite's FTS5 subject index (``audit_subject``), never by a scan of ``audit_event``."""
+    if not store.url.startswith("sqlite:///"):
+        pytest.skip("the subject index is SQLite's")
+    from middleware.console._data import subject_events
+
+    recorded = _Recorded(store)
+    where = EventFilter(subject=ALICE)
+    query_events(recorded, where)  # type: ignore[arg-type]
+    assert stats(recorded, where).total == 3  # type: ignore[arg-type]
+    assert subject_report(recorded, ALICE).denied_attempts == 1  # type: ignore[arg-type]
+    assert len(subject_events(recorded, ALICE)) == 3  # type: ignore[arg-type]
+    chosen = [(sql, params) for sql, params in recorded.queries
+              if ALICE in params and "FROM audit_event e" in sql]
+    assert len(chosen) == 8  # query, stats' four, the report's two, the console's
+    conn = sqlite3.connect(store.url.removeprefix("sqlite:///"))
+    try:
+        for sql, params in chosen:
+            plan = [str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            assert any("audit_subject VIRTUAL TABLE" in line for line in plan), (sql, plan)
+            assert not any(line.startswith("SCAN e") for line in plan), (sql, plan)
+    finally:
+        conn.close()
