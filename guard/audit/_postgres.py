@@ -10,7 +10,6 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from guard._errors import AuditUnavailableError
-from guard.audit._checkpoint import Checkpoint
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._schema import (
@@ -49,11 +48,6 @@ _FROM_JSON = (
 )
 """Build event rows from a JSON array of event records in the server, insert them, add the
 decisions inserted to the summary; count the records that are not one value per column."""
-
-
-def _array(records: Sequence[bytes]) -> str:
-    """Event records (JSON arrays) as one JSON array."""
-    return (b"[" + b",".join(records) + b"]").decode()
 
 
 class PostgresStore:
@@ -145,13 +139,7 @@ class PostgresStore:
         """
         others = [r for r in records if r[:1] != b"["]
         checkpoints = decode_many(others)[1] if others else []
-        self._index(_array([r for r in records if r[:1] == b"["]), checkpoints, journal,
-                    next_offset)
-
-    def _index(self, array: str, checkpoints: Sequence[Checkpoint], journal: str,
-               next_offset: int) -> None:
-        """Insert event rows (a JSON array of event records, built into rows by the server)
-        and checkpoints, and save the journal offset, in one transaction."""
+        array = (b"[" + b",".join(r for r in records if r[:1] == b"[") + b"]").decode()
         try:
             with self._write_lock:
                 conn = self._connection()
