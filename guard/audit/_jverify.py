@@ -25,7 +25,7 @@ from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._indexer import SHORTENED
 from guard.audit._journal import Damage, durable_end, journal_id, lanes, read_journal
-from guard.audit._schema import EVENT_COLUMNS, Row
+from guard.audit._schema import EVENT_COLUMNS, INDEXED_OFFSET, Row
 from guard.audit._store import Store
 from guard.audit._verify import Problem, VerifyReport, seq_of, verify_chains
 
@@ -49,8 +49,7 @@ class JournalReport:
 
 def indexed_offset(store: Store, journal_id: str) -> int:
     """How far the index has read the journal ``journal_id`` (0: not at all), read-only."""
-    found = store.rows(
-        "SELECT next_offset FROM audit_journal_offset WHERE journal = ?", (journal_id,))
+    found = store.rows(INDEXED_OFFSET, (journal_id,))
     return int(found[0][0]) if found else 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
 from guard.audit._event import FIELD_NAMES
-from guard.audit._summary import MIGRATION as SUMMARY_MIGRATION
+from guard.audit._summary import BACKFILL, HOUR_DDL
 
 SCHEMA_VERSION = 6
 _log = logging.getLogger("guard.audit")
@@ -88,7 +88,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "WHERE kind IN ('policy_loaded', 'policy_rejected')",
     ),
     # Decisions counted per hour for the console's charts, back-filled from the events.
-    5: SUMMARY_MIGRATION,
+    5: (HOUR_DDL, BACKFILL),
     # How far the index has read each journal, written in the transaction of the rows it
     # covers (made by the store's first offset read before); an index nothing read.
     6: (

@@ -61,5 +61,3 @@ def add_hours(source: str, where: str = "") -> str:
 
 BACKFILL = add_hours("audit_event e")
 """Fill an empty summary from the events already stored (the migration runs it once)."""
-MIGRATION = (HOUR_DDL, BACKFILL)
-"""The schema migration that adds the summary."""
