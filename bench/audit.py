@@ -182,7 +182,7 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
     """
     from guard.audit._indexer import Indexer
     from guard.audit._jtrail import JournalTrail
-    from guard.audit._jverify import indexed_offset
+    from guard.audit._store import indexed_offset
     from guard.config import AuditSettings
 
     external = mode == "external"  # tasks, indexed by `guard audit index` in another process

@@ -145,7 +145,6 @@ class SqliteProbe:
         elif variant.startswith("page-"):
             make_page_size(path, int(variant.removeprefix("page-")))
         store = open_store(f"sqlite:///{path}")
-        store.indexed_offset("bench")  # the offset table (made by schema 6's migration)
         store.index_records([], "bench", 0)  # its indexing pragmas
         self.store = store
         self.conn: sqlite3.Connection = store._conn  # type: ignore[attr-defined]
@@ -300,7 +299,6 @@ class StoreProbe:
     """A store's whole ``index`` call (PostgreSQL: its client CPU), after the decode."""
 
     def __init__(self, store: Store, variant: str) -> None:
-        store.indexed_offset("bench")
         self.store = store
         conn = store._connection()  # type: ignore[attr-defined]
         self.backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from guard.audit._health import FailureLog
 from guard.audit._journal import JournalReader, durable_end, journal_id, segments
-from guard.audit._store import Store
+from guard.audit._store import Store, indexed_offset
 
 SHORTENED = "#shortened"
 """The store's offset row (lane id + this) for how far the index had read a lane found shorter."""
@@ -269,7 +269,7 @@ class Indexer:
 
     def _step(self) -> None:
         if self._reader is None:  # first: how far the store is (it may be down for now)
-            offset = self.store.indexed_offset(self._key)
+            offset = indexed_offset(self.store, self._key)
             if offset > durable_end(self.lane):  # a lane cut or restored: never skip a record
                 _log.error("the index has read %d records of %s, which holds fewer: it is "
                            "read again from its start", offset, self.lane)

@@ -28,12 +28,11 @@ from guard.audit._event import EventKind
 from guard.audit._fields import ChainKey, row_event
 from guard.audit._follow import ChildIndexer, hurry
 from guard.audit._journal import durable_end, journal_id, lanes, open_lane
-from guard.audit._jverify import indexed_offset
 from guard.audit._jwriter import JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
 from guard.audit._otel import OtlpLogExporter, trace_fields
 from guard.audit._schema import Row
-from guard.audit._store import AuditStoreError, Store, open_store, sqlite_path
+from guard.audit._store import AuditStoreError, Store, indexed_offset, open_store, sqlite_path
 from guard.audit._witness import Witness
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._indexer import SHORTENED
 from guard.audit._journal import Damage, durable_end, journal_id, lanes, read_journal
-from guard.audit._schema import EVENT_COLUMNS, INDEXED_OFFSET, Row
-from guard.audit._store import Store
+from guard.audit._schema import EVENT_COLUMNS, Row
+from guard.audit._store import Store, indexed_offset
 from guard.audit._verify import Problem, VerifyReport, seq_of, verify_chains
 
 _WRITER = FIELD_NAMES.index("writer_id")
@@ -45,12 +45,6 @@ class JournalReport:
     def ok(self) -> bool:
         """True when the journal is intact and the index agrees with it."""
         return self.journal.ok and not self.index and not self.damage
-
-
-def indexed_offset(store: Store, journal_id: str) -> int:
-    """How far the index has read the journal ``journal_id`` (0: not at all), read-only."""
-    found = store.rows(INDEXED_OFFSET, (journal_id,))
-    return int(found[0][0]) if found else 0
 
 
 def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | Checkpoint]]:

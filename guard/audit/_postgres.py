@@ -14,7 +14,6 @@ from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._schema import (
     EVENT_COLUMNS,
-    INDEXED_OFFSET,
     INSERT_CHECKPOINT,
     SAVE_OFFSET,
     SCHEMA_VERSION,
@@ -113,17 +112,6 @@ class PostgresStore:
                 self.url, connect_timeout=max(1, int(self._timeout)), autocommit=True
             )
         return conn
-
-    def indexed_offset(self, journal: str) -> int:
-        """How far the index has read ``journal`` (0: not at all)."""
-        try:
-            with self._write_lock:
-                conn = self._connection()
-                row = conn.execute(_pg(INDEXED_OFFSET), (journal,)).fetchone()
-        except (psycopg.Error, PoolTimeout) as exc:
-            raise AuditUnavailableError(
-                f"audit store {_safe(self.url)}: {_line(exc)}") from exc
-        return int(row[0]) if row else 0
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Add journal records and save the offset, in one transaction.

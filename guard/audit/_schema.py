@@ -137,7 +137,6 @@ SUBJECT_MATCH = {
 }
 """The condition choosing one subject's events of ``audit_event e``, by store kind: each
 ``?`` is the subject."""
-INDEXED_OFFSET = "SELECT next_offset FROM audit_journal_offset WHERE journal = ?"
 SAVE_OFFSET = (
     "INSERT INTO audit_journal_offset (journal, next_offset) VALUES (?, ?) "
     "ON CONFLICT (journal) DO UPDATE SET next_offset = excluded.next_offset"

@@ -17,7 +17,6 @@ from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._fields import decode_many
 from guard.audit._schema import (
-    INDEXED_OFFSET,
     INSERT_CHECKPOINT,
     INSERT_EVENT,
     SAVE_OFFSET,
@@ -119,15 +118,6 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    def indexed_offset(self, journal: str) -> int:
-        """How far the index has read ``journal`` (0: not at all)."""
-        with self._lock:
-            try:
-                row = self._conn.execute(INDEXED_OFFSET, (journal,)).fetchone()
-            except sqlite3.Error as exc:
-                raise AuditUnavailableError(f"audit store {self.path}: {exc}") from exc
-        return int(row[0]) if row else 0
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Add journal records (decoded here) and save the offset, in one transaction.

@@ -14,12 +14,12 @@ class AuditStoreError(GuardError):
 
 
 class Store(Protocol):
-    """An audit store: the journal's index (idempotent batches) and SQL reads (``?`` params)."""
+    """An audit store: the journal's index (idempotent batches) and SQL reads (``?`` params).
+
+    How far the index has read a journal: :func:`indexed_offset`.
+    """
 
     url: str
-
-    def indexed_offset(self, journal: str) -> int:
-        """How far the index has read the journal ``journal`` (0: not at all)."""
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Add journal records (their bytes, in order) and save the offset, in one transaction
@@ -33,6 +33,13 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def indexed_offset(store: Store, journal: str) -> int:
+    """How far the index of ``store`` has read the journal ``journal`` (0: not at all)."""
+    found = store.rows("SELECT next_offset FROM audit_journal_offset WHERE journal = ?",
+                       (journal,))
+    return int(found[0][0]) if found else 0
 
 
 def sqlite_path(url: str) -> Path:

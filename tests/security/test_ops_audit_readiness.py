@@ -68,7 +68,6 @@ def test_an_immutable_sqlite_store_delays_the_index_says_so_and_logs_it_once(
 ) -> None:
     db = tmp_path / "audit.db"
     store = open_store(f"sqlite:///{db}")  # an existing store, then made read-only
-    store.indexed_offset("none")
     store.close()
     subprocess.run(["chattr", "+i", str(db)], check=True)
     immutable.append(db)

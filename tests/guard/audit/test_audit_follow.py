@@ -28,6 +28,7 @@ from guard.audit._follow import Follower
 from guard.audit._journal import Journal, durable_end, segments
 from guard.audit._jtrail import JournalTrail, journal_folder, wait_indexed
 from guard.audit._sqlite import SqliteStore
+from guard.audit._store import indexed_offset
 from guard.config import AuditSettings
 from tests.guard.audit.conftest import (
     CHAIN_KEY,
@@ -70,7 +71,7 @@ def test_records_written_but_not_published_are_not_indexed(tmp_path: Path) -> No
     follower.discover()
     follower.catch_up(30)
     assert store.rows("SELECT count(*) FROM audit_event") == [(2,)]
-    assert store.indexed_offset(journal.journal_id) == 2
+    assert indexed_offset(store, journal.journal_id) == 2
     assert follower.progress() == "1 lane(s), 0 record(s) behind"
     follower.close()
     journal.close()

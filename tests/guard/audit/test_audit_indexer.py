@@ -29,6 +29,7 @@ from guard.audit._journal import Journal, JournalReader, segments
 from guard.audit._jwriter import JournalWriter
 from guard.audit._schema import Row
 from guard.audit._sqlite import SqliteStore
+from guard.audit._store import indexed_offset
 from tests.guard.audit.conftest import (
     CHAIN_KEY,
     HMAC_KEY,
@@ -115,7 +116,7 @@ def test_a_record_that_does_not_decode_stops_the_index_and_is_never_skipped(
     assert indexer.failures.cause is not None
     indexer.close(timeout=0.1)
     journal.close()
-    assert store.indexed_offset(journal.journal_id) == 0
+    assert indexed_offset(store, journal.journal_id) == 0
     store.close()
 
 

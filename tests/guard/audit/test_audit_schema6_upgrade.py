@@ -35,7 +35,7 @@ from guard.audit import (
 )
 from guard.audit._countersign import _OPEN_CHAINS, _TAIL
 from guard.audit._event import TS_FORMAT, AuditEvent
-from guard.audit._jverify import _compare, indexed_offset
+from guard.audit._jverify import _compare
 from guard.audit._schema import (
     INSERT_CHECKPOINT,
     INSERT_EVENT,
@@ -44,7 +44,7 @@ from guard.audit._schema import (
     SUBJECT_MATCH,
     checkpoint_row,
 )
-from guard.audit._store import Store
+from guard.audit._store import Store, indexed_offset
 from guard.audit._summary import BACKFILL
 from guard.audit._verify import stored_checkpoints
 from middleware.console._data import (
