@@ -25,13 +25,18 @@ CPU (user+sys of the thread) and latency per batch.
 ``turns``: ``--producers`` tasks on one loop each commit, work ``--work-us`` with a
 syscall, and pause 0-2 ms, as requests arriving apart: the writer's CPU per event
 and its events per batch.
+``trail``: ``--events`` events from ``--producers`` coroutines through a real
+``JournalTrail`` (a journal and an SQLite store in a temporary folder, the index
+left to ``guard audit index``, so no child runs): the writer thread's and the
+event loop's CPU µs per event; under callgrind (``--separate-threads=yes``, two
+lengths, the difference) their instructions per event.
 ``handover``: ``--lone-events`` lone commits (the same pause) into a journal that
 keeps nothing, nothing timed: for instructions per thread under callgrind
 (``--separate-threads=yes``, two lengths, the difference); ``--pause-only``
 counts the loop's pauses alone, to subtract.
 
 Usage: python bench/writer.py [--events N] [--rounds 3] [--batch 64] [--producers 32]
-       [--only build|loop|lone|sync|turns|handover] [--lone-events 2000] [--gap-ms 0.5]
+       [--only build|loop|lone|sync|turns|handover|trail] [--lone-events 2000] [--gap-ms 0.5]
 (under callgrind: valgrind --tool=callgrind python bench/writer.py --only build)
 """
 
@@ -224,6 +229,40 @@ def lone(events: int, gap: float) -> dict[str, list[float]]:
     return parts
 
 
+def trail(events: int, producers: int) -> tuple[float, float]:
+    """``events`` from ``producers`` coroutines through a real trail; CPU µs per event of
+    the event loop's thread and of the writer thread."""
+    from guard.audit._jtrail import JournalTrail
+    from guard.config import AuditSettings
+
+    with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
+        folder = Path(tmp)  # the keys are made on first use
+        settings = AuditSettings(store=f"sqlite:///{folder / 'audit.db'}",
+                                 hmac_key=folder / "hmac.key",
+                                 signing_key=folder / "signing.key",
+                                 journal=folder / "journal", index="external")
+        t = JournalTrail(settings)
+        per = events // producers
+
+        async def one() -> None:
+            for _ in range(per):
+                await t.start_fields(EventKind.DECISION, FIELDS)
+
+        async def main() -> float:
+            c0 = time.thread_time()
+            await asyncio.gather(*(one() for _ in range(producers)))
+            return (time.thread_time() - c0) * 1e6
+
+        w0 = thread_cpu_us(t.writer._thread)
+        loop_us = asyncio.run(main())
+        writer_us = thread_cpu_us(t.writer._thread) - w0
+        t.writer.close()
+        t.journal.close()
+        t.store.close()
+    total = per * producers
+    return loop_us / total, writer_us / total
+
+
 def handover(events: int, gap: float, pause_only: bool) -> None:
     """``events`` lone commits (a pause of ``gap`` s before each) into a journal of nothing."""
     w = writer(NullJournal())
@@ -406,7 +445,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--producers", type=int, default=32)
-    parser.add_argument("--only", choices=("build", "loop", "lone", "sync", "turns", "handover"))
+    parser.add_argument("--only", choices=("build", "loop", "lone", "sync", "turns", "handover",
+                                                  "trail"))
     parser.add_argument("--pause-only", action="store_true", help="handover: pauses alone")
     parser.add_argument("--lone-events", type=int, default=2000)
     parser.add_argument("--gap-ms", type=float, default=0.5,
@@ -423,6 +463,11 @@ def main() -> None:
         JOURNALS["Journal@baseline"] = _journal_class(args.baseline)
     if args.only == "handover":
         handover(args.lone_events, args.gap_ms / 1e3, args.pause_only)
+    if args.only == "trail":
+        got = [trail(args.events, args.producers) for _ in range(args.rounds)]
+        print(f"trail: {args.producers} producers: event loop "
+              f"{statistics.median(g[0] for g in got):.2f} µs/event, writer "
+              f"{statistics.median(g[1] for g in got):.2f} µs/event (median of {args.rounds})")
     if args.only in (None, "build"):
         runs = [build(args.events, args.batch) for _ in range(args.rounds)]
         print(f"build: writer CPU {statistics.median(runs):.2f} µs/event "
