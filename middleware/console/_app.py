@@ -70,13 +70,29 @@ def base_path(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-async def form(request: Request) -> dict[str, str]:
-    """A small URL-encoded form body (first value of each field)."""
-    body = await request.body()
-    if len(body) > _MAX_FORM:
-        return {}
+async def form(request: Request) -> dict[str, str] | None:
+    """A small URL-encoded form body (first value of each field); None past :data:`_MAX_FORM`.
+
+    A declared length over the bound is refused unread, and any other body is dropped the
+    moment it passes it: the sign-in form is open to everyone, so a client with no
+    credentials must not make the console (or the sidecar mounting it) hold its body.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > _MAX_FORM):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM:
+            return None
     parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {k: v[0] for k, v in parsed.items()}
+
+
+def form_too_large() -> Response:
+    """413 for a form past :data:`_MAX_FORM`; the connection is closed, not drained."""
+    return Response("The form is too large.", status_code=413, media_type="text/plain",
+                    headers={"connection": "close"})
 
 
 def _protected(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -121,7 +137,10 @@ async def oidc_callback(request: Request) -> Response:
 async def signin(request: Request) -> Response:
     """Verify the pasted token; on success keep it in an HttpOnly cookie."""
     console: Console = request.app.state.console
-    token = (await form(request)).get("token", "").strip()
+    fields = await form(request)
+    if fields is None:
+        return form_too_large()
+    token = fields.get("token", "").strip()
     try:
         auditor = console.gate.auditor(token) if token else None
     except IdentityError as exc:

@@ -134,9 +134,12 @@ async def subject_form(request: Request, console: Console, auditor: str) -> Resp
 
 async def subject_lookup(request: Request, console: Console, auditor: str) -> Response:
     """Decide and record the look-up, then redirect to the pseudonym's report."""
-    from middleware.console._app import form
+    from middleware.console._app import form, form_too_large
 
-    raw = (await form(request)).get("subject", "").strip()
+    fields = await form(request)
+    if fields is None:
+        return form_too_large()
+    raw = fields.get("subject", "").strip()
     conf = console.settings.console
     if not raw:
         return render(request, "subject_form.html",
