@@ -58,9 +58,10 @@ def read_key_file(path: Path, limit: int = KEY_FILE_LIMIT, *, private: bool = Fa
     Args:
         path: The file (a symbolic link to a regular file is fine).
         limit: The most bytes it may hold.
-        private: A key the guard may have made itself (the audit keys, the development
-            key): one another local user may have written or put in place is refused
-            (:func:`own_only`).
+        private: A key that proves something (the audit keys, the development key, the
+            JWKS file, the HS256 and proxy secrets): one another local user may have
+            written or put in place is refused (:func:`own_only`), since whoever can
+            rewrite it can mint identities or re-key the trail.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:

@@ -40,7 +40,7 @@ def jwks_keys(path: Path, data: bytes | None = None) -> list[VerificationKey]:
         data: Its content, when already read (else it is read now).
     """
     try:
-        parsed = json.loads(read_key_file(path) if data is None else data)
+        parsed = json.loads(read_key_file(path, private=True) if data is None else data)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the JWKS file {path}: {exc}") from exc
     entries = parsed.get("keys") if isinstance(parsed, dict) else None
@@ -79,7 +79,7 @@ def hs256_key(path: Path, data: bytes | None = None) -> VerificationKey:
         data: Its content, when already read (else it is read now).
     """
     try:
-        secret = (read_key_file(path) if data is None else data).strip()
+        secret = (read_key_file(path, private=True) if data is None else data).strip()
     except OSError as exc:
         raise ConfigError(f"cannot read the HS256 secret {path}: {exc}") from exc
     if len(secret) < 32:
@@ -102,7 +102,7 @@ class _KeyFile:
     def __init__(self, path: Path, name: str, parse: _Parse) -> None:
         self.path, self.name, self.parse = path, name, parse
         try:  # at start a configured file must be there
-            self.content: bytes | None = read_key_file(path)
+            self.content: bytes | None = read_key_file(path, private=True)
         except OSError as exc:
             raise ConfigError(f"cannot read the {name} {path}: {exc.strerror}") from exc
         self.keys = parse(path, self.content)
@@ -115,7 +115,7 @@ class _KeyFile:
         read or parsed keeps the keys last read from it, and :attr:`problem` says why.
         """
         try:
-            data: bytes | None = read_key_file(self.path)
+            data: bytes | None = read_key_file(self.path, private=True)
         except (FileNotFoundError, NotADirectoryError):
             data = None
         except OSError as exc:

@@ -120,7 +120,7 @@ def development_mode(settings: IdentitySettings) -> bool:
 def load_proxy_secrets(path: Path) -> list[bytes]:
     """The proxy secrets in ``path``: one per line (two during a rotation), each >= 32 bytes."""
     try:
-        lines = read_key_file(path).splitlines()
+        lines = read_key_file(path, private=True).splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read the proxy secret {path}: {exc.strerror}") from exc
     secrets = [line.strip() for line in lines if line.strip()]

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guard import Guard
 from guard._errors import ConfigError, GuardError
+from guard._secrets import read_key_file
 from guard.audit import load_hmac_key
 from guard.config import Settings, load_settings
 from middleware.console import _views
@@ -206,8 +207,9 @@ def build_console(settings: Settings, guard: Guard | None = None) -> Console:
     if conf.oidc_issuer:
         secret = None
         if conf.oidc_client_secret_file is not None:
-            try:
-                secret = conf.oidc_client_secret_file.read_text().strip()
+            try:  # a small regular file no other local user may rewrite, as every key
+                secret = read_key_file(conf.oidc_client_secret_file, private=True).decode(
+                    "utf-8", "replace").strip()
             except OSError as exc:
                 raise ConfigError(f"cannot read console.oidc_client_secret_file "
                                   f"{conf.oidc_client_secret_file}: {exc.strerror}") from exc
