@@ -59,6 +59,11 @@ class Witness:
         os.close(self._fd)
 
 
+MAX_WITNESS_LINE = 64 * 1024
+"""The longest witness line read (a checkpoint's is a few hundred bytes); a longer one is
+a bad line, skipped without being held, so a planted line cannot fill the reader's memory."""
+
+
 @dataclass(frozen=True, slots=True)
 class WitnessRead:
     """A witness file's checkpoints, and the numbers of its lines that are not checkpoints."""
@@ -77,7 +82,14 @@ def read_witness(path: Path) -> WitnessRead:
     except OSError as exc:
         raise ConfigError(f"cannot read the audit witness {path}: {exc.strerror}") from exc
     with handle:
-        for number, raw in enumerate(handle, start=1):
+        number = 0
+        while raw := handle.readline(MAX_WITNESS_LINE + 1):
+            number += 1
+            if len(raw) > MAX_WITNESS_LINE:  # no checkpoint: skip it, never hold it whole
+                bad.append(number)
+                while (rest := handle.readline(MAX_WITNESS_LINE)) and not rest.endswith(b"\n"):
+                    pass
+                continue
             if not raw.endswith(b"\n"):
                 break  # torn by a crash while appending: never covered anything
             try:
