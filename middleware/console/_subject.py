@@ -29,6 +29,8 @@ from guard.policy._compiled import ADEQUATE, CompiledPolicy
 from middleware.console._data import Row, subject_events
 
 HOME_COUNTRY = "GB"
+LOOKUP_METHOD, LOOKUP_ROUTE = "POST", "/subject"
+"""How :func:`lookup` records a look-up: the only decisions that are grants."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ async def lookup(guard: Guard, hmac_key: bytes, conf: ConsoleSettings, auditor: 
         raw_subject: The subject id as typed; used only here.
     """
     request = Request(auditor, conf.purpose, tuple(conf.categories), subject=raw_subject)
-    checked = await guard.acheck(request, HttpContext(method="POST", route="/subject"))
+    checked = await guard.acheck(request, HttpContext(method=LOOKUP_METHOD, route=LOOKUP_ROUTE))
     decision = checked.decision
     if decision.allowed and checked.decision_id:  # the grant is read back from the index
         with contextlib.suppress(AuditUnavailableError):
@@ -63,16 +65,32 @@ async def lookup(guard: Guard, hmac_key: bytes, conf: ConsoleSettings, auditor: 
 
 
 def grant_valid(store: Store, decision_id: str, auditor: str, pseudonym: str,
-                minutes: int, *, now: datetime | None = None) -> bool:
-    """True if ``decision_id`` is a recent allowed look-up of ``pseudonym`` by ``auditor``."""
+                minutes: int, *, purpose: str = "rights.request",
+                now: datetime | None = None) -> bool:
+    """True if ``decision_id`` is a recent allowed look-up of ``pseudonym`` by ``auditor``.
+
+    Only the console's own look-up is a grant (its purpose, method and route): any other
+    allowed decision by the auditor's caller id about the subject (a service it also
+    calls) never opens the report, which the policy may refuse it.
+
+    Args:
+        store: The audit store.
+        decision_id: The grant, from the report's URL.
+        auditor: The signed-in auditor.
+        pseudonym: The subject's pseudonym, from the report's URL.
+        minutes: How long a grant lasts (``console.grant_minutes``).
+        purpose: The purpose a look-up declares (``console.purpose``).
+        now: The time to judge by (tests).
+    """
     rows = store.rows(
-        "SELECT caller, subject, allowed, ts FROM audit_event "
-        "WHERE event_id = ? AND kind = 'decision'", [decision_id])
+        "SELECT caller, subject, allowed, ts, purpose, http_method, http_route "
+        "FROM audit_event WHERE event_id = ? AND kind = 'decision'", [decision_id])
     if not rows:
         return False
-    caller, subject, allowed, ts = rows[0]
+    caller, subject, allowed, ts, declared, method, route = rows[0]
     oldest = ((now or datetime.now(UTC)) - timedelta(minutes=minutes)).strftime(TS_FORMAT)
-    return caller == auditor and subject == pseudonym and allowed == 1 and str(ts) >= oldest
+    return (caller == auditor and subject == pseudonym and allowed == 1 and str(ts) >= oldest
+            and (declared, method, route) == (purpose, LOOKUP_METHOD, LOOKUP_ROUTE))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -169,7 +170,8 @@ async def _granted(request: Request, console: Console, auditor: str,
     pseudonym = request.path_params["pseudonym"]
     grant = request.query_params.get("grant", "")
     ok = bool(_PSEUDONYM.match(pseudonym)) and bool(_EVENT_ID.match(grant)) and (
-        await run_in_threadpool(grant_valid, console.store(), grant, auditor, pseudonym,
+        await run_in_threadpool(partial(grant_valid, purpose=console.settings.console.purpose),
+                                console.store(), grant, auditor, pseudonym,
                                 console.settings.console.grant_minutes))
     if not ok:
         return render(request, "error.html", {
