@@ -70,6 +70,9 @@ def read_key_file(path: Path, limit: int = KEY_FILE_LIMIT, *, private: bool = Fa
             raise OSError(errno.EINVAL, "not a regular file")
         if private:
             own_only(info, os.stat(path.parent))
+            real = _opened_path(fd, path)  # a link: whoever owns the target's folder
+            if real.parent != path.parent:  # can swap the file it names, so that folder too
+                own_only(info, os.stat(real.parent))
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes")
         data = os.read(fd, limit + 1)  # at most the bound, even if it grows meanwhile
@@ -80,6 +83,14 @@ def read_key_file(path: Path, limit: int = KEY_FILE_LIMIT, *, private: bool = Fa
         return data
     finally:
         os.close(fd)
+
+
+def _opened_path(fd: int, path: Path) -> Path:
+    """Where the file open as ``fd`` lies, every link resolved (``path`` asked for it)."""
+    try:  # the very file opened, whatever changed since
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:  # no /proc: resolve the name again
+        return Path(os.path.realpath(path))
 
 
 def write_secret(path: Path, data: bytes) -> None:

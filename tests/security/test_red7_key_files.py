@@ -187,3 +187,40 @@ def test_the_consoles_oidc_client_secret_others_may_write_is_refused(tmp_path: P
         create_console(settings)
     secret.chmod(0o600)
     create_console(settings)
+
+
+@pytest.mark.parametrize("kind", ["jwks", "hs256", "proxy"])
+def test_a_link_to_a_key_in_another_users_folder_is_refused(
+    shared: Path, keys: Any, kind: str
+) -> None:
+    """The folder that matters is the one holding the file read, not only the link's."""
+    base = _folder(shared)
+    theirs = shared / "theirs"
+    theirs.mkdir()
+    target = _write(theirs, kind, keys)
+    os.chown(theirs, NOBODY, NOBODY)  # whoever owns it can swap the file at any time
+    (base / kind).symlink_to(target)
+    with pytest.raises(ConfigError, match="folder is owned by uid 65534"):
+        Authenticator.from_settings(_identity(base, kind), announce=False)
+    os.chown(theirs, 0, 0)  # the same link into a folder of root's is read
+    Authenticator.from_settings(_identity(base, kind), announce=False)
+
+
+def test_a_link_to_an_hs256_secret_another_user_may_swap_mints_no_caller(
+    shared: Path, keys: Any
+) -> None:
+    base = _folder(shared)
+    theirs = shared / "theirs"
+    theirs.mkdir()
+    target = _write(theirs, "hs256", keys)
+    (base / "hs256").symlink_to(target)
+    auth = Authenticator.from_settings(_identity(base, "hs256", key_refresh_seconds=0.001),
+                                       announce=False)
+    os.chown(theirs, NOBODY, NOBODY)
+    _as_nobody(f"import os; open({str(theirs / 'new')!r}, 'wb').write({ATTACKER!r}); "
+               f"os.rename({str(theirs / 'new')!r}, {str(target)!r})")
+    forged = jwt.encode(claims(sub="svc:crm"), ATTACKER.decode(), "HS256")
+    time.sleep(0.01)  # past the look-up interval: the next use reads the file again
+    with pytest.raises(IdentityError):
+        auth.verify(forged)
+    assert "folder is owned by uid 65534" in (auth.key_files_error or "")
