@@ -37,6 +37,7 @@ from guard.audit import (
 )
 from guard.audit._report import render_json, render_markdown
 from guard.cli._groups import audit_app
+from guard.cli._plain import visible
 from guard.config import AuditSettings
 
 StoreOpt = Annotated[
@@ -161,9 +162,10 @@ def _print_table(rows: list[QueryRow]) -> None:
         table.add_column(column)
     for row in rows:
         e = row.event
-        table.add_row(*map(Text, (  # text as written: a client's purpose is no markup
-            e.ts[:19].replace("T", " "), e.caller, e.purpose, ", ".join(e.categories),
-            e.action, "allowed" if e.allowed else "denied", e.reason, (e.subject or "-")[:12],
+        table.add_row(*(Text(visible(cell)) for cell in (  # a client's purpose: no markup,
+            e.ts[:19].replace("T", " "), e.caller, e.purpose, ", ".join(e.categories),  # no
+            e.action, "allowed" if e.allowed else "denied", e.reason,  # terminal controls
+            (e.subject or "-")[:12],
             "-" if row.outcome_status is None else str(row.outcome_status))))
     _console().print(table)
 
@@ -180,7 +182,8 @@ def report_cmd(
         raise AuditQueryError(f"--format must be markdown or json, not {fmt!r}")
     pseudonym = _pseudonym(subject, hmac_key)
     report = subject_report(_open(store), pseudonym)
-    sys.stdout.write(render_markdown(report) if fmt == "markdown" else render_json(report) + "\n")
+    sys.stdout.write(visible(render_markdown(report), lines=True) if fmt == "markdown"
+                     else render_json(report) + "\n")
 
 
 def _count_table(title: str, counts: tuple[Count, ...]) -> Table:
@@ -188,7 +191,7 @@ def _count_table(title: str, counts: tuple[Count, ...]) -> Table:
     for column in ("key", "denied", "allowed", "total"):
         table.add_column(column, justify="left" if column == "key" else "right")
     for c in counts:
-        table.add_row(Text(c.key), str(c.denied), str(c.allowed), str(c.total))
+        table.add_row(Text(visible(c.key)), str(c.denied), str(c.allowed), str(c.total))
     return table
 
 

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from guard._types import Action, Request
+from guard.cli._plain import visible
 from guard.config import AuditSettings, Settings
 from guard.engine import utc_today
 from guard.rights import Change, Entry, EntryKind, Register, RegisterRefusedError, register_checks
@@ -100,7 +101,7 @@ def _record(change: Change, store: str | None, policy_dir: Path | None) -> None:
 def _line(entry: Entry) -> str:
     what = entry.kind.value.replace("_", " ")
     purpose = f" to {entry.purpose}" if entry.purpose else ""
-    ref = f"; ref {entry.ref}" if entry.ref else ""
+    ref = f"; ref {visible(entry.ref)}" if entry.ref else ""
     return (f"recorded {what}{purpose}, effective {entry.effective} "
             f"(subject {entry.subject[:12]}..., entry {entry.seq}, audit event "
             f"{entry.event_id}){ref}")
@@ -236,7 +237,7 @@ def show_cmd(
     for e in entries:
         typer.echo(f"  {e.seq:>3} {e.effective} {e.kind.value:<21} {e.purpose or '-':<32} "
                    f"by {e.recorded_by} at {e.recorded_at}"
-                   + (f"; ref {e.ref}" if e.ref else ""))
+                   + (f"; ref {visible(e.ref)}" if e.ref else ""))
     typer.echo(f"purposes on {today}:")
     for row in purposes:
         verdict = "may use" if row["may_use"] else f"NO ({row['reason']}: {row['detail']})"
