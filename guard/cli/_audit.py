@@ -139,9 +139,14 @@ def _write_csv(rows: list[QueryRow]) -> None:
     writer.writerow([*_CSV_FIELDS, "outcome_status"])
     for row in rows:
         data = row.event.to_dict()
-        writer.writerow([csv_cell(";".join(v) if isinstance(v, list) else v)
+        writer.writerow([csv_cell(_text(";".join(v) if isinstance(v, list) else v))
                          for v in (data[name] for name in _CSV_FIELDS)]
                         + [csv_cell(row.outcome_status)])
+
+
+def _text(value: object) -> object:
+    """A text cell with its control characters shown (a terminal reads stdout too)."""
+    return visible(value) if isinstance(value, str) else value
 
 
 _CSV_FIELDS = ("event_id", "ts", "caller", "party_type", "country", "purpose", "categories",
