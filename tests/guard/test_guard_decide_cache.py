@@ -186,11 +186,16 @@ def test_a_reload_applies_to_the_next_request(tmp_path: Path) -> None:
         assert guard.decide(ALLOWED).decision.allowed
 
 
-def test_an_engine_error_is_a_denial_and_not_remembered(guard: Guard) -> None:
-    odd = Request("svc:crm", "relationship.management", ("contact",), "read")  # type: ignore[arg-type]
-    for _ in range(2):
-        ruling = guard.decide(odd)
-        assert not ruling.decision.allowed
-        assert ruling.decision.reason is Reason.INTERNAL_ERROR
-    listed = Request("svc:crm", "relationship.management", ["contact"])  # type: ignore[arg-type]
-    assert guard.decide(listed).decision.allowed  # not a key: decided without the cache
+def test_an_engine_error_is_a_denial_and_not_remembered(tmp_path: Path) -> None:
+    # A guard of its own: the module's guard may remember the well-typed twin of ``odd``
+    # (its key is equal: "read" == Action.READ) from the property test's random requests.
+    trail = make_trail(f"sqlite:///{tmp_path / 'audit.db'}", keys_at(tmp_path / "sign.key"),
+                       hmac_key=KEY, journal=tmp_path / "audit.db.journal")
+    with Guard(PolicyHolder(lambda: POLICY), trail, hmac_key=KEY, register=_register()) as guard:
+        odd = Request("svc:crm", "relationship.management", ("contact",), "read")  # type: ignore[arg-type]
+        for _ in range(2):
+            ruling = guard.decide(odd)
+            assert not ruling.decision.allowed
+            assert ruling.decision.reason is Reason.INTERNAL_ERROR
+        listed = Request("svc:crm", "relationship.management", ["contact"])  # type: ignore[arg-type]
+        assert guard.decide(listed).decision.allowed  # not a key: decided without the cache
