@@ -16,6 +16,8 @@ import pytest
 
 from bench._pg import free_port
 from examples.customers import DEMOS, create_app
+from guard.audit import wait_indexed
+from guard.config import AuditSettings
 from middleware.routes import RouteTable, rules_from_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +84,10 @@ def test_printed_requests_do_what_they_say(example: tuple[str, Path]) -> None:
             assert body["reason"] == title.split(":")[0]
     assert "guard audit query --since 1h --limit 50" in printed
 
+    # The responses left once their events were durable in the journal; the store is
+    # the index built from it a little later (the example's child indexer, at its pace),
+    # so wait for it as a person reading the printed command would, a moment later.
+    wait_indexed(AuditSettings(store=f"sqlite:///{cwd / 'audit.db'}"))
     query = subprocess.run([GUARD, "audit", "query", "--since", "1h", "--limit", "50",
                             "--json"], cwd=cwd, capture_output=True, text=True, timeout=60,
                            check=False)
