@@ -17,7 +17,7 @@ import tomllib
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -71,6 +71,10 @@ class AuditSettings(BaseModel):
     """``auto``: each process starts and supervises a child that does what
     ``guard audit index`` does (one at a time indexes); ``external``: ``guard audit
     index`` (one process per journal folder), run beside the service, does it."""
+    index_cpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    """The CPUs the ``auto`` index child runs on (CPU numbers, e.g. ``[1]``: cores the
+    service does not use); empty: the service's own. A CPU this machine lacks stops
+    the service's start in one line."""
 
     @field_validator("index", mode="before")
     @classmethod

@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
-from guard._errors import AuditUnavailableError
+from guard._errors import AuditUnavailableError, ConfigError
 from guard.audit._indexer import Indexer
 from guard.audit._journal import Journal, JournalBusyError, durable_end, lanes, lock_folder
 from guard.audit._store import AuditStoreError, Store, open_store, sqlite_path
@@ -133,12 +134,24 @@ class ChildIndexer:
         store_url: The store's URL (``sqlite:///PATH``, ``postgresql://...``).
         restart: Seconds before a child that died is started again (doubled, up to
             30 s, while children die before they report that they run).
+        interval: Seconds from durable to in the store that the child's indexers aim at.
+        cpus: The CPUs the child runs on (``audit.index_cpus``); empty: the service's.
+
+    Raises:
+        ConfigError: ``cpus`` names a CPU this machine lacks.
     """
 
-    def __init__(self, folder: Path, store_url: str, *, restart: float = 1.0) -> None:
+    def __init__(self, folder: Path, store_url: str, *, restart: float = 1.0,
+                 interval: float = 0.3, cpus: Sequence[int] = ()) -> None:
+        lacking = sorted(set(cpus) - set(range(os.cpu_count() or 1)))
+        if lacking:
+            raise ConfigError(f"audit.index_cpus names CPU {lacking[0]}, which this machine "
+                              f"lacks (CPUs 0-{(os.cpu_count() or 1) - 1})")
         self.folder = folder.resolve()
         self._url = "sqlite:///" + str(sqlite_path(store_url).resolve()) \
             if store_url.startswith("sqlite:///") else store_url
+        self._options = ([f"--interval={interval!r}"] if interval != 0.3 else []) \
+            + ([f"--cpus={','.join(map(str, sorted(set(cpus))))}"] if cpus else [])
         self._restart = restart
         self.last_error: str | None = None  # the child's indexers' latest; None while they work
         self.restarts = 0
@@ -162,7 +175,7 @@ class ChildIndexer:
                                      ("-s", flags.no_user_site)) if on]
         return subprocess.Popen(  # -P: the working folder is not on its module path
             [sys.executable, *isolation, "-P", "-m", "guard.audit._follow", str(self.folder),
-             self._url],
+             self._url, *self._options],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
 
     def _supervise(self) -> None:
@@ -241,11 +254,31 @@ def _say(status: str, said: str) -> str:
     return status
 
 
+def _pin(cpus: str) -> None:
+    """Run this process (and the threads it starts later) on ``cpus`` (``1,2``), if it may.
+
+    The index is not on the decision path: a set the system refuses (a container's
+    CPU set without them) is logged and the child indexes on the service's CPUs.
+    """
+    if cpus:
+        try:
+            os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
+        except (AttributeError, OSError) as exc:
+            _log.warning("audit index process: cannot run on CPUs %s (audit.index_cpus): %s; "
+                         "it runs on the service's", cpus, exc)
+
+
 def main(argv: list[str]) -> int:
     """The child of :class:`ChildIndexer`: follow the journal folder ``argv[0]`` into the store
-    ``argv[1]`` until standard input ends; status lines (on change) on standard output."""
+    ``argv[1]`` until standard input ends; status lines (on change) on standard output.
+
+    Options after them: ``--interval=SECONDS`` (the indexers' pace), ``--cpus=1,2`` (where
+    the child runs).
+    """
     folder, url = Path(argv[0]), argv[1]
+    options = dict(arg.removeprefix("--").split("=", 1) for arg in argv[2:])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _pin(options.get("cpus", ""))  # before any thread: each inherits it
     for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the service's whole group (Ctrl-C,
         signal.signal(sig, signal.SIG_IGN)      # systemd): the service stops us after its end
     stop, wanted = threading.Event(), threading.Event()
@@ -262,7 +295,9 @@ def main(argv: list[str]) -> int:
         while follower is None:  # another indexer of the folder may hold it: take over after it
             try:
                 store = store or open_store(url, create=True)
-                follower = Follower(folder, store, idle=_IDLE_LAG)
+                interval = float(options.get("interval", 0.3))  # relief: that much later
+                follower = Follower(folder, store, interval=interval,
+                                    idle=_IDLE_LAG + max(0.0, interval - 0.3))
             except (JournalBusyError, AuditStoreError) as exc:
                 said = _say("waiting" if isinstance(exc, JournalBusyError) else f"error: {exc}",
                             said)
