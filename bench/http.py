@@ -150,13 +150,23 @@ class Noop:
         await self.app(scope, receive, wrapped)
 
 
-def external_indexer(settings: Settings) -> subprocess.Popen[bytes]:
+def cpu_list(text: str) -> set[int]:
+    """The CPUs of a ``taskset -c`` list (``0``, ``1,3``, ``0-2``)."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def external_indexer(settings: Settings, cpus: str | None = None) -> subprocess.Popen[bytes]:
     """``guard audit index`` for the settings' journal, as a child of this server process
-    (so its CPU is counted with the server's)."""
+    (so its CPU is counted with the server's); under ``taskset -c CPUS`` if ``cpus``."""
     from guard.audit._jtrail import journal_folder
 
     return subprocess.Popen(
-        [sys.executable, "-c", "from guard.cli import main; main()", "audit", "index",
+        [*(["taskset", "-c", cpus] if cpus else []),
+         sys.executable, "-c", "from guard.cli import main; main()", "audit", "index",
          "--store", settings.audit.store, "--journal", str(journal_folder(settings.audit)),
          "--every", "1"],
         env={**os.environ, "GUARD_CONFIG": os.devnull}, stdout=subprocess.DEVNULL)
@@ -180,6 +190,13 @@ def server_options() -> argparse.ArgumentParser:
     parser.add_argument("--index-idle", action="store_true",
                         help="the guarded server's indexer (thread, or `guard audit index`) "
                              "under SCHED_IDLE")
+    parser.add_argument("--index-cpus", default=None, metavar="CPUS",
+                        help="the guarded server's indexer on these CPUs (e.g. 1): `guard audit "
+                             "index` started under `taskset -c CPUS` with --external-index, "
+                             "else the service's child (audit.index_cpus)")
+    parser.add_argument("--service-cpus", default=None, metavar="CPUS",
+                        help="the guarded server's process, every thread, on these CPUs (e.g. "
+                             "0; sched_setaffinity at its start, as `taskset -c CPUS` would)")
     parser.add_argument("--index-pause", action="store_true",
                         help="the guarded server's indexer (thread, or `guard audit index`) "
                              "does nothing during each latency run (the index catches up after)")
@@ -256,6 +273,8 @@ def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
 
     import uvicorn
 
+    if opts.service_cpus and kind not in ("plain", "noop"):
+        os.sched_setaffinity(0, cpu_list(opts.service_cpus))  # first: every thread inherits it
     sys.path.insert(0, str(tree))
     from examples.customers import create_app
 
@@ -304,9 +323,11 @@ def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
         begin.append(trace_on)
         end.insert(0, trace_off)
     settings, indexer = server_settings(workdir, label, kind, opts), None
+    if opts.index_cpus and not opts.external_index:
+        settings.audit.index_cpus = sorted(cpu_list(opts.index_cpus))
     if opts.external_index and kind != "plain" and kind != "noop" and not opts.no_index:
         settings.audit.index = "external"
-        indexer = external_indexer(settings)
+        indexer = external_indexer(settings, opts.index_cpus)
         if opts.index_nice is not None or opts.index_idle:
             _deprioritise(opts, indexer.pid)
     if opts.index_pause and kind != "plain" and kind != "noop":
