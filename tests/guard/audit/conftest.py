@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import struct
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -239,3 +239,20 @@ def run_statements(url: str, statements: Sequence[tuple[str, Sequence[Any]]]) ->
                     pg.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
     except (sqlite3.Error, psycopg.Error) as exc:
         raise ValueError(str(exc)) from exc
+
+
+class Recording:
+    """A real store that keeps every query it is asked (SQL and parameters)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.url = store.url
+        self.queries: list[tuple[str, list[Any]]] = []
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.queries.append((sql, list(params)))
+        return self.store.rows(sql, params)
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        self.queries.append((sql, list(params)))
+        return self.store.stream(sql, params)

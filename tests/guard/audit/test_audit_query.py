@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -27,6 +26,7 @@ from guard.audit._report import render_json, render_markdown
 from tests.guard.audit.conftest import (
     HMAC_KEY,
     Keys,
+    Recording,
     decision_event,
     make_event,
     make_trail,
@@ -197,22 +197,6 @@ def test_a_moment_outside_the_calendar_is_a_query_error(text: str) -> None:
         parse_when(text, option="since", now=NOW)
 
 
-class _Recorded:
-    """A real store that keeps every query it is asked (SQL and parameters)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store, self.url = store, store.url
-        self.queries: list[tuple[str, list[object]]] = []
-
-    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        self.queries.append((sql, list(params)))
-        return self.store.rows(sql, params)
-
-    def stream(self, sql: str, params: Sequence[object] = ()) -> Iterator[tuple[object, ...]]:
-        self.queries.append((sql, list(params)))
-        return self.store.stream(sql, params)
-
-
 def test_every_subject_query_on_sqlite_uses_the_subject_index(store: Store) -> None:
     """The CLI's query and stats, the report and the console find a subject's events through
     SQLite's FTS5 subject index (``audit_subject``), never by a scan of ``audit_event``."""
@@ -220,12 +204,12 @@ def test_every_subject_query_on_sqlite_uses_the_subject_index(store: Store) -> N
         pytest.skip("the subject index is SQLite's")
     from middleware.console._data import subject_events
 
-    recorded = _Recorded(store)
+    recorded = Recording(store)
     where = EventFilter(subject=ALICE)
-    query_events(recorded, where)  # type: ignore[arg-type]
-    assert stats(recorded, where).total == 3  # type: ignore[arg-type]
-    assert subject_report(recorded, ALICE).denied_attempts == 1  # type: ignore[arg-type]
-    assert len(subject_events(recorded, ALICE)) == 3  # type: ignore[arg-type]
+    query_events(recorded, where)
+    assert stats(recorded, where).total == 3
+    assert subject_report(recorded, ALICE).denied_attempts == 1
+    assert len(subject_events(recorded, ALICE)) == 3
     chosen = [(sql, params) for sql, params in recorded.queries
               if ALICE in params and "FROM audit_event e" in sql]
     assert len(chosen) == 8  # query, stats' four, the report's two, the console's

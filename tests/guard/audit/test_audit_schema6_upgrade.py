@@ -44,7 +44,7 @@ from guard.audit._schema import (
     SUBJECT_MATCH,
     checkpoint_row,
 )
-from guard.audit._store import Store, indexed_offset
+from guard.audit._store import indexed_offset
 from guard.audit._summary import BACKFILL
 from guard.audit._verify import stored_checkpoints
 from middleware.console._data import (
@@ -59,7 +59,7 @@ from middleware.console._data import (
 from middleware.console._overview import overview_data
 from middleware.console._policies import history
 from middleware.console._subject import grant_valid
-from tests.guard.audit.conftest import Keys, make_event, row_of, run_statements
+from tests.guard.audit.conftest import Keys, Recording, make_event, row_of, run_statements
 
 BASE = datetime(2026, 3, 1, 9, tzinfo=UTC)
 SUBJECT = "s" * 64
@@ -196,23 +196,6 @@ def test_a_version_5_store_with_data_is_upgraded_and_answers_as_before(
     if sqlite:
         assert {"audit_subject_add", "audit_subject_remove", "audit_subject_change"} <= \
             _names(url, "trigger")
-
-
-class Recording:
-    """A real store that keeps every query it is asked (SQL and parameters)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.url = store.url
-        self.queries: list[tuple[str, list[Any]]] = []
-
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self.queries.append((sql, list(params)))
-        return self.store.rows(sql, params)
-
-    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        self.queries.append((sql, list(params)))
-        return self.store.stream(sql, params)
 
 
 def _every_query(store: Recording, events: list[AuditEvent], keys: Keys) -> None:
