@@ -10,6 +10,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from middleware import _private
 from middleware._private import private_answer
 
 _SHARED = {b"cdn-cache-control", b"surrogate-control", b"x-accel-expires", b"edge-control"}
@@ -56,3 +57,26 @@ def test_the_answer_is_the_one_of_lower_casing_every_name(
 def test_an_answer_with_no_cache_directive_is_private() -> None:
     assert private_answer([(b"content-type", b"application/json")]) == [
         (b"content-type", b"application/json"), (b"cache-control", b"private")]
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=8))
+def test_the_answer_is_the_same_once_the_names_are_remembered(
+        headers: list[tuple[bytes, bytes]]) -> None:
+    first = private_answer(headers)
+    assert private_answer(iter(headers)) == first == private_answer(headers) == reference(headers)
+
+
+def test_the_names_remembered_are_bounded_and_only_those_that_pass() -> None:
+    private_answer([(b"x-%d" % n, b"") for n in range(_private.NAMES + 10)])
+    assert 0 < len(_private._passing) <= _private.NAMES
+    private_answer([(b"Cache-Control", b"public"), (b"cdn-cache-control", b"max-age=9"),
+                    (b"fastly-cdn-cache-control", b"x")])
+    assert not {b"Cache-Control", b"cdn-cache-control",
+                b"fastly-cdn-cache-control"} & _private._passing
+
+
+def test_the_app_s_list_is_left_as_it_was() -> None:
+    headers = [(b"content-type", b"text/plain")]
+    private_answer(headers)
+    private_answer(headers)
+    assert headers == [(b"content-type", b"text/plain")]
