@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -111,6 +112,32 @@ cleared."""
 
 _Decided = tuple[Decision, dict[str, Any]]
 """A remembered decision and its event's fields (copied for each event)."""
+_generations = itertools.count(1)
+"""Numbers of the guards' decision memos, one per policy put in force (never the same twice)."""
+
+
+class Asked:
+    """One request an enforcement point asks about again and again, for :meth:`Guard.decide_asked`.
+
+    The planner keeps one per remembered route answer, caller and purpose: the request
+    and its HTTP side never change, so the decision and its event's fields are kept
+    here for the policy they were decided under (the guard's memo of that policy,
+    by its number) and decided afresh under any other. Nothing here is used for a
+    subject with a register entry: that is decided every time.
+
+    Args:
+        request: The request (immutable).
+        http: Its HTTP side (immutable).
+    """
+
+    __slots__ = ("decided", "generation", "http", "request")
+
+    def __init__(self, request: Request, http: HttpContext | None) -> None:
+        self.request = request
+        self.http = http
+        self.generation = 0
+        """The number of the guard's memo ``decided`` came from (0: none yet)."""
+        self.decided: _Decided | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +201,8 @@ class Guard:
         self.trail = trail
         self.register = register
         self._category_cache: dict[tuple[object, ...], tuple[CategoryDecision, str]] = {}
-        self._decisions: tuple[CompiledPolicy | None, dict[tuple[object, ...], _Decided]] = (
-            None, {})
+        self._decisions: tuple[CompiledPolicy | None, dict[tuple[object, ...], _Decided], int] = (
+            None, {}, 0)
         self._tracer = tracer or default_tracer
         self._deadlines: Deadlines | None = None
         # decide()'s fields carry their trace ids, so the trail's start_fields would hand
@@ -236,43 +263,6 @@ class Guard:
                                      result.error)
 
     # -- decisions ---------------------------------------------------------------------------
-
-    def _decided(
-        self, request: Request, http: HttpContext | None
-    ) -> tuple[Decision, dict[str, Any] | None]:
-        """The decision, and its event's fields when it was remembered (else None).
-
-        A request whose subject has a register entry is decided every time. Without
-        one the decision depends only on the policy and the request's caller,
-        purpose, categories, action and whether it names a subject (never on the
-        subject itself, nor on the day), so it is remembered per policy: a reload
-        puts another policy in force, whose decisions start afresh. The register is
-        asked on every request, so a new entry applies at once.
-        """
-        holder = self.holder
-        policy = holder.current
-        subject = request.subject
-        register = self.register
-        if subject is not None and register is not None and register.lookup(subject) is not None:
-            return holder.decide(request, register), None
-        generation = self._decisions
-        if generation[0] is not policy:  # one tuple: a racing reader keeps its own pair
-            generation = self._decisions = (policy, {})
-        cache = generation[1]
-        key = (request.caller, request.purpose, request.categories, request.action,
-               subject is None, http.method if http else None, http.route if http else None,
-               http.status if http else None)
-        try:
-            hit = cache.get(key)
-        except TypeError:  # a value that cannot be a key (a list of categories): not kept
-            return holder.decide(request, register), None
-        if hit is None:
-            decision = decide(policy, request, None)  # no register entry: as decide() says
-            hit = (decision, _untraced(decision_fields(request, decision, http)))
-            if len(cache) >= _DECISION_CACHE:
-                cache.clear()
-            cache[key] = hit
-        return hit
 
     def _version(self) -> str:
         try:
@@ -355,8 +345,25 @@ class Guard:
         with trace.use_span(span, end_on_exit=True):
             return self._ruling(request, http, per_category, span, span)
 
-    def _ruling(self, request: Request, http: HttpContext | None, per_category: bool,
-                span: trace.Span | None, traced: trace.Span) -> Ruling:
+    def decide_asked(self, asked: Asked, current: trace.Span | None = None) -> Ruling:
+        """:meth:`decide` of ``asked.request`` with ``asked.http`` (not per category).
+
+        The same ruling; the decision is kept in ``asked`` for the policy in force, so a
+        request asked again under it skips the memo's key (see :class:`Asked`).
+
+        Args:
+            asked: The request, its HTTP side and their remembered decision.
+            current: The current span, when the caller has read it already.
+        """
+        tracer = self._tracer
+        if makes_no_span(tracer):  # the current span is read once, for its ids
+            current = current if current is not None else trace.get_current_span()
+            return self._ruling(asked.request, asked.http, False, None, current, asked)
+        return self.decide(asked.request, asked.http, current=current)
+
+    def _ruling(self, request: Request, http: HttpContext | None, per_category: bool,  # noqa: PLR0917
+                span: trace.Span | None, traced: trace.Span, asked: Asked | None = None
+                ) -> Ruling:
         """Decide; the event's fields carry the ids of ``traced`` (None for an invalid one).
 
         Args:
@@ -365,6 +372,7 @@ class Guard:
             per_category: Judge category by category.
             span: The decision's span when it records (its attributes are set).
             traced: The span whose ids the event carries.
+            asked: Where the request keeps its decision (:meth:`decide_asked`).
         """
         try:
             judged: CategoryDecision | None = None
@@ -373,8 +381,23 @@ class Guard:
             else:  # decided, timed and given its fields here: one call less per request
                 start = perf_counter_ns()
                 remembered: dict[str, Any] | None = None
-                try:
-                    decision, remembered = self._decided(request, http)
+                try:  # the decision, and its event's fields when it is remembered
+                    holder = self.holder
+                    policy = holder.current
+                    subject = request.subject
+                    register = self.register
+                    if (subject is not None and register is not None
+                            and register.lookup(subject) is not None):
+                        decision = holder.decide(request, register)  # decided every time
+                    else:
+                        generation = self._decisions
+                        if generation[0] is not policy:  # a racing reader keeps its own pair
+                            generation = self._decisions = (policy, {}, next(_generations))
+                        if asked is not None and asked.generation == generation[2]:
+                            decision, remembered = asked.decided  # type: ignore[misc]
+                        else:
+                            decision, remembered = self._remembered(generation, request, http,
+                                                                    asked)
                 except Exception:  # fail closed
                     decision = denial(Reason.INTERNAL_ERROR, request, self._version())
                 latency_us = (perf_counter_ns() - start) // 1000
@@ -394,6 +417,46 @@ class Guard:
         except Exception:  # fail closed, unrecorded: no id an auditor could find
             return Ruling(denial(Reason.INTERNAL_ERROR, request, self._version()), request)
         return Ruling(decision, request, judged, fields)
+
+    def _remembered(
+        self, generation: tuple[CompiledPolicy | None, dict[tuple[object, ...], _Decided], int],
+        request: Request, http: HttpContext | None, asked: Asked | None,
+    ) -> tuple[Decision, dict[str, Any] | None]:
+        """The decision of a request whose subject has no register entry, and its event's
+        fields when they are remembered (else None).
+
+        Without a register entry the decision depends only on the policy and the
+        request's caller, purpose, categories, action and whether it names a subject
+        (never on the subject itself, nor on the day), so it is remembered in the memo
+        of the policy in force (``generation``: the policy, the memo, its number); a
+        reload puts another policy in force, whose decisions start afresh. The register
+        is asked on every request (by the caller), so a new entry applies at once.
+
+        Args:
+            generation: The policy in force, its memo and the memo's number.
+            request: The request.
+            http: Its HTTP side.
+            asked: Where ``request`` and ``http`` (these very objects) keep their decision
+                for the memo's policy (:meth:`decide_asked`); None: only the memo.
+        """
+        policy, cache, number = generation
+        key = (request.caller, request.purpose, request.categories, request.action,
+               request.subject is None, http.method if http else None,
+               http.route if http else None, http.status if http else None)
+        try:
+            hit = cache.get(key)
+        except TypeError:  # a value that cannot be a key (a list of categories): not kept
+            return self.holder.decide(request, self.register), None
+        if hit is None:
+            decision = decide(policy, request, None)  # type: ignore[arg-type]  # no entry
+            hit = (decision, _untraced(decision_fields(request, decision, http)))
+            if len(cache) >= _DECISION_CACHE:
+                cache.clear()
+            cache[key] = hit
+        if asked is not None:
+            asked.decided = hit
+            asked.generation = number
+        return hit
 
     def _decide_per_category(
         self, request: Request, http: HttpContext | None, span: trace.Span | None

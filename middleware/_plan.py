@@ -28,14 +28,14 @@ logged at debug level with the exception's type and where it was raised
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN
 from starlette.types import Scope
 
-from guard._guard import Ruling
+from guard._guard import Asked, Ruling
 from guard._types import Action, Decision, HttpContext, Request
 from guard.audit._otel import decision_attributes
 from middleware._bounds import MAX_PURPOSE, method_ok, subject_ok
@@ -110,13 +110,15 @@ class Plan:
 
 
 class _Seen:
-    """What one caller's requests for one purpose on one route share: the request, the
-    last decision and its outcome (a read's, with no ruling in it)."""
+    """What one caller's requests for one purpose on one route share: the request (with its
+    decision, for the guard's :meth:`~guard._guard.Guard.decide_asked`), the last decision
+    and its outcome (a read's, with no ruling in it)."""
 
-    __slots__ = ("caller", "decision", "outcome", "request")
+    __slots__ = ("asked", "caller", "decision", "outcome", "request")
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, http: HttpContext) -> None:
         self.request = request
+        self.asked = Asked(request, http)
         self.caller: Caller | None = None
         self.decision: Decision | None = None
         self.outcome: Outcome | None = None
@@ -131,11 +133,15 @@ class Planner:
         purpose_header: The lower-case header that declares the purpose.
     """
 
-    __slots__ = ("auth", "faults", "guard", "purpose_header", "purposes", "routes", "seen")
+    __slots__ = ("asking", "auth", "faults", "guard", "purpose_header", "purposes", "routes",
+                 "seen")
 
     def __init__(self, auth: Authenticator, guard: GuardLike, purpose_header: str) -> None:
         self.auth = auth
         self.guard = guard
+        self.asking: Callable[[Asked, trace.Span], Ruling] | None = getattr(
+            guard, "decide_asked", None)
+        """The guard's :meth:`~guard._guard.Guard.decide_asked`, when it has one."""
         self.purpose_header = purpose_header.encode("latin-1")
         self.routes: AppRoutes | None = None
         """The app's routes, once walked (None: every request takes the interpreted path)."""
@@ -228,7 +234,10 @@ class Planner:
         http = plan.http
         guard = self.guard
         try:
-            ruling = guard.decide(request, http, per_category=plan.minimise, current=span)
+            if plan.minimise or self.asking is None:
+                ruling = guard.decide(request, http, per_category=plan.minimise, current=span)
+            else:  # the guard's decision kept with the request seen
+                ruling = self.asking(seen.asked, span)
             decision = ruling.decision
             if decision.allowed and plan.defer:
                 if span is not INVALID_SPAN and span.is_recording():  # no call without a span
@@ -266,5 +275,5 @@ class Planner:
         if len(seen) >= REQUESTS:
             seen.clear()
         entry = seen[plan, caller, purpose] = _Seen(
-            Request(caller, purpose, plan.categories, plan.action, plan.subject))
+            Request(caller, purpose, plan.categories, plan.action, plan.subject), plan.http)
         return entry
