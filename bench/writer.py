@@ -81,6 +81,7 @@ class NullJournal:
     """Takes appends and keeps nothing."""
 
     next_offset = 0
+    folder = Path(tempfile.gettempdir())  # where the writer's reserve would look
 
     def append(self, payloads: Sequence[bytes]) -> int:
         """Count the records."""

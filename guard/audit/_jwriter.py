@@ -400,7 +400,7 @@ class JournalWriter:
                     durable = self._commit(items)
                 elif self._unsigned and self._checkpoint_due():
                     checkpoints = [self._sign(CheckpointKind.PERIODIC, self._seq, self._prev)]
-                    self._append(checkpoints)
+                    self._append([checkpoint_record(checkpoints[0])])
                     durable, self._unsigned = ((), checkpoints), 0
             except AuditUnavailableError:  # the failure log has it; producers hear why
                 pass
@@ -421,6 +421,12 @@ class JournalWriter:
         return sign_checkpoint(self._key, checkpoint_id=new_event_id(), writer_id=self.writer_id,
                                seq=seq, hash_=hash_, ts=utc_now(), kind=kind, terms=self._terms)
 
+    def _signed(self, kind: CheckpointKind, seq: int, hash_: str,
+                checkpoints: list[Checkpoint]) -> bytes:
+        """A checkpoint signed and added to ``checkpoints``; its record."""
+        checkpoints.append(cp := self._sign(kind, seq, hash_))
+        return checkpoint_record(cp)
+
     def _commit(self, items: list[_Item]) -> tuple[Sequence[Row], Sequence[Checkpoint]] | None:
         """Build, link and append one batch; set each item's result.
 
@@ -436,19 +442,14 @@ class JournalWriter:
         checkpoints: list[Checkpoint] = []
         while self._countersigns:  # popped one by one: countersign() appends without the lock
             checkpoints.append(self._countersigns.popleft())
-        records = [checkpoint_record(cp) for cp in checkpoints]
+        records = list(map(checkpoint_record, checkpoints))
         built: list[_Item] = []
-
-        def sign(kind: CheckpointKind, at: int, hash_: str) -> None:
-            checkpoints.append(cp := self._sign(kind, at, hash_))
-            records.append(checkpoint_record(cp))
-
         if not self._opened:
-            sign(CheckpointKind.OPEN, 0, GENESIS_HASH)
+            records.append(self._signed(CheckpointKind.OPEN, 0, GENESIS_HASH, checkpoints))
         unsigned = self._unsigned
-        if unsigned and self._checkpoint_due():  # the stretch ends before this batch
-            sign(CheckpointKind.PERIODIC, seq, prev)
-            unsigned = 0
+        if unsigned and time.time() - self._unsigned_since >= self._interval:  # the stretch
+            records.append(self._signed(CheckpointKind.PERIODIC, seq, prev, checkpoints))
+            unsigned = 0  # ends before this batch
         started: str | None = None  # the time of the first event of a stretch begun here
         pseudonyms, every, whole = self._pseudonyms, self._every, bool(self._committed)
         add_record, add_row, add_built = records.append, rows.append, built.append
@@ -468,10 +469,10 @@ class JournalWriter:
                 started = head[2]
             unsigned += 1
             if unsigned >= every:  # at the exact event: no stretch exceeds `every`
-                sign(CheckpointKind.PERIODIC, seq, prev)
+                add_record(self._signed(CheckpointKind.PERIODIC, seq, prev, checkpoints))
                 unsigned, started = 0, None
         try:
-            self._append(checkpoints, records)
+            self._append(records)
         except AuditUnavailableError as exc:
             for item in built:
                 item.result = exc
@@ -484,14 +485,11 @@ class JournalWriter:
         self._unsigned = unsigned
         return rows, checkpoints
 
-    def _append(self, checkpoints: Sequence[Checkpoint],
-                records: Sequence[bytes] | None = None) -> None:
-        """Append records (with one fdatasync); by default, those of ``checkpoints``.
+    def _append(self, records: Sequence[bytes]) -> None:
+        """Append records with one fdatasync.
 
         Refused while the free-space reserve is short; the failure log hears how it went.
         """
-        if records is None:
-            records = [checkpoint_record(cp) for cp in checkpoints]
         try:
             # The batch's bytes (each record framed with an 8-byte header) must fit above it.
             why = self.reserve.shortfall(sum(map(len, records)) + 8 * len(records))
@@ -537,7 +535,7 @@ class JournalWriter:
         if self._opened:
             checkpoints = [self._sign(CheckpointKind.CLOSE, self._seq, self._prev)]
             with contextlib.suppress(AuditUnavailableError):
-                self._append(checkpoints)
+                self._append([checkpoint_record(checkpoints[0])])
                 self._tell((), checkpoints)
         if self._witness is not None:
             self._witness.close(5.0)
