@@ -69,7 +69,10 @@ def read_key_file(path: Path, limit: int = KEY_FILE_LIMIT, *, private: bool = Fa
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
         if private:
-            own_only(info, os.stat(path.parent))
+            folder = os.stat(path.parent)
+            own_only(info, folder)
+            if folder.st_mode & 0o022:  # whoever may write the folder may have put the name
+                _name_own(path, info)   # there: a link to a file of root's they chose
             real = _opened_path(fd, path)  # a link: whoever owns the target's folder
             if real.parent != path.parent:  # can swap the file it names, so that folder too
                 own_only(info, os.stat(real.parent))
@@ -83,6 +86,18 @@ def read_key_file(path: Path, limit: int = KEY_FILE_LIMIT, *, private: bool = Fa
         return data
     finally:
         os.close(fd)
+
+
+def _name_own(path: Path, info: os.stat_result) -> None:
+    """Refuse (OSError) ``path`` when, in a folder others may write, it is a link another
+    user made, or no longer names the file opened (``info``)."""
+    entry = os.lstat(path)
+    if stat.S_ISLNK(entry.st_mode):
+        if entry.st_uid not in (os.geteuid(), 0):
+            raise OSError(errno.EPERM, f"it is a link owned by uid {entry.st_uid} in a folder "
+                                       "others may write: another user may have put it there")
+    elif (entry.st_dev, entry.st_ino) != (info.st_dev, info.st_ino):
+        raise OSError(errno.EAGAIN, "it was replaced while it was read")
 
 
 def _opened_path(fd: int, path: Path) -> Path:

@@ -224,3 +224,42 @@ def test_a_link_to_an_hs256_secret_another_user_may_swap_mints_no_caller(
     with pytest.raises(IdentityError):
         auth.verify(forged)
     assert "folder is owned by uid 65534" in (auth.key_files_error or "")
+
+
+def test_a_link_another_user_put_in_a_folder_others_may_write_is_refused(
+    shared: Path, keys: Any
+) -> None:
+    """A folder its group may write (a shared configuration folder): a member swaps root's
+    HS256 secret for a link to a file of root's whose text they know (``/etc/passwd``),
+    and signs tokens with that text as the secret."""
+    base = _folder(shared)
+    os.chown(base, 0, NOBODY)
+    base.chmod(0o775)  # root's, its group (nobody's) may write, no sticky bit
+    path = _write(base, "hs256", keys)
+    auth = Authenticator.from_settings(_identity(base, "hs256", key_refresh_seconds=0.001),
+                                       announce=False)
+    known = Path("/etc/passwd")
+    _as_nobody(f"import os; os.symlink({str(known)!r}, {str(base / 'new')!r}); "
+               f"os.rename({str(base / 'new')!r}, {str(path)!r})")
+    forged = jwt.encode(claims(sub="svc:crm"), known.read_bytes().strip(), "HS256")
+    time.sleep(0.01)  # past the look-up interval: the next use reads the file again
+    with pytest.raises(IdentityError):
+        auth.verify(forged)
+    assert "link" in (auth.key_files_error or "")
+    with pytest.raises(ConfigError, match="link"):
+        Authenticator.from_settings(_identity(base, "hs256"), announce=False)
+
+
+def test_a_link_of_roots_in_a_folder_others_may_write_is_read(shared: Path, keys: Any) -> None:
+    """A Kubernetes secret volume: a folder anyone may write (sticky), root's links into
+    root's folder of the current version."""
+    base = _folder(shared)
+    version = base / "..2026_11_30"
+    version.mkdir(mode=0o755)
+    for kind in ("jwks", "hs256", "proxy"):
+        _write(version, kind, keys).chmod(0o644)
+        (base / kind).symlink_to(Path("..data") / kind)
+    (base / "..data").symlink_to(version.name)
+    base.chmod(0o1777)
+    for kind in ("jwks", "hs256", "proxy"):
+        Authenticator.from_settings(_identity(base, kind), announce=False)
