@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN
 
 from guard._errors import AuditTimeoutError, AuditUnavailableError
-from guard._types import Decision, HttpContext, Reason, Request, denial
+from guard._types import Decision, HttpContext, Reason, Request, denial, quick_init
 from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id
 from guard.audit._event import OUTCOME_ABORTED, decision_fields, outcome_fields, policy_fields
 from guard.audit._fields import IdFields
@@ -140,6 +140,7 @@ class Asked:
         self.decided: _Decided | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Checked:
     """A decision and the id of its audit event (for the outcome that follows)."""

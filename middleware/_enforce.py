@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from opentelemetry import metrics, trace
+from opentelemetry.trace import INVALID_SPAN
 from starlette.responses import Response
 
 from guard._guard import Checked, Ruling
@@ -66,8 +67,9 @@ _purposes: set[str] = set()
 """Purpose keys seen well-formed (at most ``_CONTEXTS``; then forgotten)."""
 _NO_EXTRA: Mapping[str, str] = MappingProxyType({})
 _CONTEXTS = 1024
-_contexts: dict[tuple[str, str], HttpContext] = {}
-"""HTTP contexts by (method, route template): the same for every request of a route."""
+_contexts: dict[tuple[str, str, int | None, bool], HttpContext] = {}
+"""HTTP contexts by (method, route template, status, cut off): the same for every request of a
+route (a decision's, a refusal's, an outcome's), built once."""
 _public_counter = metrics.get_meter("purpose_guard.middleware").create_counter(
     "guard.http.public_requests", unit="{request}",
     description="Requests to public routes (no decision, not audited)",
@@ -283,7 +285,8 @@ def deferred(  # noqa: PLR0917 - positional: once per request
 
 async def settled(  # noqa: PLR0917 - positional: once per request
         guard: GuardLike, ruling: Ruling, http: HttpContext, caller: Caller,
-        endpoint: object | None, fields: FieldPlan | None) -> Outcome:
+        endpoint: object | None, fields: FieldPlan | None,
+        span: trace.Span | None = None) -> Outcome:
     """Record ``ruling`` now (a write, a denial, a read not deferred); its outcome.
 
     Args:
@@ -293,12 +296,13 @@ async def settled(  # noqa: PLR0917 - positional: once per request
         caller: The proven caller.
         endpoint: The endpoint judged, if known.
         fields: The route's field plan (applied when the ruling was per category).
+        span: The current span, when the caller has read it (None: looked up).
     """
     try:
         checked = await guard.acommit(ruling, None if ruling.decision.allowed else 403)
     except Exception:
         return unjudged(ruling.request, http, caller, endpoint)
-    return recorded(checked, http, caller, endpoint, fields)
+    return recorded(checked, http, caller, endpoint, fields, span)
 
 
 def unjudged(request: Request, http: HttpContext, caller: Caller | None,
@@ -310,15 +314,24 @@ def unjudged(request: Request, http: HttpContext, caller: Caller | None,
     return Outcome(403, decision, None, caller, http.route, endpoint)
 
 
-def recorded(checked: Checked, http: HttpContext, caller: Caller, endpoint: object | None,
-             fields: FieldPlan | None) -> Outcome:
-    """The outcome of a decision recorded (or refused for want of a record)."""
+def recorded(checked: Checked, http: HttpContext, caller: Caller, endpoint: object | None,  # noqa: PLR0917
+             fields: FieldPlan | None, span: trace.Span | None = None) -> Outcome:
+    """The outcome of a decision recorded (or refused for want of a record).
+
+    Args:
+        checked: The decision and its event's id.
+        http: The HTTP side of the decision.
+        caller: The proven caller.
+        endpoint: The endpoint judged, if known.
+        fields: The route's field plan (applied when the ruling was per category).
+        span: The current span, when the caller has read it (None: looked up).
+    """
     decision = checked.decision
     # An event that could not be recorded has no id an auditor could find.
     decision_id = checked.decision_id or None
     if decision.reason is Reason.AUDIT_UNAVAILABLE:
         decision_id = None
-    _annotate_span(decision, decision_id)
+    _annotate_span(decision, decision_id, span)
     judged = checked.categories
     if judged is not None and decision.allowed:
         return Outcome(200, decision, decision_id, caller, http.route,
@@ -337,12 +350,20 @@ def _purpose_key(purpose: str) -> bool:
     return True
 
 
-def http_context(method: str, route: str) -> HttpContext:
-    """The (immutable, shared) HTTP side of a decision for ``method`` on ``route``."""
-    key = (method, route)
+def http_context(method: str, route: str, status: int | None = None, aborted: bool = False
+                 ) -> HttpContext:
+    """The (immutable, shared) HTTP side of a decision or an outcome for ``method`` on ``route``.
+
+    Args:
+        method: The request method.
+        route: The route template.
+        status: The status answered (a refusal's, an outcome's); None: not known yet.
+        aborted: The response was cut short after its status was sent (an outcome's).
+    """
+    key = (method, route, status, aborted)
     http = _contexts.get(key)
-    if http is None:
-        http = HttpContext(method, route, None, _NO_EXTRA)
+    if http is None:  # built once: a frozen dataclass with a default factory costs ~10,000
+        http = HttpContext(method, route, status, _NO_EXTRA, aborted)  # instructions a time
         if len(_contexts) >= _CONTEXTS:
             _contexts.clear()
         _contexts[key] = http
@@ -366,7 +387,8 @@ async def _refuse(
     ``by`` (``peer:<address>``) is the event's ``detail``: who asserted a refused caller header.
     """
     decision = denial(reason, request, _policy_version(guard), detail=_detail_code(detail))
-    http = HttpContext(http.method, http.route, status, http.extra)
+    http = (http_context(http.method, http.route, status) if http.extra is _NO_EXTRA
+            else HttpContext(http.method, http.route, status, http.extra))
     decision_id: str | None = None
     try:
         decision_id = await _record_denial(guard, request, decision, http, by)
@@ -403,10 +425,12 @@ def _detail_code(detail: str | None) -> str | None:
     return detail if detail.replace("_", "").isalnum() else None
 
 
-def _annotate_span(decision: Decision, decision_id: str | None) -> None:
-    """Put the decision on the current (server) span, if one is recording."""
-    span = trace.get_current_span()
-    if not span.is_recording():
+def _annotate_span(decision: Decision, decision_id: str | None,
+                   span: trace.Span | None = None) -> None:
+    """Put the decision on the current (server) span (``span``: read already), if it records."""
+    if span is None:
+        span = trace.get_current_span()
+    if span is INVALID_SPAN or not span.is_recording():
         return
     span.set_attributes(decision_attributes(decision))
     if decision_id:

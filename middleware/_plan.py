@@ -254,7 +254,7 @@ class Planner:
                 return outcome, ruling
         except Exception:
             return unjudged(request, http, caller, plan.endpoint), None
-        return settled(guard, ruling, http, caller, plan.endpoint, plan.fields)
+        return settled(guard, ruling, http, caller, plan.endpoint, plan.fields, span)
 
     def _purpose(self, value: bytes) -> str | None:
         """The purpose a raw header value declares when it is well-formed (then remembered)."""

@@ -24,9 +24,9 @@ from opentelemetry.trace import INVALID_SPAN
 from starlette.types import Message, Receive, Scope, Send
 
 from guard._guard import Ruling
-from guard._types import HttpContext, Reason, denial
+from guard._types import Reason, denial
 from guard.audit._otel import decision_attributes
-from middleware._enforce import GuardLike, Outcome
+from middleware._enforce import GuardLike, Outcome, http_context
 from middleware._private import private_answer
 from middleware.problem import problem_response
 
@@ -372,7 +372,7 @@ class Record:
         if self.failed or decision_id is None:
             return
         method = self._scope.get("method", "GET")  # a WebSocket's handshake is a GET
-        outcome = HttpContext(method, self._outcome.route or "", status, aborted=aborted)
+        outcome = http_context(method, self._outcome.route or "", status, aborted)
         try:
             if not self._guard.enqueue_outcome(decision_id, status, outcome):
                 _log.error("could not queue status %s for decision %s", status, decision_id)
