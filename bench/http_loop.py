@@ -16,8 +16,18 @@ Each request gets header names and values of its own (new bytes objects, as a
 server parses them), so what hashing them costs is counted. ``--plain`` calls the
 example service without the guard (the floor of the same run).
 
+``--callgrind`` does that in one run: the measured requests lie between two calls of
+``os.getppid()`` (``--dump-before=os_getppid``), and the event loop thread's
+instructions between them are divided by the count. ``--audit-sink none`` is the
+guard with nothing recorded (``Guard.begin_commit`` resolved at once: a floor of the
+decision and the middleware, as ``bench/http.py --floors`` serves it); ``--write``
+asks ``PUT /customers/{id}/contact`` with a JSON body instead of the read;
+``--concurrent N`` requests at a time (1: one after the other, each waiting for its
+own commit).
+
 Usage: python bench/http_loop.py [--requests 6400] [--gc-threshold N] [--gc-freeze]
-       [--plain] [--tree DIR]   (another checkout's guard and example, for an A/B run)
+       [--plain] [--audit-sink journal|none] [--write] [--concurrent 32] [--callgrind]
+       [--tree DIR]   (another checkout's guard and example, for an A/B run)
 """
 
 from __future__ import annotations
@@ -32,7 +42,10 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import argparse
 import asyncio
 import gc
+import os
+import re
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -51,7 +64,19 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="the example service unguarded")
     parser.add_argument("--tree", type=Path, default=HERE,
                         help="the checkout whose guard and example run (default: this one)")
+    parser.add_argument("--audit-sink", choices=("journal", "none"), default="journal",
+                        help="none: the guard's commits resolved at once, nothing recorded "
+                             "(a floor of the decision and the middleware)")
+    parser.add_argument("--write", action="store_true",
+                        help="PUT /customers/{id}/contact with a JSON body (default: GET)")
+    parser.add_argument("--concurrent", type=int, default=CONCURRENT,
+                        help="requests at a time (1: one after the other)")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="run under callgrind: the event loop's instructions per request")
     args = parser.parse_args()
+    if args.callgrind:
+        callgrind(args.requests)
+        return
     sys.path.insert(0, str(args.tree.resolve()))
     from examples.customers import create_app
     from guard._guard import Guard
@@ -67,6 +92,10 @@ def main() -> None:
     token = issue_token(settings.identity, "svc:crm", None, 3600)
     headers = [(b"host", b"svc"), (b"authorization", f"Bearer {token}".encode()),
                (b"x-purpose", b"relationship.management"), (b"user-agent", b"bench")]
+    body = b'{"email": "c@example.com"}'
+    if args.write:
+        headers += [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]
     spent = {"seconds": 0.0, "collections": 0.0, "full": 0.0, "began": 0.0}
 
     def timed(phase: str, _info: dict[str, Any]) -> None:
@@ -78,7 +107,8 @@ def main() -> None:
             spent["full"] += _info["generation"] == 2
 
     async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body if args.write else b"",
+                "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start" and message["status"] != 200:
@@ -86,18 +116,25 @@ def main() -> None:
 
     async def run(app: Callable[..., Awaitable[None]], count: int) -> None:
         async def one(i: int) -> None:
-            path = f"/customers/c-{i % 100 + 1:04d}"
+            path = f"/customers/c-{i % 100 + 1:04d}" + ("/contact" if args.write else "")
             own = [(name[:1] + name[1:], value[:1] + value[1:]) for name, value in headers]
             await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                       "method": "GET", "scheme": "http", "path": path,
+                       "method": "PUT" if args.write else "GET", "scheme": "http", "path": path,
                        "raw_path": path.encode(), "root_path": "", "query_string": b"",
                        "headers": own, "client": ("127.0.0.1", 1),
                        "server": ("svc", 80)}, receive, send)
 
-        for start in range(0, count, CONCURRENT):
-            await asyncio.gather(*(one(i) for i in range(start, start + CONCURRENT)))
+        step = args.concurrent
+        if step == 1:
+            for i in range(count):
+                await one(i)
+            return
+        for start in range(0, count, step):
+            await asyncio.gather(*(one(i) for i in range(start, start + step)))
 
     with Guard.from_settings(settings) as guard:
+        if args.audit_sink == "none":  # a floor only: nothing is recorded
+            guard.begin_commit = _resolved  # type: ignore[method-assign]
         app = create_app(settings, enforce=False) if args.plain else create_app(
             settings, guard=guard)
 
@@ -108,21 +145,60 @@ def main() -> None:
             if args.gc_freeze:
                 gc.freeze()
             gc.callbacks.append(timed)
+            os.getppid()  # callgrind's mark: the measured requests start
             began, loop = time.perf_counter(), time.thread_time()
             await run(app, args.requests)
+            wall_loop = time.perf_counter() - began, time.thread_time() - loop
+            os.getppid()  # ... and end
             gc.callbacks.remove(timed)
-            return time.perf_counter() - began, time.thread_time() - loop
+            return wall_loop
 
         wall, loop = asyncio.run(measure())
     shutil.rmtree(work, ignore_errors=True)
     n = args.requests
-    print(f"{args.tree.resolve()}{' (plain)' if args.plain else ''}: "
+    kind = ("plain" if args.plain else "guarded, no audit sink" if args.audit_sink == "none"
+            else "guarded")
+    print(f"{args.tree.resolve()} ({kind}, {'PUT' if args.write else 'GET'}): "
           f"gc threshold {gc.get_threshold()[0]}"
-          f"{', frozen' if args.gc_freeze else ''}; {n} requests, {CONCURRENT} at a time: "
+          f"{', frozen' if args.gc_freeze else ''}; {n} requests, {args.concurrent} at a time: "
           f"wall {wall / n * 1e6:.1f} us, event loop CPU {loop / n * 1e6:.1f} us, "
           f"collector {spent['seconds'] / n * 1e6:.1f} us per request "
           f"({spent['collections']:.0f} collections, {spent['collections'] / n * 1e4:.0f} "
           f"per 10,000 requests; {spent['full']:.0f} full)")
+
+
+def _resolved(ruling: Any, status: int | None = None) -> asyncio.Future[str]:
+    """``Guard.begin_commit`` of ``--audit-sink none``: nothing recorded, resolved at once."""
+    ruling.queued = True
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    done.set_result("unrecorded")
+    return done
+
+
+def callgrind(requests: int) -> None:
+    """This script with the same options under callgrind: the loop's instructions per request."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+    work = Path(tempfile.mkdtemp(prefix="guard-bench-loop-cg-"))
+    out = work / "cg"
+    argv = [a for a in sys.argv[1:] if a != "--callgrind"]
+    command = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+               "--dump-before=os_getppid", f"--callgrind-out-file={out}", sys.executable,
+               str(Path(__file__).resolve()), *argv]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        if done.returncode != 0:
+            raise SystemExit(f"callgrind failed:\n{done.stderr[-3000:]}")
+        # dump 1: start-up and warm-up; dump 2: the measured requests (thread 1: the loop)
+        text = (work / "cg.2-01").read_text()
+        found = re.search(r"^summary:\s+(\d+)", text, re.M)
+        if found is None:
+            raise SystemExit("callgrind wrote no summary")
+        print(done.stdout.strip())
+        print(f"event loop thread: {int(found.group(1)) / requests:,.0f} instructions per "
+              f"request (callgrind, {requests} requests)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
