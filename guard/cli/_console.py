@@ -62,8 +62,10 @@ def _console(
     configure_logging(settings.sidecar.log_level)
     typer.echo(f"guard console on http://{conf.host}:{conf.port} "
                f"(store {audit.store}; auditors {', '.join(conf.auditors)})", err=True)
+    # h11: a request's head is bounded (16 KiB); httptools keeps an endless header line
+    # whole, and the sign-in is open to anyone (guard sidecar bounds it in its own server)
     uvicorn.run(app, host=conf.host, port=conf.port, log_level=settings.sidecar.log_level,
-                access_log=False, proxy_headers=False, server_header=False)
+                access_log=False, proxy_headers=False, server_header=False, http="h11")
 
 
 def register(app: typer.Typer) -> None:
