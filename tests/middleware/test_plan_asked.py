@@ -1,0 +1,40 @@
+"""The planner's kept requests (each with the guard's ``Asked`` decision memo) are bounded.
+
+One entry per route answer, caller and purpose; at :data:`middleware._plan.REQUESTS`
+entries all are forgotten at once, so the decisions kept with them are too.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from guard._guard import Asked
+from guard._types import Action, HttpContext
+from middleware import _plan
+from middleware._plan import Planner
+
+
+class _Plan:
+    """What ``Planner._seen`` reads of a route's plan (hashable by identity, as a plan is)."""
+
+    categories = ("contact",)
+    action = Action.READ
+    subject = "c-1"
+    http = HttpContext("GET", "/customers/{customer_id}")
+
+
+def test_the_requests_kept_and_their_decisions_are_bounded(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setattr(_plan, "REQUESTS", 8)
+    planner = Planner(SimpleNamespace(), SimpleNamespace(), "x-purpose")  # type: ignore[arg-type]
+    plan: Any = _Plan()
+    for n in range(50):
+        entry = planner._seen(plan, f"svc:{n}", "relationship.management")
+        assert isinstance(entry.asked, Asked)
+        assert entry.asked.request is entry.request
+        assert entry.asked.http is plan.http
+        assert 0 < len(planner.seen) <= 8
+    assert planner.asking is None  # a guard without decide_asked: decide() is asked
