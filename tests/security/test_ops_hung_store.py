@@ -48,6 +48,10 @@ def test_a_hung_database_delays_the_index_not_the_request(tmp_path: Path, keys: 
         with ServerThread(create_app(settings), free_port()) as server:
             assert httpx.get(server.url + "/v1/check", headers=headers,
                              timeout=30).status_code == 200
+            # Nothing of the index under way when the database stops: a transaction of the
+            # child's idle-policy thread caught by the pause is finished only by that thread,
+            # which a saturated machine may leave without a CPU for long after the resume.
+            wait_indexed(settings.audit)
             pg.pause()
             try:
                 during = httpx.get(server.url + "/v1/check", headers=headers, timeout=30)
