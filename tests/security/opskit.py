@@ -171,10 +171,17 @@ class PrivatePostgres:
         return pids
 
     def pause(self) -> None:
-        """SIGSTOP the server: connections hang, as with a database that stopped answering."""
+        """SIGSTOP the server: connections hang, as with a database that stopped answering.
+
+        The postmaster first (it starts no backend once stopped), then every process it
+        started; a backend whose client has just left may exit meanwhile: it needs no stop.
+        """
+        master = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(master, signal.SIGSTOP)
         self._paused = self._pids()
         for pid in self._paused:
-            os.kill(pid, signal.SIGSTOP)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
         """SIGCONT what :meth:`pause` stopped."""
