@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from starlette.requests import Request
+
 from guard._subject_rule import MAX_SUBJECT, SUBJECT_CHARS, subject_id_ok
 from middleware.identity import MAX_CALLER_ID
 from middleware.routes import path_parameters
@@ -21,6 +23,7 @@ __all__ = [
     "MAX_SUBJECT",
     "cut",
     "method_ok",
+    "read_limited",
     "subject_ok",
 ]
 
@@ -67,3 +70,26 @@ def subject_ok(value: str, template: str, name: str) -> bool:
             return False
         return all(seg not in ("", ".", "..") for seg in value.split("/"))
     return subject_id_ok(value)
+
+
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before anything is
+    read; a chunked body, or one whose length was not declared, is read chunk by
+    chunk and dropped the moment it passes the limit, so a client can never make
+    the server hold more than ``limit`` bytes plus one chunk.
+
+    Args:
+        request: The request whose body to read.
+        limit: The most bytes accepted.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)

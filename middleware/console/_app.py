@@ -23,6 +23,7 @@ from guard._errors import ConfigError, GuardError
 from guard._secrets import read_key_file
 from guard.audit import load_hmac_key
 from guard.config import Settings, load_settings
+from middleware._bounds import read_limited
 from middleware.console import _views
 from middleware.console._auth import COOKIE, SESSION_COOKIE, Gate, Sessions
 from middleware.console._oidc import OidcSignIn
@@ -78,14 +79,9 @@ async def form(request: Request) -> dict[str, str] | None:
     moment it passes it: the sign-in form is open to everyone, so a client with no
     credentials must not make the console (or the sidecar mounting it) hold its body.
     """
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > _MAX_FORM):
+    body = await read_limited(request, _MAX_FORM)
+    if body is None:
         return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_FORM:
-            return None
     parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {k: v[0] for k, v in parsed.items()}
 

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from guard._guard import Checked
 from guard._subject_rule import MAX_SUBJECT, SUBJECT_PATTERN
 from guard._types import Action, HttpContext, Reason, Request
+from middleware._bounds import read_limited
 from middleware.identity import IdentityError
 from middleware.problem import problem_response
 from middleware.sidecar._problem import sidecar_problem
@@ -101,29 +102,6 @@ def _parse(body: bytes) -> DecideRequest | DecideBatch:
     if isinstance(data, dict) and "requests" in data:
         return DecideBatch.model_validate(data)
     return DecideRequest.model_validate(data)
-
-
-async def read_limited(request: HttpRequest, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to exceed ``limit`` bytes.
-
-    A declared ``Content-Length`` over the limit is refused before anything is
-    read; a chunked body, or one whose length was not declared, is read chunk by
-    chunk and dropped the moment it passes the limit, so a client can never make
-    the sidecar hold more than ``limit`` bytes plus one chunk.
-
-    Args:
-        request: The request whose body to read.
-        limit: The most bytes accepted.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def _too_large() -> Response:

@@ -30,9 +30,10 @@ from guard._types import Action, HttpContext, Reason, Request
 from guard.policy import CompiledPolicy
 from guard.rights import Change, EntryKind, RegisterRefusedError
 from guard.rights._filter import filter_subjects
+from middleware._bounds import read_limited
 from middleware.identity import IdentityError
 from middleware.problem import problem_response
-from middleware.sidecar._decide_api import SubjectId, _Key, read_limited
+from middleware.sidecar._decide_api import SubjectId, _Key
 from middleware.sidecar._problem import sidecar_problem
 from middleware.sidecar._state import Sidecar, peer_of
 

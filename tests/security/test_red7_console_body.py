@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from memkit import PeakRss
 from sidecarkit import ServerThread, free_port, policy_copy, sidecar_settings
 
 from guard.config import ConsoleSettings
@@ -44,36 +45,6 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     app = create_app(settings) if mounted else create_console(settings)
     with ServerThread(app, free_port()) as server:
         yield server, "/console" if mounted else ""
-
-
-def _rss() -> int:
-    """This process's resident set size in bytes (/proc/self/status)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
-class _PeakRss:
-    """Samples this process's RSS every few milliseconds; ``peak`` is the largest seen."""
-
-    def __init__(self) -> None:
-        self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
-
-    def __enter__(self) -> _PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
 
 
 def _post(port: int, head: bytes, body: Iterator[bytes]) -> int:
@@ -121,7 +92,7 @@ def test_a_huge_sign_in_body_is_refused_and_memory_stays_flat(
     head = (b"POST " + prefix.encode() + b"/signin HTTP/1.1\r\nHost: console\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
-    with _PeakRss() as rss:
+    with PeakRss() as rss:
         before = rss.peak
         status = _post(server.port, head, _chunked(160 * MB))
     # Reading the whole body first held all 160 MB (and a joined copy) in this process.

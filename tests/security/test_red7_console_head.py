@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from memkit import rss
 
 from bench._pg import free_port
 
@@ -60,18 +61,11 @@ def console(tmp_path: Path) -> Iterator[tuple[int, int]]:
             served.wait()
 
 
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_an_endless_header_line_is_refused_and_memory_stays_flat(
     console: tuple[int, int],
 ) -> None:
     port, pid = console
-    before = _rss(pid)
+    before = rss(pid)
     peak = before
     answer = b""
     chunk = b"a" * MB
@@ -80,7 +74,7 @@ def test_an_endless_header_line_is_refused_and_memory_stays_flat(
         try:
             for _ in range(64):  # 64 MB of one header line, never ended
                 sock.sendall(chunk)
-                peak = max(peak, _rss(pid))
+                peak = max(peak, rss(pid))
         except OSError:  # refused and closed: what should happen
             pass
         sock.settimeout(5)
@@ -89,7 +83,7 @@ def test_an_endless_header_line_is_refused_and_memory_stays_flat(
         except OSError:
             answer = b""
     time.sleep(0.2)
-    peak = max(peak, _rss(pid))
+    peak = max(peak, rss(pid))
     assert peak - before < 16 * MB, f"guard console grew by {(peak - before) // MB} MB"
     assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
     assert os.path.exists(f"/proc/{pid}")  # still serving

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from memkit import PeakRss
 from sidecarkit import ServerThread, policy_copy, serve_sidecar, sidecar_settings
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -23,36 +24,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> Iterator[Serv
     policy = policy_copy(tmp / "policy", POLICIES)
     with serve_sidecar(sidecar_settings(tmp, policy, keys.identity())) as server:
         yield server
-
-
-def _rss() -> int:
-    """This process's resident set size in bytes (/proc/self/status)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
-class _PeakRss:
-    """Samples this process's RSS every few milliseconds; ``peak`` is the largest seen."""
-
-    def __init__(self) -> None:
-        self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
-
-    def __enter__(self) -> _PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
 
 
 def _post(port: int, head: bytes, body: Iterator[bytes]) -> tuple[int, dict[str, Any]]:
@@ -113,7 +84,7 @@ def test_a_chunked_body_past_the_limit_is_413_and_memory_stays_flat(
         b"POST /v1/decide HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\n"
         b"Authorization: Bearer " + token.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    with _PeakRss() as rss:
+    with PeakRss() as rss:
         before = rss.peak
         status, problem = _post(served.port, head, _chunked(128 * MB))
     assert status == 413
