@@ -197,11 +197,10 @@ def test_a_moment_outside_the_calendar_is_a_query_error(text: str) -> None:
         parse_when(text, option="since", now=NOW)
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)  # the FTS5 index is SQLite's
 def test_every_subject_query_on_sqlite_uses_the_subject_index(store: Store) -> None:
     """The CLI's query and stats, the report and the console find a subject's events through
     SQLite's FTS5 subject index (``audit_subject``), never by a scan of ``audit_event``."""
-    if not store.url.startswith("sqlite:///"):
-        pytest.skip("the subject index is SQLite's")
     from middleware.console._data import subject_events
 
     recorded = Recording(store)
