@@ -7,15 +7,13 @@ a client with no credentials fill the serving process's memory.
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from memkit import PeakRss
+from memkit import PeakRss, chunked, post_streaming, status_of
 from sidecarkit import ServerThread, free_port, policy_copy, sidecar_settings
 
 from guard.config import ConsoleSettings
@@ -47,44 +45,6 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield server, "/console" if mounted else ""
 
 
-def _post(port: int, head: bytes, body: Iterator[bytes]) -> int:
-    """Send ``head`` and then ``body`` on a raw socket while reading the answer; its status.
-
-    Another thread sends the body, so a server that answers early and closes is heard.
-    """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    sock.sendall(head)
-
-    def send_body() -> None:
-        try:
-            for chunk in body:
-                sock.sendall(chunk)
-        except OSError:  # the server answered and closed: stop sending
-            return
-
-    sender = threading.Thread(target=send_body, daemon=True)
-    sender.start()
-    received = b""
-    try:
-        while b"\r\n" not in received:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
-    finally:
-        sock.close()
-        sender.join(timeout=60)
-    return int(received.split(b"\r\n", 1)[0].split()[1])
-
-
-def _chunked(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
-    """``total`` bytes of form filler in HTTP/1.1 chunked framing (one buffer reused)."""
-    frame = b"%x\r\n" % size + b"a" * size + b"\r\n"
-    for _ in range(total // size):
-        yield frame
-    yield b"0\r\n\r\n"
-
-
 def test_a_huge_sign_in_body_is_refused_and_memory_stays_flat(
     served: tuple[ServerThread, str],
 ) -> None:
@@ -94,7 +54,7 @@ def test_a_huge_sign_in_body_is_refused_and_memory_stays_flat(
             b"Transfer-Encoding: chunked\r\n\r\n")
     with PeakRss() as rss:
         before = rss.peak
-        status = _post(server.port, head, _chunked(160 * MB))
+        status = status_of(post_streaming(server.port, head, chunked(160 * MB, b"a")))
     # Reading the whole body first held all 160 MB (and a joined copy) in this process.
     assert rss.peak - before < 40 * MB, f"RSS grew by {(rss.peak - before) // MB} MB"
     assert status == 413
@@ -108,7 +68,7 @@ def test_a_declared_length_past_the_bound_is_refused_unread(
             b"Content-Type: application/x-www-form-urlencoded\r\n"
             b"Content-Length: 400000000\r\n\r\n")
     # The client sends a little of what it declared: the answer must not wait for the rest.
-    assert _post(server.port, head, iter([b"token=" + b"a" * 1024])) == 413
+    assert status_of(post_streaming(server.port, head, iter([b"token=" + b"a" * 1024]))) == 413
 
 
 def test_a_sign_in_form_within_the_bound_is_read(

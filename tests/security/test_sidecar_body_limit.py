@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from memkit import PeakRss
+from memkit import PeakRss, chunked, post_streaming, status_of
 from sidecarkit import ServerThread, policy_copy, serve_sidecar, sidecar_settings
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -27,53 +25,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> Iterator[Serv
 
 
 def _post(port: int, head: bytes, body: Iterator[bytes]) -> tuple[int, dict[str, Any]]:
-    """Send ``head`` and then ``body`` on a raw socket while reading the answer.
-
-    The answer is read by this thread as it arrives, while another thread keeps
-    sending: a server that answers early and closes must be heard, not reset.
-    """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-    sock.sendall(head)
-
-    def send_body() -> None:
-        try:
-            for chunk in body:
-                sock.sendall(chunk)
-        except OSError:  # the server answered and closed: stop sending
-            return
-
-    sender = threading.Thread(target=send_body, daemon=True)
-    sender.start()
-    received = b""
-    try:
-        while b"\r\n\r\n" not in received or not _complete(received):
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
-    finally:
-        sock.close()
-        sender.join(timeout=15)
-    status_line, _, rest = received.partition(b"\r\n")
-    _, _, payload = rest.partition(b"\r\n\r\n")
-    return int(status_line.split()[1]), json.loads(payload)
-
-
-def _complete(received: bytes) -> bool:
-    head, _, payload = received.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(payload) >= int(value)
-    return False
-
-
-def _chunked(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
-    """``total`` bytes of JSON-looking filler in HTTP/1.1 chunked framing (one buffer reused)."""
-    frame = b"%x\r\n" % size + b" " * size + b"\r\n"
-    for _ in range(total // size):
-        yield frame
-    yield b"0\r\n\r\n"
+    """The status and problem body of the answer to ``head`` and ``body`` sent raw."""
+    answer = post_streaming(port, head, body, timeout=15)
+    return status_of(answer), json.loads(answer.partition(b"\r\n\r\n")[2])
 
 
 def test_a_chunked_body_past_the_limit_is_413_and_memory_stays_flat(
@@ -86,7 +40,7 @@ def test_a_chunked_body_past_the_limit_is_413_and_memory_stays_flat(
     )
     with PeakRss() as rss:
         before = rss.peak
-        status, problem = _post(served.port, head, _chunked(128 * MB))
+        status, problem = _post(served.port, head, chunked(128 * MB, b" "))
     assert status == 413
     assert problem["reason"] == "malformed_request"
     # Reading the whole body first held all 128 MB (and a joined copy) in this process.
