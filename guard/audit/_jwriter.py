@@ -447,9 +447,9 @@ class JournalWriter:
         if not self._opened:
             records.append(self._signed(CheckpointKind.OPEN, 0, GENESIS_HASH, checkpoints))
         unsigned = self._unsigned
-        if unsigned and time.time() - self._unsigned_since >= self._interval:  # the stretch
+        if unsigned and self._checkpoint_due():  # the stretch ends before this batch
             records.append(self._signed(CheckpointKind.PERIODIC, seq, prev, checkpoints))
-            unsigned = 0  # ends before this batch
+            unsigned = 0
         started: str | None = None  # the time of the first event of a stretch begun here
         pseudonyms, every, whole = self._pseudonyms, self._every, bool(self._committed)
         add_record, add_row, add_built = records.append, rows.append, built.append

@@ -87,8 +87,8 @@ def read_witness(path: Path) -> WitnessRead:
             number += 1
             if len(raw) > MAX_WITNESS_LINE:  # no checkpoint: skip it, never hold it whole
                 bad.append(number)
-                while (rest := handle.readline(MAX_WITNESS_LINE)) and not rest.endswith(b"\n"):
-                    pass
+                while not raw.endswith(b"\n") and (raw := handle.readline(MAX_WITNESS_LINE)):
+                    pass  # the rest of the line (a line just past the bound has none)
                 continue
             if not raw.endswith(b"\n"):
                 break  # torn by a crash while appending: never covered anything

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit._witness import read_witness
+from guard.audit._witness import MAX_WITNESS_LINE, read_witness
 from tests.security.audit_tamper_kit import GUARD, AuditKeys, make_keys, record
 
 SUBJECTS = [f"subject-{i}" for i in range(6)]
@@ -53,6 +53,22 @@ def test_a_huge_witness_line_is_a_bad_line_and_the_rest_is_read(
     whole = read_witness(witness)
     assert whole.bad_lines == (planted,)
     assert len(whole.checkpoints) >= 3  # every line before and after it
+
+
+def test_a_line_just_past_the_bound_takes_no_line_after_it(
+    tmp_path: Path, audit_keys: AuditKeys
+) -> None:
+    """A line one byte over the bound, newline included, is bad alone: the checkpoint after
+    it is read (skipping "the rest" of a line that had none would eat the next one)."""
+    witness = tmp_path / "witness.jsonl"
+    record(f"sqlite:///{tmp_path / 'audit.db'}", audit_keys, SUBJECTS, checkpoint_every=2,
+           witness=witness)
+    lines = witness.read_bytes().splitlines(keepends=True)
+    planted = b"x" * MAX_WITNESS_LINE + b"\n"
+    witness.write_bytes(b"".join([lines[0], planted, *lines[1:]]))
+    read = read_witness(witness)
+    assert read.bad_lines == (2,)
+    assert len(read.checkpoints) == len(lines)
 
 
 def test_verify_with_a_huge_witness_line_keeps_its_memory_and_names_the_line(
