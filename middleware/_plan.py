@@ -114,10 +114,9 @@ class _Seen:
     decision, for the guard's :meth:`~guard._guard.Guard.decide_asked`), the last decision
     and its outcome (a read's, with no ruling in it)."""
 
-    __slots__ = ("asked", "caller", "decision", "outcome", "request")
+    __slots__ = ("asked", "caller", "decision", "outcome")
 
     def __init__(self, request: Request, http: HttpContext) -> None:
-        self.request = request
         self.asked = Asked(request, http)
         self.caller: Caller | None = None
         self.decision: Decision | None = None
@@ -230,7 +229,7 @@ class Planner:
         seen = self.seen.get((plan, caller.id, purpose))
         if seen is None:
             seen = self._seen(plan, caller.id, purpose)
-        request = seen.request
+        request = seen.asked.request
         http = plan.http
         guard = self.guard
         try:
