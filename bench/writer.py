@@ -35,8 +35,16 @@ keeps nothing, nothing timed: for instructions per thread under callgrind
 (``--separate-threads=yes``, two lengths, the difference); ``--pause-only``
 counts the loop's pauses alone, to subtract.
 
+``http``: the example service guarded (``bench/http.py``'s server; ``--baseline
+TREE``: also that checkout's, served beside it), ``--producers`` connections of
+``wrk`` for ``--seconds``, then one connection: per phase the journal's batches
+(the writer thread's ``write`` calls from ``/proc``, two a batch: the journal's and
+the loop's eventfd), records per batch, and the writer thread's CPU per batch and
+per request (user and kernel), from which a batch's fixed cost and an event's
+follow (``cost = fixed + per_event * size``, the two phases' sizes).
+
 Usage: python bench/writer.py [--events N] [--rounds 3] [--batch 64] [--producers 32]
-       [--only build|loop|lone|sync|turns|handover|trail] [--lone-events 2000] [--gap-ms 0.5]
+       [--only build|loop|lone|sync|turns|handover|trail|http] [--lone-events 2000] [--gap-ms 0.5]
 (under callgrind: valgrind --tool=callgrind python bench/writer.py --only build)
 """
 
@@ -439,6 +447,99 @@ def turns(events: int, producers: int, work_us: float) -> tuple[float, float, fl
     total = per * producers
     return writer_us / total, total / max(1, batches), wall * 1e6 / total
 
+def _writer_counts(pid: int, tid: int) -> tuple[float, float, int]:
+    """A server's writer thread so far: user and kernel CPU seconds, ``write`` calls."""
+    task = Path(f"/proc/{pid}/task/{tid}")
+    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    io = dict(line.split(": ") for line in (task / "io").read_text().splitlines())
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(io["syscw"])
+
+
+def _schedstat_s(pid: int, tid: int) -> float:
+    """A thread's CPU seconds so far (schedstat: ns, finer than the ticks of ``stat``)."""
+    return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def http_batches(seconds: float, connections: int, rounds: int, tree: Path | None) -> None:
+    """Serve the guarded example (and ``tree``'s), load it with wrk at ``connections`` then
+    at one connection, and print the journal's batches and the writer's CPU per phase."""
+    repo = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]  # not the stdlib
+    sys.path.insert(0, str(repo))  # ``http`` beside this file: bench.http, not ``http``
+    from bench import http as web
+    from guard.audit._journal import durable_end, lanes
+    from guard.audit._jtrail import journal_folder
+    from guard.cli._token import issue_token
+
+    began, load0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-writer-http-"))
+    opts = web.server_options().parse_args([])
+    token = issue_token(web.settings_for(workdir).identity, web.CALLER, None, 3600)
+    plan = {"guarded": ("guarded", repo)}
+    if tree is not None:
+        plan["baseline"] = ("baseline", tree.resolve())
+    servers = {label: web.start(kind, workdir, opts, where, label)
+               for label, (kind, where) in plan.items()}
+    phases = (connections, 1)
+    got: dict[tuple[str, int], list[tuple[float, ...]]] = {
+        (label, c): [] for label in servers for c in phases}
+    try:
+        for _, url in servers.values():
+            web.load(url, token, 4, 1.0, workdir, True)
+        writers = {}
+        for label, (proc, _) in servers.items():
+            roles = web.thread_roles(proc.pid, workdir, label)
+            writers[label] = next(t for t, role in roles.items() if role == "writer")
+        for round_no in range(rounds):
+            order = list(servers)[round_no % len(servers):] + list(servers)[
+                :round_no % len(servers)]
+            for label in order:
+                proc, url = servers[label]
+                folder = journal_folder(web.server_settings(workdir, label, plan[label][0],
+                                                            opts).audit)
+                tid = writers[label]
+                for c in phases:
+                    ends0 = sum(durable_end(lane) for lane in lanes(folder))
+                    user0, sys0, w0 = _writer_counts(proc.pid, tid)
+                    cpu0 = _schedstat_s(proc.pid, tid)
+                    run = web.wrk_run(url, token, c, seconds, workdir)
+                    user1, sys1, w1 = _writer_counts(proc.pid, tid)
+                    cpu = _schedstat_s(proc.pid, tid) - cpu0
+                    records = sum(durable_end(lane) for lane in lanes(folder)) - ends0
+                    batches = max(1, (w1 - w0) // 2)
+                    share = (sys1 - sys0) / max(1e-9, user1 - user0 + sys1 - sys0)
+                    got[(label, c)].append((run.rps, records / batches, batches / run.seconds,
+                                            cpu * 1e6 / batches, cpu * 1e6 / run.requests,
+                                            share, run.p50_ms))
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+        floor = fdatasync_floor(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{began}; load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after; "
+          f"fdatasync (audit folder) p50 {floor[0]:.3f} ms, p99 {floor[1]:.3f} ms")
+    print(f"http: wrk {seconds:g} s at {connections} connections, then 1; {rounds} rounds "
+          "(medians); the writer thread's CPU from schedstat, its kernel share from stat")
+    print(f"  {'server':<9} {'conns':>5} {'req/s':>7} {'ev/batch':>8} {'batch/s':>8} "
+          f"{'us/batch':>8} {'us/req':>7} {'kernel':>6} {'p50 ms':>7}")
+    for (label, c), rows in got.items():
+        med = [statistics.median(column) for column in zip(*rows, strict=True)]
+        print(f"  {label:<9} {c:>5} {med[0]:>7.0f} {med[1]:>8.2f} {med[2]:>8.0f} "
+              f"{med[3]:>8.1f} {med[4]:>7.2f} {med[5]:>6.0%} {med[6]:>7.3f}")
+    for label in servers:
+        many, one = ([statistics.median(column) for column in zip(*got[(label, c)],
+                                                                    strict=True)]
+                     for c in phases)
+        if many[1] > one[1] + 0.5:
+            per_event = (many[3] - one[3]) / (many[1] - one[1])
+            fixed = one[3] - per_event * one[1]
+            print(f"  {label}: a batch costs the writer {fixed:.1f} us + {per_event:.1f} us "
+                  f"an event (the two phases' medians)")
+
+
 def main() -> None:
     """Run the benches and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -447,7 +548,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--producers", type=int, default=32)
     parser.add_argument("--only", choices=("build", "loop", "lone", "sync", "turns", "handover",
-                                                  "trail"))
+                                                  "trail", "http"))
+    parser.add_argument("--seconds", type=float, default=6.0, help="http: seconds per phase")
     parser.add_argument("--pause-only", action="store_true", help="handover: pauses alone")
     parser.add_argument("--lone-events", type=int, default=2000)
     parser.add_argument("--gap-ms", type=float, default=0.5,
@@ -457,11 +559,15 @@ def main() -> None:
     parser.add_argument("--work-us", type=float, default=40.0,
                         help="turns: each producer's work per commit (as a request's)")
     parser.add_argument("--baseline", type=Path, metavar="TREE",
-                        help="sync: also append through the Journal of this checkout")
+                        help="sync: also append through the Journal of this checkout; "
+                             "http: also serve this checkout's guarded app")
     args = parser.parse_args()
     JOURNALS["Journal"] = _journal_class(None)
     if args.baseline is not None:
         JOURNALS["Journal@baseline"] = _journal_class(args.baseline)
+    if args.only == "http":
+        http_batches(args.seconds, args.producers, args.rounds, args.baseline)
+        return
     if args.only == "handover":
         handover(args.lone_events, args.gap_ms / 1e3, args.pause_only)
     if args.only == "trail":

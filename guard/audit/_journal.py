@@ -237,6 +237,7 @@ class Journal:
         self._cut()  # a torn tail (never acknowledged) and the zeros go
         os.fsync(self._fd)  # whole frames a stopped writer had not synced yet are kept
         self._broken = False
+        self._refused: str | None = None  # why every append is refused from now on (refuse)
         self.next_offset = first + len(payloads)  # the next record's; all below is durable
         end = open_own(folder / END, os.O_RDWR | os.O_CREAT)
         try:
@@ -278,6 +279,8 @@ class Journal:
         :data:`MAX_FRAME` (its readers would take it for the end or damage); nothing of
         the batch is kept.
         """
+        if self._refused is not None:
+            raise AuditUnavailableError(f"audit journal {self.folder}: {self._refused}")
         lengths = list(map(len, payloads))
         if not all(lengths) or max(lengths, default=0) > MAX_FRAME:
             raise AuditUnavailableError(
@@ -303,7 +306,7 @@ class Journal:
                 with contextlib.suppress(OSError):  # no room for them: the batch alone
                     self._grown = end + os.pwrite(self._fd, _ZEROS, end)
             os.fdatasync(self._fd)
-        except OSError as exc:
+        except Exception as exc:  # (OSError, or anything else before the sync returned)
             try:  # cut the failed batch off, so the next batch follows the last good one
                 self._cut()
             except OSError:
@@ -322,8 +325,18 @@ class Journal:
         os.lseek(self._fd, self._size, os.SEEK_SET)
         self._grown = self._size
 
+    def refuse(self, why: str) -> None:
+        """Refuse every append from now on (``why``), its files left open.
+
+        For a writer that may still be inside an append (a sync that does not return):
+        its descriptor stays this segment's until the process ends, so no write of it
+        can land in a file opened later under the same number.
+        """
+        self._refused = why
+
     def close(self) -> None:
         """Cut the segment to its records; close it and the mapping and release the lock."""
+        self._refused = "the journal is closed"
         with contextlib.suppress(OSError):
             self._cut()
         self._end.close()

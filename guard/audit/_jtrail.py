@@ -252,20 +252,33 @@ class JournalTrail:
             return True, f"audit journal writable; index behind: {self.child.last_error}"
         return True, "audit journal writable"
 
-    def close(self) -> None:
-        """Write the closing checkpoint, index the journal's end, release everything (once)."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Write the closing checkpoint, index the journal's end, release everything (once).
+
+        A writer still inside an append after ``timeout`` seconds (a sync that does not
+        return) is left behind: the journal refuses every later append and keeps its
+        files open, so no write of that writer lands in a file opened later.
+        """
         if self._stop.is_set():
             return
         self._stop.set()
         self._sweeper.join(30.0)  # bounded: a sweep stuck on a hung store is left behind
-        self.writer.close()
+        self.writer.close(timeout)
+        hung = self.writer.alive
+        if hung:
+            self.journal.refuse("the audit trail is closed")
+            _log.error("audit journal writer did not stop within %g s (a write or sync of %s "
+                       "that does not return): its journal refuses every later append and "
+                       "stays open until the process ends", timeout, self.journal.folder)
         if self.child is not None:  # the closing checkpoint indexed, then the child stopped
             with contextlib.suppress(AuditUnavailableError):
-                self.flush(30.0)
+                if not hung:
+                    self.flush(timeout)
             self.child.close()
         if self._otlp is not None:
             self._otlp.close()
-        self.journal.close()
+        if not hung:
+            self.journal.close()
         self.store.close()
 
     def __enter__(self) -> JournalTrail:

@@ -471,19 +471,28 @@ class JournalWriter:
             if unsigned >= every:  # at the exact event: no stretch exceeds `every`
                 add_record(self._signed(CheckpointKind.PERIODIC, seq, prev, checkpoints))
                 unsigned, started = 0, None
+        before = self.journal.next_offset
         try:
             self._append(records)
         except AuditUnavailableError as exc:
             for item in built:
                 item.result = exc
             return None
+        except Exception:  # not a refusal: its producers fail closed (_run)
+            if self.journal.next_offset != before:  # after the sync: the records are there
+                self._advance(seq, prev, unsigned, started)  # and their sequences taken
+            raise
         for item, row in zip(built, rows, strict=True):
             item.result = row[0]
+        self._advance(seq, prev, unsigned, started)
+        return rows, checkpoints
+
+    def _advance(self, seq: int, prev: str, unsigned: int, started: str | None) -> None:
+        """The chain goes on after a batch in the journal: its last sequence and hash."""
         self._seq, self._prev, self._opened = seq, prev, True
         if started is not None:
             self._unsigned_since = ts_epoch(started) or time.time()
         self._unsigned = unsigned
-        return rows, checkpoints
 
     def _append(self, records: Sequence[bytes]) -> None:
         """Append records with one fdatasync.
