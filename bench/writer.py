@@ -447,13 +447,17 @@ def turns(events: int, producers: int, work_us: float) -> tuple[float, float, fl
     total = per * producers
     return writer_us / total, total / max(1, batches), wall * 1e6 / total
 
-def _writer_counts(pid: int, tid: int) -> tuple[float, float, int]:
-    """A server's writer thread so far: user and kernel CPU seconds, ``write`` calls."""
+def _writer_counts(pid: int, tid: int) -> tuple[float, float, int, int]:
+    """A server's writer thread so far: user and kernel CPU seconds, ``write`` calls, and
+    the times it slept (voluntary context switches)."""
     task = Path(f"/proc/{pid}/task/{tid}")
     fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     io = dict(line.split(": ") for line in (task / "io").read_text().splitlines())
-    return int(fields[11]) / tick, int(fields[12]) / tick, int(io["syscw"])
+    status = dict(line.split(":\t") for line in (task / "status").read_text().splitlines()
+                  if ":\t" in line)
+    return (int(fields[11]) / tick, int(fields[12]) / tick, int(io["syscw"]),
+            int(status["voluntary_ctxt_switches"]))
 
 
 def _schedstat_s(pid: int, tid: int) -> float:
@@ -502,17 +506,17 @@ def http_batches(seconds: float, connections: int, rounds: int, tree: Path | Non
                 tid = writers[label]
                 for c in phases:
                     ends0 = sum(durable_end(lane) for lane in lanes(folder))
-                    user0, sys0, w0 = _writer_counts(proc.pid, tid)
+                    user0, sys0, w0, slept0 = _writer_counts(proc.pid, tid)
                     cpu0 = _schedstat_s(proc.pid, tid)
                     run = web.wrk_run(url, token, c, seconds, workdir)
-                    user1, sys1, w1 = _writer_counts(proc.pid, tid)
+                    user1, sys1, w1, slept1 = _writer_counts(proc.pid, tid)
                     cpu = _schedstat_s(proc.pid, tid) - cpu0
                     records = sum(durable_end(lane) for lane in lanes(folder)) - ends0
                     batches = max(1, (w1 - w0) // 2)
                     share = (sys1 - sys0) / max(1e-9, user1 - user0 + sys1 - sys0)
                     got[(label, c)].append((run.rps, records / batches, batches / run.seconds,
                                             cpu * 1e6 / batches, cpu * 1e6 / run.requests,
-                                            share, run.p50_ms))
+                                            share, run.p50_ms, (slept1 - slept0) / batches))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -524,11 +528,11 @@ def http_batches(seconds: float, connections: int, rounds: int, tree: Path | Non
     print(f"http: wrk {seconds:g} s at {connections} connections, then 1; {rounds} rounds "
           "(medians); the writer thread's CPU from schedstat, its kernel share from stat")
     print(f"  {'server':<9} {'conns':>5} {'req/s':>7} {'ev/batch':>8} {'batch/s':>8} "
-          f"{'us/batch':>8} {'us/req':>7} {'kernel':>6} {'p50 ms':>7}")
+          f"{'us/batch':>8} {'us/req':>7} {'kernel':>6} {'p50 ms':>7} {'sleeps/batch':>12}")
     for (label, c), rows in got.items():
         med = [statistics.median(column) for column in zip(*rows, strict=True)]
         print(f"  {label:<9} {c:>5} {med[0]:>7.0f} {med[1]:>8.2f} {med[2]:>8.0f} "
-              f"{med[3]:>8.1f} {med[4]:>7.2f} {med[5]:>6.0%} {med[6]:>7.3f}")
+              f"{med[3]:>8.1f} {med[4]:>7.2f} {med[5]:>6.0%} {med[6]:>7.3f} {med[7]:>12.2f}")
     for label in servers:
         many, one = ([statistics.median(column) for column in zip(*got[(label, c)],
                                                                     strict=True)]
