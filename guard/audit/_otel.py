@@ -11,6 +11,7 @@ from opentelemetry.trace import NoOpTracer, ProxyTracer, SpanContext
 
 from guard._types import Decision
 from guard.audit._event import AuditEvent
+from guard.audit._health import FailureLog
 
 tracer = trace.get_tracer("purpose-guard")
 
@@ -67,6 +68,10 @@ def makes_no_span(tracer: trace.Tracer) -> bool:
 class OtlpLogExporter:
     """Send each durable audit event to an OTLP/HTTP logs endpoint (batched, best effort).
 
+    A failing export is logged on ``guard.audit`` as other audit failures are: the
+    first at once (error), then at most once a minute with a count, then the
+    recovery; never once per event.
+
     Args:
         endpoint: The collector's logs URL, e.g. ``http://collector:4318/v1/logs``.
     """
@@ -74,26 +79,44 @@ class OtlpLogExporter:
     def __init__(self, endpoint: str) -> None:
         from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
         from opentelemetry.sdk._logs import LoggerProvider
-        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExportResult
         from opentelemetry.sdk.resources import Resource
 
+        self.failures = FailureLog(f"audit OTLP export to {endpoint}")
+        exporter = OTLPLogExporter(endpoint=endpoint, timeout=5)
+        export = exporter.export
+
+        def reported(batch: Any) -> Any:  # the SDK's result, told to the failure log
+            try:
+                result = export(batch)
+            except Exception as exc:
+                self.failures.failed(f"{type(exc).__name__}: {exc}")
+                raise
+            if result is LogRecordExportResult.SUCCESS:
+                self.failures.succeeded()
+            else:
+                self.failures.failed(f"{len(batch)} event(s) not exported")
+            return result
+
+        exporter.export = reported  # type: ignore[method-assign]
         self._provider = LoggerProvider(resource=Resource.create({"service.name": "purpose-guard"}))
-        self._provider.add_log_record_processor(
-            BatchLogRecordProcessor(OTLPLogExporter(endpoint=endpoint, timeout=5))
-        )
+        self._provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
         self._logger = self._provider.get_logger("purpose-guard.audit")
 
     def __call__(self, events: Sequence[AuditEvent]) -> None:
-        """Queue ``events`` for export."""
-        for event in events:
-            data = event.to_dict()  # the body: one JSON line, keys sorted (hash included)
-            attributes = {
-                f"audit.{key}": value
-                for key, value in data.items()
-                if value is not None and not isinstance(value, list)
-            }
-            self._logger.emit(body=orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode(),
-                              attributes=attributes, event_name=f"audit.{event.kind.value}")
+        """Queue ``events`` for export (a failure to queue is logged, never raised)."""
+        try:
+            for event in events:
+                data = event.to_dict()  # the body: one JSON line, keys sorted (hash included)
+                attributes = {
+                    f"audit.{key}": value
+                    for key, value in data.items()
+                    if value is not None and not isinstance(value, list)
+                }
+                self._logger.emit(body=orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode(),
+                                  attributes=attributes, event_name=f"audit.{event.kind.value}")
+        except Exception as exc:  # best effort; the journal is the record
+            self.failures.failed(f"{type(exc).__name__}: {exc}")
 
     def close(self) -> None:
         """Flush and stop the exporter."""
