@@ -260,8 +260,58 @@ def verify(
     Raises:
         ConfigError: the store holds keyed chains and no ``chain_key`` was given.
     """
-    return verify_chains(store.stream(_EVENTS_SQL), stored_checkpoints(store), public,
-                         chain_key=chain_key, witness=witness)
+    report = verify_chains(store.stream(_EVENTS_SQL), stored_checkpoints(store), public,
+                           chain_key=chain_key, witness=witness)
+    found = check_register(store)
+    if found is None:
+        return report
+    return VerifyReport(report.events, report.writers, report.checkpoints,
+                        (*report.problems, found), report.notes)
+
+
+_REGISTER_SQL = ("SELECT entry_id, subject, kind, purpose, effective, recorded_by, ref, event_id "
+                 "FROM subject_register ORDER BY subject, seq")
+_RIGHTS_SQL = ("SELECT event_id, subject, reason, purpose, caller, detail FROM audit_event "
+               "WHERE kind = 'subject_right'")
+
+
+def check_register(store: Store) -> Problem | None:
+    """The first subject register entry that is not its ``subject_right`` event, or None.
+
+    The guard enforces the register's rows, which are no part of a chain: each must be
+    the very entry its chained event recorded (subject, kind, purpose, effective day,
+    who, reference), and each such event must have its row. So an entry planted (a
+    consent no one gave), edited or deleted (an erasure or objection undone) by a writer
+    to the store is named, as an edited event is.
+
+    Args:
+        store: The audit store (the register is its ``subject_register`` table).
+    """
+    events: dict[str, tuple[Any, ...]] = {}
+    for event_id, subject, reason, purpose, caller, detail in store.stream(_RIGHTS_SQL):
+        try:
+            said = json.loads(str(detail))
+            entry = str(said["entry_id"])
+            fields = (subject, reason, purpose or "", str(said["effective"]), caller,
+                      said.get("ref") or "", event_id)
+        except (ValueError, KeyError, TypeError):
+            continue  # no entry's event: the chain check covers what it holds
+        events[entry] = fields
+    for entry_id, subject, kind, purpose, effective, by, ref, event_id in store.stream(
+            _REGISTER_SQL):
+        expected = events.pop(str(entry_id), None)
+        if expected is None or expected != (subject, kind, purpose or "", str(effective), by,
+                                            ref or "", event_id):
+            what = ("has no subject_right event" if expected is None
+                    else "is not the entry its subject_right event recorded")
+            return Problem("altered" if expected else "inserted", "(register)", None, None,
+                           f"subject register entry {entry_id} ({kind}) {what}")
+    if events:
+        entry_id, fields = next(iter(events.items()))
+        return Problem("deleted", "(register)", None, None,
+                       f"subject register entry {entry_id} ({fields[1]}), recorded by event "
+                       f"{fields[-1]}, is missing from the register")
+    return None
 
 
 def verify_chains(

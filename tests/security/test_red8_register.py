@@ -1,0 +1,115 @@
+"""A subject register entry planted, edited or deleted in the store is named by verify.
+
+The guard enforces the rows of ``subject_register``, which are no part of a hash chain;
+every entry is also a chained ``subject_right`` event. A writer to the store (the
+threat model's "writer to the audit store") who deletes an objection's row makes the
+guard process the subject again, and one who inserts a consent's row makes it process
+what the subject never agreed to; ``guard audit verify`` must name either.
+"""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from guard.cli import main
+
+SUBJECT = "cust-0042"
+CHECK = ["check", "--caller", "svc:marketing", "--purpose", "marketing.advertising",
+         "--category", "contact.email", "--subject", SUBJECT]
+
+
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        *args: str) -> tuple[int, str]:
+    """Run ``guard`` in-process as an operator does; (exit code, stdout)."""
+    monkeypatch.setattr(sys, "argv", ["guard", *args])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    out, _err = capsys.readouterr()
+    assert isinstance(code, int), code
+    return code, out
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy_dir: Path) -> Path:
+    """An SQLite audit store and keys the CLI is pointed at, with one objection recorded."""
+    monkeypatch.chdir(policy_dir.parent)
+    path = tmp_path / "audit.db"
+    monkeypatch.setenv("GUARD_CONFIG", "/dev/null")
+    monkeypatch.setenv("GUARD_AUDIT__STORE", f"sqlite:///{path}")
+    monkeypatch.setenv("GUARD_AUDIT__HMAC_KEY", str(tmp_path / "hmac.key"))
+    monkeypatch.setenv("GUARD_AUDIT__SIGNING_KEY", str(tmp_path / "signing.key"))
+    monkeypatch.setenv("GUARD_AUDIT__JOURNAL", str(tmp_path / "journal"))
+    return path
+
+
+def _sql(path: Path, statement: str) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
+def _object(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(monkeypatch, capsys, "subject", "object", SUBJECT, "--purpose",
+                    "marketing", "--ref", "T-7")
+    assert code == 0, out
+    assert run(monkeypatch, capsys, *CHECK)[0] == 1  # the objection is enforced
+
+
+def test_an_objection_deleted_from_the_register_is_named_by_verify(
+        db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _object(monkeypatch, capsys)
+    _sql(db, "DELETE FROM subject_register")
+    assert run(monkeypatch, capsys, *CHECK)[0] == 0  # the attack: processed again
+    code, out = run(monkeypatch, capsys, "audit", "verify")
+    assert code == 1, out
+    assert "deleted: writer (register)" in out
+    assert "is missing from the register" in out
+
+
+def test_a_consent_planted_in_the_register_is_named_by_verify(
+        db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _object(monkeypatch, capsys)
+    _sql(db, "INSERT INTO subject_register SELECT subject, seq + 1, 'planted', 'consent', "
+             "'marketing', effective, recorded_at, recorded_by, ref, event_id "
+             "FROM subject_register")
+    code, out = run(monkeypatch, capsys, "audit", "verify")
+    assert code == 1, out
+    assert "inserted: writer (register)" in out
+    assert "entry planted (consent) has no subject_right event" in out
+
+
+@pytest.mark.parametrize("change", [
+    "kind = 'consent'", "purpose = 'billing'", "effective = '2999-01-01'",
+    "recorded_by = 'cli:someone'", "ref = 'T-8'",
+    "subject = '00' || substr(subject, 3)",
+])
+def test_an_entry_edited_in_the_register_is_named_by_verify(
+        db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        change: str) -> None:
+    _object(monkeypatch, capsys)
+    _sql(db, f"UPDATE subject_register SET {change}")
+    code, out = run(monkeypatch, capsys, "audit", "verify")
+    assert code == 1, out
+    assert "altered: writer (register)" in out
+
+
+def test_an_untouched_register_verifies_intact(
+        db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _object(monkeypatch, capsys)
+    code, out = run(monkeypatch, capsys, "subject", "erase", SUBJECT, "--ref", "T-9")
+    assert code == 0, out
+    code, out = run(monkeypatch, capsys, "audit", "verify")
+    assert code == 0, out
+    assert out.startswith("intact:")
