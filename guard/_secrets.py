@@ -22,9 +22,11 @@ def own_only(info: os.stat_result, folder: os.stat_result | None = None) -> None
     """Refuse (OSError) a key another local user may have written or put in place.
 
     A key file must be writable by its owner alone, and lie in a folder of this user's
-    or root's: one that others may write too (``/tmp``) holds only keys of this user's
-    or root's. With ``info`` alone, ``info`` is a folder to make a key in, which must be
-    this user's or root's and written by nobody else.
+    or root's: one that others may write too holds only keys of this user's or root's,
+    and only with the sticky bit (``/tmp``), without which anyone who may write the
+    folder can rename any file of root's in it (one whose text they can read) over the
+    key. With ``info`` alone, ``info`` is a folder to make a key in, which must be this
+    user's or root's and written by nobody else.
 
     Args:
         info: The key file's ``stat`` (or the folder's, when ``folder`` is None).
@@ -43,6 +45,11 @@ def own_only(info: os.stat_result, folder: os.stat_result | None = None) -> None
     if info.st_mode & 0o022:
         raise OSError(errno.EPERM, "it is writable by others (mode "
                                    f"{stat.S_IMODE(info.st_mode):o}; chmod go-w)")
+    if folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX:
+        raise OSError(errno.EPERM, "its folder is writable by others without the sticky bit "
+                                   f"(mode {stat.S_IMODE(folder.st_mode):o}): another user may "
+                                   "rename any file or link in it over the key (chmod go-w, "
+                                   "or +t)")
     if folder.st_mode & 0o022 and info.st_uid not in mine:
         raise OSError(errno.EPERM, f"it is owned by uid {info.st_uid} in a folder others "
                                    "may write: another user may have put it there")

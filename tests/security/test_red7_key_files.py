@@ -234,10 +234,10 @@ def test_a_link_another_user_put_in_a_folder_others_may_write_is_refused(
     and signs tokens with that text as the secret."""
     base = _folder(shared)
     os.chown(base, 0, NOBODY)
-    base.chmod(0o775)  # root's, its group (nobody's) may write, no sticky bit
     path = _write(base, "hs256", keys)
     auth = Authenticator.from_settings(_identity(base, "hs256", key_refresh_seconds=0.001),
                                        announce=False)
+    base.chmod(0o775)  # root's, its group (nobody's) may write, no sticky bit
     known = Path("/etc/passwd")
     _as_nobody(f"import os; os.symlink({str(known)!r}, {str(base / 'new')!r}); "
                f"os.rename({str(base / 'new')!r}, {str(path)!r})")
