@@ -191,10 +191,8 @@ class RouteTable:
 
     def __init__(self, rules: Iterable[RouteRule]) -> None:
         self.rules: tuple[RouteRule, ...] = tuple(rules)
-        self._entries: tuple[tuple[frozenset[str] | None, Any, RouteRule], ...] = tuple(
-            (_accepted_methods(rule.method), compile_template(rule.template)[0].match, rule)
-            for rule in self.rules
-        )
+        self._entries: tuple[tuple[frozenset[str] | None, Any, Any, bool, RouteRule], ...] = (
+            tuple(_entry(rule) for rule in self.rules))
 
     @classmethod
     def from_csv(cls, path: Path) -> RouteTable:
@@ -213,17 +211,43 @@ class RouteTable:
         return RouteTable([*rules, *self.rules])
 
     def match(self, method: str, path: str) -> RouteMatch | None:
-        """The first rule (in file order) for a request, or None when no rule matches it."""
+        """The first rule (in file order) for a request, or None when no rule matches it.
+
+        Also None when a rule before the one that matches would match the path in
+        another ASCII case: many upstreams route without regard to case (Express and
+        ASP.NET Core by default), so ``/customers/EXPORT`` would run the handler of
+        ``/customers/export`` while the guard judged ``/customers/{customer_id}``.
+        """
         method = method.upper()
-        for methods, match, rule in self._entries:
+        upper: bool | None = None
+        for methods, match, folded, capitals, rule in self._entries:
             if methods is None or method in methods:
                 found = match(path)
                 if found is not None:
                     return RouteMatch(rule, found.groupdict())
+                if not capitals:  # a path without capitals matches it in one case alone
+                    if upper is None:
+                        upper = _CAPITAL.search(path) is not None
+                    if not upper:
+                        continue
+                if folded(path) is not None:
+                    return None  # another case of this rule's path: not judged as a later one
         return None
 
     def __len__(self) -> int:
         return len(self.rules)
+
+
+_CAPITAL = re.compile("[A-Z]")
+
+
+def _entry(rule: RouteRule) -> tuple[frozenset[str] | None, Any, Any, bool, RouteRule]:
+    """A rule's accepted methods, its path's matcher, the same in any ASCII case, whether
+    its literal text holds a capital, and the rule."""
+    regex = compile_template(rule.template)[0]
+    folded = re.compile(regex.pattern, re.IGNORECASE | re.ASCII)
+    return (_accepted_methods(rule.method), regex.match, folded.match,
+            _CAPITAL.search(_PARAM.sub("", rule.template)) is not None, rule)
 
 
 def parse_routes(text: str, origin: str = "routes.csv") -> list[RouteRule]:
