@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -269,24 +270,38 @@ def verify(
                         (*report.problems, found), report.notes)
 
 
+REGISTER_SETTLE = 1.0
+"""Seconds before a register entry and its event that disagree are looked at again."""
 _REGISTER_SQL = ("SELECT entry_id, subject, kind, purpose, effective, recorded_by, ref, event_id "
                  "FROM subject_register ORDER BY subject, seq")
 _RIGHTS_SQL = ("SELECT event_id, subject, reason, purpose, caller, detail FROM audit_event "
                "WHERE kind = 'subject_right'")
 
 
-def check_register(store: Store) -> Problem | None:
+def check_register(store: Store, *, settle: float = REGISTER_SETTLE) -> Problem | None:
     """The first subject register entry that is not its ``subject_right`` event, or None.
 
     The guard enforces the register's rows, which are no part of a chain: each must be
     the very entry its chained event recorded (subject, kind, purpose, effective day,
     who, reference), and each such event must have its row. So an entry planted (a
     consent no one gave), edited or deleted (an erasure or objection undone) by a writer
-    to the store is named, as an edited event is.
+    to the store is named, as an edited event is. An entry is recorded while verify
+    reads (its event durable first, then indexed, then its row stored): a mismatch is
+    looked at again once, ``settle`` seconds later, and only one that stays is named.
 
     Args:
         store: The audit store (the register is its ``subject_register`` table).
+        settle: Seconds to wait before looking at a mismatch again (past the index's lag).
     """
+    found = _register_mismatch(store)
+    if found is not None and settle > 0:
+        time.sleep(settle)
+        found = _register_mismatch(store)
+    return found
+
+
+def _register_mismatch(store: Store) -> Problem | None:
+    """:func:`check_register`'s one look."""
     events: dict[str, tuple[Any, ...]] = {}
     for event_id, subject, reason, purpose, caller, detail in store.stream(_RIGHTS_SQL):
         try:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import io
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from guard.audit import open_store
+from guard.audit._verify import check_register
 from guard.cli import main
 
 SUBJECT = "cust-0042"
@@ -113,3 +116,39 @@ def test_an_untouched_register_verifies_intact(
     code, out = run(monkeypatch, capsys, "audit", "verify")
     assert code == 0, out
     assert out.startswith("intact:")
+
+
+def test_an_entry_recorded_while_verify_reads_is_not_named(
+        db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its event is durable in the journal first and reaches the index a moment later:
+    verify's second look, past the index's lag, finds the two agreeing."""
+    _object(monkeypatch, capsys)
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            (row,) = conn.execute("SELECT * FROM audit_event WHERE kind = 'subject_right'")
+            conn.execute("DELETE FROM audit_event WHERE kind = 'subject_right'")
+    finally:
+        conn.close()
+    marks = ",".join("?" * len(row))
+    indexed = threading.Timer(0.2, _sql_args, (db, f"INSERT INTO audit_event VALUES ({marks})",
+                                              row))
+    store = open_store(f"sqlite:///{db}", create=False)
+    try:
+        indexed.start()
+        assert check_register(store, settle=1.0) is None
+        assert check_register(store, settle=0) is None
+        _sql(db, "DELETE FROM subject_register")
+        assert check_register(store, settle=0.01) is not None
+    finally:
+        indexed.join()
+        store.close()
+
+
+def _sql_args(path: Path, statement: str, args: tuple[object, ...]) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute(statement, args)
+    finally:
+        conn.close()
