@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from opentelemetry import trace
@@ -82,7 +83,9 @@ class OtlpLogExporter:
         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExportResult
         from opentelemetry.sdk.resources import Resource
 
-        self.failures = FailureLog(f"audit OTLP export to {endpoint}")
+        shown = urlsplit(endpoint)  # no user, password or query in a log line
+        self.failures = FailureLog(f"audit OTLP export to {shown.scheme}://"
+                                   f"{shown.netloc.rpartition('@')[2]}{shown.path}")
         exporter = OTLPLogExporter(endpoint=endpoint, timeout=5)
         export = exporter.export
 

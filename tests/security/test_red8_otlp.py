@@ -83,6 +83,22 @@ def test_a_failing_otlp_export_is_logged_once_not_per_event(
         trail.close()
 
 
+def test_the_log_line_names_no_credential_of_the_endpoint(
+        tmp_path: Path, audit_keys: Keys, collector: _Collector,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="guard.audit")
+    endpoint = collector.endpoint.replace("http://", "http://user:s3cret@") + "?token=s3cret"
+    trail = make_trail(f"sqlite:///{tmp_path / 'a.db'}", audit_keys, otlp_endpoint=endpoint)
+    try:
+        record(trail, decision_event(subject_id="alice"))
+        trail._otlp._provider.force_flush()  # type: ignore[union-attr]
+        (line,) = _guard_lines(caplog)
+        assert "s3cret" not in line.getMessage()
+        assert collector.endpoint in line.getMessage()
+    finally:
+        trail.close()
+
+
 def test_a_working_otlp_export_logs_nothing(
         tmp_path: Path, audit_keys: Keys, collector: _Collector,
         caplog: pytest.LogCaptureFixture) -> None:
