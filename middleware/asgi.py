@@ -176,9 +176,9 @@ class GuardMiddleware:
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        else:
-            await self.app(scope, receive, send)
-            return
+        else:  # a kind of connection the guard cannot judge never reaches the app
+            raise ValueError(f"the guard judges http and websocket connections only, not "
+                             f"{str(kind)[:32]!r}: refused")
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
