@@ -264,10 +264,38 @@ def event_detail(store: Store, event_id: str) -> EventDetail | None:
     return EventDetail(event, tuple(row_event(r) for r in related))
 
 
-def subject_events(store: Store, pseudonym: str) -> list[Row]:
-    """Every decision about one data subject, allowed or refused, oldest first."""
-    condition, params = EventFilter(subject=pseudonym).where(store)
-    sql = (f"SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {condition} "  # noqa: S608 - constant SQL
-           "ORDER BY e.ts, e.event_id")
-    return _rows(store, sql, params)
+REFUSED_LISTED = 10_000
+"""The most refused decisions about one subject read as rows (the rest are counted)."""
+
+
+def subject_events(store: Store, pseudonym: str,
+                   refused_listed: int = REFUSED_LISTED) -> list[Row]:
+    """The decisions about one data subject, oldest first: every allowed one, and the
+    oldest ``refused_listed`` refused ones (:func:`refused_count` counts them all).
+
+    Anyone may send requests naming a subject with no credentials, each refused and
+    recorded under the subject's pseudonym: read whole, a flood of them would fill the
+    console's memory when the subject's report is opened.
+
+    Args:
+        store: The audit store.
+        pseudonym: The subject's pseudonym.
+        refused_listed: The most refused decisions read as rows.
+    """
+    allowed, params = EventFilter(subject=pseudonym, allowed=True).where(store)
+    refused, more = EventFilter(subject=pseudonym, allowed=False).where(store)
+    rows = _rows(store, (  # one read: every allowed decision, then the oldest refused ones
+        f"SELECT * FROM (SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e WHERE {allowed}) a "  # noqa: S608 - constant SQL
+        f"UNION ALL SELECT * FROM (SELECT {E_COLUMNS}, {OUTCOME} FROM audit_event e "
+        f"WHERE {refused} ORDER BY e.ts, e.event_id LIMIT {int(refused_listed)}) r"),
+        [*params, *more])
+    rows.sort(key=lambda r: (r.event.ts, r.event.event_id))
+    return rows
+
+
+def refused_count(store: Store, pseudonym: str) -> int:
+    """How many decisions about one data subject were refused."""
+    condition, params = EventFilter(subject=pseudonym, allowed=False).where(store)
+    counted = store.rows(f"SELECT count(*) FROM audit_event e WHERE {condition}", params)  # noqa: S608 - constant SQL
+    return int(counted[0][0])
 

@@ -199,6 +199,9 @@ def to_pdf(view: SubjectView) -> bytes:
         doc.paragraph(f"{len(view.decisions)} decision(s): {len(view.decisions) - refused} "
                       f"allowed, {refused} refused. Decisions alike in {GROUPED_BY} are one "
                       "line, with their number and the first and last time.")
+        if view.refused_unlisted:
+            doc.paragraph(f"{view.refused_unlisted} further refused request(s) are counted "
+                          "above but not listed (the oldest refused ones are).")
         doc.paragraph("Each decision on its own, with its time and event id, is in the CSV and "
                       "JSON exports of this report.")
         doc.pdf.ln(1)

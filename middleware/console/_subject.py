@@ -26,7 +26,7 @@ from guard.audit._event import TS_FORMAT
 from guard.audit._report import register_of, report_of
 from guard.config import ConsoleSettings
 from guard.policy._compiled import ADEQUATE, CompiledPolicy
-from middleware.console._data import Row, subject_events
+from middleware.console._data import REFUSED_LISTED, Row, refused_count, subject_events
 
 HOME_COUNTRY = "GB"
 LOOKUP_METHOD, LOOKUP_ROUTE = "POST", "/subject"
@@ -110,6 +110,18 @@ class SubjectView:
     report: SubjectReport
     decisions: tuple[Row, ...]
     transfers: tuple[Transfer, ...]
+    refused_unlisted: int = 0
+    """Refused decisions counted in the report but not among ``decisions``."""
+
+    @property
+    def total(self) -> int:
+        """Every decision about the subject, listed or not."""
+        return len(self.decisions) + self.refused_unlisted
+
+    @property
+    def refused(self) -> int:
+        """Every refused decision about the subject, listed or not."""
+        return self.report.denied_attempts
 
     @property
     def register(self) -> tuple[Any, ...]:
@@ -130,6 +142,7 @@ class SubjectView:
              "allowed": r.event.allowed, "reason": r.event.reason,
              "status": r.status, "event_id": r.event.event_id}
             for r in self.decisions]
+        data["refused_unlisted"] = self.refused_unlisted
         return data
 
 
@@ -205,9 +218,11 @@ def subject_view(store: Store, pseudonym: str, policy: CompiledPolicy | None) ->
     is built from the allowed ones.
     """
     decisions = tuple(subject_events(store, pseudonym))
+    refused = sum(1 for r in decisions if r.event.allowed is False)
+    unlisted = refused_count(store, pseudonym) - refused if refused >= REFUSED_LISTED else 0
     report = report_of(
         pseudonym, [QueryRow(r.event, r.status) for r in decisions if r.event.allowed is True],
-        sum(1 for r in decisions if r.event.allowed is False), register_of(store, pseudonym))
+        refused + unlisted, register_of(store, pseudonym))
     counts: dict[tuple[str, str], int] = {}
     for access in report.accesses:
         if access.country and access.country != HOME_COUNTRY:
@@ -215,4 +230,4 @@ def subject_view(store: Store, pseudonym: str, policy: CompiledPolicy | None) ->
             counts[key] = counts.get(key, 0) + 1
     transfers = tuple(Transfer(name, country, safeguard(policy, name), n)
                       for (name, country), n in sorted(counts.items()))
-    return SubjectView(report, decisions, transfers)
+    return SubjectView(report, decisions, transfers, unlisted)

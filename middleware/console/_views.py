@@ -206,6 +206,7 @@ async def subject_page(request: Request, console: Console, auditor: str) -> Resp
         "total": len(view.decisions), "refused": refused,
         "rows": [row_json(r) for r in shown],
         "lawful": {r.event.event_id: ", ".join(r.event.lawful_basis) for r in shown},
+        "unlisted": view.refused_unlisted,
         "page": number, "pages": pages, "first_shown": (number - 1) * size + 1,
         "grant": urlencode({"grant": grant}), "pseudonym": pseudonym})
 

@@ -268,8 +268,8 @@ def _as_v5(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
     if at < 0:
         return sql, params
     before = sql[:at].count("?")
-    return (sql.replace(SUBJECT_MATCH["sqlite"], SUBJECT_MATCH["postgresql"]),
-            params[:before + 1] + params[before + 2:])
+    sql = sql.replace(SUBJECT_MATCH["sqlite"], SUBJECT_MATCH["postgresql"], 1)
+    return _as_v5(sql, params[:before + 1] + params[before + 2:])  # each such condition
 
 
 def test_no_query_scans_a_table_it_read_through_an_index_at_version_5(
