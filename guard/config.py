@@ -143,6 +143,8 @@ class SidecarSettings(BaseModel):
     reload_debounce_ms: int = Field(default=50, ge=0)
     workers: int = Field(default=1, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    gc_freeze: bool = True
+    """Freeze the heap built at start-up (``gc.freeze()``) so the collector no longer walks it."""
 
     @field_validator("upstream")
     @classmethod

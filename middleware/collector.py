@@ -1,8 +1,10 @@
 """An explicit, process-wide setting of Python's cyclic collector for a guarded service.
 
-The guard never changes the collector on its own: the collector's settings belong
-to the whole process. A service that wants the measured gain (docs/performance.md,
+The middleware never changes the collector: the collector's settings belong to the
+whole process. A service that wants the measured gain (docs/performance.md,
 "HTTP middleware") calls :func:`tune_collector` once, at the end of its start-up.
+The sidecar's process is the guard's own: it freezes its start-up heap
+(:func:`freeze_startup_heap`) unless ``sidecar.gc_freeze`` is off.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 
-__all__ = ["tune_collector"]
+__all__ = ["freeze_startup_heap", "tune_collector"]
 
 _log = logging.getLogger("guard.middleware")
 
@@ -46,3 +48,19 @@ def tune_collector(*, threshold: int = 20_000, freeze: bool = True) -> tuple[int
     _log.info("cyclic collector: first threshold %d (was %d)%s", threshold, previous[0],
               f", {gc.get_freeze_count()} start-up objects frozen" if freeze else "")
     return previous
+
+
+def freeze_startup_heap() -> int:
+    """Collect start-up's garbage, then freeze every object still alive.
+
+    The frozen objects (modules, the policy, the app) are never walked by the
+    collector again, so each full collection walks only what came after; the garbage
+    is collected first so that none of it stays frozen for good. The sidecar calls
+    it at the end of its start-up (``sidecar.gc_freeze``): the process is the guard's.
+
+    Returns:
+        How many objects are frozen now (``gc.get_freeze_count()``).
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -32,6 +32,11 @@ def _sidecar(
         Path | None, typer.Option(help="routes.csv (default: beside the policy).")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="uvicorn worker processes.")] = None,
+    gc_freeze: Annotated[
+        bool | None,
+        typer.Option("--gc-freeze/--no-gc-freeze",
+                     help="Freeze the start-up heap out of the collector's walks (default on)."),
+    ] = None,
 ) -> None:
     """Serve the sidecar: reverse proxy, check endpoint, decision API, health, hot reload.
 
@@ -52,6 +57,7 @@ def _sidecar(
         "upstream": upstream,
         "routes": routes,
         "workers": workers,
+        "gc_freeze": gc_freeze,
     }
     conf = _override(SidecarSettings, "sidecar", settings.sidecar, sidecar_overrides)
     policy = _override(
@@ -60,7 +66,7 @@ def _sidecar(
     settings = settings.model_copy(update={"sidecar": conf, "policy": policy})
     configure_logging(conf.log_level)
     _can_listen(conf.host, conf.port)
-    app = create_app(settings)  # fails here, in one line, on a bad setting or policy
+    app = create_app(settings, own_process=True)  # fails here, in one line, on a bad setting
     typer.echo(
         f"guard sidecar on http://{conf.host}:{conf.port} "
         f"({'proxy to ' + conf.upstream if conf.upstream else 'check and decide'}; "

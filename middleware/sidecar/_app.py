@@ -22,6 +22,7 @@ from guard._types import HttpContext, Reason
 from guard.config import Settings, load_settings
 from middleware._enforce import Outcome, enforce
 from middleware._minimise import DEFAULT_MAX_BODY, Minimiser
+from middleware.collector import freeze_startup_heap
 from middleware.problem import problem_response
 from middleware.sidecar._check import (
     CALLER_HEADER,
@@ -279,12 +280,15 @@ def _package_version() -> str:
         return "0"
 
 
-def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = None) -> SidecarApp:
+def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = None,
+               own_process: bool = False) -> SidecarApp:
     """Build the sidecar app; a bad setting or policy raises a GuardError here, not later.
 
     Args:
         settings: Settings to use; read from guard.toml and ``GUARD_*`` when None.
         sidecar: Already-built parts (tests pass their own).
+        own_process: The app is its process's only one (``guard sidecar``, its workers):
+            its start-up ends by freezing the heap when ``sidecar.gc_freeze`` is on.
     """
     if sidecar is None:
         sidecar = build_sidecar(settings if settings is not None else load_settings())
@@ -308,6 +312,9 @@ def create_app(settings: Settings | None = None, *, sidecar: Sidecar | None = No
             )
         tasks = await _start_watchers(built)
         name_threads()
+        if own_process and conf.gc_freeze:
+            _log.info("start-up heap frozen: %d objects the collector no longer walks",
+                      freeze_startup_heap())
         try:
             yield
         finally:
@@ -389,5 +396,5 @@ def app_from_env() -> ASGIApp:
     raw = os.environ.get(SETTINGS_ENV)
     settings = Settings.model_validate_json(raw) if raw else load_settings()
     configure_logging(settings.sidecar.log_level)
-    return create_app(settings)
+    return create_app(settings, own_process=True)
 
