@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,11 +57,42 @@ def test_the_middleware_does_not_change_the_collector(
     assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
 
 
-def test_tune_collector_raises_the_threshold_and_freezes(collector: None) -> None:
+def test_tune_collector_freezes_and_leaves_the_threshold_by_default(collector: None) -> None:
+    gc.unfreeze()
     before = gc.get_threshold()
     assert tune_collector() == before
+    assert gc.get_threshold() == before  # nothing made after start-up lives longer
+    assert gc.get_freeze_count() > 0
+
+
+def test_tune_collector_collects_before_it_freezes(collector: None) -> None:
+    gc.unfreeze()
+    gc.collect()
+    gc.disable()  # the cycle below stays until a collection finds it
+    try:
+        cycle: list[object] = []
+        cycle.append(cycle)
+        gone = weakref.ref(_Node(cycle))
+        del cycle
+        tune_collector()
+    finally:
+        gc.enable()
+    assert gone() is None  # start-up garbage is collected, not frozen for good
+
+
+def test_tune_collector_can_raise_the_threshold(collector: None) -> None:
+    before = gc.get_threshold()
+    tune_collector(threshold=20_000)
     assert gc.get_threshold() == (20_000, before[1], before[2])
     assert gc.get_freeze_count() > 0
+
+
+class _Node:
+    """A weak-referenceable object in a reference cycle."""
+
+    def __init__(self, cycle: list[object]) -> None:
+        self.cycle = cycle
+        cycle.append(self)
 
 
 def test_tune_collector_can_leave_the_heap_unfrozen(collector: None) -> None:
