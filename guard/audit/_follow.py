@@ -117,6 +117,21 @@ _IDLE_LAG = 0.4
 normal policy takes over (the pace's interval is 0.3 s, the index's lag target 1 s)."""
 
 
+def check_cpus(cpus: Sequence[int]) -> None:
+    """Refuse CPUs this machine lacks for the index child (before anything is opened).
+
+    Args:
+        cpus: ``audit.index_cpus``.
+
+    Raises:
+        ConfigError: one of ``cpus`` is not a CPU of this machine.
+    """
+    lacking = sorted(set(cpus) - set(range(os.cpu_count() or 1)))
+    if lacking:
+        raise ConfigError(f"audit.index_cpus names CPU {lacking[0]}, which this machine "
+                          f"lacks (CPUs 0-{(os.cpu_count() or 1) - 1})")
+
+
 class ChildIndexer:
     """Runs this module (:func:`main`, the follower of ``guard audit index``) as a child.
 
@@ -143,10 +158,7 @@ class ChildIndexer:
 
     def __init__(self, folder: Path, store_url: str, *, restart: float = 1.0,
                  interval: float = 0.3, cpus: Sequence[int] = ()) -> None:
-        lacking = sorted(set(cpus) - set(range(os.cpu_count() or 1)))
-        if lacking:
-            raise ConfigError(f"audit.index_cpus names CPU {lacking[0]}, which this machine "
-                              f"lacks (CPUs 0-{(os.cpu_count() or 1) - 1})")
+        check_cpus(cpus)
         self.folder = folder.resolve()
         self._url = "sqlite:///" + str(sqlite_path(store_url).resolve()) \
             if store_url.startswith("sqlite:///") else store_url

@@ -26,7 +26,7 @@ from guard.audit._checkpoint import Checkpoint
 from guard.audit._countersign import countersign_stale
 from guard.audit._event import EventKind
 from guard.audit._fields import ChainKey, row_event
-from guard.audit._follow import ChildIndexer, hurry
+from guard.audit._follow import ChildIndexer, check_cpus, hurry
 from guard.audit._journal import durable_end, journal_id, lanes, open_lane
 from guard.audit._jwriter import JournalWriter
 from guard.audit._keys import derive_chain_key, load_hmac_key, load_signing_key
@@ -129,6 +129,7 @@ class JournalTrail:
     """
 
     def __init__(self, settings: AuditSettings, *, timeout: float = 5.0) -> None:
+        check_cpus(settings.index_cpus if settings.index == "auto" else ())  # nothing open yet
         self.store = open_store(settings.store, create=True, timeout=timeout)
         self._signing = load_signing_key(settings.signing_key, create=True)
         hmac_key = load_hmac_key(settings.hmac_key, create=True)
