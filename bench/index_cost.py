@@ -28,6 +28,13 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   ``partial-subject``: schema 5's subject index ``WHERE subject IS NOT NULL`` (with
   ``--subjectless``, that share of the records has no subject);
 - ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs);
+- FTS5 subject index options (SQLite): ``fts-short``: the token of the subject's first
+  12 characters (``'s' || hex(substr(subject, 1, 12))``, 25 characters, not 129);
+  ``fts-ascii``: FTS5's ``ascii`` tokenizer (``unicode61`` is its default);
+  ``fts-bulk``: no insert trigger, the transaction's tokens added by one
+  ``INSERT ... SELECT`` after the rows (as the summary); ``fts-pgsz-N``,
+  ``fts-automerge-N``, ``fts-crisismerge-N``: FTS5's configuration options;
+  ``fts-best``: ``fts-short`` and ``fts-bulk`` together;
 - ``page-1024`` / ``page-8192``: SQLite stores made with that page size (4,096 is
   SQLite's default), ``cache-256m``: the index connection's page cache at 256 MiB
   (32 MiB is the store's), ``mmap``: ``mmap_size`` 1 GiB; ``ckpt-N``: the WAL folded into
@@ -170,6 +177,8 @@ class SqliteProbe:
                               "(substr(ts, 1, 13), substr(subject, 1, 12))")
         if dropped:
             self.conn.execute(f"DROP INDEX {dropped}")
+        if variant.startswith("fts-"):
+            fts_variant(self.conn, variant)
         if variant == "sync-off":
             self.conn.execute("PRAGMA synchronous=OFF")
         if variant == "cache-256m":
@@ -179,6 +188,7 @@ class SqliteProbe:
         if variant.startswith("ckpt-"):  # the WAL folded into the file every N pages (0: never)
             self.conn.execute(f"PRAGMA wal_autocheckpoint={int(variant.removeprefix('ckpt-'))}")
         self.variant = variant
+        self.token = (_SHORT if variant == "fts-best" else _TOKEN).format("")
 
     def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
         s = self._sqlite
@@ -195,10 +205,12 @@ class SqliteProbe:
         if self.variant == "sql":
             timed(steps, "insert", lambda: conn.execute(SQLITE_FROM_JSON, (_rows.decode(),)))
         else:
-            for start in range(0, len(rows), 1000):
-                chunk = rows[start:start + 1000]
-                timed(steps, "insert", lambda c=chunk: conn.execute(
-                    self.insert(len(c)), [v for r in c for v in r]))
+            timed(steps, "insert", lambda: s.insert_rows(conn, rows, self.insert))
+        if self.variant in ("fts-bulk", "fts-best"):
+            timed(steps, "fts", lambda: conn.execute(
+                "INSERT INTO audit_subject (rowid, token) SELECT rowid, "
+                f"{self.token} FROM audit_event WHERE rowid > ? AND subject IS NOT NULL",
+                (before,)))
         if self.variant != "no-summary":
             timed(steps, "summary", lambda: conn.execute(s._ADD_HOURS, (before,)))
         if checkpoints:
@@ -212,6 +224,28 @@ class SqliteProbe:
 
 
 REBUILT = ("no-writer-seq", "no-event-id")
+_TOKEN, _SHORT = "'s' || hex({}subject)", "'s' || hex(substr({}subject, 1, 12))"
+
+
+def fts_variant(conn: sqlite3.Connection, variant: str) -> None:
+    """The FTS5 subject index made again, or configured, as ``variant`` says."""
+    option, _, number = variant.removeprefix("fts-").rpartition("-")
+    if option in ("pgsz", "automerge", "crisismerge"):
+        conn.execute("INSERT INTO audit_subject (audit_subject, rank) VALUES (?, ?)",
+                     (option, int(number)))
+        return
+    short = variant in ("fts-short", "fts-best")
+    token = _SHORT if short else _TOKEN
+    drop_subject_index(conn)
+    conn.execute("CREATE VIRTUAL TABLE audit_subject USING fts5 (token, content='', "
+                 "detail=none, columnsize=0"
+                 + (", tokenize='ascii'" if variant == "fts-ascii" else "") + ")")
+    if variant not in ("fts-bulk", "fts-best"):
+        conn.execute("CREATE TRIGGER audit_subject_add AFTER INSERT ON audit_event "
+                     "WHEN new.subject IS NOT NULL BEGIN INSERT INTO audit_subject "
+                     f"(rowid, token) VALUES (new.rowid, {token.format('new.')}); END")
+    conn.execute(f"INSERT INTO audit_subject (rowid, token) SELECT rowid, {token.format('')} "
+                 "FROM audit_event WHERE subject IS NOT NULL")
 
 
 def drop_subject_index(conn: sqlite3.Connection) -> None:
