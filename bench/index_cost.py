@@ -14,11 +14,12 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
 - ``no-ts`` / ``no-subject`` / ``no-decision-ref`` / ``no-policy``: SQLite without that
   index of ``audit_event`` (what each B-tree costs; not a proposal; ``no-subject``: without
   SQLite's FTS5 subject index of schema 6, or PostgreSQL's B-tree), ``no-summary``:
-  without the ``audit_hour`` upsert; ``old-subject``: the ``(subject, ts)`` index of
-  schema 5 (SQLite's until schema 6, PostgreSQL's still) rebuilt in place of the store's
-  subject index (the same run; PostgreSQL too, as ``no-subject`` and ``hour-first``,
-  through ``index_records``); ``hour-first``: the
-  subject index keyed by the event's hour first, ``(substr(ts, 1, 13), subject)``;
+  without the ``audit_hour`` upsert, ``sql-summary``: the summary counted by SQL over the
+  rows inserted (``add_hours``) rather than in Python; ``old-subject``: the
+  ``(subject, ts)`` index of schema 5 (SQLite's until schema 6, PostgreSQL's still)
+  rebuilt in place of the store's subject index (the same run; PostgreSQL too, as
+  ``no-subject`` and ``hour-first``, through ``index_records``); ``hour-first``: the subject
+  index keyed by the event's hour first, ``(substr(ts, 1, 13), subject)``;
   ``short-subject``:
   that index on the pseudonym's first 12 characters; ``sorted``: each transaction's rows
   inserted in the subject index's order;
@@ -205,14 +206,16 @@ class SqliteProbe:
         if self.variant == "sql":
             timed(steps, "insert", lambda: conn.execute(SQLITE_FROM_JSON, (_rows.decode(),)))
         else:
-            timed(steps, "insert", lambda: s.insert_rows(conn, rows, self.insert))
+            stored = timed(steps, "insert", lambda: s.insert_rows(conn, rows, self.insert))
         if self.variant in ("fts-bulk", "fts-best"):
             timed(steps, "fts", lambda: conn.execute(
                 "INSERT INTO audit_subject (rowid, token) SELECT rowid, "
                 f"{self.token} FROM audit_event WHERE rowid > ? AND subject IS NOT NULL",
                 (before,)))
         if self.variant != "no-summary":
-            timed(steps, "summary", lambda: conn.execute(s._ADD_HOURS, (before,)))
+            timed(steps, "summary", lambda: (
+                conn.execute(s._ADD_HOURS, (before,)) if self.variant in ("sql", "sql-summary")
+                else s.add_summary(conn, rows, stored, before)))
         if checkpoints:
             timed(steps, "checkpoints", lambda: conn.executemany(
                 s.INSERT_CHECKPOINT, [s.checkpoint_row(c) for c in checkpoints]))

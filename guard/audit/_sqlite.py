@@ -26,7 +26,7 @@ from guard.audit._schema import (
     migrate,
 )
 from guard.audit._store import AuditStoreError
-from guard.audit._summary import add_hours
+from guard.audit._summary import ADD_COUNTED, add_hours, hour_counts
 
 _SIZES = (1024, 256, 64, 16, 4, 1)  # 27 columns x 1024 stays under SQLite's 32766 variables
 _HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
@@ -46,7 +46,7 @@ def _insert_many(count: int) -> str:
 
 
 def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row],
-                statement: Callable[[int], str] = _insert_many) -> None:
+                statement: Callable[[int], str] = _insert_many) -> int:
     """Insert event rows in statements of :data:`_SIZES` rows, largest first.
 
     A few sizes, so each statement is compiled once per connection (one of 500 rows
@@ -56,12 +56,37 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row],
         conn: The write connection, in a transaction.
         rows: The rows.
         statement: The INSERT of ``count`` rows.
+
+    Returns:
+        How many rows were stored (a row already stored is not).
     """
-    start = 0
+    start = stored = 0
     for size in _SIZES:
         while len(rows) - start >= size:
-            conn.execute(statement(size), list(chain.from_iterable(rows[start:start + size])))
+            stored += conn.execute(statement(size),
+                                   list(chain.from_iterable(rows[start:start + size]))).rowcount
             start += size
+    return stored
+
+
+def add_summary(conn: sqlite3.Connection, rows: Sequence[Row], stored: int, before: int) -> None:
+    """Add the decisions just stored to the hourly summary.
+
+    Counted in Python (:func:`~guard.audit._summary.hour_counts`) when every row was
+    stored; otherwise, or for key values SQL and Python would group apart, by SQL
+    over the rows after ``rowid`` ``before``.
+
+    Args:
+        conn: The write connection, in the insert's transaction.
+        rows: The rows given to the insert.
+        stored: How many of them it stored.
+        before: The table's largest ``rowid`` before the insert.
+    """
+    counts = hour_counts(rows) if stored == len(rows) else None
+    if counts is None:
+        conn.execute(_ADD_HOURS, (before,))
+    elif counts:
+        conn.executemany(ADD_COUNTED, counts)
 
 
 def _insert(conn: sqlite3.Connection, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
@@ -74,8 +99,7 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[Row], checkpoints: Sequence
     """
     if rows:
         before = conn.execute("SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0]
-        insert_rows(conn, rows)
-        conn.execute(_ADD_HOURS, (before,))
+        add_summary(conn, rows, insert_rows(conn, rows), before)
     if checkpoints:
         conn.executemany(INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
     conn.execute(SAVE_OFFSET, offset)
