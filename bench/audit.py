@@ -53,7 +53,7 @@ from guard.audit import (
     subject_report,
 )
 from guard.audit._event import TS_FORMAT
-from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT
+from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT, fill_subject_index
 
 KEY = b"b" * 32
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -110,6 +110,7 @@ def load_sqlite(path: Path, rows: Iterable[tuple[object, ...]]) -> None:
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("BEGIN")
     conn.executemany(INSERT_EVENT, rows)
+    fill_subject_index(conn.execute)  # the index adds its own rows' tokens; these went around it
     conn.execute("COMMIT")
     conn.close()
 

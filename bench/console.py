@@ -66,7 +66,7 @@ from tokenkit import UvicornThread
 from bench._pg import fresh_database, pg_server
 from guard.audit import load_hmac_key, open_store, pseudonymise
 from guard.audit._event import FIELD_NAMES
-from guard.audit._schema import INSERT_EVENT
+from guard.audit._schema import INSERT_EVENT, fill_subject_index
 from guard.audit._summary import BACKFILL
 from guard.config import Settings
 from middleware.console import create_console
@@ -180,6 +180,8 @@ def load_sqlite(path: Path, n: int, key: bytes, start: datetime) -> None:
     for name, sql in indexes:
         conn.execute(sql)
         progress.step(f"index {name} built")
+    fill_subject_index(conn.execute)  # the index adds its own rows' subjects: these went around
+    progress.step("subject index filled")
     conn.execute("DELETE FROM audit_hour")  # rows went in behind the store's back: count them
     conn.execute(BACKFILL)
     progress.step("hourly summary filled")

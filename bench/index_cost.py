@@ -29,13 +29,13 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   ``partial-subject``: schema 5's subject index ``WHERE subject IS NOT NULL`` (with
   ``--subjectless``, that share of the records has no subject);
 - ``sync-off``: SQLite ``synchronous=OFF`` (what the WAL sync costs);
-- FTS5 subject index options (SQLite): ``fts-short``: the token of the subject's first
-  12 characters (``'s' || hex(substr(subject, 1, 12))``, 25 characters, not 129);
-  ``fts-ascii``: FTS5's ``ascii`` tokenizer (``unicode61`` is its default);
-  ``fts-bulk``: no insert trigger, the transaction's tokens added by one
-  ``INSERT ... SELECT`` after the rows (as the summary); ``fts-pgsz-N``,
-  ``fts-automerge-N``, ``fts-crisismerge-N``: FTS5's configuration options;
-  ``fts-best``: ``fts-short`` and ``fts-bulk`` together;
+- FTS5 subject index options (SQLite; the store's since schema 7: the token of the
+  subject's first 12 characters, ``'s' || hex(substr(subject, 1, 12))``, added after the
+  rows by one ``INSERT ... SELECT``): ``fts6``: schema 6's, the whole subject's token
+  (129 characters) added by a trigger per row; ``fts-trigger``: the store's token added
+  by a trigger per row; ``fts-long``: the whole subject's token added after the rows;
+  ``fts-unicode61``: FTS5's default tokenizer (the store's is ``ascii``);
+  ``fts-pgsz-N``, ``fts-automerge-N``, ``fts-crisismerge-N``: FTS5's configuration options;
 - ``page-1024`` / ``page-8192``: SQLite stores made with that page size (4,096 is
   SQLite's default), ``cache-256m``: the index connection's page cache at 256 MiB
   (32 MiB is the store's), ``mmap``: ``mmap_size`` 1 GiB; ``ckpt-N``: the WAL folded into
@@ -73,7 +73,7 @@ from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import ChainKey, decode_many
 from guard.audit._journal import Journal, JournalReader
 from guard.audit._jwriter import JournalWriter
-from guard.audit._schema import INSERT_EVENT
+from guard.audit._schema import ADD_SUBJECTS, INSERT_EVENT, SUBJECT_TOKEN
 from guard.audit._store import Store
 
 KEY = b"b" * 32
@@ -164,8 +164,7 @@ class SqliteProbe:
                     "ON CONFLICT (event_id)", "ON CONFLICT (writer_id, seq)")
         dropped = {"no-ts": "audit_event_ts", "no-decision-ref": "audit_event_decision_ref",
                    "no-policy": "audit_event_policy"}.get(variant)
-        if variant in ("no-subject", "old-subject", "short-subject", "hour-first",
-                       "partial-subject"):
+        if variant in DROPS_FTS:
             drop_subject_index(self.conn)
         if variant in ("old-subject", "partial-subject"):
             self.conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts)"
@@ -178,7 +177,7 @@ class SqliteProbe:
                               "(substr(ts, 1, 13), substr(subject, 1, 12))")
         if dropped:
             self.conn.execute(f"DROP INDEX {dropped}")
-        if variant.startswith("fts-"):
+        if variant.startswith("fts"):
             fts_variant(self.conn, variant)
         if variant == "sync-off":
             self.conn.execute("PRAGMA synchronous=OFF")
@@ -189,7 +188,9 @@ class SqliteProbe:
         if variant.startswith("ckpt-"):  # the WAL folded into the file every N pages (0: never)
             self.conn.execute(f"PRAGMA wal_autocheckpoint={int(variant.removeprefix('ckpt-'))}")
         self.variant = variant
-        self.token = (_SHORT if variant == "fts-best" else _TOKEN).format("")
+        self.fts = None if variant in DROPS_FTS or variant in ("fts6", "fts-trigger") else (
+            ADD_SUBJECTS.replace(_SHORT.format(""), _TOKEN.format(""))
+            if variant == "fts-long" else ADD_SUBJECTS)
 
     def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
         s = self._sqlite
@@ -207,11 +208,8 @@ class SqliteProbe:
             timed(steps, "insert", lambda: conn.execute(SQLITE_FROM_JSON, (_rows.decode(),)))
         else:
             stored = timed(steps, "insert", lambda: s.insert_rows(conn, rows, self.insert))
-        if self.variant in ("fts-bulk", "fts-best"):
-            timed(steps, "fts", lambda: conn.execute(
-                "INSERT INTO audit_subject (rowid, token) SELECT rowid, "
-                f"{self.token} FROM audit_event WHERE rowid > ? AND subject IS NOT NULL",
-                (before,)))
+        if self.fts is not None:
+            timed(steps, "fts", lambda: conn.execute(self.fts, (before, 1 << 62)))
         if self.variant != "no-summary":
             timed(steps, "summary", lambda: (
                 conn.execute(s._ADD_HOURS, (before,)) if self.variant in ("sql", "sql-summary")
@@ -227,7 +225,8 @@ class SqliteProbe:
 
 
 REBUILT = ("no-writer-seq", "no-event-id")
-_TOKEN, _SHORT = "'s' || hex({}subject)", "'s' || hex(substr({}subject, 1, 12))"
+_TOKEN, _SHORT = "'s' || hex({}subject)", SUBJECT_TOKEN.format("{}subject")
+DROPS_FTS = ("no-subject", "old-subject", "short-subject", "hour-first", "partial-subject")
 
 
 def fts_variant(conn: sqlite3.Connection, variant: str) -> None:
@@ -237,13 +236,12 @@ def fts_variant(conn: sqlite3.Connection, variant: str) -> None:
         conn.execute("INSERT INTO audit_subject (audit_subject, rank) VALUES (?, ?)",
                      (option, int(number)))
         return
-    short = variant in ("fts-short", "fts-best")
-    token = _SHORT if short else _TOKEN
+    token = _TOKEN if variant in ("fts6", "fts-long") else _SHORT
     drop_subject_index(conn)
     conn.execute("CREATE VIRTUAL TABLE audit_subject USING fts5 (token, content='', "
                  "detail=none, columnsize=0"
-                 + (", tokenize='ascii'" if variant == "fts-ascii" else "") + ")")
-    if variant not in ("fts-bulk", "fts-best"):
+                 + ("" if variant in ("fts6", "fts-unicode61") else ", tokenize='ascii'") + ")")
+    if variant in ("fts6", "fts-trigger"):
         conn.execute("CREATE TRIGGER audit_subject_add AFTER INSERT ON audit_event "
                      "WHEN new.subject IS NOT NULL BEGIN INSERT INTO audit_subject "
                      f"(rowid, token) VALUES (new.rowid, {token.format('new.')}); END")

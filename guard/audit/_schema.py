@@ -11,7 +11,7 @@ from guard.audit._checkpoint import Checkpoint, CheckpointKind
 from guard.audit._event import FIELD_NAMES
 from guard.audit._summary import BACKFILL, HOUR_DDL
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _log = logging.getLogger("guard.audit")
 
 # Portable DDL: the same text runs on SQLite and PostgreSQL (then SQLITE_MIGRATIONS' on SQLite).
@@ -96,43 +96,83 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "(journal TEXT PRIMARY KEY, next_offset BIGINT NOT NULL)",
         "DROP INDEX IF EXISTS subject_register_recorded",
     ),
+    7: (),  # SQLite's subject index made anew (SQLITE_MIGRATIONS)
 }
 
-# The subject's one token in audit_subject (SQLite): 's' and its UTF-8 bytes in hex (so an
-# empty subject still has one).
+# The subject's one token in audit_subject (SQLite): 's' and the UTF-8 bytes of its first 12
+# characters in hex (so an empty subject still has one, and any text is one token). A prefix:
+# subjects are keyed pseudonyms, whose first 12 hex digits (48 bits) are one subject's among
+# millions; two subjects sharing one only make a look-up read the other's rows, which its
+# ``e.subject = ?`` drops. 25 characters where the whole pseudonym took 129; FTS5's ``ascii``
+# tokenizer reads them as ``unicode61`` (its default) would, for less.
+SUBJECT_TOKEN = "'s' || hex(substr({}, 1, 12))"
+"""The token's expression of a subject (``{}``: its column or parameter)."""
+ADD_SUBJECTS = (
+    f"INSERT INTO audit_subject (rowid, token) SELECT rowid, {SUBJECT_TOKEN.format('subject')} "  # noqa: S608 - constant SQL
+    "FROM audit_event WHERE rowid > ? AND rowid <= ? AND subject IS NOT NULL"
+)
+"""The tokens of the events with ``rowid`` in (``?``, ``?``]: the index adds those it has
+just inserted; the migration fills the index with it."""
+# Deletes and changes of audit_event keep the index exact (a tamperer's too); its inserts are
+# the index's own (``ADD_SUBJECTS`` after the rows, where a trigger per row cost a tenth of
+# the transaction's instructions). A row stored around the index (a bulk load before its
+# ``fill_subject_index``, a forged row) has no entry, and FTS5 takes the removal of an entry
+# it lacks for damage ("database disk image is malformed"): an entry is removed only if held.
+_OLD_TOKEN, _NEW_TOKEN = SUBJECT_TOKEN.format("old.subject"), SUBJECT_TOKEN.format("new.subject")
+_HELD = ("EXISTS (SELECT 1 FROM audit_subject WHERE audit_subject MATCH "  # noqa: S608
+         f"{_OLD_TOKEN} AND rowid = old.rowid)")
 _SUBJECT_TRIGGERS = {
-    "add": "AFTER INSERT ON audit_event WHEN new.subject IS NOT NULL BEGIN "
-           "INSERT INTO audit_subject (rowid, token) VALUES "
-           "(new.rowid, 's' || hex(new.subject)); END",
-    "remove": "AFTER DELETE ON audit_event WHEN old.subject IS NOT NULL BEGIN "
+    "remove": f"AFTER DELETE ON audit_event WHEN old.subject IS NOT NULL AND {_HELD} BEGIN "  # noqa: S608
               "INSERT INTO audit_subject (audit_subject, rowid, token) VALUES "
-              "('delete', old.rowid, 's' || hex(old.subject)); END",
+              f"('delete', old.rowid, {_OLD_TOKEN}); END",
     "change": "AFTER UPDATE OF subject ON audit_event BEGIN "
               "INSERT INTO audit_subject (audit_subject, rowid, token) SELECT 'delete', "
-              "old.rowid, 's' || hex(old.subject) WHERE old.subject IS NOT NULL; "
+              f"old.rowid, {_OLD_TOKEN} WHERE old.subject IS NOT NULL AND {_HELD}; "
               "INSERT INTO audit_subject (rowid, token) SELECT new.rowid, "
-              "'s' || hex(new.subject) WHERE new.subject IS NOT NULL; END",
+              f"{_NEW_TOKEN} WHERE new.subject IS NOT NULL; END",
 }
-SQLITE_MIGRATIONS: dict[int, tuple[str, ...]] = {
+_FILL_STEP = 1_000_000
+
+
+def fill_subject_index(execute: Callable[..., Any], after: int = 0) -> None:
+    """Add the tokens of every event after ``rowid`` ``after``, a million rows at a time,
+    logging how far it is on a larger store.
+
+    Args:
+        execute: The connection's ``execute(sql, params=())``.
+        after: The largest ``rowid`` whose event is already in the index.
+    """
+    last = int(execute("SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0])
+    for low in range(after, last, _FILL_STEP):
+        execute(ADD_SUBJECTS, (low, low + _FILL_STEP))
+        if last - after > _FILL_STEP:
+            _log.warning("audit store: the subject index holds the events up to row %d of %d",
+                         min(low + _FILL_STEP, last), last)
+
+
+SQLITE_MIGRATIONS: dict[int, tuple[str | Callable[[Callable[..., Any]], None], ...]] = {
     # The subject's events found through a full-text index of one token per event, in
     # place of the (subject, ts) B-tree: FTS5 writes each transaction's entries as one
     # sorted segment and merges segments later, where a B-tree keyed by a random
-    # pseudonym puts each new entry on a page of its own (docs/performance.md). Kept
-    # by triggers, so every insert, delete or change of audit_event keeps it exact.
-    6: (
+    # pseudonym puts each new entry on a page of its own (docs/performance.md). Schema 6
+    # made it with the whole subject as the token and a trigger per insert; schema 7
+    # makes it anew as above (a version-5 store goes straight to it).
+    7: (
+        "DROP TRIGGER IF EXISTS audit_subject_add",
+        "DROP TRIGGER IF EXISTS audit_subject_remove",
+        "DROP TRIGGER IF EXISTS audit_subject_change",
         "DROP TABLE IF EXISTS audit_subject",  # a migration run again fills it anew
         "CREATE VIRTUAL TABLE audit_subject USING fts5"
-        "(token, content='', detail=none, columnsize=0)",
-        "INSERT INTO audit_subject (rowid, token) SELECT rowid, 's' || hex(subject) "
-        "FROM audit_event WHERE subject IS NOT NULL",
+        "(token, content='', detail=none, columnsize=0, tokenize='ascii')",
+        fill_subject_index,
         *(f"CREATE TRIGGER IF NOT EXISTS audit_subject_{name} {body}"
           for name, body in _SUBJECT_TRIGGERS.items()),
         "DROP INDEX IF EXISTS audit_event_subject",
     ),
 }
 SUBJECT_MATCH = {
-    "sqlite": "e.subject = ? AND e.rowid IN (SELECT rowid FROM audit_subject "
-              "WHERE audit_subject MATCH 's' || hex(?))",
+    "sqlite": "e.subject = ? AND e.rowid IN (SELECT rowid FROM audit_subject "  # noqa: S608
+              f"WHERE audit_subject MATCH {SUBJECT_TOKEN.format('?')})",
     "postgresql": "e.subject = ?",
 }
 """The condition choosing one subject's events of ``audit_event e``, by store kind: each
@@ -162,7 +202,10 @@ def migrate(execute: Callable[..., Any], mark: str = "?") -> None:
     for version in range(current + 1, SCHEMA_VERSION + 1):
         for statement in (*MIGRATIONS[version],
                           *(SQLITE_MIGRATIONS.get(version, ()) if mark == "?" else ())):
-            execute(statement)
+            if callable(statement):
+                statement(execute)
+            else:
+                execute(statement)
         execute(f"INSERT INTO schema_version (version, applied_at) VALUES ({mark}, {mark})",  # noqa: S608
                 (version, datetime.now(UTC).isoformat()))
 

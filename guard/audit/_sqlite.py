@@ -17,6 +17,7 @@ from guard._errors import AuditUnavailableError
 from guard.audit._checkpoint import Checkpoint
 from guard.audit._fields import decode_many
 from guard.audit._schema import (
+    ADD_SUBJECTS,
     INSERT_CHECKPOINT,
     INSERT_EVENT,
     SAVE_OFFSET,
@@ -32,6 +33,7 @@ _SIZES = (1024, 256, 64, 16, 4, 1)  # 27 columns x 1024 stays under SQLite's 327
 _HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
 _ONE_ROW, _CONFLICT = _TAIL.split(" ON CONFLICT ", 1)
 _ADD_HOURS = add_hours("audit_event e", "e.rowid > ? AND ")
+_LAST_ROWID = (1 << 63) - 1
 # Python's sqlite3 binds None through its adapter protocol, whose failed look-ups format
 # two AttributeErrors per value (about 0.25 µs; a decision has four null columns): an
 # adapter for None (returning it) is found at once. Other values are bound as before.
@@ -91,15 +93,19 @@ def add_summary(conn: sqlite3.Connection, rows: Sequence[Row], stored: int, befo
 
 def _insert(conn: sqlite3.Connection, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
             offset: tuple[str, int]) -> None:
-    """Insert event rows (:func:`insert_rows`) and checkpoints, add the decisions inserted
-    to the hourly summary and save the journal offset (in the caller's transaction).
+    """Insert event rows (:func:`insert_rows`) and checkpoints, add the rows inserted to the
+    subject index and their decisions to the hourly summary, and save the journal offset
+    (in the caller's transaction).
 
     The rows inserted are those after the table's largest ``rowid`` before: a row
     already stored (``ON CONFLICT DO NOTHING``) gets none.
     """
     if rows:
         before = conn.execute("SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0]
-        add_summary(conn, rows, insert_rows(conn, rows), before)
+        stored = insert_rows(conn, rows)
+        if stored:
+            conn.execute(ADD_SUBJECTS, (before, _LAST_ROWID))
+        add_summary(conn, rows, stored, before)
     if checkpoints:
         conn.executemany(INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
     conn.execute(SAVE_OFFSET, offset)

@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 from guard.audit import EventFilter, EventKind, Store, open_store, query_events
 from guard.audit._fields import compact
+from guard.audit._schema import SUBJECT_TOKEN
 from tests.guard.audit.conftest import make_event, row_of
 
 SUBJECTS = ("", "a", "A", "a b", '"quoted"', "NOT", "x OR y", "*", "é", "\x00", "s" * 64,
-            "y" * 40_000, None)
+            "s" * 12, "s" * 12 + "t", "y" * 40_000, None)  # 's' * 12...: one token, apart
 
 batches = st.lists(st.lists(st.tuples(st.sampled_from(SUBJECTS), st.booleans()),
                             min_size=1, max_size=8), min_size=1, max_size=5)
@@ -81,6 +82,8 @@ def test_a_subjects_events_are_exactly_those_a_scan_finds(
             "ORDER BY ts, event_id", (subject,))]
         assert found == scanned
         entries = store.rows("SELECT count(*) FROM audit_subject "
-                             "WHERE audit_subject MATCH 's' || hex(?)", (subject,))
-        assert entries == store.rows(
-            "SELECT count(*) FROM audit_event WHERE subject = ?", (subject,))
+                             f"WHERE audit_subject MATCH {SUBJECT_TOKEN.format('?')}", (subject,))
+        assert entries == store.rows(  # subjects of a token, the first 12 characters
+            "SELECT count(*) FROM audit_event WHERE subject IS NOT NULL AND "
+            f"{SUBJECT_TOKEN.format('subject')} = "
+            f"{SUBJECT_TOKEN.format('?')}", (subject,))

@@ -193,9 +193,8 @@ def test_a_version_5_store_with_data_is_upgraded_and_answers_as_before(
     assert "subject_register_recorded" not in indexes
     sqlite = url.startswith("sqlite:///")
     assert ("audit_event_subject" in indexes) is not sqlite  # SQLite: its FTS5 index instead
-    if sqlite:
-        assert {"audit_subject_add", "audit_subject_remove", "audit_subject_change"} <= \
-            _names(url, "trigger")
+    if sqlite:  # the index adds its own rows' tokens; deletes and changes keep it exact
+        assert {"audit_subject_remove", "audit_subject_change"} == _names(url, "trigger")
 
 
 def _every_query(store: Recording, events: list[AuditEvent], keys: Keys) -> None:
