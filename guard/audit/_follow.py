@@ -11,6 +11,7 @@ the published end may be older than the synced records).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -315,6 +316,9 @@ def main(argv: list[str]) -> int:
                             said)
                 if stop.wait(1.0):
                     return 0
+        # What is alive now lives as long as the process: the collector no longer walks it
+        # (its full collections walked every module's objects, an eighth of a record's CPU).
+        gc.freeze()
         looked = 0.0
         while not stop.is_set():
             if wanted.is_set() or time.monotonic() - looked >= 1.0:
