@@ -148,6 +148,10 @@ def fill_subject_index(execute: Callable[..., Any], after: int = 0) -> None:
         if last - after > _FILL_STEP:
             _log.warning("audit store: the subject index holds the events up to row %d of %d",
                          min(low + _FILL_STEP, last), last)
+    if last > after:  # its segments as one, out of the way of the index's small ones (a
+        # bulk fill's stay at the level FTS5 merges each new transaction's into: +14,000
+        # instructions a record at 1 M events; 0.1 s of CPU per million)
+        execute("INSERT INTO audit_subject (audit_subject) VALUES ('optimize')")
 
 
 SQLITE_MIGRATIONS: dict[int, tuple[str | Callable[[Callable[..., Any]], None], ...]] = {
