@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN
 
 from guard._errors import AuditTimeoutError, AuditUnavailableError
-from guard._types import Decision, HttpContext, Reason, Request, denial, quick_init
+from guard._types import Action, Decision, HttpContext, Reason, Request, denial, quick_init
 from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id
 from guard.audit._event import OUTCOME_ABORTED, decision_fields, outcome_fields, policy_fields
 from guard.audit._fields import IdFields
@@ -456,6 +456,8 @@ class Guard:
                 for the memo's policy (:meth:`decide_asked`); None: only the memo.
         """
         policy, cache, number = generation
+        if request.action.__class__ is not Action:  # "read" == Action.READ: never its twin's
+            return self.holder.decide(request, self.register), None
         key = (request.caller, request.purpose, request.categories, request.action,
                request.subject is None, http.method if http else None,
                http.route if http else None, http.status if http else None)
@@ -681,6 +683,9 @@ class Guard:
         register = self.register
         subject = request.subject
         if subject is not None and register is not None and register.lookup(subject) is not None:
+            judged = decide_categories(policy, request, register)
+            return judged, judged.detail()
+        if request.action.__class__ is not Action:  # "read" == Action.READ: never its twin's
             judged = decide_categories(policy, request, register)
             return judged, judged.detail()
         key = (policy.version, request.caller, request.purpose, request.action,
