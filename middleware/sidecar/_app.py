@@ -18,9 +18,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from guard._types import HttpContext, Reason
+from guard._types import Reason
 from guard.config import Settings, load_settings
-from middleware._enforce import Outcome, enforce
+from middleware._enforce import Outcome, enforce, http_context
 from middleware._minimise import DEFAULT_MAX_BODY, Minimiser
 from middleware.collector import freeze_startup_heap
 from middleware.problem import problem_response
@@ -226,7 +226,7 @@ class ProxyEndpoint:
             decision_id = held.decision_id
             # A read's status is in its decision; a write's, and a cut-short answer, follow it.
             if decision_id and (aborted or not read):
-                http = HttpContext(scope["method"], route, status, aborted=aborted)
+                http = http_context(scope["method"], route, status, aborted)  # shared
                 # The outcome does not gate data flow: queued off this path (see PendingOutcomes).
                 self._outcomes.add(decision_id, status, http)
 
