@@ -447,6 +447,9 @@ class Guard:
         of the policy in force (``generation``: the policy, the memo, its number); a
         reload puts another policy in force, whose decisions start afresh. The register
         is asked on every request (by the caller), so a new entry applies at once.
+        A request whose action is not an :class:`Action` (the plain string ``"read"``
+        is equal to ``Action.READ`` as a key) is never remembered nor answered from the
+        memo: it is decided afresh, as a fresh guard would (the engine refuses it).
 
         Args:
             generation: The policy in force, its memo and the memo's number.
