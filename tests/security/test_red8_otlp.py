@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench._pg import free_port
+from guard.audit._jtrail import JournalTrail
 from guard.audit._keys import load_signing_key
 from tests.guard.audit.conftest import Keys, decision_event, keys_at, make_trail, record
 
@@ -54,6 +56,17 @@ def collector() -> Iterator[_Collector]:
     c.server.shutdown()
 
 
+def _exported(trail: JournalTrail, collector: _Collector, posts: int) -> None:
+    """Flush until the collector has had ``posts`` posts (the writer hands a batch to the
+    exporter after it has told the batch's producers, so a flush can come first)."""
+    deadline = time.monotonic() + 10
+    while True:
+        trail._otlp._provider.force_flush()  # type: ignore[union-attr]
+        if collector.posts >= posts or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+
+
 def _guard_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "guard.audit" and "OTLP" in r.getMessage()]
 
@@ -65,9 +78,9 @@ def test_a_failing_otlp_export_is_logged_once_not_per_event(
     trail = make_trail(f"sqlite:///{tmp_path / 'a.db'}", audit_keys,
                        otlp_endpoint=collector.endpoint)
     try:
-        for _ in range(3):  # three durable batches, each exported (and refused) on flush
+        for posts in range(1, 4):  # three durable batches, each exported (and refused)
             record(trail, decision_event(subject_id="alice"))
-            trail._otlp._provider.force_flush()  # type: ignore[union-attr]
+            _exported(trail, collector, posts)
         assert collector.posts >= 3
         lines = _guard_lines(caplog)
         assert len(lines) == 1, [r.getMessage() for r in lines]
@@ -75,7 +88,7 @@ def test_a_failing_otlp_export_is_logged_once_not_per_event(
         assert collector.endpoint in lines[0].getMessage()
         collector.status = 200  # the collector comes back: said once too
         record(trail, decision_event(subject_id="alice"))
-        trail._otlp._provider.force_flush()  # type: ignore[union-attr]
+        _exported(trail, collector, collector.posts + 1)
         lines = _guard_lines(caplog)
         assert len(lines) == 2
         assert "works again" in lines[1].getMessage()
@@ -91,7 +104,7 @@ def test_the_log_line_names_no_credential_of_the_endpoint(
     trail = make_trail(f"sqlite:///{tmp_path / 'a.db'}", audit_keys, otlp_endpoint=endpoint)
     try:
         record(trail, decision_event(subject_id="alice"))
-        trail._otlp._provider.force_flush()  # type: ignore[union-attr]
+        _exported(trail, collector, 1)
         (line,) = _guard_lines(caplog)
         assert "s3cret" not in line.getMessage()
         assert collector.endpoint in line.getMessage()
@@ -108,7 +121,7 @@ def test_a_working_otlp_export_logs_nothing(
                        otlp_endpoint=collector.endpoint)
     try:
         record(trail, decision_event(subject_id="alice"))
-        trail._otlp._provider.force_flush()  # type: ignore[union-attr]
+        _exported(trail, collector, 1)
         assert collector.posts == 1
         assert _guard_lines(caplog) == []
     finally:
