@@ -49,12 +49,20 @@ in the hour the records are indexed in (the hour-first subject index's worst cas
 
 Usage: python bench/index_cost.py [--events 60000] [--sizes 300,1500,5000] [--rounds 3]
                                   [--no-postgres] [--variants python,sql,...]
+
+For instruction counts (callgrind): ``--save-records FILE`` writes the journal's
+records to FILE and stops; ``--records FILE --once`` indexes them once, quietly, with
+the first variant and size (into a copy of ``--template`` when given), and
+``--setup-only`` stops before indexing (subtract that run's count):
+``valgrind --tool=callgrind python bench/index_cost.py --records FILE --once
+--variants python --sizes 500``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import shutil
 import sqlite3
 import statistics
@@ -451,6 +459,22 @@ def trickle(url: str, key: Path, folder: Path, rate: int, seconds: float, subjec
             lags[int(len(lags) * 0.99)] * 1e3, lags[-1] * 1e3)
 
 
+def once(path: Path, variant: str, size: int, template: Path | None, setup_only: bool) -> None:
+    """Index the saved records once into a fresh store (or a copy of ``template``)."""
+    records = pickle.loads(path.read_bytes())  # the bench's own file
+    tmp = Path(tempfile.mkdtemp(prefix="guard-bench-index-"))
+    try:
+        probe = SqliteProbe(tmp / "s.db", variant, template)
+        steps: Steps = defaultdict(float)
+        probe.index(records[:0], 0, steps)  # what is made on first use, in both runs
+        if not setup_only:
+            for start in range(0, len(records), size):
+                probe.index(records[start:start + size], start + size, steps)
+        probe.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60_000)
@@ -472,9 +496,18 @@ def main() -> None:
                         help="decision rows loaded into each store first")
     parser.add_argument("--prefill-now", action="store_true",
                         help="the prefilled rows dated in this hour (else in past months)")
+    parser.add_argument("--save-records", type=Path, help="write the records there and stop")
+    parser.add_argument("--records", type=Path, help="the records --save-records wrote")
+    parser.add_argument("--once", action="store_true",
+                        help="with --records: index them once (first variant and size), quietly")
+    parser.add_argument("--setup-only", action="store_true", help="with --once: do not index")
+    parser.add_argument("--template", type=Path, help="with --once: index into a copy of it")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = args.variants.split(",")
+    if args.once:
+        once(args.records, variants[0], sizes[0], args.template, args.setup_only)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="guard-bench-index-"))
     key = tmp / "sign.key"
     load_signing_key(key, create=True)
@@ -499,6 +532,9 @@ def main() -> None:
                               flush=True)
             return
         records = write_journal(tmp / "j", key, args.events, args.subjects, args.subjectless)
+        if args.save_records:
+            args.save_records.write_bytes(pickle.dumps(records))
+            return
         print(f"{len(records)} records; CPU µs per record (thread CPU), median of {args.rounds}")
         with pg_server() as pg:
             kinds = ([] if args.no_sqlite else ["sqlite"]) + (
