@@ -39,10 +39,8 @@ class Deadlines:
 
     One timer for all of them, instead of a timer per request: it runs while
     futures are watched, at a tenth of the bound (at most once a second), so a
-    future fails at most that much after its deadline. Nothing is made per future:
-    its deadline, the future and its context go into three queues side by side (no
-    entry object that the cyclic collector would walk while the commit is in
-    flight), and what to do when one fails is one callable for all of them.
+    future fails at most that much after its deadline. Nothing is made per future
+    but its entry: what to do when one fails is one callable for all of them.
     Deadlines are read on :func:`time.monotonic` (asyncio's loop clock), not by a
     call of the loop's ``time()`` per future.
 
@@ -52,17 +50,13 @@ class Deadlines:
             after the future failed.
     """
 
-    __slots__ = ("_contexts", "_expired", "_pending", "_tick", "_timer", "_when", "_within",
-                 "loop")
+    __slots__ = ("_expired", "_pending", "_tick", "_timer", "_within", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  expired: Callable[[Any], object] | None = None) -> None:
         self.loop = loop
         self._expired = expired
-        self._pending: deque[asyncio.Future[str]] = deque()
-        """The futures watched, oldest first; ``_when`` and ``_contexts`` beside them."""
-        self._when: deque[float] = deque()
-        self._contexts: deque[Any] = deque()
+        self._pending: deque[tuple[float, asyncio.Future[str], Any]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._within = -1.0
         self._tick = 1.0
@@ -82,34 +76,25 @@ class Deadlines:
         # second's worth of requests (each future and its event fields) would live long
         # enough for the cyclic collector to promote them into its oldest generation,
         # whose full collections, with the interpreter lock held, stall every request.
-        if pending and pending[0].done():
-            when, contexts = self._when, self._contexts
-            while pending and pending[0].done():
-                pending.popleft()
-                when.popleft()
-                contexts.popleft()
-        pending.append(future)
-        self._when.append(monotonic() + within)
-        self._contexts.append(context)
+        while pending and pending[0][1].done():
+            pending.popleft()
+        pending.append((monotonic() + within, future, context))
         if self._timer is None:
             self._timer = self.loop.call_later(self._tick, self._check)
 
     def _check(self) -> None:
         self._timer = None
-        pending, when, contexts = self._pending, self._when, self._contexts
+        pending = self._pending
         now = monotonic()
         while pending:
-            future = pending[0]
+            deadline, future, context = pending[0]
             if not future.done():
-                if when[0] > now:
+                if deadline > now:
                     break
                 future.set_exception(TimeoutError("audit event not durable in time"))
-                context = contexts[0]
                 if context is not None and self._expired is not None:
                     self._expired(context)
             pending.popleft()
-            when.popleft()
-            contexts.popleft()
         if pending:  # the oldest still waits
             self._timer = self.loop.call_later(self._tick, self._check)
 

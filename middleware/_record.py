@@ -311,22 +311,6 @@ class Record:
 
     # -- the end -----------------------------------------------------------------------------
 
-    def held(self) -> asyncio.Future[str] | None:
-        """The app is done with its whole response held: the decision's future still in flight.
-
-        The caller awaits it in its own frame, then :meth:`close`: no coroutine of the
-        record's is alive while the decision is committed (one object fewer per read
-        waiting, for the cyclic collector to walk). None when there is nothing to wait
-        for first (then :meth:`close` alone).
-        """
-        verdict = self._verdict
-        if (verdict is None or verdict.done() or self._flusher is not None
-                or self._start is None or self._body is None):
-            return None
-        self._returned = True  # answered by close(), after the wait: no early answer
-        verdict.remove_done_callback(self._durable)
-        return verdict
-
     def close(self, http: bool) -> Coroutine[Any, Any, None]:
         """The app is done: what to await to send a held response and record what is not yet.
 

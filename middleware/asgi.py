@@ -210,13 +210,6 @@ class GuardMiddleware:
             await self.app(scope, receive, inner)
         finally:
             if not record.settled:
-                verdict = record.held()  # a whole response held: wait here, in this frame
-                if verdict is not None:
-                    try:  # noqa: SIM105 - no suppress() object alive across the wait
-                        await verdict
-                    except Exception:  # noqa: S110 - judged by close()
-                        pass
-                    del verdict
                 await record.close(kind == "http")
 
     async def _judge(self, scope: Scope, kind: str, method: str
