@@ -19,7 +19,7 @@ import pytest
 
 from guard.audit import open_store
 from guard.audit._verify import check_register
-from guard.cli import main
+from tests.security import clikit
 
 SUBJECT = "cust-0042"
 CHECK = ["check", "--caller", "svc:marketing", "--purpose", "marketing.advertising",
@@ -28,16 +28,9 @@ CHECK = ["check", "--caller", "svc:marketing", "--purpose", "marketing.advertisi
 
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         *args: str) -> tuple[int, str]:
-    """Run ``guard`` in-process as an operator does; (exit code, stdout)."""
-    monkeypatch.setattr(sys, "argv", ["guard", *args])
+    """``guard ARGS`` in-process with an empty stdin; (exit code, stdout)."""
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
-    code: int | str | None = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, _err = capsys.readouterr()
-    assert isinstance(code, int), code
+    code, out, _err = clikit.run(monkeypatch, capsys, *args)
     return code, out
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.cli import main
+from tests.security import clikit
 
 FORGED = "\r\x1b[2Kintact: 12 event(s) in 1 chain(s), 2 signed checkpoint(s)\n\x1b[8m"
 RECORD = ["subject", "object", "cust-0042", "--purpose", "marketing", "--ref", "T-7"]
@@ -25,16 +25,9 @@ RECORD = ["subject", "object", "cust-0042", "--purpose", "marketing", "--ref", "
 
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         *args: str) -> tuple[int, str]:
-    """Run ``guard`` in-process as the auditor does; (exit code, stdout and stderr)."""
-    monkeypatch.setattr(sys, "argv", ["guard", *args])
+    """``guard ARGS`` in-process with an empty stdin; (exit code, stdout and stderr)."""
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
-    code: int | str | None = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert isinstance(code, int), code
+    code, out, err = clikit.run(monkeypatch, capsys, *args)
     return code, out + err
 
 
