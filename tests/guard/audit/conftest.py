@@ -104,11 +104,11 @@ class IndexedTrail(JournalTrail):
         self.indexer.want(self.journal.next_offset)
         super().flush(timeout)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
         """Close the chain, index the journal's end, then close the trail."""
-        self.writer.close()
+        self.writer.close(timeout)
         self.indexer.close()
-        super().close()
+        super().close(timeout)
 
 
 def make_trail(url: str, keys: Keys, *, timeout: float = 5.0, **fields: Any) -> IndexedTrail:
