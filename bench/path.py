@@ -5,7 +5,7 @@ policy, ``GET /customers/{customer_id}`` as ``svc:crm`` for
 ``relationship.management`` (a cached development token, 100 customer ids in turn):
 
 - each piece on its own: the header collection, route resolution, identity,
-  the engine decision, the event's fields (``decision_fields``, ``trace_fields``),
+  the engine decision, the event's fields (``decision_fields``, ``_traced``),
   ``Guard.decide``, ``enforce()`` (the interpreted path, a request's first), the
   middleware's planned judgement (``Planner.judge``, ``Guard.decide`` included: a
   request whose route and token were seen before);
@@ -218,7 +218,7 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
 
     from examples.customers import create_app
     from guard.audit._event import decision_fields
-    from guard.audit._otel import trace_fields
+    from guard.audit._jtrail import _traced
     from guard.cli._token import issue_token
     from guard.config import AuditSettings, IdentitySettings, Settings
     from middleware import GuardMiddleware
@@ -309,7 +309,7 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
         ("identity (cached token)", lambda: auth.authenticate(headers, "127.0.0.1")),
         ("engine decision (holder.decide)", lambda: guard.holder.decide(request, register)),
         ("decision_fields", lambda: decision_fields(request, decision, http, 3)),
-        ("trace_fields", trace_fields),
+        ("_traced (fields with no trace ids)", lambda: _traced({})),
         ("Guard.decide (decision + fields)", lambda: guard.decide(request, http)),
         ("enforce() with headers + resolution", enforce_one),
         ("planned judgement (Planner.judge)", planned),

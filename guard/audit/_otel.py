@@ -39,12 +39,6 @@ def span_ids(ctx: SpanContext) -> tuple[str | None, str | None]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
-def trace_fields() -> dict[str, str]:
-    """``trace_id`` and ``span_id`` of the current OpenTelemetry span (empty without one)."""
-    trace_id, span_id = span_ids(trace.get_current_span().get_span_context())
-    return {"trace_id": trace_id, "span_id": span_id} if trace_id and span_id else {}
-
-
 def makes_no_span(tracer: trace.Tracer) -> bool:
     """True when ``tracer.start_span`` would make no span of its own.
 
