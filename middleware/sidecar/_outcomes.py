@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 
 from guard._types import HttpContext
@@ -26,7 +27,8 @@ class PendingOutcomes:
     request waits for its own durable decision event, when the loop is idle.
     A timer hands them over after ``FALLBACK_SECONDS`` when no request comes, and
     :meth:`flush` runs before the trail closes, so none is left behind. From
-    there, the trail commits them with its next group commit.
+    there, the trail commits them with its next group commit. Each is handed over in
+    the context of its own request, so the trace ids it gets are that request's.
 
     Args:
         guard: Where the outcomes are recorded.
@@ -36,13 +38,13 @@ class PendingOutcomes:
 
     def __init__(self, guard: GuardLike) -> None:
         self._guard = guard
-        self._queued: list[tuple[str, int, HttpContext]] = []
+        self._queued: list[tuple[str, int, HttpContext, contextvars.Context]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._scheduled = False
 
     def add(self, decision_id: str, status: int, http: HttpContext) -> None:
-        """Queue one outcome (on the event loop)."""
-        self._queued.append((decision_id, status, http))
+        """Queue one outcome (on the event loop, in its request's context)."""
+        self._queued.append((decision_id, status, http, contextvars.copy_context()))
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FALLBACK_SECONDS, self.flush)
 
@@ -59,9 +61,9 @@ class PendingOutcomes:
             self._timer.cancel()
             self._timer = None
         queued, self._queued = self._queued, []
-        for decision_id, status, http in queued:
-            try:
-                recorded = self._guard.enqueue_outcome(decision_id, status, http)
+        for decision_id, status, http, context in queued:
+            try:  # in the request's own context: its span, not the flushing request's
+                recorded = context.run(self._guard.enqueue_outcome, decision_id, status, http)
             except Exception:  # one bad outcome must not take the others with it
                 _log.exception("the outcome of decision %s was not recorded", decision_id)
                 continue
