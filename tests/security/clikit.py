@@ -35,3 +35,15 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     out, err = capsys.readouterr()
     assert isinstance(code, int), (code, err)
     return code, out, err
+
+
+def cli_store(base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the command line at an SQLite audit store, keys and journal under ``base``
+    (no configuration file); the store's path."""
+    path = base / "audit.db"
+    monkeypatch.setenv("GUARD_CONFIG", "/dev/null")
+    monkeypatch.setenv("GUARD_AUDIT__STORE", f"sqlite:///{path}")
+    monkeypatch.setenv("GUARD_AUDIT__HMAC_KEY", str(base / "hmac.key"))
+    monkeypatch.setenv("GUARD_AUDIT__SIGNING_KEY", str(base / "signing.key"))
+    monkeypatch.setenv("GUARD_AUDIT__JOURNAL", str(base / "journal"))
+    return path

@@ -38,13 +38,7 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy_dir: Path) -> Path:
     """An SQLite audit store and keys the CLI is pointed at, with one objection recorded."""
     monkeypatch.chdir(policy_dir.parent)
-    path = tmp_path / "audit.db"
-    monkeypatch.setenv("GUARD_CONFIG", "/dev/null")
-    monkeypatch.setenv("GUARD_AUDIT__STORE", f"sqlite:///{path}")
-    monkeypatch.setenv("GUARD_AUDIT__HMAC_KEY", str(tmp_path / "hmac.key"))
-    monkeypatch.setenv("GUARD_AUDIT__SIGNING_KEY", str(tmp_path / "signing.key"))
-    monkeypatch.setenv("GUARD_AUDIT__JOURNAL", str(tmp_path / "journal"))
-    return path
+    return clikit.cli_store(tmp_path, monkeypatch)
 
 
 def _sql(path: Path, statement: str) -> None:
