@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -221,17 +220,6 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.close()
-
-
-def full_pipe() -> tuple[int, int]:
-    """A pipe whose buffer is full: a write to its write end blocks in the kernel."""
-    read, write = os.pipe()
-    fcntl.fcntl(write, fcntl.F_SETFL, os.O_NONBLOCK)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write, b"x" * 65536)
-    fcntl.fcntl(write, fcntl.F_SETFL, 0)
-    return read, write
 
 
 def free_bytes(path: Path) -> int:

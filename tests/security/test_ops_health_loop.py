@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from opskit import POLICIES, full_pipe
+from opskit import POLICIES
 from sidecarkit import ServerThread, policy_copy, poll
 from starlette.types import Receive, Scope, Send
 
@@ -24,6 +24,7 @@ from bench._pg import free_port
 from guard.config import AuditSettings, PolicySettings, Settings, SidecarSettings
 from middleware.sidecar import _health, create_app
 from middleware.sidecar._state import build_sidecar
+from tests.guard.audit.conftest import full_pipe
 
 
 class Seen:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opskit import full_pipe
 
 from guard import Reason, Request
 from guard._guard import Guard
@@ -29,6 +28,7 @@ from guard.audit import EventKind, JournalTrail
 from guard.config import AuditSettings
 from guard.policy import load_policy
 from guard.policy._holder import PolicyHolder
+from tests.guard.audit.conftest import full_pipe
 
 REQUEST = Request("svc:crm", "relationship.management", ("contact",), subject="c-0001")
 

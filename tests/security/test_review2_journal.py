@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from opskit import POLICIES, full_pipe
+from opskit import POLICIES
 from sidecarkit import ServerThread, policy_copy
 
 from bench._pg import free_port
@@ -31,7 +31,7 @@ from guard.audit._journal import Journal, durable_end, segments
 from guard.config import AuditSettings, PolicySettings, Settings, SidecarSettings
 from middleware.sidecar import create_app
 from middleware.sidecar._state import build_sidecar
-from tests.guard.audit.conftest import frame
+from tests.guard.audit.conftest import frame, full_pipe
 
 CHECK = {"X-Purpose": "relationship.management", "X-Original-URI": "/customers/c-0001",
          "X-Original-Method": "GET"}

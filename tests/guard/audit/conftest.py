@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import sqlite3
@@ -256,3 +258,14 @@ class Recording:
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         self.queries.append((sql, list(params)))
         return self.store.stream(sql, params)
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is full: a write to its write end blocks in the kernel."""
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETFL, os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"x" * 65536)
+    fcntl.fcntl(write, fcntl.F_SETFL, 0)
+    return read, write

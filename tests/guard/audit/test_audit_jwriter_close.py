@@ -4,7 +4,6 @@ write of a writer left behind lands in another file."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import mmap
@@ -22,21 +21,10 @@ from guard.audit._journal import END, Journal, read_journal
 from guard.audit._jtrail import JournalTrail
 from guard.audit._jverify import verify_journal
 from guard.audit._jwriter import JournalWriter
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, trail_settings
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, full_pipe, trail_settings
 
 FIELDS: dict[str, Any] = {"caller": "svc:crm", "purpose": "billing", "action": "read",
                           "allowed": True, "reason": "allowed", "subject_id": "customer-1"}
-
-
-def full_pipe() -> tuple[int, int]:
-    """A pipe whose buffer is full: a write to its write end blocks in the kernel."""
-    read, write = os.pipe()
-    fcntl.fcntl(write, fcntl.F_SETFL, os.O_NONBLOCK)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            os.write(write, b"x" * 65536)
-    fcntl.fcntl(write, fcntl.F_SETFL, 0)
-    return read, write
 
 
 def test_an_append_that_fails_after_its_sync_uses_no_sequence_twice(
