@@ -183,6 +183,10 @@ class ConsoleSettings(BaseModel):
     """The client secret, for a confidential client; None for a public client (PKCE)."""
     oidc_auditor_claim: str = "sub"
     """The ID-token claim compared with ``auditors`` (``sub``, ``email``...)."""
+    secure_cookies: bool = True
+    """Mark the sign-in cookies ``Secure`` (browsers send them over HTTPS, and to
+    ``http://localhost``, only), also when the console sees plain HTTP behind a proxy that
+    ends TLS; false: only when the request itself came over HTTPS (a test client over HTTP)."""
 
     @field_validator("mount_path")
     @classmethod

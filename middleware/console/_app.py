@@ -25,7 +25,7 @@ from guard.audit import load_hmac_key
 from guard.config import Settings, load_settings
 from middleware._bounds import read_limited
 from middleware.console import _views
-from middleware.console._auth import COOKIE, SESSION_COOKIE, Gate, Sessions
+from middleware.console._auth import COOKIE, SESSION_COOKIE, Gate, Sessions, secure_cookie
 from middleware.console._oidc import OidcSignIn
 from middleware.console._pages import render
 from middleware.console._state import Console
@@ -151,7 +151,7 @@ async def signin(request: Request) -> Response:
     _log.info("console sign-in: %s", auditor)
     response = RedirectResponse(f"{base_path(request)}/decisions", status_code=303)
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path=f"{base_path(request)}/")
+                        secure=secure_cookie(request), path=f"{base_path(request)}/")
     return response
 
 

@@ -130,3 +130,13 @@ class Gate:
             return self.auditor(token)
         except IdentityError:
             return None
+
+
+def secure_cookie(request: Request) -> bool:
+    """Whether a cookie set in answer to ``request`` is ``Secure``.
+
+    Always, unless ``console.secure_cookies`` is false: a proxy that ends TLS in front
+    of the console hands it plain HTTP, so the request's own scheme cannot tell.
+    """
+    return bool(request.app.state.console.settings.console.secure_cookies
+                or request.url.scheme == "https")

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from guard._errors import ConfigError
-from middleware.console._auth import SESSION_COOKIE, Sessions
+from middleware.console._auth import SESSION_COOKIE, Sessions, secure_cookie
 from middleware.console._pages import render
 
 _log = logging.getLogger("guard.console")
@@ -105,7 +105,7 @@ class OidcSignIn:
         flow = self._sessions.sign({"state": state, "nonce": nonce, "verifier": verifier},
                                    FLOW_SECONDS)
         response.set_cookie(FLOW_COOKIE, flow, max_age=FLOW_SECONDS, httponly=True,
-                            samesite="lax", secure=request.url.scheme == "https",
+                            samesite="lax", secure=secure_cookie(request),
                             path=_cookie_path(request))
         return response
 
@@ -139,7 +139,7 @@ class OidcSignIn:
         response = RedirectResponse(f"{base}/decisions", status_code=303)
         response.delete_cookie(FLOW_COOKIE, path=_cookie_path(request))
         response.set_cookie(SESSION_COOKIE, self._sessions.session(auditor), httponly=True,
-                            samesite="lax", secure=request.url.scheme == "https",
+                            samesite="lax", secure=secure_cookie(request),
                             path=_cookie_path(request))
         return response
 

@@ -29,7 +29,7 @@ _LOGGERS = ("", "uvicorn", "uvicorn.access", "uvicorn.error", "guard", "guard.co
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """Example traffic in a real SQLite store, then a console on real uvicorn."""
     base = tmp_path_factory.mktemp("console")
-    settings = console_settings(base)
+    settings = console_settings(base, secure_cookies=True)  # Chromium keeps them on 127.0.0.1
     collect = Collect()
     with contextlib.ExitStack() as stack:
         example = stack.enter_context(example_service(settings))

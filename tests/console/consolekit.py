@@ -30,6 +30,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 def console_settings(base: Path, **console: Any) -> Settings:
     """Settings for one console and the example service beside it, all under ``base``."""
     console.setdefault("auditors", [AUDITOR])
+    console.setdefault("secure_cookies", False)  # httpx sends a Secure cookie over HTTPS only
     return Settings(
         policy=PolicySettings(dir=REPO / "policies", watch=False),
         audit=AuditSettings(store=f"sqlite:///{base / 'audit.db'}",

@@ -28,7 +28,8 @@ AUDITOR = "svc:support"
 def _settings(tmp: Path, keys: Any, *, mounted: bool) -> Any:
     policy = policy_copy(tmp / "policy", POLICIES)
     settings = sidecar_settings(tmp, policy, keys.identity())
-    console = ConsoleSettings(auditors=[AUDITOR], mount_in_sidecar=mounted)
+    console = ConsoleSettings(auditors=[AUDITOR], mount_in_sidecar=mounted,
+                              secure_cookies=False)  # httpx: Secure cookies over HTTPS only
     return settings.model_copy(update={"console": console})
 
 

@@ -1,0 +1,126 @@
+"""Ninth review: the console's sign-in cookies are Secure behind a proxy that ends TLS.
+
+The console set ``Secure`` only when the request it saw came over HTTPS. Behind nginx
+ending TLS (``guard console`` runs uvicorn without proxy headers, and the sidecar that
+mounts the console never believes them) every request is plain HTTP to it, so the
+cookie holding the auditor's token (or the OIDC session) went out without ``Secure``:
+a browser sends it again over plain HTTP to the same host, to anyone on the path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sidecarkit import Nginx, ServerThread, free_port, need_nginx, policy_copy, sidecar_settings
+
+from guard.config import ConsoleSettings
+from middleware.console import create_console
+from middleware.sidecar import create_app
+from middleware.sidecar._server import SidecarHttpProtocol
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+AUDITOR = "svc:support"
+
+
+def _certificate(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture(scope="module", params=["guard console", "sidecar"])
+def front(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          keys: Any) -> Iterator[tuple[str, Path, str]]:
+    """nginx ending TLS in front of the console (on its own, or mounted in the sidecar),
+    with the console's default settings: (https URL of the sign-in, CA file, plain URL)."""
+    need_nginx()
+    tmp = tmp_path_factory.mktemp("cookie")
+    mounted = request.param == "sidecar"
+    settings = sidecar_settings(tmp, policy_copy(tmp / "policy", POLICIES), keys.identity())
+    settings = settings.model_copy(update={"console": ConsoleSettings(
+        auditors=[AUDITOR], mount_in_sidecar=mounted)})
+    app = create_app(settings) if mounted else create_console(settings)
+    cert, key = _certificate(tmp)
+    port = free_port()
+    # As `guard sidecar` and `guard console` serve it: neither believes forwarded headers.
+    served = ServerThread(app, free_port(), http=SidecarHttpProtocol if mounted else "h11")
+    served.server.config.proxy_headers = False
+    with served as server:
+        nginx = Nginx(tmp / "nginx", (
+            "server {\n"
+            f"    listen 127.0.0.1:{port} ssl;\n"
+            f"    ssl_certificate {cert};\n"
+            f"    ssl_certificate_key {key};\n"
+            "    location / {\n"
+            f"        proxy_pass {server.url};\n"
+            "        proxy_set_header Host $host;\n"
+            "        proxy_set_header X-Forwarded-Proto $scheme;\n"
+            "    }\n"
+            "}\n")).start(port)
+        try:
+            prefix = "/console" if mounted else ""
+            yield f"https://127.0.0.1:{port}{prefix}", cert, server.url + prefix
+        finally:
+            nginx.stop()
+
+
+def _cookie_lines(answer: httpx.Response) -> list[str]:
+    return [value for name, value in answer.headers.multi_items() if name == "set-cookie"]
+
+
+def test_the_sign_in_cookie_is_secure_behind_a_proxy_that_ends_tls(
+    front: tuple[str, Path, str], keys: Any,
+) -> None:
+    url, ca, _ = front
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=10) as client:
+        answer = client.post(url + "/signin", data={"token": keys.mint("hs", sub=AUDITOR)})
+        assert answer.status_code == 303, answer.text
+        lines = _cookie_lines(answer)
+        assert lines, "no cookie set"
+        for line in lines:
+            attributes = [part.strip().lower() for part in line.split(";")]
+            assert "secure" in attributes, line
+            assert "httponly" in attributes, line
+        # The browser keeps it for HTTPS, and it signs in there.
+        assert client.get(url + "/decisions").status_code == 200
+
+
+def test_a_plain_http_test_client_may_turn_it_off(
+    tmp_path: Path, keys: Any,
+) -> None:
+    settings = sidecar_settings(tmp_path, policy_copy(tmp_path / "policy", POLICIES),
+                                keys.identity())
+    settings = settings.model_copy(update={"console": ConsoleSettings(
+        auditors=[AUDITOR], secure_cookies=False)})
+    with ServerThread(create_console(settings), free_port()) as server, \
+            httpx.Client(base_url=server.url, timeout=10) as client:
+        answer = client.post("/signin", data={"token": keys.mint("hs", sub=AUDITOR)})
+        assert answer.status_code == 303
+        assert all("secure" not in [p.strip().lower() for p in line.split(";")]
+                   for line in _cookie_lines(answer))
+        assert client.get("/decisions").status_code == 200
