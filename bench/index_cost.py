@@ -14,8 +14,7 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
 - ``no-ts`` / ``no-subject`` / ``no-decision-ref`` / ``no-policy``: SQLite without that
   index of ``audit_event`` (what each B-tree costs; not a proposal; ``no-subject``: without
   SQLite's FTS5 subject index of schema 6, or PostgreSQL's B-tree), ``no-summary``:
-  without the ``audit_hour`` upsert, ``sql-summary``: the summary counted by SQL over the
-  rows inserted (``add_hours``) rather than in Python; ``old-subject``: the
+  without the ``audit_hour`` upsert; ``old-subject``: the
   ``(subject, ts)`` index of schema 5 (SQLite's until schema 6, PostgreSQL's still)
   rebuilt in place of the store's subject index (the same run; PostgreSQL too, as
   ``no-subject`` and ``hour-first``, through ``index_records``); ``hour-first``: the subject
@@ -215,13 +214,11 @@ class SqliteProbe:
         if self.variant == "sql":
             timed(steps, "insert", lambda: conn.execute(SQLITE_FROM_JSON, (_rows.decode(),)))
         else:
-            stored = timed(steps, "insert", lambda: s.insert_rows(conn, rows, self.insert))
+            timed(steps, "insert", lambda: s.insert_rows(conn, rows, self.insert))
         if self.fts is not None:
             timed(steps, "fts", lambda: conn.execute(self.fts, (before, 1 << 62)))
         if self.variant != "no-summary":
-            timed(steps, "summary", lambda: (
-                conn.execute(s._ADD_HOURS, (before,)) if self.variant in ("sql", "sql-summary")
-                else s.add_summary(conn, rows, stored, before)))
+            timed(steps, "summary", lambda: conn.execute(s._ADD_HOURS, (before,)))
         if checkpoints:
             timed(steps, "checkpoints", lambda: conn.executemany(
                 s.INSERT_CHECKPOINT, [s.checkpoint_row(c) for c in checkpoints]))

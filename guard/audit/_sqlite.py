@@ -27,7 +27,7 @@ from guard.audit._schema import (
     migrate,
 )
 from guard.audit._store import AuditStoreError
-from guard.audit._summary import ADD_COUNTED, add_hours, hour_counts
+from guard.audit._summary import add_hours
 
 _SIZES = (1024, 256, 64, 16, 4, 1)  # 27 columns x 1024 stays under SQLite's 32766 variables
 _HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
@@ -71,26 +71,6 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row],
     return stored
 
 
-def add_summary(conn: sqlite3.Connection, rows: Sequence[Row], stored: int, before: int) -> None:
-    """Add the decisions just stored to the hourly summary.
-
-    Counted in Python (:func:`~guard.audit._summary.hour_counts`) when every row was
-    stored; otherwise, or for key values SQL and Python would group apart, by SQL
-    over the rows after ``rowid`` ``before``.
-
-    Args:
-        conn: The write connection, in the insert's transaction.
-        rows: The rows given to the insert.
-        stored: How many of them it stored.
-        before: The table's largest ``rowid`` before the insert.
-    """
-    counts = hour_counts(rows) if stored == len(rows) else None
-    if counts is None:
-        conn.execute(_ADD_HOURS, (before,))
-    elif counts:
-        conn.executemany(ADD_COUNTED, counts)
-
-
 def _insert(conn: sqlite3.Connection, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
             offset: tuple[str, int]) -> None:
     """Insert event rows (:func:`insert_rows`) and checkpoints, add the rows inserted to the
@@ -102,10 +82,9 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[Row], checkpoints: Sequence
     """
     if rows:
         before = conn.execute("SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0]
-        stored = insert_rows(conn, rows)
-        if stored:
+        if insert_rows(conn, rows):
             conn.execute(ADD_SUBJECTS, (before, _LAST_ROWID))
-        add_summary(conn, rows, stored, before)
+            conn.execute(_ADD_HOURS, (before,))
     if checkpoints:
         conn.executemany(INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
     conn.execute(SAVE_OFFSET, offset)

@@ -1,15 +1,14 @@
-"""SQLite's index counts the hourly summary in Python: exactly what SQL would count.
+"""SQLite's index keeps the hourly summary exactly what SQL counts over the stored events.
 
 Batches of decisions whose key values are of any JSON type (text, numbers that SQL
 stores as text, booleans, nulls), some rows sent twice, indexed into a real store:
 ``audit_hour`` holds what the summary's SQL counts over the stored events
-(``RAW_KEY``). And plain decisions are counted without reading the rows back.
+(``RAW_KEY``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -63,7 +62,7 @@ def _summary(store: Store) -> list[tuple[Any, ...]]:
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(key_values, min_size=1, max_size=10), min_size=1, max_size=4),
        st.integers(0, 3))
-def test_the_summary_counted_in_python_is_what_sql_counts(
+def test_the_summary_is_what_sql_counts_over_the_stored_events(
         store: Store, batches: list[list[dict[str, Any]]], again: int) -> None:
     for table in ("audit_event", "audit_hour"):
         store._conn.execute(f"DELETE FROM {table}")  # type: ignore[attr-defined]
@@ -77,19 +76,3 @@ def test_the_summary_counted_in_python_is_what_sql_counts(
         sent += records
         store.index_records(records + sent[:again], "journal-t", number)  # some sent again
     assert _summary(store) == _counted_by_sql(store)
-
-
-def test_plain_decisions_are_counted_without_reading_the_rows_back(
-        store: Store, tmp_path: Path) -> None:
-    statements: list[str] = []
-    store._conn.set_trace_callback(statements.append)  # type: ignore[attr-defined]
-    records = [_record({"allowed": n % 2, "caller": f"svc:{n % 3}"}, n + 1) for n in range(9)]
-    store.index_records(records, "journal-t", 9)
-    assert not [s for s in statements if s.startswith("INSERT INTO audit_hour") and "SELECT" in s]
-    assert [s for s in statements if s.startswith("INSERT INTO audit_hour")]
-    assert _summary(store) == _counted_by_sql(store)
-    assert sum(row[-1] for row in _summary(store)) == 9
-    statements.clear()
-    store.index_records([*records[:2], _record({}, 10)], "journal-t", 10)  # two stored before
-    assert [s for s in statements if s.startswith("INSERT INTO audit_hour") and "SELECT" in s]
-    assert sum(row[-1] for row in _summary(store)) == 10
