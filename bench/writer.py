@@ -4,7 +4,7 @@
 hash, record bytes, checkpoints) on batches of ``--batch`` events, with a
 journal that keeps nothing (no disk): CPU µs per event, median of ``--rounds``.
 ``loop``: ``--producers`` coroutines on one event loop each commit events one
-after the other (``JournalWriter.start``, as ``Guard.acommit`` does) into a real
+after the other (``JournalWriter.hand``, as ``Guard.acommit`` does) into a real
 journal: CPU µs per event of the event loop's thread and of the writer thread,
 and the wake-ups per event of the event loop (the writer's eventfd writes) and of
 the writer (rings) (``--null-journal``: no disk, for instruction counts of the
@@ -31,9 +31,10 @@ left to ``guard audit index``, so no child runs): the writer thread's and the
 event loop's CPU µs per event; under callgrind (``--separate-threads=yes``, two
 lengths, the difference) their instructions per event.
 ``handover``: ``--lone-events`` lone commits (the same pause) into a journal that
-keeps nothing, nothing timed: for instructions per thread under callgrind
-(``--separate-threads=yes``, two lengths, the difference); ``--pause-only``
-counts the loop's pauses alone, to subtract.
+keeps nothing, each handed over as the guard does (an entry of the producer's own,
+``JournalWriter.hand``; ``start`` on a checkout from before it), nothing timed:
+for instructions per thread under callgrind (``--separate-threads=yes``, two
+lengths, the difference); ``--pause-only`` counts the loop's pauses alone, to subtract.
 
 ``http``: the example service guarded (``bench/http.py``'s server; ``--baseline
 TREE``: also that checkout's, served beside it), ``--producers`` connections of
@@ -103,6 +104,32 @@ def thread_cpu_us(thread: threading.Thread) -> float:
         return int(stat.read().split()[0]) / 1000
 
 
+class Commit:
+    """One commit as the guard hands it to the writer: its ruling is the writer's entry."""
+
+    __slots__ = ("fields", "future", "result", "waker")
+    kind = EventKind.DECISION
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        self.future = self.result = self.waker = None
+
+
+def committer(w: JournalWriter) -> Any:
+    """What a producer calls per commit: ``hand`` an entry of its own (made once and used
+    again, as the guard's ruling exists anyway), or ``start`` on a tree without it."""
+    hand = getattr(w, "hand", None)
+    if hand is None:  # a checkout from before the entries (--tree, PYTHONPATH)
+        return lambda: w.start(EventKind.DECISION, FIELDS)
+    entry = Commit(FIELDS)
+
+    def again() -> Any:
+        entry.result = None
+        return hand(entry)
+
+    return again
+
+
 def writer(journal: Any) -> JournalWriter:
     """A keyed writer on ``journal`` (a checkpoint every 1,000 events, as by default)."""
     return JournalWriter(journal, hmac_key=KEY, signing_key=Ed25519PrivateKey.generate(),
@@ -141,7 +168,7 @@ def loop(events: int, producers: int, null: bool = False) -> tuple[float, float,
             notified += 1
             ring()
 
-        def counted_release(items: list[_Item]) -> None:
+        def counted_release(items: list[Any]) -> None:
             nonlocal wakeups
             wakeups += len({item.waker for item in items if item.waker is not None})
             release(items)
@@ -149,8 +176,9 @@ def loop(events: int, producers: int, null: bool = False) -> tuple[float, float,
         w._ring, w._release = counted_ring, counted_release  # type: ignore[method-assign]
 
         async def one() -> None:
+            commit = committer(w)
             for _ in range(per):
-                await w.start(EventKind.DECISION, FIELDS)
+                await commit()
 
         async def main() -> float:
             c0 = time.thread_time()
@@ -275,13 +303,14 @@ def trail(events: int, producers: int) -> tuple[float, float]:
 def handover(events: int, gap: float, pause_only: bool) -> None:
     """``events`` lone commits (a pause of ``gap`` s before each) into a journal of nothing."""
     w = writer(NullJournal())
+    commit = committer(w)
 
     async def main() -> None:
-        await w.start(EventKind.DECISION, FIELDS)  # the chain's opening checkpoint
+        await commit()  # the chain's opening checkpoint
         for _ in range(events):
             await asyncio.sleep(gap)
             if not pause_only:
-                await w.start(EventKind.DECISION, FIELDS)
+                await commit()
 
     asyncio.run(main())
     w.close()

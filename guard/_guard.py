@@ -8,9 +8,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic, perf_counter_ns
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN
@@ -151,12 +151,14 @@ class Checked:
     """The per-category judgement, for a request decided with ``per_category=True``."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Ruling:
     """A decision made by :meth:`Guard.decide` and not yet recorded.
 
     Record it once, with the HTTP status it is answered with when that is known:
-    :meth:`Guard.acommit` (durable on return) or :meth:`Guard.post` (queued).
+    :meth:`Guard.acommit` (durable on return) or :meth:`Guard.post` (queued). On an
+    event loop the ruling itself is the journal writer's entry
+    (:class:`guard.audit._jwriter.Entry`): its event, and its commit's future and result.
 
     Args:
         decision: The decision.
@@ -165,12 +167,19 @@ class Ruling:
         fields: The audit event's fields; None when the decision cannot be recorded.
     """
 
+    kind: ClassVar[EventKind] = EventKind.DECISION
     decision: Decision
     request: Request
     categories: CategoryDecision | None = None
     fields: dict[str, Any] | None = None
     queued: bool = False
     """Handed to the journal's writer (by a commit or :meth:`Guard.post`): never again."""
+    future: asyncio.Future[str] | None = field(default=None, init=False)
+    """The commit's future (:meth:`Guard.begin_commit`), resolved once the event is durable."""
+    result: str | BaseException | None = field(default=None, init=False)
+    """Set by the journal's writer: the event's id, or why it is not durable."""
+    waker: Any = field(default=None, init=False)
+    """Set by the journal's writer: how it tells the loop the commit is done."""
 
 
 class Guard:
@@ -207,8 +216,8 @@ class Guard:
         self._tracer = tracer or default_tracer
         self._deadlines: Deadlines | None = None
         # decide()'s fields carry their trace ids, so the trail's start_fields would hand
-        # them over as they are: its writer's start, called directly (one call, not three)
-        self._start = trail.writer.start
+        # them over as they are: the ruling handed to its writer directly (no object made)
+        self._hand = trail.writer.hand
 
     @classmethod
     def from_settings(cls, settings: Settings, holder: PolicyHolder | None = None) -> Guard:
@@ -578,13 +587,16 @@ class Guard:
                 fields["http_status"] = status
             if type(fields) is not IdFields or "trace_id" not in fields:  # not made by decide()
                 fields = ruling.fields = _handed(fields)
-            future = self._start(EventKind.DECISION, fields)  # the fields carry their trace ids
+            future = self._hand(ruling)  # the writer's entry (its fields carry trace ids)
             ruling.queued = True
         except Exception as exc:  # a closed trail, a full disk: refused now
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             refused.set_exception(exc)
             return refused
-        self._watch(future, fields)
+        deadlines = self._deadlines  # _watch, inline: once per read
+        if deadlines is None or deadlines.loop is not future.get_loop():
+            deadlines = self._deadlines = Deadlines(future.get_loop(), self._late_refusal)
+        deadlines.watch(future, self.durable_within, fields)
         return future
 
     def _late_refusal(self, fields: dict[str, Any]) -> None:

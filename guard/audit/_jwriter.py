@@ -1,10 +1,12 @@
 """The journal writer: one thread builds, links and appends each batch with one fdatasync.
 
-Producers queue ``(kind, fields)`` and wait, each on a waker the writer wakes
-once per batch: a thread on a lock (:class:`_Waiting`), a coroutine on a future
-its loop resolves when the writer writes the loop's eventfd (:class:`_Waker`).
-An event is queued without a lock and wakes the writer (a lock released) only
-when it is idle. The writer
+Producers queue an :class:`Entry` (the event's kind and fields; on an event loop
+the guard's ruling itself, so nothing is made per event) and wait, each on a
+waker the writer wakes once per batch: a thread on a lock (:class:`_Waiting`), a
+coroutine on a future its loop resolves, with everything waiting on it, in the one
+callback of the loop's eventfd, which the writer writes once per batch
+(:class:`_Waker`). An event is queued without a lock and wakes the writer (a lock
+released) only when it is idle. The writer
 takes everything queued, builds the rows, links them into the hash chain, signs
 the checkpoints that fall due, appends it all to the journal with one
 ``fdatasync``, releases the producers and only then hands the batch to the
@@ -22,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from weakref import finalize
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -61,7 +63,7 @@ class _Waiting:
         with contextlib.suppress(RuntimeError):  # woken already
             self._lock.release()
 
-    def wait(self, last: _Item, timeout: float) -> bool:
+    def wait(self, last: Entry, timeout: float) -> bool:
         """Block until ``last`` (queued last) is done; False after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while last.result is None:
@@ -82,7 +84,7 @@ class _Waker:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         finalize(self, os.close, self.fd).atexit = False
-        self.done: deque[_Item] = deque()
+        self.done: deque[Entry] = deque()
         loop.add_reader(self.fd, self.settle)
 
     def wake(self) -> None:
@@ -90,31 +92,79 @@ class _Waker:
         os.eventfd_write(self.fd, 1)
 
     def settle(self) -> None:
-        """Resolve the futures of the items done (on the loop, when the eventfd is readable)."""
+        """Resolve the futures of the entries done, and run what waits on them, here.
+
+        On the loop, when the eventfd is readable: one callback for every entry done.
+        A future's done callbacks (the awaiting task's wake-up) are run here, not each
+        scheduled as a handle of its own for the loop's next turn (``call_soon``).
+        """
         with contextlib.suppress(BlockingIOError):  # read on an earlier turn already
             os.eventfd_read(self.fd)
         done = self.done
         while done:
-            item = done.popleft()
-            future, result = item.future, item.result
+            entry = done.popleft()
+            future, result = entry.future, entry.result
             if future is None or future.done():  # failed meanwhile (its deadline)
                 continue
+            waiting = future._callbacks if type(future) is _CFuture else None
+            if waiting:
+                for callback, _context in waiting:
+                    future.remove_done_callback(callback)
             if isinstance(result, str):
                 future.set_result(result)
             else:
                 future.set_exception(result or AuditUnavailableError("audit event lost"))
+            if waiting:
+                _run(future, waiting)
+
+
+_CFuture = asyncio.Future
+"""The futures whose done callbacks :meth:`_Waker.settle` runs itself (asyncio's own)."""
+
+
+def _run(future: asyncio.Future[str], callbacks: Sequence[tuple[Any, Any]]) -> None:
+    """Run a resolved future's done callbacks as its loop would (errors to its handler)."""
+    for callback, context in callbacks:
+        try:
+            context.run(callback, future)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            future.get_loop().call_exception_handler({
+                "message": "Exception in callback of an audit commit",
+                "exception": exc, "future": future})
+
+
+class Entry(Protocol):
+    """One event as the writer takes it, and where its producer hears the result.
+
+    A producer on an event loop hands over an object of its own that has these
+    attributes (the guard's :class:`~guard._guard.Ruling`), so that no object is made
+    per event for the writer: it sets ``result`` (the event's id, or why not), and the
+    loop's eventfd callback resolves ``future`` with it.
+    """
+
+    @property
+    def kind(self) -> EventKind: ...
+
+    @property
+    def fields(self) -> Any: ...  # a Mapping[str, Any]
+
+    future: asyncio.Future[str] | None
+    result: str | BaseException | None  # None: not done; no waker: posted
+    waker: Any  # _Waker (a loop), _Waiting (a thread) or None (posted)
 
 
 class _Item:
-    """One queued event, and where its producer hears the result (its id, or why not)."""
+    """One event queued by a thread or posted (:class:`Entry`)."""
 
     __slots__ = ("fields", "future", "kind", "result", "waker")
 
     def __init__(self, kind: EventKind, fields: Mapping[str, Any],
-                 future: asyncio.Future[str] | None = None,
-                 waker: _Waker | _Waiting | None = None) -> None:
-        self.kind, self.fields, self.future, self.waker = kind, fields, future, waker
-        self.result: str | BaseException | None = None  # None: not done; no waker: posted
+                 waker: _Waiting | None = None) -> None:
+        self.kind, self.fields, self.waker = kind, fields, waker
+        self.future: asyncio.Future[str] | None = None
+        self.result: str | BaseException | None = None
 
 
 class _WitnessRelay:
@@ -236,10 +286,10 @@ class JournalWriter:
         self._lock = threading.Lock()
         self._bell = threading.Lock()  # held, and released to wake the writer (see _ring)
         self._bell.acquire()
-        self._queue: deque[_Item] = deque()  # appended without the lock by coroutines
+        self._queue: deque[Entry] = deque()  # appended without the lock by coroutines
         self._wakers: dict[asyncio.AbstractEventLoop, _Waker] = {}
         self._countersigns: deque[Checkpoint] = deque()  # other chains', for the next batch
-        self._inflight: list[_Item] | None = None  # the batch being written
+        self._inflight: list[Entry] | None = None  # the batch being written
         self._idle = False  # the writer waits for work (set before it looks at the queue)
         self._closed = False
         self._seq, self._prev, self._opened = 0, GENESIS_HASH, False
@@ -257,7 +307,7 @@ class JournalWriter:
         with contextlib.suppress(RuntimeError):  # rung already
             self._bell.release()
 
-    def _put(self, items: Sequence[_Item]) -> None:
+    def _put(self, items: Sequence[Entry]) -> None:
         with self._lock:
             if self._closed or self._stopped:
                 raise AuditUnavailableError("the audit trail is closed")
@@ -272,7 +322,7 @@ class JournalWriter:
             AuditUnavailableError: it is not durable (journal refused, or no answer in time).
         """
         waiting = _Waiting()
-        item = _Item(kind, fields, None, waiting)
+        item = _Item(kind, fields, waiting)
         self._put((item,))
         if not waiting.wait(item, timeout):
             raise AuditTimeoutError(f"audit writer did not confirm within {timeout:g} s")
@@ -284,7 +334,7 @@ class JournalWriter:
                 timeout: float = 30.0) -> list[str | None]:
         """Queue events in order and block until they are durable; per event its id or None."""
         waiting = _Waiting()
-        items = [_Item(kind, f, None, waiting) for f in many]
+        items = [_Item(kind, f, waiting) for f in many]
         with contextlib.suppress(AuditUnavailableError):
             if items:
                 self._put(items)
@@ -293,20 +343,28 @@ class JournalWriter:
 
     def start(self, kind: EventKind, fields: Mapping[str, Any]) -> asyncio.Future[str]:
         """Queue one event now (on an event loop); the future resolves with its id once durable."""
+        return self.hand(_Item(kind, fields))
+
+    def hand(self, entry: Entry) -> asyncio.Future[str]:
+        """Queue ``entry`` now (on an event loop): the event and where its result goes.
+
+        The entry itself is queued (no object is made for it); the writer sets its
+        ``result`` and the loop's eventfd callback resolves its ``future`` (set here).
+        """
         if self._closed or self._stopped:
             raise AuditUnavailableError("the audit trail is closed")
         loop = asyncio.get_running_loop()
-        waker = self._wakers.get(loop) or self._waker(loop)
+        entry.waker = self._wakers.get(loop) or self._waker(loop)
         future: asyncio.Future[str] = loop.create_future()
-        item = _Item(kind, fields, future, waker)
-        self._queue.append(item)  # no lock: a deque append is atomic
-        if self._idle:  # read after the append: a writer not idle yet will see the item
+        entry.future = future
+        self._queue.append(entry)  # no lock: a deque append is atomic
+        if self._idle:  # read after the append: a writer not idle yet will see the entry
             self._ring()  # the first of a burst wakes it; the others see it busy
-        if self._stopped:  # the thread ended meanwhile: it took the item (written or failed,
+        if self._stopped:  # the thread ended meanwhile: it took the entry (written or failed,
             with self._lock:  # the future says which) or missed it (its last act holds the lock)
-                if item not in self._queue:
+                if entry not in self._queue:
                     return future
-                self._queue.remove(item)
+                self._queue.remove(entry)
             raise AuditUnavailableError("the audit trail is closed")
         return future
 
@@ -427,7 +485,7 @@ class JournalWriter:
         checkpoints.append(cp := self._sign(kind, seq, hash_))
         return checkpoint_record(cp)
 
-    def _commit(self, items: list[_Item]) -> tuple[Sequence[Row], Sequence[Checkpoint]] | None:
+    def _commit(self, items: list[Entry]) -> tuple[Sequence[Row], Sequence[Checkpoint]] | None:
         """Build, link and append one batch; set each item's result.
 
         Returns:
@@ -443,7 +501,7 @@ class JournalWriter:
         while self._countersigns:  # popped one by one: countersign() appends without the lock
             checkpoints.append(self._countersigns.popleft())
         records = list(map(checkpoint_record, checkpoints))
-        built: list[_Item] = []
+        built: list[Entry] = []
         if not self._opened:
             records.append(self._signed(CheckpointKind.OPEN, 0, GENESIS_HASH, checkpoints))
         unsigned = self._unsigned
@@ -520,7 +578,7 @@ class JournalWriter:
             except Exception as exc:  # best effort; the journal is the record
                 _log.debug("audit batch listener failed: %s", exc)
 
-    def _release(self, items: list[_Item]) -> None:
+    def _release(self, items: list[Entry]) -> None:
         """Wake each waker of ``items`` once (a loop keeps its items); log posted failures."""
         woken: list[_Waker | _Waiting] = []
         for item in items:
