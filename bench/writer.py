@@ -21,7 +21,11 @@ time, three ways in one run (rounds alternated): appended at the end (the file
 grows), written over zeros written and synced before (no size change), written into
 a ``posix_fallocate``d region (unwritten extents), and through ``Journal.append``
 (this tree's; ``--baseline TREE``: also that checkout's, loaded in the same process);
-CPU (user+sys of the thread) and latency per batch.
+CPU (user+sys of the thread) and latency per batch, and the block device's write and
+flush requests per batch; outside ``Journal.append``, the syncs grouped by the requests
+each made (the data's write and the flush, or also the inode's). ``--folder DIR``
+(repeatable): in each of these folders, rounds alternated; ``--ways``: these ways only;
+``--sync-gap-ms``: a pause before each batch (a lone commit's).
 ``turns``: ``--producers`` tasks on one loop each commit, work ``--work-us`` with a
 syscall, and pause 0-2 ms, as requests arriving apart: the writer's CPU per event
 and its events per batch.
@@ -46,6 +50,7 @@ follow (``cost = fixed + per_event * size``, the two phases' sizes).
 
 Usage: python bench/writer.py [--events N] [--rounds 3] [--batch 64] [--producers 32]
        [--only build|loop|lone|sync|turns|handover|trail|http] [--lone-events 2000] [--gap-ms 0.5]
+       [--folder DIR ...] [--ways zeroed,Journal] [--sync-gap-ms 0.5]
 (under callgrind: valgrind --tool=callgrind python bench/writer.py --only build)
 """
 
@@ -76,6 +81,7 @@ from guard.audit._jwriter import JournalWriter, _Item
 
 KEY = b"b" * 32
 JOURNALS: dict[str, Any] = {}  # sync: the Journal classes compared (this tree's, --baseline's)
+PAUSE = [0.0]  # sync: seconds slept before each batch (--sync-gap-ms)
 FIELDS: dict[str, Any] = {
     "caller": "svc:crm", "party_type": "internal", "country": "GB",
     "purpose": "relationship.management", "categories": ("contact.email",), "action": "read",
@@ -380,6 +386,8 @@ def _journal_round(folder: Path, journal_class: Any, batches: int,
     times = []
     r0 = resource.getrusage(resource.RUSAGE_THREAD)
     for _ in range(batches):
+        if PAUSE[0]:
+            time.sleep(PAUSE[0])
         t0 = time.perf_counter_ns()
         journal.append(records)
         times.append((time.perf_counter_ns() - t0) / 1e3)
@@ -389,13 +397,16 @@ def _journal_round(folder: Path, journal_class: Any, batches: int,
     return times, (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) * 1e6 / batches
 
 
-def _sync_round(folder: Path, how: str, batches: int, batch: int) -> tuple[list[float], float]:
-    """``batches`` writes of ``batch`` records + fdatasync ``how``; latencies and CPU, in µs."""
+def _sync_round(folder: Path, how: str, batches: int,
+                batch: int) -> tuple[list[float], float, list[tuple[int, float, float]]]:
+    """``batches`` writes of ``batch`` records + fdatasync ``how``; latencies and CPU, in µs,
+    and per sync (not through a Journal) the device's write requests, latency and CPU."""
     if how.startswith("Journal"):
-        return _journal_round(folder, JOURNALS[how], batches, batch)
+        return (*_journal_round(folder, JOURNALS[how], batches, batch), [])
     path = folder / f"{how}.bin"
     data = b"x" * 300 * batch
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    each: list[tuple[int, float, float]] = []
     try:
         if how == "zeroed":
             os.write(fd, bytes(len(data) * batches))
@@ -403,37 +414,72 @@ def _sync_round(folder: Path, how: str, batches: int, batch: int) -> tuple[list[
         elif how == "fallocate":
             os.posix_fallocate(fd, 0, len(data) * batches)
             os.fsync(fd)
-        times = []
-        r0 = resource.getrusage(resource.RUSAGE_THREAD)
+        before = _device_writes(folder)[0]
         for number in range(batches):
-            t0 = time.perf_counter_ns()
+            if PAUSE[0]:
+                time.sleep(PAUSE[0])
+            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
             os.pwrite(fd, data, number * len(data))
             os.fdatasync(fd)
-            times.append((time.perf_counter_ns() - t0) / 1e3)
-        r1 = resource.getrusage(resource.RUSAGE_THREAD)
+            c1, t1 = time.thread_time_ns(), time.perf_counter_ns()
+            after = _device_writes(folder)[0]  # (outside the times)
+            each.append((after - before, (t1 - t0) / 1e3, (c1 - c0) / 1e3))
+            before = after
     finally:
         os.close(fd)
         path.unlink()
-    cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) * 1e6 / batches
-    return times, cpu
+    return [e[1] for e in each], sum(e[2] for e in each) / batches, each
 
 
-def run_sync(batches: int, batch: int, rounds: int) -> None:
-    """Print the latency and CPU of a batch's write + fdatasync, three ways (one run)."""
-    ways = ("append", "zeroed", "fallocate", *JOURNALS)
-    times: dict[str, list[float]] = {how: [] for how in ways}
-    cpus: dict[str, list[float]] = {how: [] for how in ways}
-    with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
-        for _ in range(rounds):
-            for how in ways:
-                got, cpu = _sync_round(Path(tmp), how, batches, batch)
-                times[how] += got
-                cpus[how].append(cpu)
-    print(f"sync: {batches} batches of {batch} x 300 B, {rounds} rounds alternated")
-    for how in ways:
-        print(f"  {how:<16} write+fdatasync p50 {_pct(times[how], 0.5):7.1f} µs  p99 "
-              f"{_pct(times[how], 0.99):7.1f} µs  CPU {statistics.median(cpus[how]):6.1f} "
-              f"µs/batch (median; rounds {', '.join(f'{c:.1f}' for c in cpus[how])})")
+def _device_writes(folder: Path) -> tuple[int, int]:
+    """Write and flush requests the block device under ``folder`` has completed (its
+    ``stat``; the whole device's, other programs' included)."""
+    dev = os.stat(folder).st_dev
+    stat = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat")
+    fields = stat.read_text().split() if stat.exists() else ["0"] * 17
+    return int(fields[4]), int(fields[15])
+
+
+def run_sync(batches: int, batch: int, rounds: int, folders: Sequence[Path | None] = (None,),
+             ways: Sequence[str] = ()) -> None:
+    """Print the latency and CPU of a batch's write + fdatasync, several ways, in each of
+    ``folders`` (None: a temporary folder), rounds alternated (one run); with the block
+    device's write requests per batch (the data's, the inode's, a journal's)."""
+    ways = tuple(ways) or ("append", "zeroed", "fallocate", *JOURNALS)
+    cells = [(folder, how) for folder in folders for how in ways]
+    times: dict[tuple[Path | None, str], list[float]] = {cell: [] for cell in cells}
+    cpus: dict[tuple[Path | None, str], list[float]] = {cell: [] for cell in cells}
+    writes: dict[tuple[Path | None, str], list[float]] = {cell: [] for cell in cells}
+    flushes: dict[tuple[Path | None, str], list[float]] = {cell: [] for cell in cells}
+    each: dict[tuple[Path | None, str], list[tuple[int, float, float]]] = {c: [] for c in cells}
+    for _ in range(rounds):
+        for folder, how in cells:
+            with tempfile.TemporaryDirectory(prefix="bench-writer-", dir=folder) as tmp:
+                (w0, f0), (got, cpu, syncs) = (_device_writes(Path(tmp)),
+                                               _sync_round(Path(tmp), how, batches, batch))
+                w1, f1 = _device_writes(Path(tmp))
+                each[folder, how] += syncs
+                writes[folder, how].append((w1 - w0) / batches)
+                flushes[folder, how].append((f1 - f0) / batches)
+            times[folder, how] += got
+            cpus[folder, how].append(cpu)
+    pause = f", a {PAUSE[0] * 1e3:g} ms pause before each" if PAUSE[0] else ""
+    print(f"sync: {batches} batches of {batch} x 300 B{pause}, {rounds} rounds alternated")
+    for folder, how in cells:
+        where = f"{folder}: " if folder is not None else ""
+        cell = (folder, how)
+        print(f"  {where}{how:<16} write+fdatasync p50 {_pct(times[cell], 0.5):7.1f} µs  p99 "
+              f"{_pct(times[cell], 0.99):7.1f} µs  CPU {statistics.median(cpus[cell]):6.1f} "
+              f"µs/batch (median; rounds {', '.join(f'{c:.1f}' for c in cpus[cell])})  "
+              f"device writes {statistics.median(writes[cell]):.2f}, flushes "
+              f"{statistics.median(flushes[cell]):.2f} a batch")
+        for count in sorted({e[0] for e in each[cell]}):  # the syncs by the device's writes
+            group = [e for e in each[cell] if e[0] == count]
+            print(f"    {count} device writes: {len(group)} syncs "
+                  f"({len(group) / len(each[cell]):.0%}), p50 "
+                  f"{_pct([e[1] for e in group], 0.5):.1f} µs, p99 "
+                  f"{_pct([e[1] for e in group], 0.99):.1f} µs, CPU "
+                  f"{statistics.mean(e[2] for e in group):.1f} µs")
 
 
 def turns(events: int, producers: int, work_us: float) -> tuple[float, float, float]:
@@ -591,11 +637,18 @@ def main() -> None:
                         help="loop: a journal that keeps nothing (no disk: CPU only)")
     parser.add_argument("--work-us", type=float, default=40.0,
                         help="turns: each producer's work per commit (as a request's)")
+    parser.add_argument("--folder", type=Path, action="append",
+                        help="sync: run in this folder (repeat: each, rounds alternated)")
+    parser.add_argument("--sync-gap-ms", type=float, default=0.0,
+                        help="sync: pause before each batch (as requests apart)")
+    parser.add_argument("--ways", default="",
+                        help="sync: these ways only (append,zeroed,fallocate,Journal)")
     parser.add_argument("--baseline", type=Path, metavar="TREE",
                         help="sync: also append through the Journal of this checkout; "
                              "http: also serve this checkout's guarded app")
     args = parser.parse_args()
     JOURNALS["Journal"] = _journal_class(None)
+    PAUSE[0] = args.sync_gap_ms / 1e3
     if args.baseline is not None:
         JOURNALS["Journal@baseline"] = _journal_class(args.baseline)
     if args.only == "http":
@@ -614,7 +667,8 @@ def main() -> None:
               f"(batches of {args.batch}, median of {args.rounds})")
     if args.only in (None, "sync"):
         for size in sorted({1, args.batch}):
-            run_sync(args.lone_events, size, args.rounds)
+            run_sync(args.lone_events, size, args.rounds, args.folder or [None],
+                     args.ways.split(",") if args.ways else ())
     if args.only in (None, "turns"):
         runs = [turns(args.events // 4, args.producers, args.work_us) for _ in range(args.rounds)]
         print(f"turns: {args.producers} producers, {args.work_us:g} µs work each: writer "

@@ -29,12 +29,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import mmap
 import os
+import re
 import stat
 import struct
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -43,6 +45,7 @@ from crc32c import crc32c
 
 from guard._errors import AuditUnavailableError, ConfigError
 
+_log = logging.getLogger("guard.audit")
 _HEADER = struct.Struct("<II")
 _END = struct.Struct("<QQ")  # the durable end and its complement: a torn read never matches
 _MASK = (1 << 64) - 1
@@ -448,16 +451,92 @@ def lanes(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("lane-*") if (p / "ID").is_file())
 
 
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A line of ``/proc/self/mountinfo``: the device (``major:minor``), mount point, type
+    and source."""
+
+    device: str
+    point: str
+    fstype: str
+    source: str
+
+
+def mount_of(mountinfo: str, path: str, dev: int) -> Mount | None:
+    """The mount an absolute, resolved ``path`` of device ``dev`` (its ``st_dev``) is on.
+
+    Of the mounts in ``mountinfo`` (the text of ``/proc/self/mountinfo``) whose point
+    holds ``path``: that device's with the longest point, the last mounted of equals.
+    """
+    best: tuple[tuple[bool, int], Mount] | None = None
+    for line in mountinfo.splitlines():
+        left, _sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 6 or len(tail) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+        if path != point and not path.startswith(point.rstrip("/") + "/"):
+            continue
+        key = (fields[2] == f"{os.major(dev)}:{os.minor(dev)}", len(point))
+        if best is None or key >= best[0]:
+            best = key, Mount(fields[2], point, tail[0], tail[1])
+    return None if best is None else best[1]
+
+
+def inode_sync_note(mountinfo: str, path: str, dev: int,
+                    journal_task: Callable[[str], str]) -> str | None:
+    """Why ``fdatasync`` of a journal at ``path`` also writes its file's inode, or None.
+
+    On ext4 made without its journal (``journal_task(device)``, the text of
+    ``/sys/fs/ext4/NAME/journal_task``, is ``<none>``) a sync after a write that moved
+    the file's times writes the inode's block too: one more disk write on a third or more
+    of the syncs (docs/audit.md). ``lazytime`` does not avoid it (the times move the file's
+    change counter, which is written at once).
+    """
+    mount = mount_of(mountinfo, path, dev)
+    if mount is None or mount.fstype != "ext4" or journal_task(mount.device) != "<none>":
+        return None
+    return (f"{mount.source} mounted at {mount.point} is ext4 made without its journal "
+            "(feature has_journal): every fdatasync after a write also writes the file's "
+            "inode, one more disk write on a third or more of the syncs; put the journal on "
+            "ext4 with its journal (tune2fs -O has_journal, unmounted) or XFS "
+            "(docs/audit.md, The journal's filesystem)")
+
+
+def _journal_task(device: str) -> str:
+    name = os.path.basename(os.readlink(f"/sys/dev/block/{device}"))
+    return Path(f"/sys/fs/ext4/{name}/journal_task").read_text().strip()
+
+
+def inode_sync_warning(folder: Path) -> str | None:
+    """:func:`inode_sync_note` for ``folder`` on this machine (None when it cannot tell)."""
+    try:
+        path = folder.resolve()
+        return inode_sync_note(Path("/proc/self/mountinfo").read_text(), str(path),
+                               os.stat(path).st_dev, _journal_task)
+    except OSError:
+        return None
+
+
+_WARNED: set[str] = set()  # the mounts warned of (once a process)
+
+
 def open_lane(parent: Path, *, segment_bytes: int = 64 << 20, lanes: int = 256) -> Journal:
     """The first journal under ``parent`` (``lane-0``, ``lane-1``, ...) no other process holds.
 
     Each process writing to one store gets its own lane; a lane left by a process
-    that stopped is taken (and its tail indexed) by the next. ConfigError: every lane
-    is held, or the folder cannot be used.
+    that stopped is taken (and its tail indexed) by the next. A lane on ext4 made
+    without its journal is logged once a process (:func:`inode_sync_note`).
+    ConfigError: every lane is held, or the folder cannot be used.
     """
     for number in range(lanes):
         try:
-            return Journal(parent / f"lane-{number}", segment_bytes=segment_bytes)
+            journal = Journal(parent / f"lane-{number}", segment_bytes=segment_bytes)
         except JournalBusyError:
             continue
+        note = inode_sync_warning(journal.folder)
+        if note is not None and note not in _WARNED:
+            _WARNED.add(note)
+            _log.warning("audit journal %s: %s", journal.folder, note)
+        return journal
     raise ConfigError(f"all {lanes} audit journal lanes under {parent} are in use")
