@@ -661,7 +661,8 @@ class _DecideOnly:
 
     async def arecord_denial(self, request: Request, decision: Decision,
                              http: HttpContext | None = None, *,
-                             detail: str | None = None) -> Checked:
+                             detail: str | None = None, source: str | None = None
+                             ) -> Checked:
         return Checked(decision, "bench")
 
 

@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN
 
 from guard._errors import AuditTimeoutError, AuditUnavailableError
+from guard._refusals import RefusalBudget, source_of
 from guard._types import Action, Decision, HttpContext, Reason, Request, denial, quick_init
 from guard.audit import EventKind, JournalTrail, load_hmac_key, new_event_id
 from guard.audit._event import OUTCOME_ABORTED, decision_fields, outcome_fields, policy_fields
@@ -215,6 +216,8 @@ class Guard:
             None, {}, 0)
         self._tracer = tracer or default_tracer
         self._deadlines: Deadlines | None = None
+        self.refusals: RefusalBudget | None = None
+        """Refusals proving no caller: which are recorded one by one (None: all of them)."""
         # decide()'s fields carry their trace ids, so the trail's start_fields would hand
         # them over as they are: the ruling handed to its writer directly (no object made)
         self._hand = trail.writer.hand
@@ -247,6 +250,7 @@ class Guard:
             hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)
             register = Register.open(settings.audit.store, hmac_key, watch=True)
             guard = cls(holder, trail, hmac_key=hmac_key, register=register)
+            guard.refusals = RefusalBudget.for_audit(settings.audit, guard._count_refusals)
         except BaseException:
             if register is not None:
                 register.close()
@@ -734,13 +738,19 @@ class Guard:
 
     async def arecord_denial(
         self, request: Request, decision: Decision, http: HttpContext | None = None,
-        *, detail: str | None = None,
+        *, detail: str | None = None, source: str | None = None,
     ) -> Checked:
         """Like :meth:`record_denial` without blocking the event loop.
 
         ``detail`` is the event's ``detail`` (e.g. ``peer:<address>``: who asserted a
-        refused caller header).
+        refused caller header). ``source``: the client's address, for a request that
+        proves no caller: past :attr:`refusals`' bound the refusal is counted in a
+        ``refusals`` event instead (``decision_id`` ``""``).
         """
+        if (source is not None and not request.caller and self.refusals is not None
+                and not self.refusals.admit(source_of(source), decision.reason.value,
+                                            http.route if http is not None else "")):
+            return Checked(decision, "")
         fields = self._denial_fields(request, decision, http, detail)
         try:
             return Checked(decision, await self._arecord(EventKind.DECISION, fields))
@@ -836,8 +846,18 @@ class Guard:
         """Is the guard able to decide and record? ``(ok, why)`` for health checks."""
         return self.trail.ready()
 
+    def _count_refusals(self, fields: dict[str, Any]) -> None:
+        """Queue a ``refusals`` summary (:class:`RefusalBudget`); logged if it cannot be."""
+        fields["policy_version"] = self._version()
+        try:
+            self._post(EventKind.REFUSALS, fields)
+        except Exception:
+            _log.exception("could not record the count of refusals: %s", fields["detail"])
+
     def close(self) -> None:
         """Flush and close the audit trail (writes the closing checkpoint) and the register."""
+        if self.refusals is not None:
+            self.refusals.flush()
         if self.register is not None:
             self.register.close()
         self.trail.close()

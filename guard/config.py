@@ -65,6 +65,14 @@ class AuditSettings(BaseModel):
     reserve_mb: int = Field(default=64, ge=0)
     """Free space (MB) to keep on the journal's filesystem; below it events are refused
     (requests denied ``audit_unavailable``); 0: no reserve."""
+    anonymous_refusals_per_source: int = Field(default=20, ge=0)
+    """Refusals of requests that prove no caller (a 401, an anonymous malformed request)
+    recorded one by one per source address (an IPv6 /64) and reason in each window; the
+    rest are counted in one ``refusals`` event per window. 0: every one is recorded."""
+    anonymous_refusals_per_window: int = Field(default=600, ge=1)
+    """... and at most this many of all sources together in a window."""
+    anonymous_refusals_window_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """The window's length (seconds)."""
     readiness_probe_seconds: float = Field(default=30.0, gt=0)
     """Readiness writes a ``heartbeat`` event when no event was written for this long."""
     index: Literal["auto", "external"] = "auto"

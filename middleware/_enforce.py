@@ -98,7 +98,7 @@ class GuardLike(Protocol):
 
     async def arecord_denial(
         self, request: Request, decision: Decision, http: HttpContext | None = None,
-        *, detail: str | None = None,
+        *, detail: str | None = None, source: str | None = None,
     ) -> Checked: ...
 
 
@@ -230,9 +230,11 @@ async def enforce(
         by = None if exc.asserted_by is None else "peer:" + exc.asserted_by
         if problem is not None:
             return await _refuse(guard, 403, Reason.MALFORMED_REQUEST, request, http,
-                                 caller=None, detail=problem, endpoint=endpoint, by=by)
+                                 caller=None, detail=problem, endpoint=endpoint, by=by,
+                                 source=peer or "-")
         return await _refuse(guard, 401, Reason.UNAUTHENTICATED, request, http,
-                             caller=None, detail=str(exc), endpoint=endpoint, by=by)
+                             caller=None, detail=str(exc), endpoint=endpoint, by=by,
+                             source=peer or "-")
     caller_id = caller.id
     if len(caller_id) > MAX_CALLER:
         problem, caller_id = problem or "caller_length", cut(caller_id, MAX_CALLER)
@@ -381,17 +383,20 @@ async def _refuse(
     detail: str | None = None,
     endpoint: object | None = None,
     by: str | None = None,
+    source: str | None = None,
 ) -> Outcome:
     """Record a denial raised before the engine, with its status, and turn it into an outcome.
 
     ``by`` (``peer:<address>``) is the event's ``detail``: who asserted a refused caller header.
+    ``source``: the client's address, when the request proves no caller (such refusals are
+    recorded one by one up to a bound, then counted: :class:`guard._refusals.RefusalBudget`).
     """
     decision = denial(reason, request, _policy_version(guard), detail=_detail_code(detail))
     http = (http_context(http.method, http.route, status) if http.extra is _NO_EXTRA
             else HttpContext(http.method, http.route, status, http.extra))
     decision_id: str | None = None
     try:
-        decision_id = await _record_denial(guard, request, decision, http, by)
+        decision_id = await _record_denial(guard, request, decision, http, by, source)
     except Exception:
         _log.exception("could not record a %s denial", reason.value)
     if detail and reason is Reason.UNAUTHENTICATED:
@@ -401,12 +406,13 @@ async def _refuse(
     return Outcome(status, decision, decision_id, caller, http.route, endpoint)
 
 
-async def _record_denial(
+async def _record_denial(  # noqa: PLR0917 - positional: once per refusal
     guard: GuardLike, request: Request, decision: Decision, http: HttpContext,
-    by: str | None = None,
+    by: str | None = None, source: str | None = None,
 ) -> str | None:
-    """Durably record a denial made before the engine ran; its event id, None if unrecorded."""
-    checked = await guard.arecord_denial(request, decision, http, detail=by)
+    """Durably record a denial made before the engine ran; its event id, None if unrecorded
+    (or only counted)."""
+    checked = await guard.arecord_denial(request, decision, http, detail=by, source=source)
     return checked.decision_id or None
 
 

@@ -43,6 +43,7 @@ class EventKind(StrEnum):
     POLICY_REJECTED = "policy_rejected"
     SUBJECT_RIGHT = "subject_right"  # a change to the subject register
     HEARTBEAT = "heartbeat"  # a readiness probe: the trail still makes events durable
+    REFUSALS = "refusals"  # refusals proving no caller, counted rather than recorded one by one
 
 
 @dataclass(frozen=True, slots=True)

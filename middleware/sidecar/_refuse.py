@@ -46,8 +46,9 @@ async def refuse_target(
         what: What was refused: ``target`` (the event's detail ``request_target``)
             or ``framing`` (``request_framing``: the body could be read two ways).
     """
+    peer = peer_of(scope)
     try:
-        caller = sidecar.auth.authenticate(headers, peer_of(scope)).id
+        caller = sidecar.auth.authenticate(headers, peer).id
     except IdentityError:
         caller = ""
     purpose = headers.get(sidecar.settings.identity.purpose_header, "")[:MAX_PURPOSE]
@@ -55,7 +56,7 @@ async def refuse_target(
     version = _policy_version(sidecar.guard)
     decision = denial(Reason.MALFORMED_REQUEST, request, version, detail="request_" + what)
     http = HttpContext(method=method or "-", route=REFUSED_ROUTE, status=status)
-    checked = await sidecar.guard.arecord_denial(request, decision, http)
+    checked = await sidecar.guard.arecord_denial(request, decision, http, source=peer or "-")
     return sidecar_problem(
         status,
         Reason.MALFORMED_REQUEST.value,
@@ -65,7 +66,7 @@ async def refuse_target(
     )
 
 
-async def refuse_unparsed(sidecar: Sidecar) -> Response:
+async def refuse_unparsed(sidecar: Sidecar, peer: str | None = None) -> Response:
     """Record a ``malformed_request`` denial for bytes that are no HTTP/1.1 request.
 
     The server's parser refused them (two framings, a coding other than
@@ -75,12 +76,13 @@ async def refuse_unparsed(sidecar: Sidecar) -> Response:
 
     Args:
         sidecar: The sidecar's shared parts.
+        peer: The client's address, as the server saw it.
     """
     request = Request(caller="", purpose="", categories=())
     decision = denial(Reason.MALFORMED_REQUEST, request, _policy_version(sidecar.guard),
                       detail="request_syntax")
     http = HttpContext(method="-", route=REFUSED_ROUTE, status=400)
-    checked = await sidecar.guard.arecord_denial(request, decision, http)
+    checked = await sidecar.guard.arecord_denial(request, decision, http, source=peer or "-")
     return sidecar_problem(400, Reason.MALFORMED_REQUEST.value, "Request refused",
                            "not a well-formed HTTP/1.1 request; " + UNPARSED,
                            decision_id=checked.decision_id or None)

@@ -128,7 +128,7 @@ class SidecarHttpProtocol(HttpToolsProtocol):
         from middleware.sidecar._refuse import refuse_unparsed
 
         try:
-            response = await refuse_unparsed(sidecar)
+            response = await refuse_unparsed(sidecar, self.client[0] if self.client else None)
             head = [b"HTTP/1.1 400 Bad Request"]
             head += [b"%s: %s" % pair for pair in self.server_state.default_headers]
             head += [b"%s: %s" % pair for pair in response.raw_headers]

@@ -52,7 +52,8 @@ class Recording:
 
     async def arecord_denial(self, request: Request, decision: Decision,
                              http: HttpContext | None = None, *,
-                             detail: str | None = None) -> Checked:
+                             detail: str | None = None, source: str | None = None
+                             ) -> Checked:
         self.calls.append(("denial", request, decision, http))
         return Checked(decision, "event-2")
 
