@@ -57,6 +57,8 @@ def minimise_json(body: bytes, plan: FieldPlan, released: frozenset[str]) -> byt
             value = json.loads(body)
         except ValueError as exc:
             raise BodyError("the response body is not JSON") from exc
+    if plan.closed and not isinstance(value, (dict, list)):
+        raise BodyError("the response body is not the JSON object its route names")
     out = plan.minimise(value, released)
     try:
         return orjson.dumps(out)

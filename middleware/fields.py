@@ -96,13 +96,21 @@ class FieldRule:
 class FieldPlan:
     """Which keys of a JSON object (and of the objects inside it) carry which category.
 
-    A plan applies to an object, or to each item of a list of objects.
+    A plan applies to an object, or to each item of a list of objects. A ``closed``
+    plan (routes.csv's: nothing declares the upstream's answer) also removes every key
+    it does not name, so a field the operator did not list never leaves unjudged.
     """
 
     rules: tuple[FieldRule, ...]
+    closed: bool = False
     _steps: dict[frozenset[str], tuple[tuple[str, Any, FieldPlan | None], ...]] = (
         dataclasses.field(default_factory=dict, compare=False, repr=False))
     """Per released set: ``(key, REMOVE | mask | KEEP, inner plan)`` for the keys to touch."""
+    _names: frozenset[str] = dataclasses.field(init=False, compare=False, repr=False)
+    """The keys the rules name."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_names", frozenset(rule.name for rule in self.rules))
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -136,13 +144,19 @@ class FieldPlan:
         """``body`` with every field of a category not in ``released`` removed or masked.
 
         Objects are copied where they change; ``body`` itself is never modified.
-        Lists are followed item by item; values the plan does not describe pass.
+        Lists are followed item by item; keys the plan does not name pass, unless the
+        plan is ``closed``: then they are removed, and so is a value where the plan
+        describes an object that is neither an object nor a list (a string in place of
+        ``contact``), in an object or a list.
 
         Args:
             body: A decoded JSON value (dicts, lists, scalars).
             released: The categories the caller may receive.
         """
         if isinstance(body, list):
+            if self.closed:
+                return [self.minimise(item, released) for item in body
+                        if isinstance(item, (dict, list))]
             return [self.minimise(item, released) for item in body]
         if not isinstance(body, dict):
             return body
@@ -152,24 +166,27 @@ class FieldPlan:
         if steps is None:
             steps = self._plan_steps(released)
         out: dict[str, Any] | None = None
+        if self.closed and any(name not in self._names for name in body):
+            out = {name: value for name, value in body.items() if name in self._names}
         for name, action, inner in steps:
             if name not in body:
                 continue
-            if inner is not None:
-                value = body[name]
-                new = inner.minimise(value, released)
-                if new is value:
-                    continue
-            elif action is REMOVE:
-                if out is None:
-                    out = dict(body)
-                del out[name]
-                continue
+            if inner is None:
+                new = action  # REMOVE, or the mask
             else:
-                new = action
+                value = body[name]
+                if inner.closed and not isinstance(value, (dict, list)):
+                    new = REMOVE  # not the object the plan describes
+                else:
+                    new = inner.minimise(value, released)
+                    if new is value:
+                        continue
             if out is None:
                 out = dict(body)
-            out[name] = new
+            if new is REMOVE:
+                del out[name]
+            else:
+                out[name] = new
         return body if out is None else out
 
     def _plan_steps(
@@ -190,18 +207,21 @@ class FieldPlan:
         return frozen
 
     @classmethod
-    def from_paths(cls, paths: Mapping[str, Category | str]) -> FieldPlan:
-        """A plan from ``{JSON path: category}``: ``contact.email``, ``cards[].number``.
+    def from_paths(cls, paths: Mapping[str, Category | str | None]) -> FieldPlan:
+        """A closed plan from ``{JSON path: category}``: ``contact.email``, ``cards[].number``.
 
         A path's segments are object keys; ``[]`` after a key means "each item of
-        the list there" (it may be left out: lists are followed anyway).
+        the list there" (it may be left out: lists are followed anyway). A path whose
+        category is None is named without one: sent to every caller. Keys no path
+        names are removed.
 
         Raises:
             PolicyError: A path is malformed, or names a field under a categorised one.
         """
         tree: dict[str, Any] = {}
         for path, category in paths.items():
-            cat = category if isinstance(category, Category) else Category(category)
+            cat = category if category is None or isinstance(category, Category) \
+                else Category(category)
             parts = [p.removesuffix("[]") for p in path.split(".")]
             if not all(parts) or any("[" in p or "]" in p for p in parts):
                 raise PolicyError(f"field path {path!r} is malformed "
@@ -220,11 +240,11 @@ class FieldPlan:
 def _plan_from_tree(tree: Mapping[str, Any]) -> FieldPlan:
     rules = []
     for name, value in tree.items():
-        if isinstance(value, Category):
+        if value is None or isinstance(value, Category):
             rules.append(FieldRule(name, value, None))
         else:
             rules.append(FieldRule(name, None, _plan_from_tree(value)))
-    return FieldPlan(tuple(rules))
+    return FieldPlan(tuple(rules), closed=True)
 
 
 def plan_for(model: Any, *, by_alias: bool = True) -> FieldPlan | None:

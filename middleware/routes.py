@@ -400,19 +400,23 @@ def _parse_row(
 def _field_paths(
     tokens: list[str], fail: Callable[..., NoReturn]
 ) -> tuple[FieldPlan, list[str]]:
-    """``path=category`` tokens: the field plan and its categories in order."""
-    mapping: dict[str, str] = {}
+    """``path=category`` tokens: the field plan and its categories in order.
+
+    ``path=public`` names a field that is no personal data (sent to every caller); the
+    plan removes every key no token names.
+    """
+    mapping: dict[str, str | None] = {}
     for token in tokens:
         path, sep, category = token.partition("=")
         if not sep or not path or not _KEY.match(category):
             fail(f"{token!r} is not a field path and a category",
-                 hint="path=category, e.g. contact.email=contact.email")
-        mapping[path] = category
+                 hint="path=category, e.g. contact.email=contact.email, or id=public")
+        mapping[path] = None if category == "public" else category
     try:
         plan = FieldPlan.from_paths(mapping)
     except PolicyError as exc:
         fail(exc.message if hasattr(exc, "message") else str(exc))
-    return plan, list(dict.fromkeys(mapping.values()))
+    return plan, [c for c in dict.fromkeys(mapping.values()) if c is not None]
 
 
 def declared_rules(

@@ -30,7 +30,8 @@ from middleware.routes import RouteTable, parse_routes
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
 ROUTES = (
-    "GET, /customers/{customer_id}/record, name=identity.name contact.email=contact.email, "
+    "GET, /customers/{customer_id}/record, customer_id=public name=identity.name "
+    "contact.email=contact.email, "
     "read, customer_id, minimise\n"
 )
 EMAILS = ("ann@example.com", "a.much.longer.address@example.org")

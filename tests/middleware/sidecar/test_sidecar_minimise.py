@@ -20,9 +20,9 @@ from middleware.routes import parse_routes
 
 SHIPPED = Path(__file__).resolve().parents[3] / "policies"
 ROUTES = (
-    "GET, /customers/{customer_id}/record, name=identity.name contact.email=contact.email "
-    "cards[].number=financial.payment_card device=technical.device, read, customer_id, "
-    "minimise\n"
+    "GET, /customers/{customer_id}/record, customer_id=public name=identity.name "
+    "contact.email=contact.email cards[].number=financial.payment_card cards[].brand=public "
+    "device=technical.device, read, customer_id, minimise\n"
     "GET, /customers/{customer_id}/text, name=identity.name, read, customer_id, minimise\n"
 )
 RECORD = {"customer_id": "c-1", "name": "Ann", "contact": {"email": "ann@example.com"},
