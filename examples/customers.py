@@ -32,6 +32,7 @@ from guard._errors import GuardError
 from guard.config import Settings, load_settings
 from guard.policy import resolve_policy_dir
 from middleware import Category, GuardMiddleware, RouteTable, guarded, public
+from middleware._disclose import proves_a_caller, readiness_view
 from middleware.fields import withheld_optional
 from middleware.identity import Authenticator
 
@@ -231,13 +232,14 @@ def create_app(
 
     @app.get("/readyz")
     @public()
-    def readyz() -> JSONResponse:  # a plain def: the store check runs off the event loop
+    def readyz(request: Request) -> JSONResponse:  # a plain def: the store check runs off
         audit_ok, detail = guard.ready() if guard is not None else (True, "not enforced")
-        body = {"status": "ready" if audit_ok else "not_ready",
+        body = {"status": "ready" if audit_ok else "not_ready",  # ... the event loop
                 "audit": {"ok": audit_ok, "detail": detail},
                 "development_mode": auth.development if auth is not None else False,
                 "key_files_error": auth.key_files_error if auth is not None else None}
-        return JSONResponse(body, status_code=200 if audit_ok else 503,
+        full = auth is not None and proves_a_caller(auth, request)
+        return JSONResponse(readiness_view(body, full), status_code=200 if audit_ok else 503,
                             headers={"cache-control": "no-store"})
 
     withheld_optional(app.openapi())  # a field that may be left out is not required

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
+from middleware._disclose import proves_a_caller, readiness_view
 from middleware.sidecar._state import Sidecar
 
 PROBE_WAIT_SECONDS = 2.0
 """How long ``/readyz`` waits for the audit probe before answering 503."""
 PROBE_FRESH_SECONDS = 1.0
 """How long a probe's answer serves later ``/readyz`` calls."""
-
-
 class Readiness:
     """The answer of a blocking readiness probe, run off the event loop.
 
@@ -102,6 +101,8 @@ async def readyz(request: HttpRequest) -> Response:
     keys verify; ``key_files_error`` says why, or that a deleted file's keys no
     longer verify); nor does a lost connection to a PostgreSQL policy store
     (``policy_store`` says since when, and why, while the watcher reconnects).
+    A request that proves no caller gets every text without the file-system paths and
+    URLs it names (:func:`readiness_view`): the port serves anyone.
     """
     sidecar: Sidecar = request.app.state.sidecar
     readiness = sidecar.readiness
@@ -137,5 +138,5 @@ async def readyz(request: HttpRequest) -> Response:
     if sidecar.guard.register is not None:  # subjects with entries; following other writers
         body["subject_register"] = sidecar.guard.register.status()
     return JSONResponse(
-        body, status_code=200 if audit_ok else 503, headers={"cache-control": "no-store"}
-    )
+        readiness_view(body, proves_a_caller(sidecar.auth, request)),
+        status_code=200 if audit_ok else 503, headers={"cache-control": "no-store"})
