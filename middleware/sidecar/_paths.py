@@ -5,7 +5,10 @@ that every common server derives the same path from it: no fragment, no dot
 segment, no empty segment, no ``;`` path parameter, no raw character in the
 path outside RFC 3986's ``pchar``, and no percent-encoding of a byte that could
 change the route (``/``, ``\\``, ``.``, ``%``, ``;``, ``?``, ``#``, control
-characters) or that is not UTF-8. The query may hold any visible ASCII but
+characters), of an unreserved character (a letter, a digit, ``-``, ``_``, ``~``: no
+client need encode one, and Express routes the path as sent, so ``/customers/%73tats``
+would run its ``/customers/:id`` while the guard judged ``/customers/stats``) or of a
+byte that is not UTF-8. The query may hold any visible ASCII but
 ``#``. What is left decodes to one path, the one the guard matches.
 :data:`TARGET_PATTERN` is that rule as one regular expression; the OpenAPI
 document publishes the same pattern.
@@ -21,10 +24,9 @@ MAX_TARGET = 4096
 
 _HEX = "[0-9A-Fa-f]"
 _CONT = f"%[89ABab]{_HEX}"  # a UTF-8 continuation byte, 80-BF
-# Percent-encoded printable ASCII except % # . / ; ? \ (20-7E without 23 25 2E 2F 3B 3F 5C).
-_ASCII = (
-    f"%(?:2[0-246-9A-Da-d]|3[0-9AaC-Ec-e]|4{_HEX}|5[0-9ABabD-Fd-f]|6{_HEX}|7[0-9A-Ea-e])"
-)
+# Percent-encoded printable ASCII except % # . / ; ? \ and the unreserved letters, digits,
+# - _ ~ (20-7E without 23 25 2D-39 3B 3F 41-5A 5C 5F 61-7A 7E).
+_ASCII = "%(?:2[0-246-9A-Ca-c]|3[AaC-Ec-e]|40|5[BbDdEe]|60|7[B-Db-d])"
 # Percent-encoded UTF-8 sequences of two to four bytes (RFC 3629: no overlongs, no surrogates).
 _UTF8 = (
     f"%[Cc][2-9A-Fa-f]{_CONT}|%[Dd]{_HEX}{_CONT}"

@@ -182,7 +182,7 @@ def test_nginx_forwards_exactly_the_target_the_guard_judged(
     auth_request: tuple[str, Path], keys: Any
 ) -> None:
     url, db = auth_request
-    target = "/customers/c%2D0001?fields=all"
+    target = "/customers/c%3A0001?fields=all"  # an escape every server decodes alike
     status, body = _raw_get(url, target, _auth(keys, "svc:crm", "relationship.management"))
     assert status == 200
     fields = dict(part.split("=", 1) for part in body.split())
