@@ -13,9 +13,10 @@ from starlette.responses import Response
 
 from guard._guard import Checked
 from guard._subject_rule import MAX_SUBJECT, SUBJECT_PATTERN
-from guard._types import Action, HttpContext, Reason, Request
+from guard._types import Action, HttpContext, Reason, Request, denial
 from middleware._bounds import read_limited
-from middleware.identity import IdentityError
+from middleware._enforce import _policy_version
+from middleware.identity import Caller, IdentityError
 from middleware.problem import problem_response
 from middleware.sidecar._problem import sidecar_problem
 from middleware.sidecar._state import Sidecar, peer_of
@@ -123,11 +124,20 @@ def _readable(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-async def _check(sidecar: Sidecar, request: Request, http: HttpContext, asker: str) -> Checked:
-    """Decide and record ``request``; asked about another caller, the event names the asker."""
+async def _check(sidecar: Sidecar, request: Request, http: HttpContext, asker: Caller
+                 ) -> Checked:
+    """Decide and record ``request``; asked about another caller, the event names the asker.
+
+    Asked about itself, the asker declares the purpose: outside its token's ``purposes``
+    claim that is a recorded ``purpose_not_granted`` denial, as at the other endpoints.
+    """
+    if request.caller == asker.id and not asker.may_declare(request.purpose):
+        decision = denial(Reason.PURPOSE_NOT_GRANTED, request, _policy_version(sidecar.guard),
+                          "token_purposes")
+        return await sidecar.guard.arecord_denial(request, decision, http)
     ruling = sidecar.guard.decide(request, http)
-    if request.caller != asker and ruling.fields is not None:
-        ruling.fields["detail"] = f"asker:{asker}"
+    if request.caller != asker.id and ruling.fields is not None:
+        ruling.fields["detail"] = f"asker:{asker.id}"
     return await sidecar.guard.acommit(ruling)
 
 
@@ -172,7 +182,7 @@ async def decide_endpoint(request: HttpRequest) -> Response:
                     subject=item.subject,
                 ),
                 http,
-                asker.id,
+                asker,
             )
             for item in items
         )

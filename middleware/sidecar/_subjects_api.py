@@ -26,11 +26,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from guard._errors import AuditUnavailableError
-from guard._types import Action, HttpContext, Reason, Request
+from guard._types import Action, Decision, HttpContext, Reason, Request, denial
 from guard.policy import CompiledPolicy
 from guard.rights import Change, EntryKind, RegisterRefusedError
 from guard.rights._filter import filter_subjects
 from middleware._bounds import read_limited
+from middleware._enforce import _policy_version
 from middleware.identity import IdentityError
 from middleware.problem import problem_response
 from middleware.sidecar._decide_api import SubjectId, _Key
@@ -139,15 +140,27 @@ def _json(data: object, status: int = 200) -> Response:
 async def _admitted(
     request: HttpRequest, action: Action, model: type[BaseModel]
 ) -> tuple[Sidecar, str, Any] | Response:
-    """Authenticate, authorise on rights.request, parse the body; or the refusal."""
+    """Authenticate, authorise on rights.request, parse the body; or the refusal.
+
+    A verified asker refused (its token's ``purposes`` claim leaves out rights.request,
+    or the policy grants it no such action there) is recorded, as every refusal of a
+    verified caller is.
+    """
     sidecar: Sidecar = request.app.state.sidecar
     try:
         asker = sidecar.auth.authenticate(request.headers, peer_of(request.scope))
     except IdentityError:
         return problem_response(401, Reason.UNAUTHENTICATED, None, (), None)
+    if not asker.may_declare(RIGHTS_PURPOSE):
+        decision_id = await _refused(sidecar, request, asker.id, action, "token_purposes")
+        return sidecar_problem(403, Reason.PURPOSE_NOT_GRANTED.value, "Not permitted",
+                               f"the token's purposes claim leaves out {RIGHTS_PURPOSE}",
+                               decision_id=decision_id)
     if not holds(sidecar.holder.current, asker.id, RIGHTS_PURPOSE, action):
+        decision_id = await _refused(sidecar, request, asker.id, action, "rights_request")
         return sidecar_problem(403, "rights_request_not_granted", "Not permitted",
-                               f"{asker.id} holds no {action.value} grant on {RIGHTS_PURPOSE}")
+                               f"{asker.id} holds no {action.value} grant on {RIGHTS_PURPOSE}",
+                               decision_id=decision_id)
     try:
         body = await read_limited(request, MAX_BODY)
     except ClientDisconnect:
@@ -164,6 +177,17 @@ async def _admitted(
             detail = f"not JSON: {exc}"
         return sidecar_problem(400, Reason.MALFORMED_REQUEST.value, "Malformed request", detail)
     return sidecar, asker.id, parsed
+
+
+async def _refused(sidecar: Sidecar, request: HttpRequest, asker: str, action: Action,
+                   why: str) -> str | None:
+    """Record a verified asker's refusal (``purpose_not_granted``, rule
+    ``check:purpose_not_granted:<why>``, status 403); its event id, None if unrecorded."""
+    asked = Request(asker, RIGHTS_PURPOSE, (), action)
+    decision = denial(Reason.PURPOSE_NOT_GRANTED, asked, _policy_version(sidecar.guard), why)
+    http = HttpContext(method="POST", route=request.scope["path"], status=403)
+    checked = await sidecar.guard.arecord_denial(asked, decision, http)
+    return checked.decision_id or None
 
 
 async def record_entry(request: HttpRequest) -> Response:
@@ -185,14 +209,28 @@ async def record_entry(request: HttpRequest) -> Response:
 
 
 async def lookup(request: HttpRequest) -> Response:
-    """``POST /v1/subjects/lookup``: the subject's history and what is in force."""
+    """``POST /v1/subjects/lookup``: the subject's history and what is in force.
+
+    A read of what is recorded about the subject: it is an audited decision (the asker,
+    ``rights.request``, the subject, detail ``register_lookup``), durable before the
+    answer, or the answer is a 503.
+    """
     admitted = await _admitted(request, Action.READ, LookupIn)
     if isinstance(admitted, Response):
         return admitted
-    sidecar, _, lookup_in = admitted
+    sidecar, asker, lookup_in = admitted
     register = sidecar.guard.register
     if register is None:
         return sidecar_problem(503, Reason.INTERNAL_ERROR.value, "No subject register")
+    asked = Request(asker, RIGHTS_PURPOSE, (), Action.READ, lookup_in.subject)
+    read = Decision(True, Reason.ALLOWED, (), (), ("check:rights_request:read",),
+                    _policy_version(sidecar.guard), asker, RIGHTS_PURPOSE, Action.READ)
+    http = HttpContext(method="POST", route=LOOKUP_PATH, status=200)
+    durable = await asyncio.to_thread(sidecar.guard.record_decisions, [(asked, read)],
+                                      detail="register_lookup", http=http)
+    if not all(durable):
+        return sidecar_problem(503, Reason.AUDIT_UNAVAILABLE.value,
+                               "The look-up could not be recorded")
     entries = await asyncio.to_thread(register.history, lookup_in.subject)
     state = register.lookup(lookup_in.subject) or ()
     return _json({"subject": register.pseudonym(lookup_in.subject),
@@ -243,7 +281,8 @@ def openapi_paths(problem: Any) -> dict[str, Any]:
     common = {
         "400": problem("Malformed JSON or a body that does not fit the schema."),
         "401": problem("No valid caller identity."),
-        "403": problem("The caller holds no grant of this action on rights.request."),
+        "403": problem("The caller holds no grant of this action on rights.request, or its "
+                       "token's purposes claim leaves rights.request out (recorded)."),
         "413": problem("Body too large."),
     }
     return {
@@ -262,7 +301,9 @@ def openapi_paths(problem: Any) -> dict[str, Any]:
                        "rights.request)",
             "operationId": "lookup_subject", "tags": ["subjects"],
             "security": [{"bearer": []}], "requestBody": _body("LookupIn"),
-            "responses": {"200": _ok("The history.", "LookupOut"), **common},
+            "responses": {"200": _ok("The history (the look-up is an audited decision).",
+                                     "LookupOut"), **common,
+                          "503": problem("The audit trail could not record the look-up.")},
         }},
         FILTER_PATH: {"post": {
             "summary": "The subjects a request may use (read on rights.request)",
