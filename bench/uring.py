@@ -103,7 +103,9 @@ class UringLane:
     def start(self, kind: EventKind, fields: Any) -> asyncio.Future[str]:
         """Queue an event; the future resolves with its id once its batch is synced."""
         future: asyncio.Future[str] = self.loop.create_future()
-        self.queue.append(_Item(kind, fields, future, None))
+        item = _Item(kind, fields)
+        item.future = future
+        self.queue.append(item)
         if self.inflight is None and not self.scheduled:
             self.scheduled = True  # the rest of this turn's events join the batch
             self.loop.call_soon(self._flush)
