@@ -7,7 +7,6 @@ import functools
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
@@ -152,9 +151,6 @@ class SqliteStore:
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Add journal records (decoded here) and save the offset, in one transaction.
 
-        Between chunks of 1,000 records the thread gives up the interpreter lock:
-        the journal writer's ``fdatasync`` returns wanting it, and would otherwise
-        wait for the interpreter's switch interval (5 ms) behind a long decode.
         (Building the rows in SQLite from the records' JSON, ``json_each``, costs
         twice the CPU of decoding them here: ``bench/index_cost.py``.)
 
@@ -166,14 +162,7 @@ class SqliteStore:
         Raises:
             ValueError: a record is not a journal record (nothing is added).
         """
-        rows: list[Row] = []
-        checkpoints: list[Checkpoint] = []
-        for start in range(0, len(records), 1000):
-            if start:
-                time.sleep(0)
-            chunk_rows, chunk_checkpoints = decode_many(records[start:start + 1000])
-            rows += chunk_rows
-            checkpoints += chunk_checkpoints
+        rows, checkpoints = decode_many(records)
         with self._lock:
             conn = self._conn
             try:
