@@ -62,21 +62,21 @@ _LOG = os.environ.pop("INDEX_IO_LOG", "")
 if _LOG:
     from guard.audit import _sqlite
 
-    _base = _sqlite.SqliteStore.index
+    _base = _sqlite.SqliteStore.index_records
 
     def index(self, *args, **kwargs):
-        first = not self._indexing
+        if _SQL and not getattr(self, "_io_pragmas", False):  # over the store's own
+            self._io_pragmas = True
+            for pragma in _SQL.split(";"):
+                self._conn.execute(pragma)
         size = os.stat(self.path).st_size
         t0 = time.perf_counter()
         _base(self, *args, **kwargs)
         t1 = time.perf_counter()
         with open(_LOG, "a") as log:  # a transaction that grew the file held a checkpoint
             log.write(f"{t0} {t1} {size} {os.stat(self.path).st_size}\\n")
-        if first and _SQL:
-            for pragma in _SQL.split(";"):
-                self._conn.execute(pragma)
 
-    _sqlite.SqliteStore.index = index
+    _sqlite.SqliteStore.index_records = index
 """
 SYNCS: list[tuple[float, float, float, float]] = []
 """Per journal fdatasync: wall, CPU, run-queue wait (s), when it began (perf_counter)."""

@@ -1,4 +1,4 @@
-"""The SQLite audit store: WAL, synchronous=FULL, one write connection."""
+"""The SQLite audit store: WAL, one write connection (the index's)."""
 
 from __future__ import annotations
 
@@ -110,11 +110,16 @@ class SqliteStore:
             with contextlib.suppress(FileExistsError):  # the owner's alone, as the journal;
                 os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # WAL too
         self._lock = threading.Lock()
-        self._indexing = False
         self._read_lock = threading.Lock()
         try:
             self._conn = self._connect()
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            # The journal is the durable record, so the index commits without waiting for
+            # the disk: a crash loses whole transactions, offset included, and they are read
+            # from the journal again. Index batches are large: keep the B-trees' pages in
+            # memory and fold the WAL into the database less often (each time is a sync).
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-32768",
+                           "wal_autocheckpoint=8192"):
+                self._conn.execute(f"PRAGMA {pragma}")
             self._read = self._connect()
             version = self._conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone()
@@ -129,12 +134,10 @@ class SqliteStore:
             raise AuditStoreError(f"cannot open audit store {path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
+        return sqlite3.connect(
             self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False,
             cached_statements=256,
         )
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
 
     def _transaction(self, body: Callable[[sqlite3.Connection], object]) -> None:
         """Run ``body`` on the write connection in one write transaction (lock held)."""
@@ -154,25 +157,12 @@ class SqliteStore:
         (Building the rows in SQLite from the records' JSON, ``json_each``, costs
         twice the CPU of decoding them here: ``bench/index_cost.py``.)
 
-        The journal is the durable record, so the index commits without waiting
-        for the disk (``synchronous=NORMAL``, a larger cache and WAL): a crash
-        loses whole transactions, offset included, and they are read from the
-        journal again.
-
         Raises:
             ValueError: a record is not a journal record (nothing is added).
         """
         rows, checkpoints = decode_many(records)
         with self._lock:
-            conn = self._conn
             try:
-                if not self._indexing:
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                    # Index batches are large: keep the B-trees' pages in memory and
-                    # fold the WAL into the database less often (each time is a sync).
-                    conn.execute("PRAGMA cache_size=-32768")
-                    conn.execute("PRAGMA wal_autocheckpoint=8192")
-                    self._indexing = True
                 self._transaction(lambda conn: _insert(conn, rows, checkpoints,
                                                        (journal, next_offset)))
             except sqlite3.Error as exc:
