@@ -151,15 +151,12 @@ class ChildIndexer:
         restart: Seconds before a child that died is started again (doubled, up to
             30 s, while children die before they report that they run).
         interval: Seconds from durable to in the store that the child's indexers aim at.
-        cpus: The CPUs the child runs on (``audit.index_cpus``); empty: the service's.
-
-    Raises:
-        ConfigError: ``cpus`` names a CPU this machine lacks.
+        cpus: The CPUs the child runs on (``audit.index_cpus``, checked by
+            :func:`check_cpus`); empty: the service's.
     """
 
     def __init__(self, folder: Path, store_url: str, *, restart: float = 1.0,
                  interval: float = 0.3, cpus: Sequence[int] = ()) -> None:
-        check_cpus(cpus)
         self.folder = folder.resolve()
         self._url = "sqlite:///" + str(sqlite_path(store_url).resolve()) \
             if store_url.startswith("sqlite:///") else store_url

@@ -126,14 +126,12 @@ class Indexer:
         self.relieved = 0
         """How many times a thread of normal policy took over (:meth:`relieve`)."""
         self._steps = threading.Lock()  # one thread indexes at a time (see relieve)
-        self._thread = self._start()
+        self._start()
 
-    def _start(self) -> threading.Thread:
+    def _start(self) -> None:
         """Start a thread indexing from now on (it inherits the calling thread's policy)."""
-        self._thread = thread = threading.Thread(target=self._run, name="audit-indexer",
-                                                 daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=self._run, name="audit-indexer", daemon=True)
+        self._thread.start()
 
     def relieve(self, now: float | None = None) -> bool:
         """Hand the index to a new thread of the caller's policy if the idle one fell behind.

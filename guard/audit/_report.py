@@ -73,12 +73,6 @@ class SubjectReport:
         return asdict(self)
 
 
-def _access(row: QueryRow) -> Access:
-    e = row.event
-    return Access(e.ts, e.caller, e.party_type, e.country, e.purpose, e.categories, e.action,
-                  e.lawful_basis, row.outcome_status, e.event_id)
-
-
 def subject_report(store: Store, pseudonym: str) -> SubjectReport:
     """Build the report for the subject whose pseudonym is ``pseudonym``."""
     rows = query_events(store, EventFilter(subject=pseudonym, allowed=True), limit=None,
@@ -98,7 +92,10 @@ def report_of(pseudonym: str, rows: Iterable[QueryRow], denied: int,
         denied: How many of the subject's decisions were refused.
         register: The subject's register history.
     """
-    accesses = tuple(_access(r) for r in rows)
+    accesses = tuple(
+        Access(r.event.ts, r.event.caller, r.event.party_type, r.event.country, r.event.purpose,
+               r.event.categories, r.event.action, r.event.lawful_basis, r.outcome_status,
+               r.event.event_id) for r in rows)
     grouped: dict[str, list[Access]] = {}
     for access in accesses:
         grouped.setdefault(access.recipient, []).append(access)
