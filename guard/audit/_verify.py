@@ -8,7 +8,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -264,10 +264,7 @@ def verify(
     report = verify_chains(store.stream(_EVENTS_SQL), stored_checkpoints(store), public,
                            chain_key=chain_key, witness=witness)
     found = check_register(store)
-    if found is None:
-        return report
-    return VerifyReport(report.events, report.writers, report.checkpoints,
-                        (*report.problems, found), report.notes)
+    return report if found is None else replace(report, problems=(*report.problems, found))
 
 
 REGISTER_SETTLE = 1.0
