@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -188,9 +189,10 @@ def _line(exc: BaseException) -> str:
 
 
 def _safe(url: str) -> str:
-    """The URL without a password."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    """The URL without a password (after its user name, or a ``password`` parameter)."""
+    parts = urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    query = "&".join(p for p in parts.query.split("&")
+                     if p and unquote(p.split("=", 1)[0]).lower() != "password")
+    safe = f"{parts.scheme}://{user.split(':', 1)[0]}{at}{host}{parts.path}"
+    return f"{safe}?{query}" if query else safe

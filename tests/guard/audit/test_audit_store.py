@@ -34,6 +34,18 @@ def test_readers_do_not_create_stores(tmp_path: Path) -> None:
         open_store(f"sqlite:///{other}", create=False)
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql://u:secretpw@127.0.0.1:9/x",
+    "postgresql://u@127.0.0.1:9/x?sslmode=disable&password=secretpw",
+    "postgresql://u@127.0.0.1:9/x?sslmode=disable&pass%77ord=secretpw",
+])
+def test_a_postgresql_store_error_names_the_store_without_its_password(url: str) -> None:
+    with pytest.raises(AuditStoreError) as refused:  # nothing listens on port 9
+        open_store(url, create=False, timeout=1)
+    assert "cannot read audit store postgresql://u@127.0.0.1:9/x" in str(refused.value)
+    assert "secretpw" not in str(refused.value)
+
+
 def test_sqlite_store_is_wal_and_its_index_commits_without_waiting_for_the_disk(
         tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'a.db'}")  # the journal is the durable record
