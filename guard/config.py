@@ -191,10 +191,26 @@ class ConsoleSettings(BaseModel):
     """The client secret, for a confidential client; None for a public client (PKCE)."""
     oidc_auditor_claim: str = "sub"
     """The ID-token claim compared with ``auditors`` (``sub``, ``email``...)."""
+    public_url: str | None = None
+    """The console's address as browsers reach it (``https://audit.example/console``): the
+    OIDC redirect URI is made from it. None: from each request's own URL (behind a proxy
+    that ends TLS that is ``http://``: set this)."""
     secure_cookies: bool = True
     """Mark the sign-in cookies ``Secure`` (browsers send them over HTTPS, and to
     ``http://localhost``, only), also when the console sees plain HTTP behind a proxy that
     ends TLS; false: only when the request itself came over HTTPS (a test client over HTTP)."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_a_base(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query \
+                or parts.fragment:
+            raise ValueError(f"must be the console's base URL, e.g. https://audit.example/console, "
+                             f"not {value!r}")
+        return value.rstrip("/")
 
     @field_validator("mount_path")
     @classmethod

@@ -86,7 +86,13 @@ class OidcSignIn:
 
     @staticmethod
     def redirect_uri(request: Request) -> str:
-        """Where the provider sends the browser back: this console's callback."""
+        """Where the provider sends the browser back: this console's callback, under
+        ``console.public_url`` when set (behind a proxy that ends TLS the request's own
+        URL is plain HTTP: the code would come back in the clear, the Secure flow cookie
+        would not)."""
+        public = request.app.state.console.settings.console.public_url
+        if public:
+            return f"{public.rstrip('/')}/oidc/callback"
         base = str(request.scope.get("root_path", "")).rstrip("/")
         return str(request.url.replace(path=f"{base}/oidc/callback", query=""))
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -124,3 +126,33 @@ def test_a_plain_http_test_client_may_turn_it_off(
         assert all("secure" not in [p.strip().lower() for p in line.split(";")]
                    for line in _cookie_lines(answer))
         assert client.get("/decisions").status_code == 200
+
+
+def test_the_oidc_redirect_comes_back_to_the_public_https_address(tmp_path: Path) -> None:
+    """Behind a proxy that ends TLS the console's own URL is plain HTTP: the provider sent
+    the browser (and the code) back to ``http://``, where the Secure flow cookie is not
+    sent. ``console.public_url`` names the address browsers use."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "console"))  # consolekit
+    from tests.console.consolekit import UvicornThread, console_settings
+    from tests.console.test_console_oidc import CLIENT, Provider
+
+    provider = Provider()
+    with UvicornThread(provider.app()) as idp:
+        provider.url = idp.url
+        settings = console_settings(tmp_path, oidc_issuer=idp.url, oidc_client_id=CLIENT,
+                                    secure_cookies=True,
+                                    public_url="https://audit.example/console/")
+        with UvicornThread(create_console(settings)) as served, \
+                httpx.Client(base_url=served.url, timeout=10) as client:
+            answer = client.get("/oidc/login")
+    assert answer.status_code == 303
+    query = parse_qs(urlsplit(answer.headers["location"]).query)
+    assert query["redirect_uri"] == ["https://audit.example/console/oidc/callback"]
+    flow = [line for line in _cookie_lines(answer) if "secure" in line.lower().split("; ")]
+    assert flow, _cookie_lines(answer)
+
+
+def test_a_public_url_that_is_no_base_url_is_refused() -> None:
+    for bad in ("audit.example", "ftp://audit.example", "https://audit.example/?x=1"):
+        with pytest.raises(ValueError, match="base URL"):
+            ConsoleSettings(public_url=bad)
