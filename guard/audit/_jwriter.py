@@ -1,12 +1,10 @@
 """The journal writer: one thread builds, links and appends each batch with one fdatasync.
 
-Producers queue an :class:`Entry` (the event's kind and fields; on an event loop
-the guard's ruling itself, so nothing is made per event) and wait, each on a
-waker the writer wakes once per batch: a thread on a lock (:class:`_Waiting`), a
-coroutine on a future its loop resolves, with everything waiting on it, in the one
-callback of the loop's eventfd, which the writer writes once per batch
-(:class:`_Waker`). An event is queued without a lock and wakes the writer (a lock
-released) only when it is idle. The writer
+Producers queue an :class:`Entry` and wait, each on a waker the writer wakes once
+per batch: a thread on a lock (:class:`_Waiting`), a loop by its eventfd, whose one
+callback resolves the batch's futures and resumes their tasks (:class:`_Waker`).
+An event is queued without a lock and wakes the writer (a lock released) only
+when it is idle. The writer
 takes everything queued, builds the rows, links them into the hash chain, signs
 the checkpoints that fall due, appends it all to the journal with one
 ``fdatasync``, releases the producers and only then hands the batch to the
@@ -92,12 +90,8 @@ class _Waker:
         os.eventfd_write(self.fd, 1)
 
     def settle(self) -> None:
-        """Resolve the futures of the entries done, and run what waits on them, here.
-
-        On the loop, when the eventfd is readable: one callback for every entry done.
-        A future's done callbacks (the awaiting task's wake-up) are run here, not each
-        scheduled as a handle of its own for the loop's next turn (``call_soon``).
-        """
+        """Resolve the futures of the entries done and run their callbacks (the awaiting
+        tasks' wake-ups) here, not each as a handle for the loop's next turn."""
         with contextlib.suppress(BlockingIOError):  # read on an earlier turn already
             os.eventfd_read(self.fd)
         done = self.done
@@ -106,42 +100,29 @@ class _Waker:
             future, result = entry.future, entry.result
             if future is None or future.done():  # failed meanwhile (its deadline)
                 continue
-            waiting = future._callbacks if type(future) is _CFuture else None
-            if waiting:
-                for callback, _context in waiting:
+            waiting = future._callbacks if type(future) is asyncio.Future else None
+            if waiting:  # asyncio's own futures: their callbacks taken, then run below
+                for callback, _ in waiting:
                     future.remove_done_callback(callback)
             if isinstance(result, str):
                 future.set_result(result)
             else:
                 future.set_exception(result or AuditUnavailableError("audit event lost"))
-            if waiting:
-                _run(future, waiting)
-
-
-_CFuture = asyncio.Future
-"""The futures whose done callbacks :meth:`_Waker.settle` runs itself (asyncio's own)."""
-
-
-def _run(future: asyncio.Future[str], callbacks: Sequence[tuple[Any, Any]]) -> None:
-    """Run a resolved future's done callbacks as its loop would (errors to its handler)."""
-    for callback, context in callbacks:
-        try:
-            context.run(callback, future)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            future.get_loop().call_exception_handler({
-                "message": "Exception in callback of an audit commit",
-                "exception": exc, "future": future})
+            for callback, context in waiting or ():
+                try:
+                    context.run(callback, future)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:  # as asyncio's handles do
+                    future.get_loop().call_exception_handler({
+                        "message": "Exception in callback of an audit commit",
+                        "exception": exc, "future": future})
 
 
 class Entry(Protocol):
-    """One event as the writer takes it, and where its producer hears the result.
+    """One event, and where its producer hears the result (the writer sets ``result``).
 
-    A producer on an event loop hands over an object of its own that has these
-    attributes (the guard's :class:`~guard._guard.Ruling`), so that no object is made
-    per event for the writer: it sets ``result`` (the event's id, or why not), and the
-    loop's eventfd callback resolves ``future`` with it.
+    On a loop the producer's own object (the guard's ruling: nothing made per event).
     """
 
     @property
@@ -160,8 +141,7 @@ class _Item:
 
     __slots__ = ("fields", "future", "kind", "result", "waker")
 
-    def __init__(self, kind: EventKind, fields: Mapping[str, Any],
-                 waker: _Waiting | None = None) -> None:
+    def __init__(self, kind: EventKind, fields: Mapping[str, Any], waker: Any = None) -> None:
         self.kind, self.fields, self.waker = kind, fields, waker
         self.future: asyncio.Future[str] | None = None
         self.result: str | BaseException | None = None
@@ -346,11 +326,7 @@ class JournalWriter:
         return self.hand(_Item(kind, fields))
 
     def hand(self, entry: Entry) -> asyncio.Future[str]:
-        """Queue ``entry`` now (on an event loop): the event and where its result goes.
-
-        The entry itself is queued (no object is made for it); the writer sets its
-        ``result`` and the loop's eventfd callback resolves its ``future`` (set here).
-        """
+        """Queue ``entry`` itself now (on an event loop); its future (also set on it)."""
         if self._closed or self._stopped:
             raise AuditUnavailableError("the audit trail is closed")
         loop = asyncio.get_running_loop()
