@@ -1,8 +1,8 @@
 """The journal writer: one thread builds, links and appends each batch with one fdatasync.
 
 Producers queue an :class:`Entry` and wait, each on a waker the writer wakes once
-per batch: a thread on a lock (:class:`_Waiting`), a loop by its eventfd, whose one
-callback resolves the batch's futures and resumes their tasks (:class:`_Waker`).
+per batch: a thread on a lock (:class:`_Waiting`), a coroutine on a future its loop
+resolves when the writer writes the loop's eventfd (:class:`_Waker`).
 An event is queued without a lock and wakes the writer (a lock released) only
 when it is idle. The writer
 takes everything queued, builds the rows, links them into the hash chain, signs
@@ -90,8 +90,7 @@ class _Waker:
         os.eventfd_write(self.fd, 1)
 
     def settle(self) -> None:
-        """Resolve the futures of the entries done and run their callbacks (the awaiting
-        tasks' wake-ups) here, not each as a handle for the loop's next turn."""
+        """Resolve the futures of the entries done (on the loop, when the eventfd is readable)."""
         with contextlib.suppress(BlockingIOError):  # read on an earlier turn already
             os.eventfd_read(self.fd)
         done = self.done
@@ -100,34 +99,17 @@ class _Waker:
             future, result = entry.future, entry.result
             if future is None or future.done():  # failed meanwhile (its deadline)
                 continue
-            waiting = future._callbacks if type(future) is asyncio.Future else None
-            if waiting:  # asyncio's own futures: their callbacks taken, then run below
-                for callback, _ in waiting:
-                    future.remove_done_callback(callback)
             if isinstance(result, str):
                 future.set_result(result)
             else:
                 future.set_exception(result or AuditUnavailableError("audit event lost"))
-            for callback, context in waiting or ():
-                try:
-                    context.run(callback, future)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:  # as asyncio's handles do
-                    future.get_loop().call_exception_handler({
-                        "message": "Exception in callback of an audit commit",
-                        "exception": exc, "future": future})
 
 
 class Entry(Protocol):
-    """One event, and where its producer hears the result (the writer sets ``result``).
-
-    On a loop the producer's own object (the guard's ruling: nothing made per event).
-    """
+    """One event and its result; on a loop the producer's own (the guard's ruling)."""
 
     @property
     def kind(self) -> EventKind: ...
-
     @property
     def fields(self) -> Any: ...  # a Mapping[str, Any]
 
