@@ -25,8 +25,14 @@ asks ``PUT /customers/{id}/contact`` with a JSON body instead of the read;
 ``--concurrent N`` requests at a time (1: one after the other, each waiting for its
 own commit).
 
+``--subjects N`` asks N customer ids in turn (default 100: each path is asked again every
+100 requests; with more ids than requests, every path is new, as in a service with many
+data subjects). ``--callgrind --keep FILE`` keeps the measured window's profile of the loop
+thread for ``callgrind_annotate --inclusive=yes FILE``.
+
 Usage: python bench/http_loop.py [--requests 6400] [--gc-threshold N] [--gc-freeze]
-       [--plain] [--audit-sink journal|none] [--write] [--concurrent 32] [--callgrind]
+       [--plain] [--audit-sink journal|none] [--write] [--concurrent 32] [--subjects 100]
+       [--callgrind [--keep FILE]]
        [--tree DIR]   (another checkout's guard and example, for an A/B run)
 """
 
@@ -53,6 +59,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 CONCURRENT = 32
+WARM_UP = 640
 
 
 def main() -> None:
@@ -71,11 +78,17 @@ def main() -> None:
                         help="PUT /customers/{id}/contact with a JSON body (default: GET)")
     parser.add_argument("--concurrent", type=int, default=CONCURRENT,
                         help="requests at a time (1: one after the other)")
+    parser.add_argument("--subjects", type=int, default=100,
+                        help="customer ids asked in turn (the example holds 100: the others are "
+                             "answered 404, by the app, after the guard allowed them)")
     parser.add_argument("--callgrind", action="store_true",
                         help="run under callgrind: the event loop's instructions per request")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="with --callgrind: copy the measured window's profile of the "
+                             "loop thread here (for callgrind_annotate --inclusive=yes)")
     args = parser.parse_args()
     if args.callgrind:
-        callgrind(args.requests)
+        callgrind(args.requests, args.keep)
         return
     sys.path.insert(0, str(args.tree.resolve()))
     from examples.customers import create_app
@@ -110,13 +123,17 @@ def main() -> None:
         return {"type": "http.request", "body": body if args.write else b"",
                 "more_body": False}
 
+    answers = (200,) if args.subjects <= 100 else (200, 404)
+
     async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start" and message["status"] != 200:
+        if message["type"] == "http.response.start" and message["status"] not in answers:
             raise SystemExit(f"a request was answered {message['status']}")
 
-    async def run(app: Callable[..., Awaitable[None]], count: int) -> None:
+    async def run(app: Callable[..., Awaitable[None]], count: int, first: int = 0) -> None:
         async def one(i: int) -> None:
-            path = f"/customers/c-{i % 100 + 1:04d}" + ("/contact" if args.write else "")
+            path = f"/customers/c-{i % args.subjects + 1:04d}"
+            if args.write:
+                path += "/contact"
             own = [(name[:1] + name[1:], value[:1] + value[1:]) for name, value in headers]
             await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                        "method": "PUT" if args.write else "GET", "scheme": "http", "path": path,
@@ -126,10 +143,10 @@ def main() -> None:
 
         step = args.concurrent
         if step == 1:
-            for i in range(count):
+            for i in range(first, first + count):
                 await one(i)
             return
-        for start in range(0, count, step):
+        for start in range(first, first + count, step):
             await asyncio.gather(*(one(i) for i in range(start, start + step)))
 
     with Guard.from_settings(settings) as guard:
@@ -139,7 +156,7 @@ def main() -> None:
             settings, guard=guard)
 
         async def measure() -> tuple[float, float]:
-            await run(app, 640)  # warm-up: caches, the first batches
+            await run(app, WARM_UP)  # warm-up: caches, the first batches
             if args.gc_threshold:
                 gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
             if args.gc_freeze:
@@ -147,7 +164,7 @@ def main() -> None:
             gc.callbacks.append(timed)
             os.getppid()  # callgrind's mark: the measured requests start
             began, loop = time.perf_counter(), time.thread_time()
-            await run(app, args.requests)
+            await run(app, args.requests, WARM_UP)  # after the warm-up's ids
             wall_loop = time.perf_counter() - began, time.thread_time() - loop
             os.getppid()  # ... and end
             gc.callbacks.remove(timed)
@@ -175,13 +192,18 @@ def _resolved(ruling: Any, status: int | None = None) -> asyncio.Future[str]:
     return done
 
 
-def callgrind(requests: int) -> None:
+def callgrind(requests: int, keep: Path | None = None) -> None:
     """This script with the same options under callgrind: the loop's instructions per request."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
     work = Path(tempfile.mkdtemp(prefix="guard-bench-loop-cg-"))
     out = work / "cg"
-    argv = [a for a in sys.argv[1:] if a != "--callgrind"]
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # --callgrind and --keep PATH are this parent's
+        if skip or a == "--callgrind" or a.startswith("--keep"):
+            skip = a == "--keep"
+            continue
+        argv.append(a)
     command = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
                "--dump-before=os_getppid", f"--callgrind-out-file={out}", sys.executable,
                str(Path(__file__).resolve()), *argv]
@@ -191,6 +213,8 @@ def callgrind(requests: int) -> None:
             raise SystemExit(f"callgrind failed:\n{done.stderr[-3000:]}")
         # dump 1: start-up and warm-up; dump 2: the measured requests (thread 1: the loop)
         text = (work / "cg.2-01").read_text()
+        if keep is not None:
+            shutil.copyfile(work / "cg.2-01", keep)
         found = re.search(r"^summary:\s+(\d+)", text, re.M)
         if found is None:
             raise SystemExit("callgrind wrote no summary")
