@@ -6,7 +6,10 @@ alone is the same for every request with that key: the rule, whether the route i
 public, the method's and the subject's bounds, the categories, action and HTTP
 context of the decision, whether an allowed read may be deferred and whether the
 response is minimised. :class:`Plan` holds that, so a request only adds what is its
-own: its caller and its purpose.
+own: its caller and its purpose. A path not asked before (one naming a new data subject,
+usually) is resolved by :meth:`Planner.judge` itself, as ``enforce()`` resolves it, so
+its first request is planned too when its answer may be remembered; that request is
+kept (:class:`_Seen`) only once its path is asked again.
 
 :meth:`Planner.judge` judges a request with a plan when nothing of the request itself needs
 the interpreted path's checks: the caller's ``Authorization`` value was verified
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -62,14 +66,16 @@ _fault_counter = metrics.get_meter("purpose_guard.middleware").create_counter(
     description="Requests the planned path failed on (judged by the interpreted path instead)",
 )
 
-Judged = tuple[Outcome, Ruling | None] | Coroutine[Any, Any, Outcome]
-"""What :meth:`Planner.judge` answers: an outcome and the ruling left to record, or a
-coroutine for the outcome of a ruling being recorded now."""
+Judged = tuple[Outcome, Ruling | None] | Coroutine[Any, Any, Outcome] | Resolved
+"""What :meth:`Planner.judge` answers: an outcome and the ruling left to record, a
+coroutine for the outcome of a ruling being recorded now, or the route's answer it found
+for ``enforce()`` to judge with (a route whose answer is not remembered)."""
 
 PURPOSES = 1024
 """Raw purpose values remembered as well-formed (then forgotten all at once)."""
 REQUESTS = 4096
 """Requests remembered by (plan, caller, purpose) (then forgotten all at once)."""
+_NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 
 
 class Plan:
@@ -89,11 +95,12 @@ class Plan:
         self.route = rule.template if rule is not None else "<undeclared>"
         self.public: tuple[Outcome, None] | None = None
         """The outcome of every request to a public route (None: not public)."""
-        self.public_attributes: Mapping[str, str] = {"http.route": self.route,
-                                                     "http.request.method": method}
+        self.public_attributes: Mapping[str, str] = _NO_ATTRIBUTES
+        """A public route's counter attributes."""
         subject = resolved.subject
         if rule is not None and rule.public:
             self.public = Outcome(200, None, None, None, rule.template, resolved.endpoint), None
+            self.public_attributes = {"http.route": self.route, "http.request.method": method}
         self.categories: tuple[str, ...] = rule.categories if rule is not None else ()
         self.action = rule.action if rule is not None else Action.READ
         self.fields: FieldPlan | None = rule.fields if rule is not None else None
@@ -175,11 +182,14 @@ class Planner:
     def judge(self, scope: Scope, method: str, span: trace.Span) -> Judged | None:
         """Judge an HTTP request with its route's plan; None when it needs ``enforce()``.
 
-        Nothing is decided when None is returned. Otherwise: the outcome and, for an
-        allowed read left for the caller to record, its ruling (the outcome then has
-        no ``pending``: the ruling is the caller's alone to record); or a coroutine to
-        await for the outcome when the ruling is being recorded now (a denial, a
-        write, a read asked with a method that is not safe).
+        Nothing is decided when None (or a route's answer) is returned. Otherwise: the
+        outcome and, for an allowed read left for the caller to record, its ruling (the
+        outcome then has no ``pending``: the ruling is the caller's alone to record); or a
+        coroutine to await for the outcome when the ruling is being recorded now (a
+        denial, a write, a read asked with a method that is not safe). A path whose
+        answer is not remembered is resolved here (the app's router asked, as
+        ``enforce()`` asks it) and planned when its answer may be remembered; otherwise
+        its answer is returned, for ``enforce()`` to judge with (not asked twice).
 
         Args:
             scope: The request's scope (``type`` is ``http``).
@@ -191,9 +201,17 @@ class Planner:
             return None
         # routes.remembered(key), inline: the answer while the router's routes are the list
         # it was found in, holding the same routes
-        answer = routes._answers.get(("http", method, scope.get("root_path", ""), scope["path"]))
-        if answer is None:
-            return None
+        key = ("http", method, scope.get("root_path", ""), scope["path"])
+        answer = routes._answers.get(key)
+        first = answer is None  # the path's first request (often its only one: a subject's id)
+        if answer is None:  # found now, as enforce() finds it (and remembered when it may be)
+            try:
+                resolved = routes.resolve(scope)
+            except Exception:  # enforce() refuses it, and says why
+                return None
+            answer = routes._answers.get(key)
+            if answer is None:  # not to be remembered: enforce() judges it with this answer
+                return resolved
         held = answer.routes
         if routes._router.routes is not held or held != answer.held:
             return None
@@ -226,9 +244,13 @@ class Planner:
             purpose = known
         if purpose and caller.purposes is not None and not caller.may_declare(purpose):
             return None
-        seen = self.seen.get((plan, caller.id, purpose))
-        if seen is None:
-            seen = self._seen(plan, caller.id, purpose)
+        if first:  # its request is kept only when the path is asked again (each request
+            # kept is an object the cyclic collector walks and promotes)
+            seen = _Seen(Request(caller.id, purpose, plan.categories, plan.action, plan.subject),
+                         plan.http)
+        else:
+            found = self.seen.get((plan, caller.id, purpose))
+            seen = found if found is not None else self._seen(plan, caller.id, purpose)
         request = seen.asked.request
         http = plan.http
         guard = self.guard

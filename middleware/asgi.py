@@ -163,10 +163,10 @@ class GuardMiddleware:
             except Exception as exc:  # nothing decided: the interpreted path judges (counted)
                 planner.fault(exc)
                 judged = None
-            if judged is None:
-                outcome, ruling = await self._judge(scope, kind, method)
-            elif isinstance(judged, tuple):
+            if isinstance(judged, tuple):
                 outcome, ruling = judged
+            elif judged is None or isinstance(judged, Resolved):
+                outcome, ruling = await self._judge(scope, kind, method, judged)
             else:
                 outcome, ruling = await judged, None
             del judged  # not kept alive while the app runs and a read waits for its decision
@@ -212,8 +212,8 @@ class GuardMiddleware:
             if not record.settled:
                 await record.close(kind == "http")
 
-    async def _judge(self, scope: Scope, kind: str, method: str
-                     ) -> tuple[Outcome, Ruling | None]:
+    async def _judge(self, scope: Scope, kind: str, method: str,
+                     resolved: Resolved | None = None) -> tuple[Outcome, Ruling | None]:
         """How the request is judged (a denial when it cannot be: fail closed), by ``enforce()``.
 
         The outcome, and the ruling of an allowed read left to record with its response's
@@ -223,12 +223,13 @@ class GuardMiddleware:
             scope: The request's scope.
             kind: ``http`` or ``websocket``.
             method: The request method (``GET`` for a WebSocket).
+            resolved: The route's answer, when the planner found it (not asked again).
         """
         headers = wanted_headers(scope["headers"], self._wanted)
         client = scope.get("client")
-        resolved: Resolved | None = None
         try:
-            resolved = self.resolve(scope)
+            if resolved is None:
+                resolved = self.resolve(scope)
             outcome = await enforce(
                 self.guard, self.auth, self._base,
                 method=method, path=_route_path(scope), headers=headers,

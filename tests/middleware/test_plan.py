@@ -30,6 +30,7 @@ from examples.customers import create_app
 from guard._guard import Checked, Guard, Ruling
 from guard._types import Decision, HttpContext, Request
 from middleware import GuardMiddleware, guarded
+from middleware._router import AppRoutes, Resolved
 from middleware.identity import PROXY_SECRET_HEADER, Authenticator
 
 
@@ -180,7 +181,9 @@ async def _compare(world: dict[str, Any], method: str, path: str,
     guard: Recording = world["guard"]
     guard.calls.clear()
     judged = mw._planner.judge(_scope(method, path, list(headers), peer), method, INVALID_SPAN)
-    if judged is None:
+    if judged is None or isinstance(judged, Resolved):  # nothing decided: enforce() judges
+        if judged is not None:  # with the answer the app's router gives
+            assert judged == mw.resolve(_scope(method, path, list(headers), peer))
         planned = None
     elif isinstance(judged, tuple):
         planned = judged
@@ -226,6 +229,46 @@ def test_a_common_read_is_planned_after_its_first(world: dict[str, Any]) -> None
     assert later == ["planned allowed", "planned allowed"]
     mw: GuardMiddleware = world["mw"]
     assert mw.auth.remembered >= 1
+
+
+def test_a_path_asked_for_the_first_time_is_planned(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token seen before on a path never asked (a new subject's id in it) is planned at once,
+    the app's router asked once; a path whose answer is not remembered is asked once too."""
+    mw: GuardMiddleware = world["mw"]
+    token = world["tokens"]["crm"]
+    headers = [(b"authorization", f"Bearer {token}".encode()),
+               (b"x-purpose", b"relationship.management")]
+    asked: list[str] = []
+    resolve = AppRoutes._resolve
+
+    def counted(self: AppRoutes, scope: dict[str, Any], key: Any) -> Resolved:
+        asked.append(scope["path"])
+        return resolve(self, scope, key)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    def durable(ruling: Ruling, status: int | None = None) -> asyncio.Future[str]:
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        done.set_result("event-3")
+        return done
+
+    async def run() -> list[str]:
+        await _compare(world, "GET", "/customers/c-0048", headers, "127.0.0.1")  # the token
+        monkeypatch.setattr(AppRoutes, "_resolve", counted)
+        monkeypatch.setattr(world["guard"], "begin_commit", durable)
+        judged = [await _compare(world, "GET", "/customers/c-0049", headers, "127.0.0.1")]
+        for path in ("/customers/c-0050", "/customers/" + "d" * 300):
+            await mw(_scope("GET", path, list(headers), "127.0.0.1"), receive, send)
+        return judged
+
+    assert asyncio.run(run()) == ["planned allowed"]
+    assert asked == ["/customers/c-0049", "/customers/c-0050", "/customers/" + "d" * 300]
 
 
 def test_the_outcome_a_handler_reads_holds_no_ruling(world: dict[str, Any]) -> None:
