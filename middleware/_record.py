@@ -227,7 +227,9 @@ class Record:
         decision_id = self.decision_id
         if decision_id:
             headers.append((_DECISION_HEADER, decision_id.encode()))
-        return {**start, "headers": headers}
+        stamped = start.copy() if type(start) is dict else dict(start)  # one dict, not two
+        stamped["headers"] = headers
+        return stamped
 
     def _durable(self, _verdict: asyncio.Future[str]) -> None:
         """The commit is done while the app still runs (a background task): answer now."""
