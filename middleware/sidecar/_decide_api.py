@@ -17,8 +17,8 @@ from guard._types import Action, HttpContext, Reason, Request, denial
 from middleware._bounds import read_limited
 from middleware._enforce import _policy_version
 from middleware.identity import Caller, IdentityError
-from middleware.problem import problem_response
 from middleware.sidecar._problem import sidecar_problem
+from middleware.sidecar._refuse import refuse_unauthenticated
 from middleware.sidecar._state import Sidecar, peer_of
 
 MAX_BATCH = 1000
@@ -146,8 +146,8 @@ async def decide_endpoint(request: HttpRequest) -> Response:
     sidecar: Sidecar = request.app.state.sidecar
     try:
         asker = sidecar.auth.authenticate(request.headers, peer_of(request.scope))
-    except IdentityError:
-        return problem_response(401, Reason.UNAUTHENTICATED, None, (), None)
+    except IdentityError as exc:
+        return await refuse_unauthenticated(sidecar, request.scope, exc, "/v1/decide")
     try:
         body = await read_limited(request, MAX_BODY)
     except ClientDisconnect:

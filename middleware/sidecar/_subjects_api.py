@@ -33,9 +33,9 @@ from guard.rights._filter import filter_subjects
 from middleware._bounds import read_limited
 from middleware._enforce import _policy_version
 from middleware.identity import IdentityError
-from middleware.problem import problem_response
 from middleware.sidecar._decide_api import SubjectId, _Key
 from middleware.sidecar._problem import sidecar_problem
+from middleware.sidecar._refuse import refuse_unauthenticated
 from middleware.sidecar._state import Sidecar, peer_of
 
 RIGHTS_PURPOSE = "rights.request"
@@ -149,8 +149,8 @@ async def _admitted(
     sidecar: Sidecar = request.app.state.sidecar
     try:
         asker = sidecar.auth.authenticate(request.headers, peer_of(request.scope))
-    except IdentityError:
-        return problem_response(401, Reason.UNAUTHENTICATED, None, (), None)
+    except IdentityError as exc:
+        return await refuse_unauthenticated(sidecar, request.scope, exc, request.scope["path"])
     if not asker.may_declare(RIGHTS_PURPOSE):
         decision_id = await _refused(sidecar, request, asker.id, action, "token_purposes")
         return sidecar_problem(403, Reason.PURPOSE_NOT_GRANTED.value, "Not permitted",

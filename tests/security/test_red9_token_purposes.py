@@ -117,3 +117,18 @@ def test_a_register_look_up_is_an_audited_access(
     rows = audit_rows(db, "subject = ? AND http_route = '/v1/subjects/lookup'", (pseudonym,))
     assert [(r["caller"], r["purpose"], r["allowed"], r["detail"]) for r in rows] == [
         ("svc:support", "rights.request", 1, "register_lookup")]
+
+
+@pytest.mark.parametrize("path", ["/v1/decide", "/v1/subjects/lookup"])
+def test_an_api_request_without_a_caller_is_a_recorded_refusal(
+    served: tuple[ServerThread, Path], path: str,
+) -> None:
+    """A 401 at the APIs left no trace; now it is recorded as every refusal proving no
+    caller is (one by one up to the bound per source, then counted)."""
+    server, db = served
+    answer = httpx.post(server.url + path, json={"subject": "c-0001"}, timeout=10,
+                        headers={"authorization": "Bearer not.a.token"})
+    assert answer.status_code == 401
+    (row,) = audit_rows(db, "event_id = ?", (answer.json()["decision_id"],))
+    assert (row["caller"], row["reason"], row["http_route"], row["http_status"]) == (
+        "", "unauthenticated", path, 401)
