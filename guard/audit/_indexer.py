@@ -29,6 +29,8 @@ SHORTENED = "#shortened"
 """The store's offset row (lane id + this) for how far the index had read a lane found shorter."""
 
 _log = logging.getLogger("guard.audit")
+_CHUNK = 1000
+"""Records read at a time within one index transaction."""
 _IDLE_BATCH = 500
 """Most records in one transaction under ``SCHED_IDLE`` (a starved one holds up its relief)."""
 
@@ -245,13 +247,23 @@ class Indexer:
                     self._cond.wait(self._retry)
 
     def _read(self) -> list[bytes]:
-        """Read up to ``batch`` durable records (the store decodes them)."""
+        """Read up to ``batch`` durable records, a chunk at a time (the store decodes them).
+
+        Between chunks the thread gives up the interpreter lock, as the store does
+        between the chunks it decodes: the writer's ``fdatasync`` returns wanting it.
+        """
+        records: list[bytes] = []
         reader = self._reader
         assert reader is not None
         now = time.monotonic()
         end, left = durable_end(self.lane), _IDLE_BATCH if self.idle else self._batch
         self._pace.read(now, end - reader.offset <= left)
-        return reader.read(end, left)
+        while left > 0 and reader.offset < end:
+            chunk = reader.read(end, min(left, _CHUNK))
+            records += chunk
+            left -= len(chunk)
+            time.sleep(0)
+        return records
 
     def _step(self) -> None:
         if self._reader is None:  # first: how far the store is (it may be down for now)
