@@ -8,8 +8,8 @@ context of the decision, whether an allowed read may be deferred and whether the
 response is minimised. :class:`Plan` holds that, so a request only adds what is its
 own: its caller and its purpose. A path not asked before (one naming a new data subject,
 usually) is resolved by :meth:`Planner.judge` itself, as ``enforce()`` resolves it, so
-its first request is planned too when its answer may be remembered; that request is
-kept (:class:`_Seen`) only once its path is asked again.
+its first request is planned too when its answer may be remembered; its plan and its
+request (:class:`_Seen`) are kept only once its path is asked again.
 
 :meth:`Planner.judge` judges a request with a plan when nothing of the request itself needs
 the interpreted path's checks: the caller's ``Authorization`` value was verified
@@ -217,7 +217,9 @@ class Planner:
             return None
         plan: Plan | None = answer.plan
         if plan is None:
-            plan = answer.plan = Plan(answer.resolved, method)
+            plan = Plan(answer.resolved, method)
+            if not first:  # kept from the path's second request on (as its request, below)
+                answer.plan = plan
         if plan.public is not None:
             _public_counter.add(1, plan.public_attributes)
             return plan.public
@@ -244,8 +246,8 @@ class Planner:
             purpose = known
         if purpose and caller.purposes is not None and not caller.may_declare(purpose):
             return None
-        if first:  # its request is kept only when the path is asked again (each request
-            # kept is an object the cyclic collector walks and promotes)
+        if first:  # kept only when the path is asked again: each object kept per path
+            # (most are asked once) is one the cyclic collector walks and promotes
             seen = _Seen(Request(caller.id, purpose, plan.categories, plan.action, plan.subject),
                          plan.http)
         else:
