@@ -16,12 +16,15 @@ from starlette.requests import Request
 from middleware.identity import Authenticator, IdentityError
 
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*")
-_PATH = re.compile(r"(?<![\w.~/-])(?:~|\.{1,2})?/[^\s'\"`,;()<>\[\]{}]*")
+_PATH = re.compile(r"[^\s'\"`,;()<>\[\]{}]*/[^\s'\"`,;()<>\[\]{}]*")
+"""A word with a ``/`` in it: an absolute path, or a relative one (settings may name
+``keys/jwks.json``, the journal folder ``.guard/audit-journal/<host>_<port>_<db>``)."""
 
 
 def withheld(text: str) -> str:
-    """``text`` without the file-system paths and URLs it names (a path becomes its last
-    name: ``…/END``; a URL ``<url>``), for a caller ``/readyz`` does not know."""
+    """``text`` without the file-system paths and URLs it names (a word holding a ``/``
+    becomes its last name: ``…/END``; a URL ``<url>``), for a caller ``/readyz`` does not
+    know."""
     text = _URL.sub("<url>", text)
     return _PATH.sub(lambda found: "…/" + found.group().rstrip("/").rsplit("/", 1)[-1], text)
 

@@ -92,3 +92,16 @@ def test_a_withheld_text_holds_no_absolute_path(text: str) -> None:
     out = withheld("see " + text)
     for word in out.replace("'", " ").split():
         assert not word.startswith("/") or "/" not in word[1:] or word.startswith("…")
+
+
+@given(st.lists(st.sampled_from(["/", "a", "-", ".", " ", ",", "_", "~", "5432"]),
+                max_size=30).map("".join))
+def test_a_withheld_text_holds_no_relative_path_either(text: str) -> None:
+    # settings may name relative paths: the PostgreSQL journal folder by default
+    # (.guard/audit-journal/<host>_<port>_<db>), key files as keys/jwks.json
+    out = withheld("journal " + text + " full")
+    assert "/" not in out.replace("…/", ""), out
+    said = withheld("lane .guard/audit-journal/db.internal_5432_guard/lane-0 held; "
+                    "key file keys/jwks.json missing")
+    assert "db.internal" not in said
+    assert said == "lane …/lane-0 held; key file …/jwks.json missing"
