@@ -508,13 +508,20 @@ def _journal_task(device: str) -> str:
     return Path(f"/sys/fs/ext4/{name}/journal_task").read_text().strip()
 
 
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
 def inode_sync_warning(folder: Path) -> str | None:
-    """:func:`inode_sync_note` for ``folder`` on this machine (None when it cannot tell)."""
+    """:func:`inode_sync_note` for ``folder`` on this machine (None when it cannot tell).
+
+    Mount points are bytes: read as paths are (``surrogateescape``), one that is not
+    UTF-8 neither stops the lane from opening nor hides the mount of another.
+    """
     try:
         path = folder.resolve()
-        return inode_sync_note(Path("/proc/self/mountinfo").read_text(), str(path),
+        return inode_sync_note(os.fsdecode(MOUNTINFO.read_bytes()), str(path),
                                os.stat(path).st_dev, _journal_task)
-    except OSError:
+    except (OSError, ValueError):
         return None
 
 

@@ -132,3 +132,19 @@ def test_a_lane_on_ext4_without_its_journal_is_logged_once_with_its_mount(
         found = mount_of(mountinfo, str(point), os.stat(point).st_dev)
         assert found is not None
         assert _has_journal(found.source) in {name == "journalled", None}
+
+
+def test_a_mount_point_that_is_not_utf8_neither_stops_a_lane_nor_hides_the_mount(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # mountinfo escapes blanks and backslashes only: other bytes of a mount point come raw
+    dev = os.stat(tmp_path).st_dev
+    line = f"99 27 {os.major(dev)}:{os.minor(dev)} / {tmp_path.resolve()} rw - ext4 /dev/x rw\n"
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_bytes(b"98 27 7:9 / /mnt/caf\xe9 rw - ext4 /dev/loop9 rw\n"
+                          + line.encode())
+    monkeypatch.setattr(_journal, "MOUNTINFO", mountinfo)
+    monkeypatch.setattr(_journal, "_journal_task", lambda device: "<none>")
+    said = inode_sync_warning(tmp_path)
+    assert said is not None
+    assert said.startswith(f"/dev/x mounted at {tmp_path.resolve()} ")
+    open_lane(tmp_path / "journal").close()  # before: UnicodeDecodeError, no lane
