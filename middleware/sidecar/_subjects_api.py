@@ -32,7 +32,7 @@ from guard.rights import Change, EntryKind, RegisterRefusedError
 from guard.rights._filter import filter_subjects
 from middleware._bounds import read_limited
 from middleware._enforce import _policy_version
-from middleware.identity import IdentityError
+from middleware.identity import Caller, IdentityError
 from middleware.sidecar._decide_api import SubjectId, _Key
 from middleware.sidecar._problem import sidecar_problem
 from middleware.sidecar._refuse import refuse_unauthenticated
@@ -139,7 +139,7 @@ def _json(data: object, status: int = 200) -> Response:
 
 async def _admitted(
     request: HttpRequest, action: Action, model: type[BaseModel]
-) -> tuple[Sidecar, str, Any] | Response:
+) -> tuple[Sidecar, Caller, Any] | Response:
     """Authenticate, authorise on rights.request, parse the body; or the refusal.
 
     A verified asker refused (its token's ``purposes`` claim leaves out rights.request,
@@ -176,14 +176,14 @@ async def _admitted(
         else:
             detail = f"not JSON: {exc}"
         return sidecar_problem(400, Reason.MALFORMED_REQUEST.value, "Malformed request", detail)
-    return sidecar, asker.id, parsed
+    return sidecar, asker, parsed
 
 
-async def _refused(sidecar: Sidecar, request: HttpRequest, asker: str, action: Action,
-                   why: str) -> str | None:
+async def _refused(sidecar: Sidecar, request: HttpRequest, asker: str, action: Action,  # noqa: PLR0917
+                   why: str, purpose: str = RIGHTS_PURPOSE) -> str | None:
     """Record a verified asker's refusal (``purpose_not_granted``, rule
     ``check:purpose_not_granted:<why>``, status 403); its event id, None if unrecorded."""
-    asked = Request(asker, RIGHTS_PURPOSE, (), action)
+    asked = Request(asker, purpose, (), action)
     decision = denial(Reason.PURPOSE_NOT_GRANTED, asked, _policy_version(sidecar.guard), why)
     http = HttpContext(method="POST", route=request.scope["path"], status=403)
     checked = await sidecar.guard.arecord_denial(asked, decision, http)
@@ -195,7 +195,8 @@ async def record_entry(request: HttpRequest) -> Response:
     admitted = await _admitted(request, Action.WRITE, EntryIn)
     if isinstance(admitted, Response):
         return admitted
-    sidecar, asker, entry_in = admitted
+    sidecar, caller, entry_in = admitted
+    asker = caller.id
     change = Change(entry_in.subject, entry_in.kind, entry_in.purpose or "", entry_in.effective,
                     entry_in.ref, asker)
     try:
@@ -218,7 +219,8 @@ async def lookup(request: HttpRequest) -> Response:
     admitted = await _admitted(request, Action.READ, LookupIn)
     if isinstance(admitted, Response):
         return admitted
-    sidecar, asker, lookup_in = admitted
+    sidecar, caller, lookup_in = admitted
+    asker = caller.id
     register = sidecar.guard.register
     if register is None:
         return sidecar_problem(503, Reason.INTERNAL_ERROR.value, "No subject register")
@@ -243,7 +245,15 @@ async def filter_endpoint(request: HttpRequest) -> Response:
     admitted = await _admitted(request, Action.READ, FilterIn)
     if isinstance(admitted, Response):
         return admitted
-    sidecar, asker, filter_in = admitted
+    sidecar, caller, filter_in = admitted
+    asker = caller.id
+    if filter_in.caller == asker and not caller.may_declare(filter_in.purpose):
+        # for itself the asker declares the purpose: its token's claim binds, as at /v1/decide
+        decision_id = await _refused(sidecar, request, asker, filter_in.action,
+                                     "token_purposes", filter_in.purpose)
+        return sidecar_problem(403, Reason.PURPOSE_NOT_GRANTED.value, "Not permitted",
+                               f"the token's purposes claim leaves out {filter_in.purpose}",
+                               decision_id=decision_id)
     template = Request(filter_in.caller, filter_in.purpose, tuple(filter_in.categories),
                        filter_in.action)
     batch_id = uuid.uuid4().hex

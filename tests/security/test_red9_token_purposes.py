@@ -132,3 +132,26 @@ def test_an_api_request_without_a_caller_is_a_recorded_refusal(
     (row,) = audit_rows(db, "event_id = ?", (answer.json()["decision_id"],))
     assert (row["caller"], row["reason"], row["http_route"], row["http_status"]) == (
         "", "unauthenticated", path, 401)
+
+
+def test_filter_for_oneself_keeps_to_the_tokens_purposes(
+    served: tuple[ServerThread, Path], keys: Any,
+) -> None:
+    """Filtering for itself, the asker declares the purpose, as at /v1/decide: a token for
+    rights.request alone got svc:support's business.administration subjects, each
+    recorded as its access for that purpose."""
+    server, db = served
+    asked = {"caller": "svc:support", "purpose": "business.administration",
+             "categories": ["identity"], "subjects": ["c-0042"]}
+    answer = httpx.post(server.url + "/v1/filter", json=asked, timeout=10,
+                        headers=_bearer(keys, "svc:support", ["rights.request"]))
+    assert answer.status_code == 403, answer.text  # before: 200, ["c-0042"]
+    problem = answer.json()
+    assert problem["reason"] == "purpose_not_granted"
+    (row,) = audit_rows(db, "event_id = ?", (problem["decision_id"],))
+    assert (row["caller"], row["purpose"], row["rule"], row["http_route"]) == (
+        "svc:support", "business.administration",
+        '["check:purpose_not_granted:token_purposes"]', "/v1/filter")
+    whole = httpx.post(server.url + "/v1/filter", json=asked, timeout=10, headers=_bearer(
+        keys, "svc:support", ["rights.request", "business.administration"]))
+    assert whole.json()["allowed"] == ["c-0042"]
