@@ -21,6 +21,8 @@ PROBE_WAIT_SECONDS = 2.0
 """How long ``/readyz`` waits for the audit probe before answering 503."""
 PROBE_FRESH_SECONDS = 1.0
 """How long a probe's answer serves later ``/readyz`` calls."""
+
+
 class Readiness:
     """The answer of a blocking readiness probe, run off the event loop.
 
