@@ -399,7 +399,7 @@ async def _refuse(
         decision_id = await _record_denial(guard, request, decision, http, by, source)
     except Exception:
         _log.exception("could not record a %s denial", reason.value)
-    if detail and reason is Reason.UNAUTHENTICATED:
+    if detail and reason is Reason.UNAUTHENTICATED and decision_id:  # counted: not logged
         _log.info("unauthenticated %s %s: %s%s", http.method, http.route, detail,
                   "" if by is None else " (" + by + ")")
     _annotate_span(decision, decision_id)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opskit import fill_disk
@@ -116,6 +118,22 @@ def test_every_refusal_is_recorded_or_counted_and_callers_are_recorded_one_by_on
                   ("127.0.0.1", "malformed_request", "/customers/{customer_id}"): 5}
     callers = _rows(settings, "kind = 'decision' AND caller != ''")
     assert sorted(row["event_id"] for row in callers) == sorted(ids)
+
+
+def test_a_counted_refusal_writes_no_log_line_either(
+    tmp_path: Path, keys: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The audit's bound is worth little if each refusal past it still writes a log line
+    # (the service's log is on a disk too): only those recorded one by one are logged.
+    settings = _settings(tmp_path, keys, anonymous_refusals_per_source=3,
+                         anonymous_refusals_window_seconds=3600)
+    caplog.set_level(logging.INFO, logger="guard.middleware")
+    with ServerThread(create_app(settings), free_port()) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        for n in range(40):
+            assert _check(client, f"/customers/c-{n:04d}").status_code == 401
+    logged = [r for r in caplog.records if r.getMessage().startswith("unauthenticated ")]
+    assert len(logged) == 3, [r.getMessage() for r in logged]
 
 
 def test_a_windows_count_is_recorded_at_its_end_without_more_traffic(
