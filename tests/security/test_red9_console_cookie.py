@@ -9,8 +9,6 @@ a browser sends it again over plain HTTP to the same host, to anyone on the path
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 import sys
 from collections.abc import Iterator
@@ -20,10 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from opskit import self_signed_certificate
 from sidecarkit import Nginx, ServerThread, free_port, need_nginx, policy_copy, sidecar_settings
 
 from guard.config import ConsoleSettings
@@ -33,26 +28,6 @@ from middleware.sidecar._server import SidecarHttpProtocol
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 AUDITOR = "svc:support"
-
-
-def _certificate(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
 
 
 @pytest.fixture(scope="module", params=["guard console", "sidecar"])
@@ -67,7 +42,7 @@ def front(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     settings = settings.model_copy(update={"console": ConsoleSettings(
         auditors=[AUDITOR], mount_in_sidecar=mounted)})
     app = create_app(settings) if mounted else create_console(settings)
-    cert, key = _certificate(tmp)
+    cert, key = self_signed_certificate(tmp)
     port = free_port()
     # As `guard sidecar` and `guard console` serve it: neither believes forwarded headers.
     served = ServerThread(app, free_port(), http=SidecarHttpProtocol if mounted else "h11")
