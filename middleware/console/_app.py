@@ -149,10 +149,28 @@ async def signin(request: Request) -> Response:
                        "error": "That token is not valid for an auditor of this console."},
                       status_code=401)
     _log.info("console sign-in: %s", auditor)
-    response = RedirectResponse(f"{base_path(request)}/decisions", status_code=303)
+    response = RedirectResponse(f"{base_path(request)}/signin/done", status_code=303)
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
                         secure=secure_cookie(request), path=f"{base_path(request)}/")
     return response
+
+
+COOKIE_NOT_KEPT = (
+    "Your browser did not keep the sign-in cookie. The console marks it Secure "
+    "(console.secure_cookies), and browsers keep Secure cookies only over HTTPS or on "
+    "localhost: open the console over HTTPS (or through a proxy that ends TLS), or, on a "
+    "trusted network only, set console.secure_cookies = false.")
+
+
+async def signed_in(request: Request) -> Response:
+    """Where a sign-in lands: the decisions, or why the browser came back without its cookie."""
+    console: Console = request.app.state.console
+    if console.gate.request_auditor(request) is not None:
+        return RedirectResponse(f"{base_path(request)}/decisions", status_code=303)
+    _log.warning("console sign-in: the browser came back without its cookie "
+                 "(a Secure cookie over plain HTTP?)")
+    return render(request, "signin.html", {"auditor": None, "oidc": console.oidc is not None,
+                                           "error": COOKIE_NOT_KEPT}, status_code=400)
 
 
 async def signout(request: Request) -> Response:
@@ -174,6 +192,7 @@ def _routes() -> list[BaseRoute]:
         Route("/", home),
         Route("/signin", signin_page, methods=["GET"]),
         Route("/signin", signin, methods=["POST"]),
+        Route("/signin/done", signed_in, methods=["GET"]),
         Route("/signout", signout, methods=["POST"]),
         Route("/oidc/login", oidc_login),
         Route("/oidc/callback", oidc_callback),

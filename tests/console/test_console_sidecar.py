@@ -22,7 +22,8 @@ def test_the_sidecar_serves_its_console_and_records_look_ups(tmp_path: Path) -> 
             httpx.Client(base_url=server.url) as client:
         assert client.get("/console/signin").status_code == 200
         signed = client.post("/console/signin", data={"token": token(settings, AUDITOR)})
-        assert signed.headers["location"] == "/console/decisions"
+        assert signed.headers["location"] == "/console/signin/done"
+        assert client.get("/console/signin/done").headers["location"] == "/console/decisions"
         assert client.get("/console/decisions").status_code == 200
         looked = client.post("/console/subject", data={"subject": SUBJECT})
         assert looked.status_code == 303

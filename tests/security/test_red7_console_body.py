@@ -79,7 +79,7 @@ def test_a_sign_in_form_within_the_bound_is_read(
     with httpx.Client(base_url=server.url, timeout=10) as client:
         good = client.post(prefix + "/signin", data={"token": keys.mint("hs", sub=AUDITOR)})
         assert good.status_code == 303
-        assert good.headers["location"] == prefix + "/decisions"
+        assert good.headers["location"] == prefix + "/signin/done"
         wrong = client.post(prefix + "/signin", data={"token": "x" * 2000})
         assert wrong.status_code == 401
 

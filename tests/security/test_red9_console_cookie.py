@@ -84,6 +84,10 @@ def test_the_sign_in_cookie_is_secure_behind_a_proxy_that_ends_tls(
             assert "secure" in attributes, line
             assert "httponly" in attributes, line
         # The browser keeps it for HTTPS, and it signs in there.
+        assert answer.headers["location"].endswith("/signin/done")
+        done = client.get(url + "/signin/done")
+        assert done.status_code == 303
+        assert done.headers["location"].endswith("/decisions")
         assert client.get(url + "/decisions").status_code == 200
 
 
@@ -101,6 +105,23 @@ def test_a_plain_http_test_client_may_turn_it_off(
         assert all("secure" not in [p.strip().lower() for p in line.split(";")]
                    for line in _cookie_lines(answer))
         assert client.get("/decisions").status_code == 200
+
+
+def test_a_browser_that_drops_the_secure_cookie_is_told_why(
+    tmp_path: Path, keys: Any,
+) -> None:
+    # Over plain HTTP to an address that is not localhost, a browser drops a Secure cookie
+    # (httpx does so on any address): the sign-in must say why, not loop back to its form.
+    settings = sidecar_settings(tmp_path, policy_copy(tmp_path / "policy", POLICIES),
+                                keys.identity())
+    settings = settings.model_copy(update={"console": ConsoleSettings(auditors=[AUDITOR])})
+    with ServerThread(create_console(settings), free_port()) as server, \
+            httpx.Client(base_url=server.url, timeout=10, follow_redirects=True) as client:
+        answer = client.post("/signin", data={"token": keys.mint("hs", sub=AUDITOR)})
+        assert answer.status_code == 400, answer.url
+        assert answer.url.path == "/signin/done"
+        assert "did not keep the sign-in cookie" in answer.text
+        assert "console.secure_cookies" in answer.text
 
 
 def test_the_oidc_redirect_comes_back_to_the_public_https_address(tmp_path: Path) -> None:
