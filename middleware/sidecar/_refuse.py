@@ -8,7 +8,7 @@ from starlette.types import Scope
 
 from guard._types import HttpContext, Reason, Request, denial
 from middleware._bounds import MAX_PURPOSE
-from middleware._enforce import _policy_version
+from middleware._enforce import _policy_version, _refuse, http_context
 from middleware.identity import IdentityError
 from middleware.problem import problem_response
 from middleware.sidecar._framing import AMBIGUOUS_FRAMING
@@ -91,20 +91,19 @@ async def refuse_unparsed(sidecar: Sidecar, peer: str | None = None) -> Response
 
 async def refuse_unauthenticated(sidecar: Sidecar, scope: Scope, exc: IdentityError,
                                  route: str) -> Response:
-    """The 401 of an API request that proves no caller, recorded as every such refusal is
-    (one by one up to the bound per source, then counted: ``audit.anonymous_refusals_*``).
+    """The 401 of an API request that proves no caller, refused and recorded as the
+    enforcement points refuse one (one by one up to the bound per source, then counted:
+    ``audit.anonymous_refusals_*``).
 
     Args:
         sidecar: The sidecar's shared parts.
-        scope: The ASGI scope of the refused request.
+        scope: The ASGI scope of the refused (POST) request.
         exc: Why the identity check failed (a refused caller header names its peer).
         route: The API path, as audited.
     """
-    request = Request(caller="", purpose="", categories=())
-    decision = denial(Reason.UNAUTHENTICATED, request, _policy_version(sidecar.guard))
-    http = HttpContext(method="POST", route=route, status=401)
     by = None if exc.asserted_by is None else "peer:" + exc.asserted_by
-    peer = peer_of(scope)
-    checked = await sidecar.guard.arecord_denial(request, decision, http, detail=by,
-                                                 source=peer or "-")
-    return problem_response(401, Reason.UNAUTHENTICATED, None, (), checked.decision_id or None)
+    outcome = await _refuse(sidecar.guard, 401, Reason.UNAUTHENTICATED,
+                            Request(caller="", purpose="", categories=()),
+                            http_context("POST", route), caller=None, detail=str(exc), by=by,
+                            source=peer_of(scope) or "-")
+    return problem_response(401, Reason.UNAUTHENTICATED, None, (), outcome.decision_id)
