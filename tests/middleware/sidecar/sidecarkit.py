@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from starlette.types import Receive, Send
 
 from bench._pg import free_port
 from guard.audit import wait_indexed
@@ -214,3 +215,10 @@ def serve_sidecar(settings: Settings) -> ServerThread:
     from middleware.sidecar import create_app
 
     return ServerThread(create_app(settings), free_port())
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Answer an ASGI ``lifespan`` scope as a plain app does: started, then shut down."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})

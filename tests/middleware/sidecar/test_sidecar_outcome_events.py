@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sidecarkit import ServerThread, audit_rows, policy_copy, sidecar_settings
+from sidecarkit import ServerThread, audit_rows, lifespan, policy_copy, sidecar_settings
 from starlette.types import Receive, Scope, Send
 
 from bench._pg import free_port
@@ -35,9 +35,7 @@ CONTENT = ("kind", "caller", "party_type", "country", "purpose", "categories", "
 
 async def upstream(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await lifespan(receive, send)
         return
     while (await receive()).get("more_body"):
         pass
