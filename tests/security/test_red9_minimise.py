@@ -12,6 +12,8 @@ that is no personal data.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,40 +45,42 @@ async def record(request: Request) -> JSONResponse:
     return JSONResponse(RECORD)
 
 
-def test_a_field_routes_csv_does_not_name_never_leaves_the_sidecar(
-    tmp_path: Path, keys: Any,
-) -> None:
+@contextlib.contextmanager
+def _sidecar(tmp_path: Path, keys: Any, routes: str) -> Iterator[str]:
+    """A sidecar with ``routes`` as its routes.csv in front of :func:`record`: its URL."""
     policy = policy_copy(tmp_path / "policy", POLICIES)
-    (policy / "routes.csv").write_text(ROUTES)
+    (policy / "routes.csv").write_text(routes)
     upstream_app = Starlette(routes=[Route("/customers/{customer_id}/record", record)])
     with ServerThread(upstream_app, free_port()) as upstream:
         settings_ = sidecar_settings(tmp_path, policy, keys.identity(), upstream=upstream.url)
         with serve_sidecar(settings_) as sidecar:
-            for caller, purpose in (("svc:crm", "relationship.management"),
-                                    ("proc:payments", "order.processing.payments")):
-                answer = httpx.get(sidecar.url + "/customers/c-1/record", timeout=10, headers={
-                    "authorization": f"Bearer {keys.mint(sub=caller)}", "x-purpose": purpose})
-                assert answer.status_code == 200, answer.text
-                for secret in SECRETS:  # before: each passed to every caller
-                    assert secret not in answer.text, (caller, secret)
-                assert set(answer.json()) <= {"name", "contact", "cards"}
+            yield sidecar.url
+
+
+def test_a_field_routes_csv_does_not_name_never_leaves_the_sidecar(
+    tmp_path: Path, keys: Any,
+) -> None:
+    with _sidecar(tmp_path, keys, ROUTES) as url:
+        for caller, purpose in (("svc:crm", "relationship.management"),
+                                ("proc:payments", "order.processing.payments")):
+            answer = httpx.get(url + "/customers/c-1/record", timeout=10, headers={
+                "authorization": f"Bearer {keys.mint(sub=caller)}", "x-purpose": purpose})
+            assert answer.status_code == 200, answer.text
+            for secret in SECRETS:  # before: each passed to every caller
+                assert secret not in answer.text, (caller, secret)
+            assert set(answer.json()) <= {"name", "contact", "cards"}
 
 
 def test_a_field_named_public_is_sent_to_every_caller_allowed_the_route(
     tmp_path: Path, keys: Any,
 ) -> None:
-    policy = policy_copy(tmp_path / "policy", POLICIES)
-    (policy / "routes.csv").write_text(PUBLIC)
-    upstream_app = Starlette(routes=[Route("/customers/{customer_id}/record", record)])
-    with ServerThread(upstream_app, free_port()) as upstream:
-        settings_ = sidecar_settings(tmp_path, policy, keys.identity(), upstream=upstream.url)
-        with serve_sidecar(settings_) as sidecar:
-            answer = httpx.get(sidecar.url + "/customers/c-1/record", timeout=10, headers={
-                "authorization": f"Bearer {keys.mint(sub='proc:payments')}",
-                "x-purpose": "order.processing.payments"})
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["customer_id"] == "c-1"
-            assert SECRETS[0] not in answer.text
+    with _sidecar(tmp_path, keys, PUBLIC) as url:
+        answer = httpx.get(url + "/customers/c-1/record", timeout=10, headers={
+            "authorization": f"Bearer {keys.mint(sub='proc:payments')}",
+            "x-purpose": "order.processing.payments"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["customer_id"] == "c-1"
+        assert SECRETS[0] not in answer.text
 
 
 def test_a_public_field_is_no_category_of_the_route() -> None:
