@@ -29,6 +29,7 @@ from sidecarkit import (
     ServerThread,
     audit_rows,
     free_port,
+    policy_copy,
     serve_sidecar,
     sidecar_settings,
     wait_for_port,
@@ -71,10 +72,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory, keys: Any
     if node is None:
         pytest.skip("Node.js is not installed")
     tmp = tmp_path_factory.mktemp("encoded")
-    policy = tmp / "policy"
-    policy.mkdir()
-    for name in ("model.conf", "rules.csv"):
-        (policy / name).write_bytes((POLICIES / name).read_bytes())
+    policy = policy_copy(tmp / "policy", POLICIES)
     (policy / "routes.csv").write_text(ROUTES)
     (tmp / "express.js").write_text(EXPRESS)
     port = free_port()
