@@ -112,6 +112,9 @@ class FieldPlan:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_names", frozenset(rule.name for rule in self.rules))
 
+    def __repr__(self) -> str:  # the fields, once each: a model holding itself is unrolled
+        return f"FieldPlan(categories={self.categories!r}, closed={self.closed})"
+
     @property
     def categories(self) -> tuple[str, ...]:
         """Every category the plan names, in field order, once each."""
@@ -119,26 +122,34 @@ class FieldPlan:
         self._collect(found)
         return tuple(found)
 
-    def _collect(self, found: dict[str, None]) -> None:
+    def _collect(self, found: dict[str, None], seen: set[int] | None = None) -> None:
+        seen = set() if seen is None else seen
         for rule in self.rules:
+            if id(rule) in seen:  # shared by several plans (a model holding itself, unrolled)
+                continue
+            seen.add(id(rule))
             if rule.category is not None:
                 found.setdefault(rule.category.key, None)
             if rule.inner is not None:
-                rule.inner._collect(found)
+                rule.inner._collect(found, seen)
 
     def paths(self) -> dict[str, str]:
-        """``{JSON path: category}`` for every categorised field (``a.b``, ``items[].c``)."""
+        """``{JSON path: category}`` for every categorised field (``a.b``, ``items[].c``);
+        a field of a model that holds itself under the first path reaching it."""
         out: dict[str, str] = {}
-        self._paths("", out)
+        self._paths("", out, set())
         return out
 
-    def _paths(self, prefix: str, out: dict[str, str]) -> None:
+    def _paths(self, prefix: str, out: dict[str, str], seen: set[int]) -> None:
         for rule in self.rules:
+            if id(rule) in seen:
+                continue
+            seen.add(id(rule))
             path = f"{prefix}{rule.name}"
             if rule.category is not None:
                 out[path] = rule.category.key
             if rule.inner is not None:
-                rule.inner._paths(path + ".", out)
+                rule.inner._paths(path + ".", out, seen)
 
     def minimise(self, body: Any, released: frozenset[str] | set[str]) -> Any:
         """``body`` with every field of a category not in ``released`` removed or masked.
@@ -261,8 +272,8 @@ def plan_for(model: Any, *, by_alias: bool = True) -> FieldPlan | None:
         by_alias: Whether the answer is serialised by alias (FastAPI's
             ``response_model_by_alias``, true by default).
     """
-    plan = _plan(model, {}, by_alias)
-    return plan if plan is not None and plan.rules else None
+    plan = _plan(model, {}, by_alias, ())
+    return plan if plan is not None and plan.categories else None
 
 
 def categories_of(model: Any) -> tuple[str, ...]:
@@ -271,45 +282,75 @@ def categories_of(model: Any) -> tuple[str, ...]:
     return plan.categories if plan is not None else ()
 
 
-def _plan(tp: Any, seen: dict[Any, FieldPlan | None], by_alias: bool) -> FieldPlan | None:
-    """The plan of a type (following Annotated, Optional/Union, lists, dict values)."""
+MAX_NESTING = 32
+"""How often a model may hold itself (directly or through other models) in a minimised
+answer; an object of it nested deeper is sent with no key (see :func:`_plan`)."""
+_NOTHING = FieldPlan((), closed=True)
+"""The plan of an object nested past :data:`MAX_NESTING`: every key removed."""
+
+Seen = dict[tuple[Any, int], "FieldPlan | None"]
+Stack = tuple[type, ...] | None
+
+
+def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None:
+    """The plan of a type (following Annotated, Optional/Union, lists, dict values).
+
+    A model that holds itself (``parent: Person | None``, ``orders[].customer``) is
+    planned again at each level it is held at, so the fields of a nested one are judged
+    as the outer one's are; past :data:`MAX_NESTING` levels an object of it that carries
+    categories loses every key. ``stack`` is the models being planned around ``tp``, or
+    None to plan each model once (a self-reference then is not followed): enough to tell
+    whether a model carries any category.
+    """
     tp = _strip(tp)[0]
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        return _merge([_plan(arg, seen, by_alias) for arg in get_args(tp)
+        return _merge([_plan(arg, seen, by_alias, stack) for arg in get_args(tp)
                        if arg is not type(None)])
     if origin is not None:
         args = get_args(tp)
         if origin in (list, tuple, set, frozenset) or _is_sequence(origin):
-            return _merge([_plan(arg, seen, by_alias) for arg in args if arg is not Ellipsis])
+            return _merge([_plan(arg, seen, by_alias, stack) for arg in args
+                           if arg is not Ellipsis])
         if origin is dict or _is_mapping(origin):
             # free-form keys: a categorised dict field is handled whole, but categorised
             # fields inside its values could be neither judged nor removed
-            inner = _plan(args[-1], seen, by_alias) if args else None
-            if inner is not None:
+            inner = _plan(args[-1], seen, by_alias, None) if args else None
+            if inner is not None and inner.categories:
                 raise PolicyError(f"the values of {tp} carry categories "
                                   f"({', '.join(inner.categories)}) under free-form keys, "
                                   "which cannot be minimised (hint: a list of models, or a "
                                   "Category on the dict field with none inside its values)")
         return None
+    if isinstance(tp, (str, typing.ForwardRef)):
+        raise PolicyError(f"the type {tp!r} is not resolved, so its categories cannot be told "
+                          "(hint: define it, then call model_rebuild() on the model naming it)")
     if not isinstance(tp, type):
         return None
-    if tp in seen:
-        return seen[tp]
-    seen[tp] = None  # a self-referencing model: the inner reference is not followed
+    if stack is None:
+        key, inner_stack = (tp, -1), None
+        if key in seen:
+            return seen[key]
+        seen[key] = None  # a self-referencing model: the inner reference is not followed
+    else:
+        depth = stack.count(tp)
+        if depth > MAX_NESTING:
+            return _NOTHING if _plan(tp, {}, by_alias, None) is not None else None
+        key, inner_stack = (tp, depth), (*stack, tp)
+        if key in seen:
+            return seen[key]
     if getattr(tp, "__pydantic_root_model__", False):  # serialised bare: its root's plan
-        plan = _root_plan(tp, seen, by_alias)
-        seen[tp] = plan
+        plan = _root_plan(tp, seen, by_alias, inner_stack)
+        seen[key] = plan
         return plan
-    rules = [rule for rule in _fields(tp, seen, by_alias) if rule.category is not None
-             or rule.inner is not None]
+    rules = [rule for rule in _fields(tp, seen, by_alias, inner_stack)
+             if rule.category is not None or rule.inner is not None]
     plan = FieldPlan(tuple(rules)) if rules else None
-    seen[tp] = plan
+    seen[key] = plan
     return plan
 
 
-def _root_plan(tp: type, seen: dict[Any, FieldPlan | None], by_alias: bool
-               ) -> FieldPlan | None:
+def _root_plan(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None:
     """The plan of a Pydantic ``RootModel``: its root's, which is what it serialises."""
     info = getattr(tp, "model_fields", {}).get("root")
     if info is None:
@@ -318,16 +359,17 @@ def _root_plan(tp: type, seen: dict[Any, FieldPlan | None], by_alias: bool
         raise PolicyError(f"{tp.__name__}: the root model's value carries a category, so "
                           "the whole answer is one field (hint: a model with the value "
                           "as a categorised field)")
-    return _plan(info.annotation, seen, by_alias)
+    return _plan(info.annotation, seen, by_alias, stack)
 
 
-def _fields(tp: type, seen: dict[Any, FieldPlan | None], by_alias: bool
-            ) -> Iterable[FieldRule]:
+def _fields(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> Iterable[FieldRule]:
     """The fields of a Pydantic model or a dataclass, each by the key it is sent under."""
     pydantic_fields = getattr(tp, "__pydantic_fields__", None)  # models and Pydantic dataclasses
     is_dataclass = dataclasses.is_dataclass(tp)
     if not isinstance(pydantic_fields, dict) and not is_dataclass:
         return
+    if isinstance(pydantic_fields, dict) and getattr(tp, "__pydantic_complete__", True) is False:
+        pydantic_fields = _rebuilt(tp)
     wire = _wire_names(tp) if by_alias else {}
     if isinstance(pydantic_fields, dict):
         for name, info in pydantic_fields.items():
@@ -335,19 +377,49 @@ def _fields(tp: type, seen: dict[Any, FieldPlan | None], by_alias: bool
             annotation = info.annotation
             inner_cat = _value_category(annotation)
             yield FieldRule(wire.get(name) or name, category or inner_cat,
-                            _named(tp, name, annotation, seen, by_alias))
+                            _named(tp, name, annotation, seen, by_alias, stack))
     else:
-        hints = typing.get_type_hints(tp, include_extras=True)
+        try:
+            hints = typing.get_type_hints(tp, include_extras=True)
+        except Exception as exc:  # a name not defined (yet): what the field holds is unknown
+            raise _unresolved(tp, exc) from None
         for f in dataclasses.fields(tp):
             annotation = hints.get(f.name, f.type)
             yield FieldRule(wire.get(f.name, f.name), _value_category(annotation),
-                            _named(tp, f.name, annotation, seen, by_alias))
+                            _named(tp, f.name, annotation, seen, by_alias, stack))
     decorators = getattr(tp, "__pydantic_decorators__", None)
     computed = getattr(decorators, "computed_fields", None)
     for name, decorator in (computed.items() if isinstance(computed, dict) else ()):
         returned = getattr(decorator.info, "return_type", None)  # serialised like a field
         yield FieldRule(wire.get(name) or name, _value_category(returned),
-                        _named(tp, name, returned, seen, by_alias))
+                        _named(tp, name, returned, seen, by_alias, stack))
+
+
+def _rebuilt(tp: type) -> dict[str, Any]:
+    """The fields of a model or Pydantic dataclass whose annotations name a type defined after
+    it (a forward reference Pydantic has not resolved yet), resolved now.
+
+    Raises:
+        PolicyError: The name is still not defined.
+    """
+    from pydantic import BaseModel
+    from pydantic.dataclasses import rebuild_dataclass
+
+    try:  # the model's own namespaces, never this module's
+        if issubclass(tp, BaseModel):
+            tp.model_rebuild(_types_namespace={})
+        else:
+            rebuild_dataclass(tp, _types_namespace={})  # type: ignore[arg-type]
+    except Exception as exc:
+        raise _unresolved(tp, exc) from None
+    fields: dict[str, Any] = getattr(tp, "__pydantic_fields__", {})
+    return fields
+
+
+def _unresolved(tp: type, exc: Exception) -> PolicyError:
+    return PolicyError(f"{tp.__name__}: a field's type names something not defined "
+                       f"({type(exc).__name__}), so its categories cannot be told (hint: "
+                       f"define the models it names, then call {tp.__name__}.model_rebuild())")
 
 
 def _wire_names(tp: type) -> dict[str, str]:
@@ -392,11 +464,11 @@ def _wire_names(tp: type) -> dict[str, str]:
     return wire
 
 
-def _named(tp: type, name: str, annotation: Any, seen: dict[Any, FieldPlan | None],
-           by_alias: bool) -> FieldPlan | None:
+def _named(tp: type, name: str, annotation: Any, seen: Seen, by_alias: bool,  # noqa: PLR0917
+           stack: Stack) -> FieldPlan | None:
     """The plan of field ``name`` of ``tp``; a refusal names the field."""
     try:
-        return _plan(annotation, seen, by_alias)
+        return _plan(annotation, seen, by_alias, stack)
     except PolicyError as exc:
         raise PolicyError(f"{tp.__name__}.{name}: {exc}") from None
 
@@ -443,8 +515,11 @@ def _category(metadata: Sequence[Any]) -> Category | None:
 
 def _merge(plans: list[FieldPlan | None]) -> FieldPlan | None:
     """One plan for a value that may be any of several types (a union, a tuple)."""
+    present = [plan for plan in plans if plan is not None]
+    if len(present) == 1:
+        return present[0]
     rules: dict[str, FieldRule] = {}
-    for plan in plans:
+    for plan in present:
         if plan is None:
             continue
         for rule in plan.rules:
