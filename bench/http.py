@@ -179,6 +179,13 @@ def server_options() -> argparse.ArgumentParser:
                         help="the servers' gc.set_threshold first value (default: Python's 700)")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="the servers call gc.freeze() after the warm-up")
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="the guarded app's middleware leaves the collector alone "
+                             "(sidecar.gc_freeze = false; by default it freezes the start-up "
+                             "heap when its start-up is complete)")
+    parser.add_argument("--plain", action="store_true",
+                        help="a --variant of the plain app, not of the guarded one (e.g. "
+                             "'pfreeze=--plain --gc-freeze': the ratio against a frozen plain)")
     parser.add_argument("--external-index", action="store_true",
                         help="the guarded server's audit journal is indexed by a child "
                              "`guard audit index` process (its CPU counted as the indexer's)")
@@ -323,6 +330,7 @@ def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
         begin.append(trace_on)
         end.insert(0, trace_off)
     settings, indexer = server_settings(workdir, label, kind, opts), None
+    settings.sidecar.gc_freeze = not opts.no_gc_freeze  # GuardMiddleware's freeze at start-up
     if opts.index_cpus and not opts.external_index:
         settings.audit.index_cpus = sorted(cpu_list(opts.index_cpus))
     if opts.external_index and kind != "plain" and kind != "noop" and not opts.no_index:
@@ -774,9 +782,10 @@ def main() -> None:
         label, _, extra = variant.partition("=")
         if not label or label in plan or not re.fullmatch(r"[\w.-]+", label):
             parser.error(f"--variant {variant!r}: give LABEL=OPTIONS with a new word as LABEL")
-        plan[label] = ("guarded", REPO, server_options().parse_args(
-            [*_to_args(base), *shlex.split(extra)]))
-        LABELS.setdefault(label, f"guarded, {extra}")
+        opts = server_options().parse_args([*_to_args(base), *shlex.split(extra)])
+        plan[label] = ("plain" if opts.plain else "guarded", REPO, opts)
+        LABELS.setdefault(label, f"{'plain' if opts.plain else 'guarded'}, "
+                                 + extra.replace("--plain", "").strip())
     kinds = tuple(plan)
     guarded = tuple(label for label, (kind, _, _) in plan.items() if kind not in KINDS[:2])
     servers = {label: start(kind, workdir, opts, tree, label)
@@ -866,6 +875,8 @@ def main() -> None:
     print(f"servers: uvicorn, 1 worker each; gc threshold "
           f"{args.gc_threshold or 'Python default (700)'}"
           f"{'; gc.freeze() after the warm-up' if args.gc_freeze else ''}"
+          f"; guarded: start-up heap frozen by the middleware"
+          f"{' (off: --no-gc-freeze)' if args.no_gc_freeze else ''}"
           f"{'; guarded: index in a child `guard audit index`' if args.external_index else ''}"
           f"{f'; switch interval {args.switch_interval:g} s' if args.switch_interval else ''}")
     if args.baseline is not None:
@@ -889,6 +900,7 @@ def main() -> None:
           " the event loop, the audit journal writer, the indexer, any other)")
     print("p99 at one connection per round (ms): " + "; ".join(
         f"{kind} " + " ".join(f"{r.p99_ms:.2f}" for r in results[kind]["lat"]) for kind in kinds))
+    _print_rounds(results, kinds, width, args.latency_only)
     print(f"disk floor (audit folder): append 300 B + fdatasync p50 {floor[0]:.3f} ms, "
           f"p99 {floor[1]:.3f} ms")
     print("cyclic collector in the servers (sums over the rounds): collections per 10,000 "
@@ -932,7 +944,12 @@ def main() -> None:
           f"p50 added (c=1) {noop['p50_1'] - plain['p50_1']:.2f} ms")
     for kind in guarded:
         row = rows[kind]
-        print(f"{LABELS[kind]}: throughput {row['rps'] / (plain['rps'] or 1):.1%} of plain "
+        frozen = [label for label, (k, _, opts) in plan.items() if k == "plain" and opts.gc_freeze]
+        of_frozen = "".join(f" ({row['rps'] / (rows[label]['rps'] or 1):.1%} of {LABELS[label]}; "
+                            f"CPU {row['cpu'] - rows[label]['cpu']:.0f} us over it)"
+                            for label in frozen)
+        print(f"{LABELS[kind]}: throughput {row['rps'] / (plain['rps'] or 1):.1%} of plain"
+              f"{of_frozen} "
               f"(target >= 85%); guard CPU {row['cpu'] - plain['cpu']:.0f} us/request "
               f"(guarded minus plain; target <= 30): loop {row['loop'] - plain['loop']:.0f}, "
               f"writer {row['writer']:.0f}, indexer {row['indexer']:.0f}, "
@@ -951,6 +968,25 @@ def main() -> None:
         _print_steps(steps)
     if any(row["errors"] for row in rows.values()):
         print("WARNING: some requests failed; the figures are not valid")
+
+
+def _print_rounds(results: dict[str, dict[str, list[Run]]], kinds: tuple[str, ...], width: int,
+                  latency_only: bool) -> None:
+    """Each round apart: what the medians hide (a full collection lands in some rounds only)."""
+    print("per round: req/s (of plain in the same round) and full collections (ms) at "
+          "throughput; p50 / p99 ms and full collections at one connection")
+    rounds = len(results["plain"]["lat"])
+    for round_no in range(rounds):
+        plain = results["plain"]["tput"][round_no].rps if not latency_only else 0.0
+        for kind in kinds:
+            lat = results[kind]["lat"][round_no]
+            line = f"  {round_no + 1} {LABELS[kind]:<{width}} "
+            if not latency_only:
+                tput = results[kind]["tput"][round_no]
+                line += (f"{tput.rps:>7.0f} ({tput.rps / (plain or 1):>6.1%}) full "
+                         f"{_fulls([tput]):<22} ")
+            line += f"c=1 {lat.p50_ms:.2f} / {lat.p99_ms:>6.2f} full {_fulls([lat])}"
+            print(line)
 
 
 def _per_10k(runs: list[Run]) -> str:
