@@ -196,6 +196,7 @@ def create_app(
     guard: Any = None,
     enforce: bool = True,
     authenticator: Authenticator | None = None,
+    gc_freeze: bool | None = None,
 ) -> FastAPI:
     """The example service.
 
@@ -206,6 +207,8 @@ def create_app(
             shutdown) when None.
         enforce: False serves the same app without the guard (benchmark baseline).
         authenticator: Who is calling; built from ``settings.identity`` when None.
+        gc_freeze: The middleware's: freeze the start-up heap once the app has started
+            (None: ``sidecar.gc_freeze``, on by default; False leaves the collector alone).
     """
     settings = settings if settings is not None else load_settings()
     owned = None
@@ -245,8 +248,10 @@ def create_app(
     withheld_optional(app.openapi())  # a field that may be left out is not required
     if enforce:
         # Routes come from the @guarded declarations above (routes.csv is for the sidecar).
+        # Once the start-up is complete, the middleware freezes the start-up heap out of
+        # the cyclic collector (docs/middleware.md, "The cyclic collector").
         app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
-                           routes=RouteTable(()), authenticator=auth)
+                           routes=RouteTable(()), authenticator=auth, gc_freeze=gc_freeze)
     return app
 
 
@@ -365,6 +370,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--print-only", action="store_true",
                         help="print the requests and exit without serving")
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="leave the cyclic collector alone (the guard freezes the "
+                             "start-up heap by default)")
     args = parser.parse_args(argv)
     try:
         _serve(args)
@@ -413,7 +421,8 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     # The guard never needs the client address; never let X-Forwarded-For rewrite it.
-    uvicorn.run(create_app(settings, authenticator=auth), host=args.host, port=args.port,
+    app = create_app(settings, authenticator=auth, gc_freeze=False if args.no_gc_freeze else None)
+    uvicorn.run(app, host=args.host, port=args.port,
                 log_level="info", proxy_headers=False)
 
 

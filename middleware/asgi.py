@@ -13,7 +13,13 @@ An allowed ``write`` is durable before the handler runs, and its final status
 is queued as an ``outcome`` event when the app is done.
 The route judged is the endpoint the app's own router will call (see
 ``middleware._router``); an app without a Starlette router is matched against
-routes.csv. Lifespan and other scope types pass straight through.
+routes.csv. A scope of another type than these and ``lifespan`` is refused.
+
+The lifespan passes through; when the app reports its start-up complete, the
+middleware resolves the app's declarations and freezes the start-up heap out of
+the cyclic collector once per process (``middleware.collector``; ``gc_freeze``),
+before the server hears of it. With no lifespan (uvicorn ``--lifespan off``) both
+happen at the first request.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from middleware._plan import Planner
 from middleware._record import Record
 from middleware._router import AppRoutes, Resolved, find_router
 from middleware._span import CONTEXT, INVALID_SPAN, SPAN_KEY, current_span
+from middleware.collector import freeze_once
 from middleware.identity import Authenticator
 from middleware.problem import problem_response
 from middleware.routes import RouteRule, RouteTable
@@ -75,6 +82,10 @@ class GuardMiddleware:
         purpose_header: The header that declares the purpose.
         max_minimised_body: The largest response body of a ``minimise`` route, in
             bytes (it is buffered and filtered); a larger one is refused.
+        gc_freeze: Freeze the start-up heap out of the cyclic collector when the app's
+            start-up is complete (``gc.collect()``, then ``gc.freeze()``, once per
+            process; a heap frozen already is left as it is); None reads
+            ``sidecar.gc_freeze`` (on by default), False leaves the collector alone.
     """
 
     def __init__(
@@ -88,6 +99,7 @@ class GuardMiddleware:
         public_paths: Sequence[str] = ("/healthz", "/readyz"),
         purpose_header: str | None = None,
         max_minimised_body: int = DEFAULT_MAX_BODY,
+        gc_freeze: bool | None = None,
     ) -> None:
         self.app = app
         settings = settings if settings is not None else load_settings()
@@ -106,6 +118,7 @@ class GuardMiddleware:
         self._base = routes.extended(public)
         self._app_routes: AppRoutes | None = None
         self._resolved = False
+        self._freeze = settings.sidecar.gc_freeze if gc_freeze is None else gc_freeze
         self.purpose_header = (purpose_header or settings.identity.purpose_header).lower()
         self._wanted = frozenset(
             h.encode("latin-1")
@@ -132,8 +145,9 @@ class GuardMiddleware:
         None when the app has no Starlette router (routes.csv is matched instead).
         The walk of the app's routes and declarations is made once, at first use.
         """
-        if not self._resolved:
+        if not self._resolved:  # no lifespan start-up resolved it: the first request's turn
             self._walk_app()
+            self._freeze_heap()
         app_routes = self._app_routes
         return app_routes.resolve(scope) if app_routes is not None else None
 
@@ -144,6 +158,15 @@ class GuardMiddleware:
             self._app_routes = AppRoutes(router, self._table, self._public_paths)
         self._planner.routes = self._app_routes
         self._resolved = True
+
+    def _freeze_heap(self) -> None:
+        """Freeze the start-up heap, the first time only (``gc_freeze``)."""
+        if self._freeze:
+            self._freeze = False
+            frozen = freeze_once()
+            if frozen is not None:
+                _log.info("start-up heap frozen: %d objects the collector no longer walks",
+                          frozen)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -257,7 +280,9 @@ class GuardMiddleware:
         """Pass the lifespan through; close the guard this middleware opened, at the end.
 
         Once the app has started, its ``guarded()`` declarations are resolved, so a
-        declaration that disagrees with its response model stops the start-up.
+        declaration that disagrees with its response model stops the start-up; then
+        the start-up heap, the app's own included, is frozen (``gc_freeze``) before
+        the server is told. A failed start-up freezes nothing.
         """
 
         failed: list[PolicyError] = []
@@ -265,15 +290,17 @@ class GuardMiddleware:
         async def started(message: Message) -> None:
             if failed:  # the framework's own report of the failure: already sent
                 return
-            if message["type"] == "lifespan.startup.complete" and not self._resolved:
-                try:
-                    self._walk_app()
-                except PolicyError as exc:
-                    failed.append(exc)
-                    _log.error("route declarations: %s", exc)
-                    await send({"type": "lifespan.startup.failed",
-                                "message": f"route declarations: {exc}"})
-                    raise
+            if message["type"] == "lifespan.startup.complete":
+                if not self._resolved:
+                    try:
+                        self._walk_app()
+                    except PolicyError as exc:
+                        failed.append(exc)
+                        _log.error("route declarations: %s", exc)
+                        await send({"type": "lifespan.startup.failed",
+                                    "message": f"route declarations: {exc}"})
+                        raise
+                self._freeze_heap()
             await send(message)
 
         try:

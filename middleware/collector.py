@@ -1,10 +1,15 @@
-"""An explicit, process-wide setting of Python's cyclic collector for a guarded service.
+"""The start-up heap frozen out of Python's cyclic collector, and an explicit setting of it.
 
-The middleware never changes the collector: the collector's settings belong to the
-whole process. A service that wants the measured gain (docs/performance.md,
-"HTTP middleware") calls :func:`tune_collector` once, at the end of its start-up.
-The sidecar's process is the guard's own: it freezes its start-up heap
-(:func:`freeze_startup_heap`) unless ``sidecar.gc_freeze`` is off.
+A guarded service holds each read's objects while its decision is committed, so
+under concurrent requests they are promoted and feed full collections, which walk
+the whole heap with the interpreter lock held (37-68 ms on the example service,
+every request in flight waiting). ``GuardMiddleware`` therefore freezes the
+start-up heap once, when the app's lifespan start-up is complete
+(:func:`freeze_once`), unless ``gc_freeze=False`` or ``sidecar.gc_freeze`` is off;
+the sidecar does the same in its own process. A full collection then walks only
+what came after start-up. :func:`tune_collector` is the explicit form, with an
+optional threshold. Nothing is frozen twice: a process whose heap is frozen
+already (by another guarded app, the sidecar or the service itself) is left as it is.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 
-__all__ = ["freeze_startup_heap", "tune_collector"]
+__all__ = ["freeze_once", "freeze_startup_heap", "tune_collector"]
 
 _log = logging.getLogger("guard.middleware")
 
@@ -29,9 +34,10 @@ def tune_collector(*, threshold: int | None = None, freeze: bool = True
     made later lives longer than it would. A first threshold above Python's 700
     (e.g. 20,000) also takes the young collections away, at the cost of letting
     reference cycles live up to that many allocations longer; it measured no
-    better than the freeze alone (docs/performance.md, "HTTP middleware"). Call it
-    once, when the service has started (e.g. in its lifespan's start-up), never
-    from a library.
+    better than the freeze alone (docs/performance.md, "HTTP middleware").
+    ``GuardMiddleware`` already freezes when the app's start-up is complete; call this
+    for the threshold, or where that freeze is off, once, when the service has
+    started (e.g. in its lifespan's start-up), never from a library.
 
     Args:
         threshold: The first generation's threshold; None leaves it as it is
@@ -70,3 +76,16 @@ def freeze_startup_heap() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def freeze_once() -> int | None:
+    """:func:`freeze_startup_heap`, unless this process's heap is frozen already.
+
+    Returns:
+        How many objects are frozen now; None when some were already (another guarded
+        app in this process, the sidecar, or the service's own ``gc.freeze()``): then
+        nothing is collected or frozen.
+    """
+    if gc.get_freeze_count():
+        return None
+    return freeze_startup_heap()

@@ -1,4 +1,5 @@
-"""The cyclic collector: the middleware leaves it alone; ``tune_collector`` is the opt-in."""
+"""The cyclic collector: the middleware's freeze is its only change; ``tune_collector`` and
+``freeze_once`` (the freeze itself: ``test_asgi_freeze.py``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tokenkit import Keys, guard_settings
 
 from guard._guard import Guard
 from middleware import GuardMiddleware, RouteTable, guarded
-from middleware.collector import tune_collector
+from middleware.collector import freeze_once, tune_collector
 
 
 @pytest.fixture
@@ -30,10 +31,11 @@ def collector() -> Iterator[None]:
     gc.set_threshold(*before)
 
 
-def test_the_middleware_does_not_change_the_collector(
+def test_the_middleware_told_not_to_freeze_does_not_change_the_collector(
     keys: Keys, tmp_path: Path, collector: None
 ) -> None:
-    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    gc.unfreeze()
+    thresholds = gc.get_threshold()
 
     @guarded(categories=["contact"], action="read", subject="customer_id")
     async def read(request: Request) -> PlainTextResponse:
@@ -43,7 +45,7 @@ def test_the_middleware_does_not_change_the_collector(
     app = Starlette(routes=[Route("/customers/{customer_id}", read)])
     with Guard.from_settings(settings) as guard:
         app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
-                           routes=RouteTable(()))
+                           routes=RouteTable(()), gc_freeze=False)
 
         async def get() -> httpx.Response:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -54,7 +56,20 @@ def test_the_middleware_does_not_change_the_collector(
 
         response = asyncio.run(get())
     assert response.status_code == 200
-    assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, 0)
+
+
+def test_freeze_once_freezes_an_unfrozen_heap_only(collector: None) -> None:
+    gc.unfreeze()
+    thresholds = gc.get_threshold()
+    frozen = freeze_once()
+    assert frozen is not None
+    assert frozen == gc.get_freeze_count() > 0
+    made = [_Node([]) for _ in range(100)]  # tracked, made after the freeze
+    assert freeze_once() is None  # frozen already: left as it is
+    assert gc.get_freeze_count() == frozen
+    assert gc.get_threshold() == thresholds
+    assert len(made) == 100
 
 
 def test_tune_collector_freezes_and_leaves_the_threshold_by_default(collector: None) -> None:
