@@ -14,7 +14,9 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
 - ``no-ts`` / ``no-subject`` / ``no-decision-ref`` / ``no-policy``: SQLite without that
   index of ``audit_event`` (what each B-tree costs; not a proposal; ``no-subject``: without
   SQLite's FTS5 subject index of schema 6, or PostgreSQL's B-tree), ``no-summary``:
-  without the ``audit_hour`` upsert; ``old-subject``: the
+  without the ``audit_hour`` upsert, ``summary-sql``: the summary counted by SQL from the
+  rows inserted (as the store does for a batch some of whose events were stored before);
+  ``old-subject``: the
   ``(subject, ts)`` index of schema 5 (SQLite's until schema 6, PostgreSQL's still)
   rebuilt in place of the store's subject index (the same run; PostgreSQL too, as
   ``no-subject`` and ``hour-first``, through ``index_records``); ``hour-first``: the subject
@@ -68,8 +70,9 @@ import statistics
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +80,12 @@ from _pg import fdatasync_floor, fresh_database, pg_server
 
 from guard.audit import EventKind, load_signing_key, open_store
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import ChainKey, decode_many
+from guard.audit._fields import ChainKey, decode_many, rows_of
 from guard.audit._journal import Journal, JournalReader
 from guard.audit._jwriter import JournalWriter
 from guard.audit._schema import ADD_SUBJECTS, INSERT_EVENT, SUBJECT_TOKEN
 from guard.audit._store import Store
+from guard.audit._summary import count_hours
 
 KEY = b"b" * 32
 FIELDS = {"caller": "svc:crm", "party_type": "internal", "country": "GB",
@@ -131,6 +135,12 @@ _TS, _SUBJECT = FIELD_NAMES.index("ts"), FIELD_NAMES.index("subject")
 
 def _subject_key(row: tuple[Any, ...]) -> tuple[str, str]:
     return (row[_TS][:13], row[_SUBJECT] or "")
+
+
+def _hours(values: list[Any]) -> Counter[tuple[Any, ...]]:
+    hours: Counter[tuple[Any, ...]] = Counter()
+    count_hours(hours, values)
+    return hours
 
 
 def split_records(records: list[bytes]) -> tuple[bytes, list[Any]]:
@@ -207,7 +217,8 @@ class SqliteProbe:
         else:
             rows, checkpoints = timed(steps, "decode", lambda: decode_many(records))
         if self.variant == "sorted":  # by the subject index's key: its entries in order
-            rows = timed(steps, "decode", lambda: sorted(rows, key=_subject_key))
+            rows = timed(steps, "decode", lambda: list(chain.from_iterable(
+                sorted(rows_of(rows), key=_subject_key))))
         timed(steps, "begin", lambda: conn.execute("BEGIN IMMEDIATE"))
         before = timed(steps, "begin", lambda: conn.execute(
             "SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0])
@@ -217,8 +228,11 @@ class SqliteProbe:
             timed(steps, "insert", lambda: s.insert_rows(conn, rows, self.insert))
         if self.fts is not None:
             timed(steps, "fts", lambda: conn.execute(self.fts, (before, 1 << 62)))
-        if self.variant != "no-summary":
+        if self.variant == "summary-sql":  # counted by SQL from the rows inserted
             timed(steps, "summary", lambda: conn.execute(s._ADD_HOURS, (before,)))
+        elif self.variant != "no-summary":  # counted from the records, as the store does
+            timed(steps, "summary",
+                  lambda: conn.executemany(s.ADD_COUNTED, s.counted(_hours(rows))))
         if checkpoints:
             timed(steps, "checkpoints", lambda: conn.executemany(
                 s.INSERT_CHECKPOINT, [s.checkpoint_row(c) for c in checkpoints]))

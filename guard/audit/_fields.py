@@ -284,35 +284,44 @@ def checkpoint_record(cp: Checkpoint) -> bytes:
     return b'{"checkpoint":' + orjson.dumps(list(checkpoint_row(cp))) + b"}"
 
 
-def _record(value: Any) -> Row | Checkpoint:
-    if type(value) is list:
-        return tuple(value)
+def decode_many(payloads: Sequence[bytes]) -> tuple[list[Any], list[Checkpoint]]:
+    """Journal records back to their events' column values and their checkpoints.
+
+    The values are one flat list, ``len(FIELD_NAMES)`` an event in record order
+    (:func:`rows_of` cuts it into rows): the events' records are parsed as one
+    JSON array with their own brackets taken off, so no list is made per event.
+
+    Raises:
+        ValueError: a record is not a journal record: not JSON, not an array of values
+            or a checkpoint, or the batch's events not ``len(FIELD_NAMES)`` values each
+            (counted over the batch: verify reads a journal a record at a time).
+    """
+    events = [p[1:-1] for p in payloads if p[:1] == b"[" and p[-1:] == b"]"]
+    checkpoints = [] if len(events) == len(payloads) else [
+        _checkpoint(p) for p in payloads if p[:1] != b"[" or p[-1:] != b"]"]
+    try:
+        values = orjson.loads(b"[" + b",".join(events) + b"]")
+    except orjson.JSONDecodeError:
+        values = None
+    if values is None or len(values) != _WIDTH * len(events):
+        raise ValueError(f"not an audit journal record: {len(events)} event(s) are not "
+                         f"{_WIDTH} values each")
+    return values, checkpoints
+
+
+def _checkpoint(payload: bytes) -> Checkpoint:
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        value = None
     if type(value) is dict and type(value.get("checkpoint")) is list:
         return row_checkpoint(value["checkpoint"])
     raise ValueError("not an audit journal record")
 
 
-def decode_many(payloads: Sequence[bytes]) -> tuple[list[Row], list[Checkpoint]]:
-    """Journal records back to event rows and checkpoints, parsed as one JSON array.
+_WIDTH = len(FIELD_NAMES)
 
-    Parses record by record when the array does not parse into exactly one value
-    per record (so the bad record raises).
 
-    Raises:
-        ValueError: a record is not a journal record.
-    """
-    try:
-        values = orjson.loads(b"[" + b",".join(payloads) + b"]")
-    except orjson.JSONDecodeError:
-        values = None
-    if values is None or len(values) != len(payloads):
-        values = [orjson.loads(payload) for payload in payloads]
-    rows: list[Row] = []
-    checkpoints: list[Checkpoint] = []
-    for value in values:
-        got = _record(value)
-        if isinstance(got, Checkpoint):
-            checkpoints.append(got)
-        else:
-            rows.append(got)
-    return rows, checkpoints
+def rows_of(values: Sequence[Any]) -> list[Row]:
+    """:func:`decode_many`'s values as one row per event."""
+    return [tuple(values[at:at + _WIDTH]) for at in range(0, len(values), _WIDTH)]

@@ -71,13 +71,11 @@ def _records(lane: Path, damage: list[str]) -> Iterator[tuple[int, Row | Checkpo
             damage.append(f"{lane.name}: records {expected} to {offset - 1} are missing")
         expected = offset + 1
         try:
-            rows, checkpoints = decode_many([payload])
+            values, checkpoints = decode_many([payload])
         except (ValueError, TypeError, IndexError):  # not JSON, or a checkpoint's columns
-            rows, checkpoints = [()], []
-        if checkpoints or len(rows[0]) == len(FIELD_NAMES):
-            yield offset, (checkpoints or rows)[0]
-        else:
             damage.append(f"{lane.name} offset {offset}: not an audit record")
+        else:
+            yield offset, checkpoints[0] if checkpoints else tuple(values)
     if not records:
         expected = 0
     if expected is not None and expected < published:  # after a bad frame: named above

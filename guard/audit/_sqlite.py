@@ -7,14 +7,13 @@ import functools
 import os
 import sqlite3
 import threading
-import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from guard._errors import AuditUnavailableError
-from guard.audit._checkpoint import Checkpoint
+from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._schema import (
     ADD_SUBJECTS,
@@ -22,14 +21,14 @@ from guard.audit._schema import (
     INSERT_EVENT,
     SAVE_OFFSET,
     SCHEMA_VERSION,
-    Row,
     checkpoint_row,
     migrate,
 )
 from guard.audit._store import AuditStoreError
-from guard.audit._summary import add_hours
+from guard.audit._summary import ADD_COUNTED, add_hours, count_hours, counted
 
 _SIZES = (1024, 256, 64, 16, 4, 1)  # 27 columns x 1024 stays under SQLite's 32766 variables
+_WIDTH = len(FIELD_NAMES)
 _HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
 _ONE_ROW, _CONFLICT = _TAIL.split(" ON CONFLICT ", 1)
 _ADD_HOURS = add_hours("audit_event e", "e.rowid > ? AND ")
@@ -47,43 +46,64 @@ def _insert_many(count: int) -> str:
     return f"{_HEAD} VALUES {', '.join([_ONE_ROW] * count)} ON CONFLICT {_CONFLICT}"
 
 
-def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row],
+def insert_rows(conn: sqlite3.Connection, values: Sequence[Any],
                 statement: Callable[[int], str] = _insert_many) -> int:
-    """Insert event rows in statements of :data:`_SIZES` rows, largest first.
+    """Insert events (:func:`decode_many`'s values) in statements of :data:`_SIZES` rows,
+    largest first.
 
     A few sizes, so each statement is compiled once per connection (one of 500 rows
     takes SQLite about 1.3 M instructions to prepare) rather than once per batch size.
 
     Args:
         conn: The write connection, in a transaction.
-        rows: The rows.
+        values: The events' column values, one flat list.
         statement: The INSERT of ``count`` rows.
 
     Returns:
         How many rows were stored (a row already stored is not).
     """
     start = stored = 0
+    count = len(values) // _WIDTH
     for size in _SIZES:
-        while len(rows) - start >= size:
+        while count - start >= size:
             stored += conn.execute(statement(size),
-                                   list(chain.from_iterable(rows[start:start + size]))).rowcount
+                                   values[start * _WIDTH:(start + size) * _WIDTH]).rowcount
             start += size
     return stored
 
 
-def _insert(conn: sqlite3.Connection, rows: Sequence[Row], checkpoints: Sequence[Checkpoint],
-            offset: tuple[str, int]) -> None:
-    """Insert event rows (:func:`insert_rows`) and checkpoints, add the rows inserted to the
-    subject index and their decisions to the hourly summary, and save the journal offset
-    (in the caller's transaction).
+def _insert(conn: sqlite3.Connection, records: Sequence[bytes], offset: tuple[str, int]) -> None:
+    """Decode and insert records (:func:`insert_rows`) a chunk at a time, add the rows inserted
+    to the subject index and their decisions to the hourly summary, and save the journal
+    offset (in the caller's transaction).
 
-    The rows inserted are those after the table's largest ``rowid`` before: a row
-    already stored (``ON CONFLICT DO NOTHING``) gets none.
+    A chunk's rows are inserted before the next is decoded, so few are alive at a time
+    (decoded whole, 5,000 records took 6 % more instructions a record), and each chunk's
+    INSERT gives up the interpreter lock while SQLite runs it: a journal writer in the
+    same process (a test's, a bench's) returns from its ``fdatasync`` wanting it. The
+    rows inserted are those after the table's largest ``rowid`` before: a row already
+    stored (``ON CONFLICT DO NOTHING``) gets none, and its batch's decisions are then
+    counted in SQL from the rows inserted, not from the records.
     """
-    if rows:
-        before = conn.execute("SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0]
-        if insert_rows(conn, rows):
-            conn.execute(ADD_SUBJECTS, (before, _LAST_ROWID))
+    before = conn.execute("SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0]
+    events = stored = 0
+    hours: Counter[tuple[Any, ...]] | None = Counter()
+    checkpoints = []
+    for start in range(0, len(records), _SIZES[0]):
+        values, found = decode_many(records[start:start + _SIZES[0]])
+        checkpoints += found
+        events += len(values) // _WIDTH
+        stored += insert_rows(conn, values)
+        if hours is not None:
+            try:
+                count_hours(hours, values)
+            except TypeError:  # a ts that is not text (a forged record's): counted in SQL
+                hours = None
+    if stored:
+        conn.execute(ADD_SUBJECTS, (before, _LAST_ROWID))
+        if hours is not None and stored == events:
+            conn.executemany(ADD_COUNTED, counted(hours))
+        else:
             conn.execute(_ADD_HOURS, (before,))
     if checkpoints:
         conn.executemany(INSERT_CHECKPOINT, [checkpoint_row(c) for c in checkpoints])
@@ -153,31 +173,18 @@ class SqliteStore:
             raise
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
-        """Add journal records (decoded here) and save the offset, in one transaction.
+        """Add journal records (decoded here, :func:`_insert`) and save the offset, in one
+        transaction.
 
-        Between chunks of 1,000 records the thread gives up the interpreter lock:
-        a journal writer in the same process (a test's, a bench's) returns from its
-        ``fdatasync`` wanting it. Read and decoded in one piece, a batch of 5,000
-        cost 0.6 to 2.2 µs of CPU a record more, with as many instructions
-        (docs/performance.md, the audit package's size).
         (Building the rows in SQLite from the records' JSON, ``json_each``, costs
         twice the CPU of decoding them here: ``bench/index_cost.py``.)
 
         Raises:
             ValueError: a record is not a journal record (nothing is added).
         """
-        rows: list[Row] = []
-        checkpoints: list[Checkpoint] = []
-        for start in range(0, len(records), 1000):
-            if start:
-                time.sleep(0)
-            chunk_rows, chunk_checkpoints = decode_many(records[start:start + 1000])
-            rows += chunk_rows
-            checkpoints += chunk_checkpoints
         with self._lock:
             try:
-                self._transaction(lambda conn: _insert(conn, rows, checkpoints,
-                                                       (journal, next_offset)))
+                self._transaction(lambda conn: _insert(conn, records, (journal, next_offset)))
             except sqlite3.Error as exc:
                 raise AuditUnavailableError(
                     f"audit store {self.path} refused the index write: {exc}"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from guard.audit import EventKind
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import ChainKey, Linker, Pseudonyms, content, decode_many
+from guard.audit._fields import ChainKey, Linker, Pseudonyms, content, decode_many, rows_of
 from guard.audit._journal import open_lane, read_journal
 from guard.audit._jwriter import JournalWriter
 from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY
@@ -102,7 +102,7 @@ def test_a_linked_record_is_byte_for_byte_the_standard_librarys(
         return
     hash_, record = linker.link(head, seq, prev)
     assert (hash_, record) == reference(head, writer, seq, prev, key)
-    assert decode_many([record]) == ([(*head, writer, seq, prev, hash_)], [])
+    assert decode_many([record]) == ([*head, writer, seq, prev, hash_], [])
 
 
 def test_an_event_the_journal_could_not_give_back_is_refused_alone(tmp_path: Path) -> None:
@@ -124,8 +124,8 @@ def test_an_event_the_journal_could_not_give_back_is_refused_alone(tmp_path: Pat
     assert got[3] is not None
     assert got[4:7] == [None, None, None]  # fit orjson's 64 bits, but no store's signed 64
     assert got[7] is not None
-    events, _checkpoints = decode_many(
-        [record for _, record in read_journal(journal.folder)])  # type: ignore[misc]
+    events = rows_of(decode_many(
+        [record for _, record in read_journal(journal.folder)])[0])  # type: ignore[misc]
     assert [(row[0], row[3]) for row in events] == [(got[0], "a"), (got[3], "é\x7f"),
                                                     (got[7], "")]
     assert events[2][20] == 2**63 - 1

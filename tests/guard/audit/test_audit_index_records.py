@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from guard._errors import AuditUnavailableError
 from guard.audit import Store, open_store
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import checkpoint_record, compact, decode_many
+from guard.audit._fields import checkpoint_record, compact, decode_many, rows_of
 from guard.audit._schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,
@@ -115,7 +115,8 @@ def outcome(store: Store, url: str, call: Any) -> list[list[tuple[Any, ...]]] | 
 
 def reference(url: str, records: list[bytes], offset: int) -> None:
     """Store ``records`` the plain way, in one transaction (a driver error: ValueError)."""
-    rows, marks = decode_many(records)
+    values, marks = decode_many(records)
+    rows = rows_of(values)
     statements = [(INSERT_EVENT, row) for row in rows] + [
         (INSERT_CHECKPOINT, checkpoint_row(mark)) for mark in marks] + [
         (BACKFILL, ()), (SAVE_OFFSET, ("journal-t", offset))]

@@ -194,22 +194,26 @@ def test_a_cached_text_tuple_is_not_given_to_an_equal_tuple_of_other_types() -> 
 
 def test_decode_many_equals_decode_one_by_one(keys: Keys) -> None:
     from guard.audit._checkpoint import CheckpointKind, Terms, sign_checkpoint
-    from guard.audit._fields import checkpoint_record
+    from guard.audit._event import FIELD_NAMES
+    from guard.audit._fields import checkpoint_record, rows_of
 
-    row: Row = ("id", "decision", "2026-01-01T00:00:00.000000Z", "é\u2028", None, 1, 2.5)
+    row: Row = ("id", "decision", "2026-01-01T00:00:00.000000Z", "é\u2028", None, 1, 2.5,
+                "],[", *range(len(FIELD_NAMES) - 8))
     cp = sign_checkpoint(load_signing_key(keys.signing), checkpoint_id="c", writer_id="w",
                          seq=1, hash_="h", ts="2026-01-01T00:00:00.000000Z",
                          kind=CheckpointKind.OPEN, terms=Terms(3, 1000, 60.0))
     payloads = [compact(row), checkpoint_record(cp), orjson.dumps(list(row))]
-    rows, checkpoints = decode_many(payloads)
+    values, checkpoints = decode_many(payloads)
     one = [decode_many([p]) for p in payloads]
-    assert rows == [r for got, _ in one for r in got]
+    assert rows_of(values) == [tuple(got) for got, _ in one if got] == [row, row]
     assert checkpoints == [c for _, got in one for c in got]
     assert all(isinstance(c, Checkpoint) for c in checkpoints)
     with pytest.raises(ValueError, match="not an audit journal record"):
         decode_many([compact(row), b'{"other": 1}'])
-    with pytest.raises(ValueError):
-        decode_many([compact(row), b"[1],[2"])  # not one value per record
+    for bad in (b"[1],[2", b"[]", compact(row[:-1]), compact(row)[:-1] + b"x",
+                compact(row)[:-1] + b',"more"]'):  # not one record of one event's values
+        with pytest.raises(ValueError):
+            decode_many([compact(row), bad])
 
 
 # -- threads waiting on their batch ------------------------------------------------------------
