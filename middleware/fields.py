@@ -97,12 +97,18 @@ class FieldPlan:
     """Which keys of a JSON object (and of the objects inside it) carry which category.
 
     A plan applies to an object, or to each item of a list of objects. A ``closed``
-    plan (routes.csv's: nothing declares the upstream's answer) also removes every key
-    it does not name, so a field the operator did not list never leaves unjudged.
+    plan also removes every key it does not name, so a field nobody declared never
+    leaves unjudged: routes.csv's (nothing declares the upstream's answer) and a response
+    model's (a handler may return a ``Response`` of its own, a model may allow extra keys
+    or serialise itself).
     """
 
     rules: tuple[FieldRule, ...]
     closed: bool = False
+    nullable: bool = False
+    """A null may stand where the plan describes an object (a model's ``Optional`` field)."""
+    scalars: bool = False
+    """Any other value not an object may stand there too (a union of a model and ``str``)."""
     _steps: dict[frozenset[str], tuple[tuple[str, Any, FieldPlan | None], ...]] = (
         dataclasses.field(default_factory=dict, compare=False, repr=False))
     """Per released set: ``(key, REMOVE | mask | KEEP, inner plan)`` for the keys to touch."""
@@ -114,6 +120,10 @@ class FieldPlan:
 
     def __repr__(self) -> str:  # the fields, once each: a model holding itself is unrolled
         return f"FieldPlan(categories={self.categories!r}, closed={self.closed})"
+
+    def fits(self, value: Any) -> bool:
+        """Whether ``value``, not an object or a list, may stand where the plan applies."""
+        return self.scalars if value is not None else self.nullable or self.scalars
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -158,7 +168,8 @@ class FieldPlan:
         Lists are followed item by item; keys the plan does not name pass, unless the
         plan is ``closed``: then they are removed, and so is a value where the plan
         describes an object that is neither an object nor a list (a string in place of
-        ``contact``), in an object or a list.
+        ``contact``), in an object or a list, unless the plan says it may stand there
+        (:meth:`fits`).
 
         Args:
             body: A decoded JSON value (dicts, lists, scalars).
@@ -167,7 +178,7 @@ class FieldPlan:
         if isinstance(body, list):
             if self.closed:
                 return [self.minimise(item, released) for item in body
-                        if isinstance(item, (dict, list))]
+                        if isinstance(item, (dict, list)) or self.fits(item)]
             return [self.minimise(item, released) for item in body]
         if not isinstance(body, dict):
             return body
@@ -186,7 +197,7 @@ class FieldPlan:
                 new = action  # REMOVE, or the mask
             else:
                 value = body[name]
-                if inner.closed and not isinstance(value, (dict, list)):
+                if inner.closed and not isinstance(value, (dict, list)) and not inner.fits(value):
                     new = REMOVE  # not the object the plan describes
                 else:
                     new = inner.minimise(value, released)
@@ -305,8 +316,9 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
     tp = _strip(tp)[0]
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        return _merge([_plan(arg, seen, by_alias, stack) for arg in get_args(tp)
-                       if arg is not type(None)])
+        members = [arg for arg in get_args(tp) if arg is not type(None)]
+        return _merge([_plan(arg, seen, by_alias, stack) for arg in members],
+                      nullable=len(members) < len(get_args(tp)))
     if origin is not None:
         args = get_args(tp)
         if origin in (list, tuple, set, frozenset) or _is_sequence(origin):
@@ -325,8 +337,10 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
     if isinstance(tp, (str, typing.ForwardRef)):
         raise PolicyError(f"the type {tp!r} is not resolved, so its categories cannot be told "
                           "(hint: define it, then call model_rebuild() on the model naming it)")
-    if not isinstance(tp, type):
-        return None
+    if not isinstance(tp, type) or not (
+            isinstance(getattr(tp, "__pydantic_fields__", None), dict)
+            or dataclasses.is_dataclass(tp)):
+        return None  # not a model: sent as it is
     if stack is None:
         key, inner_stack = (tp, -1), None
         if key in seen:
@@ -343,9 +357,7 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
         plan = _root_plan(tp, seen, by_alias, inner_stack)
         seen[key] = plan
         return plan
-    rules = [rule for rule in _fields(tp, seen, by_alias, inner_stack)
-             if rule.category is not None or rule.inner is not None]
-    plan = FieldPlan(tuple(rules)) if rules else None
+    plan = FieldPlan(tuple(_fields(tp, seen, by_alias, inner_stack)), closed=True)
     seen[key] = plan
     return plan
 
@@ -513,15 +525,21 @@ def _category(metadata: Sequence[Any]) -> Category | None:
     return found[0] if found else None
 
 
-def _merge(plans: list[FieldPlan | None]) -> FieldPlan | None:
-    """One plan for a value that may be any of several types (a union, a tuple)."""
+def _merge(plans: list[FieldPlan | None], *, nullable: bool = False) -> FieldPlan | None:
+    """One plan for a value that may be any of several types (a union, a tuple); a None
+    among ``plans`` is a type with no plan (a ``str``): such a value may stand there too."""
     present = [plan for plan in plans if plan is not None]
+    if not present:
+        return None
+    nullable = nullable or any(plan.nullable for plan in present)
+    scalars = len(present) < len(plans) or any(plan.scalars for plan in present)
     if len(present) == 1:
-        return present[0]
+        one = present[0]
+        if (one.nullable, one.scalars) == (nullable, scalars):
+            return one
+        return dataclasses.replace(one, nullable=nullable, scalars=scalars)
     rules: dict[str, FieldRule] = {}
     for plan in present:
-        if plan is None:
-            continue
         for rule in plan.rules:
             old = rules.get(rule.name)
             if old is None:
@@ -533,7 +551,8 @@ def _merge(plans: list[FieldPlan | None]) -> FieldPlan | None:
                     raise PolicyError(f"field {rule.name!r} has two categories in a union "
                                       f"({old.category.key}, {rule.category.key})")
                 rules[rule.name] = FieldRule(rule.name, category, inner)
-    return FieldPlan(tuple(rules.values())) if rules else None
+    return FieldPlan(tuple(rules.values()), closed=any(plan.closed for plan in present),
+                     nullable=nullable, scalars=scalars)
 
 
 def _is_sequence(origin: Any) -> bool:
