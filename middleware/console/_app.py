@@ -28,10 +28,13 @@ from middleware.console import _views
 from middleware.console._auth import COOKIE, SESSION_COOKIE, Gate, Sessions, secure_cookie
 from middleware.console._oidc import OidcSignIn
 from middleware.console._pages import render
+from middleware.console._quiet import Quiet
 from middleware.console._state import Console
 from middleware.identity import Authenticator, IdentityError
 
 _log = logging.getLogger("guard.console")
+_refused_signin = Quiet(_log)
+_cookie_not_kept = Quiet(_log)
 _STATIC = Path(__file__).with_name("static")
 _MAX_FORM = 16 * 1024
 
@@ -141,7 +144,7 @@ async def signin(request: Request) -> Response:
     try:
         auditor = console.gate.auditor(token) if token else None
     except IdentityError as exc:
-        _log.info("console sign-in refused: %s", exc)
+        _refused_signin.log(logging.INFO, "console sign-in refused: %s", exc)
         auditor = None
     if auditor is None:
         return render(request, "signin.html",
@@ -167,8 +170,8 @@ async def signed_in(request: Request) -> Response:
     console: Console = request.app.state.console
     if console.gate.request_auditor(request) is not None:
         return RedirectResponse(f"{base_path(request)}/decisions", status_code=303)
-    _log.warning("console sign-in: the browser came back without its cookie "
-                 "(a Secure cookie over plain HTTP?)")
+    _cookie_not_kept.log(logging.WARNING, "console sign-in: the browser came back without "
+                         "its cookie (a Secure cookie over plain HTTP?)")
     return render(request, "signin.html", {"auditor": None, "oidc": console.oidc is not None,
                                            "error": COOKIE_NOT_KEPT}, status_code=400)
 

@@ -28,8 +28,11 @@ from starlette.responses import RedirectResponse, Response
 from guard._errors import ConfigError
 from middleware.console._auth import SESSION_COOKIE, Sessions, secure_cookie
 from middleware.console._pages import render
+from middleware.console._quiet import Quiet
 
 _log = logging.getLogger("guard.console")
+_refused_log = Quiet(_log)
+"""OIDC sign-ins refused: anyone can start one (each line written at most once a minute)."""
 FLOW_COOKIE = "guard_console_oidc"
 FLOW_SECONDS = 600
 ALGORITHMS = ["RS256", "ES256", "EdDSA", "PS256"]
@@ -126,18 +129,20 @@ class OidcSignIn:
         try:
             claims = await self._id_token(request, code, str(flow["verifier"]))
         except (httpx.HTTPError, jwt.PyJWTError, KeyError, ValueError) as exc:
-            _log.info("console OIDC sign-in refused: %s", exc)
+            _refused_log.log(logging.INFO, "console OIDC sign-in refused: %s", exc)
             return _refused(request, "The identity provider's answer did not verify.", 401)
         if not secrets.compare_digest(str(claims.get("nonce", "")), str(flow["nonce"])):
             return _refused(request, "The identity provider's answer did not verify.", 401)
         auditor = claims.get(self.claim)
         if self.claim == "email" and claims.get("email_verified") is not True:
             # an address on an account proves nothing until the provider verified it
-            _log.info("console OIDC sign-in refused: %s is not a verified address", auditor)
+            _refused_log.log(logging.INFO, "console OIDC sign-in refused: %s is not a verified "
+                         "address", auditor)
             return _refused(request, "The identity provider has not verified your e-mail "
                             "address, so it cannot name an auditor.", 403)
         if not isinstance(auditor, str) or not self._sessions.is_auditor(auditor):
-            _log.info("console OIDC sign-in refused: %s is not an auditor", auditor)
+            _refused_log.log(logging.INFO, "console OIDC sign-in refused: %s is not an auditor",
+                         auditor)
             return _refused(request, "You are signed in at the identity provider, but you are "
                             "not one of this console's auditors.", 403)
         _log.info("console sign-in (OIDC): %s", auditor)
