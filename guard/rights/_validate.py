@@ -72,6 +72,10 @@ def validate(policy: CompiledPolicy, state: State, change: Change, *, known: boo
         raise RegisterRefusedError(f"a {kind.value} entry names no purpose")
     if kind is EntryKind.END_OF_RELATIONSHIP and change.effective is None:
         raise RegisterRefusedError("an end of relationship needs its date (--on YYYY-MM-DD)")
+    if kind is not EntryKind.END_OF_RELATIONSHIP and change.effective is not None:
+        # enforced from the moment it is recorded: a date would say otherwise
+        raise RegisterRefusedError(f"a {kind.value} entry takes effect when it is recorded: "
+                                   "only an end of relationship takes a date")
     if kind is EntryKind.OBJECTION and not objectable_under(policy, purpose):
         raise RegisterRefusedError(
             f"an objection to {purpose!r} covers no objectable purpose: outside "
