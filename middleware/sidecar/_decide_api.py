@@ -141,6 +141,21 @@ async def _check(sidecar: Sidecar, request: Request, http: HttpContext, asker: C
     return await sidecar.guard.acommit(ruling)
 
 
+async def _not_permitted(sidecar: Sidecar, asker: Caller, item: DecideRequest) -> Response:
+    """403 for a question about another caller from an asker not in ``decide_askers``, recorded
+    as the asker's refused request (its purpose, categories and subject; ``detail``
+    ``about:<caller>``), as every refusal of a verified caller is."""
+    asked = Request(asker.id, item.purpose, tuple(item.categories), item.action, item.subject)
+    decision = denial(Reason.PURPOSE_NOT_GRANTED, asked, _policy_version(sidecar.guard),
+                      "decide_askers")
+    http = HttpContext(method="POST", route="/v1/decide", status=403)
+    checked = await sidecar.guard.arecord_denial(asked, decision, http,
+                                                 detail=f"about:{item.caller}")
+    return sidecar_problem(403, "asker_not_permitted", "Not permitted to ask about another caller",
+                           f"{asker.id} may only ask about itself (sidecar.decide_askers)",
+                           decision_id=checked.decision_id or None)
+
+
 async def decide_endpoint(request: HttpRequest) -> Response:
     """Authenticate the asker, judge each request (audited), answer with the decisions."""
     sidecar: Sidecar = request.app.state.sidecar
@@ -163,12 +178,7 @@ async def decide_endpoint(request: HttpRequest) -> Response:
     may_ask_others = asker.id in sidecar.settings.sidecar.decide_askers
     for item in items:
         if item.caller not in (None, asker.id) and not may_ask_others:
-            return sidecar_problem(
-                403,
-                "asker_not_permitted",
-                "Not permitted to ask about another caller",
-                f"{asker.id} may only ask about itself (sidecar.decide_askers)",
-            )
+            return await _not_permitted(sidecar, asker, item)
     http = HttpContext(method="POST", route="/v1/decide", extra={"asker": asker.id})
     checked = await asyncio.gather(
         *(

@@ -164,7 +164,7 @@ def openapi_document(check_path: str, *, version: str) -> dict[str, Any]:
                             "Malformed JSON or a request that does not fit the schema."
                         ),
                         "401": _problem("No valid caller identity."),
-                        "403": _problem("The asker may not ask about another caller."),
+                        "403": _problem("The asker may not ask about another caller (recorded)."),
                         "413": _problem("Body too large."),
                     },
                 }
