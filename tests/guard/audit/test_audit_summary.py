@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guard._errors import AuditUnavailableError
 from guard.audit import Store, open_store
 from guard.audit._event import FIELD_NAMES, TS_FORMAT
 from guard.audit._fields import compact
@@ -120,6 +121,30 @@ def test_summary_and_charts_equal_the_raw_events(
     from_summary = overview_data(store, bound, None, now=now)
     from_raw = overview_data(store, bound, None, now=now, summary=False)
     assert from_summary == from_raw
+
+
+@pytest.mark.parametrize(("odd", "stored"), [
+    ({"ts": 20260301}, True), ({"ts": 2.5}, True), ({"country": 0}, True),
+    ({"allowed": True}, True), ({"http_route": 7}, True), ({"reason": None}, False),
+])
+def test_a_record_of_odd_values_is_counted_as_its_row_is(
+        tmp_path: Path, odd: dict[str, Any], stored: bool) -> None:
+    """SQLite: a record not written by the guard (a number for a timestamp or a route) is
+    stored as the journal holds it and the summary counts the row stored (in SQL, where
+    Python could not); one a column refuses (a null reason) is refused with its batch."""
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    good = _row(1, "decision", BASE, "allowed", "svc:a", "p", "GB", "/a", 1, 200)
+    values = dict(zip(FIELD_NAMES, _row(2, "decision", BASE, "allowed", "svc:a", "p", None,
+                                        None, 0, 200), strict=True))
+    odd_row = tuple({**values, **odd}[name] for name in FIELD_NAMES)
+    if stored:
+        store.index_records([compact(good), compact(odd_row)], "journal-t", 2)
+    else:
+        with pytest.raises(AuditUnavailableError):
+            store.index_records([compact(good), compact(odd_row)], "journal-t", 2)
+    assert store.rows("SELECT count(*) FROM audit_event") == [(2 if stored else 0,)]
+    assert store.rows(SUMMARY_SQL) == store.rows(RAW_SQL)
+    store.close()
 
 
 def test_the_trail_keeps_the_summary(store_url: str, keys: Keys) -> None:
