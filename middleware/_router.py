@@ -400,8 +400,13 @@ class _Index:
         self._cache: dict[tuple[object, object, object], tuple[BaseRoute, ...]] = {}
 
     def candidates(self, path: str) -> Sequence[BaseRoute]:
-        """The routes that could match ``path`` (the route path, root path removed), in order."""
-        if not path.startswith("/"):
+        """The routes that could match ``path`` (the route path, root path removed), in order.
+
+        Every route for a path that does not start with ``/`` or ends with a newline (a
+        compiled template's ``$`` also matches before a last ``\n``: ``/a`` matches
+        ``/a\n``, whose segments are not the template's).
+        """
+        if not path.startswith("/") or path.endswith("\n"):
             return self.routes
         segments = path[1:].split("/")
         first, last, count = segments[0], segments[-1], len(segments)
