@@ -8,9 +8,13 @@ policy, ``GET /customers/{customer_id}`` as ``svc:crm`` for
   the engine decision, the event's fields (``decision_fields``, ``_traced``),
   ``Guard.decide``, ``enforce()`` (the interpreted path, a request's first), the
   middleware's planned judgement (``Planner.judge``, ``Guard.decide`` included: a
-  request whose route and token were seen before);
+  request whose route and token were seen before); route resolution and the planned
+  judgement again for a path never asked before (``/customers/n-0000001``, ...: a new
+  subject's id in each, as in a service with many data subjects), beside the cost of the
+  scope's copy those two pieces include;
 - ``GuardMiddleware`` whole, around an app that only answers 200 (its
-  ``http.response.start`` held and released as for any read), against the same
+  ``http.response.start`` held and released as for any read), for a remembered path and
+  for a path never asked before, against the same
   app alone and behind a no-op pure-Python middleware with a ``send`` wrapper
   (the floor any Python middleware costs), in the same run;
 - the whole example app, plain and guarded.
@@ -35,7 +39,7 @@ and the collections in the loop. The UTC time and the load average are printed.
 this script (an A/B with one script).
 
 Usage: ``.venv/bin/python bench/path.py [--iterations 20000] [--repeat 5]
-[--callgrind] [--calls 2000] [--no-timing] [--tree DIR]``
+[--callgrind] [--calls 2000] [--no-timing] [--tree DIR] [--only WORD,...]``
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import os
 import re
 import shutil
@@ -275,8 +280,17 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
         s["headers"] = [(fresh(name), fresh(value)) for name, value in s["headers"]]
         return s
 
-    def whole(app: Any) -> Callable[[], object]:
-        return lambda: drive(app(scope(), _receive, _send))
+    fresh_ids = itertools.count(1)
+
+    def new_scope() -> Message:
+        """As :func:`scope`, for a path never asked before (a new subject's id in it)."""
+        s = scope()
+        path = f"/customers/n-{next(fresh_ids):07d}"
+        s["path"], s["raw_path"] = path, path.encode()
+        return s
+
+    def whole(app: Any, make: Callable[[], Message] = scope) -> Callable[[], object]:
+        return lambda: drive(app(make(), _receive, _send))
 
     def enforce_one() -> object:
         s = scope()
@@ -301,11 +315,18 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
             return None
         return planner.judge(scope(), "GET", INVALID_SPAN)
 
+    def planned_new() -> object:
+        if planner is None:
+            return None
+        return planner.judge(new_scope(), "GET", INVALID_SPAN)
+
     register = guard.register
     measured: list[tuple[str, Callable[[], object]]] = [
         ("empty loop (subtracted)", lambda: None),
         ("header collection", lambda: _collect(scope()["headers"], wanted)),
         ("route resolution (AppRoutes.resolve)", lambda: mw.resolve(scope())),
+        ("route resolution, a new path", lambda: mw.resolve(new_scope())),
+        ("scope copy alone (in the new path's pieces)", new_scope),
         ("identity (cached token)", lambda: auth.authenticate(headers, "127.0.0.1")),
         ("engine decision (holder.decide)", lambda: guard.holder.decide(request, register)),
         ("decision_fields", lambda: decision_fields(request, decision, http, 3)),
@@ -313,14 +334,19 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
         ("Guard.decide (decision + fields)", lambda: guard.decide(request, http)),
         ("enforce() with headers + resolution", enforce_one),
         ("planned judgement (Planner.judge)", planned),
+        ("planned judgement, a new path", planned_new),
         ("bare app (200, no middleware)", whole(ok_app)),
         ("no-op middleware + bare app", whole(noop)),
         ("GuardMiddleware + bare app", whole(mw_ok)),
+        ("GuardMiddleware + bare app, a new path", whole(mw_ok, new_scope)),
         ("GuardMiddleware + bare app, commit pending", lambda: drive_held(
             mw_held(scope(), _receive, _send))),
         ("example app, plain", whole(plain)),
         ("example app, guarded (commit stubbed)", whole(stack)),
     ]
+    only = [part for part in os.environ.get("GUARD_BENCH_ONLY", "").split(",") if part]
+    if only:  # --only: the empty loop and the pieces named
+        measured = measured[:1] + [m for m in measured[1:] if any(o in m[0] for o in only)]
     for label, call in measured:  # each answers, and its caches are warm
         for _ in range(300):
             call()
@@ -425,9 +451,14 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=REPO,
                         help="the checkout whose guard, middleware and example are measured "
                              "(default: this one; this script either way)")
+    parser.add_argument("--only", default="",
+                        help="measure only the pieces whose label holds one of these "
+                             "comma-separated words (the totals below the table need all)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only:
+        os.environ["GUARD_BENCH_ONLY"] = args.only  # read by pieces(), in this and the inner run
     if args.inner:
         measured, close = pieces(args.dir)
         try:
@@ -491,7 +522,8 @@ def _report(labels: list[str], micro: dict[str, float], irs: list[Counts],
     plain, guarded = "example app, plain", "example app, guarded (commit stubbed)"
     for name, table, unit in (("µs", us, "µs"), ("instr", ir, "instructions"),
                               ("gc allocs", links, "allocations")):
-        if bare in table:
+        if all(k in table for k in (bare, noop, guard, plain, guarded,
+                                    "Guard.decide (decision + fields)")):
             print(f"guard before the handler ({name}): {table[guard] - table[bare]:,.2f} {unit}"
                   f" over the bare app; floor (no-op middleware) "
                   f"{table[noop] - table[bare]:,.2f}; example app guarded - plain "
@@ -499,6 +531,11 @@ def _report(labels: list[str], micro: dict[str, float], irs: list[Counts],
             decide = table["Guard.decide (decision + fields)"]
             print(f"  of which the middleware and enforce() ({name}, the guard before the "
                   f"handler - Guard.decide): {table[guard] - table[bare] - decide:,.2f} {unit}")
+            new = "GuardMiddleware + bare app, a new path"
+            if new in table:
+                print(f"  a path asked for the first time ({name}): {table[new] - table[bare]:,.2f}"
+                      f" {unit} over the bare app ({table[new] - table[guard]:+,.2f} over a "
+                      "remembered path)")
             if held in table:
                 print(f"  a read held until its commit is durable, as in a server ({name}): "
                       f"{table[held] - table[bare]:,.2f} {unit} over the bare app")

@@ -54,7 +54,7 @@ from middleware._enforce import (
     settled,
     unjudged,
 )
-from middleware._router import AppRoutes, Resolved
+from middleware._router import Answer, AppRoutes, Resolved
 from middleware.fields import FieldPlan
 from middleware.identity import Authenticator, Caller
 
@@ -206,15 +206,16 @@ class Planner:
         first = answer is None  # the path's first request (often its only one: a subject's id)
         if answer is None:  # found now, as enforce() finds it (and remembered when it may be)
             try:
-                resolved = routes.resolve(scope)
+                fresh = routes.found(scope, key)
             except Exception:  # enforce() refuses it, and says why
                 return None
-            answer = routes._answers.get(key)
-            if answer is None:  # not to be remembered: enforce() judges it with this answer
-                return resolved
-        held = answer.routes
-        if routes._router.routes is not held or held != answer.held:
-            return None
+            if not isinstance(fresh, Answer):  # not remembered: enforce() judges it with it
+                return fresh
+            answer = fresh
+        else:
+            held = answer.routes
+            if routes._router.routes is not held or held != answer.held:
+                return None
         plan: Plan | None = answer.plan
         if plan is None:
             plan = Plan(answer.resolved, method)

@@ -28,6 +28,14 @@ convertors (no ``Host``, no route class or convertor of the app's own, which
 could read anything). A remembered answer is given only while that router's
 ``routes`` is the same list holding the same routes; a change to it (a route
 added, removed or replaced at run time) makes every answer be found afresh.
+
+A path with no remembered answer (a new data subject's id in it, usually) is matched
+by :meth:`AppRoutes.quick` when its answer may be remembered and every route of the
+app's router is one whose ``matches`` comes down to its compiled pattern and methods:
+the candidates' ``path_regex`` and ``methods`` are read as their ``matches`` reads
+them, in the router's order, and only the subject's parameter is converted; anything
+else (a ``Mount`` that matches, a route of another kind) is resolved through the
+routes' own ``matches``.
 """
 
 from __future__ import annotations
@@ -75,12 +83,17 @@ _MAX_DEPTH = 32
 _STR_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):str\}")
 _SLASH_FREE = (StringConvertor, IntegerConvertor, FloatConvertor, UUIDConvertor)
 """Convertors whose values never hold a ``/``: a template made of them has a fixed segment count."""
-_OWN_MATCHES: tuple[type, ...] = ()
-"""Route classes whose ``matches`` is Starlette's unless the scope names an effective route."""
+_ROUTE, _SOCKET, _MOUNT = 1, 2, 3
+_PLAIN: dict[object, int] = {Route.matches: _ROUTE, WebSocketRoute.matches: _SOCKET,
+                             Mount.matches: _MOUNT}
+"""The ``matches`` that read only the scope's type, path, root_path and method (and
+``path_params``, which an answer's key rules out), by what they match: a ``Route``'s
+(``http``, its methods), a ``WebSocketRoute``'s (``websocket``), a ``Mount``'s (both)."""
 try:  # FastAPI's routes add the route to the child scope, and read an included router's context
     from fastapi.routing import APIRoute, APIWebSocketRoute
 
-    _OWN_MATCHES = (APIRoute, APIWebSocketRoute)
+    _PLAIN[APIRoute.matches] = _ROUTE  # Starlette's, unless the scope names an effective route
+    _PLAIN[APIWebSocketRoute.matches] = _SOCKET
 except ImportError:  # pragma: no cover - FastAPI is optional for a Starlette app
     pass
 _EFFECTIVE_CONTEXT = "effective_route_context"  # FastAPI: scope["fastapi"][...]
@@ -130,9 +143,9 @@ class Answer:
     def __init__(self, resolved: Resolved, routes: list[BaseRoute], index: _Index) -> None:
         self.resolved = resolved
         self.routes = routes
-        self.held = list(index.routes)
+        self.held = index.held
         """What ``routes`` held when the answer was found (the answer holds while it still
-        does)."""
+        does; the index's own list, shared by every answer found through it)."""
         self.plan: Any = None
         """What an enforcement point computed once from the answer (its own, or None)."""
 
@@ -186,7 +199,7 @@ class AppRoutes:
         public: Templates that need no decision, any method.
     """
 
-    __slots__ = ("_answers", "_csv", "_indexes", "_leaves", "_public", "_router")
+    __slots__ = ("_answers", "_csv", "_indexes", "_leaves", "_public", "_quick_rules", "_router")
 
     def __init__(self, router: Router, table: RouteTable, public: Iterable[str]) -> None:
         self._router = router
@@ -196,6 +209,9 @@ class AppRoutes:
         self._public = frozenset(_same(p) for p in public)
         self._leaves: dict[tuple[int, str], _Leaf] = {}
         self._indexes: dict[int, _Index] = {}
+        self._quick_rules: dict[tuple[int, str], tuple[Any, ...]] = {}
+        """By (route id, method): the route, endpoint, rule, subject parameter and its
+        convertor :meth:`quick` answers with."""
         self._answers: dict[tuple[object, ...], Answer] = {}
         """Answers by (type, method, root_path, path), with the routes list they were found
         in and what it held then (an answer holds while ``router.routes`` is that list
@@ -222,7 +238,100 @@ class AppRoutes:
         if key is None:
             return self._resolve(scope, None)
         hit = self.remembered(key)
-        return hit.resolved if hit is not None else self._resolve(scope, key)
+        if hit is not None:
+            return hit.resolved
+        found = self.found(scope, key)
+        return found.resolved if isinstance(found, Answer) else found
+
+    def found(self, scope: Scope, key: tuple[object, ...]) -> Answer | Resolved:
+        """The answer for ``scope`` found now (none is remembered under ``key``): remembered
+        when it may be (then the :class:`Answer`), else the :class:`Resolved` found.
+
+        Matched by :meth:`quick` when it can, else through the routes' own ``matches``.
+
+        Args:
+            scope: The request's scope (unchanged).
+            key: Its answer's key: ``(type, method, root_path, path)`` of a scope that carries
+                nothing else a route reads (a path too long to remember is resolved afresh).
+        """
+        if len(key[3]) > CACHED_PATH:  # type: ignore[arg-type]
+            return self._resolve(scope, None)
+        quick = self.quick(scope, key)
+        if quick is not None:
+            return quick
+        resolved = self._resolve(scope, key)
+        answer = self._answers.get(key)
+        return answer if answer is not None and answer.resolved is resolved else resolved
+
+    def quick(self, scope: Scope, key: tuple[object, ...]) -> Answer | Resolved | None:
+        """The router's answer for ``scope``, matched here; None when it is not found so.
+
+        When the app's router holds only routes that :attr:`_Index.matched` (Starlette's or
+        FastAPI's ``Route``, ``WebSocketRoute`` and ``Mount``, compiled as written, with
+        Starlette's convertors) and the scope carries nothing else they read (``key`` is
+        :func:`_answer_key`'s), what their ``matches`` does comes down to the compiled
+        pattern and the methods: the first candidate whose ``path_regex`` matches the route
+        path and whose methods hold the request's is the FULL match, else the first that
+        matches is the PARTIAL one, as the router picks. Only the subject's parameter is
+        converted (Starlette's convertors cannot fail on what their patterns match, in a path
+        of at most :data:`CACHED_PATH` characters). A ``Mount`` that matches is left to
+        :meth:`_resolve` (None).
+
+        Args:
+            scope: The request's scope (unchanged).
+            key: Its answer's key (:func:`_answer_key`).
+        """
+        routes = self._router.routes
+        index = self._indexes.get(id(routes))
+        if index is None or not index.matched or routes != index.held:
+            return None
+        kind = key[0]
+        method = key[1]
+        path = get_route_path(scope)
+        partial = None
+        for route, plain in index.matchable(path, kind):  # type: ignore[arg-type]
+            match = route.path_regex.match(path)
+            if match is None:
+                continue
+            if plain == _MOUNT:
+                return None
+            if plain == _ROUTE:
+                methods = route.methods
+                if methods and method not in methods:
+                    if partial is None:
+                        partial = route, match
+                    continue
+            return self._matched(route, match, key, routes, index)
+        if partial is not None:
+            return self._matched(*partial, key, routes, index)
+        return NOWHERE
+
+    def _matched(self, route: Any, match: re.Match[str], key: tuple[object, ...],
+                 routes: list[BaseRoute], index: _Index) -> Answer:
+        """The answer for the route :meth:`quick` picked, remembered under ``key``."""
+        method: str = key[1] if key[0] == "http" else "GET"  # type: ignore[assignment]
+        found = self._quick_rules.get((id(route), method))
+        if found is None or found[0] is not route:
+            leaf = self._leaf(route, None, "", route.endpoint)
+            rule = leaf.rule_for(method)
+            name = rule.subject if rule is not None else None
+            convertor = route.param_convertors.get(name) if name is not None else None
+            found = (route, leaf.endpoint, rule, name, convertor)
+            if len(self._quick_rules) >= _CACHE:
+                self._quick_rules.clear()
+            self._quick_rules[id(route), method] = found
+        _route, endpoint, rule, name, convertor = found
+        subject = None if convertor is None else str(convertor.convert(match.group(name)))
+        return self._keep(key, Resolved(endpoint, rule, subject), routes, index)
+
+    def _keep(self, key: tuple[object, ...], resolved: Resolved, routes: list[BaseRoute],
+              index: _Index) -> Answer:
+        """Remember ``resolved`` under ``key`` (all forgotten at once past :data:`ANSWERS`)."""
+        answers = self._answers
+        if len(answers) >= ANSWERS:
+            answers.clear()
+        answer = answers[key] = Answer(resolved, routes, index)
+        return answer
 
     def remembered(self, key: tuple[object, ...]) -> Answer | None:
         """The answer remembered under ``key`` while it holds; None otherwise.
@@ -291,10 +400,7 @@ class AppRoutes:
         if (index is None or not index.by_path or isinstance(route, Mount)
                 or _included(route) is not None or tuple(routes) != index.routes):
             return
-        answers = self._answers
-        if len(answers) >= ANSWERS:
-            answers.clear()
-        answers[key] = Answer(resolved, routes, index)
+        self._keep(key, resolved, routes, index)
 
     def _candidates(self, routes: Sequence[BaseRoute], work: Scope) -> Sequence[BaseRoute]:
         """The routes of one router that could match ``work``'s path, in the router's order."""
@@ -345,16 +451,17 @@ IndexKey = tuple[str | None, int | None, str | None]
 def index_key(route: BaseRoute) -> IndexKey | None:
     """The segments a path needs for ``route`` to match it; None when that cannot be known.
 
-    Only a ``Route``, ``WebSocketRoute`` or ``Mount`` (or a subclass that keeps its
-    ``matches``, or FastAPI's routes) whose compiled pattern is exactly what its
+    Only a route whose ``matches`` is a ``Route``'s, ``WebSocketRoute``'s or ``Mount``'s
+    (Starlette's or FastAPI's own; a subclass with a ``matches`` of its own is not indexed)
+    whose compiled pattern is exactly what its
     template compiles to is indexed: its literal first segment, and, when every
     parameter is one of Starlette's ``/``-free convertors (``str``, ``int``,
     ``float``, ``uuid``), its segment count and literal last segment.
     """
-    cls = type(route)
-    base = next((b for b in (Route, WebSocketRoute, Mount) if isinstance(route, b)), None)
-    if base is None or (cls.matches is not base.matches and not issubclass(cls, _OWN_MATCHES)):
+    plain = _PLAIN.get(type(route).matches)
+    if plain is None:
         return None
+    base = Mount if plain == _MOUNT else None
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return None
@@ -386,18 +493,35 @@ class _Index:
         routes: The router's routes, in its order.
     """
 
-    __slots__ = ("_cache", "_counts", "_firsts", "_keys", "_lasts", "by_path", "routes")
+    __slots__ = ("_cache", "_counts", "_firsts", "_keys", "_lasts", "_matchable", "by_path",
+                 "held", "matched", "routes")
 
     def __init__(self, routes: Sequence[BaseRoute]) -> None:
         self.routes = tuple(routes)
+        self.held = list(self.routes)
+        """The routes as a list, to compare the router's own list with (shared by the answers
+        found through this index)."""
         self.by_path = all(_by_path(r) for r in self.routes)
         """Every route matches on the scope's type, path, root_path and method alone."""
         self._keys = tuple(index_key(r) for r in self.routes)
+        self.matched = self.by_path and all(k is not None for k in self._keys)
+        """Every route also matches with the pattern and Starlette's convertors its template
+        compiles to: :meth:`AppRoutes.quick` may match them itself."""
         known = [k for k in self._keys if k is not None]
         self._firsts = frozenset(k[0] for k in known if k[0] is not None)
         self._counts = frozenset(k[1] for k in known if k[1] is not None)
         self._lasts = frozenset(k[2] for k in known if k[2] is not None)
         self._cache: dict[tuple[object, object, object], tuple[BaseRoute, ...]] = {}
+        self._matchable: dict[tuple[object, ...], tuple[tuple[Any, int], ...]] = {}
+
+    def _key(self, path: str) -> tuple[object, object, object]:
+        """What the candidates for ``path`` are filed by: what routes name, never the request's
+        own values (bounded, and no ids)."""
+        segments = path[1:].split("/")
+        first, last, count = segments[0], segments[-1], len(segments)
+        return (first if first in self._firsts else _ANY,
+                count if count in self._counts else -1,
+                last if last in self._lasts else _ANY)
 
     def candidates(self, path: str) -> Sequence[BaseRoute]:
         """The routes that could match ``path`` (the route path, root path removed), in order.
@@ -408,12 +532,7 @@ class _Index:
         """
         if not path.startswith("/") or path.endswith("\n"):
             return self.routes
-        segments = path[1:].split("/")
-        first, last, count = segments[0], segments[-1], len(segments)
-        # Keyed by what routes name, never by the request's own values (bounded, and no ids).
-        key = (first if first in self._firsts else _ANY,
-               count if count in self._counts else -1,
-               last if last in self._lasts else _ANY)
+        key = self._key(path)
         found = self._cache.get(key)
         if found is None:
             want_first, want_count, want_last = key
@@ -427,17 +546,31 @@ class _Index:
             self._cache[key] = found
         return found
 
+    def matchable(self, path: str, kind: str) -> tuple[tuple[Any, int], ...]:
+        """The candidates for ``path`` that a ``kind`` scope can match, in the router's order,
+        each with what its ``matches`` is (:data:`_PLAIN`); only for an index that is
+        :attr:`matched`."""
+        key = ((kind, *self._key(path)) if path.startswith("/") and not path.endswith("\n")
+               else (kind,))
+        found = self._matchable.get(key)
+        if found is None:
+            want = _ROUTE if kind == "http" else _SOCKET
+            found = tuple((route, plain) for route in self.candidates(path)
+                          if (plain := _PLAIN[type(route).matches]) == want or plain == _MOUNT)
+            if len(self._matchable) >= _CACHE:
+                self._matchable.clear()
+            self._matchable[key] = found
+        return found
+
 
 def _by_path(route: BaseRoute) -> bool:
     """Whether ``route`` matches on the scope's type, path, root_path and method alone.
 
-    A ``Route``, ``WebSocketRoute`` or ``Mount`` with Starlette's own ``matches`` (or
-    FastAPI's routes, which read nothing else when the scope has no FastAPI state), whose
-    convertors are Starlette's own.
+    A route whose ``matches`` is Starlette's own ``Route``'s, ``WebSocketRoute``'s or
+    ``Mount``'s, or FastAPI's ``APIRoute``'s or ``APIWebSocketRoute``'s (which read nothing
+    else when the scope has no FastAPI state), whose convertors are Starlette's own.
     """
-    cls = type(route)
-    base = next((b for b in (Route, WebSocketRoute, Mount) if isinstance(route, b)), None)
-    if base is None or (cls.matches is not base.matches and not issubclass(cls, _OWN_MATCHES)):
+    if type(route).matches not in _PLAIN:
         return False
     convertors = getattr(route, "param_convertors", None)
     return isinstance(convertors, dict) and all(
