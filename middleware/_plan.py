@@ -8,8 +8,10 @@ context of the decision, whether an allowed read may be deferred and whether the
 response is minimised. :class:`Plan` holds that, so a request only adds what is its
 own: its caller and its purpose. A path not asked before (one naming a new data subject,
 usually) is resolved by :meth:`Planner.judge` itself, as ``enforce()`` resolves it, so
-its first request is planned too when its answer may be remembered; its plan and its
-request (:class:`_Seen`) are kept only once its path is asked again.
+its first request is planned too when its answer may be remembered. A path matched by its
+route's compiled pattern (``AppRoutes.quick``) shares one plan with every path of that
+route and method (its subject, checked once per path, apart); a path's request
+(:class:`_Seen`) is kept only once its path is asked again.
 
 :meth:`Planner.judge` judges a request with a plan when nothing of the request itself needs
 the interpreted path's checks: the caller's ``Authorization`` value was verified
@@ -79,15 +81,19 @@ _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 
 
 class Plan:
-    """What every request with one remembered route answer shares.
+    """What every request with one route answer shares (its subject apart: :meth:`fits`).
+
+    One plan serves every path an answer's :class:`~middleware._router.Shape` stands for
+    (the paths of one route and method, a subject's id in each); an answer found otherwise
+    has a plan of its own.
 
     Args:
-        resolved: The route answer.
+        resolved: The route answer (its subject is not read).
         method: The request method of its key.
     """
 
     __slots__ = ("action", "categories", "defer", "endpoint", "fields", "http", "minimise",
-                 "public", "public_attributes", "quick", "route", "subject")
+                 "public", "public_attributes", "quick", "route", "subject_name")
 
     def __init__(self, resolved: Resolved, method: str) -> None:
         rule = resolved.rule
@@ -97,7 +103,6 @@ class Plan:
         """The outcome of every request to a public route (None: not public)."""
         self.public_attributes: Mapping[str, str] = _NO_ATTRIBUTES
         """A public route's counter attributes."""
-        subject = resolved.subject
         if rule is not None and rule.public:
             self.public = Outcome(200, None, None, None, rule.template, resolved.endpoint), None
             self.public_attributes = {"http.route": self.route, "http.request.method": method}
@@ -108,12 +113,18 @@ class Plan:
                          and rule.fields is not None)
         self.defer = self.action is Action.READ and method in SAFE_METHODS
         self.http: HttpContext = http_context(method, self.route)
-        subject_fits = (subject is None or rule is None or rule.subject is None
-                        or subject_ok(subject, rule.template, rule.subject))
-        self.subject: str | None = subject or None
-        self.quick = (rule is not None and not rule.public and subject_fits
+        self.subject_name = rule.subject if rule is not None else None
+        """The subject's parameter, when the rule names one."""
+        self.quick = (rule is not None and not rule.public
                       and (method in METHODS or method_ok(method)))
-        """Nothing of the route stands in the way of :meth:`Planner.judge`."""
+        """Nothing of the route stands in the way of :meth:`Planner.judge` (a subject that
+        does not :meth:`fit` apart)."""
+
+    def fits(self, subject: str | None) -> bool:
+        """Whether an answer's subject can be audited as it is (``subject_ok``)."""
+        name = self.subject_name
+        return (subject is None or name is None
+                or subject_ok(subject, self.route, name))
 
 
 class _Seen:
@@ -153,8 +164,9 @@ class Planner:
         """The app's routes, once walked (None: every request takes the interpreted path)."""
         self.purposes: dict[bytes, str] = {}
         """Raw purpose values found well-formed, and the purpose each declares."""
-        self.seen: dict[tuple[Plan, str, str], _Seen] = {}
-        """By (plan, caller id, purpose): the request, and the last decision's outcome."""
+        self.seen: dict[tuple[Answer, str, str], _Seen] = {}
+        """By (route answer, caller id, purpose): the request, and the last decision's
+        outcome."""
         self.faults = 0
         """Requests :meth:`judge` failed on (:meth:`fault`): each was judged by ``enforce()``."""
 
@@ -218,14 +230,27 @@ class Planner:
                 return None
         plan: Plan | None = answer.plan
         if plan is None:
-            plan = Plan(answer.resolved, method)
-            if not first:  # kept from the path's second request on (as its request, below)
+            shape = answer.shape
+            if shape is not None:  # one plan for every path of the route and method
+                plan = shape.plan
+                if plan is None:
+                    plan = shape.plan = Plan(answer.resolved, method)
                 answer.plan = plan
+            else:
+                plan = Plan(answer.resolved, method)
+                if not first:  # kept from the path's second request on (as its request, below)
+                    answer.plan = plan
         if plan.public is not None:
             _public_counter.add(1, plan.public_attributes)
             return plan.public
         raw = scope["headers"]
         if not plan.quick or type(raw) is not list:
+            return None
+        subject = answer.subject
+        fits = answer.fits
+        if fits is None:
+            fits = answer.fits = plan.fits(subject)
+        if not fits:
             return None
         try:
             headers: dict[bytes, bytes] = dict(raw)
@@ -247,21 +272,23 @@ class Planner:
             purpose = known
         if purpose and caller.purposes is not None and not caller.may_declare(purpose):
             return None
+        http = plan.http
+        seen: _Seen | None = None
         if first:  # kept only when the path is asked again: each object kept per path
             # (most are asked once) is one the cyclic collector walks and promotes
-            seen = _Seen(Request(caller.id, purpose, plan.categories, plan.action, plan.subject),
-                         plan.http)
+            request = Request(caller.id, purpose, plan.categories, plan.action, subject or None)
         else:
-            found = self.seen.get((plan, caller.id, purpose))
-            seen = found if found is not None else self._seen(plan, caller.id, purpose)
-        request = seen.asked.request
-        http = plan.http
+            seen = self.seen.get((answer, caller.id, purpose))
+            if seen is None:
+                seen = self._seen(answer, plan, caller.id, purpose)
+            request = seen.asked.request
         guard = self.guard
         try:
             if plan.minimise or self.asking is None:
                 ruling = guard.decide(request, http, per_category=plan.minimise, current=span)
             else:  # the guard's decision kept with the request seen
-                ruling = self.asking(seen.asked, span)
+                ruling = self.asking(seen.asked if seen is not None else Asked(request, http),
+                                     span)
             decision = ruling.decision
             if decision.allowed and plan.defer:
                 if span is not INVALID_SPAN and span.is_recording():  # no call without a span
@@ -270,6 +297,8 @@ class Planner:
                 if judged is not None:  # minimised: what it releases is this ruling's
                     return Outcome(200, decision, None, caller, plan.route, plan.endpoint,
                                    frozenset(judged.released), plan.fields), ruling
+                if seen is None:
+                    return Outcome(200, decision, None, caller, plan.route, plan.endpoint), ruling
                 outcome = seen.outcome
                 if outcome is None or seen.decision is not decision or seen.caller is not caller:
                     outcome = seen.outcome = Outcome(200, decision, None, caller, plan.route,
@@ -293,11 +322,12 @@ class Planner:
         known[value] = purpose
         return purpose
 
-    def _seen(self, plan: Plan, caller: str, purpose: str) -> _Seen:
-        """A new entry for ``caller``'s requests for ``purpose`` on ``plan``'s route."""
+    def _seen(self, answer: Answer, plan: Plan, caller: str, purpose: str) -> _Seen:
+        """A new entry for ``caller``'s requests for ``purpose`` with ``answer`` (its path)."""
         seen = self.seen
         if len(seen) >= REQUESTS:
             seen.clear()
-        entry = seen[plan, caller, purpose] = _Seen(
-            Request(caller, purpose, plan.categories, plan.action, plan.subject), plan.http)
+        entry = seen[answer, caller, purpose] = _Seen(
+            Request(caller, purpose, plan.categories, plan.action,
+                    answer.subject or None), plan.http)
         return entry

@@ -76,7 +76,7 @@ from middleware.routes import (
     declared_rules,
 )
 
-__all__ = ["Answer", "AppRoutes", "Resolved", "find_router"]
+__all__ = ["Answer", "AppRoutes", "Resolved", "Shape", "find_router"]
 
 _log = logging.getLogger("guard.middleware")
 _MAX_DEPTH = 32
@@ -138,16 +138,61 @@ class Answer:
             holds what the index held).
     """
 
-    __slots__ = ("held", "plan", "resolved", "routes")
+    __slots__ = ("_resolved", "fits", "held", "plan", "routes", "shape", "subject")
 
-    def __init__(self, resolved: Resolved, routes: list[BaseRoute], index: _Index) -> None:
-        self.resolved = resolved
+    def __init__(self, resolved: Resolved | None, routes: list[BaseRoute], index: _Index,
+                 shape: Shape | None = None, subject: str | None = None) -> None:
+        self._resolved = resolved
+        self.subject = resolved.subject if resolved is not None else subject
+        """The subject's id (:attr:`Resolved.subject`)."""
         self.routes = routes
+        self.shape = shape
+        """What the answer shares with every path matched to its route (:meth:`AppRoutes.quick`;
+        None for an answer found through the routes' ``matches``). An answer with a shape
+        and no ``resolved`` makes its :class:`Resolved` when it is first asked for."""
+        self.fits: bool | None = None
+        """Whether an enforcement point found the answer's subject fit to be audited (None: not
+        asked yet)."""
         self.held = index.held
         """What ``routes`` held when the answer was found (the answer holds while it still
         does; the index's own list, shared by every answer found through it)."""
         self.plan: Any = None
-        """What an enforcement point computed once from the answer (its own, or None)."""
+        """What an enforcement point computed from the answer, or its shape's (its own, or
+        None)."""
+
+    @property
+    def resolved(self) -> Resolved:
+        """The answer."""
+        found = self._resolved
+        if found is None:
+            shape: Any = self.shape
+            found = self._resolved = Resolved(shape.endpoint, shape.rule, self.subject)
+        return found
+
+
+class Shape:
+    """What every path :meth:`AppRoutes.quick` matches to one route shares, for one method.
+
+    Args:
+        route: The route.
+        endpoint: The endpoint it calls.
+        rule: The declaration for the method; None when there is none.
+        name: The subject's parameter, when the rule names one the route has.
+        convertor: That parameter's convertor (None when there is none).
+    """
+
+    __slots__ = ("convertor", "endpoint", "name", "plan", "route", "rule")
+
+    def __init__(self, route: Any, endpoint: object, rule: RouteRule | None, name: str | None,
+                 convertor: Any) -> None:
+        self.route = route
+        self.endpoint = endpoint
+        self.rule = rule
+        self.name = name
+        self.convertor = convertor
+        self.plan: Any = None
+        """What an enforcement point computed once for every path of the route (its own, or
+        None)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +244,7 @@ class AppRoutes:
         public: Templates that need no decision, any method.
     """
 
-    __slots__ = ("_answers", "_csv", "_indexes", "_leaves", "_public", "_quick_rules", "_router")
+    __slots__ = ("_answers", "_csv", "_indexes", "_leaves", "_public", "_router", "_shapes")
 
     def __init__(self, router: Router, table: RouteTable, public: Iterable[str]) -> None:
         self._router = router
@@ -209,9 +254,8 @@ class AppRoutes:
         self._public = frozenset(_same(p) for p in public)
         self._leaves: dict[tuple[int, str], _Leaf] = {}
         self._indexes: dict[int, _Index] = {}
-        self._quick_rules: dict[tuple[int, str], tuple[Any, ...]] = {}
-        """By (route id, method): the route, endpoint, rule, subject parameter and its
-        convertor :meth:`quick` answers with."""
+        self._shapes: dict[tuple[int, str], Shape] = {}
+        """By (route id, method): what :meth:`quick` answers with for the route."""
         self._answers: dict[tuple[object, ...], Answer] = {}
         """Answers by (type, method, root_path, path), with the routes list they were found
         in and what it held then (an answer holds while ``router.routes`` is that list
@@ -285,9 +329,9 @@ class AppRoutes:
         index = self._indexes.get(id(routes))
         if index is None or not index.matched or routes != index.held:
             return None
-        kind = key[0]
-        method = key[1]
-        path = get_route_path(scope)
+        kind, method, root, path = key
+        if root:
+            path = get_route_path(scope)
         partial = None
         for route, plain in index.matchable(path, kind):  # type: ignore[arg-type]
             match = route.path_regex.match(path)
@@ -310,19 +354,25 @@ class AppRoutes:
                  routes: list[BaseRoute], index: _Index) -> Answer:
         """The answer for the route :meth:`quick` picked, remembered under ``key``."""
         method: str = key[1] if key[0] == "http" else "GET"  # type: ignore[assignment]
-        found = self._quick_rules.get((id(route), method))
-        if found is None or found[0] is not route:
+        shape = self._shapes.get((id(route), method))
+        if shape is None or shape.route is not route:
             leaf = self._leaf(route, None, "", route.endpoint)
             rule = leaf.rule_for(method)
             name = rule.subject if rule is not None else None
             convertor = route.param_convertors.get(name) if name is not None else None
-            found = (route, leaf.endpoint, rule, name, convertor)
-            if len(self._quick_rules) >= _CACHE:
-                self._quick_rules.clear()
-            self._quick_rules[id(route), method] = found
-        _route, endpoint, rule, name, convertor = found
-        subject = None if convertor is None else str(convertor.convert(match.group(name)))
-        return self._keep(key, Resolved(endpoint, rule, subject), routes, index)
+            shape = Shape(route, leaf.endpoint, rule, name if convertor is not None else None,
+                          convertor)
+            if len(self._shapes) >= _CACHE:
+                self._shapes.clear()
+            self._shapes[id(route), method] = shape
+        convertor = shape.convertor
+        subject = (None if convertor is None
+                   else str(convertor.convert(match.group(shape.name))))  # type: ignore[arg-type]
+        answers = self._answers
+        if len(answers) >= ANSWERS:
+            answers.clear()
+        answer = answers[key] = Answer(None, routes, index, shape, subject)
+        return answer
 
     def _keep(self, key: tuple[object, ...], resolved: Resolved, routes: list[BaseRoute],
               index: _Index) -> Answer:
@@ -550,8 +600,14 @@ class _Index:
         """The candidates for ``path`` that a ``kind`` scope can match, in the router's order,
         each with what its ``matches`` is (:data:`_PLAIN`); only for an index that is
         :attr:`matched`."""
-        key = ((kind, *self._key(path)) if path.startswith("/") and not path.endswith("\n")
-               else (kind,))
+        if path.startswith("/") and not path.endswith("\n"):
+            segments = path.split("/")  # "" first
+            first, last, count = segments[1], segments[-1], len(segments) - 1
+            key: tuple[object, ...] = (kind, first if first in self._firsts else _ANY,
+                                       count if count in self._counts else -1,
+                                       last if last in self._lasts else _ANY)
+        else:
+            key = (kind,)
         found = self._matchable.get(key)
         if found is None:
             want = _ROUTE if kind == "http" else _SOCKET

@@ -275,15 +275,17 @@ def test_a_path_asked_for_the_first_time_is_planned(
     assert asyncio.run(run()) == ["planned allowed"]
     assert asked == ["/customers/c-0049", "/customers/c-0050", "/customers/" + "d" * 300]
     # a path's first request keeps no plan nor request of its own (most paths are asked
-    # once); its second does
+    # once): it shares its route's plan; its second keeps its request
     routes = mw._app_routes
     assert routes is not None
     answer = routes._answers[("http", "GET", "", "/customers/c-0049")]
-    assert answer.plan is None
+    other = routes._answers[("http", "GET", "", "/customers/c-0050")]
+    assert answer.shape is not None
+    assert answer.plan is answer.shape.plan is other.plan
+    assert not any(key[0] is answer for key in mw._planner.seen)
     assert asyncio.run(_compare(world, "GET", "/customers/c-0049", headers,
                                 "127.0.0.1")) == "planned allowed"
-    assert answer.plan is not None
-    assert any(key[0] is answer.plan for key in mw._planner.seen)
+    assert any(key[0] is answer for key in mw._planner.seen)
 
 
 def test_the_outcome_a_handler_reads_holds_no_ruling(world: dict[str, Any]) -> None:

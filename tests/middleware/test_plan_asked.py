@@ -18,12 +18,17 @@ from middleware._plan import Planner
 
 
 class _Plan:
-    """What ``Planner._seen`` reads of a route's plan (hashable by identity, as a plan is)."""
+    """What ``Planner._seen`` reads of a route's plan."""
 
     categories = ("contact",)
     action = Action.READ
-    subject = "c-1"
     http = HttpContext("GET", "/customers/{customer_id}")
+
+
+class _Answer:
+    """What ``Planner._seen`` reads of a route answer (hashable by identity, as one is)."""
+
+    subject = "c-1"
 
 
 def test_the_requests_kept_and_their_decisions_are_bounded(monkeypatch: pytest.MonkeyPatch
@@ -31,8 +36,9 @@ def test_the_requests_kept_and_their_decisions_are_bounded(monkeypatch: pytest.M
     monkeypatch.setattr(_plan, "REQUESTS", 8)
     planner = Planner(SimpleNamespace(), SimpleNamespace(), "x-purpose")  # type: ignore[arg-type]
     plan: Any = _Plan()
+    answer: Any = _Answer()
     for n in range(50):
-        entry = planner._seen(plan, f"svc:{n}", "relationship.management")
+        entry = planner._seen(answer, plan, f"svc:{n}", "relationship.management")
         assert isinstance(entry.asked, Asked)
         assert entry.asked.request.caller == f"svc:{n}"
         assert entry.asked.http is plan.http
