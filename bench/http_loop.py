@@ -25,6 +25,10 @@ asks ``PUT /customers/{id}/contact`` with a JSON body instead of the read;
 ``--concurrent N`` requests at a time (1: one after the other, each waiting for its
 own commit).
 
+``--census`` counts what 32 reads (``--concurrent``) keep alive while they wait for their
+commit: the journal's append is held, and every object the collector tracks that was
+not there before is counted by type, per read (``--census-top`` types listed).
+
 ``--subjects N`` asks N customer ids in turn (default 100: each path is asked again every
 100 requests; with more ids than requests, every path is new, as in a service with many
 data subjects). ``--callgrind --keep FILE`` keeps the measured window's profile of the loop
@@ -32,7 +36,7 @@ thread for ``callgrind_annotate --inclusive=yes FILE``.
 
 Usage: python bench/http_loop.py [--requests 6400] [--gc-threshold N] [--gc-freeze]
        [--plain] [--audit-sink journal|none] [--write] [--concurrent 32] [--subjects 100]
-       [--callgrind [--keep FILE]]
+       [--callgrind [--keep FILE]] [--census [--census-top 40]]
        [--tree DIR]   (another checkout's guard and example, for an A/B run)
 """
 
@@ -47,12 +51,14 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import asyncio
+import collections
 import gc
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -86,6 +92,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None,
                         help="with --callgrind: copy the measured window's profile of the "
                              "loop thread here (for callgrind_annotate --inclusive=yes)")
+    parser.add_argument("--census", action="store_true",
+                        help="count the objects each waiting read keeps alive (commits held)")
+    parser.add_argument("--census-top", type=int, default=40, help="types listed by --census")
     args = parser.parse_args()
     if args.callgrind:
         callgrind(args.requests, args.keep)
@@ -170,6 +179,10 @@ def main() -> None:
             gc.callbacks.remove(timed)
             return wall_loop
 
+        if args.census:
+            asyncio.run(census(app, run, guard, args.concurrent, args.census_top))
+            shutil.rmtree(work, ignore_errors=True)
+            return
         wall, loop = asyncio.run(measure())
     shutil.rmtree(work, ignore_errors=True)
     n = args.requests
@@ -182,6 +195,60 @@ def main() -> None:
           f"collector {spent['seconds'] / n * 1e6:.1f} us per request "
           f"({spent['collections']:.0f} collections, {spent['collections'] / n * 1e4:.0f} "
           f"per 10,000 requests; {spent['full']:.0f} full)")
+
+
+async def census(app: Callable[..., Awaitable[None]],
+                 run: Callable[..., Awaitable[None]], guard: Any, reads: int, top: int) -> None:
+    """Print the objects alive per read while ``reads`` reads wait for their commit.
+
+    The bench's own per read are counted too: its coroutine and the gather's callback
+    context (2; a server's connection keeps objects of its own instead).
+    """
+    await run(app, WARM_UP)  # warm-up: caches, the first batches
+    writer = guard.trail.writer
+    entered, release = threading.Event(), threading.Event()
+    inner = writer.journal
+
+    class Held:  # the journal's append waits until released
+        def append(self, payloads: Any) -> Any:
+            entered.set()
+            release.wait(30)
+            return inner.append(payloads)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+    writer.journal = Held()
+    # A first read holds the writer in its append, so that all the measured reads queue.
+    first = asyncio.ensure_future(run(app, reads, 10_000))
+    await asyncio.to_thread(entered.wait, 30)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    gc.collect()
+    gc.disable()
+    count0 = gc.get_count()[0]
+    before = {id(o) for o in gc.get_objects()}
+    tasks = [asyncio.ensure_future(run(app, reads, 20_000))]  # one gather of them
+    for _ in range(400):  # until every read waits for its commit
+        await asyncio.sleep(0)
+    count1 = gc.get_count()[0]
+    mine = {id(before), id(tasks)}
+    new = [o for o in gc.get_objects() if id(o) not in before and id(o) not in mine]
+    kinds = collections.Counter(
+        f"{type(o).__module__}.{type(o).__qualname__}"
+        + (f" {o.cr_code.co_qualname}" if hasattr(o, "cr_code") else "")
+        for o in new)
+    del new
+    waiting = len(writer._queue)
+    release.set()
+    await asyncio.gather(first, *tasks)
+    gc.enable()
+    writer.journal = inner
+    print(f"{reads} reads waiting ({waiting} entries queued): "
+          f"{sum(kinds.values()) / reads:.2f} tracked objects alive per read, "
+          f"young count {(count1 - count0) / reads:+.2f} per read")
+    for name, n in kinds.most_common(top):
+        print(f"  {n / reads:6.2f}  {name}")
 
 
 def _resolved(ruling: Any, status: int | None = None) -> asyncio.Future[str]:

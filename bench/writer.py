@@ -111,7 +111,7 @@ def thread_cpu_us(thread: threading.Thread) -> float:
 
 
 class Commit:
-    """One commit as the guard hands it to the writer: its ruling is the writer's entry."""
+    """One commit as the guard hands it to the writer: an entry of the producer's own."""
 
     __slots__ = ("fields", "future", "result", "waker")
     kind = EventKind.DECISION
@@ -123,7 +123,7 @@ class Commit:
 
 def committer(w: JournalWriter) -> Any:
     """What a producer calls per commit: ``hand`` an entry of its own (made once and used
-    again, as the guard's ruling exists anyway), or ``start`` on a tree without it."""
+    again, as the decision's fields exist anyway), or ``start`` on a tree without it."""
     hand = getattr(w, "hand", None)
     if hand is None:  # a checkout from before the entries (--tree, PYTHONPATH)
         return lambda: w.start(EventKind.DECISION, FIELDS)

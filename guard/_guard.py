@@ -8,7 +8,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import monotonic, perf_counter_ns
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,19 +36,20 @@ if TYPE_CHECKING:
 
 
 class Deadlines:
-    """Fail the futures of one event loop that are not done by their deadline.
+    """Fail each commit's future that is not done by its deadline.
 
     One timer for all of them, instead of a timer per request: it runs while
-    futures are watched, at a tenth of the bound (at most once a second), so a
-    future fails at most that much after its deadline. Nothing is made per future
-    but its entry: what to do when one fails is one callable for all of them.
-    Deadlines are read on :func:`time.monotonic` (asyncio's loop clock), not by a
-    call of the loop's ``time()`` per future.
+    commits are watched, at a tenth of the bound (at most once a second), so a
+    future fails at most that much after its deadline. Nothing is made per commit:
+    its entry (the decision's :class:`Handed` fields, or a :class:`Watched`) holds
+    its future and its deadline, and what to do when one fails is one callable for
+    all of them. Deadlines are read on :func:`time.monotonic` (asyncio's loop
+    clock), not by a call of the loop's ``time()`` per future.
 
     Args:
         loop: The event loop the futures belong to.
-        expired: Called with a failed future's ``context`` (when it is not None),
-            after the future failed.
+        expired: Called with a failed commit's ``fields`` (when they are not None),
+            after its future failed.
     """
 
     __slots__ = ("_expired", "_pending", "_tick", "_timer", "_within", "loop")
@@ -57,29 +58,29 @@ class Deadlines:
                  expired: Callable[[Any], object] | None = None) -> None:
         self.loop = loop
         self._expired = expired
-        self._pending: deque[tuple[float, asyncio.Future[str], Any]] = deque()
+        self._pending: deque[Handed | Watched] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._within = -1.0
         self._tick = 1.0
 
-    def watch(self, future: asyncio.Future[str], within: float, context: Any = None) -> None:
-        """Fail ``future`` with TimeoutError if it is not done within ``within`` seconds.
+    def watch(self, entry: Handed | Watched, within: float) -> None:
+        """Fail ``entry.future`` with TimeoutError if it is not done within ``within`` seconds.
 
         Args:
-            future: The future.
+            entry: The commit: its ``future``; its ``deadline`` is set here.
             within: Seconds.
-            context: Handed to ``expired`` when it failed so (None: nothing is called).
         """
         if within != self._within:
             self._within, self._tick = within, min(1.0, max(0.01, within / 10))
         pending = self._pending
-        # Forget the futures done since (the oldest first): kept until the next tick, a
+        # Forget the commits done since (the oldest first): kept until the next tick, a
         # second's worth of requests (each future and its event fields) would live long
         # enough for the cyclic collector to promote them into its oldest generation,
         # whose full collections, with the interpreter lock held, stall every request.
-        while pending and pending[0][1].done():
+        while pending and pending[0].future.done():  # type: ignore[union-attr]  # set by then
             pending.popleft()
-        pending.append((monotonic() + within, future, context))
+        entry.deadline = monotonic() + within
+        pending.append(entry)
         if self._timer is None:
             self._timer = self.loop.call_later(self._tick, self._check)
 
@@ -88,16 +89,54 @@ class Deadlines:
         pending = self._pending
         now = monotonic()
         while pending:
-            deadline, future, context = pending[0]
-            if not future.done():
-                if deadline > now:
+            entry = pending[0]
+            future = entry.future
+            if future is not None and not future.done():
+                if entry.deadline > now:
                     break
                 future.set_exception(TimeoutError("audit event not durable in time"))
-                if context is not None and self._expired is not None:
-                    self._expired(context)
+                fields = entry.fields
+                if fields is not None and self._expired is not None:
+                    self._expired(fields)
             pending.popleft()
         if pending:  # the oldest still waits
             self._timer = self.loop.call_later(self._tick, self._check)
+
+
+class Watched:
+    """A commit the deadline watch holds that is not a decision's (no refusal to queue)."""
+
+    __slots__ = ("deadline", "future")
+    fields = None
+
+    def __init__(self, future: asyncio.Future[str]) -> None:
+        self.future: asyncio.Future[str] | None = future
+        self.deadline = 0.0
+
+
+class Handed(IdFields):
+    """A decision's event fields, which are also its commit (one object per read waiting).
+
+    The journal's writer takes them as its entry (:class:`guard.audit._jwriter.Entry`):
+    the event, its future and its result; the deadline watch holds them with their
+    deadline. So the :class:`Ruling` is freed as soon as its decision is queued.
+    """
+
+    __slots__ = ("deadline", "future", "result", "waker")
+    kind: ClassVar[EventKind] = EventKind.DECISION
+    deadline: float
+    """When the deadline watch fails the commit (:func:`time.monotonic`)."""
+    future: asyncio.Future[str] | None
+    """Set by the journal's writer: the commit's future, resolved once the event is durable."""
+    result: str | BaseException | None
+    """Set by the journal's writer: the event's id, or why it is not durable."""
+    waker: Any
+    """Set by the journal's writer: how it tells the loop the commit is done."""
+
+    @property
+    def fields(self) -> Handed:
+        """The event's fields: these."""
+        return self
 
 
 LATE_REFUSAL = "audit_unavailable"
@@ -158,8 +197,8 @@ class Ruling:
 
     Record it once, with the HTTP status it is answered with when that is known:
     :meth:`Guard.acommit` (durable on return) or :meth:`Guard.post` (queued). On an
-    event loop the ruling itself is the journal writer's entry
-    (:class:`guard.audit._jwriter.Entry`): its event, and its commit's future and result.
+    event loop its fields (:class:`Handed`) are the journal writer's entry: the ruling
+    is not kept by the commit.
 
     Args:
         decision: The decision.
@@ -168,19 +207,12 @@ class Ruling:
         fields: The audit event's fields; None when the decision cannot be recorded.
     """
 
-    kind: ClassVar[EventKind] = EventKind.DECISION
     decision: Decision
     request: Request
     categories: CategoryDecision | None = None
     fields: dict[str, Any] | None = None
     queued: bool = False
     """Handed to the journal's writer (by a commit or :meth:`Guard.post`): never again."""
-    future: asyncio.Future[str] | None = field(default=None, init=False)
-    """The commit's future (:meth:`Guard.begin_commit`), resolved once the event is durable."""
-    result: str | BaseException | None = field(default=None, init=False)
-    """Set by the journal's writer: the event's id, or why it is not durable."""
-    waker: Any = field(default=None, init=False)
-    """Set by the journal's writer: how it tells the loop the commit is done."""
 
 
 class Guard:
@@ -305,23 +337,22 @@ class Guard:
                 store): the caller refuses the request rather than wait for good.
         """
         future = self.trail.start_fields(kind, fields)
-        self._watch(future)
+        self._watch(future, Watched(future))
         return await future
 
-    def _watch(self, future: asyncio.Future[str], decision: dict[str, Any] | None = None
-               ) -> None:
+    def _watch(self, future: asyncio.Future[str], entry: Handed | Watched) -> None:
         """Fail ``future`` with TimeoutError unless it is done within :attr:`durable_within`.
 
         Args:
             future: The commit's future.
-            decision: The fields of the decision it commits: a refusal for want of time
-                queues the decision's 403 outcome (:meth:`_late_refusal`).
+            entry: What the watch holds: a decision's fields (a refusal for want of time
+                queues the decision's 403 outcome, :meth:`_late_refusal`) or a :class:`Watched`.
         """
         deadlines = self._deadlines
         loop = future.get_loop()
         if deadlines is None or deadlines.loop is not loop:
             deadlines = self._deadlines = Deadlines(loop, self._late_refusal)
-        deadlines.watch(future, self.durable_within, decision)
+        deadlines.watch(entry, self.durable_within)
 
     def _post(self, kind: EventKind, fields: dict[str, Any]) -> None:
         self.trail.post_fields(kind, fields)
@@ -418,10 +449,10 @@ class Guard:
                 if span is not None:
                     span.set_attributes(decision_attributes(decision))
                 if remembered is None:
-                    fields = IdFields(_untraced(decision_fields(request, decision, http,
-                                                                latency_us)))
+                    fields = Handed(_untraced(decision_fields(request, decision, http,
+                                                              latency_us)))
                 else:  # the event's own: its subject, timing, ids and status
-                    fields = IdFields(remembered)
+                    fields = Handed(remembered)
                     fields["subject_id"] = request.subject
                     fields["latency_us"] = latency_us
             # The fields hold no trace ids (None, None); the API's invalid span has none
@@ -492,7 +523,7 @@ class Guard:
         decision = judged.decision
         if span is not None:
             span.set_attributes(decision_attributes(decision))
-        fields = IdFields(_untraced(decision_fields(request, decision, http, latency_us)))
+        fields = Handed(_untraced(decision_fields(request, decision, http, latency_us)))
         fields["detail"] = detail
         return decision, fields, judged
 
@@ -589,9 +620,9 @@ class Guard:
                 raise AuditUnavailableError("the decision cannot be recorded")
             if status is not None:
                 fields["http_status"] = status
-            if type(fields) is not IdFields or "trace_id" not in fields:  # not made by decide()
+            if type(fields) is not Handed or "trace_id" not in fields:  # not made by decide()
                 fields = ruling.fields = _handed(fields)
-            future = self._hand(ruling)  # the writer's entry (its fields carry trace ids)
+            future = self._hand(fields)  # the writer's entry (they carry their trace ids)
             ruling.queued = True
         except Exception as exc:  # a closed trail, a full disk: refused now
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -600,7 +631,7 @@ class Guard:
         deadlines = self._deadlines  # _watch, inline: once per read
         if deadlines is None or deadlines.loop is not future.get_loop():
             deadlines = self._deadlines = Deadlines(future.get_loop(), self._late_refusal)
-        deadlines.watch(future, self.durable_within, fields)
+        deadlines.watch(fields, self.durable_within)
         return future
 
     def _late_refusal(self, fields: dict[str, Any]) -> None:
@@ -872,23 +903,23 @@ class Guard:
 def _untraced(fields: dict[str, Any]) -> dict[str, Any]:
     """``fields`` with no trace ids yet (:meth:`Guard.decide` sets them when there is a span).
 
-    The same dict, not a copy: a plain ``dict`` is what :class:`IdFields` copies fastest.
+    The same dict, not a copy: a plain ``dict`` is what :class:`Handed` copies fastest.
     """
     fields["trace_id"] = fields["span_id"] = None
     return fields
 
 
-def _handed(fields: dict[str, Any]) -> dict[str, Any]:
-    """A decision's fields as the journal's writer takes them: :class:`IdFields` with trace ids.
+def _handed(fields: dict[str, Any]) -> Handed:
+    """A decision's fields as the journal's writer takes them: :class:`Handed` with trace ids.
 
     :meth:`Guard.decide` makes them so; a ruling made otherwise is given them here
     (the current span's ids), so that the trail hands these very fields to the
     writer (it copies fields without ids) and a refusal for want of time can read
     the id the writer set in them.
     """
-    if type(fields) is IdFields and "trace_id" in fields:
+    if type(fields) is Handed and "trace_id" in fields:
         return fields
-    handed = IdFields(fields)
+    handed = Handed(fields)
     if "trace_id" not in handed:
         handed["trace_id"], handed["span_id"] = span_ids(
             trace.get_current_span().get_span_context())

@@ -43,8 +43,9 @@ class Record:
 
     The record is the ``send`` the app is given (it holds a read's response until
     its decision is durable): one object per request, no closure, and while a whole
-    response waits for its decision no frame of its own but :meth:`_release`'s (fewer
-    objects alive per request in flight, for the cyclic collector to walk).
+    response waits for its decision no frame of its own (the middleware awaits the
+    commit, :meth:`returned`): fewer objects alive per request in flight, for the
+    cyclic collector to walk.
 
     Args:
         guard: The guard.
@@ -313,21 +314,33 @@ class Record:
 
     # -- the end -----------------------------------------------------------------------------
 
-    def close(self, http: bool) -> Coroutine[Any, Any, None]:
-        """The app is done: what to await to send a held response and record what is not yet.
+    def returned(self) -> asyncio.Future[str] | None:
+        """The app is done: the commit to await before :meth:`close`, if its response waits.
 
-        A whole response held (a read's usual answer) is sent by :meth:`_release` itself,
-        so while it waits for its decision its frame is the only one of the record's
-        alive (fewer objects for the cyclic collector to walk); anything else is
+        A whole response held (a read's usual answer) waits for its decision in the
+        caller's own frame, so no frame or coroutine of the record's is alive meanwhile
+        (fewer objects for the cyclic collector to walk); :meth:`close` then sends it.
+        None when nothing is to be awaited first.
+        """
+        self._returned = True
+        verdict = self._verdict
+        if (self._flusher is None and self._start is not None and self._body is not None
+                and verdict is not None):
+            # answered by close(): no early answer (its callback would run for nothing)
+            verdict.remove_done_callback(self._durable)
+            return None if verdict.done() else verdict
+        return None
+
+    def close(self, http: bool) -> Coroutine[Any, Any, None]:
+        """The app is done (after :meth:`returned`): send a held response, record what is not yet.
+
+        A whole response held is sent by :meth:`_release` itself; anything else is
         :meth:`_close`'s.
 
         Args:
             http: An HTTP response (one that can break off mid-body), not a WebSocket.
         """
-        self._returned = True
         if self._flusher is None and self._start is not None and self._body is not None:
-            # answered here: no early answer (its callback would run for nothing)
-            self._verdict.remove_done_callback(self._durable)  # type: ignore[union-attr]
             return self._release(closing=True)
         return self._close(http)
 

@@ -233,6 +233,13 @@ class GuardMiddleware:
             await self.app(scope, receive, inner)
         finally:
             if not record.settled:
+                verdict = record.returned()
+                if verdict is not None:  # a whole response held: its commit awaited here
+                    try:  # noqa: SIM105 - no suppress() object alive across the wait
+                        await verdict
+                    except Exception:  # noqa: S110 - judged by the record
+                        pass
+                    del verdict
                 await record.close(kind == "http")
 
     async def _judge(self, scope: Scope, kind: str, method: str,

@@ -142,7 +142,7 @@ def content(kind: EventKind, f: Mapping[str, Any], pseudonym: Pseudonyms | bytes
     """
     get = f.get
     own = get("event_id")
-    if not own and type(f) is IdFields:
+    if not own and isinstance(f, IdFields):
         own = f.setdefault("event_id", event_id)
     raw = get("subject_id")
     if raw is None:

@@ -106,7 +106,7 @@ class _Waker:
 
 
 class Entry(Protocol):
-    """One event and its result; on a loop the producer's own (the guard's ruling)."""
+    """One event and its result; on a loop the producer's own (a decision's fields)."""
 
     @property
     def kind(self) -> EventKind: ...
@@ -314,7 +314,7 @@ class JournalWriter:
         loop = asyncio.get_running_loop()
         entry.waker = self._wakers.get(loop) or self._waker(loop)
         future: asyncio.Future[str] = loop.create_future()
-        entry.future = future
+        entry.future, entry.result = future, None
         self._queue.append(entry)  # no lock: a deque append is atomic
         if self._idle:  # read after the append: a writer not idle yet will see the entry
             self._ring()  # the first of a burst wakes it; the others see it busy

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from guard._guard import Deadlines
+from guard._guard import Deadlines, Handed, Watched
 from tests.guard.test_guard_commit import ALLOWED, _guard
 
 
@@ -23,9 +23,9 @@ def test_a_done_future_is_forgotten_when_the_next_is_watched() -> None:
         deadlines = Deadlines(loop)
         futures = [loop.create_future() for _ in range(50)]
         for future in futures:  # no await in between: the watch's timer cannot run
-            deadlines.watch(future, 30.0, None)
+            deadlines.watch(Watched(future), 30.0)
             future.set_result("id")
-        assert [entry[1] for entry in deadlines._pending] == [futures[-1]]
+        assert [entry.future for entry in deadlines._pending] == [futures[-1]]
 
     asyncio.run(run())
 
@@ -33,21 +33,29 @@ def test_a_done_future_is_forgotten_when_the_next_is_watched() -> None:
 def test_a_future_not_done_is_still_watched_and_fails_at_its_deadline() -> None:
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        expired: list[str] = []
+        expired: list[dict[str, str]] = []
         deadlines = Deadlines(loop, expired.append)
-        slow = loop.create_future()
-        deadlines.watch(slow, 0.05, "slow")
+
+        def entry(name: str) -> Handed:  # a decision's fields, its commit's future on them
+            handed = Handed(name=name)
+            handed.future = loop.create_future()
+            return handed
+
+        slow = entry("slow")
+        deadlines.watch(slow, 0.05)
         for _ in range(5):  # done futures behind it wait their turn; the slow one stays
-            done = loop.create_future()
-            deadlines.watch(done, 0.05, "done")
-            done.set_result("id")
-        bare = loop.create_future()
-        deadlines.watch(bare, 0.05)  # no context: it fails, nothing is called for it
-        assert deadlines._pending[0][1] is slow
-        for future in (slow, bare):
+            done = entry("done")
+            deadlines.watch(done, 0.05)
+            done.future.set_result("id")  # type: ignore[union-attr]
+        bare = Watched(loop.create_future())
+        deadlines.watch(bare, 0.05)  # no fields: it fails, nothing is called for it
+        assert deadlines._pending[0] is slow
+        for future in (slow.future, bare.future):
+            assert future is not None
             with pytest.raises(TimeoutError, match="audit event not durable in time"):
                 await asyncio.wait_for(asyncio.shield(future), 30)
-        assert expired == ["slow"]
+        assert expired == [{"name": "slow"}]
+        assert expired[0] is slow
 
     asyncio.run(run())
 
