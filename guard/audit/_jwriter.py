@@ -82,7 +82,7 @@ class _Waker:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         finalize(self, os.close, self.fd).atexit = False
-        self.done: deque[Entry] = deque()
+        self.done: deque[Sequence[Entry]] = deque()  # batches holding entries of this loop
         loop.add_reader(self.fd, self.settle)
 
     def wake(self) -> None:
@@ -91,18 +91,21 @@ class _Waker:
 
     def settle(self) -> None:
         """Resolve the futures of the entries done (on the loop, when the eventfd is readable)."""
-        with contextlib.suppress(BlockingIOError):  # read on an earlier turn already
+        try:  # noqa: SIM105 - no suppress() object made per batch
             os.eventfd_read(self.fd)
+        except BlockingIOError:  # read on an earlier turn already
+            pass
         done = self.done
         while done:
-            entry = done.popleft()
-            future, result = entry.future, entry.result
-            if future is None or future.done():  # failed meanwhile (its deadline)
-                continue
-            if isinstance(result, str):
-                future.set_result(result)
-            else:
-                future.set_exception(result or AuditUnavailableError("audit event lost"))
+            for entry in done.popleft():  # a batch: this loop's entries and others'
+                future = entry.future
+                if entry.waker is not self or future is None or future.done():
+                    continue  # another's, or failed meanwhile (its deadline)
+                result = entry.result
+                if isinstance(result, str):
+                    future.set_result(result)
+                else:
+                    future.set_exception(result or AuditUnavailableError("audit event lost"))
 
 
 class Entry(Protocol):
@@ -537,8 +540,9 @@ class JournalWriter:
                 _log.debug("audit batch listener failed: %s", exc)
 
     def _release(self, items: list[Entry]) -> None:
-        """Wake each waker of ``items`` once (a loop keeps its items); log posted failures."""
+        """Wake each waker of ``items`` once (a loop keeps the batch); log posted failures."""
         woken: list[_Waker | _Waiting] = []
+        last: object = woken  # the previous item's waker (none is this list)
         for item in items:
             if item.result is None:  # the batch failed before it was built
                 item.result = AuditUnavailableError("audit event lost")
@@ -547,12 +551,13 @@ class JournalWriter:
                 if not isinstance(item.result, str):
                     _log.error("audit %s event was not recorded: %s", item.kind.value,
                                item.result)
-                continue
-            if waker.done is not None:
-                waker.done.append(item)
-            if waker not in woken:
-                woken.append(waker)
+            elif waker is not last:
+                last = waker
+                if waker not in woken:
+                    woken.append(waker)
         for waker in woken:
+            if waker.done is not None:
+                waker.done.append(items)
             waker.wake()
 
     def _close_chain(self) -> None:
