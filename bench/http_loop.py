@@ -111,6 +111,7 @@ def main() -> None:
                             hmac_key=work / "subject-hmac.key",
                             signing_key=work / "audit-signing.key", writer_id="bench"),
         identity=IdentitySettings(dev_key=work / "dev-token.key"))
+    settings.sidecar.gc_freeze = False  # the collector as measured before (--gc-freeze)
     token = issue_token(settings.identity, "svc:crm", None, 3600)
     headers = [(b"host", b"svc"), (b"authorization", f"Bearer {token}".encode()),
                (b"x-purpose", b"relationship.management"), (b"user-agent", b"bench")]

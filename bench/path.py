@@ -236,6 +236,7 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
                             signing_key=workdir / "audit-signing.key", writer_id="bench"),
         identity=IdentitySettings(dev_key=workdir / "dev-token.key"),
     )
+    settings.sidecar.gc_freeze = False  # the collector as measured before: no start-up freeze
     token = issue_token(settings.identity, CALLER, None, 3600)
     auth = Authenticator.from_settings(settings.identity, announce=False)
     guard = Guard.from_settings(settings)
