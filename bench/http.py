@@ -300,19 +300,21 @@ def serve(kind: str, port: int, workdir: Path, opts: argparse.Namespace,
     signal.signal(signal.SIGUSR1, threads)
     signal.signal(signal.SIGUSR2, lambda *_: gc.freeze())
     full: list[float] = []
-    began = [0.0]
+    full_cpu: list[float] = []
+    began = [0.0, 0.0]
 
     def timed(phase: str, info: dict[str, int]) -> None:
-        if info["generation"] == 2:
+        if info["generation"] == 2:  # wall and CPU time of the collecting thread
             if phase == "start":
-                began[0] = time.perf_counter()
+                began[:] = time.perf_counter(), time.thread_time()
             else:
                 full.append((time.perf_counter() - began[0]) * 1e3)
+                full_cpu.append((time.thread_time() - began[1]) * 1e3)
 
     def collected(*_: object) -> None:
         part = workdir / f"gc-{label}.part"
         part.write_text(json.dumps({"collections": [g["collections"] for g in gc.get_stats()],
-                                    "full_ms": full}))
+                                    "full_ms": full, "full_cpu_ms": full_cpu}))
         part.rename(workdir / f"gc-{label}.json")
 
     gc.callbacks.append(timed)
@@ -371,6 +373,7 @@ class Run:
     load_cpu_us: float = 0.0  # the load generator's CPU (wrk, user + system) per request
     collections: tuple[int, int, int] = (0, 0, 0)  # the server's, by generation, in the run
     full_ms: tuple[float, ...] = ()  # each full (gen 2) collection's duration in the run
+    full_cpu_ms: float = 0.0  # ... and the CPU time they took, in all
 
     @property
     def rps(self) -> float:
@@ -502,8 +505,9 @@ async def _httpx_run(url: str, token: str, connections: int, seconds: float) -> 
                latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))])
 
 
-def collector_counts(pid: int, workdir: Path, label: str) -> tuple[list[int], list[float]]:
-    """A server's collections so far, by generation, and each full collection's ms."""
+def collector_counts(pid: int, workdir: Path, label: str
+                     ) -> tuple[list[int], list[float], list[float]]:
+    """A server's collections so far, by generation, each full collection's ms and CPU ms."""
     path = workdir / f"gc-{label}.json"
     path.unlink(missing_ok=True)
     os.kill(pid, GC_REPORT)
@@ -511,9 +515,9 @@ def collector_counts(pid: int, workdir: Path, label: str) -> tuple[list[int], li
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     if not path.exists():
-        return [0, 0, 0], []
+        return [0, 0, 0], [], []
     data = json.loads(path.read_text())
-    return list(data["collections"]), list(data["full_ms"])
+    return list(data["collections"]), list(data["full_ms"]), list(data["full_cpu_ms"])
 
 
 def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
@@ -541,10 +545,11 @@ def load(url: str, token: str, connections: int, seconds: float, workdir: Path,
         per["indexer"] += run.child_cpu_us  # the only child: `guard audit index`, if any
         run.threads_us, run.threads_sys_us = per, kernel
     if gc_before is not None and pid and label:
-        counts, full = collector_counts(pid, workdir, label)
+        counts, full, full_cpu = collector_counts(pid, workdir, label)
         done = [after - before for after, before in zip(counts, gc_before[0], strict=True)]
         run.collections = (done[0], done[1], done[2])
         run.full_ms = tuple(full[len(gc_before[1]):])
+        run.full_cpu_ms = sum(full_cpu[len(gc_before[2]):])
     return run
 
 
@@ -905,11 +910,13 @@ def main() -> None:
           f"p99 {floor[1]:.3f} ms")
     print("cyclic collector in the servers (sums over the rounds): collections per 10,000 "
           "requests gen0/gen1/gen2 and each full collection's ms, at throughput and in the "
-          "latency runs (c=1)")
+          "latency runs (c=1); the full collections' CPU per request at throughput")
     for kind in kinds:
         tput, lat = results[kind]["tput"], results[kind]["lat"]
+        cpu = sum(r.full_cpu_ms for r in tput) / (sum(r.requests for r in tput) or 1) * 1e3
         print(f"  {LABELS[kind]:<{width}} {_per_10k(tput):>16}; full ms "
-              f"{_fulls(tput):<24} c=1: {_per_10k(lat):>16}; full ms {_fulls(lat)}")
+              f"{_fulls(tput):<24} c=1: {_per_10k(lat):>16}; full ms {_fulls(lat)}; "
+              f"full collections' CPU {cpu:.1f} us/request")
     if not args.latency_only:
         cores = os.cpu_count() or 1
         print(f"where the {cores} cores went at {args.connections} connections (us per request, "
