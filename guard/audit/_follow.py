@@ -77,10 +77,13 @@ class Follower:
         return min((ix.relief_due(now) for ix in self.indexers.values()), default=float("inf"))
 
     def progress(self) -> str:
-        """Lanes, records durable and not yet in the store, and why, if the store refuses."""
+        """Lanes, records durable and not yet in the store, and why: the store refuses, or a
+        lane's index stopped (:meth:`Indexer._stop_at`)."""
         behind = sum(max(0, durable_end(lane) - ix.offset) for lane, ix in self.indexers.items())
+        error = self.error
         return (f"{len(self.indexers)} lane(s), {behind} record(s) behind"
-                + (f"; the store refuses: {self.error}" if self.error else ""))
+                + ("" if error is None else f"; {error}" if error.startswith("stopped at")
+                   else f"; the store refuses: {error}"))
 
     @property
     def error(self) -> str | None:

@@ -9,7 +9,8 @@ costs the writer nothing. A crash between two transactions reads the records
 after the saved offset again, so the store never holds an event twice; at start
 the indexer catches up from the saved offset on its own thread: a store that
 refuses, at start or later, is retried; neither the producers nor the trail's
-start wait for the index.
+start wait for the index. A record whose place in its chain (writer, seq) another
+event holds stops the lane's index at it, for good (:meth:`Indexer._stop_at`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import time
 from collections import deque
 from pathlib import Path
 
+from guard.audit._event import FIELD_NAMES
+from guard.audit._fields import decode_many
 from guard.audit._health import FailureLog
 from guard.audit._journal import JournalReader, durable_end, journal_id, segments
-from guard.audit._store import Store, indexed_offset
+from guard.audit._store import ChainPlaceTakenError, Store, indexed_offset
 
 SHORTENED = "#shortened"
 """The store's offset row (lane id + this) for how far the index had read a lane found shorter."""
@@ -33,6 +36,7 @@ _CHUNK = 1000
 """Records read at a time within one index transaction."""
 _IDLE_BATCH = 500
 """Most records in one transaction under ``SCHED_IDLE`` (a starved one holds up its relief)."""
+_WRITER, _SEQ = FIELD_NAMES.index("writer_id"), FIELD_NAMES.index("seq")
 
 
 class Pace:
@@ -122,6 +126,8 @@ class Indexer:
         self._started = 0.0  # monotonic time the pending transaction's read started
         self.failures = FailureLog(f"audit index of {lane}")
         """The store's refusals (the latest's cause while it refuses)."""
+        self.stopped: str | None = None
+        """Why the index of this lane stopped for good (its cause stays in :attr:`failures`)."""
         self._idle = idle
         self.idle = False
         """The thread indexing now runs under ``SCHED_IDLE``."""
@@ -174,7 +180,7 @@ class Indexer:
 
         With nothing waiting, a record durable from ``now`` on may wait ``idle`` seconds.
         """
-        if self._idle is None:
+        if self._idle is None or self.stopped:
             return float("inf")
         due = self._pace.since + self._idle
         return due if due > now or durable_end(self.lane) > self.offset else now + self._idle
@@ -196,13 +202,14 @@ class Indexer:
             self._cond.notify()
 
     def wait(self, offset: int, timeout: float = 30.0) -> bool:
-        """Block until every record below ``offset`` is in the store; False on timeout."""
+        """Block until every record below ``offset`` is in the store; False on timeout, or
+        once the index stopped (:attr:`stopped`)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._wanted = max(self._wanted, offset)
             while self._reader is None or self.offset < offset:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
+                if remaining <= 0 or self.stopped or not self._thread.is_alive():
                     return False
                 self._cond.notify()
                 self._cond.wait(min(remaining, 0.05))
@@ -291,7 +298,11 @@ class Indexer:
                     raise
                 self._pending = (records, self._reader.offset)
             records, end = self._pending
-            self.store.index_records(records, self._key, end)  # a bad record: retried, kept
+            try:
+                self.store.index_records(records, self._key, end)  # a bad record: retried
+            except ChainPlaceTakenError:
+                self._stop_at(records, end)
+                return
             self._pace.done(time.monotonic() - self._started)
             with self._cond:
                 self._pending = None
@@ -299,3 +310,53 @@ class Indexer:
                 self._cond.notify_all()
         if self.failures.failing:
             self.failures.succeeded()
+
+    def _stop_at(self, records: list[bytes], end: int) -> None:
+        """Index the records before the first whose chain place another event holds, then stop.
+
+        Two records claiming one ``(writer_id, seq)`` with different event ids (a lane
+        copied from another and edited, a forged record, a writer's bug) are a
+        disagreement of the journal, not a store's refusal: retrying it would spin
+        for ever and hold up every later record, and indexing either one as if it
+        were fine would hide it. The lane's index stops at that record, with one
+        line naming it (readiness and ``guard audit index`` show it) until an operator
+        has looked (``guard audit verify --journal``) and restarts the index.
+        """
+        first = end - len(records)
+        found = _taken(self.store, records)
+        if found is None:  # the store's rows changed under it: retried as a refusal
+            raise ChainPlaceTakenError(f"{self.lane.name}: a chain place these records "
+                                       "claim was taken, then freed")
+        at, writer, seq, held, event_id = found
+        self.store.index_records(records[:at], self._key, first + at)
+        why = (f"stopped at {self.lane.name} record {first + at}: writer {writer} seq {seq} is "
+               f"event {held} already, this record is event {event_id} (two records claim "
+               "one place in the chain: a lane copied or forged, or a writer's fault); "
+               "nothing from it on is indexed: run `guard audit verify --journal`, then "
+               "restart the index")
+        self.failures.failed(why)  # logged before a waiter is told
+        with self._cond:
+            self._pending, self.offset, self.stopped = None, first + at, why
+            self._closed = True  # not retried, not relieved
+            self._cond.notify_all()
+
+
+def _taken(store: Store, records: list[bytes]) -> tuple[int, str, int, str, str] | None:
+    """The first of ``records`` whose ``(writer_id, seq)`` an earlier one or a stored event
+    of another id holds: its index, writer, seq, the holder's event id and its own."""
+    events = [(i, r) for i, r in enumerate(records) if r[:1] == b"["]
+    values = decode_many([r for _, r in events])[0]
+    width = len(FIELD_NAMES)
+    rows = [(i, *values[n * width:(n + 1) * width]) for n, (i, _) in enumerate(events)]
+    held: dict[tuple[str, int], str] = {}
+    for writer in {row[1 + _WRITER] for row in rows}:
+        seqs = [row[1 + _SEQ] for row in rows if row[1 + _WRITER] == writer]
+        held.update(((writer, seq), event_id) for seq, event_id in store.rows(
+            "SELECT seq, event_id FROM audit_event WHERE writer_id = ? AND seq BETWEEN ? AND ?",
+            (writer, min(seqs), max(seqs))))
+    for i, event_id, *columns in rows:
+        place = (columns[_WRITER - 1], columns[_SEQ - 1])
+        holder = held.setdefault(place, event_id)
+        if holder != event_id:
+            return i, place[0], place[1], holder, event_id
+    return None

@@ -21,7 +21,7 @@ from guard.audit._schema import (
     checkpoint_row,
     migrate,
 )
-from guard.audit._store import AuditStoreError
+from guard.audit._store import AuditStoreError, ChainPlaceTakenError
 from guard.audit._summary import add_hours
 
 _MIGRATION_LOCK = 0x67756172  # advisory lock id: one replica migrates at a time
@@ -147,7 +147,9 @@ class PostgresStore:
                     conn.close()
                     raise
         except (psycopg.Error, PoolTimeout) as exc:
-            raise AuditUnavailableError(
+            taken = isinstance(exc, psycopg.errors.UniqueViolation) \
+                and exc.diag.constraint_name == "audit_event_writer_id_seq_key"
+            raise (ChainPlaceTakenError if taken else AuditUnavailableError)(
                 f"audit store {_safe(self.url)} refused the index write: {_line(exc)}"
             ) from exc
 

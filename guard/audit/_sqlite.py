@@ -24,7 +24,7 @@ from guard.audit._schema import (
     checkpoint_row,
     migrate,
 )
-from guard.audit._store import AuditStoreError
+from guard.audit._store import AuditStoreError, ChainPlaceTakenError
 from guard.audit._summary import ADD_COUNTED, add_hours, count_hours, counted
 
 _SIZES = (1024, 256, 64, 16, 4, 1)  # 27 columns x 1024 stays under SQLite's 32766 variables
@@ -186,7 +186,9 @@ class SqliteStore:
             try:
                 self._transaction(lambda conn: _insert(conn, records, (journal, next_offset)))
             except sqlite3.Error as exc:
-                raise AuditUnavailableError(
+                taken = str(exc).endswith("UNIQUE constraint failed: audit_event.writer_id, "
+                                          "audit_event.seq")
+                raise (ChainPlaceTakenError if taken else AuditUnavailableError)(
                     f"audit store {self.path} refused the index write: {exc}"
                 ) from exc
 

@@ -6,11 +6,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from guard._errors import ConfigError, GuardError
+from guard._errors import AuditUnavailableError, ConfigError, GuardError
 
 
 class AuditStoreError(GuardError):
     """An audit store that does not exist or is not an audit store (for readers)."""
+
+
+class ChainPlaceTakenError(AuditUnavailableError):
+    """An event's place in its chain (``writer_id``, ``seq``) is held by another event id:
+    two journal records claim it (nothing of the batch is added; retrying cannot help)."""
 
 
 class Store(Protocol):
@@ -23,7 +28,8 @@ class Store(Protocol):
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Add journal records (their bytes, in order) and save the offset, in one transaction
-        (ValueError: a record is not a journal record; nothing is added)."""
+        (ValueError: a record is not a journal record; :class:`ChainPlaceTakenError`: an event's
+        writer and seq are another event's; nothing is added either way)."""
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return every row."""

@@ -1,0 +1,106 @@
+"""Two journal records claiming one place in a chain: the index stops there, loudly, for good.
+
+A lane copied from another and edited (here: one record's event id changed, its
+frame's checksum made right again) holds an event whose writer and seq the index
+already holds under another id. Retrying that insert spun for ever and held up
+every later record; now the lane's index stops at that record, naming it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from guard._errors import AuditUnavailableError
+from guard.audit import EventKind, load_public_key, new_event_id, open_store
+from guard.audit._event import FIELD_NAMES
+from guard.audit._follow import ChildIndexer, Follower
+from guard.audit._journal import Journal, read_journal
+from guard.audit._jverify import verify_journal
+from guard.audit._store import indexed_offset
+from tests.guard.audit.conftest import CHAIN_KEY, Keys, make_trail
+
+FIELDS = {"caller": "svc:crm", "purpose": "p", "categories": ("c",), "action": "read",
+          "allowed": True, "reason": "allowed", "subject_id": "cust-1"}
+_WRITER, _SEQ = FIELD_NAMES.index("writer_id"), FIELD_NAMES.index("seq")
+
+
+def copied_lane_with_one_id_changed(folder: Path) -> tuple[int, str, str, str]:
+    """Copy lane-0's records into lane-1 (through the journal API), the event of seq 3 under
+    a new id; its offset in lane-1, writer, the original id and the forged one."""
+    records = [r for r in read_journal(folder / "lane-0") if isinstance(r, tuple)]
+    forged, at = new_event_id(), -1
+    copy = []
+    for offset, payload in records:
+        values = orjson.loads(payload)
+        if isinstance(values, list) and values[_SEQ] == 3:
+            original, writer = values[0], values[_WRITER]
+            at = offset
+        copy.append(payload.replace(original.encode(), forged.encode(), 1)
+                    if at == offset else payload)
+    assert at >= 0
+    lane = Journal(folder / "lane-1")
+    lane.append(copy)
+    lane.close()
+    return at, writer, original, forged
+
+
+def test_a_second_record_for_a_taken_chain_place_stops_the_index(
+        store_url: str, keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
+    trail = make_trail(store_url, keys)
+    ids = [trail.record_fields(EventKind.DECISION, FIELDS) for _ in range(6)]
+    trail.close()  # lane-0 indexed: 6 events and their checkpoints
+    folder = keys.signing.parent / "journal"
+    at, writer, original, forged = copied_lane_with_one_id_changed(folder)
+    assert original in ids
+
+    store = open_store(store_url)
+    follower = Follower(folder, store, interval=0.01)
+    follower.discover()
+    lane = folder / "lane-1"
+    try:
+        with pytest.raises(AuditUnavailableError) as raised:
+            follower.catch_up(20)  # a spinning index: no answer for 20 s, then "no progress"
+        stop = (f"stopped at lane-1 record {at}: writer {writer} seq 3 is event {original} "
+                f"already, this record is event {forged}")
+        assert stop in str(raised.value), str(raised.value)
+        indexer = follower.indexers[lane]
+        assert indexer.stopped is not None
+        assert indexer.stopped.startswith(stop)
+        assert stop in follower.progress()
+        assert [r.getMessage() for r in caplog.records if stop in r.getMessage()] == [
+            f"audit index of {lane} failed: {indexer.stopped}"]  # one line, not one a retry
+        # The records before it are read (copies: the index holds each event once), the
+        # forged one and the rest are not, and nothing is retried any more.
+        assert indexed_offset(store, indexer._key) == at
+        assert store.rows("SELECT count(*) FROM audit_event") == [(6,)]
+        assert store.rows("SELECT count(*) FROM audit_event WHERE event_id = ?",
+                          (forged,)) == [(0,)]
+        assert not indexer.relieve(time.monotonic() + 3600)
+        indexer._thread.join(5)
+        assert not indexer._thread.is_alive()
+    finally:
+        follower.close()
+
+    # The journal check names the disagreement (the index has not read the forged record).
+    report = verify_journal(store, folder, load_public_key(keys.public), chain_key=CHAIN_KEY)
+    assert not report.ok
+    assert [(p.kind, p.writer_id, p.seq, p.event_id, p.message) for p in report.journal.problems
+            ] == [("inserted", writer, 3, forged, "a second event claims seq 3")]
+    assert not report.index  # the index holds no event the journal lacks, none it differs on
+    store.close()
+
+    # The service's index child stops there too (again after a restart) and says so: what
+    # readiness shows ("audit journal writable; index behind: stopped at lane-1 ...").
+    child = ChildIndexer(folder, store_url)
+    try:
+        deadline = time.monotonic() + 20
+        while not (child.last_error or "").startswith(stop) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (child.last_error or "").startswith(stop), child.last_error
+        assert child.restarts == 0
+    finally:
+        child.close()
