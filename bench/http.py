@@ -6,8 +6,9 @@ with a ``send`` wrapper (the floor any Python middleware costs); and guarded,
 with the audit journal. The load comes from
 another process: ``wrk`` (Debian package) when installed, otherwise a bounded
 httpx loop. Every guarded request is a real read decision, recorded once with
-its status and durable in the journal before the response starts. Rounds
-rotate the order of the apps so drift on a shared machine hits all alike.
+its status and durable in the journal before the response starts; its start-up
+heap is frozen by the middleware, as in a service (``--no-gc-freeze``: not).
+Rounds rotate the order of the apps so drift on a shared machine hits all alike.
 
 Two measurements per app and round:
   * throughput: ``--connections`` concurrent connections for ``--duration`` seconds,
