@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union, get_args, get_origin
 
+from typing_extensions import is_typeddict
+
 from guard._errors import PolicyError
 
 __all__ = ["REMOVE", "Category", "FieldPlan", "FieldRule", "categories_of", "plan_for",
@@ -340,6 +342,8 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
     if not isinstance(tp, type) or not (
             isinstance(getattr(tp, "__pydantic_fields__", None), dict)
             or dataclasses.is_dataclass(tp)):
+        if isinstance(tp, type):
+            _refuse_hidden(tp, by_alias)
         return None  # not a model: sent as it is
     if stack is None:
         key, inner_stack = (tp, -1), None
@@ -360,6 +364,40 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
     plan = FieldPlan(tuple(_fields(tp, seen, by_alias, inner_stack)), closed=True)
     seen[key] = plan
     return plan
+
+
+_CHECKING: set[type] = set()
+"""The ``TypedDict`` and ``NamedTuple`` types :func:`_refuse_hidden` is looking inside."""
+
+
+def _refuse_hidden(tp: type, by_alias: bool) -> None:
+    """Refuse a ``TypedDict`` or ``NamedTuple`` whose fields carry a :class:`Category`: its
+    keys are in no plan, so its categories would be neither judged nor minimised.
+
+    Raises:
+        PolicyError: ``tp`` is such a type (naming the field).
+    """
+    kind = ("TypedDict" if is_typeddict(tp)
+            else "NamedTuple" if issubclass(tp, tuple) and hasattr(tp, "_fields") else None)
+    if kind is None or tp in _CHECKING:
+        return
+    _CHECKING.add(tp)
+    try:
+        try:
+            hints = typing.get_type_hints(tp, include_extras=True)
+        except Exception as exc:  # a name not defined (yet): what the field holds is unknown
+            raise _unresolved(tp, exc) from None
+        for name, hint in hints.items():
+            carries = _value_category(hint) is not None
+            if not carries:
+                inner = _plan(hint, {}, by_alias, None)
+                carries = inner is not None and bool(inner.categories)
+            if carries:
+                raise PolicyError(f"{tp.__name__}.{name}: a category inside a {kind}, whose "
+                                  "keys cannot be judged or minimised (hint: make "
+                                  f"{tp.__name__} a Pydantic model or a dataclass)")
+    finally:
+        _CHECKING.discard(tp)
 
 
 def _root_plan(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None:

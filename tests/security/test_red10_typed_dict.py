@@ -1,0 +1,97 @@
+"""Tenth review: a category inside a ``TypedDict`` or ``NamedTuple`` is never ignored.
+
+A response model's categories and field plan follow Pydantic models and dataclasses.
+Pydantic serialises a ``TypedDict`` (as an object) and a ``NamedTuple`` (as an array)
+too, and a ``Category`` on their fields was read by nobody: a model holding
+``contact: Contact`` with ``Contact`` a ``TypedDict`` whose ``email`` is
+``contact.email`` declared only ``identity.name``, so a ``deny`` route answered 200 with
+the email to a caller refused ``contact.email``. Such a type is now refused when the
+route is read, naming the field; one without a category is sent as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+from tokenkit import guard_settings
+from typing_extensions import TypedDict
+
+from guard._errors import PolicyError
+from middleware import Category, GuardMiddleware, guarded
+from middleware.fields import plan_for
+from tests.security.test_red4_fields import CALLER, PURPOSE, served
+
+EMAIL = "ann@example.com"
+
+
+class ContactDict(TypedDict):
+    email: Annotated[str, Category("contact.email")]
+
+
+class ContactTuple(NamedTuple):
+    email: Annotated[str, Category("contact.email")]
+
+
+class Meta(TypedDict):  # no category: sent as it is
+    source: str
+    children: list[Meta]
+
+
+class ByDict(BaseModel):
+    name: Annotated[str, Category("identity.name")]
+    contact: ContactDict
+
+
+class ByTuple(BaseModel):
+    name: Annotated[str, Category("identity.name")]
+    contact: ContactTuple | None = None
+
+
+class WithMeta(BaseModel):
+    name: Annotated[str, Category("identity.name")]
+    meta: Meta
+
+
+def app(model: Any, value: Any, settings_: Any) -> FastAPI:
+    api = FastAPI()
+
+    @api.get("/records/{customer_id}", response_model=model)
+    @guarded(subject="customer_id")  # deny: the categories are the model's
+    async def record(customer_id: str) -> Any:
+        return value
+
+    api.add_middleware(GuardMiddleware, settings=settings_)
+    return api
+
+
+@pytest.mark.parametrize(("model", "value"), [
+    (ByDict, {"name": "Ann", "contact": {"email": EMAIL}}),
+    (ByTuple, {"name": "Ann", "contact": (EMAIL,)}),
+], ids=["TypedDict", "NamedTuple"])
+def test_a_category_inside_a_typed_dict_never_goes_unjudged(
+        tmp_path: Path, keys: Any, model: Any, value: Any) -> None:
+    token = keys.mint(sub=CALLER)
+    answer = served(app(model, value, guard_settings(tmp_path, keys)), lambda base: httpx.get(
+        base + "/records/c-1", timeout=10,
+        headers={"authorization": f"Bearer {token}", "x-purpose": PURPOSE}))
+    # Before: 200 with the email (the route was judged for identity.name alone).
+    assert answer is None, f"{answer.status_code} {answer.text}"  # the app refuses to start
+    with pytest.raises(PolicyError, match="a category inside a"):
+        plan_for(model)
+
+
+def test_a_typed_dict_without_a_category_is_sent_as_it_is(tmp_path: Path, keys: Any) -> None:
+    token = keys.mint(sub=CALLER)
+    value = {"name": "Ann", "meta": {"source": "web", "children": [{"source": "x",
+                                                                     "children": []}]}}
+    answer = served(app(WithMeta, value, guard_settings(tmp_path, keys)), lambda base: httpx.get(
+        base + "/records/c-1", timeout=10,
+        headers={"authorization": f"Bearer {token}", "x-purpose": PURPOSE}))
+    assert answer is not None, "the app refused to start"
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == value
