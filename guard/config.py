@@ -152,7 +152,8 @@ class SidecarSettings(BaseModel):
     workers: int = Field(default=1, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     gc_freeze: bool = True
-    """Freeze the heap built at start-up (``gc.freeze()``) so the collector no longer walks it."""
+    """Freeze the heap built at start-up (``gc.freeze()``) so the collector no longer walks it:
+    the sidecar's process, and a service's through ``GuardMiddleware`` (its ``gc_freeze``)."""
 
     @field_validator("upstream")
     @classmethod
