@@ -144,3 +144,15 @@ def test_the_example_service_asks_one_route_per_request(keys: Keys, tmp_path: An
         candidates = index.candidates(path)
         assert _pick(candidates, scope)[0] is _pick(router.routes, scope)[0]
         assert len(candidates) <= 2, (path, candidates)
+
+
+def test_a_path_ending_in_a_newline_is_matched_against_every_route() -> None:
+    """A compiled template's ``$`` also matches before a last newline: ``/a`` matches
+    ``/a\\n``, ``/a/{b}/`` matches ``/a/1/\\n``, though neither names the path's segments."""
+    routes: list[BaseRoute] = [Route("/a", _endpoint), Route("/a/{b}/", _endpoint),
+                               Route("/{x}", _endpoint), Route("/{x}/{y}/{z}", _endpoint)]
+    index = _Index(routes)
+    for path, picked in [("/a\n", 0), ("/a/1/\n", 1), ("/b\n", 2), ("/a/1/z\n", 3)]:
+        scope = {"type": "http", "path": path, "root_path": "", "method": "GET"}
+        assert _pick(routes, scope)[0] is routes[picked]
+        assert _pick(index.candidates(path), scope)[0] is routes[picked], path
