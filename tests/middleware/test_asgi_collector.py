@@ -67,7 +67,11 @@ def test_freeze_once_freezes_an_unfrozen_heap_only(collector: None) -> None:
     assert frozen == gc.get_freeze_count() > 0
     made = [_Node([]) for _ in range(100)]  # tracked, made after the freeze
     assert freeze_once() is None  # frozen already: left as it is
-    assert gc.get_freeze_count() == frozen
+    # Frozen objects may still die by reference count (a finished thread's frame),
+    # so the count can only fall; a second freeze would have added the 100 above.
+    assert gc.get_freeze_count() <= frozen
+    walked = {id(o) for o in gc.get_objects()}  # every generation but the frozen one
+    assert all(id(node) in walked for node in made)
     assert gc.get_threshold() == thresholds
     assert len(made) == 100
 
