@@ -13,7 +13,6 @@ distinct paths cannot grow it past its bound.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import itertools
 import tracemalloc
@@ -23,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from routekit import dispatched
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -126,24 +126,6 @@ def _scope(kind: str, method: str, path: str, root: str, query: bytes) -> dict[s
             "client": ("127.0.0.1", 5000), "server": ("svc", 80)}
 
 
-async def _dispatched(app: Starlette, scope: dict[str, Any]) -> object | None:
-    """The endpoint the app's own router calls for ``scope`` (None: none, a 404 or redirect)."""
-    scope = dict(scope)
-    inbox = [{"type": "http.request", "body": b"", "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return inbox.pop() if inbox else {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: dict[str, Any]) -> None:
-        return None
-
-    with contextlib.suppress(Exception):  # a WebSocket endpoint on a bare send: it was called
-        await app.router(scope, receive, send)
-    endpoint = scope.get("endpoint")
-    # A mount's or host's router is where an unmatched path ended (a 404): no endpoint.
-    return None if isinstance(endpoint, Router | Starlette) else endpoint
-
-
 def _same(a: Resolved, b: Resolved) -> bool:
     return a.endpoint is b.endpoint and a.rule == b.rule and a.subject == b.subject
 
@@ -188,8 +170,8 @@ def test_the_remembered_answer_is_the_app_routers_own(
             assert scope == before  # the request's scope is left as it was
             fresh = AppRoutes(find_router(app), RouteTable(()), ())._resolve(dict(scope), None)
             assert _same(got, fresh), (kind, method, path, root, query, got, fresh)
-            dispatched = await _dispatched(app, scope)
-            assert got.endpoint is dispatched, (kind, method, path, root, query, got, dispatched)
+            endpoint = await dispatched(app, dict(scope))
+            assert got.endpoint is endpoint, (kind, method, path, root, query, got, endpoint)
             event("remembered" if remembering._answers else "not remembered")
 
     asyncio.run(run())

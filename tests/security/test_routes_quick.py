@@ -17,7 +17,6 @@ receives (``str()`` of the converted parameter: ``007`` is ``7``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from typing import Any
 
@@ -25,10 +24,11 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from routekit import dispatched
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import BaseRoute, Match, Mount, Route, Router, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 
 from middleware import guarded
 from middleware._router import Answer, AppRoutes, Resolved, find_router
@@ -148,23 +148,6 @@ def _scope(kind: str, method: str, path: str, root: str, sniff: bool) -> dict[st
             "server": ("svc", 80)}
 
 
-async def _dispatched(app: Starlette, scope: dict[str, Any]) -> object | None:
-    """The endpoint the app's own router calls for ``scope`` (None: none, a 404 or redirect);
-    ``scope`` is the app's own copy (it writes its routing keys into it)."""
-    inbox = [{"type": "http.request", "body": b"", "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return inbox.pop() if inbox else {"type": "websocket.disconnect", "code": 1000}
-
-    async def send(message: dict[str, Any]) -> None:
-        return None
-
-    with contextlib.suppress(Exception):  # a WebSocket endpoint on a bare send: it was called
-        await app.router(scope, receive, send)
-    endpoint = scope.get("endpoint")
-    return None if isinstance(endpoint, Router | Starlette) else endpoint
-
-
 def _handler_subject(scope: dict[str, Any], resolved: Resolved) -> str | None:
     """The subject as the handler receives it: ``str()`` of the converted path parameter."""
     rule = resolved.rule
@@ -223,10 +206,10 @@ def test_a_new_path_gets_the_app_routers_own_answer(
             assert got.endpoint is fresh.endpoint, (kind, method, path, root, got, fresh)
             assert got.rule == fresh.rule, (kind, method, path, root, got, fresh)
             assert got.subject == fresh.subject, (kind, method, path, root, got, fresh)
-            dispatched = dict(scope)
-            assert got.endpoint is await _dispatched(app, dispatched), (kind, method, path, root)
+            routed = dict(scope)
+            assert got.endpoint is await dispatched(app, routed), (kind, method, path, root)
             if got.endpoint is not None:
-                assert got.subject == _handler_subject(dispatched, got)
+                assert got.subject == _handler_subject(routed, got)
 
     asyncio.run(run())
 
