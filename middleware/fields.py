@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union, get_args, get_origin
 
+import typing_extensions
 from typing_extensions import is_typeddict
 
 from guard._errors import PolicyError
@@ -387,7 +388,8 @@ def _refuse_hidden(tp: type, by_alias: bool) -> None:
             hints = typing.get_type_hints(tp, include_extras=True)
         except Exception as exc:  # a name not defined (yet): what the field holds is unknown
             raise _unresolved(tp, exc) from None
-        for name, hint in hints.items():
+        for name, written in hints.items():
+            hint = _unqualified(written)
             carries = _value_category(hint) is not None
             if not carries:
                 inner = _plan(hint, {}, by_alias, None)
@@ -398,6 +400,27 @@ def _refuse_hidden(tp: type, by_alias: bool) -> None:
                                   f"{tp.__name__} a Pydantic model or a dataclass)")
     finally:
         _CHECKING.discard(tp)
+
+
+_QUALIFIERS = frozenset(
+    form for module in (typing, typing_extensions)
+    for form in (getattr(module, name, None) for name in ("Required", "NotRequired", "ReadOnly"))
+    if form is not None)
+"""What may wrap a ``TypedDict`` key's type (``NotRequired[Annotated[str, Category(...)]]``)."""
+
+
+def _unqualified(tp: Any) -> Any:
+    """A ``TypedDict`` key's type with its qualifiers (``Required``, ``NotRequired``,
+    ``ReadOnly``) taken off, inside an ``Annotated`` too."""
+    while True:
+        origin = get_origin(tp)
+        if origin in _QUALIFIERS:
+            tp = get_args(tp)[0]
+        elif origin is typing.Annotated and get_origin(get_args(tp)[0]) in _QUALIFIERS:
+            inner, *metadata = get_args(tp)
+            tp = typing.Annotated[(get_args(inner)[0], *metadata)]
+        else:
+            return tp
 
 
 def _root_plan(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None:

@@ -12,14 +12,14 @@ route is read, naming the field; one without a category is sent as it is.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, NotRequired, Required
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 from tokenkit import guard_settings
-from typing_extensions import TypedDict
+from typing_extensions import ReadOnly, TypedDict
 
 from guard._errors import PolicyError
 from middleware import Category, GuardMiddleware, guarded
@@ -37,6 +37,14 @@ class ContactTuple(NamedTuple):
     email: Annotated[str, Category("contact.email")]
 
 
+class OptionalContact(TypedDict, total=False):  # a qualifier around the categorised type
+    email: NotRequired[Annotated[str, Category("contact.email")]]
+
+
+class RequiredContact(TypedDict, total=False):
+    email: Required[ReadOnly[Annotated[str, Category("contact.email")]]]
+
+
 class Meta(TypedDict):  # no category: sent as it is
     source: str
     children: list[Meta]
@@ -50,6 +58,16 @@ class ByDict(BaseModel):
 class ByTuple(BaseModel):
     name: Annotated[str, Category("identity.name")]
     contact: ContactTuple | None = None
+
+
+class ByOptional(BaseModel):
+    name: Annotated[str, Category("identity.name")]
+    contact: OptionalContact
+
+
+class ByRequired(BaseModel):
+    name: Annotated[str, Category("identity.name")]
+    contact: RequiredContact
 
 
 class WithMeta(BaseModel):
@@ -72,7 +90,9 @@ def app(model: Any, value: Any, settings_: Any) -> FastAPI:
 @pytest.mark.parametrize(("model", "value"), [
     (ByDict, {"name": "Ann", "contact": {"email": EMAIL}}),
     (ByTuple, {"name": "Ann", "contact": (EMAIL,)}),
-], ids=["TypedDict", "NamedTuple"])
+    (ByOptional, {"name": "Ann", "contact": {"email": EMAIL}}),
+    (ByRequired, {"name": "Ann", "contact": {"email": EMAIL}}),
+], ids=["TypedDict", "NamedTuple", "NotRequired", "Required ReadOnly"])
 def test_a_category_inside_a_typed_dict_never_goes_unjudged(
         tmp_path: Path, keys: Any, model: Any, value: Any) -> None:
     token = keys.mint(sub=CALLER)
