@@ -324,6 +324,8 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
                       nullable=len(members) < len(get_args(tp)))
     if origin is not None:
         args = get_args(tp)
+        if isinstance(origin, type):  # a generic dataclass, TypedDict or NamedTuple, given types
+            _refuse_generic(tp, origin, args, by_alias)
         if origin in (list, tuple, set, frozenset) or _is_sequence(origin):
             return _merge([_plan(arg, seen, by_alias, stack) for arg in args
                            if arg is not Ellipsis])
@@ -421,6 +423,30 @@ def _unqualified(tp: Any) -> Any:
             tp = typing.Annotated[(get_args(inner)[0], *metadata)]
         else:
             return tp
+
+
+def _refuse_generic(tp: Any, origin: type, args: Sequence[Any], by_alias: bool) -> None:
+    """Refuse a generic dataclass or ``TypedDict`` given its types (``Box[Person]``) when it
+    or its types carry a :class:`Category`, and a generic ``NamedTuple`` whose own fields
+    do: Pydantic sends their fields, and no plan follows them (a Pydantic generic model is
+    a model of its own; a ``NamedTuple``'s items are planned as a tuple's).
+
+    Raises:
+        PolicyError: ``tp`` is such a type.
+    """
+    if issubclass(origin, tuple) and hasattr(origin, "_fields"):
+        _refuse_hidden(origin, by_alias)  # its own fields; its items are planned as a tuple's
+        return
+    if not (dataclasses.is_dataclass(origin) or is_typeddict(origin)):
+        return
+    carries = [plan.categories for plan in (_plan(t, {}, by_alias, None)
+                                            for t in (origin, *args) if t is not Ellipsis)
+               if plan is not None]
+    carries += [(c.key,) for c in map(_value_category, args) if c is not None]
+    if any(carries):
+        raise PolicyError(f"{tp}: a generic {origin.__name__} given its types, whose fields "
+                          "cannot be judged or minimised (hint: a Pydantic generic model, or "
+                          f"{origin.__name__} with no type parameter)")
 
 
 def _root_plan(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None:
