@@ -595,13 +595,18 @@ def _value_category(tp: Any) -> Category | None:
 
 
 def _strip(tp: Any) -> tuple[Any, Category | None]:
-    """``Annotated[T, ...]`` -> ``(T, its Category)``; other types as they are."""
+    """``Annotated[T, ...]`` -> ``(T, its Category)``; a ``NewType`` is the type it names
+    (Pydantic sends its value as that type's); other types as they are."""
     category: Category | None = None
-    while get_origin(tp) is typing.Annotated:
-        args = get_args(tp)
-        category = category or _category(args[1:])
-        tp = args[0]
-    return tp, category
+    while True:
+        if get_origin(tp) is typing.Annotated:
+            args = get_args(tp)
+            category = category or _category(args[1:])
+            tp = args[0]
+        elif isinstance(tp, typing.NewType):
+            tp = tp.__supertype__
+        else:
+            return tp, category
 
 
 def _category(metadata: Sequence[Any]) -> Category | None:
