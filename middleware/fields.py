@@ -22,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -317,7 +318,12 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
     whether a model carries any category.
     """
     tp = _strip(tp)[0]
+    if isinstance(tp, _ALIASES):
+        return _aliased(tp, (), lambda value: _plan(value, seen, by_alias, stack), by_alias)
     origin = get_origin(tp)
+    if isinstance(origin, _ALIASES):  # a generic type alias given its types
+        return _aliased(origin, get_args(tp),
+                        lambda value: _plan(value, seen, by_alias, stack), by_alias)
     if origin in (Union, types.UnionType):
         members = [arg for arg in get_args(tp) if arg is not type(None)]
         return _merge([_plan(arg, seen, by_alias, stack) for arg in members],
@@ -449,6 +455,58 @@ def _refuse_generic(tp: Any, origin: type, args: Sequence[Any], by_alias: bool) 
                           f"{origin.__name__} with no type parameter)")
 
 
+_ALIASES: tuple[type, ...] = tuple({
+    alias for alias in (getattr(typing, "TypeAliasType", None),
+                        getattr(typing_extensions, "TypeAliasType", None))
+    if isinstance(alias, type)})
+"""Type aliases (``type Contacts = list[Contact]``, ``TypeAliasType``): Pydantic sends a
+value as the type the alias names."""
+_EXPANDING: dict[int, bool] = {}
+"""The aliases :func:`_aliased` is following, and whether each was met again inside itself."""
+
+
+def _aliased(alias: Any, args: Sequence[Any], follow: Callable[[Any], _T | None],
+             by_alias: bool) -> _T | None:
+    """What ``follow`` finds in the type ``alias`` names (given ``args`` for its parameters).
+
+    An alias met again inside itself is not followed there; one that holds itself and
+    carries a category, or whose parameters are given types that carry one, is refused
+    (no plan follows it).
+
+    Raises:
+        PolicyError: such an alias, or one naming something not defined.
+    """
+    key = id(alias)
+    if key in _EXPANDING:
+        _EXPANDING[key] = True
+        return None
+    _EXPANDING[key] = False
+    try:
+        value = alias.__value__
+        try:
+            module = vars(sys.modules[alias.__module__])
+            value = typing._eval_type(  # type: ignore[attr-defined]  # forward references
+                typing.ForwardRef(value) if isinstance(value, str) else value, module, None)
+        except Exception as exc:  # a name not defined: what it holds is unknown
+            raise PolicyError(f"{alias.__name__}: the type alias names something not defined "
+                              f"({type(exc).__name__}), so its categories cannot be told") from None
+        found = follow(value)
+        carries = found is not None and (not isinstance(found, FieldPlan) or bool(found.categories))
+        given = any(_value_category(a) is not None or _carries(a, by_alias) for a in args)
+        if (carries and _EXPANDING[key]) or given:
+            raise PolicyError(f"{alias.__name__}: a type alias that holds itself or is given "
+                              "types, with a category in it, cannot be judged or minimised "
+                              "(hint: a Pydantic model)")
+        return found
+    finally:
+        del _EXPANDING[key]
+
+
+def _carries(tp: Any, by_alias: bool) -> bool:
+    plan = _plan(tp, {}, by_alias, None)
+    return plan is not None and bool(plan.categories)
+
+
 def _root_plan(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None:
     """The plan of a Pydantic ``RootModel``: its root's, which is what it serialises."""
     info = getattr(tp, "model_fields", {}).get("root")
@@ -578,7 +636,11 @@ def _value_category(tp: Any) -> Category | None:
     tp, category = _strip(tp)
     if category is not None:
         return category
+    if isinstance(tp, _ALIASES):
+        return _aliased(tp, (), _value_category, True)
     origin = get_origin(tp)
+    if isinstance(origin, _ALIASES):
+        return _aliased(origin, get_args(tp), _value_category, True)
     if origin is None:
         return None
     args = [a for a in get_args(tp) if a is not type(None) and a is not Ellipsis]

@@ -1,0 +1,114 @@
+"""A type alias never hides a category: it is planned as the type it names.
+
+Pydantic serialises a field typed with a type alias (``TypeAliasType``, Python 3.12's
+``type`` statement) as the type the alias names, but the field plan took an alias for
+a type with no fields and no category: a ``deny`` route whose model held
+``contacts: Contacts`` (``list[Contact]``) or ``email: Email`` (a categorised ``str``)
+declared ``identity.name`` alone and answered a caller refused ``contact.email`` 200
+with the email. An alias is now followed; one that holds itself, or is given types,
+with a category in it is refused at start; one with none is sent as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+from tokenkit import guard_settings
+from typing_extensions import TypeAliasType
+
+from guard._errors import PolicyError
+from middleware import Category, GuardMiddleware, guarded
+from middleware.fields import categories_of, plan_for
+from tests.security.test_red4_fields import CALLER, PURPOSE, served
+
+EMAIL = "ann@example.com"
+T = TypeVar("T")
+
+
+class Contact(BaseModel):
+    email: Annotated[str, Category("contact.email")]
+
+
+Email = TypeAliasType("Email", Annotated[str, Category("contact.email")])
+Contacts = TypeAliasType("Contacts", list[Contact])
+Json = TypeAliasType("Json", "dict[str, Json] | list[Json] | str | int | None")
+Tree = TypeAliasType("Tree", "list[Contact | Tree]")
+Boxed = TypeAliasType("Boxed", list[T], type_params=(T,))
+
+
+class ByValue(BaseModel):
+    name: Annotated[str, Category("identity.name")]
+    email: Email
+
+
+class ByList(BaseModel):
+    name: Annotated[str, Category("identity.name")]
+    contacts: Contacts
+
+
+class ByJson(BaseModel):  # an alias that holds itself, no category: sent as it is
+    name: Annotated[str, Category("identity.name")]
+    extra: Json
+
+
+class ByTree(BaseModel):
+    name: Annotated[str, Category("identity.name")]
+    tree: Tree
+
+
+class ByBoxed(BaseModel):
+    name: Annotated[str, Category("identity.name")]
+    box: Boxed[Contact]
+
+
+def app(model: Any, value: Any, settings_: Any) -> FastAPI:
+    api = FastAPI()
+
+    @api.get("/records/{customer_id}", response_model=model)
+    @guarded(subject="customer_id")  # deny: the categories are the model's
+    async def record(customer_id: str) -> Any:
+        return value
+
+    api.add_middleware(GuardMiddleware, settings=settings_)
+    return api
+
+
+def _get(model: Any, value: Any, tmp_path: Path, keys: Any) -> httpx.Response | None:
+    token = keys.mint(sub=CALLER)
+    return served(app(model, value, guard_settings(tmp_path, keys)), lambda base: httpx.get(
+        base + "/records/c-1", timeout=10,
+        headers={"authorization": f"Bearer {token}", "x-purpose": PURPOSE}))
+
+
+@pytest.mark.parametrize(("model", "value"), [
+    (ByValue, {"name": "Ann", "email": EMAIL}),
+    (ByList, {"name": "Ann", "contacts": [{"email": EMAIL}]}),
+], ids=["a categorised value", "a list of models"])
+def test_a_category_behind_a_type_alias_is_judged(
+        tmp_path: Path, keys: Any, model: Any, value: Any) -> None:
+    answer = _get(model, value, tmp_path, keys)
+    assert answer is not None, "the app refused to start"
+    # Before: 200 with the email (the route was judged for identity.name alone).
+    assert answer.status_code == 403, answer.text
+    assert EMAIL not in answer.text
+    assert categories_of(model) == ("identity.name", "contact.email")
+
+
+@pytest.mark.parametrize("model", [ByTree, ByBoxed], ids=["holds itself", "given types"])
+def test_an_alias_no_plan_can_follow_with_a_category_in_it_is_refused(model: Any) -> None:
+    with pytest.raises(PolicyError, match="a type alias that holds itself or is given"):
+        plan_for(model)
+
+
+def test_an_alias_that_holds_itself_without_a_category_is_sent_as_it_is(
+        tmp_path: Path, keys: Any) -> None:
+    value = {"name": "Ann", "extra": {"a": [1, "x", {"b": None}]}}
+    answer = _get(ByJson, value, tmp_path, keys)
+    assert answer is not None, "the app refused to start"
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == value
