@@ -344,10 +344,13 @@ class Indexer:
 def _taken(store: Store, records: list[bytes]) -> tuple[int, str, int, str, str] | None:
     """The first of ``records`` whose ``(writer_id, seq)`` an earlier one or a stored event
     of another id holds: its index, writer, seq, the holder's event id and its own."""
-    events = [(i, r) for i, r in enumerate(records) if r[:1] == b"["]
-    values = decode_many([r for _, r in events])[0]
-    width = len(FIELD_NAMES)
-    rows = [(i, *values[n * width:(n + 1) * width]) for n, (i, _) in enumerate(events)]
+    rows = []
+    for i, record in enumerate(records):
+        if record[:1] == b"[":
+            try:
+                rows.append((i, *decode_many([record])[0]))
+            except ValueError:  # no event: the store refuses it once the index gets there
+                break
     held: dict[tuple[str, int], str] = {}
     for writer in {row[1 + _WRITER] for row in rows}:
         seqs = [row[1 + _SEQ] for row in rows if row[1 + _WRITER] == writer]

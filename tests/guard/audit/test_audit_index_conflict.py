@@ -28,9 +28,10 @@ FIELDS = {"caller": "svc:crm", "purpose": "p", "categories": ("c",), "action": "
 _WRITER, _SEQ = FIELD_NAMES.index("writer_id"), FIELD_NAMES.index("seq")
 
 
-def copied_lane_with_one_id_changed(folder: Path) -> tuple[int, str, str, str]:
+def copied_lane_with_one_id_changed(folder: Path, *, after: tuple[bytes, ...] = ()
+                                    ) -> tuple[int, str, str, str]:
     """Copy lane-0's records into lane-1 (through the journal API), the event of seq 3 under
-    a new id; its offset in lane-1, writer, the original id and the forged one."""
+    a new id, then ``after``; its offset in lane-1, writer, the original id and the forged one."""
     records = [r for r in read_journal(folder / "lane-0") if isinstance(r, tuple)]
     forged, at = new_event_id(), -1
     copy = []
@@ -43,7 +44,7 @@ def copied_lane_with_one_id_changed(folder: Path) -> tuple[int, str, str, str]:
                     if at == offset else payload)
     assert at >= 0
     lane = Journal(folder / "lane-1")
-    lane.append(copy)
+    lane.append(copy + list(after))
     lane.close()
     return at, writer, original, forged
 
@@ -104,3 +105,25 @@ def test_a_second_record_for_a_taken_chain_place_stops_the_index(
         assert child.restarts == 0
     finally:
         child.close()
+
+
+def test_a_record_that_is_no_event_past_the_first_chunk_does_not_hide_the_stop(
+        store_url: str, keys: Keys) -> None:
+    """The store inserts a batch in chunks: the taken place is in the first, a framed record
+    that is no event in a later one; finding the taken place reads no further than it must."""
+    trail = make_trail(store_url, keys)
+    for _ in range(1200):  # more than one chunk of records
+        trail.record_fields(EventKind.DECISION, FIELDS)
+    trail.close()
+    folder = keys.signing.parent / "journal"
+    at, writer, original, forged = copied_lane_with_one_id_changed(
+        folder, after=(b'["not", "an", "event"]',))
+    follower = Follower(folder, open_store(store_url), interval=0.01)
+    follower.discover()
+    try:
+        with pytest.raises(AuditUnavailableError) as raised:
+            follower.catch_up(20)
+        assert (f"stopped at lane-1 record {at}: writer {writer} seq 3 is event {original} "
+                f"already, this record is event {forged}") in str(raised.value), str(raised.value)
+    finally:
+        follower.close()
