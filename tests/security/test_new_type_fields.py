@@ -12,15 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, NewType
 
-import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import BaseModel
 from tokenkit import guard_settings
 
-from middleware import Category, GuardMiddleware, guarded
+from middleware import Category
 from middleware.fields import categories_of
-from tests.security.test_red4_fields import CALLER, PURPOSE, served
+from tests.security.test_red4_fields import CALLER, asked_of_a_deny_route
 
 EMAIL = "ann@example.com"
 
@@ -43,18 +41,6 @@ class ByValue(BaseModel):
     email: list[Email]
 
 
-def app(model: Any, value: Any, settings_: Any) -> FastAPI:
-    api = FastAPI()
-
-    @api.get("/records/{customer_id}", response_model=model)
-    @guarded(subject="customer_id")  # deny: the categories are the model's
-    async def record(customer_id: str) -> Any:
-        return value
-
-    api.add_middleware(GuardMiddleware, settings=settings_)
-    return api
-
-
 @pytest.mark.parametrize(("model", "value"), [
     (ByModel, {"name": "Ann", "contact": {"email": EMAIL}}),
     (ByValue, {"name": "Ann", "email": [EMAIL]}),
@@ -62,9 +48,7 @@ def app(model: Any, value: Any, settings_: Any) -> FastAPI:
 def test_a_category_behind_a_new_type_is_judged(
         tmp_path: Path, keys: Any, model: Any, value: Any) -> None:
     token = keys.mint(sub=CALLER)
-    answer = served(app(model, value, guard_settings(tmp_path, keys)), lambda base: httpx.get(
-        base + "/records/c-1", timeout=10,
-        headers={"authorization": f"Bearer {token}", "x-purpose": PURPOSE}))
+    answer = asked_of_a_deny_route(model, value, guard_settings(tmp_path, keys), token)
     assert answer is not None, "the app refused to start"
     # Before: 200 with the email (the route was judged for identity.name alone).
     assert answer.status_code == 403, answer.text

@@ -14,17 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NotRequired, Required
 
-import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import BaseModel
 from tokenkit import guard_settings
 from typing_extensions import ReadOnly, TypedDict
 
 from guard._errors import PolicyError
-from middleware import Category, GuardMiddleware, guarded
+from middleware import Category
 from middleware.fields import plan_for
-from tests.security.test_red4_fields import CALLER, PURPOSE, served
+from tests.security.test_red4_fields import CALLER, asked_of_a_deny_route
 
 EMAIL = "ann@example.com"
 
@@ -75,18 +73,6 @@ class WithMeta(BaseModel):
     meta: Meta
 
 
-def app(model: Any, value: Any, settings_: Any) -> FastAPI:
-    api = FastAPI()
-
-    @api.get("/records/{customer_id}", response_model=model)
-    @guarded(subject="customer_id")  # deny: the categories are the model's
-    async def record(customer_id: str) -> Any:
-        return value
-
-    api.add_middleware(GuardMiddleware, settings=settings_)
-    return api
-
-
 @pytest.mark.parametrize(("model", "value"), [
     (ByDict, {"name": "Ann", "contact": {"email": EMAIL}}),
     (ByTuple, {"name": "Ann", "contact": (EMAIL,)}),
@@ -96,9 +82,7 @@ def app(model: Any, value: Any, settings_: Any) -> FastAPI:
 def test_a_category_inside_a_typed_dict_never_goes_unjudged(
         tmp_path: Path, keys: Any, model: Any, value: Any) -> None:
     token = keys.mint(sub=CALLER)
-    answer = served(app(model, value, guard_settings(tmp_path, keys)), lambda base: httpx.get(
-        base + "/records/c-1", timeout=10,
-        headers={"authorization": f"Bearer {token}", "x-purpose": PURPOSE}))
+    answer = asked_of_a_deny_route(model, value, guard_settings(tmp_path, keys), token)
     # Before: 200 with the email (the route was judged for identity.name alone).
     assert answer is None, f"{answer.status_code} {answer.text}"  # the app refuses to start
     with pytest.raises(PolicyError, match="a category inside a"):
@@ -109,9 +93,7 @@ def test_a_typed_dict_without_a_category_is_sent_as_it_is(tmp_path: Path, keys: 
     token = keys.mint(sub=CALLER)
     value = {"name": "Ann", "meta": {"source": "web", "children": [{"source": "x",
                                                                      "children": []}]}}
-    answer = served(app(WithMeta, value, guard_settings(tmp_path, keys)), lambda base: httpx.get(
-        base + "/records/c-1", timeout=10,
-        headers={"authorization": f"Bearer {token}", "x-purpose": PURPOSE}))
+    answer = asked_of_a_deny_route(WithMeta, value, guard_settings(tmp_path, keys), token)
     assert answer is not None, "the app refused to start"
     assert answer.status_code == 200, answer.text
     assert answer.json() == value

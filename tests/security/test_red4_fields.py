@@ -98,6 +98,24 @@ def app_for(model: type[Any], make: Callable[[], Any], mode: str, settings: Any)
     return app
 
 
+def asked_of_a_deny_route(model: Any, value: Any, settings_: Any, token: str
+                          ) -> httpx.Response | None:
+    """GET a guarded ``deny`` route whose categories are ``model``'s and which answers
+    ``value``, under real uvicorn, as ``CALLER`` for ``PURPOSE``; None: the app refused to
+    start."""
+    api = FastAPI()
+
+    @api.get("/records/{customer_id}", response_model=model)
+    @guarded(subject="customer_id")  # deny: the categories are the model's
+    async def record(customer_id: str) -> Any:
+        return value
+
+    api.add_middleware(GuardMiddleware, settings=settings_)
+    return served(api, lambda base: httpx.get(
+        base + "/records/c-1", timeout=10,
+        headers={"authorization": f"Bearer {token}", "x-purpose": PURPOSE}))
+
+
 def served(app: FastAPI, call: Callable[[str], httpx.Response]) -> httpx.Response | None:
     """``call(url)`` against ``app`` under real uvicorn; None when the app refused to start."""
     port = free_port()

@@ -16,15 +16,14 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import BaseModel
 from tokenkit import guard_settings
 from typing_extensions import TypeAliasType
 
 from guard._errors import PolicyError
-from middleware import Category, GuardMiddleware, guarded
+from middleware import Category
 from middleware.fields import categories_of, plan_for
-from tests.security.test_red4_fields import CALLER, PURPOSE, served
+from tests.security.test_red4_fields import CALLER, asked_of_a_deny_route
 
 EMAIL = "ann@example.com"
 T = TypeVar("T")
@@ -66,23 +65,9 @@ class ByBoxed(BaseModel):
     box: Boxed[Contact]
 
 
-def app(model: Any, value: Any, settings_: Any) -> FastAPI:
-    api = FastAPI()
-
-    @api.get("/records/{customer_id}", response_model=model)
-    @guarded(subject="customer_id")  # deny: the categories are the model's
-    async def record(customer_id: str) -> Any:
-        return value
-
-    api.add_middleware(GuardMiddleware, settings=settings_)
-    return api
-
-
 def _get(model: Any, value: Any, tmp_path: Path, keys: Any) -> httpx.Response | None:
     token = keys.mint(sub=CALLER)
-    return served(app(model, value, guard_settings(tmp_path, keys)), lambda base: httpx.get(
-        base + "/records/c-1", timeout=10,
-        headers={"authorization": f"Bearer {token}", "x-purpose": PURPOSE}))
+    return asked_of_a_deny_route(model, value, guard_settings(tmp_path, keys), token)
 
 
 @pytest.mark.parametrize(("model", "value"), [
