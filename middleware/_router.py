@@ -368,19 +368,14 @@ class AppRoutes:
         convertor = shape.convertor
         subject = (None if convertor is None
                    else str(convertor.convert(match.group(shape.name))))  # type: ignore[arg-type]
-        answers = self._answers
-        if len(answers) >= ANSWERS:
-            answers.clear()
-        answer = answers[key] = Answer(None, routes, index, shape, subject)
-        return answer
+        return self._keep(key, Answer(None, routes, index, shape, subject))
 
-    def _keep(self, key: tuple[object, ...], resolved: Resolved, routes: list[BaseRoute],
-              index: _Index) -> Answer:
-        """Remember ``resolved`` under ``key`` (all forgotten at once past :data:`ANSWERS`)."""
+    def _keep(self, key: tuple[object, ...], answer: Answer) -> Answer:
+        """Remember ``answer`` under ``key`` (all forgotten at once past :data:`ANSWERS`)."""
         answers = self._answers
         if len(answers) >= ANSWERS:
             answers.clear()
-        answer = answers[key] = Answer(resolved, routes, index)
+        answers[key] = answer
         return answer
 
     def remembered(self, key: tuple[object, ...]) -> Answer | None:
@@ -450,7 +445,7 @@ class AppRoutes:
         if (index is None or not index.by_path or isinstance(route, Mount)
                 or _included(route) is not None or tuple(routes) != index.routes):
             return
-        self._keep(key, resolved, routes, index)
+        self._keep(key, Answer(resolved, routes, index))
 
     def _candidates(self, routes: Sequence[BaseRoute], work: Scope) -> Sequence[BaseRoute]:
         """The routes of one router that could match ``work``'s path, in the router's order."""
@@ -601,7 +596,7 @@ class _Index:
         each with what its ``matches`` is (:data:`_PLAIN`); only for an index that is
         :attr:`matched`."""
         if path.startswith("/") and not path.endswith("\n"):
-            segments = path.split("/")  # "" first
+            segments = path.split("/")  # "" first: _key's filing, inlined (a new path's cost)
             first, last, count = segments[1], segments[-1], len(segments) - 1
             key: tuple[object, ...] = (kind, first if first in self._firsts else _ANY,
                                        count if count in self._counts else -1,
