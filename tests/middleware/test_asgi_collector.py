@@ -64,11 +64,12 @@ def test_freeze_once_freezes_an_unfrozen_heap_only(collector: None) -> None:
     thresholds = gc.get_threshold()
     frozen = freeze_once()
     assert frozen is not None
-    assert frozen == gc.get_freeze_count() > 0
+    # Frozen objects may still die by reference count (a finished thread's frame,
+    # another test's server thread winding down), so the count can only fall.
+    assert 0 < gc.get_freeze_count() <= frozen
     made = [_Node([]) for _ in range(100)]  # tracked, made after the freeze
     assert freeze_once() is None  # frozen already: left as it is
-    # Frozen objects may still die by reference count (a finished thread's frame),
-    # so the count can only fall; a second freeze would have added the 100 above.
+    # A second freeze would have added the 100 above.
     assert gc.get_freeze_count() <= frozen
     walked = {id(o) for o in gc.get_objects()}  # every generation but the frozen one
     assert all(id(node) in walked for node in made)
