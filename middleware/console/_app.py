@@ -177,10 +177,13 @@ async def signed_in(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
-    """Forget the cookie."""
+    """Forget the cookies, deleted with the attributes they were set with (``Secure``)."""
     response = RedirectResponse(f"{base_path(request)}/signin", status_code=303)
-    response.delete_cookie(COOKIE, path=f"{base_path(request)}/")
-    response.delete_cookie(SESSION_COOKIE, path=f"{base_path(request)}/")
+    secure = secure_cookie(request)
+    response.delete_cookie(COOKIE, path=f"{base_path(request)}/", secure=secure,
+                           httponly=True, samesite="strict")
+    response.delete_cookie(SESSION_COOKIE, path=f"{base_path(request)}/", secure=secure,
+                           httponly=True, samesite="lax")
     return response
 
 

@@ -148,7 +148,8 @@ class OidcSignIn:
         _log.info("console sign-in (OIDC): %s", auditor)
         base = str(request.scope.get("root_path", "")).rstrip("/")
         response = RedirectResponse(f"{base}/signin/done", status_code=303)
-        response.delete_cookie(FLOW_COOKIE, path=_cookie_path(request))
+        response.delete_cookie(FLOW_COOKIE, path=_cookie_path(request), httponly=True,
+                               samesite="lax", secure=secure_cookie(request))
         response.set_cookie(SESSION_COOKIE, self._sessions.session(auditor), httponly=True,
                             samesite="lax", secure=secure_cookie(request),
                             path=_cookie_path(request))

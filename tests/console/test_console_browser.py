@@ -294,3 +294,21 @@ def test_integrity_turns_red_after_a_tampered_row(page: Any, world: World) -> No
     page.wait_for_selector("#integrity-summary.denied")
     assert "altered" in page.inner_text("#chains")
     shot(page, world, "integrity-tampered")
+
+
+def test_signing_out_forgets_the_secure_cookie(browser: Any, world: World) -> None:
+    ctx = browser.new_context()  # of its own: the module's context stays signed in
+    try:
+        page = ctx.new_page()
+        page.goto(world.url + "/signin")
+        page.fill("#token", token(world.settings, AUDITOR))
+        page.click("button[type=submit]")
+        page.wait_for_url("**/decisions")
+        assert [cookie["secure"] for cookie in ctx.cookies()] == [True]
+        page.click("text=Sign out")
+        page.wait_for_url("**/signin")
+        assert ctx.cookies() == []
+        page.goto(world.url + "/decisions")
+        assert page.url.endswith("/signin")
+    finally:
+        ctx.close()

@@ -127,25 +127,54 @@ def test_a_browser_that_drops_the_secure_cookie_is_told_why(
 def test_the_oidc_redirect_comes_back_to_the_public_https_address(tmp_path: Path) -> None:
     """Behind a proxy that ends TLS the console's own URL is plain HTTP: the provider sent
     the browser (and the code) back to ``http://``, where the Secure flow cookie is not
-    sent. ``console.public_url`` names the address browsers use."""
+    sent. ``console.public_url`` names the address browsers use. The flow cookie's
+    deletion and the session cookie that end the sign-in are Secure too."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "console"))  # consolekit
     from tests.console.consolekit import UvicornThread, console_settings
-    from tests.console.test_console_oidc import CLIENT, Provider
+    from tests.console.test_console_oidc import AUDITOR_EMAIL, CLIENT, Provider
 
     provider = Provider()
     with UvicornThread(provider.app()) as idp:
         provider.url = idp.url
         settings = console_settings(tmp_path, oidc_issuer=idp.url, oidc_client_id=CLIENT,
+                                    oidc_auditor_claim="email", auditors=[AUDITOR_EMAIL],
                                     secure_cookies=True,
                                     public_url="https://audit.example/console/")
         with UvicornThread(create_console(settings)) as served, \
                 httpx.Client(base_url=served.url, timeout=10) as client:
             answer = client.get("/oidc/login")
-    assert answer.status_code == 303
-    query = parse_qs(urlsplit(answer.headers["location"]).query)
-    assert query["redirect_uri"] == ["https://audit.example/console/oidc/callback"]
-    flow = [line for line in _cookie_lines(answer) if "secure" in line.lower().split("; ")]
-    assert flow, _cookie_lines(answer)
+            assert answer.status_code == 303
+            query = parse_qs(urlsplit(answer.headers["location"]).query)
+            assert query["redirect_uri"] == ["https://audit.example/console/oidc/callback"]
+            flow = [line for line in _cookie_lines(answer) if _secure(line)]
+            assert flow, _cookie_lines(answer)
+            # The provider sends the browser back over HTTPS (the proxy's), with the cookie.
+            back = urlsplit(httpx.get(answer.headers["location"]).headers["location"])
+            done = client.get(f"/oidc/callback?{back.query}",
+                              headers={"cookie": flow[0].split(";")[0]})
+    assert done.status_code == 303, done.text
+    lines = _cookie_lines(done)
+    assert len(lines) == 2, lines  # the flow's cookie deleted, the session's set
+    assert all(_secure(line) for line in lines), lines
+
+
+def _secure(line: str) -> bool:
+    attributes = [part.strip().lower() for part in line.split(";")]
+    return "secure" in attributes and "httponly" in attributes
+
+
+def test_the_sign_out_cookies_are_secure_behind_a_proxy_that_ends_tls(
+    front: tuple[str, Path, str],
+) -> None:
+    """The sign-out deleted the cookies without ``Secure``: a cookie named like the
+    auditor's token went out as one a plain-HTTP page may read and set."""
+    url, ca, _ = front
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=10) as client:
+        answer = client.post(url + "/signout")
+    assert answer.status_code == 303, answer.text
+    lines = _cookie_lines(answer)
+    assert len(lines) == 2, lines  # the token's cookie and the OIDC session's
+    assert all(_secure(line) and "max-age=0" in line.lower() for line in lines), lines
 
 
 def test_a_public_url_that_is_no_base_url_is_refused() -> None:
