@@ -710,8 +710,10 @@ def _merge(plans: list[FieldPlan | None], *, nullable: bool = False) -> FieldPla
 
 
 def _is_sequence(origin: Any) -> bool:
-    return isinstance(origin, type) and issubclass(origin, Sequence) and not issubclass(
-        origin, (str, bytes))
+    """Whether Pydantic sends a value of ``origin`` as a list of its items: any iterable
+    (``Sequence``, ``AbstractSet``, ``Iterable``, a deque) but a string or a mapping."""
+    return isinstance(origin, type) and issubclass(origin, Iterable) and not issubclass(
+        origin, (str, bytes, Mapping))
 
 
 def _is_mapping(origin: Any) -> bool:
