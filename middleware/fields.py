@@ -658,7 +658,8 @@ def _value_category(tp: Any) -> Category | None:
 
 def _strip(tp: Any) -> tuple[Any, Category | None]:
     """``Annotated[T, ...]`` -> ``(T, its Category)``; a ``NewType`` is the type it names
-    (Pydantic sends its value as that type's); other types as they are."""
+    and a type variable the type Pydantic reads it as (Pydantic sends the value as that
+    type's); other types as they are."""
     category: Category | None = None
     while True:
         if get_origin(tp) is typing.Annotated:
@@ -667,8 +668,30 @@ def _strip(tp: Any) -> tuple[Any, Category | None]:
             tp = args[0]
         elif isinstance(tp, typing.NewType):
             tp = tp.__supertype__
+        elif isinstance(tp, TypeVar) and (read := _type_var(tp)) is not None:
+            tp = read
         else:
             return tp, category
+
+
+def _type_var(tp: Any) -> Any:
+    """What Pydantic sends a type variable left without its type as (a generic model used
+    bare): its default, else its constraints, else its bound; None for a free one (``Any``)."""
+    has_default = getattr(tp, "has_default", None)
+    if has_default is not None and has_default():
+        return tp.__default__
+    if tp.__constraints__:
+        return Union[tp.__constraints__]  # noqa: UP007 - a tuple of types
+    bound = tp.__bound__
+    if isinstance(bound, typing.ForwardRef):  # bound="Node": read in the variable's module
+        try:
+            module = vars(sys.modules[tp.__module__])
+            bound = typing._eval_type(bound, module, None)  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise PolicyError(f"{tp.__name__}: the type variable's bound names something not "
+                              f"defined ({type(exc).__name__}), so its categories cannot be "
+                              "told") from None
+    return bound
 
 
 def _category(metadata: Sequence[Any]) -> Category | None:
