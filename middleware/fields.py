@@ -632,7 +632,7 @@ def _named(tp: type, name: str, annotation: Any, seen: Seen, by_alias: bool,  # 
 
 def _value_category(tp: Any) -> Category | None:
     """The category of a field's value: its own, or the one a union's member, a list's
-    items or a dict's values carry (the field is then withheld whole)."""
+    items or a dict's keys or values carry (the field is then withheld whole)."""
     tp, category = _strip(tp)
     if category is not None:
         return category
@@ -643,11 +643,11 @@ def _value_category(tp: Any) -> Category | None:
         return _aliased(origin, get_args(tp), _value_category, True)
     if origin is None:
         return None
+    # every argument: a union's members, the items, and a mapping's keys (sent as text)
+    # as well as its values
     args = [a for a in get_args(tp) if a is not type(None) and a is not Ellipsis]
-    if origin is dict or _is_mapping(origin):
-        args = args[-1:]
-    elif not (origin in (Union, types.UnionType, list, tuple, set, frozenset)
-              or _is_sequence(origin)):
+    if not (origin in (Union, types.UnionType, list, tuple, set, frozenset, dict)
+            or _is_sequence(origin) or _is_mapping(origin)):
         return None
     found = {c.key: c for c in map(_value_category, args) if c is not None}
     if len(found) > 1:
