@@ -264,8 +264,8 @@ class Register:
                 url = psycopg.conninfo.make_conninfo(self.store.url, **LISTEN_PARAMS)
                 with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening = True
                     self.reload()  # changes before LISTEN (or while disconnected)
+                    self.listening = True  # following once read again, not before
                     first = False
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):

@@ -116,3 +116,36 @@ def test_an_entry_the_audit_cannot_record_is_not_stored(store_url: str) -> None:
         assert register.lookup(SUBJECT) is None
     finally:
         register.close()
+
+
+@pytest.mark.postgres
+def test_a_replica_says_it_follows_only_once_it_has_read_the_register_again(
+        pg_url: str) -> None:
+    """Listening again, a replica reads the register again (changes made while it was not)
+    and said it was listening before that read was over: after a lost link, its health
+    check said "following" while it still allowed what the subject had refused meanwhile."""
+    running = Register.open(pg_url, KEY)
+    other = Register.open(pg_url, KEY)
+    assert running.store is not None
+    entered, release = threading.Event(), threading.Event()
+    every_entry = running.store.every_entry
+
+    def held() -> object:  # the watcher's read again, held until the test lets it go
+        entered.set()
+        assert release.wait(30)
+        return every_entry()
+
+    running.store.every_entry = held  # type: ignore[method-assign]
+    try:
+        other.record(change(K.ERASURE_REQUESTED), POLICY, Events())
+        running.watch()
+        assert entered.wait(30)
+        assert running.listening is not True
+        assert running.lookup(SUBJECT) is None
+        release.set()
+        eventually(lambda: running.listening)
+        assert running.lookup(SUBJECT) is not None  # following: the erasure is known
+    finally:
+        release.set()
+        running.close()
+        other.close()
