@@ -14,6 +14,7 @@ body the client sent.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import httptools
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sidecarkit import ServerThread, audit_rows, policy_copy, sidecar_settings
+from sidecarkit import ServerThread, audit_rows, policy_copy, poll, sidecar_settings
 from upstreamkit import ThreadedUpstream
 
 from bench._pg import free_port
@@ -404,18 +405,16 @@ def test_a_refusal_to_a_client_that_left_raises_nothing_into_the_loop(served: Se
         whole = _request(served.token, b"Content-Length: %d\r\n" % len(SMUGGLED), SMUGGLED)
         for _ in range(tries):  # the first answer read, the connection closed, then the refusal
             assert _ask(served.server.port, whole + b"NOT HTTP\r\n\r\n")[0] == 200
-        deadline = threading.Event()
-        for _ in range(200):
-            if len(audit_rows(served.db, refused)) >= before + tries:
-                break
-            deadline.wait(0.05)
+        # generous deadlines (60 s): each refusal is recorded after its connection closed
+        poll(lambda: len(audit_rows(served.db, refused)) >= before + tries, timeout=60)
         assert len(audit_rows(served.db, refused)) == before + tries
-        for _ in range(200):  # every refusal's task ended
-            tasks = [p._refusal for p in gc.get_objects()
-                     if isinstance(p, SidecarHttpProtocol) and p._refusal is not None]
-            if all(task.done() for task in tasks):
-                break
-            deadline.wait(0.05)
+
+        def refusals() -> list[asyncio.Task[None]]:
+            return [p._refusal for p in gc.get_objects()
+                    if isinstance(p, SidecarHttpProtocol) and p._refusal is not None]
+
+        poll(lambda: all(task.done() for task in refusals()), timeout=60)  # every task ended
+        tasks = refusals()
         failed = [repr(task.exception()) for task in tasks if task.done() and task.exception()]
         gc.collect()
         assert failed + [str(c.get("exception") or c.get("message")) for c in reported] == []

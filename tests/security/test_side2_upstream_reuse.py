@@ -45,6 +45,8 @@ class Upstream(ThreadedUpstream):
     def __init__(self, server_tls: ssl.SSLContext | None = None) -> None:
         super().__init__()
         self.connections = 0
+        self.answered = threading.Event()
+        """An answer (and whatever it sends past it) is in the socket."""
         self._tls = server_tls
         self._lock = threading.Lock()
         self.start()
@@ -63,6 +65,7 @@ class Upstream(ThreadedUpstream):
     def handle(self, conn: socket.socket) -> None:
         while (head := read_head(conn)) is not None:
             self.answer(conn, head)
+            self.answered.set()
 
     def answer(self, conn: socket.socket, head: bytes) -> None:
         conn.sendall(OK)
@@ -105,6 +108,8 @@ class EarlyAndLagging(ThreadedUpstream):
     def __init__(self) -> None:
         super().__init__()
         self.connections = 0
+        self.answered = threading.Event()
+        """The first request is answered (its body unread)."""
         self.start()
 
     def handle(self, conn: socket.socket) -> None:
@@ -121,6 +126,7 @@ class EarlyAndLagging(ThreadedUpstream):
             if first:
                 first = False
                 conn.sendall(_echo(path))
+                self.answered.set()
                 continue
             if pending:
                 conn.sendall(_echo(pending) + _echo(path))
@@ -193,8 +199,9 @@ async def test_bytes_past_an_answer_are_never_the_next_answer(
                        b"HEAD" if kind is HeadWithBody else b"GET")
     assert first == (b"" if kind is HeadWithBody else b"ok")
     # The stray bytes are in the socket, the event loop has not read them yet (a busy
-    # loop, or the next request picked in the same turn): the pool must look.
-    time.sleep(0.3)  # noqa: ASYNC251 - on purpose: the event loop must not run meanwhile
+    # loop, or the next request picked in the same turn): the pool must look. (Late's
+    # came 50 ms after the answer: a sleep was no proof they had come on a loaded machine.)
+    assert upstream.answered.wait(30)  # blocks on purpose: the event loop must not run
     assert await _ask(transport, scheme.encode(), upstream.port) == b"ok"
     await transport.aclose()
     assert upstream.connections == 2
@@ -217,7 +224,9 @@ async def test_an_answer_before_the_whole_request_was_sent_is_not_reused() -> No
     """A body the upstream did not read as a body may be read as a request nobody judged."""
 
     async def slow_body() -> AsyncIterator[bytes]:
-        await asyncio.sleep(0.2)  # the upstream has answered by now
+        # The answer is in the socket (a fixed sleep was no proof of it under load): the
+        # loop reads it before this generator runs on (the wake-up comes after the data).
+        assert await asyncio.to_thread(upstream.answered.wait, 30)
         yield SMUGGLED
 
     upstream = EarlyAndLagging()
@@ -236,6 +245,7 @@ async def test_an_answer_before_the_whole_request_was_sent_is_not_reused() -> No
 async def test_an_answer_streamed_while_the_body_is_sent_still_arrives_whole() -> None:
     """An upstream may answer while it reads the body (full duplex): the body is still sent."""
     received = bytearray()
+    done = threading.Event()
 
     class Duplex(ThreadedUpstream):
         def handle(self, conn: socket.socket) -> None:
@@ -246,6 +256,7 @@ async def test_an_answer_streamed_while_the_body_is_sent_still_arrives_whole() -
             received.extend(rest)
             while len(received) < 10 and (data := conn.recv(65536)):
                 received.extend(data)
+            done.set()
 
     async def body() -> AsyncIterator[bytes]:
         yield b"01234"
@@ -258,7 +269,7 @@ async def test_an_answer_streamed_while_the_body_is_sent_still_arrives_whole() -
     try:
         assert await _ask(transport, b"http", upstream.port, b"PUT", b"/up", body(),
                           ((b"content-length", b"10"),)) == b"ok"
-        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(done.wait, 30)  # the upstream read all it will read
         assert bytes(received) == b"0123456789"
     finally:
         await transport.aclose()
