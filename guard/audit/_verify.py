@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -17,8 +18,8 @@ from guard._errors import ConfigError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
 from guard.audit._event import FIELD_NAMES, GENESIS_HASH, ts_epoch
 from guard.audit._fields import ChainKey, Linker, content, row_event
-from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, row_checkpoint
-from guard.audit._store import Store
+from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, SUBJECT_TOKEN, row_checkpoint
+from guard.audit._store import Store, sqlite_path
 from guard.audit._witness import WitnessRead
 
 
@@ -263,8 +264,42 @@ def verify(
     """
     report = verify_chains(store.stream(_EVENTS_SQL), stored_checkpoints(store), public,
                            chain_key=chain_key, witness=witness)
-    found = check_register(store)
-    return report if found is None else replace(report, problems=(*report.problems, found))
+    found = [p for p in (check_register(store), check_subject_index(store)) if p is not None]
+    return replace(report, problems=(*report.problems, *found)) if found else report
+
+
+_TERMS = "SELECT term, doc FROM temp.subject_terms ORDER BY term, doc"
+_TOKENS = (f"SELECT lower({SUBJECT_TOKEN.format('subject')}) AS t, rowid, writer_id, seq, "  # noqa: S608
+           "event_id FROM audit_event WHERE subject IS NOT NULL ORDER BY t, rowid")
+
+
+def check_subject_index(store: Store) -> Problem | None:
+    """SQLite: the first event with a subject that its subject index does not find, or None.
+
+    A subject's events are found through ``audit_subject`` (FTS5), a table a writer to the
+    store can change: an entry taken out hides its event from the subject's access report
+    with every chain intact. Each event's token and row are looked for among the index's
+    own (FTS5's ``fts5vocab`` of it, in a temporary table), in one read transaction.
+    """
+    if not store.url.startswith("sqlite:"):
+        return None  # PostgreSQL's (subject, ts) index is the database's own
+    conn = sqlite3.connect(sqlite_path(store.url), isolation_level=None)
+    try:
+        conn.execute("CREATE VIRTUAL TABLE temp.subject_terms "
+                     "USING fts5vocab(main, audit_subject, instance)")
+        conn.execute("BEGIN")
+        held = conn.execute(_TERMS)
+        term = next(held, None)
+        for token, rowid, writer, seq, event_id in conn.execute(_TOKENS):
+            while term is not None and (term[0], term[1]) < (token, rowid):
+                term = next(held, None)
+            if term is None or (term[0], term[1]) != (token, rowid):
+                return Problem("unindexed", writer, seq, event_id,
+                               "the subject index does not find this event: a query for its "
+                               "subject (an access report) leaves it out")
+        return None
+    finally:
+        conn.close()
 
 
 REGISTER_SETTLE = 1.0

@@ -176,7 +176,8 @@ def cli_verify(url: str, keys: AuditKeys, tmp_path: Path, *extra: str
         [*GUARD, "audit", "verify", "--store", url, "--public-key", str(keys.public),
          "--hmac-key", str(keys.hmac), *extra],
         capture_output=True, text=True, check=False, cwd=tmp_path,
-        env={"GUARD_CONFIG": str(config), "PATH": "/usr/bin:/bin"},
+        env={"GUARD_CONFIG": str(config), "PATH": "/usr/bin:/bin",
+             "PYTHONPATH": str(Path(__file__).resolve().parents[2])},  # this tree's guard
     )
 
 
