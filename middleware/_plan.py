@@ -60,7 +60,7 @@ from middleware._router import Answer, AppRoutes, Resolved
 from middleware.fields import FieldPlan
 from middleware.identity import Authenticator, Caller
 
-__all__ = ["PURPOSES", "REQUESTS", "Judged", "Plan", "Planner"]
+__all__ = ["PURPOSES", "REMEMBERED_PURPOSE", "REQUESTS", "Judged", "Plan", "Planner"]
 
 _log = logging.getLogger("guard.middleware")
 _fault_counter = metrics.get_meter("purpose_guard.middleware").create_counter(
@@ -75,6 +75,9 @@ for ``enforce()`` to judge with (a route whose answer is not remembered)."""
 
 PURPOSES = 1024
 """Raw purpose values remembered as well-formed (then forgotten all at once)."""
+REMEMBERED_PURPOSE = 256
+"""The longest raw purpose value (bytes) remembered: a value is judged stripped, so blanks
+after a purpose make new values of any length; a longer one is judged and forgotten."""
 REQUESTS = 4096
 """Requests remembered by (plan, caller, purpose) (then forgotten all at once)."""
 _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
@@ -310,16 +313,18 @@ class Planner:
         return settled(guard, ruling, http, caller, plan.endpoint, plan.fields, span)
 
     def _purpose(self, value: bytes) -> str | None:
-        """The purpose a raw header value declares when it is well-formed (then remembered)."""
+        """The purpose a raw header value declares when it is well-formed (then remembered,
+        unless longer than :data:`REMEMBERED_PURPOSE` bytes)."""
         if type(value) is not bytes:
             return None
         purpose = value.decode("latin-1").strip()
         if len(purpose) > MAX_PURPOSE or (purpose and PURPOSE_KEY.fullmatch(purpose) is None):
             return None
-        known = self.purposes
-        if len(known) >= PURPOSES:
-            known.clear()
-        known[value] = purpose
+        if len(value) <= REMEMBERED_PURPOSE:
+            known = self.purposes
+            if len(known) >= PURPOSES:
+                known.clear()
+            known[value] = purpose
         return purpose
 
     def _seen(self, answer: Answer, plan: Plan, caller: str, purpose: str) -> _Seen:
