@@ -288,35 +288,28 @@ def decode_many(payloads: Sequence[bytes]) -> tuple[list[Any], list[Checkpoint]]
     """Journal records back to their events' column values and their checkpoints.
 
     The values are one flat list, ``len(FIELD_NAMES)`` an event in record order
-    (:func:`rows_of` cuts it into rows): the events' records are parsed as one
-    JSON array with their own brackets taken off, so no list is made per event.
+    (:func:`rows_of` cuts it into rows). Each record is parsed on its own (as few
+    instructions as one array of them all, and no record's brackets can close
+    another's).
 
     Raises:
-        ValueError: a record is not a journal record: not JSON, not an array of values
-            or a checkpoint, or the batch's events not ``len(FIELD_NAMES)`` values each
-            (counted over the batch: verify reads a journal a record at a time).
+        ValueError: a record is not a journal record: not JSON, not an array of
+            ``len(FIELD_NAMES)`` values nor a checkpoint.
     """
-    events = [p[1:-1] for p in payloads if p[:1] == b"[" and p[-1:] == b"]"]
-    checkpoints = [] if len(events) == len(payloads) else [
-        _checkpoint(p) for p in payloads if p[:1] != b"[" or p[-1:] != b"]"]
-    try:
-        values = orjson.loads(b"[" + b",".join(events) + b"]")
-    except orjson.JSONDecodeError:
-        values = None
-    if values is None or len(values) != _WIDTH * len(events):
-        raise ValueError(f"not an audit journal record: {len(events)} event(s) are not "
-                         f"{_WIDTH} values each")
+    values: list[Any] = []
+    checkpoints: list[Checkpoint] = []
+    add = values.extend
+    for payload in payloads:
+        try:
+            value = orjson.loads(payload)
+            if type(value) is list and len(value) == _WIDTH:
+                add(value)
+                continue
+            checkpoints.append(row_checkpoint(value["checkpoint"]))
+        except (ValueError, TypeError, KeyError, IndexError):  # orjson's error is a ValueError
+            raise ValueError(f"not an audit journal record: not {_WIDTH} values or a "
+                             "checkpoint") from None
     return values, checkpoints
-
-
-def _checkpoint(payload: bytes) -> Checkpoint:
-    try:
-        value = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        value = None
-    if type(value) is dict and type(value.get("checkpoint")) is list:
-        return row_checkpoint(value["checkpoint"])
-    raise ValueError("not an audit journal record")
 
 
 _WIDTH = len(FIELD_NAMES)

@@ -9,8 +9,9 @@ costs the writer nothing. A crash between two transactions reads the records
 after the saved offset again, so the store never holds an event twice; at start
 the indexer catches up from the saved offset on its own thread: a store that
 refuses, at start or later, is retried; neither the producers nor the trail's
-start wait for the index. A record whose place in its chain (writer, seq) another
-event holds stops the lane's index at it, for good (:meth:`Indexer._stop_at`).
+start wait for the index. A record the store refuses for itself (its place in its
+chain another event's, a value no column holds) stops the lane's index at it, for
+good (:meth:`Indexer._stop_at`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import time
 from collections import deque
 from pathlib import Path
 
+from guard._errors import AuditUnavailableError
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._health import FailureLog
 from guard.audit._journal import JournalReader, durable_end, journal_id, segments
-from guard.audit._store import ChainPlaceTakenError, Store, indexed_offset
+from guard.audit._store import ChainPlaceTakenError, RecordRefusedError, Store, indexed_offset
 
 SHORTENED = "#shortened"
 """The store's offset row (lane id + this) for how far the index had read a lane found shorter."""
@@ -299,9 +301,9 @@ class Indexer:
                 self._pending = (records, self._reader.offset)
             records, end = self._pending
             try:
-                self.store.index_records(records, self._key, end)  # a bad record: retried
-            except ChainPlaceTakenError:
-                self._stop_at(records, end)
+                self.store.index_records(records, self._key, end)
+            except (ValueError, RecordRefusedError) as exc:
+                self._stop_at(records, end, exc)
                 return
             self._pace.done(time.monotonic() - self._started)
             with self._cond:
@@ -311,55 +313,48 @@ class Indexer:
         if self.failures.failing:
             self.failures.succeeded()
 
-    def _stop_at(self, records: list[bytes], end: int) -> None:
-        """Index the records before the first whose chain place another event holds, then stop.
+    def _stop_at(self, records: list[bytes], end: int, exc: Exception) -> None:
+        """Index the records before the first the store refuses for itself, then stop.
 
-        Two records claiming one ``(writer_id, seq)`` with different event ids (a lane
-        copied from another and edited, a forged record, a writer's bug) are a
-        disagreement of the journal, not a store's refusal: retrying it would spin
-        for ever and hold up every later record, and indexing either one as if it
-        were fine would hide it. The lane's index stops at that record, with one
-        line naming it (readiness and ``guard audit index`` show it) until an operator
-        has looked (``guard audit verify --journal``) and restarts the index.
+        A record that is no event, holds a value no column can hold, or claims a
+        ``(writer_id, seq)`` another event holds (a lane copied from another and
+        edited, a forged record, a writer's bug) is a fault of the journal, not a
+        store that is down: retrying it would spin for ever and hold up every later
+        record, and skipping it would hide it. The batch is halved until that record
+        is found (the halves before it are indexed); the lane's index stops there,
+        with one line naming it (readiness and ``guard audit index`` show it) until
+        an operator has looked (``guard audit verify --journal``) and restarts the
+        index. A store that fails otherwise meanwhile is retried as usual.
         """
-        first = end - len(records)
-        found = _taken(self.store, records)
-        if found is None:  # the store's rows changed under it: retried as a refusal
-            raise ChainPlaceTakenError(f"{self.lane.name}: a chain place these records "
-                                       "claim was taken, then freed")
-        at, writer, seq, held, event_id = found
-        self.store.index_records(records[:at], self._key, first + at)
-        why = (f"stopped at {self.lane.name} record {first + at}: writer {writer} seq {seq} is "
-               f"event {held} already, this record is event {event_id} (two records claim "
-               "one place in the chain: a lane copied or forged, or a writer's fault); "
-               "nothing from it on is indexed: run `guard audit verify --journal`, then "
-               "restart the index")
+        start = end - len(records)
+        low, high = 0, len(records)  # records[:low] are stored; the refused one is below high
+        while high - low > 1:
+            middle = (low + high) // 2
+            try:
+                self.store.index_records(records[low:middle], self._key, start + middle)
+            except (ValueError, RecordRefusedError) as refused:
+                high, exc = middle, refused
+            else:
+                low = middle
+                with self._cond:
+                    self._pending, self.offset = (records[low:], end), start + low
+                    self._cond.notify_all()
+        why = f"the store refuses it: {exc}"
+        if isinstance(exc, ChainPlaceTakenError):
+            values = decode_many(records[low:low + 1])[0]
+            writer, seq, event_id = values[_WRITER], values[_SEQ], values[0]
+            held = self.store.rows("SELECT event_id FROM audit_event WHERE writer_id = ? AND "
+                                   "seq = ?", (writer, seq))
+            if not held:  # the store's rows changed under it: retried as a refusal
+                raise AuditUnavailableError(f"{self.lane.name}: a chain place these records "
+                                            "claim was taken, then freed")
+            why = (f"writer {writer} seq {seq} is event {held[0][0]} already, this record is "
+                   f"event {event_id} (two records claim one place in the chain: a lane "
+                   "copied or forged, or a writer's fault)")
+        why = (f"stopped at {self.lane.name} record {start + low}: {why}; nothing from it on "
+               "is indexed: run `guard audit verify --journal`, then restart the index")
         self.failures.failed(why)  # logged before a waiter is told
         with self._cond:
-            self._pending, self.offset, self.stopped = None, first + at, why
+            self._pending, self.offset, self.stopped = None, start + low, why
             self._closed = True  # not retried, not relieved
             self._cond.notify_all()
-
-
-def _taken(store: Store, records: list[bytes]) -> tuple[int, str, int, str, str] | None:
-    """The first of ``records`` whose ``(writer_id, seq)`` an earlier one or a stored event
-    of another id holds: its index, writer, seq, the holder's event id and its own."""
-    rows = []
-    for i, record in enumerate(records):
-        if record[:1] == b"[":
-            try:
-                rows.append((i, *decode_many([record])[0]))
-            except ValueError:  # no event: the store refuses it once the index gets there
-                break
-    held: dict[tuple[str, int], str] = {}
-    for writer in {row[1 + _WRITER] for row in rows}:
-        seqs = [row[1 + _SEQ] for row in rows if row[1 + _WRITER] == writer]
-        held.update(((writer, seq), event_id) for seq, event_id in store.rows(
-            "SELECT seq, event_id FROM audit_event WHERE writer_id = ? AND seq BETWEEN ? AND ?",
-            (writer, min(seqs), max(seqs))))
-    for i, event_id, *columns in rows:
-        place = (columns[_WRITER - 1], columns[_SEQ - 1])
-        holder = held.setdefault(place, event_id)
-        if holder != event_id:
-            return i, place[0], place[1], holder, event_id
-    return None

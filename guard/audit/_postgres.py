@@ -21,7 +21,7 @@ from guard.audit._schema import (
     checkpoint_row,
     migrate,
 )
-from guard.audit._store import AuditStoreError, ChainPlaceTakenError
+from guard.audit._store import AuditStoreError, ChainPlaceTakenError, RecordRefusedError
 from guard.audit._summary import add_hours
 
 _MIGRATION_LOCK = 0x67756172  # advisory lock id: one replica migrates at a time
@@ -39,14 +39,14 @@ _COLUMNS_FROM_JSON = ", ".join(
     f"(r ->> {i})::{_INTEGERS[name]}" if name in _INTEGERS else f"r ->> {i}"
     for i, name in enumerate(FIELD_NAMES))
 _FROM_JSON = (
-    "WITH src AS MATERIALIZED (SELECT r FROM jsonb_array_elements(%s::jsonb) r), "  # noqa: S608
+    "WITH src AS MATERIALIZED (SELECT t::jsonb r FROM unnest(string_to_array(%s, E'\\n')) t), "  # noqa: S608
     f"e AS (INSERT INTO audit_event ({EVENT_COLUMNS}) SELECT {_COLUMNS_FROM_JSON} "
     "FROM src ON CONFLICT (event_id) DO NOTHING "
     "RETURNING kind, ts, reason, caller, purpose, country, http_route, allowed), "
     f"h AS ({add_hours('e')}) "
     f"SELECT count(*) FROM src WHERE jsonb_array_length(r) <> {len(FIELD_NAMES)}"
 )
-"""Build event rows from a JSON array of event records in the server, insert them, add the
+"""Build event rows from event records (one a line) in the server, insert them, add the
 decisions inserted to the summary; count the records that are not one value per column."""
 
 
@@ -128,14 +128,18 @@ class PostgresStore:
         """
         others = [r for r in records if r[:1] != b"["]
         checkpoints = decode_many(others)[1] if others else []
-        array = (b"[" + b",".join(r for r in records if r[:1] == b"[") + b"]").decode()
+        events = [r for r in records if r[:1] == b"["]
+        lines = b"\n".join(events)  # the server parses each record on its own
+        if lines.count(b"\n") > max(0, len(events) - 1):
+            raise ValueError("not an audit journal record: a line break in an event's record")
         try:
             with self._write_lock:
                 conn = self._connection()
                 try:
                     with conn.transaction():
                         conn.execute("SET LOCAL synchronous_commit = off")
-                        got = conn.execute(_FROM_JSON, (array,)).fetchone()
+                        got = conn.execute(_FROM_JSON, (lines.decode(),)).fetchone() \
+                            if events else (0,)
                         if got is None or got[0]:
                             raise ValueError(f"{got[0] if got else '?'} audit journal record(s) "
                                              f"are not {len(FIELD_NAMES)} columns")
@@ -147,9 +151,11 @@ class PostgresStore:
                     conn.close()
                     raise
         except (psycopg.Error, PoolTimeout) as exc:
-            taken = isinstance(exc, psycopg.errors.UniqueViolation) \
+            refused = isinstance(exc, psycopg.DataError | psycopg.IntegrityError) and (
+                ChainPlaceTakenError if isinstance(exc, psycopg.errors.UniqueViolation)
                 and exc.diag.constraint_name == "audit_event_writer_id_seq_key"
-            raise (ChainPlaceTakenError if taken else AuditUnavailableError)(
+                else RecordRefusedError)  # a value no column holds, a null where none may be
+            raise (refused or AuditUnavailableError)(
                 f"audit store {_safe(self.url)} refused the index write: {_line(exc)}"
             ) from exc
 

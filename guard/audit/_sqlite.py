@@ -24,7 +24,7 @@ from guard.audit._schema import (
     checkpoint_row,
     migrate,
 )
-from guard.audit._store import AuditStoreError, ChainPlaceTakenError
+from guard.audit._store import AuditStoreError, ChainPlaceTakenError, RecordRefusedError
 from guard.audit._summary import ADD_COUNTED, add_hours, count_hours, counted
 
 _SIZES = (1024, 256, 64, 16, 4, 1)  # 27 columns x 1024 stays under SQLite's 32766 variables
@@ -33,6 +33,10 @@ _HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
 _ONE_ROW, _CONFLICT = _TAIL.split(" ON CONFLICT ", 1)
 _ADD_HOURS = add_hours("audit_event e", "e.rowid > ? AND ")
 _LAST_ROWID = (1 << 63) - 1
+_REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
+            sqlite3.ProgrammingError, OverflowError)
+"""A value of a record the store cannot hold (a null where one is not allowed, a list, an
+int past 64 bits), not a store that cannot write."""
 # Python's sqlite3 binds None through its adapter protocol, whose failed look-ups format
 # two AttributeErrors per value (about 0.25 µs; a decision has four null columns): an
 # adapter for None (returning it) is found at once. Other values are bound as before.
@@ -185,12 +189,13 @@ class SqliteStore:
         with self._lock:
             try:
                 self._transaction(lambda conn: _insert(conn, records, (journal, next_offset)))
-            except sqlite3.Error as exc:
-                taken = str(exc).endswith("UNIQUE constraint failed: audit_event.writer_id, "
-                                          "audit_event.seq")
-                raise (ChainPlaceTakenError if taken else AuditUnavailableError)(
-                    f"audit store {self.path} refused the index write: {exc}"
-                ) from exc
+            except (sqlite3.Error, OverflowError) as exc:  # OverflowError: an int past 64 bits
+                refused = isinstance(exc, _REFUSED) and (
+                    ChainPlaceTakenError if str(exc).endswith(
+                        "UNIQUE constraint failed: audit_event.writer_id, audit_event.seq")
+                    else RecordRefusedError)
+                raise (refused or AuditUnavailableError)(
+                    f"audit store {self.path} refused the index write: {exc}") from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query on the read connection."""

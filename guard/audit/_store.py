@@ -13,9 +13,13 @@ class AuditStoreError(GuardError):
     """An audit store that does not exist or is not an audit store (for readers)."""
 
 
-class ChainPlaceTakenError(AuditUnavailableError):
+class RecordRefusedError(AuditUnavailableError):
+    """The store refuses a record itself (a value no column can hold): retrying cannot help."""
+
+
+class ChainPlaceTakenError(RecordRefusedError):
     """An event's place in its chain (``writer_id``, ``seq``) is held by another event id:
-    two journal records claim it (nothing of the batch is added; retrying cannot help)."""
+    two journal records claim it."""
 
 
 class Store(Protocol):
@@ -28,8 +32,9 @@ class Store(Protocol):
 
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Add journal records (their bytes, in order) and save the offset, in one transaction
-        (ValueError: a record is not a journal record; :class:`ChainPlaceTakenError`: an event's
-        writer and seq are another event's; nothing is added either way)."""
+        (ValueError: a record is not a journal record; :class:`RecordRefusedError`: the store
+        refuses a record's values, :class:`ChainPlaceTakenError` its writer and seq; nothing
+        is added then)."""
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return every row."""

@@ -127,3 +127,52 @@ def test_a_record_that_is_no_event_past_the_first_chunk_does_not_hide_the_stop(
                 f"already, this record is event {forged}") in str(raised.value), str(raised.value)
     finally:
         follower.close()
+
+
+def _refused(values: list[object], how: str) -> bytes:
+    if how == "null kind":
+        values[FIELD_NAMES.index("kind")] = None
+    return {"not JSON": b"[not JSON]", "one value short": orjson.dumps(values[:-1])}.get(
+        how, orjson.dumps(values))
+
+
+@pytest.mark.parametrize("how", ["null kind", "not JSON", "one value short"])
+def test_a_record_the_store_refuses_stops_the_index_there(
+        store_url: str, keys: Keys, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    """A record the store cannot take (a null where none may be, no JSON, no event's values)
+    was retried every second for ever, holding the lane back; it stops the lane as a taken
+    chain place does, after the records before it."""
+    trail = make_trail(store_url, keys)
+    for _ in range(3):
+        trail.record_fields(EventKind.DECISION, FIELDS)
+    trail.close()
+    folder = keys.signing.parent / "journal"
+    copy = []
+    for _offset, payload in (r for r in read_journal(folder / "lane-0") if isinstance(r, tuple)):
+        values = orjson.loads(payload)
+        if isinstance(values, list):  # an event of a chain of its own, the second one refused
+            values[0], values[_WRITER] = new_event_id(), "copy"
+            copy.append(_refused(values, how) if len(copy) == 1 else orjson.dumps(values))
+    lane = Journal(folder / "lane-1")
+    lane.append(copy)
+    lane.close()
+
+    store = open_store(store_url)
+    follower = Follower(folder, store, interval=0.01)
+    follower.discover()
+    try:
+        with pytest.raises(AuditUnavailableError) as raised:
+            follower.catch_up(10)
+        stop = "stopped at lane-1 record 1: the store refuses it: "
+        assert stop in str(raised.value), str(raised.value)
+        indexer = follower.indexers[folder / "lane-1"]
+        assert (indexer.stopped or "").startswith(stop)
+        assert stop in follower.progress()
+        assert len([r for r in caplog.records if stop in r.getMessage()]) == 1
+        assert indexed_offset(store, indexer._key) == 1
+        assert store.rows("SELECT count(*) FROM audit_event WHERE writer_id = 'copy'") == [(1,)]
+        indexer._thread.join(5)
+        assert not indexer._thread.is_alive()
+    finally:
+        follower.close()
+        store.close()

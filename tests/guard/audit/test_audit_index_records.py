@@ -178,3 +178,26 @@ def test_good_records_are_stored(store: Store) -> None:
     assert store.rows("SELECT event_id, seq, allowed FROM audit_event ORDER BY seq") == [
         ("e-1", 1, 1), ("e-2", 2, 1)]
     assert indexed_offset(store, "journal-t") == 2
+
+
+def _ints(start: int, count: int) -> bytes:
+    return b",".join(b"%d" % i for i in range(start, start + count))
+
+
+WIDTH = len(FIELD_NAMES)
+OPEN = b"[" + _ints(0, WIDTH - 2) + b",[0]"  # its own array left open
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    # the first's last string closed in the second: their contents side by side are 2 rows
+    (b"[" + _ints(0, WIDTH - 1) + b',"x]', b'[y",' + _ints(100, WIDTH) + b"]"),
+    # the first's array closed by the second: the two as elements of one array are 2 rows
+    (OPEN, b"[1]],[" + _ints(100, WIDTH) + b"]"),
+])
+def test_records_whose_brackets_close_each_other_are_refused(
+        store: Store, first: bytes, second: bytes) -> None:
+    """Neither record is JSON; read together, they would be two events' values."""
+    with pytest.raises((ValueError, AuditUnavailableError)):
+        store.index_records([first, second], "journal-t", 2)
+    assert store.rows("SELECT count(*) FROM audit_event") == [(0,)]
+    assert indexed_offset(store, "journal-t") == 0

@@ -216,6 +216,21 @@ def test_decode_many_equals_decode_one_by_one(keys: Keys) -> None:
             decode_many([compact(row), bad])
 
 
+def test_two_records_that_are_no_events_never_decode_as_two_together() -> None:
+    """Neither record is an array of one event's values, but their contents side by side
+    are twice as many values: each record is parsed on its own, so neither is a row."""
+    from guard.audit._event import FIELD_NAMES
+
+    width = len(FIELD_NAMES)
+    first = b"[" + b",".join(b"%d" % i for i in range(width - 2)) + b",[0]"  # ends "[0]"
+    second = b"[1]," + b",".join(b"%d" % i for i in range(width + 1)) + b"]"  # starts "[1],"
+    for alone in (first, second):
+        with pytest.raises(ValueError):
+            orjson.loads(alone)
+    with pytest.raises(ValueError, match="not an audit journal record"):
+        decode_many([first, second])
+
+
 # -- threads waiting on their batch ------------------------------------------------------------
 
 
