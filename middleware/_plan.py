@@ -44,7 +44,7 @@ from starlette.types import Scope
 from guard._guard import Asked, Ruling
 from guard._types import Action, Decision, HttpContext, Request
 from guard.audit._otel import decision_attributes
-from middleware._bounds import MAX_PURPOSE, method_ok, subject_ok
+from middleware._bounds import MAX_METHOD, MAX_PURPOSE, method_ok, subject_ok
 from middleware._enforce import (
     METHODS,
     PURPOSE_KEY,
@@ -212,7 +212,8 @@ class Planner:
             span: The current span.
         """
         routes = self.routes
-        if routes is None or "path_params" in scope or "fastapi" in scope:
+        if (routes is None or "path_params" in scope or "fastapi" in scope
+                or len(method) > MAX_METHOD):  # enforce() refuses it, and keeps nothing of it
             return None
         # routes.remembered(key), inline: the answer while the router's routes are the list
         # it was found in, holding the same routes

@@ -68,6 +68,7 @@ from starlette.routing import (
 from starlette.types import Scope
 
 from guard._types import Action, quick_init
+from middleware._bounds import MAX_METHOD
 from middleware.routes import (
     DECLARATION_ATTR,
     Declaration,
@@ -632,13 +633,17 @@ def _answer_key(scope: Scope) -> tuple[object, ...] | None:
     """What an answer is remembered by: (type, method, root_path, path); None: not remembered.
 
     None for a scope that carries something else a route's ``matches`` reads (``path_params``,
-    FastAPI's state), or a long path.
+    FastAPI's state), a long path, or a method longer than ``MAX_METHOD`` (refused, and never
+    kept: a client could send a new one of thousands of characters each time).
     """
     path = scope["path"]
     if len(path) > CACHED_PATH or "path_params" in scope or "fastapi" in scope:
         return None
     kind = scope["type"]
-    return (kind, scope["method"] if kind == "http" else None, scope.get("root_path", ""), path)
+    method = scope["method"] if kind == "http" else None
+    if method is not None and len(method) > MAX_METHOD:  # refused: no answer kept for it
+        return None
+    return (kind, method, scope.get("root_path", ""), path)
 
 
 def _pick(routes: Sequence[BaseRoute], scope: Scope) -> tuple[BaseRoute | None, Scope]:
