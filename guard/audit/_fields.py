@@ -39,7 +39,7 @@ def compact(value: Sequence[Any]) -> bytes:
         out = _dumps(value)
     except TypeError:  # an int past 64 bits, a lone surrogate
         return _slow(value).encode()
-    if out.isascii() and b"\x7f" not in out:
+    if out.isascii() and 0x7F not in out:
         return out
     return _slow(value).encode()
 
@@ -261,7 +261,7 @@ class Linker:
             body = _dumps(row, option=_STRICT)  # ints past 53 bits raise: checked below
         except TypeError:
             body = _wide(row)
-        if not body.isascii() or b"\x7f" in body:
+        if not body.isascii() or 0x7F in body:  # (an int: a bytes needle raises a TypeError first)
             body = _slow(row).encode()
         if len(body) > _MAX_BODY:  # its readers would take the frame for damage
             raise ValueError(f"not recordable in the journal: over {MAX_FRAME} bytes")
