@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any, Protocol
 from weakref import finalize
 
@@ -41,6 +42,8 @@ _log = logging.getLogger("guard.audit")
 
 Committed = Callable[[Sequence[Row], Sequence[Checkpoint]], None]
 """Told of each durable batch (OTLP export)."""
+
+_WAKER = attrgetter("waker")
 
 WITNESS_BACKLOG = 10_000
 """Most checkpoints waiting for a slow witness; older ones are dropped (and logged)."""
@@ -82,7 +85,8 @@ class _Waker:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         finalize(self, os.close, self.fd).atexit = False
-        self.done: deque[Sequence[Entry]] = deque()  # batches holding entries of this loop
+        self.done: deque[tuple[Sequence[Entry], bool]] = deque()
+        """Batches holding entries of this loop; True: of no other waker."""
         loop.add_reader(self.fd, self.settle)
 
     def wake(self) -> None:
@@ -97,15 +101,19 @@ class _Waker:
             pass
         done = self.done
         while done:
-            for entry in done.popleft():  # a batch: this loop's entries and others'
+            entries, mine = done.popleft()
+            for entry in entries:  # a batch: only this loop's entries when ``mine``
                 future = entry.future
-                if entry.waker is not self or future is None or future.done():
-                    continue  # another's, or failed meanwhile (its deadline)
+                if future is None or not (mine or entry.waker is self):
+                    continue
                 result = entry.result
-                if isinstance(result, str):
-                    future.set_result(result)
-                else:
-                    future.set_exception(result or AuditUnavailableError("audit event lost"))
+                try:
+                    if isinstance(result, str):
+                        future.set_result(result)
+                    else:
+                        future.set_exception(result or AuditUnavailableError("audit event lost"))
+                except asyncio.InvalidStateError:  # failed meanwhile (its deadline), cancelled
+                    pass
 
 
 class Entry(Protocol):
@@ -269,8 +277,10 @@ class JournalWriter:
     def _ring(self) -> None:
         """Wake the writer if it waits for work (a second ring before it wakes does nothing)."""
         self._idle = False
-        with contextlib.suppress(RuntimeError):  # rung already
+        try:  # noqa: SIM105 - no suppress() object made per ring
             self._bell.release()
+        except RuntimeError:  # rung already
+            pass
 
     def _put(self, items: Sequence[Entry]) -> None:
         with self._lock:
@@ -402,6 +412,7 @@ class JournalWriter:
 
     def _run(self) -> None:
         queue = self._queue
+        take = queue.popleft
         while True:
             while True:
                 self._idle = True  # before looking: a producer that appends now rings
@@ -410,8 +421,7 @@ class JournalWriter:
                 self._bell.acquire(timeout=min(1.0, self._interval))
             self._idle = False
             with self._lock:
-                items = self._inflight = [queue.popleft()
-                                          for _ in range(min(len(queue), self._max_batch))]
+                items = self._inflight = [take() for _ in range(min(len(queue), self._max_batch))]
                 closing = self._closed and not queue
             durable: tuple[Sequence[Row], Sequence[Checkpoint]] | None = None
             try:
@@ -423,9 +433,13 @@ class JournalWriter:
                     durable, self._unsigned = ((), checkpoints), 0
             except AuditUnavailableError:  # the failure log has it; producers hear why
                 pass
-            except Exception:  # keep the thread; its producers fail closed (_release)
+            except Exception:  # keep the thread; its producers fail closed (below)
                 _log.exception("audit journal batch of %d event(s) failed", len(items))
             self._inflight = None
+            if durable is None:  # events the batch failed before building: lost
+                for item in items:
+                    if item.result is None:
+                        item.result = AuditUnavailableError("audit event lost")
             self._release(items)
             if durable is not None:  # after the producers: they wait for the journal only
                 self._tell(*durable)
@@ -462,34 +476,36 @@ class JournalWriter:
         while self._countersigns:  # popped one by one: countersign() appends without the lock
             checkpoints.append(self._countersigns.popleft())
         records = list(map(checkpoint_record, checkpoints))
-        built: list[Entry] = []
         if not self._opened:
             records.append(self._signed(CheckpointKind.OPEN, 0, GENESIS_HASH, checkpoints))
         unsigned = self._unsigned
         if unsigned and self._checkpoint_due():  # the stretch ends before this batch
             records.append(self._signed(CheckpointKind.PERIODIC, seq, prev, checkpoints))
             unsigned = 0
-        started: str | None = None  # the time of the first event of a stretch begun here
-        pseudonyms, every, whole = self._pseudonyms, self._every, bool(self._committed)
-        add_record, add_row, add_built = records.append, rows.append, built.append
+        every = self._every
+        left = every - unsigned  # events until the next checkpoint (at the exact event)
+        begun: int | None = None if unsigned else 0  # the row that begins a stretch here
+        pseudonyms, whole, failed = self._pseudonyms, bool(self._committed), False
+        add_record, add_row = records.append, rows.append
         for item, event_id in zip(items, new_event_ids(len(items)), strict=True):
             try:
                 head = content(item.kind, item.fields, pseudonyms, now, event_id)
                 hash_, record = link(head, seq + 1, prev)
             except Exception as exc:  # only this event is unrecordable
                 item.result = AuditUnavailableError(f"audit event cannot be recorded: {exc}")
+                failed = True
                 continue
             seq += 1
             add_record(record)
             add_row((*head, writer_id, seq, prev, hash_) if whole else head)
             prev = hash_
-            add_built(item)
-            if not unsigned:
-                started = head[2]
-            unsigned += 1
-            if unsigned >= every:  # at the exact event: no stretch exceeds `every`
+            left -= 1
+            if not left:  # no stretch exceeds `every`
                 add_record(self._signed(CheckpointKind.PERIODIC, seq, prev, checkpoints))
-                unsigned, started = 0, None
+                left, begun = every, len(rows)
+        unsigned = every - left
+        started = rows[begun][2] if begun is not None and begun < len(rows) else None
+        built = [item for item in items if item.result is None] if failed else items
         before = self.journal.next_offset
         try:
             self._append(records)
@@ -540,24 +556,22 @@ class JournalWriter:
                 _log.debug("audit batch listener failed: %s", exc)
 
     def _release(self, items: list[Entry]) -> None:
-        """Wake each waker of ``items`` once (a loop keeps the batch); log posted failures."""
-        woken: list[_Waker | _Waiting] = []
-        last: object = woken  # the previous item's waker (none is this list)
-        for item in items:
-            if item.result is None:  # the batch failed before it was built
-                item.result = AuditUnavailableError("audit event lost")
-            waker = item.waker
-            if waker is None:  # posted
-                if not isinstance(item.result, str):
+        """Wake each waker of ``items`` once (a loop keeps the batch); log posted failures.
+
+        Every item has its result.
+        """
+        wakers = dict.fromkeys(map(_WAKER, items))
+        posted = None in wakers
+        if posted:  # nobody waits for these: a failure is logged
+            del wakers[None]
+            for item in items:
+                if item.waker is None and not isinstance(item.result, str):
                     _log.error("audit %s event was not recorded: %s", item.kind.value,
                                item.result)
-            elif waker is not last:
-                last = waker
-                if waker not in woken:
-                    woken.append(waker)
-        for waker in woken:
+        mine = len(wakers) == 1 and not posted  # the batch is one loop's (or thread's)
+        for waker in wakers:
             if waker.done is not None:
-                waker.done.append(items)
+                waker.done.append((items, mine))
             waker.wake()
 
     def _close_chain(self) -> None:
