@@ -159,9 +159,10 @@ def build(events: int, batch: int) -> float:
     return (time.thread_time() - c0) * 1e6 / (events // batch * batch)
 
 
-def loop(events: int, producers: int, null: bool = False) -> tuple[float, float, float, float]:
+def loop(events: int, producers: int, null: bool = False
+         ) -> tuple[float, float, float, float, float]:
     """CPU µs per event of the event loop's and the writer's thread; wake-ups per event of
-    the loop (eventfd writes) and of the writer (rings)."""
+    the loop (eventfd writes) and of the writer (rings); wall µs per event."""
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
         journal = NullJournal() if null else open_lane(Path(tmp))
         w = writer(journal)
@@ -192,13 +193,15 @@ def loop(events: int, producers: int, null: bool = False) -> tuple[float, float,
             return (time.thread_time() - c0) * 1e6
 
         w0 = thread_cpu_us(w._thread)
+        t0 = time.perf_counter()
         loop_us = asyncio.run(main())
+        wall_us = (time.perf_counter() - t0) * 1e6
         writer_us = thread_cpu_us(w._thread) - w0
         w.close()
         if not null:
             journal.close()  # type: ignore[union-attr]
     total = per * producers
-    return loop_us / total, writer_us / total, wakeups / total, notified / total
+    return loop_us / total, writer_us / total, wakeups / total, notified / total, wall_us / total
 
 
 class TimedJournal:
@@ -688,7 +691,8 @@ def main() -> None:
               f"{statistics.median(g[0] for g in got):.2f} µs/event, writer "
               f"{statistics.median(g[1] for g in got):.2f} µs/event, loop wake-ups "
               f"{statistics.median(g[2] for g in got):.3f}/event, writer wake-ups "
-              f"{statistics.median(g[3] for g in got):.3f}/event (median of {args.rounds})")
+              f"{statistics.median(g[3] for g in got):.3f}/event, wall "
+              f"{statistics.median(g[4] for g in got):.2f} µs/event (median of {args.rounds})")
 
 
 if __name__ == "__main__":
