@@ -292,6 +292,10 @@ def main(argv: list[str]) -> int:
     options = dict(arg.removeprefix("--").split("=", 1) for arg in argv[2:])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _pin(options.get("cpus", ""))  # before any thread: each inherits it
+    if url.startswith("sqlite:"):
+        from guard.audit._sqlite import bind_nulls_at_once
+
+        bind_nulls_at_once()
     for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the service's whole group (Ctrl-C,
         signal.signal(sig, signal.SIG_IGN)      # systemd): the service stops us after its end
     stop, wanted = threading.Event(), threading.Event()

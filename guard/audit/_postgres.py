@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from guard._errors import AuditUnavailableError
+from guard._pgurl import one_line, shown_url
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._schema import (
@@ -79,7 +79,7 @@ class PostgresStore:
                 self._pool.close()
                 if isinstance(exc, AuditStoreError):
                     raise
-                raise AuditStoreError(f"cannot read audit store {_safe(url)}: {_line(exc)}"
+                raise AuditStoreError(f"cannot read audit store {shown_url(url)}: {one_line(exc)}"
                                       ) from exc
 
     def _ensure_schema(self) -> None:
@@ -94,7 +94,7 @@ class PostgresStore:
                 return
             if conn.execute("SELECT to_regclass('schema_version')").fetchone() == (None,):
                 if not self._create:
-                    raise AuditStoreError(f"{_safe(self.url)} holds no audit store")
+                    raise AuditStoreError(f"{shown_url(self.url)} holds no audit store")
             elif conn.execute("SELECT max(version) FROM schema_version"
                               ).fetchone() == (SCHEMA_VERSION,):
                 self._schema_ready = True
@@ -156,7 +156,7 @@ class PostgresStore:
                 and exc.diag.constraint_name == "audit_event_writer_id_seq_key"
                 else RecordRefusedError)  # a value no column holds, a null where none may be
             raise (refused or AuditUnavailableError)(
-                f"audit store {_safe(self.url)} refused the index write: {_line(exc)}"
+                f"audit store {shown_url(self.url)} refused the index write: {one_line(exc)}"
             ) from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -166,7 +166,7 @@ class PostgresStore:
             with self._pool.connection() as conn:
                 return list(conn.execute(_pg(sql), tuple(params)).fetchall())
         except (psycopg.Error, PoolTimeout) as exc:
-            raise AuditStoreError(f"audit store {_safe(self.url)}: {_line(exc)}") from exc
+            raise AuditStoreError(f"audit store {shown_url(self.url)}: {one_line(exc)}") from exc
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         """Yield rows through a server-side cursor."""
@@ -181,7 +181,7 @@ class PostgresStore:
                 cur.execute(_pg(sql), tuple(params))
                 yield from cur
         except (psycopg.Error, PoolTimeout) as exc:
-            raise AuditStoreError(f"audit store {_safe(self.url)}: {_line(exc)}") from exc
+            raise AuditStoreError(f"audit store {shown_url(self.url)}: {one_line(exc)}") from exc
 
     def close(self) -> None:
         """Close the write connection and the pool."""
@@ -189,18 +189,3 @@ class PostgresStore:
             if self._writer is not None:
                 self._writer.close()
         self._pool.close()
-
-
-def _line(exc: BaseException) -> str:
-    """An exception's message on one line (libpq's messages span several)."""
-    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-
-
-def _safe(url: str) -> str:
-    """The URL without a password (after its user name, or a ``password`` parameter)."""
-    parts = urlsplit(url)
-    user, at, host = parts.netloc.rpartition("@")
-    query = "&".join(p for p in parts.query.split("&")
-                     if p and unquote(p.split("=", 1)[0]).lower() != "password")
-    safe = f"{parts.scheme}://{user.split(':', 1)[0]}{at}{host}{parts.path}"
-    return f"{safe}?{query}" if query else safe

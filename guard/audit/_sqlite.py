@@ -37,11 +37,18 @@ _REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
             sqlite3.ProgrammingError, OverflowError)
 """A value of a record the store cannot hold (a null where one is not allowed, a list, an
 int past 64 bits), not a store that cannot write."""
-# Python's sqlite3 binds None through its adapter protocol, whose failed look-ups format
-# two AttributeErrors per value (about 0.25 µs; a decision has four null columns): an
-# adapter for None (returning it) is found at once. Other values are bound as before.
-_NOTHING: dict[None, None] = {}
-sqlite3.register_adapter(type(None), _NOTHING.get)  # a C call: None -> None
+
+
+def bind_nulls_at_once() -> None:
+    """Bind None through an adapter (a C call returning it) the sqlite3 module finds at once.
+
+    Without one, the module's adapter protocol formats two failed look-ups per null
+    value (about 2,000 instructions; a decision has several null columns). Adapters
+    are the whole process's, so only the index's own processes set it (the service's
+    child, ``guard audit index``): a service's own adapter for None is not replaced.
+    """
+    nothing: dict[None, None] = {}
+    sqlite3.register_adapter(type(None), nothing.get)
 
 
 @functools.lru_cache(maxsize=len(_SIZES))

@@ -51,6 +51,10 @@ def index_cmd(  # noqa: PLR0917 - one parameter per option
     folder = journal if journal is not None else journal_folder(settings)
     if interval <= 0 or every <= 0:
         raise ConfigError("--interval and --every must be more than 0 seconds")
+    if settings.store.startswith("sqlite:"):
+        from guard.audit._sqlite import bind_nulls_at_once
+
+        bind_nulls_at_once()  # this process only indexes
     follower = Follower(folder, open_store(settings.store, create=True), interval=interval)
     stop = threading.Event()
     try:

@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 
 from guard._errors import ConfigError, GuardError, PolicyError
+from guard._pgurl import one_line, shown_url
 from guard.policy._compiled import CompiledPolicy
 from guard.policy._load import compile_policy, compile_source
 from guard.policy._source import read_source, resolve_policy_dir
@@ -87,7 +88,7 @@ def _connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[
         return psycopg.connect(url, connect_timeout=5, autocommit=autocommit)
     except psycopg.Error as exc:
         raise ConfigError(
-            f"cannot reach the policy store {_redact(url)}: {_first_line(exc)}"
+            f"cannot reach the policy store {shown_url(url)}: {one_line(exc)}"
         ) from exc
 
 
@@ -125,7 +126,7 @@ def push_policy(
             conn.commit()
         except psycopg.Error as exc:
             raise ConfigError(
-                f"cannot push the policy to {_redact(url)}: {_first_line(exc)}"
+                f"cannot push the policy to {shown_url(url)}: {one_line(exc)}"
             ) from exc
     assert row is not None
     row_id, pushed_at = row
@@ -149,7 +150,7 @@ def load_latest(url: str) -> StoredPolicy:
 
 def _empty(url: str) -> ConfigError:
     return ConfigError(
-        f"the policy store {_redact(url)} holds no policy yet "
+        f"the policy store {shown_url(url)} holds no policy yet "
         "(push one with: guard policy push --store URL)"
     )
 
@@ -170,7 +171,7 @@ def _select_one(
         return None
     except psycopg.Error as exc:
         raise ConfigError(
-            f"cannot read the policy store {_redact(url)}: {_first_line(exc)}"
+            f"cannot read the policy store {shown_url(url)}: {one_line(exc)}"
         ) from exc
     if row is None:
         return None
@@ -219,7 +220,7 @@ def _compile(url: str, stored: StoredPolicy) -> CompiledPolicy:
     if max(len(stored.model_text), len(stored.rules_text)) > MAX_POLICY_TEXT:
         raise PolicyError(f"pushed policy #{stored.id} is longer than {MAX_POLICY_TEXT} "
                           "characters", hint="push a policy of a sensible size")
-    policy = compile_policy(stored.model_text, stored.rules_text, f"{_redact(url)}#{stored.id}")
+    policy = compile_policy(stored.model_text, stored.rules_text, f"{shown_url(url)}#{stored.id}")
     if policy.version != stored.version:
         raise PolicyError(
             f"pushed policy #{stored.id} compiles to {policy.version}, not {stored.version}",
@@ -284,7 +285,7 @@ def load_newest_good(url: str) -> StartPolicy:
             return StartPolicy(policy, stored.id, tuple(skipped))
     newest = skipped[0]
     raise ConfigError(
-        f"no policy stored in {_redact(url)} loads ({len(skipped)} tried); the newest, "
+        f"no policy stored in {shown_url(url)} loads ({len(skipped)} tried); the newest, "
         f"#{newest.id}: {newest.error}"
     )
 
@@ -325,7 +326,7 @@ async def watch_store(
                 if lost_at is not None:
                     _log.warning(
                         "policy store watcher reconnected to %s after %.1f s (%d attempt(s)); "
-                        "reloading once", _redact(url), time.monotonic() - lost_at, attempts)
+                        "reloading once", shown_url(url), time.monotonic() - lost_at, attempts)
                 lost_at, attempts = None, 0
                 if listening is not None:
                     listening(True, None)
@@ -338,7 +339,7 @@ async def watch_store(
                     await on_push(note.payload)
             cause = "the connection closed"
         except psycopg.Error as exc:
-            cause = _first_line(exc)
+            cause = one_line(exc)
         first = False
         attempts += 1
         now = time.monotonic()
@@ -347,26 +348,9 @@ async def watch_store(
         if lost_at is None:
             lost_at = logged_at = now
             _log.warning("policy store watcher lost %s: %s; not hearing pushes, retrying "
-                         "every %g s", _redact(url), cause, retry_seconds)
+                         "every %g s", shown_url(url), cause, retry_seconds)
         elif now - logged_at >= REPEAT_LOG_SECONDS:
             logged_at = now
             _log.warning("policy store watcher still cannot reach %s after %.0f s "
-                         "(%d attempt(s)): %s", _redact(url), now - lost_at, attempts, cause)
+                         "(%d attempt(s)): %s", shown_url(url), now - lost_at, attempts, cause)
         await asyncio.sleep(retry_seconds)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _redact(url: str) -> str:
-    """The URL without its password."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.Error:
-        return "<invalid URL>"
-    host = info.get("host", "localhost")
-    port = info.get("port", "5432")
-    db = info.get("dbname", "")
-    return f"postgresql://{host}:{port}/{db}"

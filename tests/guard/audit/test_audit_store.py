@@ -38,6 +38,7 @@ def test_readers_do_not_create_stores(tmp_path: Path) -> None:
     "postgresql://u:secretpw@127.0.0.1:9/x",
     "postgresql://u@127.0.0.1:9/x?sslmode=disable&password=secretpw",
     "postgresql://u@127.0.0.1:9/x?sslmode=disable&pass%77ord=secretpw",
+    "postgresql://u@127.0.0.1:9/x?sslpassword=secretpw",  # the client key's: no option shown
 ])
 def test_a_postgresql_store_error_names_the_store_without_its_password(url: str) -> None:
     with pytest.raises(AuditStoreError) as refused:  # nothing listens on port 9

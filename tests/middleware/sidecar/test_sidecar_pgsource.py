@@ -76,10 +76,13 @@ def test_empty_store_is_a_clear_error(store: str) -> None:
 
 
 def test_unreachable_store_is_a_clear_error_without_password(policy_dir: Path) -> None:
-    url = f"postgresql://u:secretpw@127.0.0.1:{free_port()}/db"
+    port = free_port()
+    url = f"postgresql://u:secretpw@127.0.0.1:{port}/db?sslpassword=secretpw"
     with pytest.raises(ConfigError) as info:
         push_policy_dir(url, policy_dir)
-    assert "cannot reach the policy store" in str(info.value)
+    # named as the audit store names its own (guard._pgurl): user, host, port, database
+    assert f"cannot reach the policy store postgresql://u@127.0.0.1:{port}/db: " \
+        in str(info.value)
     assert "secretpw" not in str(info.value)
 
 
