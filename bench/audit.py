@@ -417,6 +417,8 @@ def main() -> None:
     parser.add_argument("--alone", action="store_true",
                         help="only the journal alone (64 tasks, no store)")
     args = parser.parse_args()
+    from guard.audit import _sqlite  # nulls bound as in the index's own processes
+    getattr(_sqlite, "bind_nulls_at_once", lambda: None)()  # (older trees: at import)
     n = args.events or (4_000 if args.quick else 20_000)
     tmp = Path(tempfile.mkdtemp(prefix="guard-bench-audit-"))
     key = tmp / "sign.key"

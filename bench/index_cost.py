@@ -514,6 +514,8 @@ def main() -> None:
     parser.add_argument("--setup-only", action="store_true", help="with --once: do not index")
     parser.add_argument("--template", type=Path, help="with --once: index into a copy of it")
     args = parser.parse_args()
+    from guard.audit import _sqlite  # nulls bound as in the index's own processes
+    getattr(_sqlite, "bind_nulls_at_once", lambda: None)()  # (older trees: at import)
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = args.variants.split(",")
     if args.once:

@@ -56,7 +56,6 @@ _WHERE = {name: module for module, names in _MODULES.items() for name in names.s
 
 
 def __getattr__(name: str) -> Any:
-    """Import ``name`` from its module on first use."""
     if name not in _WHERE:
         raise AttributeError(f"module 'guard.audit' has no attribute {name!r}")
     value = globals()[name] = getattr(import_module(f"guard.audit.{_WHERE[name]}"), name)

@@ -179,7 +179,6 @@ class ChildIndexer:
 
     @property
     def pid(self) -> int:
-        """The running child's process id."""
         return self._proc.pid
 
     def _spawn(self) -> subprocess.Popen[bytes]:

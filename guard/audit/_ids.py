@@ -13,7 +13,6 @@ _prefix = (-1, "")  # the last millisecond's first 13 characters
 
 
 def new_event_id() -> str:
-    """A UUIDv7 string (:func:`new_event_ids`)."""
     return new_event_ids(1)[0]
 
 

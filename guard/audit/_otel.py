@@ -116,5 +116,4 @@ class OtlpLogExporter:
             self.failures.failed(f"{type(exc).__name__}: {exc}")
 
     def close(self) -> None:
-        """Flush and stop the exporter."""
         self._provider.shutdown()

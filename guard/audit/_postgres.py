@@ -105,7 +105,6 @@ class PostgresStore:
             self._schema_ready = True
 
     def _connection(self) -> psycopg.Connection[Any]:
-        """The one write connection, connected on first use."""
         self._ensure_schema()
         conn = self._writer
         if conn is None or conn.closed:
@@ -160,7 +159,6 @@ class PostgresStore:
             ) from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read query."""
         try:
             self._ensure_schema()
             with self._pool.connection() as conn:
@@ -184,7 +182,6 @@ class PostgresStore:
             raise AuditStoreError(f"audit store {shown_url(self.url)}: {one_line(exc)}") from exc
 
     def close(self) -> None:
-        """Close the write connection and the pool."""
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()

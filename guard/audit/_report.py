@@ -69,12 +69,10 @@ class SubjectReport:
     register: tuple[RightsEntry, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping (its parts as mappings)."""
         return asdict(self)
 
 
 def subject_report(store: Store, pseudonym: str) -> SubjectReport:
-    """Build the report for the subject whose pseudonym is ``pseudonym``."""
     rows = query_events(store, EventFilter(subject=pseudonym, allowed=True), limit=None,
                         oldest_first=True)
     condition, params = EventFilter(subject=pseudonym, allowed=False).where(store)
@@ -117,7 +115,6 @@ def report_of(pseudonym: str, rows: Iterable[QueryRow], denied: int,
 
 
 def register_of(store: Store, pseudonym: str) -> tuple[RightsEntry, ...]:
-    """The subject's register history."""
     rows = store.rows(
         "SELECT seq, kind, purpose, effective, recorded_at, recorded_by, ref, event_id "
         "FROM subject_register WHERE subject = ? ORDER BY seq", (pseudonym,))
@@ -125,7 +122,6 @@ def register_of(store: Store, pseudonym: str) -> tuple[RightsEntry, ...]:
 
 
 def render_json(report: SubjectReport) -> str:
-    """The report as indented JSON."""
     return json.dumps(report.to_dict(), indent=2)
 
 

@@ -231,7 +231,6 @@ Row = tuple[Any, ...]
 
 
 def checkpoint_row(cp: Checkpoint) -> tuple[Any, ...]:
-    """The column values of one checkpoint."""
     return (cp.checkpoint_id, cp.writer_id, cp.seq, cp.hash, cp.ts, cp.kind.value, cp.key_id,
             cp.signature, cp.terms)
 

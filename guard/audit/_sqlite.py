@@ -205,7 +205,6 @@ class SqliteStore:
                     f"audit store {self.path} refused the index write: {exc}") from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read query on the read connection."""
         with self._read_lock:
             try:
                 return list(self._read.execute(sql, tuple(params)).fetchall())
@@ -225,7 +224,6 @@ class SqliteStore:
             conn.close()
 
     def close(self) -> None:
-        """Close both connections."""
         with self._lock, self._read_lock:
             self._conn.close()
             self._read.close()

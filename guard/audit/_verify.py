@@ -57,7 +57,6 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """True when no problem was found."""
         return not self.problems
 
 
@@ -189,7 +188,6 @@ _CHECKPOINTS_SQL = f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint"  # noqa:
 
 
 def stored_checkpoints(store: Store, writer: str | None = None) -> list[Checkpoint]:
-    """The store's checkpoints, or one chain's."""
     where, params = (" WHERE writer_id = ?", (writer,)) if writer is not None else ("", ())
     return [row_checkpoint(raw) for raw in store.stream(_CHECKPOINTS_SQL + where, params)]
 
@@ -333,7 +331,6 @@ def check_register(store: Store, *, settle: float = REGISTER_SETTLE) -> Problem 
 
 
 def _register_mismatch(store: Store) -> Problem | None:
-    """:func:`check_register`'s one look."""
     events: dict[str, tuple[Any, ...]] = {}
     for event_id, subject, reason, purpose, caller, detail in store.stream(_RIGHTS_SQL):
         try:

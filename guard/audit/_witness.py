@@ -55,7 +55,6 @@ class Witness:
                 raise
 
     def close(self) -> None:
-        """Close the file."""
         os.close(self._fd)
 
 
