@@ -31,7 +31,7 @@ def test_below_the_reserve_requests_are_refused_readyz_says_so_and_it_resumes(
 
         filler = fill_disk(small_disk, leave=2_000_000)
         # Free space is read at most every 250 ms, not per event: refused from then on.
-        poll(lambda: sidecar.decide()["reason"] == "audit_unavailable", timeout=10, step=0.05)
+        poll(lambda: sidecar.decide()["reason"] == "audit_unavailable", timeout=30, step=0.05)
         denied = [sidecar.decide() for _ in range(20)]
         assert {(d["allowed"], d["reason"]) for d in denied} == {(False, "audit_unavailable")}
         body = sidecar.wait_ready(False)

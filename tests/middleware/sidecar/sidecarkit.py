@@ -40,7 +40,7 @@ GET,  /public/{rest:path},       public
 def wait_for_port(
     port: int,
     *,
-    timeout: float = 15.0,
+    timeout: float = 60.0,
     proc: subprocess.Popen[bytes] | None = None,
     log: Path | None = None,
 ) -> None:
@@ -112,7 +112,7 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60  # generous: a loaded machine starts slowly
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 pytest.fail("the sidecar did not start")
@@ -193,7 +193,7 @@ def audit_rows(db: Path, where: str = "1=1", params: tuple[Any, ...] = ()) -> li
     return [dict(row) for row in rows]
 
 
-def poll(check: Callable[[], Any], *, timeout: float = 10.0, step: float = 0.02) -> Any:
+def poll(check: Callable[[], Any], *, timeout: float = 30.0, step: float = 0.02) -> Any:
     """Call ``check`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
