@@ -106,9 +106,10 @@ class Minimiser:
                  opened: Callable[[int], Awaitable[str | None]] | None = None) -> None:
         self._send = send
         headers = scope.get("headers")
-        if headers:  # before the app or the upstream reads them
+        if headers:  # before the app or the upstream reads them (``_`` read as ``-``, as
+            # WSGI, Django and many upstreams read a name: If_None_Match is If-None-Match)
             scope["headers"] = [(name, value) for name, value in headers
-                                if name.lower() not in UNFILTERABLE_REQUEST]
+                                if name.lower().replace(b"_", b"-") not in UNFILTERABLE_REQUEST]
         self._opened = opened
         self._route = route
         self._scope = scope
