@@ -39,7 +39,11 @@ and the collections in the loop. The UTC time and the load average are printed.
 this script (an A/B with one script).
 
 Usage: ``.venv/bin/python bench/path.py [--iterations 20000] [--repeat 5]
-[--callgrind] [--calls 2000] [--no-timing] [--tree DIR] [--only WORD,...]``
+[--callgrind] [--calls 2000] [--no-timing] [--tree DIR] [--only WORD,...] [--register N]``
+
+``--register N`` gives N other subjects (random keyed digests) a restriction in the
+guard's subject register, as a service with a register in use has; by default the
+register is empty.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import asyncio
 import gc
 import itertools
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -56,6 +61,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import date
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -82,6 +88,7 @@ sys.path.insert(0, str(TREE))
 from bench._stub import EVENT_ID, NoAudit  # noqa: E402
 from guard._guard import Guard, Ruling  # noqa: E402
 from guard._types import HttpContext, Request  # noqa: E402
+from guard.rights import EntryKind, Record  # noqa: E402
 
 try:
     from middleware.asgi import wanted_headers
@@ -322,6 +329,12 @@ def pieces(workdir: Path) -> tuple[list[tuple[str, Callable[[], object]]], Calla
         return planner.judge(new_scope(), "GET", INVALID_SPAN)
 
     register = guard.register
+    filled = int(os.environ.get("GUARD_BENCH_REGISTER", "0"))
+    if filled and register is not None:  # --register N: N other subjects with an entry
+        rng = random.Random(12)
+        restricted = (Record(EntryKind.RESTRICTION, "", date(2020, 1, 1)),)
+        register.index.load((rng.getrandbits(64), rng.getrandbits(64), restricted)
+                            for _ in range(filled))
     measured: list[tuple[str, Callable[[], object]]] = [
         ("empty loop (subtracted)", lambda: None),
         ("header collection", lambda: _collect(scope()["headers"], wanted)),
@@ -455,11 +468,16 @@ def main() -> None:
     parser.add_argument("--only", default="",
                         help="measure only the pieces whose label holds one of these "
                              "comma-separated words (the totals below the table need all)")
+    parser.add_argument("--register", type=int, default=0,
+                        help="give this many other subjects an entry in the guard's register "
+                             "(default: none, an empty register)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
         os.environ["GUARD_BENCH_ONLY"] = args.only  # read by pieces(), in this and the inner run
+    if args.register:
+        os.environ["GUARD_BENCH_REGISTER"] = str(args.register)  # ... as is this
     if args.inner:
         measured, close = pieces(args.dir)
         try:

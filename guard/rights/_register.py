@@ -110,14 +110,19 @@ class Register:
 
         The index is asked every time (a change applies to the next look-up); only
         the subject's keyed digest, which never changes, is remembered for the
-        latest :data:`DIGESTS` subjects.
+        latest :data:`DIGESTS` subjects. While no subject has an entry, no digest is
+        made: every subject is a miss (the id is still encoded, so one the digest
+        could not be made of raises as it would).
         """
         digests = self._digests
         known = digests.get(subject)
         if known is None:
+            raw = subject.encode()
+            if not self.index._hi:  # an empty register: the keys read inline, as the bitmap
+                return None
             # HMAC-SHA256 from precomputed pads: a third of hmac.digest's cost per call.
             inner = self._inner.copy()
-            inner.update(subject.encode())
+            inner.update(raw)
             outer = self._outer.copy()
             outer.update(inner.digest())
             digest = outer.digest()
