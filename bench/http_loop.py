@@ -14,7 +14,9 @@ of the counts::
 
 Each request gets header names and values of its own (new bytes objects, as a
 server parses them), so what hashing them costs is counted. ``--plain`` calls the
-example service without the guard (the floor of the same run).
+example service without the guard (the floor of the same run). ``--starlette`` serves the
+read from a Starlette app instead (the same route, declaration and JSON answer, no FastAPI:
+no dependency solving, exit stacks or response model), guarded or ``--plain``.
 
 ``--callgrind`` does that in one run: the measured requests lie between two calls of
 ``os.getppid()`` (``--dump-before=os_getppid``), and the event loop thread's
@@ -35,7 +37,8 @@ data subjects). ``--callgrind --keep FILE`` keeps the measured window's profile 
 thread for ``callgrind_annotate --inclusive=yes FILE``.
 
 Usage: python bench/http_loop.py [--requests 6400] [--gc-threshold N] [--gc-freeze]
-       [--plain] [--audit-sink journal|none] [--write] [--concurrent 32] [--subjects 100]
+       [--plain] [--starlette] [--audit-sink journal|none] [--write] [--concurrent 32]
+       [--subjects 100]
        [--callgrind [--keep FILE]] [--census [--census-top 40]]
        [--tree DIR]   (another checkout's guard and example, for an A/B run)
 """
@@ -75,6 +78,8 @@ def main() -> None:
                         help="gc.set_threshold first value after the warm-up (default 700)")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the warm-up")
     parser.add_argument("--plain", action="store_true", help="the example service unguarded")
+    parser.add_argument("--starlette", action="store_true",
+                        help="the read served by a Starlette app (no FastAPI), not the example")
     parser.add_argument("--tree", type=Path, default=HERE,
                         help="the checkout whose guard and example run (default: this one)")
     parser.add_argument("--audit-sink", choices=("journal", "none"), default="journal",
@@ -162,8 +167,13 @@ def main() -> None:
     with Guard.from_settings(settings) as guard:
         if args.audit_sink == "none":  # a floor only: nothing is recorded
             guard.begin_commit = _resolved  # type: ignore[method-assign]
-        app = create_app(settings, enforce=False) if args.plain else create_app(
-            settings, guard=guard)
+        if args.starlette:
+            if args.write:
+                raise SystemExit("--starlette serves the read only")
+            app = starlette_app(None if args.plain else guard, settings)
+        else:
+            app = create_app(settings, enforce=False) if args.plain else create_app(
+                settings, guard=guard)
 
         async def measure() -> tuple[float, float]:
             await run(app, WARM_UP)  # warm-up: caches, the first batches
@@ -187,8 +197,9 @@ def main() -> None:
         wall, loop = asyncio.run(measure())
     shutil.rmtree(work, ignore_errors=True)
     n = args.requests
-    kind = ("plain" if args.plain else "guarded, no audit sink" if args.audit_sink == "none"
-            else "guarded")
+    kind = ("Starlette, " if args.starlette else "") + (
+        "plain" if args.plain else "guarded, no audit sink" if args.audit_sink == "none"
+        else "guarded")
     print(f"{args.tree.resolve()} ({kind}, {'PUT' if args.write else 'GET'}): "
           f"gc threshold {gc.get_threshold()[0]}"
           f"{', frozen' if args.gc_freeze else ''}; {n} requests, {args.concurrent} at a time: "
@@ -250,6 +261,34 @@ async def census(app: Callable[..., Awaitable[None]],
           f"young count {(count1 - count0) / reads:+.2f} per read")
     for name, n in kinds.most_common(top):
         print(f"  {n / reads:6.2f}  {name}")
+
+
+def starlette_app(guard: Any, settings: Any) -> Callable[..., Awaitable[None]]:
+    """The example's ``GET /customers/{customer_id}`` on Starlette alone; guarded unless None."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from examples.customers import customers
+    from middleware import GuardMiddleware, RouteTable, guarded
+
+    data = customers()
+
+    @guarded(categories=["identity", "contact"], subject="customer_id")
+    async def summary(request: Request) -> JSONResponse:
+        customer_id = request.path_params["customer_id"]
+        found = data.get(customer_id)
+        if found is None:
+            return JSONResponse({"detail": "no such customer"}, status_code=404)
+        return JSONResponse({"customer_id": customer_id, "identity": found["identity"],
+                             "contact": found["contact"]})
+
+    app = Starlette(routes=[Route("/customers/{customer_id}", summary)])
+    if guard is not None:
+        app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
+                           routes=RouteTable(()), gc_freeze=False)
+    return app
 
 
 def _resolved(ruling: Any, status: int | None = None) -> asyncio.Future[str]:

@@ -52,6 +52,14 @@ from middleware.routes import RouteRule, RouteTable
 __all__ = ["GuardMiddleware"]
 
 _log = logging.getLogger("guard.middleware")
+_HANDLERS = "starlette.exception_handlers"
+_CALL_SCOPED = (_HANDLERS, "fastapi_middleware_astack", "fastapi_inner_astack",
+                "fastapi_function_astack")
+"""Scope entries a Starlette or FastAPI app sets for the length of its call: its exception
+handlers and FastAPI's exit stacks, exited when the app returns. The server and the layers
+around the guard keep the scope alive while a read's response waits for its commit, so
+they are dropped then (7 objects the cyclic collector walks per read waiting), unless an
+app around this one had set them before (then they are its own)."""
 
 
 def _default_routes(settings: Settings) -> RouteTable:
@@ -229,12 +237,16 @@ class GuardMiddleware:
                               limit=self.max_minimised_body, decision_id=outcome.decision_id,
                               purpose=outcome.decision.purpose if outcome.decision else None,
                               route=outcome.route or "<undeclared>", opened=record.open)
+        alone = _HANDLERS not in scope  # no Starlette app around this one set its entries
         try:
             await self.app(scope, receive, inner)
         finally:
             if not record.settled:
                 verdict = record.returned()
                 if verdict is not None:  # a whole response held: its commit awaited here
+                    if alone:  # the app's call is over: what it kept in the scope for it goes
+                        for key in _CALL_SCOPED:
+                            scope.pop(key, None)
                     try:  # noqa: SIM105 - no suppress() object alive across the wait
                         await verdict
                     except Exception:  # noqa: S110 - judged by the record

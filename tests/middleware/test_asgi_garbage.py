@@ -10,6 +10,7 @@ ASGITransport, or straight through ASGI with the commit held open).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import types
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from holdkit import Service, entered, service
+from fastapi import FastAPI
+from holdkit import HeldJournal, Service, entered, service
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -210,3 +212,90 @@ def test_finished_reads_leave_nothing_of_theirs_with_the_guard(
         kept = asyncio.run(main())
     # At most the last request's own commit, not one per request served before it.
     assert max(kept) <= 1, kept
+
+
+def _fastapi(guard: Guard, settings: Any) -> FastAPI:
+    """A guarded FastAPI read (its exit stacks in the scope for the call's length)."""
+    app = FastAPI()
+
+    @app.get("/customers/{customer_id}")
+    @guarded(categories=["contact"], action="read", subject="customer_id")
+    async def read(customer_id: str) -> dict[str, str]:
+        return {"phone": "phone"}
+
+    app.add_middleware(GuardMiddleware, guard=guard, settings=settings, routes=RouteTable(()),
+                       gc_freeze=False)  # the objects counted stay in the collector's view
+    return app
+
+
+async def _waiting(reads: int) -> None:
+    """Return once ``reads`` reads wait for their commit, their app's call over."""
+    for _ in range(400):
+        await asyncio.sleep(0)
+        waiting = [o for o in gc.get_objects(generation=0)
+                   if isinstance(o, types.CoroutineType)
+                   and o.cr_code.co_qualname == "GuardMiddleware.__call__"
+                   and type(o.cr_await).__name__ == "FutureIter"]
+        if len(waiting) == reads:
+            return
+    pytest.fail("the reads never all waited for their decisions")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("around", [False, True])
+async def test_a_waiting_read_keeps_none_of_what_the_app_kept_in_the_scope_for_its_call(
+    keys: Keys, tmp_path: Path, no_collector: None, around: bool
+) -> None:
+    settings = guard_settings(tmp_path, keys)
+    token = keys.mint("rsa", sub="svc:crm")
+    with Guard.from_settings(settings) as journal_guard:
+        journal = HeldJournal(journal_guard.trail.writer.journal)  # type: ignore[attr-defined]
+        journal_guard.trail.writer.journal = journal  # type: ignore[attr-defined]
+        inner = _fastapi(journal_guard, settings)
+        marker = ({}, {})
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if around:  # an app around this one set its exception handlers first
+                scope["starlette.exception_handlers"] = marker
+            await inner(scope, receive, send)
+
+        scopes: list[dict[str, Any]] = []
+        sent: list[list[dict[str, Any]]] = [[] for _ in range(BURST)]
+
+        async def call(n: int) -> None:
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "GET", "scheme": "http", "path": f"/customers/c-{n:04d}",
+                     "raw_path": b"", "root_path": "", "query_string": b"",
+                     "client": ("127.0.0.1", 5000), "server": ("svc", 80),
+                     "headers": [(b"authorization", f"Bearer {token}".encode()),
+                                 (b"x-purpose", b"relationship.management")]}
+            scopes.append(scope)
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b""}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent[n].append(message)
+
+            await app(scope, receive, send)
+
+        calls = [asyncio.ensure_future(call(n)) for n in range(BURST)]
+        try:
+            await entered(journal)
+            await _waiting(BURST)
+            stacks = sum(type(v) is contextlib.AsyncExitStack
+                         for scope in scopes for v in scope.values())
+            kept = [sorted(k for k in scope if k.startswith(("fastapi_", "starlette.")))
+                    for scope in scopes]
+            early = [s for s in sent if s]  # nothing left before its decision was durable
+        finally:
+            journal.release.set()
+            await asyncio.gather(*calls)
+    assert early == []
+    assert all(s[0]["status"] == 200 for s in sent)
+    if around:  # not the guarded app's to drop
+        assert stacks == 3 * BURST, stacks
+        assert all("starlette.exception_handlers" in k for k in kept), kept[:1]
+    else:  # its exit stacks are exited: nothing of them lives on while the read waits
+        assert stacks == 0, stacks
+        assert kept == [[]] * BURST, kept[:1]
