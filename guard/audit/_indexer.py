@@ -16,6 +16,7 @@ good (:meth:`Indexer._stop_at`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -23,12 +24,11 @@ import time
 from collections import deque
 from pathlib import Path
 
-from guard._errors import AuditUnavailableError
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import decode_many
 from guard.audit._health import FailureLog
 from guard.audit._journal import JournalReader, durable_end, journal_id, segments
-from guard.audit._store import ChainPlaceTakenError, RecordRefusedError, Store, indexed_offset
+from guard.audit._store import RecordRefusedError, Store, indexed_offset
 
 SHORTENED = "#shortened"
 """The store's offset row (lane id + this) for how far the index had read a lane found shorter."""
@@ -340,17 +340,15 @@ class Indexer:
                     self._pending, self.offset = (records[low:], end), start + low
                     self._cond.notify_all()
         why = f"the store refuses it: {exc}"
-        if isinstance(exc, ChainPlaceTakenError):
+        with contextlib.suppress(ValueError, IndexError):  # an event: its place another's?
             values = decode_many(records[low:low + 1])[0]
             writer, seq, event_id = values[_WRITER], values[_SEQ], values[0]
             held = self.store.rows("SELECT event_id FROM audit_event WHERE writer_id = ? AND "
                                    "seq = ?", (writer, seq))
-            if not held:  # the store's rows changed under it: retried as a refusal
-                raise AuditUnavailableError(f"{self.lane.name}: a chain place these records "
-                                            "claim was taken, then freed")
-            why = (f"writer {writer} seq {seq} is event {held[0][0]} already, this record is "
-                   f"event {event_id} (two records claim one place in the chain: a lane "
-                   "copied or forged, or a writer's fault)")
+            if held and held[0][0] != event_id:
+                why = (f"writer {writer} seq {seq} is event {held[0][0]} already, this record "
+                       f"is event {event_id} (two records claim one place in the chain: a lane "
+                       "copied or forged, or a writer's fault)")
         why = (f"stopped at {self.lane.name} record {start + low}: {why}; nothing from it on "
                "is indexed: run `guard audit verify --journal`, then restart the index")
         self.failures.failed(why)  # logged before a waiter is told

@@ -21,7 +21,7 @@ from guard.audit._schema import (
     checkpoint_row,
     migrate,
 )
-from guard.audit._store import AuditStoreError, ChainPlaceTakenError, RecordRefusedError
+from guard.audit._store import AuditStoreError, RecordRefusedError
 from guard.audit._summary import add_hours
 
 _MIGRATION_LOCK = 0x67756172  # advisory lock id: one replica migrates at a time
@@ -150,11 +150,8 @@ class PostgresStore:
                     conn.close()
                     raise
         except (psycopg.Error, PoolTimeout) as exc:
-            refused = isinstance(exc, psycopg.DataError | psycopg.IntegrityError) and (
-                ChainPlaceTakenError if isinstance(exc, psycopg.errors.UniqueViolation)
-                and exc.diag.constraint_name == "audit_event_writer_id_seq_key"
-                else RecordRefusedError)  # a value no column holds, a null where none may be
-            raise (refused or AuditUnavailableError)(
+            refused = isinstance(exc, psycopg.DataError | psycopg.IntegrityError)  # the record's
+            raise (RecordRefusedError if refused else AuditUnavailableError)(
                 f"audit store {shown_url(self.url)} refused the index write: {one_line(exc)}"
             ) from exc
 

@@ -24,7 +24,7 @@ from guard.audit._schema import (
     checkpoint_row,
     migrate,
 )
-from guard.audit._store import AuditStoreError, ChainPlaceTakenError, RecordRefusedError
+from guard.audit._store import AuditStoreError, RecordRefusedError
 from guard.audit._summary import ADD_COUNTED, add_hours, count_hours, counted
 
 _SIZES = (1024, 256, 64, 16, 4, 1)  # 27 columns x 1024 stays under SQLite's 32766 variables
@@ -35,8 +35,8 @@ _ADD_HOURS = add_hours("audit_event e", "e.rowid > ? AND ")
 _LAST_ROWID = (1 << 63) - 1
 _REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
             sqlite3.ProgrammingError, OverflowError)
-"""A value of a record the store cannot hold (a null where one is not allowed, a list, an
-int past 64 bits), not a store that cannot write."""
+"""A record the store cannot hold (a null where none may be, a list, an int past 64 bits, a
+chain place taken), not a store that cannot write."""
 
 
 def bind_nulls_at_once() -> None:
@@ -197,11 +197,7 @@ class SqliteStore:
             try:
                 self._transaction(lambda conn: _insert(conn, records, (journal, next_offset)))
             except (sqlite3.Error, OverflowError) as exc:  # OverflowError: an int past 64 bits
-                refused = isinstance(exc, _REFUSED) and (
-                    ChainPlaceTakenError if str(exc).endswith(
-                        "UNIQUE constraint failed: audit_event.writer_id, audit_event.seq")
-                    else RecordRefusedError)
-                raise (refused or AuditUnavailableError)(
+                raise (RecordRefusedError if isinstance(exc, _REFUSED) else AuditUnavailableError)(
                     f"audit store {self.path} refused the index write: {exc}") from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -14,12 +14,8 @@ class AuditStoreError(GuardError):
 
 
 class RecordRefusedError(AuditUnavailableError):
-    """The store refuses a record itself (a value no column can hold): retrying cannot help."""
-
-
-class ChainPlaceTakenError(RecordRefusedError):
-    """An event's place in its chain (``writer_id``, ``seq``) is held by another event id:
-    two journal records claim it."""
+    """The store refuses a record itself (a value no column can hold, its place in its chain
+    another event's): retrying cannot help."""
 
 
 class Store(Protocol):
@@ -33,8 +29,7 @@ class Store(Protocol):
     def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
         """Add journal records (their bytes, in order) and save the offset, in one transaction
         (ValueError: a record is not a journal record; :class:`RecordRefusedError`: the store
-        refuses a record's values, :class:`ChainPlaceTakenError` its writer and seq; nothing
-        is added then)."""
+        refuses a record's values or its writer and seq; nothing is added either way)."""
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return every row."""
