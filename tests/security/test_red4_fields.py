@@ -128,7 +128,7 @@ def served(app: FastAPI, call: Callable[[str], httpx.Response]) -> httpx.Respons
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while not server.started:
         if not thread.is_alive():
             return None  # the start-up failed: nothing is served

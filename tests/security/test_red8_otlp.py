@@ -59,7 +59,7 @@ def collector() -> Iterator[_Collector]:
 def _exported(trail: JournalTrail, collector: _Collector, posts: int) -> None:
     """Flush until the collector has had ``posts`` posts (the writer hands a batch to the
     exporter after it has told the batch's producers, so a flush can come first)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         trail._otlp._provider.force_flush()  # type: ignore[union-attr]
         if collector.posts >= posts or time.monotonic() > deadline:

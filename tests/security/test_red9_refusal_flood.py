@@ -146,7 +146,7 @@ def test_a_windows_count_is_recorded_at_its_end_without_more_traffic(
         for n in range(12):
             _check(client, f"/customers/c-{n:04d}")
         counted = 0
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while not counted and time.monotonic() < deadline:  # the window ends within a second
             time.sleep(0.05)
             counted = sum(json.loads(row["detail"])["counted"]

@@ -97,8 +97,8 @@ def test_a_second_record_for_a_taken_chain_place_stops_the_index(
     # The service's index child stops there too (again after a restart) and says so: what
     # readiness shows ("audit journal writable; index behind: stopped at lane-1 ...").
     child = ChildIndexer(folder, store_url)
-    try:
-        deadline = time.monotonic() + 20
+    try:  # a generous deadline: a loaded machine starts a Python child in seconds
+        deadline = time.monotonic() + 60
         while not (child.last_error or "").startswith(stop) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (child.last_error or "").startswith(stop), child.last_error
