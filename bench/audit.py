@@ -416,9 +416,14 @@ def main() -> None:
                              "at SQLite: the trail's child process)")
     parser.add_argument("--alone", action="store_true",
                         help="only the journal alone (64 tasks, no store)")
+    parser.add_argument("--switch-interval", type=float, default=None, metavar="SECONDS",
+                        help="sys.setswitchinterval for this process (the interpreter lock's "
+                             "hand-over between the event loop and the writer; default 0.005)")
     args = parser.parse_args()
     from guard.audit import _sqlite  # nulls bound as in the index's own processes
     getattr(_sqlite, "bind_nulls_at_once", lambda: None)()  # (older trees: at import)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     n = args.events or (4_000 if args.quick else 20_000)
     tmp = Path(tempfile.mkdtemp(prefix="guard-bench-audit-"))
     key = tmp / "sign.key"

@@ -228,8 +228,11 @@ PARTS = ("a wake writer", "build", "b append+fdatasync", "writer tail", "c wake 
          "total", "writer CPU/commit")
 
 
-def lone(events: int, gap: float) -> dict[str, list[float]]:
-    """Commit ``events`` lone events (a pause of ``gap`` s between them); per part, the µs."""
+def lone(events: int, gap: float, work: float = 0.0) -> dict[str, list[float]]:
+    """Commit ``events`` lone events (a pause of ``gap`` s between them); per part, the µs.
+
+    ``work``: seconds of Python the loop runs after handing each event over and before
+    awaiting it (a read's handler while its commit is in flight)."""
     parts: dict[str, list[float]] = {name: [] for name in PARTS}
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
         journal = open_lane(Path(tmp))
@@ -258,7 +261,12 @@ def lone(events: int, gap: float) -> dict[str, list[float]]:
                 await asyncio.sleep(gap)
                 marks["commit"] = marks["handed"] = 0
                 t0 = time.perf_counter_ns()
-                await w.start(EventKind.DECISION, FIELDS)
+                future = w.start(EventKind.DECISION, FIELDS)
+                if work:
+                    until = time.perf_counter() + work
+                    while time.perf_counter() < until:
+                        pass
+                await future
                 t1 = time.perf_counter_ns()
                 parts["build"].append((timed.began - marks["commit"]) / 1e3)
                 parts["b append+fdatasync"].append((timed.ended - timed.began) / 1e3)
@@ -347,12 +355,12 @@ def paused_floor(folder: Path, count: int, gap: float) -> list[float]:
     return times
 
 
-def run_lone(events: int, rounds: int, gap: float) -> None:
+def run_lone(events: int, rounds: int, gap: float, work: float = 0.0) -> None:
     """Print the parts of a lone commit and the floors (one run)."""
     got: dict[str, list[float]] = {n: [] for n in PARTS}
     floors, paused = [], []
     for _ in range(rounds):  # alternated, so that both see the same load
-        for name, values in lone(events, gap).items():
+        for name, values in lone(events, gap, work).items():
             got[name] += values
         with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
             floors.append(fdatasync_floor(Path(tmp), events))
@@ -636,6 +644,8 @@ def main() -> None:
     parser.add_argument("--lone-events", type=int, default=2000)
     parser.add_argument("--gap-ms", type=float, default=0.5,
                         help="lone: pause between two commits (the writer falls asleep)")
+    parser.add_argument("--lone-work-us", type=float, default=0.0,
+                        help="lone: Python the loop runs after each hand-over (a handler)")
     parser.add_argument("--null-journal", action="store_true",
                         help="loop: a journal that keeps nothing (no disk: CPU only)")
     parser.add_argument("--work-us", type=float, default=40.0,
@@ -649,7 +659,12 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, metavar="TREE",
                         help="sync: also append through the Journal of this checkout; "
                              "http: also serve this checkout's guarded app")
+    parser.add_argument("--switch-interval", type=float, default=None, metavar="SECONDS",
+                        help="sys.setswitchinterval for this process (the interpreter lock's "
+                             "hand-over between the event loop and the writer; default 0.005)")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     JOURNALS["Journal"] = _journal_class(None)
     PAUSE[0] = args.sync_gap_ms / 1e3
     if args.baseline is not None:
@@ -680,7 +695,7 @@ def main() -> None:
               f"{statistics.median(r[2] for r in runs):.1f} µs/event wall "
               f"(median of {args.rounds})")
     if args.only in (None, "lone"):
-        run_lone(args.lone_events, args.rounds, args.gap_ms / 1e3)
+        run_lone(args.lone_events, args.rounds, args.gap_ms / 1e3, args.lone_work_us / 1e6)
     if args.only in (None, "loop"):
         if not args.null_journal:
             with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
