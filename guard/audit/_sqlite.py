@@ -33,10 +33,9 @@ _HEAD, _TAIL = INSERT_EVENT.split(" VALUES ", 1)
 _ONE_ROW, _CONFLICT = _TAIL.split(" ON CONFLICT ", 1)
 _ADD_HOURS = add_hours("audit_event e", "e.rowid > ? AND ")
 _LAST_ROWID = (1 << 63) - 1
-_REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
-            sqlite3.ProgrammingError, OverflowError)
-"""A record the store cannot hold (a null where none may be, a list, an int past 64 bits, a
-chain place taken), not a store that cannot write."""
+_REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
+"""A record the store cannot hold (a null where none may be, an int past 64 bits, a chain
+place taken; a list: its binding's error), not a store that cannot write (nor a closed one)."""
 
 
 def bind_nulls_at_once() -> None:
@@ -197,7 +196,8 @@ class SqliteStore:
             try:
                 self._transaction(lambda conn: _insert(conn, records, (journal, next_offset)))
             except (sqlite3.Error, OverflowError) as exc:  # OverflowError: an int past 64 bits
-                raise (RecordRefusedError if isinstance(exc, _REFUSED) else AuditUnavailableError)(
+                refused = isinstance(exc, _REFUSED) or str(exc).startswith("Error binding")
+                raise (RecordRefusedError if refused else AuditUnavailableError)(
                     f"audit store {self.path} refused the index write: {exc}") from exc
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

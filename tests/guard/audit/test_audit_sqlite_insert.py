@@ -15,11 +15,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
+from guard._errors import AuditUnavailableError
 from guard.audit import EventKind, Store, open_store
 from guard.audit._fields import compact
 from guard.audit._sqlite import _SIZES, bind_nulls_at_once
+from guard.audit._store import RecordRefusedError
 from tests.guard.audit.conftest import make_event, row_of
 
 
@@ -79,3 +82,17 @@ def test_a_service_process_keeps_its_own_adapters(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script, f"sqlite:///{tmp_path / 'a.db'}"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_closed_store_is_no_record_refused(tmp_path: Path) -> None:
+    """A value the store cannot bind is the record's fault; a closed store is not (the
+    indexer stops a lane at a refused record, and retries a store that cannot write)."""
+    store = open_store(f"sqlite:///{tmp_path / 'a.db'}")
+    row = list(row_of(make_event(EventKind.DECISION, writer_id="w", seq=1)))
+    row[3] = {"caller": "an object"}  # no column holds one
+    with pytest.raises(RecordRefusedError, match="Error binding parameter"):
+        store.index_records([orjson.dumps(row)], "j", 1)
+    store.close()
+    with pytest.raises(AuditUnavailableError) as raised:
+        store.index_records([compact(row_of(make_event(EventKind.DECISION)))], "j", 1)
+    assert not isinstance(raised.value, RecordRefusedError)
