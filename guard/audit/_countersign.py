@@ -40,17 +40,9 @@ _TS = FIELD_NAMES.index("ts")
 def countersign_stale(
     store: Store, signing: Ed25519PrivateKey, key: ChainKey, own: str
 ) -> list[Checkpoint]:
-    """Countersign every stale, verified unsigned tail of another keyed chain in ``store``.
-
-    Args:
-        store: The audit store.
-        signing: The checkpoint key (only checkpoints its public half verifies are trusted).
-        key: The chain key.
-        own: This writer's chain id (never countersigned here).
-
-    Returns:
-        The ``countersign`` checkpoints, for the caller to append.
-    """
+    """The ``countersign`` checkpoints of every stale, verified unsigned tail of another keyed
+    chain than ``own`` in ``store``, for the caller to append (only checkpoints the public
+    half of ``signing`` verifies are trusted)."""
     signed = [_countersign_chain(store, signing, key, str(writer))
               for (writer,) in store.rows(_OPEN_CHAINS) if writer != own]
     return [cp for cp in signed if cp is not None]

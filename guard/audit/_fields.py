@@ -49,9 +49,6 @@ class ChainKey:
 
     The key's inner and outer hash states (RFC 2104) are made once; each digest
     copies them, which costs a fraction of copying an :mod:`hmac` object.
-
-    Args:
-        key: The key bytes (see :func:`guard.audit.derive_chain_key`).
     """
 
     __slots__ = ("_inner", "_outer")
@@ -77,11 +74,8 @@ _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 class Pseudonyms(ChainKey):
-    """Subject pseudonyms, as :func:`guard.audit.pseudonymise` makes them; the latest 4,096 kept.
-
-    Args:
-        key: The subject HMAC key.
-    """
+    """Subject pseudonyms under the subject HMAC key, as :func:`guard.audit.pseudonymise`
+    makes them; the latest 4,096 kept."""
 
     __slots__ = ("known",)
 

@@ -122,14 +122,8 @@ normal policy takes over (the pace's interval is 0.3 s, the index's lag target 1
 
 
 def check_cpus(cpus: Sequence[int]) -> None:
-    """Refuse CPUs this machine lacks for the index child (before anything is opened).
-
-    Args:
-        cpus: ``audit.index_cpus``.
-
-    Raises:
-        ConfigError: one of ``cpus`` is not a CPU of this machine.
-    """
+    """ConfigError if ``audit.index_cpus`` names a CPU this machine lacks (checked before
+    anything is opened)."""
     lacking = sorted(set(cpus) - set(range(os.cpu_count() or 1)))
     if lacking:
         raise ConfigError(f"audit.index_cpus names CPU {lacking[0]}, which this machine "

@@ -49,12 +49,7 @@ class Pace:
     starts at once when ``batch`` records wait, else once ``since`` is
     ``interval`` less the longest of the last transactions' durations ago, so a
     record is in the store at most about ``interval`` after it is durable while
-    transactions take no longer than those.
-
-    Args:
-        interval: Seconds from durable to in the store that the pace aims at.
-        batch: Records waiting that start a transaction at once.
-        now: The clock's time at the start (records already waiting wait from it).
+    transactions take no longer than those. Records waiting at ``now`` wait from it.
     """
 
     def __init__(self, interval: float, batch: int, now: float) -> None:
@@ -85,12 +80,8 @@ class Pace:
         return 0.0 if left <= 0 else min(left, self.poll)
 
     def read(self, now: float, drained: bool) -> None:
-        """A transaction read at ``now`` (taken before the durable end it read up to).
-
-        Args:
-            now: When the read looked at the durable end.
-            drained: It read everything durable then (else the older records left wait on).
-        """
+        """A transaction looked at the durable end at ``now`` and read up to it (``drained``),
+        or left older records waiting on."""
         if drained:
             self.since = now
 

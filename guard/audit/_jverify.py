@@ -88,13 +88,7 @@ def verify_journal(store: Store, folder: Path, public: Ed25519PublicKey, *,
     """Check the journal(s) under ``folder`` and the index ``store`` built from them.
 
     An event or checkpoint id that recurs in the journal counts once (its first
-    record), as in a store.
-
-    Args:
-        store: The index (the audit store).
-        folder: The journal folder (``audit.journal``) or one lane of it.
-        public: The checkpoint public key.
-        chain_key: The chain key, for keyed (format 3) chains.
+    record), as in a store. ``folder`` is ``audit.journal`` or one lane of it.
     """
     damage: list[str] = []
     disagree: list[Problem] = []

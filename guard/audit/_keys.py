@@ -25,10 +25,6 @@ def load_hmac_key(path: Path, *, create: bool = False) -> bytes:
     Anything else (a key cut short, text or bytes in its place, more after it) is
     refused: read as some other key, it would silently pseudonymise every subject
     anew, so the register's entries (erasures, objections) would match nobody.
-
-    Args:
-        path: The key file.
-        create: Generate the key when the file does not exist.
     """
     if create and not path.exists():
         write_secret(path, secrets.token_hex(32).encode() + b"\n")

@@ -47,9 +47,6 @@ def makes_no_span(tracer: trace.Tracer) -> bool:
     current span, or a non-recording one with the current span's ids, so a caller
     can read the current span once instead of starting one and reading it again.
     Set once, the global provider stays (the API refuses to replace it).
-
-    Args:
-        tracer: The tracer decisions are traced with.
     """
     kind = type(tracer)
     if kind is NoOpTracer:
@@ -65,10 +62,7 @@ class OtlpLogExporter:
 
     A failing export is logged on ``guard.audit`` as other audit failures are: the
     first at once (error), then at most once a minute with a count, then the
-    recovery; never once per event.
-
-    Args:
-        endpoint: The collector's logs URL, e.g. ``http://collector:4318/v1/logs``.
+    recovery; never once per event. ``endpoint``: ``http://collector:4318/v1/logs``.
     """
 
     def __init__(self, endpoint: str) -> None:

@@ -82,14 +82,8 @@ def subject_report(store: Store, pseudonym: str) -> SubjectReport:
 
 def report_of(pseudonym: str, rows: Iterable[QueryRow], denied: int,
               register: tuple[RightsEntry, ...]) -> SubjectReport:
-    """The report from decisions already read (for a reader that reads them once).
-
-    Args:
-        pseudonym: The subject's pseudonym.
-        rows: The subject's allowed decisions, oldest first, with their final status.
-        denied: How many of the subject's decisions were refused.
-        register: The subject's register history.
-    """
+    """The report from decisions already read (for a reader that reads them once): ``rows``
+    are the subject's allowed decisions, oldest first, ``denied`` counts the refused."""
     accesses = tuple(
         Access(r.event.ts, r.event.caller, r.event.party_type, r.event.country, r.event.purpose,
                r.event.categories, r.event.action, r.event.lawful_basis, r.outcome_status,

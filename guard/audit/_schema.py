@@ -135,13 +135,8 @@ _FILL_STEP = 1_000_000
 
 
 def fill_subject_index(execute: Callable[..., Any], after: int = 0) -> None:
-    """Add the tokens of every event after ``rowid`` ``after``, a million rows at a time,
-    logging how far it is on a larger store.
-
-    Args:
-        execute: The connection's ``execute(sql, params=())``.
-        after: The largest ``rowid`` whose event is already in the index.
-    """
+    """Add the tokens of every event after ``rowid`` ``after`` through ``execute(sql,
+    params=())``, a million rows at a time, logging how far it is on a larger store."""
     last = int(execute("SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0])
     for low in range(after, last, _FILL_STEP):
         execute(ADD_SUBJECTS, (low, low + _FILL_STEP))

@@ -59,18 +59,10 @@ def _insert_many(count: int) -> str:
 def insert_rows(conn: sqlite3.Connection, values: Sequence[Any],
                 statement: Callable[[int], str] = _insert_many) -> int:
     """Insert events (:func:`decode_many`'s values) in statements of :data:`_SIZES` rows,
-    largest first.
+    largest first; how many were stored (a row already stored is not).
 
     A few sizes, so each statement is compiled once per connection (one of 500 rows
     takes SQLite about 1.3 M instructions to prepare) rather than once per batch size.
-
-    Args:
-        conn: The write connection, in a transaction.
-        values: The events' column values, one flat list.
-        statement: The INSERT of ``count`` rows.
-
-    Returns:
-        How many rows were stored (a row already stored is not).
     """
     start = stored = 0
     count = len(values) // _WIDTH

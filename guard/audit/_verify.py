@@ -317,11 +317,8 @@ def check_register(store: Store, *, settle: float = REGISTER_SETTLE) -> Problem 
     consent no one gave), edited or deleted (an erasure or objection undone) by a writer
     to the store is named, as an edited event is. An entry is recorded while verify
     reads (its event durable first, then indexed, then its row stored): a mismatch is
-    looked at again once, ``settle`` seconds later, and only one that stays is named.
-
-    Args:
-        store: The audit store (the register is its ``subject_register`` table).
-        settle: Seconds to wait before looking at a mismatch again (past the index's lag).
+    looked at again once, ``settle`` seconds later (past the index's lag), and only one
+    that stays is named.
     """
     found = _register_mismatch(store)
     if found is not None and settle > 0:
