@@ -151,8 +151,7 @@ _IDENTITY_PREFIXES = tuple(prefix.encode() for prefix in IDENTITY_PREFIXES)
 
 def fold(name: bytes) -> bytes:
     """A header name as servers may read it: lower-case, ``_`` read as ``-``."""
-    low = name.lower()
-    return low.replace(b"_", b"-") if b"_" in low else low
+    return name.lower().replace(b"_", b"-")  # no copy when there is no "_"
 
 
 def _connection_tokens(value: bytes) -> set[bytes]:
