@@ -80,7 +80,7 @@ from _pg import fdatasync_floor, fresh_database, pg_server
 
 from guard.audit import EventKind, load_signing_key, open_store
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import ChainKey, decode_many, rows_of
+from guard.audit._fields import ChainKey, decode_many
 from guard.audit._journal import Journal, JournalReader
 from guard.audit._jwriter import JournalWriter
 from guard.audit._schema import ADD_SUBJECTS, INSERT_EVENT, SUBJECT_TOKEN
@@ -218,7 +218,7 @@ class SqliteProbe:
             rows, checkpoints = timed(steps, "decode", lambda: decode_many(records))
         if self.variant == "sorted":  # by the subject index's key: its entries in order
             rows = timed(steps, "decode", lambda: list(chain.from_iterable(
-                sorted(rows_of(rows), key=_subject_key))))
+                sorted(zip(*[iter(rows)] * len(FIELD_NAMES), strict=True), key=_subject_key))))
         timed(steps, "begin", lambda: conn.execute("BEGIN IMMEDIATE"))
         before = timed(steps, "begin", lambda: conn.execute(
             "SELECT coalesce(max(rowid), 0) FROM audit_event").fetchone()[0])

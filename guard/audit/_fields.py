@@ -282,7 +282,7 @@ def decode_many(payloads: Sequence[bytes]) -> tuple[list[Any], list[Checkpoint]]
     """Journal records back to their events' column values and their checkpoints.
 
     The values are one flat list, ``len(FIELD_NAMES)`` an event in record order
-    (:func:`rows_of` cuts it into rows). Each record is parsed on its own (as few
+    in record order. Each record is parsed on its own (as few
     instructions as one array of them all, and no record's brackets can close
     another's).
 
@@ -307,8 +307,3 @@ def decode_many(payloads: Sequence[bytes]) -> tuple[list[Any], list[Checkpoint]]
 
 
 _WIDTH = len(FIELD_NAMES)
-
-
-def rows_of(values: Sequence[Any]) -> list[Row]:
-    """:func:`decode_many`'s values as one row per event."""
-    return [tuple(values[at:at + _WIDTH]) for at in range(0, len(values), _WIDTH)]

@@ -32,7 +32,7 @@ from guard.audit import (
     verify,
 )
 from guard.audit._checkpoint import Checkpoint
-from guard.audit._event import utc_now
+from guard.audit._event import FIELD_NAMES, utc_now
 from guard.audit._fields import ChainKey, Linker, checkpoint_record, compact, content
 from guard.audit._indexer import Indexer
 from guard.audit._journal import Journal, read_journal, segments
@@ -269,3 +269,9 @@ def full_pipe() -> tuple[int, int]:
             os.write(write, b"x" * 65536)
     fcntl.fcntl(write, fcntl.F_SETFL, 0)
     return read, write
+
+
+def rows_of(values: Sequence[Any]) -> list[Row]:
+    """:func:`guard.audit._fields.decode_many`'s values as one row per event."""
+    width = len(FIELD_NAMES)
+    return [tuple(values[at:at + width]) for at in range(0, len(values), width)]

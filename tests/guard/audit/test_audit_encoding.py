@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from guard.audit import EventKind
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import ChainKey, Linker, Pseudonyms, content, decode_many, rows_of
+from guard.audit._fields import ChainKey, Linker, Pseudonyms, content, decode_many
 from guard.audit._journal import open_lane, read_journal
 from guard.audit._jwriter import JournalWriter
-from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, rows_of
 
 LIST_FIELDS = ("categories", "rule", "lawful_basis")
 CHAIN_FIELDS = ("writer_id", "seq", "prev_hash", "hash")

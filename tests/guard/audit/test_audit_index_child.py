@@ -25,11 +25,16 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from guard.audit import EventKind, JournalTrail, open_store, wait_indexed
-from guard.audit._fields import decode_many, rows_of
+from guard.audit._fields import decode_many
 from guard.audit._journal import read_journal
 from guard.audit._schema import EVENT_COLUMNS
 from guard.config import AuditSettings
-from tests.guard.audit.conftest import Keys, assert_lost_none_doubled_none, trail_settings
+from tests.guard.audit.conftest import (
+    Keys,
+    assert_lost_none_doubled_none,
+    rows_of,
+    trail_settings,
+)
 
 FIELDS = {"caller": "svc:crm", "purpose": "p", "categories": ("c",), "allowed": True,
           "reason": "allowed", "subject_id": "cust-1"}

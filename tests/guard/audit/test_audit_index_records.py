@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from guard._errors import AuditUnavailableError
 from guard.audit import Store, open_store
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import checkpoint_record, compact, decode_many, rows_of
+from guard.audit._fields import checkpoint_record, compact, decode_many
 from guard.audit._schema import (
     CHECKPOINT_COLUMNS,
     EVENT_COLUMNS,
@@ -38,7 +38,7 @@ from guard.audit._schema import (
 )
 from guard.audit._store import indexed_offset
 from guard.audit._summary import BACKFILL, KEY_COLUMNS
-from tests.guard.audit.conftest import run_statements
+from tests.guard.audit.conftest import rows_of, run_statements
 
 TABLES = ("audit_event", "audit_hour", "audit_checkpoint", "audit_journal_offset")
 READS = (f"SELECT {EVENT_COLUMNS} FROM audit_event ORDER BY event_id",

@@ -36,6 +36,7 @@ from tests.guard.audit.conftest import (
     Keys,
     frame,
     journal_with_a_bad_second_record,
+    rows_of,
 )
 
 FIELDS: dict[str, Any] = {
@@ -195,7 +196,7 @@ def test_a_cached_text_tuple_is_not_given_to_an_equal_tuple_of_other_types() -> 
 def test_decode_many_equals_decode_one_by_one(keys: Keys) -> None:
     from guard.audit._checkpoint import CheckpointKind, Terms, sign_checkpoint
     from guard.audit._event import FIELD_NAMES
-    from guard.audit._fields import checkpoint_record, rows_of
+    from guard.audit._fields import checkpoint_record
 
     row: Row = ("id", "decision", "2026-01-01T00:00:00.000000Z", "é\u2028", None, 1, 2.5,
                 "],[", *range(len(FIELD_NAMES) - 8))
