@@ -162,3 +162,41 @@ async def test_an_app_that_fails_after_its_start_sends_nothing_and_is_recorded_5
     assert decision["http_status"] == 200  # committed when the response started ...
     outcomes = audit_rows(tmp_path / "audit.db", "decision_ref = ?", (decision["event_id"],))
     assert [(o["http_status"], o["detail"]) for o in outcomes] == [(500, None)]  # ... then 500
+
+
+async def test_a_client_gone_while_the_commit_is_in_flight_gets_nothing_and_is_recorded_aborted(
+    service: Service, keys: Keys, tmp_path: Path
+) -> None:
+    token = keys.mint("rsa", sub="svc:crm")
+    sent: list[dict[str, Any]] = []
+    gone = False
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": "/customers/c-0001",
+             "raw_path": b"/customers/c-0001", "root_path": "", "query_string": b"",
+             "client": ("127.0.0.1", 5000), "server": ("svc", 80),
+             "headers": [(b"authorization", f"Bearer {token}".encode()),
+                         (b"x-purpose", b"relationship.management")]}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if gone:  # as a server's transport, closed by the client
+            raise OSError("the client went away")
+        sent.append(message)
+
+    request = asyncio.create_task(service.app(scope, receive, send))
+    await entered(service.journal)
+    await settle()
+    assert sent == []
+    gone = True  # the client leaves while its decision is committed
+    service.journal.release.set()
+    with pytest.raises(OSError, match="went away"):
+        await request  # the server hears of it, as without the guard
+    assert sent == []
+    service.guard.trail.flush()
+    [decision] = audit_rows(tmp_path / "audit.db", "kind = 'decision'")
+    assert (decision["allowed"], decision["http_status"]) == (1, 200)
+    [outcome] = audit_rows(tmp_path / "audit.db", "kind = 'outcome'")
+    assert outcome["decision_ref"] == decision["event_id"]
+    assert (outcome["http_status"], outcome["detail"]) == (200, "aborted")
