@@ -36,7 +36,6 @@ class Follower:
 
     Args:
         folder: The journal folder (its ``lane-N`` journals), or one lane.
-        store: The query store.
         interval: Seconds from durable to in the store that each lane's indexer aims at.
         idle: Index under ``SCHED_IDLE`` while no record waits longer than this many
             seconds (:meth:`relieve` hands a lane that waits longer to a thread of

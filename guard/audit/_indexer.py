@@ -91,7 +91,6 @@ class Indexer:
 
     Args:
         lane: The journal folder followed (up to its published durable end).
-        store: The query store.
         batch: Most records in one index transaction (a longer backlog: one after another).
         interval: Seconds from durable to in the store that the pace aims at (:class:`Pace`).
         retry: Seconds between attempts while the store refuses.

@@ -51,14 +51,8 @@ decisions inserted to the summary; count the records that are not one value per 
 
 
 class PostgresStore:
-    """An audit store in a PostgreSQL database (schema created on first write).
-
-    Args:
-        url: A libpq connection URL.
-        create: Create the schema when missing; readers pass False and get
-            :class:`AuditStoreError` when the database holds no audit schema.
-        timeout: Seconds to wait for a connection.
-    """
+    """An audit store in a PostgreSQL database (schema created on first write; ``create``
+    and ``timeout`` as :func:`~guard.audit.open_store` takes them)."""
 
     def __init__(self, url: str, *, create: bool = True, timeout: float = 5.0) -> None:
         self.url = url

@@ -113,14 +113,8 @@ def _insert(conn: sqlite3.Connection, records: Sequence[bytes], offset: tuple[st
 
 
 class SqliteStore:
-    """An audit store in one SQLite file, created on first use; opening migrates its schema.
-
-    Args:
-        path: The database file.
-        create: Create the file and schema when missing; otherwise a missing file
-            raises :class:`AuditStoreError`.
-        timeout: Seconds to wait for another process's write lock.
-    """
+    """An audit store in one SQLite file, created on first use; opening migrates its schema
+    (``create`` and ``timeout`` as :func:`~guard.audit.open_store` takes them)."""
 
     def __init__(self, path: Path, *, create: bool = True, timeout: float = 5.0) -> None:
         self.path = path
