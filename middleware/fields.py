@@ -317,7 +317,9 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
     None to plan each model once (a self-reference then is not followed): enough to tell
     whether a model carries any category.
     """
-    tp = _strip(tp)[0]
+    written, tp = tp, _strip(tp)[0]
+    if written is not tp and _serialised_by_code(written):
+        _refuse_coded(written, tp, by_alias)
     if isinstance(tp, _ALIASES):
         return _aliased(tp, (), lambda value: _plan(value, seen, by_alias, stack), by_alias)
     origin = get_origin(tp)
@@ -330,6 +332,8 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
                       nullable=len(members) < len(get_args(tp)))
     if origin is not None:
         args = get_args(tp)
+        if origin in _LEAVES:
+            return None
         if isinstance(origin, type):  # a generic dataclass, TypedDict or NamedTuple, given types
             _refuse_generic(tp, origin, args, by_alias)
         if origin in (list, tuple, set, frozenset) or _is_sequence(origin):
@@ -337,13 +341,16 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
                            if arg is not Ellipsis])
         if origin is dict or _is_mapping(origin):
             # free-form keys: a categorised dict field is handled whole, but categorised
-            # fields inside its values could be neither judged nor removed
-            inner = _plan(args[-1], seen, by_alias, None) if args else None
+            # fields inside its keys or values could be neither judged nor removed
+            inner = _merge([_plan(arg, seen, by_alias, None) for arg in args])
             if inner is not None and inner.categories:
                 raise PolicyError(f"the values of {tp} carry categories "
                                   f"({', '.join(inner.categories)}) under free-form keys, "
                                   "which cannot be minimised (hint: a list of models, or a "
                                   "Category on the dict field with none inside its values)")
+            return None
+        if not (dataclasses.is_dataclass(origin) or is_typeddict(origin)):
+            _refuse_unknown(tp, (origin, *args), by_alias)  # closed world: judged above or here
         return None
     if isinstance(tp, (str, typing.ForwardRef)):
         raise PolicyError(f"the type {tp!r} is not resolved, so its categories cannot be told "
@@ -353,7 +360,9 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
             or dataclasses.is_dataclass(tp)):
         if isinstance(tp, type):
             _refuse_hidden(tp, by_alias)
-        return None  # not a model: sent as it is
+            if "__get_pydantic_core_schema__" in dir(tp) and tp not in _CHECKING:
+                _refuse_unknown(tp, (tp,), by_alias)  # sent as its own core schema says
+        return None  # a leaf (str, int, an enum...) or a type with no category: sent as it is
     if stack is None:
         key, inner_stack = (tp, -1), None
         if key in seen:
@@ -373,6 +382,87 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
     plan = FieldPlan(tuple(_fields(tp, seen, by_alias, inner_stack)), closed=True)
     seen[key] = plan
     return plan
+
+
+_LEAVES: frozenset[Any] = frozenset({typing.Literal, typing_extensions.Literal,
+                                     typing.ClassVar, typing.Final})
+"""Generic forms whose arguments are no types sent (``Literal["a", "b"]``)."""
+
+
+def _refuse_unknown(tp: Any, inside: Iterable[Any], by_alias: bool) -> None:
+    """Refuse a type the plan does not follow (a generic of an unknown origin, a class
+    serialised by its own core schema) when a category-carrying type is anywhere inside
+    it: what it sends is no plan's, so it would be neither judged nor minimised.
+
+    Raises:
+        PolicyError: ``tp`` is such a type.
+    """
+    found = sorted({key for part in inside for key in _inside(part, by_alias)})
+    if found:
+        raise PolicyError(f"{_type_name(tp)} carries {', '.join(found)} in a form the field "
+                          "plan does not follow, so its keys cannot be judged or minimised "
+                          "(hint: a Pydantic model, a list or a dict of them, or a Category "
+                          "on the field itself)")
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__qualname__ if isinstance(tp, type) else repr(tp)
+
+
+def _inside(part: Any, by_alias: bool) -> set[str]:
+    """The categories found anywhere inside ``part``: a type argument, a type variable's
+    bound, constraints or default, an alias's value, a class's Pydantic core schema."""
+    if isinstance(part, (list, tuple)):  # Callable[[...], ...]'s parameters, a ParamSpec's
+        return {key for item in part for key in _inside(item, by_alias)}
+    if part is Ellipsis or part is type(None):
+        return set()
+    if isinstance(part, type) and "__get_pydantic_core_schema__" in dir(part) and not (
+            isinstance(getattr(part, "__pydantic_fields__", None), dict)):
+        return _schema_categories(part, by_alias)
+    found: set[str] = set()
+    category = _value_category(part)
+    if category is not None:
+        found.add(category.key)
+    plan = _plan(part, {}, by_alias, None)
+    if plan is not None:
+        found.update(plan.categories)
+    return found
+
+
+def _schema_categories(tp: type, by_alias: bool) -> set[str]:
+    """The categories of the models, dataclasses and categorised values in the core schema
+    of a class that builds its own (``__get_pydantic_core_schema__``)."""
+    from pydantic import TypeAdapter
+
+    if tp in _CHECKING:
+        return set()
+    _CHECKING.add(tp)
+    try:
+        try:
+            schema: Any = TypeAdapter(tp).core_schema
+        except Exception as exc:  # what it sends cannot be told: refused by the caller
+            raise PolicyError(f"{_type_name(tp)}: cannot tell what it is serialised as "
+                              f"({type(exc).__name__}), so its categories cannot be told "
+                              "(hint: a Pydantic model)") from None
+        found: set[str] = set()
+        stack: list[Any] = [schema]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, (list, tuple)):
+                stack.extend(node)
+            elif isinstance(node, dict):
+                stack.extend(node.values())
+            elif isinstance(getattr(node, "__self__", None), Category):
+                found.add(node.__self__.key)
+            elif isinstance(node, Category):
+                found.add(node.key)
+            elif isinstance(node, type) and node is not tp:
+                plan = _plan(node, {}, by_alias, None)
+                if plan is not None:
+                    found.update(plan.categories)
+        return found
+    finally:
+        _CHECKING.discard(tp)
 
 
 _CHECKING: set[type] = set()
@@ -528,12 +618,21 @@ def _fields(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> Iterable[Fiel
     if isinstance(pydantic_fields, dict) and getattr(tp, "__pydantic_complete__", True) is False:
         pydantic_fields = _rebuilt(tp)
     wire = _wire_names(tp) if by_alias else {}
+    decorators = getattr(tp, "__pydantic_decorators__", None)
+    coded = {field for decorator in getattr(decorators, "field_serializers", {}).values()
+             for field in getattr(decorator.info, "fields", ())}
     if isinstance(pydantic_fields, dict):
         for name, info in pydantic_fields.items():
             category = _category(info.metadata)
             annotation = info.annotation
+            if name in coded or _serialised_by_code(typing.Annotated[(object, *info.metadata)]
+                                                    if info.metadata else object):
+                try:
+                    _refuse_coded(annotation, annotation, by_alias)
+                except PolicyError as exc:
+                    raise PolicyError(f"{tp.__name__}.{name}: {exc}") from None
             inner_cat = _value_category(annotation)
-            yield FieldRule(wire.get(name) or name, category or inner_cat,
+            yield FieldRule(wire.get(name) or name, _one(category, inner_cat, annotation),
                             _named(tp, name, annotation, seen, by_alias, stack))
     else:
         try:
@@ -544,7 +643,6 @@ def _fields(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> Iterable[Fiel
             annotation = hints.get(f.name, f.type)
             yield FieldRule(wire.get(f.name, f.name), _value_category(annotation),
                             _named(tp, f.name, annotation, seen, by_alias, stack))
-    decorators = getattr(tp, "__pydantic_decorators__", None)
     computed = getattr(decorators, "computed_fields", None)
     for name, decorator in (computed.items() if isinstance(computed, dict) else ()):
         returned = getattr(decorator.info, "return_type", None)  # serialised like a field
@@ -635,7 +733,7 @@ def _value_category(tp: Any) -> Category | None:
     items or a dict's keys or values carry (the field is then withheld whole)."""
     tp, category = _strip(tp)
     if category is not None:
-        return category
+        return _one(category, _value_category(tp), tp)
     if isinstance(tp, _ALIASES):
         return _aliased(tp, (), _value_category, True)
     origin = get_origin(tp)
@@ -656,6 +754,18 @@ def _value_category(tp: Any) -> Category | None:
     return next(iter(found.values()), None)
 
 
+def _one(outer: Category | None, inner: Category | None, tp: Any) -> Category | None:
+    """A field's category, given on it (``outer``) and found in its value (``inner``).
+
+    Raises:
+        PolicyError: They differ: the inner one would be neither judged nor withheld.
+    """
+    if outer is not None and inner is not None and outer.key != inner.key:
+        raise PolicyError(f"a field of type {tp} is given {outer.key} and holds values of "
+                          f"{inner.key}; give it one (hint: the same Category, or a model)")
+    return outer or inner
+
+
 def _strip(tp: Any) -> tuple[Any, Category | None]:
     """``Annotated[T, ...]`` -> ``(T, its Category)``; a ``NewType`` is the type it names
     and a type variable the type Pydantic reads it as (Pydantic sends the value as that
@@ -672,6 +782,34 @@ def _strip(tp: Any) -> tuple[Any, Category | None]:
             tp = read
         else:
             return tp, category
+
+
+def _serialised_by_code(tp: Any) -> bool:
+    """Whether an ``Annotated`` layer of ``tp`` serialises its value with a function of its
+    own (``PlainSerializer``, ``WrapSerializer``)."""
+    from pydantic.functional_serializers import PlainSerializer, WrapSerializer
+
+    while get_origin(tp) is typing.Annotated:
+        args = get_args(tp)
+        if any(isinstance(m, (PlainSerializer, WrapSerializer)) for m in args[1:]):
+            return True
+        tp = args[0]
+    return False
+
+
+def _refuse_coded(written: Any, tp: Any, by_alias: bool) -> None:
+    """Refuse a serialiser function over a value whose keys carry categories: it may send
+    them under any key, or as text no plan describes.
+
+    Raises:
+        PolicyError: ``written`` is such a type.
+    """
+    plan = _plan(tp, {}, by_alias, None)
+    if plan is not None and plan.categories:
+        raise PolicyError(f"{_type_name(tp)} carries {', '.join(plan.categories)} and is sent "
+                          "by a serializer function, whose keys cannot be judged or minimised "
+                          "(hint: a Pydantic model with the keys it sends, or a Category on "
+                          "the field itself)")
 
 
 def _type_var(tp: Any) -> Any:
