@@ -900,6 +900,11 @@ def route_fields(
     by_alias = getattr(route, "response_model_by_alias", True) is not False
     plan = plan_for(model, by_alias=by_alias) if model is not None else None
     where = f"{template} ({getattr(getattr(route, 'endpoint', None), '__name__', 'route')})"
+    loose = _extra_allowed(model) if model is not None and mode != "minimise" else None
+    if loose is not None:
+        raise PolicyError(f"guarded() on {where}: {loose} allows extra keys, which a deny "
+                          "route would send unjudged (hint: extra='ignore' or 'forbid', a "
+                          "field for each key, or mode='minimise', which removes them)")
     if plan is None:
         if mode == "minimise":
             raise PolicyError(f"guarded(mode='minimise') on {where}: the response model has "
@@ -915,6 +920,31 @@ def route_fields(
                           f"with the response model's {', '.join(derived)} (hint: leave "
                           "categories out to use the model's)")
     return (declared or derived), plan
+
+
+def _extra_allowed(model: Any) -> str | None:
+    """The name of a model inside ``model`` that sends keys it was given beyond its fields
+    (``extra="allow"``), or None."""
+    from pydantic import PydanticUserError, TypeAdapter
+
+    try:
+        schema: Any = TypeAdapter(model).core_schema
+    except (PydanticUserError, TypeError, ValueError):
+        return None  # no model Pydantic can describe: FastAPI refuses it first
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            config = node.get("config")
+            if (node.get("extra_behavior") == "allow" or (
+                    isinstance(config, dict) and config.get("extra_fields_behavior") == "allow")):
+                cls = node.get("cls")
+                return cls.__name__ if isinstance(cls, type) else str(node.get("model_name",
+                                                                             "a model"))
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+    return None
 
 
 def withheld_optional(schema: _T) -> _T:

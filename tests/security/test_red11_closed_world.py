@@ -24,16 +24,24 @@ from typing import Annotated, Any, Generic, TypeVar
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, TypeAdapter, WrapSerializer, create_model, field_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    TypeAdapter,
+    WrapSerializer,
+    create_model,
+    field_serializer,
+)
 from pydantic_core import PydanticSerializationError, core_schema
 from tokenkit import guard_settings
 
 from guard._errors import PolicyError
 from middleware import Category, GuardMiddleware, guarded
-from middleware.fields import plan_for
-from tests.security.test_red4_fields import CALLER, PURPOSE, served
+from middleware.fields import plan_for, route_fields
+from tests.security.test_red4_fields import CALLER, PURPOSE, asked_of_a_deny_route, served
 
 EMAIL = "ann@example.com"
 NAME_CAT, EMAIL_CAT = Category("identity.name"), Category("contact.email")
@@ -235,3 +243,27 @@ def test_leaves_and_unknown_forms_with_no_category_inside_are_planned() -> None:
     plan = plan_for(Leaves)
     assert plan is not None
     assert plan.categories == ("identity.name", "contact.email")
+
+
+class Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: Name
+
+
+class Holder(BaseModel):
+    name: Name
+    items: list[Loose] = []
+
+
+@pytest.mark.parametrize("model", [Loose, Holder])
+def test_a_deny_route_whose_model_allows_extra_keys_stops_the_start(
+        tmp_path_factory: pytest.TempPathFactory, keys: Any, model: Any) -> None:
+    value = {"name": "Ann", "mail": EMAIL, "items": [{"name": "Ann", "mail": EMAIL}]}
+    settings_ = guard_settings(tmp_path_factory.mktemp("loose"), keys)
+    answer = asked_of_a_deny_route(model, value, settings_, keys.mint(sub=CALLER))
+    # Before: 200 with the email under a key no field names (judged for identity.name alone).
+    assert answer is None, f"{answer.status_code} {answer.text}"
+    with pytest.raises(PolicyError, match=r"Loose allows extra keys.*hint: "):
+        route_fields((), "deny", APIRoute("/x", lambda: None, response_model=model), "/x")
+    assert route_fields((), "minimise", APIRoute("/x", lambda: None, response_model=model),
+                        "/x")[0] == ("identity.name",)  # minimised: the extra keys removed
