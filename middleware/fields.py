@@ -384,8 +384,7 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
     return plan
 
 
-_LEAVES: frozenset[Any] = frozenset({typing.Literal, typing_extensions.Literal,
-                                     typing.ClassVar, typing.Final})
+_LEAVES: frozenset[Any] = frozenset({typing.Literal, typing_extensions.Literal})
 """Generic forms whose arguments are no types sent (``Literal["a", "b"]``)."""
 
 

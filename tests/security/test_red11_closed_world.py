@@ -16,10 +16,11 @@ to a caller released ``identity.name`` but not ``contact.email``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Final, Generic, TypeVar
 
 import httpx
 import pytest
@@ -201,6 +202,12 @@ class Bound(BaseModel, Generic[ByContact]):
     box: Wrapper[ByContact]
 
 
+@dataclasses.dataclass
+class Fixed:
+    name: Name
+    person: Final[Person]  # a dataclass sends a Final field as any other
+
+
 class Renamed(BaseModel):
     name: Name
     person: Annotated[Person, WrapSerializer(_under_name)]
@@ -220,6 +227,7 @@ class Serialised(BaseModel):
     (Typed, r"Typed\.kind: type\[.*Person\] carries contact\.email"),
     (Held, r"Held\.hidden: Hidden carries contact\.email"),
     (Bound, r"Bound\.box: .*Wrapper\[~ByContact\] carries contact\.email"),
+    (Fixed, r"Fixed\.person: typing\.Final\[.*Person\] carries contact\.email"),
     (Renamed, r"Renamed\.person: Person carries .*serializer function"),
     (Serialised, r"Serialised\.person: Person carries .*serializer function"),
 ])
