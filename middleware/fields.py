@@ -645,6 +645,11 @@ def _fields(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> Iterable[Fiel
     computed = getattr(decorators, "computed_fields", None)
     for name, decorator in (computed.items() if isinstance(computed, dict) else ()):
         returned = getattr(decorator.info, "return_type", None)  # serialised like a field
+        if name in coded:
+            try:
+                _refuse_coded(returned, _strip(returned)[0], by_alias)
+            except PolicyError as exc:
+                raise PolicyError(f"{tp.__name__}.{name}: {exc}") from None
         yield FieldRule(wire.get(name) or name, _value_category(returned),
                         _named(tp, name, returned, seen, by_alias, stack))
 

@@ -33,6 +33,7 @@ from pydantic import (
     ConfigDict,
     TypeAdapter,
     WrapSerializer,
+    computed_field,
     create_model,
     field_serializer,
 )
@@ -222,6 +223,19 @@ class Serialised(BaseModel):
         return {"name": person.email}
 
 
+class Computed(BaseModel):
+    name: Name
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def person(self) -> Person:
+        return Person(name=self.name, email=EMAIL)
+
+    @field_serializer("person")
+    def _person(self, person: Person) -> dict[str, str]:
+        return {"name": person.email}
+
+
 @pytest.mark.parametrize(("model", "where"), [
     (Boxed, r"Boxed\.box: .*Wrapper\[.*Person\] carries contact\.email"),
     (Typed, r"Typed\.kind: type\[.*Person\] carries contact\.email"),
@@ -229,6 +243,7 @@ class Serialised(BaseModel):
     (Bound, r"Bound\.box: .*Wrapper\[~ByContact\] carries contact\.email"),
     (Fixed, r"Fixed\.person: typing\.Final\[.*Person\] carries contact\.email"),
     (Renamed, r"Renamed\.person: Person carries .*serializer function"),
+    (Computed, r"Computed\.person: Person carries .*serializer function"),
     (Serialised, r"Serialised\.person: Person carries .*serializer function"),
 ])
 def test_a_category_in_a_form_the_plan_does_not_follow_stops_the_start(
