@@ -360,7 +360,7 @@ def _plan(tp: Any, seen: Seen, by_alias: bool, stack: Stack) -> FieldPlan | None
             or dataclasses.is_dataclass(tp)):
         if isinstance(tp, type):
             _refuse_hidden(tp, by_alias)
-            if "__get_pydantic_core_schema__" in dir(tp) and tp not in _CHECKING:
+            if "__get_pydantic_core_schema__" in dir(tp):
                 _refuse_unknown(tp, (tp,), by_alias)  # sent as its own core schema says
         return None  # a leaf (str, int, an enum...) or a type with no category: sent as it is
     if stack is None:
@@ -624,8 +624,7 @@ def _fields(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> Iterable[Fiel
         for name, info in pydantic_fields.items():
             category = _category(info.metadata)
             annotation = info.annotation
-            if name in coded or _serialised_by_code(typing.Annotated[(object, *info.metadata)]
-                                                    if info.metadata else object):
+            if name in coded or _coded(info.metadata):
                 try:
                     _refuse_coded(annotation, annotation, by_alias)
                 except PolicyError as exc:
@@ -791,14 +790,18 @@ def _strip(tp: Any) -> tuple[Any, Category | None]:
 def _serialised_by_code(tp: Any) -> bool:
     """Whether an ``Annotated`` layer of ``tp`` serialises its value with a function of its
     own (``PlainSerializer``, ``WrapSerializer``)."""
-    from pydantic.functional_serializers import PlainSerializer, WrapSerializer
-
     while get_origin(tp) is typing.Annotated:
         args = get_args(tp)
-        if any(isinstance(m, (PlainSerializer, WrapSerializer)) for m in args[1:]):
+        if _coded(args[1:]):
             return True
         tp = args[0]
     return False
+
+
+def _coded(metadata: Sequence[Any]) -> bool:
+    from pydantic.functional_serializers import PlainSerializer, WrapSerializer
+
+    return any(isinstance(m, (PlainSerializer, WrapSerializer)) for m in metadata)
 
 
 def _refuse_coded(written: Any, tp: Any, by_alias: bool) -> None:
