@@ -101,6 +101,7 @@ def test_tune_collector_collects_before_it_freezes(collector: None) -> None:
 
 
 def test_tune_collector_can_raise_the_threshold(collector: None) -> None:
+    gc.unfreeze()
     before = gc.get_threshold()
     tune_collector(threshold=20_000)
     assert gc.get_threshold() == (20_000, before[1], before[2])
