@@ -907,11 +907,12 @@ def route_fields(
     by_alias = getattr(route, "response_model_by_alias", True) is not False
     plan = plan_for(model, by_alias=by_alias) if model is not None else None
     where = f"{template} ({getattr(getattr(route, 'endpoint', None), '__name__', 'route')})"
-    loose = _extra_allowed(model) if model is not None and mode != "minimise" else None
+    loose = _open_keys(model) if model is not None and mode != "minimise" else None
     if loose is not None:
-        raise PolicyError(f"guarded() on {where}: {loose} allows extra keys, which a deny "
-                          "route would send unjudged (hint: extra='ignore' or 'forbid', a "
-                          "field for each key, or mode='minimise', which removes them)")
+        raise PolicyError(f"guarded() on {where}: {loose}, whose keys beyond its fields a "
+                          "deny route would send unjudged (hint: extra='ignore' or 'forbid' "
+                          "and no model_serializer, a field for each key, or mode='minimise', "
+                          "which removes them)")
     if plan is None:
         if mode == "minimise":
             raise PolicyError(f"guarded(mode='minimise') on {where}: the response model has "
@@ -929,9 +930,9 @@ def route_fields(
     return (declared or derived), plan
 
 
-def _extra_allowed(model: Any) -> str | None:
-    """The name of a model inside ``model`` that sends keys it was given beyond its fields
-    (``extra="allow"``), or None."""
+def _open_keys(model: Any) -> str | None:
+    """What makes a model inside ``model`` send keys beyond its fields (``extra="allow"``,
+    a ``model_serializer``), or None."""
     from pydantic import PydanticUserError, TypeAdapter
 
     try:
@@ -944,12 +945,14 @@ def _extra_allowed(model: Any) -> str | None:
         if isinstance(node, list):
             stack.extend(node)
         elif isinstance(node, dict):
-            config = node.get("config")
+            config, cls = node.get("config"), node.get("cls")
+            name = cls.__name__ if isinstance(cls, type) else str(node.get("model_name",
+                                                                           "a model"))
             if (node.get("extra_behavior") == "allow" or (
                     isinstance(config, dict) and config.get("extra_fields_behavior") == "allow")):
-                cls = node.get("cls")
-                return cls.__name__ if isinstance(cls, type) else str(node.get("model_name",
-                                                                             "a model"))
+                return f"{name} allows extra keys"
+            if node.get("type") in ("model", "dataclass") and "serialization" in node:
+                return f"{name} serialises itself (model_serializer)"
             stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
     return None
 

@@ -36,6 +36,7 @@ from pydantic import (
     computed_field,
     create_model,
     field_serializer,
+    model_serializer,
 )
 from pydantic_core import PydanticSerializationError, core_schema
 from tokenkit import guard_settings
@@ -278,15 +279,30 @@ class Holder(BaseModel):
     items: list[Loose] = []
 
 
-@pytest.mark.parametrize("model", [Loose, Holder])
-def test_a_deny_route_whose_model_allows_extra_keys_stops_the_start(
-        tmp_path_factory: pytest.TempPathFactory, keys: Any, model: Any) -> None:
+class Mirrored(BaseModel):
+    name: Name
+
+    @model_serializer(mode="wrap")
+    def _mirror(self, handler: Any) -> dict[str, Any]:
+        return {**handler(self), "mail": EMAIL}  # a key no field names
+
+
+class MirrorHolder(BaseModel):
+    name: Name
+    items: list[Mirrored] = []
+
+
+@pytest.mark.parametrize(("model", "why"), [
+    (Loose, "Loose allows extra keys"), (Holder, "Loose allows extra keys"),
+    (Mirrored, r"Mirrored serialises itself"), (MirrorHolder, r"Mirrored serialises itself")])
+def test_a_deny_route_whose_model_sends_keys_beyond_its_fields_stops_the_start(
+        tmp_path_factory: pytest.TempPathFactory, keys: Any, model: Any, why: str) -> None:
     value = {"name": "Ann", "mail": EMAIL, "items": [{"name": "Ann", "mail": EMAIL}]}
     settings_ = guard_settings(tmp_path_factory.mktemp("loose"), keys)
     answer = asked_of_a_deny_route(model, value, settings_, keys.mint(sub=CALLER))
     # Before: 200 with the email under a key no field names (judged for identity.name alone).
     assert answer is None, f"{answer.status_code} {answer.text}"
-    with pytest.raises(PolicyError, match=r"Loose allows extra keys.*hint: "):
+    with pytest.raises(PolicyError, match=why + r".*hint: "):
         route_fields((), "deny", APIRoute("/x", lambda: None, response_model=model), "/x")
     assert route_fields((), "minimise", APIRoute("/x", lambda: None, response_model=model),
                         "/x")[0] == ("identity.name",)  # minimised: the extra keys removed
