@@ -947,8 +947,9 @@ def main() -> None:
     print("servers' resident memory at the end, MiB (peak): " + "; ".join(
         f"{kind} {memory[kind][0]:.0f} ({memory[kind][1]:.0f})" for kind in kinds))
     noop = rows["noop"]
-    print(f"no-op middleware floor: {noop['rps'] / (plain['rps'] or 1):.1%} of plain; "
-          f"{noop['cpu'] - plain['cpu']:.0f} us CPU/request; "
+    print("no-op middleware floor: " + ("" if args.latency_only else
+          f"{noop['rps'] / (plain['rps'] or 1):.1%} of plain; "
+          f"{noop['cpu'] - plain['cpu']:.0f} us CPU/request; ") +
           f"p50 added (c=1) {noop['p50_1'] - plain['p50_1']:.2f} ms")
     for kind in guarded:
         row = rows[kind]
@@ -956,12 +957,12 @@ def main() -> None:
         of_frozen = "".join(f" ({row['rps'] / (rows[label]['rps'] or 1):.1%} of {LABELS[label]}; "
                             f"CPU {row['cpu'] - rows[label]['cpu']:.0f} us over it)"
                             for label in frozen)
-        print(f"{LABELS[kind]}: throughput {row['rps'] / (plain['rps'] or 1):.1%} of plain"
-              f"{of_frozen} "
+        print(f"{LABELS[kind]}: " + ("" if args.latency_only else  # no throughput measured
+              f"throughput {row['rps'] / (plain['rps'] or 1):.1%} of plain{of_frozen} "
               f"(target >= 85%); guard CPU {row['cpu'] - plain['cpu']:.0f} us/request "
               f"(guarded minus plain; target <= 30): loop {row['loop'] - plain['loop']:.0f}, "
               f"writer {row['writer']:.0f}, indexer {row['indexer']:.0f}, "
-              f"other {row['other'] - plain['other']:.0f}; "
+              f"other {row['other'] - plain['other']:.0f}; ") +
               f"p50 added (c=1) {row['p50_1'] - plain['p50_1']:.2f} ms "
               f"(target <= {floor[0] + 0.15:.2f}); "
               f"p99 added (c=1) {row['p99_1'] - plain['p99_1']:.2f} ms "
