@@ -16,16 +16,14 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
-import httpx
 import pytest
 from pydantic import BaseModel
-from tokenkit import guard_settings
 from typing_extensions import TypedDict
 
 from guard._errors import PolicyError
 from middleware import Category
 from middleware.fields import plan_for
-from tests.security.test_red4_fields import CALLER, asked_of_a_deny_route
+from tests.security.test_red4_fields import asked_as_caller
 
 EMAIL = "ann@example.com"
 T = TypeVar("T")
@@ -81,18 +79,13 @@ class ByPlain(BaseModel):  # nothing categorised inside: sent as it is
     box: Box[int]
 
 
-def _get(model: Any, value: Any, tmp_path: Path, keys: Any) -> httpx.Response | None:
-    token = keys.mint(sub=CALLER)
-    return asked_of_a_deny_route(model, value, guard_settings(tmp_path, keys), token)
-
-
 @pytest.mark.parametrize(("model", "value"), [
     (ByBox, {"name": "Ann", "box": {"item": {"email": EMAIL}}}),
     (ByLabelled, {"name": "Ann", "box": {"email": EMAIL, "label": 1}}),
 ], ids=["argument", "own field"])
 def test_a_category_inside_a_generic_dataclass_never_goes_unjudged(
         tmp_path: Path, keys: Any, model: Any, value: Any) -> None:
-    answer = _get(model, value, tmp_path, keys)
+    answer = asked_as_caller(model, value, tmp_path, keys)
     # Before: 200 with the email (the route was judged for identity.name alone).
     assert answer is None, f"{answer.status_code} {answer.text}"  # the app refuses to start
     with pytest.raises(PolicyError, match="a generic"):
@@ -112,7 +105,7 @@ def test_a_category_in_a_generic_typed_dict_or_tuple_is_refused(model: Any, refu
 def test_a_generic_dataclass_without_a_category_is_sent_as_it_is(
         tmp_path: Path, keys: Any) -> None:
     value = {"name": "Ann", "box": {"item": 7}}
-    answer = _get(ByPlain, value, tmp_path, keys)
+    answer = asked_as_caller(ByPlain, value, tmp_path, keys)
     assert answer is not None, "the app refused to start"
     assert answer.status_code == 200, answer.text
     assert answer.json() == value

@@ -17,13 +17,12 @@ from typing import Annotated, Any, NamedTuple, NotRequired, Required
 
 import pytest
 from pydantic import BaseModel
-from tokenkit import guard_settings
 from typing_extensions import ReadOnly, TypedDict
 
 from guard._errors import PolicyError
 from middleware import Category
 from middleware.fields import plan_for
-from tests.security.test_red4_fields import CALLER, asked_of_a_deny_route
+from tests.security.test_red4_fields import asked_as_caller
 
 EMAIL = "ann@example.com"
 
@@ -85,8 +84,7 @@ class WithMeta(BaseModel):
 ], ids=["TypedDict", "NamedTuple", "NotRequired", "Required ReadOnly"])
 def test_a_category_inside_a_typed_dict_never_goes_unjudged(
         tmp_path: Path, keys: Any, model: Any, value: Any) -> None:
-    token = keys.mint(sub=CALLER)
-    answer = asked_of_a_deny_route(model, value, guard_settings(tmp_path, keys), token)
+    answer = asked_as_caller(model, value, tmp_path, keys)
     # Before: 200 with the email (the route was judged for identity.name alone).
     assert answer is None, f"{answer.status_code} {answer.text}"  # the app refuses to start
     with pytest.raises(PolicyError, match="a category inside a"):
@@ -94,10 +92,9 @@ def test_a_category_inside_a_typed_dict_never_goes_unjudged(
 
 
 def test_a_typed_dict_without_a_category_is_sent_as_it_is(tmp_path: Path, keys: Any) -> None:
-    token = keys.mint(sub=CALLER)
     value = {"name": "Ann", "meta": {"source": "web", "children": [{"source": "x",
                                                                      "children": []}]}}
-    answer = asked_of_a_deny_route(WithMeta, value, guard_settings(tmp_path, keys), token)
+    answer = asked_as_caller(WithMeta, value, tmp_path, keys)
     assert answer is not None, "the app refused to start"
     assert answer.status_code == 200, answer.text
     assert answer.json() == value

@@ -30,7 +30,7 @@ from tokenkit import guard_settings
 from bench._pg import free_port
 from guard._errors import PolicyError
 from middleware import Category, GuardMiddleware, guarded
-from middleware.fields import plan_for
+from middleware.fields import categories_of, plan_for
 
 EMAIL = "ann@example.com"
 CALLER, PURPOSE = "proc:payments", "order.processing.payments"  # identity.name, not contact
@@ -114,6 +114,21 @@ def asked_of_a_deny_route(model: Any, value: Any, settings_: Any, token: str
     return served(api, lambda base: httpx.get(
         base + "/records/c-1", timeout=10,
         headers={"authorization": f"Bearer {token}", "x-purpose": PURPOSE}))
+
+
+def asked_as_caller(model: Any, value: Any, tmp_path: Path, keys: Any) -> httpx.Response | None:
+    """:func:`asked_of_a_deny_route` as ``CALLER``, by a guard set up under ``tmp_path``."""
+    return asked_of_a_deny_route(model, value, guard_settings(tmp_path, keys),
+                                 keys.mint(sub=CALLER))
+
+
+def assert_judged_for_the_email(answer: httpx.Response | None, model: Any) -> None:
+    """A ``deny`` route whose ``model`` holds ``EMAIL`` answered a caller refused it 403,
+    without it: the route was judged for the email too."""
+    assert answer is not None, "the app refused to start"
+    assert answer.status_code == 403, answer.text
+    assert EMAIL not in answer.text
+    assert categories_of(model) == ("identity.name", "contact.email")
 
 
 def served(app: FastAPI, call: Callable[[str], httpx.Response]) -> httpx.Response | None:
