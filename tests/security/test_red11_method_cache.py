@@ -11,18 +11,13 @@ method longer than ``MAX_METHOD`` (32) characters is now judged without being re
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import pytest
-import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
-from tokenkit import guard_settings
+from tokenkit import UvicornThread, guard_settings
 
-from bench._pg import free_port
 from middleware import Category, GuardMiddleware, guarded
 from middleware._enforce import _contexts
 
@@ -52,23 +47,10 @@ def test_long_methods_are_refused_and_not_kept(tmp_path: Path, keys: Any) -> Non
         return {"name": "Ann"}
 
     guard = GuardMiddleware(api, settings=guard_settings(tmp_path, keys))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(guard, host="127.0.0.1", port=port, http="h11",
-                                           log_level="critical", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the app did not start")
-        time.sleep(0.02)
-    try:
+    with UvicornThread(guard, http="h11", log_level="critical") as served:
         for i in range(METHODS):  # each a new method, as long as h11 takes
             method = b"X" * (LONG - 4) + b"%04d" % i
-            assert _status(port, method).startswith(b"HTTP/1.1 403"), i
-    finally:
-        server.should_exit = True
-        thread.join(10)
+            assert _status(served.port, method).startswith(b"HTTP/1.1 403"), i
     routes = guard._app_routes
     assert routes is not None
     kept = (sum(len(str(key[1])) for key in routes._answers)

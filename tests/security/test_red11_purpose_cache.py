@@ -11,19 +11,14 @@ judged the same, and forgotten.
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-import pytest
-import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
-from tokenkit import guard_settings
+from tokenkit import UvicornThread, guard_settings
 
-from bench._pg import free_port
 from middleware import Category, GuardMiddleware, guarded
 from tests.security.test_red4_fields import CALLER, PURPOSE
 
@@ -44,19 +39,9 @@ def test_padded_purposes_are_judged_and_not_kept(tmp_path: Path, keys: Any) -> N
         return {"name": "Ann"}
 
     guard = GuardMiddleware(api, settings=guard_settings(tmp_path, keys))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(guard, host="127.0.0.1", port=port,
-                                           log_level="critical", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the app did not start")
-        time.sleep(0.02)
-    token = keys.mint(sub=CALLER)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with UvicornThread(guard, log_level="critical") as served:
+        token = keys.mint(sub=CALLER)
+        with httpx.Client(base_url=served.url, timeout=30) as client:
             def ask(purpose: str) -> httpx.Response:
                 return client.get("/records/c-1", headers={
                     "authorization": f"Bearer {token}", "x-purpose": purpose.encode("latin-1")})
@@ -67,9 +52,6 @@ def test_padded_purposes_are_judged_and_not_kept(tmp_path: Path, keys: Any) -> N
                 answer = ask(PURPOSE + "\xa0" * (PAD + i))
                 assert answer.status_code == 200, answer.text  # judged as PURPOSE
             assert ask("marketing.third_party").status_code == 403
-    finally:
-        server.should_exit = True
-        thread.join(10)
     kept = sum(len(value) for value in guard._planner.purposes)
     # Before: every padded value kept whole (24 x 200 kB).
     assert kept < PADDED * 1024, f"{kept} bytes of purpose values kept"

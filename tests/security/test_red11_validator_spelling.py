@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from asgiref.wsgi import WsgiToAsgi
-from tokenkit import guard_settings
+from tokenkit import UvicornThread, guard_settings
 from werkzeug.wrappers import Request, Response
 
-from bench._pg import free_port
 from middleware import GuardMiddleware
 from tests.security.test_red4_fields import CALLER, PURPOSE
 
@@ -53,29 +49,16 @@ def legacy(environ: dict[str, Any], start_response: Any) -> Any:
 def test_a_validator_of_the_whole_body_never_reaches_the_app(
         tmp_path: Path, keys: Any, name: str) -> None:
     guard = GuardMiddleware(WsgiToAsgi(legacy), settings=guard_settings(tmp_path, keys))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(guard, host="127.0.0.1", port=port,
-                                           log_level="critical", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the app did not start")
-        time.sleep(0.02)
-    token = keys.mint(sub=CALLER)
-    headers = {"authorization": f"Bearer {token}", "x-purpose": PURPOSE}
-    try:
-        url = f"http://127.0.0.1:{port}/customers/c-1/record"
+    with UvicornThread(guard, log_level="critical", lifespan="off") as served:
+        token = keys.mint(sub=CALLER)
+        headers = {"authorization": f"Bearer {token}", "x-purpose": PURPOSE}
+        url = served.url + "/customers/c-1/record"
         plain = httpx.get(url, headers=headers, timeout=10)
         assert plain.status_code == 200, plain.text
         assert EMAIL not in plain.text  # withheld from this caller
         wrong = httpx.get(url, headers={**headers, name: f'"{_tag("bob@example.com")}"'},
                           timeout=10)
         right = httpx.get(url, headers={**headers, name: f'"{_tag(EMAIL)}"'}, timeout=10)
-    finally:
-        server.should_exit = True
-        thread.join(10)
     assert wrong.status_code == 200
     # Before, with "_": 304 for the right guess (the email confirmed), 200 for a wrong one.
     assert right.status_code == 200, "the app answered on a validator of the whole body"
