@@ -38,7 +38,9 @@ def _status(port: int, method: bytes) -> bytes:
     return head.split(b"\r\n", 1)[0]
 
 
-def test_long_methods_are_refused_and_not_kept(tmp_path: Path, keys: Any) -> None:
+def guarded_record(tmp_path: Path, keys: Any) -> GuardMiddleware:
+    """A guarded FastAPI app with one ``deny`` route, ``/records/{customer_id}``, answering
+    a name."""
     api = FastAPI()
 
     @api.get("/records/{customer_id}", response_model=Named)
@@ -46,7 +48,11 @@ def test_long_methods_are_refused_and_not_kept(tmp_path: Path, keys: Any) -> Non
     async def record(customer_id: str) -> Any:
         return {"name": "Ann"}
 
-    guard = GuardMiddleware(api, settings=guard_settings(tmp_path, keys))
+    return GuardMiddleware(api, settings=guard_settings(tmp_path, keys))
+
+
+def test_long_methods_are_refused_and_not_kept(tmp_path: Path, keys: Any) -> None:
+    guard = guarded_record(tmp_path, keys)
     with UvicornThread(guard, http="h11", log_level="critical") as served:
         for i in range(METHODS):  # each a new method, as long as h11 takes
             method = b"X" * (LONG - 4) + b"%04d" % i

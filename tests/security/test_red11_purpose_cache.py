@@ -12,33 +12,20 @@ judged the same, and forgotten.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-from fastapi import FastAPI
-from pydantic import BaseModel
-from tokenkit import UvicornThread, guard_settings
+from tokenkit import UvicornThread
 
-from middleware import Category, GuardMiddleware, guarded
 from tests.security.test_red4_fields import CALLER, PURPOSE
+from tests.security.test_red11_method_cache import guarded_record
 
 PADDED = 24
 PAD = 200_000
 
 
-class Named(BaseModel):
-    name: Annotated[str, Category("identity.name")]
-
-
 def test_padded_purposes_are_judged_and_not_kept(tmp_path: Path, keys: Any) -> None:
-    api = FastAPI()
-
-    @api.get("/records/{customer_id}", response_model=Named)
-    @guarded(subject="customer_id")
-    async def record(customer_id: str) -> Any:
-        return {"name": "Ann"}
-
-    guard = GuardMiddleware(api, settings=guard_settings(tmp_path, keys))
+    guard = guarded_record(tmp_path, keys)
     with UvicornThread(guard, log_level="critical") as served:
         token = keys.mint(sub=CALLER)
         with httpx.Client(base_url=served.url, timeout=30) as client:
