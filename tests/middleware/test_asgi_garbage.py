@@ -174,12 +174,12 @@ async def test_a_read_waiting_for_its_decision_keeps_few_objects_of_the_guard_al
     # The middleware's call, awaiting the commit's future itself: no coroutine more.
     assert len(names) == BURST, sorted(set(names))
     assert not closures, closures[:3]
-    # None of these per waiting read (one each would be BURST): the young objects are the
-    # whole process's, and a stray one (asyncio's handle of a future, another thread's
-    # event) is no read's; an exact 0 failed on one such tuple.
-    assert rulings < BURST, rulings
-    assert items < BURST, items
-    assert watched < BURST, watched
+    # None of these per waiting read (one each would be BURST, one every other read half
+    # of it): the young objects are the whole process's, and a stray one (asyncio's handle
+    # of a future, another thread's event) is no read's; an exact 0 failed on one such tuple.
+    assert rulings <= 2, rulings
+    assert items <= 2, items
+    assert watched <= 2, watched
     assert all(s[0]["status"] == 200 and s[0]["durable"] for s in sent)
 
 
