@@ -937,8 +937,10 @@ def _open_keys(model: Any) -> str | None:
 
     try:
         schema: Any = TypeAdapter(model).core_schema
-    except (PydanticUserError, TypeError, ValueError):
-        return None  # no model Pydantic can describe: FastAPI refuses it first
+    except (PydanticUserError, TypeError, ValueError) as exc:  # FastAPI refuses it first
+        raise PolicyError(f"{getattr(model, '__name__', model)}: Pydantic cannot describe "
+                          f"what it sends ({exc.__class__.__name__}), so its keys cannot "
+                          "be told") from None
     stack: list[Any] = [schema]
     while stack:
         node = stack.pop()
