@@ -281,14 +281,15 @@ def checkpoint_record(cp: Checkpoint) -> bytes:
 def decode_many(payloads: Sequence[bytes]) -> tuple[list[Any], list[Checkpoint]]:
     """Journal records back to their events' column values and their checkpoints.
 
-    The values are one flat list, ``len(FIELD_NAMES)`` an event in record order
-    in record order. Each record is parsed on its own (as few
-    instructions as one array of them all, and no record's brackets can close
-    another's).
+    The values are one flat list, ``len(FIELD_NAMES)`` an event in record order.
+    Each record is parsed on its own (as few instructions as one array of them all,
+    and no record's brackets can close another's); an event's record starts with its
+    ``[``, as the writer writes it and as PostgreSQL's index tells events from
+    checkpoints.
 
     Raises:
         ValueError: a record is not a journal record: not JSON, not an array of
-            ``len(FIELD_NAMES)`` values nor a checkpoint.
+            ``len(FIELD_NAMES)`` values starting the record, nor a checkpoint.
     """
     values: list[Any] = []
     checkpoints: list[Checkpoint] = []
@@ -296,7 +297,7 @@ def decode_many(payloads: Sequence[bytes]) -> tuple[list[Any], list[Checkpoint]]
     for payload in payloads:
         try:
             value = orjson.loads(payload)
-            if type(value) is list and len(value) == _WIDTH:
+            if type(value) is list and len(value) == _WIDTH and payload[:1] == b"[":
                 add(value)
                 continue
             checkpoints.append(row_checkpoint(value["checkpoint"]))
