@@ -311,24 +311,36 @@ class Indexer:
         edited, a forged record, a writer's bug) is a fault of the journal, not a
         store that is down: retrying it would spin for ever and hold up every later
         record, and skipping it would hide it. The batch is halved until that record
-        is found (the halves before it are indexed); the lane's index stops there,
+        is found (the halves before it are indexed) and refused on its own (a batch
+        refused for a race, not a record, goes on); the lane's index stops there,
         with one line naming it (readiness and ``guard audit index`` show it) until
         an operator has looked (``guard audit verify --journal``) and restarts the
         index. A store that fails otherwise meanwhile is retried as usual.
         """
         start = end - len(records)
         low, high = 0, len(records)  # records[:low] are stored; the refused one is below high
+        alone = high == 1  # the refusal was of records[low] alone
         while high - low > 1:
             middle = (low + high) // 2
             try:
                 self.store.index_records(records[low:middle], self._key, start + middle)
             except (ValueError, RecordRefusedError) as refused:
-                high, exc = middle, refused
+                high, exc, alone = middle, refused, middle - low == 1
             else:
                 low = middle
                 with self._cond:
                     self._pending, self.offset = (records[low:], end), start + low
                     self._cond.notify_all()
+        if not alone:  # refused beside others only: asked alone before the lane stops for it
+            try:
+                self.store.index_records(records[low:low + 1], self._key, start + low + 1)
+            except (ValueError, RecordRefusedError) as refused:
+                exc = refused
+            else:  # the refusal was not this record's (a race): the rest as usual
+                with self._cond:
+                    self._pending, self.offset = (records[low + 1:], end), start + low + 1
+                    self._cond.notify_all()
+                return
         why = f"the store refuses it: {exc}"
         with contextlib.suppress(ValueError, IndexError):  # an event: its place another's?
             values = decode_many(records[low:low + 1])[0]

@@ -9,19 +9,31 @@ every later record; now the lane's index stops at that record, naming it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
 
 from guard._errors import AuditUnavailableError
-from guard.audit import EventKind, load_public_key, new_event_id, open_store
+from guard.audit import (
+    EventKind,
+    Store,
+    load_public_key,
+    load_signing_key,
+    new_event_id,
+    open_store,
+)
 from guard.audit._event import FIELD_NAMES
+from guard.audit._fields import ChainKey
 from guard.audit._follow import ChildIndexer, Follower
+from guard.audit._indexer import Indexer
 from guard.audit._journal import Journal, read_journal
 from guard.audit._jverify import verify_journal
-from guard.audit._store import indexed_offset
-from tests.guard.audit.conftest import CHAIN_KEY, Keys, make_trail
+from guard.audit._jwriter import JournalWriter
+from guard.audit._store import RecordRefusedError, indexed_offset
+from tests.guard.audit.conftest import CHAIN_KEY, HMAC_KEY, Keys, make_trail
 
 FIELDS = {"caller": "svc:crm", "purpose": "p", "categories": ("c",), "action": "read",
           "allowed": True, "reason": "allowed", "subject_id": "cust-1"}
@@ -175,4 +187,45 @@ def test_a_record_the_store_refuses_stops_the_index_there(
         assert not indexer._thread.is_alive()
     finally:
         follower.close()
+        store.close()
+
+
+class _RefusedOnceTogether:
+    """A store that refuses the first batch of several records as if a record's fault, then
+    takes them: PostgreSQL's unique violation on ``(writer_id, seq)`` when an indexer of a
+    copy of the lane stores the same events meanwhile (``ON CONFLICT (event_id)`` does not
+    arbitrate that index), a refusal of the batch's moment, not of a record."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.refused = store, False
+
+    def index_records(self, records: Sequence[bytes], journal: str, next_offset: int) -> None:
+        if len(records) > 1 and not self.refused:
+            self.refused = True
+            raise RecordRefusedError("duplicate key value violates unique constraint "
+                                     '"audit_event_writer_id_seq_key"')
+        self.store.index_records(records, journal, next_offset)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_batch_refused_once_for_a_race_does_not_stop_the_lane(
+        keys: Keys, tmp_path: Path) -> None:
+    """The halving named the batch's last record without asking the store about it alone:
+    a batch refused once, for no record's fault, stopped its lane for good."""
+    journal = Journal(tmp_path / "journal" / "lane-0")
+    w = JournalWriter(journal, hmac_key=HMAC_KEY, signing_key=load_signing_key(keys.signing),
+                      writer_id="test", chain_key=ChainKey(CHAIN_KEY))
+    assert all(w.results(EventKind.DECISION, [FIELDS] * 3))
+    w.close()
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}")
+    indexer = Indexer(journal.folder, cast(Store, _RefusedOnceTogether(store)), interval=0.01)
+    try:
+        assert indexer.wait(journal.next_offset, timeout=30), indexer.stopped
+        assert indexer.stopped is None
+        assert store.rows("SELECT count(*) FROM audit_event") == [(3,)]
+    finally:
+        indexer.close()
+        journal.close()
         store.close()
