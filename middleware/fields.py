@@ -20,11 +20,16 @@ when a category is withheld (:meth:`FieldPlan.minimise`).
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import decimal
+import enum
 import json
+import pathlib
 import re
 import sys
 import types
 import typing
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union, get_args, get_origin
@@ -620,11 +625,12 @@ def _fields(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> Iterable[Fiel
     decorators = getattr(tp, "__pydantic_decorators__", None)
     coded = {field for decorator in getattr(decorators, "field_serializers", {}).values()
              for field in getattr(decorator.info, "fields", ())}
+    every = "*" in coded or _encoded(tp)  # a serializer of every field (or by its type)
     if isinstance(pydantic_fields, dict):
         for name, info in pydantic_fields.items():
             category = _category(info.metadata)
             annotation = info.annotation
-            if name in coded or _coded(info.metadata):
+            if every or name in coded or _coded(info.metadata):
                 try:
                     _refuse_coded(annotation, annotation, by_alias)
                 except PolicyError as exc:
@@ -644,7 +650,7 @@ def _fields(tp: type, seen: Seen, by_alias: bool, stack: Stack) -> Iterable[Fiel
     computed = getattr(decorators, "computed_fields", None)
     for name, decorator in (computed.items() if isinstance(computed, dict) else ()):
         returned = getattr(decorator.info, "return_type", None)  # serialised like a field
-        if name in coded:
+        if every or name in coded:
             try:
                 _refuse_coded(returned, _strip(returned)[0], by_alias)
             except PolicyError as exc:
@@ -796,6 +802,21 @@ def _serialised_by_code(tp: Any) -> bool:
             return True
         tp = args[0]
     return False
+
+
+_LEAF_TYPES = (str, bytes, int, float, complex, decimal.Decimal, datetime.date, datetime.time,
+               datetime.timedelta, uuid.UUID, enum.Enum, pathlib.PurePath)
+"""Types whose ``json_encoders`` entry changes how a value is written, not which keys a
+model sends."""
+
+
+def _encoded(tp: type) -> bool:
+    """Whether ``tp``'s ``json_encoders`` (Pydantic's config) name a type that is no leaf:
+    a function that may send a model's values under keys of its choosing."""
+    config = getattr(tp, "model_config", None) or getattr(tp, "__pydantic_config__", None)
+    encoders = config.get("json_encoders") if isinstance(config, dict) else None
+    return any(not (isinstance(key, type) and issubclass(key, _LEAF_TYPES))
+               for key in encoders or ())
 
 
 def _coded(metadata: Sequence[Any]) -> bool:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import json
 import typing
+import warnings
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Generic, TypeVar
 
@@ -237,7 +239,32 @@ class Computed(BaseModel):
         return {"name": person.email}
 
 
+class Starred(BaseModel):
+    name: Name
+    person: Person
+
+    @field_serializer("*")  # every field's
+    def _every(self, value: Any) -> Any:
+        return {"name": value.email} if isinstance(value, Person) else value
+
+
+with warnings.catch_warnings():  # json_encoders: deprecated, and still applied
+    warnings.simplefilter("ignore", DeprecationWarning)
+
+    class Encoded(BaseModel):
+        model_config = ConfigDict(json_encoders={Person: lambda person: {"name": person.email}})
+        name: Name
+        person: Person
+
+    class Dated(BaseModel):  # an encoder of a leaf changes how a value is written, not its keys
+        model_config = ConfigDict(json_encoders={datetime.date: lambda day: day.isoformat()})
+        name: Name
+        person: Person
+
+
 @pytest.mark.parametrize(("model", "where"), [
+    (Starred, r"Starred\.person: Person carries .*serializer function"),
+    (Encoded, r"Encoded\.person: Person carries .*serializer function"),
     (Boxed, r"Boxed\.box: .*Wrapper\[.*Person\] carries contact\.email"),
     (Typed, r"Typed\.kind: type\[.*Person\] carries contact\.email"),
     (Held, r"Held\.hidden: Hidden carries contact\.email"),
@@ -261,6 +288,19 @@ class Leaves(BaseModel):
     box: Wrapper[int]
     counts: collections.Counter[str]
     tally: type[int]
+
+
+def test_a_serializer_of_every_field_or_of_a_model_type_stops_the_start() -> None:
+    """``field_serializer("*")`` and ``json_encoders`` keyed by a model reach every field
+    (or every field of that type) without naming it: both sent the email under
+    ``person.name`` while the plan judged it ``identity.name``."""
+    for model in (Starred, Encoded):
+        sent = TypeAdapter(model).dump_python(
+            model(name="Ann", person=Person(name="Ann", email=EMAIL)), mode="json")
+        assert sent["person"] == {"name": EMAIL}  # what the plan must not take for a name
+    plan = plan_for(Dated)
+    assert plan is not None
+    assert plan.categories == ("identity.name", "contact.email")
 
 
 def test_leaves_and_unknown_forms_with_no_category_inside_are_planned() -> None:
