@@ -244,6 +244,8 @@ class Register:
         """Follow other processes' changes: LISTEN on PostgreSQL, poll SQLite."""
         if self.store is None or self._watcher is not None:
             return
+        if self.store.postgres:  # not heard until LISTEN and the register read again
+            self.listening = False
         target = self._listen if self.store.postgres else self._poll
         self._watcher = threading.Thread(target=target, name="guard-register-watcher",
                                          daemon=True)

@@ -141,9 +141,11 @@ def test_a_replica_says_it_follows_only_once_it_has_read_the_register_again(
         running.watch()
         assert entered.wait(30)
         assert running.listening is not True
+        assert running.status()["following"] is False  # what health checks show
         assert running.lookup(SUBJECT) is None
         release.set()
         eventually(lambda: running.listening)
+        assert running.status()["following"] is True
         assert running.lookup(SUBJECT) is not None  # following: the erasure is known
     finally:
         release.set()
