@@ -52,13 +52,20 @@ def test_a_batch_is_stored_whole_through_statements_of_the_fixed_sizes(store: St
 
 def test_null_columns_are_bound_as_sql_nulls_through_the_adapter_for_none(
         store: Store) -> None:
-    bind_nulls_at_once()  # as the index's own processes do
-    adapter = sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)]
-    assert adapter(None) is None
-    event = make_event(EventKind.DECISION, writer_id="w", seq=1)
-    store.index_records([compact(row_of(event))], "journal-t", 1)
-    assert store.rows("SELECT typeof(trace_id), typeof(decision_ref), typeof(detail), "
-                      "typeof(country) FROM audit_event") == [("null", "null", "null", "null")]
+    key = (type(None), sqlite3.PrepareProtocol)
+    before = sqlite3.adapters.get(key)
+    bind_nulls_at_once()  # as the index's own processes do (for this test only: the
+    try:  # adapter is the process's, and the other tests' stores run as a service's)
+        assert sqlite3.adapters[key](None) is None
+        event = make_event(EventKind.DECISION, writer_id="w", seq=1)
+        store.index_records([compact(row_of(event))], "journal-t", 1)
+        assert store.rows("SELECT typeof(trace_id), typeof(decision_ref), typeof(detail), "
+                          "typeof(country) FROM audit_event") == [("null",) * 4]
+    finally:
+        if before is None:
+            del sqlite3.adapters[key]
+        else:
+            sqlite3.adapters[key] = before
 
 
 def test_a_service_process_keeps_its_own_adapters(tmp_path: Path) -> None:
