@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from guard.cli._groups import policy_app
 from guard.cli._where import policy_folder, routes_file, say_policy
 from guard.policy._compiled import CompiledPolicy
-from guard.policy._diff import diff_policies, read_revision, render_markdown, render_text, to_json
+from guard.policy._diff import (
+    diff_policies,
+    read_revision,
+    read_revision_files,
+    render_markdown,
+    render_text,
+    to_json,
+)
 from guard.policy._findings import Finding, Severity
 from guard.policy._lint import has_errors, lint_policy
+from guard.policy._lint_routes import ROUTES_FILE
 from guard.policy._load import SlowPathWarning, compile_source
 from guard.policy._ropa import build_ropa
 from guard.policy._ropa import render_csv as ropa_csv
@@ -132,11 +140,22 @@ def run_tests(
     raise SystemExit(0 if all(r.passed for r in results) else 1)
 
 
-def _side(spec: str, path: str) -> CompiledPolicy:
+def _side(spec: str, path: str, routes: Path | None = None) -> tuple[CompiledPolicy, list[Any]]:
+    """The policy and the route rows of a folder (routes.csv in it, else ``routes``) or of a
+    revision (``path/routes.csv``); no routes file: no rows."""
+    from middleware.routes import parse_routes
+
     folder = Path(spec)
     if folder.is_dir():
-        return _compile(read_source(folder))
-    return _compile(read_revision(spec, path))
+        policy = _compile(read_source(folder))
+        where = routes if routes is not None else folder / ROUTES_FILE
+        text = where.read_text(encoding="utf-8") if where.is_file() else None
+        origin = str(where)
+    else:
+        policy = _compile(read_revision(spec, path))
+        text = read_revision_files(spec, path, (ROUTES_FILE,))[0]
+        origin = f"{spec}:{path.strip('/')}/{ROUTES_FILE}"
+    return policy, [] if text is None else parse_routes(text, origin)
 
 
 @policy_app.command("diff")
@@ -160,7 +179,10 @@ def diff(
     _choice(output, ("text", "markdown", "json"), "--format")
     working = policy_folder(None) if new is None else None
     new_name = str(working) if working is not None else str(new)
-    delta = diff_policies(_side(old, path), _side(new_name, path))
+    old_policy, old_routes = _side(old, path)
+    new_policy, new_routes = _side(new_name, path,
+                                   routes_file(working) if working is not None else None)
+    delta = diff_policies(old_policy, new_policy, (old_routes, new_routes))
     if output == "json":
         typer.echo(json.dumps(to_json(delta, old, new_name), indent=2))
     elif output == "markdown":

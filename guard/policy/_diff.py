@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import subprocess
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from guard._errors import PolicyError
 from guard._types import Action, Request
 from guard.engine import decide
 from guard.policy._compiled import ADEQUATE, CompiledPolicy
 from guard.policy._source import MODEL_FILE, RULES_FILE, PolicySource
+
+if TYPE_CHECKING:
+    from middleware.fields import FieldPlan
+    from middleware.routes import RouteRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,11 +247,62 @@ def _party_facts(facts: _Facts, old: CompiledPolicy, new: CompiledPolicy) -> Non
     facts.note("adequacy", "adequate countries", _adequate(old), _adequate(new))
 
 
-def diff_policies(old: CompiledPolicy, new: CompiledPolicy) -> PolicyDiff:
-    """The access delta from ``old`` to ``new`` and the changed facts behind it."""
+def _field_paths(plan: FieldPlan, prefix: str = "") -> list[str]:
+    out = []
+    for rule in plan.rules:
+        path = prefix + rule.name
+        if rule.inner is not None:
+            out += _field_paths(rule.inner, path + ".")
+        else:
+            out.append(f"{path}={rule.category.key if rule.category else 'public'}")
+    return out
+
+
+def _route_text(rule: RouteRule) -> str:
+    """What a route row declares, spelled one way (its method and template apart)."""
+    if rule.public:
+        return "public"
+    words = [" ".join(rule.categories), rule.action.value]
+    if rule.subject:
+        words.append(f"subject {rule.subject}")
+    if rule.mode != "deny":
+        words.append(rule.mode)
+    if rule.fields is not None:
+        words += sorted(_field_paths(rule.fields))
+    return " ".join(words)
+
+
+def _route_facts(facts: _Facts, old: Sequence[RouteRule], new: Sequence[RouteRule]) -> None:
+    """Each route row added, removed or declared otherwise, and rows that changed order
+    (the first row that matches wins)."""
+    was = {f"{r.method} {r.template}": _route_text(r) for r in old}
+    now = {f"{r.method} {r.template}": _route_text(r) for r in new}
+    for key in sorted(was.keys() | now.keys()):
+        facts.note("route", key, was.get(key), now.get(key))
+    before = [key for key in was if key in now]
+    after = [key for key in now if key in was]
+    if before != after:
+        moved = [key for key, other in zip(before, after, strict=True) if key != other]
+        facts.note("route order", "routes.csv", ", ".join(k for k in before if k in moved),
+                   ", ".join(k for k in after if k in moved))
+
+
+def diff_policies(old: CompiledPolicy, new: CompiledPolicy,
+                  routes: tuple[Sequence[RouteRule], Sequence[RouteRule]] | None = None,
+                  ) -> PolicyDiff:
+    """The access delta from ``old`` to ``new`` and the changed facts behind it.
+
+    Args:
+        old: The policy before.
+        new: The policy after.
+        routes: The route rows before and after (routes.csv): a row added, removed or
+            declared otherwise, and rows in another order, are facts.
+    """
     facts = _Facts()
     _tree_facts(facts, old, new)
     _party_facts(facts, old, new)
+    if routes is not None:
+        _route_facts(facts, *routes)
     return PolicyDiff(old.version, new.version, tuple(_access(old, new)), tuple(facts.found))
 
 
@@ -317,6 +374,23 @@ def read_revision(revision: str, path: str = "policies", cwd: Path | None = None
     Raises:
         PolicyError: not in a git repository, unknown revision, or no policy there.
     """
+    texts = read_revision_files(revision, path, (MODEL_FILE, RULES_FILE), cwd)
+    prefix = path.strip("/")
+    if texts[0] is None or texts[1] is None:
+        missing = MODEL_FILE if texts[0] is None else RULES_FILE
+        raise PolicyError(f"{revision} has no {prefix}/{missing}",
+                          hint="use --path to name the policy folder in the repository")
+    return PolicySource(texts[0], texts[1], f"{revision}:{prefix}/{MODEL_FILE}",
+                        f"{revision}:{prefix}/{RULES_FILE}")
+
+
+def read_revision_files(revision: str, path: str, names: Sequence[str],
+                        cwd: Path | None = None) -> list[str | None]:
+    """The text of each file ``names`` in ``path`` at ``revision`` (None: no such file).
+
+    Raises:
+        PolicyError: not in a git repository, or an unknown revision.
+    """
 
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         try:
@@ -333,13 +407,9 @@ def read_revision(revision: str, path: str = "policies", cwd: Path | None = None
     if git("-C", root, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}").returncode:
         raise PolicyError(f"unknown revision or folder: {revision}",
                           hint="give a policy folder, a branch, a tag or a commit")
-    texts: list[str] = []
     prefix = path.strip("/")
-    for name in (MODEL_FILE, RULES_FILE):
+    texts: list[str | None] = []
+    for name in names:
         shown = git("-C", root, "show", f"{revision}:{prefix}/{name}")
-        if shown.returncode != 0:
-            raise PolicyError(f"{revision} has no {prefix}/{name}",
-                              hint="use --path to name the policy folder in the repository")
-        texts.append(shown.stdout)
-    return PolicySource(texts[0], texts[1], f"{revision}:{prefix}/{MODEL_FILE}",
-                        f"{revision}:{prefix}/{RULES_FILE}")
+        texts.append(shown.stdout if shown.returncode == 0 else None)
+    return texts
