@@ -86,6 +86,15 @@ class RouteRule:
     mode: str = "deny"
     fields: FieldPlan | None = None
 
+    def __post_init__(self) -> None:
+        if self.mode == "minimise" and self.action is Action.WRITE:
+            raise PolicyError(f"{self.method} {self.template}: {MINIMISED_WRITE}")
+
+
+MINIMISED_WRITE = ("a write is judged whole: minimise releases the fields of an answer, "
+                   "while a write would run with every field of its body (use mode deny)")
+"""Why a ``minimise`` route may not be a write."""
+
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
@@ -143,6 +152,8 @@ def guarded(
         act = Action(action)
     except ValueError:
         raise PolicyError(f"guarded(): action must be read or write, not {action!r}") from None
+    if mode == "minimise" and act is Action.WRITE:
+        raise PolicyError(f"guarded(): {MINIMISED_WRITE}")
     return _declare(Declaration(cats, act, subject, public=False, mode=mode))
 
 
@@ -389,6 +400,8 @@ def _parse_row(
             if subject not in names:
                 fail(4, f"subject parameter {subject!r} is not in the path template",
                      hint=f"parameters: {', '.join(names) or 'none'}")
+    if mode == "minimise" and action is Action.WRITE:
+        fail(5, MINIMISED_WRITE)
     key = (method, template)
     if key in seen:
         fail(0, f"{method} {template} is already declared on line {seen[key]}")

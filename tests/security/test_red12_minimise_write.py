@@ -1,0 +1,111 @@
+"""A write is judged whole, whatever mode its route names (twelfth review).
+
+A ``minimise`` route is judged category by category, and its decision is allowed when
+one personal category is released: the answer then loses the fields of the others.
+That fits a read. On a write it let the handler (or the upstream) run with the whole
+body: ``svc:auth``, granted ``write`` on ``identity.username`` but not on
+``contact.email`` for ``business.administration``, changed a customer's email through a
+``PUT`` declared ``write`` and ``minimise``; only the answer lost the email. Such a
+declaration now stops the start (``@guarded``), and routes.csv refuses the row with its
+line and column (so ``guard policy lint`` does too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+from sidecarkit import ServerThread, policy_copy, serve_sidecar, sidecar_settings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from tokenkit import UvicornThread, guard_settings
+
+from bench._pg import free_port
+from guard._errors import PolicyError
+from middleware import Category, GuardMiddleware, guarded
+from middleware.routes import parse_routes
+
+SHIPPED = Path(__file__).resolve().parents[2] / "policies"
+CALLER, PURPOSE = "svc:auth", "business.administration"  # writes identity.username only
+NEW = {"username": "ann", "email": "mallory@example.com"}
+ROUTE = ("PUT, /accounts/{customer_id}, username=identity.username contact.email=contact.email"
+         ", write, customer_id, minimise\n")
+
+
+class Account(BaseModel):
+    username: Annotated[str, Category("identity.username")]
+    email: Annotated[str, Category("contact.email")]
+
+
+def _service(settings: Any, written: list[Any]) -> FastAPI:
+    app = FastAPI()
+
+    @app.put("/accounts/{customer_id}", response_model=Account)
+    @guarded(action="write", subject="customer_id", mode="minimise")
+    async def put_account(customer_id: str, account: Account) -> Account:
+        written.append(account.model_dump())
+        return account
+
+    app.add_middleware(GuardMiddleware, settings=settings)
+    return app
+
+
+def test_a_minimised_write_never_reaches_the_handler(tmp_path: Path, keys: Any) -> None:
+    written: list[Any] = []
+    try:
+        app = _service(guard_settings(tmp_path, keys), written)
+    except PolicyError as exc:  # refused where it is declared
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert "a write is judged whole" in refused
+        return
+    with UvicornThread(app) as server:
+        answer = httpx.put(server.url + "/accounts/c-1", json=NEW, timeout=10, headers={
+            "authorization": f"Bearer {keys.mint(sub=CALLER)}", "x-purpose": PURPOSE})
+    assert written == [], "the handler wrote the email of a caller refused contact.email"
+    assert answer.status_code == 403, answer.text  # before: 200 {"username": "ann"}
+
+
+def test_routes_csv_refuses_a_minimised_write() -> None:
+    with pytest.raises(PolicyError, match="minimise") as caught:
+        parse_routes("# routes\n" + ROUTE)
+    assert caught.value.line == 2
+    assert caught.value.column == ROUTE.index("minimise") + 1
+    parse_routes(ROUTE.replace("write", "read"))  # a minimised read is kept
+
+
+def test_a_minimised_write_never_reaches_the_upstream(tmp_path: Path, keys: Any) -> None:
+    written: list[Any] = []
+
+    async def put_account(request: Request) -> JSONResponse:
+        written.append(await request.json())
+        return JSONResponse(written[-1])
+
+    policy = policy_copy(tmp_path / "policy", SHIPPED)
+    (policy / "routes.csv").write_text(ROUTE)
+    upstream_app = Starlette(routes=[Route("/accounts/{customer_id}", put_account,
+                                           methods=["PUT"])])
+    with ServerThread(upstream_app, free_port()) as upstream:
+        settings = sidecar_settings(tmp_path, policy, keys.identity(), upstream=upstream.url)
+        try:
+            sidecar = serve_sidecar(settings)
+        except PolicyError as exc:  # the routes file is refused at start
+            refused = str(exc)
+        else:
+            refused = ""
+        if refused:
+            assert "a write is judged whole" in refused
+            return
+        with sidecar:
+            answer = httpx.put(sidecar.url + "/accounts/c-1", json=NEW, timeout=10, headers={
+                "authorization": f"Bearer {keys.mint(sub=CALLER)}", "x-purpose": PURPOSE})
+    assert written == [], "the upstream wrote the email of a caller refused contact.email"
+    assert answer.status_code == 403, answer.text
