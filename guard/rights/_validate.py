@@ -61,6 +61,9 @@ def validate(policy: CompiledPolicy, state: State, change: Change, *, known: boo
     """
     if not change.subject.strip():
         raise RegisterRefusedError("the subject id is empty")
+    if not change.ref.isprintable():  # a store may refuse it after the event is durable
+        raise RegisterRefusedError("the reference must be one line of printable text (no "
+                                   "control, format or unpaired surrogate character)")
     if not subject_id_ok(change.subject) and not (known and change.kind in NARROWING):
         raise RegisterRefusedError(subject_rule_error(change.subject))
     kind, purpose = change.kind, change.purpose
