@@ -8,7 +8,9 @@ after the other (``JournalWriter.hand``, as ``Guard.acommit`` does) into a real
 journal: CPU µs per event of the event loop's thread and of the writer thread,
 and the wake-ups per event of the event loop (the writer's eventfd writes) and of
 the writer (rings) (``--null-journal``: no disk, for instruction counts of the
-hand-over).
+hand-over; ``--subjects N``: each event names the next of N subjects, asked of a
+subject register with entries first, rounds alternated with the register's digests
+shared with the writer and not).
 ``lone``: one coroutine commits one event at a time with a pause between them (the
 writer asleep each time, as at one connection), and the time of a lone commit is
 split: (a) the event loop's ``start`` to the writer thread's wake-up, the
@@ -58,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import importlib.util
 import os
 import random
@@ -159,13 +162,38 @@ def build(events: int, batch: int) -> float:
     return (time.thread_time() - c0) * 1e6 / (events // batch * batch)
 
 
-def loop(events: int, producers: int, null: bool = False
-         ) -> tuple[float, float, float, float, float]:
+def named(w: JournalWriter, subjects: int, share: bool) -> Any:
+    """What a producer calls per commit when each event names the next of ``subjects``
+    subjects, asked of a subject register with entries first (as the guard asks it);
+    ``share``: the writer reads the register's digests (``JournalWriter.share_digests``)."""
+    from guard.rights import EntryKind, Record, Register
+
+    register = Register(KEY)
+    register.apply(register.pseudonym("someone"), [Record(EntryKind.RESTRICTION, "",
+                                                          datetime.date(2020, 1, 1))])
+    if share:
+        w.share_digests(register.digests, register.pseudonym)
+    names = [f"customer-{n}" for n in range(subjects)]
+    at = [random.randrange(subjects)]
+    hand, lookup = w.hand, register.lookup
+
+    def again() -> Any:
+        at[0] = n = (at[0] + 1) % subjects
+        lookup(names[n])
+        return hand(Commit({**FIELDS, "subject_id": names[n]}))
+
+    return again
+
+
+def loop(events: int, producers: int, null: bool = False, subjects: int = 0,
+         share: bool = False) -> tuple[float, float, float, float, float]:
     """CPU µs per event of the event loop's and the writer's thread; wake-ups per event of
-    the loop (eventfd writes) and of the writer (rings); wall µs per event."""
+    the loop (eventfd writes) and of the writer (rings); wall µs per event. ``subjects``:
+    each event names the next of that many subjects (:func:`named`)."""
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
         journal = NullJournal() if null else open_lane(Path(tmp))
         w = writer(journal)
+        each = named(w, subjects, share) if subjects else None
         per = events // producers
         wakeups = notified = 0
         ring, release = w._ring, w._release
@@ -183,7 +211,7 @@ def loop(events: int, producers: int, null: bool = False
         w._ring, w._release = counted_ring, counted_release  # type: ignore[method-assign]
 
         async def one() -> None:
-            commit = committer(w)
+            commit = each or committer(w)
             for _ in range(per):
                 await commit()
 
@@ -648,6 +676,9 @@ def main() -> None:
                         help="lone: Python the loop runs after each hand-over (a handler)")
     parser.add_argument("--null-journal", action="store_true",
                         help="loop: a journal that keeps nothing (no disk: CPU only)")
+    parser.add_argument("--subjects", type=int, default=0,
+                        help="loop: each event names the next of N subjects, asked of a "
+                             "register with entries; rounds with its digests shared or not")
     parser.add_argument("--work-us", type=float, default=40.0,
                         help="turns: each producer's work per commit (as a request's)")
     parser.add_argument("--folder", type=Path, action="append",
@@ -701,13 +732,24 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
                 p50, p99 = fdatasync_floor(Path(tmp))
             print(f"floor: append 300 B + fdatasync p50 {p50:.3f} ms, p99 {p99:.3f} ms")
-        got = [loop(args.events, args.producers, args.null_journal) for _ in range(args.rounds)]
-        print(f"loop: {args.producers} producers: event loop "
-              f"{statistics.median(g[0] for g in got):.2f} µs/event, writer "
-              f"{statistics.median(g[1] for g in got):.2f} µs/event, loop wake-ups "
-              f"{statistics.median(g[2] for g in got):.3f}/event, writer wake-ups "
-              f"{statistics.median(g[3] for g in got):.3f}/event, wall "
-              f"{statistics.median(g[4] for g in got):.2f} µs/event (median of {args.rounds})")
+        ways = [False]  # --subjects: the register's digests shared or not, rounds alternated
+        if args.subjects and hasattr(JournalWriter, "share_digests"):
+            ways = [True, False]
+        got: dict[bool, list[tuple[float, ...]]] = {way: [] for way in ways}
+        for _ in range(args.rounds):
+            for way in ways:
+                got[way].append(loop(args.events, args.producers, args.null_journal,
+                                     args.subjects, way))
+        for way, runs in got.items():
+            what = (f", {args.subjects:,} subjects, digests "
+                    f"{'shared' if way else 'made again'}") if args.subjects else ""
+            print(f"loop: {args.producers} producers{what}: event loop "
+                  f"{statistics.median(g[0] for g in runs):.2f} µs/event, writer "
+                  f"{statistics.median(g[1] for g in runs):.2f} µs/event, loop wake-ups "
+                  f"{statistics.median(g[2] for g in runs):.3f}/event, writer wake-ups "
+                  f"{statistics.median(g[3] for g in runs):.3f}/event, wall "
+                  f"{statistics.median(g[4] for g in runs):.2f} µs/event "
+                  f"(median of {args.rounds})")
 
 
 if __name__ == "__main__":

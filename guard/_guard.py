@@ -253,6 +253,8 @@ class Guard:
         # decide()'s fields carry their trace ids, so the trail's start_fields would hand
         # them over as they are: the ruling handed to its writer directly (no object made)
         self._hand = trail.writer.hand
+        if register is not None:  # the subjects the register digested: not digested again
+            trail.writer.share_digests(register.digests, register.pseudonym)
 
     @classmethod
     def from_settings(cls, settings: Settings, holder: PolicyHolder | None = None) -> Guard:

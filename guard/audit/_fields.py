@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from binascii import hexlify
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -75,22 +75,42 @@ _OPAD = bytes(x ^ 0x5C for x in range(256))
 
 class Pseudonyms(ChainKey):
     """Subject pseudonyms under the subject HMAC key, as :func:`guard.audit.pseudonymise`
-    makes them; the latest 4,096 kept."""
+    makes them; the latest 4,096 kept, and those the subject register digested read from
+    it (:meth:`share`)."""
 
-    __slots__ = ("known",)
+    __slots__ = ("_made", "known")
 
     def __init__(self, key: bytes) -> None:
         super().__init__(key)
         self.known: dict[str, str] = {}
         """Raw subject id -> pseudonym, the latest made."""
+        self._made: Mapping[str, tuple[int, bytes]] = {}
+
+    def share(self, made: Mapping[str, tuple[int, bytes]], pseudonym: Callable[[str], str]
+              ) -> bool:
+        """Read the HMAC digests the subject register made (``made``: raw id -> (index
+        key, digest), read live) instead of making them again.
+
+        Only when the register's ``pseudonym`` is this key's (a register under another
+        key is not shared: False); a subject it did not digest is digested here.
+        """
+        if pseudonym(_PROBE) != self.digest(_PROBE.encode()):
+            return False
+        self._made = made
+        return True
 
     def __call__(self, subject_id: str) -> str:
         known = self.known
         if (value := known.get(subject_id)) is None:
             if len(known) >= 4096:
                 known.clear()
-            value = known[subject_id] = self.digest(subject_id.encode("utf-8"))
+            made = self._made.get(subject_id)
+            value = known[subject_id] = (made[1].hex() if made is not None
+                                         else self.digest(subject_id.encode("utf-8")))
         return value
+
+
+_PROBE = "purpose-guard subject key probe"
 
 
 _LISTED: dict[Any, str] = {}

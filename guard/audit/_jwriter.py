@@ -351,6 +351,12 @@ class JournalWriter:
             waker = wakers[loop] = _Waker(loop)
         return waker
 
+    def share_digests(self, made: Mapping[str, tuple[int, bytes]],
+                      pseudonym: Callable[[str], str]) -> bool:
+        """Pseudonymise subjects the subject register digested from its digests
+        (:meth:`guard.audit._fields.Pseudonyms.share`); False for another key's register."""
+        return self._pseudonyms.share(made, pseudonym)
+
     def countersign(self, checkpoints: Sequence[Checkpoint], timeout: float = 30.0) -> None:
         """Append checkpoints signed for other chains with a ``heartbeat`` event, once durable.
 

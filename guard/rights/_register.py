@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -102,6 +102,12 @@ class Register:
             register.close()
             raise
         return register
+
+    @property
+    def digests(self) -> Mapping[str, tuple[int, bytes]]:
+        """The keyed digests :meth:`lookup` keeps (raw id -> index key, digest), live:
+        the audit writer pseudonymises those subjects from them."""
+        return self._digests
 
     # -- decisions (hot path) ----------------------------------------------------------------
 
