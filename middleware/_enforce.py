@@ -76,6 +76,12 @@ _public_counter = metrics.get_meter("purpose_guard.middleware").create_counter(
 )
 
 
+def counted_method(method: str) -> str:
+    """A method as a metric's attribute: a standard one, else ``_OTHER`` (OpenTelemetry's
+    HTTP conventions; a client's made-up methods would each be a series kept)."""
+    return method if method in METHODS or method == "TRACE" else "_OTHER"
+
+
 class GuardLike(Protocol):
     """The part of :class:`guard._guard.Guard` the enforcement points use."""
 
@@ -204,7 +210,8 @@ async def enforce(
         if found is not None and rule is not None and rule.subject is not None:
             subject = found.params.get(rule.subject)
     if rule is not None and rule.public:
-        _public_counter.add(1, {"http.route": rule.template, "http.request.method": method})
+        _public_counter.add(1, {"http.route": rule.template,
+                                "http.request.method": counted_method(method)})
         return Outcome(200, None, None, None, rule.template, endpoint)
 
     purpose = headers.get(purpose_header, "").strip()

@@ -52,6 +52,7 @@ from middleware._enforce import (
     GuardLike,
     Outcome,
     _public_counter,
+    counted_method,
     http_context,
     settled,
     unjudged,
@@ -108,7 +109,8 @@ class Plan:
         """A public route's counter attributes."""
         if rule is not None and rule.public:
             self.public = Outcome(200, None, None, None, rule.template, resolved.endpoint), None
-            self.public_attributes = {"http.route": self.route, "http.request.method": method}
+            self.public_attributes = {"http.route": self.route,
+                                      "http.request.method": counted_method(method)}
         self.categories: tuple[str, ...] = rule.categories if rule is not None else ()
         self.action = rule.action if rule is not None else Action.READ
         self.fields: FieldPlan | None = rule.fields if rule is not None else None
