@@ -97,11 +97,12 @@ class SidecarProcess:
         found: dict[str, Any] = poll(check, timeout=timeout, step=0.1)
         return found
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 20) -> None:
+        """SIGTERM, then SIGKILL if it has not stopped within ``wait`` seconds."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
