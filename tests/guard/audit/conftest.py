@@ -207,7 +207,8 @@ def assert_lost_none_doubled_none(lane: Path, store_url: str, acknowledged: list
     stored = [row[0] for row in store.rows("SELECT event_id FROM audit_event")]
     report = verify(store, load_public_key(keys.public), chain_key=CHAIN_KEY)
     store.close()
-    assert [i for i in acknowledged if i not in set(stored)] == []
+    in_store = set(stored)
+    assert [i for i in acknowledged if i not in in_store] == []
     assert sorted(stored) == sorted(journal_ids)  # every journal event, each once
     assert report.ok, report.problems
 
