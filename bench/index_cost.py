@@ -35,7 +35,10 @@ the offset row, and the commit. Variants run interleaved, ``--rounds`` times eac
   rows by one ``INSERT ... SELECT``): ``fts6``: schema 6's, the whole subject's token
   (129 characters) added by a trigger per row; ``fts-trigger``: the store's token added
   by a trigger per row; ``fts-long``: the whole subject's token added after the rows;
-  ``fts-unicode61``: FTS5's default tokenizer (the store's is ``ascii``);
+  ``fts-unicode61``: FTS5's default tokenizer (the store's is ``ascii``); ``fts-raw``: the
+  subject's first 12 characters as the token, not in hex (a hex pseudonym's are one token);
+- ``bucket-N``: in place of FTS5, a B-tree ``(rowid >> N, substr(subject, 1, 12), rowid)``
+  (WITHOUT ROWID, added after the rows): a look-up would probe each bucket of ``2**N`` rows;
   ``fts-pgsz-N``, ``fts-automerge-N``, ``fts-crisismerge-N``: FTS5's configuration options;
 - ``page-1024`` / ``page-8192``: SQLite stores made with that page size (4,096 is
   SQLite's default), ``cache-256m``: the index connection's page cache at 256 MiB
@@ -177,7 +180,7 @@ class SqliteProbe:
         if variant in REBUILT:
             rebuild(self.conn, variant)
             if variant == "no-event-id":
-                self.insert = lambda n: _sqlite._insert_many(n).replace(
+                self.insert = lambda n, absent=(): _sqlite._insert_many(n, absent).replace(
                     "ON CONFLICT (event_id)", "ON CONFLICT (writer_id, seq)")
         dropped = {"no-ts": "audit_event_ts", "no-decision-ref": "audit_event_decision_ref",
                    "no-policy": "audit_event_policy"}.get(variant)
@@ -186,6 +189,9 @@ class SqliteProbe:
         if variant in ("old-subject", "partial-subject"):
             self.conn.execute("CREATE INDEX audit_event_subject ON audit_event (subject, ts)"
                               + (" WHERE subject IS NOT NULL" if variant != "old-subject" else ""))
+        if variant.startswith("bucket-"):  # (rowid >> N, subject's first 12 characters, rowid)
+            self.conn.execute("CREATE TABLE audit_subject_at (bucket INTEGER, token TEXT, "
+                              "row INTEGER, PRIMARY KEY (bucket, token, row)) WITHOUT ROWID")
         if variant == "hour-first":
             self.conn.execute("CREATE INDEX audit_event_hour_subject ON audit_event "
                               "(substr(ts, 1, 13), subject)")
@@ -207,7 +213,12 @@ class SqliteProbe:
         self.variant = variant
         self.fts = None if variant in DROPS_FTS or variant in ("fts6", "fts-trigger") else (
             ADD_SUBJECTS.replace(_SHORT.format(""), _TOKEN.format(""))
-            if variant == "fts-long" else ADD_SUBJECTS)
+            if variant == "fts-long" else ADD_SUBJECTS.replace(_SHORT.format(""), _RAW.format(""))
+            if variant == "fts-raw" else ADD_SUBJECTS)
+        if variant.startswith("bucket-"):
+            self.fts = (f"INSERT INTO audit_subject_at SELECT rowid >> {int(variant[7:])}, "
+                        "substr(subject, 1, 12), rowid FROM audit_event WHERE rowid > ? AND "
+                        "rowid <= ? AND subject IS NOT NULL")
 
     def index(self, records: list[bytes], offset: int, steps: Steps) -> None:
         s = self._sqlite
@@ -245,7 +256,10 @@ class SqliteProbe:
 
 REBUILT = ("no-writer-seq", "no-event-id")
 _TOKEN, _SHORT = "'s' || hex({}subject)", SUBJECT_TOKEN.format("{}subject")
-DROPS_FTS = ("no-subject", "old-subject", "short-subject", "hour-first", "partial-subject")
+_RAW = "'s' || substr({}subject, 1, 12)"
+"""``fts-raw``'s token: the subject's first 12 characters as they are (a hex pseudonym's)."""
+DROPS_FTS = ("no-subject", "old-subject", "short-subject", "hour-first", "partial-subject",
+             "bucket-12", "bucket-16")
 
 
 def fts_variant(conn: sqlite3.Connection, variant: str) -> None:
@@ -255,7 +269,8 @@ def fts_variant(conn: sqlite3.Connection, variant: str) -> None:
         conn.execute("INSERT INTO audit_subject (audit_subject, rank) VALUES (?, ?)",
                      (option, int(number)))
         return
-    token = _TOKEN if variant in ("fts6", "fts-long") else _SHORT
+    token = (_TOKEN if variant in ("fts6", "fts-long") else _RAW if variant == "fts-raw"
+             else _SHORT)
     drop_subject_index(conn)
     conn.execute("CREATE VIRTUAL TABLE audit_subject USING fts5 (token, content='', "
                  "detail=none, columnsize=0"
