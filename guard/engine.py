@@ -311,11 +311,13 @@ def _judge_with_casbin(
                                purpose=purpose, party=party)
     subject = request.subject
     state = register.lookup(subject) if subject is not None and register is not None else None
-    if state is not None:
+    # Check 9 is the guard's, whatever the matcher: a purpose whose only basis is consent
+    # needs the subject's consent in force (none without a subject, or without entries).
+    if state is not None or (purpose is not None and purpose.consent_only):
         if purpose is None:  # casbin allowed a purpose the tables do not know: fail closed
             return _result(policy, request, Reason.DENIED_BY_MODEL, party=party)
         verdicts = register_checks(
-            state, purpose, personal=any(c != AGGREGATED for c in request.categories),
+            state or (), purpose, personal=any(c != AGGREGATED for c in request.categories),
             today=today or utc_today(), survival=policy.survival,
         )
         if steps is not None:
