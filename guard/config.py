@@ -83,6 +83,9 @@ class AuditSettings(BaseModel):
     """The CPUs the ``auto`` index child runs on (CPU numbers, e.g. ``[1]``: cores the
     service does not use); empty: the service's own. A CPU this machine lacks stops
     the service's start in one line."""
+    index_retry_seconds: float = Field(default=1.0, gt=0, le=60)
+    """Seconds between the index's attempts while the store refuses its writes, and before
+    the ``auto`` index child that died is started again."""
 
     @field_validator("index", mode="before")
     @classmethod

@@ -37,6 +37,7 @@ class Follower:
     Args:
         folder: The journal folder (its ``lane-N`` journals), or one lane.
         interval: Seconds from durable to in the store that each lane's indexer aims at.
+        retry: Seconds between attempts while the store refuses (``audit.index_retry_seconds``).
         idle: Index under ``SCHED_IDLE`` while no record waits longer than this many
             seconds (:meth:`relieve` hands a lane that waits longer to a thread of
             normal policy); None: the threads' policy is left as it is.
@@ -45,11 +46,12 @@ class Follower:
         ConfigError: another follower holds the folder, or it cannot be used.
     """
 
-    def __init__(self, folder: Path, store: Store, *, interval: float = 0.3,
+    def __init__(self, folder: Path, store: Store, *, interval: float = 0.3, retry: float = 1.0,
                  idle: float | None = None) -> None:
         self.folder = folder
         self.store = store
         self._interval = interval
+        self._retry = retry
         self._idle = idle
         self.indexers: dict[Path, Indexer] = {}
         self._lock = lock_folder(folder, "INDEXER",
@@ -62,7 +64,7 @@ class Follower:
                 with contextlib.suppress(JournalBusyError):
                     Journal(lane).close()
                 self.indexers[lane] = Indexer(lane, self.store, interval=self._interval,
-                                              idle=self._idle)
+                                              retry=self._retry, idle=self._idle)
 
     def relieve(self) -> float:
         """Hand each lane whose idle indexer fell behind to a thread of the caller's policy.
@@ -144,26 +146,28 @@ class ChildIndexer:
     Args:
         folder: The journal folder (its ``lane-N`` journals).
         store_url: The store's URL (``sqlite:///PATH``, ``postgresql://...``).
-        restart: Seconds before a child that died is started again (doubled, up to
-            30 s, while children die before they report that they run).
+        retry: Seconds between the child's attempts while the store refuses, and before a
+            child that died is started again (doubled, up to 30 s, while children die
+            before they report that they run): ``audit.index_retry_seconds``.
         interval: Seconds from durable to in the store that the child's indexers aim at.
         cpus: The CPUs the child runs on (``audit.index_cpus``, checked by
             :func:`check_cpus`); empty: the service's.
     """
 
-    def __init__(self, folder: Path, store_url: str, *, restart: float = 1.0,
+    def __init__(self, folder: Path, store_url: str, *, retry: float = 1.0,
                  interval: float = 0.3, cpus: Sequence[int] = ()) -> None:
         self.folder = folder.resolve()
         self._url = "sqlite:///" + str(sqlite_path(store_url).resolve()) \
             if store_url.startswith("sqlite:///") else store_url
         self._options = ([f"--interval={interval!r}"] if interval != 0.3 else []) \
+            + ([f"--retry={retry!r}"] if retry != 1.0 else []) \
             + ([f"--cpus={','.join(map(str, sorted(set(cpus))))}"] if cpus else [])
-        self._restart = restart
+        self._restart = retry
         self.last_error: str | None = None  # the child's indexers' latest; None while they work
         self.restarts = 0
         self._closing = threading.Event()
         self._lock = threading.Lock()
-        self._delay = restart / 2  # the first quick death waits ``restart``
+        self._delay = retry / 2  # the first quick death waits ``retry``
         self._proc = self._spawn()
         self._thread = threading.Thread(target=self._supervise, name="audit-index-child",
                                         daemon=True)
@@ -277,8 +281,8 @@ def main(argv: list[str]) -> int:
     """The child of :class:`ChildIndexer`: follow the journal folder ``argv[0]`` into the store
     ``argv[1]`` until standard input ends; status lines (on change) on standard output.
 
-    Options after them: ``--interval=SECONDS`` (the indexers' pace), ``--cpus=1,2`` (where
-    the child runs).
+    Options after them: ``--interval=SECONDS`` (the indexers' pace), ``--retry=SECONDS``
+    (between attempts while the store refuses), ``--cpus=1,2`` (where the child runs).
     """
     folder, url = Path(argv[0]), argv[1]
     options = dict(arg.removeprefix("--").split("=", 1) for arg in argv[2:])
@@ -300,17 +304,18 @@ def main(argv: list[str]) -> int:
 
     threading.Thread(target=listen, name="parent", daemon=True).start()
     follower, store, said = None, None, ""
+    retry = float(options.get("retry", 1.0))
     try:
         while follower is None:  # another indexer of the folder may hold it: take over after it
             try:
                 store = store or open_store(url, create=True)
                 interval = float(options.get("interval", 0.3))  # relief: that much later
-                follower = Follower(folder, store, interval=interval,
+                follower = Follower(folder, store, interval=interval, retry=retry,
                                     idle=_IDLE_LAG + max(0.0, interval - 0.3))
             except (JournalBusyError, AuditStoreError) as exc:
                 said = _say("waiting" if isinstance(exc, JournalBusyError) else f"error: {exc}",
                             said)
-                if stop.wait(1.0):
+                if stop.wait(retry):
                     return 0
         # What is alive now lives as long as the process: the collector no longer walks it
         # (its full collections walked every module's objects, an eighth of a record's CPU).

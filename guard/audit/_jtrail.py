@@ -148,6 +148,7 @@ class JournalTrail:
         self.journal = open_lane(journal_folder(settings),
                                  segment_bytes=settings.journal_segment_mb << 20)
         self.child = ChildIndexer(self.journal.folder.parent, self.store.url,
+                                  retry=settings.index_retry_seconds,
                                   cpus=settings.index_cpus) if settings.index == "auto" else None
         self._otlp = OtlpLogExporter(settings.otlp_endpoint) if settings.otlp_endpoint else None
         self._chain_key = ChainKey(derive_chain_key(hmac_key))

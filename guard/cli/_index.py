@@ -55,7 +55,8 @@ def index_cmd(  # noqa: PLR0917 - one parameter per option
         from guard.audit._sqlite import bind_nulls_at_once
 
         bind_nulls_at_once()  # this process only indexes
-    follower = Follower(folder, open_store(settings.store, create=True), interval=interval)
+    follower = Follower(folder, open_store(settings.store, create=True), interval=interval,
+                        retry=settings.index_retry_seconds)
     stop = threading.Event()
     try:
         follower.discover()

@@ -110,7 +110,8 @@ def test_a_postgres_store_that_loses_insert_delays_the_index_until_it_is_back(
 ) -> None:
     app_url, admin_url = app_database
     role = app_url.split("://", 1)[1].split("@", 1)[0]
-    env = _env(keys, GUARD_AUDIT__STORE=app_url, GUARD_AUDIT__READINESS_PROBE_SECONDS="0.2")
+    env = _env(keys, GUARD_AUDIT__STORE=app_url, GUARD_AUDIT__READINESS_PROBE_SECONDS="0.2",
+               GUARD_AUDIT__INDEX_RETRY_SECONDS="0.1")
     sidecar = SidecarProcess(tmp_path, env, token)
     try:
         assert sidecar.decide()["allowed"] is True

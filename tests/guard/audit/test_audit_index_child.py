@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from guard.audit import EventKind, JournalTrail, open_store, wait_indexed
 from guard.audit._fields import decode_many
+from guard.audit._follow import Follower
 from guard.audit._journal import read_journal
 from guard.audit._schema import EVENT_COLUMNS
 from guard.config import AuditSettings
@@ -131,7 +132,8 @@ def test_at_postgresql_too_the_child_indexes_and_the_service_runs_no_index_threa
 def test_sigkill_of_the_child_while_it_indexes_loses_nothing_and_doubles_nothing(
     store_url: str, keys: Keys, tmp_path: Path
 ) -> None:
-    trail = JournalTrail(trail_settings(store_url, keys, index="auto", checkpoint_every=50))
+    trail = JournalTrail(trail_settings(store_url, keys, index="auto", checkpoint_every=50,
+                                        index_retry_seconds=0.1))  # restarted 0.1 s after
     child = trail.child
     assert child is not None
     acknowledged: list[str] = []
@@ -161,6 +163,24 @@ def test_sigkill_of_the_child_while_it_indexes_loses_nothing_and_doubles_nothing
     trail.flush()  # the last child catches up
     trail.close()
     assert_lost_none_doubled_none(trail.journal.folder, store_url, acknowledged, keys)
+
+
+def test_the_retry_setting_reaches_the_child_and_its_indexers(keys: Keys, tmp_path: Path) -> None:
+    trail = JournalTrail(sqlite_settings(tmp_path, keys, index_retry_seconds=0.25))
+    try:
+        assert trail.child is not None
+        argv = Path(f"/proc/{trail.child.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--retry=0.25" in argv
+    finally:
+        trail.close()
+    store = open_store(f"sqlite:///{tmp_path / 'audit.db'}", create=False)
+    follower = Follower(tmp_path / "audit.db.journal", store, retry=0.25)
+    try:
+        follower.discover()
+        assert [ix._retry for ix in follower.indexers.values()] == [0.25]
+    finally:
+        follower.close()
+        store.close()
 
 
 SERVICE = r"""
