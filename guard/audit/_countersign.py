@@ -1,14 +1,8 @@
-"""Countersigning: a writer signs the unsigned tail of a chain whose own writer stopped.
-
-A writer that is killed leaves the events after its last checkpoint unsigned. A
-running writer signs within ``terms.seconds`` of its first unsigned event, so a
-tail older than that (plus a margin) belongs to a writer that stopped or stalls.
-The next writer holding the same keys checks that tail with the chain key
-(contiguous, linked to the last signed checkpoint, every keyed hash right) and
-signs its head as a ``countersign`` checkpoint, which it appends to its own
-journal (:meth:`guard.audit._jwriter.JournalWriter.countersign`). It does not
-close the chain: a writer that only stalled may go on. A tail that does not
-verify is left unsigned and logged; ``guard audit verify`` names it.
+"""Countersigning: a writer signs the unsigned tail of another keyed chain whose writer
+stopped (docs/audit.md, ``countersign``): a tail older than its terms' ``seconds`` plus
+:data:`MARGIN`, contiguous, linked to the last signed checkpoint and every keyed hash
+right. It does not close the chain (a writer that only stalled may go on); a tail that
+does not verify is left unsigned and logged, and ``guard audit verify`` names it.
 """
 
 from __future__ import annotations

@@ -11,20 +11,12 @@ from pathlib import Path
 
 _log = logging.getLogger("guard.audit")
 
-LOG_INTERVAL = 60.0
-"""Seconds between two log lines about the same continuing failure."""
-
-
 class FailureLog:
-    """Logs one audit component's failures: the first at once, then at most one line per
-    ``interval`` with their count and the latest cause, then the recovery once.
+    """Logs the failures of one audit component (``what``, as the lines name it): the first
+    at once, then at most one line per ``interval`` seconds with their count and the
+    latest cause, then the recovery once."""
 
-    Args:
-        what: The component, as the log lines name it (``"audit store write"``).
-        interval: Seconds between two lines about the same run of failures.
-    """
-
-    def __init__(self, what: str, *, interval: float = LOG_INTERVAL) -> None:
+    def __init__(self, what: str, *, interval: float = 60.0) -> None:
         self.what = what
         self._interval = interval
         self._lock = threading.Lock()
@@ -77,16 +69,11 @@ def _mb(size: int) -> str:
 
 
 class DiskReserve:
-    """Free space audit writes must leave on one filesystem (``statvfs`` read at most every
-    ``every`` seconds, not per event; each change of state logged once).
-
-    Args:
-        path: A file or folder on the filesystem to watch (the folder is used).
-        reserve_bytes: The space to keep free; 0 turns the check off.
-        every: Seconds a free-space reading is reused.
-        ahead: Bytes the writer may take besides those it counts (the zeros a journal
-            grows ahead of its records): kept free on top of the reserve.
-    """
+    """Free space (``reserve_bytes``; 0: no check) audit writes must leave on the filesystem
+    of ``path`` (a file or folder), read by ``statvfs`` at most every ``every`` seconds, not
+    per event; each change of state logged once. ``ahead``: bytes the writer may take
+    besides those it counts (the zeros a journal grows ahead of its records), kept free
+    on top of the reserve."""
 
     def __init__(self, path: Path, reserve_bytes: int, *, every: float = 0.25,
                  ahead: int = 0) -> None:
@@ -102,10 +89,9 @@ class DiskReserve:
     def shortfall(self, size: int = 0) -> str | None:
         """Why writes must stop now (too little free space), or None when there is enough.
 
-        Args:
-            size: Bytes about to be written: refused when they would take the free space
-                below the reserve; once admitted they count against the reading until
-                the next one (so batches between two readings cannot pass it together).
+        ``size`` bytes about to be written are refused when they would take the free space
+        below the reserve; once admitted they count against the reading until the next
+        one (so batches between two readings cannot pass it together).
         """
         if self.reserve_bytes <= 0:
             return None

@@ -54,13 +54,11 @@ def sqlite_path(url: str) -> Path:
 
 
 def open_store(url: str, *, create: bool = True, timeout: float = 5.0) -> Store:
-    """Open the store named by ``url``.
+    """Open the store ``url`` names: ``sqlite:///PATH`` or ``postgresql://...`` (or
+    ``postgres://``), waiting ``timeout`` seconds at most for a lock or a connection.
 
-    Args:
-        url: ``sqlite:///PATH`` or ``postgresql://...`` (``postgres://`` also accepted).
-        create: Create the SQLite file and the schema if missing; readers pass False
-            and get :class:`AuditStoreError` for a store that does not exist.
-        timeout: Seconds to wait for a lock or a connection before giving up.
+    ``create``: make the SQLite file and the schema if missing; readers pass False and
+    get :class:`AuditStoreError` for a store that does not exist.
     """
     if url.startswith("sqlite:///"):
         from guard.audit._sqlite import SqliteStore

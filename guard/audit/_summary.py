@@ -1,20 +1,10 @@
-"""The hourly decision summary: decisions counted per hour and per chart dimension.
+"""The hourly decision summary (``audit_hour``, docs/audit.md, migration 5): decisions
+counted per hour and per chart dimension of the console's overview, added to in the
+transaction that inserts the events, counting only the rows the insert stored.
 
-The console's overview groups decisions by hour, reason, caller, purpose,
-country, route and outcome. At millions of events that scan costs seconds, so
-the store keeps the same counts in ``audit_hour``, added to in the transaction
-that inserts the events, counting the rows that insert stored, and only those
-(a row whose ``event_id`` is already stored is skipped by ``ON CONFLICT DO
-NOTHING``): PostgreSQL by one statement over the rows its insert returns
-(:func:`add_hours`); SQLite counts the decoded records in Python
-(:func:`count_hours`, a third of the statement's CPU) when its insert stored
-them all, else by that statement over the rows after the table's largest
-``rowid`` before the insert. The summary is therefore exact whenever the
-events are.
-
-Columns that may be null in ``audit_event`` are stored as ``''`` (country,
-route) and ``-1`` (allowed), so the primary key can hold them;
-:data:`RAW_KEY` is the same expression over raw events.
+Columns that may be null in ``audit_event`` are stored as ``''`` (country, route) and
+``-1`` (allowed), so the primary key can hold them; :data:`RAW_KEY` is the same
+expression over raw events.
 """
 
 from __future__ import annotations
@@ -47,38 +37,28 @@ RAW_DIMENSIONS = ("e.reason, e.caller, e.purpose, coalesce(e.country, ''), "
 RAW_KEY = f"substr(e.ts, 1, 13), {RAW_DIMENSIONS}"
 """The whole summary key computed from raw events (alias ``e``)."""
 
-_ADD = (
-    f"INSERT INTO audit_hour ({', '.join(KEY_COLUMNS)}, decisions) "  # noqa: S608 - constant SQL
-    "SELECT {RAW_KEY}, count(*) FROM {source} WHERE {where}e.kind = 'decision' "
-    "GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
-    f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) "
-    "DO UPDATE SET decisions = audit_hour.decisions + excluded.decisions"
-)
+_INTO = f"INSERT INTO audit_hour ({', '.join(KEY_COLUMNS)}, decisions) "
+_UPSERT = (f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) "
+           "DO UPDATE SET decisions = audit_hour.decisions + excluded.decisions")
 
 
 def add_hours(source: str, where: str = "") -> str:
-    """One statement adding the decisions among the rows ``source`` names to the summary.
+    """One statement adding the decisions among the rows ``source`` (aliased ``e``: the rows
+    just inserted) names to the summary, those ``where`` (ending in `` AND ``) chooses.
 
     In key order, so concurrent writers (PostgreSQL replicas) lock summary rows in
     one order and cannot deadlock.
-
-    Args:
-        source: Event rows aliased ``e``: the rows just inserted.
-        where: A condition (ending in `` AND ``) choosing them among ``source``.
     """
-    return _ADD.format(RAW_KEY=RAW_KEY, source=source, where=where)
+    return (f"{_INTO}SELECT {RAW_KEY}, count(*) FROM {source} WHERE {where}"  # noqa: S608
+            "e.kind = 'decision' GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7 "
+            + _UPSERT)
 
 
 BACKFILL = add_hours("audit_event e")
 """Fill an empty summary from the events already stored (the migration runs it once)."""
-
-
-ADD_COUNTED = (
-    f"INSERT INTO audit_hour ({', '.join(KEY_COLUMNS)}, decisions) VALUES "  # noqa: S608
-    f"(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT ({', '.join(KEY_COLUMNS)}) "
-    "DO UPDATE SET decisions = audit_hour.decisions + excluded.decisions"
-)
+ADD_COUNTED = f"{_INTO}VALUES (?, ?, ?, ?, ?, ?, ?, ?) {_UPSERT}"
 """Add one key's count (a row of :func:`counted`) to the summary."""
+
 _AT = [FIELD_NAMES.index(name) for name in ("kind", "ts", *KEY_COLUMNS[1:])]
 _HOUR = itemgetter(slice(13))
 

@@ -201,20 +201,19 @@ def light(raw: Sequence[Any], key: ChainKey | None, *, chain: int | None) -> _Ro
 
     Formats 4, 3 and 2 hash the stored columns themselves, as the journal writer
     linked them (:class:`guard.audit._fields.Linker`), so any changed value
-    (``allowed = 2``, re-spaced JSON) breaks the hash. In a keyed chain (its
-    signed terms say ``chain`` 4 or 3) only that format under ``key`` is
-    accepted; in another chain also format 2, or 1 (events written before format 2).
-    Formats 4 and 3 need the key, so accepting them anywhere lets no one without
-    the key forge a row. A row that cannot even be read is not intact.
+    (``allowed = 2``, re-spaced JSON) breaks the hash. A keyed chain (its signed
+    terms say ``chain`` 4 or 3) accepts only that format under ``key``; another
+    chain also format 2, or 1 (events written before format 2). Formats 4 and 3
+    need the key, so accepting them anywhere lets no one without the key forge a
+    row. A row that cannot even be read is not intact.
     """
     writer, seq, prev, hash_ = (raw[i] for i in (_WRITER, _SEQ, _PREV, _HASH))
     keyed = chain in (3, 4)
-    formats = ((chain or 4,) if keyed else (4, 3)) if key is not None else ()
-    linkers = [(key, c) for c in formats] + ([] if keyed else [(None, 2)])
     try:
         head = tuple(raw[:_WRITER])
         ok = type(seq) is int and (
-            any(Linker(writer, k, c).link(head, seq, prev)[0] == hash_ for k, c in linkers)
+            any(Linker(writer, key if c > 2 else None, c).link(head, seq, prev)[0] == hash_
+                for c in ((chain or 4,) if keyed else (4, 3, 2)) if c == 2 or key is not None)
             or (not keyed and _format_1(raw)))
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         ok = False
@@ -227,7 +226,7 @@ def _format_1(raw: Sequence[Any]) -> bool:
     event = row_event(raw)
     data = event.to_dict()
     del data["hash"]
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return (hashlib.sha256(text.encode()).hexdigest() == event.hash
             and content(event.kind, data, b"", event.ts, event.event_id) == tuple(raw[:_WRITER]))
 
@@ -247,18 +246,12 @@ def verify(
     chain_key: bytes | None = None,
     witness: WitnessRead | None = None,
 ) -> VerifyReport:
-    """Check every chain and checkpoint in ``store`` against ``public``.
+    """Check every chain and checkpoint in ``store`` against ``public``, the subject register
+    against its events, and (SQLite) the subject index against the events.
 
-    Args:
-        store: The audit store.
-        public: The checkpoint public key.
-        chain_key: The chain key (:func:`guard.audit.derive_chain_key`); needed when
-            the store holds keyed (format 3 or 4) chains.
-        witness: Checkpoints read from the witness file: each must verify, be in the
-            store, and cover events the store still holds.
-
-    Raises:
-        ConfigError: the store holds keyed chains and no ``chain_key`` was given.
+    ``chain_key`` (:func:`guard.audit.derive_chain_key`) is needed for keyed (format 3 or 4)
+    chains (ConfigError without it); each of the ``witness``'s checkpoints must verify, be
+    in the store, and cover events the store still holds.
     """
     report = verify_chains(store.stream(_EVENTS_SQL), stored_checkpoints(store), public,
                            chain_key=chain_key, witness=witness)
@@ -300,15 +293,13 @@ def check_subject_index(store: Store) -> Problem | None:
         conn.close()
 
 
-REGISTER_SETTLE = 1.0
-"""Seconds before a register entry and its event that disagree are looked at again."""
 _REGISTER_SQL = ("SELECT entry_id, subject, kind, purpose, effective, recorded_by, ref, event_id "
                  "FROM subject_register ORDER BY subject, seq")
 _RIGHTS_SQL = ("SELECT event_id, subject, reason, purpose, caller, detail FROM audit_event "
                "WHERE kind = 'subject_right'")
 
 
-def check_register(store: Store, *, settle: float = REGISTER_SETTLE) -> Problem | None:
+def check_register(store: Store, *, settle: float = 1.0) -> Problem | None:
     """The first subject register entry that is not its ``subject_right`` event, or None.
 
     The guard enforces the register's rows, which are no part of a chain: each must be

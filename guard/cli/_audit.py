@@ -260,27 +260,20 @@ def verify_cmd(
         typer.echo(f"error: no audit journal at {folder}", err=True)
         sys.exit(2)
     checked = verify_journal(opened, folder, public, chain_key=chain_key) if found else None
-    for note in report.notes:
-        typer.echo(visible(f"note: {note}"))
-    label = "index: " if checked is not None else ""
-    for problem in report.problems:
-        typer.echo(visible(f"{label}{problem}"))
-    broken = len(report.problems)
-    if checked is not None:
-        for line in checked.damage:
-            typer.echo(visible(f"journal: damaged: {line}"))
-        for problem in checked.journal.problems:
-            typer.echo(visible(f"journal: {problem}"))
-        for problem in checked.index:
-            typer.echo(visible(f"index disagrees with the journal: {problem}"))
-        broken += len(checked.journal.problems) + len(checked.index) + len(checked.damage)
     summary = (f"{report.events} event(s) in {report.writers} chain(s), "
                f"{report.checkpoints} signed checkpoint(s)")
+    label = "index: " if checked is not None else ""
+    problems = [f"{label}{problem}" for problem in report.problems]
     if checked is not None:
+        problems += [f"journal: damaged: {line}" for line in checked.damage]
+        problems += [f"journal: {problem}" for problem in checked.journal.problems]
+        problems += [f"index disagrees with the journal: {problem}" for problem in checked.index]
         summary += (f"; journal {folder}: {checked.journal.events} event(s) in "
                     f"{checked.lanes} lane(s)")
-    if not broken:
+    for line in (*(f"note: {note}" for note in report.notes), *problems):
+        typer.echo(visible(line))  # a store's ids: no terminal controls
+    if not problems:
         typer.echo(visible(f"intact: {summary}"))
         return
-    typer.echo(visible(f"TAMPERED: {broken} problem(s); {summary}"))  # a store's ids: no controls
+    typer.echo(visible(f"TAMPERED: {len(problems)} problem(s); {summary}"))
     sys.exit(1)
