@@ -70,11 +70,17 @@ class Checkpoint:
             data["terms"] = self.terms
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
+    def well_typed(self) -> bool:
+        """Does every field hold its own type (not a store's blob, not a journal's number)?"""
+        texts = (self.checkpoint_id, self.writer_id, self.hash, self.ts, self.key_id)
+        return (type(self.seq) is int and all(isinstance(t, str) for t in (*texts, self.signature))
+                and isinstance(self.kind, CheckpointKind) and isinstance(self.terms, str | None))
+
     def valid(self, public: Ed25519PublicKey) -> bool:
         """True when the signature verifies with ``public``."""
         try:
             public.verify(bytes.fromhex(self.signature), self.payload())
-        except (InvalidSignature, ValueError):
+        except (InvalidSignature, ValueError, TypeError):  # TypeError: not :meth:`well_typed`
             return False
         return True
 

@@ -9,7 +9,7 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -189,7 +189,19 @@ _CHECKPOINTS_SQL = f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoint"  # noqa:
 
 def stored_checkpoints(store: Store, writer: str | None = None) -> list[Checkpoint]:
     where, params = (" WHERE writer_id = ?", (writer,)) if writer is not None else ("", ())
-    return [row_checkpoint(raw) for raw in store.stream(_CHECKPOINTS_SQL + where, params)]
+    return [_checkpoint(raw) for raw in store.stream(_CHECKPOINTS_SQL + where, params)]
+
+
+def _checkpoint(raw: Sequence[Any]) -> Checkpoint:
+    """A checkpoint row; one that is no checkpoint (a value of another type, an unknown kind,
+    as a writer to a store or journal may leave) as one no key signed: named, no traceback."""
+    try:
+        cp = row_checkpoint(raw)
+        if cp.well_typed():
+            return cp
+    except (ValueError, TypeError):
+        pass
+    return Checkpoint(str(raw[0]), str(raw[1]), -1, "", "", CheckpointKind.OPEN, "", "")
 
 
 _SEQ, _WRITER, _PREV, _HASH, _TS = (FIELD_NAMES.index(name) for name in (
@@ -362,6 +374,7 @@ def verify_chains(
     by_writer: dict[str, list[Checkpoint]] = defaultdict(list)
     stored_ids: set[str] = set()
     for cp in checkpoints:
+        cp = cp if cp.well_typed() else _checkpoint(astuple(cp))  # noqa: PLW2901
         by_writer[cp.writer_id].append(cp)
         stored_ids.add(cp.checkpoint_id)
     cp_total = len(stored_ids)

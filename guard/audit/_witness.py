@@ -95,9 +95,7 @@ def read_witness(path: Path) -> WitnessRead:
                 data = json.loads(raw)
                 data["kind"] = CheckpointKind(data["kind"])
                 cp = Checkpoint(**data)
-                texts = (cp.checkpoint_id, cp.writer_id, cp.hash, cp.ts, cp.key_id, cp.signature)
-                if (type(cp.seq) is not int or not all(isinstance(t, str) for t in texts)
-                        or not isinstance(cp.terms, str | None)):
+                if not cp.well_typed():
                     raise TypeError("a field of the wrong type")
             except (ValueError, TypeError, KeyError):
                 bad.append(number)

@@ -198,3 +198,20 @@ def test_a_forged_record_whose_seq_is_not_a_number_is_reported_not_an_error(
     report = check(url, folder, keys)
     assert not report.journal.ok
     assert [(p.kind, p.event_id) for p in report.index] == [("altered", ids[6])]
+
+
+def test_a_journal_checkpoint_value_of_another_type_is_named_not_a_crash(tmp_path: Path) -> None:
+    """A forged checkpoint record whose signature or writer is a list, not text: verify names
+    a bad checkpoint (with a traceback before)."""
+    url, folder, keys, _ = recorded(tmp_path)
+    store = open_store(url, create=False)
+    [(cp_id, writer, signature)] = store.rows(
+        "SELECT checkpoint_id, writer_id, signature FROM audit_checkpoint WHERE kind = 'close'")
+    store.close()
+    for old in (signature, writer):
+        rewrite_frame(folder, cp_id, f'"{old}"'.encode(), f'["{"a" * (len(old) - 2)}"]'.encode())
+        report = check(url, folder, keys)
+        assert "bad_checkpoint" in [p.kind for p in report.journal.problems]
+        done = cli_verify(url, keys, tmp_path, "--journal", str(folder))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr

@@ -176,3 +176,20 @@ def test_a_value_stored_in_another_form_than_the_guard_wrote_is_altered(
     run_sql(store_url, f"UPDATE audit_event SET {assignment} WHERE seq = 6")
     report = check(store_url, keys)
     assert [(p.kind, p.event_id) for p in report.problems] == [("altered", ev[5].event_id)]
+
+
+@pytest.mark.parametrize("assignment", [
+    "kind = 'nope'",  # no kind of checkpoint
+    "seq = 'x'",  # SQLite keeps a text in an integer column
+    "signature = x'00'",  # ... and a blob in a text column
+    "writer_id = x'00'",
+])
+def test_a_checkpoint_value_of_another_type_is_a_bad_checkpoint_not_a_crash(
+    store_url: str, keys: Keys, assignment: str
+) -> None:
+    if assignment != "kind = 'nope'" and not store_url.startswith("sqlite:///"):
+        pytest.skip("PostgreSQL's columns hold their own type only")
+    chain(store_url, keys)
+    run_sql(store_url, f"UPDATE audit_checkpoint SET {assignment} WHERE kind = 'close'")
+    report = check(store_url, keys)
+    assert "bad_checkpoint" in [p.kind for p in report.problems]
