@@ -271,11 +271,18 @@ class FieldPlan:
 def _plan_from_tree(tree: Mapping[str, Any]) -> FieldPlan:
     rules = []
     for name, value in tree.items():
-        if value is None or isinstance(value, Category):
+        if value is None:  # a value with no fields: an object in it loses every key
+            rules.append(FieldRule(name, None, _NO_FIELDS))
+        elif isinstance(value, Category):
             rules.append(FieldRule(name, value, None))
         else:
             rules.append(FieldRule(name, None, _plan_from_tree(value)))
     return FieldPlan(tuple(rules), closed=True)
+
+
+_NO_FIELDS = FieldPlan((), closed=True, nullable=True, scalars=True)
+"""A ``path=public`` field of routes.csv: scalars and lists of them pass; no key of an object
+in it is one a pair names."""
 
 
 def plan_for(model: Any, *, by_alias: bool = True) -> FieldPlan | None:
