@@ -301,6 +301,9 @@ def check_subject_index(store: Store) -> Problem | None:
                                "the subject index does not find this event: a query for its "
                                "subject (an access report) leaves it out")
         return None
+    except sqlite3.Error as exc:  # dropped or replaced: no subject query finds anything
+        return Problem("unindexed", "(subject index)", None, None,
+                       f"the subject index cannot be read: {exc}")
     finally:
         conn.close()
 

@@ -81,3 +81,22 @@ def test_an_entry_pointing_elsewhere_does_not_stand_for_a_missing_one(
              "FROM audit_event WHERE event_id = ?", (hidden.event_id,))  # counts balanced
     assert [(p.kind, p.event_id) for p in check(url, audit_keys).problems] == [
         ("unindexed", hidden.event_id)]
+
+
+@pytest.mark.parametrize("statement", [
+    "DROP TABLE audit_subject",
+    "DROP TABLE audit_subject; CREATE TABLE audit_subject (token TEXT)",
+])
+def test_a_subject_index_dropped_or_replaced_is_named_not_a_crash(
+        tmp_path: Path, audit_keys: AuditKeys, statement: str) -> None:
+    """Verify stopped with a traceback (no such fts5 table) where it names the index."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    record(url, audit_keys, SUBJECTS, checkpoint_every=5)
+    for one in statement.split("; "):
+        sql(url, one)
+    report = check(url, audit_keys)
+    assert [(p.kind, p.writer_id) for p in report.problems] == [("unindexed", "(subject index)")]
+    done = cli_verify(url, audit_keys, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "TAMPERED" in done.stdout
+    assert "Traceback" not in done.stderr
