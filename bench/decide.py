@@ -262,6 +262,7 @@ def guard_pieces(tree: Path, fresh: bool) -> tuple[list[Any], Any]:
     from guard._types import HttpContext
     from guard._types import Request as TreeRequest
     from guard.audit._event import EventKind
+    from guard.audit._fields import Pseudonyms
     from guard.audit._jtrail import JournalTrail
     from guard.audit._jwriter import JournalWriter
     from guard.policy import load_policy as tree_load_policy
@@ -277,6 +278,7 @@ def guard_pieces(tree: Path, fresh: bool) -> tuple[list[Any], Any]:
     writer._closed = writer._stopped = writer._idle = False
     writer._lock = threading.Lock()
     writer._cond = threading.Condition(writer._lock)
+    writer._pseudonyms = Pseudonyms(key)  # the guard shares its register's digests with it
     trail = JournalTrail.__new__(JournalTrail)
     trail.writer = writer
     register = Register(key)
