@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -26,7 +27,7 @@ from guard._errors import AuditUnavailableError
 from guard.audit import EventKind, Store, _sqlite, open_store
 from guard.audit._checkpoint import Checkpoint, CheckpointKind
 from guard.audit._event import FIELD_NAMES
-from guard.audit._fields import checkpoint_record, compact
+from guard.audit._fields import checkpoint_record, compact, decode_many
 from guard.audit._ids import new_event_id
 from guard.audit._schema import Row
 from guard.audit._sqlite import _SIZES, bind_nulls_at_once
@@ -66,59 +67,87 @@ NULLABLE = [name if name != "subject_id" else "subject" for name in FULL]
 """The columns of ``audit_event`` that may hold null."""
 
 
-def insert_columns(store: Store, rows: list[Row]) -> set[tuple[str, ...]]:
-    """Index ``rows``; the column lists of the INSERT statements that stored them."""
-    statements: list[str] = []
-    store._conn.set_trace_callback(statements.append)  # type: ignore[attr-defined]
-    store.index_records([compact(r) for r in rows], f"journal-{new_event_id()}", len(rows))
-    store._conn.set_trace_callback(None)  # type: ignore[attr-defined]
-    return {tuple(s.split("(", 1)[1].split(")", 1)[0].split(", ")) for s in statements
-            if s.startswith("INSERT INTO audit_event")}
+def shared_by(store: Store, rows: list[Row]) -> set[tuple[str, ...]]:
+    """Insert ``rows`` as the index does; the columns each statement bound once."""
+    shared: set[tuple[int, ...]] = set()
+
+    def statement(size: int, once: tuple[int, ...]) -> str:
+        shared.add(once)
+        return _sqlite._insert_many(size, once)
+
+    conn = store._conn  # type: ignore[attr-defined]
+    conn.execute("BEGIN")
+    assert _sqlite.insert_rows(conn, decode_many([compact(r) for r in rows])[0],
+                               statement) == len(rows)
+    conn.execute("COMMIT")
+    return {tuple(FIELD_NAMES[at] for at in once) for once in shared}
 
 
-def rows_with(nulls: list[set[str]], seq: int = 1) -> list[Row]:
+def rows_with(nulls: list[set[str]], seq: int = 1, **fields: Any) -> list[Row]:
     """Decisions from ``seq`` on, one a set of ``nulls``: the nullable columns null in it."""
     return [row_of(make_event(EventKind.DECISION, writer_id="w", seq=seq + n, **{
-        k: v for k, v in FULL.items() if (k if k != "subject_id" else "subject") not in null}))
+        k: v for k, v in (FULL | fields).items()
+        if (k if k != "subject_id" else "subject") not in null}))
         for n, null in enumerate(nulls)]
 
 
-def test_columns_null_in_every_row_are_left_out(store: Store,
+def stored(store: Store) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in store.rows("SELECT * FROM audit_event ORDER BY seq")]
+
+
+def test_a_text_or_null_in_every_row_is_bound_once(store: Store,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sqlite, "_SHARED", [()])
+    rows = rows_with([{"trace_id", "span_id", "detail"}] * 40 + [{"trace_id", "span_id"}] * 40)
+    rows = [(*r[:14], f"subject-{n}", *r[15:]) for n, r in enumerate(rows)]
+    assert shared_by(store, rows) == {tuple(
+        name for name in FIELD_NAMES if name not in (  # each row's own, or an int
+            "event_id", "ts", "allowed", "subject", "http_status", "latency_us", "detail",
+            "seq", "prev_hash", "hash"))}
+    assert stored(store) == rows
+
+
+def test_a_batch_of_a_few_rows_makes_no_new_set(store: Store,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_sqlite, "_LEFT_OUT", [()])
-    rows = rows_with([{"trace_id", "span_id", "detail"}, {"trace_id", "span_id", "subject"}])
-    assert insert_columns(store, rows) == {
-        tuple(name for name in FIELD_NAMES if name not in ("trace_id", "span_id"))}
-    assert [tuple(r) for r in store.rows("SELECT * FROM audit_event ORDER BY seq")] == rows
+    monkeypatch.setattr(_sqlite, "_SHARED", [()])
+    assert shared_by(store, rows_with([set()] * 63)) == {()}
+    assert shared_by(store, rows_with([set()] * 64, seq=64)) != {()}
+    assert len(stored(store)) == 127
 
 
-def test_few_sets_of_columns_are_ever_left_out(store: Store,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each set left out is six statements to prepare and keep (2.3 MB for 1,024 rows):
-    past four, a batch leaves out the largest set left out before that its nulls hold."""
-    monkeypatch.setattr(_sqlite, "_LEFT_OUT", [()])
+def test_few_sets_of_columns_are_ever_bound_once(store: Store,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each set is six statements to prepare and keep (2.3 MB for 1,024 rows): past four,
+    a batch binds once the largest set bound once before that it holds."""
+    monkeypatch.setattr(_sqlite, "_SHARED", [()])
     made: set[tuple[str, ...]] = set()
-    for n, name in enumerate(NULLABLE):
-        made |= insert_columns(store, rows_with([{name, "detail"}] * 3, seq=3 * n + 1))
-    assert len(made) == 5  # four sets left out, then none (no set left out is held)
-    assert tuple(FIELD_NAMES) in made
-    assert len(store.rows("SELECT * FROM audit_event")) == 3 * len(NULLABLE)
+    for n, name in enumerate(NULLABLE):  # each batch: another column varies, another is null
+        rows = rows_with([{name}] * 64, seq=64 * n + 1)
+        rows = [(*r[:n + 3], f"v{i}", *r[n + 4:]) if n + 3 not in (9, 17) else r
+                for i, r in enumerate(rows)]
+        made |= shared_by(store, rows)
+    assert len(made) == len(_sqlite._SHARED) == 5
+    assert len(stored(store)) == 64 * len(NULLABLE)
+
+
+TEXT = st.sampled_from(["a", "b", "", "é", "a\u0000"])
 
 
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sets(st.sampled_from(NULLABLE)), min_size=1, max_size=70),
-       st.sets(st.sampled_from(NULLABLE)))
-def test_every_row_is_stored_exactly_whichever_columns_are_null(
-        tmp_path: Path, nulls: list[set[str]], everywhere: set[str]) -> None:
+@given(st.lists(st.tuples(st.sets(st.sampled_from(NULLABLE)), TEXT, TEXT), min_size=1,
+                max_size=90), st.sets(st.sampled_from(NULLABLE)))
+def test_every_row_is_stored_exactly_whichever_values_repeat(
+        tmp_path: Path, drawn: list[tuple[set[str], str, str]], everywhere: set[str]) -> None:
     store = open_store(f"sqlite:///{tmp_path / f'{new_event_id()}.db'}")
     try:
-        rows = rows_with([null | everywhere for null in nulls])
-        columns = insert_columns(store, rows)
-        held = {name for at, name in enumerate(FIELD_NAMES) if any(r[at] is not None for r in rows)}
-        assert all(held <= set(c) for c in columns)
-        stored = store.rows("SELECT * FROM audit_event ORDER BY seq")
-        assert [tuple(r) for r in stored] == [tuple(r) for r in rows]
+        rows = [row_of(make_event(EventKind.DECISION, writer_id="w", seq=n + 1, caller=caller,
+                                  purpose=purpose, **{
+            k: v for k, v in FULL.items()
+            if (k if k != "subject_id" else "subject") not in null | everywhere}))
+            for n, (null, caller, purpose) in enumerate(drawn)]
+        store.index_records([compact(r) for r in rows], "journal-t", len(rows))
+        assert stored(store) == [tuple(r) for r in rows]
     finally:
         store.close()
 
