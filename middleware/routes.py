@@ -87,13 +87,18 @@ class RouteRule:
     fields: FieldPlan | None = None
 
     def __post_init__(self) -> None:
-        if self.mode == "minimise" and self.action is Action.WRITE:
+        if self.mode == "minimise" and (self.action is Action.WRITE
+                                        or self.method in CHANGING_METHODS):
             raise PolicyError(f"{self.method} {self.template}: {MINIMISED_WRITE}")
 
 
-MINIMISED_WRITE = ("a write is judged whole: minimise releases the fields of an answer, "
-                   "while a write would run with every field of its body (use mode deny)")
-"""Why a ``minimise`` route may not be a write."""
+CHANGING_METHODS = frozenset({"*", "PUT", "PATCH", "DELETE"})
+"""Methods a ``minimise`` route may not take: each changes what it names (``*`` takes them)."""
+MINIMISED_WRITE = ("a minimise route is a read (GET, or POST asking with a body): it releases "
+                   "the fields of an answer, while a write, PUT, PATCH, DELETE or any method "
+                   "(*) would run with every field of its body once one category is released "
+                   "(use mode deny)")
+"""Why a ``minimise`` route may be neither a write nor a method that changes what it names."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +405,7 @@ def _parse_row(
             if subject not in names:
                 fail(4, f"subject parameter {subject!r} is not in the path template",
                      hint=f"parameters: {', '.join(names) or 'none'}")
-    if mode == "minimise" and action is Action.WRITE:
+    if mode == "minimise" and (action is Action.WRITE or method in CHANGING_METHODS):
         fail(5, MINIMISED_WRITE)
     key = (method, template)
     if key in seen:

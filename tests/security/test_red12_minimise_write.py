@@ -8,6 +8,10 @@ body: ``svc:auth``, granted ``write`` on ``identity.username`` but not on
 ``PUT`` declared ``write`` and ``minimise``; only the answer lost the email. Such a
 declaration now stops the start (``@guarded``), and routes.csv refuses the row with its
 line and column (so ``guard policy lint`` does too).
+
+The same held for a route declared a read that takes a method changing what it names: a
+``DELETE`` (or any method, ``*``, or a class endpoint taking every method) on a minimise
+route ran for a caller released one category. A minimise route takes neither.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from test_red4_fields import served
 from tokenkit import UvicornThread, guard_settings
 
 from bench._pg import free_port
@@ -65,7 +70,7 @@ def test_a_minimised_write_never_reaches_the_handler(tmp_path: Path, keys: Any) 
     else:
         refused = ""
     if refused:
-        assert "a write is judged whole" in refused
+        assert "a minimise route is a read" in refused
         return
     with UvicornThread(app) as server:
         answer = httpx.put(server.url + "/accounts/c-1", json=NEW, timeout=10, headers={
@@ -74,12 +79,41 @@ def test_a_minimised_write_never_reaches_the_handler(tmp_path: Path, keys: Any) 
     assert answer.status_code == 403, answer.text  # before: 200 {"username": "ann"}
 
 
-def test_routes_csv_refuses_a_minimised_write() -> None:
-    with pytest.raises(PolicyError, match="minimise") as caught:
-        parse_routes("# routes\n" + ROUTE)
+@pytest.mark.parametrize("row", [
+    ROUTE,
+    ROUTE.replace("PUT", "*").replace("write", "read"),
+    ROUTE.replace("PUT", "DELETE").replace("write", "read"),
+    ROUTE.replace("write", "read"),
+])
+def test_routes_csv_refuses_a_minimised_write(row: str) -> None:
+    with pytest.raises(PolicyError, match="minimise route is a read") as caught:
+        parse_routes("# routes\n" + row)
     assert caught.value.line == 2
-    assert caught.value.column == ROUTE.index("minimise") + 1
-    parse_routes(ROUTE.replace("write", "read"))  # a minimised read is kept
+    assert caught.value.column == row.index("minimise") + 1
+
+
+def test_a_minimised_read_is_kept() -> None:
+    for method in ("GET", "POST"):  # POST: a question asked with a body
+        parse_routes(ROUTE.replace("PUT", method).replace("write", "read"))
+
+
+def test_a_minimised_route_taking_delete_never_runs_it(tmp_path: Path, keys: Any) -> None:
+    deleted: list[str] = []
+    app = FastAPI()
+
+    @app.api_route("/accounts/{customer_id}", methods=["GET", "DELETE"],
+                   response_model=Account)
+    @guarded(subject="customer_id", mode="minimise")  # a read, by default
+    async def account(customer_id: str, request: Request) -> Account:
+        if request.method == "DELETE":
+            deleted.append(customer_id)
+        return Account(username="ann", email="ann@example.com")
+
+    app.add_middleware(GuardMiddleware, settings=guard_settings(tmp_path, keys))
+    answer = served(app, lambda base: httpx.delete(base + "/accounts/c-1", timeout=10, headers={
+        "authorization": f"Bearer {keys.mint(sub=CALLER)}", "x-purpose": PURPOSE}))
+    assert deleted == [], "a caller released identity.username alone deleted the account"
+    assert answer is None, answer.text  # the start refused it; before: 200 {"username": "ann"}
 
 
 def test_a_minimised_write_never_reaches_the_upstream(tmp_path: Path, keys: Any) -> None:
@@ -102,7 +136,7 @@ def test_a_minimised_write_never_reaches_the_upstream(tmp_path: Path, keys: Any)
         else:
             refused = ""
         if refused:
-            assert "a write is judged whole" in refused
+            assert "a minimise route is a read" in refused
             return
         with sidecar:
             answer = httpx.put(sidecar.url + "/accounts/c-1", json=NEW, timeout=10, headers={
