@@ -251,9 +251,9 @@ def _field_paths(plan: FieldPlan, prefix: str = "") -> list[str]:
     out = []
     for rule in plan.rules:
         path = prefix + rule.name
-        if rule.inner is not None:
+        if rule.inner is not None and rule.inner.rules:
             out += _field_paths(rule.inner, path + ".")
-        else:
+        else:  # a leaf: categorised, or public (a value with no fields)
             out.append(f"{path}={rule.category.key if rule.category else 'public'}")
     return out
 

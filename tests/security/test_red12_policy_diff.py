@@ -102,6 +102,23 @@ def test_routes_reordered_added_or_removed_are_in_the_diff(
     assert "route order" in out
 
 
+def test_a_field_of_a_minimise_row_made_public_is_in_the_diff(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    old, new = copy_policy(tmp_path / "old", routes=True), copy_policy(tmp_path / "new",
+                                                                       routes=True)
+    _edit(new, "payment_card=financial.payment_card", "payment_card=public")
+    _edit(new, " device=technical.device", " device=technical.device ssn=public")
+    code, out, _ = run(monkeypatch, capsys, "policy", "diff", str(old), str(new),
+                       "--format", "json", "--exit-code")
+    assert code == 1
+    (fact,) = [f for f in json.loads(out)["facts"] if f["kind"] == "route"]
+    assert "payment_card=financial.payment_card" in fact["old"]
+    assert "payment_card=public" in fact["new"]
+    assert "ssn=public" in fact["new"]
+    assert "customer_id=public" in fact["old"]
+
+
 def test_the_same_routes_spelled_otherwise_are_no_change(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         tmp_path: Path) -> None:
