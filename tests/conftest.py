@@ -5,9 +5,12 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx._transports.default
 import psycopg
 import pytest
 
@@ -80,6 +83,27 @@ def _collector_as_found() -> Iterator[None]:
     gc.set_threshold(*thresholds)
     if enabled:
         gc.enable()
+
+
+_make_tls = httpx._transports.default.create_ssl_context
+_tls: list[ssl.SSLContext] = []
+
+
+def _shared_tls(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+    """httpx's TLS context of a client with the defaults, made once for the run.
+
+    Each ``httpx.get`` makes a client, and each client loaded certifi's bundle anew
+    (20-50 ms here); the tests make thousands, mostly to plain HTTP on loopback.
+    """
+    if verify is not True or cert is not None or not trust_env \
+            or os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return _make_tls(verify=verify, cert=cert, trust_env=trust_env)
+    if not _tls:
+        _tls.append(_make_tls())
+    return _tls[0]
+
+
+httpx._transports.default.create_ssl_context = _shared_tls  # type: ignore[assignment]
 
 
 def _admin_url(url: str) -> str:
