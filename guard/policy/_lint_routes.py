@@ -7,6 +7,7 @@ is a lint error at once. Warnings are categories the policy does not know.
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def lint_routes(path: Path, categories: Tree) -> list[Finding]:
     except (OSError, UnicodeDecodeError) as exc:
         return [Finding(Severity.ERROR, "routes-unreadable", f"cannot read routes: {exc}",
                         str(path), hint="fix or remove the file")]
-    return [*route_errors(text, str(path)), *_category_warnings(text, str(path), categories)]
+    return [*route_errors(text, str(path)), *_category_warnings(text, str(path), categories),
+            *_action_warnings(text, str(path))]
 
 
 def missing_routes(path: Path) -> Finding:
@@ -96,4 +98,29 @@ def _category_warnings(text: str, origin: str, categories: Tree) -> list[Finding
                     origin, number, column,
                     "every request on this route is denied (special_category)",
                 ))
+    return findings
+
+
+CHANGING = frozenset({"PUT", "PATCH", "DELETE", "*"})
+"""Methods that change what they name (``*`` takes them): a read on them is worth a word."""
+
+
+def _action_warnings(text: str, origin: str) -> list[Finding]:
+    """Warnings for a row taking ``PUT``, ``PATCH``, ``DELETE`` or any method as a read."""
+    findings: list[Finding] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        values = [v.strip() for v in next(csv.reader([line], skipinitialspace=True), [])]
+        if (len(values) < 3 or values[0].upper() not in CHANGING or values[2] == "public"
+                or (len(values) > 3 and values[3].lower() not in ("", "read"))):
+            continue
+        starts = field_starts(line)
+        at = starts[3] if len(values) > 3 and values[3] else starts[0]
+        column = at + len(line[at:]) - len(line[at:].lstrip()) + 1
+        findings.append(Finding(
+            Severity.WARNING, "route-changing-read",
+            f"{values[0].upper()} {values[1]} is judged as a read: a caller granted read on "
+            "its categories may run it", origin, number, column,
+            "write the action: write for a method that changes data (read is the default)"))
     return findings

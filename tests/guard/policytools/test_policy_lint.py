@@ -311,6 +311,22 @@ def test_routes_naming_unknown_or_special_categories(tmp_path: Path) -> None:
     ]
 
 
+def test_a_changing_method_declared_a_read_is_a_warning(tmp_path: Path) -> None:
+    folder = copy_policy(tmp_path)
+    routes = [
+        "DELETE, /a/{id}, contact, , id",
+        "*,      /b/{id}, contact, read, id",
+        "PUT,    /c/{id}, contact, write, id",
+        "POST,   /d, contact",
+        "PATCH,  /e, public",
+    ]
+    (folder / "routes.csv").write_text("\n".join(routes) + "\n")
+    found = [(f.code, f.line, f.column) for f in lint_policy(folder)
+             if f.path.endswith("routes.csv")]
+    assert found == [("route-changing-read", 1, 1),
+                     ("route-changing-read", 2, routes[1].index("read") + 1)]
+
+
 def test_compile_refuses_what_lint_refuses(tmp_path: Path) -> None:
     folder = copy_policy(tmp_path)
     edit_rules(folder, add=["p, svc:web, customer.registration, special.health, read"])
