@@ -126,8 +126,10 @@ class _NoWrite(NoAudit):
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.holder = guard.holder
-        # The guard's own method, not a wrapper: a request pays one call, as in production.
+        # The guard's own methods, not wrappers: a request pays one call, as in production
+        # (the planner asks decide_asked for a request it saw before, as of the guard).
         self.decide = guard.decide  # type: ignore[method-assign]
+        self.decide_asked = guard.decide_asked
 
     def decide(self, request: Request, http: HttpContext | None = None, *,
                per_category: bool = False, current: Any = None) -> Ruling:

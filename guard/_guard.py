@@ -13,7 +13,7 @@ from time import monotonic, perf_counter_ns
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN
+from opentelemetry.trace import INVALID_SPAN, NoOpTracer, ProxyTracer
 
 from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard._refusals import RefusalBudget, source_of
@@ -396,17 +396,43 @@ class Guard:
         """:meth:`decide` of ``asked.request`` with ``asked.http`` (not per category).
 
         The same ruling; the decision is kept in ``asked`` for the policy in force, so a
-        request asked again under it skips the memo's key (see :class:`Asked`).
+        request asked again under it skips the memo's key (see :class:`Asked`). A request
+        asked again with the policy it was decided under still in force, no span of the
+        guard's own to make and no register entry for its subject is answered here, in
+        one frame; anything else (or any error) goes the whole way, :meth:`_ruling`.
 
         Args:
             asked: The request, its HTTP side and their remembered decision.
             current: The current span, when the caller has read it already.
         """
         tracer = self._tracer
-        if makes_no_span(tracer):  # the current span is read once, for its ids
-            current = current if current is not None else trace.get_current_span()
-            return self._ruling(asked.request, asked.http, False, None, current, asked)
-        return self.decide(asked.request, asked.http, current=current)
+        kind = type(tracer)  # makes_no_span(tracer), inline
+        if kind is not NoOpTracer and not (
+                kind is ProxyTracer and tracer._real_tracer is None  # type: ignore[attr-defined]
+                and trace._TRACER_PROVIDER is None):
+            return self.decide(asked.request, asked.http, current=current)
+        if current is None:
+            current = trace.get_current_span()
+        start = perf_counter_ns()
+        generation = self._decisions
+        decided = asked.decided
+        request = asked.request
+        try:
+            if (decided is not None and asked.generation == generation[2]
+                    and self.holder.current is generation[0]):
+                subject = request.subject
+                register = self.register
+                if subject is None or register is None or register.lookup(subject) is None:
+                    fields = Handed(decided[1])
+                    fields["subject_id"] = subject
+                    fields["latency_us"] = (perf_counter_ns() - start) // 1000
+                    if current is not INVALID_SPAN:
+                        fields["trace_id"], fields["span_id"] = span_ids(
+                            current.get_span_context())
+                    return Ruling(decided[0], request, None, fields)
+        except Exception:  # noqa: S110 - judged again the whole way, which fails closed
+            pass
+        return self._ruling(request, asked.http, False, None, current, asked)
 
     def _ruling(self, request: Request, http: HttpContext | None, per_category: bool,  # noqa: PLR0917
                 span: trace.Span | None, traced: trace.Span, asked: Asked | None = None

@@ -15,13 +15,22 @@ route and method (its subject, checked once per path, apart); a path's request
 
 :meth:`Planner.judge` judges a request with a plan when nothing of the request itself needs
 the interpreted path's checks: the caller's ``Authorization`` value was verified
-before and is valid now (``Authenticator.known_caller``), the purpose is absent or a
+before and is valid now (``Authenticator.known``), the purpose is absent or a
 well-formed key of at most :data:`~middleware._bounds.MAX_PURPOSE` characters, and
 the caller's token lets it declare that purpose. Anything else (a malformed value, a
 missing or new token, a proxy's caller header, an undeclared route) is left to
 ``enforce()``, which judges and records it; the answer of :meth:`Planner.judge` is
 the answer ``enforce()`` gives for the same request (tests/middleware/test_plan.py holds
 it to that for random requests).
+
+A path's request asked again with the same purpose value and ``Authorization`` value
+(compared as bytes, not hashed again) is judged from what its :class:`_Seen` kept: the
+caller, and the purpose and the token's leave to declare it as found before, while
+``Authenticator.holds`` says the token still proves that caller (the keys it was verified
+with still in force, not expired, no proxy's caller header); the guard's
+``decide_asked`` then answers from the decision kept with the request while the policy
+it was made under is in force and the subject has no register entry, and the outcome of
+that very decision is the one kept (tests/middleware/test_plan_memo.py).
 
 A fault of the planner itself (an exception out of :meth:`Planner.judge`, which then
 decided nothing) leaves the request to ``enforce()`` too (fail-safe), and is counted
@@ -133,15 +142,21 @@ class Plan:
 
 
 class _Seen:
-    """What one caller's requests for one purpose on one route share: the request (with its
-    decision, for the guard's :meth:`~guard._guard.Guard.decide_asked`), the last decision
-    and its outcome (a read's, with no ruling in it)."""
+    """What the requests with one route answer and purpose value share while they come with
+    one ``Authorization`` value: the caller it proved (the authenticator's answer, and the
+    keys it was verified with: :meth:`~middleware.identity.Authenticator.holds`), the request
+    (with its decision, for the guard's :meth:`~guard._guard.Guard.decide_asked`), the last
+    decision and its outcome (a read's, with no ruling in it)."""
 
-    __slots__ = ("asked", "caller", "decision", "outcome")
+    __slots__ = ("asked", "authorization", "caller", "decision", "hit", "keys_set", "outcome")
 
-    def __init__(self, request: Request, http: HttpContext) -> None:
+    def __init__(self, request: Request, http: HttpContext, authorization: bytes | None,
+                 hit: tuple[Caller, float, float], keys_set: int) -> None:
         self.asked = Asked(request, http)
-        self.caller: Caller | None = None
+        self.authorization = authorization
+        self.caller = hit[0]
+        self.hit = hit
+        self.keys_set = keys_set
         self.decision: Decision | None = None
         self.outcome: Outcome | None = None
 
@@ -169,9 +184,9 @@ class Planner:
         """The app's routes, once walked (None: every request takes the interpreted path)."""
         self.purposes: dict[bytes, str] = {}
         """Raw purpose values found well-formed, and the purpose each declares."""
-        self.seen: dict[tuple[Answer, str, str], _Seen] = {}
-        """By (route answer, caller id, purpose): the request, and the last decision's
-        outcome."""
+        self.seen: dict[tuple[Answer, bytes | None], _Seen] = {}
+        """By (route answer, raw purpose value): the caller of the ``Authorization`` value it
+        was last asked with, the request, and the last decision's outcome."""
         self.faults = 0
         """Requests :meth:`judge` failed on (:meth:`fault`): each was judged by ``enforce()``."""
 
@@ -264,10 +279,35 @@ class Planner:
                 headers = dict(reversed(raw))
         except (TypeError, ValueError):  # not name/value pairs: enforce() refuses them
             return None
-        caller = self.auth.known_caller(headers)
-        if caller is None:
-            return None
+        authorization = headers.get(b"authorization")
         value = headers.get(self.purpose_header)
+        auth = self.auth
+        seen: _Seen | None = None
+        if not first:
+            seen = self.seen.get((answer, value))
+            asking = self.asking
+            if (seen is not None and asking is not None and not plan.minimise
+                    and seen.authorization == authorization
+                    and auth.holds(seen.hit, seen.keys_set, headers)):
+                # asked again with the same token, still valid, and the same purpose value:
+                # the caller, the purpose and the token's leave to declare it are the ones
+                # found before
+                caller = seen.caller
+                try:
+                    ruling = asking(seen.asked, span)
+                except Exception:
+                    return unjudged(seen.asked.request, plan.http, caller, plan.endpoint), None
+                decision = ruling.decision
+                if decision is seen.decision:  # the allowed read decided before: its outcome
+                    if span is not INVALID_SPAN and span.is_recording():
+                        span.set_attributes(decision_attributes(decision))
+                    return seen.outcome, ruling  # type: ignore[return-value]  # set with it
+                return self._ruled(ruling, plan, caller, seen, span)
+        keys_set = auth.keys_set
+        hit = auth.known(authorization, headers)
+        if hit is None:
+            return None
+        caller = hit[0]
         purpose = ""
         if value is not None:
             known = self.purposes.get(value)
@@ -279,14 +319,11 @@ class Planner:
         if purpose and caller.purposes is not None and not caller.may_declare(purpose):
             return None
         http = plan.http
-        seen: _Seen | None = None
         if first:  # kept only when the path is asked again: each object kept per path
             # (most are asked once) is one the cyclic collector walks and promotes
             request = Request(caller.id, purpose, plan.categories, plan.action, subject or None)
         else:
-            seen = self.seen.get((answer, caller.id, purpose))
-            if seen is None:
-                seen = self._seen(answer, plan, caller.id, purpose)
+            seen = self._seen(answer, plan, purpose, authorization, value, hit, keys_set)
             request = seen.asked.request
         guard = self.guard
         try:
@@ -295,6 +332,15 @@ class Planner:
             else:  # the guard's decision kept with the request seen
                 ruling = self.asking(seen.asked if seen is not None else Asked(request, http),
                                      span)
+        except Exception:
+            return unjudged(request, http, caller, plan.endpoint), None
+        return self._ruled(ruling, plan, caller, seen, span)
+
+    def _ruled(self, ruling: Ruling, plan: Plan, caller: Caller, seen: _Seen | None,
+               span: trace.Span) -> Judged:
+        """What :meth:`judge` answers for ``ruling``: an allowed read left to record (its
+        outcome kept in ``seen``, when there is one), or the coroutine recording it now."""
+        try:
             decision = ruling.decision
             if decision.allowed and plan.defer:
                 if span is not INVALID_SPAN and span.is_recording():  # no call without a span
@@ -306,14 +352,15 @@ class Planner:
                 if seen is None:
                     return Outcome(200, decision, None, caller, plan.route, plan.endpoint), ruling
                 outcome = seen.outcome
-                if outcome is None or seen.decision is not decision or seen.caller is not caller:
+                if outcome is None or seen.decision is not decision:
                     outcome = seen.outcome = Outcome(200, decision, None, caller, plan.route,
                                                      plan.endpoint)
-                    seen.decision, seen.caller = decision, caller
+                    seen.decision = decision
                 return outcome, ruling
         except Exception:
-            return unjudged(request, http, caller, plan.endpoint), None
-        return settled(guard, ruling, http, caller, plan.endpoint, plan.fields, span)
+            return unjudged(ruling.request, plan.http, caller, plan.endpoint), None
+        return settled(self.guard, ruling, plan.http, caller, plan.endpoint,
+                       plan.fields, span)
 
     def _purpose(self, value: bytes) -> str | None:
         """The purpose a raw header value declares when it is well-formed (then remembered,
@@ -330,12 +377,21 @@ class Planner:
             known[value] = purpose
         return purpose
 
-    def _seen(self, answer: Answer, plan: Plan, caller: str, purpose: str) -> _Seen:
-        """A new entry for ``caller``'s requests for ``purpose`` with ``answer`` (its path)."""
+    def _seen(self, answer: Answer, plan: Plan, purpose: str,  # noqa: PLR0917
+              authorization: bytes | None, value: bytes | None,
+              hit: tuple[Caller, float, float], keys_set: int) -> _Seen:
+        """The entry for requests with ``answer`` (its path) and the purpose ``value``
+        (declaring ``purpose``) that ``authorization`` proved ``hit`` for: the one kept, while
+        it holds that very answer, or a new one in its place."""
         seen = self.seen
+        key = (answer, value)
+        entry = seen.get(key)
+        if (entry is not None and entry.hit is hit and entry.keys_set == keys_set
+                and entry.authorization == authorization):
+            return entry
         if len(seen) >= REQUESTS:
             seen.clear()
-        entry = seen[answer, caller, purpose] = _Seen(
-            Request(caller, purpose, plan.categories, plan.action,
-                    answer.subject or None), plan.http)
+        entry = seen[key] = _Seen(
+            Request(hit[0].id, purpose, plan.categories, plan.action,
+                    answer.subject or None), plan.http, authorization, hit, keys_set)
         return entry

@@ -188,6 +188,7 @@ class Authenticator:
         "caller_header",
         "development",
         "issuer",
+        "keys_set",
         "leeway",
         "proxied_by",
         "proxies",
@@ -213,6 +214,9 @@ class Authenticator:
         self._cache: OrderedDict[str, tuple[Caller, float, float]] = OrderedDict()
         self._raw: dict[bytes, tuple[Caller, float, float]] = {}
         """Verified ``Authorization`` values as they came (bytes), for :meth:`known_caller`."""
+        self.keys_set = 0
+        """How many times the verification keys were put in force (each time, every token
+        verified before must be verified again: :meth:`holds`)."""
         self._cache_size = max(1, cache_size)
         self._set_keys(keys.keys if isinstance(keys, KeyFiles) else keys)
         self.audience = audience
@@ -309,6 +313,7 @@ class Authenticator:
         # A token verified with a key that may be gone is verified again.
         self._cache.clear()
         self._raw.clear()
+        self.keys_set += 1
 
     def _look(self) -> None:
         """Put the key files' keys in force when they changed (at most once per interval)."""
@@ -365,7 +370,19 @@ class Authenticator:
             headers: The request's headers by lower-case name as bytes (the first of
                 repeats), values as they came.
         """
-        authorization = headers.get(b"authorization")
+        hit = self.known(headers.get(b"authorization"), headers)
+        return hit[0] if hit is not None else None
+
+    def known(self, authorization: bytes | None, headers: Mapping[bytes, bytes]
+              ) -> tuple[Caller, float, float] | None:
+        """:meth:`known_caller`'s answer as kept: ``(caller, nbf, exp)``, the same tuple for
+        as long as :meth:`remember` keeps the value (a caller's memo compares it by identity).
+
+        Args:
+            authorization: The request's first ``Authorization`` value, as it came.
+            headers: The request's headers by lower-case name as bytes (the first of
+                repeats), values as they came.
+        """
         if authorization is None:
             return None
         raw = self._raw
@@ -379,14 +396,40 @@ class Authenticator:
         if files is not None and files.clock() >= files.next_poll:
             return None
         now = time.time()
-        caller, nbf, exp = hit
         leeway = self.leeway
-        if now >= exp + leeway:
+        if now >= hit[2] + leeway:
             raw.pop(authorization, None)
             return None
-        if now < nbf - leeway:
+        if now < hit[1] - leeway:
             return None
-        return caller
+        return hit
+
+    def holds(self, hit: tuple[Caller, float, float], keys_set: int,
+              headers: Mapping[bytes, bytes]) -> bool:
+        """Whether ``hit``, what :meth:`known` answered for a request's ``Authorization``
+        value while the keys put in force were the ``keys_set``-th, still proves its caller
+        for a request with ``headers`` and that same value: :meth:`known` would answer it.
+
+        The value is not looked up again (its bytes are not hashed): the keys are still
+        those it was verified with, the key files are not due to be looked at, no caller
+        header a proxy may assert is present, and the token is valid now.
+
+        Args:
+            hit: ``(caller, nbf, exp)``, as :meth:`known` answered it.
+            keys_set: :attr:`keys_set` when :meth:`known` answered it.
+            headers: The request's headers by lower-case name as bytes.
+        """
+        if keys_set != self.keys_set:
+            return False
+        proxied = self.proxied_by
+        if proxied is not None and proxied in headers:
+            return False
+        files = self._files
+        if files is not None and files.clock() >= files.next_poll:
+            return False
+        now = time.time()
+        leeway = self.leeway
+        return hit[1] - leeway <= now < hit[2] + leeway
 
     def remember(self, authorization: bytes, caller: Caller) -> None:
         """Keep a raw ``Authorization`` value that :meth:`authenticate` just proved ``caller`` with.

@@ -1,6 +1,6 @@
 """The planner's kept requests (each with the guard's ``Asked`` decision memo) are bounded.
 
-One entry per route answer, caller and purpose; at :data:`middleware._plan.REQUESTS`
+One entry per route answer and purpose value; at :data:`middleware._plan.REQUESTS`
 entries all are forgotten at once, so the decisions kept with them are too.
 """
 
@@ -15,6 +15,7 @@ from guard._guard import Asked
 from guard._types import Action, HttpContext
 from middleware import _plan
 from middleware._plan import Planner
+from middleware.identity import Caller
 
 
 class _Plan:
@@ -38,7 +39,12 @@ def test_the_requests_kept_and_their_decisions_are_bounded(monkeypatch: pytest.M
     plan: Any = _Plan()
     answer: Any = _Answer()
     for n in range(50):
-        entry = planner._seen(answer, plan, f"svc:{n}", "relationship.management")
+        caller = Caller(f"svc:{n}", None, "jwt")
+        hit = (caller, 0.0, 1e12)
+        entry = planner._seen(answer, plan, "relationship.management", f"Bearer {n}".encode(),
+                              f"purpose.{n}".encode(), hit, 1)
+        assert entry.caller is caller
+        assert entry.hit is hit
         assert isinstance(entry.asked, Asked)
         assert entry.asked.request.caller == f"svc:{n}"
         assert entry.asked.http is plan.http

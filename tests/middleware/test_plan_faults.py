@@ -37,10 +37,12 @@ _COMPARED = ("kind", "allowed", "reason", "action", "categories", "caller", "pur
 class _FailingAuth:
     """An authenticator whose look-up of a known caller fails (the planner's fault)."""
 
+    keys_set = 1
+
     def __init__(self, auth: Authenticator) -> None:
         self._auth = auth
 
-    def known_caller(self, headers: object) -> Caller | None:
+    def known(self, authorization: object, headers: object) -> tuple[Caller, float, float]:
         raise RuntimeError("the planner's look-up failed")
 
 

@@ -1,0 +1,228 @@
+"""The planner's memo of a repeated read never outlives what it was found under.
+
+A read asked again with the same route answer, ``Authorization`` value and purpose value
+is judged from what the planner kept for it (the caller, the request, the decision and
+its outcome: ``Planner.seen``) and what the guard kept with the request
+(``Guard.decide_asked``). These tests hold that memo to the interpreted path
+(``enforce()``) and to casbin's own Enforcer while the token expires, the verification
+keys change, the policy in force changes back and forth and the subject register gains
+a restriction: after each, the very next request is judged afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import casbin
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.trace import INVALID_SPAN
+from tokenkit import Keys, guard_settings
+
+from examples.customers import create_app
+from guard._guard import Guard
+from guard.policy import CompiledPolicy, PolicySource, compile_source
+from guard.rights import EntryKind, Record
+from middleware import GuardMiddleware
+from middleware import identity as identity_module
+from middleware._enforce import Outcome
+from middleware._router import Resolved
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+MODEL = POLICIES / "model.conf"
+SHIPPED_RULES = (POLICIES / "rules.csv").read_text()
+REVOKED_RULES = "\n".join(line for line in SHIPPED_RULES.splitlines()
+                          if not line.startswith("p, svc:crm, relationship.management, contact"))
+"""The shipped rules without svc:crm's grant of ``contact`` for relationship management."""
+PURPOSES = (b"relationship.management", b"marketing.advertising")
+
+
+def _compiled(rules: str) -> CompiledPolicy:
+    return compile_source(PolicySource(MODEL.read_text(), rules, str(MODEL), "rules.csv"))
+
+
+def _enforcer(rules: str) -> casbin.Enforcer:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rules.csv"
+        path.write_text(rules)
+        return casbin.Enforcer(str(MODEL), str(path))
+
+
+class _Clock:
+    """``time`` as the authenticator reads it, ``ahead`` seconds ahead of the real one."""
+
+    ahead = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def world(tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+          ) -> Iterator[dict[str, Any]]:
+    clock = _Clock()
+    monkeypatch.setattr(identity_module, "time", clock)
+    settings = guard_settings(tmp_path, keys)
+    with Guard.from_settings(settings) as guard:
+        mw = GuardMiddleware(create_app(settings, enforce=False), guard=guard,
+                             settings=settings)
+        mw.resolve({"type": "http", "method": "GET", "path": "/", "root_path": "",
+                    "headers": []})  # walks the app's routes
+        now = int(time.time())
+        tokens = {"crm": keys.mint("ec", sub="svc:crm", exp=now + 600),
+                  "crm-limited": keys.mint("ed", sub="svc:crm", exp=now + 600,
+                                           purposes=["relationship.management"]),
+                  "marketing": keys.mint("rsa", sub="svc:marketing", exp=now + 600)}
+        yield {"mw": mw, "guard": guard, "tokens": tokens, "clock": clock}
+
+
+def _scope(path: str, token: str, purpose: bytes) -> dict[str, Any]:
+    headers = [(b"host", b"svc"), (b"authorization", f"Bearer {token}".encode()),
+               (b"x-purpose", purpose)]
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "root_path": "", "query_string": b"", "headers": headers,
+            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
+
+
+def _same(planned: Outcome | None, interpreted: Outcome) -> bool:
+    """The planner's outcome is the interpreted path's (a refusal's event id apart), or none."""
+    return planned is None or dataclasses.replace(planned, decision_id=None) == (
+        dataclasses.replace(interpreted, decision_id=None))
+
+
+async def _ask(world: dict[str, Any], path: str, token: str, purpose: bytes
+               ) -> tuple[Outcome | None, Outcome]:
+    """The planner's outcome (None: not planned) and the interpreted path's, for one read."""
+    mw: GuardMiddleware = world["mw"]
+    judged = mw._planner.judge(_scope(path, token, purpose), "GET", INVALID_SPAN)
+    planned: Outcome | None = None
+    if isinstance(judged, tuple):
+        planned = judged[0]
+    elif judged is not None and not isinstance(judged, Resolved):
+        planned = await judged
+    interpreted, _ruling = await mw._judge(_scope(path, token, purpose), "http", "GET")
+    return planned, interpreted
+
+
+def test_a_kept_caller_is_not_used_once_its_token_expired(world: dict[str, Any]) -> None:
+    token = world["tokens"]["crm"]
+
+    async def run() -> tuple[Outcome | None, Outcome]:
+        for _ in range(3):  # the second and third from the memo
+            planned, interpreted = await _ask(world, "/customers/c-0001", token, PURPOSES[0])
+        assert planned is not None
+        assert planned.allowed
+        assert planned == interpreted
+        world["clock"].ahead = 600 + 31.0  # past exp and the leeway
+        return await _ask(world, "/customers/c-0001", token, PURPOSES[0])
+
+    planned, interpreted = asyncio.run(run())
+    assert planned is None  # not planned: the interpreted path refuses it
+    assert interpreted.status == 401
+
+
+def test_a_kept_caller_is_not_used_once_the_keys_changed(world: dict[str, Any]) -> None:
+    token = world["tokens"]["crm"]
+    mw: GuardMiddleware = world["mw"]
+
+    async def run() -> tuple[Outcome | None, Outcome]:
+        for _ in range(3):
+            planned, _interpreted = await _ask(world, "/customers/c-0001", token, PURPOSES[0])
+        assert planned is not None
+        assert planned.allowed
+        mw.auth._set_keys([])  # the key files changed: no token verifies
+        return await _ask(world, "/customers/c-0001", token, PURPOSES[0])
+
+    planned, interpreted = asyncio.run(run())
+    assert planned is None
+    assert interpreted.status == 401
+
+
+def test_another_token_on_a_kept_read_is_its_own_caller(world: dict[str, Any]) -> None:
+    tokens = world["tokens"]
+
+    async def run() -> None:
+        for name in ("crm", "crm", "marketing", "marketing", "crm", "marketing"):
+            planned, interpreted = await _ask(world, "/customers/c-0001", tokens[name],
+                                              PURPOSES[0])
+            assert interpreted.caller is not None
+            assert interpreted.caller.id == "svc:" + name
+            assert _same(planned, interpreted)
+
+    asyncio.run(run())
+
+
+_RUNS = itertools.count()
+"""Each example's subjects are its own (the register keeps the restrictions made before)."""
+_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("ask"), st.sampled_from(["crm", "crm-limited", "marketing"]),
+              st.sampled_from(PURPOSES), st.integers(0, 1)),
+    st.tuples(st.just("policy"), st.sampled_from([0, 1])),
+    st.tuples(st.just("restrict"), st.integers(0, 1)),
+), min_size=1, max_size=14)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(steps=_STEPS)
+def test_a_kept_read_is_judged_as_enforce_and_casbin_judge_it(
+        world: dict[str, Any], steps: list[tuple[Any, ...]]) -> None:
+    """Over random reads, policy changes and register restrictions, each read asked twice."""
+    guard: Guard = world["guard"]
+    rules = (SHIPPED_RULES, REVOKED_RULES)
+    compiled = [_compiled(r) for r in rules]
+    enforcers = [_enforcer(r) for r in rules]
+    run = next(_RUNS)
+    subjects = [f"c-{run}-{n}" for n in range(2)]  # never restricted before
+    restricted: set[str] = set()
+    in_force = 0
+    register = guard.register
+    assert register is not None
+
+    async def steps_run() -> None:
+        nonlocal in_force
+        for step in steps:
+            if step[0] == "policy":
+                in_force = step[1]
+                guard.holder.reload(lambda policy=compiled[in_force]: policy)
+                continue
+            if step[0] == "restrict":
+                subject = subjects[step[1]]
+                register.apply(register.pseudonym(subject), [
+                    Record(EntryKind.RESTRICTION, "", date(2020, 1, 1))])
+                restricted.add(subject)
+                continue
+            _, name, purpose, which = step
+            subject = subjects[which]
+            for _ in range(2):
+                planned, interpreted = await _ask(world, "/customers/" + subject,
+                                                  world["tokens"][name], purpose)
+                assert _same(planned, interpreted), (step, planned, interpreted)
+                caller = "svc:crm" if name.startswith("crm") else "svc:marketing"
+                granted = all(enforcers[in_force].enforce(caller, purpose.decode(), category,
+                                                          "read")
+                              for category in ("identity", "contact"))
+                may = name != "crm-limited" or purpose == PURPOSES[0]
+                expected = granted and may and subject not in restricted
+                assert interpreted.allowed == expected, (step, in_force, interpreted)
+                if planned is not None:
+                    assert planned.decision is not None
+                    assert planned.decision.policy_version == compiled[in_force].version
+
+    try:
+        asyncio.run(steps_run())
+    finally:
+        guard.holder.reload(lambda: compiled[0])
