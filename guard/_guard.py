@@ -656,10 +656,21 @@ class Guard:
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             refused.set_exception(exc)
             return refused
-        deadlines = self._deadlines  # _watch, inline: once per read
-        if deadlines is None or deadlines.loop is not future.get_loop():
-            deadlines = self._deadlines = Deadlines(future.get_loop(), self._late_refusal)
-        deadlines.watch(fields, self.durable_within)
+        deadlines = self._deadlines  # _watch and Deadlines.watch, inline: once per read
+        within = self.durable_within
+        if (deadlines is None or deadlines.loop is not future.get_loop()
+                or within != deadlines._within):
+            if deadlines is None or deadlines.loop is not future.get_loop():
+                deadlines = self._deadlines = Deadlines(future.get_loop(), self._late_refusal)
+            deadlines.watch(fields, within)
+            return future
+        pending = deadlines._pending
+        while pending and pending[0].future.done():  # type: ignore[union-attr]  # set by then
+            pending.popleft()  # the commits done since: not kept until the next tick
+        fields.deadline = monotonic() + within
+        pending.append(fields)
+        if deadlines._timer is None:
+            deadlines._timer = deadlines.loop.call_later(deadlines._tick, deadlines._check)
         return future
 
     def _late_refusal(self, fields: dict[str, Any]) -> None:

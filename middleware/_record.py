@@ -44,8 +44,9 @@ class Record:
     The record is the ``send`` the app is given (it holds a read's response until
     its decision is durable): one object per request, no closure, and while a whole
     response waits for its decision no frame of its own (the middleware awaits the
-    commit, :meth:`returned`): fewer objects alive per request in flight, for the
-    cyclic collector to walk.
+    commit, :meth:`returned`, and sends what :meth:`out` hands it): fewer objects alive
+    per request in flight, for the cyclic collector to walk, and no coroutine of the
+    record's to send it.
 
     Args:
         guard: The guard.
@@ -330,6 +331,36 @@ class Record:
             verdict.remove_done_callback(self._durable)
             return None if verdict.done() else verdict
         return None
+
+    def out(self) -> tuple[Message, Message] | None:
+        """The app is done and the commit awaited (after :meth:`returned`): a whole response
+        held, its decision durable, to send now (its start stamped), or None: :meth:`close`.
+
+        Taken out of the record: the caller sends the two messages itself (no coroutine of
+        the record's), sets :attr:`finished` once both went out, and calls :meth:`cut_off`
+        if sending them fails.
+        """
+        verdict = self._verdict
+        start, body = self._start, self._body
+        if (start is None or body is None or verdict is None or self._flusher is not None
+                or self._early is not None or self._judged or not verdict.done()):
+            return None
+        try:
+            decision_id = verdict.result()  # durable: its id (what _judge does, inline)
+        except BaseException:  # failed or cancelled: refused by close()
+            return None
+        self._judged = True
+        self.decision_id = decision_id
+        span = self._span
+        if span is not INVALID_SPAN and span.is_recording():  # no call without a span
+            span.set_attribute("guard.decision_id", decision_id)
+        self._start = self._body = None
+        return self._stamped(start), body
+
+    def cut_off(self) -> None:
+        """Sending what :meth:`out` gave failed (the client went away): its ``aborted`` outcome."""
+        if not self.finished:
+            self._record_outcome(self.status if self.status is not None else 500, aborted=True)
 
     def close(self, http: bool) -> Coroutine[Any, Any, None]:
         """The app is done (after :meth:`returned`): send a held response, record what is not yet.
