@@ -325,13 +325,12 @@ class Planner:
         else:
             seen = self._seen(answer, plan, purpose, authorization, value, hit, keys_set)
             request = seen.asked.request
-        guard = self.guard
         try:
-            if plan.minimise or self.asking is None:
-                ruling = guard.decide(request, http, per_category=plan.minimise, current=span)
+            if seen is None or plan.minimise or self.asking is None:  # nothing kept with it
+                ruling = self.guard.decide(request, http, per_category=plan.minimise,
+                                           current=span)
             else:  # the guard's decision kept with the request seen
-                ruling = self.asking(seen.asked if seen is not None else Asked(request, http),
-                                     span)
+                ruling = self.asking(seen.asked, span)
         except Exception:
             return unjudged(request, http, caller, plan.endpoint), None
         return self._ruled(ruling, plan, caller, seen, span)
