@@ -57,7 +57,8 @@ Usage: python bench/index_cost.py [--events 60000] [--sizes 300,1500,5000] [--ro
 For instruction counts (callgrind): ``--save-records FILE`` writes the journal's
 records to FILE and stops; ``--records FILE --once`` indexes them once, quietly, with
 the first variant and size (into a copy of ``--template`` when given), and
-``--setup-only`` stops before indexing (subtract that run's count):
+``--setup-only`` stops before indexing (subtract that run's count); the variant ``store``
+gives them to ``open_store(...).index_records`` itself (the tree's own, whichever it is):
 ``valgrind --tool=callgrind python bench/index_cost.py --records FILE --once
 --variants python --sizes 500``.
 """
@@ -490,6 +491,13 @@ def once(path: Path, variant: str, size: int, template: Path | None, setup_only:
     records = pickle.loads(path.read_bytes())  # the bench's own file
     tmp = Path(tempfile.mkdtemp(prefix="guard-bench-index-"))
     try:
+        if variant == "store":  # the store's own index_records (any tree's)
+            store = open_store(f"sqlite:///{tmp / 's.db'}")
+            store.index_records([], "bench", 0)
+            for start in range(0, 0 if setup_only else len(records), size):
+                store.index_records(records[start:start + size], "bench", start + size)
+            store.close()
+            return
         probe = SqliteProbe(tmp / "s.db", variant, template)
         steps: Steps = defaultdict(float)
         probe.index(records[:0], 0, steps)  # what is made on first use, in both runs
