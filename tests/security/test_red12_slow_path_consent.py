@@ -50,6 +50,7 @@ def _load(folder: Path) -> Any:
         return load_policy(folder)
 
 
+@pytest.mark.filterwarnings("ignore::guard.policy._load.SlowPathWarning")  # the sidecar's load
 def test_no_consent_no_third_party_marketing_on_the_slow_path(tmp_path: Path,
                                                               keys: Any) -> None:
     policy = _consent_model(policy_copy(tmp_path / "policy", POLICIES))
