@@ -37,6 +37,11 @@ class Integrity:
     error: str | None = None
 
 
+def _int(value: Any) -> int | None:
+    """A stored integer, or None for any other value (a tampered row's text or blob)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _attr(obj: Any, name: str, default: Any = None) -> Any:
     """Read a report attribute tolerantly (the verify report may grow or rename fields)."""
     return getattr(obj, name, default)
@@ -57,12 +62,13 @@ def check(store: Store, signing_key: Path, hmac_key: bytes | None = None) -> Int
     problems: dict[str, Any] = {}
     for problem in _attr(report, "problems", ()) or ():
         problems.setdefault(str(_attr(problem, "writer_id", "")), problem)
-    sizes = {str(w): (int(n), int(s or 0)) for w, n, s in store.rows(
+    # Values are read as stored: a tampered row's text or blob is verify's finding, not a crash.
+    sizes = {str(w): (int(n), _int(s) or 0) for w, n, s in store.rows(
         "SELECT writer_id, count(*), max(seq) FROM audit_event GROUP BY writer_id")}
-    latest: dict[str, tuple[str, int, str]] = {}
+    latest: dict[str, tuple[str, int | None, str]] = {}
     for writer, seq, kind, ts in store.rows(
             "SELECT writer_id, seq, kind, ts FROM audit_checkpoint ORDER BY writer_id, seq, ts"):
-        latest[str(writer)] = (str(kind), int(seq), str(ts))
+        latest[str(writer)] = (str(kind), _int(seq), str(ts))
     chains = []
     for writer in sorted(set(sizes) | set(latest) | set(problems)):
         events, last_seq = sizes.get(writer, (0, 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +22,7 @@ from guard.audit._fields import row_event
 from guard.audit._schema import EVENT_COLUMNS
 from tests.guard.audit.conftest import (
     CHAIN_KEY,
+    HMAC_KEY,
     Keys,
     decision_event,
     linked,
@@ -193,3 +195,22 @@ def test_a_checkpoint_value_of_another_type_is_a_bad_checkpoint_not_a_crash(
     run_sql(store_url, f"UPDATE audit_checkpoint SET {assignment} WHERE kind = 'close'")
     report = check(store_url, keys)
     assert "bad_checkpoint" in [p.kind for p in report.problems]
+
+
+@pytest.mark.parametrize("table", ["audit_checkpoint", "audit_event"])
+def test_the_consoles_integrity_view_names_a_text_seq_instead_of_failing(
+    tmp_path: Path, keys: Keys, table: str
+) -> None:
+    from middleware.console._integrity import check as console_check
+
+    sqlite_url = f"sqlite:///{tmp_path / 'audit.db'}"  # PostgreSQL's columns hold ints only
+    chain(sqlite_url, keys)
+    run_sql(sqlite_url, f"UPDATE {table} SET seq = 'x' WHERE seq = (SELECT max(seq) FROM {table})")
+    store = open_store(sqlite_url, create=False)
+    try:
+        result = console_check(store, keys.signing, HMAC_KEY)
+    finally:
+        store.close()
+    assert result.error is None  # before: "the check failed: invalid literal for int()"
+    assert not result.ok
+    assert any(c.problem for c in result.chains)  # verify's finding, named per chain
