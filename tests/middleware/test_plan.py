@@ -27,7 +27,7 @@ from opentelemetry.trace import INVALID_SPAN
 from tokenkit import Keys, guard_settings
 
 from examples.customers import create_app
-from guard._guard import Checked, Guard, Ruling
+from guard._guard import Asked, Checked, Guard, Ruling
 from guard._types import Decision, HttpContext, Request
 from middleware import GuardMiddleware, guarded
 from middleware._router import AppRoutes, Resolved
@@ -46,6 +46,11 @@ class Recording:
                per_category: bool = False, current: Any = None) -> Ruling:
         self.calls.append(("decide", request, http, per_category))
         return self.guard.decide(request, http, per_category=per_category, current=current)
+
+    def decide_asked(self, asked: Asked, current: Any = None) -> Ruling:
+        """The guard's memo of a repeated read, written down as the decision it stands for."""
+        self.calls.append(("decide", asked.request, asked.http, False))
+        return self.guard.decide_asked(asked, current)
 
     async def acommit(self, ruling: Ruling, status: int | None = None) -> Checked:
         self.calls.append(("acommit", ruling.request, ruling.decision, status))

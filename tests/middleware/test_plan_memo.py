@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -74,7 +75,9 @@ def world(tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
           ) -> Iterator[dict[str, Any]]:
     clock = _Clock()
     monkeypatch.setattr(identity_module, "time", clock)
-    settings = guard_settings(tmp_path, keys)
+    jwks = tmp_path / "jwks.json"  # the test's own: a test may take a key out of it
+    jwks.write_bytes(keys.jwks_file.read_bytes())
+    settings = guard_settings(tmp_path, keys, jwks_file=jwks)
     with Guard.from_settings(settings) as guard:
         mw = GuardMiddleware(create_app(settings, enforce=False), guard=guard,
                              settings=settings)
@@ -85,7 +88,7 @@ def world(tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
                   "crm-limited": keys.mint("ed", sub="svc:crm", exp=now + 600,
                                            purposes=["relationship.management"]),
                   "marketing": keys.mint("rsa", sub="svc:marketing", exp=now + 600)}
-        yield {"mw": mw, "guard": guard, "tokens": tokens, "clock": clock}
+        yield {"mw": mw, "guard": guard, "tokens": tokens, "clock": clock, "jwks": jwks}
 
 
 def _scope(path: str, token: str, purpose: bytes) -> dict[str, Any]:
@@ -147,6 +150,31 @@ def test_a_kept_caller_is_not_used_once_the_keys_changed(world: dict[str, Any]) 
         return await _ask(world, "/customers/c-0001", token, PURPOSES[0])
 
     planned, interpreted = asyncio.run(run())
+    assert planned is None
+    assert interpreted.status == 401
+
+
+def test_a_kept_caller_is_not_used_once_the_key_files_are_due(world: dict[str, Any]) -> None:
+    """The key files are looked at when due, a kept caller or not: a key taken out of the
+    JWKS file stops its tokens at that look, on a repeated read too."""
+    token = world["tokens"]["crm"]  # ES256, signed with the key "ec-1"
+    mw: GuardMiddleware = world["mw"]
+    jwks: Path = world["jwks"]
+
+    async def ask() -> tuple[Outcome | None, Outcome]:
+        return await _ask(world, "/customers/c-0001", token, PURPOSES[0])
+
+    for _ in range(3):  # the second and third from the memo
+        planned, _interpreted = asyncio.run(ask())
+    assert planned is not None
+    assert planned.allowed
+    data = json.loads(jwks.read_text())
+    data["keys"] = [key for key in data["keys"] if key["kid"] != "ec-1"]
+    jwks.write_text(json.dumps(data))
+    files = mw.auth._files
+    assert files is not None
+    files.next_poll = files.clock()  # the refresh interval is over
+    planned, interpreted = asyncio.run(ask())
     assert planned is None
     assert interpreted.status == 401
 
