@@ -179,6 +179,27 @@ def test_a_kept_caller_is_not_used_once_the_key_files_are_due(world: dict[str, A
     assert interpreted.status == 401
 
 
+def test_a_kept_read_is_judged_afresh_once_its_subject_has_an_entry(
+        world: dict[str, Any]) -> None:
+    token = world["tokens"]["crm"]
+    register = world["guard"].register
+    assert register is not None
+
+    async def ask() -> tuple[Outcome | None, Outcome]:
+        return await _ask(world, "/customers/c-0002", token, PURPOSES[0])
+
+    for _ in range(3):  # the second and third from the memo
+        planned, _interpreted = asyncio.run(ask())
+    assert planned is not None
+    assert planned.allowed
+    register.apply(register.pseudonym("c-0002"),
+                   [Record(EntryKind.RESTRICTION, "", date(2020, 1, 1))])
+    planned, interpreted = asyncio.run(ask())
+    assert not interpreted.allowed
+    assert planned is not None
+    assert _same(planned, interpreted)
+
+
 def test_another_token_on_a_kept_read_is_its_own_caller(world: dict[str, Any]) -> None:
     tokens = world["tokens"]
 
