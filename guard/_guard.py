@@ -159,7 +159,7 @@ _generations = itertools.count(1)
 class Asked:
     """One request an enforcement point asks about again and again, for :meth:`Guard.decide_asked`.
 
-    The planner keeps one per remembered route answer, caller and purpose: the request
+    The planner keeps one per remembered route answer and purpose value: the request
     and its HTTP side never change, so the decision and its event's fields are kept
     here for the policy they were decided under (the guard's memo of that policy,
     by its number) and decided afresh under any other. Nothing here is used for a

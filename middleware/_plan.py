@@ -89,7 +89,7 @@ REMEMBERED_PURPOSE = 256
 """The longest raw purpose value (bytes) remembered: a value is judged stripped, so blanks
 after a purpose make new values of any length; a longer one is judged and forgotten."""
 REQUESTS = 4096
-"""Requests remembered by (plan, caller, purpose) (then forgotten all at once)."""
+"""Requests remembered by (route answer, raw purpose value) (then forgotten all at once)."""
 _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 
 

@@ -53,13 +53,6 @@ __all__ = ["GuardMiddleware"]
 
 _log = logging.getLogger("guard.middleware")
 _HANDLERS = "starlette.exception_handlers"
-_CALL_SCOPED = (_HANDLERS, "fastapi_middleware_astack", "fastapi_inner_astack",
-                "fastapi_function_astack")
-"""Scope entries a Starlette or FastAPI app sets for the length of its call: its exception
-handlers and FastAPI's exit stacks, exited when the app returns. The server and the layers
-around the guard keep the scope alive while a read's response waits for its commit, so
-they are dropped then (7 objects the cyclic collector walks per read waiting), unless an
-app around this one had set them before (then they are its own)."""
 
 
 def _default_routes(settings: Settings) -> RouteTable:
@@ -245,7 +238,10 @@ class GuardMiddleware:
                 verdict = record.returned()
                 if verdict is not None:  # a whole response held: its commit awaited here
                     if alone:  # the app's call is over: what it kept in the scope for it goes
-                        pop = scope.pop  # _CALL_SCOPED, one by one: no loop per read
+                        # (a Starlette or FastAPI app's exception handlers and exit stacks,
+                        # exited when it returned: 7 objects the cyclic collector walks per
+                        # read waiting, as the server keeps the scope alive), one by one
+                        pop = scope.pop
                         pop(_HANDLERS, None)
                         pop("fastapi_middleware_astack", None)
                         pop("fastapi_inner_astack", None)

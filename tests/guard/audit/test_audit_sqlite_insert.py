@@ -1,9 +1,9 @@
 """How SQLite's index binds and inserts rows: a few statement sizes, nulls bound as such.
 
 A batch of every size up to a backlog's is stored whole and exactly, through
-statements of the six sizes only (each compiled once per connection); a nullable
-column null in every row of a batch is left out of its statements (binding a null
-costs the ``sqlite3`` module an adapter look-up); null columns are stored as SQL
+statements of the six sizes only (each compiled once per connection); a column
+holding one text or null in every row of a batch is bound once a statement (binding
+a value costs the ``sqlite3`` module about 800 instructions); null columns are stored as SQL
 nulls, in the index's processes through an adapter for None (the adapter
 protocol's failed look-ups cost about 2,000 instructions a null value), which a
 service's process does not get.
