@@ -2,7 +2,8 @@
 
 Errors are exactly the rows :class:`middleware.routes.RouteTable` refuses to load
 (the sidecar would not start): lint asks the loader itself, so a new check there
-is a lint error at once. Warnings are categories the policy does not know.
+is a lint error at once. Warnings are categories the policy does not know, and rows
+that take a changing method (``PUT``, ``PATCH``, ``DELETE``, ``*``) as a read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ MAX_ROUTE_ERRORS = 200
 
 
 def lint_routes(path: Path, categories: Tree) -> list[Finding]:
-    """Errors for every row the route loader refuses; warnings for unknown categories."""
+    """Errors for every row the route loader refuses; warnings for unknown categories and
+    changing methods judged as reads."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -101,18 +103,17 @@ def _category_warnings(text: str, origin: str, categories: Tree) -> list[Finding
     return findings
 
 
-CHANGING = frozenset({"PUT", "PATCH", "DELETE", "*"})
-"""Methods that change what they name (``*`` takes them): a read on them is worth a word."""
-
-
 def _action_warnings(text: str, origin: str) -> list[Finding]:
-    """Warnings for a row taking ``PUT``, ``PATCH``, ``DELETE`` or any method as a read."""
+    """Warnings for a row taking ``PUT``, ``PATCH``, ``DELETE`` or any method (``*``, which
+    takes them) as a read: those a minimise row may not take (``CHANGING_METHODS``)."""
+    from middleware.routes import CHANGING_METHODS
+
     findings: list[Finding] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         values = [v.strip() for v in next(csv.reader([line], skipinitialspace=True), [])]
-        if (len(values) < 3 or values[0].upper() not in CHANGING or values[2] == "public"
+        if (len(values) < 3 or values[0].upper() not in CHANGING_METHODS or values[2] == "public"
                 or (len(values) > 3 and values[3].lower() not in ("", "read"))):
             continue
         starts = field_starts(line)
