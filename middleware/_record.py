@@ -354,8 +354,12 @@ class Record:
         span = self._span
         if span is not INVALID_SPAN and span.is_recording():  # no call without a span
             span.set_attribute("guard.decision_id", decision_id)
+        try:
+            stamped = self._stamped(start)
+        except Exception:  # headers that are not pairs: close() fails sending them, and says so
+            return None
         self._start = self._body = None
-        return self._stamped(start), body
+        return stamped, body
 
     def cut_off(self) -> None:
         """Sending what :meth:`out` gave failed (the client went away): its ``aborted`` outcome."""
