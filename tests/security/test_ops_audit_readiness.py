@@ -5,7 +5,8 @@ ready and says why, with no request needed. A store that refuses inserts (a
 real immutable SQLite file, a real PostgreSQL role that loses INSERT) does not
 refuse decisions, which are durable in the journal: ``/readyz`` stays 200 and
 says the index is behind and why, the cause is logged once, and the index
-catches up once the store takes writes again.
+catches up once the PostgreSQL store takes writes again (an SQLite file that was
+immutable when the index opened it stays read-only to that process: no catch-up).
 """
 
 from __future__ import annotations
