@@ -262,7 +262,7 @@ def _route_text(rule: RouteRule) -> str:
     """What a route row declares, spelled one way (its method and template apart)."""
     if rule.public:
         return "public"
-    words = [" ".join(rule.categories), rule.action.value]
+    words = [" ".join(sorted(rule.categories)), rule.action.value]  # a set, in any order
     if rule.subject:
         words.append(f"subject {rule.subject}")
     if rule.mode != "deny":

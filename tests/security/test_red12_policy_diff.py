@@ -125,6 +125,8 @@ def test_the_same_routes_spelled_otherwise_are_no_change(
     old, new = copy_policy(tmp_path / "old", routes=True), copy_policy(tmp_path / "new",
                                                                        routes=True)
     _edit(new, PAYMENT, "get,/customers/{customer_id}/payment,financial,READ,customer_id,deny")
+    _edit(new, "GET,  /customers/{customer_id},           identity contact,",
+          "GET,  /customers/{customer_id},           contact identity,")  # a set of categories
     code, out, err = run(monkeypatch, capsys, "policy", "diff", str(old), str(new),
                          "--exit-code")
     assert code == 0, (out, err)
