@@ -385,24 +385,14 @@ class Authenticator:
         """
         if authorization is None:
             return None
-        raw = self._raw
-        hit = raw.get(authorization)
+        hit = self._raw.get(authorization)
         if hit is None:
             return None
-        proxied = self.proxied_by
-        if proxied is not None and proxied in headers:
-            return None
-        files = self._files
-        if files is not None and files.clock() >= files.next_poll:
-            return None
-        now = time.time()
-        leeway = self.leeway
-        if now >= hit[2] + leeway:
-            raw.pop(authorization, None)
-            return None
-        if now < hit[1] - leeway:
-            return None
-        return hit
+        if self._proves(hit, headers):
+            return hit
+        if time.time() >= hit[2] + self.leeway:  # expired: forgotten
+            self._raw.pop(authorization, None)
+        return None
 
     def holds(self, hit: tuple[Caller, float, float], keys_set: int,
               headers: Mapping[bytes, bytes]) -> bool:
@@ -419,8 +409,11 @@ class Authenticator:
             keys_set: :attr:`keys_set` when :meth:`known` answered it.
             headers: The request's headers by lower-case name as bytes.
         """
-        if keys_set != self.keys_set:
-            return False
+        return keys_set == self.keys_set and self._proves(hit, headers)
+
+    def _proves(self, hit: tuple[Caller, float, float], headers: Mapping[bytes, bytes]) -> bool:
+        """Whether a kept ``hit`` proves its caller now: no caller header a proxy may assert
+        is present, the key files are not due to be looked at, the token is valid now."""
         proxied = self.proxied_by
         if proxied is not None and proxied in headers:
             return False
