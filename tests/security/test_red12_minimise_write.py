@@ -16,8 +16,9 @@ route ran for a caller released one category. A minimise route takes neither.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import pytest
@@ -35,6 +36,8 @@ from bench._pg import free_port
 from guard._errors import PolicyError
 from middleware import Category, GuardMiddleware, guarded
 from middleware.routes import parse_routes
+
+T = TypeVar("T")
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
 CALLER, PURPOSE = "svc:auth", "business.administration"  # writes identity.username only
@@ -61,16 +64,20 @@ def _service(settings: Any, written: list[Any]) -> FastAPI:
     return app
 
 
+def _started(start: Callable[[], T]) -> T | None:
+    """What ``start`` made, or None when it refused the minimised write at start."""
+    try:
+        return start()
+    except PolicyError as exc:
+        refused = str(exc)
+    assert "a minimise route is a read" in refused
+    return None
+
+
 def test_a_minimised_write_never_reaches_the_handler(tmp_path: Path, keys: Any) -> None:
     written: list[Any] = []
-    try:
-        app = _service(guard_settings(tmp_path, keys), written)
-    except PolicyError as exc:  # refused where it is declared
-        refused = str(exc)
-    else:
-        refused = ""
-    if refused:
-        assert "a minimise route is a read" in refused
+    app = _started(lambda: _service(guard_settings(tmp_path, keys), written))
+    if app is None:  # refused where it is declared
         return
     with UvicornThread(app) as server:
         answer = httpx.put(server.url + "/accounts/c-1", json=NEW, timeout=10, headers={
@@ -129,14 +136,8 @@ def test_a_minimised_write_never_reaches_the_upstream(tmp_path: Path, keys: Any)
                                            methods=["PUT"])])
     with ServerThread(upstream_app, free_port()) as upstream:
         settings = sidecar_settings(tmp_path, policy, keys.identity(), upstream=upstream.url)
-        try:
-            sidecar = serve_sidecar(settings)
-        except PolicyError as exc:  # the routes file is refused at start
-            refused = str(exc)
-        else:
-            refused = ""
-        if refused:
-            assert "a minimise route is a read" in refused
+        sidecar = _started(lambda: serve_sidecar(settings))
+        if sidecar is None:  # the routes file is refused at start
             return
         with sidecar:
             answer = httpx.put(sidecar.url + "/accounts/c-1", json=NEW, timeout=10, headers={
