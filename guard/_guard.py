@@ -13,7 +13,7 @@ from time import monotonic, perf_counter_ns
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import trace
-from opentelemetry.trace import INVALID_SPAN, NoOpTracer, ProxyTracer
+from opentelemetry.trace import INVALID_SPAN
 
 from guard._errors import AuditTimeoutError, AuditUnavailableError
 from guard._refusals import RefusalBudget, source_of
@@ -405,11 +405,7 @@ class Guard:
             asked: The request, its HTTP side and their remembered decision.
             current: The current span, when the caller has read it already.
         """
-        tracer = self._tracer
-        kind = type(tracer)  # makes_no_span(tracer), inline
-        if kind is not NoOpTracer and not (
-                kind is ProxyTracer and tracer._real_tracer is None  # type: ignore[attr-defined]
-                and trace._TRACER_PROVIDER is None):
+        if not makes_no_span(self._tracer):
             return self.decide(asked.request, asked.http, current=current)
         if current is None:
             current = trace.get_current_span()
@@ -656,21 +652,7 @@ class Guard:
             refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             refused.set_exception(exc)
             return refused
-        deadlines = self._deadlines  # _watch and Deadlines.watch, inline: once per read
-        within = self.durable_within
-        if (deadlines is None or deadlines.loop is not future.get_loop()
-                or within != deadlines._within):
-            if deadlines is None or deadlines.loop is not future.get_loop():
-                deadlines = self._deadlines = Deadlines(future.get_loop(), self._late_refusal)
-            deadlines.watch(fields, within)
-            return future
-        pending = deadlines._pending
-        while pending and pending[0].future.done():  # type: ignore[union-attr]  # set by then
-            pending.popleft()  # the commits done since: not kept until the next tick
-        fields.deadline = monotonic() + within
-        pending.append(fields)
-        if deadlines._timer is None:
-            deadlines._timer = deadlines.loop.call_later(deadlines._tick, deadlines._check)
+        self._watch(future, fields)
         return future
 
     def _late_refusal(self, fields: dict[str, Any]) -> None:
