@@ -132,6 +132,10 @@ _SUBJECT_TRIGGERS = {
               f"{_NEW_TOKEN} WHERE new.subject IS NOT NULL; END",
 }
 _FILL_STEP = 1_000_000
+SUBJECT_INDEX_DDL = ("CREATE VIRTUAL TABLE audit_subject USING fts5"
+                     "(token, content='', detail=none, columnsize=0, tokenize='ascii')")
+"""SQLite's subject index as migration 7 makes it (and as ``sqlite_master`` keeps its text:
+``guard audit verify`` names any other table of that name)."""
 
 
 def fill_subject_index(execute: Callable[..., Any], after: int = 0) -> None:
@@ -161,8 +165,7 @@ SQLITE_MIGRATIONS: dict[int, tuple[str | Callable[[Callable[..., Any]], None], .
         "DROP TRIGGER IF EXISTS audit_subject_remove",
         "DROP TRIGGER IF EXISTS audit_subject_change",
         "DROP TABLE IF EXISTS audit_subject",  # a migration run again fills it anew
-        "CREATE VIRTUAL TABLE audit_subject USING fts5"
-        "(token, content='', detail=none, columnsize=0, tokenize='ascii')",
+        SUBJECT_INDEX_DDL,
         fill_subject_index,
         *(f"CREATE TRIGGER IF NOT EXISTS audit_subject_{name} {body}"
           for name, body in _SUBJECT_TRIGGERS.items()),

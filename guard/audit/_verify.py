@@ -18,7 +18,13 @@ from guard._errors import ConfigError
 from guard.audit._checkpoint import Checkpoint, CheckpointKind, Terms
 from guard.audit._event import FIELD_NAMES, GENESIS_HASH, ts_epoch
 from guard.audit._fields import ChainKey, Linker, content, row_event
-from guard.audit._schema import CHECKPOINT_COLUMNS, EVENT_COLUMNS, SUBJECT_TOKEN, row_checkpoint
+from guard.audit._schema import (
+    CHECKPOINT_COLUMNS,
+    EVENT_COLUMNS,
+    SUBJECT_INDEX_DDL,
+    SUBJECT_TOKEN,
+    row_checkpoint,
+)
 from guard.audit._store import Store, sqlite_path
 from guard.audit._witness import WitnessRead
 
@@ -46,6 +52,17 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True)
+class Unread:
+    """A part of the store verify could not read (locked, busy, an I/O error): no finding
+    either way; run verify again."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyReport:
     """What verify found."""
 
@@ -54,6 +71,8 @@ class VerifyReport:
     checkpoints: int
     problems: tuple[Problem, ...] = ()
     notes: tuple[str, ...] = ()
+    unread: tuple[Unread, ...] = ()
+    """What could not be read: ``ok`` holds for the rest only, and the check is unfinished."""
 
     @property
     def ok(self) -> bool:
@@ -268,7 +287,11 @@ def verify(
     report = verify_chains(store.stream(_EVENTS_SQL), stored_checkpoints(store), public,
                            chain_key=chain_key, witness=witness)
     found = [p for p in (check_register(store), check_subject_index(store)) if p is not None]
-    return replace(report, problems=(*report.problems, *found)) if found else report
+    problems = tuple(p for p in found if isinstance(p, Problem))
+    unread = tuple(p for p in found if isinstance(p, Unread))
+    if not found:
+        return report
+    return replace(report, problems=(*report.problems, *problems), unread=unread)
 
 
 _TERMS = "SELECT term, doc FROM temp.subject_terms ORDER BY term, doc"
@@ -276,21 +299,49 @@ _TOKENS = (f"SELECT lower({SUBJECT_TOKEN.format('subject')}) AS t, rowid, writer
            "event_id FROM audit_event WHERE subject IS NOT NULL ORDER BY t, rowid")
 
 
-def check_subject_index(store: Store) -> Problem | None:
+_UNREAD_CODES = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_INTERRUPT,
+    sqlite3.SQLITE_FULL})
+"""SQLite's result codes (primary) of a read the file's state or the machine stopped (a lock
+another connection holds, no memory, an I/O error): no finding about what the file holds."""
+
+
+def unreadable(exc: BaseException | None) -> bool:
+    """Did SQLite stop a read for the file's state or the machine's (:data:`_UNREAD_CODES`),
+    itself or as the cause of ``exc``?"""
+    while exc is not None and not isinstance(exc, sqlite3.Error):
+        exc = exc.__cause__
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _UNREAD_CODES
+
+
+def check_subject_index(store: Store, *, timeout: float = 5.0) -> Problem | Unread | None:
     """SQLite: the first event with a subject that its subject index does not find, or None.
 
     A subject's events are found through ``audit_subject`` (FTS5), a table a writer to the
     store can change: an entry taken out hides its event from the subject's access report
     with every chain intact. Each event's token and row are looked for among the index's
-    own (FTS5's ``fts5vocab`` of it, in a temporary table), in one read transaction.
+    own (FTS5's ``fts5vocab`` of it, in a temporary table), in one read transaction. An
+    index that is missing, not the schema's table (``sqlite_master``'s text against
+    :data:`SUBJECT_INDEX_DDL`) or unreadable as one is named ``unindexed``; a read stopped
+    by a lock (waited for ``timeout`` seconds) or the machine is :class:`Unread`, no
+    finding.
     """
     if not store.url.startswith("sqlite:"):
         return None  # PostgreSQL's (subject, ts) index is the database's own
-    conn = sqlite3.connect(sqlite_path(store.url), isolation_level=None)
+    conn = sqlite3.connect(sqlite_path(store.url), timeout=timeout, isolation_level=None)
     try:
+        conn.execute("BEGIN")
+        made = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'audit_subject'"
+                            ).fetchall()
+        if made != [(SUBJECT_INDEX_DDL,)]:
+            what = "is missing" if not made else f"is not the schema's: {made[0][0]}"
+            return Problem("unindexed", "(subject index)", None, None,
+                           f"the subject index {what}; no subject query (an access report) "
+                           "finds the events")
         conn.execute("CREATE VIRTUAL TABLE temp.subject_terms "
                      "USING fts5vocab(main, audit_subject, instance)")
-        conn.execute("BEGIN")
         held = conn.execute(_TERMS)
         term = next(held, None)
         for token, rowid, writer, seq, event_id in conn.execute(_TOKENS):
@@ -301,9 +352,11 @@ def check_subject_index(store: Store) -> Problem | None:
                                "the subject index does not find this event: a query for its "
                                "subject (an access report) leaves it out")
         return None
-    except sqlite3.Error as exc:  # dropped or replaced: no subject query finds anything
-        return Problem("unindexed", "(subject index)", None, None,
-                       f"the subject index cannot be read: {exc}")
+    except sqlite3.Error as exc:
+        if unreadable(exc):
+            return Unread(f"the subject index could not be read: {exc}")
+        return Problem("unindexed", "(subject index)", None, None,  # its inner tables
+                       f"the subject index cannot be read: {exc}")  # changed: damaged
     finally:
         conn.close()
 

@@ -18,6 +18,7 @@ from guard._cells import csv_cell
 from guard._types import Reason
 from guard.audit import (
     AuditQueryError,
+    AuditStoreError,
     Count,
     EventFilter,
     QueryRow,
@@ -36,6 +37,7 @@ from guard.audit import (
     verify,
 )
 from guard.audit._report import render_json, render_markdown
+from guard.audit._verify import unreadable
 from guard.cli._groups import audit_app
 from guard.cli._plain import visible
 from guard.config import AuditSettings
@@ -242,24 +244,32 @@ def verify_cmd(
                                        "it (default: the configured one, if it exists)"),
     ] = None,
 ) -> None:
-    """Check every hash chain and signed checkpoint; exit 1 if anything was tampered with."""
+    """Check every hash chain and signed checkpoint; exit 1 if anything was tampered with,
+    3 if a part of the store could not be read (locked: run it again)."""
     from guard.audit._journal import lanes
     from guard.audit._jtrail import journal_folder
     from guard.audit._jverify import verify_journal
 
     settings = _settings()
     key_path = public_key or public_key_path(settings.signing_key)
-    opened = _open(store)
-    public = load_public_key(key_path)
-    chain_key = _chain_key(hmac_key)
-    report = verify(opened, public, chain_key=chain_key,
-                    witness=read_witness(witness) if witness is not None else None)
-    folder = journal if journal is not None else journal_folder(settings)
-    found = lanes(folder)
-    if journal is not None and not found:
-        typer.echo(f"error: no audit journal at {folder}", err=True)
-        sys.exit(2)
-    checked = verify_journal(opened, folder, public, chain_key=chain_key) if found else None
+    try:
+        opened = _open(store)
+        public = load_public_key(key_path)
+        chain_key = _chain_key(hmac_key)
+        report = verify(opened, public, chain_key=chain_key,
+                        witness=read_witness(witness) if witness is not None else None)
+        folder = journal if journal is not None else journal_folder(settings)
+        found = lanes(folder)
+        if journal is not None and not found:
+            typer.echo(f"error: no audit journal at {folder}", err=True)
+            sys.exit(2)
+        checked = verify_journal(opened, folder, public, chain_key=chain_key) if found else None
+    except AuditStoreError as exc:
+        if not unreadable(exc):
+            raise
+        typer.echo(visible(f"could not read: {exc}"))  # a lock another connection holds:
+        typer.echo("UNFINISHED: the store could not be read (run verify again)")  # no finding
+        sys.exit(3)
     summary = (f"{report.events} event(s) in {report.writers} chain(s), "
                f"{report.checkpoints} signed checkpoint(s)")
     label = "index: " if checked is not None else ""
@@ -270,10 +280,14 @@ def verify_cmd(
         problems += [f"index disagrees with the journal: {problem}" for problem in checked.index]
         summary += (f"; journal {folder}: {checked.journal.events} event(s) in "
                     f"{checked.lanes} lane(s)")
-    for line in (*(f"note: {note}" for note in report.notes), *problems):
+    unread = [f"could not read: {part}" for part in report.unread]
+    for line in (*(f"note: {note}" for note in report.notes), *unread, *problems):
         typer.echo(visible(line))  # a store's ids: no terminal controls
-    if not problems:
-        typer.echo(visible(f"intact: {summary}"))
-        return
-    typer.echo(visible(f"TAMPERED: {len(problems)} problem(s); {summary}"))
-    sys.exit(1)
+    if problems:
+        typer.echo(visible(f"TAMPERED: {len(problems)} problem(s); {summary}"))
+        sys.exit(1)
+    if unread:
+        typer.echo(visible(f"UNFINISHED: {len(unread)} part(s) could not be read (run verify "
+                           f"again); the rest intact: {summary}"))
+        sys.exit(3)
+    typer.echo(visible(f"intact: {summary}"))

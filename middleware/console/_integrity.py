@@ -80,6 +80,8 @@ def check(store: Store, signing_key: Path, hmac_key: bytes | None = None) -> Int
             str(problem) if problem is not None else None,
             str(_attr(problem, "kind", "problem")) if problem is not None else None))
     ok = bool(_attr(report, "ok", not problems))
-    return Integrity(checked_at, ok, int(_attr(report, "events", 0)),
+    unread = "; ".join(str(part) for part in _attr(report, "unread", ()) or ())
+    return Integrity(checked_at, ok and not unread, int(_attr(report, "events", 0)),
                      int(_attr(report, "checkpoints", 0)), tuple(chains),
-                     tuple(str(n) for n in (_attr(report, "notes", ()) or ())))
+                     tuple(str(n) for n in (_attr(report, "notes", ()) or ())),
+                     f"not finished, check again: {unread}" if ok and unread else None)
