@@ -349,6 +349,9 @@ class H1Transport:
         declared = _declared_length(headers)
         if chunked and declared is not None:  # two framings: the upstream may read either
             raise httpx.LocalProtocolError("a body with both Content-Length and chunked framing")
+        if content is not None and not chunked and declared is None:  # no framing: the upstream
+            # would read the body as the start of a request of its own
+            raise httpx.LocalProtocolError("a body with neither Content-Length nor chunked framing")
         conn = await self._acquire(url.host.decode("ascii"), url.port or 80, timeout)
         try:
             conn.begin(method == b"HEAD", content is not None)

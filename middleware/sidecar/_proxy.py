@@ -145,6 +145,9 @@ _HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 # Host: httpx sets the upstream's. Expect: the server already answered
 # ``100 Continue`` to the client; the body is sent upstream as it arrives.
 _NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"expect"}
+# The body's framing: never dropped for a ``Connection`` header naming it. Forwarded without
+# its length, a body would reach the upstream as the start of a request of its own.
+_FRAMING = frozenset({b"content-length"})
 _IDENTITY = frozenset(name.encode() for name in IDENTITY_HEADERS)
 _IDENTITY_PREFIXES = tuple(prefix.encode() for prefix in IDENTITY_PREFIXES)
 
@@ -155,8 +158,9 @@ def fold(name: bytes) -> bytes:
 
 
 def _connection_tokens(value: bytes) -> set[bytes]:
-    """Header names a ``Connection`` header declares hop-by-hop (folded)."""
-    return {fold(tok.strip()) for tok in value.split(b",") if tok.strip()}
+    """Header names a ``Connection`` header declares hop-by-hop (folded), but the body's
+    framing (:data:`_FRAMING`), which belongs to the message, not to the connection."""
+    return {fold(tok.strip()) for tok in value.split(b",") if tok.strip()} - _FRAMING
 
 
 def request_headers(
@@ -169,7 +173,8 @@ def request_headers(
 ) -> list[tuple[bytes, bytes]]:
     """Headers for the upstream request.
 
-    Drops hop-by-hop headers (and those the ``Connection`` header names), ``Host``,
+    Drops hop-by-hop headers (and those the ``Connection`` header names, never the
+    body's ``Content-Length``), ``Host``,
     ``Expect``, every identity, address and rewrite header a client could forge
     (:data:`IDENTITY_HEADERS`, :data:`IDENTITY_PREFIXES` and the names in
     ``strip``, in any case and with ``_`` for ``-``); then sets
