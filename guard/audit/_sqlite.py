@@ -54,6 +54,8 @@ _SHARED: list[tuple[int, ...]] = [()]
 """The sets of columns bound once a statement so far (a prepared statement of 1,024 rows
 holds 2.3 MB: at most :data:`_KINDS` sets, six statements each, are ever made)."""
 _KINDS = 5
+_SHARING = threading.Lock()
+"""Held to add a set: two indexers' threads may find the same new set, or the last place."""
 
 
 @functools.lru_cache(maxsize=_KINDS * len(_SIZES))
@@ -78,8 +80,11 @@ def _bound_once(values: list[Any], count: int) -> tuple[int, ...]:
     if same in _SHARED:
         return same
     if len(_SHARED) < _KINDS and count >= _SIZES[2]:  # a batch of a few rows makes no new set
-        _SHARED.append(same)
-        return same
+        with _SHARING:  # looked at again: another thread may have added it, or the last set
+            if same not in _SHARED and len(_SHARED) < _KINDS:
+                _SHARED.append(same)
+            if same in _SHARED:
+                return same
     return max((known for known in _SHARED if set(known) <= set(same)), key=len)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,51 @@ def test_few_sets_of_columns_are_ever_bound_once(store: Store,
         made |= shared_by(store, rows)
     assert len(made) == len(_sqlite._SHARED) == 5
     assert len(stored(store)) == 64 * len(NULLABLE)
+
+
+def varying(name: str) -> list[Any]:
+    """A batch of 64 decisions (:func:`decode_many`'s values) in which one column differs
+    from row to row and the others are the same."""
+    at = FIELD_NAMES.index(name)
+    return decode_many([compact((*r[:at], f"v{n}", *r[at + 1:]))
+                        for n, r in enumerate(rows_with([set()] * 64))])[0]
+
+
+class _CountedTogether(list[tuple[int, ...]]):
+    """The sets bound once, whose first count in each of two threads returns only when both
+    have counted (each then finds a place for its new set, as two indexers may)."""
+
+    def __init__(self, sets: list[tuple[int, ...]]) -> None:
+        super().__init__(sets)
+        self._both = threading.Barrier(2, timeout=10)
+        self._counted = {threading.get_ident()}  # the test's own thread is not held
+
+    def __len__(self) -> int:
+        count = super().__len__()
+        if threading.get_ident() not in self._counted:
+            self._counted.add(threading.get_ident())
+            self._both.wait()
+        return count
+
+
+@pytest.mark.parametrize("alike", [True, False], ids=["one-new-set", "two-for-the-last-place"])
+def test_two_indexers_finding_new_sets_at_once_add_each_once_and_no_more_than_five(
+        monkeypatch: pytest.MonkeyPatch, alike: bool) -> None:
+    """The sets are the process's: two stores' indexing threads that count them at once
+    (both find a place) add one set once, and a fifth set only, not a sixth."""
+    sets = _CountedTogether([()] + [(at,) for at in _sqlite._ONCE[:0 if alike else 3]])
+    monkeypatch.setattr(_sqlite, "_SHARED", sets)
+    batches = [varying(name) for name in (["detail"] * 2 if alike else ["detail", "country"])]
+    found: list[tuple[int, ...]] = []
+    threads = [threading.Thread(target=lambda v=values: found.append(_sqlite._bound_once(v, 64)))
+               for values in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(found) == 2
+    assert len(sets) == len(set(sets)) == (2 if alike else 5)
+    assert set(found) <= set(sets)
 
 
 TEXT = st.sampled_from(["a", "b", "", "é", "a\u0000"])
