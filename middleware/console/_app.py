@@ -222,7 +222,8 @@ def build_console(settings: Settings, guard: Guard | None = None) -> Console:
     """The console's shared parts; a bad setting raises a GuardError here."""
     conf = settings.console
     sessions = Sessions(conf.auditors, conf.session_minutes)
-    gate = Gate(Authenticator.from_settings(settings.identity), conf.auditors, sessions)
+    gate = Gate(Authenticator.from_settings(settings.identity), conf.auditors, sessions,
+                conf.purpose)
     hmac_key = load_hmac_key(settings.audit.hmac_key, create=True)
     oidc = None
     if conf.oidc_issuer:

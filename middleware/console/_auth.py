@@ -92,24 +92,31 @@ class Gate:
         auth: Verifies tokens.
         auditors: Caller ids that may use the console.
         sessions: Verifies OIDC sessions.
+        purpose: The purpose the console's work is declared under (``console.purpose``):
+            a token whose ``purposes`` claim leaves it out proves no auditor here.
     """
 
-    __slots__ = ("_auditors", "_auth", "sessions")
+    __slots__ = ("_auditors", "_auth", "_purpose", "sessions")
 
-    def __init__(self, auth: Authenticator, auditors: list[str], sessions: Sessions) -> None:
+    def __init__(self, auth: Authenticator, auditors: list[str], sessions: Sessions,
+                 purpose: str) -> None:
         self._auth = auth
         self._auditors = frozenset(auditors)
+        self._purpose = purpose
         self.sessions = sessions
 
     def auditor(self, token: str) -> str:
         """The auditor a token proves.
 
         Raises:
-            IdentityError: the token does not verify, or its caller is not an auditor.
+            IdentityError: the token does not verify, its caller is not an auditor, or its
+                ``purposes`` claim leaves out the console's purpose.
         """
         caller = self._auth.verify(token.strip())
         if caller.id not in self._auditors:
             raise NotAnAuditorError(f"{caller.id} is not one of the console's auditors")
+        if not caller.may_declare(self._purpose):
+            raise NotAnAuditorError(f"the token's purposes claim leaves out {self._purpose}")
         return caller.id
 
     def request_auditor(self, request: Request) -> str | None:
