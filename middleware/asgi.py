@@ -291,7 +291,7 @@ class GuardMiddleware:
             )
             caller = outcome.caller
             authorization = headers.get("authorization")
-            if caller is not None and authorization is not None:  # known_caller's next time
+            if caller is not None and authorization is not None:  # known() next time
                 self.auth.remember(authorization.encode("latin-1"), caller)
             ruling = outcome.pending
             if ruling is not None:

@@ -213,7 +213,7 @@ class Authenticator:
         self._by_alg: dict[str, list[VerificationKey]] = {}
         self._cache: OrderedDict[str, tuple[Caller, float, float]] = OrderedDict()
         self._raw: dict[bytes, tuple[Caller, float, float]] = {}
-        """Verified ``Authorization`` values as they came (bytes), for :meth:`known_caller`."""
+        """Verified ``Authorization`` values as they came (bytes), for :meth:`known`."""
         self.keys_set = 0
         """How many times the verification keys were put in force (each time, every token
         verified before must be verified again: :meth:`holds`)."""
@@ -358,25 +358,16 @@ class Authenticator:
             raise IdentityError("the Authorization header is not a bearer token")
         return self.verify(token.strip())
 
-    def known_caller(self, headers: Mapping[bytes, bytes]) -> Caller | None:
-        """The caller of a request whose ``Authorization`` value was verified before.
-
-        What :meth:`authenticate` would answer, from the raw headers, when the value is
-        one :meth:`remember` kept and its token is valid now; None in every other case
-        (not remembered, expired or not yet valid, the key files due to be looked at, a
-        caller header a proxy may assert): then :meth:`authenticate` decides.
-
-        Args:
-            headers: The request's headers by lower-case name as bytes (the first of
-                repeats), values as they came.
-        """
-        hit = self.known(headers.get(b"authorization"), headers)
-        return hit[0] if hit is not None else None
-
     def known(self, authorization: bytes | None, headers: Mapping[bytes, bytes]
               ) -> tuple[Caller, float, float] | None:
-        """:meth:`known_caller`'s answer as kept: ``(caller, nbf, exp)``, the same tuple for
-        as long as :meth:`remember` keeps the value (a caller's memo compares it by identity).
+        """The caller :meth:`authenticate` would answer for a request whose ``Authorization``
+        value was verified before, with its token's ``nbf`` and ``exp`` as kept:
+        ``(caller, nbf, exp)``, the same tuple for as long as
+        :meth:`remember` keeps the value (a caller's memo compares it by identity).
+
+        None in every other case (not remembered, expired or not yet valid, the key files
+        due to be looked at, a caller header a proxy may assert): then :meth:`authenticate`
+        decides.
 
         Args:
             authorization: The request's first ``Authorization`` value, as it came.
@@ -428,7 +419,7 @@ class Authenticator:
         """Keep a raw ``Authorization`` value that :meth:`authenticate` just proved ``caller`` with.
 
         Kept only when it is the value of a bearer token verified into the cache as
-        this very caller (so :meth:`known_caller` answers exactly what
+        this very caller (so :meth:`known` answers exactly what
         :meth:`authenticate` answered); bounded like the token cache, the oldest kept
         dropped first (a dropped value is kept again at its next request).
 
@@ -450,7 +441,7 @@ class Authenticator:
 
     @property
     def remembered(self) -> int:
-        """How many raw ``Authorization`` values :meth:`known_caller` can answer."""
+        """How many raw ``Authorization`` values :meth:`known` can answer."""
         return len(self._raw)
 
     def _proxied(self, caller_id: str, secret: str | None, peer: str | None) -> Caller:

@@ -46,7 +46,7 @@ def _proved(auth: Authenticator, token: str) -> tuple[bytes, Caller]:
     raw = f"Bearer {token}".encode()
     caller = auth.authenticate({"authorization": raw.decode()}, None)
     auth.remember(raw, caller)
-    assert auth.known_caller({b"authorization": raw}) is caller
+    assert auth.known(raw, {b"authorization": raw})[0] is caller
     return raw, caller
 
 
@@ -61,7 +61,7 @@ def test_a_deleted_jwks_file_stops_its_keys_cached_and_remembered_alike(
     assert auth.verify(hs_token).id == "svc:crm"
     jwks.unlink()
     clock[0] = 61.0
-    assert auth.known_caller({b"authorization": raw}) is None  # due: authenticate() looks
+    assert auth.known(raw, {b"authorization": raw}) is None  # due: authenticate() looks
     with pytest.raises(IdentityError, match="unknown key id"):
         auth.authenticate(_bearer(rsa_token), None)
     with pytest.raises(IdentityError):
