@@ -361,9 +361,9 @@ def check_subject_index(store: Store, *, timeout: float = 5.0) -> Problem | Unre
         conn.close()
 
 
-_REGISTER_SQL = ("SELECT entry_id, subject, kind, purpose, effective, recorded_by, ref, event_id "
-                 "FROM subject_register ORDER BY subject, seq")
-_RIGHTS_SQL = ("SELECT event_id, subject, reason, purpose, caller, detail FROM audit_event "
+_REGISTER_SQL = ("SELECT entry_id, subject, kind, purpose, effective, recorded_by, ref, event_id, "
+                 "seq FROM subject_register ORDER BY subject, seq")
+_RIGHTS_SQL = ("SELECT event_id, subject, reason, purpose, caller, detail, ts FROM audit_event "
                "WHERE kind = 'subject_right'")
 
 
@@ -372,12 +372,14 @@ def check_register(store: Store, *, settle: float = 1.0) -> Problem | None:
 
     The guard enforces the register's rows, which are no part of a chain: each must be
     the very entry its chained event recorded (subject, kind, purpose, effective day,
-    who, reference), and each such event must have its row. So an entry planted (a
-    consent no one gave), edited or deleted (an erasure or objection undone) by a writer
-    to the store is named, as an edited event is. An entry is recorded while verify
-    reads (its event durable first, then indexed, then its row stored): a mismatch is
-    looked at again once, ``settle`` seconds later (past the index's lag), and only one
-    that stays is named.
+    who, reference), each such event must have its row, and a subject's rows must be in
+    the order of their events (the guard folds them in ``seq`` order: a withdrawal put
+    before the grant it withdrew leaves the grant in force). So an entry planted (a
+    consent no one gave), edited, reordered or deleted (an erasure or objection undone)
+    by a writer to the store is named, as an edited event is. An entry is recorded while
+    verify reads (its event durable first, then indexed, then its row stored): a mismatch
+    is looked at again once, ``settle`` seconds later (past the index's lag), and only
+    one that stays is named.
     """
     found = _register_mismatch(store)
     if found is not None and settle > 0:
@@ -388,7 +390,8 @@ def check_register(store: Store, *, settle: float = 1.0) -> Problem | None:
 
 def _register_mismatch(store: Store) -> Problem | None:
     events: dict[str, tuple[Any, ...]] = {}
-    for event_id, subject, reason, purpose, caller, detail in store.stream(_RIGHTS_SQL):
+    order: dict[str, tuple[str, str]] = {}
+    for event_id, subject, reason, purpose, caller, detail, ts in store.stream(_RIGHTS_SQL):
         try:
             said = json.loads(str(detail))
             entry = str(said["entry_id"])
@@ -397,7 +400,9 @@ def _register_mismatch(store: Store) -> Problem | None:
         except (ValueError, KeyError, TypeError):
             continue  # no entry's event: the chain check covers what it holds
         events[entry] = fields
-    for entry_id, subject, kind, purpose, effective, by, ref, event_id in store.stream(
+        order[entry] = (str(ts), str(event_id))
+    last: tuple[Any, str, tuple[str, str]] | None = None  # subject, entry, its event's place
+    for entry_id, subject, kind, purpose, effective, by, ref, event_id, seq in store.stream(
             _REGISTER_SQL):
         expected = events.pop(str(entry_id), None)
         if expected is None or expected != (subject, kind, purpose or "", str(effective), by,
@@ -406,6 +411,17 @@ def _register_mismatch(store: Store) -> Problem | None:
                     else "is not the entry its subject_right event recorded")
             return Problem("altered" if expected else "inserted", "(register)", None, None,
                            f"subject register entry {entry_id} ({kind}) {what}")
+        if type(seq) is not int:
+            return Problem("altered", "(register)", None, None,
+                           f"subject register entry {entry_id} ({kind}) has a place (seq) "
+                           f"that is no number: {seq!r}")
+        place = order[str(entry_id)]
+        if last is not None and last[0] == subject and place < last[2]:
+            return Problem("reordered", "(register)", None, None,
+                           f"subject register entry {entry_id} ({kind}, seq {seq}) is "
+                           f"enforced after entry {last[1]}, whose subject_right event was "
+                           "recorded after its own")
+        last = (subject, str(entry_id), place)
     if events:
         entry_id, fields = next(iter(events.items()))
         return Problem("deleted", "(register)", None, None,

@@ -78,6 +78,9 @@ class Register:
         self.store = store
         self.index = SubjectIndex()
         self._refresh_lock = threading.Lock()
+        self._record_lock = threading.Lock()
+        """One change at a time: each is judged on the entries before it, and stored in the
+        order of its audit event (``guard audit verify`` checks that order)."""
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._last_rowid = 0
@@ -163,6 +166,11 @@ class Register:
             RegisterRefusedError: the change is refused; nothing was recorded.
             AuditUnavailableError: the audit trail or the store could not take it.
         """
+        with self._record_lock:
+            return self._record(change, policy, record_event)
+
+    def _record(self, change: Change, policy: CompiledPolicy, record_event: RecordEvent
+                ) -> Entry:
         pseudonym = self.pseudonym(change.subject)
         looked = self.lookup(change.subject)
         current = looked or ()
