@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from guard._types import HttpContext, Reason, Request, denial
-from middleware._bounds import MAX_PURPOSE
+from middleware._bounds import MAX_METHOD, MAX_PURPOSE, cut, method_ok
 from middleware._enforce import _policy_version, _refuse, http_context
 from middleware.identity import IdentityError
 from middleware.problem import problem_response
@@ -34,7 +34,7 @@ async def refuse_target(
     """Record a ``malformed_request`` denial for a target the guard cannot judge.
 
     The event names the caller when the request proves one, the purpose as
-    declared (cut to 200 characters), the method when it is a plain token and
+    declared (cut to 200 characters), the method (cut to 32 characters) and
     the route ``<refused>``; the answer is a problem+json with its id.
 
     Args:
@@ -56,7 +56,10 @@ async def refuse_target(
     request = Request(caller=caller, purpose=purpose, categories=())
     version = _policy_version(sidecar.guard)
     decision = denial(Reason.MALFORMED_REQUEST, request, version, detail="request_" + what)
-    http = HttpContext(method=method or "-", route=REFUSED_ROUTE, status=status)
+    # A server may hand over a method of any length (uvicorn's h11 takes 15,000 characters):
+    # stored cut to its bound, as enforce() stores it.
+    shown = "-" if not method else method if method_ok(method) else cut(method, MAX_METHOD)
+    http = HttpContext(method=shown, route=REFUSED_ROUTE, status=status)
     checked = await sidecar.guard.arecord_denial(request, decision, http, source=peer or "-")
     return sidecar_problem(
         status,
