@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from guard.audit._event import utc_now
-from guard.audit._query import EventFilter, QueryRow, query_events
+from guard.audit._query import AuditQueryError, EventFilter, QueryRow, query_events
 from guard.audit._store import Store
 
 
@@ -112,7 +112,12 @@ def register_of(store: Store, pseudonym: str) -> tuple[RightsEntry, ...]:
     rows = store.rows(
         "SELECT seq, kind, purpose, effective, recorded_at, recorded_by, ref, event_id "
         "FROM subject_register WHERE subject = ? ORDER BY seq", (pseudonym,))
-    return tuple(RightsEntry(int(r[0]), *(str(v) for v in r[1:])) for r in rows)
+    for r in rows:
+        if type(r[0]) is not int:  # a writer to the store's row: named, not a traceback
+            raise AuditQueryError(f"a subject register entry of {pseudonym[:12]}... has a "
+                                  f"place (seq) that is no number ({r[0]!r}): it was written "
+                                  "around the guard; run guard audit verify")
+    return tuple(RightsEntry(r[0], *(str(v) for v in r[1:])) for r in rows)
 
 
 def render_json(report: SubjectReport) -> str:

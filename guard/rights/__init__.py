@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from guard.rights._entries import Entry, EntryKind, Record, RegisterRefusedError, State, fold
+from guard.rights._entries import (
+    Entry,
+    EntryKind,
+    Record,
+    RegisterRefusedError,
+    RegisterUnreadableError,
+    State,
+    fold,
+)
 from guard.rights._judge import Verdict, consent_in_force, register_checks
 from guard.rights._register import Register
 from guard.rights._store import RegisterStore
@@ -16,6 +24,7 @@ __all__ = [
     "Register",
     "RegisterRefusedError",
     "RegisterStore",
+    "RegisterUnreadableError",
     "State",
     "Verdict",
     "consent_in_force",

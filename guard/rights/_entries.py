@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
 
-from guard._errors import GuardError
+from guard._errors import AuditUnavailableError, GuardError
 
 
 class EntryKind(StrEnum):
@@ -36,6 +36,11 @@ _PURPOSE_KINDS = frozenset({
 
 class RegisterRefusedError(GuardError):
     """A register change refused before anything was recorded (the message says why)."""
+
+
+class RegisterUnreadableError(AuditUnavailableError):
+    """A register row that is no entry the guard wrote (an unknown kind, a place or a day
+    that is no number or date): written around the guard; ``guard audit verify`` names it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,14 @@ import psycopg
 
 from guard.audit._event import EventKind, utc_now
 from guard.policy._compiled import CompiledPolicy
-from guard.rights._entries import Entry, Record, RegisterRefusedError, State, fold
+from guard.rights._entries import (
+    Entry,
+    Record,
+    RegisterRefusedError,
+    RegisterUnreadableError,
+    State,
+    fold,
+)
 from guard.rights._index import BITMAP_SHIFT, SubjectIndex, split_digest
 from guard.rights._store import CHANNEL, RegisterStore
 from guard.rights._validate import Change, validate
@@ -86,6 +93,8 @@ class Register:
         self._last_rowid = 0
         self.listening: bool | None = None
         """PostgreSQL: whether changes of other replicas are heard right now."""
+        self.unreadable: str | None = None
+        """The pseudonym of a subject whose rows could not be read while following."""
 
     @classmethod
     def open(cls, url: str, hmac_key: bytes, *, watch: bool = False) -> Register:
@@ -271,11 +280,24 @@ class Register:
             try:
                 with self._refresh_lock:
                     last, subjects = self.store.changed_since(self._last_rowid)
-                    for pseudonym in subjects:
-                        self._put(pseudonym, _state(self.store.history(pseudonym)))
+                    unread = [pseudonym for pseudonym in subjects if not self._read(pseudonym)]
                     self._last_rowid = last
+                self.unreadable = unread[0] if unread else self.unreadable
             except Exception:  # keep following; decisions use the last state read
                 _log.exception("cannot read the subject register")
+
+    def _read(self, pseudonym: str) -> bool:
+        """Put one subject's state read from the store; False (logged, its last state kept)
+        when a row of it is no entry the guard wrote: the other subjects' changes, and every
+        later one, are still followed."""
+        assert self.store is not None
+        try:
+            self._put(pseudonym, _state(self.store.history(pseudonym)))
+        except RegisterUnreadableError as exc:
+            _log.error("the subject register's entries of %s... cannot be read; its last "
+                       "state read is kept: %s", pseudonym[:12], exc)
+            return False
+        return True
 
     def _listen(self) -> None:
         assert self.store is not None
@@ -290,7 +312,9 @@ class Register:
                     first = False
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            self.refresh(note.payload)
+                            with self._refresh_lock:
+                                if not self._read(note.payload):
+                                    self.unreadable = note.payload
             except Exception as exc:
                 self.listening = False
                 if first:
@@ -303,7 +327,10 @@ class Register:
         following: bool | None = None
         if watcher is not None:
             following = watcher.is_alive() and (self.listening is not False)
-        return {"subjects": len(self.index), "following": following}
+        status: dict[str, object] = {"subjects": len(self.index), "following": following}
+        if self.unreadable is not None:
+            status["unreadable_subject"] = self.unreadable[:12]
+        return status
 
     def close(self) -> None:
         """Stop following changes and release the store."""

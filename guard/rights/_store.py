@@ -12,7 +12,7 @@ import psycopg
 
 from guard._errors import AuditUnavailableError
 from guard.audit._store import Store, open_store, sqlite_path
-from guard.rights._entries import Entry, EntryKind
+from guard.rights._entries import Entry, EntryKind, RegisterUnreadableError
 
 CHANNEL = "guard_register"
 """PostgreSQL notification channel: the payload is the changed subject's pseudonym."""
@@ -34,9 +34,18 @@ def is_postgres(url: str) -> bool:
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    return Entry(str(row[0]), int(row[1]), str(row[2]), EntryKind(row[3]), str(row[4]),
-                 date.fromisoformat(str(row[5])), str(row[6]), str(row[7]), str(row[8]),
-                 str(row[9]))
+    """The entry of a stored row; :class:`RegisterUnreadableError` for a row the guard never
+    wrote (a writer to the store's), one line, never another exception."""
+    try:
+        if type(row[1]) is not int:
+            raise TypeError(f"its place (seq) {row[1]!r} is no number")
+        return Entry(str(row[0]), row[1], str(row[2]), EntryKind(row[3]), str(row[4]),
+                     date.fromisoformat(str(row[5])), str(row[6]), str(row[7]), str(row[8]),
+                     str(row[9]))
+    except (ValueError, TypeError) as exc:
+        raise RegisterUnreadableError(
+            f"subject register entry {str(row[2])[:64]!r} cannot be read ({exc}): it was "
+            "written around the guard; run guard audit verify") from None
 
 
 class RegisterStore:

@@ -25,7 +25,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from guard._errors import AuditUnavailableError
+from guard._errors import AuditUnavailableError, GuardError
 from guard._types import Action, Decision, HttpContext, Reason, Request, denial
 from guard.policy import CompiledPolicy
 from guard.rights import Change, EntryKind, RegisterRefusedError
@@ -233,7 +233,11 @@ async def lookup(request: HttpRequest) -> Response:
     if not all(durable):
         return sidecar_problem(503, Reason.AUDIT_UNAVAILABLE.value,
                                "The look-up could not be recorded")
-    entries = await asyncio.to_thread(register.history, lookup_in.subject)
+    try:
+        entries = await asyncio.to_thread(register.history, lookup_in.subject)
+    except GuardError:  # the store unreachable, or a row the guard never wrote (its path
+        return sidecar_problem(503, Reason.AUDIT_UNAVAILABLE.value,  # stays off the answer)
+                               "The register could not be read")
     state = register.lookup(lookup_in.subject) or ()
     return _json({"subject": register.pseudonym(lookup_in.subject),
                   "entries": [e.to_dict() for e in entries],
