@@ -69,6 +69,16 @@ IDENTITY_HEADERS = frozenset(
         "x-goog-iap-jwt-assertion",
         "gap-auth",  # oauth2-proxy's user
         "teleport-jwt-assertion",
+        "client-cert",  # RFC 9440: a TLS-terminating proxy's client certificate
+        "client-cert-chain",
+        "x-ssl-cert",  # nginx's usual name for $ssl_client_escaped_cert
+        "x-endpoint-api-userinfo",  # Google Cloud Endpoints: the verified token's claims
+        "x-apigateway-api-userinfo",  # Google API Gateway: the same
+        "x-apigateway-event",  # AWS Lambda adapters: the authorizer's claims inside
+        "x-apigateway-context",
+        "oidc-access-token",  # Apache mod_auth_openidc (OIDC_access_token)
+        "oidc-id-token",
+        "oidc-id-token-payload",
         # where from (the sidecar sets x-forwarded-for, -host and -proto itself)
         "forwarded",
         "x-real-ip",
@@ -108,6 +118,10 @@ IDENTITY_PREFIXES = (
     "x-appengine-user-",
     "tailscale-user-",
     "impersonate-",  # Kubernetes: act as another user, group or extra
+    "l5d-",  # Linkerd: l5d-client-id (the mesh's proven client), l5d-dst-override (routing)
+    "oidc-claim-",  # Apache mod_auth_openidc: OIDC_CLAIM_<claim>
+    "mellon-",  # Apache mod_auth_mellon: MELLON_<attribute>
+    "shib-",  # Shibboleth: Shib-Identity-Provider, Shib-Session-ID, ...
 )
 
 
