@@ -65,7 +65,19 @@ def _open(store: str | None) -> Store:
     return open_store(store or _settings().store, create=False)
 
 
+def _utf8(value: str | None, option: str) -> str | None:
+    """``value`` if it is text UTF-8 can encode; a command-line byte string that is not
+    (decoded with lone surrogates) is one line, never a traceback."""
+    if value is not None:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise AuditQueryError(f"{option} is not UTF-8 text") from None
+    return value
+
+
 def _pseudonym(subject: str, key_path: Path | None) -> str:
+    _utf8(subject, "--subject")
     if not subject.strip():
         raise AuditQueryError("--subject must not be empty")
     return pseudonymise(load_hmac_key(key_path or _settings().hmac_key), subject)
@@ -114,9 +126,9 @@ def query_cmd(  # noqa: PLR0917 - one parameter per option
     if as_json and as_csv:
         raise AuditQueryError("choose one of --json and --csv")
     where = EventFilter(
-        caller=caller,
-        purpose=purpose,
-        category=category,
+        caller=_utf8(caller, "--caller"),
+        purpose=_utf8(purpose, "--purpose"),
+        category=_utf8(category, "--category"),
         allowed=allowed,
         reason=_reason(reason),
         subject=_pseudonym(subject, hmac_key) if subject is not None else None,
