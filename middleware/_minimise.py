@@ -48,22 +48,25 @@ def minimise_json(body: bytes, plan: FieldPlan, released: frozenset[str]) -> byt
     """A JSON body with the fields of withheld categories removed or masked.
 
     Raises:
-        BodyError: ``body`` is not JSON.
+        BodyError: ``body`` is not JSON, or is nested deeper than it can be read.
     """
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
         try:  # orjson refuses integers beyond 64 bits; the standard parser does not
             value = json.loads(body)
-        except ValueError as exc:
-            raise BodyError("the response body is not JSON") from exc
+        except (ValueError, RecursionError) as exc:  # nested past the parser's depth: the
+            raise BodyError("the response body is not JSON") from exc  # latter, not a ValueError
     if plan.closed and not isinstance(value, (dict, list)) and not plan.fits(value):
         raise BodyError("the response body is not the JSON object its route names")
-    out = plan.minimise(value, released)
     try:
-        return orjson.dumps(out)
-    except TypeError:
-        return json.dumps(out, separators=(",", ":")).encode()
+        out = plan.minimise(value, released)
+        try:
+            return orjson.dumps(out)
+        except TypeError:
+            return json.dumps(out, separators=(",", ":")).encode()
+    except RecursionError as exc:
+        raise BodyError("the response body is nested too deep") from exc
 
 
 def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -99,7 +99,10 @@ class Problem(BaseModel):
 
 
 def _parse(body: bytes) -> DecideRequest | DecideBatch:
-    data: Any = json.loads(body)
+    try:
+        data: Any = json.loads(body)
+    except RecursionError as exc:  # not a ValueError: the parser's depth, passed
+        raise ValueError("nested too deep") from exc
     if isinstance(data, dict) and "requests" in data:
         return DecideBatch.model_validate(data)
     return DecideRequest.model_validate(data)

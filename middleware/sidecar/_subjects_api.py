@@ -169,7 +169,7 @@ async def _admitted(
         return sidecar_problem(413, Reason.MALFORMED_REQUEST.value, "Request body too large")
     try:
         parsed = model.model_validate(json.loads(body))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # the latter: nested past the parser's depth
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
             detail = f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
