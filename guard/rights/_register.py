@@ -328,8 +328,8 @@ class Register:
         if watcher is not None:
             following = watcher.is_alive() and (self.listening is not False)
         status: dict[str, object] = {"subjects": len(self.index), "following": following}
-        if self.unreadable is not None:
-            status["unreadable_subject"] = self.unreadable[:12]
+        if self.unreadable is not None:  # which subject: the log says (/readyz is anyone's)
+            status["unreadable_rows"] = True
         return status
 
     def close(self) -> None:
