@@ -7,40 +7,20 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from guard import audit  # its modules load on first use: a command that needs none starts faster
 from guard._cells import csv_cell
 from guard._types import Reason
-from guard.audit import (
-    AuditQueryError,
-    AuditStoreError,
-    Count,
-    EventFilter,
-    QueryRow,
-    Store,
-    derive_chain_key,
-    load_hmac_key,
-    load_public_key,
-    open_store,
-    parse_when,
-    pseudonymise,
-    public_key_path,
-    query_events,
-    read_witness,
-    stats,
-    subject_report,
-    verify,
-)
-from guard.audit._report import render_json, render_markdown
-from guard.audit._verify import unreadable
 from guard.cli._groups import audit_app
 from guard.cli._plain import visible
 from guard.config import AuditSettings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 StoreOpt = Annotated[
     str | None,
@@ -61,8 +41,8 @@ def _settings() -> AuditSettings:
     return load_settings().audit  # a bad setting is already one ConfigError line
 
 
-def _open(store: str | None) -> Store:
-    return open_store(store or _settings().store, create=False)
+def _open(store: str | None) -> audit.Store:
+    return audit.open_store(store or _settings().store, create=False)
 
 
 def _utf8(value: str | None, option: str) -> str | None:
@@ -72,15 +52,15 @@ def _utf8(value: str | None, option: str) -> str | None:
         try:
             value.encode()
         except UnicodeEncodeError:
-            raise AuditQueryError(f"{option} is not UTF-8 text") from None
+            raise audit.AuditQueryError(f"{option} is not UTF-8 text") from None
     return value
 
 
 def _pseudonym(subject: str, key_path: Path | None) -> str:
     _utf8(subject, "--subject")
     if not subject.strip():
-        raise AuditQueryError("--subject must not be empty")
-    return pseudonymise(load_hmac_key(key_path or _settings().hmac_key), subject)
+        raise audit.AuditQueryError("--subject must not be empty")
+    return audit.pseudonymise(audit.load_hmac_key(key_path or _settings().hmac_key), subject)
 
 
 def _chain_key(path: Path | None) -> bytes | None:
@@ -89,7 +69,7 @@ def _chain_key(path: Path | None) -> bytes | None:
         path = _settings().hmac_key
         if not path.exists():
             return None
-    return derive_chain_key(load_hmac_key(path))
+    return audit.derive_chain_key(audit.load_hmac_key(path))
 
 
 def _reason(value: str | None) -> str | None:
@@ -99,7 +79,7 @@ def _reason(value: str | None) -> str | None:
         return Reason(value).value
     except ValueError:
         known = ", ".join(r.value for r in Reason)
-        raise AuditQueryError(f"unknown --reason {value!r}; one of: {known}") from None
+        raise audit.AuditQueryError(f"unknown --reason {value!r}; one of: {known}") from None
 
 
 @audit_app.command("query")
@@ -124,20 +104,20 @@ def query_cmd(  # noqa: PLR0917 - one parameter per option
 ) -> None:
     """List decisions that match every filter, newest first."""
     if as_json and as_csv:
-        raise AuditQueryError("choose one of --json and --csv")
-    where = EventFilter(
+        raise audit.AuditQueryError("choose one of --json and --csv")
+    where = audit.EventFilter(
         caller=_utf8(caller, "--caller"),
         purpose=_utf8(purpose, "--purpose"),
         category=_utf8(category, "--category"),
         allowed=allowed,
         reason=_reason(reason),
         subject=_pseudonym(subject, hmac_key) if subject is not None else None,
-        since=parse_when(since, option="--since") if since else None,
-        until=parse_when(until, option="--until") if until else None,
+        since=audit.parse_when(since, option="--since") if since else None,
+        until=audit.parse_when(until, option="--until") if until else None,
     )
     if limit < 1:  # a mistake in the command, said before the store is looked for
-        raise AuditQueryError(f"--limit must be at least 1, not {limit}")
-    rows = query_events(_open(store), where, limit=limit)
+        raise audit.AuditQueryError(f"--limit must be at least 1, not {limit}")
+    rows = audit.query_events(_open(store), where, limit=limit)
     if as_json:
         for row in rows:
             sys.stdout.write(json.dumps({**row.event.to_dict(),
@@ -148,7 +128,7 @@ def query_cmd(  # noqa: PLR0917 - one parameter per option
         _print_table(rows)
 
 
-def _write_csv(rows: list[QueryRow]) -> None:
+def _write_csv(rows: list[audit.QueryRow]) -> None:
     writer = csv.writer(sys.stdout)
     writer.writerow([*_CSV_FIELDS, "outcome_status"])
     for row in rows:
@@ -171,10 +151,15 @@ _CSV_FIELDS = ("event_id", "ts", "caller", "party_type", "country", "purpose", "
 
 def _console() -> Console:
     """A console; when piped, wide enough that tables are not cut to 80 columns."""
+    from rich.console import Console
+
     return Console(width=None if sys.stdout.isatty() else 200)
 
 
-def _print_table(rows: list[QueryRow]) -> None:
+def _print_table(rows: list[audit.QueryRow]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"{len(rows)} decision(s), newest first")
     for column in ("time (UTC)", "caller", "purpose", "categories", "action", "result",
                    "reason", "subject", "status"):
@@ -197,15 +182,20 @@ def report_cmd(
     hmac_key: KeyOpt = None,
 ) -> None:
     """Right-of-access report: who received this person's data, what, why, on what basis, when."""
+    from guard.audit._report import render_json, render_markdown
+
     if fmt not in ("markdown", "json"):
-        raise AuditQueryError(f"--format must be markdown or json, not {fmt!r}")
+        raise audit.AuditQueryError(f"--format must be markdown or json, not {fmt!r}")
     pseudonym = _pseudonym(subject, hmac_key)
-    report = subject_report(_open(store), pseudonym)
+    report = audit.subject_report(_open(store), pseudonym)
     sys.stdout.write(visible(render_markdown(report), lines=True) if fmt == "markdown"
                      else render_json(report) + "\n")
 
 
-def _count_table(title: str, counts: tuple[Count, ...]) -> Table:
+def _count_table(title: str, counts: tuple[audit.Count, ...]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title)
     for column in ("key", "denied", "allowed", "total"):
         table.add_column(column, justify="left" if column == "key" else "right")
@@ -221,8 +211,8 @@ def stats_cmd(
     store: StoreOpt = None,
 ) -> None:
     """Decision counts by caller, purpose and reason; most denials first."""
-    where = EventFilter(since=parse_when(since, option="--since"))
-    result = stats(_open(store), where)
+    where = audit.EventFilter(since=audit.parse_when(since, option="--since"))
+    result = audit.stats(_open(store), where)
     if as_json:
         sys.stdout.write(json.dumps(asdict(result), indent=2) + "\n")
         return
@@ -261,22 +251,23 @@ def verify_cmd(
     from guard.audit._journal import lanes
     from guard.audit._jtrail import journal_folder
     from guard.audit._jverify import verify_journal
+    from guard.audit._verify import unreadable
 
     settings = _settings()
-    key_path = public_key or public_key_path(settings.signing_key)
+    key_path = public_key or audit.public_key_path(settings.signing_key)
     try:
         opened = _open(store)
-        public = load_public_key(key_path)
+        public = audit.load_public_key(key_path)
         chain_key = _chain_key(hmac_key)
-        report = verify(opened, public, chain_key=chain_key,
-                        witness=read_witness(witness) if witness is not None else None)
+        report = audit.verify(opened, public, chain_key=chain_key, witness=(
+            audit.read_witness(witness) if witness is not None else None))
         folder = journal if journal is not None else journal_folder(settings)
         found = lanes(folder)
         if journal is not None and not found:
             typer.echo(f"error: no audit journal at {folder}", err=True)
             sys.exit(2)
         checked = verify_journal(opened, folder, public, chain_key=chain_key) if found else None
-    except AuditStoreError as exc:
+    except audit.AuditStoreError as exc:
         if not unreadable(exc):
             raise
         typer.echo(visible(f"could not read: {exc}"))  # a lock another connection holds:

@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import psycopg
-
 from guard.audit._event import EventKind, utc_now
 from guard.policy._compiled import CompiledPolicy
 from guard.rights._entries import (
@@ -300,6 +298,8 @@ class Register:
         return True
 
     def _listen(self) -> None:
+        import psycopg  # PostgreSQL's alone: not imported for SQLite
+
         assert self.store is not None
         first = True
         while not self._stop.is_set():

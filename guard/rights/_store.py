@@ -6,13 +6,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import date
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from guard._errors import AuditUnavailableError
 from guard.audit._store import Store, open_store, sqlite_path
 from guard.rights._entries import Entry, EntryKind, RegisterUnreadableError
+
+if TYPE_CHECKING:
+    import psycopg
 
 CHANNEL = "guard_register"
 """PostgreSQL notification channel: the payload is the changed subject's pseudonym."""
@@ -65,6 +66,13 @@ class RegisterStore:
         self._store.rows("SELECT count(*) FROM schema_version")  # migrates PostgreSQL now
         self._sqlite: sqlite3.Connection | None = None
         self._pg: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._taken: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+        """A seq another writer took first; :attr:`_failed`: a write refused."""
+        self._failed: tuple[type[Exception], ...] = (sqlite3.Error,)
+        if self.postgres:  # psycopg is imported only for PostgreSQL (a CLI starts faster)
+            import psycopg
+
+            self._taken, self._failed = (psycopg.errors.UniqueViolation,), (psycopg.Error,)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -108,9 +116,9 @@ class RegisterStore:
                 try:
                     seq = self._append_pg(values) if self.postgres else \
                         self._append_sqlite(values)
-                except (sqlite3.IntegrityError, psycopg.errors.UniqueViolation):
+                except self._taken:
                     continue
-                except (sqlite3.Error, psycopg.Error) as exc:
+                except self._failed as exc:
                     raise AuditUnavailableError(
                         f"the subject register refused the entry: {exc}".splitlines()[0]
                     ) from exc
@@ -130,6 +138,8 @@ class RegisterStore:
         return int(row[0])
 
     def _append_pg(self, values: tuple[Any, ...]) -> int:
+        import psycopg
+
         conn = self._pg
         if conn is None or conn.closed:
             conn = self._pg = psycopg.connect(self.url, connect_timeout=max(1, int(self._timeout)))
