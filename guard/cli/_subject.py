@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from guard._subject_rule import subject_id_ok, subject_rule_error
 from guard._types import Action, Request
 from guard.cli._plain import visible
 from guard.config import AuditSettings, Settings
@@ -245,14 +246,19 @@ def show_cmd(
 
 
 def _stdin_ids() -> Iterator[str]:
-    """Subject ids from standard input, one a line; a line that is not UTF-8 is left out."""
+    """Subject ids from standard input, one a line; a line that is not UTF-8, or not an id
+    under the subject rule (a space or a byte-order mark around it), is left out, said."""
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             typer.echo(f"guard: warning: line {number} is not UTF-8; left out", err=True)
             continue
-        yield line.rstrip("\r\n")
+        if line.strip() and not subject_id_ok(line):
+            typer.echo(f"guard: warning: line {number}: {subject_rule_error(line)}; left out",
+                       err=True)
+            continue
+        yield line
 
 
 @subject_app.command("filter")

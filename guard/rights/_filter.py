@@ -7,6 +7,7 @@ from dataclasses import replace
 from itertools import islice
 from typing import TYPE_CHECKING
 
+from guard._subject_rule import subject_id_ok
 from guard._types import Decision, HttpContext, Reason, Request, denial
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ def filter_subjects(
 
     Each yielded subject's decision is durable in the audit trail (detail
     ``batch:ID asker:WHO``) before it is yielded; one that cannot be recorded is
-    withheld.
+    withheld, and so is an id outside the subject rule (``c-1`` with a space or a
+    byte-order mark is no id the register knows, and would be used as ``c-1``).
 
     Args:
         guard: The guard (its policy and register decide, its trail records).
@@ -42,6 +44,8 @@ def filter_subjects(
     while chunk := list(islice(it, CHUNK)):
         allowed: list[tuple[Request, Decision]] = []
         for subject in chunk:
+            if not subject_id_ok(subject):  # " c-1", a BOM: another id than the one the
+                continue  # register knows, which a reader stripping it would process
             request = replace(template, subject=subject)
             try:
                 decision = guard.holder.decide(request, guard.register)
