@@ -34,6 +34,7 @@ def _console(
     import uvicorn
     from pydantic import ValidationError
 
+    from guard._pgurl import shown_url
     from guard.cli._where import policy_folder
     from guard.config import load_settings
     from guard.policy import load_policy
@@ -60,8 +61,9 @@ def _console(
     load_policy(policy_folder(policy_dir))  # a missing or broken policy: one line, not at startup
     app = create_console(settings)  # fails here, in one line, on a bad setting
     configure_logging(settings.sidecar.log_level)
-    typer.echo(f"guard console on http://{conf.host}:{conf.port} "
-               f"(store {audit.store}; auditors {', '.join(conf.auditors)})", err=True)
+    shown = shown_url(audit.store) if audit.store.startswith("postgres") else audit.store
+    typer.echo(f"guard console on http://{conf.host}:{conf.port} "  # no password in a log
+               f"(store {shown}; auditors {', '.join(conf.auditors)})", err=True)
     # h11: a request's head is bounded (16 KiB); httptools keeps an endless header line
     # whole, and the sign-in is open to anyone (guard sidecar bounds it in its own server)
     uvicorn.run(app, host=conf.host, port=conf.port, log_level=settings.sidecar.log_level,
