@@ -44,6 +44,7 @@ class SubjectIndex:
         "_purpose_ids",
         "_purposes",
         "bitmap",
+        "empty",
     )
 
     def __init__(self) -> None:
@@ -56,6 +57,8 @@ class SubjectIndex:
         self._purposes: list[str] = [""]
         self._purpose_ids: dict[str, int] = {"": 0}
         self._lock = threading.Lock()
+        self.empty = True
+        """Whether no subject has an entry (read without the lock, as :attr:`bitmap`)."""
 
     def __len__(self) -> int:
         return len(self._hi)
@@ -133,6 +136,7 @@ class SubjectIndex:
                 self._offsets.insert(pos, offset)
                 bit = hi >> _SHIFT
                 self.bitmap[bit >> 3] |= 1 << (bit & 7)
+                self.empty = False
             if self._garbage > 1 << 20 and self._garbage > len(self._blob) // 2:
                 self._compact()
 
@@ -151,6 +155,7 @@ class SubjectIndex:
             self._hi, self._lo, self._offsets = fresh._hi, fresh._lo, fresh._offsets
             self._blob, self.bitmap, self._garbage = fresh._blob, fresh.bitmap, 0
             self._purposes, self._purpose_ids = fresh._purposes, fresh._purpose_ids
+            self.empty = not rows
 
     def _compact(self) -> None:
         blob, self._blob = self._blob, bytearray()

@@ -134,7 +134,7 @@ class Register:
         known = digests.get(subject)
         if known is None:
             raw = subject.encode()
-            if not self.index._hi:  # an empty register: the keys read inline, as the bitmap
+            if self.index.empty:  # no subject has an entry: every one is a miss
                 return None
             # HMAC-SHA256 from precomputed pads: a third of hmac.digest's cost per call.
             inner = self._inner.copy()

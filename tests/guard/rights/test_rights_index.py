@@ -57,11 +57,15 @@ def test_puts_and_a_bulk_load_agree_with_a_dict(items: list[tuple[int, int, tupl
         expected[(hi, lo)] = state
     for (hi, lo), state in expected.items():
         assert index.get(hi, lo) == state
+    assert index.empty == (not expected)
     loaded = SubjectIndex()
     loaded.load((hi, lo, state) for (hi, lo), state in expected.items())
     assert len(loaded) == len(expected)
+    assert loaded.empty == (not expected)
     for (hi, lo), state in expected.items():
         assert loaded.get(hi, lo) == state
+    index.load([])  # a reload of a register whose entries are all gone
+    assert index.empty
 
 
 def test_replaced_states_are_compacted() -> None:
