@@ -35,7 +35,12 @@ _ADD_HOURS = add_hours("audit_event e", "e.rowid > ? AND ")
 _LAST_ROWID = (1 << 63) - 1
 _REFUSED = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
 """A record the store cannot hold (a null where none may be, an int past 64 bits, a chain
-place taken; a list: its binding's error), not a store that cannot write (nor a closed one)."""
+place taken; a list: its binding's error), not a store that cannot write (nor a closed one).
+
+A value of a type the ``sqlite3`` module cannot bind is told by its message, "Error binding
+parameter ...": the module raises it as a ProgrammingError with no SQLite error code
+(``sqlite_errorcode`` is set only on SQLite's own errors), as it does for a closed
+connection, which is no record's fault (``test_a_closed_store_is_no_record_refused``)."""
 
 
 def bind_nulls_at_once() -> None:
