@@ -362,7 +362,7 @@ def check_subject_index(store: Store, *, timeout: float = 5.0) -> Problem | Unre
 
 
 _REGISTER_SQL = ("SELECT entry_id, subject, kind, purpose, effective, recorded_by, ref, event_id, "
-                 "seq FROM subject_register ORDER BY subject, seq")
+                 "seq, recorded_at FROM subject_register ORDER BY subject, seq")
 _RIGHTS_SQL = ("SELECT event_id, subject, reason, purpose, caller, detail, ts FROM audit_event "
                "WHERE kind = 'subject_right'")
 
@@ -372,9 +372,10 @@ def check_register(store: Store, *, settle: float = 1.0) -> Problem | None:
 
     The guard enforces the register's rows, which are no part of a chain: each must be
     the very entry its chained event recorded (subject, kind, purpose, effective day,
-    who, reference), each such event must have its row, and a subject's rows must be in
-    the order of their events (the guard folds them in ``seq`` order: a withdrawal put
-    before the grant it withdrew leaves the grant in force). So an entry planted (a
+    who, reference, and when, for an event that says it), each such event must have its
+    row, and a subject's rows must be in the order of their events (the guard folds them
+    in ``seq`` order: a withdrawal put before the grant it withdrew leaves the grant in
+    force). So an entry planted (a
     consent no one gave), edited, reordered or deleted (an erasure or objection undone)
     by a writer to the store is named, as an edited event is. An entry is recorded while
     verify reads (its event durable first, then indexed, then its row stored): a mismatch
@@ -391,22 +392,27 @@ def check_register(store: Store, *, settle: float = 1.0) -> Problem | None:
 def _register_mismatch(store: Store) -> Problem | None:
     events: dict[str, tuple[Any, ...]] = {}
     order: dict[str, tuple[str, str]] = {}
+    recorded: dict[str, str] = {}
     for event_id, subject, reason, purpose, caller, detail, ts in store.stream(_RIGHTS_SQL):
         try:
             said = json.loads(str(detail))
             entry = str(said["entry_id"])
             fields = (subject, reason, purpose or "", str(said["effective"]), caller,
                       said.get("ref") or "", event_id)
-        except (ValueError, KeyError, TypeError):
+            when = said.get("recorded_at")  # events of entries recorded before it: none
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue  # no entry's event: the chain check covers what it holds
         events[entry] = fields
         order[entry] = (str(ts), str(event_id))
+        if when is not None:
+            recorded[entry] = str(when)
     last: tuple[Any, str, tuple[str, str]] | None = None  # subject, entry, its event's place
-    for entry_id, subject, kind, purpose, effective, by, ref, event_id, seq in store.stream(
+    for entry_id, subject, kind, purpose, effective, by, ref, event_id, seq, at in store.stream(
             _REGISTER_SQL):
         expected = events.pop(str(entry_id), None)
         if expected is None or expected != (subject, kind, purpose or "", str(effective), by,
-                                            ref or "", event_id):
+                                            ref or "", event_id) or (
+                str(entry_id) in recorded and recorded[str(entry_id)] != at):
             what = ("has no subject_right event" if expected is None
                     else "is not the entry its subject_right event recorded")
             return Problem("altered" if expected else "inserted", "(register)", None, None,

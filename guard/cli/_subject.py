@@ -236,9 +236,9 @@ def show_cmd(
         return
     typer.echo(f"subject {pseudonym} ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'})")
     for e in entries:
-        typer.echo(f"  {e.seq:>3} {e.effective} {e.kind.value:<21} {e.purpose or '-':<32} "
-                   f"by {e.recorded_by} at {e.recorded_at}"
-                   + (f"; ref {visible(e.ref)}" if e.ref else ""))
+        typer.echo(visible(f"  {e.seq:>3} {e.effective} {e.kind.value:<21} "  # the store's
+                           f"{e.purpose or '-':<32} by {e.recorded_by} at {e.recorded_at}"  # text:
+                           + (f"; ref {e.ref}" if e.ref else "")))  # no terminal controls
     typer.echo(f"purposes on {today}:")
     for row in purposes:
         verdict = "may use" if row["may_use"] else f"NO ({row['reason']}: {row['detail']})"

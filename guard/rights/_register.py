@@ -188,7 +188,8 @@ class Register:
                       now, change.who, change.ref, "")
         record = entry.record
         detail = {"entry": change.kind.value, "entry_id": entry.entry_id,
-                  "effective": effective.isoformat(), "ref": change.ref or None}
+                  "effective": effective.isoformat(), "ref": change.ref or None,
+                  "recorded_at": now}
         event_id = record_event(EventKind.SUBJECT_RIGHT, {
             "caller": change.who,
             "purpose": change.purpose,
