@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pty
@@ -14,29 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from guard.cli import main
 from guard.policy import load_policy
+from tests.security.clikit import run
 
 GUARD = Path(sys.executable).parent / "guard"
 CRM = ["--caller", "svc:crm", "--purpose", "relationship.management"]
-
-
-def run(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str,
-    stdin: bytes | None = None,
-) -> tuple[int, str, str]:
-    """Run ``guard`` in-process as its console script does; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["guard", *args])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    code: int | str | None = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert isinstance(code, int), code
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ A test module that imports :func:`clean_guard_env` runs each of its tests that w
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
@@ -24,9 +25,13 @@ def clean_guard_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        *args: str) -> tuple[int, str, str]:
-    """``guard ARGS`` in-process as its console script runs it: exit code, stdout, stderr."""
+        *args: str, stdin: str | bytes | None = None) -> tuple[int, str, str]:
+    """``guard ARGS`` in-process as its console script runs it (reading ``stdin`` when
+    given): exit code, stdout, stderr."""
     monkeypatch.setattr(sys, "argv", ["guard", *args])
+    if stdin is not None:
+        raw = stdin.encode() if isinstance(stdin, str) else stdin
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw)))
     code: object = 0
     try:
         main()

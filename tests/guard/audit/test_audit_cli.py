@@ -14,22 +14,10 @@ from pathlib import Path
 import pytest
 
 from guard.audit import load_hmac_key, load_signing_key
-from guard.cli import main
 from tests.guard.audit.conftest import Keys, decision_event, make_trail, record
+from tests.security.clikit import run
 
 GUARD = [sys.executable, "-c", "from guard.cli import main; main()"]
-
-
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["guard", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from guard._types import Request
 from guard.audit import open_store
-from guard.cli import main
+from tests.security.clikit import run
 
 SUBJECT = "cust-0042"
-
-
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str,
-        stdin: str | None = None) -> tuple[int, str, str]:
-    """Run ``guard`` in-process; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["guard", *args])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
-    code: int | str | None = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert isinstance(code, int), code
-    return code, out, err
 
 
 def entries(url: str) -> list[tuple[str, str]]:
@@ -203,13 +185,9 @@ def test_ids_that_are_not_utf8_are_refused_in_one_line(
         code, out, err = run(monkeypatch, capsys, *args)
         assert (code, out) == (2, "")
         assert err == "guard: error: the subject id is not valid UTF-8 text\n"
-    monkeypatch.setattr(sys, "argv", ["guard", "subject", "filter", "--caller", "svc:crm",
-                                      "--purpose", "relationship.management", "--category",
-                                      "identity"])
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\n\xff\nb\n")))
-    with pytest.raises(SystemExit) as done:
-        main()
-    out, err = capsys.readouterr()
-    assert done.value.code == 0
+    code, out, err = run(monkeypatch, capsys, "subject", "filter", "--caller", "svc:crm",
+                         "--purpose", "relationship.management", "--category", "identity",
+                         stdin=b"a\n\xff\nb\n")
+    assert code == 0
     assert out.splitlines() == ["a", "b"]
     assert "line 2 is not UTF-8; left out" in err
