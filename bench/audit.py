@@ -19,8 +19,10 @@ Usage: python bench/audit.py [--quick] [--events N] [--rounds 3] [--report-event
 ``--report-only`` runs only the subject report; ``--report-hours`` spreads its events
 evenly over that many hours (a year: 8760), where by default they fall in 1,680 hours.
 
-``--alone`` runs only the journal alone (the floor, then 64 tasks into a journal with
-no store), for comparing writer changes (run it with ``PYTHONPATH`` at each tree).
+``--alone`` runs only the journal alone (the disk's floor, then 64 tasks into a journal
+with no store, and, rounds alternated, the same into a writer that appends pre-made
+records: the floor of Python's loop, thread and ``fdatasync`` with no per-event work),
+for comparing writer changes (run it with ``PYTHONPATH`` at each tree).
 """
 
 from __future__ import annotations
@@ -284,13 +286,19 @@ def journal_run(url: str, key: Path, folder: Path, n: int, producers: int, mode:
                          writer_us / events, indexer_spent / events, producers_s * 1e6 / events)
 
 
-def journal_alone_run(key: Path, folder: Path, n: int, producers: int) -> tuple[float, float]:
+def journal_alone_run(key: Path, folder: Path, n: int, producers: int, floor: bool = False
+                      ) -> tuple[float, float]:
     """Durable events/s of tasks into a journal with no indexer in the process (as with an
-    index follower in another process); also the writer thread's CPU µs per event."""
+    index follower in another process); also the writer thread's CPU µs per event.
+
+    ``floor``: the writer appends a pre-made record per event and does no per-event work
+    (``bench/writer.py``'s ``FloorWriter``): the same hand-over, thread and ``fdatasync``."""
     from guard.audit._fields import ChainKey
     from guard.audit._journal import open_lane
     from guard.audit._jwriter import JournalWriter
 
+    if floor:
+        from writer import FloorWriter as JournalWriter  # type: ignore[assignment]
     journal = open_lane(folder)
     writer = JournalWriter(journal, hmac_key=KEY, signing_key=load_signing_key(key),
                            writer_id="bench", chain_key=ChainKey(CHAIN_KEY))
@@ -348,12 +356,18 @@ def print_floor(tmp: Path) -> None:
 
 
 def alone_bench(tmp: Path, key: Path, n: int, rounds: int) -> None:
-    """The journal alone: durable events/s of 64 tasks and the writer's CPU per event."""
+    """The journal alone: durable events/s of 64 tasks and the writer's CPU per event; beside
+    it, rounds alternated, the floor: the same with a writer that appends pre-made records."""
     print_floor(tmp)
-    got = [journal_alone_run(key, tmp / f"alone{rnd}", n, 64) for rnd in range(rounds)]
-    print(f"journal alone, 64 tasks, {n} events a run: "
-          + ", ".join(f"{rate:,.0f}/s ({cpu:.2f} µs writer)" for rate, cpu in got)
-          + f"; median {statistics.median(g[0] for g in got):,.0f}/s", flush=True)
+    got: list[tuple[float, float]] = []
+    floor: list[tuple[float, float]] = []
+    for rnd in range(rounds):
+        got.append(journal_alone_run(key, tmp / f"alone{rnd}", n, 64))
+        floor.append(journal_alone_run(key, tmp / f"floor{rnd}", n, 64, floor=True))
+    for what, runs in (("journal alone", got), ("FLOOR (pre-made records)", floor)):
+        print(f"{what}, 64 tasks, {n} events a run: "
+              + ", ".join(f"{rate:,.0f}/s ({cpu:.2f} µs writer)" for rate, cpu in runs)
+              + f"; median {statistics.median(g[0] for g in runs):,.0f}/s", flush=True)
 
 
 def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int,

@@ -8,9 +8,11 @@ after the other (``JournalWriter.hand``, as ``Guard.acommit`` does) into a real
 journal: CPU µs per event of the event loop's thread and of the writer thread,
 and the wake-ups per event of the event loop (the writer's eventfd writes) and of
 the writer (rings) (``--null-journal``: no disk, for instruction counts of the
-hand-over; ``--subjects N``: each event names the next of N subjects, asked of a
-subject register with entries first, rounds alternated with the register's digests
-shared with the writer and not).
+hand-over; ``--floor``: also, rounds alternated, a writer that appends pre-made
+records, the floor of the hand-over, thread and sync with no per-event work;
+``--subjects N``: each event names the next of N subjects, asked of a subject
+register with entries first, rounds alternated with the register's digests shared
+with the writer and not).
 ``lone``: one coroutine commits one event at a time with a pause between them (the
 writer asleep each time, as at one connection), and the time of a lone commit is
 split: (a) the event loop's ``start`` to the writer thread's wake-up, the
@@ -139,10 +141,33 @@ def committer(w: JournalWriter) -> Any:
     return again
 
 
-def writer(journal: Any) -> JournalWriter:
-    """A keyed writer on ``journal`` (a checkpoint every 1,000 events, as by default)."""
-    return JournalWriter(journal, hmac_key=KEY, signing_key=Ed25519PrivateKey.generate(),
-                         writer_id="bench", chain_key=_chain_key())
+def writer(journal: Any, floor: bool = False) -> JournalWriter:
+    """A keyed writer on ``journal`` (a checkpoint every 1,000 events, as by default);
+    ``floor``: one that appends pre-made records only (:class:`FloorWriter`)."""
+    return (FloorWriter if floor else JournalWriter)(
+        journal, hmac_key=KEY, signing_key=Ed25519PrivateKey.generate(), writer_id="bench",
+        chain_key=_chain_key())
+
+
+class FloorWriter(JournalWriter):
+    """The floor of the journal's path: the same hand-over, thread, wake-ups, framing and
+    ``fdatasync``, but each batch appends a pre-made record per event (one built once from
+    the bench's fields) and does no per-event work of its own: no row, id, pseudonym,
+    link, checkpoint nor listener. What a writer costs over it is the writer's Python."""
+
+    def __init__(self, journal: Any, **kwargs: Any) -> None:
+        super().__init__(journal, **kwargs)
+        from guard.audit._fields import content
+
+        head = content(EventKind.DECISION, FIELDS, self._pseudonyms, "2026-12-01T00:00:00Z",
+                       "0" * 36)
+        self._record = self._linker.link(head, 1, "0" * 64)[1]
+
+    def _commit(self, items: list[Any]) -> Any:
+        self._append([self._record] * len(items))
+        for item in items:
+            item.result = "floor"
+        return (), ()
 
 
 def _chain_key() -> Any:
@@ -186,13 +211,14 @@ def named(w: JournalWriter, subjects: int, share: bool) -> Any:
 
 
 def loop(events: int, producers: int, null: bool = False, subjects: int = 0,
-         share: bool = False) -> tuple[float, float, float, float, float]:
+         share: bool = False, floor: bool = False) -> tuple[float, float, float, float, float]:
     """CPU µs per event of the event loop's and the writer's thread; wake-ups per event of
     the loop (eventfd writes) and of the writer (rings); wall µs per event. ``subjects``:
-    each event names the next of that many subjects (:func:`named`)."""
+    each event names the next of that many subjects (:func:`named`); ``floor``: the
+    writer appends pre-made records (:class:`FloorWriter`)."""
     with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
         journal = NullJournal() if null else open_lane(Path(tmp))
-        w = writer(journal)
+        w = writer(journal, floor)
         each = named(w, subjects, share) if subjects else None
         per = events // producers
         wakeups = notified = 0
@@ -676,6 +702,9 @@ def main() -> None:
                         help="lone: Python the loop runs after each hand-over (a handler)")
     parser.add_argument("--null-journal", action="store_true",
                         help="loop: a journal that keeps nothing (no disk: CPU only)")
+    parser.add_argument("--floor", action="store_true",
+                        help="loop: also the floor, a writer appending pre-made records "
+                             "(rounds alternated)")
     parser.add_argument("--subjects", type=int, default=0,
                         help="loop: each event names the next of N subjects, asked of a "
                              "register with entries; rounds with its digests shared or not")
@@ -732,17 +761,21 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
                 p50, p99 = fdatasync_floor(Path(tmp))
             print(f"floor: append 300 B + fdatasync p50 {p50:.3f} ms, p99 {p99:.3f} ms")
-        ways = [False]  # --subjects: the register's digests shared or not, rounds alternated
+        ways: list[str] = ["writer"]  # rounds alternated
         if args.subjects and hasattr(JournalWriter, "share_digests"):
-            ways = [True, False]
-        got: dict[bool, list[tuple[float, ...]]] = {way: [] for way in ways}
+            ways = ["shared", "made again"]  # the register's digests
+        if args.floor:
+            ways.append("floor")
+        got: dict[str, list[tuple[float, ...]]] = {way: [] for way in ways}
         for _ in range(args.rounds):
             for way in ways:
                 got[way].append(loop(args.events, args.producers, args.null_journal,
-                                     args.subjects, way))
+                                     args.subjects, way == "shared", way == "floor"))
         for way, runs in got.items():
-            what = (f", {args.subjects:,} subjects, digests "
-                    f"{'shared' if way else 'made again'}") if args.subjects else ""
+            what = f", {args.subjects:,} subjects, digests {way}" if way in (
+                "shared", "made again") else ""
+            if way == "floor":
+                what = ", FLOOR (pre-made records, no per-event work in the writer)"
             print(f"loop: {args.producers} producers{what}: event loop "
                   f"{statistics.median(g[0] for g in runs):.2f} µs/event, writer "
                   f"{statistics.median(g[1] for g in runs):.2f} µs/event, loop wake-ups "
