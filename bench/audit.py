@@ -5,7 +5,9 @@ coroutines awaiting ``start_fields``) record into the journal; each run prints
 durable events/s, the index lag (durable -> in the store) and the CPU per event
 of the writer, the indexer and the producers, median of ``--rounds`` runs,
 beside the disk's floor (append + fdatasync) measured in the same run, and the
-journal alone (no indexer in the process), and ``external``: 64 tasks whose
+journal alone (no indexer in the process) with its floor, ``(floor)``, a writer that
+appends pre-made records (the same hand-over, thread and sync with no per-event
+work), rounds alternated, and ``external``: 64 tasks whose
 journal ``guard audit index`` indexes from another process (its CPU is that
 process's), and ``child``: 64 tasks whose trail starts its indexer as a child
 process (``audit.index = "auto"`` at SQLite; its CPU is the child's). Then the
@@ -368,6 +370,9 @@ def alone_bench(tmp: Path, key: Path, n: int, rounds: int) -> None:
         print(f"{what}, 64 tasks, {n} events a run: "
               + ", ".join(f"{rate:,.0f}/s ({cpu:.2f} µs writer)" for rate, cpu in runs)
               + f"; median {statistics.median(g[0] for g in runs):,.0f}/s", flush=True)
+    ratios = [a[0] / f[0] for a, f in zip(got, floor, strict=True)]
+    print("journal alone / FLOOR, round by round: "
+          + ", ".join(f"{r:.2f}" for r in ratios) + f"; median {statistics.median(ratios):.2f}")
 
 
 def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int,
@@ -380,11 +385,16 @@ def journal_bench(tmp: Path, key: Path, kinds: list[str], pg: str | None, n: int
     print(f"{'store':<11} {'producers':>9} {'mode':>8} {'events/s':>10} "
           f"{'lag p50':>8} {'lag p99':>8} {'lag max':>8} {'writer':>7} {'indexer':>7} "
           f"{'produce':>7}")
-    alone = [journal_alone_run(key, tmp / f"alone{rnd}", n, 64) for rnd in range(rounds)]
-    print(f"{'(none)':<11} {64:>9} {'tasks':>8} "
-          f"{statistics.median(a[0] for a in alone):>10,.0f} {'':>8} {'':>8} {'':>8} "
-          f"{statistics.median(a[1] for a in alone):>7.1f}   (journal alone: no indexer in "
-          "this process)", flush=True)
+    alone: list[tuple[float, float]] = []
+    floor: list[tuple[float, float]] = []
+    for rnd in range(rounds):  # alternated
+        alone.append(journal_alone_run(key, tmp / f"alone{rnd}", n, 64))
+        floor.append(journal_alone_run(key, tmp / f"floor{rnd}", n, 64, floor=True))
+    for what, runs, note in (("(none)", alone, "journal alone: no indexer in this process"),
+                             ("(floor)", floor, "FLOOR: the writer appends pre-made records")):
+        print(f"{what:<11} {64:>9} {'tasks':>8} "
+              f"{statistics.median(a[0] for a in runs):>10,.0f} {'':>8} {'':>8} {'':>8} "
+              f"{statistics.median(a[1] for a in runs):>7.1f}   ({note})", flush=True)
     for kind in kinds:
         folders: list[Path] = []
         for mode in modes:
