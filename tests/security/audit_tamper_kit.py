@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from guard.audit._event import GENESIS_HASH, utc_now
 from guard.audit._fields import ChainKey, row_event
 from guard.audit._schema import EVENT_COLUMNS
 from guard.config import AuditSettings
-from tests.guard.audit.conftest import IndexedTrail, linked
+from tests.guard.audit.conftest import IndexedTrail, linked, sql
 from tests.guard.audit.conftest import record as record_event
 
 HMAC_KEY = b"h" * 32
@@ -118,18 +117,6 @@ def stored_events(url: str) -> list[AuditEvent]:
     finally:
         store.close()
     return [row_event(r) for r in rows]
-
-
-def sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
-    """Run one statement directly on the store, as the attacker."""
-    if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        with conn:
-            conn.execute(statement, params)
-        conn.close()
-    else:
-        with psycopg.connect(url, autocommit=True) as pg:
-            pg.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
 
 
 def forge_hash(event: AuditEvent, fmt: str) -> str:

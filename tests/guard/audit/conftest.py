@@ -43,6 +43,19 @@ HMAC_KEY = b"k" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)
 
 
+def sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
+    """Run one statement straight on an audit store (SQLite or PostgreSQL), past the guard,
+    as a writer to the store may."""
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        with conn:
+            conn.execute(statement, params)
+        conn.close()
+    else:
+        with psycopg.connect(url, autocommit=True) as pg:
+            pg.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key files of one test."""

@@ -9,9 +9,7 @@ entry per stored row of the subject (none left behind, none twice).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +18,7 @@ from hypothesis import strategies as st
 from guard.audit import EventFilter, EventKind, Store, open_store, query_events
 from guard.audit._fields import compact
 from guard.audit._schema import SUBJECT_TOKEN
-from tests.guard.audit.conftest import make_event, row_of
+from tests.guard.audit.conftest import make_event, row_of, sql
 
 SUBJECTS = ("", "a", "A", "a b", '"quoted"', "NOT", "x OR y", "*", "é", "\x00", "s" * 64,
             "s" * 12, "s" * 12 + "t", "y" * 40_000, None)  # 's' * 12...: one token, apart
@@ -38,22 +36,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     opened.close()
 
 
-def _sql(store: Store, sql: str, params: tuple[Any, ...] = ()) -> None:
-    conn = sqlite3.connect(store.url.removeprefix("sqlite:///"))
-    try:
-        with conn:
-            conn.execute(sql, params)
-    finally:
-        conn.close()
-
-
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches, changes)
 def test_a_subjects_events_are_exactly_those_a_scan_finds(
         store: Store, history: list[list[tuple[str | None, bool]]],
         edits: list[tuple[str, int, str | None]]) -> None:
-    _sql(store, "DELETE FROM audit_event")
+    sql(store.url, "DELETE FROM audit_event")
     rows = []
     for number, batch in enumerate(history):
         records = []
@@ -66,9 +55,9 @@ def test_a_subjects_events_are_exactly_those_a_scan_finds(
     for what, at, subject in edits:
         event_id = rows[at % len(rows)][0]
         if what == "delete":
-            _sql(store, "DELETE FROM audit_event WHERE event_id = ?", (event_id,))
+            sql(store.url, "DELETE FROM audit_event WHERE event_id = ?", (event_id,))
         elif what == "update":
-            _sql(store, "UPDATE audit_event SET subject = ? WHERE event_id = ?",
+            sql(store.url, "UPDATE audit_event SET subject = ? WHERE event_id = ?",
                  (subject, event_id))
         else:  # sent again: stored once
             store.index_records([compact(rows[at % len(rows)])], "journal-t", len(history))

@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-import psycopg
-
 from guard.audit import open_store
 from guard.audit._schema import SCHEMA_VERSION
-
-
-def _sql(url: str, *statements: str) -> None:
-    if url.startswith("sqlite:///"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-            for statement in statements:
-                conn.execute(statement)
-    else:
-        with psycopg.connect(url) as conn:
-            for statement in statements:
-                conn.execute(statement)
+from tests.guard.audit.conftest import sql
 
 
 def test_a_reader_migrates_an_older_store(store_url: str) -> None:
@@ -26,7 +12,8 @@ def test_a_reader_migrates_an_older_store(store_url: str) -> None:
     store.rows("SELECT 1")  # PostgreSQL: creates the schema
     store.close()
     # The store as a version without the hourly summary left it.
-    _sql(store_url, "DROP TABLE audit_hour", "DELETE FROM schema_version WHERE version >= 5")
+    sql(store_url, "DROP TABLE audit_hour")
+    sql(store_url, "DELETE FROM schema_version WHERE version >= 5")
     reader = open_store(store_url, create=False)
     try:
         assert reader.rows("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
 from guard.audit import (
@@ -29,24 +26,13 @@ from tests.guard.audit.conftest import (
     make_trail,
     record,
     row_of,
+    sql,
 )
-
-
-def run_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
-    """Execute one statement directly, bypassing the guard."""
-    if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        with conn:
-            conn.execute(statement, params)
-        conn.close()
-    else:
-        with psycopg.connect(url, autocommit=True) as pg:
-            pg.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
 
 
 def insert_row(url: str, event: AuditEvent) -> None:
     marks = ", ".join("?" * len(row_of(event)))
-    run_sql(url, f"INSERT INTO audit_event ({EVENT_COLUMNS}) VALUES ({marks})", row_of(event))
+    sql(url, f"INSERT INTO audit_event ({EVENT_COLUMNS}) VALUES ({marks})", row_of(event))
 
 
 def chain(url: str, keys: Keys, n: int = 20) -> list[AuditEvent]:
@@ -70,40 +56,40 @@ def check(url: str, keys: Keys) -> VerifyReport:
 
 
 def edit(url: str, ev: list[AuditEvent]) -> str:
-    run_sql(url, "UPDATE audit_event SET caller = 'svc:evil' WHERE seq = 7")
+    sql(url, "UPDATE audit_event SET caller = 'svc:evil' WHERE seq = 7")
     return ev[6].event_id
 
 
 def edit_and_rehash(url: str, ev: list[AuditEvent]) -> str:
     forged = linked(dataclasses.replace(ev[6], caller="svc:evil"),
                     ev[6].writer_id, 7, ev[6].prev_hash)
-    run_sql(url, "UPDATE audit_event SET caller = ?, hash = ? WHERE seq = 7",
+    sql(url, "UPDATE audit_event SET caller = ?, hash = ? WHERE seq = 7",
             (forged.caller, forged.hash))
     return ev[6].event_id
 
 
 def delete(url: str, ev: list[AuditEvent]) -> str:
-    run_sql(url, "DELETE FROM audit_event WHERE seq = 7")
+    sql(url, "DELETE FROM audit_event WHERE seq = 7")
     return ev[7].event_id
 
 
 def insert(url: str, ev: list[AuditEvent]) -> str:
-    run_sql(url, "UPDATE audit_event SET seq = seq + 1000 WHERE seq >= 7")
-    run_sql(url, "UPDATE audit_event SET seq = seq - 999 WHERE seq >= 1000")
+    sql(url, "UPDATE audit_event SET seq = seq + 1000 WHERE seq >= 7")
+    sql(url, "UPDATE audit_event SET seq = seq - 999 WHERE seq >= 1000")
     forged = linked(decision_event(caller="svc:evil"), ev[0].writer_id, 7, ev[5].hash)
     insert_row(url, forged)
     return forged.event_id
 
 
 def reorder(url: str, ev: list[AuditEvent]) -> str:
-    run_sql(url, "UPDATE audit_event SET seq = -1 WHERE seq = 7")
-    run_sql(url, "UPDATE audit_event SET seq = 7 WHERE seq = 8")
-    run_sql(url, "UPDATE audit_event SET seq = 8 WHERE seq = -1")
+    sql(url, "UPDATE audit_event SET seq = -1 WHERE seq = 7")
+    sql(url, "UPDATE audit_event SET seq = 7 WHERE seq = 8")
+    sql(url, "UPDATE audit_event SET seq = 8 WHERE seq = -1")
     return ev[7].event_id  # the event that moved up is the first out of place
 
 
 def truncate(url: str, ev: list[AuditEvent]) -> str:
-    run_sql(url, "DELETE FROM audit_event WHERE seq > 17")
+    sql(url, "DELETE FROM audit_event WHERE seq > 17")
     return ev[16].event_id  # the last event left; 18..20 are gone
 
 
@@ -142,7 +128,7 @@ def test_verify_names_the_first_bad_event(
 
 def test_a_forged_checkpoint_signature_is_caught(store_url: str, keys: Keys) -> None:
     chain(store_url, keys)
-    run_sql(store_url, "UPDATE audit_checkpoint SET signature = ? WHERE kind = 'close'",
+    sql(store_url, "UPDATE audit_checkpoint SET signature = ? WHERE kind = 'close'",
             ("00" * 64,))
     report = check(store_url, keys)
     assert [p.kind for p in report.problems] == ["bad_checkpoint"]
@@ -150,7 +136,7 @@ def test_a_forged_checkpoint_signature_is_caught(store_url: str, keys: Keys) -> 
 
 def test_a_chain_without_its_opening_checkpoint_is_caught(store_url: str, keys: Keys) -> None:
     events = chain(store_url, keys)
-    run_sql(store_url, "DELETE FROM audit_checkpoint")
+    sql(store_url, "DELETE FROM audit_checkpoint")
     report = check(store_url, keys)
     assert [(p.kind, p.event_id) for p in report.problems] == [("inserted", events[0].event_id)]
 
@@ -159,7 +145,7 @@ def test_a_row_that_claims_to_follow_itself_is_altered_not_a_crash(
     store_url: str, keys: Keys
 ) -> None:
     ev = chain(store_url, keys, 6)
-    run_sql(store_url, "UPDATE audit_event SET prev_hash = hash WHERE seq = 6")
+    sql(store_url, "UPDATE audit_event SET prev_hash = hash WHERE seq = 6")
     report = check(store_url, keys)
     assert [(p.kind, p.event_id) for p in report.problems] == [("altered", ev[5].event_id)]
 
@@ -175,7 +161,7 @@ def test_a_value_stored_in_another_form_than_the_guard_wrote_is_altered(
     if assignment.startswith("seq") and not store_url.startswith("sqlite:///"):
         pytest.skip("PostgreSQL rounds a real into a bigint column")
     ev = chain(store_url, keys, 10)
-    run_sql(store_url, f"UPDATE audit_event SET {assignment} WHERE seq = 6")
+    sql(store_url, f"UPDATE audit_event SET {assignment} WHERE seq = 6")
     report = check(store_url, keys)
     assert [(p.kind, p.event_id) for p in report.problems] == [("altered", ev[5].event_id)]
 
@@ -192,7 +178,7 @@ def test_a_checkpoint_value_of_another_type_is_a_bad_checkpoint_not_a_crash(
     if assignment != "kind = 'nope'" and not store_url.startswith("sqlite:///"):
         pytest.skip("PostgreSQL's columns hold their own type only")
     chain(store_url, keys)
-    run_sql(store_url, f"UPDATE audit_checkpoint SET {assignment} WHERE kind = 'close'")
+    sql(store_url, f"UPDATE audit_checkpoint SET {assignment} WHERE kind = 'close'")
     report = check(store_url, keys)
     assert "bad_checkpoint" in [p.kind for p in report.problems]
 
@@ -205,7 +191,7 @@ def test_the_consoles_integrity_view_names_a_text_seq_instead_of_failing(
 
     sqlite_url = f"sqlite:///{tmp_path / 'audit.db'}"  # PostgreSQL's columns hold ints only
     chain(sqlite_url, keys)
-    run_sql(sqlite_url, f"UPDATE {table} SET seq = 'x' WHERE seq = (SELECT max(seq) FROM {table})")
+    sql(sqlite_url, f"UPDATE {table} SET seq = 'x' WHERE seq = (SELECT max(seq) FROM {table})")
     store = open_store(sqlite_url, create=False)
     try:
         result = console_check(store, keys.signing, HMAC_KEY)
