@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import FastAPI
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from routekit import dispatched
+from routekit import change_routes, dispatched
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -141,6 +141,10 @@ _request = st.tuples(
 )
 
 
+_TEMPLATES = ["/{anything}", "/{anything:path}", "/a", "/me/{x}", "/{p:int}", "/a/"]
+"""What a route added at run time matches."""
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated=_apps(), data=st.data())
 def test_the_remembered_answer_is_the_app_routers_own(
@@ -162,7 +166,8 @@ def test_the_remembered_answer_is_the_app_routers_own(
         for (kind, method, path, root, query), change in zip(requests + requests, changes,
                                                               strict=True):
             if change:  # the app's routes change at run time
-                _change(app, data, new_endpoint)
+                template = data.draw(st.sampled_from(_TEMPLATES))
+                change_routes(app, data, Route(template, new_endpoint(), methods=["GET", "POST"]))
                 event("routes changed")
             scope = _scope(kind, method, path, root, query)
             before = dict(scope)
@@ -175,25 +180,6 @@ def test_the_remembered_answer_is_the_app_routers_own(
             event("remembered" if remembering._answers else "not remembered")
 
     asyncio.run(run())
-
-
-def _change(app: Starlette, data: st.DataObject, new_endpoint: Any) -> None:
-    """Add, remove, replace or swap the app's routes as an app may at run time."""
-    routes = app.router.routes
-    how = data.draw(st.sampled_from(["insert", "append", "remove", "replace", "reassign"]))
-    template = data.draw(st.sampled_from(["/{anything}", "/{anything:path}", "/a", "/me/{x}",
-                                          "/{p:int}", "/a/"]))
-    fresh = Route(template, new_endpoint(), methods=["GET", "POST"])
-    if how == "insert":
-        routes.insert(0, fresh)
-    elif how == "append":
-        routes.append(fresh)
-    elif how == "remove" and routes:
-        routes.pop(data.draw(st.integers(0, len(routes) - 1)))
-    elif how == "replace" and routes:
-        routes[data.draw(st.integers(0, len(routes) - 1))] = fresh
-    else:
-        app.router.routes = [fresh, *routes]
 
 
 def _example_routes(tmp_path: Path) -> tuple[FastAPI, AppRoutes]:

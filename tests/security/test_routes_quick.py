@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from routekit import dispatched
+from routekit import change_routes, dispatched
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -191,7 +191,7 @@ def test_a_new_path_gets_the_app_routers_own_answer(
     async def run() -> None:
         for (kind, method, path, root, sniff), change in zip(requests, changes, strict=True):
             if change:  # the app's routes change at run time
-                _change(app, data, new_route)
+                change_routes(app, data, new_route(data))
                 event("routes changed")
             scope = _scope(kind, method, path, root, sniff)
             before = dict(scope)
@@ -212,23 +212,6 @@ def test_a_new_path_gets_the_app_routers_own_answer(
                 assert got.subject == _handler_subject(routed, got)
 
     asyncio.run(run())
-
-
-def _change(app: Starlette, data: st.DataObject, new_route: Any) -> None:
-    """Add, remove, replace or swap the app's routes as an app may at run time."""
-    routes = app.router.routes
-    how = data.draw(st.sampled_from(["insert", "append", "remove", "replace", "reassign"]))
-    fresh = new_route(data)
-    if how == "insert":
-        routes.insert(0, fresh)
-    elif how == "append":
-        routes.append(fresh)
-    elif how == "remove" and routes:
-        routes.pop(data.draw(st.integers(0, len(routes) - 1)))
-    elif how == "replace" and routes:
-        routes[data.draw(st.integers(0, len(routes) - 1))] = fresh
-    else:
-        app.router.routes = [fresh, *routes]
 
 
 async def _noop(request: Request) -> PlainTextResponse:
