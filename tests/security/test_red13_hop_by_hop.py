@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 import httpcore
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sidecarkit import ServerThread, policy_copy, poll, sidecar_settings
 from test_review_h1 import RecordingUpstream
 from test_side2_framing import ParsingUpstream
@@ -57,12 +59,12 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         upstream.close()
 
 
-def _send(port: int, request: bytes) -> bytes:
+def _send(port: int, request: bytes, wait: float = 1.5) -> bytes:
     """Send ``request`` and read what comes back for a moment (the connection kept open, so
     the sidecar reads the whole body as it would from a client that waits for its answer)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(request)
-        conn.settimeout(1.5)
+        conn.settimeout(wait)
         got = b""
         try:
             while data := conn.recv(65536):
@@ -132,3 +134,33 @@ async def test_the_transport_refuses_a_body_with_no_framing() -> None:
         await transport.aclose()
     finally:
         upstream.close()
+
+
+_NAMES = ["content-length", "Content-Length", "CONTENT_LENGTH", "transfer-encoding", "host",
+          "x-guard-caller", "x-guard-purpose", "x-guard-decision-id", "x-purpose",
+          "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "authorization",
+          "keep-alive", "close", "upgrade", "te", "expect", "x-trace"]
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tokens=st.lists(st.sampled_from(_NAMES), min_size=1, max_size=6),
+       body=st.binary(min_size=1, max_size=64))
+def test_no_connection_header_changes_what_the_upstream_reads(
+        served: Served, tokens: list[str], body: bytes) -> None:
+    """Whatever a client's Connection header names, the upstream parses one request: the one
+    judged, with the body the client sent, the caller and purpose the guard proved."""
+    before = len(served.upstream.messages)
+    _send(served.server.port, (
+        b"PUT /files/a HTTP/1.1\r\nHost: sidecar\r\nAuthorization: Bearer "
+        + served.token.encode() + b"\r\nX-Purpose: relationship.management\r\n"
+        b"Connection: " + ", ".join(tokens).encode() + b"\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body), wait=0.3)
+    poll(lambda: len(served.upstream.messages) > before)
+    (message,) = served.upstream.messages[before:]
+    assert (message.url, message.body) == (b"/files/a", body)
+    headers = dict(message.headers)
+    assert headers[b"content-length"] == b"%d" % len(body)
+    assert headers[b"x-guard-caller"] == b"svc:crm"
+    assert headers[b"x-guard-purpose"] == b"relationship.management"
+    assert served.upstream.errors == []
