@@ -11,13 +11,11 @@ Now a subject's rows must follow their events' order, and each place must be a n
 
 from __future__ import annotations
 
-import io
-import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.guard.audit.conftest import sql
 from tests.security import clikit
 
 SUBJECT = "cust-0043"
@@ -28,8 +26,7 @@ CHECK = ["check", "--caller", "svc:marketing", "--purpose", "marketing.third_par
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         *args: str) -> tuple[int, str]:
     """``guard ARGS`` in-process with an empty stdin; (exit code, stdout)."""
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
-    code, out, _err = clikit.run(monkeypatch, capsys, *args)
+    code, out, _err = clikit.run(monkeypatch, capsys, *args, stdin=b"")
     return code, out
 
 
@@ -47,21 +44,11 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy_dir: Path,
     return path
 
 
-def _sql(path: Path, *statements: str) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            for statement in statements:
-                conn.execute(statement)
-    finally:
-        conn.close()
-
-
 def test_a_withdrawal_put_before_its_consent_is_named_by_verify(
         db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    _sql(db, "UPDATE subject_register SET seq = 10 WHERE seq = 1",
-         "UPDATE subject_register SET seq = 1 WHERE seq = 2",
-         "UPDATE subject_register SET seq = 2 WHERE seq = 10")
+    sql(db, "UPDATE subject_register SET seq = 10 WHERE seq = 1")  # the two swapped
+    sql(db, "UPDATE subject_register SET seq = 1 WHERE seq = 2")
+    sql(db, "UPDATE subject_register SET seq = 2 WHERE seq = 10")
     assert run(monkeypatch, capsys, *CHECK)[0] == 0  # the attack: the consent in force again
     code, out = run(monkeypatch, capsys, "audit", "verify")
     # Before: 0, "intact".
@@ -74,7 +61,7 @@ def test_a_withdrawal_put_before_its_consent_is_named_by_verify(
 def test_a_place_that_is_no_number_is_named_by_verify(
         db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         seq: str) -> None:
-    _sql(db, f"UPDATE subject_register SET seq = {seq} WHERE seq = 1")
+    sql(db, f"UPDATE subject_register SET seq = {seq} WHERE seq = 1")
     code, out = run(monkeypatch, capsys, "audit", "verify")
     # Before: 0, "intact".
     assert code == 1, out
@@ -85,7 +72,7 @@ def test_a_place_that_is_no_number_is_named_by_verify(
 def test_entries_renumbered_in_their_order_are_intact(
         db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The order is what the guard enforces; numbers that keep it change nothing."""
-    _sql(db, "UPDATE subject_register SET seq = seq * 10")
+    sql(db, "UPDATE subject_register SET seq = seq * 10")
     assert run(monkeypatch, capsys, *CHECK)[0] == 1
     code, out = run(monkeypatch, capsys, "audit", "verify")
     assert code == 0, out

@@ -13,9 +13,6 @@ subject, keeping that one's last state read and saying so in its status.
 
 from __future__ import annotations
 
-import io
-import sqlite3
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import pytest
 
 from guard.policy import load_policy
 from guard.rights import Change, EntryKind, Register
+from tests.guard.audit.conftest import sql
 from tests.security import clikit
 
 SUBJECT = "cust-0044"
@@ -33,17 +31,7 @@ POLICY = load_policy(None)
 
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
-    return clikit.run(monkeypatch, capsys, *args)
-
-
-def _sql(path: Path, statement: str) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.execute(statement)
-    finally:
-        conn.close()
+    return clikit.run(monkeypatch, capsys, *args, stdin=b"")
 
 
 BROKEN = ["kind = 'nonsense'", "seq = 'x'", "effective = '2026-13-45'", "effective = 7"]
@@ -56,7 +44,7 @@ def test_commands_reading_a_broken_row_say_one_line(
     monkeypatch.chdir(policy_dir.parent)
     db = clikit.cli_store(tmp_path, monkeypatch)
     assert run(monkeypatch, capsys, "subject", "restrict", SUBJECT, "--ref", "T-1")[0] == 0
-    _sql(db, f"UPDATE subject_register SET {change}")
+    sql(db, f"UPDATE subject_register SET {change}")
     commands = [["subject", "show", SUBJECT], ["subject", "erase", SUBJECT, "--ref", "T-2"]]
     if change.startswith("seq"):
         commands.append(["audit", "report", "--subject", SUBJECT])
@@ -92,7 +80,7 @@ def test_a_running_guard_follows_other_changes_past_a_broken_row(tmp_path: Path)
     try:
         _record(elsewhere, EntryKind.RESTRICTION, SUBJECT)
         assert _eventually(lambda: running.lookup(SUBJECT) is not None)
-        _sql(db, "INSERT INTO subject_register SELECT subject, seq + 1, 'broken', 'nonsense', "
+        sql(db, "INSERT INTO subject_register SELECT subject, seq + 1, 'broken', 'nonsense', "
                  "purpose, effective, recorded_at, recorded_by, ref, event_id "
                  "FROM subject_register")
         _record(elsewhere, EntryKind.ERASURE_REQUESTED, OTHER)

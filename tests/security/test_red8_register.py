@@ -9,9 +9,7 @@ what the subject never agreed to; ``guard audit verify`` must name either.
 
 from __future__ import annotations
 
-import io
 import sqlite3
-import sys
 import threading
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 
 from guard.audit import open_store
 from guard.audit._verify import check_register
+from tests.guard.audit.conftest import sql
 from tests.security import clikit
 
 SUBJECT = "cust-0042"
@@ -29,8 +28,7 @@ CHECK = ["check", "--caller", "svc:marketing", "--purpose", "marketing.advertisi
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         *args: str) -> tuple[int, str]:
     """``guard ARGS`` in-process with an empty stdin; (exit code, stdout)."""
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
-    code, out, _err = clikit.run(monkeypatch, capsys, *args)
+    code, out, _err = clikit.run(monkeypatch, capsys, *args, stdin=b"")
     return code, out
 
 
@@ -39,15 +37,6 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy_dir: Path) -> Pat
     """An SQLite audit store and keys the CLI is pointed at, with one objection recorded."""
     monkeypatch.chdir(policy_dir.parent)
     return clikit.cli_store(tmp_path, monkeypatch)
-
-
-def _sql(path: Path, statement: str) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.execute(statement)
-    finally:
-        conn.close()
 
 
 def _object(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,7 +49,7 @@ def _object(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str])
 def test_an_objection_deleted_from_the_register_is_named_by_verify(
         db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     _object(monkeypatch, capsys)
-    _sql(db, "DELETE FROM subject_register")
+    sql(db, "DELETE FROM subject_register")
     assert run(monkeypatch, capsys, *CHECK)[0] == 0  # the attack: processed again
     code, out = run(monkeypatch, capsys, "audit", "verify")
     assert code == 1, out
@@ -71,7 +60,7 @@ def test_an_objection_deleted_from_the_register_is_named_by_verify(
 def test_a_consent_planted_in_the_register_is_named_by_verify(
         db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     _object(monkeypatch, capsys)
-    _sql(db, "INSERT INTO subject_register SELECT subject, seq + 1, 'planted', 'consent', "
+    sql(db, "INSERT INTO subject_register SELECT subject, seq + 1, 'planted', 'consent', "
              "'marketing', effective, recorded_at, recorded_by, ref, event_id "
              "FROM subject_register")
     code, out = run(monkeypatch, capsys, "audit", "verify")
@@ -90,7 +79,7 @@ def test_an_entry_edited_in_the_register_is_named_by_verify(
         db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         change: str) -> None:
     _object(monkeypatch, capsys)
-    _sql(db, f"UPDATE subject_register SET {change}")
+    sql(db, f"UPDATE subject_register SET {change}")
     code, out = run(monkeypatch, capsys, "audit", "verify")
     assert code == 1, out
     assert "altered: writer (register)" in out
@@ -119,24 +108,15 @@ def test_an_entry_recorded_while_verify_reads_is_not_named(
     finally:
         conn.close()
     marks = ",".join("?" * len(row))
-    indexed = threading.Timer(0.2, _sql_args, (db, f"INSERT INTO audit_event VALUES ({marks})",
+    indexed = threading.Timer(0.2, sql, (db, f"INSERT INTO audit_event VALUES ({marks})",
                                               row))
     store = open_store(f"sqlite:///{db}", create=False)
     try:
         indexed.start()
         assert check_register(store, settle=1.0) is None
         assert check_register(store, settle=0) is None
-        _sql(db, "DELETE FROM subject_register")
+        sql(db, "DELETE FROM subject_register")
         assert check_register(store, settle=0.01) is not None
     finally:
         indexed.join()
         store.close()
-
-
-def _sql_args(path: Path, statement: str, args: tuple[object, ...]) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.execute(statement, args)
-    finally:
-        conn.close()

@@ -43,14 +43,16 @@ HMAC_KEY = b"k" * 32
 CHAIN_KEY = derive_chain_key(HMAC_KEY)
 
 
-def sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
-    """Run one statement straight on an audit store (SQLite or PostgreSQL), past the guard,
-    as a writer to the store may."""
-    if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        with conn:
-            conn.execute(statement, params)
-        conn.close()
+def sql(url: str | Path, statement: str, params: tuple[Any, ...] = ()) -> None:
+    """Run one statement straight on an audit store (an SQLite or PostgreSQL URL, or an
+    SQLite file's path), past the guard, as a writer to the store may."""
+    if isinstance(url, Path) or url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url if isinstance(url, Path) else url.removeprefix("sqlite:///"))
+        try:
+            with conn:
+                conn.execute(statement, params)
+        finally:
+            conn.close()
     else:
         with psycopg.connect(url, autocommit=True) as pg:
             pg.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
