@@ -91,6 +91,22 @@ def proxied(
             yield sidecar, upstream, tmp / "audit.db"
 
 
+def assert_never_reaches(proxied: tuple[ServerThread, WsgiUpstream, Path], keys: Any,
+                         name: str) -> None:
+    """A client's own ``name`` header, as spelled, in lower case and in upper case with
+    ``_``, is proxied to neither the upstream's raw header lines nor its WSGI environ."""
+    sidecar, upstream, _db = proxied
+    token = keys.mint("hs", sub="svc:crm")
+    for spelled in (name, name.lower(), name.upper().replace("-", "_")):
+        answer = httpx.get(f"{sidecar.url}/customers/c-0001", headers=[
+            ("Authorization", f"Bearer {token}"), ("X-Purpose", "relationship.management"),
+            (spelled, "CN=admin,O=forged")], timeout=10)
+        assert answer.status_code == 200, answer.text
+        seen = upstream.seen[-1]
+        assert "CN=admin,O=forged" not in [v for _, v in seen["raw"]], (spelled, seen["raw"])
+        assert "CN=admin,O=forged" not in seen["environ"].values(), spelled
+
+
 def _token(keys: Any, caller: str) -> tuple[str, str]:
     return ("Authorization", f"Bearer {keys.mint('hs', sub=caller)}")
 
