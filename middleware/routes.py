@@ -207,8 +207,7 @@ class RouteTable:
 
     def __init__(self, rules: Iterable[RouteRule]) -> None:
         self.rules: tuple[RouteRule, ...] = tuple(rules)
-        self._entries: tuple[tuple[frozenset[str] | None, Any, Any, bool, RouteRule], ...] = (
-            tuple(_entry(rule) for rule in self.rules))
+        self._entries: tuple[_Entry, ...] = tuple(_entry(rule) for rule in self.rules)
 
     @classmethod
     def from_csv(cls, path: Path) -> RouteTable:
@@ -232,15 +231,31 @@ class RouteTable:
         Also None when a rule before the one that matches would match the path in
         another ASCII case: many upstreams route without regard to case (Express and
         ASP.NET Core by default), so ``/customers/EXPORT`` would run the handler of
-        ``/customers/export`` while the guard judged ``/customers/{customer_id}``.
+        ``/customers/export`` while the guard judged ``/customers/{customer_id}``. And
+        None when such a rule would match the path without its trailing slash, or with
+        one: Express (``strict`` off), Rails, ASP.NET Core and Spring MVC before 6 route
+        ``/customers/export/`` to ``/customers/export`` (and ASP.NET Core's catch-all
+        ``/files/{**name}`` takes ``/files``), so a later ``{name:path}`` row (a public
+        catch-all) would be judged while the upstream ran the earlier row's handler.
         """
         method = method.upper()
         upper: bool | None = None
-        for methods, match, folded, capitals, rule in self._entries:
+        trailing = len(path) > 1 and path[-1] == "/"
+        other: str | None = None  # the path without its trailing slash, or with one
+        for methods, match, folded, capitals, slashed, rule in self._entries:
             if methods is None or method in methods:
                 found = match(path)
                 if found is not None:
                     return RouteMatch(rule, found.groupdict())
+                if (trailing or slashed) and len(path) > 1:  # a slash-blind reading of it
+                    if other is None:
+                        other = path[:-1] if trailing else path + "/"
+                    if match(other) is not None:
+                        return None
+                    if upper is None:
+                        upper = _CAPITAL.search(path) is not None
+                    if (upper or capitals) and folded(other) is not None:
+                        return None
                 if not capitals:  # a path without capitals matches it in one case alone
                     if upper is None:
                         upper = _CAPITAL.search(path) is not None
@@ -257,13 +272,22 @@ class RouteTable:
 _CAPITAL = re.compile("[A-Z]")
 
 
-def _entry(rule: RouteRule) -> tuple[frozenset[str] | None, Any, Any, bool, RouteRule]:
+_Entry = tuple[frozenset[str] | None, Any, Any, bool, bool, RouteRule]
+"""A rule as :meth:`RouteTable.match` tries it (see :func:`_entry`)."""
+_ENDS_IN_PATH = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*:path\}$")
+
+
+def _entry(rule: RouteRule) -> _Entry:
     """A rule's accepted methods, its path's matcher, the same in any ASCII case, whether
-    its literal text holds a capital, and the rule."""
+    its literal text holds a capital, whether it may match a path only once a slash is put
+    after it (its template ends in ``/`` or in a ``{name:path}`` parameter), and the rule."""
     regex = compile_template(rule.template)[0]
     folded = re.compile(regex.pattern, re.IGNORECASE | re.ASCII)
+    template = rule.template
+    slashed = len(template) > 1 and (template.endswith("/")
+                                     or _ENDS_IN_PATH.search(template) is not None)
     return (_accepted_methods(rule.method), regex.match, folded.match,
-            _CAPITAL.search(_PARAM.sub("", rule.template)) is not None, rule)
+            _CAPITAL.search(_PARAM.sub("", template)) is not None, slashed, rule)
 
 
 def parse_routes(text: str, origin: str = "routes.csv") -> list[RouteRule]:

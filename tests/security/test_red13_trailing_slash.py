@@ -1,0 +1,153 @@
+"""Thirteenth review: the sidecar never judges one route while a slash-blind upstream runs another.
+
+routes.csv is matched as written, first row first; Express (``strict`` off, its default),
+Rails, ASP.NET Core and Spring MVC before 6 route ``/customers/export/`` to the handler of
+``/customers/export``. A path with a trailing slash matched no row but a later ``{name:path}``
+one: with a public catch-all last (a single-page app's pages), ``/customers/c-0001/payment/``
+went upstream as a public page, from a client with no token, unjudged and unrecorded, and
+the upstream answered the payment card. A path that a row before the one it matches would
+match without its trailing slash (or with one) is now refused (``route_not_declared``,
+audited), as another case of a literal is (the eighth review).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sidecarkit import ServerThread, audit_rows, free_port, poll, serve_sidecar, sidecar_settings
+
+from middleware.routes import RouteTable, parse_routes
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+ROUTES = """\
+GET,  /customers/export,                   financial
+GET,  /customers/{customer_id},            identity contact, read, customer_id
+GET,  /customers/{customer_id}/payment,    financial,        read, customer_id
+GET,  /files/{name:path},                  contact,          read
+GET,  /{page:path},                        public
+"""
+PURPOSE = ("X-Purpose", "relationship.management")
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class SlashBlindUpstream:
+    """A real HTTP upstream that routes as Express does by default (``strict`` off): one
+    trailing slash is no part of the route; each handler run is kept in ``ran``."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.port = free_port()
+        self.server: WSGIServer = make_server("127.0.0.1", self.port, self._app,
+                                              handler_class=_Quiet)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
+        path = environ["PATH_INFO"]
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+        parts = path.split("/")
+        if path == "/customers/export":
+            handler = "export"
+        elif len(parts) == 4 and parts[1] == "customers" and parts[3] == "payment":
+            handler = "payment"
+        elif len(parts) == 3 and parts[1] == "customers":
+            handler = "customer"
+        else:
+            handler = "page"
+        self.ran.append(handler)
+        start("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"handler": handler}).encode()]
+
+    def __enter__(self) -> SlashBlindUpstream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory,
+            keys: Any) -> Iterator[tuple[ServerThread, SlashBlindUpstream, Path]]:
+    tmp = tmp_path_factory.mktemp("slash")
+    policy = tmp / "policy"
+    policy.mkdir()
+    for name in ("model.conf", "rules.csv"):
+        (policy / name).write_bytes((POLICIES / name).read_bytes())
+    (policy / "routes.csv").write_text(ROUTES)
+    with SlashBlindUpstream() as upstream:
+        settings = sidecar_settings(tmp, policy, keys.identity(),
+                                    upstream=f"http://127.0.0.1:{upstream.port}")
+        settings.audit.anonymous_refusals_per_source = 0  # each refusal asserted
+        with serve_sidecar(settings) as sidecar:
+            yield sidecar, upstream, tmp / "audit.db"
+
+
+def _get(sidecar: ServerThread, path: str, token: str | None = None) -> httpx.Response:
+    headers = [PURPOSE] + ([("Authorization", f"Bearer {token}")] if token else [])
+    return httpx.get(f"{sidecar.url}{path}", headers=headers, timeout=10)
+
+
+def test_a_trailing_slash_never_runs_a_route_judged_as_another(
+        proxied: tuple[ServerThread, SlashBlindUpstream, Path], keys: Any) -> None:
+    sidecar, upstream, db = proxied
+    token = keys.mint("hs", sub="svc:crm")  # identity and contact, not financial
+    assert _get(sidecar, "/customers/c-0001/payment", token).status_code == 403
+    for path in ("/customers/c-0001/payment/", "/customers/export/", "/customers/c-0001/"):
+        before = list(upstream.ran)
+        anonymous = _get(sidecar, path)
+        assert upstream.ran == before, path  # nothing ran upstream
+        assert anonymous.status_code == 401, (path, anonymous.text)
+        answer = _get(sidecar, path, token)
+        assert upstream.ran == before, path
+        assert answer.status_code == 403, (path, answer.text)
+        assert answer.json()["reason"] == "route_not_declared"
+    assert not {"payment", "export"} & set(upstream.ran)
+    rows = poll(lambda: [r for r in audit_rows(db)
+                         if r["reason"] == "route_not_declared"] or None)
+    assert len(rows) >= 3
+
+
+def test_paths_without_the_ambiguity_are_judged_as_before(
+        proxied: tuple[ServerThread, SlashBlindUpstream, Path], keys: Any) -> None:
+    sidecar, upstream, _db = proxied
+    token = keys.mint("hs", sub="svc:crm")
+    answer = _get(sidecar, "/customers/c-0001", token)
+    assert answer.status_code == 200, answer.text
+    assert upstream.ran[-1] == "customer"
+    for page in ("/about", "/about/", "/", "/help/faq/"):
+        assert _get(sidecar, page).status_code == 200, page
+        assert upstream.ran[-1] == "page"
+    assert _get(sidecar, "/files/a/b/", token).status_code == 200
+
+
+_TABLE = RouteTable(parse_routes(ROUTES))
+_SEGMENTS = st.sampled_from(["customers", "export", "c-0001", "payment", "files", "a", "about"])
+
+
+@given(st.lists(_SEGMENTS, min_size=0, max_size=4), st.booleans())
+def test_a_match_is_the_one_a_slash_blind_router_makes_or_none(
+        segments: list[str], slash: bool) -> None:
+    path = "/" + "/".join(segments) + ("/" if slash and segments else "")
+    found = _TABLE.match("GET", path)
+    if found is None:
+        return
+    bare = path[:-1] if len(path) > 1 and path.endswith("/") else path
+    blind = next(r for r in _TABLE.rules
+                 if RouteTable([r]).match("GET", bare) is not None
+                 or RouteTable([r]).match("GET", bare + "/") is not None)
+    assert blind is found.rule  # a slash-blind upstream picks the same row
