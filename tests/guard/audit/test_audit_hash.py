@@ -18,9 +18,9 @@ from guard.audit._checkpoint import CheckpointKind, sign_checkpoint
 from guard.audit._event import GENESIS_HASH
 from guard.audit._fields import Linker, decode_many
 from tests.guard.audit import conftest as kit
-from tests.guard.audit.conftest import Keys, decision_event, linked, make_trail, record
+from tests.guard.audit.conftest import Keys, decision_event, linked, make_trail, record, sql
 from tests.guard.audit.test_audit_encoding import reference
-from tests.guard.audit.test_audit_tamper import check, insert_row, run_sql
+from tests.guard.audit.test_audit_tamper import check, insert_row
 
 TEXT = st.text(max_size=12)
 
@@ -94,7 +94,7 @@ def test_a_chain_hashed_in_format_1_still_verifies_and_its_tampering_is_caught(
 ) -> None:
     events = _format_1_chain(store_url, keys, 6)
     assert check(store_url, keys).ok
-    run_sql(store_url, "UPDATE audit_event SET caller = 'svc:evil' WHERE event_id = ?",
+    sql(store_url, "UPDATE audit_event SET caller = 'svc:evil' WHERE event_id = ?",
             (events[3].event_id,))
     report = check(store_url, keys)
     assert [(p.kind, p.event_id) for p in report.problems] == [("altered", events[3].event_id)]
@@ -103,7 +103,7 @@ def test_a_chain_hashed_in_format_1_still_verifies_and_its_tampering_is_caught(
 def test_a_row_rehashed_in_the_other_format_breaks_the_chain(store_url: str, keys: Keys) -> None:
     events = _format_1_chain(store_url, keys, 4)
     edited = dataclasses.replace(events[1], caller="svc:evil")
-    run_sql(store_url, "UPDATE audit_event SET caller = ?, hash = ? WHERE event_id = ?",
+    sql(store_url, "UPDATE audit_event SET caller = ?, hash = ? WHERE event_id = ?",
             ("svc:evil", linked(edited, edited.writer_id, edited.seq, edited.prev_hash).hash,
              edited.event_id))
     report = check(store_url, keys)
@@ -118,7 +118,7 @@ def test_a_store_of_schema_1_verifies_before_and_after_a_writer_migrates_it(
     for statement in (*MIGRATIONS[1], "CREATE TABLE schema_version "
                       "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
                       "INSERT INTO schema_version VALUES (1, '2026-01-01')"):
-        run_sql(store_url, statement)
+        sql(store_url, statement)
     events = _format_1_chain_rows(store_url, keys, 3)
     assert check(store_url, keys).ok  # its reader migrated it: checkpoints have terms now
     reader = open_store(store_url, create=False)
@@ -133,7 +133,7 @@ def test_a_store_of_schema_1_verifies_before_and_after_a_writer_migrates_it(
     report = check(store_url, keys)
     assert report.ok, report.problems
     assert report.writers == 2
-    run_sql(store_url, "UPDATE audit_event SET caller = 'svc:evil' WHERE event_id = ?",
+    sql(store_url, "UPDATE audit_event SET caller = 'svc:evil' WHERE event_id = ?",
             (events[0].event_id,))
     assert [p.event_id for p in check(store_url, keys).problems] == [events[0].event_id]
 
@@ -153,7 +153,7 @@ def _format_1_chain_rows(url: str, keys: Keys, n: int) -> list[AuditEvent]:
                              (CheckpointKind.CLOSE, n, prev)):
         cp = sign_checkpoint(key, checkpoint_id=f"old-{kind.value}", writer_id=writer, seq=seq,
                              hash_=hash_, ts="2026-01-01T00:00:00.000000Z", kind=kind)
-        run_sql(url, "INSERT INTO audit_checkpoint (checkpoint_id, writer_id, seq, hash, ts, "
+        sql(url, "INSERT INTO audit_checkpoint (checkpoint_id, writer_id, seq, hash, ts, "
                      "kind, key_id, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (cp.checkpoint_id, cp.writer_id, cp.seq, cp.hash, cp.ts, cp.kind.value,
                  cp.key_id, cp.signature))

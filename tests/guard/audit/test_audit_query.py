@@ -125,9 +125,9 @@ def test_subject_report_lists_every_recipient(store: Store) -> None:
 
 def test_a_report_whose_register_cannot_be_read_is_an_error(store_url: str, store: Store) -> None:
     """A report never says "no rights request" for a register it could not read."""
-    from tests.guard.audit.test_audit_tamper import run_sql
+    from tests.guard.audit.conftest import sql
 
-    run_sql(store_url, "ALTER TABLE subject_register RENAME TO subject_register_gone")
+    sql(store_url, "ALTER TABLE subject_register RENAME TO subject_register_gone")
     with pytest.raises(AuditStoreError, match="subject_register"):
         subject_report(store, ALICE)
 

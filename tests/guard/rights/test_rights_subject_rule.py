@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from guard.policy._load import load_policy
 from guard.rights import Change, EntryKind, RegisterRefusedError, validate
 from middleware._bounds import subject_ok
-from tests.guard.rights.test_rights_cli import entries, events, run
+from tests.guard.rights.test_rights_cli import entries, events
+from tests.security.clikit import run
 
 BAD = ["cust 42", "cust\n42", "cust\x1b[2J", "ünïcode", ".", "..", "a/b", "a;b", "a,b",
        "x" * 129, "a\u2028b", "a%2Fb"]
