@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from bench._pg import free_port, fresh_database, pg_server
+from guard.audit import Store, open_store
 
 __all__ = ["free_port", "pg_url", "policy_dir", "postgres_url", "store_url"]
 
@@ -127,3 +128,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'audit.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """An empty audit store, once per kind, its schema made (a module may have its own)."""
+    opened = open_store(store_url)
+    opened.rows("SELECT 1")  # PostgreSQL: makes the schema
+    yield opened
+    opened.close()

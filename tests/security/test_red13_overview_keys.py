@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -113,14 +112,6 @@ picked = st.lists(st.tuples(
     st.sampled_from(("allowed", "category_not_granted", "unauthenticated")),
     st.sampled_from(KEYS), st.sampled_from(KEYS), st.sampled_from((None, "GB", "US", "IN")),
     st.sampled_from((None, "/a", "/b/{id}")), st.sampled_from((0, 1, None))), max_size=80)
-
-
-@pytest.fixture
-def store(store_url: str) -> Any:
-    opened = open_store(store_url)
-    opened.rows("SELECT 1")  # PostgreSQL: makes the schema
-    yield opened
-    opened.close()
 
 
 @settings(max_examples=40, deadline=None,

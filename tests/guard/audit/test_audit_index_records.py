@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guard._errors import AuditUnavailableError
-from guard.audit import Store, open_store
+from guard.audit import Store
 from guard.audit._event import FIELD_NAMES
 from guard.audit._fields import checkpoint_record, compact, decode_many
 from guard.audit._schema import (
@@ -121,14 +121,6 @@ def reference(url: str, records: list[bytes], offset: int) -> None:
         (INSERT_CHECKPOINT, checkpoint_row(mark)) for mark in marks] + [
         (BACKFILL, ()), (SAVE_OFFSET, ("journal-t", offset))]
     run_statements(url, statements)
-
-
-@pytest.fixture
-def store(store_url: str) -> Any:
-    opened = open_store(store_url)
-    opened.rows("SELECT 1")  # PostgreSQL: makes the schema
-    yield opened
-    opened.close()
 
 
 @settings(max_examples=60, deadline=None,

@@ -94,14 +94,6 @@ def _load(store: Store, picked: list[tuple[Any, ...]],
         turn += 1
 
 
-@pytest.fixture
-def store(store_url: str) -> Any:
-    opened = open_store(store_url)
-    opened.rows("SELECT 1")  # PostgreSQL: makes the schema
-    yield opened
-    opened.close()
-
-
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(picked=events, plan=plans, window=windows)
