@@ -139,10 +139,26 @@ def _stop(data: bytes, pos: int, length: int) -> str | None:
     return "checksum mismatch" if length else "zero length"
 
 
+def open_segment(path: Path) -> int:
+    """A segment opened to read: a regular file, never through a link nor a pipe or folder
+    put in its place (ConfigError), which would make its reader follow, wait or fail."""
+    fd = open_own(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"audit journal {path.parent}: {path.name} is not a regular file")
+    return fd
+
+
 def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
     """A segment's good records up to its first bad frame: the payloads, the bytes they
-    take, and the damage that ended the scan (None when the segment ends cleanly)."""
-    data = path.read_bytes()
+    take, and the damage that ended the scan (None when the segment ends cleanly; a
+    segment that is no regular file is damage at its start)."""
+    try:
+        fd = open_segment(path)
+    except ConfigError as exc:
+        return [], 0, Damage(path, 0, first, str(exc).rpartition(": ")[2])
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
     payloads, good, why = _frames(data, len(data))
     return payloads, good, Damage(path, good, first + len(payloads), why) if why else None
 
@@ -150,7 +166,7 @@ def scan(path: Path, first: int = 0) -> tuple[list[bytes], int, Damage | None]:
 def durable_end(folder: Path) -> int:
     """The durable end a journal (one lane) published: no reader goes past it (0: none yet)."""
     try:
-        fd = open_own(folder / END, os.O_RDONLY)
+        fd = open_own(folder / END, os.O_RDONLY | os.O_NONBLOCK)  # a pipe put there: no wait
     except FileNotFoundError:
         return 0
     except ConfigError as exc:
@@ -163,6 +179,9 @@ def durable_end(folder: Path) -> int:
             end, check = _END.unpack(data)
             if end ^ check == _MASK:
                 return int(end)
+    except OSError as exc:  # a folder or a pipe in its place
+        raise AuditUnavailableError(f"audit journal {folder}: {END} cannot be read: "
+                                    f"{exc.strerror}") from None
     finally:
         os.close(fd)
     raise AuditUnavailableError(f"audit journal {folder}: {END} does not hold a valid end")
@@ -376,7 +395,7 @@ class JournalReader:
         if chosen is None:
             raise ConfigError(f"audit journal {self.folder} has no segment holding {offset}")
         first, path = chosen
-        handle = path.open("rb", buffering=0)
+        handle = os.fdopen(open_segment(path), "rb", buffering=0)
         skip = offset - first
         while skip:
             header = handle.read(_HEADER.size)
