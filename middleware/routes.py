@@ -236,26 +236,35 @@ class RouteTable:
         one: Express (``strict`` off), Rails, ASP.NET Core and Spring MVC before 6 route
         ``/customers/export/`` to ``/customers/export`` (and ASP.NET Core's catch-all
         ``/files/{**name}`` takes ``/files``), so a later ``{name:path}`` row (a public
-        catch-all) would be judged while the upstream ran the earlier row's handler.
+        catch-all) would be judged while the upstream ran the earlier row's handler. And
+        None when such a rule would match the path without a ``.format`` after its last
+        segment: Rails (and Spring MVC before 5.3) routes ``/customers/export.json`` to
+        ``/customers/export``, which the guard would judge as the subject ``export.json``.
         """
         method = method.upper()
         upper: bool | None = None
-        trailing = len(path) > 1 and path[-1] == "/"
-        other: str | None = None  # the path without its trailing slash, or with one
+        readings: tuple[str, ...] | None = None  # as a router blind to a slash or format reads it
+        slashed_path: str | None = None  # the path with a slash put after it
         for methods, match, folded, capitals, slashed, rule in self._entries:
             if methods is None or method in methods:
                 found = match(path)
                 if found is not None:
                     return RouteMatch(rule, found.groupdict())
-                if (trailing or slashed) and len(path) > 1:  # a slash-blind reading of it
-                    if other is None:
-                        other = path[:-1] if trailing else path + "/"
-                    if match(other) is not None:
-                        return None
+                if readings is None:
+                    readings = _readings(path)
+                if readings or (slashed and len(path) > 1):
                     if upper is None:
                         upper = _CAPITAL.search(path) is not None
-                    if (upper or capitals) and folded(other) is not None:
-                        return None
+                    blind = (upper or capitals)
+                    for other in readings:
+                        if match(other) is not None or (blind and folded(other) is not None):
+                            return None
+                    if slashed and len(path) > 1 and path[-1] != "/":
+                        if slashed_path is None:
+                            slashed_path = path + "/"
+                        if match(slashed_path) is not None or (
+                                blind and folded(slashed_path) is not None):
+                            return None
                 if not capitals:  # a path without capitals matches it in one case alone
                     if upper is None:
                         upper = _CAPITAL.search(path) is not None
@@ -270,6 +279,20 @@ class RouteTable:
 
 
 _CAPITAL = re.compile("[A-Z]")
+
+
+def _readings(path: str) -> tuple[str, ...]:
+    """``path`` as an upstream that ignores a trailing slash, or a ``.format`` after the last
+    segment, reads it (none when it holds neither): ``/a/b.json/`` -> ``/a/b.json``, ``/a/b``."""
+    if len(path) < 2:
+        return ()
+    bare = path[:-1] if path[-1] == "/" else path
+    head, _, last = bare.rpartition("/")
+    dot = last.rfind(".")
+    if dot > 0:
+        plain = head + "/" + last[:dot]
+        return (bare, plain) if bare is not path else (plain,)
+    return (bare,) if bare is not path else ()
 
 
 _Entry = tuple[frozenset[str] | None, Any, Any, bool, bool, RouteRule]

@@ -21,7 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from sidecarkit import ServerThread, audit_rows, free_port, poll, serve_sidecar, sidecar_settings
 
@@ -140,6 +140,8 @@ _SEGMENTS = st.sampled_from(["customers", "export", "c-0001", "payment", "files"
 
 
 @given(st.lists(_SEGMENTS, min_size=0, max_size=4), st.booleans())
+@example(["customers", "export"], True)
+@example(["files"], False)
 def test_a_match_is_the_one_a_slash_blind_router_makes_or_none(
         segments: list[str], slash: bool) -> None:
     path = "/" + "/".join(segments) + ("/" if slash and segments else "")
@@ -151,3 +153,71 @@ def test_a_match_is_the_one_a_slash_blind_router_makes_or_none(
                  if RouteTable([r]).match("GET", bare) is not None
                  or RouteTable([r]).match("GET", bare + "/") is not None)
     assert blind is found.rule  # a slash-blind upstream picks the same row
+
+
+class FormatBlindUpstream(SlashBlindUpstream):
+    """Routes as Rails does by default: a trailing slash and a ``.format`` after the last
+    segment are no part of the route (Spring MVC before 5.3 matched such suffixes too)."""
+
+    def _app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
+        path = environ["PATH_INFO"]
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+        head, _, last = path.rpartition("/")
+        if "." in last[1:]:
+            environ["PATH_INFO"] = head + "/" + last[:last.rindex(".")]
+        return super()._app(environ, start)
+
+
+@pytest.fixture(scope="module")
+def rails(tmp_path_factory: pytest.TempPathFactory,
+          keys: Any) -> Iterator[tuple[ServerThread, SlashBlindUpstream, Path]]:
+    tmp = tmp_path_factory.mktemp("format")
+    policy = tmp / "policy"
+    policy.mkdir()
+    for name in ("model.conf", "rules.csv"):
+        (policy / name).write_bytes((POLICIES / name).read_bytes())
+    (policy / "routes.csv").write_text(ROUTES)
+    with FormatBlindUpstream() as upstream:
+        settings = sidecar_settings(tmp, policy, keys.identity(),
+                                    upstream=f"http://127.0.0.1:{upstream.port}")
+        with serve_sidecar(settings) as sidecar:
+            yield sidecar, upstream, tmp / "audit.db"
+
+
+def test_a_format_suffix_never_runs_a_route_judged_as_another(
+        rails: tuple[ServerThread, SlashBlindUpstream, Path], keys: Any) -> None:
+    sidecar, upstream, _db = rails
+    token = keys.mint("hs", sub="svc:crm")  # identity and contact, not financial
+    for path in ("/customers/export.json", "/customers/export.csv/", "/customers/export."):
+        before = list(upstream.ran)
+        answer = _get(sidecar, path, token)
+        assert upstream.ran == before, path  # the export never ran
+        assert answer.status_code == 403, (path, answer.text)
+        assert answer.json()["reason"] == "route_not_declared"
+    # a subject id with a dot is judged as before (the same row reads it either way)
+    assert _get(sidecar, "/customers/ann@example.com", token).status_code == 200
+    assert upstream.ran[-1] == "customer"
+
+
+_DOTTED = st.sampled_from(["customers", "export", "export.json", "c-0001", "c-0001.xml",
+                           "payment", "payment.", "files", "a.b", "about"])
+
+
+@given(st.lists(_DOTTED, min_size=0, max_size=4), st.booleans())
+@example(["customers", "export.json"], False)
+@example(["customers", "c-0001", "payment."], True)
+def test_a_match_is_the_one_a_format_blind_router_makes_or_none(
+        segments: list[str], slash: bool) -> None:
+    path = "/" + "/".join(segments) + ("/" if slash and segments else "")
+    found = _TABLE.match("GET", path)
+    if found is None:
+        return
+    bare = path[:-1] if len(path) > 1 and path.endswith("/") else path
+    head, _, last = bare.rpartition("/")
+    plain = head + "/" + last[:last.rindex(".")] if "." in last[1:] else bare
+    for reading in {bare, plain}:  # every row a router blind to either would pick
+        blind = next(r for r in _TABLE.rules
+                     if RouteTable([r]).match("GET", reading) is not None
+                     or RouteTable([r]).match("GET", reading + "/") is not None)
+        assert blind is found.rule, reading
