@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,7 +124,42 @@ def query_events(store: Store, where: EventFilter, *, limit: int | None = 100,
         if limit < 1:
             raise AuditQueryError(f"--limit must be at least 1, not {limit}")
         sql += f" LIMIT {int(limit)}"
-    return [QueryRow(row_event(row[:-1]), row[-1]) for row in store.rows(sql, params)]
+    return [QueryRow(stored_event(row[:-1]), row[-1]) for row in store.rows(sql, params)]
+
+
+_NULLABLE = frozenset({"party_type", "country", "allowed", "subject", "http_method",
+                       "http_route", "http_status", "trace_id", "span_id", "latency_us",
+                       "decision_ref", "detail"})
+_LISTS = frozenset({"categories", "rule", "lawful_basis"})
+_INTS = frozenset({"http_status", "latency_us", "seq"})
+
+
+def stored_event(row: Sequence[Any]) -> AuditEvent:
+    """The event of a row selected with ``EVENT_COLUMNS``, each value of the type the guard
+    writes; :class:`AuditQueryError` (one line naming the event) for a row written around
+    the guard (a list column that is no list of texts, a number where text is...), which
+    ``guard audit verify`` names, rather than a traceback wherever it is shown."""
+    try:
+        event = row_event(row)
+    except (ValueError, TypeError) as exc:
+        raise _not_written(row, str(exc)) from None
+    for name in FIELD_NAMES:
+        value = getattr(event, name)
+        if name in _LISTS:
+            ok = all(type(item) is str for item in value)
+        elif name in ("kind", "allowed") or (value is None and name in _NULLABLE):
+            ok = True
+        else:
+            ok = type(value) is (int if name in _INTS else str)
+        if not ok:
+            raise _not_written(row, f"its {name} is {value!r}")
+    return event
+
+
+def _not_written(row: Sequence[Any], why: str) -> AuditQueryError:
+    return AuditQueryError(f"audit event {str(row[0])[:64]!r} is not as the guard writes it "
+                           f"({why[:120]}): it was written around the guard; run guard audit "
+                           "verify")
 
 
 @dataclass(frozen=True, slots=True)
