@@ -12,17 +12,15 @@ the matching one would match in another ASCII case is now refused
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sidecarkit import ServerThread, audit_rows, free_port, poll, serve_sidecar, sidecar_settings
+from sidecarkit import ServerThread, WsgiThread, audit_rows, poll, serve_sidecar, sidecar_settings
 
 from middleware.routes import RouteTable, parse_routes
 
@@ -35,36 +33,20 @@ GET,  /pages/{name},               public
 PURPOSE = ("X-Purpose", "relationship.management")
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class CaseBlindUpstream:
+class CaseBlindUpstream(WsgiThread):
     """A real HTTP upstream that routes as Express does by default: case-insensitively,
     literal routes first; each handler run is kept in ``ran``."""
 
     def __init__(self) -> None:
         self.ran: list[str] = []
-        self.port = free_port()
-        self.server: WSGIServer = make_server("127.0.0.1", self.port, self._app,
-                                              handler_class=_Quiet)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__()
 
-    def _app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
+    def app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
         path = environ["PATH_INFO"].lower()
         handler = "export" if path == "/customers/export" else "customer"
         self.ran.append(handler)
         start("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"handler": handler}).encode()]
-
-    def __enter__(self) -> CaseBlindUpstream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,17 @@ repeated header is comma-joined with the first copy first.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
 from sidecarkit import (
+    QuietHandler,
     ServerThread,
+    WsgiThread,
     audit_rows,
-    free_port,
     policy_copy,
     poll,
     serve_sidecar,
@@ -30,7 +29,7 @@ from sidecarkit import (
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
-class _Recorder(WSGIRequestHandler):
+class _Recorder(QuietHandler):
     """Keeps the raw header lines beside the environ the application gets."""
 
     def get_environ(self) -> dict[str, Any]:
@@ -38,22 +37,17 @@ class _Recorder(WSGIRequestHandler):
         environ["test.raw_headers"] = list(self.headers.items())
         return environ
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
-
-class WsgiUpstream:
+class WsgiUpstream(WsgiThread):
     """A WSGI app under wsgiref in a thread; each request's view is kept in ``seen``."""
+
+    handler = _Recorder
 
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
-        self.port = free_port()
-        self.server: WSGIServer = make_server(
-            "127.0.0.1", self.port, self._app, handler_class=_Recorder
-        )
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__()
 
-    def _app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
+    def app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
         self.seen.append(
             {
                 "raw": environ["test.raw_headers"],
@@ -63,14 +57,6 @@ class WsgiUpstream:
         )
         start("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"ok": True}).encode()]
-
-    def __enter__(self) -> WsgiUpstream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
@@ -89,6 +90,37 @@ def sidecar_settings(
         identity=identity,
         sidecar=SidecarSettings(upstream=upstream, routes=policy_dir / "routes.csv", **sidecar),
     )
+
+
+class QuietHandler(WSGIRequestHandler):
+    """wsgiref's handler without a log line per request."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class WsgiThread:
+    """A real HTTP upstream: the subclass's :meth:`app` under wsgiref on a free loopback port,
+    served by a thread while the context is open (``handler``: wsgiref's request handler)."""
+
+    handler: type[WSGIRequestHandler] = QuietHandler
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.server: WSGIServer = make_server("127.0.0.1", self.port, self.app,
+                                              handler_class=self.handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class ServerThread:
