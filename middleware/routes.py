@@ -238,8 +238,9 @@ class RouteTable:
         ``/files/{**name}`` takes ``/files``), so a later ``{name:path}`` row (a public
         catch-all) would be judged while the upstream ran the earlier row's handler. And
         None when such a rule would match the path without a ``.format`` after its last
-        segment: Rails (and Spring MVC before 5.3) routes ``/customers/export.json`` to
-        ``/customers/export``, which the guard would judge as the subject ``export.json``.
+        segment: Rails (and Spring MVC before 5.3, also ``/customers/export.tar.gz``) routes
+        ``/customers/export.json`` to ``/customers/export``, which the guard would judge as
+        the subject ``export.json``.
         """
         method = method.upper()
         upper: bool | None = None
@@ -283,16 +284,22 @@ _CAPITAL = re.compile("[A-Z]")
 
 def _readings(path: str) -> tuple[str, ...]:
     """``path`` as an upstream that ignores a trailing slash, or a ``.format`` after the last
-    segment, reads it (none when it holds neither): ``/a/b.json/`` -> ``/a/b.json``, ``/a/b``."""
+    segment, reads it (none when it holds neither): ``/a/b.json/`` -> ``/a/b.json``, ``/a/b``.
+
+    A format starts at the last segment's last dot (Rails) or at its first (Spring MVC's
+    ``.*`` suffix match takes ``/a/b.tar.gz`` and ``/a/b..`` for ``/a/b``); both are read.
+    """
     if len(path) < 2:
         return ()
     bare = path[:-1] if path[-1] == "/" else path
+    readings: tuple[str, ...] = (bare,) if bare is not path else ()
     head, _, last = bare.rpartition("/")
-    dot = last.rfind(".")
-    if dot > 0:
-        plain = head + "/" + last[:dot]
-        return (bare, plain) if bare is not path else (plain,)
-    return (bare,) if bare is not path else ()
+    first, final = last.find(".", 1), last.rfind(".")
+    if first > 0:
+        readings += (head + "/" + last[:first],)
+        if final != first:
+            readings += (head + "/" + last[:final],)
+    return readings
 
 
 _Entry = tuple[frozenset[str] | None, Any, Any, bool, bool, RouteRule]

@@ -200,13 +200,48 @@ def test_a_format_suffix_never_runs_a_route_judged_as_another(
     assert upstream.ran[-1] == "customer"
 
 
-_DOTTED = st.sampled_from(["customers", "export", "export.json", "c-0001", "c-0001.xml",
-                           "payment", "payment.", "files", "a.b", "about"])
+class SuffixBlindUpstream(SlashBlindUpstream):
+    """Routes as Spring MVC before 5.3 does by default: ``/customers/export`` also takes
+    ``/customers/export.*``, whatever follows the segment's first dot."""
+
+    def _app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
+        head, _, last = environ["PATH_INFO"].rpartition("/")
+        if "." in last[1:]:
+            environ["PATH_INFO"] = head + "/" + last[:last.index(".", 1)]
+        return super()._app(environ, start)
+
+
+def test_a_suffix_after_the_first_dot_never_runs_a_route_judged_as_another(
+        tmp_path: Path, keys: Any) -> None:
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    for name in ("model.conf", "rules.csv"):
+        (policy / name).write_bytes((POLICIES / name).read_bytes())
+    (policy / "routes.csv").write_text(ROUTES)
+    token = keys.mint("hs", sub="svc:crm")  # identity and contact, not financial
+    with SuffixBlindUpstream() as upstream:
+        settings = sidecar_settings(tmp_path, policy, keys.identity(),
+                                    upstream=f"http://127.0.0.1:{upstream.port}")
+        with serve_sidecar(settings) as sidecar:
+            for path in ("/customers/export.tar.gz", "/customers/export..",
+                         "/customers/c-0001/payment.v1.json"):
+                answer = _get(sidecar, path, token)
+                assert not {"export", "payment"} & set(upstream.ran), path
+                assert answer.status_code == 403, (path, answer.text)
+                assert answer.json()["reason"] == "route_not_declared"
+            assert _get(sidecar, "/customers/c-0001.tar.gz", token).status_code == 200
+            assert upstream.ran == ["customer"]
+
+
+_DOTTED = st.sampled_from(["customers", "export", "export.json", "export.tar.gz", "export..",
+                           "c-0001", "c-0001.xml", "payment", "payment.", "payment.v1.xml",
+                           "files", "a.b", "about"])
 
 
 @given(st.lists(_DOTTED, min_size=0, max_size=4), st.booleans())
 @example(["customers", "export.json"], False)
 @example(["customers", "c-0001", "payment."], True)
+@example(["customers", "export.tar.gz"], False)
 def test_a_match_is_the_one_a_format_blind_router_makes_or_none(
         segments: list[str], slash: bool) -> None:
     path = "/" + "/".join(segments) + ("/" if slash and segments else "")
@@ -215,8 +250,10 @@ def test_a_match_is_the_one_a_format_blind_router_makes_or_none(
         return
     bare = path[:-1] if len(path) > 1 and path.endswith("/") else path
     head, _, last = bare.rpartition("/")
-    plain = head + "/" + last[:last.rindex(".")] if "." in last[1:] else bare
-    for reading in {bare, plain}:  # every row a router blind to either would pick
+    readings = {bare}
+    if "." in last[1:]:  # a format from the last dot (Rails) or the first (Spring MVC)
+        readings |= {head + "/" + last[:last.rindex(".")], head + "/" + last[:last.index(".", 1)]}
+    for reading in readings:  # every row a router blind to either would pick
         blind = next(r for r in _TABLE.rules
                      if RouteTable([r]).match("GET", reading) is not None
                      or RouteTable([r]).match("GET", reading + "/") is not None)
