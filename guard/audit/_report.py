@@ -124,11 +124,17 @@ def render_json(report: SubjectReport) -> str:
     return json.dumps(report.to_dict(), indent=2)
 
 
+_MARKUP = str.maketrans({ch: "\\" + ch for ch in "\\`[]<>&|"})
+"""Markdown's escapes for what would make a cell markup: raw HTML, an entity, a link, code,
+a table's column (a reference is text a rights-request system passed on, often the
+subject's own words)."""
+
+
 def _cell(values: tuple[str, ...] | str | int | None) -> str:
     if values is None:
         return "-"
     text = ", ".join(values) if isinstance(values, tuple) else str(values)
-    return text.replace("|", "\\|") or "-"
+    return text.translate(_MARKUP) or "-"
 
 
 def render_markdown(report: SubjectReport) -> str:
@@ -165,6 +171,7 @@ def render_markdown(report: SubjectReport) -> str:
     else:
         out += ["| # | effective | entry | purpose | recorded | by | reference |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
-        out += [f"| {e.seq} | {e.effective} | {e.kind} | {_cell(e.purpose)} | {e.recorded_at} "
-                f"| {_cell(e.recorded_by)} | {_cell(e.ref)} |" for e in report.register]
+        out += [f"| {e.seq} | {_cell(e.effective)} | {_cell(e.kind)} | {_cell(e.purpose)} | "
+                f"{_cell(e.recorded_at)} | {_cell(e.recorded_by)} | {_cell(e.ref)} |"
+                for e in report.register]
     return "\n".join(out) + "\n"
