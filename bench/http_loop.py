@@ -36,9 +36,16 @@ not there before is counted by type, per read (``--census-top`` types listed).
 data subjects). ``--callgrind --keep FILE`` keeps the measured window's profile of the loop
 thread for ``callgrind_annotate --inclusive=yes FILE``.
 
+``--callers N`` gives N tokens (the example's ``svc:crm``, each with a lifetime of its own,
+so N ``Authorization`` values) that take turns on each path: a path's successive requests
+come with the next token in turn (with ``--subjects 1``, request i with token i mod N).
+``--no-memo`` switches the planner's memo of a repeated read off (its entries never found,
+the guard asked with ``decide`` as for a path's first request; an entry is still made per
+read): the floor the memo is measured against.
+
 Usage: python bench/http_loop.py [--requests 6400] [--gc-threshold N] [--gc-freeze]
        [--plain] [--starlette] [--audit-sink journal|none] [--write] [--concurrent 32]
-       [--subjects 100]
+       [--subjects 100] [--callers 1] [--no-memo]
        [--callgrind [--keep FILE]] [--census [--census-top 40]]
        [--tree DIR]   (another checkout's guard and example, for an A/B run)
 """
@@ -92,6 +99,11 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=100,
                         help="customer ids asked in turn (the example holds 100: the others are "
                              "answered 404, by the app, after the guard allowed them)")
+    parser.add_argument("--callers", type=int, default=1,
+                        help="tokens taking turns on each path (each path's next request comes "
+                             "with the next token)")
+    parser.add_argument("--no-memo", action="store_true",
+                        help="the planner's memo of a repeated read switched off")
     parser.add_argument("--callgrind", action="store_true",
                         help="run under callgrind: the event loop's instructions per request")
     parser.add_argument("--keep", type=Path, default=None,
@@ -117,13 +129,21 @@ def main() -> None:
                             signing_key=work / "audit-signing.key", writer_id="bench"),
         identity=IdentitySettings(dev_key=work / "dev-token.key"))
     settings.sidecar.gc_freeze = False  # the collector as measured before (--gc-freeze)
-    token = issue_token(settings.identity, "svc:crm", None, 3600)
-    headers = [(b"host", b"svc"), (b"authorization", f"Bearer {token}".encode()),
-               (b"x-purpose", b"relationship.management"), (b"user-agent", b"bench")]
+    if args.callers < 1:
+        raise SystemExit("--callers must be at least 1")
+    if args.no_memo:
+        memo_off()
     body = b'{"email": "c@example.com"}'
-    if args.write:
-        headers += [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())]
+    tokens = [issue_token(settings.identity, "svc:crm", None, 3600 + k)
+              for k in range(args.callers)]
+    callers = []
+    for token in tokens:
+        headers = [(b"host", b"svc"), (b"authorization", f"Bearer {token}".encode()),
+                   (b"x-purpose", b"relationship.management"), (b"user-agent", b"bench")]
+        if args.write:
+            headers += [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())]
+        callers.append(headers)
     spent = {"seconds": 0.0, "collections": 0.0, "full": 0.0, "began": 0.0}
 
     def timed(phase: str, _info: dict[str, Any]) -> None:
@@ -149,6 +169,7 @@ def main() -> None:
             path = f"/customers/c-{i % args.subjects + 1:04d}"
             if args.write:
                 path += "/contact"
+            headers = callers[i // args.subjects % args.callers]  # the path's next caller
             own = [(name[:1] + name[1:], value[:1] + value[1:]) for name, value in headers]
             await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                        "method": "PUT" if args.write else "GET", "scheme": "http", "path": path,
@@ -199,7 +220,8 @@ def main() -> None:
     n = args.requests
     kind = ("Starlette, " if args.starlette else "") + (
         "plain" if args.plain else "guarded, no audit sink" if args.audit_sink == "none"
-        else "guarded")
+        else "guarded") + (f", {args.callers} callers a path" if args.callers > 1 else "") + (
+        ", memo off" if args.no_memo else "")
     print(f"{args.tree.resolve()} ({kind}, {'PUT' if args.write else 'GET'}): "
           f"gc threshold {gc.get_threshold()[0]}"
           f"{', frozen' if args.gc_freeze else ''}; {n} requests, {args.concurrent} at a time: "
@@ -289,6 +311,25 @@ def starlette_app(guard: Any, settings: Any) -> Callable[..., Awaitable[None]]:
         app.add_middleware(GuardMiddleware, guard=guard, settings=settings,
                            routes=RouteTable(()), gc_freeze=False)
     return app
+
+
+def memo_off() -> None:
+    """Switch the planner's memo of a repeated read off: its entries are never found (the
+    caller looked up, the guard asked with ``decide``), as for a path's first request."""
+    from middleware import _plan
+
+    class Off(dict):  # type: ignore[type-arg]
+        def get(self, key: Any, default: Any = None) -> Any:
+            return default
+
+    init = _plan.Planner.__init__
+
+    def off(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.seen = Off()
+        self.asking = None
+
+    _plan.Planner.__init__ = off  # type: ignore[method-assign]
 
 
 def _resolved(ruling: Any, status: int | None = None) -> asyncio.Future[str]:
