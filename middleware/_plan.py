@@ -24,7 +24,9 @@ the answer ``enforce()`` gives for the same request (tests/middleware/test_plan.
 it to that for random requests).
 
 A path's request asked again with the same purpose value and ``Authorization`` value
-(compared as bytes, not hashed again) is judged from what its :class:`_Seen` kept: the
+(compared as bytes, not hashed again) is judged from what its :class:`_Seen` kept (up to
+:data:`CALLERS` of them per path and purpose value, one per ``Authorization`` value, so
+that a few callers taking turns on a path each keep theirs): the
 caller, and the purpose and the token's leave to declare it as found before, while
 ``Authenticator.holds`` says the token still proves that caller (the keys it was verified
 with still in force, not expired, no proxy's caller header); the guard's
@@ -70,7 +72,7 @@ from middleware._router import Answer, AppRoutes, Resolved
 from middleware.fields import FieldPlan
 from middleware.identity import Authenticator, Caller
 
-__all__ = ["PURPOSES", "REMEMBERED_PURPOSE", "REQUESTS", "Judged", "Plan", "Planner"]
+__all__ = ["CALLERS", "PURPOSES", "REMEMBERED_PURPOSE", "REQUESTS", "Judged", "Plan", "Planner"]
 
 _log = logging.getLogger("guard.middleware")
 _fault_counter = metrics.get_meter("purpose_guard.middleware").create_counter(
@@ -89,7 +91,10 @@ REMEMBERED_PURPOSE = 256
 """The longest raw purpose value (bytes) remembered: a value is judged stripped, so blanks
 after a purpose make new values of any length; a longer one is judged and forgotten."""
 REQUESTS = 4096
-"""Requests remembered by (route answer, raw purpose value) (then forgotten all at once)."""
+"""Requests remembered, all paths together (then forgotten all at once)."""
+CALLERS = 4
+"""Requests remembered per (route answer, raw purpose value), one per ``Authorization``
+value: a new value past them takes the place of the one kept longest."""
 _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 
 
@@ -170,8 +175,8 @@ class Planner:
         purpose_header: The lower-case header that declares the purpose.
     """
 
-    __slots__ = ("asking", "auth", "faults", "guard", "purpose_header", "purposes", "routes",
-                 "seen")
+    __slots__ = ("asking", "auth", "faults", "guard", "kept", "purpose_header", "purposes",
+                 "routes", "seen")
 
     def __init__(self, auth: Authenticator, guard: GuardLike, purpose_header: str) -> None:
         self.auth = auth
@@ -184,9 +189,12 @@ class Planner:
         """The app's routes, once walked (None: every request takes the interpreted path)."""
         self.purposes: dict[bytes, str] = {}
         """Raw purpose values found well-formed, and the purpose each declares."""
-        self.seen: dict[tuple[Answer, bytes | None], _Seen] = {}
-        """By (route answer, raw purpose value): the caller of the ``Authorization`` value it
-        was last asked with, the request, and the last decision's outcome."""
+        self.seen: dict[tuple[Answer, bytes | None], list[_Seen]] = {}
+        """By (route answer, raw purpose value), newest first: for each of up to
+        :data:`CALLERS` ``Authorization`` values it was asked with, the caller it proved, the
+        request, and the last decision's outcome."""
+        self.kept = 0
+        """Entries in :attr:`seen` (at most :data:`REQUESTS`)."""
         self.faults = 0
         """Requests :meth:`judge` failed on (:meth:`fault`): each was judged by ``enforce()``."""
 
@@ -283,26 +291,33 @@ class Planner:
         value = headers.get(self.purpose_header)
         auth = self.auth
         seen: _Seen | None = None
+        absent = False  # no entry of this Authorization value kept (looked for)
         if not first:
-            seen = self.seen.get((answer, value))
+            entries = self.seen.get((answer, value))
             asking = self.asking
-            if (seen is not None and asking is not None and not plan.minimise
-                    and seen.authorization == authorization
-                    and auth.holds(seen.hit, seen.keys_set, headers)):
-                # asked again with the same token, still valid, and the same purpose value:
-                # the caller, the purpose and the token's leave to declare it are the ones
-                # found before
-                caller = seen.caller
-                try:
-                    ruling = asking(seen.asked, span)
-                except Exception:
-                    return unjudged(seen.asked.request, plan.http, caller, plan.endpoint), None
-                decision = ruling.decision
-                if decision is seen.decision:  # the allowed read decided before: its outcome
-                    if span is not INVALID_SPAN and span.is_recording():
-                        span.set_attributes(decision_attributes(decision))
-                    return seen.outcome, ruling  # type: ignore[return-value]  # set with it
-                return self._ruled(ruling, plan, caller, seen, span)
+            if entries is not None and asking is not None and not plan.minimise:
+                for seen in entries:  # the entry of this very Authorization value, if kept
+                    if seen.authorization == authorization:
+                        break
+                else:
+                    seen = None
+                    absent = True
+                if seen is not None and auth.holds(seen.hit, seen.keys_set, headers):
+                    # asked again with the same token, still valid, and the same purpose
+                    # value: the caller, the purpose and the token's leave to declare it are
+                    # the ones found before
+                    caller = seen.caller
+                    try:
+                        ruling = asking(seen.asked, span)
+                    except Exception:
+                        return unjudged(seen.asked.request, plan.http, caller,
+                                        plan.endpoint), None
+                    decision = ruling.decision
+                    if decision is seen.decision:  # the allowed read decided before: its outcome
+                        if span is not INVALID_SPAN and span.is_recording():
+                            span.set_attributes(decision_attributes(decision))
+                        return seen.outcome, ruling  # type: ignore[return-value]  # set with it
+                    return self._ruled(ruling, plan, caller, seen, span)
         keys_set = auth.keys_set
         hit = auth.known(authorization, headers)
         if hit is None:
@@ -323,7 +338,8 @@ class Planner:
             # (most are asked once) is one the cyclic collector walks and promotes
             request = Request(caller.id, purpose, plan.categories, plan.action, subject or None)
         else:
-            seen = self._seen(answer, plan, purpose, authorization, value, hit, keys_set)
+            seen = self._seen(answer, plan, purpose, authorization, value, hit, keys_set,
+                              absent=absent)
             request = seen.asked.request
         try:
             if seen is None or plan.minimise or self.asking is None:  # nothing kept with it
@@ -378,19 +394,40 @@ class Planner:
 
     def _seen(self, answer: Answer, plan: Plan, purpose: str,  # noqa: PLR0917
               authorization: bytes | None, value: bytes | None,
-              hit: tuple[Caller, float, float], keys_set: int) -> _Seen:
+              hit: tuple[Caller, float, float], keys_set: int, *, absent: bool = False
+              ) -> _Seen:
         """The entry for requests with ``answer`` (its path) and the purpose ``value``
         (declaring ``purpose``) that ``authorization`` proved ``hit`` for: the one kept, while
-        it holds that very answer, or a new one in its place."""
+        it holds that very answer, or a new one in its place (the value's old entry, or past
+        :data:`CALLERS` values the oldest's). ``absent``: the entries were looked through
+        for ``authorization`` just now, and it has none."""
         seen = self.seen
         key = (answer, value)
-        entry = seen.get(key)
-        if (entry is not None and entry.hit is hit and entry.keys_set == keys_set
-                and entry.authorization == authorization):
-            return entry
-        if len(seen) >= REQUESTS:
+        entries = seen.get(key)
+        at = -1
+        if entries is not None and not absent:
+            for i, old in enumerate(entries):
+                if old.authorization == authorization:
+                    if old.hit is hit and old.keys_set == keys_set:
+                        return old
+                    at = i  # proved again (new keys, verified anew): replaced by this answer
+                    break
+        entry = _Seen(Request(hit[0].id, purpose, plan.categories, plan.action,
+                              answer.subject or None), plan.http, authorization, hit, keys_set)
+        if entries is not None:
+            if at >= 0:
+                entries[at] = entry
+                return entry
+            if len(entries) >= CALLERS:  # the oldest makes way
+                entries.pop()
+                entries.insert(0, entry)
+                return entry
+        if self.kept >= REQUESTS:
             seen.clear()
-        entry = seen[key] = _Seen(
-            Request(hit[0].id, purpose, plan.categories, plan.action,
-                    answer.subject or None), plan.http, authorization, hit, keys_set)
+            self.kept = 0
+            entries = None
+        if entries is None:
+            entries = seen[key] = []
+        entries.insert(0, entry)
+        self.kept += 1
         return entry

@@ -6,7 +6,9 @@ its outcome: ``Planner.seen``) and what the guard kept with the request
 (``Guard.decide_asked``). These tests hold that memo to the interpreted path
 (``enforce()``) and to casbin's own Enforcer while the token expires, the verification
 keys change, the policy in force changes back and forth and the subject register gains
-a restriction: after each, the very next request is judged afresh.
+a restriction: after each, the very next request is judged afresh. A path keeps an entry
+for each of up to ``CALLERS`` tokens, so callers taking turns on it each keep theirs, and
+no token is ever judged from another's.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from examples.customers import create_app
 from guard._guard import Guard
 from guard.policy import CompiledPolicy, PolicySource, compile_source
 from guard.rights import EntryKind, Record
-from middleware import GuardMiddleware
+from middleware import GuardMiddleware, _plan
 from middleware import identity as identity_module
 from middleware._enforce import Outcome
 from middleware._router import Resolved
@@ -87,7 +89,11 @@ def world(tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
         tokens = {"crm": keys.mint("ec", sub="svc:crm", exp=now + 600),
                   "crm-limited": keys.mint("ed", sub="svc:crm", exp=now + 600,
                                            purposes=["relationship.management"]),
-                  "marketing": keys.mint("rsa", sub="svc:marketing", exp=now + 600)}
+                  "marketing": keys.mint("rsa", sub="svc:marketing", exp=now + 600),
+                  "crm-soon": keys.mint("ec", sub="svc:crm", exp=now + 100),
+                  "marketing-2": keys.mint("ed", sub="svc:marketing", exp=now + 601),
+                  "crm-limited-2": keys.mint("rsa", sub="svc:crm", exp=now + 602,
+                                             purposes=["relationship.management"])}
         yield {"mw": mw, "guard": guard, "tokens": tokens, "clock": clock, "jwks": jwks}
 
 
@@ -218,6 +224,124 @@ def test_another_token_on_a_kept_read_is_its_own_caller(world: dict[str, Any]) -
     asyncio.run(run())
 
 
+def _entries(world: dict[str, Any], subject: str, purpose: bytes) -> list[Any]:
+    """The planner's entries for a customer's path and ``purpose``."""
+    planner = world["mw"]._planner
+    for (answer, value), entries in planner.seen.items():
+        if answer.subject == subject and value == purpose:
+            return entries
+    return []
+
+
+def test_callers_taking_turns_on_a_path_each_keep_their_entry(
+        world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rounds of three tokens on one path: the second round is judged from the memo
+    (no token looked up again), each read as its own token's caller."""
+    tokens = world["tokens"]
+    names = ("crm", "marketing", "crm-limited")
+    looked_up: list[bytes | None] = []
+    known = identity_module.Authenticator.known
+
+    def counted(self: Any, authorization: bytes | None, headers: Any) -> Any:
+        looked_up.append(authorization)
+        return known(self, authorization, headers)
+
+    async def run() -> None:
+        for _ in range(2):  # the path's first read keeps nothing
+            for name in names:
+                await _ask(world, "/customers/c-0003", tokens[name], PURPOSES[0])
+        monkeypatch.setattr(identity_module.Authenticator, "known", counted)
+        for _ in range(2):
+            for name in names:
+                planned, interpreted = await _ask(world, "/customers/c-0003", tokens[name],
+                                                  PURPOSES[0])
+                assert planned is not None
+                assert planned.allowed == (name != "marketing")
+                assert planned.caller is not None
+                assert planned.caller.id == interpreted.caller.id == (  # type: ignore[union-attr]
+                    "svc:marketing" if name == "marketing" else "svc:crm")
+                assert _same(planned, interpreted)
+
+    asyncio.run(run())
+    assert looked_up == []  # by the planner: every read of the last two rounds from its entry
+    assert len(_entries(world, "c-0003", PURPOSES[0])) == 3
+
+
+def test_a_path_keeps_at_most_callers_entries_and_the_memo_at_most_requests(
+        world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_plan, "REQUESTS", 6)
+    tokens = list(world["tokens"].values())
+    assert len(tokens) > _plan.CALLERS
+    planner = world["mw"]._planner
+
+    async def run() -> None:
+        for path in ("/customers/c-0004", "/customers/c-0005", "/customers/c-0006"):
+            for _ in range(3):
+                for token in tokens:
+                    await _ask(world, path, token, PURPOSES[0])
+                    counted = sum(len(entries) for entries in planner.seen.values())
+                    assert counted == planner.kept <= 6
+                    assert all(len(entries) <= _plan.CALLERS
+                               for entries in planner.seen.values())
+                    assert all(len({e.authorization for e in entries}) == len(entries)
+                               for entries in planner.seen.values())
+
+    asyncio.run(run())
+
+
+def test_a_token_verified_again_under_new_keys_takes_its_own_entrys_place(
+        world: dict[str, Any]) -> None:
+    """The keys put in force again (a key file reloaded): each token is verified anew, and
+    its entry replaced, not kept twice beside the stale one."""
+    tokens = world["tokens"]
+    auth = world["mw"].auth
+
+    async def run() -> None:
+        for _ in range(3):
+            for name in ("crm", "marketing"):
+                await _ask(world, "/customers/c-0008", tokens[name], PURPOSES[0])
+        assert len(_entries(world, "c-0008", PURPOSES[0])) == 2
+        auth._set_keys([key for keys in auth._by_alg.values() for key in keys])
+        for round_ in range(3):  # the first verified by enforce(), the others planned
+            for name in ("crm", "marketing"):
+                planned, interpreted = await _ask(world, "/customers/c-0008", tokens[name],
+                                                  PURPOSES[0])
+                assert (planned is None) == (round_ == 0)
+                assert _same(planned, interpreted)
+        entries = _entries(world, "c-0008", PURPOSES[0])
+        assert len(entries) == 2
+        assert all(entry.keys_set == auth.keys_set for entry in entries)
+
+    asyncio.run(run())
+
+
+def test_an_expired_token_is_refused_while_another_on_the_path_is_kept(
+        world: dict[str, Any]) -> None:
+    tokens = world["tokens"]
+
+    async def run() -> None:
+        for _ in range(3):  # the second and third round from the memo
+            for name in ("crm-soon", "crm"):
+                planned, _interpreted = await _ask(world, "/customers/c-0007", tokens[name],
+                                                   PURPOSES[0])
+        assert planned is not None
+        assert planned.allowed
+        assert len(_entries(world, "c-0007", PURPOSES[0])) == 2
+        world["clock"].ahead = 100 + 31.0  # past crm-soon's exp and the leeway, not crm's
+        for _ in range(2):
+            planned, interpreted = await _ask(world, "/customers/c-0007", tokens["crm-soon"],
+                                              PURPOSES[0])
+            assert planned is None
+            assert interpreted.status == 401
+            planned, interpreted = await _ask(world, "/customers/c-0007", tokens["crm"],
+                                              PURPOSES[0])
+            assert planned is not None
+            assert planned.allowed
+            assert _same(planned, interpreted)
+
+    asyncio.run(run())
+
+
 _RUNS = itertools.count()
 """Each example's subjects are its own (the register keeps the restrictions made before)."""
 _STEPS = st.lists(st.one_of(
@@ -274,6 +398,76 @@ def test_a_kept_read_is_judged_as_enforce_and_casbin_judge_it(
                 if planned is not None:
                     assert planned.decision is not None
                     assert planned.decision.policy_version == compiled[in_force].version
+
+    try:
+        asyncio.run(steps_run())
+    finally:
+        guard.holder.reload(lambda: compiled[0])
+
+
+_TOKENS = ("crm", "crm-limited", "marketing", "marketing-2", "crm-limited-2")
+"""More tokens than a path keeps entries for (``CALLERS``), of the same callers with
+different leave to declare purposes."""
+_TURNS = st.lists(st.one_of(
+    st.tuples(st.just("ask"), st.sampled_from(_TOKENS), st.sampled_from(PURPOSES),
+              st.integers(0, 1)),
+    st.tuples(st.just("policy"), st.sampled_from([0, 1])),
+    st.tuples(st.just("restrict"), st.integers(0, 1)),
+), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(steps=_TURNS)
+def test_callers_taking_turns_are_each_judged_as_their_own_token(
+        world: dict[str, Any], steps: list[tuple[Any, ...]]) -> None:
+    """Over random interleavings of five tokens on two paths (each read asked once, so that
+    a read follows another token's on its path), policy changes and register restrictions:
+    each read is judged as enforce() and casbin judge its own token's caller and leave."""
+    guard: Guard = world["guard"]
+    rules = (SHIPPED_RULES, REVOKED_RULES)
+    compiled = [_compiled(r) for r in rules]
+    enforcers = [_enforcer(r) for r in rules]
+    run = next(_RUNS)
+    subjects = [f"c-{run}-{n}" for n in range(2)]
+    restricted: set[str] = set()
+    in_force = 0
+    register = guard.register
+    assert register is not None
+
+    async def steps_run() -> None:
+        nonlocal in_force
+        for step in steps:
+            if step[0] == "policy":
+                in_force = step[1]
+                guard.holder.reload(lambda policy=compiled[in_force]: policy)
+                continue
+            if step[0] == "restrict":
+                subject = subjects[step[1]]
+                register.apply(register.pseudonym(subject), [
+                    Record(EntryKind.RESTRICTION, "", date(2020, 1, 1))])
+                restricted.add(subject)
+                continue
+            _, name, purpose, which = step
+            subject = subjects[which]
+            planned, interpreted = await _ask(world, "/customers/" + subject,
+                                              world["tokens"][name], purpose)
+            assert _same(planned, interpreted), (step, planned, interpreted)
+            caller = "svc:crm" if name.startswith("crm") else "svc:marketing"
+            granted = all(enforcers[in_force].enforce(caller, purpose.decode(), category,
+                                                      "read")
+                          for category in ("identity", "contact"))
+            may = not name.startswith("crm-limited") or purpose == PURPOSES[0]
+            expected = granted and may and subject not in restricted
+            assert interpreted.allowed == expected, (step, in_force, interpreted)
+            assert interpreted.caller is not None
+            assert interpreted.caller.id == caller
+            if planned is not None:
+                assert planned.allowed == expected, (step, in_force, planned)
+                assert planned.caller is not None
+                assert planned.caller.id == caller, (step, planned)
+                assert planned.decision is not None
+                assert planned.decision.policy_version == compiled[in_force].version
 
     try:
         asyncio.run(steps_run())
