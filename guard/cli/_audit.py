@@ -246,8 +246,10 @@ def verify_cmd(
                                        "it (default: the configured one, if it exists)"),
     ] = None,
 ) -> None:
-    """Check every hash chain and signed checkpoint; exit 1 if anything was tampered with,
-    3 if a part of the store could not be read (locked: run it again)."""
+    """Check every hash chain and signed checkpoint; exit 1 if tampered with, 3 if unfinished.
+
+    Unfinished: a part of the store could not be read (locked: run it again).
+    """
     from guard.audit._journal import lanes
     from guard.audit._jtrail import journal_folder
     from guard.audit._jverify import verify_journal

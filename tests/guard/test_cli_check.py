@@ -167,20 +167,37 @@ _LOADED = ("import atexit, sys\n"
            "main()\n")
 
 
-@pytest.mark.parametrize("args", [
-    ["check", "--caller", "svc:crm", "--purpose", "relationship.management", "--category",
-     "contact"],
-    ["check", "--caller", "x", "--oops"],
+@pytest.mark.parametrize(("args", "code"), [
+    (["check", "--caller", "svc:crm", "--purpose", "relationship.management", "--category",
+      "contact"], 0),
+    (["check", "--caller", "x", "--oops"], 2),
 ], ids=["check", "a-mistake"])
 def test_a_check_or_a_mistake_loads_no_postgresql_driver_nor_audit_commands_modules(
-        tmp_path: Path, args: list[str]) -> None:
+        tmp_path: Path, args: list[str], code: int) -> None:
     """With SQLite configured (the default), psycopg is not imported (0.1 s of a command's
     0.45 s of CPU); rich, the audit store's checkpoint keys and journal frames are imported
     by the audit commands that use them."""
     done = subprocess.run([sys.executable, "-c", _LOADED, *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode in (0, 2), done.stderr
+    assert done.returncode == code, done.stderr
     assert done.stdout.splitlines()[-1] == "loaded:"
+
+
+@pytest.mark.parametrize("args", [
+    ["audit", "query", "--limit", "0"],
+    ["audit", "stats", "--since", "soon"],
+    ["audit", "report", "--subject", "c-1", "--format", "pdf"],
+    ["audit", "verify", "--store", "sqlite:///missing.db"],
+], ids=["query", "stats", "report", "verify"])
+def test_an_audit_command_imports_what_it_uses_when_it_runs(
+        tmp_path: Path, args: list[str]) -> None:
+    """The audit commands load their modules as they run: a mistake in each, from a fresh
+    process, is still one line and exit 2."""
+    done = subprocess.run([sys.executable, "-c", _LOADED, *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("guard: error: ")
 
 
 # ------------------------------------------------------------------ explain
