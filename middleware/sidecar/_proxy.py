@@ -86,7 +86,11 @@ IDENTITY_HEADERS = frozenset(
         "x-cluster-client-ip",
         "true-client-ip",
         "cf-connecting-ip",
+        "cf-connecting-ipv6",  # Cloudflare's Pseudo IPv4: the client's own IPv6 address
         "fastly-client-ip",
+        "fly-client-ip",  # Fly.io's proxy
+        "x-azure-clientip",  # Azure Front Door
+        "x-azure-socketip",
         # which route and method (a rewrite or override the guard did not judge)
         "x-rewrite-url",
         "x-http-method-override",

@@ -9,7 +9,9 @@ another service), Google Cloud Endpoints' ``X-Endpoint-API-UserInfo`` and API Ga
 ``X-Apigateway-Api-Userinfo`` (the verified token's claims), the AWS Lambda adapters'
 ``X-Apigateway-Event`` and ``X-Apigateway-Context`` (the authorizer's claims), and Apache's
 ``mod_auth_openidc`` (``OIDC_CLAIM_*``, ``OIDC_access_token``), ``mod_auth_mellon``
-(``MELLON_*``) and Shibboleth (``Shib-*``) headers. A real uvicorn sidecar in front of a
+(``MELLON_*``) and Shibboleth (``Shib-*``) headers, nor the client addresses Cloudflare
+(``CF-Connecting-IPv6``), Fly.io (``Fly-Client-IP``) and Azure Front Door
+(``X-Azure-ClientIP``, ``X-Azure-SocketIP``) set. A real uvicorn sidecar in front of a
 real WSGI upstream that records the raw header lines and the environ.
 """
 
@@ -34,7 +36,13 @@ FORGED = [
 ]
 
 
-@pytest.mark.parametrize("name", FORGED)
+# Where the request came from, as a CDN or platform in front tells its upstream: Cloudflare's
+# Pseudo IPv4 keeps the client's IPv6 address in CF-Connecting-IPv6, Fly.io's proxy sets
+# Fly-Client-IP, Azure Front Door X-Azure-ClientIP and X-Azure-SocketIP.
+ADDRESSES = ["CF-Connecting-IPv6", "Fly-Client-IP", "X-Azure-ClientIP", "X-Azure-SocketIP"]
+
+
+@pytest.mark.parametrize("name", FORGED + ADDRESSES)
 def test_still_more_identity_headers_never_reach_the_upstream(
         proxied: tuple[ServerThread, WsgiUpstream, Path], keys: Any, name: str) -> None:
     assert_never_reaches(proxied, keys, name)
