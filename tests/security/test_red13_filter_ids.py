@@ -10,8 +10,6 @@ subject rule is now left out, with a warning naming its line.
 
 from __future__ import annotations
 
-import io
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,10 +32,6 @@ FILTER = ["subject", "filter", "--caller", "svc:marketing", "--purpose",
           "marketing.advertising", "--category", "contact.email"]
 
 
-def _filter(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-            lines: bytes) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines)))
-    return clikit.run(monkeypatch, capsys, *FILTER)
 
 
 def test_an_objecting_subject_spelled_otherwise_is_never_printed(
@@ -45,12 +39,11 @@ def test_an_objecting_subject_spelled_otherwise_is_never_printed(
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(policy_dir.parent)
     clikit.cli_store(tmp_path, monkeypatch)
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     code, out, err = clikit.run(monkeypatch, capsys, "subject", "object", SUBJECT,
-                                "--purpose", "marketing", "--ref", "T-1")
+                                "--purpose", "marketing", "--ref", "T-1", stdin=b"")
     assert code == 0, err
-    code, out, err = _filter(monkeypatch, capsys,
-                             b"\xef\xbb\xbfc-0042\nc-0042 \n\tc-0042\nc-0042\r\nc-0043\n")
+    code, out, err = clikit.run(monkeypatch, capsys, *FILTER, stdin=(
+        b"\xef\xbb\xbfc-0042\nc-0042 \n\tc-0042\nc-0042\r\nc-0043\n"))
     assert code == 0, err
     # Before: "\ufeffc-0042", "c-0042 " and "\tc-0042" were printed.
     assert out.splitlines() == ["c-0043"]

@@ -12,13 +12,11 @@ writes the row's text with its control characters escaped.
 
 from __future__ import annotations
 
-import io
-import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.guard.audit.conftest import sql
 from tests.security import clikit
 
 SUBJECT = "cust-0046"
@@ -26,8 +24,8 @@ SUBJECT = "cust-0046"
 
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
-    code, out, _err = clikit.run(monkeypatch, capsys, *args)
+    """``guard ARGS`` in-process with an empty stdin; (exit code, stdout)."""
+    code, out, _err = clikit.run(monkeypatch, capsys, *args, stdin=b"")
     return code, out
 
 
@@ -41,18 +39,9 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy_dir: Path,
     return path
 
 
-def _sql(path: Path, statement: str) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.execute(statement)
-    finally:
-        conn.close()
-
-
 def test_an_entry_moved_to_another_time_is_named_by_verify(
         db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    _sql(db, "UPDATE subject_register SET recorded_at = '2031-01-01T09:00:00.000000Z'")
+    sql(db, "UPDATE subject_register SET recorded_at = '2031-01-01T09:00:00.000000Z'")
     code, out = run(monkeypatch, capsys, "audit", "verify")
     # Before: 0, intact.
     assert code == 1, out
@@ -61,8 +50,8 @@ def test_an_entry_moved_to_another_time_is_named_by_verify(
 
 def test_subject_show_writes_the_stores_text_without_terminal_controls(
         db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    _sql(db, "UPDATE subject_register SET recorded_at = 'x' || char(27) || '[2J', "
-             "recorded_by = 'cli:' || char(27) || ']8;;http://evil/' || char(7)")
+    sql(db, "UPDATE subject_register SET recorded_at = 'x' || char(27) || '[2J', "
+            "recorded_by = 'cli:' || char(27) || ']8;;http://evil/' || char(7)")
     code, out = run(monkeypatch, capsys, "subject", "show", SUBJECT)
     assert code == 0, out
     # Before: the escape and bell bytes themselves.
