@@ -73,12 +73,6 @@ IDENTITY_HEADERS = frozenset(
         "client-cert-chain",
         "x-ssl-cert",  # nginx's usual name for $ssl_client_escaped_cert
         "x-endpoint-api-userinfo",  # Google Cloud Endpoints: the verified token's claims
-        "x-apigateway-api-userinfo",  # Google API Gateway: the same
-        "x-apigateway-event",  # AWS Lambda adapters: the authorizer's claims inside
-        "x-apigateway-context",
-        "oidc-access-token",  # Apache mod_auth_openidc (OIDC_access_token)
-        "oidc-id-token",
-        "oidc-id-token-payload",
         # where from (the sidecar sets x-forwarded-for, -host and -proto itself)
         "forwarded",
         "x-real-ip",
@@ -123,7 +117,8 @@ IDENTITY_PREFIXES = (
     "tailscale-user-",
     "impersonate-",  # Kubernetes: act as another user, group or extra
     "l5d-",  # Linkerd: l5d-client-id (the mesh's proven client), l5d-dst-override (routing)
-    "oidc-claim-",  # Apache mod_auth_openidc: OIDC_CLAIM_<claim>
+    "x-apigateway-",  # Google API Gateway's -api-userinfo; AWS Lambda adapters' -event, -context
+    "oidc-",  # Apache mod_auth_openidc: OIDC_CLAIM_<claim>, OIDC_access_token, OIDC_userinfo_json
     "mellon-",  # Apache mod_auth_mellon: MELLON_<attribute>
     "shib-",  # Shibboleth: Shib-Identity-Provider, Shib-Session-ID, ...
 )

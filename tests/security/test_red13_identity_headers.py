@@ -7,8 +7,9 @@ certificate), nginx's usual ``X-SSL-Cert``, Linkerd's ``l5d-client-id`` (the mes
 client identity) and its other ``l5d-`` headers (``l5d-dst-override`` moves the request to
 another service), Google Cloud Endpoints' ``X-Endpoint-API-UserInfo`` and API Gateway's
 ``X-Apigateway-Api-Userinfo`` (the verified token's claims), the AWS Lambda adapters'
-``X-Apigateway-Event`` and ``X-Apigateway-Context`` (the authorizer's claims), and Apache's
-``mod_auth_openidc`` (``OIDC_CLAIM_*``, ``OIDC_access_token``), ``mod_auth_mellon``
+``X-Apigateway-Event`` and ``X-Apigateway-Context`` (the authorizer's claims; every
+``X-Apigateway-`` header), and Apache's
+``mod_auth_openidc`` (every ``OIDC_`` header: claims, tokens, user info), ``mod_auth_mellon``
 (``MELLON_*``) and Shibboleth (``Shib-*``) headers, nor the client addresses Cloudflare
 (``CF-Connecting-IPv6``), Fly.io (``Fly-Client-IP``) and Azure Front Door
 (``X-Azure-ClientIP``, ``X-Azure-SocketIP``) set. A real uvicorn sidecar in front of a
@@ -33,6 +34,9 @@ FORGED = [
     "X-Endpoint-API-UserInfo", "X-Apigateway-Api-Userinfo", "X-Apigateway-Event",
     "X-Apigateway-Context", "OIDC_CLAIM_email", "OIDC_CLAIM_sub", "OIDC_access_token",
     "OIDC_id_token_payload", "MELLON_NAME_ID", "Shib-Identity-Provider", "Shib-Session-ID",
+    # mod_auth_openidc's user info (OIDCPassUserInfoAs json, jwt) and any other OIDC_ header;
+    # any x-apigateway- header, as docs/sidecar.md names them
+    "OIDC_userinfo_json", "OIDC_userinfo_jwt", "X-Apigateway-Authorizer",
 ]
 
 
