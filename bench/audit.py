@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import psycopg
 from _pg import fdatasync_floor, fresh_database, pg_server
@@ -58,6 +58,9 @@ from guard.audit import (
 )
 from guard.audit._event import TS_FORMAT
 from guard.audit._schema import EVENT_COLUMNS, INSERT_EVENT, fill_subject_index
+
+if TYPE_CHECKING:
+    from guard.audit._jwriter import JournalWriter
 
 KEY = b"b" * 32
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -304,6 +307,16 @@ def journal_alone_run(key: Path, folder: Path, n: int, producers: int, floor: bo
     journal = open_lane(folder)
     writer = JournalWriter(journal, hmac_key=KEY, signing_key=load_signing_key(key),
                            writer_id="bench", chain_key=ChainKey(CHAIN_KEY))
+    try:
+        return producers_into(writer, n, producers)
+    finally:
+        writer.close()
+        journal.close()
+
+
+def producers_into(writer: JournalWriter, n: int, producers: int) -> tuple[float, float]:
+    """Events/s of ``producers`` event-loop tasks recording ``n`` decisions in all through
+    ``writer`` (a started journal writer), and its thread's CPU µs an event."""
     per = n // producers
     fields = [{**JOURNAL_FIELDS, "subject_id": f"c{i}"} for i in range(per)]
 
@@ -319,8 +332,6 @@ def journal_alone_run(key: Path, folder: Path, n: int, producers: int, floor: bo
     asyncio.run(every())
     elapsed = time.perf_counter() - t0
     cpu = thread_cpu_us(writer._thread) - cpu0
-    writer.close()
-    journal.close()
     return per * producers / elapsed, cpu / (per * producers)
 
 

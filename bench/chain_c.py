@@ -27,7 +27,6 @@ Usage: python bench/chain_c.py [--rounds 5] [--only build|rate] [--callgrind-bui
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import statistics
 import subprocess
@@ -39,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from audit import JOURNAL_FIELDS
+from audit import JOURNAL_FIELDS, producers_into
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from writer import KEY, FloorWriter, NullJournal, _chain_key, thread_cpu_us
+from writer import KEY, FloorWriter, NullJournal, _chain_key
 
 from guard.audit import EventKind, derive_chain_key
 from guard.audit._event import utc_now
@@ -189,24 +188,11 @@ def rate(cls: type[JournalWriter], events: int = 64_000, producers: int = 64
     with tempfile.TemporaryDirectory(prefix="bench-chain-c-") as tmp:
         journal = open_lane(Path(tmp))
         writer = made(cls, journal)
-        per = events // producers
-        fields = [{**JOURNAL_FIELDS, "subject_id": f"c{i}"} for i in range(per)]
-
-        async def one() -> None:
-            for f in fields:
-                await writer.start(EventKind.DECISION, f)
-
-        async def every() -> None:
-            await asyncio.gather(*(one() for _ in range(producers)))
-
-        cpu0 = thread_cpu_us(writer._thread)
-        t0 = time.perf_counter()
-        asyncio.run(every())
-        elapsed = time.perf_counter() - t0
-        cpu = thread_cpu_us(writer._thread) - cpu0
-        writer.close()
-        journal.close()
-    return per * producers / elapsed, cpu / (per * producers)
+        try:
+            return producers_into(writer, events, producers)
+        finally:
+            writer.close()
+            journal.close()
 
 
 def main() -> None:
