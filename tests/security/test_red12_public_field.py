@@ -41,8 +41,7 @@ async def record(request: Request) -> JSONResponse:
 
 
 def test_a_public_field_never_carries_a_field_no_pair_names(tmp_path: Path, keys: Any) -> None:
-    policy = policy_copy(tmp_path / "policy", SHIPPED)
-    (policy / "routes.csv").write_text(ROUTES)
+    policy = policy_copy(tmp_path / "policy", SHIPPED, routes=ROUTES)
     upstream_app = Starlette(routes=[Route("/customers/{customer_id}/record", record)])
     with ServerThread(upstream_app, free_port()) as upstream:
         settings = sidecar_settings(tmp_path, policy, keys.identity(), upstream=upstream.url)

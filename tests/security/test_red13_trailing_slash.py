@@ -13,17 +13,23 @@ audited), as another case of a literal is (the eighth review).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from sidecarkit import ServerThread, audit_rows, free_port, poll, serve_sidecar, sidecar_settings
+from sidecarkit import (
+    ServerThread,
+    WsgiThread,
+    audit_rows,
+    policy_copy,
+    poll,
+    serve_sidecar,
+    sidecar_settings,
+)
 
 from middleware.routes import RouteTable, parse_routes
 
@@ -38,23 +44,15 @@ GET,  /{page:path},                        public
 PURPOSE = ("X-Purpose", "relationship.management")
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class SlashBlindUpstream:
+class SlashBlindUpstream(WsgiThread):
     """A real HTTP upstream that routes as Express does by default (``strict`` off): one
     trailing slash is no part of the route; each handler run is kept in ``ran``."""
 
     def __init__(self) -> None:
         self.ran: list[str] = []
-        self.port = free_port()
-        self.server: WSGIServer = make_server("127.0.0.1", self.port, self._app,
-                                              handler_class=_Quiet)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__()
 
-    def _app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
+    def app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
         path = environ["PATH_INFO"]
         if len(path) > 1 and path.endswith("/"):
             path = path[:-1]
@@ -71,24 +69,12 @@ class SlashBlindUpstream:
         start("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"handler": handler}).encode()]
 
-    def __enter__(self) -> SlashBlindUpstream:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory,
             keys: Any) -> Iterator[tuple[ServerThread, SlashBlindUpstream, Path]]:
     tmp = tmp_path_factory.mktemp("slash")
-    policy = tmp / "policy"
-    policy.mkdir()
-    for name in ("model.conf", "rules.csv"):
-        (policy / name).write_bytes((POLICIES / name).read_bytes())
-    (policy / "routes.csv").write_text(ROUTES)
+    policy = policy_copy(tmp / "policy", POLICIES, routes=ROUTES)
     with SlashBlindUpstream() as upstream:
         settings = sidecar_settings(tmp, policy, keys.identity(),
                                     upstream=f"http://127.0.0.1:{upstream.port}")
@@ -159,25 +145,21 @@ class FormatBlindUpstream(SlashBlindUpstream):
     """Routes as Rails does by default: a trailing slash and a ``.format`` after the last
     segment are no part of the route (Spring MVC before 5.3 matched such suffixes too)."""
 
-    def _app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
+    def app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
         path = environ["PATH_INFO"]
         if len(path) > 1 and path.endswith("/"):
             path = path[:-1]
         head, _, last = path.rpartition("/")
         if "." in last[1:]:
             environ["PATH_INFO"] = head + "/" + last[:last.rindex(".")]
-        return super()._app(environ, start)
+        return super().app(environ, start)
 
 
 @pytest.fixture(scope="module")
 def rails(tmp_path_factory: pytest.TempPathFactory,
           keys: Any) -> Iterator[tuple[ServerThread, SlashBlindUpstream, Path]]:
     tmp = tmp_path_factory.mktemp("format")
-    policy = tmp / "policy"
-    policy.mkdir()
-    for name in ("model.conf", "rules.csv"):
-        (policy / name).write_bytes((POLICIES / name).read_bytes())
-    (policy / "routes.csv").write_text(ROUTES)
+    policy = policy_copy(tmp / "policy", POLICIES, routes=ROUTES)
     with FormatBlindUpstream() as upstream:
         settings = sidecar_settings(tmp, policy, keys.identity(),
                                     upstream=f"http://127.0.0.1:{upstream.port}")
@@ -204,20 +186,16 @@ class SuffixBlindUpstream(SlashBlindUpstream):
     """Routes as Spring MVC before 5.3 does by default: ``/customers/export`` also takes
     ``/customers/export.*``, whatever follows the segment's first dot."""
 
-    def _app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
+    def app(self, environ: dict[str, Any], start: Any) -> Iterable[bytes]:
         head, _, last = environ["PATH_INFO"].rpartition("/")
         if "." in last[1:]:
             environ["PATH_INFO"] = head + "/" + last[:last.index(".", 1)]
-        return super()._app(environ, start)
+        return super().app(environ, start)
 
 
 def test_a_suffix_after_the_first_dot_never_runs_a_route_judged_as_another(
         tmp_path: Path, keys: Any) -> None:
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    for name in ("model.conf", "rules.csv"):
-        (policy / name).write_bytes((POLICIES / name).read_bytes())
-    (policy / "routes.csv").write_text(ROUTES)
+    policy = policy_copy(tmp_path / "policy", POLICIES, routes=ROUTES)
     token = keys.mint("hs", sub="svc:crm")  # identity and contact, not financial
     with SuffixBlindUpstream() as upstream:
         settings = sidecar_settings(tmp_path, policy, keys.identity(),

@@ -107,8 +107,7 @@ def assert_same_whatever_the_email(found: dict[str, list[tuple[int, dict[str, st
 
 def test_a_minimised_answer_through_the_sidecar_is_the_same_whatever_the_withheld_value(
         tmp_path: Path, keys: Any) -> None:
-    policy = policy_copy(tmp_path / "policy", SHIPPED)
-    (policy / "routes.csv").write_text(ROUTES)
+    policy = policy_copy(tmp_path / "policy", SHIPPED, routes=ROUTES)
     current = [EMAILS[0]]
     with ServerThread(conditional_app(current), free_port()) as upstream:
         settings = sidecar_settings(tmp_path, policy, keys.identity(), upstream=upstream.url)

@@ -20,7 +20,15 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sidecarkit import ServerThread, WsgiThread, audit_rows, poll, serve_sidecar, sidecar_settings
+from sidecarkit import (
+    ServerThread,
+    WsgiThread,
+    audit_rows,
+    policy_copy,
+    poll,
+    serve_sidecar,
+    sidecar_settings,
+)
 
 from middleware.routes import RouteTable, parse_routes
 
@@ -53,11 +61,7 @@ class CaseBlindUpstream(WsgiThread):
 def proxied(tmp_path_factory: pytest.TempPathFactory,
             keys: Any) -> Iterator[tuple[ServerThread, CaseBlindUpstream, Path]]:
     tmp = tmp_path_factory.mktemp("case")
-    policy = tmp / "policy"
-    policy.mkdir()
-    for name in ("model.conf", "rules.csv"):
-        (policy / name).write_bytes((POLICIES / name).read_bytes())
-    (policy / "routes.csv").write_text(ROUTES)
+    policy = policy_copy(tmp / "policy", POLICIES, routes=ROUTES)
     with CaseBlindUpstream() as upstream:
         settings = sidecar_settings(tmp, policy, keys.identity(),
                                     upstream=f"http://127.0.0.1:{upstream.port}")

@@ -72,8 +72,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory, keys: Any
     if node is None:
         pytest.skip("Node.js is not installed")
     tmp = tmp_path_factory.mktemp("encoded")
-    policy = policy_copy(tmp / "policy", POLICIES)
-    (policy / "routes.csv").write_text(ROUTES)
+    policy = policy_copy(tmp / "policy", POLICIES, routes=ROUTES)
     (tmp / "express.js").write_text(EXPRESS)
     port = free_port()
     log = tmp / "ran.log"

@@ -60,12 +60,12 @@ def wait_for_port(
         time.sleep(0.05)
 
 
-def policy_copy(dest: Path, source: Path) -> Path:
-    """A writable copy of the shipped policy with the test routes beside it."""
+def policy_copy(dest: Path, source: Path, routes: str = ROUTES_CSV) -> Path:
+    """A writable copy of the shipped policy with ``routes`` (the test routes) beside it."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("model.conf", "rules.csv"):
         shutil.copyfile(source / name, dest / name)
-    (dest / "routes.csv").write_text(ROUTES_CSV)
+    (dest / "routes.csv").write_text(routes)
     return dest
 
 

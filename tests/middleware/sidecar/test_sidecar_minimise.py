@@ -55,8 +55,7 @@ def test_routes_csv_field_paths_and_mode() -> None:
 
 
 def test_the_sidecar_filters_the_upstreams_json(tmp_path: Path, keys: Any) -> None:
-    policy = policy_copy(tmp_path / "policy", SHIPPED)
-    (policy / "routes.csv").write_text(ROUTES)
+    policy = policy_copy(tmp_path / "policy", SHIPPED, routes=ROUTES)
     upstream_app = Starlette(routes=[Route("/customers/{customer_id}/record", record),
                                      Route("/customers/{customer_id}/text", text)])
     with ServerThread(upstream_app, free_port()) as upstream:
