@@ -12,6 +12,7 @@ audited), as another case of a literal is (the eighth review).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -70,17 +71,25 @@ class SlashBlindUpstream(WsgiThread):
         return [json.dumps({"handler": handler}).encode()]
 
 
-@pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory,
-            keys: Any) -> Iterator[tuple[ServerThread, SlashBlindUpstream, Path]]:
-    tmp = tmp_path_factory.mktemp("slash")
+@contextlib.contextmanager
+def _sidecar_before(upstream: SlashBlindUpstream, tmp: Path,
+                    keys: Any) -> Iterator[tuple[ServerThread, SlashBlindUpstream, Path]]:
+    """The sidecar with :data:`ROUTES` in front of ``upstream`` (each refusal audited), the
+    upstream and the audit store's file."""
     policy = policy_copy(tmp / "policy", POLICIES, routes=ROUTES)
-    with SlashBlindUpstream() as upstream:
+    with upstream:
         settings = sidecar_settings(tmp, policy, keys.identity(),
                                     upstream=f"http://127.0.0.1:{upstream.port}")
         settings.audit.anonymous_refusals_per_source = 0  # each refusal asserted
         with serve_sidecar(settings) as sidecar:
             yield sidecar, upstream, tmp / "audit.db"
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory,
+            keys: Any) -> Iterator[tuple[ServerThread, SlashBlindUpstream, Path]]:
+    with _sidecar_before(SlashBlindUpstream(), tmp_path_factory.mktemp("slash"), keys) as made:
+        yield made
 
 
 def _get(sidecar: ServerThread, path: str, token: str | None = None) -> httpx.Response:
@@ -158,13 +167,9 @@ class FormatBlindUpstream(SlashBlindUpstream):
 @pytest.fixture(scope="module")
 def rails(tmp_path_factory: pytest.TempPathFactory,
           keys: Any) -> Iterator[tuple[ServerThread, SlashBlindUpstream, Path]]:
-    tmp = tmp_path_factory.mktemp("format")
-    policy = policy_copy(tmp / "policy", POLICIES, routes=ROUTES)
-    with FormatBlindUpstream() as upstream:
-        settings = sidecar_settings(tmp, policy, keys.identity(),
-                                    upstream=f"http://127.0.0.1:{upstream.port}")
-        with serve_sidecar(settings) as sidecar:
-            yield sidecar, upstream, tmp / "audit.db"
+    with _sidecar_before(FormatBlindUpstream(), tmp_path_factory.mktemp("format"),
+                         keys) as made:
+        yield made
 
 
 def test_a_format_suffix_never_runs_a_route_judged_as_another(
@@ -195,20 +200,16 @@ class SuffixBlindUpstream(SlashBlindUpstream):
 
 def test_a_suffix_after_the_first_dot_never_runs_a_route_judged_as_another(
         tmp_path: Path, keys: Any) -> None:
-    policy = policy_copy(tmp_path / "policy", POLICIES, routes=ROUTES)
     token = keys.mint("hs", sub="svc:crm")  # identity and contact, not financial
-    with SuffixBlindUpstream() as upstream:
-        settings = sidecar_settings(tmp_path, policy, keys.identity(),
-                                    upstream=f"http://127.0.0.1:{upstream.port}")
-        with serve_sidecar(settings) as sidecar:
-            for path in ("/customers/export.tar.gz", "/customers/export..",
-                         "/customers/c-0001/payment.v1.json"):
-                answer = _get(sidecar, path, token)
-                assert not {"export", "payment"} & set(upstream.ran), path
-                assert answer.status_code == 403, (path, answer.text)
-                assert answer.json()["reason"] == "route_not_declared"
-            assert _get(sidecar, "/customers/c-0001.tar.gz", token).status_code == 200
-            assert upstream.ran == ["customer"]
+    with _sidecar_before(SuffixBlindUpstream(), tmp_path, keys) as (sidecar, upstream, _db):
+        for path in ("/customers/export.tar.gz", "/customers/export..",
+                     "/customers/c-0001/payment.v1.json"):
+            answer = _get(sidecar, path, token)
+            assert not {"export", "payment"} & set(upstream.ran), path
+            assert answer.status_code == 403, (path, answer.text)
+            assert answer.json()["reason"] == "route_not_declared"
+        assert _get(sidecar, "/customers/c-0001.tar.gz", token).status_code == 200
+        assert upstream.ran == ["customer"]
 
 
 _DOTTED = st.sampled_from(["customers", "export", "export.json", "export.tar.gz", "export..",
