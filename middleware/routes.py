@@ -47,6 +47,7 @@ __all__ = [
     "declared_rules",
     "guarded",
     "public",
+    "sample_path",
 ]
 
 DECLARATION_ATTR = "__guard_route__"
@@ -192,6 +193,15 @@ def compile_template(template: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
         raise ValueError("unbalanced { } in the path template")
     regex, _, _ = compile_path(template)
     return regex, tuple(names)
+
+
+_SAMPLES = {"str": "a", "path": "a", "int": "1", "float": "1",
+            "uuid": "00000000-0000-0000-0000-000000000000"}
+
+
+def sample_path(template: str) -> str:
+    """A path ``template`` matches, each parameter a value its convertor takes."""
+    return _PARAM.sub(lambda m: _SAMPLES[m.group(2) or "str"], template)
 
 
 @lru_cache(maxsize=1024)  # asked per request (subject_ok) for a handful of templates

@@ -2,8 +2,9 @@
 
 Errors are exactly the rows :class:`middleware.routes.RouteTable` refuses to load
 (the sidecar would not start): lint asks the loader itself, so a new check there
-is a lint error at once. Warnings are categories the policy does not know, and rows
-that take a changing method (``PUT``, ``PATCH``, ``DELETE``, ``*``) as a read.
+is a lint error at once. Warnings are categories the policy does not know, rows
+that take a changing method (``PUT``, ``PATCH``, ``DELETE``, ``*``) as a read, and rows
+whose paths the table refuses because an earlier row would take them upstream.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from guard._errors import PolicyError
 from guard.policy._compiled import SPECIAL
 from guard.policy._findings import Finding, Severity
 from guard.policy._lint_base import Tree
-from guard.policy._source import field_starts
+from guard.policy._source import field_columns, field_starts
+
+if TYPE_CHECKING:
+    from middleware.routes import RouteRule
 
 ROUTES_FILE = "routes.csv"
 MAX_ROUTE_ERRORS = 200
@@ -24,15 +29,16 @@ MAX_ROUTE_ERRORS = 200
 
 
 def lint_routes(path: Path, categories: Tree) -> list[Finding]:
-    """Errors for every row the route loader refuses; warnings for unknown categories and
-    changing methods judged as reads."""
+    """Errors for every row the route loader refuses; warnings for unknown categories,
+    changing methods judged as reads and rows an earlier row takes."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [Finding(Severity.ERROR, "routes-unreadable", f"cannot read routes: {exc}",
                         str(path), hint="fix or remove the file")]
-    return [*route_errors(text, str(path)), *_category_warnings(text, str(path), categories),
-            *_action_warnings(text, str(path))]
+    errors, rules = route_errors(text, str(path))
+    return [*errors, *_category_warnings(text, str(path), categories),
+            *_action_warnings(text, str(path)), *_taken_warnings(rules, text, str(path))]
 
 
 def missing_routes(path: Path) -> Finding:
@@ -41,8 +47,9 @@ def missing_routes(path: Path) -> Finding:
                    hint="create it or fix sidecar.routes / GUARD_SIDECAR__ROUTES")
 
 
-def route_errors(text: str, origin: str) -> list[Finding]:
-    """Every error the route loader raises for ``text``, one per refused row.
+def route_errors(text: str, origin: str) -> tuple[list[Finding], list[RouteRule]]:
+    """Every error the route loader raises for ``text``, one per refused row, and the rules
+    it reads when it refuses none (else none).
 
     The loader stops at its first error; the row it names is blanked (line numbers
     kept) and the text read again, until it loads.
@@ -53,7 +60,10 @@ def route_errors(text: str, origin: str) -> list[Finding]:
     findings: list[Finding] = []
     while len(findings) < MAX_ROUTE_ERRORS:
         try:
-            RouteTable(parse_routes("\n".join(lines), origin))
+            rules = parse_routes("\n".join(lines), origin)
+            RouteTable(rules)
+            if not findings:
+                return findings, rules
             break
         except (PolicyError, ValueError) as exc:
             error = exc if isinstance(exc, PolicyError) else PolicyError(str(exc), path=origin)
@@ -64,7 +74,7 @@ def route_errors(text: str, origin: str) -> list[Finding]:
             if line is None or not 1 <= line <= len(lines) or not lines[line - 1].strip():
                 break  # nothing left to blank: the error is not about one row
             lines[line - 1] = ""
-    return findings
+    return findings, []
 
 
 def _category_warnings(text: str, origin: str, categories: Tree) -> list[Finding]:
@@ -124,4 +134,35 @@ def _action_warnings(text: str, origin: str) -> list[Finding]:
             f"{values[0].upper()} {values[1]} is judged as a read: a caller granted read on "
             "its categories may run it", origin, number, column,
             "write the action: write for a method that changes data (read is the default)"))
+    return findings
+
+
+def _taken_warnings(rules: list[RouteRule], text: str, origin: str) -> list[Finding]:
+    """Warnings for a row of ``rules`` (``text``'s) whose own path the table refuses
+    (``route_not_declared``): an earlier row would match it in another case, without its
+    trailing slash or ``.format``, or with a slash put after it, as many upstreams route
+    (:meth:`RouteTable.match`)."""
+    from middleware.routes import RouteTable, sample_path
+
+    lines = [line for line in text.split("\n") if line.strip()
+             and not line.strip().startswith("#")]  # a rule's line, as parse_routes reads
+    numbers = [n for n, line in enumerate(text.split("\n"), start=1) if line.strip()
+               and not line.strip().startswith("#")]
+    table = RouteTable(rules)
+    findings: list[Finding] = []
+    for at, rule in enumerate(rules):
+        method, path = "GET" if rule.method == "*" else rule.method, sample_path(rule.template)
+        if table.match(method, path) is not None or RouteTable([rule]).match(method, path) is None:
+            continue
+        earlier = next((i for i in range(at)
+                        if RouteTable([rules[i], rule]).match(method, path) is None), None)
+        if earlier is None:
+            continue
+        findings.append(Finding(
+            Severity.WARNING, "route-taken-earlier",
+            f"{rule.method} {path} is refused (route_not_declared): line {numbers[earlier]} "
+            f"({rules[earlier].method} {rules[earlier].template}) would match it in another "
+            "case, without its trailing slash or .format, or with a slash after it, as many "
+            "upstreams route", origin, numbers[at], field_columns(lines[at])[1],
+            f"list this row before line {numbers[earlier]}"))
     return findings

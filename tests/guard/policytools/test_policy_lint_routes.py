@@ -125,3 +125,32 @@ def test_the_property_holds_for_the_file_loader(tmp_path: Path) -> None:
         RouteTable.from_csv(folder / "routes.csv")
     assert [(f.line, f.column) for f in lint_policy(folder)
             if f.severity is Severity.ERROR] == [(refused.value.line, refused.value.column)]
+
+
+def test_a_row_an_earlier_row_takes_is_a_warning_naming_it(tmp_path: Path) -> None:
+    """The table refuses a path an earlier row would take upstream (another case, a trailing
+    slash or a ``.format``): each such row's requests are all route_not_declared."""
+    rows = [
+        "GET,   /customers/export,            financial",
+        "GET,   /customers/export.csv,        financial",
+        "GET,   /files/{name:path},           contact, read",
+        "GET,   /files,                       public",
+        "GET,   /customers/{customer_id},     identity, read, customer_id",
+        "GET,   /Reports,                     financial",
+        "GET,   /reports,                     financial",
+    ]
+    scratch = tmp_path / "routes.csv"
+    scratch.write_text("\n".join(rows) + "\n")
+    taken = [f for f in lint_routes(scratch, Tree("category")) if f.code == "route-taken-earlier"]
+    assert [(f.line, f.column, f.severity) for f in taken] == [
+        (n, rows[n - 1].index("/") + 1, Severity.WARNING) for n in (2, 4, 7)]
+    assert "line 1 (GET /customers/export)" in taken[0].message
+    assert taken[1].hint == "list this row before line 3"
+    table = RouteTable.from_csv(scratch)
+    for finding in taken:  # what lint says is what the table does
+        path = rows[finding.line - 1].split(",")[1].strip()
+        assert table.match("GET", path) is None, path
+    reordered = [rows[1], rows[0], rows[3], rows[2], *rows[4:5]]
+    scratch.write_text("\n".join(reordered) + "\n")
+    assert not [f for f in lint_routes(scratch, Tree("category"))
+                if f.code == "route-taken-earlier"]
