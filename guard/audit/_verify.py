@@ -25,7 +25,7 @@ from guard.audit._schema import (
     SUBJECT_TOKEN,
     row_checkpoint,
 )
-from guard.audit._store import Store, sqlite_path
+from guard.audit._store import AuditStoreError, Store, sqlite_path
 from guard.audit._witness import WitnessRead
 
 
@@ -286,7 +286,13 @@ def verify(
     """
     report = verify_chains(store.stream(_EVENTS_SQL), stored_checkpoints(store), public,
                            chain_key=chain_key, witness=witness)
-    found = [p for p in (check_register(store), check_subject_index(store)) if p is not None]
+    try:  # a read stopped now leaves the chains' findings said, with it beside them
+        register: Problem | Unread | None = check_register(store)
+    except AuditStoreError as exc:
+        if not unreadable(exc):
+            raise
+        register = Unread(f"the subject register could not be read: {exc}")
+    found = [p for p in (register, check_subject_index(store)) if p is not None]
     problems = tuple(p for p in found if isinstance(p, Problem))
     unread = tuple(p for p in found if isinstance(p, Unread))
     if not found:

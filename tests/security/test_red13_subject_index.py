@@ -13,15 +13,25 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from guard.audit import open_store
+from guard.audit import VerifyReport, _verify, load_public_key, open_store
 from guard.audit._schema import SUBJECT_INDEX_DDL, SUBJECT_TOKEN
 from guard.audit._verify import Problem, Unread, check_subject_index
-from tests.security.audit_tamper_kit import AuditKeys, check, cli_verify, make_keys, record, sql
+from tests.security.audit_tamper_kit import (
+    CHAIN_KEY,
+    AuditKeys,
+    check,
+    cli_verify,
+    make_keys,
+    record,
+    sql,
+)
 
 SUBJECTS = [f"subject-{i}" for i in range(8)]
 
@@ -111,3 +121,32 @@ def test_an_inner_table_of_the_index_dropped_is_named(tmp_path: Path,
     found = check_subject_index(open_store(url, create=False))
     assert isinstance(found, Problem), found
     assert found.kind == "unindexed"
+
+
+def test_a_read_stopped_after_the_chains_keeps_their_tampering_named(
+        tmp_path: Path, audit_keys: AuditKeys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain found tampered with stays TAMPERED when a read after it (the register's, the
+    index's) is stopped, here by a lock another connection takes once the chains are read:
+    what could not be read is named beside the problem, never in its place."""
+    path = tmp_path / "audit.db"
+    url = f"sqlite:///{path}"
+    record(url, audit_keys, SUBJECTS, checkpoint_every=5)
+    sql(url, "UPDATE audit_event SET purpose = 'marketing' WHERE rowid = 3")
+    store = open_store(url, create=False)
+    held = ExitStack()
+    chains = _verify.verify_chains
+
+    def then_locked(*args: Any, **kwargs: Any) -> VerifyReport:
+        report = chains(*args, **kwargs)
+        store.close()  # its own connections gone: the other one may lock the file
+        held.enter_context(locked(path))
+        return report
+
+    monkeypatch.setattr(_verify, "verify_chains", then_locked)
+    monkeypatch.setattr(_verify, "check_subject_index",
+                        partial(check_subject_index, timeout=0.1))
+    with held:
+        # Before: AuditStoreError ("database is locked"), the altered chain unsaid.
+        report = _verify.verify(store, load_public_key(audit_keys.public), chain_key=CHAIN_KEY)
+    assert [p.kind for p in report.problems] == ["altered"]
+    assert [str(u).rpartition(": ")[2] for u in report.unread] == ["database is locked"] * 2
