@@ -244,7 +244,10 @@ class SqliteStore:
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         """Yield rows from a fresh connection (long reads do not block other readers)."""
-        conn = self._connect()
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:  # the file gone or replaced since the store was opened
+            raise AuditStoreError(f"audit store {self.path}: {exc}") from exc
         try:
             cursor = conn.execute(sql, tuple(params))
             while batch := cursor.fetchmany(5000):

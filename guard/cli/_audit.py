@@ -257,6 +257,9 @@ def verify_cmd(
 
     settings = _settings()
     key_path = public_key or audit.public_key_path(settings.signing_key)
+    report: audit.VerifyReport | None = None
+    checked = None
+    stopped: list[str] = []  # the journal's compare with the store, when its read stopped
     try:
         opened = _open(store)
         public = audit.load_public_key(key_path)
@@ -272,9 +275,11 @@ def verify_cmd(
     except audit.AuditStoreError as exc:
         if not unreadable(exc):
             raise
-        typer.echo(visible(f"could not read: {exc}"))  # a lock another connection holds:
-        typer.echo("UNFINISHED: the store could not be read (run verify again)")  # no finding
-        sys.exit(3)
+        if report is None:  # a lock another connection holds: no finding either way
+            typer.echo(visible(f"could not read: {exc}"))
+            typer.echo("UNFINISHED: the store could not be read (run verify again)")
+            sys.exit(3)
+        stopped = [f"could not read: {exc}"]  # what the store's check found still stands
     summary = (f"{report.events} event(s) in {report.writers} chain(s), "
                f"{report.checkpoints} signed checkpoint(s)")
     label = "index: " if checked is not None else ""
@@ -285,7 +290,7 @@ def verify_cmd(
         problems += [f"index disagrees with the journal: {problem}" for problem in checked.index]
         summary += (f"; journal {folder}: {checked.journal.events} event(s) in "
                     f"{checked.lanes} lane(s)")
-    unread = [f"could not read: {part}" for part in report.unread]
+    unread = [f"could not read: {part}" for part in report.unread] + stopped
     for line in (*(f"note: {note}" for note in report.notes), *unread, *problems):
         typer.echo(visible(line))  # a store's ids: no terminal controls
     if problems:

@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from guard.audit import VerifyReport, _verify, load_public_key, open_store
+from guard.audit import VerifyReport, _jverify, _verify, load_public_key, open_store
 from guard.audit._schema import SUBJECT_INDEX_DDL, SUBJECT_TOKEN
 from guard.audit._verify import Problem, Unread, check_subject_index
+from tests.security import clikit
 from tests.security.audit_tamper_kit import (
     CHAIN_KEY,
     AuditKeys,
@@ -150,3 +151,39 @@ def test_a_read_stopped_after_the_chains_keeps_their_tampering_named(
         report = _verify.verify(store, load_public_key(audit_keys.public), chain_key=CHAIN_KEY)
     assert [p.kind for p in report.problems] == ["altered"]
     assert [str(u).rpartition(": ")[2] for u in report.unread] == ["database is locked"] * 2
+
+
+def test_the_journals_check_stopped_keeps_the_stores_tampering_named(
+        tmp_path: Path, audit_keys: AuditKeys, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``guard audit verify`` with a journal: the store's findings stay TAMPERED when its
+    compare with the journal cannot read the store (here a folder put in the file's place
+    while it runs: SQLite cannot open it), the stopped read named beside them."""
+    path = tmp_path / "audit.db"
+    url = f"sqlite:///{path}"
+    record(url, audit_keys, SUBJECTS, checkpoint_every=5)
+    sql(url, "UPDATE audit_event SET purpose = 'marketing' WHERE rowid = 3")
+    compare = _jverify.verify_journal
+
+    def unopenable(*args: Any, **kwargs: Any) -> Any:
+        path.rename(tmp_path / "aside.db")
+        path.mkdir()
+        try:
+            return compare(*args, **kwargs)
+        finally:
+            path.rmdir()
+            (tmp_path / "aside.db").rename(path)
+
+    monkeypatch.setattr(_jverify, "verify_journal", unopenable)
+    config = tmp_path / "empty-guard.toml"
+    config.write_text("")
+    monkeypatch.setenv("GUARD_CONFIG", str(config))
+    code, out, err = clikit.run(
+        monkeypatch, capsys, "audit", "verify", "--store", url, "--public-key",
+        str(audit_keys.public), "--hmac-key", str(audit_keys.hmac), "--journal",
+        str(audit_keys.signing.parent / "journal"))
+    # Before: exit 3, "UNFINISHED: the store could not be read", the altered event unsaid.
+    assert code == 1, out + err
+    assert "altered: event" in out
+    assert "could not read: audit store" in out
+    assert "TAMPERED: 1 problem(s)" in out
